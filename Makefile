@@ -1,0 +1,30 @@
+# Every target sets up what it needs: a fresh machine needs only Python 3.11+ and make.
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+UV_VERSION := $(shell sed -n '/^name = "uv"$$/{n;s/^version = "\(.*\)"/\1/p;}' uv.lock)
+export UV_PROJECT_ENVIRONMENT := $(abspath $(VENV))
+PYTEST_ARGS ?=
+
+.PHONY: env test demo bench clean
+
+env: $(VENV)/.synced
+
+# uv comes from PyPI at the locked version, then installs exactly what uv.lock says.
+$(VENV)/.synced: pyproject.toml uv.lock
+	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
+	test -x $(VENV)/bin/uv || $(VENV)/bin/python -m pip install --quiet --disable-pip-version-check "uv==$(UV_VERSION)"
+	$(VENV)/bin/uv sync --locked --all-extras --python $(VENV)/bin/python
+	touch $@
+
+test: env
+	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)
+
+demo: env
+	$(VENV)/bin/python examples/machines_demo.py
+
+bench: env
+	$(VENV)/bin/python bench/run.py
+
+clean:
+	-$(VENV)/bin/prefect-remote machines rm --all
+	rm -rf $(VENV) .pytest_cache

@@ -1,0 +1,45 @@
+"""prefect-remote: run Prefect flows and Dask work on machines you choose, in your own cloud.
+
+Public names load lazily, so ``import prefect_remote`` (done by Prefect for every collection, and by
+every machine's agent) stays cheap.
+"""
+
+from __future__ import annotations
+
+from importlib import import_module
+from typing import TYPE_CHECKING, Any
+
+__version__ = "0.1.0"
+
+_LAZY = {
+    "MachineSpec": "prefect_remote.spec",
+    "RemoteSettings": "prefect_remote.settings",
+    "get_settings": "prefect_remote.settings",
+    "BootPayload": "prefect_remote.providers.base",
+    "Machine": "prefect_remote.providers.base",
+    "Provider": "prefect_remote.providers.base",
+    "InstanceType": "prefect_remote.providers.base",
+    "get_provider": "prefect_remote.providers",
+    "launch": "prefect_remote.machines",
+    "terminate": "prefect_remote.machines",
+}
+
+if TYPE_CHECKING:
+    from prefect_remote.machines import launch, terminate
+    from prefect_remote.providers import get_provider
+    from prefect_remote.providers.base import BootPayload, InstanceType, Machine, Provider
+    from prefect_remote.settings import RemoteSettings, get_settings
+    from prefect_remote.spec import MachineSpec
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'prefect_remote' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_LAZY])
+
+
+__all__ = sorted(_LAZY)

@@ -1,0 +1,190 @@
+"""The on-machine agent: runs the payload, ships its output to the machine log, and ends the machine.
+
+Started by the boot script (``python -m prefect_remote.agent``). It ends its own machine, through
+the provider, when any of these happens:
+
+* the payload exits (the machine's exit code is the payload's);
+* ``timeout`` (maximum run time) is reached;
+* the payload has been idle for ``idle_timeout``;
+* the owner's lease has not been renewed for ``keepalive`` (the owner is gone).
+
+The payload starts before anything heavy is imported: launch-to-payload time is what users feel.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from prefect_remote.boot import ACTIVITY_FILE_ENV, AGENT_CONFIG_ENV, MACHINE_ID_ENV, decode_agent_config
+from prefect_remote.units import format_duration
+
+TICK = 0.25  # seconds between checks
+CPU_BUSY_FRACTION = 0.02  # of one core: above it the payload counts as busy
+STOP_GRACE = 5.0  # seconds between SIGTERM and SIGKILL for the payload
+
+
+def say(message: str) -> None:
+    sys.stdout.write(f"[prefect-remote agent] {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())} {message}\n")
+    sys.stdout.flush()
+
+
+class Agent:
+    """Runs one payload on this machine and decides when the machine ends."""
+
+    def __init__(self, config: dict[str, Any], machine_id: str) -> None:
+        self.config = config
+        self.machine_id = machine_id
+        self.started = time.monotonic()
+        self.last_busy = self.started
+        self.activity_file = Path.cwd() / ".prefect-remote-activity"
+        self._stopping = threading.Event()
+        self._provider = None
+
+    @property
+    def provider(self):
+        if self._provider is None:
+            from prefect_remote.providers import provider_class
+
+            self._provider = provider_class(self.config["provider"])(**self.config["provider_options"])
+        return self._provider
+
+    def payload_env(self) -> dict[str, str]:
+        env = {key: value for key, value in os.environ.items() if key != AGENT_CONFIG_ENV}
+        env.update(self.config["env"])
+        if self.config["secret_names"]:
+            env.update(self.provider.read_secrets(self.machine_id))
+        env[MACHINE_ID_ENV] = self.machine_id
+        env[ACTIVITY_FILE_ENV] = str(self.activity_file)
+        return env
+
+    def run(self) -> int:
+        signal.signal(signal.SIGTERM, lambda *_: self._stopping.set())
+        signal.signal(signal.SIGINT, lambda *_: self._stopping.set())
+        command = self.config["command"]
+        try:
+            payload = subprocess.Popen(
+                command, env=self.payload_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
+            )
+        except OSError as error:
+            return self.end(f"payload could not start: {error}", 127)
+        say(f"payload started (pid {payload.pid}): {shlex.join(command)}")
+        pump = threading.Thread(target=self._pump, args=(payload.stdout,), daemon=True)
+        pump.start()
+        reason, code = self.watch(payload)
+        pump.join(timeout=2)
+        return self.end(reason, code)
+
+    def _pump(self, stream) -> None:
+        """Copies payload output to the machine log; output counts as activity."""
+        out = sys.stdout.buffer
+        for line in iter(stream.readline, b""):
+            out.write(line)
+            out.flush()
+            self.last_busy = time.monotonic()
+
+    def watch(self, payload: subprocess.Popen) -> tuple[str, int | None]:
+        timeout, idle_timeout, keepalive = (self.config[k] for k in ("timeout", "idle_timeout", "keepalive"))
+        cpu = _CpuMeter(payload.pid) if idle_timeout and self.config["activity"] == "auto" else None
+        while True:
+            code = payload.poll()
+            if code is not None:
+                return (f"payload finished" if code == 0 else f"payload exited with code {code}"), code
+            now = time.monotonic()
+            reason = None
+            if self._stopping.is_set():
+                reason = "agent stopped by signal"
+            elif timeout and now - self.started > timeout:
+                reason = f"timeout: ran longer than {format_duration(timeout)}"
+            elif idle_timeout:
+                if cpu and cpu.busy() or self._touched_since(self.last_busy):
+                    self.last_busy = now
+                elif now - self.last_busy > idle_timeout:
+                    reason = f"idle for {format_duration(now - self.last_busy)} (idle_timeout {format_duration(idle_timeout)})"
+            if reason is None and keepalive:
+                age = self.provider.lease_age(self.machine_id)
+                if age > keepalive:
+                    reason = f"owner gone: lease not renewed for {format_duration(age)} (keepalive {format_duration(keepalive)})"
+            if reason:
+                return reason, self.stop(payload)
+            time.sleep(TICK)
+
+    def _touched_since(self, moment: float) -> bool:
+        try:
+            touched = self.activity_file.stat().st_mtime
+        except FileNotFoundError:
+            return False
+        return touched - time.time() + time.monotonic() > moment
+
+    def stop(self, payload: subprocess.Popen) -> int | None:
+        """SIGTERM the payload, then SIGKILL it after the grace period."""
+        payload.terminate()
+        try:
+            return payload.wait(STOP_GRACE)
+        except subprocess.TimeoutExpired:
+            payload.kill()
+            return payload.wait()
+
+    def end(self, reason: str, code: int | None) -> int:
+        say(f"machine ending: {reason}")
+        try:
+            self.provider.terminate([self.machine_id], reason=reason, exit_code=code)
+        except Exception as error:  # the machine still ends: the agent exits and the boot script with it
+            say(f"could not reach the provider to terminate this machine ({error}); exiting")
+        return 0 if code is None else (code if code >= 0 else 128 - code)
+
+
+class _CpuMeter:
+    """Whether a process tree used more than CPU_BUSY_FRACTION of a core since the last call."""
+
+    def __init__(self, pid: int) -> None:
+        import psutil
+
+        self._psutil = psutil
+        self._root = psutil.Process(pid)
+        self._last = (time.monotonic(), self._total())
+
+    def _total(self) -> float:
+        total = 0.0
+        try:
+            for process in [self._root, *self._root.children(recursive=True)]:
+                try:
+                    times = process.cpu_times()
+                    total += times.user + times.system + times.children_user + times.children_system
+                except self._psutil.Error:
+                    pass
+        except self._psutil.Error:
+            pass
+        return total
+
+    def busy(self) -> bool:
+        now, total = time.monotonic(), self._total()
+        then, before = self._last
+        if now - then < 1.0:
+            return False
+        self._last = (now, total)
+        return (total - before) / (now - then) > CPU_BUSY_FRACTION
+
+
+def main() -> int:
+    encoded = os.environ.get(AGENT_CONFIG_ENV)
+    if not encoded:
+        print(f"prefect-remote agent: {AGENT_CONFIG_ENV} is not set; the agent is started by a machine's boot script", file=sys.stderr)
+        return 2
+    config = decode_agent_config(encoded)
+    machine_id = os.environ.get(MACHINE_ID_ENV)
+    agent = Agent(config, machine_id or "")
+    if not machine_id:
+        agent.machine_id = agent.provider.current_machine_id()
+    return agent.run()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

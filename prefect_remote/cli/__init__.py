@@ -1,0 +1,40 @@
+"""The ``prefect-remote`` command line."""
+
+from __future__ import annotations
+
+import typer
+
+from prefect_remote.cli.machines import app as machines_app
+
+app = typer.Typer(
+    name="prefect-remote",
+    help="Run Prefect flows and Dask work on machines you choose. With no cloud configured, machines are "
+    "isolated process trees on this computer (the local provider).",
+    no_args_is_help=True,
+    rich_markup_mode="rich",
+)
+app.add_typer(machines_app, name="machines")
+
+
+@app.command()
+def info() -> None:
+    """Show the settings in force, the providers available, and local isolation on this host."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from prefect_remote import __version__
+    from prefect_remote.providers import available_providers
+    from prefect_remote.providers.local.isolation import namespace_unavailable
+    from prefect_remote.settings import get_settings
+
+    settings = get_settings()
+    table = Table(title=f"prefect-remote {__version__}", show_header=False)
+    for name, value in settings.model_dump().items():
+        table.add_row(f"PREFECT_REMOTE_{name.upper()}", str(value))
+    table.add_row("providers", ", ".join(sorted(available_providers())))
+    table.add_row("local namespace isolation", namespace_unavailable() or "available")
+    Console().print(table)
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,19 @@
+"""Errors users can act on. Each message says what was wrong and how to fix it."""
+
+from __future__ import annotations
+
+
+class RemoteError(Exception):
+    """Base class of prefect-remote's errors."""
+
+
+class CapacityError(RemoteError, ValueError):
+    """A provider cannot offer a machine that meets the spec (too big, no such vm_type, no GPU…)."""
+
+
+class ProviderNotFound(RemoteError, LookupError):
+    """No provider is registered under the name asked for."""
+
+
+class MachineNotFound(RemoteError, LookupError):
+    """No machine has the id asked for."""

@@ -1,0 +1,153 @@
+"""The monitor of one local machine: what a cloud's hypervisor is to a VM.
+
+``python -m prefect_remote.providers.local.hypervisor MACHINE_DIR`` runs detached from whoever
+launched the machine. It sets up the machine's isolation, runs the boot script inside it, stops the
+machine on SIGTERM (SIGTERM to every process, SIGKILL after the grace period), and when the boot
+script ends, kills what is left, tears the isolation down and records why the machine ended.
+Standard library only: it starts on the launch-to-payload path.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from prefect_remote.boot import MACHINE_ID_ENV
+from prefect_remote.providers.local import records
+from prefect_remote.providers.local.isolation import Cgroups, Network, kill_pids, tagged_pids
+from prefect_remote.units import format_size
+
+MACHINE_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+
+class Hypervisor:
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self.record = records.read_json(directory / records.MACHINE)
+        self.id = self.record["id"]
+        self.network = Network(**self.record["network"]) if self.record.get("network") else None
+        self.cgroups = Cgroups(self.record["cgroups"]) if self.record.get("cgroups") else None
+        self.grace = self.record["grace_period"]
+        self.stop_requested = False
+        self.log = open(directory / records.LOG, "ab", buffering=0)
+
+    def say(self, message: str) -> None:
+        stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        self.log.write(f"[prefect-remote host] {stamp} {message}\n".encode())
+
+    def machine_env(self) -> dict[str, str]:
+        """A fresh environment: nothing of the launcher's but what the boot payload says."""
+        work = str(self.directory / records.WORK)
+        return {
+            "PATH": MACHINE_PATH,
+            "HOME": work,
+            "TMPDIR": work,
+            "LANG": "C.UTF-8",
+            "PYTHONUNBUFFERED": "1",
+            MACHINE_ID_ENV: self.id,
+        }
+
+    def _enter_cgroups(self) -> None:  # runs in the child, before exec
+        if self.cgroups:
+            self.cgroups.join()
+
+    def run(self) -> int:
+        signal.signal(signal.SIGTERM, self._on_stop)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        try:
+            if self.cgroups:
+                limits = self.record["limits"]
+                self.cgroups.create(cpu=limits["cpu"], memory=limits["memory"])
+            if self.network:
+                self.network.create()
+        except Exception as error:
+            self.say(f"could not set up isolation: {error}")
+            return self.finish(None, f"isolation setup failed: {error}")
+        command = [*self.network.exec_prefix()] if self.network else []
+        command += ["bash", str(self.directory / records.BOOT_SCRIPT)]
+        boot = subprocess.Popen(
+            command,
+            cwd=self.directory / records.WORK,
+            env=self.machine_env(),
+            stdin=subprocess.DEVNULL,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            preexec_fn=self._enter_cgroups,
+        )
+        records.write_json(self.directory / records.STATE, {"boot_pid": boot.pid, "started": time.time()})
+        stopping_since = None
+        while (code := boot.poll()) is None:
+            if self.stop_requested and stopping_since is None:
+                stopping_since = time.monotonic()
+                self.signal_all(boot.pid, signal.SIGTERM)
+            if stopping_since is not None and time.monotonic() - stopping_since > self.grace:
+                self.signal_all(boot.pid, signal.SIGKILL)
+            time.sleep(0.05)
+        return self.finish(code, None)
+
+    def _on_stop(self, *_) -> None:
+        self.stop_requested = True
+
+    def signal_all(self, boot_pid: int, sig: int) -> None:
+        try:
+            os.killpg(boot_pid, sig)
+        except (ProcessLookupError, PermissionError):
+            pass
+        kill_pids(self.machine_pids(), sig)
+
+    def machine_pids(self) -> set[int]:
+        pids = tagged_pids(f"{MACHINE_ID_ENV}={self.id}".encode())
+        if self.cgroups:
+            pids |= self.cgroups.pids()
+        return pids - {os.getpid()}
+
+    def finish(self, boot_code: int | None, failure: str | None) -> int:
+        for _ in range(20):  # leftovers: daemons, children that outlived the boot script
+            leftovers = self.machine_pids()
+            if not leftovers:
+                break
+            kill_pids(leftovers, signal.SIGKILL)
+            time.sleep(0.05)
+        reason, exit_code = failure, boot_code
+        if self.cgroups and self.cgroups.oom_kills():
+            limit = format_size(self.record["limits"]["memory"])
+            reason = f"out of memory: the machine used more than its {limit} limit and the kernel killed the payload"
+            exit_code = 137
+        try:
+            if self.network:
+                self.network.remove()
+            if self.cgroups:
+                self.cgroups.remove()
+        except Exception as error:
+            self.say(f"could not tear down isolation completely: {error}")
+        stop = records.read_json(self.directory / records.STOP, default={})
+        if reason is None:
+            reason = stop.get("reason") or (
+                "boot script finished" if boot_code == 0 else f"boot script exited with code {boot_code}"
+            )
+        if stop.get("exit_code") is not None and exit_code != 137:
+            exit_code = stop["exit_code"]
+        records.write_json(self.directory / records.ENDED, {"reason": reason, "exit_code": exit_code, "ended": time.time()})
+        self.say(f"machine terminated: {reason}")
+        return 0
+
+
+def main() -> int:
+    if len(sys.argv) != 2:
+        print("usage: python -m prefect_remote.providers.local.hypervisor MACHINE_DIR", file=sys.stderr)
+        return 2
+    directory = Path(sys.argv[1])
+    try:
+        return Hypervisor(directory).run()
+    except Exception as error:  # never leave a machine without an end record
+        records.write_json(directory / records.ENDED, {"reason": f"machine monitor failed: {error!r}", "exit_code": None, "ended": time.time()})
+        raise
+
+
+if __name__ == "__main__":
+    sys.exit(main())

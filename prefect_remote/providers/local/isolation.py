@@ -1,0 +1,273 @@
+"""Host-side isolation for local machines: network namespaces on a host-only bridge, cgroup v1 limits.
+
+Everything here is detected, never assumed: :func:`namespace_unavailable` says why namespace
+isolation cannot be used on this host (not Linux, not root, no ``ip``, no cgroup v1 ``memory`` and
+``cpu`` controllers), and the local provider falls back to process isolation.
+Standard library only: the per-machine hypervisor imports it.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import ipaddress
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+CGROUP_CONTROLLERS = ("memory", "cpu")
+CGROUP_GROUP = "prefect-remote"
+CPU_PERIOD_US = 100_000
+
+
+class IsolationError(RuntimeError):
+    """Setting up or tearing down a machine's isolation failed."""
+
+
+def _run_ip(*args: str, batch: str | None = None) -> None:
+    result = subprocess.run(["ip", *args], input=batch, capture_output=True, text=True)
+    if result.returncode != 0:
+        raise IsolationError(f"ip {' '.join(args)} failed: {result.stderr.strip() or result.stdout.strip()}")
+
+
+def _cgroup_v1_roots() -> dict[str, Path]:
+    """Mount points of the cgroup v1 hierarchies carrying each controller we use."""
+    roots: dict[str, Path] = {}
+    try:
+        mounts = Path("/proc/self/mounts").read_text().splitlines()
+    except OSError:
+        return roots
+    for line in mounts:
+        fields = line.split()
+        if len(fields) >= 4 and fields[2] == "cgroup":
+            options = set(fields[3].split(","))
+            for controller in CGROUP_CONTROLLERS:
+                if controller in options:
+                    roots.setdefault(controller, Path(fields[1]))
+    return roots
+
+
+def _own_cgroup(controller: str) -> str:
+    """This process's cgroup path in ``controller``'s hierarchy: machines nest under their launcher."""
+    for line in Path("/proc/self/cgroup").read_text().splitlines():
+        _, controllers, path = line.split(":", 2)
+        if controller in controllers.split(","):
+            return path.lstrip("/")
+    return ""
+
+
+@lru_cache(maxsize=1)
+def namespace_unavailable() -> str | None:
+    """``None`` if namespace isolation works here, else the reason it does not."""
+    if not sys.platform.startswith("linux"):
+        return f"namespace isolation needs Linux (this is {sys.platform})"
+    if os.geteuid() != 0:
+        return "namespace isolation needs root (network namespaces and cgroups)"
+    if shutil.which("ip") is None:
+        return "namespace isolation needs the 'ip' command (iproute2)"
+    roots = _cgroup_v1_roots()
+    missing = [c for c in CGROUP_CONTROLLERS if c not in roots]
+    if missing:
+        return f"namespace isolation needs cgroup v1 controllers {', '.join(missing)} (not mounted here)"
+    for controller, root in roots.items():
+        if not os.access(root / _own_cgroup(controller), os.W_OK):
+            return f"namespace isolation needs a writable cgroup v1 {controller} hierarchy ({root})"
+    probe = f"prprobe{os.getpid()}"
+    try:
+        _run_ip("netns", "add", probe)
+        _run_ip("netns", "del", probe)
+    except (IsolationError, OSError) as error:
+        return f"namespace isolation cannot create network namespaces: {error}"
+    return None
+
+
+# -- cgroups --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Cgroups:
+    """A machine's cgroups, one directory per controller."""
+
+    paths: dict[str, str]
+
+    @classmethod
+    def plan(cls, machine_id: str) -> Cgroups:
+        roots = _cgroup_v1_roots()
+        return cls({c: str(roots[c] / _own_cgroup(c) / CGROUP_GROUP / machine_id) for c in CGROUP_CONTROLLERS})
+
+    def create(self, *, cpu: float | None, memory: int | None) -> None:
+        for path in self.paths.values():
+            os.makedirs(path, exist_ok=True)
+        memory_dir = Path(self.paths["memory"])
+        if memory:
+            (memory_dir / "memory.limit_in_bytes").write_text(str(memory))
+            memsw = memory_dir / "memory.memsw.limit_in_bytes"
+            if memsw.exists():  # no swapping past the limit: a VM has no swap either
+                memsw.write_text(str(memory))
+        if cpu:
+            cpu_dir = Path(self.paths["cpu"])
+            (cpu_dir / "cpu.cfs_period_us").write_text(str(CPU_PERIOD_US))
+            (cpu_dir / "cpu.cfs_quota_us").write_text(str(int(cpu * CPU_PERIOD_US)))
+
+    def join(self, pid: int = 0) -> None:
+        """Moves ``pid`` (0: the calling process) into every controller's cgroup."""
+        for path in self.paths.values():
+            Path(path, "cgroup.procs").write_text(str(pid or os.getpid()))
+
+    def pids(self) -> set[int]:
+        found: set[int] = set()
+        for path in self.paths.values():
+            try:
+                found.update(int(p) for p in Path(path, "cgroup.procs").read_text().split())
+            except OSError:
+                pass
+        return found
+
+    def oom_kills(self) -> int:
+        """How many processes the kernel killed for exceeding the memory limit."""
+        try:
+            for line in Path(self.paths["memory"], "memory.oom_control").read_text().splitlines():
+                if line.startswith("oom_kill "):
+                    return int(line.split()[1])
+        except OSError:
+            pass
+        return 0
+
+    def remove(self) -> None:
+        for path in self.paths.values():
+            for _ in range(50):  # rmdir fails with EBUSY until the last process has been reaped
+                try:
+                    os.rmdir(path)
+                    break
+                except FileNotFoundError:
+                    break
+                except OSError as error:
+                    if error.errno != errno.EBUSY:
+                        raise
+                    kill_pids(self.pids(), signal.SIGKILL)
+                    time.sleep(0.05)
+
+
+# -- network --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Network:
+    """A machine's network namespace, its veth pair and its address on the host-only bridge."""
+
+    netns: str
+    veth: str
+    ip: str
+    prefix: int
+    bridge: str
+    gateway: str
+
+    @classmethod
+    def plan(cls, machine_id: str, ip: str, subnet: str, bridge: str) -> Network:
+        network = ipaddress.IPv4Network(subnet)
+        return cls(
+            netns=f"pr-{machine_id}",
+            veth=f"prv{machine_id[-10:]}",
+            ip=ip,
+            prefix=network.prefixlen,
+            bridge=bridge,
+            gateway=str(host_address(subnet)),
+        )
+
+    def create(self) -> None:
+        ensure_bridge(self.bridge, f"{self.gateway}/{self.prefix}")
+        peer = f"prp{self.veth[3:]}"
+        _run_ip(
+            "-batch",
+            "-",
+            batch=f"netns add {self.netns}\n"
+            f"link add {self.veth} type veth peer name {peer}\n"
+            f"link set {peer} netns {self.netns}\n"
+            f"link set {self.veth} master {self.bridge} up\n",
+        )
+        # No default route: the machine reaches the bridge (host and other machines), nothing beyond.
+        _run_ip(
+            "-n",
+            self.netns,
+            "-batch",
+            "-",
+            batch=f"link set {peer} name eth0\naddr add {self.ip}/{self.prefix} dev eth0\nlink set eth0 up\nlink set lo up\n",
+        )
+
+    def exec_prefix(self) -> list[str]:
+        return ["ip", "netns", "exec", self.netns]
+
+    def pids(self) -> set[int]:
+        result = subprocess.run(["ip", "netns", "pids", self.netns], capture_output=True, text=True)
+        return {int(p) for p in result.stdout.split()} if result.returncode == 0 else set()
+
+    def remove(self) -> None:
+        if Path("/run/netns", self.netns).exists():
+            _run_ip("netns", "del", self.netns)  # deleting the namespace deletes the veth pair
+
+
+def host_address(subnet: str) -> ipaddress.IPv4Address:
+    """The host's address on the bridge: the subnet's first address."""
+    return next(ipaddress.IPv4Network(subnet).hosts())
+
+
+def ensure_bridge(bridge: str, gateway_cidr: str) -> None:
+    if Path("/sys/class/net", bridge).exists():
+        return
+    try:
+        _run_ip("-batch", "-", batch=f"link add {bridge} type bridge\naddr add {gateway_cidr} dev {bridge}\nlink set {bridge} up\n")
+    except IsolationError:
+        if not Path("/sys/class/net", bridge).exists():  # not a concurrent creation
+            raise
+
+
+def remove_bridge(bridge: str) -> None:
+    if Path("/sys/class/net", bridge).exists():
+        _run_ip("link", "del", bridge)
+
+
+@contextmanager
+def file_lock(path: Path):
+    """An exclusive lock between processes (address allocation, bridge creation)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+# -- processes ------------------------------------------------------------------------------
+
+
+def kill_pids(pids: set[int], sig: int) -> None:
+    for pid in pids:
+        try:
+            os.kill(pid, sig)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+
+def tagged_pids(marker: bytes) -> set[int]:
+    """Processes whose environment holds ``marker`` (``PREFECT_REMOTE_MACHINE_ID=<id>``), wherever they
+    went: this finds a machine's daemons even after they left its process group."""
+    found = set()
+    me = os.getpid()
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) == me:
+            continue
+        try:
+            with open(f"/proc/{entry}/environ", "rb") as handle:
+                if marker in handle.read().split(b"\0"):
+                    found.add(int(entry))
+        except OSError:
+            pass
+    return found

@@ -1,0 +1,375 @@
+"""The local provider: machines are isolated process trees on this computer, booted like cloud VMs.
+
+A machine is a folder under ``<home>/machines`` (see :mod:`records`) plus a detached monitor process
+(:mod:`hypervisor`) running the boot script, so it outlives the process that launched it and any
+process can find it by tags. Isolation is ``namespace`` (own network namespace and IP on a host-only
+bridge, cgroup v1 cpu and memory limits) where the host allows it, else ``process`` (own process
+group, working directory and environment).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from prefect_remote.boot import MACHINE_ID_ENV, agent_config, render_boot_script
+from prefect_remote.errors import CapacityError, MachineNotFound
+from prefect_remote.providers.base import TAG_PREFIX, BootPayload, InstanceType, LogChunk, Machine, Provider
+from prefect_remote.providers.local import records
+from prefect_remote.providers.local.isolation import (
+    Cgroups,
+    Network,
+    file_lock,
+    host_address,
+    kill_pids,
+    namespace_unavailable,
+    remove_bridge,
+    tagged_pids,
+)
+from prefect_remote.units import format_size
+
+if TYPE_CHECKING:
+    from prefect_remote.settings import RemoteSettings
+    from prefect_remote.spec import MachineSpec
+
+
+def _host_memory() -> int:
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+class LocalProvider(Provider):
+    """Machines on this computer. ``LocalProvider()`` takes its configuration from the settings
+    (``PREFECT_REMOTE_HOME``, ``PREFECT_REMOTE_LOCAL_*``); keyword arguments override them.
+
+    Example::
+
+        provider = LocalProvider(isolation="process")
+        [machine] = provider.launch(MachineSpec(cpu=1, timeout="1 hour"), BootPayload(["python", "-c", "print(42)"]))
+        print(provider.logs(machine.id).text)
+    """
+
+    name = "local"
+
+    def __init__(
+        self,
+        home: str | Path | None = None,
+        *,
+        isolation: str | None = None,
+        overcommit: bool | None = None,
+        settings: RemoteSettings | None = None,
+    ) -> None:
+        self._settings = settings
+        self.home = Path(home).expanduser().absolute() if home else self.settings.home
+        self._isolation = isolation
+        self._overcommit = overcommit
+
+    @property
+    def settings(self) -> RemoteSettings:
+        # Loaded on first use: on a machine, the agent only needs ``home``.
+        if self._settings is None:
+            from prefect_remote.settings import get_settings
+
+            self._settings = get_settings()
+        return self._settings
+
+    @property
+    def machines_dir(self) -> Path:
+        return self.home / "machines"
+
+    @property
+    def isolation(self) -> str:
+        """``namespace`` or ``process``: what launched machines get."""
+        wanted = self._isolation or self.settings.local_isolation
+        if wanted not in ("auto", "process", "namespace"):
+            raise ValueError(f"isolation={wanted!r}: expected 'auto', 'process' or 'namespace'")
+        if wanted == "process":
+            return "process"
+        unavailable = namespace_unavailable()
+        if unavailable and wanted == "namespace":
+            raise CapacityError(f"{unavailable}; set PREFECT_REMOTE_LOCAL_ISOLATION=process (or auto) to run without it")
+        return "process" if unavailable else "namespace"
+
+    @property
+    def host_address(self) -> str:
+        """Where machines reach services on this host (e.g. a Prefect API bound to it)."""
+        return str(host_address(self.settings.local_subnet)) if self.isolation == "namespace" else "127.0.0.1"
+
+    # -- sizing ---------------------------------------------------------------------------------
+    def instance_types(self) -> Sequence[InstanceType]:
+        return [InstanceType(name="local", cpu=os.cpu_count() or 1, memory=_host_memory(), arch=_host_arch())]
+
+    def choose_instance_type(self, spec: MachineSpec) -> InstanceType:
+        """The machine shape for ``spec``: exactly what it asks for (its minimum), refused if this host
+        cannot meet it, unless ``PREFECT_REMOTE_LOCAL_OVERCOMMIT`` is on."""
+        host = self.instance_types()[0]
+        cpu = spec.cpu[0] if spec.cpu else None
+        memory = spec.memory[0] if spec.memory else None
+        overcommit = self._overcommit if self._overcommit is not None else self.settings.local_overcommit
+        if not overcommit:
+            problems = []
+            if cpu and cpu > host.cpu:
+                problems.append(f"cpu={cpu} (this host has {host.cpu})")
+            if memory and memory > host.memory:
+                problems.append(f"memory={format_size(memory)} (this host has {format_size(host.memory)})")
+            if spec.gpu:
+                problems.append("a GPU (this host has none the local provider can give)")
+            if problems:
+                raise CapacityError(
+                    f"local provider: this host cannot meet {', '.join(problems)}. Ask for less, use a cloud "
+                    "provider, or set PREFECT_REMOTE_LOCAL_OVERCOMMIT=true to run anyway without the guarantee."
+                )
+        size = f"{cpu}cpu" if cpu else "shared-cpu"
+        size += f"-{format_size(memory).replace(' ', '').lower()}" if memory else ""
+        return InstanceType(
+            name=f"local-{size}",
+            cpu=cpu or host.cpu,
+            memory=memory or host.memory,
+            gpu=spec.gpu.count if spec.gpu else 0,
+            arch=host.arch,
+        )
+
+    # -- launching --------------------------------------------------------------------------------
+    def launch(
+        self,
+        spec: MachineSpec,
+        payload: BootPayload,
+        *,
+        count: int = 1,
+        tags: Mapping[str, str] | None = None,
+        owner: str | None = None,
+    ) -> list[Machine]:
+        from prefect_remote.spec import as_spec
+
+        spec = as_spec(spec)
+        if not isinstance(count, int) or count < 1:
+            raise ValueError(f"count={count!r}: expected a whole number of machines (1 or more)")
+        user_tags = {**spec.tags, **(tags or {})}
+        reserved = [key for key in user_tags if key.startswith(TAG_PREFIX)]
+        if reserved:
+            raise ValueError(f"tags {reserved}: names starting with {TAG_PREFIX!r} are reserved for prefect-remote")
+        instance_type = self.choose_instance_type(spec)
+        isolation = self.isolation
+        config = agent_config(self, spec, payload)
+        boot_script = render_boot_script(config, python=sys.executable)
+        machine_secrets = {**spec.secret_environ, **payload.secrets}
+        self.machines_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        launched = []
+        for _ in range(count):
+            machine_id = f"m-{secrets.token_hex(6)}"
+            directory = self.machines_dir / machine_id
+            (directory / records.WORK).mkdir(parents=True, mode=0o700)
+            network = self._plan_network(machine_id) if isolation == "namespace" else None
+            record = {
+                "id": machine_id,
+                "created": time.time(),
+                "tags": user_tags,
+                "owner": owner,
+                "spec": spec.summary(),
+                "instance_type": instance_type.name,
+                "region": spec.region or "local",
+                "spot_policy": spec.spot_policy,
+                "vm_type": list(spec.vm_type) if spec.vm_type else None,
+                "isolation": isolation,
+                "limits": {
+                    "cpu": spec.cpu[0] if spec.cpu else None,
+                    "memory": spec.memory[0] if spec.memory else None,
+                },
+                "keepalive": spec.keepalive,
+                "network": network.__dict__ if network else None,
+                "cgroups": Cgroups.plan(machine_id).paths if isolation == "namespace" else None,
+                "grace_period": self.settings.local_grace_period,
+            }
+            records.write_json(directory / records.MACHINE, record)
+            (directory / records.BOOT_SCRIPT).write_text(boot_script)
+            if machine_secrets:
+                records.write_json(directory / records.SECRETS, machine_secrets, mode=0o600)
+            (directory / records.LEASE).touch()
+            self._start_hypervisor(directory)
+            launched.append(self._machine(directory))
+        return launched
+
+    def _plan_network(self, machine_id: str) -> Network:
+        """The next free address on the bridge, reserved by writing it into the machine's record."""
+        subnet = self.settings.local_subnet
+        with file_lock(self.home / "local-network.lock"):
+            used = {host_address(subnet)}
+            for directory in self.machines_dir.iterdir():
+                record = records.read_json(directory / records.MACHINE, default=None)
+                if record and record.get("network") and not (directory / records.ENDED).exists():
+                    used.add(ipaddress.IPv4Address(record["network"]["ip"]))
+            for address in ipaddress.IPv4Network(subnet).hosts():
+                if address not in used:
+                    network = Network.plan(machine_id, str(address), subnet, self.settings.local_bridge)
+                    # Reserve it before releasing the lock.
+                    records.write_json(self.machines_dir / machine_id / records.MACHINE, {"network": network.__dict__})
+                    return network
+        raise CapacityError(f"local provider: no free address left in {subnet}; end some machines or widen PREFECT_REMOTE_LOCAL_SUBNET")
+
+    def _start_hypervisor(self, directory: Path) -> None:
+        with open(directory / records.LOG, "ab") as log:
+            process = subprocess.Popen(
+                [sys.executable, "-m", "prefect_remote.providers.local.hypervisor", str(directory)],
+                cwd=directory,
+                env={"PATH": os.environ.get("PATH", ""), "LANG": "C.UTF-8"},
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=log,
+                start_new_session=True,  # the machine outlives its launcher and its launcher's signals
+            )
+        (directory / records.HYPERVISOR_PID).write_text(str(process.pid))
+        # Reap it when it ends so a long-lived launcher collects no zombies.
+        threading.Thread(target=process.wait, daemon=True).start()
+
+    # -- finding ----------------------------------------------------------------------------------
+    def _directory(self, machine_id: str) -> Path:
+        directory = self.machines_dir / machine_id
+        if not machine_id or "/" in machine_id or not (directory / records.MACHINE).exists():
+            raise MachineNotFound(f"no local machine {machine_id!r} under {self.machines_dir}; `prefect-remote machines ls` lists them")
+        return directory
+
+    def _hypervisor_alive(self, directory: Path) -> bool:
+        try:
+            pid = int((directory / records.HYPERVISOR_PID).read_text())
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except (OSError, ValueError):
+            return False
+        return str(directory).encode() in cmdline and not _is_zombie(pid)
+
+    def _machine(self, directory: Path) -> Machine:
+        record = records.read_json(directory / records.MACHINE)
+        ended = records.read_json(directory / records.ENDED, default=None)
+        if ended is None and not self._hypervisor_alive(directory):
+            ended = records.read_json(directory / records.ENDED, default=None) or self._reclaim(directory, record)
+        state_file = records.read_json(directory / records.STATE, default=None)
+        state = "terminated" if ended else ("running" if state_file else "pending")
+        network = record.get("network")
+        return Machine(
+            id=record["id"],
+            provider=self.name,
+            state=state,
+            instance_type=record["instance_type"],
+            created=record["created"],
+            tags=record["tags"],
+            spec=record["spec"],
+            region=record["region"],
+            spot=record["spot_policy"] != "on-demand",
+            owner=record["owner"],
+            address=network["ip"] if network else "127.0.0.1",
+            reason=ended and ended["reason"],
+            exit_code=ended and ended["exit_code"],
+            details={
+                "isolation": record["isolation"],
+                "directory": str(directory),
+                "vm_type": record["vm_type"],
+                "spot_policy": record["spot_policy"],
+                "limits": record["limits"],
+                "ended": ended and ended["ended"],
+            },
+        )
+
+    def _reclaim(self, directory: Path, record: dict[str, Any]) -> dict[str, Any]:
+        """A machine whose monitor died (killed, host rebooted): stop what is left and record it."""
+        kill_pids(tagged_pids(f"{MACHINE_ID_ENV}={record['id']}".encode()), signal.SIGKILL)
+        if record.get("cgroups"):
+            Cgroups(record["cgroups"]).remove()
+        if record.get("network"):
+            Network(**record["network"]).remove()
+        ended = {"reason": "machine monitor died; machine reclaimed", "exit_code": None, "ended": time.time()}
+        records.write_once(directory / records.ENDED, ended)
+        return records.read_json(directory / records.ENDED)
+
+    def describe(self, machine_id: str) -> Machine:
+        return self._machine(self._directory(machine_id))
+
+    def list(self, tags: Mapping[str, str] | None = None, *, include_terminated: bool = False) -> list[Machine]:
+        if not self.machines_dir.exists():
+            return []
+        found = []
+        retention = self.settings.local_record_retention
+        for directory in self.machines_dir.iterdir():
+            if not (directory / records.MACHINE).exists() or not (directory / records.HYPERVISOR_PID).exists():
+                continue  # being launched
+            try:
+                machine = self._machine(directory)
+            except (OSError, KeyError, ValueError):
+                continue
+            if not machine.alive and time.time() - machine.details["ended"] > retention:
+                shutil.rmtree(directory, ignore_errors=True)
+                continue
+            if (include_terminated or machine.alive) and all(machine.tags.get(k) == v for k, v in (tags or {}).items()):
+                found.append(machine)
+        return sorted(found, key=lambda m: m.created, reverse=True)
+
+    # -- ending -----------------------------------------------------------------------------------
+    def terminate(self, machine_ids: Iterable[str], *, reason: str = "terminated on request", exit_code: int | None = None) -> None:
+        for machine_id in machine_ids:
+            directory = self._directory(machine_id)
+            if (directory / records.ENDED).exists():
+                continue
+            records.write_once(directory / records.STOP, {"reason": reason, "exit_code": exit_code, "at": time.time()})
+            if self._hypervisor_alive(directory):
+                os.kill(int((directory / records.HYPERVISOR_PID).read_text()), signal.SIGTERM)
+            else:
+                self._reclaim(directory, records.read_json(directory / records.MACHINE))
+
+    def cleanup_host(self) -> None:
+        """Removes the host-only bridge once no namespace machine uses it."""
+        if namespace_unavailable() is None and not any(
+            m.details["isolation"] == "namespace" for m in self.list()
+        ):
+            remove_bridge(self.settings.local_bridge)
+
+    # -- logs and leases --------------------------------------------------------------------------
+    def logs(self, machine_id: str, *, offset: int = 0) -> LogChunk:
+        path = self._directory(machine_id) / records.LOG
+        try:
+            with open(path, "rb") as handle:
+                handle.seek(offset)
+                data = handle.read()
+        except FileNotFoundError:
+            data = b""
+        return LogChunk(text=data.decode(errors="replace"), next_offset=offset + len(data))
+
+    def renew_leases(self, machine_ids: Iterable[str]) -> None:
+        for machine_id in machine_ids:
+            try:
+                os.utime(self.machines_dir / machine_id / records.LEASE)
+            except FileNotFoundError:
+                pass
+
+    # -- machine side -----------------------------------------------------------------------------
+    def boot_options(self) -> dict[str, Any]:
+        return {"home": str(self.home)}
+
+    def current_machine_id(self) -> str:
+        machine_id = os.environ.get(MACHINE_ID_ENV)
+        if not machine_id:
+            raise RuntimeError(f"not on a local machine: {MACHINE_ID_ENV} is not set")
+        return machine_id
+
+    def lease_age(self, machine_id: str) -> float:
+        return time.time() - (self.machines_dir / machine_id / records.LEASE).stat().st_mtime
+
+    def read_secrets(self, machine_id: str) -> dict[str, str]:
+        return records.read_json(self.machines_dir / machine_id / records.SECRETS, default={})
+
+
+def _is_zombie(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except (OSError, IndexError):
+        return True
+
+
+def _host_arch() -> str:
+    return "arm64" if os.uname().machine in ("aarch64", "arm64") else "x86_64"

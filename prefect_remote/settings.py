@@ -1,0 +1,92 @@
+"""All configuration, in one place: environment variables ``PREFECT_REMOTE_*`` (or a ``.env`` file).
+
+>>> settings = RemoteSettings(home="/tmp/pr-home")
+>>> settings.machines_dir
+PosixPath('/tmp/pr-home/machines')
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from prefect_remote.units import parse_duration
+
+Isolation = Literal["auto", "process", "namespace"]
+
+
+class RemoteSettings(BaseSettings):
+    """prefect-remote's settings. Each field is read from ``PREFECT_REMOTE_<FIELD>``.
+
+    Example: ``PREFECT_REMOTE_HOME=/data/remote PREFECT_REMOTE_LOCAL_ISOLATION=process``.
+    """
+
+    model_config = SettingsConfigDict(env_prefix="PREFECT_REMOTE_", env_file=".env", extra="ignore")
+
+    home: Path = Field(
+        default=Path("~/.prefect-remote"),
+        description="Folder for local machines, the default store and caches.",
+    )
+    provider: str = Field(default="local", description="Provider used when none is named: local, aws, gcp, or a plugin's name.")
+    store: str | None = Field(default=None, description="Store URL for software environments; default: <home>/store.")
+
+    local_isolation: Isolation = Field(
+        default="auto",
+        description="Local machines' isolation: 'namespace' (own network namespace and cgroup limits; Linux as root), "
+        "'process' (own process group, directory and environment), or 'auto' (namespace where available).",
+    )
+    local_overcommit: bool = Field(
+        default=False, description="Let local machines ask for more CPU, memory or GPUs than this host has."
+    )
+    local_subnet: str = Field(
+        default="10.231.0.0/16", description="Host-only subnet for namespace machines; the host takes its first address."
+    )
+    local_bridge: str = Field(default="prbr0", description="Name of the host-only bridge for namespace machines.")
+    local_grace_period: float = Field(
+        default=5.0, description="Seconds a terminated machine's processes get between SIGTERM and SIGKILL."
+    )
+    local_record_retention: float = Field(
+        default=86400.0, description="Seconds a terminated local machine's folder (and logs) is kept."
+    )
+
+    @field_validator("home", mode="after")
+    @classmethod
+    def _expand_home(cls, value: Path) -> Path:
+        return value.expanduser().absolute()
+
+    @field_validator("local_subnet")
+    @classmethod
+    def _subnet(cls, value: str) -> str:
+        try:
+            network = ipaddress.IPv4Network(value)
+        except ValueError:
+            raise ValueError(f"local_subnet={value!r}: expected an IPv4 CIDR such as '10.231.0.0/16'") from None
+        if network.num_addresses < 4:
+            raise ValueError(f"local_subnet={value!r}: too small; use /30 or larger")
+        return str(network)
+
+    @field_validator("local_bridge")
+    @classmethod
+    def _bridge(cls, value: str) -> str:
+        if not (0 < len(value) <= 15) or not value.replace("-", "").replace("_", "").isalnum():
+            raise ValueError(f"local_bridge={value!r}: expected an interface name of 1-15 letters, digits, '-' or '_'")
+        return value
+
+    @field_validator("local_grace_period", "local_record_retention", mode="before")
+    @classmethod
+    def _seconds(cls, value: object) -> float:
+        return parse_duration(value)  # type: ignore[arg-type]
+
+    @property
+    def machines_dir(self) -> Path:
+        """Where local machines live, one folder each."""
+        return self.home / "machines"
+
+
+def get_settings() -> RemoteSettings:
+    """Settings as the environment says now (read each call, so tests and CLIs can change them)."""
+    return RemoteSettings()

@@ -1,0 +1,120 @@
+"""Shared fixtures. The whole session uses its own home folder, bridge and subnet, and cleans up every
+machine, namespace, cgroup and process it started, even when tests fail."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+# Before anything reads the settings: this session's machines live apart from the user's.
+SESSION_HOME = Path(tempfile.mkdtemp(prefix="prefect-remote-tests-"))
+os.environ.update(
+    PREFECT_REMOTE_HOME=str(SESSION_HOME),
+    PREFECT_REMOTE_LOCAL_BRIDGE="prtest0",
+    PREFECT_REMOTE_LOCAL_SUBNET="10.232.0.0/16",
+    PREFECT_REMOTE_LOCAL_GRACE_PERIOD="2",
+    PREFECT_REMOTE_PROVIDER="local",
+)
+
+from prefect_remote.boot import MACHINE_ID_ENV  # noqa: E402
+from prefect_remote.providers.local import LocalProvider  # noqa: E402
+from prefect_remote.providers.local.isolation import (  # noqa: E402
+    CGROUP_CONTROLLERS,
+    CGROUP_GROUP,
+    _cgroup_v1_roots,
+    _own_cgroup,
+    namespace_unavailable,
+    tagged_pids,
+)
+
+NAMESPACE_SKIP = namespace_unavailable()
+needs_namespace = pytest.mark.skipif(NAMESPACE_SKIP is not None, reason=NAMESPACE_SKIP or "")
+
+
+def end_all_machines(timeout: float = 20) -> None:
+    provider = LocalProvider()
+    alive = provider.list()
+    if alive:
+        provider.terminate([m.id for m in alive], reason="test cleanup")
+        provider.wait([m.id for m in alive], timeout=timeout)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def session_cleanup():
+    yield
+    end_all_machines()
+    LocalProvider().cleanup_host()
+    leftovers = {pid for pid in tagged_pids(f"{MACHINE_ID_ENV}=".encode()) if _in_session(pid)}
+    leftovers |= hypervisors()
+    for pid in leftovers:
+        os.kill(pid, signal.SIGKILL)
+    if NAMESPACE_SKIP is None:
+        for netns in subprocess.run(["ip", "netns"], capture_output=True, text=True).stdout.split("\n"):
+            if netns.startswith("pr-m-") and (SESSION_HOME / "machines" / netns.split()[0][3:]).exists():
+                subprocess.run(["ip", "netns", "del", netns.split()[0]])
+        roots = _cgroup_v1_roots()
+        for controller in CGROUP_CONTROLLERS:
+            parent = roots[controller] / _own_cgroup(controller) / CGROUP_GROUP
+            for child in parent.glob("m-*"):
+                if (SESSION_HOME / "machines" / child.name).exists():
+                    child.rmdir()
+    shutil.rmtree(SESSION_HOME, ignore_errors=True)
+    assert not leftovers, f"machine processes were left running: {leftovers}"
+
+
+def hypervisors() -> set[int]:
+    """This session's machine monitors still running."""
+    found = set()
+    for entry in Path("/proc").iterdir():
+        try:
+            cmdline = (entry / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if b"prefect_remote.providers.local.hypervisor" in cmdline and str(SESSION_HOME).encode() in cmdline:
+            found.add(int(entry.name))
+    return found
+
+
+def _in_session(pid: int) -> bool:
+    try:
+        environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    except OSError:
+        return False
+    ids = [e.split(b"=", 1)[1].decode() for e in environ if e.startswith(f"{MACHINE_ID_ENV}=".encode())]
+    return any((SESSION_HOME / "machines" / i).exists() for i in ids)
+
+
+@pytest.fixture(autouse=True)
+def no_machine_outlives_its_test():
+    yield
+    end_all_machines()
+
+
+@pytest.fixture(params=["process", pytest.param("namespace", marks=needs_namespace)])
+def local_provider(request) -> LocalProvider:
+    """The local provider at each isolation level this host supports."""
+    return LocalProvider(isolation=request.param)
+
+
+@pytest.fixture
+def python() -> str:
+    return sys.executable
+
+
+def wait_for(predicate, timeout: float = 20, interval: float = 0.05, message: str = "condition"):
+    """Polls ``predicate`` until it returns something truthy, which is returned."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {message}")

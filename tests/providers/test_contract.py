@@ -1,0 +1,144 @@
+"""The provider contract: what every provider must do. Runs against each entry of PROVIDERS
+(tests/providers/conftest.py); a new provider passes this suite before it ships."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import secrets
+import subprocess
+import sys
+import time
+
+import pytest
+
+from prefect_remote.errors import CapacityError, MachineNotFound
+from prefect_remote.providers.base import BootPayload, InstanceType, Machine
+from prefect_remote.spec import MachineSpec
+from tests.conftest import wait_for
+
+
+def launch(provider, command, *, count=1, tags=None, payload=None, **spec) -> list[Machine]:
+    tags = {"test": "contract", **(tags or {})}
+    return provider.launch(MachineSpec(**spec), payload or BootPayload(command), count=count, tags=tags)
+
+
+def test_runs_the_payload_and_records_its_exit(provider):
+    [machine] = launch(provider, ["python", "-c", "import sys; print('hello from the payload'); sys.exit(3)"])
+    assert machine.provider == provider.name and machine.state in ("pending", "running")
+    [ended] = provider.wait([machine.id], timeout=30)
+    assert ended.state == "terminated"
+    assert ended.exit_code == 3 and "exited with code 3" in ended.reason
+    text = provider.logs(machine.id).text
+    assert "hello from the payload" in text
+    assert "booting machine" in text and "payload started" in text and "machine ending" in text
+
+
+def test_logs_read_on_from_an_offset(provider):
+    # The payload prints FIRST and SECOND, which its command line (logged at start) does not contain.
+    code = "import time; print('FIR' + 'ST'); time.sleep(1); print('SEC' + 'OND')"
+    [machine] = launch(provider, ["python", "-c", code])
+    first = wait_for(lambda: (chunk := provider.logs(machine.id)).text.count("FIRST") and chunk, message="first line")
+    provider.wait([machine.id])
+    rest = provider.logs(machine.id, offset=first.next_offset)
+    assert "SECOND" in rest.text and "FIRST" not in rest.text
+
+
+def test_count_tags_list_describe_terminate(provider):
+    run = secrets.token_hex(4)
+    workers = launch(provider, ["sleep", "60"], count=2, tags={"run": run, "role": "worker"}, cpu=1)
+    [scheduler] = launch(provider, ["sleep", "60"], tags={"run": run, "role": "scheduler"})
+    assert len({m.id for m in workers}) == 2
+    listed = provider.list({"run": run, "role": "worker"})
+    assert {m.id for m in listed} == {m.id for m in workers}
+    assert {m.id for m in provider.list({"run": run})} == {m.id for m in [*workers, scheduler]}
+    wait_for(lambda: all(provider.describe(m.id).state == "running" for m in workers), message="running workers")
+    described = provider.describe(workers[0].id)
+    assert described.tags == {"test": "contract", "run": run, "role": "worker"} and described.spec == "1 cpu"
+    provider.terminate([m.id for m in workers], reason="scaled down")
+    for ended in provider.wait([m.id for m in workers], timeout=20):
+        assert ended.reason == "scaled down"
+    provider.terminate([workers[0].id], reason="again")  # already ended: fine, reason kept
+    assert provider.describe(workers[0].id).reason == "scaled down"
+    assert [m.id for m in provider.list({"run": run})] == [scheduler.id]
+    assert len(provider.list({"run": run}, include_terminated=True)) == 3
+
+
+def test_a_machine_outlives_its_launcher_and_is_found_by_tags(provider):
+    run = secrets.token_hex(4)
+    script = f"""
+import json
+from prefect_remote.providers import provider_class
+from prefect_remote.providers.base import BootPayload
+from prefect_remote.spec import MachineSpec
+provider = provider_class({provider.name!r})(**{provider.boot_options()!r})
+provider._isolation = {getattr(provider, "_isolation", None)!r}
+[m] = provider.launch(MachineSpec(), BootPayload(["sleep", "60"]), tags={{"run": {run!r}}})
+print(m.id)
+"""
+    launched = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert launched.returncode == 0, launched.stderr
+    machine_id = launched.stdout.split()[-1]
+    found = wait_for(lambda: [m for m in provider.list({"run": run}) if m.state == "running"], message="machine")
+    assert [m.id for m in found] == [machine_id]
+
+
+def test_unknown_machine(provider):
+    for call in (provider.describe, provider.logs, lambda i: provider.terminate([i])):
+        with pytest.raises(MachineNotFound, match="machines ls"):
+            call("m-000000000000")
+
+
+def test_instance_type_choice(provider):
+    chosen = provider.choose_instance_type(MachineSpec(cpu=1, memory="256 MiB"))
+    assert isinstance(chosen, InstanceType) and chosen.cpu >= 1 and chosen.memory >= 256 * 2**20
+
+
+def test_a_spec_it_cannot_meet_starts_nothing(provider):
+    before = provider.list(include_terminated=True)
+    with pytest.raises(CapacityError, match="cpu=100000"):
+        launch(provider, ["sleep", "1"], cpu=100000)
+    assert provider.list(include_terminated=True) == before
+
+
+def test_secrets_reach_the_payload_but_not_the_logs(provider):
+    token = f"secret-{secrets.token_hex(8)}"
+    digest = hashlib.sha256(token.encode()).hexdigest()
+    command = ["python", "-c", "import os, hashlib; print('digest', hashlib.sha256(os.environ['TOKEN'].encode()).hexdigest())"]
+    payload = BootPayload(command, secrets={"TOKEN": token})
+    [machine] = launch(provider, command, payload=payload)
+    provider.wait([machine.id])
+    text = provider.logs(machine.id).text
+    assert f"digest {digest}" in text and token not in text
+    assert token not in json.dumps(provider.describe(machine.id).__dict__, default=str)
+
+
+def test_owner_lease_keeps_a_machine_and_its_loss_ends_it(provider):
+    [machine] = launch(provider, ["sleep", "60"], keepalive=1.5)
+    renew_until = time.monotonic() + 3
+    while time.monotonic() < renew_until:
+        provider.renew_leases([machine.id])
+        time.sleep(0.3)
+    assert provider.describe(machine.id).alive
+    stopped_renewing = time.monotonic()
+    [ended] = provider.wait([machine.id], timeout=1.5 + 10)
+    assert "owner gone" in ended.reason and time.monotonic() - stopped_renewing >= 1.4
+
+
+def test_idle_timeout_ends_an_idle_machine(provider):
+    [machine] = launch(provider, ["sleep", "60"], idle_timeout=1)
+    [ended] = provider.wait([machine.id], timeout=15)
+    assert "idle" in ended.reason
+
+
+def test_a_busy_payload_is_not_idle(provider):
+    busy = "import time\nfor i in range(12):\n    print('tick', i, flush=True); time.sleep(0.25)"
+    [machine] = launch(provider, ["python", "-c", busy], idle_timeout=1)
+    [ended] = provider.wait([machine.id], timeout=15)
+    assert ended.reason == "payload finished" and ended.exit_code == 0
+
+
+def test_max_run_timeout_ends_a_machine(provider):
+    [machine] = launch(provider, ["python", "-c", "while True: pass"], timeout=1.5)
+    [ended] = provider.wait([machine.id], timeout=15)
+    assert ended.reason.startswith("timeout: ran longer than 1.5s")
