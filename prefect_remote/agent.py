@@ -47,6 +47,7 @@ class Agent:
         self.activity_file = Path.cwd() / ".prefect-remote-activity"
         self._stopping = threading.Event()
         self._provider = None
+        self._lease_seen = (self.started, 0.0)  # (when, age) of the last lease answer
 
     @property
     def provider(self):
@@ -78,7 +79,10 @@ class Agent:
         say(f"payload started (pid {payload.pid}): {shlex.join(command)}")
         pump = threading.Thread(target=self._pump, args=(payload.stdout,), daemon=True)
         pump.start()
-        reason, code = self.watch(payload)
+        try:
+            reason, code = self.watch(payload)
+        except Exception as error:  # never leave a payload running without its agent
+            reason, code = f"agent error: {error!r}", self.stop(payload)
         pump.join(timeout=2)
         return self.end(reason, code)
 
@@ -96,7 +100,7 @@ class Agent:
         while True:
             code = payload.poll()
             if code is not None:
-                return (f"payload finished" if code == 0 else f"payload exited with code {code}"), code
+                return ("payload finished" if code == 0 else f"payload exited with code {code}"), code
             now = time.monotonic()
             reason = None
             if self._stopping.is_set():
@@ -109,12 +113,23 @@ class Agent:
                 elif now - self.last_busy > idle_timeout:
                     reason = f"idle for {format_duration(now - self.last_busy)} (idle_timeout {format_duration(idle_timeout)})"
             if reason is None and keepalive:
-                age = self.provider.lease_age(self.machine_id)
+                age = self.lease_age()
                 if age > keepalive:
                     reason = f"owner gone: lease not renewed for {format_duration(age)} (keepalive {format_duration(keepalive)})"
             if reason:
                 return reason, self.stop(payload)
             time.sleep(TICK)
+
+    def lease_age(self) -> float:
+        """Seconds since the owner's last renewal; while the provider cannot say, the age keeps growing
+        from the last answer, so a provider that stays unreachable ends the machine too."""
+        try:
+            age = self.provider.lease_age(self.machine_id)
+            self._lease_seen = (time.monotonic(), age)
+            return age
+        except Exception:
+            seen_at, age = self._lease_seen
+            return age + time.monotonic() - seen_at
 
     def _touched_since(self, moment: float) -> bool:
         try:

@@ -58,6 +58,10 @@ class Hypervisor:
     def run(self) -> int:
         signal.signal(signal.SIGTERM, self._on_stop)
         signal.signal(signal.SIGINT, signal.SIG_IGN)
+        if (self.directory / records.ENDED).exists():
+            return 0  # reclaimed before it started: never boot it
+        if (self.directory / records.STOP).exists():
+            return self.finish(None, None)  # terminated while launching
         try:
             if self.cgroups:
                 limits = self.record["limits"]

@@ -142,7 +142,7 @@ class Cgroups:
 
     def remove(self) -> None:
         for path in self.paths.values():
-            for _ in range(50):  # rmdir fails with EBUSY until the last process has been reaped
+            for _ in range(200):  # rmdir fails with EBUSY until the last process has been reaped
                 try:
                     os.rmdir(path)
                     break

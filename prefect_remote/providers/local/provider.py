@@ -19,6 +19,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterable, Mapping, Sequence
+from contextlib import nullcontext
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -41,6 +42,10 @@ from prefect_remote.units import format_size
 if TYPE_CHECKING:
     from prefect_remote.settings import RemoteSettings
     from prefect_remote.spec import MachineSpec
+
+
+# A machine folder with no monitor yet is being launched, until this many seconds have passed.
+LAUNCH_GRACE = 30.0
 
 
 def _host_memory() -> int:
@@ -168,28 +173,30 @@ class LocalProvider(Provider):
             machine_id = f"m-{secrets.token_hex(6)}"
             directory = self.machines_dir / machine_id
             (directory / records.WORK).mkdir(parents=True, mode=0o700)
-            network = self._plan_network(machine_id) if isolation == "namespace" else None
-            record = {
-                "id": machine_id,
-                "created": time.time(),
-                "tags": user_tags,
-                "owner": owner,
-                "spec": spec.summary(),
-                "instance_type": instance_type.name,
-                "region": spec.region or "local",
-                "spot_policy": spec.spot_policy,
-                "vm_type": list(spec.vm_type) if spec.vm_type else None,
-                "isolation": isolation,
-                "limits": {
-                    "cpu": spec.cpu[0] if spec.cpu else None,
-                    "memory": spec.memory[0] if spec.memory else None,
-                },
-                "keepalive": spec.keepalive,
-                "network": network.__dict__ if network else None,
-                "cgroups": Cgroups.plan(machine_id).paths if isolation == "namespace" else None,
-                "grace_period": self.settings.local_grace_period,
-            }
-            records.write_json(directory / records.MACHINE, record)
+            # Addresses are reserved by the records that hold them: allocate and write under one lock.
+            with file_lock(self.home / "local-network.lock") if isolation == "namespace" else nullcontext():
+                network = self._free_network(machine_id) if isolation == "namespace" else None
+                record = {
+                    "id": machine_id,
+                    "created": time.time(),
+                    "tags": user_tags,
+                    "owner": owner,
+                    "spec": spec.summary(),
+                    "instance_type": instance_type.name,
+                    "region": spec.region or "local",
+                    "spot_policy": spec.spot_policy,
+                    "vm_type": list(spec.vm_type) if spec.vm_type else None,
+                    "isolation": isolation,
+                    "limits": {
+                        "cpu": spec.cpu[0] if spec.cpu else None,
+                        "memory": spec.memory[0] if spec.memory else None,
+                    },
+                    "keepalive": spec.keepalive,
+                    "network": network.__dict__ if network else None,
+                    "cgroups": Cgroups.plan(machine_id).paths if isolation == "namespace" else None,
+                    "grace_period": self.settings.local_grace_period,
+                }
+                records.write_json(directory / records.MACHINE, record)
             (directory / records.BOOT_SCRIPT).write_text(boot_script)
             if machine_secrets:
                 records.write_json(directory / records.SECRETS, machine_secrets, mode=0o600)
@@ -198,21 +205,17 @@ class LocalProvider(Provider):
             launched.append(self._machine(directory))
         return launched
 
-    def _plan_network(self, machine_id: str) -> Network:
-        """The next free address on the bridge, reserved by writing it into the machine's record."""
+    def _free_network(self, machine_id: str) -> Network:
+        """The lowest address on the bridge that no live machine holds (call with the network lock held)."""
         subnet = self.settings.local_subnet
-        with file_lock(self.home / "local-network.lock"):
-            used = {host_address(subnet)}
-            for directory in self.machines_dir.iterdir():
-                record = records.read_json(directory / records.MACHINE, default=None)
-                if record and record.get("network") and not (directory / records.ENDED).exists():
-                    used.add(ipaddress.IPv4Address(record["network"]["ip"]))
-            for address in ipaddress.IPv4Network(subnet).hosts():
-                if address not in used:
-                    network = Network.plan(machine_id, str(address), subnet, self.settings.local_bridge)
-                    # Reserve it before releasing the lock.
-                    records.write_json(self.machines_dir / machine_id / records.MACHINE, {"network": network.__dict__})
-                    return network
+        used = {host_address(subnet)}
+        for directory in self.machines_dir.iterdir():
+            record = records.read_json(directory / records.MACHINE, default=None)
+            if record and record.get("network") and not (directory / records.ENDED).exists():
+                used.add(ipaddress.IPv4Address(record["network"]["ip"]))
+        for address in ipaddress.IPv4Network(subnet).hosts():
+            if address not in used:
+                return Network.plan(machine_id, str(address), subnet, self.settings.local_bridge)
         raise CapacityError(f"local provider: no free address left in {subnet}; end some machines or widen PREFECT_REMOTE_LOCAL_SUBNET")
 
     def _start_hypervisor(self, directory: Path) -> None:
@@ -226,7 +229,7 @@ class LocalProvider(Provider):
                 stderr=log,
                 start_new_session=True,  # the machine outlives its launcher and its launcher's signals
             )
-        (directory / records.HYPERVISOR_PID).write_text(str(process.pid))
+        records.write_json(directory / records.HYPERVISOR_PID, process.pid)
         # Reap it when it ends so a long-lived launcher collects no zombies.
         threading.Thread(target=process.wait, daemon=True).start()
 
@@ -237,18 +240,20 @@ class LocalProvider(Provider):
             raise MachineNotFound(f"no local machine {machine_id!r} under {self.machines_dir}; `prefect-remote machines ls` lists them")
         return directory
 
-    def _hypervisor_alive(self, directory: Path) -> bool:
+    def _hypervisor_pid(self, directory: Path) -> int | None:
+        """The machine's live monitor process, if it has one."""
+        pid = records.read_json(directory / records.HYPERVISOR_PID, default=None)
         try:
-            pid = int((directory / records.HYPERVISOR_PID).read_text())
             cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
-        except (OSError, ValueError):
-            return False
-        return str(directory).encode() in cmdline and not _is_zombie(pid)
+        except OSError:
+            return None
+        return pid if str(directory).encode() in cmdline and not _is_zombie(pid) else None
 
     def _machine(self, directory: Path) -> Machine:
         record = records.read_json(directory / records.MACHINE)
         ended = records.read_json(directory / records.ENDED, default=None)
-        if ended is None and not self._hypervisor_alive(directory):
+        launching = not (directory / records.HYPERVISOR_PID).exists() and time.time() - record["created"] < LAUNCH_GRACE
+        if ended is None and not launching and self._hypervisor_pid(directory) is None:
             ended = records.read_json(directory / records.ENDED, default=None) or self._reclaim(directory, record)
         state_file = records.read_json(directory / records.STATE, default=None)
         state = "terminated" if ended else ("running" if state_file else "pending")
@@ -279,13 +284,16 @@ class LocalProvider(Provider):
 
     def _reclaim(self, directory: Path, record: dict[str, Any]) -> dict[str, Any]:
         """A machine whose monitor died (killed, host rebooted): stop what is left and record it."""
+        reason = "machine monitor died; machine reclaimed"
+        records.write_once(directory / records.ENDED, {"reason": reason, "exit_code": None, "ended": time.time()})
         kill_pids(tagged_pids(f"{MACHINE_ID_ENV}={record['id']}".encode()), signal.SIGKILL)
-        if record.get("cgroups"):
-            Cgroups(record["cgroups"]).remove()
-        if record.get("network"):
-            Network(**record["network"]).remove()
-        ended = {"reason": "machine monitor died; machine reclaimed", "exit_code": None, "ended": time.time()}
-        records.write_once(directory / records.ENDED, ended)
+        try:
+            if record.get("network"):
+                Network(**record["network"]).remove()
+            if record.get("cgroups"):
+                Cgroups(record["cgroups"]).remove()
+        except Exception:  # the next reclaim of the host (cleanup_host) retries; the machine is ended either way
+            pass
         return records.read_json(directory / records.ENDED)
 
     def describe(self, machine_id: str) -> Machine:
@@ -297,8 +305,8 @@ class LocalProvider(Provider):
         found = []
         retention = self.settings.local_record_retention
         for directory in self.machines_dir.iterdir():
-            if not (directory / records.MACHINE).exists() or not (directory / records.HYPERVISOR_PID).exists():
-                continue  # being launched
+            if not (directory / records.MACHINE).exists():
+                continue
             try:
                 machine = self._machine(directory)
             except (OSError, KeyError, ValueError):
@@ -317,9 +325,10 @@ class LocalProvider(Provider):
             if (directory / records.ENDED).exists():
                 continue
             records.write_once(directory / records.STOP, {"reason": reason, "exit_code": exit_code, "at": time.time()})
-            if self._hypervisor_alive(directory):
-                os.kill(int((directory / records.HYPERVISOR_PID).read_text()), signal.SIGTERM)
-            else:
+            monitor = self._hypervisor_pid(directory)
+            if monitor is not None:
+                os.kill(monitor, signal.SIGTERM)
+            elif (directory / records.HYPERVISOR_PID).exists():
                 self._reclaim(directory, records.read_json(directory / records.MACHINE))
 
     def cleanup_host(self) -> None:

@@ -1,0 +1,234 @@
+"""The local provider's own promises: isolation, limits, and that nothing outlives its purpose."""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from prefect_remote.boot import decode_agent_config
+from prefect_remote.errors import CapacityError
+from prefect_remote.providers.base import BootPayload
+from prefect_remote.providers.local import LocalProvider, records
+from prefect_remote.providers.local.isolation import tagged_pids
+from prefect_remote.spec import MachineSpec
+from tests.conftest import needs_namespace, wait_for
+
+PRINT_NETWORK = textwrap.dedent(
+    """
+    import socket, subprocess, errno
+    print("addr", subprocess.run(["ip", "-4", "-o", "addr", "show", "eth0"], capture_output=True, text=True).stdout.split()[3])
+    for target in ["192.0.2.1", "1.1.1.1"]:
+        s = socket.socket()
+        s.settimeout(2)
+        try:
+            s.connect((target, 80))
+            print("reached", target)
+        except OSError as error:
+            print("unreachable", target, errno.errorcode.get(error.errno, error))
+    """
+)
+
+
+@needs_namespace
+def test_namespace_machines_have_their_own_ip_and_no_way_out():
+    provider = LocalProvider(isolation="namespace")
+    machines = provider.launch(MachineSpec(cpu=1, memory="512 MiB"), BootPayload(["python", "-c", PRINT_NETWORK]), count=2)
+    provider.wait([m.id for m in machines])
+    addresses = set()
+    for machine in machines:
+        text = provider.logs(machine.id).text
+        address = next(line.split()[1] for line in text.splitlines() if line.startswith("addr "))
+        assert address.split("/")[0] == machine.address
+        addresses.add(address)
+        lines = text.splitlines()
+        assert not [line for line in lines if line.startswith("reached ")]
+        assert "unreachable 192.0.2.1 ENETUNREACH" in lines and "unreachable 1.1.1.1 ENETUNREACH" in lines
+    assert len(addresses) == 2
+
+
+@needs_namespace
+def test_namespace_machines_reach_each_other_and_the_host():
+    provider = LocalProvider(isolation="namespace")
+    server_code = "import http.server as h; h.HTTPServer(('0.0.0.0', 8000), h.SimpleHTTPRequestHandler).serve_forever()"
+    [server] = provider.launch(MachineSpec(), BootPayload(["python", "-c", server_code]))
+    client_code = textwrap.dedent(
+        f"""
+        import urllib.request, time
+        for _ in range(100):
+            try:
+                print("status", urllib.request.urlopen("http://{server.address}:8000/", timeout=2).status); break
+            except OSError:
+                time.sleep(0.1)
+        """
+    )
+    [client] = provider.launch(MachineSpec(), BootPayload(["python", "-c", client_code]))
+    provider.wait([client.id])
+    assert "status 200" in provider.logs(client.id).text
+    assert provider.host_address == "10.232.0.1"
+
+
+@needs_namespace
+def test_memory_limit_kills_a_payload_that_exceeds_it_and_says_so():
+    provider = LocalProvider(isolation="namespace")
+    hog = "x = bytearray(600 * 2**20); print('survived')"
+    [machine] = provider.launch(MachineSpec(memory="200 MiB"), BootPayload(["python", "-c", hog]))
+    [ended] = provider.wait([machine.id], timeout=30)
+    assert ended.reason.startswith("out of memory: the machine used more than its 200 MiB limit")
+    assert ended.exit_code == 137
+    text = provider.logs(machine.id).text
+    assert "survived" not in text.splitlines() and "machine terminated: out of memory" in text
+
+
+@needs_namespace
+def test_cgroup_limits_match_the_spec_and_are_removed():
+    provider = LocalProvider(isolation="namespace")
+    [machine] = provider.launch(MachineSpec(cpu=2, memory="1 GiB"), BootPayload(["sleep", "30"]))
+    wait_for(lambda: provider.describe(machine.id).state == "running")
+    record = records.read_json(Path(machine.details["directory"]) / records.MACHINE)
+    memory_dir, cpu_dir = Path(record["cgroups"]["memory"]), Path(record["cgroups"]["cpu"])
+    assert int((memory_dir / "memory.limit_in_bytes").read_text()) == 2**30
+    assert int((cpu_dir / "cpu.cfs_quota_us").read_text()) == 2 * int((cpu_dir / "cpu.cfs_period_us").read_text())
+    boot_pid = records.read_json(Path(machine.details["directory"]) / records.STATE)["boot_pid"]
+    assert str(boot_pid) in (memory_dir / "cgroup.procs").read_text().split()
+    provider.terminate([machine.id])
+    provider.wait([machine.id])
+    assert not memory_dir.exists() and not cpu_dir.exists()
+    assert not Path("/run/netns", record["network"]["netns"]).exists()
+
+
+def test_process_isolation_gives_its_own_environment_group_and_directory(monkeypatch):
+    monkeypatch.setenv("LAUNCHER_ONLY_SECRET", "must-not-leak")
+    provider = LocalProvider(isolation="process")
+    code = "import os, sys; print('env', 'LAUNCHER_ONLY_SECRET' in os.environ, os.environ['GREETING']); print('cwd', os.getcwd()); print('sid', os.getsid(0) != os.getsid(int(sys.argv[1]))); print('python', sys.executable)"
+    payload = BootPayload(["python", "-c", code, str(os.getpid())], env={"GREETING": "hi"})
+    [machine] = provider.launch(MachineSpec(), payload)
+    provider.wait([machine.id])
+    text = provider.logs(machine.id).text
+    assert "env False hi" in text
+    assert f"cwd {machine.details['directory']}/work" in text
+    assert "sid True" in text
+    assert f"python {Path(sys.executable).parent}" in text  # no software: the launcher's interpreter
+
+
+def test_vm_type_region_and_spot_are_recorded():
+    provider = LocalProvider(isolation="process")
+    spec = MachineSpec(vm_type="m6i.large", region="us-east-2", spot_policy="spot_with_fallback", cpu=1)
+    [machine] = provider.launch(spec, BootPayload(["true"]))
+    described = provider.describe(machine.id)
+    assert described.region == "us-east-2" and described.spot and described.details["vm_type"] == ["m6i.large"]
+    assert described.instance_type == "local-1cpu" and described.spec == "m6i.large, 1 cpu, spot_with_fallback, us-east-2"
+
+
+def test_overcommit():
+    with pytest.raises(CapacityError, match=r"memory=476.8 GiB \(this host has .*PREFECT_REMOTE_LOCAL_OVERCOMMIT"):
+        LocalProvider().choose_instance_type(MachineSpec(memory="512 GB"))
+    with pytest.raises(CapacityError, match="a GPU"):
+        LocalProvider().choose_instance_type(MachineSpec(gpu=True))
+    big = LocalProvider(overcommit=True).choose_instance_type(MachineSpec(memory="512 GB", cpu=64))
+    assert big.memory == 512 * 10**9 and big.cpu == 64
+
+
+def test_secrets_stay_off_disk_files_and_command_lines():
+    provider = LocalProvider()
+    token = f"secret-{secrets.token_hex(8)}"
+    code = "import time; time.sleep(1.5)"
+    spec = MachineSpec(environ={"PLAIN": "visible"}, timeout=30)
+    [machine] = provider.launch(spec, BootPayload(["python", "-c", code], secrets={"TOKEN": token}))
+    wait_for(lambda: provider.describe(machine.id).state == "running")
+    time.sleep(0.5)
+    for entry in Path("/proc").iterdir():
+        try:
+            assert token.encode() not in (entry / "cmdline").read_bytes()
+        except OSError:
+            pass
+    directory = Path(machine.details["directory"])
+    assert oct((directory / records.SECRETS).stat().st_mode & 0o777) == "0o600"
+    for name in (records.BOOT_SCRIPT, records.MACHINE, records.LOG):
+        assert token not in (directory / name).read_text()
+    # The agent's configuration is encoded inside the boot script: the secret is not in it either.
+    script = (directory / records.BOOT_SCRIPT).read_text()
+    config = decode_agent_config(script.split("PREFECT_REMOTE_AGENT_CONFIG=")[1].split()[0])
+    assert config["env"] == {"PLAIN": "visible"} and config["secret_names"] == ["TOKEN"]
+    assert token not in json.dumps(config)
+
+
+LAUNCHER = """
+import sys, time
+import prefect_remote
+machines = prefect_remote.launch(["sleep", "300"], count=2, keepalive=2, tags={"run": sys.argv[1]})
+print(" ".join(m.id for m in machines), flush=True)
+time.sleep(300)
+"""
+
+
+def test_killing_the_launcher_ends_every_machine_it_owned():
+    run = secrets.token_hex(4)
+    launcher = subprocess.Popen([sys.executable, "-c", LAUNCHER, run], stdout=subprocess.PIPE, text=True)
+    ids = launcher.stdout.readline().split()
+    provider = LocalProvider()
+    wait_for(lambda: all(provider.describe(i).state == "running" for i in ids))
+    time.sleep(3)  # longer than keepalive: the live owner's renewals keep them
+    assert all(provider.describe(i).alive for i in ids)
+    assert {m.owner for m in provider.list({"run": run})} == {f"{os.uname().nodename}:{launcher.pid}"}
+    launcher.send_signal(signal.SIGKILL)
+    launcher.wait()
+    killed = time.monotonic()
+    ended = provider.wait(ids, timeout=2 + 10)
+    assert all("owner gone" in m.reason for m in ended)
+    assert time.monotonic() - killed < 12
+    assert not any(tagged_pids(f"PREFECT_REMOTE_MACHINE_ID={i}".encode()) for i in ids)
+
+
+def test_a_machine_whose_monitor_dies_is_reclaimed():
+    provider = LocalProvider()
+    [machine] = provider.launch(MachineSpec(), BootPayload(["sleep", "300"]))
+    wait_for(lambda: provider.describe(machine.id).state == "running")
+    monitor = int((Path(machine.details["directory"]) / records.HYPERVISOR_PID).read_text())
+    os.kill(monitor, signal.SIGKILL)
+    wait_for(lambda: not Path(f"/proc/{monitor}").exists() or "Z" in Path(f"/proc/{monitor}/stat").read_text().split(")")[1][:3])
+    ended = provider.describe(machine.id)
+    assert ended.state == "terminated" and ended.reason == "machine monitor died; machine reclaimed"
+    assert not tagged_pids(f"PREFECT_REMOTE_MACHINE_ID={machine.id}".encode())
+
+
+def test_daemons_that_leave_the_process_group_end_with_the_machine(local_provider):
+    daemon = "import subprocess; subprocess.Popen(['setsid', 'sleep', '300']); print('daemon started')"
+    [machine] = local_provider.launch(MachineSpec(), BootPayload(["python", "-c", daemon]))
+    local_provider.wait([machine.id])
+    assert "daemon started" in local_provider.logs(machine.id).text
+    assert not tagged_pids(f"PREFECT_REMOTE_MACHINE_ID={machine.id}".encode())
+
+
+def test_a_payload_that_cannot_start_ends_the_machine_with_the_reason(local_provider):
+    [machine] = local_provider.launch(MachineSpec(), BootPayload(["no-such-program-here"]))
+    [ended] = local_provider.wait([machine.id])
+    assert "payload could not start" in ended.reason and "no-such-program-here" in ended.reason
+    assert ended.exit_code == 127
+
+
+def test_reserved_tags_and_bad_count_start_nothing():
+    provider = LocalProvider()
+    before = provider.list(include_terminated=True)
+    with pytest.raises(ValueError, match="reserved"):
+        provider.launch(MachineSpec(), BootPayload(["true"]), tags={"prefect-remote:owner": "x"})
+    with pytest.raises(ValueError, match="count=0"):
+        provider.launch(MachineSpec(), BootPayload(["true"]), count=0)
+    assert provider.list(include_terminated=True) == before
+
+
+def test_namespace_isolation_refused_clearly_where_unavailable(monkeypatch):
+    from prefect_remote.providers.local import provider as module
+
+    monkeypatch.setattr(module, "namespace_unavailable", lambda: "namespace isolation needs root")
+    with pytest.raises(CapacityError, match="needs root; set PREFECT_REMOTE_LOCAL_ISOLATION=process"):
+        LocalProvider(isolation="namespace").isolation
+    assert LocalProvider(isolation="auto").isolation == "process"
