@@ -20,7 +20,7 @@ test: env
 	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)
 
 demo: env
-	$(VENV)/bin/python examples/machines_demo.py
+	PREFECT_REMOTE_HOME=$(CURDIR)/.demo/home $(VENV)/bin/python examples/machines_demo.py
 
 bench: env
 	$(VENV)/bin/python bench/run.py
