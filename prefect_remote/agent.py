@@ -57,8 +57,29 @@ class Agent:
             self._provider = provider_class(self.config["provider"])(**self.config["provider_options"])
         return self._provider
 
-    def payload_env(self) -> dict[str, str]:
+    def rebuild_software(self) -> Path | None:
+        """The interpreter of the machine's software environment, rebuilt or reused; None without one."""
+        software = self.config.get("software")
+        if not software:
+            return None
+        from prefect_remote.software.rebuild import rebuild_environment
+        from prefect_remote.software.store import open_store
+
+        return rebuild_environment(
+            software["name"],
+            open_store(software["store"]),
+            software["envs_dir"],
+            workdir=Path.cwd(),
+            uv_cache_dir=software.get("uv_cache_dir"),
+            proxy=software.get("proxy"),
+            log=say,
+        )
+
+    def payload_env(self, python: Path | None) -> dict[str, str]:
         env = {key: value for key, value in os.environ.items() if key != AGENT_CONFIG_ENV}
+        if python is not None:  # the payload's `python` is the environment's
+            env["PATH"] = f"{python.parent}{os.pathsep}{env.get('PATH', '')}"
+            env["VIRTUAL_ENV"] = str(python.parent.parent)
         env.update(self.config["env"])
         if self.config["secret_names"]:
             env.update(self.provider.read_secrets(self.machine_id))
@@ -71,8 +92,13 @@ class Agent:
         signal.signal(signal.SIGINT, lambda *_: self._stopping.set())
         command = self.config["command"]
         try:
+            python = self.rebuild_software()
+        except Exception as error:
+            name = self.config["software"]["name"]
+            return self.end(f"software environment {name} could not be rebuilt: {error}", 1)
+        try:
             payload = subprocess.Popen(
-                command, env=self.payload_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
+                command, env=self.payload_env(python), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
             )
         except OSError as error:
             return self.end(f"payload could not start: {error}", 127)

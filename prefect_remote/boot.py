@@ -37,9 +37,23 @@ exec "$PREFECT_REMOTE_PYTHON" -m prefect_remote.agent
 """
 
 
+def software_config(provider: Provider, spec: MachineSpec) -> dict[str, Any] | None:
+    """Where the agent finds ``spec.software`` and caches it; checks now that the store holds it,
+    so a missing or changed environment starts no machine."""
+    if spec.software is None:
+        return None
+    from prefect_remote.software.rebuild import load_spec
+    from prefect_remote.software.store import open_store
+
+    store = open_store()
+    load_spec(store, spec.software)
+    return {"name": spec.software, "store": store.url, **provider.software_options()}
+
+
 def agent_config(provider: Provider, spec: MachineSpec, payload: BootPayload) -> dict[str, Any]:
     """What the agent needs to know, as JSON: no secrets (they go through the provider)."""
     return {
+        "software": software_config(provider, spec),
         "provider": provider.name,
         "provider_options": provider.boot_options(),
         "command": list(payload.command),

@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import ipaddress
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import Field, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from prefect_remote.units import parse_duration
+from prefect_remote.units import parse_duration, parse_size
 
 Isolation = Literal["auto", "process", "namespace"]
 
@@ -33,6 +33,9 @@ class RemoteSettings(BaseSettings):
     )
     provider: str = Field(default="local", description="Provider used when none is named: local, aws, gcp, or a plugin's name.")
     store: str | None = Field(default=None, description="Store URL for software environments; default: <home>/store.")
+    max_bundle_size: int = Field(
+        default=100 * 2**20, description="Largest local code bundle package sync captures, e.g. '100 MiB'."
+    )
 
     local_isolation: Isolation = Field(
         default="auto",
@@ -46,6 +49,11 @@ class RemoteSettings(BaseSettings):
         default="10.231.0.0/16", description="Host-only subnet for namespace machines; the host takes its first address."
     )
     local_bridge: str = Field(default="prbr0", description="Name of the host-only bridge for namespace machines.")
+    local_egress: Annotated[list[str], NoDecode] = Field(
+        default=["pypi.org", "files.pythonhosted.org"],
+        description="Hosts namespace machines may reach to rebuild software environments (wildcards allowed); "
+        "add your private index, e.g. 'pypi.org,files.pythonhosted.org,*.mycorp.com'.",
+    )
     local_grace_period: float = Field(
         default=5.0, description="Seconds a terminated machine's processes get between SIGTERM and SIGKILL."
     )
@@ -75,6 +83,16 @@ class RemoteSettings(BaseSettings):
         if not (0 < len(value) <= 15) or not value.replace("-", "").replace("_", "").isalnum():
             raise ValueError(f"local_bridge={value!r}: expected an interface name of 1-15 letters, digits, '-' or '_'")
         return value
+
+    @field_validator("local_egress", mode="before")
+    @classmethod
+    def _hosts(cls, value: object) -> object:
+        return [h.strip() for h in value.split(",") if h.strip()] if isinstance(value, str) else value
+
+    @field_validator("max_bundle_size", mode="before")
+    @classmethod
+    def _size(cls, value: object) -> int:
+        return parse_size(value)  # type: ignore[arg-type]
 
     @field_validator("local_grace_period", "local_record_retention", mode="before")
     @classmethod

@@ -29,6 +29,7 @@ SPOT_POLICIES: tuple[str, ...] = ("on-demand", "spot", "spot_with_fallback")
 
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _REGION = re.compile(r"[a-z0-9][a-z0-9-]*[a-z0-9]")
+_SOFTWARE = re.compile(r"senv-[0-9a-f]{16}")
 
 
 class GpuRequest(BaseModel):
@@ -79,6 +80,9 @@ class MachineSpec(BaseModel):
     reach the payload's environment through the provider's secret channel and never a boot script,
     a command line or a log.
 
+    ``software`` names a package-synced environment (``senv-…``) the machine rebuilds and runs its
+    payload in; ``None`` means the provider's default (the launcher's interpreter, locally).
+
     Example::
 
         MachineSpec(cpu=4, memory="16 GiB", region="us-east-2", spot_policy="spot", keepalive="30s")
@@ -100,6 +104,7 @@ class MachineSpec(BaseModel):
     allow_ingress_from: str | None = None
     tags: dict[str, str] = {}
     environ: dict[str, str | SecretStr] = {}
+    software: str | None = None
 
     @model_validator(mode="before")
     @classmethod
@@ -235,6 +240,16 @@ class MachineSpec(BaseModel):
             if not isinstance(item, (str, SecretStr)):
                 raise ValueError(f"environ[{key!r}]: expected a string or a pydantic.SecretStr, not {type(item).__name__}")
         return value
+
+    @field_validator("software", mode="before")
+    @classmethod
+    def _software(cls, value: Any) -> str | None:
+        if value is None or (isinstance(value, str) and _SOFTWARE.fullmatch(value)):
+            return value
+        raise ValueError(
+            f"software={value!r}: expected a software environment name such as 'senv-0123456789abcdef' "
+            "(from `prefect-remote env build` or the build_package_sync_senv deploy step), or None"
+        )
 
     @property
     def public_environ(self) -> dict[str, str]:

@@ -204,6 +204,11 @@ class Provider(ABC):
     def renew_leases(self, machine_ids: Iterable[str]) -> None:
         """The owner's heartbeat: machines whose lease is older than their ``keepalive`` end themselves."""
 
+    def software_options(self) -> dict[str, str | None]:
+        """How machines rebuild software environments: where they cache them (``envs_dir``), uv's
+        download cache (``uv_cache_dir``) and the proxy package downloads go through (``proxy``)."""
+        return {"envs_dir": "/var/lib/prefect-remote/envs", "uv_cache_dir": None, "proxy": None}
+
     # -- machine side ------------------------------------------------------------------------
     @abstractmethod
     def boot_options(self) -> dict[str, Any]:

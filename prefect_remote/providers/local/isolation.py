@@ -9,7 +9,6 @@ Standard library only: the per-machine hypervisor imports it.
 from __future__ import annotations
 
 import errno
-import fcntl
 import ipaddress
 import os
 import shutil
@@ -17,12 +16,13 @@ import signal
 import subprocess
 import sys
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
 CGROUP_CONTROLLERS = ("memory", "cpu")
+# A local machine's "image" is this host: it trusts the certificate authorities the host trusts.
+HOST_TRUST_VARIABLES = ("SSL_CERT_FILE", "SSL_CERT_DIR", "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE", "PIP_CERT")
 CGROUP_GROUP = "prefect-remote"
 CPU_PERIOD_US = 100_000
 
@@ -231,18 +231,6 @@ def ensure_bridge(bridge: str, gateway_cidr: str) -> None:
 def remove_bridge(bridge: str) -> None:
     if Path("/sys/class/net", bridge).exists():
         _run_ip("link", "del", bridge)
-
-
-@contextmanager
-def file_lock(path: Path):
-    """An exclusive lock between processes (address allocation, bridge creation)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 # -- processes ------------------------------------------------------------------------------

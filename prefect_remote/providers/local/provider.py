@@ -25,15 +25,17 @@ from typing import TYPE_CHECKING, Any
 
 from prefect_remote.boot import MACHINE_ID_ENV, agent_config, render_boot_script
 from prefect_remote.errors import CapacityError, MachineNotFound
+from prefect_remote.filelock import file_lock
 from prefect_remote.providers.base import TAG_PREFIX, BootPayload, InstanceType, LogChunk, Machine, Provider
-from prefect_remote.providers.local import records
+from prefect_remote.providers.local import egress, records
 from prefect_remote.providers.local.isolation import (
+    HOST_TRUST_VARIABLES,
     Cgroups,
     Network,
-    file_lock,
     host_address,
     kill_pids,
     namespace_unavailable,
+    ensure_bridge,
     remove_bridge,
     tagged_pids,
 )
@@ -203,6 +205,10 @@ class LocalProvider(Provider):
             (directory / records.LEASE).touch()
             self._start_hypervisor(directory)
             launched.append(self._machine(directory))
+        if isolation == "namespace" and config["software"]:
+            settings = self.settings
+            ensure_bridge(settings.local_bridge, f"{self.host_address}/{ipaddress.IPv4Network(settings.local_subnet).prefixlen}")
+            egress.ensure_running(self.home, self.host_address, settings.local_egress)
         return launched
 
     def _free_network(self, machine_id: str) -> Network:
@@ -223,7 +229,11 @@ class LocalProvider(Provider):
             process = subprocess.Popen(
                 [sys.executable, "-m", "prefect_remote.providers.local.hypervisor", str(directory)],
                 cwd=directory,
-                env={"PATH": os.environ.get("PATH", ""), "LANG": "C.UTF-8"},
+                env={
+                    "PATH": os.environ.get("PATH", ""),
+                    "LANG": "C.UTF-8",
+                    **{name: os.environ[name] for name in HOST_TRUST_VARIABLES if name in os.environ},
+                },
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL,
                 stderr=log,
@@ -332,10 +342,9 @@ class LocalProvider(Provider):
                 self._reclaim(directory, records.read_json(directory / records.MACHINE))
 
     def cleanup_host(self) -> None:
-        """Removes the host-only bridge once no namespace machine uses it."""
-        if namespace_unavailable() is None and not any(
-            m.details["isolation"] == "namespace" for m in self.list()
-        ):
+        """Stops the egress proxy and removes the host-only bridge once no namespace machine uses them."""
+        if namespace_unavailable() is None and not any(m.details["isolation"] == "namespace" for m in self.list()):
+            egress.stop(self.home)
             remove_bridge(self.settings.local_bridge)
 
     # -- logs and leases --------------------------------------------------------------------------
@@ -355,6 +364,14 @@ class LocalProvider(Provider):
                 os.utime(self.machines_dir / machine_id / records.LEASE)
             except FileNotFoundError:
                 pass
+
+    def software_options(self) -> dict[str, str | None]:
+        """Machines on this host share one environment cache and the host's uv cache (warm rebuilds);
+        namespace machines download what the cache lacks through the egress proxy."""
+        from prefect_remote.software.capture import uv_cache_dir
+
+        proxy = f"http://{self.host_address}:{egress.PORT}" if self.isolation == "namespace" else None
+        return {"envs_dir": str(self.home / "envs"), "uv_cache_dir": uv_cache_dir(), "proxy": proxy}
 
     # -- machine side -----------------------------------------------------------------------------
     def boot_options(self) -> dict[str, Any]:

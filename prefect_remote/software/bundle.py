@@ -1,0 +1,115 @@
+"""The project's local code, ``.py`` and data files alike, packed as one reproducible archive.
+
+Files are chosen under a root folder by gitignore-style patterns: everything, minus what the
+project's ``.gitignore`` files ignore, minus virtual environments, caches and VCS folders, minus
+``exclude``; ``include`` narrows the choice to matching files. The archive is byte-for-byte the
+same for the same files (sorted entries, no timestamps or owners), so its hash names its content.
+"""
+
+from __future__ import annotations
+
+import gzip
+import io
+import os
+import tarfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import pathspec
+
+from prefect_remote.errors import RemoteError
+from prefect_remote.units import format_size
+
+ALWAYS_EXCLUDED = [
+    ".git/", ".hg/", ".svn/", ".venv/", "venv/", "__pycache__/", "*.pyc", "*.pyo", ".mypy_cache/",
+    ".pytest_cache/", ".ruff_cache/", ".tox/", ".nox/", "node_modules/", ".ipynb_checkpoints/",
+    "*.egg-info/", ".DS_Store", ".prefect/", ".demo/",
+]
+
+
+class BundleTooLarge(RemoteError, ValueError):
+    """The selected files exceed the size guard."""
+
+
+@dataclass(frozen=True)
+class Selection:
+    root: Path
+    files: list[str]  # relative POSIX paths, sorted
+    size: int
+
+
+def _gitignore_patterns(root: Path, folder: Path) -> list[str]:
+    """The patterns of ``folder/.gitignore``, re-anchored to ``root``."""
+    try:
+        lines = (folder / ".gitignore").read_text().splitlines()
+    except OSError:
+        return []
+    prefix = folder.relative_to(root).as_posix()
+    if prefix == ".":
+        return lines
+    patterns = []
+    for line in lines:
+        stripped = line.strip()
+        if not stripped or stripped.startswith("#"):
+            continue
+        negated, body = (True, stripped[1:]) if stripped.startswith("!") else (False, stripped)
+        anchored = body.lstrip("/") if ("/" in body.rstrip("/")) else f"**/{body}"
+        patterns.append(("!" if negated else "") + f"{prefix}/{anchored}")
+    return patterns
+
+
+def select_files(
+    root: str | Path,
+    *,
+    include: list[str] | None = None,
+    exclude: list[str] | None = None,
+    max_size: int | None = None,
+) -> Selection:
+    """The files a bundle of ``root`` holds. Raises :class:`BundleTooLarge` past ``max_size`` bytes."""
+    root = Path(root).absolute()
+    included = pathspec.GitIgnoreSpec.from_lines(include) if include else None
+    ignore_lines = [*ALWAYS_EXCLUDED, *(exclude or [])]
+    files, size, sizes = [], 0, []
+    for folder, dirnames, filenames in os.walk(root):
+        here = Path(folder)
+        ignore_lines += _gitignore_patterns(root, here)
+        ignored = pathspec.GitIgnoreSpec.from_lines(ignore_lines)
+        relative = here.relative_to(root).as_posix()
+        prefix = "" if relative == "." else f"{relative}/"
+        dirnames[:] = sorted(
+            d for d in dirnames
+            if not ignored.match_file(f"{prefix}{d}/") and not (here / d / "pyvenv.cfg").exists()
+        )
+        for name in filenames:
+            path = f"{prefix}{name}"
+            full = here / name
+            if ignored.match_file(path) or full.is_symlink() or not full.is_file():
+                continue
+            if included is not None and not included.match_file(path):
+                continue
+            file_size = full.stat().st_size
+            files.append(path)
+            sizes.append((file_size, path))
+            size += file_size
+    if max_size is not None and size > max_size:
+        largest = ", ".join(f"{p} ({format_size(s)})" for s, p in sorted(sizes, reverse=True)[:5])
+        raise BundleTooLarge(
+            f"the local code under {root} comes to {format_size(size)}, over the {format_size(max_size)} limit. "
+            f"Largest files: {largest}. Leave data out with exclude=[...] or .gitignore, or raise "
+            "PREFECT_REMOTE_MAX_BUNDLE_SIZE."
+        )
+    return Selection(root=root, files=sorted(files), size=size)
+
+
+def write_bundle(selection: Selection, destination: Path) -> Path:
+    """A reproducible ``.tar.gz`` of the selected files: same files, same bytes."""
+    with open(destination, "wb") as raw, gzip.GzipFile(fileobj=raw, mode="wb", mtime=0, compresslevel=3) as zipped:
+        with tarfile.open(fileobj=zipped, mode="w", format=tarfile.PAX_FORMAT) as archive:
+            for relative in selection.files:
+                full = selection.root / relative
+                info = tarfile.TarInfo(relative)
+                info.size = full.stat().st_size
+                info.mode = 0o755 if os.access(full, os.X_OK) else 0o644
+                with open(full, "rb") as handle:
+                    archive.addfile(info, io.BufferedReader(handle))  # type: ignore[arg-type]
+    return destination

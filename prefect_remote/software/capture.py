@@ -1,0 +1,344 @@
+"""Capture the local Python environment as a software environment spec, and store it.
+
+Each installed distribution is classified by its PEP 610 ``direct_url.json``:
+
+* none: an index package, pinned ``name==version``;
+* ``vcs_info``: ``name @ git+URL@commit``;
+* ``dir_info`` (a local folder, editable or not) or a local archive: built into a wheel with uv
+  (cached by the hash of its sources) and stored by hash;
+* ``archive_info`` at a remote URL: ``name @ URL``.
+
+Packages that cannot exist on Linux (``appnope``, ``pywin32``, ``pyobjc-*``…) and those in
+``ignore`` are dropped and reported. The project's local code is bundled (see :mod:`bundle`). The
+environment's name is the hash of all of it: the same environment always gets the same name.
+Credentials in index or package URLs are never captured.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import hashlib
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+from urllib.parse import unquote, urlsplit, urlunsplit
+
+from prefect_remote.errors import RemoteError
+from prefect_remote.software import bundle as bundles
+from prefect_remote.software.rebuild import canonical, env_name, find_uv, index_arguments, requirement_lines
+from prefect_remote.software.scan import normalize, scan
+from prefect_remote.software.store import Store, open_store, sha256_file
+
+FORMAT = 1
+
+# Packages that only exist for another operating system, with the system they need.
+PLATFORM_ONLY = {
+    "appnope": "macOS", "pyobjc": "macOS", "pyobjc-*": "macOS", "tensorflow-macos": "macOS",
+    "tensorflow-metal": "macOS", "mlx": "macOS", "mlx-metal": "macOS", "macholib": "macOS",
+    "pywin32": "Windows", "pywin32-ctypes": "Windows", "pypiwin32": "Windows", "pywinpty": "Windows",
+    "wmi": "Windows", "comtypes": "Windows", "windows-curses": "Windows", "winshell": "Windows",
+    "pywin32-stubs": "Windows", "wexpect": "Windows",
+}
+
+
+class CaptureError(RemoteError, ValueError):
+    """The environment cannot be captured as asked; the message says which package and why."""
+
+
+class UnresolvableEnvironment(CaptureError):
+    """The captured packages do not resolve for the target platform."""
+
+
+@dataclass(frozen=True)
+class CapturedEnvironment:
+    """A stored software environment: its name, its spec, and what capture did."""
+
+    name: str
+    spec: dict[str, Any]
+    store_url: str
+    seconds: float
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def local_wheels(self) -> int:
+        return sum(1 for p in self.spec["packages"] if p.get("wheel"))
+
+    def summary(self) -> dict[str, Any]:
+        """What the deploy step returns and ``env build`` prints."""
+        code = self.spec.get("code") or {}
+        return {
+            "name": self.name,
+            "python": self.spec["python"],
+            "platform": self.spec["platform"],
+            "packages": len(self.spec["packages"]),
+            "local_wheels": self.local_wheels,
+            "bundle_files": code.get("files", 0),
+            "bundle_size": code.get("size", 0),
+            "dropped": [f"{d['name']} ({d['reason']})" for d in self.spec["dropped"]],
+            "store": self.store_url,
+        }
+
+
+def strip_credentials(url: str) -> str:
+    """``https://user:token@host/path`` → ``https://host/path``: credentials stay on the client."""
+    parts = urlsplit(url)
+    if "@" not in parts.netloc:
+        return url
+    return urlunsplit(parts._replace(netloc=parts.netloc.rsplit("@", 1)[1]))
+
+
+def _configured_indexes() -> dict[str, Any]:
+    """The package indexes pip and uv are configured with here (without credentials)."""
+    default = os.environ.get("UV_DEFAULT_INDEX") or os.environ.get("UV_INDEX_URL") or os.environ.get("PIP_INDEX_URL")
+    extras = " ".join(filter(None, (os.environ.get(v) for v in ("UV_INDEX", "UV_EXTRA_INDEX_URL", "PIP_EXTRA_INDEX_URL"))))
+    return {
+        "default": strip_credentials(default) if default else None,
+        "extra": [strip_credentials(url) for url in extras.split()],
+    }
+
+
+def _platform_only(name: str) -> str | None:
+    return next((system for pattern, system in PLATFORM_ONLY.items() if fnmatch.fnmatch(name, pattern)), None)
+
+
+def _scan_interpreter(python: str | None) -> dict[str, Any]:
+    if python is None or Path(python).absolute() == Path(sys.executable).absolute():
+        return scan()
+    script = Path(__file__).with_name("scan.py")
+    result = subprocess.run([python, "-I", str(script)], capture_output=True, text=True)
+    if result.returncode != 0:
+        raise CaptureError(f"python={python!r}: could not scan that interpreter's packages: {result.stderr.strip()}")
+    return json.loads(result.stdout)
+
+
+# -- local packages as wheels ---------------------------------------------------------------------
+
+
+def _source_hash(folder: Path) -> str:
+    digest = hashlib.sha256()
+    for relative in bundles.select_files(folder, exclude=["build/", "dist/"]).files:
+        digest.update(relative.encode() + b"\0" + sha256_file(folder / relative).encode() + b"\0")
+    return digest.hexdigest()
+
+
+def build_wheel(source: Path, cache_dir: Path) -> Path:
+    """A wheel of the local project or archive ``source``, built by uv once per content hash.
+    ``SOURCE_DATE_EPOCH`` makes the build reproducible, so the same sources give the same wheel."""
+    key = sha256_file(source) if source.is_file() else _source_hash(source)
+    cached = cache_dir / key
+    wheels = sorted(cached.glob("*.whl")) if cached.is_dir() else []
+    if wheels:
+        return wheels[0]
+    with tempfile.TemporaryDirectory(dir=cache_dir.parent if cache_dir.parent.exists() else None) as scratch:
+        env = {**os.environ, "SOURCE_DATE_EPOCH": "315532800"}
+        result = subprocess.run(
+            [find_uv(), "build", "--wheel", "--quiet", "--out-dir", scratch, str(source)], capture_output=True, text=True, env=env
+        )
+        built = sorted(Path(scratch).glob("*.whl"))
+        if result.returncode != 0 or not built:
+            raise CaptureError(f"building a wheel of the local package at {source} failed: {result.stderr.strip()[-2000:]}")
+        cached.mkdir(parents=True, exist_ok=True)
+        target = cached / built[0].name
+        os.replace(built[0], target)
+        return target
+
+
+def _local_path(url: str) -> Path:
+    return Path(unquote(urlsplit(url).path))
+
+
+# -- classification ---------------------------------------------------------------------------------
+
+
+def _classify(dist: dict[str, Any], store: Store, wheel_cache: Path) -> dict[str, Any]:
+    name, version, direct = dist["name"], dist["version"], dist["direct_url"]
+    entry: dict[str, Any] = {"name": name, "version": version}
+    if direct is None:
+        return {**entry, "source": "index", "requirement": f"{name}=={version}"}
+    url = strip_credentials(direct["url"])
+    if "vcs_info" in direct:
+        vcs = direct["vcs_info"]
+        return {**entry, "source": "vcs", "requirement": f"{name} @ {vcs['vcs']}+{url}@{vcs['commit_id']}"}
+    if url.startswith("file:"):
+        path = _local_path(url)
+        if not path.exists():
+            raise CaptureError(f"package {name} was installed from {path}, which no longer exists; reinstall it or pass ignore=[{name!r}]")
+        wheel = path if path.suffix == ".whl" else build_wheel(path, wheel_cache)
+        editable = bool(direct.get("dir_info", {}).get("editable"))
+        return {
+            **entry,
+            "source": "editable" if editable else "local",
+            "wheel": {"file": wheel.name, "sha256": store.put_file(wheel)},
+        }
+    return {**entry, "source": "url", "requirement": f"{name} @ {url}"}
+
+
+_REQUIREMENT_NAME = re.compile(r"^\s*([A-Za-z0-9][A-Za-z0-9._-]*)")
+
+
+def _requirements_source(path: Path, store: Store, wheel_cache: Path) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Packages from a ``uv.lock`` (exported by uv) or a requirements file, as the source of truth."""
+    if not path.exists():
+        raise CaptureError(f"requirements={str(path)!r}: no such file")
+    if path.name == "uv.lock":
+        result = subprocess.run(
+            [find_uv(), "export", "--frozen", "--no-hashes", "--no-header", "--format", "requirements-txt", "--all-extras"],
+            cwd=path.parent, capture_output=True, text=True,
+        )
+        if result.returncode != 0:
+            raise CaptureError(f"requirements={str(path)!r}: uv export failed: {result.stderr.strip()}")
+        text = result.stdout
+    else:
+        text = path.read_text()
+    packages, indexes = [], {"default": None, "extra": []}
+    for raw in text.splitlines():
+        line = raw.split(" #", 1)[0].strip()
+        if not line or line.startswith("#"):
+            continue
+        option, _, value = line.partition(" ")
+        if option in ("--index-url", "-i", "--default-index"):
+            indexes["default"] = strip_credentials(value.strip())
+        elif option in ("--extra-index-url", "--index"):
+            indexes["extra"].append(strip_credentials(value.strip()))
+        elif option in ("-e", "--editable"):
+            local = (path.parent / value.strip()).resolve() if not value.strip().startswith("file:") else _local_path(value.strip())
+            wheel = build_wheel(local, wheel_cache)
+            name = normalize(wheel.name.split("-")[0])
+            packages.append({"name": name, "version": wheel.name.split("-")[1], "source": "editable",
+                             "wheel": {"file": wheel.name, "sha256": store.put_file(wheel)}})
+        elif line.startswith("-"):
+            raise CaptureError(f"requirements={str(path)!r}: option {option!r} is not supported; use pinned requirements and index options")
+        else:
+            match = _REQUIREMENT_NAME.match(line)
+            if not match:
+                raise CaptureError(f"requirements={str(path)!r}: cannot read {raw.strip()!r}")
+            packages.append({"name": normalize(match.group(1)), "version": None, "source": "requirements",
+                             "requirement": strip_credentials(line) if "://" in line else line})
+    return packages, indexes
+
+
+# -- the whole capture --------------------------------------------------------------------------------
+
+
+def capture_environment(
+    *,
+    root: str | Path = ".",
+    python: str | None = None,
+    arm: bool = False,
+    gpu: bool = False,
+    strict: bool = False,
+    ignore: list[str] | None = None,
+    include: list[str] | None = None,
+    exclude: list[str] | None = None,
+    requirements: str | Path | None = None,
+    check: bool = False,
+    store: Store | str | None = None,
+    max_bundle_size: int | None = None,
+) -> CapturedEnvironment:
+    """Capture this environment (or ``python``'s) and the code under ``root``, store them, and
+    return the environment's name.
+
+    ``ignore`` drops packages by name (wildcards allowed); ``include``/``exclude`` choose the
+    code files (gitignore patterns; ``.gitignore`` is respected). ``requirements`` (a
+    ``requirements.txt`` or ``uv.lock``) replaces the scan of installed packages. With ``strict``,
+    a package that cannot exist on Linux is an error instead of being dropped. ``check`` resolves
+    the result for the target platform with uv, so a broken environment fails now, not at boot.
+
+    Example::
+
+        env = capture_environment(ignore=["jupyterlab*"], exclude=["data/"], check=True)
+        print(env.name)  # senv-3f2a…
+    """
+    from prefect_remote.settings import get_settings
+
+    started = time.monotonic()
+    settings = get_settings()
+    store = store if isinstance(store, Store) else open_store(store)
+    wheel_cache = settings.home / "cache" / "wheels"
+    scanned = _scan_interpreter(python)
+    if requirements is not None:
+        packages, indexes = _requirements_source(Path(requirements), store, wheel_cache)
+    else:
+        packages = [_classify(dist, store, wheel_cache) for dist in scanned["distributions"]]
+        indexes = _configured_indexes()
+    ignored = [normalize(pattern) for pattern in ignore or []]
+    kept, dropped = [], []
+    for package in packages:
+        system = _platform_only(package["name"])
+        if system and strict:
+            raise CaptureError(
+                f"package {package['name']} only exists on {system} and cannot be installed on Linux machines; "
+                "uninstall it, pass ignore=[...] or drop strict=True"
+            )
+        if system:
+            dropped.append({"name": package["name"], "reason": f"{system} only"})
+        elif any(fnmatch.fnmatch(package["name"], pattern) for pattern in ignored):
+            dropped.append({"name": package["name"], "reason": "ignored"})
+        else:
+            kept.append(package)
+    code = None
+    selection = bundles.select_files(
+        root, include=include, exclude=exclude, max_size=max_bundle_size or settings.max_bundle_size
+    )
+    if selection.files:
+        with tempfile.TemporaryDirectory() as scratch:
+            archive = bundles.write_bundle(selection, Path(scratch) / "code.tar.gz")
+            code = {"sha256": store.put_file(archive), "size": selection.size, "files": len(selection.files)}
+    spec = {
+        "format": FORMAT,
+        "python": scanned["python"],
+        "platform": f"linux-{'aarch64' if arm else 'x86_64'}",
+        "gpu": gpu,
+        "indexes": indexes,
+        "packages": sorted(kept, key=lambda p: p["name"]),
+        "dropped": sorted(dropped, key=lambda d: d["name"]),
+        "code": code,
+    }
+    if check:
+        check_resolves(spec, store)
+    data = canonical(spec)
+    name = env_name(data)
+    store.put_env(name, data)  # last: a stored spec implies its blobs are there
+    return CapturedEnvironment(name=name, spec=spec, store_url=store.url, seconds=time.monotonic() - started)
+
+
+def check_resolves(spec: dict[str, Any], store: Store) -> None:
+    """Resolves ``spec`` for its target platform with ``uv pip compile``; raises
+    :class:`UnresolvableEnvironment` naming the packages that do not resolve."""
+    with tempfile.TemporaryDirectory() as scratch:
+        wheels = Path(scratch) / "wheels"
+        for package in spec["packages"]:
+            if package.get("wheel"):
+                store.get_file(package["wheel"]["sha256"], wheels / package["wheel"]["file"])
+        requirements = Path(scratch) / "requirements.txt"
+        requirements.write_text("\n".join(requirement_lines(spec, wheels)) + "\n")
+        platform = "aarch64-manylinux_2_28" if spec["platform"].endswith("aarch64") else "x86_64-manylinux_2_28"
+        version = ".".join(spec["python"].split(".")[:2])
+        result = subprocess.run(
+            [find_uv(), "pip", "compile", "--quiet", "--no-header", "--python-platform", platform, "--python-version", version,
+             *index_arguments(spec), str(requirements)],
+            capture_output=True, text=True,
+        )
+    if result.returncode != 0:
+        message = result.stderr.strip()
+        named = sorted({p["name"] for p in spec["packages"] if re.search(rf"\b{re.escape(p['name'])}\b", message, re.I)})
+        raise UnresolvableEnvironment(
+            f"the environment does not resolve for {spec['platform']} (Python {version})"
+            + (f"; check package(s) {', '.join(named)}" if named else "")
+            + f". uv says:\n{message}\nFix or uninstall those packages, or pass ignore=[...]."
+        )
+
+
+@lru_cache(maxsize=1)
+def uv_cache_dir() -> str | None:
+    """This host's uv cache, which local machines share so that rebuilds start warm."""
+    result = subprocess.run([find_uv(), "cache", "dir"], capture_output=True, text=True)
+    return result.stdout.strip() or None if result.returncode == 0 else None

@@ -1,0 +1,170 @@
+"""Rebuild a software environment on a machine: fetch, verify, ``uv venv`` + ``uv pip sync``, unpack.
+
+Environments are cached by name (their content hash) under ``envs_dir``: the first machine on a
+host builds ``envs_dir/<name>`` under a lock, later ones (and concurrent ones, once the lock is
+free) reuse it at once. A build that died half-way has no completion marker and is redone.
+Standard library only: the agent runs this while the machine boots.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tarfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from prefect_remote.errors import RemoteError
+from prefect_remote.filelock import file_lock
+from prefect_remote.software.store import Store, StoreError, TamperedBlob
+
+COMPLETE = ".complete"
+NAME_PATTERN = re.compile(r"senv-[0-9a-f]{16}")
+
+
+class RebuildError(RemoteError):
+    """An environment could not be rebuilt; the message names the package and the reason."""
+
+
+def env_name(spec_bytes: bytes) -> str:
+    """The content address of an environment spec (its canonical JSON bytes)."""
+    return f"senv-{hashlib.sha256(spec_bytes).hexdigest()[:16]}"
+
+
+def canonical(spec: dict[str, Any]) -> bytes:
+    return json.dumps(spec, sort_keys=True, separators=(",", ":")).encode()
+
+
+def load_spec(store: Store, name: str) -> dict[str, Any]:
+    """The spec stored under ``name``, checked to be the content that name was made from."""
+    if not NAME_PATTERN.fullmatch(name):
+        raise RebuildError(f"software={name!r}: expected an environment name such as 'senv-0123456789abcdef'")
+    data = store.get_env(name)
+    if env_name(data) != name:
+        raise TamperedBlob(f"environment spec {name} in {store.url} does not match its name: the store was changed")
+    return json.loads(data)
+
+
+def requirement_lines(spec: dict[str, Any], wheel_dir: Path) -> list[str]:
+    """Requirements that install exactly the spec's packages, local wheels from ``wheel_dir``."""
+    return [
+        f"{p['name']} @ {(wheel_dir / p['wheel']['file']).as_uri()}" if p.get("wheel") else p["requirement"]
+        for p in spec["packages"]
+    ]
+
+
+def index_arguments(spec: dict[str, Any]) -> list[str]:
+    """Index options for uv; credentials were never stored, so uv takes them from the machine
+    (``UV_INDEX_*`` variables, netrc or keyring)."""
+    indexes = spec.get("indexes") or {}
+    arguments = ["--index-url", indexes["default"]] if indexes.get("default") else []
+    for extra in indexes.get("extra", []):
+        arguments += ["--extra-index-url", extra]
+    return arguments
+
+
+def find_uv() -> str:
+    found = shutil.which("uv", path=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}")
+    if found:
+        return found
+    try:
+        from uv import find_uv_bin
+
+        return find_uv_bin()
+    except Exception:
+        raise RebuildError("uv was not found on this machine; install it (`pip install uv`) in the boot image") from None
+
+
+def rebuild_environment(
+    name: str,
+    store: Store,
+    envs_dir: str | Path,
+    *,
+    workdir: str | Path | None = None,
+    uv: str | None = None,
+    uv_cache_dir: str | None = None,
+    proxy: str | None = None,
+    log: Callable[[str], None] = lambda message: None,
+) -> Path:
+    """The Python interpreter of environment ``name``, building it first unless this host has it.
+    The code bundle, if any, is unpacked into ``workdir``.
+
+    Example::
+
+        python = rebuild_environment("senv-0123456789abcdef", open_store(), "/var/lib/prefect-remote/envs", workdir=".")
+    """
+    envs_dir = Path(envs_dir)
+    env = envs_dir / name
+    if (env / COMPLETE).exists():
+        log(f"software environment {name}: cached on this host")
+    else:
+        envs_dir.mkdir(parents=True, exist_ok=True)
+        with file_lock(envs_dir / f".{name}.lock"):
+            if (env / COMPLETE).exists():
+                log(f"software environment {name}: built by another machine meanwhile")
+            else:
+                _build(name, store, env, uv or find_uv(), _uv_env(uv_cache_dir, proxy), log)
+    if workdir is not None and (env / "code.tar.gz").exists():
+        with tarfile.open(env / "code.tar.gz") as archive:
+            archive.extractall(workdir, filter="data")
+        log(f"software environment {name}: local code unpacked into {workdir}")
+    return env / "venv" / "bin" / "python"
+
+
+def _uv_env(uv_cache_dir: str | None, proxy: str | None) -> dict[str, str]:
+    env = dict(os.environ)
+    if uv_cache_dir:
+        env["UV_CACHE_DIR"] = uv_cache_dir
+    if proxy:
+        env.update(HTTPS_PROXY=proxy, HTTP_PROXY=proxy)
+    return env
+
+
+def _build(name: str, store: Store, env: Path, uv: str, uv_env: dict[str, str], log: Callable[[str], None]) -> None:
+    started = time.monotonic()
+    shutil.rmtree(env, ignore_errors=True)  # what a build that died half-way left
+    env.mkdir(parents=True)
+    try:
+        spec = load_spec(store, name)
+        wheels = env / "wheels"
+        for package in spec["packages"]:
+            if package.get("wheel"):
+                store.get_file(package["wheel"]["sha256"], wheels / package["wheel"]["file"])
+        if spec.get("code"):
+            store.get_file(spec["code"]["sha256"], env / "code.tar.gz")
+    except StoreError:
+        shutil.rmtree(env, ignore_errors=True)
+        raise
+    (env / "requirements.txt").write_text("\n".join(requirement_lines(spec, wheels)) + "\n")
+    minor = ".".join(spec["python"].split(".")[:2])
+    here = ".".join(map(str, sys.version_info[:2]))
+    interpreter = sys.executable if here == minor else minor  # the running Python when it fits: no search
+    log(f"software environment {name}: creating a Python {minor} virtual environment")
+    _run([uv, "venv", "--quiet", "--python", interpreter, str(env / "venv")], uv_env, spec, f"creating a Python {minor} environment")
+    log(f"software environment {name}: installing {len(spec['packages'])} packages with uv")
+    sync = [uv, "pip", "sync", "--quiet", "--python", str(env / "venv" / "bin" / "python"), *index_arguments(spec), str(env / "requirements.txt")]
+    try:
+        # From uv's cache alone first: no index round-trips, and it works where the machine has no way out.
+        _run([*sync, "--offline"], uv_env, spec, "installing packages")
+    except RebuildError:
+        log(f"software environment {name}: some packages are not in uv's cache; downloading them")
+        _run(sync, uv_env, spec, "installing packages")
+    (env / "spec.json").write_bytes(canonical(spec))
+    (env / COMPLETE).touch()
+    log(f"software environment {name}: built in {time.monotonic() - started:.1f}s")
+
+
+def _run(command: list[str], env: dict[str, str], spec: dict[str, Any], doing: str) -> None:
+    result = subprocess.run(command, env=env, capture_output=True, text=True)
+    if result.returncode != 0:
+        message = (result.stderr or result.stdout).strip()
+        named = sorted({p["name"] for p in spec["packages"] if re.search(rf"\b{re.escape(p['name'])}\b", message, re.I)})
+        which = f" (package{'s' if len(named) > 1 else ''}: {', '.join(named)})" if named else ""
+        raise RebuildError(f"{doing} failed{which}: {message}")

@@ -1,0 +1,199 @@
+"""Content-addressed storage for software environments: blobs by SHA-256, environment specs by name.
+
+Every read is verified against its address, so a changed or corrupted store is detected, never
+installed. ``open_store(url)`` picks the implementation: a local directory (the default, under
+``$PREFECT_REMOTE_HOME/store``, owner-only) or, with the cloud providers, ``s3://bucket/prefix``.
+Standard library only: machines read the store while booting.
+
+>>> store = open_store("/tmp/example-store")
+>>> digest = store.put_bytes(b"hello")
+>>> store.get_bytes(digest)
+b'hello'
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import tempfile
+from abc import ABC, abstractmethod
+from pathlib import Path
+from urllib.parse import urlparse
+
+from prefect_remote.errors import RemoteError
+
+CHUNK = 1 << 20
+
+
+class StoreError(RemoteError):
+    """The store cannot be reached, or does not hold what was asked for."""
+
+
+class TamperedBlob(StoreError):
+    """A blob's content does not match its address."""
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+class Store(ABC):
+    """Blobs addressed by their SHA-256, and named environment specs (``senv-…``)."""
+
+    url: str
+
+    @abstractmethod
+    def _write(self, key: str, source: Path) -> None: ...
+
+    @abstractmethod
+    def _read(self, key: str, destination: Path) -> None:
+        """Copies ``key`` to ``destination``; raises :class:`StoreError` if it is missing."""
+
+    @abstractmethod
+    def _exists(self, key: str) -> bool: ...
+
+    @abstractmethod
+    def _delete(self, key: str) -> None: ...
+
+    @abstractmethod
+    def _keys(self, prefix: str) -> list[str]: ...
+
+    # -- blobs ------------------------------------------------------------------------------------
+    def put_file(self, path: Path) -> str:
+        """Stores a file; returns its SHA-256 (its address). Storing it again is free."""
+        digest = sha256_file(path)
+        if not self._exists(f"blobs/{digest}"):
+            self._write(f"blobs/{digest}", path)
+        return digest
+
+    def put_bytes(self, data: bytes) -> str:
+        with tempfile.NamedTemporaryFile() as handle:
+            handle.write(data)
+            handle.flush()
+            return self.put_file(Path(handle.name))
+
+    def get_file(self, digest: str, destination: Path) -> Path:
+        """Fetches a blob to ``destination`` after checking it matches ``digest``."""
+        destination.parent.mkdir(parents=True, exist_ok=True)
+        partial = destination.with_name(f".{destination.name}.{os.getpid()}.partial")
+        try:
+            self._read(f"blobs/{digest}", partial)
+            actual = sha256_file(partial)
+            if actual != digest:
+                raise TamperedBlob(
+                    f"blob {digest[:12]}… in {self.url} has content hashing to {actual[:12]}…: the store was changed "
+                    "or corrupted. Remove the environment (`prefect-remote env rm NAME`) and build it again."
+                )
+            os.replace(partial, destination)
+        finally:
+            partial.unlink(missing_ok=True)
+        return destination
+
+    def get_bytes(self, digest: str) -> bytes:
+        with tempfile.TemporaryDirectory() as scratch:
+            return self.get_file(digest, Path(scratch, "blob")).read_bytes()
+
+    def has_blob(self, digest: str) -> bool:
+        return self._exists(f"blobs/{digest}")
+
+    def blobs(self) -> list[str]:
+        return self._keys("blobs/")
+
+    def delete_blob(self, digest: str) -> None:
+        self._delete(f"blobs/{digest}")
+
+    # -- environment specs ------------------------------------------------------------------------
+    def put_env(self, name: str, data: bytes) -> None:
+        with tempfile.NamedTemporaryFile() as handle:
+            handle.write(data)
+            handle.flush()
+            self._write(f"envs/{name}.json", Path(handle.name))
+
+    def get_env(self, name: str) -> bytes:
+        with tempfile.TemporaryDirectory() as scratch:
+            path = Path(scratch, "env.json")
+            try:
+                self._read(f"envs/{name}.json", path)
+            except StoreError:
+                raise StoreError(
+                    f"software environment {name!r} is not in the store {self.url}; build it with "
+                    "`prefect-remote env build` or the build_package_sync_senv deploy step ( `prefect-remote env ls` lists the store)"
+                ) from None
+            return path.read_bytes()
+
+    def has_env(self, name: str) -> bool:
+        return self._exists(f"envs/{name}.json")
+
+    def envs(self) -> list[str]:
+        return sorted(key.removesuffix(".json") for key in self._keys("envs/"))
+
+    def delete_env(self, name: str) -> None:
+        self._delete(f"envs/{name}.json")
+
+
+class LocalStore(Store):
+    """A store in a local directory, readable by its owner only."""
+
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root).expanduser().absolute()
+        self.url = f"file://{self.root}"
+
+    def _path(self, key: str) -> Path:
+        return self.root / key
+
+    def _write(self, key: str, source: Path) -> None:
+        target = self._path(key)
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            os.chmod(self.root, 0o700)
+        except OSError as error:
+            raise StoreError(f"store {self.url} is not writable: {error}; check PREFECT_REMOTE_STORE") from None
+        partial = target.with_name(f".{target.name}.{os.getpid()}.partial")
+        shutil.copyfile(source, partial)
+        os.chmod(partial, 0o600)
+        os.replace(partial, target)
+
+    def _read(self, key: str, destination: Path) -> None:
+        if not self.root.is_dir():
+            raise StoreError(f"store {self.url} is unreachable: no such directory; check PREFECT_REMOTE_STORE")
+        try:
+            shutil.copyfile(self._path(key), destination)
+        except FileNotFoundError:
+            raise StoreError(f"{key} is not in the store {self.url}") from None
+        except OSError as error:
+            raise StoreError(f"store {self.url} is unreachable: {error}") from None
+
+    def _exists(self, key: str) -> bool:
+        return self._path(key).is_file()
+
+    def _delete(self, key: str) -> None:
+        self._path(key).unlink(missing_ok=True)
+
+    def _keys(self, prefix: str) -> list[str]:
+        folder = self._path(prefix)
+        return sorted(p.name for p in folder.iterdir() if not p.name.startswith(".")) if folder.is_dir() else []
+
+
+def open_store(url: str | Path | None = None) -> Store:
+    """The store at ``url``: a path or ``file://`` URL; ``None`` means the ``PREFECT_REMOTE_STORE``
+    setting, else ``$PREFECT_REMOTE_HOME/store``."""
+    if url is None:
+        from prefect_remote.settings import get_settings
+
+        settings = get_settings()
+        url = settings.store or settings.home / "store"
+    text = str(url)
+    parsed = urlparse(text)
+    if parsed.scheme in ("", "file"):
+        return LocalStore(parsed.path if parsed.scheme else text)
+    if parsed.scheme in ("s3", "gs"):
+        raise StoreError(
+            f"store {text!r}: {parsed.scheme}:// stores arrive with the {'AWS' if parsed.scheme == 's3' else 'GCP'} provider; "
+            "use a local path for now"
+        )
+    raise StoreError(f"store {text!r}: expected a local path, file:///path, or s3://bucket/prefix")
