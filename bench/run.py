@@ -6,7 +6,7 @@ import importlib
 import sys
 from pathlib import Path
 
-BENCHMARKS = ["bench_machines"]
+BENCHMARKS = ["bench_machines", "bench_software"]
 
 
 def main() -> int:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import typer
 
+from prefect_remote.cli.env import app as env_app
 from prefect_remote.cli.machines import app as machines_app
 
 app = typer.Typer(
@@ -14,6 +15,7 @@ app = typer.Typer(
     rich_markup_mode="rich",
 )
 app.add_typer(machines_app, name="machines")
+app.add_typer(env_app, name="env")
 
 
 @app.command()

@@ -9,6 +9,7 @@ same for the same files (sorted entries, no timestamps or owners), so its hash n
 from __future__ import annotations
 
 import gzip
+import hashlib
 import io
 import os
 import tarfile
@@ -69,11 +70,13 @@ def select_files(
     root = Path(root).absolute()
     included = pathspec.GitIgnoreSpec.from_lines(include) if include else None
     ignore_lines = [*ALWAYS_EXCLUDED, *(exclude or [])]
+    ignored = pathspec.GitIgnoreSpec.from_lines(ignore_lines)
     files, size, sizes = [], 0, []
     for folder, dirnames, filenames in os.walk(root):
         here = Path(folder)
-        ignore_lines += _gitignore_patterns(root, here)
-        ignored = pathspec.GitIgnoreSpec.from_lines(ignore_lines)
+        if ".gitignore" in filenames and (more := _gitignore_patterns(root, here)):
+            ignore_lines += more
+            ignored = pathspec.GitIgnoreSpec.from_lines(ignore_lines)
         relative = here.relative_to(root).as_posix()
         prefix = "" if relative == "." else f"{relative}/"
         dirnames[:] = sorted(
@@ -101,9 +104,19 @@ def select_files(
     return Selection(root=root, files=sorted(files), size=size)
 
 
+def fingerprint(selection: Selection) -> str:
+    """A cheap key for the selected files' state (path, size, modification time), like git's index:
+    unchanged files give the same key without reading them."""
+    digest = hashlib.sha256()
+    for relative in selection.files:
+        stat = (selection.root / relative).stat()
+        digest.update(f"{relative}\0{stat.st_size}\0{stat.st_mtime_ns}\0".encode())
+    return digest.hexdigest()
+
+
 def write_bundle(selection: Selection, destination: Path) -> Path:
     """A reproducible ``.tar.gz`` of the selected files: same files, same bytes."""
-    with open(destination, "wb") as raw, gzip.GzipFile(fileobj=raw, mode="wb", mtime=0, compresslevel=3) as zipped:
+    with open(destination, "wb") as raw, gzip.GzipFile(filename="", fileobj=raw, mode="wb", mtime=0, compresslevel=3) as zipped:
         with tarfile.open(fileobj=zipped, mode="w", format=tarfile.PAX_FORMAT) as archive:
             for relative in selection.files:
                 full = selection.root / relative

@@ -17,7 +17,6 @@ Credentials in index or package URLs are never captured.
 from __future__ import annotations
 
 import fnmatch
-import hashlib
 import json
 import os
 import re
@@ -122,17 +121,10 @@ def _scan_interpreter(python: str | None) -> dict[str, Any]:
 # -- local packages as wheels ---------------------------------------------------------------------
 
 
-def _source_hash(folder: Path) -> str:
-    digest = hashlib.sha256()
-    for relative in bundles.select_files(folder, exclude=["build/", "dist/"]).files:
-        digest.update(relative.encode() + b"\0" + sha256_file(folder / relative).encode() + b"\0")
-    return digest.hexdigest()
-
-
 def build_wheel(source: Path, cache_dir: Path) -> Path:
-    """A wheel of the local project or archive ``source``, built by uv once per content hash.
+    """A wheel of the local project or archive ``source``, built by uv once per state of its files.
     ``SOURCE_DATE_EPOCH`` makes the build reproducible, so the same sources give the same wheel."""
-    key = sha256_file(source) if source.is_file() else _source_hash(source)
+    key = sha256_file(source) if source.is_file() else bundles.fingerprint(bundles.select_files(source, exclude=["build/", "dist/"]))
     cached = cache_dir / key
     wheels = sorted(cached.glob("*.whl")) if cached.is_dir() else []
     if wheels:
@@ -260,6 +252,8 @@ def capture_environment(
     from prefect_remote.settings import get_settings
 
     started = time.monotonic()
+    if not Path(root).is_dir():
+        raise CaptureError(f"root={str(root)!r}: no such folder; give the project folder whose code machines need")
     settings = get_settings()
     store = store if isinstance(store, Store) else open_store(store)
     wheel_cache = settings.home / "cache" / "wheels"
@@ -285,13 +279,13 @@ def capture_environment(
         else:
             kept.append(package)
     code = None
+    own_folders = [f"/{p.relative_to(Path(root).absolute()).as_posix()}/" for p in _own_folders(store, settings.home)
+                   if p.is_relative_to(Path(root).absolute()) and p != Path(root).absolute()]
     selection = bundles.select_files(
-        root, include=include, exclude=exclude, max_size=max_bundle_size or settings.max_bundle_size
+        root, include=include, exclude=[*(exclude or []), *own_folders], max_size=max_bundle_size or settings.max_bundle_size
     )
     if selection.files:
-        with tempfile.TemporaryDirectory() as scratch:
-            archive = bundles.write_bundle(selection, Path(scratch) / "code.tar.gz")
-            code = {"sha256": store.put_file(archive), "size": selection.size, "files": len(selection.files)}
+        code = _store_bundle(selection, store, settings.home / "cache" / "bundles")
     spec = {
         "format": FORMAT,
         "python": scanned["python"],
@@ -308,6 +302,28 @@ def capture_environment(
     name = env_name(data)
     store.put_env(name, data)  # last: a stored spec implies its blobs are there
     return CapturedEnvironment(name=name, spec=spec, store_url=store.url, seconds=time.monotonic() - started)
+
+
+def _store_bundle(selection: bundles.Selection, store: Store, cache_dir: Path) -> dict[str, Any]:
+    """Archives and stores the selected code, unless these very files were stored before."""
+    known_file = cache_dir / f"{bundles.fingerprint(selection)}.json"
+    try:
+        known = json.loads(known_file.read_text())
+        if store.has_blob(known["sha256"]):
+            return known
+    except (OSError, ValueError, KeyError):
+        pass
+    with tempfile.TemporaryDirectory() as scratch:
+        archive = bundles.write_bundle(selection, Path(scratch) / "code.tar.gz")
+        code = {"sha256": store.put_file(archive), "size": selection.size, "files": len(selection.files)}
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    known_file.write_text(json.dumps(code))
+    return code
+
+
+def _own_folders(store: Store, home: Path) -> list[Path]:
+    """prefect-remote's own folders, never part of a code bundle even inside the project."""
+    return [Path(p).absolute() for p in (getattr(store, "root", None), home) if p is not None]
 
 
 def check_resolves(spec: dict[str, Any], store: Store) -> None:

@@ -25,8 +25,9 @@ def normalize(name: str) -> str:
 
 def _name_and_version(dist: metadata.Distribution) -> tuple[str, str]:
     folder = getattr(dist, "_path", None)
-    if folder is not None and folder.name.endswith(".dist-info") and folder.name.count("-") == 1:
-        name, version = folder.name[: -len(".dist-info")].split("-")
+    stem = folder.name.removesuffix(".dist-info") if folder is not None and folder.name.endswith(".dist-info") else ""
+    if stem.count("-") == 1:
+        name, version = stem.split("-")
         return normalize(name), version
     return normalize(dist.metadata["Name"]), dist.version  # egg-info and other layouts
 

@@ -30,6 +30,10 @@ class StoreError(RemoteError):
     """The store cannot be reached, or does not hold what was asked for."""
 
 
+class NotInStore(StoreError):
+    """The store is reachable but does not hold the key asked for."""
+
+
 class TamperedBlob(StoreError):
     """A blob's content does not match its address."""
 
@@ -52,7 +56,8 @@ class Store(ABC):
 
     @abstractmethod
     def _read(self, key: str, destination: Path) -> None:
-        """Copies ``key`` to ``destination``; raises :class:`StoreError` if it is missing."""
+        """Copies ``key`` to ``destination``; raises :class:`NotInStore` if it is missing, :class:`StoreError`
+        if the store cannot be reached."""
 
     @abstractmethod
     def _exists(self, key: str) -> bool: ...
@@ -119,10 +124,10 @@ class Store(ABC):
             path = Path(scratch, "env.json")
             try:
                 self._read(f"envs/{name}.json", path)
-            except StoreError:
-                raise StoreError(
+            except NotInStore:
+                raise NotInStore(
                     f"software environment {name!r} is not in the store {self.url}; build it with "
-                    "`prefect-remote env build` or the build_package_sync_senv deploy step ( `prefect-remote env ls` lists the store)"
+                    "`prefect-remote env build` or the build_package_sync_senv deploy step (`prefect-remote env ls` lists the store)"
                 ) from None
             return path.read_bytes()
 
@@ -164,7 +169,7 @@ class LocalStore(Store):
         try:
             shutil.copyfile(self._path(key), destination)
         except FileNotFoundError:
-            raise StoreError(f"{key} is not in the store {self.url}") from None
+            raise NotInStore(f"{key} is not in the store {self.url}") from None
         except OSError as error:
             raise StoreError(f"store {self.url} is unreachable: {error}") from None
 

@@ -1,0 +1,1 @@
+"""Prefect deployment steps (``prefect_remote.deployments.steps``) for prefect.yaml."""
