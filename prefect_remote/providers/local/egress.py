@@ -23,6 +23,7 @@ from pathlib import Path
 
 from prefect_remote.filelock import file_lock
 from prefect_remote.providers.local import records
+from prefect_remote.providers.local.isolation import process_identity
 
 PORT = 3128
 IDLE_EXIT = 10.0  # seconds without namespace machines before the proxy exits
@@ -96,12 +97,9 @@ def ensure_running(home: Path, address: str, patterns: list[str]) -> None:
     """Starts the proxy for ``home`` unless it already runs (one per home, started on demand)."""
     pid_file = home / PID_FILE
     with file_lock(home / f"{PID_FILE}.lock"):
-        pid = records.read_json(pid_file, default=None)
-        try:
-            if pid and b"prefect_remote.providers.local.egress" in Path(f"/proc/{pid}/cmdline").read_bytes():
-                return
-        except OSError:
-            pass
+        identity = records.read_json(pid_file, default=None)
+        if identity and process_identity(identity["pid"]) == identity:
+            return
         process = subprocess.Popen(
             [sys.executable, "-m", "prefect_remote.providers.local.egress", str(home), address, str(PORT), ",".join(patterns)],
             stdin=subprocess.DEVNULL,
@@ -110,7 +108,7 @@ def ensure_running(home: Path, address: str, patterns: list[str]) -> None:
             start_new_session=True,
             env={"PATH": os.environ.get("PATH", "")},
         )
-        records.write_json(pid_file, process.pid)
+        records.write_json(pid_file, process_identity(process.pid) or {"pid": process.pid, "start": -1})
         threading.Thread(target=process.wait, daemon=True).start()  # reaped when it exits
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline and process.poll() is None:
@@ -123,12 +121,9 @@ def ensure_running(home: Path, address: str, patterns: list[str]) -> None:
 
 def stop(home: Path) -> None:
     """Stops ``home``'s proxy if it runs."""
-    pid = records.read_json(home / PID_FILE, default=None)
-    try:
-        if pid and b"prefect_remote.providers.local.egress" in Path(f"/proc/{pid}/cmdline").read_bytes():
-            os.kill(pid, signal.SIGTERM)
-    except OSError:
-        pass
+    identity = records.read_json(home / PID_FILE, default=None)
+    if identity and process_identity(identity["pid"]) == identity:
+        os.kill(identity["pid"], signal.SIGTERM)
 
 
 def main() -> int:

@@ -236,6 +236,16 @@ def remove_bridge(bridge: str) -> None:
 # -- processes ------------------------------------------------------------------------------
 
 
+def process_identity(pid: int) -> dict[str, int] | None:
+    """``{"pid", "start"}`` for a live (non-zombie) process; the start time, set at fork and kept
+    across exec, tells it apart from a later process that reuses the pid."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    return None if fields[0] in ("Z", "X") else {"pid": pid, "start": int(fields[19])}
+
+
 def kill_pids(pids: set[int], sig: int) -> None:
     for pid in pids:
         try:

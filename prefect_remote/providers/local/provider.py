@@ -35,6 +35,7 @@ from prefect_remote.providers.local.isolation import (
     host_address,
     kill_pids,
     namespace_unavailable,
+    process_identity,
     ensure_bridge,
     remove_bridge,
     tagged_pids,
@@ -239,7 +240,7 @@ class LocalProvider(Provider):
                 stderr=log,
                 start_new_session=True,  # the machine outlives its launcher and its launcher's signals
             )
-        records.write_json(directory / records.HYPERVISOR_PID, process.pid)
+        records.write_json(directory / records.HYPERVISOR_PID, process_identity(process.pid) or {"pid": process.pid, "start": -1})
         # Reap it when it ends so a long-lived launcher collects no zombies.
         threading.Thread(target=process.wait, daemon=True).start()
 
@@ -252,12 +253,8 @@ class LocalProvider(Provider):
 
     def _hypervisor_pid(self, directory: Path) -> int | None:
         """The machine's live monitor process, if it has one."""
-        pid = records.read_json(directory / records.HYPERVISOR_PID, default=None)
-        try:
-            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
-        except OSError:
-            return None
-        return pid if str(directory).encode() in cmdline and not _is_zombie(pid) else None
+        identity = records.read_json(directory / records.HYPERVISOR_PID, default=None)
+        return identity["pid"] if identity and process_identity(identity["pid"]) == identity else None
 
     def _machine(self, directory: Path) -> Machine:
         record = records.read_json(directory / records.MACHINE)
@@ -388,13 +385,6 @@ class LocalProvider(Provider):
 
     def read_secrets(self, machine_id: str) -> dict[str, str]:
         return records.read_json(self.machines_dir / machine_id / records.SECRETS, default={})
-
-
-def _is_zombie(pid: int) -> bool:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
-    except (OSError, IndexError):
-        return True
 
 
 def _host_arch() -> str:

@@ -18,7 +18,7 @@ from prefect_remote.boot import decode_agent_config
 from prefect_remote.errors import CapacityError
 from prefect_remote.providers.base import BootPayload
 from prefect_remote.providers.local import LocalProvider, records
-from prefect_remote.providers.local.isolation import tagged_pids
+from prefect_remote.providers.local.isolation import process_identity, tagged_pids
 from prefect_remote.spec import MachineSpec
 from tests.conftest import needs_namespace, wait_for
 
@@ -71,8 +71,8 @@ def test_namespace_machines_reach_each_other_and_the_host():
         """
     )
     [client] = provider.launch(MachineSpec(), BootPayload(["python", "-c", client_code]))
-    provider.wait([client.id])
-    assert "status 200" in provider.logs(client.id).text
+    [ended] = provider.wait([client.id])
+    assert "status 200" in provider.logs(client.id).text, ended
     assert provider.host_address == "10.232.0.1"
 
 
@@ -192,9 +192,9 @@ def test_a_machine_whose_monitor_dies_is_reclaimed():
     provider = LocalProvider()
     [machine] = provider.launch(MachineSpec(), BootPayload(["sleep", "300"]))
     wait_for(lambda: provider.describe(machine.id).state == "running")
-    monitor = int((Path(machine.details["directory"]) / records.HYPERVISOR_PID).read_text())
+    monitor = records.read_json(Path(machine.details["directory"]) / records.HYPERVISOR_PID)["pid"]
     os.kill(monitor, signal.SIGKILL)
-    wait_for(lambda: not Path(f"/proc/{monitor}").exists() or "Z" in Path(f"/proc/{monitor}/stat").read_text().split(")")[1][:3])
+    wait_for(lambda: process_identity(monitor) is None)
     ended = provider.describe(machine.id)
     assert ended.state == "terminated" and ended.reason == "machine monitor died; machine reclaimed"
     assert not tagged_pids(f"PREFECT_REMOTE_MACHINE_ID={machine.id}".encode())

@@ -1,0 +1,31 @@
+"""The examples run as users run them."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+EXAMPLES = Path(__file__).parent.parent / "examples"
+
+
+def run(script: str) -> str:
+    result = subprocess.run([sys.executable, str(EXAMPLES / script)], capture_output=True, text=True, timeout=300, env=os.environ)
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+def test_machines_demo():
+    out = run("machines_demo.py")
+    assert "result: 13333323333335000000" in out and "idle for" in out and "machines still running: 0" in out
+
+
+def test_package_sync_example():
+    out = run("package_sync.py")
+    assert "prefect-remote 0.1.0 are installed" in out and "example_flow.py" in out and "payload finished" in out
+
+
+def test_example_flow_runs_locally(tmp_path):
+    env = {**os.environ, "PREFECT_HOME": str(tmp_path), "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120"}
+    result = subprocess.run([sys.executable, str(EXAMPLES / "example_flow.py")], capture_output=True, text=True, timeout=300, env=env)
+    assert result.returncode == 0, result.stderr
+    assert "[0, 1, 4, 9, 16, 25, 36, 49, 64, 81]" in result.stdout + result.stderr
