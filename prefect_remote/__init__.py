@@ -1,11 +1,12 @@
 """prefect-remote: run Prefect flows and Dask work on machines you choose, in your own cloud.
 
-Public names load lazily, so ``import prefect_remote`` (done by Prefect for every collection, and by
-every machine's agent) stays cheap.
+Public names load lazily, so ``import prefect_remote`` stays cheap for every machine's agent; next
+to Prefect it also registers prefect-remote's worker types (see :mod:`prefect_remote._prefect`).
 """
 
 from __future__ import annotations
 
+import sys
 from importlib import import_module
 from typing import TYPE_CHECKING, Any
 
@@ -30,6 +31,13 @@ if TYPE_CHECKING:
     from prefect_remote.providers.base import BootPayload, InstanceType, Machine, Provider
     from prefect_remote.settings import RemoteSettings, get_settings
     from prefect_remote.spec import MachineSpec
+
+
+if "prefect" in sys.modules:
+    # Loaded next to Prefect (as one of its collections, or by user code): register the worker types,
+    # block, provisioner and, in a server, the push service. Without Prefect (the agent on every
+    # machine boot), stay light.
+    import prefect_remote._prefect  # noqa: F401
 
 
 def __getattr__(name: str) -> Any:

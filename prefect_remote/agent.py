@@ -57,11 +57,32 @@ class Agent:
             self._provider = provider_class(self.config["provider"])(**self.config["provider_options"])
         return self._provider
 
-    def rebuild_software(self) -> Path | None:
-        """The interpreter of the machine's software environment, rebuilt or reused; None without one."""
+    def prepare_software(self) -> tuple[Path | None, str | None]:
+        """The interpreter of the machine's software environment (None without one), or why the machine
+        must end instead. The rebuild runs under the same watch as the payload: timeout, lease, stop."""
         software = self.config.get("software")
         if not software:
-            return None
+            return None, None
+        outcome: dict[str, Any] = {}
+
+        def rebuild() -> None:
+            try:
+                outcome["python"] = self.rebuild_software(software)
+            except Exception as error:
+                outcome["error"] = error
+
+        worker = threading.Thread(target=rebuild, daemon=True)
+        worker.start()
+        while worker.is_alive():
+            reason = self.limit_reached()
+            if reason:
+                return None, f"{reason} (while rebuilding software environment {software['name']})"
+            worker.join(TICK)
+        if "error" in outcome:
+            return None, f"software environment {software['name']} could not be rebuilt: {outcome['error']}"
+        return outcome["python"], None
+
+    def rebuild_software(self, software: dict[str, Any]) -> Path:
         from prefect_remote.software.rebuild import rebuild_environment
         from prefect_remote.software.store import open_store
 
@@ -91,17 +112,16 @@ class Agent:
         signal.signal(signal.SIGTERM, lambda *_: self._stopping.set())
         signal.signal(signal.SIGINT, lambda *_: self._stopping.set())
         command = self.config["command"]
-        try:
-            python = self.rebuild_software()
-        except Exception as error:
-            name = self.config["software"]["name"]
-            return self.end(f"software environment {name} could not be rebuilt: {error}", 1)
+        python, reason = self.prepare_software()
+        if reason:
+            return self.end(reason, 1)
         try:
             payload = subprocess.Popen(
                 command, env=self.payload_env(python), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
             )
         except OSError as error:
             return self.end(f"payload could not start: {error}", 127)
+        self.last_busy = time.monotonic()  # idleness counts from the payload's start, not the machine's
         say(f"payload started (pid {payload.pid}): {shlex.join(command)}")
         pump = threading.Thread(target=self._pump, args=(payload.stdout,), daemon=True)
         pump.start()
@@ -113,35 +133,42 @@ class Agent:
         return self.end(reason, code)
 
     def _pump(self, stream) -> None:
-        """Copies payload output to the machine log; output counts as activity."""
+        """Copies payload output to the machine log; in ``auto`` mode, output counts as activity."""
         out = sys.stdout.buffer
+        counts = self.config["activity"] == "auto"
         for line in iter(stream.readline, b""):
             out.write(line)
             out.flush()
-            self.last_busy = time.monotonic()
+            if counts:
+                self.last_busy = time.monotonic()
+
+    def limit_reached(self) -> str | None:
+        """Why the machine must end now, whatever it is doing: stop signal, timeout, lost owner."""
+        timeout, keepalive = self.config["timeout"], self.config["keepalive"]
+        if self._stopping.is_set():
+            return "agent stopped by signal"
+        if timeout and time.monotonic() - self.started > timeout:
+            return f"timeout: ran longer than {format_duration(timeout)}"
+        if keepalive:
+            age = self.lease_age()
+            if age > keepalive:
+                return f"owner gone: lease not renewed for {format_duration(age)} (keepalive {format_duration(keepalive)})"
+        return None
 
     def watch(self, payload: subprocess.Popen) -> tuple[str, int | None]:
-        timeout, idle_timeout, keepalive = (self.config[k] for k in ("timeout", "idle_timeout", "keepalive"))
+        idle_timeout = self.config["idle_timeout"]
         cpu = _CpuMeter(payload.pid) if idle_timeout and self.config["activity"] == "auto" else None
         while True:
             code = payload.poll()
             if code is not None:
                 return ("payload finished" if code == 0 else f"payload exited with code {code}"), code
             now = time.monotonic()
-            reason = None
-            if self._stopping.is_set():
-                reason = "agent stopped by signal"
-            elif timeout and now - self.started > timeout:
-                reason = f"timeout: ran longer than {format_duration(timeout)}"
-            elif idle_timeout:
+            reason = self.limit_reached()
+            if reason is None and idle_timeout:
                 if cpu and cpu.busy() or self._touched_since(self.last_busy):
                     self.last_busy = now
                 elif now - self.last_busy > idle_timeout:
                     reason = f"idle for {format_duration(now - self.last_busy)} (idle_timeout {format_duration(idle_timeout)})"
-            if reason is None and keepalive:
-                age = self.lease_age()
-                if age > keepalive:
-                    reason = f"owner gone: lease not renewed for {format_duration(age)} (keepalive {format_duration(keepalive)})"
             if reason:
                 return reason, self.stop(payload)
             time.sleep(TICK)

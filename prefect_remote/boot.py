@@ -20,6 +20,9 @@ if TYPE_CHECKING:
 AGENT_CONFIG_ENV = "PREFECT_REMOTE_AGENT_CONFIG"
 MACHINE_ID_ENV = "PREFECT_REMOTE_MACHINE_ID"
 ACTIVITY_FILE_ENV = "PREFECT_REMOTE_ACTIVITY_FILE"
+# One environment variable may hold at most 128 KiB on Linux; cloud user-data is limited to 16 KiB
+# (EC2), so cloud providers compress or store larger configs.
+MAX_CONFIG = 96 * 1024
 
 _TEMPLATE = """\
 #!/usr/bin/env bash
@@ -69,6 +72,11 @@ def agent_config(provider: Provider, spec: MachineSpec, payload: BootPayload) ->
 def render_boot_script(config: dict[str, Any], *, python: str) -> str:
     """The boot script for an agent ``config`` whose agent runs with the interpreter at ``python``."""
     encoded = base64.b64encode(json.dumps(config, separators=(",", ":")).encode()).decode()
+    if len(encoded) > MAX_CONFIG:
+        raise ValueError(
+            f"the machine's command and environment come to {len(encoded) // 1024} KiB encoded, over the {MAX_CONFIG // 1024} KiB "
+            "a boot script carries; pass large data through files or the store, not env"
+        )
     return _TEMPLATE.replace("@PYTHON@", shlex.quote(python)).replace("@CONFIG@", encoded)
 
 

@@ -68,7 +68,7 @@ class LeaseKeeper:
                 by_provider.setdefault(id(provider), (provider, []))[1].append(machine_id)
         for provider, machine_ids in by_provider.values():
             try:
-                provider.renew_leases(machine_ids)
+                self.remove(provider.renew_leases(machine_ids) or [])  # ended machines need no renewing
             except Exception:  # a transient provider error must not kill the renewer
                 pass
 

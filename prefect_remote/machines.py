@@ -39,7 +39,7 @@ def launch(
         machines = launch(["python", "train.py"], cpu=4, memory="16 GiB", timeout="2 hours", keepalive="1 minute")
     """
     machine_spec = as_spec(spec, **spec_fields)
-    payload = BootPayload(command=list(command), env=dict(env or {}), secrets=dict(secrets or {}), activity=activity)  # type: ignore[arg-type]
+    payload = BootPayload(command=command, env=dict(env or {}), secrets=dict(secrets or {}), activity=activity)  # type: ignore[arg-type]
     chosen = provider if isinstance(provider, Provider) else get_provider(provider)
     machines = chosen.launch(machine_spec, payload, count=count, tags=tags, owner=default_owner())
     if machine_spec.keepalive:

@@ -11,9 +11,10 @@ import ipaddress
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from prefect_remote.errors import RemoteError
 from prefect_remote.units import parse_duration, parse_size
 
 Isolation = Literal["auto", "process", "namespace"]
@@ -36,6 +37,11 @@ class RemoteSettings(BaseSettings):
     max_bundle_size: int = Field(
         default=100 * 2**20, description="Largest local code bundle package sync captures, e.g. '100 MiB'."
     )
+
+    push_service: bool = Field(
+        default=True, description="Run the remote:push service inside `prefect server start` (when prefect-remote is installed there)."
+    )
+    push_interval: float = Field(default=5.0, description="Seconds between the push service's looks for remote:push pools.")
 
     local_isolation: Isolation = Field(
         default="auto",
@@ -105,6 +111,16 @@ class RemoteSettings(BaseSettings):
         return self.home / "machines"
 
 
+class SettingsError(RemoteError, ValueError):
+    """A PREFECT_REMOTE_* variable has a value prefect-remote cannot use."""
+
+
 def get_settings() -> RemoteSettings:
     """Settings as the environment says now (read each call, so tests and CLIs can change them)."""
-    return RemoteSettings()
+    try:
+        return RemoteSettings()
+    except ValidationError as error:
+        problems = "; ".join(
+            f"PREFECT_REMOTE_{str(e['loc'][0]).upper()}: {e['msg'].removeprefix('Value error, ')}" for e in error.errors()
+        )
+        raise SettingsError(f"invalid prefect-remote settings: {problems}") from None

@@ -176,9 +176,13 @@ class MachineSpec(BaseModel):
         if value is None:
             return None
         try:
-            return parse_size(value) if isinstance(value, str) else parse_size(value * 2**30)
-        except (TypeError, ValueError):
-            raise ValueError(f"disk_size={value!r}: expected a number of GiB such as 100, or {SIZE_HELP}") from None
+            if isinstance(value, str):
+                return parse_size(value)
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                return parse_size(value * 2**30)
+        except ValueError:
+            pass
+        raise ValueError(f"disk_size={value!r}: expected a number of GiB such as 100, or {SIZE_HELP}")
 
     @field_validator("spot_policy", mode="before")
     @classmethod
@@ -293,9 +297,14 @@ def as_spec(spec: MachineSpec | dict[str, Any] | None = None, **overrides: Any) 
     >>> as_spec({"cpu": 2}, memory="4 GiB").summary()
     '2 cpu, 4 GiB'
     """
-    data = spec.model_dump(exclude_unset=True) if isinstance(spec, MachineSpec) else dict(spec or {})
-    data.update({key: value for key, value in overrides.items() if value is not None})
-    return MachineSpec.model_validate(data)
+    given = {key: value for key, value in overrides.items() if value is not None}
+    if not isinstance(spec, MachineSpec):
+        return MachineSpec.model_validate({**dict(spec or {}), **given})
+    if not given:
+        return spec
+    # Validate only the new values: the spec's own are already in canonical form (disk_size in bytes…).
+    update = MachineSpec.model_validate(given)
+    return spec.model_copy(update={key: getattr(update, key) for key in given})
 
 
 __all__ = ["MachineSpec", "GpuRequest", "SpotPolicy", "as_spec"]

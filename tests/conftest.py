@@ -29,6 +29,7 @@ from prefect_remote.providers.local import LocalProvider  # noqa: E402
 from prefect_remote.providers.local.isolation import (  # noqa: E402
     CGROUP_CONTROLLERS,
     CGROUP_GROUP,
+    RUN_DIR,
     _cgroup_v1_roots,
     _own_cgroup,
     namespace_unavailable,
@@ -50,24 +51,40 @@ def end_all_machines(timeout: float = 20) -> None:
 @pytest.fixture(scope="session", autouse=True)
 def session_cleanup():
     yield
-    end_all_machines()
-    LocalProvider().cleanup_host()
-    leftovers = {pid for pid in tagged_pids(f"{MACHINE_ID_ENV}=".encode()) if _in_session(pid)}
-    leftovers |= hypervisors()
-    for pid in leftovers:
-        os.kill(pid, signal.SIGKILL)
-    if NAMESPACE_SKIP is None:
-        for netns in subprocess.run(["ip", "netns"], capture_output=True, text=True).stdout.split("\n"):
-            if netns.startswith("pr-m-") and (SESSION_HOME / "machines" / netns.split()[0][3:]).exists():
-                subprocess.run(["ip", "netns", "del", netns.split()[0]])
-        roots = _cgroup_v1_roots()
-        for controller in CGROUP_CONTROLLERS:
-            parent = roots[controller] / _own_cgroup(controller) / CGROUP_GROUP
-            for child in parent.glob("m-*"):
-                if (SESSION_HOME / "machines" / child.name).exists():
-                    child.rmdir()
-    shutil.rmtree(SESSION_HOME, ignore_errors=True)
+    leftovers: set[int] = set()
+    try:
+        end_all_machines()
+        LocalProvider().cleanup_host()
+    finally:
+        leftovers = {pid for pid in tagged_pids(f"{MACHINE_ID_ENV}=".encode(), prefix=True) if _in_session(pid)}
+        leftovers |= hypervisors()
+        for pid in leftovers:
+            os.kill(pid, signal.SIGKILL)
+        if NAMESPACE_SKIP is None:
+            for line in subprocess.run(["ip", "netns"], capture_output=True, text=True).stdout.splitlines():
+                netns = line.split()[0] if line.strip() else ""
+                if netns.startswith("pr-m-") and (SESSION_HOME / "machines" / netns[3:]).exists():
+                    subprocess.run(["ip", "netns", "del", netns])
+            roots = _cgroup_v1_roots()
+            for controller in CGROUP_CONTROLLERS:
+                parent = roots[controller] / _own_cgroup(controller) / CGROUP_GROUP
+                for child in parent.glob("m-*"):
+                    if (SESSION_HOME / "machines" / child.name).exists():
+                        child.rmdir()
+                if parent.exists() and not any(parent.glob("m-*")):
+                    parent.rmdir()
+            subprocess.run(["ip", "link", "del", "prtest0"], capture_output=True)
+            shutil.rmtree(RUN_DIR / "prtest0", ignore_errors=True)
+            for path in RUN_DIR.glob("prtest0*"):
+                path.unlink(missing_ok=True)
+        shutil.rmtree(SESSION_HOME, ignore_errors=True)
     assert not leftovers, f"machine processes were left running: {leftovers}"
+
+
+def machine_folders() -> set[str]:
+    """Every machine folder of this session, launched or half-launched."""
+    folder = SESSION_HOME / "machines"
+    return {p.name for p in folder.iterdir()} if folder.exists() else set()
 
 
 def hypervisors() -> set[int]:

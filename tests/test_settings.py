@@ -31,3 +31,11 @@ def test_home_expands_user(monkeypatch):
 def test_bad_settings(field, value, fragment):
     with pytest.raises(ValidationError, match=fragment):
         RemoteSettings(**{field: value})
+
+
+def test_settings_errors_name_the_variable(monkeypatch):
+    from prefect_remote.settings import SettingsError, get_settings
+
+    monkeypatch.setenv("PREFECT_REMOTE_LOCAL_SUBNET", "nonsense")
+    with pytest.raises(SettingsError, match="PREFECT_REMOTE_LOCAL_SUBNET: local_subnet='nonsense'"):
+        get_settings()

@@ -181,6 +181,18 @@ def test_as_spec_merges_and_ignores_none():
     assert as_spec({"cpu": 1}).cpu == (1, 1)
 
 
+def test_as_spec_keeps_converted_values():
+    spec = MachineSpec(disk_size=100, memory="4 GiB")
+    assert as_spec(spec) is spec
+    assert as_spec(spec, cpu=2).disk_size == 100 * GiB and as_spec(spec, cpu=2).memory == (4 * GiB, 4 * GiB)
+    assert as_spec(spec, disk_size=10).disk_size == 10 * GiB
+
+
+@pytest.mark.parametrize("value", [[1], True, {"size": 1}])
+def test_disk_size_rejects_other_types(value):
+    assert f"disk_size={value!r}" in error_of(disk_size=value)
+
+
 def test_spec_is_immutable():
     with pytest.raises(ValidationError):
         MachineSpec(cpu=1).cpu = (2, 2)  # type: ignore[misc]

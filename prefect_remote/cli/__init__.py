@@ -25,11 +25,15 @@ def info() -> None:
     from rich.table import Table
 
     from prefect_remote import __version__
+    from prefect_remote.errors import RemoteError
     from prefect_remote.providers import available_providers
     from prefect_remote.providers.local.isolation import namespace_unavailable
     from prefect_remote.settings import get_settings
 
-    settings = get_settings()
+    try:
+        settings = get_settings()
+    except RemoteError as error:
+        raise typer.BadParameter(str(error)) from None
     table = Table(title=f"prefect-remote {__version__}", show_header=False)
     for name, value in settings.model_dump().items():
         table.add_row(f"PREFECT_REMOTE_{name.upper()}", str(value))

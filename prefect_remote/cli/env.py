@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -82,9 +81,15 @@ def list_envs(store: StoreOption = None) -> None:
     if not names:
         console.print(f"No software environments in {chosen.url}. Build one with `prefect-remote env build`.")
         return
+    from prefect_remote.software.rebuild import load_spec
+
     table = Table("NAME", "PYTHON", "PLATFORM", "PACKAGES", "LOCAL WHEELS", "CODE", box=None, header_style="bold")
     for name in names:
-        spec = json.loads(chosen.get_env(name))
+        try:
+            spec = load_spec(chosen, name)
+        except RemoteError as error:
+            table.add_row(name, "[red]unreadable[/]", str(error)[:60], "", "", "")
+            continue
         code = spec.get("code") or {}
         local = sum(1 for p in spec["packages"] if p.get("wheel"))
         table.add_row(name, spec["python"], spec["platform"], str(len(spec["packages"])), str(local), format_size(code.get("size", 0)))
@@ -112,17 +117,24 @@ def show(name: Annotated[str, typer.Argument(help="Environment name (senv-…)."
 @app.command("rm")
 def remove(names: Annotated[list[str], typer.Argument(help="Environment names (senv-…).")], store: StoreOption = None) -> None:
     """Remove environments from the store, with the blobs no other environment uses."""
+    from prefect_remote.software.rebuild import load_spec
+
     chosen = _store(store)
     specs = {name: _spec(name, store) for name in names}
-    for name in names:
-        chosen.delete_env(name)
 
     def blobs(spec: dict) -> set[str]:
         found = {p["wheel"]["sha256"] for p in spec["packages"] if p.get("wheel")}
         return found | ({spec["code"]["sha256"]} if spec.get("code") else set())
 
-    still_used = set().union(*(blobs(json.loads(chosen.get_env(n))) for n in chosen.envs()))
-    freed = set().union(*(blobs(s) for s in specs.values())) - still_used
+    # What the other environments use is read before anything is deleted; if one cannot be read,
+    # no blob is freed (it might be that environment's).
+    try:
+        still_used = set().union(*(blobs(load_spec(chosen, n)) for n in chosen.envs() if n not in specs))
+        freed = set().union(*(blobs(s) for s in specs.values())) - still_used
+    except RemoteError:
+        freed = set()
+    for name in names:
+        chosen.delete_env(name)
     for digest in freed:
         chosen.delete_blob(digest)
     console.print(f"Removed {len(names)} environment(s) and {len(freed)} blob(s) from {chosen.url}.")

@@ -60,10 +60,14 @@ class BootPayload:
     activity: Literal["auto", "explicit"] = "auto"
 
     def __post_init__(self) -> None:
-        if isinstance(self.command, str) or not self.command or not all(isinstance(a, str) for a in self.command):
+        if isinstance(self.command, str) or not self.command or not all(isinstance(a, str) for a in self.command):  # type: ignore[redundant-expr]
             raise ValueError(f"BootPayload.command={self.command!r}: expected a non-empty list of strings, e.g. ['python', '-m', 'app']")
         if self.activity not in ("auto", "explicit"):
             raise ValueError(f"BootPayload.activity={self.activity!r}: expected 'auto' or 'explicit'")
+        for field, mapping in (("env", self.env), ("secrets", self.secrets)):
+            bad = [key for key, value in mapping.items() if not isinstance(key, str) or not isinstance(value, str)]
+            if bad:
+                raise ValueError(f"BootPayload.{field}: {bad} must map names to plain strings (reveal SecretStr values first)")
         overlap = set(self.env) & set(self.secrets)
         if overlap:
             raise ValueError(f"BootPayload: {sorted(overlap)} given both as env and as secrets; give each once")
@@ -201,8 +205,9 @@ class Provider(ABC):
         """Boot, agent and payload output of a machine, from ``offset``."""
 
     @abstractmethod
-    def renew_leases(self, machine_ids: Iterable[str]) -> None:
-        """The owner's heartbeat: machines whose lease is older than their ``keepalive`` end themselves."""
+    def renew_leases(self, machine_ids: Iterable[str]) -> list[str]:
+        """The owner's heartbeat: machines whose lease is older than their ``keepalive`` end themselves.
+        Returns the ids that have ended (or are unknown), which need no more renewing."""
 
     def software_options(self) -> dict[str, str | None]:
         """How machines rebuild software environments: where they cache them (``envs_dir``), uv's

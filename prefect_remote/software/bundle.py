@@ -25,6 +25,8 @@ ALWAYS_EXCLUDED = [
     ".git/", ".hg/", ".svn/", ".venv/", "venv/", "__pycache__/", "*.pyc", "*.pyo", ".mypy_cache/",
     ".pytest_cache/", ".ruff_cache/", ".tox/", ".nox/", "node_modules/", ".ipynb_checkpoints/",
     "*.egg-info/", ".DS_Store", ".prefect/", ".demo/",
+    # Secrets stay on the client: machines get theirs from their own environment.
+    ".env", ".env.*", "*.pem", "*.key", ".netrc", ".pypirc",
 ]
 
 

@@ -32,7 +32,7 @@ from urllib.parse import unquote, urlsplit, urlunsplit
 
 from prefect_remote.errors import RemoteError
 from prefect_remote.software import bundle as bundles
-from prefect_remote.software.rebuild import canonical, env_name, find_uv, index_arguments, requirement_lines
+from prefect_remote.software.rebuild import canonical, env_name, find_uv, index_arguments, packages_named, requirement_lines
 from prefect_remote.software.scan import normalize, scan
 from prefect_remote.software.store import Store, open_store, sha256_file
 
@@ -87,20 +87,28 @@ class CapturedEnvironment:
 
 
 def strip_credentials(url: str) -> str:
-    """``https://user:token@host/path`` → ``https://host/path``: credentials stay on the client."""
+    """``https://user:token@host/path`` → ``https://host/path``: credentials stay on the client.
+    SSH URLs keep their user (``git+ssh://git@host``), which is not a secret."""
     parts = urlsplit(url)
-    if "@" not in parts.netloc:
+    if "@" not in parts.netloc or parts.scheme.split("+")[-1] not in ("http", "https"):
         return url
     return urlunsplit(parts._replace(netloc=parts.netloc.rsplit("@", 1)[1]))
+
+
+def strip_requirement_credentials(line: str) -> str:
+    """The same for a requirement: ``name @ https://u:t@host/x.whl`` or ``git+https://t@host/r``."""
+    return re.sub(r"[a-z][a-z0-9+.-]*://[^\s;]+", lambda match: strip_credentials(match.group(0)), line)
 
 
 def _configured_indexes() -> dict[str, Any]:
     """The package indexes pip and uv are configured with here (without credentials)."""
     default = os.environ.get("UV_DEFAULT_INDEX") or os.environ.get("UV_INDEX_URL") or os.environ.get("PIP_INDEX_URL")
     extras = " ".join(filter(None, (os.environ.get(v) for v in ("UV_INDEX", "UV_EXTRA_INDEX_URL", "PIP_EXTRA_INDEX_URL"))))
+    # UV_INDEX entries may be named: `name=https://...`; the URL is what uv's --extra-index-url takes.
+    urls = [entry.split("=", 1)[1] if re.match(r"^[\w.-]+=", entry) else entry for entry in extras.split()]
     return {
         "default": strip_credentials(default) if default else None,
-        "extra": [strip_credentials(url) for url in extras.split()],
+        "extra": [strip_credentials(url) for url in urls],
     }
 
 
@@ -129,7 +137,8 @@ def build_wheel(source: Path, cache_dir: Path) -> Path:
     wheels = sorted(cached.glob("*.whl")) if cached.is_dir() else []
     if wheels:
         return wheels[0]
-    with tempfile.TemporaryDirectory(dir=cache_dir.parent if cache_dir.parent.exists() else None) as scratch:
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=cache_dir) as scratch:  # same filesystem as the cache: the move is a rename
         env = {**os.environ, "SOURCE_DATE_EPOCH": "315532800"}
         result = subprocess.run(
             [find_uv(), "build", "--wheel", "--quiet", "--out-dir", scratch, str(source)], capture_output=True, text=True, env=env
@@ -213,7 +222,7 @@ def _requirements_source(path: Path, store: Store, wheel_cache: Path) -> tuple[l
             if not match:
                 raise CaptureError(f"requirements={str(path)!r}: cannot read {raw.strip()!r}")
             packages.append({"name": normalize(match.group(1)), "version": None, "source": "requirements",
-                             "requirement": strip_credentials(line) if "://" in line else line})
+                             "requirement": strip_requirement_credentials(line)})
     return packages, indexes
 
 
@@ -345,7 +354,7 @@ def check_resolves(spec: dict[str, Any], store: Store) -> None:
         )
     if result.returncode != 0:
         message = result.stderr.strip()
-        named = sorted({p["name"] for p in spec["packages"] if re.search(rf"\b{re.escape(p['name'])}\b", message, re.I)})
+        named = packages_named(spec, message)
         raise UnresolvableEnvironment(
             f"the environment does not resolve for {spec['platform']} (Python {version})"
             + (f"; check package(s) {', '.join(named)}" if named else "")

@@ -161,10 +161,15 @@ def _build(name: str, store: Store, env: Path, uv: str, uv_env: dict[str, str], 
     log(f"software environment {name}: built in {time.monotonic() - started:.1f}s")
 
 
+def packages_named(spec: dict[str, Any], message: str) -> list[str]:
+    """The spec's packages that a uv error message names."""
+    return sorted({p["name"] for p in spec["packages"] if re.search(rf"\b{re.escape(p['name'])}\b", message, re.I)})
+
+
 def _run(command: list[str], env: dict[str, str], spec: dict[str, Any], doing: str) -> None:
     result = subprocess.run(command, env=env, capture_output=True, text=True)
     if result.returncode != 0:
         message = (result.stderr or result.stdout).strip()
-        named = sorted({p["name"] for p in spec["packages"] if re.search(rf"\b{re.escape(p['name'])}\b", message, re.I)})
+        named = packages_named(spec, message)
         which = f" (package{'s' if len(named) > 1 else ''}: {', '.join(named)})" if named else ""
         raise RebuildError(f"{doing} failed{which}: {message}")

@@ -98,6 +98,8 @@ def test_a_spec_it_cannot_meet_starts_nothing(provider):
     before = provider.list(include_terminated=True)
     with pytest.raises(CapacityError, match="cpu=100000"):
         launch(provider, ["sleep", "1"], cpu=100000)
+    with pytest.raises(ValueError, match="memory='lots'"):
+        launch(provider, ["sleep", "1"], memory="lots")
     assert provider.list(include_terminated=True) == before
 
 

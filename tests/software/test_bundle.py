@@ -23,6 +23,7 @@ def test_gitignore_defaults_and_virtualenvs_are_respected(tmp_path):
         "pkg/sub/cache/deep.py": "d",
         ".git/config": "g", "__pycache__/x.pyc": "p", "node_modules/m.js": "j",
         "myenv/pyvenv.cfg": "home = /usr", "myenv/lib/site.py": "s",
+        ".env": "TOKEN=x", "certs/server.pem": "p", "deploy.key": "k",
     })
     selected = select_files(tmp_path).files
     assert selected == [".gitignore", "data/a.csv", "flow.py", "model.bin", "pkg/.gitignore", "pkg/keep.log", "pkg/mod.py"]

@@ -130,6 +130,21 @@ def test_credentials_never_reach_the_store(throwaway, store, monkeypatch):
         if path.is_file():
             assert b"s3cr3t" not in path.read_bytes()
     assert strip_credentials("git+https://user:pw@github.com/o/r.git") == "git+https://github.com/o/r.git"
+    assert strip_credentials("git+ssh://git@github.com/o/r.git") == "git+ssh://git@github.com/o/r.git"
+
+
+def test_requirement_and_named_index_credentials_are_stripped(throwaway, store, tmp_path, monkeypatch):
+    monkeypatch.setenv("UV_INDEX", "corp=https://u:idx-s3cr3t@pypi.org/simple")
+    requirements = tmp_path / "requirements.txt"
+    requirements.write_text("idna @ https://u:req-s3cr3t@files.pythonhosted.org/packages/idna-3.20-py3-none-any.whl\n")
+    env = capture(throwaway, store, requirements=requirements)
+    assert env.spec["packages"][0]["requirement"] == "idna @ https://files.pythonhosted.org/packages/idna-3.20-py3-none-any.whl"
+    assert "s3cr3t" not in json.dumps(env.spec)
+    monkeypatch.delenv("UV_INDEX")
+    from prefect_remote.software.capture import _configured_indexes
+
+    monkeypatch.setenv("UV_INDEX", "corp=https://u:idx-s3cr3t@pypi.org/simple")
+    assert _configured_indexes()["extra"] == ["https://pypi.org/simple"]
 
 
 def test_concurrent_rebuilds_of_one_name_build_once(throwaway, store, tmp_path):

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from prefect_remote.boot import MACHINE_ID_ENV
 from prefect_remote.providers.local import records
-from prefect_remote.providers.local.isolation import HOST_TRUST_VARIABLES, Cgroups, Network, kill_pids, tagged_pids
+from prefect_remote.providers.local.isolation import HOST_TRUST_VARIABLES, Cgroups, Network, kill_pids, tagged_pids, teardown
 from prefect_remote.units import format_size
 
 MACHINE_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -74,19 +74,25 @@ class Hypervisor:
             return self.finish(None, f"isolation setup failed: {error}")
         command = [*self.network.exec_prefix()] if self.network else []
         command += ["bash", str(self.directory / records.BOOT_SCRIPT)]
-        boot = subprocess.Popen(
-            command,
-            cwd=self.directory / records.WORK,
-            env=self.machine_env(),
-            stdin=subprocess.DEVNULL,
-            stdout=self.log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-            preexec_fn=self._enter_cgroups,
-        )
+        try:
+            boot = subprocess.Popen(
+                command,
+                cwd=self.directory / records.WORK,
+                env=self.machine_env(),
+                stdin=subprocess.DEVNULL,
+                stdout=self.log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                preexec_fn=self._enter_cgroups,
+            )
+        except (OSError, subprocess.SubprocessError) as error:
+            self.say(f"could not start the boot script: {error}")
+            return self.finish(None, f"boot script could not start: {error}")
         records.write_json(self.directory / records.STATE, {"boot_pid": boot.pid, "started": time.time()})
         stopping_since = None
         while (code := boot.poll()) is None:
+            # A stop can be asked for by signal, or by stop.json alone if the signal raced this start.
+            self.stop_requested = self.stop_requested or (self.directory / records.STOP).exists()
             if self.stop_requested and stopping_since is None:
                 stopping_since = time.monotonic()
                 self.signal_all(boot.pid, signal.SIGTERM)
@@ -124,12 +130,10 @@ class Hypervisor:
             reason = f"out of memory: the machine used more than its {limit} limit and the kernel killed the payload"
             exit_code = 137
         try:
-            if self.network:
-                self.network.remove()
-            if self.cgroups:
-                self.cgroups.remove()
+            teardown(self.record)
         except Exception as error:
             self.say(f"could not tear down isolation completely: {error}")
+        (self.directory / records.SECRETS).unlink(missing_ok=True)
         stop = records.read_json(self.directory / records.STOP, default={})
         if reason is None:
             reason = stop.get("reason") or (
@@ -143,6 +147,7 @@ class Hypervisor:
 
 
 def main() -> int:
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # until run() installs its handler: stop.json carries the request
     if len(sys.argv) != 2:
         print("usage: python -m prefect_remote.providers.local.hypervisor MACHINE_DIR", file=sys.stderr)
         return 2

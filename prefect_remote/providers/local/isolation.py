@@ -20,6 +20,8 @@ from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
+from prefect_remote.filelock import file_lock
+
 CGROUP_CONTROLLERS = ("memory", "cpu")
 # A local machine's "image" is this host: it trusts the certificate authorities the host trusts.
 HOST_TRUST_VARIABLES = ("SSL_CERT_FILE", "SSL_CERT_DIR", "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE", "PIP_CERT")
@@ -153,6 +155,8 @@ class Cgroups:
                         raise
                     kill_pids(self.pids(), signal.SIGKILL)
                     time.sleep(0.05)
+            else:
+                raise IsolationError(f"cgroup {path} is still busy after its processes were killed")
 
 
 # -- network --------------------------------------------------------------------------------
@@ -165,24 +169,19 @@ class Network:
     netns: str
     veth: str
     ip: str
-    prefix: int
+    subnet: str
     bridge: str
-    gateway: str
 
     @classmethod
-    def plan(cls, machine_id: str, ip: str, subnet: str, bridge: str) -> Network:
-        network = ipaddress.IPv4Network(subnet)
-        return cls(
-            netns=f"pr-{machine_id}",
-            veth=f"prv{machine_id[-10:]}",
-            ip=ip,
-            prefix=network.prefixlen,
-            bridge=bridge,
-            gateway=str(host_address(subnet)),
-        )
+    def plan(cls, machine_id: str, ip: str, bridge: Bridge) -> Network:
+        return cls(netns=f"pr-{machine_id}", veth=f"prv{machine_id[-10:]}", ip=ip, subnet=bridge.subnet, bridge=bridge.name)
+
+    @property
+    def prefix(self) -> int:
+        return ipaddress.IPv4Network(self.subnet).prefixlen
 
     def create(self) -> None:
-        ensure_bridge(self.bridge, f"{self.gateway}/{self.prefix}")
+        Bridge(self.bridge, self.subnet).ensure()
         peer = f"prp{self.veth[3:]}"
         _run_ip(
             "-batch",
@@ -204,10 +203,6 @@ class Network:
     def exec_prefix(self) -> list[str]:
         return ["ip", "netns", "exec", self.netns]
 
-    def pids(self) -> set[int]:
-        result = subprocess.run(["ip", "netns", "pids", self.netns], capture_output=True, text=True)
-        return {int(p) for p in result.stdout.split()} if result.returncode == 0 else set()
-
     def remove(self) -> None:
         if Path("/run/netns", self.netns).exists():
             _run_ip("netns", "del", self.netns)  # deleting the namespace deletes the veth pair
@@ -218,19 +213,79 @@ def host_address(subnet: str) -> ipaddress.IPv4Address:
     return next(ipaddress.IPv4Network(subnet).hosts())
 
 
-def ensure_bridge(bridge: str, gateway_cidr: str) -> None:
-    if Path("/sys/class/net", bridge).exists():
-        return
-    try:
-        _run_ip("-batch", "-", batch=f"link add {bridge} type bridge\naddr add {gateway_cidr} dev {bridge}\nlink set {bridge} up\n")
-    except IsolationError:
-        if not Path("/sys/class/net", bridge).exists():  # not a concurrent creation
-            raise
+RUN_DIR = Path("/run/prefect-remote")
 
 
-def remove_bridge(bridge: str) -> None:
-    if Path("/sys/class/net", bridge).exists():
-        _run_ip("link", "del", bridge)
+class Bridge:
+    """A host-only bridge and the registry of the addresses on it, shared by every prefect-remote home
+    on this host (in /run, which a reboot clears together with the namespaces)."""
+
+    def __init__(self, name: str, subnet: str) -> None:
+        self.name = name
+        self.subnet = subnet
+        self.network = ipaddress.IPv4Network(subnet)
+        self.address = str(host_address(subnet))
+        self.registry = RUN_DIR / name
+
+    def lock(self):
+        return file_lock(RUN_DIR / f"{self.name}.lock")
+
+    def ensure(self) -> None:
+        """Creates the bridge, with the host's address on it, unless it exists."""
+        with self.lock():
+            if Path("/sys/class/net", self.name).exists():
+                return
+            _run_ip(
+                "-batch", "-",
+                batch=f"link add {self.name} type bridge\naddr add {self.address}/{self.network.prefixlen} dev {self.name}\nlink set {self.name} up\n",
+            )
+
+    def allocate(self, machine_dir: Path) -> str:
+        """The lowest free address, registered to ``machine_dir`` (call with :meth:`lock` held)."""
+        self.registry.mkdir(parents=True, exist_ok=True)
+        for address in self.network.hosts():
+            entry = self.registry / str(address)
+            if str(address) == self.address or (entry.exists() and not self._stale(entry)):
+                continue
+            entry.write_text(str(machine_dir))
+            return str(address)
+        raise IsolationError(f"no free address left in {self.subnet}; end some machines or widen PREFECT_REMOTE_LOCAL_SUBNET")
+
+    def _stale(self, entry: Path) -> bool:
+        """An address whose machine folder is gone (its home was deleted): reclaim its namespace."""
+        if Path(entry.read_text()).exists():
+            return False
+        netns = f"pr-{Path(entry.read_text()).name}"
+        if Path("/run/netns", netns).exists():
+            _run_ip("netns", "del", netns)
+        return True
+
+    def release(self, address: str) -> None:
+        (self.registry / address).unlink(missing_ok=True)
+
+    def in_use(self) -> bool:
+        """Whether any machine holds an address on this bridge."""
+        return self.registry.is_dir() and any(not self._stale(entry) for entry in self.registry.iterdir())
+
+    def remove_if_unused(self) -> bool:
+        """Deletes the bridge once no machine and no interface uses it."""
+        with self.lock():
+            ports = Path("/sys/class/net", self.name, "brif")
+            if not Path("/sys/class/net", self.name).exists() or self.in_use() or (ports.exists() and any(ports.iterdir())):
+                return False
+            _run_ip("link", "del", self.name)
+            return True
+
+
+def teardown(record: dict) -> None:
+    """Removes a machine's namespace and cgroups, then frees its address: what a machine's end leaves."""
+    network = Network(**record["network"]) if record.get("network") else None
+    if network:
+        network.remove()
+    if record.get("cgroups"):
+        Cgroups(record["cgroups"]).remove()
+    if network:
+        Bridge(network.bridge, network.subnet).release(network.ip)
 
 
 # -- processes ------------------------------------------------------------------------------
@@ -254,9 +309,10 @@ def kill_pids(pids: set[int], sig: int) -> None:
             pass
 
 
-def tagged_pids(marker: bytes) -> set[int]:
+def tagged_pids(marker: bytes, *, prefix: bool = False) -> set[int]:
     """Processes whose environment holds ``marker`` (``PREFECT_REMOTE_MACHINE_ID=<id>``), wherever they
-    went: this finds a machine's daemons even after they left its process group."""
+    went: this finds a machine's daemons even after they left its process group. With ``prefix``,
+    any variable starting with ``marker`` counts (every machine's processes)."""
     found = set()
     me = os.getpid()
     for entry in os.listdir("/proc"):
@@ -264,8 +320,9 @@ def tagged_pids(marker: bytes) -> set[int]:
             continue
         try:
             with open(f"/proc/{entry}/environ", "rb") as handle:
-                if marker in handle.read().split(b"\0"):
-                    found.add(int(entry))
+                entries = handle.read().split(b"\0")
+            if any(e.startswith(marker) for e in entries) if prefix else marker in entries:
+                found.add(int(entry))
         except OSError:
             pass
     return found

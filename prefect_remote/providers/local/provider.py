@@ -21,24 +21,25 @@ import time
 from collections.abc import Iterable, Mapping, Sequence
 from contextlib import nullcontext
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 from typing import TYPE_CHECKING, Any
 
 from prefect_remote.boot import MACHINE_ID_ENV, agent_config, render_boot_script
 from prefect_remote.errors import CapacityError, MachineNotFound
 from prefect_remote.filelock import file_lock
 from prefect_remote.providers.base import TAG_PREFIX, BootPayload, InstanceType, LogChunk, Machine, Provider
-from prefect_remote.providers.local import egress, records
+from prefect_remote.providers.local import gateway, records
 from prefect_remote.providers.local.isolation import (
     HOST_TRUST_VARIABLES,
+    Bridge,
     Cgroups,
+    IsolationError,
     Network,
-    host_address,
     kill_pids,
     namespace_unavailable,
     process_identity,
-    ensure_bridge,
-    remove_bridge,
     tagged_pids,
+    teardown,
 )
 from prefect_remote.units import format_size
 
@@ -108,9 +109,14 @@ class LocalProvider(Provider):
         return "process" if unavailable else "namespace"
 
     @property
+    def bridge(self) -> Bridge:
+        """The host-only bridge namespace machines are attached to."""
+        return Bridge(self.settings.local_bridge, self.settings.local_subnet)
+
+    @property
     def host_address(self) -> str:
         """Where machines reach services on this host (e.g. a Prefect API bound to it)."""
-        return str(host_address(self.settings.local_subnet)) if self.isolation == "namespace" else "127.0.0.1"
+        return self.bridge.address if self.isolation == "namespace" else "127.0.0.1"
 
     # -- sizing ---------------------------------------------------------------------------------
     def instance_types(self) -> Sequence[InstanceType]:
@@ -171,59 +177,61 @@ class LocalProvider(Provider):
         boot_script = render_boot_script(config, python=sys.executable)
         machine_secrets = {**spec.secret_environ, **payload.secrets}
         self.machines_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        # Everything is decided and written before any machine starts: a launch that fails starts none.
+        directories = [self.machines_dir / f"m-{secrets.token_hex(6)}" for _ in range(count)]
+        with self.bridge.lock() if isolation == "namespace" else nullcontext():
+            try:
+                for directory in directories:
+                    (directory / records.WORK).mkdir(parents=True, mode=0o700)
+                    network = Network.plan(directory.name, self.bridge.allocate(directory), self.bridge) if isolation == "namespace" else None
+                    record = {
+                        "id": directory.name,
+                        "created": time.time(),
+                        "tags": user_tags,
+                        "owner": owner,
+                        "spec": spec.summary(),
+                        "instance_type": instance_type.name,
+                        "region": spec.region or "local",
+                        "spot_policy": spec.spot_policy,
+                        "vm_type": list(spec.vm_type) if spec.vm_type else None,
+                        "isolation": isolation,
+                        "limits": {"cpu": spec.cpu[0] if spec.cpu else None, "memory": spec.memory[0] if spec.memory else None},
+                        "keepalive": spec.keepalive,
+                        "network": network.__dict__ if network else None,
+                        "cgroups": Cgroups.plan(directory.name).paths if isolation == "namespace" else None,
+                        "grace_period": self.settings.local_grace_period,
+                    }
+                    (directory / records.BOOT_SCRIPT).write_text(boot_script)
+                    if machine_secrets:
+                        records.write_json(directory / records.SECRETS, machine_secrets, mode=0o600)
+                    (directory / records.LEASE).touch()
+                    records.write_json(directory / records.MACHINE, record)
+            except (OSError, IsolationError) as error:
+                for directory in directories:
+                    record = records.read_json(directory / records.MACHINE, default=None)
+                    if record:
+                        teardown(record)
+                    shutil.rmtree(directory, ignore_errors=True)
+                raise CapacityError(f"local provider: could not launch {count} machine(s): {error}") from error
+        if isolation == "namespace" and config["software"]:
+            self.bridge.ensure()
+            gateway.ensure_egress(self.bridge, self.settings.local_egress)
         launched = []
-        for _ in range(count):
-            machine_id = f"m-{secrets.token_hex(6)}"
-            directory = self.machines_dir / machine_id
-            (directory / records.WORK).mkdir(parents=True, mode=0o700)
-            # Addresses are reserved by the records that hold them: allocate and write under one lock.
-            with file_lock(self.home / "local-network.lock") if isolation == "namespace" else nullcontext():
-                network = self._free_network(machine_id) if isolation == "namespace" else None
-                record = {
-                    "id": machine_id,
-                    "created": time.time(),
-                    "tags": user_tags,
-                    "owner": owner,
-                    "spec": spec.summary(),
-                    "instance_type": instance_type.name,
-                    "region": spec.region or "local",
-                    "spot_policy": spec.spot_policy,
-                    "vm_type": list(spec.vm_type) if spec.vm_type else None,
-                    "isolation": isolation,
-                    "limits": {
-                        "cpu": spec.cpu[0] if spec.cpu else None,
-                        "memory": spec.memory[0] if spec.memory else None,
-                    },
-                    "keepalive": spec.keepalive,
-                    "network": network.__dict__ if network else None,
-                    "cgroups": Cgroups.plan(machine_id).paths if isolation == "namespace" else None,
-                    "grace_period": self.settings.local_grace_period,
-                }
-                records.write_json(directory / records.MACHINE, record)
-            (directory / records.BOOT_SCRIPT).write_text(boot_script)
-            if machine_secrets:
-                records.write_json(directory / records.SECRETS, machine_secrets, mode=0o600)
-            (directory / records.LEASE).touch()
+        for directory in directories:
             self._start_hypervisor(directory)
             launched.append(self._machine(directory))
-        if isolation == "namespace" and config["software"]:
-            settings = self.settings
-            ensure_bridge(settings.local_bridge, f"{self.host_address}/{ipaddress.IPv4Network(settings.local_subnet).prefixlen}")
-            egress.ensure_running(self.home, self.host_address, settings.local_egress)
         return launched
 
-    def _free_network(self, machine_id: str) -> Network:
-        """The lowest address on the bridge that no live machine holds (call with the network lock held)."""
-        subnet = self.settings.local_subnet
-        used = {host_address(subnet)}
-        for directory in self.machines_dir.iterdir():
-            record = records.read_json(directory / records.MACHINE, default=None)
-            if record and record.get("network") and not (directory / records.ENDED).exists():
-                used.add(ipaddress.IPv4Address(record["network"]["ip"]))
-        for address in ipaddress.IPv4Network(subnet).hosts():
-            if address not in used:
-                return Network.plan(machine_id, str(address), subnet, self.settings.local_bridge)
-        raise CapacityError(f"local provider: no free address left in {subnet}; end some machines or widen PREFECT_REMOTE_LOCAL_SUBNET")
+    def reachable_url(self, url: str) -> str:
+        """``url`` as this provider's machines reach it. Namespace machines cannot reach this host's
+        loopback, so a loopback service is forwarded onto the bridge address."""
+        parts = urlsplit(url)
+        if self.isolation != "namespace" or parts.hostname not in ("127.0.0.1", "localhost", "0.0.0.0", "::1"):
+            return url
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+        self.bridge.ensure()
+        gateway.ensure_forward(self.bridge, port)
+        return urlunsplit(parts._replace(netloc=f"{self.host_address}:{port}"))
 
     def _start_hypervisor(self, directory: Path) -> None:
         with open(directory / records.LOG, "ab") as log:
@@ -290,17 +298,18 @@ class LocalProvider(Provider):
         )
 
     def _reclaim(self, directory: Path, record: dict[str, Any]) -> dict[str, Any]:
-        """A machine whose monitor died (killed, host rebooted): stop what is left and record it."""
-        reason = "machine monitor died; machine reclaimed"
-        records.write_once(directory / records.ENDED, {"reason": reason, "exit_code": None, "ended": time.time()})
+        """A machine whose monitor died (killed, host rebooted): stop what is left, tear its isolation
+        down, then record its end (with the reason it was being stopped for, if any)."""
         kill_pids(tagged_pids(f"{MACHINE_ID_ENV}={record['id']}".encode()), signal.SIGKILL)
+        problem = ""
         try:
-            if record.get("network"):
-                Network(**record["network"]).remove()
-            if record.get("cgroups"):
-                Cgroups(record["cgroups"]).remove()
-        except Exception:  # the next reclaim of the host (cleanup_host) retries; the machine is ended either way
-            pass
+            teardown(record)
+        except Exception as error:  # the machine is ended either way; say what was left
+            problem = f" (isolation not fully removed: {error})"
+        (directory / records.SECRETS).unlink(missing_ok=True)
+        stop = records.read_json(directory / records.STOP, default={})
+        reason = stop.get("reason") or "machine monitor died; machine reclaimed"
+        records.write_once(directory / records.ENDED, {"reason": reason + problem, "exit_code": stop.get("exit_code"), "ended": time.time()})
         return records.read_json(directory / records.ENDED)
 
     def describe(self, machine_id: str) -> Machine:
@@ -334,15 +343,18 @@ class LocalProvider(Provider):
             records.write_once(directory / records.STOP, {"reason": reason, "exit_code": exit_code, "at": time.time()})
             monitor = self._hypervisor_pid(directory)
             if monitor is not None:
-                os.kill(monitor, signal.SIGTERM)
+                try:
+                    os.kill(monitor, signal.SIGTERM)  # the monitor also polls stop.json, should this race its start
+                except ProcessLookupError:
+                    pass
             elif (directory / records.HYPERVISOR_PID).exists():
                 self._reclaim(directory, records.read_json(directory / records.MACHINE))
 
     def cleanup_host(self) -> None:
-        """Stops the egress proxy and removes the host-only bridge once no namespace machine uses them."""
-        if namespace_unavailable() is None and not any(m.details["isolation"] == "namespace" for m in self.list()):
-            egress.stop(self.home)
-            remove_bridge(self.settings.local_bridge)
+        """Stops the host gateway and removes the host-only bridge once no namespace machine uses them."""
+        if namespace_unavailable() is None and not self.bridge.in_use():
+            gateway.stop(self.bridge)
+            self.bridge.remove_if_unused()
 
     # -- logs and leases --------------------------------------------------------------------------
     def logs(self, machine_id: str, *, offset: int = 0) -> LogChunk:
@@ -355,19 +367,25 @@ class LocalProvider(Provider):
             data = b""
         return LogChunk(text=data.decode(errors="replace"), next_offset=offset + len(data))
 
-    def renew_leases(self, machine_ids: Iterable[str]) -> None:
+    def renew_leases(self, machine_ids: Iterable[str]) -> list[str]:
+        gone = []
         for machine_id in machine_ids:
+            directory = self.machines_dir / machine_id
             try:
-                os.utime(self.machines_dir / machine_id / records.LEASE)
+                os.utime(directory / records.LEASE)
             except FileNotFoundError:
-                pass
+                gone.append(machine_id)
+                continue
+            if (directory / records.ENDED).exists():
+                gone.append(machine_id)
+        return gone
 
     def software_options(self) -> dict[str, str | None]:
         """Machines on this host share one environment cache and the host's uv cache (warm rebuilds);
         namespace machines download what the cache lacks through the egress proxy."""
         from prefect_remote.software.capture import uv_cache_dir
 
-        proxy = f"http://{self.host_address}:{egress.PORT}" if self.isolation == "namespace" else None
+        proxy = f"http://{self.host_address}:{gateway.EGRESS_PORT}" if self.isolation == "namespace" else None
         return {"envs_dir": str(self.home / "envs"), "uv_cache_dir": uv_cache_dir(), "proxy": proxy}
 
     # -- machine side -----------------------------------------------------------------------------

@@ -20,7 +20,9 @@ from prefect_remote.providers.base import BootPayload
 from prefect_remote.providers.local import LocalProvider, records
 from prefect_remote.providers.local.isolation import process_identity, tagged_pids
 from prefect_remote.spec import MachineSpec
-from tests.conftest import needs_namespace, wait_for
+import prefect_remote
+from pydantic import SecretStr
+from tests.conftest import machine_folders, needs_namespace, wait_for
 
 PRINT_NETWORK = textwrap.dedent(
     """
@@ -215,14 +217,64 @@ def test_a_payload_that_cannot_start_ends_the_machine_with_the_reason(local_prov
     assert ended.exit_code == 127
 
 
-def test_reserved_tags_and_bad_count_start_nothing():
+def test_bad_launches_leave_no_folder_behind():
     provider = LocalProvider()
-    before = provider.list(include_terminated=True)
+    before = machine_folders()
     with pytest.raises(ValueError, match="reserved"):
         provider.launch(MachineSpec(), BootPayload(["true"]), tags={"prefect-remote:owner": "x"})
     with pytest.raises(ValueError, match="count=0"):
         provider.launch(MachineSpec(), BootPayload(["true"]), count=0)
-    assert provider.list(include_terminated=True) == before
+    with pytest.raises(CapacityError, match="cpu=64"):
+        provider.launch(MachineSpec(cpu=64), BootPayload(["true"]))
+    with pytest.raises(ValueError, match="non-empty list of strings"):
+        prefect_remote.launch("python app.py")
+    with pytest.raises(ValueError, match="plain strings"):
+        BootPayload(["true"], secrets={"TOKEN": SecretStr("x")})  # type: ignore[dict-item]
+    assert machine_folders() == before
+
+
+def test_terminate_right_after_launch_is_honoured(local_provider):
+    [machine] = local_provider.launch(MachineSpec(), BootPayload(["sleep", "60"]))
+    local_provider.terminate([machine.id], reason="changed my mind")
+    [ended] = local_provider.wait([machine.id], timeout=20)
+    assert ended.reason == "changed my mind"
+
+
+@needs_namespace
+def test_two_homes_share_the_bridge_without_sharing_addresses(tmp_path):
+    first, second = LocalProvider(tmp_path / "a", isolation="namespace"), LocalProvider(tmp_path / "b", isolation="namespace")
+    machines = [*first.launch(MachineSpec(), BootPayload(["sleep", "30"])), *second.launch(MachineSpec(), BootPayload(["sleep", "30"]))]
+    try:
+        assert len({m.address for m in machines}) == 2
+    finally:
+        first.terminate([machines[0].id])
+        second.terminate([machines[1].id])
+        first.wait([machines[0].id])
+        second.wait([machines[1].id])
+    assert not first.bridge.in_use()
+
+
+def test_explicit_activity_ignores_output_and_cpu(local_provider):
+    chatty = "import time\nwhile True:\n    print('tick', flush=True); time.sleep(0.2)"
+    [machine] = local_provider.launch(MachineSpec(idle_timeout=1.5), BootPayload(["python", "-c", chatty], activity="explicit"))
+    [ended] = local_provider.wait([machine.id], timeout=20)
+    assert ended.reason.startswith("idle for")
+    toucher = "import os, time\nfor _ in range(10):\n    open(os.environ['PREFECT_REMOTE_ACTIVITY_FILE'], 'w').close(); time.sleep(0.3)"
+    [busy] = local_provider.launch(MachineSpec(idle_timeout=1.5), BootPayload(["python", "-c", toucher], activity="explicit"))
+    [ended] = local_provider.wait([busy.id], timeout=20)
+    assert ended.reason == "payload finished"
+
+
+def test_ended_machines_are_pruned_from_lease_renewal():
+    from prefect_remote.lease import LeaseKeeper
+
+    provider = LocalProvider()
+    [machine] = provider.launch(MachineSpec(), BootPayload(["true"]))
+    provider.wait([machine.id])
+    keeper = LeaseKeeper()
+    keeper.add(provider, [machine.id], keepalive=3)
+    wait_for(lambda: keeper.held() == [], message="pruned lease")
+    keeper.stop()
 
 
 def test_namespace_isolation_refused_clearly_where_unavailable(monkeypatch):

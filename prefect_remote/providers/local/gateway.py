@@ -1,0 +1,167 @@
+"""The host gateway for namespace machines, which have no route out: what a cloud VPC's NAT and
+load balancer are to VMs, in two small services on the host's bridge address.
+
+* ``egress``: an HTTPS (CONNECT) proxy to the hosts in ``PREFECT_REMOTE_LOCAL_EGRESS`` (package
+  indexes by default) and nothing else. Only the agent's environment rebuild is pointed at it:
+  payloads keep no way out.
+* ``forward PORT``: forwards ``bridge-address:PORT`` to ``127.0.0.1:PORT``, so machines reach a
+  service this host runs on loopback (a Prefect API started with the defaults).
+
+Each runs as its own process per bridge, started on demand, and exits once no machine is left on
+the bridge. The proxy tunnels to port 443 only; payloads are not given its address.
+
+    python -m prefect_remote.providers.local.gateway BRIDGE SUBNET egress ALLOWED_HOSTS
+    python -m prefect_remote.providers.local.gateway BRIDGE SUBNET forward PORT
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import fnmatch
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+from prefect_remote.filelock import file_lock
+from prefect_remote.providers.local import records
+from prefect_remote.providers.local.isolation import RUN_DIR, Bridge, process_identity
+
+EGRESS_PORT = 3128
+IDLE_EXIT = 10.0  # seconds without namespace machines before the proxy exits
+
+
+def allowed(host: str, patterns: list[str]) -> bool:
+    return any(fnmatch.fnmatch(host.lower(), pattern.lower()) for pattern in patterns)
+
+
+async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    try:
+        while data := await reader.read(65536):
+            writer.write(data)
+            await writer.drain()
+    except (ConnectionError, asyncio.CancelledError):
+        pass
+    finally:
+        writer.close()
+
+
+async def _handle(client_reader: asyncio.StreamReader, client_writer: asyncio.StreamWriter, patterns: list[str]) -> None:
+    try:
+        head = await asyncio.wait_for(client_reader.readuntil(b"\r\n\r\n"), 30)
+        method, target, _ = head.split(b"\r\n", 1)[0].decode("latin-1").split(" ", 2)
+        host, _, port = target.rpartition(":")
+        if method != "CONNECT" or port != "443":
+            client_writer.write(b"HTTP/1.1 405 Method Not Allowed\r\n\r\nonly CONNECT tunnels to port 443 are offered\r\n")
+            return
+        if not allowed(host, patterns):
+            client_writer.write(
+                f"HTTP/1.1 403 Forbidden\r\n\r\n{host} is not in PREFECT_REMOTE_LOCAL_EGRESS\r\n".encode()
+            )
+            return
+        upstream_reader, upstream_writer = await asyncio.wait_for(asyncio.open_connection(host, int(port)), 30)
+        client_writer.write(b"HTTP/1.1 200 Connection established\r\n\r\n")
+        await client_writer.drain()
+        await asyncio.gather(_pipe(client_reader, upstream_writer), _pipe(upstream_reader, client_writer))
+    except (OSError, ValueError, asyncio.IncompleteReadError, asyncio.TimeoutError, asyncio.LimitOverrunError):
+        pass
+    finally:
+        client_writer.close()
+
+
+async def _forward(client_reader: asyncio.StreamReader, client_writer: asyncio.StreamWriter, port: int) -> None:
+    try:
+        upstream_reader, upstream_writer = await asyncio.wait_for(asyncio.open_connection("127.0.0.1", port), 30)
+    except (OSError, asyncio.TimeoutError):
+        client_writer.close()
+        return
+    await asyncio.gather(_pipe(client_reader, upstream_writer), _pipe(upstream_reader, client_writer))
+
+
+async def serve(bridge: Bridge, port: int, handler) -> None:
+    """Serves ``handler`` on the bridge address until no machine has used the bridge for a while."""
+    server = await asyncio.start_server(handler, bridge.address, port)
+    async with server:
+        idle_since = None
+        while True:
+            await asyncio.sleep(1)
+            if bridge.in_use():
+                idle_since = None
+            elif idle_since is None:
+                idle_since = time.monotonic()
+            elif time.monotonic() - idle_since > IDLE_EXIT:
+                return
+
+
+def ensure_egress(bridge: Bridge, patterns: list[str]) -> str:
+    """The egress proxy's URL for the bridge's machines, started unless it already runs."""
+    _ensure(bridge, "egress", EGRESS_PORT, ",".join(patterns))
+    return f"http://{bridge.address}:{EGRESS_PORT}"
+
+
+def ensure_forward(bridge: Bridge, port: int) -> None:
+    """Forwards ``bridge-address:port`` to this host's ``127.0.0.1:port`` while machines use the bridge."""
+    _ensure(bridge, "forward", port, str(port))
+
+
+def _pid_file(bridge: Bridge, service: str, port: int) -> Path:
+    return RUN_DIR / f"{bridge.name}-gateway-{service}-{port}.pid"
+
+
+def _ensure(bridge: Bridge, service: str, port: int, argument: str) -> None:
+    pid_file = _pid_file(bridge, service, port)
+    with file_lock(RUN_DIR / f"{bridge.name}-gateway.lock"):
+        identity = records.read_json(pid_file, default=None)
+        if identity and process_identity(identity["pid"]) == identity:
+            return
+        process = subprocess.Popen(
+            [sys.executable, "-m", "prefect_remote.providers.local.gateway", bridge.name, bridge.subnet, service, argument],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+            env={"PATH": os.environ.get("PATH", "")},
+        )
+        records.write_json(pid_file, process_identity(process.pid) or {"pid": process.pid, "start": -1})
+        threading.Thread(target=process.wait, daemon=True).start()  # reaped when it exits
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and process.poll() is None:
+            try:
+                socket.create_connection((bridge.address, port), timeout=0.2).close()
+                return
+            except OSError:
+                time.sleep(0.02)
+
+
+def stop(bridge: Bridge) -> None:
+    """Stops the bridge's gateway services."""
+    for pid_file in RUN_DIR.glob(f"{bridge.name}-gateway-*.pid"):
+        identity = records.read_json(pid_file, default=None)
+        if identity and process_identity(identity["pid"]) == identity:
+            os.kill(identity["pid"], signal.SIGTERM)
+        pid_file.unlink(missing_ok=True)
+
+
+def main() -> int:
+    name, subnet, service, argument = sys.argv[1:5]
+    bridge = Bridge(name, subnet)
+    if service == "egress":
+        patterns = [p for p in argument.split(",") if p]
+        asyncio.run(serve(bridge, EGRESS_PORT, lambda r, w: _handle(r, w, patterns)))
+    else:
+        port = int(argument)
+        try:
+            asyncio.run(serve(bridge, port, lambda r, w: _forward(r, w, port)))
+        except OSError as error:
+            if error.errno != errno.EADDRINUSE:  # in use: the service already listens on every address
+                raise
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

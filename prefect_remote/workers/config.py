@@ -1,0 +1,144 @@
+"""The job configuration shared by the ``remote`` and ``remote:push`` work pools.
+
+Job variables use the machine-spec vocabulary; their types are loose on purpose (``memory: "64 GiB"``
+in the UI form), and :meth:`RemoteJobConfiguration.machine_request` validates them all at once
+through :class:`~prefect_remote.spec.MachineSpec`, so a bad value fails the run with a message that
+says what to fix, before any machine starts.
+"""
+
+from __future__ import annotations
+
+import shlex
+from typing import Any, Literal, Optional, Union
+from urllib.parse import urlsplit
+
+from prefect.blocks.core import Block
+from prefect.workers.base import BaseJobConfiguration, BaseVariables
+from pydantic import BaseModel, Field, SecretStr
+
+from prefect_remote.errors import RemoteError
+from prefect_remote.providers import get_provider
+from prefect_remote.providers.base import BootPayload, Provider
+from prefect_remote.spec import MachineSpec
+
+# Settings that belong to the API server, not to a flow run on a machine.
+SERVER_ONLY_PREFIXES = ("PREFECT_SERVER_", "PREFECT_API_DATABASE_", "PREFECT_HOME", "PREFECT_PROFILES_PATH", "PREFECT_REMOTE_")
+SECRET_SETTINGS = ("PREFECT_API_KEY", "PREFECT_API_AUTH_STRING")
+
+
+class RemoteProviderCredentials(Block):
+    """Which provider a work pool's machines come from, and its options (region, profile…).
+
+    Created by ``prefect work-pool create --type remote:push --provision-infra``; referenced by the
+    ``credentials`` job variable.
+    """
+
+    _block_type_name = "prefect-remote provider"
+    _block_type_slug = "prefect-remote-provider"
+    _description = "The provider (local, aws, gcp…) prefect-remote machines come from, with its options."
+
+    provider: str = Field(default="local", description="Provider name: local, aws, gcp, or a plugin's.")
+    options: dict[str, Any] = Field(default_factory=dict, description="Keyword arguments for the provider.")
+    secrets: dict[str, SecretStr] = Field(default_factory=dict, description="Secret options for the provider (keys, tokens).")
+
+    def get_provider(self) -> Provider:
+        options = {**self.options, **{k: v.get_secret_value() for k, v in self.secrets.items()}}
+        return get_provider(self.provider, **options)
+
+
+class MachineJobFields(BaseModel):
+    """The machine-spec job variables, declared once for the variables schema and the configuration."""
+
+    provider: Optional[str] = Field(
+        default=None, title="Provider",
+        description="Where the machine comes from: local (this host), aws, gcp. Default: the credentials block's, else PREFECT_REMOTE_PROVIDER.",
+    )
+    region: Optional[str] = Field(default=None, title="Region", description="Cloud region, e.g. us-east-2 (recorded on the local provider).")
+    vm_type: Union[str, list[str], None] = Field(default=None, title="VM type", description="Instance type, or a list in order of preference, e.g. m6i.xlarge.")
+    cpu: Union[int, list[int], None] = Field(default=None, title="CPU", description="CPUs: a number, or [min, max].")
+    memory: Union[int, str, list[Union[int, str]], None] = Field(default=None, title="Memory", description="Memory, e.g. '16 GiB', or ['8 GiB', '32 GiB'].")
+    gpu: Union[bool, int, str, None] = Field(default=None, title="GPU", description="GPUs: true, a count, or a type such as 't4'.")
+    arm: Optional[bool] = Field(default=None, title="ARM", description="Use ARM (aarch64) machines.")
+    disk_size: Union[int, str, None] = Field(default=None, title="Disk size", description="GiB as a number, or e.g. '200 GB'.")
+    spot_policy: Optional[Literal["on-demand", "spot", "spot_with_fallback"]] = Field(default=None, title="Spot policy", description="on-demand, spot, or spot_with_fallback.")
+    idle_timeout: Union[int, str, None] = Field(default=None, title="Idle timeout", description="End the machine once the flow run is idle this long, e.g. '30 minutes'.")
+    timeout: Union[int, str, None] = Field(default=None, title="Timeout", description="Maximum run time, e.g. '2 hours': past it the machine ends and the run crashes.")
+    tags: dict[str, str] = Field(default_factory=dict, title="Tags", description="Tags on the machine, to find it and account for it.")
+    allow_ingress_from: Optional[str] = Field(default=None, title="Allow ingress from", description="Who may connect to the machine: 'me', 'everyone' or a CIDR.")
+    software: Optional[str] = Field(default=None, title="Software environment", description="senv-… from the build_package_sync_senv deploy step: '{{ senv.name }}'.")
+    container: Optional[str] = Field(default=None, title="Container image", description="Image to run in (cloud providers only).")
+    credentials: Optional[RemoteProviderCredentials] = Field(default=None, title="Provider credentials", description="Block naming the provider and its options.")
+
+
+SPEC_FIELDS = tuple(name for name in MachineJobFields.model_fields if name not in ("provider", "container", "credentials"))
+
+
+class RemoteJobVariables(BaseVariables, MachineJobFields):
+    """Job variables of the remote and remote:push work pools: one flow run, one fresh machine, sized by these."""
+
+
+class RemoteJobConfiguration(BaseJobConfiguration, MachineJobFields):
+    """A flow run's machine, resolved from the pool's template and the deployment's job variables."""
+
+    def prepare_for_flow_run(self, flow_run, deployment=None, flow=None, work_pool=None, worker_name=None, worker_id=None) -> None:
+        super().prepare_for_flow_run(flow_run, deployment, flow, work_pool, worker_name, worker_id=worker_id)
+        # A machine gets the client settings of this process, minus the server's own (database URL…).
+        self.env = {k: v for k, v in self.env.items() if not k.startswith(SERVER_ONLY_PREFIXES)}
+
+    def provider_instance(self) -> Provider:
+        if self.credentials is not None and not self.provider:
+            return self.credentials.get_provider()
+        if self.credentials is not None and self.credentials.provider == self.provider:
+            return self.credentials.get_provider()
+        return get_provider(self.provider)
+
+    def machine_spec(self) -> MachineSpec:
+        values = {key: getattr(self, key) for key in SPEC_FIELDS}
+        return MachineSpec.model_validate({k: v for k, v in values.items() if v is not None and v != {}})
+
+    def machine_request(self) -> tuple[Provider, MachineSpec, BootPayload]:
+        """The provider, spec and payload for this flow run; raises :class:`JobVariablesError` naming
+        every bad job variable."""
+        problems = []
+        try:
+            spec = self.machine_spec()
+        except ValueError as error:
+            problems += [f"{'.'.join(map(str, e['loc'])) or 'job variables'}: {e['msg'].removeprefix('Value error, ')}" for e in error.errors()]  # type: ignore[attr-defined]
+            spec = None
+        try:
+            provider = self.provider_instance()
+        except RemoteError as error:
+            problems.append(str(error))
+            provider = None
+        if self.container and (provider is None or provider.name == "local"):
+            problems.append(
+                f"container={self.container!r}: the local provider runs no containers; remove it, or use "
+                "software='{{ senv.name }}' (package sync) or a cloud provider"
+            )
+        if problems:
+            raise JobVariablesError("invalid job variables:\n  - " + "\n  - ".join(problems))
+        assert spec is not None and provider is not None
+        env = {k: v for k, v in self.env.items() if v is not None}
+        secrets = {k: env.pop(k) for k in SECRET_SETTINGS if k in env}
+        if "PREFECT_API_URL" in env:
+            env["PREFECT_API_URL"] = machine_reachable_url(provider, env["PREFECT_API_URL"])
+        payload = BootPayload(command=shlex.split(self.command or "prefect flow-run execute"), env=env, secrets=secrets)
+        return provider, spec, payload
+
+
+class JobVariablesError(RemoteError, ValueError):
+    """The flow run's job variables do not describe a machine the provider can start."""
+
+
+def machine_reachable_url(provider: Provider, url: str) -> str:
+    """``url`` as the provider's machines can reach it (a namespace machine cannot reach 127.0.0.1)."""
+    reach = getattr(provider, "reachable_url", None)
+    if reach is not None:
+        return reach(url)
+    host = urlsplit(url).hostname or ""
+    if host in ("127.0.0.1", "localhost", "0.0.0.0", "::1"):
+        raise JobVariablesError(
+            f"PREFECT_API_URL={url} is this computer's loopback address, which {provider.name} machines cannot reach; "
+            "point PREFECT_API_URL at an address they can reach"
+        )
+    return url

@@ -1,0 +1,113 @@
+"""Workers for the ``remote`` (hybrid) and ``remote:push`` work pools: one flow run, one fresh machine.
+
+``run`` launches the machine without blocking the event loop, reports its id as the
+infrastructure id, streams the machine's log (boot and environment rebuild included) into the flow
+run's logs, and returns the payload's exit code; ``kill_infrastructure`` ends the machine when a
+run is cancelled. The machine ends itself when the run ends, and at the ``timeout`` job variable.
+"""
+
+from __future__ import annotations
+
+import re
+from functools import partial
+from typing import TYPE_CHECKING, Optional
+
+import anyio
+import anyio.abc
+from prefect.exceptions import InfrastructureNotFound
+from prefect.workers.base import BaseWorker, BaseWorkerResult
+
+from prefect_remote.errors import MachineNotFound
+from prefect_remote.providers.base import Machine, Provider
+from prefect_remote.workers.config import RemoteJobConfiguration, RemoteJobVariables
+
+if TYPE_CHECKING:
+    from prefect.client.schemas.objects import FlowRun
+    from prefect.logging.loggers import PrefectLogAdapter
+
+LOG_POLL_SECONDS = 1.0
+# Lines the flow run's own Prefect logger printed: they already reach the API from the machine.
+_PREFECT_CONSOLE_LINE = re.compile(r"^\d{2}:\d{2}:\d{2}\.\d{3} \| (DEBUG|INFO|WARNING|ERROR|CRITICAL)\s*\| ")
+
+
+class RemoteWorkerResult(BaseWorkerResult):
+    """The machine's id and the flow run process's exit code."""
+
+
+class RemoteWorker(BaseWorker[RemoteJobConfiguration, RemoteJobVariables, RemoteWorkerResult]):
+    """Runs each flow run on a fresh machine: ``prefect worker start --pool P --type remote``."""
+
+    type = "remote"
+    job_configuration = RemoteJobConfiguration
+    job_configuration_variables = RemoteJobVariables
+    _display_name = "prefect-remote"
+    _description = (
+        "Runs each flow run on a freshly provisioned machine sized by job variables (cpu, memory, gpu, vm_type, "
+        "region, spot…), with your local environment synced by package sync. Hybrid: run a worker."
+    )
+    _documentation_url = "https://pypi.org/project/prefect-remote/"
+    _logo_url = "https://raw.githubusercontent.com/PrefectHQ/prefect/main/docs/images/logos/prefect-logo-mark.png"
+
+    async def run(
+        self,
+        flow_run: FlowRun,
+        configuration: RemoteJobConfiguration,
+        task_status: Optional[anyio.abc.TaskStatus[str]] = None,
+    ) -> RemoteWorkerResult:
+        logger = self.get_flow_run_logger(flow_run)
+        provider, spec, payload = configuration.machine_request()
+        tags = {key: value for key, value in configuration.labels.items() if value}
+        launch = partial(provider.launch, spec, payload, tags=tags, owner=f"prefect-worker:{self.name}")
+        [machine] = await anyio.to_thread.run_sync(launch)
+        logger.info(
+            f"Machine {machine.id} launched on {provider.name}: {machine.instance_type} ({spec.summary()}), "
+            f"region {machine.region}, {'spot' if machine.spot else 'on-demand'}"
+        )
+        if task_status is not None:
+            task_status.started(machine.id)
+        ended = await follow_machine(provider, machine.id, logger)
+        status = ended.exit_code if ended.exit_code is not None else 1
+        if status == 0:
+            logger.info(f"Machine {machine.id} ended: {ended.reason}")
+        else:
+            logger.error(f"Machine {machine.id} ended: {ended.reason} (exit code {ended.exit_code})")
+        return RemoteWorkerResult(identifier=machine.id, status_code=status)
+
+    async def kill_infrastructure(
+        self, infrastructure_pid: str, configuration: RemoteJobConfiguration, grace_seconds: int = 30
+    ) -> None:
+        provider = configuration.provider_instance()
+        try:
+            await anyio.to_thread.run_sync(partial(provider.terminate, [infrastructure_pid], reason="flow run cancelled"))
+        except MachineNotFound as error:
+            raise InfrastructureNotFound(str(error)) from error
+
+
+class RemotePushWorker(RemoteWorker):
+    """The same, for push pools: run by the push service inside ``prefect server start``, by
+    ``prefect-remote push serve``, or by ``prefect worker start --pool P --type remote:push``."""
+
+    type = "remote:push"
+    _display_name = "prefect-remote push"
+    _description = (
+        "Runs each flow run on a freshly provisioned machine sized by job variables, with no worker to host: "
+        "prefect-remote's push service submits runs from inside `prefect server start`."
+    )
+
+
+async def follow_machine(provider: Provider, machine_id: str, logger: PrefectLogAdapter) -> Machine:
+    """Streams the machine's log into ``logger`` until the machine has ended; returns its last state."""
+    offset = 0
+    while True:
+        machine = await anyio.to_thread.run_sync(provider.describe, machine_id)
+        chunk = await anyio.to_thread.run_sync(partial(provider.logs, machine_id, offset=offset))
+        complete, _, partial_line = chunk.text.rpartition("\n")
+        offset = chunk.next_offset - len(partial_line.encode())  # an unfinished line is read again next time
+        for line in complete.splitlines() if complete else []:
+            if line.strip() and not _PREFECT_CONSOLE_LINE.match(line):
+                logger.info(f"[{machine_id}] {line}")
+        if not machine.alive:
+            if partial_line.strip():
+                logger.info(f"[{machine_id}] {partial_line}")
+            return machine
+        await anyio.sleep(LOG_POLL_SECONDS)
