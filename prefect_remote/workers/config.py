@@ -14,7 +14,7 @@ from urllib.parse import urlsplit
 
 from prefect.blocks.core import Block
 from prefect.workers.base import BaseJobConfiguration, BaseVariables
-from pydantic import BaseModel, Field, SecretStr
+from pydantic import BaseModel, Field
 
 from prefect_remote.errors import RemoteError
 from prefect_remote.providers import get_provider
@@ -39,11 +39,9 @@ class RemoteProviderCredentials(Block):
 
     provider: str = Field(default="local", description="Provider name: local, aws, gcp, or a plugin's.")
     options: dict[str, Any] = Field(default_factory=dict, description="Keyword arguments for the provider.")
-    secrets: dict[str, SecretStr] = Field(default_factory=dict, description="Secret options for the provider (keys, tokens).")
 
     def get_provider(self) -> Provider:
-        options = {**self.options, **{k: v.get_secret_value() for k, v in self.secrets.items()}}
-        return get_provider(self.provider, **options)
+        return get_provider(self.provider, **self.options)
 
 
 class MachineJobFields(BaseModel):
