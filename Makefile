@@ -5,7 +5,7 @@ UV_VERSION := $(shell sed -n '/^name = "uv"$$/{n;s/^version = "\(.*\)"/\1/p;}' u
 export UV_PROJECT_ENVIRONMENT := $(abspath $(VENV))
 PYTEST_ARGS ?=
 
-.PHONY: env test demo bench clean
+.PHONY: env test demo demo-machines bench clean
 
 env: $(VENV)/.synced
 
@@ -20,6 +20,9 @@ test: env
 	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)
 
 demo: env
+	PREFECT_REMOTE_HOME=$(CURDIR)/.demo/home $(VENV)/bin/python examples/demo.py
+
+demo-machines: env
 	PREFECT_REMOTE_HOME=$(CURDIR)/.demo/home $(VENV)/bin/python examples/machines_demo.py
 
 bench: env

@@ -25,6 +25,7 @@ os.environ.update(
 )
 
 from prefect_remote.boot import MACHINE_ID_ENV  # noqa: E402
+from prefect_remote.devserver import local_prefect_server  # noqa: E402
 from prefect_remote.providers.local import LocalProvider  # noqa: E402
 from prefect_remote.providers.local.isolation import (  # noqa: E402
     CGROUP_CONTROLLERS,
@@ -107,6 +108,15 @@ def _in_session(pid: int) -> bool:
         return False
     ids = [e.split(b"=", 1)[1].decode() for e in environ if e.startswith(f"{MACHINE_ID_ENV}=".encode())]
     return any((SESSION_HOME / "machines" / i).exists() for i in ids)
+
+
+@pytest.fixture(scope="session")
+def prefect_server() -> str:
+    """A real Prefect server (SQLite) for the session, bound to loopback, with prefect-remote installed
+    (so its push service runs inside). Yields the API URL."""
+    settings = {"PREFECT_WORKER_QUERY_SECONDS": "1", "PREFECT_REMOTE_PUSH_INTERVAL": "1", "PREFECT_SERVER_LOGGING_LEVEL": "WARNING"}
+    with local_prefect_server(SESSION_HOME / "prefect", env=settings) as api_url:
+        yield api_url
 
 
 @pytest.fixture(autouse=True)

@@ -29,3 +29,14 @@ def test_example_flow_runs_locally(tmp_path):
     result = subprocess.run([sys.executable, str(EXAMPLES / "example_flow.py")], capture_output=True, text=True, timeout=300, env=env)
     assert result.returncode == 0, result.stderr
     assert "[0, 1, 4, 9, 16, 25, 36, 49, 64, 81]" in result.stdout + result.stderr
+
+
+def test_make_demo_runs_the_main_job(tmp_path):
+    """examples/demo.py: server, remote:push pool with --provision-infra, prefect deploy, run, result."""
+    from tests.conftest import SESSION_HOME
+
+    env = {**os.environ, "PREFECT_REMOTE_HOME": str(SESSION_HOME / "demo")}
+    result = subprocess.run([sys.executable, str(EXAMPLES / "demo.py")], capture_output=True, text=True, timeout=600, env=env)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "Flow run: Completed on machine m-" in result.stdout.replace("\n", " ")
+    assert "Hello from your Prefect flow!" in result.stdout and "booting" in result.stdout

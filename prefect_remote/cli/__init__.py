@@ -6,6 +6,7 @@ import typer
 
 from prefect_remote.cli.env import app as env_app
 from prefect_remote.cli.machines import app as machines_app
+from prefect_remote.cli.push import app as push_app
 
 app = typer.Typer(
     name="prefect-remote",
@@ -16,6 +17,7 @@ app = typer.Typer(
 )
 app.add_typer(machines_app, name="machines")
 app.add_typer(env_app, name="env")
+app.add_typer(push_app, name="push")
 
 
 @app.command()

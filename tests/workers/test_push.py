@@ -1,0 +1,100 @@
+"""Flow runs on machines through a remote:push pool on a self-hosted server: no worker to host."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+from prefect.states import Cancelling
+
+from prefect_remote.providers.local import LocalProvider
+from tests.conftest import wait_for
+from tests.workers.conftest import deploy, logged, prefect_cli, run_logs, wait_final
+
+PREFECT_YAML = """
+name: test-project
+prefect-version: 3.8.8
+build:
+  - prefect_remote.deployments.steps.build_package_sync_senv:
+      id: senv
+      check: false
+push: null
+pull:
+  - prefect.deployments.steps.set_working_directory:
+      directory: "."
+deployments:
+  - name: synced
+    entrypoint: flows.py:hello
+    work_pool:
+      name: test-push
+      job_variables:
+        software: '{{ senv.name }}'
+        cpu: 1
+        memory: "2 GiB"
+"""
+
+
+def test_cli_path_provision_deploy_run_with_no_worker(prefect_server, push_pool, project, api):
+    again = prefect_cli(prefect_server, "work-pool", "create", "--type", "remote:push", "--provision-infra", push_pool, "--overwrite")
+    assert again.returncode == 0 and "reusing provider block" in again.stdout  # provisioning twice is harmless
+    (project / "prefect.yaml").write_text(PREFECT_YAML)
+    deployed = prefect_cli(prefect_server, "--no-prompt", "deploy", "--all", cwd=project)
+    assert deployed.returncode == 0, deployed.stdout + deployed.stderr
+    assert "Software environment senv-" in deployed.stdout
+    ran = prefect_cli(prefect_server, "deployment", "run", "hello/synced", "--watch", "--watch-timeout", "240", cwd=project)
+    assert ran.returncode == 0 and "Completed" in ran.stdout, ran.stdout + ran.stderr
+    [flow_run] = [r for r in api.read_flow_runs() if r.state_name == "Completed" and r.infrastructure_pid]
+    logs = "\n".join(run_logs(api, flow_run.id))
+    assert "hello from the flow" in logs  # printed by the flow
+    assert "booting machine" in logs and "software environment senv-" in logs  # the machine's boot, rebuilt env
+    assert f"Machine {flow_run.infrastructure_pid} launched on local" in logs
+    machine = LocalProvider().describe(flow_run.infrastructure_pid)
+    assert not machine.alive and machine.reason == "payload finished"
+
+
+def test_cancelling_a_run_ends_its_machine(push_pool, project, api):
+    run = api.create_flow_run_from_deployment(deploy(api, project, push_pool, "sleeper"))
+    machine_id = wait_for(lambda: api.read_flow_run(run.id).state_name == "Running" and api.read_flow_run(run.id).infrastructure_pid, timeout=120)
+    api.set_flow_run_state(run.id, Cancelling(), force=True)
+    cancelled = time.monotonic()
+    provider = LocalProvider()
+    wait_for(lambda: not provider.describe(machine_id).alive, timeout=10, message="the machine to end")
+    assert time.monotonic() - cancelled <= 10
+    assert wait_final(api, run.id).state_name == "Cancelled"
+
+
+def test_a_killed_machine_crashes_its_run(push_pool, project, api):
+    run = api.create_flow_run_from_deployment(deploy(api, project, push_pool, "sleeper"))
+    machine_id = wait_for(lambda: api.read_flow_run(run.id).state_name == "Running" and api.read_flow_run(run.id).infrastructure_pid, timeout=120)
+    LocalProvider().terminate([machine_id], reason="killed by the test")
+    killed = time.monotonic()
+    final = wait_final(api, run.id, timeout=30)
+    assert time.monotonic() - killed <= 30 and final.state_name == "Crashed"
+    logged(api, run.id, "killed by the test")
+
+
+def test_a_run_past_its_timeout_crashes_and_its_machine_ends(push_pool, project, api):
+    run = api.create_flow_run_from_deployment(deploy(api, project, push_pool, "sleeper", timeout="8s"))
+    final = wait_final(api, run.id, timeout=120)
+    assert final.state_name == "Crashed"
+    machine = LocalProvider().describe(final.infrastructure_pid)
+    assert not machine.alive and machine.reason.startswith("timeout: ran longer than 8s")
+    logged(api, run.id, "timeout: ran longer than 8s")
+
+
+@pytest.mark.parametrize(
+    ("job_variables", "fragment"),
+    [
+        ({"memory": "lots"}, "memory='lots': expected a size"),
+        ({"cpu": -1}, "cpu=-1: expected a whole number of CPUs"),
+        ({"provider": "nope"}, "provider='nope' is not known"),
+        ({"software": "senv-0000000000000000"}, "'senv-0000000000000000' is not in the store"),
+        ({"container": "python:3.11"}, "the local provider runs no containers"),
+    ],
+)
+def test_bad_job_variables_fail_the_run_clearly_and_start_nothing(push_pool, project, api, job_variables, fragment):
+    run = api.create_flow_run_from_deployment(deploy(api, project, push_pool, **job_variables))
+    final = wait_final(api, run.id, timeout=60)
+    assert final.state_name in ("Crashed", "Failed")
+    assert fragment in (final.state.message or "")
+    assert LocalProvider().list({"prefect.io/flow-run-id": str(run.id)}, include_terminated=True) == []

@@ -1,0 +1,79 @@
+"""The hybrid worker (`prefect worker start --type remote`), the push fallbacks, and exactly-once submission."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from prefect_remote.providers.local import LocalProvider
+from tests.conftest import SESSION_HOME
+from tests.workers.conftest import deploy, logged, prefect_cli, wait_final
+
+
+def background(api_url: str, *command: str) -> subprocess.Popen:
+    env = {**os.environ, "PREFECT_API_URL": api_url, "PREFECT_HOME": str(SESSION_HOME / "prefect-cli"), "PREFECT_WORKER_QUERY_SECONDS": "1"}
+    return subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+
+
+def stop(process: subprocess.Popen) -> None:
+    os.killpg(process.pid, signal.SIGTERM)
+    try:
+        process.wait(20)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+
+
+@pytest.fixture
+def hybrid_worker(prefect_server):
+    created = prefect_cli(prefect_server, "work-pool", "create", "--type", "remote", "test-hybrid", "--overwrite")
+    assert created.returncode == 0, created.stdout + created.stderr
+    prefect = str(Path(sys.executable).parent / "prefect")
+    worker = background(prefect_server, prefect, "worker", "start", "--pool", "test-hybrid", "--type", "remote")
+    yield "test-hybrid"
+    stop(worker)
+
+
+def test_hybrid_worker_runs_concurrent_flow_runs_on_their_own_machines(hybrid_worker, project, api):
+    deployment = deploy(api, project, hybrid_worker, cpu=1)
+    runs = [api.create_flow_run_from_deployment(deployment) for _ in range(2)]
+    finals = [wait_final(api, run.id, timeout=180) for run in runs]
+    assert [f.state_name for f in finals] == ["Completed", "Completed"]
+    machines = {f.infrastructure_pid for f in finals}
+    assert len(machines) == 2
+    for final in finals:
+        logged(api, final.id, "hello from the flow")
+        logged(api, final.id, "booting machine")
+    assert all(m.reason == "payload finished" for m in LocalProvider().wait(machines, timeout=30))
+
+
+def test_each_run_is_submitted_once_with_two_submitters(prefect_server, push_pool, project, api):
+    """The in-server service and `prefect-remote push serve` both serve the pool: each run gets one machine."""
+    cli = str(Path(sys.executable).parent / "prefect-remote")
+    fallback = background(prefect_server, cli, "push", "serve", "--pool", push_pool, "--interval", "1")
+    try:
+        deployment = deploy(api, project, push_pool)
+        runs = [api.create_flow_run_from_deployment(deployment) for _ in range(3)]
+        finals = [wait_final(api, run.id, timeout=180) for run in runs]
+    finally:
+        stop(fallback)
+    assert [f.state_name for f in finals] == ["Completed"] * 3
+    for final in finals:
+        assert len(LocalProvider().list({"prefect.io/flow-run-id": str(final.id)}, include_terminated=True)) == 1
+
+
+def test_explicit_push_worker_fallback(prefect_server, project, api):
+    created = prefect_cli(prefect_server, "work-pool", "create", "--type", "remote:push", "test-explicit", "--overwrite")
+    assert created.returncode == 0
+    prefect = str(Path(sys.executable).parent / "prefect")
+    worker = background(prefect_server, prefect, "worker", "start", "--pool", "test-explicit", "--type", "remote:push")
+    try:
+        run = api.create_flow_run_from_deployment(deploy(api, project, "test-explicit"))
+        assert wait_final(api, run.id, timeout=180).state_name == "Completed"
+    finally:
+        stop(worker)
