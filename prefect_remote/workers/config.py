@@ -79,7 +79,10 @@ class RemoteJobConfiguration(BaseJobConfiguration, MachineJobFields):
     """A flow run's machine, resolved from the pool's template and the deployment's job variables."""
 
     def prepare_for_flow_run(self, flow_run, deployment=None, flow=None, work_pool=None, worker_name=None, worker_id=None) -> None:
+        command_given = self.command is not None
         super().prepare_for_flow_run(flow_run, deployment, flow, work_pool, worker_name, worker_id=worker_id)
+        if not command_given:  # the engine itself, as Prefect's process worker runs it: no CLI start-up
+            self.command = "python -m prefect.engine"
         # A machine gets the client settings of this process, minus the server's own (database URL…).
         self.env = {k: v for k, v in self.env.items() if not k.startswith(SERVER_ONLY_PREFIXES)}
 
@@ -120,7 +123,7 @@ class RemoteJobConfiguration(BaseJobConfiguration, MachineJobFields):
         secrets = {k: env.pop(k) for k in SECRET_SETTINGS if k in env}
         if "PREFECT_API_URL" in env:
             env["PREFECT_API_URL"] = machine_reachable_url(provider, env["PREFECT_API_URL"])
-        payload = BootPayload(command=shlex.split(self.command or "prefect flow-run execute"), env=env, secrets=secrets)
+        payload = BootPayload(command=shlex.split(self.command or "python -m prefect.engine"), env=env, secrets=secrets)
         return provider, spec, payload
 
 

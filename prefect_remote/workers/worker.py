@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import re
 from functools import partial
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Optional
 
 import anyio
 import anyio.abc
 from prefect.exceptions import InfrastructureNotFound
+from prefect.states import Cancelled
 from prefect.workers.base import BaseWorker, BaseWorkerResult
 
 from prefect_remote.errors import MachineNotFound
@@ -65,7 +67,24 @@ class RemoteWorker(BaseWorker[RemoteJobConfiguration, RemoteJobVariables, Remote
         )
         if task_status is not None:
             task_status.started(machine.id)
-        ended = await follow_machine(provider, machine.id, logger)
+        cancelled = False
+
+        async def end_if_cancelling() -> None:
+            # Prefect's base worker only cancels runs that never started; a running run's machine is ours to end.
+            nonlocal cancelled
+            if not cancelled and (await self.client.read_flow_run(flow_run.id)).state.is_cancelling():
+                logger.info(f"Flow run cancelling: ending machine {machine.id}")
+                # Cancelled at once, for whoever watches; set again once the machine has ended (below).
+                await self.client.set_flow_run_state(flow_run.id, Cancelled(message=f"Cancelled: machine {machine.id} ended"), force=True)
+                await anyio.to_thread.run_sync(partial(provider.terminate, [machine.id], reason="flow run cancelled"))
+                cancelled = True
+
+        ended = await follow_machine(provider, machine.id, logger, every_poll=end_if_cancelling)
+        if cancelled:
+            # The engine reports Crashed when stopped (only a runner's control channel tells it otherwise).
+            await self.client.set_flow_run_state(flow_run.id, Cancelled(message=f"Cancelled: machine {machine.id} ended"), force=True)
+            logger.info(f"Machine {machine.id} ended: {ended.reason}")
+            return RemoteWorkerResult(identifier=machine.id, status_code=0)
         status = ended.exit_code if ended.exit_code is not None else 1
         if status == 0:
             logger.info(f"Machine {machine.id} ended: {ended.reason}")
@@ -95,10 +114,15 @@ class RemotePushWorker(RemoteWorker):
     )
 
 
-async def follow_machine(provider: Provider, machine_id: str, logger: PrefectLogAdapter) -> Machine:
-    """Streams the machine's log into ``logger`` until the machine has ended; returns its last state."""
+async def follow_machine(
+    provider: Provider, machine_id: str, logger: PrefectLogAdapter, every_poll: Callable[[], Awaitable[None]] | None = None
+) -> Machine:
+    """Streams the machine's log into ``logger`` until the machine has ended; returns its last state.
+    ``every_poll`` runs once a poll (the worker watches for cancellation there)."""
     offset = 0
     while True:
+        if every_poll is not None:
+            await every_poll()
         machine = await anyio.to_thread.run_sync(provider.describe, machine_id)
         chunk = await anyio.to_thread.run_sync(partial(provider.logs, machine_id, offset=offset))
         complete, _, partial_line = chunk.text.rpartition("\n")

@@ -60,7 +60,9 @@ def test_cancelling_a_run_ends_its_machine(push_pool, project, api):
     provider = LocalProvider()
     wait_for(lambda: not provider.describe(machine_id).alive, timeout=10, message="the machine to end")
     assert time.monotonic() - cancelled <= 10
-    assert wait_final(api, run.id).state_name == "Cancelled"
+    wait_for(lambda: api.read_flow_run(run.id).state_name == "Cancelled" and not provider.describe(machine_id).alive, timeout=15)
+    time.sleep(2)
+    assert api.read_flow_run(run.id).state_name == "Cancelled"  # and stays so
 
 
 def test_a_killed_machine_crashes_its_run(push_pool, project, api):
