@@ -81,7 +81,9 @@ def main() -> list[str]:
             worker.wait()
         from prefect_remote.providers.local import LocalProvider
 
-        LocalProvider().cleanup_host()
+        provider = LocalProvider()
+        provider.wait([m.id for m in provider.list()], timeout=60)
+        provider.cleanup_host()
         shutil.rmtree(scratch, ignore_errors=True)
 
 

@@ -81,7 +81,9 @@ def main() -> None:
             raise SystemExit(1)
     finally:
         server.__exit__(None, None, None)
-        cleanup = getattr(get_provider(), "cleanup_host", None)
+        provider = get_provider()
+        provider.wait([m.id for m in provider.list()], timeout=60)  # the run is Completed a moment before its machine ends
+        cleanup = getattr(provider, "cleanup_host", None)
         if cleanup:
             cleanup()
 

@@ -150,16 +150,20 @@ def stop(bridge: Bridge) -> None:
 def main() -> int:
     name, subnet, service, argument = sys.argv[1:5]
     bridge = Bridge(name, subnet)
-    if service == "egress":
-        patterns = [p for p in argument.split(",") if p]
-        asyncio.run(serve(bridge, EGRESS_PORT, lambda r, w: _handle(r, w, patterns)))
-    else:
-        port = int(argument)
-        try:
+    port = EGRESS_PORT if service == "egress" else int(argument)
+    try:
+        if service == "egress":
+            patterns = [p for p in argument.split(",") if p]
+            asyncio.run(serve(bridge, port, lambda r, w: _handle(r, w, patterns)))
+        else:
             asyncio.run(serve(bridge, port, lambda r, w: _forward(r, w, port)))
-        except OSError as error:
-            if error.errno != errno.EADDRINUSE:  # in use: the service already listens on every address
-                raise
+    except OSError as error:
+        if error.errno != errno.EADDRINUSE:  # in use: the service already listens on every address
+            raise
+    finally:
+        pid_file = _pid_file(bridge, service, port)
+        if (records.read_json(pid_file, default=None) or {}).get("pid") == os.getpid():
+            pid_file.unlink(missing_ok=True)
     return 0
 
 
