@@ -74,10 +74,10 @@ def session_cleanup():
                         child.rmdir()
                 if parent.exists() and not any(parent.glob("m-*")):
                     parent.rmdir()
-            subprocess.run(["ip", "link", "del", "prtest0"], capture_output=True)
-            shutil.rmtree(RUN_DIR / "prtest0", ignore_errors=True)
-            for path in RUN_DIR.glob("prtest0*"):
-                path.unlink(missing_ok=True)
+            # The bridge and its registry are shared with any concurrent session: removed only once unused.
+            provider = LocalProvider()
+            if provider.bridge.remove_if_unused():  # (lock files stay: another session may hold them open)
+                shutil.rmtree(RUN_DIR / "prtest0", ignore_errors=True)
         shutil.rmtree(SESSION_HOME, ignore_errors=True)
     assert not leftovers, f"machine processes were left running: {leftovers}"
 

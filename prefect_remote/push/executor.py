@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import socket
 
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import WorkPoolFilter, WorkPoolFilterType
@@ -39,7 +41,10 @@ class PushExecutor:
         return sorted(names)
 
     async def _serve(self, pool: str) -> None:
-        worker = RemotePushWorker(work_pool_name=pool, name=f"prefect-remote push ({pool})", create_pool_if_not_found=False)
+        # A name of its own per process: a restarted service is another worker, which adopts the runs
+        # the old one was following once the old one's heartbeat has stopped.
+        name = f"prefect-remote push ({pool}) {socket.gethostname()}:{os.getpid()}"
+        worker = RemotePushWorker(work_pool_name=pool, name=name, create_pool_if_not_found=False)
         logger.info("prefect-remote push: submitting runs of work pool %r", pool)
         await worker.start(printer=logger.info)
 

@@ -11,12 +11,13 @@ from pathlib import Path
 import pytest
 
 from prefect_remote.providers.local import LocalProvider
-from tests.conftest import SESSION_HOME
+from tests.conftest import SESSION_HOME, wait_for
 from tests.workers.conftest import deploy, logged, prefect_cli, wait_final
 
 
 def background(api_url: str, *command: str) -> subprocess.Popen:
-    env = {**os.environ, "PREFECT_API_URL": api_url, "PREFECT_HOME": str(SESSION_HOME / "prefect-cli"), "PREFECT_WORKER_QUERY_SECONDS": "1"}
+    env = {**os.environ, "PREFECT_API_URL": api_url, "PREFECT_HOME": str(SESSION_HOME / "prefect-cli"),
+           "PREFECT_WORKER_QUERY_SECONDS": "1", "PREFECT_WORKER_HEARTBEAT_SECONDS": "2"}
     return subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
 
 
@@ -77,3 +78,26 @@ def test_explicit_push_worker_fallback(prefect_server, project, api):
         assert wait_final(api, run.id, timeout=180).state_name == "Completed"
     finally:
         stop(worker)
+
+
+def test_a_restarted_worker_adopts_runs_in_flight(prefect_server, project, api):
+    """The worker that submitted a run is killed; the next one follows its machine (without submitting
+    the run again), so the machine's death still crashes the run."""
+    assert prefect_cli(prefect_server, "work-pool", "create", "--type", "remote", "test-adopt", "--overwrite").returncode == 0
+    prefect = str(Path(sys.executable).parent / "prefect")
+    first = background(prefect_server, prefect, "worker", "start", "--pool", "test-adopt", "--type", "remote", "--name", "first")
+    second = None
+    try:
+        run = api.create_flow_run_from_deployment(deploy(api, project, "test-adopt", "sleeper"))
+        machine_id = wait_for(lambda: api.read_flow_run(run.id).state_name == "Running" and api.read_flow_run(run.id).infrastructure_pid, timeout=120)
+        os.killpg(first.pid, signal.SIGKILL)
+        first.wait()
+        second = background(prefect_server, prefect, "worker", "start", "--pool", "test-adopt", "--type", "remote", "--name", "second")
+        logged(api, run.id, "follows this run's machine", timeout=60)
+        LocalProvider().terminate([machine_id], reason="killed after the restart")
+        assert wait_final(api, run.id, timeout=30).state_name == "Crashed"
+        logged(api, run.id, "killed after the restart")
+        assert len(LocalProvider().list({"prefect.io/flow-run-id": str(run.id)}, include_terminated=True)) == 1
+    finally:
+        if second is not None:
+            stop(second)
