@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
@@ -19,23 +18,24 @@ from pathlib import Path
 from prefect.client.orchestration import get_client
 from prefect.settings import PREFECT_API_URL, temporary_settings
 
-from prefect_remote.devserver import local_prefect_server
+from prefect_remote.devserver import local_prefect_server, stop_process_group
 
 FLOW = "from prefect import flow\n\n@flow\ndef trivial() -> int:\n    return 1\n"
 PREFECT = str(Path(sys.executable).parent / "prefect")
 ROUNDS = 4
 
 
-def run_once(client, deployment_id) -> float:
+def run_once(client, deployment_id, timeout: float = 300) -> float:
     started = time.perf_counter()
     run = client.create_flow_run_from_deployment(deployment_id)
-    while True:
+    while time.perf_counter() - started < timeout:
         state = client.read_flow_run(run.id).state
         if state and state.is_final():
             if state.name != "Completed":
                 raise RuntimeError(f"benchmark run ended {state.name}: {state.message}")
             return time.perf_counter() - started
         time.sleep(0.1)
+    raise TimeoutError(f"benchmark run {run.id} did not finish in {timeout}s")
 
 
 def main() -> list[str]:
@@ -77,8 +77,7 @@ def main() -> list[str]:
         ]
     finally:
         if worker is not None:
-            os.killpg(worker.pid, signal.SIGTERM)
-            worker.wait()
+            stop_process_group(worker)
         from prefect_remote.providers.local import LocalProvider
 
         provider = LocalProvider()

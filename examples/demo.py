@@ -53,7 +53,7 @@ def flow_run_logs(api_url: str, flow_run_id: str) -> list[str]:
 
 def main() -> None:
     started = time.monotonic()
-    home = Path(os.environ.get("PREFECT_REMOTE_HOME", DEMO / "home"))
+    home = Path(os.environ.setdefault("PREFECT_REMOTE_HOME", str(DEMO / "home")))
     with console.status("Starting a Prefect server (SQLite, loopback)…"):
         server = local_prefect_server(DEMO / "prefect", env={"PREFECT_WORKER_QUERY_SECONDS": "2", "PREFECT_REMOTE_HOME": str(home)})
         api_url = server.__enter__()

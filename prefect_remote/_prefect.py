@@ -9,9 +9,12 @@ from __future__ import annotations
 import logging
 import sys
 
-from prefect_remote.workers import RemotePushWorker, RemoteProviderCredentials, RemoteWorker  # noqa: F401  defining registers
-
 logger = logging.getLogger("prefect_remote")
+
+try:
+    from prefect_remote.workers import RemotePushWorker, RemoteProviderCredentials, RemoteWorker  # noqa: F401  defining registers
+except Exception as error:  # never break Prefect (or `import prefect_remote`) over an integration problem
+    logger.warning("prefect-remote: the remote and remote:push worker types are unavailable (%s)", error)
 
 try:
     from prefect_remote.push.provisioner import register_provisioner

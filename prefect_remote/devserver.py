@@ -31,6 +31,18 @@ def healthy(api_url: str) -> bool:
         return False
 
 
+def stop_process_group(process: subprocess.Popen, grace: float = 20) -> None:
+    """SIGTERM a process started with ``start_new_session=True`` and all it started; SIGKILL after ``grace``."""
+    try:
+        os.killpg(process.pid, signal.SIGTERM)
+        process.wait(grace)
+    except ProcessLookupError:
+        pass  # already gone
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+
+
 @contextmanager
 def local_prefect_server(home: Path, *, port: int | None = None, env: dict[str, str] | None = None, timeout: float = 120) -> Iterator[str]:
     """Runs ``prefect server start`` on 127.0.0.1 with its database under ``home``; yields the API URL
@@ -54,9 +66,4 @@ def local_prefect_server(home: Path, *, port: int | None = None, env: dict[str, 
             time.sleep(0.5)
         yield api_url
     finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        try:
-            server.wait(20)
-        except subprocess.TimeoutExpired:
-            os.killpg(server.pid, signal.SIGKILL)
-            server.wait()
+        stop_process_group(server)

@@ -42,6 +42,9 @@ class RemoteSettings(BaseSettings):
         default=True, description="Run the remote:push service inside `prefect server start` (when prefect-remote is installed there)."
     )
     push_interval: float = Field(default=5.0, description="Seconds between the push service's looks for remote:push pools.")
+    push_pools: Annotated[list[str], NoDecode] = Field(
+        default=["*"], description="remote:push pools the in-server push service serves (names or wildcards, comma-separated)."
+    )
 
     local_isolation: Isolation = Field(
         default="auto",
@@ -90,7 +93,7 @@ class RemoteSettings(BaseSettings):
             raise ValueError(f"local_bridge={value!r}: expected an interface name of 1-15 letters, digits, '-' or '_'")
         return value
 
-    @field_validator("local_egress", mode="before")
+    @field_validator("local_egress", "push_pools", mode="before")
     @classmethod
     def _hosts(cls, value: object) -> object:
         return [h.strip() for h in value.split(",") if h.strip()] if isinstance(value, str) else value

@@ -114,7 +114,12 @@ def _in_session(pid: int) -> bool:
 def prefect_server() -> str:
     """A real Prefect server (SQLite) for the session, bound to loopback, with prefect-remote installed
     (so its push service runs inside). Yields the API URL."""
-    settings = {"PREFECT_WORKER_QUERY_SECONDS": "1", "PREFECT_REMOTE_PUSH_INTERVAL": "1", "PREFECT_SERVER_LOGGING_LEVEL": "WARNING"}
+    settings = {
+        "PREFECT_WORKER_QUERY_SECONDS": "1",
+        "PREFECT_REMOTE_PUSH_INTERVAL": "1",
+        "PREFECT_REMOTE_PUSH_POOLS": "test-push",  # other push pools are left to the fallbacks under test
+        "PREFECT_SERVER_LOGGING_LEVEL": "WARNING",
+    }
     with local_prefect_server(SESSION_HOME / "prefect", env=settings) as api_url:
         yield api_url
 

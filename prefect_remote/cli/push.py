@@ -29,7 +29,16 @@ def serve(
         raise typer.BadParameter("PREFECT_API_URL is not set: point it at your Prefect API (e.g. http://127.0.0.1:4200/api)")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     typer.echo(f"Submitting runs of {', '.join(pool) if pool else 'every remote:push pool'}; Ctrl-C to stop.")
+    executor = PushExecutor(pool or None)
+
+    async def run() -> None:
+        served = await executor.sync()
+        for name in set(pool) - set(served):
+            typer.echo(f"warning: no remote:push work pool named {name!r} (yet); create it with "
+                       f"`prefect work-pool create --type remote:push {name}`", err=True)
+        await executor.serve_forever(interval)
+
     try:
-        asyncio.run(PushExecutor(pool or None).serve_forever(interval))
+        asyncio.run(run())
     except KeyboardInterrupt:
         typer.echo("Stopped.")

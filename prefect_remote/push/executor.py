@@ -7,6 +7,7 @@ proposer only), so a run is submitted exactly once however many executors run, o
 from __future__ import annotations
 
 import asyncio
+import fnmatch
 import logging
 import os
 import socket
@@ -17,6 +18,12 @@ from prefect.client.schemas.filters import WorkPoolFilter, WorkPoolFilterType
 from prefect_remote.workers.worker import RemotePushWorker
 
 logger = logging.getLogger("prefect_remote.push")
+
+
+def _report_end(task: asyncio.Task[None]) -> None:
+    """A pool's worker ended: say why (the next sync starts it again)."""
+    if not task.cancelled() and task.exception() is not None:
+        logger.error("prefect-remote push: %s stopped: %r; restarting it", task.get_name(), task.exception())
 PUSH_TYPE = RemotePushWorker.type
 
 
@@ -24,18 +31,20 @@ class PushExecutor:
     """Runs a :class:`RemotePushWorker` for every ``remote:push`` pool (or for ``pools`` only)."""
 
     def __init__(self, pools: list[str] | None = None) -> None:
-        self.pools = set(pools) if pools else None
+        self.pools = list(pools) if pools else ["*"]  # names or wildcards
         self._workers: dict[str, asyncio.Task[None]] = {}
 
     async def sync(self) -> list[str]:
         """Starts workers for new pools and stops those of deleted ones; returns the pools served."""
         async with get_client() as client:
             found = await client.read_work_pools(work_pool_filter=WorkPoolFilter(type=WorkPoolFilterType(any_=[PUSH_TYPE])))
-        names = {pool.name for pool in found if self.pools is None or pool.name in self.pools}
+        names = {pool.name for pool in found if any(fnmatch.fnmatchcase(pool.name, p) for p in self.pools)}
         for name in names:
             task = self._workers.get(name)
             if task is None or task.done():
-                self._workers[name] = asyncio.create_task(self._serve(name), name=f"prefect-remote push {name}")
+                task = asyncio.create_task(self._serve(name), name=f"prefect-remote push {name}")
+                task.add_done_callback(_report_end)
+                self._workers[name] = task
         for name in set(self._workers) - names:
             self._workers.pop(name).cancel()
         return sorted(names)
@@ -51,7 +60,10 @@ class PushExecutor:
     async def serve_forever(self, interval: float = 5.0) -> None:
         try:
             while True:
-                await self.sync()
+                try:
+                    await self.sync()
+                except Exception:  # the API may be down for a while: keep serving what runs, try again
+                    logger.exception("prefect-remote push: could not list work pools; retrying")
                 await asyncio.sleep(interval)
         finally:
             await self.close()

@@ -51,7 +51,8 @@ class RemotePushProvisioner:
             try:
                 document = await api.read_block_document_by_name(block_name, RemoteProviderCredentials.get_block_type_slug())
                 block_id = document.id
-                self.console.print(f"reusing provider block [blue]{block_name!r}[/] ({document.data.get('provider')})")
+                provider = get_provider(document.data.get("provider") or provider.name)  # the block decides
+                self.console.print(f"reusing provider block [blue]{block_name!r}[/] ({provider.name})")
             except ObjectNotFound:
                 block_id = await RemoteProviderCredentials(provider=provider.name).asave(block_name, client=api)
                 self.console.print(f"created provider block [blue]{block_name!r}[/] (provider {provider.name})")

@@ -2,7 +2,7 @@
 
 Registered as one of Prefect's docket "perpetual services" when this module is imported, which
 ``prefect_remote``'s Prefect integration does only inside a server process. That registry is
-private Prefect API (pinned by the prefect version range, tested in tests/push); the public
+private Prefect API (pinned by the prefect version range, tested in tests/workers); the public
 fallbacks are ``prefect-remote push serve`` and ``prefect worker start --type remote:push``.
 """
 
@@ -18,7 +18,7 @@ from prefect.settings import PREFECT_API_URL, get_current_settings, temporary_se
 from prefect_remote.push.executor import PushExecutor
 from prefect_remote.settings import get_settings
 
-executor = PushExecutor()
+executor = PushExecutor(get_settings().push_pools)
 
 
 def own_api_url() -> str:

@@ -14,7 +14,7 @@ from urllib.parse import urlsplit
 
 from prefect.blocks.core import Block
 from prefect.workers.base import BaseJobConfiguration, BaseVariables
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, ValidationError
 
 from prefect_remote.errors import RemoteError
 from prefect_remote.providers import get_provider
@@ -23,7 +23,6 @@ from prefect_remote.spec import MachineSpec
 
 # Settings that belong to the API server, not to a flow run on a machine.
 SERVER_ONLY_PREFIXES = ("PREFECT_SERVER_", "PREFECT_API_DATABASE_", "PREFECT_HOME", "PREFECT_PROFILES_PATH", "PREFECT_REMOTE_")
-SECRET_SETTINGS = ("PREFECT_API_KEY", "PREFECT_API_AUTH_STRING")
 
 
 class RemoteProviderCredentials(Block):
@@ -80,11 +79,12 @@ class RemoteJobConfiguration(BaseJobConfiguration, MachineJobFields):
 
     def prepare_for_flow_run(self, flow_run, deployment=None, flow=None, work_pool=None, worker_name=None, worker_id=None) -> None:
         command_given = self.command is not None
+        chosen = set(self.env)  # what the deployment's job variables set on purpose
         super().prepare_for_flow_run(flow_run, deployment, flow, work_pool, worker_name, worker_id=worker_id)
         if not command_given:  # the engine itself, as Prefect's process worker runs it: no CLI start-up
             self.command = "python -m prefect.engine"
         # A machine gets the client settings of this process, minus the server's own (database URL…).
-        self.env = {k: v for k, v in self.env.items() if not k.startswith(SERVER_ONLY_PREFIXES)}
+        self.env = {k: v for k, v in self.env.items() if k in chosen or not k.startswith(SERVER_ONLY_PREFIXES)}
 
     def provider_instance(self) -> Provider:
         if self.credentials is not None and not self.provider:
@@ -103,14 +103,18 @@ class RemoteJobConfiguration(BaseJobConfiguration, MachineJobFields):
         problems = []
         try:
             spec = self.machine_spec()
-        except ValueError as error:
-            problems += [f"{'.'.join(map(str, e['loc'])) or 'job variables'}: {e['msg'].removeprefix('Value error, ')}" for e in error.errors()]  # type: ignore[attr-defined]
+        except ValidationError as error:
+            problems += [f"{'.'.join(map(str, e['loc'])) or 'job variables'}: {e['msg'].removeprefix('Value error, ')}" for e in error.errors()]
             spec = None
         try:
             provider = self.provider_instance()
-        except RemoteError as error:
-            problems.append(str(error))
+        except (RemoteError, TypeError) as error:  # TypeError: options the provider does not take
+            problems.append(f"provider: {error}")
             provider = None
+        try:
+            command = shlex.split(self.command or "python -m prefect.engine")
+        except ValueError as error:
+            problems.append(f"command={self.command!r}: {error}")
         if self.container and (provider is None or provider.name == "local"):
             problems.append(
                 f"container={self.container!r}: the local provider runs no containers; remove it, or use "
@@ -120,11 +124,11 @@ class RemoteJobConfiguration(BaseJobConfiguration, MachineJobFields):
             raise JobVariablesError("invalid job variables:\n  - " + "\n  - ".join(problems))
         assert spec is not None and provider is not None
         env = {k: v for k, v in self.env.items() if v is not None}
-        secrets = {k: env.pop(k) for k in SECRET_SETTINGS if k in env}
         if "PREFECT_API_URL" in env:
             env["PREFECT_API_URL"] = machine_reachable_url(provider, env["PREFECT_API_URL"])
-        payload = BootPayload(command=shlex.split(self.command or "python -m prefect.engine"), env=env, secrets=secrets)
-        return provider, spec, payload
+        # The whole environment goes through the provider's secret channel: it holds API keys, custom
+        # headers and whatever tokens a deployment sets, and a cloud VM's boot script is readable user-data.
+        return provider, spec, BootPayload(command=command, secrets=env)
 
 
 class JobVariablesError(RemoteError, ValueError):

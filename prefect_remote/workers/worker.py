@@ -32,8 +32,9 @@ if TYPE_CHECKING:
 
 LOG_POLL_SECONDS = 1.0
 ADOPT_EVERY = 10.0  # seconds between looks for runs whose submitting worker is gone
-# Lines the flow run's own Prefect logger printed: they already reach the API from the machine.
-_PREFECT_CONSOLE_LINE = re.compile(r"^\d{2}:\d{2}:\d{2}\.\d{3} \| (DEBUG|INFO|WARNING|ERROR|CRITICAL)\s*\| ")
+# Routine lines the flow run's own Prefect logger printed: they reach the API from the machine already.
+# Warnings and errors are kept: the engine may not have been able to ship them.
+_PREFECT_INFO_LINE = re.compile(r"^\d{2}:\d{2}:\d{2}\.\d{3} \| (DEBUG|INFO)\s*\| ")
 
 
 class RemoteWorkerResult(BaseWorkerResult):
@@ -56,7 +57,8 @@ class RemoteWorker(BaseWorker[RemoteJobConfiguration, RemoteJobVariables, Remote
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self._following: set[UUID] = set()  # flow runs whose machine this worker follows
+        self._following: set[UUID] = set()  # flow runs whose machine this worker follows now
+        self._followed: set[UUID] = set()  # …or ever did: never adopted back
         self._last_adoption = 0.0
 
     async def run(
@@ -66,7 +68,8 @@ class RemoteWorker(BaseWorker[RemoteJobConfiguration, RemoteJobVariables, Remote
         task_status: Optional[anyio.abc.TaskStatus[str]] = None,
     ) -> RemoteWorkerResult:
         logger = self.get_flow_run_logger(flow_run)
-        provider, spec, payload = configuration.machine_request()
+        # In a thread: it may start the host gateway, and in `prefect server start` this loop serves the API.
+        provider, spec, payload = await anyio.to_thread.run_sync(configuration.machine_request)
         tags = {key: value for key, value in configuration.labels.items() if value}
         launch = partial(provider.launch, spec, payload, tags=tags, owner=f"prefect-worker:{self.name}")
         [machine] = await anyio.to_thread.run_sync(launch)
@@ -75,6 +78,7 @@ class RemoteWorker(BaseWorker[RemoteJobConfiguration, RemoteJobVariables, Remote
             f"region {machine.region}, {'spot' if machine.spot else 'on-demand'}"
         )
         self._following.add(flow_run.id)
+        self._followed.add(flow_run.id)
         if task_status is not None:
             task_status.started(machine.id)
         try:
@@ -82,22 +86,24 @@ class RemoteWorker(BaseWorker[RemoteJobConfiguration, RemoteJobVariables, Remote
         finally:
             self._following.discard(flow_run.id)
 
-    async def _watch(self, flow_run: FlowRun, provider: Provider, machine_id: str, logger: PrefectLogAdapter) -> RemoteWorkerResult:
+    async def _watch(
+        self, flow_run: FlowRun, provider: Provider, machine_id: str, logger: PrefectLogAdapter, *, from_end: bool = False
+    ) -> RemoteWorkerResult:
         """Follows the run's machine to its end, ending it if the run is cancelled; the machine's exit
         code becomes the result."""
         cancelled = False
 
         async def end_if_cancelling() -> None:
-            # Prefect's base worker only cancels runs that never started; a running run's machine is ours to end.
+            # Prefect's base worker only cancels runs that never started (and marks those Cancelled at
+            # once, even mid-launch); a machine whose run is cancelling or cancelled is ours to end.
             nonlocal cancelled
-            if not cancelled and (await self.client.read_flow_run(flow_run.id)).state.is_cancelling():
-                logger.info(f"Flow run cancelling: ending machine {machine_id}")
-                # Cancelled at once, for whoever watches; set again once the machine has ended (below).
-                await self.client.set_flow_run_state(flow_run.id, Cancelled(message=f"Cancelled: machine {machine_id} ended"), force=True)
+            state = (await self.client.read_flow_run(flow_run.id)).state
+            if not cancelled and state is not None and (state.is_cancelling() or state.is_cancelled()):
+                logger.info(f"Flow run cancelled: ending machine {machine_id}")
                 await anyio.to_thread.run_sync(partial(provider.terminate, [machine_id], reason="flow run cancelled"))
                 cancelled = True
 
-        ended = await follow_machine(provider, machine_id, logger, every_poll=end_if_cancelling)
+        ended = await follow_machine(provider, machine_id, logger, every_poll=end_if_cancelling, from_end=from_end)
         if cancelled:
             # The engine reports Crashed when stopped (only a runner's control channel tells it otherwise).
             await self.client.set_flow_run_state(flow_run.id, Cancelled(message=f"Cancelled: machine {machine_id} ended"), force=True)
@@ -136,21 +142,24 @@ class RemoteWorker(BaseWorker[RemoteJobConfiguration, RemoteJobVariables, Remote
             flow_run_filter=FlowRunFilter(state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.PENDING, StateType.RUNNING, StateType.CANCELLING]))),
             work_pool_filter=WorkPoolFilter(name=WorkPoolFilterName(any_=[self._work_pool_name])),
         )
-        candidates = [r for r in runs if r.infrastructure_pid and r.id not in self._following]
+        candidates = [r for r in runs if r.infrastructure_pid and r.id not in self._followed]
         if not candidates:
             return
         now = datetime.now(timezone.utc)
-        alive = {
+        alive = sorted(
             worker.name
             for worker in await self.client.read_workers_for_work_pool(self._work_pool_name)
             if worker.last_heartbeat_time
             and (now - worker.last_heartbeat_time).total_seconds() < 3 * (worker.heartbeat_interval_seconds or 30)
-        }
+        )
+        if alive and alive[0] != self.name:
+            return  # one adopter per pool: the live worker whose name sorts first
         for flow_run in candidates:
-            submitter = flow_run.labels.get("prefect.worker.name")
-            if submitter in alive and submitter != self.name:
+            if flow_run.labels.get("prefect.worker.name") in alive:
                 continue  # its own worker follows it
             self._following.add(flow_run.id)
+            self._followed.add(flow_run.id)
+            await self._give_worker_labels_to_flow_run(flow_run.id)  # this worker is its follower now
             self._runs_task_group.start_soon(self._adopt, flow_run)
 
     async def _adopt(self, flow_run: FlowRun) -> None:
@@ -159,21 +168,23 @@ class RemoteWorker(BaseWorker[RemoteJobConfiguration, RemoteJobVariables, Remote
             configuration = await self.job_configuration.resolve_for_flow_run(
                 flow_run, client=self.client, work_pool=self.work_pool, worker_name=self.name, worker_id=self.backend_id
             )
-            provider = configuration.provider_instance()
+            provider = await anyio.to_thread.run_sync(configuration.provider_instance)
             logger.info(f"Worker {self.name!r} follows this run's machine {flow_run.infrastructure_pid}: its submitter is gone")
-            result = await self._watch(flow_run, provider, str(flow_run.infrastructure_pid), logger)
+            result = await self._watch(flow_run, provider, str(flow_run.infrastructure_pid), logger, from_end=True)
             state = (await self.client.read_flow_run(flow_run.id)).state
             if result.status_code != 0 and not (state and state.is_final()):
                 await self._propose_crashed_state(flow_run, f"Flow run infrastructure exited with non-zero status code {result.status_code}.")
         except MachineNotFound:
             await self._propose_crashed_state(flow_run, f"Machine {flow_run.infrastructure_pid} no longer exists.")
+        except Exception:  # one adopted run must never take the worker (and every run it follows) down
+            logger.exception(f"Worker {self.name!r} could not follow machine {flow_run.infrastructure_pid}")
         finally:
             self._following.discard(flow_run.id)
 
     async def kill_infrastructure(
         self, infrastructure_pid: str, configuration: RemoteJobConfiguration, grace_seconds: int = 30
     ) -> None:
-        provider = configuration.provider_instance()
+        provider = await anyio.to_thread.run_sync(configuration.provider_instance)
         try:
             await anyio.to_thread.run_sync(partial(provider.terminate, [infrastructure_pid], reason="flow run cancelled"))
         except MachineNotFound as error:
@@ -193,23 +204,43 @@ class RemotePushWorker(RemoteWorker):
 
 
 async def follow_machine(
-    provider: Provider, machine_id: str, logger: PrefectLogAdapter, every_poll: Callable[[], Awaitable[None]] | None = None
+    provider: Provider,
+    machine_id: str,
+    logger: PrefectLogAdapter,
+    every_poll: Callable[[], Awaitable[None]] | None = None,
+    *,
+    from_end: bool = False,
 ) -> Machine:
     """Streams the machine's log into ``logger`` until the machine has ended; returns its last state.
-    ``every_poll`` runs once a poll (the worker watches for cancellation there)."""
-    offset = 0
+    ``every_poll`` runs once a poll (the worker watches for cancellation there); ``from_end`` skips
+    what was logged already (an adopted run's log was streamed by its first worker). Transient
+    provider or API errors are retried; a machine that no longer exists raises MachineNotFound."""
+    offset = (await anyio.to_thread.run_sync(provider.logs, machine_id)).next_offset if from_end else 0
+    pending = ""  # an unfinished last line, completed by the next read
+    failures = 0
     while True:
-        if every_poll is not None:
-            await every_poll()
-        machine = await anyio.to_thread.run_sync(provider.describe, machine_id)
-        chunk = await anyio.to_thread.run_sync(partial(provider.logs, machine_id, offset=offset))
-        complete, _, partial_line = chunk.text.rpartition("\n")
-        offset = chunk.next_offset - len(partial_line.encode())  # an unfinished line is read again next time
+        try:
+            if every_poll is not None:
+                await every_poll()
+            machine = await anyio.to_thread.run_sync(provider.describe, machine_id)
+            chunk = await anyio.to_thread.run_sync(partial(provider.logs, machine_id, offset=offset))
+            failures = 0
+        except MachineNotFound:
+            raise
+        except Exception as error:
+            failures += 1
+            if failures in (1, 10) or failures % 60 == 0:
+                logger.warning(f"Could not read machine {machine_id} ({error}); retrying")
+            await anyio.sleep(LOG_POLL_SECONDS)
+            continue
+        offset = chunk.next_offset
+        text = pending + chunk.text
+        complete, _, pending = text.rpartition("\n")
         for line in complete.splitlines() if complete else []:
-            if line.strip() and not _PREFECT_CONSOLE_LINE.match(line):
+            if line.strip() and not _PREFECT_INFO_LINE.match(line):
                 logger.info(f"[{machine_id}] {line}")
         if not machine.alive:
-            if partial_line.strip():
-                logger.info(f"[{machine_id}] {partial_line}")
+            if pending.strip():
+                logger.info(f"[{machine_id}] {pending}")
             return machine
         await anyio.sleep(LOG_POLL_SECONDS)

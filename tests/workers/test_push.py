@@ -43,7 +43,10 @@ def test_cli_path_provision_deploy_run_with_no_worker(prefect_server, push_pool,
     assert "Software environment senv-" in deployed.stdout
     ran = prefect_cli(prefect_server, "deployment", "run", "hello/synced", "--watch", "--watch-timeout", "240", cwd=project)
     assert ran.returncode == 0 and "Completed" in ran.stdout, ran.stdout + ran.stderr
-    [flow_run] = [r for r in api.read_flow_runs() if r.state_name == "Completed" and r.infrastructure_pid]
+    deployment = api.read_deployment_by_name("hello/synced")
+    [flow_run] = [r for r in api.read_flow_runs() if r.deployment_id == deployment.id]
+    assert flow_run.state_name == "Completed"
+    assert flow_run.labels["prefect.worker.name"].startswith("prefect-remote push (test-push)")  # the in-server service
     logs = "\n".join(run_logs(api, flow_run.id))
     assert "hello from the flow" in logs  # printed by the flow
     assert "booting machine" in logs and "software environment senv-" in logs  # the machine's boot, rebuilt env
@@ -79,8 +82,8 @@ def test_a_run_past_its_timeout_crashes_and_its_machine_ends(push_pool, project,
     run = api.create_flow_run_from_deployment(deploy(api, project, push_pool, "sleeper", timeout="8s"))
     final = wait_final(api, run.id, timeout=120)
     assert final.state_name == "Crashed"
-    machine = LocalProvider().describe(final.infrastructure_pid)
-    assert not machine.alive and machine.reason.startswith("timeout: ran longer than 8s")
+    [machine] = LocalProvider().wait([final.infrastructure_pid], timeout=15)  # the engine reports before its machine is gone
+    assert machine.reason.startswith("timeout: ran longer than 8s")
     logged(api, run.id, "timeout: ran longer than 8s")
 
 

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from prefect_remote.devserver import stop_process_group
 from prefect_remote.providers.local import LocalProvider
 from tests.conftest import SESSION_HOME, wait_for
 from tests.workers.conftest import deploy, logged, prefect_cli, wait_final
@@ -21,13 +22,7 @@ def background(api_url: str, *command: str) -> subprocess.Popen:
     return subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
 
 
-def stop(process: subprocess.Popen) -> None:
-    os.killpg(process.pid, signal.SIGTERM)
-    try:
-        process.wait(20)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-        process.wait()
+stop = stop_process_group
 
 
 @pytest.fixture
@@ -53,6 +48,20 @@ def test_hybrid_worker_runs_concurrent_flow_runs_on_their_own_machines(hybrid_wo
     assert all(m.reason == "payload finished" for m in LocalProvider().wait(machines, timeout=30))
 
 
+def test_push_serve_fallback_runs_a_pool_the_server_leaves_alone(prefect_server, project, api):
+    assert prefect_cli(prefect_server, "work-pool", "create", "--type", "remote:push", "test-fallback", "--overwrite").returncode == 0
+    cli = str(Path(sys.executable).parent / "prefect-remote")
+    fallback = background(prefect_server, cli, "push", "serve", "--pool", "test-fallback", "--interval", "1")
+    try:
+        run = api.create_flow_run_from_deployment(deploy(api, project, "test-fallback"))
+        final = wait_final(api, run.id, timeout=180)
+        assert fallback.poll() is None
+    finally:
+        stop(fallback)
+    assert final.state_name == "Completed"
+    assert final.labels["prefect.worker.name"].startswith("prefect-remote push (test-fallback)")
+
+
 def test_each_run_is_submitted_once_with_two_submitters(prefect_server, push_pool, project, api):
     """The in-server service and `prefect-remote push serve` both serve the pool: each run gets one machine."""
     cli = str(Path(sys.executable).parent / "prefect-remote")
@@ -61,6 +70,7 @@ def test_each_run_is_submitted_once_with_two_submitters(prefect_server, push_poo
         deployment = deploy(api, project, push_pool)
         runs = [api.create_flow_run_from_deployment(deployment) for _ in range(3)]
         finals = [wait_final(api, run.id, timeout=180) for run in runs]
+        assert fallback.poll() is None
     finally:
         stop(fallback)
     assert [f.state_name for f in finals] == ["Completed"] * 3
@@ -72,12 +82,13 @@ def test_explicit_push_worker_fallback(prefect_server, project, api):
     created = prefect_cli(prefect_server, "work-pool", "create", "--type", "remote:push", "test-explicit", "--overwrite")
     assert created.returncode == 0
     prefect = str(Path(sys.executable).parent / "prefect")
-    worker = background(prefect_server, prefect, "worker", "start", "--pool", "test-explicit", "--type", "remote:push")
+    worker = background(prefect_server, prefect, "worker", "start", "--pool", "test-explicit", "--type", "remote:push", "--name", "explicit")
     try:
         run = api.create_flow_run_from_deployment(deploy(api, project, "test-explicit"))
-        assert wait_final(api, run.id, timeout=180).state_name == "Completed"
+        final = wait_final(api, run.id, timeout=180)
     finally:
         stop(worker)
+    assert final.state_name == "Completed" and final.labels["prefect.worker.name"] == "explicit"
 
 
 def test_a_restarted_worker_adopts_runs_in_flight(prefect_server, project, api):
