@@ -1,14 +1,14 @@
 """The host gateway for namespace machines, which have no route out: what a cloud VPC's NAT and
 load balancer are to VMs, in two small services on the host's bridge address.
 
-* ``egress``: an HTTPS (CONNECT) proxy to the hosts in ``PREFECT_REMOTE_LOCAL_EGRESS`` (package
-  indexes by default) and nothing else. Only the agent's environment rebuild is pointed at it:
-  payloads keep no way out.
+* ``egress``: an HTTPS (CONNECT) proxy to port 443 of the hosts in ``PREFECT_REMOTE_LOCAL_EGRESS``
+  (package indexes by default) and nothing else. Only the agent's environment rebuild is pointed at
+  it; payloads are not given its address.
 * ``forward PORT``: forwards ``bridge-address:PORT`` to ``127.0.0.1:PORT``, so machines reach a
   service this host runs on loopback (a Prefect API started with the defaults).
 
 Each runs as its own process per bridge, started on demand, and exits once no machine is left on
-the bridge. The proxy tunnels to port 443 only; payloads are not given its address.
+the bridge.
 
     python -m prefect_remote.providers.local.gateway BRIDGE SUBNET egress ALLOWED_HOSTS
     python -m prefect_remote.providers.local.gateway BRIDGE SUBNET forward PORT
