@@ -64,10 +64,10 @@ class BootPayload:
             raise ValueError(f"BootPayload.command={self.command!r}: expected a non-empty list of strings, e.g. ['python', '-m', 'app']")
         if self.activity not in ("auto", "explicit"):
             raise ValueError(f"BootPayload.activity={self.activity!r}: expected 'auto' or 'explicit'")
-        for field, mapping in (("env", self.env), ("secrets", self.secrets)):
+        for name, mapping in (("env", self.env), ("secrets", self.secrets)):
             bad = [key for key, value in mapping.items() if not isinstance(key, str) or not isinstance(value, str)]
             if bad:
-                raise ValueError(f"BootPayload.{field}: {bad} must map names to plain strings (reveal SecretStr values first)")
+                raise ValueError(f"BootPayload.{name}: {bad} must map names to plain strings (reveal SecretStr values first)")
         overlap = set(self.env) & set(self.secrets)
         if overlap:
             raise ValueError(f"BootPayload: {sorted(overlap)} given both as env and as secrets; give each once")

@@ -9,7 +9,6 @@ group, working directory and environment).
 
 from __future__ import annotations
 
-import ipaddress
 import os
 import secrets
 import shutil
@@ -26,7 +25,6 @@ from typing import TYPE_CHECKING, Any
 
 from prefect_remote.boot import MACHINE_ID_ENV, agent_config, render_boot_script
 from prefect_remote.errors import CapacityError, MachineNotFound
-from prefect_remote.filelock import file_lock
 from prefect_remote.providers.base import TAG_PREFIX, BootPayload, InstanceType, LogChunk, Machine, Provider
 from prefect_remote.providers.local import gateway, records
 from prefect_remote.providers.local.isolation import (
