@@ -15,6 +15,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
+from urllib.parse import urlsplit
 
 from prefect_remote.errors import CapacityError
 from prefect_remote.units import format_size
@@ -23,6 +24,8 @@ if TYPE_CHECKING:
     from prefect_remote.spec import MachineSpec
 
 MachineState = Literal["pending", "running", "terminated"]
+
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "0.0.0.0", "::1")
 
 # Tags the package sets on every machine; user tags may not use this prefix.
 TAG_PREFIX = "prefect-remote:"
@@ -109,6 +112,16 @@ class LogChunk:
     next_offset: int
 
 
+def complete_utf8(data: bytes) -> bytes:
+    """``data`` without a trailing, unfinished UTF-8 character (log chunks end where writes are)."""
+    for cut in range(1, min(4, len(data)) + 1):
+        lead = data[-cut]
+        if lead & 0xC0 != 0x80:  # the last character's first byte
+            size = 2 if lead >> 5 == 0b110 else 3 if lead >> 4 == 0b1110 else 4 if lead >> 3 == 0b11110 else 1
+            return data[:-cut] if size > cut else data
+    return data
+
+
 def pick_instance_type(provider: str, catalog: Iterable[InstanceType], spec: MachineSpec) -> InstanceType:
     """The cheapest (then smallest) type in ``catalog`` that meets ``spec``; a clear error otherwise.
 
@@ -131,8 +144,10 @@ def pick_instance_type(provider: str, catalog: Iterable[InstanceType], spec: Mac
             return False
         if spec.cpu and not spec.cpu[0] <= item.cpu <= spec.cpu[1]:
             return False
-        if spec.memory and not spec.memory[0] <= item.memory <= max(spec.memory[1], spec.memory[0]):
-            return False
+        if spec.memory:  # one value means "at least"; a range bounds both sides
+            low, high = spec.memory
+            if item.memory < low or (high != low and item.memory > high):
+                return False
         if spec.gpu:
             if item.gpu < spec.gpu.count:
                 return False
@@ -208,6 +223,17 @@ class Provider(ABC):
     def renew_leases(self, machine_ids: Iterable[str]) -> list[str]:
         """The owner's heartbeat: machines whose lease is older than their ``keepalive`` end themselves.
         Returns the ids that have ended (or are unknown), which need no more renewing."""
+
+    def reachable_url(self, url: str) -> str:
+        """``url`` as this provider's machines reach it. A cloud machine cannot reach the launcher's
+        loopback, so such a URL is refused with what to do instead; providers that can bridge it
+        (the local provider's gateway) override this."""
+        if urlsplit(url).hostname in LOOPBACK_HOSTS:
+            raise CapacityError(
+                f"{url} is this computer's loopback address, which {self.name} machines cannot reach; "
+                "use an address they can reach (e.g. set PREFECT_API_URL to the server's public or VPC address)"
+            )
+        return url
 
     def software_options(self) -> dict[str, str | None]:
         """How machines rebuild software environments: where they cache them (``envs_dir``), uv's

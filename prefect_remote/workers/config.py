@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import shlex
 from typing import Any, Literal, Optional, Union
-from urllib.parse import urlsplit
 
 from prefect.blocks.core import Block
 from prefect.workers.base import BaseJobConfiguration, BaseVariables
@@ -125,7 +124,10 @@ class RemoteJobConfiguration(BaseJobConfiguration, MachineJobFields):
         assert spec is not None and provider is not None
         env = {k: v for k, v in self.env.items() if v is not None}
         if "PREFECT_API_URL" in env:
-            env["PREFECT_API_URL"] = machine_reachable_url(provider, env["PREFECT_API_URL"])
+            try:
+                env["PREFECT_API_URL"] = provider.reachable_url(env["PREFECT_API_URL"])
+            except RemoteError as error:
+                raise JobVariablesError(f"PREFECT_API_URL: {error}") from None
         # The whole environment goes through the provider's secret channel: it holds API keys, custom
         # headers and whatever tokens a deployment sets, and a cloud VM's boot script is readable user-data.
         return provider, spec, BootPayload(command=command, secrets=env)
@@ -133,17 +135,3 @@ class RemoteJobConfiguration(BaseJobConfiguration, MachineJobFields):
 
 class JobVariablesError(RemoteError, ValueError):
     """The flow run's job variables do not describe a machine the provider can start."""
-
-
-def machine_reachable_url(provider: Provider, url: str) -> str:
-    """``url`` as the provider's machines can reach it (a namespace machine cannot reach 127.0.0.1)."""
-    reach = getattr(provider, "reachable_url", None)
-    if reach is not None:
-        return reach(url)
-    host = urlsplit(url).hostname or ""
-    if host in ("127.0.0.1", "localhost", "0.0.0.0", "::1"):
-        raise JobVariablesError(
-            f"PREFECT_API_URL={url} is this computer's loopback address, which {provider.name} machines cannot reach; "
-            "point PREFECT_API_URL at an address they can reach"
-        )
-    return url

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from prefect_remote.boot import MACHINE_ID_ENV
 from prefect_remote.providers.local import records
-from prefect_remote.providers.local.isolation import HOST_TRUST_VARIABLES, Cgroups, Network, kill_pids, tagged_pids, teardown
+from prefect_remote.providers.local.isolation import Cgroups, Network, host_trust_env, kill_pids, tagged_pids, teardown
 from prefect_remote.units import format_size
 
 MACHINE_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -49,7 +49,7 @@ class Hypervisor:
             "LANG": "C.UTF-8",
             "PYTHONUNBUFFERED": "1",
             MACHINE_ID_ENV: self.id,
-            **{name: os.environ[name] for name in HOST_TRUST_VARIABLES if name in os.environ},
+            **host_trust_env(),
         }
 
     def _enter_cgroups(self) -> None:  # runs in the child, before exec

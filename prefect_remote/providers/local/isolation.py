@@ -25,6 +25,11 @@ from prefect_remote.filelock import file_lock
 CGROUP_CONTROLLERS = ("memory", "cpu")
 # A local machine's "image" is this host: it trusts the certificate authorities the host trusts.
 HOST_TRUST_VARIABLES = ("SSL_CERT_FILE", "SSL_CERT_DIR", "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE", "PIP_CERT")
+
+
+def host_trust_env() -> dict[str, str]:
+    """The host's certificate-authority settings, the only part of the launcher's environment a machine gets."""
+    return {name: os.environ[name] for name in HOST_TRUST_VARIABLES if name in os.environ}
 CGROUP_GROUP = "prefect-remote"
 CPU_PERIOD_US = 100_000
 

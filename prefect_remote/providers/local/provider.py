@@ -25,16 +25,16 @@ from typing import TYPE_CHECKING, Any
 
 from prefect_remote.boot import MACHINE_ID_ENV, agent_config, render_boot_script
 from prefect_remote.errors import CapacityError, MachineNotFound
-from prefect_remote.providers.base import TAG_PREFIX, BootPayload, InstanceType, LogChunk, Machine, Provider
+from prefect_remote.providers.base import LOOPBACK_HOSTS, TAG_PREFIX, BootPayload, complete_utf8, InstanceType, LogChunk, Machine, Provider
 from prefect_remote.providers.local import gateway, records
 from prefect_remote.providers.local.isolation import (
-    HOST_TRUST_VARIABLES,
     Bridge,
     Cgroups,
     IsolationError,
     Network,
     kill_pids,
     namespace_unavailable,
+    host_trust_env,
     process_identity,
     tagged_pids,
     teardown,
@@ -224,7 +224,7 @@ class LocalProvider(Provider):
         """``url`` as this provider's machines reach it. Namespace machines cannot reach this host's
         loopback, so a loopback service is forwarded onto the bridge address."""
         parts = urlsplit(url)
-        if self.isolation != "namespace" or parts.hostname not in ("127.0.0.1", "localhost", "0.0.0.0", "::1"):
+        if self.isolation != "namespace" or parts.hostname not in LOOPBACK_HOSTS:
             return url
         port = parts.port or (443 if parts.scheme == "https" else 80)
         self.bridge.ensure()
@@ -239,7 +239,7 @@ class LocalProvider(Provider):
                 env={
                     "PATH": os.environ.get("PATH", ""),
                     "LANG": "C.UTF-8",
-                    **{name: os.environ[name] for name in HOST_TRUST_VARIABLES if name in os.environ},
+                    **host_trust_env(),
                 },
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL,
@@ -267,6 +267,7 @@ class LocalProvider(Provider):
         ended = records.read_json(directory / records.ENDED, default=None)
         launching = not (directory / records.HYPERVISOR_PID).exists() and time.time() - record["created"] < LAUNCH_GRACE
         if ended is None and not launching and self._hypervisor_pid(directory) is None:
+            # Read again: the monitor may have recorded the end and exited since the first read.
             ended = records.read_json(directory / records.ENDED, default=None) or self._reclaim(directory, record)
         state_file = records.read_json(directory / records.STATE, default=None)
         state = "terminated" if ended else ("running" if state_file else "pending")
@@ -363,6 +364,7 @@ class LocalProvider(Provider):
                 data = handle.read()
         except FileNotFoundError:
             data = b""
+        data = complete_utf8(data)  # a character split by a write in progress is read whole next time
         return LogChunk(text=data.decode(errors="replace"), next_offset=offset + len(data))
 
     def renew_leases(self, machine_ids: Iterable[str]) -> list[str]:

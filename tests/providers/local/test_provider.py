@@ -284,3 +284,18 @@ def test_namespace_isolation_refused_clearly_where_unavailable(monkeypatch):
     with pytest.raises(CapacityError, match="needs root; set PREFECT_REMOTE_LOCAL_ISOLATION=process"):
         LocalProvider(isolation="namespace").isolation
     assert LocalProvider(isolation="auto").isolation == "process"
+
+
+def test_log_chunks_never_split_a_character():
+    provider = LocalProvider(isolation="process")
+    [machine] = provider.launch(MachineSpec(), BootPayload(["true"]))
+    provider.wait([machine.id])
+    end = provider.logs(machine.id).next_offset
+    log = Path(machine.details["directory"]) / records.LOG
+    with open(log, "ab") as handle:  # a write in progress: the first two of the snake's four bytes
+        handle.write("x🐍".encode()[:3])
+    chunk = provider.logs(machine.id, offset=end)
+    assert chunk.text == "x" and chunk.next_offset == end + 1
+    with open(log, "ab") as handle:
+        handle.write("x🐍".encode()[3:])
+    assert provider.logs(machine.id, offset=chunk.next_offset).text == "🐍"

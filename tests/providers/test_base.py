@@ -1,0 +1,43 @@
+"""Shared provider mechanisms: log chunks that never split a character, loopback URLs, type choice."""
+
+import pytest
+
+from prefect_remote.errors import CapacityError
+from prefect_remote.providers.base import InstanceType, Provider, complete_utf8, pick_instance_type
+from prefect_remote.providers.local import LocalProvider
+from prefect_remote.spec import MachineSpec
+
+
+@pytest.mark.parametrize("cut", range(0, 5))
+def test_complete_utf8_never_ends_inside_a_character(cut):
+    text = "ok ✓ 🐍".encode()
+    data = text[: len(text) - cut]
+    kept = complete_utf8(data)
+    kept.decode()  # whole characters only
+    assert data.startswith(kept) and len(data) - len(kept) < 4
+
+
+def test_base_providers_refuse_loopback_urls_with_what_to_do():
+    provider = LocalProvider(isolation="process")
+    with pytest.raises(CapacityError, match="loopback address, which local machines cannot reach; use an address"):
+        Provider.reachable_url(provider, "http://127.0.0.1:4200/api")
+    assert Provider.reachable_url(provider, "https://api.example.com/api") == "https://api.example.com/api"
+    assert provider.reachable_url("http://127.0.0.1:4200/api") == "http://127.0.0.1:4200/api"  # same host: reachable
+
+
+def test_pick_instance_type_takes_the_cheapest_fit_and_says_why_none_fits():
+    catalog = [
+        InstanceType("big", cpu=8, memory=32 * 2**30, price=0.4),
+        InstanceType("small", cpu=2, memory=8 * 2**30, price=0.1),
+        InstanceType("gpu", cpu=8, memory=32 * 2**30, gpu=1, gpu_type="nvidia-t4", price=0.6),
+        InstanceType("arm", cpu=2, memory=8 * 2**30, arch="arm64", price=0.08),
+    ]
+    assert pick_instance_type("x", catalog, MachineSpec(memory="4 GiB")).name == "small"
+    assert pick_instance_type("x", catalog, MachineSpec(cpu=[4, 16])).name == "big"
+    assert pick_instance_type("x", catalog, MachineSpec(gpu="t4")).name == "gpu"
+    assert pick_instance_type("x", catalog, MachineSpec(arm=True)).name == "arm"
+    assert pick_instance_type("x", catalog, MachineSpec(vm_type=["nope", "big"])).name == "big"
+    with pytest.raises(CapacityError, match="vm_type=\\['nope'\\] is not offered here"):
+        pick_instance_type("x", catalog, MachineSpec(vm_type="nope"))
+    with pytest.raises(CapacityError, match="no instance type meets 64 cpu"):
+        pick_instance_type("x", catalog, MachineSpec(cpu=64))
