@@ -23,10 +23,17 @@ _LAZY = {
     "get_provider": "prefect_remote.providers",
     "launch": "prefect_remote.machines",
     "terminate": "prefect_remote.machines",
+    "RemoteCluster": "prefect_remote.cluster.remote",
+    "function": "prefect_remote.functions",
+    "Function": "prefect_remote.functions",
+    "RemoteTaskRunner": "prefect_remote.task_runner",
 }
 
 if TYPE_CHECKING:
+    from prefect_remote.cluster.remote import RemoteCluster
+    from prefect_remote.functions import Function, function
     from prefect_remote.machines import launch, terminate
+    from prefect_remote.task_runner import RemoteTaskRunner
     from prefect_remote.providers import get_provider
     from prefect_remote.providers.base import BootPayload, InstanceType, Machine, Provider
     from prefect_remote.settings import RemoteSettings, get_settings

@@ -265,6 +265,20 @@ class MachineSpec(BaseModel):
         """The secret part of ``environ``, revealed for the provider's secret channel only."""
         return {key: value.get_secret_value() for key, value in self.environ.items() if isinstance(value, SecretStr)}
 
+    def to_wire(self) -> dict[str, Any]:
+        """JSON-safe fields that :meth:`from_wire` turns back into this spec; secret values stay out
+        (send :attr:`secret_environ` through a secret channel)."""
+        data = self.model_dump(mode="json", exclude={"environ"})
+        if self.disk_size is not None:
+            data["disk_size"] = f"{self.disk_size} B"  # a bare number would read as GiB
+        return {**data, "environ": self.public_environ}
+
+    @classmethod
+    def from_wire(cls, data: dict[str, Any], secret_environ: dict[str, str] | None = None) -> MachineSpec:
+        """The spec :meth:`to_wire` described, with its secrets back as :class:`pydantic.SecretStr`."""
+        environ = {**data.get("environ", {}), **{key: SecretStr(value) for key, value in (secret_environ or {}).items()}}
+        return cls.model_validate({**data, "environ": environ})
+
     def summary(self) -> str:
         """A one-line, cost-relevant description for logs and tables: ``'4 cpu, 16 GiB, spot, us-east-2'``."""
 

@@ -62,12 +62,25 @@ def _cgroup_v1_roots() -> dict[str, Path]:
 
 
 def _own_cgroup(controller: str) -> str:
-    """This process's cgroup path in ``controller``'s hierarchy: machines nest under their launcher."""
+    """This process's cgroup path in ``controller``'s hierarchy: machines nest under their launcher.
+    A launcher that is itself on a machine (a cluster's scheduler) counts as the host, so machines
+    never nest inside (or share limits with) another machine."""
     for line in Path("/proc/self/cgroup").read_text().splitlines():
         _, controllers, path = line.split(":", 2)
         if controller in controllers.split(","):
-            return path.lstrip("/")
+            parts = path.strip("/").split("/") if path.strip("/") else []
+            if CGROUP_GROUP in parts:
+                parts = parts[: parts.index(CGROUP_GROUP)]
+            return "/".join(parts)
     return ""
+
+
+def leave_machine_cgroups() -> None:
+    """Moves this process out of the machine cgroups it runs in, to its host-level cgroups."""
+    roots = _cgroup_v1_roots()
+    for controller in CGROUP_CONTROLLERS:
+        if controller in roots:
+            (roots[controller] / _own_cgroup(controller) / "cgroup.procs").write_text(str(os.getpid()))
 
 
 @lru_cache(maxsize=1)

@@ -73,7 +73,7 @@ class LocalProvider(Provider):
         *,
         isolation: str | None = None,
         overcommit: bool | None = None,
-        settings: RemoteSettings | None = None,
+        settings: RemoteSettings | Mapping[str, Any] | None = None,
     ) -> None:
         self._settings = settings
         self.home = Path(home).expanduser().absolute() if home else self.settings.home
@@ -83,10 +83,10 @@ class LocalProvider(Provider):
     @property
     def settings(self) -> RemoteSettings:
         # Loaded on first use: on a machine, the agent only needs ``home``.
-        if self._settings is None:
-            from prefect_remote.settings import get_settings
+        if self._settings is None or isinstance(self._settings, Mapping):
+            from prefect_remote.settings import RemoteSettings as Settings, get_settings
 
-            self._settings = get_settings()
+            self._settings = Settings(**self._settings) if self._settings else get_settings()
         return self._settings
 
     @property
@@ -163,6 +163,15 @@ class LocalProvider(Provider):
         from prefect_remote.spec import as_spec
 
         spec = as_spec(spec)
+        on_machine = self._launching_machine()
+        if on_machine and on_machine.get("network"):
+            from prefect_remote.providers.local import host_launch
+
+            # Code on a namespace machine (a cluster's scheduler) launching machines: the launch runs
+            # in the host's namespaces, as if the host had made it.
+            hypervisor = records.read_json(self.machines_dir / on_machine["id"] / records.HYPERVISOR_PID)
+            machine_ids = host_launch.request(hypervisor["pid"], self.boot_options(), spec, payload, count=count, tags=tags, owner=owner)
+            return [self.describe(machine_id) for machine_id in machine_ids]
         if not isinstance(count, int) or count < 1:
             raise ValueError(f"count={count!r}: expected a whole number of machines (1 or more)")
         user_tags = {**spec.tags, **(tags or {})}
@@ -219,6 +228,11 @@ class LocalProvider(Provider):
             self._start_hypervisor(directory)
             launched.append(self._machine(directory))
         return launched
+
+    def _launching_machine(self) -> dict[str, Any] | None:
+        """The record of the machine this code runs on, if any (a cluster's scheduler launching workers)."""
+        machine_id = os.environ.get(MACHINE_ID_ENV)
+        return records.read_json(self.machines_dir / machine_id / records.MACHINE, default=None) if machine_id else None
 
     def reachable_url(self, url: str) -> str:
         """``url`` as this provider's machines reach it. Namespace machines cannot reach this host's
@@ -390,7 +404,13 @@ class LocalProvider(Provider):
 
     # -- machine side -----------------------------------------------------------------------------
     def boot_options(self) -> dict[str, Any]:
-        return {"home": str(self.home)}
+        """Everything that makes this provider launch the machines it does, so that code on a machine
+        (a cluster's scheduler) launches the same kind: home, isolation, and the local settings."""
+        local = {key: value for key, value in self.settings.model_dump(mode="json").items() if key.startswith("local_")}
+        isolation = self._isolation or self.settings.local_isolation
+        if isolation == "auto" and self._launching_machine() is None:
+            isolation = self.isolation  # decided here, on the host, where namespaces can be checked
+        return {"home": str(self.home), "isolation": isolation, "overcommit": self._overcommit, "settings": local}
 
     def current_machine_id(self) -> str:
         machine_id = os.environ.get(MACHINE_ID_ENV)

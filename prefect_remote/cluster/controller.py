@@ -1,0 +1,232 @@
+"""The cluster's controller, a plugin on its scheduler: it owns the worker machines, scales them
+(to a fixed count or adaptively between bounds), and closes the scheduler once nobody needs it.
+
+It lives on the scheduler's machine, not in the process that created the cluster, so scaling and
+clean-up go on after that process has gone and while others attach.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from typing import Any
+
+from distributed import SchedulerPlugin
+from distributed.deploy.adaptive_core import AdaptiveCore
+
+from prefect_remote.cluster.plan import CLUSTER_TAG, ROLE_TAG, WORKER_LEASE, ClusterPlan, launch_workers
+from prefect_remote.lease import leases
+from prefect_remote.providers import provider_class
+from prefect_remote.units import format_duration
+
+logger = logging.getLogger("prefect_remote.cluster")
+
+TICK = 0.5  # seconds between keepalive checks
+ADAPT_INTERVAL = 1.0  # seconds between scaling decisions (Dask's default)
+BOOT_FAILURES_BEFORE_BACKOFF = 3
+BACKOFF = 30.0  # seconds without launching after repeated boot failures
+
+
+class MachinePool(AdaptiveCore):
+    """Worker machines as Dask's adaptive core sees them: requested = alive machines of this cluster
+    (the provider is the source of truth), observed = workers connected to the scheduler."""
+
+    def __init__(self, controller: ClusterController) -> None:
+        plan = controller.plan
+        super().__init__(minimum=plan.minimum, maximum=plan.maximum, wait_count=3)
+        self.controller = controller
+        self.adaptive = plan.adaptive
+        self.machines: dict[str, Any] = {}
+        self.joined: set[str] = set()  # machines that ever connected as workers
+        self.boot_failures = 0
+        self.paused_until = 0.0
+
+    @property
+    def plan(self) -> set[str]:  # type: ignore[override]
+        return set(self.machines)
+
+    @property
+    def requested(self) -> set[str]:  # type: ignore[override]
+        return set(self.machines)
+
+    @property
+    def observed(self) -> set[str]:  # type: ignore[override]
+        names = {ws.name for ws in self.controller.scheduler.workers.values()}
+        self.joined |= names
+        return names & set(self.machines)
+
+    async def target(self) -> int:
+        if not self.adaptive:
+            return self.minimum
+        return self.controller.scheduler.adaptive_target()
+
+    async def workers_to_close(self, target: int) -> list[str]:
+        return self.controller.scheduler.workers_to_close(target=target, attribute="name")
+
+    async def refresh(self) -> None:
+        """Re-reads this cluster's worker machines from the provider and keeps their leases."""
+        controller = self.controller
+        found = await asyncio.to_thread(controller.provider.list, {CLUSTER_TAG: controller.plan.name, ROLE_TAG: "worker"})
+        alive = {m.id: m for m in found}
+        for machine_id in set(self.machines) - set(alive):
+            if machine_id not in self.joined:
+                await self._boot_failed(machine_id)
+        self.machines = alive
+        adopted = set(alive) - set(leases.held())  # e.g. the first workers, launched by the cluster's creator
+        if adopted:
+            await asyncio.to_thread(leases.add, controller.provider, adopted, WORKER_LEASE)
+
+    async def _boot_failed(self, machine_id: str) -> None:
+        try:
+            reason = (await asyncio.to_thread(self.controller.provider.describe, machine_id)).reason
+        except Exception:
+            reason = "unknown"
+        self.boot_failures += 1
+        message = f"worker machine {machine_id} ended before joining the cluster: {reason}"
+        if self.boot_failures >= BOOT_FAILURES_BEFORE_BACKOFF:
+            self.paused_until = time.monotonic() + BACKOFF
+            message += f"; {self.boot_failures} in a row, so no new workers for {format_duration(BACKOFF)}"
+        self.controller.event(message, level="warning")
+
+    async def scale_up(self, n: int) -> None:  # type: ignore[override]
+        count = n - len(self.machines)
+        if count <= 0 or time.monotonic() < self.paused_until:
+            return
+        controller = self.controller
+        launched = await asyncio.to_thread(
+            launch_workers, controller.provider, controller.plan, controller.worker_contact, count, owner=f"dask-scheduler:{controller.machine_id}"
+        )
+        self.machines.update({m.id: m for m in launched})
+        await asyncio.to_thread(leases.add, controller.provider, [m.id for m in launched], WORKER_LEASE)
+        first = launched[0]
+        controller.event(f"launched {count} worker machine(s) ({first.instance_type}, {first.spec}, region {first.region}, spot {first.spot}): {', '.join(m.id for m in launched)}")
+
+    async def scale_down(self, workers: list[str]) -> None:  # type: ignore[override]
+        connected = set(workers) & self.observed
+        # Retiring moves the results a worker holds to the others first; Dask keeps a worker whose
+        # data has nowhere to go, and such a worker is not ended.
+        retired = await self.controller.scheduler.retire_workers(names=list(connected), remove=True, close_workers=True) if connected else {}
+        ended = (set(workers) - connected) | {info["name"] for info in retired.values()}
+        if ended:
+            await self.controller.end_workers(ended, "retired by the cluster's scaling")
+        for machine_id in ended:
+            self.machines.pop(machine_id, None)
+
+
+class ClusterController(SchedulerPlugin):
+    """See the module docstring. ``machine_id`` is the scheduler's own machine."""
+
+    name = "prefect-remote"
+
+    def __init__(self, plan: ClusterPlan, machine_id: str) -> None:
+        self.plan = plan
+        self.machine_id = machine_id
+        self.provider = provider_class(plan.provider)(**plan.provider_options)
+        self.pool = MachinePool(self)
+        self.events: deque[tuple[float, str]] = deque(maxlen=200)
+        self.last_client = time.monotonic()
+        self.worker_contact = ""
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task | None = None
+
+    # -- scheduler plugin hooks ----------------------------------------------------------------
+    async def start(self, scheduler) -> None:
+        self.scheduler = scheduler
+        scheduler.handlers.update(
+            prefect_remote_scale=self.handle_scale,
+            prefect_remote_adapt=self.handle_adapt,
+            prefect_remote_status=self.handle_status,
+        )
+        me = await asyncio.to_thread(self.provider.describe, self.machine_id)
+        self.worker_contact = f"tls://{me.address}:{self.plan.scheduler_port}"
+        self._task = asyncio.create_task(self._run())
+
+    def add_client(self, scheduler, client: str) -> None:
+        self.last_client = time.monotonic()
+
+    def update_graph(self, scheduler, **kwargs: Any) -> None:
+        if not scheduler.workers:
+            self._wake.set()  # work arrived and nobody can run it: scale now, not at the next tick
+
+    async def close(self) -> None:
+        if self._task:
+            self._task.cancel()
+        if self.pool.machines:
+            await self.end_workers(set(self.pool.machines), "the cluster's scheduler closed")
+
+    # -- client requests (rpc handlers) -----------------------------------------------------------
+    def handle_scale(self, n: int) -> None:
+        self.pool.adaptive, self.pool.minimum, self.pool.maximum = False, n, n
+        self.event(f"scaling to {n} worker(s)")
+        self._wake.set()
+
+    def handle_adapt(self, minimum: int, maximum: int) -> None:
+        self.pool.adaptive, self.pool.minimum, self.pool.maximum = True, minimum, maximum
+        self.event(f"adapting between {minimum} and {maximum} worker(s)")
+        self._wake.set()
+
+    def handle_status(self) -> dict[str, Any]:
+        return {
+            "scheduler_machine": self.machine_id,
+            "worker_machines": sorted(self.pool.machines),
+            "adaptive": self.pool.adaptive,
+            "minimum": self.pool.minimum,
+            "maximum": self.pool.maximum,
+            "events": list(self.events),
+        }
+
+    # -- the loop ---------------------------------------------------------------------------------
+    async def _run(self) -> None:
+        next_adapt = next_renewal = 0.0
+        while True:
+            try:
+                if self._keepalive_expired():
+                    return
+                now = time.monotonic()
+                if now >= next_renewal:
+                    # Renewed from this loop, not a thread: a wedged scheduler stops renewing, and its
+                    # machine's agent ends it once keepalive has passed.
+                    await asyncio.to_thread(self.provider.renew_leases, [self.machine_id])
+                    next_renewal = now + max(TICK, self.plan.keepalive / 4)
+                if now >= next_adapt or self._wake.is_set():
+                    self._wake.clear()
+                    await self.pool.refresh()
+                    await self.pool.adapt()
+                    next_adapt = now + ADAPT_INTERVAL
+            except asyncio.CancelledError:
+                raise
+            except Exception as error:  # a provider hiccup must not stop scaling or clean-up
+                self.event(f"controller error: {error!r}", level="warning")
+            try:
+                await asyncio.wait_for(self._wake.wait(), TICK)
+            except asyncio.TimeoutError:
+                pass
+
+    def _keepalive_expired(self) -> bool:
+        """Closes the scheduler once no client has been connected for ``keepalive``."""
+        clients = [c for c in self.scheduler.clients if c != "fire-and-forget"]
+        now = time.monotonic()
+        if clients:
+            self.last_client = now
+        gone_for = now - self.last_client
+        if gone_for > self.plan.keepalive:
+            self.event(f"closing: no client for {format_duration(gone_for)} (keepalive {format_duration(self.plan.keepalive)})")
+            asyncio.get_running_loop().call_soon(lambda: asyncio.ensure_future(self.scheduler.close(reason="keepalive expired")))
+            return True
+        return False
+
+    async def end_workers(self, machine_ids: set[str], reason: str) -> None:
+        leases.remove(machine_ids)
+        await asyncio.to_thread(self.provider.terminate, sorted(machine_ids), reason=reason)
+
+    def event(self, message: str, *, level: str = "info") -> None:
+        """Logged on the scheduler (its machine log) and sent to connected clients."""
+        getattr(logger, level)(message)
+        print(f"[prefect-remote cluster] {message}", flush=True)
+        self.events.append((time.time(), message))
+        try:
+            self.scheduler.log_event("prefect-remote", {"level": level, "message": message})
+        except Exception:
+            pass

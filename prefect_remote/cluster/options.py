@@ -1,0 +1,132 @@
+"""What a cluster is asked to be, validated before anything starts: worker spec, worker count,
+threads, lifetime and provider. Shared by :class:`RemoteCluster`, ``prefect_remote.function`` and
+:class:`RemoteTaskRunner`, so each rejects bad input the same way.
+
+>>> options = ClusterOptions.build(cpu=2, n_workers=[0, 20], keepalive="5 minutes")
+>>> options.minimum, options.maximum, options.adaptive, options.spec.keepalive
+(0, 20, True, 300.0)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from prefect_remote.errors import RemoteError
+from prefect_remote.providers import get_provider
+from prefect_remote.providers.base import Provider
+from prefect_remote.spec import MachineSpec, as_spec
+
+DEFAULT_N_WORKERS = (0, 500)
+_NAME = re.compile(r"[a-z0-9][a-z0-9-]{0,62}")
+
+
+class ClusterOptionError(RemoteError, ValueError):
+    """A cluster argument is invalid; the message says which and what is accepted."""
+
+
+def parse_n_workers(value: Any) -> tuple[int, int, bool]:
+    """``(minimum, maximum, adaptive)`` from ``n_workers``: an int (fixed) or ``[min, max]`` (adaptive)."""
+    if value is None:
+        return (*DEFAULT_N_WORKERS, True)
+    if isinstance(value, int) and not isinstance(value, bool):
+        if value < 0:
+            raise ClusterOptionError(f"n_workers={value!r}: expected 0 or more workers, or [min, max] such as [0, 20]")
+        return value, value, False
+    if isinstance(value, Sequence) and not isinstance(value, str) and len(value) == 2 and all(isinstance(v, int) and not isinstance(v, bool) for v in value):
+        low, high = value
+        if low < 0 or high < 1:
+            raise ClusterOptionError(f"n_workers={list(value)!r}: expected 0 <= min <= max and max >= 1, such as [0, 20]")
+        if low > high:
+            raise ClusterOptionError(f"n_workers={list(value)!r}: the minimum ({low}) is larger than the maximum ({high}); expected [min, max] such as [{high}, {low}]")
+        return low, high, True
+    raise ClusterOptionError(f"n_workers={value!r}: expected a whole number of workers (e.g. 10) or [min, max] bounds for adaptive scaling (e.g. [0, 20])")
+
+
+def launcher_python_path() -> list[str]:
+    """The folders user code imports from (not the interpreter's own): machines that run the launcher's
+    interpreter get them on ``PYTHONPATH`` so functions defined in local modules unpickle there."""
+    prefixes = {os.path.realpath(p) for p in (sys.prefix, sys.base_prefix, sys.exec_prefix)}
+    found = []
+    for entry in sys.path:
+        folder = os.path.realpath(entry or os.getcwd())
+        if os.path.isdir(folder) and not any(folder == p or folder.startswith(p + os.sep) for p in prefixes) and folder not in found:
+            found.append(folder)
+    return found
+
+
+@dataclass(frozen=True)
+class ClusterOptions:
+    """A validated cluster request. ``spec`` is the worker machines' spec and carries ``keepalive``
+    and ``idle_timeout``, which the scheduler's machine enforces."""
+
+    spec: MachineSpec
+    provider: Provider
+    minimum: int
+    maximum: int
+    adaptive: bool
+    threads_per_worker: int | None
+    name: str | None
+    start_workers: int
+
+    @classmethod
+    def build(
+        cls,
+        *,
+        n_workers: int | Sequence[int] | None = None,
+        threads_per_worker: int | None = None,
+        keepalive: str | float | None = "30 seconds",
+        idle_timeout: str | float | None = "24 hours",
+        name: str | None = None,
+        provider: str | Provider | None = None,
+        start_workers: int | None = None,
+        spec: MachineSpec | dict[str, Any] | None = None,
+        **spec_fields: Any,
+    ) -> ClusterOptions:
+        """Validates every argument (raising :class:`ClusterOptionError`, ``ValueError`` subclasses, or
+        :class:`~prefect_remote.errors.ProviderNotFound`) without starting anything."""
+        minimum, maximum, adaptive = parse_n_workers(n_workers)
+        if threads_per_worker is not None and (not isinstance(threads_per_worker, int) or isinstance(threads_per_worker, bool) or threads_per_worker == 0 or threads_per_worker < -1):
+            raise ClusterOptionError(f"threads_per_worker={threads_per_worker!r}: expected a whole number of threads (1 or more), or -1 for one per CPU")
+        if name is not None and (not isinstance(name, str) or not _NAME.fullmatch(name)):
+            raise ClusterOptionError(f"name={name!r}: expected lowercase letters, digits and '-' (up to 63 characters), such as 'nightly-etl'")
+        if keepalive is None:
+            raise ClusterOptionError("keepalive=None: a cluster needs a keepalive (how long it outlives its last client), e.g. '30 seconds'")
+        if start_workers is not None and (not isinstance(start_workers, int) or start_workers < 0):
+            raise ClusterOptionError(f"start_workers={start_workers!r}: expected 0 or more workers")
+        machine_spec = as_spec(spec, keepalive=keepalive, idle_timeout=idle_timeout, **spec_fields)
+        if machine_spec.timeout:
+            raise ClusterOptionError("timeout: a cluster's machines have no maximum run time; use idle_timeout and keepalive")
+        chosen = provider if isinstance(provider, Provider) else get_provider(provider)
+        chosen.choose_instance_type(machine_spec)  # a spec no machine can meet fails now, not at the first scale-up
+        start = minimum if start_workers is None else min(max(start_workers, minimum), maximum)
+        return cls(machine_spec, chosen, minimum, maximum, adaptive, threads_per_worker, name, start)
+
+    @property
+    def software_identity(self) -> str:
+        """What the workers run: a package-synced environment, or this interpreter and its import path."""
+        if self.spec.software:
+            return self.spec.software
+        return f"{sys.executable}:{os.pathsep.join(launcher_python_path())}"
+
+    @property
+    def cluster_name(self) -> str:
+        """``name``, or one derived from the spec and software environment: the same request made from
+        another process finds the same cluster while it is warm."""
+        if self.name:
+            return self.name
+        shape = self.spec.model_dump(mode="json", exclude={"keepalive", "idle_timeout", "environ"})
+        shape["environ"] = sorted(self.spec.environ)  # names only: secret values stay out of the hash
+        identity = {"spec": shape, "provider": self.provider.name, "threads": self.threads_per_worker, "software": self.software_identity}
+        digest = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:12]
+        return f"prefect-remote-{digest}"
+
+    def nthreads(self, cpu: int) -> int:
+        """Threads per worker on a machine with ``cpu`` CPUs: ``threads_per_worker``, or one per CPU."""
+        return cpu if self.threads_per_worker in (None, -1) else self.threads_per_worker

@@ -1,0 +1,91 @@
+"""What a cluster's machines need to know, decided once by the process that creates the cluster.
+
+The plan travels to the scheduler's machine through the provider's secret channel (it holds the
+TLS key and the workers' secret environment); the scheduler launches workers from it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+PLAN_ENV = "PREFECT_REMOTE_CLUSTER_PLAN"  # secret: the whole plan, for the scheduler
+CREDENTIALS_ENV = "PREFECT_REMOTE_CLUSTER_CREDENTIALS"  # secret: the TLS pair, for workers
+SCHEDULER_ENV = "PREFECT_REMOTE_SCHEDULER_ADDRESS"
+WORKER_ENV = "PREFECT_REMOTE_WORKER"  # JSON: nthreads, memory_limit, death_timeout
+
+# Tags every cluster machine carries; found again by them (warm attach, adopting workers).
+CLUSTER_TAG = "dask-cluster"
+ROLE_TAG = "dask-role"
+PORT_TAG = "dask-port"
+DASHBOARD_TAG = "dask-dashboard-port"
+
+# How long a worker machine outlives its owner's last lease renewal (its scheduler, or the creator
+# while the scheduler boots), and how long a worker keeps trying to reach a scheduler at start.
+WORKER_LEASE = 20.0
+WORKER_DEATH_TIMEOUT = 120.0
+
+
+@dataclass
+class WorkerPlan:
+    """How to launch one worker machine."""
+
+    spec: dict[str, Any]  # MachineSpec fields, public environ only
+    secrets: dict[str, str]  # the spec's secret environ, revealed
+    command: list[str]
+    env: dict[str, str]
+    nthreads: int
+    memory_limit: int
+
+
+@dataclass
+class ClusterPlan:
+    name: str
+    provider: str
+    provider_options: dict[str, Any]
+    credentials: str  # ClusterCredentials JSON
+    keepalive: float
+    idle_timeout: float | None
+    minimum: int
+    maximum: int
+    adaptive: bool
+    worker: WorkerPlan
+    scheduler_port: int = 8786
+    dashboard_port: int = 8787
+    tags: dict[str, str] = field(default_factory=dict)
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self))
+
+    @classmethod
+    def from_json(cls, text: str) -> ClusterPlan:
+        data = json.loads(text)
+        return cls(**{**data, "worker": WorkerPlan(**data["worker"])})
+
+    @classmethod
+    def from_environ(cls) -> ClusterPlan:
+        return cls.from_json(os.environ[PLAN_ENV])
+
+
+def worker_payload(plan: ClusterPlan, scheduler_address: str):
+    """The boot payload of a worker machine of ``plan``'s cluster."""
+    from prefect_remote.providers.base import BootPayload
+
+    options = {"nthreads": plan.worker.nthreads, "memory_limit": plan.worker.memory_limit, "death_timeout": WORKER_DEATH_TIMEOUT}
+    return BootPayload(
+        command=plan.worker.command,
+        env={**plan.worker.env, SCHEDULER_ENV: scheduler_address, WORKER_ENV: json.dumps(options)},
+        secrets={CREDENTIALS_ENV: plan.credentials},  # (the spec's secret environ travels with the spec)
+    )
+
+
+def launch_workers(provider, plan: ClusterPlan, scheduler_address: str, count: int, *, owner: str) -> list:
+    """Starts ``count`` worker machines for ``plan``'s cluster; they end ``WORKER_LEASE`` after their
+    owner stops renewing their leases, or as soon as their scheduler is gone."""
+    from prefect_remote.spec import MachineSpec
+
+    spec = MachineSpec.from_wire({**plan.worker.spec, "keepalive": WORKER_LEASE}, plan.worker.secrets)
+    tags = {**plan.tags, CLUSTER_TAG: plan.name, ROLE_TAG: "worker"}
+    return provider.launch(spec, worker_payload(plan, scheduler_address), count=count, tags=tags, owner=owner)

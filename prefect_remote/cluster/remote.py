@@ -1,0 +1,304 @@
+"""``RemoteCluster``: a Dask cluster whose scheduler and workers are machines from a provider.
+
+The process that creates a cluster launches the scheduler's machine (and the first workers beside
+it, so both boot at once); from then on the controller on the scheduler owns the workers. Another
+process asking for the same cluster attaches to the running scheduler instead of starting one.
+
+>>> with RemoteCluster(cpu=2, n_workers=2) as cluster, cluster.get_client() as client:  # doctest: +SKIP
+...     client.submit(sum, [1, 2]).result()
+3
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import sys
+import time
+from typing import Any
+
+from distributed.comm import connect
+from distributed.deploy.cluster import Log, Logs
+from distributed.deploy.spec import ProcessInterface, SpecCluster
+
+from prefect_remote.cluster.credentials import ClusterCredentials
+from prefect_remote.cluster.options import ClusterOptionError, ClusterOptions, launcher_python_path
+from prefect_remote.cluster.plan import (
+    CLUSTER_TAG,
+    DASHBOARD_TAG,
+    PLAN_ENV,
+    PORT_TAG,
+    ROLE_TAG,
+    WORKER_LEASE,
+    ClusterPlan,
+    WorkerPlan,
+    launch_workers,
+)
+from prefect_remote.devserver import free_port
+from prefect_remote.filelock import file_lock
+from prefect_remote.lease import default_owner, leases
+from prefect_remote.providers.base import BootPayload, Machine, Provider
+from prefect_remote.settings import get_settings
+from prefect_remote.spec import MachineSpec
+
+logger = logging.getLogger("prefect_remote.cluster")
+
+KEEPALIVE_BACKSTOP = 5.0  # seconds the scheduler machine's agent waits past keepalive before ending it
+START_TIMEOUT = 600.0  # seconds for a scheduler machine to accept connections (covers a cold rebuild)
+NODE_MODULE = "prefect_remote.cluster.node"
+
+
+class ClusterStartError(RuntimeError):
+    """The scheduler's machine ended or never accepted connections; the message has its log's end."""
+
+
+class SchedulerMachine(ProcessInterface):
+    """The scheduler as :class:`~distributed.deploy.spec.SpecCluster` sees it: ready once its machine
+    accepts TLS connections, closed by ending the machine."""
+
+    def __init__(self, provider: Provider, machine: Machine, port: int, credentials: ClusterCredentials, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.provider, self.machine = provider, machine
+        self.address = f"tls://{machine.address}:{port}"
+        self.credentials = credentials
+
+    async def start(self) -> None:
+        connection_args = self.credentials.security().get_connection_args("client")
+        deadline = time.monotonic() + START_TIMEOUT
+        next_check = 0.0
+        while True:
+            try:
+                comm = await connect(self.address, timeout=2, **connection_args)
+                await comm.close()
+                break
+            except OSError:
+                pass
+            if time.monotonic() > next_check:
+                machine = await asyncio.to_thread(self.provider.describe, self.machine.id)
+                if not machine.alive:
+                    raise ClusterStartError(f"scheduler machine {machine.id} ended before accepting connections: {machine.reason}\n{self._log_tail()}")
+                next_check = time.monotonic() + 0.5
+            if time.monotonic() > deadline:
+                raise ClusterStartError(f"scheduler machine {self.machine.id} did not accept connections within {START_TIMEOUT:.0f}s\n{self._log_tail()}")
+            await asyncio.sleep(0.05)
+        await super().start()
+
+    def _log_tail(self, lines: int = 20) -> str:
+        text = self.provider.logs(self.machine.id).text
+        return "last lines of its log:\n" + "\n".join(text.splitlines()[-lines:])
+
+    async def close(self) -> None:
+        await asyncio.to_thread(self.provider.terminate, [self.machine.id], reason="cluster closed")
+        await super().close()
+
+
+class RemoteCluster(SpecCluster):
+    """A Dask cluster on machines: a scheduler machine and worker machines sized by the spec.
+
+    Workers get ``threads_per_worker`` threads (default: one per CPU of their machine) and their
+    machine's memory as Dask's memory limit. ``n_workers`` is a fixed count or ``[min, max]`` bounds
+    for adaptive scaling (default ``[0, 500]``). The cluster lives ``keepalive`` after its last client
+    disconnects and closes after ``idle_timeout`` without work; both are enforced on the scheduler's
+    machine. Connections use TLS with credentials made for this cluster.
+
+    Its name derives from the spec and software environment (or ``name=``): while it runs, the same
+    request from another process attaches to it. ``close()`` shuts the cluster down; on interpreter
+    exit a cluster this process created is shut down when ``shutdown_on_close`` is true, and otherwise
+    left to ``keepalive``.
+
+    Example::
+
+        with RemoteCluster(cpu=4, memory="8 GiB", n_workers=[1, 10], keepalive="5 minutes") as cluster:
+            client = cluster.get_client()
+            print(cluster.dashboard_link)
+    """
+
+    def __init__(
+        self,
+        name: str | None = None,
+        *,
+        n_workers: int | list[int] | None = None,
+        threads_per_worker: int | None = None,
+        keepalive: str | float = "30 seconds",
+        idle_timeout: str | float | None = "24 hours",
+        provider: str | Provider | None = None,
+        start_workers: int | None = None,
+        shutdown_on_close: bool = True,
+        asynchronous: bool = False,
+        loop: Any = None,
+        options: ClusterOptions | None = None,
+        **spec_fields: Any,
+    ) -> None:
+        if options is None:
+            options = ClusterOptions.build(
+                name=name,
+                n_workers=n_workers,
+                threads_per_worker=threads_per_worker,
+                keepalive=keepalive,
+                idle_timeout=idle_timeout,
+                provider=provider,
+                start_workers=start_workers,
+                **spec_fields,
+            )
+        self.options = options
+        self.provider = options.provider
+        self.cluster_name = options.cluster_name
+        scheduler_machine, port, credentials, self.attached = self._find_or_launch()
+        self.scheduler_machine = scheduler_machine
+        super().__init__(
+            workers={},
+            scheduler={"cls": SchedulerMachine, "options": {"provider": self.provider, "machine": scheduler_machine, "port": port, "credentials": credentials}},
+            security=credentials.security(),
+            asynchronous=asynchronous,
+            loop=loop,
+            name=self.cluster_name,
+            # Only a cluster this process created is shut down on exit; an attached one is left to its keepalive.
+            shutdown_on_close=shutdown_on_close and not self.attached,
+        )
+
+    # -- finding or starting the scheduler ------------------------------------------------------
+    @property
+    def _credentials_path(self):
+        return get_settings().home / "clusters" / f"{self.cluster_name}.json"
+
+    def _find_or_launch(self) -> tuple[Machine, int, ClusterCredentials, bool]:
+        with file_lock(self._credentials_path.with_suffix(".lock")):
+            running = self.provider.list({CLUSTER_TAG: self.cluster_name, ROLE_TAG: "scheduler"})
+            if running:
+                machine = running[0]
+                credentials = ClusterCredentials.load(self._credentials_path)
+                if credentials is None:
+                    raise ClusterOptionError(
+                        f"cluster {self.cluster_name!r} is running (scheduler machine {machine.id}) but its credentials are not in "
+                        f"{self._credentials_path.parent}; give another name= or wait for it to end"
+                    )
+                logger.info("attaching to running cluster %s (scheduler machine %s)", self.cluster_name, machine.id)
+                self._apply_bounds_on_attach = True
+                return machine, int(machine.tags[PORT_TAG]), credentials, True
+            credentials = ClusterCredentials.temporary()
+            credentials.save(self._credentials_path)
+            machine, port = self._launch(credentials)
+            return machine, port, credentials, False
+
+    def _plan(self, credentials: ClusterCredentials, scheduler_port: int, dashboard_port: int) -> ClusterPlan:
+        options, spec = self.options, self.options.spec
+        instance = self.provider.choose_instance_type(spec)
+        if spec.software:
+            command, env = ["python", "-m", NODE_MODULE], {}
+        else:  # no environment named: the launcher's interpreter (the local provider's machines share its disk)
+            command, env = [sys.executable, "-m", NODE_MODULE], {"PYTHONPATH": ":".join(launcher_python_path())}
+        worker = WorkerPlan(
+            spec=spec.model_copy(update={"keepalive": None, "idle_timeout": None}).to_wire(),
+            secrets=spec.secret_environ,
+            command=[*command, "worker"],
+            env=env,
+            nthreads=options.nthreads(instance.cpu),
+            memory_limit=instance.memory,
+        )
+        return ClusterPlan(
+            name=self.cluster_name,
+            provider=self.provider.name,
+            provider_options=self.provider.boot_options(),
+            credentials=credentials.to_json(),
+            keepalive=spec.keepalive or 30.0,
+            idle_timeout=spec.idle_timeout,
+            minimum=options.minimum,
+            maximum=options.maximum,
+            adaptive=options.adaptive,
+            worker=worker,
+            scheduler_port=scheduler_port,
+            dashboard_port=dashboard_port,
+            tags=dict(spec.tags),
+        )
+
+    def _launch(self, credentials: ClusterCredentials) -> tuple[Machine, int]:
+        spec = self.options.spec
+        port, dashboard_port = free_port(), free_port()
+        plan = self._plan(credentials, port, dashboard_port)
+        scheduler_spec = MachineSpec(
+            software=spec.software,
+            region=spec.region,
+            tags=spec.tags,
+            allow_ingress_from=spec.allow_ingress_from,
+            keepalive=plan.keepalive + KEEPALIVE_BACKSTOP,
+        )
+        payload = BootPayload(command=[*plan.worker.command[:-1], "scheduler"], env=plan.worker.env, secrets={PLAN_ENV: plan.to_json()})
+        tags = {CLUSTER_TAG: self.cluster_name, ROLE_TAG: "scheduler", PORT_TAG: str(port), DASHBOARD_TAG: str(dashboard_port)}
+        [scheduler] = self.provider.launch(scheduler_spec, payload, tags={**spec.tags, **tags}, owner=default_owner())
+        # This process keeps the scheduler (and the first workers) alive while they boot; once up,
+        # the scheduler renews its own lease and its workers'.
+        self._booting = [scheduler.id]
+        leases.add(self.provider, [scheduler.id], plan.keepalive + KEEPALIVE_BACKSTOP)
+        workers: list[Machine] = []
+        if self.options.start_workers:
+            workers = launch_workers(self.provider, plan, f"tls://{scheduler.address}:{port}", self.options.start_workers, owner=default_owner())
+            leases.add(self.provider, [m.id for m in workers], WORKER_LEASE)
+            self._booting += [m.id for m in workers]
+        logger.info(
+            "starting cluster %s: scheduler machine %s (%s, region %s, spot %s), %d worker machine(s) of %s",
+            self.cluster_name, scheduler.id, scheduler.instance_type, scheduler.region, scheduler.spot, len(workers), spec.summary(),
+        )
+        return scheduler, port
+
+    async def _start(self) -> None:
+        await super()._start()
+        leases.remove(getattr(self, "_booting", []))  # the scheduler's controller holds them now
+        if getattr(self, "_apply_bounds_on_attach", False) and self.options.adaptive:
+            await self._request("prefect_remote_adapt", minimum=self.options.minimum, maximum=self.options.maximum)
+        logger.info("cluster %s is up; dashboard: %s", self.cluster_name, self.dashboard_link)
+
+    def __exit__(self, *exc_info: Any) -> None:
+        self._leave()
+        return super().__exit__(*exc_info)
+
+    async def __aexit__(self, *exc_info: Any) -> None:
+        self._leave()
+        return await super().__aexit__(*exc_info)
+
+    def _leave(self) -> None:
+        """Leaving a ``with`` block shuts down a cluster this process created; an attached one is
+        only disconnected from (its creator, or keepalive, ends it). ``close()`` always shuts down."""
+        self.shutdown_scheduler = not self.attached
+
+    # -- scaling, delegated to the controller on the scheduler --------------------------------------
+    async def _request(self, op: str, **kwargs: Any) -> Any:
+        return await getattr(self.scheduler_comm, op)(**kwargs)
+
+    def scale(self, n: int = 0, memory: Any = None, cores: Any = None) -> Any:
+        """Keeps ``n`` worker machines (and stops adaptive scaling)."""
+        if self.status.name in ("closing", "closed"):
+            return None  # closing shuts the scheduler down, which ends every worker machine
+        if not isinstance(n, int) or isinstance(n, bool) or n < 0:
+            raise ClusterOptionError(f"scale(n={n!r}): expected 0 or more workers")
+        return self.sync(self._request, "prefect_remote_scale", n=n)
+
+    def adapt(self, minimum: int = 0, maximum: int | float = math.inf, **kwargs: Any) -> Any:  # type: ignore[override]
+        """Scales between ``minimum`` and ``maximum`` worker machines with the work, from the scheduler."""
+        from prefect_remote.cluster.options import parse_n_workers
+
+        high = 10**6 if maximum == math.inf else maximum
+        parse_n_workers([minimum, high])
+        return self.sync(self._request, "prefect_remote_adapt", minimum=minimum, maximum=high)
+
+    def status_info(self) -> dict[str, Any]:
+        """What the controller is doing: machines, bounds, recent scaling events."""
+        return self.sync(self._request, "prefect_remote_status")
+
+    def machines(self) -> list[Machine]:
+        """This cluster's running machines (scheduler and workers), as the provider sees them."""
+        return self.provider.list({CLUSTER_TAG: self.cluster_name})
+
+    # -- logs -------------------------------------------------------------------------------------
+    async def _get_logs(self, cluster: bool = True, scheduler: bool = True, workers: bool = True) -> Logs:
+        """The machine logs (boot, agent and Dask output) of the scheduler and worker machines."""
+        logs = Logs()
+        if cluster:
+            logs["Cluster"] = Log("\n".join(line for _, line in self._cluster_manager_logs))
+        machines = await asyncio.to_thread(self.provider.list, {CLUSTER_TAG: self.cluster_name})
+        for machine in machines:
+            role = machine.tags.get(ROLE_TAG)
+            if (role == "scheduler" and scheduler) or (role == "worker" and workers):
+                text = (await asyncio.to_thread(self.provider.logs, machine.id)).text
+                logs[f"{role} {machine.id}"] = Log(text)
+        return logs

@@ -1,0 +1,57 @@
+"""Launching local machines from code that runs on a namespace machine (a cluster's scheduler).
+
+A namespace machine sees neither the host's network (bridge, veths) nor its cgroup mounts, so the
+launch runs in a helper process that enters the host's mount and network namespaces (those of the
+machine's own hypervisor), leaves the machine's cgroups, and launches as the host would. Machines
+launched this way do not belong to the launching machine: they outlive it like any other.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from typing import Any
+
+from prefect_remote.boot import MACHINE_ID_ENV
+
+
+def request(hypervisor_pid: int, provider_options: dict[str, Any], spec, payload, *, count: int, tags, owner) -> list[str]:
+    """Runs ``LocalProvider(**provider_options).launch(...)`` on the host; returns the machine ids."""
+    message = {
+        "provider": provider_options,
+        "spec": spec.to_wire(),
+        "secret_environ": spec.secret_environ,
+        "payload": {"command": list(payload.command), "env": dict(payload.env), "secrets": dict(payload.secrets), "activity": payload.activity},
+        "count": count,
+        "tags": dict(tags or {}),
+        "owner": owner,
+    }
+    env = {key: value for key, value in os.environ.items() if key != MACHINE_ID_ENV}
+    command = ["nsenter", f"--target={hypervisor_pid}", "--mount", "--net", "--", sys.executable, "-m", __name__]
+    result = subprocess.run(command, input=json.dumps(message), capture_output=True, text=True, env=env, timeout=120)
+    if result.returncode != 0:
+        from prefect_remote.errors import CapacityError
+
+        raise CapacityError(f"local provider: launching from this machine through the host failed: {result.stderr.strip()[-2000:]}")
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def main() -> int:
+    from prefect_remote.providers.base import BootPayload
+    from prefect_remote.providers.local.isolation import leave_machine_cgroups
+    from prefect_remote.providers.local.provider import LocalProvider
+    from prefect_remote.spec import MachineSpec
+
+    leave_machine_cgroups()
+    message = json.loads(sys.stdin.read())
+    spec = MachineSpec.from_wire(message["spec"], message["secret_environ"])
+    provider = LocalProvider(**message["provider"])
+    machines = provider.launch(spec, BootPayload(**message["payload"]), count=message["count"], tags=message["tags"], owner=message["owner"])
+    print(json.dumps([m.id for m in machines]))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

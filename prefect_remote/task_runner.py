@@ -1,0 +1,41 @@
+"""``RemoteTaskRunner``: Prefect tasks on a :class:`~prefect_remote.cluster.remote.RemoteCluster`.
+
+>>> from prefect import flow
+>>> @flow(task_runner=RemoteTaskRunner(cpu=4, memory="8 GiB", n_workers=[1, 50]))  # doctest: +SKIP
+... def pipeline(): ...
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prefect_dask import DaskTaskRunner
+
+from prefect_remote.cluster.options import ClusterOptions
+from prefect_remote.cluster.remote import RemoteCluster
+
+
+class RemoteTaskRunner(DaskTaskRunner):
+    """A :class:`prefect_dask.DaskTaskRunner` whose cluster is a :class:`RemoteCluster`, taking the same
+    arguments (``cpu``, ``memory``, ``n_workers``, ``keepalive``, ``software``…), validated when the
+    runner is made. The flow's run creates the cluster, or attaches to a warm one of the same name;
+    at the end it shuts down a cluster it created and leaves an attached one running.
+
+    Example::
+
+        @flow(task_runner=RemoteTaskRunner(cpu=4, n_workers=[1, 50]))
+        def pipeline(): ...
+    """
+
+    def __init__(self, *, client_kwargs: dict[str, Any] | None = None, performance_report_path: str | None = None, **cluster_arguments: Any) -> None:
+        ClusterOptions.build(**cluster_arguments)  # bad arguments fail where the flow is defined
+        self.cluster_arguments = cluster_arguments
+        super().__init__(cluster_class=RemoteCluster, cluster_kwargs=dict(cluster_arguments), client_kwargs=client_kwargs, performance_report_path=performance_report_path)
+
+    def duplicate(self) -> RemoteTaskRunner:
+        return type(self)(client_kwargs=self.client_kwargs, performance_report_path=self.performance_report_path, **self.cluster_arguments)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, RemoteTaskRunner) and self.cluster_arguments == other.cluster_arguments and self.client_kwargs == other.client_kwargs
+
+    __hash__ = None  # type: ignore[assignment]

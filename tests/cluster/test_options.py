@@ -1,0 +1,77 @@
+"""Cluster arguments are validated before anything starts, with messages that say what to fix."""
+
+from __future__ import annotations
+
+import pytest
+
+import prefect_remote
+from prefect_remote.cluster.options import ClusterOptionError, ClusterOptions, parse_n_workers
+from prefect_remote.errors import CapacityError, ProviderNotFound
+from tests.conftest import machine_folders
+
+
+def test_n_workers_forms():
+    assert parse_n_workers(None) == (0, 500, True)
+    assert parse_n_workers(3) == (3, 3, False)
+    assert parse_n_workers([1, 4]) == (1, 4, True)
+    assert parse_n_workers((0, 1)) == (0, 1, True)
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        ({"n_workers": [5, 2]}, r"minimum \(5\) is larger than the maximum \(2\)"),
+        ({"n_workers": -1}, "0 or more"),
+        ({"n_workers": "many"}, "whole number of workers"),
+        ({"n_workers": [1, 2, 3]}, r"\[min, max\]"),
+        ({"threads_per_worker": 0}, "threads_per_worker=0"),
+        ({"threads_per_worker": -2}, "threads_per_worker=-2"),
+        ({"keepalive": "never"}, "keepalive"),
+        ({"keepalive": None}, "keepalive=None"),
+        ({"idle_timeout": "soon"}, "idle_timeout"),
+        ({"name": "Bad Name!"}, "name='Bad Name!'"),
+        ({"cpu": "lots"}, "cpu"),
+    ],
+)
+def test_bad_arguments_raise_clear_errors(arguments, message):
+    with pytest.raises(ValueError, match=message):
+        ClusterOptions.build(**arguments)
+
+
+def test_unknown_provider_and_impossible_spec():
+    with pytest.raises(ProviderNotFound, match="nowhere"):
+        ClusterOptions.build(provider="nowhere")
+    with pytest.raises(CapacityError, match="cpu=512"):
+        ClusterOptions.build(cpu=512)
+
+
+def test_bad_decorator_arguments_start_nothing():
+    before = machine_folders()
+    for arguments in ({"n_workers": [5, 2]}, {"threads_per_worker": 0}, {"keepalive": "never"}, {"provider": "nowhere"}, {"container": "img:1"}):
+        with pytest.raises((ValueError, LookupError)):
+
+            @prefect_remote.function(**arguments)
+            def f(x):
+                return x
+
+    with pytest.raises(ValueError, match="n_workers"):
+        prefect_remote.RemoteCluster(n_workers=[3, 1])
+    with pytest.raises(ValueError, match="threads_per_worker"):
+        prefect_remote.RemoteTaskRunner(threads_per_worker=0)
+    assert machine_folders() == before
+
+
+def test_names_follow_spec_and_software():
+    a = ClusterOptions.build(cpu=1, keepalive="1 minute")
+    assert a.cluster_name == ClusterOptions.build(cpu=1, keepalive="5 minutes").cluster_name  # lifetime is not identity
+    assert a.cluster_name != ClusterOptions.build(cpu=2).cluster_name
+    assert a.cluster_name != ClusterOptions.build(cpu=1, software="senv-0123456789abcdef").cluster_name
+    assert a.cluster_name != ClusterOptions.build(cpu=1, threads_per_worker=2).cluster_name
+    assert ClusterOptions.build(name="nightly").cluster_name == "nightly"
+    assert a.cluster_name.startswith("prefect-remote-")
+
+
+def test_threads_follow_cpu_unless_given():
+    assert ClusterOptions.build().nthreads(4) == 4
+    assert ClusterOptions.build(threads_per_worker=-1).nthreads(4) == 4
+    assert ClusterOptions.build(threads_per_worker=2).nthreads(4) == 2

@@ -1,0 +1,146 @@
+"""RemoteCluster on real local-provider machines: Dask schedulers and workers, over TLS."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+from distributed import Client
+
+from prefect_remote.boot import MACHINE_ID_ENV
+from prefect_remote.cluster.plan import CLUSTER_TAG, ROLE_TAG
+from prefect_remote.cluster.remote import RemoteCluster
+from prefect_remote.providers.local import LocalProvider
+from prefect_remote.providers.local.isolation import tagged_pids
+from tests.conftest import SESSION_HOME, wait_for
+
+
+def cluster_machines(provider, name: str, role: str | None = None):
+    tags = {CLUSTER_TAG: name, **({ROLE_TAG: role} if role else {})}
+    return provider.list(tags)
+
+
+def workers_connected(client: Client) -> int:
+    return len(client.scheduler_info(n_workers=-1)["workers"])
+
+
+def test_cluster_runs_scales_logs_and_closes(local_provider):
+    with RemoteCluster(n_workers=1, cpu=1, provider=local_provider, keepalive="1 minute") as cluster, Client(cluster) as client:
+        assert cluster.scheduler_address.startswith("tls://")
+        assert client.submit(lambda x: x + 1, 41).result() == 42
+        assert cluster.dashboard_link.startswith("http://") and cluster.dashboard_link.endswith("/status")
+        [worker] = client.scheduler_info()["workers"].values()
+        assert worker["nthreads"] == 1  # cpu=1 -> one thread
+        cluster.scale(2)  # the second worker is launched by the controller, on the scheduler's machine
+        wait_for(lambda: workers_connected(client) == 2, timeout=60, message="two workers")
+        assert sorted(client.gather(client.map(lambda x: x * 2, range(50)))) == [x * 2 for x in range(50)]
+        machines = cluster_machines(local_provider, cluster.cluster_name)
+        assert {m.tags[ROLE_TAG] for m in machines} == {"scheduler", "worker"} and len(machines) == 3
+        logs = cluster.get_logs()
+        assert any(key.startswith("scheduler m-") for key in logs) and sum(key.startswith("worker m-") for key in logs) == 2
+        status = cluster.status_info()
+        assert status["minimum"] == status["maximum"] == 2 and not status["adaptive"]
+        ids = [m.id for m in machines]
+    assert all(not m.alive for m in local_provider.wait(ids, timeout=30))
+
+
+def test_plain_dask_client_without_credentials_is_refused():
+    with RemoteCluster(n_workers=0, provider=LocalProvider(isolation="process")) as cluster:
+        with pytest.raises(OSError):
+            Client(cluster.scheduler_address.replace("tls://", "tcp://"), timeout=3)
+
+
+def test_adaptive_scales_from_zero_and_keeps_needed_results():
+    provider = LocalProvider(isolation="process")
+    with RemoteCluster(n_workers=[0, 2], provider=provider) as cluster, Client(cluster) as client:
+        assert workers_connected(client) == 0
+        held = client.submit(lambda: "kept", pure=False)
+        assert held.result(timeout=60) == "kept"  # a worker was launched for the work
+        time.sleep(6)  # past the scale-down wait: a worker holding a needed result is not retired
+        assert held.result(timeout=5) == "kept"
+        del held
+        wait_for(lambda: not cluster_machines(provider, cluster.cluster_name, "worker"), timeout=30, message="scale down to zero")
+
+
+CLIENT = textwrap.dedent(
+    """
+    import sys, time
+    import prefect_remote
+
+    @prefect_remote.function(name="warm-test", n_workers=[0, 1], keepalive="4 seconds")
+    def where(x):
+        import os
+        return os.environ["PREFECT_REMOTE_MACHINE_ID"], x * 10
+
+    machine, value = where(int(sys.argv[1]))
+    print("attached" if where.cluster.attached else "created", where.cluster.scheduler_machine.id, machine, value, flush=True)
+    time.sleep(600)
+    """
+)
+
+
+def start_client(argument: int, script) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, str(script), str(argument)], stdout=subprocess.PIPE, text=True, env={**os.environ, "PREFECT_REMOTE_LOCAL_ISOLATION": "process"})
+
+
+def test_warm_attach_from_another_process_and_cleanup_after_clients_are_killed(tmp_path):
+    script = tmp_path / "client.py"
+    script.write_text(CLIENT)
+    provider = LocalProvider(isolation="process")
+    creator = start_client(1, script)
+    try:
+        created, scheduler_id, _, value = creator.stdout.readline().split()
+        assert created == "created" and value == "10"
+        attacher = start_client(2, script)
+        attached, attached_scheduler, _, value = attacher.stdout.readline().split()
+        assert attached == "attached" and attached_scheduler == scheduler_id and value == "20"
+        assert [m.id for m in cluster_machines(provider, "warm-test", "scheduler")] == [scheduler_id]
+    finally:
+        for process in (creator, locals().get("attacher")):
+            if process:
+                process.send_signal(signal.SIGKILL)
+                process.wait()
+    killed = time.monotonic()
+    wait_for(lambda: not cluster_machines(provider, "warm-test"), timeout=4 + 10, interval=0.2, message="every machine gone within keepalive + 10 s")
+    assert time.monotonic() - killed <= 14
+
+
+def test_controller_scales_after_its_creator_is_gone(tmp_path):
+    script = tmp_path / "client.py"
+    script.write_text(CLIENT.replace('keepalive="4 seconds"', 'keepalive="20 seconds"'))
+    provider = LocalProvider(isolation="process")
+    creator = start_client(1, script)
+    try:
+        assert creator.stdout.readline().split()[0] == "created"
+    finally:
+        creator.send_signal(signal.SIGKILL)
+        creator.wait()
+    for worker in cluster_machines(provider, "warm-test", "worker"):
+        provider.terminate([worker.id])  # nothing left to run on: the next call needs the controller
+    cluster = RemoteCluster(name="warm-test", n_workers=[0, 1], keepalive="20 seconds", provider=provider)
+    try:
+        assert cluster.attached
+        with Client(cluster) as client:
+            assert client.submit(lambda: "scaled", pure=False).result(timeout=60) == "scaled"
+    finally:
+        cluster.close()
+
+
+def test_worker_machines_end_when_their_scheduler_is_killed():
+    provider = LocalProvider(isolation="process")
+    cluster = RemoteCluster(n_workers=1, provider=provider, shutdown_on_close=False)
+    try:
+        with Client(cluster) as client:
+            assert client.submit(lambda: 1, pure=False).result() == 1
+        name = cluster.cluster_name
+        [scheduler] = cluster_machines(provider, name, "scheduler")
+        for pid in tagged_pids(f"{MACHINE_ID_ENV}={scheduler.id}".encode()):
+            os.kill(pid, signal.SIGKILL)
+        wait_for(lambda: not cluster_machines(provider, name), timeout=30, message="workers end with their scheduler")
+    finally:
+        cluster.close()
