@@ -24,11 +24,16 @@ def test_package_sync_example():
     assert "prefect-remote 0.1.0 are installed" in out and "example_flow.py" in out and "payload finished" in out
 
 
-def test_example_flow_runs_locally(tmp_path):
-    env = {**os.environ, "PREFECT_HOME": str(tmp_path), "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120"}
-    result = subprocess.run([sys.executable, str(EXAMPLES / "example_flow.py")], capture_output=True, text=True, timeout=300, env=env)
+def run_flow(script: str, prefect_home: Path) -> str:
+    """Runs an example flow against Prefect's ephemeral server in its own PREFECT_HOME."""
+    env = {**os.environ, "PREFECT_HOME": str(prefect_home), "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120"}
+    result = subprocess.run([sys.executable, str(EXAMPLES / script)], capture_output=True, text=True, timeout=300, env=env)
     assert result.returncode == 0, result.stderr
-    assert "[0, 1, 4, 9, 16, 25, 36, 49, 64, 81]" in result.stdout + result.stderr
+    return result.stdout + result.stderr
+
+
+def test_example_flow_runs_locally(tmp_path):
+    assert "[0, 1, 4, 9, 16, 25, 36, 49, 64, 81]" in run_flow("example_flow.py", tmp_path)
 
 
 def test_make_demo_runs_the_main_job(tmp_path):
@@ -40,3 +45,17 @@ def test_make_demo_runs_the_main_job(tmp_path):
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "Flow run: Completed on machine m-" in result.stdout.replace("\n", " ")
     assert "Hello from your Prefect flow!" in result.stdout and "booting" in result.stdout
+
+
+def test_functions_example():
+    out = run("functions.py")
+    assert "one call:" in out and "trial 1 of group A" in out and "mean of 100 trials:" in out and "cluster: prefect-remote-" in out
+
+
+def test_cluster_example():
+    out = run("cluster.py")
+    assert "sum of squares: 332833500" in out and "scheduler m-" in out and "cluster closed" in out
+
+
+def test_task_runner_example(tmp_path):
+    assert "result: 40425" in run_flow("task_runner.py", tmp_path)

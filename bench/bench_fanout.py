@@ -1,0 +1,135 @@
+"""Fan-out on the local provider: map throughput, cold start, warm attach, and a 500-task flow.
+
+(1) ``f.map`` over 10,000 trivial items vs raw ``client.map`` + ``gather`` on the same cluster
+(goal >= 0.9x throughput); (2) cold start to first result, scheduler + 1 worker, vs
+``LocalCluster(n_workers=1)`` + submit (goal <= 2x); (3) warm attach to first result from another
+process vs our cold start (goal <= 0.25x); (4) a flow of 500 Prefect tasks with RemoteTaskRunner vs
+DaskTaskRunner over a LocalCluster with the same worker count (goal >= 0.95x throughput).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+from pathlib import Path
+
+ITEMS = 10_000
+TASKS = 500
+
+
+def identity(x):
+    return x
+
+
+def bench_map() -> str:
+    import prefect_remote
+
+    @prefect_remote.function(n_workers=2, keepalive="30 seconds", name="bench-map")
+    def trivial(x):
+        return x
+
+    trivial(0)  # cluster up, workers warm
+    client = trivial.client
+    client.gather([client.submit(identity, i, pure=False) for i in range(2)])
+    started = time.perf_counter()
+    assert len(client.gather(client.map(identity, range(ITEMS), pure=False))) == ITEMS
+    raw = time.perf_counter() - started
+    started = time.perf_counter()
+    assert len(list(trivial.map(range(ITEMS)))) == ITEMS
+    ours = time.perf_counter() - started
+    trivial.cluster.close()
+    return f"map {ITEMS:,} items: {ITEMS / ours:,.0f}/s vs raw client.map {ITEMS / raw:,.0f}/s -> {raw / ours:.2f}x throughput (goal >= 0.9x)"
+
+
+def first_result(cluster) -> None:
+    from distributed import Client
+
+    with Client(cluster) as client:
+        assert client.submit(identity, 1, pure=False).result() == 1
+
+
+ATTACH = textwrap.dedent(
+    """
+    import time
+    from distributed import Client
+    from prefect_remote import RemoteCluster
+    started = time.perf_counter()
+    cluster = RemoteCluster(name="bench-cold", n_workers=1, keepalive="30 seconds")
+    assert cluster.attached
+    with Client(cluster) as client:
+        assert client.submit(sum, [1, 2], pure=False).result() == 3
+    print(time.perf_counter() - started)
+    """
+)
+
+
+def bench_start() -> list[str]:
+    from distributed import LocalCluster
+
+    from prefect_remote import RemoteCluster
+
+    started = time.perf_counter()
+    with LocalCluster(n_workers=1, threads_per_worker=1, dashboard_address=":0") as local:
+        first_result(local)
+        baseline = time.perf_counter() - started
+    started = time.perf_counter()
+    cluster = RemoteCluster(name="bench-cold", n_workers=1, keepalive="30 seconds", shutdown_on_close=False)
+    first_result(cluster)
+    cold = time.perf_counter() - started
+    try:
+        with tempfile.TemporaryDirectory() as folder:
+            script = Path(folder, "attach.py")
+            script.write_text(ATTACH)
+            warm = float(subprocess.run([sys.executable, str(script)], capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1])
+    finally:
+        cluster.close()
+    return [
+        f"cold start to first result: {cold:.2f} s vs LocalCluster(n_workers=1) {baseline:.2f} s -> {cold / baseline:.2f}x (goal <= 2x)",
+        f"warm attach to first result (another process): {warm:.2f} s vs our cold start {cold:.2f} s -> {warm / cold:.2f}x (goal <= 0.25x)",
+    ]
+
+
+def bench_flow() -> str:
+    from distributed import LocalCluster
+    from prefect import flow, task
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+    from prefect_dask import DaskTaskRunner
+
+    from prefect_remote import RemoteTaskRunner
+    from prefect_remote.devserver import local_prefect_server
+
+    @task
+    def square(n: int) -> int:
+        return n * n
+
+    def timed(runner) -> float:
+        @flow(task_runner=runner)
+        def fan_out() -> int:
+            return sum(square.map(range(TASKS)).result())
+
+        started = time.perf_counter()
+        assert fan_out() == sum(n * n for n in range(TASKS))
+        return time.perf_counter() - started
+
+    with tempfile.TemporaryDirectory() as home, local_prefect_server(Path(home), env={"PREFECT_SERVER_LOGGING_LEVEL": "WARNING"}) as api_url:
+        with temporary_settings({PREFECT_API_URL: api_url}):
+            baseline = timed(DaskTaskRunner(cluster_class=LocalCluster, cluster_kwargs={"n_workers": 2, "threads_per_worker": os.cpu_count() or 1, "dashboard_address": ":0"}))
+            ours = timed(RemoteTaskRunner(n_workers=2, keepalive="30 seconds"))
+    return f"flow of {TASKS} tasks: {ours:.1f} s with RemoteTaskRunner vs {baseline:.1f} s with DaskTaskRunner+LocalCluster (2 workers) -> {baseline / ours:.2f}x throughput (goal >= 0.95x)"
+
+
+def main():
+    # Tasks reach the flow's Prefect server on loopback, which only process-isolated machines share.
+    os.environ["PREFECT_REMOTE_LOCAL_ISOLATION"] = "process"
+    yield bench_map()
+    yield from bench_start()
+    yield bench_flow()
+
+
+if __name__ == "__main__":
+    for line in main():
+        print(line, flush=True)

@@ -1,0 +1,72 @@
+"""Prefect flows on a real Prefect server with work on local-provider clusters: ``@task`` over
+``@prefect_remote.function``, and ``RemoteTaskRunner``."""
+
+from __future__ import annotations
+
+import pytest
+from prefect import flow, task
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+from prefect.settings import PREFECT_API_URL, temporary_settings
+
+import prefect_remote
+from prefect_remote.cluster.plan import CLUSTER_TAG
+from prefect_remote.providers.local import LocalProvider
+from tests.conftest import wait_for
+from tests.workers.conftest import run_logs
+
+
+@pytest.fixture
+def api(prefect_server):
+    with temporary_settings({PREFECT_API_URL: prefect_server}):
+        with get_client(sync_client=True) as client:
+            yield client
+
+
+@prefect_remote.function(n_workers=1, keepalive="10 seconds", provider=LocalProvider(isolation="process"))
+def measure(x: int) -> int:
+    print(f"measured {x} remotely")
+    return x * x
+
+
+@task(log_prints=True)
+@prefect_remote.function(n_workers=1, keepalive="10 seconds", provider=LocalProvider(isolation="process"))
+def remote_task(x: int) -> int:
+    print(f"remote task saw {x}")
+    return x + 100
+
+
+def test_task_over_function_in_a_flow_logs_remote_prints(api):
+    @flow(log_prints=True)
+    def pipeline() -> list[int]:
+        return [remote_task(1), measure(3)]
+
+    state = pipeline(return_state=True)
+    assert state.is_completed() and state.result() == [101, 9]
+    flow_run_id = state.state_details.flow_run_id
+    wait_for(lambda: any("remote task saw 1" in line for line in run_logs(api, flow_run_id)), timeout=20, message="remote print in the task's logs")
+    [task_run] = api.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
+    assert task_run.name.startswith("remote_task") and task_run.state.is_completed()
+    remote_task.fn.cluster.close()
+
+
+def test_remote_task_runner_runs_200_tasks(api):
+    provider = LocalProvider(isolation="process")
+
+    @task
+    def square(n: int) -> int:
+        return n * n
+
+    runner = prefect_remote.RemoteTaskRunner(n_workers=2, threads_per_worker=2, keepalive="10 seconds", provider=provider)
+    assert runner.duplicate() == runner
+
+    @flow(task_runner=runner)
+    def fan_out() -> int:
+        return sum(square.map(range(200)).result())
+
+    state = fan_out(return_state=True)
+    assert state.is_completed() and state.result() == sum(n * n for n in range(200))
+    task_runs = api.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[state.state_details.flow_run_id])), limit=200)
+    assert len(task_runs) == 200 and all(run.state.is_completed() for run in task_runs)
+    # The run created its cluster, so it shut it down at the end.
+    wait_for(lambda: not [m for m in provider.list() if CLUSTER_TAG in m.tags], timeout=30, message="cluster machines gone")
