@@ -22,7 +22,7 @@ def test_boot_script_carries_config_but_no_secrets(tmp_path):
     assert decoded["env"] == {"PUBLIC": "yes", "MODE": "x"}
     assert decoded["secret_names"] == ["API_KEY", "TOKEN"]
     assert decoded["timeout"] == 3600 and decoded["keepalive"] == 30
-    assert decoded["provider"] == "local" and decoded["provider_options"] == {"home": str(tmp_path)}
+    assert decoded["provider"] == "local" and decoded["provider_options"]["home"] == str(tmp_path)
     path = tmp_path / "boot.sh"
     path.write_text(script)
     assert subprocess.run(["bash", "-n", str(path)]).returncode == 0
