@@ -34,15 +34,22 @@ def bench_map() -> str:
 
     trivial(0)  # cluster up, workers warm
     client = trivial.client
-    client.gather([client.submit(identity, i, pure=False) for i in range(2)])
-    started = time.perf_counter()
-    assert len(client.gather(client.map(identity, range(ITEMS), pure=False))) == ITEMS
-    raw = time.perf_counter() - started
-    started = time.perf_counter()
-    assert len(list(trivial.map(range(ITEMS)))) == ITEMS
-    ours = time.perf_counter() - started
+    raw_function = trivial.__wrapped__  # the same user function, without prefect-remote's wrapper
+    client.gather([client.submit(raw_function, i, pure=False) for i in range(2)])
+    raw, ours = [], []
+    for _ in range(2):  # alternating, best of two each: the two cores are shared with the cluster
+        started = time.perf_counter()
+        assert len(client.gather(client.map(raw_function, range(ITEMS), pure=False))) == ITEMS
+        raw.append(time.perf_counter() - started)
+        started = time.perf_counter()
+        assert len(list(trivial.map(range(ITEMS)))) == ITEMS
+        ours.append(time.perf_counter() - started)
     trivial.cluster.close()
-    return f"map {ITEMS:,} items: {ITEMS / ours:,.0f}/s vs raw client.map {ITEMS / raw:,.0f}/s -> {raw / ours:.2f}x throughput (goal >= 0.9x)"
+    raw_best, ours_best = min(raw), min(ours)
+    return (
+        f"map {ITEMS:,} items: {ITEMS / ours_best:,.0f}/s vs raw client.map + gather {ITEMS / raw_best:,.0f}/s "
+        f"-> {raw_best / ours_best:.2f}x throughput (goal >= 0.9x)"
+    )
 
 
 def first_result(cluster) -> None:
@@ -123,8 +130,6 @@ def bench_flow() -> str:
 
 
 def main():
-    # Tasks reach the flow's Prefect server on loopback, which only process-isolated machines share.
-    os.environ["PREFECT_REMOTE_LOCAL_ISOLATION"] = "process"
     yield bench_map()
     yield from bench_start()
     yield bench_flow()

@@ -45,6 +45,7 @@ def main() -> list[str]:
     (project / "flows.py").write_text(FLOW)
     settings = {"PREFECT_WORKER_QUERY_SECONDS": "1", "PREFECT_REMOTE_PUSH_INTERVAL": "1", "PREFECT_REMOTE_HOME": str(scratch / "home"),
                 "PREFECT_REMOTE_LOCAL_BRIDGE": "prbench0", "PREFECT_REMOTE_LOCAL_SUBNET": "10.233.0.0/16"}
+    saved = {name: os.environ.get(name) for name in settings}
     os.environ.update(settings)
     worker = None
     try:
@@ -84,6 +85,11 @@ def main() -> list[str]:
         provider.wait([m.id for m in provider.list()], timeout=60)
         provider.cleanup_host()
         shutil.rmtree(scratch, ignore_errors=True)
+        for name, value in saved.items():  # the benchmarks after this one get the environment back
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 if __name__ == "__main__":

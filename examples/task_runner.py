@@ -1,15 +1,8 @@
 """RemoteTaskRunner: a Prefect flow whose tasks run on a RemoteCluster (local provider here)."""
 
-import os
-
 from prefect import flow, task
 
 from prefect_remote import RemoteTaskRunner
-
-
-# Tasks report to the flow's Prefect server; this example uses Prefect's ephemeral server on loopback,
-# which only process-isolated local machines share (see the README's known limits).
-os.environ.setdefault("PREFECT_REMOTE_LOCAL_ISOLATION", "process")
 
 
 @task

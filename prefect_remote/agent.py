@@ -48,6 +48,7 @@ class Agent:
         self._stopping = threading.Event()
         self._provider = None
         self._lease_seen = (self.started, 0.0)  # (when, age) of the last lease answer
+        self._lease_seen_said = -1.0  # the last answer an outage was reported after
 
     @property
     def provider(self):
@@ -178,11 +179,14 @@ class Agent:
         from the last answer, so a provider that stays unreachable ends the machine too."""
         try:
             age = self.provider.lease_age(self.machine_id)
-            self._lease_seen = (time.monotonic(), age)
-            return age
-        except Exception:
+        except Exception as error:
             seen_at, age = self._lease_seen
+            if seen_at != self._lease_seen_said:  # once per outage: the log shows why it may end as "owner gone"
+                self._lease_seen_said = seen_at
+                say(f"cannot read this machine's lease ({error!r}); it ends if that lasts past keepalive")
             return age + time.monotonic() - seen_at
+        self._lease_seen = (time.monotonic(), age)
+        return age
 
     def _touched_since(self, moment: float) -> bool:
         try:

@@ -18,6 +18,8 @@ import dataclasses
 import functools
 import inspect
 import itertools
+import logging
+import os
 import queue
 import sys
 import threading
@@ -61,6 +63,7 @@ _clusters: dict[str, Any] = {}
 _clients: dict[str, Any] = {}
 _routes: dict[str, queue.SimpleQueue] = {}  # task key -> the queue of the caller waiting on it
 _lock = threading.RLock()
+cluster_logger = logging.getLogger("prefect_remote.cluster")
 
 
 def _on_output(event: tuple[float, dict[str, str]]) -> None:
@@ -74,10 +77,9 @@ def _on_output(event: tuple[float, dict[str, str]]) -> None:
 
 
 def _on_cluster_event(event: tuple[float, dict[str, str]]) -> None:
-    import logging
-
+    """The controller's scaling events and warnings, into this process's ``prefect_remote.cluster`` logger."""
     _, message = event
-    logging.getLogger("prefect_remote.cluster").log(logging.WARNING if message.get("level") == "warning" else logging.INFO, message.get("message"))
+    cluster_logger.log(logging.WARNING if message.get("level") == "warning" else logging.INFO, message.get("message"))
 
 
 class Function(Generic[P, R]):
@@ -85,13 +87,11 @@ class Function(Generic[P, R]):
     ``.map`` it (an iterator of results); ``.cluster`` and ``.client`` are the Dask objects behind it.
     Made by :func:`function`."""
 
-    def __init__(self, func: Callable[P, R], options: ClusterOptions | None, *, local: bool = False, local_threads: int = 1) -> None:
+    def __init__(self, func: Callable[P, R], options: ClusterOptions, *, local: bool = False) -> None:
         functools.update_wrapper(self, func)
-        self._func = func
         self._remote = RemoteCall(func)
         self._options = options
         self._local = local
-        self._local_threads = local_threads
         if self._remote.is_async:
             self._is_coroutine = asyncio.coroutines._is_coroutine  # type: ignore[attr-defined]  # asyncio/Prefect see an async function
 
@@ -105,7 +105,7 @@ class Function(Generic[P, R]):
     # -- the cluster behind it --------------------------------------------------------------------
     @property
     def cluster_name(self) -> str:
-        return f"local-{self.__name__}" if self._local or self._options is None else self._options.cluster_name
+        return f"local-{self.__name__}" if self._local else self._options.cluster_name
 
     @property
     def cluster(self):
@@ -119,16 +119,13 @@ class Function(Generic[P, R]):
 
     def _start_cluster(self):
         options = self._options
-        if self._local or options is None:
-            import os
-
+        if self._local:
             from distributed import LocalCluster
 
-            minimum, maximum, adaptive = (options.minimum, options.maximum, options.adaptive) if options else (0, 4, True)
-            cap = os.cpu_count() or 1
-            cluster = LocalCluster(n_workers=min(max(minimum, 1), cap) if not adaptive else minimum, threads_per_worker=self._local_threads, dashboard_address=":0")
-            if adaptive:
-                cluster.adapt(minimum=minimum, maximum=min(maximum, cap))
+            cap = os.cpu_count() or 1  # this computer's cores bound the local workers
+            cluster = LocalCluster(n_workers=min(options.minimum, cap), threads_per_worker=options.nthreads(cap), dashboard_address=":0")
+            if options.adaptive:
+                cluster.adapt(minimum=min(options.minimum, cap), maximum=min(options.maximum, cap))
             return cluster
         from prefect_remote.cluster.remote import RemoteCluster
 
@@ -287,29 +284,35 @@ class MapResults(Iterator[Any]):
             return
         pending = as_completed(loop=client.loop)
         done_submitting = False
-        while True:
-            while not done_submitting:  # take every batch already submitted, without waiting
+        while not (done_submitting and pending.count() == 0):
+            if not done_submitting:
+                # New batches join the race as they are submitted; wait for one only when nothing runs.
                 try:
-                    item = self._batches.get(block=pending.count() == 0)
+                    item = self._batches.get(timeout=None if pending.count() == 0 else 0.01)
                 except queue.Empty:
-                    break
+                    item = None
                 if isinstance(item, BaseException):
                     raise item
                 if item is _DONE:
                     done_submitting = True
-                else:
+                elif item is not None:
                     pending.update(item)
-            if pending.count() == 0 and done_submitting:
-                return
-            finished = pending.next_batch(block=True)
-            yield from self._gathered(client, finished)
+                    continue
+            finished = pending.next_batch(block=done_submitting)
+            if finished:
+                yield from self._gathered(client, finished)
 
     def _gathered(self, client, futures: list) -> Iterator[Any]:
         try:
-            results = client.gather(futures, errors="skip" if self.errors == "skip" else "raise")
+            results = client.gather(futures, errors="skip")
         finally:
             self._progress.advance(len(futures))
-        yield from results
+        failed = next((i for i, future in enumerate(futures) if future.status == "error"), None) if self.errors == "raise" else None
+        if failed is None:
+            yield from results
+            return
+        yield from results[:failed]  # everything before the first failure, in this batch's order
+        futures[failed].result()  # raises the remote exception with its remote traceback
 
     def __iter__(self) -> MapResults:
         return self
@@ -325,6 +328,7 @@ class MapResults(Iterator[Any]):
         """Stops submitting and cancels calls that have not finished."""
         self._stop.set()
         self._progress.close()
+        self._results.close()  # drops the futures it holds: Dask forgets what nobody waits for
         leftovers = []
         while True:
             try:
@@ -345,13 +349,9 @@ class MapResults(Iterator[Any]):
 
 def _scatter_if_large(client, value: Any) -> Any:
     """Large keyword arguments go to the cluster once, not inside every task."""
-    from distributed.protocol import serialize
+    from dask.sizeof import sizeof
 
-    try:
-        size = sum(len(frame) for frame in serialize(value, serializers=["pickle"])[1])
-    except Exception:
-        return value
-    return client.scatter(value, hash=False) if size > SCATTER_OVER else value
+    return client.scatter(value, hash=False) if sizeof(value) > SCATTER_OVER else value
 
 
 class _Progress:
@@ -449,12 +449,10 @@ def function(
         tags=tags,
         allow_ingress_from=allow_ingress_from,
     )
-    threads = max(1, threads_per_worker) if threads_per_worker != -1 else 1
-
     def decorate(target: Callable[P, R]) -> Function[P, R]:
         if not callable(target):
             raise TypeError(f"prefect_remote.function decorates a function, not {type(target).__name__}")
-        return Function(target, options, local=local, local_threads=threads)
+        return Function(target, options, local=local)
 
     return decorate(func) if func is not None else decorate
 

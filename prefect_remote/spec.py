@@ -20,8 +20,9 @@ import ipaddress
 import re
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, SecretStr, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, SecretStr, field_serializer, field_validator, model_validator
 
+from prefect_remote.software.naming import NAME_PATTERN as ENV_NAME_PATTERN
 from prefect_remote.units import DURATION_HELP, SIZE_HELP, format_duration, format_size, parse_duration, parse_size
 
 SpotPolicy = Literal["on-demand", "spot", "spot_with_fallback"]
@@ -29,7 +30,6 @@ SPOT_POLICIES: tuple[str, ...] = ("on-demand", "spot", "spot_with_fallback")
 
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _REGION = re.compile(r"[a-z0-9][a-z0-9-]*[a-z0-9]")
-_SOFTWARE = re.compile(r"senv-[0-9a-f]{16}")
 
 
 class GpuRequest(BaseModel):
@@ -184,6 +184,10 @@ class MachineSpec(BaseModel):
             pass
         raise ValueError(f"disk_size={value!r}: expected a number of GiB such as 100, or {SIZE_HELP}")
 
+    @field_serializer("disk_size")
+    def _disk_size_out(self, value: int | None) -> str | None:
+        return None if value is None else f"{value} B"  # a bare number reads back as GiB
+
     @field_validator("spot_policy", mode="before")
     @classmethod
     def _spot_policy(cls, value: Any) -> str:
@@ -248,7 +252,7 @@ class MachineSpec(BaseModel):
     @field_validator("software", mode="before")
     @classmethod
     def _software(cls, value: Any) -> str | None:
-        if value is None or (isinstance(value, str) and _SOFTWARE.fullmatch(value)):
+        if value is None or (isinstance(value, str) and ENV_NAME_PATTERN.fullmatch(value)):
             return value
         raise ValueError(
             f"software={value!r}: expected a software environment name such as 'senv-0123456789abcdef' "
@@ -268,10 +272,7 @@ class MachineSpec(BaseModel):
     def to_wire(self) -> dict[str, Any]:
         """JSON-safe fields that :meth:`from_wire` turns back into this spec; secret values stay out
         (send :attr:`secret_environ` through a secret channel)."""
-        data = self.model_dump(mode="json", exclude={"environ"})
-        if self.disk_size is not None:
-            data["disk_size"] = f"{self.disk_size} B"  # a bare number would read as GiB
-        return {**data, "environ": self.public_environ}
+        return {**self.model_dump(mode="json", exclude={"environ"}), "environ": self.public_environ}
 
     @classmethod
     def from_wire(cls, data: dict[str, Any], secret_environ: dict[str, str] | None = None) -> MachineSpec:
@@ -312,13 +313,11 @@ def as_spec(spec: MachineSpec | dict[str, Any] | None = None, **overrides: Any) 
     '2 cpu, 4 GiB'
     """
     given = {key: value for key, value in overrides.items() if value is not None}
-    if not isinstance(spec, MachineSpec):
-        return MachineSpec.model_validate({**dict(spec or {}), **given})
-    if not given:
-        return spec
-    # Validate only the new values: the spec's own are already in canonical form (disk_size in bytes…).
-    update = MachineSpec.model_validate(given)
-    return spec.model_copy(update={key: getattr(update, key) for key in given})
+    if isinstance(spec, MachineSpec):
+        if not given:
+            return spec
+        spec = spec.model_dump()  # round-trips through validation (disk_size dumps with its unit)
+    return MachineSpec.model_validate({**dict(spec or {}), **given})
 
 
 __all__ = ["MachineSpec", "GpuRequest", "SpotPolicy", "as_spec"]

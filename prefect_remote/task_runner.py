@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from prefect.settings import PREFECT_API_URL, temporary_settings
 from prefect_dask import DaskTaskRunner
 
 from prefect_remote.cluster.options import ClusterOptions
@@ -28,9 +29,18 @@ class RemoteTaskRunner(DaskTaskRunner):
     """
 
     def __init__(self, *, client_kwargs: dict[str, Any] | None = None, performance_report_path: str | None = None, **cluster_arguments: Any) -> None:
-        ClusterOptions.build(**cluster_arguments)  # bad arguments fail where the flow is defined
+        self.provider = ClusterOptions.build(**cluster_arguments).provider  # bad arguments fail where the flow is defined
         self.cluster_arguments = cluster_arguments
         super().__init__(cluster_class=RemoteCluster, cluster_kwargs=dict(cluster_arguments), client_kwargs=client_kwargs, performance_report_path=performance_report_path)
+
+    def __enter__(self) -> RemoteTaskRunner:
+        # Tasks report to the flow's Prefect API from the worker machines, with the settings this
+        # process hands them: give them the API's address as machines reach it (a loopback server is
+        # forwarded onto the local provider's bridge).
+        api_url = PREFECT_API_URL.value()
+        if api_url and (reachable := self.provider.reachable_url(api_url)) != api_url:
+            self._exit_stack.enter_context(temporary_settings({PREFECT_API_URL: reachable}))
+        return super().__enter__()
 
     def duplicate(self) -> RemoteTaskRunner:
         return type(self)(client_kwargs=self.client_kwargs, performance_report_path=self.performance_report_path, **self.cluster_arguments)

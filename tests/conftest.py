@@ -53,12 +53,18 @@ def end_all_machines(timeout: float = 20) -> None:
 def session_cleanup():
     yield
     leftovers: set[int] = set()
+    described: dict[int, str] = {}
     try:
         end_all_machines()
         LocalProvider().cleanup_host()
     finally:
+        # A monitor writes its machine's end record and then exits: give it that moment.
+        deadline = time.monotonic() + 5
+        while hypervisors() and time.monotonic() < deadline:
+            time.sleep(0.05)
         leftovers = {pid for pid in tagged_pids(f"{MACHINE_ID_ENV}=".encode(), prefix=True) if _in_session(pid)}
         leftovers |= hypervisors()
+        described = {pid: _command_line(pid) for pid in leftovers}
         for pid in leftovers:
             os.kill(pid, signal.SIGKILL)
         if NAMESPACE_SKIP is None:
@@ -79,7 +85,14 @@ def session_cleanup():
             if provider.bridge.remove_if_unused():  # (lock files stay: another session may hold them open)
                 shutil.rmtree(RUN_DIR / "prtest0", ignore_errors=True)
         shutil.rmtree(SESSION_HOME, ignore_errors=True)
-    assert not leftovers, f"machine processes were left running: {leftovers}"
+    assert not leftovers, f"machine processes were left running: {described}"
+
+
+def _command_line(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
+    except OSError:
+        return "?"
 
 
 def machine_folders() -> set[str]:

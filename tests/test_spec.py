@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 from datetime import timedelta
 
 import pytest
@@ -196,3 +198,11 @@ def test_disk_size_rejects_other_types(value):
 def test_spec_is_immutable():
     with pytest.raises(ValidationError):
         MachineSpec(cpu=1).cpu = (2, 2)  # type: ignore[misc]
+
+
+def test_wire_form_round_trips_with_secrets_apart():
+    spec = MachineSpec(cpu=[1, 2], memory="2 GiB", disk_size=100, environ={"A": "1", "TOKEN": SecretStr("s3cret")}, keepalive="1m")
+    wire = spec.to_wire()
+    assert "s3cret" not in json.dumps(wire) and wire["environ"] == {"A": "1"}
+    again = MachineSpec.from_wire(json.loads(json.dumps(wire)), spec.secret_environ)
+    assert again == spec and again.disk_size == 100 * GiB and again.secret_environ == {"TOKEN": "s3cret"}

@@ -51,7 +51,8 @@ def test_task_over_function_in_a_flow_logs_remote_prints(api):
 
 
 def test_remote_task_runner_runs_200_tasks(api):
-    provider = LocalProvider(isolation="process")
+    # Namespace machines where the host has them: the tasks reach the loopback server through the bridge.
+    provider = LocalProvider()
 
     @task
     def square(n: int) -> int:

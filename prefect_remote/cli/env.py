@@ -120,21 +120,25 @@ def remove(names: Annotated[list[str], typer.Argument(help="Environment names (s
     from prefect_remote.software.rebuild import load_spec
 
     chosen = _store(store)
-    specs = {name: _spec(name, store) for name in names}
+    unknown = [name for name in names if name not in chosen.envs()]
+    if unknown:
+        raise typer.BadParameter(f"{', '.join(unknown)} not in {chosen.url}; `prefect-remote env ls` lists them", param_hint="NAMES")
 
     def blobs(spec: dict) -> set[str]:
         found = {p["wheel"]["sha256"] for p in spec["packages"] if p.get("wheel")}
         return found | ({spec["code"]["sha256"]} if spec.get("code") else set())
 
-    # What the other environments use is read before anything is deleted; if one cannot be read,
-    # no blob is freed (it might be that environment's).
+    # What the other environments use is read before anything is deleted; if one cannot be read, no
+    # blob is freed (it might be that environment's). An environment that cannot be read itself (a
+    # tampered spec) is still removed.
     try:
-        still_used = set().union(*(blobs(load_spec(chosen, n)) for n in chosen.envs() if n not in specs))
-        freed = set().union(*(blobs(s) for s in specs.values())) - still_used
-    except RemoteError:
-        freed = set()
+        still_used = set().union(*(blobs(load_spec(chosen, n)) for n in chosen.envs() if n not in names))
+        freed = set().union(*(blobs(load_spec(chosen, n)) for n in names)) - still_used
+        kept = ""
+    except RemoteError as error:
+        freed, kept = set(), f" (no blobs freed: {error})"
     for name in names:
         chosen.delete_env(name)
     for digest in freed:
         chosen.delete_blob(digest)
-    console.print(f"Removed {len(names)} environment(s) and {len(freed)} blob(s) from {chosen.url}.")
+    console.print(f"Removed {len(names)} environment(s) and {len(freed)} blob(s) from {chosen.url}{kept}.")

@@ -8,7 +8,6 @@ clean-up go on after that process has gone and while others attach.
 from __future__ import annotations
 
 import asyncio
-import logging
 import time
 from collections import deque
 from typing import Any
@@ -20,8 +19,6 @@ from prefect_remote.cluster.plan import CLUSTER_TAG, ROLE_TAG, WORKER_LEASE, Clu
 from prefect_remote.lease import leases
 from prefect_remote.providers import provider_class
 from prefect_remote.units import format_duration
-
-logger = logging.getLogger("prefect_remote.cluster")
 
 TICK = 0.5  # seconds between keepalive checks
 ADAPT_INTERVAL = 1.0  # seconds between scaling decisions (Dask's default)
@@ -54,7 +51,9 @@ class MachinePool(AdaptiveCore):
     @property
     def observed(self) -> set[str]:  # type: ignore[override]
         names = {ws.name for ws in self.controller.scheduler.workers.values()}
-        self.joined |= names
+        if names - self.joined:
+            self.boot_failures = 0  # a worker booted: failures are no longer "in a row"
+            self.joined |= names
         return names & set(self.machines)
 
     async def target(self) -> int:
@@ -213,7 +212,8 @@ class ClusterController(SchedulerPlugin):
         gone_for = now - self.last_client
         if gone_for > self.plan.keepalive:
             self.event(f"closing: no client for {format_duration(gone_for)} (keepalive {format_duration(self.plan.keepalive)})")
-            asyncio.get_running_loop().call_soon(lambda: asyncio.ensure_future(self.scheduler.close(reason="keepalive expired")))
+            # Closing runs the plugin's close(), which cancels this loop: so not awaited from it.
+            asyncio.ensure_future(self.scheduler.close(reason="keepalive expired"))
             return True
         return False
 
@@ -222,9 +222,8 @@ class ClusterController(SchedulerPlugin):
         await asyncio.to_thread(self.provider.terminate, sorted(machine_ids), reason=reason)
 
     def event(self, message: str, *, level: str = "info") -> None:
-        """Logged on the scheduler (its machine log) and sent to connected clients."""
-        getattr(logger, level)(message)
-        print(f"[prefect-remote cluster] {message}", flush=True)
+        """Written to the scheduler's machine log and sent to connected clients."""
+        print(f"[prefect-remote cluster] {level}: {message}", flush=True)
         self.events.append((time.time(), message))
         try:
             self.scheduler.log_event("prefect-remote", {"level": level, "message": message})

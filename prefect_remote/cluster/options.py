@@ -9,6 +9,7 @@ threads, lifetime and provider. Shared by :class:`RemoteCluster`, ``prefect_remo
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -108,14 +109,14 @@ class ClusterOptions:
         start = minimum if start_workers is None else min(max(start_workers, minimum), maximum)
         return cls(machine_spec, chosen, minimum, maximum, adaptive, threads_per_worker, name, start)
 
-    @property
+    @functools.cached_property
     def software_identity(self) -> str:
         """What the workers run: a package-synced environment, or this interpreter and its import path."""
         if self.spec.software:
             return self.spec.software
         return f"{sys.executable}:{os.pathsep.join(launcher_python_path())}"
 
-    @property
+    @functools.cached_property  # read on every call of a function: hashed once
     def cluster_name(self) -> str:
         """``name``, or one derived from the spec and software environment: the same request made from
         another process finds the same cluster while it is warm."""

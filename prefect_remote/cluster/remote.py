@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import os
 import sys
 import time
 from typing import Any
@@ -23,7 +24,7 @@ from distributed.deploy.cluster import Log, Logs
 from distributed.deploy.spec import ProcessInterface, SpecCluster
 
 from prefect_remote.cluster.credentials import ClusterCredentials
-from prefect_remote.cluster.options import ClusterOptionError, ClusterOptions, launcher_python_path
+from prefect_remote.cluster.options import ClusterOptionError, ClusterOptions, launcher_python_path, parse_n_workers
 from prefect_remote.cluster.plan import (
     CLUSTER_TAG,
     DASHBOARD_TAG,
@@ -144,6 +145,8 @@ class RemoteCluster(SpecCluster):
         self.options = options
         self.provider = options.provider
         self.cluster_name = options.cluster_name
+        self._credentials_path = get_settings().home / "clusters" / f"{self.cluster_name}.json"
+        self._booting: list[str] = []  # machines this process keeps alive until the scheduler is up
         scheduler_machine, port, credentials, self.attached = self._find_or_launch()
         self.scheduler_machine = scheduler_machine
         super().__init__(
@@ -158,10 +161,6 @@ class RemoteCluster(SpecCluster):
         )
 
     # -- finding or starting the scheduler ------------------------------------------------------
-    @property
-    def _credentials_path(self):
-        return get_settings().home / "clusters" / f"{self.cluster_name}.json"
-
     def _find_or_launch(self) -> tuple[Machine, int, ClusterCredentials, bool]:
         with file_lock(self._credentials_path.with_suffix(".lock")):
             running = self.provider.list({CLUSTER_TAG: self.cluster_name, ROLE_TAG: "scheduler"})
@@ -174,7 +173,6 @@ class RemoteCluster(SpecCluster):
                         f"{self._credentials_path.parent}; give another name= or wait for it to end"
                     )
                 logger.info("attaching to running cluster %s (scheduler machine %s)", self.cluster_name, machine.id)
-                self._apply_bounds_on_attach = True
                 return machine, int(machine.tags[PORT_TAG]), credentials, True
             credentials = ClusterCredentials.temporary()
             credentials.save(self._credentials_path)
@@ -187,7 +185,7 @@ class RemoteCluster(SpecCluster):
         if spec.software:
             command, env = ["python", "-m", NODE_MODULE], {}
         else:  # no environment named: the launcher's interpreter (the local provider's machines share its disk)
-            command, env = [sys.executable, "-m", NODE_MODULE], {"PYTHONPATH": ":".join(launcher_python_path())}
+            command, env = [sys.executable, "-m", NODE_MODULE], {"PYTHONPATH": os.pathsep.join(launcher_python_path())}
         worker = WorkerPlan(
             spec=spec.model_copy(update={"keepalive": None, "idle_timeout": None}).to_wire(),
             secrets=spec.secret_environ,
@@ -201,7 +199,7 @@ class RemoteCluster(SpecCluster):
             provider=self.provider.name,
             provider_options=self.provider.boot_options(),
             credentials=credentials.to_json(),
-            keepalive=spec.keepalive or 30.0,
+            keepalive=spec.keepalive,
             idle_timeout=spec.idle_timeout,
             minimum=options.minimum,
             maximum=options.maximum,
@@ -228,7 +226,7 @@ class RemoteCluster(SpecCluster):
         [scheduler] = self.provider.launch(scheduler_spec, payload, tags={**spec.tags, **tags}, owner=default_owner())
         # This process keeps the scheduler (and the first workers) alive while they boot; once up,
         # the scheduler renews its own lease and its workers'.
-        self._booting = [scheduler.id]
+        self._booting.append(scheduler.id)
         leases.add(self.provider, [scheduler.id], plan.keepalive + KEEPALIVE_BACKSTOP)
         workers: list[Machine] = []
         if self.options.start_workers:
@@ -243,10 +241,25 @@ class RemoteCluster(SpecCluster):
 
     async def _start(self) -> None:
         await super()._start()
-        leases.remove(getattr(self, "_booting", []))  # the scheduler's controller holds them now
-        if getattr(self, "_apply_bounds_on_attach", False) and self.options.adaptive:
-            await self._request("prefect_remote_adapt", minimum=self.options.minimum, maximum=self.options.maximum)
+        leases.remove(self._booting)  # the scheduler's controller holds them now
+        if self.attached:  # the cluster scales as its latest client asked
+            if self.options.adaptive:
+                await self._request("prefect_remote_adapt", minimum=self.options.minimum, maximum=self.options.maximum)
+            else:
+                await self._request("prefect_remote_scale", n=self.options.minimum)
         logger.info("cluster %s is up; dashboard: %s", self.cluster_name, self.dashboard_link)
+
+    async def _close(self) -> None:
+        await super()._close()
+        if self.shutdown_scheduler:
+            await asyncio.to_thread(self._forget_credentials)
+
+    def _forget_credentials(self) -> None:
+        """Removes the credentials of a cluster that was shut down, unless one of that name runs again."""
+        with file_lock(self._credentials_path.with_suffix(".lock")):
+            running = self.provider.list({CLUSTER_TAG: self.cluster_name, ROLE_TAG: "scheduler"})
+            if all(machine.id == self.scheduler_machine.id for machine in running):
+                self._credentials_path.unlink(missing_ok=True)
 
     def __exit__(self, *exc_info: Any) -> None:
         self._leave()
@@ -275,8 +288,6 @@ class RemoteCluster(SpecCluster):
 
     def adapt(self, minimum: int = 0, maximum: int | float = math.inf, **kwargs: Any) -> Any:  # type: ignore[override]
         """Scales between ``minimum`` and ``maximum`` worker machines with the work, from the scheduler."""
-        from prefect_remote.cluster.options import parse_n_workers
-
         high = 10**6 if maximum == math.inf else maximum
         parse_n_workers([minimum, high])
         return self.sync(self._request, "prefect_remote_adapt", minimum=minimum, maximum=high)

@@ -63,7 +63,13 @@ class BootPayload:
     activity: Literal["auto", "explicit"] = "auto"
 
     def __post_init__(self) -> None:
-        if isinstance(self.command, str) or not self.command or not all(isinstance(a, str) for a in self.command):  # type: ignore[redundant-expr]
+        if isinstance(self.command, str):
+            raise ValueError(f"BootPayload.command={self.command!r}: expected a non-empty list of strings, e.g. ['python', '-m', 'app'], not one string")
+        # Stored as plain lists and dicts: a generator would be used up by the checks below.
+        object.__setattr__(self, "command", list(self.command))
+        object.__setattr__(self, "env", dict(self.env))
+        object.__setattr__(self, "secrets", dict(self.secrets))
+        if not self.command or not all(isinstance(a, str) for a in self.command):
             raise ValueError(f"BootPayload.command={self.command!r}: expected a non-empty list of strings, e.g. ['python', '-m', 'app']")
         if self.activity not in ("auto", "explicit"):
             raise ValueError(f"BootPayload.activity={self.activity!r}: expected 'auto' or 'explicit'")

@@ -3,6 +3,7 @@ needs and write those defaults into the pool's template. Provisioning twice is h
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from copy import deepcopy
 from typing import TYPE_CHECKING, Any
 
@@ -46,7 +47,7 @@ class RemotePushProvisioner:
             store.root.mkdir(parents=True, exist_ok=True, mode=0o700)
         self.console.print(f"software environments store: [blue]{store.url}[/]")
         block_name = f"{work_pool_name}-provider"
-        async with (get_client() if client is None else _Borrowed(client)) as api:
+        async with (get_client() if client is None else nullcontext(client)) as api:  # a borrowed client stays open
             await RemoteProviderCredentials.aregister_type_and_schema(client=api)
             try:
                 document = await api.read_block_document_by_name(block_name, RemoteProviderCredentials.get_block_type_slug())
@@ -66,19 +67,6 @@ class RemotePushProvisioner:
             + (f" ({isolation} isolation)" if isolation else "")
         )
         return template
-
-
-class _Borrowed:
-    """A client someone else opened: used, not closed."""
-
-    def __init__(self, client: PrefectClient) -> None:
-        self.client = client
-
-    async def __aenter__(self) -> PrefectClient:
-        return self.client
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        return None
 
 
 def register_provisioner() -> None:

@@ -8,6 +8,7 @@ fallbacks are ``prefect-remote push serve`` and ``prefect worker start --type re
 
 from __future__ import annotations
 
+import functools
 from datetime import timedelta
 
 import psutil
@@ -21,6 +22,7 @@ from prefect_remote.settings import get_settings
 executor = PushExecutor(get_settings().push_pools)
 
 
+@functools.cache  # the process's settings and listening port do not change while it serves
 def own_api_url() -> str:
     """This server's API URL, as the process's own clients reach it."""
     configured = get_current_settings().api.url

@@ -24,7 +24,7 @@ from prefect_remote.units import format_size
 ALWAYS_EXCLUDED = [
     ".git/", ".hg/", ".svn/", ".venv/", "venv/", "__pycache__/", "*.pyc", "*.pyo", ".mypy_cache/",
     ".pytest_cache/", ".ruff_cache/", ".tox/", ".nox/", "node_modules/", ".ipynb_checkpoints/",
-    "*.egg-info/", ".DS_Store", ".prefect/", ".demo/",
+    "*.egg-info/", ".DS_Store", ".prefect/",
     # Secrets stay on the client: machines get theirs from their own environment.
     ".env", ".env.*", "*.pem", "*.key", ".netrc", ".pypirc",
 ]

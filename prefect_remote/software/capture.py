@@ -24,15 +24,15 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass, field
-from functools import lru_cache
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit, urlunsplit
 
 from prefect_remote.errors import RemoteError
 from prefect_remote.software import bundle as bundles
-from prefect_remote.software.rebuild import canonical, env_name, find_uv, index_arguments, packages_named, requirement_lines
+from prefect_remote.software.naming import env_name
+from prefect_remote.software.rebuild import canonical, find_uv, index_arguments, packages_named, requirement_lines
 from prefect_remote.software.scan import normalize, scan
 from prefect_remote.software.store import Store, open_store, sha256_file
 
@@ -64,7 +64,6 @@ class CapturedEnvironment:
     spec: dict[str, Any]
     store_url: str
     seconds: float
-    notes: list[str] = field(default_factory=list)
 
     @property
     def local_wheels(self) -> int:
@@ -360,10 +359,3 @@ def check_resolves(spec: dict[str, Any], store: Store) -> None:
             + (f"; check package(s) {', '.join(named)}" if named else "")
             + f". uv says:\n{message}\nFix or uninstall those packages, or pass ignore=[...]."
         )
-
-
-@lru_cache(maxsize=1)
-def uv_cache_dir() -> str | None:
-    """This host's uv cache, which local machines share so that rebuilds start warm."""
-    result = subprocess.run([find_uv(), "cache", "dir"], capture_output=True, text=True)
-    return result.stdout.strip() or None if result.returncode == 0 else None

@@ -8,7 +8,6 @@ Standard library only: the agent runs this while the machine boots.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
@@ -18,24 +17,20 @@ import sys
 import tarfile
 import time
 from collections.abc import Callable
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
 from prefect_remote.errors import RemoteError
 from prefect_remote.filelock import file_lock
+from prefect_remote.software.naming import NAME_PATTERN, env_name
 from prefect_remote.software.store import Store, StoreError, TamperedBlob
 
 COMPLETE = ".complete"
-NAME_PATTERN = re.compile(r"senv-[0-9a-f]{16}")
 
 
 class RebuildError(RemoteError):
     """An environment could not be rebuilt; the message names the package and the reason."""
-
-
-def env_name(spec_bytes: bytes) -> str:
-    """The content address of an environment spec (its canonical JSON bytes)."""
-    return f"senv-{hashlib.sha256(spec_bytes).hexdigest()[:16]}"
 
 
 def canonical(spec: dict[str, Any]) -> bytes:
@@ -82,13 +77,19 @@ def find_uv() -> str:
         raise RebuildError("uv was not found on this machine; install it (`pip install uv`) in the boot image") from None
 
 
+@lru_cache(maxsize=1)
+def uv_cache_dir() -> str | None:
+    """This host's uv cache, which local machines share so that rebuilds start warm."""
+    result = subprocess.run([find_uv(), "cache", "dir"], capture_output=True, text=True)
+    return result.stdout.strip() or None if result.returncode == 0 else None
+
+
 def rebuild_environment(
     name: str,
     store: Store,
     envs_dir: str | Path,
     *,
     workdir: str | Path | None = None,
-    uv: str | None = None,
     uv_cache_dir: str | None = None,
     proxy: str | None = None,
     log: Callable[[str], None] = lambda message: None,
@@ -110,7 +111,7 @@ def rebuild_environment(
             if (env / COMPLETE).exists():
                 log(f"software environment {name}: built by another machine meanwhile")
             else:
-                _build(name, store, env, uv or find_uv(), _uv_env(uv_cache_dir, proxy), log)
+                _build(name, store, env, find_uv(), _uv_env(uv_cache_dir, proxy), log)
     if workdir is not None and (env / "code.tar.gz").exists():
         with tarfile.open(env / "code.tar.gz") as archive:
             archive.extractall(workdir, filter="data")

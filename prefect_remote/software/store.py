@@ -90,9 +90,12 @@ class Store(ABC):
             self._read(f"blobs/{digest}", partial)
             actual = sha256_file(partial)
             if actual != digest:
+                # Removed, so that building the environment again stores a good copy (puts skip blobs
+                # that exist, and other environments may share this one).
+                self._delete(f"blobs/{digest}")
                 raise TamperedBlob(
-                    f"blob {digest[:12]}… in {self.url} has content hashing to {actual[:12]}…: the store was changed "
-                    "or corrupted. Remove the environment (`prefect-remote env rm NAME`) and build it again."
+                    f"blob {digest[:12]}… in {self.url} had content hashing to {actual[:12]}…: the store was changed "
+                    "or corrupted, and the bad copy was removed. Build the environment again (`prefect-remote env build`)."
                 )
             os.replace(partial, destination)
         finally:

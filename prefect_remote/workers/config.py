@@ -86,9 +86,7 @@ class RemoteJobConfiguration(BaseJobConfiguration, MachineJobFields):
         self.env = {k: v for k, v in self.env.items() if k in chosen or not k.startswith(SERVER_ONLY_PREFIXES)}
 
     def provider_instance(self) -> Provider:
-        if self.credentials is not None and not self.provider:
-            return self.credentials.get_provider()
-        if self.credentials is not None and self.credentials.provider == self.provider:
+        if self.credentials is not None and self.provider in (None, "", self.credentials.provider):
             return self.credentials.get_provider()
         return get_provider(self.provider)
 

@@ -33,3 +33,14 @@ def test_errors_say_what_to_do(tmp_path):
     assert "is not in the store" in cli("env", "show", "senv-0123456789abcdef", "--store", str(tmp_path)).stderr.replace("\n", " ")
     failed = cli("env", "build", "--root", str(tmp_path / "missing"))
     assert failed.returncode == 1 and "no such folder" in failed.stdout
+    assert "env ls" in cli("env", "rm", "senv-0123456789abcdef", "--store", str(tmp_path)).stderr.replace("\n", " ")
+
+
+def test_a_tampered_environment_can_still_be_removed(tmp_path):
+    (tmp_path / "flows.py").write_text("x = 1\n")
+    store = tmp_path / "store"
+    name = cli("env", "build", "--no-check", "--store", str(store), "--ignore", "pytest*", cwd=tmp_path).stdout.splitlines()[0]
+    (store / "envs" / f"{name}.json").write_text("{}")  # its spec no longer matches its name
+    removed = cli("env", "rm", name, "--store", str(store))
+    assert removed.returncode == 0 and "Removed 1 environment(s) and 0 blob(s)" in removed.stdout and "no blobs freed" in removed.stdout
+    assert name not in cli("env", "ls", "--store", str(store)).stdout

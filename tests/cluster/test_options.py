@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 import prefect_remote
-from prefect_remote.cluster.options import ClusterOptionError, ClusterOptions, parse_n_workers
+from prefect_remote.cluster.options import ClusterOptions, parse_n_workers
 from prefect_remote.errors import CapacityError, ProviderNotFound
 from tests.conftest import machine_folders
 

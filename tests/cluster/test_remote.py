@@ -13,6 +13,7 @@ import pytest
 from distributed import Client
 
 from prefect_remote.boot import MACHINE_ID_ENV
+from prefect_remote.cluster.credentials import ClusterCredentials
 from prefect_remote.cluster.plan import CLUSTER_TAG, ROLE_TAG
 from prefect_remote.cluster.remote import RemoteCluster
 from prefect_remote.providers.local import LocalProvider
@@ -46,13 +47,20 @@ def test_cluster_runs_scales_logs_and_closes(local_provider):
         status = cluster.status_info()
         assert status["minimum"] == status["maximum"] == 2 and not status["adaptive"]
         ids = [m.id for m in machines]
+        credentials = SESSION_HOME / "clusters" / f"{cluster.cluster_name}.json"
+        assert credentials.stat().st_mode & 0o777 == 0o600
     assert all(not m.alive for m in local_provider.wait(ids, timeout=30))
+    assert not credentials.exists()  # a cluster that was shut down leaves no credentials behind
 
 
-def test_plain_dask_client_without_credentials_is_refused():
+def test_clients_without_this_clusters_credentials_are_refused():
     with RemoteCluster(n_workers=0, provider=LocalProvider(isolation="process")) as cluster:
         with pytest.raises(OSError):
             Client(cluster.scheduler_address.replace("tls://", "tcp://"), timeout=3)
+        with pytest.raises(OSError):  # TLS, but another cluster's certificate
+            Client(cluster.scheduler_address, security=ClusterCredentials.temporary().security(), timeout=3)
+        with Client(cluster.scheduler_address, security=cluster.security, timeout=10) as client:  # the real ones work
+            assert client.scheduler_info()["type"] == "Scheduler"
 
 
 def test_adaptive_scales_from_zero_and_keeps_needed_results():

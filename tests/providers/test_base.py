@@ -3,7 +3,7 @@
 import pytest
 
 from prefect_remote.errors import CapacityError
-from prefect_remote.providers.base import InstanceType, Provider, complete_utf8, pick_instance_type
+from prefect_remote.providers.base import BootPayload, InstanceType, Provider, complete_utf8, pick_instance_type
 from prefect_remote.providers.local import LocalProvider
 from prefect_remote.spec import MachineSpec
 
@@ -41,3 +41,10 @@ def test_pick_instance_type_takes_the_cheapest_fit_and_says_why_none_fits():
         pick_instance_type("x", catalog, MachineSpec(vm_type="nope"))
     with pytest.raises(CapacityError, match="no instance type meets 64 cpu"):
         pick_instance_type("x", catalog, MachineSpec(cpu=64))
+
+
+def test_boot_payload_keeps_what_it_was_given_as_lists_and_dicts():
+    payload = BootPayload((arg for arg in ["python", "-V"]), env={"A": "1"})
+    assert payload.command == ["python", "-V"]  # a generator is not used up by validation
+    with pytest.raises(ValueError, match="not one string"):
+        BootPayload("python -V")

@@ -72,7 +72,6 @@ from prefect_remote.providers import provider_class
 from prefect_remote.providers.base import BootPayload
 from prefect_remote.spec import MachineSpec
 provider = provider_class({provider.name!r})(**{provider.boot_options()!r})
-provider._isolation = {getattr(provider, "_isolation", None)!r}
 [m] = provider.launch(MachineSpec(), BootPayload(["sleep", "60"]), tags={{"run": {run!r}}})
 print(m.id)
 """

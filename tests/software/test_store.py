@@ -19,6 +19,8 @@ def test_tampering_and_missing_keys(tmp_path):
     (store.root / "blobs" / digest).write_bytes(b"jello")
     with pytest.raises(TamperedBlob, match="changed or corrupted"):
         store.get_bytes(digest)
+    assert not store.has_blob(digest)  # the bad copy is gone: storing it again stores a good one
+    assert store.put_bytes(b"hello") == digest and store.get_bytes(digest) == b"hello"
     with pytest.raises(NotInStore):
         store.get_bytes("0" * 64)
 

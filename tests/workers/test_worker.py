@@ -22,7 +22,6 @@ def background(api_url: str, *command: str) -> subprocess.Popen:
     return subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
 
 
-stop = stop_process_group
 
 
 @pytest.fixture
@@ -32,7 +31,7 @@ def hybrid_worker(prefect_server):
     prefect = str(Path(sys.executable).parent / "prefect")
     worker = background(prefect_server, prefect, "worker", "start", "--pool", "test-hybrid", "--type", "remote")
     yield "test-hybrid"
-    stop(worker)
+    stop_process_group(worker)
 
 
 def test_hybrid_worker_runs_concurrent_flow_runs_on_their_own_machines(hybrid_worker, project, api):
@@ -57,7 +56,7 @@ def test_push_serve_fallback_runs_a_pool_the_server_leaves_alone(prefect_server,
         final = wait_final(api, run.id, timeout=180)
         assert fallback.poll() is None
     finally:
-        stop(fallback)
+        stop_process_group(fallback)
     assert final.state_name == "Completed"
     assert final.labels["prefect.worker.name"].startswith("prefect-remote push (test-fallback)")
 
@@ -72,7 +71,7 @@ def test_each_run_is_submitted_once_with_two_submitters(prefect_server, push_poo
         finals = [wait_final(api, run.id, timeout=180) for run in runs]
         assert fallback.poll() is None
     finally:
-        stop(fallback)
+        stop_process_group(fallback)
     assert [f.state_name for f in finals] == ["Completed"] * 3
     for final in finals:
         assert len(LocalProvider().list({"prefect.io/flow-run-id": str(final.id)}, include_terminated=True)) == 1
@@ -87,7 +86,7 @@ def test_explicit_push_worker_fallback(prefect_server, project, api):
         run = api.create_flow_run_from_deployment(deploy(api, project, "test-explicit"))
         final = wait_final(api, run.id, timeout=180)
     finally:
-        stop(worker)
+        stop_process_group(worker)
     assert final.state_name == "Completed" and final.labels["prefect.worker.name"] == "explicit"
 
 
@@ -111,4 +110,4 @@ def test_a_restarted_worker_adopts_runs_in_flight(prefect_server, project, api):
         assert len(LocalProvider().list({"prefect.io/flow-run-id": str(run.id)}, include_terminated=True)) == 1
     finally:
         if second is not None:
-            stop(second)
+            stop_process_group(second)

@@ -22,15 +22,13 @@ import fnmatch
 import os
 import signal
 import socket
-import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
 from prefect_remote.filelock import file_lock
 from prefect_remote.providers.local import records
-from prefect_remote.providers.local.isolation import RUN_DIR, Bridge, process_identity
+from prefect_remote.providers.local.isolation import RUN_DIR, Bridge, live_pid, spawn_detached
 
 EGRESS_PORT = 3128
 IDLE_EXIT = 10.0  # seconds without namespace machines before the proxy exits
@@ -116,19 +114,13 @@ def _pid_file(bridge: Bridge, service: str, port: int) -> Path:
 def _ensure(bridge: Bridge, service: str, port: int, argument: str) -> None:
     pid_file = _pid_file(bridge, service, port)
     with file_lock(RUN_DIR / f"{bridge.name}-gateway.lock"):
-        identity = records.read_json(pid_file, default=None)
-        if identity and process_identity(identity["pid"]) == identity:
+        if live_pid(pid_file):
             return
-        process = subprocess.Popen(
+        process = spawn_detached(
             [sys.executable, "-m", "prefect_remote.providers.local.gateway", bridge.name, bridge.subnet, service, argument],
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            start_new_session=True,
+            pid_file,
             env={"PATH": os.environ.get("PATH", "")},
         )
-        records.write_json(pid_file, process_identity(process.pid) or {"pid": process.pid, "start": -1})
-        threading.Thread(target=process.wait, daemon=True).start()  # reaped when it exits
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline and process.poll() is None:
             try:
@@ -141,9 +133,9 @@ def _ensure(bridge: Bridge, service: str, port: int, argument: str) -> None:
 def stop(bridge: Bridge) -> None:
     """Stops the bridge's gateway services."""
     for pid_file in RUN_DIR.glob(f"{bridge.name}-gateway-*.pid"):
-        identity = records.read_json(pid_file, default=None)
-        if identity and process_identity(identity["pid"]) == identity:
-            os.kill(identity["pid"], signal.SIGTERM)
+        pid = live_pid(pid_file)
+        if pid:
+            os.kill(pid, signal.SIGTERM)
         pid_file.unlink(missing_ok=True)
 
 

@@ -8,6 +8,7 @@ launched this way do not belong to the launching machine: they outlive it like a
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -15,6 +16,9 @@ import sys
 from typing import Any
 
 from prefect_remote.boot import MACHINE_ID_ENV
+from prefect_remote.errors import CapacityError
+
+LAUNCH_TIMEOUT = 120.0
 
 
 def request(hypervisor_pid: int, provider_options: dict[str, Any], spec, payload, *, count: int, tags, owner) -> list[str]:
@@ -23,19 +27,25 @@ def request(hypervisor_pid: int, provider_options: dict[str, Any], spec, payload
         "provider": provider_options,
         "spec": spec.to_wire(),
         "secret_environ": spec.secret_environ,
-        "payload": {"command": list(payload.command), "env": dict(payload.env), "secrets": dict(payload.secrets), "activity": payload.activity},
+        "payload": dataclasses.asdict(payload),
         "count": count,
         "tags": dict(tags or {}),
         "owner": owner,
     }
     env = {key: value for key, value in os.environ.items() if key != MACHINE_ID_ENV}
     command = ["nsenter", f"--target={hypervisor_pid}", "--mount", "--net", "--", sys.executable, "-m", __name__]
-    result = subprocess.run(command, input=json.dumps(message), capture_output=True, text=True, env=env, timeout=120)
-    if result.returncode != 0:
-        from prefect_remote.errors import CapacityError
-
-        raise CapacityError(f"local provider: launching from this machine through the host failed: {result.stderr.strip()[-2000:]}")
-    return json.loads(result.stdout.strip().splitlines()[-1])
+    try:
+        result = subprocess.run(command, input=json.dumps(message), capture_output=True, text=True, env=env, timeout=LAUNCH_TIMEOUT)
+    except FileNotFoundError as error:
+        raise CapacityError("local provider: launching from a namespace machine needs nsenter on the host; install util-linux") from error
+    except subprocess.TimeoutExpired as error:
+        raise CapacityError(f"local provider: launching through the host took longer than {LAUNCH_TIMEOUT:.0f}s") from error
+    lines = result.stdout.strip().splitlines()
+    answer = json.loads(lines[-1]) if lines and lines[-1].startswith("{") else {"error": "CapacityError", "message": result.stderr.strip()[-2000:]}
+    if "error" in answer:  # raised again here as the same kind of error, with the host's message
+        kind = {"ValueError": ValueError, "CapacityError": CapacityError}.get(answer["error"], CapacityError)
+        raise kind(f"{answer['message']} (launching through the host)")
+    return answer["machines"]
 
 
 def main() -> int:
@@ -48,8 +58,12 @@ def main() -> int:
     message = json.loads(sys.stdin.read())
     spec = MachineSpec.from_wire(message["spec"], message["secret_environ"])
     provider = LocalProvider(**message["provider"])
-    machines = provider.launch(spec, BootPayload(**message["payload"]), count=message["count"], tags=message["tags"], owner=message["owner"])
-    print(json.dumps([m.id for m in machines]))
+    try:
+        machines = provider.launch(spec, BootPayload(**message["payload"]), count=message["count"], tags=message["tags"], owner=message["owner"])
+    except (ValueError, CapacityError) as error:
+        print(json.dumps({"error": type(error).__name__, "message": str(error)}))
+        return 1
+    print(json.dumps({"machines": [m.id for m in machines]}))
     return 0
 
 

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from prefect_remote.boot import MACHINE_ID_ENV
 from prefect_remote.providers.local import records
-from prefect_remote.providers.local.isolation import Cgroups, Network, host_trust_env, kill_pids, tagged_pids, teardown
+from prefect_remote.providers.local.isolation import OOM_EXIT_CODE, Cgroups, Network, host_trust_env, kill_pids, record_end, tagged_pids
 from prefect_remote.units import format_size
 
 MACHINE_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -128,20 +128,9 @@ class Hypervisor:
         if self.cgroups and self.cgroups.oom_kills():
             limit = format_size(self.record["limits"]["memory"])
             reason = f"out of memory: the machine used more than its {limit} limit and the kernel killed the payload"
-            exit_code = 137
-        try:
-            teardown(self.record)
-        except Exception as error:
-            self.say(f"could not tear down isolation completely: {error}")
-        (self.directory / records.SECRETS).unlink(missing_ok=True)
-        stop = records.read_json(self.directory / records.STOP, default={})
-        if reason is None:
-            reason = stop.get("reason") or (
-                "boot script finished" if boot_code == 0 else f"boot script exited with code {boot_code}"
-            )
-        if stop.get("exit_code") is not None and exit_code != 137:
-            exit_code = stop["exit_code"]
-        records.write_json(self.directory / records.ENDED, {"reason": reason, "exit_code": exit_code, "ended": time.time()})
+            exit_code = OOM_EXIT_CODE
+        otherwise = "boot script finished" if boot_code == 0 else f"boot script exited with code {boot_code}"
+        reason = record_end(self.directory, self.record, reason=reason, exit_code=exit_code, otherwise=otherwise)["reason"]
         self.say(f"machine terminated: {reason}")
         return 0
 

@@ -21,6 +21,7 @@ from functools import lru_cache
 from pathlib import Path
 
 from prefect_remote.filelock import file_lock
+from prefect_remote.providers.local import records
 
 CGROUP_CONTROLLERS = ("memory", "cpu")
 # A local machine's "image" is this host: it trusts the certificate authorities the host trusts.
@@ -344,3 +345,43 @@ def tagged_pids(marker: bytes, *, prefix: bool = False) -> set[int]:
         except OSError:
             pass
     return found
+
+
+OOM_EXIT_CODE = 137
+
+
+def record_end(directory: Path, record: dict, *, reason: str | None, exit_code: int | None, otherwise: str) -> dict:
+    """Ends a machine's bookkeeping: tears its isolation down, drops its secrets and writes its end
+    record (first writer wins: the hypervisor, or a reclaim of a machine whose hypervisor died).
+    ``reason`` wins over the reason the machine was being stopped for, which wins over ``otherwise``;
+    an exit code given at terminate() wins unless the kernel killed the payload for memory."""
+    problem = ""
+    try:
+        teardown(record)
+    except Exception as error:  # the machine is ended either way; say what was left
+        problem = f" (isolation not fully removed: {error})"
+    (directory / records.SECRETS).unlink(missing_ok=True)
+    stop = records.read_json(directory / records.STOP, default={})
+    if stop.get("exit_code") is not None and exit_code != OOM_EXIT_CODE:
+        exit_code = stop["exit_code"]
+    reason = (reason or stop.get("reason") or otherwise) + problem
+    records.write_once(directory / records.ENDED, {"reason": reason, "exit_code": exit_code, "ended": time.time()})
+    return records.read_json(directory / records.ENDED)
+
+
+def spawn_detached(argv: list[str], pid_file: Path, **popen: object) -> subprocess.Popen:
+    """Starts ``argv`` in a session of its own, so it outlives its launcher and its launcher's signals;
+    records its identity (pid and start time) in ``pid_file`` and reaps it when it exits."""
+    import threading
+
+    options = {"stdin": subprocess.DEVNULL, "stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL, **popen}
+    process = subprocess.Popen(argv, start_new_session=True, **options)  # type: ignore[call-overload]
+    records.write_json(pid_file, process_identity(process.pid) or {"pid": process.pid, "start": -1})
+    threading.Thread(target=process.wait, daemon=True).start()  # no zombies in a long-lived launcher
+    return process
+
+
+def live_pid(pid_file: Path) -> int | None:
+    """The pid recorded in ``pid_file`` if that very process (same start time) still runs."""
+    identity = records.read_json(pid_file, default=None)
+    return identity["pid"] if identity and process_identity(identity["pid"]) == identity else None

@@ -13,9 +13,7 @@ import os
 import secrets
 import shutil
 import signal
-import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from contextlib import nullcontext
@@ -35,7 +33,9 @@ from prefect_remote.providers.local.isolation import (
     kill_pids,
     namespace_unavailable,
     host_trust_env,
-    process_identity,
+    live_pid,
+    record_end,
+    spawn_detached,
     tagged_pids,
     teardown,
 )
@@ -163,6 +163,12 @@ class LocalProvider(Provider):
         from prefect_remote.spec import as_spec
 
         spec = as_spec(spec)
+        if not isinstance(count, int) or count < 1:
+            raise ValueError(f"count={count!r}: expected a whole number of machines (1 or more)")
+        user_tags = {**spec.tags, **(tags or {})}
+        reserved = [key for key in user_tags if key.startswith(TAG_PREFIX)]
+        if reserved:
+            raise ValueError(f"tags {reserved}: names starting with {TAG_PREFIX!r} are reserved for prefect-remote")
         on_machine = self._launching_machine()
         if on_machine and on_machine.get("network"):
             from prefect_remote.providers.local import host_launch
@@ -172,12 +178,6 @@ class LocalProvider(Provider):
             hypervisor = records.read_json(self.machines_dir / on_machine["id"] / records.HYPERVISOR_PID)
             machine_ids = host_launch.request(hypervisor["pid"], self.boot_options(), spec, payload, count=count, tags=tags, owner=owner)
             return [self.describe(machine_id) for machine_id in machine_ids]
-        if not isinstance(count, int) or count < 1:
-            raise ValueError(f"count={count!r}: expected a whole number of machines (1 or more)")
-        user_tags = {**spec.tags, **(tags or {})}
-        reserved = [key for key in user_tags if key.startswith(TAG_PREFIX)]
-        if reserved:
-            raise ValueError(f"tags {reserved}: names starting with {TAG_PREFIX!r} are reserved for prefect-remote")
         instance_type = self.choose_instance_type(spec)
         isolation = self.isolation
         config = agent_config(self, spec, payload)
@@ -247,22 +247,13 @@ class LocalProvider(Provider):
 
     def _start_hypervisor(self, directory: Path) -> None:
         with open(directory / records.LOG, "ab") as log:
-            process = subprocess.Popen(
+            spawn_detached(
                 [sys.executable, "-m", "prefect_remote.providers.local.hypervisor", str(directory)],
+                directory / records.HYPERVISOR_PID,
                 cwd=directory,
-                env={
-                    "PATH": os.environ.get("PATH", ""),
-                    "LANG": "C.UTF-8",
-                    **host_trust_env(),
-                },
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.DEVNULL,
+                env={"PATH": os.environ.get("PATH", ""), "LANG": "C.UTF-8", **host_trust_env()},
                 stderr=log,
-                start_new_session=True,  # the machine outlives its launcher and its launcher's signals
             )
-        records.write_json(directory / records.HYPERVISOR_PID, process_identity(process.pid) or {"pid": process.pid, "start": -1})
-        # Reap it when it ends so a long-lived launcher collects no zombies.
-        threading.Thread(target=process.wait, daemon=True).start()
 
     # -- finding ----------------------------------------------------------------------------------
     def _directory(self, machine_id: str) -> Path:
@@ -273,8 +264,7 @@ class LocalProvider(Provider):
 
     def _hypervisor_pid(self, directory: Path) -> int | None:
         """The machine's live monitor process, if it has one."""
-        identity = records.read_json(directory / records.HYPERVISOR_PID, default=None)
-        return identity["pid"] if identity and process_identity(identity["pid"]) == identity else None
+        return live_pid(directory / records.HYPERVISOR_PID)
 
     def _machine(self, directory: Path) -> Machine:
         record = records.read_json(directory / records.MACHINE)
@@ -314,16 +304,7 @@ class LocalProvider(Provider):
         """A machine whose monitor died (killed, host rebooted): stop what is left, tear its isolation
         down, then record its end (with the reason it was being stopped for, if any)."""
         kill_pids(tagged_pids(f"{MACHINE_ID_ENV}={record['id']}".encode()), signal.SIGKILL)
-        problem = ""
-        try:
-            teardown(record)
-        except Exception as error:  # the machine is ended either way; say what was left
-            problem = f" (isolation not fully removed: {error})"
-        (directory / records.SECRETS).unlink(missing_ok=True)
-        stop = records.read_json(directory / records.STOP, default={})
-        reason = stop.get("reason") or "machine monitor died; machine reclaimed"
-        records.write_once(directory / records.ENDED, {"reason": reason + problem, "exit_code": stop.get("exit_code"), "ended": time.time()})
-        return records.read_json(directory / records.ENDED)
+        return record_end(directory, record, reason=None, exit_code=None, otherwise="machine monitor died; machine reclaimed")
 
     def describe(self, machine_id: str) -> Machine:
         return self._machine(self._directory(machine_id))
@@ -397,7 +378,7 @@ class LocalProvider(Provider):
     def software_options(self) -> dict[str, str | None]:
         """Machines on this host share one environment cache and the host's uv cache (warm rebuilds);
         namespace machines download what the cache lacks through the egress proxy."""
-        from prefect_remote.software.capture import uv_cache_dir
+        from prefect_remote.software.rebuild import uv_cache_dir
 
         proxy = f"http://{self.host_address}:{gateway.EGRESS_PORT}" if self.isolation == "namespace" else None
         return {"envs_dir": str(self.home / "envs"), "uv_cache_dir": uv_cache_dir(), "proxy": proxy}
@@ -407,9 +388,9 @@ class LocalProvider(Provider):
         """Everything that makes this provider launch the machines it does, so that code on a machine
         (a cluster's scheduler) launches the same kind: home, isolation, and the local settings."""
         local = {key: value for key, value in self.settings.model_dump(mode="json").items() if key.startswith("local_")}
+        # As configured: "auto" is decided where the launch happens, on the host (a namespace machine's
+        # launches go through the host).
         isolation = self._isolation or self.settings.local_isolation
-        if isolation == "auto" and self._launching_machine() is None:
-            isolation = self.isolation  # decided here, on the host, where namespaces can be checked
         return {"home": str(self.home), "isolation": isolation, "overcommit": self._overcommit, "settings": local}
 
     def current_machine_id(self) -> str:
