@@ -120,7 +120,7 @@ def test_map_orders_results_by_input_or_by_completion():
 
 
 def test_large_inputs_are_batched_and_stream():
-    results = scale.map(iter(range(2500)), factor=2)  # a generator: no length, consumed in batches
+    results = scale.map(iter(range(2500)), factor=2, progress=True)  # a generator: no length, consumed in batches
     assert sum(results) == 2 * sum(range(2500))
 
 

@@ -46,6 +46,7 @@ from prefect_remote.spec import MachineSpec
 logger = logging.getLogger("prefect_remote.cluster")
 
 KEEPALIVE_BACKSTOP = 5.0  # seconds the scheduler machine's agent waits past keepalive before ending it
+SHUTDOWN_WAIT = 30.0  # seconds to wait for a cluster of the same name that is shutting down
 START_TIMEOUT = 600.0  # seconds for a scheduler machine to accept connections (covers a cold rebuild)
 NODE_MODULE = "prefect_remote.cluster.node"
 
@@ -164,14 +165,20 @@ class RemoteCluster(SpecCluster):
     def _find_or_launch(self) -> tuple[Machine, int, ClusterCredentials, bool]:
         with file_lock(self._credentials_path.with_suffix(".lock")):
             running = self.provider.list({CLUSTER_TAG: self.cluster_name, ROLE_TAG: "scheduler"})
-            if running:
+            credentials = ClusterCredentials.load(self._credentials_path)
+            if running and credentials is None:
+                # Credentials go when a cluster is shut down: this one is ending (or is not this user's).
                 machine = running[0]
-                credentials = ClusterCredentials.load(self._credentials_path)
-                if credentials is None:
+                try:
+                    self.provider.wait([machine.id], timeout=SHUTDOWN_WAIT)
+                except TimeoutError:
                     raise ClusterOptionError(
                         f"cluster {self.cluster_name!r} is running (scheduler machine {machine.id}) but its credentials are not in "
                         f"{self._credentials_path.parent}; give another name= or wait for it to end"
-                    )
+                    ) from None
+                running = []
+            if running:
+                machine = running[0]
                 logger.info("attaching to running cluster %s (scheduler machine %s)", self.cluster_name, machine.id)
                 return machine, int(machine.tags[PORT_TAG]), credentials, True
             credentials = ClusterCredentials.temporary()

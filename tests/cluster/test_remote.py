@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import subprocess
@@ -31,12 +32,13 @@ def workers_connected(client: Client) -> int:
 
 
 def test_cluster_runs_scales_logs_and_closes(local_provider):
-    with RemoteCluster(n_workers=1, cpu=1, provider=local_provider, keepalive="1 minute") as cluster, Client(cluster) as client:
+    with RemoteCluster(n_workers=1, cpu=1, memory="1 GiB", provider=local_provider, keepalive="1 minute") as cluster, Client(cluster) as client:
         assert cluster.scheduler_address.startswith("tls://")
         assert client.submit(lambda x: x + 1, 41).result() == 42
         assert cluster.dashboard_link.startswith("http://") and cluster.dashboard_link.endswith("/status")
         [worker] = client.scheduler_info()["workers"].values()
         assert worker["nthreads"] == 1  # cpu=1 -> one thread
+        assert worker["memory_limit"] == 2**30  # the machine's memory is Dask's memory limit
         cluster.scale(2)  # the second worker is launched by the controller, on the scheduler's machine
         wait_for(lambda: workers_connected(client) == 2, timeout=60, message="two workers")
         assert sorted(client.gather(client.map(lambda x: x * 2, range(50)))) == [x * 2 for x in range(50)]
@@ -152,3 +154,43 @@ def test_worker_machines_end_when_their_scheduler_is_killed():
         wait_for(lambda: not cluster_machines(provider, name), timeout=30, message="workers end with their scheduler")
     finally:
         cluster.close()
+
+
+def test_asynchronous_use():
+    async def main() -> None:
+        async with RemoteCluster(n_workers=1, provider=LocalProvider(isolation="process"), asynchronous=True) as cluster:
+            async with Client(cluster, asynchronous=True) as client:
+                assert await client.submit(lambda x: x * 3, 14) == 42
+                await cluster.scale(0)
+                assert (await cluster.status_info())["maximum"] == 0
+
+    asyncio.run(main())
+
+
+def test_idle_timeout_ends_the_cluster_even_with_a_client_connected():
+    provider = LocalProvider(isolation="process")
+    cluster = RemoteCluster(n_workers=1, idle_timeout="3 seconds", keepalive="5 minutes", provider=provider, shutdown_on_close=False)
+    try:
+        with Client(cluster) as client:
+            assert client.submit(lambda: "work", pure=False).result() == "work"
+            wait_for(lambda: not cluster_machines(provider, cluster.cluster_name), timeout=30, message="idle cluster gone")
+    finally:
+        cluster.close()
+
+
+def test_workers_run_in_the_software_environment(tmp_path):
+    from prefect_remote.software.capture import capture_environment
+
+    (tmp_path / "job.py").write_text("import sys\n\ndef where():\n    return sys.prefix\n")
+    env = capture_environment(root=tmp_path)
+    with RemoteCluster(software=env.name, n_workers=1, provider=LocalProvider(isolation="process")) as cluster, Client(cluster) as client:
+        prefix = client.submit(lambda: __import__("job").where(), pure=False).result(timeout=300)  # the project's code, too
+        assert prefix == f"{SESSION_HOME}/envs/{env.name}/venv"
+
+
+def test_a_cluster_closed_and_asked_for_again_starts_afresh():
+    provider = LocalProvider(isolation="process")
+    with RemoteCluster(name="again", n_workers=0, provider=provider) as first:
+        first_scheduler = first.scheduler_machine.id
+    with RemoteCluster(name="again", n_workers=0, provider=provider) as second:  # the first may still be stopping
+        assert not second.attached and second.scheduler_machine.id != first_scheduler
