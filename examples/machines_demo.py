@@ -38,7 +38,7 @@ def show(machines) -> None:
         table.add_column(column, no_wrap=True)
     table.add_column("ended because")
     for m in machines:
-        table.add_row(m.id, m.state, m.instance_type, m.spec, m.address or "", m.reason or "")
+        table.add_row(m.id, m.state, m.instance_type, m.spec, m.private_address or "", m.reason or "")
     console.print(table)
 
 
@@ -53,13 +53,13 @@ def main() -> None:
         machines += prefect_remote.launch(["python", "-c", HOG], memory="256 MiB", keepalive="30s", tags=tags)
     show(provider.list(tags))
 
-    offsets = {m.id: 0 for m in machines}
-    colors = dict(zip(offsets, ["cyan", "magenta", "yellow", "red"]))
+    cursors: dict[str, str | None] = {m.id: None for m in machines}
+    colors = dict(zip(cursors, ["cyan", "magenta", "yellow", "red"]))
     console.print("\n[bold]machine logs[/] (as `prefect-remote machines logs ID` shows them):")
     while True:
-        for machine_id in offsets:
-            chunk = provider.logs(machine_id, offset=offsets[machine_id])
-            offsets[machine_id] = chunk.next_offset
+        for machine_id in cursors:
+            chunk = provider.logs(machine_id, cursor=cursors[machine_id])
+            cursors[machine_id] = chunk.cursor
             for line in chunk.text.splitlines():
                 console.print(f"[{colors[machine_id]}]{machine_id}[/] {line}", markup=True, highlight=False)
         if not provider.list(tags):

@@ -1,12 +1,15 @@
 """The on-machine agent: runs the payload, ships its output to the machine log, and ends the machine.
 
-Started by the boot script (``python -m prefect_remote.agent``). It ends its own machine, through
-the provider, when any of these happens:
+Started by the boot script (``python -m prefect_remote.agent``). It talks to its provider only
+through the provider's machine runtime (:class:`~prefect_remote.providers.runtime.MachineRuntime`,
+named in the boot script with its non-secret options), and ends its own machine when any of these
+happens:
 
 * the payload exits (the machine's exit code is the payload's);
 * ``timeout`` (maximum run time) is reached;
 * the payload has been idle for ``idle_timeout``;
-* the owner's lease has not been renewed for ``keepalive`` (the owner is gone).
+* the owner's lease has not been renewed for ``keepalive`` (the owner is gone): noticed at most one
+  ``lease_interval`` later, since the lease is read once per ``lease_interval``.
 
 The payload starts before anything heavy is imported: launch-to-payload time is what users feel.
 """
@@ -20,10 +23,12 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from prefect_remote.boot import ACTIVITY_FILE_ENV, AGENT_CONFIG_ENV, MACHINE_ID_ENV, decode_agent_config
+from prefect_remote.providers.runtime import MachineRuntime, load_runtime
 from prefect_remote.units import format_duration
 
 TICK = 0.25  # seconds between checks
@@ -31,32 +36,36 @@ CPU_BUSY_FRACTION = 0.02  # of one core: above it the payload counts as busy
 STOP_GRACE = 5.0  # seconds between SIGTERM and SIGKILL for the payload
 
 
-def say(message: str) -> None:
-    sys.stdout.write(f"[prefect-remote agent] {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())} {message}\n")
-    sys.stdout.flush()
-
-
 class Agent:
-    """Runs one payload on this machine and decides when the machine ends."""
+    """Runs one payload on this machine and decides when the machine ends.
 
-    def __init__(self, config: dict[str, Any], machine_id: str) -> None:
+    ``config`` is the boot script's; ``runtime`` the provider's machine side; ``clock`` (monotonic
+    seconds) is replaceable for tests.
+
+    Example::
+
+        Agent(config, load_runtime(config["runtime"], config["runtime_options"])).run()
+    """
+
+    def __init__(self, config: dict[str, Any], runtime: MachineRuntime, *, clock: Callable[[], float] = time.monotonic) -> None:
         self.config = config
-        self.machine_id = machine_id
-        self.started = time.monotonic()
+        self.runtime = runtime
+        self.machine_id = runtime.machine_id
+        self.log = runtime.log_sink()
+        self.clock = clock
+        self.started = clock()
         self.last_busy = self.started
         self.activity_file = Path.cwd() / ".prefect-remote-activity"
         self._stopping = threading.Event()
-        self._provider = None
+        self._lease_interval = config["lease_interval"]
+        self._lease_next_read = self.started
         self._lease_seen = (self.started, 0.0)  # (when, age) of the last lease answer
+        self._lease_failing = False
         self._lease_seen_said = -1.0  # the last answer an outage was reported after
 
-    @property
-    def provider(self):
-        if self._provider is None:
-            from prefect_remote.providers import provider_class
-
-            self._provider = provider_class(self.config["provider"])(**self.config["provider_options"])
-        return self._provider
+    def say(self, message: str) -> None:
+        self.log.write(f"[prefect-remote agent] {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())} {message}\n".encode())
+        self.log.flush()
 
     def prepare_software(self) -> tuple[Path | None, str | None]:
         """The interpreter of the machine's software environment (None without one), or why the machine
@@ -94,7 +103,7 @@ class Agent:
             workdir=Path.cwd(),
             uv_cache_dir=software.get("uv_cache_dir"),
             proxy=software.get("proxy"),
-            log=say,
+            log=self.say,
         )
 
     def payload_env(self, python: Path | None) -> dict[str, str]:
@@ -104,7 +113,7 @@ class Agent:
             env["VIRTUAL_ENV"] = str(python.parent.parent)
         env.update(self.config["env"])
         if self.config["secret_names"]:
-            env.update(self.provider.read_secrets(self.machine_id))
+            env.update(self.runtime.read_secrets())
         env[MACHINE_ID_ENV] = self.machine_id
         env[ACTIVITY_FILE_ENV] = str(self.activity_file)
         return env
@@ -122,8 +131,8 @@ class Agent:
             )
         except OSError as error:
             return self.end(f"payload could not start: {error}", 127)
-        self.last_busy = time.monotonic()  # idleness counts from the payload's start, not the machine's
-        say(f"payload started (pid {payload.pid}): {shlex.join(command)}")
+        self.last_busy = self.clock()  # idleness counts from the payload's start, not the machine's
+        self.say(f"payload started (pid {payload.pid}): {shlex.join(command)}")
         pump = threading.Thread(target=self._pump, args=(payload.stdout,), daemon=True)
         pump.start()
         try:
@@ -135,20 +144,19 @@ class Agent:
 
     def _pump(self, stream) -> None:
         """Copies payload output to the machine log; in ``auto`` mode, output counts as activity."""
-        out = sys.stdout.buffer
         counts = self.config["activity"] == "auto"
         for line in iter(stream.readline, b""):
-            out.write(line)
-            out.flush()
+            self.log.write(line)
+            self.log.flush()
             if counts:
-                self.last_busy = time.monotonic()
+                self.last_busy = self.clock()
 
     def limit_reached(self) -> str | None:
         """Why the machine must end now, whatever it is doing: stop signal, timeout, lost owner."""
         timeout, keepalive = self.config["timeout"], self.config["keepalive"]
         if self._stopping.is_set():
             return "agent stopped by signal"
-        if timeout and time.monotonic() - self.started > timeout:
+        if timeout and self.clock() - self.started > timeout:
             return f"timeout: ran longer than {format_duration(timeout)}"
         if keepalive:
             age = self.lease_age()
@@ -163,7 +171,7 @@ class Agent:
             code = payload.poll()
             if code is not None:
                 return ("payload finished" if code == 0 else f"payload exited with code {code}"), code
-            now = time.monotonic()
+            now = self.clock()
             reason = self.limit_reached()
             if reason is None and idle_timeout:
                 if cpu and cpu.busy() or self._touched_since(self.last_busy):
@@ -175,25 +183,30 @@ class Agent:
             time.sleep(TICK)
 
     def lease_age(self) -> float:
-        """Seconds since the owner's last renewal; while the provider cannot say, the age keeps growing
-        from the last answer, so a provider that stays unreachable ends the machine too."""
-        try:
-            age = self.provider.lease_age(self.machine_id)
-        except Exception as error:
-            seen_at, age = self._lease_seen
-            if seen_at != self._lease_seen_said:  # once per outage: the log shows why it may end as "owner gone"
-                self._lease_seen_said = seen_at
-                say(f"cannot read this machine's lease ({error!r}); it ends if that lasts past keepalive")
-            return age + time.monotonic() - seen_at
-        self._lease_seen = (time.monotonic(), age)
-        return age
+        """Seconds since the owner's last renewal, as of the last read. The lease is read at most once
+        per ``lease_interval`` (on a cloud a read is an API call; ticks come every 0.25 s), so owner
+        loss is noticed at most one ``lease_interval`` past keepalive. While the runtime cannot say,
+        the age keeps growing from the last answer, so a provider that stays unreachable ends the
+        machine too."""
+        now = self.clock()
+        if now >= self._lease_next_read:
+            self._lease_next_read = now + self._lease_interval
+            try:
+                self._lease_seen, self._lease_failing = (now, self.runtime.lease_age()), False
+            except Exception as error:
+                self._lease_failing = True
+                if self._lease_seen[0] != self._lease_seen_said:  # once per outage: the log shows why it may end as "owner gone"
+                    self._lease_seen_said = self._lease_seen[0]
+                    self.say(f"cannot read this machine's lease ({error!r}); it ends if that lasts past keepalive")
+        seen_at, age = self._lease_seen
+        return age + now - seen_at if self._lease_failing else age
 
     def _touched_since(self, moment: float) -> bool:
         try:
             touched = self.activity_file.stat().st_mtime
         except FileNotFoundError:
             return False
-        return touched - time.time() + time.monotonic() > moment
+        return touched - time.time() + self.clock() > moment
 
     def stop(self, payload: subprocess.Popen) -> int | None:
         """SIGTERM the payload, then SIGKILL it after the grace period."""
@@ -205,11 +218,12 @@ class Agent:
             return payload.wait()
 
     def end(self, reason: str, code: int | None) -> int:
-        say(f"machine ending: {reason}")
+        self.say(f"machine ending: {reason}")
         try:
-            self.provider.terminate([self.machine_id], reason=reason, exit_code=code)
-        except Exception as error:  # the machine still ends: the agent exits and the boot script with it
-            say(f"could not reach the provider to terminate this machine ({error}); exiting")
+            self.runtime.terminate(reason, code)
+        except Exception as error:  # the machine still ends, through the fallback that cannot fail
+            self.say(f"could not reach the provider to end this machine ({error!r}); halting it")
+            self.runtime.halt()
         return 0 if code is None else (code if code >= 0 else 128 - code)
 
 
@@ -251,11 +265,7 @@ def main() -> int:
         print(f"prefect-remote agent: {AGENT_CONFIG_ENV} is not set; the agent is started by a machine's boot script", file=sys.stderr)
         return 2
     config = decode_agent_config(encoded)
-    machine_id = os.environ.get(MACHINE_ID_ENV)
-    agent = Agent(config, machine_id or "")
-    if not machine_id:
-        agent.machine_id = agent.provider.current_machine_id()
-    return agent.run()
+    return Agent(config, load_runtime(config["runtime"], config["runtime_options"])).run()
 
 
 if __name__ == "__main__":

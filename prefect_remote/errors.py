@@ -11,6 +11,10 @@ class CapacityError(RemoteError, ValueError):
     """A provider cannot offer a machine that meets the spec (too big, no such vm_type, no GPU…)."""
 
 
+class CapabilityError(CapacityError):
+    """A provider lacks a capability the request needs (inbound connections, containers, GPUs…)."""
+
+
 class ProviderNotFound(RemoteError, LookupError):
     """No provider is registered under the name asked for."""
 

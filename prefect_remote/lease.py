@@ -1,6 +1,9 @@
 """Owner leases: while the process that owns machines lives, it renews their leases; when it dies,
 renewal stops and each machine's agent ends it once ``keepalive`` has passed.
 
+Renewal is batched: one ``renew_leases`` call per provider per interval, however many machines it
+holds (on a cloud each call is an API request).
+
 >>> from prefect_remote.providers import get_provider
 >>> keeper = LeaseKeeper()
 >>> keeper.add(get_provider("local"), [], keepalive=30)
@@ -12,7 +15,9 @@ from __future__ import annotations
 import os
 import socket
 import threading
-from collections.abc import Iterable
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
 
 from prefect_remote.providers.base import Provider
 
@@ -24,63 +29,100 @@ def default_owner() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
-class LeaseKeeper:
-    """Renews leases from one daemon thread, every third of the shortest keepalive it holds."""
+def renewal_interval(keepalive: float, lease_interval: float) -> float:
+    """Seconds between renewals of leases whose shortest ``keepalive`` is given: a third of it (a
+    renewal may be lost or late), between MIN_INTERVAL and MAX_INTERVAL, and never more often than
+    twice per the provider's ``lease_interval``: machines read their lease only that often.
 
-    def __init__(self) -> None:
-        self._held: dict[str, tuple[Provider, float]] = {}
+    >>> renewal_interval(30, lease_interval=1.0), renewal_interval(1.5, lease_interval=1.0)
+    (10.0, 0.5)
+    """
+    return max(min(MAX_INTERVAL, max(MIN_INTERVAL, keepalive / 3)), lease_interval / 2)
+
+
+@dataclass
+class _Held:
+    """One provider's machines (id → keepalive) and when they were last renewed."""
+
+    provider: Provider
+    last: float
+    machines: dict[str, float] = field(default_factory=dict)
+
+    def due(self) -> float:
+        return self.last + renewal_interval(min(self.machines.values()), self.provider.lease_interval)
+
+
+class LeaseKeeper:
+    """Renews the leases it holds: one provider call per provider per interval.
+
+    With ``background`` (the process-wide keeper) a daemon thread renews; otherwise its owner calls
+    :meth:`renew_due` from its own loop (a cluster's controller: a wedged scheduler stops renewing).
+    A machine's lease is fresh at launch, so what is added is renewed one interval later.
+
+    Example::
+
+        keeper = LeaseKeeper(background=False)
+        keeper.add(provider, [m.id for m in machines], keepalive=20)
+        wait = keeper.renew_due()  # renews what is due; seconds until the next renewal
+    """
+
+    def __init__(self, *, background: bool = True, clock: Callable[[], float] = time.monotonic) -> None:
+        self._background = background
+        self._clock = clock
+        self._held: dict[int, _Held] = {}  # by id(provider)
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._stopped = threading.Event()
         self._thread: threading.Thread | None = None
 
     def add(self, provider: Provider, machine_ids: Iterable[str], keepalive: float) -> None:
-        """Starts renewing ``machine_ids`` (renewed once right away)."""
-        machine_ids = list(machine_ids)
+        """Starts renewing ``machine_ids`` for ``provider``, whose leases are fresh (just launched) or
+        were kept by another owner until now."""
         with self._lock:
-            for machine_id in machine_ids:
-                self._held[machine_id] = (provider, keepalive)
-            if self._thread is None or not self._thread.is_alive():
+            held = self._held.setdefault(id(provider), _Held(provider, last=self._clock()))
+            held.machines.update(dict.fromkeys(machine_ids, keepalive))
+            if self._background and (self._thread is None or not self._thread.is_alive()):
                 self._stopped.clear()
                 self._thread = threading.Thread(target=self._run, name="prefect-remote-leases", daemon=True)
                 self._thread.start()
-        provider.renew_leases(machine_ids)
-        self._wake.set()
+        self._wake.set()  # a shorter keepalive may bring the next renewal forward
 
     def remove(self, machine_ids: Iterable[str]) -> None:
         """Stops renewing ``machine_ids``: their agents end them after ``keepalive``."""
         with self._lock:
             for machine_id in machine_ids:
-                self._held.pop(machine_id, None)
+                for key, held in list(self._held.items()):
+                    if held.machines.pop(machine_id, None) is not None and not held.machines:
+                        del self._held[key]
 
     def held(self) -> list[str]:
         with self._lock:
-            return list(self._held)
+            return [machine_id for held in self._held.values() for machine_id in held.machines]
 
     def stop(self) -> None:
         self._stopped.set()
         self._wake.set()
 
-    def renew_now(self) -> None:
+    def renew_due(self) -> float:
+        """Renews each provider whose interval has passed, all its machines in one call; returns the
+        seconds until the next renewal is due."""
+        now = self._clock()
         with self._lock:
-            by_provider: dict[int, tuple[Provider, list[str]]] = {}
-            for machine_id, (provider, _) in self._held.items():
-                by_provider.setdefault(id(provider), (provider, []))[1].append(machine_id)
-        for provider, machine_ids in by_provider.values():
+            due = [held for held in self._held.values() if held.due() <= now]
+            batches = [(held.provider, list(held.machines)) for held in due]
+            for held in due:
+                held.last = now
+        for provider, machine_ids in batches:
             try:
                 self.remove(provider.renew_leases(machine_ids) or [])  # ended machines need no renewing
             except Exception:  # a transient provider error must not kill the renewer
                 pass
-
-    def _interval(self) -> float:
         with self._lock:
-            shortest = min((keepalive for _, keepalive in self._held.values()), default=MAX_INTERVAL * 3)
-        return min(MAX_INTERVAL, max(MIN_INTERVAL, shortest / 3))
+            return max(0.0, min((held.due() for held in self._held.values()), default=now + MAX_INTERVAL) - now)
 
     def _run(self) -> None:
         while not self._stopped.is_set():
-            self.renew_now()
-            self._wake.wait(self._interval())
+            self._wake.wait(self.renew_due())
             self._wake.clear()
 
 

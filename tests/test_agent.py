@@ -1,5 +1,9 @@
+import io
 import subprocess
 import sys
+
+from prefect_remote.agent import TICK, Agent
+from prefect_remote.providers.runtime import MachineRuntime
 
 
 def test_agent_refuses_to_start_outside_a_machine():
@@ -10,8 +14,68 @@ def test_agent_refuses_to_start_outside_a_machine():
 def test_agent_and_hypervisor_import_nothing_heavy():
     """They sit on the launch-to-payload path: no pydantic, no prefect, no dask."""
     code = (
-        "import sys, prefect_remote.agent, prefect_remote.providers.local.hypervisor, prefect_remote.providers.local;"
+        "import sys, prefect_remote.agent, prefect_remote.providers.local.hypervisor, prefect_remote.providers.local,"
+        " prefect_remote.providers.local.runtime, prefect_remote.providers.local.host_launch;"
         "print(sorted(m for m in sys.modules if m.split('.')[0] in ('pydantic', 'prefect', 'dask', 'distributed', 'psutil', 'typer')))"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.stdout.strip() == "[]", result.stdout
+
+
+class FakeRuntime(MachineRuntime):
+    """A machine side whose owner renews until ``owner_dies_at`` (fake seconds); counts lease reads."""
+
+    def __init__(self, clock, owner_dies_at: float) -> None:
+        self.clock, self.owner_dies_at = clock, owner_dies_at
+        self.reads, self.ended, self.halted = 0, None, False
+        self.sink = io.BytesIO()
+
+    machine_id = "m-fake"
+
+    def lease_age(self) -> float:
+        self.reads += 1
+        now = self.clock()
+        return now % 0.5 if now < self.owner_dies_at else now - self.owner_dies_at  # renewed every 0.5 s while alive
+
+    def read_secrets(self) -> dict[str, str]:
+        return {}
+
+    def log_sink(self):
+        return self.sink
+
+    def terminate(self, reason, exit_code) -> None:
+        raise ConnectionError("provider unreachable")
+
+    def halt(self) -> None:
+        self.halted = True
+
+
+def config(**overrides):
+    return {"command": ["true"], "env": {}, "secret_names": [], "activity": "auto", "software": None,
+            "timeout": None, "idle_timeout": None, "keepalive": 3.0, "lease_interval": 2.0, **overrides}
+
+
+def test_the_lease_is_read_once_per_lease_interval_and_owner_loss_noticed_within_one_more():
+    now = [0.0]
+    runtime = FakeRuntime(lambda: now[0], owner_dies_at=20.0)
+    agent = Agent(config(), runtime, clock=lambda: now[0])
+    while (reason := agent.limit_reached()) is None:
+        now[0] += TICK
+        assert now[0] < 60, "never noticed"
+    assert reason.startswith("owner gone")
+    # Owner gone at 20 s, keepalive 3 s, lease read every 2 s: noticed within (23, 25].
+    assert 23 < now[0] <= 23 + 2
+    assert runtime.reads <= now[0] / 2 + 1  # not once a tick (0.25 s)
+
+
+def test_an_unreadable_lease_ages_from_the_last_answer_and_the_end_falls_back_to_halt():
+    now = [0.0]
+    runtime = FakeRuntime(lambda: now[0], owner_dies_at=10**9)
+    runtime.lease_age = lambda: (_ for _ in ()).throw(ConnectionError("no metadata service"))
+    agent = Agent(config(), runtime, clock=lambda: now[0])
+    while agent.limit_reached() is None:
+        now[0] += TICK
+    assert 3 < now[0] <= 3.5
+    assert agent.end("owner gone", None) == 0 and runtime.halted
+    log = runtime.sink.getvalue().decode()
+    assert log.count("cannot read this machine's lease") == 1 and "halting it" in log

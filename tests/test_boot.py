@@ -4,7 +4,7 @@ import subprocess
 
 from pydantic import SecretStr
 
-from prefect_remote.boot import agent_config, decode_agent_config, render_boot_script
+from prefect_remote.boot import decode_agent_config, render_boot_script
 from prefect_remote.providers.base import BootPayload
 from prefect_remote.providers.local import LocalProvider
 from prefect_remote.spec import MachineSpec
@@ -13,7 +13,7 @@ from prefect_remote.spec import MachineSpec
 def test_boot_script_carries_config_but_no_secrets(tmp_path):
     spec = MachineSpec(timeout="1h", keepalive="30s", environ={"PUBLIC": "yes", "TOKEN": SecretStr("very-secret-1")})
     payload = BootPayload(["python", "-m", "app"], env={"MODE": "x"}, secrets={"API_KEY": "very-secret-2"})
-    config = agent_config(LocalProvider(home=tmp_path), spec, payload)
+    config = LocalProvider(home=tmp_path).agent_config(spec, payload, "launch-0123")
     script = render_boot_script(config, python="/opt/my python/bin/python")
     assert "very-secret" not in script
     assert "'/opt/my python/bin/python'" in script  # quoted for bash
@@ -22,7 +22,9 @@ def test_boot_script_carries_config_but_no_secrets(tmp_path):
     assert decoded["env"] == {"PUBLIC": "yes", "MODE": "x"}
     assert decoded["secret_names"] == ["API_KEY", "TOKEN"]
     assert decoded["timeout"] == 3600 and decoded["keepalive"] == 30
-    assert decoded["provider"] == "local" and decoded["provider_options"]["home"] == str(tmp_path)
+    # The machine side is the provider's runtime, made from non-secret options; not the provider itself.
+    assert decoded["runtime"] == "prefect_remote.providers.local.runtime:LocalRuntime"
+    assert decoded["runtime_options"] == {"home": str(tmp_path)} and decoded["lease_interval"] == 1.0
     path = tmp_path / "boot.sh"
     path.write_text(script)
     assert subprocess.run(["bash", "-n", str(path)]).returncode == 0

@@ -1,8 +1,10 @@
+import os
 import time
 
-from prefect_remote.lease import LeaseKeeper, default_owner
+from prefect_remote.lease import MAX_INTERVAL, LeaseKeeper, default_owner, renewal_interval
 from prefect_remote.providers.base import BootPayload
 from prefect_remote.providers.local import LocalProvider
+from prefect_remote.providers.local.runtime import LocalRuntime
 from prefect_remote.spec import MachineSpec
 
 
@@ -13,7 +15,11 @@ def test_keeper_renews_until_removed():
     try:
         keeper.add(provider, [machine.id], keepalive=1)
         time.sleep(2.5)
-        assert provider.lease_age(machine.id) < 0.6 and provider.describe(machine.id).alive
+        os.environ["PREFECT_REMOTE_MACHINE_ID"] = machine.id  # read the lease as the machine does
+        try:
+            assert LocalRuntime(str(provider.home)).lease_age() < 0.75 and provider.describe(machine.id).alive
+        finally:
+            del os.environ["PREFECT_REMOTE_MACHINE_ID"]
         keeper.remove([machine.id])
         assert keeper.held() == []
         [ended] = provider.wait([machine.id], timeout=12)
@@ -25,3 +31,38 @@ def test_keeper_renews_until_removed():
 def test_owner_names_host_and_process():
     host, pid = default_owner().rsplit(":", 1)
     assert host and int(pid) > 0
+
+
+class CountingProvider(LocalProvider):
+    """Counts renew_leases calls and the machines in each."""
+
+    lease_interval = 5.0
+
+    def __init__(self) -> None:
+        self.calls: list[int] = []
+
+    def renew_leases(self, machine_ids):
+        self.calls.append(len(list(machine_ids)))
+        return []
+
+
+def test_one_renewal_call_per_provider_per_interval_however_many_machines():
+    now = [0.0]
+    keeper = LeaseKeeper(background=False, clock=lambda: now[0])
+    provider, other = CountingProvider(), CountingProvider()
+    keeper.add(provider, [f"m-{i}" for i in range(500)], keepalive=30)
+    keeper.add(other, ["m-other"], keepalive=30)
+    interval = renewal_interval(30, provider.lease_interval)
+    assert interval == MAX_INTERVAL  # a third of keepalive, capped
+    for _ in range(480):  # one simulated minute, checked every 0.125 s as a busy loop would
+        now[0] += 0.125
+        keeper.renew_due()
+    assert provider.calls == [500] * 6 and other.calls == [1] * 6
+    keeper.add(provider, ["m-short"], keepalive=3)  # a shorter keepalive, but never more often than lease_interval / 2
+    provider.calls.clear()
+    for _ in range(80):
+        now[0] += 0.125
+        keeper.renew_due()
+    assert provider.calls == [501] * 4  # every 2.5 s, not every 1 s
+    keeper.remove([f"m-{i}" for i in range(500)] + ["m-short"])
+    assert keeper.held() == ["m-other"]

@@ -15,8 +15,8 @@ from typing import Any
 from distributed import SchedulerPlugin
 from distributed.deploy.adaptive_core import AdaptiveCore
 
-from prefect_remote.cluster.plan import CLUSTER_TAG, ROLE_TAG, WORKER_LEASE, ClusterPlan, launch_workers
-from prefect_remote.lease import leases
+from prefect_remote.cluster.plan import CLUSTER_TAG, ROLE_TAG, ClusterPlan, launch_workers, worker_lease
+from prefect_remote.lease import LeaseKeeper
 from prefect_remote.providers import provider_class
 from prefect_remote.units import format_duration
 
@@ -65,7 +65,7 @@ class MachinePool(AdaptiveCore):
         return self.controller.scheduler.workers_to_close(target=target, attribute="name")
 
     async def refresh(self) -> None:
-        """Re-reads this cluster's worker machines from the provider and keeps their leases."""
+        """Re-reads this cluster's worker machines from the provider and holds their leases."""
         controller = self.controller
         found = await asyncio.to_thread(controller.provider.list, {CLUSTER_TAG: controller.plan.name, ROLE_TAG: "worker"})
         alive = {m.id: m for m in found}
@@ -73,9 +73,9 @@ class MachinePool(AdaptiveCore):
             if machine_id not in self.joined:
                 await self._boot_failed(machine_id)
         self.machines = alive
-        adopted = set(alive) - set(leases.held())  # e.g. the first workers, launched by the cluster's creator
+        adopted = set(alive) - set(controller.leases.held())  # e.g. the first workers, launched by the cluster's creator
         if adopted:
-            await asyncio.to_thread(leases.add, controller.provider, adopted, WORKER_LEASE)
+            controller.leases.add(controller.provider, adopted, worker_lease(controller.provider))
 
     async def _boot_failed(self, machine_id: str) -> None:
         try:
@@ -98,7 +98,7 @@ class MachinePool(AdaptiveCore):
             launch_workers, controller.provider, controller.plan, controller.worker_contact, count, owner=f"dask-scheduler:{controller.machine_id}"
         )
         self.machines.update({m.id: m for m in launched})
-        await asyncio.to_thread(leases.add, controller.provider, [m.id for m in launched], WORKER_LEASE)
+        controller.leases.add(controller.provider, [m.id for m in launched], worker_lease(controller.provider))
         first = launched[0]
         controller.event(f"launched {count} worker machine(s) ({first.instance_type}, {first.spec}, region {first.region}, spot {first.spot}): {', '.join(m.id for m in launched)}")
 
@@ -123,6 +123,10 @@ class ClusterController(SchedulerPlugin):
         self.plan = plan
         self.machine_id = machine_id
         self.provider = provider_class(plan.provider)(**plan.provider_options)
+        # Its own lease and its workers', renewed in one provider call per interval from the loop below
+        # (not a thread): a wedged scheduler stops renewing, and its machine's agent ends it.
+        self.leases = LeaseKeeper(background=False)
+        self.leases.add(self.provider, [machine_id], plan.keepalive)
         self.pool = MachinePool(self)
         self.events: deque[tuple[float, str]] = deque(maxlen=200)
         self.last_client = time.monotonic()
@@ -139,7 +143,7 @@ class ClusterController(SchedulerPlugin):
             prefect_remote_status=self.handle_status,
         )
         me = await asyncio.to_thread(self.provider.describe, self.machine_id)
-        self.worker_contact = f"tls://{me.address}:{self.plan.scheduler_port}"
+        self.worker_contact = f"tls://{me.private_address}:{self.plan.scheduler_port}"  # workers dial the scheduler inside the network
         self._task = asyncio.create_task(self._run())
 
     def add_client(self, scheduler, client: str) -> None:
@@ -185,10 +189,7 @@ class ClusterController(SchedulerPlugin):
                     return
                 now = time.monotonic()
                 if now >= next_renewal:
-                    # Renewed from this loop, not a thread: a wedged scheduler stops renewing, and its
-                    # machine's agent ends it once keepalive has passed.
-                    await asyncio.to_thread(self.provider.renew_leases, [self.machine_id])
-                    next_renewal = now + max(TICK, self.plan.keepalive / 4)
+                    next_renewal = now + await asyncio.to_thread(self.leases.renew_due)
                 if now >= next_adapt or self._wake.is_set():
                     self._wake.clear()
                     await self.pool.refresh()
@@ -218,7 +219,7 @@ class ClusterController(SchedulerPlugin):
         return False
 
     async def end_workers(self, machine_ids: set[str], reason: str) -> None:
-        leases.remove(machine_ids)
+        self.leases.remove(machine_ids)
         await asyncio.to_thread(self.provider.terminate, sorted(machine_ids), reason=reason)
 
     def event(self, message: str, *, level: str = "info") -> None:

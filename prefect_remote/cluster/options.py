@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from prefect_remote.errors import RemoteError
-from prefect_remote.providers import get_provider
+from prefect_remote.providers import get_provider, require
 from prefect_remote.providers.base import Provider
 from prefect_remote.spec import MachineSpec, as_spec
 
@@ -87,11 +87,13 @@ class ClusterOptions:
         name: str | None = None,
         provider: str | Provider | None = None,
         start_workers: int | None = None,
+        container: str | None = None,
         spec: MachineSpec | dict[str, Any] | None = None,
         **spec_fields: Any,
     ) -> ClusterOptions:
         """Validates every argument (raising :class:`ClusterOptionError`, ``ValueError`` subclasses, or
-        :class:`~prefect_remote.errors.ProviderNotFound`) without starting anything."""
+        :class:`~prefect_remote.errors.ProviderNotFound`) without starting anything, the provider's
+        capabilities included."""
         minimum, maximum, adaptive = parse_n_workers(n_workers)
         if threads_per_worker is not None and (not isinstance(threads_per_worker, int) or isinstance(threads_per_worker, bool) or threads_per_worker == 0 or threads_per_worker < -1):
             raise ClusterOptionError(f"threads_per_worker={threads_per_worker!r}: expected a whole number of threads (1 or more), or -1 for one per CPU")
@@ -105,7 +107,13 @@ class ClusterOptions:
         if machine_spec.timeout:
             raise ClusterOptionError("timeout: a cluster's machines have no maximum run time; use idle_timeout and keepalive")
         chosen = provider if isinstance(provider, Provider) else get_provider(provider)
-        chosen.choose_instance_type(machine_spec)  # a spec no machine can meet fails now, not at the first scale-up
+        require(chosen, "inbound_connections", "a Dask cluster needs (its workers connect to its scheduler)")
+        require(chosen, "terminate_one", "a Dask cluster needs to scale down")
+        if container is not None:
+            require(chosen, "containers", f"container={container!r} needs")
+            raise ClusterOptionError(f"container={container!r}: clusters do not run container images yet; use software= (package sync) instead")
+        chosen.check_spec(machine_spec)  # a spec no machine can meet fails now, not at the first scale-up
+        chosen.choose_instance_type(machine_spec)
         start = minimum if start_workers is None else min(max(start_workers, minimum), maximum)
         return cls(machine_spec, chosen, minimum, maximum, adaptive, threads_per_worker, name, start)
 

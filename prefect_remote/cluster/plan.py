@@ -23,7 +23,8 @@ PORT_TAG = "dask-port"
 DASHBOARD_TAG = "dask-dashboard-port"
 
 # How long a worker machine outlives its owner's last lease renewal (its scheduler, or the creator
-# while the scheduler boots), and how long a worker keeps trying to reach a scheduler at start.
+# while the scheduler boots; see worker_lease), and how long a worker keeps trying to reach a
+# scheduler at start.
 WORKER_LEASE = 20.0
 WORKER_DEATH_TIMEOUT = 120.0
 
@@ -81,11 +82,22 @@ def worker_payload(plan: ClusterPlan, scheduler_address: str):
     )
 
 
+def worker_lease(provider) -> float:
+    """A worker machine's keepalive on ``provider``: ``WORKER_LEASE``, or two of the provider's lease
+    intervals where those are longer (a cloud reading leases every 30 s cannot keep 20 s).
+
+    >>> from prefect_remote.providers.local import LocalProvider
+    >>> worker_lease(LocalProvider)
+    20.0
+    """
+    return max(WORKER_LEASE, 2 * provider.lease_interval)
+
+
 def launch_workers(provider, plan: ClusterPlan, scheduler_address: str, count: int, *, owner: str) -> list:
-    """Starts ``count`` worker machines for ``plan``'s cluster; they end ``WORKER_LEASE`` after their
-    owner stops renewing their leases, or as soon as their scheduler is gone."""
+    """Starts ``count`` worker machines for ``plan``'s cluster; they end ``worker_lease(provider)``
+    after their owner stops renewing their leases, or as soon as their scheduler is gone."""
     from prefect_remote.spec import MachineSpec
 
-    spec = MachineSpec.from_wire({**plan.worker.spec, "keepalive": WORKER_LEASE}, plan.worker.secrets)
+    spec = MachineSpec.from_wire({**plan.worker.spec, "keepalive": worker_lease(provider)}, plan.worker.secrets)
     tags = {**plan.tags, CLUSTER_TAG: plan.name, ROLE_TAG: "worker"}
     return provider.launch(spec, worker_payload(plan, scheduler_address), count=count, tags=tags, owner=owner)

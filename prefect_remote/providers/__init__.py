@@ -15,7 +15,7 @@ from importlib import import_module, metadata
 from typing import Any
 
 from prefect_remote.errors import ProviderNotFound
-from prefect_remote.providers.base import BootPayload, InstanceType, LogChunk, Machine, Provider
+from prefect_remote.providers.base import BootPayload, Capabilities, InstanceType, LogChunk, Machine, Provider, capability_error
 
 ENTRY_POINT_GROUP = "prefect_remote.providers"
 
@@ -56,8 +56,29 @@ def get_provider(name: str | None = None, **options: Any) -> Provider:
     return provider_class(name)(**options)
 
 
+def require(provider: Provider, capability: str, needed_for: str) -> None:
+    """Refuses ``provider`` unless it declares ``capability`` (a :class:`Capabilities` field), saying
+    what needs it and which installed providers have it.
+
+    >>> require(get_provider("local"), "inbound_connections", "a Dask cluster needs")
+    """
+    if getattr(provider.capabilities, capability):
+        return
+    others = [name for name in sorted(available_providers()) if name != provider.name and _declares(name, capability)]
+    instead = f"use a provider that does: {', '.join(others)}" if others else "no installed provider does"
+    raise capability_error(provider.name, capability, needed_for, instead)
+
+
+def _declares(name: str, capability: str) -> bool:
+    try:
+        return bool(getattr(provider_class(name).capabilities, capability))
+    except Exception:  # a plugin that fails to import offers nothing
+        return False
+
+
 __all__ = [
     "BootPayload",
+    "Capabilities",
     "InstanceType",
     "LogChunk",
     "Machine",
@@ -65,4 +86,5 @@ __all__ = [
     "available_providers",
     "get_provider",
     "provider_class",
+    "require",
 ]

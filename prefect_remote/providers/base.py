@@ -1,15 +1,19 @@
 """The provider interface: get machines from a spec, find them by tags, and let them end themselves.
 
-A provider has two sides. The *client side* (``launch``, ``list``, ``describe``, ``terminate``,
-``logs``, ``renew_leases``) runs wherever the user's code runs. The *machine side* (``lease_age``,
-``read_secrets``, ``current_machine_id``, and ``terminate`` on itself) is what the on-machine agent
-calls, after rebuilding the provider from :meth:`Provider.boot_options`.
+A provider has two sides. The *client side* is a :class:`Provider` subclass, used wherever the user's
+code runs: :meth:`Provider.launch` does the work every provider shares once (validation, the instance
+type, the agent's configuration, a boot script within the provider's size limit, secrets handed to
+the provider's secret channel) and then calls ``_start``, which only starts the machines. The
+*machine side* is the provider's :class:`~prefect_remote.providers.runtime.MachineRuntime`, which the
+on-machine agent builds from the boot script's non-secret ``runtime_options``.
 
-This module imports nothing beyond the standard library: the agent loads it on every machine boot.
+This module imports nothing beyond the standard library: the local provider, which the machine-side
+code of local machines imports, builds on it.
 """
 
 from __future__ import annotations
 
+import secrets
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Mapping, Sequence
@@ -17,8 +21,9 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 from urllib.parse import urlsplit
 
-from prefect_remote.errors import CapacityError
-from prefect_remote.units import format_size
+from prefect_remote.boot import render_boot_script
+from prefect_remote.errors import CapabilityError, CapacityError
+from prefect_remote.units import format_duration, format_size
 
 if TYPE_CHECKING:
     from prefect_remote.spec import MachineSpec
@@ -96,7 +101,8 @@ class Machine:
     region: str | None = None
     spot: bool = False
     owner: str | None = None
-    address: str | None = None  # where other machines and the owner reach it
+    private_address: str | None = None  # where other machines reach it (a cluster's workers → its scheduler)
+    public_address: str | None = None  # where its owner reaches it (a cluster's client → its scheduler)
     reason: str | None = None  # why it ended, once terminated
     exit_code: int | None = None
     details: Mapping[str, Any] = field(default_factory=dict)  # provider-specific facts (pid, cgroup, netns…)
@@ -112,10 +118,65 @@ class Machine:
 
 @dataclass(frozen=True)
 class LogChunk:
-    """Machine log text from ``offset``; pass ``next_offset`` to read on (``machines logs --follow``)."""
+    """Machine log text, and the opaque cursor to read on from (``machines logs --follow``).
+
+    The cursor is whatever the provider needs (a file offset, a CloudWatch token) as a string:
+    pass it back unchanged.
+
+    >>> chunk = LogChunk("hello\\n", cursor="6")
+    """
 
     text: str
-    next_offset: int
+    cursor: str
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What a provider's machines can do, declared on the provider class: callers check these,
+    never a provider's name.
+
+    >>> Capabilities(inbound_connections=False).inbound_connections
+    False
+    """
+
+    inbound_connections: bool = True  # machines accept connections from each other (Dask workers dial their scheduler)
+    terminate_one: bool = True  # one machine can be ended alone (a cluster scaling down)
+    containers: bool = False  # machines run container images
+    gpus: bool = False  # machines can have GPUs
+    max_lifetime: float | None = None  # the longest a machine may run, in seconds; None: no limit
+
+
+# What a provider without the capability does not do, for error messages.
+MISSING = {
+    "inbound_connections": "accept inbound connections between machines",
+    "terminate_one": "end machines one at a time",
+    "containers": "run containers",
+    "gpus": "offer GPUs",
+}
+
+
+def capability_error(provider: str, capability: str, needed_for: str, instead: str) -> CapabilityError:
+    """The error for a request ``provider`` cannot serve, saying what needed ``capability`` and what to do."""
+    return CapabilityError(f"provider {provider!r} does not {MISSING[capability]}, which {needed_for}; {instead}")
+
+
+@dataclass(frozen=True)
+class Launch:
+    """One validated launch, as :meth:`Provider.launch` hands it to ``_start``.
+
+    ``boot_script`` is what each machine runs (no secrets); ``tags`` are the user's (a provider adds
+    its own under ``TAG_PREFIX``); ``has_secrets`` says whether ``_store_secrets`` was given some
+    under ``id``.
+    """
+
+    id: str
+    boot_script: str
+    spec: MachineSpec
+    instance_type: InstanceType
+    count: int
+    tags: Mapping[str, str]
+    owner: str | None
+    has_secrets: bool
 
 
 def complete_utf8(data: bytes) -> bytes:
@@ -143,7 +204,8 @@ def pick_instance_type(provider: str, catalog: Iterable[InstanceType], spec: Mac
             raise CapacityError(f"{provider}: vm_type={list(spec.vm_type)!r} is not offered here; some that are: {near}")
         candidates = [by_name[name] for name in spec.vm_type if name in by_name]
     else:
-        candidates = sorted(catalog, key=lambda it: (it.price if it.price is not None else 0, it.cpu, it.memory, it.gpu))
+        # Unpriced types come after priced ones: an unknown price is not a free machine.
+        candidates = sorted(catalog, key=lambda it: (it.price is None, it.price or 0.0, it.cpu, it.memory, it.gpu))
 
     def fits(item: InstanceType) -> bool:
         if spec.vm_type is None and item.arch != arch:
@@ -172,20 +234,25 @@ def pick_instance_type(provider: str, catalog: Iterable[InstanceType], spec: Mac
 class Provider(ABC):
     """Where machines come from. Subclass it and register the class under the entry point group
     ``prefect_remote.providers`` to add a provider; see :func:`prefect_remote.providers.get_provider`.
+
+    A provider writes only what differs between clouds: ``_start`` (start ``count`` machines running
+    a boot script), ``_store_secrets``/``_forget_secrets`` (its secret channel), ``list``,
+    ``describe``, ``terminate``, ``logs``, ``renew_leases``, ``instance_types``, and the class
+    attributes below; plus a :class:`~prefect_remote.providers.runtime.MachineRuntime` for the
+    machine side, named by ``runtime``.
     """
 
     name: ClassVar[str]
+    capabilities: ClassVar[Capabilities] = Capabilities()
+    # The machine's runtime, "module:Class" (imported by the agent on the machine, so stdlib-only).
+    runtime: ClassVar[str]
+    # Seconds between a machine's reads of its lease: owner loss is noticed at most this long after
+    # keepalive. Each read may be an API call, so a cloud reads every few tens of seconds.
+    lease_interval: ClassVar[float] = 30.0
+    # The longest boot script the provider's machines accept, in bytes (EC2 user-data: 16 KiB).
+    max_boot_script: ClassVar[int] = 16 * 1024
 
-    # -- client side -------------------------------------------------------------------------
-    @abstractmethod
-    def instance_types(self) -> Sequence[InstanceType]:
-        """The shapes this provider can launch."""
-
-    def choose_instance_type(self, spec: MachineSpec) -> InstanceType:
-        """The type :meth:`launch` would use for ``spec``; raises :class:`CapacityError` if none fits."""
-        return pick_instance_type(self.name, self.instance_types(), spec)
-
-    @abstractmethod
+    # -- launching: the shared work ---------------------------------------------------------------
     def launch(
         self,
         spec: MachineSpec,
@@ -195,7 +262,116 @@ class Provider(ABC):
         tags: Mapping[str, str] | None = None,
         owner: str | None = None,
     ) -> list[Machine]:
-        """Start ``count`` machines that boot and run ``payload``. Validates everything before starting any."""
+        """Start ``count`` machines that boot and run ``payload``. Everything is validated, and the
+        boot script made, before any machine starts; a launch that fails starts none.
+
+        Example::
+
+            [machine] = provider.launch(MachineSpec(cpu=2, keepalive="1 minute"), BootPayload(["python", "app.py"]))
+        """
+        from prefect_remote.spec import as_spec  # pydantic: not on the machine-side import path
+
+        spec = as_spec(spec)
+        if not isinstance(count, int) or isinstance(count, bool) or count < 1:
+            raise ValueError(f"count={count!r}: expected a whole number of machines (1 or more)")
+        user_tags = {**spec.tags, **(tags or {})}
+        reserved = [key for key in user_tags if key.startswith(TAG_PREFIX)]
+        if reserved:
+            raise ValueError(f"tags {reserved}: names starting with {TAG_PREFIX!r} are reserved for prefect-remote")
+        self.check_spec(spec)
+        instance_type = self.choose_instance_type(spec)
+        launch_id = f"launch-{secrets.token_hex(6)}"
+        boot_script = render_boot_script(self.agent_config(spec, payload, launch_id), python=self.boot_python())
+        size = len(boot_script.encode())
+        if size > self.max_boot_script:
+            raise ValueError(
+                f"the machine's command and environment make a {size // 1024} KiB boot script, over the "
+                f"{self.max_boot_script // 1024} KiB {self.name} machines accept; pass large data through files or the store, not env"
+            )
+        machine_secrets = {**spec.secret_environ, **payload.secrets}
+        if machine_secrets:
+            self._store_secrets(launch_id, machine_secrets)
+        launch = Launch(launch_id, boot_script, spec, instance_type, count, user_tags, owner, bool(machine_secrets))
+        try:
+            return self._start(launch)
+        except BaseException:
+            if machine_secrets:
+                self._forget_secrets(launch_id)
+            raise
+
+    def agent_config(self, spec: MachineSpec, payload: BootPayload, launch_id: str) -> dict[str, Any]:
+        """What the agent on a machine of ``launch_id`` needs to know, as JSON for the boot script: no
+        secrets (the agent reads them through the runtime). ``runtime`` and ``runtime_options`` make
+        the provider's machine side; ``lease_interval`` paces its lease reads."""
+        return {
+            "software": self._software_config(spec),
+            "runtime": self.runtime,
+            "runtime_options": self.runtime_options(launch_id),
+            "lease_interval": self.lease_interval,
+            "command": list(payload.command),
+            "env": {**spec.public_environ, **payload.env},
+            "secret_names": sorted({*spec.secret_environ, *payload.secrets}),
+            "activity": payload.activity,
+            "timeout": spec.timeout,
+            "idle_timeout": spec.idle_timeout,
+            "keepalive": spec.keepalive,
+        }
+
+    def _software_config(self, spec: MachineSpec) -> dict[str, Any] | None:
+        """Where the agent finds ``spec.software`` and caches it; checks now that the store holds it,
+        so a missing or changed environment starts no machine."""
+        if spec.software is None:
+            return None
+        from prefect_remote.software.rebuild import load_spec
+        from prefect_remote.software.store import open_store
+
+        store = open_store()
+        load_spec(store, spec.software)
+        return {"name": spec.software, "store": store.url, **self.software_options()}
+
+    def check_spec(self, spec: MachineSpec) -> None:
+        """Refuses a spec this provider can never serve (its capabilities, its lease timing), before
+        anything starts. :meth:`launch` calls it; clusters call it when they are configured."""
+        if spec.gpu and not self.capabilities.gpus:
+            raise capability_error(self.name, "gpus", f"gpu={spec.gpu.count} needs", "drop gpu, or use a provider that offers GPUs")
+        lifetime = self.capabilities.max_lifetime
+        if lifetime is not None and spec.timeout is not None and spec.timeout > lifetime:
+            raise CapabilityError(
+                f"timeout={format_duration(spec.timeout)}: {self.name} machines run at most {format_duration(lifetime)}; "
+                "ask for less, or use a provider without that limit"
+            )
+        if spec.keepalive is not None and spec.keepalive < self.lease_interval:
+            raise ValueError(
+                f"keepalive={format_duration(spec.keepalive)}: {self.name} machines read their lease every "
+                f"{format_duration(self.lease_interval)}, so a shorter keepalive cannot be kept; ask for at least that"
+            )
+
+    @abstractmethod
+    def _start(self, launch: Launch) -> list[Machine]:
+        """Starts ``launch.count`` machines of ``launch.instance_type`` that run ``launch.boot_script``,
+        tagged with ``launch.tags`` and ``launch.owner``, their leases fresh. Starts none if it raises."""
+
+    @abstractmethod
+    def _store_secrets(self, launch_id: str, secrets: Mapping[str, str]) -> None:
+        """Hands a launch's secret environment to the secret channel, where its machines' runtime
+        reads it (an owner-only file, an SSM SecureString…). Called before ``_start``."""
+
+    @abstractmethod
+    def _forget_secrets(self, launch_id: str) -> None:
+        """Removes what ``_store_secrets`` kept for a launch whose ``_start`` failed."""
+
+    def boot_python(self) -> str:
+        """The interpreter the boot script starts the agent with (a software environment's replaces it)."""
+        return "python3"
+
+    # -- client side -------------------------------------------------------------------------
+    @abstractmethod
+    def instance_types(self) -> Sequence[InstanceType]:
+        """The shapes this provider can launch."""
+
+    def choose_instance_type(self, spec: MachineSpec) -> InstanceType:
+        """The type :meth:`launch` would use for ``spec``; raises :class:`CapacityError` if none fits."""
+        return pick_instance_type(self.name, self.instance_types(), spec)
 
     @abstractmethod
     def list(self, tags: Mapping[str, str] | None = None, *, include_terminated: bool = False) -> list[Machine]:
@@ -222,13 +398,14 @@ class Provider(ABC):
             time.sleep(poll)
 
     @abstractmethod
-    def logs(self, machine_id: str, *, offset: int = 0) -> LogChunk:
-        """Boot, agent and payload output of a machine, from ``offset``."""
+    def logs(self, machine_id: str, *, cursor: str | None = None) -> LogChunk:
+        """Boot, agent and payload output of a machine, from ``cursor`` (a previous chunk's) or the start."""
 
     @abstractmethod
     def renew_leases(self, machine_ids: Iterable[str]) -> list[str]:
-        """The owner's heartbeat: machines whose lease is older than their ``keepalive`` end themselves.
-        Returns the ids that have ended (or are unknown), which need no more renewing."""
+        """The owner's heartbeat, for all its machines in one call: machines whose lease is older than
+        their ``keepalive`` end themselves. Returns the ids that have ended (or are unknown), which
+        need no more renewing."""
 
     def reachable_url(self, url: str) -> str:
         """``url`` as this provider's machines reach it. A cloud machine cannot reach the launcher's
@@ -246,19 +423,14 @@ class Provider(ABC):
         download cache (``uv_cache_dir``) and the proxy package downloads go through (``proxy``)."""
         return {"envs_dir": "/var/lib/prefect-remote/envs", "uv_cache_dir": None, "proxy": None}
 
+    @abstractmethod
+    def client_options(self) -> dict[str, Any]:
+        """Keyword arguments (JSON) that make the same provider in another process: a cluster's
+        scheduler launches its workers with them. They travel through the secret channel, never a
+        boot script."""
+
     # -- machine side ------------------------------------------------------------------------
     @abstractmethod
-    def boot_options(self) -> dict[str, Any]:
-        """Keyword arguments (JSON) that rebuild this provider on a machine, for the agent."""
-
-    @abstractmethod
-    def current_machine_id(self) -> str:
-        """On a machine: its own id (the local provider's environment, EC2's metadata service…)."""
-
-    @abstractmethod
-    def lease_age(self, machine_id: str) -> float:
-        """Seconds since the owner last renewed this machine's lease."""
-
-    @abstractmethod
-    def read_secrets(self, machine_id: str) -> dict[str, str]:
-        """On a machine: the secret environment delivered for it at launch."""
+    def runtime_options(self, launch_id: str) -> dict[str, Any]:
+        """Keyword arguments (JSON) for ``runtime`` on the machines of ``launch_id``. They travel in
+        the boot script, which a cloud exposes as user-data: never secrets."""

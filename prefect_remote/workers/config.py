@@ -17,7 +17,7 @@ from pydantic import BaseModel, Field, ValidationError
 
 from prefect_remote.errors import RemoteError
 from prefect_remote.providers import get_provider
-from prefect_remote.providers.base import BootPayload, Provider
+from prefect_remote.providers.base import BootPayload, Provider, capability_error
 from prefect_remote.spec import MachineSpec
 
 # Settings that belong to the API server, not to a flow run on a machine.
@@ -112,11 +112,14 @@ class RemoteJobConfiguration(BaseJobConfiguration, MachineJobFields):
             command = shlex.split(self.command or "python -m prefect.engine")
         except ValueError as error:
             problems.append(f"command={self.command!r}: {error}")
-        if self.container and (provider is None or provider.name == "local"):
-            problems.append(
-                f"container={self.container!r}: the local provider runs no containers; remove it, or use "
-                "software='{{ senv.name }}' (package sync) or a cloud provider"
-            )
+        if self.container and provider is not None and not provider.capabilities.containers:
+            instead = "remove it, or use software='{{ senv.name }}' (package sync) or a provider that runs containers"
+            problems.append(str(capability_error(provider.name, "containers", f"container={self.container!r} needs", instead)))
+        if spec is not None and provider is not None:
+            try:
+                provider.check_spec(spec)  # what the provider can never do (GPUs, lifetime, lease timing)
+            except ValueError as error:
+                problems.append(str(error))
         if problems:
             raise JobVariablesError("invalid job variables:\n  - " + "\n  - ".join(problems))
         assert spec is not None and provider is not None

@@ -57,8 +57,7 @@ class RemoteWorker(BaseWorker[RemoteJobConfiguration, RemoteJobVariables, Remote
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self._following: set[UUID] = set()  # flow runs whose machine this worker follows now
-        self._followed: set[UUID] = set()  # …or ever did: never adopted back
+        self._followed: set[UUID] = set()  # flow runs whose machine this worker follows or followed: never adopted back
         self._last_adoption = 0.0
 
     async def run(
@@ -77,14 +76,10 @@ class RemoteWorker(BaseWorker[RemoteJobConfiguration, RemoteJobVariables, Remote
             f"Machine {machine.id} launched on {provider.name}: {machine.instance_type} ({spec.summary()}), "
             f"region {machine.region}, {'spot' if machine.spot else 'on-demand'}"
         )
-        self._following.add(flow_run.id)
         self._followed.add(flow_run.id)
         if task_status is not None:
             task_status.started(machine.id)
-        try:
-            return await self._watch(flow_run, provider, machine.id, logger)
-        finally:
-            self._following.discard(flow_run.id)
+        return await self._watch(flow_run, provider, machine.id, logger)
 
     async def _watch(
         self, flow_run: FlowRun, provider: Provider, machine_id: str, logger: PrefectLogAdapter, *, from_end: bool = False
@@ -157,7 +152,6 @@ class RemoteWorker(BaseWorker[RemoteJobConfiguration, RemoteJobVariables, Remote
         for flow_run in candidates:
             if flow_run.labels.get("prefect.worker.name") in alive:
                 continue  # its own worker follows it
-            self._following.add(flow_run.id)
             self._followed.add(flow_run.id)
             await self._give_worker_labels_to_flow_run(flow_run.id)  # this worker is its follower now
             self._runs_task_group.start_soon(self._adopt, flow_run)
@@ -178,8 +172,6 @@ class RemoteWorker(BaseWorker[RemoteJobConfiguration, RemoteJobVariables, Remote
             await self._propose_crashed_state(flow_run, f"Machine {flow_run.infrastructure_pid} no longer exists.")
         except Exception:  # one adopted run must never take the worker (and every run it follows) down
             logger.exception(f"Worker {self.name!r} could not follow machine {flow_run.infrastructure_pid}")
-        finally:
-            self._following.discard(flow_run.id)
 
     async def kill_infrastructure(
         self, infrastructure_pid: str, configuration: RemoteJobConfiguration, grace_seconds: int = 30
@@ -215,7 +207,7 @@ async def follow_machine(
     ``every_poll`` runs once a poll (the worker watches for cancellation there); ``from_end`` skips
     what was logged already (an adopted run's log was streamed by its first worker). Transient
     provider or API errors are retried; a machine that no longer exists raises MachineNotFound."""
-    offset = (await anyio.to_thread.run_sync(provider.logs, machine_id)).next_offset if from_end else 0
+    cursor = (await anyio.to_thread.run_sync(provider.logs, machine_id)).cursor if from_end else None
     pending = ""  # an unfinished last line, completed by the next read
     failures = 0
     while True:
@@ -223,7 +215,7 @@ async def follow_machine(
             if every_poll is not None:
                 await every_poll()
             machine = await anyio.to_thread.run_sync(provider.describe, machine_id)
-            chunk = await anyio.to_thread.run_sync(partial(provider.logs, machine_id, offset=offset))
+            chunk = await anyio.to_thread.run_sync(partial(provider.logs, machine_id, cursor=cursor))
             failures = 0
         except MachineNotFound:
             raise
@@ -233,7 +225,7 @@ async def follow_machine(
                 logger.warning(f"Could not read machine {machine_id} ({error}); retrying")
             await anyio.sleep(LOG_POLL_SECONDS)
             continue
-        offset = chunk.next_offset
+        cursor = chunk.cursor
         text = pending + chunk.text
         complete, _, pending = text.rpartition("\n")
         for line in complete.splitlines() if complete else []:

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 import prefect_remote
 from prefect_remote.cluster.options import ClusterOptions, parse_n_workers
-from prefect_remote.errors import CapacityError, ProviderNotFound
+from prefect_remote.errors import CapabilityError, CapacityError, ProviderNotFound
+from prefect_remote.providers.base import Capabilities
+from prefect_remote.providers.local import LocalProvider
 from tests.conftest import machine_folders
 
 
@@ -75,3 +79,27 @@ def test_threads_follow_cpu_unless_given():
     assert ClusterOptions.build().nthreads(4) == 4
     assert ClusterOptions.build(threads_per_worker=-1).nthreads(4) == 4
     assert ClusterOptions.build(threads_per_worker=2).nthreads(4) == 2
+
+
+class NoInbound(LocalProvider):
+    """A provider whose machines cannot connect to each other (as some serverless ones)."""
+
+    name = "no-inbound"
+    capabilities = Capabilities(inbound_connections=False)
+
+
+def test_a_provider_without_inbound_connections_is_refused_before_anything_starts():
+    before = machine_folders()
+    message = (
+        "provider 'no-inbound' does not accept inbound connections between machines, which a Dask cluster "
+        "needs (its workers connect to its scheduler); use a provider that does: local"
+    )
+    with pytest.raises(CapabilityError, match=re.escape(message)):
+        prefect_remote.RemoteCluster(n_workers=1, provider=NoInbound(isolation="process"))
+    with pytest.raises(CapabilityError, match="does not accept inbound connections"):
+        prefect_remote.function(provider=NoInbound(isolation="process"))(len)
+    with pytest.raises(CapabilityError, match="does not end machines one at a time, which a Dask cluster needs to scale down"):
+        ClusterOptions.build(provider=type("NoSingleEnd", (LocalProvider,), {"name": "x", "capabilities": Capabilities(terminate_one=False)})())
+    with pytest.raises(CapabilityError, match="'local' does not run containers, which container='img:1' needs"):
+        ClusterOptions.build(container="img:1")
+    assert machine_folders() == before

@@ -1,17 +1,65 @@
-"""The providers every contract test runs against. A new provider adds itself to PROVIDERS."""
+"""The providers every contract test runs against. A new provider adds itself to PROVIDERS, with its
+boot time: the suite's waits scale with it (and its lease timing with the provider's lease_interval),
+so a cloud whose machines take a minute to boot runs the same tests as the local provider.
+
+For example, once an AWS sandbox account is configured::
+
+    "aws": Case(lambda: get_provider("aws", region="us-east-2"), boot_time=60.0, marks=(needs_aws_sandbox,)),
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import pytest
 
+from prefect_remote.providers.base import Provider
 from prefect_remote.providers.local import LocalProvider
 from tests.conftest import needs_namespace
 
+
+@dataclass(frozen=True)
+class Case:
+    make: Callable[[], Provider]
+    boot_time: float  # typical seconds from launch to a running payload, on a loaded test host
+    marks: tuple = ()
+
+
 PROVIDERS = {
-    "local-process": lambda: LocalProvider(isolation="process"),
-    "local-namespace": lambda: LocalProvider(isolation="namespace"),
+    "local-process": Case(lambda: LocalProvider(isolation="process"), boot_time=1.0),
+    "local-namespace": Case(lambda: LocalProvider(isolation="namespace"), boot_time=1.0, marks=(needs_namespace,)),
 }
-MARKS = {"local-namespace": [needs_namespace]}
 
 
-@pytest.fixture(params=[pytest.param(name, marks=MARKS.get(name, [])) for name in PROVIDERS])
-def provider(request):
-    return PROVIDERS[request.param]()
+@dataclass(frozen=True)
+class Timing:
+    """The contract suite's clock for one provider."""
+
+    boot_time: float
+    lease_interval: float
+
+    def wait(self, seconds: float = 0.0) -> float:
+        """How long to wait for something that takes ``seconds`` once a machine runs: a machine's boot
+        and end, with room for a loaded host."""
+        return seconds + 15 * self.boot_time
+
+    @property
+    def keepalive(self) -> float:
+        """A short keepalive the provider can keep: longer than its lease_interval."""
+        return 1.5 * self.lease_interval
+
+
+@pytest.fixture(params=[pytest.param(name, marks=list(case.marks)) for name, case in PROVIDERS.items()])
+def case(request) -> Case:
+    return PROVIDERS[request.param]
+
+
+@pytest.fixture
+def provider(case) -> Provider:
+    return case.make()
+
+
+@pytest.fixture
+def timing(case, provider) -> Timing:
+    return Timing(case.boot_time, provider.lease_interval)

@@ -1,9 +1,11 @@
-"""Shared provider mechanisms: log chunks that never split a character, loopback URLs, type choice."""
+"""Shared provider mechanisms: log chunks that never split a character, loopback URLs, type choice,
+the boot script limit and declared capabilities."""
 
 import pytest
 
-from prefect_remote.errors import CapacityError
-from prefect_remote.providers.base import BootPayload, InstanceType, Provider, complete_utf8, pick_instance_type
+from prefect_remote.errors import CapabilityError, CapacityError
+from prefect_remote.providers import require
+from prefect_remote.providers.base import BootPayload, Capabilities, InstanceType, Provider, complete_utf8, pick_instance_type
 from prefect_remote.providers.local import LocalProvider
 from prefect_remote.spec import MachineSpec
 
@@ -48,3 +50,47 @@ def test_boot_payload_keeps_what_it_was_given_as_lists_and_dicts():
     assert payload.command == ["python", "-V"]  # a generator is not used up by validation
     with pytest.raises(ValueError, match="not one string"):
         BootPayload("python -V")
+
+
+class TinyBootScripts(LocalProvider):
+    name = "tiny"
+    max_boot_script = 2 * 1024
+
+
+class ShortLived(LocalProvider):
+    name = "short-lived"
+    capabilities = Capabilities(max_lifetime=3600)
+    lease_interval = 20.0
+
+
+def test_the_boot_script_limit_is_the_providers_and_a_big_one_starts_nothing():
+    from tests.conftest import machine_folders
+
+    before = machine_folders()
+    provider = TinyBootScripts(isolation="process")
+    with pytest.raises(ValueError, match=r"KiB boot script, over the 2 KiB tiny machines accept; pass large data through files"):
+        provider.launch(MachineSpec(), BootPayload(["true"], env={"BIG": "x" * 4096}, secrets={"TOKEN": "t"}))
+    assert machine_folders() == before
+    assert LocalProvider.max_boot_script == 96 * 1024  # the local provider keeps a large one
+
+
+def test_capabilities_and_lease_timing_are_checked_before_anything_starts():
+    with pytest.raises(CapabilityError, match="provider 'local' does not offer GPUs, which gpu=1 needs"):
+        LocalProvider(isolation="process", overcommit=True).launch(MachineSpec(gpu=True), BootPayload(["true"]))
+    with pytest.raises(CapabilityError, match="timeout=2h: short-lived machines run at most 1h"):
+        ShortLived(isolation="process").check_spec(MachineSpec(timeout="2 hours"))
+    with pytest.raises(ValueError, match="keepalive=10s: short-lived machines read their lease every 20s"):
+        ShortLived(isolation="process").check_spec(MachineSpec(keepalive=10))
+    ShortLived(isolation="process").check_spec(MachineSpec(timeout="1 hour", keepalive=20))
+
+
+def test_require_names_what_needs_the_capability_and_who_has_it():
+    class Closed(LocalProvider):
+        name = "closed"
+        capabilities = Capabilities(inbound_connections=False)
+
+    require(LocalProvider(), "inbound_connections", "a Dask cluster needs")
+    with pytest.raises(CapabilityError, match="provider 'closed' does not accept inbound connections between machines, which a Dask cluster needs; use a provider that does: local"):
+        require(Closed(), "inbound_connections", "a Dask cluster needs")
+    with pytest.raises(CapabilityError, match="'local' does not run containers, which container='img' needs; no installed provider does"):
+        require(LocalProvider(), "containers", "container='img' needs")

@@ -94,7 +94,8 @@ def test_a_run_past_its_timeout_crashes_and_its_machine_ends(push_pool, project,
         ({"cpu": -1}, "cpu=-1: expected a whole number of CPUs"),
         ({"provider": "nope"}, "provider='nope' is not known"),
         ({"software": "senv-0000000000000000"}, "'senv-0000000000000000' is not in the store"),
-        ({"container": "python:3.11"}, "the local provider runs no containers"),
+        ({"container": "python:3.11"}, "provider 'local' does not run containers"),
+        ({"gpu": True}, "provider 'local' does not offer GPUs"),
     ],
 )
 def test_bad_job_variables_fail_the_run_clearly_and_start_nothing(push_pool, project, api, job_variables, fragment):

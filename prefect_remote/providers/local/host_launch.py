@@ -1,9 +1,11 @@
 """Launching local machines from code that runs on a namespace machine (a cluster's scheduler).
 
-A namespace machine sees neither the host's network (bridge, veths) nor its cgroup mounts, so the
-launch runs in a helper process that enters the host's mount and network namespaces (those of the
-machine's own hypervisor), leaves the machine's cgroups, and launches as the host would. Machines
-launched this way do not belong to the launching machine: they outlive it like any other.
+A namespace machine sees neither the host's network (bridge, veths) nor its cgroup mounts. The
+launch is decided on the machine (validation, boot script, secrets: :meth:`Provider.launch`), and
+only its last step, :func:`~prefect_remote.providers.local.start.start_machines`, runs in a helper
+process that enters the host's mount and network namespaces (those of the machine's own
+hypervisor) and leaves the machine's cgroups. Machines launched this way do not belong to the
+launching machine: they outlive it like any other.
 """
 
 from __future__ import annotations
@@ -17,21 +19,15 @@ from typing import Any
 
 from prefect_remote.boot import MACHINE_ID_ENV
 from prefect_remote.errors import CapacityError
+from prefect_remote.providers.local.isolation import leave_machine_cgroups
+from prefect_remote.providers.local.start import HostConfig, start_machines
 
 LAUNCH_TIMEOUT = 120.0
 
 
-def request(hypervisor_pid: int, provider_options: dict[str, Any], spec, payload, *, count: int, tags, owner) -> list[str]:
-    """Runs ``LocalProvider(**provider_options).launch(...)`` on the host; returns the machine ids."""
-    message = {
-        "provider": provider_options,
-        "spec": spec.to_wire(),
-        "secret_environ": spec.secret_environ,
-        "payload": dataclasses.asdict(payload),
-        "count": count,
-        "tags": dict(tags or {}),
-        "owner": owner,
-    }
+def request(hypervisor_pid: int, host: HostConfig, **arguments: Any) -> list[str]:
+    """Runs ``start_machines(host, **arguments)`` on the host; returns the machine ids."""
+    message = {"host": dataclasses.asdict(host), "arguments": arguments}
     env = {key: value for key, value in os.environ.items() if key != MACHINE_ID_ENV}
     command = ["nsenter", f"--target={hypervisor_pid}", "--mount", "--net", "--", sys.executable, "-m", __name__]
     try:
@@ -49,21 +45,14 @@ def request(hypervisor_pid: int, provider_options: dict[str, Any], spec, payload
 
 
 def main() -> int:
-    from prefect_remote.providers.base import BootPayload
-    from prefect_remote.providers.local.isolation import leave_machine_cgroups
-    from prefect_remote.providers.local.provider import LocalProvider
-    from prefect_remote.spec import MachineSpec
-
     leave_machine_cgroups()
     message = json.loads(sys.stdin.read())
-    spec = MachineSpec.from_wire(message["spec"], message["secret_environ"])
-    provider = LocalProvider(**message["provider"])
     try:
-        machines = provider.launch(spec, BootPayload(**message["payload"]), count=message["count"], tags=message["tags"], owner=message["owner"])
+        machine_ids = start_machines(HostConfig(**message["host"]), **message["arguments"])
     except (ValueError, CapacityError) as error:
         print(json.dumps({"error": type(error).__name__, "message": str(error)}))
         return 1
-    print(json.dumps({"machines": [m.id for m in machines]}))
+    print(json.dumps({"machines": machine_ids}))
     return 0
 
 

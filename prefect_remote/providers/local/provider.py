@@ -2,43 +2,31 @@
 
 A machine is a folder under ``<home>/machines`` (see :mod:`records`) plus a detached monitor process
 (:mod:`hypervisor`) running the boot script, so it outlives the process that launched it and any
-process can find it by tags. Isolation is ``namespace`` (own network namespace and IP on a host-only
+process can find it by tags. :mod:`start` starts them; :mod:`runtime` is their machine side. Isolation is ``namespace`` (own network namespace and IP on a host-only
 bridge, cgroup v1 cpu and memory limits) where the host allows it, else ``process`` (own process
 group, working directory and environment).
 """
 
 from __future__ import annotations
 
+import functools
 import os
-import secrets
 import shutil
 import signal
 import sys
 import time
 from collections.abc import Iterable, Mapping, Sequence
-from contextlib import nullcontext
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 from typing import TYPE_CHECKING, Any
 
-from prefect_remote.boot import MACHINE_ID_ENV, agent_config, render_boot_script
+from prefect_remote.boot import MACHINE_ID_ENV
 from prefect_remote.errors import CapacityError, MachineNotFound
-from prefect_remote.providers.base import LOOPBACK_HOSTS, TAG_PREFIX, BootPayload, complete_utf8, InstanceType, LogChunk, Machine, Provider
-from prefect_remote.providers.local import gateway, records
-from prefect_remote.providers.local.isolation import (
-    Bridge,
-    Cgroups,
-    IsolationError,
-    Network,
-    kill_pids,
-    namespace_unavailable,
-    host_trust_env,
-    live_pid,
-    record_end,
-    spawn_detached,
-    tagged_pids,
-    teardown,
-)
+from prefect_remote.providers.base import LOOPBACK_HOSTS, Capabilities, complete_utf8, InstanceType, Launch, LogChunk, Machine, Provider
+from prefect_remote.providers.local import gateway, host_launch, records
+from prefect_remote.providers.local.isolation import Bridge, kill_pids, live_pid, namespace_unavailable, record_end, tagged_pids
+from prefect_remote.providers.local.runtime import request_stop
+from prefect_remote.providers.local.start import HostConfig, resolve_isolation, stage_secrets, staged_secrets, start_machines
 from prefect_remote.units import format_size
 
 if TYPE_CHECKING:
@@ -66,6 +54,11 @@ class LocalProvider(Provider):
     """
 
     name = "local"
+    # Namespace machines reach each other on the bridge; process machines share this host's loopback.
+    capabilities = Capabilities(inbound_connections=True, terminate_one=True, containers=False, gpus=False, max_lifetime=None)
+    runtime = "prefect_remote.providers.local.runtime:LocalRuntime"
+    lease_interval = 1.0  # a stat() of a file: cheap, so owner loss is noticed within a second of keepalive
+    max_boot_script = 96 * 1024  # the agent's configuration is one environment variable (at most 128 KiB on Linux)
 
     def __init__(
         self,
@@ -82,7 +75,7 @@ class LocalProvider(Provider):
 
     @property
     def settings(self) -> RemoteSettings:
-        # Loaded on first use: on a machine, the agent only needs ``home``.
+        # Loaded on first use: the settings model imports pydantic, which describing a machine does not need.
         if self._settings is None or isinstance(self._settings, Mapping):
             from prefect_remote.settings import RemoteSettings as Settings, get_settings
 
@@ -97,14 +90,20 @@ class LocalProvider(Provider):
     def isolation(self) -> str:
         """``namespace`` or ``process``: what launched machines get."""
         wanted = self._isolation or self.settings.local_isolation
-        if wanted not in ("auto", "process", "namespace"):
-            raise ValueError(f"isolation={wanted!r}: expected 'auto', 'process' or 'namespace'")
-        if wanted == "process":
-            return "process"
-        unavailable = namespace_unavailable()
-        if unavailable and wanted == "namespace":
-            raise CapacityError(f"{unavailable}; set PREFECT_REMOTE_LOCAL_ISOLATION=process (or auto) to run without it")
-        return "process" if unavailable else "namespace"
+        return resolve_isolation(wanted, on_namespace_machine=bool(self._namespace_machine))
+
+    @property
+    def host(self) -> HostConfig:
+        """How this host starts this provider's machines."""
+        settings = self.settings
+        return HostConfig(
+            home=str(self.home),
+            isolation=self._isolation or settings.local_isolation,  # "auto" is decided where machines start
+            bridge=settings.local_bridge,
+            subnet=settings.local_subnet,
+            egress=list(settings.local_egress),
+            grace_period=settings.local_grace_period,
+        )
 
     @property
     def bridge(self) -> Bridge:
@@ -122,7 +121,8 @@ class LocalProvider(Provider):
 
     def choose_instance_type(self, spec: MachineSpec) -> InstanceType:
         """The machine shape for ``spec``: exactly what it asks for (its minimum), refused if this host
-        cannot meet it, unless ``PREFECT_REMOTE_LOCAL_OVERCOMMIT`` is on."""
+        cannot meet it, unless ``PREFECT_REMOTE_LOCAL_OVERCOMMIT`` is on. (GPUs are refused by
+        :meth:`check_spec`: the provider declares none.)"""
         host = self.instance_types()[0]
         cpu = spec.cpu[0] if spec.cpu else None
         memory = spec.memory[0] if spec.memory else None
@@ -133,8 +133,6 @@ class LocalProvider(Provider):
                 problems.append(f"cpu={cpu} (this host has {host.cpu})")
             if memory and memory > host.memory:
                 problems.append(f"memory={format_size(memory)} (this host has {format_size(host.memory)})")
-            if spec.gpu:
-                problems.append("a GPU (this host has none the local provider can give)")
             if problems:
                 raise CapacityError(
                     f"local provider: this host cannot meet {', '.join(problems)}. Ask for less, use a cloud "
@@ -146,93 +144,54 @@ class LocalProvider(Provider):
             name=f"local-{size}",
             cpu=cpu or host.cpu,
             memory=memory or host.memory,
-            gpu=spec.gpu.count if spec.gpu else 0,
             arch=host.arch,
         )
 
     # -- launching --------------------------------------------------------------------------------
-    def launch(
-        self,
-        spec: MachineSpec,
-        payload: BootPayload,
-        *,
-        count: int = 1,
-        tags: Mapping[str, str] | None = None,
-        owner: str | None = None,
-    ) -> list[Machine]:
-        from prefect_remote.spec import as_spec
+    def boot_python(self) -> str:
+        return sys.executable  # a local machine's "image" is this host: it runs the launcher's interpreter
 
-        spec = as_spec(spec)
-        if not isinstance(count, int) or count < 1:
-            raise ValueError(f"count={count!r}: expected a whole number of machines (1 or more)")
-        user_tags = {**spec.tags, **(tags or {})}
-        reserved = [key for key in user_tags if key.startswith(TAG_PREFIX)]
-        if reserved:
-            raise ValueError(f"tags {reserved}: names starting with {TAG_PREFIX!r} are reserved for prefect-remote")
-        on_machine = self._launching_machine()
-        if on_machine and on_machine.get("network"):
-            from prefect_remote.providers.local import host_launch
+    def _store_secrets(self, launch_id: str, secrets: Mapping[str, str]) -> None:
+        stage_secrets(self.home, launch_id, dict(secrets))
 
-            # Code on a namespace machine (a cluster's scheduler) launching machines: the launch runs
-            # in the host's namespaces, as if the host had made it.
-            hypervisor = records.read_json(self.machines_dir / on_machine["id"] / records.HYPERVISOR_PID)
-            machine_ids = host_launch.request(hypervisor["pid"], self.boot_options(), spec, payload, count=count, tags=tags, owner=owner)
-            return [self.describe(machine_id) for machine_id in machine_ids]
-        instance_type = self.choose_instance_type(spec)
-        isolation = self.isolation
-        config = agent_config(self, spec, payload)
-        boot_script = render_boot_script(config, python=sys.executable)
-        machine_secrets = {**spec.secret_environ, **payload.secrets}
-        self.machines_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        # Everything is decided and written before any machine starts: a launch that fails starts none.
-        directories = [self.machines_dir / f"m-{secrets.token_hex(6)}" for _ in range(count)]
-        with self.bridge.lock() if isolation == "namespace" else nullcontext():
-            try:
-                for directory in directories:
-                    (directory / records.WORK).mkdir(parents=True, mode=0o700)
-                    network = Network.plan(directory.name, self.bridge.allocate(directory), self.bridge) if isolation == "namespace" else None
-                    record = {
-                        "id": directory.name,
-                        "created": time.time(),
-                        "tags": user_tags,
-                        "owner": owner,
-                        "spec": spec.summary(),
-                        "instance_type": instance_type.name,
-                        "region": spec.region or "local",
-                        "spot_policy": spec.spot_policy,
-                        "vm_type": list(spec.vm_type) if spec.vm_type else None,
-                        "isolation": isolation,
-                        "limits": {"cpu": spec.cpu[0] if spec.cpu else None, "memory": spec.memory[0] if spec.memory else None},
-                        "keepalive": spec.keepalive,
-                        "network": network.__dict__ if network else None,
-                        "cgroups": Cgroups.plan(directory.name).paths if isolation == "namespace" else None,
-                        "grace_period": self.settings.local_grace_period,
-                    }
-                    (directory / records.BOOT_SCRIPT).write_text(boot_script)
-                    if machine_secrets:
-                        records.write_json(directory / records.SECRETS, machine_secrets, mode=0o600)
-                    (directory / records.LEASE).touch()
-                    records.write_json(directory / records.MACHINE, record)
-            except (OSError, IsolationError) as error:
-                for directory in directories:
-                    record = records.read_json(directory / records.MACHINE, default=None)
-                    if record:
-                        teardown(record)
-                    shutil.rmtree(directory, ignore_errors=True)
-                raise CapacityError(f"local provider: could not launch {count} machine(s): {error}") from error
-        if isolation == "namespace" and config["software"]:
-            self.bridge.ensure()
-            gateway.ensure_egress(self.bridge, self.settings.local_egress)
-        launched = []
-        for directory in directories:
-            self._start_hypervisor(directory)
-            launched.append(self._machine(directory))
-        return launched
+    def _forget_secrets(self, launch_id: str) -> None:
+        staged_secrets(self.home, launch_id).unlink(missing_ok=True)
 
-    def _launching_machine(self) -> dict[str, Any] | None:
-        """The record of the machine this code runs on, if any (a cluster's scheduler launching workers)."""
+    def _start(self, launch: Launch) -> list[Machine]:
+        spec = launch.spec
+        record = {
+            "tags": dict(launch.tags),
+            "owner": launch.owner,
+            "spec": spec.summary(),
+            "instance_type": launch.instance_type.name,
+            "region": spec.region or "local",
+            "spot_policy": spec.spot_policy,
+            "vm_type": list(spec.vm_type) if spec.vm_type else None,
+            "limits": {"cpu": spec.cpu[0] if spec.cpu else None, "memory": spec.memory[0] if spec.memory else None},
+        }
+        arguments: dict[str, Any] = {
+            "launch_id": launch.id,
+            "boot_script": launch.boot_script,
+            "record": record,
+            "count": launch.count,
+            "has_secrets": launch.has_secrets,
+            "software": spec.software is not None,
+        }
+        if self._namespace_machine:
+            # Code on a namespace machine (a cluster's scheduler) launching machines: they start in the
+            # host's namespaces, as if the host had launched them.
+            hypervisor = records.read_json(self.machines_dir / self._namespace_machine / records.HYPERVISOR_PID)
+            machine_ids = host_launch.request(hypervisor["pid"], self.host, **arguments)
+        else:
+            machine_ids = start_machines(self.host, **arguments)
+        return [self.describe(machine_id) for machine_id in machine_ids]
+
+    @functools.cached_property
+    def _namespace_machine(self) -> str | None:
+        """The id of the namespace machine this code runs on, if any (a cluster's scheduler)."""
         machine_id = os.environ.get(MACHINE_ID_ENV)
-        return records.read_json(self.machines_dir / machine_id / records.MACHINE, default=None) if machine_id else None
+        record = records.read_json(self.machines_dir / machine_id / records.MACHINE, default=None) if machine_id else None
+        return machine_id if record and record.get("network") else None
 
     def reachable_url(self, url: str) -> str:
         """``url`` as this provider's machines reach it. Namespace machines cannot reach this host's
@@ -244,16 +203,6 @@ class LocalProvider(Provider):
         self.bridge.ensure()
         gateway.ensure_forward(self.bridge, port)
         return urlunsplit(parts._replace(netloc=f"{self.host_address}:{port}"))
-
-    def _start_hypervisor(self, directory: Path) -> None:
-        with open(directory / records.LOG, "ab") as log:
-            spawn_detached(
-                [sys.executable, "-m", "prefect_remote.providers.local.hypervisor", str(directory)],
-                directory / records.HYPERVISOR_PID,
-                cwd=directory,
-                env={"PATH": os.environ.get("PATH", ""), "LANG": "C.UTF-8", **host_trust_env()},
-                stderr=log,
-            )
 
     # -- finding ----------------------------------------------------------------------------------
     def _directory(self, machine_id: str) -> Path:
@@ -275,7 +224,7 @@ class LocalProvider(Provider):
             ended = records.read_json(directory / records.ENDED, default=None) or self._reclaim(directory, record)
         state_file = records.read_json(directory / records.STATE, default=None)
         state = "terminated" if ended else ("running" if state_file else "pending")
-        network = record.get("network")
+        address = record["network"]["ip"] if record.get("network") else "127.0.0.1"
         return Machine(
             id=record["id"],
             provider=self.name,
@@ -287,7 +236,8 @@ class LocalProvider(Provider):
             region=record["region"],
             spot=record["spot_policy"] != "on-demand",
             owner=record["owner"],
-            address=network["ip"] if network else "127.0.0.1",
+            private_address=address,  # one host: machines and their owner reach a machine alike
+            public_address=address,
             reason=ended and ended["reason"],
             exit_code=ended and ended["exit_code"],
             details={
@@ -334,15 +284,8 @@ class LocalProvider(Provider):
             directory = self._directory(machine_id)
             if (directory / records.ENDED).exists():
                 continue
-            records.write_once(directory / records.STOP, {"reason": reason, "exit_code": exit_code, "at": time.time()})
-            monitor = self._hypervisor_pid(directory)
-            if monitor is not None:
-                try:
-                    os.kill(monitor, signal.SIGTERM)  # the monitor also polls stop.json, should this race its start
-                except ProcessLookupError:
-                    pass
-            elif (directory / records.HYPERVISOR_PID).exists():
-                self._reclaim(directory, records.read_json(directory / records.MACHINE))
+            if not request_stop(directory, reason, exit_code) and (directory / records.HYPERVISOR_PID).exists():
+                self._reclaim(directory, records.read_json(directory / records.MACHINE))  # its monitor died
 
     def cleanup_host(self) -> None:
         """Stops the host gateway and removes the host-only bridge once no namespace machine uses them."""
@@ -351,8 +294,12 @@ class LocalProvider(Provider):
             self.bridge.remove_if_unused()
 
     # -- logs and leases --------------------------------------------------------------------------
-    def logs(self, machine_id: str, *, offset: int = 0) -> LogChunk:
+    def logs(self, machine_id: str, *, cursor: str | None = None) -> LogChunk:
+        """The cursor is a byte offset into the machine's log file."""
         path = self._directory(machine_id) / records.LOG
+        if cursor is not None and not cursor.isdigit():
+            raise ValueError(f"cursor={cursor!r}: not a local log cursor; pass the cursor of a previous chunk")
+        offset = int(cursor or 0)
         try:
             with open(path, "rb") as handle:
                 handle.seek(offset)
@@ -360,7 +307,7 @@ class LocalProvider(Provider):
         except FileNotFoundError:
             data = b""
         data = complete_utf8(data)  # a character split by a write in progress is read whole next time
-        return LogChunk(text=data.decode(errors="replace"), next_offset=offset + len(data))
+        return LogChunk(text=data.decode(errors="replace"), cursor=str(offset + len(data)))
 
     def renew_leases(self, machine_ids: Iterable[str]) -> list[str]:
         gone = []
@@ -383,8 +330,8 @@ class LocalProvider(Provider):
         proxy = f"http://{self.host_address}:{gateway.EGRESS_PORT}" if self.isolation == "namespace" else None
         return {"envs_dir": str(self.home / "envs"), "uv_cache_dir": uv_cache_dir(), "proxy": proxy}
 
-    # -- machine side -----------------------------------------------------------------------------
-    def boot_options(self) -> dict[str, Any]:
+    # -- elsewhere: a cluster's scheduler, the machine side --------------------------------------------
+    def client_options(self) -> dict[str, Any]:
         """Everything that makes this provider launch the machines it does, so that code on a machine
         (a cluster's scheduler) launches the same kind: home, isolation, and the local settings."""
         local = {key: value for key, value in self.settings.model_dump(mode="json").items() if key.startswith("local_")}
@@ -393,17 +340,8 @@ class LocalProvider(Provider):
         isolation = self._isolation or self.settings.local_isolation
         return {"home": str(self.home), "isolation": isolation, "overcommit": self._overcommit, "settings": local}
 
-    def current_machine_id(self) -> str:
-        machine_id = os.environ.get(MACHINE_ID_ENV)
-        if not machine_id:
-            raise RuntimeError(f"not on a local machine: {MACHINE_ID_ENV} is not set")
-        return machine_id
-
-    def lease_age(self, machine_id: str) -> float:
-        return time.time() - (self.machines_dir / machine_id / records.LEASE).stat().st_mtime
-
-    def read_secrets(self, machine_id: str) -> dict[str, str]:
-        return records.read_json(self.machines_dir / machine_id / records.SECRETS, default={})
+    def runtime_options(self, launch_id: str) -> dict[str, Any]:
+        return {"home": str(self.home)}  # the machine's folder holds its lease and secrets
 
 
 def _host_arch() -> str:

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from prefect_remote.boot import decode_agent_config
-from prefect_remote.errors import CapacityError
+from prefect_remote.errors import CapabilityError, CapacityError
 from prefect_remote.providers.base import BootPayload
 from prefect_remote.providers.local import LocalProvider, records
 from prefect_remote.providers.local.isolation import process_identity, tagged_pids
@@ -49,7 +49,7 @@ def test_namespace_machines_have_their_own_ip_and_no_way_out():
     for machine in machines:
         text = provider.logs(machine.id).text
         address = next(line.split()[1] for line in text.splitlines() if line.startswith("addr "))
-        assert address.split("/")[0] == machine.address
+        assert address.split("/")[0] == machine.private_address == machine.public_address
         addresses.add(address)
         lines = text.splitlines()
         assert not [line for line in lines if line.startswith("reached ")]
@@ -67,7 +67,7 @@ def test_namespace_machines_reach_each_other_and_the_host():
         import urllib.request, time
         for _ in range(100):
             try:
-                print("status", urllib.request.urlopen("http://{server.address}:8000/", timeout=2).status); break
+                print("status", urllib.request.urlopen("http://{server.private_address}:8000/", timeout=2).status); break
             except OSError:
                 time.sleep(0.1)
         """
@@ -133,8 +133,8 @@ def test_vm_type_region_and_spot_are_recorded():
 def test_overcommit():
     with pytest.raises(CapacityError, match=r"memory=476.8 GiB \(this host has .*PREFECT_REMOTE_LOCAL_OVERCOMMIT"):
         LocalProvider().choose_instance_type(MachineSpec(memory="512 GB"))
-    with pytest.raises(CapacityError, match="a GPU"):
-        LocalProvider().choose_instance_type(MachineSpec(gpu=True))
+    with pytest.raises(CapabilityError, match="does not offer GPUs"):  # declared, so overcommit cannot change it
+        LocalProvider(overcommit=True).check_spec(MachineSpec(gpu=True))
     big = LocalProvider(overcommit=True).choose_instance_type(MachineSpec(memory="512 GB", cpu=64))
     assert big.memory == 512 * 10**9 and big.cpu == 64
 
@@ -245,7 +245,7 @@ def test_two_homes_share_the_bridge_without_sharing_addresses(tmp_path):
     first, second = LocalProvider(tmp_path / "a", isolation="namespace"), LocalProvider(tmp_path / "b", isolation="namespace")
     machines = [*first.launch(MachineSpec(), BootPayload(["sleep", "30"])), *second.launch(MachineSpec(), BootPayload(["sleep", "30"]))]
     try:
-        assert len({m.address for m in machines}) == 2
+        assert len({m.private_address for m in machines}) == 2
     finally:
         first.terminate([machines[0].id])
         second.terminate([machines[1].id])
@@ -278,9 +278,9 @@ def test_ended_machines_are_pruned_from_lease_renewal():
 
 
 def test_namespace_isolation_refused_clearly_where_unavailable(monkeypatch):
-    from prefect_remote.providers.local import provider as module
+    from prefect_remote.providers.local import start
 
-    monkeypatch.setattr(module, "namespace_unavailable", lambda: "namespace isolation needs root")
+    monkeypatch.setattr(start, "namespace_unavailable", lambda: "namespace isolation needs root")
     with pytest.raises(CapacityError, match="needs root; set PREFECT_REMOTE_LOCAL_ISOLATION=process"):
         LocalProvider(isolation="namespace").isolation
     assert LocalProvider(isolation="auto").isolation == "process"
@@ -290,12 +290,30 @@ def test_log_chunks_never_split_a_character():
     provider = LocalProvider(isolation="process")
     [machine] = provider.launch(MachineSpec(), BootPayload(["true"]))
     provider.wait([machine.id])
-    end = provider.logs(machine.id).next_offset
+    end = provider.logs(machine.id).cursor
     log = Path(machine.details["directory"]) / records.LOG
     with open(log, "ab") as handle:  # a write in progress: the first two of the snake's four bytes
         handle.write("x🐍".encode()[:3])
-    chunk = provider.logs(machine.id, offset=end)
-    assert chunk.text == "x" and chunk.next_offset == end + 1
+    chunk = provider.logs(machine.id, cursor=end)
+    assert chunk.text == "x" and chunk.cursor == str(int(end) + 1)  # the local cursor is a byte offset
     with open(log, "ab") as handle:
         handle.write("x🐍".encode()[3:])
-    assert provider.logs(machine.id, offset=chunk.next_offset).text == "🐍"
+    assert provider.logs(machine.id, cursor=chunk.cursor).text == "🐍"
+    with pytest.raises(ValueError, match="not a local log cursor"):
+        provider.logs(machine.id, cursor="token-from-elsewhere")
+
+
+def test_a_launchs_secrets_are_handed_to_each_machine_and_staged_nowhere_after(tmp_path, monkeypatch):
+    provider = LocalProvider(tmp_path, isolation="process")
+    machines = provider.launch(MachineSpec(), BootPayload(["true"], secrets={"TOKEN": "t0k"}), count=2)
+    for machine in machines:
+        assert records.read_json(Path(machine.details["directory"]) / records.SECRETS) == {"TOKEN": "t0k"}
+    provider.wait([m.id for m in machines])
+
+    def no_room(launch):
+        raise CapacityError("no room")
+
+    monkeypatch.setattr(provider, "_start", no_room)
+    with pytest.raises(CapacityError, match="no room"):  # a launch that fails leaves its secrets nowhere either
+        provider.launch(MachineSpec(), BootPayload(["true"], secrets={"TOKEN": "t0k"}))
+    assert list((tmp_path / "secrets").iterdir()) == []

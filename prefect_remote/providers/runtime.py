@@ -1,0 +1,69 @@
+"""The machine side of a provider: what the on-machine agent needs from it, and nothing more.
+
+The agent builds the runtime named by the boot script's ``runtime`` (``"module:Class"``) from its
+``runtime_options``. Those travel in the boot script, which a cloud exposes as user-data, so they
+are never secret: secrets are read through :meth:`MachineRuntime.read_secrets`.
+
+Standard library only: the agent imports this on every machine boot.
+
+>>> runtime = load_runtime("prefect_remote.providers.local.runtime:LocalRuntime", {"home": "/tmp/home"})
+>>> type(runtime).__name__
+'LocalRuntime'
+"""
+
+from __future__ import annotations
+
+import sys
+from abc import ABC, abstractmethod
+from importlib import import_module
+from typing import Any, BinaryIO
+
+
+class MachineRuntime(ABC):
+    """One machine's view of its provider: its id, its owner's lease, its secrets, its log, its end.
+
+    Example::
+
+        runtime = load_runtime(config["runtime"], config["runtime_options"])
+        if runtime.lease_age() > keepalive:
+            runtime.terminate("owner gone", None)
+    """
+
+    @property
+    @abstractmethod
+    def machine_id(self) -> str:
+        """This machine's id (an environment variable locally, the metadata service on EC2…)."""
+
+    @abstractmethod
+    def lease_age(self) -> float:
+        """Seconds since the owner last renewed this machine's lease. The agent calls it at most once
+        per the provider's ``lease_interval``: on a cloud it may be an API call."""
+
+    @abstractmethod
+    def read_secrets(self) -> dict[str, str]:
+        """The secret environment delivered for this machine at launch."""
+
+    def log_sink(self) -> BinaryIO:
+        """Where the agent writes its own and the payload's output: by default the boot script's
+        output, which the provider keeps as the machine log."""
+        return sys.stdout.buffer
+
+    @abstractmethod
+    def terminate(self, reason: str, exit_code: int | None) -> None:
+        """Asks the provider to end this machine, recording ``reason`` and ``exit_code``. May fail
+        (the provider unreachable): the agent then calls :meth:`halt`."""
+
+    def halt(self) -> None:
+        """Ends the machine without the provider's help; must not fail. By default nothing: the
+        agent exits, which ends the boot script, and a provider that ends machines whose boot script
+        ended (the local one) ends the machine. On EC2: ``shutdown -h now`` with
+        ``InstanceInitiatedShutdownBehavior=terminate``."""
+
+
+def load_runtime(target: str, options: dict[str, Any]) -> MachineRuntime:
+    """The runtime ``target`` (``"module:Class"``) made with ``options``."""
+    module, _, attribute = target.partition(":")
+    cls = getattr(import_module(module), attribute)
+    if not (isinstance(cls, type) and issubclass(cls, MachineRuntime)):
+        raise TypeError(f"runtime {target!r} is not a prefect_remote MachineRuntime subclass")
+    return cls(**options)
