@@ -163,3 +163,23 @@ def wait_for(predicate, timeout: float = 20, interval: float = 0.05, message: st
             return value
         time.sleep(interval)
     raise AssertionError(f"timed out after {timeout}s waiting for {message}")
+
+
+@pytest.fixture(scope="session")
+def moto_server():
+    """An emulated AWS for the session: moto in server mode on loopback (unknown EC2 instance types
+    refused), reached only through the real boto3 client. Yields its ``SandboxAWS``."""
+    from prefect_remote.testing.aws import SandboxAWS
+
+    with SandboxAWS(region="us-east-1", validate_instance_types=True) as sandbox:
+        yield sandbox
+
+
+@pytest.fixture
+def aws_env(moto_server, monkeypatch):
+    """Points boto3 at the session's emulated AWS for one test: AWS_ENDPOINT_URL, AWS_DEFAULT_REGION
+    and fake credentials, as a user's environment would name a real account."""
+    for name, value in moto_server.environ().items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.delenv("AWS_PROFILE", raising=False)
+    return moto_server

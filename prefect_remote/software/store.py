@@ -2,8 +2,10 @@
 
 Every read is verified against its address, so a changed or corrupted store is detected, never
 installed. ``open_store(url)`` picks the implementation: a local directory (the default, under
-``$PREFECT_REMOTE_HOME/store``, owner-only) or, with the cloud providers, ``s3://bucket/prefix``.
-Standard library only: machines read the store while booting.
+``$PREFECT_REMOTE_HOME/store``, owner-only) or ``s3://bucket/prefix`` (:mod:`.s3store`). The base
+class does the addressing and the checks; a store only moves bytes (``_write``, ``_read``,
+``_exists``, ``_delete``, ``_keys``). Standard library only (boto3 is loaded for ``s3://`` stores
+alone): machines read the store while booting.
 
 >>> store = open_store("/tmp/example-store")
 >>> digest = store.put_bytes(b"hello")
@@ -188,8 +190,8 @@ class LocalStore(Store):
 
 
 def open_store(url: str | Path | None = None) -> Store:
-    """The store at ``url``: a path or ``file://`` URL; ``None`` means the ``PREFECT_REMOTE_STORE``
-    setting, else ``$PREFECT_REMOTE_HOME/store``."""
+    """The store at ``url``: a path, a ``file://`` URL or ``s3://bucket/prefix``; ``None`` means the
+    ``PREFECT_REMOTE_STORE`` setting, else ``$PREFECT_REMOTE_HOME/store``."""
     if url is None:
         from prefect_remote.settings import get_settings
 
@@ -199,9 +201,10 @@ def open_store(url: str | Path | None = None) -> Store:
     parsed = urlparse(text)
     if parsed.scheme in ("", "file"):
         return LocalStore(parsed.path if parsed.scheme else text)
-    if parsed.scheme in ("s3", "gs"):
-        raise StoreError(
-            f"store {text!r}: {parsed.scheme}:// stores arrive with the {'AWS' if parsed.scheme == 's3' else 'GCP'} provider; "
-            "use a local path for now"
-        )
+    if parsed.scheme == "s3":
+        from prefect_remote.software.s3store import S3Store  # boto3 only for those who use S3
+
+        return S3Store(parsed.netloc, parsed.path)
+    if parsed.scheme == "gs":
+        raise StoreError(f"store {text!r}: gs:// stores arrive with the GCP provider; use a local path or s3:// for now")
     raise StoreError(f"store {text!r}: expected a local path, file:///path, or s3://bucket/prefix")

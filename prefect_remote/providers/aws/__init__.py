@@ -1,0 +1,4 @@
+"""Amazon EC2: machines are instances in the user's own account (boto3, the ``aws`` extra).
+
+``catalog`` knows a region's instance types and chooses among them; ``prices`` knows what they cost.
+"""
