@@ -19,7 +19,6 @@ import functools
 import inspect
 import itertools
 import logging
-import os
 import queue
 import sys
 import threading
@@ -27,15 +26,13 @@ import uuid
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, Generic, Literal, ParamSpec, TypeVar
 
+from prefect_remote.cluster.batching import BatchCall, BatchResult, BatchSizer, check_batch_size
 from prefect_remote.cluster.options import ClusterOptionError, ClusterOptions
 from prefect_remote.cluster.output import OUTPUT_TOPIC, captured_output
 
 P = ParamSpec("P")
 R = TypeVar("R")
 
-FIRST_BATCH = 100  # items submitted at once first, so work starts right away
-BATCH = 1000  # then per submission round-trip
-MAX_PENDING_BATCHES = 20  # submitted ahead of the consumer, at most
 SCATTER_OVER = 100_000  # bytes: keyword arguments larger than this are sent to the cluster once
 _DONE = object()
 
@@ -90,6 +87,7 @@ class Function(Generic[P, R]):
     def __init__(self, func: Callable[P, R], options: ClusterOptions, *, local: bool = False) -> None:
         functools.update_wrapper(self, func)
         self._remote = RemoteCall(func)
+        self._batch = BatchCall(func)  # what .map runs: several items per task
         self._options = options
         self._local = local
         if self._remote.is_async:
@@ -120,13 +118,9 @@ class Function(Generic[P, R]):
     def _start_cluster(self):
         options = self._options
         if self._local:
-            from distributed import LocalCluster
+            from prefect_remote.cluster.local import start_local_cluster
 
-            cap = os.cpu_count() or 1  # this computer's cores bound the local workers
-            cluster = LocalCluster(n_workers=min(options.minimum, cap), threads_per_worker=options.nthreads(cap), dashboard_address=":0")
-            if options.adaptive:
-                cluster.adapt(minimum=min(options.minimum, cap), maximum=min(options.maximum, cap))
-            return cluster
+            return start_local_cluster(options)  # workers never re-run an unguarded __main__
         from prefect_remote.cluster.remote import RemoteCluster
 
         # The first call is coming: boot one worker beside the scheduler rather than after it.
@@ -187,17 +181,28 @@ class Function(Generic[P, R]):
         retries: int | None = None,
         errors: Literal["raise", "skip"] = "raise",
         ordered: bool = True,
-        batch_size: int | None = None,
+        batch_size: int | Literal["auto"] = "auto",
         progress: bool | None = None,
         **kwargs: Any,
     ) -> MapResults:
         """Runs the function once per item (zipping several iterables, like :func:`map`); returns an
         iterator at once while calls run on the cluster. Keyword arguments go whole to every call.
 
-        Results come in input order, or as they finish with ``ordered=False``. A call that still fails
-        after ``retries`` raises here (``errors="raise"``, and the rest are cancelled) or is left out
-        (``errors="skip"``). Inputs are submitted ``batch_size`` at a time; a progress bar shows when
-        stderr is a terminal (or ``progress=True``).
+        Items travel in batches, one Dask task each, so small calls do not pay a task's overhead
+        each: ``batch_size="auto"`` sizes batches from their measured run time (single items first,
+        then about 150 ms of work per task, smaller near the end so every thread stays busy), a
+        number fixes it. Everything else is per item: results come in input order, or batch by batch
+        as they finish with ``ordered=False``; each call is retried up to ``retries`` times; a call
+        that still fails raises here (``errors="raise"``: the first failure in input order, among the
+        batches finished so far with ``ordered=False``; the rest are cancelled) or is left out
+        (``errors="skip"``); the progress bar (shown when stderr is a terminal, or with
+        ``progress=True``) counts items. Inputs are read as batches go out, at most 20,000 items ahead
+        of the loop, so a generator is consumed lazily.
+
+        Example::
+
+            for result in simulate.map(range(100_000), group="B", errors="skip"):
+                ...
         """
         if not iterables:
             raise TypeError(f"{self.__name__}.map() needs at least one iterable of inputs, e.g. {self.__name__}.map(range(10))")
@@ -207,9 +212,8 @@ class Function(Generic[P, R]):
         _check_retries(retries)
         if errors not in ("raise", "skip"):
             raise ValueError(f"errors={errors!r}: expected 'raise' (stop at the first failure) or 'skip' (leave failures out)")
-        if batch_size is not None and (not isinstance(batch_size, int) or batch_size < 1):
-            raise ValueError(f"batch_size={batch_size!r}: expected 1 or more")
-        return MapResults(self, iterables, kwargs, retries=retries, errors=errors, ordered=ordered, batch_size=batch_size, progress=progress)
+        fixed_size = check_batch_size(batch_size)
+        return MapResults(self, iterables, kwargs, retries=retries, errors=errors, ordered=ordered, batch_size=fixed_size, progress=progress)
 
 
 def _print_remote(message: dict[str, str]) -> None:
@@ -223,96 +227,173 @@ def _check_retries(retries: int | None) -> None:
         raise ValueError(f"retries={retries!r}: expected 0 or more")
 
 
-class MapResults(Iterator[Any]):
-    """The iterator ``Function.map`` returns. Inputs are submitted in batches from a background
-    thread; closing the iterator (or leaving a ``for`` loop early) cancels what has not run."""
+@dataclasses.dataclass
+class _Batch:
+    """A submitted batch: its place among the batches, its task, and how many items it holds."""
 
-    def __init__(self, function: Function, iterables, kwargs, *, retries, errors, ordered, batch_size, progress) -> None:
+    index: int
+    future: Any
+    size: int
+
+
+class _Submitter:
+    """Cuts the inputs into batches (sized by ``sizer``) and submits each as one task, from a
+    background thread, while the in-flight window has room. Each finished batch, and then ``_DONE``
+    (or the exception that stopped submitting), arrives in ``events``; the consumer reports the
+    batches it measured (:meth:`measured`) and handed on (:meth:`released`), which frees room.
+
+    It holds no reference to the :class:`MapResults`, so an abandoned iterator is collected (and
+    stops the thread), which releases its tasks."""
+
+    def __init__(self, function: Function, iterables: tuple[Iterable[Any], ...], kwargs: dict[str, Any], retries: int, sizer: BatchSizer, total: int | None) -> None:
+        self.function, self.sizer = function, sizer
+        self.unpack = len(iterables) > 1  # items are tuples of arguments; else single arguments (lighter to send)
+        inputs = zip(*iterables) if self.unpack else iter(iterables[0])
+        self.events: queue.SimpleQueue = queue.SimpleQueue()
+        self.submitted = 0  # batches; final once _DONE is in events
+        self.stop = threading.Event()
+        self._changed = threading.Condition()  # guards the sizer and the in-flight state below
+        self._in_flight: dict[int, _Batch] = {}  # submitted, not yet handed on by the consumer
+        self._items_in_flight = 0
+        self._thread = threading.Thread(target=self._run, args=(inputs, kwargs, retries, total), name=f"prefect-remote-map-{function.__name__}", daemon=True)
+        self._thread.start()
+
+    def _run(self, inputs: Iterator[Any], kwargs: dict[str, Any], retries: int, remaining: int | None) -> None:
+        from dask.sizeof import sizeof
+
+        events = self.events
+        try:
+            client, cluster = self.function.client, self.function.cluster
+            kwargs = {name: _scatter_if_large(client, value) for name, value in kwargs.items()}
+            while (size := self._room(cluster, remaining)) and (items := list(itertools.islice(inputs, size))):  # read only now
+                future = client.submit(self.function._batch, items, kwargs, retries, self.unpack, key=self.function._key(), pure=False)
+                batch = _Batch(self.submitted, future, len(items))
+                with self._changed:
+                    if self.stop.is_set():  # closed while this one was being submitted
+                        client.cancel([future])
+                        break
+                    self.sizer.record_bytes(len(items), sizeof(items))
+                    self._in_flight[batch.index] = batch
+                    self._items_in_flight += batch.size
+                    self.submitted += 1
+                future.add_done_callback(lambda _, batch=batch: events.put(batch))
+                remaining = None if remaining is None else remaining - batch.size
+        except BaseException as error:  # reaches the consumer, who raises it
+            events.put(error)
+        finally:
+            events.put(_DONE)
+
+    def _room(self, cluster: Any, remaining: int | None) -> int | None:
+        """Waits until the next batch fits the window; returns its size (None once stopped)."""
+        with self._changed:
+            while not self.stop.is_set():
+                threads = _threads(cluster)
+                size = self.sizer.next_size(threads, remaining)
+                if self.sizer.may_submit(size, self._items_in_flight, len(self._in_flight), threads):
+                    return size
+                self._changed.wait(0.1)  # woken when the consumer hands a batch on
+        return None
+
+    def measured(self, batch: _Batch, result: BatchResult) -> None:
+        """A finished batch's run time and size, for the next batches' size."""
+        with self._changed:
+            self.sizer.record(batch.size, result.seconds, result.nbytes)
+            self._changed.notify()
+
+    def released(self, batch: _Batch) -> None:
+        """The consumer has handed ``batch``'s items on: room for more."""
+        with self._changed:
+            if self._in_flight.pop(batch.index, None) is not None:
+                self._items_in_flight -= batch.size
+            self._changed.notify()
+
+    def cancel(self) -> None:
+        """Stops submitting and cancels every batch not handed on yet."""
+        with self._changed:
+            self.stop.set()
+            futures = [batch.future for batch in self._in_flight.values()]
+            self._in_flight.clear()
+            self._items_in_flight = 0
+            self._changed.notify()
+        if futures:
+            try:
+                self.function.client.cancel(futures)
+            except Exception:  # the client or cluster is already gone: nothing left to cancel
+                pass
+
+
+def _threads(cluster: Any) -> int:
+    """The cluster's worker threads now, from its cached scheduler info (no round trip)."""
+    workers = (getattr(cluster, "scheduler_info", None) or {}).get("workers", {})
+    return sum(worker.get("nthreads", 0) for worker in workers.values())
+
+
+class MapResults(Iterator[Any]):
+    """The iterator ``Function.map`` returns. Items go to the cluster in batches (one task each), cut
+    from the inputs by a background thread as room frees up; finished batches are fetched as they
+    finish, several per round trip. Closing the iterator (or leaving a ``for`` loop early) cancels
+    what has not run."""
+
+    def __init__(self, function: Function, iterables, kwargs, *, retries: int | None, errors: str, ordered: bool, batch_size: int | None, progress: bool | None) -> None:
         self.function = function
         self.errors, self.ordered = errors, ordered
         sizes = [len(it) for it in iterables if hasattr(it, "__len__")]  # type: ignore[arg-type]
         self.total = min(sizes) if len(sizes) == len(iterables) else None
-        self._batches: queue.Queue = queue.Queue(maxsize=MAX_PENDING_BATCHES)
-        self._stop = threading.Event()
-        self._submitted: list[Any] = []
-        self._results = self._iterate()
+        self.sizer = BatchSizer(fixed=batch_size)
         self._progress = _Progress(function.__name__, self.total, progress)
-        self._thread = threading.Thread(
-            target=self._submit, args=(zip(*iterables), kwargs, retries, batch_size), name=f"prefect-remote-map-{function.__name__}", daemon=True
-        )
-        self._thread.start()
+        self._submitter = _Submitter(function, iterables, kwargs, retries or 0, self.sizer, self.total)
+        self._results = self._iterate()
 
-    def _submit(self, inputs: Iterator[tuple], kwargs: dict[str, Any], retries: int | None, batch_size: int | None) -> None:
-        try:
-            client = self.function.client
-            kwargs = {name: _scatter_if_large(client, value) for name, value in kwargs.items()}
-            size = batch_size or FIRST_BATCH
-            while not self._stop.is_set():
-                batch = list(itertools.islice(inputs, size))
-                if not batch:
+    def _finished(self) -> Iterator[list[_Batch]]:
+        """Finished batches as they come, all those already waiting at once; ends after the last one."""
+        events, submitter = self._submitter.events, self._submitter
+        done_submitting, handed = False, 0
+        while not (done_submitting and handed == submitter.submitted):
+            group, event = [], events.get()  # blocks until a batch finishes or submitting ends
+            while True:
+                if isinstance(event, BaseException):
+                    raise event
+                if event is _DONE:
+                    done_submitting = True
+                else:
+                    group.append(event)
+                try:
+                    event = events.get_nowait()
+                except queue.Empty:
                     break
-                keys = [self.function._key() for _ in batch]
-                futures = client.map(self.function._remote, *zip(*batch), key=keys, retries=retries, pure=False, **kwargs)
-                self._put(futures)
-                size = batch_size or BATCH
-        except BaseException as error:  # reaches the consumer, who raises it
-            self._put(error)
-        finally:
-            self._put(_DONE)
-
-    def _put(self, item: Any) -> None:
-        while not self._stop.is_set():
-            try:
-                self._batches.put(item, timeout=0.1)
-                return
-            except queue.Full:
-                continue
-
-    def _next_batch(self):
-        item = self._batches.get()
-        if isinstance(item, BaseException):
-            raise item
-        return item
+            if group:
+                handed += len(group)
+                yield group
 
     def _iterate(self) -> Iterator[Any]:
-        from distributed import as_completed
-
         client = self.function.client
-        if self.ordered:
-            while (futures := self._next_batch()) is not _DONE:
-                yield from self._gathered(client, futures)
-            return
-        pending = as_completed(loop=client.loop)
-        done_submitting = False
-        while not (done_submitting and pending.count() == 0):
-            if not done_submitting:
-                # New batches join the race as they are submitted; wait for one only when nothing runs.
-                try:
-                    item = self._batches.get(timeout=None if pending.count() == 0 else 0.01)
-                except queue.Empty:
-                    item = None
-                if isinstance(item, BaseException):
-                    raise item
-                if item is _DONE:
-                    done_submitting = True
-                elif item is not None:
-                    pending.update(item)
-                    continue
-            finished = pending.next_batch(block=done_submitting)
-            if finished:
-                yield from self._gathered(client, finished)
+        waiting: dict[int, tuple[_Batch, BatchResult | None]] = {}  # fetched, waiting for their turn (ordered)
+        next_index = 0
+        for group in self._finished():
+            results = client.gather({batch.index: batch.future for batch in group}, errors="skip")  # a failed task: None
+            for batch in sorted(group, key=lambda batch: batch.index):
+                if results[batch.index] is not None:
+                    self._submitter.measured(batch, results[batch.index])
+                waiting[batch.index] = (batch, results[batch.index])
+            if self.ordered:  # the next batches in input order, as far as they have arrived
+                turn = list(itertools.takewhile(waiting.__contains__, itertools.count(next_index)))
+            else:
+                turn = sorted(waiting)
+            for index in turn:
+                batch, result = waiting.pop(index)
+                next_index = index + 1
+                yield from self._items(batch, result)
 
-    def _gathered(self, client, futures: list) -> Iterator[Any]:
-        try:
-            results = client.gather(futures, errors="skip")
-        finally:
-            self._progress.advance(len(futures))
-        failed = next((i for i, future in enumerate(futures) if future.status == "error"), None) if self.errors == "raise" else None
-        if failed is None:
-            yield from results
+    def _items(self, batch: _Batch, result: BatchResult | None) -> Iterator[Any]:
+        """A finished batch's items in input order: a failed item raises (``errors="raise"``) or is left
+        out (``"skip"``). The batch is counted and leaves the window first."""
+        self._submitter.released(batch)
+        self._progress.advance(batch.size)
+        if result is None:  # the task failed as a whole (e.g. its workers kept dying): all its items failed
+            if self.errors == "raise":
+                batch.future.result()
             return
-        yield from results[:failed]  # everything before the first failure, in this batch's order
-        futures[failed].result()  # raises the remote exception with its remote traceback
+        yield from result.items(skip_errors=self.errors == "skip")
 
     def __iter__(self) -> MapResults:
         return self
@@ -326,25 +407,14 @@ class MapResults(Iterator[Any]):
 
     def close(self) -> None:
         """Stops submitting and cancels calls that have not finished."""
-        self._stop.set()
+        self._submitter.cancel()
         self._progress.close()
-        self._results.close()  # drops the futures it holds: Dask forgets what nobody waits for
-        leftovers = []
-        while True:
-            try:
-                item = self._batches.get_nowait()
-            except queue.Empty:
-                break
-            if isinstance(item, list):
-                leftovers.extend(item)
-        if leftovers:
-            try:
-                self.function.client.cancel(leftovers)
-            except Exception:
-                pass
+        self._results.close()
 
     def __del__(self) -> None:
-        self._stop.set()
+        submitter = getattr(self, "_submitter", None)
+        if submitter is not None:
+            submitter.stop.set()
 
 
 def _scatter_if_large(client, value: Any) -> Any:
@@ -360,9 +430,11 @@ class _Progress:
     def __init__(self, name: str, total: int | None, wanted: bool | None) -> None:
         self._bar = None
         if wanted or (wanted is None and sys.stderr.isatty()):
+            from rich.console import Console
             from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-            self._bar = Progress(TextColumn(f"{name}.map"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), transient=False)
+            columns = (TextColumn(f"{name}.map"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+            self._bar = Progress(*columns, console=Console(stderr=True), transient=False)  # stdout is for the results
             self._task = self._bar.add_task(name, total=total)
             self._bar.start()
         self._done = 0
@@ -423,8 +495,6 @@ def function(
         simulate(1)                                   # one call, on a machine
         list(simulate.map(range(1000), retries=3))    # fan out, results in order
     """
-    if container is not None:
-        raise ClusterOptionError(f"container={container!r}: container images are not supported yet; use software= (package sync) instead")
     if package_sync_ignore is not None and (isinstance(package_sync_ignore, str) or not all(isinstance(p, str) for p in package_sync_ignore)):
         raise ClusterOptionError(f"package_sync_ignore={package_sync_ignore!r}: expected a list of package names")
     if not isinstance(local, bool):
@@ -436,6 +506,7 @@ def function(
         idle_timeout=idle_timeout,
         name=name,
         provider=provider,
+        container=container,
         software=software,
         vm_type=vm_type,
         cpu=cpu,

@@ -24,9 +24,9 @@ app.add_typer(push_app, name="push")
 def info() -> None:
     """Show the settings in force, the providers available, and local isolation on this host."""
     from rich.console import Console
-    from rich.table import Table
 
     from prefect_remote import __version__
+    from prefect_remote.cli.output import key, print_table, table, text
     from prefect_remote.errors import RemoteError
     from prefect_remote.providers import available_providers
     from prefect_remote.providers.local.isolation import namespace_unavailable
@@ -36,12 +36,12 @@ def info() -> None:
         settings = get_settings()
     except RemoteError as error:
         raise typer.BadParameter(str(error)) from None
-    table = Table(title=f"prefect-remote {__version__}", show_header=False)
+    facts = table(key(""), text(""), title=f"prefect-remote {__version__}", show_header=False)
     for name, value in settings.model_dump().items():
-        table.add_row(f"PREFECT_REMOTE_{name.upper()}", str(value))
-    table.add_row("providers", ", ".join(sorted(available_providers())))
-    table.add_row("local namespace isolation", namespace_unavailable() or "available")
-    Console().print(table)
+        facts.add_row(f"PREFECT_REMOTE_{name.upper()}", str(value))
+    facts.add_row("providers", ", ".join(sorted(available_providers())))
+    facts.add_row("local namespace isolation", namespace_unavailable() or "available")
+    print_table(Console(), facts)
 
 
 def main() -> None:

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Any, Optional
 
 import typer
 from rich.console import Console
-from rich.table import Table
 
+from prefect_remote.cli.output import JsonOption, key, number, print_json, print_table, table, text
 from prefect_remote.errors import RemoteError
 from prefect_remote.units import format_size
+
+if TYPE_CHECKING:
+    from prefect_remote.software.store import Store
 
 app = typer.Typer(help="Build, list, show and remove software environments (package sync).", no_args_is_help=True)
 console = Console()
@@ -63,55 +66,90 @@ def build(
             raise typer.Exit(1) from None
     summary = env.summary()
     typer.echo(env.name)
-    table = Table(show_header=False, box=None)
-    table.add_row("python", f"{summary['python']} ({summary['platform']})")
-    table.add_row("packages", f"{summary['packages']} ({summary['local_wheels']} built from local sources)")
-    table.add_row("code bundle", f"{summary['bundle_files']} files, {format_size(summary['bundle_size'])}")
-    table.add_row("dropped", ", ".join(summary["dropped"]) or "none")
-    table.add_row("store", summary["store"])
-    table.add_row("took", f"{env.seconds:.2f}s")
-    console.print(table)
+    facts = table(key(""), text(""), show_header=False)
+    facts.add_row("python", f"{summary['python']} ({summary['platform']})")
+    facts.add_row("packages", f"{summary['packages']} ({summary['local_wheels']} built from local sources)")
+    facts.add_row("code bundle", f"{summary['bundle_files']} files, {format_size(summary['bundle_size'])}")
+    facts.add_row("dropped", ", ".join(summary["dropped"]) or "none")
+    facts.add_row("store", summary["store"])
+    facts.add_row("took", f"{env.seconds:.2f}s")
+    print_table(console, facts)
 
 
 @app.command("ls")
-def list_envs(store: StoreOption = None) -> None:
-    """List the environments in the store."""
+def list_envs(store: StoreOption = None, json_: JsonOption = False) -> None:
+    """List the environments in the store: Python, platform, package count, code size; --json for scripts."""
     chosen = _store(store)
-    names = chosen.envs()
-    if not names:
+    envs = [_env_summary(chosen, name) for name in chosen.envs()]
+    if json_:
+        print_json(envs)
+        return
+    if not envs:
         console.print(f"No software environments in {chosen.url}. Build one with `prefect-remote env build`.")
         return
+    rows = table(key("NAME"), key("PYTHON"), key("PLATFORM"), number("PACKAGES"), number("LOCAL WHEELS"), key("CODE"))
+    for env in envs:
+        if env["error"]:
+            rows.add_row(env["name"], "[red]unreadable[/]", "", "", "", "")
+        else:
+            rows.add_row(env["name"], env["python"], env["platform"], str(env["packages"]), str(env["local_wheels"]), format_size(env["code_size"]))
+    print_table(console, rows)
+    for env in envs:
+        if env["error"]:
+            console.print(f"[red]unreadable[/] {env['name']}: {env['error']}")
+
+
+def _env_summary(store: Store, name: str) -> dict[str, Any]:
+    """One environment as ``env ls --json`` prints it: the same keys for every environment, ``error``
+    set (and the facts None) when its spec cannot be read, so one bad spec does not hide the others."""
     from prefect_remote.software.rebuild import load_spec
 
-    table = Table("NAME", "PYTHON", "PLATFORM", "PACKAGES", "LOCAL WHEELS", "CODE", box=None, header_style="bold")
-    for name in names:
-        try:
-            spec = load_spec(chosen, name)
-        except RemoteError as error:
-            table.add_row(name, "[red]unreadable[/]", str(error)[:60], "", "", "")
-            continue
-        code = spec.get("code") or {}
-        local = sum(1 for p in spec["packages"] if p.get("wheel"))
-        table.add_row(name, spec["python"], spec["platform"], str(len(spec["packages"])), str(local), format_size(code.get("size", 0)))
-    console.print(table)
+    summary = dict.fromkeys(("name", "python", "platform", "gpu", "packages", "local_wheels", "code_files", "code_size", "error"))
+    summary["name"] = name
+    try:
+        spec = load_spec(store, name)
+    except RemoteError as error:
+        return {**summary, "error": str(error)}
+    code = spec.get("code") or {}
+    return {
+        **summary,
+        "python": spec["python"],
+        "platform": spec["platform"],
+        "gpu": spec["gpu"],
+        "packages": len(spec["packages"]),
+        "local_wheels": sum(1 for p in spec["packages"] if p.get("wheel")),
+        "code_files": code.get("files", 0),
+        "code_size": code.get("size", 0),
+    }
 
 
 @app.command("show")
-def show(name: Annotated[str, typer.Argument(help="Environment name (senv-…).")], store: StoreOption = None) -> None:
-    """Show an environment: Python, platform, every package and where it comes from."""
+def show(name: Annotated[str, typer.Argument(help="Environment name (senv-…).")], store: StoreOption = None, json_: JsonOption = False) -> None:
+    """Show an environment: Python, platform, every package and where it comes from; --json prints its whole spec."""
     spec = _spec(name, store)
+    if json_:
+        print_json({"name": name, **spec})
+        return
     console.print(f"[bold]{name}[/]: Python {spec['python']} on {spec['platform']}{', GPU' if spec['gpu'] else ''}")
     indexes = spec.get("indexes") or {}
     console.print(f"index: {indexes.get('default') or 'uv default (PyPI)'}" + "".join(f", extra {u}" for u in indexes.get("extra", [])))
     code = spec.get("code")
     console.print(f"code: {code['files']} files, {format_size(code['size'])}" if code else "code: none")
-    table = Table("PACKAGE", "VERSION", "SOURCE", "FROM", box=None, header_style="bold")
+    packages = table(key("PACKAGE"), key("VERSION"), key("SOURCE"), text("FROM"))
     for package in spec["packages"]:
-        origin = package["wheel"]["file"] if package.get("wheel") else package.get("requirement", "")
-        table.add_row(package["name"], package.get("version") or "", package["source"], origin)
-    console.print(table)
+        packages.add_row(package["name"], package.get("version") or "", package["source"], _origin(package))
+    print_table(console, packages)
     for dropped in spec["dropped"]:
         console.print(f"dropped: {dropped['name']} ({dropped['reason']})")
+
+
+def _origin(package: dict[str, Any]) -> str:
+    """Where a package comes from, beyond its name and version: its wheel, URL or requirement; nothing
+    for an index pin (``name==version`` says no more than the columns beside it)."""
+    if package.get("wheel"):
+        return package["wheel"]["file"]
+    requirement = package.get("requirement", "")
+    return "" if requirement == f"{package['name']}=={package.get('version')}" else requirement
 
 
 @app.command("rm")

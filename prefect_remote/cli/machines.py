@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from typing import Annotated, Optional
 
@@ -9,8 +10,10 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from prefect_remote.cli.output import JsonOption, key, print_json, print_table, table, text
 from prefect_remote.errors import RemoteError
 from prefect_remote.providers import get_provider
+from prefect_remote.providers.base import Machine
 from prefect_remote.units import format_duration
 
 app = typer.Typer(help="List machines, read their logs, end them.", no_args_is_help=True)
@@ -44,30 +47,63 @@ def list_machines(
     provider: ProviderOption = None,
     tag: TagOption = [],
     all_: Annotated[bool, typer.Option("--all", "-a", help="Include machines that have ended (kept for a day).")] = False,
+    wide: Annotated[bool, typer.Option("--wide", "-w", help="Also show provider, spec, region, tags, owner and addresses (the exit code is in the reason).")] = False,
+    json_: JsonOption = False,
 ) -> None:
-    """List machines: id, state, size, age, tags, owner."""
+    """List machines: id, state, type, age and why it ended; --wide for the rest, --json for scripts."""
     machines = _provider(provider).list(_tags(tag), include_terminated=all_)
-    table = Table(box=None, header_style="bold")
-    for column in ("ID", "PROVIDER", "STATE", "TYPE", "SPEC", "REGION", "AGE", "TAGS", "OWNER", "ENDED BECAUSE"):
-        table.add_column(column, overflow="fold")
-    for m in machines:
-        state = {"running": "[green]running[/]", "pending": "[yellow]pending[/]"}.get(m.state, "[dim]terminated[/]")
-        table.add_row(
-            m.id,
-            m.provider,
-            state,
-            m.instance_type + (" (spot)" if m.spot else ""),
-            m.spec,
-            m.region or "",
-            format_duration(m.age),
-            ",".join(f"{k}={v}" for k, v in m.tags.items()),
-            m.owner or "",
-            m.reason or "",
-        )
-    if machines:
-        console.print(table)
+    if json_:
+        print_json([dataclasses.asdict(m) for m in machines])
+    elif machines:
+        print_table(console, _machine_table(machines, wide))
     else:
         console.print("No machines." + ("" if all_ else " (--all includes ended ones)"))
+
+
+# (header, column kind, shown without --wide), in display order. The essentials fit 80 columns; all
+# of them need about 160, and in a narrower terminal print_table shows one block per machine.
+MACHINE_COLUMNS = [
+    ("ID", key, True),
+    ("PROVIDER", key, False),
+    ("STATE", key, True),
+    ("TYPE", key, True),
+    ("SPEC", text, False),
+    ("REGION", key, False),
+    ("AGE", key, True),
+    ("TAGS", text, False),
+    ("OWNER", text, False),
+    ("ADDRESS", key, False),
+    ("PUBLIC ADDRESS", key, False),
+    ("ENDED BECAUSE", text, True),
+]
+
+
+def _machine_table(machines: list[Machine], wide: bool) -> Table:
+    """The essential columns, or all of them with ``wide``."""
+    shown = [(header, kind) for header, kind, essential in MACHINE_COLUMNS if essential or wide]
+    result = table(*(kind(header) for header, kind in shown))
+    for m in machines:
+        cells = _machine_cells(m)
+        result.add_row(*(cells[header] for header, _ in shown))
+    return result
+
+
+def _machine_cells(m: Machine) -> dict[str, str]:
+    """Every column's text for one machine; tags are joined with spaces so they wrap between tags."""
+    return {
+        "ID": m.id,
+        "PROVIDER": m.provider,
+        "STATE": {"running": "[green]running[/]", "pending": "[yellow]pending[/]"}.get(m.state, "[dim]terminated[/]"),
+        "TYPE": m.instance_type + (" (spot)" if m.spot else ""),
+        "SPEC": m.spec,
+        "REGION": m.region or "",
+        "AGE": format_duration(m.age),
+        "TAGS": " ".join(f"{k}={v}" for k, v in m.tags.items()),
+        "OWNER": m.owner or "",
+        "ADDRESS": m.private_address or "",
+        "PUBLIC ADDRESS": m.public_address or "",
+        "ENDED BECAUSE": m.reason or "",
+    }
 
 
 @app.command("logs")
@@ -78,13 +114,13 @@ def logs(
 ) -> None:
     """Print a machine's boot, agent and payload output."""
     chosen = _provider(provider)
-    offset = 0
+    cursor = None  # opaque: whatever the provider reads on from
     try:
         while True:
-            chunk = chosen.logs(machine_id, offset=offset)
+            chunk = chosen.logs(machine_id, cursor=cursor)
             if chunk.text:
                 typer.echo(chunk.text, nl=False)
-            offset = chunk.next_offset
+            cursor = chunk.cursor
             if not follow or (not chunk.text and not chosen.describe(machine_id).alive):
                 break
             time.sleep(0.5)

@@ -15,6 +15,7 @@ import asyncio
 import logging
 import math
 import os
+import re
 import sys
 import time
 from typing import Any
@@ -31,10 +32,10 @@ from prefect_remote.cluster.plan import (
     PLAN_ENV,
     PORT_TAG,
     ROLE_TAG,
-    WORKER_LEASE,
     ClusterPlan,
     WorkerPlan,
     launch_workers,
+    worker_lease,
 )
 from prefect_remote.devserver import free_port
 from prefect_remote.filelock import file_lock
@@ -49,6 +50,7 @@ KEEPALIVE_BACKSTOP = 5.0  # seconds the scheduler machine's agent waits past kee
 SHUTDOWN_WAIT = 30.0  # seconds to wait for a cluster of the same name that is shutting down
 START_TIMEOUT = 600.0  # seconds for a scheduler machine to accept connections (covers a cold rebuild)
 NODE_MODULE = "prefect_remote.cluster.node"
+LISTENING = re.compile(r"^scheduler \S+ listening at ", re.MULTILINE)  # what the node prints once it serves
 
 
 class ClusterStartError(RuntimeError):
@@ -62,33 +64,44 @@ class SchedulerMachine(ProcessInterface):
     def __init__(self, provider: Provider, machine: Machine, port: int, credentials: ClusterCredentials, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.provider, self.machine = provider, machine
-        self.address = f"tls://{machine.address}:{port}"
+        self.address = f"tls://{machine.public_address}:{port}"  # where this process (the client) reaches it
         self.credentials = credentials
 
     async def start(self) -> None:
         connection_args = self.credentials.security().get_connection_args("client")
         deadline = time.monotonic() + START_TIMEOUT
         next_check = 0.0
+        last_error: OSError | None = None
         while True:
             try:
                 comm = await connect(self.address, timeout=2, **connection_args)
                 await comm.close()
                 break
-            except OSError:
-                pass
+            except OSError as error:
+                last_error = error
             if time.monotonic() > next_check:
                 machine = await asyncio.to_thread(self.provider.describe, self.machine.id)
                 if not machine.alive:
-                    raise ClusterStartError(f"scheduler machine {machine.id} ended before accepting connections: {machine.reason}\n{self._log_tail()}")
+                    raise ClusterStartError(await asyncio.to_thread(self._not_reached, last_error, ended=machine.reason))
                 next_check = time.monotonic() + 0.5
             if time.monotonic() > deadline:
-                raise ClusterStartError(f"scheduler machine {self.machine.id} did not accept connections within {START_TIMEOUT:.0f}s\n{self._log_tail()}")
+                raise ClusterStartError(await asyncio.to_thread(self._not_reached, last_error, ended=None))
             await asyncio.sleep(0.05)
         await super().start()
 
-    def _log_tail(self, lines: int = 20) -> str:
-        text = self.provider.logs(self.machine.id).text
-        return "last lines of its log:\n" + "\n".join(text.splitlines()[-lines:])
+    def _not_reached(self, error: OSError | None, *, ended: str | None) -> str:
+        """Why no connection was made (``ended``: the machine's end reason, ``None`` if it timed out).
+        A scheduler that said it listens, yet could not be reached, is a network fault between this
+        host and its machine: say that, not only that the machine ended (which it does after keepalive
+        without a client)."""
+        lines = self.provider.logs(self.machine.id).text.splitlines()
+        tail = "last lines of its log:\n" + "\n".join(lines[-20:])
+        then = f"its machine then ended: {ended}" if ended is not None else f"gave up after {START_TIMEOUT:.0f}s"
+        if error is not None and LISTENING.search("\n".join(lines)):
+            return f"scheduler {self.machine.id} listening at {self.address}, unreachable from this host: {error}\n({then})\n{tail}"
+        if ended is not None:
+            return f"scheduler machine {self.machine.id} ended before accepting connections: {ended}\n{tail}"
+        return f"scheduler machine {self.machine.id} did not accept connections within {START_TIMEOUT:.0f}s\n{tail}"
 
     async def close(self) -> None:
         await asyncio.to_thread(self.provider.terminate, [self.machine.id], reason="cluster closed")
@@ -204,7 +217,7 @@ class RemoteCluster(SpecCluster):
         return ClusterPlan(
             name=self.cluster_name,
             provider=self.provider.name,
-            provider_options=self.provider.boot_options(),
+            provider_options=self.provider.client_options(),
             credentials=credentials.to_json(),
             keepalive=spec.keepalive,
             idle_timeout=spec.idle_timeout,
@@ -237,8 +250,9 @@ class RemoteCluster(SpecCluster):
         leases.add(self.provider, [scheduler.id], plan.keepalive + KEEPALIVE_BACKSTOP)
         workers: list[Machine] = []
         if self.options.start_workers:
-            workers = launch_workers(self.provider, plan, f"tls://{scheduler.address}:{port}", self.options.start_workers, owner=default_owner())
-            leases.add(self.provider, [m.id for m in workers], WORKER_LEASE)
+            contact = f"tls://{scheduler.private_address}:{port}"  # where workers reach the scheduler
+            workers = launch_workers(self.provider, plan, contact, self.options.start_workers, owner=default_owner())
+            leases.add(self.provider, [m.id for m in workers], worker_lease(self.provider))
             self._booting += [m.id for m in workers]
         logger.info(
             "starting cluster %s: scheduler machine %s (%s, region %s, spot %s), %d worker machine(s) of %s",

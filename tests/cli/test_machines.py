@@ -2,20 +2,40 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import os
 import subprocess
 import sys
 from pathlib import Path
 
+from rich.cells import cell_len
+
 import prefect_remote
+from prefect_remote.providers.base import Machine
 from prefect_remote.providers.local import LocalProvider
 from tests.conftest import wait_for
 
 CLI = str(Path(sys.executable).parent / "prefect-remote")
 
 
-def cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([CLI, *args], capture_output=True, text=True, timeout=60, env={**os.environ, "COLUMNS": "250"})
+def cli(*args: str, columns: int = 250) -> subprocess.CompletedProcess:
+    return subprocess.run([CLI, *args], capture_output=True, text=True, timeout=60, env={**os.environ, "COLUMNS": str(columns)})
+
+
+def assert_fits(output: str, columns: int) -> list[str]:
+    """The output's lines, checked to be no wider than the terminal (in cells, as a terminal counts)."""
+    lines = output.splitlines()
+    too_wide = [line for line in lines if cell_len(line) > columns]
+    assert not too_wide, f"lines wider than {columns} columns: {too_wide}"
+    return lines
+
+
+def assert_whole(output: str, *words: str) -> None:
+    """Each word (an id, a state) shows unbroken on some line, not folded across lines."""
+    lines = output.splitlines()
+    broken = [word for word in words if not any(word in line for line in lines)]
+    assert not broken, f"not shown whole on one line: {broken}\n{output}"
 
 
 def test_help_lists_the_commands():
@@ -28,7 +48,7 @@ def test_ls_logs_and_rm_all():
     provider = LocalProvider()
     machines = prefect_remote.launch(["python", "-c", "print('from-machine'); import time; time.sleep(60)"], count=2, cpu=1, tags={"team": "data"})
     wait_for(lambda: all("from-machine" in provider.logs(m.id).text.splitlines() for m in machines))
-    listed = cli("machines", "ls", "--tag", "team=data")
+    listed = cli("machines", "ls", "--wide", "--tag", "team=data")
     assert listed.returncode == 0, listed.stderr
     for machine in machines:
         assert machine.id in listed.stdout
@@ -66,6 +86,69 @@ def test_bad_input_says_how_to_fix_it():
     assert "provider='nope' is not known" in cli("machines", "ls", "--provider", "nope").stderr.replace("\n", " ").replace("│", "").replace("  ", " ")
 
 
+def launch_a_mix(batch: str) -> list[Machine]:
+    """Two running machines with long tags, and one ended (spot, a region, a reason): every column
+    filled. All are tagged batch=``batch``, for `ls --tag` to leave out other tests' ended machines."""
+    provider = LocalProvider()
+    tags = {"batch": batch, "team": "data", "purpose": "nightly-reconciliation-of-the-ledger"}
+    running = prefect_remote.launch(["sleep", "60"], count=2, cpu=1, memory="512 MiB", tags=tags)
+    [ended] = prefect_remote.launch(["python", "-c", "raise SystemExit(3)"], region="us-east-2", spot_policy="spot", vm_type="m6i.xlarge", tags={"batch": batch})
+    provider.wait([ended.id], timeout=30)
+    return [*running, provider.describe(ended.id)]
+
+
+def test_ls_fits_80_columns_with_whole_ids():
+    machines = launch_a_mix("narrow")
+    listed = cli("machines", "ls", "--all", "--tag", "batch=narrow", columns=80)
+    assert listed.returncode == 0, listed.stderr
+    header, *_ = assert_fits(listed.stdout, 80)
+    assert header.split() == ["ID", "STATE", "TYPE", "AGE", "ENDED", "BECAUSE"]
+    assert_whole(listed.stdout, *(m.id for m in machines), "running", "terminated", "local-1cpu-512mib", "(spot)", "payload", "exited")
+    assert "OWNER" not in listed.stdout
+
+
+def test_ls_wide_shows_the_other_fields():
+    machines = launch_a_mix("wide")
+    listed = cli("machines", "ls", "--all", "--wide", "--tag", "batch=wide", columns=160)
+    assert listed.returncode == 0, listed.stderr
+    assert_fits(listed.stdout, 160)
+    assert_whole(listed.stdout, *(m.id for m in machines), machines[0].owner, machines[0].private_address, "us-east-2", "team=data")
+    # Where the terminal is wide enough (addresses make it 160 to 170), one table with every column.
+    listed = cli("machines", "ls", "--all", "--wide", "--tag", "batch=wide", columns=200)
+    header, *rows = assert_fits(listed.stdout, 200)
+    assert header.split() == ["ID", "PROVIDER", "STATE", "TYPE", "SPEC", "REGION", "AGE", "TAGS", "OWNER", "ADDRESS", "PUBLIC", "ADDRESS", "ENDED", "BECAUSE"]
+    assert_whole(listed.stdout, *(f"{m.id}  local" for m in machines), "1 cpu, 512 MiB")
+
+
+def test_ls_wide_in_80_columns_shows_one_block_per_machine():
+    machines = launch_a_mix("blocks")
+    listed = cli("machines", "ls", "--all", "--wide", "--tag", "batch=blocks", columns=80)
+    lines = assert_fits(listed.stdout, 80)
+    assert_whole(listed.stdout, *(m.id for m in machines), machines[0].owner, "1 cpu, 512 MiB")
+    assert [line.split()[0] for line in lines if line.startswith("ID ")] == ["ID"] * 3
+    assert sum(line.startswith("OWNER ") for line in lines) == 3
+
+
+def test_ls_json_has_every_field_of_every_machine():
+    machines = launch_a_mix("json")
+    listed = cli("machines", "ls", "--all", "--json", "--tag", "batch=json", columns=80)
+    assert listed.returncode == 0, listed.stderr
+    parsed = json.loads(listed.stdout)
+    assert {m["id"] for m in parsed} == {m.id for m in machines}
+    assert all(set(m) == {f.name for f in dataclasses.fields(Machine)} for m in parsed)
+    assert {m["id"]: m["tags"] for m in parsed}[machines[0].id] == dict(machines[0].tags)
+    assert json.loads(cli("machines", "ls", "--json", "--tag", "team=nobody").stdout) == []
+
+
 def test_info_shows_settings_and_isolation():
     result = cli("info")
     assert result.returncode == 0 and "PREFECT_REMOTE_HOME" in result.stdout and "local namespace isolation" in result.stdout
+
+
+def test_info_fits_80_columns_and_cuts_no_value():
+    store = "/tmp/" + "a-store-folder-with-a-rather-long-name/" * 3
+    result = subprocess.run([CLI, "info"], capture_output=True, text=True, timeout=60, env={**os.environ, "COLUMNS": "80", "PREFECT_REMOTE_STORE": store})
+    assert result.returncode == 0, result.stderr
+    assert_fits(result.stdout, 80)
+    assert_whole(result.stdout, "PREFECT_REMOTE_LOCAL_RECORD_RETENTION", "PREFECT_REMOTE_STORE")
+    assert "…" not in result.stdout and "a-store-folder-with-a-rather-long-name" in result.stdout

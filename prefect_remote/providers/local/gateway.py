@@ -7,8 +7,10 @@ load balancer are to VMs, in two small services on the host's bridge address.
 * ``forward PORT``: forwards ``bridge-address:PORT`` to ``127.0.0.1:PORT``, so machines reach a
   service this host runs on loopback (a Prefect API started with the defaults).
 
-Each runs as its own process per bridge, started on demand, and exits once no machine is left on
-the bridge.
+Each runs as its own process per bridge, started on demand, and exits once no machine has been on
+the bridge, and nobody has asked for it, for ``IDLE_EXIT`` seconds. Starting, stopping and that exit
+are decided under the bridge's lock, which launches in every home take to give out addresses: a
+launch never finds a gateway running that is about to go.
 
     python -m prefect_remote.providers.local.gateway BRIDGE SUBNET egress ALLOWED_HOSTS
     python -m prefect_remote.providers.local.gateway BRIDGE SUBNET forward PORT
@@ -31,7 +33,7 @@ from prefect_remote.providers.local import records
 from prefect_remote.providers.local.isolation import RUN_DIR, Bridge, live_pid, spawn_detached
 
 EGRESS_PORT = 3128
-IDLE_EXIT = 10.0  # seconds without namespace machines before the proxy exits
+IDLE_EXIT = 10.0  # seconds without namespace machines, or a request, before a gateway service exits
 
 
 def allowed(host: str, patterns: list[str]) -> bool:
@@ -81,19 +83,30 @@ async def _forward(client_reader: asyncio.StreamReader, client_writer: asyncio.S
     await asyncio.gather(_pipe(client_reader, upstream_writer), _pipe(upstream_reader, client_writer))
 
 
-async def serve(bridge: Bridge, port: int, handler) -> None:
-    """Serves ``handler`` on the bridge address until no machine has used the bridge for a while."""
+def _requested(pid_file: Path) -> float:
+    """When the service was last asked for (started, or found running by :func:`_ensure`)."""
+    try:
+        return pid_file.stat().st_mtime
+    except FileNotFoundError:
+        return 0.0
+
+
+async def serve(bridge: Bridge, port: int, handler, pid_file: Path) -> None:
+    """Serves ``handler`` on the bridge address until no machine has used the bridge, and nobody has
+    asked for the service, for ``IDLE_EXIT`` seconds."""
     server = await asyncio.start_server(handler, bridge.address, port)
     async with server:
-        idle_since = None
+        used = time.time()
         while True:
             await asyncio.sleep(1)
             if bridge.in_use():
-                idle_since = None
-            elif idle_since is None:
-                idle_since = time.monotonic()
-            elif time.monotonic() - idle_since > IDLE_EXIT:
-                return
+                used = time.time()
+            elif time.time() - max(used, _requested(pid_file)) > IDLE_EXIT:
+                with bridge.lock():  # checked again where launches allocate and _ensure finds us running
+                    if not bridge.in_use() and time.time() - _requested(pid_file) > IDLE_EXIT:
+                        server.close()  # the port is free before another start can be decided
+                        _forget(pid_file)
+                        return
 
 
 def ensure_egress(bridge: Bridge, patterns: list[str]) -> str:
@@ -111,16 +124,26 @@ def _pid_file(bridge: Bridge, service: str, port: int) -> Path:
     return RUN_DIR / f"{bridge.name}-gateway-{service}-{port}.pid"
 
 
+def _forget(pid_file: Path) -> None:
+    """Removes this process's pid file (not a successor's)."""
+    if (records.read_json(pid_file, default=None) or {}).get("pid") == os.getpid():
+        pid_file.unlink(missing_ok=True)
+
+
 def _ensure(bridge: Bridge, service: str, port: int, argument: str) -> None:
     pid_file = _pid_file(bridge, service, port)
+    # One starter at a time (the next one finds the service listening), then the bridge's lock (see the module's doc).
     with file_lock(RUN_DIR / f"{bridge.name}-gateway.lock"):
-        if live_pid(pid_file):
-            return
-        process = spawn_detached(
-            [sys.executable, "-m", "prefect_remote.providers.local.gateway", bridge.name, bridge.subnet, service, argument],
-            pid_file,
-            env={"PATH": os.environ.get("PATH", "")},
-        )
+        with bridge.lock():
+            if live_pid(pid_file):
+                os.utime(pid_file)  # asked for now: kept for IDLE_EXIT even before a machine is on the bridge
+                return
+            bridge.ensure()  # (another home may have removed it since this one's launch ensured it)
+            process = spawn_detached(
+                [sys.executable, "-m", "prefect_remote.providers.local.gateway", bridge.name, bridge.subnet, service, argument],
+                pid_file,
+                env={"PATH": os.environ.get("PATH", "")},
+            )
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline and process.poll() is None:
             try:
@@ -131,31 +154,36 @@ def _ensure(bridge: Bridge, service: str, port: int, argument: str) -> None:
 
 
 def stop(bridge: Bridge) -> None:
-    """Stops the bridge's gateway services."""
-    for pid_file in RUN_DIR.glob(f"{bridge.name}-gateway-*.pid"):
-        pid = live_pid(pid_file)
-        if pid:
-            os.kill(pid, signal.SIGTERM)
-        pid_file.unlink(missing_ok=True)
+    """Stops the bridge's gateway services unless a machine is on the bridge or a service was asked
+    for in the last ``IDLE_EXIT`` seconds (by a launch in another home that has not allocated yet)."""
+    with bridge.lock():
+        if bridge.in_use():
+            return
+        for pid_file in RUN_DIR.glob(f"{bridge.name}-gateway-*.pid"):
+            if time.time() - _requested(pid_file) <= IDLE_EXIT:
+                continue
+            pid = live_pid(pid_file)
+            if pid:
+                os.kill(pid, signal.SIGTERM)
+            pid_file.unlink(missing_ok=True)
 
 
 def main() -> int:
     name, subnet, service, argument = sys.argv[1:5]
     bridge = Bridge(name, subnet)
     port = EGRESS_PORT if service == "egress" else int(argument)
+    pid_file = _pid_file(bridge, service, port)
     try:
         if service == "egress":
             patterns = [p for p in argument.split(",") if p]
-            asyncio.run(serve(bridge, port, lambda r, w: _handle(r, w, patterns)))
+            asyncio.run(serve(bridge, port, lambda r, w: _handle(r, w, patterns), pid_file))
         else:
-            asyncio.run(serve(bridge, port, lambda r, w: _forward(r, w, port)))
+            asyncio.run(serve(bridge, port, lambda r, w: _forward(r, w, port), pid_file))
     except OSError as error:
         if error.errno != errno.EADDRINUSE:  # in use: the service already listens on every address
             raise
     finally:
-        pid_file = _pid_file(bridge, service, port)
-        if (records.read_json(pid_file, default=None) or {}).get("pid") == os.getpid():
-            pid_file.unlink(missing_ok=True)
+        _forget(pid_file)
     return 0
 
 

@@ -9,13 +9,17 @@ Standard library only: the per-machine hypervisor imports it.
 from __future__ import annotations
 
 import errno
+import hashlib
 import ipaddress
 import os
 import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -39,10 +43,30 @@ class IsolationError(RuntimeError):
     """Setting up or tearing down a machine's isolation failed."""
 
 
-def _run_ip(*args: str, batch: str | None = None) -> None:
+def _run_ip(*args: str, batch: str | None = None) -> str:
     result = subprocess.run(["ip", *args], input=batch, capture_output=True, text=True)
     if result.returncode != 0:
         raise IsolationError(f"ip {' '.join(args)} failed: {result.stderr.strip() or result.stdout.strip()}")
+    return result.stdout
+
+
+def _delete_link(name: str) -> None:
+    """Deletes a host interface (a veth: both ends at once), unless it is already gone."""
+    if Path("/sys/class/net", name).exists():
+        try:
+            _run_ip("link", "del", name)
+        except IsolationError:
+            if Path("/sys/class/net", name).exists():  # not a race with another deleter
+                raise
+
+
+def _delete_netns(name: str) -> None:
+    if Path("/run/netns", name).exists():
+        try:
+            _run_ip("netns", "del", name)
+        except IsolationError:
+            if Path("/run/netns", name).exists():
+                raise
 
 
 def _cgroup_v1_roots() -> dict[str, Path]:
@@ -193,23 +217,27 @@ class Network:
 
     @classmethod
     def plan(cls, machine_id: str, ip: str, bridge: Bridge) -> Network:
-        return cls(netns=f"pr-{machine_id}", veth=f"prv{machine_id[-10:]}", ip=ip, subnet=bridge.subnet, bridge=bridge.name)
+        return cls(netns=_netns_name(machine_id), veth=_veth_name(machine_id), ip=ip, subnet=bridge.subnet, bridge=bridge.name)
 
     @property
     def prefix(self) -> int:
         return ipaddress.IPv4Network(self.subnet).prefixlen
 
     def create(self) -> None:
-        Bridge(self.bridge, self.subnet).ensure()
+        bridge = Bridge(self.bridge, self.subnet)
         peer = f"prp{self.veth[3:]}"
-        _run_ip(
-            "-batch",
-            "-",
-            batch=f"netns add {self.netns}\n"
-            f"link add {self.veth} type veth peer name {peer}\n"
-            f"link set {peer} netns {self.netns}\n"
-            f"link set {self.veth} master {self.bridge} up\n",
-        )
+        # Under the bridge's lock: no other home's cleanup removes the bridge between its check and the attach.
+        with bridge.lock():
+            bridge.ensure()
+            _run_ip(
+                "-batch",
+                "-",
+                batch=f"netns add {self.netns}\n"
+                f"link add {self.veth} type veth peer name {peer}\n"
+                f"link set {peer} netns {self.netns}\n"
+                f"link set {self.veth} master {self.bridge} up\n",
+            )
+            bridge.forget_neighbour(self.ip)  # the address's previous machine had another MAC
         # No default route: the machine reaches the bridge (host and other machines), nothing beyond.
         _run_ip(
             "-n",
@@ -223,8 +251,19 @@ class Network:
         return ["ip", "netns", "exec", self.netns]
 
     def remove(self) -> None:
-        if Path("/run/netns", self.netns).exists():
-            _run_ip("netns", "del", self.netns)  # deleting the namespace deletes the veth pair
+        # The host end first: deleting it deletes the pair at once, whereas deleting the namespace
+        # frees its interface later (asynchronously), which would still answer for the address while
+        # the address is given to the next machine.
+        _delete_link(self.veth)
+        _delete_netns(self.netns)
+
+
+def _netns_name(machine_id: str) -> str:
+    return f"pr-{machine_id}"
+
+
+def _veth_name(machine_id: str) -> str:
+    return f"prv{machine_id[-10:]}"
 
 
 def host_address(subnet: str) -> ipaddress.IPv4Address:
@@ -235,9 +274,22 @@ def host_address(subnet: str) -> ipaddress.IPv4Address:
 RUN_DIR = Path("/run/prefect-remote")
 
 
+class _HeldLocks(threading.local):
+    """The bridge locks this thread holds: taking one again must not wait for itself."""
+
+    def __init__(self) -> None:
+        self.names: set[str] = set()
+
+
+_held = _HeldLocks()
+
+
 class Bridge:
     """A host-only bridge and the registry of the addresses on it, shared by every prefect-remote home
-    on this host (in /run, which a reboot clears together with the namespaces)."""
+    on this host (in /run, which a reboot clears together with the namespaces).
+
+    Its whole lifetime is under :meth:`lock`, across homes: creating it, attaching machines, giving
+    out and taking back addresses, starting and stopping its gateway services, and removing it."""
 
     def __init__(self, name: str, subnet: str) -> None:
         self.name = name
@@ -245,52 +297,112 @@ class Bridge:
         self.network = ipaddress.IPv4Network(subnet)
         self.address = str(host_address(subnet))
         self.registry = RUN_DIR / name
+        self.cursor = RUN_DIR / f"{name}.next"  # the address given out last
+        # A fixed, locally administered MAC. A bridge otherwise takes its lowest port's MAC and changes
+        # it when that port's machine ends; machines that cached the old one for the host's address
+        # then cannot reach the host until their neighbour entry expires (up to a minute).
+        self.mac = "02:" + ":".join(f"{b:02x}" for b in hashlib.sha256(name.encode()).digest()[:5])
 
-    def lock(self):
-        return file_lock(RUN_DIR / f"{self.name}.lock")
+    @contextmanager
+    def lock(self) -> Iterator[None]:
+        """The bridge's lock, shared by every process on this host; re-entrant within a thread (a launch
+        that fails tears down what it set up while holding it)."""
+        if self.name in _held.names:
+            yield
+            return
+        with file_lock(RUN_DIR / f"{self.name}.lock"):
+            _held.names.add(self.name)
+            try:
+                yield
+            finally:
+                _held.names.discard(self.name)
 
     def ensure(self) -> None:
-        """Creates the bridge, with the host's address on it, unless it exists."""
+        """Creates the bridge, with its MAC and the host's address on it, unless it exists as such."""
         with self.lock():
-            if Path("/sys/class/net", self.name).exists():
+            if not Path("/sys/class/net", self.name).exists():
+                _run_ip(
+                    "-batch", "-",
+                    batch=f"link add {self.name} address {self.mac} type bridge\n"
+                    f"addr add {self.address}/{self.network.prefixlen} dev {self.name}\nlink set {self.name} up\n",
+                )
                 return
-            _run_ip(
-                "-batch", "-",
-                batch=f"link add {self.name} type bridge\naddr add {self.address}/{self.network.prefixlen} dev {self.name}\nlink set {self.name} up\n",
-            )
+            # One made by an earlier version (its MAC follows its ports), or left half made. Its MAC
+            # is only changed while no machine is attached: attached ones have the current one cached.
+            fixes = []
+            mac = Path("/sys/class/net", self.name, "address").read_text().strip()
+            if mac != self.mac and not any(Path("/sys/class/net", self.name, "brif").iterdir()):
+                fixes.append(f"link set {self.name} address {self.mac}")
+            if f" {self.address}/{self.network.prefixlen} " not in _run_ip("-4", "-o", "addr", "show", "dev", self.name):
+                fixes.append(f"addr add {self.address}/{self.network.prefixlen} dev {self.name}")
+            if not int(Path("/sys/class/net", self.name, "flags").read_text(), 16) & 1:  # IFF_UP
+                fixes.append(f"link set {self.name} up")
+            if fixes:
+                _run_ip("-batch", "-", batch="".join(f"{fix}\n" for fix in fixes))
+
+    def forget_neighbour(self, address: str) -> None:
+        """Drops the host's cached MAC for ``address`` (call as a machine gets the address): the MAC of
+        the machine that had it before, which the host would otherwise keep sending to, for up to a
+        minute, instead of asking again."""
+        _run_ip("neigh", "flush", "dev", self.name, "to", address)
 
     def allocate(self, machine_dir: Path) -> str:
-        """The lowest free address, registered to ``machine_dir`` (call with :meth:`lock` held)."""
+        """The next free address after the one given out last, registered to ``machine_dir`` (call with
+        :meth:`lock` held). Going round the subnet rather than taking the lowest free address puts off
+        reusing an address as long as possible: peers that talked to its previous machine, in this
+        home or another, may still have that machine's MAC cached for it."""
         self.registry.mkdir(parents=True, exist_ok=True)
-        for address in self.network.hosts():
-            entry = self.registry / str(address)
-            if str(address) == self.address or (entry.exists() and not self._stale(entry)):
+        first, count = int(self.network.network_address) + 1, self.network.num_addresses - 2
+        try:
+            last = int(ipaddress.IPv4Address(self.cursor.read_text().strip())) - first
+        except (OSError, ValueError):
+            last = 0  # the host's address
+        for step in range(1, count + 1):
+            address = str(ipaddress.IPv4Address(first + (last + step) % count))
+            entry = self.registry / address
+            if address == self.address or (entry.exists() and not self._stale(entry)):
                 continue
             entry.write_text(str(machine_dir))
-            return str(address)
+            self.cursor.write_text(address)
+            return address
         raise IsolationError(f"no free address left in {self.subnet}; end some machines or widen PREFECT_REMOTE_LOCAL_SUBNET")
 
     def _stale(self, entry: Path) -> bool:
         """An address whose machine folder is gone (its home was deleted): reclaim its namespace."""
-        if Path(entry.read_text()).exists():
+        try:
+            owner = entry.read_text()
+        except FileNotFoundError:
+            return True  # released meanwhile
+        if not owner or Path(owner).exists():  # (empty: being written)
             return False
-        netns = f"pr-{Path(entry.read_text()).name}"
-        if Path("/run/netns", netns).exists():
-            _run_ip("netns", "del", netns)
+        _delete_link(_veth_name(Path(owner).name))
+        _delete_netns(_netns_name(Path(owner).name))
         return True
 
     def release(self, address: str) -> None:
-        (self.registry / address).unlink(missing_ok=True)
+        """Takes an address back once its machine's interface is gone."""
+        with self.lock():
+            (self.registry / address).unlink(missing_ok=True)
 
     def in_use(self) -> bool:
         """Whether any machine holds an address on this bridge."""
-        return self.registry.is_dir() and any(not self._stale(entry) for entry in self.registry.iterdir())
+        try:
+            entries = list(self.registry.iterdir())
+        except FileNotFoundError:
+            return False
+        return any(not self._stale(entry) for entry in entries)
+
+    def gateways_running(self) -> bool:
+        """Whether a gateway service of this bridge runs (see :mod:`gateway`): it listens on the bridge's address."""
+        return any(live_pid(pid_file) for pid_file in RUN_DIR.glob(f"{self.name}-gateway-*.pid"))
 
     def remove_if_unused(self) -> bool:
-        """Deletes the bridge once no machine and no interface uses it."""
+        """Deletes the bridge once no machine, no interface and no gateway service uses it."""
         with self.lock():
             ports = Path("/sys/class/net", self.name, "brif")
             if not Path("/sys/class/net", self.name).exists() or self.in_use() or (ports.exists() and any(ports.iterdir())):
+                return False
+            if self.gateways_running():
                 return False
             _run_ip("link", "del", self.name)
             return True
