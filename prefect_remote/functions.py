@@ -123,9 +123,9 @@ class Function(Generic[P, R]):
             return start_local_cluster(options)  # workers never re-run an unguarded __main__
         from prefect_remote.cluster.remote import RemoteCluster
 
-        # The first call is coming: boot one worker beside the scheduler rather than after it.
-        boot_options = options if options.start_workers else dataclasses.replace(options, start_workers=min(1, options.maximum))
-        return RemoteCluster(options=boot_options, shutdown_on_close=False)
+        if not options.start_workers:  # the first call is coming: boot one worker beside the scheduler, not after it
+            options = dataclasses.replace(options, start_workers=min(1, options.maximum))
+        return RemoteCluster(options=options, shutdown_on_close=False)
 
     @property
     def client(self):
@@ -471,7 +471,6 @@ def function(
     n_workers: int | list[int] | None = None,
     threads_per_worker: int = 1,
     environ: dict[str, Any] | None = None,
-    package_sync_ignore: list[str] | None = None,
     tags: dict[str, str] | None = None,
     name: str | None = None,
     local: bool = False,
@@ -495,8 +494,6 @@ def function(
         simulate(1)                                   # one call, on a machine
         list(simulate.map(range(1000), retries=3))    # fan out, results in order
     """
-    if package_sync_ignore is not None and (isinstance(package_sync_ignore, str) or not all(isinstance(p, str) for p in package_sync_ignore)):
-        raise ClusterOptionError(f"package_sync_ignore={package_sync_ignore!r}: expected a list of package names")
     if not isinstance(local, bool):
         raise ClusterOptionError(f"local={local!r}: expected True or False")
     options = ClusterOptions.build(

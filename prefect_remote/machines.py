@@ -2,7 +2,7 @@
 
 >>> import prefect_remote
 >>> [m] = prefect_remote.launch(["python", "-c", "print('hello')"], cpu=1, keepalive="30s")  # doctest: +SKIP
->>> prefect_remote.wait([m.id])  # doctest: +SKIP
+>>> prefect_remote.get_provider().wait([m.id])  # doctest: +SKIP
 """
 
 from __future__ import annotations

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, SecretStr, field_serializer, field_validator, model_validator
 
@@ -26,7 +26,7 @@ from prefect_remote.software.naming import NAME_PATTERN as ENV_NAME_PATTERN
 from prefect_remote.units import DURATION_HELP, SIZE_HELP, format_duration, format_size, parse_duration, parse_size
 
 SpotPolicy = Literal["on-demand", "spot", "spot_with_fallback"]
-SPOT_POLICIES: tuple[str, ...] = ("on-demand", "spot", "spot_with_fallback")
+SPOT_POLICIES: tuple[str, ...] = get_args(SpotPolicy)
 
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _REGION = re.compile(r"[a-z0-9][a-z0-9-]*[a-z0-9]")
@@ -72,7 +72,7 @@ def _duration(field: str, value: Any) -> float | None:
 
 
 class MachineSpec(BaseModel):
-    """A machine request in the vocabulary users know from the seeds.
+    """A machine request in the vocabulary of the tools users know.
 
     Sizes accept ``"64 GiB"``/``"512 GB"``/bytes; ``cpu`` and ``memory`` accept ``[min, max]``;
     durations accept ``"2 hours"``/``"5m"``/seconds. ``disk_size`` as a bare number means GiB, as in

@@ -18,13 +18,13 @@ from prefect.client.schemas.filters import WorkPoolFilter, WorkPoolFilterType
 from prefect_remote.workers.worker import RemotePushWorker
 
 logger = logging.getLogger("prefect_remote.push")
+PUSH_TYPE = RemotePushWorker.type
 
 
 def _report_end(task: asyncio.Task[None]) -> None:
     """A pool's worker ended: say why (the next sync starts it again)."""
     if not task.cancelled() and task.exception() is not None:
         logger.error("prefect-remote push: %s stopped: %r; restarting it", task.get_name(), task.exception())
-PUSH_TYPE = RemotePushWorker.type
 
 
 class PushExecutor:

@@ -32,7 +32,7 @@ from urllib.parse import unquote, urlsplit, urlunsplit
 from prefect_remote.errors import RemoteError
 from prefect_remote.software import bundle as bundles
 from prefect_remote.software.naming import env_name
-from prefect_remote.software.rebuild import canonical, find_uv, index_arguments, packages_named, requirement_lines
+from prefect_remote.software.rebuild import canonical, fetch_requirements, find_uv, index_arguments, packages_named
 from prefect_remote.software.scan import normalize, scan
 from prefect_remote.software.store import Store, open_store, sha256_file
 
@@ -338,12 +338,7 @@ def check_resolves(spec: dict[str, Any], store: Store) -> None:
     """Resolves ``spec`` for its target platform with ``uv pip compile``; raises
     :class:`UnresolvableEnvironment` naming the packages that do not resolve."""
     with tempfile.TemporaryDirectory() as scratch:
-        wheels = Path(scratch) / "wheels"
-        for package in spec["packages"]:
-            if package.get("wheel"):
-                store.get_file(package["wheel"]["sha256"], wheels / package["wheel"]["file"])
-        requirements = Path(scratch) / "requirements.txt"
-        requirements.write_text("\n".join(requirement_lines(spec, wheels)) + "\n")
+        requirements = fetch_requirements(spec, store, Path(scratch))
         platform = "aarch64-manylinux_2_28" if spec["platform"].endswith("aarch64") else "x86_64-manylinux_2_28"
         version = ".".join(spec["python"].split(".")[:2])
         result = subprocess.run(

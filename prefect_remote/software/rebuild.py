@@ -55,6 +55,18 @@ def requirement_lines(spec: dict[str, Any], wheel_dir: Path) -> list[str]:
     ]
 
 
+def fetch_requirements(spec: dict[str, Any], store: Store, folder: Path) -> Path:
+    """Fetches the spec's local wheels into ``folder/wheels`` and writes ``folder/requirements.txt``,
+    which installs exactly the spec's packages; returns that file."""
+    wheels = folder / "wheels"
+    for package in spec["packages"]:
+        if package.get("wheel"):
+            store.get_file(package["wheel"]["sha256"], wheels / package["wheel"]["file"])
+    requirements = folder / "requirements.txt"
+    requirements.write_text("\n".join(requirement_lines(spec, wheels)) + "\n")
+    return requirements
+
+
 def index_arguments(spec: dict[str, Any]) -> list[str]:
     """Index options for uv; credentials were never stored, so uv takes them from the machine
     (``UV_INDEX_*`` variables, netrc or keyring)."""
@@ -134,23 +146,19 @@ def _build(name: str, store: Store, env: Path, uv: str, uv_env: dict[str, str], 
     env.mkdir(parents=True)
     try:
         spec = load_spec(store, name)
-        wheels = env / "wheels"
-        for package in spec["packages"]:
-            if package.get("wheel"):
-                store.get_file(package["wheel"]["sha256"], wheels / package["wheel"]["file"])
+        requirements = fetch_requirements(spec, store, env)
         if spec.get("code"):
             store.get_file(spec["code"]["sha256"], env / "code.tar.gz")
     except StoreError:
         shutil.rmtree(env, ignore_errors=True)
         raise
-    (env / "requirements.txt").write_text("\n".join(requirement_lines(spec, wheels)) + "\n")
     minor = ".".join(spec["python"].split(".")[:2])
     here = ".".join(map(str, sys.version_info[:2]))
     interpreter = sys.executable if here == minor else minor  # the running Python when it fits: no search
     log(f"software environment {name}: creating a Python {minor} virtual environment")
     _run([uv, "venv", "--quiet", "--python", interpreter, str(env / "venv")], uv_env, spec, f"creating a Python {minor} environment")
     log(f"software environment {name}: installing {len(spec['packages'])} packages with uv")
-    sync = [uv, "pip", "sync", "--quiet", "--python", str(env / "venv" / "bin" / "python"), *index_arguments(spec), str(env / "requirements.txt")]
+    sync = [uv, "pip", "sync", "--quiet", "--python", str(env / "venv" / "bin" / "python"), *index_arguments(spec), str(requirements)]
     try:
         # From uv's cache alone first: no index round-trips, and it works where the machine has no way out.
         _run([*sync, "--offline"], uv_env, spec, "installing packages")

@@ -33,7 +33,7 @@ def _name_and_version(dist: metadata.Distribution) -> tuple[str, str]:
 
 
 def scan(path: list[str] | None = None) -> dict[str, Any]:
-    """The running interpreter's distributions (first one wins, as for imports), version and platform."""
+    """The running interpreter's distributions (first one wins, as for imports) and Python version."""
     found: dict[str, dict[str, Any]] = {}
     for dist in metadata.distributions(path=path or sys.path):
         name, version = _name_and_version(dist)
@@ -41,13 +41,7 @@ def scan(path: list[str] | None = None) -> dict[str, Any]:
             continue
         direct_url = dist.read_text("direct_url.json")
         found[name] = {"name": name, "version": version, "direct_url": json.loads(direct_url) if direct_url else None}
-    return {
-        "python": platform.python_version(),
-        "implementation": sys.implementation.name,
-        "machine": platform.machine(),
-        "prefix": sys.prefix,
-        "distributions": sorted(found.values(), key=lambda d: d["name"]),
-    }
+    return {"python": platform.python_version(), "distributions": sorted(found.values(), key=lambda d: d["name"])}
 
 
 if __name__ == "__main__":

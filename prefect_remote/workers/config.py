@@ -9,7 +9,7 @@ says what to fix, before any machine starts.
 from __future__ import annotations
 
 import shlex
-from typing import Any, Literal, Optional, Union
+from typing import Any, Optional, Union
 
 from prefect.blocks.core import Block
 from prefect.workers.base import BaseJobConfiguration, BaseVariables
@@ -18,7 +18,7 @@ from pydantic import BaseModel, Field, ValidationError
 from prefect_remote.errors import RemoteError
 from prefect_remote.providers import get_provider
 from prefect_remote.providers.base import BootPayload, Provider, capability_error
-from prefect_remote.spec import MachineSpec
+from prefect_remote.spec import MachineSpec, SpotPolicy
 
 # Settings that belong to the API server, not to a flow run on a machine.
 SERVER_ONLY_PREFIXES = ("PREFECT_SERVER_", "PREFECT_API_DATABASE_", "PREFECT_HOME", "PREFECT_PROFILES_PATH", "PREFECT_REMOTE_")
@@ -56,7 +56,7 @@ class MachineJobFields(BaseModel):
     gpu: Union[bool, int, str, None] = Field(default=None, title="GPU", description="GPUs: true, a count, or a type such as 't4'.")
     arm: Optional[bool] = Field(default=None, title="ARM", description="Use ARM (aarch64) machines.")
     disk_size: Union[int, str, None] = Field(default=None, title="Disk size", description="GiB as a number, or e.g. '200 GB'.")
-    spot_policy: Optional[Literal["on-demand", "spot", "spot_with_fallback"]] = Field(default=None, title="Spot policy", description="on-demand, spot, or spot_with_fallback.")
+    spot_policy: Optional[SpotPolicy] = Field(default=None, title="Spot policy", description="on-demand, spot, or spot_with_fallback.")
     idle_timeout: Union[int, str, None] = Field(default=None, title="Idle timeout", description="End the machine once the flow run is idle this long, e.g. '30 minutes'.")
     timeout: Union[int, str, None] = Field(default=None, title="Timeout", description="Maximum run time, e.g. '2 hours': past it the machine ends and the run crashes.")
     tags: dict[str, str] = Field(default_factory=dict, title="Tags", description="Tags on the machine, to find it and account for it.")

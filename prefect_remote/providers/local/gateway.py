@@ -109,10 +109,9 @@ async def serve(bridge: Bridge, port: int, handler, pid_file: Path) -> None:
                         return
 
 
-def ensure_egress(bridge: Bridge, patterns: list[str]) -> str:
-    """The egress proxy's URL for the bridge's machines, started unless it already runs."""
+def ensure_egress(bridge: Bridge, patterns: list[str]) -> None:
+    """Starts the egress proxy for the bridge's machines (at ``bridge-address:EGRESS_PORT``) unless it already runs."""
     _ensure(bridge, "egress", EGRESS_PORT, ",".join(patterns))
-    return f"http://{bridge.address}:{EGRESS_PORT}"
 
 
 def ensure_forward(bridge: Bridge, port: int) -> None:

@@ -28,6 +28,8 @@ from prefect_remote.filelock import file_lock
 from prefect_remote.providers.local import records
 
 CGROUP_CONTROLLERS = ("memory", "cpu")
+CGROUP_GROUP = "prefect-remote"
+CPU_PERIOD_US = 100_000
 # A local machine's "image" is this host: it trusts the certificate authorities the host trusts.
 HOST_TRUST_VARIABLES = ("SSL_CERT_FILE", "SSL_CERT_DIR", "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE", "PIP_CERT")
 
@@ -35,8 +37,6 @@ HOST_TRUST_VARIABLES = ("SSL_CERT_FILE", "SSL_CERT_DIR", "REQUESTS_CA_BUNDLE", "
 def host_trust_env() -> dict[str, str]:
     """The host's certificate-authority settings, the only part of the launcher's environment a machine gets."""
     return {name: os.environ[name] for name in HOST_TRUST_VARIABLES if name in os.environ}
-CGROUP_GROUP = "prefect-remote"
-CPU_PERIOD_US = 100_000
 
 
 class IsolationError(RuntimeError):
@@ -161,10 +161,10 @@ class Cgroups:
             (cpu_dir / "cpu.cfs_period_us").write_text(str(CPU_PERIOD_US))
             (cpu_dir / "cpu.cfs_quota_us").write_text(str(int(cpu * CPU_PERIOD_US)))
 
-    def join(self, pid: int = 0) -> None:
-        """Moves ``pid`` (0: the calling process) into every controller's cgroup."""
+    def join(self) -> None:
+        """Moves the calling process into every controller's cgroup."""
         for path in self.paths.values():
-            Path(path, "cgroup.procs").write_text(str(pid or os.getpid()))
+            Path(path, "cgroup.procs").write_text(str(os.getpid()))
 
     def pids(self) -> set[int]:
         found: set[int] = set()
@@ -484,8 +484,6 @@ def record_end(directory: Path, record: dict, *, reason: str | None, exit_code: 
 def spawn_detached(argv: list[str], pid_file: Path, **popen: object) -> subprocess.Popen:
     """Starts ``argv`` in a session of its own, so it outlives its launcher and its launcher's signals;
     records its identity (pid and start time) in ``pid_file`` and reaps it when it exits."""
-    import threading
-
     options = {"stdin": subprocess.DEVNULL, "stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL, **popen}
     process = subprocess.Popen(argv, start_new_session=True, **options)  # type: ignore[call-overload]
     records.write_json(pid_file, process_identity(process.pid) or {"pid": process.pid, "start": -1})
