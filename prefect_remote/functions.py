@@ -471,6 +471,7 @@ def function(
     n_workers: int | list[int] | None = None,
     threads_per_worker: int = 1,
     environ: dict[str, Any] | None = None,
+    package_sync_ignore: list[str] | None = None,
     tags: dict[str, str] | None = None,
     name: str | None = None,
     local: bool = False,
@@ -494,6 +495,9 @@ def function(
         simulate(1)                                   # one call, on a machine
         list(simulate.map(range(1000), retries=3))    # fan out, results in order
     """
+    # A public argument (the seed's decorator has it): honoured once automatic package sync lands (issue 9).
+    if package_sync_ignore is not None and (isinstance(package_sync_ignore, str) or not all(isinstance(p, str) for p in package_sync_ignore)):
+        raise ClusterOptionError(f"package_sync_ignore={package_sync_ignore!r}: expected a list of package names")
     if not isinstance(local, bool):
         raise ClusterOptionError(f"local={local!r}: expected True or False")
     options = ClusterOptions.build(
