@@ -46,6 +46,10 @@ class RemoteSettings(BaseSettings):
         default=["*"], description="remote:push pools the in-server push service serves (names or wildcards, comma-separated)."
     )
 
+    aws_public_ip: str | None = Field(
+        default=None, description="This launcher's public IP, for allow_ingress_from='me' on AWS (default: asked of checkip.amazonaws.com)."
+    )
+
     local_isolation: Isolation = Field(
         default="auto",
         description="Local machines' isolation: 'namespace' (own network namespace and cgroup limits; Linux as root), "

@@ -22,6 +22,7 @@ ENTRY_POINT_GROUP = "prefect_remote.providers"
 # Built-ins are looked up without scanning entry points: the agent resolves its provider at every boot.
 BUILTIN_PROVIDERS = {
     "local": "prefect_remote.providers.local:LocalProvider",
+    "aws": "prefect_remote.providers.aws.provider:AWSProvider",
 }
 
 

@@ -90,7 +90,7 @@ def test_require_names_what_needs_the_capability_and_who_has_it():
         capabilities = Capabilities(inbound_connections=False)
 
     require(LocalProvider(), "inbound_connections", "a Dask cluster needs")
-    with pytest.raises(CapabilityError, match="provider 'closed' does not accept inbound connections between machines, which a Dask cluster needs; use a provider that does: local"):
+    with pytest.raises(CapabilityError, match="provider 'closed' does not accept inbound connections between machines, which a Dask cluster needs; use a provider that does: aws, local"):
         require(Closed(), "inbound_connections", "a Dask cluster needs")
     with pytest.raises(CapabilityError, match="'local' does not run containers, which container='img' needs; no installed provider does"):
         require(LocalProvider(), "containers", "container='img' needs")

@@ -1,0 +1,129 @@
+"""The EC2 provider's machine side: the instance metadata service (IMDSv2) says who the machine is
+and how fresh its owner's lease is; SSM holds its secrets; EC2 ends it.
+
+Standard library only at import: the agent imports it on every instance boot. Reading secrets and
+terminating through the API use boto3, which the machine's agent environment must have (the
+software environment or the image provides it); without boto3 the agent still ends the machine
+through :meth:`EC2Runtime.halt`.
+
+>>> runtime = EC2Runtime(region="us-east-2", secrets_parameter="/prefect-remote/launch-0a1b2c3d4e5f")
+>>> runtime.metadata_endpoint
+'http://169.254.169.254'
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from typing import Any
+
+from prefect_remote.providers.runtime import MachineRuntime
+
+# The tags the provider sets and the machine reads or writes (keys IMDS can serve: no "/" or spaces).
+LEASE_TAG = "prefect-remote:lease"  # epoch seconds of the owner's last renewal
+REASON_TAG = "prefect-remote:reason"  # why the machine ended
+EXIT_CODE_TAG = "prefect-remote:exit-code"  # the payload's exit code, when it had one
+
+DEFAULT_METADATA_ENDPOINT = "http://169.254.169.254"
+# The AWS SDKs' own override of the metadata endpoint: boto3 on the machine honours it too.
+METADATA_ENDPOINT_ENV = "AWS_EC2_METADATA_SERVICE_ENDPOINT"
+TOKEN_TTL = 6 * 3600  # IMDSv2's longest session token
+
+
+class EC2Runtime(MachineRuntime):
+    """An EC2 instance's runtime. ``metadata_endpoint`` defaults to ``$AWS_EC2_METADATA_SERVICE_ENDPOINT``,
+    else the link-local IMDS (a sandbox serves a per-instance one). The machine log stays the boot
+    script's output for now: shipping it to CloudWatch Logs (``log_group``, one stream per instance)
+    is a later step."""
+
+    def __init__(
+        self,
+        region: str,
+        secrets_parameter: str,
+        log_group: str = "/prefect-remote/machines",
+        lease_tag: str = LEASE_TAG,
+        metadata_endpoint: str | None = None,
+        timeout: float = 2.0,
+    ) -> None:
+        self.region, self.secrets_parameter, self.log_group, self.lease_tag = region, secrets_parameter, log_group, lease_tag
+        self.metadata_endpoint = (metadata_endpoint or os.environ.get(METADATA_ENDPOINT_ENV) or DEFAULT_METADATA_ENDPOINT).rstrip("/")
+        self.timeout = timeout
+        self._token: tuple[float, str] | None = None  # (expires at, token)
+        self._machine_id: str | None = None
+
+    # -- instance metadata (IMDSv2) ---------------------------------------------------------------
+    def _session_token(self, *, fresh: bool = False) -> str:
+        if fresh or self._token is None or time.monotonic() > self._token[0]:
+            request = urllib.request.Request(
+                f"{self.metadata_endpoint}/latest/api/token", method="PUT", headers={"X-aws-ec2-metadata-token-ttl-seconds": str(TOKEN_TTL)}
+            )
+            with urllib.request.urlopen(request, timeout=self.timeout) as response:
+                token = response.read().decode()
+            self._token = (time.monotonic() + TOKEN_TTL - 60, token)  # renewed a minute early
+        return self._token[1]
+
+    def metadata(self, path: str) -> str:
+        """``/latest/meta-data/<path>`` as text: one HTTP call once the session token is held."""
+        for fresh in (False, True):
+            request = urllib.request.Request(
+                f"{self.metadata_endpoint}/latest/meta-data/{path}", headers={"X-aws-ec2-metadata-token": self._session_token(fresh=fresh)}
+            )
+            try:
+                with urllib.request.urlopen(request, timeout=self.timeout) as response:
+                    return response.read().decode()
+            except urllib.error.HTTPError as error:
+                if error.code != 401 or fresh:  # 401: the token expired early (the instance was stopped, say)
+                    raise
+        raise AssertionError("unreachable")
+
+    @property
+    def machine_id(self) -> str:
+        if self._machine_id is None:
+            self._machine_id = self.metadata("instance-id")
+        return self._machine_id
+
+    def lease_age(self) -> float:
+        """Seconds since the lease tag's time, read through the metadata service (instance tags are
+        served there: no API call, no permission needed)."""
+        return max(0.0, time.time() - float(self.metadata(f"tags/instance/{self.lease_tag}")))
+
+    # -- the API, with boto3 -------------------------------------------------------------------------
+    def _client(self, service: str) -> Any:
+        try:
+            import boto3
+        except ImportError:
+            raise RuntimeError(f"the EC2 runtime needs boto3 in the machine's agent environment to reach {service}; install it in the image or software environment") from None
+        return boto3.session.Session().client(service, region_name=self.region)
+
+    def read_secrets(self) -> dict[str, str]:
+        """The launch's SecureString parameter, decrypted (the instance profile needs ssm:GetParameter on it)."""
+        parameter = self._client("ssm").get_parameter(Name=self.secrets_parameter, WithDecryption=True)
+        return dict(json.loads(parameter["Parameter"]["Value"]))
+
+    def terminate(self, reason: str, exit_code: int | None) -> None:
+        """Records why on the instance's tags, then terminates it (the instance profile needs
+        ec2:CreateTags and ec2:TerminateInstances on itself)."""
+        ec2 = self._client("ec2")
+        tags = [{"Key": REASON_TAG, "Value": reason[:256]}]
+        if exit_code is not None:
+            tags.append({"Key": EXIT_CODE_TAG, "Value": str(exit_code)})
+        try:
+            ec2.create_tags(Resources=[self.machine_id], Tags=tags)
+        except Exception:  # the reason is a courtesy: ending the machine is what matters
+            pass
+        ec2.terminate_instances(InstanceIds=[self.machine_id])
+
+    def halt(self) -> None:
+        """``shutdown -h now``: the instance was launched with InstanceInitiatedShutdownBehavior=terminate,
+        so it terminates. Only on a real instance (the link-local metadata endpoint): a sandbox's
+        machine is a process on someone's computer, which must not be powered off."""
+        if self.metadata_endpoint != DEFAULT_METADATA_ENDPOINT:
+            return
+        try:
+            subprocess.run(["shutdown", "-h", "now"], check=False, timeout=30)
+        except Exception:  # must not fail: the agent exits next, which ends the boot script
+            pass

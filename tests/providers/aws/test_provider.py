@@ -1,0 +1,412 @@
+"""The EC2 provider against moto's EC2, SSM and CloudWatch Logs (server mode), through the real boto3
+client. moto starts no instances: these check what the provider asks EC2 for and reads back.
+Capacity errors, which moto never raises, are injected with botocore event hooks on the provider's
+own client."""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import secrets
+import time
+
+import boto3
+import pytest
+from botocore.exceptions import ClientError
+from pydantic import SecretStr
+
+from prefect_remote.boot import AGENT_CONFIG_ENV, decode_agent_config
+from prefect_remote.errors import CapacityError, MachineNotFound
+from prefect_remote.providers import get_provider
+from prefect_remote.providers.aws import catalog
+from prefect_remote.providers.aws import provider as aws_provider
+from prefect_remote.providers.aws.provider import AWSError, AWSProvider, estimated_cost
+from prefect_remote.providers.base import BootPayload, Machine
+from prefect_remote.spec import MachineSpec
+from tests.providers.aws.conftest import LAUNCHER_IP
+
+AL2023 = "/aws/service/ami-amazon-linux-latest/al2023-ami-kernel-default-{}"
+
+
+def launch(provider, *, count=1, tags=None, payload=None, owner=None, **spec) -> list[Machine]:
+    tags = {"test": "aws", "run": secrets.token_hex(4), **(tags or {})}
+    return provider.launch(MachineSpec(**spec), payload or BootPayload(["sleep", "600"]), count=count, tags=tags, owner=owner)
+
+
+def instance(ec2, machine_id: str) -> dict:
+    return ec2.describe_instances(InstanceIds=[machine_id])["Reservations"][0]["Instances"][0]
+
+
+def tags_of(resource: dict) -> dict[str, str]:
+    return {tag["Key"]: tag["Value"] for tag in resource.get("Tags", [])}
+
+
+def user_data(ec2, machine_id: str) -> str:
+    value = ec2.describe_instance_attribute(InstanceId=machine_id, Attribute="userData")["UserData"]["Value"]
+    return base64.b64decode(value).decode()
+
+
+def count_calls(client, operation: str) -> list[dict]:
+    """Every later call of ``operation`` on ``client``, as its request body."""
+    calls: list[dict] = []
+    client.meta.events.register(f"before-call.ec2.{operation}", lambda params, **_: calls.append(params["body"]))
+    return calls
+
+
+def refuse_spot(provider, code: str = "InsufficientInstanceCapacity") -> None:
+    """Makes EC2 answer spot requests (only) as it does when it has no spot capacity."""
+
+    def hook(params, **_):
+        if params["body"].get("InstanceMarketOptions.MarketType") == "spot":
+            raise ClientError({"Error": {"Code": code, "Message": "There is no Spot capacity available that matches your request."}}, "RunInstances")
+
+    provider.client("ec2").meta.events.register("before-call.ec2.RunInstances", hook)
+
+
+# -- launching -----------------------------------------------------------------------------------------
+
+
+def test_launch_asks_ec2_for_the_chosen_machine(provider, ec2, ssm):
+    before = time.time()
+    [machine] = launch(provider, cpu=2, memory="4 GiB", disk_size=40, keepalive="2 minutes", tags={"team": "data"}, owner="alice")
+    assert machine.instance_type == "t3a.medium"  # the cheapest fit, from the catalog
+    found = instance(ec2, machine.id)
+    assert found["InstanceType"] == "t3a.medium"
+    assert found["ImageId"] == ssm.get_parameter(Name=AL2023.format("x86_64"))["Parameter"]["Value"]
+    assert found["MetadataOptions"]["HttpTokens"] == "required" and found["MetadataOptions"]["InstanceMetadataTags"] == "enabled"
+    shutdown = ec2.describe_instance_attribute(InstanceId=machine.id, Attribute="instanceInitiatedShutdownBehavior")
+    assert shutdown["InstanceInitiatedShutdownBehavior"]["Value"] == "terminate"
+    assert "InstanceLifecycle" not in found  # on-demand
+    tags = tags_of(found)
+    assert tags["team"] == "data" and tags["prefect-remote:owner"] == "alice"
+    assert tags["prefect-remote:launch"].startswith("launch-") and tags["prefect-remote:keepalive"] == "120.0"
+    assert tags["prefect-remote:spec"] == "2 cpu, 4 GiB" and before - 1 <= int(tags["prefect-remote:lease"]) <= time.time()
+    [volume] = ec2.describe_volumes(Filters=[{"Name": "attachment.instance-id", "Values": [machine.id]}])["Volumes"]
+    assert volume["Size"] == 40 and tags_of(volume) == tags
+    assert machine.tags == {"test": "aws", "run": tags["run"], "team": "data"}  # the user's tags only
+    assert (machine.owner, machine.spec, machine.region, machine.spot) == ("alice", "2 cpu, 4 GiB", "us-east-1", False)
+    assert machine.state in ("pending", "running") and machine.private_address and machine.public_address
+    assert machine.details["market"] == "on-demand" and machine.details["price_per_hour"] == 0.0376
+    assert user_data(ec2, machine.id).startswith("#!")  # the boot script, as the instance runs it
+
+
+def test_spot_and_arm(provider, ec2, ssm):
+    [machine] = launch(provider, cpu=2, memory="4 GiB", arm=True, spot_policy="spot")
+    found = instance(ec2, machine.id)
+    assert found["InstanceLifecycle"] == "spot" and machine.spot and machine.details["market"] == "spot"
+    assert machine.instance_type == "t4g.medium"
+    assert found["ImageId"] == ssm.get_parameter(Name=AL2023.format("arm64"))["Parameter"]["Value"]
+
+
+def test_an_ami_of_the_other_architecture_is_refused(aws_env, ssm):
+    arm_image = ssm.get_parameter(Name=AL2023.format("arm64"))["Parameter"]["Value"]
+    provider = AWSProvider(ami=arm_image)
+    before = provider.list(include_terminated=True)
+    with pytest.raises(CapacityError, match=f"ami='{arm_image}' is arm64, but t3a.medium is x86_64"):
+        launch(provider, cpu=2, memory="4 GiB")
+    with pytest.raises(CapacityError, match="no such SSM parameter"):
+        launch(AWSProvider(ami="/my/amis/none"), cpu=2)
+    assert provider.list(include_terminated=True) == before
+
+
+def test_instance_profile_and_count(aws_env, ec2):
+    iam = boto3.session.Session().client("iam")
+    name = f"prefect-remote-test-{secrets.token_hex(3)}"
+    iam.create_instance_profile(InstanceProfileName=name)
+    machines = launch(AWSProvider(instance_profile=name), count=3, cpu=1)
+    assert len({m.id for m in machines}) == 3
+    assert name in instance(ec2, machines[0].id)["IamInstanceProfile"]["Arn"]  # moto attaches it to the first only
+
+
+# -- secrets ------------------------------------------------------------------------------------------
+
+
+def test_secrets_go_to_ssm_only_and_leave_with_the_last_machine(provider, ec2, ssm, monkeypatch, caplog):
+    caplog.set_level(logging.DEBUG, logger="prefect_remote")  # ours; botocore logs request bodies at DEBUG
+    token, spec_token = (f"secret-{secrets.token_hex(8)}" for _ in range(2))
+    launches = []
+    start = provider._start
+    monkeypatch.setattr(provider, "_start", lambda launch: launches.append(launch) or start(launch))
+    payload = BootPayload(["python", "app.py"], secrets={"TOKEN": token})
+    machines = launch(provider, count=2, payload=payload, environ={"PLAIN": "visible", "SPEC_TOKEN": SecretStr(spec_token)})
+    [made] = launches
+    parameter = provider.secrets_parameter(made.id)
+    assert parameter == f"/prefect-remote/{made.id}"
+    stored = ssm.get_parameter(Name=parameter, WithDecryption=True)["Parameter"]
+    assert stored["Type"] == "SecureString" and json.loads(stored["Value"]) == {"TOKEN": token, "SPEC_TOKEN": spec_token}
+    runtime_options = provider.runtime_options(made.id)
+    assert runtime_options["secrets_parameter"] == parameter
+    for machine in machines:
+        found = instance(ec2, machine.id)
+        script = user_data(ec2, machine.id)
+        config = decode_agent_config(script.split(f"{AGENT_CONFIG_ENV}=")[1].split()[0])  # base64 in the script
+        assert config["env"] == {"PLAIN": "visible"} and config["secret_names"] == ["SPEC_TOKEN", "TOKEN"]
+        exposed = [script, json.dumps(config), json.dumps(found["Tags"]), json.dumps(runtime_options), json.dumps(provider.client_options())]
+        exposed.append(json.dumps(provider.describe(machine.id).__dict__, default=str))
+        for text in [*exposed, caplog.text]:
+            assert token not in text and spec_token not in text
+    provider.terminate([machines[0].id])
+    assert ssm.get_parameter(Name=parameter, WithDecryption=True)  # its other machine still reads it
+    provider.terminate([machines[1].id])
+    with pytest.raises(ssm.exceptions.ParameterNotFound):
+        ssm.get_parameter(Name=parameter)
+
+
+def test_a_failed_launch_leaves_no_secrets(provider, ssm):
+    def parameters() -> set[str]:
+        pages = ssm.get_paginator("get_parameters_by_path").paginate(Path="/prefect-remote/", Recursive=True)
+        return {p["Name"] for page in pages for p in page["Parameters"]}
+
+    before = parameters()
+    refuse_spot(provider)
+    with pytest.raises(CapacityError):
+        launch(provider, cpu=1, spot_policy="spot", payload=BootPayload(["app"], secrets={"TOKEN": "x"}))
+    assert parameters() == before
+
+
+# -- security groups --------------------------------------------------------------------------------
+
+
+def ingress(ec2, machine_id: str) -> tuple[list[dict], set[str]]:
+    """The ingress rules of a machine's groups, and the CIDRs they admit."""
+    group_ids = [g["GroupId"] for g in instance(ec2, machine_id)["SecurityGroups"]]
+    groups = ec2.describe_security_groups(GroupIds=group_ids)["SecurityGroups"]
+    rules = [rule for group in groups for rule in group["IpPermissions"]]
+    return rules, {r["CidrIp"] for rule in rules for r in rule.get("IpRanges", [])}
+
+
+def test_security_groups_admit_dask_from_the_launcher_only_by_default(provider, ec2):
+    [machine] = launch(provider, cpu=1)
+    rules, cidrs = ingress(ec2, machine.id)
+    assert cidrs == {f"{LAUNCHER_IP}/32"}  # never 0.0.0.0/0 unless asked
+    [dask] = [rule for rule in rules if rule.get("IpRanges")]
+    assert (dask["IpProtocol"], dask["FromPort"], dask["ToPort"]) == ("tcp", 8786, 8787)
+    groups = instance(ec2, machine.id)["SecurityGroups"]
+    internal = next(g for g in groups if not g["GroupName"].endswith("/32"))
+    assert any(pair["GroupId"] == internal["GroupId"] for rule in rules for pair in rule.get("UserIdGroupPairs", []))
+    [again] = launch(provider, cpu=1)
+    assert instance(ec2, again.id)["SecurityGroups"] == groups  # reused, not made again
+
+
+def test_security_groups_everyone_or_a_cidr_when_asked(provider, ec2):
+    [everyone] = launch(provider, cpu=1, allow_ingress_from="everyone")
+    assert ingress(ec2, everyone.id)[1] == {"0.0.0.0/0"}
+    [cidr] = launch(AWSProvider(allow_ingress_from="10.20.0.0/16"), cpu=1)
+    assert ingress(ec2, cidr.id)[1] == {"10.20.0.0/16"}
+    [default] = launch(provider, cpu=1)  # "everyone" once opened nothing else
+    assert "0.0.0.0/0" not in ingress(ec2, default.id)[1]
+
+
+def test_no_public_ingress_when_the_launcher_ip_is_unknown(provider, ec2, monkeypatch, caplog):
+    monkeypatch.delenv("PREFECT_REMOTE_AWS_PUBLIC_IP")
+    monkeypatch.setattr(aws_provider, "CHECKIP_URL", "http://127.0.0.1:9/")  # nothing listens there
+    with caplog.at_level(logging.WARNING, logger="prefect_remote.providers.aws"):
+        [machine] = launch(provider, cpu=1)
+    assert ingress(ec2, machine.id)[1] == set()
+    assert "could not find this computer's public IP" in caplog.text and "PREFECT_REMOTE_AWS_PUBLIC_IP" in caplog.text
+
+
+def test_given_security_groups_are_used_as_they_are(aws_env, ec2):
+    vpc = ec2.describe_vpcs(Filters=[{"Name": "isDefault", "Values": ["true"]}])["Vpcs"][0]["VpcId"]
+    group = ec2.create_security_group(GroupName=f"mine-{secrets.token_hex(3)}", Description="mine", VpcId=vpc)["GroupId"]
+    [machine] = launch(AWSProvider(security_group_ids=[group]), cpu=1)
+    assert [g["GroupId"] for g in instance(ec2, machine.id)["SecurityGroups"]] == [group]
+
+
+# -- finding, ending, leases ------------------------------------------------------------------------
+
+
+def test_list_describe_terminate(provider, ec2):
+    run = secrets.token_hex(4)
+    workers = launch(provider, count=2, tags={"run": run, "role": "worker"}, cpu=1)
+    [scheduler] = launch(provider, tags={"run": run, "role": "scheduler"})
+    assert {m.id for m in provider.list({"run": run, "role": "worker"})} == {m.id for m in workers}
+    assert {m.id for m in provider.list({"run": run})} == {m.id for m in [*workers, scheduler]}
+    described = provider.describe(workers[0].id)
+    assert described.tags == {"test": "aws", "run": run, "role": "worker"} and described.spec == "1 cpu"
+    provider.terminate([m.id for m in workers], reason="scaled down", exit_code=0)
+    for ended in provider.wait([m.id for m in workers], timeout=10):
+        assert (ended.state, ended.reason, ended.exit_code) == ("terminated", "scaled down", 0)
+    provider.terminate([workers[0].id], reason="again")  # already ended: fine, reason kept
+    assert provider.describe(workers[0].id).reason == "scaled down"
+    assert [m.id for m in provider.list({"run": run})] == [scheduler.id]
+    assert len(provider.list({"run": run}, include_terminated=True)) == 3
+
+
+def test_unknown_machines(provider, ec2):
+    outsider = ec2.run_instances(ImageId="ami-12c6146b", InstanceType="t3.micro", MinCount=1, MaxCount=1)["Instances"][0]["InstanceId"]
+    for machine_id in ("m-000000000000", "i-0123456789abcdef0", outsider):  # malformed, unknown, not launched by us
+        for call in (provider.describe, provider.logs, lambda i: provider.terminate([i])):
+            with pytest.raises(MachineNotFound, match="machines ls"):
+                call(machine_id)
+    assert instance(ec2, outsider)["State"]["Name"] == "running"
+
+
+def test_renew_leases_is_one_call_for_many_machines(provider, ec2):
+    machines = launch(provider, count=50, cpu=1)
+    ids = [m.id for m in machines]
+    [ended] = launch(provider, cpu=1)
+    provider.terminate([ended.id])
+    ec2.create_tags(Resources=ids, Tags=[{"Key": "prefect-remote:lease", "Value": "1000"}])
+    client = provider.client("ec2")
+    creates, describes = count_calls(client, "CreateTags"), count_calls(client, "DescribeInstances")
+    gone = provider.renew_leases([*ids, ended.id, "i-0123456789abcdef0", "not-an-id"])
+    assert gone == [ended.id, "i-0123456789abcdef0", "not-an-id"]
+    assert len(creates) == 1 and len(describes) == 1
+    for machine_id in (ids[0], ids[-1]):
+        assert time.time() - int(tags_of(instance(ec2, machine_id))["prefect-remote:lease"]) < 5
+
+
+def test_logs_from_cloudwatch_with_a_cursor(provider):
+    [machine] = launch(provider, cpu=1)
+    empty = provider.logs(machine.id)
+    assert empty.text == "" and provider.logs(machine.id, cursor="abc").cursor == "abc"  # no stream yet
+    logs = boto3.session.Session().client("logs")
+    try:
+        logs.create_log_group(logGroupName="/prefect-remote/machines")
+    except logs.exceptions.ResourceAlreadyExistsException:
+        pass
+    logs.create_log_stream(logGroupName="/prefect-remote/machines", logStreamName=machine.id)
+
+    def put(*lines):
+        events = [{"timestamp": int(time.time() * 1000), "message": line} for line in lines]
+        logs.put_log_events(logGroupName="/prefect-remote/machines", logStreamName=machine.id, logEvents=events)
+
+    put("booting machine", "payload started\n")
+    first = provider.logs(machine.id)
+    assert first.text == "booting machine\npayload started\n"
+    assert provider.logs(machine.id, cursor=first.cursor).text == ""
+    put("machine ending")
+    rest = provider.logs(machine.id, cursor=first.cursor)
+    assert rest.text == "machine ending\n" and rest.cursor != first.cursor
+
+
+# -- spot capacity ----------------------------------------------------------------------------------
+
+
+def test_spot_with_fallback_launches_on_demand_when_spot_is_short(provider, ec2, caplog):
+    refuse_spot(provider)
+    with caplog.at_level(logging.WARNING, logger="prefect_remote.providers.aws"):
+        [machine] = launch(provider, cpu=2, memory="4 GiB", spot_policy="spot_with_fallback")
+    assert not machine.spot and "InstanceLifecycle" not in instance(ec2, machine.id)
+    assert "spot capacity unavailable for t3a.medium in us-east-1 (InsufficientInstanceCapacity); launching on-demand" in caplog.text
+
+
+def test_spot_alone_fails_clearly_and_starts_nothing(provider):
+    refuse_spot(provider, "MaxSpotInstanceCountExceeded")
+    run = secrets.token_hex(4)
+    with pytest.raises(CapacityError, match=r"spot capacity unavailable for t3a.medium in us-east-1 \(MaxSpotInstanceCountExceeded\); try spot_policy='spot_with_fallback'"):
+        launch(provider, cpu=2, memory="4 GiB", spot_policy="spot", tags={"run": run})
+    assert provider.list({"run": run}, include_terminated=True) == []
+
+
+# -- bad input: a clear error naming the fix, nothing started ------------------------------------------
+
+
+def test_requests_no_instance_type_meets(provider):
+    before = provider.list(include_terminated=True)
+    cases = [
+        ({"vm_type": "m9z.huge"}, "vm_type=\\['m9z.huge'\\]: not an instance type offered in us-east-1"),
+        ({"vm_type": "m6i.larg"}, "did you mean m6i.large"),
+        ({"cpu": 100000}, "cpu=100000: the largest x86_64 instance type in us-east-1 has"),
+        ({"cpu": 1, "memory": "512 GiB"}, "no instance type meets 1 cpu, 512 GiB"),
+        ({"vm_type": "m6i.large", "arm": True}, "arm=True, but vm_type=\\['m6i.large'\\] is x86_64; name a Graviton"),
+        ({"gpu": "nosuchgpu"}, "gpu='nosuchgpu': no such GPU in region us-east-1"),
+        ({"region": "eu-west-1"}, "region='eu-west-1', but this aws provider launches in us-east-1; make it with region='eu-west-1'"),
+    ]
+    for spec, message in cases:
+        with pytest.raises(CapacityError, match=message):
+            launch(provider, **spec)
+    with pytest.raises(ValueError, match="tag names use letters"):
+        launch(provider, cpu=1, tags={"my team": "x"})
+    assert provider.list(include_terminated=True) == before
+
+
+def test_a_gpu_where_the_region_has_none(provider, monkeypatch):
+    without_gpus = [item for item in provider.instance_types() if not item.gpu]
+    with pytest.raises(CapacityError, match="no GPU instance type in region us-east-1; GPU regions include .*us-east-1"):
+        catalog.check_request(without_gpus, MachineSpec(gpu=1), "us-east-1")
+    monkeypatch.setattr(provider, "instance_types", lambda: without_gpus)
+    with pytest.raises(CapacityError, match="no GPU instance type"):
+        launch(provider, gpu=1)
+    [machine] = launch(AWSProvider(), gpu="t4")  # a region with GPUs serves them
+    assert machine.instance_type.startswith("g4dn.")
+
+
+def test_bad_options():
+    for options, message in [
+        ({"region": "Ohio"}, "region='Ohio': expected an AWS region"),
+        ({"ami": "ami-xyz"}, "ami='ami-xyz': expected an AMI id"),
+        ({"subnet_id": "sn-1"}, "subnet_id='sn-1': expected an id such as 'subnet-"),
+        ({"security_group_ids": ["default"]}, "security_group_ids=\\['default'\\]"),
+        ({"allow_ingress_from": "my office"}, "allow_ingress_from='my office': expected 'me'"),
+        ({"secrets_prefix": "/aws/x/"}, "not under /aws"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            AWSProvider(**{"region": "us-east-2", **options})
+
+
+def test_no_region(monkeypatch, tmp_path):
+    for name in ("AWS_DEFAULT_REGION", "AWS_REGION", "AWS_PROFILE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "config"))
+    with pytest.raises(AWSError, match="no AWS region.*AWS_DEFAULT_REGION.*aws configure"):
+        AWSProvider()
+
+
+def test_no_credentials(aws_env, monkeypatch, tmp_path):
+    launched_before = AWSProvider().list(include_terminated=True)
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"):
+        monkeypatch.delenv(name, raising=False)
+    for name in ("AWS_SHARED_CREDENTIALS_FILE", "AWS_CONFIG_FILE"):
+        (tmp_path / name).write_text("")
+        monkeypatch.setenv(name, str(tmp_path / name))
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")  # no instance profile to fall back on here
+    provider = AWSProvider()
+    for attempt in (
+        lambda: launch(provider, cpu=1),
+        lambda: launch(provider, cpu=1, payload=BootPayload(["app"], secrets={"TOKEN": "x"})),
+        lambda: provider.list(),
+    ):
+        with pytest.raises(AWSError, match="no AWS credentials found.*AWS_PROFILE.*aws configure"):
+            attempt()
+    monkeypatch.undo()
+    for name, value in aws_env.environ().items():
+        monkeypatch.setenv(name, value)
+    assert AWSProvider().list(include_terminated=True) == launched_before
+
+
+# -- what it declares and hands on ----------------------------------------------------------------------
+
+
+def test_declarations_and_options(provider):
+    assert isinstance(get_provider("aws"), AWSProvider)
+    capabilities = provider.capabilities
+    assert capabilities.inbound_connections and capabilities.terminate_one and capabilities.gpus
+    assert not capabilities.containers and capabilities.max_lifetime is None
+    assert provider.lease_interval == 30.0 and provider.max_boot_script == 16 * 1024
+    options = provider.client_options()
+    assert options["region"] == "us-east-1" and options["allow_ingress_from"] == "me"
+    assert not {key for key in json.dumps(options).lower().split('"') if "secret_access" in key or "access_key" in key}
+    assert AWSProvider(**options).client_options() == options  # rebuilds the same provider elsewhere
+    assert provider.runtime_options("launch-0123456789ab") == {
+        "region": "us-east-1",
+        "secrets_parameter": "/prefect-remote/launch-0123456789ab",
+        "log_group": "/prefect-remote/machines",
+        "lease_tag": "prefect-remote:lease",
+        "metadata_endpoint": None,
+    }
+
+
+def test_keepalive_shorter_than_the_lease_interval_is_refused(provider):
+    with pytest.raises(ValueError, match="keepalive=10s: aws machines read their lease every 30s"):
+        launch(provider, cpu=1, keepalive=10)
+
+
+def test_estimated_cost():
+    machine = Machine("i-0abc12345def67890", "aws", "running", "m6i.large", created=1000.0, details={"price_per_hour": 0.096})
+    assert estimated_cost(machine, until=1000.0 + 2 * 3600) == pytest.approx(0.192)
+    assert estimated_cost(machine, until=500.0) == 0.0  # a clock behind the launch costs nothing
+    assert estimated_cost(Machine("i-1", "aws", "running", "x.large", created=0.0, details={"price_per_hour": None})) is None
+    assert 0 < estimated_cost(Machine("i-2", "aws", "running", "m6i.large", created=time.time() - 60, details={"price_per_hour": 0.096})) < 0.002

@@ -1,0 +1,116 @@
+"""EC2Runtime, the machine side, against a tiny IMDSv2 server (http.server on loopback) that serves
+one moto instance's id and live tags, and moto's SSM and EC2 through boto3."""
+
+from __future__ import annotations
+
+import secrets
+import threading
+import time
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import boto3
+import pytest
+
+from prefect_remote.providers.aws.runtime import DEFAULT_METADATA_ENDPOINT, EC2Runtime
+from prefect_remote.providers.base import BootPayload
+from prefect_remote.providers.runtime import load_runtime
+from prefect_remote.spec import MachineSpec
+
+
+class Metadata:
+    """An IMDSv2 for one instance: a session token from PUT /latest/api/token, then GETs with it."""
+
+    def __init__(self, instance_id: str) -> None:
+        self.instance_id = instance_id
+        self.tokens: set[str] = set()
+        self.requests: list[str] = []
+        ec2 = boto3.session.Session().client("ec2")
+        metadata = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_PUT(self) -> None:
+                if self.path != "/latest/api/token" or not self.headers.get("X-aws-ec2-metadata-token-ttl-seconds"):
+                    return self._answer(400, "")
+                token = secrets.token_hex(8)
+                metadata.tokens.add(token)
+                self._answer(200, token)
+
+            def do_GET(self) -> None:
+                metadata.requests.append(self.path)
+                if self.headers.get("X-aws-ec2-metadata-token") not in metadata.tokens:
+                    return self._answer(401, "")
+                if self.path == "/latest/meta-data/instance-id":
+                    return self._answer(200, metadata.instance_id)
+                prefix = "/latest/meta-data/tags/instance/"
+                if self.path.startswith(prefix):
+                    found = ec2.describe_instances(InstanceIds=[metadata.instance_id])["Reservations"][0]["Instances"][0]
+                    tags = {tag["Key"]: tag["Value"] for tag in found.get("Tags", [])}
+                    key = self.path[len(prefix) :]
+                    return self._answer(200, tags[key]) if key in tags else self._answer(404, "")
+                self._answer(404, "")
+
+            def _answer(self, status: int, body: str) -> None:
+                self.send_response(status)
+                self.end_headers()
+                self.wfile.write(body.encode())
+
+            def log_message(self, *args) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_port}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+
+@pytest.fixture
+def machine_and_metadata(provider) -> Iterator[tuple]:
+    launches = []
+    start = provider._start
+    provider._start = lambda launch: launches.append(launch) or start(launch)
+    [machine] = provider.launch(MachineSpec(cpu=1, keepalive="1 minute"), BootPayload(["app"], secrets={"TOKEN": "s3cret"}))
+    metadata = Metadata(machine.id)
+    yield machine, launches[0], metadata
+    metadata.server.shutdown()
+
+
+def test_runtime_reads_id_lease_and_secrets(provider, ec2, machine_and_metadata):
+    machine, launch, metadata = machine_and_metadata
+    options = {**provider.runtime_options(launch.id), "metadata_endpoint": metadata.url}
+    runtime = load_runtime(provider.runtime, options)  # as the agent makes it
+    assert isinstance(runtime, EC2Runtime)
+    assert runtime.machine_id == machine.id
+    assert 0 <= runtime.lease_age() < 5
+    ec2.create_tags(Resources=[machine.id], Tags=[{"Key": "prefect-remote:lease", "Value": str(int(time.time()) - 100)}])
+    assert 99 <= runtime.lease_age() < 105
+    assert metadata.requests[-1] == "/latest/meta-data/tags/instance/prefect-remote:lease"
+    provider.renew_leases([machine.id])
+    assert runtime.lease_age() < 5
+    assert runtime.read_secrets() == {"TOKEN": "s3cret"}
+
+
+def test_runtime_renews_a_rejected_token(provider, machine_and_metadata):
+    machine, launch, metadata = machine_and_metadata
+    runtime = EC2Runtime(**{**provider.runtime_options(launch.id), "metadata_endpoint": metadata.url})
+    assert runtime.machine_id == machine.id
+    metadata.tokens.clear()  # the instance was stopped and started: old tokens are refused
+    assert runtime.lease_age() < 5
+
+
+def test_runtime_terminates_its_instance_with_the_reason(provider, monkeypatch, machine_and_metadata):
+    machine, launch, metadata = machine_and_metadata
+    runtime = EC2Runtime(**{**provider.runtime_options(launch.id), "metadata_endpoint": metadata.url})
+    runtime.terminate("idle for 10m", 0)
+    ended = provider.describe(machine.id)
+    assert (ended.state, ended.reason, ended.exit_code) == ("terminated", "idle for 10m", 0)
+    ran = []
+    monkeypatch.setattr("subprocess.run", lambda *a, **k: ran.append(a))
+    runtime.halt()  # not the real metadata endpoint: this is no instance to power off
+    assert ran == []
+
+
+def test_metadata_endpoint_defaults(monkeypatch):
+    monkeypatch.delenv("AWS_EC2_METADATA_SERVICE_ENDPOINT", raising=False)
+    assert EC2Runtime(region="us-east-1", secrets_parameter="/p/x").metadata_endpoint == DEFAULT_METADATA_ENDPOINT
+    monkeypatch.setenv("AWS_EC2_METADATA_SERVICE_ENDPOINT", "http://127.0.0.1:1234/")  # the AWS SDKs' own override
+    assert EC2Runtime(region="us-east-1", secrets_parameter="/p/x").metadata_endpoint == "http://127.0.0.1:1234"
