@@ -13,6 +13,7 @@ from prefect.settings import PREFECT_API_URL, temporary_settings
 from prefect_dask import DaskTaskRunner
 
 from prefect_remote.cluster.options import ClusterOptions
+from prefect_remote.cluster.prefect_tls import SharePrefectTLS
 from prefect_remote.cluster.remote import RemoteCluster
 
 
@@ -41,6 +42,16 @@ class RemoteTaskRunner(DaskTaskRunner):
         if api_url and (reachable := self.provider.reachable_url(api_url)) != api_url:
             self._exit_stack.enter_context(temporary_settings({PREFECT_API_URL: reachable}))
         return super().__enter__()
+
+    @property
+    def client(self):
+        """The Dask client, made on first use; its workers then share Prefect's TLS contexts
+        (see :mod:`prefect_remote.cluster.prefect_tls`)."""
+        created = self._client is None
+        client = super().client
+        if created:
+            client.register_plugin(SharePrefectTLS())
+        return client
 
     def duplicate(self) -> RemoteTaskRunner:
         return type(self)(client_kwargs=self.client_kwargs, performance_report_path=self.performance_report_path, **self.cluster_arguments)
