@@ -11,7 +11,7 @@ A plugin adds one with an entry point::
 
 from __future__ import annotations
 
-from importlib import import_module, metadata
+from importlib import import_module
 from typing import Any
 
 from prefect_remote.errors import ProviderNotFound
@@ -28,6 +28,8 @@ BUILTIN_PROVIDERS = {
 
 def available_providers() -> dict[str, str]:
     """Every provider name with the ``module:Class`` it loads."""
+    from importlib import metadata  # scanning entry points is slow: only when a name is not built in
+
     plugins = {ep.name: ep.value for ep in metadata.entry_points(group=ENTRY_POINT_GROUP)}
     return {**plugins, **BUILTIN_PROVIDERS}
 
