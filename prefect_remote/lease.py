@@ -12,6 +12,7 @@ holds (on a cloud each call is an API request).
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 import threading
@@ -20,6 +21,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from prefect_remote.providers.base import Provider
+
+logger = logging.getLogger("prefect_remote.lease")
 
 MIN_INTERVAL, MAX_INTERVAL = 0.2, 10.0
 
@@ -47,6 +50,7 @@ class _Held:
     provider: Provider
     last: float
     machines: dict[str, float] = field(default_factory=dict)
+    failing: bool = False  # the last renewal failed (said once per streak of failures)
 
     def due(self) -> float:
         return self.last + renewal_interval(min(self.machines.values()), self.provider.lease_interval)
@@ -112,11 +116,18 @@ class LeaseKeeper:
             batches = [(held.provider, list(held.machines)) for held in due]
             for held in due:
                 held.last = now
-        for provider, machine_ids in batches:
+        for held, (provider, machine_ids) in zip(due, batches):
             try:
                 self.remove(provider.renew_leases(machine_ids) or [])  # ended machines need no renewing
-            except Exception:  # a transient provider error must not kill the renewer
-                pass
+                held.failing = False
+            except Exception as error:  # keep renewing: the error may pass before the machines' keepalive does
+                if not held.failing:
+                    logger.warning(
+                        "could not renew the leases of %d %s machine(s): %s; they end themselves after their keepalive "
+                        "unless a later renewal succeeds (check the provider's credentials and permissions)",
+                        len(machine_ids), provider.name, error,
+                    )
+                held.failing = True
         with self._lock:
             return max(0.0, min((held.due() for held in self._held.values()), default=now + MAX_INTERVAL) - now)
 

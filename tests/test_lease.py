@@ -66,3 +66,26 @@ def test_one_renewal_call_per_provider_per_interval_however_many_machines():
     assert provider.calls == [501] * 4  # every 2.5 s, not every 1 s
     keeper.remove([f"m-{i}" for i in range(500)] + ["m-short"])
     assert keeper.held() == ["m-other"]
+
+
+class FailingProvider(CountingProvider):
+    def renew_leases(self, machine_ids):
+        super().renew_leases(machine_ids)
+        if self.failing:
+            raise PermissionError("not authorized to perform ec2:CreateTags")
+        return []
+
+
+def test_failed_renewals_are_said_once_per_streak_and_retried(caplog):
+    now = [0.0]
+    keeper = LeaseKeeper(background=False, clock=lambda: now[0])
+    provider = FailingProvider()
+    provider.failing = True
+    keeper.add(provider, ["m-1", "m-2"], keepalive=30)
+    for failing in (True, True, True, False, True):
+        provider.failing = failing
+        now[0] += MAX_INTERVAL
+        keeper.renew_due()
+    warnings = [r for r in caplog.records if r.name == "prefect_remote.lease"]
+    assert len(warnings) == 2 and "ec2:CreateTags" in warnings[0].getMessage() and "2 local machine(s)" in warnings[0].getMessage()
+    assert len(provider.calls) == 5 and keeper.held() == ["m-1", "m-2"]  # still held, still retried

@@ -60,7 +60,7 @@ ENDED_STATES = ("shutting-down", "terminated")
 _INSTANCE_ID = re.compile(r"i-[0-9a-f]{8,17}")
 # Instance tags served by the metadata service may only use these characters (EC2 refuses others
 # once InstanceMetadataTags is enabled).
-_IMDS_TAG_KEY = re.compile(r"[A-Za-z0-9+\-=._:@]{1,128}")
+_IMDS_TAG_KEY = re.compile(r"[A-Za-z0-9+\-=.,_:@]{1,128}")
 _NO_CREDENTIALS = (
     "no AWS credentials found for the aws provider; set AWS_PROFILE (after `aws configure` or `aws sso login`) "
     "or AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or run where an instance profile or role provides them"
@@ -488,16 +488,18 @@ class AWSProvider(Provider):
         filters = [{"Name": "vpc-id", "Values": [self.vpc_id]}, {"Name": "group-name", "Values": [name]}]
         found = ec2.describe_security_groups(Filters=filters)["SecurityGroups"]
         if found:
-            return found[0]["GroupId"]
-        try:
-            group_id = ec2.create_security_group(
-                GroupName=name, Description=description, VpcId=self.vpc_id,
-                TagSpecifications=[{"ResourceType": "security-group", "Tags": [{"Key": MANAGED_TAG, "Value": "true"}]}],
-            )["GroupId"]
-        except ClientError as error:
-            if _error_code(error) != "InvalidGroup.Duplicate":
-                raise
-            group_id = ec2.describe_security_groups(Filters=filters)["SecurityGroups"][0]["GroupId"]  # another launcher made it just now
+            group_id = found[0]["GroupId"]
+        else:
+            try:
+                group_id = ec2.create_security_group(
+                    GroupName=name, Description=description, VpcId=self.vpc_id,
+                    TagSpecifications=[{"ResourceType": "security-group", "Tags": [{"Key": MANAGED_TAG, "Value": "true"}]}],
+                )["GroupId"]
+            except ClientError as error:
+                if _error_code(error) != "InvalidGroup.Duplicate":
+                    raise
+                group_id = ec2.describe_security_groups(Filters=filters)["SecurityGroups"][0]["GroupId"]  # another launcher made it just now
+        # Also for a found group: a launcher that died between creating it and adding its rules left none.
         try:
             ec2.authorize_security_group_ingress(GroupId=group_id, IpPermissions=rules(group_id))
         except ClientError as error:
@@ -634,10 +636,17 @@ class AWSProvider(Provider):
 
         ids = list(dict.fromkeys(machine_ids))
         candidates = [machine_id for machine_id in ids if _INSTANCE_ID.fullmatch(machine_id)]
-        alive: set[str] = set()
+        instances: list[dict[str, Any]] = []
         for batch in _batches(candidates, 200):  # EC2 takes at most 200 values per filter
-            filters = [{"Name": "instance-id", "Values": batch}, {"Name": "instance-state-name", "Values": list(STATES)}]
-            alive |= {instance["InstanceId"] for instance in self._instances(Filters=filters)}
+            instances += self._instances(Filters=[{"Name": "instance-id", "Values": batch}])
+        alive = {i["InstanceId"] for i in instances if i["State"]["Name"] in STATES}
+        # Machines mostly end themselves (payload done, timeouts): their launch's secrets go once none is left.
+        ended_with_secrets = {
+            tags[LAUNCH_TAG] for i in instances
+            if i["State"]["Name"] not in STATES and SECRETS_TAG in (tags := {t["Key"]: t["Value"] for t in i.get("Tags", [])})
+        }
+        if ended_with_secrets:
+            self._forget_ended_launches(ended_with_secrets)
         now = str(int(time.time()))
         for batch in _batches([machine_id for machine_id in ids if machine_id in alive], 1000):
             try:

@@ -21,7 +21,7 @@ from prefect_remote.errors import CapacityError, MachineNotFound
 from prefect_remote.providers import get_provider
 from prefect_remote.providers.aws import catalog
 from prefect_remote.providers.aws import provider as aws_provider
-from prefect_remote.providers.aws.provider import AWSError, AWSProvider, estimated_cost
+from prefect_remote.providers.aws.provider import LAUNCH_TAG, AWSError, AWSProvider, estimated_cost
 from prefect_remote.providers.base import BootPayload, Machine
 from prefect_remote.spec import MachineSpec
 from tests.providers.aws.conftest import LAUNCHER_IP
@@ -153,6 +153,16 @@ def test_secrets_go_to_ssm_only_and_leave_with_the_last_machine(provider, ec2, s
         ssm.get_parameter(Name=parameter)
 
 
+def test_secrets_leave_with_machines_that_ended_themselves(provider, ec2, ssm):
+    [machine] = launch(provider, payload=BootPayload(["app"], secrets={"TOKEN": "x"}))
+    parameter = provider.secrets_parameter(tags_of(instance(ec2, machine.id))[LAUNCH_TAG])
+    assert ssm.get_parameter(Name=parameter, WithDecryption=True)
+    ec2.terminate_instances(InstanceIds=[machine.id])  # as the machine's own agent does at its end
+    assert provider.renew_leases([machine.id]) == [machine.id]  # the owner's next renewal notices
+    with pytest.raises(ssm.exceptions.ParameterNotFound):
+        ssm.get_parameter(Name=parameter)
+
+
 def test_a_failed_launch_leaves_no_secrets(provider, ssm):
     def parameters() -> set[str]:
         pages = ssm.get_paginator("get_parameters_by_path").paginate(Path="/prefect-remote/", Recursive=True)
@@ -187,6 +197,16 @@ def test_security_groups_admit_dask_from_the_launcher_only_by_default(provider, 
     assert any(pair["GroupId"] == internal["GroupId"] for rule in rules for pair in rule.get("UserIdGroupPairs", []))
     [again] = launch(provider, cpu=1)
     assert instance(ec2, again.id)["SecurityGroups"] == groups  # reused, not made again
+
+
+def test_a_security_group_left_without_rules_is_repaired(provider, ec2):
+    [machine] = launch(provider, cpu=1)
+    groups = ec2.describe_security_groups(GroupIds=[g["GroupId"] for g in instance(ec2, machine.id)["SecurityGroups"]])["SecurityGroups"]
+    for group in groups:  # as a launcher that died between making the groups and adding their rules leaves them
+        ec2.revoke_security_group_ingress(GroupId=group["GroupId"], IpPermissions=group["IpPermissions"])
+    assert ingress(ec2, machine.id)[0] == []
+    [again] = launch(provider, cpu=1)
+    assert ingress(ec2, again.id)[1] == {f"{LAUNCHER_IP}/32"}
 
 
 def test_security_groups_everyone_or_a_cidr_when_asked(provider, ec2):
