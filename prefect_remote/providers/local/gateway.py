@@ -30,7 +30,7 @@ from pathlib import Path
 
 from prefect_remote.filelock import file_lock
 from prefect_remote.providers.local import records
-from prefect_remote.providers.local.isolation import RUN_DIR, Bridge, live_pid, spawn_detached
+from prefect_remote.providers.local.isolation import RUN_DIR, IsolationError, Bridge, live_pid, spawn_detached
 
 EGRESS_PORT = 3128
 IDLE_EXIT = 10.0  # seconds without namespace machines, or a request, before a gateway service exits
@@ -144,11 +144,17 @@ def _ensure(bridge: Bridge, service: str, port: int, argument: str) -> None:
                 env={"PATH": os.environ.get("PATH", "")},
             )
         deadline = time.monotonic() + 10
-        while time.monotonic() < deadline and process.poll() is None:
+        while True:
             try:
                 socket.create_connection((bridge.address, port), timeout=0.2).close()
                 return
-            except OSError:
+            except OSError as error:
+                if process.poll() is not None or time.monotonic() > deadline:  # (a service that exited may have found one listening)
+                    raise IsolationError(
+                        f"the host gateway's {service} service on {bridge.address}:{port} did not start "
+                        f"({'exited with code ' + str(process.returncode) if process.returncode is not None else 'not listening after 10 s'}: {error}); "
+                        f"namespace machines would not reach it. Free the port, or use PREFECT_REMOTE_LOCAL_ISOLATION=process"
+                    ) from None
                 time.sleep(0.02)
 
 

@@ -158,3 +158,14 @@ def test_the_bridge_lock_can_be_taken_again_by_its_holder(tmp_path, monkeypatch)
         pass
     with Bridge("prunit0", "10.250.0.0/29").lock():  # and it was released
         pass
+
+
+@needs_namespace
+def test_a_gateway_that_cannot_start_is_an_error_not_a_silent_launch(tmp_path, monkeypatch):
+    provider = LocalProvider(tmp_path / "home", isolation="namespace")
+    monkeypatch.setattr(gateway.sys, "executable", "/bin/false")  # the service's process starts, then exits at once
+    free = socket.create_server(("127.0.0.1", 0))
+    port = free.getsockname()[1]
+    free.close()
+    with pytest.raises(isolation.IsolationError, match=r"forward service .* did not start \(exited with code 1"):
+        provider.reachable_url(f"http://127.0.0.1:{port}/api")
