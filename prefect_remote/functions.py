@@ -229,11 +229,16 @@ def _check_retries(retries: int | None) -> None:
 
 @dataclasses.dataclass
 class _Batch:
-    """A submitted batch: its place among the batches, its task, and how many items it holds."""
+    """A submitted batch: its place among the batches, its task, and its items (kept while in flight,
+    which the window bounds, so a batch that fails as a whole can be run again one item per task)."""
 
     index: int
     future: Any
-    size: int
+    items: list[Any]
+
+    @property
+    def size(self) -> int:
+        return len(self.items)
 
 
 class _Submitter:
@@ -248,6 +253,7 @@ class _Submitter:
     def __init__(self, function: Function, iterables: tuple[Iterable[Any], ...], kwargs: dict[str, Any], retries: int, sizer: BatchSizer, total: int | None) -> None:
         self.function, self.sizer = function, sizer
         self.unpack = len(iterables) > 1  # items are tuples of arguments; else single arguments (lighter to send)
+        self.kwargs, self.retries = kwargs, retries  # (kwargs: large values scattered once submitting starts)
         inputs = zip(*iterables) if self.unpack else iter(iterables[0])
         self.events: queue.SimpleQueue = queue.SimpleQueue()
         self.submitted = 0  # batches; final once _DONE is in events
@@ -264,10 +270,10 @@ class _Submitter:
         events = self.events
         try:
             client, cluster = self.function.client, self.function.cluster
-            kwargs = {name: _scatter_if_large(client, value) for name, value in kwargs.items()}
+            kwargs = self.kwargs = {name: _scatter_if_large(client, value) for name, value in kwargs.items()}
             while (size := self._room(cluster, remaining)) and (items := list(itertools.islice(inputs, size))):  # read only now
-                future = client.submit(self.function._batch, items, kwargs, retries, self.unpack, key=self.function._key(), pure=False)
-                batch = _Batch(self.submitted, future, len(items))
+                batch = _Batch(self.submitted, self.submit(items, kwargs, retries), items)
+                future = batch.future
                 with self._changed:
                     if self.stop.is_set():  # closed while this one was being submitted
                         client.cancel([future])
@@ -282,6 +288,10 @@ class _Submitter:
             events.put(error)
         finally:
             events.put(_DONE)
+
+    def submit(self, items: list[Any], kwargs: dict[str, Any], retries: int) -> Any:
+        """One task running ``items`` in turn on a worker."""
+        return self.function.client.submit(self.function._batch, items, kwargs, retries, self.unpack, key=self.function._key(), pure=False)
 
     def _room(self, cluster: Any, remaining: int | None) -> int | None:
         """Waits until the next batch fits the window; returns its size (None once stopped)."""
@@ -370,7 +380,7 @@ class MapResults(Iterator[Any]):
         waiting: dict[int, tuple[_Batch, BatchResult | None]] = {}  # fetched, waiting for their turn (ordered)
         next_index = 0
         for group in self._finished():
-            results = client.gather({batch.index: batch.future for batch in group}, errors="skip")  # a failed task: None
+            results = _gather(client, group)
             for batch in sorted(group, key=lambda batch: batch.index):
                 if results[batch.index] is not None:
                     self._submitter.measured(batch, results[batch.index])
@@ -384,12 +394,25 @@ class MapResults(Iterator[Any]):
                 next_index = index + 1
                 yield from self._items(batch, result)
 
-    def _items(self, batch: _Batch, result: BatchResult | None) -> Iterator[Any]:
+    def _items(self, batch: _Batch, result: BatchResult | None, *, counted: bool = False) -> Iterator[Any]:
         """A finished batch's items in input order: a failed item raises (``errors="raise"``) or is left
-        out (``"skip"``). The batch is counted and leaves the window first."""
-        self._submitter.released(batch)
-        self._progress.advance(batch.size)
-        if result is None:  # the task failed as a whole (e.g. its workers kept dying): all its items failed
+        out (``"skip"``). The batch is counted and leaves the window first (unless ``counted``)."""
+        if not counted:
+            self._submitter.released(batch)
+            self._progress.advance(batch.size)
+        if result is None and batch.size > 1:
+            # The task failed as a whole (a value that cannot be sent back, a call that kills its
+            # worker): one item's failure must not take its neighbours, so each runs as its own task.
+            submitter = self._submitter
+            singles = [submitter.submit([item], submitter.kwargs, submitter.retries) for item in batch.items]
+            for single in singles:
+                try:
+                    outcome = single.result()
+                except Exception:  # raised again below, or skipped
+                    outcome = None
+                yield from self._items(_Batch(batch.index, single, [None]), outcome, counted=True)
+            return
+        if result is None:  # the item's task failed as a whole
             if self.errors == "raise":
                 batch.future.result()
             return
@@ -415,6 +438,21 @@ class MapResults(Iterator[Any]):
         submitter = getattr(self, "_submitter", None)
         if submitter is not None:
             submitter.stop.set()
+
+
+def _gather(client, batches: list[_Batch]) -> dict[int, BatchResult | None]:
+    """The finished batches' results by index, in one round trip; a batch that failed, or whose
+    result cannot be sent back (one value that does not pickle), is None."""
+    try:
+        return client.gather({batch.index: batch.future for batch in batches}, errors="skip")
+    except Exception:  # one batch's value broke the whole fetch: fetch them one by one
+        results: dict[int, BatchResult | None] = {}
+        for batch in batches:
+            try:
+                results[batch.index] = batch.future.result()
+            except Exception:
+                results[batch.index] = None
+        return results
 
 
 def _scatter_if_large(client, value: Any) -> Any:

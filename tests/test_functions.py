@@ -75,6 +75,13 @@ def nap(x: float, seconds: float = 0.0) -> float:
 
 
 @prefect_remote.function(n_workers=2, keepalive="30 seconds", provider=PROCESS)
+def unsendable(x: int):
+    import threading
+
+    return threading.Lock() if x == 2 else x  # a lock cannot be sent back to the caller
+
+
+@prefect_remote.function(n_workers=2, keepalive="30 seconds", provider=PROCESS)
 def check(x: int, seconds: float = 0.0) -> int:
     """Fails on negative inputs, after ``seconds``."""
     time.sleep(seconds)
@@ -261,6 +268,16 @@ def test_map_skips_failed_items_and_raises_the_first_failure_in_input_order():
     assert 'raise ValueError(f"negative input {x}")' in "".join(traceback.format_exception(raised.value))
     with pytest.raises(ValueError, match="negative input -3"):
         list(check.map([1, 2, -3, -4, 5], batch_size=5))  # within one batch, too
+
+
+def test_a_batch_that_fails_as_a_whole_fails_only_the_item_that_broke_it():
+    # The batch's value cannot be sent back (item 2's lock): its items run again one per task.
+    assert list(unsendable.map(range(5), batch_size=5, errors="skip")) == [0, 1, 3, 4]
+    received = []
+    with pytest.raises(Exception, match="(?i)pickle|lock"):
+        for value in unsendable.map(range(5), batch_size=5):
+            received.append(value)
+    assert received == [0, 1]
 
 
 def test_map_retries_each_item_on_its_own(tmp_path):
