@@ -23,6 +23,7 @@ from typing import Any
 
 from prefect_remote.errors import CapacityError
 from prefect_remote.providers.local import gateway, records
+from prefect_remote.providers.local.runtime import request_stop
 from prefect_remote.providers.local.isolation import (
     Bridge,
     Cgroups,
@@ -86,7 +87,7 @@ def start_machines(
 ) -> list[str]:
     """Starts ``count`` machines running ``boot_script``; returns their ids. ``record`` holds the
     launch's facts for each ``machine.json`` (tags, owner, spec summary…). Everything is written
-    before any machine starts: a launch that fails starts none and leaves no folder."""
+    before any machine starts: a launch that fails leaves no folder, and ends the machines it had started."""
     isolation = resolve_isolation(host.isolation)
     bridge = Bridge(host.bridge, host.subnet)
     staged = staged_secrets(host.home, launch_id)
@@ -115,20 +116,33 @@ def start_machines(
                         },
                     )
             except (OSError, IsolationError) as error:
-                for directory in directories:
-                    written = records.read_json(directory / records.MACHINE, default=None)
-                    if written:
-                        teardown(written)
-                    shutil.rmtree(directory, ignore_errors=True)
+                _remove(directories)
                 raise CapacityError(f"local provider: could not launch {count} machine(s): {error}") from error
     finally:
         staged.unlink(missing_ok=True)
-    if isolation == "namespace" and software:
-        bridge.ensure()
-        gateway.ensure_egress(bridge, host.egress)
-    for directory in directories:
-        _start_hypervisor(directory)
+    started: list[Path] = []
+    try:
+        if isolation == "namespace" and software:
+            bridge.ensure()
+            gateway.ensure_egress(bridge, host.egress)
+        for directory in directories:
+            _start_hypervisor(directory)
+            started.append(directory)
+    except (OSError, IsolationError) as error:
+        for directory in started:  # their monitors end them and record why
+            request_stop(directory, f"its launch failed: {error}", None)
+        _remove(directories[len(started):])
+        raise CapacityError(f"local provider: could not launch {count} machine(s): {error}") from error
     return [directory.name for directory in directories]
+
+
+def _remove(directories: list[Path]) -> None:
+    """Undoes machines that were written but never started: isolation, address and folder."""
+    for directory in directories:
+        written = records.read_json(directory / records.MACHINE, default=None)
+        if written:
+            teardown(written)
+        shutil.rmtree(directory, ignore_errors=True)
 
 
 def _start_hypervisor(directory: Path) -> None:

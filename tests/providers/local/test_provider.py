@@ -17,7 +17,7 @@ import pytest
 from prefect_remote.boot import decode_agent_config
 from prefect_remote.errors import CapabilityError, CapacityError
 from prefect_remote.providers.base import BootPayload
-from prefect_remote.providers.local import LocalProvider, records
+from prefect_remote.providers.local import LocalProvider, records, start
 from prefect_remote.providers.local.isolation import process_identity, tagged_pids
 from prefect_remote.spec import MachineSpec
 import prefect_remote
@@ -278,8 +278,6 @@ def test_ended_machines_are_pruned_from_lease_renewal():
 
 
 def test_namespace_isolation_refused_clearly_where_unavailable(monkeypatch):
-    from prefect_remote.providers.local import start
-
     monkeypatch.setattr(start, "namespace_unavailable", lambda: "namespace isolation needs root")
     with pytest.raises(CapacityError, match="needs root; set PREFECT_REMOTE_LOCAL_ISOLATION=process"):
         LocalProvider(isolation="namespace").isolation
@@ -317,3 +315,24 @@ def test_a_launchs_secrets_are_handed_to_each_machine_and_staged_nowhere_after(t
     with pytest.raises(CapacityError, match="no room"):  # a launch that fails leaves its secrets nowhere either
         provider.launch(MachineSpec(), BootPayload(["true"], secrets={"TOKEN": "t0k"}))
     assert list((tmp_path / "secrets").iterdir()) == []
+
+
+def test_a_launch_failing_midway_ends_the_machines_it_started_and_leaves_no_other(tmp_path, monkeypatch):
+    provider = LocalProvider(tmp_path / "home", isolation="process")
+    real = start._start_hypervisor
+    calls = []
+
+    def second_fails(directory):
+        calls.append(directory)
+        if len(calls) == 2:
+            raise OSError("cannot fork: resource temporarily unavailable")
+        real(directory)
+
+    monkeypatch.setattr(start, "_start_hypervisor", second_fails)
+    with pytest.raises(CapacityError, match="could not launch 3 machine.*cannot fork"):
+        provider.launch(MachineSpec(), BootPayload(["sleep", "30"]), count=3)
+    [first] = provider.list(include_terminated=True)
+    assert first.id == calls[0].name
+    [ended] = provider.wait([first.id], timeout=15)
+    assert "its launch failed" in ended.reason
+    assert sorted(p.name for p in (tmp_path / "home" / "machines").iterdir()) == [first.id]
