@@ -34,6 +34,7 @@ P = ParamSpec("P")
 R = TypeVar("R")
 
 SCATTER_OVER = 100_000  # bytes: keyword arguments larger than this are sent to the cluster once
+STOP_READING_WITHIN = 5.0  # seconds a closed map waits for its reader to finish the item it is reading
 _DONE = object()
 
 
@@ -254,10 +255,10 @@ class _Submitter:
         self.function, self.sizer = function, sizer
         self.unpack = len(iterables) > 1  # items are tuples of arguments; else single arguments (lighter to send)
         self.kwargs, self.retries = kwargs, retries  # (kwargs: large values scattered once submitting starts)
-        inputs = zip(*iterables) if self.unpack else iter(iterables[0])
+        self.stop = threading.Event()
+        inputs = _until(self.stop, zip(*iterables) if self.unpack else iter(iterables[0]))
         self.events: queue.SimpleQueue = queue.SimpleQueue()
         self.submitted = 0  # batches; final once _DONE is in events
-        self.stop = threading.Event()
         self._changed = threading.Condition()  # guards the sizer and the in-flight state below
         self._in_flight: dict[int, _Batch] = {}  # submitted, not yet handed on by the consumer
         self._items_in_flight = 0
@@ -318,18 +319,31 @@ class _Submitter:
             self._changed.notify()
 
     def cancel(self) -> None:
-        """Stops submitting and cancels every batch not handed on yet."""
+        """Stops submitting and cancels every batch not handed on yet. Returns once no more inputs
+        are read (or after a few seconds, if the caller's iterable is blocked in producing one)."""
         with self._changed:
             self.stop.set()
             futures = [batch.future for batch in self._in_flight.values()]
             self._in_flight.clear()
             self._items_in_flight = 0
             self._changed.notify()
+        if self._thread is not threading.current_thread():
+            self._thread.join(timeout=STOP_READING_WITHIN)
         if futures:
             try:
                 self.function.client.cancel(futures)
             except Exception:  # the client or cluster is already gone: nothing left to cancel
                 pass
+
+
+def _until(stop: threading.Event, items: Iterator[Any]) -> Iterator[Any]:
+    """``items`` until ``stop`` is set: a closed map reads no further input, even mid-batch."""
+    while not stop.is_set():
+        try:
+            item = next(items)
+        except StopIteration:
+            return
+        yield item
 
 
 def _threads(cluster: Any) -> int:
