@@ -27,7 +27,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from prefect_remote.boot import ACTIVITY_FILE_ENV, AGENT_CONFIG_ENV, MACHINE_ID_ENV, decode_agent_config
+from prefect_remote.boot import ACTIVITY_FILE_ENV, AGENT_CONFIG_ENV, DEFAULT_ROOT, MACHINE_ID_ENV, ROOT_ENV, decode_agent_config
 from prefect_remote.providers.runtime import MachineRuntime, load_runtime
 from prefect_remote.units import format_duration
 
@@ -64,7 +64,9 @@ class Agent:
         self._lease_seen_said = -1.0  # the last answer an outage was reported after
 
     def say(self, message: str) -> None:
-        self.log.write(f"[prefect-remote agent] {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())} {message}\n".encode())
+        now = time.time()
+        stamp = f"{time.strftime('%Y-%m-%dT%H:%M:%S', time.gmtime(now))}.{int(now % 1 * 1000):03d}Z"
+        self.log.write(f"[prefect-remote agent] {stamp} {message}\n".encode())
         self.log.flush()
 
     def prepare_software(self) -> tuple[Path | None, str | None]:
@@ -96,10 +98,11 @@ class Agent:
         from prefect_remote.software.rebuild import rebuild_environment
         from prefect_remote.software.store import open_store
 
+        envs_dir = software.get("envs_dir") or Path(os.environ.get(ROOT_ENV, DEFAULT_ROOT)) / "envs"
         return rebuild_environment(
             software["name"],
             open_store(software["store"]),
-            software["envs_dir"],
+            envs_dir,
             workdir=Path.cwd(),
             uv_cache_dir=software.get("uv_cache_dir"),
             proxy=software.get("proxy"),

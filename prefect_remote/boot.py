@@ -1,12 +1,21 @@
 """The boot script every machine runs, whatever its provider: a cloud VM gets it as user-data, a
 local machine runs it in its own process tree.
 
-It prepares the software (the Python the payload runs with), then hands over to the agent
-(:mod:`prefect_remote.agent`), which runs the payload and ends the machine when its time is up. The
-agent's configuration (made by :meth:`Provider.agent_config`) travels inside the script, which a
-cloud exposes as user-data: secrets never do (see :class:`BootPayload`); the agent reads them
-through the provider's machine runtime. Each provider caps the script's size
-(``Provider.max_boot_script``); :meth:`Provider.launch` checks it. Standard library only.
+It gets the agent (:mod:`prefect_remote.agent`) running, which rebuilds the software environment,
+runs the payload and ends the machine when its time is up. There are two ways to the agent:
+
+* **From a stock image** (:class:`AgentSource`: clouds). The machine has only its OS. The script
+  installs a pinned ``uv`` (a verified download from the package index), makes the agent's own
+  small environment with prefect-remote at the launcher's version (from the index when released,
+  else from a wheel the launcher put in the store), then starts the agent. Each phase is logged with
+  a timestamp, so a slow or failed boot says where it stopped; a boot that fails before the agent
+  runs ends the machine (the provider's ``halt`` command).
+* **Preinstalled** (``python=``: the local provider, whose "image" is this host): the agent runs
+  with the launcher's own interpreter at once.
+
+The agent's configuration (made by :meth:`Provider.agent_config`) travels inside the script, which a
+cloud exposes as user-data: secrets never do; the agent reads them through the provider's machine
+runtime. Each provider caps the script's size (``Provider.max_boot_script``). Standard library only.
 
 >>> render_boot_script({"command": ["true"]}, python="/usr/bin/python3").startswith("#!/usr/bin/env bash")
 True
@@ -16,33 +25,232 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 import shlex
+from dataclasses import dataclass
 from typing import Any
 
 AGENT_CONFIG_ENV = "PREFECT_REMOTE_AGENT_CONFIG"
 MACHINE_ID_ENV = "PREFECT_REMOTE_MACHINE_ID"
 ACTIVITY_FILE_ENV = "PREFECT_REMOTE_ACTIVITY_FILE"
+# Where a stock-image machine keeps uv, the agent environment, software environments and uv's cache
+# (an image may set it; a sandbox gives each of its clouds one).
+ROOT_ENV = "PREFECT_REMOTE_ROOT"
+DEFAULT_ROOT = "/var/lib/prefect-remote"
+# The file a stock-image machine's whole output goes to (boot phases, agent, payload), which the agent
+# ships to the provider's log service.
+MACHINE_LOG_ENV = "PREFECT_REMOTE_MACHINE_LOG"
+DEFAULT_MACHINE_LOG = "/var/log/prefect-remote.log"
 
-_TEMPLATE = """\
+# uv, pinned: the version this package is tested with, its wheels on the package index, and their
+# SHA-256 (checked on the machine before the binary is used).
+UV_VERSION = "0.13.9"
+UV_WHEELS = {
+    "x86_64": (
+        "https://files.pythonhosted.org/packages/3d/aa/26d64642d808de4a652579ef950d7cd2d37f080a8babf9c67c6b75fc4c3f/"
+        "uv-0.13.9-py3-none-manylinux_2_17_x86_64.manylinux2014_x86_64.whl",
+        "d7f459fe4fd247d830351c75686d3996ace3c6f3f728eb0e85a30b7ada0cef19",
+    ),
+    "aarch64": (
+        "https://files.pythonhosted.org/packages/57/15/94b6cd62ac3ff6550288328e8035288875197cbc183f51554b266a69877b/"
+        "uv-0.13.9-py3-none-manylinux_2_17_aarch64.manylinux2014_aarch64.musllinux_1_1_aarch64.whl",
+        "5435c5ce14a56431208ca0996416d310f1598e8c2c8ba707688985a16bb82dbe",
+    ),
+}
+
+
+_WHEEL_NAME = re.compile(r"[A-Za-z0-9_.+-]+\.whl")
+
+
+@dataclass(frozen=True)
+class AgentSource:
+    """Where a stock-image machine gets prefect-remote for its agent.
+
+    ``requirement`` is what uv installs (``"prefect-remote[aws]==0.2.0"``); an unreleased version
+    names a wheel in the store instead: ``wheel`` is its file name, ``digest`` its SHA-256 in
+    ``store`` (read with the machine's own credentials, which ``bootstrap`` installs first, e.g.
+    boto3). ``python`` is the interpreter version to use; ``full`` installs prefect-remote with its
+    dependencies (needed when the payload runs in the agent's environment, i.e. without software).
+
+    >>> AgentSource("prefect-remote==0.2.0", python="3.11").key
+    'prefect-remote==0.2.0-py3.11-agent'
+    """
+
+    requirement: str
+    python: str
+    full: bool = False
+    extras: tuple[str, ...] = ()
+    bootstrap: tuple[str, ...] = ()  # installed first, with dependencies: what the machine side needs
+    wheel: str | None = None
+    digest: str | None = None
+    store: str | None = None
+
+    @property
+    def key(self) -> str:
+        """The agent environment's folder name: one per version (or wheel) and kind."""
+        version = self.digest[:16] if self.digest else self.requirement.replace("[", "-").replace("]", "").replace(",", "-")
+        return f"{version}-py{self.python}-{'full' if self.full else 'agent'}"
+
+
+_COMMON = """\
 #!/usr/bin/env bash
 # prefect-remote boot script: the same for every provider (a cloud VM runs it as user-data).
 set -euo pipefail
-echo "[prefect-remote boot] $(date -u +%Y-%m-%dT%H:%M:%SZ) booting machine ${PREFECT_REMOTE_MACHINE_ID:-?} on $(hostname)"
+phase() { echo "[prefect-remote boot] $(date -u +%Y-%m-%dT%H:%M:%S.%3NZ) $*"; }
+"""
 
-# 1. Software: the Python environment the agent and the payload run with.
+_PREINSTALLED = (
+    _COMMON
+    + """\
+phase "booting machine ${PREFECT_REMOTE_MACHINE_ID:-?} on $(hostname)"
+
+# The agent, preinstalled: it rebuilds the software environment, runs the payload and ends this
+# machine on timeout, idleness or a lost owner.
 PREFECT_REMOTE_PYTHON=@PYTHON@
 export PATH="$(dirname "$PREFECT_REMOTE_PYTHON"):$PATH"
-
-# 2. The agent runs the payload and ends this machine on timeout, idleness or a lost owner.
 export PREFECT_REMOTE_AGENT_CONFIG=@CONFIG@
 exec "$PREFECT_REMOTE_PYTHON" -m prefect_remote.agent
 """
+)
+
+_STOCK = (
+    _COMMON
+    + """\
+ROOT="${PREFECT_REMOTE_ROOT:-@DEFAULT_ROOT@}"
+export PREFECT_REMOTE_ROOT="$ROOT" UV_CACHE_DIR="${UV_CACHE_DIR:-$ROOT/uv-cache}"
+export PREFECT_REMOTE_MACHINE_LOG="${PREFECT_REMOTE_MACHINE_LOG:-@DEFAULT_LOG@}"
+mkdir -p "$ROOT" "$(dirname "$PREFECT_REMOTE_MACHINE_LOG")"
+exec > >(tee -a "$PREFECT_REMOTE_MACHINE_LOG") 2>&1
+PHASE=start
+ended() {  # a boot that fails before the agent runs ends the machine: nobody else would
+  code=$?
+  phase "boot failed during '$PHASE' (exit $code); ending this machine"
+  @HALT@
+  exit "$code"
+}
+trap ended EXIT
+phase "booting machine on $(hostname) ($(uname -m))"
+
+# 1. uv, pinned and verified.
+PHASE=uv
+UV_DIR="$ROOT/uv-@UV_VERSION@"
+if [ ! -x "$UV_DIR/uv" ]; then
+  phase "uv: installing uv @UV_VERSION@"
+  python3 - "$UV_DIR" <<'PY'
+import hashlib, os, platform, sys, tempfile, urllib.request, zipfile
+wheels = @UV_WHEELS@
+url, digest = wheels[{"arm64": "aarch64"}.get(platform.machine(), platform.machine())]
+data = urllib.request.urlopen(url, timeout=300).read()
+if hashlib.sha256(data).hexdigest() != digest:
+    sys.exit(f"uv download from {url} does not match its pinned SHA-256")
+target = sys.argv[1]
+os.makedirs(os.path.dirname(target), exist_ok=True)
+scratch = tempfile.mkdtemp(dir=os.path.dirname(target))
+with tempfile.TemporaryFile() as wheel:
+    wheel.write(data)
+    with zipfile.ZipFile(wheel) as archive:
+        member = next(name for name in archive.namelist() if name.endswith("/scripts/uv"))
+        with open(os.path.join(scratch, "uv"), "wb") as binary:
+            binary.write(archive.read(member))
+os.chmod(os.path.join(scratch, "uv"), 0o755)
+try:
+    os.rename(scratch, target)
+except OSError:  # another machine sharing this root put it there first
+    pass
+PY
+fi
+UV="$UV_DIR/uv"
+export PATH="$UV_DIR:$PATH"
+phase "uv: $("$UV" --version)"
+
+# 2. The agent's own environment: prefect-remote at the launcher's version.
+PHASE=agent
+AGENT="$ROOT/agent/@AGENT_KEY@"
+if [ ! -x "$AGENT/bin/python" ]; then
+  phase "agent: installing @AGENT_REQUIREMENT@"
+  mkdir -p "$ROOT/agent"
+  BUILD="$(mktemp -d "$AGENT.XXXXXX")"
+  "$UV" venv --quiet --python @AGENT_PYTHON@ "$BUILD"
+@BOOTSTRAP@@FETCH_WHEEL@
+  "$UV" pip install --quiet --python "$BUILD/bin/python" @INSTALL_OPTIONS@ @INSTALL@
+  if ! mv -T "$BUILD" "$AGENT" 2>/dev/null; then rm -rf "$BUILD"; fi  # another machine sharing this root won
+fi
+phase "agent: ready ($("$AGENT/bin/python" -c 'import prefect_remote; print(prefect_remote.__version__)'))"
+export PATH="$AGENT/bin:$PATH"  # a payload without a software environment runs in the agent's (then a full one)
+
+# 3-4. The agent rebuilds the software environment, runs the payload, and ends this machine on
+# timeout, idleness or a lost owner.
+PHASE=handover
+trap - EXIT
+phase "agent: starting"
+export PREFECT_REMOTE_AGENT_CONFIG=@CONFIG@
+exec "$AGENT/bin/python" -m prefect_remote.agent
+"""
+)
+
+# Fetches the agent's wheel from the store with the machine's own credentials, verified.
+_FETCH_WHEEL = """\
+  "$BUILD/bin/python" - @STORE@ @DIGEST@ "$BUILD/@WHEEL@" <<'PY'
+import hashlib, shutil, sys, urllib.parse
+store, digest, target = sys.argv[1:]
+parts = urllib.parse.urlsplit(store)
+key = "/".join(filter(None, [parts.path.strip("/"), "blobs", digest]))
+if parts.scheme == "s3":
+    import boto3
+    boto3.client("s3").download_file(parts.netloc, key, target)
+elif parts.scheme == "gs":
+    from google.cloud import storage
+    storage.Client().bucket(parts.netloc).blob(key).download_to_filename(target)
+else:
+    shutil.copyfile(f"{store.removeprefix('file://').rstrip('/')}/blobs/{digest}", target)
+with open(target, "rb") as wheel:
+    if hashlib.sha256(wheel.read()).hexdigest() != digest:
+        sys.exit(f"the agent wheel {digest[:12]} in {store} does not match its SHA-256")
+PY
+"""
 
 
-def render_boot_script(config: dict[str, Any], *, python: str) -> str:
-    """The boot script for an agent ``config`` whose agent runs with the interpreter at ``python``."""
+def render_boot_script(config: dict[str, Any], *, python: str | None = None, agent: AgentSource | None = None, halt: str = "true") -> str:
+    """The boot script for an agent ``config``: the agent runs with the interpreter at ``python``
+    (preinstalled), or in an environment the script makes from ``agent`` (stock image), where a
+    failed boot runs ``halt`` (a shell command that ends the machine)."""
     encoded = base64.b64encode(json.dumps(config, separators=(",", ":")).encode()).decode()
-    return _TEMPLATE.replace("@PYTHON@", shlex.quote(python)).replace("@CONFIG@", encoded)
+    if agent is None:
+        if python is None:
+            raise ValueError("render_boot_script: give python= (preinstalled agent) or agent= (stock image)")
+        return _PREINSTALLED.replace("@PYTHON@", shlex.quote(python)).replace("@CONFIG@", encoded)
+    extras = f"[{','.join(agent.extras)}]" if agent.extras else ""
+    bootstrap = ""
+    if agent.bootstrap:
+        bootstrap = f'  "$UV" pip install --quiet --python "$BUILD/bin/python" {" ".join(map(shlex.quote, agent.bootstrap))}\n'
+    if agent.wheel:
+        if not _WHEEL_NAME.fullmatch(agent.wheel) or not all(_WHEEL_NAME.fullmatch(f"{extra}.whl") for extra in agent.extras):
+            raise ValueError(f"AgentSource: {agent.wheel!r} {agent.extras!r} is not a plain wheel file name and extras")
+        fetch = _FETCH_WHEEL.replace("@STORE@", shlex.quote(agent.store or "")).replace("@DIGEST@", shlex.quote(agent.digest or ""))
+        fetch = fetch.replace("@WHEEL@", agent.wheel)
+        install = f'"prefect-remote{extras} @ file://$BUILD/{agent.wheel}"'  # $BUILD expands on the machine
+    else:
+        fetch = ""
+        install = shlex.quote(agent.requirement)
+    replacements = {
+        "@DEFAULT_ROOT@": DEFAULT_ROOT,
+        "@DEFAULT_LOG@": DEFAULT_MACHINE_LOG,
+        "@HALT@": halt,
+        "@UV_VERSION@": UV_VERSION,
+        "@UV_WHEELS@": repr(UV_WHEELS),
+        "@AGENT_KEY@": agent.key,
+        "@AGENT_REQUIREMENT@": agent.requirement,
+        "@AGENT_PYTHON@": shlex.quote(agent.python),
+        "@BOOTSTRAP@": bootstrap,
+        "@FETCH_WHEEL@": fetch,
+        "@INSTALL_OPTIONS@": "" if agent.full else "--no-deps",
+        "@INSTALL@": install,
+        "@CONFIG@": encoded,
+    }
+    script = _STOCK
+    for placeholder, value in replacements.items():
+        script = script.replace(placeholder, value)
+    return script
 
 
 def decode_agent_config(encoded: str) -> dict[str, Any]:

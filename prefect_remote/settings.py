@@ -49,6 +49,14 @@ class RemoteSettings(BaseSettings):
     aws_public_ip: str | None = Field(
         default=None, description="This launcher's public IP, for allow_ingress_from='me' on AWS (default: asked of checkip.amazonaws.com)."
     )
+    aws_instance_profile: str | None = Field(
+        default=None,
+        description="Instance profile of aws machines (what they read secrets, the store and end themselves with); "
+        "`prefect work-pool create --type remote:push --provision-infra` makes one.",
+    )
+    aws_lease_interval: float = Field(
+        default=30.0, ge=5.0, description="Seconds between an aws machine's reads of its lease (its owner's loss is noticed this long after keepalive)."
+    )
 
     local_isolation: Isolation = Field(
         default="auto",

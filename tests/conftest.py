@@ -37,6 +37,8 @@ from prefect_remote.providers.local.isolation import (  # noqa: E402
     tagged_pids,
 )
 
+# Where this session's machines live: its own, and the sandbox AWS's instances.
+MACHINE_FOLDERS = (SESSION_HOME / "machines", SESSION_HOME / "aws" / "home" / "machines")
 NAMESPACE_SKIP = namespace_unavailable()
 needs_namespace = pytest.mark.skipif(NAMESPACE_SKIP is not None, reason=NAMESPACE_SKIP or "")
 
@@ -70,13 +72,13 @@ def session_cleanup():
         if NAMESPACE_SKIP is None:
             for line in subprocess.run(["ip", "netns"], capture_output=True, text=True).stdout.splitlines():
                 netns = line.split()[0] if line.strip() else ""
-                if netns.startswith("pr-m-") and (SESSION_HOME / "machines" / netns[3:]).exists():
+                if netns.startswith("pr-m-") and any((folder / netns[3:]).exists() for folder in MACHINE_FOLDERS):
                     subprocess.run(["ip", "netns", "del", netns])
             roots = _cgroup_v1_roots()
             for controller in CGROUP_CONTROLLERS:
                 parent = roots[controller] / _own_cgroup(controller) / CGROUP_GROUP
                 for child in parent.glob("m-*"):
-                    if (SESSION_HOME / "machines" / child.name).exists():
+                    if any((folder / child.name).exists() for folder in MACHINE_FOLDERS):
                         child.rmdir()
                 if parent.exists() and not any(parent.glob("m-*")):
                     parent.rmdir()
@@ -120,7 +122,7 @@ def _in_session(pid: int) -> bool:
     except OSError:
         return False
     ids = [e.split(b"=", 1)[1].decode() for e in environ if e.startswith(f"{MACHINE_ID_ENV}=".encode())]
-    return any((SESSION_HOME / "machines" / i).exists() for i in ids)
+    return any((folder / i).exists() for i in ids for folder in MACHINE_FOLDERS)
 
 
 @pytest.fixture(scope="session")
@@ -141,6 +143,8 @@ def prefect_server() -> str:
 def no_machine_outlives_its_test():
     yield
     end_all_machines()
+    for sandbox in _AWS_SANDBOXES:
+        sandbox.end_all_instances()
 
 
 @pytest.fixture(params=["process", pytest.param("namespace", marks=needs_namespace)])
@@ -165,21 +169,31 @@ def wait_for(predicate, timeout: float = 20, interval: float = 0.05, message: st
     raise AssertionError(f"timed out after {timeout}s waiting for {message}")
 
 
+_AWS_SANDBOXES: list = []  # started by the first test that needs one
+
+
 @pytest.fixture(scope="session")
-def moto_server():
-    """An emulated AWS for the session: moto in server mode on loopback (unknown EC2 instance types
-    refused), reached only through the real boto3 client. Yields its ``SandboxAWS``."""
+def aws_sandbox():
+    """The session's sandbox AWS: moto in server mode on loopback (unknown EC2 instance types
+    refused), reached only through the real boto3 client, whose instances boot as local machines
+    under this session's home. Yields its ``SandboxAWS``."""
     from prefect_remote.testing.aws import SandboxAWS
 
-    with SandboxAWS(region="us-east-1", validate_instance_types=True) as sandbox:
-        yield sandbox
+    with SandboxAWS(region="us-east-1", home=SESSION_HOME / "aws", validate_instance_types=True) as sandbox:
+        _AWS_SANDBOXES.append(sandbox)
+        try:
+            yield sandbox
+        finally:
+            _AWS_SANDBOXES.clear()
 
 
 @pytest.fixture
-def aws_env(moto_server, monkeypatch):
-    """Points boto3 at the session's emulated AWS for one test: AWS_ENDPOINT_URL, AWS_DEFAULT_REGION
-    and fake credentials, as a user's environment would name a real account."""
-    for name, value in moto_server.environ().items():
+def aws_env(aws_sandbox, monkeypatch):
+    """Points boto3 and the aws provider at the session's sandbox for one test, as a user's shell
+    after `prefect-remote sandbox aws` (the default provider stays local; leases are read every 5 s)."""
+    for name, value in aws_sandbox.exports().items():
         monkeypatch.setenv(name, value)
+    monkeypatch.setenv("PREFECT_REMOTE_PROVIDER", "local")
+    monkeypatch.setenv("PREFECT_REMOTE_AWS_LEASE_INTERVAL", "5")
     monkeypatch.delenv("AWS_PROFILE", raising=False)
-    return moto_server
+    return aws_sandbox

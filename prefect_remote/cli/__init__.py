@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import typer
 
+from prefect_remote.cli.aws import app as aws_app
 from prefect_remote.cli.env import app as env_app
 from prefect_remote.cli.machines import app as machines_app
 from prefect_remote.cli.push import app as push_app
+from prefect_remote.cli.sandbox import app as sandbox_app
 
 app = typer.Typer(
     name="prefect-remote",
@@ -18,6 +20,8 @@ app = typer.Typer(
 app.add_typer(machines_app, name="machines")
 app.add_typer(env_app, name="env")
 app.add_typer(push_app, name="push")
+app.add_typer(aws_app, name="aws")
+app.add_typer(sandbox_app, name="sandbox")
 
 
 @app.command()

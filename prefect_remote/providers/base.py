@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 from urllib.parse import urlsplit
 
-from prefect_remote.boot import render_boot_script
+from prefect_remote.boot import AgentSource, render_boot_script
 from prefect_remote.errors import CapabilityError, CapacityError
 from prefect_remote.units import format_duration, format_size
 
@@ -251,6 +251,15 @@ class Provider(ABC):
     lease_interval: ClassVar[float] = 30.0
     # The longest boot script the provider's machines accept, in bytes (EC2 user-data: 16 KiB).
     max_boot_script: ClassVar[int] = 16 * 1024
+    # Whether machines boot with prefect-remote already there (the local provider: its "image" is
+    # this host). Otherwise they boot from a stock image, and the boot script installs uv and the agent.
+    agent_preinstalled: ClassVar[bool] = False
+    # On a stock image: the extra of prefect-remote the machine side uses, and what it imports
+    # (installed into the agent's environment, at the versions installed here).
+    agent_extras: ClassVar[tuple[str, ...]] = ()
+    agent_requirements: ClassVar[tuple[str, ...]] = ()
+    # A shell command that ends the machine, run when its boot fails before the agent can.
+    halt_command: ClassVar[str] = "true"
 
     # -- launching: the shared work ---------------------------------------------------------------
     def launch(
@@ -281,7 +290,11 @@ class Provider(ABC):
         self.check_spec(spec)
         instance_type = self.choose_instance_type(spec)
         launch_id = f"launch-{secrets.token_hex(6)}"
-        boot_script = render_boot_script(self.agent_config(spec, payload, launch_id), python=self.boot_python())
+        config = self.agent_config(spec, payload, launch_id)
+        if self.agent_preinstalled:
+            boot_script = render_boot_script(config, python=self.boot_python())
+        else:
+            boot_script = render_boot_script(config, agent=self.agent_source(spec), halt=self.halt_command)
         size = len(boot_script.encode())
         if size > self.max_boot_script:
             raise ValueError(
@@ -361,8 +374,18 @@ class Provider(ABC):
         """Removes what ``_store_secrets`` kept for a launch whose ``_start`` failed."""
 
     def boot_python(self) -> str:
-        """The interpreter the boot script starts the agent with (a software environment's replaces it)."""
+        """With ``agent_preinstalled``: the interpreter the boot script starts the agent with."""
         return "python3"
+
+    def agent_source(self, spec: MachineSpec) -> AgentSource:
+        """Where a stock-image machine gets the agent: prefect-remote at this version, with its
+        dependencies when the payload runs in the agent's environment (no software environment)."""
+        from prefect_remote.software.agent_source import agent_source
+        from prefect_remote.software.store import open_store
+
+        return agent_source(
+            open_store(), extras=self.agent_extras, requirements=self.agent_requirements, full=spec.software is None, provider=self.name
+        )
 
     # -- client side -------------------------------------------------------------------------
     @abstractmethod
@@ -419,9 +442,10 @@ class Provider(ABC):
         return url
 
     def software_options(self) -> dict[str, str | None]:
-        """How machines rebuild software environments: where they cache them (``envs_dir``), uv's
-        download cache (``uv_cache_dir``) and the proxy package downloads go through (``proxy``)."""
-        return {"envs_dir": "/var/lib/prefect-remote/envs", "uv_cache_dir": None, "proxy": None}
+        """How machines rebuild software environments: where they cache them (``envs_dir``; None:
+        under the machine's ``$PREFECT_REMOTE_ROOT``), uv's download cache (``uv_cache_dir``; None:
+        the boot script's) and the proxy package downloads go through (``proxy``)."""
+        return {"envs_dir": None, "uv_cache_dir": None, "proxy": None}
 
     @abstractmethod
     def client_options(self) -> dict[str, Any]:

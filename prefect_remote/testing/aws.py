@@ -1,72 +1,197 @@
-"""An emulated AWS on this computer: moto in server mode on loopback, driven through the real boto3.
+"""A sandbox AWS on this computer: moto in server mode on loopback, driven through the real boto3, and
+an instance runner that boots every instance's user data as a local machine.
 
 Code under test talks to it exactly as to AWS: boto3 finds the endpoint and the (fake) credentials
 in the environment (``AWS_ENDPOINT_URL``, honoured by boto3 >= 1.28), so nothing in prefect-remote
-knows it is not a cloud. The test suite starts one per session; ``prefect-remote sandbox aws`` is
-meant to start the same thing. moto comes with the ``dev`` dependency group (``moto[server]``).
+knows it is not a cloud. What moto lacks, the sandbox adds:
+
+* **instances that run**: each instance's user data boots as a local machine with a clean
+  environment and none of the launcher's files (see :mod:`prefect_remote.testing.instances`);
+  terminating the instance ends the machine, and a machine that ends terminates its instance;
+* **a metadata service per instance** (IMDSv2, :mod:`prefect_remote.testing.imds`): its id, region,
+  live tags and its instance profile's credentials;
+* **an account ready to use**: the store's bucket and an instance profile for the machines;
+* **capacity errors on request** (:func:`inject_errors`), through botocore's event hooks on the
+  real client, since moto never runs out;
+* **API call counts** as the server saw them (:attr:`SandboxAWS.calls`).
+
+The test suite starts one per session; ``prefect-remote sandbox aws`` starts the same thing for a
+shell. moto comes with the ``sandbox`` extra (``moto[server]``).
 
 >>> with SandboxAWS() as aws:                                   # doctest: +SKIP
-...     os.environ.update(aws.environ())
-...     boto3.client("s3").create_bucket(Bucket="my-envs")
+...     os.environ.update(aws.exports())
+...     prefect_remote.function(cpu=2)(lambda x: x + 1)(1)       # an EC2 instance of the sandbox
 """
 
 from __future__ import annotations
 
+import base64
+import collections
+import io
 import logging
+import tempfile
+import threading
+from collections.abc import Iterator
+from pathlib import Path
 from types import TracebackType
 from typing import Any
+from urllib.parse import parse_qs
+
+from prefect_remote.testing.imds import MetadataService
+from prefect_remote.testing.instances import Instance, InstanceRunner
+
+logger = logging.getLogger(__name__)
 
 # What a sandbox hands to boto3: moto accepts any key, and these make it obvious where they came from.
 FAKE_CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"}
+ACCOUNT_ID = "123456789012"  # moto's default account
+STORE_BUCKET = "prefect-remote-sandbox"
+INSTANCE_PROFILE = "prefect-remote-sandbox"
+KEEP_FORWARDS_EVERY = 3.0  # seconds between renewals of the host forwards instances use
 
 
 class SandboxAWS:
-    """moto's server (ec2, s3, ssm, iam, logs, … in one endpoint) in a thread of this process.
+    """moto's server (ec2, s3, ssm, iam, logs, … in one endpoint) in a thread of this process, plus
+    the instance runner and metadata service when ``run_instances`` is on.
 
     ``port=0`` takes a free port. ``validate_instance_types`` makes ``run_instances`` refuse unknown
-    instance types, as EC2 does (moto accepts any by default).
+    instance types, as EC2 does (moto accepts any by default). ``home`` holds the instances' machine
+    folders (default: a temporary folder); ``isolation`` is theirs (``namespace`` where this host
+    offers network namespaces). ``expose`` lists ports of services on this host's loopback (a Prefect
+    server) that instances reach at ``http://<sandbox_host>:PORT``.
     """
 
-    def __init__(self, host: str = "127.0.0.1", port: int = 0, *, region: str = "us-east-1", validate_instance_types: bool = True) -> None:
+    def __init__(
+        self,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        *,
+        region: str = "us-east-1",
+        validate_instance_types: bool = True,
+        run_instances: bool = True,
+        home: str | Path | None = None,
+        isolation: str | None = None,
+        expose: tuple[int, ...] = (),
+    ) -> None:
         self.host, self.port, self.region = host, port, region
         self.validate_instance_types = validate_instance_types
+        self.run_instances = run_instances
+        self.isolation = isolation
+        self.expose = tuple(expose)
+        self.calls: collections.Counter[str] = collections.Counter()  # "service:Action" -> requests the server answered
+        self._home_arg = home
+        self._scratch: tempfile.TemporaryDirectory | None = None
         self._server: Any = None
+        self._runner: InstanceRunner | None = None
+        self._imds: MetadataService | None = None
+        self._keeper: threading.Thread | None = None
+        self._stopping = threading.Event()
 
+    # -- endpoints ------------------------------------------------------------------------------------
     @property
     def url(self) -> str:
-        """The endpoint, e.g. ``http://127.0.0.1:41234``; the server must be started."""
+        """The endpoint on this host, e.g. ``http://127.0.0.1:41234``; the server must be started."""
         if self._server is None:
             raise RuntimeError("the AWS sandbox is not started; call start() first")
         host, port = self._server.get_host_and_port()
         return f"http://{host}:{port}"
 
+    @property
+    def sandbox_host(self) -> str:
+        """This host's address as the sandbox's instances reach it (a VPC address, as it were)."""
+        return self._runner.host_address if self._runner else "127.0.0.1"
+
+    @property
+    def store(self) -> str:
+        return f"s3://{STORE_BUCKET}/store"
+
+    @property
+    def runner(self) -> InstanceRunner:
+        if self._runner is None:
+            raise RuntimeError("this sandbox runs no instances (run_instances=False), or is not started")
+        return self._runner
+
+    # -- life ------------------------------------------------------------------------------------------
     def start(self) -> str:
-        """Starts the server and returns its endpoint URL."""
+        """Starts the server (and the instance runner), prepares the account, and returns the endpoint."""
         if self._server is not None:
             return self.url
         try:
             import moto.settings
-            from moto.server import ThreadedMotoServer
+            from moto.moto_server.threaded_moto_server import ThreadedMotoServer
         except ImportError:
-            raise RuntimeError("the AWS sandbox needs moto: pip install 'moto[server]>=5.2'") from None
+            raise RuntimeError("the AWS sandbox needs moto: pip install 'prefect-remote[sandbox]' (moto[server]>=5.2)") from None
         # moto reads MOTO_EC2_ENABLE_INSTANCE_TYPE_VALIDATION once, at import; this server runs in this
         # process, so its module setting is what counts.
         moto.settings.EC2_ENABLE_INSTANCE_TYPE_VALIDATION = self.validate_instance_types
-        logging.getLogger("werkzeug").setLevel(logging.WARNING)  # one line per request otherwise
-        server = ThreadedMotoServer(ip_address=self.host, port=self.port, verbose=False)
+        # One line per request otherwise, and a traceback for each call of a service moto lacks (the
+        # Pricing API: the price table falls back to its bundled prices).
+        logging.getLogger("werkzeug").setLevel(logging.CRITICAL)
+        sandbox = self
+
+        class CountingServer(ThreadedMotoServer):
+            def _server_entry(self) -> None:
+                from moto.server import DomainDispatcherApplication, create_backend_app
+                from werkzeug.serving import make_server
+
+                from moto.moto_server.threaded_moto_server import MotoRequestHandler
+
+                app = _Counting(DomainDispatcherApplication(create_backend_app), sandbox.calls)
+                self._server = make_server(self._ip_address, self._port, app, True, request_handler=MotoRequestHandler)
+                self._server_ready_event.set()
+                self._server.serve_forever()
+
+        server = CountingServer(ip_address=self.host, port=self.port, verbose=False)
         server.start()
         self._server = server
+        self._prepare_account()
+        if self.run_instances:
+            if self._home_arg is None:
+                self._scratch = tempfile.TemporaryDirectory(prefix="prefect-remote-sandbox-aws-")
+            home = Path(self._home_arg or self._scratch.name)  # type: ignore[union-attr]
+            self._imds = MetadataService(self.host)
+            self._runner = InstanceRunner(
+                home / "home",
+                instances=self._instances,
+                terminate=self._terminate,
+                image_env=self._image_env,
+                booted=self._booted,
+                isolation=self.isolation,
+            )
+            self._root = home / "root"
+            self._runner.start()
+            self._stopping.clear()
+            self._keeper = threading.Thread(target=self._keep_forwards, name="sandbox-forwards", daemon=True)
+            self._keeper.start()
         return self.url
 
     def stop(self) -> None:
-        """Stops the server; everything it held is gone."""
+        """Ends every instance's machine, then stops the server; everything it held is gone."""
+        self._stopping.set()
+        if self._keeper is not None:
+            self._keeper.join()
+        if self._runner is not None:
+            self._runner.stop()
+            self._runner = None
+        if self._imds is not None:
+            self._imds.close()
+            self._imds = None
         if self._server is not None:
             self._server.stop()
             self._server = None
+        if self._scratch is not None:
+            self._scratch.cleanup()
+            self._scratch = None
 
-    def environ(self) -> dict[str, str]:
-        """The variables that point boto3 (and the AWS CLI) at this sandbox."""
-        return {"AWS_ENDPOINT_URL": self.url, "AWS_DEFAULT_REGION": self.region, **FAKE_CREDENTIALS}
+    def end_all_instances(self, timeout: float = 30.0) -> list[str]:
+        """Terminates every instance still alive (as a test's clean-up or a user's reset), and waits
+        until their machines have ended; returns their ids."""
+        alive = [instance.id for instance in self._instances() if not instance.ended]
+        for instance_id in alive:
+            self._terminate(instance_id, "terminated by the sandbox")
+        if self._runner is not None:
+            self._runner.wait_idle(timeout)
+        return alive
 
     def __enter__(self) -> SandboxAWS:
         self.start()
@@ -74,3 +199,185 @@ class SandboxAWS:
 
     def __exit__(self, kind: type[BaseException] | None, error: BaseException | None, traceback: TracebackType | None) -> None:
         self.stop()
+
+    # -- what a shell or a test needs ----------------------------------------------------------------------
+    def environ(self) -> dict[str, str]:
+        """The variables that point boto3 (and the AWS CLI) at this sandbox."""
+        return {"AWS_ENDPOINT_URL": self.url, "AWS_DEFAULT_REGION": self.region, **FAKE_CREDENTIALS}
+
+    def exports(self) -> dict[str, str]:
+        """Everything a shell needs to use the sandbox by default: boto3's endpoint, region and
+        credentials, the aws provider with the sandbox's instance profile, the store in its bucket,
+        and ``PREFECT_REMOTE_SANDBOX_HOST``."""
+        return {
+            **self.environ(),
+            "PREFECT_REMOTE_PROVIDER": "aws",
+            "PREFECT_REMOTE_STORE": self.store,
+            "PREFECT_REMOTE_AWS_INSTANCE_PROFILE": INSTANCE_PROFILE,
+            "PREFECT_REMOTE_AWS_PUBLIC_IP": self.sandbox_host,  # "me", as the instances see this host
+            "PREFECT_REMOTE_SANDBOX_HOST": self.sandbox_host,
+        }
+
+    # -- the account ----------------------------------------------------------------------------------------
+    def _prepare_account(self) -> None:
+        import json
+
+        import boto3
+
+        session = boto3.session.Session(region_name=self.region, aws_access_key_id="testing", aws_secret_access_key="testing")
+        s3 = session.client("s3", endpoint_url=self.url)
+        if self.region == "us-east-1":
+            s3.create_bucket(Bucket=STORE_BUCKET)
+        else:
+            s3.create_bucket(Bucket=STORE_BUCKET, CreateBucketConfiguration={"LocationConstraint": self.region})
+        iam = session.client("iam", endpoint_url=self.url)
+        trust = {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Principal": {"Service": "ec2.amazonaws.com"}, "Action": "sts:AssumeRole"}]}
+        iam.create_role(RoleName=INSTANCE_PROFILE, AssumeRolePolicyDocument=json.dumps(trust))
+        iam.create_instance_profile(InstanceProfileName=INSTANCE_PROFILE)
+        iam.add_role_to_instance_profile(InstanceProfileName=INSTANCE_PROFILE, RoleName=INSTANCE_PROFILE)
+        self.calls.clear()  # the sandbox's own set-up is not the code under test's
+
+    # -- the instance runner's view of moto --------------------------------------------------------------------
+    def _backends(self) -> Iterator[tuple[str, Any]]:
+        from moto.ec2.models import ec2_backends
+
+        account = ec2_backends[ACCOUNT_ID]
+        for region in list(account.keys()):  # only regions in use are loaded
+            yield region, account[region]
+
+    def _moto_instance(self, instance_id: str) -> tuple[Any, Any] | None:
+        for _, backend in self._backends():
+            for instance in backend.all_instances():
+                if instance.id == instance_id:
+                    return backend, instance
+        return None
+
+    def _instances(self) -> Iterator[Instance]:
+        for region, backend in self._backends():
+            for instance in backend.all_instances():
+                user_data = instance.user_data
+                script = base64.b64decode(str(user_data)).decode(errors="replace") if user_data else None
+                yield Instance(instance.id, instance.state, script, instance.instance_type, region)
+
+    def _terminate(self, instance_id: str, reason: str) -> None:
+        found = self._moto_instance(instance_id)
+        if found is None:
+            return
+        backend, instance = found
+        if instance.state != "terminated":
+            from moto.ec2.models.instances import StateReason
+
+            backend.terminate_instances([instance_id])
+            instance.state_reason = StateReason("Client.InstanceInitiatedShutdown: Instance initiated shutdown", "Client.InstanceInitiatedShutdown")
+        if self._imds is not None:
+            self._imds.forget(instance_id)
+
+    def _image_env(self, instance: Instance) -> dict[str, str]:
+        """What the sandbox's machine image sets: where the AWS API and the metadata service are (as
+        the instance reaches them), and the image's shared folders (uv, agent environments, caches)."""
+        assert self._imds is not None and self._runner is not None
+        self._imds.register(instance.id, lambda: self._facts(instance.id))
+        from prefect_remote.software.rebuild import uv_cache_dir
+
+        folder = self._runner.machines.home / "instances" / instance.id
+        folder.mkdir(parents=True, exist_ok=True)
+        return {
+            "AWS_ENDPOINT_URL": self._runner.reachable_url(self.url),
+            "AWS_EC2_METADATA_SERVICE_ENDPOINT": self._runner.reachable_url(self._imds.url) + f"/{instance.id}",
+            "PREFECT_REMOTE_ROOT": str(self._root),
+            "PREFECT_REMOTE_MACHINE_LOG": str(folder / "machine.log"),
+            **({"UV_CACHE_DIR": cache} if (cache := uv_cache_dir()) else {}),  # a warm cache, as a baked image has
+        }
+
+    def _booted(self, instance: Instance, machine: Any) -> None:
+        """The instance's addresses are its machine's (moto made up others)."""
+        found = self._moto_instance(instance.id)
+        if found is not None and machine.private_address:
+            nic = next(iter(found[1].nics.values()))
+            nic.private_ip_address = machine.private_address
+            if nic.public_ip:
+                nic.public_ip = machine.public_address
+
+    def _facts(self, instance_id: str) -> dict[str, Any] | None:
+        found = self._moto_instance(instance_id)
+        if found is None:
+            return None
+        backend, instance = found
+        return {
+            "instance-id": instance.id,
+            "instance-type": instance.instance_type,
+            "ami-id": instance.image_id,
+            "local-ipv4": instance.private_ip,
+            "public-ipv4": instance.public_ip,
+            "placement/region": instance.region_name,
+            "placement/availability-zone": instance.placement,
+            "tags": dict(backend.tags.get(instance.id, {})),
+            "role": self._profile(backend, instance),
+        }
+
+    @staticmethod
+    def _profile(backend: Any, instance: Any) -> str | None:
+        """The instance profile of the instance, or of its launch: moto attaches a launch's profile
+        to its first instance only."""
+        for reservation in list(backend.reservations.values()):
+            if any(member.id == instance.id for member in reservation.instances):
+                for member in reservation.instances:
+                    association = backend.iam_instance_profile_associations.get(member.id)
+                    if association is not None:
+                        return association.iam_instance_profile.name
+        return None
+
+    def _keep_forwards(self) -> None:
+        """Keeps the host forwards the instances use (moto, the metadata service, exposed ports) alive."""
+        assert self._runner is not None and self._imds is not None
+        urls = [self.url, self._imds.url, *(f"http://127.0.0.1:{port}" for port in self.expose)]
+        while True:
+            for url in urls:
+                try:
+                    self._runner.reachable_url(url)
+                except Exception as error:
+                    logger.warning("sandbox: cannot forward %s to the instances: %s", url, error)
+            if self._stopping.wait(KEEP_FORWARDS_EVERY):
+                return
+
+
+class _Counting:
+    """WSGI middleware counting requests by service and action, as CloudTrail would."""
+
+    def __init__(self, app: Any, counter: collections.Counter[str]) -> None:
+        self.app, self.counter = app, counter
+
+    def __call__(self, environ: dict[str, Any], start_response: Any) -> Any:
+        self.counter[_action(environ)] += 1
+        return self.app(environ, start_response)
+
+
+def _action(environ: dict[str, Any]) -> str:
+    """``service:Action`` of a request (query, JSON and REST protocols)."""
+    credential = environ.get("HTTP_AUTHORIZATION", "").partition("Credential=")[2].split("/")
+    service = credential[3] if len(credential) > 3 else "?"
+    target = environ.get("HTTP_X_AMZ_TARGET")
+    if target:
+        return f"{service}:{target.rpartition('.')[2]}"
+    if environ.get("CONTENT_TYPE", "").startswith("application/x-www-form-urlencoded"):
+        length = int(environ.get("CONTENT_LENGTH") or 0)
+        body = environ["wsgi.input"].read(length)
+        environ["wsgi.input"] = io.BytesIO(body)
+        action = parse_qs(body.decode(errors="replace")).get("Action", ["?"])[0]
+        return f"{service}:{action}"
+    return f"{service}:{environ.get('REQUEST_METHOD', '?')}"
+
+
+def refuse_spot(ec2_client: Any, code: str = "InsufficientInstanceCapacity") -> None:
+    """Makes EC2 answer spot requests sent through ``ec2_client`` (a real boto3 client, e.g.
+    ``provider.client("ec2")``) as it does when it has no spot capacity: moto never runs out.
+
+    >>> refuse_spot(provider.client("ec2"), "SpotMaxPriceTooLow")   # doctest: +SKIP
+    """
+    from botocore.exceptions import ClientError
+
+    def hook(params: dict[str, Any], **_: Any) -> None:
+        if params["body"].get("InstanceMarketOptions.MarketType") == "spot":
+            raise ClientError({"Error": {"Code": code, "Message": "There is no Spot capacity available that matches your request."}}, "RunInstances")
+
+    ec2_client.meta.events.register("before-call.ec2.RunInstances", hook)

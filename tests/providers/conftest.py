@@ -31,7 +31,8 @@ class Case:
 PROVIDERS = {
     "local-process": Case(lambda: LocalProvider(isolation="process"), boot_time=1.0),
     "local-namespace": Case(lambda: LocalProvider(isolation="namespace"), boot_time=1.0, marks=(needs_namespace,)),
-    "aws": Case(AWSProvider, boot_time=60.0, fixtures=("aws_env",), cannot_boot="needs the sandbox instance runner (next step)"),
+    # On the session's sandbox AWS: instances boot from the stock image path (uv, the agent's environment).
+    "aws": Case(AWSProvider, boot_time=4.0, fixtures=("aws_env",)),
 }
 
 

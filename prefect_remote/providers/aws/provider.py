@@ -27,7 +27,7 @@ import urllib.request
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from prefect_remote.errors import CapacityError, MachineNotFound, RemoteError
 from prefect_remote.providers.aws import catalog
@@ -93,6 +93,7 @@ class AWSOptions(BaseModel):
     secrets_prefix: str = "/prefect-remote/"
     allow_ingress_from: str = "me"
     metadata_endpoint: str | None = None  # the machines' IMDS; default: theirs (or $AWS_EC2_METADATA_SERVICE_ENDPOINT)
+    lease_interval: float = Field(default=30.0, ge=5.0)  # seconds between a machine's lease reads
 
     @field_validator("region")
     @classmethod
@@ -238,6 +239,11 @@ class AWSProvider(Provider):
     runtime = "prefect_remote.providers.aws.runtime:EC2Runtime"
     lease_interval = 30.0  # a metadata read is cheap, but a lease tag reaches IMDS only after a delay
     max_boot_script = 16 * 1024  # EC2's user-data limit
+    agent_extras = ("aws",)
+    agent_requirements = ("boto3",)  # the machine side reads SSM, tags and ends itself, and ships its log
+    # Only on a real instance (the link-local metadata service), as EC2Runtime.halt: a sandbox's
+    # instance is a process tree on someone's computer. InstanceInitiatedShutdownBehavior=terminate.
+    halt_command = '[ -n "${AWS_EC2_METADATA_SERVICE_ENDPOINT:-}" ] || shutdown -h now'
 
     def __init__(
         self,
@@ -252,7 +258,13 @@ class AWSProvider(Provider):
         secrets_prefix: str = "/prefect-remote/",
         allow_ingress_from: str = "me",
         metadata_endpoint: str | None = None,
+        lease_interval: float | None = None,
     ) -> None:
+        from prefect_remote.settings import get_settings
+
+        settings = get_settings()
+        instance_profile = instance_profile or settings.aws_instance_profile
+        lease_interval = settings.aws_lease_interval if lease_interval is None else lease_interval
         session = _boto3().session.Session()  # its own: boto3's default session keeps the first credentials it found
         region = region or session.region_name
         if not region:
@@ -261,10 +273,11 @@ class AWSProvider(Provider):
             self.options = AWSOptions(
                 region=region, ami=ami, subnet_id=subnet_id, vpc_id=vpc_id, security_group_ids=security_group_ids or (),
                 instance_profile=instance_profile, log_group=log_group, secrets_prefix=secrets_prefix,
-                allow_ingress_from=allow_ingress_from, metadata_endpoint=metadata_endpoint,
+                allow_ingress_from=allow_ingress_from, metadata_endpoint=metadata_endpoint, lease_interval=lease_interval,
             )
         except ValidationError as error:
             raise ValueError("; ".join(e["msg"].removeprefix("Value error, ") for e in error.errors())) from None
+        self.lease_interval = self.options.lease_interval
         self._session = session
         self._clients: dict[str, BaseClient] = {}
 

@@ -40,7 +40,8 @@ class Hypervisor:
         self.log.write(f"[prefect-remote host] {stamp} {message}\n".encode())
 
     def machine_env(self) -> dict[str, str]:
-        """A fresh environment: nothing of the launcher's but what the boot payload says."""
+        """A fresh environment: nothing of the launcher's but what the boot payload says (and what the
+        machine's image sets, for a sandbox cloud's instances)."""
         work = str(self.directory / records.WORK)
         return {
             "PATH": MACHINE_PATH,
@@ -50,6 +51,7 @@ class Hypervisor:
             "PYTHONUNBUFFERED": "1",
             MACHINE_ID_ENV: self.id,
             **host_trust_env(),
+            **self.record.get("image_env", {}),
         }
 
     def _enter_cgroups(self) -> None:  # runs in the child, before exec

@@ -12,6 +12,7 @@ import errno
 import hashlib
 import ipaddress
 import os
+import secrets
 import shutil
 import signal
 import subprocess
@@ -109,8 +110,9 @@ def leave_machine_cgroups() -> None:
 
 
 @lru_cache(maxsize=1)
+@lru_cache(maxsize=1)
 def namespace_unavailable() -> str | None:
-    """``None`` if namespace isolation works here, else the reason it does not."""
+    """``None`` if namespace isolation works here, else the reason it does not (found once per process)."""
     if not sys.platform.startswith("linux"):
         return f"namespace isolation needs Linux (this is {sys.platform})"
     if os.geteuid() != 0:
@@ -124,7 +126,7 @@ def namespace_unavailable() -> str | None:
     for controller, root in roots.items():
         if not os.access(root / _own_cgroup(controller), os.W_OK):
             return f"namespace isolation needs a writable cgroup v1 {controller} hierarchy ({root})"
-    probe = f"prprobe{os.getpid()}"
+    probe = f"prprobe{os.getpid()}-{secrets.token_hex(3)}"  # unique: threads of one process may probe at once
     try:
         _run_ip("netns", "add", probe)
         _run_ip("netns", "del", probe)

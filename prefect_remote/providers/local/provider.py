@@ -59,6 +59,7 @@ class LocalProvider(Provider):
     runtime = "prefect_remote.providers.local.runtime:LocalRuntime"
     lease_interval = 1.0  # a stat() of a file: cheap, so owner loss is noticed within a second of keepalive
     max_boot_script = 96 * 1024  # the agent's configuration is one environment variable (at most 128 KiB on Linux)
+    agent_preinstalled = True  # a local machine's "image" is this host, with this prefect-remote
 
     def __init__(
         self,
@@ -76,11 +77,12 @@ class LocalProvider(Provider):
     @property
     def settings(self) -> RemoteSettings:
         # Loaded on first use: the settings model imports pydantic, which describing a machine does not need.
-        if self._settings is None or isinstance(self._settings, Mapping):
+        settings = self._settings  # (read once: another thread may be loading it too)
+        if settings is None or isinstance(settings, Mapping):
             from prefect_remote.settings import RemoteSettings as Settings, get_settings
 
-            self._settings = Settings(**self._settings) if self._settings else get_settings()
-        return self._settings
+            settings = self._settings = Settings(**settings) if settings else get_settings()
+        return settings
 
     @property
     def machines_dir(self) -> Path:

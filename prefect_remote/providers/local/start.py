@@ -83,10 +83,19 @@ def stage_secrets(home: str | Path, launch_id: str, values: dict[str, str]) -> N
 
 # -- starting -----------------------------------------------------------------------------------
 def start_machines(
-    host: HostConfig, *, launch_id: str, boot_script: str, record: dict[str, Any], count: int, has_secrets: bool, software: bool
+    host: HostConfig,
+    *,
+    launch_id: str,
+    boot_script: str,
+    record: dict[str, Any],
+    count: int,
+    has_secrets: bool,
+    software: bool,
+    image_env: dict[str, str] | None = None,
 ) -> list[str]:
     """Starts ``count`` machines running ``boot_script``; returns their ids. ``record`` holds the
-    launch's facts for each ``machine.json`` (tags, owner, spec summary…). Everything is written
+    launch's facts for each ``machine.json`` (tags, owner, spec summary…); ``image_env`` is what the
+    machine's "image" sets in its environment (a sandbox cloud's endpoints). Everything is written
     before any machine starts: a launch that fails leaves no folder, and ends the machines it had started."""
     isolation = resolve_isolation(host.isolation)
     bridge = Bridge(host.bridge, host.subnet)
@@ -113,6 +122,7 @@ def start_machines(
                             "network": network.__dict__ if network else None,
                             "cgroups": Cgroups.plan(directory.name).paths if isolation == "namespace" else None,
                             "grace_period": host.grace_period,
+                            "image_env": image_env or {},
                         },
                     )
             except (OSError, IsolationError) as error:

@@ -13,7 +13,7 @@ LAUNCHER_IP = "203.0.113.7"
 
 
 @pytest.fixture(autouse=True)
-def launcher_ip(monkeypatch) -> str:
+def launcher_ip(aws_env, monkeypatch) -> str:
     monkeypatch.setenv("PREFECT_REMOTE_AWS_PUBLIC_IP", LAUNCHER_IP)
     return LAUNCHER_IP
 

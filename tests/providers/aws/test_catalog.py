@@ -20,10 +20,10 @@ GiB = 2**30
 
 
 @pytest.fixture(scope="module")
-def catalog(moto_server) -> list[InstanceType]:
+def catalog(aws_sandbox) -> list[InstanceType]:
     """moto's us-east-1 catalog, fetched once for the module (a full describe takes seconds there)."""
     with pytest.MonkeyPatch.context() as patch:
-        for name, value in moto_server.environ().items():
+        for name, value in aws_sandbox.environ().items():
             patch.setenv(name, value)
         return instance_types(boto3.session.Session().client("ec2"), ttl=0)
 
@@ -110,7 +110,7 @@ def test_unpriced_types_come_after_priced_ones():
     assert pick_instance_type("aws", catalog[:1], MachineSpec(cpu=2)).name == "unpriced"  # still chosen when alone
 
 
-def test_catalog_is_cached_in_memory_and_on_disk(moto_server, aws_env, monkeypatch, tmp_path):
+def test_catalog_is_cached_in_memory_and_on_disk(aws_sandbox, aws_env, monkeypatch, tmp_path):
     monkeypatch.setenv("PREFECT_REMOTE_HOME", str(tmp_path))
     ec2 = boto3.session.Session().client("ec2")
     calls = []
@@ -118,7 +118,7 @@ def test_catalog_is_cached_in_memory_and_on_disk(moto_server, aws_env, monkeypat
     first = instance_types(ec2)
     assert len(calls) == 1
     assert instance_types(ec2) == first and len(calls) == 1  # memory
-    path = cache_path("us-east-1", moto_server.url)
+    path = cache_path("us-east-1", aws_sandbox.url)
     assert path.parent == tmp_path / "cache" / "aws"
     document = json.loads(path.read_text())
     assert document["prices"]["source"] == "table" and len(document["types"]) == len(first)  # no Pricing API here

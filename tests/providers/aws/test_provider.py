@@ -19,6 +19,7 @@ from pydantic import SecretStr
 from prefect_remote.boot import AGENT_CONFIG_ENV, decode_agent_config
 from prefect_remote.errors import CapacityError, MachineNotFound
 from prefect_remote.providers import get_provider
+from prefect_remote.testing import aws as sandbox
 from prefect_remote.providers.aws import catalog
 from prefect_remote.providers.aws import provider as aws_provider
 from prefect_remote.providers.aws.provider import LAUNCH_TAG, AWSError, AWSProvider, estimated_cost
@@ -55,13 +56,7 @@ def count_calls(client, operation: str) -> list[dict]:
 
 
 def refuse_spot(provider, code: str = "InsufficientInstanceCapacity") -> None:
-    """Makes EC2 answer spot requests (only) as it does when it has no spot capacity."""
-
-    def hook(params, **_):
-        if params["body"].get("InstanceMarketOptions.MarketType") == "spot":
-            raise ClientError({"Error": {"Code": code, "Message": "There is no Spot capacity available that matches your request."}}, "RunInstances")
-
-    provider.client("ec2").meta.events.register("before-call.ec2.RunInstances", hook)
+    sandbox.refuse_spot(provider.client("ec2"), code)
 
 
 # -- launching -----------------------------------------------------------------------------------------
@@ -405,7 +400,8 @@ def test_declarations_and_options(provider):
     capabilities = provider.capabilities
     assert capabilities.inbound_connections and capabilities.terminate_one and capabilities.gpus
     assert not capabilities.containers and capabilities.max_lifetime is None
-    assert provider.lease_interval == 30.0 and provider.max_boot_script == 16 * 1024
+    assert AWSProvider.lease_interval == 30.0 and provider.max_boot_script == 16 * 1024
+    assert provider.lease_interval == 5.0  # PREFECT_REMOTE_AWS_LEASE_INTERVAL, as the sandbox tests set it
     options = provider.client_options()
     assert options["region"] == "us-east-1" and options["allow_ingress_from"] == "me"
     assert not {key for key in json.dumps(options).lower().split('"') if "secret_access" in key or "access_key" in key}
@@ -419,9 +415,12 @@ def test_declarations_and_options(provider):
     }
 
 
-def test_keepalive_shorter_than_the_lease_interval_is_refused(provider):
+def test_keepalive_shorter_than_the_lease_interval_is_refused(aws_env):
+    provider = AWSProvider(lease_interval=30)
     with pytest.raises(ValueError, match="keepalive=10s: aws machines read their lease every 30s"):
         launch(provider, cpu=1, keepalive=10)
+    with pytest.raises(ValueError, match="greater than or equal to 5"):
+        AWSProvider(lease_interval=1)
 
 
 def test_estimated_cost():

@@ -1,0 +1,78 @@
+"""Where a stock-image machine gets prefect-remote for its agent: the package index for a released
+version, else a wheel of the launcher's own source put in the store (built once per state of the
+source, stored by content).
+
+>>> source = agent_source(open_store(), extras=("aws",), requirements=("boto3",), full=False)  # doctest: +SKIP
+>>> source.requirement  # doctest: +SKIP
+'prefect-remote[aws]==0.1.0'
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Sequence
+from functools import lru_cache
+from importlib import metadata
+from pathlib import Path
+from urllib.parse import unquote, urlsplit
+
+from prefect_remote.boot import AgentSource
+from prefect_remote.errors import RemoteError
+from prefect_remote.software.store import LocalStore, Store
+
+DISTRIBUTION = "prefect-remote"
+
+
+class AgentSourceError(RemoteError):
+    """The agent cannot be given to the machines (an unreleased version and a store they cannot read)."""
+
+
+def agent_source(store: Store, *, extras: Sequence[str], requirements: Sequence[str], full: bool, provider: str = "cloud") -> AgentSource:
+    """The :class:`AgentSource` for this launcher's prefect-remote. ``requirements`` (what the
+    machine runtime imports, e.g. boto3) are pinned to the versions installed here when they are."""
+    python = f"{sys.version_info.major}.{sys.version_info.minor}"
+    pinned = tuple(_pinned(name) for name in requirements)
+    version, source = _installed()
+    extra = f"[{','.join(extras)}]" if extras else ""
+    if source is None:
+        return AgentSource(f"{DISTRIBUTION}{extra}=={version}", python=python, full=full, extras=tuple(extras), bootstrap=pinned)
+    if isinstance(store, LocalStore):
+        raise AgentSourceError(
+            f"prefect-remote {version} here is not a released version (installed from {source}), so {provider} machines "
+            f"get it as a wheel from the store, but the store is this computer's folder {store.url}, which they cannot read. "
+            "Set PREFECT_REMOTE_STORE to a bucket (s3://bucket/prefix on aws), or install a released prefect-remote"
+        )
+    wheel, digest = _stored_wheel(store.url, str(source))
+    return AgentSource(
+        f"{DISTRIBUTION}{extra} ({wheel})", python=python, full=full, extras=tuple(extras), bootstrap=pinned, wheel=wheel, digest=digest, store=store.url
+    )
+
+
+def _installed() -> tuple[str, Path | None]:
+    """This prefect-remote's version, and its source folder when it is not from an index (PEP 610)."""
+    distribution = metadata.distribution(DISTRIBUTION)
+    direct = distribution.read_text("direct_url.json")
+    if not direct:
+        return distribution.version, None
+    url = json.loads(direct)["url"]
+    return distribution.version, Path(unquote(urlsplit(url).path)) if url.startswith("file:") else Path(url)
+
+
+def _pinned(name: str) -> str:
+    try:
+        return f"{name}=={metadata.version(name)}"
+    except metadata.PackageNotFoundError:
+        return name
+
+
+@lru_cache(maxsize=8)
+def _stored_wheel(store_url: str, source: str) -> tuple[str, str]:
+    """(file name, SHA-256) of the wheel of ``source``, built (cached by its files) and stored once per process."""
+    from prefect_remote.settings import get_settings
+    from prefect_remote.software.capture import build_wheel
+    from prefect_remote.software.store import open_store
+
+    path = Path(source)
+    wheel = path if path.suffix == ".whl" else build_wheel(path, get_settings().home / "cache" / "wheels")
+    return wheel.name, open_store(store_url).put_file(wheel)

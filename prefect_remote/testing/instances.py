@@ -1,0 +1,183 @@
+"""What a hypervisor is to a cloud, for the sandbox clouds: each instance the emulated cloud says is
+running boots its startup script (EC2 user data, a GCE startup-script) as a local machine, with a
+clean environment and none of the launcher's files, and the two stay in step both ways: an instance
+terminated through the API ends its machine, and a machine that ends (its boot script exited, the
+agent shut it down) terminates its instance.
+
+A cloud's sandbox supplies two callables: ``instances()`` (what the control plane holds, read
+straight from the emulator's state, so the sandbox's own bookkeeping makes no API calls) and
+``terminate(instance_id, reason)``.
+
+>>> runner = InstanceRunner(home, instances=list_instances, terminate=end_instance, image_env=env_for)  # doctest: +SKIP
+>>> runner.start()                                                        # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from prefect_remote.errors import MachineNotFound
+from prefect_remote.providers.base import Machine
+from prefect_remote.providers.local import LocalProvider
+from prefect_remote.providers.local.start import start_machines
+
+logger = logging.getLogger(__name__)
+
+POLL = 0.1  # seconds between looks at the control plane
+INSTANCE_TAG = "sandbox-instance"  # a machine's tag naming the instance it runs
+
+
+@dataclass(frozen=True)
+class Instance:
+    """An instance as the emulated control plane holds it."""
+
+    id: str
+    state: str  # "pending", "running", "terminated"… (a cloud's own words)
+    script: str | None  # what it boots; None: nothing to run (an image with no startup script)
+    instance_type: str
+    region: str
+    tags: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def ended(self) -> bool:
+        return self.state in ("terminated", "shutting-down", "stopped", "stopping", "TERMINATED", "STOPPING")
+
+
+class InstanceRunner:
+    """Boots a sandbox cloud's instances as local machines under ``home`` (the local provider's
+    isolation: a network namespace per instance where this host offers them).
+
+    ``image_env(instance)`` is what the instance's image puts in its environment (the emulated
+    cloud's endpoints, its metadata service); ``booted(instance, machine)`` lets the cloud record the
+    machine's addresses as the instance's."""
+
+    def __init__(
+        self,
+        home: str | Path,
+        *,
+        instances: Callable[[], Iterable[Instance]],
+        terminate: Callable[[str, str], None],
+        image_env: Callable[[Instance], dict[str, str]],
+        booted: Callable[[Instance, Machine], None] = lambda instance, machine: None,
+        isolation: str | None = None,
+    ) -> None:
+        self.machines = LocalProvider(home, isolation=isolation)
+        self._instances, self._terminate, self._image_env, self._booted = instances, terminate, image_env, booted
+        self._running: dict[str, str] = {}  # instance id -> local machine id
+        self._seen: set[str] = set()  # every instance booted (or skipped), so none boots twice
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    @property
+    def host_address(self) -> str:
+        """This host's address as the instances reach it."""
+        return self.machines.host_address
+
+    def reachable_url(self, url: str) -> str:
+        """``url`` (a service on this host's loopback) as instances reach it."""
+        return self.machines.reachable_url(url)
+
+    def network_env(self) -> dict[str, str]:
+        """The way out the instances' network gives: isolated machines reach the package index
+        through this host's egress proxy (as VMs through a NAT) and nothing else."""
+        if self.machines.isolation != "namespace":
+            return {}
+        from prefect_remote.providers.local.gateway import EGRESS_PORT
+
+        proxy = f"http://{self.host_address}:{EGRESS_PORT}"
+        return {"HTTPS_PROXY": proxy, "https_proxy": proxy, "NO_PROXY": self.host_address, "no_proxy": self.host_address}
+
+    def machine_of(self, instance_id: str) -> str | None:
+        """The local machine running ``instance_id``, while it runs."""
+        return self._running.get(instance_id)
+
+    def wait_idle(self, timeout: float = 30.0) -> None:
+        """Waits until no machine runs for an instance that has ended (the next rounds end them)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            ended = {instance.id for instance in self._instances() if instance.ended}
+            lingering = [machine.id for machine in self.machines.list() if machine.tags.get(INSTANCE_TAG) in ended]
+            if not lingering:
+                return
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"sandbox machines of terminated instances still running after {timeout}s: {', '.join(lingering)}")
+            time.sleep(POLL)
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._loop, name="sandbox-instance-runner", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stops following the control plane and ends every machine still running, waiting for them."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+        machine_ids = list(self._running.values())
+        self.machines.terminate(machine_ids, reason="sandbox stopped")
+        try:
+            self.machines.wait(machine_ids, timeout=30)
+        except TimeoutError as error:
+            logger.warning("sandbox: %s", error)
+        self.machines.cleanup_host()
+
+    def _loop(self) -> None:
+        while not self._stop.wait(POLL):
+            try:
+                self.step()
+            except Exception:  # the sandbox keeps serving; the next round tries again
+                logger.exception("sandbox instance runner")
+
+    def step(self) -> None:
+        """One round: boot new instances, end machines of terminated ones, terminate instances whose machine ended."""
+        for instance in list(self._instances()):
+            if instance.ended:
+                machine_id = self._running.pop(instance.id, None)
+                if machine_id is not None:
+                    self.machines.terminate([machine_id], reason="instance terminated")
+                self._seen.add(instance.id)
+            elif instance.id not in self._seen:
+                self._seen.add(instance.id)
+                if instance.script is not None:
+                    self._boot(instance)
+        for instance_id, machine_id in list(self._running.items()):
+            try:
+                machine = self.machines.describe(machine_id)
+            except MachineNotFound:
+                machine = None
+            if machine is None or not machine.alive:
+                self._running.pop(instance_id, None)
+                self._terminate(instance_id, (machine.reason if machine else None) or "instance shut down")
+
+    def _boot(self, instance: Instance) -> None:
+        record = {
+            "tags": {INSTANCE_TAG: instance.id},
+            "owner": None,
+            "spec": f"sandbox instance {instance.id}",
+            "instance_type": instance.instance_type,
+            "region": instance.region,
+            "spot_policy": "on-demand",
+            "vm_type": None,
+            "limits": {"cpu": None, "memory": None},  # a 2-core host runs a 64-core type's work as it can
+        }
+        try:
+            [machine_id] = start_machines(
+                self.machines.host,
+                launch_id=instance.id,
+                boot_script=instance.script or "",
+                record=record,
+                count=1,
+                has_secrets=False,
+                software=True,  # the image reaches the package index (through the egress proxy)
+                image_env={**self.network_env(), **self._image_env(instance)},
+            )
+        except Exception as error:  # as a hypervisor that cannot place an instance: it ends
+            logger.warning("sandbox: instance %s could not boot: %s", instance.id, error)
+            self._terminate(instance.id, f"sandbox could not boot it: {error}")
+            return
+        self._running[instance.id] = machine_id
+        self._booted(instance, self.machines.describe(machine_id))
