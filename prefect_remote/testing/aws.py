@@ -159,6 +159,7 @@ class SandboxAWS:
                 isolation=self.isolation,
             )
             self._root = home / "root"
+            _place_on_launch(self)
             self._runner.start()
             self._stopping.clear()
             self._keeper = threading.Thread(target=self._keep_forwards, name="sandbox-forwards", daemon=True)
@@ -170,6 +171,8 @@ class SandboxAWS:
         self._stopping.set()
         if self._keeper is not None:
             self._keeper.join()
+        if self in _PLACING:
+            _PLACING.remove(self)
         if self._runner is not None:
             self._runner.stop()
             self._runner = None
@@ -253,11 +256,9 @@ class SandboxAWS:
         return None
 
     def _instances(self) -> Iterator[Instance]:
-        for region, backend in self._backends():
+        for _, backend in self._backends():
             for instance in backend.all_instances():
-                user_data = instance.user_data
-                script = base64.b64decode(str(user_data)).decode(errors="replace") if user_data else None
-                yield Instance(instance.id, instance.state, script, instance.instance_type, region)
+                yield _as_instance(instance)
 
     def _terminate(self, instance_id: str, reason: str) -> None:
         found = self._moto_instance(instance_id)
@@ -339,6 +340,37 @@ class SandboxAWS:
                     logger.warning("sandbox: cannot forward %s to the instances: %s", url, error)
             if self._stopping.wait(KEEP_FORWARDS_EVERY):
                 return
+
+
+def _as_instance(instance: Any) -> Instance:
+    user_data = instance.user_data
+    script = base64.b64decode(str(user_data)).decode(errors="replace") if user_data else None
+    return Instance(instance.id, instance.state, script, instance.instance_type, instance.region_name)
+
+
+_PLACING: list[SandboxAWS] = []  # sandboxes of this process whose runner boots instances as moto creates them
+
+
+def _place_on_launch(sandbox: SandboxAWS) -> None:
+    """Boots instances inside ``RunInstances`` itself (as EC2 places them before answering), so its
+    answer, like EC2's, already has each instance's private address: a cluster's workers are told
+    their scheduler's address from it."""
+    from moto.ec2.models.instances import InstanceBackend
+
+    _PLACING.append(sandbox)
+    if getattr(InstanceBackend.run_instances, "_sandbox_places", False):
+        return
+    original = InstanceBackend.run_instances
+
+    def run_instances(backend: Any, *args: Any, **kwargs: Any) -> Any:
+        reservation = original(backend, *args, **kwargs)
+        for placing in list(_PLACING):
+            for instance in reservation.instances:
+                placing.runner.boot(_as_instance(instance))
+        return reservation
+
+    run_instances._sandbox_places = True  # type: ignore[attr-defined]
+    InstanceBackend.run_instances = run_instances  # type: ignore[method-assign]
 
 
 class _Counting:

@@ -70,6 +70,7 @@ class InstanceRunner:
         self._instances, self._terminate, self._image_env, self._booted = instances, terminate, image_env, booted
         self._running: dict[str, str] = {}  # instance id -> local machine id
         self._seen: set[str] = set()  # every instance booted (or skipped), so none boots twice
+        self._booting = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -140,10 +141,8 @@ class InstanceRunner:
                 if machine_id is not None:
                     self.machines.terminate([machine_id], reason="instance terminated")
                 self._seen.add(instance.id)
-            elif instance.id not in self._seen:
-                self._seen.add(instance.id)
-                if instance.script is not None:
-                    self._boot(instance)
+            else:
+                self.boot(instance)
         for instance_id, machine_id in list(self._running.items()):
             try:
                 machine = self.machines.describe(machine_id)
@@ -152,6 +151,17 @@ class InstanceRunner:
             if machine is None or not machine.alive:
                 self._running.pop(instance_id, None)
                 self._terminate(instance_id, (machine.reason if machine else None) or "instance shut down")
+
+    def boot(self, instance: Instance) -> None:
+        """Boots ``instance`` unless it was booted before. The cloud's sandbox may call this as the
+        instance is created, so that the API's answer already carries the machine's addresses; the
+        runner's rounds boot any instance it did not."""
+        with self._booting:
+            if instance.id in self._seen:
+                return
+            self._seen.add(instance.id)
+            if instance.script is not None:
+                self._boot(instance)
 
     def _boot(self, instance: Instance) -> None:
         record = {
