@@ -1,14 +1,21 @@
 """``prefect work-pool create --type remote:push --provision-infra NAME``: set up what the provider
-needs and write those defaults into the pool's template. Provisioning twice is harmless."""
+needs and write those defaults into the pool's template. Provisioning twice is harmless.
+
+The provider is the pool's existing provider block's, else ``PREFECT_REMOTE_PROVIDER``. On aws,
+provisioning sets up the account (:mod:`prefect_remote.providers.aws.infra`) and records what it
+made in the block; ``prefect-remote aws teardown`` removes it."""
 
 from __future__ import annotations
 
 from contextlib import nullcontext
 from copy import deepcopy
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
+import anyio
 from rich.console import Console
 
+from prefect_remote.errors import RemoteError
 from prefect_remote.providers import get_provider
 from prefect_remote.settings import get_settings
 from prefect_remote.software.store import LocalStore, open_store
@@ -18,8 +25,15 @@ if TYPE_CHECKING:
     from prefect.client.orchestration import PrefectClient
 
 
+class ProvisioningFailed(RemoteError, RuntimeError):
+    """Provisioning could not finish; the message says why and what to do. (A RuntimeError, which
+    ``prefect work-pool create`` reports as "Failed to provision infrastructure: …".)"""
+
+
 class RemotePushProvisioner:
-    """Creates the home folder and the store, and a provider credentials block the pool refers to."""
+    """Creates the home folder and the store, and a provider credentials block the pool refers to.
+    On aws it also sets up the account (:func:`prefect_remote.providers.aws.infra.provision`: bucket,
+    log group, security groups, the machines' role and instance profile) and records it in the block."""
 
     def __init__(self) -> None:
         self._console = Console()
@@ -35,36 +49,61 @@ class RemotePushProvisioner:
     async def provision(
         self, work_pool_name: str, base_job_template: dict[str, Any], client: PrefectClient | None = None
     ) -> dict[str, Any]:
+        """Provisions what the pool's provider needs and returns ``base_job_template`` with the
+        block (and, on aws, the region) as the pool's defaults. Raises :class:`ProvisioningFailed`."""
+        try:
+            return await self._provision(work_pool_name, base_job_template, client)
+        except (RemoteError, ValueError) as error:  # ValueError: options the provider refuses, say
+            raise ProvisioningFailed(str(error)) from None
+
+    async def _provision(self, work_pool_name: str, base_job_template: dict[str, Any], client: PrefectClient | None) -> dict[str, Any]:
         from prefect.client.orchestration import get_client
         from prefect.exceptions import ObjectNotFound
 
         settings = get_settings()
-        provider = get_provider(settings.provider)
         settings.home.mkdir(parents=True, exist_ok=True, mode=0o700)
         self.console.print(f"prefect-remote home: [blue]{settings.home}[/]")
-        store = open_store()
-        if isinstance(store, LocalStore):
-            store.root.mkdir(parents=True, exist_ok=True, mode=0o700)
-        self.console.print(f"software environments store: [blue]{store.url}[/]")
         block_name = f"{work_pool_name}-provider"
         async with (get_client() if client is None else nullcontext(client)) as api:  # a borrowed client stays open
             await RemoteProviderCredentials.aregister_type_and_schema(client=api)
             try:
                 document = await api.read_block_document_by_name(block_name, RemoteProviderCredentials.get_block_type_slug())
-                block_id = document.id
-                provider = get_provider(document.data.get("provider") or provider.name)  # the block decides
-                self.console.print(f"reusing provider block [blue]{block_name!r}[/] ({provider.name})")
+                block_id, found = document.id, RemoteProviderCredentials.model_validate(document.data)
+                self.console.print(f"reusing provider block [blue]{block_name!r}[/] ({found.provider})")  # the block decides
             except ObjectNotFound:
-                block_id = await RemoteProviderCredentials(provider=provider.name).asave(block_name, client=api)
+                block_id, found = None, RemoteProviderCredentials(provider=get_provider(settings.provider).name)
+            provider = found.get_provider()
+            credentials = found
+            if provider.name == "aws":
+                from prefect_remote.providers.aws.infra import provision
+
+                say = partial(self.console.print, markup=False, highlight=False)
+                setup = await anyio.to_thread.run_sync(partial(provision, provider, work_pool_name, settings.store or found.store, say))
+                credentials = found.model_copy(update=setup.block_fields())
+                if settings.store != setup.store:
+                    self.console.print(f"set [blue]PREFECT_REMOTE_STORE={setup.store}[/] where you deploy and where runs are submitted")
+            else:
+                store = open_store()
+                if isinstance(store, LocalStore):
+                    store.root.mkdir(parents=True, exist_ok=True, mode=0o700)
+                self.console.print(f"software environments store: [blue]{store.url}[/]")
+            if block_id is None:
+                block_id = await credentials.asave(block_name, client=api)
                 self.console.print(f"created provider block [blue]{block_name!r}[/] (provider {provider.name})")
+            elif credentials.model_dump() != found.model_dump():
+                await credentials.asave(block_name, overwrite=True, client=api)
+                self.console.print(f"recorded the setup in provider block [blue]{block_name!r}[/]")
         template = deepcopy(base_job_template)
         properties = template["variables"]["properties"]
         properties["credentials"]["default"] = {"$ref": {"block_document_id": str(block_id)}}
         properties["provider"]["default"] = provider.name
+        if credentials.region:
+            properties["region"]["default"] = credentials.region
         isolation = getattr(provider, "isolation", None)
         self.console.print(
             f"work pool [blue]{work_pool_name!r}[/] runs flow runs on [bold]{provider.name}[/] machines"
             + (f" ({isolation} isolation)" if isolation else "")
+            + (f" in {credentials.region}" if credentials.region else "")
         )
         return template
 

@@ -37,9 +37,17 @@ class RemoteProviderCredentials(Block):
 
     provider: str = Field(default="local", description="Provider name: local, aws, gcp, or a plugin's.")
     options: dict[str, Any] = Field(default_factory=dict, description="Keyword arguments for the provider.")
+    # Recorded by --provision-infra on aws; each one that is set is a provider option (winning over ``options``).
+    region: Optional[str] = Field(default=None, description="Cloud region, e.g. us-east-2. Default: the provider's (AWS_DEFAULT_REGION…).")
+    instance_profile: Optional[str] = Field(default=None, description="aws: the instance profile (name) machines run with.")
+    log_group: Optional[str] = Field(default=None, description="aws: the CloudWatch Logs group machines write to.")
+    # Recorded, not a provider option: the launcher finds its store in PREFECT_REMOTE_STORE.
+    store: Optional[str] = Field(default=None, description="The software environments store provisioned for this pool, e.g. s3://bucket/prefix.")
 
     def get_provider(self) -> Provider:
-        return get_provider(self.provider, **self.options)
+        """The provider, made with ``options`` and the option fields above that are set."""
+        fields = {name: getattr(self, name) for name in ("region", "instance_profile", "log_group") if getattr(self, name) is not None}
+        return get_provider(self.provider, **{**self.options, **fields})
 
 
 class MachineJobFields(BaseModel):

@@ -1,0 +1,38 @@
+"""``prefect-remote aws teardown``: remove what ``prefect work-pool create --type remote:push
+--provision-infra`` set up in an AWS account (see :func:`prefect_remote.providers.aws.infra.teardown`)."""
+
+from __future__ import annotations
+
+import sys
+from typing import Annotated, Optional
+
+import typer
+
+app = typer.Typer(help="AWS: remove what --provision-infra set up.", no_args_is_help=True)
+
+
+@app.command("teardown")
+def teardown(
+    pool: Annotated[Optional[str], typer.Option("--pool", help="Remove this pool's role and instance profile (and the shared resources if no other pool is left).")] = None,
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Without --pool: remove everything provisioning made in the region, without asking.")] = False,
+    region: Annotated[Optional[str], typer.Option("--region", help="AWS region (default: boto3's, e.g. AWS_DEFAULT_REGION).")] = None,
+    delete_bucket: Annotated[bool, typer.Option("--delete-bucket", help="Also delete the store's bucket provisioning made, with the software environments in it.")] = False,
+    force: Annotated[bool, typer.Option("--force", help="Terminate prefect-remote instances that still run instead of refusing.")] = False,
+) -> None:
+    """Remove the IAM role and instance profile, the security groups (prefect-remote-<vpc>,
+    prefect-remote-<vpc>-dask-from-*), the log group and launch secrets left behind; the bucket only
+    with --delete-bucket. Refuses while prefect-remote instances run, unless --force. Idempotent."""
+    from prefect_remote.errors import RemoteError
+    from prefect_remote.providers.aws.infra import teardown as remove
+
+    if pool is None and not yes:
+        if not sys.stdin.isatty():
+            raise typer.BadParameter("name a pool (--pool NAME), or pass --yes to remove everything provisioning made in the region")
+        typer.confirm("Remove everything prefect-remote provisioned in this region, for every pool?", abort=True)
+    try:
+        removed = remove(region, pool, force=force, delete_bucket=delete_bucket, say=typer.echo)
+    except RemoteError as error:
+        typer.echo(f"Error: {error}", err=True)
+        raise typer.Exit(1) from None
+    if removed:
+        typer.echo(f"Removed {len(removed)} resource(s).")

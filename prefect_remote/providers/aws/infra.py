@@ -1,0 +1,617 @@
+"""What the aws provider's machines need in the user's account, set up once and torn down again.
+
+:func:`provision` (run by ``prefect work-pool create --type remote:push --provision-infra`` when the
+provider is aws) makes, or finds when they exist:
+
+- the software store's S3 bucket (``PREFECT_REMOTE_STORE`` if it is ``s3://…``, else
+  ``s3://prefect-remote-<account>-<region>/store``), public access blocked, encrypted by default;
+- the CloudWatch Logs group machines write to (``log_group``), kept :data:`LOG_RETENTION_DAYS` days;
+- the security groups the provider keeps per VPC (its own code: :meth:`AWSProvider._security_groups`);
+- one IAM role and instance profile per pool and region, ``prefect-remote-<region>-<pool>``, with
+  the least-privilege policy :func:`machine_policy` (the README quotes it).
+
+:func:`teardown` (``prefect-remote aws teardown``) removes them again. The role's tags record what
+it was provisioned with (region, pool, store, log group), so teardown needs nothing but AWS.
+
+Every AWS refusal becomes an :class:`~prefect_remote.providers.aws.provider.AWSError` naming the
+permission that is missing, and missing credentials say how to set them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from prefect_remote.providers.aws.provider import (
+    _BAD_CREDENTIALS,
+    _DENIED,
+    _NO_CREDENTIALS,
+    LAUNCH_TAG,
+    MANAGED_TAG,
+    AWSError,
+    AWSProvider,
+    _error_code,
+)
+from prefect_remote.providers.aws.runtime import EXIT_CODE_TAG, LEASE_TAG, REASON_TAG
+from prefect_remote.providers.base import TAG_PREFIX
+
+if TYPE_CHECKING:
+    from botocore.client import BaseClient
+
+ROLE_PREFIX = "prefect-remote-"
+POLICY_NAME = "prefect-remote-machines"
+LOG_RETENTION_DAYS = 30
+# What a provisioned role's tags record, so that teardown finds everything from AWS alone.
+REGION_TAG = TAG_PREFIX + "region"
+POOL_TAG = TAG_PREFIX + "pool"
+STORE_TAG = TAG_PREFIX + "store"
+LOG_GROUP_TAG = TAG_PREFIX + "log-group"
+SECRETS_PREFIX_TAG = TAG_PREFIX + "secrets-prefix"
+# The tags a machine writes on instances after launch: its owner's lease, and why it ended.
+MACHINE_TAG_KEYS = (LEASE_TAG, REASON_TAG, EXIT_CODE_TAG)
+ALIVE_STATES = ("pending", "running", "stopping", "stopped")
+# S3 operations whose IAM action has another name.
+_S3_ACTIONS = {
+    "HeadBucket": "ListBucket",
+    "ListObjectVersions": "ListBucketVersions",
+    "DeleteObjects": "DeleteObject",
+    "PutPublicAccessBlock": "PutBucketPublicAccessBlock",
+    "PutBucketEncryption": "PutEncryptionConfiguration",
+}
+_TAG_VALUE = re.compile(r"[^\w .:/=+\-@]")  # what IAM tag values may not hold
+
+Say = Callable[[str], None]
+
+
+class TeardownRefused(AWSError):
+    """Instances that use what teardown would remove are still running (``--force`` ends them)."""
+
+
+# -- names and documents ---------------------------------------------------------------------------
+def role_name(region: str, pool: str) -> str:
+    """The IAM role (and instance profile) of ``pool``'s machines in ``region``: at most 64 characters
+    of those IAM allows, made unique by a hash when the pool's name has to be cut.
+
+    >>> role_name("us-east-2", "my pool")
+    'prefect-remote-us-east-2-my-pool'
+    """
+    base = f"{ROLE_PREFIX}{region}-"
+    slug = re.sub(r"[^A-Za-z0-9+=,.@_-]+", "-", pool).strip("-") or "pool"
+    if len(base) + len(slug) > 64:
+        slug = f"{slug[: 64 - len(base) - 9]}-{hashlib.sha256(pool.encode()).hexdigest()[:8]}"
+    return base + slug
+
+
+def default_store(account: str, region: str) -> str:
+    """The store provisioning makes when ``PREFECT_REMOTE_STORE`` names no S3 store.
+
+    >>> default_store("123456789012", "us-east-2")
+    's3://prefect-remote-123456789012-us-east-2/store'
+    """
+    return f"s3://prefect-remote-{account}-{region}/store"
+
+
+def trust_policy() -> dict[str, Any]:
+    """Who may assume the machines' role: EC2, for the instances it is attached to."""
+    return {
+        "Version": "2012-10-17",
+        "Statement": [{"Effect": "Allow", "Principal": {"Service": "ec2.amazonaws.com"}, "Action": "sts:AssumeRole"}],
+    }
+
+
+def machine_policy(
+    *,
+    account: str,
+    region: str,
+    role: str,
+    bucket: str,
+    prefix: str,
+    log_group: str,
+    secrets_prefix: str = "/prefect-remote/",
+    partition: str = "aws",
+) -> dict[str, Any]:
+    """The inline policy of the machines' role ``role`` (its instance profile has the same name):
+    what a machine does (read its launch's secrets and software, ship its log, tag and end itself)
+    and what a cluster's scheduler machine does with its workers (launch them with this same
+    profile, renew their leases, end them, and keep their launches' secrets). The README quotes it.
+
+    Instances are told apart by the instance profile they run with (``ec2:InstanceProfile``) and by
+    the ``prefect-remote:launch`` tag every launch sets: a machine may tag and end only instances
+    prefect-remote launched with this pool's profile, itself included.
+    """
+    ec2 = f"arn:{partition}:ec2:{region}:{account}"
+    ssm = f"arn:{partition}:ssm:{region}:{account}:parameter{secrets_prefix}*"
+    profile = f"arn:{partition}:iam::{account}:instance-profile/{role}"
+    objects = f"arn:{partition}:s3:::{bucket}/{prefix}/*" if prefix else f"arn:{partition}:s3:::{bucket}/*"
+    listing: dict[str, Any] = {"Effect": "Allow", "Action": "s3:ListBucket", "Resource": f"arn:{partition}:s3:::{bucket}"}
+    if prefix:
+        listing["Condition"] = {"StringLike": {"s3:prefix": [prefix, f"{prefix}/*"]}}
+    launched_here = {"ArnEquals": {"ec2:InstanceProfile": profile}, "Null": {f"ec2:ResourceTag/{LAUNCH_TAG}": "false"}}
+    managed_group = {"StringEquals": {f"ec2:ResourceTag/{MANAGED_TAG}": "true"}}
+    statements: list[dict[str, Any]] = [
+        {"Sid": "ReadLaunchSecrets", "Effect": "Allow", "Action": "ssm:GetParameter", "Resource": ssm},
+        {"Sid": "ReadSoftwareStore", "Effect": "Allow", "Action": "s3:GetObject", "Resource": objects},
+        {"Sid": "ListSoftwareStore", **listing},
+        {
+            "Sid": "ShipMachineLogs",
+            "Effect": "Allow",
+            "Action": ["logs:CreateLogStream", "logs:PutLogEvents"],
+            "Resource": [f"arn:{partition}:logs:{region}:{account}:log-group:{log_group}", f"arn:{partition}:logs:{region}:{account}:log-group:{log_group}:*"],
+        },
+        {"Sid": "EndPoolInstances", "Effect": "Allow", "Action": "ec2:TerminateInstances", "Resource": f"{ec2}:instance/*", "Condition": launched_here},
+        {
+            "Sid": "TagPoolInstances",
+            "Effect": "Allow",
+            "Action": "ec2:CreateTags",
+            "Resource": f"{ec2}:instance/*",
+            "Condition": {**launched_here, "ForAllValues:StringEquals": {"aws:TagKeys": list(MACHINE_TAG_KEYS)}},
+        },
+        {
+            "Sid": "LaunchWorkersWithThisProfile",
+            "Effect": "Allow",
+            "Action": "ec2:RunInstances",
+            "Resource": f"{ec2}:instance/*",
+            "Condition": {"ArnEquals": {"ec2:InstanceProfile": profile}, "Null": {f"aws:RequestTag/{LAUNCH_TAG}": "false"}},
+        },
+        {
+            "Sid": "LaunchWorkersResources",
+            "Effect": "Allow",
+            "Action": "ec2:RunInstances",
+            "Resource": [
+                f"arn:{partition}:ec2:{region}::image/*",
+                f"{ec2}:subnet/*",
+                f"{ec2}:network-interface/*",
+                f"{ec2}:security-group/*",
+                f"{ec2}:volume/*",
+                f"{ec2}:spot-instances-request/*",
+            ],
+        },
+        {
+            "Sid": "TagWorkersAtLaunch",
+            "Effect": "Allow",
+            "Action": "ec2:CreateTags",
+            "Resource": [f"{ec2}:instance/*", f"{ec2}:volume/*"],
+            "Condition": {"StringEquals": {"ec2:CreateAction": "RunInstances"}},
+        },
+        {
+            "Sid": "PassThisRoleToWorkers",
+            "Effect": "Allow",
+            "Action": "iam:PassRole",
+            "Resource": f"arn:{partition}:iam::{account}:role/{role}",
+            "Condition": {"StringEquals": {"iam:PassedToService": "ec2.amazonaws.com"}},
+        },
+        {
+            "Sid": "KeepWorkerLaunchSecrets",
+            "Effect": "Allow",
+            "Action": ["ssm:PutParameter", "ssm:DeleteParameter", "ssm:AddTagsToResource"],
+            "Resource": ssm,
+        },
+        {
+            "Sid": "ReadDefaultImage",
+            "Effect": "Allow",
+            "Action": "ssm:GetParameter",
+            "Resource": f"arn:{partition}:ssm:{region}::parameter/aws/service/ami-amazon-linux-latest/*",
+        },
+        {
+            "Sid": "FindInstancesImagesNetwork",
+            "Effect": "Allow",
+            "Action": [
+                "ec2:DescribeInstances",
+                "ec2:DescribeInstanceTypes",
+                "ec2:DescribeImages",
+                "ec2:DescribeSubnets",
+                "ec2:DescribeVpcs",
+                "ec2:DescribeSecurityGroups",
+            ],
+            "Resource": "*",
+        },
+        {
+            "Sid": "MakeWorkerIngressGroups",
+            "Effect": "Allow",
+            "Action": "ec2:CreateSecurityGroup",
+            "Resource": f"{ec2}:security-group/*",
+            "Condition": {"StringEquals": {f"aws:RequestTag/{MANAGED_TAG}": "true"}},
+        },
+        {"Sid": "MakeWorkerIngressGroupsInVpc", "Effect": "Allow", "Action": "ec2:CreateSecurityGroup", "Resource": f"{ec2}:vpc/*"},
+        {
+            "Sid": "TagWorkerIngressGroups",
+            "Effect": "Allow",
+            "Action": "ec2:CreateTags",
+            "Resource": f"{ec2}:security-group/*",
+            "Condition": {"StringEquals": {"ec2:CreateAction": "CreateSecurityGroup"}},
+        },
+        {"Sid": "OpenWorkerIngressGroups", "Effect": "Allow", "Action": "ec2:AuthorizeSecurityGroupIngress", "Resource": f"{ec2}:security-group/*", "Condition": managed_group},
+    ]
+    return {"Version": "2012-10-17", "Statement": statements}
+
+
+# -- errors that name the fix ---------------------------------------------------------------------
+@contextmanager
+def aws_errors(service: str, purpose: str) -> Iterator[None]:
+    """Turns missing credentials and refusals by ``service`` inside the block into :class:`AWSError`
+    messages that say how to set credentials, or which permission (``iam:CreateRole``) is missing
+    for ``purpose``."""
+    from botocore.exceptions import ClientError, NoCredentialsError, PartialCredentialsError
+
+    try:
+        yield
+    except (NoCredentialsError, PartialCredentialsError):
+        raise AWSError(_NO_CREDENTIALS) from None
+    except ClientError as error:
+        code = _error_code(error)
+        if code in _BAD_CREDENTIALS or code == "InvalidAccessKeyId":
+            raise AWSError(f"AWS rejected the credentials in use ({code} on {error.operation_name}); check AWS_PROFILE or run `aws configure`") from None
+        if code in _DENIED or code == "403":
+            operation = error.operation_name
+            action = f"{service}:{_S3_ACTIONS.get(operation, operation) if service == 's3' else operation}"
+            raise AWSError(
+                f"AWS refused {action} ({code}): the identity in use needs the permission {action} to {purpose} "
+                f"(the README's AWS setup lists what provisioning needs)"
+            ) from None
+        raise
+
+
+def _tag_value(value: str) -> str:
+    return _TAG_VALUE.sub("_", value)[:256]
+
+
+def _tags(tags: dict[str, str]) -> list[dict[str, str]]:
+    return [{"Key": key, "Value": _tag_value(value)} for key, value in tags.items()]
+
+
+# -- provisioning ---------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class AWSSetup:
+    """What :func:`provision` made or found for one pool."""
+
+    account: str
+    region: str
+    role: str | None  # None: the pool uses an instance profile of the user's own
+    instance_profile: str | None
+    store: str
+    log_group: str
+    security_groups: tuple[str, ...]
+
+    def block_fields(self) -> dict[str, str | None]:
+        """The provider block's fields that record this setup, so that later runs use it."""
+        return {"region": self.region, "instance_profile": self.instance_profile, "log_group": self.log_group, "store": self.store}
+
+
+def provision(provider: AWSProvider, pool: str, store: str | None = None, say: Say = print) -> AWSSetup:
+    """Makes (or finds) the bucket, the log group, the security groups and ``pool``'s role and
+    instance profile for ``provider``'s region, printing each through ``say``. ``store`` is the
+    software store to use (an ``s3://`` URL; anything else means the default bucket). Idempotent:
+    a second run finds everything and changes nothing (the role's policy is brought up to date)."""
+    from prefect_remote.software.s3store import S3Store
+    from prefect_remote.software.store import open_store
+
+    account, partition = _account(provider)
+    region = provider.region
+    say(f"AWS account {account}, region {region}")
+    if not (store or "").startswith("s3://"):
+        chosen = default_store(account, region)
+        if store:
+            say(f"PREFECT_REMOTE_STORE={store} is not in S3, where machines read software environments: using {chosen}")
+        store = chosen
+    s3store = open_store(store)
+    assert isinstance(s3store, S3Store)
+    _ensure_bucket(provider.client("s3"), s3store.bucket, region, say)
+    say(f"software environments store: {s3store.url}")
+    _ensure_log_group(provider.client("logs"), provider.options.log_group, say)
+    groups = _ensure_security_groups(provider, say)
+    options = provider.options
+    name = role_name(region, pool)
+    if options.instance_profile and options.instance_profile != name:
+        say(f"machines use your instance profile {options.instance_profile} (no role made; see the README for the policy it needs)")
+        role, profile = None, options.instance_profile
+    else:
+        policy = machine_policy(
+            account=account, region=region, role=name, bucket=s3store.bucket, prefix=s3store.prefix,
+            log_group=options.log_group, secrets_prefix=options.secrets_prefix, partition=partition,
+        )
+        tags = {
+            MANAGED_TAG: "true", REGION_TAG: region, POOL_TAG: pool, STORE_TAG: s3store.url,
+            LOG_GROUP_TAG: options.log_group, SECRETS_PREFIX_TAG: options.secrets_prefix,
+        }
+        _ensure_role(provider.client("iam"), name, policy, tags, say)
+        role, profile = name, name
+    return AWSSetup(account, region, role, profile, s3store.url, options.log_group, tuple(groups))
+
+
+def _account(provider: AWSProvider) -> tuple[str, str]:
+    """The account and partition (``aws``, ``aws-cn``…) of the credentials in use."""
+    with aws_errors("sts", "find the AWS account"):
+        identity = provider.client("sts").get_caller_identity()
+    return identity["Account"], identity["Arn"].split(":")[1]
+
+
+def _ensure_bucket(s3: BaseClient, bucket: str, region: str, say: Say) -> None:
+    from botocore.exceptions import ClientError
+
+    purpose = f"make the store's bucket {bucket}"
+    with aws_errors("s3", purpose):
+        try:
+            s3.head_bucket(Bucket=bucket)
+            say(f"found S3 bucket {bucket}")
+            return
+        except ClientError as error:
+            if _error_code(error) in ("403", "AccessDenied"):
+                raise AWSError(
+                    f"S3 bucket {bucket} exists but this identity may not use it (it may belong to another account, or "
+                    f"s3:ListBucket is missing); set PREFECT_REMOTE_STORE=s3://<a bucket of yours>/<prefix> and provision again"
+                ) from None
+            if _error_code(error) not in ("404", "NoSuchBucket", "NotFound"):
+                raise
+        location = {} if region == "us-east-1" else {"CreateBucketConfiguration": {"LocationConstraint": region}}
+        try:
+            s3.create_bucket(Bucket=bucket, **location)
+        except ClientError as error:
+            if _error_code(error) != "BucketAlreadyOwnedByYou":  # made a moment ago by another provisioning
+                raise
+        s3.put_public_access_block(
+            Bucket=bucket,
+            PublicAccessBlockConfiguration={"BlockPublicAcls": True, "IgnorePublicAcls": True, "BlockPublicPolicy": True, "RestrictPublicBuckets": True},
+        )
+        s3.put_bucket_encryption(
+            Bucket=bucket, ServerSideEncryptionConfiguration={"Rules": [{"ApplyServerSideEncryptionByDefault": {"SSEAlgorithm": "AES256"}}]}
+        )
+        s3.put_bucket_tagging(Bucket=bucket, Tagging={"TagSet": _tags({MANAGED_TAG: "true"})})
+    say(f"created S3 bucket {bucket} in {region} (public access blocked, encrypted by default)")
+
+
+def _ensure_log_group(logs: BaseClient, name: str, say: Say) -> None:
+    with aws_errors("logs", f"make the machines' log group {name}"):
+        try:
+            logs.create_log_group(logGroupName=name, tags={MANAGED_TAG: "true"})
+        except logs.exceptions.ResourceAlreadyExistsException:
+            say(f"found log group {name}")
+            return
+        logs.put_retention_policy(logGroupName=name, retentionInDays=LOG_RETENTION_DAYS)
+    say(f"created log group {name} (events kept {LOG_RETENTION_DAYS} days)")
+
+
+def _managed_groups(ec2: BaseClient, vpc: str | None = None) -> list[dict[str, Any]]:
+    """The security groups the provider made (tagged ``prefect-remote:managed``), in ``vpc`` or all."""
+    filters = [{"Name": "tag-key", "Values": [MANAGED_TAG]}] + ([{"Name": "vpc-id", "Values": [vpc]}] if vpc else [])
+    pages = ec2.get_paginator("describe_security_groups").paginate(Filters=filters)
+    return [group for page in pages for group in page["SecurityGroups"] if group["GroupName"].startswith(ROLE_PREFIX)]
+
+
+def _ensure_security_groups(provider: AWSProvider, say: Say) -> list[str]:
+    ec2 = provider.client("ec2")
+    with aws_errors("ec2", "make the machines' security groups"):
+        if provider.options.security_group_ids:
+            say(f"machines use your security groups {', '.join(provider.options.security_group_ids)}")
+            return list(provider.options.security_group_ids)
+        before = {group["GroupId"] for group in _managed_groups(ec2, provider.vpc_id)}
+        ids = provider._security_groups(None)  # the provider's own: the same groups its launches use
+        for group in ec2.describe_security_groups(GroupIds=ids)["SecurityGroups"]:
+            say(f"{'found' if group['GroupId'] in before else 'created'} security group {group['GroupName']} ({group['GroupId']})")
+    return ids
+
+
+def _ensure_role(iam: BaseClient, name: str, policy: dict[str, Any], tags: dict[str, str], say: Say) -> None:
+    with aws_errors("iam", f"make the machines' role {name}"):
+        try:
+            iam.get_role(RoleName=name)
+            say(f"found IAM role {name}")
+        except iam.exceptions.NoSuchEntityException:
+            iam.create_role(
+                RoleName=name, AssumeRolePolicyDocument=json.dumps(trust_policy()), Tags=_tags(tags),
+                Description="prefect-remote machines: read their secrets and software, ship logs, end themselves, launch cluster workers",
+            )
+            say(f"created IAM role {name} (assumed by EC2)")
+        iam.tag_role(RoleName=name, Tags=_tags(tags))  # what it is for, as of this provisioning
+        try:
+            current = iam.get_role_policy(RoleName=name, PolicyName=POLICY_NAME)["PolicyDocument"]
+        except iam.exceptions.NoSuchEntityException:
+            current = None
+        if current != policy:
+            iam.put_role_policy(RoleName=name, PolicyName=POLICY_NAME, PolicyDocument=json.dumps(policy))
+            say(f"{'set' if current is None else 'updated'} its least-privilege policy {POLICY_NAME}")
+        try:
+            roles = iam.get_instance_profile(InstanceProfileName=name)["InstanceProfile"]["Roles"]
+            say(f"found instance profile {name}")
+        except iam.exceptions.NoSuchEntityException:
+            iam.create_instance_profile(InstanceProfileName=name, Tags=_tags({MANAGED_TAG: "true", REGION_TAG: tags[REGION_TAG]}))
+            roles = []
+            say(f"created instance profile {name} (EC2 accepts a new one after about ten seconds)")
+        if name not in {role["RoleName"] for role in roles}:
+            iam.add_role_to_instance_profile(InstanceProfileName=name, RoleName=name)
+
+
+# -- teardown -------------------------------------------------------------------------------------
+def provisioned_roles(iam: BaseClient, region: str) -> dict[str, dict[str, str]]:
+    """The roles provisioning made for ``region``, by name, with their tags (what each was made for)."""
+    found: dict[str, dict[str, str]] = {}
+    with aws_errors("iam", "find the roles provisioning made"):
+        for page in iam.get_paginator("list_roles").paginate():
+            for role in page["Roles"]:
+                if role["RoleName"].startswith(ROLE_PREFIX):
+                    tags = {tag["Key"]: tag["Value"] for tag in iam.list_role_tags(RoleName=role["RoleName"])["Tags"]}
+                    if tags.get(MANAGED_TAG) == "true" and tags.get(REGION_TAG) == region:
+                        found[role["RoleName"]] = tags
+    return found
+
+
+def teardown(
+    region: str | None = None, pool: str | None = None, *, force: bool = False, delete_bucket: bool = False, say: Say = print
+) -> list[str]:
+    """Removes what :func:`provision` made in ``region`` (default: boto3's) and returns what it removed.
+
+    With ``pool``, that pool's role and instance profile, plus the shared resources if no other
+    pool's role is left; without, everything: every provisioned role and profile of the region, the
+    security groups the provider made (``prefect-remote-<vpc>``, ``prefect-remote-<vpc>-dask-from-*``),
+    the log groups, launch secrets left behind, and with ``delete_bucket`` the buckets provisioning
+    created (they hold software environments). Refuses with :class:`TeardownRefused` while instances
+    that use any of it run, unless ``force``, which terminates them first. Idempotent.
+    """
+    provider = AWSProvider(region=region)
+    region = provider.region
+    iam, ec2 = provider.client("iam"), provider.client("ec2")
+    roles = provisioned_roles(iam, region)
+    mine = {name: tags for name, tags in roles.items() if pool is None or tags.get(POOL_TAG) == _tag_value(pool)}
+    if pool is not None and not mine:
+        say(f"nothing to remove: no role was provisioned for pool {pool!r} in {region}")
+        return []
+    others = sorted(tags.get(POOL_TAG, name) for name, tags in roles.items() if name not in mine)
+    shared = not others
+    account, partition = _account(provider)
+    profiles = {f"arn:{partition}:iam::{account}:instance-profile/{name}" for name in mine}
+    _end_instances(provider, None if shared else profiles, force, say)
+    removed: list[str] = []
+    if shared:
+        removed += _remove_security_groups(ec2, say)
+        log_groups = {tags[LOG_GROUP_TAG] for tags in mine.values() if LOG_GROUP_TAG in tags} | {provider.options.log_group}
+        removed += _remove_log_groups(provider.client("logs"), sorted(log_groups), say)
+        prefixes = {tags[SECRETS_PREFIX_TAG] for tags in mine.values() if SECRETS_PREFIX_TAG in tags} | {provider.options.secrets_prefix}
+        removed += _remove_leftover_secrets(provider.client("ssm"), sorted(prefixes), say)
+        stores = sorted({tags[STORE_TAG] for tags in mine.values() if STORE_TAG in tags} | {default_store(account, region)})
+        removed += _remove_buckets(provider.client("s3"), stores, delete_bucket, say)
+    else:
+        say(f"kept the security groups, log group and bucket: pools {', '.join(others)} still use them")
+    for name in sorted(mine):  # last: the role's tags are the record of everything above
+        removed += _remove_role(iam, name, say)
+    if not removed:
+        say(f"nothing to remove in {region}")
+    return removed
+
+
+def _end_instances(provider: AWSProvider, profiles: set[str] | None, force: bool, say: Say) -> None:
+    """Refuses (or, with ``force``, ends and waits for) live prefect-remote instances: all of them,
+    or those with one of ``profiles``."""
+    with aws_errors("ec2", "find prefect-remote's instances"):
+        instances = provider._instances(Filters=[{"Name": "tag-key", "Values": [LAUNCH_TAG]}, {"Name": "instance-state-name", "Values": list(ALIVE_STATES)}])
+    if profiles is not None:
+        instances = [i for i in instances if i.get("IamInstanceProfile", {}).get("Arn") in profiles]
+    if not instances:
+        return
+    lines = [
+        f"  {i['InstanceId']}  {i['State']['Name']:<8} {i['InstanceType']:<12} {i.get('IamInstanceProfile', {}).get('Arn', 'no instance profile').rsplit('/', 1)[-1]}"
+        for i in instances
+    ]
+    ids = [i["InstanceId"] for i in instances]
+    if not force:
+        raise TeardownRefused(
+            f"{len(ids)} prefect-remote instance(s) still use what teardown would remove in {provider.region}:\n" + "\n".join(lines)
+            + "\nend them first (`prefect-remote machines rm --all` with PREFECT_REMOTE_PROVIDER=aws), or pass --force to terminate them"
+        )
+    with aws_errors("ec2", "terminate prefect-remote's instances (--force)"):
+        provider.terminate(ids, reason="prefect-remote aws teardown --force")
+        say(f"terminating {len(ids)} instance(s):\n" + "\n".join(lines))
+        provider.client("ec2").get_waiter("instance_terminated").wait(InstanceIds=ids, WaiterConfig={"Delay": 5, "MaxAttempts": 120})
+    say(f"terminated {', '.join(ids)}")
+
+
+def _remove_security_groups(ec2: BaseClient, say: Say) -> list[str]:
+    from botocore.exceptions import ClientError
+
+    removed = []
+    with aws_errors("ec2", "remove the provider's security groups"):
+        # The Dask ingress groups first: nothing refers to them, while they may sit beside the shared one.
+        for group in sorted(_managed_groups(ec2), key=lambda g: "-dask-from-" not in g["GroupName"]):
+            try:
+                ec2.delete_security_group(GroupId=group["GroupId"])
+            except ClientError as error:
+                if _error_code(error) == "InvalidGroup.NotFound":
+                    continue
+                if _error_code(error) == "DependencyViolation":
+                    raise AWSError(
+                        f"security group {group['GroupName']} ({group['GroupId']}) is still in use (network interfaces of "
+                        "instances that just ended are released within minutes, or a resource of yours uses it); run teardown again shortly"
+                    ) from None
+                raise
+            _removed(removed, f"security group {group['GroupName']} ({group['GroupId']})", say)
+    return removed
+
+
+def _remove_log_groups(logs: BaseClient, names: list[str], say: Say) -> list[str]:
+    removed = []
+    with aws_errors("logs", "remove the machines' log group"):
+        for name in names:
+            found = [g for g in logs.describe_log_groups(logGroupNamePrefix=name)["logGroups"] if g["logGroupName"] == name]
+            if not found:
+                continue
+            arn = found[0].get("logGroupArn") or found[0]["arn"].removesuffix(":*")
+            if logs.list_tags_for_resource(resourceArn=arn).get("tags", {}).get(MANAGED_TAG) != "true":
+                say(f"kept log group {name}: provisioning did not make it")
+                continue
+            try:
+                logs.delete_log_group(logGroupName=name)
+            except logs.exceptions.ResourceNotFoundException:
+                continue
+            _removed(removed, f"log group {name}", say)
+    return removed
+
+
+def _remove_leftover_secrets(ssm: BaseClient, prefixes: list[str], say: Say) -> list[str]:
+    """Launch secrets no instance will read any more (their machines ended without anyone noticing)."""
+    names = []
+    with aws_errors("ssm", "remove launch secrets left behind"):
+        for prefix in prefixes:
+            pages = ssm.get_paginator("get_parameters_by_path").paginate(Path=prefix.rstrip("/") or "/", Recursive=False)
+            names += [p["Name"] for page in pages for p in page["Parameters"] if re.fullmatch(re.escape(prefix) + r"launch-[0-9a-f]+", p["Name"])]
+        for start in range(0, len(names), 10):  # DeleteParameters takes ten names a call
+            ssm.delete_parameters(Names=names[start : start + 10])
+    if names:
+        say(f"removed {len(names)} launch secret(s) left behind ({', '.join(names)})")
+    return [f"SSM parameter {name}" for name in names]
+
+
+def _remove_buckets(s3: BaseClient, stores: list[str], delete: bool, say: Say) -> list[str]:
+    """Deletes, emptied, the stores' buckets that provisioning made (tagged ``prefect-remote:managed``)."""
+    from botocore.exceptions import ClientError
+
+    removed = []
+    for bucket in sorted({store.removeprefix("s3://").split("/", 1)[0] for store in stores}):
+        with aws_errors("s3", f"remove the store's bucket {bucket}"):
+            try:
+                tags = {t["Key"]: t["Value"] for t in s3.get_bucket_tagging(Bucket=bucket)["TagSet"]}
+            except ClientError as error:
+                if _error_code(error) == "NoSuchBucket":
+                    continue
+                if _error_code(error) != "NoSuchTagSet":
+                    raise
+                tags = {}
+            if tags.get(MANAGED_TAG) != "true":
+                say(f"kept S3 bucket {bucket}: provisioning did not make it")
+                continue
+            if not delete:
+                say(f"kept S3 bucket {bucket}: it holds software environments (--delete-bucket removes it)")
+                continue
+            for page in s3.get_paginator("list_object_versions").paginate(Bucket=bucket):
+                objects = [{"Key": o["Key"], "VersionId": o["VersionId"]} for o in page.get("Versions", []) + page.get("DeleteMarkers", [])]
+                if objects:
+                    s3.delete_objects(Bucket=bucket, Delete={"Objects": objects, "Quiet": True})
+            s3.delete_bucket(Bucket=bucket)
+        _removed(removed, f"S3 bucket {bucket}", say, " and everything in it")
+    return removed
+
+
+def _remove_role(iam: BaseClient, name: str, say: Say) -> list[str]:
+    removed = []
+    with aws_errors("iam", f"remove the machines' role {name}"):
+        for profile in iam.list_instance_profiles_for_role(RoleName=name)["InstanceProfiles"]:
+            iam.remove_role_from_instance_profile(InstanceProfileName=profile["InstanceProfileName"], RoleName=name)
+        try:
+            iam.delete_instance_profile(InstanceProfileName=name)
+            _removed(removed, f"instance profile {name}", say)
+        except iam.exceptions.NoSuchEntityException:
+            pass
+        for policy in iam.list_role_policies(RoleName=name)["PolicyNames"]:
+            iam.delete_role_policy(RoleName=name, PolicyName=policy)
+        for policy in iam.list_attached_role_policies(RoleName=name)["AttachedPolicies"]:
+            iam.detach_role_policy(RoleName=name, PolicyArn=policy["PolicyArn"])
+        iam.delete_role(RoleName=name)
+    _removed(removed, f"IAM role {name}", say, " and its policy")
+    return removed
+
+
+def _removed(removed: list[str], what: str, say: Say, detail: str = "") -> None:
+    removed.append(what)
+    say(f"removed {what}{detail}")
