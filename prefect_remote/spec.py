@@ -71,6 +71,24 @@ def _duration(field: str, value: Any) -> float | None:
         raise ValueError(f"{field}={value!r}: expected {DURATION_HELP}, or None for no limit") from None
 
 
+def ingress_source(value: str) -> str:
+    """Who may reach a machine's Dask ports from outside its network: ``"me"`` (the launcher's public
+    IP), ``"everyone"``, ``"none"`` (only machines of the same network: a cluster's workers) or a
+    CIDR, normalized; a clear error otherwise.
+
+    >>> ingress_source("10.1.2.3/8")
+    '10.0.0.0/8'
+    """
+    if value in ("me", "everyone", "none"):
+        return value
+    try:
+        return str(ipaddress.ip_network(value, strict=False))
+    except (TypeError, ValueError):
+        raise ValueError(
+            f"allow_ingress_from={value!r}: expected 'me' (your public IP), 'everyone', 'none', or a CIDR such as '10.0.0.0/8'"
+        ) from None
+
+
 class MachineSpec(BaseModel):
     """A machine request in the vocabulary of the tools users know.
 
@@ -214,14 +232,7 @@ class MachineSpec(BaseModel):
     @field_validator("allow_ingress_from", mode="before")
     @classmethod
     def _ingress(cls, value: Any) -> str | None:
-        if value is None or value in ("me", "everyone"):
-            return value
-        try:
-            return str(ipaddress.ip_network(value, strict=False))
-        except (TypeError, ValueError):
-            raise ValueError(
-                f"allow_ingress_from={value!r}: expected 'me' (your public IP), 'everyone', or a CIDR such as '10.0.0.0/8'"
-            ) from None
+        return None if value is None else ingress_source(value)
 
     @field_validator("tags", mode="before")
     @classmethod

@@ -149,6 +149,9 @@ class ClusterController(SchedulerPlugin):
     def add_client(self, scheduler, client: str) -> None:
         self.last_client = time.monotonic()
 
+    def remove_worker(self, scheduler, worker: str, **kwargs: Any) -> None:
+        self._wake.set()  # a worker left (its machine ended, a spot interruption): look at the machines now
+
     def update_graph(self, scheduler, **kwargs: Any) -> None:
         if not scheduler.workers:
             self._wake.set()  # work arrived and nobody can run it: scale now, not at the next tick
@@ -182,7 +185,10 @@ class ClusterController(SchedulerPlugin):
 
     # -- the loop ---------------------------------------------------------------------------------
     async def _run(self) -> None:
-        next_adapt = next_renewal = 0.0
+        next_adapt = next_renewal = next_refresh = 0.0
+        # Listing the workers is an API call on a cloud: as often as their leases are read, at most
+        # once per ADAPT_INTERVAL; and whenever a request or a worker leaving wakes the loop.
+        refresh_every = max(ADAPT_INTERVAL, self.provider.lease_interval / 2)
         while True:
             try:
                 if self._keepalive_expired():
@@ -190,9 +196,12 @@ class ClusterController(SchedulerPlugin):
                 now = time.monotonic()
                 if now >= next_renewal:
                     next_renewal = now + await asyncio.to_thread(self.leases.renew_due)
-                if now >= next_adapt or self._wake.is_set():
+                woken = self._wake.is_set()
+                if now >= next_adapt or woken:
                     self._wake.clear()
-                    await self.pool.refresh()
+                    if now >= next_refresh or woken:
+                        await self.pool.refresh()
+                        next_refresh = now + refresh_every
                     await self.pool.adapt()
                     next_adapt = now + ADAPT_INTERVAL
             except asyncio.CancelledError:

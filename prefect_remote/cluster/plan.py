@@ -98,6 +98,8 @@ def launch_workers(provider, plan: ClusterPlan, scheduler_address: str, count: i
     after their owner stops renewing their leases, or as soon as their scheduler is gone."""
     from prefect_remote.spec import MachineSpec
 
-    spec = MachineSpec.from_wire({**plan.worker.spec, "keepalive": worker_lease(provider)}, plan.worker.secrets)
+    # Workers are reached by their scheduler only, inside the network: no ingress from outside.
+    wire = {**plan.worker.spec, "keepalive": worker_lease(provider), "allow_ingress_from": "none"}
+    spec = MachineSpec.from_wire(wire, plan.worker.secrets)
     tags = {**plan.tags, CLUSTER_TAG: plan.name, ROLE_TAG: "worker"}
     return provider.launch(spec, worker_payload(plan, scheduler_address), count=count, tags=tags, owner=owner)

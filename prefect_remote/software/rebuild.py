@@ -126,9 +126,23 @@ def rebuild_environment(
                 _build(name, store, env, find_uv(), _uv_env(uv_cache_dir, proxy), log)
     if workdir is not None and (env / "code.tar.gz").exists():
         with tarfile.open(env / "code.tar.gz") as archive:
-            archive.extractall(workdir, filter="data")
+            _extract(archive, Path(workdir))
         log(f"software environment {name}: local code unpacked into {workdir}")
     return env / "venv" / "bin" / "python"
+
+
+def _extract(archive: tarfile.TarFile, folder: Path) -> None:
+    """Unpacks plain files and folders only, inside ``folder`` (tarfile's "data" filter, which Pythons
+    before 3.11.4, as some images have, lack)."""
+    if hasattr(tarfile, "data_filter"):
+        archive.extractall(folder, filter="data")
+        return
+    root = folder.resolve()
+    for member in archive.getmembers():
+        target = (root / member.name).resolve()
+        if not (member.isfile() or member.isdir()) or not target.is_relative_to(root):
+            raise RebuildError(f"the code bundle holds {member.name!r}, which is not a plain file inside the working folder")
+    archive.extractall(folder)
 
 
 def _uv_env(uv_cache_dir: str | None, proxy: str | None) -> dict[str, str]:

@@ -31,6 +31,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from prefect_remote.errors import CapacityError, MachineNotFound, RemoteError
 from prefect_remote.providers.aws import catalog
+from prefect_remote.spec import ingress_source
 from prefect_remote.providers.aws.runtime import EXIT_CODE_TAG, LEASE_TAG, REASON_TAG
 from prefect_remote.providers.base import TAG_PREFIX, Capabilities, InstanceType, Launch, LogChunk, Machine, Provider
 
@@ -137,20 +138,6 @@ class AWSOptions(BaseModel):
     @classmethod
     def _ingress(cls, value: str) -> str:
         return ingress_source(value)
-
-
-def ingress_source(value: str) -> str:
-    """``"me"``, ``"everyone"`` or a CIDR, normalized; a clear error otherwise.
-
-    >>> ingress_source("10.1.2.3/8")
-    '10.0.0.0/8'
-    """
-    if value in ("me", "everyone"):
-        return value
-    try:
-        return str(ipaddress.ip_network(value, strict=False))
-    except (TypeError, ValueError):
-        raise ValueError(f"allow_ingress_from={value!r}: expected 'me' (your public IP), 'everyone', or a CIDR such as '10.0.0.0/8'") from None
 
 
 def _boto3() -> Any:
@@ -480,6 +467,8 @@ class AWSProvider(Provider):
         else asked of checkip.amazonaws.com once); ``None`` if it cannot be found."""
         if source == "everyone":
             return "0.0.0.0/0"
+        if source == "none":
+            return None
         if source != "me":
             return source
         from prefect_remote.settings import get_settings
