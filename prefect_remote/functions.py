@@ -104,7 +104,9 @@ class Function(Generic[P, R]):
     # -- the cluster behind it --------------------------------------------------------------------
     @property
     def cluster_name(self) -> str:
-        return f"local-{self.__name__}" if self._local else self._options.cluster_name
+        """The cluster's name, derived from the spec and the software environment (for which this
+        environment is captured on first use, when automatic package sync applies)."""
+        return f"local-{self.__name__}" if self._local else self._options.with_software().cluster_name
 
     @property
     def cluster(self):
@@ -124,6 +126,7 @@ class Function(Generic[P, R]):
             return start_local_cluster(options)  # workers never re-run an unguarded __main__
         from prefect_remote.cluster.remote import RemoteCluster
 
+        options = options.with_software()
         if not options.start_workers:  # the first call is coming: boot one worker beside the scheduler, not after it
             options = dataclasses.replace(options, start_workers=min(1, options.maximum))
         return RemoteCluster(options=options, shutdown_on_close=False)
@@ -529,6 +532,7 @@ def function(
     local: bool = False,
     allow_ingress_from: str | None = None,
     provider: str | None = None,
+    package_sync: bool | None = None,
 ) -> Any:
     """Decorates a function to run on machines with the hardware and software asked for.
 
@@ -537,6 +541,14 @@ def function(
     ``keepalive`` is how long the machines outlive this process (warm start for the next one);
     ``idle_timeout`` ends them after that long without work. ``local=True`` runs on a
     :class:`distributed.LocalCluster` with the same semantics, for debugging.
+
+    The machines run the ``software`` environment named. With neither ``software`` nor
+    ``container``, on a provider whose machines do not share this host's interpreter (every cloud),
+    this environment (packages, local packages as wheels, the code under the working directory) is
+    captured by automatic package sync at the first call and they run that, without the
+    distributions ``package_sync_ignore`` lists; the capture is reused while nothing in it changes
+    (see :mod:`prefect_remote.software.auto`). On the local provider they run this interpreter, unless
+    ``package_sync=True``; ``package_sync=False`` never captures.
 
     Example::
 
@@ -547,9 +559,6 @@ def function(
         simulate(1)                                   # one call, on a machine
         list(simulate.map(range(1000), retries=3))    # fan out, results in order
     """
-    # A public argument (the seed's decorator has it): honoured once automatic package sync lands (issue 9).
-    if package_sync_ignore is not None and (isinstance(package_sync_ignore, str) or not all(isinstance(p, str) for p in package_sync_ignore)):
-        raise ClusterOptionError(f"package_sync_ignore={package_sync_ignore!r}: expected a list of package names")
     if not isinstance(local, bool):
         raise ClusterOptionError(f"local={local!r}: expected True or False")
     options = ClusterOptions.build(
@@ -561,6 +570,8 @@ def function(
         provider=provider,
         container=container,
         software=software,
+        package_sync=package_sync,
+        package_sync_ignore=package_sync_ignore,
         vm_type=vm_type,
         cpu=cpu,
         memory=memory,

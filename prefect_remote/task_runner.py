@@ -19,9 +19,11 @@ from prefect_remote.cluster.remote import RemoteCluster
 
 class RemoteTaskRunner(DaskTaskRunner):
     """A :class:`prefect_dask.DaskTaskRunner` whose cluster is a :class:`RemoteCluster`, taking the same
-    arguments (``cpu``, ``memory``, ``n_workers``, ``keepalive``, ``software``…), validated when the
-    runner is made. The flow's run creates the cluster, or attaches to a warm one of the same name;
-    at the end it shuts down a cluster it created and leaves an attached one running.
+    arguments (``cpu``, ``memory``, ``n_workers``, ``keepalive``, ``software``, ``package_sync``,
+    ``package_sync_ignore``…), validated when the runner is made. The flow's run creates the cluster
+    (capturing this environment then, by automatic package sync, when the provider's machines need
+    it), or attaches to a warm one of the same name; at the end it shuts down a cluster it created
+    and leaves an attached one running.
 
     Example::
 

@@ -9,6 +9,7 @@ threads, lifetime and provider. Shared by :class:`RemoteCluster`, ``prefect_remo
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
 import json
@@ -50,6 +51,22 @@ def parse_n_workers(value: Any) -> tuple[int, int, bool]:
     raise ClusterOptionError(f"n_workers={value!r}: expected a whole number of workers (e.g. 10) or [min, max] bounds for adaptive scaling (e.g. [0, 20])")
 
 
+def check_package_sync(package_sync: Any, package_sync_ignore: Any, software: str | None) -> tuple[str, ...]:
+    """Validates the package sync arguments; returns ``package_sync_ignore`` as a tuple of names."""
+    if package_sync is not None and not isinstance(package_sync, bool):
+        raise ClusterOptionError(f"package_sync={package_sync!r}: expected True (always capture this environment), False (never) or None (when the provider's machines need it)")
+    if package_sync_ignore is None:
+        ignore: tuple[str, ...] = ()
+    elif isinstance(package_sync_ignore, (list, tuple)) and all(isinstance(name, str) and name.strip() for name in package_sync_ignore):
+        ignore = tuple(name.strip() for name in package_sync_ignore)
+    else:
+        raise ClusterOptionError(f"package_sync_ignore={package_sync_ignore!r}: expected a list of distribution names, such as ['torch', 'jupyterlab*']")
+    if software is not None and (package_sync or ignore):
+        given = "package_sync=True" if package_sync else f"package_sync_ignore={list(ignore)!r}"
+        raise ClusterOptionError(f"software={software!r} and {given}: a named environment is used as it is; drop one of them")
+    return ignore
+
+
 def launcher_python_path() -> list[str]:
     """The folders user code imports from (not the interpreter's own): machines that run the launcher's
     interpreter get them on ``PYTHONPATH`` so functions defined in local modules unpickle there."""
@@ -65,7 +82,8 @@ def launcher_python_path() -> list[str]:
 @dataclass(frozen=True)
 class ClusterOptions:
     """A validated cluster request. ``spec`` is the worker machines' spec and carries ``keepalive``
-    and ``idle_timeout``, which the scheduler's machine enforces."""
+    and ``idle_timeout``, which the scheduler's machine enforces. ``package_sync`` and
+    ``package_sync_ignore`` say whether and how :meth:`with_software` captures this environment."""
 
     spec: MachineSpec
     provider: Provider
@@ -75,6 +93,8 @@ class ClusterOptions:
     threads_per_worker: int | None
     name: str | None
     start_workers: int
+    package_sync: bool | None = None
+    package_sync_ignore: tuple[str, ...] = ()
 
     @classmethod
     def build(
@@ -88,12 +108,14 @@ class ClusterOptions:
         provider: str | Provider | None = None,
         start_workers: int | None = None,
         container: str | None = None,
+        package_sync: bool | None = None,
+        package_sync_ignore: Sequence[str] | None = None,
         spec: MachineSpec | dict[str, Any] | None = None,
         **spec_fields: Any,
     ) -> ClusterOptions:
         """Validates every argument (raising :class:`ClusterOptionError`, ``ValueError`` subclasses, or
         :class:`~prefect_remote.errors.ProviderNotFound`) without starting anything, the provider's
-        capabilities included."""
+        capabilities included. Nothing is captured yet: see :meth:`with_software`."""
         minimum, maximum, adaptive = parse_n_workers(n_workers)
         if threads_per_worker is not None and (not isinstance(threads_per_worker, int) or isinstance(threads_per_worker, bool) or threads_per_worker == 0 or threads_per_worker < -1):
             raise ClusterOptionError(f"threads_per_worker={threads_per_worker!r}: expected a whole number of threads (1 or more), or -1 for one per CPU")
@@ -104,6 +126,7 @@ class ClusterOptions:
         if start_workers is not None and (not isinstance(start_workers, int) or start_workers < 0):
             raise ClusterOptionError(f"start_workers={start_workers!r}: expected 0 or more workers")
         machine_spec = as_spec(spec, keepalive=keepalive, idle_timeout=idle_timeout, **spec_fields)
+        ignore = check_package_sync(package_sync, package_sync_ignore, machine_spec.software)
         if machine_spec.timeout:
             raise ClusterOptionError("timeout: a cluster's machines have no maximum run time; use idle_timeout and keepalive")
         chosen = provider if isinstance(provider, Provider) else get_provider(provider)
@@ -115,7 +138,39 @@ class ClusterOptions:
         chosen.check_spec(machine_spec)  # a spec no machine can meet fails now, not at the first scale-up
         chosen.choose_instance_type(machine_spec)
         start = minimum if start_workers is None else min(max(start_workers, minimum), maximum)
-        return cls(machine_spec, chosen, minimum, maximum, adaptive, threads_per_worker, name, start)
+        return cls(machine_spec, chosen, minimum, maximum, adaptive, threads_per_worker, name, start, package_sync, ignore)
+
+    @property
+    def syncs_packages(self) -> bool:
+        """Whether the workers run this environment captured by package sync: no ``software`` named,
+        and ``package_sync=True``, or (by default) a provider whose machines do not share this host's
+        interpreter (``Provider.shares_host_software``)."""
+        if self.spec.software is not None or self.package_sync is False:
+            return False
+        return bool(self.package_sync) or not self.provider.shares_host_software
+
+    def with_software(self) -> ClusterOptions:
+        """These options with ``spec.software`` naming what the workers run: when :attr:`syncs_packages`,
+        this environment (and the code under the working directory) captured by automatic package
+        sync, without ``package_sync_ignore``; otherwise these options as they are. The capture is
+        made once per process and found again by fingerprint in later ones
+        (:mod:`prefect_remote.software.auto`)."""
+        return self._synced if self.syncs_packages else self
+
+    @functools.cached_property
+    def _synced(self) -> ClusterOptions:
+        from prefect_remote.software.auto import synced_environment
+
+        try:
+            env = synced_environment(ignore=self.package_sync_ignore, arm=self.spec.arm, gpu=self.spec.gpu is not None)
+        except Exception as error:
+            why = "package_sync=True" if self.package_sync else f"provider {self.provider.name!r} machines do not share this interpreter"
+            error.add_note(
+                f"(automatic package sync: {why}. Leave packages out with package_sync_ignore=[...], or name an "
+                "environment built with `prefect-remote env build` as software=...)"
+            )
+            raise
+        return dataclasses.replace(self, spec=self.spec.model_copy(update={"software": env.name}))
 
     @functools.cached_property
     def software_identity(self) -> str:

@@ -122,6 +122,12 @@ class RemoteCluster(SpecCluster):
     exit a cluster this process created is shut down when ``shutdown_on_close`` is true, and otherwise
     left to ``keepalive``.
 
+    Workers run the ``software`` environment named. With none (and no ``container``), on a provider
+    whose machines do not share this host's interpreter (every cloud), this environment is captured
+    by automatic package sync when the cluster is made and they run that, without the packages
+    ``package_sync_ignore`` names; on the local provider they run this interpreter with this
+    process's import path, unless ``package_sync=True`` (``False`` never captures).
+
     Example::
 
         with RemoteCluster(cpu=4, memory="8 GiB", n_workers=[1, 10], keepalive="5 minutes") as cluster:
@@ -139,6 +145,8 @@ class RemoteCluster(SpecCluster):
         idle_timeout: str | float | None = "24 hours",
         provider: str | Provider | None = None,
         start_workers: int | None = None,
+        package_sync: bool | None = None,
+        package_sync_ignore: list[str] | None = None,
         shutdown_on_close: bool = True,
         asynchronous: bool = False,
         loop: Any = None,
@@ -154,8 +162,11 @@ class RemoteCluster(SpecCluster):
                 idle_timeout=idle_timeout,
                 provider=provider,
                 start_workers=start_workers,
+                package_sync=package_sync,
+                package_sync_ignore=package_sync_ignore,
                 **spec_fields,
             )
+        options = options.with_software()  # the environment the workers run, captured now if need be
         self.options = options
         self.provider = options.provider
         self.cluster_name = options.cluster_name
@@ -202,7 +213,7 @@ class RemoteCluster(SpecCluster):
     def _plan(self, credentials: ClusterCredentials, scheduler_port: int, dashboard_port: int) -> ClusterPlan:
         options, spec = self.options, self.options.spec
         instance = self.provider.choose_instance_type(spec)
-        if spec.software:
+        if spec.software or not self.provider.shares_host_software:  # the environment's python (or, with none, the agent's)
             command, env = ["python", "-m", NODE_MODULE], {}
         else:  # no environment named: the launcher's interpreter (the local provider's machines share its disk)
             command, env = [sys.executable, "-m", NODE_MODULE], {"PYTHONPATH": os.pathsep.join(launcher_python_path())}

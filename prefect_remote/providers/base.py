@@ -244,6 +244,10 @@ class Provider(ABC):
 
     name: ClassVar[str]
     capabilities: ClassVar[Capabilities] = Capabilities()
+    # Whether machines run this host's interpreter and see its files (the local provider). Then a
+    # cluster with no ``software`` runs the launcher's interpreter and import path as they are;
+    # otherwise it runs this environment captured by automatic package sync (``package_sync``).
+    shares_host_software: ClassVar[bool] = False
     # The machine's runtime, "module:Class" (imported by the agent on the machine, so stdlib-only).
     runtime: ClassVar[str]
     # Seconds between a machine's reads of its lease: owner loss is noticed at most this long after

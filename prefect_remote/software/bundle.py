@@ -12,13 +12,15 @@ import gzip
 import hashlib
 import io
 import os
+import stat
 import tarfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pathspec
 
 from prefect_remote.errors import RemoteError
+from prefect_remote.software.stamps import stamp
 from prefect_remote.units import format_size
 
 ALWAYS_EXCLUDED = [
@@ -39,6 +41,10 @@ class Selection:
     root: Path
     files: list[str]  # relative POSIX paths, sorted
     size: int
+    # What the choice was made from, as the walk saw it: absolute path -> (mtime_ns, size) of every
+    # file chosen, every folder walked (stamped before it was listed) and every .gitignore read.
+    # Unchanged stamps mean the same selection of the same files (see :mod:`.stamps`).
+    stamps: dict[str, tuple[int, int]] = field(default_factory=dict)
 
 
 def _gitignore_patterns(root: Path, folder: Path) -> list[str]:
@@ -74,28 +80,39 @@ def select_files(
     ignore_lines = [*ALWAYS_EXCLUDED, *(exclude or [])]
     ignored = pathspec.GitIgnoreSpec.from_lines(ignore_lines)
     files, size, sizes = [], 0, []
+    stamps: dict[str, tuple[int, int]] = {}
+    if (root_stamp := stamp(root)) is not None:  # before os.walk lists it; subfolders are stamped below
+        stamps[str(root)] = root_stamp
     for folder, dirnames, filenames in os.walk(root):
         here = Path(folder)
-        if ".gitignore" in filenames and (more := _gitignore_patterns(root, here)):
-            ignore_lines += more
-            ignored = pathspec.GitIgnoreSpec.from_lines(ignore_lines)
+        if ".gitignore" in filenames and (gitignore_stamp := stamp(here / ".gitignore")) is not None:
+            stamps[str(here / ".gitignore")] = gitignore_stamp
+            if more := _gitignore_patterns(root, here):
+                ignore_lines += more
+                ignored = pathspec.GitIgnoreSpec.from_lines(ignore_lines)
         relative = here.relative_to(root).as_posix()
         prefix = "" if relative == "." else f"{relative}/"
         dirnames[:] = sorted(
             d for d in dirnames
             if not ignored.match_file(f"{prefix}{d}/") and not (here / d / "pyvenv.cfg").exists()
         )
+        for d in dirnames:  # stamped before the walk lists them: an entry added meanwhile changes the stamp
+            if (folder_stamp := stamp(here / d)) is not None:
+                stamps[str(here / d)] = folder_stamp
         for name in filenames:
             path = f"{prefix}{name}"
-            full = here / name
-            if ignored.match_file(path) or full.is_symlink() or not full.is_file():
+            if ignored.match_file(path) or (included is not None and not included.match_file(path)):
                 continue
-            if included is not None and not included.match_file(path):
+            try:
+                status = os.lstat(here / name)
+            except OSError:
                 continue
-            file_size = full.stat().st_size
+            if not stat.S_ISREG(status.st_mode):  # symlinks and special files stay out
+                continue
             files.append(path)
-            sizes.append((file_size, path))
-            size += file_size
+            sizes.append((status.st_size, path))
+            size += status.st_size
+            stamps[str(here / name)] = (status.st_mtime_ns, status.st_size)
     if max_size is not None and size > max_size:
         largest = ", ".join(f"{p} ({format_size(s)})" for s, p in sorted(sizes, reverse=True)[:5])
         raise BundleTooLarge(
@@ -103,16 +120,16 @@ def select_files(
             f"Largest files: {largest}. Leave data out with exclude=[...] or .gitignore, or raise "
             "PREFECT_REMOTE_MAX_BUNDLE_SIZE."
         )
-    return Selection(root=root, files=sorted(files), size=size)
+    return Selection(root=root, files=sorted(files), size=size, stamps=stamps)
 
 
 def fingerprint(selection: Selection) -> str:
-    """A cheap key for the selected files' state (path, size, modification time), like git's index:
-    unchanged files give the same key without reading them."""
+    """A cheap key for the selected files' state (path, size, modification time, as the walk saw
+    them), like git's index: unchanged files give the same key without reading them."""
     digest = hashlib.sha256()
     for relative in selection.files:
-        stat = (selection.root / relative).stat()
-        digest.update(f"{relative}\0{stat.st_size}\0{stat.st_mtime_ns}\0".encode())
+        mtime_ns, size = selection.stamps[str(selection.root / relative)]
+        digest.update(f"{relative}\0{size}\0{mtime_ns}\0".encode())
     return digest.hexdigest()
 
 

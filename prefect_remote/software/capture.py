@@ -24,7 +24,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit, urlunsplit
@@ -33,7 +33,8 @@ from prefect_remote.errors import RemoteError
 from prefect_remote.software import bundle as bundles
 from prefect_remote.software.naming import env_name
 from prefect_remote.software.rebuild import canonical, fetch_requirements, find_uv, index_arguments, packages_named
-from prefect_remote.software.scan import normalize, scan
+from prefect_remote.software.scan import DEFAULT_INDEX_VARIABLES, EXTRA_INDEX_VARIABLES, normalize, scan
+from prefect_remote.software.stamps import stamp
 from prefect_remote.software.store import Store, open_store, sha256_file
 
 FORMAT = 1
@@ -64,6 +65,10 @@ class CapturedEnvironment:
     spec: dict[str, Any]
     store_url: str
     seconds: float
+    # The files and folders the capture read (local package sources, local archives, the code, a
+    # requirements file) with their (mtime_ns, size) before it read them: while none has changed
+    # (and the installed distributions have not), capturing again gives this name.
+    inputs: dict[str, tuple[int, int]] = field(default_factory=dict, repr=False)
 
     @property
     def local_wheels(self) -> int:
@@ -101,8 +106,8 @@ def strip_requirement_credentials(line: str) -> str:
 
 def _configured_indexes() -> dict[str, Any]:
     """The package indexes pip and uv are configured with here (without credentials)."""
-    default = os.environ.get("UV_DEFAULT_INDEX") or os.environ.get("UV_INDEX_URL") or os.environ.get("PIP_INDEX_URL")
-    extras = " ".join(filter(None, (os.environ.get(v) for v in ("UV_INDEX", "UV_EXTRA_INDEX_URL", "PIP_EXTRA_INDEX_URL"))))
+    default = next(filter(None, (os.environ.get(v) for v in DEFAULT_INDEX_VARIABLES)), None)
+    extras = " ".join(filter(None, (os.environ.get(v) for v in EXTRA_INDEX_VARIABLES)))
     # UV_INDEX entries may be named: `name=https://...`; the URL is what uv's --extra-index-url takes.
     urls = [entry.split("=", 1)[1] if re.match(r"^[\w.-]+=", entry) else entry for entry in extras.split()]
     return {
@@ -128,10 +133,18 @@ def _scan_interpreter(python: str | None) -> dict[str, Any]:
 # -- local packages as wheels ---------------------------------------------------------------------
 
 
-def build_wheel(source: Path, cache_dir: Path) -> Path:
+def build_wheel(source: Path, cache_dir: Path, inputs: dict[str, tuple[int, int]] | None = None) -> Path:
     """A wheel of the local project or archive ``source``, built by uv once per state of its files.
-    ``SOURCE_DATE_EPOCH`` makes the build reproducible, so the same sources give the same wheel."""
-    key = sha256_file(source) if source.is_file() else bundles.fingerprint(bundles.select_files(source, exclude=["build/", "dist/"]))
+    ``SOURCE_DATE_EPOCH`` makes the build reproducible, so the same sources give the same wheel.
+    The state of what it read is added to ``inputs``."""
+    if source.is_file():
+        _record(inputs, source)
+        key = sha256_file(source)
+    else:
+        selection = bundles.select_files(source, exclude=["build/", "dist/"])
+        if inputs is not None:
+            inputs.update(selection.stamps)
+        key = bundles.fingerprint(selection)
     cached = cache_dir / key
     wheels = sorted(cached.glob("*.whl")) if cached.is_dir() else []
     if wheels:
@@ -155,10 +168,15 @@ def _local_path(url: str) -> Path:
     return Path(unquote(urlsplit(url).path))
 
 
+def _record(inputs: dict[str, tuple[int, int]] | None, path: Path) -> None:
+    if inputs is not None and (found := stamp(path)) is not None:
+        inputs[str(path.absolute())] = found
+
+
 # -- classification ---------------------------------------------------------------------------------
 
 
-def _classify(dist: dict[str, Any], store: Store, wheel_cache: Path) -> dict[str, Any]:
+def _classify(dist: dict[str, Any], store: Store, wheel_cache: Path, inputs: dict[str, tuple[int, int]]) -> dict[str, Any]:
     name, version, direct = dist["name"], dist["version"], dist["direct_url"]
     entry: dict[str, Any] = {"name": name, "version": version}
     if direct is None:
@@ -171,7 +189,9 @@ def _classify(dist: dict[str, Any], store: Store, wheel_cache: Path) -> dict[str
         path = _local_path(url)
         if not path.exists():
             raise CaptureError(f"package {name} was installed from {path}, which no longer exists; reinstall it or pass ignore=[{name!r}]")
-        wheel = path if path.suffix == ".whl" else build_wheel(path, wheel_cache)
+        if path.suffix == ".whl":
+            _record(inputs, path)
+        wheel = path if path.suffix == ".whl" else build_wheel(path, wheel_cache, inputs)
         editable = bool(direct.get("dir_info", {}).get("editable"))
         return {
             **entry,
@@ -184,10 +204,13 @@ def _classify(dist: dict[str, Any], store: Store, wheel_cache: Path) -> dict[str
 _REQUIREMENT_NAME = re.compile(r"^\s*([A-Za-z0-9][A-Za-z0-9._-]*)")
 
 
-def _requirements_source(path: Path, store: Store, wheel_cache: Path) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+def _requirements_source(
+    path: Path, store: Store, wheel_cache: Path, inputs: dict[str, tuple[int, int]]
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Packages from a ``uv.lock`` (exported by uv) or a requirements file, as the source of truth."""
     if not path.exists():
         raise CaptureError(f"requirements={str(path)!r}: no such file")
+    _record(inputs, path)
     if path.name == "uv.lock":
         result = subprocess.run(
             [find_uv(), "export", "--frozen", "--no-hashes", "--no-header", "--format", "requirements-txt", "--all-extras"],
@@ -210,7 +233,7 @@ def _requirements_source(path: Path, store: Store, wheel_cache: Path) -> tuple[l
             indexes["extra"].append(strip_credentials(value.strip()))
         elif option in ("-e", "--editable"):
             local = (path.parent / value.strip()).resolve() if not value.strip().startswith("file:") else _local_path(value.strip())
-            wheel = build_wheel(local, wheel_cache)
+            wheel = build_wheel(local, wheel_cache, inputs)
             name = normalize(wheel.name.split("-")[0])
             packages.append({"name": name, "version": wheel.name.split("-")[1], "source": "editable",
                              "wheel": {"file": wheel.name, "sha256": store.put_file(wheel)}})
@@ -266,12 +289,18 @@ def capture_environment(
     store = store if isinstance(store, Store) else open_store(store)
     wheel_cache = settings.home / "cache" / "wheels"
     scanned = _scan_interpreter(python)
-    if requirements is not None:
-        packages, indexes = _requirements_source(Path(requirements), store, wheel_cache)
-    else:
-        packages = [_classify(dist, store, wheel_cache) for dist in scanned["distributions"]]
-        indexes = _configured_indexes()
     ignored = [normalize(pattern) for pattern in ignore or []]
+
+    def is_ignored(name: str) -> bool:
+        return any(fnmatch.fnmatch(name, pattern) for pattern in ignored)
+
+    inputs: dict[str, tuple[int, int]] = {}
+    if requirements is not None:
+        packages, indexes = _requirements_source(Path(requirements), store, wheel_cache, inputs)
+    else:
+        # An ignored package is not classified: a local one is neither built nor required to exist.
+        packages = [dist if is_ignored(dist["name"]) else _classify(dist, store, wheel_cache, inputs) for dist in scanned["distributions"]]
+        indexes = _configured_indexes()
     kept, dropped = [], []
     for package in packages:
         system = _platform_only(package["name"])
@@ -282,7 +311,7 @@ def capture_environment(
             )
         if system:
             dropped.append({"name": package["name"], "reason": f"{system} only"})
-        elif any(fnmatch.fnmatch(package["name"], pattern) for pattern in ignored):
+        elif is_ignored(package["name"]):
             dropped.append({"name": package["name"], "reason": "ignored"})
         else:
             kept.append(package)
@@ -292,6 +321,7 @@ def capture_environment(
     selection = bundles.select_files(
         root, include=include, exclude=[*(exclude or []), *own_folders], max_size=max_bundle_size or settings.max_bundle_size
     )
+    inputs.update(selection.stamps)
     if selection.files:
         code = _store_bundle(selection, store, settings.home / "cache" / "bundles")
     spec = {
@@ -309,7 +339,7 @@ def capture_environment(
     data = canonical(spec)
     name = env_name(data)
     store.put_env(name, data)  # last: a stored spec implies its blobs are there
-    return CapturedEnvironment(name=name, spec=spec, store_url=store.url, seconds=time.monotonic() - started)
+    return CapturedEnvironment(name=name, spec=spec, store_url=store.url, seconds=time.monotonic() - started, inputs=inputs)
 
 
 def _store_bundle(selection: bundles.Selection, store: Store, cache_dir: Path) -> dict[str, Any]:

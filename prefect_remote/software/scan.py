@@ -17,6 +17,10 @@ from typing import Any
 
 _NORMALIZE = re.compile(r"[-_.]+")
 
+# Where the package indexes configured here are named (uv's and pip's variables): part of a capture.
+DEFAULT_INDEX_VARIABLES = ("UV_DEFAULT_INDEX", "UV_INDEX_URL", "PIP_INDEX_URL")
+EXTRA_INDEX_VARIABLES = ("UV_INDEX", "UV_EXTRA_INDEX_URL", "PIP_EXTRA_INDEX_URL")
+
 
 def normalize(name: str) -> str:
     """PEP 503 name normalization: ``Foo_Bar.baz`` → ``foo-bar-baz``."""

@@ -21,9 +21,13 @@ import shutil
 import tempfile
 from abc import ABC, abstractmethod
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import urlparse
 
 from prefect_remote.errors import RemoteError
+
+if TYPE_CHECKING:
+    from prefect_remote.settings import RemoteSettings
 
 CHUNK = 1 << 20
 
@@ -189,13 +193,15 @@ class LocalStore(Store):
         return sorted(p.name for p in folder.iterdir() if not p.name.startswith(".")) if folder.is_dir() else []
 
 
-def open_store(url: str | Path | None = None) -> Store:
+def open_store(url: str | Path | None = None, *, settings: RemoteSettings | None = None) -> Store:
     """The store at ``url``: a path, a ``file://`` URL or ``s3://bucket/prefix``; ``None`` means the
-    ``PREFECT_REMOTE_STORE`` setting, else ``$PREFECT_REMOTE_HOME/store``."""
+    ``PREFECT_REMOTE_STORE`` setting, else ``$PREFECT_REMOTE_HOME/store`` (of ``settings``, if the
+    caller has them already)."""
     if url is None:
-        from prefect_remote.settings import get_settings
+        if settings is None:
+            from prefect_remote.settings import get_settings
 
-        settings = get_settings()
+            settings = get_settings()
         url = settings.store or settings.home / "store"
     text = str(url)
     parsed = urlparse(text)

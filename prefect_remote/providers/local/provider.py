@@ -56,6 +56,7 @@ class LocalProvider(Provider):
     name = "local"
     # Namespace machines reach each other on the bridge; process machines share this host's loopback.
     capabilities = Capabilities(inbound_connections=True, terminate_one=True, containers=False, gpus=False, max_lifetime=None)
+    shares_host_software = True  # machines run the launcher's interpreter: no package sync unless asked for
     runtime = "prefect_remote.providers.local.runtime:LocalRuntime"
     lease_interval = 1.0  # a stat() of a file: cheap, so owner loss is noticed within a second of keepalive
     max_boot_script = 96 * 1024  # the agent's configuration is one environment variable (at most 128 KiB on Linux)
