@@ -23,12 +23,13 @@ import subprocess
 import sys
 import threading
 import time
+import traceback
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from prefect_remote.boot import ACTIVITY_FILE_ENV, AGENT_CONFIG_ENV, DEFAULT_ROOT, MACHINE_ID_ENV, ROOT_ENV, decode_agent_config
-from prefect_remote.providers.runtime import MachineRuntime, load_runtime
+from prefect_remote.providers.runtime import MACHINE_LOG_ENV, LogShipping, MachineRuntime, load_runtime
 from prefect_remote.units import format_duration
 
 TICK = 0.25  # seconds between checks
@@ -62,6 +63,7 @@ class Agent:
         self._lease_seen = (self.started, 0.0)  # (when, age) of the last lease answer
         self._lease_failing = False
         self._lease_seen_said = -1.0  # the last answer an outage was reported after
+        self._log_shipping: LogShipping | None = None
 
     def say(self, message: str) -> None:
         now = time.time()
@@ -121,9 +123,30 @@ class Agent:
         env[ACTIVITY_FILE_ENV] = str(self.activity_file)
         return env
 
+    def start_log_shipping(self) -> None:
+        """Ships the machine log (``$PREFECT_REMOTE_MACHINE_LOG``, which the boot script fills with the
+        machine's whole output) to the provider's log service, when the boot script names one."""
+        path = os.environ.get(MACHINE_LOG_ENV)
+        if not path or self._log_shipping is not None:
+            return
+        try:
+            self._log_shipping = self.runtime.ship_log(path)
+        except Exception as error:  # the log stays on the machine; the payload runs all the same
+            self.say(f"cannot ship the machine log {path} ({error!r})")
+
+    def stop_log_shipping(self) -> None:
+        """Ships the rest of the machine log (within the shipper's few seconds) and stops. Idempotent."""
+        shipping, self._log_shipping = self._log_shipping, None
+        if shipping is not None:
+            try:
+                shipping.close()
+            except Exception as error:
+                self.say(f"the machine log's last lines may not have been shipped ({error!r})")
+
     def run(self) -> int:
         signal.signal(signal.SIGTERM, lambda *_: self._stopping.set())
         signal.signal(signal.SIGINT, lambda *_: self._stopping.set())
+        self.start_log_shipping()
         command = self.config["command"]
         python, reason = self.prepare_software()
         if reason:
@@ -222,6 +245,7 @@ class Agent:
 
     def end(self, reason: str, code: int | None) -> int:
         self.say(f"machine ending: {reason}")
+        self.stop_log_shipping()  # now: the machine may be gone moments after terminate
         try:
             self.runtime.terminate(reason, code)
         except Exception as error:  # the machine still ends, through the fallback that cannot fail
@@ -268,7 +292,15 @@ def main() -> int:
         print(f"prefect-remote agent: {AGENT_CONFIG_ENV} is not set; the agent is started by a machine's boot script", file=sys.stderr)
         return 2
     config = decode_agent_config(encoded)
-    return Agent(config, load_runtime(config["runtime"], config["runtime_options"])).run()
+    agent = Agent(config, load_runtime(config["runtime"], config["runtime_options"]))
+    try:
+        return agent.run()
+    except Exception:  # said before the log's last shipment, so the machine's log shows why
+        agent.log.write(f"[prefect-remote agent] failed:\n{traceback.format_exc()}".encode())
+        agent.log.flush()
+        return 1
+    finally:
+        agent.stop_log_shipping()
 
 
 if __name__ == "__main__":

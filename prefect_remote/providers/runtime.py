@@ -16,7 +16,26 @@ from __future__ import annotations
 import sys
 from abc import ABC, abstractmethod
 from importlib import import_module
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, Protocol
+
+# The file a machine's whole output goes to (boot phases, the agent's and the payload's output): the
+# boot script exports its path and appends everything to it; the agent ships it (``ship_log``).
+MACHINE_LOG_ENV = "PREFECT_REMOTE_MACHINE_LOG"
+
+
+class LogShipping(Protocol):
+    """A running shipment of the machine log, as :meth:`MachineRuntime.ship_log` returns it."""
+
+    def close(self) -> object:
+        """Ships what the file holds now (bounded to a few seconds), then stops. Idempotent; what it
+        returns is the provider's (EC2's: whether everything was shipped)."""
+
+
+class _NothingToShip:
+    """The default shipment: the provider keeps the machine log itself."""
+
+    def close(self) -> None:
+        pass
 
 
 class MachineRuntime(ABC):
@@ -47,6 +66,13 @@ class MachineRuntime(ABC):
         """Where the agent writes its own and the payload's output: by default the boot script's
         output, which the provider keeps as the machine log."""
         return sys.stdout.buffer
+
+    def ship_log(self, path: str) -> LogShipping:
+        """Starts copying the machine log at ``path`` (from its start, as it grows) to the provider's
+        log service; the agent closes the returned handle just before the machine ends, which ships
+        the rest. By default nothing to ship: the provider already keeps the boot script's output
+        (locally, the machine's log file). On EC2: CloudWatch Logs, stream ``<instance id>``."""
+        return _NothingToShip()
 
     @abstractmethod
     def terminate(self, reason: str, exit_code: int | None) -> None:

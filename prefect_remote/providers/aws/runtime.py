@@ -21,7 +21,7 @@ import urllib.error
 import urllib.request
 from typing import Any
 
-from prefect_remote.providers.runtime import MachineRuntime
+from prefect_remote.providers.runtime import LogShipping, MachineRuntime
 
 # The tags the provider sets and the machine reads or writes (keys IMDS can serve: no "/" or spaces).
 LEASE_TAG = "prefect-remote:lease"  # epoch seconds of the owner's last renewal
@@ -36,9 +36,8 @@ TOKEN_TTL = 6 * 3600  # IMDSv2's longest session token
 
 class EC2Runtime(MachineRuntime):
     """An EC2 instance's runtime. ``metadata_endpoint`` defaults to ``$AWS_EC2_METADATA_SERVICE_ENDPOINT``,
-    else the link-local IMDS (a sandbox serves a per-instance one). The machine log stays the boot
-    script's output for now: shipping it to CloudWatch Logs (``log_group``, one stream per instance)
-    is a later step."""
+    else the link-local IMDS (a sandbox serves a per-instance one). The machine log goes to
+    CloudWatch Logs, group ``log_group``, one stream per instance named by its id (:meth:`ship_log`)."""
 
     def __init__(
         self,
@@ -103,6 +102,15 @@ class EC2Runtime(MachineRuntime):
         """The launch's SecureString parameter, decrypted (the instance profile needs ssm:GetParameter on it)."""
         parameter = self._client("ssm").get_parameter(Name=self.secrets_parameter, WithDecryption=True)
         return dict(json.loads(parameter["Parameter"]["Value"]))
+
+    def ship_log(self, path: str) -> LogShipping:
+        """Tails the machine log at ``path`` into CloudWatch Logs stream ``<instance id>`` of
+        ``log_group`` (see :mod:`prefect_remote.providers.aws.logship`; the instance profile needs
+        logs:CreateLogStream and logs:PutLogEvents on the group, and logs:CreateLogGroup unless it
+        exists)."""
+        from prefect_remote.providers.aws.logship import LogShipper
+
+        return LogShipper(path, self.log_group, self.machine_id, region=self.region).start()
 
     def terminate(self, reason: str, exit_code: int | None) -> None:
         """Records why on the instance's tags, then terminates it (the instance profile needs
