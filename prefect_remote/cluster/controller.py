@@ -100,7 +100,7 @@ class MachinePool(AdaptiveCore):
         self.machines.update({m.id: m for m in launched})
         controller.leases.add(controller.provider, [m.id for m in launched], worker_lease(controller.provider))
         first = launched[0]
-        controller.event(f"launched {count} worker machine(s) ({first.instance_type}, {first.spec}, region {first.region}, spot {first.spot}): {', '.join(m.id for m in launched)}")
+        controller.event(f"launched {count} worker machine(s) ({first.cost_summary()}; {first.spec}): {', '.join(m.id for m in launched)}")
 
     async def scale_down(self, workers: list[str]) -> None:  # type: ignore[override]
         connected = set(workers) & self.observed

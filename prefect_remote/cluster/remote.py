@@ -266,8 +266,9 @@ class RemoteCluster(SpecCluster):
             leases.add(self.provider, [m.id for m in workers], worker_lease(self.provider))
             self._booting += [m.id for m in workers]
         logger.info(
-            "starting cluster %s: scheduler machine %s (%s, region %s, spot %s), %d worker machine(s) of %s",
-            self.cluster_name, scheduler.id, scheduler.instance_type, scheduler.region, scheduler.spot, len(workers), spec.summary(),
+            "starting cluster %s: scheduler machine %s (%s), %d worker machine(s) of %s (%s)",
+            self.cluster_name, scheduler.id, scheduler.cost_summary(), len(workers), spec.summary(),
+            workers[0].cost_summary() if workers else "launched as the cluster scales",
         )
         return scheduler, port
 
@@ -285,6 +286,17 @@ class RemoteCluster(SpecCluster):
         await super()._close()
         if self.shutdown_scheduler:
             await asyncio.to_thread(self._forget_credentials)
+            await asyncio.to_thread(self._log_cost)
+
+    def _log_cost(self) -> None:
+        """Logs what the cluster's machines cost, as far as their prices are known."""
+        try:
+            machines = self.provider.list({CLUSTER_TAG: self.cluster_name}, include_terminated=True)
+        except Exception:  # the cost is a courtesy: closing must not fail for it
+            return
+        costs = [cost for machine in machines if (cost := machine.estimated_cost()) is not None]
+        if costs:
+            logger.info("cluster %s closed: %d machine(s), estimated cost $%.4f", self.cluster_name, len(machines), sum(costs))
 
     def _forget_credentials(self) -> None:
         """Removes the credentials of a cluster that was shut down, unless one of that name runs again."""

@@ -115,6 +115,32 @@ class Machine:
     def alive(self) -> bool:
         return self.state != "terminated"
 
+    @property
+    def price_per_hour(self) -> float | None:
+        """USD per hour at its on-demand price (an upper bound for spot), when the provider knows it."""
+        return self.details.get("price_per_hour")
+
+    def estimated_cost(self, until: float | None = None) -> float | None:
+        """USD spent on it from launch until ``until`` (default: its end if it ended, else now);
+        ``None`` when the price is unknown.
+
+        >>> Machine("i-0abc", "aws", "running", "m6i.large", created=0.0, details={"price_per_hour": 0.096}).estimated_cost(until=1800.0)
+        0.048
+        """
+        if self.price_per_hour is None:
+            return None
+        until = until if until is not None else (self.details.get("ended") or time.time())
+        return round(max(0.0, until - self.created) / 3600 * self.price_per_hour, 6)
+
+    def cost_summary(self) -> str:
+        """The cost-relevant facts, for logs: type, region, market and price.
+
+        >>> Machine("i-0abc", "aws", "running", "m6i.large", created=0.0, region="us-east-2", details={"price_per_hour": 0.096}).cost_summary()
+        'm6i.large in us-east-2, on-demand, $0.0960/hour'
+        """
+        price = f"${self.price_per_hour:.4f}/hour" if self.price_per_hour is not None else "price unknown"
+        return f"{self.instance_type} in {self.region or '?'}, {'spot' if self.spot else 'on-demand'}, {price}"
+
 
 @dataclass(frozen=True)
 class LogChunk:
@@ -244,9 +270,11 @@ class Provider(ABC):
 
     name: ClassVar[str]
     capabilities: ClassVar[Capabilities] = Capabilities()
-    # Whether machines run this host's interpreter and see its files (the local provider). Then a
-    # cluster with no ``software`` runs the launcher's interpreter and import path as they are;
-    # otherwise it runs this environment captured by automatic package sync (``package_sync``).
+    # Whether machines run this host's interpreter and see its files (the local provider: its
+    # "image" is this host). Then the boot script starts the agent with that interpreter at once, and
+    # a cluster with no ``software`` runs the launcher's interpreter and import path as they are.
+    # Otherwise machines boot from a stock image (the boot script installs uv and the agent), and a
+    # cluster with no ``software`` runs this environment, captured by automatic package sync.
     shares_host_software: ClassVar[bool] = False
     # The machine's runtime, "module:Class" (imported by the agent on the machine, so stdlib-only).
     runtime: ClassVar[str]
@@ -255,9 +283,6 @@ class Provider(ABC):
     lease_interval: ClassVar[float] = 30.0
     # The longest boot script the provider's machines accept, in bytes (EC2 user-data: 16 KiB).
     max_boot_script: ClassVar[int] = 16 * 1024
-    # Whether machines boot with prefect-remote already there (the local provider: its "image" is
-    # this host). Otherwise they boot from a stock image, and the boot script installs uv and the agent.
-    agent_preinstalled: ClassVar[bool] = False
     # On a stock image: the extra of prefect-remote the machine side uses, and what it imports
     # (installed into the agent's environment, at the versions installed here).
     agent_extras: ClassVar[tuple[str, ...]] = ()
@@ -295,7 +320,7 @@ class Provider(ABC):
         instance_type = self.choose_instance_type(spec)
         launch_id = f"launch-{secrets.token_hex(6)}"
         config = self.agent_config(spec, payload, launch_id)
-        if self.agent_preinstalled:
+        if self.shares_host_software:
             boot_script = render_boot_script(config, python=self.boot_python())
         else:
             boot_script = render_boot_script(config, agent=self.agent_source(spec), halt=self.halt_command)
@@ -378,7 +403,7 @@ class Provider(ABC):
         """Removes what ``_store_secrets`` kept for a launch whose ``_start`` failed."""
 
     def boot_python(self) -> str:
-        """With ``agent_preinstalled``: the interpreter the boot script starts the agent with."""
+        """With ``shares_host_software``: the interpreter the boot script starts the agent with."""
         return "python3"
 
     def agent_source(self, spec: MachineSpec) -> AgentSource:

@@ -77,7 +77,7 @@ class SandboxAWS:
         self.validate_instance_types = validate_instance_types
         self.run_instances = run_instances
         self.isolation = isolation
-        self.expose = tuple(expose)
+        self.expose = list(expose)
         self.calls: collections.Counter[str] = collections.Counter()  # "service:Action" -> requests the server answered
         self._home_arg = home
         self._scratch: tempfile.TemporaryDirectory | None = None
@@ -185,6 +185,14 @@ class SandboxAWS:
         if self._scratch is not None:
             self._scratch.cleanup()
             self._scratch = None
+
+    def expose_port(self, port: int) -> str:
+        """Makes this host's ``127.0.0.1:port`` (a Prefect server) reachable from the instances;
+        returns the address they and this host use for it, ``http://<sandbox_host>:port``."""
+        if port not in self.expose:
+            self.expose.append(port)
+        url = self.runner.reachable_url(f"http://127.0.0.1:{port}")
+        return url
 
     def end_all_instances(self, timeout: float = 30.0) -> list[str]:
         """Terminates every instance still alive (as a test's clean-up or a user's reset), and waits
@@ -331,9 +339,8 @@ class SandboxAWS:
     def _keep_forwards(self) -> None:
         """Keeps the host forwards the instances use (moto, the metadata service, exposed ports) alive."""
         assert self._runner is not None and self._imds is not None
-        urls = [self.url, self._imds.url, *(f"http://127.0.0.1:{port}" for port in self.expose)]
         while True:
-            for url in urls:
+            for url in [self.url, self._imds.url, *(f"http://127.0.0.1:{port}" for port in self.expose)]:
                 try:
                     self._runner.reachable_url(url)
                 except Exception as error:

@@ -72,10 +72,7 @@ class RemoteWorker(BaseWorker[RemoteJobConfiguration, RemoteJobVariables, Remote
         tags = {key: value for key, value in configuration.labels.items() if value}
         launch = partial(provider.launch, spec, payload, tags=tags, owner=f"prefect-worker:{self.name}")
         [machine] = await anyio.to_thread.run_sync(launch)
-        logger.info(
-            f"Machine {machine.id} launched on {provider.name}: {machine.instance_type} ({spec.summary()}), "
-            f"region {machine.region}, {'spot' if machine.spot else 'on-demand'}"
-        )
+        logger.info(f"Machine {machine.id} launched on {provider.name}: {machine.cost_summary()} ({spec.summary()})")
         self._followed.add(flow_run.id)
         if task_status is not None:
             task_status.started(machine.id)
@@ -105,10 +102,12 @@ class RemoteWorker(BaseWorker[RemoteJobConfiguration, RemoteJobVariables, Remote
             logger.info(f"Machine {machine_id} ended: {ended.reason}")
             return RemoteWorkerResult(identifier=machine_id, status_code=0)
         status = ended.exit_code if ended.exit_code is not None else 1
+        cost = ended.estimated_cost()
+        spent = f"; estimated cost ${cost:.4f} ({ended.cost_summary()})" if cost is not None else ""
         if status == 0:
-            logger.info(f"Machine {machine_id} ended: {ended.reason}")
+            logger.info(f"Machine {machine_id} ended: {ended.reason}{spent}")
         else:
-            logger.error(f"Machine {machine_id} ended: {ended.reason} (exit code {ended.exit_code})")
+            logger.error(f"Machine {machine_id} ended: {ended.reason} (exit code {ended.exit_code}){spent}")
         return RemoteWorkerResult(identifier=machine_id, status_code=status)
 
     async def get_and_submit_flow_runs(self) -> list[FlowRun]:

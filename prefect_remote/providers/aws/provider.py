@@ -11,11 +11,12 @@ Example::
 
     provider = AWSProvider(region="us-east-2", allow_ingress_from="me")
     [machine] = provider.launch(MachineSpec(cpu=2, memory="4 GiB", spot_policy="spot_with_fallback"), BootPayload(["python", "app.py"]))
-    print(machine.instance_type, machine.details["price_per_hour"], estimated_cost(machine))
+    print(machine.cost_summary(), machine.estimated_cost())
 """
 
 from __future__ import annotations
 
+import datetime
 import functools
 import ipaddress
 import json
@@ -191,19 +192,29 @@ def public_ip(url: str = CHECKIP_URL, timeout: float = 3.0) -> str | None:
         return None
 
 
-def estimated_cost(machine: Machine, until: float | None = None) -> float | None:
-    """USD spent on ``machine`` from its launch until ``until`` (default now) at its on-demand
-    price per hour (an upper bound for spot); ``None`` when the price is unknown.
+def tag_key(key: str) -> str:
+    """``key`` as an EC2 tag name the instance metadata service can serve: '/' becomes ':' and a
+    space '_' (Prefect's labels, such as ``prefect.io/flow-run-id``, have '/').
 
-    >>> m = Machine("i-0abc12345def67890", "aws", "running", "m6i.large", created=0.0, details={"price_per_hour": 0.096})
-    >>> estimated_cost(m, until=1800.0)
-    0.048
+    >>> tag_key("prefect.io/flow-run-id")
+    'prefect.io:flow-run-id'
     """
-    price = machine.details.get("price_per_hour")
-    if price is None:
+    return key.replace("/", ":").replace(" ", "_")
+
+
+_TRANSITION_TIME = re.compile(r"\((\d{4}-\d\d-\d\d \d\d:\d\d:\d\d) (?:GMT|UTC)\)")
+
+
+def _transition_time(reason: str) -> float | None:
+    """The time in EC2's StateTransitionReason ("User initiated (2026-12-01 07:22:24 GMT)"), when it has one.
+
+    >>> _transition_time("User initiated (1970-01-01 00:01:00 GMT)")
+    60.0
+    """
+    found = _TRANSITION_TIME.search(reason)
+    if not found:
         return None
-    hours = max(0.0, (time.time() if until is None else until) - machine.created) / 3600
-    return round(hours * price, 6)
+    return datetime.datetime.strptime(found.group(1), "%Y-%m-%d %H:%M:%S").replace(tzinfo=datetime.timezone.utc).timestamp()
 
 
 def _batches(items: Sequence[str], size: int) -> Iterator[list[str]]:
@@ -326,14 +337,14 @@ class AWSProvider(Provider):
     # -- launching --------------------------------------------------------------------------------
     @_translated
     def _start(self, launch: Launch) -> list[Machine]:
-        bad = [key for key in launch.tags if not _IMDS_TAG_KEY.fullmatch(key) or key.lower().startswith("aws:")]
+        bad = [key for key in launch.tags if not _IMDS_TAG_KEY.fullmatch(tag_key(key)) or key.lower().startswith("aws:")]
         if bad:
-            raise ValueError(f"tags {bad}: on aws, tag names use letters, digits and + - = . , _ : @ only (no spaces or '/'), and not the aws: prefix")
+            raise ValueError(f"tags {bad}: on aws, tag names use letters, digits and + - = . , _ : @ / and spaces only, at most 128, and not the aws: prefix")
         spec, instance_type = launch.spec, launch.instance_type
         image_id, root_device = self._image(instance_type)
         subnet_id = self._subnet()
         tags = {
-            **launch.tags,
+            **{tag_key(key): value for key, value in launch.tags.items()},
             LAUNCH_TAG: launch.id,
             LEASE_TAG: str(int(time.time())),
             SPEC_TAG: spec.summary()[:256],
@@ -542,6 +553,7 @@ class AWSProvider(Provider):
                 "image_id": instance.get("ImageId"),
                 "availability_zone": instance.get("Placement", {}).get("AvailabilityZone"),
                 "lease": float(tags[LEASE_TAG]) if LEASE_TAG in tags else None,
+                "ended": _transition_time(instance.get("StateTransitionReason", "")) if instance["State"]["Name"] not in STATES else None,
             },
         )
 
@@ -575,7 +587,7 @@ class AWSProvider(Provider):
     @_translated
     def list(self, tags: Mapping[str, str] | None = None, *, include_terminated: bool = False) -> list[Machine]:
         filters = [{"Name": "tag-key", "Values": [LAUNCH_TAG]}]
-        filters += [{"Name": f"tag:{key}", "Values": [value]} for key, value in (tags or {}).items()]
+        filters += [{"Name": f"tag:{tag_key(key)}", "Values": [value]} for key, value in (tags or {}).items()]
         if not include_terminated:
             filters.append({"Name": "instance-state-name", "Values": list(STATES)})
         machines = [self._machine(instance) for instance in self._instances(Filters=filters)]

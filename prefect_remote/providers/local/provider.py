@@ -60,7 +60,6 @@ class LocalProvider(Provider):
     runtime = "prefect_remote.providers.local.runtime:LocalRuntime"
     lease_interval = 1.0  # a stat() of a file: cheap, so owner loss is noticed within a second of keepalive
     max_boot_script = 96 * 1024  # the agent's configuration is one environment variable (at most 128 KiB on Linux)
-    agent_preinstalled = True  # a local machine's "image" is this host, with this prefect-remote
 
     def __init__(
         self,

@@ -22,7 +22,7 @@ from prefect_remote.providers import get_provider
 from prefect_remote.testing import aws as sandbox
 from prefect_remote.providers.aws import catalog
 from prefect_remote.providers.aws import provider as aws_provider
-from prefect_remote.providers.aws.provider import LAUNCH_TAG, AWSError, AWSProvider, estimated_cost
+from prefect_remote.providers.aws.provider import LAUNCH_TAG, AWSError, AWSProvider
 from prefect_remote.providers.base import BootPayload, Machine
 from prefect_remote.spec import MachineSpec
 from tests.providers.aws.conftest import LAUNCHER_IP
@@ -425,7 +425,9 @@ def test_keepalive_shorter_than_the_lease_interval_is_refused(aws_env):
 
 def test_estimated_cost():
     machine = Machine("i-0abc12345def67890", "aws", "running", "m6i.large", created=1000.0, details={"price_per_hour": 0.096})
-    assert estimated_cost(machine, until=1000.0 + 2 * 3600) == pytest.approx(0.192)
-    assert estimated_cost(machine, until=500.0) == 0.0  # a clock behind the launch costs nothing
-    assert estimated_cost(Machine("i-1", "aws", "running", "x.large", created=0.0, details={"price_per_hour": None})) is None
-    assert 0 < estimated_cost(Machine("i-2", "aws", "running", "m6i.large", created=time.time() - 60, details={"price_per_hour": 0.096})) < 0.002
+    assert machine.estimated_cost(until=1000.0 + 2 * 3600) == pytest.approx(0.192)
+    assert machine.estimated_cost(until=500.0) == 0.0  # a clock behind the launch costs nothing
+    assert Machine("i-1", "aws", "running", "x.large", created=0.0, details={"price_per_hour": None}).estimated_cost() is None
+    assert 0 < Machine("i-2", "aws", "running", "m6i.large", created=time.time() - 60, details={"price_per_hour": 0.096}).estimated_cost() < 0.002
+    ended = Machine("i-3", "aws", "terminated", "m6i.large", created=0.0, details={"price_per_hour": 0.096, "ended": 3600.0})
+    assert ended.estimated_cost() == pytest.approx(0.096)  # until its end, not now
