@@ -18,9 +18,7 @@ from abc import ABC, abstractmethod
 from importlib import import_module
 from typing import Any, BinaryIO, Protocol
 
-# The file a machine's whole output goes to (boot phases, the agent's and the payload's output): the
-# boot script exports its path and appends everything to it; the agent ships it (``ship_log``).
-MACHINE_LOG_ENV = "PREFECT_REMOTE_MACHINE_LOG"
+from prefect_remote.boot import MACHINE_LOG_ENV  # the boot script's whole output, which the agent ships (``ship_log``)
 
 
 class LogShipping(Protocol):
