@@ -132,7 +132,6 @@ def machine_policy(
     if prefix:
         listing["Condition"] = {"StringLike": {"s3:prefix": [prefix, f"{prefix}/*"]}}
     launched_here = {"ArnEquals": {"ec2:InstanceProfile": profile}, "Null": {f"ec2:ResourceTag/{LAUNCH_TAG}": "false"}}
-    managed_group = {"StringEquals": {f"ec2:ResourceTag/{MANAGED_TAG}": "true"}}
     statements: list[dict[str, Any]] = [
         {"Sid": "ReadLaunchSecrets", "Effect": "Allow", "Action": "ssm:GetParameter", "Resource": ssm},
         {"Sid": "ReadSoftwareStore", "Effect": "Allow", "Action": "s3:GetObject", "Resource": objects},
@@ -210,22 +209,6 @@ def machine_policy(
             ],
             "Resource": "*",
         },
-        {
-            "Sid": "MakeWorkerIngressGroups",
-            "Effect": "Allow",
-            "Action": "ec2:CreateSecurityGroup",
-            "Resource": f"{ec2}:security-group/*",
-            "Condition": {"StringEquals": {f"aws:RequestTag/{MANAGED_TAG}": "true"}},
-        },
-        {"Sid": "MakeWorkerIngressGroupsInVpc", "Effect": "Allow", "Action": "ec2:CreateSecurityGroup", "Resource": f"{ec2}:vpc/*"},
-        {
-            "Sid": "TagWorkerIngressGroups",
-            "Effect": "Allow",
-            "Action": "ec2:CreateTags",
-            "Resource": f"{ec2}:security-group/*",
-            "Condition": {"StringEquals": {"ec2:CreateAction": "CreateSecurityGroup"}},
-        },
-        {"Sid": "OpenWorkerIngressGroups", "Effect": "Allow", "Action": "ec2:AuthorizeSecurityGroupIngress", "Resource": f"{ec2}:security-group/*", "Condition": managed_group},
     ]
     return {"Version": "2012-10-17", "Statement": statements}
 

@@ -334,7 +334,7 @@ def test_requests_no_instance_type_meets(provider):
         with pytest.raises(CapacityError, match=message):
             launch(provider, **spec)
     with pytest.raises(ValueError, match="tag names use letters"):
-        launch(provider, cpu=1, tags={"my team": "x"})
+        launch(provider, cpu=1, tags={"team#1": "x"})
     assert provider.list(include_terminated=True) == before
 
 
@@ -431,3 +431,10 @@ def test_estimated_cost():
     assert 0 < Machine("i-2", "aws", "running", "m6i.large", created=time.time() - 60, details={"price_per_hour": 0.096}).estimated_cost() < 0.002
     ended = Machine("i-3", "aws", "terminated", "m6i.large", created=0.0, details={"price_per_hour": 0.096, "ended": 3600.0})
     assert ended.estimated_cost() == pytest.approx(0.096)  # until its end, not now
+
+
+def test_prefect_labels_become_tag_names_the_metadata_service_serves(provider, ec2):
+    [machine] = launch(provider, cpu=1, tags={"prefect.io/flow-run-id": "abc", "my team": "data"})
+    tags = tags_of(instance(ec2, machine.id))
+    assert tags["prefect.io:flow-run-id"] == "abc" and tags["my_team"] == "data"
+    assert [m.id for m in provider.list({"prefect.io/flow-run-id": "abc"})] == [machine.id]  # found by the names given
