@@ -6,6 +6,8 @@ environment, the payload), cold (a fresh image root: uv downloaded, environments
 uv cache) and warm (the image root kept, as a second machine of a cluster finds it). Baseline: the
 same payload launched on the local provider, in the same run.
 
+Fan-out: ``.map`` over 10,000 items vs raw ``client.map`` on a cluster of sandbox instances.
+
 API calls: the requests the sandbox's moto server answers while a 10-worker ``RemoteCluster`` idles
 for a minute and while it works for a minute, per machine-minute. Goal: lease traffic one call per
 interval whatever the worker count, and under 1 call per second in total for 10 workers.
@@ -142,6 +144,9 @@ def main() -> list[str]:
             totals = ", ".join(f"{phases['total']:.2f}" for phases in warm)
             lines.append(f"boot warm runs: {totals} s; local provider baseline {baseline:.2f} s: {best['total'] / baseline:.1f}x")
             lines += api_calls(aws)
+            from bench_fanout import bench_map
+
+            lines += bench_map("aws", memory=False)  # the fan-out benchmark on the sandbox's instances
     finally:
         os.environ.clear()
         os.environ.update(saved)

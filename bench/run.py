@@ -6,7 +6,7 @@ import importlib
 import sys
 from pathlib import Path
 
-BENCHMARKS = ["bench_machines", "bench_software", "bench_flow_runs", "bench_fanout"]
+BENCHMARKS = ["bench_machines", "bench_software", "bench_flow_runs", "bench_fanout", "bench_aws"]
 
 
 def main() -> int:

@@ -1,4 +1,5 @@
-"""RemoteCluster: a Dask cluster whose scheduler and workers are machines (local provider here)."""
+"""RemoteCluster: a Dask cluster whose scheduler and workers are machines (the configured
+provider: local by default, EC2 in a shell after `prefect-remote sandbox aws`)."""
 
 from distributed import Client
 

@@ -1,4 +1,5 @@
-"""prefect_remote.function: one call, many calls, futures — on machines of the local provider.
+"""prefect_remote.function: one call, many calls, futures — on machines of the configured provider
+(the local one by default; EC2 after `prefect-remote sandbox aws` or with PREFECT_REMOTE_PROVIDER=aws).
 
 Run it twice within a minute: the second run attaches to the warm cluster and starts in about a second.
 """

@@ -59,3 +59,13 @@ def test_cluster_example():
 
 def test_task_runner_example(tmp_path):
     assert "result: 40425" in run_flow("task_runner.py", tmp_path)
+
+
+def test_examples_run_on_the_sandbox_aws(aws_sandbox):
+    """The same scripts, in a shell after `prefect-remote sandbox aws`: on EC2 instances of the sandbox."""
+    env = {**os.environ, **aws_sandbox.exports(), "PREFECT_REMOTE_AWS_LEASE_INTERVAL": "5"}
+    for script, expected in (("functions.py", "mean of 100 trials:"), ("cluster.py", "sum of squares: 332833500")):
+        result = subprocess.run([sys.executable, str(EXAMPLES / script)], capture_output=True, text=True, timeout=600, env=env)
+        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+        assert expected in result.stdout
+    assert "scheduler i-" in result.stdout and "cluster closed" in result.stdout  # EC2 instance ids

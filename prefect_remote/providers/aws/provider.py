@@ -71,6 +71,9 @@ _BAD_CREDENTIALS = {"AuthFailure", "UnrecognizedClientException", "InvalidClient
 _DENIED = {"UnauthorizedOperation", "AccessDenied", "AccessDeniedException"}
 
 
+SECRETS_SWEEP_AGE = 3600.0  # seconds: a launch secret older than this with no instance left is an orphan
+
+
 class AWSError(RemoteError):
     """AWS refused the provider (no credentials, a missing permission): the message says what to fix."""
 
@@ -232,7 +235,7 @@ class AWSProvider(Provider):
     """
 
     name = "aws"
-    # containers=False for now: running a container image needs the stock-image boot (a later step).
+    # containers=False: the stock image runs no container engine, and package sync replaces building images.
     capabilities = Capabilities(inbound_connections=True, terminate_one=True, containers=False, gpus=True, max_lifetime=None)
     runtime = "prefect_remote.providers.aws.runtime:EC2Runtime"
     lease_interval = 30.0  # a metadata read is cheap, but a lease tag reaches IMDS only after a delay
@@ -277,6 +280,7 @@ class AWSProvider(Provider):
             raise ValueError("; ".join(e["msg"].removeprefix("Value error, ") for e in error.errors())) from None
         self.lease_interval = self.options.lease_interval
         self._session = session
+        self._swept = False  # sweep_secrets, once per provider
         self._clients: dict[str, BaseClient] = {}
 
     @property
@@ -316,6 +320,9 @@ class AWSProvider(Provider):
 
     @_translated
     def _store_secrets(self, launch_id: str, secrets: Mapping[str, str]) -> None:
+        if not self._swept:
+            self._swept = True
+            self.sweep_secrets()
         value = json.dumps(dict(secrets))
         self.client("ssm").put_parameter(
             Name=self.secrets_parameter(launch_id),
@@ -612,6 +619,26 @@ class AWSProvider(Provider):
         with_secrets = {tags[LAUNCH_TAG] for i in instances if SECRETS_TAG in (tags := {t["Key"]: t["Value"] for t in i.get("Tags", [])})}
         if with_secrets:
             self._forget_ended_launches(with_secrets)
+
+    def sweep_secrets(self, older_than: float = SECRETS_SWEEP_AGE) -> list[str]:
+        """Deletes launch secrets left behind by owners that died (their machines ended themselves
+        and nobody renewed, so nobody saw them end): those older than ``older_than`` seconds with no
+        instance left. The first launch with secrets in a process does it; returns the launch ids."""
+        from botocore.exceptions import ClientError
+
+        ssm = self.client("ssm")
+        prefix = self.options.secrets_prefix
+        cutoff = time.time() - older_than
+        try:
+            pages = ssm.get_paginator("get_parameters_by_path").paginate(Path=prefix.rstrip("/") or "/", Recursive=False, WithDecryption=False)
+            names = [p["Name"] for page in pages for p in page["Parameters"] if p["LastModifiedDate"].timestamp() < cutoff]
+        except ClientError as error:  # a tidy-up: an identity that may not list parameters just skips it
+            logger.debug("launch secrets not swept: %s", error)
+            return []
+        launches = {name.rsplit("/", 1)[-1] for name in names if name.rsplit("/", 1)[-1].startswith("launch-")}
+        for batch in _batches(sorted(launches), 200):
+            self._forget_ended_launches(set(batch))
+        return sorted(launches)
 
     def _forget_ended_launches(self, launch_ids: set[str]) -> None:
         """Deletes the secrets of those launches no instance of which is left (one describe call)."""

@@ -438,3 +438,14 @@ def test_prefect_labels_become_tag_names_the_metadata_service_serves(provider, e
     tags = tags_of(instance(ec2, machine.id))
     assert tags["prefect.io:flow-run-id"] == "abc" and tags["my_team"] == "data"
     assert [m.id for m in provider.list({"prefect.io/flow-run-id": "abc"})] == [machine.id]  # found by the names given
+
+
+def test_secrets_of_launches_whose_owner_died_are_swept(provider, ssm):
+    # An owner killed -9: its machines ended themselves, and nobody renewed to see them go.
+    ssm.put_parameter(Name="/prefect-remote/launch-0123456789ab", Value="{}", Type="SecureString")
+    [alive] = launch(provider, cpu=1, payload=BootPayload(["sleep", "600"], secrets={"TOKEN": "x"}))
+    alive_launch = provider.describe(alive.id).details["launch"]
+    swept = provider.sweep_secrets(older_than=0)
+    assert "launch-0123456789ab" in swept
+    names = {p["Name"] for p in ssm.get_parameters_by_path(Path="/prefect-remote")["Parameters"]}
+    assert "/prefect-remote/launch-0123456789ab" not in names and f"/prefect-remote/{alive_launch}" in names
