@@ -37,8 +37,8 @@ from prefect_remote.providers.local.isolation import (  # noqa: E402
     tagged_pids,
 )
 
-# Where this session's machines live: its own, and the sandbox AWS's instances.
-MACHINE_FOLDERS = (SESSION_HOME / "machines", SESSION_HOME / "aws" / "home" / "machines")
+# Where this session's machines live: its own, the sandbox AWS's instances, and `prefect-remote sandbox aws`'s.
+MACHINE_FOLDERS = (SESSION_HOME / "machines", SESSION_HOME / "aws" / "home" / "machines", SESSION_HOME / "sandbox" / "aws" / "home" / "machines")
 NAMESPACE_SKIP = namespace_unavailable()
 needs_namespace = pytest.mark.skipif(NAMESPACE_SKIP is not None, reason=NAMESPACE_SKIP or "")
 

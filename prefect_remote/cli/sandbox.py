@@ -42,7 +42,7 @@ def aws(
         sandbox.start()
         for name, value in sandbox.exports().items():
             print(f"export {name}={shlex.quote(value)}", flush=True)
-        print(f"# instances reach this host at {sandbox.sandbox_host}; a Prefect server there: http://{sandbox.sandbox_host}:PORT/api", flush=True)
+        print(f"# instances reach this host at {sandbox.sandbox_host} (http://{sandbox.sandbox_host}:4200/api)", flush=True)
         print("sandbox ready", flush=True)
         stop.wait()
     finally:
