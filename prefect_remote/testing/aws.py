@@ -269,11 +269,14 @@ class SandboxAWS:
                 yield _as_instance(instance)
 
     def _terminate(self, instance_id: str, reason: str) -> None:
+        """The instance's machine has ended (or never booted): the instance is terminated."""
         found = self._moto_instance(instance_id)
         if found is None:
             return
         backend, instance = found
-        if instance.state != "terminated":
+        if instance.state == "shutting-down":  # terminated through the API: its machine has now ended
+            instance._state.name, instance._state.code = "terminated", 48
+        elif instance.state != "terminated":  # the machine shut itself down
             from moto.ec2.models.instances import StateReason
 
             backend.terminate_instances([instance_id])
@@ -361,7 +364,8 @@ _PLACING: list[SandboxAWS] = []  # sandboxes of this process whose runner boots 
 def _place_on_launch(sandbox: SandboxAWS) -> None:
     """Boots instances inside ``RunInstances`` itself (as EC2 places them before answering), so its
     answer, like EC2's, already has each instance's private address: a cluster's workers are told
-    their scheduler's address from it."""
+    their scheduler's address from it. ``TerminateInstances`` leaves a running machine's instance
+    shutting-down until the machine has ended, as EC2 does."""
     from moto.ec2.models.instances import InstanceBackend
 
     _PLACING.append(sandbox)
@@ -376,8 +380,20 @@ def _place_on_launch(sandbox: SandboxAWS) -> None:
                 placing.runner.boot(_as_instance(instance))
         return reservation
 
+    def terminate_instances(backend: Any, instance_ids: list[str]) -> Any:
+        # As on EC2, an instance whose machine still runs is shutting-down, not terminated, until
+        # the machine has ended (its processes stopped): the runner then terminates it.
+        result = original_terminate(backend, instance_ids)
+        for placing in list(_PLACING):
+            for instance in backend.get_multi_instances_by_id(instance_ids):
+                if placing.runner.machine_of(instance.id):
+                    instance._state.name, instance._state.code = "shutting-down", 32
+        return result
+
+    original_terminate = InstanceBackend.terminate_instances
     run_instances._sandbox_places = True  # type: ignore[attr-defined]
     InstanceBackend.run_instances = run_instances  # type: ignore[method-assign]
+    InstanceBackend.terminate_instances = terminate_instances  # type: ignore[method-assign]
 
 
 class _Counting:

@@ -71,6 +71,7 @@ class InstanceRunner:
         self._running: dict[str, str] = {}  # instance id -> local machine id
         self._seen: set[str] = set()  # every instance booted (or skipped), so none boots twice
         self._booting = threading.Lock()
+        self._stopping: set[str] = set()  # machines asked to stop, whose instance is shutting down
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -136,9 +137,10 @@ class InstanceRunner:
     def step(self) -> None:
         """One round: boot new instances, end machines of terminated ones, terminate instances whose machine ended."""
         for instance in list(self._instances()):
-            if instance.ended:
-                machine_id = self._running.pop(instance.id, None)
-                if machine_id is not None:
+            if instance.ended:  # (shutting-down: its machine stops, then the instance is terminated below)
+                machine_id = self._running.get(instance.id)
+                if machine_id is not None and machine_id not in self._stopping:
+                    self._stopping.add(machine_id)
                     self.machines.terminate([machine_id], reason="instance terminated")
                 self._seen.add(instance.id)
             else:

@@ -131,7 +131,10 @@ def test_cancelling_a_run_terminates_its_instance(aws_shell, deployed, api):
     cancelled = time.monotonic()
     wait_for(lambda: instance_state(instance_id, aws_shell) == "terminated", timeout=10, interval=0.2, message="the instance terminated")
     assert time.monotonic() - cancelled <= 10
-    wait_for(lambda: api.read_flow_run(run_id).state_name == "Cancelled", timeout=30, interval=0.5)
+    try:
+        wait_for(lambda: api.read_flow_run(run_id).state_name == "Cancelled", timeout=30, interval=0.5)
+    except AssertionError:
+        raise AssertionError(f"run is {api.read_flow_run(run_id).state_name}: " + "\n".join(run_logs(api, run_id))) from None
 
 
 def test_a_terminated_instance_crashes_its_run(aws_shell, deployed, api):

@@ -153,6 +153,7 @@ def test_secrets_leave_with_machines_that_ended_themselves(provider, ec2, ssm):
     parameter = provider.secrets_parameter(tags_of(instance(ec2, machine.id))[LAUNCH_TAG])
     assert ssm.get_parameter(Name=parameter, WithDecryption=True)
     ec2.terminate_instances(InstanceIds=[machine.id])  # as the machine's own agent does at its end
+    provider.wait([machine.id], timeout=30)  # shutting-down, then terminated once its processes are gone
     assert provider.renew_leases([machine.id]) == [machine.id]  # the owner's next renewal notices
     with pytest.raises(ssm.exceptions.ParameterNotFound):
         ssm.get_parameter(Name=parameter)

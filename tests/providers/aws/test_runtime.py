@@ -101,7 +101,7 @@ def test_runtime_terminates_its_instance_with_the_reason(provider, monkeypatch, 
     machine, launch, metadata = machine_and_metadata
     runtime = EC2Runtime(**{**provider.runtime_options(launch.id), "metadata_endpoint": metadata.url})
     runtime.terminate("idle for 10m", 0)
-    ended = provider.describe(machine.id)
+    [ended] = provider.wait([machine.id], timeout=30)  # shutting-down until its processes are gone
     assert (ended.state, ended.reason, ended.exit_code) == ("terminated", "idle for 10m", 0)
     ran = []
     monkeypatch.setattr("subprocess.run", lambda *a, **k: ran.append(a))
