@@ -109,8 +109,8 @@ def api_calls(aws) -> list[str]:
             top = ", ".join(f"{name} {count}" for name, count in sorted(counted.items(), key=lambda item: -item[1])[:4])
             lines.append(
                 f"{activity:8} {total} calls in {seconds:.0f} s: {total / machine_minutes:.2f} per machine-minute, "
-                f"{total / seconds:.3f}/s in all (goal < 1/s: {total / seconds:.3f}x of it); lease renewals {leases} "
-                f"({leases / (seconds / 30):.1f} per 30 s interval) [{top}]"
+                f"{total / seconds:.3f}/s in all (goal < 1/s: {total / seconds:.3f}x of it); lease renewals: {leases} "
+                f"create_tags call(s) for all {WORKERS + 1} machines, {seconds / max(leases, 1):.0f} s apart [{top}]"
             )
     return lines
 
