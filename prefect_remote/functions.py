@@ -18,7 +18,6 @@ import dataclasses
 import functools
 import inspect
 import itertools
-import logging
 import queue
 import sys
 import threading
@@ -61,7 +60,6 @@ _clusters: dict[str, Any] = {}
 _clients: dict[str, Any] = {}
 _routes: dict[str, queue.SimpleQueue] = {}  # task key -> the queue of the caller waiting on it
 _lock = threading.RLock()
-cluster_logger = logging.getLogger("prefect_remote.cluster")
 
 
 def _on_output(event: tuple[float, dict[str, str]]) -> None:
@@ -72,12 +70,6 @@ def _on_output(event: tuple[float, dict[str, str]]) -> None:
         route.put(message)
     else:
         (sys.stderr if message.get("stream") == "stderr" else sys.stdout).write(message["text"])
-
-
-def _on_cluster_event(event: tuple[float, dict[str, str]]) -> None:
-    """The controller's scaling events and warnings, into this process's ``prefect_remote.cluster`` logger."""
-    _, message = event
-    cluster_logger.log(logging.WARNING if message.get("level") == "warning" else logging.INFO, message.get("message"))
 
 
 class Function(Generic[P, R]):
@@ -141,8 +133,7 @@ class Function(Generic[P, R]):
             client = _clients.get(self.cluster_name)
             if client is None or client.status in ("closing", "closed"):
                 client = _clients[self.cluster_name] = Client(cluster, set_as_default=False)
-                client.subscribe_topic(OUTPUT_TOPIC, _on_output)
-                client.subscribe_topic("prefect-remote", _on_cluster_event)
+                client.subscribe_topic(OUTPUT_TOPIC, _on_output)  # (the cluster's events: RemoteCluster logs them)
             return client
 
     # -- running ----------------------------------------------------------------------------------

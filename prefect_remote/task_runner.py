@@ -32,7 +32,11 @@ class RemoteTaskRunner(DaskTaskRunner):
     """
 
     def __init__(self, *, client_kwargs: dict[str, Any] | None = None, performance_report_path: str | None = None, **cluster_arguments: Any) -> None:
-        self.provider = ClusterOptions.build(**cluster_arguments).provider  # bad arguments fail where the flow is defined
+        provider = ClusterOptions.build(**cluster_arguments).provider  # bad arguments fail where the flow is defined
+        self._made(provider, cluster_arguments, client_kwargs, performance_report_path)
+
+    def _made(self, provider: Any, cluster_arguments: dict[str, Any], client_kwargs: dict[str, Any] | None, performance_report_path: str | None) -> None:
+        self.provider = provider
         self.cluster_arguments = cluster_arguments
         super().__init__(cluster_class=RemoteCluster, cluster_kwargs=dict(cluster_arguments), client_kwargs=client_kwargs, performance_report_path=performance_report_path)
 
@@ -56,7 +60,12 @@ class RemoteTaskRunner(DaskTaskRunner):
         return client
 
     def duplicate(self) -> RemoteTaskRunner:
-        return type(self)(client_kwargs=self.client_kwargs, performance_report_path=self.performance_report_path, **self.cluster_arguments)
+        # Prefect duplicates the flow's runner for each run, and on the workers for every task (from
+        # the flow sent with it): the arguments were checked when this runner was made, and checking
+        # them again there would ask the provider's API with settings the workers need not have.
+        runner = type(self).__new__(type(self))
+        runner._made(self.provider, self.cluster_arguments, self.client_kwargs, self.performance_report_path)
+        return runner
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, RemoteTaskRunner) and self.cluster_arguments == other.cluster_arguments and self.client_kwargs == other.client_kwargs

@@ -187,13 +187,18 @@ def aws_sandbox():
             _AWS_SANDBOXES.clear()
 
 
-@pytest.fixture
-def aws_env(aws_sandbox, monkeypatch):
-    """Points boto3 and the aws provider at the session's sandbox for one test, as a user's shell
-    after `prefect-remote sandbox aws` (the default provider stays local; leases are read every 5 s)."""
-    for name, value in aws_sandbox.exports().items():
+def use_aws_sandbox(monkeypatch: pytest.MonkeyPatch, sandbox) -> None:
+    """Points boto3 and the aws provider at ``sandbox``, as a user's shell after `prefect-remote
+    sandbox aws` (the default provider stays local; leases are read every 5 s)."""
+    for name, value in sandbox.exports().items():
         monkeypatch.setenv(name, value)
     monkeypatch.setenv("PREFECT_REMOTE_PROVIDER", "local")
     monkeypatch.setenv("PREFECT_REMOTE_AWS_LEASE_INTERVAL", "5")
     monkeypatch.delenv("AWS_PROFILE", raising=False)
+
+
+@pytest.fixture
+def aws_env(aws_sandbox, monkeypatch):
+    """The session's sandbox for one test (:func:`use_aws_sandbox`)."""
+    use_aws_sandbox(monkeypatch, aws_sandbox)
     return aws_sandbox

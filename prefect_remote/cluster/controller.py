@@ -8,11 +8,15 @@ clean-up go on after that process has gone and while others attach.
 from __future__ import annotations
 
 import asyncio
+import functools
+import logging
 import time
 from collections import deque
 from typing import Any
 
 from distributed import SchedulerPlugin
+from distributed.batched import BatchedSend
+from distributed.comm import CommClosedError
 from distributed.deploy.adaptive_core import AdaptiveCore
 
 from prefect_remote.cluster.plan import CLUSTER_TAG, ROLE_TAG, ClusterPlan, launch_workers, worker_lease
@@ -23,7 +27,10 @@ from prefect_remote.units import format_duration
 TICK = 0.5  # seconds between keepalive checks
 ADAPT_INTERVAL = 1.0  # seconds between scaling decisions (Dask's default)
 BOOT_FAILURES_BEFORE_BACKOFF = 3
-BACKOFF = 30.0  # seconds without launching after repeated boot failures
+BACKOFF = 30.0  # seconds without launching after repeated boot failures; the longest wait after failed launches
+# Warnings of these loggers on the scheduler's machine (spot fallback, lease renewal trouble) become
+# cluster events, which reach the processes holding the cluster.
+FORWARDED_LOGGERS = ("prefect_remote.providers", "prefect_remote.lease")
 
 
 class MachinePool(AdaptiveCore):
@@ -38,6 +45,7 @@ class MachinePool(AdaptiveCore):
         self.machines: dict[str, Any] = {}
         self.joined: set[str] = set()  # machines that ever connected as workers
         self.boot_failures = 0
+        self.launch_failures = 0  # launches refused in a row (no capacity, a quota, a permission)
         self.paused_until = 0.0
 
     @property
@@ -94,9 +102,17 @@ class MachinePool(AdaptiveCore):
         if count <= 0 or time.monotonic() < self.paused_until:
             return
         controller = self.controller
-        launched = await asyncio.to_thread(
-            launch_workers, controller.provider, controller.plan, controller.worker_contact, count, owner=f"dask-scheduler:{controller.machine_id}"
-        )
+        try:
+            launched = await asyncio.to_thread(
+                launch_workers, controller.provider, controller.plan, controller.worker_contact, count, owner=f"dask-scheduler:{controller.machine_id}"
+            )
+        except Exception as error:  # tried again later, backing off: not once per scaling decision
+            self.launch_failures += 1
+            wait = min(BACKOFF, 2.0**self.launch_failures)
+            self.paused_until = time.monotonic() + wait
+            controller.event(f"could not launch {count} worker machine(s): {error}; trying again in {format_duration(wait)}", level="warning")
+            return
+        self.launch_failures = 0
         self.machines.update({m.id: m for m in launched})
         controller.leases.add(controller.provider, [m.id for m in launched], worker_lease(controller.provider))
         first = launched[0]
@@ -130,9 +146,12 @@ class ClusterController(SchedulerPlugin):
         self.pool = MachinePool(self)
         self.events: deque[tuple[float, str]] = deque(maxlen=200)
         self.last_client = time.monotonic()
+        self.watchers: set[BatchedSend] = set()  # cluster objects holding the cluster (see handle_watch)
         self.worker_contact = ""
         self._wake = asyncio.Event()
         self._task: asyncio.Task | None = None
+        self._forwarding: logging.Handler | None = None
+        self._failing = ""  # the loop's last error, said once per streak
 
     # -- scheduler plugin hooks ----------------------------------------------------------------
     async def start(self, scheduler) -> None:
@@ -141,7 +160,11 @@ class ClusterController(SchedulerPlugin):
             prefect_remote_scale=self.handle_scale,
             prefect_remote_adapt=self.handle_adapt,
             prefect_remote_status=self.handle_status,
+            prefect_remote_watch=self.handle_watch,
         )
+        self._forwarding = _ToEvents(self, asyncio.get_running_loop())
+        for name in FORWARDED_LOGGERS:
+            logging.getLogger(name).addHandler(self._forwarding)
         me = await asyncio.to_thread(self.provider.describe, self.machine_id)
         self.worker_contact = f"tls://{me.private_address}:{self.plan.scheduler_port}"  # workers dial the scheduler inside the network
         self._task = asyncio.create_task(self._run())
@@ -159,6 +182,9 @@ class ClusterController(SchedulerPlugin):
     async def close(self) -> None:
         if self._task:
             self._task.cancel()
+        if self._forwarding is not None:
+            for name in FORWARDED_LOGGERS:
+                logging.getLogger(name).removeHandler(self._forwarding)
         if self.pool.machines:
             await self.end_workers(set(self.pool.machines), "the cluster's scheduler closed")
 
@@ -172,6 +198,22 @@ class ClusterController(SchedulerPlugin):
         self.pool.adaptive, self.pool.minimum, self.pool.maximum = True, minimum, maximum
         self.event(f"adapting between {minimum} and {maximum} worker(s)")
         self._wake.set()
+
+    async def handle_watch(self, comm) -> None:
+        """A cluster object (``RemoteCluster``) holds the cluster through this connection while it is
+        open, as a client does (so keepalive runs from when its process closes it, or dies), and the
+        cluster's events are sent to it."""
+        stream = BatchedSend(interval="50ms")
+        stream.start(comm)
+        self.watchers.add(stream)
+        try:
+            await comm.read()  # nothing is sent this way: this returns or raises once the other side is gone
+        except Exception:
+            pass
+        finally:
+            self.watchers.discard(stream)
+            self.last_client = time.monotonic()
+            stream.abort()
 
     def handle_status(self) -> dict[str, Any]:
         return {
@@ -189,6 +231,9 @@ class ClusterController(SchedulerPlugin):
         # Listing the workers is an API call on a cloud: as often as their leases are read, at most
         # once per ADAPT_INTERVAL; and whenever a request or a worker leaving wakes the loop.
         refresh_every = max(ADAPT_INTERVAL, self.provider.lease_interval / 2)
+        # Keepalive counts from now, when the scheduler accepts connections: not from when this plugin
+        # was made, which is the scheduler's whole start earlier (seconds on a busy machine).
+        self.last_client = time.monotonic()
         while True:
             try:
                 if self._keepalive_expired():
@@ -204,10 +249,13 @@ class ClusterController(SchedulerPlugin):
                         next_refresh = now + refresh_every
                     await self.pool.adapt()
                     next_adapt = now + ADAPT_INTERVAL
+                self._failing = ""
             except asyncio.CancelledError:
                 raise
             except Exception as error:  # a provider hiccup must not stop scaling or clean-up
-                self.event(f"controller error: {error!r}", level="warning")
+                if repr(error) != self._failing:  # said once while it lasts, not at every tick
+                    self._failing = repr(error)
+                    self.event(f"controller error: {error!r}", level="warning")
             try:
                 await asyncio.wait_for(self._wake.wait(), TICK)
             except asyncio.TimeoutError:
@@ -217,7 +265,7 @@ class ClusterController(SchedulerPlugin):
         """Closes the scheduler once no client has been connected for ``keepalive``."""
         clients = [c for c in self.scheduler.clients if c != "fire-and-forget"]
         now = time.monotonic()
-        if clients:
+        if clients or self.watchers:
             self.last_client = now
         gone_for = now - self.last_client
         if gone_for > self.plan.keepalive:
@@ -235,7 +283,27 @@ class ClusterController(SchedulerPlugin):
         """Written to the scheduler's machine log and sent to connected clients."""
         print(f"[prefect-remote cluster] {level}: {message}", flush=True)
         self.events.append((time.time(), message))
+        for stream in list(self.watchers):
+            try:
+                stream.send({"level": level, "message": message})
+            except CommClosedError:
+                self.watchers.discard(stream)
         try:
             self.scheduler.log_event("prefect-remote", {"level": level, "message": message})
         except Exception:
+            pass
+
+
+class _ToEvents(logging.Handler):
+    """Warnings logged on the scheduler's machine (from any thread: launches run in one) as the
+    controller's events, on its loop."""
+
+    def __init__(self, controller: ClusterController, loop: asyncio.AbstractEventLoop) -> None:
+        super().__init__(logging.WARNING)
+        self.controller, self.loop = controller, loop
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            self.loop.call_soon_threadsafe(functools.partial(self.controller.event, record.getMessage(), level="warning"))
+        except RuntimeError:  # the loop has closed
             pass

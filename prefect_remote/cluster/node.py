@@ -23,6 +23,8 @@ async def run_scheduler() -> None:
     from prefect_remote.cluster.controller import ClusterController
 
     plan = ClusterPlan.from_environ()
+    if plan.store:  # the workers' software environment is in the creator's store, not this machine's default one
+        os.environ["PREFECT_REMOTE_STORE"] = plan.store
     security = ClusterCredentials.from_json(plan.credentials).security()
     scheduler = Scheduler(
         port=plan.scheduler_port,

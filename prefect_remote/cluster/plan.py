@@ -56,6 +56,11 @@ class ClusterPlan:
     scheduler_port: int = 8786
     dashboard_port: int = 8787
     tags: dict[str, str] = field(default_factory=dict)
+    # Where the workers' software environment is (the creator's store), and how stock-image workers
+    # get the agent (the creator's AgentSource, as a dict): the scheduler's machine launches workers
+    # with them, since it has neither the creator's store settings nor a prefect-remote it could build.
+    store: str | None = None
+    agent: dict[str, Any] | None = None
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))
@@ -68,6 +73,14 @@ class ClusterPlan:
     @classmethod
     def from_environ(cls) -> ClusterPlan:
         return cls.from_json(os.environ[PLAN_ENV])
+
+    def agent_source(self):
+        """The creator's :class:`~prefect_remote.boot.AgentSource` for the workers, or None (the provider's own)."""
+        if self.agent is None:
+            return None
+        from prefect_remote.boot import AgentSource
+
+        return AgentSource(**{**self.agent, "extras": tuple(self.agent["extras"]), "bootstrap": tuple(self.agent["bootstrap"])})
 
 
 def worker_payload(plan: ClusterPlan, scheduler_address: str):
@@ -102,4 +115,4 @@ def launch_workers(provider, plan: ClusterPlan, scheduler_address: str, count: i
     wire = {**plan.worker.spec, "keepalive": worker_lease(provider), "allow_ingress_from": "none"}
     spec = MachineSpec.from_wire(wire, plan.worker.secrets)
     tags = {**plan.tags, CLUSTER_TAG: plan.name, ROLE_TAG: "worker"}
-    return provider.launch(spec, worker_payload(plan, scheduler_address), count=count, tags=tags, owner=owner)
+    return provider.launch(spec, worker_payload(plan, scheduler_address), count=count, tags=tags, owner=owner, agent=plan.agent_source())

@@ -12,6 +12,7 @@ process asking for the same cluster attaches to the running scheduler instead of
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import math
 import os
@@ -172,6 +173,8 @@ class RemoteCluster(SpecCluster):
         self.cluster_name = options.cluster_name
         self._credentials_path = get_settings().home / "clusters" / f"{self.cluster_name}.json"
         self._booting: list[str] = []  # machines this process keeps alive until the scheduler is up
+        self._watch_comm: Any = None  # this process's hold on the cluster (see _watch)
+        self._watching: asyncio.Future | None = None
         scheduler_machine, port, credentials, self.attached = self._find_or_launch()
         self.scheduler_machine = scheduler_machine
         super().__init__(
@@ -186,6 +189,13 @@ class RemoteCluster(SpecCluster):
         )
 
     # -- finding or starting the scheduler ------------------------------------------------------
+    @property
+    def dashboard_link(self) -> str:
+        """The scheduler's dashboard where this process reaches it (a cloud machine's public address,
+        which ``allow_ingress_from`` admits), not where the scheduler sees itself."""
+        machine = self.scheduler_machine
+        return f"http://{machine.public_address}:{machine.tags[DASHBOARD_TAG]}/status"
+
     def _find_or_launch(self) -> tuple[Machine, int, ClusterCredentials, bool]:
         with file_lock(self._credentials_path.with_suffix(".lock")):
             running = self.provider.list({CLUSTER_TAG: self.cluster_name, ROLE_TAG: "scheduler"})
@@ -207,7 +217,11 @@ class RemoteCluster(SpecCluster):
                 return machine, int(machine.tags[PORT_TAG]), credentials, True
             credentials = ClusterCredentials.temporary()
             credentials.save(self._credentials_path)
-            machine, port = self._launch(credentials)
+            try:
+                machine, port = self._launch(credentials)
+            except BaseException:
+                self._credentials_path.unlink(missing_ok=True)  # no cluster of this name runs
+                raise
             return machine, port, credentials, False
 
     def _plan(self, credentials: ClusterCredentials, scheduler_port: int, dashboard_port: int) -> ClusterPlan:
@@ -225,6 +239,15 @@ class RemoteCluster(SpecCluster):
             nthreads=options.nthreads(instance.cpu),
             memory_limit=instance.memory,
         )
+        # The scheduler's machine launches workers with the creator's store (where the environment
+        # is) and agent (stock-image machines can neither build prefect-remote's wheel nor store it).
+        store = agent = None
+        if spec.software:
+            from prefect_remote.software.store import open_store
+
+            store = open_store().url
+        if not self.provider.shares_host_software:
+            agent = dataclasses.asdict(self.provider.agent_source(spec))
         return ClusterPlan(
             name=self.cluster_name,
             provider=self.provider.name,
@@ -239,6 +262,8 @@ class RemoteCluster(SpecCluster):
             scheduler_port=scheduler_port,
             dashboard_port=dashboard_port,
             tags=dict(spec.tags),
+            store=store,
+            agent=agent,
         )
 
     def _launch(self, credentials: ClusterCredentials) -> tuple[Machine, int]:
@@ -254,7 +279,7 @@ class RemoteCluster(SpecCluster):
         )
         payload = BootPayload(command=[*plan.worker.command[:-1], "scheduler"], env=plan.worker.env, secrets={PLAN_ENV: plan.to_json()})
         tags = {CLUSTER_TAG: self.cluster_name, ROLE_TAG: "scheduler", PORT_TAG: str(port), DASHBOARD_TAG: str(dashboard_port)}
-        [scheduler] = self.provider.launch(scheduler_spec, payload, tags={**spec.tags, **tags}, owner=default_owner())
+        [scheduler] = self.provider.launch(scheduler_spec, payload, tags={**spec.tags, **tags}, owner=default_owner(), agent=plan.agent_source())
         # This process keeps the scheduler (and the first workers) alive while they boot; once up,
         # the scheduler renews its own lease and its workers'.
         self._booting.append(scheduler.id)
@@ -262,7 +287,11 @@ class RemoteCluster(SpecCluster):
         workers: list[Machine] = []
         if self.options.start_workers:
             contact = f"tls://{scheduler.private_address}:{port}"  # where workers reach the scheduler
-            workers = launch_workers(self.provider, plan, contact, self.options.start_workers, owner=default_owner())
+            try:
+                workers = launch_workers(self.provider, plan, contact, self.options.start_workers, owner=default_owner())
+            except BaseException:  # (no spot capacity, a quota): the scheduler launched just now must not stay
+                self._abandon("its cluster's first workers could not be launched")
+                raise
             leases.add(self.provider, [m.id for m in workers], worker_lease(self.provider))
             self._booting += [m.id for m in workers]
         logger.info(
@@ -272,9 +301,25 @@ class RemoteCluster(SpecCluster):
         )
         return scheduler, port
 
+    def _abandon(self, reason: str) -> None:
+        """Ends the machines this process launched for a cluster that failed to start (it keeps their
+        leases, so they would otherwise run as long as it does)."""
+        booting, self._booting = self._booting, []
+        leases.remove(booting)
+        try:
+            self.provider.terminate(booting, reason=reason)
+        except Exception as error:
+            logger.warning("could not end machines %s of cluster %s (%s); they end themselves after their keepalive", ", ".join(booting), self.cluster_name, error)
+
     async def _start(self) -> None:
-        await super()._start()
+        try:
+            await super()._start()
+        except BaseException:
+            await asyncio.to_thread(self._abandon, "its cluster failed to start")
+            raise
         leases.remove(self._booting)  # the scheduler's controller holds them now
+        self._booting = []
+        await self._watch()
         if self.attached:  # the cluster scales as its latest client asked
             if self.options.adaptive:
                 await self._request("prefect_remote_adapt", minimum=self.options.minimum, maximum=self.options.maximum)
@@ -282,7 +327,28 @@ class RemoteCluster(SpecCluster):
                 await self._request("prefect_remote_scale", n=self.options.minimum)
         logger.info("cluster %s is up; dashboard: %s", self.cluster_name, self.dashboard_link)
 
+    async def _watch(self) -> None:
+        """Holds the cluster from this process: the controller counts this connection as a client's
+        (keepalive runs from when it closes, whether or not a Client is connected) and sends the
+        cluster's events over it, logged here on the ``prefect_remote.cluster`` logger."""
+        comm = self._watch_comm = await self.scheduler_comm.live_comm()
+        await comm.write({"op": "prefect_remote_watch", "reply": False})
+
+        async def log_events() -> None:
+            try:
+                while True:
+                    for event in await comm.read():
+                        logger.log(logging.WARNING if event.get("level") == "warning" else logging.INFO, "%s", event.get("message"))
+            except OSError:  # closed: by close(), or the scheduler is gone
+                pass
+
+        self._watching = asyncio.ensure_future(log_events())
+
     async def _close(self) -> None:
+        if self._watch_comm is not None:
+            await self._watch_comm.close()
+            await self._watching
+            self._watch_comm = self._watching = None
         await super()._close()
         if self.shutdown_scheduler:
             await asyncio.to_thread(self._forget_credentials)

@@ -299,9 +299,12 @@ class Provider(ABC):
         count: int = 1,
         tags: Mapping[str, str] | None = None,
         owner: str | None = None,
+        agent: AgentSource | None = None,
     ) -> list[Machine]:
         """Start ``count`` machines that boot and run ``payload``. Everything is validated, and the
-        boot script made, before any machine starts; a launch that fails starts none.
+        boot script made, before any machine starts; a launch that fails starts none. ``agent`` is
+        how stock-image machines get the agent (default: :meth:`agent_source`, this launcher's
+        prefect-remote); a cluster's scheduler passes the one its creator chose.
 
         Example::
 
@@ -323,7 +326,7 @@ class Provider(ABC):
         if self.shares_host_software:
             boot_script = render_boot_script(config, python=self.boot_python())
         else:
-            boot_script = render_boot_script(config, agent=self.agent_source(spec), halt=self.halt_command)
+            boot_script = render_boot_script(config, agent=agent or self.agent_source(spec), halt=self.halt_command)
         size = len(boot_script.encode())
         if size > self.max_boot_script:
             raise ValueError(

@@ -190,7 +190,10 @@ def check_request(catalog: Sequence[InstanceType], spec: MachineSpec, region: st
     if spec.gpu:
         with_gpus = [item for item in catalog if item.gpu]
         if not with_gpus:
-            raise CapacityError(f"no GPU instance type in region {region}; GPU regions include {', '.join(gpu_regions())}")
+            raise CapacityError(
+                f"no GPU instance type in region {region}; GPU regions include {', '.join(gpu_regions())}: launch in one of them "
+                "(set AWS_DEFAULT_REGION, or the aws provider's region option)"
+            )
         if spec.gpu.type and not any(spec.gpu.type in (item.gpu_type or "") for item in with_gpus):
             offered = sorted({item.gpu_type for item in with_gpus if item.gpu_type})
             raise CapacityError(f"gpu={spec.gpu.type!r}: no such GPU in region {region}; GPUs there: {', '.join(offered)}")

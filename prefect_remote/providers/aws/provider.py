@@ -279,9 +279,17 @@ class AWSProvider(Provider):
         except ValidationError as error:
             raise ValueError("; ".join(e["msg"].removeprefix("Value error, ") for e in error.errors())) from None
         self.lease_interval = self.options.lease_interval
-        self._session = session
+        self._session: Any = session
         self._swept = False  # sweep_secrets, once per provider
         self._clients: dict[str, BaseClient] = {}
+
+    def __getstate__(self) -> dict[str, Any]:
+        # boto3's session and clients do not pickle (a flow sends its task runner, and so this
+        # provider, with every task): they are made again on first use.
+        return {key: value for key, value in self.__dict__.items() if key not in ("_session", "_clients")}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state, _session=None, _clients={})
 
     @property
     def region(self) -> str:
@@ -292,6 +300,8 @@ class AWSProvider(Provider):
         if service not in self._clients:
             from botocore.config import Config
 
+            if self._session is None:  # unpickled
+                self._session = _boto3().session.Session()
             config = Config(retries={"mode": "standard", "max_attempts": 5}, connect_timeout=10, read_timeout=60)
             self._clients[service] = self._session.client(service, region_name=self.region, config=config)
         return self._clients[service]

@@ -94,7 +94,8 @@ def test_architecture_and_vm_type_must_agree(catalog):
 def test_gpu_in_a_region_without_gpus(catalog):
     cpu_only = [item for item in catalog if not item.gpu]
     regions = "ap-southeast-1, eu-central-1, eu-west-1, us-east-1, us-east-2, us-west-2"
-    with pytest.raises(CapacityError, match=rf"no GPU instance type in region eu-south-2; GPU regions include {regions}$"):
+    fix = r"launch in one of them \(set AWS_DEFAULT_REGION, or the aws provider's region option\)"
+    with pytest.raises(CapacityError, match=rf"no GPU instance type in region eu-south-2; GPU regions include {regions}: {fix}$"):
         check_request(cpu_only, MachineSpec(gpu=1), "eu-south-2")
     check_request(cpu_only, MachineSpec(cpu=2), "eu-south-2")  # CPU-only requests are fine there
 
