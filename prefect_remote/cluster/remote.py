@@ -268,7 +268,7 @@ class RemoteCluster(SpecCluster):
 
     def _launch(self, credentials: ClusterCredentials) -> tuple[Machine, int]:
         spec = self.options.spec
-        port, dashboard_port = free_port(), free_port()
+        port, dashboard_port = self.provider.dask_ports or (free_port(), free_port())
         plan = self._plan(credentials, port, dashboard_port)
         scheduler_spec = MachineSpec(
             software=spec.software,

@@ -287,6 +287,9 @@ class Provider(ABC):
     # (installed into the agent's environment, at the versions installed here).
     agent_extras: ClassVar[tuple[str, ...]] = ()
     agent_requirements: ClassVar[tuple[str, ...]] = ()
+    # The ports a cluster's scheduler and dashboard listen on, which a cloud's firewall admits from
+    # ``allow_ingress_from``; None: any free ports (machines on this host).
+    dask_ports: ClassVar[tuple[int, int] | None] = None
     # A shell command that ends the machine, run when its boot fails before the agent can.
     halt_command: ClassVar[str] = "true"
 

@@ -57,8 +57,10 @@ CHECKIP_URL = "https://checkip.amazonaws.com"
 # What EC2 answers when spot capacity is short: spot_with_fallback launches on-demand instead.
 SPOT_CAPACITY_ERRORS = {"InsufficientInstanceCapacity", "SpotMaxPriceTooLow", "MaxSpotInstanceCountExceeded", "UnfulfillableCapacity"}
 SPOT_OPTIONS = {"MarketType": "spot", "SpotOptions": {"SpotInstanceType": "one-time", "InstanceInterruptionBehavior": "terminate"}}
-STATES: dict[str, Literal["pending", "running", "terminated"]] = {"pending": "pending", "running": "running"}  # the rest have ended
-ENDED_STATES = ("shutting-down", "terminated")
+# EC2's states as a machine's; the rest have ended. A shutting-down instance still runs its processes
+# (a flow run's engine may still report its state): it has not ended until it is terminated.
+STATES: dict[str, Literal["pending", "running", "terminated"]] = {"pending": "pending", "running": "running", "shutting-down": "running"}
+ENDED_STATES = ("shutting-down", "terminated")  # terminating these again is moot
 _INSTANCE_ID = re.compile(r"i-[0-9a-f]{8,17}")
 # Instance tags served by the metadata service may only use these characters (EC2 refuses others
 # once InstanceMetadataTags is enabled).
@@ -240,6 +242,7 @@ class AWSProvider(Provider):
     runtime = "prefect_remote.providers.aws.runtime:EC2Runtime"
     lease_interval = 30.0  # a metadata read is cheap, but a lease tag reaches IMDS only after a delay
     max_boot_script = 16 * 1024  # EC2's user-data limit
+    dask_ports = DASK_PORTS  # what the ingress security group admits
     agent_extras = ("aws",)
     agent_requirements = ("boto3",)  # the machine side reads SSM, tags and ends itself, and ships its log
     # Only on a real instance (the link-local metadata service), as EC2Runtime.halt: a sandbox's
@@ -652,7 +655,7 @@ class AWSProvider(Provider):
 
     def _forget_ended_launches(self, launch_ids: set[str]) -> None:
         """Deletes the secrets of those launches no instance of which is left (one describe call)."""
-        alive_states = [*STATES, "stopping", "stopped"]
+        alive_states = ["pending", "running", "stopping", "stopped"]  # (a shutting-down machine reads no more secrets)
         filters = [{"Name": f"tag:{LAUNCH_TAG}", "Values": sorted(launch_ids)}, {"Name": "instance-state-name", "Values": alive_states}]
         alive = {t["Value"] for i in self._instances(Filters=filters) for t in i.get("Tags", []) if t["Key"] == LAUNCH_TAG}
         for launch_id in sorted(launch_ids - alive):
