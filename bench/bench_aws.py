@@ -69,12 +69,12 @@ def boot_phases(aws, provider, software: str, marker: Path) -> dict[str, float]:
     return phases
 
 
-def local_launch(marker: Path) -> float:
+def local_launch(marker: Path, home: Path) -> float:
     from prefect_remote.providers.base import BootPayload
     from prefect_remote.providers.local import LocalProvider
     from prefect_remote.spec import MachineSpec
 
-    provider = LocalProvider(tempfile.mkdtemp(prefix="prefect-remote-bench-local-"))
+    provider = LocalProvider(home)
     marker.unlink(missing_ok=True)
     started = time.time()
     [machine] = provider.launch(MachineSpec(cpu=1), BootPayload(["python", "-c", f"open({str(marker)!r}, 'w').close()"]))
@@ -134,7 +134,7 @@ def main() -> list[str]:
             software = capture_environment(root=project).name
             provider = AWSProvider()
             marker = scratch / "payload-ran"
-            baseline = min(local_launch(marker) for _ in range(3))
+            baseline = min(local_launch(marker, scratch / "local") for _ in range(3))
             cold = boot_phases(aws, provider, software, marker)
             warm = [boot_phases(aws, provider, software, marker) for _ in range(3)]
             best = min(warm, key=lambda phases: phases["total"])

@@ -38,8 +38,8 @@ def aws(
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: stop.set())
     sandbox = SandboxAWS(port=port, region=region, home=get_settings().home / "sandbox" / "aws", expose=tuple(expose or (4200,)))
+    sandbox.start()  # (a failure to start says why, and leaves nothing to end)
     try:
-        sandbox.start()
         for name, value in sandbox.exports().items():
             print(f"export {name}={shlex.quote(value)}", flush=True)
         print(f"# instances reach this host at {sandbox.sandbox_host} (http://{sandbox.sandbox_host}:4200/api)", flush=True)

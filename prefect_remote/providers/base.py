@@ -26,6 +26,7 @@ from prefect_remote.errors import CapabilityError, CapacityError
 from prefect_remote.units import format_duration, format_size
 
 if TYPE_CHECKING:
+    from prefect_remote.software.store import Store
     from prefect_remote.spec import MachineSpec
 
 MachineState = Literal["pending", "running", "terminated"]
@@ -371,9 +372,8 @@ class Provider(ABC):
         if spec.software is None:
             return None
         from prefect_remote.software.rebuild import load_spec
-        from prefect_remote.software.store import open_store
 
-        store = open_store()
+        store = self.machine_store()
         load_spec(store, spec.software)
         return {"name": spec.software, "store": store.url, **self.software_options()}
 
@@ -416,11 +416,22 @@ class Provider(ABC):
         """Where a stock-image machine gets the agent: prefect-remote at this version, with its
         dependencies when the payload runs in the agent's environment (no software environment)."""
         from prefect_remote.software.agent_source import agent_source
-        from prefect_remote.software.store import open_store
 
-        return agent_source(
-            open_store(), extras=self.agent_extras, requirements=self.agent_requirements, full=spec.software is None, provider=self.name
-        )
+        return agent_source(self.machine_store, extras=self.agent_extras, requirements=self.agent_requirements, full=spec.software is None)
+
+    def machine_store(self) -> Store:
+        """The configured store, which this provider's machines read: a folder on this computer only
+        where they share this host's files."""
+        from prefect_remote.software.store import LocalStore, open_store
+
+        store = open_store()
+        if isinstance(store, LocalStore) and not self.shares_host_software:
+            raise CapabilityError(
+                f"the store is this computer's folder {store.url}, which {self.name} machines cannot read; "
+                "set PREFECT_REMOTE_STORE to a bucket they can (s3://bucket/prefix on aws; "
+                "`prefect work-pool create --type remote:push --provision-infra` makes one)"
+            )
+        return store
 
     # -- client side -------------------------------------------------------------------------
     @abstractmethod

@@ -2,7 +2,7 @@
 version, else a wheel of the launcher's own source put in the store (built once per state of the
 source, stored by content).
 
->>> source = agent_source(open_store(), extras=("aws",), requirements=("boto3",), full=False)  # doctest: +SKIP
+>>> source = agent_source(provider.machine_store, extras=("aws",), requirements=("boto3",), full=False)  # doctest: +SKIP
 >>> source.requirement  # doctest: +SKIP
 'prefect-remote[aws]==0.1.0'
 """
@@ -11,25 +11,21 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from functools import lru_cache
 from importlib import metadata
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
 from prefect_remote.boot import AgentSource
-from prefect_remote.errors import RemoteError
-from prefect_remote.software.store import LocalStore, Store
+from prefect_remote.software.store import Store
 
 DISTRIBUTION = "prefect-remote"
 
 
-class AgentSourceError(RemoteError):
-    """The agent cannot be given to the machines (an unreleased version and a store they cannot read)."""
-
-
-def agent_source(store: Store, *, extras: Sequence[str], requirements: Sequence[str], full: bool, provider: str = "cloud") -> AgentSource:
-    """The :class:`AgentSource` for this launcher's prefect-remote. ``requirements`` (what the
+def agent_source(store: Callable[[], Store], *, extras: Sequence[str], requirements: Sequence[str], full: bool) -> AgentSource:
+    """The :class:`AgentSource` for this launcher's prefect-remote; ``store`` gives the store the
+    machines read (asked for only when the version is not released). ``requirements`` (what the
     machine runtime imports, e.g. boto3) are pinned to the versions installed here when they are."""
     python = f"{sys.version_info.major}.{sys.version_info.minor}"
     pinned = tuple(_pinned(name) for name in requirements)
@@ -37,15 +33,10 @@ def agent_source(store: Store, *, extras: Sequence[str], requirements: Sequence[
     extra = f"[{','.join(extras)}]" if extras else ""
     if source is None:
         return AgentSource(f"{DISTRIBUTION}{extra}=={version}", python=python, full=full, extras=tuple(extras), bootstrap=pinned)
-    if isinstance(store, LocalStore):
-        raise AgentSourceError(
-            f"prefect-remote {version} here is not a released version (installed from {source}), so {provider} machines "
-            f"get it as a wheel from the store, but the store is this computer's folder {store.url}, which they cannot read. "
-            "Set PREFECT_REMOTE_STORE to a bucket (s3://bucket/prefix on aws), or install a released prefect-remote"
-        )
-    wheel, digest = _stored_wheel(store.url, str(source))
+    url = store().url
+    wheel, digest = _stored_wheel(url, str(source))
     return AgentSource(
-        f"{DISTRIBUTION}{extra} ({wheel})", python=python, full=full, extras=tuple(extras), bootstrap=pinned, wheel=wheel, digest=digest, store=store.url
+        f"{DISTRIBUTION}{extra} ({wheel})", python=python, full=full, extras=tuple(extras), bootstrap=pinned, wheel=wheel, digest=digest, store=url
     )
 
 

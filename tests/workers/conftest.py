@@ -36,6 +36,27 @@ FLOWS = textwrap.dedent(
 )
 
 
+def prefect_yaml(project: str, pool: str, deployments: dict[str, tuple[str, dict]]) -> str:
+    """A prefect.yaml as users write it: the package-sync build step, the project folder as the working
+    directory, and ``deployments`` (name -> (entrypoint, job variables)) on ``pool``, on the synced software."""
+    import yaml
+
+    return yaml.safe_dump(
+        {
+            "name": project,
+            "prefect-version": "3.8.8",
+            "build": [{"prefect_remote.deployments.steps.build_package_sync_senv": {"id": "senv", "check": False}}],
+            "push": None,
+            "pull": [{"prefect.deployments.steps.set_working_directory": {"directory": "."}}],
+            "deployments": [
+                {"name": name, "entrypoint": entrypoint, "work_pool": {"name": pool, "job_variables": {"software": "{{ senv.name }}", **variables}}}
+                for name, (entrypoint, variables) in deployments.items()
+            ],
+        },
+        sort_keys=False,
+    )
+
+
 def prefect_cli(api_url: str, *args: str, cwd: Path | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
     env = {**os.environ, "PREFECT_API_URL": api_url, "PREFECT_HOME": str(SESSION_HOME / "prefect-cli"), "COLUMNS": "200"}
     return subprocess.run(

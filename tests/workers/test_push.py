@@ -9,29 +9,9 @@ from prefect.states import Cancelling
 
 from prefect_remote.providers.local import LocalProvider
 from tests.conftest import wait_for
-from tests.workers.conftest import deploy, logged, prefect_cli, run_logs, wait_final
+from tests.workers.conftest import deploy, logged, prefect_cli, prefect_yaml, run_logs, wait_final
 
-PREFECT_YAML = """
-name: test-project
-prefect-version: 3.8.8
-build:
-  - prefect_remote.deployments.steps.build_package_sync_senv:
-      id: senv
-      check: false
-push: null
-pull:
-  - prefect.deployments.steps.set_working_directory:
-      directory: "."
-deployments:
-  - name: synced
-    entrypoint: flows.py:hello
-    work_pool:
-      name: test-push
-      job_variables:
-        software: '{{ senv.name }}'
-        cpu: 1
-        memory: "2 GiB"
-"""
+PREFECT_YAML = prefect_yaml("test-project", "test-push", {"synced": ("flows.py:hello", {"cpu": 1, "memory": "2 GiB"})})
 
 
 def test_cli_path_provision_deploy_run_with_no_worker(prefect_server, push_pool, project, api):

@@ -19,36 +19,10 @@ import pytest
 from prefect.states import Cancelling
 
 from tests.conftest import SESSION_HOME, wait_for
-from tests.workers.conftest import FLOWS, logged, run_logs, wait_final
+from tests.workers.conftest import FLOWS, logged, prefect_yaml, run_logs, wait_final
 
 POOL = "test-push-aws"
-PREFECT_YAML = f"""
-name: aws-project
-prefect-version: 3.8.8
-build:
-  - prefect_remote.deployments.steps.build_package_sync_senv:
-      id: senv
-      check: false
-push: null
-pull:
-  - prefect.deployments.steps.set_working_directory:
-      directory: "."
-deployments:
-  - name: on-ec2
-    entrypoint: flows.py:hello
-    work_pool:
-      name: {POOL}
-      job_variables:
-        software: '{{{{ senv.name }}}}'
-        cpu: 2
-  - name: sleeping-on-ec2
-    entrypoint: flows.py:sleeper
-    work_pool:
-      name: {POOL}
-      job_variables:
-        software: '{{{{ senv.name }}}}'
-        cpu: 2
-"""
+PREFECT_YAML = prefect_yaml("aws-project", POOL, {"on-ec2": ("flows.py:hello", {"cpu": 2}), "sleeping-on-ec2": ("flows.py:sleeper", {"cpu": 2})})
 
 
 @pytest.fixture(scope="module")
@@ -79,6 +53,7 @@ def aws_shell(prefect_server, aws_sandbox, tmp_path_factory) -> dict[str, str]:
         except subprocess.TimeoutExpired:
             serve.kill()
             serve.wait()
+        log.close()
 
 
 @pytest.fixture(scope="module")

@@ -450,3 +450,14 @@ def test_secrets_of_launches_whose_owner_died_are_swept(provider, ssm):
     assert "launch-0123456789ab" in swept
     names = {p["Name"] for p in ssm.get_parameters_by_path(Path="/prefect-remote")["Parameters"]}
     assert "/prefect-remote/launch-0123456789ab" not in names and f"/prefect-remote/{alive_launch}" in names
+
+
+def test_a_store_on_this_computer_is_refused_before_anything_starts(provider, monkeypatch, tmp_path):
+    from prefect_remote.errors import CapabilityError
+
+    monkeypatch.setenv("PREFECT_REMOTE_STORE", str(tmp_path / "store"))
+    before = provider.list(include_terminated=True)
+    # This checkout is not a released prefect-remote: its machines would need its wheel from the store.
+    with pytest.raises(CapabilityError, match="which aws machines cannot read; set PREFECT_REMOTE_STORE to a bucket"):
+        launch(provider, cpu=1)
+    assert provider.list(include_terminated=True) == before
