@@ -22,12 +22,12 @@ def test_cli_path_provision_deploy_run_with_no_worker(prefect_server, push_pool,
     assert deployed.returncode == 0, deployed.stdout + deployed.stderr
     assert "Software environment senv-" in deployed.stdout
     ran = prefect_cli(prefect_server, "deployment", "run", "hello/synced", "--watch", "--watch-timeout", "240", cwd=project)
-    assert ran.returncode == 0 and "Completed" in ran.stdout, ran.stdout + ran.stderr
     deployment = api.read_deployment_by_name("hello/synced")
     [flow_run] = [r for r in api.read_flow_runs() if r.deployment_id == deployment.id]
+    logs = "\n".join(run_logs(api, flow_run.id))
+    assert ran.returncode == 0 and "Completed" in ran.stdout, ran.stdout + ran.stderr + logs
     assert flow_run.state_name == "Completed"
     assert flow_run.labels["prefect.worker.name"].startswith("prefect-remote push (test-push)")  # the in-server service
-    logs = "\n".join(run_logs(api, flow_run.id))
     assert "hello from the flow" in logs  # printed by the flow
     assert "booting machine" in logs and "software environment senv-" in logs  # the machine's boot, rebuilt env
     assert f"Machine {flow_run.infrastructure_pid} launched on local" in logs
