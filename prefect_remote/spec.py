@@ -100,6 +100,9 @@ class MachineSpec(BaseModel):
 
     ``software`` names a package-synced environment (``senv-…``) the machine rebuilds and runs its
     payload in; ``None`` means the provider's default (the launcher's interpreter, locally).
+    ``container`` is an image the payload runs in, on providers that run containers (Cloud Run).
+    ``inbound`` says the machine accepts connections from other machines (a Dask scheduler or
+    worker, a server): a provider whose machines cannot (Cloud Run jobs) uses one that can, or refuses.
 
     Example::
 
@@ -123,6 +126,8 @@ class MachineSpec(BaseModel):
     tags: dict[str, str] = {}
     environ: dict[str, str | SecretStr] = {}
     software: str | None = None
+    container: str | None = None
+    inbound: bool = False
 
     @model_validator(mode="before")
     @classmethod

@@ -125,7 +125,8 @@ class ClusterOptions:
             raise ClusterOptionError("keepalive=None: a cluster needs a keepalive (how long it outlives its last client), e.g. '30 seconds'")
         if start_workers is not None and (not isinstance(start_workers, int) or start_workers < 0):
             raise ClusterOptionError(f"start_workers={start_workers!r}: expected 0 or more workers")
-        machine_spec = as_spec(spec, keepalive=keepalive, idle_timeout=idle_timeout, **spec_fields)
+        # A cluster's machines accept connections from each other (workers dial the scheduler and their peers).
+        machine_spec = as_spec(spec, keepalive=keepalive, idle_timeout=idle_timeout, **spec_fields).model_copy(update={"inbound": True})
         ignore = check_package_sync(package_sync, package_sync_ignore, machine_spec.software)
         if machine_spec.timeout:
             raise ClusterOptionError("timeout: a cluster's machines have no maximum run time; use idle_timeout and keepalive")

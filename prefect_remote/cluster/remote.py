@@ -275,6 +275,7 @@ class RemoteCluster(SpecCluster):
             region=spec.region,
             tags=spec.tags,
             allow_ingress_from=spec.allow_ingress_from,
+            inbound=True,
             keepalive=plan.keepalive + KEEPALIVE_BACKSTOP,
         )
         payload = BootPayload(command=[*plan.worker.command[:-1], "scheduler"], env=plan.worker.env, secrets={PLAN_ENV: plan.to_json()})

@@ -23,6 +23,7 @@ ENTRY_POINT_GROUP = "prefect_remote.providers"
 BUILTIN_PROVIDERS = {
     "local": "prefect_remote.providers.local:LocalProvider",
     "aws": "prefect_remote.providers.aws.provider:AWSProvider",
+    "gcp": "prefect_remote.providers.gcp.provider:GCPProvider",
 }
 
 

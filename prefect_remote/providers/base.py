@@ -380,6 +380,13 @@ class Provider(ABC):
     def check_spec(self, spec: MachineSpec) -> None:
         """Refuses a spec this provider can never serve (its capabilities, its lease timing), before
         anything starts. :meth:`launch` calls it; clusters call it when they are configured."""
+        if spec.container and not self.capabilities.containers:
+            raise capability_error(
+                self.name, "containers", f"container={spec.container!r} needs",
+                "remove it, or use software='{{ senv.name }}' (package sync) or a provider that runs containers",
+            )
+        if spec.inbound and not self.capabilities.inbound_connections:
+            raise capability_error(self.name, "inbound_connections", "inbound=True needs", "use a provider whose machines accept connections")
         if spec.gpu and not self.capabilities.gpus:
             raise capability_error(self.name, "gpus", f"gpu={spec.gpu.count} needs", "drop gpu, or use a provider that offers GPUs")
         lifetime = self.capabilities.max_lifetime

@@ -9,7 +9,7 @@ says what to fix, before any machine starts.
 from __future__ import annotations
 
 import shlex
-from typing import Any, Optional, Union
+from typing import Any, Literal, Optional, Union
 
 from prefect.blocks.core import Block
 from prefect.workers.base import BaseJobConfiguration, BaseVariables
@@ -17,7 +17,7 @@ from pydantic import BaseModel, Field, ValidationError
 
 from prefect_remote.errors import RemoteError
 from prefect_remote.providers import get_provider
-from prefect_remote.providers.base import BootPayload, Provider, capability_error
+from prefect_remote.providers.base import BootPayload, Provider
 from prefect_remote.spec import MachineSpec, SpotPolicy
 
 # Settings that belong to the API server, not to a flow run on a machine.
@@ -44,10 +44,10 @@ class RemoteProviderCredentials(Block):
     # Recorded, not a provider option: the launcher finds its store in PREFECT_REMOTE_STORE.
     store: Optional[str] = Field(default=None, description="The software environments store provisioned for this pool, e.g. s3://bucket/prefix.")
 
-    def get_provider(self) -> Provider:
-        """The provider, made with ``options`` and the option fields above that are set."""
+    def get_provider(self, **overrides: Any) -> Provider:
+        """The provider, made with ``options``, the option fields above that are set, and ``overrides``."""
         fields = {name: getattr(self, name) for name in ("region", "instance_profile", "log_group") if getattr(self, name) is not None}
-        return get_provider(self.provider, **{**self.options, **fields})
+        return get_provider(self.provider, **{**self.options, **fields, **overrides})
 
 
 class MachineJobFields(BaseModel):
@@ -70,11 +70,15 @@ class MachineJobFields(BaseModel):
     tags: dict[str, str] = Field(default_factory=dict, title="Tags", description="Tags on the machine, to find it and account for it.")
     allow_ingress_from: Optional[str] = Field(default=None, title="Allow ingress from", description="Who may connect to the machine: 'me', 'everyone' or a CIDR.")
     software: Optional[str] = Field(default=None, title="Software environment", description="senv-… from the build_package_sync_senv deploy step: '{{ senv.name }}'.")
-    container: Optional[str] = Field(default=None, title="Container image", description="Image to run in (cloud providers only).")
+    container: Optional[str] = Field(default=None, title="Container image", description="Image to run in (providers that run containers: gcp's Cloud Run).")
+    gcp_service: Optional[Literal["auto", "cloud-run", "compute"]] = Field(
+        default=None, title="GCP service",
+        description="gcp: run the flow on Cloud Run or on a Compute Engine VM. Default 'auto': Cloud Run unless the spec needs a VM.",
+    )
     credentials: Optional[RemoteProviderCredentials] = Field(default=None, title="Provider credentials", description="Block naming the provider and its options.")
 
 
-SPEC_FIELDS = tuple(name for name in MachineJobFields.model_fields if name not in ("provider", "container", "credentials"))
+SPEC_FIELDS = tuple(name for name in MachineJobFields.model_fields if name not in ("provider", "credentials", "gcp_service"))
 
 
 class RemoteJobVariables(BaseVariables, MachineJobFields):
@@ -94,9 +98,10 @@ class RemoteJobConfiguration(BaseJobConfiguration, MachineJobFields):
         self.env = {k: v for k, v in self.env.items() if k in chosen or not k.startswith(SERVER_ONLY_PREFIXES)}
 
     def provider_instance(self) -> Provider:
+        options = {"service": self.gcp_service} if self.gcp_service else {}  # a provider that takes no such option says so
         if self.credentials is not None and self.provider in (None, "", self.credentials.provider):
-            return self.credentials.get_provider()
-        return get_provider(self.provider)
+            return self.credentials.get_provider(**options)
+        return get_provider(self.provider, **options)
 
     def machine_spec(self) -> MachineSpec:
         values = {key: getattr(self, key) for key in SPEC_FIELDS}
@@ -120,9 +125,6 @@ class RemoteJobConfiguration(BaseJobConfiguration, MachineJobFields):
             command = shlex.split(self.command or "python -m prefect.engine")
         except ValueError as error:
             problems.append(f"command={self.command!r}: {error}")
-        if self.container and provider is not None and not provider.capabilities.containers:
-            instead = "remove it, or use software='{{ senv.name }}' (package sync) or a provider that runs containers"
-            problems.append(str(capability_error(provider.name, "containers", f"container={self.container!r} needs", instead)))
         if spec is not None and provider is not None:
             try:
                 provider.check_spec(spec)  # what the provider can never do (GPUs, lifetime, lease timing)

@@ -92,7 +92,7 @@ def test_a_provider_without_inbound_connections_is_refused_before_anything_start
     before = machine_folders()
     message = (
         "provider 'no-inbound' does not accept inbound connections between machines, which a Dask cluster "
-        "needs (its workers connect to its scheduler); use a provider that does: aws, local"
+        "needs (its workers connect to its scheduler); use a provider that does: aws, gcp, local"
     )
     with pytest.raises(CapabilityError, match=re.escape(message)):
         prefect_remote.RemoteCluster(n_workers=1, provider=NoInbound(isolation="process"))

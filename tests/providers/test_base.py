@@ -82,6 +82,15 @@ def test_capabilities_and_lease_timing_are_checked_before_anything_starts():
     with pytest.raises(ValueError, match="keepalive=10s: short-lived machines read their lease every 20s"):
         ShortLived(isolation="process").check_spec(MachineSpec(keepalive=10))
     ShortLived(isolation="process").check_spec(MachineSpec(timeout="1 hour", keepalive=20))
+    with pytest.raises(CapabilityError, match="provider 'local' does not run containers, which container='python:3.11-slim' needs"):
+        LocalProvider(isolation="process").check_spec(MachineSpec(container="python:3.11-slim"))
+
+    class Closed(LocalProvider):
+        name = "closed"
+        capabilities = Capabilities(inbound_connections=False)
+
+    with pytest.raises(CapabilityError, match="provider 'closed' does not accept inbound connections between machines, which inbound=True needs"):
+        Closed(isolation="process").check_spec(MachineSpec(inbound=True))
 
 
 def test_require_names_what_needs_the_capability_and_who_has_it():
@@ -90,7 +99,7 @@ def test_require_names_what_needs_the_capability_and_who_has_it():
         capabilities = Capabilities(inbound_connections=False)
 
     require(LocalProvider(), "inbound_connections", "a Dask cluster needs")
-    with pytest.raises(CapabilityError, match="provider 'closed' does not accept inbound connections between machines, which a Dask cluster needs; use a provider that does: aws, local"):
+    with pytest.raises(CapabilityError, match="provider 'closed' does not accept inbound connections between machines, which a Dask cluster needs; use a provider that does: aws, gcp, local"):
         require(Closed(), "inbound_connections", "a Dask cluster needs")
-    with pytest.raises(CapabilityError, match="'local' does not run containers, which container='img' needs; no installed provider does"):
+    with pytest.raises(CapabilityError, match="'local' does not run containers, which container='img' needs; use a provider that does: gcp"):
         require(LocalProvider(), "containers", "container='img' needs")

@@ -1,0 +1,274 @@
+"""``provider="gcp"``: one provider name, two Google Cloud services behind it.
+
+Cloud Run job tasks accept no inbound connections, so a machine that must (a Dask scheduler or
+worker: ``spec.inbound``) or that Cloud Run cannot shape (over 8 vCPU / 32 GiB, a GPU other than L4,
+longer than Cloud Run runs) is a Compute Engine VM; any other machine (a flow run) is a Cloud Run job
+execution. Each service declares what it can do (:class:`GCPService`); the choice reads those
+declarations, never a name, and is logged with its reason.
+
+What both services share lives here: the clients, the secret channel (Secret Manager), leases and
+end records (objects in the gs:// store, renewed in one batch call), logs (Cloud Logging) and the
+machine-side runtime. A machine id says its service: ``run-…`` (a Cloud Run job, run once) or
+``vm-…`` (a Compute Engine instance).
+
+>>> provider = GCPProvider(project="my-project", region="us-central1")              # doctest: +SKIP
+>>> [machine] = provider.launch(MachineSpec(cpu=2, memory="8 GiB"), BootPayload(["python", "flow.py"]))  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from abc import ABC, abstractmethod
+from collections.abc import Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from prefect_remote.errors import MachineNotFound
+from prefect_remote.providers.base import (
+    Capabilities,
+    InstanceType,
+    Launch,
+    LogChunk,
+    Machine,
+    Provider,
+    pick_instance_type,
+)
+from prefect_remote.providers.gcp.options import GCPOptions
+
+if TYPE_CHECKING:
+    from prefect_remote.providers.gcp.clients import GoogleClients
+    from prefect_remote.providers.gcp.records import MachineRecords
+    from prefect_remote.spec import MachineSpec
+
+logger = logging.getLogger(__name__)
+
+INSTALL_HINT = "pip install 'prefect-remote[gcp]'"
+DASK_PORTS = (8786, 8787)  # scheduler, dashboard: what the firewall rule admits from allow_ingress_from
+LABEL_PREFIX = "prefect-remote-"  # GCP labels: lowercase, [a-z0-9_-], 63 characters
+
+
+class GCPService(ABC):
+    """One way Google Cloud runs a machine. A service writes only what differs: whether it can serve
+    a spec (``unfit``), its shapes, starting machines, reading them back and ending them."""
+
+    name: ClassVar[str]  # "Cloud Run", "Compute Engine": for logs and errors
+    id_prefix: ClassVar[str]  # machine ids of this service start with it: "run-", "vm-"
+    capabilities: ClassVar[Capabilities]
+
+    def __init__(self, provider: GCPProvider) -> None:
+        self.provider = provider
+
+    @property
+    def options(self) -> GCPOptions:
+        return self.provider.options
+
+    @property
+    def clients(self) -> GoogleClients:
+        return self.provider.clients
+
+    @abstractmethod
+    def unfit(self, spec: MachineSpec) -> str | None:
+        """Why this service cannot run ``spec`` (``"12 CPUs exceeds Cloud Run's 8"``), or None if it can."""
+
+    @abstractmethod
+    def instance_types(self) -> Sequence[InstanceType]:
+        """The shapes it offers, priced."""
+
+    def choose_instance_type(self, spec: MachineSpec) -> InstanceType:
+        return pick_instance_type(f"gcp ({self.name})", self.instance_types(), spec)
+
+    @abstractmethod
+    def start(self, launch: Launch, machine_ids: Sequence[str]) -> list[Machine]:
+        """Starts one machine per id in ``machine_ids`` (made by the provider with ``id_prefix``),
+        running ``launch.boot_script``, labelled with the launch's tags and owner. The provider has
+        already written their records (fresh leases) and secrets. Starts none if it raises."""
+
+    @abstractmethod
+    def machines(self, machine_ids: Sequence[str] | None = None, labels: Mapping[str, str] | None = None) -> list[Machine]:
+        """The machines of this service with these ids (None: all) whose labels include ``labels``,
+        as the cloud has them now (ended ones it still shows included). Unknown ids are left out."""
+
+    @abstractmethod
+    def terminate(self, machine_ids: Sequence[str], reason: str) -> None:
+        """Ends these machines (already-ended or unknown ones are fine)."""
+
+    def runtime_options(self) -> dict[str, Any]:
+        """Extra, non-secret options for the machine side."""
+        return {}
+
+
+class GCPProvider(Provider):
+    """Machines on Google Cloud: Cloud Run job executions, or Compute Engine VMs where a spec needs one."""
+
+    name = "gcp"
+    # The union of its services': a request only one service meets goes to that one.
+    capabilities = Capabilities(inbound_connections=True, terminate_one=True, containers=True, gpus=True, max_lifetime=None)
+    runtime = "prefect_remote.providers.gcp.runtime:GCPRuntime"
+    max_boot_script = 32 * 1024  # Cloud Run container args; Compute Engine metadata takes 256 KiB
+    agent_extras = ("gcp",)
+    agent_requirements = ("google-cloud-storage", "google-cloud-secret-manager", "google-cloud-logging", "google-cloud-compute")
+    dask_ports = DASK_PORTS
+    # A failed boot ends the VM (a Cloud Run task ends when its script does); never the host a
+    # sandbox runs the machine on, which points its metadata server elsewhere.
+    halt_command = '[ -n "${CLOUD_RUN_JOB:-}${GCE_METADATA_HOST:-}" ] || shutdown -h now'
+
+    def __init__(self, **options: Any) -> None:
+        self.options = GCPOptions(**options)
+        self.lease_interval = self.options.lease_interval
+        self._services: dict[str, GCPService] = {}
+        self._clients: GoogleClients | None = None
+        self._records: MachineRecords | None = None
+
+    def __getstate__(self) -> dict[str, Any]:  # clients hold sockets and locks: rebuilt on use
+        return {"options": self.options.model_dump()}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__(**state["options"])  # type: ignore[misc]
+
+    # -- the parts -----------------------------------------------------------------------------
+    @property
+    def clients(self) -> GoogleClients:
+        if self._clients is None:
+            from prefect_remote.providers.gcp.clients import GoogleClients
+
+            self._clients = GoogleClients(self.options)
+        return self._clients
+
+    @property
+    def records(self) -> MachineRecords:
+        """Leases and end records of this provider's machines, in the store."""
+        if self._records is None:
+            from prefect_remote.providers.gcp.records import MachineRecords
+
+            self._records = MachineRecords(self.machine_store())
+        return self._records
+
+    def service(self, name: str) -> GCPService:
+        if name not in self._services:
+            if name == "cloud-run":
+                from prefect_remote.providers.gcp.cloudrun import CloudRunService
+
+                self._services[name] = CloudRunService(self)
+            else:
+                from prefect_remote.providers.gcp.compute import ComputeService
+
+                self._services[name] = ComputeService(self)
+        return self._services[name]
+
+    def service_for(self, spec: MachineSpec) -> tuple[GCPService, str]:
+        """The service that runs ``spec``, and why (logged at launch)."""
+        if self.options.service != "auto":
+            chosen = self.service(self.options.service)
+            problem = chosen.unfit(spec)
+            if problem is not None:
+                from prefect_remote.errors import CapabilityError
+
+                other = "compute" if self.options.service == "cloud-run" else "cloud-run"
+                raise CapabilityError(f"gcp_service={self.options.service!r}: {problem}; ask for less, or use gcp_service={other!r} or 'auto'")
+            return chosen, f"gcp_service={self.options.service!r}"
+        cloud_run = self.service("cloud-run")
+        problem = cloud_run.unfit(spec)
+        if problem is None:
+            return cloud_run, "a single machine that accepts no connections: Cloud Run"
+        return self.service("compute"), f"{problem}: Compute Engine"
+
+    def _service_of(self, machine_id: str) -> GCPService:
+        for name in ("cloud-run", "compute"):
+            service = self.service(name)
+            if machine_id.startswith(service.id_prefix):
+                return service
+        raise MachineNotFound(f"gcp machine {machine_id!r} not found: gcp machine ids start with 'run-' or 'vm-'")
+
+    # -- launching ---------------------------------------------------------------------------------
+    def check_spec(self, spec: MachineSpec) -> None:
+        super().check_spec(spec)
+        service, _ = self.service_for(spec)
+        problem = service.unfit(spec)
+        if problem is not None:
+            from prefect_remote.errors import CapabilityError
+
+            raise CapabilityError(f"gcp: {problem}")
+
+    def instance_types(self) -> Sequence[InstanceType]:
+        return [*self.service("cloud-run").instance_types(), *self.service("compute").instance_types()]
+
+    def choose_instance_type(self, spec: MachineSpec) -> InstanceType:
+        service, _ = self.service_for(spec)
+        return service.choose_instance_type(spec)
+
+    def _start(self, launch: Launch) -> list[Machine]:
+        service, reason = self.service_for(launch.spec)
+        machine_ids = [f"{service.id_prefix}{secrets.token_hex(6)}" for _ in range(launch.count)]
+        logger.info("gcp: %s on %s (%s)", ", ".join(machine_ids), service.name, reason)
+        self.records.create(machine_ids, launch_id=launch.id, owner=launch.owner, keepalive=launch.spec.keepalive)
+        try:
+            machines = service.start(launch, machine_ids)
+        except BaseException:
+            self.records.delete(machine_ids)
+            raise
+        return [_with_details(m, service=service.name, service_reason=reason) for m in machines]
+
+    def _store_secrets(self, launch_id: str, secrets: Mapping[str, str]) -> None:
+        from prefect_remote.providers.gcp.secrets import store_secrets
+
+        store_secrets(self.clients, launch_id, secrets)
+
+    def _forget_secrets(self, launch_id: str) -> None:
+        from prefect_remote.providers.gcp.secrets import forget_secrets
+
+        forget_secrets(self.clients, launch_id)
+
+    # -- reading back ---------------------------------------------------------------------------------
+    def list(self, tags: Mapping[str, str] | None = None, *, include_terminated: bool = False) -> list[Machine]:
+        machines = [m for name in ("cloud-run", "compute") for m in self.service(name).machines(labels=tags)]
+        machines = [self.records.complete(m) for m in machines]
+        if not include_terminated:
+            machines = [m for m in machines if m.alive]
+        return sorted(machines, key=lambda m: m.created, reverse=True)
+
+    def describe(self, machine_id: str) -> Machine:
+        service = self._service_of(machine_id)
+        found = service.machines([machine_id])
+        if found:
+            return self.records.complete(found[0])
+        ended = self.records.ended_machine(machine_id)  # deleted by the cloud, remembered by its record
+        if ended is None:
+            raise MachineNotFound(f"gcp machine {machine_id!r} not found (never launched, or ended and forgotten)")
+        return ended
+
+    def terminate(self, machine_ids: Iterable[str], *, reason: str = "terminated on request", exit_code: int | None = None) -> None:
+        ids = list(dict.fromkeys(machine_ids))
+        for machine_id in ids:
+            self.records.end(machine_id, reason=reason, exit_code=exit_code, only_if_running=True)
+        for name in ("cloud-run", "compute"):
+            service = self.service(name)
+            mine = [machine_id for machine_id in ids if machine_id.startswith(service.id_prefix)]
+            if mine:
+                service.terminate(mine, reason)
+
+    def logs(self, machine_id: str, *, cursor: str | None = None) -> LogChunk:
+        from prefect_remote.providers.gcp.logs import read_logs
+
+        return read_logs(self.clients, self.options.log_name, machine_id, cursor)
+
+    def renew_leases(self, machine_ids: Iterable[str]) -> list[str]:
+        return self.records.renew(list(dict.fromkeys(machine_ids)))
+
+    # -- elsewhere: a cluster's scheduler, the machine side ---------------------------------------------
+    def client_options(self) -> dict[str, Any]:
+        # Not the API endpoint: a machine reaches it at its own address (PREFECT_REMOTE_GCP_API_ENDPOINT there).
+        return self.options.model_dump(exclude_none=True, exclude={"api_endpoint"})
+
+    def runtime_options(self, launch_id: str) -> dict[str, Any]:
+        return {
+            "records": self.records.url,
+            "launch_id": launch_id,
+            "project": self.clients.project,
+            "log_name": self.options.log_name,
+        }
+
+
+def _with_details(machine: Machine, **details: Any) -> Machine:
+    import dataclasses
+
+    return dataclasses.replace(machine, details={**machine.details, **details})

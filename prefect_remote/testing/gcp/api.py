@@ -1,0 +1,220 @@
+"""The sandbox GCP's one endpoint: every emulated Google API (Cloud Run v2, Compute Engine v1,
+Secret Manager v1, Cloud Logging v2, the OAuth token endpoint, instance metadata) served by one
+Starlette app on loopback, as the google-cloud-* clients call them over REST with
+``client_options={"api_endpoint": url}``. Their paths do not collide (``/v2/projects/…/locations``,
+``/compute/v1``, ``/v1/projects/…/secrets``, ``/v2/entries:…``).
+
+A fake service registers its routes on an :class:`GoogleAPI` with :meth:`GoogleAPI.route`, which
+checks the caller's bearer token and counts the call under the route's name (``run.jobs.create``),
+so a benchmark can count API calls per machine-minute.
+
+>>> api = GoogleAPI()                                                     # doctest: +SKIP
+>>> @api.route("/v2/projects/{project}/locations/{location}/jobs/{job}", ["GET"], "run.jobs.get")
+... def get_job(request, project, location, job): ...                     # doctest: +SKIP
+>>> url = api.serve()                                                     # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import secrets
+import socket
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+TOKEN_TTL = 3600
+# google.rpc.Code names by HTTP status, as Google's REST errors carry them.
+STATUS_NAMES = {
+    400: "INVALID_ARGUMENT",
+    401: "UNAUTHENTICATED",
+    403: "PERMISSION_DENIED",
+    404: "NOT_FOUND",
+    409: "ALREADY_EXISTS",
+    412: "FAILED_PRECONDITION",
+    429: "RESOURCE_EXHAUSTED",
+    500: "INTERNAL",
+    503: "UNAVAILABLE",
+}
+
+
+class GoogleError(Exception):
+    """Raised by a fake service's handler: becomes Google's JSON error body with this status."""
+
+    def __init__(self, code: int, message: str, status: str | None = None, reason: str | None = None) -> None:
+        super().__init__(message)
+        self.code, self.message = code, message
+        self.status = status or STATUS_NAMES.get(code, "UNKNOWN")
+        self.reason = reason
+
+    def response(self) -> JSONResponse:
+        error: dict[str, Any] = {"code": self.code, "message": self.message, "status": self.status}
+        if self.reason:  # Compute Engine's errors name a reason (``ZONE_RESOURCE_POOL_EXHAUSTED``…)
+            error["errors"] = [{"message": self.message, "domain": "global", "reason": self.reason}]
+        return JSONResponse({"error": error}, status_code=self.code)
+
+
+def rfc3339(epoch: float | None = None) -> str:
+    """``epoch`` (default now) as Google's timestamps print it: ``2026-12-01T10:00:00.123456Z``."""
+    epoch = time.time() if epoch is None else epoch
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(epoch)) + f".{int(epoch % 1 * 1e6):06d}Z"
+
+
+def new_id(prefix: str = "") -> str:
+    return prefix + secrets.token_hex(8)
+
+
+class GoogleAPI:
+    """Routes, bearer tokens and call counts shared by the sandbox's fake services."""
+
+    def __init__(self) -> None:
+        self.calls: collections.Counter[str] = collections.Counter()  # route name -> calls answered
+        self._routes: list[Route] = []
+        self._tokens: dict[str, tuple[str, float]] = {}  # access token -> (principal, expiry)
+        self._keys: dict[str, bytes] = {}  # service account email -> its key's public PEM (self-signed JWTs)
+        self._lock = threading.Lock()
+        self._server: Any = None
+        self._thread: threading.Thread | None = None
+        self.url = ""
+        self.route("/token", ["POST"], "oauth2.token", authenticated=False)(self._token)
+
+    # -- tokens ------------------------------------------------------------------------------------
+    def issue_token(self, principal: str) -> dict[str, Any]:
+        """A fresh access token for ``principal`` (a user's refresh token, an instance's service account)."""
+        token = "ya29.sandbox-" + secrets.token_urlsafe(24)
+        with self._lock:
+            self._tokens[token] = (principal, time.time() + TOKEN_TTL)
+        return {"access_token": token, "expires_in": TOKEN_TTL, "token_type": "Bearer"}
+
+    def service_account_key(self, email: str, project: str) -> dict[str, Any]:
+        """A new JSON key of service account ``email``, as ``gcloud iam service-accounts keys create``
+        writes it, whose ``token_uri`` is this endpoint (google-auth honours it for service accounts)."""
+        from cryptography.hazmat.primitives import serialization
+        from cryptography.hazmat.primitives.asymmetric import rsa
+
+        key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        private = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+        public = key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+        with self._lock:
+            self._keys[email] = public
+        return {
+            "type": "service_account",
+            "project_id": project,
+            "private_key_id": secrets.token_hex(20),
+            "private_key": private.decode(),
+            "client_email": email,
+            "client_id": str(secrets.randbelow(10**20)),
+            "token_uri": f"{self.url}/token",
+        }
+
+    def principal(self, request: Request) -> str:
+        """Who made ``request``: an access token this endpoint issued, or a JWT self-signed by a
+        service account key it made (the google-cloud-* clients send those without asking for a
+        token). A missing, unknown or expired credential is refused as Google does."""
+        header = request.headers.get("authorization", "")
+        token = header.removeprefix("Bearer ").strip() if header.startswith("Bearer ") else ""
+        with self._lock:
+            found = self._tokens.get(token)
+        if found is not None and found[1] >= time.time():
+            return found[0]
+        claims = self._self_signed(token)
+        if claims is None:
+            raise GoogleError(401, "Request had invalid authentication credentials. Expected OAuth 2 access token, login cookie or other valid authentication credential.")
+        return f"serviceAccount:{claims['iss']}"
+
+    def _self_signed(self, token: str) -> dict[str, Any] | None:
+        from google.auth import jwt
+
+        if token.count(".") != 2:
+            return None
+        try:
+            claims = jwt.decode(token, verify=False)
+            public = self._keys.get(claims.get("iss", ""))
+            return jwt.decode(token, certs=public, verify=True, audience=None) if public else None  # type: ignore[arg-type]
+        except (ValueError, KeyError):
+            return None
+
+    async def _token(self, request: Request) -> Response:
+        # A service account's JWT assertion (RFC 7523), as google-auth sends it to token_uri.
+        from urllib.parse import parse_qs
+
+        form = {key: values[0] for key, values in parse_qs((await request.body()).decode()).items()}
+        claims = self._self_signed(form.get("assertion", ""))
+        if form.get("grant_type") != "urn:ietf:params:oauth:grant-type:jwt-bearer" or claims is None:
+            return JSONResponse({"error": "invalid_grant", "error_description": "Invalid JWT Signature."}, status_code=400)
+        return JSONResponse(self.issue_token(f"serviceAccount:{claims['iss']}"))
+
+    # -- routes ------------------------------------------------------------------------------------
+    def route(self, path: str, methods: list[str], name: str, *, authenticated: bool = True) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+        """Registers ``handler(request, **path_params)`` (sync: it runs in a thread; or async) for
+        ``path``. It returns a dict (JSON 200), a :class:`Response`, or raises :class:`GoogleError`.
+        Routes with a ``:verb`` suffix must be registered before the same path without it."""
+
+        def register(handler: Callable[..., Any]) -> Callable[..., Any]:
+            import inspect
+
+            is_async = inspect.iscoroutinefunction(handler)
+
+            async def endpoint(request: Request) -> Response:
+                from starlette.concurrency import run_in_threadpool
+
+                try:
+                    if authenticated:
+                        request.state.principal = self.principal(request)
+                    if is_async:
+                        result = await handler(request, **request.path_params)
+                    else:
+                        if request.method in ("POST", "PUT", "PATCH"):
+                            raw = await request.body()
+                            request.state.body = json.loads(raw) if raw.strip() else {}
+                        result = await run_in_threadpool(handler, request, **request.path_params)
+                except GoogleError as error:
+                    self.calls[name] += 1
+                    return error.response()
+                self.calls[name] += 1
+                return result if isinstance(result, Response) else JSONResponse(result)
+
+            self._routes.append(Route(path, endpoint, methods=methods, name=name))
+            return handler
+
+        return register
+
+    # -- serving -----------------------------------------------------------------------------------
+    def serve(self, host: str = "127.0.0.1", port: int = 0) -> str:
+        """Serves every registered route in a thread of this process; returns the base URL."""
+        import uvicorn
+
+        app = Starlette(routes=self._routes)
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+        config = uvicorn.Config(app, log_level="critical", access_log=False, lifespan="off", timeout_keep_alive=30)
+        self._server = uvicorn.Server(config)
+        self._thread = threading.Thread(target=self._server.run, kwargs={"sockets": [sock]}, name="sandbox-gcp-api", daemon=True)
+        self._thread.start()
+        deadline = time.monotonic() + 10
+        while not self._server.started:
+            if not self._thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError(f"the sandbox GCP endpoint did not start on {host}:{port}")
+            time.sleep(0.01)
+        self.url = f"http://{host}:{sock.getsockname()[1]}"
+        return self.url
+
+    def close(self) -> None:
+        if self._server is not None:
+            self._server.should_exit = True
+            if self._thread is not None:
+                self._thread.join(timeout=10)
+            self._server = None
+
+
+def body(request: Request) -> dict[str, Any]:
+    """The JSON body of a sync handler's request (``{}`` when empty)."""
+    return getattr(request.state, "body", {})
