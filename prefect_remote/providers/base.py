@@ -16,7 +16,7 @@ from __future__ import annotations
 import secrets
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 from urllib.parse import urlsplit
@@ -439,6 +439,24 @@ class Provider(ABC):
                 "`prefect work-pool create --type remote:push --provision-infra` makes one)"
             )
         return store
+
+    def provision_infra(self, pool: str, store: str | None, say: Callable[[str], None]) -> dict[str, str | None] | None:
+        """Sets up what machines of work pool ``pool`` need (``--provision-infra``), printing each
+        step through ``say``; ``store`` is the software store asked for (None: the configured one).
+        Returns the provider block's fields that record the setup (``store`` among them when one
+        was chosen), or None when there was nothing to record. Idempotent. By default: the store's
+        folder on this computer.
+
+        >>> provider.provision_infra("my-pool", None, print)        # doctest: +SKIP
+        software environments store: /root/.prefect-remote/store
+        """
+        from prefect_remote.software.store import LocalStore, open_store
+
+        found = open_store(store)
+        if isinstance(found, LocalStore):
+            found.root.mkdir(parents=True, exist_ok=True, mode=0o700)
+        say(f"software environments store: {found.url}")
+        return None
 
     # -- client side -------------------------------------------------------------------------
     @abstractmethod

@@ -1,9 +1,10 @@
 """``prefect work-pool create --type remote:push --provision-infra NAME``: set up what the provider
 needs and write those defaults into the pool's template. Provisioning twice is harmless.
 
-The provider is the pool's existing provider block's, else ``PREFECT_REMOTE_PROVIDER``. On aws,
-provisioning sets up the account (:mod:`prefect_remote.providers.aws.infra`) and records what it
-made in the block; ``prefect-remote aws teardown`` removes it."""
+The provider is the pool's existing provider block's, else ``PREFECT_REMOTE_PROVIDER``. The provider
+sets itself up (:meth:`Provider.provision_infra`: on aws and gcp, the account or project, see
+``providers/<name>/infra.py``) and what it made is recorded in the block; ``prefect-remote aws|gcp
+teardown`` removes it."""
 
 from __future__ import annotations
 
@@ -18,7 +19,6 @@ from rich.console import Console
 from prefect_remote.errors import RemoteError
 from prefect_remote.providers import get_provider
 from prefect_remote.settings import get_settings
-from prefect_remote.software.store import LocalStore, open_store
 from prefect_remote.workers.config import RemoteProviderCredentials
 
 if TYPE_CHECKING:
@@ -31,9 +31,10 @@ class ProvisioningFailed(RemoteError, RuntimeError):
 
 
 class RemotePushProvisioner:
-    """Creates the home folder and the store, and a provider credentials block the pool refers to.
-    On aws it also sets up the account (:func:`prefect_remote.providers.aws.infra.provision`: bucket,
-    log group, security groups, the machines' role and instance profile) and records it in the block."""
+    """Creates the home folder, has the provider set up what its machines need
+    (:meth:`~prefect_remote.providers.base.Provider.provision_infra`: the local store's folder; on a
+    cloud, its bucket, logs, network rules and the machines' identity) and records it in a provider
+    credentials block the pool refers to."""
 
     def __init__(self) -> None:
         self._console = Console()
@@ -50,7 +51,7 @@ class RemotePushProvisioner:
         self, work_pool_name: str, base_job_template: dict[str, Any], client: PrefectClient | None = None
     ) -> dict[str, Any]:
         """Provisions what the pool's provider needs and returns ``base_job_template`` with the
-        block (and, on aws, the region) as the pool's defaults. Raises :class:`ProvisioningFailed`."""
+        block (and the region it records, if any) as the pool's defaults. Raises :class:`ProvisioningFailed`."""
         try:
             return await self._provision(work_pool_name, base_job_template, client)
         except (RemoteError, ValueError) as error:  # ValueError: options the provider refuses, say
@@ -73,20 +74,12 @@ class RemotePushProvisioner:
             except ObjectNotFound:
                 block_id, found = None, RemoteProviderCredentials(provider=get_provider(settings.provider).name)
             provider = found.get_provider()
-            credentials = found
-            if provider.name == "aws":
-                from prefect_remote.providers.aws.infra import provision
-
-                say = partial(self.console.print, markup=False, highlight=False)
-                setup = await anyio.to_thread.run_sync(partial(provision, provider, work_pool_name, settings.store or found.store, say))
-                credentials = found.model_copy(update=setup.block_fields())
-                if settings.store != setup.store:
-                    self.console.print(f"set [blue]PREFECT_REMOTE_STORE={setup.store}[/] where you deploy and where runs are submitted")
-            else:
-                store = open_store()
-                if isinstance(store, LocalStore):
-                    store.root.mkdir(parents=True, exist_ok=True, mode=0o700)
-                self.console.print(f"software environments store: [blue]{store.url}[/]")
+            say = partial(self.console.print, markup=False, highlight=False)
+            store = settings.store or found.store
+            fields = await anyio.to_thread.run_sync(partial(provider.provision_infra, work_pool_name, store, say))
+            credentials = found.model_copy(update=fields) if fields else found
+            if credentials.store and settings.store != credentials.store:
+                self.console.print(f"set [blue]PREFECT_REMOTE_STORE={credentials.store}[/] where you deploy and where runs are submitted")
             if block_id is None:
                 block_id = await credentials.asave(block_name, client=api)
                 self.console.print(f"created provider block [blue]{block_name!r}[/] (provider {provider.name})")

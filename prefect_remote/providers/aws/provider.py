@@ -309,6 +309,13 @@ class AWSProvider(Provider):
             self._clients[service] = self._session.client(service, region_name=self.region, config=config)
         return self._clients[service]
 
+    def provision_infra(self, pool: str, store: str | None, say: Callable[[str], None]) -> dict[str, str | None]:
+        """The bucket, log group, security groups and ``pool``'s role and instance profile
+        (:func:`prefect_remote.providers.aws.infra.provision`), recorded as block fields."""
+        from prefect_remote.providers.aws.infra import provision
+
+        return provision(self, pool, store, say).block_fields()
+
     # -- sizing -----------------------------------------------------------------------------------
     @_translated
     def instance_types(self) -> Sequence[InstanceType]:
