@@ -200,7 +200,7 @@ if parts.scheme == "s3":
     boto3.client("s3").download_file(parts.netloc, key, target)
 elif parts.scheme == "gs":
     from google.cloud import storage
-    storage.Client().bucket(parts.netloc).blob(key).download_to_filename(target)
+    storage.Client(project=None).bucket(parts.netloc).blob(key).download_to_filename(target)  # objects need no project
 else:
     shutil.copyfile(f"{store.removeprefix('file://').rstrip('/')}/blobs/{digest}", target)
 with open(target, "rb") as wheel:

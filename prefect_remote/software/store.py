@@ -2,10 +2,11 @@
 
 Every read is verified against its address, so a changed or corrupted store is detected, never
 installed. ``open_store(url)`` picks the implementation: a local directory (the default, under
-``$PREFECT_REMOTE_HOME/store``, owner-only) or ``s3://bucket/prefix`` (:mod:`.s3store`). The base
-class does the addressing and the checks; a store only moves bytes (``_write``, ``_read``,
-``_exists``, ``_delete``, ``_keys``). Standard library only (boto3 is loaded for ``s3://`` stores
-alone): machines read the store while booting.
+``$PREFECT_REMOTE_HOME/store``, owner-only), ``s3://bucket/prefix`` (:mod:`.s3store`) or
+``gs://bucket/prefix`` (:mod:`.gcsstore`). The base class does the addressing and the checks; a
+store only moves bytes (``_write``, ``_read``, ``_exists``, ``_delete``, ``_keys``). Standard
+library only (boto3 or google-cloud-storage is loaded for an ``s3://`` or ``gs://`` store alone):
+machines read the store while booting.
 
 >>> store = open_store("/tmp/example-store")
 >>> digest = store.put_bytes(b"hello")
@@ -194,7 +195,7 @@ class LocalStore(Store):
 
 
 def open_store(url: str | Path | None = None, *, settings: RemoteSettings | None = None) -> Store:
-    """The store at ``url``: a path, a ``file://`` URL or ``s3://bucket/prefix``; ``None`` means the
+    """The store at ``url``: a path, a ``file://`` URL, ``s3://bucket/prefix`` or ``gs://bucket/prefix``; ``None`` means the
     ``PREFECT_REMOTE_STORE`` setting, else ``$PREFECT_REMOTE_HOME/store`` (of ``settings``, if the
     caller has them already)."""
     if url is None:
@@ -212,5 +213,7 @@ def open_store(url: str | Path | None = None, *, settings: RemoteSettings | None
 
         return S3Store(parsed.netloc, parsed.path)
     if parsed.scheme == "gs":
-        raise StoreError(f"store {text!r}: gs:// stores arrive with the GCP provider; use a local path or s3:// for now")
-    raise StoreError(f"store {text!r}: expected a local path, file:///path, or s3://bucket/prefix")
+        from prefect_remote.software.gcsstore import GCSStore  # google-cloud-storage only for those who use GCS
+
+        return GCSStore(parsed.netloc, parsed.path)
+    raise StoreError(f"store {text!r}: expected a local path, file:///path, s3://bucket/prefix or gs://bucket/prefix")

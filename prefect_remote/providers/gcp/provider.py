@@ -200,7 +200,7 @@ class GCPProvider(Provider):
         service, reason = self.service_for(launch.spec)
         machine_ids = [f"{service.id_prefix}{secrets.token_hex(6)}" for _ in range(launch.count)]
         logger.info("gcp: %s on %s (%s)", ", ".join(machine_ids), service.name, reason)
-        self.records.create(machine_ids, launch_id=launch.id, owner=launch.owner, keepalive=launch.spec.keepalive)
+        self.records.create(machine_ids, launch, service=service.name, region=self.options.region, price=launch.instance_type.price)
         try:
             machines = service.start(launch, machine_ids)
         except BaseException:

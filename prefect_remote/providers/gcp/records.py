@@ -1,0 +1,258 @@
+"""What the gcp provider remembers of its machines, in the gs:// store: one small object per machine,
+``<store>/machines/<id>.json``.
+
+* **Launch facts**, the object's JSON, written once when the machine is launched: its launch, owner,
+  keepalive, shape, region, spot policy, spec summary, service, price, creation time and tags.
+  They outlive the machine: Google deletes an ended VM, and a deleted machine is still described.
+* **The lease**, the object's ``customTime``: the owner's last renewal. An owner renews all its
+  machines in one HTTP request per 100 (a JSON API batch of PATCHes), and a machine reads its own
+  with one GET (:meth:`MachineRecords.lease_age`). ``customTime`` rather than a custom metadata key:
+  a patch of it leaves the end record alone (emulators replace custom metadata wholesale), it never
+  goes backwards (Cloud Storage refuses an earlier one), and a bucket lifecycle rule can delete
+  records by it (``daysSinceCustomTime``).
+* **The end**, the object's custom metadata (``reason``, ``exit_code``, ``ended``; and ``launch``,
+  written at launch, for :meth:`MachineRecords.live_launches`): patched in when the machine ends,
+  by itself or by its owner, and seen by the owner's next renewal.
+
+Standard library only at import (the machine side uses it); google-cloud-storage comes through the
+store.
+
+>>> records = MachineRecords(open_store("gs://my-bucket/prefect-remote"))           # doctest: +SKIP
+>>> records.url                                                                       # doctest: +SKIP
+'gs://my-bucket/prefect-remote/machines'
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import json
+import logging
+import math
+import time
+from collections.abc import Iterator, Sequence
+from typing import TYPE_CHECKING, Any
+
+from prefect_remote.errors import CapabilityError
+from prefect_remote.providers.base import Machine
+from prefect_remote.software.store import NotInStore, Store, StoreError, open_store
+
+if TYPE_CHECKING:
+    from google.cloud.storage import Blob
+
+    from prefect_remote.providers.base import Launch
+    from prefect_remote.software.gcsstore import GCSStore
+
+logger = logging.getLogger(__name__)
+
+FOLDER = "machines"
+BATCH = 100  # Cloud Storage's JSON API takes at most 100 calls in one batch request
+# What a renewal may answer: a lease already newer than ours (Cloud Storage refuses an earlier
+# customTime) is renewed; throttling and server errors wait for the next round.
+_RENEWED_ANYWAY = {400, 412}
+_RETRY_LATER = {408, 429, 500, 502, 503, 504}
+
+
+def _batches(items: Sequence[str], size: int = BATCH) -> Iterator[list[str]]:
+    for start in range(0, len(items), size):
+        yield list(items[start : start + size])
+
+
+def _timestamp(epoch: float) -> datetime.datetime:
+    return datetime.datetime.fromtimestamp(epoch, datetime.timezone.utc)
+
+
+class MachineRecords:
+    """The records of one provider's machines under ``<store>/machines/``; ``store`` must be a gs:// one."""
+
+    def __init__(self, store: Store) -> None:
+        from prefect_remote.software.gcsstore import GCSStore
+
+        if not isinstance(store, GCSStore):
+            raise CapabilityError(
+                f"the gcp provider keeps its machines' leases and end records in a gs:// store, not {store.url}; "
+                "set PREFECT_REMOTE_STORE=gs://BUCKET/PREFIX (`prefect work-pool create --type remote:push --provision-infra POOL` makes one)"
+            )
+        self.store: GCSStore = store
+        self.url = f"{store.url}/{FOLDER}"
+
+    @classmethod
+    def from_url(cls, url: str) -> MachineRecords:
+        """The records at ``url`` (a :attr:`url`, as a machine gets it in its runtime options)."""
+        return cls(open_store(url.rstrip("/").removesuffix(f"/{FOLDER}")))
+
+    def _blob(self, machine_id: str) -> Blob:
+        return self.store.blob(f"{FOLDER}/{machine_id}.json")
+
+    def _translated(self, action: str, machine_id: str) -> Any:
+        return self.store.translated(action, f"the record of {machine_id}")
+
+    # -- the owner's side -----------------------------------------------------------------------
+    def create(self, machine_ids: Sequence[str], launch: Launch, *, service: str, region: str | None = None, price: float | None = None) -> None:
+        """Writes the records of a launch's machines, their leases fresh (one upload each)."""
+        now = time.time()
+        spec = launch.spec
+        for machine_id in machine_ids:
+            facts = {
+                "id": machine_id,
+                "launch": launch.id,
+                "owner": launch.owner,
+                "keepalive": spec.keepalive,
+                "instance_type": launch.instance_type.name,
+                "region": spec.region or region,
+                "spot_policy": spec.spot_policy,
+                "spec": spec.summary(),
+                "service": service,
+                "price_per_hour": price,
+                "created": now,
+                "tags": dict(launch.tags),
+            }
+            blob = self._blob(machine_id)
+            blob.custom_time = _timestamp(now)
+            blob.metadata = {"launch": launch.id}
+            with self._translated("storage.objects.create", machine_id):
+                blob.upload_from_string(json.dumps(facts), content_type="application/json")
+
+    def renew(self, machine_ids: Sequence[str]) -> list[str]:
+        """Renews the leases of ``machine_ids`` in one request per 100; returns those that have
+        ended (their end is recorded) or are unknown (no record), which need no more renewing."""
+        client = self.store.client
+        done: list[str] = []
+        now = _timestamp(time.time())
+        for batch_ids in _batches(list(dict.fromkeys(machine_ids))):
+            blobs = []
+            with self._translated("storage.objects.update", batch_ids[0]):
+                batch = client.batch(raise_exception=False)
+                with batch:
+                    for machine_id in batch_ids:
+                        blob = self._blob(machine_id)
+                        blob.custom_time = now
+                        blob.patch()  # deferred: sent with the others when the batch closes
+                        blobs.append(blob)
+                for machine_id, blob, response in zip(batch_ids, blobs, batch._responses):
+                    status = response.status_code
+                    if status == 404 or (200 <= status < 300 and "ended" in (blob.metadata or {})):
+                        done.append(machine_id)
+                    elif status in _RETRY_LATER:
+                        logger.debug("lease of %s not renewed this round (HTTP %s)", machine_id, status)
+                    elif status >= 300 and status not in _RENEWED_ANYWAY:
+                        from google.api_core.exceptions import from_http_response
+
+                        raise from_http_response(response)
+        return done
+
+    def end(self, machine_id: str, *, reason: str, exit_code: int | None = None, only_if_running: bool = False) -> None:
+        """Records why ``machine_id`` ended (two calls). ``only_if_running``: keeps an end already
+        recorded (the first reason is the true one). A machine without a record is left alone."""
+        blob = self._blob(machine_id)
+        try:
+            with self._translated("storage.objects.get", machine_id):
+                blob.reload()
+        except NotInStore:
+            return
+        metadata = dict(blob.metadata or {})
+        if only_if_running and "ended" in metadata:
+            return
+        metadata.update(reason=reason[:1024], ended=f"{time.time():.3f}")
+        if exit_code is not None:
+            metadata["exit_code"] = str(exit_code)
+        blob.metadata = metadata  # all of it: an emulator's patch replaces custom metadata
+        with self._translated("storage.objects.update", machine_id):
+            blob.patch()
+
+    def complete(self, machine: Machine) -> Machine:
+        """``machine`` as the cloud shows it, with what its record adds once it has ended: the reason
+        and exit code the agent or owner recorded, and when (one GET, for ended machines only)."""
+        if machine.alive:
+            return machine
+        blob = self._blob(machine.id)
+        try:
+            with self._translated("storage.objects.get", machine.id):
+                blob.reload()
+        except NotInStore:
+            return machine
+        return _with_end(machine, blob.metadata or {})
+
+    def ended_machine(self, machine_id: str) -> Machine | None:
+        """A machine the cloud no longer has (Google deletes an ended VM), from its record (two
+        calls); None if it has no record."""
+        blob = self._blob(machine_id)
+        try:
+            with self._translated("storage.objects.get", machine_id):
+                blob.reload()
+                facts = json.loads(blob.download_as_bytes())
+        except NotInStore:
+            return None
+        metadata = blob.metadata or {}
+        machine = Machine(
+            id=machine_id,
+            provider="gcp",
+            state="terminated",
+            instance_type=facts["instance_type"],
+            created=facts["created"],
+            tags=facts.get("tags") or {},
+            spec=facts.get("spec") or "default",
+            region=facts.get("region"),
+            spot=facts.get("spot_policy") == "spot",
+            owner=facts.get("owner"),
+            reason=None if "ended" in metadata else "ended without a record of why (deleted outside prefect-remote, or preempted)",
+            details={"price_per_hour": facts.get("price_per_hour"), "service": facts.get("service"), "launch": facts.get("launch")},
+        )
+        return _with_end(machine, metadata)
+
+    def delete(self, machine_ids: Sequence[str]) -> None:
+        """Forgets these machines' records (one request per 100; missing ones are fine)."""
+        client = self.store.client
+        for batch_ids in _batches(list(dict.fromkeys(machine_ids))):
+            with self._translated("storage.objects.delete", batch_ids[0]):
+                batch = client.batch(raise_exception=False)
+                with batch:
+                    for machine_id in batch_ids:
+                        self._blob(machine_id).delete()
+                for response in batch._responses:
+                    if response.status_code >= 300 and response.status_code != 404:
+                        from google.api_core.exceptions import from_http_response
+
+                        raise from_http_response(response)
+
+    def live_launches(self, launch_ids: set[str], *, stale_after: float = 3600.0) -> set[str]:
+        """Those of ``launch_ids`` with a machine still running by its record: no end recorded, and
+        a lease renewed within ``stale_after`` seconds (a machine deleted behind prefect-remote's back
+        records no end; its lease says it is gone). One listing per 1,000 machines."""
+        cutoff = time.time() - stale_after
+        live: set[str] = set()
+        with self.store.translated("storage.objects.list", f"{FOLDER}/"):
+            for blob in self.store.client.list_blobs(self.store.bucket, prefix=self.store.key(f"{FOLDER}/")):
+                metadata = blob.metadata or {}
+                lease = blob.custom_time.timestamp() if blob.custom_time else 0.0
+                if metadata.get("launch") in launch_ids and "ended" not in metadata and lease >= cutoff:
+                    live.add(metadata["launch"])
+        return live
+
+    # -- the machine's side ---------------------------------------------------------------------
+    def lease_age(self, machine_id: str) -> float:
+        """Seconds since the owner last renewed ``machine_id``'s lease (one GET). Infinite when the
+        record is gone: its launch failed, or its owner forgot it, and nobody will renew it."""
+        blob = self._blob(machine_id)
+        try:
+            with self._translated("storage.objects.get", machine_id):
+                blob.reload()
+        except NotInStore:
+            return math.inf
+        if blob.custom_time is None:
+            raise StoreError(f"the record of {machine_id} in {self.url} has no lease (customTime); it was changed by hand")
+        return max(0.0, time.time() - blob.custom_time.timestamp())
+
+
+def _with_end(machine: Machine, metadata: dict[str, Any]) -> Machine:
+    """``machine`` with the end in a record's ``metadata``: its reason and exit code win (the agent's
+    or owner's, who knew why), the cloud's fill in."""
+    if "ended" not in metadata:
+        return machine
+    code = metadata.get("exit_code") or ""
+    return dataclasses.replace(
+        machine,
+        reason=metadata.get("reason") or machine.reason,
+        exit_code=int(code) if code.lstrip("-").isdigit() else machine.exit_code,
+        details={**machine.details, "ended": float(metadata["ended"])},
+    )

@@ -1,0 +1,111 @@
+"""The gcp provider's machine records in the gs:// store, against gcp-storage-emulator through the
+real google-cloud-storage client: the owner's side (create, renew in one request per 100, end,
+complete, ended_machine, delete) and the machine's (lease_age, one GET)."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from prefect_remote.errors import CapabilityError
+from prefect_remote.providers.base import InstanceType, Launch, Machine
+from prefect_remote.providers.gcp.records import MachineRecords
+from prefect_remote.software.store import LocalStore, open_store
+from prefect_remote.spec import MachineSpec
+
+
+@pytest.fixture
+def records(gcs) -> MachineRecords:
+    return MachineRecords(open_store(f"gs://{gcs.bucket()}/store"))
+
+
+def launch(launch_id: str = "launch-0a1b2c3d4e5f", **spec) -> Launch:
+    spec = MachineSpec(**{"cpu": 2, "memory": "8 GiB", "keepalive": "1 minute", **spec})
+    return Launch(launch_id, "#!/bin/bash\n", spec, InstanceType("e2-standard-2", 2, 8 * 2**30, price=0.067), 2, {"team": "a"}, "client-1", False)
+
+
+def machine(machine_id: str, state: str = "terminated", **fields) -> Machine:
+    return Machine(machine_id, "gcp", state, "e2-standard-2", created=time.time(), **fields)
+
+
+def test_a_machine_lifecycle_in_its_record(gcs, records):
+    ids = ["vm-000000000001", "vm-000000000002"]
+    records.create(ids, launch(), service="Compute Engine", region="us-central1", price=0.067)
+    assert records.url.endswith("/store/machines")
+    assert records.lease_age(ids[0]) < 5 and records.renew(ids) == []
+
+    time.sleep(1.1)
+    before = records.lease_age(ids[0])
+    assert before >= 1
+    del gcs.requests[:]
+    assert records.renew([*ids, "vm-00000000dead"]) == ["vm-00000000dead"]  # unknown: no record
+    assert gcs.requests == [("POST", "/batch/storage/v1")]  # all of them in one request
+    assert records.lease_age(ids[0]) < before
+    del gcs.requests[:]
+    records.lease_age(ids[1])
+    assert len(gcs.requests) == 1 and gcs.requests[0][0] == "GET"  # the machine's read: one GET
+
+    records.end(ids[0], reason="idle for 5 minutes", exit_code=0)
+    records.end(ids[0], reason="terminated on request", only_if_running=True)  # the first reason stays
+    assert records.renew(ids) == [ids[0]]  # the owner learns of the end while renewing
+    assert records.lease_age(ids[1]) < 5
+
+    cloud = machine(ids[0], reason="Instance was deleted", details={"service": "Compute Engine"})
+    completed = records.complete(cloud)
+    assert (completed.reason, completed.exit_code, completed.details["service"]) == ("idle for 5 minutes", 0, "Compute Engine")
+    assert abs(completed.details["ended"] - time.time()) < 5
+    running = machine(ids[1], "running")
+    del gcs.requests[:]
+    assert records.complete(running) is running and gcs.requests == []  # a live machine costs nothing
+    assert records.complete(machine(ids[1])).reason is None  # ended without a record of it: as the cloud says
+
+    gone = records.ended_machine(ids[0])  # as describe shows a VM Google deleted
+    assert (gone.state, gone.reason, gone.exit_code, gone.instance_type, gone.region, gone.owner) == (
+        "terminated", "idle for 5 minutes", 0, "e2-standard-2", "us-central1", "client-1")
+    assert gone.tags == {"team": "a"} and gone.details["price_per_hour"] == 0.067 and gone.details["launch"] == "launch-0a1b2c3d4e5f"
+    assert "ended without a record" in records.ended_machine(ids[1]).reason
+    assert records.ended_machine("vm-00000000dead") is None
+
+    records.end(ids[1], reason="keepalive expired", exit_code=137)
+    records.end(ids[1], reason="overridden by the machine itself")
+    assert records.complete(machine(ids[1])).reason == "overridden by the machine itself"
+    assert records.complete(machine(ids[1])).exit_code == 137
+
+    del gcs.requests[:]
+    records.delete([*ids, "vm-00000000dead"])
+    assert gcs.requests == [("POST", "/batch/storage/v1")]
+    assert records.ended_machine(ids[0]) is None and records.renew(ids) == ids
+    assert records.lease_age(ids[0]) == float("inf")  # forgotten: the machine ends itself
+    records.end(ids[0], reason="no record: nothing to do")
+
+
+def test_renewal_is_one_request_per_hundred(gcs, records):
+    ids = [f"run-{i:012x}" for i in range(150)]
+    records.create(ids, launch(), service="Cloud Run")
+    del gcs.requests[:]
+    assert records.renew(ids) == []
+    assert gcs.requests == [("POST", "/batch/storage/v1")] * 2
+
+
+def test_live_launches(records):
+    records.create(["vm-00000000000a"], launch("launch-aaaaaaaaaaaa"), service="Compute Engine")
+    records.create(["vm-00000000000b", "vm-00000000000c"], launch("launch-bbbbbbbbbbbb"), service="Compute Engine")
+    records.create(["vm-00000000000d"], launch("launch-dddddddddddd"), service="Compute Engine")
+    records.end("vm-00000000000a", reason="done")
+    records.end("vm-00000000000b", reason="done")
+    asked = {"launch-aaaaaaaaaaaa", "launch-bbbbbbbbbbbb", "launch-dddddddddddd", "launch-eeeeeeeeeeee"}
+    assert records.live_launches(asked) == {"launch-bbbbbbbbbbbb", "launch-dddddddddddd"}
+    time.sleep(1.1)
+    records.renew(["vm-00000000000d"])
+    assert records.live_launches(asked, stale_after=1.0) == {"launch-dddddddddddd"}  # c's owner stopped renewing
+
+
+def test_machines_read_their_records_from_the_url_they_are_given(records):
+    records.create(["run-0123456789ab"], launch(), service="Cloud Run")
+    assert MachineRecords.from_url(records.url).lease_age("run-0123456789ab") < 5
+
+
+def test_only_gs_stores(tmp_path):
+    with pytest.raises(CapabilityError, match=r"gs:// store, not file://.*PREFECT_REMOTE_STORE=gs://BUCKET/PREFIX.*provision-infra"):
+        MachineRecords(LocalStore(tmp_path))
