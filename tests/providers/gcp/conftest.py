@@ -64,3 +64,51 @@ def gcs(gcs_emulator, monkeypatch) -> GCSEmulator:
     """The emulator, as google-cloud-storage finds it in this test (``STORAGE_EMULATOR_HOST``)."""
     monkeypatch.setenv("STORAGE_EMULATOR_HOST", gcs_emulator.url)
     return gcs_emulator
+
+
+@dataclass
+class FakeGoogle:
+    """The sandbox's fake Secret Manager and Cloud Logging on one loopback endpoint, and a service
+    account key of the project that the real clients authenticate with."""
+
+    api: object
+    secrets: object
+    logs: object
+    key_file: str
+    project: str = "sandbox-project"
+
+
+@pytest.fixture(scope="session")
+def fake_google(tmp_path_factory) -> Iterator[FakeGoogle]:
+    import json
+
+    from prefect_remote.testing.gcp.api import GoogleAPI
+    from prefect_remote.testing.gcp.common import Project
+    from prefect_remote.testing.gcp.logs import LoggingFake
+    from prefect_remote.testing.gcp.secrets import SecretManagerFake
+
+    api = GoogleAPI()
+    project = Project.named("sandbox-project")
+    secrets_fake, logs_fake = SecretManagerFake(api, project), LoggingFake(api, project)
+    api.serve()
+    key_file = tmp_path_factory.mktemp("gcp") / "key.json"
+    key_file.write_text(json.dumps(api.service_account_key("tester@sandbox-project.iam.gserviceaccount.com", project.id)))
+    try:
+        yield FakeGoogle(api, secrets_fake, logs_fake, str(key_file), project.id)
+    finally:
+        api.close()
+
+
+@dataclass(frozen=True)
+class Options:
+    project: str | None
+    api_endpoint: str | None
+
+
+@pytest.fixture
+def clients(fake_google, monkeypatch):
+    """GoogleClients of the project, pointed at the fakes, as a launcher has them."""
+    from prefect_remote.providers.gcp.clients import GoogleClients
+
+    monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", fake_google.key_file)
+    return GoogleClients(Options(fake_google.project, fake_google.api.url))

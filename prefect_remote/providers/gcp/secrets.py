@@ -1,0 +1,125 @@
+"""The gcp provider's secret channel: one Secret Manager secret per launch, ``prefect-remote-<launch id>``,
+whose payload is the JSON of the launch's secret environment.
+
+A Cloud Run job references it from its container's env (``PREFECT_REMOTE_SECRETS_JSON``, resolved by
+Cloud Run when the task starts: the job spec holds a name, never a value); a Compute Engine VM reads
+it with its service account (:func:`read_secrets`). Nothing secret goes into a job spec, VM metadata,
+a label or a log. The launcher deletes it when the launch fails or its machines have ended; what an
+owner that died left behind, :func:`sweep_secrets` deletes later.
+
+Standard library only at import (the machine side imports it).
+
+>>> secret_id("launch-0a1b2c3d4e5f")
+'prefect-remote-launch-0a1b2c3d4e5f'
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+from prefect_remote.providers.gcp.clients import GCPError, translated
+
+if TYPE_CHECKING:
+    from prefect_remote.providers.gcp.clients import GoogleClients
+    from prefect_remote.providers.gcp.records import MachineRecords
+
+logger = logging.getLogger(__name__)
+
+SECRET_PREFIX = "prefect-remote-"
+LAUNCH_LABEL = "prefect-remote-launch"
+CREATED_LABEL = "created-at"  # epoch seconds: a label, so that a listing shows it without a parse of createTime
+SECRETS_SWEEP_AGE = 3600.0  # seconds: a launch secret older than this with no machine left is an orphan
+MAX_PAYLOAD = 64 * 1024  # Secret Manager's limit on one version's payload
+
+
+def secret_id(launch_id: str) -> str:
+    """The id of ``launch_id``'s secret (Cloud Run's ``secretKeyRef.secret``)."""
+    return f"{SECRET_PREFIX}{launch_id}"
+
+
+def secret_name(project: str, launch_id: str) -> str:
+    return f"projects/{project}/secrets/{secret_id(launch_id)}"
+
+
+def _crc32c(data: bytes) -> int:
+    import google_crc32c
+
+    return int(google_crc32c.value(data))
+
+
+def store_secrets(clients: GoogleClients, launch_id: str, secrets: Mapping[str, str]) -> None:
+    """Keeps ``secrets`` as ``launch_id``'s secret (two calls: the secret, then its one version,
+    checksummed). Refuses a payload over Secret Manager's 64 KiB before any call."""
+    data = json.dumps(dict(secrets)).encode()
+    if len(data) > MAX_PAYLOAD:
+        raise ValueError(
+            f"the launch's secret environment is {len(data) // 1024} KiB as JSON, over the 64 KiB a Secret Manager secret holds; "
+            "pass large values through the store or files, not secret env"
+        )
+    client = clients.secret_manager()
+    name = secret_name(clients.project, launch_id)
+    labels = {LAUNCH_LABEL: launch_id, CREATED_LABEL: str(int(time.time()))}
+    with clients.translated("secretmanager.secrets.create"):
+        client.create_secret(parent=f"projects/{clients.project}", secret_id=secret_id(launch_id), secret={"replication": {"automatic": {}}, "labels": labels})
+    try:
+        with clients.translated("secretmanager.versions.add"):
+            client.add_secret_version(parent=name, payload={"data": data, "data_crc32c": _crc32c(data)})
+    except BaseException:
+        forget_secrets(clients, launch_id)  # no secret without its value
+        raise
+
+
+def forget_secrets(clients: GoogleClients, launch_id: str) -> None:
+    """Deletes ``launch_id``'s secret (a missing one is fine)."""
+    from google.api_core.exceptions import NotFound
+
+    try:
+        with clients.translated("secretmanager.secrets.delete"):
+            clients.secret_manager().delete_secret(name=secret_name(clients.project, launch_id))
+    except NotFound:
+        pass
+
+
+def read_secrets(project: str, launch_id: str, *, api_endpoint: str | None = None, credentials: Any = None) -> dict[str, str]:
+    """On a machine: its launch's secret environment, read with the machine's service account (it
+    needs roles/secretmanager.secretAccessor on the secret) and checked against its CRC32C."""
+    from google.cloud import secretmanager_v1
+
+    client = secretmanager_v1.SecretManagerServiceClient(
+        credentials=credentials, transport="rest", client_options={"api_endpoint": api_endpoint} if api_endpoint else None
+    )
+    with translated("secretmanager.versions.access", project=project):
+        response = client.access_secret_version(name=f"{secret_name(project, launch_id)}/versions/latest")
+    data = response.payload.data
+    if response.payload.data_crc32c and _crc32c(data) != response.payload.data_crc32c:
+        raise GCPError(f"the secret of {launch_id} arrived corrupted (its CRC32C does not match); the machine cannot start its payload safely")
+    return dict(json.loads(data))
+
+
+def sweep_secrets(clients: GoogleClients, records: MachineRecords, *, older_than: float = SECRETS_SWEEP_AGE) -> list[str]:
+    """Deletes launch secrets left behind by owners that died (their machines ended themselves and
+    nobody saw them end): those older than ``older_than`` seconds whose launch has no live machine
+    by its records. One listing of secrets, one of records, and a delete per orphan; returns the
+    launch ids. A tidy-up: an identity that may not list secrets skips it."""
+    from google.api_core.exceptions import GoogleAPICallError
+
+    cutoff = time.time() - older_than
+    try:
+        with clients.translated("secretmanager.secrets.list"):
+            found = list(clients.secret_manager().list_secrets(request={"parent": f"projects/{clients.project}", "filter": f"labels.{LAUNCH_LABEL}:*"}))
+    except (GCPError, GoogleAPICallError) as error:
+        logger.debug("launch secrets not swept: %s", error)
+        return []
+    old = {
+        secret.labels[LAUNCH_LABEL]
+        for secret in found
+        if secret.labels.get(LAUNCH_LABEL) and float(secret.labels.get(CREATED_LABEL) or secret.create_time.timestamp()) < cutoff
+    }
+    orphans = sorted(old - records.live_launches(old)) if old else []
+    for launch_id in orphans:
+        forget_secrets(clients, launch_id)
+    return orphans

@@ -1,0 +1,73 @@
+"""GoogleClients and translated(): the project and credentials they find, and Google's refusals as
+errors that name the fix, against the sandbox's fakes through the real clients."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from google.api_core import exceptions
+
+from prefect_remote.providers.gcp.clients import GCPError, GoogleClients, translated
+from prefect_remote.providers.gcp.secrets import store_secrets
+from tests.providers.gcp.conftest import Options
+
+
+def test_one_client_per_api_with_the_endpoint(fake_google, clients):
+    assert clients.project == "sandbox-project"
+    assert clients.secret_manager() is clients.secret_manager()
+    assert fake_google.api.url.removeprefix("http://") in clients.secret_manager().api_endpoint
+    assert clients.logging().project == "sandbox-project"
+
+
+def test_the_project_comes_from_the_credentials_or_is_asked_for(fake_google, monkeypatch, tmp_path):
+    monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", fake_google.key_file)
+    monkeypatch.delenv("GOOGLE_CLOUD_PROJECT", raising=False)
+    assert GoogleClients(Options(None, fake_google.api.url)).project == "sandbox-project"  # the key's
+    monkeypatch.setenv("GOOGLE_CLOUD_PROJECT", "env-project")
+    assert GoogleClients(Options(None, fake_google.api.url)).project == "env-project"
+    monkeypatch.delenv("GOOGLE_CLOUD_PROJECT")
+    key = json.loads(open(fake_google.key_file).read())
+    del key["project_id"]
+    (tmp_path / "key.json").write_text(json.dumps(key))
+    monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", str(tmp_path / "key.json"))
+    with pytest.raises(GCPError, match="no Google Cloud project .* PREFECT_REMOTE_GCP_PROJECT"):
+        GoogleClients(Options(None, fake_google.api.url)).project
+
+
+def test_no_credentials(monkeypatch, tmp_path):
+    for name in ("GOOGLE_APPLICATION_CREDENTIALS", "GCE_METADATA_HOST", "GCE_METADATA_IP"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("CLOUDSDK_CONFIG", str(tmp_path))
+    monkeypatch.setenv("NO_GCE_CHECK", "True")
+    with pytest.raises(GCPError, match="no Google Cloud credentials found .*gcloud auth application-default login"):
+        GoogleClients(Options("my-project", None)).secret_manager()
+
+
+def test_a_refusal_names_the_role(fake_google, monkeypatch):
+    monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", fake_google.key_file)
+    other = GoogleClients(Options("someone-elses", fake_google.api.url))  # the fake refuses other projects, as Google does
+    with pytest.raises(GCPError, match=r"refused secretmanager.secrets.create in project someone-elses.*grant it roles/secretmanager.admin .*add-iam-policy-binding someone-elses"):
+        store_secrets(other, "launch-00000000000d", {"TOKEN": "t"})
+
+
+@pytest.mark.parametrize(
+    ("error", "expected"),
+    [
+        (exceptions.Forbidden("Cloud Run Admin API has not been used in project 123 before or it is disabled."), r"run.googleapis.com API is not enabled in project p-123456 .*gcloud services enable run.googleapis.com --project=p-123456"),
+        (exceptions.Forbidden("Permission 'iam.serviceaccounts.actAs' denied on service account x"), r"grant it roles/iam.serviceAccountUser"),
+        (exceptions.NotFound("Project 'p-123456' not found or permission denied."), r"project 'p-123456' not found .*PREFECT_REMOTE_GCP_PROJECT"),
+        (exceptions.Unauthorized("Request had invalid authentication credentials."), r"rejected the credentials .*gcloud auth application-default login"),
+    ],
+)
+def test_translated(error, expected):
+    with pytest.raises(GCPError, match=expected):
+        with translated("create Cloud Run jobs", project="p-123456"):
+            raise error
+
+
+def test_other_errors_pass():
+    missing = exceptions.NotFound("The resource 'projects/p-123456/zones/us-central1-a/instances/vm-1' was not found")
+    with pytest.raises(exceptions.NotFound):
+        with translated("compute.instances.get", project="p-123456"):
+            raise missing

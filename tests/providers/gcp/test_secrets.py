@@ -1,0 +1,48 @@
+"""The gcp secret channel against the sandbox's Secret Manager, through the real client over REST:
+one secret per launch, read back as a machine does, forgotten, and swept once orphaned."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from prefect_remote.providers.gcp.secrets import LAUNCH_LABEL, forget_secrets, read_secrets, secret_id, store_secrets, sweep_secrets
+
+
+def test_one_secret_per_launch_read_back_then_forgotten(fake_google, clients):
+    store_secrets(clients, "launch-00000000000a", {"TOKEN": "s3cr3t", "OTHER": "é"})
+    assert json.loads(fake_google.secrets.value(secret_id("launch-00000000000a"))) == {"TOKEN": "s3cr3t", "OTHER": "é"}
+    secret = clients.secret_manager().get_secret(name=f"projects/{clients.project}/secrets/prefect-remote-launch-00000000000a")
+    assert secret.labels[LAUNCH_LABEL] == "launch-00000000000a" and "s3cr3t" not in str(secret)
+    assert read_secrets(clients.project, "launch-00000000000a", api_endpoint=fake_google.api.url) == {"TOKEN": "s3cr3t", "OTHER": "é"}
+    forget_secrets(clients, "launch-00000000000a")
+    forget_secrets(clients, "launch-00000000000a")  # already gone: fine
+    with pytest.raises(Exception, match="not found"):
+        read_secrets(clients.project, "launch-00000000000a", api_endpoint=fake_google.api.url)
+
+
+def test_too_large_a_secret_env_is_refused_before_any_call(fake_google, clients):
+    before = sum(fake_google.api.calls.values())
+    with pytest.raises(ValueError, match="over the 64 KiB a Secret Manager secret holds"):
+        store_secrets(clients, "launch-00000000000b", {"BIG": "x" * 70_000})
+    assert sum(fake_google.api.calls.values()) == before
+
+
+def test_orphans_are_swept(gcs, fake_google, clients):
+    from prefect_remote.providers.base import InstanceType, Launch
+    from prefect_remote.providers.gcp.records import MachineRecords
+    from prefect_remote.software.store import open_store
+    from prefect_remote.spec import MachineSpec
+
+    records = MachineRecords(open_store(f"gs://{gcs.bucket()}/store"))
+    for launch_id, machine_id in (("launch-0000000000c1", "vm-0000000000c1"), ("launch-0000000000c2", "vm-0000000000c2")):
+        store_secrets(clients, launch_id, {"TOKEN": "t"})
+        launch = Launch(launch_id, "", MachineSpec(), InstanceType("e2-small", 2, 2**31), 1, {}, None, True)
+        records.create([machine_id], launch, service="Compute Engine")
+    records.end("vm-0000000000c1", reason="payload finished", exit_code=0)
+    assert sweep_secrets(clients, records) == []  # younger than an hour: a launch may still be starting
+    assert sweep_secrets(clients, records, older_than=0) == ["launch-0000000000c1"]  # c2's machine still runs
+    names = [s.name.rsplit("/", 1)[-1] for s in clients.secret_manager().list_secrets(parent=f"projects/{clients.project}")]
+    assert "prefect-remote-launch-0000000000c1" not in names and "prefect-remote-launch-0000000000c2" in names
+    forget_secrets(clients, "launch-0000000000c2")
