@@ -3,6 +3,7 @@ machine, namespace, cgroup and process it started, even when tests fail."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -23,6 +24,7 @@ os.environ.update(
     PREFECT_REMOTE_LOCAL_GRACE_PERIOD="2",
     PREFECT_REMOTE_PROVIDER="local",
 )
+SESSION_ENVIRON = dict(os.environ)  # what session-wide servers start with, whatever test starts them
 
 from prefect_remote.boot import MACHINE_ID_ENV  # noqa: E402
 from prefect_remote.devserver import local_prefect_server  # noqa: E402
@@ -37,8 +39,14 @@ from prefect_remote.providers.local.isolation import (  # noqa: E402
     tagged_pids,
 )
 
-# Where this session's machines live: its own, the sandbox AWS's instances, and `prefect-remote sandbox aws`'s.
-MACHINE_FOLDERS = (SESSION_HOME / "machines", SESSION_HOME / "aws" / "home" / "machines", SESSION_HOME / "sandbox" / "aws" / "home" / "machines")
+# Where this session's machines live: its own, the sandbox clouds' instances, and `prefect-remote sandbox aws|gcp`'s.
+MACHINE_FOLDERS = (
+    SESSION_HOME / "machines",
+    SESSION_HOME / "aws" / "home" / "machines",
+    SESSION_HOME / "sandbox" / "aws" / "home" / "machines",
+    SESSION_HOME / "gcp" / "home" / "machines",
+    SESSION_HOME / "sandbox" / "gcp" / "home" / "machines",
+)
 NAMESPACE_SKIP = namespace_unavailable()
 needs_namespace = pytest.mark.skipif(NAMESPACE_SKIP is not None, reason=NAMESPACE_SKIP or "")
 
@@ -135,7 +143,16 @@ def prefect_server() -> str:
         "PREFECT_REMOTE_PUSH_POOLS": "test-push",  # other push pools are left to the fallbacks under test
         "PREFECT_SERVER_LOGGING_LEVEL": "WARNING",
     }
-    with local_prefect_server(SESSION_HOME / "prefect", env=settings) as api_url:
+    # Started by whichever test first needs it, maybe one with a sandbox's exports in os.environ: the
+    # server (and the push service inside it) gets the session's environment, not that test's.
+    server = contextlib.ExitStack()
+    with pytest.MonkeyPatch.context() as session_environ:
+        for name in set(os.environ) - set(SESSION_ENVIRON):
+            session_environ.delenv(name)
+        for name, value in SESSION_ENVIRON.items():
+            session_environ.setenv(name, value)
+        api_url = server.enter_context(local_prefect_server(SESSION_HOME / "prefect", env=settings))
+    with server:
         yield api_url
 
 
@@ -143,7 +160,7 @@ def prefect_server() -> str:
 def no_machine_outlives_its_test():
     yield
     end_all_machines()
-    for sandbox in _AWS_SANDBOXES:
+    for sandbox in _SANDBOXES:
         sandbox.end_all_instances()
 
 
@@ -169,7 +186,7 @@ def wait_for(predicate, timeout: float = 20, interval: float = 0.05, message: st
     raise AssertionError(f"timed out after {timeout}s waiting for {message}")
 
 
-_AWS_SANDBOXES: list = []  # started by the first test that needs one
+_SANDBOXES: list = []  # the session's sandbox clouds, started by the first test that needs each
 
 
 @pytest.fixture(scope="session")
@@ -180,11 +197,11 @@ def aws_sandbox():
     from prefect_remote.testing.aws import SandboxAWS
 
     with SandboxAWS(region="us-east-1", home=SESSION_HOME / "aws", validate_instance_types=True) as sandbox:
-        _AWS_SANDBOXES.append(sandbox)
+        _SANDBOXES.append(sandbox)
         try:
             yield sandbox
         finally:
-            _AWS_SANDBOXES.clear()
+            _SANDBOXES.remove(sandbox)
 
 
 def use_aws_sandbox(monkeypatch: pytest.MonkeyPatch, sandbox) -> None:
@@ -202,3 +219,35 @@ def aws_env(aws_sandbox, monkeypatch):
     """The session's sandbox for one test (:func:`use_aws_sandbox`)."""
     use_aws_sandbox(monkeypatch, aws_sandbox)
     return aws_sandbox
+
+
+@pytest.fixture(scope="session")
+def gcp_sandbox():
+    """The session's sandbox GCP: the Google APIs prefect-remote calls on one loopback endpoint,
+    GCS on another, reached only through the real google-cloud clients; Cloud Run tasks and Compute
+    Engine instances run as local machines under this session's home. Yields its ``SandboxGCP``."""
+    from prefect_remote.testing.gcp.sandbox import SandboxGCP
+
+    with SandboxGCP(home=SESSION_HOME / "gcp") as sandbox:
+        _SANDBOXES.append(sandbox)
+        try:
+            yield sandbox
+        finally:
+            _SANDBOXES.remove(sandbox)
+
+
+def use_gcp_sandbox(monkeypatch: pytest.MonkeyPatch, sandbox) -> None:
+    """Points Google's clients and the gcp provider at ``sandbox``, as a user's shell after
+    `prefect-remote sandbox gcp` (the default provider stays local; leases are read every 5 s)."""
+    for name, value in sandbox.exports().items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("PREFECT_REMOTE_PROVIDER", "local")
+    monkeypatch.setenv("PREFECT_REMOTE_GCP_LEASE_INTERVAL", "5")
+    monkeypatch.delenv("CLOUDSDK_CONFIG", raising=False)
+
+
+@pytest.fixture
+def gcp_env(gcp_sandbox, monkeypatch):
+    """The session's sandbox GCP for one test (:func:`use_gcp_sandbox`)."""
+    use_gcp_sandbox(monkeypatch, gcp_sandbox)
+    return gcp_sandbox
