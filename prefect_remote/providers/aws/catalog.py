@@ -15,8 +15,6 @@ from __future__ import annotations
 import difflib
 import hashlib
 import json
-import os
-import tempfile
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, replace
@@ -26,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 from prefect_remote.errors import CapacityError
 from prefect_remote.providers.aws.prices import on_demand_prices, table_regions
 from prefect_remote.providers.base import InstanceType, pick_instance_type
+from prefect_remote.providers.cache import save_cache
 from prefect_remote.units import format_size
 
 if TYPE_CHECKING:
@@ -119,7 +118,7 @@ def _fetch(ec2_client: BaseClient, region: str, pricing_client: BaseClient | Non
         "prices": {"source": prices.source, "estimated": sorted(prices.estimated & {t.name for t in types})},
         "types": [asdict(item) for item in types],
     }
-    _save(path, document)
+    save_cache(path, document)
     return types
 
 
@@ -131,16 +130,6 @@ def _load(path: Path) -> tuple[float, list[InstanceType]] | None:
         return float(document["fetched_at"]), [InstanceType(**item) for item in document["types"]]
     except (OSError, ValueError, KeyError, TypeError):
         return None  # missing or unreadable: asked again, and rewritten
-
-
-def _save(path: Path, document: dict[str, Any]) -> None:
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        with tempfile.NamedTemporaryFile("w", dir=path.parent, prefix=f".{path.name}.", delete=False) as handle:
-            json.dump(document, handle)
-        os.replace(handle.name, path)  # whole or not at all, for concurrent readers
-    except OSError:
-        pass  # a cache that cannot be written only costs the next process a describe call
 
 
 # -- choosing ---------------------------------------------------------------------------------------

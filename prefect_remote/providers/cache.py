@@ -1,0 +1,26 @@
+"""Small JSON caches a provider keeps under ``$PREFECT_REMOTE_HOME/cache/`` (a region's instance
+types, its prices), written whole or not at all.
+
+>>> save_cache(Path(tempfile.mkdtemp()) / "aws" / "types.json", {"fetched_at": 0})
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+
+def save_cache(path: Path, document: dict[str, Any]) -> None:
+    """Writes ``document`` as JSON to ``path`` (folders made, owner-only), replacing it atomically
+    for concurrent readers; a cache that cannot be written is skipped: it only costs the next
+    process the calls that fill it again."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        with tempfile.NamedTemporaryFile("w", dir=path.parent, prefix=f".{path.name}.", delete=False) as handle:
+            json.dump(document, handle)
+        os.replace(handle.name, path)
+    except OSError:
+        pass

@@ -1,0 +1,472 @@
+"""Compute Engine VMs: the gcp machines that accept connections (a Dask cluster's scheduler and
+workers), or that Cloud Run cannot shape. A machine is an instance whose name is its id (``vm-…``).
+
+A launch inserts one instance per machine, booting a stock image family that runs the boot script
+as its ``startup-script``; ``spot`` is the SPOT provisioning model (deleted when preempted), and
+``spot_with_fallback`` inserts standard VMs where spot capacity is out. Every VM carries the
+network tag ``prefect-remote`` (a firewall rule lets those reach each other on internal IPs) and,
+unless ``allow_ingress_from="none"``, the tag of a rule admitting the Dask ports from that source
+only. Labels say which launch a VM is of; the raw tags (labels allow only ``[a-z0-9_-]``) are kept
+in its metadata.
+
+>>> service = provider.service("compute")                                            # doctest: +SKIP
+>>> service.choose_instance_type(MachineSpec(cpu=4, memory="16 GiB")).name           # doctest: +SKIP
+'e2-standard-4'
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import re
+from collections.abc import Mapping, Sequence
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+from prefect_remote.errors import CapacityError, RemoteError
+from prefect_remote.providers.base import Capabilities, InstanceType, Launch, Machine, MachineState
+from prefect_remote.providers.gcp import catalog
+from prefect_remote.providers.gcp.prices import on_demand_rates
+from prefect_remote.providers.gcp.provider import DASK_PORTS, LABEL_PREFIX, GCPService
+
+if TYPE_CHECKING:
+    from prefect_remote.spec import MachineSpec
+
+logger = logging.getLogger(__name__)
+
+LAUNCH_LABEL = LABEL_PREFIX + "launch"
+SERVICE_LABEL = LABEL_PREFIX + "service"  # "compute" on every VM it starts: what listing filters on
+OWNER_LABEL = LABEL_PREFIX + "owner"
+TAGS_KEY = LABEL_PREFIX + "tags"  # metadata: the launch's tags as given (JSON)
+OWNER_KEY = LABEL_PREFIX + "owner"  # metadata: the owner as given ("host:pid" is no label value)
+SPEC_KEY = LABEL_PREFIX + "spec"
+INTERNAL_TAG = "prefect-remote"  # network tag of every VM: the internal rule's source and target
+CLOUD_PLATFORM = "https://www.googleapis.com/auth/cloud-platform"
+# Compute Engine's statuses as a machine's (the rest have ended). A STOPPING VM is being deleted.
+STATES: dict[str, MachineState] = {"PROVISIONING": "pending", "STAGING": "pending", "REPAIRING": "pending", "RUNNING": "running"}
+# What Compute Engine answers when a zone has no capacity for the request: spot_with_fallback
+# inserts a standard VM instead.
+STOCK_OUT = ("ZONE_RESOURCE_POOL_EXHAUSTED", "ZONE_RESOURCE_POOL_EXHAUSTED_WITH_DETAILS", "REGION_RESOURCE_POOL_EXHAUSTED", "STOCKOUT")
+# A VM outlives its timeout by this much before Compute Engine deletes it: the agent ends it first
+# and records why; maxRunDuration is the backstop for an agent that could not.
+MAX_RUN_GRACE = 300
+OPERATION_TIMEOUT = 300.0  # seconds a VM's insert may take
+_LABEL_VALUE = re.compile(r"[a-z0-9_-]{0,63}")
+
+
+def label_key(key: str) -> str:
+    """``key`` as a GCP label key (lowercase letters, digits, ``_`` and ``-``, starting with a letter,
+    at most 63): other characters become ``_``, as :func:`aws.tag_key` maps tags for EC2.
+
+    >>> label_key("prefect.io/flow-run-id")
+    'prefect_io_flow-run-id'
+    """
+    key = re.sub(r"[^a-z0-9_-]", "_", key.lower())
+    return (key if key[:1].isalpha() else "t_" + key)[:63]
+
+
+def label_value(value: str) -> str | None:
+    """``value`` when it can be a label value as it is, else None (kept only in metadata).
+
+    >>> label_value("worker"), label_value("My Cluster")
+    ('worker', None)
+    """
+    return value if _LABEL_VALUE.fullmatch(value) else None
+
+
+def labels_for(tags: Mapping[str, str]) -> dict[str, str]:
+    """The label of each tag whose value can be one."""
+    return {label_key(key): value for key, value in tags.items() if label_value(value) is not None}
+
+
+class ComputeService(GCPService):
+    """Compute Engine VMs in the provider's zone (``zone``, else the region's first)."""
+
+    name = "Compute Engine"
+    id_prefix = "vm-"
+    capabilities = Capabilities(inbound_connections=True, terminate_one=True, containers=False, gpus=True, max_lifetime=None)
+
+    def __init__(self, provider: Any) -> None:
+        super().__init__(provider)
+        self._catalogs: dict[str, list[InstanceType]] = {}  # zone -> its types, priced
+        self._firewalls: set[str] = set()  # rules known to exist
+        self._deleting: set[str] = set()  # halted VMs already asked to be deleted
+
+    @property
+    def zone(self) -> str:
+        return self.options.zone_or_default
+
+    @property
+    def project(self) -> str:
+        return self.clients.project
+
+    # -- sizing -----------------------------------------------------------------------------------
+    def unfit(self, spec: MachineSpec) -> str | None:
+        if spec.container:
+            return f"container={spec.container!r}: Compute Engine VMs boot a stock image and run no container (use software=, or Cloud Run)"
+        try:
+            self.choose_instance_type(spec)
+        except CapacityError as error:
+            return str(error)
+        return None
+
+    def instance_types(self) -> Sequence[InstanceType]:
+        """The zone's machine types (listed once per zone and process), priced."""
+        zone = self.zone
+        if zone not in self._catalogs:
+            with self.clients.translated("compute.machineTypes.list"):
+                entries = list(self.clients.machine_types().list(project=self.project, zone=zone))
+            rates = on_demand_rates(self.clients.credentials, self.options.region, self.options.api_endpoint)
+            # n1 zones have T4s to attach in all but a few; an accelerator list says for sure.
+            self._catalogs[zone] = catalog.machine_types(entries, rates, t4=self._has_t4(zone))
+        return self._catalogs[zone]
+
+    def _has_t4(self, zone: str) -> bool:
+        factory = getattr(self.clients, "accelerator_types", None)
+        if factory is None:
+            return True
+        with self.clients.translated("compute.acceleratorTypes.list"):
+            return any(item.name == catalog.T4 for item in factory().list(project=self.project, zone=zone))
+
+    def choose_instance_type(self, spec: MachineSpec) -> InstanceType:
+        return catalog.choose_machine_type(self.instance_types(), spec, self.zone)
+
+    # -- starting ---------------------------------------------------------------------------------
+    def start(self, launch: Launch, machine_ids: Sequence[str]) -> list[Machine]:
+        policy = launch.spec.spot_policy
+        with self.clients.translated("compute.firewalls.create"):
+            network_tags = self._network_tags(self._ingress_cidr(launch.spec))
+        with self.clients.translated("compute.instances.create"):
+            spot = policy != "on-demand"
+            started: list[str] = []
+            try:
+                operations: dict[str, Any] = {}
+                for machine_id in machine_ids:  # all inserted, then all awaited: they boot in parallel
+                    started.append(machine_id)
+                    try:
+                        operations[machine_id] = self._insert(launch, machine_id, network_tags, spot=spot)
+                    except _OperationError as refused:  # refused at once: handled as a failed operation
+                        operations[machine_id] = refused
+                for machine_id, operation in operations.items():
+                    try:
+                        if isinstance(operation, _OperationError):
+                            raise operation
+                        self._wait(operation, machine_id)
+                    except _OperationError as error:
+                        if not error.stock_out:
+                            raise
+                        if not spot or policy == "spot":
+                            raise self._stock_out(launch, error, spot) from None
+                        logger.warning(
+                            "gcp: no spot capacity for %s in %s (%s): starting %s as a standard VM (spot_with_fallback)",
+                            launch.instance_type.name, self.zone, error.code, machine_id,
+                        )
+                        try:
+                            self._wait(self._insert(launch, machine_id, network_tags, spot=False), machine_id)
+                        except _OperationError as again:
+                            raise (self._stock_out(launch, again, False) if again.stock_out else again) from None
+                machines = {m.id: m for m in self.machines(machine_ids)}
+                return [machines[machine_id] for machine_id in machine_ids if machine_id in machines]
+            except BaseException:
+                try:
+                    self.terminate(started, "its launch failed")
+                except Exception:  # noqa: BLE001 - the launch's own error is the one to see
+                    logger.exception("gcp: could not delete the VMs of a failed launch: %s", ", ".join(started))
+                raise
+
+    def _insert(self, launch: Launch, machine_id: str, network_tags: list[str], *, spot: bool) -> Any:
+        """Inserts one VM; its operation (an insert refused at once raises :class:`_OperationError`)."""
+        from google.api_core.exceptions import GoogleAPICallError
+
+        body = self.instance_body(launch, machine_id, network_tags, spot=spot)
+        try:
+            return self.clients.instances().insert(project=self.project, zone=self.zone, instance_resource=body)
+        except GoogleAPICallError as error:
+            codes = [str(e.get("reason", "")) for e in getattr(error, "errors", []) if isinstance(e, Mapping)]
+            if any(code in STOCK_OUT for code in codes) or any(code in str(error) for code in STOCK_OUT):
+                raise _OperationError(next((c for c in codes if c in STOCK_OUT), "ZONE_RESOURCE_POOL_EXHAUSTED"), error.message, machine_id) from None
+            raise
+
+    def _wait(self, operation: Any, machine_id: str) -> None:
+        """Waits for a zone operation (insert) to be done; raises :class:`_OperationError` if it failed."""
+        import time
+
+        from google.cloud import compute_v1
+
+        name = operation.name
+        deadline = time.monotonic() + OPERATION_TIMEOUT
+        while True:
+            done = self.clients.zone_operations().wait(project=self.project, zone=self.zone, operation=name)
+            if done.status == compute_v1.Operation.Status.DONE:
+                break
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"Compute Engine operation {name} not done after {OPERATION_TIMEOUT:.0f}s")
+        errors = list(done.error.errors) if done.error else []
+        if errors:
+            raise _OperationError(errors[0].code, errors[0].message or done.http_error_message, machine_id)
+
+    def _stock_out(self, launch: Launch, error: _OperationError, spot: bool) -> CapacityError:
+        name = launch.instance_type.name
+        if spot:
+            return CapacityError(
+                f"no spot capacity for {name} in zone {self.zone} ({error.code}); try spot_policy='spot_with_fallback', another vm_type or zone, or later"
+            )
+        return CapacityError(f"no capacity for {name} in zone {self.zone} ({error.code}); try another vm_type or zone, or later")
+
+    def instance_body(self, launch: Launch, machine_id: str, network_tags: Sequence[str], *, spot: bool) -> Any:
+        """The ``Instance`` inserted for ``machine_id``."""
+        from google.cloud import compute_v1
+
+        spec, instance_type, zone = launch.spec, launch.instance_type, self.zone
+        machine_type, gpus, accelerator = catalog.attached(instance_type.name) or (instance_type.name, 0, None)
+        raw_tags = dict(launch.tags)
+        labels = {
+            **labels_for(raw_tags),
+            SERVICE_LABEL: "compute",
+            LAUNCH_LABEL: launch.id,
+            **({OWNER_LABEL: re.sub(r"[^a-z0-9_-]", "_", launch.owner.lower())[:63]} if launch.owner else {}),
+        }
+        metadata = {
+            "startup-script": launch.boot_script,  # no secrets: the machine reads those from Secret Manager
+            TAGS_KEY: json.dumps(raw_tags),
+            SPEC_KEY: spec.summary(),
+            **({OWNER_KEY: launch.owner} if launch.owner else {}),
+        }
+        disk: dict[str, Any] = {
+            "source_image": self._image(instance_type),
+            # c4a boots only from Hyperdisk
+            "disk_type": f"zones/{zone}/diskTypes/{'hyperdisk-balanced' if machine_type.startswith('c4a-') else 'pd-balanced'}",
+            "labels": {LAUNCH_LABEL: launch.id},
+        }
+        if spec.disk_size:
+            disk["disk_size_gb"] = math.ceil(spec.disk_size / 2**30)
+        interface: dict[str, Any] = {
+            "network": self._network_url(),
+            # Every VM gets an external address: the stock-image boot downloads uv and packages,
+            # and a VM without one reaches nothing outside without Cloud NAT. Ingress stays the
+            # firewall's to allow (only the Dask ports, only from allow_ingress_from).
+            "access_configs": [{"name": "External NAT", "type_": "ONE_TO_ONE_NAT"}],
+        }
+        if self.options.subnetwork:
+            subnetwork = self.options.subnetwork
+            interface["subnetwork"] = subnetwork if "/" in subnetwork else f"regions/{self.options.region}/subnetworks/{subnetwork}"
+        scheduling: dict[str, Any] = {"provisioning_model": "SPOT" if spot else "STANDARD"}
+        if spot:
+            scheduling.update(instance_termination_action="DELETE", automatic_restart=False, on_host_maintenance="TERMINATE")
+        elif instance_type.gpu:
+            scheduling.update(on_host_maintenance="TERMINATE", automatic_restart=True)  # GPUs cannot live-migrate
+        if spec.timeout:
+            scheduling.update(max_run_duration={"seconds": int(math.ceil(spec.timeout)) + MAX_RUN_GRACE}, instance_termination_action="DELETE")
+        body: dict[str, Any] = {
+            "name": machine_id,
+            "machine_type": f"zones/{zone}/machineTypes/{machine_type}",
+            "labels": labels,
+            "metadata": {"items": [{"key": key, "value": value} for key, value in metadata.items()]},
+            "tags": {"items": list(network_tags)},
+            "disks": [{"boot": True, "auto_delete": True, "initialize_params": disk}],
+            "network_interfaces": [interface],
+            "service_accounts": [{"email": self.options.service_account or "default", "scopes": [CLOUD_PLATFORM]}],
+            "scheduling": scheduling,
+        }
+        if gpus and accelerator:
+            body["guest_accelerators"] = [{"accelerator_type": f"zones/{zone}/acceleratorTypes/{accelerator}", "accelerator_count": gpus}]
+        return compute_v1.Instance(body)
+
+    def _image(self, instance_type: InstanceType) -> str:
+        """The boot image: ``vm_image``, its ``-arm64`` family for an arm type (Debian's and Ubuntu's
+        image families are named so)."""
+        image = self.options.vm_image
+        if instance_type.arch == "arm64" and "/family/" in image and not image.endswith("-arm64"):
+            return image + "-arm64"
+        return image
+
+    def _network_url(self) -> str:
+        network = self.options.network
+        return network if "/" in network else f"global/networks/{network}"
+
+    # -- the firewall -------------------------------------------------------------------------------
+    def _ingress_cidr(self, spec: MachineSpec) -> str | None:
+        """Where the Dask ports are reached from: ``"me"`` is this launcher's public IP
+        (``PREFECT_REMOTE_GCP_PUBLIC_IP``, else asked of checkip once); None for ``"none"`` or when
+        it cannot be found."""
+        import ipaddress
+
+        source = spec.allow_ingress_from or self.options.allow_ingress_from
+        if source == "none":
+            return None
+        if source == "everyone":
+            return "0.0.0.0/0"
+        if source != "me":
+            return source
+        from prefect_remote.providers.aws.provider import CHECKIP_URL, public_ip
+
+        address = self.options.public_ip or public_ip(CHECKIP_URL)
+        if address is None:
+            logger.warning(
+                "gcp: could not find this computer's public IP (%s unreachable): the Dask ports get no ingress; "
+                "set PREFECT_REMOTE_GCP_PUBLIC_IP or pass allow_ingress_from as a CIDR", CHECKIP_URL,
+            )
+            return None
+        return str(ipaddress.ip_network(address, strict=False))
+
+    def _network_tags(self, cidr: str | None) -> list[str]:
+        """The VM's network tags, after making sure their firewall rules exist: the internal rule
+        (prefect-remote VMs reach each other on any port) and, with ``cidr``, one admitting the Dask
+        ports from ``cidr`` only. One rule per source, so that asking for "everyone" once never
+        opens other VMs."""
+        network = self._network_url()
+        self._firewall(
+            f"prefect-remote-internal-{_digest(network)}",
+            "prefect-remote: VMs reach each other on their internal addresses",
+            network,
+            allowed=[{"I_p_protocol": protocol} for protocol in ("tcp", "udp", "icmp")],
+            source_tags=[INTERNAL_TAG],
+            target_tags=[INTERNAL_TAG],
+        )
+        if cidr is None:
+            return [INTERNAL_TAG]
+        name = f"prefect-remote-dask-{_digest(network + ' ' + cidr)}"
+        low, high = DASK_PORTS
+        self._firewall(
+            name,
+            f"prefect-remote: Dask scheduler and dashboard ports from {cidr}",
+            network,
+            allowed=[{"I_p_protocol": "tcp", "ports": [f"{low}-{high}"]}],
+            source_ranges=[cidr],
+            target_tags=[name],
+        )
+        return [INTERNAL_TAG, name]
+
+    def _firewall(self, name: str, description: str, network: str, **rule: Any) -> None:
+        """Makes firewall rule ``name`` unless it exists (once per process)."""
+        from google.api_core.exceptions import Conflict, NotFound
+        from google.cloud import compute_v1
+
+        if name in self._firewalls:
+            return
+        firewalls = self.clients.firewalls()
+        try:
+            firewalls.get(project=self.project, firewall=name)
+        except NotFound:
+            body = compute_v1.Firewall(name=name, description=description, network=network, direction="INGRESS", priority=1000, **rule)
+            try:
+                operation = firewalls.insert(project=self.project, firewall_resource=body)
+                self.clients.global_operations().wait(project=self.project, operation=operation.name)
+            except Conflict:
+                pass  # another launcher made it just now
+            logger.info("gcp: made firewall rule %s (%s)", name, description)
+        self._firewalls.add(name)
+
+    # -- reading back ----------------------------------------------------------------------------------
+    def machines(self, machine_ids: Sequence[str] | None = None, labels: Mapping[str, str] | None = None) -> list[Machine]:
+        """One ``instances.list`` call in the zone, filtered by label; ids and tags whose values are
+        no label values are matched here."""
+        if machine_ids is not None:
+            wanted = {machine_id for machine_id in machine_ids if machine_id.startswith(self.id_prefix)}
+            if not wanted:
+                return []
+        terms = [f'labels.{SERVICE_LABEL} = "compute"', *(f'labels.{key} = "{value}"' for key, value in labels_for(labels or {}).items())]
+        request = {"project": self.project, "zone": self.zone, "filter": " AND ".join(f"({term})" for term in terms)}
+        with self.clients.translated("compute.instances.list"):
+            instances = list(self.clients.instances().list(request=request))
+        found = []
+        for instance in instances:
+            if machine_ids is not None and instance.name not in wanted:
+                continue
+            machine = self._machine(instance)
+            if all(machine.tags.get(key) == value for key, value in (labels or {}).items()):
+                found.append(machine)
+        self._delete_halted(instances)
+        return found
+
+    def _machine(self, instance: Any) -> Machine:
+        metadata = {item.key: item.value for item in instance.metadata.items}
+        try:
+            tags = dict(json.loads(metadata.get(TAGS_KEY, "{}")))
+        except (ValueError, TypeError):
+            tags = {}
+        machine_type = instance.machine_type.rsplit("/", 1)[-1]
+        name = machine_type
+        for accelerator in instance.guest_accelerators:
+            name = f"{machine_type}+{accelerator.accelerator_count}x{accelerator.accelerator_type.rsplit('/', 1)[-1]}"
+        interface = instance.network_interfaces[0] if instance.network_interfaces else None
+        private = interface.network_i_p if interface and interface.network_i_p else None
+        public = next((config.nat_i_p for config in interface.access_configs if config.nat_i_p), None) if interface else None
+        spot = instance.scheduling.provisioning_model == "SPOT"
+        prices = {item.name: item.price for item in self.instance_types()}  # listed once per process
+        return Machine(
+            id=instance.name,
+            provider=self.provider.name,
+            state=STATES.get(instance.status, "terminated"),
+            instance_type=name,
+            created=_timestamp(instance.creation_timestamp),
+            tags=tags,
+            spec=metadata.get(SPEC_KEY, "default"),
+            region=self.options.region,
+            spot=spot,
+            owner=metadata.get(OWNER_KEY),
+            private_address=private,
+            public_address=public or private,
+            details={
+                "price_per_hour": prices.get(name),
+                "market": "spot" if spot else "on-demand",
+                "gce_status": instance.status,
+                "zone": instance.zone.rsplit("/", 1)[-1] or self.zone,
+                "launch": instance.labels.get(LAUNCH_LABEL),
+            },
+        )
+
+    def _delete_halted(self, instances: Sequence[Any]) -> None:
+        """Deletes VMs that stopped themselves (a failed boot's ``shutdown -h now``): a stopped VM
+        keeps its disk and address, which cost money, until deleted."""
+        halted = [i.name for i in instances if i.status == "TERMINATED" and i.name not in self._deleting]
+        if halted:
+            logger.info("gcp: deleting stopped VMs %s", ", ".join(halted))
+            self.terminate(halted, "stopped")
+
+    # -- ending -----------------------------------------------------------------------------------------
+    def terminate(self, machine_ids: Sequence[str], reason: str) -> None:
+        """Deletes each VM (not waiting for the deletions); unknown ones are fine."""
+        from google.api_core.exceptions import NotFound
+
+        instances = self.clients.instances()
+        with self.clients.translated("compute.instances.delete"):
+            for machine_id in machine_ids:
+                try:
+                    instances.delete(project=self.project, zone=self.zone, instance=machine_id)
+                except NotFound:
+                    pass
+                self._deleting.add(machine_id)
+        logger.debug("gcp: deleting %s (%s)", ", ".join(machine_ids), reason)
+
+    def runtime_options(self) -> dict[str, Any]:
+        """Nothing: a VM reads its name, zone, project and service account token from the metadata
+        server, and deletes itself with those."""
+        return {}
+
+
+class _OperationError(RemoteError):
+    """Compute Engine could not do what ``what`` (an operation, a VM) was for: ``code``
+    (``ZONE_RESOURCE_POOL_EXHAUSTED``, ``QUOTA_EXCEEDED``…) says why."""
+
+    def __init__(self, code: str, message: str, what: str) -> None:
+        super().__init__(f"Compute Engine could not start a VM ({what}): {code}: {message}")
+        self.code, self.message = code, message
+
+    @property
+    def stock_out(self) -> bool:
+        return self.code in STOCK_OUT
+
+
+def _digest(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()[:10]
+
+
+def _timestamp(text: str) -> float:
+    """Compute Engine's creationTimestamp (``2026-12-01T03:04:05.123-08:00``) as epoch seconds."""
+    try:
+        return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return 0.0

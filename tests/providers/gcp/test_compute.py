@@ -1,0 +1,361 @@
+"""Compute Engine VMs: prices and the choice of machine type (no network), what a VM is inserted
+with, and, against the sandbox GCP's Compute Engine fake, VMs launched, listed and deleted for real."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from prefect_remote.errors import CapacityError
+from prefect_remote.providers.base import InstanceType, Launch
+from prefect_remote.providers.gcp import catalog as gce_catalog
+from prefect_remote.providers.gcp import prices as gce_prices
+from prefect_remote.providers.gcp.catalog import attached, choose_machine_type, machine_types
+from prefect_remote.providers.gcp.compute import ComputeService, label_key, label_value, labels_for
+from prefect_remote.providers.gcp.prices import bundled_rates, on_demand_rates, parse_skus
+from prefect_remote.providers.gcp.provider import GCPProvider
+from prefect_remote.spec import MachineSpec
+
+GiB = 2**30
+ZONE = "us-central1-a"
+
+
+def entry(name: str, cpu: int, memory_gib: float, **extra) -> dict:
+    """A machineTypes.list item as the REST API returns it."""
+    return {"name": name, "guestCpus": cpu, "memoryMb": int(memory_gib * 1024), **extra}
+
+
+ENTRIES = [
+    entry("e2-micro", 2, 1, isSharedCpu=True),
+    entry("e2-medium", 2, 4, isSharedCpu=True),
+    entry("e2-standard-2", 2, 8),
+    entry("e2-standard-4", 4, 16),
+    entry("e2-highcpu-4", 4, 4),
+    entry("n2-standard-4", 4, 16),
+    entry("n2d-standard-4", 4, 16),
+    entry("c3-standard-4", 4, 16),
+    entry("n1-standard-4", 4, 15),
+    entry("n1-standard-96", 96, 360),
+    entry("t2a-standard-4", 4, 16, architecture="ARM64"),
+    entry("c4a-standard-4", 4, 16),  # no architecture field: known by its family
+    entry("g2-standard-4", 4, 16, accelerators=[{"guestAcceleratorType": "nvidia-l4", "guestAcceleratorCount": 1}]),
+    entry("a2-highgpu-1g", 12, 85, accelerators=[{"guestAcceleratorType": "nvidia-tesla-a100", "guestAcceleratorCount": 1}]),
+    entry("n1-standard-8", 8, 30, deprecated={"state": "DEPRECATED"}),
+]
+
+
+@pytest.fixture(scope="module")
+def types() -> list[InstanceType]:
+    return machine_types(ENTRIES, bundled_rates("us-central1"), t4=True)
+
+
+def choose(types, **spec) -> InstanceType:
+    return choose_machine_type(types, MachineSpec(**spec), ZONE)
+
+
+# -- prices --------------------------------------------------------------------------------------
+
+
+def test_bundled_rates_reproduce_listed_prices():
+    rates = bundled_rates("us-central1")
+    assert rates.price("n1-standard-4", 4, 15) == pytest.approx(0.189999)
+    assert rates.price("c3-standard-4", 4, 16) == pytest.approx(0.201608)
+    assert rates.price("a2-highgpu-1g", 12, 85, {"nvidia-tesla-a100": 1}) == pytest.approx(3.673385)
+    assert rates.price("n1-standard-4", 4, 15, {"nvidia-tesla-t4": 2}) == pytest.approx(0.889999)
+    assert rates.price("e2-micro", 2, 1) == 0.008376  # shared-core: a whole-machine price
+    assert rates.price("m3-ultramem-32", 32, 976) is None  # a family the table does not price
+    assert rates.price("n1-standard-4", 4, 15, {"nvidia-h100-80gb": 1}) is None
+    assert not rates.estimated
+
+
+def test_other_regions_scale_and_unknown_ones_are_estimates():
+    base, belgium, unknown = bundled_rates("us-central1"), bundled_rates("europe-west1"), bundled_rates("me-central2")
+    assert belgium.price("e2-standard-4", 4, 16) == pytest.approx(base.price("e2-standard-4", 4, 16) * 1.101, rel=1e-4)
+    assert unknown.estimated and unknown.price("e2-standard-4", 4, 16) == base.price("e2-standard-4", 4, 16)
+
+
+def test_billing_catalog_skus_are_parsed():
+    def sku(description, nanos, usage="OnDemand", regions=("us-central1",)):
+        price = {"units": "0", "nanos": nanos}
+        return {
+            "description": description, "serviceRegions": list(regions), "category": {"usageType": usage},
+            "pricingInfo": [{"pricingExpression": {"tieredRates": [{"unitPrice": {"units": "0", "nanos": 0}}, {"unitPrice": price}]}}],
+        }
+
+    skus = [
+        sku("N2D AMD Instance Core running in Americas", 27502000),
+        sku("N2D AMD Instance Ram running in Americas", 3686000),
+        sku("N1 Predefined Instance Core running in Americas", 31611000),
+        sku("N2 Custom Instance Core running in Americas", 99000000),  # custom: not a predefined rate
+        sku("Spot Preemptible N2D AMD Instance Core running in Americas", 6000000, usage="Preemptible"),
+        sku("E2 Instance Core running in Belgium", 24000000, regions=("europe-west1",)),
+        sku("Nvidia Tesla T4 GPU running in Americas", 350000000),
+    ]
+    families, gpus = parse_skus(skus, "us-central1")
+    assert families == {"n2d": {"cpu": 0.027502, "memory_gib": 0.003686}, "n1": {"cpu": 0.031611}}
+    assert gpus == {"nvidia-tesla-t4": 0.35}
+
+
+def test_rates_fall_back_to_the_table_and_remember_it(monkeypatch, tmp_path):
+    monkeypatch.setenv("PREFECT_REMOTE_HOME", str(tmp_path))
+    calls = []
+    monkeypatch.setattr(gce_prices, "fetch_rates", lambda *args, **kwargs: calls.append(args))
+    first = on_demand_rates(object(), "us-central1", "http://127.0.0.1:9")
+    again = on_demand_rates(object(), "us-central1", "http://127.0.0.1:9")
+    assert first.source == again.source == "table" and len(calls) == 1  # asked once, not once a launch
+
+
+# -- the catalog and the choice -----------------------------------------------------------------------
+
+
+def test_machine_types_are_parsed_with_arch_and_gpus(types):
+    by_name = {item.name: item for item in types}
+    assert by_name["e2-standard-4"] == InstanceType("e2-standard-4", 4, 16 * GiB, price=pytest.approx(0.134012))
+    assert by_name["t2a-standard-4"].arch == by_name["c4a-standard-4"].arch == "arm64"
+    assert (by_name["g2-standard-4"].gpu, by_name["g2-standard-4"].gpu_type) == (1, "nvidia-l4")
+    assert (by_name["a2-highgpu-1g"].gpu, by_name["a2-highgpu-1g"].gpu_type) == (1, "nvidia-tesla-a100")
+    assert by_name["a2-highgpu-1g"].price == pytest.approx(3.673385)
+    t4 = by_name["n1-standard-4+1xnvidia-tesla-t4"]
+    assert (t4.cpu, t4.memory, t4.gpu, t4.gpu_type, t4.price) == (4, 15 * GiB, 1, "nvidia-tesla-t4", pytest.approx(0.539999))
+    assert "n1-standard-96+4xnvidia-tesla-t4" in by_name and "n1-standard-96+1xnvidia-tesla-t4" not in by_name  # 1 T4: 48 vCPU at most
+    assert "n1-standard-8" not in by_name  # deprecated
+    assert attached("n1-standard-4+1xnvidia-tesla-t4") == ("n1-standard-4", 1, "nvidia-tesla-t4") and attached("e2-standard-4") is None
+
+
+def test_gpus_are_inferred_when_a_listing_lacks_accelerators():
+    types = machine_types([entry("g2-standard-24", 24, 96), entry("a2-ultragpu-2g", 24, 340)], bundled_rates("us-central1"), t4=False)
+    assert [(item.gpu, item.gpu_type) for item in types] == [(4 // 2, "nvidia-a100-80gb"), (2, "nvidia-l4")]
+
+
+def test_cheapest_fit(types):
+    assert choose(types, cpu=4, memory="16 GiB").name == "e2-standard-4"
+    assert choose(types, cpu=2).name == "e2-standard-2"  # shared-core types only when named
+    assert choose(types, vm_type="e2-micro").name == "e2-micro"
+    assert choose(types, cpu=4, arm=True).name == "t2a-standard-4"
+    assert choose(types, gpu=True).name == "n1-standard-4+1xnvidia-tesla-t4"  # T4 on n1: the cheapest GPU
+    assert choose(types, gpu="l4").name == "g2-standard-4"
+    assert choose(types, gpu="a100").name == "a2-highgpu-1g"
+    assert choose(types, gpu={"count": 2, "type": "t4"}).name == "n1-standard-4+2xnvidia-tesla-t4"
+    assert choose(types, vm_type="n1-standard-4", gpu="t4").name == "n1-standard-4+1xnvidia-tesla-t4"
+    assert choose(types, vm_type=["nope-1", "c3-standard-4"]).name == "c3-standard-4"
+
+
+def test_bad_requests_say_what_to_do(types):
+    with pytest.raises(CapacityError, match=r"vm_type=\['n2-standrd-4'\]: not a machine type in zone us-central1-a; did you mean n2-standard-4, "):
+        choose(types, vm_type="n2-standrd-4")
+    with pytest.raises(CapacityError, match=r"vm_type=\['m6i.large'\]: not a machine type in zone us-central1-a; some that are: e2-standard-4, n2-standard-4"):
+        choose(types, vm_type="m6i.large")
+    with pytest.raises(CapacityError, match="arm=True with a GPU: Compute Engine's arm machines"):
+        choose(types, arm=True, gpu=True)
+    with pytest.raises(CapacityError, match=r"gpu='h100': no such GPU in zone us-central1-a; GPUs there: nvidia-l4, nvidia-tesla-a100, nvidia-tesla-t4"):
+        choose(types, gpu="h100")
+    no_gpus = [item for item in types if not item.gpu]
+    with pytest.raises(CapacityError, match="no GPU in zone us-central1-a; use a zone with GPUs"):
+        choose(no_gpus, gpu=True)
+    with pytest.raises(CapacityError, match="cpu=200: the largest x86_64 machine type in zone us-central1-a has 96"):
+        choose(types, cpu=200)
+    with pytest.raises(CapacityError, match=r"vm_type=\['t2a-standard-4'\] is arm64 \(t2a, c4a\), but arm=False; name a x86_64 type or set arm=True"):
+        choose(types, vm_type="t2a-standard-4")
+
+
+# -- labels and what a VM is inserted with ---------------------------------------------------------------
+
+
+def test_tags_become_labels_where_they_can():
+    assert label_key("prefect.io/flow-run-id") == "prefect_io_flow-run-id"
+    assert label_key("9lives") == "t_9lives" and len(label_key("k" * 80)) == 63
+    assert label_value("scheduler") == "scheduler" and label_value("My Cluster") is None and label_value("x" * 64) is None
+    assert labels_for({"dask-role": "worker", "dask-cluster": "Big Run", "Team": "ml"}) == {"dask-role": "worker", "team": "ml"}
+
+
+@pytest.fixture
+def service(monkeypatch) -> ComputeService:
+    provider = GCPProvider(project="unit-project", region="us-central1", service_account="runner@unit-project.iam.gserviceaccount.com")
+    return ComputeService(provider)
+
+
+def launch_of(types, boot_script="#!/bin/sh\necho hi\n", **spec) -> Launch:
+    machine_spec = MachineSpec(**spec)
+    return Launch("launch-0a1b2c3d4e5f", boot_script, machine_spec, choose(types, **spec), 1, {"dask-role": "scheduler", "dask-cluster": "My Run"}, "host:123", False)
+
+
+def body_of(service, launch, spot=False) -> dict:
+    from google.cloud import compute_v1
+
+    return json.loads(compute_v1.Instance.to_json(service.instance_body(launch, "vm-0123456789ab", ["prefect-remote"], spot=spot)))
+
+
+def test_instance_body(service, types):
+    body = body_of(service, launch_of(types, cpu=4, memory="16 GiB", disk_size=50))
+    assert body["name"] == "vm-0123456789ab" and body["machineType"] == "zones/us-central1-a/machineTypes/e2-standard-4"
+    metadata = {item["key"]: item["value"] for item in body["metadata"]["items"]}
+    assert metadata["startup-script"] == "#!/bin/sh\necho hi\n"
+    assert json.loads(metadata["prefect-remote-tags"]) == {"dask-role": "scheduler", "dask-cluster": "My Run"}  # raw, as given
+    assert metadata["prefect-remote-owner"] == "host:123"
+    assert body["labels"] == {
+        "dask-role": "scheduler", "prefect-remote-service": "compute", "prefect-remote-launch": "launch-0a1b2c3d4e5f", "prefect-remote-owner": "host_123",
+    }
+    [disk] = body["disks"]
+    assert disk["boot"] and disk["autoDelete"]
+    assert disk["initializeParams"]["sourceImage"] == "projects/debian-cloud/global/images/family/debian-12"
+    assert disk["initializeParams"]["diskSizeGb"] == "50" and disk["initializeParams"]["diskType"].endswith("/pd-balanced")
+    assert body["serviceAccounts"] == [{"email": "runner@unit-project.iam.gserviceaccount.com", "scopes": ["https://www.googleapis.com/auth/cloud-platform"]}]
+    assert body["tags"] == {"items": ["prefect-remote"]}
+    assert body["networkInterfaces"][0]["network"] == "global/networks/default"
+    assert body["scheduling"] == {"provisioningModel": "STANDARD", "nodeAffinities": []}
+
+
+def test_spot_timeout_gpu_and_arm(service, types):
+    spot = body_of(service, launch_of(types, cpu=4, spot_policy="spot", timeout="1 hour"), spot=True)["scheduling"]
+    assert spot["provisioningModel"] == "SPOT" and spot["instanceTerminationAction"] == "DELETE"
+    assert spot["maxRunDuration"] == {"seconds": str(3600 + 300)}  # the agent ends it first
+    gpu = body_of(service, launch_of(types, gpu="t4"))
+    assert gpu["machineType"].endswith("/n1-standard-4")
+    assert gpu["guestAccelerators"] == [{"acceleratorType": "zones/us-central1-a/acceleratorTypes/nvidia-tesla-t4", "acceleratorCount": 1}]
+    assert gpu["scheduling"]["onHostMaintenance"] == "TERMINATE"  # GPUs cannot live-migrate
+    arm = body_of(service, launch_of(types, cpu=4, arm=True))
+    assert arm["disks"][0]["initializeParams"]["sourceImage"].endswith("/family/debian-12-arm64")
+    c4a = body_of(service, launch_of(types, vm_type="c4a-standard-4", arm=True))
+    assert c4a["disks"][0]["initializeParams"]["diskType"].endswith("/hyperdisk-balanced")
+
+
+def test_compute_runs_no_containers(service):
+    assert "run no container" in service.unfit(MachineSpec(container="python:3.12"))
+
+
+# -- on the sandbox GCP's Compute Engine ---------------------------------------------------------------
+
+LAUNCHER_IP = "203.0.113.7"  # a documentation address (TEST-NET-3): "me" without asking checkip
+
+
+@pytest.fixture
+def gce(gcp_env, monkeypatch) -> ComputeService:
+    """The Compute Engine service of a gcp provider pointed at the sandbox; every VM it made is
+    deleted (and gone) after the test."""
+    monkeypatch.setenv("PREFECT_REMOTE_GCP_PUBLIC_IP", LAUNCHER_IP)
+    service = GCPProvider(service="compute").service("compute")
+    yield service
+    ids = [machine.id for machine in service.machines()]
+    if ids:
+        service.terminate(ids, "test cleanup")
+    wait_for(lambda: not service.machines(), timeout=30, what=f"VMs {ids} deleted")
+
+
+def wait_for(check, timeout: float, what: str):
+    import time
+
+    deadline = time.monotonic() + timeout
+    while not (result := check()):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(0.1)
+    return result
+
+
+def start(service: ComputeService, script: str, count: int = 1, tags=None, **spec) -> list:
+    import secrets
+
+    machine_spec = MachineSpec(**spec)
+    launch = Launch(
+        f"launch-{secrets.token_hex(6)}", script, machine_spec, service.choose_instance_type(machine_spec), count,
+        tags if tags is not None else {"dask-cluster": "My Run", "dask-role": "scheduler"}, "test-host:42", False,
+    )
+    ids = [f"vm-{secrets.token_hex(6)}" for _ in range(count)]
+    return service.start(launch, ids)
+
+
+SLEEPER = "#!/bin/sh\nsleep 60\n"
+
+
+def test_a_vm_runs_its_startup_script_and_is_listed_described_and_deleted(gce, tmp_path):
+    out = tmp_path / "booted"
+    script = (
+        "#!/bin/sh\n"
+        "python3 -c \"import os, urllib.request; r = urllib.request.Request('http://' + os.environ['GCE_METADATA_HOST'] + "
+        "'/computeMetadata/v1/instance/name', headers={'Metadata-Flavor': 'Google'}); "
+        f"open('{out}', 'w').write(urllib.request.urlopen(r).read().decode())\"\n"
+        "sleep 60\n"
+    )
+    [machine] = start(gce, script, cpu=2, memory="8 GiB")
+    assert machine.id.startswith("vm-") and machine.state in ("pending", "running")
+    assert machine.instance_type == "e2-standard-2" and machine.details["price_per_hour"] == pytest.approx(0.067006)
+    assert machine.private_address and machine.public_address and not machine.spot and machine.owner == "test-host:42"
+    assert machine.tags == {"dask-cluster": "My Run", "dask-role": "scheduler"} and machine.region == "us-central1"
+    # The startup script ran as the VM, asking its own metadata server who it is.
+    assert wait_for(lambda: out.exists() and out.read_text(), timeout=30, what="the startup script") == machine.id
+
+    assert [m.id for m in gce.machines(labels={"dask-cluster": "My Run"})] == [machine.id]  # no label value: matched here
+    assert [m.id for m in gce.machines(labels={"dask-role": "scheduler"})] == [machine.id]
+    assert gce.machines(labels={"dask-role": "worker"}) == [] and gce.machines(["vm-000000000000", "run-0123"]) == []
+    assert gce.machines([machine.id])[0].state == "running"
+
+    gce.terminate([machine.id, "vm-000000000000"], "done")  # an unknown one is fine
+    wait_for(lambda: not gce.machines([machine.id]), timeout=30, what="the VM deleted")
+
+
+def test_vms_are_reachable_from_the_launcher_only(gce, gcp_sandbox):
+    [machine] = start(gce, SLEEPER, cpu=2)
+    firewalls = gce.clients.firewalls()
+    instance = gce.clients.instances().get(project=gce.project, zone=gce.zone, instance=machine.id)
+    internal, dask = instance.tags.items
+    assert internal == "prefect-remote" and dask.startswith("prefect-remote-dask-")
+    rule = firewalls.get(project=gce.project, firewall=dask)
+    assert list(rule.source_ranges) == [f"{LAUNCHER_IP}/32"] and list(rule.target_tags) == [dask]
+    assert [(a.I_p_protocol, list(a.ports)) for a in rule.allowed] == [("tcp", ["8786-8787"])]
+    [internal_rule] = [r for r in firewalls.list(project=gce.project) if r.name.startswith("prefect-remote-internal-")]
+    assert list(internal_rule.source_tags) == list(internal_rule.target_tags) == ["prefect-remote"]
+
+    [worker] = start(gce, SLEEPER, cpu=2, allow_ingress_from="none")  # a cluster's worker: reached from its cluster only
+    worker_instance = gce.clients.instances().get(project=gce.project, zone=gce.zone, instance=worker.id)
+    assert list(worker_instance.tags.items) == ["prefect-remote"]
+    assert len([r for r in firewalls.list(project=gce.project) if r.name.startswith("prefect-remote-")]) == 2  # made once, reused
+
+
+def test_spot_stock_out_falls_back_to_standard_and_says_so(gce, gcp_sandbox, caplog):
+    gcp_sandbox.compute.refuse_spot(times=1)
+    with caplog.at_level("WARNING", logger="prefect_remote.providers.gcp.compute"):
+        first, second = start(gce, SLEEPER, count=2, cpu=2, spot_policy="spot_with_fallback")
+    assert (first.spot, second.spot) == (False, True)
+    assert f"no spot capacity for {first.instance_type} in us-central1-a (ZONE_RESOURCE_POOL_EXHAUSTED): starting {first.id} as a standard VM" in caplog.text
+
+
+def test_a_launch_that_fails_part_way_deletes_what_it_made(gce, gcp_sandbox):
+    gcp_sandbox.compute.refuse_spot(times=1)
+    with pytest.raises(CapacityError, match=r"no spot capacity for e2-highcpu-2 in zone us-central1-a .*try spot_policy='spot_with_fallback'"):
+        start(gce, SLEEPER, count=2, cpu=2, spot_policy="spot")
+    wait_for(lambda: not gce.machines(), timeout=30, what="the launch's other VM deleted")
+
+
+def test_machine_types_come_from_the_zone(gce):
+    assert gce.choose_instance_type(MachineSpec(cpu=4, memory="16 GiB")).name == "e2-standard-4"
+    assert gce.choose_instance_type(MachineSpec(gpu="l4")).name == "g2-standard-4"
+    with pytest.raises(CapacityError, match=r"vm_type=\['n2-standrd-4'\]: not a machine type in zone us-central1-a; did you mean n2-standard-4"):
+        gce.choose_instance_type(MachineSpec(vm_type="n2-standrd-4"))
+    assert "did you mean" in gce.unfit(MachineSpec(vm_type="n2-standrd-4"))
+
+
+def test_a_vm_that_stopped_itself_is_deleted(gce):
+    [machine] = start(gce, "#!/bin/sh\nexit 0\n", cpu=2)  # a guest shutdown: Compute Engine keeps it TERMINATED
+    seen: list[str] = []
+
+    def gone() -> bool:
+        found = gce.machines([machine.id])
+        seen.extend(m.state for m in found)
+        return not found
+
+    # Seen ended, then deleted (a stopped VM's disk still costs): listing tidies it away.
+    wait_for(gone, timeout=30, what="the stopped VM deleted")
+    assert seen[-1] == "terminated"
+
+
+def test_gpus_and_projects_that_are_not_there(gcp_env, monkeypatch):
+    last_zone = gcp_env.zones[-1]  # the sandbox offers no GPU families there
+    service = GCPProvider(service="compute", zone=last_zone).service("compute")
+    with pytest.raises(CapacityError, match=f"no GPU in zone {last_zone}; use a zone with GPUs"):
+        service.choose_instance_type(MachineSpec(gpu="t4"))
+    assert service.choose_instance_type(MachineSpec(cpu=2, memory="8 GiB")).name == "e2-standard-2"
+    from prefect_remote.providers.gcp.clients import GCPError
+
+    with pytest.raises(GCPError, match="Google Cloud project 'nope-project' not found"):
+        GCPProvider(service="compute", project="nope-project").service("compute").instance_types()
