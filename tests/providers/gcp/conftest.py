@@ -1,11 +1,10 @@
-"""Cloud Storage for the gcp tests: gcp-storage-emulator in this process, which google-cloud-storage
-reaches through ``STORAGE_EMULATOR_HOST`` (as the sandbox GCP serves it), with a count of the HTTP
-requests it answers, so that tests can show how many calls an operation costs."""
+"""The gcp tests' view of the session's sandbox GCP (tests/conftest.py's ``gcp_sandbox``): its Cloud
+Storage (gcp-storage-emulator, reached through ``STORAGE_EMULATOR_HOST``) with a count of the HTTP
+requests it answers, so that tests can show what an operation costs; and launcher-side clients."""
 
 from __future__ import annotations
 
 import secrets
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import pytest
@@ -26,7 +25,8 @@ class GCSEmulator:
 
 
 def _count_requests() -> None:
-    """Makes every emulator count the requests it answers, when it has a list for them (``prefect_requests``)."""
+    """Makes every gcp-storage-emulator count the requests it answers, when it has a list for them
+    (``prefect_requests``)."""
     from gcp_storage_emulator import server
 
     if getattr(server.Router.handle, "counted", False):
@@ -44,59 +44,18 @@ def _count_requests() -> None:
 
 
 @pytest.fixture(scope="session")
-def gcs_emulator() -> Iterator[GCSEmulator]:
-    from gcp_storage_emulator.server import create_server
-
+def gcs_emulator(gcp_sandbox) -> GCSEmulator:
     _count_requests()
-    emulator = create_server("127.0.0.1", 0, in_memory=True)
-    emulator.start()
-    httpd = emulator._api._httpd
-    found = GCSEmulator(f"http://127.0.0.1:{httpd.server_address[1]}")
+    httpd = gcp_sandbox._storage._api._httpd  # the sandbox's emulator's HTTP server
+    found = GCSEmulator(gcp_sandbox.storage_url)
     httpd.prefect_requests = found.requests
-    try:
-        yield found
-    finally:
-        emulator.stop()
+    return found
 
 
 @pytest.fixture
-def gcs(gcs_emulator, monkeypatch) -> GCSEmulator:
-    """The emulator, as google-cloud-storage finds it in this test (``STORAGE_EMULATOR_HOST``)."""
-    monkeypatch.setenv("STORAGE_EMULATOR_HOST", gcs_emulator.url)
+def gcs(gcs_emulator, gcp_env) -> GCSEmulator:
+    """The sandbox's Cloud Storage, as google-cloud-storage finds it in this test (``STORAGE_EMULATOR_HOST``)."""
     return gcs_emulator
-
-
-@dataclass
-class FakeGoogle:
-    """The sandbox's fake Secret Manager and Cloud Logging on one loopback endpoint, and a service
-    account key of the project that the real clients authenticate with."""
-
-    api: object
-    secrets: object
-    logs: object
-    key_file: str
-    project: str = "sandbox-project"
-
-
-@pytest.fixture(scope="session")
-def fake_google(tmp_path_factory) -> Iterator[FakeGoogle]:
-    import json
-
-    from prefect_remote.testing.gcp.api import GoogleAPI
-    from prefect_remote.testing.gcp.common import Project
-    from prefect_remote.testing.gcp.logs import LoggingFake
-    from prefect_remote.testing.gcp.secrets import SecretManagerFake
-
-    api = GoogleAPI()
-    project = Project.named("sandbox-project")
-    secrets_fake, logs_fake = SecretManagerFake(api, project), LoggingFake(api, project)
-    api.serve()
-    key_file = tmp_path_factory.mktemp("gcp") / "key.json"
-    key_file.write_text(json.dumps(api.service_account_key("tester@sandbox-project.iam.gserviceaccount.com", project.id)))
-    try:
-        yield FakeGoogle(api, secrets_fake, logs_fake, str(key_file), project.id)
-    finally:
-        api.close()
 
 
 @dataclass(frozen=True)
@@ -106,9 +65,8 @@ class Options:
 
 
 @pytest.fixture
-def clients(fake_google, monkeypatch):
-    """GoogleClients of the project, pointed at the fakes, as a launcher has them."""
+def clients(gcp_env):
+    """GoogleClients of the sandbox's project, as a launcher has them."""
     from prefect_remote.providers.gcp.clients import GoogleClients
 
-    monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", fake_google.key_file)
-    return GoogleClients(Options(fake_google.project, fake_google.api.url))
+    return GoogleClients(Options(gcp_env.project, gcp_env.url))

@@ -13,26 +13,25 @@ from prefect_remote.providers.gcp.secrets import store_secrets
 from tests.providers.gcp.conftest import Options
 
 
-def test_one_client_per_api_with_the_endpoint(fake_google, clients):
+def test_one_client_per_api_with_the_endpoint(gcp_env, clients):
     assert clients.project == "sandbox-project"
     assert clients.secret_manager() is clients.secret_manager()
-    assert fake_google.api.url.removeprefix("http://") in clients.secret_manager().api_endpoint
+    assert gcp_env.url.removeprefix("http://") in clients.secret_manager().api_endpoint
     assert clients.logging().project == "sandbox-project"
 
 
-def test_the_project_comes_from_the_credentials_or_is_asked_for(fake_google, monkeypatch, tmp_path):
-    monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", fake_google.key_file)
+def test_the_project_comes_from_the_credentials_or_is_asked_for(gcp_env, monkeypatch, tmp_path):
     monkeypatch.delenv("GOOGLE_CLOUD_PROJECT", raising=False)
-    assert GoogleClients(Options(None, fake_google.api.url)).project == "sandbox-project"  # the key's
+    assert GoogleClients(Options(None, gcp_env.url)).project == "sandbox-project"  # the key's
     monkeypatch.setenv("GOOGLE_CLOUD_PROJECT", "env-project")
-    assert GoogleClients(Options(None, fake_google.api.url)).project == "env-project"
+    assert GoogleClients(Options(None, gcp_env.url)).project == "env-project"
     monkeypatch.delenv("GOOGLE_CLOUD_PROJECT")
-    key = json.loads(open(fake_google.key_file).read())
+    key = json.loads(gcp_env.key_file.read_text())
     del key["project_id"]
     (tmp_path / "key.json").write_text(json.dumps(key))
     monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", str(tmp_path / "key.json"))
     with pytest.raises(GCPError, match="no Google Cloud project .* PREFECT_REMOTE_GCP_PROJECT"):
-        GoogleClients(Options(None, fake_google.api.url)).project
+        GoogleClients(Options(None, gcp_env.url)).project
 
 
 def test_no_credentials(monkeypatch, tmp_path):
@@ -44,9 +43,8 @@ def test_no_credentials(monkeypatch, tmp_path):
         GoogleClients(Options("my-project", None)).secret_manager()
 
 
-def test_a_refusal_names_the_role(fake_google, monkeypatch):
-    monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", fake_google.key_file)
-    other = GoogleClients(Options("someone-elses", fake_google.api.url))  # the fake refuses other projects, as Google does
+def test_a_refusal_names_the_role(gcp_env):
+    other = GoogleClients(Options("someone-elses", gcp_env.url))  # the fake refuses other projects, as Google does
     with pytest.raises(GCPError, match=r"refused secretmanager.secrets.create in project someone-elses.*grant it roles/secretmanager.admin .*add-iam-policy-binding someone-elses"):
         store_secrets(other, "launch-00000000000d", {"TOKEN": "t"})
 

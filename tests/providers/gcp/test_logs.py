@@ -29,11 +29,11 @@ def read_all(clients, machine_id: str, cursor: str | None = None) -> tuple[str, 
         text, cursor = text + chunk.text, chunk.cursor
 
 
-def test_a_file_written_in_steps_arrives_in_order(tmp_path, fake_google, clients, session):
+def test_a_file_written_in_steps_arrives_in_order(tmp_path, gcp_env, clients, session):
     machine_id = f"vm-{time.time_ns() % 10**12:012d}"
     log = tmp_path / "machine.log"
     log.write_text("[boot] phase 1\n[boot] phase 2\n")
-    shipper = ship_log(str(log), clients.project, "prefect-remote", machine_id, api_endpoint=fake_google.api.url, session=session, interval=0.05)
+    shipper = ship_log(str(log), clients.project, "prefect-remote", machine_id, api_endpoint=gcp_env.url, session=session, interval=0.05)
     try:
         first = wait_for(lambda: (chunk := read_logs(clients, "prefect-remote", machine_id)).text == "[boot] phase 1\n[boot] phase 2\n" and chunk, message="the boot lines")
         with log.open("a") as file:
@@ -46,13 +46,13 @@ def test_a_file_written_in_steps_arrives_in_order(tmp_path, fake_google, clients
         assert shipper.close()
     assert read_logs(clients, "prefect-remote", machine_id, second.cursor).text == "payload: höla\nthe last line, without its newline\n"
     assert read_all(clients, machine_id)[0] == log.read_text() + "\n"
-    entries = [e for e in fake_google.logs.entries() if e.get("labels", {}).get(MACHINE_LABEL) == machine_id]
+    entries = [e for e in gcp_env.logging.entries() if e.get("labels", {}).get(MACHINE_LABEL) == machine_id]
     assert [e["insertId"] for e in entries] == [insert_id(machine_id, n) for n in range(6)]
     assert entries[0]["logName"] == f"projects/{clients.project}/logs/prefect-remote" and entries[0]["resource"]["type"] == "global"
     assert read_logs(clients, "prefect-remote", "vm-000000000000").text == ""  # another machine's: none
 
 
-def test_a_burst_is_split_into_valid_calls_and_read_back_whole(tmp_path, fake_google, clients, session):
+def test_a_burst_is_split_into_valid_calls_and_read_back_whole(tmp_path, gcp_env, clients, session):
     """More lines than one read gives (1,000) with one timestamp (they were read at once), lines
     longer than an entry holds, and non-ASCII text that JSON escapes to six times its size."""
     machine_id = f"run-{time.time_ns() % 10**12:012d}"
@@ -61,11 +61,11 @@ def test_a_burst_is_split_into_valid_calls_and_read_back_whole(tmp_path, fake_go
     lines[200] = "é" * 30_000  # 60 KB as UTF-8, 180 KB as JSON
     log = tmp_path / "machine.log"
     log.write_text("\n".join(lines) + "\n")
-    writes = fake_google.api.calls["logging.entries.write"]
-    sender = CloudLoggingSender(clients.project, "prefect-remote", machine_id, api_endpoint=fake_google.api.url, session=session)
+    writes = gcp_env.calls["logging.entries.write"]
+    sender = CloudLoggingSender(clients.project, "prefect-remote", machine_id, api_endpoint=gcp_env.url, session=session)
     shipper = LogShipper(str(log), sender, interval=0.05, clock=lambda: 1_800_000_000.0).start()
     assert shipper.close(timeout=20)
-    assert fake_google.api.calls["logging.entries.write"] - writes >= 3  # 1,000 entries a call at most
+    assert gcp_env.calls["logging.entries.write"] - writes >= 3  # 1,000 entries a call at most
     text, _ = read_all(clients, machine_id)
     pieces = text.splitlines()
     assert pieces[:100] == lines[:100] and "".join(pieces[100:103]) == lines[100]  # cut in three
@@ -73,7 +73,7 @@ def test_a_burst_is_split_into_valid_calls_and_read_back_whole(tmp_path, fake_go
     assert len(pieces) == len(lines) + 3
 
 
-def test_failures_are_retried_without_duplicates(tmp_path, fake_google, clients, session):
+def test_failures_are_retried_without_duplicates(tmp_path, gcp_env, clients, session):
     """While Cloud Logging cannot be reached, attempts back off and the failure is reported once;
     shipping resumes when it can (the same events again, with the same insertIds)."""
     machine_id = f"vm-{time.time_ns() % 10**12:012d}"
@@ -85,7 +85,7 @@ def test_failures_are_retried_without_duplicates(tmp_path, fake_google, clients,
     try:
         wait_for(lambda: shipper._failures >= 3, message="several failed attempts")
         assert len(reports) == 1 and "cannot ship this machine's log to Cloud Logging" in reports[0]
-        sender.url = f"{fake_google.api.url}/v2/entries:write"  # the network is back
+        sender.url = f"{gcp_env.url}/v2/entries:write"  # the network is back
         wait_for(lambda: read_logs(clients, "prefect-remote", machine_id).text, message="the held line")
         assert len(reports) == 2 and "again" in reports[1]
     finally:

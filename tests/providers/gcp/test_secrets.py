@@ -10,26 +10,26 @@ import pytest
 from prefect_remote.providers.gcp.secrets import LAUNCH_LABEL, forget_secrets, read_secrets, secret_id, store_secrets, sweep_secrets
 
 
-def test_one_secret_per_launch_read_back_then_forgotten(fake_google, clients):
+def test_one_secret_per_launch_read_back_then_forgotten(gcp_env, clients):
     store_secrets(clients, "launch-00000000000a", {"TOKEN": "s3cr3t", "OTHER": "é"})
-    assert json.loads(fake_google.secrets.value(secret_id("launch-00000000000a"))) == {"TOKEN": "s3cr3t", "OTHER": "é"}
+    assert json.loads(gcp_env.secrets.value(secret_id("launch-00000000000a"))) == {"TOKEN": "s3cr3t", "OTHER": "é"}
     secret = clients.secret_manager().get_secret(name=f"projects/{clients.project}/secrets/prefect-remote-launch-00000000000a")
     assert secret.labels[LAUNCH_LABEL] == "launch-00000000000a" and "s3cr3t" not in str(secret)
-    assert read_secrets(clients.project, "launch-00000000000a", api_endpoint=fake_google.api.url) == {"TOKEN": "s3cr3t", "OTHER": "é"}
+    assert read_secrets(clients.project, "launch-00000000000a", api_endpoint=gcp_env.url) == {"TOKEN": "s3cr3t", "OTHER": "é"}
     forget_secrets(clients, "launch-00000000000a")
     forget_secrets(clients, "launch-00000000000a")  # already gone: fine
     with pytest.raises(Exception, match="not found"):
-        read_secrets(clients.project, "launch-00000000000a", api_endpoint=fake_google.api.url)
+        read_secrets(clients.project, "launch-00000000000a", api_endpoint=gcp_env.url)
 
 
-def test_too_large_a_secret_env_is_refused_before_any_call(fake_google, clients):
-    before = sum(fake_google.api.calls.values())
+def test_too_large_a_secret_env_is_refused_before_any_call(gcp_env, clients):
+    before = sum(gcp_env.calls.values())
     with pytest.raises(ValueError, match="over the 64 KiB a Secret Manager secret holds"):
         store_secrets(clients, "launch-00000000000b", {"BIG": "x" * 70_000})
-    assert sum(fake_google.api.calls.values()) == before
+    assert sum(gcp_env.calls.values()) == before
 
 
-def test_orphans_are_swept(gcs, fake_google, clients):
+def test_orphans_are_swept(gcs, gcp_env, clients):
     from prefect_remote.providers.base import InstanceType, Launch
     from prefect_remote.providers.gcp.records import MachineRecords
     from prefect_remote.software.store import open_store
