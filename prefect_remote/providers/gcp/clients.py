@@ -139,6 +139,9 @@ class GoogleClients:
     def machine_types(self) -> Any:
         return self._gapic("compute_v1", "MachineTypesClient")
 
+    def accelerator_types(self) -> Any:
+        return self._gapic("compute_v1", "AcceleratorTypesClient")
+
     def firewalls(self) -> Any:
         return self._gapic("compute_v1", "FirewallsClient")
 

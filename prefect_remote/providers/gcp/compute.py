@@ -119,16 +119,13 @@ class ComputeService(GCPService):
             with self.clients.translated("compute.machineTypes.list"):
                 entries = list(self.clients.machine_types().list(project=self.project, zone=zone))
             rates = on_demand_rates(self.clients.credentials, self.options.region, self.options.api_endpoint)
-            # n1 zones have T4s to attach in all but a few; an accelerator list says for sure.
+            # Most n1 zones have T4s to attach, not all: the zone's accelerator types say.
             self._catalogs[zone] = catalog.machine_types(entries, rates, t4=self._has_t4(zone))
         return self._catalogs[zone]
 
     def _has_t4(self, zone: str) -> bool:
-        factory = getattr(self.clients, "accelerator_types", None)
-        if factory is None:
-            return True
         with self.clients.translated("compute.acceleratorTypes.list"):
-            return any(item.name == catalog.T4 for item in factory().list(project=self.project, zone=zone))
+            return any(item.name == catalog.T4 for item in self.clients.accelerator_types().list(project=self.project, zone=zone))
 
     def choose_instance_type(self, spec: MachineSpec) -> InstanceType:
         return catalog.choose_machine_type(self.instance_types(), spec, self.zone)
