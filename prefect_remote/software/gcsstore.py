@@ -25,7 +25,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from prefect_remote.software.store import NotInStore, Store, StoreError
+from prefect_remote.software.store import BucketStore, NotInStore, StoreError
 
 if TYPE_CHECKING:
     from google.cloud.storage import Blob, Client
@@ -45,23 +45,18 @@ def _storage() -> Any:
         raise StoreError(f"gs:// stores need google-cloud-storage, which is not installed: {INSTALL_HINT}") from None
 
 
-class GCSStore(Store):
+class GCSStore(BucketStore):
     """Blobs and environment specs under ``gs://bucket/prefix/`` (``blobs/<sha256>``, ``envs/<name>.json``).
 
     ``client`` is a google-cloud-storage client to use instead of one from the default chain.
     """
 
+    scheme, service = "gs", "Cloud Storage"
+    bucket_rule, bucket_rule_text = _BUCKET, "3-63 lowercase letters, digits, '-', '_' or '.', starting and ending with a letter or digit"
+
     def __init__(self, bucket: str, prefix: str = "", *, client: Client | None = None) -> None:
-        if not _BUCKET.fullmatch(bucket) or ".." in bucket:
-            raise StoreError(
-                f"store gs://{bucket}/{prefix}: {bucket!r} is not a valid Cloud Storage bucket name "
-                "(3-63 lowercase letters, digits, '-', '_' or '.', starting and ending with a letter or digit); expected gs://bucket/prefix"
-            )
-        self.bucket = bucket
-        self.prefix = prefix.strip("/")
-        self.url = f"gs://{bucket}/{self.prefix}" if self.prefix else f"gs://{bucket}"
+        super().__init__(bucket, prefix)
         self._client = client
-        self._bucket_checked = False  # once the bucket is known to exist, a 404 means a missing object
 
     @classmethod
     def from_url(cls, url: str) -> GCSStore:
@@ -86,10 +81,6 @@ class GCSStore(Store):
             with self.translated("storage.objects.get", "the store"):
                 self._client = storage.Client(project=None)
         return self._client
-
-    def key(self, key: str) -> str:
-        """The object name of ``key`` in the bucket: ``<prefix>/<key>``."""
-        return f"{self.prefix}/{key}" if self.prefix else key
 
     def blob(self, key: str) -> Blob:
         """The object ``key`` (under the prefix), as a google-cloud-storage ``Blob`` (no request made)."""

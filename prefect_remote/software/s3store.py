@@ -20,7 +20,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from prefect_remote.software.store import NotInStore, Store, StoreError
+from prefect_remote.software.store import BucketStore, NotInStore, StoreError
 
 if TYPE_CHECKING:
     from botocore.client import BaseClient
@@ -42,24 +42,19 @@ def _boto3() -> Any:
     return boto3
 
 
-class S3Store(Store):
+class S3Store(BucketStore):
     """Blobs and environment specs under ``s3://bucket/prefix/`` (``blobs/<sha256>``, ``envs/<name>.json``).
 
     ``client`` is an S3 client to use instead of one from boto3's default chain (a provider passes
     the one made from its own session).
     """
 
+    scheme, service = "s3", "S3"
+    bucket_rule, bucket_rule_text = _BUCKET, "3-63 lowercase letters, digits, '.' or '-'"
+
     def __init__(self, bucket: str, prefix: str = "", *, client: BaseClient | None = None) -> None:
-        if not _BUCKET.fullmatch(bucket) or ".." in bucket:
-            raise StoreError(
-                f"store s3://{bucket}/{prefix}: {bucket!r} is not a valid S3 bucket name "
-                "(3-63 lowercase letters, digits, '.' or '-'); expected s3://bucket/prefix"
-            )
-        self.bucket = bucket
-        self.prefix = prefix.strip("/")
-        self.url = f"s3://{bucket}/{self.prefix}" if self.prefix else f"s3://{bucket}"
+        super().__init__(bucket, prefix)
         self._client = client
-        self._bucket_checked = False  # once the bucket is known to exist, a 404 means a missing key
 
     @property
     def client(self) -> BaseClient:
@@ -74,33 +69,30 @@ class S3Store(Store):
             self._client = boto3.session.Session().client("s3", config=config)
         return self._client
 
-    def _key(self, key: str) -> str:
-        return f"{self.prefix}/{key}" if self.prefix else key
-
     # -- what differs from the local store --------------------------------------------------------
     def _write(self, key: str, source: Path) -> None:
         with self._translated("s3:PutObject", key):
             # upload_file switches to parallel multipart uploads for large wheels and bundles.
-            self.client.upload_file(str(source), self.bucket, self._key(key))
+            self.client.upload_file(str(source), self.bucket, self.key(key))
 
     def _read(self, key: str, destination: Path) -> None:
         with self._translated("s3:GetObject", key):
-            self.client.download_file(self.bucket, self._key(key), str(destination))
+            self.client.download_file(self.bucket, self.key(key), str(destination))
 
     def _exists(self, key: str) -> bool:
         try:
             with self._translated("s3:GetObject", key):
-                self.client.head_object(Bucket=self.bucket, Key=self._key(key))
+                self.client.head_object(Bucket=self.bucket, Key=self.key(key))
         except NotInStore:
             return False
         return True
 
     def _delete(self, key: str) -> None:
         with self._translated("s3:DeleteObject", key):
-            self.client.delete_object(Bucket=self.bucket, Key=self._key(key))  # absent keys are fine
+            self.client.delete_object(Bucket=self.bucket, Key=self.key(key))  # absent keys are fine
 
     def _keys(self, prefix: str) -> list[str]:
-        folder = self._key(prefix)
+        folder = self.key(prefix)
         names: list[str] = []
         with self._translated("s3:ListBucket", prefix):
             pages = self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=folder, Delimiter="/")

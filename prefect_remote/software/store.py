@@ -18,11 +18,12 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import shutil
 import tempfile
 from abc import ABC, abstractmethod
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, ClassVar
 from urllib.parse import urlparse
 
 from prefect_remote.errors import RemoteError
@@ -192,6 +193,36 @@ class LocalStore(Store):
     def _keys(self, prefix: str) -> list[str]:
         folder = self._path(prefix)
         return sorted(p.name for p in folder.iterdir() if not p.name.startswith(".")) if folder.is_dir() else []
+
+
+class BucketStore(Store):
+    """A store under a prefix of a cloud bucket, ``<scheme>://bucket/prefix``: a subclass names its
+    scheme and bucket naming rule, and moves the bytes.
+
+    >>> from prefect_remote.software.gcsstore import GCSStore
+    >>> GCSStore("my-bucket", "/team/envs/").key("blobs/abc")
+    'team/envs/blobs/abc'
+    """
+
+    scheme: ClassVar[str]  # "s3", "gs"
+    service: ClassVar[str]  # "S3", "Cloud Storage": for errors
+    bucket_rule: ClassVar[re.Pattern[str]]
+    bucket_rule_text: ClassVar[str]  # the rule in words
+
+    def __init__(self, bucket: str, prefix: str = "") -> None:
+        if not self.bucket_rule.fullmatch(bucket) or ".." in bucket:
+            raise StoreError(
+                f"store {self.scheme}://{bucket}/{prefix}: {bucket!r} is not a valid {self.service} bucket name "
+                f"({self.bucket_rule_text}); expected {self.scheme}://bucket/prefix"
+            )
+        self.bucket = bucket
+        self.prefix = prefix.strip("/")
+        self.url = f"{self.scheme}://{bucket}/{self.prefix}" if self.prefix else f"{self.scheme}://{bucket}"
+        self._bucket_checked = False  # once the bucket is known to exist, a "not found" means a missing key
+
+    def key(self, key: str) -> str:
+        """The object name of ``key`` in the bucket: ``<prefix>/<key>``."""
+        return f"{self.prefix}/{key}" if self.prefix else key
 
 
 def open_store(url: str | Path | None = None, *, settings: RemoteSettings | None = None) -> Store:
