@@ -21,6 +21,7 @@ import json
 import logging
 import math
 import re
+import time
 from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
@@ -52,6 +53,7 @@ STOCK_OUT = ("ZONE_RESOURCE_POOL_EXHAUSTED", "ZONE_RESOURCE_POOL_EXHAUSTED_WITH_
 # A VM outlives its timeout by this much before Compute Engine deletes it: the agent ends it first
 # and records why; maxRunDuration is the backstop for an agent that could not.
 MAX_RUN_GRACE = 300
+MAX_RUN_DURATION = 120 * 24 * 3600  # Compute Engine's longest maxRunDuration; the agent enforces longer timeouts alone
 OPERATION_TIMEOUT = 300.0  # seconds a VM's insert may take
 _LABEL_VALUE = re.compile(r"[a-z0-9_-]{0,63}")
 
@@ -188,8 +190,6 @@ class ComputeService(GCPService):
 
     def _wait(self, operation: Any, machine_id: str) -> None:
         """Waits for a zone operation (insert) to be done; raises :class:`_OperationError` if it failed."""
-        import time
-
         from google.cloud import compute_v1
 
         name = operation.name
@@ -255,7 +255,8 @@ class ComputeService(GCPService):
         elif instance_type.gpu:
             scheduling.update(on_host_maintenance="TERMINATE", automatic_restart=True)  # GPUs cannot live-migrate
         if spec.timeout:
-            scheduling.update(max_run_duration={"seconds": int(math.ceil(spec.timeout)) + MAX_RUN_GRACE}, instance_termination_action="DELETE")
+            seconds = min(int(math.ceil(spec.timeout)) + MAX_RUN_GRACE, MAX_RUN_DURATION)
+            scheduling.update(max_run_duration={"seconds": seconds}, instance_termination_action="DELETE")
         body: dict[str, Any] = {
             "name": machine_id,
             "machine_type": f"zones/{zone}/machineTypes/{machine_type}",
