@@ -129,6 +129,8 @@ class MachineRecords:
                         blob.custom_time = now
                         blob.patch()  # deferred: sent with the others when the batch closes
                         blobs.append(blob)
+                # One response per deferred call, in order (what Batch.finish returned; the context
+                # manager keeps it there). A failed call leaves its blob's properties as the error.
                 for machine_id, blob, response in zip(batch_ids, blobs, batch._responses):
                     status = response.status_code
                     if status == 404 or (200 <= status < 300 and "ended" in (blob.metadata or {})):
