@@ -1,4 +1,4 @@
-"""``prefect-remote sandbox aws``: a sandbox AWS on this computer for trying a setup offline."""
+"""``prefect-remote sandbox aws|gcp``: a sandbox cloud on this computer for trying a setup offline."""
 
 from __future__ import annotations
 
@@ -6,10 +6,18 @@ import shlex
 import signal
 import sys
 import threading
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+if TYPE_CHECKING:
+    from prefect_remote.testing.instances import SandboxCloud
+
+# Ports of this host's loopback the sandbox's instances reach (a Prefect server's).
+Expose = Annotated[
+    list[int] | None,
+    typer.Option(help="A port of this host's loopback that instances reach at $PREFECT_REMOTE_SANDBOX_HOST:PORT (default: 4200, a Prefect server's); repeatable."),
+]
 app = typer.Typer(help="Emulated clouds on this computer: try prefect-remote offline, with the real cloud clients.", no_args_is_help=True)
 
 
@@ -17,10 +25,7 @@ app = typer.Typer(help="Emulated clouds on this computer: try prefect-remote off
 def aws(
     region: Annotated[str, typer.Option(help="The sandbox's AWS region.")] = "us-east-1",
     port: Annotated[int, typer.Option(help="Port of the emulated AWS endpoint on 127.0.0.1 (0: any free port).")] = 0,
-    expose: Annotated[
-        list[int] | None,
-        typer.Option(help="A port of this host's loopback that instances reach at $PREFECT_REMOTE_SANDBOX_HOST:PORT (default: 4200, a Prefect server's); repeatable."),
-    ] = None,
+    expose: Expose = None,
 ) -> None:
     """Start a sandbox AWS (moto, plus instances that boot as local machines) and serve until Ctrl-C.
 
@@ -34,10 +39,37 @@ def aws(
     from prefect_remote.settings import get_settings
     from prefect_remote.testing.aws import SandboxAWS
 
+    _serve(SandboxAWS(port=port, region=region, home=get_settings().home / "sandbox" / "aws", expose=tuple(expose or (4200,))))
+
+
+@app.command("gcp")
+def gcp(
+    region: Annotated[str, typer.Option(help="The sandbox's GCP region.")] = "us-central1",
+    port: Annotated[int, typer.Option(help="Port of the emulated Google APIs on 127.0.0.1 (0: any free port).")] = 0,
+    expose: Expose = None,
+) -> None:
+    """Start a sandbox GCP (Cloud Run, Compute Engine, Secret Manager, Cloud Logging and GCS, whose
+    jobs and VMs run as local machines) and serve until Ctrl-C.
+
+    It prints one `export NAME=VALUE` line per variable a shell needs to use it, then `sandbox ready`.
+    In another shell:
+
+        prefect-remote sandbox gcp > sandbox.env &
+        until grep -q '^sandbox ready' sandbox.env; do sleep 0.2; done
+        eval "$(grep '^export ' sandbox.env)"
+    """
+    from prefect_remote.settings import get_settings
+    from prefect_remote.testing.gcp.sandbox import SandboxGCP
+
+    _serve(SandboxGCP(region=region, port=port, home=get_settings().home / "sandbox" / "gcp", expose=tuple(expose or (4200,))))
+
+
+def _serve(sandbox: SandboxCloud) -> None:
+    """Starts ``sandbox``, prints its exports and `sandbox ready`, serves until SIGINT or SIGTERM,
+    then ends every instance it ran and stops."""
     stop = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: stop.set())
-    sandbox = SandboxAWS(port=port, region=region, home=get_settings().home / "sandbox" / "aws", expose=tuple(expose or (4200,)))
     sandbox.start()  # (a failure to start says why, and leaves nothing to end)
     try:
         for name, value in sandbox.exports().items():

@@ -30,15 +30,13 @@ import collections
 import io
 import logging
 import tempfile
-import threading
 from collections.abc import Iterator
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 from urllib.parse import parse_qs
 
 from prefect_remote.testing.imds import MetadataService
-from prefect_remote.testing.instances import Instance, InstanceRunner
+from prefect_remote.testing.instances import Instance, InstanceRunner, SandboxCloud
 
 logger = logging.getLogger(__name__)
 
@@ -47,10 +45,9 @@ FAKE_CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "te
 ACCOUNT_ID = "123456789012"  # moto's default account
 STORE_BUCKET = "prefect-remote-sandbox"
 INSTANCE_PROFILE = "prefect-remote-sandbox"
-KEEP_FORWARDS_EVERY = 3.0  # seconds between renewals of the host forwards instances use
 
 
-class SandboxAWS:
+class SandboxAWS(SandboxCloud):
     """moto's server (ec2, s3, ssm, iam, logs, … in one endpoint) in a thread of this process, plus
     the instance runner and metadata service when ``run_instances`` is on.
 
@@ -84,8 +81,6 @@ class SandboxAWS:
         self._server: Any = None
         self._runner: InstanceRunner | None = None
         self._imds: MetadataService | None = None
-        self._keeper: threading.Thread | None = None
-        self._stopping = threading.Event()
 
     # -- endpoints ------------------------------------------------------------------------------------
     @property
@@ -95,11 +90,6 @@ class SandboxAWS:
             raise RuntimeError("the AWS sandbox is not started; call start() first")
         host, port = self._server.get_host_and_port()
         return f"http://{host}:{port}"
-
-    @property
-    def sandbox_host(self) -> str:
-        """This host's address as the sandbox's instances reach it (a VPC address, as it were)."""
-        return self._runner.host_address if self._runner else "127.0.0.1"
 
     @property
     def store(self) -> str:
@@ -161,16 +151,12 @@ class SandboxAWS:
             self._root = home / "root"
             _place_on_launch(self)
             self._runner.start()
-            self._stopping.clear()
-            self._keeper = threading.Thread(target=self._keep_forwards, name="sandbox-forwards", daemon=True)
-            self._keeper.start()
+            self._start_forwards()
         return self.url
 
     def stop(self) -> None:
         """Ends every instance's machine, then stops the server; everything it held is gone."""
-        self._stopping.set()
-        if self._keeper is not None:
-            self._keeper.join()
+        self._stop_forwards()
         if self in _PLACING:
             _PLACING.remove(self)
         if self._runner is not None:
@@ -186,14 +172,6 @@ class SandboxAWS:
             self._scratch.cleanup()
             self._scratch = None
 
-    def expose_port(self, port: int) -> str:
-        """Makes this host's ``127.0.0.1:port`` (a Prefect server) reachable from the instances;
-        returns the address they and this host use for it, ``http://<sandbox_host>:port``."""
-        if port not in self.expose:
-            self.expose.append(port)
-        url = self.runner.reachable_url(f"http://127.0.0.1:{port}")
-        return url
-
     def end_all_instances(self, timeout: float = 30.0) -> list[str]:
         """Terminates every instance still alive (as a test's clean-up or a user's reset), and waits
         until their machines have ended; returns their ids."""
@@ -203,13 +181,6 @@ class SandboxAWS:
         if self._runner is not None:
             self._runner.wait_idle(timeout)
         return alive
-
-    def __enter__(self) -> SandboxAWS:
-        self.start()
-        return self
-
-    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None, traceback: TracebackType | None) -> None:
-        self.stop()
 
     # -- what a shell or a test needs ----------------------------------------------------------------------
     def environ(self) -> dict[str, str]:
@@ -268,8 +239,9 @@ class SandboxAWS:
             for instance in backend.all_instances():
                 yield _as_instance(instance)
 
-    def _terminate(self, instance_id: str, reason: str) -> None:
-        """The instance's machine has ended (or never booted): the instance is terminated."""
+    def _terminate(self, instance_id: str, reason: str, exit_code: int | None = None) -> None:
+        """The instance's machine has ended (or never booted): the instance is terminated (EC2 keeps
+        no exit code)."""
         found = self._moto_instance(instance_id)
         if found is None:
             return
@@ -339,17 +311,8 @@ class SandboxAWS:
                         return association.iam_instance_profile.name
         return None
 
-    def _keep_forwards(self) -> None:
-        """Keeps the host forwards the instances use (moto, the metadata service, exposed ports) alive."""
-        assert self._runner is not None and self._imds is not None
-        while True:
-            for url in [self.url, self._imds.url, *(f"http://127.0.0.1:{port}" for port in self.expose)]:
-                try:
-                    self._runner.reachable_url(url)
-                except Exception as error:
-                    logger.warning("sandbox: cannot forward %s to the instances: %s", url, error)
-            if self._stopping.wait(KEEP_FORWARDS_EVERY):
-                return
+    def _forwarded(self) -> list[str]:
+        return [self.url, *([self._imds.url] if self._imds else [])]
 
 
 def _as_instance(instance: Any) -> Instance:

@@ -6,7 +6,8 @@ agent shut it down) terminates its instance.
 
 A cloud's sandbox supplies two callables: ``instances()`` (what the control plane holds, read
 straight from the emulator's state, so the sandbox's own bookkeeping makes no API calls) and
-``terminate(instance_id, reason)``.
+``terminate(instance_id, reason, exit_code)`` (the machine's exit code: a Cloud Run task reports it;
+None when unknown, as for an instance that never booted).
 
 >>> runner = InstanceRunner(home, instances=list_instances, terminate=end_instance, image_env=env_for)  # doctest: +SKIP
 >>> runner.start()                                                        # doctest: +SKIP
@@ -20,6 +21,8 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import TracebackType
+from typing import Any
 
 from prefect_remote.errors import MachineNotFound
 from prefect_remote.providers.base import Machine
@@ -29,6 +32,7 @@ from prefect_remote.providers.local.start import start_machines
 logger = logging.getLogger(__name__)
 
 POLL = 0.1  # seconds between looks at the control plane
+KEEP_FORWARDS_EVERY = 3.0  # seconds between renewals of the host forwards instances use
 INSTANCE_TAG = "sandbox-instance"  # a machine's tag naming the instance it runs
 
 
@@ -61,7 +65,7 @@ class InstanceRunner:
         home: str | Path,
         *,
         instances: Callable[[], Iterable[Instance]],
-        terminate: Callable[[str, str], None],
+        terminate: Callable[[str, str, int | None], None],
         image_env: Callable[[Instance], dict[str, str]],
         booted: Callable[[Instance, Machine], None] = lambda instance, machine: None,
         isolation: str | None = None,
@@ -152,7 +156,8 @@ class InstanceRunner:
                 machine = None
             if machine is None or not machine.alive:
                 self._running.pop(instance_id, None)
-                self._terminate(instance_id, (machine.reason if machine else None) or "instance shut down")
+                reason = (machine.reason if machine else None) or "instance shut down"
+                self._terminate(instance_id, reason, machine.exit_code if machine else None)
 
     def boot(self, instance: Instance) -> None:
         """Boots ``instance`` unless it was booted before. The cloud's sandbox may call this as the
@@ -189,7 +194,83 @@ class InstanceRunner:
             )
         except Exception as error:  # as a hypervisor that cannot place an instance: it ends
             logger.warning("sandbox: instance %s could not boot: %s", instance.id, error)
-            self._terminate(instance.id, f"sandbox could not boot it: {error}")
+            self._terminate(instance.id, f"sandbox could not boot it: {error}", None)
             return
         self._running[instance.id] = machine_id
         self._booted(instance, self.machines.describe(machine_id))
+
+
+class SandboxCloud:
+    """What every sandbox cloud shares around its :class:`InstanceRunner` (``self._runner`` while
+    started): this host's address as instances see it, ports of this host exposed to them, the
+    forwards that keep this host's services (:meth:`_forwarded`) reachable, and use as a context
+    manager of its ``start()`` and ``stop()``."""
+
+    expose: list[int]
+    _runner: InstanceRunner | None = None
+    _keeper: threading.Thread | None = None
+    _stopping: threading.Event | None = None
+
+    def start(self) -> str:
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        raise NotImplementedError
+
+    def exports(self) -> dict[str, str]:
+        """Everything a shell needs to use the sandbox by default (``export NAME=VALUE``)."""
+        raise NotImplementedError
+
+    def end_all_instances(self, timeout: float = 30.0) -> list[str]:
+        """Ends every instance still alive and waits until their machines have ended; returns their ids."""
+        raise NotImplementedError
+
+    def __enter__(self) -> Any:
+        self.start()
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None, traceback: TracebackType | None) -> None:
+        self.stop()
+
+    @property
+    def sandbox_host(self) -> str:
+        """This host's address as the sandbox's instances reach it (a VPC address, as it were)."""
+        return self._runner.host_address if self._runner else "127.0.0.1"
+
+    def expose_port(self, port: int) -> str:
+        """Makes this host's ``127.0.0.1:port`` (a Prefect server) reachable from the instances;
+        returns the address they and this host use for it, ``http://<sandbox_host>:port``."""
+        if self._runner is None:
+            raise RuntimeError("the sandbox runs no instances, or is not started")
+        if port not in self.expose:
+            self.expose.append(port)
+        return self._runner.reachable_url(f"http://127.0.0.1:{port}")
+
+    def _forwarded(self) -> list[str]:
+        """The URLs on this host's loopback that instances use (the cloud's endpoints)."""
+        return []
+
+    def _start_forwards(self) -> None:
+        self._stopping = threading.Event()
+        self._keeper = threading.Thread(target=self._keep_forwards, args=(self._stopping,), name="sandbox-forwards", daemon=True)
+        self._keeper.start()
+
+    def _stop_forwards(self) -> None:
+        if self._stopping is not None:
+            self._stopping.set()
+        if self._keeper is not None:
+            self._keeper.join()
+        self._keeper = self._stopping = None
+
+    def _keep_forwards(self, stopping: threading.Event) -> None:
+        """Keeps the host forwards the instances use (the cloud's endpoints, exposed ports) alive."""
+        while True:
+            runner = self._runner
+            if runner is not None:
+                for url in [*self._forwarded(), *(f"http://127.0.0.1:{port}" for port in self.expose)]:
+                    try:
+                        runner.reachable_url(url)
+                    except Exception as error:
+                        logger.warning("sandbox: cannot forward %s to the instances: %s", url, error)
+            if stopping.wait(KEEP_FORWARDS_EVERY):
+                return

@@ -1,0 +1,707 @@
+"""The sandbox GCP's Cloud Run Admin API v2 for jobs, as ``google.cloud.run_v2``'s clients call it over
+REST (camelCase JSON, integer enums): jobs (create, get, list, delete, run with overrides),
+executions (get, list, cancel, delete), tasks (get, list) and the long-running operations they
+return. Operations are done at once (``done: true``) and stay readable under ``operations/``.
+
+Each task runs as a local machine through the sandbox's instance runner: its boot script is the
+container's ``command + args`` (after the run's overrides), its environment the container's
+(``secretKeyRef``s resolved from the sandbox's Secret Manager), Cloud Run's own (``CLOUD_RUN_JOB``,
+``CLOUD_RUN_EXECUTION``, ``CLOUD_RUN_TASK_INDEX``, ``CLOUD_RUN_TASK_ATTEMPT``,
+``CLOUD_RUN_TASK_COUNT``) and the sandbox image's (:meth:`SandboxGCP.image_env`: the endpoints, a
+metadata server for the job's service account). **The container image is recorded, not pulled**:
+the sandbox's one "image" is this host, so a job's command must exist here.
+
+What Cloud Run reports, the fake reports: a task's ``lastAttemptResult.exitCode`` is its machine's
+real exit code (``termSignal`` when a signal ended it); a failed attempt is retried up to
+``maxRetries`` (3 when unset) with ``CLOUD_RUN_TASK_ATTEMPT`` counting; a task that outlives its
+``timeout`` (600 s when unset) is killed and failed; cancelling ends the running machines and counts
+the tasks cancelled; an execution counts ``running/succeeded/failed/cancelled/retriedCount`` and,
+once every task ended, sets ``completionTime`` and a ``Completed`` condition (succeeded, or failed
+with the failing task's message). What Cloud Run refuses, it refuses (400): a cpu/memory pair Cloud
+Run does not offer, an ``nvidia-l4`` GPU under 4 CPU / 16 GiB or in a region without L4s, a timeout
+over 168 h (1 h with a GPU), a service account the project lacks, reserved env names. A secret that
+does not exist fails the task, as on Cloud Run.
+
+>>> run = CloudRunFake(sandbox)           # registers its routes on sandbox.api        # doctest: +SKIP
+>>> JobsClient(transport="rest", client_options={"api_endpoint": sandbox.api.url}, credentials=creds).run_job(name=job)  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+import secrets
+import shlex
+import string
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from starlette.requests import Request
+
+from prefect_remote.testing.gcp.api import GoogleError, body, rfc3339
+from prefect_remote.testing.gcp.common import Project, check_labels, page
+from prefect_remote.testing.instances import Instance
+
+if TYPE_CHECKING:
+    from prefect_remote.providers.base import Machine
+    from prefect_remote.testing.gcp.sandbox import SandboxGCP
+
+PREFIX = "run:"  # the runner's instance ids of Cloud Run task attempts
+GiB = 1024**3
+MiB = 1024**2
+# Cloud Run jobs' CPUs -> (least, most) memory (https://cloud.google.com/run/docs/configuring/jobs/memory-limits)
+CPU_MEMORY = {1: (512 * MiB, 4 * GiB), 2: (512 * MiB, 8 * GiB), 4: (2 * GiB, 16 * GiB), 6: (4 * GiB, 24 * GiB), 8: (4 * GiB, 32 * GiB)}
+L4_REGIONS = {"us-central1", "us-east4", "europe-west1", "europe-west4", "asia-southeast1", "asia-south1"}
+MAX_TIMEOUT = 168 * 3600
+GPU_MAX_TIMEOUT = 3600
+DEFAULT_TIMEOUT = "600s"
+DEFAULT_RETRIES = 3
+RESERVED_ENV = ("CLOUD_RUN_JOB", "CLOUD_RUN_EXECUTION", "CLOUD_RUN_TASK_INDEX", "CLOUD_RUN_TASK_ATTEMPT", "CLOUD_RUN_TASK_COUNT")
+# Condition.State, Condition.ExecutionReason, ExecutionReference.CompletionStatus (integer enums on the wire)
+PENDING, FAILED, SUCCEEDED = 1, 3, 4
+NON_ZERO_EXIT_CODE, CANCELLED = 2, 3
+COMPLETION = {"succeeded": 1, "failed": 2, "running": 3, "pending": 4, "cancelled": 5}
+TERMINAL = ("succeeded", "failed", "cancelled")
+_JOB_ID = re.compile(r"[a-z]([-a-z0-9]{0,61}[a-z0-9])?")
+
+
+@dataclass
+class Attempt:
+    """One attempt of one task: one machine of the instance runner."""
+
+    instance_id: str
+    task: str  # the task's name
+    number: int  # CLOUD_RUN_TASK_ATTEMPT
+    script: str
+    env: dict[str, str]
+    timeout: float
+    instance_type: str
+    booted: float | None = None  # time.monotonic() when its machine started
+    end: str | None = None  # why it was asked to end: "cancelled", "timeout", "deleted"
+    finished: bool = False  # its machine has ended (or never will run)
+
+
+@dataclass
+class _Task:
+    state: str = "pending"  # pending, running, succeeded, failed, cancelled
+    key: str = ""  # its metadata server key
+    attempts: list[Attempt] = field(default_factory=list)
+
+
+class CloudRunFake:
+    """Cloud Run jobs of ``sandbox``'s project, served on ``sandbox.api``; its tasks run on
+    ``sandbox.runner`` (instance ids ``run:…``)."""
+
+    def __init__(self, sandbox: SandboxGCP) -> None:
+        self.sandbox = sandbox
+        self.project = Project(sandbox.project, sandbox.project_number)
+        self._jobs: dict[str, dict[str, Any]] = {}
+        self._executions: dict[str, dict[str, Any]] = {}
+        self._tasks: dict[str, dict[str, Any]] = {}
+        self._task_state: dict[str, _Task] = {}
+        self._operations: dict[str, dict[str, Any]] = {}
+        self._attempts: dict[str, Attempt] = {}  # instance id -> attempt, until its machine has ended
+        self._lock = threading.RLock()
+        route = sandbox.api.route
+        base = "/v2/projects/{project}/locations/{location}"
+        route(base + "/jobs/{job}:run", ["POST"], "run.jobs.run")(self._run)
+        route(base + "/jobs/{job}/executions/{execution}:cancel", ["POST"], "run.executions.cancel")(self._cancel)
+        route(base + "/operations/{operation}:wait", ["POST"], "run.operations.wait")(self._get_operation)
+        route(base + "/jobs/{job}/executions/{execution}/tasks/{task}", ["GET"], "run.tasks.get")(self._get_task)
+        route(base + "/jobs/{job}/executions/{execution}/tasks", ["GET"], "run.tasks.list")(self._list_tasks)
+        route(base + "/jobs/{job}/executions/{execution}", ["GET"], "run.executions.get")(self._get_execution)
+        route(base + "/jobs/{job}/executions/{execution}", ["DELETE"], "run.executions.delete")(self._delete_execution)
+        route(base + "/jobs/{job}/executions", ["GET"], "run.executions.list")(self._list_executions)
+        route(base + "/jobs/{job}", ["GET"], "run.jobs.get")(self._get_job)
+        route(base + "/jobs/{job}", ["DELETE"], "run.jobs.delete")(self._delete_job)
+        route(base + "/jobs", ["POST"], "run.jobs.create")(self._create_job)
+        route(base + "/jobs", ["GET"], "run.jobs.list")(self._list_jobs)
+        route(base + "/operations/{operation}", ["GET"], "run.operations.get")(self._get_operation)
+        route(base + "/operations/{operation}", ["DELETE"], "run.operations.delete")(self._delete_operation)
+        route(base + "/operations", ["GET"], "run.operations.list")(self._list_operations)
+
+    # -- the instance runner's view ---------------------------------------------------------------------
+    def instances(self) -> Iterator[Instance]:
+        """Task attempts whose machine should run (``pending``/``running``) or end (``terminated``),
+        within each execution's parallelism; attempts past their timeout are ended here."""
+        now = time.monotonic()
+        with self._lock:
+            running: dict[str, int] = {}
+            for attempt in self._attempts.values():
+                if attempt.booted is not None and not attempt.finished:
+                    running[_execution_of(attempt.task)] = running.get(_execution_of(attempt.task), 0) + 1
+            listed = []
+            for attempt in self._attempts.values():
+                if attempt.finished:
+                    continue
+                if attempt.end is None and attempt.booted is not None and now - attempt.booted > attempt.timeout:
+                    attempt.end = "timeout"
+                state = "terminated" if attempt.end else "running" if attempt.booted is not None else "pending"
+                if state == "pending":
+                    execution = _execution_of(attempt.task)
+                    parallelism = int(self._executions[execution].get("parallelism") or 0)
+                    if parallelism and running.get(execution, 0) >= parallelism:
+                        continue
+                    running[execution] = running.get(execution, 0) + 1
+                listed.append(Instance(attempt.instance_id, state, attempt.script, attempt.instance_type, self.sandbox.region))
+        return iter(listed)
+
+    def image_env(self, instance: Instance) -> dict[str, str]:
+        with self._lock:
+            attempt = self._attempts[instance.id]
+            key = self._task_state[attempt.task].key
+        return {**self.sandbox.image_env(key), **attempt.env}
+
+    def booted(self, instance: Instance, machine: Machine) -> None:
+        with self._lock:
+            attempt = self._attempts.get(instance.id)
+            if attempt is None:
+                return
+            attempt.booted = time.monotonic()
+            if attempt.end is not None:  # cancelled while it booted: the runner ends it
+                attempt.finished = False
+                return
+            task = self._tasks[attempt.task]
+            task["startTime"] = rfc3339()
+            self._task_state[attempt.task].state = "running"
+            execution = self._executions[_execution_of(attempt.task)]
+            execution.setdefault("startTime", task["startTime"])
+            self._refresh(_execution_of(attempt.task))
+
+    def terminate(self, instance_id: str, reason: str, exit_code: int | None) -> None:
+        """The runner's word that an attempt's machine has ended (or could not boot)."""
+        with self._lock:
+            attempt = self._attempts.get(instance_id)
+            if attempt is None or attempt.finished:
+                return
+            attempt.finished = True
+            if attempt.end in ("cancelled", "deleted"):
+                return
+            if attempt.end == "timeout":
+                self._attempt_failed(attempt.task, 4, "The configured timeout was reached.", exit_code)
+            elif exit_code == 0:
+                self._task_ended(attempt.task, "succeeded", {"status": {}, "exitCode": 0}, "")
+            elif exit_code is None:
+                self._attempt_failed(attempt.task, 2, f"The container could not run: {reason}", None)
+            else:
+                self._attempt_failed(attempt.task, 2, "The container exited with an error.", exit_code)
+
+    def end_all(self, reason: str = "terminated by the sandbox") -> list[str]:
+        """Cancels every task still pending or running (a test's clean-up, the sandbox stopping);
+        returns their attempts' instance ids."""
+        ended = []
+        with self._lock:
+            for attempt in list(self._attempts.values()):
+                if not attempt.finished and attempt.end is None:
+                    ended.append(attempt.instance_id)
+                    self._end_task(attempt.task, "cancelled", reason)
+        return ended
+
+    # -- jobs ---------------------------------------------------------------------------------------------
+    def _parent(self, project: str, location: str, permission: str) -> str:
+        self.project.check(project, permission, f"projects/{project}/locations/{location}")
+        return f"projects/{self.project.id}/locations/{location}"
+
+    def _job(self, project: str, location: str, job: str, permission: str) -> dict[str, Any]:
+        name = f"{self._parent(project, location, permission)}/jobs/{job}"
+        found = self._jobs.get(name)
+        if found is None:
+            raise GoogleError(404, f"Resource '{job}' of kind 'JOB' in region '{location}' in project '{project}' does not exist.")
+        return found
+
+    def _create_job(self, request: Request, project: str, location: str) -> dict[str, Any]:
+        parent = self._parent(project, location, "run.jobs.create")
+        job_id = request.query_params.get("jobId", "")
+        if not _JOB_ID.fullmatch(job_id):
+            raise GoogleError(400, f"job_id {job_id!r} is invalid: it must start with a lowercase letter, hold only lowercase letters, digits and '-', not end with '-', and be at most 63 characters.")
+        given = body(request)
+        template = copy.deepcopy(given.get("template") or {})
+        task_template = template.setdefault("template", {})
+        task_template.setdefault("maxRetries", DEFAULT_RETRIES)
+        task_template.setdefault("timeout", DEFAULT_TIMEOUT)
+        task_template.setdefault("serviceAccount", f"{self.project.number}-compute@developer.gserviceaccount.com")
+        template.setdefault("taskCount", 1)
+        self._check_template(task_template, location, "job.template.template")
+        if int(template["taskCount"]) < 1:
+            raise GoogleError(400, "job.template.task_count must be at least 1")
+        principal = request.state.principal.removeprefix("serviceAccount:").removeprefix("user:")
+        now = rfc3339()
+        job = {
+            "name": f"{parent}/jobs/{job_id}",
+            "uid": str(uuid.uuid4()),
+            "generation": "1",
+            "labels": check_labels(given.get("labels"), "job.labels"),
+            "annotations": given.get("annotations") or {},
+            "createTime": now,
+            "updateTime": now,
+            "creator": principal,
+            "lastModifier": principal,
+            "launchStage": given.get("launchStage") or 4,  # GA
+            "template": {**template, "labels": check_labels(template.get("labels"), "job.template.labels")},
+            "observedGeneration": "1",
+            "terminalCondition": {"type": "Ready", "state": SUCCEEDED, "lastTransitionTime": now},
+            "conditions": [],
+            "executionCount": 0,
+            "reconciling": False,
+            "etag": f'"{secrets.token_hex(8)}"',
+        }
+        if request.query_params.get("validateOnly", "").lower() == "true":
+            return self._operation(location, "Job", job)
+        with self._lock:
+            if job["name"] in self._jobs:
+                raise GoogleError(409, f"Resource '{job_id}' already exists.")
+            self._jobs[job["name"]] = job
+            return self._operation(location, "Job", job)
+
+    def _check_template(self, task: dict[str, Any], location: str, where: str) -> None:
+        """What Cloud Run refuses in a task template (400, naming the field)."""
+        containers = task.get("containers") or []
+        if not containers:
+            raise GoogleError(400, f"{where}.containers: a job needs a container")
+        accelerator = (task.get("nodeSelector") or {}).get("accelerator")
+        timeout = _seconds(task.get("timeout", DEFAULT_TIMEOUT), f"{where}.timeout")
+        for index, container in enumerate(containers):
+            place = f"{where}.containers[{index}]"
+            if not container.get("image"):
+                raise GoogleError(400, f"{place}.image: a container image is required")
+            reserved = [env["name"] for env in container.get("env") or [] if env.get("name") in RESERVED_ENV]
+            if reserved:
+                raise GoogleError(400, f"{place}.env: The following reserved env names were provided: {', '.join(reserved)}. These values are automatically set by the system.")
+            _check_shape((container.get("resources") or {}).get("limits") or {}, accelerator, location, f"{place}.resources.limits")
+        if timeout > (GPU_MAX_TIMEOUT if accelerator else MAX_TIMEOUT):
+            most = "1 hour with a GPU" if accelerator else "168 hours"
+            raise GoogleError(400, f"{where}.timeout: {task['timeout']} exceeds the maximum task timeout of {most}.")
+        account = task.get("serviceAccount")
+        if account not in self.sandbox.service_accounts:
+            raise GoogleError(400, f"{where}.service_account: Service account {account} does not exist.")
+        retries = int(task.get("maxRetries", DEFAULT_RETRIES))
+        if not 0 <= retries <= 10:
+            raise GoogleError(400, f"{where}.max_retries: {retries} is out of range: 0 to 10")
+
+    def _get_job(self, request: Request, project: str, location: str, job: str) -> dict[str, Any]:
+        with self._lock:
+            return copy.deepcopy(self._job(project, location, job, "run.jobs.get"))
+
+    def _list_jobs(self, request: Request, project: str, location: str) -> dict[str, Any]:
+        parent = self._parent(project, location, "run.jobs.list")
+        with self._lock:
+            jobs = [copy.deepcopy(job) for name, job in sorted(self._jobs.items()) if name.startswith(parent + "/")]
+        chunk, token = page(jobs, request.query_params)
+        return {"jobs": chunk, **({"nextPageToken": token} if token else {})}
+
+    def _delete_job(self, request: Request, project: str, location: str, job: str) -> dict[str, Any]:
+        with self._lock:
+            found = self._job(project, location, job, "run.jobs.delete")
+            for name in [name for name in self._executions if name.startswith(found["name"] + "/")]:
+                self._forget_execution(name)
+            del self._jobs[found["name"]]
+            found = {**found, "deleteTime": rfc3339(), "reconciling": False}
+            return self._operation(location, "Job", found)
+
+    # -- running ------------------------------------------------------------------------------------------
+    def _run(self, request: Request, project: str, location: str, job: str) -> dict[str, Any]:
+        given = body(request)
+        overrides = given.get("overrides") or {}
+        with self._lock:
+            found = self._job(project, location, job, "run.jobs.run")
+            template = copy.deepcopy(found["template"])
+        task_template = template["template"]
+        for index, override in enumerate(overrides.get("containerOverrides") or []):
+            _override(task_template["containers"], override, f"overrides.container_overrides[{index}]")
+        if overrides.get("taskCount"):
+            template["taskCount"] = int(overrides["taskCount"])
+        if overrides.get("timeout"):
+            task_template["timeout"] = overrides["timeout"]
+        self._check_template(task_template, location, "overrides")
+        if given.get("validateOnly"):
+            return self._operation(location, "Execution", {"name": f"{found['name']}/executions/{job}-validate", "job": job})
+        suffix = "".join(secrets.choice(string.ascii_lowercase + string.digits) for _ in range(5))
+        execution_id = f"{job}-{suffix}"
+        name = f"{found['name']}/executions/{execution_id}"
+        now = rfc3339()
+        labels = {**found["labels"], **(template.get("labels") or {}), "run.googleapis.com/execution-environment": "gen2"}
+        execution = {
+            "name": name,
+            "uid": str(uuid.uuid4()),
+            "creator": request.state.principal.removeprefix("serviceAccount:"),
+            "generation": "1",
+            "labels": labels,
+            "annotations": template.get("annotations") or {},
+            "createTime": now,
+            "updateTime": now,
+            "launchStage": found["launchStage"],
+            "job": job,
+            "parallelism": int(template.get("parallelism") or 0),
+            "taskCount": int(template["taskCount"]),
+            "template": task_template,
+            "reconciling": True,
+            "conditions": [],
+            "observedGeneration": "1",
+            "runningCount": 0,
+            "succeededCount": 0,
+            "failedCount": 0,
+            "cancelledCount": 0,
+            "retriedCount": 0,
+            "logUri": f"https://console.cloud.google.com/logs/viewer?project={self.project.id}&resource=cloud_run_job/location/{location}/job_name/{job}",
+            "etag": f'"{secrets.token_hex(8)}"',
+        }
+        with self._lock:
+            if found["name"] not in self._jobs:  # deleted meanwhile
+                raise GoogleError(404, f"Resource '{job}' of kind 'JOB' in region '{location}' in project '{project}' does not exist.")
+            self._executions[name] = execution
+            found["executionCount"] = int(found.get("executionCount") or 0) + 1
+            found["latestCreatedExecution"] = {"name": name, "createTime": now, "completionStatus": COMPLETION["running"]}
+            for index in range(execution["taskCount"]):
+                self._new_task(execution, index)
+            for index in range(execution["taskCount"]):
+                self._start_attempt(f"{name}/tasks/{execution_id}-task{index}")
+            self._refresh(name)
+            return self._operation(location, "Execution", execution)
+
+    def _new_task(self, execution: dict[str, Any], index: int) -> None:
+        execution_id = execution["name"].rsplit("/", 1)[1]
+        name = f"{execution['name']}/tasks/{execution_id}-task{index}"
+        template = execution["template"]
+        self._tasks[name] = {
+            "name": name,
+            "uid": str(uuid.uuid4()),
+            "generation": "1",
+            "labels": execution["labels"],
+            "annotations": execution["annotations"],
+            "createTime": execution["createTime"],
+            "updateTime": execution["createTime"],
+            "job": execution["job"],
+            "execution": execution_id,
+            "containers": template["containers"],
+            "volumes": template.get("volumes") or [],
+            "maxRetries": int(template.get("maxRetries", DEFAULT_RETRIES)),
+            "timeout": template["timeout"],
+            "serviceAccount": template["serviceAccount"],
+            "executionEnvironment": template.get("executionEnvironment") or 2,
+            "reconciling": True,
+            "conditions": [{"type": "Completed", "state": PENDING, "lastTransitionTime": execution["createTime"]}],
+            "observedGeneration": "1",
+            "index": index,
+            "retried": 0,
+            "logUri": execution["logUri"],
+            "etag": f'"{secrets.token_hex(8)}"',
+            **({"nodeSelector": template["nodeSelector"]} if template.get("nodeSelector") else {}),
+        }
+        key = f"{execution_id}-task{index}"
+        self._task_state[name] = _Task(key=key)
+        self.sandbox.metadata.register(key, lambda: self._metadata_facts(name), template["serviceAccount"])
+
+    def _metadata_facts(self, task_name: str) -> dict[str, Any] | None:
+        with self._lock:
+            task = self._tasks.get(task_name)
+            if task is None:
+                return None
+            number, region = self.project.number, self.sandbox.region
+            return {
+                "instance/id": task["uid"].replace("-", ""),
+                "instance/region": f"projects/{number}/regions/{region}",
+                "instance/zone": f"projects/{number}/zones/{region}-1",
+            }
+
+    def _start_attempt(self, task_name: str) -> None:
+        """The task's next attempt: its machine boots in the runner's next round. An attempt that
+        cannot start (a missing secret, nothing to run) fails at once, and may be retried."""
+        task = self._tasks[task_name]
+        execution = self._executions[_execution_of(task_name)]
+        container = task["containers"][0]
+        number = int(task["retried"])
+        command = [*(container.get("command") or []), *(container.get("args") or [])]
+        if not command:
+            return self._attempt_failed(task_name, 3, f"The sandbox cannot run image {container['image']}'s own entrypoint: give the container a command or args.", None)
+        env = {}
+        for index, variable in enumerate(container.get("env") or []):
+            reference = (variable.get("valueSource") or {}).get("secretKeyRef")
+            if reference is None:
+                env[variable["name"]] = variable.get("value", "")
+                continue
+            version = reference.get("version") or "latest"
+            try:
+                env[variable["name"]] = self.sandbox.secrets.value(reference["secret"], version)
+            except GoogleError:
+                secret = reference["secret"] if reference["secret"].startswith("projects/") else f"projects/{self.project.number}/secrets/{reference['secret']}"
+                message = f"spec.template.spec.containers[0].env[{index}].value_from.secret_key_ref.name: Secret {secret}/versions/{version} was not found"
+                return self._attempt_failed(task_name, 5, message, None)
+        env.update(
+            CLOUD_RUN_JOB=task["job"],
+            CLOUD_RUN_EXECUTION=task["execution"],
+            CLOUD_RUN_TASK_INDEX=str(task["index"]),
+            CLOUD_RUN_TASK_ATTEMPT=str(number),
+            CLOUD_RUN_TASK_COUNT=str(execution["taskCount"]),
+        )
+        limits = (container.get("resources") or {}).get("limits") or {}
+        attempt = Attempt(
+            instance_id=f"{PREFIX}{task['execution']}-task{task['index']}-{number}",
+            task=task_name,
+            number=number,
+            script=shlex.join(command),
+            env=env,
+            timeout=_seconds(task["timeout"], "timeout"),
+            instance_type=f"cloud-run-{limits.get('cpu', '1')}cpu-{limits.get('memory', '512Mi')}",
+        )
+        self._attempts[attempt.instance_id] = attempt
+        self._task_state[task_name].attempts.append(attempt)
+
+    def _attempt_failed(self, task_name: str, code: int, message: str, exit_code: int | None) -> None:
+        task = self._tasks[task_name]
+        result: dict[str, Any] = {"status": {"code": code, "message": message}}
+        if exit_code is not None:
+            result["exitCode"] = 128 - exit_code if exit_code < 0 else exit_code  # a signal's, as a shell reports it
+            if exit_code < 0:
+                result["termSignal"] = -exit_code
+        if self._task_state[task_name].state in TERMINAL:
+            return
+        if int(task["retried"]) < int(task["maxRetries"]):
+            task["retried"] = int(task["retried"]) + 1
+            task["lastAttemptResult"] = result
+            self._executions[_execution_of(task_name)]["retriedCount"] += 1
+            self._task_state[task_name].state = "pending"
+            self._start_attempt(task_name)
+            self._refresh(_execution_of(task_name))
+            return
+        self._task_ended(task_name, "failed", result, message)
+
+    def _task_ended(self, task_name: str, state: str, result: dict[str, Any] | None, message: str) -> None:
+        task, held = self._tasks[task_name], self._task_state[task_name]
+        if held.state in TERMINAL:
+            return
+        held.state = state
+        now = rfc3339()
+        task.update(completionTime=now, updateTime=now, reconciling=False)
+        if result is not None:
+            task["lastAttemptResult"] = result
+        condition: dict[str, Any] = {"type": "Completed", "state": SUCCEEDED if state == "succeeded" else FAILED, "lastTransitionTime": now}
+        if state == "failed":
+            condition.update(message=message, executionReason=NON_ZERO_EXIT_CODE)
+        elif state == "cancelled":
+            condition.update(message=message or "The task was cancelled.", executionReason=CANCELLED)
+        task["conditions"] = [condition]
+        self._refresh(_execution_of(task_name))
+
+    def _end_task(self, task_name: str, state: str, message: str, why: str = "cancelled") -> None:
+        """Ends a task from outside (cancel, delete): its running machine is ended by the runner."""
+        for attempt in self._task_state[task_name].attempts:
+            if not attempt.finished and attempt.end is None:
+                attempt.end = why
+                if attempt.booted is None:  # never booted: no machine to wait for (booted() undoes this if it raced)
+                    attempt.finished = True
+        if state:
+            self._task_ended(task_name, state, None, message)
+
+    def _refresh(self, name: str) -> None:
+        """An execution's counts and conditions from its tasks; its job's latest execution."""
+        execution = self._executions.get(name)
+        if execution is None:
+            return
+        states = [held.state for task, held in self._task_state.items() if _execution_of(task) == name]
+        execution.update(
+            runningCount=states.count("running"),
+            succeededCount=states.count("succeeded"),
+            failedCount=states.count("failed"),
+            cancelledCount=states.count("cancelled"),
+            updateTime=rfc3339(),
+        )
+        status = "running"
+        if states and all(state in TERMINAL for state in states) and "completionTime" not in execution:
+            now = rfc3339()
+            execution.update(completionTime=now, reconciling=False)
+            execution_id = name.rsplit("/", 1)[1]
+            condition: dict[str, Any] = {"type": "Completed", "lastTransitionTime": now}
+            if "cancelled" in states:
+                condition.update(state=FAILED, executionReason=CANCELLED, message="The execution was cancelled.")
+            elif "failed" in states:
+                failed = next(task for task, held in self._task_state.items() if _execution_of(task) == name and held.state == "failed")
+                task_id = failed.rsplit("/", 1)[1]
+                message = self._tasks[failed]["conditions"][0].get("message", "")
+                condition.update(state=FAILED, executionReason=NON_ZERO_EXIT_CODE, message=f"Task {task_id} failed with message: {message}")
+            else:
+                condition.update(state=SUCCEEDED, message=f"Execution {execution_id} has completed successfully.")
+            execution["conditions"] = [condition]
+            for task, held in self._task_state.items():
+                if _execution_of(task) == name:
+                    self.sandbox.metadata.forget(held.key)
+        elif "completionTime" not in execution:
+            started = any(state != "pending" for state in states)
+            execution["conditions"] = [
+                {"type": "Completed", "state": PENDING, "lastTransitionTime": execution["createTime"]},
+                {"type": "Started", "state": SUCCEEDED if started else PENDING, "lastTransitionTime": execution.get("startTime", execution["createTime"])},
+            ]
+        if "completionTime" in execution:
+            condition = execution["conditions"][0]
+            status = "succeeded" if condition["state"] == SUCCEEDED else "cancelled" if condition.get("executionReason") == CANCELLED else "failed"
+        job = self._jobs.get(name.rsplit("/executions/", 1)[0])
+        if job is not None and (job.get("latestCreatedExecution") or {}).get("name") == name:
+            job["latestCreatedExecution"]["completionStatus"] = COMPLETION[status]
+            if "completionTime" in execution:
+                job["latestCreatedExecution"]["completionTime"] = execution["completionTime"]
+
+    # -- executions and tasks -----------------------------------------------------------------------------
+    def _execution(self, project: str, location: str, job: str, execution: str, permission: str) -> dict[str, Any]:
+        name = f"{self._parent(project, location, permission)}/jobs/{job}/executions/{execution}"
+        found = self._executions.get(name)
+        if found is None:
+            raise GoogleError(404, f"Resource '{execution}' of kind 'EXECUTION' in region '{location}' in project '{project}' does not exist.")
+        return found
+
+    def _get_execution(self, request: Request, project: str, location: str, job: str, execution: str) -> dict[str, Any]:
+        with self._lock:
+            return copy.deepcopy(self._execution(project, location, job, execution, "run.executions.get"))
+
+    def _list_executions(self, request: Request, project: str, location: str, job: str) -> dict[str, Any]:
+        parent = self._parent(project, location, "run.executions.list")
+        with self._lock:
+            if job != "-":
+                self._job(project, location, job, "run.executions.list")
+            prefix = f"{parent}/jobs/{job}/executions/" if job != "-" else f"{parent}/jobs/"
+            found = sorted((copy.deepcopy(e) for name, e in self._executions.items() if name.startswith(prefix)), key=lambda e: e["createTime"], reverse=True)
+        chunk, token = page(found, request.query_params)
+        return {"executions": chunk, **({"nextPageToken": token} if token else {})}
+
+    def _cancel(self, request: Request, project: str, location: str, job: str, execution: str) -> dict[str, Any]:
+        with self._lock:
+            found = self._execution(project, location, job, execution, "run.executions.cancel")
+            if "completionTime" in found:
+                raise GoogleError(400, f"Execution {execution} has already completed and cannot be cancelled.", status="FAILED_PRECONDITION")
+            for task in [task for task in self._task_state if _execution_of(task) == found["name"]]:
+                if self._task_state[task].state not in TERMINAL:
+                    self._end_task(task, "cancelled", "The task was cancelled.")
+            return self._operation(location, "Execution", found)
+
+    def _delete_execution(self, request: Request, project: str, location: str, job: str, execution: str) -> dict[str, Any]:
+        with self._lock:
+            found = self._execution(project, location, job, execution, "run.executions.delete")
+            self._forget_execution(found["name"])
+            return self._operation(location, "Execution", {**found, "deleteTime": rfc3339()})
+
+    def _forget_execution(self, name: str) -> None:
+        """Ends an execution's machines and forgets it and its tasks (a delete)."""
+        for task in [task for task in self._task_state if _execution_of(task) == name]:
+            self._end_task(task, "", "", why="deleted")
+            self.sandbox.metadata.forget(self._task_state[task].key)
+            del self._task_state[task]
+            del self._tasks[task]
+        del self._executions[name]
+
+    def _get_task(self, request: Request, project: str, location: str, job: str, execution: str, task: str) -> dict[str, Any]:
+        with self._lock:
+            parent = self._execution(project, location, job, execution, "run.tasks.get")["name"]
+            found = self._tasks.get(f"{parent}/tasks/{task}")
+            if found is None:
+                raise GoogleError(404, f"Resource '{task}' of kind 'TASK' in region '{location}' in project '{project}' does not exist.")
+            return copy.deepcopy(found)
+
+    def _list_tasks(self, request: Request, project: str, location: str, job: str, execution: str) -> dict[str, Any]:
+        with self._lock:
+            parent = self._execution(project, location, job, execution, "run.tasks.list")["name"]
+            found = sorted((copy.deepcopy(t) for name, t in self._tasks.items() if name.startswith(parent + "/tasks/")), key=lambda t: t["index"])
+        chunk, token = page(found, request.query_params)
+        return {"tasks": chunk, **({"nextPageToken": token} if token else {})}
+
+    # -- operations ---------------------------------------------------------------------------------------
+    def _operation(self, location: str, kind: str, resource: dict[str, Any]) -> dict[str, Any]:
+        typed = {"@type": f"type.googleapis.com/google.cloud.run.v2.{kind}", **copy.deepcopy(resource)}
+        operation = {"name": f"projects/{self.project.id}/locations/{location}/operations/{uuid.uuid4()}", "metadata": typed, "done": True, "response": typed}
+        with self._lock:
+            self._operations[operation["name"]] = operation
+        return operation
+
+    def _get_operation(self, request: Request, project: str, location: str, operation: str) -> dict[str, Any]:
+        name = f"{self._parent(project, location, 'run.operations.get')}/operations/{operation}"
+        with self._lock:
+            found = self._operations.get(name)
+        if found is None:
+            raise GoogleError(404, f"Operation '{name}' not found.")
+        return found
+
+    def _delete_operation(self, request: Request, project: str, location: str, operation: str) -> dict[str, Any]:
+        self._get_operation(request, project, location, operation)
+        with self._lock:
+            self._operations.pop(f"projects/{self.project.id}/locations/{location}/operations/{operation}", None)
+        return {}
+
+    def _list_operations(self, request: Request, project: str, location: str) -> dict[str, Any]:
+        parent = self._parent(project, location, "run.operations.list")
+        with self._lock:
+            found = [op for name, op in self._operations.items() if name.startswith(parent + "/")]
+        chunk, token = page(found, request.query_params)
+        return {"operations": chunk, **({"nextPageToken": token} if token else {})}
+
+
+def _execution_of(task_name: str) -> str:
+    return task_name.rsplit("/tasks/", 1)[0]
+
+
+def _override(containers: list[dict[str, Any]], override: dict[str, Any], where: str) -> None:
+    """Applies a run's container override (args replace, env merges by name) to its container."""
+    name = override.get("name")
+    target = next((c for c in containers if c.get("name") == name), None) if name else containers[0]
+    if target is None:
+        raise GoogleError(400, f"{where}.name: no container named {name!r} in the job")
+    if override.get("clearArgs"):
+        target["args"] = []
+    if override.get("args"):
+        target["args"] = list(override["args"])
+    if override.get("env"):
+        merged = {env["name"]: env for env in target.get("env") or []}
+        merged.update({env["name"]: env for env in override["env"]})
+        target["env"] = list(merged.values())
+
+
+def _seconds(duration: Any, where: str) -> float:
+    """A protobuf Duration's JSON (``"600s"``, ``"1.5s"``) in seconds."""
+    text = str(duration)
+    if not re.fullmatch(r"\d+(\.\d+)?s", text):
+        raise GoogleError(400, f"{where}: invalid duration {text!r}: expected seconds such as '3600s'")
+    return float(text[:-1])
+
+
+def _cpu(text: str, where: str) -> float:
+    try:
+        return float(text[:-1]) / 1000 if text.endswith("m") else float(text)
+    except ValueError:
+        raise GoogleError(400, f"{where}.cpu: Invalid value specified for cpu: {text!r}") from None
+
+
+def _bytes(text: str, where: str) -> int:
+    """A Kubernetes quantity (``512Mi``, ``4Gi``, ``1G``) in bytes."""
+    units = {"Ki": 1024, "Mi": MiB, "Gi": GiB, "Ti": 1024 * GiB, "k": 10**3, "M": 10**6, "G": 10**9, "T": 10**12, "": 1}
+    found = re.fullmatch(r"(\d+(?:\.\d+)?)(Ki|Mi|Gi|Ti|k|M|G|T|)", text.strip())
+    if found is None:
+        raise GoogleError(400, f"{where}.memory: Invalid value specified for memory: {text!r} (e.g. '512Mi', '4Gi')")
+    return int(float(found.group(1)) * units[found.group(2)])
+
+
+def _size(size: int) -> str:
+    return f"{size // GiB}Gi" if size % GiB == 0 else f"{size // MiB}Mi"
+
+
+def _check_shape(limits: dict[str, Any], accelerator: str | None, location: str, where: str) -> None:
+    """Cloud Run's cpu/memory pairs and GPU rules, with its kind of message."""
+    cpu = _cpu(str(limits.get("cpu", "1")), where)
+    memory = _bytes(str(limits.get("memory", "512Mi")), where)
+    if cpu not in CPU_MEMORY:
+        raise GoogleError(400, f"{where}.cpu: Invalid value specified for cpu: {limits.get('cpu')}. Cloud Run jobs take 1, 2, 4, 6 or 8 CPUs.")
+    least, most = CPU_MEMORY[cpu]
+    if not least <= memory <= most:
+        raise GoogleError(400, f"{where}.memory: Invalid value specified for container memory. For {cpu:.1f} CPU, memory must be between {_size(least)} and {_size(most)} inclusive.")
+    gpus = limits.get("nvidia.com/gpu")
+    if accelerator is None:
+        if gpus not in (None, "0"):
+            raise GoogleError(400, f"{where}: nvidia.com/gpu needs node_selector.accelerator (nvidia-l4)")
+        return
+    if accelerator != "nvidia-l4":
+        raise GoogleError(400, f"node_selector.accelerator: {accelerator!r} is not supported; Cloud Run offers nvidia-l4")
+    if location not in L4_REGIONS:
+        raise GoogleError(400, f"node_selector.accelerator: nvidia-l4 GPUs are not available in {location}; regions with them: {', '.join(sorted(L4_REGIONS))}")
+    if gpus not in (None, "1"):
+        raise GoogleError(400, f"{where}: nvidia.com/gpu must be 1 (one nvidia-l4 per instance)")
+    if cpu < 4 or memory < 16 * GiB:
+        raise GoogleError(400, f"{where}: a GPU (nvidia-l4) requires at least 4 CPU and 16Gi of memory, got {cpu:g} CPU and {_size(memory)}.")

@@ -1,0 +1,269 @@
+"""A sandbox GCP on this computer: one loopback endpoint serving the Google APIs prefect-remote calls
+(Cloud Run v2, Compute Engine v1, Secret Manager v1, Cloud Logging v2, OAuth tokens and per-machine
+metadata servers, see :mod:`prefect_remote.testing.gcp.api`), gcp-storage-emulator for GCS, and an
+instance runner that runs every Cloud Run task and Compute Engine instance as a local machine.
+
+Code under test talks to it exactly as to Google Cloud: the google-cloud-* clients get the
+endpoint through their documented ``client_options={"api_endpoint": …}``
+(``PREFECT_REMOTE_GCP_API_ENDPOINT``), google-cloud-storage through ``STORAGE_EMULATOR_HOST``, and
+credentials through ``GOOGLE_APPLICATION_CREDENTIALS``: a service-account key whose token URI is
+the sandbox. Machines find theirs through their metadata server, as on Google Cloud.
+
+The project is ready to use: the store's bucket, a service account for machines
+(``prefect-remote@<project>.iam.gserviceaccount.com``) and one for the launcher (whose key the
+exports name). The test suite starts one per session; ``prefect-remote sandbox gcp`` starts the
+same thing for a shell.
+
+>>> with SandboxGCP() as gcp:                                         # doctest: +SKIP
+...     os.environ.update(gcp.exports())
+...     prefect_remote.function(cpu=2)(lambda x: x + 1)(1)              # a Compute Engine VM of the sandbox
+"""
+
+from __future__ import annotations
+
+import collections
+import itertools
+import json
+import logging
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from prefect_remote.testing.gcp.api import GoogleAPI
+from prefect_remote.testing.gcp.common import Project
+from prefect_remote.testing.gcp.iam import IAMFake
+from prefect_remote.testing.gcp.logs import LoggingFake
+from prefect_remote.testing.gcp.metadata import MetadataServer
+from prefect_remote.testing.gcp.run import CloudRunFake
+from prefect_remote.testing.gcp.secrets import SecretManagerFake
+from prefect_remote.testing.instances import Instance, InstanceRunner, SandboxCloud
+
+logger = logging.getLogger(__name__)
+
+STORE_BUCKET = "prefect-remote-sandbox"
+
+
+class SandboxGCP(SandboxCloud):
+    """The sandbox's fakes on one endpoint (``api``), GCS in a thread, and one instance runner for
+    Cloud Run tasks (instance ids ``run:…``) and Compute Engine instances (``gce:…``).
+
+    ``port=0`` takes a free port. ``home`` holds the machines' folders and the launcher's key
+    (default: a temporary folder); ``isolation`` is the machines' (``namespace`` where this host
+    offers network namespaces). ``expose`` lists ports of services on this host's loopback (a
+    Prefect server) that machines reach at ``http://<sandbox_host>:PORT``.
+    """
+
+    def __init__(
+        self,
+        project: str = "sandbox-project",
+        region: str = "us-central1",
+        *,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        home: str | Path | None = None,
+        isolation: str | None = None,
+        expose: tuple[int, ...] = (),
+    ) -> None:
+        self.project, self.region, self.host, self.port = project, region, host, port
+        self.project_number = Project.named(project).number
+        self.zones = [f"{region}-{zone}" for zone in "abc"]
+        self.isolation = isolation
+        self.expose = list(expose)
+        self.machine_account = f"prefect-remote@{project}.iam.gserviceaccount.com"
+        self.launcher_account = f"prefect-remote-launcher@{project}.iam.gserviceaccount.com"
+        # The accounts that exist: a launch naming another is refused, as Google refuses it.
+        self.service_accounts = {self.machine_account, self.launcher_account, f"{self.project_number}-compute@developer.gserviceaccount.com"}
+        self.api = GoogleAPI()
+        project_ref = Project(project, self.project_number)
+        self.metadata = MetadataServer(self.api, project=project, project_number=self.project_number)
+        self.secrets = SecretManagerFake(self.api, project_ref)
+        self.logging = LoggingFake(self.api, project_ref)
+        self.run = CloudRunFake(self)
+        self.compute = _compute_fake(self)
+        self.iam = IAMFake(self)  # service accounts, custom roles, the project's IAM policy
+        self._home_arg = home
+        self._scratch: tempfile.TemporaryDirectory | None = None
+        self._home: Path | None = None
+        self._storage: Any = None
+        self._storage_url = ""
+        self._runner: InstanceRunner | None = None
+
+    # -- endpoints -----------------------------------------------------------------------------------------
+    @property
+    def url(self) -> str:
+        """The Google APIs' endpoint on this host, e.g. ``http://127.0.0.1:41234``."""
+        if not self.api.url:
+            raise RuntimeError("the GCP sandbox is not started; call start() first")
+        return self.api.url
+
+    @property
+    def storage_url(self) -> str:
+        """gcp-storage-emulator's endpoint on this host (``STORAGE_EMULATOR_HOST``)."""
+        if not self._storage_url:
+            raise RuntimeError("the GCP sandbox is not started; call start() first")
+        return self._storage_url
+
+    @property
+    def store(self) -> str:
+        return f"gs://{STORE_BUCKET}/store"
+
+    @property
+    def runner(self) -> InstanceRunner:
+        if self._runner is None:
+            raise RuntimeError("the GCP sandbox is not started; call start() first")
+        return self._runner
+
+    @property
+    def calls(self) -> collections.Counter[str]:
+        """Requests answered per API method (``run.jobs.create``…), GCS's excepted."""
+        return self.api.calls
+
+    @property
+    def key_file(self) -> Path:
+        """The launcher's service-account key (``GOOGLE_APPLICATION_CREDENTIALS``)."""
+        assert self._home is not None, "the GCP sandbox is not started"
+        return self._home / "launcher-key.json"
+
+    # -- life ----------------------------------------------------------------------------------------------
+    def start(self) -> str:
+        """Serves the APIs and GCS, writes the launcher's key, starts the instance runner; returns
+        the APIs' endpoint."""
+        if self._runner is not None:
+            return self.url
+        try:
+            from gcp_storage_emulator.server import create_server
+        except ImportError:
+            raise RuntimeError("the GCP sandbox needs gcp-storage-emulator: pip install 'prefect-remote[sandbox]'") from None
+        if self._home_arg is None:
+            self._scratch = tempfile.TemporaryDirectory(prefix="prefect-remote-sandbox-gcp-")
+        self._home = Path(self._home_arg or self._scratch.name)  # type: ignore[union-attr]
+        self._home.mkdir(parents=True, exist_ok=True)
+        try:
+            self.api.serve(self.host, self.port)
+            logging.getLogger("gcp_storage_emulator").setLevel(logging.WARNING)  # a line per request otherwise
+            self._storage = create_server(self.host, 0, in_memory=True, default_bucket=STORE_BUCKET, project_number=self.project_number)
+            self._storage.start()
+            self._storage_url = f"http://{self.host}:{self._storage._api._httpd.server_address[1]}"
+            key = self.api.service_account_key(self.launcher_account, self.project)
+            self.key_file.touch(mode=0o600)
+            self.key_file.write_text(json.dumps(key))
+            self._runner = InstanceRunner(
+                self._home / "home",
+                instances=self._instances,
+                terminate=self._terminate,
+                image_env=self._instance_env,
+                booted=self._booted,
+                isolation=self.isolation,
+            )
+            self._root = self._home / "root"
+            self._runner.start()
+        except BaseException:
+            self.stop()
+            raise
+        self._start_forwards()
+        return self.url
+
+    def stop(self) -> None:
+        """Ends every machine, then stops serving; everything it held is gone."""
+        self._stop_forwards()
+        if self._runner is not None:
+            self.run.end_all("sandbox stopped")
+            self._runner.stop()  # ends every machine still running, and waits for them
+            self._runner = None
+        self.api.close()
+        if self._storage is not None:
+            self._storage.stop()
+            self._storage, self._storage_url = None, ""
+        if self._scratch is not None:
+            self._scratch.cleanup()
+            self._scratch = None
+
+    def end_all_instances(self, timeout: float = 30.0) -> list[str]:
+        """Cancels every Cloud Run task and ends every Compute Engine instance still running (a
+        test's clean-up, a user's reset), and waits until their machines have ended; returns their
+        instance ids."""
+        ended = self.run.end_all()
+        if self.compute is not None:
+            for instance in list(self.compute.instances()):
+                if not instance.ended:
+                    self.compute.terminate(instance.id, "terminated by the sandbox", None)
+                    ended.append(instance.id)
+        if self._runner is not None:
+            self._runner.wait_idle(timeout)
+        return ended
+
+    # -- what a shell, a test or a machine needs ------------------------------------------------------------
+    def environ(self) -> dict[str, str]:
+        """The variables that point Google's clients at this sandbox (the APIs' endpoint itself goes
+        in ``client_options``: ``PREFECT_REMOTE_GCP_API_ENDPOINT``)."""
+        return {"GOOGLE_APPLICATION_CREDENTIALS": str(self.key_file), "GOOGLE_CLOUD_PROJECT": self.project, "STORAGE_EMULATOR_HOST": self.storage_url}
+
+    def exports(self) -> dict[str, str]:
+        """Everything a shell needs to use the sandbox by default: credentials, the gcp provider in
+        this project and region, with the machines' service account, the store in its bucket, and
+        ``PREFECT_REMOTE_SANDBOX_HOST``."""
+        return {
+            **self.environ(),
+            "PREFECT_REMOTE_PROVIDER": "gcp",
+            "PREFECT_REMOTE_GCP_PROJECT": self.project,
+            "PREFECT_REMOTE_GCP_REGION": self.region,
+            "PREFECT_REMOTE_GCP_API_ENDPOINT": self.url,
+            "PREFECT_REMOTE_GCP_SERVICE_ACCOUNT": self.machine_account,
+            "PREFECT_REMOTE_STORE": self.store,
+            "PREFECT_REMOTE_GCP_PUBLIC_IP": self.sandbox_host,  # "me", as the machines see this host
+            "PREFECT_REMOTE_SANDBOX_HOST": self.sandbox_host,
+        }
+
+    def image_env(self, key: str) -> dict[str, str]:
+        """What every sandbox image sets on the machine whose metadata server is ``key`` (a Cloud
+        Run task, a Compute Engine instance): the endpoints as it reaches them, the project, its
+        metadata server, and the image's shared folders (uv's cache, agent environments)."""
+        from prefect_remote.software.rebuild import uv_cache_dir
+
+        folder = self.runner.machines.home / "instances" / key
+        folder.mkdir(parents=True, exist_ok=True)
+        api = self.runner.reachable_url(self.url)
+        return {
+            "PREFECT_REMOTE_GCP_API_ENDPOINT": api,
+            "STORAGE_EMULATOR_HOST": self.runner.reachable_url(self.storage_url),
+            "GOOGLE_CLOUD_PROJECT": self.project,
+            "PREFECT_REMOTE_ROOT": str(self._root),
+            "PREFECT_REMOTE_MACHINE_LOG": str(folder / "machine.log"),
+            **({"UV_CACHE_DIR": cache} if (cache := uv_cache_dir()) else {}),  # a warm cache, as a baked image has
+            **self.metadata.env(key, api),
+        }
+
+    # -- the instance runner's view: both services' instances, dispatched on their id's prefix -------------------
+    def _fake(self, instance_id: str) -> Any:
+        if instance_id.startswith("run:"):
+            return self.run
+        if instance_id.startswith("gce:") and self.compute is not None:
+            return self.compute
+        raise KeyError(f"sandbox GCP: no service runs instance {instance_id!r}")
+
+    def _instances(self) -> Iterator[Instance]:
+        return itertools.chain(self.run.instances(), self.compute.instances() if self.compute is not None else ())
+
+    def _terminate(self, instance_id: str, reason: str, exit_code: int | None) -> None:
+        self._fake(instance_id).terminate(instance_id, reason, exit_code)
+
+    def _instance_env(self, instance: Instance) -> dict[str, str]:
+        return self._fake(instance.id).image_env(instance)
+
+    def _booted(self, instance: Instance, machine: Any) -> None:
+        self._fake(instance.id).booted(instance, machine)
+
+    def _forwarded(self) -> list[str]:
+        return [self.url, self.storage_url]
+
+
+def _compute_fake(sandbox: SandboxGCP) -> Any:
+    """The Compute Engine fake, where this checkout has it."""
+    try:
+        from prefect_remote.testing.gcp.compute import ComputeFake
+    except ModuleNotFoundError as error:
+        if error.name != "prefect_remote.testing.gcp.compute":
+            raise
+        return None
+    return ComputeFake(sandbox)

@@ -1,0 +1,44 @@
+"""The sandbox's Cloud Logging, driven by google-cloud-logging over HTTP (``_use_grpc=False``)."""
+
+from __future__ import annotations
+
+import datetime
+
+import pytest
+from google.api_core import exceptions
+from google.cloud.logging import ASCENDING, DESCENDING
+
+
+def test_write_list_filter_order_and_pages(google, gcp_sandbox):
+    client = google.logging()
+    logger = client.logger("prefect-remote-logs-test")
+    start = datetime.datetime.now(datetime.timezone.utc)
+    for n in range(5):
+        stamp = start + datetime.timedelta(seconds=n)
+        logger.log_text(f"line {n}", labels={"prefect-remote-machine": "run-a" if n % 2 == 0 else "run-b"}, timestamp=stamp)
+    logger.log_struct({"event": "done"}, labels={"prefect-remote-machine": "run-a"}, timestamp=start + datetime.timedelta(seconds=9))
+
+    log = f'logName="projects/{google.project}/logs/prefect-remote-logs-test"'
+    mine = f'{log} AND labels."prefect-remote-machine"="run-a"'
+    entries = list(client.list_entries(filter_=mine, order_by=ASCENDING))
+    assert [e.payload for e in entries] == ["line 0", "line 2", "line 4", {"event": "done"}]
+    assert all(e.insert_id and e.labels["prefect-remote-machine"] == "run-a" for e in entries)
+    assert entries[0].resource.type == "global"
+
+    since = (start + datetime.timedelta(seconds=2)).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    assert [e.payload for e in client.list_entries(filter_=f'{mine} AND timestamp>"{since}"')] == ["line 4", {"event": "done"}]
+    assert [e.payload for e in client.list_entries(filter_=f'{mine} AND timestamp>="{since}"')] == ["line 2", "line 4", {"event": "done"}]
+    assert [e.payload for e in client.list_entries(filter_=mine, order_by=DESCENDING, max_results=2)] == [{"event": "done"}, "line 4"]
+
+    before = gcp_sandbox.calls["logging.entries.list"]
+    everything = [e.payload for e in client.list_entries(filter_=f'{log} labels."prefect-remote-machine":*', page_size=2)]  # (not the client's own diagnostic entry)
+    assert everything == ["line 0", "line 1", "line 2", "line 3", "line 4", {"event": "done"}]
+    assert gcp_sandbox.calls["logging.entries.list"] - before == 3  # three pages of two, followed by their tokens
+
+
+def test_write_refuses_what_cloud_logging_refuses(google):
+    client = google.logging()
+    with pytest.raises(exceptions.BadRequest, match="256.0K"):
+        client.logger("prefect-remote-logs-test").log_text("x" * 300_000)
+    with pytest.raises(exceptions.BadRequest, match="filter"):
+        list(client.list_entries(filter_='logName="x" AND ('))
