@@ -73,6 +73,8 @@ class RemoteWorker(BaseWorker[RemoteJobConfiguration, RemoteJobVariables, Remote
         launch = partial(provider.launch, spec, payload, tags=tags, owner=f"prefect-worker:{self.name}")
         [machine] = await anyio.to_thread.run_sync(launch)
         logger.info(f"Machine {machine.id} launched on {provider.name}: {machine.cost_summary()} ({spec.summary()})")
+        if machine.details.get("placement"):  # a provider's automatic choice (gcp: Cloud Run or Compute Engine), and why
+            logger.info(f"Machine {machine.id} runs on {machine.details['placement']}")
         self._followed.add(flow_run.id)
         if task_status is not None:
             task_status.started(machine.id)

@@ -1,0 +1,109 @@
+"""The gcp provider's machine side, on a Cloud Run task or a Compute Engine VM.
+
+Who the machine is: ``$CLOUD_RUN_JOB`` on Cloud Run (the job is the machine), else the metadata
+server's instance name. Its lease and end record are its object in the store (one GET per lease
+read). Its secrets: on Cloud Run, ``$PREFECT_REMOTE_SECRETS_JSON``, which Cloud Run fills from Secret
+Manager; on a VM, Secret Manager itself. Its log goes to Cloud Logging. It ends by recording why, then
+deleting itself (a VM) or exiting (a Cloud Run task, whose exit code is the payload's).
+
+Standard library only at import: the agent imports it on every boot. The google-cloud-* clients it
+uses are the provider's ``agent_requirements``.
+
+>>> runtime = GCPRuntime(store="gs://my-bucket/prefect-remote", launch_id="launch-0a1b2c3d4e5f", project="my-project")
+>>> runtime.on_cloud_run
+False
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import urllib.request
+from functools import cached_property
+from typing import Any
+
+from prefect_remote.providers.runtime import LogShipping, MachineRuntime
+
+SECRETS_ENV = "PREFECT_REMOTE_SECRETS_JSON"  # the Cloud Run container's env var Cloud Run fills from Secret Manager
+CLOUD_RUN_JOB_ENV = "CLOUD_RUN_JOB"  # set by Cloud Run in every task's container
+API_ENDPOINT_ENV = "PREFECT_REMOTE_GCP_API_ENDPOINT"
+DEFAULT_METADATA_HOST = "metadata.google.internal"
+
+
+class GCPRuntime(MachineRuntime):
+    """A gcp machine's runtime; ``store`` is the gs:// store holding the machines' records."""
+
+    def __init__(self, store: str, launch_id: str, project: str, log_name: str = "prefect-remote", timeout: float = 5.0) -> None:
+        self.store, self.launch_id, self.project, self.log_name, self.timeout = store, launch_id, project, log_name, timeout
+
+    @property
+    def on_cloud_run(self) -> bool:
+        return bool(os.environ.get(CLOUD_RUN_JOB_ENV))
+
+    # -- the metadata server ---------------------------------------------------------------------
+    def metadata(self, path: str) -> str:
+        """``computeMetadata/v1/<path>`` as text (``$GCE_METADATA_HOST`` if set, as google-auth reads it)."""
+        host = os.environ.get("GCE_METADATA_HOST") or os.environ.get("GCE_METADATA_ROOT") or DEFAULT_METADATA_HOST
+        request = urllib.request.Request(f"http://{host}/computeMetadata/v1/{path}", headers={"Metadata-Flavor": "Google"})
+        with urllib.request.urlopen(request, timeout=self.timeout) as response:
+            return response.read().decode()
+
+    @cached_property
+    def machine_id(self) -> str:  # type: ignore[override]
+        return os.environ.get(CLOUD_RUN_JOB_ENV) or self.metadata("instance/name")
+
+    # -- the store: lease and end record -------------------------------------------------------------
+    @cached_property
+    def _records(self) -> Any:
+        from prefect_remote.providers.gcp.records import MachineRecords
+        from prefect_remote.software.gcsstore import GCSStore
+
+        return MachineRecords(GCSStore.from_url(self.store))
+
+    def lease_age(self) -> float:
+        return self._records.lease_age(self.machine_id)
+
+    # -- secrets, logs, the end ------------------------------------------------------------------------
+    def read_secrets(self) -> dict[str, str]:
+        if self.on_cloud_run:
+            # Popped: the payload gets each secret as its own variable, not the bundle again.
+            return dict(json.loads(os.environ.pop(SECRETS_ENV, "{}")))
+        from prefect_remote.providers.gcp.secrets import read_secrets
+
+        return read_secrets(self.project, self.launch_id, api_endpoint=os.environ.get(API_ENDPOINT_ENV))
+
+    def ship_log(self, path: str) -> LogShipping:
+        """Tails the machine log into Cloud Logging, log ``log_name``, labelled with this machine's id
+        (the service account needs roles/logging.logWriter)."""
+        from prefect_remote.providers.gcp.logs import ship_log
+
+        return ship_log(path, self.project, self.log_name, self.machine_id, api_endpoint=os.environ.get(API_ENDPOINT_ENV))
+
+    def terminate(self, reason: str, exit_code: int | None) -> None:
+        """Records why in the machine's record; then a VM deletes itself (the service account needs
+        compute.instances.delete on it), and a Cloud Run task just ends: the agent exits next with the
+        payload's exit code, which becomes the task's."""
+        try:
+            self._records.end(self.machine_id, reason=reason, exit_code=exit_code)
+        except Exception:  # the reason is a courtesy: ending the machine is what matters
+            pass
+        if self.on_cloud_run:
+            return
+        from google.cloud import compute_v1
+
+        zone = self.metadata("instance/zone").rsplit("/", 1)[-1]
+        endpoint = os.environ.get(API_ENDPOINT_ENV)
+        client = compute_v1.InstancesClient(client_options={"api_endpoint": endpoint} if endpoint else None)
+        client.delete(project=self.project, zone=zone, instance=self.machine_id)
+
+    def halt(self) -> None:
+        """``shutdown -h now`` on a VM (launched to be deleted when it stops); on Cloud Run the task
+        ends with the agent. Never on a sandbox's machine, a process on someone's computer (its
+        metadata server is not the link-local one)."""
+        if self.on_cloud_run or os.environ.get("GCE_METADATA_HOST"):
+            return
+        try:
+            subprocess.run(["shutdown", "-h", "now"], check=False, timeout=30)
+        except Exception:  # must not fail: the agent exits next, which ends the boot script
+            pass
