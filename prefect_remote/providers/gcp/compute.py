@@ -273,11 +273,11 @@ class ComputeService(GCPService):
         return compute_v1.Instance(body)
 
     def _image(self, instance_type: InstanceType) -> str:
-        """The boot image: ``vm_image``, its ``-arm64`` family for an arm type (Debian's and Ubuntu's
-        image families are named so)."""
+        """The boot image: ``vm_image``, its arm64 family for an arm type (``debian-12`` →
+        ``debian-12-arm64``, ``ubuntu-2404-lts-amd64`` → ``ubuntu-2404-lts-arm64``)."""
         image = self.options.vm_image
         if instance_type.arch == "arm64" and "/family/" in image and not image.endswith("-arm64"):
-            return image + "-arm64"
+            return image.removesuffix("-amd64") + "-arm64"
         return image
 
     def _network_url(self) -> str:
