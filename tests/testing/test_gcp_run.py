@@ -44,7 +44,7 @@ def _finished(google, name: str, timeout: float = 30) -> run_v2.Execution:
 
 def test_a_task_runs_its_command_with_cloud_runs_env_and_reports_its_exit_code(google, gcp_sandbox, tmp_path):
     out = tmp_path / "env"
-    script = f'echo "$CLOUD_RUN_JOB $CLOUD_RUN_EXECUTION $CLOUD_RUN_TASK_INDEX $CLOUD_RUN_TASK_ATTEMPT $CLOUD_RUN_TASK_COUNT $GREETING $GCE_METADATA_HOST" > {out}; exit 3'
+    script = f'echo starting; echo "$CLOUD_RUN_JOB $CLOUD_RUN_EXECUTION $CLOUD_RUN_TASK_INDEX $CLOUD_RUN_TASK_ATTEMPT $CLOUD_RUN_TASK_COUNT $GREETING $GCE_METADATA_HOST" > {out}; exit 3'
     job = _create(google, gcp_sandbox, _job(gcp_sandbox, "exit 0", env=[run_v2.EnvVar(name="GREETING", value="hello")]))
     assert job.labels["prefect-remote-launch"] == "l-test" and job.template.template.max_retries == 0
     assert google.run("jobs").get_job(name=job.name).name == job.name
@@ -62,6 +62,9 @@ def test_a_task_runs_its_command_with_cloud_runs_env_and_reports_its_exit_code(g
     job_id = job.name.rsplit("/", 1)[1]
     assert out.read_text().split() == [job_id, execution.name.rsplit("/", 1)[1], "0", "0", "1", "hello", f"{gcp_sandbox.runner.reachable_url(gcp_sandbox.url).split('://')[1]}/{execution.name.rsplit('/', 1)[1]}-task0"]
     assert google.run("jobs").get_job(name=job.name).latest_created_execution.completion_status == run_v2.ExecutionReference.CompletionStatus.EXECUTION_FAILED
+    # What it printed is in Cloud Logging, as Cloud Run puts it there.
+    stdout = f'logName="projects/{google.project}/logs/run.googleapis.com%2Fstdout" AND labels."run.googleapis.com/execution_name"="{execution.name.rsplit("/", 1)[1]}"'
+    assert [entry.payload for entry in google.logging().list_entries(filter_=stdout)] == ["starting"]
 
     google.run("jobs").delete_job(name=job.name).result()
     with pytest.raises(exceptions.NotFound):

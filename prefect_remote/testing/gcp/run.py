@@ -14,7 +14,9 @@ the sandbox's one "image" is this host, so a job's command must exist here.
 What Cloud Run reports, the fake reports: a task's ``lastAttemptResult.exitCode`` is its machine's
 real exit code (``termSignal`` when a signal ended it); a failed attempt is retried up to
 ``maxRetries`` (3 when unset) with ``CLOUD_RUN_TASK_ATTEMPT`` counting; a task that outlives its
-``timeout`` (600 s when unset) is killed and failed; cancelling ends the running machines and counts
+``timeout`` (600 s when unset) is killed and failed; what a task prints goes to Cloud Logging
+(``run.googleapis.com/stdout``, labelled ``run.googleapis.com/execution_name``, ``…/task_index``,
+``…/task_attempt``); cancelling ends the running machines and counts
 the tasks cancelled; an execution counts ``running/succeeded/failed/cancelled/retriedCount`` and,
 once every task ended, sets ``completionTime`` and a ``Completed`` condition (succeeded, or failed
 with the failing task's message). What Cloud Run refuses, it refuses (400): a cpu/memory pair Cloud
@@ -66,6 +68,8 @@ PENDING, FAILED, SUCCEEDED = 1, 3, 4
 NON_ZERO_EXIT_CODE, CANCELLED = 2, 3
 COMPLETION = {"succeeded": 1, "failed": 2, "running": 3, "pending": 4, "cancelled": 5}
 TERMINAL = ("succeeded", "failed", "cancelled")
+LOG_EVERY = 1.0  # seconds between copies of running tasks' output to Cloud Logging
+HOST_LINE = "[prefect-remote host]"  # the local machine monitor's own log lines
 _JOB_ID = re.compile(r"[a-z]([-a-z0-9]{0,61}[a-z0-9])?")
 
 
@@ -81,6 +85,9 @@ class Attempt:
     timeout: float
     instance_type: str
     booted: float | None = None  # time.monotonic() when its machine started
+    machine_id: str | None = None  # its machine, once booted
+    log_cursor: str | None = None  # how far its output has gone to Cloud Logging
+    log_rest: str = ""  # a line not yet ended
     end: str | None = None  # why it was asked to end: "cancelled", "timeout", "deleted"
     finished: bool = False  # its machine has ended (or never will run)
 
@@ -105,6 +112,7 @@ class CloudRunFake:
         self._task_state: dict[str, _Task] = {}
         self._operations: dict[str, dict[str, Any]] = {}
         self._attempts: dict[str, Attempt] = {}  # instance id -> attempt, until its machine has ended
+        self._shipped = 0.0  # time.monotonic() of the last copy of tasks' output to Cloud Logging
         self._lock = threading.RLock()
         route = sandbox.api.route
         base = "/v2/projects/{project}/locations/{location}"
@@ -130,6 +138,11 @@ class CloudRunFake:
         within each execution's parallelism; attempts past their timeout are ended here."""
         now = time.monotonic()
         with self._lock:
+            if now - self._shipped > LOG_EVERY:
+                self._shipped = now
+                for attempt in self._attempts.values():
+                    if attempt.machine_id is not None and not attempt.finished:
+                        self._ship_output(attempt)
             running: dict[str, int] = {}
             for attempt in self._attempts.values():
                 if attempt.booted is not None and not attempt.finished:
@@ -161,7 +174,7 @@ class CloudRunFake:
             attempt = self._attempts.get(instance.id)
             if attempt is None:
                 return
-            attempt.booted = time.monotonic()
+            attempt.booted, attempt.machine_id = time.monotonic(), machine.id
             if attempt.end is not None:  # cancelled while it booted: the runner ends it
                 attempt.finished = False
                 return
@@ -179,6 +192,9 @@ class CloudRunFake:
             if attempt is None or attempt.finished:
                 return
             attempt.finished = True
+            del self._attempts[instance_id]  # its machine has ended: nothing more to run or end
+            if attempt.machine_id is not None:
+                self._ship_output(attempt, final=True)
             if attempt.end in ("cancelled", "deleted"):
                 return
             if attempt.end == "timeout":
@@ -200,6 +216,37 @@ class CloudRunFake:
                     ended.append(attempt.instance_id)
                     self._end_task(attempt.task, "cancelled", reason)
         return ended
+
+    def _ship_output(self, attempt: Attempt, final: bool = False) -> None:
+        """Copies what the attempt's container printed to Cloud Logging, as Cloud Run does: one
+        entry a line in ``run.googleapis.com/stdout``, labelled with the execution, task and attempt."""
+        assert attempt.machine_id is not None
+        chunk = self.sandbox.runner.machines.logs(attempt.machine_id, cursor=attempt.log_cursor)
+        attempt.log_cursor = chunk.cursor
+        lines = (attempt.log_rest + chunk.text).split("\n")
+        attempt.log_rest = "" if final else lines.pop()
+        task = self._tasks.get(attempt.task)
+        if task is None:
+            return
+        location = attempt.task.split("/")[3]
+        stamp = rfc3339()
+        entries = [
+            {
+                "logName": f"projects/{self.project.id}/logs/run.googleapis.com%2Fstdout",
+                "resource": {"type": "cloud_run_job", "labels": {"project_id": self.project.id, "job_name": task["job"], "location": location}},
+                "labels": {
+                    "run.googleapis.com/execution_name": task["execution"],
+                    "run.googleapis.com/task_index": str(task["index"]),
+                    "run.googleapis.com/task_attempt": str(attempt.number),
+                },
+                "textPayload": line,
+                "timestamp": stamp,
+            }
+            for line in lines
+            if line and not line.startswith(HOST_LINE)  # (the sandbox's own lines about the machine)
+        ]
+        if entries:
+            self.sandbox.logging.write(entries)
 
     # -- jobs ---------------------------------------------------------------------------------------------
     def _parent(self, project: str, location: str, permission: str) -> str:
