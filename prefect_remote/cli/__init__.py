@@ -6,6 +6,7 @@ import typer
 
 from prefect_remote.cli.aws import app as aws_app
 from prefect_remote.cli.env import app as env_app
+from prefect_remote.cli.gcp import app as gcp_app
 from prefect_remote.cli.machines import app as machines_app
 from prefect_remote.cli.push import app as push_app
 from prefect_remote.cli.sandbox import app as sandbox_app
@@ -21,6 +22,7 @@ app.add_typer(machines_app, name="machines")
 app.add_typer(env_app, name="env")
 app.add_typer(push_app, name="push")
 app.add_typer(aws_app, name="aws")
+app.add_typer(gcp_app, name="gcp")
 app.add_typer(sandbox_app, name="sandbox")
 
 

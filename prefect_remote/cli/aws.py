@@ -3,10 +3,11 @@
 
 from __future__ import annotations
 
-import sys
 from typing import Annotated, Optional
 
 import typer
+
+from prefect_remote.cli.teardown import confirm_everything, report_removed
 
 app = typer.Typer(help="AWS: remove what --provision-infra set up.", no_args_is_help=True)
 
@@ -22,17 +23,9 @@ def teardown(
     """Remove the IAM role and instance profile, the security groups (prefect-remote-<vpc>,
     prefect-remote-<vpc>-dask-from-*), the log group and launch secrets left behind; the bucket only
     with --delete-bucket. Refuses while prefect-remote instances run, unless --force. Idempotent."""
-    from prefect_remote.errors import RemoteError
     from prefect_remote.providers.aws.infra import teardown as remove
 
-    if pool is None and not yes:
-        if not sys.stdin.isatty():
-            raise typer.BadParameter("name a pool (--pool NAME), or pass --yes to remove everything provisioning made in the region")
-        typer.confirm("Remove everything prefect-remote provisioned in this region, for every pool?", abort=True)
-    try:
-        removed = remove(region, pool, force=force, delete_bucket=delete_bucket, say=typer.echo)
-    except RemoteError as error:
-        typer.echo(f"Error: {error}", err=True)
-        raise typer.Exit(1) from None
-    if removed:
-        typer.echo(f"Removed {len(removed)} resource(s).")
+    if pool is None:
+        confirm_everything(yes, "Remove everything prefect-remote provisioned in this region, for every pool?", "name a pool (--pool NAME), or pass --yes to remove everything provisioning made in the region")
+    report_removed(lambda: remove(region, pool, force=force, delete_bucket=delete_bucket, say=typer.echo))
+

@@ -24,6 +24,10 @@ from prefect_remote.spec import MachineSpec, SpotPolicy
 SERVER_ONLY_PREFIXES = ("PREFECT_SERVER_", "PREFECT_API_DATABASE_", "PREFECT_HOME", "PREFECT_PROFILES_PATH", "PREFECT_REMOTE_")
 
 
+# The block's fields that are provider options when set (each provider has its own: a block records its provider's only).
+OPTION_FIELDS = ("region", "instance_profile", "log_group", "project", "service_account")
+
+
 class RemoteProviderCredentials(Block):
     """Which provider a work pool's machines come from, and its options (region, profile…).
 
@@ -37,16 +41,18 @@ class RemoteProviderCredentials(Block):
 
     provider: str = Field(default="local", description="Provider name: local, aws, gcp, or a plugin's.")
     options: dict[str, Any] = Field(default_factory=dict, description="Keyword arguments for the provider.")
-    # Recorded by --provision-infra on aws; each one that is set is a provider option (winning over ``options``).
+    # Recorded by --provision-infra; each one that is set is a provider option (winning over ``options``).
     region: Optional[str] = Field(default=None, description="Cloud region, e.g. us-east-2. Default: the provider's (AWS_DEFAULT_REGION…).")
     instance_profile: Optional[str] = Field(default=None, description="aws: the instance profile (name) machines run with.")
     log_group: Optional[str] = Field(default=None, description="aws: the CloudWatch Logs group machines write to.")
+    project: Optional[str] = Field(default=None, description="gcp: the project machines run in.")
+    service_account: Optional[str] = Field(default=None, description="gcp: the service account (email) machines run as.")
     # Recorded, not a provider option: the launcher finds its store in PREFECT_REMOTE_STORE.
     store: Optional[str] = Field(default=None, description="The software environments store provisioned for this pool, e.g. s3://bucket/prefix.")
 
     def get_provider(self, **overrides: Any) -> Provider:
         """The provider, made with ``options``, the option fields above that are set, and ``overrides``."""
-        fields = {name: getattr(self, name) for name in ("region", "instance_profile", "log_group") if getattr(self, name) is not None}
+        fields = {name: getattr(self, name) for name in OPTION_FIELDS if getattr(self, name) is not None}
         return get_provider(self.provider, **{**self.options, **fields, **overrides})
 
 

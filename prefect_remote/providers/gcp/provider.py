@@ -20,7 +20,7 @@ from __future__ import annotations
 import logging
 import secrets
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from prefect_remote.errors import MachineNotFound
@@ -178,6 +178,13 @@ class GCPProvider(Provider):
             if machine_id.startswith(service.id_prefix):
                 return service
         raise MachineNotFound(f"gcp machine {machine_id!r} not found: gcp machine ids start with 'run-' or 'vm-'")
+
+    def provision_infra(self, pool: str, store: str | None, say: Callable[[str], None]) -> dict[str, str | None]:
+        """The APIs checked, the machines' service account and its roles, the bucket and the firewall
+        rules (:func:`prefect_remote.providers.gcp.infra.provision`), recorded as block fields."""
+        from prefect_remote.providers.gcp.infra import provision
+
+        return provision(self, pool, store, say).block_fields()
 
     # -- launching ---------------------------------------------------------------------------------
     def check_spec(self, spec: MachineSpec) -> None:

@@ -6,7 +6,9 @@ Starlette app on loopback, as the google-cloud-* clients call them over REST wit
 
 A fake service registers its routes on an :class:`GoogleAPI` with :meth:`GoogleAPI.route`, which
 checks the caller's bearer token and counts the call under the route's name (``run.jobs.create``),
-so a benchmark can count API calls per machine-minute.
+so a benchmark can count API calls per machine-minute. :meth:`GoogleAPI.disable_api` makes one
+service's routes answer as Google does for a project that has not enabled it (403
+``SERVICE_DISABLED``).
 
 >>> api = GoogleAPI()                                                     # doctest: +SKIP
 >>> @api.route("/v2/projects/{project}/locations/{location}/jobs/{job}", ["GET"], "run.jobs.get")
@@ -48,17 +50,45 @@ STATUS_NAMES = {
 class GoogleError(Exception):
     """Raised by a fake service's handler: becomes Google's JSON error body with this status."""
 
-    def __init__(self, code: int, message: str, status: str | None = None, reason: str | None = None) -> None:
+    def __init__(self, code: int, message: str, status: str | None = None, reason: str | None = None, details: list[dict[str, Any]] | None = None) -> None:
         super().__init__(message)
         self.code, self.message = code, message
         self.status = status or STATUS_NAMES.get(code, "UNKNOWN")
         self.reason = reason
+        self.details = details  # google.rpc detail messages (an ErrorInfo: the clients' ``error.reason``)
 
     def response(self) -> JSONResponse:
         error: dict[str, Any] = {"code": self.code, "message": self.message, "status": self.status}
         if self.reason:  # Compute Engine's errors name a reason (``ZONE_RESOURCE_POOL_EXHAUSTED``…)
             error["errors"] = [{"message": self.message, "domain": "global", "reason": self.reason}]
+        if self.details:
+            error["details"] = self.details
         return JSONResponse({"error": error}, status_code=self.code)
+
+
+def service_of(route_name: str) -> str:
+    """The Google service a route belongs to, by its name's first part.
+
+    >>> service_of("run.jobs.create")
+    'run.googleapis.com'
+    """
+    return route_name.split(".", 1)[0] + ".googleapis.com"
+
+
+def service_disabled(service: str, project: str, project_number: str) -> GoogleError:
+    """What Google answers a call to ``service`` in a project that has not enabled it."""
+    message = (
+        f"{service.removesuffix('.googleapis.com').title()} API has not been used in project {project_number} before or it is disabled. "
+        f"Enable it by visiting https://console.developers.google.com/apis/api/{service}/overview?project={project_number} then retry. "
+        "If you enabled this API recently, wait a few minutes for the action to propagate to our systems and retry."
+    )
+    info = {
+        "@type": "type.googleapis.com/google.rpc.ErrorInfo",
+        "reason": "SERVICE_DISABLED",
+        "domain": "googleapis.com",
+        "metadata": {"service": service, "consumer": f"projects/{project_number}", "containerInfo": project},
+    }
+    return GoogleError(403, message, "PERMISSION_DENIED", details=[info])
 
 
 def rfc3339(epoch: float | None = None) -> str:
@@ -83,6 +113,7 @@ class GoogleAPI:
         self._server: Any = None
         self._thread: threading.Thread | None = None
         self.url = ""
+        self.disabled: dict[str, tuple[str, str]] = {}  # service -> (project, number) it answers SERVICE_DISABLED for
         self.route("/token", ["POST"], "oauth2.token", authenticated=False)(self._token)
 
     # -- tokens ------------------------------------------------------------------------------------
@@ -151,6 +182,14 @@ class GoogleAPI:
             return JSONResponse({"error": "invalid_grant", "error_description": "Invalid JWT Signature."}, status_code=400)
         return JSONResponse(self.issue_token(f"serviceAccount:{claims['iss']}"))
 
+    def disable_api(self, service: str, project: str = "sandbox-project", project_number: str = "0") -> None:
+        """Makes every route of ``service`` (``run.googleapis.com``) answer 403 SERVICE_DISABLED, as
+        Google does until ``gcloud services enable`` (:meth:`enable_api` undoes it)."""
+        self.disabled[service] = (project, project_number)
+
+    def enable_api(self, service: str) -> None:
+        self.disabled.pop(service, None)
+
     # -- routes ------------------------------------------------------------------------------------
     def route(self, path: str, methods: list[str], name: str, *, authenticated: bool = True) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
         """Registers ``handler(request, **path_params)`` (sync: it runs in a thread; or async) for
@@ -161,6 +200,7 @@ class GoogleAPI:
             import inspect
 
             is_async = inspect.iscoroutinefunction(handler)
+            service = service_of(name)
 
             async def endpoint(request: Request) -> Response:
                 from starlette.concurrency import run_in_threadpool
@@ -168,6 +208,8 @@ class GoogleAPI:
                 try:
                     if authenticated:
                         request.state.principal = self.principal(request)
+                        if service in self.disabled:
+                            raise service_disabled(service, *self.disabled[service])
                     if is_async:
                         result = await handler(request, **request.path_params)
                     else:

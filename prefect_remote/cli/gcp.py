@@ -1,0 +1,33 @@
+"""``prefect-remote gcp teardown``: remove what ``prefect work-pool create --type remote:push
+--provision-infra`` set up in a Google Cloud project (see :func:`prefect_remote.providers.gcp.infra.teardown`)."""
+
+from __future__ import annotations
+
+from typing import Annotated, Optional
+
+import typer
+
+from prefect_remote.cli.teardown import confirm_everything, report_removed
+
+app = typer.Typer(help="Google Cloud: remove what --provision-infra set up.", no_args_is_help=True)
+
+
+@app.command("teardown")
+def teardown(
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Remove everything provisioning made in the project, without asking.")] = False,
+    project: Annotated[Optional[str], typer.Option("--project", help="Project id (default: PREFECT_REMOTE_GCP_PROJECT, GOOGLE_CLOUD_PROJECT or the credentials').")] = None,
+    region: Annotated[Optional[str], typer.Option("--region", help="Region whose Cloud Run jobs and Compute Engine VMs are checked (default: PREFECT_REMOTE_GCP_REGION).")] = None,
+    delete_bucket: Annotated[bool, typer.Option("--delete-bucket", help="Also delete the store's bucket provisioning made, with the software environments in it.")] = False,
+    force: Annotated[bool, typer.Option("--force", help="End prefect-remote machines that still run instead of refusing.")] = False,
+) -> None:
+    """Remove the machines' service account prefect-remote-machines, its grants, the custom role
+    prefectRemoteMachine, the firewall rules prefect-remote-internal-* and prefect-remote-dask-*, and
+    launch secrets left behind; the bucket only with --delete-bucket (else just the machines' grant on
+    it). Pools share these, so there is no --pool. Refuses while prefect-remote machines run, unless
+    --force. Idempotent."""
+    from prefect_remote.providers.gcp.infra import teardown as remove
+    from prefect_remote.providers.gcp.provider import GCPProvider
+
+    confirm_everything(yes, "Remove everything prefect-remote provisioned in this Google Cloud project?", "pass --yes to remove everything provisioning made in the project")
+    options = {key: value for key, value in {"project": project, "region": region}.items() if value}
+    report_removed(lambda: remove(GCPProvider(**options), force=force, delete_bucket=delete_bucket, say=typer.echo))

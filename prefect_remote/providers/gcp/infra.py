@@ -1,0 +1,689 @@
+"""What the gcp provider's machines need in the user's project, set up once and torn down again.
+
+:func:`provision` (run by ``prefect work-pool create --type remote:push --provision-infra`` when the
+provider is gcp) first checks, with one cheap call each, that the project has enabled every API the
+provider uses (:data:`REQUIRED_APIS`); if any is not, it names them all with the one ``gcloud
+services enable`` command and makes nothing (it enables nothing itself). Then it makes, or finds:
+
+- the machines' service account ``prefect-remote-machines@<project>.iam.gserviceaccount.com``, one
+  per project, shared by its pools: what a machine may do does not depend on its pool (every pool's
+  machines read the same store and launch secrets), and one account keeps the project's IAM policy
+  short;
+- its least-privilege grants, :data:`MACHINE_ROLES` (the README quotes :func:`machine_roles`): the
+  custom role ``prefectRemoteMachine`` (:data:`MACHINE_PERMISSIONS`), predefined roles on the
+  project (secrets limited by an IAM condition to ``prefect-remote-`` secrets), the store's bucket,
+  and the account itself;
+- the software store's bucket (``PREFECT_REMOTE_STORE`` if it is ``gs://…``, else
+  ``gs://prefect-remote-<project>-<region>/store``), uniform access, public access prevented, with a
+  lifecycle rule that deletes machine records older than :data:`RECORDS_KEPT_DAYS` days;
+- the Compute Engine firewall rules, the Compute Engine service's own
+  (:meth:`~prefect_remote.providers.gcp.compute.ComputeService._network_tags`: VMs reach each other
+  internally; the Dask ports from ``allow_ingress_from``).
+
+It returns the provider block's fields that record it (``project``, ``region``,
+``service_account``, ``store``). :func:`teardown` (``prefect-remote gcp teardown``) removes it all
+again, finding it from Google alone (labels on buckets, names of the rest).
+
+What the identity that launches machines needs (:data:`LAUNCHER_ROLES`) and what provisioning
+itself needs (:data:`PROVISIONER_ROLES`) are documented, never granted.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from prefect_remote.providers.gcp.clients import GCPError, _service_disabled
+
+if TYPE_CHECKING:
+    from prefect_remote.providers.gcp.clients import GoogleClients
+    from prefect_remote.providers.gcp.provider import GCPProvider
+
+Say = Callable[[str], None]
+
+SERVICE_ACCOUNT_ID = "prefect-remote-machines"
+MACHINE_ROLE_ID = "prefectRemoteMachine"
+SECRET_PREFIX = "prefect-remote-"  # launch secrets: prefect-remote-<launch id>
+RECORDS_KEPT_DAYS = 7
+MANAGED_LABEL = "prefect-remote-managed"  # "true" on buckets provisioning created
+GRANTED_LABEL = "prefect-remote-machines"  # "granted" on buckets whose objects the machines may use
+FIREWALL_PREFIXES = ("prefect-remote-internal-", "prefect-remote-dask-")  # the Compute Engine service's rules
+
+# Every API the provider calls, and the client call that checks it (cheapest read of each).
+REQUIRED_APIS = {
+    "run.googleapis.com": "Cloud Run",
+    "compute.googleapis.com": "Compute Engine",
+    "secretmanager.googleapis.com": "Secret Manager",
+    "logging.googleapis.com": "Cloud Logging",
+    "storage.googleapis.com": "Cloud Storage",
+    "iam.googleapis.com": "IAM",
+    "cloudresourcemanager.googleapis.com": "Resource Manager",
+}
+
+# The custom role's permissions: a VM ends itself; a cluster's scheduler VM launches its workers
+# (as this same account, with their launch secrets) and ends them.
+MACHINE_PERMISSIONS = (
+    "compute.instances.delete",
+    "compute.instances.create",
+    "compute.instances.get",
+    "compute.instances.list",
+    "compute.instances.setLabels",
+    "compute.instances.setMetadata",
+    "compute.instances.setServiceAccount",
+    "compute.instances.setTags",
+    "compute.disks.create",
+    "compute.subnetworks.use",
+    "compute.subnetworks.useExternalIp",
+    "compute.networks.get",
+    "compute.firewalls.get",
+    "compute.machineTypes.list",
+    "compute.acceleratorTypes.list",
+    "compute.images.getFromFamily",
+    "compute.images.useReadOnly",
+    "compute.zoneOperations.get",
+    "compute.globalOperations.get",
+    "secretmanager.secrets.create",
+    "secretmanager.secrets.delete",
+    "secretmanager.versions.add",
+)
+
+# The machines' grants, with placeholders filled by machine_roles(): on the project, the store's
+# bucket, and the service account itself. A condition limits secrets to prefect-remote's.
+MACHINE_ROLES: dict[str, list[dict[str, Any]]] = {
+    "project": [
+        {"role": "roles/logging.logWriter"},
+        {
+            "role": "roles/secretmanager.secretAccessor",
+            "condition": {
+                "title": "prefect-remote launch secrets",
+                "expression": 'resource.name.startsWith("projects/{project_number}/secrets/' + SECRET_PREFIX + '")',
+            },
+        },
+        {
+            "role": "projects/{project}/roles/" + MACHINE_ROLE_ID,
+            "condition": {
+                "title": "prefect-remote secrets only",
+                "expression": '!resource.type.startsWith("secretmanager.googleapis.com/") || '
+                'resource.name.startsWith("projects/{project_number}/secrets/' + SECRET_PREFIX + '")',
+            },
+        },
+    ],
+    "bucket {bucket}": [{"role": "roles/storage.objectUser"}],
+    "service account {service_account}": [{"role": "roles/iam.serviceAccountUser"}],
+}
+
+# What the identity that launches machines (a worker, a `prefect-remote` user) needs: documented.
+LAUNCHER_ROLES = (
+    ("roles/run.developer", "the project", "Cloud Run jobs and executions"),
+    ("roles/compute.instanceAdmin.v1", "the project", "Compute Engine VMs"),
+    ("roles/iam.serviceAccountUser", "the machines' service account", "start machines as it"),
+    ("roles/secretmanager.admin", "the project", "launch secrets"),
+    ("roles/storage.objectAdmin", "the store's bucket", "software environments and machine records"),
+    ("roles/logging.viewer", "the project", "machine logs"),
+)
+# What provisioning and teardown need, on the project: documented.
+PROVISIONER_ROLES = {
+    "iam.serviceAccounts.": "roles/iam.serviceAccountAdmin",
+    "iam.roles.": "roles/iam.roleAdmin",
+    "resourcemanager.projects.": "roles/resourcemanager.projectIamAdmin",
+    "storage.": "roles/storage.admin",
+    "compute.firewalls.": "roles/compute.securityAdmin",
+    "serviceusage.": "roles/serviceusage.serviceUsageConsumer",
+}
+
+
+def machine_roles(*, project: str, project_number: str, bucket: str, service_account: str) -> dict[str, list[dict[str, Any]]]:
+    """:data:`MACHINE_ROLES` for this project, bucket and account: what provisioning grants, exactly.
+
+    >>> machine_roles(project="p-1", project_number="42", bucket="b", service_account="sa@p-1.iam.gserviceaccount.com")["bucket b"]
+    [{'role': 'roles/storage.objectUser'}]
+    """
+    values = {"project": project, "project_number": project_number, "bucket": bucket, "service_account": service_account}
+    text = json.dumps(MACHINE_ROLES)
+    for key, value in values.items():
+        text = text.replace("{" + key + "}", value)
+    return json.loads(text)
+
+
+def service_account_email(project: str) -> str:
+    """
+    >>> service_account_email("my-project")
+    'prefect-remote-machines@my-project.iam.gserviceaccount.com'
+    """
+    return f"{SERVICE_ACCOUNT_ID}@{project}.iam.gserviceaccount.com"
+
+
+def default_store(project: str, region: str) -> str:
+    """The store provisioning makes when ``PREFECT_REMOTE_STORE`` names no gs:// store (a bucket name
+    has at most 63 characters: a long project's is cut and made unique by a hash).
+
+    >>> default_store("my-project", "us-central1")
+    'gs://prefect-remote-my-project-us-central1/store'
+    """
+    name = f"prefect-remote-{project}-{region}"
+    if len(name) > 63:
+        name = f"{name[:54]}-{hashlib.sha256(name.encode()).hexdigest()[:8]}"
+    return f"gs://{name}/store"
+
+
+# -- errors ---------------------------------------------------------------------------------------
+class TeardownRefused(GCPError):
+    """prefect-remote machines still run (``--force`` ends them)."""
+
+
+@contextmanager
+def google_errors(clients: GoogleClients, action: str, purpose: str) -> Iterator[None]:
+    """Google's refusals inside the block as :class:`GCPError`: a missing permission of provisioning
+    names the role that grants it (:data:`PROVISIONER_ROLES`), the rest as the clients translate them."""
+    from google.api_core import exceptions as api
+
+    with clients.translated(action):
+        try:
+            yield
+        except (api.PermissionDenied, api.Forbidden) as error:
+            matches = [prefix for prefix in PROVISIONER_ROLES if action.startswith(prefix)]
+            if _service_disabled(error) or not matches:
+                raise
+            role = PROVISIONER_ROLES[max(matches, key=len)]
+            raise GCPError(
+                f"Google Cloud refused {action} in project {clients.project}: the identity in use needs {role} "
+                f"to {purpose} (the README's GCP setup lists what provisioning needs)"
+            ) from None
+
+
+# -- Google's REST APIs without a REST client library -----------------------------------------------
+class IAMApi:
+    """IAM v1 (service accounts, custom roles) over REST: google-cloud-iam's ``iam_admin_v1`` speaks
+    gRPC only, which neither a sandbox nor a REST-only network serves. Errors are the clients' own
+    (``google.api_core.exceptions``)."""
+
+    def __init__(self, clients: GoogleClients) -> None:
+        from google.auth.transport.requests import AuthorizedSession
+
+        self.base = (clients.options.api_endpoint or "https://iam.googleapis.com").rstrip("/")
+        self.session = AuthorizedSession(clients.credentials)
+        self.project = clients.project
+
+    def call(self, method: str, path: str, body: dict[str, Any] | None = None, **params: str) -> dict[str, Any]:
+        from google.api_core.exceptions import from_http_response
+
+        response = self.session.request(method, f"{self.base}/v1/projects/{self.project}/{path}", json=body, params=params or None, timeout=60)
+        if response.status_code >= 400:
+            raise from_http_response(response)
+        return response.json() if response.content else {}
+
+
+def _resource_manager(clients: GoogleClients) -> Any:
+    from google.cloud import resourcemanager_v3
+
+    options = {"api_endpoint": clients.options.api_endpoint} if clients.options.api_endpoint else None
+    return resourcemanager_v3.ProjectsClient(credentials=clients.credentials, transport="rest", client_options=options)
+
+
+# -- checking the APIs ---------------------------------------------------------------------------------
+def missing_apis(provider: GCPProvider) -> list[str]:
+    """The :data:`REQUIRED_APIS` the project has not enabled, each found by one cheap read that
+    Google refuses with 403 SERVICE_DISABLED. Other errors are raised (translated)."""
+    clients, project, region = provider.clients, provider.clients.project, provider.options.region
+    checks: dict[str, Callable[[], Any]] = {
+        "run.googleapis.com": lambda: clients.jobs().list_jobs(request={"parent": f"projects/{project}/locations/{region}", "page_size": 1}),
+        "compute.googleapis.com": lambda: clients.firewalls().list(request={"project": project, "max_results": 1}),
+        "secretmanager.googleapis.com": lambda: clients.secret_manager().list_secrets(request={"parent": f"projects/{project}", "page_size": 1}),
+        "logging.googleapis.com": lambda: next(iter(clients.logging().list_entries(
+            resource_names=[f"projects/{project}"], filter_=f'logName="projects/{project}/logs/{provider.options.log_name}"', max_results=1,
+        )), None),
+        "storage.googleapis.com": lambda: next(iter(clients.storage().list_buckets(max_results=1)), None),
+        "iam.googleapis.com": lambda: IAMApi(clients).call("GET", "serviceAccounts", pageSize="1"),
+        "cloudresourcemanager.googleapis.com": lambda: _resource_manager(clients).get_project(name=f"projects/{project}"),
+    }
+    missing = []
+    for service, check in checks.items():
+        with clients.translated(f"{service.split('.')[0]}.list"):  # any other refusal: translated
+            try:
+                check()
+            except Exception as error:
+                if not _service_disabled(error):
+                    raise
+                missing.append(service)
+    return missing
+
+
+def enable_command(project: str, services: list[str]) -> str:
+    """
+    >>> enable_command("p-1", ["run.googleapis.com", "iam.googleapis.com"])
+    'gcloud services enable run.googleapis.com iam.googleapis.com --project=p-1'
+    """
+    return f"gcloud services enable {' '.join(services)} --project={project}"
+
+
+# -- provisioning ---------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class GCPSetup:
+    """What :func:`provision` made or found."""
+
+    project: str
+    region: str
+    service_account: str
+    store: str
+    firewalls: tuple[str, ...]
+
+    def block_fields(self) -> dict[str, str | None]:
+        """The provider block's fields that record this setup, so that later runs use it."""
+        return {"project": self.project, "region": self.region, "service_account": self.service_account, "store": self.store}
+
+
+def provision(provider: GCPProvider, pool: str, store: str | None = None, say: Say = print) -> GCPSetup:
+    """Checks the APIs, then makes (or finds) the machines' service account and its grants, the
+    store's bucket and the firewall rules, printing each through ``say``. ``store`` is the software
+    store to use (a ``gs://`` URL; anything else means the default bucket). Idempotent: a second
+    run finds everything and changes nothing. ``pool`` is only said: pools share what this makes."""
+    from prefect_remote.software.gcsstore import GCSStore
+    from prefect_remote.software.store import open_store
+
+    clients = provider.clients
+    project, region = clients.project, provider.options.region
+    say(f"Google Cloud project {project}, region {region} (for pool {pool})")
+    missing = missing_apis(provider)
+    if missing:
+        names = ", ".join(f"{REQUIRED_APIS[s]} ({s})" for s in missing)
+        raise GCPError(
+            f"project {project} has not enabled {names}; prefect-remote enables nothing by itself: enable "
+            f"{'them' if len(missing) > 1 else 'it'} with\n  {enable_command(project, missing)}\nand provision again"
+        )
+    say(f"APIs enabled: {', '.join(REQUIRED_APIS.values())}")
+    if not (store or "").startswith("gs://"):
+        chosen = default_store(project, region)
+        if store:
+            say(f"PREFECT_REMOTE_STORE={store} is not in Cloud Storage, where machines read software environments: using {chosen}")
+        store = chosen
+    gcs = open_store(store)
+    assert isinstance(gcs, GCSStore)
+    _ensure_bucket(clients, gcs.bucket, gcs.prefix, region, say)
+    email = service_account_email(project)
+    chosen = provider.options.service_account
+    if chosen and chosen != email:
+        say(f"machines run as your service account {chosen} (none made, nothing granted; the README's GCP setup lists the roles it needs)")
+        email = chosen
+    else:
+        iam = IAMApi(clients)
+        _ensure_service_account(clients, iam, say)
+        roles = machine_roles(project=project, project_number=_project_number(clients), bucket=gcs.bucket, service_account=email)
+        _ensure_custom_role(clients, iam, say)
+        _ensure_project_grants(clients, f"serviceAccount:{email}", roles["project"], say)
+        _ensure_bucket_grants(clients, gcs.bucket, f"serviceAccount:{email}", roles[f"bucket {gcs.bucket}"], say)
+        _ensure_account_grants(clients, iam, email, roles[f"service account {email}"], say)
+    say(f"software environments store: {gcs.url}")
+    firewalls = _ensure_firewalls(provider, say)
+    return GCPSetup(project, region, email, gcs.url, firewalls)
+
+
+def _project_number(clients: GoogleClients) -> str:
+    with google_errors(clients, "resourcemanager.projects.get", "read the project's number"):
+        return _resource_manager(clients).get_project(name=f"projects/{clients.project}").name.rsplit("/", 1)[-1]
+
+
+def _ensure_service_account(clients: GoogleClients, iam: IAMApi, say: Say) -> str:
+    from google.api_core.exceptions import Conflict, NotFound
+
+    email = service_account_email(clients.project)
+    with google_errors(clients, "iam.serviceAccounts.create", f"make the machines' service account {email}"):
+        try:
+            iam.call("GET", f"serviceAccounts/{email}")
+            say(f"found service account {email}")
+            return email
+        except NotFound:
+            pass
+        try:
+            iam.call("POST", "serviceAccounts", {
+                "accountId": SERVICE_ACCOUNT_ID,
+                "serviceAccount": {"displayName": "prefect-remote machines", "description": "Made by prefect-remote --provision-infra: what Cloud Run jobs and Compute Engine VMs run as"},
+            })
+        except Conflict:  # made a moment ago by another provisioning
+            pass
+    say(f"created service account {email}")
+    return email
+
+
+def _ensure_custom_role(clients: GoogleClients, iam: IAMApi, say: Say) -> None:
+    from google.api_core.exceptions import NotFound
+
+    name = f"projects/{clients.project}/roles/{MACHINE_ROLE_ID}"
+    with google_errors(clients, "iam.roles.create", f"make the custom role {name}"):
+        try:
+            role = iam.call("GET", f"roles/{MACHINE_ROLE_ID}")
+        except NotFound:
+            iam.call("POST", "roles", {"roleId": MACHINE_ROLE_ID, "role": {
+                "title": "prefect-remote machine", "description": "A prefect-remote VM ends itself; a cluster's scheduler launches and ends its workers",
+                "includedPermissions": list(MACHINE_PERMISSIONS), "stage": "GA",
+            }})
+            say(f"created custom role {name} ({len(MACHINE_PERMISSIONS)} permissions)")
+            return
+        if role.get("deleted"):  # a teardown's: Google keeps it 7 days, and its id with it
+            role = iam.call("POST", f"roles/{MACHINE_ROLE_ID}:undelete", {"etag": role.get("etag")})
+            say(f"undeleted custom role {name}")
+        if sorted(role.get("includedPermissions") or []) != sorted(MACHINE_PERMISSIONS):
+            iam.call("PATCH", f"roles/{MACHINE_ROLE_ID}", {"includedPermissions": list(MACHINE_PERMISSIONS), "etag": role.get("etag")}, updateMask="includedPermissions")
+            say(f"updated custom role {name} to its {len(MACHINE_PERMISSIONS)} permissions")
+        else:
+            say(f"found custom role {name}")
+
+
+def _with_grants(bindings: list[dict[str, Any]], member: str, grants: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """``bindings`` (as Google returns them) with ``member`` bound to each of ``grants`` (role and,
+    maybe, a condition), exactly once.
+
+    >>> _with_grants([{"role": "roles/viewer", "members": ["user:a"]}], "user:b", [{"role": "roles/viewer"}])
+    [{'role': 'roles/viewer', 'members': ['user:a', 'user:b']}]
+    """
+    result = [dict(b, members=list(b.get("members", []))) for b in bindings]
+    for grant in grants:
+        same = [b for b in result if b["role"] == grant["role"] and _condition(b) == _condition(grant)]
+        if same:
+            if member not in same[0]["members"]:
+                same[0]["members"].append(member)
+        else:
+            result.append({**grant, "members": [member]})
+    return result
+
+
+def _without_member(bindings: list[dict[str, Any]], member: str) -> list[dict[str, Any]]:
+    kept = [dict(b, members=[m for m in b.get("members", []) if m != member]) for b in bindings]
+    return [b for b in kept if b["members"]]
+
+
+def _condition(binding: dict[str, Any]) -> tuple[str, str] | None:
+    condition = binding.get("condition")
+    return (condition.get("title", ""), condition.get("expression", "")) if condition else None
+
+
+def _policy_bindings(policy: Any) -> list[dict[str, Any]]:
+    """A ``google.iam.v1.Policy`` message's bindings as plain dicts."""
+    found = []
+    for binding in policy.bindings:
+        item: dict[str, Any] = {"role": binding.role, "members": list(binding.members)}
+        if binding.HasField("condition"):
+            item["condition"] = {"title": binding.condition.title, "expression": binding.condition.expression}
+            if binding.condition.description:
+                item["condition"]["description"] = binding.condition.description
+        found.append(item)
+    return found
+
+
+def _update_project_policy(clients: GoogleClients, change: Callable[[list[dict[str, Any]]], list[dict[str, Any]]]) -> bool:
+    """Reads the project's policy (version 3), applies ``change`` to its bindings and writes it back
+    if that changed them, retrying on a concurrent change (Google's etag). Returns whether it wrote."""
+    from google.api_core.exceptions import Aborted, Conflict
+    from google.iam.v1 import iam_policy_pb2, options_pb2, policy_pb2
+    from google.protobuf import json_format
+
+    projects = _resource_manager(clients)
+    resource = f"projects/{clients.project}"
+    for attempt in range(5):
+        with google_errors(clients, "resourcemanager.projects.setIamPolicy", "grant the machines' roles on the project"):
+            policy = projects.get_iam_policy(request=iam_policy_pb2.GetIamPolicyRequest(resource=resource, options=options_pb2.GetPolicyOptions(requested_policy_version=3)))
+            bindings = _policy_bindings(policy)
+            wanted = change(bindings)
+            if wanted == bindings:
+                return False
+            updated = policy_pb2.Policy(version=3, etag=policy.etag)
+            json_format.ParseDict({"bindings": wanted}, updated)
+            try:
+                projects.set_iam_policy(request=iam_policy_pb2.SetIamPolicyRequest(resource=resource, policy=updated))
+                return True
+            except (Aborted, Conflict):
+                time.sleep(0.5 * (attempt + 1))
+    raise GCPError(f"the IAM policy of project {clients.project} kept changing under provisioning; run it again")
+
+
+def _ensure_project_grants(clients: GoogleClients, member: str, grants: list[dict[str, Any]], say: Say) -> None:
+    changed = _update_project_policy(clients, lambda bindings: _with_grants(bindings, member, grants))
+    roles = ", ".join(g["role"].rsplit("/", 1)[-1] + (" (prefect-remote secrets only)" if "condition" in g else "") for g in grants)
+    say(f"{'granted' if changed else 'found'} on project {clients.project}: {roles}")
+
+
+def _ensure_bucket(clients: GoogleClients, bucket: str, prefix: str, region: str, say: Say) -> None:
+    from google.api_core.exceptions import Conflict, Forbidden, NotFound
+
+    storage = clients.storage()
+    with google_errors(clients, "storage.buckets.create", f"make the store's bucket {bucket}"):
+        try:
+            found = storage.get_bucket(bucket)
+            created = False
+        except Forbidden:
+            raise GCPError(
+                f"bucket {bucket} exists but the identity in use may not use it (it may belong to another project); "
+                "set PREFECT_REMOTE_STORE=gs://<a bucket of yours>/<prefix> and provision again"
+            ) from None
+        except NotFound:
+            found = storage.bucket(bucket)
+            found.labels = {MANAGED_LABEL: "true", GRANTED_LABEL: "granted"}
+            found.iam_configuration.uniform_bucket_level_access_enabled = True
+            found.iam_configuration.public_access_prevention = "enforced"
+            try:
+                found = storage.create_bucket(found, location=region)
+            except Conflict:  # made a moment ago by another provisioning
+                found = storage.get_bucket(bucket)
+            created = True
+        records = f"{prefix}/machines/" if prefix else "machines/"
+        rules = list(found.lifecycle_rules)
+        ours = {"action": {"type": "Delete"}, "condition": {"age": RECORDS_KEPT_DAYS, "matchesPrefix": [records]}}
+        changed = False
+        if not any(dict(rule) == ours for rule in rules):
+            found.lifecycle_rules = [*rules, ours]
+            changed = True
+        labels = {GRANTED_LABEL: "granted", **({MANAGED_LABEL: "true"} if created else {})}
+        if any(found.labels.get(key) != value for key, value in labels.items()):  # not every emulator keeps a new bucket's labels
+            found.labels = {**found.labels, **labels}
+            changed = True
+        if changed:
+            found.patch()
+    if created:
+        say(f"created bucket gs://{bucket} in {region} (uniform access, public access prevented)")
+    else:
+        say(f"found bucket gs://{bucket}")
+    if changed:
+        say(f"machine records under gs://{bucket}/{records} are deleted after {RECORDS_KEPT_DAYS} days (lifecycle rule)")
+
+
+def _ensure_bucket_grants(clients: GoogleClients, bucket: str, member: str, grants: list[dict[str, Any]], say: Say) -> None:
+    with google_errors(clients, "storage.buckets.setIamPolicy", f"grant the machines {grants[0]['role']} on bucket {bucket}"):
+        found = clients.storage().bucket(bucket)
+        policy = found.get_iam_policy(requested_policy_version=3)
+        bindings = [{"role": b["role"], "members": sorted(b["members"]), **({"condition": b["condition"]} if b.get("condition") else {})} for b in policy.bindings]
+        wanted = _with_grants(bindings, member, grants)
+        if wanted != bindings:
+            policy.version = 3
+            policy.bindings[:] = [{**b, "members": set(b["members"])} for b in wanted]
+            found.set_iam_policy(policy)
+    roles = ", ".join(g["role"] for g in grants)
+    say(f"{'granted' if wanted != bindings else 'found'} on bucket {bucket}: {roles}")
+
+
+def _ensure_account_grants(clients: GoogleClients, iam: IAMApi, email: str, grants: list[dict[str, Any]], say: Say) -> None:
+    member = f"serviceAccount:{email}"
+    with google_errors(clients, "iam.serviceAccounts.setIamPolicy", f"let the machines launch workers as {email}"):
+        policy = iam.call("POST", f"serviceAccounts/{email}:getIamPolicy")
+        bindings = [dict(b) for b in policy.get("bindings", [])]
+        wanted = _with_grants(bindings, member, grants)
+        if wanted != bindings:
+            iam.call("POST", f"serviceAccounts/{email}:setIamPolicy", {"policy": {"version": 1, "etag": policy.get("etag"), "bindings": wanted}})
+    say(f"{'granted' if wanted != bindings else 'found'} on service account {email}: {', '.join(g['role'] for g in grants)} (a cluster's scheduler launches its workers as it)")
+
+
+def _firewall_names(clients: GoogleClients) -> set[str]:
+    with google_errors(clients, "compute.firewalls.list", "find the provider's firewall rules"):
+        return {rule.name for rule in clients.firewalls().list(project=clients.project) if rule.name.startswith(FIREWALL_PREFIXES)}
+
+
+def _ensure_firewalls(provider: GCPProvider, say: Say) -> tuple[str, ...]:
+    """The Compute Engine service's own rules (the same its launches make when missing)."""
+    from prefect_remote.spec import MachineSpec
+
+    clients = provider.clients
+    before = _firewall_names(clients)
+    compute = provider.service("compute")
+    with google_errors(clients, "compute.firewalls.create", "make the VMs' firewall rules"):
+        compute._network_tags(compute._ingress_cidr(MachineSpec()))
+    after = sorted(_firewall_names(clients))
+    for name in after:
+        say(f"{'found' if name in before else 'created'} firewall rule {name}")
+    return tuple(after)
+
+
+# -- teardown -------------------------------------------------------------------------------------
+def teardown(provider: GCPProvider | None = None, *, force: bool = False, delete_bucket: bool = False, say: Say = print) -> list[str]:
+    """Removes what :func:`provision` made in ``provider``'s project (default: ``GCPProvider()``) and
+    returns what it removed: the service account and its grants, the custom role, the firewall rules,
+    launch secrets left behind and, with ``delete_bucket``, the buckets provisioning created (they
+    hold software environments; without it they are kept, the machines' grant and records rule
+    removed). Refuses with :class:`TeardownRefused` while prefect-remote machines run, unless
+    ``force``, which ends them first. Idempotent."""
+    from google.api_core.exceptions import NotFound
+
+    from prefect_remote.providers.gcp.provider import GCPProvider
+
+    provider = provider or GCPProvider()
+    clients = provider.clients
+    project = clients.project
+    email = service_account_email(project)
+    member = f"serviceAccount:{email}"
+    _end_machines(provider, force, say)
+    removed: list[str] = []
+    if _update_project_policy(clients, lambda bindings: _without_member(bindings, member)):
+        _removed(removed, f"the project grants of {email}", say)
+    removed += _clean_buckets(clients, member, delete_bucket, say)
+    removed += _remove_firewalls(clients, say)
+    removed += _remove_leftover_secrets(clients, say)
+    iam = IAMApi(clients)
+    with google_errors(clients, "iam.roles.delete", f"remove the custom role {MACHINE_ROLE_ID}"):
+        try:
+            if not iam.call("GET", f"roles/{MACHINE_ROLE_ID}").get("deleted"):
+                iam.call("DELETE", f"roles/{MACHINE_ROLE_ID}")
+                _removed(removed, f"custom role projects/{project}/roles/{MACHINE_ROLE_ID}", say)
+        except NotFound:
+            pass
+    with google_errors(clients, "iam.serviceAccounts.delete", f"remove the service account {email}"):
+        try:
+            iam.call("DELETE", f"serviceAccounts/{email}")
+            _removed(removed, f"service account {email}", say)
+        except NotFound:
+            pass
+    if not removed:
+        say(f"nothing to remove in project {project}")
+    return removed
+
+
+def _end_machines(provider: GCPProvider, force: bool, say: Say) -> None:
+    """Refuses (or, with ``force``, ends and waits for) live prefect-remote machines: Cloud Run
+    executions and Compute Engine VMs of the provider's region and zone."""
+    def alive() -> list[Any]:
+        return [m for name in ("cloud-run", "compute") for m in provider.service(name).machines() if m.alive]
+
+    machines = alive()
+    if not machines:
+        return
+    lines = [f"  {m.id}  {m.state:<8} {m.instance_type}" for m in machines]
+    where = f"project {provider.clients.project} ({provider.options.region})"
+    if not force:
+        raise TeardownRefused(
+            f"{len(machines)} prefect-remote machine(s) still run in {where}:\n" + "\n".join(lines)
+            + "\nend them first (`prefect-remote machines rm --all` with PREFECT_REMOTE_PROVIDER=gcp), or pass --force to end them"
+        )
+    say(f"ending {len(machines)} machine(s):\n" + "\n".join(lines))
+    for name in ("cloud-run", "compute"):
+        service = provider.service(name)
+        ids = [m.id for m in machines if m.id.startswith(service.id_prefix)]
+        if ids:
+            service.terminate(ids, "prefect-remote gcp teardown --force")
+    deadline = time.monotonic() + 600
+    while alive():
+        if time.monotonic() > deadline:
+            raise GCPError(f"machines in {where} did not end within 10 minutes; run teardown again later")
+        time.sleep(2)
+    say(f"ended {', '.join(m.id for m in machines)}")
+
+
+def _clean_buckets(clients: GoogleClients, member: str, delete: bool, say: Say) -> list[str]:
+    """Buckets labelled by provisioning: the machines' grant and records rule removed; the ones it
+    created deleted, emptied, with ``delete``."""
+    removed: list[str] = []
+    storage = clients.storage()
+    with google_errors(clients, "storage.buckets.list", "find the buckets provisioning used"):
+        buckets = [b for b in storage.list_buckets(project=clients.project) if (b.labels or {}).get(GRANTED_LABEL) or (b.labels or {}).get(MANAGED_LABEL)]
+    for bucket in buckets:
+        name = bucket.name
+        managed = bucket.labels.get(MANAGED_LABEL) == "true"
+        with google_errors(clients, "storage.buckets.delete", f"remove the store's bucket {name}"):
+            if managed and delete:
+                for blob in list(storage.list_blobs(name)):
+                    blob.delete()
+                bucket.delete()
+                _removed(removed, f"bucket gs://{name}", say, " and everything in it")
+                continue
+            policy = bucket.get_iam_policy(requested_policy_version=3)
+            bindings = [{**b, "members": set(b["members"])} for b in policy.bindings]
+            if any(member in b["members"] for b in bindings):
+                policy.version = 3
+                policy.bindings[:] = [{**b, "members": b["members"] - {member}} for b in bindings if b["members"] - {member}]
+                bucket.set_iam_policy(policy)
+                _removed(removed, f"the grant of {member.split(':', 1)[1]} on bucket {name}", say)
+            rules = [r for r in bucket.lifecycle_rules if not _records_rule(r)]
+            if len(rules) != len(list(bucket.lifecycle_rules)) or GRANTED_LABEL in bucket.labels:
+                bucket.lifecycle_rules = rules
+                bucket.labels = {k: v for k, v in bucket.labels.items() if k != GRANTED_LABEL}
+                bucket.patch()
+            if managed:
+                say(f"kept bucket gs://{name}: it holds software environments (--delete-bucket removes it)")
+    return removed
+
+
+def _records_rule(rule: Any) -> bool:
+    condition = dict(rule).get("condition", {})
+    return dict(rule).get("action", {}).get("type") == "Delete" and condition.get("age") == RECORDS_KEPT_DAYS and all(
+        prefix.endswith("machines/") for prefix in condition.get("matchesPrefix", [""])
+    )
+
+
+def _remove_firewalls(clients: GoogleClients, say: Say) -> list[str]:
+    from google.api_core.exceptions import NotFound
+
+    removed: list[str] = []
+    firewalls = clients.firewalls()
+    for name in sorted(_firewall_names(clients)):
+        with google_errors(clients, "compute.firewalls.delete", f"remove firewall rule {name}"):
+            try:
+                operation = firewalls.delete(project=clients.project, firewall=name)
+                clients.global_operations().wait(project=clients.project, operation=operation.name)
+            except NotFound:
+                continue
+        _removed(removed, f"firewall rule {name}", say)
+    return removed
+
+
+def _remove_leftover_secrets(clients: GoogleClients, say: Say) -> list[str]:
+    """Launch secrets no machine will read any more (``prefect-remote-<launch id>``)."""
+    from google.api_core.exceptions import NotFound
+
+    manager = clients.secret_manager()
+    names = []
+    with google_errors(clients, "secretmanager.secrets.delete", "remove launch secrets left behind"):
+        for secret in manager.list_secrets(request={"parent": f"projects/{clients.project}"}):
+            if secret.name.rsplit("/", 1)[-1].startswith(SECRET_PREFIX):
+                try:
+                    manager.delete_secret(request={"name": secret.name})
+                except NotFound:
+                    continue
+                names.append(secret.name.rsplit("/", 1)[-1])
+    if names:
+        say(f"removed {len(names)} launch secret(s) left behind ({', '.join(names)})")
+    return [f"secret {name}" for name in names]
+
+
+def _removed(removed: list[str], what: str, say: Say, detail: str = "") -> None:
+    removed.append(what)
+    say(f"removed {what}{detail}")
