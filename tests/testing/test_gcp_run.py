@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 import pytest
+from google.api import launch_stage_pb2
 from google.api_core import exceptions
 from google.auth.credentials import AnonymousCredentials, Credentials
 from google.auth.exceptions import InvalidOperation
@@ -122,6 +123,11 @@ def test_shapes_cloud_run_refuses(google, gcp_sandbox):
         _create(google, gcp_sandbox, _job(gcp_sandbox, "exit 0", limits={"cpu": "2", "memory": "8Gi", "nvidia.com/gpu": "1"}, node_selector="nvidia-l4"))
     with pytest.raises(exceptions.BadRequest, match="timeout"):
         _create(google, gcp_sandbox, _job(gcp_sandbox, "exit 0", timeout=169 * 3600))
+    long = _job(gcp_sandbox, "exit 0", timeout=48 * 3600)
+    with pytest.raises(exceptions.BadRequest, match="Preview"):
+        _create(google, gcp_sandbox, long)
+    long.launch_stage = launch_stage_pb2.LaunchStage.BETA
+    assert _create(google, gcp_sandbox, long).template.template.timeout.total_seconds() == 48 * 3600
     fine = _create(google, gcp_sandbox, _job(gcp_sandbox, "exit 0", limits={"cpu": "4", "memory": "16Gi", "nvidia.com/gpu": "1"}, node_selector="nvidia-l4", timeout=3600))
     assert fine.template.template.node_selector.accelerator == "nvidia-l4"
     job = _job(gcp_sandbox, "exit 0")

@@ -59,6 +59,8 @@ MiB = 1024**2
 CPU_MEMORY = {1: (512 * MiB, 4 * GiB), 2: (512 * MiB, 8 * GiB), 4: (2 * GiB, 16 * GiB), 6: (4 * GiB, 24 * GiB), 8: (4 * GiB, 32 * GiB)}
 L4_REGIONS = {"us-central1", "us-east4", "europe-west1", "europe-west4", "asia-southeast1", "asia-south1"}
 MAX_TIMEOUT = 168 * 3600
+GA_TIMEOUT = 24 * 3600  # longer task timeouts are a Preview feature: the job's launch stage must say BETA (or ALPHA)
+PREVIEW_STAGES = (2, 3, "ALPHA", "BETA")  # google.api.LaunchStage, as an integer enum or its name
 GPU_MAX_TIMEOUT = 3600
 DEFAULT_TIMEOUT = "600s"
 DEFAULT_RETRIES = 3
@@ -272,7 +274,7 @@ class CloudRunFake:
         task_template.setdefault("timeout", DEFAULT_TIMEOUT)
         task_template.setdefault("serviceAccount", f"{self.project.number}-compute@developer.gserviceaccount.com")
         template.setdefault("taskCount", 1)
-        self._check_template(task_template, location, "job.template.template")
+        self._check_template(task_template, location, "job.template.template", given.get("launchStage"))
         if int(template["taskCount"]) < 1:
             raise GoogleError(400, "job.template.task_count must be at least 1")
         principal = request.state.principal.removeprefix("serviceAccount:").removeprefix("user:")
@@ -304,7 +306,7 @@ class CloudRunFake:
             self._jobs[job["name"]] = job
             return self._operation(location, "Job", job)
 
-    def _check_template(self, task: dict[str, Any], location: str, where: str) -> None:
+    def _check_template(self, task: dict[str, Any], location: str, where: str, launch_stage: Any) -> None:
         """What Cloud Run refuses in a task template (400, naming the field)."""
         containers = task.get("containers") or []
         if not containers:
@@ -322,6 +324,8 @@ class CloudRunFake:
         if timeout > (GPU_MAX_TIMEOUT if accelerator else MAX_TIMEOUT):
             most = "1 hour with a GPU" if accelerator else "168 hours"
             raise GoogleError(400, f"{where}.timeout: {task['timeout']} exceeds the maximum task timeout of {most}.")
+        if timeout > GA_TIMEOUT and launch_stage not in PREVIEW_STAGES:
+            raise GoogleError(400, f"{where}.timeout: a task timeout over 24 hours ({task['timeout']}) is a Preview feature: set the job's launch_stage to BETA.")
         account = task.get("serviceAccount")
         if account not in self.sandbox.service_accounts:
             raise GoogleError(400, f"{where}.service_account: Service account {account} does not exist.")
@@ -363,7 +367,7 @@ class CloudRunFake:
             template["taskCount"] = int(overrides["taskCount"])
         if overrides.get("timeout"):
             task_template["timeout"] = overrides["timeout"]
-        self._check_template(task_template, location, "overrides")
+        self._check_template(task_template, location, "overrides", found["launchStage"])
         if given.get("validateOnly"):
             return self._operation(location, "Execution", {"name": f"{found['name']}/executions/{job}-validate", "job": job})
         suffix = "".join(secrets.choice(string.ascii_lowercase + string.digits) for _ in range(5))
