@@ -160,3 +160,32 @@ def test_a_failed_attempt_is_retried_with_the_next_attempt_number(google, gcp_sa
     assert (execution.succeeded_count, execution.retried_count, task.retried) == (1, 1, 1)
     [completed] = [c for c in execution.conditions if c.type_ == "Completed"]
     assert completed.state == SUCCEEDED
+
+
+TASK_USES_GOOGLE = """
+import os, google.auth
+from google.cloud import secretmanager, storage
+credentials, project = google.auth.default()  # the metadata server, as on Cloud Run
+client = secretmanager.SecretManagerServiceClient(transport="rest", credentials=credentials, client_options={"api_endpoint": os.environ["PREFECT_REMOTE_GCP_API_ENDPOINT"]})
+payload = client.access_secret_version(name=f"projects/{project}/secrets/%s/versions/latest").payload.data.decode()
+buckets = [bucket.name for bucket in storage.Client(project=project).list_buckets()]  # STORAGE_EMULATOR_HOST
+print(project, payload, *buckets)
+"""
+
+
+def test_a_task_reaches_the_apis_with_its_service_accounts_token(google, gcp_sandbox):
+    import sys
+
+    secret_id = f"prefect-remote-{secrets.token_hex(4)}"
+    client = google.secrets()
+    secret = client.create_secret(parent=f"projects/{google.project}", secret_id=secret_id, secret={"replication": {"automatic": {}}})
+    client.add_secret_version(parent=secret.name, payload={"data": b"from-secret-manager"})
+    job = _job(gcp_sandbox, "")
+    job.template.template.containers[0].command = [sys.executable, "-c", TASK_USES_GOOGLE % secret_id]
+    job.template.template.containers[0].args = []
+    execution = _finished(google, google.run("jobs").run_job(name=_create(google, gcp_sandbox, job).name).metadata.name, timeout=60)
+    [task] = google.run("tasks").list_tasks(parent=execution.name)
+    stdout = f'logName="projects/{google.project}/logs/run.googleapis.com%2Fstdout" AND labels."run.googleapis.com/execution_name"="{task.execution}"'
+    printed = [entry.payload for entry in google.logging().list_entries(filter_=stdout)]
+    assert execution.succeeded_count == 1, printed
+    assert f"{google.project} from-secret-manager prefect-remote-sandbox" in printed
