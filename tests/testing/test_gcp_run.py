@@ -189,3 +189,4 @@ def test_a_task_reaches_the_apis_with_its_service_accounts_token(google, gcp_san
     printed = [entry.payload for entry in google.logging().list_entries(filter_=stdout)]
     assert execution.succeeded_count == 1, printed
     assert f"{google.project} from-secret-manager prefect-remote-sandbox" in printed
+    assert gcp_sandbox.calls["storage.GET"] >= 1  # GCS requests are counted with the APIs'

@@ -116,7 +116,8 @@ class SandboxGCP(SandboxCloud):
 
     @property
     def calls(self) -> collections.Counter[str]:
-        """Requests answered per API method (``run.jobs.create``…), GCS's excepted."""
+        """Requests answered per API method (``run.jobs.create``…; GCS's by HTTP method:
+        ``storage.GET``, ``storage.POST.batch``…)."""
         return self.api.calls
 
     @property
@@ -144,7 +145,9 @@ class SandboxGCP(SandboxCloud):
             logging.getLogger("gcp_storage_emulator").setLevel(logging.WARNING)  # a line per request otherwise
             self._storage = create_server(self.host, 0, in_memory=True, default_bucket=STORE_BUCKET, project_number=self.project_number)
             self._storage.start()
-            self._storage_url = f"http://{self.host}:{self._storage._api._httpd.server_address[1]}"
+            httpd = self._storage._api._httpd
+            httpd.RequestHandlerClass = _counting_storage_handler(self._storage._storage, self.api.calls)
+            self._storage_url = f"http://{self.host}:{httpd.server_address[1]}"
             key = self.api.service_account_key(self.launcher_account, self.project)
             self.key_file.touch(mode=0o600)
             self.key_file.write_text(json.dumps(key))
@@ -267,3 +270,19 @@ def _compute_fake(sandbox: SandboxGCP) -> Any:
             raise
         return None
     return ComputeFake(sandbox)
+
+
+def _counting_storage_handler(storage: Any, calls: collections.Counter[str]) -> Any:
+    """gcp-storage-emulator's request handler, counting requests into ``calls`` as the APIs' are."""
+    from functools import partial
+
+    from gcp_storage_emulator.server import RequestHandler
+
+    class Counting(RequestHandler):
+        def parse_request(self) -> bool:
+            parsed = super().parse_request()
+            if parsed:
+                calls[f"storage.{self.command}" + (".batch" if "/batch" in self.path else "")] += 1
+            return parsed
+
+    return partial(Counting, storage)
