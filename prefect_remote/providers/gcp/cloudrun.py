@@ -1,0 +1,658 @@
+"""Cloud Run jobs as machines: one job per machine, run once, its execution the machine's life.
+
+A machine ``run-<12 hex>`` is the job ``projects/P/locations/R/jobs/run-<12 hex>`` with one task
+(no retries) whose container runs the boot script with bash. The job carries the launch's labels
+(GCP label syntax) and, in annotations, the user's tags and owner as given, which is what
+:meth:`CloudRunService.machines` reports and filters on. Secrets reach the task only as
+``$PREFECT_REMOTE_SECRETS_JSON``, which Cloud Run fills from the launch's Secret Manager secret
+(``valueSource.secretKeyRef``): the job spec never holds a secret value.
+
+The state comes from the job's latest execution, the exit code from its task's last attempt (the
+payload's own code, not 0/1). Terminating cancels the execution, then deletes the job; jobs whose
+execution ended are deleted by :meth:`CloudRunService.sweep` (from :meth:`~CloudRunService.start`
+and from listing all machines, at most every few minutes), after their end is in the machine's
+record, so Cloud Run's 1,000 jobs per region are never used up by finished runs.
+
+>>> from prefect_remote.providers.gcp import GCPProvider
+>>> from prefect_remote.spec import MachineSpec
+>>> service = CloudRunService(GCPProvider(project="my-project", region="us-central1"))
+>>> service.choose_instance_type(MachineSpec(cpu=2, memory="6 GiB")).describe()
+'cloud-run-2cpu-6gib (2 cpu, 6 GiB, x86_64)'
+>>> service.unfit(MachineSpec(cpu=1, memory="8 GiB"))
+'cpu=1, memory=8 GiB is not a shape Cloud Run allows (1 vCPU takes 512 MiB to 4 GiB); the nearest it allows is 2 vCPU with 8 GiB'
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import re
+import sys
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from prefect_remote.providers.base import Capabilities, InstanceType, Launch, Machine, MachineState
+from prefect_remote.providers.gcp.compute import LAUNCH_LABEL, OWNER_LABEL, SERVICE_LABEL, labels_for
+from prefect_remote.providers.gcp.provider import LABEL_PREFIX, GCPService
+from prefect_remote.providers.gcp.runtime import SECRETS_ENV
+from prefect_remote.units import format_duration, format_size
+
+if TYPE_CHECKING:
+    from prefect_remote.spec import MachineSpec
+
+logger = logging.getLogger(__name__)
+
+GIB, MIB = 2**30, 2**20
+HOUR = 3600.0
+# What a task's container may have: vCPUs -> (least, most) memory. Cloud Run's table for
+# instance-based billing (https://cloud.google.com/run/docs/configuring/services/cpu and
+# .../memory-limits): 1 vCPU up to 4 GiB, 2 up to 8, 4 from 2 to 16, 6 and 8 from 4 to 24 and 32;
+# never under 512 MiB (second-generation environment, which jobs use).
+SHAPES: dict[int, tuple[int, int]] = {1: (512 * MIB, 4 * GIB), 2: (512 * MIB, 8 * GIB), 4: (2 * GIB, 16 * GIB), 6: (4 * GIB, 24 * GIB), 8: (4 * GIB, 32 * GIB)}
+# Memory sizes the catalog lists (any MiB count in a CPU's range is allowed; these are the usual ones).
+LISTED_MEMORY = (512 * MIB, GIB, 2 * GIB, 4 * GIB, 8 * GIB, 16 * GIB, 24 * GIB, 32 * GIB)
+# A task's files live in its memory (Cloud Run has no disk): uv, the agent's environment and a
+# software environment take about a GiB, so a spec that names no memory gets 2 GiB.
+DEFAULT_MEMORY = 2 * GIB
+L4 = "nvidia-l4"
+L4_LEAST = (4, 16 * GIB)  # an L4 needs at least 4 vCPU and 16 GiB (https://cloud.google.com/run/docs/configuring/jobs/gpu)
+L4_REGIONS = ("asia-south1", "asia-southeast1", "europe-west1", "europe-west4", "us-central1", "us-east4")
+# Cloud Run list prices for jobs in tier 1 regions (https://cloud.google.com/run/pricing, "Services
+# with CPU always allocated / Jobs"): $0.00001800 per vCPU-second, $0.00000200 per GiB-second, and an
+# NVIDIA L4 at $0.0001867 per second (jobs' GPUs are billed at the no-zonal-redundancy rate). Tier 2
+# regions cost about 40% more; these are the prices of the sandbox's and most users' regions.
+VCPU_HOUR = 0.000018 * HOUR
+GIB_HOUR = 0.000002 * HOUR
+L4_HOUR = 0.0001867 * HOUR
+# Task timeouts: up to 168 hours (over 24 hours is a Preview feature), 1 hour with a GPU.
+MAX_TIMEOUT, MAX_GPU_TIMEOUT, GA_TIMEOUT = 168 * HOUR, HOUR, 24 * HOUR
+# The agent ends a machine at spec.timeout and records why; Cloud Run's own timeout, a backstop for
+# a stalled agent, comes this much later so the agent's reasoned end comes first.
+TIMEOUT_GRACE = 300.0
+# Without spec.timeout a task may run 24 hours, the longest timeout Cloud Run offers outside Preview:
+# longer runs say so with timeout=, and a stalled machine costs a day at most.
+DEFAULT_TIMEOUT = GA_TIMEOUT
+PYTHON_IMAGE = "docker.io/library/python:{minor}-slim"  # has bash and python3, which the stock boot needs
+
+TAGS_ANNOTATION = "prefect-remote/tags"  # the user's tags as given (labels hold no '.', '/', capitals)
+OWNER_ANNOTATION = "prefect-remote/owner"
+SPEC_ANNOTATION = "prefect-remote/spec"
+MAX_USER_LABELS = 60  # a resource takes 64 labels; ours use the rest
+
+SWEEP_EVERY = 300.0  # seconds between sweeps of one provider
+SWEEP_AFTER = 600.0  # an ended job is deleted this long after its end (its record keeps reason and exit code)
+NEVER_RAN_AFTER = 600.0  # a job never run this long after its creation was left by a launch that died
+OPERATION_TIMEOUT = 120.0  # creating or deleting a job takes seconds; a cancel too
+FEW_IDS = 3  # up to this many ids are read one get_job each, more with one list_jobs
+
+_LABEL_BAD = re.compile(r"[^a-z0-9_-]")
+_MEMORY = re.compile(r"(\d+)(Mi|Gi|M|G)?")
+
+
+# -- shapes ---------------------------------------------------------------------------------------
+def shape_name(cpu: int, memory: int, gpu: bool = False) -> str:
+    """The instance type name of a Cloud Run shape.
+
+    >>> shape_name(2, 8 * GIB), shape_name(1, 1536 * MIB), shape_name(4, 16 * GIB, gpu=True)
+    ('cloud-run-2cpu-8gib', 'cloud-run-1cpu-1536mib', 'cloud-run-4cpu-16gib-l4')
+    """
+    size = f"{memory // GIB}gib" if memory % GIB == 0 else f"{memory // MIB}mib"
+    return f"cloud-run-{cpu}cpu-{size}{'-l4' if gpu else ''}"
+
+
+def shape(cpu: int, memory: int, gpu: bool = False) -> InstanceType:
+    """A Cloud Run shape as an instance type, priced per hour at tier 1 prices.
+
+    >>> shape(1, 2 * GIB).price
+    0.0792
+    """
+    price = cpu * VCPU_HOUR + memory / GIB * GIB_HOUR + (L4_HOUR if gpu else 0.0)
+    return InstanceType(shape_name(cpu, memory, gpu), cpu, memory, gpu=int(gpu), gpu_type=L4 if gpu else None, price=round(price, 6))
+
+
+def catalog() -> list[InstanceType]:
+    """The shapes listed for Cloud Run: each vCPU count with the usual memory sizes it allows, and
+    the L4 shapes. Choosing a shape is not limited to these (:func:`fit`)."""
+    shapes = [shape(cpu, memory) for cpu, (low, high) in SHAPES.items() for memory in LISTED_MEMORY if low <= memory <= high]
+    shapes += [shape(cpu, memory, gpu=True) for cpu, (_, high) in SHAPES.items() for memory in LISTED_MEMORY if cpu >= L4_LEAST[0] and L4_LEAST[1] <= memory <= high]
+    return shapes
+
+
+def _wants_gpu(spec: MachineSpec) -> bool:
+    return spec.gpu is not None
+
+
+def _memory_wanted(spec: MachineSpec) -> tuple[int, int | None]:
+    """The least memory the spec takes and the most (None: no upper bound), Cloud Run's floors applied."""
+    least = L4_LEAST[1] if _wants_gpu(spec) else DEFAULT_MEMORY
+    if spec.memory is None:
+        return least, None
+    low, high = spec.memory
+    low = max(low, L4_LEAST[1]) if _wants_gpu(spec) else low
+    return math.ceil(low / MIB) * MIB, None if high == spec.memory[0] else high  # one value means "at least"
+
+
+def fit(spec: MachineSpec) -> InstanceType | None:
+    """The cheapest Cloud Run shape that meets ``spec``'s cpu, memory and GPU, with exactly the
+    memory asked for (rounded up to a MiB; Cloud Run bills what is set), or None.
+
+    >>> from prefect_remote.spec import MachineSpec
+    >>> fit(MachineSpec(memory="3 GiB")).name, fit(MachineSpec(cpu=[3, 6], memory="20 GiB")).name
+    ('cloud-run-1cpu-3gib', 'cloud-run-6cpu-20gib')
+    """
+    gpu = _wants_gpu(spec)
+    least, most = _memory_wanted(spec)
+    for cpu, (low, high) in SHAPES.items():  # fewest vCPUs first: a vCPU costs more than 4 GiB
+        if spec.cpu and not spec.cpu[0] <= cpu <= spec.cpu[1]:
+            continue
+        if gpu and cpu < L4_LEAST[0]:
+            continue
+        memory = max(least, low)
+        if memory > high or (most is not None and memory > most):
+            continue
+        return shape(cpu, memory, gpu)
+    return None
+
+
+def nearest_shape(spec: MachineSpec) -> tuple[int, int]:
+    """The allowed (vCPU, memory) pair nearest to what ``spec`` asks, for error messages: the
+    allowed vCPU count nearest the request (the larger on a tie), raised until it takes the memory,
+    and the memory brought into that count's range.
+
+    >>> from prefect_remote.spec import MachineSpec
+    >>> [(cpu, format_size(memory)) for cpu, memory in map(nearest_shape, [MachineSpec(cpu=12), MachineSpec(cpu=1, memory="8 GiB"), MachineSpec(cpu=3)])]
+    [(8, '4 GiB'), (2, '8 GiB'), (4, '2 GiB')]
+    """
+    least, most = _memory_wanted(spec)
+    memory = min(max(least if most is None else min(least, most), SHAPES[1][0]), SHAPES[8][1])
+    floor = L4_LEAST[0] if _wants_gpu(spec) else 1
+    counts = [cpu for cpu in SHAPES if cpu >= floor]
+    if spec.cpu:
+        inside = [cpu for cpu in counts if spec.cpu[0] <= cpu <= spec.cpu[1]]
+        cpu = inside[0] if inside else min(counts, key=lambda c: (min(abs(c - spec.cpu[0]), abs(c - spec.cpu[1])), -c))
+    else:
+        cpu = counts[0]
+    while memory > SHAPES[cpu][1] and cpu != max(SHAPES):
+        cpu = next(c for c in SHAPES if c > cpu)
+    low, high = SHAPES[cpu]
+    return cpu, min(max(memory, low), high)
+
+
+def _asked(spec: MachineSpec) -> str:
+    """What the spec asks of cpu and memory, as the user wrote it."""
+
+    def span(values: tuple[int, int] | None, show: Any) -> str | None:
+        if values is None:
+            return None
+        return show(values[0]) if values[0] == values[1] else f"[{show(values[0])}, {show(values[1])}]"
+
+    parts = [f"{name}={text}" for name, text in (("cpu", span(spec.cpu, str)), ("memory", span(spec.memory, format_size))) if text]
+    return ", ".join(parts) or "the default shape"
+
+
+def _shape_problem(spec: MachineSpec) -> str:
+    """Why no Cloud Run shape meets the spec's cpu and memory, with the nearest one that exists."""
+    cpu, memory = nearest_shape(spec)
+    nearest = f"the nearest it allows is {cpu} vCPU with {format_size(memory)}"
+    if spec.cpu and spec.cpu[0] > max(SHAPES):
+        return f"cpu={spec.cpu[0]} is more than Cloud Run's {max(SHAPES)} vCPU; {nearest}"
+    if spec.memory and spec.memory[0] > SHAPES[max(SHAPES)][1]:
+        return f"memory={format_size(spec.memory[0])} is more than Cloud Run's {format_size(SHAPES[max(SHAPES)][1])}; {nearest}"
+    if spec.cpu and not any(spec.cpu[0] <= c <= spec.cpu[1] for c in SHAPES):
+        return f"{_asked(spec)} is not a shape Cloud Run allows (it offers 1, 2, 4, 6 or 8 vCPU); {nearest}"
+    if spec.cpu and spec.cpu[0] == spec.cpu[1] and spec.cpu[0] in SHAPES:
+        low, high = SHAPES[spec.cpu[0]]
+        return f"{_asked(spec)} is not a shape Cloud Run allows ({spec.cpu[0]} vCPU takes {format_size(low)} to {format_size(high)}); {nearest}"
+    return f"{_asked(spec)} is not a shape Cloud Run allows; {nearest}"
+
+
+def task_timeout(spec: MachineSpec) -> float:
+    """Cloud Run's timeout for the task of ``spec`` (seconds): the spec's plus a grace the agent
+    uses to end the machine itself, within Cloud Run's limit; 24 hours without one.
+
+    >>> from prefect_remote.spec import MachineSpec
+    >>> task_timeout(MachineSpec()), task_timeout(MachineSpec(timeout="2 hours")), task_timeout(MachineSpec(timeout="168 hours"))
+    (86400.0, 7500.0, 604800.0)
+    """
+    limit = MAX_GPU_TIMEOUT if _wants_gpu(spec) else MAX_TIMEOUT
+    if spec.timeout is None:
+        return min(DEFAULT_TIMEOUT, limit)
+    return min(spec.timeout + TIMEOUT_GRACE, limit)
+
+
+# -- labels ---------------------------------------------------------------------------------------
+def job_labels(launch: Launch) -> dict[str, str]:
+    """The labels of a launch's jobs, as Compute Engine's VMs have them: each user tag whose value
+    is a label value (all tags, as given, are in the job's annotations), then prefect-remote's."""
+    labels = dict(list(labels_for(launch.tags).items())[:MAX_USER_LABELS])
+    labels = {key: value for key, value in labels.items() if not key.startswith(LABEL_PREFIX)}
+    labels.update({SERVICE_LABEL: "cloud-run", LAUNCH_LABEL: launch.id})
+    if launch.owner:
+        labels[OWNER_LABEL] = _LABEL_BAD.sub("_", launch.owner.lower())[:63]
+    return labels
+
+
+def _memory_bytes(text: str) -> int:
+    """A Kubernetes-style memory quantity as Cloud Run returns it ("8Gi", "1536Mi") in bytes."""
+    found = _MEMORY.fullmatch(text.strip())
+    if not found:
+        return 0
+    unit = {"Gi": GIB, "Mi": MIB, "G": 10**9, "M": 10**6}.get(found.group(2) or "", 1)
+    return int(found.group(1)) * unit
+
+
+def _cpus(text: str) -> int:
+    """A CPU quantity as Cloud Run returns it ("2", "1000m") in whole vCPUs.
+
+    >>> _cpus("2"), _cpus("4000m")
+    (2, 4)
+    """
+    try:
+        return max(1, round(float(text[:-1]) / 1000 if text.endswith("m") else float(text)))
+    except ValueError:
+        return 1
+
+
+def _limit_memory(memory: int) -> str:
+    return f"{memory // GIB}Gi" if memory % GIB == 0 else f"{memory // MIB}Mi"
+
+
+def _epoch(value: Any) -> float | None:
+    """A proto timestamp field (a datetime, or None when unset) as epoch seconds."""
+    if value is None or not hasattr(value, "timestamp"):
+        return None
+    epoch = value.timestamp()
+    return epoch if epoch > 0 else None
+
+
+class CloudRunService(GCPService):
+    """Machines as Cloud Run job executions: single machines that accept no connections."""
+
+    name: ClassVar[str] = "Cloud Run"
+    id_prefix: ClassVar[str] = "run-"
+    capabilities: ClassVar[Capabilities] = Capabilities(
+        inbound_connections=False, terminate_one=True, containers=True, gpus=True, max_lifetime=MAX_TIMEOUT
+    )
+
+    def __init__(self, provider: Any) -> None:
+        super().__init__(provider)
+        self._ended: dict[str, tuple[int | None, str | None, float | None]] = {}  # execution -> its end (immutable)
+        self._last_sweep = 0.0
+        self._sweep_lock = threading.Lock()
+
+    # -- what it can run ----------------------------------------------------------------------------
+    def instance_types(self) -> Sequence[InstanceType]:
+        return catalog()
+
+    def choose_instance_type(self, spec: MachineSpec) -> InstanceType:
+        chosen = fit(spec) if self.unfit(spec) is None else None
+        if chosen is None:
+            from prefect_remote.errors import CapacityError
+
+            raise CapacityError(f"gcp (Cloud Run): {self.unfit(spec) or _shape_problem(spec)}")
+        return chosen
+
+    def unfit(self, spec: MachineSpec) -> str | None:
+        if spec.inbound:
+            return "the machine must accept connections, which Cloud Run jobs do not"
+        if spec.arm:
+            return "arm=True: Cloud Run runs x86_64 only"
+        if spec.spot_policy != "on-demand":
+            return f"spot_policy={spec.spot_policy!r}: Cloud Run has no spot capacity"
+        if spec.vm_type:
+            return f"vm_type={list(spec.vm_type)!r}: Cloud Run has no machine types, only cpu and memory"
+        if spec.disk_size:
+            return f"disk_size={format_size(spec.disk_size)}: Cloud Run tasks have no disk (their files live in memory)"
+        if spec.gpu is not None:
+            kind = spec.gpu.type
+            if spec.gpu.count != 1 or (kind is not None and ("l4" not in kind or kind not in L4)):
+                asked = f"{spec.gpu.count}x {kind or 'gpu'}"
+                return f"gpu={asked}: Cloud Run offers one {L4} GPU per task, nothing else"
+            region = self.options.region
+            if region not in L4_REGIONS:
+                return f"gpu={L4}: Cloud Run has no L4 GPUs in {region} (it has them in {', '.join(L4_REGIONS)})"
+            if spec.timeout is None or spec.timeout > MAX_GPU_TIMEOUT:
+                asked = "no timeout" if spec.timeout is None else f"timeout={format_duration(spec.timeout)}"
+                return f"{asked}: a Cloud Run task with a GPU runs at most {format_duration(MAX_GPU_TIMEOUT)}; set timeout='1 hour' or less for Cloud Run"
+            if fit(spec) is None:
+                cpu, memory = nearest_shape(spec)
+                return (
+                    f"{_asked(spec)} with an {L4}: Cloud Run's L4 needs at least {L4_LEAST[0]} vCPU and "
+                    f"{format_size(L4_LEAST[1])}; the nearest it allows is {cpu} vCPU with {format_size(memory)}"
+                )
+        if spec.timeout is not None and spec.timeout > MAX_TIMEOUT:
+            return f"timeout={format_duration(spec.timeout)}: a Cloud Run task runs at most {format_duration(MAX_TIMEOUT)}"
+        if fit(spec) is None:
+            return _shape_problem(spec)
+        return None
+
+    # -- starting -----------------------------------------------------------------------------------
+    @property
+    def parent(self) -> str:
+        return f"projects/{self.clients.project}/locations/{self.options.region}"
+
+    def job_name(self, machine_id: str) -> str:
+        return f"{self.parent}/jobs/{machine_id}"
+
+    def image(self, spec: MachineSpec) -> str:
+        """``spec.container``, else a public Python image of the software environment's Python minor
+        (this interpreter's without one), into which the stock boot installs uv and the agent."""
+        if spec.container:
+            return spec.container
+        minor = f"{sys.version_info.major}.{sys.version_info.minor}"
+        if spec.software:
+            from prefect_remote.software.rebuild import load_spec
+
+            minor = ".".join(load_spec(self.provider.machine_store(), spec.software)["python"].split(".")[:2])
+        return PYTHON_IMAGE.format(minor=minor)
+
+    def job(self, launch: Launch) -> Any:
+        """The Job a machine of ``launch`` is (the same for each of its machines)."""
+        from google.cloud import run_v2
+        from google.protobuf import duration_pb2
+
+        spec, shape_ = launch.spec, launch.instance_type
+        limits = {"cpu": str(shape_.cpu), "memory": _limit_memory(shape_.memory), **({"nvidia.com/gpu": "1"} if shape_.gpu else {})}
+        env = []
+        if launch.has_secrets:  # a reference Cloud Run resolves at start: the spec holds no value
+            from prefect_remote.providers.gcp.secrets import secret_id
+
+            selector = run_v2.SecretKeySelector(secret=secret_id(launch.id), version="latest")
+            env.append(run_v2.EnvVar(name=SECRETS_ENV, value_source=run_v2.EnvVarSource(secret_key_ref=selector)))
+        task = run_v2.TaskTemplate(
+            containers=[
+                run_v2.Container(
+                    image=self.image(spec),
+                    command=["/bin/bash", "-c"],  # the boot script is bash (`set -o pipefail`, process substitution)
+                    args=[launch.boot_script],
+                    env=env,
+                    resources=run_v2.ResourceRequirements(limits=limits),
+                )
+            ],
+            max_retries=0,  # a machine runs once: a retry would run the payload (a flow run) twice
+            timeout=duration_pb2.Duration(seconds=int(task_timeout(spec))),
+            service_account=self.options.service_account or "",
+        )
+        if shape_.gpu:
+            task.node_selector = run_v2.NodeSelector(accelerator=L4)
+            task.gpu_zonal_redundancy_disabled = True  # what jobs' GPUs are (and are priced as)
+        labels = job_labels(launch)
+        annotations = {TAGS_ANNOTATION: json.dumps(dict(launch.tags), sort_keys=True), SPEC_ANNOTATION: spec.summary()}
+        if launch.owner:
+            annotations[OWNER_ANNOTATION] = launch.owner
+        job = run_v2.Job(
+            labels=labels,
+            annotations=annotations,
+            template=run_v2.ExecutionTemplate(labels=labels, task_count=1, parallelism=1, template=task),
+        )
+        if task_timeout(spec) > GA_TIMEOUT:
+            from google.api import launch_stage_pb2
+
+            job.launch_stage = launch_stage_pb2.LaunchStage.BETA  # task timeouts over 24 hours are in Preview
+        return job
+
+    def start(self, launch: Launch, machine_ids: Sequence[str]) -> list[Machine]:
+        self.sweep_now_and_then()
+        job = self.job(launch)
+        jobs, executions = self.clients.jobs(), []
+        try:
+            with self.clients.translated("run.jobs.create"):
+                for machine_id in machine_ids:
+                    jobs.create_job(parent=self.parent, job=job, job_id=machine_id).result(timeout=OPERATION_TIMEOUT)
+            with self.clients.translated("run.jobs.run"):
+                for machine_id in machine_ids:
+                    executions.append(self._run(machine_id))
+        except BaseException:
+            try:
+                self._remove(machine_ids, "its launch failed")
+            except Exception as error:  # noqa: BLE001 - the launch's own error is the one to raise
+                logger.warning("Cloud Run: removing the jobs of a failed launch (%s) failed: %s; the sweep removes them later", ", ".join(machine_ids), error)
+            raise
+        created = time.time()
+        return [
+            Machine(
+                id=machine_id,
+                provider=self.provider.name,
+                state="pending",
+                instance_type=launch.instance_type.name,
+                created=created,
+                tags=dict(launch.tags),
+                spec=launch.spec.summary(),
+                region=self.options.region,
+                owner=launch.owner,
+                details={"price_per_hour": launch.instance_type.price, "launch": launch.id, "execution": execution, "image": job.template.template.containers[0].image},
+            )
+            for machine_id, execution in zip(machine_ids, executions)
+        ]
+
+    def _run(self, machine_id: str) -> str:
+        """Runs the job once; returns its execution's name. The run operation lasts as long as the
+        execution, so it is not waited for: its metadata already names the execution."""
+        operation = self.clients.jobs().run_job(name=self.job_name(machine_id))
+        name = getattr(operation.metadata, "name", "")
+        if not name:  # the execution is also the job's latest
+            name = self.clients.jobs().get_job(name=self.job_name(machine_id)).latest_created_execution.name
+        return name
+
+    # -- reading back -------------------------------------------------------------------------------
+    def machines(self, machine_ids: Sequence[str] | None = None, labels: Mapping[str, str] | None = None) -> list[Machine]:
+        wanted = None if machine_ids is None else [m for m in dict.fromkeys(machine_ids) if m.startswith(self.id_prefix)]
+        if wanted == []:
+            return []
+        jobs = self._jobs(wanted)
+        if machine_ids is None:
+            self.sweep_now_and_then(jobs)
+        found = []
+        for job in jobs:
+            machine = self._machine(job)
+            if labels and any(machine.tags.get(key) != value for key, value in labels.items()):
+                continue
+            found.append(machine)
+        return found
+
+    def _jobs(self, machine_ids: Sequence[str] | None) -> list[Any]:
+        """prefect-remote's jobs with these ids (None: all): a get each for a few, else one listing."""
+        from google.api_core import exceptions
+
+        jobs_client = self.clients.jobs()
+        with self.clients.translated("run.jobs.list" if machine_ids is None or len(machine_ids) > FEW_IDS else "run.jobs.get"):
+            if machine_ids is not None and len(machine_ids) <= FEW_IDS:
+                jobs = []
+                for machine_id in machine_ids:
+                    try:
+                        jobs.append(jobs_client.get_job(name=self.job_name(machine_id)))
+                    except exceptions.NotFound:
+                        pass
+            else:
+                jobs = list(jobs_client.list_jobs(parent=self.parent))
+        ids = None if machine_ids is None else set(machine_ids)
+        return [
+            job
+            for job in jobs
+            if job.labels.get(SERVICE_LABEL) == "cloud-run"
+            and _job_id(job).startswith(self.id_prefix)
+            and (ids is None or _job_id(job) in ids)
+        ]
+
+    def _machine(self, job: Any) -> Machine:
+        """A job as the machine it is."""
+        state, execution, exit_code, reason, ended = self._state(job)
+        limits = dict(job.template.template.containers[0].resources.limits) if job.template.template.containers else {}
+        gpu = bool(limits.get("nvidia.com/gpu"))
+        cpu, memory = _cpus(limits.get("cpu", "1")), _memory_bytes(limits.get("memory", "512Mi"))
+        type_ = shape(cpu, memory, gpu) if cpu in SHAPES and memory else None
+        annotations = dict(job.annotations)
+        try:
+            tags = json.loads(annotations.get(TAGS_ANNOTATION, "{}"))
+        except ValueError:
+            tags = {}
+        return Machine(
+            id=_job_id(job),
+            provider=self.provider.name,
+            state=state,
+            instance_type=type_.name if type_ else shape_name(cpu, memory, gpu),
+            created=_epoch(job.create_time) or time.time(),
+            tags=tags,
+            spec=annotations.get(SPEC_ANNOTATION, "default"),
+            region=self.options.region,
+            owner=annotations.get(OWNER_ANNOTATION),
+            reason=reason,
+            exit_code=exit_code,
+            details={
+                "price_per_hour": type_.price if type_ else None,
+                "launch": job.labels.get(LAUNCH_LABEL),
+                "execution": execution,
+                "image": job.template.template.containers[0].image if job.template.template.containers else None,
+                "ended": ended,
+            },
+        )
+
+    def _state(self, job: Any) -> tuple[MachineState, str | None, int | None, str | None, float | None]:
+        """(state, execution name, exit code, reason, ended) of a job's latest execution."""
+        from google.cloud import run_v2
+
+        reference = job.latest_created_execution
+        execution = reference.name or None
+        if execution is None:
+            created = _epoch(job.create_time) or time.time()
+            if time.time() - created > NEVER_RAN_AFTER:
+                return "terminated", None, None, "its job was created but never run (its launch stopped between the two)", created
+            return "pending", None, None, None, None
+        if execution in self._ended:
+            exit_code, reason, ended = self._ended[execution]
+            return "terminated", execution, exit_code, reason, ended
+        status = run_v2.ExecutionReference.CompletionStatus
+        finished = (status.EXECUTION_SUCCEEDED, status.EXECUTION_FAILED, status.EXECUTION_CANCELLED)
+        if reference.completion_status == status.EXECUTION_PENDING and not _epoch(reference.completion_time):
+            return "pending", execution, None, None, None
+        if reference.completion_status == status.EXECUTION_RUNNING and not _epoch(reference.completion_time):
+            return "running", execution, None, None, None
+        if reference.completion_status not in finished and not _epoch(reference.completion_time):
+            # An older API (or a fake) without completion_status: the execution says.
+            with self.clients.translated("run.executions.get"):
+                found = self.clients.executions().get_execution(name=execution)
+            if not _epoch(found.completion_time):
+                return ("running" if found.running_count or _epoch(found.start_time) else "pending"), execution, None, None, None
+        exit_code, reason, ended = self._end(execution)
+        return "terminated", execution, exit_code, reason, ended
+
+    def _end(self, execution: str) -> tuple[int | None, str | None, float | None]:
+        """How an ended execution ended: its task's exit code, the reason Cloud Run gives, and when
+        (read once: an ended execution does not change)."""
+        from google.api_core import exceptions
+
+        with self.clients.translated("run.executions.get"):
+            try:
+                found = self.clients.executions().get_execution(name=execution)
+                tasks = list(self.clients.tasks().list_tasks(parent=execution))
+            except exceptions.NotFound:  # deleted between the job's listing and now
+                return None, "its Cloud Run job was deleted", None
+        exit_code = _exit_code(tasks[0]) if tasks else None
+        end = (exit_code, _reason(found, exit_code), _epoch(found.completion_time))
+        self._ended[execution] = end
+        return end
+
+    # -- ending -------------------------------------------------------------------------------------
+    def terminate(self, machine_ids: Sequence[str], reason: str) -> None:
+        self._remove([m for m in machine_ids if m.startswith(self.id_prefix)], reason)
+
+    def _remove(self, machine_ids: Sequence[str], reason: str, jobs: Sequence[Any] | None = None) -> None:
+        """Cancels the executions of these jobs that still run, waits for the cancels, then deletes
+        the jobs (a job deleted first could leave its execution running). ``jobs``: these jobs,
+        when already read. Unknown ids are fine."""
+        from google.api_core import exceptions
+
+        gone = (exceptions.NotFound, exceptions.FailedPrecondition)  # ended or deleted meanwhile
+        jobs = self._jobs(machine_ids) if jobs is None else jobs
+        with self.clients.translated("run.executions.cancel"):
+            cancels = []
+            for job in jobs:
+                state, execution, *_ = self._state(job)
+                if execution and state != "terminated":
+                    with contextlib.suppress(*gone):
+                        cancels.append((_job_id(job), self.clients.executions().cancel_execution(name=execution)))
+            for machine_id, operation in cancels:
+                try:
+                    operation.result(timeout=OPERATION_TIMEOUT)
+                except gone:
+                    pass
+                except Exception as error:  # noqa: BLE001 - still delete: the job must not stay behind
+                    logger.warning("Cloud Run: cancelling %s (%s) did not finish: %s; deleting its job anyway", machine_id, reason, error)
+        with self.clients.translated("run.jobs.delete"):
+            deletes = []
+            for job in jobs:
+                with contextlib.suppress(exceptions.NotFound):
+                    deletes.append(self.clients.jobs().delete_job(name=job.name))
+            for operation in deletes:
+                with contextlib.suppress(exceptions.NotFound):
+                    operation.result(timeout=OPERATION_TIMEOUT)
+        if jobs:
+            logger.debug("Cloud Run: ended %s (%s)", ", ".join(map(_job_id, jobs)), reason)
+
+    # -- sweeping -------------------------------------------------------------------------------------
+    def sweep_now_and_then(self, jobs: Sequence[Any] | None = None) -> list[str]:
+        """:meth:`sweep`, at most every ``SWEEP_EVERY`` seconds per provider; never raises (a sweep
+        is housekeeping: a launch or a listing must not fail for it)."""
+        with self._sweep_lock:
+            if time.monotonic() - self._last_sweep < SWEEP_EVERY and self._last_sweep:
+                return []
+            self._last_sweep = time.monotonic()
+        try:
+            return self.sweep(SWEEP_AFTER, jobs=jobs)
+        except Exception as error:  # noqa: BLE001
+            logger.warning("Cloud Run: sweeping ended jobs failed (%s); the next sweep retries", error)
+            return []
+
+    def sweep(self, older_than: float = SWEEP_AFTER, *, jobs: Sequence[Any] | None = None) -> list[str]:
+        """Deletes prefect-remote's jobs whose execution ended more than ``older_than`` seconds ago,
+        or that were never run that long after their creation (a launcher that died in between),
+        after writing each one's end (reason, exit code) into its machine record, which outlives
+        the job. ``jobs`` is a listing already at hand. Returns the ids deleted."""
+        now = time.time()
+        done = []
+        listed = list(jobs) if jobs is not None else self._jobs(None)
+        for job in listed:
+            machine = self._machine(job)
+            ended = machine.details.get("ended") or machine.created
+            if machine.state == "terminated" and now - ended > older_than:
+                self.provider.records.end(machine.id, reason=machine.reason or "ended", exit_code=machine.exit_code, only_if_running=True)
+                done.append(machine.id)
+        if done:
+            self._remove(done, "swept: its execution ended", [job for job in listed if _job_id(job) in done])
+            self._ended = {name: end for name, end in self._ended.items() if name.split("/")[5] not in done}
+            logger.info("Cloud Run: deleted %d ended job(s): %s", len(done), ", ".join(done))
+        return done
+
+
+def _job_id(job: Any) -> str:
+    return job.name.rsplit("/", 1)[-1]
+
+
+def _exit_code(task: Any) -> int | None:
+    """The task's own exit code (its last attempt's): a signal's as 128 + its number, as shells do;
+    None when the attempt ended without one (cancelled before it started)."""
+    if "last_attempt_result" not in task:
+        return None
+    result = task.last_attempt_result
+    if result.term_signal:
+        return 128 + result.term_signal
+    if result.exit_code or not result.status.code:  # 0 with an error status: no code (cancelled, never started)
+        return result.exit_code
+    return None
+
+
+def _reason(execution: Any, exit_code: int | None) -> str:
+    """Why an execution ended, in Cloud Run's words."""
+    for condition in execution.conditions:
+        if condition.type_ == "Completed" and condition.message:
+            return condition.message
+    messages = [condition.message for condition in execution.conditions if condition.message and condition.state == condition.State.CONDITION_FAILED]
+    if messages:
+        return messages[0]
+    if execution.cancelled_count:
+        return "its Cloud Run execution was cancelled"
+    return "completed" if exit_code == 0 else f"its task exited with code {exit_code}" if exit_code is not None else "its Cloud Run execution ended"
