@@ -42,3 +42,13 @@ def test_write_refuses_what_cloud_logging_refuses(google):
         client.logger("prefect-remote-logs-test").log_text("x" * 300_000)
     with pytest.raises(exceptions.BadRequest, match="filter"):
         list(client.list_entries(filter_='logName="x" AND ('))
+
+
+def test_entries_of_one_timestamp_list_by_insert_id(google):
+    client = google.logging()
+    logger = client.logger("prefect-remote-logs-ties")
+    stamp = datetime.datetime.now(datetime.timezone.utc)
+    for insert_id in ("m-2", "m-1", "m-3"):
+        logger.log_text(insert_id, timestamp=stamp, insert_id=insert_id)
+    log = f'logName="projects/{google.project}/logs/prefect-remote-logs-ties" AND textPayload:"m-"'
+    assert [e.payload for e in client.list_entries(filter_=log)] == ["m-1", "m-2", "m-3"]

@@ -3,7 +3,8 @@
 
 Writing: each entry takes the request's ``logName``, ``resource`` and ``labels`` where it has none
 of its own (labels merge); it needs a log name of this project and a resource, as Google's does;
-it gets a ``timestamp`` (now), an ``insertId`` and a ``receiveTimestamp`` when missing. Google's
+it gets a ``timestamp`` (now), an ``insertId`` and a ``receiveTimestamp`` when missing. Entries
+list in Google's order: by timestamp, then ``insertId``. Google's
 limits hold: 256 KiB an entry, 10 MB a request.
 
 Listing: the filter subset the product uses (``logName="…"``, ``labels."k"="v"``, ``timestamp>=…``,
@@ -25,12 +26,18 @@ from typing import Any
 
 from starlette.requests import Request
 
-from prefect_remote.testing.gcp.api import GoogleAPI, GoogleError, body, new_id, rfc3339
+from prefect_remote.testing.gcp.api import GoogleAPI, GoogleError, body, rfc3339
 from prefect_remote.testing.gcp.common import Project, page
 from prefect_remote.testing.gcp.filters import compile_filter, parse_time
 
 MAX_ENTRY = 256 * 1024
 MAX_REQUEST = 10 * 1024 * 1024
+_AUTO_ID = "sandbox-"  # the prefix of insertIds the fake assigns
+
+
+def _order(held: tuple[float, str, int, dict[str, Any]]) -> tuple[float, str, int]:
+    """Google's order of entries: by timestamp, then insertId (which breaks ties, as documented)."""
+    return held[:3]  # type: ignore[return-value]
 
 
 class LoggingFake:
@@ -38,7 +45,7 @@ class LoggingFake:
 
     def __init__(self, api: GoogleAPI, project: Project) -> None:
         self.project = project
-        self._entries: list[tuple[float, int, dict[str, Any]]] = []  # (timestamp epoch, arrival, entry)
+        self._entries: list[tuple[float, str, int, dict[str, Any]]] = []  # (timestamp epoch, insertId, arrival, entry)
         self._lock = threading.Lock()
         api.route("/v2/entries:write", ["POST"], "logging.entries.write")(self._write)
         api.route("/v2/entries:list", ["POST"], "logging.entries.list")(self._list)
@@ -50,16 +57,16 @@ class LoggingFake:
             for entry in entries:
                 entry = {**entry, "receiveTimestamp": received}
                 entry.setdefault("timestamp", received)
-                entry.setdefault("insertId", new_id())
+                entry.setdefault("insertId", f"{_AUTO_ID}{len(self._entries):012d}")  # in arrival order, as Google's are in time
                 when = parse_time(entry["timestamp"])
                 if when is None:
                     raise GoogleError(400, f"Invalid timestamp {entry['timestamp']!r}: expected RFC 3339, e.g. 2026-12-01T10:00:00.000Z")
-                self._entries.append((when, len(self._entries), entry))
+                self._entries.append((when, entry["insertId"], len(self._entries), entry))
 
     def entries(self) -> list[dict[str, Any]]:
         """Every entry written, oldest first (for tests and the sandbox's own checks)."""
         with self._lock:
-            return [entry for _, _, entry in sorted(self._entries, key=lambda held: held[:2])]
+            return [held[-1] for held in sorted(self._entries, key=_order)]
 
     # -- the API ------------------------------------------------------------------------------------
     def _write(self, request: Request) -> dict[str, Any]:
@@ -108,8 +115,8 @@ class LoggingFake:
             raise GoogleError(400, f"orderBy {given.get('orderBy')!r}: only 'timestamp asc' and 'timestamp desc' are supported")
         match = compile_filter(given.get("filter"))
         with self._lock:
-            held = sorted(self._entries, key=lambda entry: entry[:2], reverse=order == "timestamp desc")
-        found = [entry for when, _, entry in held if match(lambda path, e=entry, w=when: _field(e, w, path))]
+            held = sorted(self._entries, key=_order, reverse=order == "timestamp desc")
+        found = [entry for when, _, _, entry in held if match(lambda path, e=entry, w=when: _field(e, w, path))]
         chunk, token = page(found, {key: str(given[key]) for key in ("pageSize", "pageToken") if given.get(key)}, default=50, maximum=1000)
         answer: dict[str, Any] = {"entries": chunk}
         if token:
