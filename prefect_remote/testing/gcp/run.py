@@ -22,7 +22,9 @@ once every task ended, sets ``completionTime`` and a ``Completed`` condition (su
 with the failing task's message). What Cloud Run refuses, it refuses (400): a cpu/memory pair Cloud
 Run does not offer, an ``nvidia-l4`` GPU under 4 CPU / 16 GiB or in a region without L4s, a timeout
 over 168 h (1 h with a GPU), a service account the project lacks, reserved env names. A secret that
-does not exist fails the task, as on Cloud Run.
+does not exist fails the task, as on Cloud Run. Deleting a job or an execution ends its machines
+(the sandbox never leaves one running); cancelling a completed execution is refused (400
+``FAILED_PRECONDITION``, which google-api-core raises as ``BadRequest`` over REST).
 
 >>> run = CloudRunFake(sandbox)           # registers its routes on sandbox.api        # doctest: +SKIP
 >>> JobsClient(transport="rest", client_options={"api_endpoint": sandbox.api.url}, credentials=creds).run_job(name=job)  # doctest: +SKIP
