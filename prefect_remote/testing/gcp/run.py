@@ -754,7 +754,7 @@ def _check_shape(limits: dict[str, Any], accelerator: str | None, location: str,
         raise GoogleError(400, f"node_selector.accelerator: {accelerator!r} is not supported; Cloud Run offers nvidia-l4")
     if location not in L4_REGIONS:
         raise GoogleError(400, f"node_selector.accelerator: nvidia-l4 GPUs are not available in {location}; regions with them: {', '.join(sorted(L4_REGIONS))}")
-    if gpus not in (None, "1"):
-        raise GoogleError(400, f"{where}: nvidia.com/gpu must be 1 (one nvidia-l4 per instance)")
+    if gpus != "1":
+        raise GoogleError(400, f"{where}: a node_selector.accelerator needs the limit nvidia.com/gpu: 1 (one nvidia-l4 per instance), got {gpus!r}")
     if cpu < 4 or memory < 16 * GiB:
         raise GoogleError(400, f"{where}: a GPU (nvidia-l4) requires at least 4 CPU and 16Gi of memory, got {cpu:g} CPU and {_size(memory)}.")
