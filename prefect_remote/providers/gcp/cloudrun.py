@@ -566,7 +566,8 @@ class CloudRunService(GCPService):
         when already read. Unknown ids are fine."""
         from google.api_core import exceptions
 
-        gone = (exceptions.NotFound, exceptions.FailedPrecondition)  # ended or deleted meanwhile
+        # Ended or deleted meanwhile (over REST, cancelling a finished execution answers 400).
+        gone = (exceptions.NotFound, exceptions.FailedPrecondition, exceptions.BadRequest)
         jobs = self._jobs(machine_ids) if jobs is None else jobs
         with self.clients.translated("run.executions.cancel"):
             cancels = []

@@ -439,11 +439,6 @@ class ComputeService(GCPService):
                 self._deleting.add(machine_id)
         logger.debug("gcp: deleting %s (%s)", ", ".join(machine_ids), reason)
 
-    def runtime_options(self) -> dict[str, Any]:
-        """Nothing: a VM reads its name, zone, project and service account token from the metadata
-        server, and deletes itself with those."""
-        return {}
-
 
 class _OperationError(RemoteError):
     """Compute Engine could not do what ``what`` (an operation, a VM) was for: ``code``

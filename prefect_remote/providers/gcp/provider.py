@@ -92,10 +92,6 @@ class GCPService(ABC):
     def terminate(self, machine_ids: Sequence[str], reason: str) -> None:
         """Ends these machines (already-ended or unknown ones are fine)."""
 
-    def runtime_options(self) -> dict[str, Any]:
-        """Extra, non-secret options for the machine side."""
-        return {}
-
 
 class GCPProvider(Provider):
     """Machines on Google Cloud: Cloud Run job executions, or Compute Engine VMs where a spec needs one."""
@@ -118,6 +114,8 @@ class GCPProvider(Provider):
         self._services: dict[str, GCPService] = {}
         self._clients: GoogleClients | None = None
         self._records: MachineRecords | None = None
+        self._swept = False
+        self._ended: set[str] = set()  # machines seen ended by a renewal (their launch's secret handled)
 
     def __getstate__(self) -> dict[str, Any]:  # clients hold sockets and locks: rebuilt on use
         return {"options": self.options.model_dump()}
@@ -169,8 +167,8 @@ class GCPProvider(Provider):
         cloud_run = self.service("cloud-run")
         problem = cloud_run.unfit(spec)
         if problem is None:
-            return cloud_run, "a single machine that accepts no connections: Cloud Run"
-        return self.service("compute"), f"{problem}: Compute Engine"
+            return cloud_run, "the machine needs no inbound connections and fits Cloud Run's shapes"
+        return self.service("compute"), problem
 
     def _service_of(self, machine_id: str) -> GCPService:
         for name in ("cloud-run", "compute"):
@@ -189,6 +187,13 @@ class GCPProvider(Provider):
     # -- launching ---------------------------------------------------------------------------------
     def check_spec(self, spec: MachineSpec) -> None:
         super().check_spec(spec)
+        if spec.region and spec.region != self.options.region:
+            from prefect_remote.errors import CapacityError
+
+            raise CapacityError(
+                f"region={spec.region!r}, but this gcp provider launches in {self.options.region}; "
+                f"make it with region={spec.region!r} (PREFECT_REMOTE_GCP_REGION), or drop region"
+            )
         service, _ = self.service_for(spec)
         problem = service.unfit(spec)
         if problem is not None:
@@ -213,11 +218,14 @@ class GCPProvider(Provider):
         except BaseException:
             self.records.delete(machine_ids)
             raise
-        return [_with_details(m, service=service.name, service_reason=reason) for m in machines]
+        return [_with_details(m, placement=f"{service.name}, because {reason}") for m in machines]
 
     def _store_secrets(self, launch_id: str, secrets: Mapping[str, str]) -> None:
-        from prefect_remote.providers.gcp.secrets import store_secrets
+        from prefect_remote.providers.gcp.secrets import store_secrets, sweep_secrets
 
+        if not self._swept:  # once per provider: secrets of owners that died before their machines ended
+            self._swept = True
+            sweep_secrets(self.clients, self.records)
         store_secrets(self.clients, launch_id, secrets)
 
     def _forget_secrets(self, launch_id: str) -> None:
@@ -259,7 +267,19 @@ class GCPProvider(Provider):
         return read_logs(self.clients, self.options.log_name, machine_id, cursor)
 
     def renew_leases(self, machine_ids: Iterable[str]) -> list[str]:
-        return self.records.renew(list(dict.fromkeys(machine_ids)))
+        """One batch request (per 100) renews every lease; a launch whose last machine has ended
+        loses its secret."""
+        ended = self.records.renew(list(dict.fromkeys(machine_ids)))
+        fresh = [machine_id for machine_id in ended if machine_id not in self._ended]
+        if fresh:
+            self._ended.update(fresh)
+            launches = {m.details.get("launch") for machine_id in fresh if (m := self.records.ended_machine(machine_id))} - {None}
+            if launches:
+                from prefect_remote.providers.gcp.secrets import forget_secrets
+
+                for launch_id in sorted(launches - self.records.live_launches(launches)):
+                    forget_secrets(self.clients, launch_id)
+        return ended
 
     # -- elsewhere: a cluster's scheduler, the machine side ---------------------------------------------
     def client_options(self) -> dict[str, Any]:
@@ -268,7 +288,7 @@ class GCPProvider(Provider):
 
     def runtime_options(self, launch_id: str) -> dict[str, Any]:
         return {
-            "records": self.records.url,
+            "store": self.machine_store().url,
             "launch_id": launch_id,
             "project": self.clients.project,
             "log_name": self.options.log_name,
