@@ -69,3 +69,14 @@ def test_examples_run_on_the_sandbox_aws(aws_sandbox):
         assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
         assert expected in result.stdout
     assert "scheduler i-" in result.stdout and "cluster closed" in result.stdout  # EC2 instance ids
+
+
+def test_examples_run_on_the_sandbox_gcp(gcp_sandbox):
+    """The same scripts, in a shell after `prefect-remote sandbox gcp`: on Compute Engine VMs of the
+    sandbox (Dask machines accept connections, which Cloud Run's do not)."""
+    env = {**os.environ, **gcp_sandbox.exports(), "PREFECT_REMOTE_GCP_LEASE_INTERVAL": "5"}
+    for script, expected in (("functions.py", "mean of 100 trials:"), ("cluster.py", "sum of squares: 332833500")):
+        result = subprocess.run([sys.executable, str(EXAMPLES / script)], capture_output=True, text=True, timeout=600, env=env)
+        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+        assert expected in result.stdout
+    assert "scheduler vm-" in result.stdout and "cluster closed" in result.stdout  # Compute Engine instance names

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import subprocess
 import sys
 import textwrap
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 from prefect.client.orchestration import get_client
@@ -59,9 +64,54 @@ def prefect_yaml(project: str, pool: str, deployments: dict[str, tuple[str, dict
 
 def prefect_cli(api_url: str, *args: str, cwd: Path | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
     env = {**os.environ, "PREFECT_API_URL": api_url, "PREFECT_HOME": str(SESSION_HOME / "prefect-cli"), "COLUMNS": "200"}
-    return subprocess.run(
-        [str(Path(sys.executable).parent / "prefect"), *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout
-    )
+    return run_cli(env, "prefect", *args, cwd=cwd, timeout=timeout)
+
+
+def run_cli(env: dict[str, str], command: str, *args: str, cwd: Path | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
+    """``command`` (prefect, prefect-remote) of this environment, run with ``env``."""
+    return subprocess.run([str(Path(sys.executable).parent / command), *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+@contextlib.contextmanager
+def sandbox_shell(sandbox, prefect_server: str, cloud: str, pool: str, log_folder: Path, **settings: str) -> Iterator[dict[str, str]]:
+    """A shell's environment after `prefect-remote sandbox <cloud>`, with the session's Prefect
+    server reached at the sandbox host (as machines reach it) and ``settings``; ``pool``, a
+    remote:push pool made with --provision-infra, and `prefect-remote push serve` running for it
+    (its output in ``log_folder``) until the block ends."""
+    api_url = sandbox.expose_port(urlsplit(prefect_server).port) + "/api"
+    env = {
+        **os.environ,
+        **sandbox.exports(),
+        "PREFECT_API_URL": api_url,
+        "PREFECT_HOME": str(SESSION_HOME / f"prefect-cli-{cloud}"),
+        "COLUMNS": "200",
+        **settings,
+    }
+    created = run_cli(env, "prefect", "work-pool", "create", "--type", "remote:push", "--provision-infra", pool)
+    assert created.returncode == 0, created.stdout + created.stderr
+    assert f"on {cloud} machines" in created.stdout, created.stdout
+    with open(log_folder / "serve.log", "w+") as log:
+        serve = subprocess.Popen([str(Path(sys.executable).parent / "prefect-remote"), "push", "serve", "--pool", pool], env=env, stdout=log, stderr=subprocess.STDOUT)
+        try:
+            yield env
+        finally:
+            serve.send_signal(signal.SIGINT)
+            try:
+                serve.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                serve.kill()
+                serve.wait()
+
+
+def deploy_project(env: dict[str, str], folder: Path, files: dict[str, str], store: str) -> Path:
+    """``files`` (a prefect.yaml among them) written in ``folder`` and deployed with `prefect deploy
+    --all` in ``env``: the package-sync step stores the software environment at a ``store`` URL (s3://…)."""
+    for name, text in files.items():
+        (folder / name).write_text(text)
+    result = run_cli(env, "prefect", "--no-prompt", "deploy", "--all", cwd=folder)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "Software environment senv-" in result.stdout and store in result.stdout + result.stderr
+    return folder
 
 
 @pytest.fixture(scope="session")
@@ -98,6 +148,40 @@ def deploy(client, project: Path, pool: str, flow: str = "hello", **job_variable
         pull_steps=[{"prefect.deployments.steps.set_working_directory": {"directory": str(project)}}],
         job_variables=job_variables,
     )
+
+
+def completed_run(client, env: dict[str, str], folder: Path, deployment: str):
+    """`prefect deployment run <deployment> --watch` from ``folder`` in ``env``, asserted Completed;
+    the flow run, once its machine's end is in its logs."""
+    ran = run_cli(env, "prefect", "deployment", "run", deployment, "--watch", "--watch-timeout", "300", cwd=folder, timeout=360)
+    deployment_id = client.read_deployment_by_name(deployment).id
+    [flow_run] = [r for r in client.read_flow_runs() if r.deployment_id == deployment_id]
+    assert ran.returncode == 0 and "Completed" in ran.stdout, ran.stdout + ran.stderr + "\n".join(run_logs(client, flow_run.id))
+    logged(client, flow_run.id, f"Machine {flow_run.infrastructure_pid} ended: ")  # the engine reports before its machine has ended
+    return flow_run
+
+
+def running_machine(client, deployment: str) -> tuple:
+    """A new run of ``deployment`` (``flow/name``) once Running: its id and its machine's."""
+    run_id = client.create_flow_run_from_deployment(client.read_deployment_by_name(deployment).id).id
+    machine_id = wait_for(lambda: client.read_flow_run(run_id).state_name == "Running" and client.read_flow_run(run_id).infrastructure_pid, timeout=240, interval=0.5)
+    return run_id, machine_id
+
+
+def cancel_ends_machine(client, deployment: str, ended: Callable[[str], bool], within: float = 10) -> None:
+    """Cancels a running run of ``deployment``: ``ended(machine id)`` holds within ``within`` seconds
+    of the cancel, and the run is Cancelled soon after."""
+    from prefect.states import Cancelling
+
+    run_id, machine_id = running_machine(client, deployment)
+    client.set_flow_run_state(run_id, Cancelling(), force=True)
+    cancelled = time.monotonic()
+    wait_for(lambda: ended(machine_id), timeout=within, interval=0.2, message=f"machine {machine_id} to end")
+    assert time.monotonic() - cancelled <= within
+    try:
+        wait_for(lambda: client.read_flow_run(run_id).state_name == "Cancelled", timeout=30, interval=0.5)
+    except AssertionError:
+        raise AssertionError(f"run is {client.read_flow_run(run_id).state_name}: " + "\n".join(run_logs(client, run_id))) from None
 
 
 def wait_final(client, flow_run_id, timeout: float = 120):
