@@ -61,22 +61,25 @@ def test_task_runner_example(tmp_path):
     assert "result: 40425" in run_flow("task_runner.py", tmp_path)
 
 
-def test_examples_run_on_the_sandbox_aws(aws_sandbox):
-    """The same scripts, in a shell after `prefect-remote sandbox aws`: on EC2 instances of the sandbox."""
-    env = {**os.environ, **aws_sandbox.exports(), "PREFECT_REMOTE_AWS_LEASE_INTERVAL": "5"}
+def run_on_sandbox(sandbox, **settings: str) -> str:
+    """examples/functions.py and cluster.py in a shell after `prefect-remote sandbox <cloud>`, with
+    ``settings``; cluster.py's output."""
+    env = {**os.environ, **sandbox.exports(), **settings}
     for script, expected in (("functions.py", "mean of 100 trials:"), ("cluster.py", "sum of squares: 332833500")):
         result = subprocess.run([sys.executable, str(EXAMPLES / script)], capture_output=True, text=True, timeout=600, env=env)
         assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
         assert expected in result.stdout
-    assert "scheduler i-" in result.stdout and "cluster closed" in result.stdout  # EC2 instance ids
+    return result.stdout
+
+
+def test_examples_run_on_the_sandbox_aws(aws_sandbox):
+    """The same scripts, in a shell after `prefect-remote sandbox aws`: on EC2 instances of the sandbox."""
+    out = run_on_sandbox(aws_sandbox, PREFECT_REMOTE_AWS_LEASE_INTERVAL="5")
+    assert "scheduler i-" in out and "cluster closed" in out  # EC2 instance ids
 
 
 def test_examples_run_on_the_sandbox_gcp(gcp_sandbox):
     """The same scripts, in a shell after `prefect-remote sandbox gcp`: on Compute Engine VMs of the
     sandbox (Dask machines accept connections, which Cloud Run's do not)."""
-    env = {**os.environ, **gcp_sandbox.exports(), "PREFECT_REMOTE_GCP_LEASE_INTERVAL": "5"}
-    for script, expected in (("functions.py", "mean of 100 trials:"), ("cluster.py", "sum of squares: 332833500")):
-        result = subprocess.run([sys.executable, str(EXAMPLES / script)], capture_output=True, text=True, timeout=600, env=env)
-        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-        assert expected in result.stdout
-    assert "scheduler vm-" in result.stdout and "cluster closed" in result.stdout  # Compute Engine instance names
+    out = run_on_sandbox(gcp_sandbox, PREFECT_REMOTE_GCP_LEASE_INTERVAL="5")
+    assert "scheduler vm-" in out and "cluster closed" in out  # Compute Engine instance names

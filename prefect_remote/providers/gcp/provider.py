@@ -237,7 +237,9 @@ class GCPProvider(Provider):
     def list(self, tags: Mapping[str, str] | None = None, *, include_terminated: bool = False) -> list[Machine]:
         machines = [m for name in ("cloud-run", "compute") for m in self.service(name).machines(labels=tags)]
         machines = [self.records.complete(m) for m in machines]
-        if not include_terminated:
+        if include_terminated:  # Google deletes ended VMs and the sweep ended jobs: their records remember them
+            machines += self.records.ended_machines(tags, {m.id for m in machines})
+        else:
             machines = [m for m in machines if m.alive]
         return sorted(machines, key=lambda m: m.created, reverse=True)
 

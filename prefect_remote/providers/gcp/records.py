@@ -10,9 +10,10 @@
   a patch of it leaves the end record alone (emulators replace custom metadata wholesale), it never
   goes backwards (Cloud Storage refuses an earlier one), and a bucket lifecycle rule can delete
   records by it (``daysSinceCustomTime``).
-* **The end**, the object's custom metadata (``reason``, ``exit_code``, ``ended``; and ``launch``,
-  written at launch, for :meth:`MachineRecords.live_launches`): patched in when the machine ends,
-  by itself or by its owner, and seen by the owner's next renewal.
+* **The end**, the object's custom metadata (``reason``, ``exit_code``, ``ended``; and ``launch`` and
+  ``tags``, written at launch, for :meth:`MachineRecords.live_launches` and
+  :meth:`MachineRecords.ended_machines`): patched in when the machine ends, by itself or by its
+  owner, and seen by the owner's next renewal.
 
 Standard library only at import (the machine side uses it); google-cloud-storage comes through the
 store.
@@ -30,7 +31,7 @@ import json
 import logging
 import math
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from prefect_remote.errors import CapabilityError
@@ -51,6 +52,7 @@ BATCH = 100  # Cloud Storage's JSON API takes at most 100 calls in one batch req
 # customTime) is renewed; throttling and server errors wait for the next round.
 _RENEWED_ANYWAY = {400, 412}
 _RETRY_LATER = {408, 429, 500, 502, 503, 504}
+SETTLING = 60.0  # seconds a machine's record may exist before the cloud shows the machine (its launch is under way)
 
 
 def _batches(items: Sequence[str], size: int = BATCH) -> Iterator[list[str]]:
@@ -109,7 +111,8 @@ class MachineRecords:
             }
             blob = self._blob(machine_id)
             blob.custom_time = _timestamp(now)
-            blob.metadata = {"launch": launch.id}
+            # The tags again: a listing then finds the ended machines of a cluster without a download each.
+            blob.metadata = {"launch": launch.id, "tags": json.dumps(facts["tags"], sort_keys=True)}
             with self._translated("storage.objects.create", machine_id):
                 blob.upload_from_string(json.dumps(facts), content_type="application/json")
 
@@ -185,22 +188,35 @@ class MachineRecords:
                 facts = json.loads(blob.download_as_bytes())
         except NotInStore:
             return None
-        metadata = blob.metadata or {}
-        machine = Machine(
-            id=machine_id,
-            provider="gcp",
-            state="terminated",
-            instance_type=facts["instance_type"],
-            created=facts["created"],
-            tags=facts.get("tags") or {},
-            spec=facts.get("spec") or "default",
-            region=facts.get("region"),
-            spot=facts.get("spot_policy") == "spot",
-            owner=facts.get("owner"),
-            reason=None if "ended" in metadata else "ended without a record of why (deleted outside prefect-remote, or preempted)",
-            details={"price_per_hour": facts.get("price_per_hour"), "service": facts.get("service"), "launch": facts.get("launch")},
-        )
-        return _with_end(machine, metadata)
+        return _ended(machine_id, facts, blob.metadata or {})
+
+    def ended_machines(self, tags: Mapping[str, str] | None, shown: Collection[str], *, settling: float = SETTLING) -> list[Machine]:
+        """The machines whose tags include ``tags`` that have a record but are not in ``shown`` (what
+        the cloud still shows): ended ones Google has deleted, as :meth:`ended_machine` describes
+        them. One listing per 1,000 records, then one download per machine found. A record made in
+        the last ``settling`` seconds with no end is of a machine still being started, not yet shown."""
+        folder = self.store.key(f"{FOLDER}/")
+        with self.store.translated("storage.objects.list", f"{FOLDER}/"):
+            blobs = list(self.store.client.list_blobs(self.store.bucket, prefix=folder))
+        found = []
+        for blob in blobs:
+            machine_id = blob.name.removeprefix(folder).removesuffix(".json")
+            metadata = blob.metadata or {}
+            if machine_id in shown or ("ended" not in metadata and blob.time_created and time.time() - blob.time_created.timestamp() < settling):
+                continue
+            try:
+                recorded = dict(json.loads(metadata.get("tags") or "{}"))
+            except (ValueError, TypeError):
+                recorded = {}
+            if any(recorded.get(key) != value for key, value in (tags or {}).items()):
+                continue
+            try:
+                with self._translated("storage.objects.get", machine_id):
+                    facts = json.loads(blob.download_as_bytes())
+            except NotInStore:  # forgotten meanwhile
+                continue
+            found.append(_ended(machine_id, facts, metadata))
+        return found
 
     def delete(self, machine_ids: Sequence[str]) -> None:
         """Forgets these machines' records (one request per 100; missing ones are fine)."""
@@ -244,6 +260,25 @@ class MachineRecords:
         if blob.custom_time is None:
             raise StoreError(f"the record of {machine_id} in {self.url} has no lease (customTime); it was changed by hand")
         return max(0.0, time.time() - blob.custom_time.timestamp())
+
+
+def _ended(machine_id: str, facts: dict[str, Any], metadata: dict[str, Any]) -> Machine:
+    """The ended machine a record describes: its launch ``facts`` (the object's JSON) and the end in its ``metadata``."""
+    machine = Machine(
+        id=machine_id,
+        provider="gcp",
+        state="terminated",
+        instance_type=facts["instance_type"],
+        created=facts["created"],
+        tags=facts.get("tags") or {},
+        spec=facts.get("spec") or "default",
+        region=facts.get("region"),
+        spot=facts.get("spot_policy") == "spot",
+        owner=facts.get("owner"),
+        reason=None if "ended" in metadata else "ended without a record of why (deleted outside prefect-remote, or preempted)",
+        details={"price_per_hour": facts.get("price_per_hour"), "service": facts.get("service"), "launch": facts.get("launch")},
+    )
+    return _with_end(machine, metadata)
 
 
 def _with_end(machine: Machine, metadata: dict[str, Any]) -> Machine:

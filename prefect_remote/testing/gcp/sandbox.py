@@ -142,7 +142,9 @@ class SandboxGCP(SandboxCloud):
         self._home.mkdir(parents=True, exist_ok=True)
         try:
             self.api.serve(self.host, self.port)
-            logging.getLogger("gcp_storage_emulator").setLevel(logging.WARNING)  # a line per request otherwise
+            # A line per request otherwise, and a warning per response it writes as a string
+            # ("[RESPONSE] Content handled as string…", every batch and JSON answer): its errors only.
+            logging.getLogger("gcp_storage_emulator").setLevel(logging.ERROR)
             self._storage = create_server(self.host, 0, in_memory=True, default_bucket=STORE_BUCKET, project_number=self.project_number)
             self._storage.start()
             httpd = self._storage._api._httpd

@@ -101,6 +101,24 @@ def test_live_launches(records):
     assert records.live_launches(asked, stale_after=1.0) == {"launch-dddddddddddd"}  # c's owner stopped renewing
 
 
+def test_ended_machines_of_some_tags(gcs, records):
+    """What list(include_terminated=True) adds to the cloud's listing: the machines Google no longer
+    shows, found by their tags in one listing (a download each only for those found)."""
+    records.create(["vm-0000000000a1", "vm-0000000000a2"], launch(), service="Compute Engine", price=0.067)
+    other = Launch("launch-0b0b0b0b0b0b", "", MachineSpec(), InstanceType("e2-micro", 2, 2**30, price=0.008), 1, {"team": "b"}, None, False)
+    records.create(["vm-0000000000b1"], other, service="Compute Engine")
+    records.end("vm-0000000000a1", reason="idle", exit_code=0)
+    records.end("vm-0000000000b1", reason="idle")
+    del gcs.requests[:]
+    [ended] = records.ended_machines({"team": "a"}, shown={"vm-0000000000a2"})
+    assert len(gcs.requests) == 2  # the listing, then the one machine's facts
+    assert (ended.id, ended.state, ended.reason, ended.tags, ended.details["price_per_hour"]) == ("vm-0000000000a1", "terminated", "idle", {"team": "a"}, 0.067)
+    assert ended.estimated_cost() is not None
+    # No end recorded and not shown: being started (not yet in the cloud's listing), unless made a while ago.
+    assert records.ended_machines({"team": "a"}, shown=set()) == [ended]
+    assert {m.id for m in records.ended_machines(None, shown=set(), settling=0)} == {"vm-0000000000a1", "vm-0000000000a2", "vm-0000000000b1"}
+
+
 def test_machines_read_their_records_from_the_url_they_are_given(records):
     records.create(["run-0123456789ab"], launch(), service="Cloud Run")
     assert MachineRecords.from_url(records.url).lease_age("run-0123456789ab") < 5
