@@ -6,7 +6,7 @@ import importlib
 import sys
 from pathlib import Path
 
-BENCHMARKS = ["bench_machines", "bench_software", "bench_flow_runs", "bench_fanout", "bench_aws"]
+BENCHMARKS = ["bench_machines", "bench_software", "bench_flow_runs", "bench_fanout", "bench_aws", "bench_gcp"]
 
 
 def main() -> int:
