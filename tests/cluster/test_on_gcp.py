@@ -30,7 +30,7 @@ from pydantic import SecretStr
 import prefect_remote
 from prefect_remote.cluster.credentials import ClusterCredentials
 from prefect_remote.cluster.plan import CLUSTER_TAG, ROLE_TAG
-from prefect_remote.cluster.remote import KEEPALIVE_BACKSTOP, RemoteCluster
+from prefect_remote.cluster.remote import RemoteCluster
 from prefect_remote.providers.base import BootPayload
 from prefect_remote.providers.gcp.compute import INTERNAL_TAG, LAUNCH_LABEL, SERVICE_LABEL
 from prefect_remote.providers.gcp.provider import GCPProvider
@@ -360,12 +360,12 @@ KILLED_CLIENT = textwrap.dedent(
 
 
 def test_a_killed_client_leaves_no_vm_behind(gcp, compute, tmp_path):
-    """kill -9 of the process that made the cluster (and held it, with a Client): every VM is
-    deleted within keepalive + KEEPALIVE_BACKSTOP + the lease interval of the kill (the bound of
-    tests/cluster/test_on_aws.py), plus a few seconds for the sandbox to end machines (a deleted VM
-    is STOPPING until its machine has stopped)."""
+    """kill -9 of the process that made the cluster (and held it, with a Client): the controller
+    closes the cluster ``keepalive`` after the kill, deleting the workers' VMs; the scheduler's
+    agent then deletes its own VM. Every VM is gone within keepalive + the lease interval, plus 2 s
+    for the sandbox to end machines (a deleted VM is STOPPING until its machine has stopped). (A
+    wedged scheduler would take KEEPALIVE_BACKSTOP longer: its agent ends it by its lease.)"""
     keepalive, name = 10.0, "gcp-killed-client"
-    Path("/tmp/t1/trace_port").write_text(":" + os.environ["STORAGE_EMULATOR_HOST"].rsplit(":", 1)[1])
     (tmp_path / "client.py").write_text(KILLED_CLIENT)
     client = subprocess.Popen([sys.executable, "client.py", name, str(keepalive)], cwd=tmp_path, stdout=subprocess.PIPE, text=True, env=os.environ)
     try:
@@ -376,10 +376,8 @@ def test_a_killed_client_leaves_no_vm_behind(gcp, compute, tmp_path):
         client.send_signal(signal.SIGKILL)
         client.wait()
     killed = time.monotonic()
-    print("KILL", time.time())
-    bound = keepalive + KEEPALIVE_BACKSTOP + LEASE_INTERVAL + 5.0
+    bound = keepalive + LEASE_INTERVAL + 2.0
     wait_for(lambda: gone(compute, launched), timeout=bound, interval=0.2, message=f"every VM deleted within {bound:.0f}s")
-    print("GONE", time.time())
     print(f"every VM of the killed client's cluster deleted {time.monotonic() - killed:.1f}s after the kill (bound {bound:.0f}s)")
     assert time.monotonic() - killed > keepalive - 1  # not before keepalive: another client may attach in the meantime
     assert vms(compute, name, alive=False) == []
