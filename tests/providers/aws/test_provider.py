@@ -264,6 +264,7 @@ def test_renew_leases_is_one_call_for_many_machines(provider, ec2):
     ids = [m.id for m in machines]
     [ended] = launch(provider, cpu=1)
     provider.terminate([ended.id])
+    provider.wait([ended.id], timeout=30)  # shutting-down (still running, as on EC2) until its machine has ended
     ec2.create_tags(Resources=ids, Tags=[{"Key": "prefect-remote:lease", "Value": "1000"}])
     client = provider.client("ec2")
     creates, describes = count_calls(client, "CreateTags"), count_calls(client, "DescribeInstances")
