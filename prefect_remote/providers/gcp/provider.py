@@ -116,6 +116,8 @@ class GCPProvider(Provider):
         self._records: MachineRecords | None = None
         self._swept = False
         self._ended: set[str] = set()  # machines seen ended by a renewal (their launch's secret handled)
+        if self.options.service != "auto":  # one service: what it can do (Cloud Run admits no inbound)
+            self.capabilities = type(self.service(self.options.service)).capabilities
 
     def __getstate__(self) -> dict[str, Any]:  # clients hold sockets and locks: rebuilt on use
         return {"options": self.options.model_dump()}
@@ -175,7 +177,7 @@ class GCPProvider(Provider):
             service = self.service(name)
             if machine_id.startswith(service.id_prefix):
                 return service
-        raise MachineNotFound(f"gcp machine {machine_id!r} not found: gcp machine ids start with 'run-' or 'vm-'")
+        raise MachineNotFound(f"no gcp machine {machine_id!r}: gcp machine ids start with 'run-' or 'vm-'; `prefect-remote machines ls` lists them")
 
     def provision_infra(self, pool: str, store: str | None, say: Callable[[str], None]) -> dict[str, str | None]:
         """The APIs checked, the machines' service account and its roles, the bucket and the firewall
@@ -226,7 +228,7 @@ class GCPProvider(Provider):
         if not self._swept:  # once per provider: secrets of owners that died before their machines ended
             self._swept = True
             sweep_secrets(self.clients, self.records)
-        store_secrets(self.clients, launch_id, secrets)
+        store_secrets(self.clients, launch_id, secrets, self.records)
 
     def _forget_secrets(self, launch_id: str) -> None:
         from prefect_remote.providers.gcp.secrets import forget_secrets
@@ -250,22 +252,25 @@ class GCPProvider(Provider):
             return self.records.complete(found[0])
         ended = self.records.ended_machine(machine_id)  # deleted by the cloud, remembered by its record
         if ended is None:
-            raise MachineNotFound(f"gcp machine {machine_id!r} not found (never launched, or ended and forgotten)")
+            raise MachineNotFound(f"no gcp machine {machine_id!r} (never launched, or ended and forgotten); `prefect-remote machines ls` lists them")
         return ended
 
     def terminate(self, machine_ids: Iterable[str], *, reason: str = "terminated on request", exit_code: int | None = None) -> None:
         ids = list(dict.fromkeys(machine_ids))
         for machine_id in ids:
-            self.records.end(machine_id, reason=reason, exit_code=exit_code, only_if_running=True)
+            self._service_of(machine_id)  # not one of ours: refused before any call
+        launches = {self.records.end(machine_id, reason=reason, exit_code=exit_code, only_if_running=True) for machine_id in ids}
         for name in ("cloud-run", "compute"):
             service = self.service(name)
             mine = [machine_id for machine_id in ids if machine_id.startswith(service.id_prefix)]
             if mine:
                 service.terminate(mine, reason)
+        self._forget_ended_launches(launches - {None})
 
     def logs(self, machine_id: str, *, cursor: str | None = None) -> LogChunk:
         from prefect_remote.providers.gcp.logs import read_logs
 
+        self._service_of(machine_id)
         return read_logs(self.clients, self.options.log_name, machine_id, cursor)
 
     def renew_leases(self, machine_ids: Iterable[str]) -> list[str]:
@@ -275,13 +280,15 @@ class GCPProvider(Provider):
         fresh = [machine_id for machine_id in ended if machine_id not in self._ended]
         if fresh:
             self._ended.update(fresh)
-            launches = {m.details.get("launch") for machine_id in fresh if (m := self.records.ended_machine(machine_id))} - {None}
-            if launches:
-                from prefect_remote.providers.gcp.secrets import forget_secrets
-
-                for launch_id in sorted(launches - self.records.live_launches(launches)):
-                    forget_secrets(self.clients, launch_id)
+            launches = {m.details.get("launch") for machine_id in fresh if (m := self.records.ended_machine(machine_id))}
+            self._forget_ended_launches(launches - {None})
         return ended
+
+    def _forget_ended_launches(self, launch_ids: set[str]) -> None:
+        """Deletes the secrets of those launches no machine of which is running by its record."""
+        if launch_ids:
+            for launch_id in sorted(launch_ids - self.records.live_launches(launch_ids)):
+                self._forget_secrets(launch_id)
 
     # -- elsewhere: a cluster's scheduler, the machine side ---------------------------------------------
     def client_options(self) -> dict[str, Any]:

@@ -78,6 +78,14 @@ class MachineRecords:
         self.store: GCSStore = store
         self.url = f"{store.url}/{FOLDER}"
 
+    @property
+    def label(self) -> str:
+        """A label value naming these records (a digest of their URL): what else a launch made, such
+        as its secret, carries it, so that a tidy-up reads only the records that know the launch."""
+        import hashlib
+
+        return hashlib.sha256(self.url.encode()).hexdigest()[:16]
+
     @classmethod
     def from_url(cls, url: str) -> MachineRecords:
         """The records at ``url`` (a :attr:`url`, as a machine gets it in its runtime options)."""
@@ -146,24 +154,26 @@ class MachineRecords:
                         raise from_http_response(response)
         return done
 
-    def end(self, machine_id: str, *, reason: str, exit_code: int | None = None, only_if_running: bool = False) -> None:
-        """Records why ``machine_id`` ended (two calls). ``only_if_running``: keeps an end already
-        recorded (the first reason is the true one). A machine without a record is left alone."""
+    def end(self, machine_id: str, *, reason: str, exit_code: int | None = None, only_if_running: bool = False) -> str | None:
+        """Records why ``machine_id`` ended (two calls) and returns its launch id. ``only_if_running``:
+        keeps an end already recorded (the first reason is the true one). A machine without a record
+        is left alone (None)."""
         blob = self._blob(machine_id)
         try:
             with self._translated("storage.objects.get", machine_id):
                 blob.reload()
         except NotInStore:
-            return
+            return None
         metadata = dict(blob.metadata or {})
         if only_if_running and "ended" in metadata:
-            return
+            return metadata.get("launch")
         metadata.update(reason=reason[:1024], ended=f"{time.time():.3f}")
         if exit_code is not None:
             metadata["exit_code"] = str(exit_code)
         blob.metadata = metadata  # all of it: an emulator's patch replaces custom metadata
         with self._translated("storage.objects.update", machine_id):
             blob.patch()
+        return metadata.get("launch")
 
     def complete(self, machine: Machine) -> Machine:
         """``machine`` as the cloud shows it, with what its record adds once it has ended: the reason

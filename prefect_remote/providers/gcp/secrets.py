@@ -31,6 +31,7 @@ logger = logging.getLogger(__name__)
 
 SECRET_PREFIX = "prefect-remote-"
 LAUNCH_LABEL = "prefect-remote-launch"
+RECORDS_LABEL = "prefect-remote-records"  # whose records know the launch (MachineRecords.label)
 CREATED_LABEL = "created-at"  # epoch seconds: a label, so that a listing shows it without a parse of createTime
 SECRETS_SWEEP_AGE = 3600.0  # seconds: a launch secret older than this with no machine left is an orphan
 MAX_PAYLOAD = 64 * 1024  # Secret Manager's limit on one version's payload
@@ -51,9 +52,10 @@ def _crc32c(data: bytes) -> int:
     return int(google_crc32c.value(data))
 
 
-def store_secrets(clients: GoogleClients, launch_id: str, secrets: Mapping[str, str]) -> None:
+def store_secrets(clients: GoogleClients, launch_id: str, secrets: Mapping[str, str], records: MachineRecords | None = None) -> None:
     """Keeps ``secrets`` as ``launch_id``'s secret (two calls: the secret, then its one version,
-    checksummed). Refuses a payload over Secret Manager's 64 KiB before any call."""
+    checksummed), labelled with the ``records`` of its machines (only a sweep of those may delete
+    it). Refuses a payload over Secret Manager's 64 KiB before any call."""
     data = json.dumps(dict(secrets)).encode()
     if len(data) > MAX_PAYLOAD:
         raise ValueError(
@@ -63,6 +65,8 @@ def store_secrets(clients: GoogleClients, launch_id: str, secrets: Mapping[str, 
     client = clients.secret_manager()
     name = secret_name(clients.project, launch_id)
     labels = {LAUNCH_LABEL: launch_id, CREATED_LABEL: str(int(time.time()))}
+    if records is not None:
+        labels[RECORDS_LABEL] = records.label
     with clients.translated("secretmanager.secrets.create"):
         client.create_secret(parent=f"projects/{clients.project}", secret_id=secret_id(launch_id), secret={"replication": {"automatic": {}}, "labels": labels})
     try:
@@ -104,13 +108,14 @@ def sweep_secrets(clients: GoogleClients, records: MachineRecords, *, older_than
     """Deletes launch secrets left behind by owners that died (their machines ended themselves and
     nobody saw them end): those older than ``older_than`` seconds whose launch has no live machine
     by its records. One listing of secrets, one of records, and a delete per orphan; returns the
-    launch ids. A tidy-up: an identity that may not list secrets skips it."""
+    launch ids. Only secrets labelled with these ``records``: another store's launches (another pool
+    in the project) are not known here. A tidy-up: an identity that may not list secrets skips it."""
     from google.api_core.exceptions import GoogleAPICallError
 
     cutoff = time.time() - older_than
     try:
         with clients.translated("secretmanager.secrets.list"):
-            found = list(clients.secret_manager().list_secrets(request={"parent": f"projects/{clients.project}", "filter": f"labels.{LAUNCH_LABEL}:*"}))
+            found = list(clients.secret_manager().list_secrets(request={"parent": f"projects/{clients.project}", "filter": f"labels.{RECORDS_LABEL}={records.label}"}))
     except (GCPError, GoogleAPICallError) as error:
         logger.debug("launch secrets not swept: %s", error)
         return []

@@ -37,12 +37,32 @@ def test_orphans_are_swept(gcs, gcp_env, clients):
 
     records = MachineRecords(open_store(f"gs://{gcs.bucket()}/store"))
     for launch_id, machine_id in (("launch-0000000000c1", "vm-0000000000c1"), ("launch-0000000000c2", "vm-0000000000c2")):
-        store_secrets(clients, launch_id, {"TOKEN": "t"})
+        store_secrets(clients, launch_id, {"TOKEN": "t"}, records)
         launch = Launch(launch_id, "", MachineSpec(), InstanceType("e2-small", 2, 2**31), 1, {}, None, True)
         records.create([machine_id], launch, service="Compute Engine")
     records.end("vm-0000000000c1", reason="payload finished", exit_code=0)
     assert sweep_secrets(clients, records) == []  # younger than an hour: a launch may still be starting
+    store_secrets(clients, "launch-0000000000c3", {"TOKEN": "t"})  # another store's launch: not these records'
     assert sweep_secrets(clients, records, older_than=0) == ["launch-0000000000c1"]  # c2's machine still runs
     names = [s.name.rsplit("/", 1)[-1] for s in clients.secret_manager().list_secrets(parent=f"projects/{clients.project}")]
     assert "prefect-remote-launch-0000000000c1" not in names and "prefect-remote-launch-0000000000c2" in names
+    assert "prefect-remote-launch-0000000000c3" in names
     forget_secrets(clients, "launch-0000000000c2")
+    forget_secrets(clients, "launch-0000000000c3")
+
+
+def test_terminating_a_launchs_last_machine_deletes_its_secret(gcp_env):
+    from prefect_remote.providers.base import BootPayload
+    from prefect_remote.providers.gcp import GCPProvider
+    from prefect_remote.spec import MachineSpec
+    from prefect_remote.testing.gcp.common import GoogleError
+
+    provider = GCPProvider(service="cloud-run")
+    first, second = provider.launch(MachineSpec(), BootPayload(["sleep", "600"], secrets={"TOKEN": "t"}), count=2, tags={"test": "secrets"})
+    launch_id = provider.describe(first.id).details["launch"]
+    assert gcp_env.secrets.value(secret_id(launch_id))
+    provider.terminate([first.id])
+    assert gcp_env.secrets.value(secret_id(launch_id))  # its other machine may still read it
+    provider.terminate([second.id])
+    with pytest.raises(GoogleError, match="404|not found|NOT_FOUND"):
+        gcp_env.secrets.value(secret_id(launch_id))
