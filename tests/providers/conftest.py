@@ -15,6 +15,7 @@ import pytest
 
 from prefect_remote.providers.aws.provider import AWSProvider
 from prefect_remote.providers.base import Provider
+from prefect_remote.providers.gcp import GCPProvider
 from prefect_remote.providers.local import LocalProvider
 from tests.conftest import needs_namespace
 
@@ -33,6 +34,9 @@ PROVIDERS = {
     "local-namespace": Case(lambda: LocalProvider(isolation="namespace"), boot_time=1.0, marks=(needs_namespace,)),
     # On the session's sandbox AWS: instances boot from the stock image path (uv, the agent's environment).
     "aws": Case(AWSProvider, boot_time=4.0, fixtures=("aws_env",)),
+    # On the session's sandbox GCP: one case per service, both booting from the stock image path.
+    "gcp-cloud-run": Case(lambda: GCPProvider(service="cloud-run"), boot_time=4.0, fixtures=("gcp_env",)),
+    "gcp-compute": Case(lambda: GCPProvider(service="compute"), boot_time=4.0, fixtures=("gcp_env",)),
 }
 
 

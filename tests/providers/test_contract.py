@@ -71,7 +71,8 @@ def test_count_tags_list_describe_terminate(provider, timing):
     wait_for(lambda: all(provider.describe(m.id).state == "running" for m in workers), timeout=timing.wait(5), message="running workers")
     described = provider.describe(workers[0].id)
     assert described.tags == {"test": "contract", "run": run, "role": "worker"} and described.spec == "1 cpu"
-    assert described.private_address and described.public_address  # for other machines, for its owner
+    if provider.capabilities.inbound_connections:  # (a Cloud Run task has no address to reach)
+        assert described.private_address and described.public_address  # for other machines, for its owner
     provider.terminate([m.id for m in workers], reason="scaled down")
     for ended in provider.wait([m.id for m in workers], timeout=timing.wait(5)):
         assert ended.reason == "scaled down"
@@ -111,12 +112,12 @@ def test_instance_type_choice(provider):
 
 
 def test_a_spec_it_cannot_meet_starts_nothing(provider):
-    before = provider.list(include_terminated=True)
+    before = {m.id for m in provider.list(include_terminated=True)}  # (other tests' may still be ending)
     with pytest.raises(CapacityError, match="cpu=100000"):
         launch(provider, ["sleep", "1"], cpu=100000)
     with pytest.raises(ValueError, match="memory='lots'"):
         launch(provider, ["sleep", "1"], memory="lots")
-    assert provider.list(include_terminated=True) == before
+    assert {m.id for m in provider.list(include_terminated=True)} - before == set()
 
 
 def test_secrets_reach_the_payload_but_never_the_boot_script_or_the_logs(provider, timing, monkeypatch):

@@ -305,11 +305,12 @@ def test_vms_are_reachable_from_the_launcher_only(gce, gcp_sandbox):
     assert [(a.I_p_protocol, list(a.ports)) for a in rule.allowed] == [("tcp", ["8786-8787"])]
     [internal_rule] = [r for r in firewalls.list(project=gce.project) if r.name.startswith("prefect-remote-internal-")]
     assert list(internal_rule.source_tags) == list(internal_rule.target_tags) == ["prefect-remote"]
+    rules = {r.name for r in firewalls.list(project=gce.project)}  # (other tests' launchers may have theirs)
 
     [worker] = start(gce, SLEEPER, cpu=2, allow_ingress_from="none")  # a cluster's worker: reached from its cluster only
     worker_instance = gce.clients.instances().get(project=gce.project, zone=gce.zone, instance=worker.id)
     assert list(worker_instance.tags.items) == ["prefect-remote"]
-    assert len([r for r in firewalls.list(project=gce.project) if r.name.startswith("prefect-remote-")]) == 2  # made once, reused
+    assert {r.name for r in firewalls.list(project=gce.project)} == rules  # made once, reused
 
 
 def test_spot_stock_out_falls_back_to_standard_and_says_so(gce, gcp_sandbox, caplog):
