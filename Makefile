@@ -4,6 +4,9 @@ VENV := .venv
 UV_VERSION := $(shell sed -n '/^name = "uv"$$/{n;s/^version = "\(.*\)"/\1/p;}' uv.lock)
 export UV_PROJECT_ENVIRONMENT := $(abspath $(VENV))
 PYTEST_ARGS ?=
+# Two pytest workers (pytest-xdist), a test file each at a time: most tests wait on machines,
+# so two share this 2-core machine well. Each worker is a session with its own server and sandboxes.
+PYTEST_WORKERS ?= 2
 
 .PHONY: env test demo demo-machines bench clean
 
@@ -17,7 +20,7 @@ $(VENV)/.synced: pyproject.toml uv.lock
 	touch $@
 
 test: env
-	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)
+	$(VENV)/bin/python -m pytest -n $(PYTEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 demo: env
 	PREFECT_REMOTE_HOME=$(CURDIR)/.demo/home $(VENV)/bin/python examples/demo.py

@@ -270,7 +270,7 @@ class Provider(ABC):
     """
 
     name: ClassVar[str]
-    capabilities: Capabilities = Capabilities()  # an instance may narrow its class's (one of a cloud's services)
+    capabilities: ClassVar[Capabilities] = Capabilities()
     # Whether machines run this host's interpreter and see its files (the local provider: its
     # "image" is this host). Then the boot script starts the agent with that interpreter at once, and
     # a cluster with no ``software`` runs the launcher's interpreter and import path as they are.

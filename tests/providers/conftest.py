@@ -27,6 +27,7 @@ class Case:
     marks: tuple = ()
     fixtures: tuple[str, ...] = ()
     cannot_boot: str | None = None
+    reachable: bool = True  # its machines accept connections, so have addresses (a Cloud Run task does not)
 
 
 PROVIDERS = {
@@ -35,7 +36,7 @@ PROVIDERS = {
     # On the session's sandbox AWS: instances boot from the stock image path (uv, the agent's environment).
     "aws": Case(AWSProvider, boot_time=4.0, fixtures=("aws_env",)),
     # On the session's sandbox GCP: one case per service, both booting from the stock image path.
-    "gcp-cloud-run": Case(lambda: GCPProvider(service="cloud-run"), boot_time=4.0, fixtures=("gcp_env",)),
+    "gcp-cloud-run": Case(lambda: GCPProvider(service="cloud-run"), boot_time=4.0, fixtures=("gcp_env",), reachable=False),
     "gcp-compute": Case(lambda: GCPProvider(service="compute"), boot_time=4.0, fixtures=("gcp_env",)),
 }
 

@@ -116,8 +116,6 @@ class GCPProvider(Provider):
         self._records: MachineRecords | None = None
         self._swept = False
         self._ended: set[str] = set()  # machines seen ended by a renewal (their launch's secret handled)
-        if self.options.service != "auto":  # one service: what it can do (Cloud Run admits no inbound)
-            self.capabilities = type(self.service(self.options.service)).capabilities
 
     def __getstate__(self) -> dict[str, Any]:  # clients hold sockets and locks: rebuilt on use
         return {"options": self.options.model_dump()}
