@@ -168,8 +168,12 @@ def test_local_mode_has_the_same_semantics(capsys):
 
     assert shout("hi", times=2) == "HIHI" and "shouting" in capsys.readouterr().out
     assert list(shout.map(["a", "b"], times=3)) == ["AAA", "BBB"]
-    assert isinstance(shout.cluster, LocalCluster)
-    shout.cluster.close()
+    cluster = shout.cluster
+    assert isinstance(cluster, LocalCluster)
+    shout.close()  # ended now, not after its keepalive
+    assert cluster.status.name == "closed"
+    assert shout("x") == "X" and shout.cluster is not cluster  # the next call starts another
+    shout.close()
 
 
 def test_every_result_arrives_when_a_worker_machine_is_killed_mid_map():

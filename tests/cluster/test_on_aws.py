@@ -121,12 +121,7 @@ def double(aws):
 
     SHARED.add(double.cluster_name)
     yield double
-    cluster = prefect_remote.functions._clusters.pop(double.cluster_name, None)
-    client = prefect_remote.functions._clients.pop(double.cluster_name, None)
-    if client is not None:
-        client.close()
-    if cluster is not None:
-        cluster.close()
+    double.close()
     SHARED.discard(double.cluster_name)
 
 
