@@ -23,6 +23,7 @@ from urllib.parse import urlsplit
 
 from prefect_remote.boot import AgentSource, render_boot_script
 from prefect_remote.errors import CapabilityError, CapacityError
+from prefect_remote.units import format_size
 from prefect_remote.units import format_duration, format_size
 
 if TYPE_CHECKING:
@@ -214,6 +215,20 @@ def complete_utf8(data: bytes) -> bytes:
             size = 2 if lead >> 5 == 0b110 else 3 if lead >> 4 == 0b1110 else 4 if lead >> 3 == 0b11110 else 1
             return data[:-cut] if size > cut else data
     return data
+
+
+def refuse_beyond_largest(spec: MachineSpec, types: Sequence[InstanceType], where: str) -> None:
+    """Refuses a ``spec`` asking for more cpu or memory than the largest of ``types`` has, naming that
+    largest. ``where`` says what ``types`` are, e.g. ``"x86_64 instance type in us-east-1"``."""
+    most_cpu = max((item.cpu for item in types), default=0)
+    most_memory = max((item.memory for item in types), default=0)
+    if spec.cpu and spec.cpu[0] > most_cpu:
+        raise CapacityError(f"cpu={spec.cpu[0]}: the largest {where} has {most_cpu}; ask for fewer, or spread the work over several machines")
+    if spec.memory and spec.memory[0] > most_memory:
+        raise CapacityError(
+            f"memory={format_size(spec.memory[0])}: the largest {where} has {format_size(most_memory)}; "
+            "ask for less, or spread the work over several machines"
+        )
 
 
 def pick_instance_type(provider: str, catalog: Iterable[InstanceType], spec: MachineSpec) -> InstanceType:

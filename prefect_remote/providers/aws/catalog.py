@@ -23,9 +23,8 @@ from typing import TYPE_CHECKING, Any
 
 from prefect_remote.errors import CapacityError
 from prefect_remote.providers.aws.prices import on_demand_prices, table_regions
-from prefect_remote.providers.base import InstanceType, pick_instance_type
+from prefect_remote.providers.base import InstanceType, pick_instance_type, refuse_beyond_largest
 from prefect_remote.providers.cache import save_cache
-from prefect_remote.units import format_size
 
 if TYPE_CHECKING:
     from botocore.client import BaseClient
@@ -166,16 +165,7 @@ def check_request(catalog: Sequence[InstanceType], spec: MachineSpec, region: st
                 f"linux-aarch64, or name an x86_64 type{' such as ' + ', '.join(others) if others else ''}"
             )
     if not spec.vm_type:
-        same_arch = [item for item in catalog if item.arch == arch]
-        most_cpu = max((item.cpu for item in same_arch), default=0)
-        most_memory = max((item.memory for item in same_arch), default=0)
-        if spec.cpu and spec.cpu[0] > most_cpu:
-            raise CapacityError(f"cpu={spec.cpu[0]}: the largest {arch} instance type in {region} has {most_cpu}; ask for fewer, or spread the work over several machines")
-        if spec.memory and spec.memory[0] > most_memory:
-            raise CapacityError(
-                f"memory={format_size(spec.memory[0])}: the largest {arch} instance type in {region} has {format_size(most_memory)}; "
-                "ask for less, or spread the work over several machines"
-            )
+        refuse_beyond_largest(spec, [item for item in catalog if item.arch == arch], f"{arch} instance type in {region}")
     if spec.gpu:
         with_gpus = [item for item in catalog if item.gpu]
         if not with_gpus:

@@ -18,9 +18,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from prefect_remote.errors import CapacityError
-from prefect_remote.providers.base import InstanceType, pick_instance_type
+from prefect_remote.providers.base import InstanceType, pick_instance_type, refuse_beyond_largest
 from prefect_remote.providers.gcp.prices import Rates, family
-from prefect_remote.units import format_size
 
 if TYPE_CHECKING:
     from prefect_remote.spec import MachineSpec
@@ -116,15 +115,7 @@ def check_request(catalog: Sequence[InstanceType], spec: MachineSpec, zone: str)
         same_arch = [item for item in catalog if item.arch == arch and not item.gpu]
         if not same_arch:
             raise CapacityError(f"no {arch} machine type in zone {zone}; {'drop arm=True or ' if spec.arm else ''}choose another zone")
-        most_cpu = max(item.cpu for item in same_arch)
-        most_memory = max(item.memory for item in same_arch)
-        if spec.cpu and spec.cpu[0] > most_cpu:
-            raise CapacityError(f"cpu={spec.cpu[0]}: the largest {arch} machine type in zone {zone} has {most_cpu}; ask for fewer, or spread the work over several machines")
-        if spec.memory and spec.memory[0] > most_memory:
-            raise CapacityError(
-                f"memory={format_size(spec.memory[0])}: the largest {arch} machine type in zone {zone} has {format_size(most_memory)}; "
-                "ask for less, or spread the work over several machines"
-            )
+        refuse_beyond_largest(spec, same_arch, f"{arch} machine type in zone {zone}")
     if spec.gpu:
         with_gpus = [item for item in catalog if item.gpu]
         offered = sorted({item.gpu_type for item in with_gpus if item.gpu_type})
