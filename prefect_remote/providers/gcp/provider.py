@@ -278,9 +278,8 @@ class GCPProvider(Provider):
         fresh = [machine_id for machine_id in ended if machine_id not in self._ended]
         if fresh:
             self._ended.update(fresh)
-            launches = {m.details.get("launch") for machine_id in fresh if (m := self.records.ended_machine(machine_id))}
-            self._forget_ended_launches(launches - {None})
-        return ended
+            self._forget_ended_launches({ended[machine_id] for machine_id in fresh} - {None})
+        return list(ended)
 
     def _forget_ended_launches(self, launch_ids: set[str]) -> None:
         """Deletes the secrets of those launches no machine of which is running by its record."""

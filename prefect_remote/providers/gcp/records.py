@@ -124,11 +124,12 @@ class MachineRecords:
             with self._translated("storage.objects.create", machine_id):
                 blob.upload_from_string(json.dumps(facts), content_type="application/json")
 
-    def renew(self, machine_ids: Sequence[str]) -> list[str]:
+    def renew(self, machine_ids: Sequence[str]) -> dict[str, str | None]:
         """Renews the leases of ``machine_ids`` in one request per 100; returns those that have
-        ended (their end is recorded) or are unknown (no record), which need no more renewing."""
+        ended (their end is recorded) or are unknown (no record), which need no more renewing, each
+        with its launch id (None: unknown), which the renewal's response carries."""
         client = self.store.client
-        done: list[str] = []
+        done: dict[str, str | None] = {}
         now = _timestamp(time.time())
         for batch_ids in _batches(list(dict.fromkeys(machine_ids))):
             blobs = []
@@ -144,8 +145,10 @@ class MachineRecords:
                 # manager keeps it there). A failed call leaves its blob's properties as the error.
                 for machine_id, blob, response in zip(batch_ids, blobs, batch._responses):
                     status = response.status_code
-                    if status == 404 or (200 <= status < 300 and "ended" in (blob.metadata or {})):
-                        done.append(machine_id)
+                    if status == 404:
+                        done[machine_id] = None
+                    elif 200 <= status < 300 and "ended" in (metadata := blob.metadata or {}):
+                        done[machine_id] = metadata.get("launch")
                     elif status in _RETRY_LATER:
                         logger.debug("lease of %s not renewed this round (HTTP %s)", machine_id, status)
                     elif status >= 300 and status not in _RENEWED_ANYWAY:

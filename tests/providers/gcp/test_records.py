@@ -33,13 +33,13 @@ def test_a_machine_lifecycle_in_its_record(gcs, records):
     ids = ["vm-000000000001", "vm-000000000002"]
     records.create(ids, launch(), service="Compute Engine", region="us-central1", price=0.067)
     assert records.url.endswith("/store/machines")
-    assert records.lease_age(ids[0]) < 5 and records.renew(ids) == []
+    assert records.lease_age(ids[0]) < 5 and list(records.renew(ids)) == []
 
     time.sleep(1.1)
     before = records.lease_age(ids[0])
     assert before >= 1
     del gcs.requests[:]
-    assert records.renew([*ids, "vm-00000000dead"]) == ["vm-00000000dead"]  # unknown: no record
+    assert records.renew([*ids, "vm-00000000dead"]) == {"vm-00000000dead": None}  # unknown: no record
     assert gcs.requests == [("POST", "/batch/storage/v1")]  # all of them in one request
     assert records.lease_age(ids[0]) < before
     del gcs.requests[:]
@@ -48,7 +48,7 @@ def test_a_machine_lifecycle_in_its_record(gcs, records):
 
     records.end(ids[0], reason="idle for 5 minutes", exit_code=0)
     records.end(ids[0], reason="terminated on request", only_if_running=True)  # the first reason stays
-    assert records.renew(ids) == [ids[0]]  # the owner learns of the end while renewing
+    assert records.renew(ids) == {ids[0]: "launch-0a1b2c3d4e5f"}  # the owner learns of the end, and its launch, while renewing
     assert records.lease_age(ids[1]) < 5
 
     cloud = machine(ids[0], reason="Instance was deleted", details={"service": "Compute Engine"})
@@ -75,7 +75,7 @@ def test_a_machine_lifecycle_in_its_record(gcs, records):
     del gcs.requests[:]
     records.delete([*ids, "vm-00000000dead"])
     assert gcs.requests == [("POST", "/batch/storage/v1")]
-    assert records.ended_machine(ids[0]) is None and records.renew(ids) == ids
+    assert records.ended_machine(ids[0]) is None and list(records.renew(ids)) == ids
     assert records.lease_age(ids[0]) == float("inf")  # forgotten: the machine ends itself
     records.end(ids[0], reason="no record: nothing to do")
 
@@ -84,7 +84,7 @@ def test_renewal_is_one_request_per_hundred(gcs, records):
     ids = [f"run-{i:012x}" for i in range(150)]
     records.create(ids, launch(), service="Cloud Run")
     del gcs.requests[:]
-    assert records.renew(ids) == []
+    assert list(records.renew(ids)) == []
     assert gcs.requests == [("POST", "/batch/storage/v1")] * 2
 
 
