@@ -255,33 +255,46 @@ class Agent:
 
 
 class _CpuMeter:
-    """Whether a process tree used more than CPU_BUSY_FRACTION of a core since the last call."""
+    """Whether a process tree used more than CPU_BUSY_FRACTION of a core since the last call.
 
-    def __init__(self, pid: int) -> None:
-        import psutil
+    Reads ``/proc`` (standard library only: the agent's environment is installed without
+    dependencies when the payload has a software environment of its own).
+    """
 
-        self._psutil = psutil
-        self._root = psutil.Process(pid)
+    def __init__(self, pid: int, proc: Path = Path("/proc")) -> None:
+        self._root, self._proc = pid, proc
+        self._ticks = os.sysconf("SC_CLK_TCK")
         self._last = (time.monotonic(), self._total())
 
-    def _total(self) -> float:
-        total = 0.0
+    def _stat(self, pid: str) -> tuple[int, float] | None:
+        """(parent pid, CPU seconds of the process and its reaped children), or None once it is gone."""
         try:
-            for process in [self._root, *self._root.children(recursive=True)]:
-                try:
-                    times = process.cpu_times()
-                    total += times.user + times.system + times.children_user + times.children_system
-                except self._psutil.Error:
-                    pass
-        except self._psutil.Error:
-            pass
+            text = (self._proc / pid / "stat").read_text()
+        except OSError:
+            return None
+        fields = text[text.rindex(")") + 2 :].split()  # the command name may hold spaces and parentheses
+        # proc(5): field 4 is ppid, 14-17 utime, stime, cutime, cstime (here from field 3, the state).
+        return int(fields[1]), sum(int(value) for value in fields[11:15]) / self._ticks
+
+    def _total(self) -> float:
+        stats = {pid: stat for pid in os.listdir(self._proc) if pid.isdigit() and (stat := self._stat(pid))}
+        children: dict[int, list[int]] = {}
+        for pid, (parent, _) in stats.items():
+            children.setdefault(parent, []).append(int(pid))
+        total, tree = 0.0, [self._root]
+        while tree:
+            pid = tree.pop()
+            if str(pid) in stats:
+                total += stats[str(pid)][1]
+                tree += children.get(pid, [])
         return total
 
     def busy(self) -> bool:
-        now, total = time.monotonic(), self._total()
+        now = time.monotonic()
         then, before = self._last
         if now - then < 1.0:
             return False
+        total = self._total()
         self._last = (now, total)
         return (total - before) / (now - then) > CPU_BUSY_FRACTION
 

@@ -79,3 +79,28 @@ def test_an_unreadable_lease_ages_from_the_last_answer_and_the_end_falls_back_to
     assert agent.end("owner gone", None) == 0 and runtime.halted
     log = runtime.sink.getvalue().decode()
     assert log.count("cannot read this machine's lease") == 1 and "halting it" in log
+
+
+def test_cpu_meter_counts_the_whole_process_tree_with_the_standard_library_only():
+    """idle_timeout on a machine whose agent environment has no dependencies (a payload with its own
+    software environment): the meter reads /proc, and sees a busy grandchild as the payload's work."""
+    import time
+
+    from prefect_remote.agent import _CpuMeter
+
+    busy_grandchild = "import subprocess, sys; subprocess.run([sys.executable, '-c', 'while True: pass'])"
+    payload = subprocess.Popen([sys.executable, "-c", busy_grandchild])
+    idle = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        busy_meter, idle_meter = _CpuMeter(payload.pid), _CpuMeter(idle.pid)
+        time.sleep(1.5)
+        assert busy_meter.busy() and not idle_meter.busy()
+        assert not busy_meter.busy()  # asked again within a second: no new measurement yet
+    finally:
+        for process in (payload, idle):
+            subprocess.run(["pkill", "-KILL", "-P", str(process.pid)])
+            process.kill()
+            process.wait()
+    code = "import sys, prefect_remote.agent as a; a._CpuMeter(1).busy(); print('psutil' in sys.modules)"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.stdout.strip() == "False", result.stderr
