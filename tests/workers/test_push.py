@@ -31,8 +31,10 @@ def test_cli_path_provision_deploy_run_with_no_worker(prefect_server, push_pool,
     assert "hello from the flow" in logs  # printed by the flow
     assert "booting machine" in logs and "software environment senv-" in logs  # the machine's boot, rebuilt env
     assert f"Machine {flow_run.infrastructure_pid} launched on local" in logs
-    machine = LocalProvider().describe(flow_run.infrastructure_pid)
-    assert not machine.alive and machine.reason == "payload finished"
+    # The engine reports Completed moments before the payload exits and the agent ends the machine.
+    ended = lambda: next((m for m in [LocalProvider().describe(flow_run.infrastructure_pid)] if not m.alive), None)  # noqa: E731
+    machine = wait_for(ended, timeout=30, message="the machine to end")
+    assert machine.reason == "payload finished"
 
 
 def test_cancelling_a_run_ends_its_machine(push_pool, project, api):
