@@ -53,7 +53,8 @@ def test_the_synced_code_runs_from_the_machine_not_the_project_folder(prefect_se
     """The project's folder exists on a local machine (it is this computer), but a run with package
     sync loads the code synced into its machine's work folder all the same, as on a cloud: whatever
     the pull step, and for a module-path entrypoint too."""
-    deployments = {**pull_deployments("local"), "module-path-local": ("flows.located", SIZED)}
+    deployments = pull_deployments("local")
+    deployments["scratch-local"] = ("flows.located", SIZED, "/scratch/batch")  # a module path
     env = {**os.environ, "PREFECT_API_URL": prefect_server, "PREFECT_HOME": str(SESSION_HOME / "prefect-cli"), "COLUMNS": "80"}
     files = {"flows.py": FLOWS, "prefect.yaml": prefect_yaml("local-project", push_pool, deployments, pull=None)}
     folder = deploy_project(env, tmp_path, files, str(SESSION_HOME / "store"))
