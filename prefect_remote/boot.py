@@ -5,13 +5,17 @@ It gets the agent (:mod:`prefect_remote.agent`) running, which rebuilds the soft
 runs the payload and ends the machine when its time is up. There are two ways to the agent:
 
 * **From a stock image** (:class:`AgentSource`: clouds). The machine has only its OS. The script
-  installs a pinned ``uv`` (a verified download from the package index), makes the agent's own
-  small environment with prefect-remote at the launcher's version (from the index when released,
-  else from a wheel the launcher put in the store), then starts the agent. Each phase is logged with
-  a timestamp, so a slow or failed boot says where it stopped; a boot that fails before the agent
+  makes a work folder of its own under the root (a cloud starts it in ``/``), installs a pinned
+  ``uv`` (a verified download from the package index), makes the agent's own small environment
+  with prefect-remote at the launcher's version (from the index when released, else from a wheel
+  the launcher put in the store), then starts the agent there. Each phase is logged with a
+  timestamp, so a slow or failed boot says where it stopped; a boot that fails before the agent
   runs ends the machine (the provider's ``halt`` command).
 * **Preinstalled** (``python=``: the local provider, whose "image" is this host): the agent runs
-  with the launcher's own interpreter at once.
+  with the launcher's own interpreter at once, in the work folder the machine starts in.
+
+Either way the agent's working folder is the machine's own: the software environment's code is
+unpacked there, and the payload runs there.
 
 The agent's configuration (made by :meth:`Provider.agent_config`) travels inside the script, which a
 cloud exposes as user-data: secrets never do; the agent reads them through the provider's machine
@@ -33,8 +37,8 @@ from typing import Any
 AGENT_CONFIG_ENV = "PREFECT_REMOTE_AGENT_CONFIG"
 MACHINE_ID_ENV = "PREFECT_REMOTE_MACHINE_ID"
 ACTIVITY_FILE_ENV = "PREFECT_REMOTE_ACTIVITY_FILE"
-# Where a stock-image machine keeps uv, the agent environment, software environments and uv's cache
-# (an image may set it; a sandbox gives each of its clouds one).
+# Where a stock-image machine keeps uv, the agent environment, software environments, uv's cache, managed
+# Pythons and its work folders (work/machine-*) (an image may set it; a sandbox gives each of its clouds one).
 ROOT_ENV = "PREFECT_REMOTE_ROOT"
 DEFAULT_ROOT = "/var/lib/prefect-remote"
 # The file a stock-image machine's whole output goes to (boot phases, agent, payload), which the agent
@@ -130,6 +134,17 @@ ended() {  # a boot that fails before the agent runs ends the machine: nobody el
 }
 trap ended EXIT
 phase "booting machine on $(hostname) ($(uname -m))"
+
+# 0. A work folder of its own. cloud-init and Google's startup-script runner start this script in /
+# (maybe without HOME): the agent unpacks the code bundle into its working folder, and the payload
+# runs there.
+PHASE=workdir
+export HOME="${HOME:-$(echo ~)}"  # unset: the passwd entry's, as a login shell would have it
+export UV_PYTHON_INSTALL_DIR="${UV_PYTHON_INSTALL_DIR:-$ROOT/python}"  # a managed Python is cached with the rest
+mkdir -p "$ROOT/work"
+WORK="$(mktemp -d "$ROOT/work/machine-XXXXXXXX")"  # one per boot: a root an image or a sandbox shares is never mixed
+cd "$WORK"
+phase "work folder: $WORK"
 
 # 1. uv, pinned and verified.
 PHASE=uv

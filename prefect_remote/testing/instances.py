@@ -26,7 +26,7 @@ from typing import Any
 
 from prefect_remote.errors import MachineNotFound
 from prefect_remote.providers.base import Machine
-from prefect_remote.providers.local import LocalProvider
+from prefect_remote.providers.local import LocalProvider, records
 from prefect_remote.providers.local.start import start_machines
 
 logger = logging.getLogger(__name__)
@@ -180,6 +180,7 @@ class InstanceRunner:
             "spot_policy": "on-demand",
             "vm_type": None,
             "limits": {"cpu": None, "memory": None},  # a 2-core host runs a 64-core type's work as it can
+            "boot_folder": records.ROOT,  # as cloud-init and Google's startup scripts, in the image's / (not a work folder)
         }
         try:
             [machine_id] = start_machines(

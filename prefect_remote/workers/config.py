@@ -9,20 +9,28 @@ says what to fix, before any machine starts.
 from __future__ import annotations
 
 import shlex
-from typing import Any, Literal, Optional, Union
+from typing import TYPE_CHECKING, Any, Literal, Optional, Union
 
 from prefect.blocks.core import Block
 from prefect.workers.base import BaseJobConfiguration, BaseVariables
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import BaseModel, Field, PrivateAttr, ValidationError
 
 from prefect_remote.errors import RemoteError
 from prefect_remote.providers import get_provider
 from prefect_remote.providers.base import BootPayload, Provider
 from prefect_remote.spec import MachineSpec, SpotPolicy
 
+if TYPE_CHECKING:
+    from prefect.client.schemas.responses import DeploymentResponse
+
 # Settings that belong to the API server, not to a flow run on a machine.
 SERVER_ONLY_PREFIXES = ("PREFECT_SERVER_", "PREFECT_API_DATABASE_", "PREFECT_HOME", "PREFECT_PROFILES_PATH", "PREFECT_REMOTE_")
 
+
+# Pull steps that only choose the folder the flow's code is loaded from: with a software environment,
+# that folder is the machine's work folder, where its code bundle is unpacked.
+WORKING_DIRECTORY_STEPS = ("prefect.deployments.steps.set_working_directory", "prefect.deployments.steps.pull.set_working_directory")
+ENTRYPOINT_ENV = "PREFECT__FLOW_ENTRYPOINT"  # read by prefect.flow_engine.load_flow: load the flow from here, run no pull steps
 
 # The block's fields that are provider options when set (each provider has its own: a block records its provider's only).
 OPTION_FIELDS = ("region", "instance_profile", "log_group", "project", "service_account")
@@ -94,6 +102,9 @@ class RemoteJobVariables(BaseVariables, MachineJobFields):
 class RemoteJobConfiguration(BaseJobConfiguration, MachineJobFields):
     """A flow run's machine, resolved from the pool's template and the deployment's job variables."""
 
+    # Where the run's flow code comes from, for the run's logs (see flow_code).
+    _flow_code: Optional[str] = PrivateAttr(default=None)
+
     def prepare_for_flow_run(self, flow_run, deployment=None, flow=None, work_pool=None, worker_name=None, worker_id=None) -> None:
         command_given = self.command is not None
         chosen = set(self.env)  # what the deployment's job variables set on purpose
@@ -102,6 +113,15 @@ class RemoteJobConfiguration(BaseJobConfiguration, MachineJobFields):
             self.command = "python -m prefect.engine"
         # A machine gets the client settings of this process, minus the server's own (database URL…).
         self.env = {k: v for k, v in self.env.items() if k in chosen or not k.startswith(SERVER_ONLY_PREFIXES)}
+        if deployment is not None and ENTRYPOINT_ENV not in chosen:
+            entrypoint, self._flow_code = flow_code(deployment, self.software)
+            if entrypoint:
+                self.env[ENTRYPOINT_ENV] = entrypoint
+
+    @property
+    def flow_code_note(self) -> Optional[str]:
+        """Where this run's flow code comes from, when the deployment's pull steps do not say it all."""
+        return self._flow_code
 
     def provider_instance(self) -> Provider:
         options = {"service": self.gcp_service} if self.gcp_service else {}  # a provider that takes no such option says so
@@ -148,6 +168,34 @@ class RemoteJobConfiguration(BaseJobConfiguration, MachineJobFields):
         # The whole environment goes through the provider's secret channel: it holds API keys, custom
         # headers and whatever tokens a deployment sets, and a cloud VM's boot script is readable user-data.
         return provider, spec, BootPayload(command=command, secrets=env)
+
+
+def flow_code(deployment: DeploymentResponse, software: Optional[str]) -> tuple[Optional[str], Optional[str]]:
+    """The entrypoint a run of ``deployment`` on ``software`` loads straight from the machine's work
+    folder (where the agent unpacks the software environment's code bundle), or None to let the
+    engine run the deployment's pull steps; and a line for the run's logs saying which.
+
+    A software environment's code is the project folder ``prefect deploy`` ran in, so the entrypoint,
+    relative to that folder, is found in the work folder. A ``set_working_directory`` pull step names
+    a folder of the deploying machine (Prefect's default: the project's absolute path there), which
+    the machine does not have: it is not run. Other pull steps (``git_clone``, ``pip_install_requirements``…)
+    or a storage block fetch code of their own: they run as written.
+    """
+    if not software or not deployment.entrypoint:
+        return None, None  # the code is where the pull steps put it (the local provider's laptop folder, an image)
+    steps = [(name, inputs or {}) for step in deployment.pull_steps or [] for name, inputs in step.items()]
+    if not steps and deployment.storage_document_id is not None:  # (the engine reads a storage block only without pull steps)
+        return None, f"Flow code: from the deployment's storage block, not from software environment {software}"
+    others = [name.rsplit(".", 1)[-1] for name, _ in steps if name not in WORKING_DIRECTORY_STEPS]
+    if others:
+        return None, (
+            f"Flow code: the deployment's pull steps ({', '.join(others)}) run as written on the machine, "
+            f"so they, not the code in software environment {software}, decide which code the flow loads"
+        )
+    directories = [inputs.get("directory") for _, inputs in steps]
+    skipped = "".join(f"; pull step set_working_directory({directory!r}) not run" for directory in directories)
+    note = f"Flow code: {deployment.entrypoint} from software environment {software}, in the machine's work folder"
+    return deployment.entrypoint, note + skipped
 
 
 class JobVariablesError(RemoteError, ValueError):

@@ -75,6 +75,8 @@ class RemoteWorker(BaseWorker[RemoteJobConfiguration, RemoteJobVariables, Remote
         logger.info(f"Machine {machine.id} launched on {provider.name}: {machine.cost_summary()} ({spec.summary()})")
         if machine.details.get("placement"):  # a provider's automatic choice (gcp: Cloud Run or Compute Engine), and why
             logger.info(f"Machine {machine.id} runs on {machine.details['placement']}")
+        if configuration.flow_code_note:  # the software environment's code, or the pull steps', and why
+            logger.info(configuration.flow_code_note)
         self._followed.add(flow_run.id)
         if task_status is not None:
             task_status.started(machine.id)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -22,6 +23,7 @@ from tests.conftest import SESSION_HOME, wait_for
 FLOWS = textwrap.dedent(
     """
     import time
+    from pathlib import Path
     from prefect import flow, task
 
     @task
@@ -37,14 +39,32 @@ FLOWS = textwrap.dedent(
     def sleeper(seconds: float = 120) -> None:
         print("sleeping")
         time.sleep(seconds)
+
+    @flow(log_prints=True)
+    def located() -> None:
+        print(f"flow code from {Path(__file__).resolve()}")
     """
 )
+# Job variables as the guide's deployments set them: package sync, a size, and an idle timeout.
+SIZED = {"cpu": 1, "memory": "1 GiB", "idle_timeout": "10 minutes"}
+# Where users point the pull step: nowhere (Prefect's default, the project's absolute path on the
+# deploying machine), the Prefect guide's folder, and the machine's working folder.
+PULL_DIRECTORIES = {"no-pull": None, "scratch": "/scratch/batch", "dot": "."}
 
 
-def prefect_yaml(project: str, pool: str, deployments: dict[str, tuple[str, dict]]) -> str:
-    """A prefect.yaml as users write it: the package-sync build step, the project folder as the working
-    directory, and ``deployments`` (name -> (entrypoint, job variables)) on ``pool``, on the synced software."""
+def prefect_yaml(project: str, pool: str, deployments: dict[str, tuple], pull: str | None = ".") -> str:
+    """A prefect.yaml as users write it: the package-sync build step, ``pull`` as the working directory
+    (None: no pull section, so Prefect's default), and ``deployments`` (name -> (entrypoint, job
+    variables[, their own pull step's directory])) on ``pool``, on the synced software."""
     import yaml
+
+    def working_directory(directory: str) -> list[dict]:
+        return [{"prefect.deployments.steps.set_working_directory": {"directory": directory}}]
+
+    def deployment(name: str, entrypoint: str, variables: dict, directory: str | None = None) -> dict:
+        own_pull = {"pull": working_directory(directory)} if directory else {}
+        job_variables = {"software": "{{ senv.name }}", **variables}
+        return {"name": name, "entrypoint": entrypoint, **own_pull, "work_pool": {"name": pool, "job_variables": job_variables}}
 
     return yaml.safe_dump(
         {
@@ -52,14 +72,17 @@ def prefect_yaml(project: str, pool: str, deployments: dict[str, tuple[str, dict
             "prefect-version": "3.8.8",
             "build": [{"prefect_remote.deployments.steps.build_package_sync_senv": {"id": "senv", "check": False}}],
             "push": None,
-            "pull": [{"prefect.deployments.steps.set_working_directory": {"directory": "."}}],
-            "deployments": [
-                {"name": name, "entrypoint": entrypoint, "work_pool": {"name": pool, "job_variables": {"software": "{{ senv.name }}", **variables}}}
-                for name, (entrypoint, variables) in deployments.items()
-            ],
+            **({"pull": working_directory(pull)} if pull else {}),
+            "deployments": [deployment(name, *details) for name, details in deployments.items()],
         },
         sort_keys=False,
     )
+
+
+def pull_deployments(suffix: str, entrypoint: str = "flows.py:located", **variables) -> dict[str, tuple]:
+    """One deployment of ``entrypoint`` per pull step of PULL_DIRECTORIES, sized by SIZED and ``variables``,
+    for a prefect.yaml with no pull section of its own."""
+    return {f"{name}-{suffix}": (entrypoint, {**SIZED, **variables}, directory) for name, directory in PULL_DIRECTORIES.items()}
 
 
 def prefect_cli(api_url: str, *args: str, cwd: Path | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
@@ -84,7 +107,7 @@ def sandbox_shell(sandbox, prefect_server: str, cloud: str, pool: str, log_folde
         **sandbox.exports(),
         "PREFECT_API_URL": api_url,
         "PREFECT_HOME": str(SESSION_HOME / f"prefect-cli-{cloud}"),
-        "COLUMNS": "200",
+        "COLUMNS": "80",  # a user's terminal
         **settings,
     }
     created = run_cli(env, "prefect", "work-pool", "create", "--type", "remote:push", "--provision-infra", pool)
@@ -153,12 +176,43 @@ def deploy(client, project: Path, pool: str, flow: str = "hello", **job_variable
 def completed_run(client, env: dict[str, str], folder: Path, deployment: str):
     """`prefect deployment run <deployment> --watch` from ``folder`` in ``env``, asserted Completed;
     the flow run, once its machine's end is in its logs."""
-    ran = run_cli(env, "prefect", "deployment", "run", deployment, "--watch", "--watch-timeout", "300", cwd=folder, timeout=360)
-    deployment_id = client.read_deployment_by_name(deployment).id
-    [flow_run] = [r for r in client.read_flow_runs() if r.deployment_id == deployment_id]
-    assert ran.returncode == 0 and "Completed" in ran.stdout, ran.stdout + ran.stderr + "\n".join(run_logs(client, flow_run.id))
-    logged(client, flow_run.id, f"Machine {flow_run.infrastructure_pid} ended: ")  # the engine reports before its machine has ended
+    [flow_run] = completed_runs(client, env, folder, [deployment])
     return flow_run
+
+
+def completed_runs(client, env: dict[str, str], folder: Path, deployments: list[str]) -> list:
+    """`prefect deployment run <deployment> --watch` for each of ``deployments`` at once (each run on
+    its own machine), as in completed_run; their flow runs, in order."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
+
+    def run(deployment: str) -> subprocess.CompletedProcess:
+        return run_cli(env, "prefect", "deployment", "run", deployment, "--watch", "--watch-timeout", "300", cwd=folder, timeout=360)
+
+    with ThreadPoolExecutor(len(deployments)) as pool:
+        results = list(pool.map(run, deployments))
+    flow_runs = []
+    for deployment, ran in zip(deployments, results):
+        deployment_id = client.read_deployment_by_name(deployment).id
+        [flow_run] = client.read_flow_runs(deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[deployment_id])))
+        assert ran.returncode == 0 and "Completed" in ran.stdout, ran.stdout + ran.stderr + "\n".join(run_logs(client, flow_run.id))
+        logged(client, flow_run.id, f"Machine {flow_run.infrastructure_pid} ended: ")  # the engine reports before its machine has ended
+        flow_runs.append(flow_run)
+    return flow_runs
+
+
+def assert_ran_synced_code(client, flow_run, work_folder: str | None = None) -> None:
+    """The run of FLOWS' ``located`` loaded the project's code as synced into its machine's work folder
+    (``work_folder``; None: the one the machine's boot names), whatever the deployment's pull steps."""
+    logs = "\n".join(run_logs(client, flow_run.id))
+    if work_folder is None:
+        found = re.search(r"work folder: (\S+)", logs)
+        assert found, logs
+        work_folder = found[1]
+    assert f"local code unpacked into {work_folder}" in logs, logs
+    assert f"flow code from {work_folder}/flows.py" in logs, logs  # the flow's own output
+    assert re.search(r"Flow code: flows(\.py:|\.)located from software environment senv-\w+, in the machine's work folder", logs), logs
 
 
 def running_machine(client, deployment: str) -> tuple:

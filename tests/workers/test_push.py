@@ -2,14 +2,28 @@
 
 from __future__ import annotations
 
+import os
 import time
 
 import pytest
 from prefect.states import Cancelling
 
 from prefect_remote.providers.local import LocalProvider
-from tests.conftest import wait_for
-from tests.workers.conftest import deploy, logged, prefect_cli, prefect_yaml, run_logs, wait_final
+from tests.conftest import SESSION_HOME, wait_for
+from tests.workers.conftest import (
+    FLOWS,
+    SIZED,
+    assert_ran_synced_code,
+    completed_runs,
+    deploy,
+    deploy_project,
+    logged,
+    prefect_cli,
+    prefect_yaml,
+    pull_deployments,
+    run_logs,
+    wait_final,
+)
 
 PREFECT_YAML = prefect_yaml("test-project", "test-push", {"synced": ("flows.py:hello", {"cpu": 1, "memory": "2 GiB"})})
 
@@ -35,6 +49,19 @@ def test_cli_path_provision_deploy_run_with_no_worker(prefect_server, push_pool,
     ended = lambda: next((m for m in [LocalProvider().describe(flow_run.infrastructure_pid)] if not m.alive), None)  # noqa: E731
     machine = wait_for(ended, timeout=30, message="the machine to end")
     assert machine.reason == "payload finished"
+
+
+def test_the_synced_code_runs_from_the_machine_not_the_project_folder(prefect_server, push_pool, api, tmp_path):
+    """The project's folder exists on a local machine (it is this computer), but a run with package
+    sync loads the code synced into its machine's work folder all the same, as on a cloud: whatever
+    the pull step, and for a module-path entrypoint too."""
+    deployments = pull_deployments("local")
+    deployments["scratch-local"] = ("flows.located", SIZED, "/scratch/batch")  # a module path
+    env = {**os.environ, "PREFECT_API_URL": prefect_server, "PREFECT_HOME": str(SESSION_HOME / "prefect-cli"), "COLUMNS": "80"}
+    files = {"flows.py": FLOWS, "prefect.yaml": prefect_yaml("local-project", push_pool, deployments, pull=None)}
+    folder = deploy_project(env, tmp_path, files, str(SESSION_HOME / "store"))
+    for flow_run in completed_runs(api, env, folder, [f"located/{name}" for name in deployments]):
+        assert_ran_synced_code(api, flow_run, work_folder=str(SESSION_HOME / "machines" / flow_run.infrastructure_pid / "work"))
 
 
 def test_cancelling_a_run_ends_its_machine(push_pool, project, api):

@@ -13,10 +13,25 @@ import boto3
 import pytest
 
 from tests.conftest import wait_for
-from tests.workers.conftest import FLOWS, cancel_ends_machine, completed_run, deploy_project, prefect_yaml, run_logs, running_machine, sandbox_shell, wait_final
+from tests.workers.conftest import (
+    FLOWS,
+    assert_ran_synced_code,
+    cancel_ends_machine,
+    completed_run,
+    completed_runs,
+    deploy_project,
+    prefect_yaml,
+    pull_deployments,
+    run_logs,
+    running_machine,
+    sandbox_shell,
+    wait_final,
+)
 
 POOL = "test-push-aws"
-PREFECT_YAML = prefect_yaml("aws-project", POOL, {"on-ec2": ("flows.py:hello", {"cpu": 2}), "sleeping-on-ec2": ("flows.py:sleeper", {"cpu": 2})})
+PULLS = pull_deployments("on-ec2")
+DEPLOYMENTS = {"on-ec2": ("flows.py:hello", {"cpu": 2}), "sleeping-on-ec2": ("flows.py:sleeper", {"cpu": 2}), **PULLS}
+PREFECT_YAML = prefect_yaml("aws-project", POOL, DEPLOYMENTS, pull=None)  # no pull section: Prefect's default, as users leave it
 
 
 @pytest.fixture(scope="module")
@@ -54,6 +69,12 @@ def test_deployment_runs_on_an_ec2_instance(aws_shell, deployed, api, aws_sandbo
     assert re.search(rf"Machine {instance_id} launched on aws: t3a\.nano in us-east-1, on-demand, \$\d+\.\d{{4}}/hour", logs)
     assert re.search(rf"Machine {instance_id} ended: payload finished; estimated cost \$\d+\.\d{{4}}", logs)
     wait_for(lambda: instance_state(instance_id, aws_shell) == "terminated", timeout=30, message="the instance terminated")
+
+
+def test_the_synced_code_runs_wherever_the_pull_step_points(aws_shell, deployed, api):
+    # No pull section (the project's path on this computer), the guide's /scratch/batch, and "."; at once.
+    for flow_run in completed_runs(api, aws_shell, deployed, [f"located/{name}" for name in PULLS]):
+        assert_ran_synced_code(api, flow_run)
 
 
 def test_cancelling_a_run_terminates_its_instance(aws_shell, deployed, api):

@@ -14,7 +14,21 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import wait_for
-from tests.workers.conftest import FLOWS, cancel_ends_machine, completed_run, deploy, deploy_project, logged, prefect_yaml, run_logs, sandbox_shell, wait_final
+from tests.workers.conftest import (
+    FLOWS,
+    assert_ran_synced_code,
+    cancel_ends_machine,
+    completed_run,
+    completed_runs,
+    deploy,
+    deploy_project,
+    logged,
+    prefect_yaml,
+    pull_deployments,
+    run_logs,
+    sandbox_shell,
+    wait_final,
+)
 
 POOL = "test-push-gcp"
 EXITING = textwrap.dedent(
@@ -28,6 +42,7 @@ EXITING = textwrap.dedent(
         os._exit(code)  # the process ends at once: only its exit code says how (sys.exit is reported by the engine, which exits 0)
     """
 )
+PULLS = pull_deployments("on-cloud-run")
 PREFECT_YAML = prefect_yaml(
     "gcp-project",
     POOL,
@@ -36,7 +51,9 @@ PREFECT_YAML = prefect_yaml(
         "sleeping-on-cloud-run": ("flows.py:sleeper", {"cpu": 1}),
         "exiting-on-cloud-run": ("exiting.py:exiting", {"cpu": 1}),
         "on-compute": ("flows.py:hello", {"cpu": 2, "gcp_service": "compute"}),
+        **PULLS,
     },
+    pull=None,  # no pull section: Prefect's default, as users leave it
 )
 
 
@@ -100,6 +117,13 @@ def test_deployment_runs_on_cloud_run(gcp_shell, deployed, api, gcp_sandbox):
     assert re.search(rf"Machine {machine_id} launched on gcp: cloud-run-1cpu-2gib in us-central1, on-demand, \$\d+\.\d{{4}}/hour", logs), logs
     assert f"Machine {machine_id} runs on Cloud Run, because the machine needs no inbound connections" in logs
     assert re.search(rf"Machine {machine_id} ended: payload finished; estimated cost \$\d+\.\d{{4}}", logs), logs
+
+
+def test_the_synced_code_runs_wherever_the_pull_step_points(gcp_shell, deployed, api):
+    # No pull section (the project's path on this computer), the guide's /scratch/batch, and "."; at once.
+    for flow_run in completed_runs(api, gcp_shell, deployed, [f"located/{name}" for name in PULLS]):
+        assert_ran_synced_code(api, flow_run)
+        assert f"Machine {flow_run.infrastructure_pid} runs on Cloud Run" in "\n".join(run_logs(api, flow_run.id))
 
 
 def test_a_failing_flow_reports_its_exit_code(gcp_shell, deployed, api):

@@ -76,10 +76,14 @@ class Hypervisor:
             return self.finish(None, f"isolation setup failed: {error}")
         command = [*self.network.exec_prefix()] if self.network else []
         command += ["bash", str(self.directory / records.BOOT_SCRIPT)]
+        # A local machine boots in its work folder; a sandbox cloud's instance where its cloud starts
+        # a boot script (/ for cloud-init): its boot script must find a work folder of its own.
+        boot_folder = self.directory / self.record.get("boot_folder", records.WORK)
         try:
+            boot_folder.mkdir(mode=0o700, exist_ok=True)
             boot = subprocess.Popen(
                 command,
-                cwd=self.directory / records.WORK,
+                cwd=boot_folder,
                 env=self.machine_env(),
                 stdin=subprocess.DEVNULL,
                 stdout=self.log,

@@ -10,6 +10,7 @@
     ended.json       why and when the machine ended
     machine.log      boot, agent, payload and monitor output
     work/            the machine's working directory and HOME
+    root/            where a sandbox cloud's instance starts its boot script: its image's / (``boot_folder``)
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ STOP = "stop.json"
 ENDED = "ended.json"
 LOG = "machine.log"
 WORK = "work"
+ROOT = "root"
 
 _MISSING = object()
 
