@@ -102,7 +102,7 @@ phase() { echo "[prefect-remote boot] $(date -u +%Y-%m-%dT%H:%M:%S.%3NZ) $*"; }
 _PREINSTALLED = (
     _COMMON
     + """\
-phase "booting machine ${PREFECT_REMOTE_MACHINE_ID:-?} on $(hostname)"
+phase "booting machine ${PREFECT_REMOTE_MACHINE_ID:-?} on "@PLACEMENT@
 
 # The agent, preinstalled: it rebuilds the software environment, runs the payload and ends this
 # machine on timeout, idleness or a lost owner.
@@ -129,7 +129,7 @@ ended() {  # a boot that fails before the agent runs ends the machine: nobody el
   exit "$code"
 }
 trap ended EXIT
-phase "booting machine on $(hostname) ($(uname -m))"
+phase "booting machine on "@PLACEMENT@" ($(uname -m))"
 
 # 1. uv, pinned and verified.
 PHASE=uv
@@ -210,15 +210,24 @@ PY
 """
 
 
-def render_boot_script(config: dict[str, Any], *, python: str | None = None, agent: AgentSource | None = None, halt: str = "true") -> str:
+def render_boot_script(
+    config: dict[str, Any],
+    *,
+    python: str | None = None,
+    agent: AgentSource | None = None,
+    halt: str = "true",
+    placement: str = "a machine",
+) -> str:
     """The boot script for an agent ``config``: the agent runs with the interpreter at ``python``
     (preinstalled), or in an environment the script makes from ``agent`` (stock image), where a
-    failed boot runs ``halt`` (a shell command that ends the machine)."""
+    failed boot runs ``halt`` (a shell command that ends the machine). ``placement`` says where the
+    machine runs (``"aws EC2 t3.medium in us-east-1"``), for the log's first line."""
     encoded = base64.b64encode(json.dumps(config, separators=(",", ":")).encode()).decode()
+    where = shlex.quote(" ".join(placement.split()))  # one line, literal text whatever it holds
     if agent is None:
         if python is None:
             raise ValueError("render_boot_script: give python= (preinstalled agent) or agent= (stock image)")
-        return _PREINSTALLED.replace("@PYTHON@", shlex.quote(python)).replace("@CONFIG@", encoded)
+        return _PREINSTALLED.replace("@PYTHON@", shlex.quote(python)).replace("@CONFIG@", encoded).replace("@PLACEMENT@", where)
     extras = f"[{','.join(agent.extras)}]" if agent.extras else ""
     bootstrap = ""
     if agent.bootstrap:
@@ -246,6 +255,7 @@ def render_boot_script(config: dict[str, Any], *, python: str | None = None, age
         "@INSTALL_OPTIONS@": "" if agent.full else "--no-deps",
         "@INSTALL@": install,
         "@CONFIG@": encoded,
+        "@PLACEMENT@": where,  # last: the provider's text is not searched for placeholders
     }
     script = _STOCK
     for placeholder, value in replacements.items():
