@@ -23,11 +23,14 @@ True
 
 from __future__ import annotations
 
+import ast
 import base64
+import functools
 import json
 import re
 import shlex
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 AGENT_CONFIG_ENV = "PREFECT_REMOTE_AGENT_CONFIG"
@@ -62,6 +65,19 @@ UV_WHEELS = {
 _WHEEL_NAME = re.compile(r"[A-Za-z0-9_.+-]+\.whl")
 
 
+@functools.cache
+def _choose_python_code() -> str:
+    """The code that picks the agent environment's interpreter (:mod:`prefect_remote.software.interpreter`,
+    standard library only), run by the image's python3: without docstrings and comments, since a boot
+    script's size is limited."""
+    tree = ast.parse((Path(__file__).parent / "software" / "interpreter.py").read_text())
+    for node in ast.walk(tree):
+        body = getattr(node, "body", None)
+        if isinstance(body, list) and body and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant):
+            node.body = body[1:] or [ast.Pass()]
+    return ast.unparse(tree)
+
+
 @dataclass(frozen=True)
 class AgentSource:
     """Where a stock-image machine gets prefect-remote for its agent.
@@ -69,11 +85,12 @@ class AgentSource:
     ``requirement`` is what uv installs (``"prefect-remote[aws]==0.2.0"``); an unreleased version
     names a wheel in the store instead: ``wheel`` is its file name, ``digest`` its SHA-256 in
     ``store`` (read with the machine's own credentials, which ``bootstrap`` installs first, e.g.
-    boto3). ``python`` is the interpreter version to use; ``full`` installs prefect-remote with its
+    boto3). ``python`` is the launcher's Python version, which the machine runs, patch included,
+    where it can be had (else the same minor version); ``full`` installs prefect-remote with its
     dependencies (needed when the payload runs in the agent's environment, i.e. without software).
 
-    >>> AgentSource("prefect-remote==0.2.0", python="3.11").key
-    'prefect-remote==0.2.0-py3.11-agent'
+    >>> AgentSource("prefect-remote==0.2.0", python="3.11.7").key
+    'prefect-remote==0.2.0-py3.11.7-agent'
     """
 
     requirement: str
@@ -118,6 +135,7 @@ _STOCK = (
     + """\
 ROOT="${PREFECT_REMOTE_ROOT:-@DEFAULT_ROOT@}"
 export PREFECT_REMOTE_ROOT="$ROOT" UV_CACHE_DIR="${UV_CACHE_DIR:-$ROOT/uv-cache}"
+export UV_PYTHON_INSTALL_DIR="${UV_PYTHON_INSTALL_DIR:-$ROOT/python}"  # Pythons uv downloads
 export PREFECT_REMOTE_MACHINE_LOG="${PREFECT_REMOTE_MACHINE_LOG:-@DEFAULT_LOG@}"
 mkdir -p "$ROOT" "$(dirname "$PREFECT_REMOTE_MACHINE_LOG")"
 exec > >(tee -a "$PREFECT_REMOTE_MACHINE_LOG") 2>&1
@@ -163,19 +181,27 @@ UV="$UV_DIR/uv"
 export PATH="$UV_DIR:$PATH"
 phase "uv: $("$UV" --version)"
 
-# 2. The agent's own environment: prefect-remote at the launcher's version.
+# 2. The agent's own environment: prefect-remote at the launcher's version, on the launcher's Python
+# (patch included) where it can be had, else the same minor version (software/interpreter.py).
 PHASE=agent
 AGENT="$ROOT/agent/@AGENT_KEY@"
+export PREFECT_REMOTE_AGENT_PYTHON=@AGENT_PYTHON@  # sought already: a software environment's build does not again
 if [ ! -x "$AGENT/bin/python" ]; then
   phase "agent: installing @AGENT_REQUIREMENT@"
   mkdir -p "$ROOT/agent"
   BUILD="$(mktemp -d "$AGENT.XXXXXX")"
-  "$UV" venv --quiet --python @AGENT_PYTHON@ "$BUILD"
+  CHOICE="$(python3 - "$UV" @AGENT_PYTHON@ <<'PY'
+@CHOOSE_PYTHON@
+PY
+)"
+  phase "agent: ${CHOICE#*$'\\n'}"
+  "$UV" venv --quiet --python "${CHOICE%%$'\\n'*}" "$BUILD"
 @BOOTSTRAP@@FETCH_WHEEL@
   "$UV" pip install --quiet --python "$BUILD/bin/python" @INSTALL_OPTIONS@ @INSTALL@
   if ! mv -T "$BUILD" "$AGENT" 2>/dev/null; then rm -rf "$BUILD"; fi  # another machine sharing this root won
 fi
-phase "agent: ready ($("$AGENT/bin/python" -c 'import prefect_remote; print(prefect_remote.__version__)'))"
+READY="$("$AGENT/bin/python" -c 'import platform, prefect_remote as p; print(p.__version__, "on Python", platform.python_version())')"
+phase "agent: ready ($READY)"
 export PATH="$AGENT/bin:$PATH"  # a payload without a software environment runs in the agent's (then a full one)
 
 # 3-4. The agent rebuilds the software environment, runs the payload, and ends this machine on
@@ -250,6 +276,7 @@ def render_boot_script(
         "@AGENT_KEY@": agent.key,
         "@AGENT_REQUIREMENT@": agent.requirement,
         "@AGENT_PYTHON@": shlex.quote(agent.python),
+        "@CHOOSE_PYTHON@": _choose_python_code(),
         "@BOOTSTRAP@": bootstrap,
         "@FETCH_WHEEL@": fetch,
         "@INSTALL_OPTIONS@": "" if agent.full else "--no-deps",

@@ -23,6 +23,7 @@ from typing import Any
 
 from prefect_remote.errors import RemoteError
 from prefect_remote.filelock import file_lock
+from prefect_remote.software.interpreter import python_for_environment
 from prefect_remote.software.naming import NAME_PATTERN, env_name
 from prefect_remote.software.store import Store, StoreError, TamperedBlob
 
@@ -166,11 +167,10 @@ def _build(name: str, store: Store, env: Path, uv: str, uv_env: dict[str, str], 
     except StoreError:
         shutil.rmtree(env, ignore_errors=True)
         raise
-    minor = ".".join(spec["python"].split(".")[:2])
-    here = ".".join(map(str, sys.version_info[:2]))
-    interpreter = sys.executable if here == minor else minor  # the running Python when it fits: no search
-    log(f"software environment {name}: creating a Python {minor} virtual environment")
-    _run([uv, "venv", "--quiet", "--python", interpreter, str(env / "venv")], uv_env, spec, f"creating a Python {minor} environment")
+    interpreter, why = python_for_environment(spec["python"], uv, uv_env)
+    log(f"software environment {name}: creating a virtual environment on {why}")
+    venv = [uv, "venv", "--quiet", "--python", interpreter, str(env / "venv")]
+    _run(venv, uv_env, spec, f"creating a Python {spec['python']} environment")
     log(f"software environment {name}: installing {len(spec['packages'])} packages with uv")
     sync = [uv, "pip", "sync", "--quiet", "--python", str(env / "venv" / "bin" / "python"), *index_arguments(spec), str(requirements)]
     try:
