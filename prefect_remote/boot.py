@@ -23,14 +23,11 @@ True
 
 from __future__ import annotations
 
-import ast
 import base64
-import functools
 import json
 import re
 import shlex
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 AGENT_CONFIG_ENV = "PREFECT_REMOTE_AGENT_CONFIG"
@@ -63,19 +60,6 @@ UV_WHEELS = {
 
 
 _WHEEL_NAME = re.compile(r"[A-Za-z0-9_.+-]+\.whl")
-
-
-@functools.cache
-def _choose_python_code() -> str:
-    """The code that picks the agent environment's interpreter (:mod:`prefect_remote.software.interpreter`,
-    standard library only), run by the image's python3: without docstrings and comments, since a boot
-    script's size is limited."""
-    tree = ast.parse((Path(__file__).parent / "software" / "interpreter.py").read_text())
-    for node in ast.walk(tree):
-        body = getattr(node, "body", None)
-        if isinstance(body, list) and body and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant):
-            node.body = body[1:] or [ast.Pass()]
-    return ast.unparse(tree)
 
 
 @dataclass(frozen=True)
@@ -182,20 +166,17 @@ export PATH="$UV_DIR:$PATH"
 phase "uv: $("$UV" --version)"
 
 # 2. The agent's own environment: prefect-remote at the launcher's version, on the launcher's Python
-# (patch included) where it can be had, else the same minor version (software/interpreter.py).
+# (patch included) where uv has or can download it, else at once the same minor version.
 PHASE=agent
 AGENT="$ROOT/agent/@AGENT_KEY@"
-export PREFECT_REMOTE_AGENT_PYTHON=@AGENT_PYTHON@  # sought already: a software environment's build does not again
 if [ ! -x "$AGENT/bin/python" ]; then
   phase "agent: installing @AGENT_REQUIREMENT@"
   mkdir -p "$ROOT/agent"
   BUILD="$(mktemp -d "$AGENT.XXXXXX")"
-  CHOICE="$(python3 - "$UV" @AGENT_PYTHON@ <<'PY'
-@CHOOSE_PYTHON@
-PY
-)"
-  phase "agent: ${CHOICE#*$'\\n'}"
-  "$UV" venv --quiet --python "${CHOICE%%$'\\n'*}" "$BUILD"
+  if ! WHY="$(UV_HTTP_RETRIES=0 "$UV" venv --quiet --python @AGENT_PYTHON@ "$BUILD" 2>&1)"; then
+    phase "agent: no Python @AGENT_PYTHON@ here or to download (${WHY##*$'\\n'}); the same minor version instead"
+    "$UV" venv --quiet --python @AGENT_MINOR@ "$BUILD"
+  fi
 @BOOTSTRAP@@FETCH_WHEEL@
   "$UV" pip install --quiet --python "$BUILD/bin/python" @INSTALL_OPTIONS@ @INSTALL@
   if ! mv -T "$BUILD" "$AGENT" 2>/dev/null; then rm -rf "$BUILD"; fi  # another machine sharing this root won
@@ -276,7 +257,7 @@ def render_boot_script(
         "@AGENT_KEY@": agent.key,
         "@AGENT_REQUIREMENT@": agent.requirement,
         "@AGENT_PYTHON@": shlex.quote(agent.python),
-        "@CHOOSE_PYTHON@": _choose_python_code(),
+        "@AGENT_MINOR@": shlex.quote(".".join(agent.python.split(".")[:2])),
         "@BOOTSTRAP@": bootstrap,
         "@FETCH_WHEEL@": fetch,
         "@INSTALL_OPTIONS@": "" if agent.full else "--no-deps",

@@ -2,7 +2,7 @@
 
 A Dask client that connects to a scheduler gets a table of every version that differs between it,
 the scheduler and the workers, and warns with it (``VersionMismatchWarning``). Machines run the
-client's exact Python wherever it can be had (:mod:`prefect_remote.software.interpreter`); where it
+client's exact Python wherever it can be had (``software.rebuild``, the boot script); where it
 cannot (no route to the download host), they run the same minor version, whose code and pickles
 are the same. A table whose only row is Python, at the client's major.minor version everywhere,
 is ignored; any other row (a package's version, another minor Python) still warns.
