@@ -73,11 +73,12 @@ class AgentSource:
     ``requirement`` is what uv installs (``"prefect-remote[aws]==0.2.0"``); an unreleased version
     names a wheel in the store instead: ``wheel`` is its file name, ``digest`` its SHA-256 in
     ``store`` (read with the machine's own credentials, which ``bootstrap`` installs first, e.g.
-    boto3). ``python`` is the interpreter version to use; ``full`` installs prefect-remote with its
+    boto3). ``python`` is the launcher's Python version, which the machine runs, patch included,
+    where it can be had (else the same minor version); ``full`` installs prefect-remote with its
     dependencies (needed when the payload runs in the agent's environment, i.e. without software).
 
-    >>> AgentSource("prefect-remote==0.2.0", python="3.11").key
-    'prefect-remote==0.2.0-py3.11-agent'
+    >>> AgentSource("prefect-remote==0.2.0", python="3.11.7").key
+    'prefect-remote==0.2.0-py3.11.7-agent'
     """
 
     requirement: str
@@ -106,7 +107,7 @@ phase() { echo "[prefect-remote boot] $(date -u +%Y-%m-%dT%H:%M:%S.%3NZ) $*"; }
 _PREINSTALLED = (
     _COMMON
     + """\
-phase "booting machine ${PREFECT_REMOTE_MACHINE_ID:-?} on $(hostname)"
+phase "booting machine ${PREFECT_REMOTE_MACHINE_ID:-?} on "@PLACEMENT@
 
 # The agent, preinstalled: it rebuilds the software environment, runs the payload and ends this
 # machine on timeout, idleness or a lost owner.
@@ -122,6 +123,7 @@ _STOCK = (
     + """\
 ROOT="${PREFECT_REMOTE_ROOT:-@DEFAULT_ROOT@}"
 export PREFECT_REMOTE_ROOT="$ROOT" UV_CACHE_DIR="${UV_CACHE_DIR:-$ROOT/uv-cache}"
+export UV_PYTHON_INSTALL_DIR="${UV_PYTHON_INSTALL_DIR:-$ROOT/python}"  # Pythons uv downloads
 export PREFECT_REMOTE_MACHINE_LOG="${PREFECT_REMOTE_MACHINE_LOG:-@DEFAULT_LOG@}"
 mkdir -p "$ROOT" "$(dirname "$PREFECT_REMOTE_MACHINE_LOG")"
 exec > >(tee -a "$PREFECT_REMOTE_MACHINE_LOG") 2>&1
@@ -133,7 +135,7 @@ ended() {  # a boot that fails before the agent runs ends the machine: nobody el
   exit "$code"
 }
 trap ended EXIT
-phase "booting machine on $(hostname) ($(uname -m))"
+phase "booting machine on "@PLACEMENT@" ($(uname -m))"
 
 # 0. A work folder of its own. cloud-init and Google's startup-script runner start this script in /
 # (maybe without HOME): the agent unpacks the code bundle into its working folder, and the payload
@@ -178,19 +180,24 @@ UV="$UV_DIR/uv"
 export PATH="$UV_DIR:$PATH"
 phase "uv: $("$UV" --version)"
 
-# 2. The agent's own environment: prefect-remote at the launcher's version.
+# 2. The agent's own environment: prefect-remote at the launcher's version, on the launcher's Python
+# (patch included) where uv has or can download it, else at once the same minor version.
 PHASE=agent
 AGENT="$ROOT/agent/@AGENT_KEY@"
 if [ ! -x "$AGENT/bin/python" ]; then
   phase "agent: installing @AGENT_REQUIREMENT@"
   mkdir -p "$ROOT/agent"
   BUILD="$(mktemp -d "$AGENT.XXXXXX")"
-  "$UV" venv --quiet --python @AGENT_PYTHON@ "$BUILD"
+  if ! WHY="$(UV_HTTP_RETRIES=0 "$UV" venv --quiet --python @AGENT_PYTHON@ "$BUILD" 2>&1)"; then
+    phase "agent: no Python @AGENT_PYTHON@ here or to download (${WHY##*$'\\n'}); the same minor version instead"
+    "$UV" venv --quiet --python @AGENT_MINOR@ "$BUILD"
+  fi
 @BOOTSTRAP@@FETCH_WHEEL@
   "$UV" pip install --quiet --python "$BUILD/bin/python" @INSTALL_OPTIONS@ @INSTALL@
   if ! mv -T "$BUILD" "$AGENT" 2>/dev/null; then rm -rf "$BUILD"; fi  # another machine sharing this root won
 fi
-phase "agent: ready ($("$AGENT/bin/python" -c 'import prefect_remote; print(prefect_remote.__version__)'))"
+READY="$("$AGENT/bin/python" -c 'import platform, prefect_remote as p; print(p.__version__, "on Python", platform.python_version())')"
+phase "agent: ready ($READY)"
 export PATH="$AGENT/bin:$PATH"  # a payload without a software environment runs in the agent's (then a full one)
 
 # 3-4. The agent rebuilds the software environment, runs the payload, and ends this machine on
@@ -225,15 +232,24 @@ PY
 """
 
 
-def render_boot_script(config: dict[str, Any], *, python: str | None = None, agent: AgentSource | None = None, halt: str = "true") -> str:
+def render_boot_script(
+    config: dict[str, Any],
+    *,
+    python: str | None = None,
+    agent: AgentSource | None = None,
+    halt: str = "true",
+    placement: str = "a machine",
+) -> str:
     """The boot script for an agent ``config``: the agent runs with the interpreter at ``python``
     (preinstalled), or in an environment the script makes from ``agent`` (stock image), where a
-    failed boot runs ``halt`` (a shell command that ends the machine)."""
+    failed boot runs ``halt`` (a shell command that ends the machine). ``placement`` says where the
+    machine runs (``"aws EC2 t3.medium in us-east-1"``), for the log's first line."""
     encoded = base64.b64encode(json.dumps(config, separators=(",", ":")).encode()).decode()
+    where = shlex.quote(" ".join(placement.split()))  # one line, literal text whatever it holds
     if agent is None:
         if python is None:
             raise ValueError("render_boot_script: give python= (preinstalled agent) or agent= (stock image)")
-        return _PREINSTALLED.replace("@PYTHON@", shlex.quote(python)).replace("@CONFIG@", encoded)
+        return _PREINSTALLED.replace("@PYTHON@", shlex.quote(python)).replace("@CONFIG@", encoded).replace("@PLACEMENT@", where)
     extras = f"[{','.join(agent.extras)}]" if agent.extras else ""
     bootstrap = ""
     if agent.bootstrap:
@@ -256,11 +272,13 @@ def render_boot_script(config: dict[str, Any], *, python: str | None = None, age
         "@AGENT_KEY@": agent.key,
         "@AGENT_REQUIREMENT@": agent.requirement,
         "@AGENT_PYTHON@": shlex.quote(agent.python),
+        "@AGENT_MINOR@": shlex.quote(".".join(agent.python.split(".")[:2])),
         "@BOOTSTRAP@": bootstrap,
         "@FETCH_WHEEL@": fetch,
         "@INSTALL_OPTIONS@": "" if agent.full else "--no-deps",
         "@INSTALL@": install,
         "@CONFIG@": encoded,
+        "@PLACEMENT@": where,  # last: the provider's text is not searched for placeholders
     }
     script = _STOCK
     for placeholder, value in replacements.items():

@@ -38,6 +38,7 @@ from prefect_remote.cluster.plan import (
     launch_workers,
     worker_lease,
 )
+from prefect_remote.cluster.versions import ignore_python_patch_mismatch
 from prefect_remote.devserver import free_port
 from prefect_remote.filelock import file_lock
 from prefect_remote.lease import default_owner, leases
@@ -168,6 +169,7 @@ class RemoteCluster(SpecCluster):
                 **spec_fields,
             )
         options = options.with_software()  # the environment the workers run, captured now if need be
+        ignore_python_patch_mismatch()  # its machines may run another patch of this Python, where this one cannot be had
         self.options = options
         self.provider = options.provider
         self.cluster_name = options.cluster_name

@@ -342,10 +342,11 @@ class Provider(ABC):
         instance_type = self.choose_instance_type(spec)
         launch_id = f"launch-{secrets.token_hex(6)}"
         config = self.agent_config(spec, payload, launch_id)
+        placement = self.placement(spec, instance_type)
         if self.shares_host_software:
-            boot_script = render_boot_script(config, python=self.boot_python())
+            boot_script = render_boot_script(config, python=self.boot_python(), placement=placement)
         else:
-            boot_script = render_boot_script(config, agent=agent or self.agent_source(spec), halt=self.halt_command)
+            boot_script = render_boot_script(config, agent=agent or self.agent_source(spec), halt=self.halt_command, placement=placement)
         size = len(boot_script.encode())
         if size > self.max_boot_script:
             raise ValueError(
@@ -362,6 +363,12 @@ class Provider(ABC):
             if machine_secrets:
                 self._forget_secrets(launch_id)
             raise
+
+    def placement(self, spec: MachineSpec, instance_type: InstanceType) -> str:
+        """Where the machines of a launch of ``spec`` on ``instance_type`` run, in words, for the first
+        line of their logs: the provider, the service, the shape and the region (``"aws EC2 t3.medium
+        in us-east-1"``). By default the provider's name, the type and the region ``spec`` asks for."""
+        return f"{self.name} {instance_type.name}" + (f" in {spec.region}" if spec.region else "")
 
     def agent_config(self, spec: MachineSpec, payload: BootPayload, launch_id: str) -> dict[str, Any]:
         """What the agent on a machine of ``launch_id`` needs to know, as JSON for the boot script: no

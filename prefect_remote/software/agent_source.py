@@ -10,7 +10,7 @@ source, stored by content).
 from __future__ import annotations
 
 import json
-import sys
+import platform
 from collections.abc import Callable, Sequence
 from functools import lru_cache
 from importlib import metadata
@@ -27,7 +27,7 @@ def agent_source(store: Callable[[], Store], *, extras: Sequence[str], requireme
     """The :class:`AgentSource` for this launcher's prefect-remote; ``store`` gives the store the
     machines read (asked for only when the version is not released). ``requirements`` (what the
     machine runtime imports, e.g. boto3) are pinned to the versions installed here when they are."""
-    python = f"{sys.version_info.major}.{sys.version_info.minor}"
+    python = platform.python_version()  # patch included: the machine gets it where it can (boot script, software.rebuild)
     pinned = tuple(_pinned(name) for name in requirements)
     version, source = _installed()
     extra = f"[{','.join(extras)}]" if extras else ""

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import platform
 import re
 import shutil
 import subprocess
@@ -166,11 +167,8 @@ def _build(name: str, store: Store, env: Path, uv: str, uv_env: dict[str, str], 
     except StoreError:
         shutil.rmtree(env, ignore_errors=True)
         raise
-    minor = ".".join(spec["python"].split(".")[:2])
-    here = ".".join(map(str, sys.version_info[:2]))
-    interpreter = sys.executable if here == minor else minor  # the running Python when it fits: no search
-    log(f"software environment {name}: creating a Python {minor} virtual environment")
-    _run([uv, "venv", "--quiet", "--python", interpreter, str(env / "venv")], uv_env, spec, f"creating a Python {minor} environment")
+    why = _make_venv(env / "venv", spec, uv, uv_env)
+    log(f"software environment {name}: a virtual environment on {why}")
     log(f"software environment {name}: installing {len(spec['packages'])} packages with uv")
     sync = [uv, "pip", "sync", "--quiet", "--python", str(env / "venv" / "bin" / "python"), *index_arguments(spec), str(requirements)]
     try:
@@ -182,6 +180,26 @@ def _build(name: str, store: Store, env: Path, uv: str, uv_env: dict[str, str], 
     (env / "spec.json").write_bytes(canonical(spec))
     (env / COMPLETE).touch()
     log(f"software environment {name}: built in {time.monotonic() - started:.1f}s")
+
+
+def _make_venv(venv: Path, spec: dict[str, Any], uv: str, uv_env: dict[str, str]) -> str:
+    """Makes ``venv`` on the Python the environment was captured with, patch included, where this
+    machine has it or uv can download it (a Dask client compares its Python with its cluster's);
+    else at once on one of the same minor version. Returns which Python, and why, for the log."""
+    wanted, here = spec["python"], platform.python_version()
+    if wanted == here:
+        _run([uv, "venv", "--quiet", "--python", sys.executable, str(venv)], uv_env, spec, f"creating a Python {wanted} environment")
+        return f"Python {wanted}, as captured"
+    exact = subprocess.run(  # no retries: a machine with no route to the download host learns it at once
+        [uv, "venv", "--quiet", "--python", wanted, str(venv)], env={**uv_env, "UV_HTTP_RETRIES": "0"}, capture_output=True, text=True
+    )
+    if exact.returncode == 0:
+        return f"Python {wanted}, as captured"
+    minor = ".".join(wanted.split(".")[:2])
+    same_minor = sys.executable if here.startswith(f"{minor}.") else minor  # the running Python when it fits: no search
+    _run([uv, "venv", "--quiet", "--python", same_minor, str(venv)], uv_env, spec, f"creating a Python {minor} environment")
+    found = (exact.stderr or exact.stdout).strip().splitlines()
+    return f"Python {minor} (not {wanted}, which this machine has not and uv could not download: {found[-1] if found else '?'})"
 
 
 def packages_named(spec: dict[str, Any], message: str) -> list[str]:

@@ -43,7 +43,7 @@ def test_cli_path_provision_deploy_run_with_no_worker(prefect_server, push_pool,
     assert flow_run.state_name == "Completed"
     assert flow_run.labels["prefect.worker.name"].startswith("prefect-remote push (test-push)")  # the in-server service
     assert "hello from the flow" in logs  # printed by the flow
-    assert "booting machine" in logs and "software environment senv-" in logs  # the machine's boot, rebuilt env
+    assert "on this host" in logs.split("booting machine", 1)[1].splitlines()[0] and "software environment senv-" in logs  # the machine's boot, rebuilt env
     assert f"Machine {flow_run.infrastructure_pid} launched on local" in logs
     # The engine reports Completed moments before the payload exits and the agent ends the machine.
     ended = lambda: next((m for m in [LocalProvider().describe(flow_run.infrastructure_pid)] if not m.alive), None)  # noqa: E731

@@ -64,7 +64,8 @@ def test_deployment_runs_on_an_ec2_instance(aws_shell, deployed, api, aws_sandbo
     assert instance_id.startswith("i-")
     logs = "\n".join(run_logs(api, flow_run.id))
     assert "hello from the flow" in logs  # the payload's own output
-    assert "booting machine" in logs and "agent: ready" in logs and "software environment senv-" in logs  # boot phases
+    assert "booting machine on aws EC2 t3a.nano in us-east-1" in logs and "software environment senv-" in logs  # boot phases
+    assert re.search(r"agent: ready \(\S+ on Python 3\.\d+\.\d+\)", logs)  # which Python the machine got
     # The cost facts at launch and at the end: type, region, market, price, and what it cost.
     assert re.search(rf"Machine {instance_id} launched on aws: t3a\.nano in us-east-1, on-demand, \$\d+\.\d{{4}}/hour", logs)
     assert re.search(rf"Machine {instance_id} ended: payload finished; estimated cost \$\d+\.\d{{4}}", logs)

@@ -113,7 +113,7 @@ def test_deployment_runs_on_cloud_run(gcp_shell, deployed, api, gcp_sandbox):
     assert machine_id.startswith("run-")
     logs = "\n".join(run_logs(api, flow_run.id))
     assert "hello from the flow" in logs  # the payload's own output
-    assert "booting machine" in logs and "agent: ready" in logs and "software environment senv-" in logs  # boot phases
+    assert "booting machine on gcp Cloud Run (1 cpu / 2 GiB, us-central1)" in logs and "agent: ready" in logs and "software environment senv-" in logs  # boot phases
     assert re.search(rf"Machine {machine_id} launched on gcp: cloud-run-1cpu-2gib in us-central1, on-demand, \$\d+\.\d{{4}}/hour", logs), logs
     assert f"Machine {machine_id} runs on Cloud Run, because the machine needs no inbound connections" in logs
     assert re.search(rf"Machine {machine_id} ended: payload finished; estimated cost \$\d+\.\d{{4}}", logs), logs
@@ -152,7 +152,7 @@ def test_gcp_service_compute_runs_on_a_vm(gcp_shell, deployed, api, gcp_env):
     logs = "\n".join(run_logs(api, flow_run.id))
     machine_id = flow_run.infrastructure_pid
     assert machine_id.startswith("vm-")
-    assert "hello from the flow" in logs and "booting machine" in logs
+    assert "hello from the flow" in logs and re.search(r"booting machine on gcp Compute Engine e2-\S+ in us-central1-a", logs), logs
     assert re.search(rf"Machine {machine_id} launched on gcp: e2-\S+ in us-central1, on-demand, \$\d+\.\d{{4}}/hour", logs), logs
     assert f"Machine {machine_id} runs on Compute Engine, because gcp_service='compute'" in logs
     assert re.search(rf"Machine {machine_id} ended: payload finished; estimated cost \$\d+\.\d{{4}}", logs), logs

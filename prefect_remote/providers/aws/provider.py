@@ -324,6 +324,9 @@ class AWSProvider(Provider):
     def choose_instance_type(self, spec: MachineSpec) -> InstanceType:
         return catalog.choose_instance_type(self.instance_types(), spec, self.region)
 
+    def placement(self, spec: MachineSpec, instance_type: InstanceType) -> str:
+        return f"aws EC2 {instance_type.name} in {self.region}"
+
     def check_spec(self, spec: MachineSpec) -> None:
         super().check_spec(spec)
         if spec.region and spec.region != self.region:

@@ -296,6 +296,11 @@ class CloudRunService(GCPService):
             raise CapacityError(f"gcp (Cloud Run): {self.unfit(spec) or _shape_problem(spec)}")
         return chosen
 
+    def placement(self, instance_type: InstanceType) -> str:
+        """The shape in words (its instance type name is prefect-remote's): ``"Cloud Run (4 cpu / 16 GiB, us-central1)"``."""
+        gpu = f" / {instance_type.gpu}x {instance_type.gpu_type}" if instance_type.gpu else ""
+        return f"Cloud Run ({instance_type.cpu} cpu / {format_size(instance_type.memory)}{gpu}, {self.options.region})"
+
     def unfit(self, spec: MachineSpec) -> str | None:
         if spec.inbound:
             return "the machine must accept connections, which Cloud Run jobs do not"

@@ -132,6 +132,9 @@ class ComputeService(GCPService):
     def choose_instance_type(self, spec: MachineSpec) -> InstanceType:
         return catalog.choose_machine_type(self.instance_types(), spec, self.zone)
 
+    def placement(self, instance_type: InstanceType) -> str:
+        return f"Compute Engine {instance_type.name} in {self.zone}"
+
     # -- starting ---------------------------------------------------------------------------------
     def start(self, launch: Launch, machine_ids: Sequence[str]) -> list[Machine]:
         policy = launch.spec.spot_policy

@@ -49,7 +49,8 @@ LABEL_PREFIX = "prefect-remote-"  # GCP labels: lowercase, [a-z0-9_-], 63 charac
 
 class GCPService(ABC):
     """One way Google Cloud runs a machine. A service writes only what differs: whether it can serve
-    a spec (``unfit``), its shapes, starting machines, reading them back and ending them."""
+    a spec (``unfit``), its shapes and how a machine's log names them (``placement``), starting
+    machines, reading them back and ending them."""
 
     name: ClassVar[str]  # "Cloud Run", "Compute Engine": for logs and errors
     id_prefix: ClassVar[str]  # machine ids of this service start with it: "run-", "vm-"
@@ -76,6 +77,10 @@ class GCPService(ABC):
 
     def choose_instance_type(self, spec: MachineSpec) -> InstanceType:
         return pick_instance_type(f"gcp ({self.name})", self.instance_types(), spec)
+
+    @abstractmethod
+    def placement(self, instance_type: InstanceType) -> str:
+        """Where a machine of ``instance_type`` runs, for its log: ``"Compute Engine e2-standard-4 in us-central1-a"``."""
 
     @abstractmethod
     def start(self, launch: Launch, machine_ids: Sequence[str]) -> list[Machine]:
@@ -207,6 +212,10 @@ class GCPProvider(Provider):
     def choose_instance_type(self, spec: MachineSpec) -> InstanceType:
         service, _ = self.service_for(spec)
         return service.choose_instance_type(spec)
+
+    def placement(self, spec: MachineSpec, instance_type: InstanceType) -> str:
+        service, _ = self.service_for(spec)
+        return f"gcp {service.placement(instance_type)}"
 
     def _start(self, launch: Launch) -> list[Machine]:
         service, reason = self.service_for(launch.spec)

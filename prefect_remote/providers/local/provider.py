@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import os
+import platform
 import shutil
 import signal
 import sys
@@ -150,6 +151,9 @@ class LocalProvider(Provider):
         )
 
     # -- launching --------------------------------------------------------------------------------
+    def placement(self, spec: MachineSpec, instance_type: InstanceType) -> str:
+        return f"this host ({platform.node()}), {instance_type.name}"
+
     def boot_python(self) -> str:
         return sys.executable  # a local machine's "image" is this host: it runs the launcher's interpreter
 
