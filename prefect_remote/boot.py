@@ -142,7 +142,6 @@ phase "booting machine on "@PLACEMENT@" ($(uname -m))"
 # runs there.
 PHASE=workdir
 export HOME="${HOME:-$(echo ~)}"  # unset: the passwd entry's, as a login shell would have it
-export UV_PYTHON_INSTALL_DIR="${UV_PYTHON_INSTALL_DIR:-$ROOT/python}"  # a managed Python is cached with the rest
 mkdir -p "$ROOT/work"
 WORK="$(mktemp -d "$ROOT/work/machine-XXXXXXXX")"  # one per boot: a root an image or a sandbox shares is never mixed
 cd "$WORK"
