@@ -60,8 +60,8 @@ def bench_home(name: str) -> Iterator[Path]:
 
 def end_machines(folder: Path, timeout: float = 60.0) -> None:
     """Ends every local machine still alive under ``folder`` (in any home up to ``HOME_DEPTH``
-    levels down), waits for them to end, then removes the host-only bridge if nothing uses it."""
-    from prefect_remote.providers.local import LocalProvider
+    levels down), waits for them to end, then removes the host-only bridge once nothing uses it."""
+    from prefect_remote.providers.local import LocalProvider, gateway
 
     homes = {machines.parent for depth in range(HOME_DEPTH) for machines in folder.glob("*/" * depth + "machines")}
     for home in sorted(homes):
@@ -71,7 +71,13 @@ def end_machines(folder: Path, timeout: float = 60.0) -> None:
             log.info("ending %d machine(s) still alive under %s: %s", len(alive), home, ", ".join(alive))
             provider.terminate(alive, reason="the benchmark ended")
             provider.wait(alive, timeout=timeout, poll=0.2)
-    LocalProvider(folder / "home").cleanup_host()
+    # The host gateway's services (egress for software rebuilds) exit IDLE_EXIT s after their last
+    # use, and the bridge can go only after them; a bridge another session's machines use stays.
+    provider, deadline = LocalProvider(folder / "home"), time.monotonic() + gateway.IDLE_EXIT + 5
+    provider.cleanup_host()
+    while provider.bridge.gateways_running() and not provider.bridge.in_use() and time.monotonic() < deadline:
+        time.sleep(1)
+        provider.cleanup_host()
 
 
 STAMP = re.compile(r"^\[prefect-remote (boot|agent)\] (\S+)Z (.*)$", re.M)

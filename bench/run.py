@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import re
 import signal
 import sys
 import tempfile
@@ -23,6 +24,7 @@ from typing import TextIO
 
 BENCHMARKS = ["bench_machines", "bench_software", "bench_flow_runs", "bench_fanout", "bench_aws", "bench_gcp"]
 WIDTH = 80
+NUMBER_AND_UNIT = re.compile(r"(\d) (s|ms|us|MiB|GiB|KiB|x|calls?|packages)\b")
 
 
 def log_everything_to(path: Path) -> TextIO:
@@ -40,9 +42,11 @@ def log_everything_to(path: Path) -> TextIO:
 
 
 def show(figures: TextIO, text: str, indent: str = "") -> None:
-    """Prints ``text`` to the figures' stream, wrapped to ``WIDTH`` columns (continuations indented 2 more)."""
+    """Prints ``text`` to the figures' stream, wrapped to ``WIDTH`` columns (continuations indented 2
+    more), never between a number and its unit."""
+    text = NUMBER_AND_UNIT.sub("\\1\N{NO-BREAK SPACE}\\2", text)  # (textwrap breaks at ASCII spaces only)
     for line in textwrap.wrap(text, WIDTH, initial_indent=indent, subsequent_indent=indent + "  ", break_on_hyphens=False, break_long_words=False):
-        print(line, file=figures, flush=True)
+        print(line.replace("\N{NO-BREAK SPACE}", " "), file=figures, flush=True)
 
 
 def in_log(text: str) -> None:
