@@ -29,7 +29,7 @@ demo-machines: env
 	PREFECT_REMOTE_HOME=$(CURDIR)/.demo/home $(VENV)/bin/python examples/machines_demo.py
 
 bench: env
-	$(VENV)/bin/python bench/run.py
+	@$(VENV)/bin/python bench/run.py
 
 clean:
 	-$(VENV)/bin/prefect-remote machines rm --all

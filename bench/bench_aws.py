@@ -16,11 +16,8 @@ interval whatever the worker count, and under 1 call per second in total for 10 
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
-from pathlib import Path
 
-from common import api_calls, boot_lines, boot_phases, local_launch
+from common import api_calls, bench_home, boot_lines, boot_phases, local_launch
 
 IDLE_SECONDS = float(os.environ.get("BENCH_AWS_SECONDS", "60"))
 WORKERS = 10
@@ -42,13 +39,8 @@ def main() -> list[str]:
     from prefect_remote.spec import MachineSpec
     from prefect_remote.testing.aws import SandboxAWS
 
-    saved = dict(os.environ)
-    scratch = Path(tempfile.mkdtemp(prefix="prefect-remote-bench-aws-"))
-    os.environ.setdefault("PREFECT_REMOTE_LOCAL_BRIDGE", "prbench0")
-    os.environ.setdefault("PREFECT_REMOTE_LOCAL_SUBNET", "10.233.0.0/16")
-    os.environ["PREFECT_REMOTE_HOME"] = str(scratch / "home")
     lines = []
-    try:
+    with bench_home("aws") as scratch:  # which ends the sandbox's instances, whatever happens
         with SandboxAWS(home=scratch / "sandbox") as aws:
             os.environ.update(aws.exports())
             project = scratch / "project"
@@ -65,10 +57,6 @@ def main() -> list[str]:
             from bench_fanout import bench_map
 
             lines += bench_map("aws", memory=False)  # the fan-out benchmark on the sandbox's instances
-    finally:
-        os.environ.clear()
-        os.environ.update(saved)
-        shutil.rmtree(scratch, ignore_errors=True)
     return lines
 
 

@@ -21,6 +21,8 @@ import time
 import tracemalloc
 from pathlib import Path
 
+from common import bench_home
+
 ITEMS = 10_000
 MEMORY_ITEMS = (100_000, 1_000_000)
 TASKS = 500
@@ -181,9 +183,10 @@ def bench_flow() -> str:
 
 
 def main():
-    yield from bench_map()
-    yield from bench_start()
-    yield bench_flow()
+    with bench_home("fanout"):
+        yield from bench_map()
+        yield from bench_start()
+        yield bench_flow()
 
 
 if __name__ == "__main__":

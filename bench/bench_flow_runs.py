@@ -7,13 +7,13 @@ the process worker alike), same flow, the software environment already rebuilt o
 from __future__ import annotations
 
 import os
-import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
+
+from common import bench_home
 
 from prefect.client.orchestration import get_client
 from prefect.settings import PREFECT_API_URL, temporary_settings
@@ -39,57 +39,44 @@ def run_once(client, deployment_id, timeout: float = 300) -> float:
 
 
 def main() -> list[str]:
-    scratch = Path(tempfile.mkdtemp(prefix="prefect-remote-bench-flows-"))
-    project = scratch / "project"
-    project.mkdir()
-    (project / "flows.py").write_text(FLOW)
-    settings = {"PREFECT_WORKER_QUERY_SECONDS": "1", "PREFECT_REMOTE_PUSH_INTERVAL": "1", "PREFECT_REMOTE_HOME": str(scratch / "home"),
-                "PREFECT_REMOTE_LOCAL_BRIDGE": "prbench0", "PREFECT_REMOTE_LOCAL_SUBNET": "10.233.0.0/16"}
-    saved = {name: os.environ.get(name) for name in settings}
-    os.environ.update(settings)
     worker = None
-    try:
-        with local_prefect_server(scratch / "prefect", env=settings) as api_url:
-            env = {**os.environ, "PREFECT_API_URL": api_url, "PREFECT_HOME": str(scratch / "cli")}
-            for pool_type, pool in (("remote:push", "bench-push"), ("process", "bench-process")):
-                subprocess.run([PREFECT, "work-pool", "create", "--type", pool_type, pool], env=env, check=True, capture_output=True)
-            worker = subprocess.Popen([PREFECT, "worker", "start", "--pool", "bench-process", "--type", "process"], env=env,
-                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-            from prefect_remote.software.capture import capture_environment
+    with bench_home("flows") as scratch:  # which ends the machines of the runs, whatever happens to them
+        project = scratch / "project"
+        project.mkdir()
+        (project / "flows.py").write_text(FLOW)
+        settings = {"PREFECT_WORKER_QUERY_SECONDS": "1", "PREFECT_REMOTE_PUSH_INTERVAL": "1"}
+        os.environ.update(settings)
+        try:
+            with local_prefect_server(scratch / "prefect", env=settings) as api_url:
+                env = {**os.environ, "PREFECT_API_URL": api_url, "PREFECT_HOME": str(scratch / "cli")}
+                for pool_type, pool in (("remote:push", "bench-push"), ("process", "bench-process")):
+                    subprocess.run([PREFECT, "work-pool", "create", "--type", pool_type, pool], env=env, check=True, capture_output=True)
+                worker = subprocess.Popen([PREFECT, "worker", "start", "--pool", "bench-process", "--type", "process"], env=env,
+                                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+                from prefect_remote.software.capture import capture_environment
 
-            senv = capture_environment(root=project).name
-            with temporary_settings({PREFECT_API_URL: api_url}), get_client(sync_client=True) as client:
-                flow_id = client.create_flow_from_name("trivial")
-                pull = [{"prefect.deployments.steps.set_working_directory": {"directory": str(project)}}]
-                push = client.create_deployment(flow_id=flow_id, name="push", work_pool_name="bench-push", entrypoint="flows.py:trivial",
-                                                path=str(project), pull_steps=pull, job_variables={"software": senv})
-                process = client.create_deployment(flow_id=flow_id, name="process", work_pool_name="bench-process",
-                                                   entrypoint="flows.py:trivial", path=str(project), pull_steps=pull)
-                run_once(client, push)  # rebuilds the environment once
-                run_once(client, process)
-                ours, theirs = [], []
-                for _ in range(ROUNDS):  # interleaved
-                    theirs.append(run_once(client, process))
-                    ours.append(run_once(client, push))
-        mine, baseline = statistics.median(ours), statistics.median(theirs)
-        return [
-            f"trivial deployment run, created -> Completed: remote:push {mine:.2f} s vs process pool {baseline:.2f} s "
-            f"= {mine / baseline:.2f}x [goal <= 1.25x: {'meets' if mine / baseline <= 1.25 else 'MISSES'}]"
-        ]
-    finally:
-        if worker is not None:
-            stop_process_group(worker)
-        from prefect_remote.providers.local import LocalProvider
-
-        provider = LocalProvider()
-        provider.wait([m.id for m in provider.list()], timeout=60)
-        provider.cleanup_host()
-        shutil.rmtree(scratch, ignore_errors=True)
-        for name, value in saved.items():  # the benchmarks after this one get the environment back
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
+                senv = capture_environment(root=project).name
+                with temporary_settings({PREFECT_API_URL: api_url}), get_client(sync_client=True) as client:
+                    flow_id = client.create_flow_from_name("trivial")
+                    pull = [{"prefect.deployments.steps.set_working_directory": {"directory": str(project)}}]
+                    push = client.create_deployment(flow_id=flow_id, name="push", work_pool_name="bench-push", entrypoint="flows.py:trivial",
+                                                    path=str(project), pull_steps=pull, job_variables={"software": senv})
+                    process = client.create_deployment(flow_id=flow_id, name="process", work_pool_name="bench-process",
+                                                       entrypoint="flows.py:trivial", path=str(project), pull_steps=pull)
+                    run_once(client, push)  # rebuilds the environment once
+                    run_once(client, process)
+                    ours, theirs = [], []
+                    for _ in range(ROUNDS):  # interleaved
+                        theirs.append(run_once(client, process))
+                        ours.append(run_once(client, push))
+        finally:
+            if worker is not None:
+                stop_process_group(worker)
+    mine, baseline = statistics.median(ours), statistics.median(theirs)
+    return [
+        f"trivial deployment run, created -> Completed: remote:push {mine:.2f} s vs process pool {baseline:.2f} s "
+        f"= {mine / baseline:.2f}x [goal <= 1.25x: {'meets' if mine / baseline <= 1.25 else 'MISSES'}]"
+    ]
 
 
 if __name__ == "__main__":

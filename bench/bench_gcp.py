@@ -23,10 +23,9 @@ from __future__ import annotations
 import collections
 import os
 import shutil
-import tempfile
 from pathlib import Path
 
-from common import api_calls, boot_lines, boot_phases, local_launch
+from common import api_calls, bench_home, boot_lines, boot_phases, local_launch
 
 WINDOW_SECONDS = float(os.environ.get("BENCH_GCP_SECONDS", "60"))
 WORKERS = 10
@@ -105,14 +104,9 @@ def main() -> list[str]:
     from prefect_remote.spec import MachineSpec
     from prefect_remote.testing.gcp.sandbox import SandboxGCP
 
-    saved = dict(os.environ)
-    scratch = Path(tempfile.mkdtemp(prefix="prefect-remote-bench-gcp-"))
-    os.environ.setdefault("PREFECT_REMOTE_LOCAL_BRIDGE", "prbench0")
-    os.environ.setdefault("PREFECT_REMOTE_LOCAL_SUBNET", "10.233.0.0/16")
-    os.environ["PREFECT_REMOTE_HOME"] = str(scratch / "home")
     lines: list[str] = []
     colds: list[dict[str, float]] = []
-    try:
+    with bench_home("gcp") as scratch:  # which ends the sandbox's instances, whatever happens
         with SandboxGCP(home=scratch / "sandbox") as gcp:
             os.environ.update(gcp.exports())
             project = scratch / "project"
@@ -128,10 +122,6 @@ def main() -> list[str]:
                 colds.append(cold)
             lines += api_calls(gcp.calls, "gcp", LEASE_CALL, WORKERS, WINDOW_SECONDS)
             lines += on_paper(*colds)
-    finally:
-        os.environ.clear()
-        os.environ.update(saved)
-        shutil.rmtree(scratch, ignore_errors=True)
     return lines
 
 

@@ -7,13 +7,12 @@ process isolation.
 
 from __future__ import annotations
 
-import os
-import shutil
 import statistics
 import subprocess
-import tempfile
 import time
 from pathlib import Path
+
+from common import bench_home
 
 from prefect_remote.providers.base import BootPayload
 from prefect_remote.providers.local import LocalProvider
@@ -46,32 +45,29 @@ def machine_start(provider: LocalProvider, marker: Path, spec: MachineSpec) -> f
 
 
 def main() -> list[str]:
-    home = Path(tempfile.mkdtemp(prefix="prefect-remote-bench-"))
-    work = Path(tempfile.mkdtemp(prefix="prefect-remote-bench-markers-"))
-    os.environ.setdefault("PREFECT_REMOTE_LOCAL_BRIDGE", "prbench0")
-    os.environ.setdefault("PREFECT_REMOTE_LOCAL_SUBNET", "10.233.0.0/16")
-    levels = [("process", MachineSpec())]
-    if namespace_unavailable() is None:
-        levels.append(("namespace", MachineSpec(cpu=1, memory="512 MiB")))
-    lines = []
-    for isolation, spec in levels:
-        provider = LocalProvider(home, isolation=isolation)
-        machine_start(provider, work / f"warmup-{isolation}", spec)  # page cache, bridge creation
-        ours, baseline = [], []
-        for i in range(ROUNDS):  # interleaved, so drift on the machine hits both sides alike
-            baseline.append(subprocess_start(work / f"sub-{isolation}-{i}"))
-            ours.append(machine_start(provider, work / f"machine-{isolation}-{i}", spec))
-        mine, theirs = statistics.median(ours), statistics.median(baseline)
-        verdict = "meets" if isolation != "process" or mine - theirs <= 0.5 else "MISSES"
-        lines.append(
-            f"launch-to-payload ({isolation} isolation): {mine * 1000:.0f} ms median vs subprocess {theirs * 1000:.1f} ms; "
-            f"overhead {(mine - theirs) * 1000:.0f} ms, ratio {mine / theirs:.1f}x"
-            + (f" [goal overhead <= 500 ms: {verdict}]" if isolation == "process" else "")
-        )
-        provider.cleanup_host()
-    shutil.rmtree(home, ignore_errors=True)
-    shutil.rmtree(work, ignore_errors=True)
-    return lines
+    with bench_home("machines") as scratch:
+        home, work = scratch / "home", scratch / "markers"
+        work.mkdir()
+        levels = [("process", MachineSpec())]
+        if namespace_unavailable() is None:
+            levels.append(("namespace", MachineSpec(cpu=1, memory="512 MiB")))
+        lines = []
+        for isolation, spec in levels:
+            provider = LocalProvider(home, isolation=isolation)
+            machine_start(provider, work / f"warmup-{isolation}", spec)  # page cache, bridge creation
+            ours, baseline = [], []
+            for i in range(ROUNDS):  # interleaved, so drift on the machine hits both sides alike
+                baseline.append(subprocess_start(work / f"sub-{isolation}-{i}"))
+                ours.append(machine_start(provider, work / f"machine-{isolation}-{i}", spec))
+            mine, theirs = statistics.median(ours), statistics.median(baseline)
+            verdict = "meets" if isolation != "process" or mine - theirs <= 0.5 else "MISSES"
+            lines.append(
+                f"launch-to-payload ({isolation} isolation): {mine * 1000:.0f} ms median vs subprocess {theirs * 1000:.1f} ms; "
+                f"overhead {(mine - theirs) * 1000:.0f} ms, ratio {mine / theirs:.1f}x"
+                + (f" [goal overhead <= 500 ms: {verdict}]" if isolation == "process" else "")
+            )
+            provider.cleanup_host()
+        return lines
 
 
 if __name__ == "__main__":

@@ -1,6 +1,8 @@
-"""What the cloud benchmarks (``bench_aws``, ``bench_gcp``) share: launch-to-payload split into the
-boot phases a machine log stamps, the local provider's launch of the same payload as baseline, and
-API calls per machine-minute of a working and an idle cluster.
+"""What the benchmarks share: :func:`bench_home`, the scratch home each benchmark runs in and whose
+machines are ended however it finishes; and, for the cloud benchmarks (``bench_aws``,
+``bench_gcp``), launch-to-payload split into the boot phases a machine log stamps, the local
+provider's launch of the same payload as baseline, and API calls per machine-minute of a working and
+an idle cluster.
 
 >>> phases = boot_phases(provider, MachineSpec(cpu=2, software=env), marker, log_of)   # doctest: +SKIP
 >>> phases["total"], phases["uv"]                                                    # doctest: +SKIP
@@ -10,12 +12,73 @@ API calls per machine-minute of a working and an idle cluster.
 from __future__ import annotations
 
 import collections
+import logging
+import os
 import re
+import shutil
+import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
 from typing import Any
+
+# The benchmarks' own host-only bridge and subnet (unless the environment names them), apart from the
+# user's machines (prbr0, 10.231.0.0/16) and the tests' (prtest0, 10.232.0.0/16).
+BENCH_NETWORK = {"PREFECT_REMOTE_LOCAL_BRIDGE": "prbench0", "PREFECT_REMOTE_LOCAL_SUBNET": "10.233.0.0/16"}
+# Where machine homes can lie under a benchmark's scratch folder: its own home, a sandbox cloud's.
+HOME_DEPTH = 4
+
+log = logging.getLogger("bench")
+log.setLevel(logging.INFO)
+log.addHandler(logging.StreamHandler())  # (to stderr: under run.py, its log file)
+log.propagate = False
+
+
+@contextmanager
+def bench_home(name: str) -> Iterator[Path]:
+    """A scratch folder for one benchmark, whose ``home`` is ``PREFECT_REMOTE_HOME`` meanwhile, on
+    the benchmarks' bridge. However the benchmark ends (its figures, an error, Ctrl-C), every machine
+    under the folder is ended (:func:`end_machines`: its own, a sandbox cloud's instances, a push
+    pool's flow runs), the environment is given back and the folder is deleted."""
+    saved = dict(os.environ)
+    scratch = Path(tempfile.mkdtemp(prefix=f"prefect-remote-bench-{name}-"))
+    if not any(variable in os.environ for variable in BENCH_NETWORK):  # (both or neither: a bridge keeps one subnet)
+        os.environ.update(BENCH_NETWORK)
+    os.environ["PREFECT_REMOTE_HOME"] = str(scratch / "home")
+    try:
+        yield scratch
+    finally:
+        try:
+            end_machines(scratch)
+        finally:
+            os.environ.clear()
+            os.environ.update(saved)
+            shutil.rmtree(scratch, ignore_errors=True)
+
+
+def end_machines(folder: Path, timeout: float = 60.0) -> None:
+    """Ends every local machine still alive under ``folder`` (in any home up to ``HOME_DEPTH``
+    levels down), waits for them to end, then removes the host-only bridge once nothing uses it."""
+    from prefect_remote.providers.local import LocalProvider, gateway
+
+    homes = {machines.parent for depth in range(HOME_DEPTH) for machines in folder.glob("*/" * depth + "machines")}
+    for home in sorted(homes):
+        provider = LocalProvider(home)
+        alive = [machine.id for machine in provider.list()]
+        if alive:  # (a run's machine may still be finishing; a failed or interrupted benchmark's may run on)
+            log.info("ending %d machine(s) still alive under %s: %s", len(alive), home, ", ".join(alive))
+            provider.terminate(alive, reason="the benchmark ended")
+            provider.wait(alive, timeout=timeout, poll=0.2)
+    # The host gateway's services (egress for software rebuilds) exit IDLE_EXIT s after their last
+    # use, and the bridge can go only after them; a bridge another session's machines use stays.
+    provider, deadline = LocalProvider(folder / "home"), time.monotonic() + gateway.IDLE_EXIT + 5
+    provider.cleanup_host()
+    while provider.bridge.gateways_running() and not provider.bridge.in_use() and time.monotonic() < deadline:
+        time.sleep(1)
+        provider.cleanup_host()
+
 
 STAMP = re.compile(r"^\[prefect-remote (boot|agent)\] (\S+)Z (.*)$", re.M)
 # Each phase ends at the first machine-log line holding its fragment (None: the first stamp).

@@ -11,6 +11,7 @@ from __future__ import annotations
 import errno
 import hashlib
 import ipaddress
+import json
 import os
 import secrets
 import shutil
@@ -42,6 +43,10 @@ def host_trust_env() -> dict[str, str]:
 
 class IsolationError(RuntimeError):
     """Setting up or tearing down a machine's isolation failed."""
+
+
+class SubnetConflict(IsolationError):
+    """A bridge's subnet is used by something else on this host (see :meth:`Bridge.conflicts`)."""
 
 
 def _run_ip(*args: str, batch: str | None = None) -> str:
@@ -109,7 +114,6 @@ def leave_machine_cgroups() -> None:
             (roots[controller] / _own_cgroup(controller) / "cgroup.procs").write_text(str(os.getpid()))
 
 
-@lru_cache(maxsize=1)
 @lru_cache(maxsize=1)
 def namespace_unavailable() -> str | None:
     """``None`` if namespace isolation works here, else the reason it does not (found once per process)."""
@@ -273,6 +277,25 @@ def host_address(subnet: str) -> ipaddress.IPv4Address:
     return next(ipaddress.IPv4Network(subnet).hosts())
 
 
+# The private address blocks (RFC 1918) a free subnet is suggested from.
+PRIVATE_BLOCKS = tuple(ipaddress.IPv4Network(block) for block in ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16"))
+
+
+def _free_subnet(wanted: ipaddress.IPv4Network, taken: list[ipaddress.IPv4Network]) -> ipaddress.IPv4Network | None:
+    """A subnet of ``wanted``'s size that overlaps none of ``taken``: the first after ``wanted`` in
+    its private block (10.0.0.0/8 if it is in none), going round the block."""
+    block = next((block for block in PRIVATE_BLOCKS if wanted.subnet_of(block)), PRIVATE_BLOCKS[0])
+    if wanted.prefixlen < block.prefixlen:
+        return None
+    count, first = 2 ** (wanted.prefixlen - block.prefixlen), int(block.network_address)
+    index = (int(wanted.network_address) - first) // wanted.num_addresses if wanted.subnet_of(block) else -1
+    for step in range(1, min(count, 4096) + 1):
+        candidate = ipaddress.IPv4Network((first + (index + step) % count * wanted.num_addresses, wanted.prefixlen))
+        if not any(candidate.overlaps(network) for network in taken):
+            return candidate
+    return None
+
+
 RUN_DIR = Path("/run/prefect-remote")
 
 
@@ -320,14 +343,17 @@ class Bridge:
                 _held.names.discard(self.name)
 
     def ensure(self) -> None:
-        """Creates the bridge, with its MAC and the host's address on it, unless it exists as such."""
+        """Creates the bridge, with its MAC and the host's address on it, unless it exists as such.
+        Refuses (:class:`SubnetConflict`) to put the subnet on it while anything else on this host
+        routes part of it."""
         with self.lock():
             if not Path("/sys/class/net", self.name).exists():
-                _run_ip(
-                    "-batch", "-",
-                    batch=f"link add {self.name} address {self.mac} type bridge\n"
-                    f"addr add {self.address}/{self.network.prefixlen} dev {self.name}\nlink set {self.name} up\n",
-                )
+                with self._claiming_subnet():
+                    _run_ip(
+                        "-batch", "-",
+                        batch=f"link add {self.name} address {self.mac} type bridge\n"
+                        f"addr add {self.address}/{self.network.prefixlen} dev {self.name}\nlink set {self.name} up\n",
+                    )
                 return
             # One made by an earlier version (its MAC follows its ports), or left half made. Its MAC
             # is only changed while no machine is attached: attached ones have the current one cached.
@@ -336,11 +362,66 @@ class Bridge:
             if mac != self.mac and not any(Path("/sys/class/net", self.name, "brif").iterdir()):
                 fixes.append(f"link set {self.name} address {self.mac}")
             if f" {self.address}/{self.network.prefixlen} " not in _run_ip("-4", "-o", "addr", "show", "dev", self.name):
-                fixes.append(f"addr add {self.address}/{self.network.prefixlen} dev {self.name}")
+                with self._claiming_subnet():
+                    _run_ip("addr", "add", f"{self.address}/{self.network.prefixlen}", "dev", self.name)
             if not int(Path("/sys/class/net", self.name, "flags").read_text(), 16) & 1:  # IFF_UP
                 fixes.append(f"link set {self.name} up")
             if fixes:
                 _run_ip("-batch", "-", batch="".join(f"{fix}\n" for fix in fixes))
+
+    @contextmanager
+    def _claiming_subnet(self) -> Iterator[None]:
+        """Refuses the subnet if anything on this host uses it (:meth:`refuse_conflicts`), else holds
+        the host-wide subnet lock while the caller puts it on the bridge: two homes making bridges
+        with overlapping subnets at once cannot both pass the check."""
+        with file_lock(RUN_DIR / "subnets.lock"):
+            self.refuse_conflicts()
+            yield
+
+    def conflicts(self) -> tuple[list[str], list[ipaddress.IPv4Network]]:
+        """What on this host already uses the bridge's subnet, described, and every network the host
+        routes. A conflict is a route (any table) to part of the subnet through anything but this
+        bridge, such as another home's bridge, a VPN or a LAN: the host would send some machines'
+        replies there, or theirs here. Another subnet's address on this very bridge conflicts too:
+        the bridge's gateway services listen on one address only."""
+        found, taken, routed = [], [], []
+        for route in json.loads(_run_ip("-j", "-4", "route", "show", "table", "all") or "[]"):
+            try:
+                network = ipaddress.IPv4Network(route.get("dst", "default"), strict=False)
+            except ValueError:
+                continue  # "default": a route to everything that any more specific route overrides
+            taken.append(network)
+            if not network.overlaps(self.network) or (route.get("dev") == self.name and network.subnet_of(self.network)):
+                continue
+            where = f"interface {route['dev']}" if route.get("dev") else f"a {route.get('type', 'unicast')} route"
+            table = f" (routing table {route['table']})" if route.get("table") not in (None, "main", "local") else ""
+            routed.append((network, f"{where}{table}"))
+        # Each interface named once, by its widest route (not again by its address's and broadcast's own routes).
+        for network, where in routed:
+            if not any(network != wider and network.subnet_of(wider) for wider, there in routed if there == where):
+                found.append(f"{network} is routed to {where}")
+        if Path("/sys/class/net", self.name).exists():
+            for link in json.loads(_run_ip("-j", "-4", "addr", "show", "dev", self.name) or "[]"):
+                for address in link.get("addr_info", []):
+                    interface = ipaddress.IPv4Interface(f"{address['local']}/{address['prefixlen']}")
+                    taken.append(interface.network)
+                    if interface != ipaddress.IPv4Interface(f"{self.address}/{self.network.prefixlen}"):
+                        found.append(f"bridge {self.name} already has {interface} (a home with subnet {interface.network} uses it)")
+        return sorted(set(found)), taken
+
+    def refuse_conflicts(self) -> None:
+        """Raises :class:`SubnetConflict` if anything on this host already uses the bridge's subnet
+        (see :meth:`conflicts`), naming it, the subnet asked for, and a free one to ask for instead."""
+        found, taken = self.conflicts()
+        if not found:
+            return
+        free = _free_subnet(self.network, taken)
+        raise SubnetConflict(
+            f"local subnet {self.subnet} for bridge {self.name} is refused: {'; '.join(found)}. A bridge needs a subnet "
+            "nothing else on this host uses, or machines on both lose replies from the host. Set PREFECT_REMOTE_LOCAL_SUBNET "
+            f"to a free subnet{f' (such as {free})' if free else ''}; or, to share a bridge with another home, set "
+            "PREFECT_REMOTE_LOCAL_BRIDGE and PREFECT_REMOTE_LOCAL_SUBNET as that home does."
+        )
 
     def forget_neighbour(self, address: str) -> None:
         """Drops the host's cached MAC for ``address`` (call as a machine gets the address): the MAC of

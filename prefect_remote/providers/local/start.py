@@ -105,6 +105,8 @@ def start_machines(
     try:
         with bridge.lock() if isolation == "namespace" else nullcontext():
             try:
+                if isolation == "namespace":
+                    bridge.ensure()  # here, not in the machine's monitor: a subnet another interface uses fails the launch
                 for directory in directories:
                     (directory / records.WORK).mkdir(parents=True, mode=0o700)
                     network = Network.plan(directory.name, bridge.allocate(directory), bridge) if isolation == "namespace" else None
@@ -133,7 +135,6 @@ def start_machines(
     started: list[Path] = []
     try:
         if isolation == "namespace" and software:
-            bridge.ensure()
             gateway.ensure_egress(bridge, host.egress)
         for directory in directories:
             _start_hypervisor(directory)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -169,3 +170,111 @@ def test_a_gateway_that_cannot_start_is_an_error_not_a_silent_launch(tmp_path, m
     free.close()
     with pytest.raises(isolation.IsolationError, match=r"forward service .* did not start \(exited with code 1"):
         provider.reachable_url(f"http://127.0.0.1:{port}/api")
+
+
+# -- one subnet per bridge (issue 15, item 7) ---------------------------------------------------
+
+# A second home's script, as its user would run it: a function call on the local provider.
+SECOND_HOME = textwrap.dedent(
+    """
+    import prefect_remote
+
+    @prefect_remote.function()
+    def double(x):
+        return 2 * x
+
+    print(double(21))
+    """
+)
+
+# Home a's machine: answers every connection with a greeting.
+GREETER = "import socket\nserver = socket.create_server(('0.0.0.0', 8123))\nwhile True:\n    server.accept()[0].sendall(b'hello')\n"
+
+
+def free_subnet() -> str:
+    """A /16 nothing on this host routes: concurrent sessions running this test take different ones."""
+    _, taken = Bridge("prfree0", "10.240.0.0/16").conflicts()
+    return str(isolation._free_subnet(ipaddress.IPv4Network("10.240.0.0/16"), taken))
+
+
+@pytest.fixture
+def throwaway_bridges(tmp_path):
+    """Names for bridges of this test alone; every machine in the test's homes is ended, and every
+    bridge named is deleted with its registry, afterwards."""
+    names: list[str] = []
+
+    def name() -> str:
+        names.append(f"prt{os.urandom(4).hex()}")
+        return names[-1]
+
+    yield name
+    for home in tmp_path.glob("*/machines"):
+        end_home(home.parent)
+    for bridge in names:
+        subprocess.run(["ip", "link", "del", bridge], capture_output=True)
+        shutil.rmtree(isolation.RUN_DIR / bridge, ignore_errors=True)
+        for leftover in isolation.RUN_DIR.glob(f"{bridge}*"):
+            leftover.unlink(missing_ok=True)
+
+
+@needs_namespace
+@pytest.mark.timeout(120)
+def test_a_second_home_on_a_subnet_another_bridge_routes_is_refused_and_the_first_keeps_working(tmp_path, throwaway_bridges):
+    subnet = free_subnet()
+    first = LocalProvider(tmp_path / "a", isolation="namespace", settings={"local_bridge": throwaway_bridges(), "local_subnet": subnet})
+    [greeter] = first.launch(MachineSpec(), BootPayload(["python", "-c", GREETER]))
+
+    def greeting() -> bytes:
+        try:
+            with socket.create_connection((greeter.private_address, 8123), timeout=2) as connection:
+                return connection.recv(100)
+        except OSError:
+            return b""
+
+    assert wait_for(greeting, message="home a's machine to answer") == b"hello"
+    second_bridge = throwaway_bridges()
+    folder = tmp_path / "project"
+    folder.mkdir()
+    (folder / "script.py").write_text(SECOND_HOME)
+    env = {
+        **os.environ,
+        "COLUMNS": "80",
+        "PREFECT_REMOTE_HOME": str(tmp_path / "b"),
+        "PREFECT_REMOTE_LOCAL_ISOLATION": "namespace",
+        "PREFECT_REMOTE_LOCAL_BRIDGE": second_bridge,
+        "PREFECT_REMOTE_LOCAL_SUBNET": subnet,  # the very subnet home a's bridge has, as in the issue
+    }
+    result = subprocess.run([sys.executable, "script.py"], cwd=folder, env=env, capture_output=True, text=True, timeout=90)
+    assert result.returncode != 0, result.stdout
+    error = result.stderr.strip().splitlines()[-1]
+    assert f"local subnet {subnet} for bridge {second_bridge} is refused: {subnet} is routed to interface {first.bridge.name}" in error
+    assert "Set PREFECT_REMOTE_LOCAL_SUBNET to a free subnet (such as 10." in error
+    assert not Path("/sys/class/net", second_bridge).exists()  # refused before it was made
+    assert not LocalProvider(tmp_path / "b").list()  # and no machine was started
+    assert greeting() == b"hello"  # home a's machine still answers the host
+
+
+@needs_namespace
+def test_a_subnet_inside_or_around_a_routed_one_is_refused_and_one_bridge_keeps_one_subnet(throwaway_bridges):
+    subnet = ipaddress.IPv4Network(free_subnet())
+    first = Bridge(throwaway_bridges(), str(subnet))
+    first.ensure()
+    inner, outer = next(subnet.subnets(new_prefix=24)), subnet.supernet(new_prefix=15)
+    for overlapping in (inner, outer):
+        with pytest.raises(isolation.SubnetConflict, match=rf"{overlapping} for bridge .* {subnet} is routed to interface {first.name}"):
+            Bridge(throwaway_bridges(), str(overlapping)).ensure()
+    # Another subnet on the same bridge would leave its gateway services listening on one of the two.
+    other = isolation._free_subnet(subnet, [subnet, outer])
+    with pytest.raises(isolation.SubnetConflict, match=rf"bridge {first.name} already has {first.address}/16 \(a home with subnet {subnet}"):
+        Bridge(first.name, str(other)).ensure()
+    Bridge(first.name, str(subnet)).ensure()  # the same bridge and subnet, as another home shares it: fine
+    assert first.remove_if_unused()
+
+
+def test_the_suggested_subnet_is_the_next_free_one_of_the_same_size():
+    taken = [ipaddress.IPv4Network(n) for n in ("10.231.0.0/16", "10.232.0.0/16", "10.233.128.0/24", "192.168.1.128/25")]
+    assert str(isolation._free_subnet(ipaddress.IPv4Network("10.231.0.0/16"), taken)) == "10.234.0.0/16"
+    assert str(isolation._free_subnet(ipaddress.IPv4Network("10.255.0.0/16"), taken)) == "10.0.0.0/16"  # round the block
+    assert str(isolation._free_subnet(ipaddress.IPv4Network("192.168.1.0/24"), taken)) == "192.168.2.0/24"
+    assert str(isolation._free_subnet(ipaddress.IPv4Network("100.64.0.0/24"), taken)) == "10.0.0.0/24"  # not private: from 10/8
+    assert isolation._free_subnet(ipaddress.IPv4Network("10.0.0.0/8"), [ipaddress.IPv4Network("10.0.0.0/8")]) is None
