@@ -37,12 +37,12 @@ pytestmark = pytest.mark.anyio
 
 # Their configurations, on machines: a LocalCluster's worker processes and threads become worker
 # machines and threads. Each has at least three task slots, as their test of completion order needs
-# (a LocalCluster has one per CPU).
+# (a LocalCluster has one per CPU). Their existing cluster is a default LocalCluster, started first.
 RUNNERS = {
     "default_dask_task_runner": {"n_workers": 2, "threads_per_worker": 2},
     "dask_task_runner_with_process_pool": {"n_workers": 3, "threads_per_worker": 1},
     "dask_task_runner_with_thread_pool": {"n_workers": 1, "threads_per_worker": 4},
-    "dask_task_runner_with_existing_cluster_address": {"name": "prefect-dask-existing", "n_workers": 1, "threads_per_worker": 3},
+    "dask_task_runner_with_existing_cluster_address": {"name": "prefect-dask-existing", "n_workers": 2, "threads_per_worker": 2},
 }
 # The clusters are closed when the module ends; until then a busy host must not end a scheduler whose
 # event loop it holds back for a while (a scheduler that misses its lease for keepalive + 5 s is ended).
