@@ -19,7 +19,10 @@ $(VENV)/.synced: pyproject.toml uv.lock
 	$(VENV)/bin/uv sync --locked --all-extras --python $(VENV)/bin/python
 	touch $@
 
+# prefect-dask's own task-runner tests run on RemoteTaskRunner (tests/test_task_runner_prefect_dask.py):
+# fetched first from their source distribution on PyPI at the version uv.lock pins, cached in .cache/.
 test: env
+	$(VENV)/bin/python -m tests.upstream
 	$(VENV)/bin/python -m pytest -n $(PYTEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 demo: env
@@ -33,4 +36,4 @@ bench: env
 
 clean:
 	-$(VENV)/bin/prefect-remote machines rm --all
-	rm -rf $(VENV) .pytest_cache
+	rm -rf $(VENV) .pytest_cache .cache

@@ -12,7 +12,7 @@ from prefect.settings import PREFECT_API_URL, temporary_settings
 import prefect_remote
 from prefect_remote.cluster.plan import CLUSTER_TAG
 from prefect_remote.providers.local import LocalProvider
-from tests.conftest import wait_for
+from tests.conftest import machine_folders, wait_for
 from tests.workers.conftest import run_logs
 
 
@@ -73,3 +73,56 @@ def test_remote_task_runner_runs_200_tasks(api):
     wait_for(lambda: len(completed()) == 200, timeout=30, interval=0.5, message="200 completed task runs")
     # The run created its cluster, so it shut it down at the end.
     wait_for(lambda: not [m for m in provider.list() if CLUSTER_TAG in m.tags], timeout=30, message="cluster machines gone")
+
+
+def test_tasks_submit_tasks_with_their_workers_credentials_and_send_none(api):
+    """A task that submits a task runs a copy of the flow's runner on its worker (Prefect duplicates the
+    flow's runner there): it connects with that worker's own TLS credentials, and neither what the
+    flow's process sends to the workers (the flow with its runner, the run's context) nor what a worker
+    sends on carries them, nor do the run's logs."""
+    import cloudpickle
+    import distributed
+    from prefect.context import get_run_context, serialize_context
+
+    @task
+    def child() -> str:
+        return "from the child"
+
+    @task
+    def parent() -> tuple[str, bool]:
+        key = distributed.get_worker().security.tls_worker_key  # the cluster's key, which this machine holds already
+        sent = cloudpickle.dumps((child, serialize_context()))  # what submitting the child sends from here
+        return child.submit().result(), key in sent.decode("latin-1")
+
+    provider = LocalProvider(isolation="process")
+    runner = prefect_remote.RemoteTaskRunner(n_workers=1, threads_per_worker=2, keepalive="10 seconds", provider=provider)
+
+    @flow(task_runner=runner)
+    def umbrella() -> tuple[str, bool, bool]:
+        key = get_run_context().task_runner.client.cluster.security.tls_client_key
+        sent = cloudpickle.dumps((parent, serialize_context()))  # what submitting the parent sends from here
+        result, worker_sent_key = parent.submit().result()
+        return result, key in sent.decode("latin-1"), worker_sent_key
+
+    state = umbrella(return_state=True)
+    assert state.is_completed(), state.message
+    assert state.result() == ("from the child", False, False)
+    assert not [line for line in run_logs(api, state.state_details.flow_run_id) if "PRIVATE KEY" in line]
+
+
+@pytest.mark.parametrize(
+    ("argument", "instead"),
+    [
+        ("cluster", "arguments \\(or the name=\\) of the RemoteCluster"),
+        ("address", "arguments \\(or the name=\\) of the RemoteCluster"),
+        ("cluster_class", "prefect_dask.DaskTaskRunner"),
+        ("cluster_kwargs", "RemoteTaskRunner\\(cpu=4"),
+        ("adapt_kwargs", "n_workers=\\[minimum, maximum\\]"),
+        ("client_kwargs", "RemoteCluster.get_client\\(\\)"),
+    ],
+)
+def test_dask_task_runner_options_are_refused_saying_what_to_use_instead(argument, instead):
+    before = machine_folders()
+    with pytest.raises(ValueError, match=f"RemoteTaskRunner does not take DaskTaskRunner's {argument}=: .*{instead}"):
+        prefect_remote.RemoteTaskRunner(n_workers=1, **{argument: {}})
+    assert machine_folders() == before
