@@ -18,6 +18,7 @@ import dataclasses
 import functools
 import inspect
 import itertools
+import os
 import queue
 import sys
 import threading
@@ -25,6 +26,7 @@ import uuid
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, Generic, Literal, ParamSpec, TypeVar
 
+from prefect_remote.boot import MACHINE_ID_ENV
 from prefect_remote.cluster.batching import BatchCall, BatchResult, BatchSizer, check_batch_size
 from prefect_remote.cluster.options import ClusterOptionError, ClusterOptions
 from prefect_remote.cluster.output import OUTPUT_TOPIC, captured_output
@@ -121,7 +123,10 @@ class Function(Generic[P, R]):
         options = options.with_software()
         if not options.start_workers:  # the first call is coming: boot one worker beside the scheduler, not after it
             options = dataclasses.replace(options, start_workers=min(1, options.maximum))
-        return RemoteCluster(options=options, shutdown_on_close=False)
+        # Left to its keepalive when this process exits, for the next process to find warm; but no
+        # other process can attach to one made on a machine (a flow run's: its credentials live in
+        # the machine's home), so that one is shut down on exit.
+        return RemoteCluster(options=options, shutdown_on_close=bool(os.environ.get(MACHINE_ID_ENV)))
 
     @property
     def client(self):

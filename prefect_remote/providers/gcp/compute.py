@@ -298,6 +298,8 @@ class ComputeService(GCPService):
             return "0.0.0.0/0"
         if source != "me":
             return source
+        if self.provider.runs_inside():  # this launcher runs in the VPC network: it reaches VMs on their internal addresses
+            return None
         from prefect_remote.providers.aws.provider import CHECKIP_URL, public_ip
 
         address = self.options.public_ip or public_ip(CHECKIP_URL)

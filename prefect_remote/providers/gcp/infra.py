@@ -66,7 +66,9 @@ REQUIRED_APIS = {
 }
 
 # The custom role's permissions: a VM ends itself; a cluster's scheduler VM launches its workers
-# (as this same account, with their launch secrets) and ends them.
+# (as this same account, with their launch secrets) and ends them; a flow run (a Cloud Run task or a
+# VM) starts a cluster the same way, after looking for one among the provider's machines, which
+# lists Cloud Run jobs too (read only: ending them is its launcher's).
 MACHINE_PERMISSIONS = (
     "compute.instances.delete",
     "compute.instances.create",
@@ -90,6 +92,9 @@ MACHINE_PERMISSIONS = (
     "secretmanager.secrets.create",
     "secretmanager.secrets.delete",
     "secretmanager.versions.add",
+    "run.jobs.list",
+    "run.executions.get",
+    "run.tasks.list",
 )
 
 # The machines' grants, with placeholders filled by machine_roles(): on the project, the store's

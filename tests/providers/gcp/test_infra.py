@@ -93,9 +93,11 @@ def test_machine_roles_are_least_privilege():
     assert by_role[f"projects/p-1/roles/{MACHINE_ROLE_ID}"]["condition"]["expression"].endswith(secrets_only)
     assert "condition" not in by_role["roles/logging.logWriter"]
     assert roles["service account sa@p-1.iam.gserviceaccount.com"] == [{"role": "roles/iam.serviceAccountUser"}]  # acting as itself only
-    # The custom role: a VM ends itself, a scheduler launches its workers; nothing that grants more access.
+    # The custom role: a VM ends itself, a scheduler launches its workers, a flow run its cluster (after
+    # listing the provider's machines, Cloud Run jobs included: read only); nothing that grants more access.
     assert "compute.instances.delete" in MACHINE_PERMISSIONS and len(set(MACHINE_PERMISSIONS)) == len(MACHINE_PERMISSIONS)
-    assert all(p.startswith(("compute.", "secretmanager.")) and "*" not in p for p in MACHINE_PERMISSIONS)
+    assert all(p.startswith(("compute.", "secretmanager.", "run.")) and "*" not in p for p in MACHINE_PERMISSIONS)
+    assert [p for p in MACHINE_PERMISSIONS if p.startswith("run.")] == ["run.jobs.list", "run.executions.get", "run.tasks.list"]
     assert not any(p.endswith(("setIamPolicy", "firewalls.create", "firewalls.update", "versions.access")) for p in MACHINE_PERMISSIONS)
 
 
