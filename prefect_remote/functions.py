@@ -552,6 +552,10 @@ def function(
     ``idle_timeout`` ends them after that long without work. ``local=True`` runs on a
     :class:`distributed.LocalCluster` with the same semantics, for debugging.
 
+    Called on a machine (in a flow run deployed to a ``remote:push`` pool), it launches on that
+    machine's provider with its launcher's settings, runs the flow run's own software environment,
+    and its cluster ends when the flow run's process does.
+
     The machines run the ``software`` environment named. With neither ``software`` nor
     ``container``, on a provider whose machines do not share this host's interpreter (every cloud),
     this environment (packages, local packages as wheels, the code under the working directory) is

@@ -36,7 +36,7 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from prefect_remote.providers.base import Capabilities, InstanceType, Launch, Machine, MachineState
-from prefect_remote.providers.gcp.compute import INTERNAL_TAG, LAUNCH_LABEL, OWNER_LABEL, SERVICE_LABEL, labels_for
+from prefect_remote.providers.gcp.compute import LAUNCH_LABEL, OWNER_LABEL, SERVICE_LABEL, labels_for
 from prefect_remote.providers.gcp.provider import LABEL_PREFIX, GCPService
 from prefect_remote.providers.gcp.runtime import SECRETS_ENV
 from prefect_remote.units import format_duration, format_size
@@ -352,12 +352,12 @@ class CloudRunService(GCPService):
 
     def vpc_access(self) -> Any:
         """Direct VPC egress into the provider's network, for private addresses only (the rest, the
-        Prefect API and package indexes, leaves as before), tagged as Compute Engine VMs are: a task
-        reaches the VMs it launches (a cluster a flow run starts) on their internal addresses, which
-        the internal firewall rule admits from that tag."""
+        Prefect API and package indexes, leaves as before): a task reaches the VMs it launches (a
+        cluster a flow run starts) on their internal addresses, from the subnetwork's range, which
+        their firewall rule admits (``ComputeService._ingress_cidr``)."""
         from google.cloud import run_v2
 
-        interface = run_v2.VpcAccess.NetworkInterface(network=_resource_name(self.options.network), tags=[INTERNAL_TAG])
+        interface = run_v2.VpcAccess.NetworkInterface(network=_resource_name(self.options.network))
         if self.options.subnetwork:  # else Cloud Run takes the network's subnetwork of the same name
             interface.subnetwork = _resource_name(self.options.subnetwork)
         return run_v2.VpcAccess(network_interfaces=[interface], egress=run_v2.VpcAccess.VpcEgress.PRIVATE_RANGES_ONLY)

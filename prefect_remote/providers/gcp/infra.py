@@ -18,7 +18,8 @@ services enable`` command and makes nothing (it enables nothing itself). Then it
   lifecycle rule that deletes machine records older than :data:`RECORDS_KEPT_DAYS` days;
 - the Compute Engine firewall rules, the Compute Engine service's own
   (:meth:`~prefect_remote.providers.gcp.compute.ComputeService._network_tags`: VMs reach each other
-  internally; the Dask ports from ``allow_ingress_from``).
+  internally; the Dask ports from ``allow_ingress_from``, and from the subnetwork's range, where a
+  flow run that starts a cluster connects from).
 
 It returns the provider block's fields that record it (``project``, ``region``,
 ``service_account``, ``store``). :func:`teardown` (``prefect-remote gcp teardown``) removes it all
@@ -79,6 +80,7 @@ MACHINE_PERMISSIONS = (
     "compute.instances.setServiceAccount",
     "compute.instances.setTags",
     "compute.disks.create",
+    "compute.subnetworks.get",
     "compute.subnetworks.use",
     "compute.subnetworks.useExternalIp",
     "compute.networks.get",
@@ -534,6 +536,8 @@ def _ensure_firewalls(provider: GCPProvider, say: Say) -> tuple[str, ...]:
     compute = provider.service("compute")
     with google_errors(clients, "compute.firewalls.create", "make the VMs' firewall rules"):
         compute._network_tags(compute._ingress_cidr(MachineSpec()))
+        # What a flow run that starts a cluster uses: machines may not make rules themselves.
+        compute._network_tags(compute.subnetwork_range())
     after = sorted(_firewall_names(clients))
     for name in after:
         say(f"{'found' if name in before else 'created'} firewall rule {name}")

@@ -224,21 +224,6 @@ def test_compute_runs_no_containers(service):
     assert "run no container" in service.unfit(MachineSpec(container="python:3.12"))
 
 
-def test_me_is_nobody_outside_from_a_machine_in_the_network(monkeypatch):
-    """A launcher inside the VPC network (a flow run's machine) reaches VMs on their internal
-    addresses: "me" admits nobody from outside; elsewhere it is the launcher's public IP."""
-    from prefect_remote.providers.base import MACHINE_NETWORK_ENV
-
-    provider = GCPProvider(project="my-project", region="us-central1", public_ip="203.0.113.7")
-    compute = provider.service("compute")
-    assert compute._ingress_cidr(MachineSpec()) == "203.0.113.7/32"
-    monkeypatch.setenv(MACHINE_NETWORK_ENV, provider.network())
-    assert provider.network() == "gcp:my-project:default" and compute._ingress_cidr(MachineSpec()) is None
-    assert compute._ingress_cidr(MachineSpec(allow_ingress_from="10.8.0.0/16")) == "10.8.0.0/16"  # what is asked, as asked
-    monkeypatch.setenv(MACHINE_NETWORK_ENV, "gcp:my-project:other")
-    assert compute._ingress_cidr(MachineSpec()) == "203.0.113.7/32"
-
-
 # -- on the sandbox GCP's Compute Engine ---------------------------------------------------------------
 
 LAUNCHER_IP = "203.0.113.7"  # a documentation address (TEST-NET-3): "me" without asking checkip
@@ -326,6 +311,21 @@ def test_vms_are_reachable_from_the_launcher_only(gce, gcp_sandbox):
     worker_instance = gce.clients.instances().get(project=gce.project, zone=gce.zone, instance=worker.id)
     assert list(worker_instance.tags.items) == ["prefect-remote"]
     assert {r.name for r in firewalls.list(project=gce.project)} == rules  # made once, reused
+
+
+def test_me_is_the_subnetwork_from_a_machine_in_the_network(gce, monkeypatch):
+    """A launcher inside the VPC network (a flow run's Cloud Run task or VM) reaches VMs on their
+    internal addresses, from the subnetwork's range: "me" admits that range, nobody outside;
+    elsewhere it is the launcher's public IP."""
+    from prefect_remote.providers.base import MACHINE_NETWORK_ENV
+
+    assert gce._ingress_cidr(MachineSpec()) == f"{LAUNCHER_IP}/32"
+    monkeypatch.setenv(MACHINE_NETWORK_ENV, gce.provider.network())
+    assert gce.provider.network() == f"gcp:{gce.project}:default"
+    assert gce._ingress_cidr(MachineSpec()) == gce.subnetwork_range() == "10.128.0.0/20"  # the sandbox's default subnetwork
+    assert gce._ingress_cidr(MachineSpec(allow_ingress_from="10.8.0.0/16")) == "10.8.0.0/16"  # what is asked, as asked
+    monkeypatch.setenv(MACHINE_NETWORK_ENV, f"gcp:{gce.project}:other")
+    assert gce._ingress_cidr(MachineSpec()) == f"{LAUNCHER_IP}/32"
 
 
 def test_spot_stock_out_falls_back_to_standard_and_says_so(gce, gcp_sandbox, caplog):
