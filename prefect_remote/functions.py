@@ -18,6 +18,7 @@ import dataclasses
 import functools
 import inspect
 import itertools
+import os
 import queue
 import sys
 import threading
@@ -25,6 +26,7 @@ import uuid
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, Generic, Literal, ParamSpec, TypeVar
 
+from prefect_remote.boot import MACHINE_ID_ENV
 from prefect_remote.cluster.batching import BatchCall, BatchResult, BatchSizer, check_batch_size
 from prefect_remote.cluster.options import ClusterOptionError, ClusterOptions
 from prefect_remote.cluster.output import OUTPUT_TOPIC, captured_output
@@ -121,7 +123,10 @@ class Function(Generic[P, R]):
         options = options.with_software()
         if not options.start_workers:  # the first call is coming: boot one worker beside the scheduler, not after it
             options = dataclasses.replace(options, start_workers=min(1, options.maximum))
-        return RemoteCluster(options=options, shutdown_on_close=False)
+        # Left to its keepalive when this process exits, for the next process to find warm; but no
+        # other process can attach to one made on a machine (a flow run's: its credentials live in
+        # the machine's home), so that one is shut down on exit.
+        return RemoteCluster(options=options, shutdown_on_close=bool(os.environ.get(MACHINE_ID_ENV)))
 
     @property
     def client(self):
@@ -546,6 +551,10 @@ def function(
     ``keepalive`` is how long the machines outlive this process (warm start for the next one);
     ``idle_timeout`` ends them after that long without work. ``local=True`` runs on a
     :class:`distributed.LocalCluster` with the same semantics, for debugging.
+
+    Called on a machine (in a flow run deployed to a ``remote:push`` pool), it launches on that
+    machine's provider with its launcher's settings, runs the flow run's own software environment,
+    and its cluster ends when the flow run's process does.
 
     The machines run the ``software`` environment named. With neither ``software`` nor
     ``container``, on a provider whose machines do not share this host's interpreter (every cloud),

@@ -8,8 +8,9 @@ PosixPath('/tmp/pr-home/machines')
 from __future__ import annotations
 
 import ipaddress
+import json
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -33,6 +34,11 @@ class RemoteSettings(BaseSettings):
         description="Folder for local machines, the default store and caches.",
     )
     provider: str = Field(default="local", description="Provider used when none is named: local, aws, gcp, or a plugin's name.")
+    provider_options: Annotated[dict[str, Any], NoDecode] = Field(
+        default_factory=dict,
+        description="Options (a JSON object) of that provider, e.g. '{\"region\": \"us-east-2\"}'. Every machine gets its launcher's "
+        "(with PREFECT_REMOTE_PROVIDER and PREFECT_REMOTE_STORE), so code on it launches machines as its launcher did.",
+    )
     store: str | None = Field(default=None, description="Store URL for software environments; default: <home>/store.")
     max_bundle_size: int = Field(
         default=100 * 2**20, description="Largest local code bundle package sync captures, e.g. '100 MiB'."
@@ -131,6 +137,19 @@ class RemoteSettings(BaseSettings):
     @classmethod
     def _hosts(cls, value: object) -> object:
         return [h.strip() for h in value.split(",") if h.strip()] if isinstance(value, str) else value
+
+    @field_validator("provider_options", mode="before")
+    @classmethod
+    def _options(cls, value: object) -> object:
+        if not isinstance(value, str):
+            return value
+        try:
+            options = json.loads(value) if value.strip() else {}
+        except ValueError as error:
+            raise ValueError(f"expected a JSON object such as '{{\"region\": \"us-east-2\"}}' ({error})") from None
+        if not isinstance(options, dict):
+            raise ValueError(f"expected a JSON object such as '{{\"region\": \"us-east-2\"}}', not {value!r}")
+        return options
 
     @field_validator("max_bundle_size", mode="before")
     @classmethod

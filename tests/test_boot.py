@@ -13,13 +13,14 @@ from prefect_remote.spec import MachineSpec
 def test_boot_script_carries_config_but_no_secrets(tmp_path):
     spec = MachineSpec(timeout="1h", keepalive="30s", environ={"PUBLIC": "yes", "TOKEN": SecretStr("very-secret-1")})
     payload = BootPayload(["python", "-m", "app"], env={"MODE": "x"}, secrets={"API_KEY": "very-secret-2"})
-    config = LocalProvider(home=tmp_path).agent_config(spec, payload, "launch-0123")
+    provider = LocalProvider(home=tmp_path)
+    config = provider.agent_config(spec, payload, "launch-0123")
     script = render_boot_script(config, python="/opt/my python/bin/python")
     assert "very-secret" not in script
     assert "'/opt/my python/bin/python'" in script  # quoted for bash
     encoded = script.split("PREFECT_REMOTE_AGENT_CONFIG=")[1].split()[0]
     decoded = decode_agent_config(encoded)
-    assert decoded["env"] == {"PUBLIC": "yes", "MODE": "x"}
+    assert decoded["env"] == {**provider.machine_environ(), "PUBLIC": "yes", "MODE": "x"}  # the launcher's settings, then the payload's
     assert decoded["secret_names"] == ["API_KEY", "TOKEN"]
     assert decoded["timeout"] == 3600 and decoded["keepalive"] == 30
     # The machine side is the provider's runtime, made from non-secret options; not the provider itself.

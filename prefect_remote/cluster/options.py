@@ -20,6 +20,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from prefect_remote.boot import MACHINE_ID_ENV
 from prefect_remote.errors import RemoteError
 from prefect_remote.providers import get_provider, require
 from prefect_remote.providers.base import Provider
@@ -183,12 +184,16 @@ class ClusterOptions:
     @functools.cached_property  # read on every call of a function: hashed once
     def cluster_name(self) -> str:
         """``name``, or one derived from the spec and software environment: the same request made from
-        another process finds the same cluster while it is warm."""
+        another process finds the same cluster while it is warm. On a machine (a flow run's), the
+        machine is part of it: a cluster's credentials live in its creator's home, which no other
+        machine shares, so each machine (each flow run) has its own cluster."""
         if self.name:
             return self.name
         shape = self.spec.model_dump(mode="json", exclude={"keepalive", "idle_timeout", "environ"})
         shape["environ"] = sorted(self.spec.environ)  # names only: secret values stay out of the hash
         identity = {"spec": shape, "provider": self.provider.name, "threads": self.threads_per_worker, "software": self.software_identity}
+        if machine := os.environ.get(MACHINE_ID_ENV):
+            identity["machine"] = machine
         digest = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:12]
         return f"prefect-remote-{digest}"
 

@@ -66,7 +66,7 @@ class SchedulerMachine(ProcessInterface):
     def __init__(self, provider: Provider, machine: Machine, port: int, credentials: ClusterCredentials, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.provider, self.machine = provider, machine
-        self.address = f"tls://{machine.public_address}:{port}"  # where this process (the client) reaches it
+        self.address = f"tls://{provider.client_address(machine)}:{port}"  # where this process (the client) reaches it
         self.credentials = credentials
 
     async def start(self) -> None:
@@ -194,9 +194,10 @@ class RemoteCluster(SpecCluster):
     @property
     def dashboard_link(self) -> str:
         """The scheduler's dashboard where this process reaches it (a cloud machine's public address,
-        which ``allow_ingress_from`` admits), not where the scheduler sees itself."""
+        which ``allow_ingress_from`` admits; its private one from a machine in its network), not
+        where the scheduler sees itself."""
         machine = self.scheduler_machine
-        return f"http://{machine.public_address}:{machine.tags[DASHBOARD_TAG]}/status"
+        return f"http://{self.provider.client_address(machine)}:{machine.tags[DASHBOARD_TAG]}/status"
 
     def _find_or_launch(self) -> tuple[Machine, int, ClusterCredentials, bool]:
         with file_lock(self._credentials_path.with_suffix(".lock")):

@@ -52,11 +52,16 @@ def provider_class(name: str) -> type[Provider]:
 
 
 def get_provider(name: str | None = None, **options: Any) -> Provider:
-    """A provider instance: ``name`` or the ``PREFECT_REMOTE_PROVIDER`` setting (default ``local``)."""
-    if name is None:
-        from prefect_remote.settings import get_settings
+    """A provider instance: ``name`` or the ``PREFECT_REMOTE_PROVIDER`` setting (default ``local``).
+    That provider takes the ``PREFECT_REMOTE_PROVIDER_OPTIONS`` setting's options, under ``options``:
+    on a machine they are its launcher's (:meth:`Provider.machine_environ`), so that code there
+    launches machines as its launcher did."""
+    from prefect_remote.settings import get_settings
 
-        name = get_settings().provider
+    settings = get_settings()
+    name = name or settings.provider
+    if name == settings.provider:
+        options = {**settings.provider_options, **options}
     return provider_class(name)(**options)
 
 

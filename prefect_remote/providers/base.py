@@ -13,6 +13,8 @@ code of local machines imports, builds on it.
 
 from __future__ import annotations
 
+import json
+import os
 import secrets
 import time
 from abc import ABC, abstractmethod
@@ -36,6 +38,10 @@ LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "0.0.0.0", "::1")
 
 # Tags the package sets on every machine; user tags may not use this prefix.
 TAG_PREFIX = "prefect-remote:"
+
+# Set on every machine by its launcher (Provider.machine_environ): the network it runs in, as
+# Provider.network() names it. Code there that launches on that provider reaches machines inside it.
+MACHINE_NETWORK_ENV = "PREFECT_REMOTE_MACHINE_NETWORK"
 
 
 @dataclass(frozen=True)
@@ -380,13 +386,31 @@ class Provider(ABC):
             "runtime_options": self.runtime_options(launch_id),
             "lease_interval": self.lease_interval,
             "command": list(payload.command),
-            "env": {**spec.public_environ, **payload.env},
+            "env": {**self.machine_environ(), **spec.public_environ, **payload.env},
             "secret_names": sorted({*spec.secret_environ, *payload.secrets}),
             "activity": payload.activity,
             "timeout": spec.timeout,
             "idle_timeout": spec.idle_timeout,
             "keepalive": spec.keepalive,
         }
+
+    def machine_environ(self) -> dict[str, str]:
+        """The settings every machine gets from its launcher, under what its payload sets: this
+        provider with :meth:`machine_options` as the default provider, the store its machines read,
+        and the network they run in. So code on a machine (a function a flow run calls) launches
+        machines as its launcher did, and reaches them inside that network (:meth:`runs_inside`).
+        They travel in the boot script: never secrets."""
+        from prefect_remote.software.store import LocalStore, open_store
+
+        environ = {
+            "PREFECT_REMOTE_PROVIDER": self.name,
+            "PREFECT_REMOTE_PROVIDER_OPTIONS": json.dumps(self.machine_options(), sort_keys=True),
+            MACHINE_NETWORK_ENV: self.network(),
+        }
+        store = open_store()
+        if self.shares_host_software or not isinstance(store, LocalStore):  # one its machines can read
+            environ["PREFECT_REMOTE_STORE"] = store.url
+        return environ
 
     def _software_config(self, spec: MachineSpec) -> dict[str, Any] | None:
         """Where the agent finds ``spec.software`` and caches it; checks now that the store holds it,
@@ -523,6 +547,20 @@ class Provider(ABC):
         their ``keepalive`` end themselves. Returns the ids that have ended (or are unknown), which
         need no more renewing."""
 
+    def runs_inside(self) -> bool:
+        """Whether this process runs on a machine in this provider's network (its launcher said so,
+        :meth:`machine_environ`): it then reaches machines at their private addresses, and admits
+        nobody from outside to reach them for it (``allow_ingress_from="me"``)."""
+        here = os.environ.get(MACHINE_NETWORK_ENV)
+        return here is not None and here == self.network()
+
+    def client_address(self, machine: Machine) -> str | None:
+        """Where this process reaches ``machine``: its private address from inside the network
+        (:meth:`runs_inside`), else its public one."""
+        if machine.private_address and self.runs_inside():
+            return machine.private_address
+        return machine.public_address
+
     def reachable_url(self, url: str) -> str:
         """``url`` as this provider's machines reach it. A cloud machine cannot reach the launcher's
         loopback, so such a URL is refused with what to do instead; providers that can bridge it
@@ -539,6 +577,17 @@ class Provider(ABC):
         under the machine's ``$PREFECT_REMOTE_ROOT``), uv's download cache (``uv_cache_dir``; None:
         the boot script's) and the proxy package downloads go through (``proxy``)."""
         return {"envs_dir": None, "uv_cache_dir": None, "proxy": None}
+
+    def network(self) -> str:
+        """A name for the network this provider's machines run in (machines of one network reach
+        each other's private addresses). By default the provider's name: one network."""
+        return self.name
+
+    def machine_options(self) -> dict[str, Any]:
+        """Keyword arguments (JSON) that make this provider on its own machines, where they are the
+        default provider's options (:meth:`machine_environ`). They travel in the boot script: never
+        secrets. By default none: there, the provider's own defaults."""
+        return {}
 
     @abstractmethod
     def client_options(self) -> dict[str, Any]:

@@ -20,6 +20,10 @@ with what it read, and reused while none of that changed:
 The key is the request: the interpreter, its ``sys.path``, the working directory, ``arm``, ``gpu``,
 ``ignore``, and the variables naming the home, the store, the bundle size limit and the package
 indexes (hashed: index URLs may hold credentials). Standard library only until a capture is needed.
+
+On a machine whose payload runs a software environment (a flow run deployed with package sync),
+this interpreter *is* that environment, rebuilt from the store: it is reused as it is (source
+``machine``), never captured again, so a function the flow calls runs on the flow's own software.
 """
 
 from __future__ import annotations
@@ -62,11 +66,12 @@ class PackageSyncWarning(UserWarning):
 class SyncedEnvironment:
     """A stored software environment matching this environment, and where the answer came from:
     ``memory`` (this process resolved it before), ``disk`` (recorded by an earlier process, still
-    valid) or ``capture`` (captured now); ``seconds`` is what finding it took (0 from memory)."""
+    valid), ``capture`` (captured now) or ``machine`` (this interpreter is that environment, on a
+    machine); ``seconds`` is what finding it took (0 from memory)."""
 
     name: str
     packages: int
-    source: Literal["memory", "disk", "capture"]
+    source: Literal["memory", "disk", "capture", "machine"]
     seconds: float
 
 
@@ -88,6 +93,8 @@ def synced_environment(
     """
     patterns = sorted({normalize(pattern) for pattern in ignore or ()})
     here = _is_this_interpreter(python)
+    if here and not patterns and (running := machine_environment(arm=arm)) is not None:
+        return running
     request = (
         sys.executable if here else os.path.abspath(python),  # type: ignore[arg-type]
         tuple(sys.path) if here else None,  # another interpreter's is recorded when captured
@@ -107,6 +114,27 @@ def synced_environment(
         found = _recorded(key, patterns, python, started) or _capture(key, patterns, python, root, arm, gpu)
         _memory[request] = dataclasses.replace(found, source="memory", seconds=0.0)
         return found
+
+
+def machine_environment(*, arm: bool = False) -> SyncedEnvironment | None:
+    """The software environment this interpreter is, on a machine (``$PREFECT_REMOTE_MACHINE_ID``
+    set by its agent) that rebuilt it for its payload, when it is for ``arm`` machines or not as
+    asked; else None. Its folder holds the spec it was built from, which names it."""
+    from prefect_remote.boot import MACHINE_ID_ENV
+    from prefect_remote.software.naming import env_name
+
+    if not os.environ.get(MACHINE_ID_ENV):
+        return None
+    folder = Path(sys.prefix).parent  # <envs>/<name>/venv is the interpreter's prefix
+    try:
+        data = (folder / "spec.json").read_bytes()
+        spec = json.loads(data)
+    except (OSError, ValueError):
+        return None
+    if env_name(data) != folder.name or spec.get("platform") != f"linux-{'aarch64' if arm else 'x86_64'}":
+        return None
+    logger.debug("package sync: this machine runs environment %s; reusing it", folder.name)
+    return SyncedEnvironment(folder.name, len(spec.get("packages", [])), "machine", 0.0)
 
 
 def _is_this_interpreter(python: str | None) -> bool:

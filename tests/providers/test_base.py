@@ -103,3 +103,46 @@ def test_require_names_what_needs_the_capability_and_who_has_it():
         require(Closed(), "inbound_connections", "a Dask cluster needs")
     with pytest.raises(CapabilityError, match="'local' does not run containers, which container='img' needs; use a provider that does: gcp"):
         require(LocalProvider(), "containers", "container='img' needs")
+
+
+def test_a_machine_launches_as_its_launcher_did_and_reaches_machines_inside_its_network(monkeypatch, tmp_path):
+    """What every machine gets from its launcher (public settings, under its payload's env) makes the
+    same provider there by default, with the launcher's store; inside that network a machine is
+    reached at its private address, from elsewhere at its public one."""
+    import os
+
+    from prefect_remote.providers import get_provider
+    from prefect_remote.providers.base import MACHINE_NETWORK_ENV, Machine
+    from prefect_remote.software.store import open_store
+
+    monkeypatch.setenv("PREFECT_REMOTE_STORE", str(tmp_path / "store"))
+    launcher = LocalProvider(tmp_path / "home", isolation="process", overcommit=True)
+    environ = launcher.machine_environ()
+    assert environ[MACHINE_NETWORK_ENV] == launcher.network() == "local"
+    machine = Machine("m-1", "local", "running", "t", 0.0, private_address="10.0.0.5", public_address="34.1.2.3")
+    assert launcher.client_address(machine) == "34.1.2.3"  # not on a machine: from outside
+
+    for name in [name for name in os.environ if name.startswith("PREFECT_REMOTE_")]:
+        monkeypatch.delenv(name)
+    for name, value in environ.items():  # on the machine
+        monkeypatch.setenv(name, value)
+    there = get_provider()
+    assert there.name == "local" and there.client_options() == launcher.client_options()
+    assert open_store().url == open_store(tmp_path / "store").url
+    assert get_provider("local", overcommit=False).client_options()["overcommit"] is False  # options given win
+    assert there.runs_inside() and there.client_address(machine) == "10.0.0.5"
+    monkeypatch.setenv(MACHINE_NETWORK_ENV, "elsewhere")
+    assert not there.runs_inside() and there.client_address(machine) == "34.1.2.3"
+
+
+def test_provider_options_are_a_json_object_or_say_so(monkeypatch):
+    from prefect_remote.providers import get_provider
+    from prefect_remote.settings import SettingsError
+
+    monkeypatch.setenv("PREFECT_REMOTE_PROVIDER", "local")
+    monkeypatch.setenv("PREFECT_REMOTE_PROVIDER_OPTIONS", "isolation=process")
+    with pytest.raises(SettingsError, match=r"PREFECT_REMOTE_PROVIDER_OPTIONS: expected a JSON object such as"):
+        get_provider()
+    monkeypatch.setenv("PREFECT_REMOTE_PROVIDER_OPTIONS", '{"no_such_option": 1}')
+    with pytest.raises(TypeError, match="no_such_option"):
+        get_provider()

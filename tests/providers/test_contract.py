@@ -139,7 +139,7 @@ def test_secrets_reach_the_payload_but_never_the_boot_script_or_the_logs(provide
     assert made.has_secrets and token not in made.boot_script and spec_token not in made.boot_script
     assert len(made.boot_script.encode()) <= provider.max_boot_script
     config = decode_agent_config(made.boot_script.split(f"{AGENT_CONFIG_ENV}=")[1].split()[0])
-    assert config["env"] == {"PLAIN": "visible"} and config["secret_names"] == ["SPEC_TOKEN", "TOKEN"]
+    assert config["env"] == {**provider.machine_environ(), "PLAIN": "visible"} and config["secret_names"] == ["SPEC_TOKEN", "TOKEN"]
     assert config["runtime"] == provider.runtime and token not in json.dumps(config["runtime_options"])
     provider.wait([machine.id], timeout=timing.wait(15))
     text = provider.logs(machine.id).text

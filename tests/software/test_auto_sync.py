@@ -189,3 +189,30 @@ def test_bad_package_sync_arguments_are_refused_everywhere_before_anything_start
         prefect_remote.RemoteTaskRunner(provider=PROCESS, **arguments)
     assert machine_folders() == before
 
+
+
+def test_on_a_machine_its_own_environment_is_reused_never_captured(tmp_path, monkeypatch):
+    """A machine whose payload runs a software environment (a flow run deployed with package sync)
+    runs the rebuilt environment's interpreter: a cluster it starts runs that same environment, found
+    by the spec the rebuild left beside it, with nothing captured or stored."""
+    from prefect_remote.boot import MACHINE_ID_ENV
+    from prefect_remote.software.naming import env_name
+    from prefect_remote.software.rebuild import canonical
+
+    spec = {"format": 1, "python": "3.11.7", "platform": "linux-x86_64", "gpu": False, "packages": [{"name": "prefect"}], "code": None}
+    name = env_name(canonical(spec))
+    folder = tmp_path / "envs" / name
+    (folder / "venv").mkdir(parents=True)
+    (folder / "spec.json").write_bytes(canonical(spec))  # as rebuild_environment leaves it
+    monkeypatch.setattr(sys, "prefix", str(folder / "venv"))
+    monkeypatch.setenv(MACHINE_ID_ENV, "i-0123456789abcdef0")
+    before = auto.captures
+    found = auto.synced_environment(root=tmp_path)
+    assert found == auto.SyncedEnvironment(name, 1, "machine", 0.0) and auto.captures == before
+    assert ClusterOptions.build(provider=Elsewhere(isolation="process")).with_software().spec.software == name
+    assert auto.machine_environment(arm=True) is None  # built for x86_64: an arm cluster needs its own
+    (folder / "spec.json").write_bytes(canonical({**spec, "python": "3.11.8"}))  # not what the folder's name says
+    assert auto.machine_environment() is None
+    monkeypatch.delenv(MACHINE_ID_ENV)  # not on a machine
+    (folder / "spec.json").write_bytes(canonical(spec))
+    assert auto.machine_environment() is None

@@ -136,6 +136,26 @@ def test_shapes_cloud_run_refuses(google, gcp_sandbox):
         _create(google, gcp_sandbox, job)
 
 
+def test_direct_vpc_egress_into_what_the_project_has_only(google, gcp_sandbox):
+    def with_vpc(**interface) -> run_v2.Job:
+        job = _job(gcp_sandbox, "exit 0")
+        job.template.template.vpc_access = run_v2.VpcAccess(
+            network_interfaces=[run_v2.VpcAccess.NetworkInterface(**interface)], egress=run_v2.VpcAccess.VpcEgress.PRIVATE_RANGES_ONLY
+        )
+        return job
+
+    made = _create(google, gcp_sandbox, with_vpc(network="default", tags=["prefect-remote"]))
+    assert list(made.template.template.vpc_access.network_interfaces[0].tags) == ["prefect-remote"]
+    with pytest.raises(exceptions.BadRequest, match="network 'lab' not found"):
+        _create(google, gcp_sandbox, with_vpc(network="lab"))
+    with pytest.raises(exceptions.BadRequest, match="subnetwork 'lab-a' not found"):
+        _create(google, gcp_sandbox, with_vpc(network="default", subnetwork="lab-a"))
+    with pytest.raises(exceptions.BadRequest, match="are not network tags"):
+        _create(google, gcp_sandbox, with_vpc(network="default", tags=["Not A Tag"]))
+    with pytest.raises(exceptions.BadRequest, match="at least one of network or subnetwork"):
+        _create(google, gcp_sandbox, with_vpc(tags=["prefect-remote"]))
+
+
 def test_an_unauthenticated_call_is_refused(gcp_sandbox, google):
     name = f"projects/{google.project}/locations/{gcp_sandbox.region}/jobs/run-000000000000"
 

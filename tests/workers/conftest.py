@@ -51,6 +51,64 @@ SIZED = {"cpu": 1, "memory": "1 GiB", "idle_timeout": "10 minutes"}
 # deploying machine), the Prefect guide's folder, and the machine's working folder.
 PULL_DIRECTORIES = {"no-pull": None, "scratch": "/scratch/batch", "dot": "."}
 
+# The Prefect-on-VMs guide's "scale out" flow: a task that is also a prefect_remote.function launches
+# machines of its own from the flow run's machine. It says where it ran (a machine of its own).
+SCALE_OUT = textwrap.dedent(
+    """
+    import os
+    from prefect import flow, task
+    import prefect_remote
+
+    @task
+    def f(n):
+        return n**2
+
+    @task
+    @prefect_remote.function(memory="2 GiB")
+    def do_something(x):
+        print(f"summing {x} on machine {os.environ['PREFECT_REMOTE_MACHINE_ID']}")
+        return sum(x)
+
+    @flow(log_prints=True)
+    def my_flow():
+        print(f"Hello from your Prefect flow on machine {os.environ['PREFECT_REMOTE_MACHINE_ID']}!")
+        X = f.map(list(range(10)))
+        total = do_something(X)
+        print(f"total: {total}")
+        return total
+    """
+)
+
+
+def scaled_out(client, env: dict[str, str], folder: Path, deployment: str, provider, sandbox) -> None:
+    """Runs ``deployment`` of :data:`SCALE_OUT` as a user would: it completes, the function ran on
+    a machine other than the flow run's, on the flow run's own software environment (none was
+    captured there), with its print and result in the run's logs; then every machine its cluster
+    had (a scheduler and a worker at least, from ``provider.list()``) ends, and so does the
+    sandbox's instance of each."""
+    from prefect_remote.cluster.plan import CLUSTER_TAG, ROLE_TAG
+    from prefect_remote.software.store import open_store
+    from prefect_remote.testing.instances import INSTANCE_TAG
+
+    store = open_store(env["PREFECT_REMOTE_STORE"])
+    environments = store.envs()
+    started = time.time()
+    flow_run = completed_run(client, env, folder, deployment, ended_within=60)  # its exit ends the function's cluster first
+    assert store.envs() == environments
+    logs = "\n".join(run_logs(client, flow_run.id))
+    flow_machine = flow_run.infrastructure_pid
+    assert f"Hello from your Prefect flow on machine {flow_machine}!" in logs, logs
+    summed = re.search(r"summing \[0, 1, 4, 9, 16, 25, 36, 49, 64, 81\] on machine (\S+)", logs)
+    assert summed and summed.group(1) != flow_machine, logs  # the function's own machine
+    assert "total: 285" in logs, logs
+    cluster = [m for m in provider.list(include_terminated=True) if CLUSTER_TAG in m.tags and m.created >= started - 5]
+    roles = sorted(m.tags[ROLE_TAG] for m in cluster)
+    assert "scheduler" in roles and "worker" in roles and summed.group(1) in {m.id for m in cluster}, cluster
+    wait_for(lambda: not any(provider.describe(m.id).alive for m in cluster), timeout=60, message="the function's machines to end")
+    ids = tuple(m.id for m in cluster)
+    running = lambda: [m.id for m in sandbox.runner.machines.list() if m.tags.get(INSTANCE_TAG, "").endswith(ids)]  # noqa: E731
+    wait_for(lambda: not running(), timeout=30, message="the sandbox's instances of the function's machines to end")
+
 
 def prefect_yaml(project: str, pool: str, deployments: dict[str, tuple], pull: str | None = ".") -> str:
     """A prefect.yaml as users write it: the package-sync build step, ``pull`` as the working directory
@@ -173,14 +231,14 @@ def deploy(client, project: Path, pool: str, flow: str = "hello", **job_variable
     )
 
 
-def completed_run(client, env: dict[str, str], folder: Path, deployment: str):
+def completed_run(client, env: dict[str, str], folder: Path, deployment: str, *, ended_within: float = 15):
     """`prefect deployment run <deployment> --watch` from ``folder`` in ``env``, asserted Completed;
-    the flow run, once its machine's end is in its logs."""
-    [flow_run] = completed_runs(client, env, folder, [deployment])
+    the flow run, once its machine's end is in its logs (within ``ended_within`` seconds)."""
+    [flow_run] = completed_runs(client, env, folder, [deployment], ended_within=ended_within)
     return flow_run
 
 
-def completed_runs(client, env: dict[str, str], folder: Path, deployments: list[str]) -> list:
+def completed_runs(client, env: dict[str, str], folder: Path, deployments: list[str], *, ended_within: float = 15) -> list:
     """`prefect deployment run <deployment> --watch` for each of ``deployments`` at once (each run on
     its own machine), as in completed_run; their flow runs, in order."""
     from concurrent.futures import ThreadPoolExecutor
@@ -197,7 +255,8 @@ def completed_runs(client, env: dict[str, str], folder: Path, deployments: list[
         deployment_id = client.read_deployment_by_name(deployment).id
         [flow_run] = client.read_flow_runs(deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[deployment_id])))
         assert ran.returncode == 0 and "Completed" in ran.stdout, ran.stdout + ran.stderr + "\n".join(run_logs(client, flow_run.id))
-        logged(client, flow_run.id, f"Machine {flow_run.infrastructure_pid} ended: ")  # the engine reports before its machine has ended
+        # The engine reports before its machine has ended.
+        logged(client, flow_run.id, f"Machine {flow_run.infrastructure_pid} ended: ", timeout=ended_within)
         flow_runs.append(flow_run)
     return flow_runs
 

@@ -12,6 +12,7 @@ from pathlib import Path
 import boto3
 import pytest
 
+from prefect_remote.providers.aws.provider import AWSProvider
 from tests.conftest import wait_for
 from tests.workers.conftest import (
     FLOWS,
@@ -25,12 +26,19 @@ from tests.workers.conftest import (
     run_logs,
     running_machine,
     sandbox_shell,
+    SCALE_OUT,
+    scaled_out,
     wait_final,
 )
 
 POOL = "test-push-aws"
 PULLS = pull_deployments("on-ec2")
-DEPLOYMENTS = {"on-ec2": ("flows.py:hello", {"cpu": 2}), "sleeping-on-ec2": ("flows.py:sleeper", {"cpu": 2}), **PULLS}
+DEPLOYMENTS = {
+    "on-ec2": ("flows.py:hello", {"cpu": 2}),
+    "sleeping-on-ec2": ("flows.py:sleeper", {"cpu": 2}),
+    "scale-out-on-ec2": ("scale_out.py:my_flow", {"cpu": 2}),
+    **PULLS,
+}
 PREFECT_YAML = prefect_yaml("aws-project", POOL, DEPLOYMENTS, pull=None)  # no pull section: Prefect's default, as users leave it
 
 
@@ -44,7 +52,8 @@ def aws_shell(prefect_server, aws_sandbox, tmp_path_factory) -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def deployed(aws_shell, tmp_path_factory) -> Path:
-    return deploy_project(aws_shell, tmp_path_factory.mktemp("aws-project"), {"flows.py": FLOWS, "prefect.yaml": PREFECT_YAML}, "s3://")
+    files = {"flows.py": FLOWS, "scale_out.py": SCALE_OUT, "prefect.yaml": PREFECT_YAML}
+    return deploy_project(aws_shell, tmp_path_factory.mktemp("aws-project"), files, "s3://")
 
 
 def ec2_client(env: dict[str, str]):
@@ -88,3 +97,9 @@ def test_a_terminated_instance_crashes_its_run(aws_shell, deployed, api):
     killed = time.monotonic()
     final = wait_final(api, run_id, timeout=30)
     assert time.monotonic() - killed <= 30 and final.state_name == "Crashed"
+
+
+def test_the_guides_scale_out_flow_launches_its_function_from_the_flows_instance(aws_shell, deployed, api, aws_sandbox, aws_env):
+    """The flow run's instance launches the function's cluster on aws, with the pool's settings (its
+    provider, store and profile reached it from its launcher) and its own software environment."""
+    scaled_out(api, aws_shell, deployed, "my-flow/scale-out-on-ec2", AWSProvider(), aws_sandbox)

@@ -20,6 +20,7 @@ from tests.workers.conftest import (
     cancel_ends_machine,
     completed_run,
     completed_runs,
+    SCALE_OUT,
     deploy,
     deploy_project,
     logged,
@@ -27,6 +28,7 @@ from tests.workers.conftest import (
     pull_deployments,
     run_logs,
     sandbox_shell,
+    scaled_out,
     wait_final,
 )
 
@@ -51,6 +53,7 @@ PREFECT_YAML = prefect_yaml(
         "sleeping-on-cloud-run": ("flows.py:sleeper", {"cpu": 1}),
         "exiting-on-cloud-run": ("exiting.py:exiting", {"cpu": 1}),
         "on-compute": ("flows.py:hello", {"cpu": 2, "gcp_service": "compute"}),
+        "scale-out-on-cloud-run": ("scale_out.py:my_flow", {"cpu": 1}),
         **PULLS,
     },
     pull=None,  # no pull section: Prefect's default, as users leave it
@@ -69,7 +72,7 @@ def gcp_shell(prefect_server, gcp_sandbox, tmp_path_factory) -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def deployed(gcp_shell, tmp_path_factory) -> Path:
-    files = {"flows.py": FLOWS, "exiting.py": EXITING, "prefect.yaml": PREFECT_YAML}
+    files = {"flows.py": FLOWS, "exiting.py": EXITING, "scale_out.py": SCALE_OUT, "prefect.yaml": PREFECT_YAML}
     return deploy_project(gcp_shell, tmp_path_factory.mktemp("gcp-project"), files, "gs://")
 
 
@@ -157,6 +160,15 @@ def test_gcp_service_compute_runs_on_a_vm(gcp_shell, deployed, api, gcp_env):
     assert f"Machine {machine_id} runs on Compute Engine, because gcp_service='compute'" in logs
     assert re.search(rf"Machine {machine_id} ended: payload finished; estimated cost \$\d+\.\d{{4}}", logs), logs
     wait_for(lambda: not GCPProvider().describe(machine_id).alive, timeout=30, message="the VM deleted")
+
+
+def test_the_guides_scale_out_flow_launches_its_function_from_cloud_run(gcp_shell, deployed, api, gcp_sandbox, gcp_env):
+    """The flow run's Cloud Run task launches the function's cluster on Compute Engine, with the
+    pool's settings (project, service account, store reached it from its launcher) and its own
+    software environment; the task joins the VPC network (Direct VPC egress) to reach the VMs."""
+    from prefect_remote.providers.gcp import GCPProvider
+
+    scaled_out(api, gcp_shell, deployed, "my-flow/scale-out-on-cloud-run", GCPProvider(), gcp_sandbox)
 
 
 # -- bad input: a clear error naming the fix, before anything starts ------------------------------

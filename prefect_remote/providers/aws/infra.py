@@ -118,7 +118,10 @@ def machine_policy(
     """The inline policy of the machines' role ``role`` (its instance profile has the same name):
     what a machine does (read its launch's secrets and software, ship its log, tag and end itself)
     and what a cluster's scheduler machine does with its workers (launch them with this same
-    profile, renew their leases, end them, and keep their launches' secrets). The README quotes it.
+    profile, renew their leases, end them, and keep their launches' secrets), which is also what a
+    flow run that scales out does with its cluster's scheduler and first workers. Neither makes or
+    changes security groups: from inside the VPC they need the internal group only, which exists
+    whole by then. The README quotes it.
 
     Instances are told apart by the instance profile they run with (``ec2:InstanceProfile``) and by
     the ``prefect-remote:launch`` tag every launch sets: a machine may tag and end only instances

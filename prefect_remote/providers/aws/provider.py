@@ -512,6 +512,8 @@ class AWSProvider(Provider):
             return None
         if source != "me":
             return source
+        if self.runs_inside():  # this launcher is a machine of this VPC: it reaches machines on their private addresses
+            return None
         from prefect_remote.settings import get_settings
 
         address = get_settings().aws_public_ip or public_ip(CHECKIP_URL)
@@ -530,6 +532,8 @@ class AWSProvider(Provider):
         ec2 = self.client("ec2")
         filters = [{"Name": "vpc-id", "Values": [self.vpc_id]}, {"Name": "group-name", "Values": [name]}]
         found = ec2.describe_security_groups(Filters=filters)["SecurityGroups"]
+        if found and found[0].get("IpPermissions"):  # made whole: no rule to add (nor the permission to add one)
+            return found[0]["GroupId"]
         if found:
             group_id = found[0]["GroupId"]
         else:
@@ -727,6 +731,15 @@ class AWSProvider(Provider):
     def client_options(self) -> dict[str, Any]:
         """The options (region and configuration; never credentials, which each place finds itself)."""
         return self.options.model_dump(mode="json")
+
+    def machine_options(self) -> dict[str, Any]:
+        """All of them (none is secret): a machine launches in the same region and VPC, with the same profile."""
+        return self.client_options()
+
+    @_translated
+    def network(self) -> str:
+        """The VPC, e.g. ``aws:us-east-2:vpc-0abc…``: its machines reach each other's private addresses."""
+        return f"aws:{self.region}:{self.vpc_id}"
 
     def runtime_options(self, launch_id: str) -> dict[str, Any]:
         return {

@@ -154,6 +154,9 @@ class GoogleClients:
     def zones(self) -> Any:
         return self._gapic("compute_v1", "ZonesClient")
 
+    def subnetworks(self) -> Any:
+        return self._gapic("compute_v1", "SubnetworksClient")
+
     def images(self) -> Any:
         return self._gapic("compute_v1", "ImagesClient")
 

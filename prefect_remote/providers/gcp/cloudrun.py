@@ -355,6 +355,18 @@ class CloudRunService(GCPService):
             minor = ".".join(load_spec(self.provider.machine_store(), spec.software)["python"].split(".")[:2])
         return PYTHON_IMAGE.format(minor=minor)
 
+    def vpc_access(self) -> Any:
+        """Direct VPC egress into the provider's network, for private addresses only (the rest, the
+        Prefect API and package indexes, leaves as before): a task reaches the VMs it launches (a
+        cluster a flow run starts) on their internal addresses, from the subnetwork's range, which
+        their firewall rule admits (``ComputeService._ingress_cidr``)."""
+        from google.cloud import run_v2
+
+        interface = run_v2.VpcAccess.NetworkInterface(network=_resource_name(self.options.network))
+        if self.options.subnetwork:  # else Cloud Run takes the network's subnetwork of the same name
+            interface.subnetwork = _resource_name(self.options.subnetwork)
+        return run_v2.VpcAccess(network_interfaces=[interface], egress=run_v2.VpcAccess.VpcEgress.PRIVATE_RANGES_ONLY)
+
     def job(self, launch: Launch) -> Any:
         """The Job a machine of ``launch`` is (the same for each of its machines)."""
         from google.cloud import run_v2
@@ -381,6 +393,7 @@ class CloudRunService(GCPService):
             max_retries=0,  # a machine runs once: a retry would run the payload (a flow run) twice
             timeout=duration_pb2.Duration(seconds=int(task_timeout(spec))),
             service_account=self.options.service_account or "",
+            vpc_access=self.vpc_access(),
         )
         if shape_.gpu:
             task.node_selector = run_v2.NodeSelector(accelerator=L4)
@@ -602,7 +615,10 @@ class CloudRunService(GCPService):
     # -- sweeping -------------------------------------------------------------------------------------
     def sweep_now_and_then(self, jobs: Sequence[Any] | None = None) -> list[str]:
         """:meth:`sweep`, at most every ``SWEEP_EVERY`` seconds per provider; never raises (a sweep
-        is housekeeping: a launch or a listing must not fail for it)."""
+        is housekeeping: a launch or a listing must not fail for it). Never on a machine (a flow run
+        starting a cluster): its account may not delete jobs, and launchers sweep."""
+        if self.provider.runs_inside():
+            return []
         with self._sweep_lock:
             if time.monotonic() - self._last_sweep < SWEEP_EVERY and self._last_sweep:
                 return []
@@ -632,6 +648,16 @@ class CloudRunService(GCPService):
             self._ended = {name: end for name, end in self._ended.items() if name.split("/")[5] not in done}
             logger.info("Cloud Run: deleted %d ended job(s): %s", len(done), ", ".join(done))
         return done
+
+
+def _resource_name(value: str) -> str:
+    """A network or subnetwork as Cloud Run takes it: a full ``projects/…`` path as it is, else its
+    name (Compute Engine's relative forms, ``global/networks/N`` and ``regions/R/subnetworks/S``).
+
+    >>> _resource_name("global/networks/default"), _resource_name("projects/p/regions/r/subnetworks/s")
+    ('default', 'projects/p/regions/r/subnetworks/s')
+    """
+    return value if value.startswith("projects/") else value.rsplit("/", 1)[-1]
 
 
 def _job_id(job: Any) -> str:

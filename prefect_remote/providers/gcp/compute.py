@@ -94,6 +94,7 @@ class ComputeService(GCPService):
         super().__init__(provider)
         self._catalogs: dict[str, list[InstanceType]] = {}  # zone -> its types, priced
         self._firewalls: set[str] = set()  # rules known to exist
+        self._subnetwork_range: str | None = None
         self._deleting: set[str] = set()  # halted VMs already asked to be deleted
 
     @property
@@ -290,8 +291,8 @@ class ComputeService(GCPService):
     # -- the firewall -------------------------------------------------------------------------------
     def _ingress_cidr(self, spec: MachineSpec) -> str | None:
         """Where the Dask ports are reached from: ``"me"`` is this launcher's public IP
-        (``PREFECT_REMOTE_GCP_PUBLIC_IP``, else asked of checkip once); None for ``"none"`` or when
-        it cannot be found."""
+        (``PREFECT_REMOTE_GCP_PUBLIC_IP``, else asked of checkip once), or the subnetwork's range
+        from inside the network; None for ``"none"`` or when it cannot be found."""
         import ipaddress
 
         source = spec.allow_ingress_from or self.options.allow_ingress_from
@@ -301,6 +302,11 @@ class ComputeService(GCPService):
             return "0.0.0.0/0"
         if source != "me":
             return source
+        if self.provider.runs_inside():
+            # This launcher runs in the VPC network (a flow run: a Cloud Run task by Direct VPC egress,
+            # or a VM) and reaches the VMs on their internal addresses, from the subnetwork's range (a
+            # Cloud Run task's network tags count for no firewall source): nobody outside is admitted.
+            return self.subnetwork_range()
         from prefect_remote.providers.aws.provider import CHECKIP_URL, public_ip
 
         address = self.options.public_ip or public_ip(CHECKIP_URL)
@@ -311,6 +317,16 @@ class ComputeService(GCPService):
             )
             return None
         return str(ipaddress.ip_network(address, strict=False))
+
+    def subnetwork_range(self) -> str:
+        """The IP range of the subnetwork machines get addresses from in the region (``subnetwork``,
+        else the network's of the same name, as Compute Engine and Cloud Run both take it)."""
+        if self._subnetwork_range is None:
+            name = (self.options.subnetwork or self._network_url()).rsplit("/", 1)[-1]
+            with self.clients.translated("compute.subnetworks.get"):
+                found = self.clients.subnetworks().get(project=self.project, region=self.options.region, subnetwork=name)
+            self._subnetwork_range = str(found.ip_cidr_range)
+        return self._subnetwork_range
 
     def _network_tags(self, cidr: str | None) -> list[str]:
         """The VM's network tags, after making sure their firewall rules exist: the internal rule

@@ -18,7 +18,8 @@ services enable`` command and makes nothing (it enables nothing itself). Then it
   lifecycle rule that deletes machine records older than :data:`RECORDS_KEPT_DAYS` days;
 - the Compute Engine firewall rules, the Compute Engine service's own
   (:meth:`~prefect_remote.providers.gcp.compute.ComputeService._network_tags`: VMs reach each other
-  internally; the Dask ports from ``allow_ingress_from``).
+  internally; the Dask ports from ``allow_ingress_from``, and from the subnetwork's range, where a
+  flow run that starts a cluster connects from).
 
 It returns the provider block's fields that record it (``project``, ``region``,
 ``service_account``, ``store``). :func:`teardown` (``prefect-remote gcp teardown``) removes it all
@@ -66,7 +67,9 @@ REQUIRED_APIS = {
 }
 
 # The custom role's permissions: a VM ends itself; a cluster's scheduler VM launches its workers
-# (as this same account, with their launch secrets) and ends them.
+# (as this same account, with their launch secrets) and ends them; a flow run (a Cloud Run task or a
+# VM) starts a cluster the same way, after looking for one among the provider's machines, which
+# lists Cloud Run jobs too (read only: ending them is its launcher's).
 MACHINE_PERMISSIONS = (
     "compute.instances.delete",
     "compute.instances.create",
@@ -77,6 +80,7 @@ MACHINE_PERMISSIONS = (
     "compute.instances.setServiceAccount",
     "compute.instances.setTags",
     "compute.disks.create",
+    "compute.subnetworks.get",
     "compute.subnetworks.use",
     "compute.subnetworks.useExternalIp",
     "compute.networks.get",
@@ -90,6 +94,9 @@ MACHINE_PERMISSIONS = (
     "secretmanager.secrets.create",
     "secretmanager.secrets.delete",
     "secretmanager.versions.add",
+    "run.jobs.list",
+    "run.executions.get",
+    "run.tasks.list",
 )
 
 # The machines' grants, with placeholders filled by machine_roles(): on the project, the store's
@@ -529,6 +536,8 @@ def _ensure_firewalls(provider: GCPProvider, say: Say) -> tuple[str, ...]:
     compute = provider.service("compute")
     with google_errors(clients, "compute.firewalls.create", "make the VMs' firewall rules"):
         compute._network_tags(compute._ingress_cidr(MachineSpec()))
+        # What a flow run that starts a cluster uses: machines may not make rules themselves.
+        compute._network_tags(compute.subnetwork_range())
     after = sorted(_firewall_names(clients))
     for name in after:
         say(f"{'found' if name in before else 'created'} firewall rule {name}")

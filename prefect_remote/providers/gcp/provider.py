@@ -299,7 +299,18 @@ class GCPProvider(Provider):
     # -- elsewhere: a cluster's scheduler, the machine side ---------------------------------------------
     def client_options(self) -> dict[str, Any]:
         # Not the API endpoint: a machine reaches it at its own address (PREFECT_REMOTE_GCP_API_ENDPOINT there).
-        return self.options.model_dump(exclude_none=True, exclude={"api_endpoint"})
+        # Nor the service, a choice for one launch (a flow run's gcp_service), not for what a machine launches.
+        return self.options.model_dump(exclude_none=True, exclude={"api_endpoint", "service"})
+
+    def machine_options(self) -> dict[str, Any]:
+        """The project, region, zone, service account, network… (none is secret); not this launcher's
+        public IP, which is not the machine's."""
+        return {key: value for key, value in self.client_options().items() if key != "public_ip"}
+
+    def network(self) -> str:
+        """The VPC network, e.g. ``gcp:my-project:default``: Compute Engine VMs and (by Direct VPC
+        egress) Cloud Run tasks in it reach VMs' internal addresses."""
+        return f"gcp:{self.clients.project}:{self.options.network}"
 
     def runtime_options(self, launch_id: str) -> dict[str, Any]:
         return {

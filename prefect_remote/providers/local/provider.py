@@ -346,6 +346,10 @@ class LocalProvider(Provider):
         isolation = self._isolation or self.settings.local_isolation
         return {"home": str(self.home), "isolation": isolation, "overcommit": self._overcommit, "settings": local}
 
+    def machine_options(self) -> dict[str, Any]:
+        """The same as a cluster's scheduler gets (none is secret): machines launch into this home."""
+        return self.client_options()
+
     def runtime_options(self, launch_id: str) -> dict[str, Any]:
         return {"home": str(self.home)}  # the machine's folder holds its lease and secrets
 

@@ -21,7 +21,9 @@ the tasks cancelled; an execution counts ``running/succeeded/failed/cancelled/re
 once every task ended, sets ``completionTime`` and a ``Completed`` condition (succeeded, or failed
 with the failing task's message). What Cloud Run refuses, it refuses (400): a cpu/memory pair Cloud
 Run does not offer, an ``nvidia-l4`` GPU under 4 CPU / 16 GiB or in a region without L4s, a timeout
-over 168 h (1 h with a GPU), a service account the project lacks, reserved env names. A secret that
+over 168 h (1 h with a GPU), a service account the project lacks, reserved env names, Direct VPC
+egress into a network or subnetwork the project lacks. **The network is not modelled**: every task
+and VM reaches every other (no firewall, no VPC), so reachability is the product's to get right. A secret that
 does not exist fails the task, as on Cloud Run. Deleting a job or an execution ends its machines
 (the sandbox never leaves one running); cancelling a completed execution is refused (400
 ``FAILED_PRECONDITION``, which google-api-core raises as ``BadRequest`` over REST).
@@ -75,6 +77,7 @@ TERMINAL = ("succeeded", "failed", "cancelled")
 LOG_EVERY = 1.0  # seconds between copies of running tasks' output to Cloud Logging
 HOST_LINE = "[prefect-remote host]"  # the local machine monitor's own log lines
 _JOB_ID = re.compile(r"[a-z]([-a-z0-9]{0,61}[a-z0-9])?")
+_NETWORK_TAG = re.compile(r"[a-z]([-a-z0-9]{0,61}[a-z0-9])?")
 
 
 @dataclass
@@ -328,12 +331,40 @@ class CloudRunFake:
             raise GoogleError(400, f"{where}.timeout: {task['timeout']} exceeds the maximum task timeout of {most}.")
         if timeout > GA_TIMEOUT and launch_stage not in PREVIEW_STAGES:
             raise GoogleError(400, f"{where}.timeout: a task timeout over 24 hours ({task['timeout']}) is a Preview feature: set the job's launch_stage to BETA.")
+        self._check_vpc_access(task.get("vpcAccess"), location, f"{where}.vpc_access")
         account = task.get("serviceAccount")
         if account not in self.sandbox.service_accounts:
             raise GoogleError(400, f"{where}.service_account: Service account {account} does not exist.")
         retries = int(task.get("maxRetries", DEFAULT_RETRIES))
         if not 0 <= retries <= 10:
             raise GoogleError(400, f"{where}.max_retries: {retries} is out of range: 0 to 10")
+
+    def _check_vpc_access(self, access: dict[str, Any] | None, location: str, where: str) -> None:
+        """What Cloud Run refuses in Direct VPC egress: a connector with it, more than one interface,
+        one naming neither network nor subnetwork, a network or subnetwork the project lacks (the
+        sandbox has the ``default`` network and its subnetwork in each region), a bad network tag."""
+        if not access:
+            return
+        interfaces = access.get("networkInterfaces") or []
+        if access.get("connector") and interfaces:
+            raise GoogleError(400, f"{where}: a VPC connector and network interfaces (Direct VPC egress) cannot both be set")
+        if len(interfaces) > 1:
+            raise GoogleError(400, f"{where}.network_interfaces: only one network interface is supported")
+        if access.get("egress", 2) not in (1, 2, "ALL_TRAFFIC", "PRIVATE_RANGES_ONLY"):
+            raise GoogleError(400, f"{where}.egress: {access['egress']!r} is not a VPC egress setting")
+        for index, interface in enumerate(interfaces):
+            place = f"{where}.network_interfaces[{index}]"
+            network, subnetwork = interface.get("network"), interface.get("subnetwork")
+            if not network and not subnetwork:
+                raise GoogleError(400, f"{place}: at least one of network or subnetwork must be specified")
+            project = self.sandbox.project
+            if network and network not in ("default", f"projects/{project}/global/networks/default"):
+                raise GoogleError(400, f"{place}.network: network {network!r} not found in project {project}")
+            if subnetwork and subnetwork not in ("default", f"projects/{project}/regions/{location}/subnetworks/default"):
+                raise GoogleError(400, f"{place}.subnetwork: subnetwork {subnetwork!r} not found in project {project}, region {location}")
+            bad = [tag for tag in interface.get("tags") or [] if not _NETWORK_TAG.fullmatch(tag)]
+            if bad:
+                raise GoogleError(400, f"{place}.tags: {bad} are not network tags (lowercase letters, digits and '-', at most 63)")
 
     def _get_job(self, request: Request, project: str, location: str, job: str) -> dict[str, Any]:
         with self._lock:

@@ -136,7 +136,7 @@ def test_secrets_go_to_ssm_only_and_leave_with_the_last_machine(provider, ec2, s
         found = instance(ec2, machine.id)
         script = user_data(ec2, machine.id)
         config = decode_agent_config(script.split(f"{AGENT_CONFIG_ENV}=")[1].split()[0])  # base64 in the script
-        assert config["env"] == {"PLAIN": "visible"} and config["secret_names"] == ["SPEC_TOKEN", "TOKEN"]
+        assert config["env"] == {**provider.machine_environ(), "PLAIN": "visible"} and config["secret_names"] == ["SPEC_TOKEN", "TOKEN"]
         exposed = [script, json.dumps(config), json.dumps(found["Tags"]), json.dumps(runtime_options), json.dumps(provider.client_options())]
         exposed.append(json.dumps(provider.describe(machine.id).__dict__, default=str))
         for text in [*exposed, caplog.text]:
@@ -191,8 +191,24 @@ def test_security_groups_admit_dask_from_the_launcher_only_by_default(provider, 
     groups = instance(ec2, machine.id)["SecurityGroups"]
     internal = next(g for g in groups if not g["GroupName"].endswith("/32"))
     assert any(pair["GroupId"] == internal["GroupId"] for rule in rules for pair in rule.get("UserIdGroupPairs", []))
+    authorized = count_calls(provider.client("ec2"), "AuthorizeSecurityGroupIngress")
     [again] = launch(provider, cpu=1)
     assert instance(ec2, again.id)["SecurityGroups"] == groups  # reused, not made again
+    assert authorized == []  # nor changed: a machine's role launching more may not change groups
+
+
+def test_a_machine_in_the_vpc_admits_nobody_outside_for_what_it_launches(provider, ec2, monkeypatch):
+    """A launcher inside the VPC (a flow run's instance) reaches instances on their private
+    addresses: "me" opens no Dask port to anyone outside; the internal group is all they get."""
+    from prefect_remote.providers.base import MACHINE_NETWORK_ENV
+
+    assert provider.network() == f"aws:{provider.region}:{provider.vpc_id}"
+    monkeypatch.setenv(MACHINE_NETWORK_ENV, provider.network())
+    [machine] = launch(provider, cpu=1)
+    assert ingress(ec2, machine.id)[1] == set() and len(instance(ec2, machine.id)["SecurityGroups"]) == 1
+    monkeypatch.setenv(MACHINE_NETWORK_ENV, f"aws:{provider.region}:vpc-0another0000000")  # another VPC: from outside
+    [outside] = launch(provider, cpu=1)
+    assert ingress(ec2, outside.id)[1] == {f"{LAUNCHER_IP}/32"}
 
 
 def test_a_security_group_left_without_rules_is_repaired(provider, ec2):

@@ -202,6 +202,22 @@ def test_the_job_runs_the_boot_script_once_in_the_chosen_shape(service):
     assert own.template.template.containers[0].image == "us-docker.pkg.dev/p/r/img:1"
 
 
+def test_a_task_joins_the_vpc_network_for_private_addresses_only(service):
+    """Direct VPC egress: a flow run reaches the VMs of a cluster it starts on their internal
+    addresses (from the subnetwork's range, which their firewall rule admits); the rest leaves as before."""
+    from google.cloud import run_v2
+
+    def as_sent(job) -> dict:  # as the REST transport sends it: no default values
+        return json.loads(run_v2.Job.to_json(job, always_print_fields_with_no_presence=False))
+
+    body = as_sent(service.job(launch_of(MachineSpec(), "true", service)))
+    assert body["template"]["template"]["vpcAccess"] == {"networkInterfaces": [{"network": "default"}], "egress": 2}  # PRIVATE_RANGES_ONLY
+    lab = GCPProvider(project="my-project", region="us-central1", network="global/networks/lab", subnetwork="regions/us-central1/subnetworks/lab-a")
+    other = CloudRunService(lab)
+    body = as_sent(other.job(launch_of(MachineSpec(), "true", other)))
+    assert body["template"]["template"]["vpcAccess"]["networkInterfaces"] == [{"network": "lab", "subnetwork": "lab-a"}]
+
+
 def test_secrets_are_a_reference_in_the_job_never_a_value(service):
     from google.cloud import run_v2
 

@@ -313,6 +313,21 @@ def test_vms_are_reachable_from_the_launcher_only(gce, gcp_sandbox):
     assert {r.name for r in firewalls.list(project=gce.project)} == rules  # made once, reused
 
 
+def test_me_is_the_subnetwork_from_a_machine_in_the_network(gce, monkeypatch):
+    """A launcher inside the VPC network (a flow run's Cloud Run task or VM) reaches VMs on their
+    internal addresses, from the subnetwork's range: "me" admits that range, nobody outside;
+    elsewhere it is the launcher's public IP."""
+    from prefect_remote.providers.base import MACHINE_NETWORK_ENV
+
+    assert gce._ingress_cidr(MachineSpec()) == f"{LAUNCHER_IP}/32"
+    monkeypatch.setenv(MACHINE_NETWORK_ENV, gce.provider.network())
+    assert gce.provider.network() == f"gcp:{gce.project}:default"
+    assert gce._ingress_cidr(MachineSpec()) == gce.subnetwork_range() == "10.128.0.0/20"  # the sandbox's default subnetwork
+    assert gce._ingress_cidr(MachineSpec(allow_ingress_from="10.8.0.0/16")) == "10.8.0.0/16"  # what is asked, as asked
+    monkeypatch.setenv(MACHINE_NETWORK_ENV, f"gcp:{gce.project}:other")
+    assert gce._ingress_cidr(MachineSpec()) == f"{LAUNCHER_IP}/32"
+
+
 def test_spot_stock_out_falls_back_to_standard_and_says_so(gce, gcp_sandbox, caplog):
     gcp_sandbox.compute.refuse_spot(times=1)
     with caplog.at_level("WARNING", logger="prefect_remote.providers.gcp.compute"):

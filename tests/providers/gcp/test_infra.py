@@ -93,9 +93,11 @@ def test_machine_roles_are_least_privilege():
     assert by_role[f"projects/p-1/roles/{MACHINE_ROLE_ID}"]["condition"]["expression"].endswith(secrets_only)
     assert "condition" not in by_role["roles/logging.logWriter"]
     assert roles["service account sa@p-1.iam.gserviceaccount.com"] == [{"role": "roles/iam.serviceAccountUser"}]  # acting as itself only
-    # The custom role: a VM ends itself, a scheduler launches its workers; nothing that grants more access.
+    # The custom role: a VM ends itself, a scheduler launches its workers, a flow run its cluster (after
+    # listing the provider's machines, Cloud Run jobs included: read only); nothing that grants more access.
     assert "compute.instances.delete" in MACHINE_PERMISSIONS and len(set(MACHINE_PERMISSIONS)) == len(MACHINE_PERMISSIONS)
-    assert all(p.startswith(("compute.", "secretmanager.")) and "*" not in p for p in MACHINE_PERMISSIONS)
+    assert all(p.startswith(("compute.", "secretmanager.", "run.")) and "*" not in p for p in MACHINE_PERMISSIONS)
+    assert [p for p in MACHINE_PERMISSIONS if p.startswith("run.")] == ["run.jobs.list", "run.executions.get", "run.tasks.list"]
     assert not any(p.endswith(("setIamPolicy", "firewalls.create", "firewalls.update", "versions.access")) for p in MACHINE_PERMISSIONS)
 
 
@@ -110,13 +112,15 @@ def test_provisioning_twice_is_harmless_and_grants_exactly_the_roles(project):
     setup, first = provision()
     assert setup.block_fields() == {"project": "sandbox-project", "region": "us-central1", "service_account": EMAIL, "store": f"gs://{BUCKET}/store"}
     created = [line for line in first if line.startswith(("created", "granted"))]
-    # bucket, account, custom role, two firewall rules; grants on the project, bucket and account
-    assert len(created) == 8, first
-    assert set(setup.firewalls) == firewalls(project) and len(setup.firewalls) == 2
+    # bucket, account, custom role, three firewall rules (VMs among themselves, the Dask ports from this
+    # launcher and from the subnetwork, where a flow run that starts a cluster connects from); grants on
+    # the project, bucket and account
+    assert len(created) == 9, first
+    assert set(setup.firewalls) == firewalls(project) and len(setup.firewalls) == 3
     again, second = provision()
     assert again == setup
     assert not any(line.startswith(("created", "granted", "updated", "undeleted")) for line in second), second
-    assert sum(line.startswith("found") for line in second) == 8
+    assert sum(line.startswith("found") for line in second) == 9
 
     roles = machine_roles(project="sandbox-project", project_number=project.project_number, bucket=BUCKET, service_account=EMAIL)
     assert project.iam.grants_of(MEMBER) == roles["project"]  # exactly these, once each
@@ -180,7 +184,7 @@ def test_teardown_removes_everything_and_is_idempotent(project):
         f"the project grants of {EMAIL}", f"the grant of {EMAIL} on bucket {BUCKET}",
         f"custom role projects/sandbox-project/roles/{MACHINE_ROLE_ID}", f"service account {EMAIL}",
     }
-    assert sum(item.startswith("firewall rule") for item in removed) == 2 and firewalls(project) == set()
+    assert sum(item.startswith("firewall rule") for item in removed) == 3 and firewalls(project) == set()
     assert EMAIL not in project.iam.accounts and EMAIL not in project.service_accounts
     assert project.iam.roles[MACHINE_ROLE_ID]["deleted"]  # Google keeps a deleted role 7 days
     assert project.iam.grants_of(MEMBER) == []
@@ -206,7 +210,7 @@ def test_teardown_refuses_while_a_vm_runs(project):
 
     refused = cli("gcp", "teardown", "--yes")
     assert refused.returncode == 1 and machine.id in refused.stderr and "--force" in refused.stderr, refused.stderr
-    assert EMAIL in project.iam.accounts and len(firewalls(project)) == 2  # nothing removed
+    assert EMAIL in project.iam.accounts and len(firewalls(project)) == 3  # nothing removed
     with pytest.raises(TeardownRefused, match=machine.id):
         infra.teardown(GCPProvider(), say=lambda _: None)
     forced = cli("gcp", "teardown", "--yes", "--force")

@@ -159,7 +159,7 @@ def test_secrets_stay_off_disk_files_and_command_lines():
     # The agent's configuration is encoded inside the boot script: the secret is not in it either.
     script = (directory / records.BOOT_SCRIPT).read_text()
     config = decode_agent_config(script.split("PREFECT_REMOTE_AGENT_CONFIG=")[1].split()[0])
-    assert config["env"] == {"PLAIN": "visible"} and config["secret_names"] == ["TOKEN"]
+    assert config["env"] == {**provider.machine_environ(), "PLAIN": "visible"} and config["secret_names"] == ["TOKEN"]
     assert token not in json.dumps(config)
 
 
