@@ -56,6 +56,11 @@ def _undocumented(obj: griffe.Object, names: list[str] | None = None) -> list[st
     return found
 
 
+def on_pre_build(config: Any, **kwargs: Any) -> None:
+    """Loads the package afresh on each build (``mkdocs serve`` rebuilds as the code changes)."""
+    _package.cache_clear()
+
+
 def on_page_markdown(markdown: str, page: Any, config: Any, **kwargs: Any) -> str:
     """Warns for each undocumented object the page's ``:::`` blocks render."""
     root = str(Path(config.config_file_path).parent)
