@@ -3,12 +3,14 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 UV_VERSION := $(shell sed -n '/^name = "uv"$$/{n;s/^version = "\(.*\)"/\1/p;}' uv.lock)
 export UV_PROJECT_ENVIRONMENT := $(abspath $(VENV))
+# mkdocs-material's banner about its successor, printed on every build.
+export NO_MKDOCS_2_WARNING := 1
 PYTEST_ARGS ?=
 # Two pytest workers (pytest-xdist), a test file each at a time: most tests wait on machines,
 # so two share this 2-core machine well. Each worker is a session with its own server and sandboxes.
 PYTEST_WORKERS ?= 2
 
-.PHONY: env test demo demo-machines bench clean
+.PHONY: env test docs demo demo-machines bench clean
 
 env: $(VENV)/.synced
 
@@ -19,11 +21,18 @@ $(VENV)/.synced: pyproject.toml uv.lock
 	$(VENV)/bin/uv sync --locked --all-extras --python $(VENV)/bin/python
 	touch $@
 
-# prefect-dask's own task-runner tests run on RemoteTaskRunner (tests/test_task_runner_prefect_dask.py):
-# fetched first from their source distribution on PyPI at the version uv.lock pins, cached in .cache/.
+# The docs first: a broken link or anchor, or a public name the API reference renders without a
+# docstring, fails the build (--strict) and so the suite. Then prefect-dask's own task-runner tests,
+# which run on RemoteTaskRunner (tests/test_task_runner_prefect_dask.py), are fetched from their
+# source distribution on PyPI at the version uv.lock pins (cached in .cache/).
 test: env
+	$(VENV)/bin/mkdocs build --strict
 	$(VENV)/bin/python -m tests.upstream
 	$(VENV)/bin/python -m pytest -n $(PYTEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
+
+# The site (docs/, mkdocs.yml) into site/; `$(VENV)/bin/mkdocs serve` serves it while you write.
+docs: env
+	$(VENV)/bin/mkdocs build --strict
 
 demo: env
 	PREFECT_REMOTE_HOME=$(CURDIR)/.demo/home $(VENV)/bin/python examples/demo.py
@@ -36,4 +45,4 @@ bench: env
 
 clean:
 	-$(VENV)/bin/prefect-remote machines rm --all
-	rm -rf $(VENV) .pytest_cache .cache
+	rm -rf $(VENV) .pytest_cache .cache site

@@ -93,6 +93,7 @@ class RemoteTaskRunner(DaskTaskRunner):
         return client
 
     def duplicate(self) -> RemoteTaskRunner:
+        """A new runner for the same cluster, as Prefect makes one per flow run and per worker."""
         # Prefect duplicates the flow's runner for each run, and on the workers for every task (from
         # the flow sent with it): the arguments were checked when this runner was made, and checking
         # them again there would ask the provider's API with settings the workers need not have.

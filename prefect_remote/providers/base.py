@@ -57,6 +57,7 @@ class InstanceType:
     price: float | None = None  # on-demand USD per hour, when the provider knows it
 
     def describe(self) -> str:
+        """The type in words, for messages: ``m6i.large (2 cpu, 8 GiB, x86_64)``."""
         gpu = f", {self.gpu}x {self.gpu_type or 'gpu'}" if self.gpu else ""
         return f"{self.name} ({self.cpu} cpu, {format_size(self.memory)}{gpu}, {self.arch})"
 
@@ -117,10 +118,12 @@ class Machine:
 
     @property
     def age(self) -> float:
+        """Seconds since it was launched."""
         return time.time() - self.created
 
     @property
     def alive(self) -> bool:
+        """Whether it has not ended yet (pending or running)."""
         return self.state != "terminated"
 
     @property

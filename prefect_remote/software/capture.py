@@ -72,6 +72,7 @@ class CapturedEnvironment:
 
     @property
     def local_wheels(self) -> int:
+        """How many of its packages are wheels built from local sources."""
         return sum(1 for p in self.spec["packages"] if p.get("wheel"))
 
     def summary(self) -> dict[str, Any]:

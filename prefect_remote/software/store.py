@@ -85,6 +85,7 @@ class Store(ABC):
         return digest
 
     def put_bytes(self, data: bytes) -> str:
+        """Stores ``data`` as a blob; returns its SHA-256 (its address)."""
         with tempfile.NamedTemporaryFile() as handle:
             handle.write(data)
             handle.flush()
@@ -111,26 +112,32 @@ class Store(ABC):
         return destination
 
     def get_bytes(self, digest: str) -> bytes:
+        """A blob's content, checked against ``digest`` as :meth:`get_file` checks it."""
         with tempfile.TemporaryDirectory() as scratch:
             return self.get_file(digest, Path(scratch, "blob")).read_bytes()
 
     def has_blob(self, digest: str) -> bool:
+        """Whether the store holds the blob ``digest`` (unchecked)."""
         return self._exists(f"blobs/{digest}")
 
     def blobs(self) -> list[str]:
+        """The SHA-256 of every blob in the store."""
         return self._keys("blobs/")
 
     def delete_blob(self, digest: str) -> None:
+        """Removes the blob ``digest`` (environments that use it can no longer be rebuilt)."""
         self._delete(f"blobs/{digest}")
 
     # -- environment specs ------------------------------------------------------------------------
     def put_env(self, name: str, data: bytes) -> None:
+        """Stores the spec of environment ``name`` (JSON), replacing any spec of that name."""
         with tempfile.NamedTemporaryFile() as handle:
             handle.write(data)
             handle.flush()
             self._write(f"envs/{name}.json", Path(handle.name))
 
     def get_env(self, name: str) -> bytes:
+        """The spec of environment ``name``; raises :class:`NotInStore`, saying how to build it, if missing."""
         with tempfile.TemporaryDirectory() as scratch:
             path = Path(scratch, "env.json")
             try:
@@ -143,12 +150,15 @@ class Store(ABC):
             return path.read_bytes()
 
     def has_env(self, name: str) -> bool:
+        """Whether the store holds environment ``name``."""
         return self._exists(f"envs/{name}.json")
 
     def envs(self) -> list[str]:
+        """The names of the environments in the store, sorted."""
         return sorted(key.removesuffix(".json") for key in self._keys("envs/"))
 
     def delete_env(self, name: str) -> None:
+        """Removes the spec of environment ``name`` (not its blobs, which others may share)."""
         self._delete(f"envs/{name}.json")
 
 

@@ -1,6 +1,6 @@
 """--provision-infra on aws and `prefect-remote aws teardown`, against the session's moto server
 through the real boto3 client. moto's IAM does not enforce policies, so the machines' policy is
-checked as a document (and against the README's copy of it).
+checked as a document (and against the docs' copy of it).
 
 Every test works in a region no other test uses (EC2 state there is this module's alone) and ends
 with everything torn down."""
@@ -25,9 +25,9 @@ from prefect_remote.providers.aws.provider import LAUNCH_TAG, AWSError, AWSProvi
 REGION = "eu-west-3"
 ACCOUNT = "123456789012"  # moto's
 BUCKET = f"prefect-remote-{ACCOUNT}-{REGION}"
-README = Path(__file__).parents[3] / "README.md"
+DOCS_PAGE = Path(__file__).parents[3] / "docs" / "providers" / "aws.md"
 CLI = str(Path(sys.executable).parent / "prefect-remote")
-# The values the README's copy of the policy is written with.
+# The values the docs' copy of the policy is written with.
 README_VALUES = dict(account="<account>", region="<region>", role="prefect-remote-<region>-<pool>", bucket="<bucket>", prefix="<prefix>", log_group="/prefect-remote/machines")
 
 
@@ -119,8 +119,8 @@ def test_machine_policy_is_least_privilege():
 
 
 def test_readme_quotes_the_policy_exactly():
-    found = re.search(r"<!-- machine-policy -->\n```json\n(.*?)\n```", README.read_text(), re.S)
-    assert found, "the README's AWS setup section lost its policy block"
+    found = re.search(r"<!-- machine-policy -->\n```json\n(.*?)\n```", DOCS_PAGE.read_text(), re.S)
+    assert found, "docs/providers/aws.md's setup section lost its policy block"
     assert found.group(1) == json.dumps(machine_policy(**README_VALUES), indent=2)
 
 

@@ -1,6 +1,6 @@
 """--provision-infra on gcp and `prefect-remote gcp teardown`, against the session's sandbox GCP
 through the real google-cloud clients. The sandbox's IAM enforces nothing, so the grants are checked
-as policy documents (and against the README's copy of them).
+as policy documents (and against the docs' copy of them).
 
 Every test ends with everything torn down (the sandbox is the session's)."""
 
@@ -21,13 +21,13 @@ from prefect_remote.providers.gcp.clients import GCPError
 from prefect_remote.providers.gcp.infra import MACHINE_PERMISSIONS, MACHINE_ROLE_ID, TeardownRefused, machine_roles
 from prefect_remote.providers.gcp.provider import GCPProvider
 
-README = Path(__file__).parents[3] / "README.md"
+DOCS_PAGE = Path(__file__).parents[3] / "docs" / "providers" / "gcp.md"
 CLI = str(Path(sys.executable).parent / "prefect-remote")
 LAUNCHER_IP = "203.0.113.7"  # a documentation address: "me" without asking checkip
 EMAIL = "prefect-remote-machines@sandbox-project.iam.gserviceaccount.com"
 MEMBER = f"serviceAccount:{EMAIL}"
 BUCKET = "prefect-remote-sandbox-project-us-central1"
-# The values the README's copy of the grants is written with.
+# The values the docs' copy of the grants is written with.
 README_VALUES = dict(project="<project>", project_number="<project number>", bucket="<bucket>", service_account="prefect-remote-machines@<project>.iam.gserviceaccount.com")
 
 
@@ -76,7 +76,7 @@ def sandbox_firewalls(sandbox) -> list[str]:
 
 
 def readme_document(**values: str) -> dict:
-    """What the README quotes: the grants, and the custom role's permissions."""
+    """What the docs quote: the grants, and the custom role's permissions."""
     return {"grants": machine_roles(**values), f"custom role {MACHINE_ROLE_ID}": list(MACHINE_PERMISSIONS)}
 
 
@@ -102,8 +102,8 @@ def test_machine_roles_are_least_privilege():
 
 
 def test_readme_quotes_the_roles_exactly():
-    found = re.search(r"<!-- gcp-machine-roles -->\n```json\n(.*?)\n```", README.read_text(), re.S)
-    assert found, "the README's GCP setup section lost its roles block"
+    found = re.search(r"<!-- gcp-machine-roles -->\n```json\n(.*?)\n```", DOCS_PAGE.read_text(), re.S)
+    assert found, "docs/providers/gcp.md's setup section lost its roles block"
     assert found.group(1) == json.dumps(readme_document(**README_VALUES), indent=2)
 
 
