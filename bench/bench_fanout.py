@@ -130,7 +130,9 @@ def bench_start() -> list[str]:
         with tempfile.TemporaryDirectory() as folder:
             script = Path(folder, "attach.py")
             script.write_text(ATTACH)
-            warm = float(subprocess.run([sys.executable, str(script)], capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1])
+            warm = float(
+                subprocess.run([sys.executable, str(script)], capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1]
+            )
     finally:
         cluster.close()
     return [
@@ -168,13 +170,16 @@ def bench_flow() -> str:
     # Rounds alternate which runner goes first: the server's database grows with every run, and the
     # two cores are shared, so a fixed order favours whichever runs first.
     baseline, ours = [], []
-    with tempfile.TemporaryDirectory() as home, local_prefect_server(Path(home), env={"PREFECT_SERVER_LOGGING_LEVEL": "WARNING"}) as api_url:
+    with (
+        tempfile.TemporaryDirectory() as home,
+        local_prefect_server(Path(home), env={"PREFECT_SERVER_LOGGING_LEVEL": "WARNING"}) as api_url,
+    ):
         with temporary_settings({PREFECT_API_URL: api_url}):
             for round_ in range(FLOW_ROUNDS):
                 pair = [(baseline, local_runner), (ours, lambda: RemoteTaskRunner(n_workers=2, keepalive="30 seconds"))]
                 for times, make in pair if round_ % 2 == 0 else reversed(pair):
                     times.append(timed(make()))
-    ratios = ", ".join(f"{b / o:.2f}x" for b, o in zip(baseline, ours))
+    ratios = ", ".join(f"{b / o:.2f}x" for b, o in zip(baseline, ours, strict=True))
     return (
         f"flow of {TASKS} tasks: {statistics.median(ours):.1f} s with RemoteTaskRunner vs {statistics.median(baseline):.1f} s with "
         f"DaskTaskRunner+LocalCluster (2 workers), medians of {FLOW_ROUNDS} -> {statistics.median(baseline) / statistics.median(ours):.2f}x "

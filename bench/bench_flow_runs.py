@@ -14,7 +14,6 @@ import time
 from pathlib import Path
 
 from common import bench_home
-
 from prefect.client.orchestration import get_client
 from prefect.settings import PREFECT_API_URL, temporary_settings
 
@@ -51,18 +50,36 @@ def main() -> list[str]:
                 env = {**os.environ, "PREFECT_API_URL": api_url, "PREFECT_HOME": str(scratch / "cli")}
                 for pool_type, pool in (("remote:push", "bench-push"), ("process", "bench-process")):
                     subprocess.run([PREFECT, "work-pool", "create", "--type", pool_type, pool], env=env, check=True, capture_output=True)
-                worker = subprocess.Popen([PREFECT, "worker", "start", "--pool", "bench-process", "--type", "process"], env=env,
-                                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+                worker = subprocess.Popen(
+                    [PREFECT, "worker", "start", "--pool", "bench-process", "--type", "process"],
+                    env=env,
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                    start_new_session=True,
+                )
                 from prefect_remote.software.capture import capture_environment
 
                 senv = capture_environment(root=project).name
                 with temporary_settings({PREFECT_API_URL: api_url}), get_client(sync_client=True) as client:
                     flow_id = client.create_flow_from_name("trivial")
                     pull = [{"prefect.deployments.steps.set_working_directory": {"directory": str(project)}}]
-                    push = client.create_deployment(flow_id=flow_id, name="push", work_pool_name="bench-push", entrypoint="flows.py:trivial",
-                                                    path=str(project), pull_steps=pull, job_variables={"software": senv})
-                    process = client.create_deployment(flow_id=flow_id, name="process", work_pool_name="bench-process",
-                                                       entrypoint="flows.py:trivial", path=str(project), pull_steps=pull)
+                    push = client.create_deployment(
+                        flow_id=flow_id,
+                        name="push",
+                        work_pool_name="bench-push",
+                        entrypoint="flows.py:trivial",
+                        path=str(project),
+                        pull_steps=pull,
+                        job_variables={"software": senv},
+                    )
+                    process = client.create_deployment(
+                        flow_id=flow_id,
+                        name="process",
+                        work_pool_name="bench-process",
+                        entrypoint="flows.py:trivial",
+                        path=str(project),
+                        pull_steps=pull,
+                    )
                     run_once(client, push)  # rebuilds the environment once
                     run_once(client, process)
                     ours, theirs = [], []

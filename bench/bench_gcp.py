@@ -118,7 +118,7 @@ def main() -> list[str]:
             for label, provider in (("Cloud Run", GCPProvider()), ("Compute Engine", GCPProvider(service="compute"))):
                 before = collections.Counter(gcp.calls)
                 shown, cold = boot(gcp, provider, spec, marker, f"boot {label}", baseline)
-                lines += shown + [calls_per_machine(label, gcp.calls, before, machines=4)]
+                lines += [*shown, calls_per_machine(label, gcp.calls, before, machines=4)]
                 colds.append(cold)
             lines += api_calls(gcp.calls, "gcp", LEASE_CALL, WORKERS, WINDOW_SECONDS)
             lines += on_paper(*colds)

@@ -63,7 +63,9 @@ def auto_sync(scratch: Path, full: float) -> list[str]:
     environ = {**os.environ, "PREFECT_REMOTE_HOME": str(scratch / "auto-home"), "PREFECT_REMOTE_STORE": str(scratch / "auto-store")}
 
     def process() -> dict:
-        result = subprocess.run([sys.executable, "-c", AUTO_SYNC, str(PROJECT)], capture_output=True, text=True, env=environ, cwd=PROJECT, check=True)
+        result = subprocess.run(
+            [sys.executable, "-c", AUTO_SYNC, str(PROJECT)], capture_output=True, text=True, env=environ, cwd=PROJECT, check=True
+        )
         return json.loads(result.stdout)
 
     cold = process()
@@ -109,7 +111,9 @@ def main() -> list[str]:
             wheels = scratch / "envs-0" / env.name / "wheels"
             (scratch / "raw-requirements.txt").write_text("\n".join(requirement_lines(spec, wheels)) + "\n")
             subprocess.run([uv, "venv", "--quiet", "--python", sys.executable, target], check=True)
-            subprocess.run([uv, "pip", "install", "--quiet", "--python", target / "bin" / "python", "-r", scratch / "raw-requirements.txt"], check=True)
+            subprocess.run(
+                [uv, "pip", "install", "--quiet", "--python", target / "bin" / "python", "-r", scratch / "raw-requirements.txt"], check=True
+            )
 
         raw_rebuild()
         rebuild, raw = [], []

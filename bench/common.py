@@ -82,7 +82,12 @@ def end_machines(folder: Path, timeout: float = 60.0) -> None:
 
 STAMP = re.compile(r"^\[prefect-remote (boot|agent)\] (\S+)Z (.*)$", re.M)
 # Each phase ends at the first machine-log line holding its fragment (None: the first stamp).
-PHASE_ENDS = (("instance start", None), ("uv", "uv: uv "), ("agent environment", "agent: ready"), ("software environment", "payload started"))
+PHASE_ENDS = (
+    ("instance start", None),
+    ("uv", "uv: uv "),
+    ("agent environment", "agent: ready"),
+    ("software environment", "payload started"),
+)
 
 
 def stamps(log: str) -> list[tuple[float, str]]:
@@ -163,9 +168,7 @@ def boot_lines(label: str, cold: dict[str, float], warm: Sequence[dict[str, floa
     return lines
 
 
-def api_calls(
-    calls: collections.Counter[str], provider: str, lease_call: str, workers: int, seconds: float, *, top: int = 5
-) -> list[str]:
+def api_calls(calls: collections.Counter[str], provider: str, lease_call: str, workers: int, seconds: float, *, top: int = 5) -> list[str]:
     """API calls per machine-minute while a ``workers``-worker ``RemoteCluster`` on ``provider``
     idles, then works, ``seconds`` each; ``calls`` is the sandbox's counter (cleared per window),
     ``lease_call`` the call that renews every lease at once."""

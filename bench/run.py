@@ -45,7 +45,9 @@ def show(figures: TextIO, text: str, indent: str = "") -> None:
     """Prints ``text`` to the figures' stream, wrapped to ``WIDTH`` columns (continuations indented 2
     more), never between a number and its unit."""
     text = NUMBER_AND_UNIT.sub("\\1\N{NO-BREAK SPACE}\\2", text)  # (textwrap breaks at ASCII spaces only)
-    for line in textwrap.wrap(text, WIDTH, initial_indent=indent, subsequent_indent=indent + "  ", break_on_hyphens=False, break_long_words=False):
+    for line in textwrap.wrap(
+        text, WIDTH, initial_indent=indent, subsequent_indent=indent + "  ", break_on_hyphens=False, break_long_words=False
+    ):
         print(line.replace("\N{NO-BREAK SPACE}", " "), file=figures, flush=True)
 
 
@@ -69,7 +71,11 @@ def run(name: str, figures: TextIO) -> bool:
         traceback.print_exc()
         if module is None:  # (it could not be imported: no header yet)
             show(figures, f"== {name}")
-        show(figures, f"FAILED after {time.monotonic() - started:.0f} s: {type(error).__name__}: {error} (traceback in the log)", indent="   ")
+        show(
+            figures,
+            f"FAILED after {time.monotonic() - started:.0f} s: {type(error).__name__}: {error} (traceback in the log)",
+            indent="   ",
+        )
         return False
     finally:
         close = getattr(lines, "close", None)  # a generator's own clean-up runs now, even when interrupted

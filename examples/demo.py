@@ -59,20 +59,52 @@ def main() -> None:
         api_url = server.__enter__()
     try:
         console.print(f"Prefect API: {api_url} (UI at {api_url.removesuffix('/api')})")
-        env = {**os.environ, "PREFECT_API_URL": api_url, "PREFECT_HOME": str(DEMO / "prefect-cli"), "PREFECT_REMOTE_HOME": str(home), "COLUMNS": "100"}
-        step("1. A remote:push work pool, with the infrastructure it needs", "work-pool", "create", "--type", "remote:push",
-             "--provision-infra", "example-remote-pool", "--overwrite", env=env)
-        step("2. Deploy: the build step captures this environment and code (no Docker)", "--no-prompt", "deploy",
-             "--prefect-file", "prefect.yaml.example", "--all", env=env)
+        env = {
+            **os.environ,
+            "PREFECT_API_URL": api_url,
+            "PREFECT_HOME": str(DEMO / "prefect-cli"),
+            "PREFECT_REMOTE_HOME": str(home),
+            "COLUMNS": "100",
+        }
+        step(
+            "1. A remote:push work pool, with the infrastructure it needs",
+            "work-pool",
+            "create",
+            "--type",
+            "remote:push",
+            "--provision-infra",
+            "example-remote-pool",
+            "--overwrite",
+            env=env,
+        )
+        step(
+            "2. Deploy: the build step captures this environment and code (no Docker)",
+            "--no-prompt",
+            "deploy",
+            "--prefect-file",
+            "prefect.yaml.example",
+            "--all",
+            env=env,
+        )
         # A run that fails still shows its logs below: they say why.
-        output = step("3. Run it: no worker started by hand", "deployment", "run", "my-flow/example-remote-deployment",
-                      "--watch", "--watch-timeout", "300", env=env, check=False)
+        output = step(
+            "3. Run it: no worker started by hand",
+            "deployment",
+            "run",
+            "my-flow/example-remote-deployment",
+            "--watch",
+            "--watch-timeout",
+            "300",
+            env=env,
+            check=False,
+        )
         console.rule("[bold]Result")
         provider = get_provider()
         [machine] = provider.list({"prefect.io/deployment-name": "example-remote-deployment"}, include_terminated=True)[:1]
         state = "Completed" if "Completed" in output else "did not complete"
-        console.print(f"Flow run: [bold]{state}[/] on machine {machine.id} ({machine.instance_type}, {machine.spec}); "
-                      f"it ended: {machine.reason}")
+        console.print(
+            f"Flow run: [bold]{state}[/] on machine {machine.id} ({machine.instance_type}, {machine.spec}); it ended: {machine.reason}"
+        )
         console.rule("[bold]The flow run's logs in Prefect (the machine's boot included)")
         for line in flow_run_logs(api_url, machine.tags["prefect.io/flow-run-id"]):
             console.print(line, markup=False, highlight=False)

@@ -1,6 +1,6 @@
 """The flow from the Prefect-on-VMs guide, deployed by prefect.yaml.example onto a fresh machine.
 
-    python examples/example_flow.py      # runs it here, to try it
+python examples/example_flow.py      # runs it here, to try it
 """
 
 from prefect import flow, task

@@ -16,9 +16,9 @@ def simulate(trial: int, group: str = "A") -> float:
 
 
 if __name__ == "__main__":
-    print("one call:", simulate(1))                              # runs remotely, blocks
-    futures = [simulate.submit(t, group="B") for t in range(3)]   # Dask futures, right away
+    print("one call:", simulate(1))  # runs remotely, blocks
+    futures = [simulate.submit(t, group="B") for t in range(3)]  # Dask futures, right away
     print("futures:", [round(f.result(), 3) for f in futures])
-    results = simulate.map(range(100), group="C", retries=2)     # an iterator, immediately
+    results = simulate.map(range(100), group="C", retries=2)  # an iterator, immediately
     print("mean of 100 trials:", round(sum(results) / 100, 3))
     print("cluster:", simulate.cluster.cluster_name, simulate.cluster.dashboard_link)

@@ -54,7 +54,7 @@ def main() -> None:
     show(provider.list(tags))
 
     cursors: dict[str, str | None] = {m.id: None for m in machines}
-    colors = dict(zip(cursors, ["cyan", "magenta", "yellow", "red"]))
+    colors = dict(zip(cursors, ["cyan", "magenta", "yellow", "red"], strict=False))
     console.print("\n[bold]machine logs[/] (as `prefect-remote machines logs ID` shows them):")
     while True:
         for machine_id in cursors:

@@ -33,18 +33,18 @@ if TYPE_CHECKING:
     from prefect_remote.cluster.remote import RemoteCluster
     from prefect_remote.functions import Function, function
     from prefect_remote.machines import launch, terminate
-    from prefect_remote.task_runner import RemoteTaskRunner
     from prefect_remote.providers import get_provider
     from prefect_remote.providers.base import BootPayload, InstanceType, Machine, Provider
     from prefect_remote.settings import RemoteSettings, get_settings
     from prefect_remote.spec import MachineSpec
+    from prefect_remote.task_runner import RemoteTaskRunner
 
 
 if "prefect" in sys.modules:
     # Loaded next to Prefect (as one of its collections, or by user code): register the worker types,
     # block, provisioner and, in a server, the push service. Without Prefect (the agent on every
     # machine boot), stay light.
-    import prefect_remote._prefect  # noqa: F401
+    import prefect_remote._prefect
 
 
 def __getattr__(name: str) -> Any:

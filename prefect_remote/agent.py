@@ -28,8 +28,16 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from prefect_remote.boot import ACTIVITY_FILE_ENV, AGENT_CONFIG_ENV, DEFAULT_ROOT, MACHINE_ID_ENV, ROOT_ENV, decode_agent_config
-from prefect_remote.providers.runtime import MACHINE_LOG_ENV, LogShipping, MachineRuntime, load_runtime
+from prefect_remote.boot import (
+    ACTIVITY_FILE_ENV,
+    AGENT_CONFIG_ENV,
+    DEFAULT_ROOT,
+    MACHINE_ID_ENV,
+    MACHINE_LOG_ENV,
+    ROOT_ENV,
+    decode_agent_config,
+)
+from prefect_remote.providers.runtime import LogShipping, MachineRuntime, load_runtime
 from prefect_remote.units import format_duration
 
 TICK = 0.25  # seconds between checks
@@ -200,7 +208,7 @@ class Agent:
             now = self.clock()
             reason = self.limit_reached()
             if reason is None and idle_timeout:
-                if cpu and cpu.busy() or self._touched_since(self.last_busy):
+                if (cpu and cpu.busy()) or self._touched_since(self.last_busy):
                     self.last_busy = now
                 elif now - self.last_busy > idle_timeout:
                     reason = f"idle for {format_duration(now - self.last_busy)} (idle_timeout {format_duration(idle_timeout)})"

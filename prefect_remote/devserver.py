@@ -56,7 +56,10 @@ def local_prefect_server(home: Path, *, port: int | None = None, env: dict[str, 
     with open(home / "server.log", "wb") as log:
         server = subprocess.Popen(
             [prefect, "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-            env=server_env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            env=server_env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
     try:
         deadline = time.monotonic() + timeout

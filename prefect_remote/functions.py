@@ -227,7 +227,9 @@ class Function(Generic[P, R]):
         if errors not in ("raise", "skip"):
             raise ValueError(f"errors={errors!r}: expected 'raise' (stop at the first failure) or 'skip' (leave failures out)")
         fixed_size = check_batch_size(batch_size)
-        return MapResults(self, iterables, kwargs, retries=retries, errors=errors, ordered=ordered, batch_size=fixed_size, progress=progress)
+        return MapResults(
+            self, iterables, kwargs, retries=retries, errors=errors, ordered=ordered, batch_size=fixed_size, progress=progress
+        )
 
 
 def _print_remote(message: dict[str, str]) -> None:
@@ -264,18 +266,28 @@ class _Submitter:
     It holds no reference to the :class:`MapResults`, so an abandoned iterator is collected (and
     stops the thread), which releases its tasks."""
 
-    def __init__(self, function: Function, iterables: tuple[Iterable[Any], ...], kwargs: dict[str, Any], retries: int, sizer: BatchSizer, total: int | None) -> None:
+    def __init__(
+        self,
+        function: Function,
+        iterables: tuple[Iterable[Any], ...],
+        kwargs: dict[str, Any],
+        retries: int,
+        sizer: BatchSizer,
+        total: int | None,
+    ) -> None:
         self.function, self.sizer = function, sizer
         self.unpack = len(iterables) > 1  # items are tuples of arguments; else single arguments (lighter to send)
         self.kwargs, self.retries = kwargs, retries  # (kwargs: large values scattered once submitting starts)
         self.stop = threading.Event()
-        inputs = _until(self.stop, zip(*iterables) if self.unpack else iter(iterables[0]))
+        inputs = _until(self.stop, zip(*iterables, strict=False) if self.unpack else iter(iterables[0]))
         self.events: queue.SimpleQueue = queue.SimpleQueue()
         self.submitted = 0  # batches; final once _DONE is in events
         self._changed = threading.Condition()  # guards the sizer and the in-flight state below
         self._in_flight: dict[int, _Batch] = {}  # submitted, not yet handed on by the consumer
         self._items_in_flight = 0
-        self._thread = threading.Thread(target=self._run, args=(inputs, kwargs, retries, total), name=f"prefect-remote-map-{function.__name__}", daemon=True)
+        self._thread = threading.Thread(
+            target=self._run, args=(inputs, kwargs, retries, total), name=f"prefect-remote-map-{function.__name__}", daemon=True
+        )
         self._thread.start()
 
     def _run(self, inputs: Iterator[Any], kwargs: dict[str, Any], retries: int, remaining: int | None) -> None:
@@ -371,7 +383,18 @@ class MapResults(Iterator[Any]):
     finish, several per round trip. Closing the iterator (or leaving a ``for`` loop early) cancels
     what has not run."""
 
-    def __init__(self, function: Function, iterables, kwargs, *, retries: int | None, errors: str, ordered: bool, batch_size: int | None, progress: bool | None) -> None:
+    def __init__(
+        self,
+        function: Function,
+        iterables,
+        kwargs,
+        *,
+        retries: int | None,
+        errors: str,
+        ordered: bool,
+        batch_size: int | None,
+        progress: bool | None,
+    ) -> None:
         self.function = function
         self.errors, self.ordered = errors, ordered
         sizes = [len(it) for it in iterables if hasattr(it, "__len__")]  # type: ignore[arg-type]
@@ -412,10 +435,8 @@ class MapResults(Iterator[Any]):
                 if results[batch.index] is not None:
                     self._submitter.measured(batch, results[batch.index])
                 waiting[batch.index] = (batch, results[batch.index])
-            if self.ordered:  # the next batches in input order, as far as they have arrived
-                turn = list(itertools.takewhile(waiting.__contains__, itertools.count(next_index)))
-            else:
-                turn = sorted(waiting)
+            # In order: the next batches in input order, as far as they have arrived.
+            turn = list(itertools.takewhile(waiting.__contains__, itertools.count(next_index))) if self.ordered else sorted(waiting)
             for index in turn:
                 batch, result = waiting.pop(index)
                 next_index = index + 1
@@ -598,6 +619,7 @@ def function(
         tags=tags,
         allow_ingress_from=allow_ingress_from,
     )
+
     def decorate(target: Callable[P, R]) -> Function[P, R]:
         if not callable(target):
             raise TypeError(f"prefect_remote.function decorates a function, not {type(target).__name__}")

@@ -116,7 +116,7 @@ class LeaseKeeper:
             batches = [(held.provider, list(held.machines)) for held in due]
             for held in due:
                 held.last = now
-        for held, (provider, machine_ids) in zip(due, batches):
+        for held, (provider, machine_ids) in zip(due, batches, strict=True):
             try:
                 self.remove(provider.renew_leases(machine_ids) or [])  # ended machines need no renewing
                 held.failing = False
@@ -125,7 +125,9 @@ class LeaseKeeper:
                     logger.warning(
                         "could not renew the leases of %d %s machine(s): %s; they end themselves after their keepalive "
                         "unless a later renewal succeeds (check the provider's credentials and permissions)",
-                        len(machine_ids), provider.name, error,
+                        len(machine_ids),
+                        provider.name,
+                        error,
                     )
                 held.failing = True
         with self._lock:

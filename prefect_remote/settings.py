@@ -36,13 +36,11 @@ class RemoteSettings(BaseSettings):
     provider: str = Field(default="local", description="Provider used when none is named: local, aws, gcp, or a plugin's name.")
     provider_options: Annotated[dict[str, Any], NoDecode] = Field(
         default_factory=dict,
-        description="Options (a JSON object) of that provider, e.g. '{\"region\": \"us-east-2\"}'. Every machine gets its launcher's "
+        description='Options (a JSON object) of that provider, e.g. \'{"region": "us-east-2"}\'. Every machine gets its launcher\'s '
         "(with PREFECT_REMOTE_PROVIDER and PREFECT_REMOTE_STORE), so code on it launches machines as its launcher did.",
     )
     store: str | None = Field(default=None, description="Store URL for software environments; default: <home>/store.")
-    max_bundle_size: int = Field(
-        default=100 * 2**20, description="Largest local code bundle package sync captures, e.g. '100 MiB'."
-    )
+    max_bundle_size: int = Field(default=100 * 2**20, description="Largest local code bundle package sync captures, e.g. '100 MiB'.")
 
     push_service: bool = Field(
         default=True, description="Run the remote:push service inside `prefect server start` (when prefect-remote is installed there)."
@@ -61,7 +59,9 @@ class RemoteSettings(BaseSettings):
         "`prefect work-pool create --type remote:push --provision-infra` makes one.",
     )
     aws_lease_interval: float = Field(
-        default=30.0, ge=5.0, description="Seconds between an aws machine's reads of its lease (its owner's loss is noticed this long after keepalive)."
+        default=30.0,
+        ge=5.0,
+        description="Seconds between an aws machine's reads of its lease (its owner's loss is noticed this long after keepalive).",
     )
 
     gcp_project: str | None = Field(
@@ -83,7 +83,9 @@ class RemoteSettings(BaseSettings):
         default=None, description="This launcher's public IP, for allow_ingress_from='me' on GCP (default: asked of checkip.amazonaws.com)."
     )
     gcp_lease_interval: float = Field(
-        default=30.0, ge=5.0, description="Seconds between a gcp machine's reads of its lease (its owner's loss is noticed this long after keepalive)."
+        default=30.0,
+        ge=5.0,
+        description="Seconds between a gcp machine's reads of its lease (its owner's loss is noticed this long after keepalive).",
     )
 
     local_isolation: Isolation = Field(
@@ -91,9 +93,7 @@ class RemoteSettings(BaseSettings):
         description="Local machines' isolation: 'namespace' (own network namespace and cgroup limits; Linux as root), "
         "'process' (own process group, directory and environment), or 'auto' (namespace where available).",
     )
-    local_overcommit: bool = Field(
-        default=False, description="Let local machines ask for more CPU, memory or GPUs than this host has."
-    )
+    local_overcommit: bool = Field(default=False, description="Let local machines ask for more CPU, memory or GPUs than this host has.")
     local_subnet: str = Field(
         default="10.231.0.0/16", description="Host-only subnet for namespace machines; the host takes its first address."
     )
@@ -103,12 +103,8 @@ class RemoteSettings(BaseSettings):
         description="Hosts namespace machines may reach to rebuild software environments (wildcards allowed); "
         "add your private index, e.g. 'pypi.org,files.pythonhosted.org,*.mycorp.com'.",
     )
-    local_grace_period: float = Field(
-        default=5.0, description="Seconds a terminated machine's processes get between SIGTERM and SIGKILL."
-    )
-    local_record_retention: float = Field(
-        default=86400.0, description="Seconds a terminated local machine's folder (and logs) is kept."
-    )
+    local_grace_period: float = Field(default=5.0, description="Seconds a terminated machine's processes get between SIGTERM and SIGKILL.")
+    local_record_retention: float = Field(default=86400.0, description="Seconds a terminated local machine's folder (and logs) is kept.")
 
     @field_validator("home", mode="after")
     @classmethod
@@ -146,9 +142,9 @@ class RemoteSettings(BaseSettings):
         try:
             options = json.loads(value) if value.strip() else {}
         except ValueError as error:
-            raise ValueError(f"expected a JSON object such as '{{\"region\": \"us-east-2\"}}' ({error})") from None
+            raise ValueError(f'expected a JSON object such as \'{{"region": "us-east-2"}}\' ({error})') from None
         if not isinstance(options, dict):
-            raise ValueError(f"expected a JSON object such as '{{\"region\": \"us-east-2\"}}', not {value!r}")
+            raise ValueError(f'expected a JSON object such as \'{{"region": "us-east-2"}}\', not {value!r}')
         return options
 
     @field_validator("max_bundle_size", mode="before")
@@ -176,7 +172,5 @@ def get_settings() -> RemoteSettings:
     try:
         return RemoteSettings()
     except ValidationError as error:
-        problems = "; ".join(
-            f"PREFECT_REMOTE_{str(e['loc'][0]).upper()}: {e['msg'].removeprefix('Value error, ')}" for e in error.errors()
-        )
+        problems = "; ".join(f"PREFECT_REMOTE_{str(e['loc'][0]).upper()}: {e['msg'].removeprefix('Value error, ')}" for e in error.errors())
         raise SettingsError(f"invalid prefect-remote settings: {problems}") from None

@@ -176,11 +176,7 @@ class MachineSpec(BaseModel):
         if value is None:
             return None
         names = [value] if isinstance(value, str) else value
-        if (
-            not isinstance(names, (list, tuple))
-            or not names
-            or not all(isinstance(name, str) and name.strip() for name in names)
-        ):
+        if not isinstance(names, (list, tuple)) or not names or not all(isinstance(name, str) and name.strip() for name in names):
             raise ValueError(f"vm_type={value!r}: expected an instance type name such as 'm6i.xlarge', or a list of them")
         return tuple(name.strip() for name in names)
 
@@ -336,4 +332,4 @@ def as_spec(spec: MachineSpec | dict[str, Any] | None = None, **overrides: Any) 
     return MachineSpec.model_validate({**dict(spec or {}), **given})
 
 
-__all__ = ["MachineSpec", "GpuRequest", "SpotPolicy", "as_spec"]
+__all__ = ["GpuRequest", "MachineSpec", "SpotPolicy", "as_spec"]

@@ -13,11 +13,28 @@ SIZE_HELP = "a size such as '16 GiB', '512 GB', '512MiB' or a whole number of by
 DURATION_HELP = "a duration such as '30 seconds', '5m', '2 hours', '1h30m' or a number of seconds"
 
 _SIZE_UNITS = {
-    "": 1, "b": 1,
-    "k": 10**3, "kb": 10**3, "m": 10**6, "mb": 10**6, "g": 10**9, "gb": 10**9,
-    "t": 10**12, "tb": 10**12, "p": 10**15, "pb": 10**15,
-    "ki": 2**10, "kib": 2**10, "mi": 2**20, "mib": 2**20, "gi": 2**30, "gib": 2**30,
-    "ti": 2**40, "tib": 2**40, "pi": 2**50, "pib": 2**50,
+    "": 1,
+    "b": 1,
+    "k": 10**3,
+    "kb": 10**3,
+    "m": 10**6,
+    "mb": 10**6,
+    "g": 10**9,
+    "gb": 10**9,
+    "t": 10**12,
+    "tb": 10**12,
+    "p": 10**15,
+    "pb": 10**15,
+    "ki": 2**10,
+    "kib": 2**10,
+    "mi": 2**20,
+    "mib": 2**20,
+    "gi": 2**30,
+    "gib": 2**30,
+    "ti": 2**40,
+    "tib": 2**40,
+    "pi": 2**50,
+    "pib": 2**50,
 }
 _DURATION_UNITS = {
     **dict.fromkeys(["ms", "millisecond", "milliseconds"], 0.001),
@@ -94,7 +111,7 @@ def format_duration(seconds: float) -> str:
     """``format_duration(5400) == '1h30m'``; short and exact enough for logs and tables."""
     if seconds < 60:
         return f"{seconds:.3g}s"
-    parts, remaining = [], int(round(seconds))
+    parts, remaining = [], round(seconds)
     for unit, factor in (("d", 86400), ("h", 3600), ("m", 60), ("s", 1)):
         count, remaining = divmod(remaining, factor)
         if count:

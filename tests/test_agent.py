@@ -51,8 +51,18 @@ class FakeRuntime(MachineRuntime):
 
 
 def config(**overrides):
-    return {"command": ["true"], "env": {}, "secret_names": [], "activity": "auto", "software": None,
-            "timeout": None, "idle_timeout": None, "keepalive": 3.0, "lease_interval": 2.0, **overrides}
+    return {
+        "command": ["true"],
+        "env": {},
+        "secret_names": [],
+        "activity": "auto",
+        "software": None,
+        "timeout": None,
+        "idle_timeout": None,
+        "keepalive": 3.0,
+        "lease_interval": 2.0,
+        **overrides,
+    }
 
 
 def test_the_lease_is_read_once_per_lease_interval_and_owner_loss_noticed_within_one_more():

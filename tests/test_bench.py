@@ -78,7 +78,9 @@ def write_benchmarks(folder: Path) -> None:
 
 def runner(folder: Path, *names: str) -> subprocess.Popen:
     env = {**os.environ, "COLUMNS": "80", "PYTHONPATH": str(folder), "TMPDIR": str(folder)}  # (the log, the scratch folders)
-    return subprocess.Popen([sys.executable, str(RUNNER), *names], cwd=folder, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [sys.executable, str(RUNNER), *names], cwd=folder, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
 
 
 def started_machines(log: Path) -> list[tuple[str, Path]]:
@@ -108,7 +110,14 @@ def test_the_figures_come_alone_within_80_columns_and_a_failure_ends_its_machine
     assert re.search(r"FAILED after \d+ s: RuntimeError: benchmark run ended Crashed \(traceback in the log\)", " ".join(out.split()))
     assert "1 of 2 benchmarks ran in" in out
     written = log.read_text()
-    for noise in ("task run log line", "version mismatch table", "Unable to find appropriate backend for pricing", "child out", "child err", "stray print"):
+    for noise in (
+        "task run log line",
+        "version mismatch table",
+        "Unable to find appropriate backend for pricing",
+        "child out",
+        "child err",
+        "stray print",
+    ):
         assert f"NOISE {noise}" in written
     assert "Traceback" in written and "benchmark run ended Crashed" in written
     assert_ended(started_machines(log))
@@ -122,7 +131,7 @@ def test_an_interrupted_run_ends_the_machines_of_the_benchmark_it_was_in(folder)
         machines = wait_for(lambda: started_machines(log), timeout=60, message="the benchmark's machine")
         time.sleep(0.5)
         process.send_signal(signal.SIGTERM)  # as a kill would; Ctrl-C (SIGINT) takes the same path
-        out, err = process.communicate(timeout=60)
+        out, _err = process.communicate(timeout=60)
     finally:
         if process.poll() is None:
             process.kill()

@@ -53,7 +53,9 @@ def test_the_first_line_names_where_the_machine_runs_literally(tmp_path):
     env = {"PATH": "/usr/bin:/bin", "PREFECT_REMOTE_ROOT": str(tmp_path), "PREFECT_REMOTE_MACHINE_LOG": str(tmp_path / "log")}
     for script in (render_boot_script({}, python="python3", placement=placement), render_boot_script({}, agent=agent, placement=placement)):
         first = next(line for line in script.splitlines() if line.startswith('phase "booting machine'))
-        ran = subprocess.run(["bash", "-c", script[: script.index(first) + len(first)]], cwd=tmp_path, capture_output=True, text=True, env=env)
+        ran = subprocess.run(
+            ["bash", "-c", script[: script.index(first) + len(first)]], cwd=tmp_path, capture_output=True, text=True, env=env
+        )
         assert ran.returncode == 0, ran.stderr
         [line] = [line for line in ran.stdout.splitlines() if "booting machine" in line]
         assert "on gcp Cloud Run (4 cpu / 16 GiB, us-central1) it's $(touch pwned) `touch pwned` second line" in line

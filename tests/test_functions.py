@@ -210,8 +210,9 @@ def test_local_mode_runs_a_script_without_a_main_guard(tmp_path):
 
 def test_local_mode_keeps_workers_apart_and_imports_the_callers_modules(tmp_path):
     (tmp_path / "helpers.py").write_text("def triple(x):\n    return 3 * x\n")
-    (tmp_path / "script.py").write_text(textwrap.dedent(
-        """
+    (tmp_path / "script.py").write_text(
+        textwrap.dedent(
+            """
         import os
         import prefect_remote
         from helpers import triple
@@ -221,7 +222,8 @@ def test_local_mode_keeps_workers_apart_and_imports_the_callers_modules(tmp_path
         results = list(where.map(range(8), batch_size=1))
         print([r[0] for r in results], os.getpid() not in {r[1] for r in results}, {r[2] for r in results})
         """
-    ))
+        )
+    )
     done = subprocess.run([sys.executable, "script.py"], cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert done.stdout.splitlines() == ["[0, 3, 6, 9, 12, 15, 18, 21] True {'hello'}"]
@@ -242,7 +244,7 @@ def test_tasks_waiting_for_a_local_worker_that_cannot_start_fail_with_the_reason
     with LocalProcessCluster(n_workers=0, threads_per_worker=1, environ={"PYTHONHOME": "/nonexistent"}, dashboard_address=":0") as cluster:
         cluster.adapt(minimum=0, maximum=2)
         with cluster.get_client() as client:
-            for attempt in range(2):  # every scale-up that fails is reported, none leaves a call waiting
+            for _attempt in range(2):  # every scale-up that fails is reported, none leaves a call waiting
                 future = client.submit(abs, -1, pure=False)
                 with pytest.raises(LocalWorkerStartError, match="(?s)failed to start.*No module named 'encodings'"):
                     future.result(timeout=60)

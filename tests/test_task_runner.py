@@ -44,7 +44,11 @@ def test_task_over_function_in_a_flow_logs_remote_prints(api):
     state = pipeline(return_state=True)
     assert state.is_completed() and state.result() == [101, 9]
     flow_run_id = state.state_details.flow_run_id
-    wait_for(lambda: any("remote task saw 1" in line for line in run_logs(api, flow_run_id)), timeout=20, message="remote print in the task's logs")
+    wait_for(
+        lambda: any("remote task saw 1" in line for line in run_logs(api, flow_run_id)),
+        timeout=20,
+        message="remote print in the task's logs",
+    )
     [task_run] = api.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
     assert task_run.name.startswith("remote_task") and task_run.state.is_completed()
     remote_task.fn.cluster.close()

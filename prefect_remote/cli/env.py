@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, Optional
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
@@ -18,7 +18,7 @@ if TYPE_CHECKING:
 app = typer.Typer(help="Build, list, show and remove software environments (package sync).", no_args_is_help=True)
 console = Console()
 
-StoreOption = Annotated[Optional[str], typer.Option("--store", help="Store URL or path (default: PREFECT_REMOTE_STORE).")]
+StoreOption = Annotated[str | None, typer.Option("--store", help="Store URL or path (default: PREFECT_REMOTE_STORE).")]
 
 
 def _store(url: str | None):
@@ -45,7 +45,9 @@ def build(
     ignore: Annotated[list[str], typer.Option("--ignore", help="Package to leave out (wildcards ok). Repeatable.")] = [],
     include: Annotated[list[str], typer.Option("--include", help="Only code files matching this pattern. Repeatable.")] = [],
     exclude: Annotated[list[str], typer.Option("--exclude", help="Code files to leave out (gitignore pattern). Repeatable.")] = [],
-    requirements: Annotated[Optional[Path], typer.Option(help="A requirements file or uv.lock to use instead of the installed packages.")] = None,
+    requirements: Annotated[
+        Path | None, typer.Option(help="A requirements file or uv.lock to use instead of the installed packages.")
+    ] = None,
     arm: Annotated[bool, typer.Option(help="Target ARM (aarch64) machines.")] = False,
     gpu: Annotated[bool, typer.Option(help="Mark the environment for GPU machines.")] = False,
     strict: Annotated[bool, typer.Option(help="Fail on packages that cannot exist on Linux instead of dropping them.")] = False,
@@ -58,8 +60,16 @@ def build(
     with console.status("Capturing the environment…"):
         try:
             env = capture_environment(
-                root=root, ignore=ignore or None, include=include or None, exclude=exclude or None,
-                requirements=requirements, arm=arm, gpu=gpu, strict=strict, check=check, store=store,
+                root=root,
+                ignore=ignore or None,
+                include=include or None,
+                exclude=exclude or None,
+                requirements=requirements,
+                arm=arm,
+                gpu=gpu,
+                strict=strict,
+                check=check,
+                store=store,
             )
         except RemoteError as error:
             console.print(f"[red]error:[/] {error}")
@@ -92,7 +102,9 @@ def list_envs(store: StoreOption = None, json_: JsonOption = False) -> None:
         if env["error"]:
             rows.add_row(env["name"], "[red]unreadable[/]", "", "", "", "")
         else:
-            rows.add_row(env["name"], env["python"], env["platform"], str(env["packages"]), str(env["local_wheels"]), format_size(env["code_size"]))
+            rows.add_row(
+                env["name"], env["python"], env["platform"], str(env["packages"]), str(env["local_wheels"]), format_size(env["code_size"])
+            )
     print_table(console, rows)
     for env in envs:
         if env["error"]:
@@ -124,7 +136,9 @@ def _env_summary(store: Store, name: str) -> dict[str, Any]:
 
 
 @app.command("show")
-def show(name: Annotated[str, typer.Argument(help="Environment name (senv-…).")], store: StoreOption = None, json_: JsonOption = False) -> None:
+def show(
+    name: Annotated[str, typer.Argument(help="Environment name (senv-…).")], store: StoreOption = None, json_: JsonOption = False
+) -> None:
     """Show an environment: Python, platform, every package and where it comes from; --json prints its whole spec."""
     spec = _spec(name, store)
     if json_:

@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -15,9 +15,20 @@ app = typer.Typer(help="Google Cloud: remove what --provision-infra set up.", no
 @app.command("teardown")
 def teardown(
     yes: Annotated[bool, typer.Option("--yes", "-y", help="Remove everything provisioning made in the project, without asking.")] = False,
-    project: Annotated[Optional[str], typer.Option("--project", help="Project id (default: PREFECT_REMOTE_GCP_PROJECT, GOOGLE_CLOUD_PROJECT or the credentials').")] = None,
-    region: Annotated[Optional[str], typer.Option("--region", help="Region whose Cloud Run jobs and Compute Engine VMs are checked (default: PREFECT_REMOTE_GCP_REGION).")] = None,
-    delete_bucket: Annotated[bool, typer.Option("--delete-bucket", help="Also delete the store's bucket provisioning made, with the software environments in it.")] = False,
+    project: Annotated[
+        str | None,
+        typer.Option("--project", help="Project id (default: PREFECT_REMOTE_GCP_PROJECT, GOOGLE_CLOUD_PROJECT or the credentials')."),
+    ] = None,
+    region: Annotated[
+        str | None,
+        typer.Option(
+            "--region", help="Region whose Cloud Run jobs and Compute Engine VMs are checked (default: PREFECT_REMOTE_GCP_REGION)."
+        ),
+    ] = None,
+    delete_bucket: Annotated[
+        bool,
+        typer.Option("--delete-bucket", help="Also delete the store's bucket provisioning made, with the software environments in it."),
+    ] = False,
     force: Annotated[bool, typer.Option("--force", help="End prefect-remote machines that still run instead of refusing.")] = False,
 ) -> None:
     """Remove the machines' service account prefect-remote-machines, its grants, the custom role
@@ -28,6 +39,10 @@ def teardown(
     from prefect_remote.providers.gcp.infra import teardown as remove
     from prefect_remote.providers.gcp.provider import GCPProvider
 
-    confirm_everything(yes, "Remove everything prefect-remote provisioned in this Google Cloud project?", "pass --yes to remove everything provisioning made in the project")
+    confirm_everything(
+        yes,
+        "Remove everything prefect-remote provisioned in this Google Cloud project?",
+        "pass --yes to remove everything provisioning made in the project",
+    )
     options = {key: value for key, value in {"project": project, "region": region}.items() if value}
     report_removed(lambda: remove(GCPProvider(**options), force=force, delete_bucket=delete_bucket, say=typer.echo))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 from rich.console import Console
@@ -20,7 +20,7 @@ app = typer.Typer(help="List machines, read their logs, end them.", no_args_is_h
 console = Console()
 
 ProviderOption = Annotated[
-    Optional[str], typer.Option("--provider", "-p", help="Provider name (default: PREFECT_REMOTE_PROVIDER, else local).")
+    str | None, typer.Option("--provider", "-p", help="Provider name (default: PREFECT_REMOTE_PROVIDER, else local).")
 ]
 TagOption = Annotated[list[str], typer.Option("--tag", "-t", help="Only machines with this tag, as key=value. Repeatable.")]
 
@@ -47,7 +47,10 @@ def list_machines(
     provider: ProviderOption = None,
     tag: TagOption = [],
     all_: Annotated[bool, typer.Option("--all", "-a", help="Include machines that have ended (kept for a day).")] = False,
-    wide: Annotated[bool, typer.Option("--wide", "-w", help="Also show provider, spec, region, tags, owner and addresses (the exit code is in the reason).")] = False,
+    wide: Annotated[
+        bool,
+        typer.Option("--wide", "-w", help="Also show provider, spec, region, tags, owner and addresses (the exit code is in the reason)."),
+    ] = False,
     json_: JsonOption = False,
 ) -> None:
     """List machines: id, state, type, age and why it ended; --wide for the rest, --json for scripts."""
@@ -130,7 +133,7 @@ def logs(
 
 @app.command("rm")
 def remove(
-    machine_ids: Annotated[Optional[list[str]], typer.Argument(help="Machine ids to end.")] = None,
+    machine_ids: Annotated[list[str] | None, typer.Argument(help="Machine ids to end.")] = None,
     provider: ProviderOption = None,
     all_: Annotated[bool, typer.Option("--all", help="End every running machine of the provider.")] = False,
     tag: TagOption = [],

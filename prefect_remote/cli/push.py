@@ -34,8 +34,11 @@ def serve(
     async def run() -> None:
         served = await executor.sync()
         for name in set(pool) - set(served):
-            typer.echo(f"warning: no remote:push work pool named {name!r} (yet); create it with "
-                       f"`prefect work-pool create --type remote:push {name}`", err=True)
+            typer.echo(
+                f"warning: no remote:push work pool named {name!r} (yet); create it with "
+                f"`prefect work-pool create --type remote:push {name}`",
+                err=True,
+            )
         await executor.serve_forever(interval)
 
     try:

@@ -16,7 +16,9 @@ if TYPE_CHECKING:
 # Ports of this host's loopback the sandbox's instances reach (a Prefect server's).
 Expose = Annotated[
     list[int] | None,
-    typer.Option(help="A port of this host's loopback that instances reach at $PREFECT_REMOTE_SANDBOX_HOST:PORT (default: 4200, a Prefect server's); repeatable."),
+    typer.Option(
+        help="A port of this host's loopback that instances reach at $PREFECT_REMOTE_SANDBOX_HOST:PORT (default: 4200, a Prefect server's); repeatable."
+    ),
 ]
 app = typer.Typer(help="Emulated clouds on this computer: try prefect-remote offline, with the real cloud clients.", no_args_is_help=True)
 

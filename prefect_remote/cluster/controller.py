@@ -104,13 +104,20 @@ class MachinePool(AdaptiveCore):
         controller = self.controller
         try:
             launched = await asyncio.to_thread(
-                launch_workers, controller.provider, controller.plan, controller.worker_contact, count, owner=f"dask-scheduler:{controller.machine_id}"
+                launch_workers,
+                controller.provider,
+                controller.plan,
+                controller.worker_contact,
+                count,
+                owner=f"dask-scheduler:{controller.machine_id}",
             )
         except Exception as error:  # tried again later, backing off: not once per scaling decision
             self.launch_failures += 1
             wait = min(BACKOFF, 2.0**self.launch_failures)
             self.paused_until = time.monotonic() + wait
-            controller.event(f"could not launch {count} worker machine(s): {error}; trying again in {format_duration(wait)}", level="warning")
+            controller.event(
+                f"could not launch {count} worker machine(s): {error}; trying again in {format_duration(wait)}", level="warning"
+            )
             return
         self.launch_failures = 0
         self.machines.update({m.id: m for m in launched})
@@ -122,7 +129,9 @@ class MachinePool(AdaptiveCore):
         connected = set(workers) & self.observed
         # Retiring moves the results a worker holds to the others first; Dask keeps a worker whose
         # data has nowhere to go, and such a worker is not ended.
-        retired = await self.controller.scheduler.retire_workers(names=list(connected), remove=True, close_workers=True) if connected else {}
+        retired = (
+            await self.controller.scheduler.retire_workers(names=list(connected), remove=True, close_workers=True) if connected else {}
+        )
         ended = (set(workers) - connected) | {info["name"] for info in retired.values()}
         if ended:
             await self.controller.end_workers(ended, "retired by the cluster's scaling")
@@ -258,7 +267,7 @@ class ClusterController(SchedulerPlugin):
                     self.event(f"controller error: {error!r}", level="warning")
             try:
                 await asyncio.wait_for(self._wake.wait(), TICK)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass
 
     def _keepalive_expired(self) -> bool:
@@ -271,7 +280,7 @@ class ClusterController(SchedulerPlugin):
         if gone_for > self.plan.keepalive:
             self.event(f"closing: no client for {format_duration(gone_for)} (keepalive {format_duration(self.plan.keepalive)})")
             # Closing runs the plugin's close(), which cancels this loop: so not awaited from it.
-            asyncio.ensure_future(self.scheduler.close(reason="keepalive expired"))
+            self._closing = asyncio.ensure_future(self.scheduler.close(reason="keepalive expired"))
             return True
         return False
 

@@ -40,7 +40,7 @@ class ClusterCredentials:
 
         key = ec.generate_private_key(ec.SECP256R1())
         name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "dask-internal")])
-        now = datetime.datetime.now(datetime.timezone.utc)
+        now = datetime.datetime.now(datetime.UTC)
         cert = (
             x509.CertificateBuilder()
             .subject_name(name)
@@ -60,7 +60,11 @@ class ClusterCredentials:
 
     def security(self) -> Security:
         """Dask security for any role (client, scheduler, worker), TLS required."""
-        roles = {f"tls_{role}_{part}": value for role in ("client", "scheduler", "worker") for part, value in (("cert", self.cert), ("key", self.key))}
+        roles = {
+            f"tls_{role}_{part}": value
+            for role in ("client", "scheduler", "worker")
+            for part, value in (("cert", self.cert), ("key", self.key))
+        }
         return Security(tls_ca_file=self.cert, require_encryption=True, **roles)
 
     def to_json(self) -> str:

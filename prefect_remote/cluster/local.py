@@ -53,7 +53,9 @@ class WorkerProcess(ProcessInterface):
     """One worker as :class:`~distributed.deploy.spec.SpecCluster` sees it: a ``Nanny`` in its own
     interpreter, running once its worker is registered with the scheduler."""
 
-    def __init__(self, scheduler: str, *, name: Any, cluster: LocalProcessCluster, nthreads: int, memory_limit: Any = "auto", **_: Any) -> None:
+    def __init__(
+        self, scheduler: str, *, name: Any, cluster: LocalProcessCluster, nthreads: int, memory_limit: Any = "auto", **_: Any
+    ) -> None:
         super().__init__()
         self.scheduler, self.name, self.cluster = scheduler, name, cluster
         self.options = {"name": name, "nthreads": nthreads, "memory_limit": memory_limit, "host": "127.0.0.1", "dashboard": False}
@@ -64,7 +66,10 @@ class WorkerProcess(ProcessInterface):
         with open(self.log_path, "ab") as log:
             self.process = subprocess.Popen(
                 [sys.executable, "-m", WORKER_MODULE, self.scheduler, json.dumps(self.options)],
-                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=self.cluster.worker_environ,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=self.cluster.worker_environ,
             )
         deadline = time.monotonic() + START_TIMEOUT
         while not self.cluster.has_worker(self.name):
@@ -118,7 +123,12 @@ class LocalProcessCluster(LocalCluster):
         self.worker_environ = {**os.environ, **(environ or {}), "PYTHONPATH": os.pathsep.join(python_path)}
         try:
             super().__init__(
-                n_workers=n_workers, threads_per_worker=threads_per_worker, processes=True, worker_class=WorkerProcess, cluster=self, **kwargs
+                n_workers=n_workers,
+                threads_per_worker=threads_per_worker,
+                processes=True,
+                worker_class=WorkerProcess,
+                cluster=self,
+                **kwargs,
             )
         except BaseException:
             shutil.rmtree(self.log_dir, ignore_errors=True)

@@ -42,26 +42,39 @@ def parse_n_workers(value: Any) -> tuple[int, int, bool]:
         if value < 0:
             raise ClusterOptionError(f"n_workers={value!r}: expected 0 or more workers, or [min, max] such as [0, 20]")
         return value, value, False
-    if isinstance(value, Sequence) and not isinstance(value, str) and len(value) == 2 and all(isinstance(v, int) and not isinstance(v, bool) for v in value):
+    if (
+        isinstance(value, Sequence)
+        and not isinstance(value, str)
+        and len(value) == 2
+        and all(isinstance(v, int) and not isinstance(v, bool) for v in value)
+    ):
         low, high = value
         if low < 0 or high < 1:
             raise ClusterOptionError(f"n_workers={list(value)!r}: expected 0 <= min <= max and max >= 1, such as [0, 20]")
         if low > high:
-            raise ClusterOptionError(f"n_workers={list(value)!r}: the minimum ({low}) is larger than the maximum ({high}); expected [min, max] such as [{high}, {low}]")
+            raise ClusterOptionError(
+                f"n_workers={list(value)!r}: the minimum ({low}) is larger than the maximum ({high}); expected [min, max] such as [{high}, {low}]"
+            )
         return low, high, True
-    raise ClusterOptionError(f"n_workers={value!r}: expected a whole number of workers (e.g. 10) or [min, max] bounds for adaptive scaling (e.g. [0, 20])")
+    raise ClusterOptionError(
+        f"n_workers={value!r}: expected a whole number of workers (e.g. 10) or [min, max] bounds for adaptive scaling (e.g. [0, 20])"
+    )
 
 
 def check_package_sync(package_sync: Any, package_sync_ignore: Any, software: str | None) -> tuple[str, ...]:
     """Validates the package sync arguments; returns ``package_sync_ignore`` as a tuple of names."""
     if package_sync is not None and not isinstance(package_sync, bool):
-        raise ClusterOptionError(f"package_sync={package_sync!r}: expected True (always capture this environment), False (never) or None (when the provider's machines need it)")
+        raise ClusterOptionError(
+            f"package_sync={package_sync!r}: expected True (always capture this environment), False (never) or None (when the provider's machines need it)"
+        )
     if package_sync_ignore is None:
         ignore: tuple[str, ...] = ()
     elif isinstance(package_sync_ignore, (list, tuple)) and all(isinstance(name, str) and name.strip() for name in package_sync_ignore):
         ignore = tuple(name.strip() for name in package_sync_ignore)
     else:
-        raise ClusterOptionError(f"package_sync_ignore={package_sync_ignore!r}: expected a list of distribution names, such as ['torch', 'jupyterlab*']")
+        raise ClusterOptionError(
+            f"package_sync_ignore={package_sync_ignore!r}: expected a list of distribution names, such as ['torch', 'jupyterlab*']"
+        )
     if software is not None and (package_sync or ignore):
         given = "package_sync=True" if package_sync else f"package_sync_ignore={list(ignore)!r}"
         raise ClusterOptionError(f"software={software!r} and {given}: a named environment is used as it is; drop one of them")
@@ -118,12 +131,23 @@ class ClusterOptions:
         :class:`~prefect_remote.errors.ProviderNotFound`) without starting anything, the provider's
         capabilities included. Nothing is captured yet: see :meth:`with_software`."""
         minimum, maximum, adaptive = parse_n_workers(n_workers)
-        if threads_per_worker is not None and (not isinstance(threads_per_worker, int) or isinstance(threads_per_worker, bool) or threads_per_worker == 0 or threads_per_worker < -1):
-            raise ClusterOptionError(f"threads_per_worker={threads_per_worker!r}: expected a whole number of threads (1 or more), or -1 for one per CPU")
+        if threads_per_worker is not None and (
+            not isinstance(threads_per_worker, int)
+            or isinstance(threads_per_worker, bool)
+            or threads_per_worker == 0
+            or threads_per_worker < -1
+        ):
+            raise ClusterOptionError(
+                f"threads_per_worker={threads_per_worker!r}: expected a whole number of threads (1 or more), or -1 for one per CPU"
+            )
         if name is not None and (not isinstance(name, str) or not _NAME.fullmatch(name)):
-            raise ClusterOptionError(f"name={name!r}: expected lowercase letters, digits and '-' (up to 63 characters), such as 'nightly-etl'")
+            raise ClusterOptionError(
+                f"name={name!r}: expected lowercase letters, digits and '-' (up to 63 characters), such as 'nightly-etl'"
+            )
         if keepalive is None:
-            raise ClusterOptionError("keepalive=None: a cluster needs a keepalive (how long it outlives its last client), e.g. '30 seconds'")
+            raise ClusterOptionError(
+                "keepalive=None: a cluster needs a keepalive (how long it outlives its last client), e.g. '30 seconds'"
+            )
         if start_workers is not None and (not isinstance(start_workers, int) or start_workers < 0):
             raise ClusterOptionError(f"start_workers={start_workers!r}: expected 0 or more workers")
         # A cluster's machines accept connections from each other (workers dial the scheduler and their peers).
@@ -136,7 +160,9 @@ class ClusterOptions:
         require(chosen, "terminate_one", "a Dask cluster needs to scale down")
         if container is not None:
             require(chosen, "containers", f"container={container!r} needs")
-            raise ClusterOptionError(f"container={container!r}: clusters do not run container images yet; use software= (package sync) instead")
+            raise ClusterOptionError(
+                f"container={container!r}: clusters do not run container images yet; use software= (package sync) instead"
+            )
         chosen.check_spec(machine_spec)  # a spec no machine can meet fails now, not at the first scale-up
         chosen.choose_instance_type(machine_spec)
         start = minimum if start_workers is None else min(max(start_workers, minimum), maximum)

@@ -181,7 +181,10 @@ class RemoteCluster(SpecCluster):
         self.scheduler_machine = scheduler_machine
         super().__init__(
             workers={},
-            scheduler={"cls": SchedulerMachine, "options": {"provider": self.provider, "machine": scheduler_machine, "port": port, "credentials": credentials}},
+            scheduler={
+                "cls": SchedulerMachine,
+                "options": {"provider": self.provider, "machine": scheduler_machine, "port": port, "credentials": credentials},
+            },
             security=credentials.security(),
             asynchronous=asynchronous,
             loop=loop,
@@ -283,7 +286,9 @@ class RemoteCluster(SpecCluster):
         )
         payload = BootPayload(command=[*plan.worker.command[:-1], "scheduler"], env=plan.worker.env, secrets={PLAN_ENV: plan.to_json()})
         tags = {CLUSTER_TAG: self.cluster_name, ROLE_TAG: "scheduler", PORT_TAG: str(port), DASHBOARD_TAG: str(dashboard_port)}
-        [scheduler] = self.provider.launch(scheduler_spec, payload, tags={**spec.tags, **tags}, owner=default_owner(), agent=plan.agent_source())
+        [scheduler] = self.provider.launch(
+            scheduler_spec, payload, tags={**spec.tags, **tags}, owner=default_owner(), agent=plan.agent_source()
+        )
         # This process keeps the scheduler (and the first workers) alive while they boot; once up,
         # the scheduler renews its own lease and its workers'.
         self._booting.append(scheduler.id)
@@ -300,7 +305,11 @@ class RemoteCluster(SpecCluster):
             self._booting += [m.id for m in workers]
         logger.info(
             "starting cluster %s: scheduler machine %s (%s), %d worker machine(s) of %s (%s)",
-            self.cluster_name, scheduler.id, scheduler.cost_summary(), len(workers), spec.summary(),
+            self.cluster_name,
+            scheduler.id,
+            scheduler.cost_summary(),
+            len(workers),
+            spec.summary(),
             workers[0].cost_summary() if workers else "launched as the cluster scales",
         )
         return scheduler, port
@@ -313,7 +322,12 @@ class RemoteCluster(SpecCluster):
         try:
             self.provider.terminate(booting, reason=reason)
         except Exception as error:
-            logger.warning("could not end machines %s of cluster %s (%s); they end themselves after their keepalive", ", ".join(booting), self.cluster_name, error)
+            logger.warning(
+                "could not end machines %s of cluster %s (%s); they end themselves after their keepalive",
+                ", ".join(booting),
+                self.cluster_name,
+                error,
+            )
 
     async def _start(self) -> None:
         try:

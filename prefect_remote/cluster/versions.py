@@ -44,4 +44,3 @@ def ignore_python_patch_mismatch() -> None:
 
     # Added once however often called (the warnings module replaces an equal filter).
     warnings.filterwarnings("ignore", message=PATCH_ONLY, category=VersionMismatchWarning, module=r"distributed\.client")
-

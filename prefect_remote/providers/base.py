@@ -25,7 +25,6 @@ from urllib.parse import urlsplit
 
 from prefect_remote.boot import AgentSource, render_boot_script
 from prefect_remote.errors import CapabilityError, CapacityError
-from prefect_remote.units import format_size
 from prefect_remote.units import format_duration, format_size
 
 if TYPE_CHECKING:
@@ -78,7 +77,9 @@ class BootPayload:
 
     def __post_init__(self) -> None:
         if isinstance(self.command, str):
-            raise ValueError(f"BootPayload.command={self.command!r}: expected a non-empty list of strings, e.g. ['python', '-m', 'app'], not one string")
+            raise ValueError(
+                f"BootPayload.command={self.command!r}: expected a non-empty list of strings, e.g. ['python', '-m', 'app'], not one string"
+            )
         # Stored as plain lists and dicts: a generator would be used up by the checks below.
         object.__setattr__(self, "command", list(self.command))
         object.__setattr__(self, "env", dict(self.env))
@@ -232,7 +233,9 @@ def refuse_beyond_largest(spec: MachineSpec, types: Sequence[InstanceType], wher
     most_cpu = max((item.cpu for item in types), default=0)
     most_memory = max((item.memory for item in types), default=0)
     if spec.cpu and spec.cpu[0] > most_cpu:
-        raise CapacityError(f"cpu={spec.cpu[0]}: the largest {where} has {most_cpu}; ask for fewer, or spread the work over several machines")
+        raise CapacityError(
+            f"cpu={spec.cpu[0]}: the largest {where} has {most_cpu}; ask for fewer, or spread the work over several machines"
+        )
     if spec.memory and spec.memory[0] > most_memory:
         raise CapacityError(
             f"memory={format_size(spec.memory[0])}: the largest {where} has {format_size(most_memory)}; "
@@ -431,11 +434,15 @@ class Provider(ABC):
         anything starts. :meth:`launch` calls it; clusters call it when they are configured."""
         if spec.container and not self.capabilities.containers:
             raise capability_error(
-                self.name, "containers", f"container={spec.container!r} needs",
+                self.name,
+                "containers",
+                f"container={spec.container!r} needs",
                 "remove it, or use software='{{ senv.name }}' (package sync) or a provider that runs containers",
             )
         if spec.inbound and not self.capabilities.inbound_connections:
-            raise capability_error(self.name, "inbound_connections", "inbound=True needs", "use a provider whose machines accept connections")
+            raise capability_error(
+                self.name, "inbound_connections", "inbound=True needs", "use a provider whose machines accept connections"
+            )
         if spec.gpu and not self.capabilities.gpus:
             raise capability_error(self.name, "gpus", f"gpu={spec.gpu.count} needs", "drop gpu, or use a provider that offers GPUs")
         lifetime = self.capabilities.max_lifetime

@@ -105,8 +105,12 @@ class LogSender(ABC):
 
     def batches(self, events: Iterable[tuple[int, str]]) -> list[list[dict[str, Any]]]:
         return batch_events(
-            events, max_events=self.max_batch_events, max_bytes=self.max_batch_bytes, max_event_bytes=self.max_event_bytes,
-            max_span_ms=self.max_span_ms, overhead=self.event_overhead,
+            events,
+            max_events=self.max_batch_events,
+            max_bytes=self.max_batch_bytes,
+            max_event_bytes=self.max_event_bytes,
+            max_span_ms=self.max_span_ms,
+            overhead=self.event_overhead,
         )
 
 

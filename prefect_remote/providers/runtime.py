@@ -18,8 +18,6 @@ from abc import ABC, abstractmethod
 from importlib import import_module
 from typing import Any, BinaryIO, Protocol
 
-from prefect_remote.boot import MACHINE_LOG_ENV  # the boot script's whole output, which the agent ships (``ship_log``)
-
 
 class LogShipping(Protocol):
     """A running shipment of the machine log, as :meth:`MachineRuntime.ship_log` returns it."""
@@ -77,7 +75,7 @@ class MachineRuntime(ABC):
         """Asks the provider to end this machine, recording ``reason`` and ``exit_code``. May fail
         (the provider unreachable): the agent then calls :meth:`halt`."""
 
-    def halt(self) -> None:
+    def halt(self) -> None:  # noqa: B027 (a no-op by default, not abstract: most providers need none)
         """Ends the machine without the provider's help; must not fail. By default nothing: the
         agent exits, which ends the boot script, and a provider that ends machines whose boot script
         ended (the local one) ends the machine. On EC2: ``shutdown -h now`` with

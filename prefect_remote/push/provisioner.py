@@ -65,7 +65,7 @@ class RemotePushProvisioner:
         settings.home.mkdir(parents=True, exist_ok=True, mode=0o700)
         self.console.print(f"prefect-remote home: [blue]{settings.home}[/]")
         block_name = f"{work_pool_name}-provider"
-        async with (get_client() if client is None else nullcontext(client)) as api:  # a borrowed client stays open
+        async with get_client() if client is None else nullcontext(client) as api:  # a borrowed client stays open
             await RemoteProviderCredentials.aregister_type_and_schema(client=api)
             try:
                 document = await api.read_block_document_by_name(block_name, RemoteProviderCredentials.get_block_type_slug())

@@ -36,7 +36,14 @@ def agent_source(store: Callable[[], Store], *, extras: Sequence[str], requireme
     url = store().url
     wheel, digest = _stored_wheel(url, str(source))
     return AgentSource(
-        f"{DISTRIBUTION}{extra} ({wheel})", python=python, full=full, extras=tuple(extras), bootstrap=pinned, wheel=wheel, digest=digest, store=url
+        f"{DISTRIBUTION}{extra} ({wheel})",
+        python=python,
+        full=full,
+        extras=tuple(extras),
+        bootstrap=pinned,
+        wheel=wheel,
+        digest=digest,
+        store=url,
     )
 
 

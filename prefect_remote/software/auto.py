@@ -49,7 +49,13 @@ from prefect_remote.software.stamps import stamp, unchanged
 FORMAT = 1  # of the records; part of the key
 METADATA_SUFFIXES = (".dist-info", ".egg-info")
 # What else a capture depends on, from the environment (settings read by the capture, and indexes).
-VARIABLES = ("PREFECT_REMOTE_HOME", "PREFECT_REMOTE_STORE", "PREFECT_REMOTE_MAX_BUNDLE_SIZE", *DEFAULT_INDEX_VARIABLES, *EXTRA_INDEX_VARIABLES)
+VARIABLES = (
+    "PREFECT_REMOTE_HOME",
+    "PREFECT_REMOTE_STORE",
+    "PREFECT_REMOTE_MAX_BUNDLE_SIZE",
+    *DEFAULT_INDEX_VARIABLES,
+    *EXTRA_INDEX_VARIABLES,
+)
 
 logger = logging.getLogger("prefect_remote.software")
 

@@ -24,11 +24,31 @@ from prefect_remote.software.stamps import stamp
 from prefect_remote.units import format_size
 
 ALWAYS_EXCLUDED = [
-    ".git/", ".hg/", ".svn/", ".venv/", "venv/", "__pycache__/", "*.pyc", "*.pyo", ".mypy_cache/",
-    ".pytest_cache/", ".ruff_cache/", ".tox/", ".nox/", "node_modules/", ".ipynb_checkpoints/",
-    "*.egg-info/", ".DS_Store", ".prefect/",
+    ".git/",
+    ".hg/",
+    ".svn/",
+    ".venv/",
+    "venv/",
+    "__pycache__/",
+    "*.pyc",
+    "*.pyo",
+    ".mypy_cache/",
+    ".pytest_cache/",
+    ".ruff_cache/",
+    ".tox/",
+    ".nox/",
+    "node_modules/",
+    ".ipynb_checkpoints/",
+    "*.egg-info/",
+    ".DS_Store",
+    ".prefect/",
     # Secrets stay on the client: machines get theirs from their own environment.
-    ".env", ".env.*", "*.pem", "*.key", ".netrc", ".pypirc",
+    ".env",
+    ".env.*",
+    "*.pem",
+    "*.key",
+    ".netrc",
+    ".pypirc",
 ]
 
 
@@ -92,10 +112,7 @@ def select_files(
                 ignored = pathspec.GitIgnoreSpec.from_lines(ignore_lines)
         relative = here.relative_to(root).as_posix()
         prefix = "" if relative == "." else f"{relative}/"
-        dirnames[:] = sorted(
-            d for d in dirnames
-            if not ignored.match_file(f"{prefix}{d}/") and not (here / d / "pyvenv.cfg").exists()
-        )
+        dirnames[:] = sorted(d for d in dirnames if not ignored.match_file(f"{prefix}{d}/") and not (here / d / "pyvenv.cfg").exists())
         for d in dirnames:  # stamped before the walk lists them: an entry added meanwhile changes the stamp
             if (folder_stamp := stamp(here / d)) is not None:
                 stamps[str(here / d)] = folder_stamp

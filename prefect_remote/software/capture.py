@@ -41,11 +41,24 @@ FORMAT = 1
 
 # Packages that only exist for another operating system, with the system they need.
 PLATFORM_ONLY = {
-    "appnope": "macOS", "pyobjc": "macOS", "pyobjc-*": "macOS", "tensorflow-macos": "macOS",
-    "tensorflow-metal": "macOS", "mlx": "macOS", "mlx-metal": "macOS", "macholib": "macOS",
-    "pywin32": "Windows", "pywin32-ctypes": "Windows", "pypiwin32": "Windows", "pywinpty": "Windows",
-    "wmi": "Windows", "comtypes": "Windows", "windows-curses": "Windows", "winshell": "Windows",
-    "pywin32-stubs": "Windows", "wexpect": "Windows",
+    "appnope": "macOS",
+    "pyobjc": "macOS",
+    "pyobjc-*": "macOS",
+    "tensorflow-macos": "macOS",
+    "tensorflow-metal": "macOS",
+    "mlx": "macOS",
+    "mlx-metal": "macOS",
+    "macholib": "macOS",
+    "pywin32": "Windows",
+    "pywin32-ctypes": "Windows",
+    "pypiwin32": "Windows",
+    "pywinpty": "Windows",
+    "wmi": "Windows",
+    "comtypes": "Windows",
+    "windows-curses": "Windows",
+    "winshell": "Windows",
+    "pywin32-stubs": "Windows",
+    "wexpect": "Windows",
 }
 
 
@@ -215,7 +228,9 @@ def _requirements_source(
     if path.name == "uv.lock":
         result = subprocess.run(
             [find_uv(), "export", "--frozen", "--no-hashes", "--no-header", "--format", "requirements-txt", "--all-extras"],
-            cwd=path.parent, capture_output=True, text=True,
+            cwd=path.parent,
+            capture_output=True,
+            text=True,
         )
         if result.returncode != 0:
             raise CaptureError(f"requirements={str(path)!r}: uv export failed: {result.stderr.strip()}")
@@ -236,16 +251,28 @@ def _requirements_source(
             local = (path.parent / value.strip()).resolve() if not value.strip().startswith("file:") else _local_path(value.strip())
             wheel = build_wheel(local, wheel_cache, inputs)
             name = normalize(wheel.name.split("-")[0])
-            packages.append({"name": name, "version": wheel.name.split("-")[1], "source": "editable",
-                             "wheel": {"file": wheel.name, "sha256": store.put_file(wheel)}})
+            packages.append(
+                {
+                    "name": name,
+                    "version": wheel.name.split("-")[1],
+                    "source": "editable",
+                    "wheel": {"file": wheel.name, "sha256": store.put_file(wheel)},
+                }
+            )
         elif line.startswith("-"):
             raise CaptureError(f"requirements={str(path)!r}: option {option!r} is not supported; use pinned requirements and index options")
         else:
             match = _REQUIREMENT_NAME.match(line)
             if not match:
                 raise CaptureError(f"requirements={str(path)!r}: cannot read {raw.strip()!r}")
-            packages.append({"name": normalize(match.group(1)), "version": None, "source": "requirements",
-                             "requirement": strip_requirement_credentials(line)})
+            packages.append(
+                {
+                    "name": normalize(match.group(1)),
+                    "version": None,
+                    "source": "requirements",
+                    "requirement": strip_requirement_credentials(line),
+                }
+            )
     return packages, indexes
 
 
@@ -317,8 +344,11 @@ def capture_environment(
         else:
             kept.append(package)
     code = None
-    own_folders = [f"/{p.relative_to(Path(root).absolute()).as_posix()}/" for p in _own_folders(store, settings.home)
-                   if p.is_relative_to(Path(root).absolute()) and p != Path(root).absolute()]
+    own_folders = [
+        f"/{p.relative_to(Path(root).absolute()).as_posix()}/"
+        for p in _own_folders(store, settings.home)
+        if p.is_relative_to(Path(root).absolute()) and p != Path(root).absolute()
+    ]
     selection = bundles.select_files(
         root, include=include, exclude=[*(exclude or []), *own_folders], max_size=max_bundle_size or settings.max_bundle_size
     )
@@ -373,9 +403,21 @@ def check_resolves(spec: dict[str, Any], store: Store) -> None:
         platform = "aarch64-manylinux_2_28" if spec["platform"].endswith("aarch64") else "x86_64-manylinux_2_28"
         version = ".".join(spec["python"].split(".")[:2])
         result = subprocess.run(
-            [find_uv(), "pip", "compile", "--quiet", "--no-header", "--python-platform", platform, "--python-version", version,
-             *index_arguments(spec), str(requirements)],
-            capture_output=True, text=True,
+            [
+                find_uv(),
+                "pip",
+                "compile",
+                "--quiet",
+                "--no-header",
+                "--python-platform",
+                platform,
+                "--python-version",
+                version,
+                *index_arguments(spec),
+                str(requirements),
+            ],
+            capture_output=True,
+            text=True,
         )
     if result.returncode != 0:
         message = result.stderr.strip()

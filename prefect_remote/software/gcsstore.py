@@ -142,7 +142,9 @@ class GCSStore(BucketStore):
         except api.NotFound:
             raise self._bucket_problem() or NotInStore(f"{key} is not in the store {self.url}") from None
         except (api.GoogleAPIError, auth.TransportError, RequestException) as error:  # an unreachable endpoint, a DNS failure…
-            raise self._bucket_problem() or StoreError(f"store {self.url}: {action} on {key} failed: {error}; check the network (and STORAGE_EMULATOR_HOST, if set)") from None
+            raise self._bucket_problem() or StoreError(
+                f"store {self.url}: {action} on {key} failed: {error}; check the network (and STORAGE_EMULATOR_HOST, if set)"
+            ) from None
 
     def _bucket_problem(self) -> StoreError | None:
         """Why the bucket cannot be used (missing, refused, out of reach), or ``None``; asked until

@@ -50,10 +50,7 @@ def load_spec(store: Store, name: str) -> dict[str, Any]:
 
 def requirement_lines(spec: dict[str, Any], wheel_dir: Path) -> list[str]:
     """Requirements that install exactly the spec's packages, local wheels from ``wheel_dir``."""
-    return [
-        f"{p['name']} @ {(wheel_dir / p['wheel']['file']).as_uri()}" if p.get("wheel") else p["requirement"]
-        for p in spec["packages"]
-    ]
+    return [f"{p['name']} @ {(wheel_dir / p['wheel']['file']).as_uri()}" if p.get("wheel") else p["requirement"] for p in spec["packages"]]
 
 
 def fetch_requirements(spec: dict[str, Any], store: Store, folder: Path) -> Path:

@@ -121,10 +121,9 @@ class SandboxAWS(SandboxCloud):
 
         class CountingServer(ThreadedMotoServer):
             def _server_entry(self) -> None:
+                from moto.moto_server.threaded_moto_server import MotoRequestHandler
                 from moto.server import DomainDispatcherApplication, create_backend_app
                 from werkzeug.serving import make_server
-
-                from moto.moto_server.threaded_moto_server import MotoRequestHandler
 
                 app = _Counting(DomainDispatcherApplication(create_backend_app), sandbox.calls)
                 self._server = make_server(self._ip_address, self._port, app, True, request_handler=MotoRequestHandler)
@@ -213,7 +212,10 @@ class SandboxAWS(SandboxCloud):
         else:
             s3.create_bucket(Bucket=STORE_BUCKET, CreateBucketConfiguration={"LocationConstraint": self.region})
         iam = session.client("iam", endpoint_url=self.url)
-        trust = {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Principal": {"Service": "ec2.amazonaws.com"}, "Action": "sts:AssumeRole"}]}
+        trust = {
+            "Version": "2012-10-17",
+            "Statement": [{"Effect": "Allow", "Principal": {"Service": "ec2.amazonaws.com"}, "Action": "sts:AssumeRole"}],
+        }
         iam.create_role(RoleName=INSTANCE_PROFILE, AssumeRolePolicyDocument=json.dumps(trust))
         iam.create_instance_profile(InstanceProfileName=INSTANCE_PROFILE)
         iam.add_role_to_instance_profile(InstanceProfileName=INSTANCE_PROFILE, RoleName=INSTANCE_PROFILE)
@@ -252,7 +254,9 @@ class SandboxAWS(SandboxCloud):
             from moto.ec2.models.instances import StateReason
 
             backend.terminate_instances([instance_id])
-            instance.state_reason = StateReason("Client.InstanceInitiatedShutdown: Instance initiated shutdown", "Client.InstanceInitiatedShutdown")
+            instance.state_reason = StateReason(
+                "Client.InstanceInitiatedShutdown: Instance initiated shutdown", "Client.InstanceInitiatedShutdown"
+            )
         if self._imds is not None:
             self._imds.forget(instance_id)
 
@@ -396,6 +400,8 @@ def refuse_spot(ec2_client: Any, code: str = "InsufficientInstanceCapacity") -> 
 
     def hook(params: dict[str, Any], **_: Any) -> None:
         if params["body"].get("InstanceMarketOptions.MarketType") == "spot":
-            raise ClientError({"Error": {"Code": code, "Message": "There is no Spot capacity available that matches your request."}}, "RunInstances")
+            raise ClientError(
+                {"Error": {"Code": code, "Message": "There is no Spot capacity available that matches your request."}}, "RunInstances"
+            )
 
     ec2_client.meta.events.register("before-call.ec2.RunInstances", hook)

@@ -114,7 +114,7 @@ def _lookup(facts: Facts, path: str) -> str | None:
     if path == "iam/security-credentials":
         return role
     if role and path == f"iam/security-credentials/{role}":
-        expires = datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(hours=6)
+        expires = datetime.datetime.now(datetime.UTC) + datetime.timedelta(hours=6)
         return json.dumps(
             {
                 "Code": "Success",
@@ -122,7 +122,7 @@ def _lookup(facts: Facts, path: str) -> str | None:
                 "AccessKeyId": "testing",  # the sandbox's moto accepts any key
                 "SecretAccessKey": "testing",
                 "Token": f"sandbox-{role}",
-                "LastUpdated": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+                "LastUpdated": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
                 "Expiration": expires.strftime("%Y-%m-%dT%H:%M:%SZ"),
             }
         )

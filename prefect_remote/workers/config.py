@@ -9,7 +9,7 @@ says what to fix, before any machine starts.
 from __future__ import annotations
 
 import shlex
-from typing import TYPE_CHECKING, Any, Literal, Optional, Union
+from typing import TYPE_CHECKING, Any, Literal
 
 from prefect.blocks.core import Block
 from prefect.workers.base import BaseJobConfiguration, BaseVariables
@@ -50,13 +50,15 @@ class RemoteProviderCredentials(Block):
     provider: str = Field(default="local", description="Provider name: local, aws, gcp, or a plugin's.")
     options: dict[str, Any] = Field(default_factory=dict, description="Keyword arguments for the provider.")
     # Recorded by --provision-infra; each one that is set is a provider option (winning over ``options``).
-    region: Optional[str] = Field(default=None, description="Cloud region, e.g. us-east-2. Default: the provider's (AWS_DEFAULT_REGION…).")
-    instance_profile: Optional[str] = Field(default=None, description="aws: the instance profile (name) machines run with.")
-    log_group: Optional[str] = Field(default=None, description="aws: the CloudWatch Logs group machines write to.")
-    project: Optional[str] = Field(default=None, description="gcp: the project machines run in.")
-    service_account: Optional[str] = Field(default=None, description="gcp: the service account (email) machines run as.")
+    region: str | None = Field(default=None, description="Cloud region, e.g. us-east-2. Default: the provider's (AWS_DEFAULT_REGION…).")
+    instance_profile: str | None = Field(default=None, description="aws: the instance profile (name) machines run with.")
+    log_group: str | None = Field(default=None, description="aws: the CloudWatch Logs group machines write to.")
+    project: str | None = Field(default=None, description="gcp: the project machines run in.")
+    service_account: str | None = Field(default=None, description="gcp: the service account (email) machines run as.")
     # Recorded, not a provider option: the launcher finds its store in PREFECT_REMOTE_STORE.
-    store: Optional[str] = Field(default=None, description="The software environments store provisioned for this pool, e.g. s3://bucket/prefix.")
+    store: str | None = Field(
+        default=None, description="The software environments store provisioned for this pool, e.g. s3://bucket/prefix."
+    )
 
     def get_provider(self, **overrides: Any) -> Provider:
         """The provider, made with ``options``, the option fields above that are set, and ``overrides``."""
@@ -67,29 +69,47 @@ class RemoteProviderCredentials(Block):
 class MachineJobFields(BaseModel):
     """The machine-spec job variables, declared once for the variables schema and the configuration."""
 
-    provider: Optional[str] = Field(
-        default=None, title="Provider",
+    provider: str | None = Field(
+        default=None,
+        title="Provider",
         description="Where the machine comes from: local (this host), aws, gcp. Default: the credentials block's, else PREFECT_REMOTE_PROVIDER.",
     )
-    region: Optional[str] = Field(default=None, title="Region", description="Cloud region, e.g. us-east-2 (recorded on the local provider).")
-    vm_type: Union[str, list[str], None] = Field(default=None, title="VM type", description="Instance type, or a list in order of preference, e.g. m6i.xlarge.")
-    cpu: Union[int, list[int], None] = Field(default=None, title="CPU", description="CPUs: a number, or [min, max].")
-    memory: Union[int, str, list[Union[int, str]], None] = Field(default=None, title="Memory", description="Memory, e.g. '16 GiB', or ['8 GiB', '32 GiB'].")
-    gpu: Union[bool, int, str, None] = Field(default=None, title="GPU", description="GPUs: true, a count, or a type such as 't4'.")
-    arm: Optional[bool] = Field(default=None, title="ARM", description="Use ARM (aarch64) machines.")
-    disk_size: Union[int, str, None] = Field(default=None, title="Disk size", description="GiB as a number, or e.g. '200 GB'.")
-    spot_policy: Optional[SpotPolicy] = Field(default=None, title="Spot policy", description="on-demand, spot, or spot_with_fallback.")
-    idle_timeout: Union[int, str, None] = Field(default=None, title="Idle timeout", description="End the machine once the flow run is idle this long, e.g. '30 minutes'.")
-    timeout: Union[int, str, None] = Field(default=None, title="Timeout", description="Maximum run time, e.g. '2 hours': past it the machine ends and the run crashes.")
+    region: str | None = Field(default=None, title="Region", description="Cloud region, e.g. us-east-2 (recorded on the local provider).")
+    vm_type: str | list[str] | None = Field(
+        default=None, title="VM type", description="Instance type, or a list in order of preference, e.g. m6i.xlarge."
+    )
+    cpu: int | list[int] | None = Field(default=None, title="CPU", description="CPUs: a number, or [min, max].")
+    memory: int | str | list[int | str] | None = Field(
+        default=None, title="Memory", description="Memory, e.g. '16 GiB', or ['8 GiB', '32 GiB']."
+    )
+    gpu: bool | int | str | None = Field(default=None, title="GPU", description="GPUs: true, a count, or a type such as 't4'.")
+    arm: bool | None = Field(default=None, title="ARM", description="Use ARM (aarch64) machines.")
+    disk_size: int | str | None = Field(default=None, title="Disk size", description="GiB as a number, or e.g. '200 GB'.")
+    spot_policy: SpotPolicy | None = Field(default=None, title="Spot policy", description="on-demand, spot, or spot_with_fallback.")
+    idle_timeout: int | str | None = Field(
+        default=None, title="Idle timeout", description="End the machine once the flow run is idle this long, e.g. '30 minutes'."
+    )
+    timeout: int | str | None = Field(
+        default=None, title="Timeout", description="Maximum run time, e.g. '2 hours': past it the machine ends and the run crashes."
+    )
     tags: dict[str, str] = Field(default_factory=dict, title="Tags", description="Tags on the machine, to find it and account for it.")
-    allow_ingress_from: Optional[str] = Field(default=None, title="Allow ingress from", description="Who may connect to the machine: 'me', 'everyone' or a CIDR.")
-    software: Optional[str] = Field(default=None, title="Software environment", description="senv-… from the build_package_sync_senv deploy step: '{{ senv.name }}'.")
-    container: Optional[str] = Field(default=None, title="Container image", description="Image to run in (providers that run containers: gcp's Cloud Run).")
-    gcp_service: Optional[Literal["auto", "cloud-run", "compute"]] = Field(
-        default=None, title="GCP service",
+    allow_ingress_from: str | None = Field(
+        default=None, title="Allow ingress from", description="Who may connect to the machine: 'me', 'everyone' or a CIDR."
+    )
+    software: str | None = Field(
+        default=None, title="Software environment", description="senv-… from the build_package_sync_senv deploy step: '{{ senv.name }}'."
+    )
+    container: str | None = Field(
+        default=None, title="Container image", description="Image to run in (providers that run containers: gcp's Cloud Run)."
+    )
+    gcp_service: Literal["auto", "cloud-run", "compute"] | None = Field(
+        default=None,
+        title="GCP service",
         description="gcp: run the flow on Cloud Run or on a Compute Engine VM. Default 'auto': Cloud Run unless the spec needs a VM.",
     )
-    credentials: Optional[RemoteProviderCredentials] = Field(default=None, title="Provider credentials", description="Block naming the provider and its options.")
+    credentials: RemoteProviderCredentials | None = Field(
+        default=None, title="Provider credentials", description="Block naming the provider and its options."
+    )
 
 
 SPEC_FIELDS = tuple(name for name in MachineJobFields.model_fields if name not in ("provider", "credentials", "gcp_service"))
@@ -103,7 +123,7 @@ class RemoteJobConfiguration(BaseJobConfiguration, MachineJobFields):
     """A flow run's machine, resolved from the pool's template and the deployment's job variables."""
 
     # Where the run's flow code comes from, for the run's logs (see flow_code).
-    _flow_code: Optional[str] = PrivateAttr(default=None)
+    _flow_code: str | None = PrivateAttr(default=None)
 
     def prepare_for_flow_run(self, flow_run, deployment=None, flow=None, work_pool=None, worker_name=None, worker_id=None) -> None:
         command_given = self.command is not None
@@ -119,7 +139,7 @@ class RemoteJobConfiguration(BaseJobConfiguration, MachineJobFields):
                 self.env[ENTRYPOINT_ENV] = entrypoint
 
     @property
-    def flow_code_note(self) -> Optional[str]:
+    def flow_code_note(self) -> str | None:
         """Where this run's flow code comes from, when the deployment's pull steps do not say it all."""
         return self._flow_code
 
@@ -140,7 +160,9 @@ class RemoteJobConfiguration(BaseJobConfiguration, MachineJobFields):
         try:
             spec = self.machine_spec()
         except ValidationError as error:
-            problems += [f"{'.'.join(map(str, e['loc'])) or 'job variables'}: {e['msg'].removeprefix('Value error, ')}" for e in error.errors()]
+            problems += [
+                f"{'.'.join(map(str, e['loc'])) or 'job variables'}: {e['msg'].removeprefix('Value error, ')}" for e in error.errors()
+            ]
             spec = None
         try:
             provider = self.provider_instance()
@@ -170,7 +192,7 @@ class RemoteJobConfiguration(BaseJobConfiguration, MachineJobFields):
         return provider, spec, BootPayload(command=command, secrets=env)
 
 
-def flow_code(deployment: DeploymentResponse, software: Optional[str]) -> tuple[Optional[str], Optional[str]]:
+def flow_code(deployment: DeploymentResponse, software: str | None) -> tuple[str | None, str | None]:
     """The entrypoint a run of ``deployment`` on ``software`` loads straight from the machine's work
     folder (where the agent unpacks the software environment's code bundle), or None to let the
     engine run the deployment's pull steps; and a line for the run's logs saying which.

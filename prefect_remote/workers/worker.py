@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import re
 import time
-from datetime import datetime, timezone
-from functools import partial
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any, Optional
+from datetime import UTC, datetime
+from functools import partial
+from typing import TYPE_CHECKING, Any
 from uuid import UUID
 
 import anyio
@@ -64,7 +64,7 @@ class RemoteWorker(BaseWorker[RemoteJobConfiguration, RemoteJobVariables, Remote
         self,
         flow_run: FlowRun,
         configuration: RemoteJobConfiguration,
-        task_status: Optional[anyio.abc.TaskStatus[str]] = None,
+        task_status: anyio.abc.TaskStatus[str] | None = None,
     ) -> RemoteWorkerResult:
         logger = self.get_flow_run_logger(flow_run)
         # In a thread: it may start the host gateway, and in `prefect server start` this loop serves the API.
@@ -137,13 +137,15 @@ class RemoteWorker(BaseWorker[RemoteJobConfiguration, RemoteJobVariables, Remote
         from prefect.client.schemas.objects import StateType
 
         runs = await self.client.read_flow_runs(
-            flow_run_filter=FlowRunFilter(state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.PENDING, StateType.RUNNING, StateType.CANCELLING]))),
+            flow_run_filter=FlowRunFilter(
+                state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.PENDING, StateType.RUNNING, StateType.CANCELLING]))
+            ),
             work_pool_filter=WorkPoolFilter(name=WorkPoolFilterName(any_=[self._work_pool_name])),
         )
         candidates = [r for r in runs if r.infrastructure_pid and r.id not in self._followed]
         if not candidates:
             return
-        now = datetime.now(timezone.utc)
+        now = datetime.now(UTC)
         alive = sorted(
             worker.name
             for worker in await self.client.read_workers_for_work_pool(self._work_pool_name)
@@ -170,15 +172,15 @@ class RemoteWorker(BaseWorker[RemoteJobConfiguration, RemoteJobVariables, Remote
             result = await self._watch(flow_run, provider, str(flow_run.infrastructure_pid), logger, from_end=True)
             state = (await self.client.read_flow_run(flow_run.id)).state
             if result.status_code != 0 and not (state and state.is_final()):
-                await self._propose_crashed_state(flow_run, f"Flow run infrastructure exited with non-zero status code {result.status_code}.")
+                await self._propose_crashed_state(
+                    flow_run, f"Flow run infrastructure exited with non-zero status code {result.status_code}."
+                )
         except MachineNotFound:
             await self._propose_crashed_state(flow_run, f"Machine {flow_run.infrastructure_pid} no longer exists.")
         except Exception:  # one adopted run must never take the worker (and every run it follows) down
             logger.exception(f"Worker {self.name!r} could not follow machine {flow_run.infrastructure_pid}")
 
-    async def kill_infrastructure(
-        self, infrastructure_pid: str, configuration: RemoteJobConfiguration, grace_seconds: int = 30
-    ) -> None:
+    async def kill_infrastructure(self, infrastructure_pid: str, configuration: RemoteJobConfiguration, grace_seconds: int = 30) -> None:
         provider = await anyio.to_thread.run_sync(configuration.provider_instance)
         try:
             await anyio.to_thread.run_sync(partial(provider.terminate, [infrastructure_pid], reason="flow run cancelled"))

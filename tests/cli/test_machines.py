@@ -46,7 +46,9 @@ def test_help_lists_the_commands():
 
 def test_ls_logs_and_rm_all():
     provider = LocalProvider()
-    machines = prefect_remote.launch(["python", "-c", "print('from-machine'); import time; time.sleep(60)"], count=2, cpu=1, tags={"team": "data"})
+    machines = prefect_remote.launch(
+        ["python", "-c", "print('from-machine'); import time; time.sleep(60)"], count=2, cpu=1, tags={"team": "data"}
+    )
     wait_for(lambda: all("from-machine" in provider.logs(m.id).text.splitlines() for m in machines))
     listed = cli("machines", "ls", "--wide", "--tag", "team=data")
     assert listed.returncode == 0, listed.stderr
@@ -66,7 +68,7 @@ def test_ls_logs_and_rm_all():
 def test_rm_by_id_and_by_tag():
     provider = LocalProvider()
     [keep] = prefect_remote.launch(["sleep", "60"], tags={"role": "keep"})
-    [by_tag] = prefect_remote.launch(["sleep", "60"], tags={"role": "drop"})
+    [_by_tag] = prefect_remote.launch(["sleep", "60"], tags={"role": "drop"})
     [by_id] = prefect_remote.launch(["sleep", "60"])
     assert cli("machines", "rm", "--tag", "role=drop").returncode == 0
     assert cli("machines", "rm", by_id.id).returncode == 0
@@ -83,7 +85,9 @@ def test_bad_input_says_how_to_fix_it():
     assert "no local machine 'm-nope'" in cli("machines", "logs", "m-nope").stderr
     assert "expected key=value" in cli("machines", "ls", "--tag", "team").stderr
     assert "--all or --tag" in cli("machines", "rm").stderr
-    assert "provider='nope' is not known" in cli("machines", "ls", "--provider", "nope").stderr.replace("\n", " ").replace("│", "").replace("  ", " ")
+    assert "provider='nope' is not known" in cli("machines", "ls", "--provider", "nope").stderr.replace("\n", " ").replace("│", "").replace(
+        "  ", " "
+    )
 
 
 def launch_a_mix(batch: str) -> list[Machine]:
@@ -92,7 +96,9 @@ def launch_a_mix(batch: str) -> list[Machine]:
     provider = LocalProvider()
     tags = {"batch": batch, "team": "data", "purpose": "nightly-reconciliation-of-the-ledger"}
     running = prefect_remote.launch(["sleep", "60"], count=2, cpu=1, memory="512 MiB", tags=tags)
-    [ended] = prefect_remote.launch(["python", "-c", "raise SystemExit(3)"], region="us-east-2", spot_policy="spot", vm_type="m6i.xlarge", tags={"batch": batch})
+    [ended] = prefect_remote.launch(
+        ["python", "-c", "raise SystemExit(3)"], region="us-east-2", spot_policy="spot", vm_type="m6i.xlarge", tags={"batch": batch}
+    )
     provider.wait([ended.id], timeout=30)
     return [*running, provider.describe(ended.id)]
 
@@ -115,8 +121,23 @@ def test_ls_wide_shows_the_other_fields():
     assert_whole(listed.stdout, *(m.id for m in machines), machines[0].owner, machines[0].private_address, "us-east-2", "team=data")
     # Where the terminal is wide enough (addresses make it 160 to 170), one table with every column.
     listed = cli("machines", "ls", "--all", "--wide", "--tag", "batch=wide", columns=200)
-    header, *rows = assert_fits(listed.stdout, 200)
-    assert header.split() == ["ID", "PROVIDER", "STATE", "TYPE", "SPEC", "REGION", "AGE", "TAGS", "OWNER", "ADDRESS", "PUBLIC", "ADDRESS", "ENDED", "BECAUSE"]
+    header, *_rows = assert_fits(listed.stdout, 200)
+    assert header.split() == [
+        "ID",
+        "PROVIDER",
+        "STATE",
+        "TYPE",
+        "SPEC",
+        "REGION",
+        "AGE",
+        "TAGS",
+        "OWNER",
+        "ADDRESS",
+        "PUBLIC",
+        "ADDRESS",
+        "ENDED",
+        "BECAUSE",
+    ]
     assert_whole(listed.stdout, *(f"{m.id}  local" for m in machines), "1 cpu, 512 MiB")
 
 
@@ -147,7 +168,9 @@ def test_info_shows_settings_and_isolation():
 
 def test_info_fits_80_columns_and_cuts_no_value():
     store = "/tmp/" + "a-store-folder-with-a-rather-long-name/" * 3
-    result = subprocess.run([CLI, "info"], capture_output=True, text=True, timeout=60, env={**os.environ, "COLUMNS": "80", "PREFECT_REMOTE_STORE": store})
+    result = subprocess.run(
+        [CLI, "info"], capture_output=True, text=True, timeout=60, env={**os.environ, "COLUMNS": "80", "PREFECT_REMOTE_STORE": store}
+    )
     assert result.returncode == 0, result.stderr
     assert_fits(result.stdout, 80)
     assert_whole(result.stdout, "PREFECT_REMOTE_LOCAL_RECORD_RETENTION", "PREFECT_REMOTE_STORE")

@@ -60,27 +60,46 @@ def _cmdline(pid: int) -> bytes:
 
 
 def test_sandbox_aws_exports_serves_and_ends_its_instances_on_sigterm(tmp_path):
-    with serving("aws", tmp_path, {"AWS_ENDPOINT_URL", "AWS_DEFAULT_REGION", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"}, "s3://") as (exports, marker):
+    with serving("aws", tmp_path, {"AWS_ENDPOINT_URL", "AWS_DEFAULT_REGION", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"}, "s3://") as (
+        exports,
+        marker,
+    ):
         session = boto3.session.Session(
-            region_name=exports["AWS_DEFAULT_REGION"], aws_access_key_id=exports["AWS_ACCESS_KEY_ID"], aws_secret_access_key=exports["AWS_SECRET_ACCESS_KEY"]
+            region_name=exports["AWS_DEFAULT_REGION"],
+            aws_access_key_id=exports["AWS_ACCESS_KEY_ID"],
+            aws_secret_access_key=exports["AWS_SECRET_ACCESS_KEY"],
         )
         ec2 = session.client("ec2", endpoint_url=exports["AWS_ENDPOINT_URL"])
         image = session.client("ssm", endpoint_url=exports["AWS_ENDPOINT_URL"]).get_parameter(
             Name="/aws/service/ami-amazon-linux-latest/al2023-ami-kernel-default-x86_64"
         )["Parameter"]["Value"]
-        ec2.run_instances(ImageId=image, InstanceType="t3.micro", MinCount=1, MaxCount=1, UserData=f"#!/bin/bash\n{_pid_then_sleep(marker)}\n")
+        ec2.run_instances(
+            ImageId=image, InstanceType="t3.micro", MinCount=1, MaxCount=1, UserData=f"#!/bin/bash\n{_pid_then_sleep(marker)}\n"
+        )
 
 
 def test_sandbox_gcp_exports_serves_and_ends_its_jobs_on_sigterm(tmp_path):
     from google.cloud import run_v2
     from google.oauth2 import service_account
 
-    names = {"GOOGLE_APPLICATION_CREDENTIALS", "GOOGLE_CLOUD_PROJECT", "STORAGE_EMULATOR_HOST", "PREFECT_REMOTE_GCP_PROJECT", "PREFECT_REMOTE_GCP_API_ENDPOINT"}
+    names = {
+        "GOOGLE_APPLICATION_CREDENTIALS",
+        "GOOGLE_CLOUD_PROJECT",
+        "STORAGE_EMULATOR_HOST",
+        "PREFECT_REMOTE_GCP_PROJECT",
+        "PREFECT_REMOTE_GCP_API_ENDPOINT",
+    }
     with serving("gcp", tmp_path, names, "gs://") as (exports, marker):
-        credentials = service_account.Credentials.from_service_account_file(exports["GOOGLE_APPLICATION_CREDENTIALS"], scopes=["https://www.googleapis.com/auth/cloud-platform"])
-        jobs = run_v2.JobsClient(transport="rest", credentials=credentials, client_options={"api_endpoint": exports["PREFECT_REMOTE_GCP_API_ENDPOINT"]})
+        credentials = service_account.Credentials.from_service_account_file(
+            exports["GOOGLE_APPLICATION_CREDENTIALS"], scopes=["https://www.googleapis.com/auth/cloud-platform"]
+        )
+        jobs = run_v2.JobsClient(
+            transport="rest", credentials=credentials, client_options={"api_endpoint": exports["PREFECT_REMOTE_GCP_API_ENDPOINT"]}
+        )
         container = run_v2.Container(image="python:3.12-slim", command=["bash", "-c", _pid_then_sleep(marker)])
         template = run_v2.TaskTemplate(containers=[container], max_retries=0, service_account=exports["PREFECT_REMOTE_GCP_SERVICE_ACCOUNT"])
         parent = f"projects/{exports['PREFECT_REMOTE_GCP_PROJECT']}/locations/{exports['PREFECT_REMOTE_GCP_REGION']}"
-        job = jobs.create_job(parent=parent, job_id="run-0123456789ab", job=run_v2.Job(template=run_v2.ExecutionTemplate(template=template))).result()
+        job = jobs.create_job(
+            parent=parent, job_id="run-0123456789ab", job=run_v2.Job(template=run_v2.ExecutionTemplate(template=template))
+        ).result()
         jobs.run_job(name=job.name)

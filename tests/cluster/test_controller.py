@@ -32,8 +32,18 @@ def test_the_scheduler_renews_itself_and_500_workers_in_one_call_per_interval(mo
     workers = [Machine(id=f"m-w{i}", provider="local", state="pending", instance_type="local", created=0.0) for i in range(500)]
     monkeypatch.setattr(controller_module, "launch_workers", lambda *args, **kwargs: workers)
     worker = WorkerPlan(spec={}, secrets={}, command=["python"], env={}, nthreads=1, memory_limit=2**30)
-    plan = ClusterPlan(name="c", provider="counting", provider_options={}, credentials="{}", keepalive=30.0,
-                       idle_timeout=None, minimum=0, maximum=500, adaptive=True, worker=worker)
+    plan = ClusterPlan(
+        name="c",
+        provider="counting",
+        provider_options={},
+        credentials="{}",
+        keepalive=30.0,
+        idle_timeout=None,
+        minimum=0,
+        maximum=500,
+        adaptive=True,
+        worker=worker,
+    )
     controller = ClusterController(plan, "m-scheduler")
     asyncio.run(controller.pool.scale_up(500))
     for _ in range(400):  # 50 simulated seconds, checked as often as the controller's loop ticks

@@ -56,7 +56,9 @@ def ec2(aws):
     """A plain boto3 client of the sandbox's EC2, with its own credentials (tests take the environment's away)."""
     environ = aws.environ()
     session = boto3.session.Session(
-        region_name=environ["AWS_DEFAULT_REGION"], aws_access_key_id=environ["AWS_ACCESS_KEY_ID"], aws_secret_access_key=environ["AWS_SECRET_ACCESS_KEY"]
+        region_name=environ["AWS_DEFAULT_REGION"],
+        aws_access_key_id=environ["AWS_ACCESS_KEY_ID"],
+        aws_secret_access_key=environ["AWS_SECRET_ACCESS_KEY"],
     )
     return session.client("ec2", endpoint_url=environ["AWS_ENDPOINT_URL"])
 
@@ -175,7 +177,11 @@ def test_every_result_arrives_when_a_worker_instance_is_terminated_mid_map(aws, 
     assert received == list(range(80))  # Dask ran again what the lost worker held
     wait_for(lambda: state(ec2, victim) == "terminated", timeout=10, message="the victim terminated")
     # The controller replaces it with a new instance.
-    wait_for(lambda: {w["InstanceId"] for w in role(ec2, nap.cluster_name, "worker")} - before, timeout=30, message="a replacement worker instance")
+    wait_for(
+        lambda: {w["InstanceId"] for w in role(ec2, nap.cluster_name, "worker")} - before,
+        timeout=30,
+        message="a replacement worker instance",
+    )
 
 
 def test_closing_a_functions_cluster_terminates_its_instances(aws, ec2, double):
@@ -258,7 +264,9 @@ def test_a_killed_client_leaves_no_instance_behind(aws, ec2, tmp_path):
     sandbox to end machines (an instance is shutting-down until its machine has stopped)."""
     keepalive, name = 10.0, "aws-killed-client"
     (tmp_path / "client.py").write_text(KILLED_CLIENT)
-    client = subprocess.Popen([sys.executable, "client.py", name, str(keepalive)], cwd=tmp_path, stdout=subprocess.PIPE, text=True, env=os.environ)
+    client = subprocess.Popen(
+        [sys.executable, "client.py", name, str(keepalive)], cwd=tmp_path, stdout=subprocess.PIPE, text=True, env=os.environ
+    )
     try:
         assert client.stdout.readline().strip() == "ready"
         launched = {i["InstanceId"] for i in instances(ec2, name)}
@@ -268,7 +276,12 @@ def test_a_killed_client_leaves_no_instance_behind(aws, ec2, tmp_path):
         client.wait()
     killed = time.monotonic()
     bound = keepalive + KEEPALIVE_BACKSTOP + LEASE_INTERVAL + 5.0
-    wait_for(lambda: all(state(ec2, i) == "terminated" for i in launched), timeout=bound, interval=0.2, message=f"every instance terminated within {bound:.0f}s")
+    wait_for(
+        lambda: all(state(ec2, i) == "terminated" for i in launched),
+        timeout=bound,
+        interval=0.2,
+        message=f"every instance terminated within {bound:.0f}s",
+    )
     print(f"every instance of the killed client's cluster terminated {time.monotonic() - killed:.1f}s after the kill (bound {bound:.0f}s)")
     assert time.monotonic() - killed > keepalive - 1  # not before keepalive: another client may attach in the meantime
     assert instances(ec2, name) == []
@@ -282,7 +295,10 @@ def test_spot_without_capacity_fails_the_first_call_and_leaves_no_instance(aws, 
     def never(x: int) -> int:
         return x
 
-    with pytest.raises(CapacityError, match=r"spot capacity unavailable for t3a\.nano in us-east-1 \(InsufficientInstanceCapacity\); try spot_policy='spot_with_fallback'"):
+    with pytest.raises(
+        CapacityError,
+        match=r"spot capacity unavailable for t3a\.nano in us-east-1 \(InsufficientInstanceCapacity\); try spot_policy='spot_with_fallback'",
+    ):
         never(1)
     # The scheduler's instance, launched before the workers were refused, is gone with its credentials.
     assert instances(ec2, never.cluster_name) == []
@@ -348,11 +364,15 @@ def test_no_spot_capacity_for_a_cluster(aws, ec2, no_capacity, caplog):
         wait_for(lambda: told(fallback, "prefect_remote.cluster"), timeout=10, message="the controller's fallback, told here")
         no_capacity.add("on-demand")
         cluster.scale(3)
-        refused = "could not launch 1 worker machine(s): no spot or on-demand capacity for t3a.nano in us-east-1 (InsufficientInstanceCapacity)"
+        refused = (
+            "could not launch 1 worker machine(s): no spot or on-demand capacity for t3a.nano in us-east-1 (InsufficientInstanceCapacity)"
+        )
         wait_for(lambda: told(refused, "prefect_remote.cluster"), timeout=10, message="the refusal, told here")
         time.sleep(5)
         tries = told(refused, "prefect_remote.cluster")
-        assert 2 <= len(tries) <= 3 and tries[-1].endswith(("trying again in 4s", "trying again in 8s")), tries  # not at every scaling decision
+        assert 2 <= len(tries) <= 3 and tries[-1].endswith(("trying again in 4s", "trying again in 8s")), (
+            tries
+        )  # not at every scaling decision
         assert len(role(ec2, name, "worker")) == 2
         no_capacity.clear()
         wait_for(lambda: len(role(ec2, name, "worker")) == 3, timeout=20, message="the third worker, once there is capacity")
@@ -363,7 +383,10 @@ def test_no_spot_capacity_for_a_cluster(aws, ec2, no_capacity, caplog):
 BAD_SPECS = [
     ({"vm_type": "m9z.huge"}, r"vm_type=\['m9z.huge'\]: not an instance type offered in us-east-1; `aws ec2 describe-instance-types"),
     ({"cpu": 1, "memory": "512 GiB"}, r"no instance type meets 1 cpu, 512 GiB \(x86_64\); loosen cpu/memory or name a vm_type"),
-    ({"vm_type": "m6i.large", "arm": True}, r"arm=True, but vm_type=\['m6i.large'\] is x86_64; name a Graviton \(arm64\) type instead such as \S+"),
+    (
+        {"vm_type": "m6i.large", "arm": True},
+        r"arm=True, but vm_type=\['m6i.large'\] is x86_64; name a Graviton \(arm64\) type instead such as \S+",
+    ),
 ]
 
 

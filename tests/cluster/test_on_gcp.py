@@ -116,7 +116,9 @@ def told(caplog, fragment: str, logger: str) -> list[str]:
 def gcp_function(func):
     """``func`` on gcp machines with 2 CPUs, a secret in their environment, and no ``software=``:
     automatic package sync captures this environment into the gs:// store."""
-    return prefect_remote.function(provider="gcp", cpu=2, n_workers=2, keepalive="10 seconds", environ={"PR_TEST_TOKEN": SecretStr(TOKEN)})(func)
+    return prefect_remote.function(provider="gcp", cpu=2, n_workers=2, keepalive="10 seconds", environ={"PR_TEST_TOKEN": SecretStr(TOKEN)})(
+        func
+    )
 
 
 @pytest.fixture(scope="module")
@@ -174,7 +176,9 @@ def test_a_function_calls_submits_and_maps_on_compute_engine_vms(gcp, compute, d
         assert worker.scheduling.provisioning_model == "STANDARD"
         assert worker.labels[LAUNCH_LABEL].startswith("launch-")
         metadata = {item.key: item.value for item in worker.metadata.items}
-        assert json.loads(metadata["prefect-remote-tags"])[CLUSTER_TAG] == double.cluster_name and metadata["prefect-remote-spec"] == "2 cpu"
+        assert (
+            json.loads(metadata["prefect-remote-tags"])[CLUSTER_TAG] == double.cluster_name and metadata["prefect-remote-spec"] == "2 cpu"
+        )
     assert scheduler.status == "RUNNING"
     assert cluster.scheduler_machine.id == scheduler.name and cluster.scheduler_address.startswith("tls://")
     for vm in [scheduler, *workers]:  # each VM runs as a machine of the sandbox's instance runner
@@ -362,7 +366,9 @@ def test_a_killed_client_leaves_no_vm_behind(gcp, compute, tmp_path):
     wedged scheduler would take KEEPALIVE_BACKSTOP longer: its agent ends it by its lease.)"""
     keepalive, name = 10.0, "gcp-killed-client"
     (tmp_path / "client.py").write_text(KILLED_CLIENT)
-    client = subprocess.Popen([sys.executable, "client.py", name, str(keepalive)], cwd=tmp_path, stdout=subprocess.PIPE, text=True, env=os.environ)
+    client = subprocess.Popen(
+        [sys.executable, "client.py", name, str(keepalive)], cwd=tmp_path, stdout=subprocess.PIPE, text=True, env=os.environ
+    )
     try:
         assert client.stdout.readline().strip() == "ready"
         launched = names(vms(compute, name))
@@ -387,13 +393,18 @@ def test_a_spot_stock_out_falls_back_to_standard_vms_and_says_so(gcp, compute, c
     fallback = "as a standard VM (spot_with_fallback)"
     gcp.compute.refuse_spot(times=2)  # the scheduler is standard; both workers' spot inserts are refused
     try:
-        with RemoteCluster(name=name, provider="gcp", cpu=2, spot_policy="spot_with_fallback", n_workers=1, keepalive="10 seconds") as cluster:
+        with RemoteCluster(
+            name=name, provider="gcp", cpu=2, spot_policy="spot_with_fallback", n_workers=1, keepalive="10 seconds"
+        ) as cluster:
             assert told(caplog, fallback, "prefect_remote.providers.gcp")  # the first worker, launched by this process
             cluster.scale(2)
             wait_for(lambda: len(role(compute, name, "worker")) == 2, timeout=30, message="a second worker VM")
             assert {vm.scheduling.provisioning_model for vm in role(compute, name, "worker")} == {"STANDARD"}
             wait_for(lambda: told(caplog, fallback, "prefect_remote.cluster"), timeout=10, message="the controller's fallback, told here")
-            assert "no spot capacity for e2-highcpu-2 in us-central1-a (ZONE_RESOURCE_POOL_EXHAUSTED)" in told(caplog, fallback, "prefect_remote.cluster")[0]
+            assert (
+                "no spot capacity for e2-highcpu-2 in us-central1-a (ZONE_RESOURCE_POOL_EXHAUSTED)"
+                in told(caplog, fallback, "prefect_remote.cluster")[0]
+            )
     finally:
         gcp.compute._refuse_spot.clear()  # (none left when the test passes)
     wait_for(lambda: vms(compute, name, alive=False) == [], timeout=30, message="every VM deleted")

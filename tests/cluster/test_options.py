@@ -51,7 +51,13 @@ def test_unknown_provider_and_impossible_spec():
 
 def test_bad_decorator_arguments_start_nothing():
     before = machine_folders()
-    for arguments in ({"n_workers": [5, 2]}, {"threads_per_worker": 0}, {"keepalive": "never"}, {"provider": "nowhere"}, {"container": "img:1"}):
+    for arguments in (
+        {"n_workers": [5, 2]},
+        {"threads_per_worker": 0},
+        {"keepalive": "never"},
+        {"provider": "nowhere"},
+        {"container": "img:1"},
+    ):
         with pytest.raises((ValueError, LookupError)):
 
             @prefect_remote.function(**arguments)
@@ -99,7 +105,9 @@ def test_a_provider_without_inbound_connections_is_refused_before_anything_start
     with pytest.raises(CapabilityError, match="does not accept inbound connections"):
         prefect_remote.function(provider=NoInbound(isolation="process"))(len)
     with pytest.raises(CapabilityError, match="does not end machines one at a time, which a Dask cluster needs to scale down"):
-        ClusterOptions.build(provider=type("NoSingleEnd", (LocalProvider,), {"name": "x", "capabilities": Capabilities(terminate_one=False)})())
+        ClusterOptions.build(
+            provider=type("NoSingleEnd", (LocalProvider,), {"name": "x", "capabilities": Capabilities(terminate_one=False)})()
+        )
     with pytest.raises(CapabilityError, match="'local' does not run containers, which container='img:1' needs"):
         ClusterOptions.build(container="img:1")
     assert machine_folders() == before

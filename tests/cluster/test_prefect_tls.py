@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ssl
+from pathlib import Path
 
 import pytest
 from prefect.client import orchestration
@@ -36,10 +37,10 @@ def test_a_changed_ca_file_is_loaded_again(shared, tmp_path):
     import certifi
 
     bundle = tmp_path / "ca.pem"
-    bundle.write_bytes(open(certifi.where(), "rb").read())
+    bundle.write_bytes(Path(certifi.where()).read_bytes())
     first = orchestration.ssl.create_default_context(cafile=str(bundle))
     assert orchestration.ssl.create_default_context(cafile=str(bundle)) is first
-    bundle.write_bytes(open(certifi.where(), "rb").read() + b"\n")
+    bundle.write_bytes(Path(certifi.where()).read_bytes() + b"\n")
     import os
 
     os.utime(bundle, ns=(0, 1))  # a different mtime, as a rewrite would leave

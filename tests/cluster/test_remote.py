@@ -32,7 +32,10 @@ def workers_connected(client: Client) -> int:
 
 
 def test_cluster_runs_scales_logs_and_closes(local_provider):
-    with RemoteCluster(n_workers=1, cpu=1, memory="1 GiB", provider=local_provider, keepalive="1 minute") as cluster, Client(cluster) as client:
+    with (
+        RemoteCluster(n_workers=1, cpu=1, memory="1 GiB", provider=local_provider, keepalive="1 minute") as cluster,
+        Client(cluster) as client,
+    ):
         assert cluster.scheduler_address.startswith("tls://")
         assert client.submit(lambda x: x + 1, 41).result() == 42
         assert cluster.dashboard_link.startswith("http://") and cluster.dashboard_link.endswith("/status")
@@ -95,7 +98,12 @@ CLIENT = textwrap.dedent(
 
 
 def start_client(argument: int, script) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, str(script), str(argument)], stdout=subprocess.PIPE, text=True, env={**os.environ, "PREFECT_REMOTE_LOCAL_ISOLATION": "process"})
+    return subprocess.Popen(
+        [sys.executable, str(script), str(argument)],
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PREFECT_REMOTE_LOCAL_ISOLATION": "process"},
+    )
 
 
 def test_warm_attach_from_another_process_and_cleanup_after_clients_are_killed(tmp_path):
@@ -116,7 +124,12 @@ def test_warm_attach_from_another_process_and_cleanup_after_clients_are_killed(t
                 process.send_signal(signal.SIGKILL)
                 process.wait()
     killed = time.monotonic()
-    wait_for(lambda: not cluster_machines(provider, "warm-test"), timeout=4 + 10, interval=0.2, message="every machine gone within keepalive + 10 s")
+    wait_for(
+        lambda: not cluster_machines(provider, "warm-test"),
+        timeout=4 + 10,
+        interval=0.2,
+        message="every machine gone within keepalive + 10 s",
+    )
     assert time.monotonic() - killed <= 14
 
 

@@ -34,7 +34,18 @@ def test_a_listening_scheduler_the_host_cannot_reach_is_reported_as_unreachable(
     [machine] = provider.launch(MachineSpec(), BootPayload(["python", "-c", code]))
     wait_for(lambda: "listening at" in provider.logs(machine.id).text, message="the scheduler listening")
     # The host sends the machine's frames to a MAC nobody has: what a stale neighbour entry did.
-    blackhole = ["ip", "neigh", "replace", machine.public_address, "lladdr", "02:00:00:00:00:02", "dev", provider.bridge.name, "nud", "permanent"]
+    blackhole = [
+        "ip",
+        "neigh",
+        "replace",
+        machine.public_address,
+        "lladdr",
+        "02:00:00:00:00:02",
+        "dev",
+        provider.bridge.name,
+        "nud",
+        "permanent",
+    ]
     subprocess.run(blackhole, check=True)
 
     async def start() -> None:
@@ -46,5 +57,7 @@ def test_a_listening_scheduler_the_host_cannot_reach_is_reported_as_unreachable(
     finally:
         subprocess.run(["ip", "neigh", "del", machine.public_address, "dev", provider.bridge.name])
     message = str(raised.value)
-    assert message.startswith(f"scheduler {machine.id} listening at tls://{machine.public_address}:{PORT}, unreachable from this host: "), message
+    assert message.startswith(f"scheduler {machine.id} listening at tls://{machine.public_address}:{PORT}, unreachable from this host: "), (
+        message
+    )
     assert "its machine then ended" in message and "ended before accepting connections" not in message

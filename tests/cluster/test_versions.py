@@ -109,7 +109,10 @@ def test_a_cluster_on_another_python_patch_does_not_warn_but_another_package_ver
     repo = Path(__file__).parents[2]
     locked = subprocess.run(
         [find_uv(), "export", "--frozen", "--no-hashes", "--no-header", "--format=requirements-txt", "--all-extras", "--no-emit-project"],
-        cwd=repo, capture_output=True, text=True, check=True,
+        cwd=repo,
+        capture_output=True,
+        text=True,
+        check=True,
     ).stdout
     same, other_toolz = tmp_path / "same.txt", tmp_path / "other-toolz.txt"
     same.write_text(f"-e {repo.as_uri()}\n{locked}")

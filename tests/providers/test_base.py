@@ -89,7 +89,9 @@ def test_capabilities_and_lease_timing_are_checked_before_anything_starts():
         name = "closed"
         capabilities = Capabilities(inbound_connections=False)
 
-    with pytest.raises(CapabilityError, match="provider 'closed' does not accept inbound connections between machines, which inbound=True needs"):
+    with pytest.raises(
+        CapabilityError, match="provider 'closed' does not accept inbound connections between machines, which inbound=True needs"
+    ):
         Closed(isolation="process").check_spec(MachineSpec(inbound=True))
 
 
@@ -99,9 +101,14 @@ def test_require_names_what_needs_the_capability_and_who_has_it():
         capabilities = Capabilities(inbound_connections=False)
 
     require(LocalProvider(), "inbound_connections", "a Dask cluster needs")
-    with pytest.raises(CapabilityError, match="provider 'closed' does not accept inbound connections between machines, which a Dask cluster needs; use a provider that does: aws, gcp, local"):
+    with pytest.raises(
+        CapabilityError,
+        match="provider 'closed' does not accept inbound connections between machines, which a Dask cluster needs; use a provider that does: aws, gcp, local",
+    ):
         require(Closed(), "inbound_connections", "a Dask cluster needs")
-    with pytest.raises(CapabilityError, match="'local' does not run containers, which container='img' needs; use a provider that does: gcp"):
+    with pytest.raises(
+        CapabilityError, match="'local' does not run containers, which container='img' needs; use a provider that does: gcp"
+    ):
         require(LocalProvider(), "containers", "container='img' needs")
 
 

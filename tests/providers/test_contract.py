@@ -55,7 +55,9 @@ def test_logs_read_on_from_a_cursor(provider, timing):
     # The payload prints FIRST and SECOND, which its command line (logged at start) does not contain.
     code = "import time; print('FIR' + 'ST'); time.sleep(1); print('SEC' + 'OND')"
     [machine] = launch(provider, ["python", "-c", code])
-    first = wait_for(lambda: (chunk := provider.logs(machine.id)).text.count("FIRST") and chunk, timeout=timing.wait(5), message="first line")
+    first = wait_for(
+        lambda: (chunk := provider.logs(machine.id)).text.count("FIRST") and chunk, timeout=timing.wait(5), message="first line"
+    )
     assert isinstance(first.cursor, str)
     provider.wait([machine.id], timeout=timing.wait(15))
     rest = provider.logs(machine.id, cursor=first.cursor)

@@ -190,7 +190,6 @@ def test_bad_package_sync_arguments_are_refused_everywhere_before_anything_start
     assert machine_folders() == before
 
 
-
 def test_on_a_machine_its_own_environment_is_reused_never_captured(tmp_path, monkeypatch):
     """A machine whose payload runs a software environment (a flow run deployed with package sync)
     runs the rebuilt environment's interpreter: a cluster it starts runs that same environment, found

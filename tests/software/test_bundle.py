@@ -16,15 +16,30 @@ def tree(root: Path, files: dict[str, str]) -> Path:
 
 
 def test_gitignore_defaults_and_virtualenvs_are_respected(tmp_path):
-    tree(tmp_path, {
-        "flow.py": "x", "data/a.csv": "1", "model.bin": "b",
-        ".gitignore": "*.log\n/build/\n", "run.log": "l", "build/out.txt": "o",
-        "pkg/.gitignore": "cache/\n!keep.log\n", "pkg/mod.py": "m", "pkg/cache/c.py": "c", "pkg/keep.log": "k",
-        "pkg/sub/cache/deep.py": "d",
-        ".git/config": "g", "__pycache__/x.pyc": "p", "node_modules/m.js": "j",
-        "myenv/pyvenv.cfg": "home = /usr", "myenv/lib/site.py": "s",
-        ".env": "TOKEN=x", "certs/server.pem": "p", "deploy.key": "k",
-    })
+    tree(
+        tmp_path,
+        {
+            "flow.py": "x",
+            "data/a.csv": "1",
+            "model.bin": "b",
+            ".gitignore": "*.log\n/build/\n",
+            "run.log": "l",
+            "build/out.txt": "o",
+            "pkg/.gitignore": "cache/\n!keep.log\n",
+            "pkg/mod.py": "m",
+            "pkg/cache/c.py": "c",
+            "pkg/keep.log": "k",
+            "pkg/sub/cache/deep.py": "d",
+            ".git/config": "g",
+            "__pycache__/x.pyc": "p",
+            "node_modules/m.js": "j",
+            "myenv/pyvenv.cfg": "home = /usr",
+            "myenv/lib/site.py": "s",
+            ".env": "TOKEN=x",
+            "certs/server.pem": "p",
+            "deploy.key": "k",
+        },
+    )
     selected = select_files(tmp_path).files
     assert selected == [".gitignore", "data/a.csv", "flow.py", "model.bin", "pkg/.gitignore", "pkg/keep.log", "pkg/mod.py"]
 

@@ -18,7 +18,9 @@ MINOR = ".".join(HERE.split(".")[:2])
 
 
 def version_of(venv: Path) -> str:
-    asked = subprocess.run([venv / "bin" / "python", "-c", "import platform; print(platform.python_version())"], capture_output=True, text=True)
+    asked = subprocess.run(
+        [venv / "bin" / "python", "-c", "import platform; print(platform.python_version())"], capture_output=True, text=True
+    )
     return asked.stdout.strip()
 
 
@@ -37,7 +39,7 @@ def test_the_captured_version_when_this_machine_has_it(tmp_path):
 
 
 def test_a_patch_out_of_reach_falls_back_at_once_to_the_same_minor_and_says_why(tmp_path):
-    wanted = f"{MINOR}.9" if HERE != f"{MINOR}.9" else f"{MINOR}.8"  # a patch uv knows how to download
+    wanted = f"{MINOR}.9" if f"{MINOR}.9" != HERE else f"{MINOR}.8"  # a patch uv knows how to download
     started = time.monotonic()
     why = _make_venv(tmp_path / "venv", {"python": wanted, "packages": []}, find_uv(), unreachable_downloads(tmp_path))
     assert time.monotonic() - started < 5  # no retries of a host that is out of reach

@@ -79,7 +79,9 @@ def test_no_credentials(monkeypatch, tmp_path):
     monkeypatch.setenv("NO_GCE_CHECK", "True")
     store = open_store("gs://pr-test-any-bucket/envs")
     for action in (lambda: store.put_bytes(b"hello"), lambda: store.get_bytes(HELLO)):
-        with pytest.raises(StoreError, match="no Google Cloud credentials found .*gcloud auth application-default login.*GOOGLE_APPLICATION_CREDENTIALS"):
+        with pytest.raises(
+            StoreError, match="no Google Cloud credentials found .*gcloud auth application-default login.*GOOGLE_APPLICATION_CREDENTIALS"
+        ):
             action()
 
 
@@ -91,9 +93,13 @@ class Refusing(BaseHTTPRequestHandler):
     def _refuse(self) -> None:
         length = int(self.headers.get("Content-Length") or 0)
         self.rfile.read(length)
-        message = {403: "tester@example.iam.gserviceaccount.com does not have storage.objects.create access to the Google Cloud Storage object.",
-                   401: "Invalid Credentials"}[self.status]
-        body = json.dumps({"error": {"code": self.status, "message": message, "errors": [{"message": message, "reason": "forbidden"}]}}).encode()
+        message = {
+            403: "tester@example.iam.gserviceaccount.com does not have storage.objects.create access to the Google Cloud Storage object.",
+            401: "Invalid Credentials",
+        }[self.status]
+        body = json.dumps(
+            {"error": {"code": self.status, "message": message, "errors": [{"message": message, "reason": "forbidden"}]}}
+        ).encode()
         self.send_response(self.status)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(body)))
@@ -117,7 +123,9 @@ def test_refusals_name_the_fix(monkeypatch, status):
         if status == 403:
             expected = r"access denied: storage.objects.get on blobs/\w+ in gs://pr-test-bucket/envs \(tester@example.iam.gserviceaccount.com does not have .* roles/storage.objectAdmin .*add-iam-policy-binding gs://pr-test-bucket"
         else:
-            expected = r"Google Cloud refused the credentials used for the store gs://pr-test-bucket/envs .*gcloud auth application-default login"
+            expected = (
+                r"Google Cloud refused the credentials used for the store gs://pr-test-bucket/envs .*gcloud auth application-default login"
+            )
         with pytest.raises(StoreError, match=expected):
             store.put_bytes(b"hello")
     finally:

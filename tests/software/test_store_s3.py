@@ -125,8 +125,15 @@ def test_missing_bucket_says_how_to_make_it(aws_env):
 
 def test_no_credentials(aws_env, monkeypatch, tmp_path):
     # Nothing in boto3's chain: no variables, empty config files, no instance metadata.
-    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE", "AWS_WEB_IDENTITY_TOKEN_FILE",
-                 "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI", "AWS_CONTAINER_CREDENTIALS_FULL_URI"):
+    for name in (
+        "AWS_ACCESS_KEY_ID",
+        "AWS_SECRET_ACCESS_KEY",
+        "AWS_SESSION_TOKEN",
+        "AWS_PROFILE",
+        "AWS_WEB_IDENTITY_TOKEN_FILE",
+        "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI",
+        "AWS_CONTAINER_CREDENTIALS_FULL_URI",
+    ):
         monkeypatch.delenv(name, raising=False)
     for name in ("AWS_CONFIG_FILE", "AWS_SHARED_CREDENTIALS_FILE"):
         empty = tmp_path / name.lower()
@@ -156,7 +163,9 @@ def test_access_denied_names_the_permissions(aws_env):
     bucket = new_bucket()
     store = open_store(f"s3://{bucket}/envs")
     refuse(store, "PutObject")
-    with pytest.raises(StoreError, match=rf"access denied: s3:PutObject .* s3:PutObject and s3:DeleteObject on arn:aws:s3:::{bucket}/envs/\*"):
+    with pytest.raises(
+        StoreError, match=rf"access denied: s3:PutObject .* s3:PutObject and s3:DeleteObject on arn:aws:s3:::{bucket}/envs/\*"
+    ):
         store.put_bytes(b"hello")
     refuse(store, "ListObjectsV2")
     with pytest.raises(StoreError, match=rf"access denied: s3:ListBucket .* s3:ListBucket on arn:aws:s3:::{bucket}"):

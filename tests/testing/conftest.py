@@ -11,7 +11,9 @@ def google(gcp_sandbox):
     each with the launcher's service-account key and ``client_options={"api_endpoint": …}``."""
     from google.oauth2 import service_account
 
-    credentials = service_account.Credentials.from_service_account_file(str(gcp_sandbox.key_file), scopes=["https://www.googleapis.com/auth/cloud-platform"])
+    credentials = service_account.Credentials.from_service_account_file(
+        str(gcp_sandbox.key_file), scopes=["https://www.googleapis.com/auth/cloud-platform"]
+    )
     options = {"api_endpoint": gcp_sandbox.url}
 
     class Clients:

@@ -15,7 +15,6 @@ compute_v1 = pytest.importorskip("google.cloud.compute_v1")
 from google.api_core import exceptions  # noqa: E402
 from google.oauth2 import service_account  # noqa: E402
 
-
 DEBIAN = "projects/debian-cloud/global/images/family/debian-12"
 PROJECT = "sandbox-project"  # SandboxGCP's default
 ZONE = "us-central1-a"
@@ -31,7 +30,9 @@ def sandbox(gcp_sandbox):
 @pytest.fixture(scope="module")
 def clients(sandbox) -> dict[str, Any]:
     """Compute Engine's clients as the product makes them: the launcher's key, the sandbox's endpoint."""
-    credentials = service_account.Credentials.from_service_account_file(str(sandbox.key_file), scopes=["https://www.googleapis.com/auth/cloud-platform"])
+    credentials = service_account.Credentials.from_service_account_file(
+        str(sandbox.key_file), scopes=["https://www.googleapis.com/auth/cloud-platform"]
+    )
     options = {"api_endpoint": sandbox.url}
     make = {
         "instances": compute_v1.InstancesClient,
@@ -63,7 +64,17 @@ def wait_for(predicate, timeout: float = 20, message: str = "condition") -> Any:
     raise AssertionError(f"timed out after {timeout}s waiting for {message}")
 
 
-def vm(name: str, machine_type: str = "e2-standard-2", script: str | None = None, *, spot: bool = False, action: str | None = None, labels: dict[str, str] | None = None, zone: str = ZONE, image: str = DEBIAN) -> Any:
+def vm(
+    name: str,
+    machine_type: str = "e2-standard-2",
+    script: str | None = None,
+    *,
+    spot: bool = False,
+    action: str | None = None,
+    labels: dict[str, str] | None = None,
+    zone: str = ZONE,
+    image: str = DEBIAN,
+) -> Any:
     """An instance resource as the product builds one."""
     scheduling = compute_v1.Scheduling(provisioning_model="SPOT" if spot else "STANDARD")
     if action:
@@ -75,8 +86,14 @@ def vm(name: str, machine_type: str = "e2-standard-2", script: str | None = None
         labels=labels or {"prefect-remote-launch": "l1"},
         metadata=compute_v1.Metadata(items=items),
         scheduling=scheduling,
-        disks=[compute_v1.AttachedDisk(boot=True, auto_delete=True, initialize_params=compute_v1.AttachedDiskInitializeParams(source_image=image, disk_size_gb=20))],
-        network_interfaces=[compute_v1.NetworkInterface(access_configs=[compute_v1.AccessConfig(name="External NAT", type_="ONE_TO_ONE_NAT")])],
+        disks=[
+            compute_v1.AttachedDisk(
+                boot=True, auto_delete=True, initialize_params=compute_v1.AttachedDiskInitializeParams(source_image=image, disk_size_gb=20)
+            )
+        ],
+        network_interfaces=[
+            compute_v1.NetworkInterface(access_configs=[compute_v1.AccessConfig(name="External NAT", type_="ONE_TO_ONE_NAT")])
+        ],
         service_accounts=[compute_v1.ServiceAccount(email=ACCOUNT, scopes=["https://www.googleapis.com/auth/cloud-platform"])],
     )
 
@@ -122,7 +139,10 @@ def test_machine_types_zones_images(clients, sandbox):
     assert clients["machine_types"].get(project=PROJECT, zone=ZONE, machine_type="c3-standard-22").memory_mb == 22 * 4096
     assert [z.status for z in clients["zones"].list(project=PROJECT)] == ["UP"] * len(sandbox.zones)
     image = clients["images"].get_from_family(project="ubuntu-os-cloud", family="ubuntu-2404-lts-arm64")
-    assert image.architecture == "ARM64" and clients["images"].get(project="ubuntu-os-cloud", image=image.name).family == "ubuntu-2404-lts-arm64"
+    assert (
+        image.architecture == "ARM64"
+        and clients["images"].get(project="ubuntu-os-cloud", image=image.name).family == "ubuntu-2404-lts-arm64"
+    )
 
 
 # -- instances that run -----------------------------------------------------------------------------------
@@ -130,7 +150,10 @@ def test_startup_script_runs_and_delete_ends_it(clients, sandbox, tmp_path):
     marker = tmp_path / "ran"
     # The script asks its metadata server who it is, as the product's machine side does.
     ask = "import os, urllib.request as u\nrequest = u.Request('http://' + os.environ['GCE_METADATA_HOST'] + '/computeMetadata/v1/instance/name', headers={'Metadata-Flavor': 'Google'})\nprint(u.urlopen(request).read().decode())\n"
-    insert(clients, vm("vm-runs", script=f"#!/bin/bash\n{sys.executable} - > {marker}.tmp <<'PY'\n{ask}PY\nmv {marker}.tmp {marker}\nexec sleep 600\n"))
+    insert(
+        clients,
+        vm("vm-runs", script=f"#!/bin/bash\n{sys.executable} - > {marker}.tmp <<'PY'\n{ask}PY\nmv {marker}.tmp {marker}\nexec sleep 600\n"),
+    )
     instance = get(clients, "vm-runs")
     assert instance.status == "RUNNING" and instance.labels == {"prefect-remote-launch": "l1"}
     machine = sandbox.runner.machines.describe(sandbox.runner.machine_of("gce:vm-runs"))
@@ -139,11 +162,17 @@ def test_startup_script_runs_and_delete_ends_it(clients, sandbox, tmp_path):
     wait_for(marker.exists, message="the startup script ran")
     assert marker.read_text().strip() == "vm-runs"
     # list with the product's filters
-    listed = clients["instances"].list(request=compute_v1.ListInstancesRequest(project=PROJECT, zone=ZONE, filter='labels.prefect-remote-launch = "l1" AND status != TERMINATED'))
+    listed = clients["instances"].list(
+        request=compute_v1.ListInstancesRequest(
+            project=PROJECT, zone=ZONE, filter='labels.prefect-remote-launch = "l1" AND status != TERMINATED'
+        )
+    )
     assert [i.name for i in listed] == ["vm-runs"]
     none = compute_v1.ListInstancesRequest(project=PROJECT, zone=ZONE, filter='(labels.prefect-remote-launch = "l2") (name = "vm-runs")')
     assert list(clients["instances"].list(request=none)) == []
-    scopes = dict(clients["instances"].aggregated_list(request=compute_v1.AggregatedListInstancesRequest(project=PROJECT, filter="name = vm-runs")))
+    scopes = dict(
+        clients["instances"].aggregated_list(request=compute_v1.AggregatedListInstancesRequest(project=PROJECT, filter="name = vm-runs"))
+    )
     assert [i.name for i in scopes[f"zones/{ZONE}"].instances] == ["vm-runs"] and not scopes["zones/us-central1-b"].instances
     # delete: STOPPING while the machine stops, then gone (and its metadata with it)
     operation = clients["instances"].delete(project=PROJECT, zone=ZONE, instance="vm-runs")
@@ -173,12 +202,20 @@ def test_guest_shutdown_stops_the_instance_and_google_deletes_with_delete(client
 def test_labels_and_metadata_fingerprints(clients):
     insert(clients, vm("vm-fingerprints"))
     instance = get(clients, "vm-fingerprints")
-    request = compute_v1.InstancesSetLabelsRequest(labels={"prefect-remote-launch": "l1", "ended": "yes"}, label_fingerprint=instance.label_fingerprint)
-    clients["instances"].set_labels(project=PROJECT, zone=ZONE, instance="vm-fingerprints", instances_set_labels_request_resource=request).result()
+    request = compute_v1.InstancesSetLabelsRequest(
+        labels={"prefect-remote-launch": "l1", "ended": "yes"}, label_fingerprint=instance.label_fingerprint
+    )
+    clients["instances"].set_labels(
+        project=PROJECT, zone=ZONE, instance="vm-fingerprints", instances_set_labels_request_resource=request
+    ).result()
     with pytest.raises(exceptions.PreconditionFailed):  # the old fingerprint no longer holds
-        clients["instances"].set_labels(project=PROJECT, zone=ZONE, instance="vm-fingerprints", instances_set_labels_request_resource=request)
+        clients["instances"].set_labels(
+            project=PROJECT, zone=ZONE, instance="vm-fingerprints", instances_set_labels_request_resource=request
+        )
     assert get(clients, "vm-fingerprints").labels["ended"] == "yes"
-    metadata = compute_v1.Metadata(items=[compute_v1.Items(key="prefect-remote-end", value="done")], fingerprint=instance.metadata.fingerprint)
+    metadata = compute_v1.Metadata(
+        items=[compute_v1.Items(key="prefect-remote-end", value="done")], fingerprint=instance.metadata.fingerprint
+    )
     clients["instances"].set_metadata(project=PROJECT, zone=ZONE, instance="vm-fingerprints", metadata_resource=metadata).result()
     with pytest.raises(exceptions.PreconditionFailed):
         clients["instances"].set_metadata(project=PROJECT, zone=ZONE, instance="vm-fingerprints", metadata_resource=metadata)
@@ -193,7 +230,9 @@ def test_bad_inserts_are_refused_as_google_does(clients, sandbox):
         insert(clients, vm("vm-bad", "e2-giant-9"))
     with pytest.raises(exceptions.BadRequest, match=f"g2-standard-4' does not exist in zone '{sandbox.zones[-1]}'"):
         insert(clients, vm("vm-bad", "g2-standard-4", zone=sandbox.zones[-1]), zone=sandbox.zones[-1])
-    with pytest.raises(exceptions.BadRequest, match=r"boot disk architecture \(X86_64\) is not compatible with machine type architecture \(ARM64\)"):
+    with pytest.raises(
+        exceptions.BadRequest, match=r"boot disk architecture \(X86_64\) is not compatible with machine type architecture \(ARM64\)"
+    ):
         insert(clients, vm("vm-bad", "t2a-standard-4"))
     with pytest.raises(exceptions.BadRequest, match="resource.name"):
         insert(clients, vm("Bad_Name"))
@@ -211,7 +250,9 @@ def test_bad_inserts_are_refused_as_google_does(clients, sandbox):
     with pytest.raises(exceptions.Conflict, match="already exists"):
         insert(clients, vm("vm-twice"))
     t4 = vm("vm-t4", "n1-standard-4")
-    t4.guest_accelerators = [compute_v1.AcceleratorConfig(accelerator_type=f"zones/{ZONE}/acceleratorTypes/nvidia-tesla-t4", accelerator_count=1)]
+    t4.guest_accelerators = [
+        compute_v1.AcceleratorConfig(accelerator_type=f"zones/{ZONE}/acceleratorTypes/nvidia-tesla-t4", accelerator_count=1)
+    ]
     t4.scheduling.on_host_maintenance = "TERMINATE"
     insert(clients, t4)
     assert get(clients, "vm-t4").guest_accelerators[0].accelerator_count == 1
@@ -247,11 +288,17 @@ def test_firewall_crud(clients):
     got = firewalls.get(project=PROJECT, firewall="prefect-remote-dask")
     assert (got.direction, got.priority, list(got.source_ranges)) == ("INGRESS", 1000, ["203.0.113.7/32"])
     assert got.allowed[0].I_p_protocol == "tcp" and list(got.allowed[0].ports) == ["8786-8787"]
-    firewalls.patch(project=PROJECT, firewall="prefect-remote-dask", firewall_resource=compute_v1.Firewall(source_ranges=["198.51.100.0/24"])).result()
+    firewalls.patch(
+        project=PROJECT, firewall="prefect-remote-dask", firewall_resource=compute_v1.Firewall(source_ranges=["198.51.100.0/24"])
+    ).result()
     assert list(firewalls.get(project=PROJECT, firewall="prefect-remote-dask").source_ranges) == ["198.51.100.0/24"]
-    assert [f.name for f in firewalls.list(request=compute_v1.ListFirewallsRequest(project=PROJECT, filter="name = prefect-remote-dask"))] == ["prefect-remote-dask"]
+    assert [
+        f.name for f in firewalls.list(request=compute_v1.ListFirewallsRequest(project=PROJECT, filter="name = prefect-remote-dask"))
+    ] == ["prefect-remote-dask"]
     with pytest.raises(exceptions.BadRequest, match="sourceRanges"):
-        firewalls.patch(project=PROJECT, firewall="prefect-remote-dask", firewall_resource=compute_v1.Firewall(source_ranges=["not-an-address"]))
+        firewalls.patch(
+            project=PROJECT, firewall="prefect-remote-dask", firewall_resource=compute_v1.Firewall(source_ranges=["not-an-address"])
+        )
     firewalls.delete(project=PROJECT, firewall="prefect-remote-dask").result()
     with pytest.raises(exceptions.NotFound):
         firewalls.get(project=PROJECT, firewall="prefect-remote-dask")
@@ -278,15 +325,39 @@ def test_the_products_instance_shape(clients, sandbox):
         "name": "vm-0123456789ab",
         "machine_type": f"zones/{ZONE}/machineTypes/c4a-standard-4",
         "labels": {"prefect-remote-service": "compute", "prefect-remote-launch": "abc"},
-        "metadata": {"items": [{"key": "startup-script", "value": "#!/bin/bash\nexec sleep 600\n"}, {"key": "prefect-remote-tags", "value": "{}"}]},
+        "metadata": {
+            "items": [{"key": "startup-script", "value": "#!/bin/bash\nexec sleep 600\n"}, {"key": "prefect-remote-tags", "value": "{}"}]
+        },
         "tags": {"items": ["prefect-remote-internal"]},
-        "disks": [{"boot": True, "auto_delete": True, "initialize_params": {"source_image": "projects/debian-cloud/global/images/family/debian-12-arm64", "disk_type": f"zones/{ZONE}/diskTypes/hyperdisk-balanced", "labels": {"prefect-remote-launch": "abc"}}}],
-        "network_interfaces": [{"network": "global/networks/default", "access_configs": [{"name": "External NAT", "type_": "ONE_TO_ONE_NAT"}]}],
+        "disks": [
+            {
+                "boot": True,
+                "auto_delete": True,
+                "initialize_params": {
+                    "source_image": "projects/debian-cloud/global/images/family/debian-12-arm64",
+                    "disk_type": f"zones/{ZONE}/diskTypes/hyperdisk-balanced",
+                    "labels": {"prefect-remote-launch": "abc"},
+                },
+            }
+        ],
+        "network_interfaces": [
+            {"network": "global/networks/default", "access_configs": [{"name": "External NAT", "type_": "ONE_TO_ONE_NAT"}]}
+        ],
         "service_accounts": [{"email": "default", "scopes": ["https://www.googleapis.com/auth/cloud-platform"]}],
-        "scheduling": {"provisioning_model": "SPOT", "instance_termination_action": "DELETE", "automatic_restart": False, "on_host_maintenance": "TERMINATE", "max_run_duration": {"seconds": 7200}},
+        "scheduling": {
+            "provisioning_model": "SPOT",
+            "instance_termination_action": "DELETE",
+            "automatic_restart": False,
+            "on_host_maintenance": "TERMINATE",
+            "max_run_duration": {"seconds": 7200},
+        },
     }
     insert(clients, compute_v1.Instance(body))
-    request = {"project": PROJECT, "zone": ZONE, "filter": '(labels.prefect-remote-service = "compute") AND (labels.prefect-remote-launch = "abc")'}
+    request = {
+        "project": PROJECT,
+        "zone": ZONE,
+        "filter": '(labels.prefect-remote-service = "compute") AND (labels.prefect-remote-launch = "abc")',
+    }
     [instance] = clients["instances"].list(request=request)
     assert instance.service_accounts[0].email == f"{sandbox.project_number}-compute@developer.gserviceaccount.com"
     assert instance.scheduling.instance_termination_action == "DELETE" and instance.creation_timestamp.endswith("-08:00")

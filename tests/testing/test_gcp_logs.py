@@ -12,7 +12,7 @@ from google.cloud.logging import ASCENDING, DESCENDING
 def test_write_list_filter_order_and_pages(google, gcp_sandbox):
     client = google.logging()
     logger = client.logger("prefect-remote-logs-test")
-    start = datetime.datetime.now(datetime.timezone.utc)
+    start = datetime.datetime.now(datetime.UTC)
     for n in range(5):
         stamp = start + datetime.timedelta(seconds=n)
         logger.log_text(f"line {n}", labels={"prefect-remote-machine": "run-a" if n % 2 == 0 else "run-b"}, timestamp=stamp)
@@ -31,7 +31,9 @@ def test_write_list_filter_order_and_pages(google, gcp_sandbox):
     assert [e.payload for e in client.list_entries(filter_=mine, order_by=DESCENDING, max_results=2)] == [{"event": "done"}, "line 4"]
 
     before = gcp_sandbox.calls["logging.entries.list"]
-    everything = [e.payload for e in client.list_entries(filter_=f'{log} labels."prefect-remote-machine":*', page_size=2)]  # (not the client's own diagnostic entry)
+    everything = [
+        e.payload for e in client.list_entries(filter_=f'{log} labels."prefect-remote-machine":*', page_size=2)
+    ]  # (not the client's own diagnostic entry)
     assert everything == ["line 0", "line 1", "line 2", "line 3", "line 4", {"event": "done"}]
     assert gcp_sandbox.calls["logging.entries.list"] - before == 3  # three pages of two, followed by their tokens
 
@@ -47,7 +49,7 @@ def test_write_refuses_what_cloud_logging_refuses(google):
 def test_entries_of_one_timestamp_list_by_insert_id(google):
     client = google.logging()
     logger = client.logger("prefect-remote-logs-ties")
-    stamp = datetime.datetime.now(datetime.timezone.utc)
+    stamp = datetime.datetime.now(datetime.UTC)
     for insert_id in ("m-2", "m-1", "m-3"):
         logger.log_text(insert_id, timestamp=stamp, insert_id=insert_id)
     log = f'logName="projects/{google.project}/logs/prefect-remote-logs-ties" AND textPayload:"m-"'

@@ -28,7 +28,11 @@ print(json.dumps({
 
 
 def test_google_auth_finds_project_and_token_that_the_api_accepts(gcp_sandbox):
-    facts = {"instance/name": "vm-0abc", "instance/zone": f"projects/{gcp_sandbox.project_number}/zones/us-central1-a", "instance/attributes": {"prefect-remote-launch": "l-1"}}
+    facts = {
+        "instance/name": "vm-0abc",
+        "instance/zone": f"projects/{gcp_sandbox.project_number}/zones/us-central1-a",
+        "instance/attributes": {"prefect-remote-launch": "l-1"},
+    }
     gcp_sandbox.metadata.register("vm-0abc", lambda: facts, gcp_sandbox.machine_account)
     try:
         env = {"PATH": "/usr/bin:/bin", "HOME": "/nonexistent", **gcp_sandbox.metadata.env("vm-0abc", gcp_sandbox.url)}
@@ -42,7 +46,9 @@ def test_google_auth_finds_project_and_token_that_the_api_accepts(gcp_sandbox):
         # The token is one the sandbox's APIs accept (an unknown secret: 404, not 401).
         from google.oauth2.credentials import Credentials
 
-        client = secretmanager.SecretManagerServiceClient(transport="rest", credentials=Credentials(seen["token"]), client_options={"api_endpoint": gcp_sandbox.url})
+        client = secretmanager.SecretManagerServiceClient(
+            transport="rest", credentials=Credentials(seen["token"]), client_options={"api_endpoint": gcp_sandbox.url}
+        )
         try:
             client.get_secret(name=f"projects/{gcp_sandbox.project}/secrets/none")
         except Exception as error:

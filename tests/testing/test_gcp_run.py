@@ -27,7 +27,9 @@ def _job(gcp_sandbox, script: str, *, env=(), limits=None, retries: int = 0, tim
         env=list(env),
         resources=run_v2.ResourceRequirements(limits=limits or {"cpu": "1", "memory": "512Mi"}),
     )
-    template = run_v2.TaskTemplate(containers=[container], max_retries=retries, timeout=f"{timeout}s", service_account=gcp_sandbox.machine_account)
+    template = run_v2.TaskTemplate(
+        containers=[container], max_retries=retries, timeout=f"{timeout}s", service_account=gcp_sandbox.machine_account
+    )
     if node_selector:
         template.node_selector = run_v2.NodeSelector(accelerator=node_selector)
     return run_v2.Job(labels={"prefect-remote-launch": "l-test"}, template=run_v2.ExecutionTemplate(task_count=1, template=template))
@@ -40,7 +42,12 @@ def _create(google, gcp_sandbox, job: run_v2.Job) -> run_v2.Job:
 
 def _finished(google, name: str, timeout: float = 30) -> run_v2.Execution:
     executions = google.run("executions")
-    return wait_for(lambda: (e := executions.get_execution(name=name)).completion_time and e, timeout=timeout, interval=0.2, message=f"{name} to complete")
+    return wait_for(
+        lambda: (e := executions.get_execution(name=name)).completion_time and e,
+        timeout=timeout,
+        interval=0.2,
+        message=f"{name} to complete",
+    )
 
 
 def test_a_task_runs_its_command_with_cloud_runs_env_and_reports_its_exit_code(google, gcp_sandbox, tmp_path):
@@ -50,7 +57,9 @@ def test_a_task_runs_its_command_with_cloud_runs_env_and_reports_its_exit_code(g
     assert job.labels["prefect-remote-launch"] == "l-test" and job.template.template.max_retries == 0
     assert google.run("jobs").get_job(name=job.name).name == job.name
 
-    override = run_v2.RunJobRequest.Overrides(container_overrides=[run_v2.RunJobRequest.Overrides.ContainerOverride(args=[script])], task_count=1)
+    override = run_v2.RunJobRequest.Overrides(
+        container_overrides=[run_v2.RunJobRequest.Overrides.ContainerOverride(args=[script])], task_count=1
+    )
     operation = google.run("jobs").run_job(request=run_v2.RunJobRequest(name=job.name, overrides=override))
     execution = _finished(google, operation.metadata.name)
 
@@ -61,8 +70,19 @@ def test_a_task_runs_its_command_with_cloud_runs_env_and_reports_its_exit_code(g
     assert task.last_attempt_result.exit_code == 3  # the machine's own exit code, not 0/1
     assert task.retried == 0 and task.completion_time
     job_id = job.name.rsplit("/", 1)[1]
-    assert out.read_text().split() == [job_id, execution.name.rsplit("/", 1)[1], "0", "0", "1", "hello", f"{gcp_sandbox.runner.reachable_url(gcp_sandbox.url).split('://')[1]}/{execution.name.rsplit('/', 1)[1]}-task0"]
-    assert google.run("jobs").get_job(name=job.name).latest_created_execution.completion_status == run_v2.ExecutionReference.CompletionStatus.EXECUTION_FAILED
+    assert out.read_text().split() == [
+        job_id,
+        execution.name.rsplit("/", 1)[1],
+        "0",
+        "0",
+        "1",
+        "hello",
+        f"{gcp_sandbox.runner.reachable_url(gcp_sandbox.url).split('://')[1]}/{execution.name.rsplit('/', 1)[1]}-task0",
+    ]
+    assert (
+        google.run("jobs").get_job(name=job.name).latest_created_execution.completion_status
+        == run_v2.ExecutionReference.CompletionStatus.EXECUTION_FAILED
+    )
     # What it printed is in Cloud Logging, as Cloud Run puts it there.
     stdout = f'logName="projects/{google.project}/logs/run.googleapis.com%2Fstdout" AND labels."run.googleapis.com/execution_name"="{execution.name.rsplit("/", 1)[1]}"'
     assert [entry.payload for entry in google.logging().list_entries(filter_=stdout)] == ["starting"]
@@ -74,11 +94,21 @@ def test_a_task_runs_its_command_with_cloud_runs_env_and_reports_its_exit_code(g
 
 def test_a_secret_reaches_the_task_and_a_missing_one_fails_it(google, gcp_sandbox, tmp_path):
     client = google.secrets()
-    secret = client.create_secret(parent=f"projects/{google.project}", secret_id=f"prefect-remote-{secrets.token_hex(4)}", secret={"replication": {"automatic": {}}})
+    secret = client.create_secret(
+        parent=f"projects/{google.project}", secret_id=f"prefect-remote-{secrets.token_hex(4)}", secret={"replication": {"automatic": {}}}
+    )
     client.add_secret_version(parent=secret.name, payload={"data": b'{"TOKEN": "s3cret"}'})
     out = tmp_path / "secret"
     reference = run_v2.EnvVarSource(secret_key_ref=run_v2.SecretKeySelector(secret=secret.name.rsplit("/", 1)[1], version="latest"))
-    job = _create(google, gcp_sandbox, _job(gcp_sandbox, f'echo "$PREFECT_REMOTE_SECRETS_JSON" > {out}', env=[run_v2.EnvVar(name="PREFECT_REMOTE_SECRETS_JSON", value_source=reference)]))
+    job = _create(
+        google,
+        gcp_sandbox,
+        _job(
+            gcp_sandbox,
+            f'echo "$PREFECT_REMOTE_SECRETS_JSON" > {out}',
+            env=[run_v2.EnvVar(name="PREFECT_REMOTE_SECRETS_JSON", value_source=reference)],
+        ),
+    )
     assert "s3cret" not in str(google.run("jobs").get_job(name=job.name))  # a reference, never the value
     execution = _finished(google, google.run("jobs").run_job(name=job.name).metadata.name)
     assert execution.succeeded_count == 1
@@ -120,7 +150,11 @@ def test_shapes_cloud_run_refuses(google, gcp_sandbox):
     with pytest.raises(exceptions.BadRequest, match="For 1.0 CPU, memory must be between 512Mi and 4Gi"):
         _create(google, gcp_sandbox, _job(gcp_sandbox, "exit 0", limits={"cpu": "1", "memory": "8Gi"}))
     with pytest.raises(exceptions.BadRequest, match="at least 4 CPU and 16Gi"):
-        _create(google, gcp_sandbox, _job(gcp_sandbox, "exit 0", limits={"cpu": "2", "memory": "8Gi", "nvidia.com/gpu": "1"}, node_selector="nvidia-l4"))
+        _create(
+            google,
+            gcp_sandbox,
+            _job(gcp_sandbox, "exit 0", limits={"cpu": "2", "memory": "8Gi", "nvidia.com/gpu": "1"}, node_selector="nvidia-l4"),
+        )
     with pytest.raises(exceptions.BadRequest, match="timeout"):
         _create(google, gcp_sandbox, _job(gcp_sandbox, "exit 0", timeout=169 * 3600))
     long = _job(gcp_sandbox, "exit 0", timeout=48 * 3600)
@@ -128,7 +162,11 @@ def test_shapes_cloud_run_refuses(google, gcp_sandbox):
         _create(google, gcp_sandbox, long)
     long.launch_stage = launch_stage_pb2.LaunchStage.BETA
     assert _create(google, gcp_sandbox, long).template.template.timeout.total_seconds() == 48 * 3600
-    fine = _create(google, gcp_sandbox, _job(gcp_sandbox, "exit 0", limits={"cpu": "4", "memory": "16Gi", "nvidia.com/gpu": "1"}, node_selector="nvidia-l4", timeout=3600))
+    fine = _create(
+        google,
+        gcp_sandbox,
+        _job(gcp_sandbox, "exit 0", limits={"cpu": "4", "memory": "16Gi", "nvidia.com/gpu": "1"}, node_selector="nvidia-l4", timeout=3600),
+    )
     assert fine.template.template.node_selector.accelerator == "nvidia-l4"
     job = _job(gcp_sandbox, "exit 0")
     job.template.template.service_account = f"nobody@{google.project}.iam.gserviceaccount.com"
@@ -210,5 +248,7 @@ def test_a_task_reaches_the_apis_with_its_service_accounts_token(google, gcp_san
     assert execution.succeeded_count == 1, printed
     [line] = printed
     project, payload, *buckets = line.split()
-    assert (project, payload) == (google.project, "from-secret-manager") and "prefect-remote-sandbox" in buckets, line  # (and other tests' buckets)
+    assert (project, payload) == (google.project, "from-secret-manager") and "prefect-remote-sandbox" in buckets, (
+        line
+    )  # (and other tests' buckets)
     assert gcp_sandbox.calls["storage.GET"] >= 1  # GCS requests are counted with the APIs'

@@ -37,9 +37,13 @@ def test_secret_round_trip_labels_versions_and_errors(google, gcp_sandbox):
         client.access_secret_version(name=f"{secret.name}/versions/9")
 
     client.create_secret(parent=parent, secret_id="unlabelled", secret={"replication": {"automatic": {}}})
-    labelled = [s.name.rsplit("/", 1)[1] for s in client.list_secrets(request={"parent": parent, "filter": "labels.prefect-remote-launch:*"})]
+    labelled = [
+        s.name.rsplit("/", 1)[1] for s in client.list_secrets(request={"parent": parent, "filter": "labels.prefect-remote-launch:*"})
+    ]
     assert "prefect-remote-l-1" in labelled and "unlabelled" not in labelled, labelled  # (other tests' launches may be listed)
-    assert [s.name.rsplit("/", 1)[1] for s in client.list_secrets(request={"parent": parent, "filter": "labels.prefect-remote-launch=l-2"})] == []
+    assert [
+        s.name.rsplit("/", 1)[1] for s in client.list_secrets(request={"parent": parent, "filter": "labels.prefect-remote-launch=l-2"})
+    ] == []
     assert len(list(client.list_secrets(request={"parent": parent, "page_size": 1}))) >= 2  # pages followed
 
     client.delete_secret(name=secret.name)

@@ -150,7 +150,9 @@ def prefect_cli(api_url: str, *args: str, cwd: Path | None = None, timeout: floa
 
 def run_cli(env: dict[str, str], command: str, *args: str, cwd: Path | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
     """``command`` (prefect, prefect-remote) of this environment, run with ``env``."""
-    return subprocess.run([str(Path(sys.executable).parent / command), *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [str(Path(sys.executable).parent / command), *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout
+    )
 
 
 @contextlib.contextmanager
@@ -172,7 +174,12 @@ def sandbox_shell(sandbox, prefect_server: str, cloud: str, pool: str, log_folde
     assert created.returncode == 0, created.stdout + created.stderr
     assert f"on {cloud} machines" in created.stdout, created.stdout
     with open(log_folder / "serve.log", "w+") as log:
-        serve = subprocess.Popen([str(Path(sys.executable).parent / "prefect-remote"), "push", "serve", "--pool", pool], env=env, stdout=log, stderr=subprocess.STDOUT)
+        serve = subprocess.Popen(
+            [str(Path(sys.executable).parent / "prefect-remote"), "push", "serve", "--pool", pool],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
         try:
             yield env
         finally:
@@ -251,7 +258,7 @@ def completed_runs(client, env: dict[str, str], folder: Path, deployments: list[
     with ThreadPoolExecutor(len(deployments)) as pool:
         results = list(pool.map(run, deployments))
     flow_runs = []
-    for deployment, ran in zip(deployments, results):
+    for deployment, ran in zip(deployments, results, strict=True):
         deployment_id = client.read_deployment_by_name(deployment).id
         [flow_run] = client.read_flow_runs(deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[deployment_id])))
         assert ran.returncode == 0 and "Completed" in ran.stdout, ran.stdout + ran.stderr + "\n".join(run_logs(client, flow_run.id))
@@ -277,7 +284,11 @@ def assert_ran_synced_code(client, flow_run, work_folder: str | None = None) -> 
 def running_machine(client, deployment: str) -> tuple:
     """A new run of ``deployment`` (``flow/name``) once Running: its id and its machine's."""
     run_id = client.create_flow_run_from_deployment(client.read_deployment_by_name(deployment).id).id
-    machine_id = wait_for(lambda: client.read_flow_run(run_id).state_name == "Running" and client.read_flow_run(run_id).infrastructure_pid, timeout=240, interval=0.5)
+    machine_id = wait_for(
+        lambda: client.read_flow_run(run_id).state_name == "Running" and client.read_flow_run(run_id).infrastructure_pid,
+        timeout=240,
+        interval=0.5,
+    )
     return run_id, machine_id
 
 

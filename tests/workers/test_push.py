@@ -43,7 +43,9 @@ def test_cli_path_provision_deploy_run_with_no_worker(prefect_server, push_pool,
     assert flow_run.state_name == "Completed"
     assert flow_run.labels["prefect.worker.name"].startswith("prefect-remote push (test-push)")  # the in-server service
     assert "hello from the flow" in logs  # printed by the flow
-    assert "on this host" in logs.split("booting machine", 1)[1].splitlines()[0] and "software environment senv-" in logs  # the machine's boot, rebuilt env
+    assert (
+        "on this host" in logs.split("booting machine", 1)[1].splitlines()[0] and "software environment senv-" in logs
+    )  # the machine's boot, rebuilt env
     assert f"Machine {flow_run.infrastructure_pid} launched on local" in logs
     # The engine reports Completed moments before the payload exits and the agent ends the machine.
     ended = lambda: next((m for m in [LocalProvider().describe(flow_run.infrastructure_pid)] if not m.alive), None)  # noqa: E731
@@ -66,7 +68,9 @@ def test_the_synced_code_runs_from_the_machine_not_the_project_folder(prefect_se
 
 def test_cancelling_a_run_ends_its_machine(push_pool, project, api):
     run = api.create_flow_run_from_deployment(deploy(api, project, push_pool, "sleeper"))
-    machine_id = wait_for(lambda: api.read_flow_run(run.id).state_name == "Running" and api.read_flow_run(run.id).infrastructure_pid, timeout=120)
+    machine_id = wait_for(
+        lambda: api.read_flow_run(run.id).state_name == "Running" and api.read_flow_run(run.id).infrastructure_pid, timeout=120
+    )
     api.set_flow_run_state(run.id, Cancelling(), force=True)
     cancelled = time.monotonic()
     provider = LocalProvider()
@@ -79,7 +83,9 @@ def test_cancelling_a_run_ends_its_machine(push_pool, project, api):
 
 def test_a_killed_machine_crashes_its_run(push_pool, project, api):
     run = api.create_flow_run_from_deployment(deploy(api, project, push_pool, "sleeper"))
-    machine_id = wait_for(lambda: api.read_flow_run(run.id).state_name == "Running" and api.read_flow_run(run.id).infrastructure_pid, timeout=120)
+    machine_id = wait_for(
+        lambda: api.read_flow_run(run.id).state_name == "Running" and api.read_flow_run(run.id).infrastructure_pid, timeout=120
+    )
     LocalProvider().terminate([machine_id], reason="killed by the test")
     killed = time.monotonic()
     final = wait_final(api, run.id, timeout=30)

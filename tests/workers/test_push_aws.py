@@ -16,6 +16,7 @@ from prefect_remote.providers.aws.provider import AWSProvider
 from tests.conftest import wait_for
 from tests.workers.conftest import (
     FLOWS,
+    SCALE_OUT,
     assert_ran_synced_code,
     cancel_ends_machine,
     completed_run,
@@ -26,7 +27,6 @@ from tests.workers.conftest import (
     run_logs,
     running_machine,
     sandbox_shell,
-    SCALE_OUT,
     scaled_out,
     wait_final,
 )
@@ -46,7 +46,9 @@ PREFECT_YAML = prefect_yaml("aws-project", POOL, DEPLOYMENTS, pull=None)  # no p
 def aws_shell(prefect_server, aws_sandbox, tmp_path_factory) -> dict[str, str]:
     """A shell's environment after `prefect-remote sandbox aws`, with the session's Prefect server
     reached at the sandbox host (as instances reach it), and `prefect-remote push serve` running."""
-    with sandbox_shell(aws_sandbox, prefect_server, "aws", POOL, tmp_path_factory.mktemp("push-serve"), PREFECT_REMOTE_AWS_LEASE_INTERVAL="5") as env:
+    with sandbox_shell(
+        aws_sandbox, prefect_server, "aws", POOL, tmp_path_factory.mktemp("push-serve"), PREFECT_REMOTE_AWS_LEASE_INTERVAL="5"
+    ) as env:
         yield env
 
 
@@ -58,7 +60,9 @@ def deployed(aws_shell, tmp_path_factory) -> Path:
 
 def ec2_client(env: dict[str, str]):
     session = boto3.session.Session(
-        region_name=env["AWS_DEFAULT_REGION"], aws_access_key_id=env["AWS_ACCESS_KEY_ID"], aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"]
+        region_name=env["AWS_DEFAULT_REGION"],
+        aws_access_key_id=env["AWS_ACCESS_KEY_ID"],
+        aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"],
     )
     return session.client("ec2", endpoint_url=env["AWS_ENDPOINT_URL"])
 

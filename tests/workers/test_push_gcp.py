@@ -16,11 +16,11 @@ import pytest
 from tests.conftest import wait_for
 from tests.workers.conftest import (
     FLOWS,
+    SCALE_OUT,
     assert_ran_synced_code,
     cancel_ends_machine,
     completed_run,
     completed_runs,
-    SCALE_OUT,
     deploy,
     deploy_project,
     logged,
@@ -99,7 +99,9 @@ def job_state(gcp_sandbox, machine_id: str) -> str | None:
 def _run_client(gcp_sandbox, factory):
     from google.oauth2 import service_account
 
-    credentials = service_account.Credentials.from_service_account_file(str(gcp_sandbox.key_file), scopes=["https://www.googleapis.com/auth/cloud-platform"])
+    credentials = service_account.Credentials.from_service_account_file(
+        str(gcp_sandbox.key_file), scopes=["https://www.googleapis.com/auth/cloud-platform"]
+    )
     return factory(transport="rest", credentials=credentials, client_options={"api_endpoint": gcp_sandbox.url})
 
 
@@ -116,8 +118,14 @@ def test_deployment_runs_on_cloud_run(gcp_shell, deployed, api, gcp_sandbox):
     assert machine_id.startswith("run-")
     logs = "\n".join(run_logs(api, flow_run.id))
     assert "hello from the flow" in logs  # the payload's own output
-    assert "booting machine on gcp Cloud Run (1 cpu / 2 GiB, us-central1)" in logs and "agent: ready" in logs and "software environment senv-" in logs  # boot phases
-    assert re.search(rf"Machine {machine_id} launched on gcp: cloud-run-1cpu-2gib in us-central1, on-demand, \$\d+\.\d{{4}}/hour", logs), logs
+    assert (
+        "booting machine on gcp Cloud Run (1 cpu / 2 GiB, us-central1)" in logs
+        and "agent: ready" in logs
+        and "software environment senv-" in logs
+    )  # boot phases
+    assert re.search(rf"Machine {machine_id} launched on gcp: cloud-run-1cpu-2gib in us-central1, on-demand, \$\d+\.\d{{4}}/hour", logs), (
+        logs
+    )
     assert f"Machine {machine_id} runs on Cloud Run, because the machine needs no inbound connections" in logs
     assert re.search(rf"Machine {machine_id} ended: payload finished; estimated cost \$\d+\.\d{{4}}", logs), logs
 
@@ -145,7 +153,9 @@ def test_a_failing_flow_reports_its_exit_code(gcp_shell, deployed, api):
 
 def test_cancelling_a_run_cancels_its_execution(gcp_shell, deployed, api, gcp_sandbox):
     # The job is deleted once its execution is cancelled: either is the execution's end.
-    cancel_ends_machine(api, "sleeper/sleeping-on-cloud-run", lambda machine_id: job_state(gcp_sandbox, machine_id) in (None, "EXECUTION_CANCELLED"))
+    cancel_ends_machine(
+        api, "sleeper/sleeping-on-cloud-run", lambda machine_id: job_state(gcp_sandbox, machine_id) in (None, "EXECUTION_CANCELLED")
+    )
 
 
 def test_gcp_service_compute_runs_on_a_vm(gcp_shell, deployed, api, gcp_env):
@@ -175,7 +185,10 @@ def test_the_guides_scale_out_flow_launches_its_function_from_cloud_run(gcp_shel
 @pytest.mark.parametrize(
     ("job_variables", "fragment"),
     [
-        ({"cpu": 1, "memory": "8 GiB", "gcp_service": "cloud-run"}, "is not a shape Cloud Run allows (1 vCPU takes 512 MiB to 4 GiB); the nearest it allows is 2 vCPU with 8 GiB"),
+        (
+            {"cpu": 1, "memory": "8 GiB", "gcp_service": "cloud-run"},
+            "is not a shape Cloud Run allows (1 vCPU takes 512 MiB to 4 GiB); the nearest it allows is 2 vCPU with 8 GiB",
+        ),
         ({"gpu": "a100", "gcp_service": "cloud-run"}, "Cloud Run offers one nvidia-l4 GPU per task"),
         ({"vm_type": "n2-standard-3"}, "vm_type=['n2-standard-3']: not a machine type in zone us-central1-a; did you mean n2-standard-"),
         ({"container": "python:3.12", "gcp_service": "compute"}, "Compute Engine VMs boot a stock image and run no container"),
@@ -240,7 +253,9 @@ def test_no_credentials_fail_within_seconds(gcp_env, monkeypatch, tmp_path):
     for name in ("GCE_METADATA_HOST", "GCE_METADATA_IP", "GCE_METADATA_ROOT"):
         monkeypatch.delenv(name, raising=False)  # no metadata server: google-auth pings the real one's address
     started = time.monotonic()
-    with pytest.raises(GCPError, match=r"no Google Cloud credentials found .*`gcloud auth application-default login`.*GOOGLE_APPLICATION_CREDENTIALS"):
+    with pytest.raises(
+        GCPError, match=r"no Google Cloud credentials found .*`gcloud auth application-default login`.*GOOGLE_APPLICATION_CREDENTIALS"
+    ):
         launch_one()
     assert time.monotonic() - started < 10
 

@@ -17,11 +17,14 @@ from tests.workers.conftest import deploy, logged, prefect_cli, wait_final
 
 
 def background(api_url: str, *command: str) -> subprocess.Popen:
-    env = {**os.environ, "PREFECT_API_URL": api_url, "PREFECT_HOME": str(SESSION_HOME / "prefect-cli"),
-           "PREFECT_WORKER_QUERY_SECONDS": "1", "PREFECT_WORKER_HEARTBEAT_SECONDS": "2"}
+    env = {
+        **os.environ,
+        "PREFECT_API_URL": api_url,
+        "PREFECT_HOME": str(SESSION_HOME / "prefect-cli"),
+        "PREFECT_WORKER_QUERY_SECONDS": "1",
+        "PREFECT_WORKER_HEARTBEAT_SECONDS": "2",
+    }
     return subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-
-
 
 
 @pytest.fixture
@@ -81,7 +84,9 @@ def test_explicit_push_worker_fallback(prefect_server, project, api):
     created = prefect_cli(prefect_server, "work-pool", "create", "--type", "remote:push", "test-explicit", "--overwrite")
     assert created.returncode == 0
     prefect = str(Path(sys.executable).parent / "prefect")
-    worker = background(prefect_server, prefect, "worker", "start", "--pool", "test-explicit", "--type", "remote:push", "--name", "explicit")
+    worker = background(
+        prefect_server, prefect, "worker", "start", "--pool", "test-explicit", "--type", "remote:push", "--name", "explicit"
+    )
     try:
         run = api.create_flow_run_from_deployment(deploy(api, project, "test-explicit"))
         final = wait_final(api, run.id, timeout=180)
@@ -99,7 +104,9 @@ def test_a_restarted_worker_adopts_runs_in_flight(prefect_server, project, api):
     second = None
     try:
         run = api.create_flow_run_from_deployment(deploy(api, project, "test-adopt", "sleeper"))
-        machine_id = wait_for(lambda: api.read_flow_run(run.id).state_name == "Running" and api.read_flow_run(run.id).infrastructure_pid, timeout=120)
+        machine_id = wait_for(
+            lambda: api.read_flow_run(run.id).state_name == "Running" and api.read_flow_run(run.id).infrastructure_pid, timeout=120
+        )
         os.killpg(first.pid, signal.SIGKILL)
         first.wait()
         second = background(prefect_server, prefect, "worker", "start", "--pool", "test-adopt", "--type", "remote", "--name", "second")

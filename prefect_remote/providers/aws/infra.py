@@ -143,9 +143,18 @@ def machine_policy(
             "Sid": "ShipMachineLogs",
             "Effect": "Allow",
             "Action": ["logs:CreateLogStream", "logs:PutLogEvents"],
-            "Resource": [f"arn:{partition}:logs:{region}:{account}:log-group:{log_group}", f"arn:{partition}:logs:{region}:{account}:log-group:{log_group}:*"],
+            "Resource": [
+                f"arn:{partition}:logs:{region}:{account}:log-group:{log_group}",
+                f"arn:{partition}:logs:{region}:{account}:log-group:{log_group}:*",
+            ],
         },
-        {"Sid": "EndPoolInstances", "Effect": "Allow", "Action": "ec2:TerminateInstances", "Resource": f"{ec2}:instance/*", "Condition": launched_here},
+        {
+            "Sid": "EndPoolInstances",
+            "Effect": "Allow",
+            "Action": "ec2:TerminateInstances",
+            "Resource": f"{ec2}:instance/*",
+            "Condition": launched_here,
+        },
         {
             "Sid": "TagPoolInstances",
             "Effect": "Allow",
@@ -231,7 +240,9 @@ def aws_errors(service: str, purpose: str) -> Iterator[None]:
     except ClientError as error:
         code = _error_code(error)
         if code in _BAD_CREDENTIALS or code == "InvalidAccessKeyId":
-            raise AWSError(f"AWS rejected the credentials in use ({code} on {error.operation_name}); check AWS_PROFILE or run `aws configure`") from None
+            raise AWSError(
+                f"AWS rejected the credentials in use ({code} on {error.operation_name}); check AWS_PROFILE or run `aws configure`"
+            ) from None
         if code in _DENIED or code == "403":
             operation = error.operation_name
             action = f"{service}:{_S3_ACTIONS.get(operation, operation) if service == 's3' else operation}"
@@ -297,12 +308,22 @@ def provision(provider: AWSProvider, pool: str, store: str | None = None, say: S
         role, profile = None, options.instance_profile
     else:
         policy = machine_policy(
-            account=account, region=region, role=name, bucket=s3store.bucket, prefix=s3store.prefix,
-            log_group=options.log_group, secrets_prefix=options.secrets_prefix, partition=partition,
+            account=account,
+            region=region,
+            role=name,
+            bucket=s3store.bucket,
+            prefix=s3store.prefix,
+            log_group=options.log_group,
+            secrets_prefix=options.secrets_prefix,
+            partition=partition,
         )
         tags = {
-            MANAGED_TAG: "true", REGION_TAG: region, POOL_TAG: pool, STORE_TAG: s3store.url,
-            LOG_GROUP_TAG: options.log_group, SECRETS_PREFIX_TAG: options.secrets_prefix,
+            MANAGED_TAG: "true",
+            REGION_TAG: region,
+            POOL_TAG: pool,
+            STORE_TAG: s3store.url,
+            LOG_GROUP_TAG: options.log_group,
+            SECRETS_PREFIX_TAG: options.secrets_prefix,
         }
         _ensure_role(provider.client("iam"), name, policy, tags, say)
         role, profile = name, name
@@ -341,7 +362,12 @@ def _ensure_bucket(s3: BaseClient, bucket: str, region: str, say: Say) -> None:
                 raise
         s3.put_public_access_block(
             Bucket=bucket,
-            PublicAccessBlockConfiguration={"BlockPublicAcls": True, "IgnorePublicAcls": True, "BlockPublicPolicy": True, "RestrictPublicBuckets": True},
+            PublicAccessBlockConfiguration={
+                "BlockPublicAcls": True,
+                "IgnorePublicAcls": True,
+                "BlockPublicPolicy": True,
+                "RestrictPublicBuckets": True,
+            },
         )
         s3.put_bucket_encryption(
             Bucket=bucket, ServerSideEncryptionConfiguration={"Rules": [{"ApplyServerSideEncryptionByDefault": {"SSEAlgorithm": "AES256"}}]}
@@ -388,7 +414,9 @@ def _ensure_role(iam: BaseClient, name: str, policy: dict[str, Any], tags: dict[
             say(f"found IAM role {name}")
         except iam.exceptions.NoSuchEntityException:
             iam.create_role(
-                RoleName=name, AssumeRolePolicyDocument=json.dumps(trust_policy()), Tags=_tags(tags),
+                RoleName=name,
+                AssumeRolePolicyDocument=json.dumps(trust_policy()),
+                Tags=_tags(tags),
                 Description="prefect-remote machines: read their secrets and software, ship logs, end themselves, launch cluster workers",
             )
             say(f"created IAM role {name} (assumed by EC2)")
@@ -472,7 +500,9 @@ def _end_instances(provider: AWSProvider, profiles: set[str] | None, force: bool
     """Refuses (or, with ``force``, ends and waits for) live prefect-remote instances: all of them,
     or those with one of ``profiles``."""
     with aws_errors("ec2", "find prefect-remote's instances"):
-        instances = provider._instances(Filters=[{"Name": "tag-key", "Values": [LAUNCH_TAG]}, {"Name": "instance-state-name", "Values": list(ALIVE_STATES)}])
+        instances = provider._instances(
+            Filters=[{"Name": "tag-key", "Values": [LAUNCH_TAG]}, {"Name": "instance-state-name", "Values": list(ALIVE_STATES)}]
+        )
     if profiles is not None:
         instances = [i for i in instances if i.get("IamInstanceProfile", {}).get("Arn") in profiles]
     if not instances:
@@ -484,7 +514,8 @@ def _end_instances(provider: AWSProvider, profiles: set[str] | None, force: bool
     ids = [i["InstanceId"] for i in instances]
     if not force:
         raise TeardownRefused(
-            f"{len(ids)} prefect-remote instance(s) still use what teardown would remove in {provider.region}:\n" + "\n".join(lines)
+            f"{len(ids)} prefect-remote instance(s) still use what teardown would remove in {provider.region}:\n"
+            + "\n".join(lines)
             + "\nend them first (`prefect-remote machines rm --all` with PREFECT_REMOTE_PROVIDER=aws), or pass --force to terminate them"
         )
     with aws_errors("ec2", "terminate prefect-remote's instances (--force)"):
@@ -541,7 +572,9 @@ def _remove_leftover_secrets(ssm: BaseClient, prefixes: list[str], say: Say) -> 
     with aws_errors("ssm", "remove launch secrets left behind"):
         for prefix in prefixes:
             pages = ssm.get_paginator("get_parameters_by_path").paginate(Path=prefix.rstrip("/") or "/", Recursive=False)
-            names += [p["Name"] for page in pages for p in page["Parameters"] if re.fullmatch(re.escape(prefix) + r"launch-[0-9a-f]+", p["Name"])]
+            names += [
+                p["Name"] for page in pages for p in page["Parameters"] if re.fullmatch(re.escape(prefix) + r"launch-[0-9a-f]+", p["Name"])
+            ]
         for start in range(0, len(names), 10):  # DeleteParameters takes ten names a call
             ssm.delete_parameters(Names=names[start : start + 10])
     if names:

@@ -48,7 +48,12 @@ def batch_events(
     [2, 2, 1]
     """
     return logship.batch_events(
-        events, max_events=max_events, max_bytes=max_bytes, max_event_bytes=max_event_bytes, max_span_ms=max_span_ms, overhead=EVENT_OVERHEAD
+        events,
+        max_events=max_events,
+        max_bytes=max_bytes,
+        max_event_bytes=max_event_bytes,
+        max_span_ms=max_span_ms,
+        overhead=EVENT_OVERHEAD,
     )
 
 
@@ -136,7 +141,15 @@ class LogShipper(logship.LogShipper):
     """
 
     def __init__(
-        self, path: str, group: str, stream: str, *, region: str | None = None, client: Any = None, create_group: bool = True, **options: Any
+        self,
+        path: str,
+        group: str,
+        stream: str,
+        *,
+        region: str | None = None,
+        client: Any = None,
+        create_group: bool = True,
+        **options: Any,
     ) -> None:
         """``options``: the shipper's (``interval``, ``partial_wait``, ``close_timeout``, ``clock``, ``report``)."""
         super().__init__(path, CloudWatchSender(group, stream, region=region, client=client, create_group=create_group), **options)

@@ -32,9 +32,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from prefect_remote.errors import CapacityError, MachineNotFound, RemoteError
 from prefect_remote.providers.aws import catalog
-from prefect_remote.spec import ingress_source
 from prefect_remote.providers.aws.runtime import EXIT_CODE_TAG, LEASE_TAG, REASON_TAG
 from prefect_remote.providers.base import TAG_PREFIX, Capabilities, InstanceType, Launch, LogChunk, Machine, Provider
+from prefect_remote.spec import ingress_source
 
 if TYPE_CHECKING:
     from botocore.client import BaseClient
@@ -176,7 +176,9 @@ def _translated(method: F) -> F:
         except ClientError as error:
             code, operation = _error_code(error), error.operation_name
             if code in _BAD_CREDENTIALS:
-                raise AWSError(f"AWS rejected the credentials in use ({code} on {operation}); check AWS_PROFILE or run `aws configure`") from None
+                raise AWSError(
+                    f"AWS rejected the credentials in use ({code} on {operation}); check AWS_PROFILE or run `aws configure`"
+                ) from None
             if code in _DENIED:
                 raise AWSError(
                     f"AWS refused {operation} ({code}): the identity in use lacks a permission the aws provider needs "
@@ -219,7 +221,7 @@ def _transition_time(reason: str) -> float | None:
     found = _TRANSITION_TIME.search(reason)
     if not found:
         return None
-    return datetime.datetime.strptime(found.group(1), "%Y-%m-%d %H:%M:%S").replace(tzinfo=datetime.timezone.utc).timestamp()
+    return datetime.datetime.strptime(found.group(1), "%Y-%m-%d %H:%M:%S").replace(tzinfo=datetime.UTC).timestamp()
 
 
 def _batches(items: Sequence[str], size: int) -> Iterator[list[str]]:
@@ -272,12 +274,22 @@ class AWSProvider(Provider):
         session = _boto3().session.Session()  # its own: boto3's default session keeps the first credentials it found
         region = region or session.region_name
         if not region:
-            raise AWSError("no AWS region for the aws provider: pass region='us-east-2', set AWS_DEFAULT_REGION, or set one with `aws configure`")
+            raise AWSError(
+                "no AWS region for the aws provider: pass region='us-east-2', set AWS_DEFAULT_REGION, or set one with `aws configure`"
+            )
         try:
             self.options = AWSOptions(
-                region=region, ami=ami, subnet_id=subnet_id, vpc_id=vpc_id, security_group_ids=security_group_ids or (),
-                instance_profile=instance_profile, log_group=log_group, secrets_prefix=secrets_prefix,
-                allow_ingress_from=allow_ingress_from, metadata_endpoint=metadata_endpoint, lease_interval=lease_interval,
+                region=region,
+                ami=ami,
+                subnet_id=subnet_id,
+                vpc_id=vpc_id,
+                security_group_ids=security_group_ids or (),
+                instance_profile=instance_profile,
+                log_group=log_group,
+                secrets_prefix=secrets_prefix,
+                allow_ingress_from=allow_ingress_from,
+                metadata_endpoint=metadata_endpoint,
+                lease_interval=lease_interval,
             )
         except ValidationError as error:
             raise ValueError("; ".join(e["msg"].removeprefix("Value error, ") for e in error.errors())) from None
@@ -330,7 +342,9 @@ class AWSProvider(Provider):
     def check_spec(self, spec: MachineSpec) -> None:
         super().check_spec(spec)
         if spec.region and spec.region != self.region:
-            raise CapacityError(f"region={spec.region!r}, but this aws provider launches in {self.region}; make it with region={spec.region!r}, or drop region")
+            raise CapacityError(
+                f"region={spec.region!r}, but this aws provider launches in {self.region}; make it with region={spec.region!r}, or drop region"
+            )
 
     @functools.cached_property
     def _prices(self) -> dict[str, float | None]:
@@ -369,7 +383,9 @@ class AWSProvider(Provider):
     def _start(self, launch: Launch) -> list[Machine]:
         bad = [key for key in launch.tags if not _IMDS_TAG_KEY.fullmatch(tag_key(key)) or key.lower().startswith("aws:")]
         if bad:
-            raise ValueError(f"tags {bad}: on aws, tag names use letters, digits and + - = . , _ : @ / and spaces only, at most 128, and not the aws: prefix")
+            raise ValueError(
+                f"tags {bad}: on aws, tag names use letters, digits and + - = . , _ : @ / and spaces only, at most 128, and not the aws: prefix"
+            )
         spec, instance_type = launch.spec, launch.instance_type
         image_id, root_device = self._image(instance_type)
         subnet_id = self._subnet()
@@ -398,7 +414,9 @@ class AWSProvider(Provider):
             params["SubnetId"] = subnet_id
         if spec.disk_size:
             size = math.ceil(spec.disk_size / 2**30)
-            params["BlockDeviceMappings"] = [{"DeviceName": root_device, "Ebs": {"VolumeSize": size, "VolumeType": "gp3", "DeleteOnTermination": True}}]
+            params["BlockDeviceMappings"] = [
+                {"DeviceName": root_device, "Ebs": {"VolumeSize": size, "VolumeType": "gp3", "DeleteOnTermination": True}}
+            ]
         if self.options.instance_profile:
             params["IamInstanceProfile"] = {"Name": self.options.instance_profile}
         instances = self._run_instances(params, launch)
@@ -416,7 +434,9 @@ class AWSProvider(Provider):
         spot = policy in ("spot", "spot_with_fallback")
         try:
             # ClientToken: a retried request (a timeout, a lost answer) launches nothing twice.
-            return ec2.run_instances(**params, **({"InstanceMarketOptions": SPOT_OPTIONS} if spot else {}), ClientToken=f"{launch.id}-{policy}")["Instances"]
+            return ec2.run_instances(
+                **params, **({"InstanceMarketOptions": SPOT_OPTIONS} if spot else {}), ClientToken=f"{launch.id}-{policy}"
+            )["Instances"]
         except ClientError as error:
             code = _error_code(error)
             if code not in SPOT_CAPACITY_ERRORS:
@@ -424,13 +444,17 @@ class AWSProvider(Provider):
             if not spot or policy == "spot":
                 market = "spot" if spot else "on-demand"
                 instead = "spot_policy='spot_with_fallback', " if spot else ""
-                raise CapacityError(f"{market} capacity unavailable for {name} in {self.region} ({code}); try {instead}another vm_type, or later") from None
+                raise CapacityError(
+                    f"{market} capacity unavailable for {name} in {self.region} ({code}); try {instead}another vm_type, or later"
+                ) from None
             logger.warning("spot capacity unavailable for %s in %s (%s); launching on-demand", name, self.region, code)
         try:
             return ec2.run_instances(**params, ClientToken=f"{launch.id}-on-demand")["Instances"]
         except ClientError as error:
             if _error_code(error) in SPOT_CAPACITY_ERRORS:
-                raise CapacityError(f"no spot or on-demand capacity for {name} in {self.region} ({_error_code(error)}); try another vm_type, or later") from None
+                raise CapacityError(
+                    f"no spot or on-demand capacity for {name} in {self.region} ({_error_code(error)}); try another vm_type, or later"
+                ) from None
             raise
 
     def _image(self, instance_type: InstanceType) -> tuple[str, str]:
@@ -446,13 +470,17 @@ class AWSProvider(Provider):
             except ClientError as error:
                 if _error_code(error) != "ParameterNotFound":
                     raise
-                raise CapacityError(f"ami={wanted!r}: no such SSM parameter in {self.region}; pass an AMI id (ami-…) or a parameter that names one") from None
+                raise CapacityError(
+                    f"ami={wanted!r}: no such SSM parameter in {self.region}; pass an AMI id (ami-…) or a parameter that names one"
+                ) from None
         try:
             [image] = self.client("ec2").describe_images(ImageIds=[image_id])["Images"]
         except (ClientError, ValueError) as error:
             if isinstance(error, ClientError) and not _error_code(error).startswith("InvalidAMIID"):
                 raise
-            raise CapacityError(f"ami={image_id!r} is not an image this account can launch in {self.region}; check the id and region") from None
+            raise CapacityError(
+                f"ami={image_id!r} is not an image this account can launch in {self.region}; check the id and region"
+            ) from None
         if image.get("Architecture") not in (None, instance_type.arch):
             raise CapacityError(
                 f"ami={image_id!r} is {image['Architecture']}, but {instance_type.name} is {instance_type.arch}; "
@@ -481,7 +509,9 @@ class AWSProvider(Provider):
             return self.options.vpc_id
         vpcs = ec2.describe_vpcs(Filters=[{"Name": "isDefault", "Values": ["true"]}])["Vpcs"]
         if not vpcs:
-            raise CapacityError(f"no default VPC in {self.region}; pass subnet_id=… (or vpc_id=…), or create one with `aws ec2 create-default-vpc`")
+            raise CapacityError(
+                f"no default VPC in {self.region}; pass subnet_id=… (or vpc_id=…), or create one with `aws ec2 create-default-vpc`"
+            )
         return vpcs[0]["VpcId"]
 
     def _security_groups(self, allow_ingress_from: str | None) -> list[str]:
@@ -490,11 +520,19 @@ class AWSProvider(Provider):
         ``prefect-remote-<vpc>-dask-from-<cidr>``, admits the Dask ports from one source only. One
         ingress group per source, so that asking for ``"everyone"`` once never opens other machines."""
         vpc = self.vpc_id
-        internal = self._group(f"prefect-remote-{vpc}", "prefect-remote machines: all traffic between them", lambda own: [{"IpProtocol": "-1", "UserIdGroupPairs": [{"GroupId": own}]}])
+        internal = self._group(
+            f"prefect-remote-{vpc}",
+            "prefect-remote machines: all traffic between them",
+            lambda own: [{"IpProtocol": "-1", "UserIdGroupPairs": [{"GroupId": own}]}],
+        )
         cidr = self._ingress_cidr(ingress_source(allow_ingress_from) if allow_ingress_from else self.options.allow_ingress_from)
         if cidr is None:
             return [internal]
-        ranges = {"Ipv6Ranges": [{"CidrIpv6": cidr}]} if ":" in cidr else {"IpRanges": [{"CidrIp": cidr, "Description": "prefect-remote: Dask from allow_ingress_from"}]}
+        ranges = (
+            {"Ipv6Ranges": [{"CidrIpv6": cidr}]}
+            if ":" in cidr
+            else {"IpRanges": [{"CidrIp": cidr, "Description": "prefect-remote: Dask from allow_ingress_from"}]}
+        )
         low, high = DASK_PORTS
         ingress = self._group(
             f"prefect-remote-{vpc}-dask-from-{cidr}",
@@ -520,7 +558,8 @@ class AWSProvider(Provider):
         if address is None:
             logger.warning(
                 "could not find this computer's public IP (%s unreachable): machines get no public ingress; "
-                "set PREFECT_REMOTE_AWS_PUBLIC_IP or pass allow_ingress_from as a CIDR", CHECKIP_URL,
+                "set PREFECT_REMOTE_AWS_PUBLIC_IP or pass allow_ingress_from as a CIDR",
+                CHECKIP_URL,
             )
             return None
         return str(ipaddress.ip_network(address))  # a bare address becomes /32 (or /128)
@@ -539,13 +578,17 @@ class AWSProvider(Provider):
         else:
             try:
                 group_id = ec2.create_security_group(
-                    GroupName=name, Description=description, VpcId=self.vpc_id,
+                    GroupName=name,
+                    Description=description,
+                    VpcId=self.vpc_id,
                     TagSpecifications=[{"ResourceType": "security-group", "Tags": [{"Key": MANAGED_TAG, "Value": "true"}]}],
                 )["GroupId"]
             except ClientError as error:
                 if _error_code(error) != "InvalidGroup.Duplicate":
                     raise
-                group_id = ec2.describe_security_groups(Filters=filters)["SecurityGroups"][0]["GroupId"]  # another launcher made it just now
+                group_id = ec2.describe_security_groups(Filters=filters)["SecurityGroups"][0][
+                    "GroupId"
+                ]  # another launcher made it just now
         # Also for a found group: a launcher that died between creating it and adding its rules left none.
         try:
             ec2.authorize_security_group_ingress(GroupId=group_id, IpPermissions=rules(group_id))
@@ -657,7 +700,9 @@ class AWSProvider(Provider):
         prefix = self.options.secrets_prefix
         cutoff = time.time() - older_than
         try:
-            pages = ssm.get_paginator("get_parameters_by_path").paginate(Path=prefix.rstrip("/") or "/", Recursive=False, WithDecryption=False)
+            pages = ssm.get_paginator("get_parameters_by_path").paginate(
+                Path=prefix.rstrip("/") or "/", Recursive=False, WithDecryption=False
+            )
             names = [p["Name"] for page in pages for p in page["Parameters"] if p["LastModifiedDate"].timestamp() < cutoff]
         except ClientError as error:  # a tidy-up: an identity that may not list parameters just skips it
             logger.debug("launch secrets not swept: %s", error)
@@ -710,7 +755,8 @@ class AWSProvider(Provider):
         alive = {i["InstanceId"] for i in instances if i["State"]["Name"] in STATES}
         # Machines mostly end themselves (payload done, timeouts): their launch's secrets go once none is left.
         ended_with_secrets = {
-            tags[LAUNCH_TAG] for i in instances
+            tags[LAUNCH_TAG]
+            for i in instances
             if i["State"]["Name"] not in STATES and SECRETS_TAG in (tags := {t["Key"]: t["Value"] for t in i.get("Tags", [])})
         }
         if ended_with_secrets:

@@ -95,7 +95,9 @@ class EC2Runtime(MachineRuntime):
         try:
             import boto3
         except ImportError:
-            raise RuntimeError(f"the EC2 runtime needs boto3 in the machine's agent environment to reach {service}; install it in the image or software environment") from None
+            raise RuntimeError(
+                f"the EC2 runtime needs boto3 in the machine's agent environment to reach {service}; install it in the image or software environment"
+            ) from None
         return boto3.session.Session().client(service, region_name=self.region)
 
     def read_secrets(self) -> dict[str, str]:

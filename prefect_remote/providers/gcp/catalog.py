@@ -86,7 +86,17 @@ def machine_types(entries: Iterable[Any], rates: Rates, *, t4: bool) -> list[Ins
         if t4 and family(name) == "n1" and not SHARED_CORE.fullmatch(name):
             for count, most_cpu in T4_COUNTS.items():
                 if cpu <= most_cpu:
-                    found.append(InstanceType(f"{name}+{count}x{T4}", cpu, memory_mb * 2**20, count, T4, "x86_64", rates.price(name, cpu, memory_gib, {T4: count})))
+                    found.append(
+                        InstanceType(
+                            f"{name}+{count}x{T4}",
+                            cpu,
+                            memory_mb * 2**20,
+                            count,
+                            T4,
+                            "x86_64",
+                            rates.price(name, cpu, memory_gib, {T4: count}),
+                        )
+                    )
     return sorted(found, key=lambda item: item.name)
 
 
@@ -104,7 +114,9 @@ def check_request(catalog: Sequence[InstanceType], spec: MachineSpec, zone: str)
         names = list(spec.vm_type)
         if not [name for name in names if name in by_name]:
             plain = sorted(name for name in by_name if "+" not in name)
-            close = list(dict.fromkeys(match for name in names for match in difflib.get_close_matches(name, plain, n=3, cutoff=0.75)))  # closest first
+            close = list(
+                dict.fromkeys(match for name in names for match in difflib.get_close_matches(name, plain, n=3, cutoff=0.75))
+            )  # closest first
             some = close or [name for name in ("e2-standard-4", "n2-standard-4", "c3-standard-4", "t2a-standard-4") if name in by_name]
             raise CapacityError(
                 f"vm_type={names!r}: not a machine type in zone {zone}; "
@@ -136,12 +148,16 @@ def choose_machine_type(catalog: Sequence[InstanceType], spec: MachineSpec, zone
     arch = "arm64" if spec.arm else "x86_64"
     if spec.vm_type:
         # A named n1 type with a gpu asked for: the same type with GPUs attached, fewest first.
-        named = [with_gpu for name in spec.vm_type for with_gpu in [name, *sorted(i.name for i in catalog if i.name.startswith(name + "+"))]]
+        named = [
+            with_gpu for name in spec.vm_type for with_gpu in [name, *sorted(i.name for i in catalog if i.name.startswith(name + "+"))]
+        ]
         spec = spec.model_copy(update={"vm_type": tuple(named)})
         candidates = [item for item in catalog if item.arch == arch]  # the environment is built for this arch
         if not any(item.name in spec.vm_type for item in candidates):
             other = "x86_64" if spec.arm else "arm64 (t2a, c4a)"
-            raise CapacityError(f"vm_type={list(spec.vm_type)[:3]!r} is {other}, but arm={spec.arm}; name a {arch} type or {'drop' if spec.arm else 'set'} arm=True")
+            raise CapacityError(
+                f"vm_type={list(spec.vm_type)[:3]!r} is {other}, but arm={spec.arm}; name a {arch} type or {'drop' if spec.arm else 'set'} arm=True"
+            )
     else:
         candidates = [item for item in catalog if not SHARED_CORE.fullmatch(item.name)]
     return pick_instance_type(f"gcp (Compute Engine, {zone})", candidates, spec)

@@ -48,8 +48,14 @@ ROLES = {
     "storage.": "roles/storage.objectAdmin",
 }
 # The API behind each family of permissions, for "enable it" errors.
-APIS = {"run": "run.googleapis.com", "compute": "compute.googleapis.com", "secretmanager": "secretmanager.googleapis.com",
-        "logging": "logging.googleapis.com", "storage": "storage.googleapis.com", "iam": "iam.googleapis.com"}
+APIS = {
+    "run": "run.googleapis.com",
+    "compute": "compute.googleapis.com",
+    "secretmanager": "secretmanager.googleapis.com",
+    "logging": "logging.googleapis.com",
+    "storage": "storage.googleapis.com",
+    "iam": "iam.googleapis.com",
+}
 
 
 class GCPError(RemoteError):
@@ -109,7 +115,9 @@ class GoogleClients:
             try:
                 self._clients[name] = make()
             except ImportError as error:
-                raise GCPError(f"the gcp provider needs {error.name or 'the Google Cloud client libraries'}, which is not installed: {INSTALL_HINT}") from None
+                raise GCPError(
+                    f"the gcp provider needs {error.name or 'the Google Cloud client libraries'}, which is not installed: {INSTALL_HINT}"
+                ) from None
         return self._clients[name]
 
     def _gapic(self, module: str, cls: str) -> Any:
@@ -170,7 +178,9 @@ class GoogleClients:
         def make() -> Any:
             from google.cloud import logging as cloud_logging
 
-            return cloud_logging.Client(project=self.project, credentials=self.credentials, _use_grpc=False, client_options=self._client_options())
+            return cloud_logging.Client(
+                project=self.project, credentials=self.credentials, _use_grpc=False, client_options=self._client_options()
+            )
 
         return self._made("logging", make)
 
@@ -226,7 +236,9 @@ def translated(action: str, *, project: str | None = None) -> Iterator[None]:
         ) from None
     except api.NotFound as error:
         if project and _names_project(_message(error), project):
-            raise GCPError(f"Google Cloud project {project!r} not found (or not visible to the identity in use); check PREFECT_REMOTE_GCP_PROJECT") from None
+            raise GCPError(
+                f"Google Cloud project {project!r} not found (or not visible to the identity in use); check PREFECT_REMOTE_GCP_PROJECT"
+            ) from None
         raise
     except api.GoogleAPICallError as error:
         if _service_disabled(error):
@@ -249,8 +261,16 @@ def permission_of(action: str, message: str = "") -> str:
     if re.fullmatch(r"[a-z]+(\.[a-zA-Z]+)+", action):
         return action
     words = action.lower()
-    for word, family in (("cloud run", "run."), ("firewall", "compute.firewalls."), ("compute", "compute."), ("secret", "secretmanager."),
-                         ("log", "logging."), ("storage", "storage."), ("bucket", "storage."), ("service account", "iam.serviceAccounts.actAs")):
+    for word, family in (
+        ("cloud run", "run."),
+        ("firewall", "compute.firewalls."),
+        ("compute", "compute."),
+        ("secret", "secretmanager."),
+        ("log", "logging."),
+        ("storage", "storage."),
+        ("bucket", "storage."),
+        ("service account", "iam.serviceAccounts.actAs"),
+    ):
         if word in words:
             return family
     return action
@@ -280,7 +300,9 @@ def _service_disabled(error: Exception) -> bool:
 
 
 def _disabled(action: str, project: str | None, error: Exception) -> GCPError:
-    service = (getattr(error, "metadata", None) or {}).get("service") or APIS.get(permission_of(action, _message(error)).split(".")[0], "the API")
+    service = (getattr(error, "metadata", None) or {}).get("service") or APIS.get(
+        permission_of(action, _message(error)).split(".")[0], "the API"
+    )
     flag = f" --project={project}" if project else ""
     return GCPError(
         f"the {service} API is not enabled{f' in project {project}' if project else ''} ({action}); enable it with "

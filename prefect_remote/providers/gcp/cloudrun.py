@@ -52,7 +52,13 @@ HOUR = 3600.0
 # instance-based billing (https://cloud.google.com/run/docs/configuring/services/cpu and
 # .../memory-limits): 1 vCPU up to 4 GiB, 2 up to 8, 4 from 2 to 16, 6 and 8 from 4 to 24 and 32;
 # never under 512 MiB (second-generation environment, which jobs use).
-SHAPES: dict[int, tuple[int, int]] = {1: (512 * MIB, 4 * GIB), 2: (512 * MIB, 8 * GIB), 4: (2 * GIB, 16 * GIB), 6: (4 * GIB, 24 * GIB), 8: (4 * GIB, 32 * GIB)}
+SHAPES: dict[int, tuple[int, int]] = {
+    1: (512 * MIB, 4 * GIB),
+    2: (512 * MIB, 8 * GIB),
+    4: (2 * GIB, 16 * GIB),
+    6: (4 * GIB, 24 * GIB),
+    8: (4 * GIB, 32 * GIB),
+}
 # Memory sizes the catalog lists (any MiB count in a CPU's range is allowed; these are the usual ones).
 LISTED_MEMORY = (512 * MIB, GIB, 2 * GIB, 4 * GIB, 8 * GIB, 16 * GIB, 24 * GIB, 32 * GIB)
 # A task's files live in its memory (Cloud Run has no disk): uv, the agent's environment and a
@@ -118,7 +124,12 @@ def catalog() -> list[InstanceType]:
     """The shapes listed for Cloud Run: each vCPU count with the usual memory sizes it allows, and
     the L4 shapes. Choosing a shape is not limited to these (:func:`fit`)."""
     shapes = [shape(cpu, memory) for cpu, (low, high) in SHAPES.items() for memory in LISTED_MEMORY if low <= memory <= high]
-    shapes += [shape(cpu, memory, gpu=True) for cpu, (_, high) in SHAPES.items() for memory in LISTED_MEMORY if cpu >= L4_LEAST[0] and L4_LEAST[1] <= memory <= high]
+    shapes += [
+        shape(cpu, memory, gpu=True)
+        for cpu, (_, high) in SHAPES.items()
+        for memory in LISTED_MEMORY
+        if cpu >= L4_LEAST[0] and L4_LEAST[1] <= memory <= high
+    ]
     return shapes
 
 
@@ -427,8 +438,12 @@ class CloudRunService(GCPService):
         except BaseException:
             try:
                 self._remove(machine_ids, "its launch failed")
-            except Exception as error:  # noqa: BLE001 - the launch's own error is the one to raise
-                logger.warning("Cloud Run: removing the jobs of a failed launch (%s) failed: %s; the sweep removes them later", ", ".join(machine_ids), error)
+            except Exception as error:
+                logger.warning(
+                    "Cloud Run: removing the jobs of a failed launch (%s) failed: %s; the sweep removes them later",
+                    ", ".join(machine_ids),
+                    error,
+                )
             raise
         created = time.time()
         return [
@@ -442,9 +457,14 @@ class CloudRunService(GCPService):
                 spec=launch.spec.summary(),
                 region=self.options.region,
                 owner=launch.owner,
-                details={"price_per_hour": launch.instance_type.price, "launch": launch.id, "execution": execution, "image": job.template.template.containers[0].image},
+                details={
+                    "price_per_hour": launch.instance_type.price,
+                    "launch": launch.id,
+                    "execution": execution,
+                    "image": job.template.template.containers[0].image,
+                },
             )
-            for machine_id, execution in zip(machine_ids, executions)
+            for machine_id, execution in zip(machine_ids, executions, strict=True)
         ]
 
     def _run(self, machine_id: str) -> str:
@@ -599,7 +619,7 @@ class CloudRunService(GCPService):
                     operation.result(timeout=OPERATION_TIMEOUT)
                 except gone:
                     pass
-                except Exception as error:  # noqa: BLE001 - still delete: the job must not stay behind
+                except Exception as error:
                     logger.warning("Cloud Run: cancelling %s (%s) did not finish: %s; deleting its job anyway", machine_id, reason, error)
         with self.clients.translated("run.jobs.delete"):
             deletes = []
@@ -625,7 +645,7 @@ class CloudRunService(GCPService):
             self._last_sweep = time.monotonic()
         try:
             return self.sweep(SWEEP_AFTER, jobs=jobs)
-        except Exception as error:  # noqa: BLE001
+        except Exception as error:
             logger.warning("Cloud Run: sweeping ended jobs failed (%s); the next sweep retries", error)
             return []
 
@@ -682,9 +702,17 @@ def _reason(execution: Any, exit_code: int | None) -> str:
     for condition in execution.conditions:
         if condition.type_ == "Completed" and condition.message:
             return condition.message
-    messages = [condition.message for condition in execution.conditions if condition.message and condition.state == condition.State.CONDITION_FAILED]
+    messages = [
+        condition.message for condition in execution.conditions if condition.message and condition.state == condition.State.CONDITION_FAILED
+    ]
     if messages:
         return messages[0]
     if execution.cancelled_count:
         return "its Cloud Run execution was cancelled"
-    return "completed" if exit_code == 0 else f"its task exited with code {exit_code}" if exit_code is not None else "its Cloud Run execution ended"
+    return (
+        "completed"
+        if exit_code == 0
+        else f"its task exited with code {exit_code}"
+        if exit_code is not None
+        else "its Cloud Run execution ended"
+    )

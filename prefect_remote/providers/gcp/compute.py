@@ -164,7 +164,10 @@ class ComputeService(GCPService):
                             raise self._stock_out(launch, error, spot) from None
                         logger.warning(
                             "gcp: no spot capacity for %s in %s (%s): starting %s as a standard VM (spot_with_fallback)",
-                            launch.instance_type.name, self.zone, error.code, machine_id,
+                            launch.instance_type.name,
+                            self.zone,
+                            error.code,
+                            machine_id,
                         )
                         try:
                             self._wait(self._insert(launch, machine_id, network_tags, spot=False), machine_id)
@@ -175,7 +178,7 @@ class ComputeService(GCPService):
             except BaseException:
                 try:
                     self.terminate(started, "its launch failed")
-                except Exception:  # noqa: BLE001 - the launch's own error is the one to see
+                except Exception:
                     logger.exception("gcp: could not delete the VMs of a failed launch: %s", ", ".join(started))
                 raise
 
@@ -189,7 +192,9 @@ class ComputeService(GCPService):
         except GoogleAPICallError as error:
             codes = [str(e.get("reason", "")) for e in getattr(error, "errors", []) if isinstance(e, Mapping)]
             if any(code in STOCK_OUT for code in codes) or any(code in str(error) for code in STOCK_OUT):
-                raise _OperationError(next((c for c in codes if c in STOCK_OUT), "ZONE_RESOURCE_POOL_EXHAUSTED"), error.message, machine_id) from None
+                raise _OperationError(
+                    next((c for c in codes if c in STOCK_OUT), "ZONE_RESOURCE_POOL_EXHAUSTED"), error.message, machine_id
+                ) from None
             raise
 
     def _wait(self, operation: Any, machine_id: str) -> None:
@@ -259,7 +264,7 @@ class ComputeService(GCPService):
         elif instance_type.gpu:
             scheduling.update(on_host_maintenance="TERMINATE", automatic_restart=True)  # GPUs cannot live-migrate
         if spec.timeout:
-            seconds = min(int(math.ceil(spec.timeout)) + MAX_RUN_GRACE, MAX_RUN_DURATION)
+            seconds = min(math.ceil(spec.timeout) + MAX_RUN_GRACE, MAX_RUN_DURATION)
             scheduling.update(max_run_duration={"seconds": seconds}, instance_termination_action="DELETE")
         body: dict[str, Any] = {
             "name": machine_id,
@@ -313,7 +318,8 @@ class ComputeService(GCPService):
         if address is None:
             logger.warning(
                 "gcp: could not find this computer's public IP (%s unreachable): the Dask ports get no ingress; "
-                "set PREFECT_REMOTE_GCP_PUBLIC_IP or pass allow_ingress_from as a CIDR", CHECKIP_URL,
+                "set PREFECT_REMOTE_GCP_PUBLIC_IP or pass allow_ingress_from as a CIDR",
+                CHECKIP_URL,
             )
             return None
         return str(ipaddress.ip_network(address, strict=False))

@@ -219,7 +219,9 @@ class IAMApi:
     def call(self, method: str, path: str, body: dict[str, Any] | None = None, **params: str) -> dict[str, Any]:
         from google.api_core.exceptions import from_http_response
 
-        response = self.session.request(method, f"{self.base}/v1/projects/{self.project}/{path}", json=body, params=params or None, timeout=60)
+        response = self.session.request(
+            method, f"{self.base}/v1/projects/{self.project}/{path}", json=body, params=params or None, timeout=60
+        )
         if response.status_code >= 400:
             raise from_http_response(response)
         return response.json() if response.content else {}
@@ -238,12 +240,23 @@ def missing_apis(provider: GCPProvider) -> list[str]:
     Google refuses with 403 SERVICE_DISABLED. Other errors are raised (translated)."""
     clients, project, region = provider.clients, provider.clients.project, provider.options.region
     checks: dict[str, Callable[[], Any]] = {
-        "run.googleapis.com": lambda: clients.jobs().list_jobs(request={"parent": f"projects/{project}/locations/{region}", "page_size": 1}),
+        "run.googleapis.com": lambda: clients.jobs().list_jobs(
+            request={"parent": f"projects/{project}/locations/{region}", "page_size": 1}
+        ),
         "compute.googleapis.com": lambda: clients.firewalls().list(request={"project": project, "max_results": 1}),
-        "secretmanager.googleapis.com": lambda: clients.secret_manager().list_secrets(request={"parent": f"projects/{project}", "page_size": 1}),
-        "logging.googleapis.com": lambda: next(iter(clients.logging().list_entries(
-            resource_names=[f"projects/{project}"], filter_=f'logName="projects/{project}/logs/{provider.options.log_name}"', max_results=1,
-        )), None),
+        "secretmanager.googleapis.com": lambda: clients.secret_manager().list_secrets(
+            request={"parent": f"projects/{project}", "page_size": 1}
+        ),
+        "logging.googleapis.com": lambda: next(
+            iter(
+                clients.logging().list_entries(
+                    resource_names=[f"projects/{project}"],
+                    filter_=f'logName="projects/{project}/logs/{provider.options.log_name}"',
+                    max_results=1,
+                )
+            ),
+            None,
+        ),
         "storage.googleapis.com": lambda: next(iter(clients.storage().list_buckets(max_results=1)), None),
         "iam.googleapis.com": lambda: IAMApi(clients).call("GET", "serviceAccounts", pageSize="1"),
         "cloudresourcemanager.googleapis.com": lambda: _resource_manager(clients).get_project(name=f"projects/{project}"),
@@ -346,10 +359,17 @@ def _ensure_service_account(clients: GoogleClients, iam: IAMApi, say: Say) -> st
         except NotFound:
             pass
         try:
-            iam.call("POST", "serviceAccounts", {
-                "accountId": SERVICE_ACCOUNT_ID,
-                "serviceAccount": {"displayName": "prefect-remote machines", "description": "Made by prefect-remote --provision-infra: what Cloud Run jobs and Compute Engine VMs run as"},
-            })
+            iam.call(
+                "POST",
+                "serviceAccounts",
+                {
+                    "accountId": SERVICE_ACCOUNT_ID,
+                    "serviceAccount": {
+                        "displayName": "prefect-remote machines",
+                        "description": "Made by prefect-remote --provision-infra: what Cloud Run jobs and Compute Engine VMs run as",
+                    },
+                },
+            )
         except Conflict:  # made a moment ago by another provisioning
             pass
     say(f"created service account {email}")
@@ -364,17 +384,31 @@ def _ensure_custom_role(clients: GoogleClients, iam: IAMApi, say: Say) -> None:
         try:
             role = iam.call("GET", f"roles/{MACHINE_ROLE_ID}")
         except NotFound:
-            iam.call("POST", "roles", {"roleId": MACHINE_ROLE_ID, "role": {
-                "title": "prefect-remote machine", "description": "A prefect-remote VM ends itself; a cluster's scheduler launches and ends its workers",
-                "includedPermissions": list(MACHINE_PERMISSIONS), "stage": "GA",
-            }})
+            iam.call(
+                "POST",
+                "roles",
+                {
+                    "roleId": MACHINE_ROLE_ID,
+                    "role": {
+                        "title": "prefect-remote machine",
+                        "description": "A prefect-remote VM ends itself; a cluster's scheduler launches and ends its workers",
+                        "includedPermissions": list(MACHINE_PERMISSIONS),
+                        "stage": "GA",
+                    },
+                },
+            )
             say(f"created custom role {name} ({len(MACHINE_PERMISSIONS)} permissions)")
             return
         if role.get("deleted"):  # a teardown's: Google keeps it 7 days, and its id with it
             role = iam.call("POST", f"roles/{MACHINE_ROLE_ID}:undelete", {"etag": role.get("etag")})
             say(f"undeleted custom role {name}")
         if sorted(role.get("includedPermissions") or []) != sorted(MACHINE_PERMISSIONS):
-            iam.call("PATCH", f"roles/{MACHINE_ROLE_ID}", {"includedPermissions": list(MACHINE_PERMISSIONS), "etag": role.get("etag")}, updateMask="includedPermissions")
+            iam.call(
+                "PATCH",
+                f"roles/{MACHINE_ROLE_ID}",
+                {"includedPermissions": list(MACHINE_PERMISSIONS), "etag": role.get("etag")},
+                updateMask="includedPermissions",
+            )
             say(f"updated custom role {name} to its {len(MACHINE_PERMISSIONS)} permissions")
         else:
             say(f"found custom role {name}")
@@ -432,7 +466,11 @@ def _update_project_policy(clients: GoogleClients, change: Callable[[list[dict[s
     resource = f"projects/{clients.project}"
     for attempt in range(5):
         with google_errors(clients, "resourcemanager.projects.setIamPolicy", "grant the machines' roles on the project"):
-            policy = projects.get_iam_policy(request=iam_policy_pb2.GetIamPolicyRequest(resource=resource, options=options_pb2.GetPolicyOptions(requested_policy_version=3)))
+            policy = projects.get_iam_policy(
+                request=iam_policy_pb2.GetIamPolicyRequest(
+                    resource=resource, options=options_pb2.GetPolicyOptions(requested_policy_version=3)
+                )
+            )
             bindings = _policy_bindings(policy)
             wanted = change(bindings)
             if wanted == bindings:
@@ -501,7 +539,10 @@ def _ensure_bucket_grants(clients: GoogleClients, bucket: str, member: str, gran
     with google_errors(clients, "storage.buckets.setIamPolicy", f"grant the machines {grants[0]['role']} on bucket {bucket}"):
         found = clients.storage().bucket(bucket)
         policy = found.get_iam_policy(requested_policy_version=3)
-        bindings = [{"role": b["role"], "members": sorted(b["members"]), **({"condition": b["condition"]} if b.get("condition") else {})} for b in policy.bindings]
+        bindings = [
+            {"role": b["role"], "members": sorted(b["members"]), **({"condition": b["condition"]} if b.get("condition") else {})}
+            for b in policy.bindings
+        ]
         wanted = _with_grants(bindings, member, grants)
         if wanted != bindings:
             policy.version = 3
@@ -518,8 +559,12 @@ def _ensure_account_grants(clients: GoogleClients, iam: IAMApi, email: str, gran
         bindings = [dict(b) for b in policy.get("bindings", [])]
         wanted = _with_grants(bindings, member, grants)
         if wanted != bindings:
-            iam.call("POST", f"serviceAccounts/{email}:setIamPolicy", {"policy": {"version": 1, "etag": policy.get("etag"), "bindings": wanted}})
-    say(f"{'granted' if wanted != bindings else 'found'} on service account {email}: {', '.join(g['role'] for g in grants)} (a cluster's scheduler launches its workers as it)")
+            iam.call(
+                "POST", f"serviceAccounts/{email}:setIamPolicy", {"policy": {"version": 1, "etag": policy.get("etag"), "bindings": wanted}}
+            )
+    say(
+        f"{'granted' if wanted != bindings else 'found'} on service account {email}: {', '.join(g['role'] for g in grants)} (a cluster's scheduler launches its workers as it)"
+    )
 
 
 def _firewall_names(clients: GoogleClients) -> set[str]:
@@ -590,6 +635,7 @@ def teardown(provider: GCPProvider | None = None, *, force: bool = False, delete
 def _end_machines(provider: GCPProvider, force: bool, say: Say) -> None:
     """Refuses (or, with ``force``, ends and waits for) live prefect-remote machines: Cloud Run
     executions and Compute Engine VMs of the provider's region and zone."""
+
     def alive() -> list[Any]:
         return [m for name in ("cloud-run", "compute") for m in provider.service(name).machines() if m.alive]
 
@@ -600,7 +646,8 @@ def _end_machines(provider: GCPProvider, force: bool, say: Say) -> None:
     where = f"project {provider.clients.project} ({provider.options.region})"
     if not force:
         raise TeardownRefused(
-            f"{len(machines)} prefect-remote machine(s) still run in {where}:\n" + "\n".join(lines)
+            f"{len(machines)} prefect-remote machine(s) still run in {where}:\n"
+            + "\n".join(lines)
             + "\nend them first (`prefect-remote machines rm --all` with PREFECT_REMOTE_PROVIDER=gcp), or pass --force to end them"
         )
     say(f"ending {len(machines)} machine(s):\n" + "\n".join(lines))
@@ -623,7 +670,11 @@ def _clean_buckets(clients: GoogleClients, member: str, delete: bool, say: Say) 
     removed: list[str] = []
     storage = clients.storage()
     with google_errors(clients, "storage.buckets.list", "find the buckets provisioning used"):
-        buckets = [b for b in storage.list_buckets(project=clients.project) if (b.labels or {}).get(GRANTED_LABEL) or (b.labels or {}).get(MANAGED_LABEL)]
+        buckets = [
+            b
+            for b in storage.list_buckets(project=clients.project)
+            if (b.labels or {}).get(GRANTED_LABEL) or (b.labels or {}).get(MANAGED_LABEL)
+        ]
     for bucket in buckets:
         name = bucket.name
         managed = bucket.labels.get(MANAGED_LABEL) == "true"
@@ -653,8 +704,10 @@ def _clean_buckets(clients: GoogleClients, member: str, delete: bool, say: Say) 
 
 def _records_rule(rule: Any) -> bool:
     condition = dict(rule).get("condition", {})
-    return dict(rule).get("action", {}).get("type") == "Delete" and condition.get("age") == RECORDS_KEPT_DAYS and all(
-        prefix.endswith("machines/") for prefix in condition.get("matchesPrefix", [""])
+    return (
+        dict(rule).get("action", {}).get("type") == "Delete"
+        and condition.get("age") == RECORDS_KEPT_DAYS
+        and all(prefix.endswith("machines/") for prefix in condition.get("matchesPrefix", [""]))
     )
 
 

@@ -41,7 +41,7 @@ def insert_id(machine_id: str, number: int) -> str:
 
 
 def _rfc3339(epoch: float) -> str:
-    return datetime.datetime.fromtimestamp(epoch, datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return datetime.datetime.fromtimestamp(epoch, datetime.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 class CloudLoggingSender(LogSender):
@@ -58,7 +58,14 @@ class CloudLoggingSender(LogSender):
     missing_library = "google-auth is not installed in the agent's environment: this machine's log is not shipped to Cloud Logging"
 
     def __init__(
-        self, project: str, log_name: str, machine_id: str, *, api_endpoint: str | None = None, session: Any = None, timeout: tuple[float, float] = (2.0, 5.0)
+        self,
+        project: str,
+        log_name: str,
+        machine_id: str,
+        *,
+        api_endpoint: str | None = None,
+        session: Any = None,
+        timeout: tuple[float, float] = (2.0, 5.0),
     ) -> None:
         self.project, self.log_name, self.machine_id, self.timeout = project, log_name, machine_id, timeout
         self.url = f"{(api_endpoint or DEFAULT_ENDPOINT).rstrip('/')}/v2/entries:write"
@@ -77,7 +84,11 @@ class CloudLoggingSender(LogSender):
             "resource": {"type": "global", "labels": {"project_id": self.project}},
             "labels": {MACHINE_LABEL: self.machine_id},
             "entries": [
-                {"textPayload": event["message"], "timestamp": _rfc3339(event["timestamp"] / 1000), "insertId": insert_id(self.machine_id, first + index)}
+                {
+                    "textPayload": event["message"],
+                    "timestamp": _rfc3339(event["timestamp"] / 1000),
+                    "insertId": insert_id(self.machine_id, first + index),
+                }
                 for index, event in enumerate(events)
             ],
         }
@@ -91,8 +102,15 @@ class CloudLoggingSender(LogSender):
 
 
 def ship_log(
-    path: str, project: str, log_name: str, machine_id: str, *, api_endpoint: str | None = None, session: Any = None,
-    interval: float = 1.0, report: Callable[[str], None] | None = None,
+    path: str,
+    project: str,
+    log_name: str,
+    machine_id: str,
+    *,
+    api_endpoint: str | None = None,
+    session: Any = None,
+    interval: float = 1.0,
+    report: Callable[[str], None] | None = None,
 ) -> LogShipper:
     """Tails the machine log at ``path`` into Cloud Logging (:class:`CloudLoggingSender`); started.
 
@@ -127,5 +145,5 @@ def read_logs(clients: GoogleClients, log_name: str, machine_id: str, cursor: st
     lines = [str(entry.payload) if entry.payload is not None else "" for entry in entries]
     text = "".join(line if line.endswith("\n") else line + "\n" for line in lines)
     last = entries[-1]
-    stamp = last.timestamp.astimezone(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")  # every entry has one
+    stamp = last.timestamp.astimezone(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")  # every entry has one
     return LogChunk(text, f"{stamp}|{last.insert_id}")

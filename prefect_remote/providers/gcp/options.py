@@ -24,7 +24,7 @@ _EMAIL = re.compile(r"[^@\s]+@[^@\s]+\.iam\.gserviceaccount\.com|[^@\s]+@develop
 FIRST_ZONES = {"europe-west1": "b", "us-east1": "b", "asia-east1": "a"}
 
 
-def _settings():  # noqa: ANN202 - pydantic default factories
+def _settings():
     from prefect_remote.settings import get_settings
 
     return get_settings()
@@ -35,17 +35,29 @@ class GCPOptions(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    project: str | None = Field(default_factory=lambda: _settings().gcp_project, description="Project id; default GOOGLE_CLOUD_PROJECT or the credentials'.")
+    project: str | None = Field(
+        default_factory=lambda: _settings().gcp_project, description="Project id; default GOOGLE_CLOUD_PROJECT or the credentials'."
+    )
     region: str = Field(default_factory=lambda: _settings().gcp_region, description="Region, e.g. us-central1.")
     zone: str | None = Field(default_factory=lambda: _settings().gcp_zone, description="Compute Engine zone; default the region's first.")
-    service: Service = Field(default="auto", description="Cloud Run jobs, Compute Engine VMs, or 'auto': Cloud Run unless the spec needs a VM.")
-    service_account: str | None = Field(default_factory=lambda: _settings().gcp_service_account, description="Email of the machines' service account.")
+    service: Service = Field(
+        default="auto", description="Cloud Run jobs, Compute Engine VMs, or 'auto': Cloud Run unless the spec needs a VM."
+    )
+    service_account: str | None = Field(
+        default_factory=lambda: _settings().gcp_service_account, description="Email of the machines' service account."
+    )
     network: str = Field(default="default", description="VPC network of Compute Engine VMs (and the firewall rule).")
     subnetwork: str | None = Field(default=None, description="Subnetwork of Compute Engine VMs; default the network's in the region.")
-    vm_image: str = Field(default="projects/debian-cloud/global/images/family/debian-12", description="Compute Engine boot image (or image family) URL.")
+    vm_image: str = Field(
+        default="projects/debian-cloud/global/images/family/debian-12", description="Compute Engine boot image (or image family) URL."
+    )
     log_name: str = Field(default="prefect-remote", description="Cloud Logging log machines write to.")
-    api_endpoint: str | None = Field(default_factory=lambda: _settings().gcp_api_endpoint, description="Base URL of every Google API but Cloud Storage.")
-    public_ip: str | None = Field(default_factory=lambda: _settings().gcp_public_ip, description="This launcher's public IP, for allow_ingress_from='me'.")
+    api_endpoint: str | None = Field(
+        default_factory=lambda: _settings().gcp_api_endpoint, description="Base URL of every Google API but Cloud Storage."
+    )
+    public_ip: str | None = Field(
+        default_factory=lambda: _settings().gcp_public_ip, description="This launcher's public IP, for allow_ingress_from='me'."
+    )
     lease_interval: float = Field(default_factory=lambda: _settings().gcp_lease_interval, ge=5.0)
     allow_ingress_from: str = Field(default="me", description="Who reaches a cluster's scheduler when its spec does not say.")
 
@@ -67,14 +79,18 @@ class GCPOptions(BaseModel):
     @classmethod
     def _project(cls, value: str | None) -> str | None:
         if value is not None and not _PROJECT.fullmatch(value):
-            raise ValueError(f"project={value!r}: expected a project id (6-30 lowercase letters, digits or '-', starting with a letter), such as 'my-project-123'")
+            raise ValueError(
+                f"project={value!r}: expected a project id (6-30 lowercase letters, digits or '-', starting with a letter), such as 'my-project-123'"
+            )
         return value
 
     @field_validator("service_account")
     @classmethod
     def _service_account(cls, value: str | None) -> str | None:
         if value is not None and not _EMAIL.fullmatch(value):
-            raise ValueError(f"service_account={value!r}: expected a service account email such as 'prefect-remote@my-project.iam.gserviceaccount.com'")
+            raise ValueError(
+                f"service_account={value!r}: expected a service account email such as 'prefect-remote@my-project.iam.gserviceaccount.com'"
+            )
         return value
 
     @field_validator("allow_ingress_from")

@@ -35,7 +35,11 @@ PRICES_TTL = 7 * 24 * 3600.0  # list prices change a few times a year
 # "N2 Instance Core running in Americas", "N2D AMD Instance Ram running in Belgium",
 # "N1 Predefined Instance Core running in Americas": a family's on-demand rate (not Custom, not sole-tenant).
 _SKU_RATE = re.compile(r"(?P<family>E2|N1 Predefined|N2D|N2|C3|T2A|C4A|G2|A2)(?: AMD| Arm)? Instance (?P<kind>Core|Ram) running in ")
-_SKU_GPU = {"Nvidia Tesla T4 GPU running in ": "nvidia-tesla-t4", "Nvidia L4 GPU running in ": "nvidia-l4", "Nvidia Tesla A100 GPU running in ": "nvidia-tesla-a100"}
+_SKU_GPU = {
+    "Nvidia Tesla T4 GPU running in ": "nvidia-tesla-t4",
+    "Nvidia L4 GPU running in ": "nvidia-l4",
+    "Nvidia Tesla A100 GPU running in ": "nvidia-tesla-a100",
+}
 
 
 def family(machine_type: str) -> str:
@@ -99,7 +103,9 @@ def bundled_rates(region: str) -> Rates:
 # -- the Cloud Billing Catalog API -----------------------------------------------------------------
 
 
-def parse_skus(skus: Iterator[Mapping[str, Any]] | list[Mapping[str, Any]], region: str) -> tuple[dict[str, dict[str, float]], dict[str, float]]:
+def parse_skus(
+    skus: Iterator[Mapping[str, Any]] | list[Mapping[str, Any]], region: str
+) -> tuple[dict[str, dict[str, float]], dict[str, float]]:
     """Family rates and GPU prices in ``region`` from Compute Engine's catalog SKUs (on-demand only).
 
     >>> sku = {"description": "N2 Instance Core running in Americas", "serviceRegions": ["us-central1"],
@@ -158,7 +164,7 @@ def fetch_rates(credentials: Any, region: str, api_endpoint: str | None = None, 
             token = page.get("nextPageToken", "")
             if not token:
                 break
-    except Exception as error:  # noqa: BLE001 - any failure (network, auth, JSON) means the table is used
+    except Exception as error:
         logger.debug("Cloud Billing Catalog API unavailable (%s): using the bundled prices", error)
         return None
     families, gpus = parse_skus(skus, region)
@@ -196,4 +202,3 @@ def on_demand_rates(credentials: Any, region: str, api_endpoint: str | None = No
         document.update(source=rates.source, families=rates.families, gpus=rates.gpus, shared_core=rates.shared_core)
     save_cache(path, document)
     return rates or bundled_rates(region)
-

@@ -167,7 +167,9 @@ class GCPProvider(Provider):
                 from prefect_remote.errors import CapabilityError
 
                 other = "compute" if self.options.service == "cloud-run" else "cloud-run"
-                raise CapabilityError(f"gcp_service={self.options.service!r}: {problem}; ask for less, or use gcp_service={other!r} or 'auto'")
+                raise CapabilityError(
+                    f"gcp_service={self.options.service!r}: {problem}; ask for less, or use gcp_service={other!r} or 'auto'"
+                )
             return chosen, f"gcp_service={self.options.service!r}"
         cloud_run = self.service("cloud-run")
         problem = cloud_run.unfit(spec)
@@ -180,7 +182,9 @@ class GCPProvider(Provider):
             service = self.service(name)
             if machine_id.startswith(service.id_prefix):
                 return service
-        raise MachineNotFound(f"no gcp machine {machine_id!r}: gcp machine ids start with 'run-' or 'vm-'; `prefect-remote machines ls` lists them")
+        raise MachineNotFound(
+            f"no gcp machine {machine_id!r}: gcp machine ids start with 'run-' or 'vm-'; `prefect-remote machines ls` lists them"
+        )
 
     def provision_infra(self, pool: str, store: str | None, say: Callable[[str], None]) -> dict[str, str | None]:
         """The APIs checked, the machines' service account and its roles, the bucket and the firewall
@@ -259,7 +263,9 @@ class GCPProvider(Provider):
             return self.records.complete(found[0])
         ended = self.records.ended_machine(machine_id)  # deleted by the cloud, remembered by its record
         if ended is None:
-            raise MachineNotFound(f"no gcp machine {machine_id!r} (never launched, or ended and forgotten); `prefect-remote machines ls` lists them")
+            raise MachineNotFound(
+                f"no gcp machine {machine_id!r} (never launched, or ended and forgotten); `prefect-remote machines ls` lists them"
+            )
         return ended
 
     def terminate(self, machine_ids: Iterable[str], *, reason: str = "terminated on request", exit_code: int | None = None) -> None:

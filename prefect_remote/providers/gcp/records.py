@@ -61,7 +61,7 @@ def _batches(items: Sequence[str], size: int = BATCH) -> Iterator[list[str]]:
 
 
 def _timestamp(epoch: float) -> datetime.datetime:
-    return datetime.datetime.fromtimestamp(epoch, datetime.timezone.utc)
+    return datetime.datetime.fromtimestamp(epoch, datetime.UTC)
 
 
 class MachineRecords:
@@ -98,7 +98,9 @@ class MachineRecords:
         return self.store.translated(action, f"the record of {machine_id}")
 
     # -- the owner's side -----------------------------------------------------------------------
-    def create(self, machine_ids: Sequence[str], launch: Launch, *, service: str, region: str | None = None, price: float | None = None) -> None:
+    def create(
+        self, machine_ids: Sequence[str], launch: Launch, *, service: str, region: str | None = None, price: float | None = None
+    ) -> None:
         """Writes the records of a launch's machines, their leases fresh (one upload each)."""
         now = time.time()
         spec = launch.spec
@@ -143,7 +145,7 @@ class MachineRecords:
                         blobs.append(blob)
                 # One response per deferred call, in order (what Batch.finish returned; the context
                 # manager keeps it there). A failed call leaves its blob's properties as the error.
-                for machine_id, blob, response in zip(batch_ids, blobs, batch._responses):
+                for machine_id, blob, response in zip(batch_ids, blobs, batch._responses, strict=True):
                     status = response.status_code
                     if status == 404:
                         done[machine_id] = None
@@ -215,7 +217,9 @@ class MachineRecords:
         for blob in blobs:
             machine_id = blob.name.removeprefix(folder).removesuffix(".json")
             metadata = blob.metadata or {}
-            if machine_id in shown or ("ended" not in metadata and blob.time_created and time.time() - blob.time_created.timestamp() < settling):
+            if machine_id in shown or (
+                "ended" not in metadata and blob.time_created and time.time() - blob.time_created.timestamp() < settling
+            ):
                 continue
             try:
                 recorded = dict(json.loads(metadata.get("tags") or "{}"))

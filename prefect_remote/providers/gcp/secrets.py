@@ -68,7 +68,11 @@ def store_secrets(clients: GoogleClients, launch_id: str, secrets: Mapping[str, 
     if records is not None:
         labels[RECORDS_LABEL] = records.label
     with clients.translated("secretmanager.secrets.create"):
-        client.create_secret(parent=f"projects/{clients.project}", secret_id=secret_id(launch_id), secret={"replication": {"automatic": {}}, "labels": labels})
+        client.create_secret(
+            parent=f"projects/{clients.project}",
+            secret_id=secret_id(launch_id),
+            secret={"replication": {"automatic": {}}, "labels": labels},
+        )
     try:
         with clients.translated("secretmanager.versions.add"):
             client.add_secret_version(parent=name, payload={"data": data, "data_crc32c": _crc32c(data)})
@@ -100,7 +104,9 @@ def read_secrets(project: str, launch_id: str, *, api_endpoint: str | None = Non
         response = client.access_secret_version(name=f"{secret_name(project, launch_id)}/versions/latest")
     data = response.payload.data
     if response.payload.data_crc32c and _crc32c(data) != response.payload.data_crc32c:
-        raise GCPError(f"the secret of {launch_id} arrived corrupted (its CRC32C does not match); the machine cannot start its payload safely")
+        raise GCPError(
+            f"the secret of {launch_id} arrived corrupted (its CRC32C does not match); the machine cannot start its payload safely"
+        )
     return dict(json.loads(data))
 
 
@@ -115,7 +121,11 @@ def sweep_secrets(clients: GoogleClients, records: MachineRecords, *, older_than
     cutoff = time.time() - older_than
     try:
         with clients.translated("secretmanager.secrets.list"):
-            found = list(clients.secret_manager().list_secrets(request={"parent": f"projects/{clients.project}", "filter": f"labels.{RECORDS_LABEL}={records.label}"}))
+            found = list(
+                clients.secret_manager().list_secrets(
+                    request={"parent": f"projects/{clients.project}", "filter": f"labels.{RECORDS_LABEL}={records.label}"}
+                )
+            )
     except (GCPError, GoogleAPICallError) as error:
         logger.debug("launch secrets not swept: %s", error)
         return []

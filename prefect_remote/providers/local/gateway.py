@@ -30,7 +30,7 @@ from pathlib import Path
 
 from prefect_remote.filelock import file_lock
 from prefect_remote.providers.local import records
-from prefect_remote.providers.local.isolation import RUN_DIR, IsolationError, Bridge, live_pid, spawn_detached
+from prefect_remote.providers.local.isolation import RUN_DIR, Bridge, IsolationError, live_pid, spawn_detached
 
 EGRESS_PORT = 3128
 IDLE_EXIT = 10.0  # seconds without namespace machines, or a request, before a gateway service exits
@@ -60,15 +60,13 @@ async def _handle(client_reader: asyncio.StreamReader, client_writer: asyncio.St
             client_writer.write(b"HTTP/1.1 405 Method Not Allowed\r\n\r\nonly CONNECT tunnels to port 443 are offered\r\n")
             return
         if not allowed(host, patterns):
-            client_writer.write(
-                f"HTTP/1.1 403 Forbidden\r\n\r\n{host} is not in PREFECT_REMOTE_LOCAL_EGRESS\r\n".encode()
-            )
+            client_writer.write(f"HTTP/1.1 403 Forbidden\r\n\r\n{host} is not in PREFECT_REMOTE_LOCAL_EGRESS\r\n".encode())
             return
         upstream_reader, upstream_writer = await asyncio.wait_for(asyncio.open_connection(host, int(port)), 30)
         client_writer.write(b"HTTP/1.1 200 Connection established\r\n\r\n")
         await client_writer.drain()
         await asyncio.gather(_pipe(client_reader, upstream_writer), _pipe(upstream_reader, client_writer))
-    except (OSError, ValueError, asyncio.IncompleteReadError, asyncio.TimeoutError, asyncio.LimitOverrunError):
+    except (TimeoutError, OSError, ValueError, asyncio.IncompleteReadError, asyncio.LimitOverrunError):
         pass
     finally:
         client_writer.close()
@@ -77,7 +75,7 @@ async def _handle(client_reader: asyncio.StreamReader, client_writer: asyncio.St
 async def _forward(client_reader: asyncio.StreamReader, client_writer: asyncio.StreamWriter, port: int) -> None:
     try:
         upstream_reader, upstream_writer = await asyncio.wait_for(asyncio.open_connection("127.0.0.1", port), 30)
-    except (OSError, asyncio.TimeoutError):
+    except (TimeoutError, OSError):
         client_writer.close()
         return
     await asyncio.gather(_pipe(client_reader, upstream_writer), _pipe(upstream_reader, client_writer))

@@ -37,7 +37,11 @@ def request(hypervisor_pid: int, host: HostConfig, **arguments: Any) -> list[str
     except subprocess.TimeoutExpired as error:
         raise CapacityError(f"local provider: launching through the host took longer than {LAUNCH_TIMEOUT:.0f}s") from error
     lines = result.stdout.strip().splitlines()
-    answer = json.loads(lines[-1]) if lines and lines[-1].startswith("{") else {"error": "CapacityError", "message": result.stderr.strip()[-2000:]}
+    answer = (
+        json.loads(lines[-1])
+        if lines and lines[-1].startswith("{")
+        else {"error": "CapacityError", "message": result.stderr.strip()[-2000:]}
+    )
     if "error" in answer:  # raised again here as the same kind of error, with the host's message
         kind = {"ValueError": ValueError, "CapacityError": CapacityError}.get(answer["error"], CapacityError)
         raise kind(f"{answer['message']} (launching through the host)")

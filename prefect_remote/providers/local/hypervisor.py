@@ -33,7 +33,7 @@ class Hypervisor:
         self.cgroups = Cgroups(self.record["cgroups"]) if self.record.get("cgroups") else None
         self.grace = self.record["grace_period"]
         self.stop_requested = False
-        self.log = open(directory / records.LOG, "ab", buffering=0)
+        self.log = open(directory / records.LOG, "ab", buffering=0)  # noqa: SIM115 (the machine's log, open for the monitor's life)
 
     def say(self, message: str) -> None:
         stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
@@ -150,7 +150,9 @@ def main() -> int:
     try:
         return Hypervisor(directory).run()
     except Exception as error:  # never leave a machine without an end record
-        records.write_json(directory / records.ENDED, {"reason": f"machine monitor failed: {error!r}", "exit_code": None, "ended": time.time()})
+        records.write_json(
+            directory / records.ENDED, {"reason": f"machine monitor failed: {error!r}", "exit_code": None, "ended": time.time()}
+        )
         raise
 
 

@@ -350,7 +350,8 @@ class Bridge:
             if not Path("/sys/class/net", self.name).exists():
                 with self._claiming_subnet():
                     _run_ip(
-                        "-batch", "-",
+                        "-batch",
+                        "-",
                         batch=f"link add {self.name} address {self.mac} type bridge\n"
                         f"addr add {self.address}/{self.network.prefixlen} dev {self.name}\nlink set {self.name} up\n",
                     )

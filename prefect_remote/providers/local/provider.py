@@ -18,12 +18,12 @@ import sys
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit, urlunsplit
 
 from prefect_remote.boot import MACHINE_ID_ENV
 from prefect_remote.errors import CapacityError, MachineNotFound
-from prefect_remote.providers.base import LOOPBACK_HOSTS, Capabilities, complete_utf8, InstanceType, Launch, LogChunk, Machine, Provider
+from prefect_remote.providers.base import LOOPBACK_HOSTS, Capabilities, InstanceType, Launch, LogChunk, Machine, Provider, complete_utf8
 from prefect_remote.providers.local import gateway, host_launch, records
 from prefect_remote.providers.local.isolation import Bridge, kill_pids, live_pid, namespace_unavailable, record_end, tagged_pids
 from prefect_remote.providers.local.runtime import request_stop
@@ -80,7 +80,8 @@ class LocalProvider(Provider):
         # Loaded on first use: the settings model imports pydantic, which describing a machine does not need.
         settings = self._settings  # (read once: another thread may be loading it too)
         if settings is None or isinstance(settings, Mapping):
-            from prefect_remote.settings import RemoteSettings as Settings, get_settings
+            from prefect_remote.settings import RemoteSettings as Settings
+            from prefect_remote.settings import get_settings
 
             settings = self._settings = Settings(**settings) if settings else get_settings()
         return settings

@@ -1,16 +1,16 @@
 """A local machine's folder: one file per fact, each written atomically.
 
-    machine.json     what was launched (spec, tags, owner, isolation plan); written once
-    boot.sh          the boot script (no secrets)
-    secrets.json     the secret environment, owner-only (0600)
-    lease            its modification time is the owner's last heartbeat
-    hypervisor.pid   the machine's monitor process
-    state.json       the boot process, once started
-    stop.json        the first termination request: reason and exit code
-    ended.json       why and when the machine ended
-    machine.log      boot, agent, payload and monitor output
-    work/            the machine's working directory and HOME
-    root/            where a sandbox cloud's instance starts its boot script: its image's / (``boot_folder``)
+machine.json     what was launched (spec, tags, owner, isolation plan); written once
+boot.sh          the boot script (no secrets)
+secrets.json     the secret environment, owner-only (0600)
+lease            its modification time is the owner's last heartbeat
+hypervisor.pid   the machine's monitor process
+state.json       the boot process, once started
+stop.json        the first termination request: reason and exit code
+ended.json       why and when the machine ended
+machine.log      boot, agent, payload and monitor output
+work/            the machine's working directory and HOME
+root/            where a sandbox cloud's instance starts its boot script: its image's / (``boot_folder``)
 """
 
 from __future__ import annotations

@@ -23,7 +23,6 @@ from typing import Any
 
 from prefect_remote.errors import CapacityError
 from prefect_remote.providers.local import gateway, records
-from prefect_remote.providers.local.runtime import request_stop
 from prefect_remote.providers.local.isolation import (
     Bridge,
     Cgroups,
@@ -34,6 +33,7 @@ from prefect_remote.providers.local.isolation import (
     spawn_detached,
     teardown,
 )
+from prefect_remote.providers.local.runtime import request_stop
 
 ISOLATIONS = ("auto", "process", "namespace")
 
@@ -142,7 +142,7 @@ def start_machines(
     except (OSError, IsolationError) as error:
         for directory in started:  # their monitors end them and record why
             request_stop(directory, f"its launch failed: {error}", None)
-        _remove(directories[len(started):])
+        _remove(directories[len(started) :])
         raise CapacityError(f"local provider: could not launch {count} machine(s): {error}") from error
     return [directory.name for directory in directories]
 

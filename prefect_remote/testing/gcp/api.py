@@ -50,7 +50,9 @@ STATUS_NAMES = {
 class GoogleError(Exception):
     """Raised by a fake service's handler: becomes Google's JSON error body with this status."""
 
-    def __init__(self, code: int, message: str, status: str | None = None, reason: str | None = None, details: list[dict[str, Any]] | None = None) -> None:
+    def __init__(
+        self, code: int, message: str, status: str | None = None, reason: str | None = None, details: list[dict[str, Any]] | None = None
+    ) -> None:
         super().__init__(message)
         self.code, self.message = code, message
         self.status = status or STATUS_NAMES.get(code, "UNKNOWN")
@@ -157,7 +159,10 @@ class GoogleAPI:
             return found[0]
         claims = self._self_signed(token)
         if claims is None:
-            raise GoogleError(401, "Request had invalid authentication credentials. Expected OAuth 2 access token, login cookie or other valid authentication credential.")
+            raise GoogleError(
+                401,
+                "Request had invalid authentication credentials. Expected OAuth 2 access token, login cookie or other valid authentication credential.",
+            )
         return f"serviceAccount:{claims['iss']}"
 
     def _self_signed(self, token: str) -> dict[str, Any] | None:
@@ -191,7 +196,9 @@ class GoogleAPI:
         self.disabled.pop(service, None)
 
     # -- routes ------------------------------------------------------------------------------------
-    def route(self, path: str, methods: list[str], name: str, *, authenticated: bool = True) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    def route(
+        self, path: str, methods: list[str], name: str, *, authenticated: bool = True
+    ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
         """Registers ``handler(request, **path_params)`` (sync: it runs in a thread; or async) for
         ``path``. It returns a dict (JSON 200), a :class:`Response`, or raises :class:`GoogleError`.
         Routes with a ``:verb`` suffix must be registered before the same path without it."""

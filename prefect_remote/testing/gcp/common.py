@@ -54,16 +54,30 @@ def check_labels(labels: Any, where: str = "labels") -> dict[str, str]:
         raise GoogleError(400, f"{where}: {len(labels)} labels; at most 64 are allowed")
     for key, value in labels.items():
         if not _LABEL_KEY.fullmatch(str(key)):
-            raise GoogleError(400, f"{where}: invalid label key {key!r}: keys start with a lowercase letter and hold only lowercase letters, digits, '_' and '-' (at most 63 characters)")
+            raise GoogleError(
+                400,
+                f"{where}: invalid label key {key!r}: keys start with a lowercase letter and hold only lowercase letters, digits, '_' and '-' (at most 63 characters)",
+            )
         if not isinstance(value, str) or not _LABEL_VALUE.fullmatch(value):
-            raise GoogleError(400, f"{where}: invalid value {value!r} of label {key!r}: values hold only lowercase letters, digits, '_' and '-' (at most 63 characters)")
+            raise GoogleError(
+                400,
+                f"{where}: invalid value {value!r} of label {key!r}: values hold only lowercase letters, digits, '_' and '-' (at most 63 characters)",
+            )
     return labels
 
 
 T = TypeVar("T")
 
 
-def page(items: Sequence[T], query: Mapping[str, str], *, default: int = 100, maximum: int = 1000, size_key: str = "pageSize", token_key: str = "pageToken") -> tuple[list[T], str]:
+def page(
+    items: Sequence[T],
+    query: Mapping[str, str],
+    *,
+    default: int = 100,
+    maximum: int = 1000,
+    size_key: str = "pageSize",
+    token_key: str = "pageToken",
+) -> tuple[list[T], str]:
     """One page of ``items`` for a list request's ``pageSize`` and ``pageToken``, and the next
     page's token ("" on the last page). Tokens are opaque to clients, as Google's are."""
     try:

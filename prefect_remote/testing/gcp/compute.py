@@ -104,7 +104,11 @@ class MachineShape:
 
 
 def _catalog() -> list[MachineShape]:
-    shapes = [MachineShape("e2-micro", 2, 1024, shared=True), MachineShape("e2-small", 2, 2048, shared=True), MachineShape("e2-medium", 2, 4096, shared=True)]
+    shapes = [
+        MachineShape("e2-micro", 2, 1024, shared=True),
+        MachineShape("e2-small", 2, 2048, shared=True),
+        MachineShape("e2-medium", 2, 4096, shared=True),
+    ]
     shapes += [MachineShape(f"e2-standard-{n}", n, n * 4096) for n in (2, 4, 8, 16, 32)]
     shapes += [MachineShape(f"e2-highmem-{n}", n, n * 8192) for n in (2, 4, 8, 16)]
     shapes += [MachineShape(f"e2-highcpu-{n}", n, n * 1024) for n in (2, 4, 8, 16, 32)]
@@ -129,7 +133,11 @@ ACCELERATORS = {
     "nvidia-l4": ("NVIDIA L4", 8, ("g2",)),
     "nvidia-tesla-a100": ("NVIDIA A100 40GB", 16, ("a2",)),
 }
-GPU_QUOTAS = {"nvidia-tesla-t4": "NVIDIA_T4_GPUS", "nvidia-l4": "NVIDIA_L4_GPUS", "nvidia-tesla-a100": "NVIDIA_A100_GPUS"}  # the region's quota metrics
+GPU_QUOTAS = {
+    "nvidia-tesla-t4": "NVIDIA_T4_GPUS",
+    "nvidia-l4": "NVIDIA_L4_GPUS",
+    "nvidia-tesla-a100": "NVIDIA_A100_GPUS",
+}  # the region's quota metrics
 # (image project, family) -> (image name, architecture)
 IMAGES = {
     ("debian-cloud", "debian-12"): ("debian-12-bookworm-v20261110", "X86_64"),
@@ -139,8 +147,16 @@ IMAGES = {
 }
 DISK_TYPES = ("pd-standard", "pd-balanced", "pd-ssd", "hyperdisk-balanced")
 HYPERDISK_ONLY = ("c4a",)  # families that boot only from Hyperdisk
-CPU_PLATFORMS = {"e2": "Intel Broadwell", "n2": "Intel Cascade Lake", "c3": "Intel Sapphire Rapids", "n1": "Intel Skylake",
-                 "t2a": "Ampere Altra", "c4a": "Google Axion", "g2": "Intel Cascade Lake", "a2": "Intel Cascade Lake"}
+CPU_PLATFORMS = {
+    "e2": "Intel Broadwell",
+    "n2": "Intel Cascade Lake",
+    "c3": "Intel Sapphire Rapids",
+    "n1": "Intel Skylake",
+    "t2a": "Ampere Altra",
+    "c4a": "Google Axion",
+    "g2": "Intel Cascade Lake",
+    "a2": "Intel Cascade Lake",
+}
 
 
 def timestamp(epoch: float | None = None) -> str:
@@ -330,7 +346,16 @@ class ComputeFake:
         zones = self.sandbox.zones
         return family not in GPU_FAMILIES or len(zones) == 1 or zone != zones[-1]
 
-    def _operation(self, scope: str | None, operation_type: str, target: str, target_id: str, *, user: str, error: tuple[int, str, str, str] | None = None) -> dict[str, Any]:
+    def _operation(
+        self,
+        scope: str | None,
+        operation_type: str,
+        target: str,
+        target_id: str,
+        *,
+        user: str,
+        error: tuple[int, str, str, str] | None = None,
+    ) -> dict[str, Any]:
         """A finished operation (``scope``: a zone, or None for global); ``error``: (HTTP status,
         HTTP message, code, message)."""
         now = time.time()
@@ -433,11 +458,17 @@ class ComputeFake:
             raise GoogleError(404, f"The resource 'projects/{project}/regions/{region}' was not found", reason="notFound")
         with self._lock:
             live = [vm for vm in self._vms.values() if vm.resource["status"] != "TERMINATED"]
+
         def cpus(vm: VM) -> int:
             return MACHINE_TYPES[last_segment(vm.resource["machineType"])].cpus
 
         def gpus(name: str) -> int:
-            return sum(a["acceleratorCount"] for vm in live for a in vm.resource.get("guestAccelerators", []) if last_segment(a["acceleratorType"]) == name)
+            return sum(
+                a["acceleratorCount"]
+                for vm in live
+                for a in vm.resource.get("guestAccelerators", [])
+                if last_segment(a["acceleratorType"]) == name
+            )
 
         quotas = [
             ("CPUS", 2400, sum(cpus(vm) for vm in live if not vm.resource["scheduling"]["preemptible"])),
@@ -462,7 +493,11 @@ class ComputeFake:
     # -- machine and accelerator types ------------------------------------------------------------------------
     def _machine_type(self, shape: MachineShape, zone: str) -> dict[str, Any]:
         gb = shape.memory_mb / 1024
-        description = f"{shape.cpus} vCPU{'s' if shape.cpus > 1 else ''}, {gb:g} GB RAM" if not shape.shared else f"Efficient Instance, {shape.cpus} vCPU (1/{8 // shape.cpus if shape.cpus < 8 else 1} shared physical core) and {gb:g} GB RAM"
+        description = (
+            f"{shape.cpus} vCPU{'s' if shape.cpus > 1 else ''}, {gb:g} GB RAM"
+            if not shape.shared
+            else f"Efficient Instance, {shape.cpus} vCPU (1/{8 // shape.cpus if shape.cpus < 8 else 1} shared physical core) and {gb:g} GB RAM"
+        )
         resource: dict[str, Any] = {
             "kind": "compute#machineType",
             "id": numeric_id("machineType", shape.name),
@@ -488,7 +523,9 @@ class ComputeFake:
 
     def list_machine_types(self, request: Request, project: str, zone: str) -> dict[str, Any]:
         self._check_zone(project, zone)
-        return page(filter_items(self._machine_types(zone), request), request, "compute#machineTypeList", self._link("zones", zone, "machineTypes"))
+        return page(
+            filter_items(self._machine_types(zone), request), request, "compute#machineTypeList", self._link("zones", zone, "machineTypes")
+        )
 
     def aggregated_machine_types(self, request: Request, project: str) -> dict[str, Any]:
         self._check_project(project)
@@ -499,7 +536,9 @@ class ComputeFake:
         self._check_zone(project, zone)
         shape = MACHINE_TYPES.get(machine_type)
         if shape is None or not self._offered(zone, shape.family):
-            raise GoogleError(404, f"The resource 'projects/{project}/zones/{zone}/machineTypes/{machine_type}' was not found", reason="notFound")
+            raise GoogleError(
+                404, f"The resource 'projects/{project}/zones/{zone}/machineTypes/{machine_type}' was not found", reason="notFound"
+            )
         return self._machine_type(shape, zone)
 
     def _accelerator_type(self, name: str, zone: str) -> dict[str, Any]:
@@ -526,7 +565,9 @@ class ComputeFake:
     def get_accelerator_type(self, request: Request, project: str, zone: str, accelerator_type: str) -> dict[str, Any]:
         self._check_zone(project, zone)
         if not self._accelerator_offered(accelerator_type, zone):
-            raise GoogleError(404, f"The resource 'projects/{project}/zones/{zone}/acceleratorTypes/{accelerator_type}' was not found", reason="notFound")
+            raise GoogleError(
+                404, f"The resource 'projects/{project}/zones/{zone}/acceleratorTypes/{accelerator_type}' was not found", reason="notFound"
+            )
         return self._accelerator_type(accelerator_type, zone)
 
     # -- images -----------------------------------------------------------------------------------------------
@@ -571,19 +612,23 @@ class ComputeFake:
         project, is_family, name = found.groups()
         if is_family:
             return self._image(project, name) if (project, name) in IMAGES else None
-        return next((self._image(owner, family) for (owner, family), (image, _) in IMAGES.items() if owner == project and image == name), None)
+        return next(
+            (self._image(owner, family) for (owner, family), (image, _) in IMAGES.items() if owner == project and image == name), None
+        )
 
     # -- instances ---------------------------------------------------------------------------------------------
     def insert_instance(self, request: Request, project: str, zone: str) -> dict[str, Any]:
         self._check_zone(project, zone)
         spec = body(request)
         user = principal_email(request)
-        resource, shape = self._new_instance(project, zone, spec)
+        resource, _shape = self._new_instance(project, zone, spec)
         name = resource["name"]
         link = resource["selfLink"]
         with self._lock:
             if name in self._vms:
-                raise GoogleError(409, f"The resource 'projects/{project}/zones/{zone}/instances/{name}' already exists", reason="alreadyExists")
+                raise GoogleError(
+                    409, f"The resource 'projects/{project}/zones/{zone}/instances/{name}' already exists", reason="alreadyExists"
+                )
             if resource["scheduling"].get("provisioningModel") == "SPOT" and self._refuse_spot:
                 code = self._refuse_spot.pop(0)
                 error = (503, "SERVICE UNAVAILABLE", code, STOCK_OUT.format(zone=f"projects/{project}/zones/{zone}"))
@@ -617,10 +662,14 @@ class ComputeFake:
         if found is None:
             raise invalid("resource.machineType", machine_url, "Must be a URL to a valid Compute resource of the correct type.")
         if found.group(1) != zone:
-            raise invalid("resource.machineType", machine_url, f"Machine type is in zone '{found.group(1)}', not in the instance's zone '{zone}'.")
+            raise invalid(
+                "resource.machineType", machine_url, f"Machine type is in zone '{found.group(1)}', not in the instance's zone '{zone}'."
+            )
         shape = MACHINE_TYPES.get(found.group(2))
         if shape is None or not self._offered(zone, shape.family):
-            raise invalid("resource.machineType", machine_url, f"Machine type with name '{found.group(2)}' does not exist in zone '{zone}'.")
+            raise invalid(
+                "resource.machineType", machine_url, f"Machine type with name '{found.group(2)}' does not exist in zone '{zone}'."
+            )
         labels = spec.get("labels") or {}
         check_labels(labels, "resource.labels")
         items = (spec.get("metadata") or {}).get("items") or []
@@ -634,11 +683,19 @@ class ComputeFake:
             if email == "default":
                 email = f"{self.sandbox.project_number}-compute@developer.gserviceaccount.com"
             if email not in self.sandbox.service_accounts:
-                raise invalid(f"resource.serviceAccounts[{index}].email", email, f"The user does not have access to service account '{email}'. User: '…'. Ask a project owner to grant you the iam.serviceAccountUser role on the service account")
+                raise invalid(
+                    f"resource.serviceAccounts[{index}].email",
+                    email,
+                    f"The user does not have access to service account '{email}'. User: '…'. Ask a project owner to grant you the iam.serviceAccountUser role on the service account",
+                )
             accounts.append({"email": email, "scopes": account.get("scopes") or ["https://www.googleapis.com/auth/cloud-platform"]})
         interfaces = self._interfaces(spec.get("networkInterfaces") or [{}])
         tags = (spec.get("tags") or {}).get("items") or []
-        metadata = {"kind": "compute#metadata", "fingerprint": fingerprint(items), "items": items} if items else {"kind": "compute#metadata", "fingerprint": fingerprint([])}
+        metadata = (
+            {"kind": "compute#metadata", "fingerprint": fingerprint(items), "items": items}
+            if items
+            else {"kind": "compute#metadata", "fingerprint": fingerprint([])}
+        )
         resource: dict[str, Any] = {
             "kind": "compute#instance",
             "id": str(secrets.randbits(63)),
@@ -680,7 +737,11 @@ class ComputeFake:
         if action not in (None, "STOP", "DELETE"):
             raise invalid("resource.scheduling.instanceTerminationAction", action, "Must be one of [DELETE, STOP].")
         if action and not (spot or limited):
-            raise invalid("resource.scheduling.instanceTerminationAction", action, "Instance termination action can only be specified for Spot VMs, or for VMs with a max run duration or a termination time.")
+            raise invalid(
+                "resource.scheduling.instanceTerminationAction",
+                action,
+                "Instance termination action can only be specified for Spot VMs, or for VMs with a max run duration or a termination time.",
+            )
         if spot and spec.get("automaticRestart"):
             raise invalid("resource.scheduling.automaticRestart", "true", "Spot VMs cannot be restarted automatically.")
         # Spot VMs default to TERMINATE; a GPU VM must ask for it (checked with its accelerators).
@@ -698,31 +759,53 @@ class ComputeFake:
         if spec.get("maxRunDuration"):
             seconds = int(spec["maxRunDuration"].get("seconds", 0))
             if not MAX_RUN_DURATION[0] <= seconds <= MAX_RUN_DURATION[1]:
-                raise invalid("resource.scheduling.maxRunDuration.seconds", str(seconds), f"Must be between {MAX_RUN_DURATION[0]} and {MAX_RUN_DURATION[1]} seconds.")
+                raise invalid(
+                    "resource.scheduling.maxRunDuration.seconds",
+                    str(seconds),
+                    f"Must be between {MAX_RUN_DURATION[0]} and {MAX_RUN_DURATION[1]} seconds.",
+                )
             scheduling["maxRunDuration"] = {"seconds": str(seconds)}
         return scheduling
 
-    def _accelerators(self, wanted: list[dict[str, Any]], shape: MachineShape, zone: str, scheduling: dict[str, Any]) -> list[dict[str, Any]]:
+    def _accelerators(
+        self, wanted: list[dict[str, Any]], shape: MachineShape, zone: str, scheduling: dict[str, Any]
+    ) -> list[dict[str, Any]]:
         attached = []
         for index, accelerator in enumerate(wanted):
             url = accelerator.get("acceleratorType", "")
             name = last_segment(url)
             count = int(accelerator.get("acceleratorCount", 0))
             if not self._accelerator_offered(name, zone):
-                raise invalid(f"resource.guestAccelerators[{index}].acceleratorType", url, f"Accelerator type with name '{name}' does not exist in zone '{zone}'.")
+                raise invalid(
+                    f"resource.guestAccelerators[{index}].acceleratorType",
+                    url,
+                    f"Accelerator type with name '{name}' does not exist in zone '{zone}'.",
+                )
             description, most, families = ACCELERATORS[name]
             if shape.gpu is not None:
                 if (name, count) != shape.gpu:
-                    raise invalid(f"resource.guestAccelerators[{index}]", url, f"Machine type '{shape.name}' comes with {shape.gpu[1]} {shape.gpu[0]}; it takes no other accelerators.")
+                    raise invalid(
+                        f"resource.guestAccelerators[{index}]",
+                        url,
+                        f"Machine type '{shape.name}' comes with {shape.gpu[1]} {shape.gpu[0]}; it takes no other accelerators.",
+                    )
             elif shape.family not in families:
-                raise invalid(f"resource.guestAccelerators[{index}].acceleratorType", url, f"{description} GPUs attach only to {', '.join(families)} machine types, not '{shape.name}'.")
+                raise invalid(
+                    f"resource.guestAccelerators[{index}].acceleratorType",
+                    url,
+                    f"{description} GPUs attach only to {', '.join(families)} machine types, not '{shape.name}'.",
+                )
             if not 1 <= count <= most:
                 raise invalid(f"resource.guestAccelerators[{index}].acceleratorCount", str(count), f"Must be between 1 and {most}.")
             attached.append({"acceleratorType": self._link("zones", zone, "acceleratorTypes", name), "acceleratorCount": count})
         if shape.gpu is not None and not attached:  # a2/g2: the GPUs come with the machine type
             attached = [{"acceleratorType": self._link("zones", zone, "acceleratorTypes", shape.gpu[0]), "acceleratorCount": shape.gpu[1]}]
         if attached and scheduling["onHostMaintenance"] != "TERMINATE":
-            raise GoogleError(400, "Invalid resource usage: 'Instances with guest accelerators do not support live migration.'", reason="invalidResourceUsage")
+            raise GoogleError(
+                400,
+                "Invalid resource usage: 'Instances with guest accelerators do not support live migration.'",
+                reason="invalidResourceUsage",
+            )
         return attached
 
     def _disks(self, wanted: list[dict[str, Any]], name: str, zone: str, shape: MachineShape) -> list[dict[str, Any]]:
@@ -738,27 +821,39 @@ class ComputeFake:
                 raise GoogleError(404, f"The resource '{source or 'sourceImage'}' was not found", reason="notFound")
             if disk.get("boot") and image is not None and image["architecture"] != ("ARM64" if shape.arm else "X86_64"):
                 machine_arch = "ARM64" if shape.arm else "X86_64"
-                raise GoogleError(400, f"Invalid resource usage: 'Requested boot disk architecture ({image['architecture']}) is not compatible with machine type architecture ({machine_arch}).'", reason="invalidResourceUsage")
+                raise GoogleError(
+                    400,
+                    f"Invalid resource usage: 'Requested boot disk architecture ({image['architecture']}) is not compatible with machine type architecture ({machine_arch}).'",
+                    reason="invalidResourceUsage",
+                )
             disk_type = last_segment(params.get("diskType") or "pd-standard")
             if disk_type not in DISK_TYPES:
-                raise GoogleError(404, f"The resource 'projects/{self.project}/zones/{zone}/diskTypes/{disk_type}' was not found", reason="notFound")
+                raise GoogleError(
+                    404, f"The resource 'projects/{self.project}/zones/{zone}/diskTypes/{disk_type}' was not found", reason="notFound"
+                )
             if (shape.family in HYPERDISK_ONLY) != disk_type.startswith("hyperdisk-"):
-                raise GoogleError(400, f"Invalid resource usage: 'Machine type {shape.name} does not support disk type {disk_type}.'", reason="invalidResourceUsage")
+                raise GoogleError(
+                    400,
+                    f"Invalid resource usage: 'Machine type {shape.name} does not support disk type {disk_type}.'",
+                    reason="invalidResourceUsage",
+                )
             disk_name = params.get("diskName") or (name if disk.get("boot") else f"{name}-{index}")
             size = str(params.get("diskSizeGb") or (image or {}).get("diskSizeGb", "10"))
-            disks.append({
-                "kind": "compute#attachedDisk",
-                "type": "PERSISTENT",
-                "mode": "READ_WRITE",
-                "source": self._link("zones", zone, "disks", disk_name),
-                "deviceName": disk.get("deviceName") or disk_name,
-                "index": index,
-                "boot": bool(disk.get("boot")),
-                "autoDelete": bool(disk.get("autoDelete", False)),
-                "interface": "SCSI",
-                "diskSizeGb": size,
-                **({"licenses": image["licenses"], "architecture": image["architecture"]} if image else {}),
-            })
+            disks.append(
+                {
+                    "kind": "compute#attachedDisk",
+                    "type": "PERSISTENT",
+                    "mode": "READ_WRITE",
+                    "source": self._link("zones", zone, "disks", disk_name),
+                    "deviceName": disk.get("deviceName") or disk_name,
+                    "index": index,
+                    "boot": bool(disk.get("boot")),
+                    "autoDelete": bool(disk.get("autoDelete", False)),
+                    "interface": "SCSI",
+                    "diskSizeGb": size,
+                    **({"licenses": image["licenses"], "architecture": image["architecture"]} if image else {}),
+                }
+            )
         return disks
 
     def _interfaces(self, wanted: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -769,7 +864,11 @@ class ComputeFake:
             if network != "default":
                 raise GoogleError(404, f"The resource 'projects/{self.project}/global/networks/{network}' was not found", reason="notFound")
             if subnetwork != "default":
-                raise GoogleError(404, f"The resource 'projects/{self.project}/regions/{self.sandbox.region}/subnetworks/{subnetwork}' was not found", reason="notFound")
+                raise GoogleError(
+                    404,
+                    f"The resource 'projects/{self.project}/regions/{self.sandbox.region}/subnetworks/{subnetwork}' was not found",
+                    reason="notFound",
+                )
             with self._lock:
                 address = str(next(self._addresses))
             interface: dict[str, Any] = {
@@ -784,8 +883,13 @@ class ComputeFake:
             configs = nic.get("accessConfigs") or []
             if configs:
                 interface["accessConfigs"] = [
-                    {"kind": "compute#accessConfig", "type": "ONE_TO_ONE_NAT", "name": config.get("name", "External NAT"),
-                     "natIP": f"34.{secrets.randbelow(256)}.{secrets.randbelow(256)}.{1 + secrets.randbelow(254)}", "networkTier": config.get("networkTier", "PREMIUM")}
+                    {
+                        "kind": "compute#accessConfig",
+                        "type": "ONE_TO_ONE_NAT",
+                        "name": config.get("name", "External NAT"),
+                        "natIP": f"34.{secrets.randbelow(256)}.{secrets.randbelow(256)}.{1 + secrets.randbelow(254)}",
+                        "networkTier": config.get("networkTier", "PREMIUM"),
+                    }
                     for config in configs
                 ]
             interfaces.append(interface)
@@ -919,7 +1023,11 @@ class ComputeFake:
         if not NAME.fullmatch(rule.get("name", "")):
             raise invalid("resource.name", rule.get("name", ""), f"Must be a match of regex '{NAME.pattern}'")
         if last_segment(rule.get("network", "default")) != "default":
-            raise GoogleError(404, f"The resource 'projects/{self.project}/global/networks/{last_segment(rule['network'])}' was not found", reason="notFound")
+            raise GoogleError(
+                404,
+                f"The resource 'projects/{self.project}/global/networks/{last_segment(rule['network'])}' was not found",
+                reason="notFound",
+            )
         if rule.get("direction", "INGRESS") not in ("INGRESS", "EGRESS"):
             raise invalid("resource.direction", rule["direction"], "Must be one of [EGRESS, INGRESS].")
         if bool(rule.get("allowed")) == bool(rule.get("denied")):
@@ -930,7 +1038,9 @@ class ComputeFake:
                 raise invalid(f"resource.allowed[{index}].IPProtocol", protocol, "Must be a protocol name or number.")
             for port in entry.get("ports") or []:
                 if not re.fullmatch(r"\d{1,5}(-\d{1,5})?", str(port)) or any(int(part) > 65535 for part in str(port).split("-")):
-                    raise invalid(f"resource.allowed[{index}].ports", str(port), "Must be a port or a port range, e.g. '8786' or '8786-8787'.")
+                    raise invalid(
+                        f"resource.allowed[{index}].ports", str(port), "Must be a port or a port range, e.g. '8786' or '8786-8787'."
+                    )
         for index, source in enumerate(rule.get("sourceRanges") or []):
             try:
                 ipaddress.ip_network(source, strict=False)
@@ -942,17 +1052,19 @@ class ComputeFake:
 
     def _complete_firewall(self, rule: dict[str, Any], rule_id: str, created: str) -> dict[str, Any]:
         rule = {key: value for key, value in rule.items() if value not in (None, [], "")}
-        rule.update({
-            "kind": "compute#firewall",
-            "id": rule_id,
-            "creationTimestamp": created,
-            "network": self._link("global/networks", last_segment(rule.get("network", "default"))),
-            "priority": int(rule.get("priority", 1000)),
-            "direction": rule.get("direction", "INGRESS"),
-            "disabled": bool(rule.get("disabled", False)),
-            "logConfig": rule.get("logConfig") or {"enable": False},
-            "selfLink": self._link("global/firewalls", rule["name"]),
-        })
+        rule.update(
+            {
+                "kind": "compute#firewall",
+                "id": rule_id,
+                "creationTimestamp": created,
+                "network": self._link("global/networks", last_segment(rule.get("network", "default"))),
+                "priority": int(rule.get("priority", 1000)),
+                "direction": rule.get("direction", "INGRESS"),
+                "disabled": bool(rule.get("disabled", False)),
+                "logConfig": rule.get("logConfig") or {"enable": False},
+                "selfLink": self._link("global/firewalls", rule["name"]),
+            }
+        )
         if rule["direction"] == "INGRESS" and not (rule.get("sourceRanges") or rule.get("sourceTags") or rule.get("sourceServiceAccounts")):
             rule["sourceRanges"] = ["0.0.0.0/0"]  # Google's default for an ingress rule with no source
         return rule
@@ -973,7 +1085,9 @@ class ComputeFake:
         rule = self._complete_firewall(spec, str(secrets.randbits(63)), timestamp())
         with self._lock:
             if rule["name"] in self._firewalls:
-                raise GoogleError(409, f"The resource 'projects/{project}/global/firewalls/{rule['name']}' already exists", reason="alreadyExists")
+                raise GoogleError(
+                    409, f"The resource 'projects/{project}/global/firewalls/{rule['name']}' already exists", reason="alreadyExists"
+                )
             self._firewalls[rule["name"]] = rule
         return self._operation(None, "insert", rule["selfLink"], rule["id"], user=principal_email(request))
 
@@ -1020,7 +1134,9 @@ class ComputeFake:
     def get_subnetwork(self, request: Request, project: str, region: str, subnetwork: str) -> dict[str, Any]:
         self._check_project(project)
         if region != self.sandbox.region or subnetwork != "default":
-            raise GoogleError(404, f"The resource 'projects/{project}/regions/{region}/subnetworks/{subnetwork}' was not found", reason="notFound")
+            raise GoogleError(
+                404, f"The resource 'projects/{project}/regions/{region}/subnetworks/{subnetwork}' was not found", reason="notFound"
+            )
         return {
             "kind": "compute#subnetwork",
             "id": numeric_id("subnetwork", project, region, subnetwork),
@@ -1049,9 +1165,17 @@ def check_labels(labels: dict[str, str], field_name: str) -> None:
         raise invalid(field_name, "", "A resource can have at most 64 labels.")
     for key, value in labels.items():
         if not LABEL_KEY.fullmatch(key):
-            raise invalid(field_name, "", f"Label key '{key}' violates format constraints. The key must start with a lowercase character, can only contain lowercase letters, numeric characters, underscores and dashes. The key can be at most 63 characters long. International characters are allowed.")
+            raise invalid(
+                field_name,
+                "",
+                f"Label key '{key}' violates format constraints. The key must start with a lowercase character, can only contain lowercase letters, numeric characters, underscores and dashes. The key can be at most 63 characters long. International characters are allowed.",
+            )
         if not LABEL_VALUE.fullmatch(str(value)):
-            raise invalid(field_name, "", f"Label value '{value}' violates format constraints. The value can only contain lowercase letters, numeric characters, underscores and dashes. The value can be at most 63 characters long. International characters are allowed.")
+            raise invalid(
+                field_name,
+                "",
+                f"Label value '{value}' violates format constraints. The value can only contain lowercase letters, numeric characters, underscores and dashes. The value can be at most 63 characters long. International characters are allowed.",
+            )
 
 
 def check_metadata(items: list[dict[str, Any]], field_name: str) -> None:
@@ -1065,7 +1189,11 @@ def check_metadata(items: list[dict[str, Any]], field_name: str) -> None:
             raise invalid(f"{field_name}.items[{index}].key", key, "Must be a match of regex '[a-zA-Z0-9-_]{1,128}'")
         size = len(value.encode())
         if size > MAX_METADATA_VALUE:
-            raise invalid(f"{field_name}.items[{index}].value", f"{value[:20]}…", f"Metadata values can be at most {MAX_METADATA_VALUE} bytes; this one has {size}.")
+            raise invalid(
+                f"{field_name}.items[{index}].value",
+                f"{value[:20]}…",
+                f"Metadata values can be at most {MAX_METADATA_VALUE} bytes; this one has {size}.",
+            )
         total += size + len(key)
     if total > MAX_METADATA:
         raise invalid(field_name, "", f"Metadata can be at most {MAX_METADATA} bytes in total; this has {total}.")
@@ -1095,7 +1223,13 @@ def aggregated(scoped: dict[str, list[dict[str, Any]]], field_name: str, kind: s
         if found:
             items[scope] = {field_name: found}
         else:
-            items[scope] = {"warning": {"code": "NO_RESULTS_ON_PAGE", "message": f"There are no results for scope '{scope}' on this page.", "data": [{"key": "scope", "value": scope}]}}
+            items[scope] = {
+                "warning": {
+                    "code": "NO_RESULTS_ON_PAGE",
+                    "message": f"There are no results for scope '{scope}' on this page.",
+                    "data": [{"key": "scope", "value": scope}],
+                }
+            }
     return {"kind": kind, "id": link.removeprefix(BASE), "items": items, "selfLink": link}
 
 

@@ -58,7 +58,7 @@ def parse_time(text: str) -> float | None:
     except ValueError:
         return None
     if value.tzinfo is None:
-        value = value.replace(tzinfo=datetime.timezone.utc)
+        value = value.replace(tzinfo=datetime.UTC)
     return value.timestamp()
 
 

@@ -123,7 +123,9 @@ class IAMFake:
         given = wanted.get("serviceAccount") or {}
         with self._lock:
             if email in self.accounts:
-                raise GoogleError(409, f"Service account {account_id} already exists within project projects/{self.sandbox.project}.", "ALREADY_EXISTS")
+                raise GoogleError(
+                    409, f"Service account {account_id} already exists within project projects/{self.sandbox.project}.", "ALREADY_EXISTS"
+                )
             unique = str(100000000000000000000 + secrets.randbelow(10**20))
             self.accounts[email] = {
                 "name": f"projects/{self.sandbox.project}/serviceAccounts/{email}",
@@ -205,7 +207,9 @@ class IAMFake:
         with self._lock:
             if role_id in self.roles:
                 deleted = " and is deleted: undelete it" if self.roles[role_id].get("deleted") else ""
-                raise GoogleError(409, f"A role named {role_id} in projects/{self.sandbox.project} already exists{deleted}.", "ALREADY_EXISTS")
+                raise GoogleError(
+                    409, f"A role named {role_id} in projects/{self.sandbox.project} already exists{deleted}.", "ALREADY_EXISTS"
+                )
             self.roles[role_id] = {
                 "name": f"projects/{self.sandbox.project}/roles/{role_id}",
                 "title": given.get("title", role_id),
@@ -233,7 +237,11 @@ class IAMFake:
         with self._lock:
             found = self._role(project, role)
             if wanted.get("etag") and wanted["etag"] != found["etag"]:
-                raise GoogleError(409, "There were concurrent policy changes. Please retry the whole read-modify-write with exponential backoff.", "ABORTED")
+                raise GoogleError(
+                    409,
+                    "There were concurrent policy changes. Please retry the whole read-modify-write with exponential backoff.",
+                    "ABORTED",
+                )
             for field in mask or [key for key in ("title", "description", "includedPermissions", "stage") if key in wanted]:
                 found[field] = wanted.get(field)
             found["etag"] = _etag()
@@ -280,7 +288,9 @@ class IAMFake:
         """``wanted`` as the new policy, after Google's checks: the etag read-modify-write guard and
         conditions only in version 3."""
         if wanted.get("etag") and wanted["etag"] != current.get("etag"):
-            raise GoogleError(409, "There were concurrent policy changes. Please retry the whole read-modify-write with exponential backoff.", "ABORTED")
+            raise GoogleError(
+                409, "There were concurrent policy changes. Please retry the whole read-modify-write with exponential backoff.", "ABORTED"
+            )
         bindings = [b for b in wanted.get("bindings") or [] if b.get("members")]
         for binding in bindings:
             if not binding.get("role"):

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import json
 import threading
-import time
 from typing import Any
 
 from starlette.requests import Request
@@ -85,13 +84,16 @@ class LoggingFake:
             if not entry["labels"]:
                 del entry["labels"]
             if not entry.get("logName"):
-                raise GoogleError(400, f"entries[{index}]: Log entry with no log name: give logName (projects/PROJECT/logs/LOG_ID) in the entry or the request.")
+                raise GoogleError(
+                    400,
+                    f"entries[{index}]: Log entry with no log name: give logName (projects/PROJECT/logs/LOG_ID) in the entry or the request.",
+                )
             project, _, log_id = entry["logName"].removeprefix("projects/").partition("/logs/")
             if not entry["logName"].startswith("projects/") or not log_id:
                 raise GoogleError(400, f"entries[{index}]: invalid log name {entry['logName']!r}: expected projects/PROJECT/logs/LOG_ID")
             self.project.check(project, "logging.logEntries.create", entry["logName"])
             if not (entry.get("resource") or {}).get("type"):
-                raise GoogleError(400, f"entries[{index}]: Log entry with no resource type: give resource (e.g. {{\"type\": \"global\"}}).")
+                raise GoogleError(400, f'entries[{index}]: Log entry with no resource type: give resource (e.g. {{"type": "global"}}).')
             entry_size = len(json.dumps(entry))
             if entry_size > MAX_ENTRY:
                 raise GoogleError(400, f"entries[{index}]: Log entry with size {entry_size / 1024:.1f}K exceeds maximum size of 256.0K")

@@ -240,7 +240,10 @@ class CloudRunFake:
         entries = [
             {
                 "logName": f"projects/{self.project.id}/logs/run.googleapis.com%2Fstdout",
-                "resource": {"type": "cloud_run_job", "labels": {"project_id": self.project.id, "job_name": task["job"], "location": location}},
+                "resource": {
+                    "type": "cloud_run_job",
+                    "labels": {"project_id": self.project.id, "job_name": task["job"], "location": location},
+                },
                 "labels": {
                     "run.googleapis.com/execution_name": task["execution"],
                     "run.googleapis.com/task_index": str(task["index"]),
@@ -271,7 +274,10 @@ class CloudRunFake:
         parent = self._parent(project, location, "run.jobs.create")
         job_id = request.query_params.get("jobId", "")
         if not _JOB_ID.fullmatch(job_id):
-            raise GoogleError(400, f"job_id {job_id!r} is invalid: it must start with a lowercase letter, hold only lowercase letters, digits and '-', not end with '-', and be at most 63 characters.")
+            raise GoogleError(
+                400,
+                f"job_id {job_id!r} is invalid: it must start with a lowercase letter, hold only lowercase letters, digits and '-', not end with '-', and be at most 63 characters.",
+            )
         given = body(request)
         template = copy.deepcopy(given.get("template") or {})
         task_template = template.setdefault("template", {})
@@ -324,13 +330,19 @@ class CloudRunFake:
                 raise GoogleError(400, f"{place}.image: a container image is required")
             reserved = [env["name"] for env in container.get("env") or [] if env.get("name") in RESERVED_ENV]
             if reserved:
-                raise GoogleError(400, f"{place}.env: The following reserved env names were provided: {', '.join(reserved)}. These values are automatically set by the system.")
+                raise GoogleError(
+                    400,
+                    f"{place}.env: The following reserved env names were provided: {', '.join(reserved)}. These values are automatically set by the system.",
+                )
             _check_shape((container.get("resources") or {}).get("limits") or {}, accelerator, location, f"{place}.resources.limits")
         if timeout > (GPU_MAX_TIMEOUT if accelerator else MAX_TIMEOUT):
             most = "1 hour with a GPU" if accelerator else "168 hours"
             raise GoogleError(400, f"{where}.timeout: {task['timeout']} exceeds the maximum task timeout of {most}.")
         if timeout > GA_TIMEOUT and launch_stage not in PREVIEW_STAGES:
-            raise GoogleError(400, f"{where}.timeout: a task timeout over 24 hours ({task['timeout']}) is a Preview feature: set the job's launch_stage to BETA.")
+            raise GoogleError(
+                400,
+                f"{where}.timeout: a task timeout over 24 hours ({task['timeout']}) is a Preview feature: set the job's launch_stage to BETA.",
+            )
         self._check_vpc_access(task.get("vpcAccess"), location, f"{where}.vpc_access")
         account = task.get("serviceAccount")
         if account not in self.sandbox.service_accounts:
@@ -500,7 +512,12 @@ class CloudRunFake:
         number = int(task["retried"])
         command = [*(container.get("command") or []), *(container.get("args") or [])]
         if not command:
-            return self._attempt_failed(task_name, 3, f"The sandbox cannot run image {container['image']}'s own entrypoint: give the container a command or args.", None)
+            return self._attempt_failed(
+                task_name,
+                3,
+                f"The sandbox cannot run image {container['image']}'s own entrypoint: give the container a command or args.",
+                None,
+            )
         env = {}
         for index, variable in enumerate(container.get("env") or []):
             reference = (variable.get("valueSource") or {}).get("secretKeyRef")
@@ -511,7 +528,11 @@ class CloudRunFake:
             try:
                 env[variable["name"]] = self.sandbox.secrets.value(reference["secret"], version)
             except GoogleError:
-                secret = reference["secret"] if reference["secret"].startswith("projects/") else f"projects/{self.project.number}/secrets/{reference['secret']}"
+                secret = (
+                    reference["secret"]
+                    if reference["secret"].startswith("projects/")
+                    else f"projects/{self.project.number}/secrets/{reference['secret']}"
+                )
                 message = f"spec.template.spec.containers[0].env[{index}].value_from.secret_key_ref.name: Secret {secret}/versions/{version} was not found"
                 return self._attempt_failed(task_name, 5, message, None)
         env.update(
@@ -616,11 +637,21 @@ class CloudRunFake:
             started = any(state != "pending" for state in states)
             execution["conditions"] = [
                 {"type": "Completed", "state": PENDING, "lastTransitionTime": execution["createTime"]},
-                {"type": "Started", "state": SUCCEEDED if started else PENDING, "lastTransitionTime": execution.get("startTime", execution["createTime"])},
+                {
+                    "type": "Started",
+                    "state": SUCCEEDED if started else PENDING,
+                    "lastTransitionTime": execution.get("startTime", execution["createTime"]),
+                },
             ]
         if "completionTime" in execution:
             condition = execution["conditions"][0]
-            status = "succeeded" if condition["state"] == SUCCEEDED else "cancelled" if condition.get("executionReason") == CANCELLED else "failed"
+            status = (
+                "succeeded"
+                if condition["state"] == SUCCEEDED
+                else "cancelled"
+                if condition.get("executionReason") == CANCELLED
+                else "failed"
+            )
         job = self._jobs.get(name.rsplit("/executions/", 1)[0])
         if job is not None and (job.get("latestCreatedExecution") or {}).get("name") == name:
             job["latestCreatedExecution"]["completionStatus"] = COMPLETION[status]
@@ -632,7 +663,9 @@ class CloudRunFake:
         name = f"{self._parent(project, location, permission)}/jobs/{job}/executions/{execution}"
         found = self._executions.get(name)
         if found is None:
-            raise GoogleError(404, f"Resource '{execution}' of kind 'EXECUTION' in region '{location}' in project '{project}' does not exist.")
+            raise GoogleError(
+                404, f"Resource '{execution}' of kind 'EXECUTION' in region '{location}' in project '{project}' does not exist."
+            )
         return found
 
     def _get_execution(self, request: Request, project: str, location: str, job: str, execution: str) -> dict[str, Any]:
@@ -645,7 +678,11 @@ class CloudRunFake:
             if job != "-":
                 self._job(project, location, job, "run.executions.list")
             prefix = f"{parent}/jobs/{job}/executions/" if job != "-" else f"{parent}/jobs/"
-            found = sorted((copy.deepcopy(e) for name, e in self._executions.items() if name.startswith(prefix)), key=lambda e: e["createTime"], reverse=True)
+            found = sorted(
+                (copy.deepcopy(e) for name, e in self._executions.items() if name.startswith(prefix)),
+                key=lambda e: e["createTime"],
+                reverse=True,
+            )
         chunk, token = page(found, request.query_params)
         return {"executions": chunk, **({"nextPageToken": token} if token else {})}
 
@@ -653,7 +690,9 @@ class CloudRunFake:
         with self._lock:
             found = self._execution(project, location, job, execution, "run.executions.cancel")
             if "completionTime" in found:
-                raise GoogleError(400, f"Execution {execution} has already completed and cannot be cancelled.", status="FAILED_PRECONDITION")
+                raise GoogleError(
+                    400, f"Execution {execution} has already completed and cannot be cancelled.", status="FAILED_PRECONDITION"
+                )
             for task in [task for task in self._task_state if _execution_of(task) == found["name"]]:
                 if self._task_state[task].state not in TERMINAL:
                     self._end_task(task, "cancelled", "The task was cancelled.")
@@ -685,14 +724,21 @@ class CloudRunFake:
     def _list_tasks(self, request: Request, project: str, location: str, job: str, execution: str) -> dict[str, Any]:
         with self._lock:
             parent = self._execution(project, location, job, execution, "run.tasks.list")["name"]
-            found = sorted((copy.deepcopy(t) for name, t in self._tasks.items() if name.startswith(parent + "/tasks/")), key=lambda t: t["index"])
+            found = sorted(
+                (copy.deepcopy(t) for name, t in self._tasks.items() if name.startswith(parent + "/tasks/")), key=lambda t: t["index"]
+            )
         chunk, token = page(found, request.query_params)
         return {"tasks": chunk, **({"nextPageToken": token} if token else {})}
 
     # -- operations ---------------------------------------------------------------------------------------
     def _operation(self, location: str, kind: str, resource: dict[str, Any]) -> dict[str, Any]:
         typed = {"@type": f"type.googleapis.com/google.cloud.run.v2.{kind}", **copy.deepcopy(resource)}
-        operation = {"name": f"projects/{self.project.id}/locations/{location}/operations/{uuid.uuid4()}", "metadata": typed, "done": True, "response": typed}
+        operation = {
+            "name": f"projects/{self.project.id}/locations/{location}/operations/{uuid.uuid4()}",
+            "metadata": typed,
+            "done": True,
+            "response": typed,
+        }
         with self._lock:
             self._operations[operation["name"]] = operation
         return operation
@@ -772,10 +818,15 @@ def _check_shape(limits: dict[str, Any], accelerator: str | None, location: str,
     cpu = _cpu(str(limits.get("cpu", "1")), where)
     memory = _bytes(str(limits.get("memory", "512Mi")), where)
     if cpu not in CPU_MEMORY:
-        raise GoogleError(400, f"{where}.cpu: Invalid value specified for cpu: {limits.get('cpu')}. Cloud Run jobs take 1, 2, 4, 6 or 8 CPUs.")
+        raise GoogleError(
+            400, f"{where}.cpu: Invalid value specified for cpu: {limits.get('cpu')}. Cloud Run jobs take 1, 2, 4, 6 or 8 CPUs."
+        )
     least, most = CPU_MEMORY[cpu]
     if not least <= memory <= most:
-        raise GoogleError(400, f"{where}.memory: Invalid value specified for container memory. For {cpu:.1f} CPU, memory must be between {_size(least)} and {_size(most)} inclusive.")
+        raise GoogleError(
+            400,
+            f"{where}.memory: Invalid value specified for container memory. For {cpu:.1f} CPU, memory must be between {_size(least)} and {_size(most)} inclusive.",
+        )
     gpus = limits.get("nvidia.com/gpu")
     if accelerator is None:
         if gpus not in (None, "0"):
@@ -784,8 +835,15 @@ def _check_shape(limits: dict[str, Any], accelerator: str | None, location: str,
     if accelerator != "nvidia-l4":
         raise GoogleError(400, f"node_selector.accelerator: {accelerator!r} is not supported; Cloud Run offers nvidia-l4")
     if location not in L4_REGIONS:
-        raise GoogleError(400, f"node_selector.accelerator: nvidia-l4 GPUs are not available in {location}; regions with them: {', '.join(sorted(L4_REGIONS))}")
+        raise GoogleError(
+            400,
+            f"node_selector.accelerator: nvidia-l4 GPUs are not available in {location}; regions with them: {', '.join(sorted(L4_REGIONS))}",
+        )
     if gpus != "1":
-        raise GoogleError(400, f"{where}: a node_selector.accelerator needs the limit nvidia.com/gpu: 1 (one nvidia-l4 per instance), got {gpus!r}")
+        raise GoogleError(
+            400, f"{where}: a node_selector.accelerator needs the limit nvidia.com/gpu: 1 (one nvidia-l4 per instance), got {gpus!r}"
+        )
     if cpu < 4 or memory < 16 * GiB:
-        raise GoogleError(400, f"{where}: a GPU (nvidia-l4) requires at least 4 CPU and 16Gi of memory, got {cpu:g} CPU and {_size(memory)}.")
+        raise GoogleError(
+            400, f"{where}: a GPU (nvidia-l4) requires at least 4 CPU and 16Gi of memory, got {cpu:g} CPU and {_size(memory)}."
+        )

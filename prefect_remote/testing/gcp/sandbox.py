@@ -73,7 +73,11 @@ class SandboxGCP(SandboxCloud):
         self.machine_account = f"prefect-remote@{project}.iam.gserviceaccount.com"
         self.launcher_account = f"prefect-remote-launcher@{project}.iam.gserviceaccount.com"
         # The accounts that exist: a launch naming another is refused, as Google refuses it.
-        self.service_accounts = {self.machine_account, self.launcher_account, f"{self.project_number}-compute@developer.gserviceaccount.com"}
+        self.service_accounts = {
+            self.machine_account,
+            self.launcher_account,
+            f"{self.project_number}-compute@developer.gserviceaccount.com",
+        }
         self.api = GoogleAPI()
         project_ref = Project(project, self.project_number)
         self.metadata = MetadataServer(self.api, project=project, project_number=self.project_number)
@@ -202,7 +206,11 @@ class SandboxGCP(SandboxCloud):
     def environ(self) -> dict[str, str]:
         """The variables that point Google's clients at this sandbox (the APIs' endpoint itself goes
         in ``client_options``: ``PREFECT_REMOTE_GCP_API_ENDPOINT``)."""
-        return {"GOOGLE_APPLICATION_CREDENTIALS": str(self.key_file), "GOOGLE_CLOUD_PROJECT": self.project, "STORAGE_EMULATOR_HOST": self.storage_url}
+        return {
+            "GOOGLE_APPLICATION_CREDENTIALS": str(self.key_file),
+            "GOOGLE_CLOUD_PROJECT": self.project,
+            "STORAGE_EMULATOR_HOST": self.storage_url,
+        }
 
     def exports(self) -> dict[str, str]:
         """Everything a shell needs to use the sandbox by default: credentials, the gcp provider in

@@ -53,7 +53,9 @@ class SecretManagerFake:
         """The payload of secret ``name`` (an id or ``projects/P/secrets/ID``) at ``version``, as
         Cloud Run resolves a ``secretKeyRef``; raises :class:`GoogleError` (404) if there is none."""
         found = re.fullmatch(r"projects/([^/]+)/secrets/([^/]+)(?:/versions/([^/]+))?", name)
-        project, secret_id, version = (found.group(1), found.group(2), found.group(3) or version) if found else (self.project.id, name, version)
+        project, secret_id, version = (
+            (found.group(1), found.group(2), found.group(3) or version) if found else (self.project.id, name, version)
+        )
         self.project.check(project, "secretmanager.versions.access", name)
         with self._lock:
             return self._version(secret_id, version)["data"].decode()
@@ -145,7 +147,9 @@ class SecretManagerFake:
         crc = google_crc32c.value(data)
         given_crc = payload.get("dataCrc32c")
         if given_crc is not None and int(given_crc) != crc:
-            raise GoogleError(400, "Checksum mismatch: the payload's data_crc32c does not match its data (the payload was corrupted on the way).")
+            raise GoogleError(
+                400, "Checksum mismatch: the payload's data_crc32c does not match its data (the payload was corrupted on the way)."
+            )
         with self._lock:
             held = self._held(project, secret, "secretmanager.versions.add")
             number = len(held["versions"]) + 1
@@ -177,7 +181,10 @@ class SecretManagerFake:
         with self._lock:
             self._held(project, secret, "secretmanager.versions.access")
             found = self._version(secret, version)
-        return {"name": found["version"]["name"], "payload": {"data": base64.b64encode(found["data"]).decode(), "dataCrc32c": str(found["crc"])}}
+        return {
+            "name": found["version"]["name"],
+            "payload": {"data": base64.b64encode(found["data"]).decode(), "dataCrc32c": str(found["crc"])},
+        }
 
 
 def _field(secret_id: str, entry: dict[str, Any], path: Any) -> Any:

@@ -78,16 +78,22 @@ def test_vm_types_are_tried_in_order(catalog):
 
 
 def test_unknown_vm_type(catalog):
-    with pytest.raises(CapacityError, match=r"vm_type=\['m6i.xlarg'\]: not an instance type offered in us-east-1; did you mean .*m6i.xlarge"):
+    with pytest.raises(
+        CapacityError, match=r"vm_type=\['m6i.xlarg'\]: not an instance type offered in us-east-1; did you mean .*m6i.xlarge"
+    ):
         choose(catalog, vm_type="m6i.xlarg")
     with pytest.raises(CapacityError, match="describe-instance-types --region us-east-1"):
         choose(catalog, vm_type="zz9.huge")
 
 
 def test_architecture_and_vm_type_must_agree(catalog):
-    with pytest.raises(CapacityError, match=r"arm=True, but vm_type=\['m6i.large'\] is x86_64; name a Graviton \(arm64\) type instead such as m7g.large"):
+    with pytest.raises(
+        CapacityError, match=r"arm=True, but vm_type=\['m6i.large'\] is x86_64; name a Graviton \(arm64\) type instead such as m7g.large"
+    ):
         choose(catalog, vm_type="m6i.large", arm=True)
-    with pytest.raises(CapacityError, match=r"vm_type=\['m7g.large'\] is arm64 \(Graviton\); set arm=True .* such as m6a.large, m5.large, m6i.large"):
+    with pytest.raises(
+        CapacityError, match=r"vm_type=\['m7g.large'\] is arm64 \(Graviton\); set arm=True .* such as m6a.large, m5.large, m6i.large"
+    ):
         choose(catalog, vm_type="m7g.large")
 
 
@@ -157,13 +163,15 @@ def pricing_answer(pages):
 
 def product(instance_type: str, usd: str, unit: str = "Hrs") -> str:
     dimension = {"unit": unit, "pricePerUnit": {"USD": usd}, "description": f"${usd} per On Demand Linux {instance_type} Instance Hour"}
-    return json.dumps({
-        "product": {"productFamily": "Compute Instance", "attributes": {"instanceType": instance_type, "regionCode": "eu-west-1"}},
-        "terms": {
-            "OnDemand": {"SKU.JRTCKXETXF": {"priceDimensions": {"SKU.JRTCKXETXF.6YS6EN2CT7": dimension}}},
-            "Reserved": {"SKU.X": {"priceDimensions": {"SKU.X.Y": {"unit": "Hrs", "pricePerUnit": {"USD": "0.01"}}}}},
-        },
-    })
+    return json.dumps(
+        {
+            "product": {"productFamily": "Compute Instance", "attributes": {"instanceType": instance_type, "regionCode": "eu-west-1"}},
+            "terms": {
+                "OnDemand": {"SKU.JRTCKXETXF": {"priceDimensions": {"SKU.JRTCKXETXF.6YS6EN2CT7": dimension}}},
+                "Reserved": {"SKU.X": {"priceDimensions": {"SKU.X.Y": {"unit": "Hrs", "pricePerUnit": {"USD": "0.01"}}}}},
+            },
+        }
+    )
 
 
 def test_prices_from_the_pricing_api(aws_env):
@@ -178,8 +186,14 @@ def test_prices_from_the_pricing_api(aws_env):
     prices = on_demand_prices("eu-west-1", pricing)
     assert prices.source == "pricing-api" and dict(prices.prices) == {"m6i.large": 0.107, "zz1.large": 1.5}
     filters = {f["Field"]: f["Value"] for f in sent[0]["Filters"]}
-    assert filters == {"regionCode": "eu-west-1", "operatingSystem": "Linux", "tenancy": "Shared", "preInstalledSw": "NA",
-                       "capacitystatus": "Used", "licenseModel": "No License required"}
+    assert filters == {
+        "regionCode": "eu-west-1",
+        "operatingSystem": "Linux",
+        "tenancy": "Shared",
+        "preInstalledSw": "NA",
+        "capacitystatus": "Used",
+        "licenseModel": "No License required",
+    }
 
 
 def test_prices_fall_back_to_the_table_when_the_api_cannot_answer(aws_env):

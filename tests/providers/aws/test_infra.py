@@ -28,7 +28,14 @@ BUCKET = f"prefect-remote-{ACCOUNT}-{REGION}"
 DOCS_PAGE = Path(__file__).parents[3] / "docs" / "providers" / "aws.md"
 CLI = str(Path(sys.executable).parent / "prefect-remote")
 # The values the docs' copy of the policy is written with.
-README_VALUES = dict(account="<account>", region="<region>", role="prefect-remote-<region>-<pool>", bucket="<bucket>", prefix="<prefix>", log_group="/prefect-remote/machines")
+README_VALUES = dict(
+    account="<account>",
+    region="<region>",
+    role="prefect-remote-<region>-<pool>",
+    bucket="<bucket>",
+    prefix="<prefix>",
+    log_group="/prefect-remote/machines",
+)
 
 
 @pytest.fixture
@@ -51,7 +58,9 @@ def provision(pool: str = "pool-a") -> tuple[infra.AWSSetup, list[str]]:
 
 
 def cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([CLI, *args], capture_output=True, text=True, env={**os.environ, "COLUMNS": "200"}, stdin=subprocess.DEVNULL, timeout=120)
+    return subprocess.run(
+        [CLI, *args], capture_output=True, text=True, env={**os.environ, "COLUMNS": "200"}, stdin=subprocess.DEVNULL, timeout=120
+    )
 
 
 def launch_instance(profile: str) -> str:
@@ -59,7 +68,11 @@ def launch_instance(profile: str) -> str:
     ec2 = client("ec2")
     image = ec2.describe_images(Owners=["amazon"])["Images"][0]["ImageId"]
     [instance] = ec2.run_instances(
-        ImageId=image, InstanceType="t3.micro", MinCount=1, MaxCount=1, IamInstanceProfile={"Name": profile},
+        ImageId=image,
+        InstanceType="t3.micro",
+        MinCount=1,
+        MaxCount=1,
+        IamInstanceProfile={"Name": profile},
         TagSpecifications=[{"ResourceType": "instance", "Tags": [{"Key": LAUNCH_TAG, "Value": "launch-0123456789ab"}]}],
     )["Instances"]
     return instance["InstanceId"]
@@ -95,26 +108,48 @@ def test_machine_policy_is_least_privilege():
     assert [sid for sid, s in statements.items() if s["Resource"] == "*"] == ["FindInstancesImagesNetwork"]
     assert all(a.startswith("ec2:Describe") for a in statements["FindInstancesImagesNetwork"]["Action"])
     secrets = f"arn:aws:ssm:{REGION}:{ACCOUNT}:parameter/prefect-remote/*"
-    assert statements["ReadLaunchSecrets"] == {"Sid": "ReadLaunchSecrets", "Effect": "Allow", "Action": "ssm:GetParameter", "Resource": secrets}
+    assert statements["ReadLaunchSecrets"] == {
+        "Sid": "ReadLaunchSecrets",
+        "Effect": "Allow",
+        "Action": "ssm:GetParameter",
+        "Resource": secrets,
+    }
     assert statements["KeepWorkerLaunchSecrets"]["Resource"] == secrets
     assert not any("kms:" in json.dumps(s["Action"]) for s in statements.values())  # the aws/ssm key needs no grant
     assert statements["ReadSoftwareStore"]["Resource"] == "arn:aws:s3:::b/store/*"
     assert statements["ListSoftwareStore"]["Condition"] == {"StringLike": {"s3:prefix": ["store", "store/*"]}}
-    assert not any(a.startswith("s3:") and a not in ("s3:GetObject", "s3:ListBucket") for s in statements.values() for a in [s["Action"]] if isinstance(a, str))
-    assert statements["ShipMachineLogs"]["Resource"] == [f"arn:aws:logs:{REGION}:{ACCOUNT}:log-group:/lg", f"arn:aws:logs:{REGION}:{ACCOUNT}:log-group:/lg:*"]
+    assert not any(
+        a.startswith("s3:") and a not in ("s3:GetObject", "s3:ListBucket")
+        for s in statements.values()
+        for a in [s["Action"]]
+        if isinstance(a, str)
+    )
+    assert statements["ShipMachineLogs"]["Resource"] == [
+        f"arn:aws:logs:{REGION}:{ACCOUNT}:log-group:/lg",
+        f"arn:aws:logs:{REGION}:{ACCOUNT}:log-group:/lg:*",
+    ]
     # Ending and tagging: only instances prefect-remote launched with this pool's instance profile.
-    own = {"ArnEquals": {"ec2:InstanceProfile": f"arn:aws:iam::{ACCOUNT}:instance-profile/prefect-remote-r"}, "Null": {"ec2:ResourceTag/prefect-remote:launch": "false"}}
+    own = {
+        "ArnEquals": {"ec2:InstanceProfile": f"arn:aws:iam::{ACCOUNT}:instance-profile/prefect-remote-r"},
+        "Null": {"ec2:ResourceTag/prefect-remote:launch": "false"},
+    }
     assert statements["EndPoolInstances"]["Condition"] == own
     tagging = statements["TagPoolInstances"]["Condition"]
     assert tagging["ArnEquals"] == own["ArnEquals"] and tagging["Null"] == own["Null"]
-    assert tagging["ForAllValues:StringEquals"]["aws:TagKeys"] == ["prefect-remote:lease", "prefect-remote:reason", "prefect-remote:exit-code"]
+    assert tagging["ForAllValues:StringEquals"]["aws:TagKeys"] == [
+        "prefect-remote:lease",
+        "prefect-remote:reason",
+        "prefect-remote:exit-code",
+    ]
     # A scheduler launches workers with this profile only, passing this role only, to EC2 only.
     assert statements["LaunchWorkersWithThisProfile"]["Condition"]["ArnEquals"] == own["ArnEquals"]
     assert statements["PassThisRoleToWorkers"]["Resource"] == f"arn:aws:iam::{ACCOUNT}:role/prefect-remote-r"
     assert statements["PassThisRoleToWorkers"]["Condition"] == {"StringEquals": {"iam:PassedToService": "ec2.amazonaws.com"}}
     assert statements["TagWorkersAtLaunch"]["Condition"] == {"StringEquals": {"ec2:CreateAction": "RunInstances"}}
     # Workers need no ingress from outside the VPC: nothing may make or open security groups.
-    assert not {"ec2:CreateSecurityGroup", "ec2:AuthorizeSecurityGroupIngress"} & {a for s in policy["Statement"] for a in ([s["Action"]] if isinstance(s["Action"], str) else s["Action"])}
+    assert not {"ec2:CreateSecurityGroup", "ec2:AuthorizeSecurityGroupIngress"} & {
+        a for s in policy["Statement"] for a in ([s["Action"]] if isinstance(s["Action"], str) else s["Action"])
+    }
     assert len(json.dumps(policy, separators=(",", ":"))) < 10240  # IAM's limit for a role's inline policies
 
 
@@ -139,7 +174,9 @@ def test_provisioning_twice_creates_once(region):
 
     iam = client("iam")
     document = iam.get_role_policy(RoleName=name, PolicyName=POLICY_NAME)["PolicyDocument"]
-    assert document == machine_policy(account=ACCOUNT, region=REGION, role=name, bucket=BUCKET, prefix="store", log_group="/prefect-remote/machines")
+    assert document == machine_policy(
+        account=ACCOUNT, region=REGION, role=name, bucket=BUCKET, prefix="store", log_group="/prefect-remote/machines"
+    )
     assert iam.list_role_policies(RoleName=name)["PolicyNames"] == [POLICY_NAME]
     assert iam.list_attached_role_policies(RoleName=name)["AttachedPolicies"] == []
     trust = iam.get_role(RoleName=name)["Role"]["AssumeRolePolicyDocument"]
@@ -154,7 +191,9 @@ def test_provisioning_twice_creates_once(region):
     assert log_group["retentionInDays"] == 30
     vpc = AWSProvider().vpc_id
     assert groups() == {f"prefect-remote-{vpc}", f"prefect-remote-{vpc}-dask-from-203.0.113.7/32"}
-    assert set(setup.security_groups) == {g["GroupId"] for g in client("ec2").describe_security_groups(GroupIds=list(setup.security_groups))["SecurityGroups"]}
+    assert set(setup.security_groups) == {
+        g["GroupId"] for g in client("ec2").describe_security_groups(GroupIds=list(setup.security_groups))["SecurityGroups"]
+    }
 
 
 def test_work_pool_create_provisions_aws_and_records_it(region, prefect_server, monkeypatch):
@@ -176,7 +215,11 @@ def test_work_pool_create_provisions_aws_and_records_it(region, prefect_server, 
         block = api.read_block_document_by_name("aws-pool-provider", "prefect-remote-provider")
         pool = api.read_work_pool("aws-pool")
     assert {k: v for k, v in block.data.items() if v} == {
-        "provider": "aws", "region": REGION, "instance_profile": name, "log_group": "/prefect-remote/machines", "store": f"s3://{BUCKET}/store",
+        "provider": "aws",
+        "region": REGION,
+        "instance_profile": name,
+        "log_group": "/prefect-remote/machines",
+        "store": f"s3://{BUCKET}/store",
     }
     defaults = {key: value.get("default") for key, value in pool.base_job_template["variables"]["properties"].items()}
     assert defaults["credentials"] == {"$ref": {"block_document_id": str(block.id)}}
@@ -207,7 +250,10 @@ def test_teardown_of_one_pool_keeps_what_other_pools_use(region):
     provision("pool-a")
     provision("pool-b")
     said: list[str] = []
-    assert infra.teardown(REGION, "pool-a", say=said.append) == [f"instance profile {role_name(REGION, 'pool-a')}", f"IAM role {role_name(REGION, 'pool-a')}"]
+    assert infra.teardown(REGION, "pool-a", say=said.append) == [
+        f"instance profile {role_name(REGION, 'pool-a')}",
+        f"IAM role {role_name(REGION, 'pool-a')}",
+    ]
     assert roles() == {role_name(REGION, "pool-b")} and len(groups()) == 2 and log_groups()
     assert "pools pool-b still use them" in said[0]
     assert infra.teardown(REGION, "pool-a", say=said.append) == []
@@ -249,7 +295,9 @@ def refuse(boto_client, operation: str, code: str = "AccessDenied") -> None:
 def test_errors_name_the_fix(region, monkeypatch):
     provider = AWSProvider()
     refuse(provider.client("iam"), "CreateRole")
-    with pytest.raises(AWSError, match=r"AWS refused iam:CreateRole \(AccessDenied\): the identity in use needs the permission iam:CreateRole"):
+    with pytest.raises(
+        AWSError, match=r"AWS refused iam:CreateRole \(AccessDenied\): the identity in use needs the permission iam:CreateRole"
+    ):
         infra.provision(provider, "pool-a", say=lambda _: None)
     provider = AWSProvider()
     refuse(provider.client("s3"), "HeadBucket", "403")

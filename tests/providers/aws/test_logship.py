@@ -17,6 +17,7 @@ import pytest
 from botocore.config import Config
 
 from prefect_remote.agent import Agent
+from prefect_remote.boot import MACHINE_LOG_ENV
 from prefect_remote.errors import MachineNotFound
 from prefect_remote.providers.aws.logship import (
     EVENT_OVERHEAD,
@@ -30,7 +31,7 @@ from prefect_remote.providers.aws.logship import (
 from prefect_remote.providers.aws.provider import AWSProvider
 from prefect_remote.providers.aws.runtime import EC2Runtime
 from prefect_remote.providers.base import LogChunk
-from prefect_remote.providers.runtime import MACHINE_LOG_ENV, MachineRuntime
+from prefect_remote.providers.runtime import MachineRuntime
 from tests.conftest import wait_for
 
 
@@ -98,7 +99,9 @@ def test_a_file_written_in_steps_arrives_in_order(tmp_path, group, stream, reade
     log = tmp_path / "machine.log"
     log.write_text("[boot] phase 1\n[boot] phase 2\n")
     with LogShipper(str(log), group, stream, interval=0.05) as shipper:
-        first = wait_for(lambda: (chunk := logs(reader, stream)).text == "[boot] phase 1\n[boot] phase 2\n" and chunk, message="the boot lines")
+        first = wait_for(
+            lambda: (chunk := logs(reader, stream)).text == "[boot] phase 1\n[boot] phase 2\n" and chunk, message="the boot lines"
+        )
         with log.open("a") as file:
             file.write("agent: started\n\n")
             file.flush()
@@ -137,7 +140,9 @@ def test_close_ships_the_tail_even_a_late_one(tmp_path, group, stream, reader):
 def test_a_burst_is_split_into_valid_calls(tmp_path, group, stream, reader):
     client = boto3.session.Session().client("logs")
     calls: list[list[dict]] = []
-    client.meta.events.register("before-parameter-build.cloudwatch-logs.PutLogEvents", lambda params, **_: calls.append(params["logEvents"]))
+    client.meta.events.register(
+        "before-parameter-build.cloudwatch-logs.PutLogEvents", lambda params, **_: calls.append(params["logEvents"])
+    )
     lines = [f"burst line {i:05d} " + "x" * (150 + i % 50) for i in range(25_000)]  # 5 MB: more than one read-ahead
     lines[100] = "y" * 300_000  # above the 256 KiB an event may hold
     log = tmp_path / "machine.log"
@@ -161,11 +166,15 @@ def test_an_unreachable_endpoint_does_not_hold_close(tmp_path, aws_env):
     blackhole.listen(16)
     try:
         client = boto3.session.Session().client(
-            "logs", endpoint_url=f"http://127.0.0.1:{blackhole.getsockname()[1]}", config=Config(read_timeout=60, retries={"max_attempts": 1})
+            "logs",
+            endpoint_url=f"http://127.0.0.1:{blackhole.getsockname()[1]}",
+            config=Config(read_timeout=60, retries={"max_attempts": 1}),
         )
         log = tmp_path / "machine.log"
         log.write_text("a line nobody will read\n")
-        shipper = LogShipper(str(log), "/prefect-remote/machines", "i-0123456789abcdef0", client=client, interval=0.05, report=lambda _: None).start()
+        shipper = LogShipper(
+            str(log), "/prefect-remote/machines", "i-0123456789abcdef0", client=client, interval=0.05, report=lambda _: None
+        ).start()
         time.sleep(0.2)  # the shipper is now stuck in a call
         started = time.monotonic()
         assert shipper.close(timeout=1.0) is False
@@ -215,7 +224,11 @@ class Instance(EC2Runtime):
 
     def terminate(self, reason: str, exit_code: int | None) -> None:
         """Records the end, and what CloudWatch held then: a real instance may be gone a moment later."""
-        events = boto3.session.Session().client("logs").get_log_events(logGroupName=self.log_group, logStreamName=self.machine_id, startFromHead=True)
+        events = (
+            boto3.session.Session()
+            .client("logs")
+            .get_log_events(logGroupName=self.log_group, logStreamName=self.machine_id, startFromHead=True)
+        )
         self.ended = (reason, exit_code, "".join(event["message"] + "\n" for event in events["events"]))
 
 
@@ -229,8 +242,17 @@ def test_the_agent_ships_the_whole_machine_log_and_nothing_else(tmp_path, monkey
     (tmp_path / "secrets.json").write_text(secret)  # beside the log
     runtime = Instance(stream, group, log, secret)
     payload = "import os; print('payload: token of', len(os.environ['TOKEN']), 'characters'); print('payload: done')"
-    config = {"command": [sys.executable, "-c", payload], "env": {}, "secret_names": ["TOKEN"], "activity": "auto", "software": None,
-              "timeout": 60, "idle_timeout": None, "keepalive": None, "lease_interval": 30.0}
+    config = {
+        "command": [sys.executable, "-c", payload],
+        "env": {},
+        "secret_names": ["TOKEN"],
+        "activity": "auto",
+        "software": None,
+        "timeout": 60,
+        "idle_timeout": None,
+        "keepalive": None,
+        "lease_interval": 30.0,
+    }
     handlers = {number: signal.getsignal(number) for number in (signal.SIGTERM, signal.SIGINT)}
     try:
         assert Agent(config, runtime).run() == 0

@@ -13,18 +13,17 @@ import time
 
 import boto3
 import pytest
-from botocore.exceptions import ClientError
 from pydantic import SecretStr
 
 from prefect_remote.boot import AGENT_CONFIG_ENV, decode_agent_config
 from prefect_remote.errors import CapacityError, MachineNotFound
 from prefect_remote.providers import get_provider
-from prefect_remote.testing import aws as sandbox
 from prefect_remote.providers.aws import catalog
 from prefect_remote.providers.aws import provider as aws_provider
 from prefect_remote.providers.aws.provider import LAUNCH_TAG, AWSError, AWSProvider
 from prefect_remote.providers.base import BootPayload, Machine
 from prefect_remote.spec import MachineSpec
+from prefect_remote.testing import aws as sandbox
 from tests.providers.aws.conftest import LAUNCHER_IP
 
 AL2023 = "/aws/service/ami-amazon-linux-latest/al2023-ami-kernel-default-{}"
@@ -137,7 +136,13 @@ def test_secrets_go_to_ssm_only_and_leave_with_the_last_machine(provider, ec2, s
         script = user_data(ec2, machine.id)
         config = decode_agent_config(script.split(f"{AGENT_CONFIG_ENV}=")[1].split()[0])  # base64 in the script
         assert config["env"] == {**provider.machine_environ(), "PLAIN": "visible"} and config["secret_names"] == ["SPEC_TOKEN", "TOKEN"]
-        exposed = [script, json.dumps(config), json.dumps(found["Tags"]), json.dumps(runtime_options), json.dumps(provider.client_options())]
+        exposed = [
+            script,
+            json.dumps(config),
+            json.dumps(found["Tags"]),
+            json.dumps(runtime_options),
+            json.dumps(provider.client_options()),
+        ]
         exposed.append(json.dumps(provider.describe(machine.id).__dict__, default=str))
         for text in [*exposed, caplog.text]:
             assert token not in text and spec_token not in text
@@ -329,7 +334,10 @@ def test_spot_with_fallback_launches_on_demand_when_spot_is_short(provider, ec2,
 def test_spot_alone_fails_clearly_and_starts_nothing(provider):
     refuse_spot(provider, "MaxSpotInstanceCountExceeded")
     run = secrets.token_hex(4)
-    with pytest.raises(CapacityError, match=r"spot capacity unavailable for t3a.medium in us-east-1 \(MaxSpotInstanceCountExceeded\); try spot_policy='spot_with_fallback'"):
+    with pytest.raises(
+        CapacityError,
+        match=r"spot capacity unavailable for t3a.medium in us-east-1 \(MaxSpotInstanceCountExceeded\); try spot_policy='spot_with_fallback'",
+    ):
         launch(provider, cpu=2, memory="4 GiB", spot_policy="spot", tags={"run": run})
     assert provider.list({"run": run}, include_terminated=True) == []
 
@@ -446,7 +454,11 @@ def test_estimated_cost():
     assert machine.estimated_cost(until=1000.0 + 2 * 3600) == pytest.approx(0.192)
     assert machine.estimated_cost(until=500.0) == 0.0  # a clock behind the launch costs nothing
     assert Machine("i-1", "aws", "running", "x.large", created=0.0, details={"price_per_hour": None}).estimated_cost() is None
-    assert 0 < Machine("i-2", "aws", "running", "m6i.large", created=time.time() - 60, details={"price_per_hour": 0.096}).estimated_cost() < 0.002
+    assert (
+        0
+        < Machine("i-2", "aws", "running", "m6i.large", created=time.time() - 60, details={"price_per_hour": 0.096}).estimated_cost()
+        < 0.002
+    )
     ended = Machine("i-3", "aws", "terminated", "m6i.large", created=0.0, details={"price_per_hour": 0.096, "ended": 3600.0})
     assert ended.estimated_cost() == pytest.approx(0.096)  # until its end, not now
 

@@ -33,7 +33,7 @@ def _count_requests() -> None:
         return
     handle = server.Router.handle
 
-    def counted(self, method):  # noqa: ANN001, ANN202 - the emulator's own signature
+    def counted(self, method):
         requests = getattr(self._request_handler.server, "prefect_requests", None)
         if requests is not None:
             requests.append((method, self._request_handler.path))

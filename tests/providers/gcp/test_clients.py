@@ -31,7 +31,7 @@ def test_the_project_comes_from_the_credentials_or_is_asked_for(gcp_env, monkeyp
     (tmp_path / "key.json").write_text(json.dumps(key))
     monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", str(tmp_path / "key.json"))
     with pytest.raises(GCPError, match="no Google Cloud project .* PREFECT_REMOTE_GCP_PROJECT"):
-        GoogleClients(Options(None, gcp_env.url)).project
+        _ = GoogleClients(Options(None, gcp_env.url)).project
 
 
 def test_no_credentials(monkeypatch, tmp_path):
@@ -45,17 +45,32 @@ def test_no_credentials(monkeypatch, tmp_path):
 
 def test_a_refusal_names_the_role(gcp_env):
     other = GoogleClients(Options("someone-elses", gcp_env.url))  # the fake refuses other projects, as Google does
-    with pytest.raises(GCPError, match=r"refused secretmanager.secrets.create in project someone-elses.*grant it roles/secretmanager.admin .*add-iam-policy-binding someone-elses"):
+    with pytest.raises(
+        GCPError,
+        match=r"refused secretmanager.secrets.create in project someone-elses.*grant it roles/secretmanager.admin .*add-iam-policy-binding someone-elses",
+    ):
         store_secrets(other, "launch-00000000000d", {"TOKEN": "t"})
 
 
 @pytest.mark.parametrize(
     ("error", "expected"),
     [
-        (exceptions.Forbidden("Cloud Run Admin API has not been used in project 123 before or it is disabled."), r"run.googleapis.com API is not enabled in project p-123456 .*gcloud services enable run.googleapis.com --project=p-123456"),
-        (exceptions.Forbidden("Permission 'iam.serviceaccounts.actAs' denied on service account x"), r"grant it roles/iam.serviceAccountUser"),
-        (exceptions.NotFound("Project 'p-123456' not found or permission denied."), r"project 'p-123456' not found .*PREFECT_REMOTE_GCP_PROJECT"),
-        (exceptions.Unauthorized("Request had invalid authentication credentials."), r"rejected the credentials .*gcloud auth application-default login"),
+        (
+            exceptions.Forbidden("Cloud Run Admin API has not been used in project 123 before or it is disabled."),
+            r"run.googleapis.com API is not enabled in project p-123456 .*gcloud services enable run.googleapis.com --project=p-123456",
+        ),
+        (
+            exceptions.Forbidden("Permission 'iam.serviceaccounts.actAs' denied on service account x"),
+            r"grant it roles/iam.serviceAccountUser",
+        ),
+        (
+            exceptions.NotFound("Project 'p-123456' not found or permission denied."),
+            r"project 'p-123456' not found .*PREFECT_REMOTE_GCP_PROJECT",
+        ),
+        (
+            exceptions.Unauthorized("Request had invalid authentication credentials."),
+            r"rejected the credentials .*gcloud auth application-default login",
+        ),
     ],
 )
 def test_translated(error, expected):

@@ -106,13 +106,19 @@ def test_nearest_allowed_pair(spec, pair):
     [
         ({"inbound": True}, "the machine must accept connections, which Cloud Run jobs do not"),
         ({"cpu": 12}, "cpu=12 is more than Cloud Run's 8 vCPU; the nearest it allows is 8 vCPU with 4 GiB"),
-        ({"cpu": 1, "memory": "8 GiB"}, "cpu=1, memory=8 GiB is not a shape Cloud Run allows (1 vCPU takes 512 MiB to 4 GiB); the nearest it allows is 2 vCPU with 8 GiB"),
+        (
+            {"cpu": 1, "memory": "8 GiB"},
+            "cpu=1, memory=8 GiB is not a shape Cloud Run allows (1 vCPU takes 512 MiB to 4 GiB); the nearest it allows is 2 vCPU with 8 GiB",
+        ),
         ({"cpu": 3}, "cpu=3 is not a shape Cloud Run allows (it offers 1, 2, 4, 6 or 8 vCPU); the nearest it allows is 4 vCPU with 2 GiB"),
         ({"memory": "64 GiB"}, "memory=64 GiB is more than Cloud Run's 32 GiB; the nearest it allows is 8 vCPU with 32 GiB"),
         ({"memory": ["100 MiB", "200 MiB"]}, "the nearest it allows is 1 vCPU with 512 MiB"),
         ({"gpu": "t4", "timeout": "30m"}, "gpu=1x t4: Cloud Run offers one nvidia-l4 GPU per task, nothing else"),
         ({"gpu": 2, "timeout": "30m"}, "gpu=2x gpu: Cloud Run offers one nvidia-l4 GPU per task"),
-        ({"gpu": "l4", "cpu": 2, "timeout": "30m"}, "Cloud Run's L4 needs at least 4 vCPU and 16 GiB; the nearest it allows is 4 vCPU with 16 GiB"),
+        (
+            {"gpu": "l4", "cpu": 2, "timeout": "30m"},
+            "Cloud Run's L4 needs at least 4 vCPU and 16 GiB; the nearest it allows is 4 vCPU with 16 GiB",
+        ),
         ({"gpu": "l4", "memory": ["8 GiB", "12 GiB"], "timeout": "30m"}, "Cloud Run's L4 needs at least 4 vCPU and 16 GiB"),
         ({"gpu": "l4"}, "no timeout: a Cloud Run task with a GPU runs at most 1h"),
         ({"gpu": "l4", "timeout": "2 hours"}, "timeout=2h: a Cloud Run task with a GPU runs at most 1h"),
@@ -139,7 +145,14 @@ def test_an_l4_only_where_cloud_run_has_them():
 
 @pytest.mark.parametrize(
     "spec",
-    [{}, {"cpu": 8, "memory": "32 GiB"}, {"cpu": [1, 2]}, {"timeout": "7 days"}, {"container": "us-docker.pkg.dev/p/r/img:1"}, {"gpu": "l4", "timeout": "1 hour"}],
+    [
+        {},
+        {"cpu": 8, "memory": "32 GiB"},
+        {"cpu": [1, 2]},
+        {"timeout": "7 days"},
+        {"container": "us-docker.pkg.dev/p/r/img:1"},
+        {"gpu": "l4", "timeout": "1 hour"},
+    ],
 )
 def test_what_cloud_run_serves(service, spec):
     assert service.unfit(MachineSpec(**spec)) is None
@@ -212,7 +225,9 @@ def test_a_task_joins_the_vpc_network_for_private_addresses_only(service):
 
     body = as_sent(service.job(launch_of(MachineSpec(), "true", service)))
     assert body["template"]["template"]["vpcAccess"] == {"networkInterfaces": [{"network": "default"}], "egress": 2}  # PRIVATE_RANGES_ONLY
-    lab = GCPProvider(project="my-project", region="us-central1", network="global/networks/lab", subnetwork="regions/us-central1/subnetworks/lab-a")
+    lab = GCPProvider(
+        project="my-project", region="us-central1", network="global/networks/lab", subnetwork="regions/us-central1/subnetworks/lab-a"
+    )
     other = CloudRunService(lab)
     body = as_sent(other.job(launch_of(MachineSpec(), "true", other)))
     assert body["template"]["template"]["vpcAccess"]["networkInterfaces"] == [{"network": "lab", "subnetwork": "lab-a"}]
@@ -224,7 +239,10 @@ def test_secrets_are_a_reference_in_the_job_never_a_value(service):
     launch = launch_of(MachineSpec(environ={}), "true", service, has_secrets=True)
     body = json.loads(run_v2.Job.to_json(service.job(launch)))
     [env] = body["template"]["template"]["containers"][0]["env"]
-    assert env == {"name": "PREFECT_REMOTE_SECRETS_JSON", "valueSource": {"secretKeyRef": {"secret": f"prefect-remote-{launch.id}", "version": "latest"}}}
+    assert env == {
+        "name": "PREFECT_REMOTE_SECRETS_JSON",
+        "valueSource": {"secretKeyRef": {"secret": f"prefect-remote-{launch.id}", "version": "latest"}},
+    }
 
 
 # -- on the sandbox's Cloud Run ---------------------------------------------------------------------

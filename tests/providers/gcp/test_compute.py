@@ -9,7 +9,6 @@ import pytest
 
 from prefect_remote.errors import CapacityError
 from prefect_remote.providers.base import InstanceType, Launch
-from prefect_remote.providers.gcp import catalog as gce_catalog
 from prefect_remote.providers.gcp import prices as gce_prices
 from prefect_remote.providers.gcp.catalog import attached, choose_machine_type, machine_types
 from prefect_remote.providers.gcp.compute import ComputeService, label_key, label_value, labels_for
@@ -79,7 +78,9 @@ def test_billing_catalog_skus_are_parsed():
     def sku(description, nanos, usage="OnDemand", regions=("us-central1",)):
         price = {"units": "0", "nanos": nanos}
         return {
-            "description": description, "serviceRegions": list(regions), "category": {"usageType": usage},
+            "description": description,
+            "serviceRegions": list(regions),
+            "category": {"usageType": usage},
             "pricingInfo": [{"pricingExpression": {"tieredRates": [{"unitPrice": {"units": "0", "nanos": 0}}, {"unitPrice": price}]}}],
         }
 
@@ -142,20 +143,29 @@ def test_cheapest_fit(types):
 
 
 def test_bad_requests_say_what_to_do(types):
-    with pytest.raises(CapacityError, match=r"vm_type=\['n2-standrd-4'\]: not a machine type in zone us-central1-a; did you mean n2-standard-4, "):
+    with pytest.raises(
+        CapacityError, match=r"vm_type=\['n2-standrd-4'\]: not a machine type in zone us-central1-a; did you mean n2-standard-4, "
+    ):
         choose(types, vm_type="n2-standrd-4")
-    with pytest.raises(CapacityError, match=r"vm_type=\['m6i.large'\]: not a machine type in zone us-central1-a; some that are: e2-standard-4, n2-standard-4"):
+    with pytest.raises(
+        CapacityError,
+        match=r"vm_type=\['m6i.large'\]: not a machine type in zone us-central1-a; some that are: e2-standard-4, n2-standard-4",
+    ):
         choose(types, vm_type="m6i.large")
     with pytest.raises(CapacityError, match="arm=True with a GPU: Compute Engine's arm machines"):
         choose(types, arm=True, gpu=True)
-    with pytest.raises(CapacityError, match=r"gpu='h100': no such GPU in zone us-central1-a; GPUs there: nvidia-l4, nvidia-tesla-a100, nvidia-tesla-t4"):
+    with pytest.raises(
+        CapacityError, match=r"gpu='h100': no such GPU in zone us-central1-a; GPUs there: nvidia-l4, nvidia-tesla-a100, nvidia-tesla-t4"
+    ):
         choose(types, gpu="h100")
     no_gpus = [item for item in types if not item.gpu]
     with pytest.raises(CapacityError, match="no GPU in zone us-central1-a; use a zone with GPUs"):
         choose(no_gpus, gpu=True)
     with pytest.raises(CapacityError, match="cpu=200: the largest x86_64 machine type in zone us-central1-a has 96"):
         choose(types, cpu=200)
-    with pytest.raises(CapacityError, match=r"vm_type=\['t2a-standard-4'\] is arm64 \(t2a, c4a\), but arm=False; name a x86_64 type or set arm=True"):
+    with pytest.raises(
+        CapacityError, match=r"vm_type=\['t2a-standard-4'\] is arm64 \(t2a, c4a\), but arm=False; name a x86_64 type or set arm=True"
+    ):
         choose(types, vm_type="t2a-standard-4")
 
 
@@ -177,7 +187,16 @@ def service(monkeypatch) -> ComputeService:
 
 def launch_of(types, boot_script="#!/bin/sh\necho hi\n", **spec) -> Launch:
     machine_spec = MachineSpec(**spec)
-    return Launch("launch-0a1b2c3d4e5f", boot_script, machine_spec, choose(types, **spec), 1, {"dask-role": "scheduler", "dask-cluster": "My Run"}, "host:123", False)
+    return Launch(
+        "launch-0a1b2c3d4e5f",
+        boot_script,
+        machine_spec,
+        choose(types, **spec),
+        1,
+        {"dask-role": "scheduler", "dask-cluster": "My Run"},
+        "host:123",
+        False,
+    )
 
 
 def body_of(service, launch, spot=False) -> dict:
@@ -194,13 +213,18 @@ def test_instance_body(service, types):
     assert json.loads(metadata["prefect-remote-tags"]) == {"dask-role": "scheduler", "dask-cluster": "My Run"}  # raw, as given
     assert metadata["prefect-remote-owner"] == "host:123"
     assert body["labels"] == {
-        "dask-role": "scheduler", "prefect-remote-service": "compute", "prefect-remote-launch": "launch-0a1b2c3d4e5f", "prefect-remote-owner": "host_123",
+        "dask-role": "scheduler",
+        "prefect-remote-service": "compute",
+        "prefect-remote-launch": "launch-0a1b2c3d4e5f",
+        "prefect-remote-owner": "host_123",
     }
     [disk] = body["disks"]
     assert disk["boot"] and disk["autoDelete"]
     assert disk["initializeParams"]["sourceImage"] == "projects/debian-cloud/global/images/family/debian-12"
     assert disk["initializeParams"]["diskSizeGb"] == "50" and disk["initializeParams"]["diskType"].endswith("/pd-balanced")
-    assert body["serviceAccounts"] == [{"email": "runner@unit-project.iam.gserviceaccount.com", "scopes": ["https://www.googleapis.com/auth/cloud-platform"]}]
+    assert body["serviceAccounts"] == [
+        {"email": "runner@unit-project.iam.gserviceaccount.com", "scopes": ["https://www.googleapis.com/auth/cloud-platform"]}
+    ]
     assert body["tags"] == {"items": ["prefect-remote"]}
     assert body["networkInterfaces"][0]["network"] == "global/networks/default"
     assert body["scheduling"] == {"provisioningModel": "STANDARD", "nodeAffinities": []}
@@ -258,8 +282,14 @@ def start(service: ComputeService, script: str, count: int = 1, tags=None, **spe
 
     machine_spec = MachineSpec(**spec)
     launch = Launch(
-        f"launch-{secrets.token_hex(6)}", script, machine_spec, service.choose_instance_type(machine_spec), count,
-        tags if tags is not None else {"dask-cluster": "My Run", "dask-role": "scheduler"}, "test-host:42", False,
+        f"launch-{secrets.token_hex(6)}",
+        script,
+        machine_spec,
+        service.choose_instance_type(machine_spec),
+        count,
+        tags if tags is not None else {"dask-cluster": "My Run", "dask-role": "scheduler"},
+        "test-host:42",
+        False,
     )
     ids = [f"vm-{secrets.token_hex(6)}" for _ in range(count)]
     return service.start(launch, ids)
@@ -333,12 +363,17 @@ def test_spot_stock_out_falls_back_to_standard_and_says_so(gce, gcp_sandbox, cap
     with caplog.at_level("WARNING", logger="prefect_remote.providers.gcp.compute"):
         first, second = start(gce, SLEEPER, count=2, cpu=2, spot_policy="spot_with_fallback")
     assert (first.spot, second.spot) == (False, True)
-    assert f"no spot capacity for {first.instance_type} in us-central1-a (ZONE_RESOURCE_POOL_EXHAUSTED): starting {first.id} as a standard VM" in caplog.text
+    assert (
+        f"no spot capacity for {first.instance_type} in us-central1-a (ZONE_RESOURCE_POOL_EXHAUSTED): starting {first.id} as a standard VM"
+        in caplog.text
+    )
 
 
 def test_a_launch_that_fails_part_way_deletes_what_it_made(gce, gcp_sandbox):
     gcp_sandbox.compute.refuse_spot(times=1)
-    with pytest.raises(CapacityError, match=r"no spot capacity for e2-highcpu-2 in zone us-central1-a .*try spot_policy='spot_with_fallback'"):
+    with pytest.raises(
+        CapacityError, match=r"no spot capacity for e2-highcpu-2 in zone us-central1-a .*try spot_policy='spot_with_fallback'"
+    ):
         start(gce, SLEEPER, count=2, cpu=2, spot_policy="spot")
     wait_for(lambda: not gce.machines(), timeout=30, what="the launch's other VM deleted")
 
@@ -346,7 +381,9 @@ def test_a_launch_that_fails_part_way_deletes_what_it_made(gce, gcp_sandbox):
 def test_machine_types_come_from_the_zone(gce):
     assert gce.choose_instance_type(MachineSpec(cpu=4, memory="16 GiB")).name == "e2-standard-4"
     assert gce.choose_instance_type(MachineSpec(gpu="l4")).name == "g2-standard-4"
-    with pytest.raises(CapacityError, match=r"vm_type=\['n2-standrd-4'\]: not a machine type in zone us-central1-a; did you mean n2-standard-4"):
+    with pytest.raises(
+        CapacityError, match=r"vm_type=\['n2-standrd-4'\]: not a machine type in zone us-central1-a; did you mean n2-standard-4"
+    ):
         gce.choose_instance_type(MachineSpec(vm_type="n2-standrd-4"))
     assert "did you mean" in gce.unfit(MachineSpec(vm_type="n2-standrd-4"))
 

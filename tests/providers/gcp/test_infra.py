@@ -28,7 +28,12 @@ EMAIL = "prefect-remote-machines@sandbox-project.iam.gserviceaccount.com"
 MEMBER = f"serviceAccount:{EMAIL}"
 BUCKET = "prefect-remote-sandbox-project-us-central1"
 # The values the docs' copy of the grants is written with.
-README_VALUES = dict(project="<project>", project_number="<project number>", bucket="<bucket>", service_account="prefect-remote-machines@<project>.iam.gserviceaccount.com")
+README_VALUES = dict(
+    project="<project>",
+    project_number="<project number>",
+    bucket="<bucket>",
+    service_account="prefect-remote-machines@<project>.iam.gserviceaccount.com",
+)
 
 
 @pytest.fixture
@@ -51,7 +56,9 @@ def provision(pool: str = "pool-a", store: str | None = None, **options) -> tupl
 
 
 def cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([CLI, *args], capture_output=True, text=True, env={**os.environ, "COLUMNS": "200"}, stdin=subprocess.DEVNULL, timeout=120)
+    return subprocess.run(
+        [CLI, *args], capture_output=True, text=True, env={**os.environ, "COLUMNS": "200"}, stdin=subprocess.DEVNULL, timeout=120
+    )
 
 
 def storage():
@@ -84,7 +91,9 @@ def readme_document(**values: str) -> dict:
 def test_machine_roles_are_least_privilege():
     roles = machine_roles(project="p-1", project_number="42", bucket="b", service_account="sa@p-1.iam.gserviceaccount.com")
     granted = [grant["role"] for grants in roles.values() for grant in grants]
-    assert not any(role in ("roles/owner", "roles/editor", "roles/viewer") or role.endswith(("admin", "Admin")) for role in granted), granted
+    assert not any(role in ("roles/owner", "roles/editor", "roles/viewer") or role.endswith(("admin", "Admin")) for role in granted), (
+        granted
+    )
     assert roles["bucket b"] == [{"role": "roles/storage.objectUser"}]  # the store's bucket only, never the project's buckets
     assert not any(role.startswith("roles/storage.") for role in (g["role"] for g in roles["project"]))
     by_role = {grant["role"]: grant for grant in roles["project"]}
@@ -110,7 +119,12 @@ def test_readme_quotes_the_roles_exactly():
 # -- provisioning ---------------------------------------------------------------------------------
 def test_provisioning_twice_is_harmless_and_grants_exactly_the_roles(project):
     setup, first = provision()
-    assert setup.block_fields() == {"project": "sandbox-project", "region": "us-central1", "service_account": EMAIL, "store": f"gs://{BUCKET}/store"}
+    assert setup.block_fields() == {
+        "project": "sandbox-project",
+        "region": "us-central1",
+        "service_account": EMAIL,
+        "store": f"gs://{BUCKET}/store",
+    }
     created = [line for line in first if line.startswith(("created", "granted"))]
     # bucket, account, custom role, three firewall rules (VMs among themselves, the Dask ports from this
     # launcher and from the subnetwork, where a flow run that starts a cluster connects from); grants on
@@ -149,8 +163,13 @@ def test_a_disabled_api_fails_naming_the_command_and_nothing_is_created(project)
     # One cheap read per API (Cloud Storage's, storage.GET, is the emulator's), and nothing else.
     made = {name for name, count in project.calls.items() if count > before.get(name, 0)} - {"oauth2.token"}
     assert made == {
-        "run.jobs.list", "compute.firewalls.list", "secretmanager.secrets.list", "logging.entries.list",
-        "iam.serviceAccounts.list", "cloudresourcemanager.projects.get", "storage.GET",
+        "run.jobs.list",
+        "compute.firewalls.list",
+        "secretmanager.secrets.list",
+        "logging.entries.list",
+        "iam.serviceAccounts.list",
+        "cloudresourcemanager.projects.get",
+        "storage.GET",
     }, made
     assert EMAIL not in project.iam.accounts and project.iam.grants_of(MEMBER) == [] and not bucket_exists() and firewalls(project) == set()
     # The CLI path: prefect work-pool create reports it (test_push_gcp); the error says the same through a pool's provider.
@@ -181,8 +200,10 @@ def test_teardown_removes_everything_and_is_idempotent(project):
     said: list[str] = []
     removed = infra.teardown(GCPProvider(), say=said.append)
     assert set(removed) >= {
-        f"the project grants of {EMAIL}", f"the grant of {EMAIL} on bucket {BUCKET}",
-        f"custom role projects/sandbox-project/roles/{MACHINE_ROLE_ID}", f"service account {EMAIL}",
+        f"the project grants of {EMAIL}",
+        f"the grant of {EMAIL} on bucket {BUCKET}",
+        f"custom role projects/sandbox-project/roles/{MACHINE_ROLE_ID}",
+        f"service account {EMAIL}",
     }
     assert sum(item.startswith("firewall rule") for item in removed) == 3 and firewalls(project) == set()
     assert EMAIL not in project.iam.accounts and EMAIL not in project.service_accounts
@@ -205,7 +226,9 @@ def test_teardown_refuses_while_a_vm_runs(project):
     setup, _ = provision()
     compute = GCPProvider(service="compute", service_account=setup.service_account).service("compute")
     spec = MachineSpec(cpu=2)
-    launch = Launch(f"launch-{secrets.token_hex(6)}", "#!/bin/sh\nsleep 120\n", spec, compute.choose_instance_type(spec), 1, {}, "test-host:42", False)
+    launch = Launch(
+        f"launch-{secrets.token_hex(6)}", "#!/bin/sh\nsleep 120\n", spec, compute.choose_instance_type(spec), 1, {}, "test-host:42", False
+    )
     [machine] = compute.start(launch, [f"vm-{secrets.token_hex(6)}"])
 
     refused = cli("gcp", "teardown", "--yes")
@@ -241,7 +264,11 @@ def test_work_pool_create_provisions_gcp_and_records_it(project, prefect_server,
         block = api.read_block_document_by_name("gcp-pool-provider", "prefect-remote-provider")
         pool = api.read_work_pool("gcp-pool")
     assert {k: v for k, v in block.data.items() if v} == {
-        "provider": "gcp", "project": "sandbox-project", "region": "us-central1", "service_account": EMAIL, "store": f"gs://{BUCKET}/store",
+        "provider": "gcp",
+        "project": "sandbox-project",
+        "region": "us-central1",
+        "service_account": EMAIL,
+        "store": f"gs://{BUCKET}/store",
     }
     defaults = {key: value.get("default") for key, value in pool.base_job_template["variables"]["properties"].items()}
     assert defaults["provider"] == "gcp" and defaults["region"] == "us-central1"
@@ -253,7 +280,10 @@ def test_a_refused_permission_names_the_role_provisioning_needs(gcp_env):
     from google.api_core.exceptions import Forbidden
 
     clients = GCPProvider().clients
-    with pytest.raises(GCPError, match=r"refused iam.roles.create in project sandbox-project: the identity in use needs roles/iam.roleAdmin to make the custom role"):
+    with pytest.raises(
+        GCPError,
+        match=r"refused iam.roles.create in project sandbox-project: the identity in use needs roles/iam.roleAdmin to make the custom role",
+    ):
         with infra.google_errors(clients, "iam.roles.create", "make the custom role"):
             raise Forbidden("Permission 'iam.roles.create' denied on resource (or it may not exist).")
     with pytest.raises(GCPError, match=r"gcloud services enable iam.googleapis.com"):  # a disabled API is not a missing role

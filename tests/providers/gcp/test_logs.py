@@ -35,11 +35,16 @@ def test_a_file_written_in_steps_arrives_in_order(tmp_path, gcp_env, clients, se
     log.write_text("[boot] phase 1\n[boot] phase 2\n")
     shipper = ship_log(str(log), clients.project, "prefect-remote", machine_id, api_endpoint=gcp_env.url, session=session, interval=0.05)
     try:
-        first = wait_for(lambda: (chunk := read_logs(clients, "prefect-remote", machine_id)).text == "[boot] phase 1\n[boot] phase 2\n" and chunk, message="the boot lines")
+        first = wait_for(
+            lambda: (chunk := read_logs(clients, "prefect-remote", machine_id)).text == "[boot] phase 1\n[boot] phase 2\n" and chunk,
+            message="the boot lines",
+        )
         with log.open("a") as file:
             file.write("agent: started\n\n")
             file.flush()
-            second = wait_for(lambda: (chunk := read_logs(clients, "prefect-remote", machine_id, first.cursor)).text and chunk, message="more lines")
+            second = wait_for(
+                lambda: (chunk := read_logs(clients, "prefect-remote", machine_id, first.cursor)).text and chunk, message="more lines"
+            )
             assert second.text == "agent: started\n\n"  # a blank line stays one
             file.write("payload: höla\nthe last line, without its newline")
     finally:
@@ -80,7 +85,9 @@ def test_failures_are_retried_without_duplicates(tmp_path, gcp_env, clients, ses
     reports: list[str] = []
     log = tmp_path / "machine.log"
     log.write_text("written while Cloud Logging was unreachable\n")
-    sender = CloudLoggingSender(clients.project, "prefect-remote", machine_id, api_endpoint="http://127.0.0.1:9", session=session, timeout=(0.5, 0.5))
+    sender = CloudLoggingSender(
+        clients.project, "prefect-remote", machine_id, api_endpoint="http://127.0.0.1:9", session=session, timeout=(0.5, 0.5)
+    )
     shipper = LogShipper(str(log), sender, interval=0.01, report=reports.append).start()
     try:
         wait_for(lambda: shipper._failures >= 3, message="several failed attempts")

@@ -22,7 +22,9 @@ def records(gcs) -> MachineRecords:
 
 def launch(launch_id: str = "launch-0a1b2c3d4e5f", **spec) -> Launch:
     spec = MachineSpec(**{"cpu": 2, "memory": "8 GiB", "keepalive": "1 minute", **spec})
-    return Launch(launch_id, "#!/bin/bash\n", spec, InstanceType("e2-standard-2", 2, 8 * 2**30, price=0.067), 2, {"team": "a"}, "client-1", False)
+    return Launch(
+        launch_id, "#!/bin/bash\n", spec, InstanceType("e2-standard-2", 2, 8 * 2**30, price=0.067), 2, {"team": "a"}, "client-1", False
+    )
 
 
 def machine(machine_id: str, state: str = "terminated", **fields) -> Machine:
@@ -62,7 +64,13 @@ def test_a_machine_lifecycle_in_its_record(gcs, records):
 
     gone = records.ended_machine(ids[0])  # as describe shows a VM Google deleted
     assert (gone.state, gone.reason, gone.exit_code, gone.instance_type, gone.region, gone.owner) == (
-        "terminated", "idle for 5 minutes", 0, "e2-standard-2", "us-central1", "client-1")
+        "terminated",
+        "idle for 5 minutes",
+        0,
+        "e2-standard-2",
+        "us-central1",
+        "client-1",
+    )
     assert gone.tags == {"team": "a"} and gone.details["price_per_hour"] == 0.067 and gone.details["launch"] == "launch-0a1b2c3d4e5f"
     assert "ended without a record" in records.ended_machine(ids[1]).reason
     assert records.ended_machine("vm-00000000dead") is None
@@ -112,11 +120,21 @@ def test_ended_machines_of_some_tags(gcs, records):
     del gcs.requests[:]
     [ended] = records.ended_machines({"team": "a"}, shown={"vm-0000000000a2"})
     assert len(gcs.requests) == 2  # the listing, then the one machine's facts
-    assert (ended.id, ended.state, ended.reason, ended.tags, ended.details["price_per_hour"]) == ("vm-0000000000a1", "terminated", "idle", {"team": "a"}, 0.067)
+    assert (ended.id, ended.state, ended.reason, ended.tags, ended.details["price_per_hour"]) == (
+        "vm-0000000000a1",
+        "terminated",
+        "idle",
+        {"team": "a"},
+        0.067,
+    )
     assert ended.estimated_cost() is not None
     # No end recorded and not shown: being started (not yet in the cloud's listing), unless made a while ago.
     assert records.ended_machines({"team": "a"}, shown=set()) == [ended]
-    assert {m.id for m in records.ended_machines(None, shown=set(), settling=0)} == {"vm-0000000000a1", "vm-0000000000a2", "vm-0000000000b1"}
+    assert {m.id for m in records.ended_machines(None, shown=set(), settling=0)} == {
+        "vm-0000000000a1",
+        "vm-0000000000a2",
+        "vm-0000000000b1",
+    }
 
 
 def test_machines_read_their_records_from_the_url_they_are_given(records):

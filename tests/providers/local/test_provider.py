@@ -13,15 +13,15 @@ import time
 from pathlib import Path
 
 import pytest
+from pydantic import SecretStr
 
+import prefect_remote
 from prefect_remote.boot import decode_agent_config
 from prefect_remote.errors import CapabilityError, CapacityError
 from prefect_remote.providers.base import BootPayload
 from prefect_remote.providers.local import LocalProvider, records, start
 from prefect_remote.providers.local.isolation import process_identity, tagged_pids
 from prefect_remote.spec import MachineSpec
-import prefect_remote
-from pydantic import SecretStr
 from tests.conftest import machine_folders, needs_namespace, wait_for
 
 PRINT_NETWORK = textwrap.dedent(
@@ -281,7 +281,7 @@ def test_ended_machines_are_pruned_from_lease_renewal():
 def test_namespace_isolation_refused_clearly_where_unavailable(monkeypatch):
     monkeypatch.setattr(start, "namespace_unavailable", lambda: "namespace isolation needs root")
     with pytest.raises(CapacityError, match="needs root; set PREFECT_REMOTE_LOCAL_ISOLATION=process"):
-        LocalProvider(isolation="namespace").isolation
+        _ = LocalProvider(isolation="namespace").isolation
     assert LocalProvider(isolation="auto").isolation == "process"
 
 

@@ -265,7 +265,9 @@ def test_a_subnet_inside_or_around_a_routed_one_is_refused_and_one_bridge_keeps_
             Bridge(throwaway_bridges(), str(overlapping)).ensure()
     # Another subnet on the same bridge would leave its gateway services listening on one of the two.
     other = isolation._free_subnet(subnet, [subnet, outer])
-    with pytest.raises(isolation.SubnetConflict, match=rf"bridge {first.name} already has {first.address}/16 \(a home with subnet {subnet}"):
+    with pytest.raises(
+        isolation.SubnetConflict, match=rf"bridge {first.name} already has {first.address}/16 \(a home with subnet {subnet}"
+    ):
         Bridge(first.name, str(other)).ensure()
     Bridge(first.name, str(subnet)).ensure()  # the same bridge and subnet, as another home shares it: fine
     assert first.remove_if_unused()
