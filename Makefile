@@ -10,7 +10,7 @@ PYTEST_ARGS ?=
 # so two share this 2-core machine well. Each worker is a session with its own server and sandboxes.
 PYTEST_WORKERS ?= 2
 
-.PHONY: env test docs demo demo-machines bench clean
+.PHONY: env lint test docs demo demo-machines bench clean
 
 env: $(VENV)/.synced
 
@@ -21,11 +21,17 @@ $(VENV)/.synced: pyproject.toml uv.lock
 	$(VENV)/bin/uv sync --locked --all-extras --python $(VENV)/bin/python
 	touch $@
 
-# The docs first: a broken link or anchor, or a public name the API reference renders without a
+# Lint and format check (ruff, configured in pyproject.toml): `make lint` alone; `make test` first.
+LINTED := prefect_remote tests bench examples docs/hooks
+lint: env
+	$(VENV)/bin/ruff check $(LINTED)
+	$(VENV)/bin/ruff format --check $(LINTED)
+
+# Then the docs: a broken link or anchor, or a public name the API reference renders without a
 # docstring, fails the build (--strict) and so the suite. Then prefect-dask's own task-runner tests,
 # which run on RemoteTaskRunner (tests/test_task_runner_prefect_dask.py), are fetched from their
 # source distribution on PyPI at the version uv.lock pins (cached in .cache/).
-test: env
+test: lint
 	$(VENV)/bin/mkdocs build --strict
 	$(VENV)/bin/python -m tests.upstream
 	$(VENV)/bin/python -m pytest -n $(PYTEST_WORKERS) --dist loadfile $(PYTEST_ARGS)

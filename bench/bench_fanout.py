@@ -72,7 +72,8 @@ def bench_map(provider: str | None = None, *, memory: bool = True) -> list[str]:
     trivial.cluster.close()
     return [
         *lines,
-        f"map over a generator, peak client memory: {large:.1f} MiB for {MEMORY_ITEMS[1]:,} items ({MEMORY_ITEMS[1] / large_seconds:,.0f}/s) "
+        f"map over a generator, peak client memory: {large:.1f} MiB for {MEMORY_ITEMS[1]:,} items "
+        f"({MEMORY_ITEMS[1] / large_seconds:,.0f}/s) "
         f"vs {small:.1f} MiB for {MEMORY_ITEMS[0]:,} ({MEMORY_ITEMS[0] / small_seconds:,.0f}/s) -> {large / small:.2f}x for 10x the items "
         "(goal ~1x: bounded by the batches in flight, not the input; Dask's debug log of recent messages off)",
     ]
@@ -182,7 +183,8 @@ def bench_flow() -> str:
     ratios = ", ".join(f"{b / o:.2f}x" for b, o in zip(baseline, ours, strict=True))
     return (
         f"flow of {TASKS} tasks: {statistics.median(ours):.1f} s with RemoteTaskRunner vs {statistics.median(baseline):.1f} s with "
-        f"DaskTaskRunner+LocalCluster (2 workers), medians of {FLOW_ROUNDS} -> {statistics.median(baseline) / statistics.median(ours):.2f}x "
+        f"DaskTaskRunner+LocalCluster (2 workers), medians of {FLOW_ROUNDS} -> "
+        f"{statistics.median(baseline) / statistics.median(ours):.2f}x "
         f"throughput (goal >= 1.0x; rounds: {ratios})"
     )
 

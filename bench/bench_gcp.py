@@ -1,4 +1,5 @@
-"""The gcp provider on the sandbox GCP: boot phases on Cloud Run and Compute Engine, and API calls per machine-minute of a 10-worker cluster.
+"""The gcp provider on the sandbox GCP: boot phases on Cloud Run and Compute Engine, and API calls
+per machine-minute of a 10-worker cluster.
 
 Boot: time from ``launch()`` to the payload running, split into the phases the machine log stamps
 (the API calls of the launch, the instance starting, uv, the agent's environment, the software

@@ -17,7 +17,8 @@ if TYPE_CHECKING:
 Expose = Annotated[
     list[int] | None,
     typer.Option(
-        help="A port of this host's loopback that instances reach at $PREFECT_REMOTE_SANDBOX_HOST:PORT (default: 4200, a Prefect server's); repeatable."
+        help="A port of this host's loopback that instances reach at $PREFECT_REMOTE_SANDBOX_HOST:PORT "
+        "(default: 4200, a Prefect server's); repeatable."
     ),
 ]
 app = typer.Typer(help="Emulated clouds on this computer: try prefect-remote offline, with the real cloud clients.", no_args_is_help=True)

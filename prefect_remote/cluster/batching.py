@@ -45,7 +45,8 @@ def check_batch_size(batch_size: Any) -> int | None:
     if isinstance(batch_size, int) and not isinstance(batch_size, bool) and batch_size >= 1:
         return batch_size
     raise ValueError(
-        f"batch_size={batch_size!r}: expected 'auto' (sized from measured run times, the default) or a whole number of items per task, 1 or more"
+        f"batch_size={batch_size!r}: expected 'auto' (sized from measured run times, the default) or a whole number of items per "
+        "task, 1 or more"
     )
 
 

@@ -53,7 +53,8 @@ def parse_n_workers(value: Any) -> tuple[int, int, bool]:
             raise ClusterOptionError(f"n_workers={list(value)!r}: expected 0 <= min <= max and max >= 1, such as [0, 20]")
         if low > high:
             raise ClusterOptionError(
-                f"n_workers={list(value)!r}: the minimum ({low}) is larger than the maximum ({high}); expected [min, max] such as [{high}, {low}]"
+                f"n_workers={list(value)!r}: the minimum ({low}) is larger than the maximum ({high}); expected [min, max] such as "
+                f"[{high}, {low}]"
             )
         return low, high, True
     raise ClusterOptionError(
@@ -65,7 +66,8 @@ def check_package_sync(package_sync: Any, package_sync_ignore: Any, software: st
     """Validates the package sync arguments; returns ``package_sync_ignore`` as a tuple of names."""
     if package_sync is not None and not isinstance(package_sync, bool):
         raise ClusterOptionError(
-            f"package_sync={package_sync!r}: expected True (always capture this environment), False (never) or None (when the provider's machines need it)"
+            f"package_sync={package_sync!r}: expected True (always capture this environment), False (never) or None (when the "
+            "provider's machines need it)"
         )
     if package_sync_ignore is None:
         ignore: tuple[str, ...] = ()

@@ -147,7 +147,9 @@ class Machine:
     def cost_summary(self) -> str:
         """The cost-relevant facts, for logs: type, region, market and price.
 
-        >>> Machine("i-0abc", "aws", "running", "m6i.large", created=0.0, region="us-east-2", details={"price_per_hour": 0.096}).cost_summary()
+        >>> machine = Machine("i-0abc", "aws", "running", "m6i.large", created=0.0, region="us-east-2",
+        ...                   details={"price_per_hour": 0.096})
+        >>> machine.cost_summary()
         'm6i.large in us-east-2, on-demand, $0.0960/hour'
         """
         price = f"${self.price_per_hour:.4f}/hour" if self.price_per_hour is not None else "price unknown"

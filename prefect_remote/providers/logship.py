@@ -13,7 +13,8 @@ environment, its secrets) is read.
 Standard library only at import (the agent imports it on every boot); a sender imports its cloud's
 library in the shipping thread.
 
->>> batch_events([(1000, "booting"), (1000, ""), (1001, "x" * 300)], max_events=10, max_bytes=1000, max_event_bytes=226, max_span_ms=10, overhead=26)[0][:2]
+>>> events = [(1000, "booting"), (1000, ""), (1001, "x" * 300)]
+>>> batch_events(events, max_events=10, max_bytes=1000, max_event_bytes=226, max_span_ms=10, overhead=26)[0][:2]
 [{'timestamp': 1000, 'message': 'booting'}, {'timestamp': 1000, 'message': '\\n'}]
 """
 

@@ -72,7 +72,8 @@ class MachineJobFields(BaseModel):
     provider: str | None = Field(
         default=None,
         title="Provider",
-        description="Where the machine comes from: local (this host), aws, gcp. Default: the credentials block's, else PREFECT_REMOTE_PROVIDER.",
+        description="Where the machine comes from: local (this host), aws, gcp. "
+        "Default: the credentials block's, else PREFECT_REMOTE_PROVIDER.",
     )
     region: str | None = Field(default=None, title="Region", description="Cloud region, e.g. us-east-2 (recorded on the local provider).")
     vm_type: str | list[str] | None = Field(

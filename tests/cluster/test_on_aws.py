@@ -297,7 +297,10 @@ def test_spot_without_capacity_fails_the_first_call_and_leaves_no_instance(aws, 
 
     with pytest.raises(
         CapacityError,
-        match=r"spot capacity unavailable for t3a\.nano in us-east-1 \(InsufficientInstanceCapacity\); try spot_policy='spot_with_fallback'",
+        match=(
+            r"spot capacity unavailable for t3a\.nano in us-east-1 \(InsufficientInstanceCapacity\); try "
+            r"spot_policy='spot_with_fallback'"
+        ),
     ):
         never(1)
     # The scheduler's instance, launched before the workers were refused, is gone with its credentials.
@@ -423,7 +426,10 @@ def region_without_gpus(aws, monkeypatch):
 def test_a_gpu_in_a_region_without_one(aws, ec2, region_without_gpus, monkeypatch):
     before = all_ids(ec2)
     monkeypatch.setenv("AWS_DEFAULT_REGION", region_without_gpus)
-    message = rf"no GPU instance type in region {region_without_gpus}; GPU regions include .*us-east-1.*: launch in one of them \(set AWS_DEFAULT_REGION, or the aws provider's region option\)"
+    message = (
+        rf"no GPU instance type in region {region_without_gpus}; GPU regions include .*us-east-1.*: launch in "
+        r"one of them \(set AWS_DEFAULT_REGION, or the aws provider's region option\)"
+    )
     with pytest.raises(CapacityError, match=message):
         prefect_remote.function(provider="aws", gpu=1)(abs)
     with pytest.raises(CapacityError, match=message):
@@ -440,7 +446,10 @@ def test_no_credentials(aws, ec2, monkeypatch, tmp_path):
         (tmp_path / name).write_text("")
         monkeypatch.setenv(name, str(tmp_path / name))
     monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")  # no instance profile to fall back on here
-    message = r"no AWS credentials found .*; set AWS_PROFILE \(after `aws configure` or `aws sso login`\) or AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY"
+    message = (
+        r"no AWS credentials found .*; set AWS_PROFILE \(after `aws configure` or `aws sso login`\) or "
+        r"AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY"
+    )
     never = prefect_remote.function(name="aws-no-credentials", provider="aws", cpu=2, keepalive="10 seconds")(abs)
     with pytest.raises((AWSError, StoreError), match=message):
         never(1)
@@ -457,7 +466,10 @@ def test_no_credentials(aws, ec2, monkeypatch, tmp_path):
 def test_a_missing_bucket(aws, ec2, monkeypatch):
     before = all_ids(ec2)
     monkeypatch.setenv("PREFECT_REMOTE_STORE", "s3://no-such-bucket/x")
-    message = r"bucket no-such-bucket does not exist in region us-east-1 \(store s3://no-such-bucket/x\); create it \(`aws s3 mb s3://no-such-bucket --region us-east-1`\) or run `prefect work-pool create --type remote:push --provision-infra"
+    message = (
+        r"bucket no-such-bucket does not exist in region us-east-1 \(store s3://no-such-bucket/x\); create it "
+        r"\(`aws s3 mb s3://no-such-bucket --region us-east-1`\) or run `prefect work-pool create --type remote:push --provision-infra"
+    )
 
     @prefect_remote.function(name="aws-no-bucket", provider="aws", cpu=2, keepalive="10 seconds")
     def never(x: int) -> int:

@@ -103,7 +103,10 @@ def test_require_names_what_needs_the_capability_and_who_has_it():
     require(LocalProvider(), "inbound_connections", "a Dask cluster needs")
     with pytest.raises(
         CapabilityError,
-        match="provider 'closed' does not accept inbound connections between machines, which a Dask cluster needs; use a provider that does: aws, gcp, local",
+        match=(
+            "provider 'closed' does not accept inbound connections between machines, which a Dask cluster needs; "
+            "use a provider that does: aws, gcp, local"
+        ),
     ):
         require(Closed(), "inbound_connections", "a Dask cluster needs")
     with pytest.raises(

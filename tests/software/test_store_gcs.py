@@ -121,7 +121,10 @@ def test_refusals_name_the_fix(monkeypatch, status):
         monkeypatch.setenv("STORAGE_EMULATOR_HOST", f"http://127.0.0.1:{server.server_address[1]}")
         store = open_store("gs://pr-test-bucket/envs")
         if status == 403:
-            expected = r"access denied: storage.objects.get on blobs/\w+ in gs://pr-test-bucket/envs \(tester@example.iam.gserviceaccount.com does not have .* roles/storage.objectAdmin .*add-iam-policy-binding gs://pr-test-bucket"
+            expected = (
+                r"access denied: storage.objects.get on blobs/\w+ in gs://pr-test-bucket/envs "
+                r"\(tester@example.iam.gserviceaccount.com does not have .* roles/storage.objectAdmin .*add-iam-policy-binding gs://pr-test-bucket"
+            )
         else:
             expected = (
                 r"Google Cloud refused the credentials used for the store gs://pr-test-bucket/envs .*gcloud auth application-default login"

@@ -149,7 +149,10 @@ def test_machine_types_zones_images(clients, sandbox):
 def test_startup_script_runs_and_delete_ends_it(clients, sandbox, tmp_path):
     marker = tmp_path / "ran"
     # The script asks its metadata server who it is, as the product's machine side does.
-    ask = "import os, urllib.request as u\nrequest = u.Request('http://' + os.environ['GCE_METADATA_HOST'] + '/computeMetadata/v1/instance/name', headers={'Metadata-Flavor': 'Google'})\nprint(u.urlopen(request).read().decode())\n"
+    ask = (
+        "import os, urllib.request as u\nrequest = u.Request('http://' + os.environ['GCE_METADATA_HOST'] + "
+        "'/computeMetadata/v1/instance/name', headers={'Metadata-Flavor': 'Google'})\nprint(u.urlopen(request).read().decode())\n"
+    )
     insert(
         clients,
         vm("vm-runs", script=f"#!/bin/bash\n{sys.executable} - > {marker}.tmp <<'PY'\n{ask}PY\nmv {marker}.tmp {marker}\nexec sleep 600\n"),

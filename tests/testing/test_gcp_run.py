@@ -52,7 +52,10 @@ def _finished(google, name: str, timeout: float = 30) -> run_v2.Execution:
 
 def test_a_task_runs_its_command_with_cloud_runs_env_and_reports_its_exit_code(google, gcp_sandbox, tmp_path):
     out = tmp_path / "env"
-    script = f'echo starting; echo "$CLOUD_RUN_JOB $CLOUD_RUN_EXECUTION $CLOUD_RUN_TASK_INDEX $CLOUD_RUN_TASK_ATTEMPT $CLOUD_RUN_TASK_COUNT $GREETING $GCE_METADATA_HOST" > {out}; exit 3'
+    script = (
+        'echo starting; echo "$CLOUD_RUN_JOB $CLOUD_RUN_EXECUTION $CLOUD_RUN_TASK_INDEX '
+        f'$CLOUD_RUN_TASK_ATTEMPT $CLOUD_RUN_TASK_COUNT $GREETING $GCE_METADATA_HOST" > {out}; exit 3'
+    )
     job = _create(google, gcp_sandbox, _job(gcp_sandbox, "exit 0", env=[run_v2.EnvVar(name="GREETING", value="hello")]))
     assert job.labels["prefect-remote-launch"] == "l-test" and job.template.template.max_retries == 0
     assert google.run("jobs").get_job(name=job.name).name == job.name
@@ -84,7 +87,10 @@ def test_a_task_runs_its_command_with_cloud_runs_env_and_reports_its_exit_code(g
         == run_v2.ExecutionReference.CompletionStatus.EXECUTION_FAILED
     )
     # What it printed is in Cloud Logging, as Cloud Run puts it there.
-    stdout = f'logName="projects/{google.project}/logs/run.googleapis.com%2Fstdout" AND labels."run.googleapis.com/execution_name"="{execution.name.rsplit("/", 1)[1]}"'
+    stdout = (
+        f'logName="projects/{google.project}/logs/run.googleapis.com%2Fstdout" AND '
+        f'labels."run.googleapis.com/execution_name"="{execution.name.rsplit("/", 1)[1]}"'
+    )
     assert [entry.payload for entry in google.logging().list_entries(filter_=stdout)] == ["starting"]
 
     google.run("jobs").delete_job(name=job.name).result()
@@ -224,7 +230,8 @@ TASK_USES_GOOGLE = """
 import os, google.auth
 from google.cloud import secretmanager, storage
 credentials, project = google.auth.default()  # the metadata server, as on Cloud Run
-client = secretmanager.SecretManagerServiceClient(transport="rest", credentials=credentials, client_options={"api_endpoint": os.environ["PREFECT_REMOTE_GCP_API_ENDPOINT"]})
+endpoint = {"api_endpoint": os.environ["PREFECT_REMOTE_GCP_API_ENDPOINT"]}
+client = secretmanager.SecretManagerServiceClient(transport="rest", credentials=credentials, client_options=endpoint)
 payload = client.access_secret_version(name=f"projects/{project}/secrets/%s/versions/latest").payload.data.decode()
 buckets = [bucket.name for bucket in storage.Client(project=project).list_buckets()]  # STORAGE_EMULATOR_HOST
 print(project, payload, *buckets)
@@ -243,7 +250,10 @@ def test_a_task_reaches_the_apis_with_its_service_accounts_token(google, gcp_san
     job.template.template.containers[0].args = []
     execution = _finished(google, google.run("jobs").run_job(name=_create(google, gcp_sandbox, job).name).metadata.name, timeout=60)
     [task] = google.run("tasks").list_tasks(parent=execution.name)
-    stdout = f'logName="projects/{google.project}/logs/run.googleapis.com%2Fstdout" AND labels."run.googleapis.com/execution_name"="{task.execution}"'
+    stdout = (
+        f'logName="projects/{google.project}/logs/run.googleapis.com%2Fstdout" AND '
+        f'labels."run.googleapis.com/execution_name"="{task.execution}"'
+    )
     printed = [entry.payload for entry in google.logging().list_entries(filter_=stdout)]
     assert execution.succeeded_count == 1, printed
     [line] = printed

@@ -508,7 +508,8 @@ def _end_instances(provider: AWSProvider, profiles: set[str] | None, force: bool
     if not instances:
         return
     lines = [
-        f"  {i['InstanceId']}  {i['State']['Name']:<8} {i['InstanceType']:<12} {i.get('IamInstanceProfile', {}).get('Arn', 'no instance profile').rsplit('/', 1)[-1]}"
+        f"  {i['InstanceId']}  {i['State']['Name']:<8} {i['InstanceType']:<12} "
+        f"{i.get('IamInstanceProfile', {}).get('Arn', 'no instance profile').rsplit('/', 1)[-1]}"
         for i in instances
     ]
     ids = [i["InstanceId"] for i in instances]

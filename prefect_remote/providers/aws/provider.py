@@ -343,7 +343,8 @@ class AWSProvider(Provider):
         super().check_spec(spec)
         if spec.region and spec.region != self.region:
             raise CapacityError(
-                f"region={spec.region!r}, but this aws provider launches in {self.region}; make it with region={spec.region!r}, or drop region"
+                f"region={spec.region!r}, but this aws provider launches in {self.region}; make it with region={spec.region!r}, "
+                "or drop region"
             )
 
     @functools.cached_property
@@ -384,7 +385,8 @@ class AWSProvider(Provider):
         bad = [key for key in launch.tags if not _IMDS_TAG_KEY.fullmatch(tag_key(key)) or key.lower().startswith("aws:")]
         if bad:
             raise ValueError(
-                f"tags {bad}: on aws, tag names use letters, digits and + - = . , _ : @ / and spaces only, at most 128, and not the aws: prefix"
+                f"tags {bad}: on aws, tag names use letters, digits and + - = . , _ : @ / and spaces only, at most 128, and not "
+                "the aws: prefix"
             )
         spec, instance_type = launch.spec, launch.instance_type
         image_id, root_device = self._image(instance_type)

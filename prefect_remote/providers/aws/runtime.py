@@ -96,7 +96,8 @@ class EC2Runtime(MachineRuntime):
             import boto3
         except ImportError:
             raise RuntimeError(
-                f"the EC2 runtime needs boto3 in the machine's agent environment to reach {service}; install it in the image or software environment"
+                f"the EC2 runtime needs boto3 in the machine's agent environment to reach {service}; install it in the image or "
+                "software environment"
             ) from None
         return boto3.session.Session().client(service, region_name=self.region)
 

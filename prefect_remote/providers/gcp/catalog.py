@@ -156,7 +156,8 @@ def choose_machine_type(catalog: Sequence[InstanceType], spec: MachineSpec, zone
         if not any(item.name in spec.vm_type for item in candidates):
             other = "x86_64" if spec.arm else "arm64 (t2a, c4a)"
             raise CapacityError(
-                f"vm_type={list(spec.vm_type)[:3]!r} is {other}, but arm={spec.arm}; name a {arch} type or {'drop' if spec.arm else 'set'} arm=True"
+                f"vm_type={list(spec.vm_type)[:3]!r} is {other}, but arm={spec.arm}; name a {arch} type or "
+                f"{'drop' if spec.arm else 'set'} arm=True"
             )
     else:
         candidates = [item for item in catalog if not SHARED_CORE.fullmatch(item.name)]

@@ -175,7 +175,8 @@ def nearest_shape(spec: MachineSpec) -> tuple[int, int]:
     and the memory brought into that count's range.
 
     >>> from prefect_remote.spec import MachineSpec
-    >>> [(cpu, format_size(memory)) for cpu, memory in map(nearest_shape, [MachineSpec(cpu=12), MachineSpec(cpu=1, memory="8 GiB"), MachineSpec(cpu=3)])]
+    >>> specs = [MachineSpec(cpu=12), MachineSpec(cpu=1, memory="8 GiB"), MachineSpec(cpu=3)]
+    >>> [(cpu, format_size(memory)) for cpu, memory in map(nearest_shape, specs)]
     [(8, '4 GiB'), (2, '8 GiB'), (4, '2 GiB')]
     """
     least, most = _memory_wanted(spec)
@@ -217,7 +218,10 @@ def _shape_problem(spec: MachineSpec) -> str:
         return f"{_asked(spec)} is not a shape Cloud Run allows (it offers 1, 2, 4, 6 or 8 vCPU); {nearest}"
     if spec.cpu and spec.cpu[0] == spec.cpu[1] and spec.cpu[0] in SHAPES:
         low, high = SHAPES[spec.cpu[0]]
-        return f"{_asked(spec)} is not a shape Cloud Run allows ({spec.cpu[0]} vCPU takes {format_size(low)} to {format_size(high)}); {nearest}"
+        return (
+            f"{_asked(spec)} is not a shape Cloud Run allows ({spec.cpu[0]} vCPU takes {format_size(low)} to "
+            f"{format_size(high)}); {nearest}"
+        )
     return f"{_asked(spec)} is not a shape Cloud Run allows; {nearest}"
 
 
@@ -333,7 +337,10 @@ class CloudRunService(GCPService):
                 return f"gpu={L4}: Cloud Run has no L4 GPUs in {region} (it has them in {', '.join(L4_REGIONS)})"
             if spec.timeout is None or spec.timeout > MAX_GPU_TIMEOUT:
                 asked = "no timeout" if spec.timeout is None else f"timeout={format_duration(spec.timeout)}"
-                return f"{asked}: a Cloud Run task with a GPU runs at most {format_duration(MAX_GPU_TIMEOUT)}; set timeout='1 hour' or less for Cloud Run"
+                return (
+                    f"{asked}: a Cloud Run task with a GPU runs at most {format_duration(MAX_GPU_TIMEOUT)}; set timeout='1 "
+                    "hour' or less for Cloud Run"
+                )
             if fit(spec) is None:
                 cpu, memory = nearest_shape(spec)
                 return (

@@ -217,7 +217,8 @@ class ComputeService(GCPService):
         name = launch.instance_type.name
         if spot:
             return CapacityError(
-                f"no spot capacity for {name} in zone {self.zone} ({error.code}); try spot_policy='spot_with_fallback', another vm_type or zone, or later"
+                f"no spot capacity for {name} in zone {self.zone} ({error.code}); try spot_policy='spot_with_fallback', another "
+                "vm_type or zone, or later"
             )
         return CapacityError(f"no capacity for {name} in zone {self.zone} ({error.code}); try another vm_type or zone, or later")
 

@@ -563,7 +563,8 @@ def _ensure_account_grants(clients: GoogleClients, iam: IAMApi, email: str, gran
                 "POST", f"serviceAccounts/{email}:setIamPolicy", {"policy": {"version": 1, "etag": policy.get("etag"), "bindings": wanted}}
             )
     say(
-        f"{'granted' if wanted != bindings else 'found'} on service account {email}: {', '.join(g['role'] for g in grants)} (a cluster's scheduler launches its workers as it)"
+        f"{'granted' if wanted != bindings else 'found'} on service account {email}: {', '.join(g['role'] for g in grants)} (a "
+        "cluster's scheduler launches its workers as it)"
     )
 
 

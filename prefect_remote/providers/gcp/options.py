@@ -80,7 +80,8 @@ class GCPOptions(BaseModel):
     def _project(cls, value: str | None) -> str | None:
         if value is not None and not _PROJECT.fullmatch(value):
             raise ValueError(
-                f"project={value!r}: expected a project id (6-30 lowercase letters, digits or '-', starting with a letter), such as 'my-project-123'"
+                f"project={value!r}: expected a project id (6-30 lowercase letters, digits or '-', starting with a letter), such "
+                "as 'my-project-123'"
             )
         return value
 

@@ -73,7 +73,8 @@ class MachineRecords:
         if not isinstance(store, GCSStore):
             raise CapabilityError(
                 f"the gcp provider keeps its machines' leases and end records in a gs:// store, not {store.url}; "
-                "set PREFECT_REMOTE_STORE=gs://BUCKET/PREFIX (`prefect work-pool create --type remote:push --provision-infra POOL` makes one)"
+                "set PREFECT_REMOTE_STORE=gs://BUCKET/PREFIX (`prefect work-pool create --type remote:push --provision-infra "
+                "POOL` makes one)"
             )
         self.store: GCSStore = store
         self.url = f"{store.url}/{FOLDER}"

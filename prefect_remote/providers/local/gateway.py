@@ -150,7 +150,8 @@ def _ensure(bridge: Bridge, service: str, port: int, argument: str) -> None:
                 if process.poll() is not None or time.monotonic() > deadline:  # (a service that exited may have found one listening)
                     raise IsolationError(
                         f"the host gateway's {service} service on {bridge.address}:{port} did not start "
-                        f"({'exited with code ' + str(process.returncode) if process.returncode is not None else 'not listening after 10 s'}: {error}); "
+                        f"({'not listening after 10 s' if process.returncode is None else f'exited with code {process.returncode}'}: "
+                        f"{error}); "
                         f"namespace machines would not reach it. Free the port, or use PREFECT_REMOTE_LOCAL_ISOLATION=process"
                     ) from None
                 time.sleep(0.02)

@@ -2,9 +2,10 @@
 
 A machine is a folder under ``<home>/machines`` (see :mod:`records`) plus a detached monitor process
 (:mod:`hypervisor`) running the boot script, so it outlives the process that launched it and any
-process can find it by tags. :mod:`start` starts them; :mod:`runtime` is their machine side. Isolation is ``namespace`` (own network namespace and IP on a host-only
-bridge, cgroup v1 cpu and memory limits) where the host allows it, else ``process`` (own process
-group, working directory and environment).
+process can find it by tags. :mod:`start` starts them; :mod:`runtime` is their machine side.
+Isolation is ``namespace`` (own network namespace and IP on a host-only bridge, cgroup v1 cpu and
+memory limits) where the host allows it, else ``process`` (own process group, working directory and
+environment).
 """
 
 from __future__ import annotations

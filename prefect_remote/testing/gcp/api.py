@@ -161,7 +161,8 @@ class GoogleAPI:
         if claims is None:
             raise GoogleError(
                 401,
-                "Request had invalid authentication credentials. Expected OAuth 2 access token, login cookie or other valid authentication credential.",
+                "Request had invalid authentication credentials. Expected OAuth 2 access token, login cookie or other valid "
+                "authentication credential.",
             )
         return f"serviceAccount:{claims['iss']}"
 

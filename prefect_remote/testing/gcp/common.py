@@ -56,12 +56,14 @@ def check_labels(labels: Any, where: str = "labels") -> dict[str, str]:
         if not _LABEL_KEY.fullmatch(str(key)):
             raise GoogleError(
                 400,
-                f"{where}: invalid label key {key!r}: keys start with a lowercase letter and hold only lowercase letters, digits, '_' and '-' (at most 63 characters)",
+                f"{where}: invalid label key {key!r}: keys start with a lowercase letter and hold only lowercase letters, digits, "
+                "'_' and '-' (at most 63 characters)",
             )
         if not isinstance(value, str) or not _LABEL_VALUE.fullmatch(value):
             raise GoogleError(
                 400,
-                f"{where}: invalid value {value!r} of label {key!r}: values hold only lowercase letters, digits, '_' and '-' (at most 63 characters)",
+                f"{where}: invalid value {value!r} of label {key!r}: values hold only lowercase letters, digits, '_' and '-' (at "
+                "most 63 characters)",
             )
     return labels
 

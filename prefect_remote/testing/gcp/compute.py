@@ -496,7 +496,8 @@ class ComputeFake:
         description = (
             f"{shape.cpus} vCPU{'s' if shape.cpus > 1 else ''}, {gb:g} GB RAM"
             if not shape.shared
-            else f"Efficient Instance, {shape.cpus} vCPU (1/{8 // shape.cpus if shape.cpus < 8 else 1} shared physical core) and {gb:g} GB RAM"
+            else f"Efficient Instance, {shape.cpus} vCPU (1/{8 // shape.cpus if shape.cpus < 8 else 1} shared physical core) "
+            f"and {gb:g} GB RAM"
         )
         resource: dict[str, Any] = {
             "kind": "compute#machineType",
@@ -686,7 +687,8 @@ class ComputeFake:
                 raise invalid(
                     f"resource.serviceAccounts[{index}].email",
                     email,
-                    f"The user does not have access to service account '{email}'. User: '…'. Ask a project owner to grant you the iam.serviceAccountUser role on the service account",
+                    f"The user does not have access to service account '{email}'. User: '…'. Ask a project owner to grant you the "
+                    "iam.serviceAccountUser role on the service account",
                 )
             accounts.append({"email": email, "scopes": account.get("scopes") or ["https://www.googleapis.com/auth/cloud-platform"]})
         interfaces = self._interfaces(spec.get("networkInterfaces") or [{}])
@@ -823,7 +825,8 @@ class ComputeFake:
                 machine_arch = "ARM64" if shape.arm else "X86_64"
                 raise GoogleError(
                     400,
-                    f"Invalid resource usage: 'Requested boot disk architecture ({image['architecture']}) is not compatible with machine type architecture ({machine_arch}).'",
+                    f"Invalid resource usage: 'Requested boot disk architecture ({image['architecture']}) is not compatible with "
+                    f"machine type architecture ({machine_arch}).'",
                     reason="invalidResourceUsage",
                 )
             disk_type = last_segment(params.get("diskType") or "pd-standard")
@@ -1168,13 +1171,16 @@ def check_labels(labels: dict[str, str], field_name: str) -> None:
             raise invalid(
                 field_name,
                 "",
-                f"Label key '{key}' violates format constraints. The key must start with a lowercase character, can only contain lowercase letters, numeric characters, underscores and dashes. The key can be at most 63 characters long. International characters are allowed.",
+                f"Label key '{key}' violates format constraints. The key must start with a lowercase character, can only contain "
+                "lowercase letters, numeric characters, underscores and dashes. The key can be at most 63 characters long. "
+                "International characters are allowed.",
             )
         if not LABEL_VALUE.fullmatch(str(value)):
             raise invalid(
                 field_name,
                 "",
-                f"Label value '{value}' violates format constraints. The value can only contain lowercase letters, numeric characters, underscores and dashes. The value can be at most 63 characters long. International characters are allowed.",
+                f"Label value '{value}' violates format constraints. The value can only contain lowercase letters, numeric "
+                "characters, underscores and dashes. The value can be at most 63 characters long. International characters are allowed.",
             )
 
 

@@ -86,7 +86,8 @@ class LoggingFake:
             if not entry.get("logName"):
                 raise GoogleError(
                     400,
-                    f"entries[{index}]: Log entry with no log name: give logName (projects/PROJECT/logs/LOG_ID) in the entry or the request.",
+                    f"entries[{index}]: Log entry with no log name: give logName (projects/PROJECT/logs/LOG_ID) in the entry or "
+                    "the request.",
                 )
             project, _, log_id = entry["logName"].removeprefix("projects/").partition("/logs/")
             if not entry["logName"].startswith("projects/") or not log_id:

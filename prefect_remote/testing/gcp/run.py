@@ -276,7 +276,8 @@ class CloudRunFake:
         if not _JOB_ID.fullmatch(job_id):
             raise GoogleError(
                 400,
-                f"job_id {job_id!r} is invalid: it must start with a lowercase letter, hold only lowercase letters, digits and '-', not end with '-', and be at most 63 characters.",
+                f"job_id {job_id!r} is invalid: it must start with a lowercase letter, hold only lowercase letters, digits and "
+                "'-', not end with '-', and be at most 63 characters.",
             )
         given = body(request)
         template = copy.deepcopy(given.get("template") or {})
@@ -332,7 +333,8 @@ class CloudRunFake:
             if reserved:
                 raise GoogleError(
                     400,
-                    f"{place}.env: The following reserved env names were provided: {', '.join(reserved)}. These values are automatically set by the system.",
+                    f"{place}.env: The following reserved env names were provided: {', '.join(reserved)}. These values are "
+                    "automatically set by the system.",
                 )
             _check_shape((container.get("resources") or {}).get("limits") or {}, accelerator, location, f"{place}.resources.limits")
         if timeout > (GPU_MAX_TIMEOUT if accelerator else MAX_TIMEOUT):
@@ -341,7 +343,8 @@ class CloudRunFake:
         if timeout > GA_TIMEOUT and launch_stage not in PREVIEW_STAGES:
             raise GoogleError(
                 400,
-                f"{where}.timeout: a task timeout over 24 hours ({task['timeout']}) is a Preview feature: set the job's launch_stage to BETA.",
+                f"{where}.timeout: a task timeout over 24 hours ({task['timeout']}) is a Preview feature: set the job's "
+                "launch_stage to BETA.",
             )
         self._check_vpc_access(task.get("vpcAccess"), location, f"{where}.vpc_access")
         account = task.get("serviceAccount")
@@ -533,7 +536,10 @@ class CloudRunFake:
                     if reference["secret"].startswith("projects/")
                     else f"projects/{self.project.number}/secrets/{reference['secret']}"
                 )
-                message = f"spec.template.spec.containers[0].env[{index}].value_from.secret_key_ref.name: Secret {secret}/versions/{version} was not found"
+                message = (
+                    f"spec.template.spec.containers[0].env[{index}].value_from.secret_key_ref.name: Secret "
+                    f"{secret}/versions/{version} was not found"
+                )
                 return self._attempt_failed(task_name, 5, message, None)
         env.update(
             CLOUD_RUN_JOB=task["job"],
@@ -825,7 +831,8 @@ def _check_shape(limits: dict[str, Any], accelerator: str | None, location: str,
     if not least <= memory <= most:
         raise GoogleError(
             400,
-            f"{where}.memory: Invalid value specified for container memory. For {cpu:.1f} CPU, memory must be between {_size(least)} and {_size(most)} inclusive.",
+            f"{where}.memory: Invalid value specified for container memory. For {cpu:.1f} CPU, memory must be between "
+            f"{_size(least)} and {_size(most)} inclusive.",
         )
     gpus = limits.get("nvidia.com/gpu")
     if accelerator is None:
@@ -837,7 +844,8 @@ def _check_shape(limits: dict[str, Any], accelerator: str | None, location: str,
     if location not in L4_REGIONS:
         raise GoogleError(
             400,
-            f"node_selector.accelerator: nvidia-l4 GPUs are not available in {location}; regions with them: {', '.join(sorted(L4_REGIONS))}",
+            f"node_selector.accelerator: nvidia-l4 GPUs are not available in {location}; regions with them: "
+            f"{', '.join(sorted(L4_REGIONS))}",
         )
     if gpus != "1":
         raise GoogleError(

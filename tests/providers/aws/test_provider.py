@@ -336,7 +336,10 @@ def test_spot_alone_fails_clearly_and_starts_nothing(provider):
     run = secrets.token_hex(4)
     with pytest.raises(
         CapacityError,
-        match=r"spot capacity unavailable for t3a.medium in us-east-1 \(MaxSpotInstanceCountExceeded\); try spot_policy='spot_with_fallback'",
+        match=(
+            r"spot capacity unavailable for t3a.medium in us-east-1 \(MaxSpotInstanceCountExceeded\); try "
+            r"spot_policy='spot_with_fallback'"
+        ),
     ):
         launch(provider, cpu=2, memory="4 GiB", spot_policy="spot", tags={"run": run})
     assert provider.list({"run": run}, include_terminated=True) == []

@@ -47,7 +47,10 @@ def test_a_refusal_names_the_role(gcp_env):
     other = GoogleClients(Options("someone-elses", gcp_env.url))  # the fake refuses other projects, as Google does
     with pytest.raises(
         GCPError,
-        match=r"refused secretmanager.secrets.create in project someone-elses.*grant it roles/secretmanager.admin .*add-iam-policy-binding someone-elses",
+        match=(
+            r"refused secretmanager.secrets.create in project someone-elses.*grant it roles/secretmanager.admin "
+            r".*add-iam-policy-binding someone-elses"
+        ),
     ):
         store_secrets(other, "launch-00000000000d", {"TOKEN": "t"})
 

@@ -108,7 +108,8 @@ def test_nearest_allowed_pair(spec, pair):
         ({"cpu": 12}, "cpu=12 is more than Cloud Run's 8 vCPU; the nearest it allows is 8 vCPU with 4 GiB"),
         (
             {"cpu": 1, "memory": "8 GiB"},
-            "cpu=1, memory=8 GiB is not a shape Cloud Run allows (1 vCPU takes 512 MiB to 4 GiB); the nearest it allows is 2 vCPU with 8 GiB",
+            "cpu=1, memory=8 GiB is not a shape Cloud Run allows (1 vCPU takes 512 MiB to 4 GiB); the nearest it allows is 2 "
+            "vCPU with 8 GiB",
         ),
         ({"cpu": 3}, "cpu=3 is not a shape Cloud Run allows (it offers 1, 2, 4, 6 or 8 vCPU); the nearest it allows is 4 vCPU with 2 GiB"),
         ({"memory": "64 GiB"}, "memory=64 GiB is more than Cloud Run's 32 GiB; the nearest it allows is 8 vCPU with 32 GiB"),
@@ -315,7 +316,10 @@ def test_secrets_reach_the_task_only_through_secret_manager(sandboxed):
 
     value = "s3cr3t-" + secrets.token_hex(8)
     digest = hashlib.sha256(value.encode()).hexdigest()  # the task checks it has the value; the job holds only this
-    check = f"import hashlib, json, os, sys; token = json.loads(os.environ['PREFECT_REMOTE_SECRETS_JSON'])['TOKEN']; sys.exit(hashlib.sha256(token.encode()).hexdigest() != '{digest}' and 7)"
+    check = (
+        "import hashlib, json, os, sys; token = json.loads(os.environ['PREFECT_REMOTE_SECRETS_JSON'])['TOKEN']; "
+        f"sys.exit(hashlib.sha256(token.encode()).hexdigest() != '{digest}' and 7)"
+    )
     launch = launch_of(MachineSpec(), f'exec python3 -c "{check}"', sandboxed, has_secrets=True)
     store_secrets(sandboxed.clients, launch.id, {"TOKEN": value})
     try:

@@ -110,7 +110,10 @@ def test_cgroup_limits_match_the_spec_and_are_removed():
 def test_process_isolation_gives_its_own_environment_group_and_directory(monkeypatch):
     monkeypatch.setenv("LAUNCHER_ONLY_SECRET", "must-not-leak")
     provider = LocalProvider(isolation="process")
-    code = "import os, sys; print('env', 'LAUNCHER_ONLY_SECRET' in os.environ, os.environ['GREETING']); print('cwd', os.getcwd()); print('sid', os.getsid(0) != os.getsid(int(sys.argv[1]))); print('python', sys.executable)"
+    code = (
+        "import os, sys; print('env', 'LAUNCHER_ONLY_SECRET' in os.environ, os.environ['GREETING']); "
+        "print('cwd', os.getcwd()); print('sid', os.getsid(0) != os.getsid(int(sys.argv[1]))); print('python', sys.executable)"
+    )
     payload = BootPayload(["python", "-c", code, str(os.getpid())], env={"GREETING": "hi"})
     [machine] = provider.launch(MachineSpec(), payload)
     provider.wait([machine.id])
