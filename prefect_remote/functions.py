@@ -26,10 +26,10 @@ import uuid
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, Generic, Literal, ParamSpec, TypeVar
 
-from prefect_remote.boot import MACHINE_ID_ENV
 from prefect_remote.cluster.batching import BatchCall, BatchResult, BatchSizer, check_batch_size
 from prefect_remote.cluster.options import ClusterOptionError, ClusterOptions
 from prefect_remote.cluster.output import OUTPUT_TOPIC, captured_output
+from prefect_remote.machine.boot import MACHINE_ID_ENV
 
 P = ParamSpec("P")
 R = TypeVar("R")

@@ -20,8 +20,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from prefect_remote.boot import MACHINE_ID_ENV
 from prefect_remote.errors import RemoteError
+from prefect_remote.machine.boot import MACHINE_ID_ENV
 from prefect_remote.providers import get_provider, require
 from prefect_remote.providers.base import Provider
 from prefect_remote.spec import MachineSpec, as_spec
