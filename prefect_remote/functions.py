@@ -24,11 +24,11 @@ import sys
 import threading
 import uuid
 from collections.abc import Callable, Iterable
-from typing import Any, Generic, Literal, ParamSpec, TypeVar
+from typing import Any, Generic, Literal, ParamSpec, TypeVar, Unpack
 
 from prefect_remote.cluster.batching import BatchCall, check_batch_size
 from prefect_remote.cluster.mapping import MapResults
-from prefect_remote.cluster.options import ClusterOptionError, ClusterOptions
+from prefect_remote.cluster.options import ClusterArguments, ClusterOptionError, ClusterOptions, takes_cluster_arguments
 from prefect_remote.cluster.output import OUTPUT_TOPIC, captured_output
 from prefect_remote.machine.boot import MACHINE_ID_ENV
 
@@ -242,31 +242,13 @@ def _check_retries(retries: int | None) -> None:
         raise ValueError(f"retries={retries!r}: expected 0 or more")
 
 
+@takes_cluster_arguments(threads_per_worker=1)
 def function(
     func: Callable[P, R] | None = None,
     *,
-    software: str | None = None,
-    container: str | None = None,
-    vm_type: str | list[str] | None = None,
-    cpu: int | list[int] | None = None,
-    memory: str | list[str] | None = None,
-    gpu: bool | int | str | None = None,
-    region: str | None = None,
-    arm: bool | None = None,
-    disk_size: int | str | None = None,
-    spot_policy: str | None = None,
-    idle_timeout: str | float | None = "24 hours",
-    keepalive: str | float = "30 seconds",
-    n_workers: int | list[int] | None = None,
-    threads_per_worker: int = 1,
-    environ: dict[str, Any] | None = None,
-    package_sync_ignore: list[str] | None = None,
-    tags: dict[str, str] | None = None,
     name: str | None = None,
     local: bool = False,
-    allow_ingress_from: str | None = None,
-    provider: str | None = None,
-    package_sync: bool | None = None,
+    **arguments: Unpack[ClusterArguments],
 ) -> Any:
     """Decorates a function to run on machines with the hardware and software asked for.
 
@@ -299,29 +281,7 @@ def function(
     """
     if not isinstance(local, bool):
         raise ClusterOptionError(f"local={local!r}: expected True or False")
-    options = ClusterOptions.build(
-        n_workers=n_workers,
-        threads_per_worker=threads_per_worker,
-        keepalive=keepalive,
-        idle_timeout=idle_timeout,
-        name=name,
-        provider=provider,
-        container=container,
-        software=software,
-        package_sync=package_sync,
-        package_sync_ignore=package_sync_ignore,
-        vm_type=vm_type,
-        cpu=cpu,
-        memory=memory,
-        gpu=gpu,
-        region=region,
-        arm=arm,
-        disk_size=disk_size,
-        spot_policy=spot_policy,
-        environ=environ,
-        tags=tags,
-        allow_ingress_from=allow_ingress_from,
-    )
+    options = ClusterOptions.build(name=name, **arguments)
 
     def decorate(target: Callable[P, R]) -> Function[P, R]:
         if not callable(target):
