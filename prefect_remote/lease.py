@@ -86,6 +86,9 @@ class LeaseKeeper:
     def add(self, provider: Provider, machine_ids: Iterable[str], keepalive: float) -> None:
         """Starts renewing ``machine_ids`` for ``provider``, whose leases are fresh (just launched) or
         were kept by another owner until now."""
+        machine_ids = list(machine_ids)
+        if not machine_ids:  # nothing to renew: no entry, whose empty lease set has no next renewal
+            return
         with self._lock:
             held = self._held.setdefault(id(provider), _Held(provider, last=self._clock()))
             held.machines.update(dict.fromkeys(machine_ids, keepalive))
