@@ -322,6 +322,10 @@ class Provider(ABC):
     dask_ports: ClassVar[tuple[int, int] | None] = None
     # A shell command that ends the machine, run when its boot fails before the agent can.
     halt_command: ClassVar[str] = "true"
+    # The module that sets up what machines need in the account (--provision-infra), named rather
+    # than imported: it builds on the provider. Its provision(provider, pool, store, say) returns a
+    # prefect_remote.providers.setup.Setup. None: nothing beyond the store's folder.
+    infra: ClassVar[str | None] = None
 
     # -- launching: the shared work ---------------------------------------------------------------
     def launch(
@@ -502,12 +506,17 @@ class Provider(ABC):
         """Sets up what machines of work pool ``pool`` need (``--provision-infra``), printing each
         step through ``say``; ``store`` is the software store asked for (None: the configured one).
         Returns the provider block's fields that record the setup (``store`` among them when one
-        was chosen), or None when there was nothing to record. Idempotent. By default: the store's
-        folder on this computer.
+        was chosen), or None when there was nothing to record. Idempotent. A provider with an
+        :attr:`infra` module: what its ``provision`` makes; by default, the store's folder on this
+        computer.
 
         >>> provider.provision_infra("my-pool", None, print)        # doctest: +SKIP
         software environments store: /root/.prefect-remote/store
         """
+        if self.infra is not None:
+            from importlib import import_module
+
+            return import_module(self.infra).provision(self, pool, store, say).block_fields()
         from prefect_remote.software.store import LocalStore, open_store
 
         found = open_store(store)

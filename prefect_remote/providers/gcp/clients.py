@@ -226,7 +226,7 @@ def translated(action: str, *, project: str | None = None) -> Iterator[None]:
             "(`gcloud auth application-default login`) or check GOOGLE_APPLICATION_CREDENTIALS"
         ) from None
     except (api.PermissionDenied, api.Forbidden) as error:
-        if _service_disabled(error):
+        if service_disabled(error):
             raise _disabled(action, project, error) from None
         role = role_for(action, _message(error))
         binding = f"`gcloud projects add-iam-policy-binding {project or 'PROJECT'} --member=MEMBER --role={role}`"
@@ -241,7 +241,7 @@ def translated(action: str, *, project: str | None = None) -> Iterator[None]:
             ) from None
         raise
     except api.GoogleAPICallError as error:
-        if _service_disabled(error):
+        if service_disabled(error):
             raise _disabled(action, project, error) from None
         raise
 
@@ -293,7 +293,7 @@ def _message(error: Exception) -> str:
     return re.sub(r"^[A-Z]+ \S+: ", "", str(getattr(error, "message", None) or error))
 
 
-def _service_disabled(error: Exception) -> bool:
+def service_disabled(error: Exception) -> bool:
     reason = getattr(error, "reason", None)
     text = _message(error)
     return reason == "SERVICE_DISABLED" or "has not been used in project" in text or "it is disabled" in text

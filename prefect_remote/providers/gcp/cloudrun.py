@@ -377,7 +377,7 @@ class CloudRunService(GCPService):
         """Direct VPC egress into the provider's network, for private addresses only (the rest, the
         Prefect API and package indexes, leaves as before): a task reaches the VMs it launches (a
         cluster a flow run starts) on their internal addresses, from the subnetwork's range, which
-        their firewall rule admits (``ComputeService._ingress_cidr``)."""
+        their firewall rule admits (``ComputeService.ingress_cidr``)."""
         from google.cloud import run_v2
 
         interface = run_v2.VpcAccess.NetworkInterface(network=_resource_name(self.options.network))

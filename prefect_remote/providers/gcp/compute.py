@@ -30,7 +30,8 @@ from prefect_remote.errors import CapacityError, RemoteError
 from prefect_remote.providers.base import Capabilities, InstanceType, Launch, Machine, MachineState
 from prefect_remote.providers.gcp import catalog
 from prefect_remote.providers.gcp.prices import on_demand_rates
-from prefect_remote.providers.gcp.provider import DASK_PORTS, LABEL_PREFIX, GCPService
+from prefect_remote.providers.gcp.provider import LABEL_PREFIX, GCPService
+from prefect_remote.providers.network import DASK_PORTS, ingress_cidr
 
 if TYPE_CHECKING:
     from prefect_remote.spec import MachineSpec
@@ -140,7 +141,7 @@ class ComputeService(GCPService):
     def start(self, launch: Launch, machine_ids: Sequence[str]) -> list[Machine]:
         policy = launch.spec.spot_policy
         with self.clients.translated("compute.firewalls.create"):
-            network_tags = self._network_tags(self._ingress_cidr(launch.spec))
+            network_tags = self.network_tags(self.ingress_cidr(launch.spec))
         with self.clients.translated("compute.instances.create"):
             spot = policy != "on-demand"
             started: list[str] = []
@@ -295,35 +296,19 @@ class ComputeService(GCPService):
         return network if "/" in network else f"global/networks/{network}"
 
     # -- the firewall -------------------------------------------------------------------------------
-    def _ingress_cidr(self, spec: MachineSpec) -> str | None:
-        """Where the Dask ports are reached from: ``"me"`` is this launcher's public IP
-        (``PREFECT_REMOTE_GCP_PUBLIC_IP``, else asked of checkip once), or the subnetwork's range
-        from inside the network; None for ``"none"`` or when it cannot be found."""
-        import ipaddress
-
-        source = spec.allow_ingress_from or self.options.allow_ingress_from
-        if source == "none":
-            return None
-        if source == "everyone":
-            return "0.0.0.0/0"
-        if source != "me":
-            return source
-        if self.provider.runs_inside():
-            # This launcher runs in the VPC network (a flow run: a Cloud Run task by Direct VPC egress,
-            # or a VM) and reaches the VMs on their internal addresses, from the subnetwork's range (a
-            # Cloud Run task's network tags count for no firewall source): nobody outside is admitted.
-            return self.subnetwork_range()
-        from prefect_remote.providers.aws.provider import CHECKIP_URL, public_ip
-
-        address = self.options.public_ip or public_ip(CHECKIP_URL)
-        if address is None:
-            logger.warning(
-                "gcp: could not find this computer's public IP (%s unreachable): the Dask ports get no ingress; "
-                "set PREFECT_REMOTE_GCP_PUBLIC_IP or pass allow_ingress_from as a CIDR",
-                CHECKIP_URL,
-            )
-            return None
-        return str(ipaddress.ip_network(address, strict=False))
+    def ingress_cidr(self, spec: MachineSpec) -> str | None:
+        """Where the Dask ports are reached from (:func:`prefect_remote.providers.network.ingress_cidr`):
+        ``"me"`` is this launcher's public IP (``PREFECT_REMOTE_GCP_PUBLIC_IP``, else asked of checkip)
+        or, from inside the network, the subnetwork's range: a launcher there (a flow run: a Cloud Run
+        task by Direct VPC egress, or a VM) reaches the VMs on their internal addresses, and a Cloud
+        Run task's network tags count for no firewall source."""
+        return ingress_cidr(
+            spec.allow_ingress_from or self.options.allow_ingress_from,
+            runs_inside=self.provider.runs_inside,
+            known_ip=self.options.public_ip,
+            known_ip_setting="PREFECT_REMOTE_GCP_PUBLIC_IP",
+            inside_range=self.subnetwork_range,
+        )
 
     def subnetwork_range(self) -> str:
         """The IP range of the subnetwork machines get addresses from in the region (``subnetwork``,
@@ -335,7 +320,7 @@ class ComputeService(GCPService):
             self._subnetwork_range = str(found.ip_cidr_range)
         return self._subnetwork_range
 
-    def _network_tags(self, cidr: str | None) -> list[str]:
+    def network_tags(self, cidr: str | None) -> list[str]:
         """The VM's network tags, after making sure their firewall rules exist: the internal rule
         (prefect-remote VMs reach each other on any port) and, with ``cidr``, one admitting the Dask
         ports from ``cidr`` only. One rule per source, so that asking for "everyone" once never

@@ -17,7 +17,7 @@ services enable`` command and makes nothing (it enables nothing itself). Then it
   ``gs://prefect-remote-<project>-<region>/store``), uniform access, public access prevented, with a
   lifecycle rule that deletes machine records older than :data:`RECORDS_KEPT_DAYS` days;
 - the Compute Engine firewall rules, the Compute Engine service's own
-  (:meth:`~prefect_remote.providers.gcp.compute.ComputeService._network_tags`: VMs reach each other
+  (:meth:`~prefect_remote.providers.gcp.compute.ComputeService.network_tags`: VMs reach each other
   internally; the Dask ports from ``allow_ingress_from``, and from the subnetwork's range, where a
   flow run that starts a cluster connects from).
 
@@ -39,13 +39,12 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from prefect_remote.providers.gcp.clients import GCPError, _service_disabled
+from prefect_remote.providers.gcp.clients import GCPError, service_disabled
+from prefect_remote.providers.setup import Say, removed
 
 if TYPE_CHECKING:
     from prefect_remote.providers.gcp.clients import GoogleClients
     from prefect_remote.providers.gcp.provider import GCPProvider
-
-Say = Callable[[str], None]
 
 SERVICE_ACCOUNT_ID = "prefect-remote-machines"
 MACHINE_ROLE_ID = "prefectRemoteMachine"
@@ -194,7 +193,7 @@ def google_errors(clients: GoogleClients, action: str, purpose: str) -> Iterator
             yield
         except (api.PermissionDenied, api.Forbidden) as error:
             matches = [prefix for prefix in PROVISIONER_ROLES if action.startswith(prefix)]
-            if _service_disabled(error) or not matches:
+            if service_disabled(error) or not matches:
                 raise
             role = PROVISIONER_ROLES[max(matches, key=len)]
             raise GCPError(
@@ -267,7 +266,7 @@ def missing_apis(provider: GCPProvider) -> list[str]:
             try:
                 check()
             except Exception as error:
-                if not _service_disabled(error):
+                if not service_disabled(error):
                     raise
                 missing.append(service)
     return missing
@@ -581,9 +580,9 @@ def _ensure_firewalls(provider: GCPProvider, say: Say) -> tuple[str, ...]:
     before = _firewall_names(clients)
     compute = provider.service("compute")
     with google_errors(clients, "compute.firewalls.create", "make the VMs' firewall rules"):
-        compute._network_tags(compute._ingress_cidr(MachineSpec()))
+        compute.network_tags(compute.ingress_cidr(MachineSpec()))
         # What a flow run that starts a cluster uses: machines may not make rules themselves.
-        compute._network_tags(compute.subnetwork_range())
+        compute.network_tags(compute.subnetwork_range())
     after = sorted(_firewall_names(clients))
     for name in after:
         say(f"{'found' if name in before else 'created'} firewall rule {name}")
@@ -608,29 +607,29 @@ def teardown(provider: GCPProvider | None = None, *, force: bool = False, delete
     email = service_account_email(project)
     member = f"serviceAccount:{email}"
     _end_machines(provider, force, say)
-    removed: list[str] = []
+    done: list[str] = []
     if _update_project_policy(clients, lambda bindings: _without_member(bindings, member)):
-        _removed(removed, f"the project grants of {email}", say)
-    removed += _clean_buckets(clients, member, delete_bucket, say)
-    removed += _remove_firewalls(clients, say)
-    removed += _remove_leftover_secrets(clients, say)
+        removed(done, f"the project grants of {email}", say)
+    done += _clean_buckets(clients, member, delete_bucket, say)
+    done += _remove_firewalls(clients, say)
+    done += _remove_leftover_secrets(clients, say)
     iam = IAMApi(clients)
     with google_errors(clients, "iam.roles.delete", f"remove the custom role {MACHINE_ROLE_ID}"):
         try:
             if not iam.call("GET", f"roles/{MACHINE_ROLE_ID}").get("deleted"):
                 iam.call("DELETE", f"roles/{MACHINE_ROLE_ID}")
-                _removed(removed, f"custom role projects/{project}/roles/{MACHINE_ROLE_ID}", say)
+                removed(done, f"custom role projects/{project}/roles/{MACHINE_ROLE_ID}", say)
         except NotFound:
             pass
     with google_errors(clients, "iam.serviceAccounts.delete", f"remove the service account {email}"):
         try:
             iam.call("DELETE", f"serviceAccounts/{email}")
-            _removed(removed, f"service account {email}", say)
+            removed(done, f"service account {email}", say)
         except NotFound:
             pass
-    if not removed:
+    if not done:
         say(f"nothing to remove in project {project}")
-    return removed
+    return done
 
 
 def _end_machines(provider: GCPProvider, force: bool, say: Say) -> None:
@@ -668,7 +667,7 @@ def _end_machines(provider: GCPProvider, force: bool, say: Say) -> None:
 def _clean_buckets(clients: GoogleClients, member: str, delete: bool, say: Say) -> list[str]:
     """Buckets labelled by provisioning: the machines' grant and records rule removed; the ones it
     created deleted, emptied, with ``delete``."""
-    removed: list[str] = []
+    done: list[str] = []
     storage = clients.storage()
     with google_errors(clients, "storage.buckets.list", "find the buckets provisioning used"):
         buckets = [
@@ -684,7 +683,7 @@ def _clean_buckets(clients: GoogleClients, member: str, delete: bool, say: Say) 
                 for blob in list(storage.list_blobs(name)):
                     blob.delete()
                 bucket.delete()
-                _removed(removed, f"bucket gs://{name}", say, " and everything in it")
+                removed(done, f"bucket gs://{name}", say, " and everything in it")
                 continue
             policy = bucket.get_iam_policy(requested_policy_version=3)
             bindings = [{**b, "members": set(b["members"])} for b in policy.bindings]
@@ -692,7 +691,7 @@ def _clean_buckets(clients: GoogleClients, member: str, delete: bool, say: Say) 
                 policy.version = 3
                 policy.bindings[:] = [{**b, "members": b["members"] - {member}} for b in bindings if b["members"] - {member}]
                 bucket.set_iam_policy(policy)
-                _removed(removed, f"the grant of {member.split(':', 1)[1]} on bucket {name}", say)
+                removed(done, f"the grant of {member.split(':', 1)[1]} on bucket {name}", say)
             rules = [r for r in bucket.lifecycle_rules if not _records_rule(r)]
             if len(rules) != len(list(bucket.lifecycle_rules)) or GRANTED_LABEL in bucket.labels:
                 bucket.lifecycle_rules = rules
@@ -700,7 +699,7 @@ def _clean_buckets(clients: GoogleClients, member: str, delete: bool, say: Say) 
                 bucket.patch()
             if managed:
                 say(f"kept bucket gs://{name}: it holds software environments (--delete-bucket removes it)")
-    return removed
+    return done
 
 
 def _records_rule(rule: Any) -> bool:
@@ -715,7 +714,7 @@ def _records_rule(rule: Any) -> bool:
 def _remove_firewalls(clients: GoogleClients, say: Say) -> list[str]:
     from google.api_core.exceptions import NotFound
 
-    removed: list[str] = []
+    done: list[str] = []
     firewalls = clients.firewalls()
     for name in sorted(_firewall_names(clients)):
         with google_errors(clients, "compute.firewalls.delete", f"remove firewall rule {name}"):
@@ -724,8 +723,8 @@ def _remove_firewalls(clients: GoogleClients, say: Say) -> list[str]:
                 clients.global_operations().wait(project=clients.project, operation=operation.name)
             except NotFound:
                 continue
-        _removed(removed, f"firewall rule {name}", say)
-    return removed
+        removed(done, f"firewall rule {name}", say)
+    return done
 
 
 def _remove_leftover_secrets(clients: GoogleClients, say: Say) -> list[str]:
@@ -745,8 +744,3 @@ def _remove_leftover_secrets(clients: GoogleClients, say: Say) -> list[str]:
     if names:
         say(f"removed {len(names)} launch secret(s) left behind ({', '.join(names)})")
     return [f"secret {name}" for name in names]
-
-
-def _removed(removed: list[str], what: str, say: Say, detail: str = "") -> None:
-    removed.append(what)
-    say(f"removed {what}{detail}")

@@ -20,7 +20,7 @@ from __future__ import annotations
 import logging
 import secrets
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from prefect_remote.errors import MachineNotFound
@@ -34,6 +34,7 @@ from prefect_remote.providers.base import (
     pick_instance_type,
 )
 from prefect_remote.providers.gcp.options import GCPOptions
+from prefect_remote.providers.network import DASK_PORTS
 
 if TYPE_CHECKING:
     from prefect_remote.providers.gcp.clients import GoogleClients
@@ -43,7 +44,6 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 INSTALL_HINT = "pip install 'prefect-remote[gcp]'"
-DASK_PORTS = (8786, 8787)  # scheduler, dashboard: what the firewall rule admits from allow_ingress_from
 LABEL_PREFIX = "prefect-remote-"  # GCP labels: lowercase, [a-z0-9_-], 63 characters
 
 
@@ -105,10 +105,11 @@ class GCPProvider(Provider):
     # The union of its services': a request only one service meets goes to that one.
     capabilities = Capabilities(inbound_connections=True, terminate_one=True, containers=True, gpus=True, max_lifetime=None)
     runtime = "prefect_remote.providers.gcp.runtime:GCPRuntime"
+    infra = "prefect_remote.providers.gcp.infra"  # the APIs checked, the machines' service account, the bucket, the firewall rules
     max_boot_script = 32 * 1024  # Cloud Run container args; Compute Engine metadata takes 256 KiB
     agent_extras = ("gcp",)
     agent_requirements = ("google-cloud-storage", "google-cloud-secret-manager", "google-cloud-logging", "google-cloud-compute")
-    dask_ports = DASK_PORTS
+    dask_ports = DASK_PORTS  # what the firewall rule admits from allow_ingress_from
     # A failed boot ends the VM (a Cloud Run task ends when its script does); never the host a
     # sandbox runs the machine on, which points its metadata server elsewhere.
     halt_command = '[ -n "${CLOUD_RUN_JOB:-}${GCE_METADATA_HOST:-}" ] || shutdown -h now'
@@ -185,13 +186,6 @@ class GCPProvider(Provider):
         raise MachineNotFound(
             f"no gcp machine {machine_id!r}: gcp machine ids start with 'run-' or 'vm-'; `prefect-remote machines ls` lists them"
         )
-
-    def provision_infra(self, pool: str, store: str | None, say: Callable[[str], None]) -> dict[str, str | None]:
-        """The APIs checked, the machines' service account and its roles, the bucket and the firewall
-        rules (:func:`prefect_remote.providers.gcp.infra.provision`), recorded as block fields."""
-        from prefect_remote.providers.gcp.infra import provision
-
-        return provision(self, pool, store, say).block_fields()
 
     # -- launching ---------------------------------------------------------------------------------
     def check_spec(self, spec: MachineSpec) -> None:
