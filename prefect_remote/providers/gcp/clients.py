@@ -194,9 +194,41 @@ class GoogleClients:
 
         return self._made("storage", make)
 
+    def resource_manager(self) -> Any:
+        """Resource Manager's projects client (a project's number and IAM policy, for provisioning)."""
+        return self._gapic("resourcemanager_v3", "ProjectsClient")
+
+    def iam(self) -> IAMApi:
+        """IAM v1 over REST (service accounts and custom roles, for provisioning)."""
+        return self._made("iam", lambda: IAMApi(self))
+
     def translated(self, action: str) -> Any:
         """:func:`translated` for this project."""
         return translated(action, project=self.options.project or os.environ.get(PROJECT_ENV))
+
+
+class IAMApi:
+    """IAM v1 (service accounts, custom roles) over REST: google-cloud-iam's ``iam_admin_v1`` speaks
+    gRPC only, which neither a sandbox nor a REST-only network serves. Errors are the clients' own
+    (``google.api_core.exceptions``)."""
+
+    def __init__(self, clients: GoogleClients) -> None:
+        from google.auth.transport.requests import AuthorizedSession
+
+        self.base = (clients.options.api_endpoint or "https://iam.googleapis.com").rstrip("/")
+        self.session = AuthorizedSession(clients.credentials)
+        self.project = clients.project
+
+    def call(self, method: str, path: str, body: dict[str, Any] | None = None, **params: str) -> dict[str, Any]:
+        """One call of ``method`` on ``path`` under the project (``serviceAccounts``, ``roles/…``); the JSON it answers."""
+        from google.api_core.exceptions import from_http_response
+
+        response = self.session.request(
+            method, f"{self.base}/v1/projects/{self.project}/{path}", json=body, params=params or None, timeout=60
+        )
+        if response.status_code >= 400:
+            raise from_http_response(response)
+        return response.json() if response.content else {}
 
 
 @contextmanager

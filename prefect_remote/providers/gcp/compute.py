@@ -20,7 +20,6 @@ import hashlib
 import json
 import logging
 import math
-import re
 import time
 from collections.abc import Mapping, Sequence
 from datetime import datetime
@@ -28,9 +27,17 @@ from typing import TYPE_CHECKING, Any
 
 from prefect_remote.errors import CapacityError, RemoteError
 from prefect_remote.providers.base import Capabilities, InstanceType, Launch, Machine, MachineState
-from prefect_remote.providers.gcp import catalog
+from prefect_remote.providers.gcp import compute_catalog
 from prefect_remote.providers.gcp.prices import on_demand_rates
-from prefect_remote.providers.gcp.provider import LABEL_PREFIX, GCPService
+from prefect_remote.providers.gcp.service import (
+    LABEL_PREFIX,
+    LAUNCH_LABEL,
+    SERVICE_LABEL,
+    GCPService,
+    ServiceHost,
+    labels_for,
+    owner_labels,
+)
 from prefect_remote.providers.network import DASK_PORTS, ingress_cidr
 
 if TYPE_CHECKING:
@@ -38,9 +45,6 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-LAUNCH_LABEL = LABEL_PREFIX + "launch"
-SERVICE_LABEL = LABEL_PREFIX + "service"  # "compute" on every VM it starts: what listing filters on
-OWNER_LABEL = LABEL_PREFIX + "owner"
 TAGS_KEY = LABEL_PREFIX + "tags"  # metadata: the launch's tags as given (JSON)
 OWNER_KEY = LABEL_PREFIX + "owner"  # metadata: the owner as given ("host:pid" is no label value)
 SPEC_KEY = LABEL_PREFIX + "spec"
@@ -56,42 +60,17 @@ STOCK_OUT = ("ZONE_RESOURCE_POOL_EXHAUSTED", "ZONE_RESOURCE_POOL_EXHAUSTED_WITH_
 MAX_RUN_GRACE = 300
 MAX_RUN_DURATION = 120 * 24 * 3600  # Compute Engine's longest maxRunDuration; the agent enforces longer timeouts alone
 OPERATION_TIMEOUT = 300.0  # seconds a VM's insert may take
-_LABEL_VALUE = re.compile(r"[a-z0-9_-]{0,63}")
-
-
-def label_key(key: str) -> str:
-    """``key`` as a GCP label key (lowercase letters, digits, ``_`` and ``-``, starting with a letter,
-    at most 63): other characters become ``_``, as :func:`aws.tag_key` maps tags for EC2.
-
-    >>> label_key("prefect.io/flow-run-id")
-    'prefect_io_flow-run-id'
-    """
-    key = re.sub(r"[^a-z0-9_-]", "_", key.lower())
-    return (key if key[:1].isalpha() else "t_" + key)[:63]
-
-
-def label_value(value: str) -> str | None:
-    """``value`` when it can be a label value as it is, else None (kept only in metadata).
-
-    >>> label_value("worker"), label_value("My Cluster")
-    ('worker', None)
-    """
-    return value if _LABEL_VALUE.fullmatch(value) else None
-
-
-def labels_for(tags: Mapping[str, str]) -> dict[str, str]:
-    """The label of each tag whose value can be one."""
-    return {label_key(key): value for key, value in tags.items() if label_value(value) is not None}
 
 
 class ComputeService(GCPService):
     """Compute Engine VMs in the provider's zone (``zone``, else the region's first)."""
 
     name = "Compute Engine"
+    key = "compute"
     id_prefix = "vm-"
     capabilities = Capabilities(inbound_connections=True, terminate_one=True, containers=False, gpus=True, max_lifetime=None)
 
-    def __init__(self, provider: Any) -> None:
+    def __init__(self, provider: ServiceHost) -> None:
         super().__init__(provider)
         self._catalogs: dict[str, list[InstanceType]] = {}  # zone -> its types, priced
         self._firewalls: set[str] = set()  # rules known to exist
@@ -124,15 +103,15 @@ class ComputeService(GCPService):
                 entries = list(self.clients.machine_types().list(project=self.project, zone=zone))
             rates = on_demand_rates(self.clients.credentials, self.options.region, self.options.api_endpoint)
             # Most n1 zones have T4s to attach, not all: the zone's accelerator types say.
-            self._catalogs[zone] = catalog.machine_types(entries, rates, t4=self._has_t4(zone))
+            self._catalogs[zone] = compute_catalog.machine_types(entries, rates, t4=self._has_t4(zone))
         return self._catalogs[zone]
 
     def _has_t4(self, zone: str) -> bool:
         with self.clients.translated("compute.acceleratorTypes.list"):
-            return any(item.name == catalog.T4 for item in self.clients.accelerator_types().list(project=self.project, zone=zone))
+            return any(item.name == compute_catalog.T4 for item in self.clients.accelerator_types().list(project=self.project, zone=zone))
 
     def choose_instance_type(self, spec: MachineSpec) -> InstanceType:
-        return catalog.choose_machine_type(self.instance_types(), spec, self.zone)
+        return compute_catalog.choose_machine_type(self.instance_types(), spec, self.zone)
 
     def placement(self, instance_type: InstanceType) -> str:
         return f"Compute Engine {instance_type.name} in {self.zone}"
@@ -228,13 +207,13 @@ class ComputeService(GCPService):
         from google.cloud import compute_v1
 
         spec, instance_type, zone = launch.spec, launch.instance_type, self.zone
-        machine_type, gpus, accelerator = catalog.attached(instance_type.name) or (instance_type.name, 0, None)
+        machine_type, gpus, accelerator = compute_catalog.attached(instance_type.name) or (instance_type.name, 0, None)
         raw_tags = dict(launch.tags)
         labels = {
             **labels_for(raw_tags),
             SERVICE_LABEL: "compute",
             LAUNCH_LABEL: launch.id,
-            **({OWNER_LABEL: re.sub(r"[^a-z0-9_-]", "_", launch.owner.lower())[:63]} if launch.owner else {}),
+            **owner_labels(launch.owner),
         }
         metadata = {
             "startup-script": launch.boot_script,  # no secrets: the machine reads those from Secret Manager

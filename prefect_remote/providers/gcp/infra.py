@@ -27,6 +27,9 @@ again, finding it from Google alone (labels on buckets, names of the rest).
 
 What the identity that launches machines needs (:data:`LAUNCHER_ROLES`) and what provisioning
 itself needs (:data:`PROVISIONER_ROLES`) are documented, never granted.
+
+One cohesive thing over 500 lines: provisioning and its exact undoing, which must stay side by side
+(what ``teardown`` removes is what ``provision`` makes), with the grants they both read.
 """
 
 from __future__ import annotations
@@ -43,7 +46,7 @@ from prefect_remote.providers.gcp.clients import GCPError, service_disabled
 from prefect_remote.providers.setup import Say, removed
 
 if TYPE_CHECKING:
-    from prefect_remote.providers.gcp.clients import GoogleClients
+    from prefect_remote.providers.gcp.clients import GoogleClients, IAMApi
     from prefect_remote.providers.gcp.provider import GCPProvider
 
 SERVICE_ACCOUNT_ID = "prefect-remote-machines"
@@ -202,37 +205,6 @@ def google_errors(clients: GoogleClients, action: str, purpose: str) -> Iterator
             ) from None
 
 
-# -- Google's REST APIs without a REST client library -----------------------------------------------
-class IAMApi:
-    """IAM v1 (service accounts, custom roles) over REST: google-cloud-iam's ``iam_admin_v1`` speaks
-    gRPC only, which neither a sandbox nor a REST-only network serves. Errors are the clients' own
-    (``google.api_core.exceptions``)."""
-
-    def __init__(self, clients: GoogleClients) -> None:
-        from google.auth.transport.requests import AuthorizedSession
-
-        self.base = (clients.options.api_endpoint or "https://iam.googleapis.com").rstrip("/")
-        self.session = AuthorizedSession(clients.credentials)
-        self.project = clients.project
-
-    def call(self, method: str, path: str, body: dict[str, Any] | None = None, **params: str) -> dict[str, Any]:
-        from google.api_core.exceptions import from_http_response
-
-        response = self.session.request(
-            method, f"{self.base}/v1/projects/{self.project}/{path}", json=body, params=params or None, timeout=60
-        )
-        if response.status_code >= 400:
-            raise from_http_response(response)
-        return response.json() if response.content else {}
-
-
-def _resource_manager(clients: GoogleClients) -> Any:
-    from google.cloud import resourcemanager_v3
-
-    options = {"api_endpoint": clients.options.api_endpoint} if clients.options.api_endpoint else None
-    return resourcemanager_v3.ProjectsClient(credentials=clients.credentials, transport="rest", client_options=options)
-
-
 # -- checking the APIs ---------------------------------------------------------------------------------
 def missing_apis(provider: GCPProvider) -> list[str]:
     """The :data:`REQUIRED_APIS` the project has not enabled, each found by one cheap read that
@@ -257,8 +229,8 @@ def missing_apis(provider: GCPProvider) -> list[str]:
             None,
         ),
         "storage.googleapis.com": lambda: next(iter(clients.storage().list_buckets(max_results=1)), None),
-        "iam.googleapis.com": lambda: IAMApi(clients).call("GET", "serviceAccounts", pageSize="1"),
-        "cloudresourcemanager.googleapis.com": lambda: _resource_manager(clients).get_project(name=f"projects/{project}"),
+        "iam.googleapis.com": lambda: clients.iam().call("GET", "serviceAccounts", pageSize="1"),
+        "cloudresourcemanager.googleapis.com": lambda: clients.resource_manager().get_project(name=f"projects/{project}"),
     }
     missing = []
     for service, check in checks.items():
@@ -329,7 +301,7 @@ def provision(provider: GCPProvider, pool: str, store: str | None = None, say: S
         say(f"machines run as your service account {chosen} (none made, nothing granted; the README's GCP setup lists the roles it needs)")
         email = chosen
     else:
-        iam = IAMApi(clients)
+        iam = clients.iam()
         _ensure_service_account(clients, iam, say)
         roles = machine_roles(project=project, project_number=_project_number(clients), bucket=gcs.bucket, service_account=email)
         _ensure_custom_role(clients, iam, say)
@@ -343,7 +315,7 @@ def provision(provider: GCPProvider, pool: str, store: str | None = None, say: S
 
 def _project_number(clients: GoogleClients) -> str:
     with google_errors(clients, "resourcemanager.projects.get", "read the project's number"):
-        return _resource_manager(clients).get_project(name=f"projects/{clients.project}").name.rsplit("/", 1)[-1]
+        return clients.resource_manager().get_project(name=f"projects/{clients.project}").name.rsplit("/", 1)[-1]
 
 
 def _ensure_service_account(clients: GoogleClients, iam: IAMApi, say: Say) -> str:
@@ -461,7 +433,7 @@ def _update_project_policy(clients: GoogleClients, change: Callable[[list[dict[s
     from google.iam.v1 import iam_policy_pb2, options_pb2, policy_pb2
     from google.protobuf import json_format
 
-    projects = _resource_manager(clients)
+    projects = clients.resource_manager()
     resource = f"projects/{clients.project}"
     for attempt in range(5):
         with google_errors(clients, "resourcemanager.projects.setIamPolicy", "grant the machines' roles on the project"):
@@ -613,7 +585,7 @@ def teardown(provider: GCPProvider | None = None, *, force: bool = False, delete
     done += _clean_buckets(clients, member, delete_bucket, say)
     done += _remove_firewalls(clients, say)
     done += _remove_leftover_secrets(clients, say)
-    iam = IAMApi(clients)
+    iam = clients.iam()
     with google_errors(clients, "iam.roles.delete", f"remove the custom role {MACHINE_ROLE_ID}"):
         try:
             if not iam.call("GET", f"roles/{MACHINE_ROLE_ID}").get("deleted"):

@@ -19,9 +19,8 @@ from __future__ import annotations
 
 import logging
 import secrets
-from abc import ABC, abstractmethod
 from collections.abc import Iterable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any
 
 from prefect_remote.errors import MachineNotFound
 from prefect_remote.providers.base import (
@@ -31,9 +30,9 @@ from prefect_remote.providers.base import (
     LogChunk,
     Machine,
     Provider,
-    pick_instance_type,
 )
 from prefect_remote.providers.gcp.options import GCPOptions
+from prefect_remote.providers.gcp.service import GCPService
 from prefect_remote.providers.network import DASK_PORTS
 
 if TYPE_CHECKING:
@@ -42,60 +41,6 @@ if TYPE_CHECKING:
     from prefect_remote.spec import MachineSpec
 
 logger = logging.getLogger(__name__)
-
-INSTALL_HINT = "pip install 'prefect-remote[gcp]'"
-LABEL_PREFIX = "prefect-remote-"  # GCP labels: lowercase, [a-z0-9_-], 63 characters
-
-
-class GCPService(ABC):
-    """One way Google Cloud runs a machine. A service writes only what differs: whether it can serve
-    a spec (``unfit``), its shapes and how a machine's log names them (``placement``), starting
-    machines, reading them back and ending them."""
-
-    name: ClassVar[str]  # "Cloud Run", "Compute Engine": for logs and errors
-    id_prefix: ClassVar[str]  # machine ids of this service start with it: "run-", "vm-"
-    capabilities: ClassVar[Capabilities]
-
-    def __init__(self, provider: GCPProvider) -> None:
-        self.provider = provider
-
-    @property
-    def options(self) -> GCPOptions:
-        return self.provider.options
-
-    @property
-    def clients(self) -> GoogleClients:
-        return self.provider.clients
-
-    @abstractmethod
-    def unfit(self, spec: MachineSpec) -> str | None:
-        """Why this service cannot run ``spec`` (``"12 CPUs exceeds Cloud Run's 8"``), or None if it can."""
-
-    @abstractmethod
-    def instance_types(self) -> Sequence[InstanceType]:
-        """The shapes it offers, priced."""
-
-    def choose_instance_type(self, spec: MachineSpec) -> InstanceType:
-        return pick_instance_type(f"gcp ({self.name})", self.instance_types(), spec)
-
-    @abstractmethod
-    def placement(self, instance_type: InstanceType) -> str:
-        """Where a machine of ``instance_type`` runs, for its log: ``"Compute Engine e2-standard-4 in us-central1-a"``."""
-
-    @abstractmethod
-    def start(self, launch: Launch, machine_ids: Sequence[str]) -> list[Machine]:
-        """Starts one machine per id in ``machine_ids`` (made by the provider with ``id_prefix``),
-        running ``launch.boot_script``, labelled with the launch's tags and owner. The provider has
-        already written their records (fresh leases) and secrets. Starts none if it raises."""
-
-    @abstractmethod
-    def machines(self, machine_ids: Sequence[str] | None = None, labels: Mapping[str, str] | None = None) -> list[Machine]:
-        """The machines of this service with these ids (None: all) whose labels include ``labels``,
-        as the cloud has them now (ended ones it still shows included). Unknown ids are left out."""
-
-    @abstractmethod
-    def terminate(self, machine_ids: Sequence[str], reason: str) -> None:
-        """Ends these machines (already-ended or unknown ones are fine)."""
 
 
 class GCPProvider(Provider):
@@ -147,17 +92,20 @@ class GCPProvider(Provider):
             self._records = MachineRecords(self.machine_store())
         return self._records
 
-    def service(self, name: str) -> GCPService:
-        if name not in self._services:
-            if name == "cloud-run":
+    def service(self, key: str) -> GCPService:
+        """The service ``key`` names (``"cloud-run"``, ``"compute"``), made once."""
+        if key not in self._services:
+            if key == "cloud-run":
                 from prefect_remote.providers.gcp.cloudrun import CloudRunService
 
-                self._services[name] = CloudRunService(self)
-            else:
+                self._services[key] = CloudRunService(self)
+            elif key == "compute":
                 from prefect_remote.providers.gcp.compute import ComputeService
 
-                self._services[name] = ComputeService(self)
-        return self._services[name]
+                self._services[key] = ComputeService(self)
+            else:
+                raise ValueError(f"service={key!r}: expected 'cloud-run' or 'compute'")
+        return self._services[key]
 
     def service_for(self, spec: MachineSpec) -> tuple[GCPService, str]:
         """The service that runs ``spec``, and why (logged at launch)."""

@@ -14,18 +14,8 @@ import pytest
 from prefect_remote.errors import CapacityError
 from prefect_remote.providers.base import Launch
 from prefect_remote.providers.gcp import GCPProvider
-from prefect_remote.providers.gcp.cloudrun import (
-    GIB,
-    L4,
-    MIB,
-    SHAPES,
-    CloudRunService,
-    catalog,
-    fit,
-    job_labels,
-    nearest_shape,
-    task_timeout,
-)
+from prefect_remote.providers.gcp.cloudrun import CloudRunService, job_labels
+from prefect_remote.providers.gcp.cloudrun_catalog import GIB, L4, MIB, SHAPES, catalog, fit, nearest_shape, task_timeout
 from prefect_remote.spec import MachineSpec
 
 
