@@ -5,8 +5,9 @@ import pytest
 
 from prefect_remote.errors import CapabilityError, CapacityError
 from prefect_remote.providers import require
-from prefect_remote.providers.base import BootPayload, Capabilities, InstanceType, Provider, complete_utf8, pick_instance_type
+from prefect_remote.providers.base import BootPayload, Capabilities, InstanceType, Provider, pick_instance_type
 from prefect_remote.providers.local import LocalProvider
+from prefect_remote.providers.local.provider import complete_utf8
 from prefect_remote.spec import MachineSpec
 
 

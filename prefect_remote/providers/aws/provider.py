@@ -27,7 +27,7 @@ import logging
 import math
 import re
 import time
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import ValidationError
@@ -40,7 +40,8 @@ from prefect_remote.providers.aws.options import AWSOptions
 from prefect_remote.providers.aws.runtime import EXIT_CODE_TAG, LEASE_TAG, REASON_TAG
 from prefect_remote.providers.aws.secrets import forget_secrets, parameter_name, store_secrets, stored_launches
 from prefect_remote.providers.aws.tags import IMDS_TAG_KEY, KEEPALIVE_TAG, LAUNCH_TAG, OWNER_TAG, SECRETS_TAG, SPEC_TAG, tag_key
-from prefect_remote.providers.base import TAG_PREFIX, Capabilities, InstanceType, Launch, LogChunk, Machine, Provider
+from prefect_remote.providers.base import TAG_PREFIX, Capabilities, InstanceType, Launch, LogChunk, Machine, Provider, batches
+from prefect_remote.providers.capacity import Placement, first_with_capacity, placements
 from prefect_remote.providers.network import DASK_PORTS
 
 if TYPE_CHECKING:
@@ -51,8 +52,9 @@ if TYPE_CHECKING:
 logger = logging.getLogger("prefect_remote.providers.aws")
 
 DEFAULT_AMI = "/aws/service/ami-amazon-linux-latest/al2023-ami-kernel-default-{arch}"
-# What EC2 answers when spot capacity is short: spot_with_fallback launches on-demand instead.
-SPOT_CAPACITY_ERRORS = {"InsufficientInstanceCapacity", "SpotMaxPriceTooLow", "MaxSpotInstanceCountExceeded", "UnfulfillableCapacity"}
+# What EC2 answers when capacity is short (the capacity policy's shortage): spot_with_fallback launches
+# on-demand instead.
+CAPACITY_ERRORS = frozenset({"InsufficientInstanceCapacity", "SpotMaxPriceTooLow", "MaxSpotInstanceCountExceeded", "UnfulfillableCapacity"})
 SPOT_OPTIONS = {"MarketType": "spot", "SpotOptions": {"SpotInstanceType": "one-time", "InstanceInterruptionBehavior": "terminate"}}
 # EC2's states as a machine's; the rest have ended. A shutting-down instance still runs its processes
 # (a flow run's engine may still report its state): it has not ended until it is terminated.
@@ -60,9 +62,6 @@ STATES: dict[str, Literal["pending", "running", "terminated"]] = {"pending": "pe
 ENDED_STATES = ("shutting-down", "terminated")  # terminating these again is moot
 ALIVE_STATES = ("pending", "running", "stopping", "stopped")  # a launch's secrets stay while one is in these (shutting-down reads none)
 _INSTANCE_ID = re.compile(r"i-[0-9a-f]{8,17}")
-
-
-SECRETS_SWEEP_AGE = 3600.0  # seconds: a launch secret older than this with no instance left is an orphan
 
 
 _TRANSITION_TIME = re.compile(r"\((\d{4}-\d\d-\d\d \d\d:\d\d:\d\d) (?:GMT|UTC)\)")
@@ -80,9 +79,16 @@ def _transition_time(reason: str) -> float | None:
     return datetime.datetime.strptime(found.group(1), "%Y-%m-%d %H:%M:%S").replace(tzinfo=datetime.UTC).timestamp()
 
 
-def _batches(items: Sequence[str], size: int) -> Iterator[list[str]]:
-    for start in range(0, len(items), size):
-        yield list(items[start : start + size])
+def _shortage(error: Exception) -> str | None:
+    """The code of an EC2 error that says capacity is short (:data:`CAPACITY_ERRORS`), else None."""
+    code = error_code(error)
+    return code if code in CAPACITY_ERRORS else None
+
+
+def _launch_with_secrets(instance: Mapping[str, Any]) -> str | None:
+    """The launch of ``instance`` if it kept secrets (its ``prefect-remote:secrets`` tag)."""
+    tags = {tag["Key"]: tag["Value"] for tag in instance.get("Tags", [])}
+    return tags.get(LAUNCH_TAG) if SECRETS_TAG in tags else None
 
 
 class AWSProvider(Provider):
@@ -121,7 +127,6 @@ class AWSProvider(Provider):
             raise ValueError("; ".join(e["msg"].removeprefix("Value error, ") for e in error.errors())) from None
         self.lease_interval = self.options.lease_interval
         self.networking = AWSNetwork(self.clients, self.options)
-        self._swept = False  # sweep_secrets, once per provider
 
     @property
     def region(self) -> str:
@@ -165,9 +170,6 @@ class AWSProvider(Provider):
         return parameter_name(self.options.secrets_prefix, launch_id)
 
     def _store_secrets(self, launch_id: str, secrets: Mapping[str, str]) -> None:
-        if not self._swept:
-            self._swept = True
-            self.sweep_secrets()
         store_secrets(self.clients, self.options.secrets_prefix, launch_id, secrets)
 
     def _forget_secrets(self, launch_id: str) -> None:
@@ -227,35 +229,29 @@ class AWSProvider(Provider):
             raise
 
     def _run_instances(self, params: dict[str, Any], launch: Launch) -> list[dict[str, Any]]:
-        """One ``run_instances`` call (two with spot_with_fallback when spot capacity is short)."""
-        from botocore.exceptions import ClientError
+        """One ``run_instances`` call per placement tried (:mod:`prefect_remote.providers.capacity`):
+        two with spot_with_fallback when spot capacity is short."""
+        ec2, name = self.client("ec2"), launch.instance_type.name
 
-        ec2, policy, name = self.client("ec2"), launch.spec.spot_policy, launch.instance_type.name
-        spot = policy in ("spot", "spot_with_fallback")
-        try:
+        def run(placement: Placement) -> list[dict[str, Any]]:
+            market = {"InstanceMarketOptions": SPOT_OPTIONS} if placement.spot else {}
             # ClientToken: a retried request (a timeout, a lost answer) launches nothing twice.
-            return ec2.run_instances(
-                **params, **({"InstanceMarketOptions": SPOT_OPTIONS} if spot else {}), ClientToken=f"{launch.id}-{policy}"
-            )["Instances"]
-        except ClientError as error:
-            code = error_code(error)
-            if code not in SPOT_CAPACITY_ERRORS:
-                raise
-            if not spot or policy == "spot":
-                market = "spot" if spot else "on-demand"
-                instead = "spot_policy='spot_with_fallback', " if spot else ""
-                raise CapacityError(
-                    f"{market} capacity unavailable for {name} in {self.region} ({code}); try {instead}another vm_type, or later"
-                ) from None
-            logger.warning("spot capacity unavailable for %s in %s (%s); launching on-demand", name, self.region, code)
-        try:
-            return ec2.run_instances(**params, ClientToken=f"{launch.id}-on-demand")["Instances"]
-        except ClientError as error:
-            if error_code(error) in SPOT_CAPACITY_ERRORS:
-                raise CapacityError(
-                    f"no spot or on-demand capacity for {name} in {self.region} ({error_code(error)}); try another vm_type, or later"
-                ) from None
-            raise
+            return ec2.run_instances(**params, **market, ClientToken=f"{launch.id}-{placement.market}")["Instances"]
+
+        def refused(placement: Placement, code: str, tried: Sequence[Placement]) -> CapacityError:
+            if len(tried) > 1:
+                return CapacityError(f"no spot or on-demand capacity for {name} in {self.region} ({code}); try another vm_type, or later")
+            instead = "spot_policy='spot_with_fallback', " if placement.spot else ""
+            return CapacityError(
+                f"{placement.market} capacity unavailable for {name} in {self.region} ({code}); try {instead}another vm_type, or later"
+            )
+
+        def falling_back(placement: Placement, then: Placement, code: str) -> None:
+            logger.warning(
+                "%s capacity unavailable for %s in %s (%s); launching %s", placement.market, name, self.region, code, then.market
+            )
+
+        return first_with_capacity(placements(launch.spec.spot_policy), run, shortage=_shortage, refused=refused, falling_back=falling_back)
 
     def _image(self, instance_type: InstanceType) -> tuple[str, str]:
         """The AMI id to boot (resolving an SSM parameter) and its root device name; refuses an AMI
@@ -357,13 +353,12 @@ class AWSProvider(Provider):
             machines = [self._machine(instance) for instance in self.clients.instances(Filters=filters)]
         return sorted(machines, key=lambda m: (m.created, m.id), reverse=True)
 
-    # -- ending -----------------------------------------------------------------------------------
-    def terminate(self, machine_ids: Iterable[str], *, reason: str = "terminated on request", exit_code: int | None = None) -> None:
-        ids = list(dict.fromkeys(machine_ids))
-        if not ids:
-            return
+    # -- ending ---------------------------------------------------------------------------------
+    def _terminate(self, machine_ids: list[str], reason: str, exit_code: int | None) -> set[str]:
+        """Tags why, then terminates, the instances still running (one call each); returns the
+        launches of all of them that kept secrets."""
         with translated():
-            instances = self._described(ids)
+            instances = self._described(machine_ids)
             # Ended ones keep the reason they ended with.
             ending = [i["InstanceId"] for i in instances if i["State"]["Name"] not in ENDED_STATES]
             ec2 = self.client("ec2")
@@ -373,29 +368,20 @@ class AWSProvider(Provider):
                     tags.append({"Key": EXIT_CODE_TAG, "Value": str(exit_code)})
                 ec2.create_tags(Resources=ending, Tags=tags)
                 ec2.terminate_instances(InstanceIds=ending)
-        with_secrets = {tags[LAUNCH_TAG] for i in instances if SECRETS_TAG in (tags := {t["Key"]: t["Value"] for t in i.get("Tags", [])})}
-        if with_secrets:
-            self._forget_ended_launches(with_secrets)
+        return {launch for i in instances if (launch := _launch_with_secrets(i))}
 
-    def sweep_secrets(self, older_than: float = SECRETS_SWEEP_AGE) -> list[str]:
-        """Deletes launch secrets left behind by owners that died (their machines ended themselves
-        and nobody renewed, so nobody saw them end): those older than ``older_than`` seconds with no
-        instance left. The first launch with secrets in a process does it; returns the launch ids."""
-        launches = stored_launches(self.clients, self.options.secrets_prefix, older_than)
-        for batch in _batches(sorted(launches), 200):
-            self._forget_ended_launches(set(batch))
-        return sorted(launches)
-
-    def _forget_ended_launches(self, launch_ids: set[str]) -> None:
-        """Deletes the secrets of those launches no instance of which is left (one describe call)."""
-        filters = [
-            {"Name": f"tag:{LAUNCH_TAG}", "Values": sorted(launch_ids)},
-            {"Name": "instance-state-name", "Values": list(ALIVE_STATES)},
-        ]
+    def _live_launches(self, launch_ids: set[str]) -> set[str]:
+        """One describe call per 200 launches: those with an instance that may still read its secrets
+        (a shutting-down one reads none)."""
+        alive: set[str] = set()
         with translated():
-            alive = {t["Value"] for i in self.clients.instances(Filters=filters) for t in i.get("Tags", []) if t["Key"] == LAUNCH_TAG}
-        for launch_id in sorted(launch_ids - alive):
-            self._forget_secrets(launch_id)
+            for batch in batches(sorted(launch_ids), 200):  # EC2 takes at most 200 values per filter
+                filters = [{"Name": f"tag:{LAUNCH_TAG}", "Values": batch}, {"Name": "instance-state-name", "Values": list(ALIVE_STATES)}]
+                alive |= {t["Value"] for i in self.clients.instances(Filters=filters) for t in i.get("Tags", []) if t["Key"] == LAUNCH_TAG}
+        return alive
+
+    def _stored_launches(self, older_than: float) -> set[str]:
+        return stored_launches(self.clients, self.options.secrets_prefix, older_than)
 
     # -- logs and leases --------------------------------------------------------------------------
     def logs(self, machine_id: str, *, cursor: str | None = None) -> LogChunk:
@@ -418,29 +404,19 @@ class AWSProvider(Provider):
         text = "".join(event["message"] if event["message"].endswith("\n") else event["message"] + "\n" for event in page["events"])
         return LogChunk(text, page.get("nextForwardToken") or cursor or "")
 
-    def renew_leases(self, machine_ids: Iterable[str]) -> list[str]:
+    def _renew(self, machine_ids: list[str]) -> dict[str, str | None]:
         """One describe call (per 200 ids) finds the live instances, one ``create_tags`` call (per
         1000) renews them all."""
         from botocore.exceptions import ClientError
 
-        ids = list(dict.fromkeys(machine_ids))
-        candidates = [machine_id for machine_id in ids if _INSTANCE_ID.fullmatch(machine_id)]
+        candidates = [machine_id for machine_id in machine_ids if _INSTANCE_ID.fullmatch(machine_id)]
         instances: list[dict[str, Any]] = []
         with translated():
-            for batch in _batches(candidates, 200):  # EC2 takes at most 200 values per filter
+            for batch in batches(candidates, 200):  # EC2 takes at most 200 values per filter
                 instances += self.clients.instances(Filters=[{"Name": "instance-id", "Values": batch}])
-        alive = {i["InstanceId"] for i in instances if i["State"]["Name"] in STATES}
-        # Machines mostly end themselves (payload done, timeouts): their launch's secrets go once none is left.
-        ended_with_secrets = {
-            tags[LAUNCH_TAG]
-            for i in instances
-            if i["State"]["Name"] not in STATES and SECRETS_TAG in (tags := {t["Key"]: t["Value"] for t in i.get("Tags", [])})
-        }
-        if ended_with_secrets:
-            self._forget_ended_launches(ended_with_secrets)
-        now = str(int(time.time()))
-        with translated():
-            for batch in _batches([machine_id for machine_id in ids if machine_id in alive], 1000):
+            alive = {i["InstanceId"] for i in instances if i["State"]["Name"] in STATES}
+            now = str(int(time.time()))
+            for batch in batches([machine_id for machine_id in machine_ids if machine_id in alive], 1000):
                 try:
                     self.client("ec2").create_tags(Resources=batch, Tags=[{"Key": LEASE_TAG, "Value": now}])
                 except ClientError as error:
@@ -449,7 +425,8 @@ class AWSProvider(Provider):
                     # EC2 is eventually consistent: an instance launched a moment ago may not be taggable
                     # yet. Its lease is fresh from launch; the next renewal reaches it.
                     logger.debug("lease renewal skipped this round: %s", error)
-        return [machine_id for machine_id in ids if machine_id not in alive]
+        launches = {i["InstanceId"]: _launch_with_secrets(i) for i in instances}
+        return {machine_id: launches.get(machine_id) for machine_id in machine_ids if machine_id not in alive}
 
     # -- elsewhere: a cluster's scheduler, the machine side --------------------------------------------
     def client_options(self) -> dict[str, Any]:

@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 from prefect_remote.errors import CapacityError, RemoteError
 from prefect_remote.providers.base import Capabilities, InstanceType, Launch, Machine, MachineState
+from prefect_remote.providers.capacity import Placement, first_with_capacity, placements
 from prefect_remote.providers.gcp import compute_catalog
 from prefect_remote.providers.gcp.prices import on_demand_rates
 from prefect_remote.providers.gcp.service import (
@@ -52,8 +53,8 @@ INTERNAL_TAG = "prefect-remote"  # network tag of every VM: the internal rule's 
 CLOUD_PLATFORM = "https://www.googleapis.com/auth/cloud-platform"
 # Compute Engine's statuses as a machine's (the rest have ended). A STOPPING VM is being deleted.
 STATES: dict[str, MachineState] = {"PROVISIONING": "pending", "STAGING": "pending", "REPAIRING": "pending", "RUNNING": "running"}
-# What Compute Engine answers when a zone has no capacity for the request: spot_with_fallback
-# inserts a standard VM instead.
+# What Compute Engine answers when a zone has no capacity for the request (the capacity policy's
+# shortage): spot_with_fallback inserts a standard VM instead.
 STOCK_OUT = ("ZONE_RESOURCE_POOL_EXHAUSTED", "ZONE_RESOURCE_POOL_EXHAUSTED_WITH_DETAILS", "REGION_RESOURCE_POOL_EXHAUSTED", "STOCKOUT")
 # A VM outlives its timeout by this much before Compute Engine deletes it: the agent ends it first
 # and records why; maxRunDuration is the backstop for an agent that could not.
@@ -118,41 +119,23 @@ class ComputeService(GCPService):
 
     # -- starting ---------------------------------------------------------------------------------
     def start(self, launch: Launch, machine_ids: Sequence[str]) -> list[Machine]:
-        policy = launch.spec.spot_policy
+        """Inserts every VM on the first placement the spot policy allows, then awaits each: one
+        that finds no capacity there tries the next placement (:mod:`prefect_remote.providers.capacity`)."""
+        tried = placements(launch.spec.spot_policy)
         with self.clients.translated("compute.firewalls.create"):
             network_tags = self.network_tags(self.ingress_cidr(launch.spec))
         with self.clients.translated("compute.instances.create"):
-            spot = policy != "on-demand"
             started: list[str] = []
             try:
-                operations: dict[str, Any] = {}
+                inserted: dict[str, Any] = {}
                 for machine_id in machine_ids:  # all inserted, then all awaited: they boot in parallel
                     started.append(machine_id)
                     try:
-                        operations[machine_id] = self._insert(launch, machine_id, network_tags, spot=spot)
+                        inserted[machine_id] = self._insert(launch, machine_id, network_tags, spot=tried[0].spot)
                     except _OperationError as refused:  # refused at once: handled as a failed operation
-                        operations[machine_id] = refused
-                for machine_id, operation in operations.items():
-                    try:
-                        if isinstance(operation, _OperationError):
-                            raise operation
-                        self._wait(operation, machine_id)
-                    except _OperationError as error:
-                        if not error.stock_out:
-                            raise
-                        if not spot or policy == "spot":
-                            raise self._stock_out(launch, error, spot) from None
-                        logger.warning(
-                            "gcp: no spot capacity for %s in %s (%s): starting %s as a standard VM (spot_with_fallback)",
-                            launch.instance_type.name,
-                            self.zone,
-                            error.code,
-                            machine_id,
-                        )
-                        try:
-                            self._wait(self._insert(launch, machine_id, network_tags, spot=False), machine_id)
-                        except _OperationError as again:
-                            raise (self._stock_out(launch, again, False) if again.stock_out else again) from None
+                        inserted[machine_id] = refused
+                for machine_id, first in inserted.items():
+                    self._settle(launch, machine_id, first, tried, network_tags)
                 machines = {m.id: m for m in self.machines(machine_ids)}
                 return [machines[machine_id] for machine_id in machine_ids if machine_id in machines]
             except BaseException:
@@ -161,6 +144,34 @@ class ComputeService(GCPService):
                 except Exception:
                     logger.exception("gcp: could not delete the VMs of a failed launch: %s", ", ".join(started))
                 raise
+
+    def _settle(self, launch: Launch, machine_id: str, first: Any, tried: list[Placement], network_tags: list[str]) -> None:
+        """Awaits ``machine_id``'s insert on ``tried[0]`` (``first``: its operation, or the error it
+        was refused with at once); where the zone had no capacity, inserts it on the next placement."""
+
+        def start(placement: Placement) -> None:
+            operation = first if placement is tried[0] else self._insert(launch, machine_id, network_tags, spot=placement.spot)
+            if isinstance(operation, _OperationError):
+                raise operation
+            self._wait(operation, machine_id)
+
+        def falling_back(placement: Placement, then: Placement, code: str) -> None:
+            logger.warning(
+                "gcp: no %s capacity for %s in %s (%s): starting %s as a standard VM (spot_with_fallback)",
+                placement.market,
+                launch.instance_type.name,
+                self.zone,
+                code,
+                machine_id,
+            )
+
+        first_with_capacity(
+            tried,
+            start,
+            shortage=_stock_out,
+            refused=lambda placement, code, _: self._no_capacity(launch, placement, code),
+            falling_back=falling_back,
+        )
 
     def _insert(self, launch: Launch, machine_id: str, network_tags: list[str], *, spot: bool) -> Any:
         """Inserts one VM; its operation (an insert refused at once raises :class:`_OperationError`)."""
@@ -193,14 +204,14 @@ class ComputeService(GCPService):
         if errors:
             raise _OperationError(errors[0].code, errors[0].message or done.http_error_message, machine_id)
 
-    def _stock_out(self, launch: Launch, error: _OperationError, spot: bool) -> CapacityError:
+    def _no_capacity(self, launch: Launch, placement: Placement, code: str) -> CapacityError:
         name = launch.instance_type.name
-        if spot:
+        if placement.spot:
             return CapacityError(
-                f"no spot capacity for {name} in zone {self.zone} ({error.code}); try spot_policy='spot_with_fallback', another "
+                f"no spot capacity for {name} in zone {self.zone} ({code}); try spot_policy='spot_with_fallback', another "
                 "vm_type or zone, or later"
             )
-        return CapacityError(f"no capacity for {name} in zone {self.zone} ({error.code}); try another vm_type or zone, or later")
+        return CapacityError(f"no capacity for {name} in zone {self.zone} ({code}); try another vm_type or zone, or later")
 
     def instance_body(self, launch: Launch, machine_id: str, network_tags: Sequence[str], *, spot: bool) -> Any:
         """The ``Instance`` inserted for ``machine_id``."""
@@ -441,6 +452,11 @@ class _OperationError(RemoteError):
     @property
     def stock_out(self) -> bool:
         return self.code in STOCK_OUT
+
+
+def _stock_out(error: Exception) -> str | None:
+    """The code of an error that says the zone has no capacity (:data:`STOCK_OUT`), else None."""
+    return error.code if isinstance(error, _OperationError) and error.stock_out else None
 
 
 def _digest(text: str) -> str:

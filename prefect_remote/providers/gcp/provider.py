@@ -19,18 +19,11 @@ from __future__ import annotations
 
 import logging
 import secrets
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from prefect_remote.errors import MachineNotFound
-from prefect_remote.providers.base import (
-    Capabilities,
-    InstanceType,
-    Launch,
-    LogChunk,
-    Machine,
-    Provider,
-)
+from prefect_remote.providers.base import Capabilities, InstanceType, Launch, LogChunk, Machine, Plan, Provider
 from prefect_remote.providers.gcp.options import GCPOptions
 from prefect_remote.providers.gcp.service import GCPService
 from prefect_remote.providers.network import DASK_PORTS
@@ -65,7 +58,6 @@ class GCPProvider(Provider):
         self._services: dict[str, GCPService] = {}
         self._clients: GoogleClients | None = None
         self._records: MachineRecords | None = None
-        self._swept = False
         self._ended: set[str] = set()  # machines seen ended by a renewal (their launch's secret handled)
 
     def __getstate__(self) -> dict[str, Any]:  # clients hold sockets and locks: rebuilt on use
@@ -135,8 +127,18 @@ class GCPProvider(Provider):
             f"no gcp machine {machine_id!r}: gcp machine ids start with 'run-' or 'vm-'; `prefect-remote machines ls` lists them"
         )
 
-    # -- launching ---------------------------------------------------------------------------------
+    # -- launching: the service is chosen once per launch (plan), and the Launch carries it ----------
+    def plan(self, spec: MachineSpec) -> Plan:
+        service, reason = self._checked(spec)
+        instance_type = service.choose_instance_type(spec)
+        return Plan(instance_type, f"gcp {service.placement(instance_type)}", service=service.key, service_reason=reason)
+
     def check_spec(self, spec: MachineSpec) -> None:
+        self._checked(spec)
+
+    def _checked(self, spec: MachineSpec) -> tuple[GCPService, str]:
+        """The service that runs ``spec`` and why (:meth:`service_for`), once ``spec`` has passed
+        every provider's checks, the region's and the chosen service's."""
         super().check_spec(spec)
         if spec.region and spec.region != self.options.region:
             from prefect_remote.errors import CapacityError
@@ -145,12 +147,13 @@ class GCPProvider(Provider):
                 f"region={spec.region!r}, but this gcp provider launches in {self.options.region}; "
                 f"make it with region={spec.region!r} (PREFECT_REMOTE_GCP_REGION), or drop region"
             )
-        service, _ = self.service_for(spec)
+        service, reason = self.service_for(spec)
         problem = service.unfit(spec)
         if problem is not None:
             from prefect_remote.errors import CapabilityError
 
             raise CapabilityError(f"gcp: {problem}")
+        return service, reason
 
     def instance_types(self) -> Sequence[InstanceType]:
         return [*self.service("cloud-run").instance_types(), *self.service("compute").instance_types()]
@@ -164,7 +167,7 @@ class GCPProvider(Provider):
         return f"gcp {service.placement(instance_type)}"
 
     def _start(self, launch: Launch) -> list[Machine]:
-        service, reason = self.service_for(launch.spec)
+        service, reason = self.service(launch.service), launch.service_reason  # as plan() chose them
         machine_ids = [f"{service.id_prefix}{secrets.token_hex(6)}" for _ in range(launch.count)]
         logger.info("gcp: %s on %s (%s)", ", ".join(machine_ids), service.name, reason)
         self.records.create(machine_ids, launch, service=service.name, region=self.options.region, price=launch.instance_type.price)
@@ -176,17 +179,23 @@ class GCPProvider(Provider):
         return [_with_details(m, placement=f"{service.name}, because {reason}") for m in machines]
 
     def _store_secrets(self, launch_id: str, secrets: Mapping[str, str]) -> None:
-        from prefect_remote.providers.gcp.secrets import store_secrets, sweep_secrets
+        from prefect_remote.providers.gcp.secrets import store_secrets
 
-        if not self._swept:  # once per provider: secrets of owners that died before their machines ended
-            self._swept = True
-            sweep_secrets(self.clients, self.records)
         store_secrets(self.clients, launch_id, secrets, self.records)
 
     def _forget_secrets(self, launch_id: str) -> None:
         from prefect_remote.providers.gcp.secrets import forget_secrets
 
         forget_secrets(self.clients, launch_id)
+
+    def _live_launches(self, launch_ids: set[str]) -> set[str]:
+        """Those with a machine running by its record (one listing of the records)."""
+        return self.records.live_launches(launch_ids)
+
+    def _stored_launches(self, older_than: float) -> set[str]:
+        from prefect_remote.providers.gcp.secrets import stored_launches
+
+        return stored_launches(self.clients, self.records, older_than=older_than)
 
     # -- reading back ---------------------------------------------------------------------------------
     def list(self, tags: Mapping[str, str] | None = None, *, include_terminated: bool = False) -> list[Machine]:
@@ -210,17 +219,17 @@ class GCPProvider(Provider):
             )
         return ended
 
-    def terminate(self, machine_ids: Iterable[str], *, reason: str = "terminated on request", exit_code: int | None = None) -> None:
-        ids = list(dict.fromkeys(machine_ids))
-        for machine_id in ids:
+    def _terminate(self, machine_ids: list[str], reason: str, exit_code: int | None) -> set[str]:
+        """Records each end, then has each service end its machines; returns their launches."""
+        for machine_id in machine_ids:
             self._service_of(machine_id)  # not one of ours: refused before any call
-        launches = {self.records.end(machine_id, reason=reason, exit_code=exit_code, only_if_running=True) for machine_id in ids}
+        launches = {self.records.end(machine_id, reason=reason, exit_code=exit_code, only_if_running=True) for machine_id in machine_ids}
         for name in ("cloud-run", "compute"):
             service = self.service(name)
-            mine = [machine_id for machine_id in ids if machine_id.startswith(service.id_prefix)]
+            mine = [machine_id for machine_id in machine_ids if machine_id.startswith(service.id_prefix)]
             if mine:
                 service.terminate(mine, reason)
-        self._forget_ended_launches(launches - {None})
+        return {launch for launch in launches if launch}
 
     def logs(self, machine_id: str, *, cursor: str | None = None) -> LogChunk:
         from prefect_remote.providers.gcp.logs import read_logs
@@ -228,21 +237,13 @@ class GCPProvider(Provider):
         self._service_of(machine_id)
         return read_logs(self.clients, self.options.log_name, machine_id, cursor)
 
-    def renew_leases(self, machine_ids: Iterable[str]) -> list[str]:
-        """One batch request (per 100) renews every lease; a launch whose last machine has ended
-        loses its secret."""
-        ended = self.records.renew(list(dict.fromkeys(machine_ids)))
-        fresh = [machine_id for machine_id in ended if machine_id not in self._ended]
-        if fresh:
-            self._ended.update(fresh)
-            self._forget_ended_launches({ended[machine_id] for machine_id in fresh} - {None})
-        return list(ended)
-
-    def _forget_ended_launches(self, launch_ids: set[str]) -> None:
-        """Deletes the secrets of those launches no machine of which is running by its record."""
-        if launch_ids:
-            for launch_id in sorted(launch_ids - self.records.live_launches(launch_ids)):
-                self._forget_secrets(launch_id)
+    def _renew(self, machine_ids: list[str]) -> dict[str, str | None]:
+        """One batch request (per 100) renews every lease; a machine's launch is handed back the
+        first time its end is seen."""
+        ended = self.records.renew(machine_ids)
+        fresh = {machine_id: launch for machine_id, launch in ended.items() if machine_id not in self._ended}
+        self._ended.update(fresh)
+        return {machine_id: fresh.get(machine_id) for machine_id in ended}
 
     # -- elsewhere: a cluster's scheduler, the machine side ---------------------------------------------
     def client_options(self) -> dict[str, Any]:
