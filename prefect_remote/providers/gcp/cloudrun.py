@@ -38,15 +38,7 @@ from prefect_remote.providers.base import Capabilities, InstanceType, Launch, Ma
 from prefect_remote.providers.gcp import cloudrun_catalog
 from prefect_remote.providers.gcp.cloudrun_catalog import GA_TIMEOUT, L4, MAX_TIMEOUT, SHAPES, cpus, limit_memory, memory_bytes, shape
 from prefect_remote.providers.gcp.runtime import SECRETS_ENV
-from prefect_remote.providers.gcp.service import (
-    LABEL_PREFIX,
-    LAUNCH_LABEL,
-    SERVICE_LABEL,
-    GCPService,
-    ServiceHost,
-    labels_for,
-    owner_labels,
-)
+from prefect_remote.providers.gcp.service import LAUNCH_LABEL, SERVICE_LABEL, GCPService, ServiceHost
 from prefect_remote.units import format_size
 
 if TYPE_CHECKING:
@@ -59,23 +51,12 @@ PYTHON_IMAGE = "docker.io/library/python:{minor}-slim"  # has bash and python3, 
 TAGS_ANNOTATION = "prefect-remote/tags"  # the user's tags as given (labels hold no '.', '/', capitals)
 OWNER_ANNOTATION = "prefect-remote/owner"
 SPEC_ANNOTATION = "prefect-remote/spec"
-MAX_USER_LABELS = 60  # a resource takes 64 labels; ours use the rest
 
 SWEEP_EVERY = 300.0  # seconds between sweeps of one provider
 SWEEP_AFTER = 600.0  # an ended job is deleted this long after its end (its record keeps reason and exit code)
 NEVER_RAN_AFTER = 600.0  # a job never run this long after its creation was left by a launch that died
 OPERATION_TIMEOUT = 120.0  # creating or deleting a job takes seconds; a cancel too
 FEW_IDS = 3  # up to this many ids are read one get_job each, more with one list_jobs
-
-
-# -- labels ---------------------------------------------------------------------------------------
-def job_labels(launch: Launch) -> dict[str, str]:
-    """The labels of a launch's jobs, as Compute Engine's VMs have them: each user tag whose value
-    is a label value (all tags, as given, are in the job's annotations), then prefect-remote's."""
-    labels = dict(list(labels_for(launch.tags).items())[:MAX_USER_LABELS])
-    labels = {key: value for key, value in labels.items() if not key.startswith(LABEL_PREFIX)}
-    labels.update({SERVICE_LABEL: "cloud-run", LAUNCH_LABEL: launch.id, **owner_labels(launch.owner)})
-    return labels
 
 
 def _epoch(value: Any) -> float | None:
@@ -180,7 +161,7 @@ class CloudRunService(GCPService):
         if shape_.gpu:
             task.node_selector = run_v2.NodeSelector(accelerator=L4)
             task.gpu_zonal_redundancy_disabled = True  # what jobs' GPUs are (and are priced as)
-        labels = job_labels(launch)
+        labels = self.labels(launch)
         annotations = {TAGS_ANNOTATION: json.dumps(dict(launch.tags), sort_keys=True), SPEC_ANNOTATION: spec.summary()}
         if launch.owner:
             annotations[OWNER_ANNOTATION] = launch.owner

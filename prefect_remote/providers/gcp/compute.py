@@ -30,15 +30,7 @@ from prefect_remote.providers.base import Capabilities, InstanceType, Launch, Ma
 from prefect_remote.providers.capacity import Placement, first_with_capacity, placements
 from prefect_remote.providers.gcp import compute_catalog
 from prefect_remote.providers.gcp.prices import on_demand_rates
-from prefect_remote.providers.gcp.service import (
-    LABEL_PREFIX,
-    LAUNCH_LABEL,
-    SERVICE_LABEL,
-    GCPService,
-    ServiceHost,
-    labels_for,
-    owner_labels,
-)
+from prefect_remote.providers.gcp.service import LABEL_PREFIX, LAUNCH_LABEL, SERVICE_LABEL, GCPService, ServiceHost, labels_for
 from prefect_remote.providers.network import DASK_PORTS, ingress_cidr
 
 if TYPE_CHECKING:
@@ -220,12 +212,7 @@ class ComputeService(GCPService):
         spec, instance_type, zone = launch.spec, launch.instance_type, self.zone
         machine_type, gpus, accelerator = compute_catalog.attached(instance_type.name) or (instance_type.name, 0, None)
         raw_tags = dict(launch.tags)
-        labels = {
-            **labels_for(raw_tags),
-            SERVICE_LABEL: "compute",
-            LAUNCH_LABEL: launch.id,
-            **owner_labels(launch.owner),
-        }
+        labels = self.labels(launch)
         metadata = {
             "startup-script": launch.boot_script,  # no secrets: the machine reads those from Secret Manager
             TAGS_KEY: json.dumps(raw_tags),

@@ -32,6 +32,7 @@ LABEL_PREFIX = "prefect-remote-"  # prefect-remote's own labels (and metadata ke
 LAUNCH_LABEL = LABEL_PREFIX + "launch"
 SERVICE_LABEL = LABEL_PREFIX + "service"  # the service's key on every machine it starts: what listing filters on
 OWNER_LABEL = LABEL_PREFIX + "owner"
+MAX_USER_LABELS = 60  # a resource takes 64 labels; prefect-remote's use the rest
 _LABEL_BAD = re.compile(r"[^a-z0-9_-]")
 _LABEL_VALUE = re.compile(r"[a-z0-9_-]{0,63}")
 
@@ -108,6 +109,14 @@ class GCPService(ABC):
     @property
     def clients(self) -> GoogleClients:
         return self.provider.clients
+
+    def labels(self, launch: Launch) -> dict[str, str]:
+        """The labels of a machine of ``launch``: each user tag whose value is a label value (at
+        most :data:`MAX_USER_LABELS`, none under prefect-remote's prefix; every tag, as given, is kept
+        beside the labels), then prefect-remote's: this service, the launch and its owner."""
+        users = list(labels_for(launch.tags).items())[:MAX_USER_LABELS]
+        labels = {key: value for key, value in users if not key.startswith(LABEL_PREFIX)}
+        return {**labels, SERVICE_LABEL: self.key, LAUNCH_LABEL: launch.id, **owner_labels(launch.owner)}
 
     @abstractmethod
     def unfit(self, spec: MachineSpec) -> str | None:
