@@ -350,13 +350,13 @@ class Provider(ABC):
     dask_ports: ClassVar[tuple[int, int] | None] = None
     # A shell command that ends the machine, run when its boot fails before the agent can.
     halt_command: ClassVar[str] = "true"
-    # Whether this provider has swept the secrets of dead owners' launches yet (sweep_secrets, at its
-    # first launch with secrets).
-    _swept: bool = False
     # The module that sets up what machines need in the account (--provision-infra), named rather
     # than imported: it builds on the provider. Its provision(provider, pool, store, say) returns a
     # prefect_remote.providers.setup.Setup. None: nothing beyond the store's folder.
     infra: ClassVar[str | None] = None
+    # Whether this provider has swept the secrets of dead owners' launches yet (sweep_secrets, at its
+    # first launch with secrets).
+    _swept: bool = False
 
     # -- launching: the shared work ---------------------------------------------------------------
     def launch(
