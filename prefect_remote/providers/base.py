@@ -8,7 +8,9 @@ the provider's secret channel) and then calls ``_start``, which only starts the 
 on-machine agent builds from the boot script's non-secret ``runtime_options``.
 
 This module imports nothing beyond the standard library: the local provider, which the machine-side
-code of local machines imports, builds on it.
+code of local machines imports, builds on it. It is one cohesive thing over 500 lines: the whole
+provider contract, the data its verbs exchange and the :class:`Provider` template, in the one file a
+plugin author reads.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import os
 import secrets
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 from urllib.parse import urlsplit
@@ -41,6 +43,10 @@ TAG_PREFIX = "prefect-remote:"
 # Set on every machine by its launcher (Provider.machine_environ): the network it runs in, as
 # Provider.network() names it. Code there that launches on that provider reaches machines inside it.
 MACHINE_NETWORK_ENV = "PREFECT_REMOTE_MACHINE_NETWORK"
+
+# Seconds a launch's secrets are kept with no machine left before a sweep deletes them: a launch
+# younger than this may still be starting its machines.
+SECRETS_SWEEP_AGE = 3600.0
 
 
 @dataclass(frozen=True)
@@ -201,12 +207,28 @@ def capability_error(provider: str, capability: str, needed_for: str, instead: s
 
 
 @dataclass(frozen=True)
+class Plan:
+    """What a launch runs on, as :meth:`Provider.plan` decides it once, before anything starts.
+
+    ``placement`` says where in words (the first line of the machines' logs); a provider with several
+    services (gcp: Cloud Run and Compute Engine) also says which one runs the launch (``service``,
+    in its own words) and why (``service_reason``).
+    """
+
+    instance_type: InstanceType
+    placement: str
+    service: str | None = None
+    service_reason: str | None = None
+
+
+@dataclass(frozen=True)
 class Launch:
     """One validated launch, as :meth:`Provider.launch` hands it to ``_start``.
 
     ``boot_script`` is what each machine runs (no secrets); ``tags`` are the user's (a provider adds
     its own under ``TAG_PREFIX``); ``has_secrets`` says whether ``_store_secrets`` was given some
-    under ``id``.
+    under ``id``; ``service`` and ``service_reason`` are the :class:`Plan`'s, for a provider with
+    several services.
     """
 
     id: str
@@ -217,16 +239,18 @@ class Launch:
     tags: Mapping[str, str]
     owner: str | None
     has_secrets: bool
+    service: str | None = None
+    service_reason: str | None = None
 
 
-def complete_utf8(data: bytes) -> bytes:
-    """``data`` without a trailing, unfinished UTF-8 character (log chunks end where writes are)."""
-    for cut in range(1, min(4, len(data)) + 1):
-        lead = data[-cut]
-        if lead & 0xC0 != 0x80:  # the last character's first byte
-            size = 2 if lead >> 5 == 0b110 else 3 if lead >> 4 == 0b1110 else 4 if lead >> 3 == 0b11110 else 1
-            return data[:-cut] if size > cut else data
-    return data
+def batches(items: Sequence[str], size: int) -> Iterator[list[str]]:
+    """``items`` in lists of at most ``size``, in order (what one API call takes).
+
+    >>> list(batches(["a", "b", "c"], 2))
+    [['a', 'b'], ['c']]
+    """
+    for start in range(0, len(items), size):
+        yield list(items[start : start + size])
 
 
 def refuse_beyond_largest(spec: MachineSpec, types: Sequence[InstanceType], where: str) -> None:
@@ -291,11 +315,15 @@ class Provider(ABC):
     """Where machines come from. Subclass it and register the class under the entry point group
     ``prefect_remote.providers`` to add a provider; see :func:`prefect_remote.providers.get_provider`.
 
-    A provider writes only what differs between clouds: ``_start`` (start ``count`` machines running
-    a boot script), ``_store_secrets``/``_forget_secrets`` (its secret channel), ``list``,
-    ``describe``, ``terminate``, ``logs``, ``renew_leases``, ``instance_types``, and the class
-    attributes below; plus a :class:`~prefect_remote.machine.runtime.MachineRuntime` for the
-    machine side, named by ``runtime``.
+    The public verbs are template methods that do what every provider shares: :meth:`launch`
+    (validation, the plan, the boot script, the secrets), :meth:`terminate` and :meth:`renew_leases`
+    (each id once, and the secrets of launches with no machine left). A provider writes only what
+    differs between clouds: ``_start`` (start ``count`` machines running a boot script),
+    ``_terminate`` and ``_renew`` (end machines, renew leases), its secret channel
+    (``_store_secrets``, ``_forget_secrets``, and ``_live_launches``/``_stored_launches`` where
+    secrets outlive a launch's machines), ``list``, ``describe``, ``logs``, ``instance_types``, and
+    the class attributes below; plus a :class:`~prefect_remote.machine.runtime.MachineRuntime` for
+    the machine side, named by ``runtime``.
     """
 
     name: ClassVar[str]
@@ -322,6 +350,13 @@ class Provider(ABC):
     dask_ports: ClassVar[tuple[int, int] | None] = None
     # A shell command that ends the machine, run when its boot fails before the agent can.
     halt_command: ClassVar[str] = "true"
+    # The module that sets up what machines need in the account (--provision-infra), named rather
+    # than imported: it builds on the provider. Its provision(provider, pool, store, say) returns a
+    # prefect_remote.providers.setup.Setup. None: nothing beyond the store's folder.
+    infra: ClassVar[str | None] = None
+    # Whether this provider has swept the secrets of dead owners' launches yet (sweep_secrets, at its
+    # first launch with secrets).
+    _swept: bool = False
 
     # -- launching: the shared work ---------------------------------------------------------------
     def launch(
@@ -352,15 +387,15 @@ class Provider(ABC):
         reserved = [key for key in user_tags if key.startswith(TAG_PREFIX)]
         if reserved:
             raise ValueError(f"tags {reserved}: names starting with {TAG_PREFIX!r} are reserved for prefect-remote")
-        self.check_spec(spec)
-        instance_type = self.choose_instance_type(spec)
+        plan = self.plan(spec)
         launch_id = f"launch-{secrets.token_hex(6)}"
         config = self.agent_config(spec, payload, launch_id)
-        placement = self.placement(spec, instance_type)
         if self.shares_host_software:
-            boot_script = render_boot_script(config, python=self.boot_python(), placement=placement)
+            boot_script = render_boot_script(config, python=self.boot_python(), placement=plan.placement)
         else:
-            boot_script = render_boot_script(config, agent=agent or self.agent_source(spec), halt=self.halt_command, placement=placement)
+            boot_script = render_boot_script(
+                config, agent=agent or self.agent_source(spec), halt=self.halt_command, placement=plan.placement
+            )
         size = len(boot_script.encode())
         if size > self.max_boot_script:
             raise ValueError(
@@ -369,14 +404,37 @@ class Provider(ABC):
             )
         machine_secrets = {**spec.secret_environ, **payload.secrets}
         if machine_secrets:
+            if not self._swept:  # once per provider: secrets left behind by owners that died
+                self._swept = True
+                self.sweep_secrets()
             self._store_secrets(launch_id, machine_secrets)
-        launch = Launch(launch_id, boot_script, spec, instance_type, count, user_tags, owner, bool(machine_secrets))
+        launch = Launch(
+            launch_id,
+            boot_script,
+            spec,
+            plan.instance_type,
+            count,
+            user_tags,
+            owner,
+            has_secrets=bool(machine_secrets),
+            service=plan.service,
+            service_reason=plan.service_reason,
+        )
         try:
             return self._start(launch)
         except BaseException:
             if machine_secrets:
                 self._forget_secrets(launch_id)
             raise
+
+    def plan(self, spec: MachineSpec) -> Plan:
+        """What a launch of ``spec`` runs on, decided once before anything starts: ``spec`` checked
+        (:meth:`check_spec`), the instance type chosen (:meth:`choose_instance_type`) and where
+        that is in words (:meth:`placement`). A provider with several services overrides it to
+        choose the service here, once; the :class:`Launch` carries it to ``_start``."""
+        self.check_spec(spec)
+        instance_type = self.choose_instance_type(spec)
+        return Plan(instance_type, self.placement(spec, instance_type))
 
     def placement(self, spec: MachineSpec, instance_type: InstanceType) -> str:
         """Where the machines of a launch of ``spec`` on ``instance_type`` run, in words, for the first
@@ -471,7 +529,38 @@ class Provider(ABC):
 
     @abstractmethod
     def _forget_secrets(self, launch_id: str) -> None:
-        """Removes what ``_store_secrets`` kept for a launch whose ``_start`` failed."""
+        """Removes what ``_store_secrets`` kept for a launch (a missing one is fine): its ``_start``
+        failed, or none of its machines is left."""
+
+    def _live_launches(self, launch_ids: set[str]) -> set[str]:
+        """Those of ``launch_ids`` with a machine still running, whose secrets must stay. A provider
+        whose secrets outlive a launch's machines answers from the cloud (one call where it can); by
+        default all of them, so nothing is forgotten."""
+        return set(launch_ids)
+
+    def _stored_launches(self, older_than: float) -> set[str]:
+        """The launches whose secrets the channel has kept more than ``older_than`` seconds, for
+        :meth:`sweep_secrets`; none where it cannot list them (a tidy-up: never an error). By
+        default none."""
+        return set()
+
+    def _forget_ended_launches(self, launch_ids: Iterable[str]) -> list[str]:
+        """Deletes the secrets of those of ``launch_ids`` none of whose machines is left
+        (:meth:`_live_launches`); returns them."""
+        launch_ids = set(launch_ids)
+        if not launch_ids:
+            return []
+        ended = sorted(launch_ids - self._live_launches(launch_ids))
+        for launch_id in ended:
+            self._forget_secrets(launch_id)
+        return ended
+
+    def sweep_secrets(self, older_than: float = SECRETS_SWEEP_AGE) -> list[str]:
+        """Deletes launch secrets left behind by owners that died (their machines ended themselves and
+        nobody renewed, so nobody saw them end): those kept more than ``older_than`` seconds whose
+        launch has no machine left. A provider's first launch with secrets does it; returns the
+        launch ids."""
+        return self._forget_ended_launches(self._stored_launches(older_than))
 
     def boot_python(self) -> str:
         """With ``shares_host_software``: the interpreter the boot script starts the agent with."""
@@ -502,12 +591,17 @@ class Provider(ABC):
         """Sets up what machines of work pool ``pool`` need (``--provision-infra``), printing each
         step through ``say``; ``store`` is the software store asked for (None: the configured one).
         Returns the provider block's fields that record the setup (``store`` among them when one
-        was chosen), or None when there was nothing to record. Idempotent. By default: the store's
-        folder on this computer.
+        was chosen), or None when there was nothing to record. Idempotent. A provider with an
+        :attr:`infra` module: what its ``provision`` makes; by default, the store's folder on this
+        computer.
 
         >>> provider.provision_infra("my-pool", None, print)        # doctest: +SKIP
         software environments store: /root/.prefect-remote/store
         """
+        if self.infra is not None:
+            from importlib import import_module
+
+            return import_module(self.infra).provision(self, pool, store, say).block_fields()
         from prefect_remote.software.store import LocalStore, open_store
 
         found = open_store(store)
@@ -533,9 +627,21 @@ class Provider(ABC):
     def describe(self, machine_id: str) -> Machine:
         """One machine; raises :class:`MachineNotFound`."""
 
-    @abstractmethod
     def terminate(self, machine_ids: Iterable[str], *, reason: str = "terminated on request", exit_code: int | None = None) -> None:
-        """End machines (already-ended ones are fine). Returns once they are stopping; ``reason`` is recorded."""
+        """End machines (already-ended ones are fine). Returns once they are stopping; ``reason`` (and
+        ``exit_code``) are recorded. Then the secrets of their launches go, once none of a launch's
+        machines is left."""
+        ids = list(dict.fromkeys(machine_ids))
+        if ids:
+            self._forget_ended_launches(self._terminate(ids, reason, exit_code))
+
+    @abstractmethod
+    def _terminate(self, machine_ids: list[str], reason: str, exit_code: int | None) -> Iterable[str]:
+        """Ends ``machine_ids`` (each named once; already-ended ones are fine), recording ``reason`` and
+        ``exit_code``; an unknown id raises :class:`MachineNotFound` (before any machine is ended, where
+        the cloud reads them all in one call).
+        Returns the launches of these machines whose secrets may now go: :meth:`terminate` deletes
+        those with no machine left. A channel whose secrets end with each machine returns none."""
 
     def wait(self, machine_ids: Iterable[str], timeout: float = 30.0, *, poll: float = 0.05) -> list[Machine]:
         """Blocks until the machines have ended; raises ``TimeoutError`` naming those still alive."""
@@ -553,11 +659,21 @@ class Provider(ABC):
     def logs(self, machine_id: str, *, cursor: str | None = None) -> LogChunk:
         """Boot, agent and payload output of a machine, from ``cursor`` (a previous chunk's) or the start."""
 
-    @abstractmethod
     def renew_leases(self, machine_ids: Iterable[str]) -> list[str]:
         """The owner's heartbeat, for all its machines in one call: machines whose lease is older than
         their ``keepalive`` end themselves. Returns the ids that have ended (or are unknown), which
-        need no more renewing."""
+        need no more renewing; the secrets of launches none of whose machines is left go."""
+        ids = list(dict.fromkeys(machine_ids))
+        ended = self._renew(ids) if ids else {}
+        self._forget_ended_launches(launch for launch in ended.values() if launch)
+        return list(ended)
+
+    @abstractmethod
+    def _renew(self, machine_ids: list[str]) -> Mapping[str, str | None]:
+        """Renews the leases of ``machine_ids`` (each named once) that still run, in as few calls as
+        the cloud allows. Returns those that have ended or are unknown, in order, each with its launch
+        when that launch's secrets may now go (None otherwise, or when it said so before): machines
+        mostly end themselves, and the owner's renewal is what sees them go."""
 
     def runs_inside(self) -> bool:
         """Whether this process runs on a machine in this provider's network (its launcher said so,

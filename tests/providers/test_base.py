@@ -5,8 +5,9 @@ import pytest
 
 from prefect_remote.errors import CapabilityError, CapacityError
 from prefect_remote.providers import require
-from prefect_remote.providers.base import BootPayload, Capabilities, InstanceType, Provider, complete_utf8, pick_instance_type
+from prefect_remote.providers.base import BootPayload, Capabilities, InstanceType, Provider, pick_instance_type
 from prefect_remote.providers.local import LocalProvider
+from prefect_remote.providers.local.provider import complete_utf8
 from prefect_remote.spec import MachineSpec
 
 
@@ -156,3 +157,43 @@ def test_provider_options_are_a_json_object_or_say_so(monkeypatch):
     monkeypatch.setenv("PREFECT_REMOTE_PROVIDER_OPTIONS", '{"no_such_option": 1}')
     with pytest.raises(TypeError, match="no_such_option"):
         get_provider()
+
+
+class KeptSecrets(LocalProvider):
+    """The local provider with a secret channel whose secrets outlive a launch's machines (as a
+    cloud's SSM parameter or Secret Manager secret do), to show what the base templates do with it."""
+
+    name = "kept-secrets"
+
+    def __init__(self, launches: dict[str, str], live: set[str]) -> None:
+        super().__init__(isolation="process")
+        self.launches, self.live = launches, live  # machine -> its launch; launches with a machine left
+        self.ended: list[list[str]] = []
+        self.renewed: list[list[str]] = []
+        self.forgotten: list[str] = []
+
+    def _terminate(self, machine_ids, reason, exit_code):
+        self.ended.append(machine_ids)
+        return {self.launches[machine_id] for machine_id in machine_ids}
+
+    def _renew(self, machine_ids):
+        self.renewed.append(machine_ids)
+        return {machine_id: self.launches[machine_id] for machine_id in machine_ids if self.launches[machine_id] not in self.live}
+
+    def _live_launches(self, launch_ids):
+        return launch_ids & self.live
+
+    def _forget_secrets(self, launch_id):
+        self.forgotten.append(launch_id)
+
+
+def test_terminate_and_renew_name_each_machine_once_and_forget_the_secrets_of_launches_with_none_left():
+    provider = KeptSecrets({"m-1": "launch-a", "m-2": "launch-a", "m-3": "launch-b"}, live={"launch-b"})
+    provider.terminate(["m-1", "m-2", "m-1", "m-3"])
+    assert provider.ended == [["m-1", "m-2", "m-3"]]
+    assert provider.forgotten == ["launch-a"]  # launch-b still has a machine: its secrets stay
+    provider.terminate([])
+    assert provider.ended == [["m-1", "m-2", "m-3"]]  # nothing to end, nothing asked
+    provider.forgotten.clear()
+    assert provider.renew_leases(["m-3", "m-1", "m-3"]) == ["m-1"]
+    assert provider.renewed == [["m-3", "m-1"]] and provider.forgotten == ["launch-a"]

@@ -6,15 +6,19 @@ provider is aws) makes, or finds when they exist:
 - the software store's S3 bucket (``PREFECT_REMOTE_STORE`` if it is ``s3://…``, else
   ``s3://prefect-remote-<account>-<region>/store``), public access blocked, encrypted by default;
 - the CloudWatch Logs group machines write to (``log_group``), kept :data:`LOG_RETENTION_DAYS` days;
-- the security groups the provider keeps per VPC (its own code: :meth:`AWSProvider._security_groups`);
+- the security groups the provider keeps per VPC (its own code:
+  :meth:`~prefect_remote.providers.aws.network.AWSNetwork.security_groups`);
 - one IAM role and instance profile per pool and region, ``prefect-remote-<region>-<pool>``, with
   the least-privilege policy :func:`machine_policy` (the README quotes it).
 
 :func:`teardown` (``prefect-remote aws teardown``) removes them again. The role's tags record what
 it was provisioned with (region, pool, store, log group), so teardown needs nothing but AWS.
 
-Every AWS refusal becomes an :class:`~prefect_remote.providers.aws.provider.AWSError` naming the
+Every AWS refusal becomes an :class:`~prefect_remote.providers.aws.clients.AWSError` naming the
 permission that is missing, and missing credentials say how to set them.
+
+One cohesive thing over 500 lines: provisioning and its exact undoing, which must stay side by side
+(what ``teardown`` removes is what ``provision`` records), with the machines' least-privilege policy.
 """
 
 from __future__ import annotations
@@ -22,23 +26,15 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from prefect_remote.providers.aws.provider import (
-    _BAD_CREDENTIALS,
-    _DENIED,
-    _NO_CREDENTIALS,
-    LAUNCH_TAG,
-    MANAGED_TAG,
-    AWSError,
-    AWSProvider,
-    _error_code,
-)
+from prefect_remote.providers.aws.clients import AWSError, error_code, translated
+from prefect_remote.providers.aws.provider import ALIVE_STATES, AWSProvider
 from prefect_remote.providers.aws.runtime import EXIT_CODE_TAG, LEASE_TAG, REASON_TAG
+from prefect_remote.providers.aws.tags import LAUNCH_TAG, MANAGED_TAG
 from prefect_remote.providers.base import TAG_PREFIX
+from prefect_remote.providers.setup import Say, removed
 
 if TYPE_CHECKING:
     from botocore.client import BaseClient
@@ -54,18 +50,7 @@ LOG_GROUP_TAG = TAG_PREFIX + "log-group"
 SECRETS_PREFIX_TAG = TAG_PREFIX + "secrets-prefix"
 # The tags a machine writes on instances after launch: its owner's lease, and why it ended.
 MACHINE_TAG_KEYS = (LEASE_TAG, REASON_TAG, EXIT_CODE_TAG)
-ALIVE_STATES = ("pending", "running", "stopping", "stopped")
-# S3 operations whose IAM action has another name.
-_S3_ACTIONS = {
-    "HeadBucket": "ListBucket",
-    "ListObjectVersions": "ListBucketVersions",
-    "DeleteObjects": "DeleteObject",
-    "PutPublicAccessBlock": "PutBucketPublicAccessBlock",
-    "PutBucketEncryption": "PutEncryptionConfiguration",
-}
 _TAG_VALUE = re.compile(r"[^\w .:/=+\-@]")  # what IAM tag values may not hold
-
-Say = Callable[[str], None]
 
 
 class TeardownRefused(AWSError):
@@ -225,34 +210,6 @@ def machine_policy(
     return {"Version": "2012-10-17", "Statement": statements}
 
 
-# -- errors that name the fix ---------------------------------------------------------------------
-@contextmanager
-def aws_errors(service: str, purpose: str) -> Iterator[None]:
-    """Turns missing credentials and refusals by ``service`` inside the block into :class:`AWSError`
-    messages that say how to set credentials, or which permission (``iam:CreateRole``) is missing
-    for ``purpose``."""
-    from botocore.exceptions import ClientError, NoCredentialsError, PartialCredentialsError
-
-    try:
-        yield
-    except (NoCredentialsError, PartialCredentialsError):
-        raise AWSError(_NO_CREDENTIALS) from None
-    except ClientError as error:
-        code = _error_code(error)
-        if code in _BAD_CREDENTIALS or code == "InvalidAccessKeyId":
-            raise AWSError(
-                f"AWS rejected the credentials in use ({code} on {error.operation_name}); check AWS_PROFILE or run `aws configure`"
-            ) from None
-        if code in _DENIED or code == "403":
-            operation = error.operation_name
-            action = f"{service}:{_S3_ACTIONS.get(operation, operation) if service == 's3' else operation}"
-            raise AWSError(
-                f"AWS refused {action} ({code}): the identity in use needs the permission {action} to {purpose} "
-                f"(the README's AWS setup lists what provisioning needs)"
-            ) from None
-        raise
-
-
 def _tag_value(value: str) -> str:
     return _TAG_VALUE.sub("_", value)[:256]
 
@@ -332,7 +289,7 @@ def provision(provider: AWSProvider, pool: str, store: str | None = None, say: S
 
 def _account(provider: AWSProvider) -> tuple[str, str]:
     """The account and partition (``aws``, ``aws-cn``…) of the credentials in use."""
-    with aws_errors("sts", "find the AWS account"):
+    with translated("sts", "find the AWS account"):
         identity = provider.client("sts").get_caller_identity()
     return identity["Account"], identity["Arn"].split(":")[1]
 
@@ -341,24 +298,24 @@ def _ensure_bucket(s3: BaseClient, bucket: str, region: str, say: Say) -> None:
     from botocore.exceptions import ClientError
 
     purpose = f"make the store's bucket {bucket}"
-    with aws_errors("s3", purpose):
+    with translated("s3", purpose):
         try:
             s3.head_bucket(Bucket=bucket)
             say(f"found S3 bucket {bucket}")
             return
         except ClientError as error:
-            if _error_code(error) in ("403", "AccessDenied"):
+            if error_code(error) in ("403", "AccessDenied"):
                 raise AWSError(
                     f"S3 bucket {bucket} exists but this identity may not use it (it may belong to another account, or "
                     f"s3:ListBucket is missing); set PREFECT_REMOTE_STORE=s3://<a bucket of yours>/<prefix> and provision again"
                 ) from None
-            if _error_code(error) not in ("404", "NoSuchBucket", "NotFound"):
+            if error_code(error) not in ("404", "NoSuchBucket", "NotFound"):
                 raise
         location = {} if region == "us-east-1" else {"CreateBucketConfiguration": {"LocationConstraint": region}}
         try:
             s3.create_bucket(Bucket=bucket, **location)
         except ClientError as error:
-            if _error_code(error) != "BucketAlreadyOwnedByYou":  # made a moment ago by another provisioning
+            if error_code(error) != "BucketAlreadyOwnedByYou":  # made a moment ago by another provisioning
                 raise
         s3.put_public_access_block(
             Bucket=bucket,
@@ -377,7 +334,7 @@ def _ensure_bucket(s3: BaseClient, bucket: str, region: str, say: Say) -> None:
 
 
 def _ensure_log_group(logs: BaseClient, name: str, say: Say) -> None:
-    with aws_errors("logs", f"make the machines' log group {name}"):
+    with translated("logs", f"make the machines' log group {name}"):
         try:
             logs.create_log_group(logGroupName=name, tags={MANAGED_TAG: "true"})
         except logs.exceptions.ResourceAlreadyExistsException:
@@ -396,19 +353,19 @@ def _managed_groups(ec2: BaseClient, vpc: str | None = None) -> list[dict[str, A
 
 def _ensure_security_groups(provider: AWSProvider, say: Say) -> list[str]:
     ec2 = provider.client("ec2")
-    with aws_errors("ec2", "make the machines' security groups"):
+    with translated("ec2", "make the machines' security groups"):
         if provider.options.security_group_ids:
             say(f"machines use your security groups {', '.join(provider.options.security_group_ids)}")
             return list(provider.options.security_group_ids)
         before = {group["GroupId"] for group in _managed_groups(ec2, provider.vpc_id)}
-        ids = provider._security_groups(None)  # the provider's own: the same groups its launches use
+        ids = provider.networking.security_groups(None, runs_inside=provider.runs_inside)  # the same groups its launches use
         for group in ec2.describe_security_groups(GroupIds=ids)["SecurityGroups"]:
             say(f"{'found' if group['GroupId'] in before else 'created'} security group {group['GroupName']} ({group['GroupId']})")
     return ids
 
 
 def _ensure_role(iam: BaseClient, name: str, policy: dict[str, Any], tags: dict[str, str], say: Say) -> None:
-    with aws_errors("iam", f"make the machines' role {name}"):
+    with translated("iam", f"make the machines' role {name}"):
         try:
             iam.get_role(RoleName=name)
             say(f"found IAM role {name}")
@@ -443,7 +400,7 @@ def _ensure_role(iam: BaseClient, name: str, policy: dict[str, Any], tags: dict[
 def provisioned_roles(iam: BaseClient, region: str) -> dict[str, dict[str, str]]:
     """The roles provisioning made for ``region``, by name, with their tags (what each was made for)."""
     found: dict[str, dict[str, str]] = {}
-    with aws_errors("iam", "find the roles provisioning made"):
+    with translated("iam", "find the roles provisioning made"):
         for page in iam.get_paginator("list_roles").paginate():
             for role in page["Roles"]:
                 if role["RoleName"].startswith(ROLE_PREFIX):
@@ -478,29 +435,29 @@ def teardown(
     account, partition = _account(provider)
     profiles = {f"arn:{partition}:iam::{account}:instance-profile/{name}" for name in mine}
     _end_instances(provider, None if shared else profiles, force, say)
-    removed: list[str] = []
+    done: list[str] = []
     if shared:
-        removed += _remove_security_groups(ec2, say)
+        done += _remove_security_groups(ec2, say)
         log_groups = {tags[LOG_GROUP_TAG] for tags in mine.values() if LOG_GROUP_TAG in tags} | {provider.options.log_group}
-        removed += _remove_log_groups(provider.client("logs"), sorted(log_groups), say)
+        done += _remove_log_groups(provider.client("logs"), sorted(log_groups), say)
         prefixes = {tags[SECRETS_PREFIX_TAG] for tags in mine.values() if SECRETS_PREFIX_TAG in tags} | {provider.options.secrets_prefix}
-        removed += _remove_leftover_secrets(provider.client("ssm"), sorted(prefixes), say)
+        done += _remove_leftover_secrets(provider.client("ssm"), sorted(prefixes), say)
         stores = sorted({tags[STORE_TAG] for tags in mine.values() if STORE_TAG in tags} | {default_store(account, region)})
-        removed += _remove_buckets(provider.client("s3"), stores, delete_bucket, say)
+        done += _remove_buckets(provider.client("s3"), stores, delete_bucket, say)
     else:
         say(f"kept the security groups, log group and bucket: pools {', '.join(others)} still use them")
     for name in sorted(mine):  # last: the role's tags are the record of everything above
-        removed += _remove_role(iam, name, say)
-    if not removed:
+        done += _remove_role(iam, name, say)
+    if not done:
         say(f"nothing to remove in {region}")
-    return removed
+    return done
 
 
 def _end_instances(provider: AWSProvider, profiles: set[str] | None, force: bool, say: Say) -> None:
     """Refuses (or, with ``force``, ends and waits for) live prefect-remote instances: all of them,
     or those with one of ``profiles``."""
-    with aws_errors("ec2", "find prefect-remote's instances"):
-        instances = provider._instances(
+    with translated("ec2", "find prefect-remote's instances"):
+        instances = provider.clients.instances(
             Filters=[{"Name": "tag-key", "Values": [LAUNCH_TAG]}, {"Name": "instance-state-name", "Values": list(ALIVE_STATES)}]
         )
     if profiles is not None:
@@ -519,7 +476,7 @@ def _end_instances(provider: AWSProvider, profiles: set[str] | None, force: bool
             + "\n".join(lines)
             + "\nend them first (`prefect-remote machines rm --all` with PREFECT_REMOTE_PROVIDER=aws), or pass --force to terminate them"
         )
-    with aws_errors("ec2", "terminate prefect-remote's instances (--force)"):
+    with translated("ec2", "terminate prefect-remote's instances (--force)"):
         provider.terminate(ids, reason="prefect-remote aws teardown --force")
         say(f"terminating {len(ids)} instance(s):\n" + "\n".join(lines))
         provider.client("ec2").get_waiter("instance_terminated").wait(InstanceIds=ids, WaiterConfig={"Delay": 5, "MaxAttempts": 120})
@@ -529,28 +486,28 @@ def _end_instances(provider: AWSProvider, profiles: set[str] | None, force: bool
 def _remove_security_groups(ec2: BaseClient, say: Say) -> list[str]:
     from botocore.exceptions import ClientError
 
-    removed = []
-    with aws_errors("ec2", "remove the provider's security groups"):
+    done: list[str] = []
+    with translated("ec2", "remove the provider's security groups"):
         # The Dask ingress groups first: nothing refers to them, while they may sit beside the shared one.
         for group in sorted(_managed_groups(ec2), key=lambda g: "-dask-from-" not in g["GroupName"]):
             try:
                 ec2.delete_security_group(GroupId=group["GroupId"])
             except ClientError as error:
-                if _error_code(error) == "InvalidGroup.NotFound":
+                if error_code(error) == "InvalidGroup.NotFound":
                     continue
-                if _error_code(error) == "DependencyViolation":
+                if error_code(error) == "DependencyViolation":
                     raise AWSError(
                         f"security group {group['GroupName']} ({group['GroupId']}) is still in use (network interfaces of "
                         "instances that just ended are released within minutes, or a resource of yours uses it); run teardown again shortly"
                     ) from None
                 raise
-            _removed(removed, f"security group {group['GroupName']} ({group['GroupId']})", say)
-    return removed
+            removed(done, f"security group {group['GroupName']} ({group['GroupId']})", say)
+    return done
 
 
 def _remove_log_groups(logs: BaseClient, names: list[str], say: Say) -> list[str]:
-    removed = []
-    with aws_errors("logs", "remove the machines' log group"):
+    done: list[str] = []
+    with translated("logs", "remove the machines' log group"):
         for name in names:
             found = [g for g in logs.describe_log_groups(logGroupNamePrefix=name)["logGroups"] if g["logGroupName"] == name]
             if not found:
@@ -563,14 +520,14 @@ def _remove_log_groups(logs: BaseClient, names: list[str], say: Say) -> list[str
                 logs.delete_log_group(logGroupName=name)
             except logs.exceptions.ResourceNotFoundException:
                 continue
-            _removed(removed, f"log group {name}", say)
-    return removed
+            removed(done, f"log group {name}", say)
+    return done
 
 
 def _remove_leftover_secrets(ssm: BaseClient, prefixes: list[str], say: Say) -> list[str]:
     """Launch secrets no instance will read any more (their machines ended without anyone noticing)."""
     names = []
-    with aws_errors("ssm", "remove launch secrets left behind"):
+    with translated("ssm", "remove launch secrets left behind"):
         for prefix in prefixes:
             pages = ssm.get_paginator("get_parameters_by_path").paginate(Path=prefix.rstrip("/") or "/", Recursive=False)
             names += [
@@ -587,15 +544,15 @@ def _remove_buckets(s3: BaseClient, stores: list[str], delete: bool, say: Say) -
     """Deletes, emptied, the stores' buckets that provisioning made (tagged ``prefect-remote:managed``)."""
     from botocore.exceptions import ClientError
 
-    removed = []
+    done: list[str] = []
     for bucket in sorted({store.removeprefix("s3://").split("/", 1)[0] for store in stores}):
-        with aws_errors("s3", f"remove the store's bucket {bucket}"):
+        with translated("s3", f"remove the store's bucket {bucket}"):
             try:
                 tags = {t["Key"]: t["Value"] for t in s3.get_bucket_tagging(Bucket=bucket)["TagSet"]}
             except ClientError as error:
-                if _error_code(error) == "NoSuchBucket":
+                if error_code(error) == "NoSuchBucket":
                     continue
-                if _error_code(error) != "NoSuchTagSet":
+                if error_code(error) != "NoSuchTagSet":
                     raise
                 tags = {}
             if tags.get(MANAGED_TAG) != "true":
@@ -609,18 +566,18 @@ def _remove_buckets(s3: BaseClient, stores: list[str], delete: bool, say: Say) -
                 if objects:
                     s3.delete_objects(Bucket=bucket, Delete={"Objects": objects, "Quiet": True})
             s3.delete_bucket(Bucket=bucket)
-        _removed(removed, f"S3 bucket {bucket}", say, " and everything in it")
-    return removed
+        removed(done, f"S3 bucket {bucket}", say, " and everything in it")
+    return done
 
 
 def _remove_role(iam: BaseClient, name: str, say: Say) -> list[str]:
-    removed = []
-    with aws_errors("iam", f"remove the machines' role {name}"):
+    done: list[str] = []
+    with translated("iam", f"remove the machines' role {name}"):
         for profile in iam.list_instance_profiles_for_role(RoleName=name)["InstanceProfiles"]:
             iam.remove_role_from_instance_profile(InstanceProfileName=profile["InstanceProfileName"], RoleName=name)
         try:
             iam.delete_instance_profile(InstanceProfileName=name)
-            _removed(removed, f"instance profile {name}", say)
+            removed(done, f"instance profile {name}", say)
         except iam.exceptions.NoSuchEntityException:
             pass
         for policy in iam.list_role_policies(RoleName=name)["PolicyNames"]:
@@ -628,10 +585,5 @@ def _remove_role(iam: BaseClient, name: str, say: Say) -> list[str]:
         for policy in iam.list_attached_role_policies(RoleName=name)["AttachedPolicies"]:
             iam.detach_role_policy(RoleName=name, PolicyArn=policy["PolicyArn"])
         iam.delete_role(RoleName=name)
-    _removed(removed, f"IAM role {name}", say, " and its policy")
-    return removed
-
-
-def _removed(removed: list[str], what: str, say: Say, detail: str = "") -> None:
-    removed.append(what)
-    say(f"removed {what}{detail}")
+    removed(done, f"IAM role {name}", say, " and its policy")
+    return done

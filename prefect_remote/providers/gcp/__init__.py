@@ -1,11 +1,13 @@
 """Google Cloud: Cloud Run jobs for single machines, Compute Engine VMs for clusters (``provider="gcp"``,
 the ``gcp`` extra).
 
-``provider`` is the client side (``GCPProvider`` and the ``GCPService`` each service implements:
-``cloudrun``, ``compute``), ``runtime`` the machine side (``GCPRuntime``, standard library at
-import); ``clients`` makes the google-cloud clients, ``records`` keeps leases and end records in the
-store, ``secrets`` uses Secret Manager, ``logs`` Cloud Logging, ``infra`` sets up a project. Nothing
-is imported eagerly here: the machine side imports ``runtime`` without pydantic.
+``provider`` is the client side (``GCPProvider``), ``service`` what each service implements
+(``GCPService``: ``cloudrun``, ``compute``) and the label vocabulary, ``runtime`` the machine side
+(``GCPRuntime``, standard library at import); ``options`` are the provider's options, ``clients``
+makes the google-cloud clients, ``records`` keeps leases and end records in the store, ``secrets``
+uses Secret Manager, ``logs`` Cloud Logging, ``cloudrun_catalog`` and ``compute_catalog`` (with
+``prices``) know the shapes, ``infra`` sets up a project. Nothing is imported eagerly here: the
+machine side imports ``runtime`` without pydantic.
 """
 
 from typing import Any
@@ -18,8 +20,12 @@ def __getattr__(name: str) -> Any:  # the client side's names, imported on first
         from prefect_remote.providers.gcp.options import GCPOptions
 
         return GCPOptions
-    if name in ("GCPProvider", "GCPService"):
-        from prefect_remote.providers.gcp import provider
+    if name == "GCPProvider":
+        from prefect_remote.providers.gcp.provider import GCPProvider
 
-        return getattr(provider, name)
+        return GCPProvider
+    if name == "GCPService":
+        from prefect_remote.providers.gcp.service import GCPService
+
+        return GCPService
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -194,9 +194,41 @@ class GoogleClients:
 
         return self._made("storage", make)
 
+    def resource_manager(self) -> Any:
+        """Resource Manager's projects client (a project's number and IAM policy, for provisioning)."""
+        return self._gapic("resourcemanager_v3", "ProjectsClient")
+
+    def iam(self) -> IAMApi:
+        """IAM v1 over REST (service accounts and custom roles, for provisioning)."""
+        return self._made("iam", lambda: IAMApi(self))
+
     def translated(self, action: str) -> Any:
         """:func:`translated` for this project."""
         return translated(action, project=self.options.project or os.environ.get(PROJECT_ENV))
+
+
+class IAMApi:
+    """IAM v1 (service accounts, custom roles) over REST: google-cloud-iam's ``iam_admin_v1`` speaks
+    gRPC only, which neither a sandbox nor a REST-only network serves. Errors are the clients' own
+    (``google.api_core.exceptions``)."""
+
+    def __init__(self, clients: GoogleClients) -> None:
+        from google.auth.transport.requests import AuthorizedSession
+
+        self.base = (clients.options.api_endpoint or "https://iam.googleapis.com").rstrip("/")
+        self.session = AuthorizedSession(clients.credentials)
+        self.project = clients.project
+
+    def call(self, method: str, path: str, body: dict[str, Any] | None = None, **params: str) -> dict[str, Any]:
+        """One call of ``method`` on ``path`` under the project (``serviceAccounts``, ``roles/…``); the JSON it answers."""
+        from google.api_core.exceptions import from_http_response
+
+        response = self.session.request(
+            method, f"{self.base}/v1/projects/{self.project}/{path}", json=body, params=params or None, timeout=60
+        )
+        if response.status_code >= 400:
+            raise from_http_response(response)
+        return response.json() if response.content else {}
 
 
 @contextmanager
@@ -226,7 +258,7 @@ def translated(action: str, *, project: str | None = None) -> Iterator[None]:
             "(`gcloud auth application-default login`) or check GOOGLE_APPLICATION_CREDENTIALS"
         ) from None
     except (api.PermissionDenied, api.Forbidden) as error:
-        if _service_disabled(error):
+        if service_disabled(error):
             raise _disabled(action, project, error) from None
         role = role_for(action, _message(error))
         binding = f"`gcloud projects add-iam-policy-binding {project or 'PROJECT'} --member=MEMBER --role={role}`"
@@ -241,7 +273,7 @@ def translated(action: str, *, project: str | None = None) -> Iterator[None]:
             ) from None
         raise
     except api.GoogleAPICallError as error:
-        if _service_disabled(error):
+        if service_disabled(error):
             raise _disabled(action, project, error) from None
         raise
 
@@ -293,7 +325,7 @@ def _message(error: Exception) -> str:
     return re.sub(r"^[A-Z]+ \S+: ", "", str(getattr(error, "message", None) or error))
 
 
-def _service_disabled(error: Exception) -> bool:
+def service_disabled(error: Exception) -> bool:
     reason = getattr(error, "reason", None)
     text = _message(error)
     return reason == "SERVICE_DISABLED" or "has not been used in project" in text or "it is disabled" in text

@@ -20,7 +20,6 @@ import hashlib
 import json
 import logging
 import math
-import re
 import time
 from collections.abc import Mapping, Sequence
 from datetime import datetime
@@ -28,18 +27,17 @@ from typing import TYPE_CHECKING, Any
 
 from prefect_remote.errors import CapacityError, RemoteError
 from prefect_remote.providers.base import Capabilities, InstanceType, Launch, Machine, MachineState
-from prefect_remote.providers.gcp import catalog
+from prefect_remote.providers.capacity import Placement, first_with_capacity, placements
+from prefect_remote.providers.gcp import compute_catalog
 from prefect_remote.providers.gcp.prices import on_demand_rates
-from prefect_remote.providers.gcp.provider import DASK_PORTS, LABEL_PREFIX, GCPService
+from prefect_remote.providers.gcp.service import LABEL_PREFIX, LAUNCH_LABEL, SERVICE_LABEL, GCPService, ServiceHost, labels_for
+from prefect_remote.providers.network import DASK_PORTS, ingress_cidr
 
 if TYPE_CHECKING:
     from prefect_remote.spec import MachineSpec
 
 logger = logging.getLogger(__name__)
 
-LAUNCH_LABEL = LABEL_PREFIX + "launch"
-SERVICE_LABEL = LABEL_PREFIX + "service"  # "compute" on every VM it starts: what listing filters on
-OWNER_LABEL = LABEL_PREFIX + "owner"
 TAGS_KEY = LABEL_PREFIX + "tags"  # metadata: the launch's tags as given (JSON)
 OWNER_KEY = LABEL_PREFIX + "owner"  # metadata: the owner as given ("host:pid" is no label value)
 SPEC_KEY = LABEL_PREFIX + "spec"
@@ -47,50 +45,25 @@ INTERNAL_TAG = "prefect-remote"  # network tag of every VM: the internal rule's 
 CLOUD_PLATFORM = "https://www.googleapis.com/auth/cloud-platform"
 # Compute Engine's statuses as a machine's (the rest have ended). A STOPPING VM is being deleted.
 STATES: dict[str, MachineState] = {"PROVISIONING": "pending", "STAGING": "pending", "REPAIRING": "pending", "RUNNING": "running"}
-# What Compute Engine answers when a zone has no capacity for the request: spot_with_fallback
-# inserts a standard VM instead.
+# What Compute Engine answers when a zone has no capacity for the request (the capacity policy's
+# shortage): spot_with_fallback inserts a standard VM instead.
 STOCK_OUT = ("ZONE_RESOURCE_POOL_EXHAUSTED", "ZONE_RESOURCE_POOL_EXHAUSTED_WITH_DETAILS", "REGION_RESOURCE_POOL_EXHAUSTED", "STOCKOUT")
 # A VM outlives its timeout by this much before Compute Engine deletes it: the agent ends it first
 # and records why; maxRunDuration is the backstop for an agent that could not.
 MAX_RUN_GRACE = 300
 MAX_RUN_DURATION = 120 * 24 * 3600  # Compute Engine's longest maxRunDuration; the agent enforces longer timeouts alone
 OPERATION_TIMEOUT = 300.0  # seconds a VM's insert may take
-_LABEL_VALUE = re.compile(r"[a-z0-9_-]{0,63}")
-
-
-def label_key(key: str) -> str:
-    """``key`` as a GCP label key (lowercase letters, digits, ``_`` and ``-``, starting with a letter,
-    at most 63): other characters become ``_``, as :func:`aws.tag_key` maps tags for EC2.
-
-    >>> label_key("prefect.io/flow-run-id")
-    'prefect_io_flow-run-id'
-    """
-    key = re.sub(r"[^a-z0-9_-]", "_", key.lower())
-    return (key if key[:1].isalpha() else "t_" + key)[:63]
-
-
-def label_value(value: str) -> str | None:
-    """``value`` when it can be a label value as it is, else None (kept only in metadata).
-
-    >>> label_value("worker"), label_value("My Cluster")
-    ('worker', None)
-    """
-    return value if _LABEL_VALUE.fullmatch(value) else None
-
-
-def labels_for(tags: Mapping[str, str]) -> dict[str, str]:
-    """The label of each tag whose value can be one."""
-    return {label_key(key): value for key, value in tags.items() if label_value(value) is not None}
 
 
 class ComputeService(GCPService):
     """Compute Engine VMs in the provider's zone (``zone``, else the region's first)."""
 
     name = "Compute Engine"
+    key = "compute"
     id_prefix = "vm-"
     capabilities = Capabilities(inbound_connections=True, terminate_one=True, containers=False, gpus=True, max_lifetime=None)
 
-    def __init__(self, provider: Any) -> None:
+    def __init__(self, provider: ServiceHost) -> None:
         super().__init__(provider)
         self._catalogs: dict[str, list[InstanceType]] = {}  # zone -> its types, priced
         self._firewalls: set[str] = set()  # rules known to exist
@@ -123,56 +96,38 @@ class ComputeService(GCPService):
                 entries = list(self.clients.machine_types().list(project=self.project, zone=zone))
             rates = on_demand_rates(self.clients.credentials, self.options.region, self.options.api_endpoint)
             # Most n1 zones have T4s to attach, not all: the zone's accelerator types say.
-            self._catalogs[zone] = catalog.machine_types(entries, rates, t4=self._has_t4(zone))
+            self._catalogs[zone] = compute_catalog.machine_types(entries, rates, t4=self._has_t4(zone))
         return self._catalogs[zone]
 
     def _has_t4(self, zone: str) -> bool:
         with self.clients.translated("compute.acceleratorTypes.list"):
-            return any(item.name == catalog.T4 for item in self.clients.accelerator_types().list(project=self.project, zone=zone))
+            return any(item.name == compute_catalog.T4 for item in self.clients.accelerator_types().list(project=self.project, zone=zone))
 
     def choose_instance_type(self, spec: MachineSpec) -> InstanceType:
-        return catalog.choose_machine_type(self.instance_types(), spec, self.zone)
+        return compute_catalog.choose_machine_type(self.instance_types(), spec, self.zone)
 
     def placement(self, instance_type: InstanceType) -> str:
         return f"Compute Engine {instance_type.name} in {self.zone}"
 
     # -- starting ---------------------------------------------------------------------------------
     def start(self, launch: Launch, machine_ids: Sequence[str]) -> list[Machine]:
-        policy = launch.spec.spot_policy
+        """Inserts every VM on the first placement the spot policy allows, then awaits each: one
+        that finds no capacity there tries the next placement (:mod:`prefect_remote.providers.capacity`)."""
+        tried = placements(launch.spec.spot_policy)
         with self.clients.translated("compute.firewalls.create"):
-            network_tags = self._network_tags(self._ingress_cidr(launch.spec))
+            network_tags = self.network_tags(self.ingress_cidr(launch.spec))
         with self.clients.translated("compute.instances.create"):
-            spot = policy != "on-demand"
             started: list[str] = []
             try:
-                operations: dict[str, Any] = {}
+                inserted: dict[str, Any] = {}
                 for machine_id in machine_ids:  # all inserted, then all awaited: they boot in parallel
                     started.append(machine_id)
                     try:
-                        operations[machine_id] = self._insert(launch, machine_id, network_tags, spot=spot)
+                        inserted[machine_id] = self._insert(launch, machine_id, network_tags, spot=tried[0].spot)
                     except _OperationError as refused:  # refused at once: handled as a failed operation
-                        operations[machine_id] = refused
-                for machine_id, operation in operations.items():
-                    try:
-                        if isinstance(operation, _OperationError):
-                            raise operation
-                        self._wait(operation, machine_id)
-                    except _OperationError as error:
-                        if not error.stock_out:
-                            raise
-                        if not spot or policy == "spot":
-                            raise self._stock_out(launch, error, spot) from None
-                        logger.warning(
-                            "gcp: no spot capacity for %s in %s (%s): starting %s as a standard VM (spot_with_fallback)",
-                            launch.instance_type.name,
-                            self.zone,
-                            error.code,
-                            machine_id,
-                        )
-                        try:
-                            self._wait(self._insert(launch, machine_id, network_tags, spot=False), machine_id)
-                        except _OperationError as again:
-                            raise (self._stock_out(launch, again, False) if again.stock_out else again) from None
+                        inserted[machine_id] = refused
+                for machine_id, first in inserted.items():
+                    self._settle(launch, machine_id, first, tried, network_tags)
                 machines = {m.id: m for m in self.machines(machine_ids)}
                 return [machines[machine_id] for machine_id in machine_ids if machine_id in machines]
             except BaseException:
@@ -181,6 +136,34 @@ class ComputeService(GCPService):
                 except Exception:
                     logger.exception("gcp: could not delete the VMs of a failed launch: %s", ", ".join(started))
                 raise
+
+    def _settle(self, launch: Launch, machine_id: str, first: Any, tried: list[Placement], network_tags: list[str]) -> None:
+        """Awaits ``machine_id``'s insert on ``tried[0]`` (``first``: its operation, or the error it
+        was refused with at once); where the zone had no capacity, inserts it on the next placement."""
+
+        def start(placement: Placement) -> None:
+            operation = first if placement is tried[0] else self._insert(launch, machine_id, network_tags, spot=placement.spot)
+            if isinstance(operation, _OperationError):
+                raise operation
+            self._wait(operation, machine_id)
+
+        def falling_back(placement: Placement, then: Placement, code: str) -> None:
+            logger.warning(
+                "gcp: no %s capacity for %s in %s (%s): starting %s as a standard VM (spot_with_fallback)",
+                placement.market,
+                launch.instance_type.name,
+                self.zone,
+                code,
+                machine_id,
+            )
+
+        first_with_capacity(
+            tried,
+            start,
+            shortage=_stock_out,
+            refused=lambda placement, code, _: self._no_capacity(launch, placement, code),
+            falling_back=falling_back,
+        )
 
     def _insert(self, launch: Launch, machine_id: str, network_tags: list[str], *, spot: bool) -> Any:
         """Inserts one VM; its operation (an insert refused at once raises :class:`_OperationError`)."""
@@ -213,28 +196,23 @@ class ComputeService(GCPService):
         if errors:
             raise _OperationError(errors[0].code, errors[0].message or done.http_error_message, machine_id)
 
-    def _stock_out(self, launch: Launch, error: _OperationError, spot: bool) -> CapacityError:
+    def _no_capacity(self, launch: Launch, placement: Placement, code: str) -> CapacityError:
         name = launch.instance_type.name
-        if spot:
+        if placement.spot:
             return CapacityError(
-                f"no spot capacity for {name} in zone {self.zone} ({error.code}); try spot_policy='spot_with_fallback', another "
+                f"no spot capacity for {name} in zone {self.zone} ({code}); try spot_policy='spot_with_fallback', another "
                 "vm_type or zone, or later"
             )
-        return CapacityError(f"no capacity for {name} in zone {self.zone} ({error.code}); try another vm_type or zone, or later")
+        return CapacityError(f"no capacity for {name} in zone {self.zone} ({code}); try another vm_type or zone, or later")
 
     def instance_body(self, launch: Launch, machine_id: str, network_tags: Sequence[str], *, spot: bool) -> Any:
         """The ``Instance`` inserted for ``machine_id``."""
         from google.cloud import compute_v1
 
         spec, instance_type, zone = launch.spec, launch.instance_type, self.zone
-        machine_type, gpus, accelerator = catalog.attached(instance_type.name) or (instance_type.name, 0, None)
+        machine_type, gpus, accelerator = compute_catalog.attached(instance_type.name) or (instance_type.name, 0, None)
         raw_tags = dict(launch.tags)
-        labels = {
-            **labels_for(raw_tags),
-            SERVICE_LABEL: "compute",
-            LAUNCH_LABEL: launch.id,
-            **({OWNER_LABEL: re.sub(r"[^a-z0-9_-]", "_", launch.owner.lower())[:63]} if launch.owner else {}),
-        }
+        labels = self.labels(launch)
         metadata = {
             "startup-script": launch.boot_script,  # no secrets: the machine reads those from Secret Manager
             TAGS_KEY: json.dumps(raw_tags),
@@ -295,35 +273,19 @@ class ComputeService(GCPService):
         return network if "/" in network else f"global/networks/{network}"
 
     # -- the firewall -------------------------------------------------------------------------------
-    def _ingress_cidr(self, spec: MachineSpec) -> str | None:
-        """Where the Dask ports are reached from: ``"me"`` is this launcher's public IP
-        (``PREFECT_REMOTE_GCP_PUBLIC_IP``, else asked of checkip once), or the subnetwork's range
-        from inside the network; None for ``"none"`` or when it cannot be found."""
-        import ipaddress
-
-        source = spec.allow_ingress_from or self.options.allow_ingress_from
-        if source == "none":
-            return None
-        if source == "everyone":
-            return "0.0.0.0/0"
-        if source != "me":
-            return source
-        if self.provider.runs_inside():
-            # This launcher runs in the VPC network (a flow run: a Cloud Run task by Direct VPC egress,
-            # or a VM) and reaches the VMs on their internal addresses, from the subnetwork's range (a
-            # Cloud Run task's network tags count for no firewall source): nobody outside is admitted.
-            return self.subnetwork_range()
-        from prefect_remote.providers.aws.provider import CHECKIP_URL, public_ip
-
-        address = self.options.public_ip or public_ip(CHECKIP_URL)
-        if address is None:
-            logger.warning(
-                "gcp: could not find this computer's public IP (%s unreachable): the Dask ports get no ingress; "
-                "set PREFECT_REMOTE_GCP_PUBLIC_IP or pass allow_ingress_from as a CIDR",
-                CHECKIP_URL,
-            )
-            return None
-        return str(ipaddress.ip_network(address, strict=False))
+    def ingress_cidr(self, spec: MachineSpec) -> str | None:
+        """Where the Dask ports are reached from (:func:`prefect_remote.providers.network.ingress_cidr`):
+        ``"me"`` is this launcher's public IP (``PREFECT_REMOTE_GCP_PUBLIC_IP``, else asked of checkip)
+        or, from inside the network, the subnetwork's range: a launcher there (a flow run: a Cloud Run
+        task by Direct VPC egress, or a VM) reaches the VMs on their internal addresses, and a Cloud
+        Run task's network tags count for no firewall source."""
+        return ingress_cidr(
+            spec.allow_ingress_from or self.options.allow_ingress_from,
+            runs_inside=self.provider.runs_inside,
+            known_ip=self.options.public_ip,
+            known_ip_setting="PREFECT_REMOTE_GCP_PUBLIC_IP",
+            inside_range=self.subnetwork_range,
+        )
 
     def subnetwork_range(self) -> str:
         """The IP range of the subnetwork machines get addresses from in the region (``subnetwork``,
@@ -335,7 +297,7 @@ class ComputeService(GCPService):
             self._subnetwork_range = str(found.ip_cidr_range)
         return self._subnetwork_range
 
-    def _network_tags(self, cidr: str | None) -> list[str]:
+    def network_tags(self, cidr: str | None) -> list[str]:
         """The VM's network tags, after making sure their firewall rules exist: the internal rule
         (prefect-remote VMs reach each other on any port) and, with ``cidr``, one admitting the Dask
         ports from ``cidr`` only. One rule per source, so that asking for "everyone" once never
@@ -477,6 +439,11 @@ class _OperationError(RemoteError):
     @property
     def stock_out(self) -> bool:
         return self.code in STOCK_OUT
+
+
+def _stock_out(error: Exception) -> str | None:
+    """The code of an error that says the zone has no capacity (:data:`STOCK_OUT`), else None."""
+    return error.code if isinstance(error, _OperationError) and error.stock_out else None
 
 
 def _digest(text: str) -> str:

@@ -17,7 +17,7 @@ services enable`` command and makes nothing (it enables nothing itself). Then it
   ``gs://prefect-remote-<project>-<region>/store``), uniform access, public access prevented, with a
   lifecycle rule that deletes machine records older than :data:`RECORDS_KEPT_DAYS` days;
 - the Compute Engine firewall rules, the Compute Engine service's own
-  (:meth:`~prefect_remote.providers.gcp.compute.ComputeService._network_tags`: VMs reach each other
+  (:meth:`~prefect_remote.providers.gcp.compute.ComputeService.network_tags`: VMs reach each other
   internally; the Dask ports from ``allow_ingress_from``, and from the subnetwork's range, where a
   flow run that starts a cluster connects from).
 
@@ -27,6 +27,9 @@ again, finding it from Google alone (labels on buckets, names of the rest).
 
 What the identity that launches machines needs (:data:`LAUNCHER_ROLES`) and what provisioning
 itself needs (:data:`PROVISIONER_ROLES`) are documented, never granted.
+
+One cohesive thing over 500 lines: provisioning and its exact undoing, which must stay side by side
+(what ``teardown`` removes is what ``provision`` makes), with the grants they both read.
 """
 
 from __future__ import annotations
@@ -39,13 +42,12 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from prefect_remote.providers.gcp.clients import GCPError, _service_disabled
+from prefect_remote.providers.gcp.clients import GCPError, service_disabled
+from prefect_remote.providers.setup import Say, removed
 
 if TYPE_CHECKING:
-    from prefect_remote.providers.gcp.clients import GoogleClients
+    from prefect_remote.providers.gcp.clients import GoogleClients, IAMApi
     from prefect_remote.providers.gcp.provider import GCPProvider
-
-Say = Callable[[str], None]
 
 SERVICE_ACCOUNT_ID = "prefect-remote-machines"
 MACHINE_ROLE_ID = "prefectRemoteMachine"
@@ -194,44 +196,13 @@ def google_errors(clients: GoogleClients, action: str, purpose: str) -> Iterator
             yield
         except (api.PermissionDenied, api.Forbidden) as error:
             matches = [prefix for prefix in PROVISIONER_ROLES if action.startswith(prefix)]
-            if _service_disabled(error) or not matches:
+            if service_disabled(error) or not matches:
                 raise
             role = PROVISIONER_ROLES[max(matches, key=len)]
             raise GCPError(
                 f"Google Cloud refused {action} in project {clients.project}: the identity in use needs {role} "
                 f"to {purpose} (the README's GCP setup lists what provisioning needs)"
             ) from None
-
-
-# -- Google's REST APIs without a REST client library -----------------------------------------------
-class IAMApi:
-    """IAM v1 (service accounts, custom roles) over REST: google-cloud-iam's ``iam_admin_v1`` speaks
-    gRPC only, which neither a sandbox nor a REST-only network serves. Errors are the clients' own
-    (``google.api_core.exceptions``)."""
-
-    def __init__(self, clients: GoogleClients) -> None:
-        from google.auth.transport.requests import AuthorizedSession
-
-        self.base = (clients.options.api_endpoint or "https://iam.googleapis.com").rstrip("/")
-        self.session = AuthorizedSession(clients.credentials)
-        self.project = clients.project
-
-    def call(self, method: str, path: str, body: dict[str, Any] | None = None, **params: str) -> dict[str, Any]:
-        from google.api_core.exceptions import from_http_response
-
-        response = self.session.request(
-            method, f"{self.base}/v1/projects/{self.project}/{path}", json=body, params=params or None, timeout=60
-        )
-        if response.status_code >= 400:
-            raise from_http_response(response)
-        return response.json() if response.content else {}
-
-
-def _resource_manager(clients: GoogleClients) -> Any:
-    from google.cloud import resourcemanager_v3
-
-    options = {"api_endpoint": clients.options.api_endpoint} if clients.options.api_endpoint else None
-    return resourcemanager_v3.ProjectsClient(credentials=clients.credentials, transport="rest", client_options=options)
 
 
 # -- checking the APIs ---------------------------------------------------------------------------------
@@ -258,8 +229,8 @@ def missing_apis(provider: GCPProvider) -> list[str]:
             None,
         ),
         "storage.googleapis.com": lambda: next(iter(clients.storage().list_buckets(max_results=1)), None),
-        "iam.googleapis.com": lambda: IAMApi(clients).call("GET", "serviceAccounts", pageSize="1"),
-        "cloudresourcemanager.googleapis.com": lambda: _resource_manager(clients).get_project(name=f"projects/{project}"),
+        "iam.googleapis.com": lambda: clients.iam().call("GET", "serviceAccounts", pageSize="1"),
+        "cloudresourcemanager.googleapis.com": lambda: clients.resource_manager().get_project(name=f"projects/{project}"),
     }
     missing = []
     for service, check in checks.items():
@@ -267,7 +238,7 @@ def missing_apis(provider: GCPProvider) -> list[str]:
             try:
                 check()
             except Exception as error:
-                if not _service_disabled(error):
+                if not service_disabled(error):
                     raise
                 missing.append(service)
     return missing
@@ -330,7 +301,7 @@ def provision(provider: GCPProvider, pool: str, store: str | None = None, say: S
         say(f"machines run as your service account {chosen} (none made, nothing granted; the README's GCP setup lists the roles it needs)")
         email = chosen
     else:
-        iam = IAMApi(clients)
+        iam = clients.iam()
         _ensure_service_account(clients, iam, say)
         roles = machine_roles(project=project, project_number=_project_number(clients), bucket=gcs.bucket, service_account=email)
         _ensure_custom_role(clients, iam, say)
@@ -344,7 +315,7 @@ def provision(provider: GCPProvider, pool: str, store: str | None = None, say: S
 
 def _project_number(clients: GoogleClients) -> str:
     with google_errors(clients, "resourcemanager.projects.get", "read the project's number"):
-        return _resource_manager(clients).get_project(name=f"projects/{clients.project}").name.rsplit("/", 1)[-1]
+        return clients.resource_manager().get_project(name=f"projects/{clients.project}").name.rsplit("/", 1)[-1]
 
 
 def _ensure_service_account(clients: GoogleClients, iam: IAMApi, say: Say) -> str:
@@ -462,7 +433,7 @@ def _update_project_policy(clients: GoogleClients, change: Callable[[list[dict[s
     from google.iam.v1 import iam_policy_pb2, options_pb2, policy_pb2
     from google.protobuf import json_format
 
-    projects = _resource_manager(clients)
+    projects = clients.resource_manager()
     resource = f"projects/{clients.project}"
     for attempt in range(5):
         with google_errors(clients, "resourcemanager.projects.setIamPolicy", "grant the machines' roles on the project"):
@@ -581,9 +552,9 @@ def _ensure_firewalls(provider: GCPProvider, say: Say) -> tuple[str, ...]:
     before = _firewall_names(clients)
     compute = provider.service("compute")
     with google_errors(clients, "compute.firewalls.create", "make the VMs' firewall rules"):
-        compute._network_tags(compute._ingress_cidr(MachineSpec()))
+        compute.network_tags(compute.ingress_cidr(MachineSpec()))
         # What a flow run that starts a cluster uses: machines may not make rules themselves.
-        compute._network_tags(compute.subnetwork_range())
+        compute.network_tags(compute.subnetwork_range())
     after = sorted(_firewall_names(clients))
     for name in after:
         say(f"{'found' if name in before else 'created'} firewall rule {name}")
@@ -608,29 +579,29 @@ def teardown(provider: GCPProvider | None = None, *, force: bool = False, delete
     email = service_account_email(project)
     member = f"serviceAccount:{email}"
     _end_machines(provider, force, say)
-    removed: list[str] = []
+    done: list[str] = []
     if _update_project_policy(clients, lambda bindings: _without_member(bindings, member)):
-        _removed(removed, f"the project grants of {email}", say)
-    removed += _clean_buckets(clients, member, delete_bucket, say)
-    removed += _remove_firewalls(clients, say)
-    removed += _remove_leftover_secrets(clients, say)
-    iam = IAMApi(clients)
+        removed(done, f"the project grants of {email}", say)
+    done += _clean_buckets(clients, member, delete_bucket, say)
+    done += _remove_firewalls(clients, say)
+    done += _remove_leftover_secrets(clients, say)
+    iam = clients.iam()
     with google_errors(clients, "iam.roles.delete", f"remove the custom role {MACHINE_ROLE_ID}"):
         try:
             if not iam.call("GET", f"roles/{MACHINE_ROLE_ID}").get("deleted"):
                 iam.call("DELETE", f"roles/{MACHINE_ROLE_ID}")
-                _removed(removed, f"custom role projects/{project}/roles/{MACHINE_ROLE_ID}", say)
+                removed(done, f"custom role projects/{project}/roles/{MACHINE_ROLE_ID}", say)
         except NotFound:
             pass
     with google_errors(clients, "iam.serviceAccounts.delete", f"remove the service account {email}"):
         try:
             iam.call("DELETE", f"serviceAccounts/{email}")
-            _removed(removed, f"service account {email}", say)
+            removed(done, f"service account {email}", say)
         except NotFound:
             pass
-    if not removed:
+    if not done:
         say(f"nothing to remove in project {project}")
-    return removed
+    return done
 
 
 def _end_machines(provider: GCPProvider, force: bool, say: Say) -> None:
@@ -668,7 +639,7 @@ def _end_machines(provider: GCPProvider, force: bool, say: Say) -> None:
 def _clean_buckets(clients: GoogleClients, member: str, delete: bool, say: Say) -> list[str]:
     """Buckets labelled by provisioning: the machines' grant and records rule removed; the ones it
     created deleted, emptied, with ``delete``."""
-    removed: list[str] = []
+    done: list[str] = []
     storage = clients.storage()
     with google_errors(clients, "storage.buckets.list", "find the buckets provisioning used"):
         buckets = [
@@ -684,7 +655,7 @@ def _clean_buckets(clients: GoogleClients, member: str, delete: bool, say: Say) 
                 for blob in list(storage.list_blobs(name)):
                     blob.delete()
                 bucket.delete()
-                _removed(removed, f"bucket gs://{name}", say, " and everything in it")
+                removed(done, f"bucket gs://{name}", say, " and everything in it")
                 continue
             policy = bucket.get_iam_policy(requested_policy_version=3)
             bindings = [{**b, "members": set(b["members"])} for b in policy.bindings]
@@ -692,7 +663,7 @@ def _clean_buckets(clients: GoogleClients, member: str, delete: bool, say: Say) 
                 policy.version = 3
                 policy.bindings[:] = [{**b, "members": b["members"] - {member}} for b in bindings if b["members"] - {member}]
                 bucket.set_iam_policy(policy)
-                _removed(removed, f"the grant of {member.split(':', 1)[1]} on bucket {name}", say)
+                removed(done, f"the grant of {member.split(':', 1)[1]} on bucket {name}", say)
             rules = [r for r in bucket.lifecycle_rules if not _records_rule(r)]
             if len(rules) != len(list(bucket.lifecycle_rules)) or GRANTED_LABEL in bucket.labels:
                 bucket.lifecycle_rules = rules
@@ -700,7 +671,7 @@ def _clean_buckets(clients: GoogleClients, member: str, delete: bool, say: Say) 
                 bucket.patch()
             if managed:
                 say(f"kept bucket gs://{name}: it holds software environments (--delete-bucket removes it)")
-    return removed
+    return done
 
 
 def _records_rule(rule: Any) -> bool:
@@ -715,7 +686,7 @@ def _records_rule(rule: Any) -> bool:
 def _remove_firewalls(clients: GoogleClients, say: Say) -> list[str]:
     from google.api_core.exceptions import NotFound
 
-    removed: list[str] = []
+    done: list[str] = []
     firewalls = clients.firewalls()
     for name in sorted(_firewall_names(clients)):
         with google_errors(clients, "compute.firewalls.delete", f"remove firewall rule {name}"):
@@ -724,8 +695,8 @@ def _remove_firewalls(clients: GoogleClients, say: Say) -> list[str]:
                 clients.global_operations().wait(project=clients.project, operation=operation.name)
             except NotFound:
                 continue
-        _removed(removed, f"firewall rule {name}", say)
-    return removed
+        removed(done, f"firewall rule {name}", say)
+    return done
 
 
 def _remove_leftover_secrets(clients: GoogleClients, say: Say) -> list[str]:
@@ -745,8 +716,3 @@ def _remove_leftover_secrets(clients: GoogleClients, say: Say) -> list[str]:
     if names:
         say(f"removed {len(names)} launch secret(s) left behind ({', '.join(names)})")
     return [f"secret {name}" for name in names]
-
-
-def _removed(removed: list[str], what: str, say: Say, detail: str = "") -> None:
-    removed.append(what)
-    say(f"removed {what}{detail}")

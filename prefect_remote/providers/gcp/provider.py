@@ -19,21 +19,14 @@ from __future__ import annotations
 
 import logging
 import secrets
-from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, ClassVar
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 from prefect_remote.errors import MachineNotFound
-from prefect_remote.providers.base import (
-    Capabilities,
-    InstanceType,
-    Launch,
-    LogChunk,
-    Machine,
-    Provider,
-    pick_instance_type,
-)
+from prefect_remote.providers.base import Capabilities, InstanceType, Launch, LogChunk, Machine, Plan, Provider
 from prefect_remote.providers.gcp.options import GCPOptions
+from prefect_remote.providers.gcp.service import GCPService
+from prefect_remote.providers.network import DASK_PORTS
 
 if TYPE_CHECKING:
     from prefect_remote.providers.gcp.clients import GoogleClients
@@ -41,61 +34,6 @@ if TYPE_CHECKING:
     from prefect_remote.spec import MachineSpec
 
 logger = logging.getLogger(__name__)
-
-INSTALL_HINT = "pip install 'prefect-remote[gcp]'"
-DASK_PORTS = (8786, 8787)  # scheduler, dashboard: what the firewall rule admits from allow_ingress_from
-LABEL_PREFIX = "prefect-remote-"  # GCP labels: lowercase, [a-z0-9_-], 63 characters
-
-
-class GCPService(ABC):
-    """One way Google Cloud runs a machine. A service writes only what differs: whether it can serve
-    a spec (``unfit``), its shapes and how a machine's log names them (``placement``), starting
-    machines, reading them back and ending them."""
-
-    name: ClassVar[str]  # "Cloud Run", "Compute Engine": for logs and errors
-    id_prefix: ClassVar[str]  # machine ids of this service start with it: "run-", "vm-"
-    capabilities: ClassVar[Capabilities]
-
-    def __init__(self, provider: GCPProvider) -> None:
-        self.provider = provider
-
-    @property
-    def options(self) -> GCPOptions:
-        return self.provider.options
-
-    @property
-    def clients(self) -> GoogleClients:
-        return self.provider.clients
-
-    @abstractmethod
-    def unfit(self, spec: MachineSpec) -> str | None:
-        """Why this service cannot run ``spec`` (``"12 CPUs exceeds Cloud Run's 8"``), or None if it can."""
-
-    @abstractmethod
-    def instance_types(self) -> Sequence[InstanceType]:
-        """The shapes it offers, priced."""
-
-    def choose_instance_type(self, spec: MachineSpec) -> InstanceType:
-        return pick_instance_type(f"gcp ({self.name})", self.instance_types(), spec)
-
-    @abstractmethod
-    def placement(self, instance_type: InstanceType) -> str:
-        """Where a machine of ``instance_type`` runs, for its log: ``"Compute Engine e2-standard-4 in us-central1-a"``."""
-
-    @abstractmethod
-    def start(self, launch: Launch, machine_ids: Sequence[str]) -> list[Machine]:
-        """Starts one machine per id in ``machine_ids`` (made by the provider with ``id_prefix``),
-        running ``launch.boot_script``, labelled with the launch's tags and owner. The provider has
-        already written their records (fresh leases) and secrets. Starts none if it raises."""
-
-    @abstractmethod
-    def machines(self, machine_ids: Sequence[str] | None = None, labels: Mapping[str, str] | None = None) -> list[Machine]:
-        """The machines of this service with these ids (None: all) whose labels include ``labels``,
-        as the cloud has them now (ended ones it still shows included). Unknown ids are left out."""
-
-    @abstractmethod
-    def terminate(self, machine_ids: Sequence[str], reason: str) -> None:
-        """Ends these machines (already-ended or unknown ones are fine)."""
 
 
 class GCPProvider(Provider):
@@ -105,10 +43,11 @@ class GCPProvider(Provider):
     # The union of its services': a request only one service meets goes to that one.
     capabilities = Capabilities(inbound_connections=True, terminate_one=True, containers=True, gpus=True, max_lifetime=None)
     runtime = "prefect_remote.providers.gcp.runtime:GCPRuntime"
+    infra = "prefect_remote.providers.gcp.infra"  # the APIs checked, the machines' service account, the bucket, the firewall rules
     max_boot_script = 32 * 1024  # Cloud Run container args; Compute Engine metadata takes 256 KiB
     agent_extras = ("gcp",)
     agent_requirements = ("google-cloud-storage", "google-cloud-secret-manager", "google-cloud-logging", "google-cloud-compute")
-    dask_ports = DASK_PORTS
+    dask_ports = DASK_PORTS  # what the firewall rule admits from allow_ingress_from
     # A failed boot ends the VM (a Cloud Run task ends when its script does); never the host a
     # sandbox runs the machine on, which points its metadata server elsewhere.
     halt_command = '[ -n "${CLOUD_RUN_JOB:-}${GCE_METADATA_HOST:-}" ] || shutdown -h now'
@@ -119,7 +58,6 @@ class GCPProvider(Provider):
         self._services: dict[str, GCPService] = {}
         self._clients: GoogleClients | None = None
         self._records: MachineRecords | None = None
-        self._swept = False
         self._ended: set[str] = set()  # machines seen ended by a renewal (their launch's secret handled)
 
     def __getstate__(self) -> dict[str, Any]:  # clients hold sockets and locks: rebuilt on use
@@ -146,17 +84,20 @@ class GCPProvider(Provider):
             self._records = MachineRecords(self.machine_store())
         return self._records
 
-    def service(self, name: str) -> GCPService:
-        if name not in self._services:
-            if name == "cloud-run":
+    def service(self, key: str) -> GCPService:
+        """The service ``key`` names (``"cloud-run"``, ``"compute"``), made once."""
+        if key not in self._services:
+            if key == "cloud-run":
                 from prefect_remote.providers.gcp.cloudrun import CloudRunService
 
-                self._services[name] = CloudRunService(self)
-            else:
+                self._services[key] = CloudRunService(self)
+            elif key == "compute":
                 from prefect_remote.providers.gcp.compute import ComputeService
 
-                self._services[name] = ComputeService(self)
-        return self._services[name]
+                self._services[key] = ComputeService(self)
+            else:
+                raise ValueError(f"service={key!r}: expected 'cloud-run' or 'compute'")
+        return self._services[key]
 
     def service_for(self, spec: MachineSpec) -> tuple[GCPService, str]:
         """The service that runs ``spec``, and why (logged at launch)."""
@@ -186,15 +127,18 @@ class GCPProvider(Provider):
             f"no gcp machine {machine_id!r}: gcp machine ids start with 'run-' or 'vm-'; `prefect-remote machines ls` lists them"
         )
 
-    def provision_infra(self, pool: str, store: str | None, say: Callable[[str], None]) -> dict[str, str | None]:
-        """The APIs checked, the machines' service account and its roles, the bucket and the firewall
-        rules (:func:`prefect_remote.providers.gcp.infra.provision`), recorded as block fields."""
-        from prefect_remote.providers.gcp.infra import provision
+    # -- launching: the service is chosen once per launch (plan), and the Launch carries it ----------
+    def plan(self, spec: MachineSpec) -> Plan:
+        service, reason = self._checked(spec)
+        instance_type = service.choose_instance_type(spec)
+        return Plan(instance_type, f"gcp {service.placement(instance_type)}", service=service.key, service_reason=reason)
 
-        return provision(self, pool, store, say).block_fields()
-
-    # -- launching ---------------------------------------------------------------------------------
     def check_spec(self, spec: MachineSpec) -> None:
+        self._checked(spec)
+
+    def _checked(self, spec: MachineSpec) -> tuple[GCPService, str]:
+        """The service that runs ``spec`` and why (:meth:`service_for`), once ``spec`` has passed
+        every provider's checks, the region's and the chosen service's."""
         super().check_spec(spec)
         if spec.region and spec.region != self.options.region:
             from prefect_remote.errors import CapacityError
@@ -203,12 +147,13 @@ class GCPProvider(Provider):
                 f"region={spec.region!r}, but this gcp provider launches in {self.options.region}; "
                 f"make it with region={spec.region!r} (PREFECT_REMOTE_GCP_REGION), or drop region"
             )
-        service, _ = self.service_for(spec)
+        service, reason = self.service_for(spec)
         problem = service.unfit(spec)
         if problem is not None:
             from prefect_remote.errors import CapabilityError
 
             raise CapabilityError(f"gcp: {problem}")
+        return service, reason
 
     def instance_types(self) -> Sequence[InstanceType]:
         return [*self.service("cloud-run").instance_types(), *self.service("compute").instance_types()]
@@ -222,7 +167,7 @@ class GCPProvider(Provider):
         return f"gcp {service.placement(instance_type)}"
 
     def _start(self, launch: Launch) -> list[Machine]:
-        service, reason = self.service_for(launch.spec)
+        service, reason = self.service(launch.service), launch.service_reason  # as plan() chose them
         machine_ids = [f"{service.id_prefix}{secrets.token_hex(6)}" for _ in range(launch.count)]
         logger.info("gcp: %s on %s (%s)", ", ".join(machine_ids), service.name, reason)
         self.records.create(machine_ids, launch, service=service.name, region=self.options.region, price=launch.instance_type.price)
@@ -234,17 +179,23 @@ class GCPProvider(Provider):
         return [_with_details(m, placement=f"{service.name}, because {reason}") for m in machines]
 
     def _store_secrets(self, launch_id: str, secrets: Mapping[str, str]) -> None:
-        from prefect_remote.providers.gcp.secrets import store_secrets, sweep_secrets
+        from prefect_remote.providers.gcp.secrets import store_secrets
 
-        if not self._swept:  # once per provider: secrets of owners that died before their machines ended
-            self._swept = True
-            sweep_secrets(self.clients, self.records)
         store_secrets(self.clients, launch_id, secrets, self.records)
 
     def _forget_secrets(self, launch_id: str) -> None:
         from prefect_remote.providers.gcp.secrets import forget_secrets
 
         forget_secrets(self.clients, launch_id)
+
+    def _live_launches(self, launch_ids: set[str]) -> set[str]:
+        """Those with a machine running by its record (one listing of the records)."""
+        return self.records.live_launches(launch_ids)
+
+    def _stored_launches(self, older_than: float) -> set[str]:
+        from prefect_remote.providers.gcp.secrets import stored_launches
+
+        return stored_launches(self.clients, self.records, older_than=older_than)
 
     # -- reading back ---------------------------------------------------------------------------------
     def list(self, tags: Mapping[str, str] | None = None, *, include_terminated: bool = False) -> list[Machine]:
@@ -268,17 +219,17 @@ class GCPProvider(Provider):
             )
         return ended
 
-    def terminate(self, machine_ids: Iterable[str], *, reason: str = "terminated on request", exit_code: int | None = None) -> None:
-        ids = list(dict.fromkeys(machine_ids))
-        for machine_id in ids:
+    def _terminate(self, machine_ids: list[str], reason: str, exit_code: int | None) -> set[str]:
+        """Records each end, then has each service end its machines; returns their launches."""
+        for machine_id in machine_ids:
             self._service_of(machine_id)  # not one of ours: refused before any call
-        launches = {self.records.end(machine_id, reason=reason, exit_code=exit_code, only_if_running=True) for machine_id in ids}
+        launches = {self.records.end(machine_id, reason=reason, exit_code=exit_code, only_if_running=True) for machine_id in machine_ids}
         for name in ("cloud-run", "compute"):
             service = self.service(name)
-            mine = [machine_id for machine_id in ids if machine_id.startswith(service.id_prefix)]
+            mine = [machine_id for machine_id in machine_ids if machine_id.startswith(service.id_prefix)]
             if mine:
                 service.terminate(mine, reason)
-        self._forget_ended_launches(launches - {None})
+        return {launch for launch in launches if launch}
 
     def logs(self, machine_id: str, *, cursor: str | None = None) -> LogChunk:
         from prefect_remote.providers.gcp.logs import read_logs
@@ -286,21 +237,13 @@ class GCPProvider(Provider):
         self._service_of(machine_id)
         return read_logs(self.clients, self.options.log_name, machine_id, cursor)
 
-    def renew_leases(self, machine_ids: Iterable[str]) -> list[str]:
-        """One batch request (per 100) renews every lease; a launch whose last machine has ended
-        loses its secret."""
-        ended = self.records.renew(list(dict.fromkeys(machine_ids)))
-        fresh = [machine_id for machine_id in ended if machine_id not in self._ended]
-        if fresh:
-            self._ended.update(fresh)
-            self._forget_ended_launches({ended[machine_id] for machine_id in fresh} - {None})
-        return list(ended)
-
-    def _forget_ended_launches(self, launch_ids: set[str]) -> None:
-        """Deletes the secrets of those launches no machine of which is running by its record."""
-        if launch_ids:
-            for launch_id in sorted(launch_ids - self.records.live_launches(launch_ids)):
-                self._forget_secrets(launch_id)
+    def _renew(self, machine_ids: list[str]) -> dict[str, str | None]:
+        """One batch request (per 100) renews every lease; a machine's launch is handed back the
+        first time its end is seen."""
+        ended = self.records.renew(machine_ids)
+        fresh = {machine_id: launch for machine_id, launch in ended.items() if machine_id not in self._ended}
+        self._ended.update(fresh)
+        return {machine_id: fresh.get(machine_id) for machine_id in ended}
 
     # -- elsewhere: a cluster's scheduler, the machine side ---------------------------------------------
     def client_options(self) -> dict[str, Any]:

@@ -31,11 +31,11 @@ import json
 import logging
 import math
 import time
-from collections.abc import Collection, Iterator, Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from prefect_remote.errors import CapabilityError
-from prefect_remote.providers.base import Machine
+from prefect_remote.providers.base import Machine, batches
 from prefect_remote.software.store import NotInStore, Store, StoreError, open_store
 
 if TYPE_CHECKING:
@@ -53,11 +53,6 @@ BATCH = 100  # Cloud Storage's JSON API takes at most 100 calls in one batch req
 _RENEWED_ANYWAY = {400, 412}
 _RETRY_LATER = {408, 429, 500, 502, 503, 504}
 SETTLING = 60.0  # seconds a machine's record may exist before the cloud shows the machine (its launch is under way)
-
-
-def _batches(items: Sequence[str], size: int = BATCH) -> Iterator[list[str]]:
-    for start in range(0, len(items), size):
-        yield list(items[start : start + size])
 
 
 def _timestamp(epoch: float) -> datetime.datetime:
@@ -134,7 +129,7 @@ class MachineRecords:
         client = self.store.client
         done: dict[str, str | None] = {}
         now = _timestamp(time.time())
-        for batch_ids in _batches(list(dict.fromkeys(machine_ids))):
+        for batch_ids in batches(list(dict.fromkeys(machine_ids)), BATCH):
             blobs = []
             with self._translated("storage.objects.update", batch_ids[0]):
                 batch = client.batch(raise_exception=False)
@@ -239,7 +234,7 @@ class MachineRecords:
     def delete(self, machine_ids: Sequence[str]) -> None:
         """Forgets these machines' records (one request per 100; missing ones are fine)."""
         client = self.store.client
-        for batch_ids in _batches(list(dict.fromkeys(machine_ids))):
+        for batch_ids in batches(list(dict.fromkeys(machine_ids)), BATCH):
             with self._translated("storage.objects.delete", batch_ids[0]):
                 batch = client.batch(raise_exception=False)
                 with batch:

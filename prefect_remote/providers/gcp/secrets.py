@@ -5,7 +5,8 @@ A Cloud Run job references it from its container's env (``PREFECT_REMOTE_SECRETS
 Cloud Run when the task starts: the job spec holds a name, never a value); a Compute Engine VM reads
 it with its service account (:func:`read_secrets`). Nothing secret goes into a job spec, VM metadata,
 a label or a log. The launcher deletes it when the launch fails or its machines have ended; what an
-owner that died left behind, :func:`sweep_secrets` deletes later.
+owner that died left behind, its provider's next launch with secrets sweeps
+(:meth:`~prefect_remote.providers.base.Provider.sweep_secrets`, through :func:`stored_launches`).
 
 Standard library only at import (the machine side imports it).
 
@@ -33,7 +34,6 @@ SECRET_PREFIX = "prefect-remote-"
 LAUNCH_LABEL = "prefect-remote-launch"
 RECORDS_LABEL = "prefect-remote-records"  # whose records know the launch (MachineRecords.label)
 CREATED_LABEL = "created-at"  # epoch seconds: a label, so that a listing shows it without a parse of createTime
-SECRETS_SWEEP_AGE = 3600.0  # seconds: a launch secret older than this with no machine left is an orphan
 MAX_PAYLOAD = 64 * 1024  # Secret Manager's limit on one version's payload
 
 
@@ -110,12 +110,11 @@ def read_secrets(project: str, launch_id: str, *, api_endpoint: str | None = Non
     return dict(json.loads(data))
 
 
-def sweep_secrets(clients: GoogleClients, records: MachineRecords, *, older_than: float = SECRETS_SWEEP_AGE) -> list[str]:
-    """Deletes launch secrets left behind by owners that died (their machines ended themselves and
-    nobody saw them end): those older than ``older_than`` seconds whose launch has no live machine
-    by its records. One listing of secrets, one of records, and a delete per orphan; returns the
-    launch ids. Only secrets labelled with these ``records``: another store's launches (another pool
-    in the project) are not known here. A tidy-up: an identity that may not list secrets skips it."""
+def stored_launches(clients: GoogleClients, records: MachineRecords, *, older_than: float) -> set[str]:
+    """The launches whose secret is older than ``older_than`` seconds, for a sweep of those whose
+    owner died (:meth:`~prefect_remote.providers.base.Provider.sweep_secrets`): one listing. Only
+    secrets labelled with these ``records``: another store's launches (another pool in the project)
+    are not known here. A tidy-up: an identity that may not list secrets finds none."""
     from google.api_core.exceptions import GoogleAPICallError
 
     cutoff = time.time() - older_than
@@ -128,13 +127,9 @@ def sweep_secrets(clients: GoogleClients, records: MachineRecords, *, older_than
             )
     except (GCPError, GoogleAPICallError) as error:
         logger.debug("launch secrets not swept: %s", error)
-        return []
-    old = {
+        return set()
+    return {
         secret.labels[LAUNCH_LABEL]
         for secret in found
         if secret.labels.get(LAUNCH_LABEL) and float(secret.labels.get(CREATED_LABEL) or secret.create_time.timestamp()) < cutoff
     }
-    orphans = sorted(old - records.live_launches(old)) if old else []
-    for launch_id in orphans:
-        forget_secrets(clients, launch_id)
-    return orphans

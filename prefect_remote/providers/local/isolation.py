@@ -3,7 +3,8 @@
 Everything here is detected, never assumed: :func:`namespace_unavailable` says why namespace
 isolation cannot be used on this host (not Linux, not root, no ``ip``, no cgroup v1 ``memory`` and
 ``cpu`` controllers), and the local provider falls back to process isolation.
-Standard library only: the per-machine hypervisor imports it.
+Standard library only: the per-machine hypervisor imports it. One cohesive thing over 500 lines: a
+machine's isolation (network, cgroups, processes), set up and torn down as one.
 """
 
 from __future__ import annotations

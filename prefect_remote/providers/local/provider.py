@@ -17,14 +17,14 @@ import shutil
 import signal
 import sys
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit, urlunsplit
 
 from prefect_remote.errors import CapacityError, MachineNotFound
 from prefect_remote.machine.boot import MACHINE_ID_ENV
-from prefect_remote.providers.base import LOOPBACK_HOSTS, Capabilities, InstanceType, Launch, LogChunk, Machine, Provider, complete_utf8
+from prefect_remote.providers.base import LOOPBACK_HOSTS, Capabilities, InstanceType, Launch, LogChunk, Machine, Provider
 from prefect_remote.providers.local import gateway, host_launch, records
 from prefect_remote.providers.local.isolation import Bridge, kill_pids, live_pid, namespace_unavailable, record_end, tagged_pids
 from prefect_remote.providers.local.runtime import request_stop
@@ -287,13 +287,14 @@ class LocalProvider(Provider):
         return sorted(found, key=lambda m: m.created, reverse=True)
 
     # -- ending -----------------------------------------------------------------------------------
-    def terminate(self, machine_ids: Iterable[str], *, reason: str = "terminated on request", exit_code: int | None = None) -> None:
+    def _terminate(self, machine_ids: list[str], reason: str, exit_code: int | None) -> set[str]:
         for machine_id in machine_ids:
             directory = self._directory(machine_id)
             if (directory / records.ENDED).exists():
                 continue
             if not request_stop(directory, reason, exit_code) and (directory / records.HYPERVISOR_PID).exists():
                 self._reclaim(directory, records.read_json(directory / records.MACHINE))  # its monitor died
+        return set()  # each machine's copy of its launch's secrets goes with its end
 
     def cleanup_host(self) -> None:
         """Stops the host gateway and removes the host-only bridge once no namespace machine uses them."""
@@ -317,17 +318,18 @@ class LocalProvider(Provider):
         data = complete_utf8(data)  # a character split by a write in progress is read whole next time
         return LogChunk(text=data.decode(errors="replace"), cursor=str(offset + len(data)))
 
-    def renew_leases(self, machine_ids: Iterable[str]) -> list[str]:
-        gone = []
+    def _renew(self, machine_ids: list[str]) -> dict[str, str | None]:
+        """A ``utime`` of each machine's lease file; no launch secrets to forget (see :meth:`_terminate`)."""
+        gone: dict[str, str | None] = {}
         for machine_id in machine_ids:
             directory = self.machines_dir / machine_id
             try:
                 os.utime(directory / records.LEASE)
             except FileNotFoundError:
-                gone.append(machine_id)
+                gone[machine_id] = None
                 continue
             if (directory / records.ENDED).exists():
-                gone.append(machine_id)
+                gone[machine_id] = None
         return gone
 
     def software_options(self) -> dict[str, str | None]:
@@ -354,6 +356,16 @@ class LocalProvider(Provider):
 
     def runtime_options(self, launch_id: str) -> dict[str, Any]:
         return {"home": str(self.home)}  # the machine's folder holds its lease and secrets
+
+
+def complete_utf8(data: bytes) -> bytes:
+    """``data`` without a trailing, unfinished UTF-8 character (log chunks end where writes are)."""
+    for cut in range(1, min(4, len(data)) + 1):
+        lead = data[-cut]
+        if lead & 0xC0 != 0x80:  # the last character's first byte
+            size = 2 if lead >> 5 == 0b110 else 3 if lead >> 4 == 0b1110 else 4 if lead >> 3 == 0b11110 else 1
+            return data[:-cut] if size > cut else data
+    return data
 
 
 def _host_arch() -> str:

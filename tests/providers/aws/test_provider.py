@@ -17,9 +17,8 @@ from pydantic import SecretStr
 
 from prefect_remote.errors import CapacityError, MachineNotFound
 from prefect_remote.machine.boot import AGENT_CONFIG_ENV, decode_agent_config
-from prefect_remote.providers import get_provider
+from prefect_remote.providers import get_provider, network
 from prefect_remote.providers.aws import catalog
-from prefect_remote.providers.aws import provider as aws_provider
 from prefect_remote.providers.aws.provider import LAUNCH_TAG, AWSError, AWSProvider
 from prefect_remote.providers.base import BootPayload, Machine
 from prefect_remote.spec import MachineSpec
@@ -237,7 +236,7 @@ def test_security_groups_everyone_or_a_cidr_when_asked(provider, ec2):
 
 def test_no_public_ingress_when_the_launcher_ip_is_unknown(provider, ec2, monkeypatch, caplog):
     monkeypatch.delenv("PREFECT_REMOTE_AWS_PUBLIC_IP")
-    monkeypatch.setattr(aws_provider, "CHECKIP_URL", "http://127.0.0.1:9/")  # nothing listens there
+    monkeypatch.setattr(network, "CHECKIP_URL", "http://127.0.0.1:9/")  # nothing listens there
     with caplog.at_level(logging.WARNING, logger="prefect_remote.providers.aws"):
         [machine] = launch(provider, cpu=1)
     assert ingress(ec2, machine.id)[1] == set()

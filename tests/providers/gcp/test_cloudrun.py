@@ -14,18 +14,8 @@ import pytest
 from prefect_remote.errors import CapacityError
 from prefect_remote.providers.base import Launch
 from prefect_remote.providers.gcp import GCPProvider
-from prefect_remote.providers.gcp.cloudrun import (
-    GIB,
-    L4,
-    MIB,
-    SHAPES,
-    CloudRunService,
-    catalog,
-    fit,
-    job_labels,
-    nearest_shape,
-    task_timeout,
-)
+from prefect_remote.providers.gcp.cloudrun import CloudRunService
+from prefect_remote.providers.gcp.cloudrun_catalog import GIB, L4, MIB, SHAPES, catalog, fit, nearest_shape, task_timeout
 from prefect_remote.spec import MachineSpec
 
 
@@ -179,7 +169,7 @@ def test_task_timeout_leaves_the_agent_time_to_end_the_machine_itself():
 def test_labels_use_gcp_syntax_and_tags_keep_theirs(service):
     tags = {"prefect.io/flow-run-id": "4f1d-ab", "team": "Data"}
     launch = launch_of(MachineSpec(), "true", service, tags=tags, owner="prefect-worker:w 1")
-    assert job_labels(launch) == {
+    assert service.labels(launch) == {
         "prefect_io_flow-run-id": "4f1d-ab",  # "Data" is no label value: it is only in the annotation
         "prefect-remote-service": "cloud-run",
         "prefect-remote-launch": launch.id,

@@ -10,10 +10,11 @@ import pytest
 from prefect_remote.errors import CapacityError
 from prefect_remote.providers.base import InstanceType, Launch
 from prefect_remote.providers.gcp import prices as gce_prices
-from prefect_remote.providers.gcp.catalog import attached, choose_machine_type, machine_types
-from prefect_remote.providers.gcp.compute import ComputeService, label_key, label_value, labels_for
+from prefect_remote.providers.gcp.compute import ComputeService
+from prefect_remote.providers.gcp.compute_catalog import attached, choose_machine_type, machine_types
 from prefect_remote.providers.gcp.prices import bundled_rates, on_demand_rates, parse_skus
 from prefect_remote.providers.gcp.provider import GCPProvider
+from prefect_remote.providers.gcp.service import label_key, label_value, labels_for
 from prefect_remote.spec import MachineSpec
 
 GiB = 2**30
@@ -349,13 +350,13 @@ def test_me_is_the_subnetwork_from_a_machine_in_the_network(gce, monkeypatch):
     elsewhere it is the launcher's public IP."""
     from prefect_remote.providers.base import MACHINE_NETWORK_ENV
 
-    assert gce._ingress_cidr(MachineSpec()) == f"{LAUNCHER_IP}/32"
+    assert gce.ingress_cidr(MachineSpec()) == f"{LAUNCHER_IP}/32"
     monkeypatch.setenv(MACHINE_NETWORK_ENV, gce.provider.network())
     assert gce.provider.network() == f"gcp:{gce.project}:default"
-    assert gce._ingress_cidr(MachineSpec()) == gce.subnetwork_range() == "10.128.0.0/20"  # the sandbox's default subnetwork
-    assert gce._ingress_cidr(MachineSpec(allow_ingress_from="10.8.0.0/16")) == "10.8.0.0/16"  # what is asked, as asked
+    assert gce.ingress_cidr(MachineSpec()) == gce.subnetwork_range() == "10.128.0.0/20"  # the sandbox's default subnetwork
+    assert gce.ingress_cidr(MachineSpec(allow_ingress_from="10.8.0.0/16")) == "10.8.0.0/16"  # what is asked, as asked
     monkeypatch.setenv(MACHINE_NETWORK_ENV, f"gcp:{gce.project}:other")
-    assert gce._ingress_cidr(MachineSpec()) == f"{LAUNCHER_IP}/32"
+    assert gce.ingress_cidr(MachineSpec()) == f"{LAUNCHER_IP}/32"
 
 
 def test_spot_stock_out_falls_back_to_standard_and_says_so(gce, gcp_sandbox, caplog):

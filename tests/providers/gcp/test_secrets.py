@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from prefect_remote.providers.gcp.secrets import LAUNCH_LABEL, forget_secrets, read_secrets, secret_id, store_secrets, sweep_secrets
+from prefect_remote.providers.gcp.secrets import LAUNCH_LABEL, forget_secrets, read_secrets, secret_id, store_secrets
 
 
 def test_one_secret_per_launch_read_back_then_forgotten(gcp_env, clients):
@@ -29,21 +29,22 @@ def test_too_large_a_secret_env_is_refused_before_any_call(gcp_env, clients):
     assert sum(gcp_env.calls.values()) == before
 
 
-def test_orphans_are_swept(gcs, gcp_env, clients):
+def test_orphans_are_swept(gcs, gcp_env, clients, monkeypatch):
     from prefect_remote.providers.base import InstanceType, Launch
-    from prefect_remote.providers.gcp.records import MachineRecords
-    from prefect_remote.software.store import open_store
+    from prefect_remote.providers.gcp import GCPProvider
     from prefect_remote.spec import MachineSpec
 
-    records = MachineRecords(open_store(f"gs://{gcs.bucket()}/store"))
+    monkeypatch.setenv("PREFECT_REMOTE_STORE", f"gs://{gcs.bucket()}/store")
+    provider = GCPProvider()
+    records = provider.records
     for launch_id, machine_id in (("launch-0000000000c1", "vm-0000000000c1"), ("launch-0000000000c2", "vm-0000000000c2")):
         store_secrets(clients, launch_id, {"TOKEN": "t"}, records)
         launch = Launch(launch_id, "", MachineSpec(), InstanceType("e2-small", 2, 2**31), 1, {}, None, True)
         records.create([machine_id], launch, service="Compute Engine")
     records.end("vm-0000000000c1", reason="payload finished", exit_code=0)
-    assert sweep_secrets(clients, records) == []  # younger than an hour: a launch may still be starting
+    assert provider.sweep_secrets() == []  # younger than an hour: a launch may still be starting
     store_secrets(clients, "launch-0000000000c3", {"TOKEN": "t"})  # another store's launch: not these records'
-    assert sweep_secrets(clients, records, older_than=0) == ["launch-0000000000c1"]  # c2's machine still runs
+    assert provider.sweep_secrets(older_than=0) == ["launch-0000000000c1"]  # c2's machine still runs
     names = [s.name.rsplit("/", 1)[-1] for s in clients.secret_manager().list_secrets(parent=f"projects/{clients.project}")]
     assert "prefect-remote-launch-0000000000c1" not in names and "prefect-remote-launch-0000000000c2" in names
     assert "prefect-remote-launch-0000000000c3" in names

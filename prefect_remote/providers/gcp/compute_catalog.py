@@ -1,4 +1,5 @@
-"""A zone's Compute Engine machine types, priced, and the choice among them.
+"""Compute Engine's catalog: a zone's machine types, priced, and the choice among them (Cloud Run's
+shapes are :mod:`~prefect_remote.providers.gcp.cloudrun_catalog`'s).
 
 The types come from ``machineTypes.list`` in the zone. GPUs are either built in (g2: NVIDIA L4,
 a2: A100, listed in a type's ``accelerators``) or attached: an n1 type with 1, 2 or 4 T4s is offered

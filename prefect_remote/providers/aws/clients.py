@@ -1,0 +1,130 @@
+"""The aws provider's boto3 clients, made once each, and AWS's errors as ones that name the fix.
+
+Every client comes from one boto3 session of the provider's own (boto3's default session keeps the
+first credentials it found), in the provider's region, with botocore's standard retry mode. Region,
+credentials and endpoint come from boto3's usual chain (``AWS_PROFILE``, ``AWS_DEFAULT_REGION``,
+``AWS_ENDPOINT_URL``, an instance profile…).
+
+Standard library only at import: boto3 is imported when the clients are made.
+
+>>> clients = AWSClients("us-east-2")                                       # doctest: +SKIP
+>>> with translated():                                                     # doctest: +SKIP
+...     clients.client("ec2").describe_instances()
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any
+
+from prefect_remote.errors import RemoteError
+
+if TYPE_CHECKING:
+    from botocore.client import BaseClient
+
+INSTALL_HINT = "pip install 'prefect-remote[aws]'"
+NO_CREDENTIALS = (
+    "no AWS credentials found for the aws provider; set AWS_PROFILE (after `aws configure` or `aws sso login`) "
+    "or AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or run where an instance profile or role provides them"
+)
+# What AWS answers for credentials it does not accept, and for a permission the identity lacks.
+BAD_CREDENTIALS = frozenset(
+    {"AuthFailure", "UnrecognizedClientException", "InvalidClientTokenId", "InvalidAccessKeyId", "ExpiredToken", "SignatureDoesNotMatch"}
+)
+DENIED = frozenset({"UnauthorizedOperation", "AccessDenied", "AccessDeniedException", "403"})
+# S3 operations whose IAM action has another name.
+S3_ACTIONS = {
+    "HeadBucket": "ListBucket",
+    "ListObjectVersions": "ListBucketVersions",
+    "DeleteObjects": "DeleteObject",
+    "PutPublicAccessBlock": "PutBucketPublicAccessBlock",
+    "PutBucketEncryption": "PutEncryptionConfiguration",
+}
+
+
+class AWSError(RemoteError):
+    """AWS refused the provider (no credentials, a missing permission): the message says what to fix."""
+
+
+def boto3() -> Any:
+    """The boto3 module; an :class:`AWSError` saying how to install it when it is missing."""
+    try:
+        import boto3
+    except ImportError:
+        raise AWSError(f"the aws provider needs boto3, which is not installed: {INSTALL_HINT}") from None
+    return boto3
+
+
+def error_code(error: Exception) -> str:
+    """The ``Error.Code`` of a botocore ``ClientError`` (``"InvalidInstanceID.NotFound"``); ``""`` for anything else."""
+    response = getattr(error, "response", None)
+    return str(response.get("Error", {}).get("Code", "")) if isinstance(response, dict) else ""
+
+
+class AWSClients:
+    """One boto3 session and a client per service (``"ec2"``, ``"ssm"``, ``"logs"``…) in ``region``
+    (default: the session's, e.g. ``AWS_DEFAULT_REGION``; None if it has none). The session and
+    clients do not pickle (a flow sends its task runner, and so its provider, with every task): they
+    are made again on first use."""
+
+    def __init__(self, region: str | None = None) -> None:
+        self._session: Any = boto3().session.Session()
+        self.region: str | None = region or self._session.region_name
+        self._clients: dict[str, BaseClient] = {}
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"region": self.region}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state, _session=None, _clients={})
+
+    def client(self, service: str) -> BaseClient:
+        """The client for ``service``, made once."""
+        if service not in self._clients:
+            from botocore.config import Config
+
+            if self._session is None:  # unpickled
+                self._session = boto3().session.Session()
+            config = Config(retries={"mode": "standard", "max_attempts": 5}, connect_timeout=10, read_timeout=60)
+            self._clients[service] = self._session.client(service, region_name=self.region, config=config)
+        return self._clients[service]
+
+    def instances(self, **params: Any) -> list[dict[str, Any]]:
+        """Every instance ``describe_instances(**params)`` finds, over all its pages."""
+        pages = self.client("ec2").get_paginator("describe_instances").paginate(**params)
+        return [instance for page in pages for reservation in page["Reservations"] for instance in reservation["Instances"]]
+
+
+@contextmanager
+def translated(service: str | None = None, purpose: str | None = None) -> Iterator[None]:
+    """Turns what boto3 raises inside the block for missing or rejected credentials, or a refused
+    permission, into an :class:`AWSError` that names the fix. With ``purpose`` (what calls to
+    ``service`` are for: ``"s3", "make the store's bucket b"``, as provisioning says), a refusal
+    names the IAM action it needed (``s3:CreateBucket``) and what for; without, it points to the
+    README's list of what the provider needs. Other errors pass.
+    """
+    from botocore.exceptions import ClientError, NoCredentialsError, PartialCredentialsError
+
+    try:
+        yield
+    except (NoCredentialsError, PartialCredentialsError):
+        raise AWSError(NO_CREDENTIALS) from None
+    except ClientError as error:
+        code, operation = error_code(error), error.operation_name
+        if code in BAD_CREDENTIALS:
+            raise AWSError(
+                f"AWS rejected the credentials in use ({code} on {operation}); check AWS_PROFILE or run `aws configure`"
+            ) from None
+        if code not in DENIED:
+            raise
+        if purpose is None:
+            raise AWSError(
+                f"AWS refused {operation} ({code}): the identity in use lacks a permission the aws provider needs "
+                f"(listed in the README's AWS section); {error.response['Error'].get('Message', '')}"
+            ) from None
+        action = f"{service}:{S3_ACTIONS.get(operation, operation) if service == 's3' else operation}"
+        raise AWSError(
+            f"AWS refused {action} ({code}): the identity in use needs the permission {action} to {purpose} "
+            f"(the README's AWS setup lists what provisioning needs)"
+        ) from None
