@@ -31,9 +31,9 @@ from prefect_remote.cluster.remote import KEEPALIVE_BACKSTOP, RemoteCluster
 from prefect_remote.errors import CapacityError
 from prefect_remote.providers.aws import catalog
 from prefect_remote.providers.aws.provider import LAUNCH_TAG, AWSError, AWSProvider
+from prefect_remote.sandbox.aws import refuse_spot
+from prefect_remote.sandbox.instances import INSTANCE_TAG
 from prefect_remote.software.store import StoreError
-from prefect_remote.testing.aws import refuse_spot
-from prefect_remote.testing.instances import INSTANCE_TAG
 from tests.conftest import SESSION_HOME, end_all_machines, use_aws_sandbox, wait_for
 
 LEASE_INTERVAL = 5.0  # PREFECT_REMOTE_AWS_LEASE_INTERVAL, as use_aws_sandbox sets it

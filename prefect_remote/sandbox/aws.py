@@ -6,9 +6,9 @@ in the environment (``AWS_ENDPOINT_URL``, honoured by boto3 >= 1.28), so nothing
 knows it is not a cloud. What moto lacks, the sandbox adds:
 
 * **instances that run**: each instance's user data boots as a local machine with a clean
-  environment and none of the launcher's files (see :mod:`prefect_remote.testing.instances`);
+  environment and none of the launcher's files (see :mod:`prefect_remote.sandbox.instances`);
   terminating the instance ends the machine, and a machine that ends terminates its instance;
-* **a metadata service per instance** (IMDSv2, :mod:`prefect_remote.testing.imds`): its id, region,
+* **a metadata service per instance** (IMDSv2, :mod:`prefect_remote.sandbox.imds`): its id, region,
   live tags and its instance profile's credentials;
 * **an account ready to use**: the store's bucket and an instance profile for the machines;
 * **capacity errors on request** (:func:`inject_errors`), through botocore's event hooks on the
@@ -35,8 +35,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs
 
-from prefect_remote.testing.imds import MetadataService
-from prefect_remote.testing.instances import Instance, InstanceRunner, SandboxCloud
+from prefect_remote.sandbox.imds import MetadataService
+from prefect_remote.sandbox.instances import Instance, InstanceRunner, SandboxCloud
 
 logger = logging.getLogger(__name__)
 

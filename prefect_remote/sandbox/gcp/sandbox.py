@@ -1,6 +1,6 @@
 """A sandbox GCP on this computer: one loopback endpoint serving the Google APIs prefect-remote calls
 (Cloud Run v2, Compute Engine v1, Secret Manager v1, Cloud Logging v2, OAuth tokens and per-machine
-metadata servers, see :mod:`prefect_remote.testing.gcp.api`), gcp-storage-emulator for GCS, and an
+metadata servers, see :mod:`prefect_remote.sandbox.gcp.api`), gcp-storage-emulator for GCS, and an
 instance runner that runs every Cloud Run task and Compute Engine instance as a local machine.
 
 Code under test talks to it exactly as to Google Cloud: the google-cloud-* clients get the
@@ -30,14 +30,14 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from prefect_remote.testing.gcp.api import GoogleAPI
-from prefect_remote.testing.gcp.common import Project
-from prefect_remote.testing.gcp.iam import IAMFake
-from prefect_remote.testing.gcp.logs import LoggingFake
-from prefect_remote.testing.gcp.metadata import MetadataServer
-from prefect_remote.testing.gcp.run import CloudRunFake
-from prefect_remote.testing.gcp.secrets import SecretManagerFake
-from prefect_remote.testing.instances import Instance, InstanceRunner, SandboxCloud
+from prefect_remote.sandbox.gcp.api import GoogleAPI
+from prefect_remote.sandbox.gcp.common import Project
+from prefect_remote.sandbox.gcp.iam import IAMFake
+from prefect_remote.sandbox.gcp.logs import LoggingFake
+from prefect_remote.sandbox.gcp.metadata import MetadataServer
+from prefect_remote.sandbox.gcp.run import CloudRunFake
+from prefect_remote.sandbox.gcp.secrets import SecretManagerFake
+from prefect_remote.sandbox.instances import Instance, InstanceRunner, SandboxCloud
 
 logger = logging.getLogger(__name__)
 
@@ -274,9 +274,9 @@ class SandboxGCP(SandboxCloud):
 def _compute_fake(sandbox: SandboxGCP) -> Any:
     """The Compute Engine fake, where this checkout has it."""
     try:
-        from prefect_remote.testing.gcp.compute import ComputeFake
+        from prefect_remote.sandbox.gcp.compute import ComputeFake
     except ModuleNotFoundError as error:
-        if error.name != "prefect_remote.testing.gcp.compute":
+        if error.name != "prefect_remote.sandbox.gcp.compute":
             raise
         return None
     return ComputeFake(sandbox)

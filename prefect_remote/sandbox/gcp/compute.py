@@ -1,7 +1,7 @@
 """The sandbox GCP's Compute Engine v1: a small stateful fake of the REST API as
 ``google.cloud.compute_v1`` calls it (``/compute/v1/projects/…``, camelCase JSON, ``kind``,
 ``selfLink``, ids as strings of digits), whose instances run: each instance's ``startup-script``
-metadata boots as a local machine (:mod:`prefect_remote.testing.instances`) with a metadata server
+metadata boots as a local machine (:mod:`prefect_remote.sandbox.instances`) with a metadata server
 of its own, and the two stay in step both ways.
 
 What it serves: zones, regions, machine types (a realistic catalog: e2, n2, c3, n1 with attachable
@@ -55,10 +55,10 @@ from typing import Any, Protocol
 
 from starlette.requests import Request
 
-from prefect_remote.testing.gcp.api import GoogleAPI, GoogleError, body
-from prefect_remote.testing.gcp.common import page as page_of
-from prefect_remote.testing.gcp.filters import compile_filter
-from prefect_remote.testing.instances import Instance, InstanceRunner
+from prefect_remote.sandbox.gcp.api import GoogleAPI, GoogleError, body
+from prefect_remote.sandbox.gcp.common import page as page_of
+from prefect_remote.sandbox.gcp.filters import compile_filter
+from prefect_remote.sandbox.instances import Instance, InstanceRunner
 
 BASE = "https://www.googleapis.com/compute/v1/"  # Compute Engine's selfLinks use this host
 ID_PREFIX = "gce:"  # the instance runner's ids of this fake's instances
@@ -74,7 +74,7 @@ STOCK_OUT = "The zone '{zone}' does not have enough resources available to fulfi
 
 
 class Sandbox(Protocol):
-    """What the fake needs of the sandbox GCP (:class:`prefect_remote.testing.gcp.sandbox.SandboxGCP`)."""
+    """What the fake needs of the sandbox GCP (:class:`prefect_remote.sandbox.gcp.sandbox.SandboxGCP`)."""
 
     api: GoogleAPI
     project: str

@@ -48,13 +48,13 @@ from typing import TYPE_CHECKING, Any
 
 from starlette.requests import Request
 
-from prefect_remote.testing.gcp.api import GoogleError, body, rfc3339
-from prefect_remote.testing.gcp.common import Project, check_labels, page
-from prefect_remote.testing.instances import Instance
+from prefect_remote.sandbox.gcp.api import GoogleError, body, rfc3339
+from prefect_remote.sandbox.gcp.common import Project, check_labels, page
+from prefect_remote.sandbox.instances import Instance
 
 if TYPE_CHECKING:
     from prefect_remote.providers.base import Machine
-    from prefect_remote.testing.gcp.sandbox import SandboxGCP
+    from prefect_remote.sandbox.gcp.sandbox import SandboxGCP
 
 PREFIX = "run:"  # the runner's instance ids of Cloud Run task attempts
 GiB = 1024**3

@@ -30,7 +30,7 @@ from typing import Any, Protocol
 
 from starlette.requests import Request
 
-from prefect_remote.testing.gcp.api import GoogleAPI, GoogleError, body
+from prefect_remote.sandbox.gcp.api import GoogleAPI, GoogleError, body
 
 ACCOUNT_ID = re.compile(r"[a-z](?:[-a-z0-9]{4,28}[a-z0-9])")
 ROLE_ID = re.compile(r"[a-zA-Z0-9_.]{3,64}")
@@ -38,7 +38,7 @@ OWNER = "user:sandbox@example.com"  # who the sandbox's project belongs to
 
 
 class Sandbox(Protocol):
-    """What the fake needs of the sandbox GCP (:class:`prefect_remote.testing.gcp.sandbox.SandboxGCP`)."""
+    """What the fake needs of the sandbox GCP (:class:`prefect_remote.sandbox.gcp.sandbox.SandboxGCP`)."""
 
     api: GoogleAPI
     project: str

@@ -6,7 +6,7 @@ is checked against it), Google's rules for labels, and page tokens.
 >>> project.check("other", "run.jobs.get", "projects/other")
 Traceback (most recent call last):
 ...
-prefect_remote.testing.gcp.api.GoogleError: Permission 'run.jobs.get' denied on resource 'projects/other' (or it may not exist).
+prefect_remote.sandbox.gcp.api.GoogleError: Permission 'run.jobs.get' denied on resource 'projects/other' (or it may not exist).
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from prefect_remote.testing.gcp.api import GoogleError
+from prefect_remote.sandbox.gcp.api import GoogleError
 
 
 @dataclass(frozen=True)
