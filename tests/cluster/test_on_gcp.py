@@ -271,8 +271,8 @@ def sandbox_state(gcp) -> str:
 
     fakes = {
         "compute": [vars(vm) for vm in gcp.compute._vms.values()],
-        "firewalls": gcp.compute._firewalls,
-        "compute_operations": gcp.compute._operations,
+        "firewalls": gcp.compute.network._firewalls,
+        "compute_operations": gcp.compute.operations._operations,
         "run": [gcp.run._jobs, gcp.run._executions, gcp.run._tasks, gcp.run._operations],
         "logging": gcp.logging.entries(),
     }
