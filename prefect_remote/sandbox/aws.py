@@ -199,19 +199,24 @@ class SandboxAWS(SandboxCloud):
             "PREFECT_REMOTE_SANDBOX_HOST": self.sandbox_host,
         }
 
+    def client(self, service: str) -> Any:
+        """A boto3 client of this sandbox with its own credentials, whatever the environment holds (a
+        test's or a script's view of the account: ``aws.client("ec2").describe_instances()``)."""
+        import boto3
+
+        credentials = {name.lower(): value for name, value in FAKE_CREDENTIALS.items()}
+        return boto3.session.Session(region_name=self.region, **credentials).client(service, endpoint_url=self.url)
+
     # -- the account ----------------------------------------------------------------------------------------
     def _prepare_account(self) -> None:
         import json
 
-        import boto3
-
-        session = boto3.session.Session(region_name=self.region, aws_access_key_id="testing", aws_secret_access_key="testing")
-        s3 = session.client("s3", endpoint_url=self.url)
+        s3 = self.client("s3")
         if self.region == "us-east-1":
             s3.create_bucket(Bucket=STORE_BUCKET)
         else:
             s3.create_bucket(Bucket=STORE_BUCKET, CreateBucketConfiguration={"LocationConstraint": self.region})
-        iam = session.client("iam", endpoint_url=self.url)
+        iam = self.client("iam")
         trust = {
             "Version": "2012-10-17",
             "Statement": [{"Effect": "Allow", "Principal": {"Service": "ec2.amazonaws.com"}, "Action": "sts:AssumeRole"}],
