@@ -35,9 +35,9 @@ def machine_log(aws):
 
 def main() -> list[str]:
     from prefect_remote.providers.aws.provider import AWSProvider
+    from prefect_remote.sandbox.aws import SandboxAWS
     from prefect_remote.software.capture import capture_environment
     from prefect_remote.spec import MachineSpec
-    from prefect_remote.testing.aws import SandboxAWS
 
     lines = []
     with bench_home("aws") as scratch:  # which ends the sandbox's instances, whatever happens

@@ -42,7 +42,7 @@ PREFECT_WORKER_POLL = 10  # prefect's PREFECT_WORKER_QUERY_SECONDS default: a pu
 def machine_log(gcp):
     """The machine log of a gcp machine: its sandbox instance's local machine's (instance ids
     ``run:<job>-<execution>-task0-0`` and ``gce:<vm name>``)."""
-    from prefect_remote.testing.instances import INSTANCE_TAG
+    from prefect_remote.sandbox.instances import INSTANCE_TAG
 
     def log_of(machine) -> str:
         for local in gcp.runner.machines.list(include_terminated=True):
@@ -101,9 +101,9 @@ def on_paper(cloud_run: dict[str, float], compute: dict[str, float]) -> list[str
 
 def main() -> list[str]:
     from prefect_remote.providers.gcp.provider import GCPProvider
+    from prefect_remote.sandbox.gcp.sandbox import SandboxGCP
     from prefect_remote.software.capture import capture_environment
     from prefect_remote.spec import MachineSpec
-    from prefect_remote.testing.gcp.sandbox import SandboxGCP
 
     lines: list[str] = []
     colds: list[dict[str, float]] = []

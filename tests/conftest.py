@@ -194,7 +194,7 @@ def aws_sandbox():
     """The session's sandbox AWS: moto in server mode on loopback (unknown EC2 instance types
     refused), reached only through the real boto3 client, whose instances boot as local machines
     under this session's home. Yields its ``SandboxAWS``."""
-    from prefect_remote.testing.aws import SandboxAWS
+    from prefect_remote.sandbox.aws import SandboxAWS
 
     with SandboxAWS(region="us-east-1", home=SESSION_HOME / "aws", validate_instance_types=True) as sandbox:
         _SANDBOXES.append(sandbox)
@@ -226,7 +226,7 @@ def gcp_sandbox():
     """The session's sandbox GCP: the Google APIs prefect-remote calls on one loopback endpoint,
     GCS on another, reached only through the real google-cloud clients; Cloud Run tasks and Compute
     Engine instances run as local machines under this session's home. Yields its ``SandboxGCP``."""
-    from prefect_remote.testing.gcp.sandbox import SandboxGCP
+    from prefect_remote.sandbox.gcp.sandbox import SandboxGCP
 
     with SandboxGCP(home=SESSION_HOME / "gcp") as sandbox:
         _SANDBOXES.append(sandbox)

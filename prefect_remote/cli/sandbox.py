@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 if TYPE_CHECKING:
-    from prefect_remote.testing.instances import SandboxCloud
+    from prefect_remote.sandbox.instances import SandboxCloud
 
 # Ports of this host's loopback the sandbox's instances reach (a Prefect server's).
 Expose = Annotated[
@@ -39,8 +39,8 @@ def aws(
         until grep -q '^sandbox ready' sandbox.env; do sleep 0.2; done
         eval "$(grep '^export ' sandbox.env)"
     """
+    from prefect_remote.sandbox.aws import SandboxAWS
     from prefect_remote.settings import get_settings
-    from prefect_remote.testing.aws import SandboxAWS
 
     _serve(SandboxAWS(port=port, region=region, home=get_settings().home / "sandbox" / "aws", expose=tuple(expose or (4200,))))
 
@@ -61,8 +61,8 @@ def gcp(
         until grep -q '^sandbox ready' sandbox.env; do sleep 0.2; done
         eval "$(grep '^export ' sandbox.env)"
     """
+    from prefect_remote.sandbox.gcp.sandbox import SandboxGCP
     from prefect_remote.settings import get_settings
-    from prefect_remote.testing.gcp.sandbox import SandboxGCP
 
     _serve(SandboxGCP(region=region, port=port, home=get_settings().home / "sandbox" / "gcp", expose=tuple(expose or (4200,))))
 

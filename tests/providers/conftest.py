@@ -18,6 +18,7 @@ from prefect_remote.providers.base import Provider
 from prefect_remote.providers.gcp import GCPProvider
 from prefect_remote.providers.local import LocalProvider
 from tests.conftest import needs_namespace
+from tests.providers.infra_clouds import INFRA_CLOUDS, InfraCloud
 
 
 @dataclass(frozen=True)
@@ -77,3 +78,13 @@ def timing(case, provider) -> Timing:
     if case.cannot_boot:
         pytest.skip(case.cannot_boot)
     return Timing(case.boot_time, provider.lease_interval)
+
+
+@pytest.fixture(params=list(INFRA_CLOUDS))
+def infra(request, monkeypatch) -> InfraCloud:
+    """One cloud's sandbox, where the infra contract provisions and tears down (tests/providers/infra_clouds.py);
+    nothing provisioned before or after the test."""
+    kind = INFRA_CLOUDS[request.param]
+    sandbox = request.getfixturevalue(f"{request.param}_env")
+    with kind.prepared(sandbox, monkeypatch):
+        yield kind(sandbox)

@@ -87,8 +87,8 @@ def scaled_out(client, env: dict[str, str], folder: Path, deployment: str, provi
     had (a scheduler and a worker at least, from ``provider.list()``) ends, and so does the
     sandbox's instance of each."""
     from prefect_remote.cluster.plan import CLUSTER_TAG, ROLE_TAG
+    from prefect_remote.sandbox.instances import INSTANCE_TAG
     from prefect_remote.software.store import open_store
-    from prefect_remote.testing.instances import INSTANCE_TAG
 
     store = open_store(env["PREFECT_REMOTE_STORE"])
     environments = store.envs()

@@ -1,32 +1,28 @@
-"""--provision-infra on aws and `prefect-remote aws teardown`, against the session's moto server
-through the real boto3 client. moto's IAM does not enforce policies, so the machines' policy is
-checked as a document (and against the docs' copy of it).
+"""--provision-infra on aws and `prefect-remote aws teardown`: what only aws has (what the infra
+contract, tests/providers/test_infra.py, does not check on every cloud). moto's IAM does not enforce
+policies, so the machines' policy is checked as a document (and against the docs' copy of it); one
+pool's teardown keeps what other pools use; refusals name the permission to add.
 
-Every test works in a region no other test uses (EC2 state there is this module's alone) and ends
+Every test works in a region no other test uses (EC2 state there is the infra tests' alone) and ends
 with everything torn down."""
 
 from __future__ import annotations
 
 import json
-import os
 import re
-import subprocess
-import sys
 from pathlib import Path
 
-import boto3
 import pytest
 from botocore.exceptions import ClientError
 
 from prefect_remote.providers.aws import infra
-from prefect_remote.providers.aws.infra import POLICY_NAME, TeardownRefused, machine_policy, role_name
-from prefect_remote.providers.aws.provider import LAUNCH_TAG, AWSError, AWSProvider
+from prefect_remote.providers.aws.infra import machine_policy, role_name
+from prefect_remote.providers.aws.provider import AWSError, AWSProvider
+from tests.providers.infra_clouds import AWSInfra, cli
 
-REGION = "eu-west-3"
-ACCOUNT = "123456789012"  # moto's
-BUCKET = f"prefect-remote-{ACCOUNT}-{REGION}"
+REGION = AWSInfra.REGION
+ACCOUNT = AWSInfra.ACCOUNT
 DOCS_PAGE = Path(__file__).parents[3] / "docs" / "providers" / "aws.md"
-CLI = str(Path(sys.executable).parent / "prefect-remote")
 # The values the docs' copy of the policy is written with.
 README_VALUES = dict(
     account="<account>",
@@ -36,67 +32,18 @@ README_VALUES = dict(
     prefix="<prefix>",
     log_group="/prefect-remote/machines",
 )
+roles, groups, log_groups = AWSInfra.roles, AWSInfra.groups, AWSInfra.log_groups
 
 
 @pytest.fixture
 def region(aws_env, monkeypatch):
-    """This module's region, left with nothing provisioned in it."""
-    monkeypatch.setenv("AWS_DEFAULT_REGION", REGION)
-    monkeypatch.delenv("PREFECT_REMOTE_STORE", raising=False)  # the sandbox's: here provisioning chooses
-    monkeypatch.delenv("PREFECT_REMOTE_AWS_INSTANCE_PROFILE", raising=False)
-    yield REGION
-    infra.teardown(REGION, force=True, delete_bucket=True, say=lambda _: None)
-
-
-def client(service: str):
-    return boto3.session.Session().client(service, region_name=REGION)
+    """The infra tests' region, left with nothing provisioned in it."""
+    with AWSInfra.prepared(aws_env, monkeypatch) as name:
+        yield name
 
 
 def provision(pool: str = "pool-a") -> tuple[infra.AWSSetup, list[str]]:
-    lines: list[str] = []
-    return infra.provision(AWSProvider(), pool, say=lines.append), lines
-
-
-def cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [CLI, *args], capture_output=True, text=True, env={**os.environ, "COLUMNS": "200"}, stdin=subprocess.DEVNULL, timeout=120
-    )
-
-
-def launch_instance(profile: str) -> str:
-    """An instance as prefect-remote launches them: its launch tag, the pool's instance profile."""
-    ec2 = client("ec2")
-    image = ec2.describe_images(Owners=["amazon"])["Images"][0]["ImageId"]
-    [instance] = ec2.run_instances(
-        ImageId=image,
-        InstanceType="t3.micro",
-        MinCount=1,
-        MaxCount=1,
-        IamInstanceProfile={"Name": profile},
-        TagSpecifications=[{"ResourceType": "instance", "Tags": [{"Key": LAUNCH_TAG, "Value": "launch-0123456789ab"}]}],
-    )["Instances"]
-    return instance["InstanceId"]
-
-
-def roles() -> set[str]:
-    return {r["RoleName"] for r in client("iam").list_roles()["Roles"] if r["RoleName"].startswith(f"prefect-remote-{REGION}-")}
-
-
-def groups() -> set[str]:
-    found = client("ec2").describe_security_groups(Filters=[{"Name": "tag-key", "Values": ["prefect-remote:managed"]}])["SecurityGroups"]
-    return {g["GroupName"] for g in found}
-
-
-def log_groups() -> list[dict]:
-    return client("logs").describe_log_groups(logGroupNamePrefix="/prefect-remote/machines")["logGroups"]
-
-
-def bucket_exists() -> bool:
-    try:
-        client("s3").head_bucket(Bucket=BUCKET)
-    except ClientError:
-        return False
-    return True
+    return AWSInfra(None).provision(pool)
 
 
 # -- the policy -----------------------------------------------------------------------------------
@@ -159,93 +106,7 @@ def test_readme_quotes_the_policy_exactly():
     assert found.group(1) == json.dumps(machine_policy(**README_VALUES), indent=2)
 
 
-# -- provisioning ---------------------------------------------------------------------------------
-def test_provisioning_twice_creates_once(region):
-    setup, first = provision()
-    name = role_name(REGION, "pool-a")
-    assert setup.role == setup.instance_profile == name and setup.store == f"s3://{BUCKET}/store"
-    created = [line for line in first if line.startswith("created")]
-    assert len(created) == 6, first  # bucket, log group, two security groups, role, instance profile
-    again, second = provision()
-    assert again == setup
-    assert not any(line.startswith(("created", "set", "updated")) for line in second), second
-    assert sum(line.startswith("found") for line in second) == 6
-    assert roles() == {name}
-
-    iam = client("iam")
-    document = iam.get_role_policy(RoleName=name, PolicyName=POLICY_NAME)["PolicyDocument"]
-    assert document == machine_policy(
-        account=ACCOUNT, region=REGION, role=name, bucket=BUCKET, prefix="store", log_group="/prefect-remote/machines"
-    )
-    assert iam.list_role_policies(RoleName=name)["PolicyNames"] == [POLICY_NAME]
-    assert iam.list_attached_role_policies(RoleName=name)["AttachedPolicies"] == []
-    trust = iam.get_role(RoleName=name)["Role"]["AssumeRolePolicyDocument"]
-    assert trust["Statement"] == [{"Effect": "Allow", "Principal": {"Service": "ec2.amazonaws.com"}, "Action": "sts:AssumeRole"}]
-    assert [r["RoleName"] for r in iam.get_instance_profile(InstanceProfileName=name)["InstanceProfile"]["Roles"]] == [name]
-
-    s3 = client("s3")
-    assert all(s3.get_public_access_block(Bucket=BUCKET)["PublicAccessBlockConfiguration"].values())
-    [rule] = s3.get_bucket_encryption(Bucket=BUCKET)["ServerSideEncryptionConfiguration"]["Rules"]
-    assert rule["ApplyServerSideEncryptionByDefault"]["SSEAlgorithm"] == "AES256"
-    [log_group] = log_groups()
-    assert log_group["retentionInDays"] == 30
-    vpc = AWSProvider().vpc_id
-    assert groups() == {f"prefect-remote-{vpc}", f"prefect-remote-{vpc}-dask-from-203.0.113.7/32"}
-    assert set(setup.security_groups) == {
-        g["GroupId"] for g in client("ec2").describe_security_groups(GroupIds=list(setup.security_groups))["SecurityGroups"]
-    }
-
-
-def test_work_pool_create_provisions_aws_and_records_it(region, prefect_server, monkeypatch):
-    from prefect.client.orchestration import get_client
-    from prefect.settings import PREFECT_API_URL, temporary_settings
-
-    from tests.workers.conftest import prefect_cli
-
-    monkeypatch.setenv("PREFECT_REMOTE_PROVIDER", "aws")
-    created = prefect_cli(prefect_server, "work-pool", "create", "--type", "remote:push", "--provision-infra", "aws-pool", "--overwrite")
-    assert created.returncode == 0, created.stdout + created.stderr
-    name = role_name(REGION, "aws-pool")
-    assert f"created IAM role {name}" in created.stdout and "created provider block 'aws-pool-provider'" in created.stdout
-    assert f"PREFECT_REMOTE_STORE=s3://{BUCKET}/store" in created.stdout.replace("\n", "")
-    again = prefect_cli(prefect_server, "work-pool", "create", "--type", "remote:push", "--provision-infra", "aws-pool", "--overwrite")
-    assert again.returncode == 0 and "reusing provider block 'aws-pool-provider' (aws)" in again.stdout, again.stdout + again.stderr
-    assert f"found IAM role {name}" in again.stdout and "created" not in again.stdout
-    with temporary_settings({PREFECT_API_URL: prefect_server}), get_client(sync_client=True) as api:
-        block = api.read_block_document_by_name("aws-pool-provider", "prefect-remote-provider")
-        pool = api.read_work_pool("aws-pool")
-    assert {k: v for k, v in block.data.items() if v} == {
-        "provider": "aws",
-        "region": REGION,
-        "instance_profile": name,
-        "log_group": "/prefect-remote/machines",
-        "store": f"s3://{BUCKET}/store",
-    }
-    defaults = {key: value.get("default") for key, value in pool.base_job_template["variables"]["properties"].items()}
-    assert defaults["credentials"] == {"$ref": {"block_document_id": str(block.id)}}
-    assert defaults["provider"] == "aws" and defaults["region"] == REGION
-    from prefect_remote.workers.config import RemoteProviderCredentials
-
-    provider = RemoteProviderCredentials.model_validate(block.data).get_provider()  # what runs of the pool launch with
-    assert provider.options.instance_profile == name and provider.region == REGION
-
-
 # -- teardown -------------------------------------------------------------------------------------
-def test_teardown_removes_what_provisioning_made_and_is_idempotent(region):
-    provision()
-    said: list[str] = []
-    removed = infra.teardown(REGION, say=said.append)
-    name = role_name(REGION, "pool-a")
-    assert set(removed) >= {f"IAM role {name}", f"instance profile {name}", "log group /prefect-remote/machines"}
-    assert sum(item.startswith("security group") for item in removed) == 2
-    assert roles() == set() and groups() == set() and log_groups() == []
-    assert bucket_exists() and any("kept S3 bucket" in line and "--delete-bucket" in line for line in said)  # it holds data
-    assert infra.teardown(REGION, delete_bucket=True, say=said.append) == [f"S3 bucket {BUCKET}"]
-    assert not bucket_exists()
-    assert infra.teardown(REGION, delete_bucket=True, say=said.append) == []
-    assert said[-1] == f"nothing to remove in {REGION}"
-
-
 def test_teardown_of_one_pool_keeps_what_other_pools_use(region):
     provision("pool-a")
     provision("pool-b")
@@ -259,27 +120,6 @@ def test_teardown_of_one_pool_keeps_what_other_pools_use(region):
     assert infra.teardown(REGION, "pool-a", say=said.append) == []
     infra.teardown(REGION, "pool-b", say=said.append)  # the last pool: the shared resources go too
     assert roles() == set() and groups() == set() and log_groups() == []
-
-
-def test_teardown_refuses_while_instances_run(region):
-    setup, _ = provision()
-    instance = launch_instance(setup.instance_profile)
-    refused = cli("aws", "teardown", "--pool", "pool-a")
-    assert refused.returncode == 1 and instance in refused.stderr and "--force" in refused.stderr, refused.stderr
-    assert roles() == {setup.role} and len(groups()) == 2  # nothing removed
-    with pytest.raises(TeardownRefused, match=instance):
-        infra.teardown(REGION, say=lambda _: None)
-    forced = cli("aws", "teardown", "--yes", "--force")
-    assert forced.returncode == 0, forced.stderr
-    assert f"terminated {instance}" in forced.stdout and f"removed IAM role {setup.role}" in forced.stdout
-    state = client("ec2").describe_instances(InstanceIds=[instance])["Reservations"][0]["Instances"][0]["State"]["Name"]
-    assert state == "terminated" and roles() == set() and groups() == set()
-    assert f"nothing to remove in {REGION}" in cli("aws", "teardown", "--yes").stdout
-
-
-def test_teardown_needs_a_pool_or_yes(region):
-    result = cli("aws", "teardown")
-    assert result.returncode == 2 and "--yes" in result.stderr
 
 
 # -- errors ---------------------------------------------------------------------------------------

@@ -21,8 +21,8 @@ from prefect_remote.providers import get_provider, network
 from prefect_remote.providers.aws import catalog
 from prefect_remote.providers.aws.provider import LAUNCH_TAG, AWSError, AWSProvider
 from prefect_remote.providers.base import BootPayload, Machine
+from prefect_remote.sandbox import aws as sandbox
 from prefect_remote.spec import MachineSpec
-from prefect_remote.testing import aws as sandbox
 from tests.providers.aws.conftest import LAUNCHER_IP
 
 AL2023 = "/aws/service/ami-amazon-linux-latest/al2023-ami-kernel-default-{}"

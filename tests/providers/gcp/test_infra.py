@@ -1,32 +1,27 @@
-"""--provision-infra on gcp and `prefect-remote gcp teardown`, against the session's sandbox GCP
-through the real google-cloud clients. The sandbox's IAM enforces nothing, so the grants are checked
-as policy documents (and against the docs' copy of them).
+"""--provision-infra on gcp and `prefect-remote gcp teardown`: what only gcp has (what the infra
+contract, tests/providers/test_infra.py, does not check on every cloud). The sandbox's IAM enforces
+nothing, so the grants are checked as policy documents (and against the docs' copy of them); a
+disabled API, a bucket of the user's, a deleted custom role and a refused permission.
 
 Every test ends with everything torn down (the sandbox is the session's)."""
 
 from __future__ import annotations
 
 import json
-import os
 import re
 import secrets
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from prefect_remote.providers.gcp import infra
 from prefect_remote.providers.gcp.clients import GCPError
-from prefect_remote.providers.gcp.infra import MACHINE_PERMISSIONS, MACHINE_ROLE_ID, TeardownRefused, machine_roles
+from prefect_remote.providers.gcp.infra import MACHINE_PERMISSIONS, MACHINE_ROLE_ID, machine_roles
 from prefect_remote.providers.gcp.provider import GCPProvider
+from tests.providers.infra_clouds import GCPInfra
 
 DOCS_PAGE = Path(__file__).parents[3] / "docs" / "providers" / "gcp.md"
-CLI = str(Path(sys.executable).parent / "prefect-remote")
-LAUNCHER_IP = "203.0.113.7"  # a documentation address: "me" without asking checkip
-EMAIL = "prefect-remote-machines@sandbox-project.iam.gserviceaccount.com"
-MEMBER = f"serviceAccount:{EMAIL}"
-BUCKET = "prefect-remote-sandbox-project-us-central1"
+EMAIL, MEMBER = GCPInfra.EMAIL, GCPInfra.MEMBER
 # The values the docs' copy of the grants is written with.
 README_VALUES = dict(
     project="<project>",
@@ -39,47 +34,14 @@ README_VALUES = dict(
 @pytest.fixture
 def project(gcp_env, monkeypatch):
     """The sandbox's project, left with nothing provisioned in it."""
-    monkeypatch.delenv("PREFECT_REMOTE_STORE", raising=False)  # the sandbox's: here provisioning chooses
-    monkeypatch.delenv("PREFECT_REMOTE_GCP_SERVICE_ACCOUNT", raising=False)  # the sandbox's own account
-    monkeypatch.setenv("PREFECT_REMOTE_GCP_PUBLIC_IP", LAUNCHER_IP)
-    # Other tests' VMs leave the rules their launches made (as a project in use has them): start without.
-    infra.teardown(GCPProvider(), force=True, delete_bucket=True, say=lambda _: None)
-    yield gcp_env
-    for service in list(gcp_env.api.disabled):
-        gcp_env.api.enable_api(service)
-    infra.teardown(GCPProvider(), force=True, delete_bucket=True, say=lambda _: None)
+    with GCPInfra.prepared(gcp_env, monkeypatch) as sandbox:
+        yield sandbox
 
 
-def provision(pool: str = "pool-a", store: str | None = None, **options) -> tuple[infra.GCPSetup, list[str]]:
-    lines: list[str] = []
-    return infra.provision(GCPProvider(**options), pool, store, say=lines.append), lines
-
-
-def cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [CLI, *args], capture_output=True, text=True, env={**os.environ, "COLUMNS": "200"}, stdin=subprocess.DEVNULL, timeout=120
-    )
-
-
-def storage():
-    from google.cloud import storage
-
-    return storage.Client(project="sandbox-project")
-
-
-def bucket_exists(name: str = BUCKET) -> bool:
-    return storage().lookup_bucket(name) is not None
-
-
-def firewalls(sandbox) -> set[str]:
-    return {name for name in sandbox_firewalls(sandbox) if name.startswith(infra.FIREWALL_PREFIXES)}
-
-
-def sandbox_firewalls(sandbox) -> list[str]:
-    from google.cloud import compute_v1
-
-    client = compute_v1.FirewallsClient(transport="rest", client_options={"api_endpoint": sandbox.url})
-    return [rule.name for rule in client.list(project=sandbox.project)]
+@pytest.fixture
+def gcp_infra(project) -> GCPInfra:
+    """Provisioning and teardown in the sandbox's project (tests/providers/infra_clouds.py)."""
+    return GCPInfra(project)
 
 
 def readme_document(**values: str) -> dict:
@@ -117,46 +79,12 @@ def test_readme_quotes_the_roles_exactly():
 
 
 # -- provisioning ---------------------------------------------------------------------------------
-def test_provisioning_twice_is_harmless_and_grants_exactly_the_roles(project):
-    setup, first = provision()
-    assert setup.block_fields() == {
-        "project": "sandbox-project",
-        "region": "us-central1",
-        "service_account": EMAIL,
-        "store": f"gs://{BUCKET}/store",
-    }
-    created = [line for line in first if line.startswith(("created", "granted"))]
-    # bucket, account, custom role, three firewall rules (VMs among themselves, the Dask ports from this
-    # launcher and from the subnetwork, where a flow run that starts a cluster connects from); grants on
-    # the project, bucket and account
-    assert len(created) == 9, first
-    assert set(setup.firewalls) == firewalls(project) and len(setup.firewalls) == 3
-    again, second = provision()
-    assert again == setup
-    assert not any(line.startswith(("created", "granted", "updated", "undeleted")) for line in second), second
-    assert sum(line.startswith("found") for line in second) == 9
-
-    roles = machine_roles(project="sandbox-project", project_number=project.project_number, bucket=BUCKET, service_account=EMAIL)
-    assert project.iam.grants_of(MEMBER) == roles["project"]  # exactly these, once each
-    role = project.iam.roles[MACHINE_ROLE_ID]
-    assert role["includedPermissions"] == list(MACHINE_PERMISSIONS) and not role.get("deleted")
-    bucket = storage().get_bucket(BUCKET)
-    policy = bucket.get_iam_policy(requested_policy_version=3)
-    assert [{"role": b["role"]} for b in policy.bindings if MEMBER in b["members"]] == roles[f"bucket {BUCKET}"]
-    account_policy = project.iam.account_policies[EMAIL]
-    assert [{"role": b["role"]} for b in account_policy["bindings"] if MEMBER in b["members"]] == roles[f"service account {EMAIL}"]
-    assert EMAIL in project.service_accounts  # Cloud Run and Compute Engine accept it now
-    assert bucket.labels == {infra.MANAGED_LABEL: "true", infra.GRANTED_LABEL: "granted"}
-    [rule] = [dict(r) for r in bucket.lifecycle_rules]
-    assert rule == {"action": {"type": "Delete"}, "condition": {"age": 7, "matchesPrefix": ["store/machines/"]}}
-
-
-def test_a_disabled_api_fails_naming_the_command_and_nothing_is_created(project):
+def test_a_disabled_api_fails_naming_the_command_and_nothing_is_created(project, gcp_infra):
     project.api.disable_api("run.googleapis.com", project.project, project.project_number)
     project.api.disable_api("iam.googleapis.com", project.project, project.project_number)
     before = dict(project.calls)
     with pytest.raises(GCPError) as refused:
-        provision()
+        gcp_infra.provision()
     message = str(refused.value)
     assert "gcloud services enable run.googleapis.com iam.googleapis.com --project=sandbox-project" in message, message
     assert "Cloud Run (run.googleapis.com), IAM (iam.googleapis.com)" in message and "enables nothing" in message
@@ -171,111 +99,41 @@ def test_a_disabled_api_fails_naming_the_command_and_nothing_is_created(project)
         "cloudresourcemanager.projects.get",
         "storage.GET",
     }, made
-    assert EMAIL not in project.iam.accounts and project.iam.grants_of(MEMBER) == [] and not bucket_exists() and firewalls(project) == set()
-    # The CLI path: prefect work-pool create reports it (test_push_gcp); the error says the same through a pool's provider.
+    assert EMAIL not in project.iam.accounts and project.iam.grants_of(MEMBER) == []
+    assert not gcp_infra.bucket_exists() and gcp_infra.firewalls() == set()
+    # The CLI path: prefect work-pool create reports it; the error says the same through a pool's provider.
     project.api.enable_api("run.googleapis.com")
     with pytest.raises(GCPError, match=r"enable it with\n  gcloud services enable iam.googleapis.com --project=sandbox-project"):
-        provision()
+        gcp_infra.provision()
 
 
-def test_a_store_of_the_users_is_used_and_kept(project):
+def test_a_store_of_the_users_is_used_and_kept(gcp_infra):
     name = f"pr-users-{secrets.token_hex(4)}"
-    storage().create_bucket(name)
-    setup, lines = provision(store=f"gs://{name}/envs")
+    gcp_infra.storage().create_bucket(name)
+    setup, lines = gcp_infra.provision(store=f"gs://{name}/envs")
     assert setup.store == f"gs://{name}/envs" and f"found bucket gs://{name}" in lines
-    bucket = storage().get_bucket(name)
+    bucket = gcp_infra.storage().get_bucket(name)
     assert [dict(r)["condition"]["matchesPrefix"] for r in bucket.lifecycle_rules] == [["envs/machines/"]]
     assert infra.MANAGED_LABEL not in bucket.labels
     removed = infra.teardown(GCPProvider(), delete_bucket=True, say=lambda _: None)
     assert f"the grant of {EMAIL} on bucket {name}" in removed and f"bucket gs://{name}" not in removed
-    bucket = storage().get_bucket(name)  # not provisioning's: kept, as it was
+    bucket = gcp_infra.storage().get_bucket(name)  # not provisioning's: kept, as it was
     labels = {key: value for key, value in bucket.labels.items() if value is not None}  # the emulator keeps a removed label as null
     assert labels == {} and list(bucket.lifecycle_rules) == []
     assert not any(MEMBER in b["members"] for b in bucket.get_iam_policy(requested_policy_version=3).bindings)
 
 
 # -- teardown -------------------------------------------------------------------------------------
-def test_teardown_removes_everything_and_is_idempotent(project):
-    provision()
-    said: list[str] = []
-    removed = infra.teardown(GCPProvider(), say=said.append)
-    assert set(removed) >= {
-        f"the project grants of {EMAIL}",
-        f"the grant of {EMAIL} on bucket {BUCKET}",
-        f"custom role projects/sandbox-project/roles/{MACHINE_ROLE_ID}",
-        f"service account {EMAIL}",
-    }
-    assert sum(item.startswith("firewall rule") for item in removed) == 3 and firewalls(project) == set()
-    assert EMAIL not in project.iam.accounts and EMAIL not in project.service_accounts
+def test_provisioning_after_a_teardown_undeletes_the_custom_role(project, gcp_infra):
+    gcp_infra.provision()
+    gcp_infra.teardown()
     assert project.iam.roles[MACHINE_ROLE_ID]["deleted"]  # Google keeps a deleted role 7 days
-    assert project.iam.grants_of(MEMBER) == []
-    assert bucket_exists() and any("kept bucket" in line and "--delete-bucket" in line for line in said)  # it holds data
-    assert infra.teardown(GCPProvider(), delete_bucket=True, say=said.append) == [f"bucket gs://{BUCKET}"]
-    assert not bucket_exists()
-    assert infra.teardown(GCPProvider(), delete_bucket=True, say=said.append) == []
-    assert said[-1] == "nothing to remove in project sandbox-project"
-    _, lines = provision()  # again after a teardown: the deleted custom role comes back
+    _, lines = gcp_infra.provision()  # again after a teardown: the deleted custom role comes back
     assert f"undeleted custom role projects/sandbox-project/roles/{MACHINE_ROLE_ID}" in lines
     assert not project.iam.roles[MACHINE_ROLE_ID].get("deleted")
 
 
-def test_teardown_refuses_while_a_vm_runs(project):
-    from prefect_remote.providers.base import Launch
-    from prefect_remote.spec import MachineSpec
-
-    setup, _ = provision()
-    compute = GCPProvider(service="compute", service_account=setup.service_account).service("compute")
-    spec = MachineSpec(cpu=2)
-    launch = Launch(
-        f"launch-{secrets.token_hex(6)}", "#!/bin/sh\nsleep 120\n", spec, compute.choose_instance_type(spec), 1, {}, "test-host:42", False
-    )
-    [machine] = compute.start(launch, [f"vm-{secrets.token_hex(6)}"])
-
-    refused = cli("gcp", "teardown", "--yes")
-    assert refused.returncode == 1 and machine.id in refused.stderr and "--force" in refused.stderr, refused.stderr
-    assert EMAIL in project.iam.accounts and len(firewalls(project)) == 3  # nothing removed
-    with pytest.raises(TeardownRefused, match=machine.id):
-        infra.teardown(GCPProvider(), say=lambda _: None)
-    forced = cli("gcp", "teardown", "--yes", "--force")
-    assert forced.returncode == 0, forced.stderr
-    assert f"ended {machine.id}" in forced.stdout and f"removed service account {EMAIL}" in forced.stdout
-    assert compute.machines([machine.id]) == [] and firewalls(project) == set()
-    assert "nothing to remove in project sandbox-project" in cli("gcp", "teardown", "--yes").stdout
-
-
-def test_teardown_needs_yes_without_a_terminal(project):
-    result = cli("gcp", "teardown")
-    assert result.returncode == 2 and "--yes" in result.stderr
-
-
-def test_work_pool_create_provisions_gcp_and_records_it(project, prefect_server, monkeypatch):
-    from prefect.client.orchestration import get_client
-    from prefect.settings import PREFECT_API_URL, temporary_settings
-
-    from prefect_remote.workers.config import RemoteProviderCredentials
-    from tests.workers.conftest import prefect_cli
-
-    monkeypatch.setenv("PREFECT_REMOTE_PROVIDER", "gcp")
-    created = prefect_cli(prefect_server, "work-pool", "create", "--type", "remote:push", "--provision-infra", "gcp-pool", "--overwrite")
-    assert created.returncode == 0, created.stdout + created.stderr
-    assert f"created service account {EMAIL}" in created.stdout and "created provider block 'gcp-pool-provider'" in created.stdout
-    assert f"PREFECT_REMOTE_STORE=gs://{BUCKET}/store" in created.stdout.replace("\n", "")
-    with temporary_settings({PREFECT_API_URL: prefect_server}), get_client(sync_client=True) as api:
-        block = api.read_block_document_by_name("gcp-pool-provider", "prefect-remote-provider")
-        pool = api.read_work_pool("gcp-pool")
-    assert {k: v for k, v in block.data.items() if v} == {
-        "provider": "gcp",
-        "project": "sandbox-project",
-        "region": "us-central1",
-        "service_account": EMAIL,
-        "store": f"gs://{BUCKET}/store",
-    }
-    defaults = {key: value.get("default") for key, value in pool.base_job_template["variables"]["properties"].items()}
-    assert defaults["provider"] == "gcp" and defaults["region"] == "us-central1"
-    provider = RemoteProviderCredentials.model_validate(block.data).get_provider()  # what runs of the pool launch with
-    assert provider.options.service_account == EMAIL and provider.options.project == "sandbox-project"
-
-
+# -- errors ---------------------------------------------------------------------------------------
 def test_a_refused_permission_names_the_role_provisioning_needs(gcp_env):
     from google.api_core.exceptions import Forbidden
 

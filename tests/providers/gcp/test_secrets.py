@@ -55,8 +55,8 @@ def test_orphans_are_swept(gcs, gcp_env, clients, monkeypatch):
 def test_terminating_a_launchs_last_machine_deletes_its_secret(gcp_env):
     from prefect_remote.providers.base import BootPayload
     from prefect_remote.providers.gcp import GCPProvider
+    from prefect_remote.sandbox.gcp.common import GoogleError
     from prefect_remote.spec import MachineSpec
-    from prefect_remote.testing.gcp.common import GoogleError
 
     provider = GCPProvider(service="cloud-run")
     first, second = provider.launch(MachineSpec(), BootPayload(["sleep", "600"], secrets={"TOKEN": "t"}), count=2, tags={"test": "secrets"})

@@ -1,12 +1,13 @@
-"""What the sandbox GCP's fakes share: its one project (every request's ``projects/<id or number>``
-is checked against it), Google's rules for labels, and page tokens.
+"""What the sandbox GCP's fakes share: what they need of the sandbox (:class:`Sandbox`, so that none
+imports it), its one project (every request's ``projects/<id or number>`` is checked against it),
+Google's rules for labels, and page tokens.
 
 >>> project = Project("sandbox-project", "123456789012")
 >>> project.check("123456789012", "run.jobs.get", "projects/123456789012/locations/us-central1/jobs/x")
 >>> project.check("other", "run.jobs.get", "projects/other")
 Traceback (most recent call last):
 ...
-prefect_remote.testing.gcp.api.GoogleError: Permission 'run.jobs.get' denied on resource 'projects/other' (or it may not exist).
+prefect_remote.sandbox.gcp.api.GoogleError: Permission 'run.jobs.get' denied on resource 'projects/other' (or it may not exist).
 """
 
 from __future__ import annotations
@@ -16,9 +17,37 @@ import hashlib
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
-from prefect_remote.testing.gcp.api import GoogleError
+from prefect_remote.sandbox.gcp.api import GoogleAPI, GoogleError
+
+if TYPE_CHECKING:
+    from prefect_remote.sandbox.gcp.metadata import MetadataServer
+    from prefect_remote.sandbox.instances import InstanceRunner
+
+
+class Sandbox(Protocol):
+    """What the fakes (Cloud Run, Compute Engine, IAM) need of the sandbox GCP that holds them
+    (:class:`prefect_remote.sandbox.gcp.sandbox.SandboxGCP`): they take it as this, never import it."""
+
+    api: GoogleAPI  # the endpoint their routes are served on
+    project: str
+    project_number: str
+    region: str
+    zones: list[str]
+    service_accounts: set[str]  # the emails that exist: a launch naming another is refused
+    metadata: MetadataServer  # a metadata server per task or instance
+    secrets: Any  # Secret Manager (``value(secret, version)``), for Cloud Run's secretKeyRefs
+    logging: Any  # Cloud Logging (``write(entries)``), where Cloud Run tasks' output goes
+
+    @property
+    def runner(self) -> InstanceRunner:
+        """Where tasks and instances run as local machines (once the sandbox is started)."""
+        ...
+
+    def image_env(self, key: str) -> dict[str, str]:
+        """What the sandbox image sets on the machine whose metadata server is ``key``."""
+        ...
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,7 @@ limits hold: 256 KiB an entry, 10 MB a request.
 
 Listing: the filter subset the product uses (``logName="…"``, ``labels."k"="v"``, ``timestamp>=…``,
 ``resource.type``, ``severity=``, ``insertId``, ``textPayload:``…, joined by AND/OR/NOT, see
-:mod:`prefect_remote.testing.gcp.filters`), ``orderBy`` ``timestamp asc`` (default) or
+:mod:`prefect_remote.sandbox.gcp.filters`), ``orderBy`` ``timestamp asc`` (default) or
 ``timestamp desc``, ``pageSize`` (default 50, at most 1000) and ``pageToken``.
 
 >>> fake = LoggingFake(api, Project.named("sandbox-project"))          # doctest: +SKIP
@@ -25,9 +25,9 @@ from typing import Any
 
 from starlette.requests import Request
 
-from prefect_remote.testing.gcp.api import GoogleAPI, GoogleError, body, rfc3339
-from prefect_remote.testing.gcp.common import Project, page
-from prefect_remote.testing.gcp.filters import compile_filter, parse_time
+from prefect_remote.sandbox.gcp.api import GoogleAPI, GoogleError, body, rfc3339
+from prefect_remote.sandbox.gcp.common import Project, page
+from prefect_remote.sandbox.gcp.filters import compile_filter, parse_time
 
 MAX_ENTRY = 256 * 1024
 MAX_REQUEST = 10 * 1024 * 1024

@@ -28,6 +28,10 @@ does not exist fails the task, as on Cloud Run. Deleting a job or an execution e
 (the sandbox never leaves one running); cancelling a completed execution is refused (400
 ``FAILED_PRECONDITION``, which google-api-core raises as ``BadRequest`` over REST).
 
+One module, past 500 lines, on purpose: jobs, executions, tasks and their operations are one state
+machine (an execution's counts and conditions follow its tasks' attempts, a job's latest execution
+follows its runs), so splitting them by resource would scatter one set of transitions.
+
 >>> run = CloudRunFake(sandbox)           # registers its routes on sandbox.api        # doctest: +SKIP
 >>> JobsClient(transport="rest", client_options={"api_endpoint": sandbox.api.url}, credentials=creds).run_job(name=job)  # doctest: +SKIP
 """
@@ -48,13 +52,12 @@ from typing import TYPE_CHECKING, Any
 
 from starlette.requests import Request
 
-from prefect_remote.testing.gcp.api import GoogleError, body, rfc3339
-from prefect_remote.testing.gcp.common import Project, check_labels, page
-from prefect_remote.testing.instances import Instance
+from prefect_remote.sandbox.gcp.api import GoogleError, body, rfc3339
+from prefect_remote.sandbox.gcp.common import Project, Sandbox, check_labels, page
+from prefect_remote.sandbox.instances import Instance
 
 if TYPE_CHECKING:
     from prefect_remote.providers.base import Machine
-    from prefect_remote.testing.gcp.sandbox import SandboxGCP
 
 PREFIX = "run:"  # the runner's instance ids of Cloud Run task attempts
 GiB = 1024**3
@@ -110,7 +113,7 @@ class CloudRunFake:
     """Cloud Run jobs of ``sandbox``'s project, served on ``sandbox.api``; its tasks run on
     ``sandbox.runner`` (instance ids ``run:…``)."""
 
-    def __init__(self, sandbox: SandboxGCP) -> None:
+    def __init__(self, sandbox: Sandbox) -> None:
         self.sandbox = sandbox
         self.project = Project(sandbox.project, sandbox.project_number)
         self._jobs: dict[str, dict[str, Any]] = {}

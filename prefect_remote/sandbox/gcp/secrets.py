@@ -22,9 +22,9 @@ from typing import Any
 
 from starlette.requests import Request
 
-from prefect_remote.testing.gcp.api import GoogleAPI, GoogleError, body, new_id, rfc3339
-from prefect_remote.testing.gcp.common import Project, check_labels, page
-from prefect_remote.testing.gcp.filters import compile_filter
+from prefect_remote.sandbox.gcp.api import GoogleAPI, GoogleError, body, new_id, rfc3339
+from prefect_remote.sandbox.gcp.common import Project, check_labels, page
+from prefect_remote.sandbox.gcp.filters import compile_filter
 
 MAX_PAYLOAD = 64 * 1024
 ENABLED = 1  # SecretVersion.State.ENABLED

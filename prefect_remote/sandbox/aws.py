@@ -6,9 +6,9 @@ in the environment (``AWS_ENDPOINT_URL``, honoured by boto3 >= 1.28), so nothing
 knows it is not a cloud. What moto lacks, the sandbox adds:
 
 * **instances that run**: each instance's user data boots as a local machine with a clean
-  environment and none of the launcher's files (see :mod:`prefect_remote.testing.instances`);
+  environment and none of the launcher's files (see :mod:`prefect_remote.sandbox.instances`);
   terminating the instance ends the machine, and a machine that ends terminates its instance;
-* **a metadata service per instance** (IMDSv2, :mod:`prefect_remote.testing.imds`): its id, region,
+* **a metadata service per instance** (IMDSv2, :mod:`prefect_remote.sandbox.imds`): its id, region,
   live tags and its instance profile's credentials;
 * **an account ready to use**: the store's bucket and an instance profile for the machines;
 * **capacity errors on request** (:func:`inject_errors`), through botocore's event hooks on the
@@ -35,8 +35,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs
 
-from prefect_remote.testing.imds import MetadataService
-from prefect_remote.testing.instances import Instance, InstanceRunner, SandboxCloud
+from prefect_remote.sandbox.imds import MetadataService
+from prefect_remote.sandbox.instances import Instance, InstanceRunner, SandboxCloud
 
 logger = logging.getLogger(__name__)
 
@@ -199,19 +199,24 @@ class SandboxAWS(SandboxCloud):
             "PREFECT_REMOTE_SANDBOX_HOST": self.sandbox_host,
         }
 
+    def client(self, service: str) -> Any:
+        """A boto3 client of this sandbox with its own credentials, whatever the environment holds (a
+        test's or a script's view of the account: ``aws.client("ec2").describe_instances()``)."""
+        import boto3
+
+        credentials = {name.lower(): value for name, value in FAKE_CREDENTIALS.items()}
+        return boto3.session.Session(region_name=self.region, **credentials).client(service, endpoint_url=self.url)
+
     # -- the account ----------------------------------------------------------------------------------------
     def _prepare_account(self) -> None:
         import json
 
-        import boto3
-
-        session = boto3.session.Session(region_name=self.region, aws_access_key_id="testing", aws_secret_access_key="testing")
-        s3 = session.client("s3", endpoint_url=self.url)
+        s3 = self.client("s3")
         if self.region == "us-east-1":
             s3.create_bucket(Bucket=STORE_BUCKET)
         else:
             s3.create_bucket(Bucket=STORE_BUCKET, CreateBucketConfiguration={"LocationConstraint": self.region})
-        iam = session.client("iam", endpoint_url=self.url)
+        iam = self.client("iam")
         trust = {
             "Version": "2012-10-17",
             "Statement": [{"Effect": "Allow", "Principal": {"Service": "ec2.amazonaws.com"}, "Action": "sts:AssumeRole"}],

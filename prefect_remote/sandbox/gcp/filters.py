@@ -20,7 +20,7 @@ import re
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from prefect_remote.testing.gcp.api import GoogleError
+from prefect_remote.sandbox.gcp.api import GoogleError
 
 Resolve = Callable[[Sequence[str]], Any]  # a field path -> its value in one resource (None: absent)
 Match = Callable[[Resolve], bool]

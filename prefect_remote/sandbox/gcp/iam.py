@@ -26,24 +26,16 @@ import copy
 import re
 import secrets
 import threading
-from typing import Any, Protocol
+from typing import Any
 
 from starlette.requests import Request
 
-from prefect_remote.testing.gcp.api import GoogleAPI, GoogleError, body
+from prefect_remote.sandbox.gcp.api import GoogleAPI, GoogleError, body
+from prefect_remote.sandbox.gcp.common import Sandbox
 
 ACCOUNT_ID = re.compile(r"[a-z](?:[-a-z0-9]{4,28}[a-z0-9])")
 ROLE_ID = re.compile(r"[a-zA-Z0-9_.]{3,64}")
 OWNER = "user:sandbox@example.com"  # who the sandbox's project belongs to
-
-
-class Sandbox(Protocol):
-    """What the fake needs of the sandbox GCP (:class:`prefect_remote.testing.gcp.sandbox.SandboxGCP`)."""
-
-    api: GoogleAPI
-    project: str
-    project_number: str
-    service_accounts: Any  # the emails that exist (a set, list or dict)
 
 
 def _etag() -> str:
@@ -141,22 +133,10 @@ class IAMFake:
             return dict(self.accounts[email])
 
     def _add_account(self, email: str) -> None:
-        accounts = self.sandbox.service_accounts
-        if isinstance(accounts, set):
-            accounts.add(email)
-        elif isinstance(accounts, list) and email not in accounts:
-            accounts.append(email)
-        elif isinstance(accounts, dict):
-            accounts.setdefault(email, {})
+        self.sandbox.service_accounts.add(email)
 
     def _remove_account(self, email: str) -> None:
-        accounts = self.sandbox.service_accounts
-        if isinstance(accounts, set):
-            accounts.discard(email)
-        elif isinstance(accounts, list) and email in accounts:
-            accounts.remove(email)
-        elif isinstance(accounts, dict):
-            accounts.pop(email, None)
+        self.sandbox.service_accounts.discard(email)
 
     def list_accounts(self, request: Request, project: str) -> dict[str, Any]:
         self._check_project(project)

@@ -32,7 +32,7 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import Response
 
-from prefect_remote.testing.gcp.api import GoogleAPI
+from prefect_remote.sandbox.gcp.api import GoogleAPI
 
 Facts = dict[str, Any]  # metadata path ("instance/name") -> text, or a dict (a folder: "instance/attributes")
 SCOPES = ["https://www.googleapis.com/auth/cloud-platform"]

@@ -1,6 +1,6 @@
 """A sandbox GCP on this computer: one loopback endpoint serving the Google APIs prefect-remote calls
 (Cloud Run v2, Compute Engine v1, Secret Manager v1, Cloud Logging v2, OAuth tokens and per-machine
-metadata servers, see :mod:`prefect_remote.testing.gcp.api`), gcp-storage-emulator for GCS, and an
+metadata servers, see :mod:`prefect_remote.sandbox.gcp.api`), gcp-storage-emulator for GCS, and an
 instance runner that runs every Cloud Run task and Compute Engine instance as a local machine.
 
 Code under test talks to it exactly as to Google Cloud: the google-cloud-* clients get the
@@ -30,14 +30,15 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from prefect_remote.testing.gcp.api import GoogleAPI
-from prefect_remote.testing.gcp.common import Project
-from prefect_remote.testing.gcp.iam import IAMFake
-from prefect_remote.testing.gcp.logs import LoggingFake
-from prefect_remote.testing.gcp.metadata import MetadataServer
-from prefect_remote.testing.gcp.run import CloudRunFake
-from prefect_remote.testing.gcp.secrets import SecretManagerFake
-from prefect_remote.testing.instances import Instance, InstanceRunner, SandboxCloud
+from prefect_remote.sandbox.gcp.api import GoogleAPI
+from prefect_remote.sandbox.gcp.common import Project
+from prefect_remote.sandbox.gcp.compute import ComputeFake
+from prefect_remote.sandbox.gcp.iam import IAMFake
+from prefect_remote.sandbox.gcp.logs import LoggingFake
+from prefect_remote.sandbox.gcp.metadata import MetadataServer
+from prefect_remote.sandbox.gcp.run import CloudRunFake
+from prefect_remote.sandbox.gcp.secrets import SecretManagerFake
+from prefect_remote.sandbox.instances import Instance, InstanceRunner, SandboxCloud
 
 logger = logging.getLogger(__name__)
 
@@ -84,7 +85,7 @@ class SandboxGCP(SandboxCloud):
         self.secrets = SecretManagerFake(self.api, project_ref)
         self.logging = LoggingFake(self.api, project_ref)
         self.run = CloudRunFake(self)
-        self.compute = _compute_fake(self)
+        self.compute = ComputeFake(self)
         self.iam = IAMFake(self)  # service accounts, custom roles, the project's IAM policy
         self._home_arg = home
         self._scratch: tempfile.TemporaryDirectory | None = None
@@ -193,11 +194,10 @@ class SandboxGCP(SandboxCloud):
         test's clean-up, a user's reset), and waits until their machines have ended; returns their
         instance ids."""
         ended = self.run.end_all()
-        if self.compute is not None:
-            for instance in list(self.compute.instances()):
-                if not instance.ended:
-                    self.compute.terminate(instance.id, "terminated by the sandbox", None)
-                    ended.append(instance.id)
+        for instance in list(self.compute.instances()):
+            if not instance.ended:
+                self.compute.terminate(instance.id, "terminated by the sandbox", None)
+                ended.append(instance.id)
         if self._runner is not None:
             self._runner.wait_idle(timeout)
         return ended
@@ -251,12 +251,12 @@ class SandboxGCP(SandboxCloud):
     def _fake(self, instance_id: str) -> Any:
         if instance_id.startswith("run:"):
             return self.run
-        if instance_id.startswith("gce:") and self.compute is not None:
+        if instance_id.startswith("gce:"):
             return self.compute
         raise KeyError(f"sandbox GCP: no service runs instance {instance_id!r}")
 
     def _instances(self) -> Iterator[Instance]:
-        return itertools.chain(self.run.instances(), self.compute.instances() if self.compute is not None else ())
+        return itertools.chain(self.run.instances(), self.compute.instances())
 
     def _terminate(self, instance_id: str, reason: str, exit_code: int | None) -> None:
         self._fake(instance_id).terminate(instance_id, reason, exit_code)
@@ -269,17 +269,6 @@ class SandboxGCP(SandboxCloud):
 
     def _forwarded(self) -> list[str]:
         return [self.url, self.storage_url]
-
-
-def _compute_fake(sandbox: SandboxGCP) -> Any:
-    """The Compute Engine fake, where this checkout has it."""
-    try:
-        from prefect_remote.testing.gcp.compute import ComputeFake
-    except ModuleNotFoundError as error:
-        if error.name != "prefect_remote.testing.gcp.compute":
-            raise
-        return None
-    return ComputeFake(sandbox)
 
 
 def _counting_storage_handler(storage: Any, calls: collections.Counter[str]) -> Any:

@@ -1,0 +1,73 @@
+"""The gcp provider's bad settings on the sandbox GCP: no project, no credentials, no bucket, a GPU
+where the zone has none; each fails at launch with the fix named, and starts nothing. (Bad job
+variables of a push pool's runs are tests/workers/test_push_contract.py's.)"""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+
+def launch_one(**options):
+    from prefect_remote.providers.base import BootPayload
+    from prefect_remote.providers.gcp import GCPProvider
+    from prefect_remote.spec import MachineSpec
+
+    return GCPProvider(**options).launch(MachineSpec(), BootPayload(["true"]), tags={"test": "bad-input"})
+
+
+def no_machines_tagged() -> bool:
+    from prefect_remote.providers.gcp import GCPProvider
+
+    return GCPProvider().list({"test": "bad-input"}, include_terminated=True) == []
+
+
+def test_a_gpu_in_a_zone_without_gpus_names_zones_with_them(gcp_env):
+    from prefect_remote.errors import CapabilityError
+    from prefect_remote.providers.gcp import GCPProvider
+    from prefect_remote.spec import MachineSpec
+
+    with pytest.raises(CapabilityError, match=r"no GPU in zone us-central1-c; use a zone with GPUs .*us-central1-a has T4"):
+        GCPProvider(zone="us-central1-c").check_spec(MachineSpec(gpu="t4"))
+
+
+def test_no_project_names_the_setting(gcp_env, monkeypatch, tmp_path):
+    import json
+
+    from prefect_remote.providers.gcp.clients import GCPError
+
+    key = json.loads(gcp_env.key_file.read_text())
+    key.pop("project_id", None)  # credentials that name no project
+    (tmp_path / "key.json").write_text(json.dumps(key))
+    monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", str(tmp_path / "key.json"))
+    monkeypatch.setenv("CLOUDSDK_CONFIG", str(tmp_path / "gcloud"))  # no gcloud configuration either
+    for name in ("GOOGLE_CLOUD_PROJECT", "GCLOUD_PROJECT", "PREFECT_REMOTE_GCP_PROJECT"):
+        monkeypatch.delenv(name, raising=False)
+    with pytest.raises(GCPError, match="no Google Cloud project for the gcp provider: set PREFECT_REMOTE_GCP_PROJECT"):
+        launch_one()
+
+
+def test_no_credentials_fail_within_seconds(gcp_env, monkeypatch, tmp_path):
+    from prefect_remote.providers.gcp.clients import GCPError
+
+    monkeypatch.delenv("GOOGLE_APPLICATION_CREDENTIALS")
+    monkeypatch.setenv("CLOUDSDK_CONFIG", str(tmp_path / "gcloud"))  # no `gcloud auth application-default login`
+    for name in ("GCE_METADATA_HOST", "GCE_METADATA_IP", "GCE_METADATA_ROOT"):
+        monkeypatch.delenv(name, raising=False)  # no metadata server: google-auth pings the real one's address
+    started = time.monotonic()
+    with pytest.raises(
+        GCPError, match=r"no Google Cloud credentials found .*`gcloud auth application-default login`.*GOOGLE_APPLICATION_CREDENTIALS"
+    ):
+        launch_one()
+    assert time.monotonic() - started < 10
+
+
+def test_a_missing_bucket_names_how_to_make_it(gcp_env, monkeypatch):
+    from prefect_remote.software.store import StoreError
+
+    monkeypatch.setenv("PREFECT_REMOTE_STORE", "gs://no-such-bucket/x")
+    with pytest.raises(StoreError, match=r"bucket no-such-bucket does not exist .*gcloud storage buckets create gs://no-such-bucket"):
+        launch_one()
+    monkeypatch.setenv("PREFECT_REMOTE_STORE", gcp_env.store)
+    assert no_machines_tagged()

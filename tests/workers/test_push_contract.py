@@ -1,0 +1,168 @@
+"""The push contract: the seed's flow path on each sandbox cloud, as a user would walk it. A remote:push
+pool provisioned for the cloud, `prefect deploy` with package sync storing to the cloud's store, and
+`prefect deployment run` completing on the cloud's machine (an EC2 instance, a Cloud Run execution,
+booted from the stock-image path), its boot and payload logs in the run's logs. Runs are submitted
+by `prefect-remote push serve`, started in the sandbox's environment. Every test runs on every cloud
+of tests/workers/clouds.py; a new cloud passes this suite before it ships.
+
+The pool and the project are set up once per cloud (module-scoped). A cloud's tests that have no
+counterpart elsewhere live in its own module (test_push_gcp.py), but for those that need its pool
+or project, which are here for that cloud only (``only``)."""
+
+from __future__ import annotations
+
+import re
+import time
+
+import pytest
+
+from tests.conftest import wait_for
+from tests.workers.clouds import PUSH_CLOUDS, GCPPush, PushCloud
+from tests.workers.conftest import (
+    assert_ran_synced_code,
+    cancel_ends_machine,
+    completed_run,
+    completed_runs,
+    deploy,
+    deploy_project,
+    logged,
+    run_logs,
+    running_machine,
+    sandbox_shell,
+    scaled_out,
+    wait_final,
+)
+
+
+def only(name: str):
+    """A test of one cloud's own, which needs that cloud's pool or project."""
+    return pytest.mark.parametrize("cloud", [name], indirect=True)
+
+
+@pytest.fixture(scope="module", params=list(PUSH_CLOUDS))
+def cloud(request, prefect_server, tmp_path_factory) -> PushCloud:
+    """A shell's environment after `prefect-remote sandbox <cloud>`, with the session's Prefect server
+    reached at the sandbox host (as machines reach it), the cloud's pool provisioned and `prefect-remote
+    push serve` running for it; and the project deployed to the pool."""
+    kind = PUSH_CLOUDS[request.param]
+    cloud = kind(request.getfixturevalue(f"{kind.name}_sandbox"))
+    logs = tmp_path_factory.mktemp(f"push-serve-{kind.name}")
+    with sandbox_shell(cloud.sandbox, prefect_server, kind.name, kind.pool, logs, **kind.settings) as env:
+        cloud.env = env
+        files = {**kind.files, "prefect.yaml": kind.prefect_yaml()}
+        cloud.folder = deploy_project(env, tmp_path_factory.mktemp(f"{kind.name}-project"), files, kind.store_scheme)
+        yield cloud
+
+
+def test_a_deployment_runs_on_the_clouds_machine(cloud, api):
+    flow_run = completed_run(api, cloud.env, cloud.folder, f"hello/on-{cloud.machine}")
+    machine_id = flow_run.infrastructure_pid
+    assert machine_id.startswith(cloud.id_prefix)
+    logs = "\n".join(run_logs(api, flow_run.id))
+    assert "hello from the flow" in logs  # the payload's own output
+    assert "software environment senv-" in logs  # boot phases
+    assert re.search(r"agent: ready \(\S+ on Python 3\.\d+\.\d+\)", logs), logs  # which Python the machine got
+    # The cost facts at launch and at the end: type, region, market, price, and what it cost.
+    for said in cloud.said(machine_id):
+        assert re.search(said, logs), (said, logs)
+    assert re.search(rf"Machine {machine_id} ended: payload finished; estimated cost \$\d+\.\d{{4}}", logs), logs
+    wait_for(lambda: cloud.ended(machine_id), timeout=30, message="the machine ended")
+
+
+def test_the_synced_code_runs_wherever_the_pull_step_points(cloud, api):
+    # No pull section (the project's path on this computer), the guide's /scratch/batch, and "."; at once.
+    for flow_run in completed_runs(api, cloud.env, cloud.folder, [f"located/{name}" for name in cloud.pulls()]):
+        assert_ran_synced_code(api, flow_run)
+        logs = "\n".join(run_logs(api, flow_run.id))
+        assert all(said in logs for said in cloud.placement(flow_run.infrastructure_pid)), logs
+
+
+def test_cancelling_a_run_ends_its_machine(cloud, api):
+    cancel_ends_machine(api, f"sleeper/sleeping-on-{cloud.machine}", cloud.cancelled)
+
+
+def test_the_guides_scale_out_flow_launches_its_function_from_the_flows_machine(cloud, api, request):
+    """The flow run's machine launches the function's cluster on the cloud, with the pool's settings
+    (its provider, store and credentials' settings reached it from its launcher) and its own software
+    environment. (On gcp the flow runs on Cloud Run and the cluster on Compute Engine: the task joins
+    the VPC network, Direct VPC egress, to reach the VMs.)"""
+    request.getfixturevalue(f"{cloud.name}_env")  # this process's provider, on the sandbox
+    scaled_out(api, cloud.env, cloud.folder, f"my-flow/scale-out-on-{cloud.machine}", cloud.provider(), cloud.sandbox)
+
+
+@only("aws")
+def test_a_terminated_instance_crashes_its_run(cloud, api):
+    run_id, instance_id = running_machine(api, f"sleeper/sleeping-on-{cloud.machine}")
+    cloud.ec2().terminate_instances(InstanceIds=[instance_id])  # as a spot interruption or an operator would
+    killed = time.monotonic()
+    final = wait_final(api, run_id, timeout=30)
+    assert time.monotonic() - killed <= 30 and final.state_name == "Crashed"
+
+
+# -- gcp: the pool's block, exit codes, Compute Engine, and bad job variables ---------------------------------
+def provider_block(api, pool: str):
+    from prefect_remote.workers.config import RemoteProviderCredentials
+
+    document = api.read_block_document_by_name(f"{pool}-provider", RemoteProviderCredentials.get_block_type_slug())
+    return RemoteProviderCredentials.model_validate(document.data)
+
+
+@only("gcp")
+def test_pool_records_the_project_and_service_account(cloud, api):
+    block = provider_block(api, cloud.pool)
+    project = cloud.sandbox.project
+    assert block.provider == "gcp" and block.project == project
+    assert block.service_account and block.service_account.endswith(f"@{project}.iam.gserviceaccount.com")
+    assert block.store and block.store.startswith("gs://")
+
+
+@only("gcp")
+def test_a_failing_flow_reports_its_exit_code(cloud, api):
+    run_id = api.create_flow_run_from_deployment(api.read_deployment_by_name("exiting/exiting-on-cloud-run").id).id
+    final = wait_final(api, run_id, timeout=300)
+    assert final.state_name in ("Crashed", "Failed"), "\n".join(run_logs(api, run_id))
+    try:
+        logged(api, run_id, "(exit code 3)", timeout=30)  # the engine reports before its machine has ended
+    except AssertionError:
+        raise AssertionError("\n".join(run_logs(api, run_id))) from None
+    logs = "\n".join(run_logs(api, run_id))
+    assert "about to exit" in logs
+    assert re.search(rf"Machine {final.infrastructure_pid} ended: payload exited with code 3 \(exit code 3\)", logs), logs
+    assert final.state_name == "Crashed" and "non-zero status code 3" in (final.state.message or ""), final.state
+
+
+@only("gcp")
+def test_gcp_service_compute_runs_on_a_vm(cloud, api, gcp_env):
+    flow_run = completed_run(api, cloud.env, cloud.folder, "hello/on-compute")
+    logs = "\n".join(run_logs(api, flow_run.id))
+    machine_id = flow_run.infrastructure_pid
+    assert machine_id.startswith("vm-")
+    assert "hello from the flow" in logs and re.search(r"booting machine on gcp Compute Engine e2-\S+ in us-central1-a", logs), logs
+    assert re.search(rf"Machine {machine_id} launched on gcp: e2-\S+ in us-central1, on-demand, \$\d+\.\d{{4}}/hour", logs), logs
+    assert f"Machine {machine_id} runs on Compute Engine, because gcp_service='compute'" in logs
+    assert re.search(rf"Machine {machine_id} ended: payload finished; estimated cost \$\d+\.\d{{4}}", logs), logs
+    wait_for(lambda: not cloud.provider().describe(machine_id).alive, timeout=30, message="the VM deleted")
+
+
+# -- bad input: a clear error naming the fix, before anything starts ------------------------------
+@only("gcp")
+@pytest.mark.parametrize(
+    ("job_variables", "fragment"),
+    [
+        (
+            {"cpu": 1, "memory": "8 GiB", "gcp_service": "cloud-run"},
+            "is not a shape Cloud Run allows (1 vCPU takes 512 MiB to 4 GiB); the nearest it allows is 2 vCPU with 8 GiB",
+        ),
+        ({"gpu": "a100", "gcp_service": "cloud-run"}, "Cloud Run offers one nvidia-l4 GPU per task"),
+        ({"vm_type": "n2-standard-3"}, "vm_type=['n2-standard-3']: not a machine type in zone us-central1-a; did you mean n2-standard-"),
+        ({"container": "python:3.12", "gcp_service": "compute"}, "Compute Engine VMs boot a stock image and run no container"),
+        ({"region": "europe-west1"}, "this gcp provider launches in us-central1"),
+    ],
+    ids=["cloud-run-shape", "cloud-run-gpu", "unknown-vm-type", "container-on-compute", "other-region"],
+)
+def test_bad_job_variables_fail_the_run_clearly_and_start_nothing(cloud, project, api, gcp_env, job_variables, fragment):
+    run = api.create_flow_run_from_deployment(deploy(api, project, GCPPush.pool, **job_variables))
+    final = wait_final(api, run.id, timeout=60)
+    assert final.state_name in ("Crashed", "Failed")
+    assert fragment in (final.state.message or ""), final.state.message
+    assert cloud.provider().list({"prefect.io/flow-run-id": str(run.id)}, include_terminated=True) == []
