@@ -226,18 +226,31 @@ class SandboxAWS(SandboxCloud):
         )
         session = boto3.session.Session(region_name=self.region, **keys)
         s3 = session.client("s3", endpoint_url=self.url)
-        if self.region == "us-east-1":
-            s3.create_bucket(Bucket=STORE_BUCKET)
-        else:
-            s3.create_bucket(Bucket=STORE_BUCKET, CreateBucketConfiguration={"LocationConstraint": self.region})
         iam = session.client("iam", endpoint_url=self.url)
-        trust = {
-            "Version": "2012-10-17",
-            "Statement": [{"Effect": "Allow", "Principal": {"Service": "ec2.amazonaws.com"}, "Action": "sts:AssumeRole"}],
-        }
-        iam.create_role(RoleName=INSTANCE_PROFILE, AssumeRolePolicyDocument=json.dumps(trust))
-        iam.create_instance_profile(InstanceProfileName=INSTANCE_PROFILE)
-        iam.add_role_to_instance_profile(InstanceProfileName=INSTANCE_PROFILE, RoleName=INSTANCE_PROFILE)
+        if not _exists(lambda: iam.get_role(RoleName=INSTANCE_PROFILE)):  # (moto's account is this process's, shared by its sandboxes)
+            if self.region == "us-east-1":
+                s3.create_bucket(Bucket=STORE_BUCKET)
+            else:
+                s3.create_bucket(Bucket=STORE_BUCKET, CreateBucketConfiguration={"LocationConstraint": self.region})
+            trust = {
+                "Version": "2012-10-17",
+                "Statement": [{"Effect": "Allow", "Principal": {"Service": "ec2.amazonaws.com"}, "Action": "sts:AssumeRole"}],
+            }
+            iam.create_role(RoleName=INSTANCE_PROFILE, AssumeRolePolicyDocument=json.dumps(trust))
+            iam.create_instance_profile(InstanceProfileName=INSTANCE_PROFILE)
+            iam.add_role_to_instance_profile(InstanceProfileName=INSTANCE_PROFILE, RoleName=INSTANCE_PROFILE)
+        if self.enforce_iam:  # as provisioning leaves an account: the machines' policy, their log group
+            from prefect_remote.providers.aws.infra import POLICY_NAME, machine_policy
+            from prefect_remote.providers.aws.provider import AWSOptions
+
+            log_group = AWSOptions.model_fields["log_group"].default
+            policy = machine_policy(
+                account=ACCOUNT_ID, region=self.region, role=INSTANCE_PROFILE, bucket=STORE_BUCKET, prefix="store", log_group=log_group
+            )
+            iam.put_role_policy(RoleName=INSTANCE_PROFILE, PolicyName=POLICY_NAME, PolicyDocument=json.dumps(policy))
+            logs = session.client("logs", endpoint_url=self.url)
+            if not logs.describe_log_groups(logGroupNamePrefix=log_group)["logGroups"]:
+                logs.create_log_group(logGroupName=log_group)
         self.calls.clear()  # the sandbox's own set-up is not the code under test's
 
     # -- the instance runner's view of moto --------------------------------------------------------------------
@@ -371,6 +384,16 @@ class SandboxAWS(SandboxCloud):
             return {"role": None}
         held = self._machine_credentials
         return {"role": role.name, "credentials": lambda: held.for_instance(instance.id, instance.region_name, profile)}
+
+
+def _exists(lookup: Any) -> bool:
+    from botocore.exceptions import ClientError
+
+    try:
+        lookup()
+    except ClientError:
+        return False
+    return True
 
 
 def _as_instance(instance: Any) -> Instance:
