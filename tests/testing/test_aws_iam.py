@@ -16,6 +16,8 @@ import os
 import re
 import subprocess
 import sys
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import boto3
@@ -537,6 +539,11 @@ def test_unknown_keys_and_bad_signatures_are_refused_in_each_services_shape(sand
         "sts", endpoint_url=sandbox.url, config=NO_RETRIES.merge(Config(signature_version=__import__("botocore").UNSIGNED))
     )
     assert refused(unsigned.get_caller_identity)[:2] == (403, "MissingAuthenticationToken")
+    # moto's own API (reset, switches) is no way around it.
+    request = urllib.request.Request(f"{sandbox.url}/moto-api/reset", method="POST")
+    with pytest.raises(urllib.error.HTTPError) as caught:
+        urllib.request.urlopen(request, timeout=10)
+    assert caught.value.code == 403
 
 
 def test_simulate_principal_policy_answers_from_the_same_evaluator(sandbox, admin):
