@@ -35,8 +35,7 @@ class UnknownOperation(LookupError):
     def __init__(self, service: str, operation: str, detail: str = "") -> None:
         self.service, self.operation = service, operation
         super().__init__(
-            f"the sandbox's IAM does not know what {service}:{operation}{detail} needs, so it refuses it "
-            "(add the operation to prefect_remote/testing/iam_requests.py)"
+            f"the sandbox's IAM does not know what {service}:{operation}{detail} needs, so it refuses it (its table is {__name__})"
         )
 
 

@@ -23,6 +23,7 @@ policies decide. An operation :mod:`iam_requests` does not model is refused, nam
 from __future__ import annotations
 
 import base64
+import collections
 import datetime
 import io
 import json
@@ -270,7 +271,7 @@ class IAMEnforcer:
     ) -> None:
         self.app, self.account, self.partition, self.enabled, self.clock = app, account, partition, enabled, clock
         self.world = world or Account()
-        self.refusals: list[str] = []  # "principal service:Operation: message", for a test's report
+        self.refusals: collections.deque[str] = collections.deque(maxlen=1000)  # the latest, "kind: message", for a test to read
         self._lock = threading.Lock()
 
     def __call__(self, environ: dict[str, Any], start_response: Any) -> Any:
