@@ -340,6 +340,11 @@ def _instances(request: Request, account: Account) -> list[Check]:
     return [Check(f"ec2:{request.operation}", *_ec2_resource(request, account, i)) for i in request.params.get("InstanceIds") or []]
 
 
+@_handles("ec2", "DescribeInstanceAttribute")
+def _instance_attribute(request: Request, account: Account) -> list[Check]:
+    return [Check("ec2:DescribeInstanceAttribute", *_ec2_resource(request, account, request.params["InstanceId"]))]
+
+
 @_handles("ec2", "CreateSecurityGroup")
 def _create_security_group(request: Request, account: Account) -> list[Check]:
     specs = _specs(request.params)

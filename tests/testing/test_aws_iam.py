@@ -383,6 +383,8 @@ def test_arns_and_action_names_per_service():
     ]
     assert sg[2].context["ec2:CreateAction"] == "CreateSecurityGroup"
     assert ask("sts", "GetCallerIdentity") == []  # no permission needed
+    [attribute] = ask("ec2", "DescribeInstanceAttribute", InstanceId="i-0a", Attribute="userData")
+    assert attribute.resource == f"{EC2}:instance/i-0a"  # (unlike DescribeInstances, scoped to the instance)
 
 
 def test_unknown_operations_are_refused_by_name():
