@@ -297,7 +297,38 @@ class IAMEnforcer:
                 self.refusals.append(f"{refusal.kind}: {refusal.message or ''}")
             return _refuse(start_response, refusal, protocol, environ)
         environ["wsgi.input"] = io.BytesIO(body)
+        if parsed.service == "s3" and parsed.operation in ("GetObject", "HeadObject") and not self._may_list(principal, parsed):
+            return self._missing_is_forbidden(environ, start_response)
         return self.app(environ, start_response)
+
+    def _may_list(self, principal: Principal, parsed: _Parsed) -> bool:
+        from prefect_remote.testing.iam_requests import s3_arn
+
+        request = Request("s3", "ListBucket", {}, parsed.region, self.account, self.partition)
+        check = Check("s3:ListBucket", s3_arn(request, parsed.params.get("Bucket", "")), principal.context)
+        try:
+            return principal.decide(check)[0].allowed
+        except PolicyError:
+            return False
+
+    def _missing_is_forbidden(self, environ: dict[str, Any], start_response: Any) -> Any:
+        """S3 answers a missing key with 404 only to callers who may list the bucket; others get 403
+        Access Denied (GetObject's documentation), which tells them nothing of what is there."""
+        answered: dict[str, Any] = {}
+
+        def capture(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Callable[[bytes], None]:
+            answered.update(status=status, headers=headers)
+            return lambda data: None
+
+        chunks = self.app(environ, capture)
+        try:
+            body = b"".join(chunks)
+        finally:
+            getattr(chunks, "close", lambda: None)()
+        if answered["status"].startswith("404"):
+            return _refuse(start_response, Refusal("denied", "Access Denied"), "s3", environ)
+        start_response(answered["status"], answered["headers"])
+        return [body]
 
     # -- reading the request ----------------------------------------------------------------------
     def _parse(self, environ: dict[str, Any], body: bytes, key_id: str, region: str, service: str) -> _Parsed:

@@ -478,6 +478,19 @@ def test_a_user_is_allowed_what_its_policy_grants_and_refused_the_rest_in_each_s
     assert (status, code) == (403, "AccessDenied") and "sts:GetSessionToken" in message and "does not know" in message
 
 
+def test_a_missing_key_is_404_only_to_who_may_list_the_bucket(sandbox):
+    bucket = "prefect-remote-sandbox"
+    objects = allow("s3:GetObject", f"arn:aws:s3:::{bucket}/*")
+    blind = clients(sandbox, make_user("blind", {"p": policy(objects)}, account=ACCOUNT_ID))
+    assert refused(blind("s3").head_object, Bucket=bucket, Key="store/missing")[:2] == (403, "403")
+    assert refused(blind("s3").get_object, Bucket=bucket, Key="store/missing")[:2] == (403, "AccessDenied")
+    seeing = clients(
+        sandbox, make_user("seeing", {"p": policy(objects, allow("s3:ListBucket", f"arn:aws:s3:::{bucket}"))}, account=ACCOUNT_ID)
+    )
+    assert refused(seeing("s3").head_object, Bucket=bucket, Key="store/missing")[:2] == (404, "404")
+    assert refused(seeing("s3").get_object, Bucket=bucket, Key="store/missing")[:2] == (404, "NoSuchKey")
+
+
 def test_an_explicit_deny_wins_and_says_so(sandbox):
     keys = make_user("denied", {"p": policy(allow("ec2:*"), deny("ec2:DescribeSubnets"))}, account=ACCOUNT_ID)
     client = clients(sandbox, keys)
