@@ -298,7 +298,9 @@ class IAMEnforcer:
             return _refuse(start_response, refusal, protocol, environ)
         environ["wsgi.input"] = io.BytesIO(body)
         if parsed.service == "s3" and parsed.operation in ("GetObject", "HeadObject") and not self._may_list(principal, parsed):
-            return self._missing_is_forbidden(environ, start_response)
+            return self._missing_is_forbidden(
+                environ, start_response, f"{principal.arn} may not s3:ListBucket {parsed.params.get('Bucket')}"
+            )
         return self.app(environ, start_response)
 
     def _may_list(self, principal: Principal, parsed: _Parsed) -> bool:
@@ -311,7 +313,7 @@ class IAMEnforcer:
         except PolicyError:
             return False
 
-    def _missing_is_forbidden(self, environ: dict[str, Any], start_response: Any) -> Any:
+    def _missing_is_forbidden(self, environ: dict[str, Any], start_response: Any, why: str) -> Any:
         """S3 answers a missing key with 404 only to callers who may list the bucket; others get 403
         Access Denied (GetObject's documentation), which tells them nothing of what is there."""
         answered: dict[str, Any] = {}
@@ -326,6 +328,8 @@ class IAMEnforcer:
         finally:
             getattr(chunks, "close", lambda: None)()
         if answered["status"].startswith("404"):
+            with self._lock:
+                self.refusals.append(f"missing-key: 403 for a missing key of {environ.get('PATH_INFO')}: {why}")
             return _refuse(start_response, Refusal("denied", "Access Denied"), "s3", environ)
         start_response(answered["status"], answered["headers"])
         return [body]
