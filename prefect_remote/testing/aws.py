@@ -365,10 +365,8 @@ class SandboxAWS(SandboxCloud):
 
         # moto's own check would run after this one and refuse what AWS allows (specific ARNs): off.
         moto.settings.INITIAL_NO_AUTH_ACTION_COUNT = float("inf")
-        enforcer = IAMEnforcer(app, account=ACCOUNT_ID, enabled=lambda: enforcer.on)
-        enforcer.on = False  # type: ignore[attr-defined]
-        self._iam = enforcer
-        return enforcer
+        self._iam = IAMEnforcer(app, account=ACCOUNT_ID, on=False)
+        return self._iam
 
     def _make_identities(self) -> None:
         from prefect_remote.testing import aws_identities as identities

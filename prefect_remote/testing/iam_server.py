@@ -256,8 +256,8 @@ class _Parsed:
 
 
 class IAMEnforcer:
-    """WSGI middleware: every request is authenticated and authorized before ``app`` (moto) sees it.
-    ``enabled()`` is read per request (a sandbox switches enforcement on once its account is ready)."""
+    """WSGI middleware: every request is authenticated and authorized before ``app`` (moto) sees it,
+    while ``on`` (a sandbox switches it on once its account is ready)."""
 
     def __init__(
         self,
@@ -265,17 +265,17 @@ class IAMEnforcer:
         *,
         account: str,
         partition: str = "aws",
-        enabled: Callable[[], bool] = lambda: True,
+        on: bool = True,
         clock: Callable[[], datetime.datetime] = lambda: datetime.datetime.now(datetime.UTC),
         world: Account | None = None,
     ) -> None:
-        self.app, self.account, self.partition, self.enabled, self.clock = app, account, partition, enabled, clock
+        self.app, self.account, self.partition, self.on, self.clock = app, account, partition, on, clock
         self.world = world or Account()
         self.refusals: collections.deque[str] = collections.deque(maxlen=1000)  # the latest, "kind: message", for a test to read
         self._lock = threading.Lock()
 
     def __call__(self, environ: dict[str, Any], start_response: Any) -> Any:
-        if not self.enabled():
+        if not self.on:
             return self.app(environ, start_response)
         length = int(environ.get("CONTENT_LENGTH") or 0)
         body = environ["wsgi.input"].read(length) if length else b""
