@@ -55,7 +55,10 @@ class SandboxAWS(SandboxCloud):
     instance types, as EC2 does (moto accepts any by default). ``home`` holds the instances' machine
     folders (default: a temporary folder); ``isolation`` is theirs (``namespace`` where this host
     offers network namespaces). ``expose`` lists ports of services on this host's loopback (a Prefect
-    server) that instances reach at ``http://<sandbox_host>:PORT``.
+    server) that instances reach at ``http://<sandbox_host>:PORT``. ``enforce_iam`` checks every call
+    against the caller's IAM policies as AWS does (:mod:`prefect_remote.sandbox.iam_server`): the
+    exported credentials are then a user with exactly the docs' launcher and provisioning
+    permissions, and instances get their instance profile's role through IMDS.
     """
 
     def __init__(
@@ -69,8 +72,10 @@ class SandboxAWS(SandboxCloud):
         home: str | Path | None = None,
         isolation: str | None = None,
         expose: tuple[int, ...] = (),
+        enforce_iam: bool = False,
     ) -> None:
         self.host, self.port, self.region = host, port, region
+        self.enforce_iam = enforce_iam
         self.validate_instance_types = validate_instance_types
         self.run_instances = run_instances
         self.isolation = isolation
@@ -81,6 +86,10 @@ class SandboxAWS(SandboxCloud):
         self._server: Any = None
         self._runner: InstanceRunner | None = None
         self._imds: MetadataService | None = None
+        self._iam: Any = None  # the enforcing middleware, while enforce_iam
+        self._admin: Any = None  # the sandbox's own keys (its set-up): nobody else's
+        self.identity: Any = None  # the keys environ() hands out: the docs' launcher and provisioning permissions
+        self._machine_credentials: Any = None
 
     # -- endpoints ------------------------------------------------------------------------------------
     @property
@@ -125,7 +134,7 @@ class SandboxAWS(SandboxCloud):
                 from moto.server import DomainDispatcherApplication, create_backend_app
                 from werkzeug.serving import make_server
 
-                app = _Counting(DomainDispatcherApplication(create_backend_app), sandbox.calls)
+                app = _Counting(sandbox._guarded(DomainDispatcherApplication(create_backend_app)), sandbox.calls)
                 self._server = make_server(self._ip_address, self._port, app, True, request_handler=MotoRequestHandler)
                 self._server_ready_event.set()
                 self._server.serve_forever()
@@ -133,7 +142,11 @@ class SandboxAWS(SandboxCloud):
         server = CountingServer(ip_address=self.host, port=self.port, verbose=False)
         server.start()
         self._server = server
+        if self.enforce_iam:
+            self._make_identities()
         self._prepare_account()
+        if self._iam is not None:
+            self._iam.on = True  # from here on, every call is checked
         if self.run_instances:
             if self._home_arg is None:
                 self._scratch = tempfile.TemporaryDirectory(prefix="prefect-remote-sandbox-aws-")
@@ -184,7 +197,8 @@ class SandboxAWS(SandboxCloud):
     # -- what a shell or a test needs ----------------------------------------------------------------------
     def environ(self) -> dict[str, str]:
         """The variables that point boto3 (and the AWS CLI) at this sandbox."""
-        return {"AWS_ENDPOINT_URL": self.url, "AWS_DEFAULT_REGION": self.region, **FAKE_CREDENTIALS}
+        credentials = self.identity.environ() if self.identity is not None else FAKE_CREDENTIALS
+        return {"AWS_ENDPOINT_URL": self.url, "AWS_DEFAULT_REGION": self.region, **credentials}
 
     def exports(self) -> dict[str, str]:
         """Everything a shell needs to use the sandbox by default: boto3's endpoint, region and
@@ -204,26 +218,41 @@ class SandboxAWS(SandboxCloud):
         test's or a script's view of the account: ``aws.client("ec2").describe_instances()``)."""
         import boto3
 
-        credentials = {name.lower(): value for name, value in FAKE_CREDENTIALS.items()}
+        if self._admin is not None:  # IAM enforced: the sandbox's own keys, allowed everything
+            credentials = self._admin.session_kwargs()
+        else:
+            credentials = {name.lower(): value for name, value in FAKE_CREDENTIALS.items()}
         return boto3.session.Session(region_name=self.region, **credentials).client(service, endpoint_url=self.url)
 
     # -- the account ----------------------------------------------------------------------------------------
     def _prepare_account(self) -> None:
         import json
 
-        s3 = self.client("s3")
-        if self.region == "us-east-1":
-            s3.create_bucket(Bucket=STORE_BUCKET)
-        else:
-            s3.create_bucket(Bucket=STORE_BUCKET, CreateBucketConfiguration={"LocationConstraint": self.region})
-        iam = self.client("iam")
-        trust = {
-            "Version": "2012-10-17",
-            "Statement": [{"Effect": "Allow", "Principal": {"Service": "ec2.amazonaws.com"}, "Action": "sts:AssumeRole"}],
-        }
-        iam.create_role(RoleName=INSTANCE_PROFILE, AssumeRolePolicyDocument=json.dumps(trust))
-        iam.create_instance_profile(InstanceProfileName=INSTANCE_PROFILE)
-        iam.add_role_to_instance_profile(InstanceProfileName=INSTANCE_PROFILE, RoleName=INSTANCE_PROFILE)
+        s3, iam = self.client("s3"), self.client("iam")
+        if not _exists(lambda: iam.get_role(RoleName=INSTANCE_PROFILE)):  # (moto's account is this process's, shared by its sandboxes)
+            if self.region == "us-east-1":
+                s3.create_bucket(Bucket=STORE_BUCKET)
+            else:
+                s3.create_bucket(Bucket=STORE_BUCKET, CreateBucketConfiguration={"LocationConstraint": self.region})
+            trust = {
+                "Version": "2012-10-17",
+                "Statement": [{"Effect": "Allow", "Principal": {"Service": "ec2.amazonaws.com"}, "Action": "sts:AssumeRole"}],
+            }
+            iam.create_role(RoleName=INSTANCE_PROFILE, AssumeRolePolicyDocument=json.dumps(trust))
+            iam.create_instance_profile(InstanceProfileName=INSTANCE_PROFILE)
+            iam.add_role_to_instance_profile(InstanceProfileName=INSTANCE_PROFILE, RoleName=INSTANCE_PROFILE)
+        if self.enforce_iam:  # as provisioning leaves an account: the machines' policy, their log group
+            from prefect_remote.providers.aws.infra import POLICY_NAME, machine_policy
+            from prefect_remote.providers.aws.provider import AWSOptions
+
+            log_group = AWSOptions.model_fields["log_group"].default
+            policy = machine_policy(
+                account=ACCOUNT_ID, region=self.region, role=INSTANCE_PROFILE, bucket=STORE_BUCKET, prefix="store", log_group=log_group
+            )
+            iam.put_role_policy(RoleName=INSTANCE_PROFILE, PolicyName=POLICY_NAME, PolicyDocument=json.dumps(policy))
+            logs = self.client("logs")
+            if not logs.describe_log_groups(logGroupNamePrefix=log_group)["logGroups"]:
+                logs.create_log_group(logGroupName=log_group)
         self.calls.clear()  # the sandbox's own set-up is not the code under test's
 
     # -- the instance runner's view of moto --------------------------------------------------------------------
@@ -264,6 +293,8 @@ class SandboxAWS(SandboxCloud):
             )
         if self._imds is not None:
             self._imds.forget(instance_id)
+        if self._machine_credentials is not None:
+            self._machine_credentials.forget(instance_id)
 
     def _image_env(self, instance: Instance) -> dict[str, str]:
         """What the sandbox's machine image sets: where the AWS API and the metadata service are (as
@@ -296,6 +327,7 @@ class SandboxAWS(SandboxCloud):
         if found is None:
             return None
         backend, instance = found
+        profile = self._profile(backend, instance)
         return {
             "instance-id": instance.id,
             "instance-type": instance.instance_type,
@@ -305,7 +337,8 @@ class SandboxAWS(SandboxCloud):
             "placement/region": instance.region_name,
             "placement/availability-zone": instance.placement,
             "tags": dict(backend.tags.get(instance.id, {})),
-            "role": self._profile(backend, instance),
+            "role": profile,
+            **self._role_facts(instance, profile),
         }
 
     @staticmethod
@@ -322,6 +355,49 @@ class SandboxAWS(SandboxCloud):
 
     def _forwarded(self) -> list[str]:
         return [self.url, *([self._imds.url] if self._imds else [])]
+
+    # -- IAM, as AWS enforces it (enforce_iam) ---------------------------------------------------------
+    def _guarded(self, app: Any) -> Any:
+        """moto's app behind the sandbox's IAM evaluator (on once the account is ready), or as it is."""
+        if not self.enforce_iam:
+            return app
+        import moto.settings
+
+        from prefect_remote.sandbox.iam_server import IAMEnforcer
+
+        # moto's own check would run after this one and refuse what AWS allows (specific ARNs): off.
+        moto.settings.INITIAL_NO_AUTH_ACTION_COUNT = float("inf")
+        self._iam = IAMEnforcer(app, account=ACCOUNT_ID, on=False)
+        return self._iam
+
+    def _make_identities(self) -> None:
+        from prefect_remote.sandbox import aws_identities as identities
+
+        self._admin = identities.make_user("prefect-remote-sandbox-admin", {"all": identities.ADMIN_POLICY}, account=ACCOUNT_ID)
+        policies = {"launcher": identities.launcher_policy(ACCOUNT_ID), "provisioning": identities.provisioning_policy()}
+        self.identity = identities.make_user("prefect-remote-sandbox-user", policies, account=ACCOUNT_ID)
+        self._machine_credentials = identities.MachineCredentials(ACCOUNT_ID)
+
+    def _role_facts(self, instance: Any, profile: str | None) -> dict[str, Any]:
+        """With IAM enforced, IMDS names the profile's role and serves an STS session of it, so that
+        the instance's calls are checked against the role's policy (else moto takes any key)."""
+        if self._machine_credentials is None or profile is None:
+            return {}
+        role = self._machine_credentials.role_of(profile)
+        if role is None:
+            return {"role": None}
+        held = self._machine_credentials
+        return {"role": role.name, "credentials": lambda: held.for_instance(instance.id, instance.region_name, profile)}
+
+
+def _exists(lookup: Any) -> bool:
+    from botocore.exceptions import ClientError
+
+    try:
+        lookup()
+    except ClientError:
+        return False
+    return True
 
 
 def _as_instance(instance: Any) -> Instance:

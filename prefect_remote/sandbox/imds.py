@@ -21,7 +21,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 # What an instance's facts() returns: metadata paths ("instance-id", "placement/region"…) to text,
-# plus "tags" (its live tags) and "role" (its instance profile's role name, or None).
+# plus "tags" (its live tags), "role" (its instance profile's role name, or None) and, where IAM is
+# enforced, "credentials" (a callable giving the role's current session as IMDS serves it).
 Facts = dict[str, Any]
 MAX_TOKEN_TTL = 21600
 
@@ -113,6 +114,8 @@ def _lookup(facts: Facts, path: str) -> str | None:
         return tags.get(path.removeprefix("tags/instance/"))
     if path == "iam/security-credentials":
         return role
+    if role and path == f"iam/security-credentials/{role}" and facts.get("credentials"):
+        return json.dumps(facts["credentials"]())  # the sandbox's STS session of the role
     if role and path == f"iam/security-credentials/{role}":
         expires = datetime.datetime.now(datetime.UTC) + datetime.timedelta(hours=6)
         return json.dumps(

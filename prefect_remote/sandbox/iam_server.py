@@ -1,0 +1,585 @@
+"""IAM enforced in front of the sandbox's moto server: a WSGI middleware that authenticates every
+request, asks :mod:`~prefect_remote.sandbox.iam_requests` what AWS would authorize for it, evaluates
+the caller's policies with :mod:`~prefect_remote.sandbox.iam_policy`, and refuses in AWS's own shape
+per protocol (EC2's ``UnauthorizedOperation``, IAM's and STS's ``AccessDenied``, S3's
+``AccessDenied``, 400 ``AccessDeniedException`` in JSON for SSM and CloudWatch Logs), with AWS's
+wording ("User: arn:… is not authorized to perform: ssm:GetParameter on resource: arn:… because
+no identity-based policy allows the ssm:GetParameter action"). It also answers
+``iam:SimulatePrincipalPolicy`` (moto has none) from the same evaluator.
+
+Why not moto's own access control: it compares specific-ARN statements with ``"*"`` and refuses
+them, ignores every condition (an ``Allow`` with a condition allows), reads ``NotResource`` as an
+allow, and misses the checks AWS adds (``iam:PassRole``, tag-on-create). moto's check stays off;
+its identities (access keys, users, roles, STS sessions) and signature check are reused here.
+
+Callers are moto's IAM users (by access key) and STS sessions (``ASIA…`` keys with their session
+token; expired ones get ``ExpiredToken``). Their policies are their identity policies (user
+inline and attached, their groups' inline and attached; role inline and attached), within the
+role's permissions boundary and the session's policy when there are. Resource-based policies
+(bucket policies) are not evaluated: the sandbox's account is one account, where identity
+policies decide. An operation :mod:`iam_requests` does not model is refused, naming it.
+"""
+
+from __future__ import annotations
+
+import base64
+import collections
+import datetime
+import io
+import json
+import threading
+import uuid
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+from xml.sax.saxutils import escape
+
+from prefect_remote.sandbox.iam_policy import Check, Evaluation, PolicyError, evaluate
+from prefect_remote.sandbox.iam_requests import Account, Request, UnknownOperation, checks
+
+IAM_XMLNS = "https://iam.amazonaws.com/doc/2010-05-08/"
+QUERY_XMLNS = {"iam": IAM_XMLNS, "sts": "https://sts.amazonaws.com/doc/2011-06-15/"}
+JSON_SERVICES = ("ssm", "logs", "pricing")
+
+# (kind of refusal, protocol) -> (status, code); protocols: ec2, query (iam, sts), json, s3.
+_CODES: dict[str, dict[str, tuple[int, str]]] = {
+    "denied": {
+        "ec2": (403, "UnauthorizedOperation"),
+        "query": (403, "AccessDenied"),
+        "json": (400, "AccessDeniedException"),
+        "s3": (403, "AccessDenied"),
+    },
+    "unknown-key": {
+        "ec2": (401, "AuthFailure"),
+        "query": (403, "InvalidClientTokenId"),
+        "json": (400, "UnrecognizedClientException"),
+        "s3": (403, "InvalidAccessKeyId"),
+    },
+    "bad-token": {
+        "ec2": (401, "AuthFailure"),
+        "query": (403, "InvalidClientTokenId"),
+        "json": (400, "UnrecognizedClientException"),
+        "s3": (400, "InvalidToken"),
+    },
+    "signature": {
+        "ec2": (401, "AuthFailure"),
+        "query": (403, "SignatureDoesNotMatch"),
+        "json": (400, "InvalidSignatureException"),
+        "s3": (403, "SignatureDoesNotMatch"),
+    },
+    "expired": {
+        "ec2": (400, "RequestExpired"),
+        "query": (403, "ExpiredToken"),
+        "json": (400, "ExpiredTokenException"),
+        "s3": (400, "ExpiredToken"),
+    },
+    "unsigned": {
+        "ec2": (401, "AuthFailure"),
+        "query": (403, "MissingAuthenticationToken"),
+        "json": (400, "MissingAuthenticationTokenException"),
+        "s3": (403, "AccessDenied"),
+    },
+}
+_MESSAGES = {
+    "unknown-key": "The security token included in the request is invalid.",
+    "bad-token": "The security token included in the request is invalid.",
+    "signature": (
+        "The request signature we calculated does not match the signature you provided. Check your AWS Secret Access Key "
+        "and signing method. Consult the service documentation for details."
+    ),
+    "expired": "The security token included in the request is expired",
+    "unsigned": "Request is missing Authentication Token",
+}
+_EC2_MESSAGES = {"expired": "Request has expired."}  # else "AWS was not able to validate the provided access credentials"
+_S3_MESSAGES = {
+    "unknown-key": "The AWS Access Key Id you provided does not exist in our records.",
+    "bad-token": "The provided token is malformed or otherwise invalid.",
+    "expired": "The provided token has expired.",
+    "unsigned": "Access Denied",
+}
+
+
+class Refusal(Exception):
+    """A request AWS would refuse: ``kind`` is one of :data:`_CODES`'s keys."""
+
+    def __init__(self, kind: str, message: str | None = None, *, decision: Mapping[str, Any] | None = None) -> None:
+        super().__init__(message or kind)
+        self.kind, self.message, self.decision = kind, message, decision
+
+
+# -- who is calling --------------------------------------------------------------------------------
+@dataclass
+class Principal:
+    """An authenticated caller and the policies that decide for it."""
+
+    arn: str
+    kind: str  # "user" or "assumed-role"
+    name: str  # the user's or the role's name
+    account: str
+    policies: list[tuple[str, Mapping[str, Any], str]]  # (id, document, SourcePolicyType)
+    boundary: list[tuple[str, Mapping[str, Any], str]] | None = None
+    session: list[tuple[str, Mapping[str, Any], str]] | None = None
+    context: dict[str, Any] = field(default_factory=dict)  # the global condition keys it brings
+
+    def decide(self, check: Check) -> tuple[Evaluation, str | None]:
+        """The decision on ``check``, and which kind of policy failed it (``None``: identity)."""
+        identity = evaluate(((pid, doc) for pid, doc, _ in self.policies), check)
+        layers = [("permissions boundary", self.boundary), ("session policy", self.session)]
+        for label, documents in layers:
+            if documents is None:
+                continue
+            limited = evaluate(((pid, doc) for pid, doc, _ in documents), check)
+            if limited.decision == "explicitDeny":
+                return limited, label
+            if identity.allowed and not limited.allowed:
+                return limited, label
+        return identity, None
+
+
+def _document(text: str | Mapping[str, Any]) -> Mapping[str, Any]:
+    if isinstance(text, Mapping):
+        return text
+    from urllib.parse import unquote
+
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return json.loads(unquote(text))
+
+
+def _managed(policy: Any) -> Mapping[str, Any]:
+    version = next(v for v in policy.versions if v.is_default)
+    return _document(version.document)
+
+
+def _managed_type(policy: Any) -> str:
+    return "aws-managed" if ":iam::aws:policy" in policy.arn else "user-managed"
+
+
+def identity_policies(backend: Any, arn: str) -> tuple[list[tuple[str, Mapping[str, Any], str]], list | None]:
+    """The identity policies of the user, role or group ``arn`` (moto's ``backend``), and its
+    permissions boundary's; raises ``LookupError`` for an unknown one."""
+    kind, _, rest = arn.split(":", 5)[5].partition("/")
+    name = rest.rsplit("/", 1)[-1]
+    found: list[tuple[str, Mapping[str, Any], str]] = []
+    boundary = None
+    if kind == "user":
+        user = backend.users.get(name)
+        if user is None:
+            raise LookupError(f"no user {name}")
+        found += [(n, _document(doc), "user") for n, doc in user.policies.items()]
+        found += [(p.name, _managed(p), _managed_type(p)) for p in user.managed_policies.values()]
+        for group in backend.get_groups_for_user(name):
+            found += [(n, _document(doc), "group") for n, doc in group.policies.items()]
+            found += [(p.name, _managed(p), _managed_type(p)) for p in group.managed_policies.values()]
+    elif kind == "role":
+        role = next((r for r in list(backend.roles.values()) if r.name == name), None)
+        if role is None:
+            raise LookupError(f"no role {name}")
+        found += [(n, _document(doc), "role") for n, doc in role.policies.items()]
+        found += [(p.name, _managed(p), _managed_type(p)) for p in role.managed_policies.values()]
+        if role.permissions_boundary_arn:
+            policy = backend.get_policy(role.permissions_boundary_arn)
+            boundary = [(policy.name, _managed(policy), "permissions-boundary")]
+    elif kind == "group":
+        group = backend.groups.get(name)
+        if group is None:
+            raise LookupError(f"no group {name}")
+        found += [(n, _document(doc), "group") for n, doc in group.policies.items()]
+        found += [(p.name, _managed(p), _managed_type(p)) for p in group.managed_policies.values()]
+    else:
+        raise LookupError(f"{arn} is not a user, role or group")
+    return found, boundary
+
+
+def authenticate(account: str, partition: str, key_id: str, token: str | None, now: datetime.datetime) -> tuple[Principal, str]:
+    """The caller holding access key ``key_id`` (and session ``token``), and its secret; raises
+    :class:`Refusal` for an unknown key, a wrong token or expired credentials."""
+    from moto.iam.models import iam_backends
+    from moto.sts.models import sts_backends
+
+    backend = iam_backends[account][partition]
+    base = {"aws:PrincipalAccount": account, "aws:SecureTransport": "true"}  # the cloud is https
+    if not key_id.startswith("ASIA"):
+        for user in list(backend.users.values()):
+            for key in user.access_keys:
+                if key.access_key_id == key_id and key.status == "Active":
+                    if token is not None:
+                        raise Refusal("bad-token")
+                    policies, boundary = identity_policies(backend, user.arn)
+                    tags = {t["Key"]: t["Value"] for t in backend.tagger.list_tags_for_resource(user.arn).get("Tags", [])}
+                    context = {
+                        **base,
+                        "aws:PrincipalArn": user.arn,
+                        "aws:PrincipalType": "User",
+                        "aws:username": user.name,
+                        "aws:userid": user.id,
+                        **{f"aws:PrincipalTag/{k}": v for k, v in tags.items()},
+                    }
+                    return Principal(user.arn, "user", user.name, account, policies, boundary, None, context), key.secret_access_key
+        raise Refusal("unknown-key")
+    for session in list(sts_backends[account][partition].assumed_roles):
+        if session.access_key_id != key_id:
+            continue
+        if token != session.session_token:
+            raise Refusal("bad-token")
+        if session.expiration <= now.replace(tzinfo=None):
+            raise Refusal("expired")
+        role_name = session.role_arn.rsplit("/", 1)[-1]
+        role = next((r for r in list(backend.roles.values()) if r.arn == session.role_arn), None)
+        if role is None:
+            raise Refusal("bad-token")
+        policies, boundary = identity_policies(backend, role.arn)
+        context = {
+            **base,
+            "aws:PrincipalArn": role.arn,
+            "aws:PrincipalType": "AssumedRole",
+            "aws:userid": f"{role.id}:{session.session_name}",
+            **{f"aws:PrincipalTag/{t['Key']}": t["Value"] for t in role.tags},
+        }
+        if session.session_name.startswith("i-"):  # an instance's credentials, as EC2 hands them out
+            context["ec2:SourceInstanceARN"] = f"arn:{partition}:ec2:{session.region_name}:{account}:instance/{session.session_name}"
+        session_policy = [("session", _document(session.policy), "session")] if session.policy else None
+        arn = f"arn:{partition}:sts::{account}:assumed-role/{role_name}/{session.session_name}"
+        return Principal(arn, "assumed-role", role_name, account, policies, boundary, session_policy, context), session.secret_access_key
+    raise Refusal("unknown-key")
+
+
+# -- the middleware --------------------------------------------------------------------------------
+@dataclass
+class _Parsed:
+    service: str
+    protocol: str  # ec2, query, json, s3
+    operation: str
+    params: dict[str, Any]
+    region: str
+
+
+class IAMEnforcer:
+    """WSGI middleware: every request is authenticated and authorized before ``app`` (moto) sees it,
+    while ``on`` (a sandbox switches it on once its account is ready)."""
+
+    def __init__(
+        self,
+        app: Any,
+        *,
+        account: str,
+        partition: str = "aws",
+        on: bool = True,
+        clock: Callable[[], datetime.datetime] = lambda: datetime.datetime.now(datetime.UTC),
+        world: Account | None = None,
+    ) -> None:
+        self.app, self.account, self.partition, self.on, self.clock = app, account, partition, on, clock
+        self.world = world or Account()
+        self.refusals: collections.deque[str] = collections.deque(maxlen=1000)  # the latest, "kind: message", for a test to read
+        self._lock = threading.Lock()
+
+    def __call__(self, environ: dict[str, Any], start_response: Any) -> Any:
+        if not self.on:
+            return self.app(environ, start_response)
+        length = int(environ.get("CONTENT_LENGTH") or 0)
+        body = environ["wsgi.input"].read(length) if length else b""
+        environ["wsgi.input"] = io.BytesIO(body)
+        if environ.get("PATH_INFO", "").startswith("/moto-api"):
+            return _respond(start_response, 403, "text/plain", b"the sandbox's moto-api is closed while IAM is enforced")
+        protocol = _protocol_of(environ)
+        try:
+            key_id, region, service = _scope(environ)
+            principal = self._authenticate(environ, body, key_id, region)
+            parsed = self._parse(environ, body, key_id, region, service)
+            protocol = parsed.protocol
+            if (parsed.service, parsed.operation) == ("iam", "SimulatePrincipalPolicy"):
+                self._authorize(principal, parsed)
+                return _respond(start_response, 200, "text/xml", self.simulate(parsed.params).encode())
+            self._authorize(principal, parsed)
+        except Refusal as refusal:
+            with self._lock:
+                self.refusals.append(f"{refusal.kind}: {refusal.message or ''}")
+            return _refuse(start_response, refusal, protocol, environ)
+        environ["wsgi.input"] = io.BytesIO(body)
+        if parsed.service == "s3" and parsed.operation in ("GetObject", "HeadObject") and not self._may_list(principal, parsed):
+            return self._missing_is_forbidden(
+                environ, start_response, f"{principal.arn} may not s3:ListBucket {parsed.params.get('Bucket')}"
+            )
+        return self.app(environ, start_response)
+
+    def _may_list(self, principal: Principal, parsed: _Parsed) -> bool:
+        from prefect_remote.sandbox.iam_requests import s3_arn
+
+        request = Request("s3", "ListBucket", {}, parsed.region, self.account, self.partition)
+        check = Check("s3:ListBucket", s3_arn(request, parsed.params.get("Bucket", "")), principal.context)
+        try:
+            return principal.decide(check)[0].allowed
+        except PolicyError:
+            return False
+
+    def _missing_is_forbidden(self, environ: dict[str, Any], start_response: Any, why: str) -> Any:
+        """S3 answers a missing key with 404 only to callers who may list the bucket; others get 403
+        Access Denied (GetObject's documentation), which tells them nothing of what is there."""
+        answered: dict[str, Any] = {}
+
+        def capture(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Callable[[bytes], None]:
+            answered.update(status=status, headers=headers)
+            return lambda data: None
+
+        chunks = self.app(environ, capture)
+        try:
+            body = b"".join(chunks)
+        finally:
+            getattr(chunks, "close", lambda: None)()
+        if answered["status"].startswith("404"):
+            with self._lock:
+                self.refusals.append(f"missing-key: 403 for a missing key of {environ.get('PATH_INFO')}: {why}")
+            return _refuse(start_response, Refusal("denied", "Access Denied"), "s3", environ)
+        start_response(answered["status"], answered["headers"])
+        return [body]
+
+    # -- reading the request ----------------------------------------------------------------------
+    def _parse(self, environ: dict[str, Any], body: bytes, key_id: str, region: str, service: str) -> _Parsed:
+        from moto.core.parse import PROTOCOL_PARSERS
+        from moto.core.request import Request as MotoRequest
+        from moto.core.request import determine_request_protocol
+        from moto.core.routing import get_service_router
+        from moto.core.utils import get_service_model
+
+        request = MotoRequest(dict(environ, **{"wsgi.input": io.BytesIO(body)}))
+        try:
+            model = get_service_model(service)
+            protocol = determine_request_protocol(model, request.content_type)
+            uri: dict[str, Any] = {}
+            if protocol in ("query", "ec2"):
+                operation = request.values.get("Action", "")
+            elif protocol == "json":
+                operation = (request.headers.get("X-Amz-Target") or "").rpartition(".")[2]
+            else:
+                matched, uri = get_service_router(service).match(request)
+                operation = matched.name
+            operation_model = model.operation_model(operation)
+        except Exception as error:  # no such service or operation: nothing to authorize it against
+            raise Refusal("denied", f"the sandbox cannot tell which {service} operation this request is ({error})") from None
+        kind = "s3" if service == "s3" else "json" if protocol == "json" else "ec2" if protocol == "ec2" else "query"
+        try:
+            params = PROTOCOL_PARSERS[protocol](operation_model).parse(
+                {
+                    "method": request.method,
+                    "values": request.values,
+                    "headers": request.headers,
+                    "body": body,
+                    "url_path": request.path,
+                    "url_params": uri,
+                }
+            )
+        except Exception:
+            if service != "s3":
+                raise Refusal("denied", f"the sandbox could not read the parameters of {service}:{operation}") from None
+            params = dict(uri)  # an S3 body it cannot parse (a streamed upload): the URL names bucket and key
+        return _Parsed(service, kind, operation, dict(params), region)
+
+    def _authenticate(self, environ: dict[str, Any], body: bytes, key_id: str, region: str) -> Principal:
+        token = environ.get("HTTP_X_AMZ_SECURITY_TOKEN")
+        principal, secret = authenticate(self.account, self.partition, key_id, token, self.clock())
+        if not _signature_matches(environ, body, key_id, secret, token):
+            raise Refusal("signature")
+        principal.context = {**principal.context, "aws:RequestedRegion": region, **_times(self.clock())}
+        return principal
+
+    def _authorize(self, principal: Principal, parsed: _Parsed) -> None:
+        request = Request(parsed.service, parsed.operation, parsed.params, parsed.region, self.account, self.partition)
+        try:
+            wanted = checks(request, self.world)
+        except UnknownOperation as error:
+            raise Refusal("denied", _denied_message(principal, f"{parsed.service}:{parsed.operation}", "*", "", str(error))) from None
+        for check in wanted:
+            check = Check(check.action, check.resource, {**principal.context, **check.context})
+            try:
+                evaluation, layer = principal.decide(check)
+            except PolicyError as error:
+                raise Refusal(
+                    "denied", _denied_message(principal, check.action, check.resource, "", f"a policy cannot be read: {error}")
+                ) from None
+            if not evaluation.allowed:
+                reason = _reason(evaluation, layer, check.action)
+                decision = {
+                    "allowed": False,
+                    "explicitDeny": evaluation.decision == "explicitDeny",
+                    "matchedStatements": [m.sid or f"{m.policy}#{m.index}" for m in evaluation.matched],
+                    "context": {"principal": principal.arn, "action": check.action, "resource": check.resource},
+                }
+                raise Refusal("denied", _denied_message(principal, check.action, check.resource, reason), decision=decision)
+
+    # -- iam:SimulatePrincipalPolicy --------------------------------------------------------------
+    def simulate(self, params: Mapping[str, Any]) -> str:
+        """SimulatePrincipalPolicy's answer (XML), from the same evaluator as every request."""
+        from moto.iam.models import iam_backends
+
+        source = params["PolicySourceArn"]
+        try:
+            policies, boundary = identity_policies(iam_backends[self.account][self.partition], source)
+        except LookupError:
+            raise Refusal("denied", f"PolicySourceArn {source} names no user, role or group of this account") from None
+        policies = policies + [
+            (f"PolicyInputList.{i + 1}", _document(doc), "none") for i, doc in enumerate(params.get("PolicyInputList") or [])
+        ]
+        if params.get("PermissionsBoundaryPolicyInputList"):
+            boundary = [
+                (f"PermissionsBoundaryPolicyInputList.{i + 1}", _document(d), "none")
+                for i, d in enumerate(params["PermissionsBoundaryPolicyInputList"])
+            ]
+        principal = Principal(source, "simulated", source, self.account, policies, boundary)
+        context = {entry["ContextKeyName"]: list(entry.get("ContextKeyValues") or []) for entry in params.get("ContextEntries") or []}
+        types = {name: source_type for name, _, source_type in policies + (boundary or [])}
+        results = []
+        for action in params.get("ActionNames") or []:
+            for resource in params.get("ResourceArns") or ["*"]:
+                try:
+                    evaluation, layer = principal.decide(Check(action, resource, context))
+                except PolicyError as error:
+                    raise Refusal("denied", f"a policy of {source} cannot be read: {error}") from None
+                results.append(_evaluation_xml(action, resource, evaluation, boundary is not None and layer is None, types))
+        return (
+            f'<SimulatePrincipalPolicyResponse xmlns="{IAM_XMLNS}"><SimulatePrincipalPolicyResult>'
+            f"<IsTruncated>false</IsTruncated><EvaluationResults>{''.join(results)}</EvaluationResults>"
+            f"</SimulatePrincipalPolicyResult><ResponseMetadata><RequestId>{uuid.uuid4()}</RequestId></ResponseMetadata>"
+            "</SimulatePrincipalPolicyResponse>"
+        )
+
+
+def _evaluation_xml(action: str, resource: str, evaluation: Evaluation, within_boundary: bool, types: Mapping[str, str]) -> str:
+    statements = "".join(
+        f"<member><SourcePolicyId>{escape(m.policy)}</SourcePolicyId>"
+        f"<SourcePolicyType>{types.get(m.policy, 'none')}</SourcePolicyType></member>"
+        for m in evaluation.matched
+    )
+    missing = "".join(f"<member>{escape(key)}</member>" for key in evaluation.missing)
+    boundary = (
+        f"<PermissionsBoundaryDecisionDetail><AllowedByPermissionsBoundary>{'true' if within_boundary else 'false'}"
+        "</AllowedByPermissionsBoundary></PermissionsBoundaryDecisionDetail>"
+    )
+    common = f"<MatchedStatements>{statements}</MatchedStatements><MissingContextValues>{missing}</MissingContextValues>"
+    return (
+        f"<member><EvalActionName>{escape(action)}</EvalActionName><EvalResourceName>{escape(resource)}</EvalResourceName>"
+        f"<EvalDecision>{evaluation.decision}</EvalDecision>{common}{boundary}"
+        f"<ResourceSpecificResults><member><EvalResourceName>{escape(resource)}</EvalResourceName>"
+        f"<EvalResourceDecision>{evaluation.decision}</EvalResourceDecision>{common}</member></ResourceSpecificResults></member>"
+    )
+
+
+# -- helpers ---------------------------------------------------------------------------------------
+def _times(now: datetime.datetime) -> dict[str, str]:
+    return {"aws:CurrentTime": now.strftime("%Y-%m-%dT%H:%M:%SZ"), "aws:EpochTime": str(int(now.timestamp()))}
+
+
+def _protocol_of(environ: Mapping[str, Any]) -> str:
+    """The protocol a refusal is answered in, guessed before the request is read."""
+    scope = environ.get("HTTP_AUTHORIZATION", "").partition("Credential=")[2].split("/")
+    service = scope[3] if len(scope) > 3 else ""
+    if service == "s3" or (
+        not service and not environ.get("HTTP_X_AMZ_TARGET") and "x-www-form-urlencoded" not in environ.get("CONTENT_TYPE", "")
+    ):
+        return "s3"
+    if environ.get("HTTP_X_AMZ_TARGET") or service in JSON_SERVICES:
+        return "json"
+    return "ec2" if service == "ec2" else "query"
+
+
+def _scope(environ: Mapping[str, Any]) -> tuple[str, str, str]:
+    """The access key, region and service of a request's SigV4 credential scope."""
+    authorization = environ.get("HTTP_AUTHORIZATION", "")
+    scope = authorization.partition("Credential=")[2].partition(",")[0].split("/")
+    if not authorization.startswith("AWS4-HMAC-SHA256") or len(scope) < 5:
+        raise Refusal("unsigned")
+    return scope[0], scope[2], scope[3]
+
+
+def _signature_matches(environ: Mapping[str, Any], body: bytes, key_id: str, secret: str, token: str | None) -> bool:
+    """Signs the request again with the caller's secret (botocore's SigV4, as moto's own check
+    does) and compares."""
+    from botocore.auth import S3SigV4Auth, SigV4Auth
+    from botocore.awsrequest import AWSRequest
+    from botocore.credentials import Credentials
+
+    authorization = environ.get("HTTP_AUTHORIZATION", "")
+    fields = dict(part.strip().split("=", 1) for part in authorization.split(" ", 1)[-1].split(",") if "=" in part)
+    signed = fields.get("SignedHeaders", "").split(";")
+    headers = {}
+    for name in signed:
+        key = (
+            "CONTENT_TYPE"
+            if name == "content-type"
+            else "CONTENT_LENGTH"
+            if name == "content-length"
+            else "HTTP_" + name.upper().replace("-", "_")
+        )
+        if key in environ:
+            headers[name] = environ[key]
+    target = environ.get("RAW_URI") or environ.get("REQUEST_URI") or environ.get("PATH_INFO", "/")
+    if "?" not in target and environ.get("QUERY_STRING"):
+        target += "?" + environ["QUERY_STRING"]
+    host = headers.get("host", "localhost")
+    request = AWSRequest(method=environ.get("REQUEST_METHOD", "GET"), url=f"http://{host}{target}", data=body, headers=headers)
+    request.context["timestamp"] = headers.get("x-amz-date", "")
+    scope = fields.get("Credential", "").split("/")
+    signing_region, signing_service = scope[2], scope[3]
+    auth = (S3SigV4Auth if signing_service == "s3" else SigV4Auth)(Credentials(key_id, secret, token), signing_service, signing_region)
+    canonical = auth.canonical_request(request)
+    return auth.signature(auth.string_to_sign(request, canonical), request) == fields.get("Signature")
+
+
+def _reason(evaluation: Evaluation, layer: str | None, action: str) -> str:
+    if evaluation.decision == "explicitDeny":
+        return f"with an explicit deny in a {layer}" if layer else "with an explicit deny in an identity-based policy"
+    if layer:
+        return f"because no {layer} allows the {action} action"
+    return f"because no identity-based policy allows the {action} action"
+
+
+def _denied_message(principal: Principal, action: str, resource: str, reason: str, detail: str = "") -> str:
+    on = "" if resource == "*" else f" on resource: {resource}"
+    text = f"User: {principal.arn} is not authorized to perform: {action}{on}"
+    return f"{text} {reason}" if reason else f"{text}: {detail}"
+
+
+def _respond(start_response: Any, status: int, content_type: str, body: bytes, headers: Iterable[tuple[str, str]] = ()) -> list[bytes]:
+    from http import HTTPStatus
+
+    start_response(
+        f"{status} {HTTPStatus(status).phrase}",
+        [("Content-Type", content_type), ("Content-Length", str(len(body))), ("x-amzn-RequestId", str(uuid.uuid4())), *headers],
+    )
+    return [body]
+
+
+def _refuse(start_response: Any, refusal: Refusal, protocol: str, environ: Mapping[str, Any]) -> list[bytes]:
+    status, code = _CODES[refusal.kind][protocol]
+    request_id = str(uuid.uuid4())
+    message = refusal.message or _MESSAGES.get(refusal.kind, refusal.kind)
+    if protocol == "ec2":
+        if refusal.kind == "denied":
+            encoded = base64.urlsafe_b64encode(json.dumps(refusal.decision or {}).encode()).decode()
+            message = f"You are not authorized to perform this operation. {message}. Encoded authorization failure message: {encoded}"
+        else:
+            message = _EC2_MESSAGES.get(refusal.kind, "AWS was not able to validate the provided access credentials")
+        body = (
+            f'<?xml version="1.0" encoding="UTF-8"?>\n<Response><Errors><Error><Code>{code}</Code><Message>{escape(message)}</Message>'
+            f"</Error></Errors><RequestID>{request_id}</RequestID></Response>"
+        )
+        return _respond(start_response, status, "text/xml", body.encode())
+    if protocol == "json":
+        return _respond(start_response, status, "application/x-amz-json-1.1", json.dumps({"__type": code, "message": message}).encode())
+    if protocol == "s3":
+        if refusal.kind != "denied":
+            message = _S3_MESSAGES.get(refusal.kind, message)
+        if environ.get("REQUEST_METHOD") == "HEAD":
+            return _respond(start_response, status, "application/xml", b"")
+        body = (
+            f'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>{code}</Code><Message>{escape(message)}</Message>'
+            f"<RequestId>{request_id}</RequestId><HostId>sandbox</HostId></Error>"
+        )
+        return _respond(start_response, status, "application/xml", body.encode())
+    scope = environ.get("HTTP_AUTHORIZATION", "").partition("Credential=")[2].split("/")
+    xmlns = QUERY_XMLNS.get(scope[3] if len(scope) > 3 else "", IAM_XMLNS)
+    body = (
+        f'<ErrorResponse xmlns="{xmlns}"><Error><Type>Sender</Type><Code>{code}</Code><Message>{escape(message)}</Message></Error>'
+        f"<RequestId>{request_id}</RequestId></ErrorResponse>"
+    )
+    return _respond(start_response, status, "text/xml", body.encode())
