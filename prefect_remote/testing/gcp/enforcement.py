@@ -22,9 +22,11 @@ exports is granted exactly the roles the docs list for launching
 (:data:`~prefect_remote.providers.gcp.infra.LAUNCHER_ROLES`, each where it says) and for provisioning
 (:data:`~prefect_remote.providers.gcp.infra.PROVISIONER_ROLES`, on the project); the machines'
 account what provisioning grants (:func:`~prefect_remote.providers.gcp.infra.machine_roles`, with
-the custom role of :data:`~prefect_remote.providers.gcp.infra.MACHINE_PERMISSIONS`); machines run as
-the account their launch names. The sandbox's own bookkeeping uses :data:`INTERNAL`, an identity no
-policy names and no one else gets a token for (:meth:`IAMEnforcement.credentials`).
+the custom role of :data:`~prefect_remote.providers.gcp.infra.MACHINE_PERMISSIONS` under an id of its
+own, :data:`SANDBOX_MACHINE_ROLE`); machines run as the account their launch names. Calls naming
+another project are left to the fakes, which answer as Google does for a project that is not there.
+The sandbox's own bookkeeping uses :data:`INTERNAL`, an identity no policy names and no one else gets
+a token for (:meth:`IAMEnforcement.credentials`).
 """
 
 from __future__ import annotations
@@ -63,6 +65,9 @@ if TYPE_CHECKING:
     from prefect_remote.testing.gcp.storage_gate import StorageGate
 
 INTERNAL = "sandbox:internal"  # the sandbox's own principal: allowed everything, named by no policy
+# The custom role of the sandbox's machines' account: MACHINE_PERMISSIONS, as provisioning makes its own
+# (infra.MACHINE_ROLE_ID), under an id of its own so that provisioning and teardown tests see a fresh project.
+SANDBOX_MACHINE_ROLE = "prefectRemoteMachineSandbox"
 PERMISSION_FORMAT = re.compile(r"[a-zA-Z0-9]+(\.[a-zA-Z0-9]+){2,}")
 # Where the docs' launcher roles are granted (infra.LAUNCHER_ROLES' second column).
 LAUNCHER_PLACES = {"the project": "project", "the machines' service account": "service account", "the store's bucket": "bucket"}
@@ -114,7 +119,8 @@ class IAMEnforcement:
         if name.endswith(".setIamPolicy"):
             self.check_conditions((payload if isinstance(payload, dict) else {}).get("policy") or {})
         call = Call(request.path_params, payload if isinstance(payload, dict) else {}, request.query_params)
-        checks = method(self.scope, call)
+        # Another project: the fakes answer as Google does for a project that is not there (404 or 403).
+        checks = [check for check in method(self.scope, call) if not self.scope.foreign(check.resource)]
         missing = [check for check in checks if not self.allows(principal, check)]
         if any(not check.deferred for check in missing):
             raise refusal(name, [check for check in missing if not check.deferred])
@@ -257,8 +263,8 @@ class IAMEnforcement:
         for role in dict.fromkeys(infra.PROVISIONER_ROLES.values()):
             iam.add_binding(launcher, role)
         with iam._lock:
-            iam.roles[infra.MACHINE_ROLE_ID] = {
-                "name": f"projects/{sandbox.project}/roles/{infra.MACHINE_ROLE_ID}",
+            iam.roles[SANDBOX_MACHINE_ROLE] = {
+                "name": f"projects/{sandbox.project}/roles/{SANDBOX_MACHINE_ROLE}",
                 "title": "prefect-remote machines",
                 "description": "What prefect-remote's machines call (granted as provisioning does)",
                 "includedPermissions": list(infra.MACHINE_PERMISSIONS),
@@ -271,7 +277,8 @@ class IAMEnforcement:
         for where, bindings in grants.items():
             for binding in bindings:
                 if where == "project":
-                    iam.add_binding(machine, binding["role"], binding.get("condition"))
+                    role = binding["role"].replace(f"/roles/{infra.MACHINE_ROLE_ID}", f"/roles/{SANDBOX_MACHINE_ROLE}")
+                    iam.add_binding(machine, role, binding.get("condition"))
                 elif where == f"bucket {store_bucket}":
                     self.storage.add_binding(store_bucket, machine, binding["role"])
                 elif where == f"service account {sandbox.machine_account}":

@@ -80,6 +80,11 @@ class Scope:
         """The key of project ``given``'s policy (another project's: none the sandbox holds)."""
         return "project" if self.owns(given) else f"project:{given}"
 
+    @staticmethod
+    def foreign(resource: Resource) -> bool:
+        """Whether ``resource`` is in a project other than the sandbox's (which does not exist)."""
+        return all(key.startswith("project:") for key in resource.policies)
+
     # -- resources ---------------------------------------------------------------------------------------
     def project_resource(self, given: str) -> Resource:
         service = "cloudresourcemanager.googleapis.com"
@@ -114,9 +119,8 @@ class Scope:
         service = "secretmanager.googleapis.com"
         number = self.number if self.owns(given) else given
         attributes = {"service": service, "type": f"{service}/{'SecretVersion' if version is not None else 'Secret'}"}
-        return Resource(
-            f"projects/{given}{suffix}", (f"secret:{secret}", self.policy(given)), attributes | {"name": f"projects/{number}{suffix}"}
-        )
+        policies = (f"secret:{secret}", "project") if self.owns(given) else (self.policy(given),)
+        return Resource(f"projects/{given}{suffix}", policies, attributes | {"name": f"projects/{number}{suffix}"})
 
     def service_account(self, given: str, account: str) -> Resource:
         """Service account ``account`` (email or unique id) of project ``given`` (``-``: the one its email names)."""

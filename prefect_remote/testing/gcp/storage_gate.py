@@ -56,7 +56,7 @@ logger = logging.getLogger(__name__)
 
 API, UPLOAD, DOWNLOAD, BATCH = "/storage/v1", "/upload/storage/v1", "/download/storage/v1", "/batch/storage/v1"
 _BUCKET = r"/b/(?P<bucket>[^/]+)"
-_OBJECT = _BUCKET + r"/o/(?P<object>[^/]+)"  # clients percent-encode an object name's slashes
+_OBJECT = _BUCKET + r"/o/(?P<object>.+?)"  # clients percent-encode a name's slashes; the emulator's media links do not
 # (methods, path after /storage/v1, the JSON method), most specific first.
 ROUTES = [
     ({"GET"}, "/b", "buckets.list"),
@@ -70,7 +70,7 @@ ROUTES = [
     ({"DELETE"}, _BUCKET, "buckets.delete"),
     ({"GET"}, _BUCKET + "/o", "objects.list"),
     ({"POST"}, _BUCKET + "/o", "objects.insert"),
-    ({"POST"}, _OBJECT + r"/(?:copyTo|rewriteTo)/b/(?P<dest_bucket>[^/]+)/o/(?P<dest>[^/]+)", "objects.copy"),
+    ({"POST"}, _OBJECT + r"/(?:copyTo|rewriteTo)/b/(?P<dest_bucket>[^/]+)/o/(?P<dest>.+)", "objects.copy"),
     ({"POST"}, _OBJECT + "/compose", "objects.compose"),
     ({"POST"}, _OBJECT + "/restore", "objects.restore"),
     ({"GET"}, _OBJECT + "/acl", "objectAccessControls.list"),
