@@ -13,12 +13,19 @@ PYTEST_WORKERS ?= 2
 .PHONY: env lint test docs demo demo-machines bench clean
 
 env: $(VENV)/.synced
+DOCS_VENV := .venv-docs
 
 # uv comes from PyPI at the locked version, then installs exactly what uv.lock says.
 $(VENV)/.synced: pyproject.toml uv.lock
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
 	test -x $(VENV)/bin/uv || $(VENV)/bin/python -m pip install --quiet --disable-pip-version-check "uv==$(UV_VERSION)"
 	$(VENV)/bin/uv sync --locked --all-extras --python $(VENV)/bin/python
+	touch $@
+
+# The docs tools, with the project (mkdocstrings reads its docstrings), in an environment of their own.
+$(DOCS_VENV)/.synced: pyproject.toml uv.lock $(VENV)/.synced
+	UV_PROJECT_ENVIRONMENT=$(abspath $(DOCS_VENV)) $(VENV)/bin/uv sync --locked --all-extras --no-default-groups --group docs \
+		--python $(VENV)/bin/python
 	touch $@
 
 # Lint and format check (ruff, configured in pyproject.toml): `make lint` alone; `make test` first.
@@ -31,14 +38,14 @@ lint: env
 # docstring, fails the build (--strict) and so the suite. Then prefect-dask's own task-runner tests,
 # which run on RemoteTaskRunner (tests/test_task_runner_prefect_dask.py), are fetched from their
 # source distribution on PyPI at the version uv.lock pins (cached in .cache/).
-test: lint
-	$(VENV)/bin/mkdocs build --strict
+test: lint $(DOCS_VENV)/.synced
+	$(DOCS_VENV)/bin/mkdocs build --strict
 	$(VENV)/bin/python -m tests.upstream
 	$(VENV)/bin/python -m pytest -n $(PYTEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 # The site (docs/, mkdocs.yml) into site/; `$(VENV)/bin/mkdocs serve` serves it while you write.
-docs: env
-	$(VENV)/bin/mkdocs build --strict
+docs: $(DOCS_VENV)/.synced
+	$(DOCS_VENV)/bin/mkdocs build --strict
 
 demo: env
 	PREFECT_REMOTE_HOME=$(CURDIR)/.demo/home $(VENV)/bin/python examples/demo.py
@@ -51,4 +58,4 @@ bench: env
 
 clean:
 	-$(VENV)/bin/prefect-remote machines rm --all
-	rm -rf $(VENV) .pytest_cache .cache site
+	rm -rf $(VENV) $(DOCS_VENV) .pytest_cache .cache site

@@ -4,6 +4,10 @@ renewal stops and each machine's agent ends it once ``keepalive`` has passed.
 Renewal is batched: one ``renew_leases`` call per provider per interval, however many machines it
 holds (on a cloud each call is an API request).
 
+This is the owner's side of a lease (a launcher, or a cluster's controller on its scheduler's
+machine), so it lives with the launcher, not in :mod:`prefect_remote.machine`: a machine's side is
+:meth:`~prefect_remote.machine.runtime.MachineRuntime.lease_age`, which the agent reads.
+
 >>> from prefect_remote.providers import get_provider
 >>> keeper = LeaseKeeper()
 >>> keeper.add(get_provider("local"), [], keepalive=30)
@@ -82,6 +86,9 @@ class LeaseKeeper:
     def add(self, provider: Provider, machine_ids: Iterable[str], keepalive: float) -> None:
         """Starts renewing ``machine_ids`` for ``provider``, whose leases are fresh (just launched) or
         were kept by another owner until now."""
+        machine_ids = list(machine_ids)
+        if not machine_ids:  # nothing to renew: no entry, whose empty lease set has no next renewal
+            return
         with self._lock:
             held = self._held.setdefault(id(provider), _Held(provider, last=self._clock()))
             held.machines.update(dict.fromkeys(machine_ids, keepalive))

@@ -89,3 +89,14 @@ def test_failed_renewals_are_said_once_per_streak_and_retried(caplog):
     warnings = [r for r in caplog.records if r.name == "prefect_remote.lease"]
     assert len(warnings) == 2 and "ec2:CreateTags" in warnings[0].getMessage() and "2 local machine(s)" in warnings[0].getMessage()
     assert len(provider.calls) == 5 and keeper.held() == ["m-1", "m-2"]  # still held, still retried
+
+
+def test_adding_no_machines_holds_nothing_and_renewals_go_on():
+    from prefect_remote.lease import LeaseKeeper
+    from prefect_remote.providers import get_provider
+
+    keeper = LeaseKeeper(background=False)
+    keeper.add(get_provider("local"), [], keepalive=30)
+    assert keeper.held() == []
+    assert keeper.renew_due() > 0  # a round with nothing held: no renewal, no error
+    keeper.stop()

@@ -12,9 +12,9 @@ import json
 import os
 import sys
 
-from prefect_remote.boot import MACHINE_ID_ENV
 from prefect_remote.cluster.credentials import ClusterCredentials
 from prefect_remote.cluster.plan import CREDENTIALS_ENV, SCHEDULER_ENV, WORKER_ENV, ClusterPlan
+from prefect_remote.machine.boot import MACHINE_ID_ENV
 
 
 async def run_scheduler() -> None:

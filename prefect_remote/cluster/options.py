@@ -12,26 +12,123 @@ from __future__ import annotations
 import dataclasses
 import functools
 import hashlib
+import inspect
 import json
 import os
 import re
 import sys
-from collections.abc import Sequence
+import typing
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypedDict, TypeVar, Unpack
 
-from prefect_remote.boot import MACHINE_ID_ENV
 from prefect_remote.errors import RemoteError
+from prefect_remote.machine.boot import MACHINE_ID_ENV
 from prefect_remote.providers import get_provider, require
 from prefect_remote.providers.base import Provider
-from prefect_remote.spec import MachineSpec, as_spec
+from prefect_remote.spec import MachineSpec, SpotPolicy, as_spec
 
 DEFAULT_N_WORKERS = (0, 500)
 _NAME = re.compile(r"[a-z0-9][a-z0-9-]{0,62}")
+F = TypeVar("F", bound=Callable[..., Any])
 
 
 class ClusterOptionError(RemoteError, ValueError):
     """A cluster argument is invalid; the message says which and what is accepted."""
+
+
+class ClusterArguments(TypedDict, total=False):
+    """The keyword arguments that say what a cluster is: its workers' machine spec (see
+    :class:`~prefect_remote.spec.MachineSpec`), their number and threads, its lifetime, provider and
+    software. ``prefect_remote.function``, :class:`~prefect_remote.cluster.remote.RemoteCluster`
+    and :class:`~prefect_remote.task_runner.RemoteTaskRunner` take them, and :meth:`ClusterOptions.build`
+    validates them; this is the one list of them (defaults: :data:`CLUSTER_DEFAULTS`, else None)."""
+
+    software: str | None
+    """A software environment (``senv-…``) the workers run; with none, see ``package_sync``."""
+    container: str | None
+    """A container image for the workers: refused by clusters for now, which run ``software``."""
+    vm_type: str | list[str] | None
+    """An instance type (``"m6i.xlarge"``), or a list to choose the cheapest of, instead of ``cpu``/``memory``."""
+    cpu: int | list[int] | None
+    """CPUs per worker machine: a number or a ``[min, max]`` range."""
+    memory: int | str | list[int | str] | None
+    """Memory per worker machine: ``"16 GiB"``, ``"512 GB"``, bytes, or a ``[min, max]`` range."""
+    gpu: bool | int | str | None
+    """``True``, a number of GPUs, a GPU type (``"t4"``), or ``{"count": 2, "type": "a100"}``."""
+    region: str | None
+    """The provider's region (``"us-east-2"``, ``"europe-west1"``); its default when not given."""
+    arm: bool | None
+    """ARM (aarch64) machines instead of x86_64."""
+    disk_size: int | str | None
+    """The boot disk: GiB as a number, or a size such as ``"200 GiB"``."""
+    spot_policy: SpotPolicy | None
+    """``"on-demand"`` (the default), ``"spot"``, or ``"spot_with_fallback"`` (on demand when no spot capacity)."""
+    idle_timeout: str | float | None
+    """How long the cluster may go without work before it ends (``"2 hours"``, seconds); None: never."""
+    keepalive: str | float
+    """How long the cluster outlives its last client, warm for the next process to attach to."""
+    n_workers: int | list[int] | None
+    """A fixed number of workers, or ``[min, max]`` bounds for adaptive scaling (default ``[0, 500]``)."""
+    threads_per_worker: int | None
+    """Threads per worker; None or -1: one per CPU of its machine."""
+    environ: dict[str, Any] | None
+    """Environment variables for the workers; values wrapped in ``pydantic.SecretStr`` are secrets,
+    which travel through the provider's secret channel only."""
+    package_sync_ignore: list[str] | None
+    """Distributions automatic package sync leaves out, such as ``["torch", "jupyterlab*"]``."""
+    tags: dict[str, str] | None
+    """Tags (labels) for every machine of the cluster."""
+    allow_ingress_from: str | None
+    """Who may reach the scheduler from outside its network: ``"me"``, ``"everyone"``, ``"none"`` or a CIDR."""
+    provider: str | Provider | None
+    """A provider's name (or a :class:`~prefect_remote.providers.base.Provider`); default: the
+    ``PREFECT_REMOTE_PROVIDER`` setting (``local``)."""
+    package_sync: bool | None
+    """Capture this environment for the workers: True always, False never, None (default) when the
+    provider's machines do not share this interpreter (every cloud)."""
+
+
+CLUSTER_DEFAULTS: ClusterArguments = {"keepalive": "30 seconds", "idle_timeout": "24 hours"}
+"""The :class:`ClusterArguments` whose default is not None."""
+
+
+def takes_cluster_arguments(*, bind: bool = True, **defaults: Any) -> Callable[[F], F]:
+    """Lists :class:`ClusterArguments` in the decorated function's signature in place of its
+    ``**arguments: Unpack[ClusterArguments]``, each a keyword-only parameter with its default from
+    ``defaults``, then :data:`CLUSTER_DEFAULTS`, else None: the signature ``help()`` and ``inspect``
+    show (type checkers and IDEs read the ``Unpack`` itself).
+
+    With ``bind``, calls are bound to that signature, as a function's own would be: an unknown keyword
+    is a ``TypeError``, and the arguments left out get those defaults. Without, the call goes on as
+    it is (unknown names reach :meth:`ClusterOptions.build`, which says what to use instead)."""
+
+    def decorate(func: F) -> F:
+        own = inspect.signature(func, eval_str=True)
+        chosen: dict[str, Any] = {**CLUSTER_DEFAULTS, **defaults}
+        keywords = [
+            inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=chosen.get(name), annotation=annotation)
+            for name, annotation in typing.get_type_hints(ClusterArguments).items()
+        ]
+        parameters = [parameter for parameter in own.parameters.values() if parameter.kind is not inspect.Parameter.VAR_KEYWORD]
+        signature = own.replace(parameters=[*parameters, *keywords])
+        if not bind:
+            func.__signature__ = signature  # type: ignore[attr-defined]
+            return func
+
+        @functools.wraps(func)
+        def bound(*args: Any, **kwargs: Any) -> Any:
+            try:
+                call = signature.bind(*args, **kwargs)
+            except TypeError as error:  # worded as Python words it: "f() got an unexpected keyword argument 'x'"
+                raise TypeError(f"{func.__name__}() {error}") from None
+            call.apply_defaults()
+            return func(*call.args, **call.kwargs)
+
+        bound.__signature__ = signature  # type: ignore[attr-defined]
+        return bound  # type: ignore[return-value]
+
+    return decorate
 
 
 def parse_n_workers(value: Any) -> tuple[int, int, bool]:
@@ -116,22 +213,26 @@ class ClusterOptions:
     def build(
         cls,
         *,
-        n_workers: int | Sequence[int] | None = None,
-        threads_per_worker: int | None = None,
-        keepalive: str | float | None = "30 seconds",
-        idle_timeout: str | float | None = "24 hours",
         name: str | None = None,
-        provider: str | Provider | None = None,
         start_workers: int | None = None,
-        container: str | None = None,
-        package_sync: bool | None = None,
-        package_sync_ignore: Sequence[str] | None = None,
         spec: MachineSpec | dict[str, Any] | None = None,
-        **spec_fields: Any,
+        **arguments: Unpack[ClusterArguments],
     ) -> ClusterOptions:
         """Validates every argument (raising :class:`ClusterOptionError`, ``ValueError`` subclasses, or
         :class:`~prefect_remote.errors.ProviderNotFound`) without starting anything, the provider's
-        capabilities included. Nothing is captured yet: see :meth:`with_software`."""
+        capabilities included. Nothing is captured yet: see :meth:`with_software`.
+
+        The :class:`ClusterArguments` that are not the machine's spec are the cluster's own; the rest
+        (and any unknown name, which the spec refuses saying what it accepts) go to the workers' spec,
+        over ``spec`` when given."""
+        spec_fields: dict[str, Any] = {**CLUSTER_DEFAULTS, **arguments}
+        n_workers = spec_fields.pop("n_workers", None)
+        threads_per_worker = spec_fields.pop("threads_per_worker", None)
+        provider = spec_fields.pop("provider", None)
+        container = spec_fields.pop("container", None)
+        package_sync = spec_fields.pop("package_sync", None)
+        package_sync_ignore = spec_fields.pop("package_sync_ignore", None)
+        keepalive = spec_fields["keepalive"]
         minimum, maximum, adaptive = parse_n_workers(n_workers)
         if threads_per_worker is not None and (
             not isinstance(threads_per_worker, int)
@@ -153,7 +254,7 @@ class ClusterOptions:
         if start_workers is not None and (not isinstance(start_workers, int) or start_workers < 0):
             raise ClusterOptionError(f"start_workers={start_workers!r}: expected 0 or more workers")
         # A cluster's machines accept connections from each other (workers dial the scheduler and their peers).
-        machine_spec = as_spec(spec, keepalive=keepalive, idle_timeout=idle_timeout, **spec_fields).model_copy(update={"inbound": True})
+        machine_spec = as_spec(spec, **spec_fields).model_copy(update={"inbound": True})
         ignore = check_package_sync(package_sync, package_sync_ignore, machine_spec.software)
         if machine_spec.timeout:
             raise ClusterOptionError("timeout: a cluster's machines have no maximum run time; use idle_timeout and keepalive")

@@ -75,10 +75,10 @@ class ClusterPlan:
         return cls.from_json(os.environ[PLAN_ENV])
 
     def agent_source(self):
-        """The creator's :class:`~prefect_remote.boot.AgentSource` for the workers, or None (the provider's own)."""
+        """The creator's :class:`~prefect_remote.machine.boot.AgentSource` for the workers, or None (the provider's own)."""
         if self.agent is None:
             return None
-        from prefect_remote.boot import AgentSource
+        from prefect_remote.machine.boot import AgentSource
 
         return AgentSource(**{**self.agent, "extras": tuple(self.agent["extras"]), "bootstrap": tuple(self.agent["bootstrap"])})
 

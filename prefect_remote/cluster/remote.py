@@ -19,14 +19,21 @@ import os
 import re
 import sys
 import time
-from typing import Any
+from typing import Any, Unpack
 
 from distributed.comm import connect
 from distributed.deploy.cluster import Log, Logs
 from distributed.deploy.spec import ProcessInterface, SpecCluster
 
 from prefect_remote.cluster.credentials import ClusterCredentials
-from prefect_remote.cluster.options import ClusterOptionError, ClusterOptions, launcher_python_path, parse_n_workers
+from prefect_remote.cluster.options import (
+    ClusterArguments,
+    ClusterOptionError,
+    ClusterOptions,
+    launcher_python_path,
+    parse_n_workers,
+    takes_cluster_arguments,
+)
 from prefect_remote.cluster.plan import (
     CLUSTER_TAG,
     DASHBOARD_TAG,
@@ -137,37 +144,20 @@ class RemoteCluster(SpecCluster):
             print(cluster.dashboard_link)
     """
 
+    @takes_cluster_arguments(bind=False)  # help() lists them; unknown names reach ClusterOptions.build, which says what to use
     def __init__(
         self,
         name: str | None = None,
         *,
-        n_workers: int | list[int] | None = None,
-        threads_per_worker: int | None = None,
-        keepalive: str | float = "30 seconds",
-        idle_timeout: str | float | None = "24 hours",
-        provider: str | Provider | None = None,
         start_workers: int | None = None,
-        package_sync: bool | None = None,
-        package_sync_ignore: list[str] | None = None,
         shutdown_on_close: bool = True,
         asynchronous: bool = False,
         loop: Any = None,
         options: ClusterOptions | None = None,
-        **spec_fields: Any,
+        **arguments: Unpack[ClusterArguments],
     ) -> None:
         if options is None:
-            options = ClusterOptions.build(
-                name=name,
-                n_workers=n_workers,
-                threads_per_worker=threads_per_worker,
-                keepalive=keepalive,
-                idle_timeout=idle_timeout,
-                provider=provider,
-                start_workers=start_workers,
-                package_sync=package_sync,
-                package_sync_ignore=package_sync_ignore,
-                **spec_fields,
-            )
+            options = ClusterOptions.build(name=name, start_workers=start_workers, **arguments)
         options = options.with_software()  # the environment the workers run, captured now if need be
         ignore_python_patch_mismatch()  # its machines may run another patch of this Python, where this one cannot be had
         self.options = options

@@ -4,7 +4,7 @@ A provider has two sides. The *client side* is a :class:`Provider` subclass, use
 code runs: :meth:`Provider.launch` does the work every provider shares once (validation, the instance
 type, the agent's configuration, a boot script within the provider's size limit, secrets handed to
 the provider's secret channel) and then calls ``_start``, which only starts the machines. The
-*machine side* is the provider's :class:`~prefect_remote.providers.runtime.MachineRuntime`, which the
+*machine side* is the provider's :class:`~prefect_remote.machine.runtime.MachineRuntime`, which the
 on-machine agent builds from the boot script's non-secret ``runtime_options``.
 
 This module imports nothing beyond the standard library: the local provider, which the machine-side
@@ -23,8 +23,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 from urllib.parse import urlsplit
 
-from prefect_remote.boot import AgentSource, render_boot_script
 from prefect_remote.errors import CapabilityError, CapacityError
+from prefect_remote.machine.boot import AgentSource, render_boot_script
 from prefect_remote.units import format_duration, format_size
 
 if TYPE_CHECKING:
@@ -294,7 +294,7 @@ class Provider(ABC):
     A provider writes only what differs between clouds: ``_start`` (start ``count`` machines running
     a boot script), ``_store_secrets``/``_forget_secrets`` (its secret channel), ``list``,
     ``describe``, ``terminate``, ``logs``, ``renew_leases``, ``instance_types``, and the class
-    attributes below; plus a :class:`~prefect_remote.providers.runtime.MachineRuntime` for the
+    attributes below; plus a :class:`~prefect_remote.machine.runtime.MachineRuntime` for the
     machine side, named by ``runtime``.
     """
 

@@ -17,7 +17,7 @@ from importlib import metadata
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
-from prefect_remote.boot import AgentSource
+from prefect_remote.machine.boot import AgentSource
 from prefect_remote.software.store import Store
 
 DISTRIBUTION = "prefect-remote"

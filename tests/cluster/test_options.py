@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import inspect
+import pydoc
 import re
 
 import pytest
@@ -69,6 +71,45 @@ def test_bad_decorator_arguments_start_nothing():
     with pytest.raises(ValueError, match="threads_per_worker"):
         prefect_remote.RemoteTaskRunner(threads_per_worker=0)
     assert machine_folders() == before
+
+
+def test_the_keyword_arguments_of_function_and_remote_cluster_are_listed_with_their_defaults():
+    """``prefect_remote.function``'s keywords and defaults are a contract (DESIGN.md): its signature,
+    which help() shows, lists exactly them, and binds calls as a function's own would."""
+    contract = {
+        "func": None,
+        "software": None,
+        "container": None,
+        "vm_type": None,
+        "cpu": None,
+        "memory": None,
+        "gpu": None,
+        "region": None,
+        "arm": None,
+        "disk_size": None,
+        "spot_policy": None,
+        "idle_timeout": "24 hours",
+        "keepalive": "30 seconds",
+        "n_workers": None,
+        "threads_per_worker": 1,
+        "environ": None,
+        "package_sync_ignore": None,
+        "tags": None,
+        "name": None,
+        "local": False,
+        "allow_ingress_from": None,
+        "provider": None,
+        "package_sync": None,
+    }
+    parameters = inspect.signature(prefect_remote.function).parameters
+    assert {name: parameter.default for name, parameter in parameters.items()} == contract
+    assert all(parameters[name].kind is inspect.Parameter.KEYWORD_ONLY for name in contract if name != "func")
+    assert "cpu: int | list[int] | None = None" in pydoc.render_doc(prefect_remote.function)
+    with pytest.raises(TypeError, match=r"^function\(\) got an unexpected keyword argument 'start_workers'$"):
+        prefect_remote.function(start_workers=1)
+    cluster = inspect.signature(prefect_remote.RemoteCluster).parameters
+    assert contract.keys() - {"func", "local"} <= cluster.keys() and cluster["threads_per_worker"].default is None
+    assert cluster["keepalive"].default == "30 seconds" and cluster["cpu"].kind is inspect.Parameter.KEYWORD_ONLY
 
 
 def test_names_follow_spec_and_software():

@@ -15,10 +15,10 @@ import time
 import pytest
 from pydantic import SecretStr
 
-from prefect_remote.boot import AGENT_CONFIG_ENV, decode_agent_config
 from prefect_remote.errors import CapacityError, MachineNotFound
+from prefect_remote.machine.boot import AGENT_CONFIG_ENV, decode_agent_config
+from prefect_remote.machine.runtime import MachineRuntime
 from prefect_remote.providers.base import BootPayload, Capabilities, InstanceType, Machine
-from prefect_remote.providers.runtime import MachineRuntime
 from prefect_remote.spec import MachineSpec
 from tests.conftest import wait_for
 

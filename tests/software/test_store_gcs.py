@@ -14,7 +14,7 @@ from http.server import BaseHTTPRequestHandler, HTTPServer
 
 import pytest
 
-from prefect_remote import boot
+from prefect_remote.machine import boot
 from prefect_remote.software.gcsstore import GCSStore
 from prefect_remote.software.store import StoreError, open_store
 from tests.providers.gcp.conftest import gcs, gcs_emulator  # noqa: F401 - fixtures (the session's sandbox GCP's)

@@ -1,6 +1,6 @@
 """Ships an EC2 machine's log file to CloudWatch Logs: one stream per instance, as the machine runs.
 
-The tailing, batching, pacing and backoff are :mod:`prefect_remote.providers.logship`'s; here is
+The tailing, batching, pacing and backoff are :mod:`prefect_remote.machine.logship`'s; here is
 what is CloudWatch's: its limits, ``put_log_events`` with its sequence tokens, and the stream (and
 group) made when missing. Standard library only at import (the agent imports it on every instance
 boot); boto3 is imported by the shipping thread.
@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from prefect_remote.providers import logship
+from prefect_remote.machine import logship
 
 # CloudWatch Logs' PutLogEvents limits: a batch's size is its messages' UTF-8 bytes plus 26 per event.
 EVENT_OVERHEAD = 26
@@ -25,7 +25,7 @@ MAX_BATCH_SPAN_MS = 24 * 3600 * 1000  # a batch's events may not span more than 
 
 
 def event_messages(line: str, limit: int = MAX_EVENT_BYTES - EVENT_OVERHEAD) -> list[str]:
-    """:func:`prefect_remote.providers.logship.event_messages` at CloudWatch's event limit.
+    """:func:`prefect_remote.machine.logship.event_messages` at CloudWatch's event limit.
 
     >>> event_messages("")
     ['\\n']
@@ -42,7 +42,7 @@ def batch_events(
     max_span_ms: int = MAX_BATCH_SPAN_MS,
 ) -> list[list[dict[str, Any]]]:
     """``(timestamp ms, message)`` pairs as valid ``put_log_events`` calls' ``logEvents`` (see
-    :func:`prefect_remote.providers.logship.batch_events`), at CloudWatch's limits by default.
+    :func:`prefect_remote.machine.logship.batch_events`), at CloudWatch's limits by default.
 
     >>> [len(batch) for batch in batch_events([(0, "a")] * 5, max_events=2)]
     [2, 2, 1]
@@ -132,7 +132,7 @@ class CloudWatchSender(logship.LogSender):
 
 class LogShipper(logship.LogShipper):
     """Tails the file at ``path`` from its start into CloudWatch Logs stream ``stream`` of ``group``
-    (:class:`CloudWatchSender`; the shipping itself: :class:`prefect_remote.providers.logship.LogShipper`).
+    (:class:`CloudWatchSender`; the shipping itself: :class:`prefect_remote.machine.logship.LogShipper`).
 
     Example::
 

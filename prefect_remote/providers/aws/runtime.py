@@ -21,7 +21,7 @@ import urllib.error
 import urllib.request
 from typing import Any
 
-from prefect_remote.providers.runtime import LogShipping, MachineRuntime
+from prefect_remote.machine.runtime import LogShipping, MachineRuntime
 
 # The tags the provider sets and the machine reads or writes (keys IMDS can serve: no "/" or spaces).
 LEASE_TAG = "prefect-remote:lease"  # epoch seconds of the owner's last renewal

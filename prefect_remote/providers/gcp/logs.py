@@ -19,8 +19,8 @@ import json
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from prefect_remote.machine.logship import LogSender, LogShipper
 from prefect_remote.providers.base import LogChunk
-from prefect_remote.providers.logship import LogSender, LogShipper
 
 if TYPE_CHECKING:
     from prefect_remote.providers.gcp.clients import GoogleClients

@@ -23,7 +23,7 @@ import urllib.request
 from functools import cached_property
 from typing import Any
 
-from prefect_remote.providers.runtime import LogShipping, MachineRuntime
+from prefect_remote.machine.runtime import LogShipping, MachineRuntime
 
 SECRETS_ENV = "PREFECT_REMOTE_SECRETS_JSON"  # the Cloud Run container's env var Cloud Run fills from Secret Manager
 CLOUD_RUN_JOB_ENV = "CLOUD_RUN_JOB"  # set by Cloud Run in every task's container

@@ -22,8 +22,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit, urlunsplit
 
-from prefect_remote.boot import MACHINE_ID_ENV
 from prefect_remote.errors import CapacityError, MachineNotFound
+from prefect_remote.machine.boot import MACHINE_ID_ENV
 from prefect_remote.providers.base import LOOPBACK_HOSTS, Capabilities, InstanceType, Launch, LogChunk, Machine, Provider, complete_utf8
 from prefect_remote.providers.local import gateway, host_launch, records
 from prefect_remote.providers.local.isolation import Bridge, kill_pids, live_pid, namespace_unavailable, record_end, tagged_pids

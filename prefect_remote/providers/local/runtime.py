@@ -12,10 +12,10 @@ import signal
 import time
 from pathlib import Path
 
-from prefect_remote.boot import MACHINE_ID_ENV
+from prefect_remote.machine.boot import MACHINE_ID_ENV
+from prefect_remote.machine.runtime import MachineRuntime
 from prefect_remote.providers.local import records
 from prefect_remote.providers.local.isolation import live_pid
-from prefect_remote.providers.runtime import MachineRuntime
 
 
 class LocalRuntime(MachineRuntime):

@@ -16,9 +16,10 @@ import boto3
 import pytest
 from botocore.config import Config
 
-from prefect_remote.agent import Agent
-from prefect_remote.boot import MACHINE_LOG_ENV
 from prefect_remote.errors import MachineNotFound
+from prefect_remote.machine.agent import Agent
+from prefect_remote.machine.boot import MACHINE_LOG_ENV
+from prefect_remote.machine.runtime import MachineRuntime
 from prefect_remote.providers.aws.logship import (
     EVENT_OVERHEAD,
     MAX_BATCH_BYTES,
@@ -31,7 +32,6 @@ from prefect_remote.providers.aws.logship import (
 from prefect_remote.providers.aws.provider import AWSProvider
 from prefect_remote.providers.aws.runtime import EC2Runtime
 from prefect_remote.providers.base import LogChunk
-from prefect_remote.providers.runtime import MachineRuntime
 from tests.conftest import wait_for
 
 

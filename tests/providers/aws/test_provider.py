@@ -15,8 +15,8 @@ import boto3
 import pytest
 from pydantic import SecretStr
 
-from prefect_remote.boot import AGENT_CONFIG_ENV, decode_agent_config
 from prefect_remote.errors import CapacityError, MachineNotFound
+from prefect_remote.machine.boot import AGENT_CONFIG_ENV, decode_agent_config
 from prefect_remote.providers import get_provider
 from prefect_remote.providers.aws import catalog
 from prefect_remote.providers.aws import provider as aws_provider

@@ -12,9 +12,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import boto3
 import pytest
 
+from prefect_remote.machine.runtime import load_runtime
 from prefect_remote.providers.aws.runtime import DEFAULT_METADATA_ENDPOINT, EC2Runtime
 from prefect_remote.providers.base import BootPayload
-from prefect_remote.providers.runtime import load_runtime
 from prefect_remote.spec import MachineSpec
 
 

@@ -9,8 +9,8 @@ import google.auth
 import pytest
 from google.auth.transport.requests import AuthorizedSession
 
+from prefect_remote.machine.logship import LogShipper
 from prefect_remote.providers.gcp.logs import MACHINE_LABEL, CloudLoggingSender, insert_id, read_logs, ship_log
-from prefect_remote.providers.logship import LogShipper
 from tests.conftest import wait_for
 
 

@@ -16,8 +16,8 @@ import pytest
 from pydantic import SecretStr
 
 import prefect_remote
-from prefect_remote.boot import decode_agent_config
 from prefect_remote.errors import CapabilityError, CapacityError
+from prefect_remote.machine.boot import decode_agent_config
 from prefect_remote.providers.base import BootPayload
 from prefect_remote.providers.local import LocalProvider, records, start
 from prefect_remote.providers.local.isolation import process_identity, tagged_pids

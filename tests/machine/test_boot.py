@@ -4,7 +4,7 @@ import subprocess
 
 from pydantic import SecretStr
 
-from prefect_remote.boot import decode_agent_config, render_boot_script
+from prefect_remote.machine.boot import decode_agent_config, render_boot_script
 from prefect_remote.providers.base import BootPayload
 from prefect_remote.providers.local import LocalProvider
 from prefect_remote.spec import MachineSpec
@@ -46,7 +46,7 @@ def test_payload_validation():
 
 def test_the_first_line_names_where_the_machine_runs_literally(tmp_path):
     """Whatever a provider's placement text holds, bash prints it as it is, on one line."""
-    from prefect_remote.boot import AgentSource
+    from prefect_remote.machine.boot import AgentSource
 
     placement = "gcp Cloud Run (4 cpu / 16 GiB, us-central1) it's $(touch pwned) `touch pwned`\nsecond line"
     agent = AgentSource("prefect-remote==0.2.0", python="3.11.7")

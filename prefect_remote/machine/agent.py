@@ -1,7 +1,7 @@
 """The on-machine agent: runs the payload, ships its output to the machine log, and ends the machine.
 
-Started by the boot script (``python -m prefect_remote.agent``). It talks to its provider only
-through the provider's machine runtime (:class:`~prefect_remote.providers.runtime.MachineRuntime`,
+Started by the boot script (``python -m prefect_remote.machine.agent``). It talks to its provider only
+through the provider's machine runtime (:class:`~prefect_remote.machine.runtime.MachineRuntime`,
 named in the boot script with its non-secret options), and ends its own machine when any of these
 happens:
 
@@ -28,7 +28,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from prefect_remote.boot import (
+from prefect_remote.machine.boot import (
     ACTIVITY_FILE_ENV,
     AGENT_CONFIG_ENV,
     DEFAULT_ROOT,
@@ -37,7 +37,7 @@ from prefect_remote.boot import (
     ROOT_ENV,
     decode_agent_config,
 )
-from prefect_remote.providers.runtime import LogShipping, MachineRuntime, load_runtime
+from prefect_remote.machine.runtime import LogShipping, MachineRuntime, load_runtime
 from prefect_remote.units import format_duration
 
 TICK = 0.25  # seconds between checks

@@ -1,7 +1,7 @@
 """The boot script every machine runs, whatever its provider: a cloud VM gets it as user-data, a
 local machine runs it in its own process tree.
 
-It gets the agent (:mod:`prefect_remote.agent`) running, which rebuilds the software environment,
+It gets the agent (:mod:`prefect_remote.machine.agent`) running, which rebuilds the software environment,
 runs the payload and ends the machine when its time is up. There are two ways to the agent:
 
 * **From a stock image** (:class:`AgentSource`: clouds). The machine has only its OS. The script
@@ -114,7 +114,7 @@ phase "booting machine ${PREFECT_REMOTE_MACHINE_ID:-?} on "@PLACEMENT@
 PREFECT_REMOTE_PYTHON=@PYTHON@
 export PATH="$(dirname "$PREFECT_REMOTE_PYTHON"):$PATH"
 export PREFECT_REMOTE_AGENT_CONFIG=@CONFIG@
-exec "$PREFECT_REMOTE_PYTHON" -m prefect_remote.agent
+exec "$PREFECT_REMOTE_PYTHON" -m prefect_remote.machine.agent
 """
 )
 
@@ -205,7 +205,7 @@ PHASE=handover
 trap - EXIT
 phase "agent: starting"
 export PREFECT_REMOTE_AGENT_CONFIG=@CONFIG@
-exec "$AGENT/bin/python" -m prefect_remote.agent
+exec "$AGENT/bin/python" -m prefect_remote.machine.agent
 """
 )
 
