@@ -8,7 +8,9 @@ A fake service registers its routes on an :class:`GoogleAPI` with :meth:`GoogleA
 checks the caller's bearer token and counts the call under the route's name (``run.jobs.create``),
 so a benchmark can count API calls per machine-minute. :meth:`GoogleAPI.disable_api` makes one
 service's routes answer as Google does for a project that has not enabled it (403
-``SERVICE_DISABLED``).
+``SERVICE_DISABLED``). A :class:`Gate` (``api.gate``; the strict sandbox's IAM,
+:mod:`prefect_remote.sandbox.gcp.enforcement`) sees every authenticated call before its handler, and
+each one answered without error after it.
 
 >>> api = GoogleAPI()                                                     # doctest: +SKIP
 >>> @api.route("/v2/projects/{project}/locations/{location}/jobs/{job}", ["GET"], "run.jobs.get")
@@ -25,7 +27,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -103,6 +105,17 @@ def new_id(prefix: str = "") -> str:
     return prefix + secrets.token_hex(8)
 
 
+class Gate(Protocol):
+    """Decides authenticated calls (``request.state.principal`` is set) by route name."""
+
+    async def check(self, name: str, request: Request) -> Response | None:
+        """Before the handler: raise :class:`GoogleError` to refuse, return a response to answer
+        instead of the handler, or None to let it run."""
+
+    def done(self, name: str, request: Request) -> None:
+        """After the handler answered without error."""
+
+
 class GoogleAPI:
     """Routes, bearer tokens and call counts shared by the sandbox's fake services."""
 
@@ -116,15 +129,17 @@ class GoogleAPI:
         self._thread: threading.Thread | None = None
         self.url = ""
         self.disabled: dict[str, tuple[str, str]] = {}  # service -> (project, number) it answers SERVICE_DISABLED for
+        self.gate: Gate | None = None
         self.route("/token", ["POST"], "oauth2.token", authenticated=False)(self._token)
 
     # -- tokens ------------------------------------------------------------------------------------
-    def issue_token(self, principal: str) -> dict[str, Any]:
-        """A fresh access token for ``principal`` (a user's refresh token, an instance's service account)."""
+    def issue_token(self, principal: str, ttl: float = TOKEN_TTL) -> dict[str, Any]:
+        """A fresh access token for ``principal`` (a user's refresh token, an instance's service
+        account), valid ``ttl`` seconds (``math.inf``: the sandbox's own)."""
         token = "ya29.sandbox-" + secrets.token_urlsafe(24)
         with self._lock:
-            self._tokens[token] = (principal, time.time() + TOKEN_TTL)
-        return {"access_token": token, "expires_in": TOKEN_TTL, "token_type": "Bearer"}
+            self._tokens[token] = (principal, time.time() + ttl)
+        return {"access_token": token, "expires_in": min(ttl, TOKEN_TTL), "token_type": "Bearer"}
 
     def service_account_key(self, email: str, project: str) -> dict[str, Any]:
         """A new JSON key of service account ``email``, as ``gcloud iam service-accounts keys create``
@@ -198,11 +213,12 @@ class GoogleAPI:
 
     # -- routes ------------------------------------------------------------------------------------
     def route(
-        self, path: str, methods: list[str], name: str, *, authenticated: bool = True
+        self, path: str, methods: list[str], name: str, *, authenticated: bool = True, first: bool = False
     ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
         """Registers ``handler(request, **path_params)`` (sync: it runs in a thread; or async) for
         ``path``. It returns a dict (JSON 200), a :class:`Response`, or raises :class:`GoogleError`.
-        Routes with a ``:verb`` suffix must be registered before the same path without it."""
+        Routes with a ``:verb`` suffix must be registered before the same path without it
+        (``first``: before every route registered so far)."""
 
         def register(handler: Callable[..., Any]) -> Callable[..., Any]:
             import inspect
@@ -218,6 +234,9 @@ class GoogleAPI:
                         request.state.principal = self.principal(request)
                         if service in self.disabled:
                             raise service_disabled(service, *self.disabled[service])
+                        if self.gate is not None and (answer := await self.gate.check(name, request)) is not None:
+                            self.calls[name] += 1
+                            return answer
                     if is_async:
                         result = await handler(request, **request.path_params)
                     else:
@@ -229,9 +248,12 @@ class GoogleAPI:
                     self.calls[name] += 1
                     return error.response()
                 self.calls[name] += 1
-                return result if isinstance(result, Response) else JSONResponse(result)
+                response = result if isinstance(result, Response) else JSONResponse(result)
+                if authenticated and self.gate is not None and response.status_code < 400:
+                    self.gate.done(name, request)
+                return response
 
-            self._routes.append(Route(path, endpoint, methods=methods, name=name))
+            self._routes.insert(0 if first else len(self._routes), Route(path, endpoint, methods=methods, name=name))
             return handler
 
         return register

@@ -12,7 +12,8 @@ How it follows Google, and where it simplifies:
 * IAM policies carry an ``etag`` that changes with every write; a ``setIamPolicy`` with a stale
   one answers 409 ABORTED, as Google does on a concurrent change; a policy with a condition must
   be version 3;
-* nothing is enforced: any authenticated caller may do anything.
+* nothing is enforced here: any authenticated caller may do anything, unless the sandbox enforces
+  the policies (:mod:`prefect_remote.sandbox.gcp.enforcement`).
 
 >>> iam = IAMFake(sandbox)                                                       # doctest: +SKIP
 >>> iam.project_policy()["bindings"]                                             # doctest: +SKIP
@@ -67,6 +68,39 @@ class IAMFake:
             if member in binding["members"]:
                 found.append({key: value for key, value in binding.items() if key != "members"})
         return found
+
+    def add_account(self, email: str, display_name: str = "") -> None:
+        """Makes ``email`` (one of ``sandbox.service_accounts``, made before the sandbox started) an
+        account this API knows."""
+        with self._lock:
+            if email not in self.accounts:
+                unique = str(100000000000000000000 + secrets.randbelow(10**20))
+                account_id = email.split("@", 1)[0]
+                self.accounts[email] = {
+                    "name": f"projects/{self.sandbox.project}/serviceAccounts/{email}",
+                    "projectId": self.sandbox.project,
+                    "uniqueId": unique,
+                    "email": email,
+                    "displayName": display_name or account_id,
+                    "description": "",
+                    "etag": _etag(),
+                    "oauth2ClientId": unique,
+                }
+
+    def add_binding(self, member: str, role: str, condition: dict[str, Any] | None = None, *, account: str | None = None) -> None:
+        """Grants ``role`` (under ``condition``) to ``member`` in the project's IAM policy, or in
+        service account ``account``'s: what an admin granted before the sandbox started."""
+        with self._lock:
+            policy = self._project_policy if account is None else self.account_policies.setdefault(account, {"version": 1})
+            bindings = policy.setdefault("bindings", [])
+            binding = next((b for b in bindings if b["role"] == role and b.get("condition") == condition), None)
+            if binding is None:
+                binding = {"role": role, "members": [], **({"condition": dict(condition)} if condition else {})}
+                bindings.append(binding)
+            if member not in binding["members"]:
+                binding["members"].append(member)
+            policy["version"] = 3 if any(b.get("condition") for b in bindings) else policy.get("version", 1)
+            policy["etag"] = _etag()
 
     # -- routes -----------------------------------------------------------------------------------
     def _register_routes(self, api: GoogleAPI) -> None:

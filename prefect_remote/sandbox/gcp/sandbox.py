@@ -14,6 +14,11 @@ The project is ready to use: the store's bucket, a service account for machines
 exports name). The test suite starts one per session; ``prefect-remote sandbox gcp`` starts the
 same thing for a shell.
 
+``enforce_iam=True`` makes it strict about IAM (:mod:`prefect_remote.sandbox.gcp.enforcement`):
+every call is checked against the project's IAM policies, the launcher holds exactly the roles the
+docs list, machines act as their launch's service account, and grants take effect ``iam_delay``
+seconds after they are made (Google: typically 2 minutes, up to 7 or more).
+
 >>> with SandboxGCP() as gcp:                                         # doctest: +SKIP
 ...     os.environ.update(gcp.exports())
 ...     prefect_remote.function(cpu=2)(lambda x: x + 1)(1)              # a Compute Engine VM of the sandbox
@@ -33,16 +38,19 @@ from typing import Any
 from prefect_remote.sandbox.gcp.api import GoogleAPI
 from prefect_remote.sandbox.gcp.common import Project
 from prefect_remote.sandbox.gcp.compute import ComputeFake
+from prefect_remote.sandbox.gcp.enforcement import IAMEnforcement
 from prefect_remote.sandbox.gcp.iam import IAMFake
 from prefect_remote.sandbox.gcp.logs import LoggingFake
 from prefect_remote.sandbox.gcp.metadata import MetadataServer
 from prefect_remote.sandbox.gcp.run import CloudRunFake
 from prefect_remote.sandbox.gcp.secrets import SecretManagerFake
+from prefect_remote.sandbox.gcp.storage_gate import StorageGate
 from prefect_remote.sandbox.instances import Instance, InstanceRunner, SandboxCloud
 
 logger = logging.getLogger(__name__)
 
 STORE_BUCKET = "prefect-remote-sandbox"
+IAM_DELAY = 3.0  # seconds until an IAM policy change takes effect, when IAM is enforced
 
 
 class SandboxGCP(SandboxCloud):
@@ -65,6 +73,8 @@ class SandboxGCP(SandboxCloud):
         home: str | Path | None = None,
         isolation: str | None = None,
         expose: tuple[int, ...] = (),
+        enforce_iam: bool = False,
+        iam_delay: float = IAM_DELAY,
     ) -> None:
         self.project, self.region, self.host, self.port = project, region, host, port
         self.project_number = Project.named(project).number
@@ -87,6 +97,7 @@ class SandboxGCP(SandboxCloud):
         self.run = CloudRunFake(self)
         self.compute = ComputeFake(self)
         self.iam = IAMFake(self)  # service accounts, custom roles, the project's IAM policy
+        self.enforcement = IAMEnforcement(self, delay=iam_delay) if enforce_iam else None
         self._home_arg = home
         self._scratch: tempfile.TemporaryDirectory | None = None
         self._home: Path | None = None
@@ -155,6 +166,10 @@ class SandboxGCP(SandboxCloud):
             httpd = self._storage._api._httpd
             httpd.RequestHandlerClass = _counting_storage_handler(self._storage._storage, self.api.calls)
             self._storage_url = f"http://{self.host}:{httpd.server_address[1]}"
+            if self.enforcement is not None:  # callers reach the emulator through an authorizing proxy only
+                self.enforcement.storage = StorageGate(self.enforcement, self._storage_url, self._storage._storage, self.api.calls)
+                self._storage_url = self.enforcement.storage.serve(self.host)
+                self.enforcement.grant_identities(STORE_BUCKET)
             key = self.api.service_account_key(self.launcher_account, self.project)
             self.key_file.touch(mode=0o600)
             self.key_file.write_text(json.dumps(key))
@@ -182,6 +197,8 @@ class SandboxGCP(SandboxCloud):
             self._runner.stop()  # ends every machine still running, and waits for them
             self._runner = None
         self.api.close()
+        if self.enforcement is not None and self.enforcement.storage is not None:
+            self.enforcement.storage.close()
         if self._storage is not None:
             self._storage.stop()
             self._storage, self._storage_url = None, ""
@@ -209,7 +226,7 @@ class SandboxGCP(SandboxCloud):
         return {
             "GOOGLE_APPLICATION_CREDENTIALS": str(self.key_file),
             "GOOGLE_CLOUD_PROJECT": self.project,
-            "STORAGE_EMULATOR_HOST": self.storage_url,
+            self._storage_variable: self.storage_url,
         }
 
     def exports(self) -> dict[str, str]:
@@ -239,13 +256,19 @@ class SandboxGCP(SandboxCloud):
         api = self.runner.reachable_url(self.url)
         return {
             "PREFECT_REMOTE_GCP_API_ENDPOINT": api,
-            "STORAGE_EMULATOR_HOST": self.runner.reachable_url(self.storage_url),
+            self._storage_variable: self.runner.reachable_url(self.storage_url),
             "GOOGLE_CLOUD_PROJECT": self.project,
             "PREFECT_REMOTE_ROOT": str(self._root),
             "PREFECT_REMOTE_MACHINE_LOG": str(folder / "machine.log"),
             **({"UV_CACHE_DIR": cache} if (cache := uv_cache_dir()) else {}),  # a warm cache, as a baked image has
             **self.metadata.env(key, api),
         }
+
+    @property
+    def _storage_variable(self) -> str:
+        """How google-cloud-storage finds this sandbox's Cloud Storage: ``STORAGE_EMULATOR_HOST``
+        makes it send no credentials, so the strict sandbox names its gate by ``API_ENDPOINT_OVERRIDE``."""
+        return "API_ENDPOINT_OVERRIDE" if self.enforcement is not None else "STORAGE_EMULATOR_HOST"
 
     # -- the instance runner's view: both services' instances, dispatched on their id's prefix -------------------
     def _fake(self, instance_id: str) -> Any:
