@@ -118,6 +118,18 @@ class GCSStore(BucketStore):
             names = [blob.name[len(folder) :] for blob in self.client.list_blobs(self.bucket, prefix=folder, delimiter="/")]
         return sorted(name for name in names if name and not name.startswith("."))
 
+    def _machine_fetch(self, key: str) -> str:
+        """A download with the default client (the machine's service account; objects need no project).
+
+        >>> print(GCSStore("my-bucket", "envs").machine_fetch("abc"), end="")
+        from google.cloud import storage
+        storage.Client(project=None).bucket('my-bucket').blob('envs/blobs/abc').download_to_filename(target)
+        """
+        return (
+            "from google.cloud import storage\n"
+            f"storage.Client(project=None).bucket({self.bucket!r}).blob({self.key(key)!r}).download_to_filename(target)\n"
+        )
+
     # -- errors that say what to do ---------------------------------------------------------------
     @contextmanager
     def translated(self, action: str, key: str) -> Iterator[None]:

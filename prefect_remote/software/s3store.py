@@ -100,6 +100,15 @@ class S3Store(BucketStore):
                 names.extend(item["Key"][len(folder) :] for item in page.get("Contents", []))
         return sorted(name for name in names if name and not name.startswith("."))
 
+    def _machine_fetch(self, key: str) -> str:
+        """A download with boto3's default client (the machine's instance profile).
+
+        >>> print(S3Store("my-bucket", "envs").machine_fetch("abc"), end="")
+        import boto3
+        boto3.client("s3").download_file('my-bucket', 'envs/blobs/abc', target)
+        """
+        return f'import boto3\nboto3.client("s3").download_file({self.bucket!r}, {self.key(key)!r}, target)\n'
+
     # -- errors that say what to do ---------------------------------------------------------------
     @contextmanager
     def _translated(self, action: str, key: str) -> Iterator[None]:
