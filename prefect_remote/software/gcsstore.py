@@ -54,10 +54,6 @@ class GCSStore(BucketStore):
     scheme, service = "gs", "Cloud Storage"
     bucket_rule, bucket_rule_text = _BUCKET, "3-63 lowercase letters, digits, '-', '_' or '.', starting and ending with a letter or digit"
 
-    def __init__(self, bucket: str, prefix: str = "", *, client: Client | None = None) -> None:
-        super().__init__(bucket, prefix)
-        self._client = client
-
     @classmethod
     def from_url(cls, url: str) -> GCSStore:
         """The store at ``gs://bucket/prefix`` (as machines get it in their configuration).

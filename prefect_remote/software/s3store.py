@@ -52,10 +52,6 @@ class S3Store(BucketStore):
     scheme, service = "s3", "S3"
     bucket_rule, bucket_rule_text = _BUCKET, "3-63 lowercase letters, digits, '.' or '-'"
 
-    def __init__(self, bucket: str, prefix: str = "", *, client: BaseClient | None = None) -> None:
-        super().__init__(bucket, prefix)
-        self._client = client
-
     @property
     def client(self) -> BaseClient:
         """The S3 client, made on first use so that opening a store costs nothing."""

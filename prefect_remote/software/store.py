@@ -24,7 +24,7 @@ import shutil
 import tempfile
 from abc import ABC, abstractmethod
 from pathlib import Path
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 from urllib.parse import urlparse
 
 from prefect_remote.errors import RemoteError
@@ -228,7 +228,8 @@ class LocalStore(Store):
 
 class BucketStore(Store):
     """A store under a prefix of a cloud bucket, ``<scheme>://bucket/prefix``: a subclass names its
-    scheme and bucket naming rule, and moves the bytes.
+    scheme and bucket naming rule, and moves the bytes. ``client`` is the cloud library's client to
+    use instead of one the subclass makes on first use from the cloud's default credentials chain.
 
     >>> from prefect_remote.software.gcsstore import GCSStore
     >>> GCSStore("my-bucket", "/team/envs/").key("blobs/abc")
@@ -240,7 +241,7 @@ class BucketStore(Store):
     bucket_rule: ClassVar[re.Pattern[str]]
     bucket_rule_text: ClassVar[str]  # the rule in words
 
-    def __init__(self, bucket: str, prefix: str = "") -> None:
+    def __init__(self, bucket: str, prefix: str = "", *, client: Any = None) -> None:
         if not self.bucket_rule.fullmatch(bucket) or ".." in bucket:
             raise StoreError(
                 f"store {self.scheme}://{bucket}/{prefix}: {bucket!r} is not a valid {self.service} bucket name "
@@ -250,6 +251,7 @@ class BucketStore(Store):
         self.prefix = prefix.strip("/")
         self.url = f"{self.scheme}://{bucket}/{self.prefix}" if self.prefix else f"{self.scheme}://{bucket}"
         self._bucket_checked = False  # once the bucket is known to exist, a "not found" means a missing key
+        self._client = client
 
     def key(self, key: str) -> str:
         """The object name of ``key`` in the bucket: ``<prefix>/<key>``."""
