@@ -74,6 +74,12 @@ def _managed_type(policy: Any) -> str:
     return "aws-managed" if ":iam::aws:policy" in policy.arn else "user-managed"
 
 
+def _policies_of(owner: Any, inline: str) -> list[tuple[str, Mapping[str, Any], str]]:
+    """A moto user's, group's or role's inline policies (of SourcePolicyType ``inline``), then its attached ones."""
+    attached = [(policy.name, _managed(policy), _managed_type(policy)) for policy in owner.managed_policies.values()]
+    return [(name, policy_document(doc), inline) for name, doc in owner.policies.items()] + attached
+
+
 def identity_policies(backend: Any, arn: str) -> tuple[list[tuple[str, Mapping[str, Any], str]], list | None]:
     """The identity policies of the user, role or group ``arn`` (moto's ``backend``), and its
     permissions boundary's; raises ``LookupError`` for an unknown one."""
@@ -85,17 +91,14 @@ def identity_policies(backend: Any, arn: str) -> tuple[list[tuple[str, Mapping[s
         user = backend.users.get(name)
         if user is None:
             raise LookupError(f"no user {name}")
-        found += [(n, policy_document(doc), "user") for n, doc in user.policies.items()]
-        found += [(p.name, _managed(p), _managed_type(p)) for p in user.managed_policies.values()]
+        found += _policies_of(user, "user")
         for group in backend.get_groups_for_user(name):
-            found += [(n, policy_document(doc), "group") for n, doc in group.policies.items()]
-            found += [(p.name, _managed(p), _managed_type(p)) for p in group.managed_policies.values()]
+            found += _policies_of(group, "group")
     elif kind == "role":
         role = next((r for r in list(backend.roles.values()) if r.name == name), None)
         if role is None:
             raise LookupError(f"no role {name}")
-        found += [(n, policy_document(doc), "role") for n, doc in role.policies.items()]
-        found += [(p.name, _managed(p), _managed_type(p)) for p in role.managed_policies.values()]
+        found += _policies_of(role, "role")
         if role.permissions_boundary_arn:
             policy = backend.get_policy(role.permissions_boundary_arn)
             boundary = [(policy.name, _managed(policy), "permissions-boundary")]
@@ -103,8 +106,7 @@ def identity_policies(backend: Any, arn: str) -> tuple[list[tuple[str, Mapping[s
         group = backend.groups.get(name)
         if group is None:
             raise LookupError(f"no group {name}")
-        found += [(n, policy_document(doc), "group") for n, doc in group.policies.items()]
-        found += [(p.name, _managed(p), _managed_type(p)) for p in group.managed_policies.values()]
+        found += _policies_of(group, "group")
     else:
         raise LookupError(f"{arn} is not a user, role or group")
     return found, boundary
