@@ -72,10 +72,12 @@ class AgentSource:
 
     ``requirement`` is what uv installs (``"prefect-remote[aws]==0.2.0"``); an unreleased version
     names a wheel in the store instead: ``wheel`` is its file name, ``digest`` its SHA-256 in
-    ``store`` (read with the machine's own credentials, which ``bootstrap`` installs first, e.g.
-    boto3). ``python`` is the launcher's Python version, which the machine runs, patch included,
-    where it can be had (else the same minor version); ``full`` installs prefect-remote with its
-    dependencies (needed when the payload runs in the agent's environment, i.e. without software).
+    ``store``, ``fetch`` the store's own Python lines that copy it to the machine's file ``target``
+    (:meth:`~prefect_remote.software.store.Store.machine_fetch`: with the machine's own credentials,
+    and the library ``bootstrap`` installs first, e.g. boto3). ``python`` is the launcher's Python
+    version, which the machine runs, patch included, where it can be had (else the same minor
+    version); ``full`` installs prefect-remote with its dependencies (needed when the payload runs
+    in the agent's environment, i.e. without software).
 
     >>> AgentSource("prefect-remote==0.2.0", python="3.11.7").key
     'prefect-remote==0.2.0-py3.11.7-agent'
@@ -89,6 +91,7 @@ class AgentSource:
     wheel: str | None = None
     digest: str | None = None
     store: str | None = None
+    fetch: str | None = None
 
     @property
     def key(self) -> str:
@@ -209,21 +212,13 @@ exec "$AGENT/bin/python" -m prefect_remote.machine.agent
 """
 )
 
-# Fetches the agent's wheel from the store with the machine's own credentials, verified.
+# Fetches the agent's wheel from the store with the machine's own credentials (the store's own
+# lines, AgentSource.fetch: it alone knows how its objects are read), verified.
 _FETCH_WHEEL = """\
   "$BUILD/bin/python" - @STORE@ @DIGEST@ "$BUILD/@WHEEL@" <<'PY'
-import hashlib, shutil, sys, urllib.parse
+import hashlib, sys
 store, digest, target = sys.argv[1:]
-parts = urllib.parse.urlsplit(store)
-key = "/".join(filter(None, [parts.path.strip("/"), "blobs", digest]))
-if parts.scheme == "s3":
-    import boto3
-    boto3.client("s3").download_file(parts.netloc, key, target)
-elif parts.scheme == "gs":
-    from google.cloud import storage
-    storage.Client(project=None).bucket(parts.netloc).blob(key).download_to_filename(target)  # objects need no project
-else:
-    shutil.copyfile(f"{store.removeprefix('file://').rstrip('/')}/blobs/{digest}", target)
+@FETCH@
 with open(target, "rb") as wheel:
     if hashlib.sha256(wheel.read()).hexdigest() != digest:
         sys.exit(f"the agent wheel {digest[:12]} in {store} does not match its SHA-256")
@@ -256,8 +251,10 @@ def render_boot_script(
     if agent.wheel:
         if not _WHEEL_NAME.fullmatch(agent.wheel) or not all(_WHEEL_NAME.fullmatch(f"{extra}.whl") for extra in agent.extras):
             raise ValueError(f"AgentSource: {agent.wheel!r} {agent.extras!r} is not a plain wheel file name and extras")
+        if not agent.fetch:
+            raise ValueError(f"AgentSource: the wheel {agent.wheel!r} needs its store's fetch lines (Store.machine_fetch)")
         fetch = _FETCH_WHEEL.replace("@STORE@", shlex.quote(agent.store or "")).replace("@DIGEST@", shlex.quote(agent.digest or ""))
-        fetch = fetch.replace("@WHEEL@", agent.wheel)
+        fetch = fetch.replace("@WHEEL@", agent.wheel).replace("@FETCH@", agent.fetch.rstrip("\n"))  # last: the store's text
         install = f'"prefect-remote{extras} @ file://$BUILD/{agent.wheel}"'  # $BUILD expands on the machine
     else:
         fetch = ""

@@ -13,6 +13,11 @@ checks (``ec2:CreateTags`` with ``ec2:CreateAction``; ``iam:TagRole``, ``iam:Tag
 table does not know raises :class:`UnknownOperation`: the sandbox refuses it rather than let a new
 call through unchecked.
 
+One module over 500 lines, on purpose: it is one table, each operation registered by ``_handles``
+beside the others of its service, read as the Service Authorization Reference is; split by service,
+every part would still share the registry, :class:`Request`, :class:`Account` and the tag context
+helpers, and the table would no longer read as one.
+
 >>> request = Request("ssm", "GetParameter", {"Name": "/prefect-remote/launch-1"}, "us-east-1", "123456789012")
 >>> [check.resource for check in checks(request, Account())]
 ['arn:aws:ssm:us-east-1:123456789012:parameter/prefect-remote/launch-1']

@@ -1,10 +1,11 @@
 """IAM enforced in front of the sandbox's moto server: a WSGI middleware that authenticates every
-request, asks :mod:`~prefect_remote.sandbox.iam_requests` what AWS would authorize for it, evaluates
-the caller's policies with :mod:`~prefect_remote.sandbox.iam_policy`, and refuses in AWS's own shape
-per protocol (EC2's ``UnauthorizedOperation``, IAM's and STS's ``AccessDenied``, S3's
-``AccessDenied``, 400 ``AccessDeniedException`` in JSON for SSM and CloudWatch Logs), with AWS's
-wording ("User: arn:… is not authorized to perform: ssm:GetParameter on resource: arn:… because
-no identity-based policy allows the ssm:GetParameter action"). It also answers
+request (:mod:`~prefect_remote.sandbox.iam_identity`), asks :mod:`~prefect_remote.sandbox.iam_requests`
+what AWS would authorize for it, evaluates the caller's policies with
+:mod:`~prefect_remote.sandbox.iam_policy`, and refuses in AWS's own shape per protocol (EC2's
+``UnauthorizedOperation``, IAM's and STS's ``AccessDenied``, S3's ``AccessDenied``, 400
+``AccessDeniedException`` in JSON for SSM and CloudWatch Logs), with AWS's wording ("User: arn:… is
+not authorized to perform: ssm:GetParameter on resource: arn:… because no identity-based policy
+allows the ssm:GetParameter action"). It also answers
 ``iam:SimulatePrincipalPolicy`` (moto has none) from the same evaluator.
 
 Why not moto's own access control: it compares specific-ARN statements with ``"*"`` and refuses
@@ -30,11 +31,12 @@ import json
 import threading
 import uuid
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 from xml.sax.saxutils import escape
 
-from prefect_remote.sandbox.iam_policy import Check, Evaluation, PolicyError, evaluate
+from prefect_remote.sandbox.iam_identity import Principal, Refusal, authenticate, identity_policies, policy_document, signature_matches
+from prefect_remote.sandbox.iam_policy import Check, Evaluation, PolicyError
 from prefect_remote.sandbox.iam_requests import Account, Request, UnknownOperation, checks
 
 IAM_XMLNS = "https://iam.amazonaws.com/doc/2010-05-08/"
@@ -97,152 +99,6 @@ _S3_MESSAGES = {
     "expired": "The provided token has expired.",
     "unsigned": "Access Denied",
 }
-
-
-class Refusal(Exception):
-    """A request AWS would refuse: ``kind`` is one of :data:`_CODES`'s keys."""
-
-    def __init__(self, kind: str, message: str | None = None, *, decision: Mapping[str, Any] | None = None) -> None:
-        super().__init__(message or kind)
-        self.kind, self.message, self.decision = kind, message, decision
-
-
-# -- who is calling --------------------------------------------------------------------------------
-@dataclass
-class Principal:
-    """An authenticated caller and the policies that decide for it."""
-
-    arn: str
-    kind: str  # "user" or "assumed-role"
-    name: str  # the user's or the role's name
-    account: str
-    policies: list[tuple[str, Mapping[str, Any], str]]  # (id, document, SourcePolicyType)
-    boundary: list[tuple[str, Mapping[str, Any], str]] | None = None
-    session: list[tuple[str, Mapping[str, Any], str]] | None = None
-    context: dict[str, Any] = field(default_factory=dict)  # the global condition keys it brings
-
-    def decide(self, check: Check) -> tuple[Evaluation, str | None]:
-        """The decision on ``check``, and which kind of policy failed it (``None``: identity)."""
-        identity = evaluate(((pid, doc) for pid, doc, _ in self.policies), check)
-        layers = [("permissions boundary", self.boundary), ("session policy", self.session)]
-        for label, documents in layers:
-            if documents is None:
-                continue
-            limited = evaluate(((pid, doc) for pid, doc, _ in documents), check)
-            if limited.decision == "explicitDeny":
-                return limited, label
-            if identity.allowed and not limited.allowed:
-                return limited, label
-        return identity, None
-
-
-def _document(text: str | Mapping[str, Any]) -> Mapping[str, Any]:
-    if isinstance(text, Mapping):
-        return text
-    from urllib.parse import unquote
-
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError:
-        return json.loads(unquote(text))
-
-
-def _managed(policy: Any) -> Mapping[str, Any]:
-    version = next(v for v in policy.versions if v.is_default)
-    return _document(version.document)
-
-
-def _managed_type(policy: Any) -> str:
-    return "aws-managed" if ":iam::aws:policy" in policy.arn else "user-managed"
-
-
-def identity_policies(backend: Any, arn: str) -> tuple[list[tuple[str, Mapping[str, Any], str]], list | None]:
-    """The identity policies of the user, role or group ``arn`` (moto's ``backend``), and its
-    permissions boundary's; raises ``LookupError`` for an unknown one."""
-    kind, _, rest = arn.split(":", 5)[5].partition("/")
-    name = rest.rsplit("/", 1)[-1]
-    found: list[tuple[str, Mapping[str, Any], str]] = []
-    boundary = None
-    if kind == "user":
-        user = backend.users.get(name)
-        if user is None:
-            raise LookupError(f"no user {name}")
-        found += [(n, _document(doc), "user") for n, doc in user.policies.items()]
-        found += [(p.name, _managed(p), _managed_type(p)) for p in user.managed_policies.values()]
-        for group in backend.get_groups_for_user(name):
-            found += [(n, _document(doc), "group") for n, doc in group.policies.items()]
-            found += [(p.name, _managed(p), _managed_type(p)) for p in group.managed_policies.values()]
-    elif kind == "role":
-        role = next((r for r in list(backend.roles.values()) if r.name == name), None)
-        if role is None:
-            raise LookupError(f"no role {name}")
-        found += [(n, _document(doc), "role") for n, doc in role.policies.items()]
-        found += [(p.name, _managed(p), _managed_type(p)) for p in role.managed_policies.values()]
-        if role.permissions_boundary_arn:
-            policy = backend.get_policy(role.permissions_boundary_arn)
-            boundary = [(policy.name, _managed(policy), "permissions-boundary")]
-    elif kind == "group":
-        group = backend.groups.get(name)
-        if group is None:
-            raise LookupError(f"no group {name}")
-        found += [(n, _document(doc), "group") for n, doc in group.policies.items()]
-        found += [(p.name, _managed(p), _managed_type(p)) for p in group.managed_policies.values()]
-    else:
-        raise LookupError(f"{arn} is not a user, role or group")
-    return found, boundary
-
-
-def authenticate(account: str, partition: str, key_id: str, token: str | None, now: datetime.datetime) -> tuple[Principal, str]:
-    """The caller holding access key ``key_id`` (and session ``token``), and its secret; raises
-    :class:`Refusal` for an unknown key, a wrong token or expired credentials."""
-    from moto.iam.models import iam_backends
-    from moto.sts.models import sts_backends
-
-    backend = iam_backends[account][partition]
-    base = {"aws:PrincipalAccount": account, "aws:SecureTransport": "true"}  # the cloud is https
-    if not key_id.startswith("ASIA"):
-        for user in list(backend.users.values()):
-            for key in user.access_keys:
-                if key.access_key_id == key_id and key.status == "Active":
-                    if token is not None:
-                        raise Refusal("bad-token")
-                    policies, boundary = identity_policies(backend, user.arn)
-                    tags = {t["Key"]: t["Value"] for t in backend.tagger.list_tags_for_resource(user.arn).get("Tags", [])}
-                    context = {
-                        **base,
-                        "aws:PrincipalArn": user.arn,
-                        "aws:PrincipalType": "User",
-                        "aws:username": user.name,
-                        "aws:userid": user.id,
-                        **{f"aws:PrincipalTag/{k}": v for k, v in tags.items()},
-                    }
-                    return Principal(user.arn, "user", user.name, account, policies, boundary, None, context), key.secret_access_key
-        raise Refusal("unknown-key")
-    for session in list(sts_backends[account][partition].assumed_roles):
-        if session.access_key_id != key_id:
-            continue
-        if token != session.session_token:
-            raise Refusal("bad-token")
-        if session.expiration <= now.replace(tzinfo=None):
-            raise Refusal("expired")
-        role_name = session.role_arn.rsplit("/", 1)[-1]
-        role = next((r for r in list(backend.roles.values()) if r.arn == session.role_arn), None)
-        if role is None:
-            raise Refusal("bad-token")
-        policies, boundary = identity_policies(backend, role.arn)
-        context = {
-            **base,
-            "aws:PrincipalArn": role.arn,
-            "aws:PrincipalType": "AssumedRole",
-            "aws:userid": f"{role.id}:{session.session_name}",
-            **{f"aws:PrincipalTag/{t['Key']}": t["Value"] for t in role.tags},
-        }
-        if session.session_name.startswith("i-"):  # an instance's credentials, as EC2 hands them out
-            context["ec2:SourceInstanceARN"] = f"arn:{partition}:ec2:{session.region_name}:{account}:instance/{session.session_name}"
-        session_policy = [("session", _document(session.policy), "session")] if session.policy else None
-        arn = f"arn:{partition}:sts::{account}:assumed-role/{role_name}/{session.session_name}"
-        return Principal(arn, "assumed-role", role_name, account, policies, boundary, session_policy, context), session.secret_access_key
-    raise Refusal("unknown-key")
 
 
 # -- the middleware --------------------------------------------------------------------------------
@@ -378,7 +234,7 @@ class IAMEnforcer:
     def _authenticate(self, environ: dict[str, Any], body: bytes, key_id: str, region: str) -> Principal:
         token = environ.get("HTTP_X_AMZ_SECURITY_TOKEN")
         principal, secret = authenticate(self.account, self.partition, key_id, token, self.clock())
-        if not _signature_matches(environ, body, key_id, secret, token):
+        if not signature_matches(environ, body, key_id, secret, token):
             raise Refusal("signature")
         principal.context = {**principal.context, "aws:RequestedRegion": region, **_times(self.clock())}
         return principal
@@ -418,11 +274,11 @@ class IAMEnforcer:
         except LookupError:
             raise Refusal("denied", f"PolicySourceArn {source} names no user, role or group of this account") from None
         policies = policies + [
-            (f"PolicyInputList.{i + 1}", _document(doc), "none") for i, doc in enumerate(params.get("PolicyInputList") or [])
+            (f"PolicyInputList.{i + 1}", policy_document(doc), "none") for i, doc in enumerate(params.get("PolicyInputList") or [])
         ]
         if params.get("PermissionsBoundaryPolicyInputList"):
             boundary = [
-                (f"PermissionsBoundaryPolicyInputList.{i + 1}", _document(d), "none")
+                (f"PermissionsBoundaryPolicyInputList.{i + 1}", policy_document(d), "none")
                 for i, d in enumerate(params["PermissionsBoundaryPolicyInputList"])
             ]
         principal = Principal(source, "simulated", source, self.account, policies, boundary)
@@ -489,40 +345,6 @@ def _scope(environ: Mapping[str, Any]) -> tuple[str, str, str]:
     if not authorization.startswith("AWS4-HMAC-SHA256") or len(scope) < 5:
         raise Refusal("unsigned")
     return scope[0], scope[2], scope[3]
-
-
-def _signature_matches(environ: Mapping[str, Any], body: bytes, key_id: str, secret: str, token: str | None) -> bool:
-    """Signs the request again with the caller's secret (botocore's SigV4, as moto's own check
-    does) and compares."""
-    from botocore.auth import S3SigV4Auth, SigV4Auth
-    from botocore.awsrequest import AWSRequest
-    from botocore.credentials import Credentials
-
-    authorization = environ.get("HTTP_AUTHORIZATION", "")
-    fields = dict(part.strip().split("=", 1) for part in authorization.split(" ", 1)[-1].split(",") if "=" in part)
-    signed = fields.get("SignedHeaders", "").split(";")
-    headers = {}
-    for name in signed:
-        key = (
-            "CONTENT_TYPE"
-            if name == "content-type"
-            else "CONTENT_LENGTH"
-            if name == "content-length"
-            else "HTTP_" + name.upper().replace("-", "_")
-        )
-        if key in environ:
-            headers[name] = environ[key]
-    target = environ.get("RAW_URI") or environ.get("REQUEST_URI") or environ.get("PATH_INFO", "/")
-    if "?" not in target and environ.get("QUERY_STRING"):
-        target += "?" + environ["QUERY_STRING"]
-    host = headers.get("host", "localhost")
-    request = AWSRequest(method=environ.get("REQUEST_METHOD", "GET"), url=f"http://{host}{target}", data=body, headers=headers)
-    request.context["timestamp"] = headers.get("x-amz-date", "")
-    scope = fields.get("Credential", "").split("/")
-    signing_region, signing_service = scope[2], scope[3]
-    auth = (S3SigV4Auth if signing_service == "s3" else SigV4Auth)(Credentials(key_id, secret, token), signing_service, signing_region)
-    canonical = auth.canonical_request(request)
-    return auth.signature(auth.string_to_sign(request, canonical), request) == fields.get("Signature")
 
 
 def _reason(evaluation: Evaluation, layer: str | None, action: str) -> str:

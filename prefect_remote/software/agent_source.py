@@ -33,8 +33,8 @@ def agent_source(store: Callable[[], Store], *, extras: Sequence[str], requireme
     extra = f"[{','.join(extras)}]" if extras else ""
     if source is None:
         return AgentSource(f"{DISTRIBUTION}{extra}=={version}", python=python, full=full, extras=tuple(extras), bootstrap=pinned)
-    url = store().url
-    wheel, digest = _stored_wheel(url, str(source))
+    machines = store()
+    wheel, digest = _stored_wheel(machines.url, str(source))
     return AgentSource(
         f"{DISTRIBUTION}{extra} ({wheel})",
         python=python,
@@ -43,7 +43,8 @@ def agent_source(store: Callable[[], Store], *, extras: Sequence[str], requireme
         bootstrap=pinned,
         wheel=wheel,
         digest=digest,
-        store=url,
+        store=machines.url,
+        fetch=machines.machine_fetch(digest),
     )
 
 

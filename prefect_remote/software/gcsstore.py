@@ -54,10 +54,6 @@ class GCSStore(BucketStore):
     scheme, service = "gs", "Cloud Storage"
     bucket_rule, bucket_rule_text = _BUCKET, "3-63 lowercase letters, digits, '-', '_' or '.', starting and ending with a letter or digit"
 
-    def __init__(self, bucket: str, prefix: str = "", *, client: Client | None = None) -> None:
-        super().__init__(bucket, prefix)
-        self._client = client
-
     @classmethod
     def from_url(cls, url: str) -> GCSStore:
         """The store at ``gs://bucket/prefix`` (as machines get it in their configuration).
@@ -117,6 +113,18 @@ class GCSStore(BucketStore):
         with self.translated("storage.objects.list", prefix):
             names = [blob.name[len(folder) :] for blob in self.client.list_blobs(self.bucket, prefix=folder, delimiter="/")]
         return sorted(name for name in names if name and not name.startswith("."))
+
+    def _machine_fetch(self, key: str) -> str:
+        """A download with the default client (the machine's service account; objects need no project).
+
+        >>> print(GCSStore("my-bucket", "envs").machine_fetch("abc"), end="")
+        from google.cloud import storage
+        storage.Client(project=None).bucket('my-bucket').blob('envs/blobs/abc').download_to_filename(target)
+        """
+        return (
+            "from google.cloud import storage\n"
+            f"storage.Client(project=None).bucket({self.bucket!r}).blob({self.key(key)!r}).download_to_filename(target)\n"
+        )
 
     # -- errors that say what to do ---------------------------------------------------------------
     @contextmanager

@@ -52,10 +52,6 @@ class S3Store(BucketStore):
     scheme, service = "s3", "S3"
     bucket_rule, bucket_rule_text = _BUCKET, "3-63 lowercase letters, digits, '.' or '-'"
 
-    def __init__(self, bucket: str, prefix: str = "", *, client: BaseClient | None = None) -> None:
-        super().__init__(bucket, prefix)
-        self._client = client
-
     @property
     def client(self) -> BaseClient:
         """The S3 client, made on first use so that opening a store costs nothing."""
@@ -99,6 +95,15 @@ class S3Store(BucketStore):
             for page in pages:
                 names.extend(item["Key"][len(folder) :] for item in page.get("Contents", []))
         return sorted(name for name in names if name and not name.startswith("."))
+
+    def _machine_fetch(self, key: str) -> str:
+        """A download with boto3's default client (the machine's instance profile).
+
+        >>> print(S3Store("my-bucket", "envs").machine_fetch("abc"), end="")
+        import boto3
+        boto3.client("s3").download_file('my-bucket', 'envs/blobs/abc', target)
+        """
+        return f'import boto3\nboto3.client("s3").download_file({self.bucket!r}, {self.key(key)!r}, target)\n'
 
     # -- errors that say what to do ---------------------------------------------------------------
     @contextmanager

@@ -4,7 +4,8 @@ Every read is verified against its address, so a changed or corrupted store is d
 installed. ``open_store(url)`` picks the implementation: a local directory (the default, under
 ``$PREFECT_REMOTE_HOME/store``, owner-only), ``s3://bucket/prefix`` (:mod:`.s3store`) or
 ``gs://bucket/prefix`` (:mod:`.gcsstore`). The base class does the addressing and the checks; a
-store only moves bytes (``_write``, ``_read``, ``_exists``, ``_delete``, ``_keys``). Standard
+store only moves bytes (``_write``, ``_read``, ``_exists``, ``_delete``, ``_keys``) and says how a
+machine reads them before prefect-remote is there (``_machine_fetch``). Standard
 library only (boto3 or google-cloud-storage is loaded for an ``s3://`` or ``gs://`` store alone):
 machines read the store while booting.
 
@@ -23,7 +24,7 @@ import shutil
 import tempfile
 from abc import ABC, abstractmethod
 from pathlib import Path
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 from urllib.parse import urlparse
 
 from prefect_remote.errors import RemoteError
@@ -76,6 +77,11 @@ class Store(ABC):
     @abstractmethod
     def _keys(self, prefix: str) -> list[str]: ...
 
+    @abstractmethod
+    def _machine_fetch(self, key: str) -> str:
+        """Python lines that copy ``key`` to the file named by the variable ``target`` on a machine
+        (see :meth:`machine_fetch`)."""
+
     # -- blobs ------------------------------------------------------------------------------------
     def put_file(self, path: Path) -> str:
         """Stores a file; returns its SHA-256 (its address). Storing it again is free."""
@@ -115,6 +121,18 @@ class Store(ABC):
         """A blob's content, checked against ``digest`` as :meth:`get_file` checks it."""
         with tempfile.TemporaryDirectory() as scratch:
             return self.get_file(digest, Path(scratch, "blob")).read_bytes()
+
+    def machine_fetch(self, digest: str) -> str:
+        """Python lines that copy the blob ``digest`` to the file named by the variable ``target``, as
+        a stock-image machine runs them before prefect-remote is there (the boot script fetches the
+        agent's wheel with them): the standard library and the library its provider's runtime needs
+        (boto3, google-cloud-storage) only, with the machine's own credentials; unchecked.
+
+        >>> print(LocalStore("/tmp/store").machine_fetch("abc"), end="")
+        import shutil
+        shutil.copyfile('/tmp/store/blobs/abc', target)
+        """
+        return self._machine_fetch(f"blobs/{digest}")
 
     def has_blob(self, digest: str) -> bool:
         """Whether the store holds the blob ``digest`` (unchecked)."""
@@ -204,10 +222,14 @@ class LocalStore(Store):
         folder = self._path(prefix)
         return sorted(p.name for p in folder.iterdir() if not p.name.startswith(".")) if folder.is_dir() else []
 
+    def _machine_fetch(self, key: str) -> str:
+        return f"import shutil\nshutil.copyfile({str(self._path(key))!r}, target)\n"  # the machine shares this computer's folders
+
 
 class BucketStore(Store):
     """A store under a prefix of a cloud bucket, ``<scheme>://bucket/prefix``: a subclass names its
-    scheme and bucket naming rule, and moves the bytes.
+    scheme and bucket naming rule, and moves the bytes. ``client`` is the cloud library's client to
+    use instead of one the subclass makes on first use from the cloud's default credentials chain.
 
     >>> from prefect_remote.software.gcsstore import GCSStore
     >>> GCSStore("my-bucket", "/team/envs/").key("blobs/abc")
@@ -219,7 +241,7 @@ class BucketStore(Store):
     bucket_rule: ClassVar[re.Pattern[str]]
     bucket_rule_text: ClassVar[str]  # the rule in words
 
-    def __init__(self, bucket: str, prefix: str = "") -> None:
+    def __init__(self, bucket: str, prefix: str = "", *, client: Any = None) -> None:
         if not self.bucket_rule.fullmatch(bucket) or ".." in bucket:
             raise StoreError(
                 f"store {self.scheme}://{bucket}/{prefix}: {bucket!r} is not a valid {self.service} bucket name "
@@ -229,6 +251,7 @@ class BucketStore(Store):
         self.prefix = prefix.strip("/")
         self.url = f"{self.scheme}://{bucket}/{self.prefix}" if self.prefix else f"{self.scheme}://{bucket}"
         self._bucket_checked = False  # once the bucket is known to exist, a "not found" means a missing key
+        self._client = client
 
     def key(self, key: str) -> str:
         """The object name of ``key`` in the bucket: ``<prefix>/<key>``."""

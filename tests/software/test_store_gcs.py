@@ -4,17 +4,13 @@ errors for a missing bucket, missing or refused credentials, and the agent wheel
 
 from __future__ import annotations
 
-import hashlib
 import json
-import re
-import subprocess
 import sys
 import threading
 from http.server import BaseHTTPRequestHandler, HTTPServer
 
 import pytest
 
-from prefect_remote.machine import boot
 from prefect_remote.software.gcsstore import GCSStore
 from prefect_remote.software.store import StoreError, open_store
 from tests.providers.gcp.conftest import gcs, gcs_emulator  # noqa: F401 - fixtures (the session's sandbox GCP's)
@@ -22,6 +18,7 @@ from tests.software.test_store_s3 import (  # noqa: F401 - the shared contract, 
     HELLO,
     Case,
     test_blobs_are_addressed_by_content,
+    test_boot_fetches_the_agent_wheel_and_verifies_it,
     test_envs_by_name,
     test_large_files_round_trip,
     test_missing_keys,
@@ -141,19 +138,3 @@ def test_without_google_cloud_storage_says_what_to_install(monkeypatch):
     store = open_store("gs://pr-test-any-bucket/envs")  # opening costs nothing…
     with pytest.raises(StoreError, match=r"need google-cloud-storage.*: pip install 'prefect-remote\[gcp\]'"):
         store.put_bytes(b"hello")  # …using it says what to install
-
-
-def test_boot_fetches_the_agent_wheel_from_gs_and_verifies_it(gcs, tmp_path):
-    """The stock-image boot's wheel fetch (its Python part, as the machine runs it) with the machine's
-    credentials: here the emulator's, through STORAGE_EMULATOR_HOST as a sandbox machine has it."""
-    fetch = re.search(r"<<'PY'\n(.*)\nPY\n", boot._FETCH_WHEEL, re.S).group(1)
-    store = open_store(f"gs://{gcs.bucket()}/store")
-    wheel = b"PK\x03\x04 a wheel's bytes"
-    digest = store.put_bytes(wheel)
-    target = tmp_path / "prefect_remote-0.1.0-py3-none-any.whl"
-    run = subprocess.run([sys.executable, "-c", fetch, store.url, digest, str(target)], capture_output=True, text=True)
-    assert run.returncode == 0, run.stderr
-    assert target.read_bytes() == wheel and hashlib.sha256(wheel).hexdigest() == digest
-    client(gcs).bucket(store.bucket).blob(f"store/blobs/{digest}").upload_from_string(b"changed")
-    run = subprocess.run([sys.executable, "-c", fetch, store.url, digest, str(target)], capture_output=True, text=True)
-    assert run.returncode == 1 and f"the agent wheel {digest[:12]} in {store.url} does not match its SHA-256" in run.stderr

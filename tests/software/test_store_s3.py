@@ -4,6 +4,8 @@ behaviours every store shares run on the local store too."""
 from __future__ import annotations
 
 import hashlib
+import re
+import subprocess
 import sys
 import uuid
 from collections.abc import Callable
@@ -13,6 +15,7 @@ import boto3
 import pytest
 from botocore.awsrequest import AWSResponse
 
+from prefect_remote.machine.boot import AgentSource, render_boot_script
 from prefect_remote.software.s3store import S3Store
 from prefect_remote.software.store import LocalStore, NotInStore, Store, StoreError, TamperedBlob, open_store
 
@@ -92,6 +95,29 @@ def test_envs_by_name(case):
     assert store.envs() == ["senv-0123456789abcdef"] and store.get_env("senv-0123456789abcdef") == b"{}"
     store.delete_env("senv-0123456789abcdef")
     assert not store.has_env("senv-0123456789abcdef") and store.envs() == []
+
+
+def boot_fetch(store: Store, digest: str) -> str:
+    """The stock-image boot's wheel fetch (its Python part, as the machine runs it) of the blob ``digest``."""
+    agent = AgentSource("prefect-remote", python="3.11.7", wheel="w.whl", digest=digest, store=store.url, fetch=store.machine_fetch(digest))
+    script = render_boot_script({}, agent=agent)
+    return re.search(r"\"\$BUILD/bin/python\" - .*?<<'PY'\n(.*?)\nPY\n", script, re.S).group(1)
+
+
+def test_boot_fetches_the_agent_wheel_and_verifies_it(case, tmp_path):
+    """The store's own lines fetch the agent's wheel with the machine's credentials (here the sandbox's,
+    through the environment as a sandbox machine has it), and the boot script verifies it."""
+    store = case.store
+    wheel = b"PK\x03\x04 a wheel's bytes"
+    digest = store.put_bytes(wheel)
+    fetch = boot_fetch(store, digest)
+    target = tmp_path / "prefect_remote-0.1.0-py3-none-any.whl"
+    run = subprocess.run([sys.executable, "-c", fetch, store.url, digest, str(target)], capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    assert target.read_bytes() == wheel and hashlib.sha256(wheel).hexdigest() == digest
+    case.tamper(digest, b"changed")
+    run = subprocess.run([sys.executable, "-c", fetch, store.url, digest, str(target)], capture_output=True, text=True)
+    assert run.returncode == 1 and f"the agent wheel {digest[:12]} in {store.url} does not match its SHA-256" in run.stderr
 
 
 # -- S3 only ------------------------------------------------------------------------------------

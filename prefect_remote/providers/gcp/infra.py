@@ -9,10 +9,9 @@ services enable`` command and makes nothing (it enables nothing itself). Then it
   per project, shared by its pools: what a machine may do does not depend on its pool (every pool's
   machines read the same store and launch secrets), and one account keeps the project's IAM policy
   short;
-- its least-privilege grants, :data:`MACHINE_ROLES` (the README quotes :func:`machine_roles`): the
-  custom role ``prefectRemoteMachine`` (:data:`MACHINE_PERMISSIONS`), predefined roles on the
-  project (secrets limited by an IAM condition to ``prefect-remote-`` secrets), the store's bucket,
-  and the account itself;
+- its least-privilege grants (:mod:`~prefect_remote.providers.gcp.grants`): the custom role
+  ``prefectRemoteMachine``, predefined roles on the project (secrets limited by an IAM condition to
+  ``prefect-remote-`` secrets), the store's bucket, and the account itself;
 - the software store's bucket (``PREFECT_REMOTE_STORE`` if it is ``gs://…``, else
   ``gs://prefect-remote-<project>-<region>/store``), uniform access, public access prevented, with a
   lifecycle rule that deletes machine records older than :data:`RECORDS_KEPT_DAYS` days;
@@ -25,17 +24,16 @@ It returns the provider block's fields that record it (``project``, ``region``,
 ``service_account``, ``store``). :func:`teardown` (``prefect-remote gcp teardown``) removes it all
 again, finding it from Google alone (labels on buckets, names of the rest).
 
-What the identity that launches machines needs (:data:`LAUNCHER_ROLES`) and what provisioning
-itself needs (:data:`PROVISIONER_ROLES`) are documented, never granted.
+What the identity that launches machines needs and what provisioning itself needs are documented
+there too, never granted.
 
 One cohesive thing over 500 lines: provisioning and its exact undoing, which must stay side by side
-(what ``teardown`` removes is what ``provision`` makes), with the grants they both read.
+(what ``teardown`` removes is what ``provision`` makes); who may do what is :mod:`~prefect_remote.providers.gcp.grants`'s.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -43,15 +41,24 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from prefect_remote.providers.gcp.clients import GCPError, service_disabled
+from prefect_remote.providers.gcp.grants import (
+    MACHINE_PERMISSIONS,
+    MACHINE_ROLE_ID,
+    PROVISIONER_ROLES,
+    SERVICE_ACCOUNT_ID,
+    machine_roles,
+    policy_bindings,
+    service_account_email,
+    with_grants,
+    without_member,
+)
+from prefect_remote.providers.gcp.secrets import SECRET_PREFIX
 from prefect_remote.providers.setup import Say, removed
 
 if TYPE_CHECKING:
     from prefect_remote.providers.gcp.clients import GoogleClients, IAMApi
     from prefect_remote.providers.gcp.provider import GCPProvider
 
-SERVICE_ACCOUNT_ID = "prefect-remote-machines"
-MACHINE_ROLE_ID = "prefectRemoteMachine"
-SECRET_PREFIX = "prefect-remote-"  # launch secrets: prefect-remote-<launch id>
 RECORDS_KEPT_DAYS = 7
 MANAGED_LABEL = "prefect-remote-managed"  # "true" on buckets provisioning created
 GRANTED_LABEL = "prefect-remote-machines"  # "granted" on buckets whose objects the machines may use
@@ -67,104 +74,6 @@ REQUIRED_APIS = {
     "iam.googleapis.com": "IAM",
     "cloudresourcemanager.googleapis.com": "Resource Manager",
 }
-
-# The custom role's permissions: a VM ends itself; a cluster's scheduler VM launches its workers
-# (as this same account, with their launch secrets) and ends them; a flow run (a Cloud Run task or a
-# VM) starts a cluster the same way, after looking for one among the provider's machines, which
-# lists Cloud Run jobs too (read only: ending them is its launcher's).
-MACHINE_PERMISSIONS = (
-    "compute.instances.delete",
-    "compute.instances.create",
-    "compute.instances.get",
-    "compute.instances.list",
-    "compute.instances.setLabels",
-    "compute.instances.setMetadata",
-    "compute.instances.setServiceAccount",
-    "compute.instances.setTags",
-    "compute.disks.create",
-    "compute.subnetworks.get",
-    "compute.subnetworks.use",
-    "compute.subnetworks.useExternalIp",
-    "compute.networks.get",
-    "compute.firewalls.get",
-    "compute.machineTypes.list",
-    "compute.acceleratorTypes.list",
-    "compute.images.getFromFamily",
-    "compute.images.useReadOnly",
-    "compute.zoneOperations.get",
-    "compute.globalOperations.get",
-    "secretmanager.secrets.create",
-    "secretmanager.secrets.delete",
-    "secretmanager.versions.add",
-    "run.jobs.list",
-    "run.executions.get",
-    "run.tasks.list",
-)
-
-# The machines' grants, with placeholders filled by machine_roles(): on the project, the store's
-# bucket, and the service account itself. A condition limits secrets to prefect-remote's.
-MACHINE_ROLES: dict[str, list[dict[str, Any]]] = {
-    "project": [
-        {"role": "roles/logging.logWriter"},
-        {
-            "role": "roles/secretmanager.secretAccessor",
-            "condition": {
-                "title": "prefect-remote launch secrets",
-                "expression": 'resource.name.startsWith("projects/{project_number}/secrets/' + SECRET_PREFIX + '")',
-            },
-        },
-        {
-            "role": "projects/{project}/roles/" + MACHINE_ROLE_ID,
-            "condition": {
-                "title": "prefect-remote secrets only",
-                "expression": '!resource.type.startsWith("secretmanager.googleapis.com/") || '
-                'resource.name.startsWith("projects/{project_number}/secrets/' + SECRET_PREFIX + '")',
-            },
-        },
-    ],
-    "bucket {bucket}": [{"role": "roles/storage.objectUser"}],
-    "service account {service_account}": [{"role": "roles/iam.serviceAccountUser"}],
-}
-
-# What the identity that launches machines (a worker, a `prefect-remote` user) needs: documented.
-LAUNCHER_ROLES = (
-    ("roles/run.developer", "the project", "Cloud Run jobs and executions"),
-    ("roles/compute.instanceAdmin.v1", "the project", "Compute Engine VMs"),
-    ("roles/iam.serviceAccountUser", "the machines' service account", "start machines as it"),
-    ("roles/secretmanager.admin", "the project", "launch secrets"),
-    ("roles/storage.objectAdmin", "the store's bucket", "software environments and machine records"),
-    ("roles/logging.viewer", "the project", "machine logs"),
-)
-# What provisioning and teardown need, on the project: documented.
-PROVISIONER_ROLES = {
-    "iam.serviceAccounts.": "roles/iam.serviceAccountAdmin",
-    "iam.roles.": "roles/iam.roleAdmin",
-    "resourcemanager.projects.": "roles/resourcemanager.projectIamAdmin",
-    "storage.": "roles/storage.admin",
-    "compute.firewalls.": "roles/compute.securityAdmin",
-    "serviceusage.": "roles/serviceusage.serviceUsageConsumer",
-}
-
-
-def machine_roles(*, project: str, project_number: str, bucket: str, service_account: str) -> dict[str, list[dict[str, Any]]]:
-    """:data:`MACHINE_ROLES` for this project, bucket and account: what provisioning grants, exactly.
-
-    >>> machine_roles(project="p-1", project_number="42", bucket="b", service_account="sa@p-1.iam.gserviceaccount.com")["bucket b"]
-    [{'role': 'roles/storage.objectUser'}]
-    """
-    values = {"project": project, "project_number": project_number, "bucket": bucket, "service_account": service_account}
-    text = json.dumps(MACHINE_ROLES)
-    for key, value in values.items():
-        text = text.replace("{" + key + "}", value)
-    return json.loads(text)
-
-
-def service_account_email(project: str) -> str:
-    """
-    >>> service_account_email("my-project")
-    'prefect-remote-machines@my-project.iam.gserviceaccount.com'
-    """
-    return f"{SERVICE_ACCOUNT_ID}@{project}.iam.gserviceaccount.com"
 
 
 def default_store(project: str, region: str) -> str:
@@ -385,47 +294,6 @@ def _ensure_custom_role(clients: GoogleClients, iam: IAMApi, say: Say) -> None:
             say(f"found custom role {name}")
 
 
-def _with_grants(bindings: list[dict[str, Any]], member: str, grants: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """``bindings`` (as Google returns them) with ``member`` bound to each of ``grants`` (role and,
-    maybe, a condition), exactly once.
-
-    >>> _with_grants([{"role": "roles/viewer", "members": ["user:a"]}], "user:b", [{"role": "roles/viewer"}])
-    [{'role': 'roles/viewer', 'members': ['user:a', 'user:b']}]
-    """
-    result = [dict(b, members=list(b.get("members", []))) for b in bindings]
-    for grant in grants:
-        same = [b for b in result if b["role"] == grant["role"] and _condition(b) == _condition(grant)]
-        if same:
-            if member not in same[0]["members"]:
-                same[0]["members"].append(member)
-        else:
-            result.append({**grant, "members": [member]})
-    return result
-
-
-def _without_member(bindings: list[dict[str, Any]], member: str) -> list[dict[str, Any]]:
-    kept = [dict(b, members=[m for m in b.get("members", []) if m != member]) for b in bindings]
-    return [b for b in kept if b["members"]]
-
-
-def _condition(binding: dict[str, Any]) -> tuple[str, str] | None:
-    condition = binding.get("condition")
-    return (condition.get("title", ""), condition.get("expression", "")) if condition else None
-
-
-def _policy_bindings(policy: Any) -> list[dict[str, Any]]:
-    """A ``google.iam.v1.Policy`` message's bindings as plain dicts."""
-    found = []
-    for binding in policy.bindings:
-        item: dict[str, Any] = {"role": binding.role, "members": list(binding.members)}
-        if binding.HasField("condition"):
-            item["condition"] = {"title": binding.condition.title, "expression": binding.condition.expression}
-            if binding.condition.description:
-                item["condition"]["description"] = binding.condition.description
-        found.append(item)
-    return found
-
-
 def _update_project_policy(clients: GoogleClients, change: Callable[[list[dict[str, Any]]], list[dict[str, Any]]]) -> bool:
     """Reads the project's policy (version 3), applies ``change`` to its bindings and writes it back
     if that changed them, retrying on a concurrent change (Google's etag). Returns whether it wrote."""
@@ -442,7 +310,7 @@ def _update_project_policy(clients: GoogleClients, change: Callable[[list[dict[s
                     resource=resource, options=options_pb2.GetPolicyOptions(requested_policy_version=3)
                 )
             )
-            bindings = _policy_bindings(policy)
+            bindings = policy_bindings(policy)
             wanted = change(bindings)
             if wanted == bindings:
                 return False
@@ -457,7 +325,7 @@ def _update_project_policy(clients: GoogleClients, change: Callable[[list[dict[s
 
 
 def _ensure_project_grants(clients: GoogleClients, member: str, grants: list[dict[str, Any]], say: Say) -> None:
-    changed = _update_project_policy(clients, lambda bindings: _with_grants(bindings, member, grants))
+    changed = _update_project_policy(clients, lambda bindings: with_grants(bindings, member, grants))
     roles = ", ".join(g["role"].rsplit("/", 1)[-1] + (" (prefect-remote secrets only)" if "condition" in g else "") for g in grants)
     say(f"{'granted' if changed else 'found'} on project {clients.project}: {roles}")
 
@@ -514,7 +382,7 @@ def _ensure_bucket_grants(clients: GoogleClients, bucket: str, member: str, gran
             {"role": b["role"], "members": sorted(b["members"]), **({"condition": b["condition"]} if b.get("condition") else {})}
             for b in policy.bindings
         ]
-        wanted = _with_grants(bindings, member, grants)
+        wanted = with_grants(bindings, member, grants)
         if wanted != bindings:
             policy.version = 3
             policy.bindings[:] = [{**b, "members": set(b["members"])} for b in wanted]
@@ -528,7 +396,7 @@ def _ensure_account_grants(clients: GoogleClients, iam: IAMApi, email: str, gran
     with google_errors(clients, "iam.serviceAccounts.setIamPolicy", f"let the machines launch workers as {email}"):
         policy = iam.call("POST", f"serviceAccounts/{email}:getIamPolicy")
         bindings = [dict(b) for b in policy.get("bindings", [])]
-        wanted = _with_grants(bindings, member, grants)
+        wanted = with_grants(bindings, member, grants)
         if wanted != bindings:
             iam.call(
                 "POST", f"serviceAccounts/{email}:setIamPolicy", {"policy": {"version": 1, "etag": policy.get("etag"), "bindings": wanted}}
@@ -580,7 +448,7 @@ def teardown(provider: GCPProvider | None = None, *, force: bool = False, delete
     member = f"serviceAccount:{email}"
     _end_machines(provider, force, say)
     done: list[str] = []
-    if _update_project_policy(clients, lambda bindings: _without_member(bindings, member)):
+    if _update_project_policy(clients, lambda bindings: without_member(bindings, member)):
         removed(done, f"the project grants of {email}", say)
     done += _clean_buckets(clients, member, delete_bucket, say)
     done += _remove_firewalls(clients, say)

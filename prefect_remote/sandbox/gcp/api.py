@@ -125,8 +125,7 @@ class GoogleAPI:
         self._tokens: dict[str, tuple[str, float]] = {}  # access token -> (principal, expiry)
         self._keys: dict[str, bytes] = {}  # service account email -> its key's public PEM (self-signed JWTs)
         self._lock = threading.Lock()
-        self._server: Any = None
-        self._thread: threading.Thread | None = None
+        self._stop: Callable[[], None] | None = None  # stops serving
         self.url = ""
         self.disabled: dict[str, tuple[str, str]] = {}  # service -> (project, number) it answers SERVICE_DISABLED for
         self.gate: Gate | None = None
@@ -261,30 +260,41 @@ class GoogleAPI:
     # -- serving -----------------------------------------------------------------------------------
     def serve(self, host: str = "127.0.0.1", port: int = 0) -> str:
         """Serves every registered route in a thread of this process; returns the base URL."""
-        import uvicorn
-
-        app = Starlette(routes=self._routes)
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((host, port))
-        config = uvicorn.Config(app, log_level="critical", access_log=False, lifespan="off", timeout_keep_alive=30)
-        self._server = uvicorn.Server(config)
-        self._thread = threading.Thread(target=self._server.run, kwargs={"sockets": [sock]}, name="sandbox-gcp-api", daemon=True)
-        self._thread.start()
-        deadline = time.monotonic() + 10
-        while not self._server.started:
-            if not self._thread.is_alive() or time.monotonic() > deadline:
-                raise RuntimeError(f"the sandbox GCP endpoint did not start on {host}:{port}")
-            time.sleep(0.01)
-        self.url = f"http://{host}:{sock.getsockname()[1]}"
+        self._stop, self.url = serve_in_thread(
+            Starlette(routes=self._routes), host, port, name="sandbox-gcp-api", what="the sandbox GCP endpoint"
+        )
         return self.url
 
     def close(self) -> None:
-        if self._server is not None:
-            self._server.should_exit = True
-            if self._thread is not None:
-                self._thread.join(timeout=10)
-            self._server = None
+        if self._stop is not None:
+            self._stop()
+            self._stop = None
+
+
+def serve_in_thread(app: Starlette, host: str, port: int, *, name: str, what: str) -> tuple[Callable[[], None], str]:
+    """Serves ``app`` with uvicorn from a daemon thread ``name`` of this process, on ``port`` (0: a free
+    one); returns how to stop it and its base URL once it accepts requests. ``what`` names it in the
+    error raised when it does not start within 10 s."""
+    import uvicorn
+
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    config = uvicorn.Config(app, log_level="critical", access_log=False, lifespan="off", timeout_keep_alive=30)
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, name=name, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            raise RuntimeError(f"{what} did not start on {host}:{port}")
+        time.sleep(0.01)
+
+    def stop() -> None:
+        server.should_exit = True
+        thread.join(timeout=10)
+
+    return stop, f"http://{host}:{sock.getsockname()[1]}"
 
 
 def body(request: Request) -> dict[str, Any]:

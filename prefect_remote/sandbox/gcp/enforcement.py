@@ -19,10 +19,10 @@ policies (``getIamPolicy``/``setIamPolicy``), which the non-strict sandbox does 
 
 Identities (:meth:`IAMEnforcement.grant_identities`): the launcher account whose key the sandbox
 exports is granted exactly the roles the docs list for launching
-(:data:`~prefect_remote.providers.gcp.infra.LAUNCHER_ROLES`, each where it says) and for provisioning
-(:data:`~prefect_remote.providers.gcp.infra.PROVISIONER_ROLES`, on the project); the machines'
-account what provisioning grants (:func:`~prefect_remote.providers.gcp.infra.machine_roles`, with
-the custom role of :data:`~prefect_remote.providers.gcp.infra.MACHINE_PERMISSIONS` under an id of its
+(:data:`~prefect_remote.providers.gcp.grants.LAUNCHER_ROLES`, each where it says) and for provisioning
+(:data:`~prefect_remote.providers.gcp.grants.PROVISIONER_ROLES`, on the project); the machines'
+account what provisioning grants (:func:`~prefect_remote.providers.gcp.grants.machine_roles`, with
+the custom role of :data:`~prefect_remote.providers.gcp.grants.MACHINE_PERMISSIONS` under an id of its
 own, :data:`SANDBOX_MACHINE_ROLE`); machines run as the account their launch names. Calls naming
 another project are left to the fakes, which answer as Google does for a project that is not there.
 The sandbox's own bookkeeping uses :data:`INTERNAL`, an identity no policy names and no one else gets
@@ -66,10 +66,10 @@ if TYPE_CHECKING:
 
 INTERNAL = "sandbox:internal"  # the sandbox's own principal: allowed everything, named by no policy
 # The custom role of the sandbox's machines' account: MACHINE_PERMISSIONS, as provisioning makes its own
-# (infra.MACHINE_ROLE_ID), under an id of its own so that provisioning and teardown tests see a fresh project.
+# (grants.MACHINE_ROLE_ID), under an id of its own so that provisioning and teardown tests see a fresh project.
 SANDBOX_MACHINE_ROLE = "prefectRemoteMachineSandbox"
 PERMISSION_FORMAT = re.compile(r"[a-zA-Z0-9]+(\.[a-zA-Z0-9]+){2,}")
-# Where the docs' launcher roles are granted (infra.LAUNCHER_ROLES' second column).
+# Where the docs' launcher roles are granted (grants.LAUNCHER_ROLES' second column).
 LAUNCHER_PLACES = {"the project": "project", "the machines' service account": "service account", "the store's bucket": "bucket"}
 
 
@@ -241,18 +241,18 @@ class IAMEnforcement:
     def grant_identities(self, store_bucket: str) -> None:
         """Grants the launcher and the machines' account what the docs list (see the module), and
         records every policy as in force from the start."""
-        from prefect_remote.providers.gcp import infra
+        from prefect_remote.providers.gcp import grants
 
         sandbox, iam = self.sandbox, self.sandbox.iam
         assert self.storage is not None, "the storage gate starts first"
         for email in sorted(sandbox.service_accounts):
             iam.add_account(email)
         launcher, machine = f"serviceAccount:{sandbox.launcher_account}", f"serviceAccount:{sandbox.machine_account}"
-        for role, where, _why in infra.LAUNCHER_ROLES:
+        for role, where, _why in grants.LAUNCHER_ROLES:
             place = LAUNCHER_PLACES.get(where)
             if place is None:
                 raise ValueError(
-                    f"infra.LAUNCHER_ROLES grants {role} on {where!r}, which the sandbox does not know: add it to LAUNCHER_PLACES"
+                    f"grants.LAUNCHER_ROLES grants {role} on {where!r}, which the sandbox does not know: add it to LAUNCHER_PLACES"
                 )
             if place == "project":
                 iam.add_binding(launcher, role)
@@ -260,31 +260,31 @@ class IAMEnforcement:
                 iam.add_binding(launcher, role, account=sandbox.machine_account)
             else:
                 self.storage.add_binding(store_bucket, launcher, role)
-        for role in dict.fromkeys(infra.PROVISIONER_ROLES.values()):
+        for role in dict.fromkeys(grants.PROVISIONER_ROLES.values()):
             iam.add_binding(launcher, role)
         with iam._lock:
             iam.roles[SANDBOX_MACHINE_ROLE] = {
                 "name": f"projects/{sandbox.project}/roles/{SANDBOX_MACHINE_ROLE}",
                 "title": "prefect-remote machines",
                 "description": "What prefect-remote's machines call (granted as provisioning does)",
-                "includedPermissions": list(infra.MACHINE_PERMISSIONS),
+                "includedPermissions": list(grants.MACHINE_PERMISSIONS),
                 "stage": "GA",
                 "etag": _etag(),
             }
-        grants = infra.machine_roles(
+        machine_grants = grants.machine_roles(
             project=sandbox.project, project_number=sandbox.project_number, bucket=store_bucket, service_account=sandbox.machine_account
         )
-        for where, bindings in grants.items():
+        for where, bindings in machine_grants.items():
             for binding in bindings:
                 if where == "project":
-                    role = binding["role"].replace(f"/roles/{infra.MACHINE_ROLE_ID}", f"/roles/{SANDBOX_MACHINE_ROLE}")
+                    role = binding["role"].replace(f"/roles/{grants.MACHINE_ROLE_ID}", f"/roles/{SANDBOX_MACHINE_ROLE}")
                     iam.add_binding(machine, role, binding.get("condition"))
                 elif where == f"bucket {store_bucket}":
                     self.storage.add_binding(store_bucket, machine, binding["role"])
                 elif where == f"service account {sandbox.machine_account}":
                     iam.add_binding(machine, binding["role"], account=sandbox.machine_account)
                 else:
-                    raise ValueError(f"infra.machine_roles() grants on {where!r}, which the sandbox does not know")
+                    raise ValueError(f"grants.machine_roles() grants on {where!r}, which the sandbox does not know")
         self.store.set_policy("project", iam.project_policy(), initial=True)
         with iam._lock:
             policies = copy.deepcopy(iam.account_policies)

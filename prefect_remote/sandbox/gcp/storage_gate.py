@@ -32,9 +32,7 @@ import json
 import logging
 import re
 import secrets
-import socket
-import threading
-import time
+from collections.abc import Callable
 from email.parser import BytesParser
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, unquote, urlsplit
@@ -45,7 +43,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from prefect_remote.sandbox.gcp.api import GoogleError
+from prefect_remote.sandbox.gcp.api import GoogleError, serve_in_thread
 from prefect_remote.sandbox.gcp.permissions import Check
 from prefect_remote.sandbox.gcp.policy import ANONYMOUS
 
@@ -123,8 +121,7 @@ class StorageGate:
         self.enforcement, self.backend, self.storage, self.calls = enforcement, backend, storage, calls
         self.scope = enforcement.scope
         self._client = httpx.Client(base_url=backend, timeout=300)
-        self._server: Any = None
-        self._thread: threading.Thread | None = None
+        self._stop: Callable[[], None] | None = None  # stops serving
         self.url = ""
 
     # -- bucket policies ---------------------------------------------------------------------------------
@@ -390,30 +387,14 @@ class StorageGate:
 
     def serve(self, host: str = "127.0.0.1", port: int = 0) -> str:
         """Serves the gate in a thread of this process; returns its URL."""
-        import uvicorn
-
         app = Starlette(routes=[Route("/{path:path}", self._handle, methods=["GET", "POST", "PUT", "PATCH", "DELETE"])])
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((host, port))
-        config = uvicorn.Config(app, log_level="critical", access_log=False, lifespan="off", timeout_keep_alive=30)
-        self._server = uvicorn.Server(config)
-        self._thread = threading.Thread(target=self._server.run, kwargs={"sockets": [sock]}, name="sandbox-gcp-storage-gate", daemon=True)
-        self._thread.start()
-        deadline = time.monotonic() + 10
-        while not self._server.started:
-            if not self._thread.is_alive() or time.monotonic() > deadline:
-                raise RuntimeError(f"the sandbox GCP's storage gate did not start on {host}:{port}")
-            time.sleep(0.01)
-        self.url = f"http://{host}:{sock.getsockname()[1]}"
+        self._stop, self.url = serve_in_thread(app, host, port, name="sandbox-gcp-storage-gate", what="the sandbox GCP's storage gate")
         return self.url
 
     def close(self) -> None:
-        if self._server is not None:
-            self._server.should_exit = True
-            if self._thread is not None:
-                self._thread.join(timeout=10)
-            self._server = None
+        if self._stop is not None:
+            self._stop()
+            self._stop = None
         self._client.close()
 
 

@@ -1,0 +1,167 @@
+"""Who may do what in the user's project, for the gcp provider: the machines' service account and its
+least-privilege grants, which provisioning (:mod:`~prefect_remote.providers.gcp.infra`) makes and
+teardown removes; what the identity that launches machines (:data:`LAUNCHER_ROLES`) and the one that
+provisions (:data:`PROVISIONER_ROLES`) need, documented, never granted; and how a grant is added to
+or removed from an IAM policy's bindings.
+
+The machines' grants (:data:`MACHINE_ROLES`, the README quotes :func:`machine_roles`): the custom
+role ``prefectRemoteMachine`` (:data:`MACHINE_PERMISSIONS`), predefined roles on the project
+(secrets limited by an IAM condition to ``prefect-remote-`` secrets), the store's bucket, and the
+account itself.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from prefect_remote.providers.gcp.secrets import SECRET_PREFIX  # launch secrets: prefect-remote-<launch id>
+
+SERVICE_ACCOUNT_ID = "prefect-remote-machines"
+MACHINE_ROLE_ID = "prefectRemoteMachine"
+
+# The custom role's permissions: a VM ends itself; a cluster's scheduler VM launches its workers
+# (as this same account, with their launch secrets) and ends them; a flow run (a Cloud Run task or a
+# VM) starts a cluster the same way, after looking for one among the provider's machines, which
+# lists Cloud Run jobs too (read only: ending them is its launcher's).
+MACHINE_PERMISSIONS = (
+    "compute.instances.delete",
+    "compute.instances.create",
+    "compute.instances.get",
+    "compute.instances.list",
+    "compute.instances.setLabels",
+    "compute.instances.setMetadata",
+    "compute.instances.setServiceAccount",
+    "compute.instances.setTags",
+    "compute.disks.create",
+    "compute.subnetworks.get",
+    "compute.subnetworks.use",
+    "compute.subnetworks.useExternalIp",
+    "compute.networks.get",
+    "compute.firewalls.get",
+    "compute.machineTypes.list",
+    "compute.acceleratorTypes.list",
+    "compute.images.getFromFamily",
+    "compute.images.useReadOnly",
+    "compute.zoneOperations.get",
+    "compute.globalOperations.get",
+    "secretmanager.secrets.create",
+    "secretmanager.secrets.delete",
+    "secretmanager.versions.add",
+    "run.jobs.list",
+    "run.executions.get",
+    "run.tasks.list",
+)
+
+# The machines' grants, with placeholders filled by machine_roles(): on the project, the store's
+# bucket, and the service account itself. A condition limits secrets to prefect-remote's.
+MACHINE_ROLES: dict[str, list[dict[str, Any]]] = {
+    "project": [
+        {"role": "roles/logging.logWriter"},
+        {
+            "role": "roles/secretmanager.secretAccessor",
+            "condition": {
+                "title": "prefect-remote launch secrets",
+                "expression": 'resource.name.startsWith("projects/{project_number}/secrets/' + SECRET_PREFIX + '")',
+            },
+        },
+        {
+            "role": "projects/{project}/roles/" + MACHINE_ROLE_ID,
+            "condition": {
+                "title": "prefect-remote secrets only",
+                "expression": '!resource.type.startsWith("secretmanager.googleapis.com/") || '
+                'resource.name.startsWith("projects/{project_number}/secrets/' + SECRET_PREFIX + '")',
+            },
+        },
+    ],
+    "bucket {bucket}": [{"role": "roles/storage.objectUser"}],
+    "service account {service_account}": [{"role": "roles/iam.serviceAccountUser"}],
+}
+
+# What the identity that launches machines (a worker, a `prefect-remote` user) needs: documented.
+LAUNCHER_ROLES = (
+    ("roles/run.developer", "the project", "Cloud Run jobs and executions"),
+    ("roles/compute.instanceAdmin.v1", "the project", "Compute Engine VMs"),
+    ("roles/iam.serviceAccountUser", "the machines' service account", "start machines as it"),
+    ("roles/secretmanager.admin", "the project", "launch secrets"),
+    ("roles/storage.objectAdmin", "the store's bucket", "software environments and machine records"),
+    ("roles/logging.viewer", "the project", "machine logs"),
+)
+# What provisioning and teardown need, on the project: documented.
+PROVISIONER_ROLES = {
+    "iam.serviceAccounts.": "roles/iam.serviceAccountAdmin",
+    "iam.roles.": "roles/iam.roleAdmin",
+    "resourcemanager.projects.": "roles/resourcemanager.projectIamAdmin",
+    "storage.": "roles/storage.admin",
+    "compute.firewalls.": "roles/compute.securityAdmin",
+    "serviceusage.": "roles/serviceusage.serviceUsageConsumer",
+}
+
+
+def machine_roles(*, project: str, project_number: str, bucket: str, service_account: str) -> dict[str, list[dict[str, Any]]]:
+    """:data:`MACHINE_ROLES` for this project, bucket and account: what provisioning grants, exactly.
+
+    >>> machine_roles(project="p-1", project_number="42", bucket="b", service_account="sa@p-1.iam.gserviceaccount.com")["bucket b"]
+    [{'role': 'roles/storage.objectUser'}]
+    """
+    values = {"project": project, "project_number": project_number, "bucket": bucket, "service_account": service_account}
+    text = json.dumps(MACHINE_ROLES)
+    for key, value in values.items():
+        text = text.replace("{" + key + "}", value)
+    return json.loads(text)
+
+
+def service_account_email(project: str) -> str:
+    """
+    >>> service_account_email("my-project")
+    'prefect-remote-machines@my-project.iam.gserviceaccount.com'
+    """
+    return f"{SERVICE_ACCOUNT_ID}@{project}.iam.gserviceaccount.com"
+
+
+# -- IAM policy bindings ------------------------------------------------------------------------
+def with_grants(bindings: list[dict[str, Any]], member: str, grants: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """``bindings`` (as Google returns them) with ``member`` bound to each of ``grants`` (role and,
+    maybe, a condition), exactly once.
+
+    >>> with_grants([{"role": "roles/viewer", "members": ["user:a"]}], "user:b", [{"role": "roles/viewer"}])
+    [{'role': 'roles/viewer', 'members': ['user:a', 'user:b']}]
+    """
+    result = [dict(b, members=list(b.get("members", []))) for b in bindings]
+    for grant in grants:
+        same = [b for b in result if b["role"] == grant["role"] and binding_condition(b) == binding_condition(grant)]
+        if same:
+            if member not in same[0]["members"]:
+                same[0]["members"].append(member)
+        else:
+            result.append({**grant, "members": [member]})
+    return result
+
+
+def without_member(bindings: list[dict[str, Any]], member: str) -> list[dict[str, Any]]:
+    """``bindings`` without ``member``; a binding left with no member is dropped.
+
+    >>> without_member([{"role": "roles/viewer", "members": ["user:a"]}], "user:a")
+    []
+    """
+    kept = [dict(b, members=[m for m in b.get("members", []) if m != member]) for b in bindings]
+    return [b for b in kept if b["members"]]
+
+
+def binding_condition(binding: dict[str, Any]) -> tuple[str, str] | None:
+    """A binding's (or grant's) condition as (title, expression), which tells bindings of one role apart."""
+    condition = binding.get("condition")
+    return (condition.get("title", ""), condition.get("expression", "")) if condition else None
+
+
+def policy_bindings(policy: Any) -> list[dict[str, Any]]:
+    """A ``google.iam.v1.Policy`` message's bindings as plain dicts."""
+    found = []
+    for binding in policy.bindings:
+        item: dict[str, Any] = {"role": binding.role, "members": list(binding.members)}
+        if binding.HasField("condition"):
+            item["condition"] = {"title": binding.condition.title, "expression": binding.condition.expression}
+            if binding.condition.description:
+                item["condition"]["description"] = binding.condition.description
+        found.append(item)
+    return found
