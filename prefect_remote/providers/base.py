@@ -30,6 +30,7 @@ from prefect_remote.machine.boot import AgentSource, render_boot_script
 from prefect_remote.units import format_duration, format_size
 
 if TYPE_CHECKING:
+    from prefect_remote.providers.options import ProviderOptions
     from prefect_remote.software.store import Store
     from prefect_remote.spec import MachineSpec
 
@@ -354,6 +355,16 @@ class Provider(ABC):
     # than imported: it builds on the provider. Its provision(provider, pool, store, say) returns a
     # prefect_remote.providers.setup.Setup. None: nothing beyond the store's folder.
     infra: ClassVar[str | None] = None
+    # The provider's options (keyword arguments of get_provider, a provider block's options), each
+    # also read from PREFECT_REMOTE_<PROVIDER>_<OPTION>: a ProviderOptions subclass. None: the
+    # options are __init__'s keyword arguments, with no variables of their own.
+    options_model: ClassVar[type[ProviderOptions] | None] = None
+    # Work-pool job variables that set one of ``options_model``'s options for a flow run, {variable:
+    # option}: a pool's form offers each, typed and described as its option (gcp: gcp_service).
+    job_variables: ClassVar[Mapping[str, str]] = {}
+    # Options a setup (``--provision-infra``) records in a pool's provider block, as fields of their
+    # own, so that the block's form shows them: the names ``infra``'s Setup.block_fields() returns.
+    block_fields: ClassVar[tuple[str, ...]] = ()
     # Whether this provider has swept the secrets of dead owners' launches yet (sweep_secrets, at its
     # first launch with secrets).
     _swept: bool = False

@@ -20,7 +20,7 @@ from __future__ import annotations
 import logging
 import secrets
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from prefect_remote.errors import MachineNotFound
 from prefect_remote.providers.base import Capabilities, InstanceType, Launch, LogChunk, Machine, Plan, Provider
@@ -43,6 +43,9 @@ class GCPProvider(Provider):
     # The union of its services': a request only one service meets goes to that one.
     capabilities = Capabilities(inbound_connections=True, terminate_one=True, containers=True, gpus=True, max_lifetime=None)
     runtime = "prefect_remote.providers.gcp.runtime:GCPRuntime"
+    block_fields = ("project", "region", "service_account")  # what --provision-infra records
+    options_model = GCPOptions
+    job_variables: ClassVar[Mapping[str, str]] = {"gcp_service": "service"}  # a flow run's choice of service
     infra = "prefect_remote.providers.gcp.infra"  # the APIs checked, the machines' service account, the bucket, the firewall rules
     max_boot_script = 32 * 1024  # Cloud Run container args; Compute Engine metadata takes 256 KiB
     agent_extras = ("gcp",)
@@ -53,7 +56,7 @@ class GCPProvider(Provider):
     halt_command = '[ -n "${CLOUD_RUN_JOB:-}${GCE_METADATA_HOST:-}" ] || shutdown -h now'
 
     def __init__(self, **options: Any) -> None:
-        self.options = GCPOptions(**options)
+        self.options = GCPOptions.load(**options)
         self.lease_interval = self.options.lease_interval
         self._services: dict[str, GCPService] = {}
         self._clients: GoogleClients | None = None
