@@ -106,7 +106,7 @@ class Agent:
 
     def rebuild_software(self, software: dict[str, Any]) -> Path:
         from prefect_remote.software.rebuild import rebuild_environment
-        from prefect_remote.software.store import open_store
+        from prefect_remote.software.stores import open_store
 
         envs_dir = software.get("envs_dir") or Path(os.environ.get(ROOT_ENV, DEFAULT_ROOT)) / "envs"
         return rebuild_environment(

@@ -477,7 +477,8 @@ class Provider(ABC):
         and the network they run in. So code on a machine (a function a flow run calls) launches
         machines as its launcher did, and reaches them inside that network (:meth:`runs_inside`).
         They travel in the boot script: never secrets."""
-        from prefect_remote.software.store import LocalStore, open_store
+        from prefect_remote.software.store import LocalStore
+        from prefect_remote.software.stores import open_store
 
         environ = {
             "PREFECT_REMOTE_PROVIDER": self.name,
@@ -587,7 +588,8 @@ class Provider(ABC):
     def machine_store(self) -> Store:
         """The configured store, which this provider's machines read: a folder on this computer only
         where they share this host's files."""
-        from prefect_remote.software.store import LocalStore, open_store
+        from prefect_remote.software.store import LocalStore
+        from prefect_remote.software.stores import open_store
 
         store = open_store()
         if isinstance(store, LocalStore) and not self.shares_host_software:
@@ -613,7 +615,8 @@ class Provider(ABC):
             from importlib import import_module
 
             return import_module(self.infra).provision(self, pool, store, say).block_fields()
-        from prefect_remote.software.store import LocalStore, open_store
+        from prefect_remote.software.store import LocalStore
+        from prefect_remote.software.stores import open_store
 
         found = open_store(store)
         if isinstance(found, LocalStore):

@@ -183,7 +183,7 @@ def provision(provider: GCPProvider, pool: str, store: str | None = None, say: S
     store to use (a ``gs://`` URL; anything else means the default bucket). Idempotent: a second
     run finds everything and changes nothing. ``pool`` is only said: pools share what this makes."""
     from prefect_remote.software.gcsstore import GCSStore
-    from prefect_remote.software.store import open_store
+    from prefect_remote.software.stores import open_store
 
     clients = provider.clients
     project, region = clients.project, provider.options.region

@@ -11,7 +11,8 @@ import pytest
 from prefect_remote.errors import CapabilityError
 from prefect_remote.providers.base import InstanceType, Launch, Machine
 from prefect_remote.providers.gcp.records import MachineRecords
-from prefect_remote.software.store import LocalStore, open_store
+from prefect_remote.software.store import LocalStore
+from prefect_remote.software.stores import open_store
 from prefect_remote.spec import MachineSpec
 
 
