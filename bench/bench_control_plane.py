@@ -20,11 +20,11 @@ from common import bench_home
 COUNTS = [int(count) for count in os.environ.get("BENCH_CONTROL_PLANE_COUNTS", "10,100,500").split(",")]
 
 
-def measure(calls: Any, action: Callable[[], Any]) -> tuple[Any, int, float, str]:
-    """Runs ``action``; what it returned, the API calls it made, its seconds, and its calls by name."""
+def measure(calls: Any, action: Callable[..., Any], *args: Any, **kwargs: Any) -> tuple[Any, int, float, str]:
+    """Runs ``action(*args, **kwargs)``; what it returned, the API calls it made, its seconds, and its calls by name."""
     calls.clear()
     started = time.monotonic()
-    result = action()
+    result = action(*args, **kwargs)
     seconds = time.monotonic() - started
     names = ", ".join(f"{name.partition(':')[2]} {n}" for name, n in calls.most_common(4))
     return result, sum(calls.values()), seconds, names
@@ -45,13 +45,11 @@ def main() -> list[str]:
         per_machine: dict[str, float] = {}
         for count in COUNTS:
             tags = {"bench": f"n{count}"}
-            machines, launch_calls, launch_s, launch_names = measure(
-                aws.calls, lambda: provider.launch(spec, payload, count=count, tags=tags)
-            )
+            machines, launch_calls, launch_s, launch_names = measure(aws.calls, provider.launch, spec, payload, count=count, tags=tags)
             ids = [machine.id for machine in machines]
-            _, renew_calls, renew_s, renew_names = measure(aws.calls, lambda: provider.renew_leases(ids))
-            listed, list_calls, list_s, _ = measure(aws.calls, lambda: provider.list(tags))
-            _, end_calls, end_s, end_names = measure(aws.calls, lambda: provider.terminate(ids, reason="bench"))
+            _, renew_calls, renew_s, renew_names = measure(aws.calls, provider.renew_leases, ids)
+            listed, list_calls, list_s, _ = measure(aws.calls, provider.list, tags)
+            _, end_calls, end_s, end_names = measure(aws.calls, provider.terminate, ids, reason="bench")
             assert len(listed) == count, f"listed {len(listed)} of {count} machines"
             for phase, calls, seconds, names in (
                 ("launch", launch_calls, launch_s, launch_names),
@@ -63,9 +61,8 @@ def main() -> list[str]:
                 baseline = per_machine.setdefault(phase, rate)
                 ratio = f"{rate / baseline:.2f}x the calls per machine of {COUNTS[0]}" if count != COUNTS[0] else "baseline"
                 detail = f" ({names})" if names else ""
-                lines.append(
-                    f"{count} machines, {phase}: {calls} call{'s' if calls != 1 else ''} in {seconds:.2f} s, {rate:.3f} per machine; {ratio}{detail}"
-                )
+                plural = "s" if calls != 1 else ""
+                lines.append(f"{count} machines, {phase}: {calls} call{plural} in {seconds:.2f} s, {rate:.3f} per machine; {ratio}{detail}")
     return lines
 
 
