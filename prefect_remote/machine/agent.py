@@ -155,6 +155,8 @@ class Agent:
         signal.signal(signal.SIGTERM, lambda *_: self._stopping.set())
         signal.signal(signal.SIGINT, lambda *_: self._stopping.set())
         self.start_log_shipping()
+        if not self.runtime.first_start():  # a reboot ran the boot again: the payload never runs twice
+            return self.end("rebooted: this machine's agent had started before, and its payload is not run again", 1)
         command = self.config["command"]
         python, reason = self.prepare_software()
         if reason:
