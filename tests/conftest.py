@@ -226,8 +226,8 @@ def use_aws_sandbox(monkeypatch: pytest.MonkeyPatch, sandbox, identity: str = "l
 
 @contextlib.contextmanager
 def iam_as_marked(sandbox, request: pytest.FixtureRequest) -> Iterator[None]:
-    """IAM off in ``sandbox`` for the test if it is marked ``no_iam`` (a test that needs it off), else on."""
-    with sandbox.enforcing(request.node.get_closest_marker("no_iam") is None):
+    """IAM off in ``sandbox`` for the test if it is marked ``no_iam`` (a test that needs it off), else as it is."""
+    with sandbox.enforcing(False) if request.node.get_closest_marker("no_iam") else contextlib.nullcontext():
         yield
 
 
@@ -246,7 +246,10 @@ def gcp_sandbox():
     Engine instances run as local machines under this session's home. Yields its ``SandboxGCP``."""
     from prefect_remote.sandbox.gcp.sandbox import SandboxGCP
 
-    with SandboxGCP(home=SESSION_HOME / "gcp") as sandbox:
+    # IAM not enforced yet for the session (issue 17): after provisioning, the launcher may not act as the
+    # provisioned machines' account (the docs ask the user to grant roles/iam.serviceAccountUser; no test
+    # does), and the clusters' contract on gcp stalls with it on. tests/sandbox/test_gcp_iam.py enforces it.
+    with SandboxGCP(home=SESSION_HOME / "gcp", enforce_iam=False) as sandbox:
         _SANDBOXES.append(sandbox)
         try:
             yield sandbox
