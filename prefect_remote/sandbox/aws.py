@@ -55,10 +55,13 @@ class SandboxAWS(SandboxCloud):
     instance types, as EC2 does (moto accepts any by default). ``home`` holds the instances' machine
     folders (default: a temporary folder); ``isolation`` is theirs (``namespace`` where this host
     offers network namespaces). ``expose`` lists ports of services on this host's loopback (a Prefect
-    server) that instances reach at ``http://<sandbox_host>:PORT``. ``enforce_iam`` checks every call
-    against the caller's IAM policies as AWS does (:mod:`prefect_remote.sandbox.iam_server`): the
-    exported credentials are then a user with exactly the docs' launcher and provisioning
-    permissions, and instances get their instance profile's role through IMDS.
+    server) that instances reach at ``http://<sandbox_host>:PORT``. ``enforce_iam`` (on by default)
+    checks every call against the caller's IAM policies as AWS does
+    (:mod:`prefect_remote.sandbox.iam_server`): the exported credentials are a user with exactly the
+    docs' launcher and provisioning permissions (:mod:`prefect_remote.providers.aws.permissions`),
+    :meth:`keys` gives users with one list each (``launcher``, ``provisioning``, ``teardown``), and
+    instances get their instance profile's role through IMDS. :meth:`enforcing` switches the checks
+    off for a while (a test that needs them off); :attr:`refusals` says what was refused.
     """
 
     def __init__(
@@ -72,7 +75,7 @@ class SandboxAWS(SandboxCloud):
         home: str | Path | None = None,
         isolation: str | None = None,
         expose: tuple[int, ...] = (),
-        enforce_iam: bool = False,
+        enforce_iam: bool = True,
     ) -> None:
         self.host, self.port, self.region = host, port, region
         self.enforce_iam = enforce_iam
@@ -89,6 +92,7 @@ class SandboxAWS(SandboxCloud):
         self._iam: Any = None  # the enforcing middleware, while enforce_iam
         self._admin: Any = None  # the sandbox's own keys (its set-up): nobody else's
         self.identity: Any = None  # the keys environ() hands out: the docs' launcher and provisioning permissions
+        self._identities: dict[str, Any] = {}  # the docs' lists, one user each: launcher, provisioning, teardown
         self._machine_credentials: Any = None
 
     # -- endpoints ------------------------------------------------------------------------------------
@@ -195,6 +199,24 @@ class SandboxAWS(SandboxCloud):
         return alive
 
     # -- what a shell or a test needs ----------------------------------------------------------------------
+    def keys(self, identity: str = "launcher") -> dict[str, str]:
+        """The credential variables (``AWS_ACCESS_KEY_ID``…, for ``monkeypatch.setenv``) of a user with
+        exactly one of the docs' lists (``launcher``, ``provisioning`` or ``teardown``), or of a
+        ``machine``: a session of the sandbox's instance profile's role, as an instance gets through
+        IMDS. With IAM not enforced, the sandbox's fake keys."""
+        if not self.enforce_iam:
+            return dict(FAKE_CREDENTIALS)
+        if identity == "machine" and self._machine_credentials is not None:
+            session = self._machine_credentials.for_instance("i-sandboxmachinekeys", self.region, INSTANCE_PROFILE) or {}
+            return {
+                "AWS_ACCESS_KEY_ID": session["AccessKeyId"],
+                "AWS_SECRET_ACCESS_KEY": session["SecretAccessKey"],
+                "AWS_SESSION_TOKEN": session["Token"],
+            }
+        if identity not in self._identities:
+            raise ValueError(f"no such identity {identity!r}; the sandbox has {', '.join([*self._identities, 'machine'])}")
+        return self._identities[identity].environ()
+
     def environ(self) -> dict[str, str]:
         """The variables that point boto3 (and the AWS CLI) at this sandbox."""
         credentials = self.identity.environ() if self.identity is not None else FAKE_CREDENTIALS
@@ -213,16 +235,17 @@ class SandboxAWS(SandboxCloud):
             "PREFECT_REMOTE_SANDBOX_HOST": self.sandbox_host,
         }
 
-    def client(self, service: str) -> Any:
+    def client(self, service: str, region: str | None = None) -> Any:
         """A boto3 client of this sandbox with its own credentials, whatever the environment holds (a
-        test's or a script's view of the account: ``aws.client("ec2").describe_instances()``)."""
+        test's or a script's view of the account: ``aws.client("ec2").describe_instances()``), in
+        ``region`` (default: the sandbox's)."""
         import boto3
 
         if self._admin is not None:  # IAM enforced: the sandbox's own keys, allowed everything
             credentials = self._admin.session_kwargs()
         else:
             credentials = {name.lower(): value for name, value in FAKE_CREDENTIALS.items()}
-        return boto3.session.Session(region_name=self.region, **credentials).client(service, endpoint_url=self.url)
+        return boto3.session.Session(region_name=region or self.region, **credentials).client(service, endpoint_url=self.url)
 
     # -- the account ----------------------------------------------------------------------------------------
     def _prepare_account(self) -> None:
@@ -242,7 +265,7 @@ class SandboxAWS(SandboxCloud):
             iam.create_instance_profile(InstanceProfileName=INSTANCE_PROFILE)
             iam.add_role_to_instance_profile(InstanceProfileName=INSTANCE_PROFILE, RoleName=INSTANCE_PROFILE)
         if self.enforce_iam:  # as provisioning leaves an account: the machines' policy, their log group
-            from prefect_remote.providers.aws.infra import POLICY_NAME, machine_policy
+            from prefect_remote.providers.aws.permissions import POLICY_NAME, machine_policy
             from prefect_remote.providers.aws.provider import AWSOptions
 
             log_group = AWSOptions.model_fields["log_group"].default
@@ -353,6 +376,9 @@ class SandboxAWS(SandboxCloud):
                         return association.iam_instance_profile.name
         return None
 
+    def _iam_gate(self) -> Any:
+        return self._iam
+
     def _forwarded(self) -> list[str]:
         return [self.url, *([self._imds.url] if self._imds else [])]
 
@@ -374,8 +400,11 @@ class SandboxAWS(SandboxCloud):
         from prefect_remote.sandbox import aws_identities as identities
 
         self._admin = identities.make_user("prefect-remote-sandbox-admin", {"all": identities.ADMIN_POLICY}, account=ACCOUNT_ID)
-        policies = {"launcher": identities.launcher_policy(ACCOUNT_ID), "provisioning": identities.provisioning_policy()}
-        self.identity = identities.make_user("prefect-remote-sandbox-user", policies, account=ACCOUNT_ID)
+        policies = identities.policies(ACCOUNT_ID)
+        for name, policy in policies.items():
+            self._identities[name] = identities.make_user(f"prefect-remote-sandbox-{name}", {name: policy}, account=ACCOUNT_ID)
+        exported = {name: policies[name] for name in ("launcher", "provisioning")}
+        self.identity = identities.make_user("prefect-remote-sandbox-user", exported, account=ACCOUNT_ID)
         self._machine_credentials = identities.MachineCredentials(ACCOUNT_ID)
 
     def _role_facts(self, instance: Any, profile: str | None) -> dict[str, Any]:

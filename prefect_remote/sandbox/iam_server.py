@@ -24,7 +24,6 @@ policies decide. An operation :mod:`iam_requests` does not model is refused, nam
 from __future__ import annotations
 
 import base64
-import collections
 import datetime
 import io
 import json
@@ -127,7 +126,7 @@ class IAMEnforcer:
     ) -> None:
         self.app, self.account, self.partition, self.on, self.clock = app, account, partition, on, clock
         self.world = world or Account()
-        self.refusals: collections.deque[str] = collections.deque(maxlen=1000)  # the latest, "kind: message", for a test to read
+        self.refusals: list[str] = []  # "kind: message", for a test to read
         self._lock = threading.Lock()
 
     def __call__(self, environ: dict[str, Any], start_response: Any) -> Any:

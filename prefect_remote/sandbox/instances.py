@@ -15,10 +15,11 @@ None when unknown, as for an instance that never booted).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -242,6 +243,33 @@ class SandboxCloud:
     def end_all_instances(self, timeout: float = 30.0) -> list[str]:
         """Ends every instance still alive and waits until their machines have ended; returns their ids."""
         raise NotImplementedError
+
+    def _iam_gate(self) -> Any:
+        """What enforces IAM (with ``on`` and ``refusals``), or None when this sandbox enforces none."""
+        raise NotImplementedError
+
+    @property
+    def refusals(self) -> list[str]:
+        """What IAM refused, oldest first (who, which permission, on what): also the calls whose
+        failure the code under test swallowed."""
+        gate = self._iam_gate()
+        return list(gate.refusals) if gate is not None else []
+
+    @contextlib.contextmanager
+    def enforcing(self, on: bool) -> Iterator[None]:
+        """Within the block IAM is enforced (``on``) or not, whatever it was before; for a test that
+        needs it off."""
+        gate = self._iam_gate()
+        if gate is None:
+            if on:
+                raise RuntimeError("this sandbox was started with enforce_iam=False")
+            yield
+            return
+        before, gate.on = gate.on, on
+        try:
+            yield
+        finally:
+            gate.on = before
 
     def __enter__(self) -> Any:
         self.start()

@@ -90,6 +90,8 @@ class IAMEnforcement:
 
     def __init__(self, sandbox: GovernedSandbox, *, delay: float, clock: Callable[[], float] = time.time) -> None:
         self.sandbox = sandbox
+        self.on = True  # off: every call passes (a test that needs IAM off)
+        self.refusals: list[str] = []  # "principal lacks permission on resource", for a test to read
         self.store = PolicyStore(clock, delay)
         self.evaluator = Evaluator(self.store, project=sandbox.project, project_number=sandbox.project_number)
         self.scope = Scope(sandbox.project, sandbox.project_number, self._account_email)
@@ -116,7 +118,7 @@ class IAMEnforcement:
     # -- the gate ------------------------------------------------------------------------------------
     async def check(self, name: str, request: Request) -> Response | None:
         principal = request.state.principal
-        if principal == INTERNAL:
+        if principal == INTERNAL or not self.on:
             return None
         method = METHODS.get(name)
         if method is None:
@@ -139,7 +141,11 @@ class IAMEnforcement:
         return None
 
     def allows(self, principal: str, check: Check) -> bool:
-        return principal == INTERNAL or self.evaluator.allows(principal, check.permission, check.resource)
+        if principal == INTERNAL or not self.on or self.evaluator.allows(principal, check.permission, check.resource):
+            return True
+        with self._lock:
+            self.refusals.append(f"{principal} lacks {check.permission} on {check.resource.name}")
+        return False
 
     def done(self, name: str, request: Request) -> None:
         """Records what a successful call changed in IAM."""

@@ -14,7 +14,7 @@ The project is ready to use: the store's bucket, a service account for machines
 exports name). The test suite starts one per session; ``prefect-remote sandbox gcp`` starts the
 same thing for a shell.
 
-``enforce_iam=True`` makes it strict about IAM (:mod:`prefect_remote.sandbox.gcp.enforcement`):
+``enforce_iam`` (on by default) makes it strict about IAM (:mod:`prefect_remote.sandbox.gcp.enforcement`):
 every call is checked against the project's IAM policies, the launcher holds exactly the roles the
 docs list, machines act as their launch's service account, and grants take effect ``iam_delay``
 seconds after they are made (Google: typically 2 minutes, up to 7 or more).
@@ -74,7 +74,7 @@ class SandboxGCP(SandboxCloud):
         home: str | Path | None = None,
         isolation: str | None = None,
         expose: tuple[int, ...] = (),
-        enforce_iam: bool = False,
+        enforce_iam: bool = True,
         iam_delay: float = IAM_DELAY,
     ) -> None:
         self.project, self.region, self.host, self.port = project, region, host, port
@@ -105,6 +105,9 @@ class SandboxGCP(SandboxCloud):
         self._storage: Any = None
         self._storage_url = ""
         self._runner: InstanceRunner | None = None
+
+    def _iam_gate(self) -> Any:
+        return self.enforcement
 
     # -- endpoints -----------------------------------------------------------------------------------------
     @property
