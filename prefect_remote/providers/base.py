@@ -354,6 +354,9 @@ class Provider(ABC):
     # than imported: it builds on the provider. Its provision(provider, pool, store, say) returns a
     # prefect_remote.providers.setup.Setup. None: nothing beyond the store's folder.
     infra: ClassVar[str | None] = None
+    # The module of ``prefect-remote doctor``'s checks of the account, named like ``infra``: its
+    # checks(provider, needs) returns prefect_remote.doctor.Finding's. None: nothing to check.
+    doctor: ClassVar[str | None] = None
     # Whether this provider has swept the secrets of dead owners' launches yet (sweep_secrets, at its
     # first launch with secrets).
     _swept: bool = False
