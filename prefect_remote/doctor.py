@@ -93,6 +93,8 @@ def diagnose(cloud: str, pool: str | None = None) -> list[Finding]:
         provider = block.get_provider() if block is not None else cls()
     except Exception as error:
         return [*findings, Finding("provider", False, f"the {cls.name} provider cannot start", str(error))]
+    if provider.doctor is None and pool is None:
+        return [*findings, Finding("provider", True, f"the {provider.name} provider needs no cloud account")]
     store = get_settings().store or (block.store if block is not None else None)
     needs, spec_findings = _largest(provider, specs, pool, store)
     findings += spec_findings
