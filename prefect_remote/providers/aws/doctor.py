@@ -20,7 +20,7 @@ import re
 from typing import TYPE_CHECKING, Any
 
 from prefect_remote.doctor import Finding, Needs, guarded
-from prefect_remote.providers.aws.clients import DOCS_PAGE, error_code
+from prefect_remote.providers.aws.clients import DOCS_PAGE, error_code, translated
 from prefect_remote.providers.aws.permissions import MACHINE_ROLES, launcher_policy, machine_policy
 
 if TYPE_CHECKING:
@@ -71,8 +71,6 @@ def _store(store: str | None) -> tuple[str, str]:
 
 
 def _credentials(provider: AWSProvider) -> Finding:
-    from prefect_remote.providers.aws.clients import translated
-
     with translated("sts"):
         caller = provider.client("sts").get_caller_identity()
     return Finding("credentials", True, f"{caller['Arn']} in account {caller['Account']}, region {provider.region}")
@@ -103,10 +101,11 @@ def _simulate(provider: AWSProvider, source: str, statements: list[dict[str, Any
         resources = _listed(statement.get("Resource", "*"))
         context = _meeting(statement.get("Condition", {}))
         try:
-            pages = iam.get_paginator("simulate_principal_policy").paginate(
-                PolicySourceArn=source, ActionNames=actions, ResourceArns=resources, ContextEntries=context
-            )
-            results = [result for page in pages for result in page["EvaluationResults"]]
+            with translated("iam", f"simulate {source}'s policies for prefect-remote doctor"):
+                pages = iam.get_paginator("simulate_principal_policy").paginate(
+                    PolicySourceArn=source, ActionNames=actions, ResourceArns=resources, ContextEntries=context
+                )
+                results = [result for page in pages for result in page["EvaluationResults"]]
         except ClientError as error:
             if error_code(error) == "NoSuchEntity" and ":role/" in source:  # a role with a path: IAM names it
                 role = iam.get_role(RoleName=source.rsplit("/", 1)[1])["Role"]["Arn"]

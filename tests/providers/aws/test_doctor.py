@@ -44,26 +44,21 @@ def test_no_credentials_fail_and_say_how_to_set_them(aws_env, monkeypatch):
     assert "aws configure" in rows["credentials"]["fix"]
 
 
-def test_a_missing_launcher_permission_is_named(aws_env):
+@pytest.mark.parametrize("removed", ["ec2:RunInstances", "iam:SimulatePrincipalPolicy"])
+def test_a_missing_launcher_permission_is_named(aws_env, removed):
+    """Doctor's own permission too: without it, doctor says it needs it."""
     from prefect_remote.sandbox.aws_identities import STORE_BUCKETS, make_user
 
     policy = permissions.launcher_policy(account=ACCOUNT_ID, bucket=STORE_BUCKETS, prefix="")
-    policy["Statement"][0]["Action"].remove("ec2:RunInstances")
+    policy["Statement"][0]["Action"].remove(removed)
     keys = make_user("doctor-launcher", {"launcher": policy}, account=ACCOUNT_ID)
     code, rows = doctor(**keys.environ())
-    assert code == 1 and failed(rows) == ["launcher permissions"]
-    assert "grant ec2:RunInstances on *" in rows["launcher permissions"]["fix"]
-    assert "docs/providers/aws.md#permissions" in rows["launcher permissions"]["fix"]
-
-
-def test_doctor_without_simulate_says_it_needs_it(aws_env):
-    from prefect_remote.sandbox.aws_identities import STORE_BUCKETS, make_user
-
-    policy = permissions.launcher_policy(account=ACCOUNT_ID, bucket=STORE_BUCKETS, prefix="")
-    policy["Statement"][0]["Action"].remove("iam:SimulatePrincipalPolicy")
-    keys = make_user("doctor-nosim", {"launcher": policy}, account=ACCOUNT_ID)
-    code, rows = doctor(**keys.environ())
-    assert code == 1 and "iam:SimulatePrincipalPolicy" in rows["launcher permissions"]["fix"]
+    simulated = ["launcher permissions", "machine permissions"] if removed == "iam:SimulatePrincipalPolicy" else ["launcher permissions"]
+    assert code == 1 and failed(rows) == simulated
+    assert removed in rows["launcher permissions"]["fix"]
+    if removed == "ec2:RunInstances":
+        assert f"grant {removed} on *" in rows["launcher permissions"]["fix"]
+        assert "docs/providers/aws.md#permissions" in rows["launcher permissions"]["fix"]
 
 
 @pytest.fixture
