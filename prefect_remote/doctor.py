@@ -93,15 +93,15 @@ def diagnose(cloud: str, pool: str | None = None) -> list[Finding]:
         provider = block.get_provider() if block is not None else cls()
     except Exception as error:
         return [*findings, Finding("provider", False, f"the {cls.name} provider cannot start", str(error))]
-    if provider.doctor is None and pool is None:
+    if provider.doctor is None and provider.shares_host_software:  # machines on this computer (local)
         return [*findings, Finding("provider", True, f"the {provider.name} provider needs no cloud account")]
+    if provider.doctor is None:  # a cloud whose checks are not written: never a pass
+        return [*findings, Finding("provider", False, f"doctor has no checks for {provider.name} yet", "")]
     store = get_settings().store or (block.store if block is not None else None)
     needs, spec_findings = _largest(provider, specs, pool, store)
     findings += spec_findings
     if needs is None:
         return findings
-    if provider.doctor is None:
-        return [*findings, Finding("provider", True, f"the {provider.name} provider needs no cloud account")]
     checks = import_module(provider.doctor).checks
     return [*findings, *checks(provider, needs)]
 
