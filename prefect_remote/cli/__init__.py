@@ -5,6 +5,7 @@ from __future__ import annotations
 import typer
 
 from prefect_remote.cli.aws import app as aws_app
+from prefect_remote.cli.doctor import doctor
 from prefect_remote.cli.env import app as env_app
 from prefect_remote.cli.gcp import app as gcp_app
 from prefect_remote.cli.machines import app as machines_app
@@ -24,6 +25,7 @@ app.add_typer(push_app, name="push")
 app.add_typer(aws_app, name="aws")
 app.add_typer(gcp_app, name="gcp")
 app.add_typer(sandbox_app, name="sandbox")
+app.command("doctor")(doctor)
 
 
 @app.command()

@@ -355,6 +355,9 @@ class Provider(ABC):
     # than imported: it builds on the provider. Its provision(provider, pool, store, say) returns a
     # prefect_remote.providers.setup.Setup. None: nothing beyond the store's folder.
     infra: ClassVar[str | None] = None
+    # The module of ``prefect-remote doctor``'s checks of the account, named like ``infra``: its
+    # checks(provider, needs) returns prefect_remote.doctor.Finding's. None: nothing to check.
+    doctor: ClassVar[str | None] = None
     # The provider's options (keyword arguments of get_provider, a provider block's options), each
     # also read from PREFECT_REMOTE_<PROVIDER>_<OPTION>: a ProviderOptions subclass. None: the
     # options are __init__'s keyword arguments, with no variables of their own.

@@ -11,6 +11,7 @@ knows it is not a cloud. What moto lacks, the sandbox adds:
 * **a metadata service per instance** (IMDSv2, :mod:`prefect_remote.sandbox.imds`): its id, region,
   live tags and its instance profile's credentials;
 * **an account ready to use**: the store's bucket and an instance profile for the machines;
+* **EC2's vCPU quotas** in Service Quotas, as a new account has them (:meth:`SandboxAWS.set_quota`);
 * **capacity errors on request** (:func:`inject_errors`), through botocore's event hooks on the
   real client, since moto never runs out;
 * **API call counts** as the server saw them (:attr:`SandboxAWS.calls`).
@@ -149,6 +150,7 @@ class SandboxAWS(SandboxCloud):
         if self.enforce_iam:
             self._make_identities()
         self._prepare_account()
+        _serve_ec2_quotas()
         if self._iam is not None:
             self._iam.on = True  # from here on, every call is checked
         if self.run_instances:
@@ -246,6 +248,19 @@ class SandboxAWS(SandboxCloud):
         else:
             credentials = {name.lower(): value for name, value in FAKE_CREDENTIALS.items()}
         return boto3.session.Session(region_name=region or self.region, **credentials).client(service, endpoint_url=self.url)
+
+    def set_quota(self, code: str, value: float | None) -> None:
+        """Sets the EC2 vCPU quota ``code`` (``L-1216C47A``…) that Service Quotas answers in this
+        sandbox's account and region (None: back to :data:`EC2_QUOTAS`' default). Read only: no
+        launch is refused for it."""
+        from moto.servicequotas.models import servicequotas_backends
+
+        _serve_ec2_quotas()
+        quotas = servicequotas_backends[ACCOUNT_ID][self.region].__dict__.setdefault("ec2_quotas", {})
+        if value is None:
+            quotas.pop(code, None)
+        else:
+            quotas[code] = float(value)
 
     # -- the account ----------------------------------------------------------------------------------------
     def _prepare_account(self) -> None:
@@ -433,6 +448,42 @@ def _as_instance(instance: Any) -> Instance:
     user_data = instance.user_data
     script = base64.b64decode(str(user_data)).decode(errors="replace") if user_data else None
     return Instance(instance.id, instance.state, script, instance.instance_type, instance.region_name)
+
+
+# EC2's on-demand vCPU quotas as Service Quotas gives a new account (moto serves only the VPC's):
+# Standard (A, C, D, H, I, M, R, T, Z) 5 vCPUs, G and VT 0, P 0. Others: 0.
+EC2_QUOTAS = {"L-1216C47A": ("Running On-Demand Standard (A, C, D, H, I, M, R, T, Z) instances", 5.0)}
+
+
+def _serve_ec2_quotas() -> None:
+    """Makes moto's Service Quotas answer EC2's vCPU quotas: :data:`EC2_QUOTAS`, or a sandbox's
+    :meth:`SandboxAWS.set_quota`."""
+    from moto.servicequotas.models import ServiceQuotasBackend
+
+    if getattr(ServiceQuotasBackend.get_service_quota, "_sandbox_ec2", False):
+        return
+    original = ServiceQuotasBackend.get_service_quota
+
+    def get_service_quota(backend: Any, service_code: str, quota_code: str) -> dict[str, Any]:
+        if service_code != "ec2" or not quota_code.startswith("L-"):
+            return original(backend, service_code, quota_code)
+        name, value = EC2_QUOTAS.get(quota_code, (f"Running On-Demand instances ({quota_code})", 0.0))
+        value = backend.__dict__.get("ec2_quotas", {}).get(quota_code, value)
+        arn = f"arn:aws:servicequotas:{backend.region_name}:{backend.account_id}:ec2/{quota_code}"
+        return {
+            "ServiceCode": "ec2",
+            "ServiceName": "Amazon Elastic Compute Cloud (Amazon EC2)",
+            "QuotaArn": arn,
+            "QuotaCode": quota_code,
+            "QuotaName": name,
+            "Value": value,
+            "Unit": "None",
+            "Adjustable": True,
+            "GlobalQuota": False,
+        }
+
+    get_service_quota._sandbox_ec2 = True  # type: ignore[attr-defined]
+    ServiceQuotasBackend.get_service_quota = get_service_quota  # type: ignore[method-assign]
 
 
 _PLACING: list[SandboxAWS] = []  # sandboxes of this process whose runner boots instances as moto creates them

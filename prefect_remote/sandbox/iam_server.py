@@ -40,7 +40,8 @@ from prefect_remote.sandbox.iam_requests import Account, Request, UnknownOperati
 
 IAM_XMLNS = "https://iam.amazonaws.com/doc/2010-05-08/"
 QUERY_XMLNS = {"iam": IAM_XMLNS, "sts": "https://sts.amazonaws.com/doc/2011-06-15/"}
-JSON_SERVICES = ("ssm", "logs", "pricing")
+JSON_SERVICES = ("ssm", "logs", "pricing", "servicequotas")
+MODEL_NAMES = {"servicequotas": "service-quotas"}  # signing names whose botocore model is named otherwise
 
 # (kind of refusal, protocol) -> (status, code); protocols: ec2, query (iam, sts), json, s3.
 _CODES: dict[str, dict[str, tuple[int, str]]] = {
@@ -199,7 +200,7 @@ class IAMEnforcer:
 
         request = MotoRequest(dict(environ, **{"wsgi.input": io.BytesIO(body)}))
         try:
-            model = get_service_model(service)
+            model = get_service_model(MODEL_NAMES.get(service, service))
             protocol = determine_request_protocol(model, request.content_type)
             uri: dict[str, Any] = {}
             if protocol in ("query", "ec2"):

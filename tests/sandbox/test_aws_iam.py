@@ -597,8 +597,9 @@ def test_simulate_principal_policy_answers_from_the_same_evaluator(sandbox, admi
         {"ContextKeyName": f"ec2:ResourceTag/{LAUNCH_TAG}", "ContextKeyValues": ["launch-1"], "ContextKeyType": "string"},
     ]
     assert admin("iam").simulate_principal_policy(**terminate, ContextEntries=context)["EvaluationResults"][0]["EvalDecision"] == "allowed"
-    # The call is authorized like any other: the exported launcher may not simulate.
-    status, code, message = refused(clients(sandbox, sandbox.identity)("iam").simulate_principal_policy, **terminate)
+    # The call is authorized like any other: the teardown identity may not simulate (the launcher
+    # may, for prefect-remote doctor).
+    status, code, message = refused(clients(sandbox, sandbox._identities["teardown"])("iam").simulate_principal_policy, **terminate)
     assert (status, code) == (403, "AccessDenied") and "iam:SimulatePrincipalPolicy" in message
 
 

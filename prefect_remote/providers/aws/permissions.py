@@ -20,9 +20,19 @@ MACHINE_ROLES = ROLE_PREFIX + "*"  # the roles provisioning makes, which the lau
 # The tags a machine writes on instances after launch: its owner's lease, and why it ended.
 MACHINE_TAG_KEYS = (LEASE_TAG, REASON_TAG, EXIT_CODE_TAG)
 
+# What `prefect-remote doctor` reads beyond launching: the launcher's and the machines' permissions
+# (simulated), the machines' role (from their instance profile), the vCPU quotas (EC2's account
+# attributes when Service Quotas does not answer) and the subnet's routes.
+DOCTOR_PERMISSIONS = (
+    "iam:SimulatePrincipalPolicy",
+    "iam:GetInstanceProfile",
+    "servicequotas:GetServiceQuota",
+    "ec2:DescribeAccountAttributes",
+    "ec2:DescribeRouteTables",
+)
 # The launcher's permissions on every resource: launch, watch and end instances (and the security
 # groups they use), keep each launch's secrets (and sweep those left behind), read machines' logs,
-# and prices (the bundled table stands in when the Pricing API refuses).
+# and prices (the bundled table stands in when the Pricing API refuses); and what doctor reads.
 LAUNCHER_PERMISSIONS = (
     "ec2:RunInstances",
     "ec2:CreateTags",
@@ -42,6 +52,7 @@ LAUNCHER_PERMISSIONS = (
     "ssm:AddTagsToResource",
     "logs:GetLogEvents",
     "pricing:GetProducts",
+    *DOCTOR_PERMISSIONS,
 )
 # The launcher's permissions on the software store: its objects (and its bucket, for listing).
 STORE_OBJECT_PERMISSIONS = ("s3:GetObject", "s3:PutObject", "s3:DeleteObject")

@@ -105,6 +105,7 @@ class AWSProvider(Provider):
     block_fields = ("region", "instance_profile", "log_group")  # what --provision-infra records
     options_model = AWSOptions
     infra = "prefect_remote.providers.aws.infra"  # the bucket, log group, security groups, and the pool's role and instance profile
+    doctor = "prefect_remote.providers.aws.doctor"  # credentials, permissions, quotas, network, bucket
     lease_interval = 30.0  # a metadata read is cheap, but a lease tag reaches IMDS only after a delay
     max_boot_script = 16 * 1024  # EC2's user-data limit
     dask_ports = DASK_PORTS  # what the ingress security group admits
