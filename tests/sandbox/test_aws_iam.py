@@ -690,3 +690,16 @@ def test_machine_sessions_are_renewed_well_before_they_expire(sandbox):
     renewed = credentials.for_instance("i-0renew", REGION, "prefect-remote-sandbox")
     assert renewed["AccessKeyId"] != first["AccessKeyId"] and renewed["Expiration"] == "2026-01-01T07:00:00Z"
     assert credentials.for_instance("i-0renew", REGION, "no-such-profile") is None
+
+
+def test_enforcement_is_switched_off_for_a_while_and_refusals_are_recorded(sandbox):
+    launcher = boto3.session.Session(region_name=REGION, **{k.lower(): v for k, v in sandbox.keys("launcher").items()})
+    iam = launcher.client("iam", endpoint_url=sandbox.url, config=NO_RETRIES)
+    before = len(sandbox.refusals)
+    assert refused(iam.list_roles)[:2] == (403, "AccessDenied")  # not on the docs' launcher list
+    assert "iam:ListRoles" in sandbox.refusals[before]
+    with sandbox.enforcing(False):
+        iam.list_roles()
+    assert refused(iam.list_roles)[:2] == (403, "AccessDenied")  # on again
+    with pytest.raises(ValueError, match="no such identity 'root'"):
+        sandbox.keys("root")

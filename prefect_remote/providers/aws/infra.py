@@ -128,7 +128,7 @@ def provision(provider: AWSProvider, pool: str, store: str | None = None, say: S
     options = provider.options
     name = role_name(region, pool)
     if options.instance_profile and options.instance_profile != name:
-        say(f"machines use your instance profile {options.instance_profile} (no role made; see the README for the policy it needs)")
+        say(f"machines use your instance profile {options.instance_profile} (no role made; docs/providers/aws.md quotes its policy)")
         role, profile = None, options.instance_profile
     else:
         policy = machine_policy(

@@ -110,7 +110,7 @@ def google_errors(clients: GoogleClients, action: str, purpose: str) -> Iterator
             role = PROVISIONER_ROLES[max(matches, key=len)]
             raise GCPError(
                 f"Google Cloud refused {action} in project {clients.project}: the identity in use needs {role} "
-                f"to {purpose} (the README's GCP setup lists what provisioning needs)"
+                f"to {purpose} (docs/providers/gcp.md lists what provisioning needs)"
             ) from None
 
 
@@ -207,7 +207,7 @@ def provision(provider: GCPProvider, pool: str, store: str | None = None, say: S
     email = service_account_email(project)
     chosen = provider.options.service_account
     if chosen and chosen != email:
-        say(f"machines run as your service account {chosen} (none made, nothing granted; the README's GCP setup lists the roles it needs)")
+        say(f"machines run as your service account {chosen} (none made, nothing granted; docs/providers/gcp.md lists the roles it needs)")
         email = chosen
     else:
         iam = clients.iam()

@@ -11,7 +11,6 @@ import logging
 import secrets
 import time
 
-import boto3
 import pytest
 from pydantic import SecretStr
 
@@ -104,7 +103,7 @@ def test_an_ami_of_the_other_architecture_is_refused(aws_env, ssm):
 
 
 def test_instance_profile_and_count(aws_env, ec2):
-    iam = boto3.session.Session().client("iam")
+    iam = aws_env.client("iam")
     name = f"prefect-remote-test-{secrets.token_hex(3)}"
     iam.create_instance_profile(InstanceProfileName=name)
     machines = launch(AWSProvider(instance_profile=name), count=3, cpu=1)
@@ -295,11 +294,11 @@ def test_renew_leases_is_one_call_for_many_machines(provider, ec2):
         assert time.time() - int(tags_of(instance(ec2, machine_id))["prefect-remote:lease"]) < 5
 
 
-def test_logs_from_cloudwatch_with_a_cursor(provider):
+def test_logs_from_cloudwatch_with_a_cursor(provider, aws_env):
     [machine] = launch(provider, cpu=1)
     empty = provider.logs(machine.id)
     assert empty.text == "" and provider.logs(machine.id, cursor="abc").cursor == "abc"  # no stream yet
-    logs = boto3.session.Session().client("logs")
+    logs = aws_env.client("logs")  # a machine's writes, by the account's owner
     try:
         logs.create_log_group(logGroupName="/prefect-remote/machines")
     except logs.exceptions.ResourceAlreadyExistsException:

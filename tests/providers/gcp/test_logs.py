@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import time
 
-import google.auth
 import pytest
 from google.auth.transport.requests import AuthorizedSession
 
@@ -15,9 +14,12 @@ from tests.conftest import wait_for
 
 
 @pytest.fixture
-def session(clients):
-    credentials, _ = google.auth.default(scopes=["https://www.googleapis.com/auth/logging.write"])  # the key of `clients`
-    return AuthorizedSession(credentials)
+def session(gcp_env):
+    """A machine's session: a token of the machines' service account, as its metadata server gives it."""
+    from google.oauth2.credentials import Credentials
+
+    token = gcp_env.api.issue_token(f"serviceAccount:{gcp_env.machine_account}")["access_token"]
+    return AuthorizedSession(Credentials(token=token))
 
 
 def read_all(clients, machine_id: str, cursor: str | None = None) -> tuple[str, str | None]:
