@@ -36,7 +36,7 @@ def info() -> None:
     from prefect_remote import __version__
     from prefect_remote.cli.output import key, print_table, table, text
     from prefect_remote.errors import RemoteError
-    from prefect_remote.providers import available_providers
+    from prefect_remote.providers import available_providers, provider_variables
     from prefect_remote.providers.local.isolation import namespace_unavailable
     from prefect_remote.settings import get_settings
 
@@ -47,6 +47,8 @@ def info() -> None:
     facts = table(key(""), text(""), title=f"prefect-remote {__version__}", show_header=False)
     for name, value in settings.model_dump().items():
         facts.add_row(f"PREFECT_REMOTE_{name.upper()}", str(value))
+    for variable, value in sorted(provider_variables().items()):
+        facts.add_row(variable, value)
     facts.add_row("providers", ", ".join(sorted(available_providers())))
     facts.add_row("local namespace isolation", namespace_unavailable() or "available")
     print_table(Console(), facts)

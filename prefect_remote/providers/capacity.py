@@ -4,11 +4,13 @@ A launch's machines are started by trying :class:`Placement`\\ s in order (:func
 one has capacity (:func:`first_with_capacity`). Each cloud declares, as data, the error codes that
 mean "no capacity here" (EC2's ``InsufficientInstanceCapacity``, Compute Engine's
 ``ZONE_RESOURCE_POOL_EXHAUSTED``…), and words its own messages. Today a placement is a market:
-``spot_with_fallback`` tries spot, then on-demand; zones and subnets are the next fields a placement
-takes, tried in the same loop.
+``spot_with_fallback`` tries spot, then on-demand; and where a cloud names zones, each market in
+every zone it offers, the cheaper market's zones first (a stock-out or a zonal quota is one zone's).
 
 >>> [placement.market for placement in placements("spot_with_fallback")]
 ['spot', 'on-demand']
+>>> [str(placement) for placement in placements("spot_with_fallback", ["us-central1-a", "us-central1-b"])]
+['spot in us-central1-a', 'spot in us-central1-b', 'on-demand in us-central1-a', 'on-demand in us-central1-b']
 >>> first_with_capacity(placements("spot_with_fallback"), lambda p: p.market, shortage=lambda e: None,
 ...                     refused=lambda p, code, tried: None, falling_back=lambda p, then, code: None)
 'spot'
@@ -28,22 +30,25 @@ T = TypeVar("T")
 
 @dataclass(frozen=True)
 class Placement:
-    """One way to start a launch's machines: on spot capacity or on-demand."""
+    """One way to start a launch's machines: on spot capacity or on-demand, in a zone (None: the
+    provider's own)."""
 
     spot: bool
+    zone: str | None = None
 
     @property
     def market(self) -> str:
         return "spot" if self.spot else "on-demand"
 
+    def __str__(self) -> str:
+        return self.market + (f" in {self.zone}" if self.zone else "")
 
-def placements(policy: SpotPolicy) -> list[Placement]:
-    """The placements ``policy`` allows, in the order to try them."""
-    return {
-        "on-demand": [Placement(spot=False)],
-        "spot": [Placement(spot=True)],
-        "spot_with_fallback": [Placement(spot=True), Placement(spot=False)],
-    }[policy]
+
+def placements(policy: SpotPolicy, zones: Sequence[str | None] = (None,)) -> list[Placement]:
+    """The placements ``policy`` allows in ``zones``, in the order to try them: every zone of a
+    market before the next market."""
+    markets = {"on-demand": [False], "spot": [True], "spot_with_fallback": [True, False]}[policy]
+    return [Placement(spot=spot, zone=zone) for spot in markets for zone in zones]
 
 
 def first_with_capacity(

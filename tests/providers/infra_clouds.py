@@ -401,7 +401,7 @@ class GCPInfra(InfraCloud):
         assert email in project.service_accounts  # Cloud Run and Compute Engine accept it now
         assert bucket.labels == {gcp_infra.MANAGED_LABEL: "true", gcp_infra.GRANTED_LABEL: "granted"}
         [rule] = [dict(r) for r in bucket.lifecycle_rules]
-        assert rule == {"action": {"type": "Delete"}, "condition": {"age": 7, "matchesPrefix": ["store/machines/"]}}
+        assert rule == {"action": {"type": "Delete"}, "condition": {"daysSinceCustomTime": 7, "matchesPrefix": ["store/machines/"]}}
 
     def block_data(self) -> dict[str, str]:
         return {

@@ -29,7 +29,7 @@ def test_work_pool_create_provisions_and_records_it(infra, prefect_server, monke
     from prefect.client.orchestration import get_client
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
-    from prefect_remote.workers.config import RemoteProviderCredentials
+    from prefect_remote.workers.config import RemoteProviderBlock
     from tests.workers.conftest import prefect_cli
 
     pool = f"{infra.name}-pool"
@@ -50,7 +50,7 @@ def test_work_pool_create_provisions_and_records_it(infra, prefect_server, monke
     defaults = {key: value.get("default") for key, value in work_pool.base_job_template["variables"]["properties"].items()}
     assert defaults["credentials"] == {"$ref": {"block_document_id": str(block.id)}}
     assert defaults["provider"] == infra.name and defaults["region"] == infra.block_data()["region"]
-    infra.check_pool_provider(RemoteProviderCredentials.model_validate(block.data).get_provider())  # what runs of the pool launch with
+    infra.check_pool_provider(RemoteProviderBlock.model_validate(block.data).get_provider())  # what runs of the pool launch with
 
 
 # -- teardown -------------------------------------------------------------------------------------

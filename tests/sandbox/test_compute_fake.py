@@ -262,7 +262,7 @@ def test_bad_inserts_are_refused_as_google_does(clients, sandbox):
 
 
 def test_spot_stock_out(clients, sandbox):
-    sandbox.compute.refuse_spot(times=2)
+    sandbox.compute.refuse(spot=True, times=2)
     with pytest.raises(exceptions.ServiceUnavailable) as refused:
         insert(clients, vm("vm-spot", spot=True))
     assert [error.code for error in refused.value.errors] == ["ZONE_RESOURCE_POOL_EXHAUSTED"]
@@ -274,6 +274,47 @@ def test_spot_stock_out(clients, sandbox):
     assert gone(clients, "vm-spot")
     insert(clients, vm("vm-spot", spot=True))  # the stock-out was for one insert
     assert get(clients, "vm-spot").scheduling.provisioning_model == "SPOT"
+
+
+def test_quota_and_stock_outs_injected_per_zone(clients, sandbox):
+    sandbox.compute.refuse("QUOTA_EXCEEDED", zone="us-central1-b", times=None)
+    try:
+        with pytest.raises(exceptions.Forbidden) as refused:
+            insert(clients, vm("vm-quota", zone="us-central1-b"), zone="us-central1-b")
+        [error] = refused.value.errors
+        assert error.code == "QUOTA_EXCEEDED" and error.message == "Quota 'CPUS' exceeded.  Limit: 0.0 in region us-central1."
+        insert(clients, vm("vm-quota"))  # another zone has quota (the injection is per zone)
+        with pytest.raises(exceptions.Forbidden, match="PREEMPTIBLE_CPUS"):
+            insert(clients, vm("vm-spot-quota", spot=True, zone="us-central1-b"), zone="us-central1-b")
+    finally:
+        sandbox.compute.lift_refusals()
+    insert(clients, vm("vm-quota-b", zone="us-central1-b"), zone="us-central1-b")
+    with pytest.raises(ValueError, match="the sandbox injects"):
+        sandbox.compute.refuse("NO_SUCH_CODE")
+
+
+def test_a_reboot_runs_the_startup_script_again(clients, sandbox, tmp_path):
+    """Compute Engine runs startup scripts on every boot: a reset, or a host error with automaticRestart,
+    boots the script again under the same instance; a host error without automaticRestart stops it."""
+    boots = tmp_path / "boots"
+    script = f"#!/bin/bash\necho boot >> {boots}\nexec sleep 600\n"
+    restarted = vm("vm-reboots", script=script)
+    restarted.scheduling.automatic_restart = True
+    insert(clients, restarted)
+    wait_for(lambda: boots.exists() and boots.read_text() == "boot\n", message="the first boot")
+    clients["instances"].reset(project=PROJECT, zone=ZONE, instance="vm-reboots").result(timeout=10)
+    wait_for(lambda: boots.read_text() == "boot\nboot\n", message="the startup script run again after a reset")
+    assert get(clients, "vm-reboots").status == "RUNNING"
+    assert sandbox.compute.host_error("vm-reboots") == "restarted"
+    wait_for(lambda: boots.read_text() == "boot\n" * 3, message="the startup script run again after a host error")
+    once = tmp_path / "once"
+    never = vm("vm-no-restart", script=f"#!/bin/bash\necho boot >> {once}\nexec sleep 600\n")
+    never.scheduling.automatic_restart = False
+    insert(clients, never)
+    wait_for(once.exists, message="its boot")
+    assert sandbox.compute.host_error("vm-no-restart") == "terminated"
+    wait_for(lambda: get(clients, "vm-no-restart").status == "TERMINATED", message="TERMINATED after the host error")
+    assert once.read_text() == "boot\n"
 
 
 def test_firewall_crud(clients):

@@ -16,7 +16,8 @@ from botocore.awsrequest import AWSResponse
 
 from prefect_remote.machine.boot import AgentSource, render_boot_script
 from prefect_remote.software.s3store import S3Store
-from prefect_remote.software.store import LocalStore, NotInStore, Store, StoreError, TamperedBlob, open_store
+from prefect_remote.software.store import LocalStore, NotInStore, Store, StoreError, TamperedBlob
+from prefect_remote.software.stores import open_store
 
 HELLO = "2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824"  # sha256(b"hello")
 

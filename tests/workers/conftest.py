@@ -88,7 +88,7 @@ def scaled_out(client, env: dict[str, str], folder: Path, deployment: str, provi
     sandbox's instance of each."""
     from prefect_remote.cluster.plan import CLUSTER_TAG, ROLE_TAG
     from prefect_remote.sandbox.instances import INSTANCE_TAG
-    from prefect_remote.software.store import open_store
+    from prefect_remote.software.stores import open_store
 
     store = open_store(env["PREFECT_REMOTE_STORE"])
     environments = store.envs()

@@ -109,7 +109,7 @@ def provision(provider: AWSProvider, pool: str, store: str | None = None, say: S
     software store to use (an ``s3://`` URL; anything else means the default bucket). Idempotent:
     a second run finds everything and changes nothing (the role's policy is brought up to date)."""
     from prefect_remote.software.s3store import S3Store
-    from prefect_remote.software.store import open_store
+    from prefect_remote.software.stores import open_store
 
     account, partition = _account(provider)
     region = provider.region

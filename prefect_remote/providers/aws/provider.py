@@ -30,8 +30,6 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Literal
 
-from pydantic import ValidationError
-
 from prefect_remote.errors import CapacityError, MachineNotFound
 from prefect_remote.providers.aws import catalog
 from prefect_remote.providers.aws.clients import AWSClients, AWSError, error_code, translated
@@ -104,6 +102,8 @@ class AWSProvider(Provider):
     # containers=False: the stock image runs no container engine, and package sync replaces building images.
     capabilities = Capabilities(inbound_connections=True, terminate_one=True, containers=False, gpus=True, max_lifetime=None)
     runtime = "prefect_remote.providers.aws.runtime:EC2Runtime"
+    block_fields = ("region", "instance_profile", "log_group")  # what --provision-infra records
+    options_model = AWSOptions
     infra = "prefect_remote.providers.aws.infra"  # the bucket, log group, security groups, and the pool's role and instance profile
     doctor = "prefect_remote.providers.aws.doctor"  # credentials, permissions, quotas, network, bucket
     lease_interval = 30.0  # a metadata read is cheap, but a lease tag reaches IMDS only after a delay
@@ -117,15 +117,15 @@ class AWSProvider(Provider):
 
     def __init__(self, **options: Any) -> None:
         given = {key: value for key, value in options.items() if value is not None}
-        self.clients = AWSClients(given.pop("region", None))
+        self.options = AWSOptions.load(**given)
+        self.clients = AWSClients(self.options.region)
         if not self.clients.region:
             raise AWSError(
-                "no AWS region for the aws provider: pass region='us-east-2', set AWS_DEFAULT_REGION, or set one with `aws configure`"
+                "no AWS region for the aws provider: pass region='us-east-2', set PREFECT_REMOTE_AWS_REGION or AWS_DEFAULT_REGION, "
+                "or set one with `aws configure`"
             )
-        try:
-            self.options = AWSOptions(region=self.clients.region, **given)
-        except ValidationError as error:
-            raise ValueError("; ".join(e["msg"].removeprefix("Value error, ") for e in error.errors())) from None
+        if self.options.region is None:  # boto3's
+            self.options = AWSOptions.load(**given, region=self.clients.region)
         self.lease_interval = self.options.lease_interval
         self.networking = AWSNetwork(self.clients, self.options)
 
@@ -431,8 +431,9 @@ class AWSProvider(Provider):
 
     # -- elsewhere: a cluster's scheduler, the machine side --------------------------------------------
     def client_options(self) -> dict[str, Any]:
-        """The options (region and configuration; never credentials, which each place finds itself)."""
-        return self.options.model_dump(mode="json")
+        """The options (region and configuration; never credentials, which each place finds itself),
+        but this launcher's public IP, which is not the other process's."""
+        return self.options.model_dump(mode="json", exclude={"public_ip"})
 
     def machine_options(self) -> dict[str, Any]:
         """All of them (none is secret): a machine launches in the same region and VPC, with the same profile."""

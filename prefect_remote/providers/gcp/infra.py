@@ -14,7 +14,7 @@ services enable`` command and makes nothing (it enables nothing itself). Then it
   ``prefect-remote-`` secrets), the store's bucket, and the account itself;
 - the software store's bucket (``PREFECT_REMOTE_STORE`` if it is ``gs://…``, else
   ``gs://prefect-remote-<project>-<region>/store``), uniform access, public access prevented, with a
-  lifecycle rule that deletes machine records older than :data:`RECORDS_KEPT_DAYS` days;
+  lifecycle rule that deletes machine records whose lease (customTime) is :data:`RECORDS_KEPT_DAYS` days old;
 - the Compute Engine firewall rules, the Compute Engine service's own
   (:meth:`~prefect_remote.providers.gcp.compute.ComputeService.network_tags`: VMs reach each other
   internally; the Dask ports from ``allow_ingress_from``, and from the subnetwork's range, where a
@@ -183,7 +183,7 @@ def provision(provider: GCPProvider, pool: str, store: str | None = None, say: S
     store to use (a ``gs://`` URL; anything else means the default bucket). Idempotent: a second
     run finds everything and changes nothing. ``pool`` is only said: pools share what this makes."""
     from prefect_remote.software.gcsstore import GCSStore
-    from prefect_remote.software.store import open_store
+    from prefect_remote.software.stores import open_store
 
     clients = provider.clients
     project, region = clients.project, provider.options.region
@@ -355,10 +355,12 @@ def _ensure_bucket(clients: GoogleClients, bucket: str, prefix: str, region: str
             created = True
         records = f"{prefix}/machines/" if prefix else "machines/"
         rules = list(found.lifecycle_rules)
-        ours = {"action": {"type": "Delete"}, "condition": {"age": RECORDS_KEPT_DAYS, "matchesPrefix": [records]}}
+        # By the lease (customTime, renewed while the machine lives), not by age: a machine living
+        # longer than the rule's days keeps its record. An older release's age rule is replaced.
+        ours = {"action": {"type": "Delete"}, "condition": {"daysSinceCustomTime": RECORDS_KEPT_DAYS, "matchesPrefix": [records]}}
         changed = False
         if not any(dict(rule) == ours for rule in rules):
-            found.lifecycle_rules = [*rules, ours]
+            found.lifecycle_rules = [*(rule for rule in rules if not _records_rule(rule)), ours]
             changed = True
         labels = {GRANTED_LABEL: "granted", **({MANAGED_LABEL: "true"} if created else {})}
         if any(found.labels.get(key) != value for key, value in labels.items()):  # not every emulator keeps a new bucket's labels
@@ -546,7 +548,7 @@ def _records_rule(rule: Any) -> bool:
     condition = dict(rule).get("condition", {})
     return (
         dict(rule).get("action", {}).get("type") == "Delete"
-        and condition.get("age") == RECORDS_KEPT_DAYS
+        and RECORDS_KEPT_DAYS in (condition.get("daysSinceCustomTime"), condition.get("age"))  # age: an older release's
         and all(prefix.endswith("machines/") for prefix in condition.get("matchesPrefix", [""]))
     )
 

@@ -35,6 +35,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from prefect_remote.sandbox.gcp import storage_rules
 from prefect_remote.sandbox.gcp.api import GoogleAPI
 from prefect_remote.sandbox.gcp.common import Project
 from prefect_remote.sandbox.gcp.compute import ComputeFake
@@ -164,6 +165,7 @@ class SandboxGCP(SandboxCloud):
             # A line per request otherwise, and a warning per response it writes as a string
             # ("[RESPONSE] Content handled as string…", every batch and JSON answer): its errors only.
             logging.getLogger("gcp_storage_emulator").setLevel(logging.ERROR)
+            storage_rules.install()  # customTime never lowered, as on Cloud Storage
             self._storage = create_server(self.host, 0, in_memory=True, default_bucket=STORE_BUCKET, project_number=self.project_number)
             self._storage.start()
             httpd = self._storage._api._httpd
@@ -221,6 +223,15 @@ class SandboxGCP(SandboxCloud):
         if self._runner is not None:
             self._runner.wait_idle(timeout)
         return ended
+
+    def advance_lifecycle(self, days: float, bucket: str | None = None) -> list[str]:
+        """Makes ``days`` pass for every Cloud Storage object (of ``bucket`` only: other tests'
+        objects keep their age), then applies the buckets' lifecycle
+        rules as Google's daily pass does (:func:`~prefect_remote.sandbox.gcp.storage_rules.advance_lifecycle`);
+        returns the ``bucket/object`` names deleted."""
+        if self._storage is None:
+            raise RuntimeError("the GCP sandbox is not started; call start() first")
+        return storage_rules.advance_lifecycle(self._storage._storage, days, bucket=bucket, say=logger.info)
 
     # -- what a shell, a test or a machine needs ------------------------------------------------------------
     def environ(self) -> dict[str, str]:

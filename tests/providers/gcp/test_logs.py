@@ -100,3 +100,36 @@ def test_failures_are_retried_without_duplicates(tmp_path, gcp_env, clients, ses
     finally:
         assert shipper.close()
     assert read_all(clients, machine_id)[0] == "written while Cloud Logging was unreachable\n"
+
+
+def test_reads_stay_within_the_read_quota_and_wait_out_a_429(gcp_env, clients, session, monkeypatch):
+    """Followers of many machines share one reader: their reads cost one entries.list per turn, and a
+    quota spent by someone else (another process of the project) is waited out with backoff."""
+    import threading
+
+    from prefect_remote.providers.gcp.logs import log_reader
+
+    machine_ids = [f"vm-{time.time_ns() % 10**12 + n:012d}" for n in range(8)]
+    for machine_id in machine_ids:
+        CloudLoggingSender(clients.project, "prefect-remote", machine_id, api_endpoint=gcp_env.url, session=session).send(
+            [{"timestamp": time.time() * 1000, "message": f"hello from {machine_id}"}], 0
+        )
+    monkeypatch.setattr(gcp_env.logging, "read_quota", 3)
+    monkeypatch.setattr(gcp_env.logging, "quota_window", 4.0)
+    gcp_env.logging.reset_reads()
+    reader = log_reader(clients, "prefect-remote")
+    before, calls = reader.requests, gcp_env.calls["logging.entries.list"]
+    texts: dict[str, str] = {}
+    threads = [threading.Thread(target=lambda m=m: texts.update({m: read_logs(clients, "prefect-remote", m).text})) for m in machine_ids]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert texts == {m: f"hello from {m}\n" for m in machine_ids}
+    assert reader.requests - before <= 3  # 8 followers: their first reads, batched
+    gcp_env.logging.reset_reads()
+    for _ in range(3):  # another process spends the quota
+        list(clients.logging().list_entries(filter_='logName="projects/sandbox-project/logs/none"', max_results=1))
+    started = time.monotonic()
+    assert read_logs(clients, "prefect-remote", machine_ids[0]).text == f"hello from {machine_ids[0]}\n"  # after a 429, retried
+    assert time.monotonic() - started >= 1.5 and gcp_env.calls["logging.entries.list"] - calls > reader.requests - before + 3
