@@ -149,3 +149,21 @@ def test_the_launcher_roles_the_docs_grant_cover_what_the_launcher_calls():
         assert set(wanted) <= held[place], f"{place}: {sorted(set(wanted) - held[place])} granted by no launcher role"
     provisioning = set().union(*(predefined_role(role) or set() for role in grants.PROVISIONER_ROLES.values()))
     assert set(grants.DOCTOR_PERMISSIONS) <= provisioning
+
+
+def test_a_gpu_quota_below_the_machine_is_named(gcp_env):
+    """The GPU quota of the machine's GPU type (here a T4 VM's, whose region's T4 quota is 0)."""
+    from prefect_remote.doctor import Needs
+    from prefect_remote.providers import get_provider
+    from prefect_remote.providers.base import InstanceType
+    from prefect_remote.providers.gcp.doctor import _quota
+
+    t4 = InstanceType("n1-standard-4", 4, 15 * 2**30, gpu=1, gpu_type="nvidia-tesla-t4")
+    gcp_env.compute.catalog.set_quota("NVIDIA_T4_GPUS", 0)
+    try:
+        finding = _quota(get_provider("gcp"), Needs(t4, "a T4 machine", gcp_env.store))
+    finally:
+        gcp_env.compute.catalog.set_quota("NVIDIA_T4_GPUS", None)
+    assert not finding.ok
+    assert finding.detail == "us-central1: CPUS 2400 (0 used), NVIDIA_T4_GPUS 0 (0 used); a T4 machine"
+    assert finding.fix.startswith("raise NVIDIA_T4_GPUS to 1 in us-central1:")
