@@ -42,6 +42,7 @@ def clients(sandbox) -> dict[str, Any]:
         "zones": compute_v1.ZonesClient,
         "images": compute_v1.ImagesClient,
         "accelerator_types": compute_v1.AcceleratorTypesClient,
+        "regions": compute_v1.RegionsClient,
     }
     return {name: cls(credentials=credentials, client_options=options) for name, cls in make.items()}
 
@@ -409,3 +410,24 @@ def test_the_products_instance_shape(clients, sandbox):
     body["name"], body["disks"][0]["initialize_params"]["disk_type"] = "vm-pd", f"zones/{ZONE}/diskTypes/pd-balanced"
     with pytest.raises(exceptions.BadRequest, match="does not support disk type pd-balanced"):
         insert(clients, compute_v1.Instance(body))
+
+
+def test_the_regions_quotas_hold_and_a_test_sets_them(clients, sandbox):
+    """An insert that would take the region over a quota fails in its operation with QUOTA_EXCEEDED,
+    naming the quota and its limit; regions.get shows the limit and the usage."""
+    sandbox.compute.catalog.set_quota("CPUS", 3)
+    try:
+        insert(clients, vm("vm-in-quota"))  # 2 CPUs of 3
+        with pytest.raises(exceptions.Forbidden) as refused:
+            insert(clients, vm("vm-over-quota"))  # 4 of 3
+        [error] = refused.value.errors
+        assert error.code == "QUOTA_EXCEEDED" and error.message == "Quota 'CPUS' exceeded.  Limit: 3.0 in region us-central1."
+        assert gone(clients, "vm-over-quota")
+        region = clients["regions"].get(project=PROJECT, region="us-central1")
+        quotas = {quota.metric: (quota.limit, quota.usage) for quota in region.quotas}
+        assert quotas["CPUS"] == (3.0, 2.0) and quotas["NVIDIA_T4_GPUS"] == (16.0, 0.0)
+    finally:
+        sandbox.compute.catalog.set_quota("CPUS", None)
+    insert(clients, vm("vm-over-quota"))  # within a new project's 2400
+    with pytest.raises(ValueError, match="the sandbox's region has quotas"):
+        sandbox.compute.catalog.set_quota("NO_SUCH_QUOTA", 1)

@@ -155,6 +155,19 @@ def run_cli(env: dict[str, str], command: str, *args: str, cwd: Path | None = No
     )
 
 
+def doctor_report(cloud: str, *args: str, **env: str | None) -> tuple[int, dict[str, dict]]:
+    """`prefect-remote doctor <cloud> --json` in this test's environment (``env`` over it; None:
+    unset): its exit code, and its rows by check."""
+    import json
+
+    environ = {name: value for name, value in {**os.environ, **env}.items() if value is not None}
+    result = run_cli(environ, "prefect-remote", "doctor", cloud, "--json", *args, timeout=120)
+    assert result.stdout.startswith("{"), result.stdout + result.stderr
+    report = json.loads(result.stdout)
+    assert report["ok"] == (result.returncode == 0)
+    return result.returncode, {row["check"]: row for row in report["checks"]}
+
+
 @contextlib.contextmanager
 def sandbox_shell(sandbox, prefect_server: str, cloud: str, pool: str, log_folder: Path, **settings: str) -> Iterator[dict[str, str]]:
     """A shell's environment after `prefect-remote sandbox <cloud>`, with the session's Prefect

@@ -162,6 +162,9 @@ class GoogleClients:
     def zones(self) -> Any:
         return self._gapic("compute_v1", "ZonesClient")
 
+    def regions(self) -> Any:
+        return self._gapic("compute_v1", "RegionsClient")
+
     def subnetworks(self) -> Any:
         return self._gapic("compute_v1", "SubnetworksClient")
 

@@ -115,9 +115,13 @@ def google_errors(clients: GoogleClients, action: str, purpose: str) -> Iterator
 
 
 # -- checking the APIs ---------------------------------------------------------------------------------
-def missing_apis(provider: GCPProvider) -> list[str]:
+def missing_apis(provider: GCPProvider, *, refused_is_enabled: bool = False) -> list[str]:
     """The :data:`REQUIRED_APIS` the project has not enabled, each found by one cheap read that
-    Google refuses with 403 SERVICE_DISABLED. Other errors are raised (translated)."""
+    Google refuses with 403 SERVICE_DISABLED. Other errors are raised (translated); with
+    ``refused_is_enabled``, a read refused for a missing permission shows the API enabled (Google
+    answers SERVICE_DISABLED before it checks permissions: doctor checks those apart)."""
+    from google.api_core.exceptions import Forbidden, PermissionDenied
+
     clients, project, region = provider.clients, provider.clients.project, provider.options.region
     checks: dict[str, Callable[[], Any]] = {
         "run.googleapis.com": lambda: clients.jobs().list_jobs(
@@ -147,9 +151,10 @@ def missing_apis(provider: GCPProvider) -> list[str]:
             try:
                 check()
             except Exception as error:
-                if not service_disabled(error):
+                if service_disabled(error):
+                    missing.append(service)
+                elif not (refused_is_enabled and isinstance(error, (Forbidden, PermissionDenied))):
                     raise
-                missing.append(service)
     return missing
 
 

@@ -49,6 +49,7 @@ class GCPProvider(Provider):
     options_model = GCPOptions
     job_variables: ClassVar[Mapping[str, str]] = {"gcp_service": "service"}  # a flow run's choice of service
     infra = "prefect_remote.providers.gcp.infra"  # the APIs checked, the machines' service account, the bucket, the firewall rules
+    doctor = "prefect_remote.providers.gcp.doctor"  # credentials, APIs, permissions, grants, quotas, network, bucket
     max_boot_script = 32 * 1024  # Cloud Run container args; Compute Engine metadata takes 256 KiB
     agent_extras = ("gcp",)
     agent_requirements = ("google-cloud-storage", "google-cloud-secret-manager", "google-cloud-logging", "google-cloud-compute")

@@ -11,16 +11,11 @@ import pytest
 
 from prefect_remote.providers.aws import permissions
 from prefect_remote.sandbox.aws import ACCOUNT_ID
-from tests.workers.conftest import run_cli
+from tests.workers.conftest import doctor_report, run_cli
 
 
-def doctor(*args: str, **env: str) -> tuple[int, dict[str, dict]]:
-    """`prefect-remote doctor aws --json` in this test's environment: exit code and rows by check."""
-    result = run_cli({**os.environ, **env}, "prefect-remote", "doctor", "aws", "--json", *args, timeout=120)
-    assert result.stdout.startswith("{"), result.stdout + result.stderr
-    report = json.loads(result.stdout)
-    assert report["ok"] == (result.returncode == 0)
-    return result.returncode, {row["check"]: row for row in report["checks"]}
+def doctor(*args: str, **env: str | None) -> tuple[int, dict[str, dict]]:
+    return doctor_report("aws", *args, **env)
 
 
 def failed(rows: dict[str, dict]) -> list[str]:

@@ -14,6 +14,8 @@ both ways:
 * a reboot runs the ``startup-script`` again, as Compute Engine does on every boot: ``instances.reset``,
   and a host error (:meth:`ComputeFake.host_error`) on an instance with ``automaticRestart``
   (without it, the instance is ``TERMINATED``);
+* the region's quotas hold: an insert that would take ``CPUS``, ``PREEMPTIBLE_CPUS``, a GPU quota…
+  over its limit (``catalog.set_quota``) fails in its operation with ``QUOTA_EXCEEDED``;
 * instance names are unique in the project (Google: in the zone), so ids ``gce:<name>`` are too;
 * faults on request: :meth:`ComputeFake.refuse` makes inserts in a zone (spot ones, standard ones,
   or both) fail as Compute Engine fails them, in the insert's operation: ``ZONE_RESOURCE_POOL_EXHAUSTED``
@@ -56,7 +58,7 @@ from prefect_remote.sandbox.instances import Instance
 
 ID_PREFIX = "gce:"  # the instance runner's ids of this fake's instances
 STOCK_OUT = "The zone '{zone}' does not have enough resources available to fulfill the request.  Try a different zone, or try again later."
-QUOTA = "Quota '{quota}' exceeded.  Limit: 0.0 in region {region}."
+QUOTA = "Quota '{quota}' exceeded.  Limit: {limit:.1f} in region {region}."
 # How Compute Engine reports each injectable code: the operation's HTTP status and message.
 REFUSALS = {
     "ZONE_RESOURCE_POOL_EXHAUSTED": (503, "SERVICE UNAVAILABLE"),
@@ -216,10 +218,18 @@ class ComputeFake:
             found.times -= 1
         status, phrase = REFUSALS[found.code]
         if found.code == "QUOTA_EXCEEDED":
-            message = QUOTA.format(quota="PREEMPTIBLE_CPUS" if spot else "CPUS", region=self.sandbox.region)
+            message = QUOTA.format(quota="PREEMPTIBLE_CPUS" if spot else "CPUS", limit=0, region=self.sandbox.region)
         else:
             message = STOCK_OUT.format(zone=f"projects/{project}/zones/{zone}")
         return (status, phrase, found.code, message)
+
+    def _over_quota(self, resource: dict[str, Any]) -> tuple[int, str, str, str] | None:
+        """The error an insert of ``resource`` meets when it would take the region over a quota."""
+        exceeded = self.catalog.over_quota(resource)
+        if exceeded is None:
+            return None
+        status, phrase = REFUSALS["QUOTA_EXCEEDED"]
+        return (status, phrase, "QUOTA_EXCEEDED", QUOTA.format(quota=exceeded[0], limit=exceeded[1], region=self.sandbox.region))
 
     def preempt(self, name: str, action: str | None = None) -> None:
         """Google ends instance ``name`` (a preemption, a host failure): its machine ends, then the
@@ -324,7 +334,7 @@ class ComputeFake:
             if name in self._vms:
                 raise already_exists(f"projects/{project}/zones/{zone}/instances/{name}")
             vm = VM(resource, zone, booting=True)
-            error = self._refusal(project, zone, resource["scheduling"].get("provisioningModel") == "SPOT")
+            error = self._refusal(project, zone, resource["scheduling"].get("provisioningModel") == "SPOT") or self._over_quota(resource)
             if error is not None:
                 return self._record(vm, "insert", user=user, error=error)
             self._vms[name] = vm
