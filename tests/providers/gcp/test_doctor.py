@@ -10,10 +10,31 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
+import pytest
+
 from prefect_remote.providers.gcp import grants
 from prefect_remote.sandbox.gcp.policy import predefined_role
 from prefect_remote.sandbox.gcp.sandbox import IAM_DELAY
+from tests.conftest import use_gcp_sandbox
 from tests.workers.conftest import doctor_report, run_cli
+
+
+@pytest.fixture(scope="module")
+def strict_gcp(tmp_path_factory):
+    """A sandbox GCP of this module's own that enforces IAM (the session's does not yet): doctor's
+    permission checks are testIamPermissions and getIamPolicy answered as Google answers them."""
+    from prefect_remote.sandbox.gcp.sandbox import SandboxGCP
+
+    with SandboxGCP(home=tmp_path_factory.mktemp("strict-gcp"), enforce_iam=True) as sandbox:
+        yield sandbox
+
+
+@pytest.fixture
+def gcp_env(strict_gcp, monkeypatch):
+    """The strict sandbox GCP for one test, as the docs' launcher."""
+    use_gcp_sandbox(monkeypatch, strict_gcp)
+    yield strict_gcp
+
 
 CHECKS = ("credentials", "APIs", "launcher permissions", "machine grants", "quota", "network", "store bucket")
 
