@@ -38,6 +38,11 @@ MachineState = Literal["pending", "running", "terminated"]
 
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "0.0.0.0", "::1")
 
+# A cloud machine's root disk when the spec names no disk_size, in GiB: room for real environments
+# (uv's cache, CPython, torch), as dask-cloudprovider's default; a cloud never makes it smaller than
+# its image.
+DEFAULT_DISK_GIB = 40
+
 # Tags the package sets on every machine; user tags may not use this prefix.
 TAG_PREFIX = "prefect-remote:"
 

@@ -250,6 +250,14 @@ def test_bad_inserts_are_refused_as_google_does(clients, sandbox):
         insert(clients, unknown_account)
     with pytest.raises(exceptions.NotFound):
         insert(clients, vm("vm-bad", image="projects/debian-cloud/global/images/family/debian-99"))
+    small_disk = vm("vm-bad")
+    small_disk.disks[0].initialize_params.disk_size_gb = 5
+    with pytest.raises(exceptions.BadRequest, match=r"cannot be smaller than the image size \(10 GB\)"):
+        insert(clients, small_disk)
+    persistent_on_axion = vm("vm-bad", "c4a-standard-4", image=DEBIAN + "-arm64")
+    persistent_on_axion.disks[0].initialize_params.disk_type = f"zones/{ZONE}/diskTypes/pd-balanced"
+    with pytest.raises(exceptions.BadRequest, match="does not support disk type pd-balanced"):
+        insert(clients, persistent_on_axion)
     insert(clients, vm("vm-twice"))
     with pytest.raises(exceptions.Conflict, match="already exists"):
         insert(clients, vm("vm-twice"))

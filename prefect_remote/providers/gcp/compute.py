@@ -29,7 +29,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from prefect_remote.errors import CapacityError, RemoteError
-from prefect_remote.providers.base import Capabilities, InstanceType, Launch, Machine, MachineState
+from prefect_remote.providers.base import DEFAULT_DISK_GIB, Capabilities, InstanceType, Launch, Machine, MachineState
 from prefect_remote.providers.capacity import Placement, first_with_capacity, placements
 from prefect_remote.providers.gcp import compute_catalog
 from prefect_remote.providers.gcp.prices import on_demand_rates
@@ -255,12 +255,11 @@ class ComputeService(GCPService):
         }
         disk: dict[str, Any] = {
             "source_image": self._image(instance_type),
-            # c4a boots only from Hyperdisk
-            "disk_type": f"zones/{zone}/diskTypes/{'hyperdisk-balanced' if machine_type.startswith('c4a-') else 'pd-balanced'}",
+            "disk_type": f"zones/{zone}/diskTypes/{compute_catalog.boot_disk_type(machine_type)}",
             "labels": {LAUNCH_LABEL: launch.id},
+            # the image's 10 GB holds no real environment; Compute Engine refuses one smaller than the image
+            "disk_size_gb": math.ceil(spec.disk_size / 2**30) if spec.disk_size else DEFAULT_DISK_GIB,
         }
-        if spec.disk_size:
-            disk["disk_size_gb"] = math.ceil(spec.disk_size / 2**30)
         interface: dict[str, Any] = {
             "network": self._network_url(),
             # Every VM gets an external address: the stock-image boot downloads uv and packages,

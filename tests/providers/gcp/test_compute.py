@@ -9,6 +9,7 @@ import pytest
 
 from prefect_remote.errors import CapacityError
 from prefect_remote.providers.base import InstanceType, Launch
+from prefect_remote.providers.gcp import compute_catalog
 from prefect_remote.providers.gcp import prices as gce_prices
 from prefect_remote.providers.gcp.compute import ComputeService
 from prefect_remote.providers.gcp.compute_catalog import attached, choose_machine_type, machine_types
@@ -229,6 +230,16 @@ def test_instance_body(service, types):
     assert body["tags"] == {"items": ["prefect-remote"]}
     assert body["networkInterfaces"][0]["network"] == "global/networks/default"
     assert body["scheduling"] == {"provisioningModel": "STANDARD", "automaticRestart": False, "nodeAffinities": []}  # never rerun by Google
+
+
+def test_the_root_disk_holds_real_environments_and_is_the_type_its_family_boots_from(service, types):
+    [disk] = body_of(service, launch_of(types, cpu=4))["disks"]
+    assert disk["initializeParams"]["diskSizeGb"] == "40"  # not the image's 10 GB
+    assert disk["initializeParams"]["diskType"].endswith("/pd-balanced")
+    for machine_type in ("n4-standard-4", "c4-standard-8", "c4a-standard-4", "c4d-standard-8", "x4-megamem-960-metal", "a3-ultragpu-8g"):
+        assert compute_catalog.boot_disk_type(machine_type) == "hyperdisk-balanced", machine_type
+    for machine_type in ("e2-standard-2", "n2-standard-4", "c3-standard-4", "n1-standard-4", "g2-standard-4", "t2a-standard-4"):
+        assert compute_catalog.boot_disk_type(machine_type) == "pd-balanced", machine_type
 
 
 def test_spot_timeout_gpu_and_arm(service, types):

@@ -88,7 +88,7 @@ IMAGES = {
     ("ubuntu-os-cloud", "ubuntu-2404-lts-arm64"): ("ubuntu-2404-noble-arm64-v20261105", "ARM64"),
 }
 DISK_TYPES = ("pd-standard", "pd-balanced", "pd-ssd", "hyperdisk-balanced")
-HYPERDISK_ONLY = ("c4a",)  # families that boot only from Hyperdisk
+HYPERDISK_ONLY = ("c4", "c4a", "c4d", "n4", "x4", "a4")  # families that boot only from Hyperdisk (of those above: c4a)
 CPU_PLATFORMS = {
     "e2": "Intel Broadwell",
     "n2": "Intel Cascade Lake",
