@@ -280,6 +280,7 @@ COMPUTE: dict[str, Method] = {
     "compute.instances.get": _on("compute.instances.get", _compute("zones/{zone}/instances/{instance}")),
     "compute.instances.delete": _on("compute.instances.delete", _compute("zones/{zone}/instances/{instance}")),
     "compute.instances.stop": _on("compute.instances.stop", _compute("zones/{zone}/instances/{instance}")),
+    "compute.instances.reset": _on("compute.instances.reset", _compute("zones/{zone}/instances/{instance}")),
     "compute.instances.setLabels": _on("compute.instances.setLabels", _compute("zones/{zone}/instances/{instance}")),
     "compute.instances.setMetadata": _on("compute.instances.setMetadata", _compute("zones/{zone}/instances/{instance}")),
     "compute.zoneOperations.get": _on("compute.zoneOperations.get", _compute("zones/{zone}/operations/{operation}")),
