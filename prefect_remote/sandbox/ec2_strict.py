@@ -47,7 +47,9 @@ CAPACITY_MESSAGES = {
         "instance type belongs to. Please visit http://aws.amazon.com/contact-us/ec2-request to request an adjustment to this limit."
     ),
     "InstanceLimitExceeded": "You have requested more instances than your current instance limit allows for the specified instance type.",
-    "InsufficientFreeAddressesInSubnet": "There are not enough free addresses in subnet '{subnet}' to satisfy the requested number of instances.",
+    "InsufficientFreeAddressesInSubnet": (
+        "There are not enough free addresses in subnet '{subnet}' to satisfy the requested number of instances."
+    ),
     "Unsupported": "Your requested instance type ({type}) is not supported in your requested Availability Zone ({zone}).",
     "SpotMaxPriceTooLow": "Your Spot request price is lower than the minimum required Spot request fulfillment price.",
     "MaxSpotInstanceCountExceeded": "Max spot instance count exceeded",
@@ -97,7 +99,9 @@ class StrictEC2:
         self._lock = threading.Lock()
 
     # -- what a test sets ------------------------------------------------------------------------------
-    def refuse(self, code: str, *, zone: str | None = None, subnet: str | None = None, spot: bool | None = None, times: int | None = None) -> Refusal:
+    def refuse(
+        self, code: str, *, zone: str | None = None, subnet: str | None = None, spot: bool | None = None, times: int | None = None
+    ) -> Refusal:
         """Makes RunInstances fail with ``code`` where the refusal matches (:class:`Refusal`); returns it."""
         refusal = Refusal(code, zone, subnet, spot, times)
         self.refusals.append(refusal)
@@ -182,7 +186,11 @@ class StrictEC2:
         young = [value for key, value in params.items() if _INSTANCE_PARAM.fullmatch(key) and self._young(value, self.unknown_seconds)]
         if young:
             ids = ", ".join(young)
-            return 400, "InvalidInstanceID.NotFound", f"The instance ID{'s' if len(young) > 1 else ''} '{ids}' do{'' if len(young) > 1 else 'es'} not exist"
+            return (
+                400,
+                "InvalidInstanceID.NotFound",
+                f"The instance ID{'s' if len(young) > 1 else ''} '{ids}' do{'' if len(young) > 1 else 'es'} not exist",
+            )
         for key, value in params.items():
             if _GROUP_PARAM.fullmatch(key) and value.startswith("sg-") and self._young(value, self.group_seconds):
                 return 400, "InvalidGroup.NotFound", f"The security group '{value}' does not exist"
@@ -193,7 +201,11 @@ class StrictEC2:
     def _run_refused(self, params: dict[str, str]) -> tuple[int, str, str] | None:
         profile = params.get("IamInstanceProfile.Name") or params.get("IamInstanceProfile.Arn", "").rpartition("/")[2]
         if profile and self._young(f"profile:{profile}", self.profile_seconds):
-            return 400, "InvalidParameterValue", f"Value ({profile}) for parameter iamInstanceProfile.name is invalid. Invalid IAM Instance Profile name"
+            return (
+                400,
+                "InvalidParameterValue",
+                f"Value ({profile}) for parameter iamInstanceProfile.name is invalid. Invalid IAM Instance Profile name",
+            )
         subnet = params.get("SubnetId") or params.get("NetworkInterface.1.SubnetId")
         zone = params.get("Placement.AvailabilityZone") or (self._subnet_zone(subnet) if subnet else None) or f"{self.region}a"
         spot = params.get("InstanceMarketOptions.MarketType") == "spot"

@@ -17,7 +17,6 @@ from prefect_remote.cluster.remote import RemoteCluster
 from prefect_remote.errors import CapacityError
 from prefect_remote.providers.aws import catalog
 from prefect_remote.providers.aws.provider import AWSError, AWSProvider
-from prefect_remote.sandbox.aws import refuse_spot
 from prefect_remote.software.store import StoreError
 from tests.cluster.clouds import no_ec2_capacity
 from tests.conftest import SESSION_HOME, end_all_machines, wait_for
@@ -36,7 +35,6 @@ def no_machine_outlives_its_test(cloud):
 # -- faults ---------------------------------------------------------------------------------------------
 def test_spot_without_capacity_fails_the_first_call_and_leaves_no_instance(cloud):
     provider = AWSProvider()
-    refuse_spot(provider.client("ec2"), "InsufficientInstanceCapacity")
 
     @prefect_remote.function(provider=provider, cpu=2, spot_policy="spot", n_workers=1, keepalive="10 seconds")
     def never(x: int) -> int:
@@ -49,13 +47,14 @@ def test_spot_without_capacity_fails_the_first_call_and_leaves_no_instance(cloud
             r"spot_policy='spot_with_fallback'"
         ),
     ):
-        never(1)
+        with no_ec2_capacity(cloud.sandbox, spot=True):
+            never(1)
     # The scheduler's instance, launched before the workers were refused, is gone with its credentials.
     assert cloud.machines(never.cluster_name) == []
     assert not (SESSION_HOME / "clusters" / f"{never.cluster_name}.json").exists()
 
 
-def test_no_capacity_at_all_backs_off_until_there_is(cloud, caplog, monkeypatch):
+def test_no_capacity_at_all_backs_off_until_there_is(cloud, caplog):
     """spot_with_fallback where EC2 has neither spot nor on-demand capacity for a worker the
     controller launches from the scheduler's instance: it says why, here, and tries again, backing
     off, until there is capacity. (A spot stock-out alone is the contract's.)"""
@@ -66,12 +65,10 @@ def test_no_capacity_at_all_backs_off_until_there_is(cloud, caplog, monkeypatch)
     def told() -> list[str]:
         return [r.getMessage() for r in caplog.records if r.name == "prefect_remote.cluster" and refused in r.getMessage()]
 
-    with (
-        no_ec2_capacity(monkeypatch) as no_capacity,
-        RemoteCluster(name=name, provider="aws", cpu=2, spot_policy="spot_with_fallback", n_workers=1, keepalive="10 seconds") as cluster,
-    ):
+    with RemoteCluster(name=name, provider="aws", cpu=2, spot_policy="spot_with_fallback", n_workers=1, keepalive="10 seconds") as cluster:
         assert len(cloud.role(name, "worker")) == 1
-        no_capacity.update({"spot", "on-demand"})
+        no_capacity = cloud.sandbox.ec2
+        no_capacity.refuse("InsufficientInstanceCapacity")  # in every zone, on both markets
         cluster.scale(2)
         wait_for(told, timeout=10, message="the refusal, told here")
         time.sleep(5)
