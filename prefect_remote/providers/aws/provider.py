@@ -119,6 +119,7 @@ class AWSProvider(Provider):
     infra = "prefect_remote.providers.aws.infra"  # the bucket, log group, security groups, and the pool's role and instance profile
     lease_interval = 30.0  # a metadata read is cheap, but a lease tag reaches IMDS only after a delay
     max_boot_script = 16 * 1024  # EC2's user-data limit
+    min_poll = 1.0  # DescribeInstances shares a bucket of about 20 calls/s with every other read of the account
     dask_ports = DASK_PORTS  # what the ingress security group admits
     agent_extras = ("aws",)
     agent_requirements = ("boto3",)  # the machine side reads SSM, tags and ends itself, and ships its log
