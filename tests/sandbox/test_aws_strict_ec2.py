@@ -114,7 +114,10 @@ def test_a_new_instance_profile_is_refused_for_a_while(aws_env, aws_sandbox, ec2
     strict.profile_seconds, strict.unknown_seconds = 1.5, 0
     iam = aws_sandbox.client("iam")  # the sandbox's own keys: making roles is provisioning's, not this test's
     name = f"strict-{secrets.token_hex(3)}"
-    trust = {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Principal": {"Service": "ec2.amazonaws.com"}, "Action": "sts:AssumeRole"}]}
+    trust = {
+        "Version": "2012-10-17",
+        "Statement": [{"Effect": "Allow", "Principal": {"Service": "ec2.amazonaws.com"}, "Action": "sts:AssumeRole"}],
+    }
     iam.create_role(RoleName=name, AssumeRolePolicyDocument=json.dumps(trust))
     iam.create_instance_profile(InstanceProfileName=name)
     iam.add_role_to_instance_profile(InstanceProfileName=name, RoleName=name)

@@ -290,12 +290,20 @@ class AWSProvider(Provider):
 
         def falling_back(placement: Placement, then: Placement, code: str) -> None:
             if then.spot != placement.spot:  # every subnet tried on this market
-                logger.warning("%s capacity unavailable for %s in %s (%s); launching %s", placement.market, name, self.region, code, then.market)
+                logger.warning(
+                    "%s capacity unavailable for %s in %s (%s); launching %s", placement.market, name, self.region, code, then.market
+                )
             else:
                 here, there = subnets[placement.where], subnets[then.where]
                 logger.warning(
                     "%s capacity unavailable for %s in %s (%s, %s); trying %s (%s)",
-                    placement.market, name, here.zone, here.id, code, there.zone, there.id,
+                    placement.market,
+                    name,
+                    here.zone,
+                    here.id,
+                    code,
+                    there.zone,
+                    there.id,
                 )
 
         tried = placements(launch.spec.spot_policy, list(subnets))
