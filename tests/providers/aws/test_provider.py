@@ -21,7 +21,6 @@ from prefect_remote.providers import get_provider, network
 from prefect_remote.providers.aws import catalog
 from prefect_remote.providers.aws.provider import LAUNCH_TAG, AWSError, AWSProvider
 from prefect_remote.providers.base import BootPayload, Machine
-from prefect_remote.sandbox import aws as sandbox
 from prefect_remote.spec import MachineSpec
 from tests.conftest import wait_for
 from tests.providers.aws.conftest import LAUNCHER_IP
