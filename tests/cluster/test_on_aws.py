@@ -13,7 +13,7 @@ import time
 import pytest
 
 import prefect_remote
-from prefect_remote.cluster.remote import RemoteCluster
+from prefect_remote.cluster.remote import ClusterStartError, RemoteCluster
 from prefect_remote.errors import CapacityError
 from prefect_remote.providers.aws import catalog
 from prefect_remote.providers.aws.provider import AWSError, AWSProvider
@@ -52,6 +52,22 @@ def test_spot_without_capacity_fails_the_first_call_and_leaves_no_instance(cloud
     # The scheduler's instance, launched before the workers were refused, is gone with its credentials.
     assert cloud.machines(never.cluster_name) == []
     assert not (SESSION_HOME / "clusters" / f"{never.cluster_name}.json").exists()
+
+
+def test_a_scheduler_with_only_a_private_address_is_said_so_and_never_dialed(cloud):
+    """A client outside the VPC dials a scheduler's public IP only (EC2 shows it once the instance
+    runs). A scheduler in a subnet that maps no public IP, launched admitting nobody from outside,
+    gets none: the start fails at once saying so, rather than dialing its private address for 10
+    minutes, and its machine ends."""
+    name = "aws-private-scheduler"
+    vpc = cloud.ec2.create_vpc(CidrBlock="10.79.0.0/16")["Vpc"]["VpcId"]
+    cloud.ec2.create_subnet(VpcId=vpc, CidrBlock="10.79.1.0/24")  # maps no public IP on launch
+    provider = AWSProvider(vpc_id=vpc)
+    started = time.monotonic()
+    with pytest.raises(ClusterStartError, match=r"has no public address, only the private \S+ in aws:us-east-1:vpc-\w+, and this process"):
+        RemoteCluster(name=name, provider=provider, cpu=2, n_workers=0, allow_ingress_from="none", keepalive="10 seconds")
+    assert time.monotonic() - started < 60
+    wait_for(lambda: cloud.machines(name) == [], timeout=30, message="the scheduler's instance ended")
 
 
 def test_no_capacity_at_all_backs_off_until_there_is(cloud, caplog):
