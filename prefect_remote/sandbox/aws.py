@@ -232,6 +232,20 @@ class SandboxAWS(SandboxCloud):
         return boto3.session.Session(region_name=self.region, **credentials).client(service, endpoint_url=self.url)
 
     # -- the account ----------------------------------------------------------------------------------------
+    def make_instance_profile(self, name: str) -> None:
+        """Makes a role for EC2 and its instance profile, both named ``name``, with the sandbox's own
+        keys (as provisioning does: EC2 then refuses the profile for ``ec2.profile_seconds``)."""
+        import json
+
+        iam = self.client("iam")
+        trust = {
+            "Version": "2012-10-17",
+            "Statement": [{"Effect": "Allow", "Principal": {"Service": "ec2.amazonaws.com"}, "Action": "sts:AssumeRole"}],
+        }
+        iam.create_role(RoleName=name, AssumeRolePolicyDocument=json.dumps(trust))
+        iam.create_instance_profile(InstanceProfileName=name)
+        iam.add_role_to_instance_profile(InstanceProfileName=name, RoleName=name)
+
     def _prepare_account(self) -> None:
         import json
 
@@ -241,13 +255,7 @@ class SandboxAWS(SandboxCloud):
                 s3.create_bucket(Bucket=STORE_BUCKET)
             else:
                 s3.create_bucket(Bucket=STORE_BUCKET, CreateBucketConfiguration={"LocationConstraint": self.region})
-            trust = {
-                "Version": "2012-10-17",
-                "Statement": [{"Effect": "Allow", "Principal": {"Service": "ec2.amazonaws.com"}, "Action": "sts:AssumeRole"}],
-            }
-            iam.create_role(RoleName=INSTANCE_PROFILE, AssumeRolePolicyDocument=json.dumps(trust))
-            iam.create_instance_profile(InstanceProfileName=INSTANCE_PROFILE)
-            iam.add_role_to_instance_profile(InstanceProfileName=INSTANCE_PROFILE, RoleName=INSTANCE_PROFILE)
+            self.make_instance_profile(INSTANCE_PROFILE)
         if self.enforce_iam:  # as provisioning leaves an account: the machines' policy, their log group
             from prefect_remote.providers.aws.infra import POLICY_NAME, machine_policy
             from prefect_remote.providers.aws.provider import AWSOptions

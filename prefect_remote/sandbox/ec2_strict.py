@@ -24,13 +24,14 @@ moto's models that stamp what was just made. Anchors: "Eventual consistency in t
 
 from __future__ import annotations
 
+import contextlib
 import io
 import random
 import re
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qs
@@ -110,6 +111,19 @@ class StrictEC2:
     def clear(self) -> None:
         """No more injected refusals."""
         self.refusals.clear()
+
+    @contextlib.contextmanager
+    def as_it_was(self) -> Iterator[StrictEC2]:
+        """Whatever the block sets (knobs, throttling, refusals) is undone after it: one test's
+        strictness, on a sandbox a session shares."""
+        knobs = ("pending_seconds", "unknown_seconds", "profile_seconds", "group_seconds", "throttle")
+        saved, refusals = {name: getattr(self, name) for name in knobs}, list(self.refusals)
+        try:
+            yield self
+        finally:
+            for name, value in saved.items():
+                setattr(self, name, value)
+            self.refusals[:] = refusals
 
     def settle_everything(self) -> None:
         """Everything made so far is old (the sandbox's own account, as provisioned long ago)."""

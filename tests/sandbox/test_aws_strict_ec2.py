@@ -10,7 +10,6 @@ makes an instance profile.
 
 from __future__ import annotations
 
-import json
 import secrets
 import time
 
@@ -33,13 +32,9 @@ def ec2(aws_env):
 
 @pytest.fixture
 def strict(aws_sandbox):
-    """The session sandbox's strict EC2, its knobs and refusals as they were after the test."""
-    knobs = {name: getattr(aws_sandbox.ec2, name) for name in ("pending_seconds", "unknown_seconds", "profile_seconds", "group_seconds")}
-    yield aws_sandbox.ec2
-    aws_sandbox.ec2.clear()
-    aws_sandbox.ec2.throttle = 0.0
-    for name, value in knobs.items():
-        setattr(aws_sandbox.ec2, name, value)
+    """The session sandbox's strict EC2, as it was again after the test."""
+    with aws_sandbox.ec2.as_it_was() as strict:
+        yield strict
 
 
 def run(ec2, **params) -> dict:
@@ -112,15 +107,8 @@ def _visible(ec2, instance_id: str) -> dict | None:
 
 def test_a_new_instance_profile_is_refused_for_a_while(aws_env, aws_sandbox, ec2, strict):
     strict.profile_seconds, strict.unknown_seconds = 1.5, 0
-    iam = aws_sandbox.client("iam")  # the sandbox's own keys: making roles is provisioning's, not this test's
     name = f"strict-{secrets.token_hex(3)}"
-    trust = {
-        "Version": "2012-10-17",
-        "Statement": [{"Effect": "Allow", "Principal": {"Service": "ec2.amazonaws.com"}, "Action": "sts:AssumeRole"}],
-    }
-    iam.create_role(RoleName=name, AssumeRolePolicyDocument=json.dumps(trust))
-    iam.create_instance_profile(InstanceProfileName=name)
-    iam.add_role_to_instance_profile(InstanceProfileName=name, RoleName=name)
+    aws_sandbox.make_instance_profile(name)  # with the sandbox's own keys, as provisioning makes it
     with pytest.raises(ClientError) as refused:
         run(ec2, IamInstanceProfile={"Name": name})
     assert refused.value.response["Error"]["Code"] == "InvalidParameterValue"

@@ -10,7 +10,6 @@ instance from a filtered DescribeInstances (as opposed to by id), see docs/known
 
 from __future__ import annotations
 
-import json
 import logging
 import secrets
 
@@ -37,13 +36,9 @@ def error(code: str, message: str = "") -> ClientError:
 
 @pytest.fixture
 def strict(aws_sandbox):
-    """The session sandbox's strict EC2; refusals and throttling gone after the test."""
-    knobs = {name: getattr(aws_sandbox.ec2, name) for name in ("pending_seconds", "unknown_seconds", "profile_seconds", "group_seconds")}
-    yield aws_sandbox.ec2
-    aws_sandbox.ec2.clear()
-    aws_sandbox.ec2.throttle = 0.0
-    for name, value in knobs.items():
-        setattr(aws_sandbox.ec2, name, value)
+    """The session sandbox's strict EC2, as it was again after the test."""
+    with aws_sandbox.ec2.as_it_was() as strict:
+        yield strict
 
 
 @pytest.fixture
@@ -113,14 +108,7 @@ def test_a_launch_right_after_its_instance_profile_is_made_waits_until_ec2_accep
     name = f"fresh-{secrets.token_hex(3)}"
     provider = AWSProvider(instance_profile=name)
     provider.instance_types(), provider.networking.security_groups(None, runs_inside=provider.runs_inside)  # all but the profile ready
-    iam = aws_sandbox.client("iam")  # as --provision-infra makes it, a moment before the first launch
-    trust = {
-        "Version": "2012-10-17",
-        "Statement": [{"Effect": "Allow", "Principal": {"Service": "ec2.amazonaws.com"}, "Action": "sts:AssumeRole"}],
-    }
-    iam.create_role(RoleName=name, AssumeRolePolicyDocument=json.dumps(trust))
-    iam.create_instance_profile(InstanceProfileName=name)
-    iam.add_role_to_instance_profile(InstanceProfileName=name, RoleName=name)
+    aws_sandbox.make_instance_profile(name)  # as --provision-infra makes it, a moment before the first launch
     with caplog.at_level(logging.INFO, logger="prefect_remote.providers.aws"):
         [machine] = launch(provider, cpu=1)
     assert "AWS does not see it yet (InvalidParameterValue)" in caplog.text
