@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import logging
 import secrets
+import time
+from types import SimpleNamespace
 
 import boto3
 import pytest
@@ -20,7 +22,7 @@ from botocore.exceptions import ClientError
 from prefect_remote.errors import CapacityError
 from prefect_remote.providers.aws.clients import eventually, not_yet_visible
 from prefect_remote.providers.aws.provider import DEFAULT_DISK_GIB, AWSProvider
-from prefect_remote.providers.base import BootPayload
+from prefect_remote.providers.base import BootPayload, Provider
 from prefect_remote.providers.capacity import placements
 from prefect_remote.spec import MachineSpec
 from tests.conftest import wait_for
@@ -98,6 +100,14 @@ def test_root_disks_are_40_gib_by_default_and_never_below_the_image():
     assert AWSProvider._disk_gib(MachineSpec(), None) == DEFAULT_DISK_GIB == 40
     assert AWSProvider._disk_gib(MachineSpec(disk_size="100 GiB"), 8) == 100
     assert AWSProvider._disk_gib(MachineSpec(disk_size="4 GiB"), 8) == 8
+
+
+def test_wait_polls_ec2_at_most_once_a_second(monkeypatch):
+    slept, states = [], iter([True, True, False])
+    monkeypatch.setattr(time, "sleep", slept.append)
+    polled = SimpleNamespace(describe=lambda machine_id: SimpleNamespace(id=machine_id, alive=next(states)), min_poll=AWSProvider.min_poll)
+    Provider.wait(polled, ["i-1"], poll=0.05)
+    assert slept == [1.0, 1.0]
 
 
 # -- through the strict EC2 -----------------------------------------------------------------------------------------
