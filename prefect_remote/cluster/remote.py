@@ -58,6 +58,9 @@ logger = logging.getLogger("prefect_remote.cluster")
 KEEPALIVE_BACKSTOP = 5.0  # seconds the scheduler machine's agent waits past keepalive before ending it
 SHUTDOWN_WAIT = 30.0  # seconds to wait for a cluster of the same name that is shutting down
 START_TIMEOUT = 600.0  # seconds for a scheduler machine to accept connections (covers a cold rebuild)
+# Seconds a scheduler machine may run with no address this process may dial before the start fails:
+# a cloud shows a public IP by the time the machine runs, and one that is shutting down ends meanwhile.
+PRIVATE_GRACE = 10.0
 NODE_MODULE = "prefect_remote.cluster.node"
 LISTENING = re.compile(r"^scheduler \S+ listening at ", re.MULTILINE)  # what the node prints once it serves
 
@@ -86,6 +89,7 @@ class SchedulerMachine(ProcessInterface):
         connection_args = self.credentials.security().get_connection_args("client")
         deadline = time.monotonic() + START_TIMEOUT
         next_check = 0.0
+        private_since: float | None = None  # when it was first seen running with no address to dial
         last_error: OSError | None = None
         while True:
             if self.address is not None:
@@ -100,7 +104,9 @@ class SchedulerMachine(ProcessInterface):
                 self._readdress()
                 if not self.machine.alive:
                     raise ClusterStartError(await asyncio.to_thread(self._not_reached, last_error, ended=self.machine.reason))
-                if self.address is None and self.machine.state == "running":
+                private = self.address is None and self.machine.state == "running"
+                private_since = (private_since or time.monotonic()) if private else None
+                if private_since is not None and time.monotonic() - private_since > PRIVATE_GRACE:
                     raise ClusterStartError(self._private())
                 next_check = time.monotonic() + 1.0
             if time.monotonic() > deadline:
