@@ -19,17 +19,18 @@ from common import bench_home
 
 MACHINES = 10
 THROTTLED = 0.05
-ROUNDS = int(os.environ.get("BENCH_AWS_THROTTLED_ROUNDS", "3"))
+ROUNDS = int(os.environ.get("BENCH_AWS_THROTTLED_ROUNDS", "5"))
 
 
-def one_round(aws, throttle: float) -> tuple[float, int, bool]:
-    """Seconds, API calls and whether it succeeded, for one launch-run-end of ``MACHINES`` machines."""
+def one_round(aws, throttle: float) -> tuple[float, int, int, bool]:
+    """Seconds, API calls, calls throttled and whether it succeeded, for one launch-run-end of
+    ``MACHINES`` machines."""
     from prefect_remote.providers.aws.provider import AWSProvider
     from prefect_remote.providers.base import BootPayload
     from prefect_remote.spec import MachineSpec
 
     aws.ec2.throttle = throttle
-    before, started = aws.calls.copy(), time.monotonic()
+    before, throttled, started = aws.calls.copy(), aws.ec2.throttled, time.monotonic()
     try:
         provider = AWSProvider()
         machines = provider.launch(MachineSpec(cpu=1), BootPayload(["sleep", "600"]), count=MACHINES)
@@ -45,7 +46,7 @@ def one_round(aws, throttle: float) -> tuple[float, int, bool]:
         ok = False
     finally:
         aws.ec2.throttle = 0.0
-    return time.monotonic() - started, sum((aws.calls - before).values()), ok
+    return time.monotonic() - started, sum((aws.calls - before).values()), aws.ec2.throttled - throttled, ok
 
 
 def main() -> list[str]:
@@ -54,7 +55,7 @@ def main() -> list[str]:
     with bench_home("aws-throttled") as scratch, SandboxAWS(home=scratch / "sandbox", run_instances=False) as aws:
         os.environ.update(aws.exports())
         one_round(aws, 0.0)  # warm: the instance type catalog, the security groups
-        results: dict[float, list[tuple[float, int, bool]]] = {0.0: [], THROTTLED: []}
+        results: dict[float, list[tuple[float, int, int, bool]]] = {0.0: [], THROTTLED: []}
         for _ in range(ROUNDS):  # interleaved, so that both see the same host
             for throttle in results:
                 results[throttle].append(one_round(aws, throttle))
@@ -62,10 +63,10 @@ def main() -> list[str]:
     for throttle, rounds in results.items():
         seconds = statistics.median(r[0] for r in rounds)
         calls = statistics.median(r[1] for r in rounds)
-        failed = sum(not r[2] for r in rounds)
+        throttled, failed = sum(r[2] for r in rounds), sum(not r[3] for r in rounds)
         lines.append(
             f"{MACHINES}-machine launch, {throttle:.0%} of EC2 calls throttled: {seconds:.2f} s, {calls:.0f} calls "
-            f"(median of {len(rounds)}), {failed} failed"
+            f"(median of {len(rounds)}; {throttled} calls throttled in all), {failed} failed"
         )
     base, throttled = (statistics.median(r[0] for r in results[t]) for t in (0.0, THROTTLED))
     lines.append(f"throttled / none: {throttled / base:.2f} x wall time (goal <= 1.5 x, no failed launch)")

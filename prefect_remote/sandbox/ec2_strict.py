@@ -90,6 +90,7 @@ class StrictEC2:
         self.profile_seconds = 10.0
         self.group_seconds = 1.0
         self.throttle = 0.0
+        self.throttled = 0  # calls answered RequestLimitExceeded so far
         self.refusals: list[Refusal] = []
         self.on = False  # set once the sandbox's own set-up is done
         self.region = region
@@ -196,6 +197,7 @@ class StrictEC2:
         """(HTTP status, code, message) of EC2's refusal of this call, or None."""
         action = params.get("Action", "")
         if self.throttle and self._random.random() < self.throttle:
+            self.throttled += 1
             return 503, "RequestLimitExceeded", "Request limit exceeded."
         young = [value for key, value in params.items() if _INSTANCE_PARAM.fullmatch(key) and self._young(value, self.unknown_seconds)]
         if young:
