@@ -84,9 +84,11 @@ def test_no_capacity_at_all_backs_off_until_there_is(cloud, caplog):
     def told() -> list[str]:
         return [r.getMessage() for r in caplog.records if r.name == "prefect_remote.cluster" and refused in r.getMessage()]
 
-    with RemoteCluster(name=name, provider="aws", cpu=2, spot_policy="spot_with_fallback", n_workers=1, keepalive="10 seconds") as cluster:
+    with (
+        cloud.sandbox.ec2.as_it_was() as no_capacity,  # (no refusal left behind, whatever happens)
+        RemoteCluster(name=name, provider="aws", cpu=2, spot_policy="spot_with_fallback", n_workers=1, keepalive="10 seconds") as cluster,
+    ):
         assert len(cloud.role(name, "worker")) == 1
-        no_capacity = cloud.sandbox.ec2
         no_capacity.refuse("InsufficientInstanceCapacity")  # in every zone, on both markets
         cluster.scale(2)
         wait_for(told, timeout=10, message="the refusal, told here")
