@@ -12,7 +12,7 @@ import sys
 logger = logging.getLogger("prefect_remote")
 
 try:
-    from prefect_remote.workers import RemoteProviderCredentials, RemotePushWorker, RemoteWorker  # noqa: F401  defining registers
+    from prefect_remote.workers import RemoteProviderBlock, RemotePushWorker, RemoteWorker  # noqa: F401  defining registers
 except Exception as error:  # never break Prefect (or `import prefect_remote`) over an integration problem
     logger.warning("prefect-remote: the remote and remote:push worker types are unavailable (%s)", error)
 

@@ -50,44 +50,6 @@ class RemoteSettings(BaseSettings):
         default=["*"], description="remote:push pools the in-server push service serves (names or wildcards, comma-separated)."
     )
 
-    aws_public_ip: str | None = Field(
-        default=None, description="This launcher's public IP, for allow_ingress_from='me' on AWS (default: asked of checkip.amazonaws.com)."
-    )
-    aws_instance_profile: str | None = Field(
-        default=None,
-        description="Instance profile of aws machines (what they read secrets, the store and end themselves with); "
-        "`prefect work-pool create --type remote:push --provision-infra` makes one.",
-    )
-    aws_lease_interval: float = Field(
-        default=30.0,
-        ge=5.0,
-        description="Seconds between an aws machine's reads of its lease (its owner's loss is noticed this long after keepalive).",
-    )
-
-    gcp_project: str | None = Field(
-        default=None, description="Google Cloud project of gcp machines (default: GOOGLE_CLOUD_PROJECT, else the credentials' project)."
-    )
-    gcp_region: str = Field(default="us-central1", description="Region of gcp machines (Cloud Run jobs, Compute Engine VMs).")
-    gcp_zone: str | None = Field(default=None, description="Zone of Compute Engine VMs (default: the region's first zone that is up).")
-    gcp_service_account: str | None = Field(
-        default=None,
-        description="Service account (email) gcp machines run as (what they read secrets, the store and end themselves with); "
-        "`prefect work-pool create --type remote:push --provision-infra` makes one.",
-    )
-    gcp_api_endpoint: str | None = Field(
-        default=None,
-        description="Base URL for every Google API but Cloud Storage (which reads STORAGE_EMULATOR_HOST): "
-        "a Private Service Connect endpoint, or `prefect-remote sandbox gcp`'s. Default: Google's own endpoints.",
-    )
-    gcp_public_ip: str | None = Field(
-        default=None, description="This launcher's public IP, for allow_ingress_from='me' on GCP (default: asked of checkip.amazonaws.com)."
-    )
-    gcp_lease_interval: float = Field(
-        default=30.0,
-        ge=5.0,
-        description="Seconds between a gcp machine's reads of its lease (its owner's loss is noticed this long after keepalive).",
-    )
-
     local_isolation: Isolation = Field(
         default="auto",
         description="Local machines' isolation: 'namespace' (own network namespace and cgroup limits; Linux as root), "

@@ -11,6 +11,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -157,8 +158,16 @@ def prefect_server() -> str:
 
 
 @pytest.fixture(autouse=True)
-def no_machine_outlives_its_test():
+def no_machine_outlives_its_test(request):
+    seen = {id(sandbox): len(sandbox.refusals) for sandbox in _SANDBOXES}
     yield
+    for sandbox in _SANDBOXES:  # what IAM refused during the test: shown with its failure, or written where asked
+        refused = sandbox.refusals[seen.get(id(sandbox), 0) :]
+        if refused:
+            request.node.add_report_section("teardown", f"{type(sandbox).__name__} refusals", "\n".join(refused))
+            if os.environ.get("PREFECT_REMOTE_TEST_REFUSALS"):
+                with open(os.environ["PREFECT_REMOTE_TEST_REFUSALS"], "a") as log:
+                    log.writelines(f"{request.node.nodeid}\t{line}\n" for line in refused)
     end_all_machines()
     for sandbox in _SANDBOXES:
         sandbox.end_all_instances()
@@ -204,21 +213,30 @@ def aws_sandbox():
             _SANDBOXES.remove(sandbox)
 
 
-def use_aws_sandbox(monkeypatch: pytest.MonkeyPatch, sandbox) -> None:
+def use_aws_sandbox(monkeypatch: pytest.MonkeyPatch, sandbox, identity: str = "launcher") -> None:
     """Points boto3 and the aws provider at ``sandbox``, as a user's shell after `prefect-remote
-    sandbox aws` (the default provider stays local; leases are read every 5 s)."""
-    for name, value in sandbox.exports().items():
+    sandbox aws` (the default provider stays local; leases are read every 5 s), with the keys of a
+    user that has exactly the docs' ``identity`` list (launcher, provisioning or teardown)."""
+    for name, value in {**sandbox.exports(), **sandbox.keys(identity)}.items():
         monkeypatch.setenv(name, value)
     monkeypatch.setenv("PREFECT_REMOTE_PROVIDER", "local")
     monkeypatch.setenv("PREFECT_REMOTE_AWS_LEASE_INTERVAL", "5")
     monkeypatch.delenv("AWS_PROFILE", raising=False)
 
 
+@contextlib.contextmanager
+def iam_as_marked(sandbox, request: pytest.FixtureRequest) -> Iterator[None]:
+    """IAM off in ``sandbox`` for the test if it is marked ``no_iam`` (a test that needs it off), else as it is."""
+    with sandbox.enforcing(False) if request.node.get_closest_marker("no_iam") else contextlib.nullcontext():
+        yield
+
+
 @pytest.fixture
-def aws_env(aws_sandbox, monkeypatch):
-    """The session's sandbox for one test (:func:`use_aws_sandbox`)."""
+def aws_env(aws_sandbox, monkeypatch, request):
+    """The session's sandbox for one test (:func:`use_aws_sandbox`), as the docs' launcher."""
     use_aws_sandbox(monkeypatch, aws_sandbox)
-    return aws_sandbox
+    with iam_as_marked(aws_sandbox, request):
+        yield aws_sandbox
 
 
 @pytest.fixture(scope="session")
@@ -228,7 +246,10 @@ def gcp_sandbox():
     Engine instances run as local machines under this session's home. Yields its ``SandboxGCP``."""
     from prefect_remote.sandbox.gcp.sandbox import SandboxGCP
 
-    with SandboxGCP(home=SESSION_HOME / "gcp") as sandbox:
+    # IAM not enforced yet for the session (issue 17): after provisioning, the launcher may not act as the
+    # provisioned machines' account (the docs ask the user to grant roles/iam.serviceAccountUser; no test
+    # does), and the clusters' contract on gcp stalls with it on. tests/sandbox/test_gcp_iam.py enforces it.
+    with SandboxGCP(home=SESSION_HOME / "gcp", enforce_iam=False) as sandbox:
         _SANDBOXES.append(sandbox)
         try:
             yield sandbox
@@ -247,7 +268,8 @@ def use_gcp_sandbox(monkeypatch: pytest.MonkeyPatch, sandbox) -> None:
 
 
 @pytest.fixture
-def gcp_env(gcp_sandbox, monkeypatch):
-    """The session's sandbox GCP for one test (:func:`use_gcp_sandbox`)."""
+def gcp_env(gcp_sandbox, monkeypatch, request):
+    """The session's sandbox GCP for one test (:func:`use_gcp_sandbox`), as the docs' launcher."""
     use_gcp_sandbox(monkeypatch, gcp_sandbox)
-    return gcp_sandbox
+    with iam_as_marked(gcp_sandbox, request):
+        yield gcp_sandbox

@@ -22,7 +22,7 @@ StoreOption = Annotated[str | None, typer.Option("--store", help="Store URL or p
 
 
 def _store(url: str | None):
-    from prefect_remote.software.store import open_store
+    from prefect_remote.software.stores import open_store
 
     try:
         return open_store(url)

@@ -21,6 +21,14 @@ Expose = Annotated[
         "(default: 4200, a Prefect server's); repeatable."
     ),
 ]
+EnforceIAM = Annotated[
+    bool,
+    typer.Option(
+        "--enforce-iam/--no-enforce-iam",
+        help="Check every call against the caller's IAM permissions, as the cloud does; the exported credentials "
+        "then hold exactly the docs' launcher and provisioning permissions.",
+    ),
+]
 app = typer.Typer(help="Emulated clouds on this computer: try prefect-remote offline, with the real cloud clients.", no_args_is_help=True)
 
 
@@ -29,6 +37,7 @@ def aws(
     region: Annotated[str, typer.Option(help="The sandbox's AWS region.")] = "us-east-1",
     port: Annotated[int, typer.Option(help="Port of the emulated AWS endpoint on 127.0.0.1 (0: any free port).")] = 0,
     expose: Expose = None,
+    enforce_iam: EnforceIAM = True,
 ) -> None:
     """Start a sandbox AWS (moto, plus instances that boot as local machines) and serve until Ctrl-C.
 
@@ -42,7 +51,8 @@ def aws(
     from prefect_remote.sandbox.aws import SandboxAWS
     from prefect_remote.settings import get_settings
 
-    _serve(SandboxAWS(port=port, region=region, home=get_settings().home / "sandbox" / "aws", expose=tuple(expose or (4200,))))
+    home = get_settings().home / "sandbox" / "aws"
+    _serve(SandboxAWS(port=port, region=region, home=home, expose=tuple(expose or (4200,)), enforce_iam=enforce_iam))
 
 
 @app.command("gcp")
@@ -50,6 +60,7 @@ def gcp(
     region: Annotated[str, typer.Option(help="The sandbox's GCP region.")] = "us-central1",
     port: Annotated[int, typer.Option(help="Port of the emulated Google APIs on 127.0.0.1 (0: any free port).")] = 0,
     expose: Expose = None,
+    enforce_iam: EnforceIAM = True,
 ) -> None:
     """Start a sandbox GCP (Cloud Run, Compute Engine, Secret Manager, Cloud Logging and GCS, whose
     jobs and VMs run as local machines) and serve until Ctrl-C.
@@ -64,7 +75,8 @@ def gcp(
     from prefect_remote.sandbox.gcp.sandbox import SandboxGCP
     from prefect_remote.settings import get_settings
 
-    _serve(SandboxGCP(region=region, port=port, home=get_settings().home / "sandbox" / "gcp", expose=tuple(expose or (4200,))))
+    home = get_settings().home / "sandbox" / "gcp"
+    _serve(SandboxGCP(region=region, port=port, home=home, expose=tuple(expose or (4200,)), enforce_iam=enforce_iam))
 
 
 def _serve(sandbox: SandboxCloud) -> None:

@@ -266,7 +266,7 @@ class RemoteCluster(SpecCluster):
         # is) and agent (stock-image machines can neither build prefect-remote's wheel nor store it).
         store = agent = None
         if spec.software:
-            from prefect_remote.software.store import open_store
+            from prefect_remote.software.stores import open_store
 
             store = open_store().url
         if not self.provider.shares_host_software:

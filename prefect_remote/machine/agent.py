@@ -106,7 +106,7 @@ class Agent:
 
     def rebuild_software(self, software: dict[str, Any]) -> Path:
         from prefect_remote.software.rebuild import rebuild_environment
-        from prefect_remote.software.store import open_store
+        from prefect_remote.software.stores import open_store
 
         envs_dir = software.get("envs_dir") or Path(os.environ.get(ROOT_ENV, DEFAULT_ROOT)) / "envs"
         return rebuild_environment(
@@ -155,6 +155,8 @@ class Agent:
         signal.signal(signal.SIGTERM, lambda *_: self._stopping.set())
         signal.signal(signal.SIGINT, lambda *_: self._stopping.set())
         self.start_log_shipping()
+        if not self.runtime.first_start():  # a reboot ran the boot again: the payload never runs twice
+            return self.end("rebooted: this machine's agent had started before, and its payload is not run again", 1)
         command = self.config["command"]
         python, reason = self.prepare_software()
         if reason:

@@ -70,6 +70,13 @@ class MachineRuntime(ABC):
         (locally, the machine's log file). On EC2: CloudWatch Logs, stream ``<instance id>``."""
         return _NothingToShip()
 
+    def first_start(self) -> bool:
+        """Records that the agent started on this machine; False when it had started here before: the
+        machine rebooted and its cloud ran the boot script again (Compute Engine runs startup
+        scripts on every boot), and the agent then ends the machine rather than run the payload a
+        second time. By default True: a provider whose machines never boot twice records nothing."""
+        return True
+
     @abstractmethod
     def terminate(self, reason: str, exit_code: int | None) -> None:
         """Asks the provider to end this machine, recording ``reason`` and ``exit_code``. May fail

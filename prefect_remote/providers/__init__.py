@@ -11,6 +11,7 @@ A plugin adds one with an entry point::
 
 from __future__ import annotations
 
+import os
 from importlib import import_module
 from typing import Any
 
@@ -65,6 +66,25 @@ def get_provider(name: str | None = None, **options: Any) -> Provider:
     return provider_class(name)(**options)
 
 
+def installed_provider_classes() -> dict[str, type[Provider]]:
+    """Every installed provider's class by name; a plugin that fails to import is left out (and says
+    why when it is asked for by name)."""
+    found = {}
+    for name in available_providers():
+        try:
+            found[name] = provider_class(name)
+        except Exception:
+            continue
+    return found
+
+
+def provider_variables() -> dict[str, str]:
+    """The providers' option variables (``PREFECT_REMOTE_AWS_REGION``…) set in this environment, with their values."""
+    models = [cls.options_model for cls in installed_provider_classes().values() if cls.options_model is not None]
+    prefixes = tuple(str(model.model_config.get("env_prefix", "")).upper() for model in models if model.model_config.get("env_prefix"))
+    return {key: value for key, value in os.environ.items() if prefixes and key.upper().startswith(prefixes)}
+
+
 def require(provider: Provider, capability: str, needed_for: str) -> None:
     """Refuses ``provider`` unless it declares ``capability`` (a :class:`Capabilities` field), saying
     what needs it and which installed providers have it.
@@ -94,6 +114,8 @@ __all__ = [
     "Provider",
     "available_providers",
     "get_provider",
+    "installed_provider_classes",
     "provider_class",
+    "provider_variables",
     "require",
 ]

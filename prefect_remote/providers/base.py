@@ -30,12 +30,18 @@ from prefect_remote.machine.boot import AgentSource, render_boot_script
 from prefect_remote.units import format_duration, format_size
 
 if TYPE_CHECKING:
+    from prefect_remote.providers.options import ProviderOptions
     from prefect_remote.software.store import Store
     from prefect_remote.spec import MachineSpec
 
 MachineState = Literal["pending", "running", "terminated"]
 
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "0.0.0.0", "::1")
+
+# A cloud machine's root disk when the spec names no disk_size, in GiB: room for real environments
+# (uv's cache, CPython, torch), as dask-cloudprovider's default; a cloud never makes it smaller than
+# its image.
+DEFAULT_DISK_GIB = 40
 
 # Tags the package sets on every machine; user tags may not use this prefix.
 TAG_PREFIX = "prefect-remote:"
@@ -356,6 +362,19 @@ class Provider(ABC):
     # than imported: it builds on the provider. Its provision(provider, pool, store, say) returns a
     # prefect_remote.providers.setup.Setup. None: nothing beyond the store's folder.
     infra: ClassVar[str | None] = None
+    # The module of ``prefect-remote doctor``'s checks of the account, named like ``infra``: its
+    # checks(provider, needs) returns prefect_remote.doctor.Finding's. None: nothing to check.
+    doctor: ClassVar[str | None] = None
+    # The provider's options (keyword arguments of get_provider, a provider block's options), each
+    # also read from PREFECT_REMOTE_<PROVIDER>_<OPTION>: a ProviderOptions subclass. None: the
+    # options are __init__'s keyword arguments, with no variables of their own.
+    options_model: ClassVar[type[ProviderOptions] | None] = None
+    # Work-pool job variables that set one of ``options_model``'s options for a flow run, {variable:
+    # option}: a pool's form offers each, typed and described as its option (gcp: gcp_service).
+    job_variables: ClassVar[Mapping[str, str]] = {}
+    # Options a setup (``--provision-infra``) records in a pool's provider block, as fields of their
+    # own, so that the block's form shows them: the names ``infra``'s Setup.block_fields() returns.
+    block_fields: ClassVar[tuple[str, ...]] = ()
     # Whether this provider has swept the secrets of dead owners' launches yet (sweep_secrets, at its
     # first launch with secrets).
     _swept: bool = False
@@ -468,7 +487,8 @@ class Provider(ABC):
         and the network they run in. So code on a machine (a function a flow run calls) launches
         machines as its launcher did, and reaches them inside that network (:meth:`runs_inside`).
         They travel in the boot script: never secrets."""
-        from prefect_remote.software.store import LocalStore, open_store
+        from prefect_remote.software.store import LocalStore
+        from prefect_remote.software.stores import open_store
 
         environ = {
             "PREFECT_REMOTE_PROVIDER": self.name,
@@ -578,7 +598,8 @@ class Provider(ABC):
     def machine_store(self) -> Store:
         """The configured store, which this provider's machines read: a folder on this computer only
         where they share this host's files."""
-        from prefect_remote.software.store import LocalStore, open_store
+        from prefect_remote.software.store import LocalStore
+        from prefect_remote.software.stores import open_store
 
         store = open_store()
         if isinstance(store, LocalStore) and not self.shares_host_software:
@@ -604,7 +625,8 @@ class Provider(ABC):
             from importlib import import_module
 
             return import_module(self.infra).provision(self, pool, store, say).block_fields()
-        from prefect_remote.software.store import LocalStore, open_store
+        from prefect_remote.software.store import LocalStore
+        from prefect_remote.software.stores import open_store
 
         found = open_store(store)
         if isinstance(found, LocalStore):

@@ -19,7 +19,7 @@ from rich.console import Console
 from prefect_remote.errors import RemoteError
 from prefect_remote.providers import get_provider
 from prefect_remote.settings import get_settings
-from prefect_remote.workers.config import RemoteProviderCredentials
+from prefect_remote.workers.config import RemoteProviderBlock
 
 if TYPE_CHECKING:
     from prefect.client.orchestration import PrefectClient
@@ -66,13 +66,13 @@ class RemotePushProvisioner:
         self.console.print(f"prefect-remote home: [blue]{settings.home}[/]")
         block_name = f"{work_pool_name}-provider"
         async with get_client() if client is None else nullcontext(client) as api:  # a borrowed client stays open
-            await RemoteProviderCredentials.aregister_type_and_schema(client=api)
+            await RemoteProviderBlock.aregister_type_and_schema(client=api)
             try:
-                document = await api.read_block_document_by_name(block_name, RemoteProviderCredentials.get_block_type_slug())
-                block_id, found = document.id, RemoteProviderCredentials.model_validate(document.data)
+                document = await api.read_block_document_by_name(block_name, RemoteProviderBlock.get_block_type_slug())
+                block_id, found = document.id, RemoteProviderBlock.model_validate(document.data)
                 self.console.print(f"reusing provider block [blue]{block_name!r}[/] ({found.provider})")  # the block decides
             except ObjectNotFound:
-                block_id, found = None, RemoteProviderCredentials(provider=get_provider(settings.provider).name)
+                block_id, found = None, RemoteProviderBlock(provider=get_provider(settings.provider).name)
             provider = found.get_provider()
             say = partial(self.console.print, markup=False, highlight=False)
             store = settings.store or found.store
@@ -90,13 +90,14 @@ class RemotePushProvisioner:
         properties = template["variables"]["properties"]
         properties["credentials"]["default"] = {"$ref": {"block_document_id": str(block_id)}}
         properties["provider"]["default"] = provider.name
-        if credentials.region:
-            properties["region"]["default"] = credentials.region
+        region = getattr(credentials, "region", None)  # a field where a provider's setup records one
+        if region:
+            properties["region"]["default"] = region
         isolation = getattr(provider, "isolation", None)
         self.console.print(
             f"work pool [blue]{work_pool_name!r}[/] runs flow runs on [bold]{provider.name}[/] machines"
             + (f" ({isolation} isolation)" if isolation else "")
-            + (f" in {credentials.region}" if credentials.region else "")
+            + (f" in {region}" if region else "")
         )
         return template
 

@@ -14,6 +14,7 @@ knows it is not a cloud. What moto lacks, the sandbox adds:
 * **EC2 as strict as the real one** (:attr:`SandboxAWS.ec2`, :mod:`prefect_remote.sandbox.ec2_strict`):
   instances pending with no public IP at first, new ids, profiles and security groups not yet
   visible, throttling, and capacity or quota errors a test injects per zone or subnet;
+* **EC2's vCPU quotas** in Service Quotas, as a new account has them (:meth:`SandboxAWS.set_quota`);
 * **API call counts** as the server saw them (:attr:`SandboxAWS.calls`).
 
 The test suite starts one per session; ``prefect-remote sandbox aws`` starts the same thing for a
@@ -56,10 +57,13 @@ class SandboxAWS(SandboxCloud):
     instance types, as EC2 does (moto accepts any by default). ``home`` holds the instances' machine
     folders (default: a temporary folder); ``isolation`` is theirs (``namespace`` where this host
     offers network namespaces). ``expose`` lists ports of services on this host's loopback (a Prefect
-    server) that instances reach at ``http://<sandbox_host>:PORT``. ``enforce_iam`` checks every call
-    against the caller's IAM policies as AWS does (:mod:`prefect_remote.sandbox.iam_server`): the
-    exported credentials are then a user with exactly the docs' launcher and provisioning
-    permissions, and instances get their instance profile's role through IMDS.
+    server) that instances reach at ``http://<sandbox_host>:PORT``. ``enforce_iam`` (on by default)
+    checks every call against the caller's IAM policies as AWS does
+    (:mod:`prefect_remote.sandbox.iam_server`): the exported credentials are a user with exactly the
+    docs' launcher and provisioning permissions (:mod:`prefect_remote.providers.aws.permissions`),
+    :meth:`keys` gives users with one list each (``launcher``, ``provisioning``, ``teardown``), and
+    instances get their instance profile's role through IMDS. :meth:`enforcing` switches the checks
+    off for a while (a test that needs them off); :attr:`refusals` says what was refused.
     """
 
     def __init__(
@@ -73,7 +77,7 @@ class SandboxAWS(SandboxCloud):
         home: str | Path | None = None,
         isolation: str | None = None,
         expose: tuple[int, ...] = (),
-        enforce_iam: bool = False,
+        enforce_iam: bool = True,
     ) -> None:
         self.host, self.port, self.region = host, port, region
         self.enforce_iam = enforce_iam
@@ -91,6 +95,7 @@ class SandboxAWS(SandboxCloud):
         self._iam: Any = None  # the enforcing middleware, while enforce_iam
         self._admin: Any = None  # the sandbox's own keys (its set-up): nobody else's
         self.identity: Any = None  # the keys environ() hands out: the docs' launcher and provisioning permissions
+        self._identities: dict[str, Any] = {}  # the docs' lists, one user each: launcher, provisioning, teardown
         self._machine_credentials: Any = None
 
     # -- endpoints ------------------------------------------------------------------------------------
@@ -149,6 +154,7 @@ class SandboxAWS(SandboxCloud):
         if self.enforce_iam:
             self._make_identities()
         self._prepare_account()
+        _serve_ec2_quotas()
         if self._iam is not None:
             self._iam.on = True  # from here on, every call is checked
         self.ec2.settle_everything()  # the account as provisioned long ago
@@ -202,6 +208,24 @@ class SandboxAWS(SandboxCloud):
         return alive
 
     # -- what a shell or a test needs ----------------------------------------------------------------------
+    def keys(self, identity: str = "launcher") -> dict[str, str]:
+        """The credential variables (``AWS_ACCESS_KEY_ID``…, for ``monkeypatch.setenv``) of a user with
+        exactly one of the docs' lists (``launcher``, ``provisioning`` or ``teardown``), or of a
+        ``machine``: a session of the sandbox's instance profile's role, as an instance gets through
+        IMDS. With IAM not enforced, the sandbox's fake keys."""
+        if not self.enforce_iam:
+            return dict(FAKE_CREDENTIALS)
+        if identity == "machine" and self._machine_credentials is not None:
+            session = self._machine_credentials.for_instance("i-sandboxmachinekeys", self.region, INSTANCE_PROFILE) or {}
+            return {
+                "AWS_ACCESS_KEY_ID": session["AccessKeyId"],
+                "AWS_SECRET_ACCESS_KEY": session["SecretAccessKey"],
+                "AWS_SESSION_TOKEN": session["Token"],
+            }
+        if identity not in self._identities:
+            raise ValueError(f"no such identity {identity!r}; the sandbox has {', '.join([*self._identities, 'machine'])}")
+        return self._identities[identity].environ()
+
     def environ(self) -> dict[str, str]:
         """The variables that point boto3 (and the AWS CLI) at this sandbox."""
         credentials = self.identity.environ() if self.identity is not None else FAKE_CREDENTIALS
@@ -220,16 +244,30 @@ class SandboxAWS(SandboxCloud):
             "PREFECT_REMOTE_SANDBOX_HOST": self.sandbox_host,
         }
 
-    def client(self, service: str) -> Any:
+    def client(self, service: str, region: str | None = None) -> Any:
         """A boto3 client of this sandbox with its own credentials, whatever the environment holds (a
-        test's or a script's view of the account: ``aws.client("ec2").describe_instances()``)."""
+        test's or a script's view of the account: ``aws.client("ec2").describe_instances()``), in
+        ``region`` (default: the sandbox's)."""
         import boto3
 
         if self._admin is not None:  # IAM enforced: the sandbox's own keys, allowed everything
             credentials = self._admin.session_kwargs()
         else:
             credentials = {name.lower(): value for name, value in FAKE_CREDENTIALS.items()}
-        return boto3.session.Session(region_name=self.region, **credentials).client(service, endpoint_url=self.url)
+        return boto3.session.Session(region_name=region or self.region, **credentials).client(service, endpoint_url=self.url)
+
+    def set_quota(self, code: str, value: float | None) -> None:
+        """Sets the EC2 vCPU quota ``code`` (``L-1216C47A``…) that Service Quotas answers in this
+        sandbox's account and region (None: back to :data:`EC2_QUOTAS`' default). Read only: no
+        launch is refused for it."""
+        from moto.servicequotas.models import servicequotas_backends
+
+        _serve_ec2_quotas()
+        quotas = servicequotas_backends[ACCOUNT_ID][self.region].__dict__.setdefault("ec2_quotas", {})
+        if value is None:
+            quotas.pop(code, None)
+        else:
+            quotas[code] = float(value)
 
     # -- the account ----------------------------------------------------------------------------------------
     def make_instance_profile(self, name: str) -> None:
@@ -257,7 +295,7 @@ class SandboxAWS(SandboxCloud):
                 s3.create_bucket(Bucket=STORE_BUCKET, CreateBucketConfiguration={"LocationConstraint": self.region})
             self.make_instance_profile(INSTANCE_PROFILE)
         if self.enforce_iam:  # as provisioning leaves an account: the machines' policy, their log group
-            from prefect_remote.providers.aws.infra import POLICY_NAME, machine_policy
+            from prefect_remote.providers.aws.permissions import POLICY_NAME, machine_policy
             from prefect_remote.providers.aws.provider import AWSOptions
 
             log_group = AWSOptions.model_fields["log_group"].default
@@ -380,6 +418,9 @@ class SandboxAWS(SandboxCloud):
                         return association.iam_instance_profile.name
         return None
 
+    def _iam_gate(self) -> Any:
+        return self._iam
+
     def _forwarded(self) -> list[str]:
         return [self.url, *([self._imds.url] if self._imds else [])]
 
@@ -401,8 +442,11 @@ class SandboxAWS(SandboxCloud):
         from prefect_remote.sandbox import aws_identities as identities
 
         self._admin = identities.make_user("prefect-remote-sandbox-admin", {"all": identities.ADMIN_POLICY}, account=ACCOUNT_ID)
-        policies = {"launcher": identities.launcher_policy(ACCOUNT_ID), "provisioning": identities.provisioning_policy()}
-        self.identity = identities.make_user("prefect-remote-sandbox-user", policies, account=ACCOUNT_ID)
+        policies = identities.policies(ACCOUNT_ID)
+        for name, policy in policies.items():
+            self._identities[name] = identities.make_user(f"prefect-remote-sandbox-{name}", {name: policy}, account=ACCOUNT_ID)
+        exported = {name: policies[name] for name in ("launcher", "provisioning")}
+        self.identity = identities.make_user("prefect-remote-sandbox-user", exported, account=ACCOUNT_ID)
         self._machine_credentials = identities.MachineCredentials(ACCOUNT_ID)
 
     def _role_facts(self, instance: Any, profile: str | None) -> dict[str, Any]:
@@ -431,6 +475,42 @@ def _as_instance(instance: Any) -> Instance:
     user_data = instance.user_data
     script = base64.b64decode(str(user_data)).decode(errors="replace") if user_data else None
     return Instance(instance.id, instance.state, script, instance.instance_type, instance.region_name)
+
+
+# EC2's on-demand vCPU quotas as Service Quotas gives a new account (moto serves only the VPC's):
+# Standard (A, C, D, H, I, M, R, T, Z) 5 vCPUs, G and VT 0, P 0. Others: 0.
+EC2_QUOTAS = {"L-1216C47A": ("Running On-Demand Standard (A, C, D, H, I, M, R, T, Z) instances", 5.0)}
+
+
+def _serve_ec2_quotas() -> None:
+    """Makes moto's Service Quotas answer EC2's vCPU quotas: :data:`EC2_QUOTAS`, or a sandbox's
+    :meth:`SandboxAWS.set_quota`."""
+    from moto.servicequotas.models import ServiceQuotasBackend
+
+    if getattr(ServiceQuotasBackend.get_service_quota, "_sandbox_ec2", False):
+        return
+    original = ServiceQuotasBackend.get_service_quota
+
+    def get_service_quota(backend: Any, service_code: str, quota_code: str) -> dict[str, Any]:
+        if service_code != "ec2" or not quota_code.startswith("L-"):
+            return original(backend, service_code, quota_code)
+        name, value = EC2_QUOTAS.get(quota_code, (f"Running On-Demand instances ({quota_code})", 0.0))
+        value = backend.__dict__.get("ec2_quotas", {}).get(quota_code, value)
+        arn = f"arn:aws:servicequotas:{backend.region_name}:{backend.account_id}:ec2/{quota_code}"
+        return {
+            "ServiceCode": "ec2",
+            "ServiceName": "Amazon Elastic Compute Cloud (Amazon EC2)",
+            "QuotaArn": arn,
+            "QuotaCode": quota_code,
+            "QuotaName": name,
+            "Value": value,
+            "Unit": "None",
+            "Adjustable": True,
+            "GlobalQuota": False,
+        }
+
+    get_service_quota._sandbox_ec2 = True  # type: ignore[attr-defined]
+    ServiceQuotasBackend.get_service_quota = get_service_quota  # type: ignore[method-assign]
 
 
 _PLACING: list[SandboxAWS] = []  # sandboxes of this process whose runner boots instances as moto creates them

@@ -18,80 +18,22 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-# The launcher's permissions, as docs/providers/aws.md ("Permissions") lists them; iam:PassRole is
-# granted on the machines' roles only (``prefect-remote-*``: provisioned ones and the sandbox's own).
-# A test keeps these in step with the docs. (The single source belongs beside machine_policy() in
-# prefect_remote/providers/aws/infra.py, which the docs and this module would then both follow.)
-LAUNCHER_ACTIONS = (
-    "ec2:RunInstances",
-    "ec2:CreateTags",
-    "ec2:DescribeInstances",
-    "ec2:TerminateInstances",
-    "ec2:DescribeInstanceTypes",
-    "ec2:DescribeImages",
-    "ec2:DescribeVpcs",
-    "ec2:DescribeSubnets",
-    "ec2:CreateSecurityGroup",
-    "ec2:DescribeSecurityGroups",
-    "ec2:AuthorizeSecurityGroupIngress",
-    "ssm:PutParameter",
-    "ssm:DeleteParameter",
-    "ssm:GetParameter",
-    "ssm:AddTagsToResource",
-    "logs:GetLogEvents",
-    "iam:PassRole",
-)
-# What provisioning needs, as docs/providers/aws.md ("The identity that provisions") lists it.
-PROVISIONING_ACTIONS = (
-    "s3:CreateBucket",
-    "s3:ListBucket",
-    "s3:PutBucketPublicAccessBlock",
-    "s3:PutEncryptionConfiguration",
-    "s3:PutBucketTagging",
-    "logs:CreateLogGroup",
-    "logs:TagResource",
-    "logs:PutRetentionPolicy",
-    "ec2:DescribeVpcs",
-    "ec2:DescribeSecurityGroups",
-    "ec2:CreateSecurityGroup",
-    "ec2:CreateTags",
-    "ec2:AuthorizeSecurityGroupIngress",
-    "iam:GetRole",
-    "iam:CreateRole",
-    "iam:TagRole",
-    "iam:GetRolePolicy",
-    "iam:PutRolePolicy",
-    "iam:GetInstanceProfile",
-    "iam:CreateInstanceProfile",
-    "iam:TagInstanceProfile",
-    "iam:AddRoleToInstanceProfile",
-)
-MACHINE_ROLES = "prefect-remote-*"  # the roles machines run with, which the launcher may pass
+# The buckets the sandbox's launcher may use as stores: its own and those provisioning makes
+# (``prefect-remote-<account>-<region>``), as a user's policy would name their store's bucket.
+STORE_BUCKETS = "prefect-remote-*"
 SESSION_DURATION = datetime.timedelta(hours=6)  # an instance profile's credentials, as EC2 issues them
 SESSION_RENEWAL = datetime.timedelta(hours=1)  # EC2 hands out new ones about hourly, long before expiry
 
 
-def launcher_policy(account: str, partition: str = "aws") -> dict[str, Any]:
-    """The docs' launcher permissions as a policy: every action on ``*`` but ``iam:PassRole``, on the machines' roles."""
-    return {
-        "Version": "2012-10-17",
-        "Statement": [
-            {"Sid": "Launch", "Effect": "Allow", "Action": [a for a in LAUNCHER_ACTIONS if a != "iam:PassRole"], "Resource": "*"},
-            {
-                "Sid": "PassMachineRoles",
-                "Effect": "Allow",
-                "Action": "iam:PassRole",
-                "Resource": f"arn:{partition}:iam::{account}:role/{MACHINE_ROLES}",
-            },
-        ],
-    }
+def policies(account: str) -> dict[str, dict[str, Any]]:
+    """The docs' identity policies, by name: ``launcher`` (on the sandbox's store buckets),
+    ``provisioning`` and ``teardown``, as :mod:`prefect_remote.providers.aws.permissions` makes them."""
+    from prefect_remote.providers.aws import permissions
 
-
-def provisioning_policy() -> dict[str, Any]:
-    """The docs' provisioning permissions as a policy."""
     return {
-        "Version": "2012-10-17",
-        "Statement": [{"Sid": "Provision", "Effect": "Allow", "Action": list(PROVISIONING_ACTIONS), "Resource": "*"}],
+        "launcher": permissions.launcher_policy(account=account, bucket=STORE_BUCKETS, prefix=""),
+        "provisioning": permissions.provisioning_policy(),
+        "teardown": permissions.teardown_policy(),
     }
 
 

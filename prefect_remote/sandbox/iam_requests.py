@@ -615,13 +615,21 @@ def _managed_policy(request: Request, account: Account) -> list[Check]:
 _unscoped("iam", "ListRoles", "ListInstanceProfiles", "ListPolicies", "ListUsers", "GetAccountSummary")
 
 
-# -- STS and Pricing -------------------------------------------------------------------------------
+# -- STS and Pricing --------------------------------------------------------------------------------
 @_handles("sts", "GetCallerIdentity")
 def _caller_identity(request: Request, account: Account) -> list[Check]:
     return []  # "No permissions are required to perform this operation."
 
 
 _unscoped("pricing", "GetProducts", "DescribeServices", "GetAttributeValues")
+
+
+# -- Service Quotas --------------------------------------------------------------------------------
+@_handles("servicequotas", "GetServiceQuota")
+def _service_quota(request: Request, account: Account) -> list[Check]:
+    params = request.params
+    quota = f"arn:{request.partition}:servicequotas:{request.region}:{request.account}:{params['ServiceCode']}/{params['QuotaCode']}"
+    return [Check("servicequotas:GetServiceQuota", quota)]
 
 
 # -- S3 --------------------------------------------------------------------------------------------

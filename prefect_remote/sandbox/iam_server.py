@@ -24,7 +24,6 @@ policies decide. An operation :mod:`iam_requests` does not model is refused, nam
 from __future__ import annotations
 
 import base64
-import collections
 import datetime
 import io
 import json
@@ -41,7 +40,8 @@ from prefect_remote.sandbox.iam_requests import Account, Request, UnknownOperati
 
 IAM_XMLNS = "https://iam.amazonaws.com/doc/2010-05-08/"
 QUERY_XMLNS = {"iam": IAM_XMLNS, "sts": "https://sts.amazonaws.com/doc/2011-06-15/"}
-JSON_SERVICES = ("ssm", "logs", "pricing")
+JSON_SERVICES = ("ssm", "logs", "pricing", "servicequotas")
+MODEL_NAMES = {"servicequotas": "service-quotas"}  # signing names whose botocore model is named otherwise
 
 # (kind of refusal, protocol) -> (status, code); protocols: ec2, query (iam, sts), json, s3.
 _CODES: dict[str, dict[str, tuple[int, str]]] = {
@@ -127,7 +127,7 @@ class IAMEnforcer:
     ) -> None:
         self.app, self.account, self.partition, self.on, self.clock = app, account, partition, on, clock
         self.world = world or Account()
-        self.refusals: collections.deque[str] = collections.deque(maxlen=1000)  # the latest, "kind: message", for a test to read
+        self.refusals: list[str] = []  # "kind: message", for a test to read
         self._lock = threading.Lock()
 
     def __call__(self, environ: dict[str, Any], start_response: Any) -> Any:
@@ -200,7 +200,7 @@ class IAMEnforcer:
 
         request = MotoRequest(dict(environ, **{"wsgi.input": io.BytesIO(body)}))
         try:
-            model = get_service_model(service)
+            model = get_service_model(MODEL_NAMES.get(service, service))
             protocol = determine_request_protocol(model, request.content_type)
             uri: dict[str, Any] = {}
             if protocol in ("query", "ec2"):

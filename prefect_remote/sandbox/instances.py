@@ -15,10 +15,11 @@ None when unknown, as for an instance that never booted).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -76,6 +77,7 @@ class InstanceRunner:
         self._seen: set[str] = set()  # every instance booted (or skipped), so none boots twice
         self._booting = threading.Lock()
         self._stopping: set[str] = set()  # machines asked to stop, whose instance is shutting down
+        self._rebooting: set[str] = set()  # instances whose machine ends to boot again (a reset, a restart)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -101,6 +103,17 @@ class InstanceRunner:
     def machine_of(self, instance_id: str) -> str | None:
         """The local machine running ``instance_id``, while it runs."""
         return self._running.get(instance_id)
+
+    def reboot(self, instance_id: str) -> None:
+        """Reboots ``instance_id``: its machine ends, then boots again from the instance's script as
+        it is then (the cloud decides whether a reboot re-runs it), under the same instance."""
+        with self._booting:
+            machine_id = self._running.get(instance_id)
+            if machine_id is None:
+                self._seen.discard(instance_id)  # not running: booted again by the next round
+                return
+            self._rebooting.add(instance_id)
+        self.machines.terminate([machine_id], reason="instance rebooted")
 
     def wait_idle(self, timeout: float = 30.0) -> None:
         """Waits until no machine runs for an instance that has ended (the next rounds end them)."""
@@ -156,6 +169,11 @@ class InstanceRunner:
                 machine = None
             if machine is None or not machine.alive:
                 self._running.pop(instance_id, None)
+                if instance_id in self._rebooting:  # booted again by the next round, the instance running on
+                    with self._booting:
+                        self._rebooting.discard(instance_id)
+                        self._seen.discard(instance_id)
+                    continue
                 reason = (machine.reason if machine else None) or "instance shut down"
                 self._terminate(instance_id, reason, machine.exit_code if machine else None)
 
@@ -225,6 +243,33 @@ class SandboxCloud:
     def end_all_instances(self, timeout: float = 30.0) -> list[str]:
         """Ends every instance still alive and waits until their machines have ended; returns their ids."""
         raise NotImplementedError
+
+    def _iam_gate(self) -> Any:
+        """What enforces IAM (with ``on`` and ``refusals``), or None when this sandbox enforces none."""
+        raise NotImplementedError
+
+    @property
+    def refusals(self) -> list[str]:
+        """What IAM refused, oldest first (who, which permission, on what): also the calls whose
+        failure the code under test swallowed."""
+        gate = self._iam_gate()
+        return list(gate.refusals) if gate is not None else []
+
+    @contextlib.contextmanager
+    def enforcing(self, on: bool) -> Iterator[None]:
+        """Within the block IAM is enforced (``on``) or not, whatever it was before; for a test that
+        needs it off."""
+        gate = self._iam_gate()
+        if gate is None:
+            if on:
+                raise RuntimeError("this sandbox was started with enforce_iam=False")
+            yield
+            return
+        before, gate.on = gate.on, on
+        try:
+            yield
+        finally:
+            gate.on = before
 
     def __enter__(self) -> Any:
         self.start()

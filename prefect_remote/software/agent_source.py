@@ -70,7 +70,7 @@ def _stored_wheel(store_url: str, source: str) -> tuple[str, str]:
     """(file name, SHA-256) of the wheel of ``source``, built (cached by its files) and stored once per process."""
     from prefect_remote.settings import get_settings
     from prefect_remote.software.capture import build_wheel
-    from prefect_remote.software.store import open_store
+    from prefect_remote.software.stores import open_store
 
     path = Path(source)
     wheel = path if path.suffix == ".whl" else build_wheel(path, get_settings().home / "cache" / "wheels")

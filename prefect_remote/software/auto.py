@@ -201,7 +201,8 @@ def _recorded(key: str, patterns: list[str], python: str | None, started: float)
     """What an earlier process captured for ``key``, if nothing it read has changed and the store
     still holds it."""
     from prefect_remote.settings import get_settings
-    from prefect_remote.software.store import StoreError, open_store
+    from prefect_remote.software.store import StoreError
+    from prefect_remote.software.stores import open_store
 
     try:
         settings = get_settings()

@@ -35,7 +35,8 @@ from prefect_remote.software.naming import env_name
 from prefect_remote.software.rebuild import canonical, fetch_requirements, find_uv, index_arguments, packages_named
 from prefect_remote.software.scan import DEFAULT_INDEX_VARIABLES, EXTRA_INDEX_VARIABLES, normalize, scan
 from prefect_remote.software.stamps import stamp
-from prefect_remote.software.store import Store, open_store, sha256_file
+from prefect_remote.software.store import Store, sha256_file
+from prefect_remote.software.stores import open_store
 
 FORMAT = 1
 

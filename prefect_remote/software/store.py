@@ -1,7 +1,7 @@
 """Content-addressed storage for software environments: blobs by SHA-256, environment specs by name.
 
 Every read is verified against its address, so a changed or corrupted store is detected, never
-installed. ``open_store(url)`` picks the implementation: a local directory (the default, under
+installed. :func:`prefect_remote.software.stores.open_store` picks the implementation: a local directory (the default, under
 ``$PREFECT_REMOTE_HOME/store``, owner-only), ``s3://bucket/prefix`` (:mod:`.s3store`) or
 ``gs://bucket/prefix`` (:mod:`.gcsstore`). The base class does the addressing and the checks; a
 store only moves bytes (``_write``, ``_read``, ``_exists``, ``_delete``, ``_keys``) and says how a
@@ -9,7 +9,7 @@ machine reads them before prefect-remote is there (``_machine_fetch``). Standard
 library only (boto3 or google-cloud-storage is loaded for an ``s3://`` or ``gs://`` store alone):
 machines read the store while booting.
 
->>> store = open_store("/tmp/example-store")
+>>> store = LocalStore("/tmp/example-store")
 >>> digest = store.put_bytes(b"hello")
 >>> store.get_bytes(digest)
 b'hello'
@@ -24,13 +24,9 @@ import shutil
 import tempfile
 from abc import ABC, abstractmethod
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar
-from urllib.parse import urlparse
+from typing import Any, ClassVar
 
 from prefect_remote.errors import RemoteError
-
-if TYPE_CHECKING:
-    from prefect_remote.settings import RemoteSettings
 
 CHUNK = 1 << 20
 
@@ -256,28 +252,3 @@ class BucketStore(Store):
     def key(self, key: str) -> str:
         """The object name of ``key`` in the bucket: ``<prefix>/<key>``."""
         return f"{self.prefix}/{key}" if self.prefix else key
-
-
-def open_store(url: str | Path | None = None, *, settings: RemoteSettings | None = None) -> Store:
-    """The store at ``url``: a path, a ``file://`` URL, ``s3://bucket/prefix`` or ``gs://bucket/prefix``; ``None`` means the
-    ``PREFECT_REMOTE_STORE`` setting, else ``$PREFECT_REMOTE_HOME/store`` (of ``settings``, if the
-    caller has them already)."""
-    if url is None:
-        if settings is None:
-            from prefect_remote.settings import get_settings
-
-            settings = get_settings()
-        url = settings.store or settings.home / "store"
-    text = str(url)
-    parsed = urlparse(text)
-    if parsed.scheme in ("", "file"):
-        return LocalStore(parsed.path if parsed.scheme else text)
-    if parsed.scheme == "s3":
-        from prefect_remote.software.s3store import S3Store  # boto3 only for those who use S3
-
-        return S3Store(parsed.netloc, parsed.path)
-    if parsed.scheme == "gs":
-        from prefect_remote.software.gcsstore import GCSStore  # google-cloud-storage only for those who use GCS
-
-        return GCSStore(parsed.netloc, parsed.path)
-    raise StoreError(f"store {text!r}: expected a local path, file:///path, s3://bucket/prefix or gs://bucket/prefix")

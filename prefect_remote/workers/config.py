@@ -9,15 +9,18 @@ says what to fix, before any machine starts.
 from __future__ import annotations
 
 import shlex
-from typing import TYPE_CHECKING, Any, Literal
+import warnings
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
 
 from prefect.blocks.core import Block
 from prefect.workers.base import BaseJobConfiguration, BaseVariables
-from pydantic import BaseModel, Field, PrivateAttr, ValidationError
+from pydantic import BaseModel, Field, PrivateAttr, ValidationError, create_model
 
 from prefect_remote.errors import RemoteError
-from prefect_remote.providers import get_provider
+from prefect_remote.providers import get_provider, installed_provider_classes, provider_class
 from prefect_remote.providers.base import BootPayload, Provider
+from prefect_remote.settings import get_settings
 from prefect_remote.spec import MachineSpec, SpotPolicy
 
 if TYPE_CHECKING:
@@ -32,41 +35,87 @@ SERVER_ONLY_PREFIXES = ("PREFECT_SERVER_", "PREFECT_API_DATABASE_", "PREFECT_HOM
 WORKING_DIRECTORY_STEPS = ("prefect.deployments.steps.set_working_directory", "prefect.deployments.steps.pull.set_working_directory")
 ENTRYPOINT_ENV = "PREFECT__FLOW_ENTRYPOINT"  # read by prefect.flow_engine.load_flow: load the flow from here, run no pull steps
 
-# The block's fields that are provider options when set (each provider has its own: a block records its provider's only).
-OPTION_FIELDS = ("region", "instance_profile", "log_group", "project", "service_account")
+
+def _option_fields(declared: Mapping[str, Mapping[str, str]]) -> dict[str, Any]:
+    """Pydantic fields for the providers' options named in ``declared`` ({provider: {field: option}}):
+    each typed as its option (by the first provider declaring it) and described by each, unset by default."""
+    infos: dict[str, Any] = {}
+    descriptions: dict[str, list[str]] = {}
+    for provider, fields in declared.items():
+        options_model = _CLASSES[provider].options_model
+        assert options_model is not None or not fields, f"provider {provider!r} declares option fields but has no options_model"
+        for field, option in fields.items():
+            info = options_model.model_fields[option]  # type: ignore[union-attr]
+            infos.setdefault(field, info)
+            descriptions.setdefault(field, []).append(f"{provider}: {info.description}")
+    return {
+        field: (info.annotation | None, Field(default=None, title=info.title, description=" ".join(descriptions[field])))
+        for field, info in infos.items()
+    }
 
 
-class RemoteProviderCredentials(Block):
-    """Which provider a work pool's machines come from, and its options (region, profile…).
-
-    Created by ``prefect work-pool create --type remote:push --provision-infra``; referenced by the
-    ``credentials`` job variable.
-    """
+class _ProviderBlockBase:
+    """What :class:`RemoteProviderBlock` is beside its fields, which the providers declare."""
 
     _block_type_name = "prefect-remote provider"
-    _block_type_slug = "prefect-remote-provider"
+    _block_type_slug = "prefect-remote-provider"  # as saved blocks have it
     _description = "The provider (local, aws, gcp…) prefect-remote machines come from, with its options."
 
-    provider: str = Field(default="local", description="Provider name: local, aws, gcp, or a plugin's.")
-    options: dict[str, Any] = Field(default_factory=dict, description="Keyword arguments for the provider.")
-    # Recorded by --provision-infra; each one that is set is a provider option (winning over ``options``).
-    region: str | None = Field(default=None, description="Cloud region, e.g. us-east-2. Default: the provider's (AWS_DEFAULT_REGION…).")
-    instance_profile: str | None = Field(default=None, description="aws: the instance profile (name) machines run with.")
-    log_group: str | None = Field(default=None, description="aws: the CloudWatch Logs group machines write to.")
-    project: str | None = Field(default=None, description="gcp: the project machines run in.")
-    service_account: str | None = Field(default=None, description="gcp: the service account (email) machines run as.")
-    # Recorded, not a provider option: the launcher finds its store in PREFECT_REMOTE_STORE.
-    store: str | None = Field(
-        default=None, description="The software environments store provisioned for this pool, e.g. s3://bucket/prefix."
-    )
+    provider: str
+    options: dict[str, Any]
 
     def get_provider(self, **overrides: Any) -> Provider:
-        """The provider, made with ``options``, the option fields above that are set, and ``overrides``."""
-        fields = {name: getattr(self, name) for name in OPTION_FIELDS if getattr(self, name) is not None}
+        """The provider, made with ``options``, the option fields its provider records that are set, and ``overrides``."""
+        recorded = provider_class(self.provider).block_fields
+        fields = {name: getattr(self, name) for name in recorded if getattr(self, name, None) is not None}
         return get_provider(self.provider, **{**self.options, **fields, **overrides})
 
 
-class MachineJobFields(BaseModel):
+_CLASSES = installed_provider_classes()  # the providers whose options the block and the job variables offer
+# A field per option some provider's setup records (Provider.block_fields): region, instance_profile…
+RemoteProviderBlock = create_model(
+    "RemoteProviderBlock",
+    __base__=(_ProviderBlockBase, Block),
+    __module__=__name__,
+    __doc__="""Which provider a work pool's machines come from, and its options (region, instance
+    profile, project…: the provider's options model says which).
+
+    Created by ``prefect work-pool create --type remote:push --provision-infra``, which records what
+    it set up in the fields its provider declares (:attr:`Provider.block_fields`); referenced by the
+    ``credentials`` job variable (a name kept for the pools that have it).
+    """,
+    provider=(str, Field(default="local", description="Provider name: local, aws, gcp, or a plugin's.")),
+    options=(dict[str, Any], Field(default_factory=dict, description="Keyword arguments for the provider.")),
+    **_option_fields({name: {field: field for field in cls.block_fields} for name, cls in _CLASSES.items()}),
+    # Recorded, not a provider option: the launcher finds its store in PREFECT_REMOTE_STORE.
+    store=(
+        str | None,
+        Field(default=None, description="The software environments store provisioned for this pool, e.g. s3://bucket/prefix."),
+    ),
+)
+
+
+RENAMED = {"RemoteProviderCredentials": "RemoteProviderBlock"}  # old name -> new: the old one is deprecated
+
+
+def renamed(name: str, stacklevel: int = 2) -> Any:
+    """The object ``name`` (an old name in :data:`RENAMED`) now is, with a DeprecationWarning for the caller."""
+    if name not in RENAMED:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    warnings.warn(
+        f"{name} is now {RENAMED[name]} (it holds a provider's name and options, no credentials); blocks saved under "
+        f"the old name load under the new one",
+        DeprecationWarning,
+        stacklevel=stacklevel + 1,
+    )
+    return globals()[RENAMED[name]]
+
+
+def __getattr__(name: str) -> Any:
+    return renamed(name)
+
+
+class _MachineJobFields(BaseModel):
     """The machine-spec job variables, declared once for the variables schema and the configuration."""
 
     provider: str | None = Field(
@@ -103,17 +152,21 @@ class MachineJobFields(BaseModel):
     container: str | None = Field(
         default=None, title="Container image", description="Image to run in (providers that run containers: gcp's Cloud Run)."
     )
-    gcp_service: Literal["auto", "cloud-run", "compute"] | None = Field(
-        default=None,
-        title="GCP service",
-        description="gcp: run the flow on Cloud Run or on a Compute Engine VM. Default 'auto': Cloud Run unless the spec needs a VM.",
-    )
-    credentials: RemoteProviderCredentials | None = Field(
+    credentials: RemoteProviderBlock | None = Field(
         default=None, title="Provider credentials", description="Block naming the provider and its options."
     )
 
 
-SPEC_FIELDS = tuple(name for name in MachineJobFields.model_fields if name not in ("provider", "credentials", "gcp_service"))
+# Job variables that set a provider's option (Provider.job_variables): {variable: (provider, option)}.
+PROVIDER_JOB_VARIABLES = {variable: (name, option) for name, cls in _CLASSES.items() for variable, option in cls.job_variables.items()}
+MachineJobFields = create_model(
+    "MachineJobFields",
+    __base__=_MachineJobFields,
+    __module__=__name__,
+    __doc__=_MachineJobFields.__doc__,
+    **_option_fields({name: cls.job_variables for name, cls in _CLASSES.items()}),
+)
+SPEC_FIELDS = tuple(name for name in _MachineJobFields.model_fields if name not in ("provider", "credentials"))
 
 
 class RemoteJobVariables(BaseVariables, MachineJobFields):
@@ -145,10 +198,18 @@ class RemoteJobConfiguration(BaseJobConfiguration, MachineJobFields):
         return self._flow_code
 
     def provider_instance(self) -> Provider:
-        options = {"service": self.gcp_service} if self.gcp_service else {}  # a provider that takes no such option says so
-        if self.credentials is not None and self.provider in (None, "", self.credentials.provider):
+        from_block = self.credentials is not None and self.provider in (None, "", self.credentials.provider)
+        name = self.credentials.provider if from_block and self.credentials else self.provider or get_settings().provider
+        options = {}
+        for variable, (owner, option) in PROVIDER_JOB_VARIABLES.items():
+            value = getattr(self, variable, None)
+            if value is not None and owner != name:
+                raise JobVariablesError(f"{variable}={value!r} is a job variable of the {owner} provider; this flow run's is {name}")
+            if value is not None:
+                options[option] = value
+        if from_block and self.credentials:
             return self.credentials.get_provider(**options)
-        return get_provider(self.provider, **options)
+        return get_provider(name, **options)
 
     def machine_spec(self) -> MachineSpec:
         values = {key: getattr(self, key) for key in SPEC_FIELDS}

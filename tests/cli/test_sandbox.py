@@ -85,7 +85,7 @@ def test_sandbox_gcp_exports_serves_and_ends_its_jobs_on_sigterm(tmp_path):
     names = {
         "GOOGLE_APPLICATION_CREDENTIALS",
         "GOOGLE_CLOUD_PROJECT",
-        "STORAGE_EMULATOR_HOST",
+        "API_ENDPOINT_OVERRIDE",
         "PREFECT_REMOTE_GCP_PROJECT",
         "PREFECT_REMOTE_GCP_API_ENDPOINT",
     }

@@ -225,7 +225,7 @@ class GCP(Cloud):
     cheapest_2_cpu = "e2-highcpu-2"
     id_prefix = "vm-"
     fallback_said = "as a standard VM (spot_with_fallback)"
-    stock_out_said = "no spot capacity for e2-highcpu-2 in us-central1-a (ZONE_RESOURCE_POOL_EXHAUSTED)"
+    stock_out_said = "no spot capacity for e2-highcpu-2 in us-central1-c (ZONE_RESOURCE_POOL_EXHAUSTED)"  # the last zone tried
     ALIVE = ("PROVISIONING", "STAGING", "RUNNING")
 
     def __init__(self, sandbox: Any) -> None:
@@ -298,11 +298,11 @@ class GCP(Cloud):
 
     @contextlib.contextmanager
     def spot_refused(self) -> Iterator[None]:
-        self.sandbox.compute.refuse_spot(times=2)  # a cluster's scheduler is standard: its two workers' spot inserts
+        self.sandbox.compute.refuse(spot=True, times=None)  # no spot capacity in any zone of the region
         try:
             yield
         finally:
-            self.sandbox.compute._refuse_spot.clear()  # (none left when the test passes)
+            self.sandbox.compute.lift_refusals()
 
     def killed_client_bound(self, keepalive: float) -> float:
         """The controller closes the cluster ``keepalive`` after the kill, deleting the workers' VMs;

@@ -204,10 +204,11 @@ def test_no_credentials(cloud, monkeypatch, tmp_path):
 
 def test_a_missing_bucket(cloud, monkeypatch):
     before = cloud.all_ids()
-    monkeypatch.setenv("PREFECT_REMOTE_STORE", "s3://no-such-bucket/x")
+    bucket = "prefect-remote-no-such-bucket"  # one the launcher may use: another's would be refused (403), not missing
+    monkeypatch.setenv("PREFECT_REMOTE_STORE", f"s3://{bucket}/x")
     message = (
-        r"bucket no-such-bucket does not exist in region us-east-1 \(store s3://no-such-bucket/x\); create it "
-        r"\(`aws s3 mb s3://no-such-bucket --region us-east-1`\) or run `prefect work-pool create --type remote:push --provision-infra"
+        rf"bucket {bucket} does not exist in region us-east-1 \(store s3://{bucket}/x\); create it "
+        rf"\(`aws s3 mb s3://{bucket} --region us-east-1`\) or run `prefect work-pool create --type remote:push --provision-infra"
     )
 
     @prefect_remote.function(name="aws-no-bucket", provider="aws", cpu=2, keepalive="10 seconds")

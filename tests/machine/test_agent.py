@@ -103,3 +103,32 @@ def test_cpu_meter_counts_the_whole_process_tree_with_the_standard_library_only(
     code = "import sys, prefect_remote.machine.agent as a; a._CpuMeter(1).busy(); print('psutil' in sys.modules)"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.stdout.strip() == "False", result.stderr
+
+
+def test_a_rebooted_machine_ends_instead_of_running_its_payload_again(tmp_path, monkeypatch):
+    """A cloud that runs the boot script on every boot (Compute Engine) starts the agent again after a
+    reboot: the agent ends the machine, and the payload never runs twice (GCPRuntime's marker)."""
+    from prefect_remote.providers.gcp.runtime import GCPRuntime
+
+    monkeypatch.setenv("PREFECT_REMOTE_ROOT", str(tmp_path))
+    monkeypatch.delenv("CLOUD_RUN_JOB", raising=False)
+    ran = tmp_path / "ran"
+
+    class Rebootable(GCPRuntime):
+        machine_id = "vm-0123456789ab"
+        ended: tuple[str, int | None] | None = None
+
+        def lease_age(self) -> float:
+            return 0.0
+
+        def terminate(self, reason: str, exit_code: int | None) -> None:
+            self.ended = (reason, exit_code)
+
+        def log_sink(self):
+            return io.BytesIO()
+
+    first = Rebootable(store="gs://b/p", launch_id="launch-1", project="p")
+    assert Agent(config(command=["sh", "-c", f"echo run >> {ran}"]), first).run() == 0 and ran.read_text() == "run\n"
+    again = Rebootable(store="gs://b/p", launch_id="launch-1", project="p")  # the same VM, booted again
+    assert Agent(config(command=["sh", "-c", f"echo run >> {ran}"]), again).run() == 1
+    assert again.ended[0].startswith("rebooted") and ran.read_text() == "run\n"

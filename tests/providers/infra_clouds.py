@@ -14,7 +14,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, ClassVar
 
-import boto3
 import pytest
 from botocore.exceptions import ClientError
 
@@ -49,6 +48,17 @@ class InfraCloud:
 
     def __init__(self, sandbox: Any) -> None:
         self.sandbox = sandbox
+
+    @contextlib.contextmanager
+    def identity(self, name: str) -> Iterator[None]:
+        """Within the block, the cloud's clients act as the identity with exactly the docs' ``name``
+        list (``provisioning``, ``teardown``); a cloud with one identity for all keeps it."""
+        yield
+
+    def cli(self, *args: str) -> subprocess.CompletedProcess:
+        """`prefect-remote <cloud> <args>` (a teardown) as the identity the docs list for teardown."""
+        with self.identity("teardown"):
+            return cli(self.name, *args)
 
     @property
     def bucket(self) -> str:
@@ -124,6 +134,7 @@ class AWSInfra(InfraCloud):
     changed = ("created", "set", "updated")
     made_count = 6  # bucket, log group, two security groups, role, instance profile
     refusal = aws_infra.TeardownRefused
+    sandbox_aws: Any = None  # the session's SandboxAWS, once prepared
     network_item = "security group"
     network_count = 2
     kept_bucket_said = "kept S3 bucket"
@@ -137,10 +148,19 @@ class AWSInfra(InfraCloud):
         monkeypatch.setenv("PREFECT_REMOTE_AWS_PUBLIC_IP", LAUNCHER_IP)
         monkeypatch.delenv("PREFECT_REMOTE_STORE", raising=False)  # the sandbox's: here provisioning chooses
         monkeypatch.delenv("PREFECT_REMOTE_AWS_INSTANCE_PROFILE", raising=False)
+        cls.sandbox_aws = sandbox
         try:
             yield cls.REGION
         finally:
-            aws_infra.teardown(cls.REGION, force=True, delete_bucket=True, say=lambda _: None)
+            with AWSInfra(sandbox).identity("teardown"):
+                aws_infra.teardown(cls.REGION, force=True, delete_bucket=True, say=lambda _: None)
+
+    @contextlib.contextmanager
+    def identity(self, name: str) -> Iterator[None]:
+        with pytest.MonkeyPatch.context() as keys:
+            for variable, value in self.sandbox_aws.keys(name).items():
+                keys.setenv(variable, value)
+            yield
 
     @property
     def bucket(self) -> str:
@@ -159,7 +179,8 @@ class AWSInfra(InfraCloud):
 
     @classmethod
     def client(cls, service: str) -> Any:
-        return boto3.session.Session().client(service, region_name=cls.REGION)
+        """The sandbox's own client (a look at the account, allowed everything), in the infra tests' region."""
+        return cls.sandbox_aws.client(service, region=cls.REGION)
 
     @property
     def role(self) -> str:
@@ -167,10 +188,12 @@ class AWSInfra(InfraCloud):
 
     def provision(self, pool: str = "pool-a") -> tuple[Any, list[str]]:
         lines: list[str] = []
-        return aws_infra.provision(AWSProvider(), pool, say=lines.append), lines
+        with self.identity("provisioning"):
+            return aws_infra.provision(AWSProvider(), pool, say=lines.append), lines
 
     def teardown(self, *, force: bool = False, delete_bucket: bool = False, say=lambda _: None) -> list[str]:
-        return aws_infra.teardown(self.REGION, force=force, delete_bucket=delete_bucket, say=say)
+        with self.identity("teardown"):
+            return aws_infra.teardown(self.REGION, force=force, delete_bucket=delete_bucket, say=say)
 
     def bucket_exists(self) -> bool:
         try:
@@ -385,7 +408,7 @@ class GCPInfra(InfraCloud):
         assert email in project.service_accounts  # Cloud Run and Compute Engine accept it now
         assert bucket.labels == {gcp_infra.MANAGED_LABEL: "true", gcp_infra.GRANTED_LABEL: "granted"}
         [rule] = [dict(r) for r in bucket.lifecycle_rules]
-        assert rule == {"action": {"type": "Delete"}, "condition": {"age": 7, "matchesPrefix": ["store/machines/"]}}
+        assert rule == {"action": {"type": "Delete"}, "condition": {"daysSinceCustomTime": 7, "matchesPrefix": ["store/machines/"]}}
 
     def block_data(self) -> dict[str, str]:
         return {

@@ -124,7 +124,7 @@ def test_a_machine_launches_as_its_launcher_did_and_reaches_machines_inside_its_
 
     from prefect_remote.providers import get_provider
     from prefect_remote.providers.base import MACHINE_NETWORK_ENV, Machine
-    from prefect_remote.software.store import open_store
+    from prefect_remote.software.stores import open_store
 
     monkeypatch.setenv("PREFECT_REMOTE_STORE", str(tmp_path / "store"))
     launcher = LocalProvider(tmp_path / "home", isolation="process", overcommit=True)

@@ -70,3 +70,25 @@ def test_the_last_shortage_is_refused_in_the_clouds_words_and_other_errors_pass(
             refused=lambda *_: AssertionError(),
             falling_back=lambda *_: pytest.fail("fell back on an error that is no shortage"),
         )
+
+
+def test_zones_are_tried_within_a_market_before_the_next_market():
+    tried = placements("spot_with_fallback", ["z-a", "z-b"])
+    assert [str(p) for p in tried] == ["spot in z-a", "spot in z-b", "on-demand in z-a", "on-demand in z-b"]
+    said: list[str] = []
+
+    def start(placement: Placement) -> str:
+        if placement.spot or placement.zone == "z-a":
+            raise NoCapacity("STOCKOUT")
+        return str(placement)
+
+    started = first_with_capacity(
+        tried,
+        start,
+        shortage=lambda error: error.code if isinstance(error, NoCapacity) else None,
+        refused=lambda placement, code, tried: CapacityError(code),
+        falling_back=lambda placement, then, code: said.append(f"{placement} short: {then}"),
+    )
+    assert started == "on-demand in z-b"
+    assert said == ["spot in z-a short: spot in z-b", "spot in z-b short: on-demand in z-a", "on-demand in z-a short: on-demand in z-b"]
+    assert [str(p) for p in placements("on-demand")] == ["on-demand"]  # no zone: the provider's own

@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import pytest
 
-from tests.providers.infra_clouds import cli
-
 
 # -- provisioning ---------------------------------------------------------------------------------
 def test_provisioning_twice_makes_once(infra):
@@ -31,17 +29,18 @@ def test_work_pool_create_provisions_and_records_it(infra, prefect_server, monke
     from prefect.client.orchestration import get_client
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
-    from prefect_remote.workers.config import RemoteProviderCredentials
+    from prefect_remote.workers.config import RemoteProviderBlock
     from tests.workers.conftest import prefect_cli
 
     pool = f"{infra.name}-pool"
     monkeypatch.setenv("PREFECT_REMOTE_PROVIDER", infra.name)
-    created = prefect_cli(prefect_server, "work-pool", "create", "--type", "remote:push", "--provision-infra", pool, "--overwrite")
+    create = ("work-pool", "create", "--type", "remote:push", "--provision-infra", pool, "--overwrite")
+    with infra.identity("provisioning"):
+        created, again = prefect_cli(prefect_server, *create), prefect_cli(prefect_server, *create)
     assert created.returncode == 0, created.stdout + created.stderr
     principal = infra.principal(pool)
     assert f"created {principal}" in created.stdout and f"created provider block '{pool}-provider'" in created.stdout
     assert f"PREFECT_REMOTE_STORE={infra.block_data()['store']}" in created.stdout.replace("\n", "")
-    again = prefect_cli(prefect_server, "work-pool", "create", "--type", "remote:push", "--provision-infra", pool, "--overwrite")
     assert again.returncode == 0 and f"reusing provider block '{pool}-provider' ({infra.name})" in again.stdout, again.stdout + again.stderr
     assert f"found {principal}" in again.stdout and "created" not in again.stdout
     with temporary_settings({PREFECT_API_URL: prefect_server}), get_client(sync_client=True) as api:
@@ -51,7 +50,7 @@ def test_work_pool_create_provisions_and_records_it(infra, prefect_server, monke
     defaults = {key: value.get("default") for key, value in work_pool.base_job_template["variables"]["properties"].items()}
     assert defaults["credentials"] == {"$ref": {"block_document_id": str(block.id)}}
     assert defaults["provider"] == infra.name and defaults["region"] == infra.block_data()["region"]
-    infra.check_pool_provider(RemoteProviderCredentials.model_validate(block.data).get_provider())  # what runs of the pool launch with
+    infra.check_pool_provider(RemoteProviderBlock.model_validate(block.data).get_provider())  # what runs of the pool launch with
 
 
 # -- teardown -------------------------------------------------------------------------------------
@@ -72,18 +71,18 @@ def test_teardown_removes_what_provisioning_made_and_is_idempotent(infra):
 def test_teardown_refuses_while_a_machine_runs(infra):
     setup, _ = infra.provision()
     machine_id = infra.start_machine(setup)
-    refused = cli(infra.name, "teardown", *infra.teardown_pool)
+    refused = infra.cli("teardown", *infra.teardown_pool)
     assert refused.returncode == 1 and machine_id in refused.stderr and "--force" in refused.stderr, refused.stderr
     assert infra.untouched(setup)  # nothing removed
     with pytest.raises(infra.refusal, match=machine_id):
         infra.teardown()
-    forced = cli(infra.name, "teardown", "--yes", "--force")
+    forced = infra.cli("teardown", "--yes", "--force")
     assert forced.returncode == 0, forced.stderr
     assert all(said in forced.stdout for said in infra.forced_said(machine_id, setup)), forced.stdout
     assert infra.machine_ended(machine_id) and infra.nothing_left()
-    assert infra.nothing_said in cli(infra.name, "teardown", "--yes").stdout
+    assert infra.nothing_said in infra.cli("teardown", "--yes").stdout
 
 
 def test_teardown_needs_yes_without_a_terminal(infra):
-    result = cli(infra.name, "teardown")
+    result = infra.cli("teardown")
     assert result.returncode == 2 and "--yes" in result.stderr

@@ -13,7 +13,6 @@ from __future__ import annotations
 import datetime
 import json
 import os
-import re
 import subprocess
 import sys
 import urllib.error
@@ -397,16 +396,23 @@ def test_unknown_operations_are_refused_by_name():
     assert "ec2:RunInstances" in operations() and "s3:HeadBucket" in operations()
 
 
-def test_the_sandbox_users_permissions_are_the_docs_lists():
-    text = DOCS_PAGE.read_text()
-    launcher = text.split("## Permissions", 1)[1].split("##", 1)[0].split("The machines' instance profile")[0]
-    provisioning = text.split("### The identity that provisions", 1)[1].split("```", 1)[0]
+def test_the_sandbox_users_hold_the_docs_policies():
+    """Each user the sandbox makes holds exactly one of permissions' policies (the docs' lists, which
+    tests/providers/aws/test_infra.py compares with the docs); the exported one, launcher and provisioning."""
+    from moto.iam.models import iam_backends
 
-    def listed(section: str) -> set[str]:
-        return set(re.findall(r"`([a-z0-9]+:[A-Za-z]+)`", section))
-
-    assert listed(launcher) == set(aws_identities.LAUNCHER_ACTIONS)
-    assert listed(provisioning) == set(aws_identities.PROVISIONING_ACTIONS)
+    with SandboxAWS(region=REGION, run_instances=False) as aws:
+        users = {user.name: user for user in iam_backends[ACCOUNT_ID]["aws"].users.values()}
+        key_owner = {key.access_key_id: user for user in users.values() for key in user.access_keys}
+        expected = aws_identities.policies(ACCOUNT_ID)
+        for name, policy in expected.items():
+            user = key_owner[aws.keys(name)["AWS_ACCESS_KEY_ID"]]
+            assert {n: json.loads(p) for n, p in user.policies.items()} == {name: policy}
+        exported = key_owner[aws.environ()["AWS_ACCESS_KEY_ID"]]
+        assert {n: json.loads(p) for n, p in exported.policies.items()} == {
+            "launcher": expected["launcher"],
+            "provisioning": expected["provisioning"],
+        }
 
 
 # -- the enforcing server, through boto3 -----------------------------------------------------------
@@ -594,8 +600,9 @@ def test_simulate_principal_policy_answers_from_the_same_evaluator(sandbox, admi
         {"ContextKeyName": f"ec2:ResourceTag/{LAUNCH_TAG}", "ContextKeyValues": ["launch-1"], "ContextKeyType": "string"},
     ]
     assert admin("iam").simulate_principal_policy(**terminate, ContextEntries=context)["EvaluationResults"][0]["EvalDecision"] == "allowed"
-    # The call is authorized like any other: the exported launcher may not simulate.
-    status, code, message = refused(clients(sandbox, sandbox.identity)("iam").simulate_principal_policy, **terminate)
+    # The call is authorized like any other: the teardown identity may not simulate (the launcher
+    # may, for prefect-remote doctor).
+    status, code, message = refused(clients(sandbox, sandbox._identities["teardown"])("iam").simulate_principal_policy, **terminate)
     assert (status, code) == (403, "AccessDenied") and "iam:SimulatePrincipalPolicy" in message
 
 
@@ -687,3 +694,16 @@ def test_machine_sessions_are_renewed_well_before_they_expire(sandbox):
     renewed = credentials.for_instance("i-0renew", REGION, "prefect-remote-sandbox")
     assert renewed["AccessKeyId"] != first["AccessKeyId"] and renewed["Expiration"] == "2026-01-01T07:00:00Z"
     assert credentials.for_instance("i-0renew", REGION, "no-such-profile") is None
+
+
+def test_enforcement_is_switched_off_for_a_while_and_refusals_are_recorded(sandbox):
+    launcher = boto3.session.Session(region_name=REGION, **{k.lower(): v for k, v in sandbox.keys("launcher").items()})
+    iam = launcher.client("iam", endpoint_url=sandbox.url, config=NO_RETRIES)
+    before = len(sandbox.refusals)
+    assert refused(iam.list_roles)[:2] == (403, "AccessDenied")  # not on the docs' launcher list
+    assert "iam:ListRoles" in sandbox.refusals[before]
+    with sandbox.enforcing(False):
+        iam.list_roles()
+    assert refused(iam.list_roles)[:2] == (403, "AccessDenied")  # on again
+    with pytest.raises(ValueError, match="no such identity 'root'"):
+        sandbox.keys("root")

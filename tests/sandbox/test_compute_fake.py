@@ -42,6 +42,7 @@ def clients(sandbox) -> dict[str, Any]:
         "zones": compute_v1.ZonesClient,
         "images": compute_v1.ImagesClient,
         "accelerator_types": compute_v1.AcceleratorTypesClient,
+        "regions": compute_v1.RegionsClient,
     }
     return {name: cls(credentials=credentials, client_options=options) for name, cls in make.items()}
 
@@ -249,6 +250,14 @@ def test_bad_inserts_are_refused_as_google_does(clients, sandbox):
         insert(clients, unknown_account)
     with pytest.raises(exceptions.NotFound):
         insert(clients, vm("vm-bad", image="projects/debian-cloud/global/images/family/debian-99"))
+    small_disk = vm("vm-bad")
+    small_disk.disks[0].initialize_params.disk_size_gb = 5
+    with pytest.raises(exceptions.BadRequest, match=r"cannot be smaller than the image size \(10 GB\)"):
+        insert(clients, small_disk)
+    persistent_on_axion = vm("vm-bad", "c4a-standard-4", image=DEBIAN + "-arm64")
+    persistent_on_axion.disks[0].initialize_params.disk_type = f"zones/{ZONE}/diskTypes/pd-balanced"
+    with pytest.raises(exceptions.BadRequest, match="does not support disk type pd-balanced"):
+        insert(clients, persistent_on_axion)
     insert(clients, vm("vm-twice"))
     with pytest.raises(exceptions.Conflict, match="already exists"):
         insert(clients, vm("vm-twice"))
@@ -262,7 +271,7 @@ def test_bad_inserts_are_refused_as_google_does(clients, sandbox):
 
 
 def test_spot_stock_out(clients, sandbox):
-    sandbox.compute.refuse_spot(times=2)
+    sandbox.compute.refuse(spot=True, times=2)
     with pytest.raises(exceptions.ServiceUnavailable) as refused:
         insert(clients, vm("vm-spot", spot=True))
     assert [error.code for error in refused.value.errors] == ["ZONE_RESOURCE_POOL_EXHAUSTED"]
@@ -274,6 +283,47 @@ def test_spot_stock_out(clients, sandbox):
     assert gone(clients, "vm-spot")
     insert(clients, vm("vm-spot", spot=True))  # the stock-out was for one insert
     assert get(clients, "vm-spot").scheduling.provisioning_model == "SPOT"
+
+
+def test_quota_and_stock_outs_injected_per_zone(clients, sandbox):
+    sandbox.compute.refuse("QUOTA_EXCEEDED", zone="us-central1-b", times=None)
+    try:
+        with pytest.raises(exceptions.Forbidden) as refused:
+            insert(clients, vm("vm-quota", zone="us-central1-b"), zone="us-central1-b")
+        [error] = refused.value.errors
+        assert error.code == "QUOTA_EXCEEDED" and error.message == "Quota 'CPUS' exceeded.  Limit: 0.0 in region us-central1."
+        insert(clients, vm("vm-quota"))  # another zone has quota (the injection is per zone)
+        with pytest.raises(exceptions.Forbidden, match="PREEMPTIBLE_CPUS"):
+            insert(clients, vm("vm-spot-quota", spot=True, zone="us-central1-b"), zone="us-central1-b")
+    finally:
+        sandbox.compute.lift_refusals()
+    insert(clients, vm("vm-quota-b", zone="us-central1-b"), zone="us-central1-b")
+    with pytest.raises(ValueError, match="the sandbox injects"):
+        sandbox.compute.refuse("NO_SUCH_CODE")
+
+
+def test_a_reboot_runs_the_startup_script_again(clients, sandbox, tmp_path):
+    """Compute Engine runs startup scripts on every boot: a reset, or a host error with automaticRestart,
+    boots the script again under the same instance; a host error without automaticRestart stops it."""
+    boots = tmp_path / "boots"
+    script = f"#!/bin/bash\necho boot >> {boots}\nexec sleep 600\n"
+    restarted = vm("vm-reboots", script=script)
+    restarted.scheduling.automatic_restart = True
+    insert(clients, restarted)
+    wait_for(lambda: boots.exists() and boots.read_text() == "boot\n", message="the first boot")
+    clients["instances"].reset(project=PROJECT, zone=ZONE, instance="vm-reboots").result(timeout=10)
+    wait_for(lambda: boots.read_text() == "boot\nboot\n", message="the startup script run again after a reset")
+    assert get(clients, "vm-reboots").status == "RUNNING"
+    assert sandbox.compute.host_error("vm-reboots") == "restarted"
+    wait_for(lambda: boots.read_text() == "boot\n" * 3, message="the startup script run again after a host error")
+    once = tmp_path / "once"
+    never = vm("vm-no-restart", script=f"#!/bin/bash\necho boot >> {once}\nexec sleep 600\n")
+    never.scheduling.automatic_restart = False
+    insert(clients, never)
+    wait_for(once.exists, message="its boot")
+    assert sandbox.compute.host_error("vm-no-restart") == "terminated"
+    wait_for(lambda: get(clients, "vm-no-restart").status == "TERMINATED", message="TERMINATED after the host error")
+    assert once.read_text() == "boot\n"
 
 
 def test_firewall_crud(clients):
@@ -368,3 +418,24 @@ def test_the_products_instance_shape(clients, sandbox):
     body["name"], body["disks"][0]["initialize_params"]["disk_type"] = "vm-pd", f"zones/{ZONE}/diskTypes/pd-balanced"
     with pytest.raises(exceptions.BadRequest, match="does not support disk type pd-balanced"):
         insert(clients, compute_v1.Instance(body))
+
+
+def test_the_regions_quotas_hold_and_a_test_sets_them(clients, sandbox):
+    """An insert that would take the region over a quota fails in its operation with QUOTA_EXCEEDED,
+    naming the quota and its limit; regions.get shows the limit and the usage."""
+    sandbox.compute.catalog.set_quota("CPUS", 3)
+    try:
+        insert(clients, vm("vm-in-quota"))  # 2 CPUs of 3
+        with pytest.raises(exceptions.Forbidden) as refused:
+            insert(clients, vm("vm-over-quota"))  # 4 of 3
+        [error] = refused.value.errors
+        assert error.code == "QUOTA_EXCEEDED" and error.message == "Quota 'CPUS' exceeded.  Limit: 3.0 in region us-central1."
+        assert gone(clients, "vm-over-quota")
+        region = clients["regions"].get(project=PROJECT, region="us-central1")
+        quotas = {quota.metric: (quota.limit, quota.usage) for quota in region.quotas}
+        assert quotas["CPUS"] == (3.0, 2.0) and quotas["NVIDIA_T4_GPUS"] == (16.0, 0.0)
+    finally:
+        sandbox.compute.catalog.set_quota("CPUS", None)
+    insert(clients, vm("vm-over-quota"))  # within a new project's 2400
+    with pytest.raises(ValueError, match="the sandbox's region has quotas"):
+        sandbox.compute.catalog.set_quota("NO_SUCH_QUOTA", 1)

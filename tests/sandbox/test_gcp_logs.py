@@ -54,3 +54,23 @@ def test_entries_of_one_timestamp_list_by_insert_id(google):
         logger.log_text(insert_id, timestamp=stamp, insert_id=insert_id)
     log = f'logName="projects/{google.project}/logs/prefect-remote-logs-ties" AND textPayload:"m-"'
     assert [e.payload for e in client.list_entries(filter_=log)] == ["m-1", "m-2", "m-3"]
+
+
+@pytest.fixture
+def read_quota(gcp_sandbox, monkeypatch):
+    """The sandbox's Cloud Logging read quota, whole for this test."""
+    monkeypatch.setattr(gcp_sandbox.logging, "read_quota", 60)
+    gcp_sandbox.logging.reset_reads()
+    yield gcp_sandbox.logging
+    gcp_sandbox.logging.reset_reads()
+
+
+def test_entries_list_takes_60_requests_a_minute_per_project(google, read_quota, monkeypatch):
+    client = google.logging()
+    for _ in range(60):
+        list(client.list_entries(filter_='logName="projects/sandbox-project/logs/none"', max_results=1))
+    with pytest.raises(exceptions.TooManyRequests) as refused:  # ResourceExhausted, as google-cloud-logging raises a 429
+        list(client.list_entries(filter_='logName="projects/sandbox-project/logs/none"', max_results=1))
+    assert refused.value.code == 429 and "Read requests per minute" in refused.value.message
+    monkeypatch.setattr(read_quota, "read_quota", None)  # a test that needs it off
+    list(client.list_entries(filter_='logName="projects/sandbox-project/logs/none"', max_results=1))

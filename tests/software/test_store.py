@@ -1,6 +1,7 @@
 import pytest
 
-from prefect_remote.software.store import LocalStore, NotInStore, StoreError, TamperedBlob, open_store
+from prefect_remote.software.store import LocalStore, NotInStore, StoreError, TamperedBlob
+from prefect_remote.software.stores import open_store
 
 
 def test_blobs_are_addressed_by_content_and_owner_only(tmp_path):

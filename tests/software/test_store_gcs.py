@@ -12,7 +12,8 @@ from http.server import BaseHTTPRequestHandler, HTTPServer
 import pytest
 
 from prefect_remote.software.gcsstore import GCSStore
-from prefect_remote.software.store import StoreError, open_store
+from prefect_remote.software.store import StoreError
+from prefect_remote.software.stores import open_store
 from tests.providers.gcp.conftest import gcs, gcs_emulator  # noqa: F401 - fixtures (the session's sandbox GCP's)
 from tests.software.test_store_s3 import (  # noqa: F401 - the shared contract, run here on gs://
     HELLO,

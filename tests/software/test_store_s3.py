@@ -11,13 +11,13 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 
-import boto3
 import pytest
 from botocore.awsrequest import AWSResponse
 
 from prefect_remote.machine.boot import AgentSource, render_boot_script
 from prefect_remote.software.s3store import S3Store
-from prefect_remote.software.store import LocalStore, NotInStore, Store, StoreError, TamperedBlob, open_store
+from prefect_remote.software.store import LocalStore, NotInStore, Store, StoreError, TamperedBlob
+from prefect_remote.software.stores import open_store
 
 HELLO = "2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824"  # sha256(b"hello")
 
@@ -28,9 +28,11 @@ class Case:
     tamper: Callable[[str, bytes], None]  # overwrites a blob's content behind the store's back
 
 
-def new_bucket() -> str:
-    name = f"pr-test-{uuid.uuid4().hex[:12]}"
-    boto3.client("s3").create_bucket(Bucket=name)
+def new_bucket(aws) -> str:
+    """A bucket made by the sandbox's account owner, named as the launcher's store buckets are
+    (the sandbox's launcher may use ``prefect-remote-*``)."""
+    name = f"prefect-remote-test-{uuid.uuid4().hex[:12]}"
+    aws.client("s3").create_bucket(Bucket=name)
     return name
 
 
@@ -39,12 +41,12 @@ def case(request, tmp_path) -> Case:
     if request.param == "local":
         store = LocalStore(tmp_path / "store")
         return Case(store, lambda digest, data: (store.root / "blobs" / digest).write_bytes(data))
-    request.getfixturevalue("aws_env")
-    bucket = new_bucket()
+    aws = request.getfixturevalue("aws_env")
+    bucket = new_bucket(aws)
     store = open_store(f"s3://{bucket}/team/envs")
 
     def tamper(digest: str, data: bytes) -> None:
-        boto3.client("s3").put_object(Bucket=bucket, Key=f"team/envs/blobs/{digest}", Body=data)
+        aws.client("s3").put_object(Bucket=bucket, Key=f"team/envs/blobs/{digest}", Body=data)
 
     return Case(store, tamper)
 
@@ -124,17 +126,17 @@ def test_boot_fetches_the_agent_wheel_and_verifies_it(case, tmp_path):
 
 
 def test_s3_urls_and_layout(aws_env, monkeypatch):
-    bucket = new_bucket()
+    bucket = new_bucket(aws_env)
     store = open_store(f"s3://{bucket}/a/b/")
     assert isinstance(store, S3Store) and store.url == f"s3://{bucket}/a/b"
     digest = store.put_bytes(b"hello")
     store.put_env("senv-0123456789abcdef", b"{}")
-    keys = sorted(o["Key"] for o in boto3.client("s3").list_objects_v2(Bucket=bucket)["Contents"])
+    keys = sorted(o["Key"] for o in aws_env.client("s3").list_objects_v2(Bucket=bucket)["Contents"])
     assert keys == [f"a/b/blobs/{digest}", "a/b/envs/senv-0123456789abcdef.json"]
     bare = open_store(f"s3://{bucket}")
     assert bare.url == f"s3://{bucket}" and bare.blobs() == []  # a/b/… is another store's
     bare.put_bytes(b"hello")
-    assert f"blobs/{digest}" in {o["Key"] for o in boto3.client("s3").list_objects_v2(Bucket=bucket)["Contents"]}
+    assert f"blobs/{digest}" in {o["Key"] for o in aws_env.client("s3").list_objects_v2(Bucket=bucket)["Contents"]}
     monkeypatch.setenv("PREFECT_REMOTE_STORE", f"s3://{bucket}/a/b")
     assert open_store().get_bytes(digest) == b"hello"
     with pytest.raises(StoreError, match="not a valid S3 bucket name"):
@@ -142,8 +144,8 @@ def test_s3_urls_and_layout(aws_env, monkeypatch):
 
 
 def test_missing_bucket_says_how_to_make_it(aws_env):
-    store = open_store("s3://pr-test-no-such-bucket/envs")
-    expected = r"bucket pr-test-no-such-bucket does not exist in region us-east-1 .*provision-infra"
+    store = open_store("s3://prefect-remote-test-no-such-bucket/envs")
+    expected = r"bucket prefect-remote-test-no-such-bucket does not exist in region us-east-1 .*provision-infra"
     for action in (lambda: store.put_bytes(b"x"), lambda: store.get_bytes(HELLO), lambda: store.has_blob(HELLO), store.envs):
         with pytest.raises(StoreError, match=expected):
             action()
@@ -186,7 +188,7 @@ def refuse(store: S3Store, operation: str, code: str = "AccessDenied") -> None:
 
 
 def test_access_denied_names_the_permissions(aws_env):
-    bucket = new_bucket()
+    bucket = new_bucket(aws_env)
     store = open_store(f"s3://{bucket}/envs")
     refuse(store, "PutObject")
     with pytest.raises(

@@ -88,7 +88,7 @@ def scaled_out(client, env: dict[str, str], folder: Path, deployment: str, provi
     sandbox's instance of each."""
     from prefect_remote.cluster.plan import CLUSTER_TAG, ROLE_TAG
     from prefect_remote.sandbox.instances import INSTANCE_TAG
-    from prefect_remote.software.store import open_store
+    from prefect_remote.software.stores import open_store
 
     store = open_store(env["PREFECT_REMOTE_STORE"])
     environments = store.envs()
@@ -153,6 +153,19 @@ def run_cli(env: dict[str, str], command: str, *args: str, cwd: Path | None = No
     return subprocess.run(
         [str(Path(sys.executable).parent / command), *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout
     )
+
+
+def doctor_report(cloud: str, *args: str, **env: str | None) -> tuple[int, dict[str, dict]]:
+    """`prefect-remote doctor <cloud> --json` in this test's environment (``env`` over it; None:
+    unset): its exit code, and its rows by check."""
+    import json
+
+    environ = {name: value for name, value in {**os.environ, **env}.items() if value is not None}
+    result = run_cli(environ, "prefect-remote", "doctor", cloud, "--json", *args, timeout=120)
+    assert result.stdout.startswith("{"), result.stdout + result.stderr
+    report = json.loads(result.stdout)
+    assert report["ok"] == (result.returncode == 0)
+    return result.returncode, {row["check"]: row for row in report["checks"]}
 
 
 @contextlib.contextmanager

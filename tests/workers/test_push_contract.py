@@ -101,10 +101,10 @@ def test_a_terminated_instance_crashes_its_run(cloud, api):
 
 # -- gcp: the pool's block, exit codes, Compute Engine, and bad job variables ---------------------------------
 def provider_block(api, pool: str):
-    from prefect_remote.workers.config import RemoteProviderCredentials
+    from prefect_remote.workers.config import RemoteProviderBlock
 
-    document = api.read_block_document_by_name(f"{pool}-provider", RemoteProviderCredentials.get_block_type_slug())
-    return RemoteProviderCredentials.model_validate(document.data)
+    document = api.read_block_document_by_name(f"{pool}-provider", RemoteProviderBlock.get_block_type_slug())
+    return RemoteProviderBlock.model_validate(document.data)
 
 
 @only("gcp")

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import random
+import re
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -30,6 +31,7 @@ logger = logging.getLogger("prefect_remote.providers.aws")
 T = TypeVar("T")
 
 INSTALL_HINT = "pip install 'prefect-remote[aws]'"
+DOCS_PAGE = "docs/providers/aws.md"  # its "Permissions" section lists what each identity needs
 NO_CREDENTIALS = (
     "no AWS credentials found for the aws provider; set AWS_PROFILE (after `aws configure` or `aws sso login`) "
     "or AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or run where an instance profile or role provides them"
@@ -147,8 +149,9 @@ def translated(service: str | None = None, purpose: str | None = None) -> Iterat
     """Turns what boto3 raises inside the block for missing or rejected credentials, or a refused
     permission, into an :class:`AWSError` that names the fix. With ``purpose`` (what calls to
     ``service`` are for: ``"s3", "make the store's bucket b"``, as provisioning says), a refusal
-    names the IAM action it needed (``s3:CreateBucket``) and what for; without, it points to the
-    README's list of what the provider needs. Other errors pass.
+    names what for. A refusal names the IAM action (AWS's message names it; else ``service`` and the
+    operation: ``s3:CreateBucket``) and the docs page that lists what the provider needs. Other
+    errors pass.
     """
     from botocore.exceptions import ClientError, NoCredentialsError, PartialCredentialsError
 
@@ -164,13 +167,27 @@ def translated(service: str | None = None, purpose: str | None = None) -> Iterat
             ) from None
         if code not in DENIED:
             raise
-        if purpose is None:
-            raise AWSError(
-                f"AWS refused {operation} ({code}): the identity in use lacks a permission the aws provider needs "
-                f"(listed in the README's AWS section); {error.response['Error'].get('Message', '')}"
-            ) from None
-        action = f"{service}:{S3_ACTIONS.get(operation, operation) if service == 's3' else operation}"
+        message = error.response["Error"].get("Message", "")
+        action = refused_action(service, operation, message)
+        need = f"the permission {action} to {purpose}" if purpose else f"the permission {action}"
         raise AWSError(
-            f"AWS refused {action} ({code}): the identity in use needs the permission {action} to {purpose} "
-            f"(the README's AWS setup lists what provisioning needs)"
+            f"AWS refused {action} ({code}): the identity in use needs {need} ({DOCS_PAGE}, Permissions, lists what "
+            "launching, provisioning and teardown need)"
         ) from None
+
+
+def refused_action(service: str | None, operation: str, message: str = "") -> str:
+    """The IAM action a refused call needed: the one AWS's ``message`` names, else ``service:operation``
+    (with S3's own action names), else the operation.
+
+    >>> refused_action(None, "GetLogEvents", "User: arn:aws:iam::1:user/u is not authorized to perform: logs:GetLogEvents on ...")
+    'logs:GetLogEvents'
+    >>> refused_action("s3", "HeadBucket")
+    's3:ListBucket'
+    """
+    named = re.search(r"not authorized to perform:? ([a-z0-9-]+:[A-Za-z0-9]+)", message)
+    if named:
+        return named.group(1)
+    if service is None:
+        return operation
+    return f"{service}:{S3_ACTIONS.get(operation, operation) if service == 's3' else operation}"

@@ -30,8 +30,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from prefect_remote.providers.aws.clients import AWSError, error_code, translated
+from prefect_remote.providers.aws.permissions import POLICY_NAME, ROLE_PREFIX, machine_policy, trust_policy
 from prefect_remote.providers.aws.provider import ALIVE_STATES, AWSProvider
-from prefect_remote.providers.aws.runtime import EXIT_CODE_TAG, LEASE_TAG, REASON_TAG
 from prefect_remote.providers.aws.tags import LAUNCH_TAG, MANAGED_TAG
 from prefect_remote.providers.base import TAG_PREFIX
 from prefect_remote.providers.setup import Say, removed
@@ -39,8 +39,6 @@ from prefect_remote.providers.setup import Say, removed
 if TYPE_CHECKING:
     from botocore.client import BaseClient
 
-ROLE_PREFIX = "prefect-remote-"
-POLICY_NAME = "prefect-remote-machines"
 LOG_RETENTION_DAYS = 30
 # What a provisioned role's tags record, so that teardown finds everything from AWS alone.
 REGION_TAG = TAG_PREFIX + "region"
@@ -48,8 +46,6 @@ POOL_TAG = TAG_PREFIX + "pool"
 STORE_TAG = TAG_PREFIX + "store"
 LOG_GROUP_TAG = TAG_PREFIX + "log-group"
 SECRETS_PREFIX_TAG = TAG_PREFIX + "secrets-prefix"
-# The tags a machine writes on instances after launch: its owner's lease, and why it ended.
-MACHINE_TAG_KEYS = (LEASE_TAG, REASON_TAG, EXIT_CODE_TAG)
 _TAG_VALUE = re.compile(r"[^\w .:/=+\-@]")  # what IAM tag values may not hold
 
 
@@ -79,135 +75,6 @@ def default_store(account: str, region: str) -> str:
     's3://prefect-remote-123456789012-us-east-2/store'
     """
     return f"s3://prefect-remote-{account}-{region}/store"
-
-
-def trust_policy() -> dict[str, Any]:
-    """Who may assume the machines' role: EC2, for the instances it is attached to."""
-    return {
-        "Version": "2012-10-17",
-        "Statement": [{"Effect": "Allow", "Principal": {"Service": "ec2.amazonaws.com"}, "Action": "sts:AssumeRole"}],
-    }
-
-
-def machine_policy(
-    *,
-    account: str,
-    region: str,
-    role: str,
-    bucket: str,
-    prefix: str,
-    log_group: str,
-    secrets_prefix: str = "/prefect-remote/",
-    partition: str = "aws",
-) -> dict[str, Any]:
-    """The inline policy of the machines' role ``role`` (its instance profile has the same name):
-    what a machine does (read its launch's secrets and software, ship its log, tag and end itself)
-    and what a cluster's scheduler machine does with its workers (launch them with this same
-    profile, renew their leases, end them, and keep their launches' secrets), which is also what a
-    flow run that scales out does with its cluster's scheduler and first workers. Neither makes or
-    changes security groups: from inside the VPC they need the internal group only, which exists
-    whole by then. The README quotes it.
-
-    Instances are told apart by the instance profile they run with (``ec2:InstanceProfile``) and by
-    the ``prefect-remote:launch`` tag every launch sets: a machine may tag and end only instances
-    prefect-remote launched with this pool's profile, itself included.
-    """
-    ec2 = f"arn:{partition}:ec2:{region}:{account}"
-    ssm = f"arn:{partition}:ssm:{region}:{account}:parameter{secrets_prefix}*"
-    profile = f"arn:{partition}:iam::{account}:instance-profile/{role}"
-    objects = f"arn:{partition}:s3:::{bucket}/{prefix}/*" if prefix else f"arn:{partition}:s3:::{bucket}/*"
-    listing: dict[str, Any] = {"Effect": "Allow", "Action": "s3:ListBucket", "Resource": f"arn:{partition}:s3:::{bucket}"}
-    if prefix:
-        listing["Condition"] = {"StringLike": {"s3:prefix": [prefix, f"{prefix}/*"]}}
-    launched_here = {"ArnEquals": {"ec2:InstanceProfile": profile}, "Null": {f"ec2:ResourceTag/{LAUNCH_TAG}": "false"}}
-    statements: list[dict[str, Any]] = [
-        {"Sid": "ReadLaunchSecrets", "Effect": "Allow", "Action": "ssm:GetParameter", "Resource": ssm},
-        {"Sid": "ReadSoftwareStore", "Effect": "Allow", "Action": "s3:GetObject", "Resource": objects},
-        {"Sid": "ListSoftwareStore", **listing},
-        {
-            "Sid": "ShipMachineLogs",
-            "Effect": "Allow",
-            "Action": ["logs:CreateLogStream", "logs:PutLogEvents"],
-            "Resource": [
-                f"arn:{partition}:logs:{region}:{account}:log-group:{log_group}",
-                f"arn:{partition}:logs:{region}:{account}:log-group:{log_group}:*",
-            ],
-        },
-        {
-            "Sid": "EndPoolInstances",
-            "Effect": "Allow",
-            "Action": "ec2:TerminateInstances",
-            "Resource": f"{ec2}:instance/*",
-            "Condition": launched_here,
-        },
-        {
-            "Sid": "TagPoolInstances",
-            "Effect": "Allow",
-            "Action": "ec2:CreateTags",
-            "Resource": f"{ec2}:instance/*",
-            "Condition": {**launched_here, "ForAllValues:StringEquals": {"aws:TagKeys": list(MACHINE_TAG_KEYS)}},
-        },
-        {
-            "Sid": "LaunchWorkersWithThisProfile",
-            "Effect": "Allow",
-            "Action": "ec2:RunInstances",
-            "Resource": f"{ec2}:instance/*",
-            "Condition": {"ArnEquals": {"ec2:InstanceProfile": profile}, "Null": {f"aws:RequestTag/{LAUNCH_TAG}": "false"}},
-        },
-        {
-            "Sid": "LaunchWorkersResources",
-            "Effect": "Allow",
-            "Action": "ec2:RunInstances",
-            "Resource": [
-                f"arn:{partition}:ec2:{region}::image/*",
-                f"{ec2}:subnet/*",
-                f"{ec2}:network-interface/*",
-                f"{ec2}:security-group/*",
-                f"{ec2}:volume/*",
-                f"{ec2}:spot-instances-request/*",
-            ],
-        },
-        {
-            "Sid": "TagWorkersAtLaunch",
-            "Effect": "Allow",
-            "Action": "ec2:CreateTags",
-            "Resource": [f"{ec2}:instance/*", f"{ec2}:volume/*"],
-            "Condition": {"StringEquals": {"ec2:CreateAction": "RunInstances"}},
-        },
-        {
-            "Sid": "PassThisRoleToWorkers",
-            "Effect": "Allow",
-            "Action": "iam:PassRole",
-            "Resource": f"arn:{partition}:iam::{account}:role/{role}",
-            "Condition": {"StringEquals": {"iam:PassedToService": "ec2.amazonaws.com"}},
-        },
-        {
-            "Sid": "KeepWorkerLaunchSecrets",
-            "Effect": "Allow",
-            "Action": ["ssm:PutParameter", "ssm:DeleteParameter", "ssm:AddTagsToResource"],
-            "Resource": ssm,
-        },
-        {
-            "Sid": "ReadDefaultImage",
-            "Effect": "Allow",
-            "Action": "ssm:GetParameter",
-            "Resource": f"arn:{partition}:ssm:{region}::parameter/aws/service/ami-amazon-linux-latest/*",
-        },
-        {
-            "Sid": "FindInstancesImagesNetwork",
-            "Effect": "Allow",
-            "Action": [
-                "ec2:DescribeInstances",
-                "ec2:DescribeInstanceTypes",
-                "ec2:DescribeImages",
-                "ec2:DescribeSubnets",
-                "ec2:DescribeVpcs",
-                "ec2:DescribeSecurityGroups",
-            ],
-            "Resource": "*",
-        },
-    ]
-    return {"Version": "2012-10-17", "Statement": statements}
 
 
 def _tag_value(value: str) -> str:
@@ -242,7 +109,7 @@ def provision(provider: AWSProvider, pool: str, store: str | None = None, say: S
     software store to use (an ``s3://`` URL; anything else means the default bucket). Idempotent:
     a second run finds everything and changes nothing (the role's policy is brought up to date)."""
     from prefect_remote.software.s3store import S3Store
-    from prefect_remote.software.store import open_store
+    from prefect_remote.software.stores import open_store
 
     account, partition = _account(provider)
     region = provider.region
@@ -261,7 +128,7 @@ def provision(provider: AWSProvider, pool: str, store: str | None = None, say: S
     options = provider.options
     name = role_name(region, pool)
     if options.instance_profile and options.instance_profile != name:
-        say(f"machines use your instance profile {options.instance_profile} (no role made; see the README for the policy it needs)")
+        say(f"machines use your instance profile {options.instance_profile} (no role made; docs/providers/aws.md quotes its policy)")
         role, profile = None, options.instance_profile
     else:
         policy = machine_policy(

@@ -83,8 +83,6 @@ class AWSNetwork:
         admitting the Dask ports from ``allow_ingress_from`` (default: the provider's option) unless
         that admits nobody. ``runs_inside()`` says whether this launcher is a machine of the VPC, which
         ``"me"`` then needs no rule for: it is in the internal group."""
-        from prefect_remote.settings import get_settings
-
         vpc = self.vpc_id
         internal = self._group(
             f"prefect-remote-{vpc}",
@@ -94,7 +92,7 @@ class AWSNetwork:
         cidr = ingress_cidr(
             allow_ingress_from or self.options.allow_ingress_from,
             runs_inside=runs_inside,
-            known_ip=get_settings().aws_public_ip,
+            known_ip=self.options.public_ip,
             known_ip_setting="PREFECT_REMOTE_AWS_PUBLIC_IP",
         )
         if cidr is None:

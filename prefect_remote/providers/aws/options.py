@@ -1,5 +1,5 @@
 """The aws provider's options: keyword arguments of ``get_provider("aws", ...)``, a pool's provider
-block; the instance profile and lease interval default to their ``PREFECT_REMOTE_AWS_*`` settings.
+block's options, else ``PREFECT_REMOTE_AWS_<OPTION>`` (``PREFECT_REMOTE_AWS_INSTANCE_PROFILE``…).
 
 >>> AWSOptions(region="us-east-2", allow_ingress_from="10.0.0.0/8").secrets_prefix
 '/prefect-remote/'
@@ -8,43 +8,45 @@ block; the instance profile and lease interval default to their ``PREFECT_REMOTE
 from __future__ import annotations
 
 import re
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import Field, field_validator
+from pydantic_settings import NoDecode, SettingsConfigDict
 
+from prefect_remote.providers.options import ProviderOptions
 from prefect_remote.spec import ingress_source
 
 
-def _settings():
-    from prefect_remote.settings import get_settings
+class AWSOptions(ProviderOptions):
+    """Where aws machines run and with what, validated when the provider is made; each one not given
+    is read from ``PREFECT_REMOTE_AWS_<OPTION>``. All but ``public_ip`` travel to its machines
+    (:meth:`~prefect_remote.providers.aws.provider.AWSProvider.machine_options`); none is secret."""
 
-    return get_settings()
+    model_config = SettingsConfigDict(env_prefix="PREFECT_REMOTE_AWS_")
 
-
-class AWSOptions(BaseModel):
-    """Where aws machines run and with what, validated when the provider is made; all of them travel
-    to a cluster's scheduler (:meth:`~prefect_remote.providers.aws.provider.AWSProvider.client_options`),
-    none is secret."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    region: str
+    region: str | None = Field(default=None, description="Region, e.g. us-east-2; default boto3's (AWS_DEFAULT_REGION, the profile's).")
     ami: str | None = None  # an AMI id, or an SSM parameter naming one; default: Amazon Linux 2023
     subnet_id: str | None = None
     vpc_id: str | None = None
-    security_group_ids: tuple[str, ...] = ()  # default: groups the provider makes per VPC
-    # Its name; the machines' role (secrets, self-termination).
-    instance_profile: str | None = Field(default_factory=lambda: _settings().aws_instance_profile)
-    log_group: str = "/prefect-remote/machines"
+    security_group_ids: Annotated[tuple[str, ...], NoDecode] = ()  # comma-separated in the variable; default: groups made per VPC
+    instance_profile: str | None = Field(
+        default=None,
+        description="Instance profile (name) machines run with: what they read secrets, the store and end themselves with; "
+        "`--provision-infra` makes one.",
+    )
+    log_group: str = Field(default="/prefect-remote/machines", description="CloudWatch Logs group machines write to.")
     secrets_prefix: str = "/prefect-remote/"
     allow_ingress_from: str = "me"
     metadata_endpoint: str | None = None  # the machines' IMDS; default: theirs (or $AWS_EC2_METADATA_SERVICE_ENDPOINT)
-    lease_interval: float = Field(default_factory=lambda: _settings().aws_lease_interval, ge=5.0)  # seconds between lease reads
+    # Seconds between a machine's reads of its lease: its owner's loss is noticed this long after keepalive.
+    lease_interval: float = Field(default=30.0, ge=5.0)
+    # This launcher's public IP, for allow_ingress_from="me"; default: asked of checkip.amazonaws.com. Not a machine's.
+    public_ip: str | None = None
 
     @field_validator("region")
     @classmethod
-    def _region(cls, value: str) -> str:
-        if not re.fullmatch(r"[a-z]{2}(-[a-z]+)+-\d+", value):
+    def _region(cls, value: str | None) -> str | None:
+        if value is not None and not re.fullmatch(r"[a-z]{2}(-[a-z]+)+-\d+", value):
             raise ValueError(f"region={value!r}: expected an AWS region such as 'us-east-2'")
         return value
 
@@ -66,7 +68,7 @@ class AWSOptions(BaseModel):
     @field_validator("security_group_ids", mode="before")
     @classmethod
     def _groups(cls, value: Any) -> Any:
-        groups = [value] if isinstance(value, str) else list(value or ())
+        groups = [g.strip() for g in value.split(",") if g.strip()] if isinstance(value, str) else list(value or ())
         bad = [group for group in groups if not str(group).startswith("sg-")]
         if bad:
             raise ValueError(f"security_group_ids={bad!r}: expected security group ids such as 'sg-0abc12345def67890'")

@@ -30,8 +30,6 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Literal
 
-from pydantic import ValidationError
-
 from prefect_remote.errors import CapacityError, MachineNotFound
 from prefect_remote.providers.aws import catalog
 from prefect_remote.providers.aws.clients import AWSClients, AWSError, error_code, eventually, not_yet_visible, translated
@@ -40,7 +38,17 @@ from prefect_remote.providers.aws.options import AWSOptions
 from prefect_remote.providers.aws.runtime import EXIT_CODE_TAG, LEASE_TAG, REASON_TAG
 from prefect_remote.providers.aws.secrets import forget_secrets, parameter_name, store_secrets, stored_launches
 from prefect_remote.providers.aws.tags import IMDS_TAG_KEY, KEEPALIVE_TAG, LAUNCH_TAG, OWNER_TAG, SECRETS_TAG, SPEC_TAG, tag_key
-from prefect_remote.providers.base import TAG_PREFIX, Capabilities, InstanceType, Launch, LogChunk, Machine, Provider, batches
+from prefect_remote.providers.base import (
+    DEFAULT_DISK_GIB,
+    TAG_PREFIX,
+    Capabilities,
+    InstanceType,
+    Launch,
+    LogChunk,
+    Machine,
+    Provider,
+    batches,
+)
 from prefect_remote.providers.capacity import Placement, first_with_capacity, placements
 from prefect_remote.providers.network import DASK_PORTS
 
@@ -52,7 +60,6 @@ if TYPE_CHECKING:
 logger = logging.getLogger("prefect_remote.providers.aws")
 
 DEFAULT_AMI = "/aws/service/ami-amazon-linux-latest/al2023-ami-kernel-default-{arch}"
-DEFAULT_DISK_GIB = 40  # a root disk for real environments (uv's cache, CPython, torch), as dask-cloudprovider's
 # What EC2 answers when capacity or a quota is short in one place or market (the capacity policy's
 # shortage): the launch tries the next subnet (another availability zone), then on-demand.
 CAPACITY_ERRORS = frozenset(
@@ -116,7 +123,10 @@ class AWSProvider(Provider):
     # containers=False: the stock image runs no container engine, and package sync replaces building images.
     capabilities = Capabilities(inbound_connections=True, terminate_one=True, containers=False, gpus=True, max_lifetime=None)
     runtime = "prefect_remote.providers.aws.runtime:EC2Runtime"
+    block_fields = ("region", "instance_profile", "log_group")  # what --provision-infra records
+    options_model = AWSOptions
     infra = "prefect_remote.providers.aws.infra"  # the bucket, log group, security groups, and the pool's role and instance profile
+    doctor = "prefect_remote.providers.aws.doctor"  # credentials, permissions, quotas, network, bucket
     lease_interval = 30.0  # a metadata read is cheap, but a lease tag reaches IMDS only after a delay
     max_boot_script = 16 * 1024  # EC2's user-data limit
     min_poll = 1.0  # DescribeInstances shares a bucket of about 20 calls/s with every other read of the account
@@ -129,15 +139,15 @@ class AWSProvider(Provider):
 
     def __init__(self, **options: Any) -> None:
         given = {key: value for key, value in options.items() if value is not None}
-        self.clients = AWSClients(given.pop("region", None))
+        self.options = AWSOptions.load(**given)
+        self.clients = AWSClients(self.options.region)
         if not self.clients.region:
             raise AWSError(
-                "no AWS region for the aws provider: pass region='us-east-2', set AWS_DEFAULT_REGION, or set one with `aws configure`"
+                "no AWS region for the aws provider: pass region='us-east-2', set PREFECT_REMOTE_AWS_REGION or AWS_DEFAULT_REGION, "
+                "or set one with `aws configure`"
             )
-        try:
-            self.options = AWSOptions(region=self.clients.region, **given)
-        except ValidationError as error:
-            raise ValueError("; ".join(e["msg"].removeprefix("Value error, ") for e in error.errors())) from None
+        if self.options.region is None:  # boto3's
+            self.options = AWSOptions.load(**given, region=self.clients.region)
         self.lease_interval = self.options.lease_interval
         self.networking = AWSNetwork(self.clients, self.options)
 
@@ -267,7 +277,7 @@ class AWSProvider(Provider):
         subnets = {subnet.id: subnet for subnet in self.networking.subnets}
 
         def run(placement: Placement) -> list[dict[str, Any]]:
-            subnet: Subnet = subnets[placement.where]
+            subnet: Subnet = subnets[placement.zone]
             where: dict[str, Any] = {"SecurityGroupIds": groups, **({"SubnetId": subnet.id} if subnet.id else {})}
             if public and not subnet.public:
                 nic = {"DeviceIndex": 0, "Groups": groups, "AssociatePublicIpAddress": True}
@@ -294,7 +304,7 @@ class AWSProvider(Provider):
                     "%s capacity unavailable for %s in %s (%s); launching %s", placement.market, name, self.region, code, then.market
                 )
             else:
-                here, there = subnets[placement.where], subnets[then.where]
+                here, there = subnets[placement.zone], subnets[then.zone]
                 logger.warning(
                     "%s capacity unavailable for %s in %s (%s, %s); trying %s (%s)",
                     placement.market,
@@ -493,8 +503,9 @@ class AWSProvider(Provider):
 
     # -- elsewhere: a cluster's scheduler, the machine side --------------------------------------------
     def client_options(self) -> dict[str, Any]:
-        """The options (region and configuration; never credentials, which each place finds itself)."""
-        return self.options.model_dump(mode="json")
+        """The options (region and configuration; never credentials, which each place finds itself),
+        but this launcher's public IP, which is not the other process's."""
+        return self.options.model_dump(mode="json", exclude={"public_ip"})
 
     def machine_options(self) -> dict[str, Any]:
         """All of them (none is secret): a machine launches in the same region and VPC, with the same profile."""

@@ -162,6 +162,9 @@ class GoogleClients:
     def zones(self) -> Any:
         return self._gapic("compute_v1", "ZonesClient")
 
+    def regions(self) -> Any:
+        return self._gapic("compute_v1", "RegionsClient")
+
     def subnetworks(self) -> Any:
         return self._gapic("compute_v1", "SubnetworksClient")
 
@@ -264,7 +267,7 @@ def translated(action: str, *, project: str | None = None) -> Iterator[None]:
         binding = f"`gcloud projects add-iam-policy-binding {project or 'PROJECT'} --member=MEMBER --role={role}`"
         raise GCPError(
             f"Google Cloud refused {action}{where}: the identity in use lacks a permission ({_message(error)}); "
-            f"grant it {role} ({binding}; the README's GCP section lists the roles)"
+            f"grant it {role} ({binding}; docs/providers/gcp.md lists the roles)"
         ) from None
     except api.NotFound as error:
         if project and _names_project(_message(error), project):

@@ -170,10 +170,12 @@ class CloudRunService(GCPService):
             annotations=annotations,
             template=run_v2.ExecutionTemplate(labels=labels, task_count=1, parallelism=1, template=task),
         )
-        if cloudrun_catalog.task_timeout(spec) > GA_TIMEOUT:
+        # Task timeouts over 24 hours are in Preview, and GPU jobs without zonal redundancy were
+        # (2025): BETA lets either through, and a GA feature accepts it all the same.
+        if cloudrun_catalog.task_timeout(spec) > GA_TIMEOUT or shape_.gpu:
             from google.api import launch_stage_pb2
 
-            job.launch_stage = launch_stage_pb2.LaunchStage.BETA  # task timeouts over 24 hours are in Preview
+            job.launch_stage = launch_stage_pb2.LaunchStage.BETA
         return job
 
     def start(self, launch: Launch, machine_ids: Sequence[str]) -> list[Machine]:

@@ -3,7 +3,10 @@ workers), or that Cloud Run cannot shape. A machine is an instance whose name is
 
 A launch inserts one instance per machine, booting a stock image family that runs the boot script
 as its ``startup-script``; ``spot`` is the SPOT provisioning model (deleted when preempted), and
-``spot_with_fallback`` inserts standard VMs where spot capacity is out. Every VM carries the
+``spot_with_fallback`` inserts standard VMs where spot capacity is out. A VM that meets a stock-out
+or a quota error in one zone is inserted in the region's next zone that offers its machine type
+(unless ``zone`` pins one), each move logged (:mod:`prefect_remote.providers.capacity`); VMs are
+listed across the region's zones. Every VM carries the
 network tag ``prefect-remote`` (a firewall rule lets those reach each other on internal IPs) and,
 unless ``allow_ingress_from="none"``, the tag of a rule admitting the Dask ports from that source
 only. Labels say which launch a VM is of; the raw tags (labels allow only ``[a-z0-9_-]``) are kept
@@ -26,7 +29,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from prefect_remote.errors import CapacityError, RemoteError
-from prefect_remote.providers.base import Capabilities, InstanceType, Launch, Machine, MachineState
+from prefect_remote.providers.base import DEFAULT_DISK_GIB, Capabilities, InstanceType, Launch, Machine, MachineState
 from prefect_remote.providers.capacity import Placement, first_with_capacity, placements
 from prefect_remote.providers.gcp import compute_catalog
 from prefect_remote.providers.gcp.prices import on_demand_rates
@@ -45,9 +48,12 @@ INTERNAL_TAG = "prefect-remote"  # network tag of every VM: the internal rule's 
 CLOUD_PLATFORM = "https://www.googleapis.com/auth/cloud-platform"
 # Compute Engine's statuses as a machine's (the rest have ended). A STOPPING VM is being deleted.
 STATES: dict[str, MachineState] = {"PROVISIONING": "pending", "STAGING": "pending", "REPAIRING": "pending", "RUNNING": "running"}
-# What Compute Engine answers when a zone has no capacity for the request (the capacity policy's
-# shortage): spot_with_fallback inserts a standard VM instead.
+# What Compute Engine answers when a zone has no capacity for the request, or a quota is spent (the
+# capacity policy's shortage): the next zone, then (spot_with_fallback) a standard VM, is tried.
+# UNSUPPORTED_OPERATION: a spot VM preempted while it is created (SkyPilot sees it so).
 STOCK_OUT = ("ZONE_RESOURCE_POOL_EXHAUSTED", "ZONE_RESOURCE_POOL_EXHAUSTED_WITH_DETAILS", "REGION_RESOURCE_POOL_EXHAUSTED", "STOCKOUT")
+SHORTAGE = (*STOCK_OUT, "QUOTA_EXCEEDED", "UNSUPPORTED_OPERATION")
+QUOTAS_PAGE = "https://console.cloud.google.com/iam-admin/quotas"
 # A VM outlives its timeout by this much before Compute Engine deletes it: the agent ends it first
 # and records why; maxRunDuration is the backstop for an agent that could not.
 MAX_RUN_GRACE = 300
@@ -69,6 +75,8 @@ class ComputeService(GCPService):
         self._firewalls: set[str] = set()  # rules known to exist
         self._subnetwork_range: str | None = None
         self._deleting: set[str] = set()  # halted VMs already asked to be deleted
+        self._zones: dict[str, list[str]] = {}  # machine type -> the region's zones offering it, in the order to try
+        self._zone_of: dict[str, str] = {}  # VM -> its zone (from its insert or a listing)
 
     @property
     def zone(self) -> str:
@@ -109,11 +117,29 @@ class ComputeService(GCPService):
     def placement(self, instance_type: InstanceType) -> str:
         return f"Compute Engine {instance_type.name} in {self.zone}"
 
+    def zones_for(self, instance_type: InstanceType) -> list[str]:
+        """Where a VM of ``instance_type`` may start, in the order to try them on capacity and quota
+        errors: the ``zone`` option alone when set (and a GPU type's zone: not every zone has its
+        accelerator), else every zone of the region that offers the machine type (one aggregated
+        listing per type and process), the default zone first."""
+        attached = compute_catalog.attached(instance_type.name)
+        if self.options.zone or attached:
+            return [self.zone]
+        name = instance_type.name
+        if name not in self._zones:
+            request = {"project": self.project, "filter": f'name = "{name}"'}
+            with self.clients.translated("compute.machineTypes.list"):
+                listing = self.clients.machine_types().aggregated_list(request=request)
+                offered = {scope.rsplit("/", 1)[-1] for scope, found in listing if found.machine_types}
+            in_region = sorted(zone for zone in offered if zone.rsplit("-", 1)[0] == self.options.region)
+            self._zones[name] = sorted(in_region, key=lambda zone: zone != self.zone) or [self.zone]
+        return self._zones[name]
+
     # -- starting ---------------------------------------------------------------------------------
     def start(self, launch: Launch, machine_ids: Sequence[str]) -> list[Machine]:
         """Inserts every VM on the first placement the spot policy allows, then awaits each: one
         that finds no capacity there tries the next placement (:mod:`prefect_remote.providers.capacity`)."""
-        tried = placements(launch.spec.spot_policy)
+        tried = placements(launch.spec.spot_policy, self.zones_for(launch.instance_type))
         with self.clients.translated("compute.firewalls.create"):
             network_tags = self.network_tags(self.ingress_cidr(launch.spec))
         with self.clients.translated("compute.instances.create"):
@@ -123,7 +149,7 @@ class ComputeService(GCPService):
                 for machine_id in machine_ids:  # all inserted, then all awaited: they boot in parallel
                     started.append(machine_id)
                     try:
-                        inserted[machine_id] = self._insert(launch, machine_id, network_tags, spot=tried[0].spot)
+                        inserted[machine_id] = self._insert(launch, machine_id, network_tags, tried[0])
                     except _OperationError as refused:  # refused at once: handled as a failed operation
                         inserted[machine_id] = refused
                 for machine_id, first in inserted.items():
@@ -142,52 +168,56 @@ class ComputeService(GCPService):
         was refused with at once); where the zone had no capacity, inserts it on the next placement."""
 
         def start(placement: Placement) -> None:
-            operation = first if placement is tried[0] else self._insert(launch, machine_id, network_tags, spot=placement.spot)
+            operation = first if placement is tried[0] else self._insert(launch, machine_id, network_tags, placement)
             if isinstance(operation, _OperationError):
                 raise operation
-            self._wait(operation, machine_id)
+            self._wait(operation, machine_id, placement.zone or self.zone)
 
         def falling_back(placement: Placement, then: Placement, code: str) -> None:
             logger.warning(
-                "gcp: no %s capacity for %s in %s (%s): starting %s as a standard VM (spot_with_fallback)",
+                "gcp: no %s capacity for %s in %s (%s): starting %s in %s as a %s VM%s",
                 placement.market,
                 launch.instance_type.name,
-                self.zone,
+                placement.zone or self.zone,
                 code,
                 machine_id,
+                then.zone or self.zone,
+                "spot" if then.spot else "standard",
+                " (spot_with_fallback)" if placement.spot and not then.spot else "",
             )
 
         first_with_capacity(
             tried,
             start,
-            shortage=_stock_out,
-            refused=lambda placement, code, _: self._no_capacity(launch, placement, code),
+            shortage=_shortage,
+            refused=lambda placement, code, tried: self._no_capacity(launch, placement, code, tried),
             falling_back=falling_back,
         )
 
-    def _insert(self, launch: Launch, machine_id: str, network_tags: list[str], *, spot: bool) -> Any:
-        """Inserts one VM; its operation (an insert refused at once raises :class:`_OperationError`)."""
+    def _insert(self, launch: Launch, machine_id: str, network_tags: list[str], placement: Placement) -> Any:
+        """Inserts one VM on ``placement``; its operation (an insert refused at once raises :class:`_OperationError`)."""
         from google.api_core.exceptions import GoogleAPICallError
 
-        body = self.instance_body(launch, machine_id, network_tags, spot=spot)
+        zone = placement.zone or self.zone
+        body = self.instance_body(launch, machine_id, network_tags, spot=placement.spot, zone=zone)
+        self._zone_of[machine_id] = zone
         try:
-            return self.clients.instances().insert(project=self.project, zone=self.zone, instance_resource=body)
+            return self.clients.instances().insert(project=self.project, zone=zone, instance_resource=body)
         except GoogleAPICallError as error:
             codes = [str(e.get("reason", "")) for e in getattr(error, "errors", []) if isinstance(e, Mapping)]
-            if any(code in STOCK_OUT for code in codes) or any(code in str(error) for code in STOCK_OUT):
-                raise _OperationError(
-                    next((c for c in codes if c in STOCK_OUT), "ZONE_RESOURCE_POOL_EXHAUSTED"), error.message, machine_id
-                ) from None
+            known = next((c for c in codes if c in SHORTAGE), None) or next((c for c in SHORTAGE if c in str(error)), None)
+            if known:
+                raise _OperationError(known, error.message, machine_id) from None
             raise
 
-    def _wait(self, operation: Any, machine_id: str) -> None:
+    def _wait(self, operation: Any, machine_id: str, zone: str) -> None:
         """Waits for a zone operation (insert) to be done; raises :class:`_OperationError` if it failed."""
         from google.cloud import compute_v1
 
         name = operation.name
         deadline = time.monotonic() + OPERATION_TIMEOUT
         while True:
-            done = self.clients.zone_operations().wait(project=self.project, zone=self.zone, operation=name)
+            done = self.clients.zone_operations().wait(project=self.project, zone=zone, operation=name)
             if done.status == compute_v1.Operation.Status.DONE:
                 break
             if time.monotonic() > deadline:
@@ -196,20 +226,24 @@ class ComputeService(GCPService):
         if errors:
             raise _OperationError(errors[0].code, errors[0].message or done.http_error_message, machine_id)
 
-    def _no_capacity(self, launch: Launch, placement: Placement, code: str) -> CapacityError:
+    def _no_capacity(self, launch: Launch, placement: Placement, code: str, tried: Sequence[Placement]) -> CapacityError:
+        """What to do when every placement failed (``code``: the last one's)."""
         name = launch.instance_type.name
+        zones = list(dict.fromkeys(p.zone or self.zone for p in tried if p.spot == placement.spot))
+        where = f"zone {zones[0]}" if len(zones) == 1 else f"zones {', '.join(zones)}"
+        quota = f"raise the quota ({QUOTAS_PAGE}), " if code.startswith("QUOTA_EXCEEDED") else ""
         if placement.spot:
             return CapacityError(
-                f"no spot capacity for {name} in zone {self.zone} ({code}); try spot_policy='spot_with_fallback', another "
+                f"no spot capacity for {name} in {where} ({code}); {quota}try spot_policy='spot_with_fallback', another "
                 "vm_type or zone, or later"
             )
-        return CapacityError(f"no capacity for {name} in zone {self.zone} ({code}); try another vm_type or zone, or later")
+        return CapacityError(f"no capacity for {name} in {where} ({code}); {quota}try another vm_type or zone, or later")
 
-    def instance_body(self, launch: Launch, machine_id: str, network_tags: Sequence[str], *, spot: bool) -> Any:
-        """The ``Instance`` inserted for ``machine_id``."""
+    def instance_body(self, launch: Launch, machine_id: str, network_tags: Sequence[str], *, spot: bool, zone: str | None = None) -> Any:
+        """The ``Instance`` inserted for ``machine_id`` in ``zone`` (default: the provider's)."""
         from google.cloud import compute_v1
 
-        spec, instance_type, zone = launch.spec, launch.instance_type, self.zone
+        spec, instance_type, zone = launch.spec, launch.instance_type, zone or self.zone
         machine_type, gpus, accelerator = compute_catalog.attached(instance_type.name) or (instance_type.name, 0, None)
         raw_tags = dict(launch.tags)
         labels = self.labels(launch)
@@ -221,12 +255,11 @@ class ComputeService(GCPService):
         }
         disk: dict[str, Any] = {
             "source_image": self._image(instance_type),
-            # c4a boots only from Hyperdisk
-            "disk_type": f"zones/{zone}/diskTypes/{'hyperdisk-balanced' if machine_type.startswith('c4a-') else 'pd-balanced'}",
+            "disk_type": f"zones/{zone}/diskTypes/{compute_catalog.boot_disk_type(machine_type)}",
             "labels": {LAUNCH_LABEL: launch.id},
+            # the image's 10 GB holds no real environment; Compute Engine refuses one smaller than the image
+            "disk_size_gb": math.ceil(spec.disk_size / 2**30) if spec.disk_size else DEFAULT_DISK_GIB,
         }
-        if spec.disk_size:
-            disk["disk_size_gb"] = math.ceil(spec.disk_size / 2**30)
         interface: dict[str, Any] = {
             "network": self._network_url(),
             # Every VM gets an external address: the stock-image boot downloads uv and packages,
@@ -237,11 +270,14 @@ class ComputeService(GCPService):
         if self.options.subnetwork:
             subnetwork = self.options.subnetwork
             interface["subnetwork"] = subnetwork if "/" in subnetwork else f"regions/{self.options.region}/subnetworks/{subnetwork}"
-        scheduling: dict[str, Any] = {"provisioning_model": "SPOT" if spot else "STANDARD"}
+        # Never restarted by Google: a restart runs the startup script again, and with it the payload
+        # (a flow run twice). A host error ends the VM instead (TERMINATED, then deleted by the next
+        # listing); live migration (MIGRATE, the default) reboots nothing. GPUs and spot VMs cannot migrate.
+        scheduling: dict[str, Any] = {"provisioning_model": "SPOT" if spot else "STANDARD", "automatic_restart": False}
         if spot:
-            scheduling.update(instance_termination_action="DELETE", automatic_restart=False, on_host_maintenance="TERMINATE")
+            scheduling.update(instance_termination_action="DELETE", on_host_maintenance="TERMINATE")
         elif instance_type.gpu:
-            scheduling.update(on_host_maintenance="TERMINATE", automatic_restart=True)  # GPUs cannot live-migrate
+            scheduling.update(on_host_maintenance="TERMINATE")
         if spec.timeout:
             seconds = min(math.ceil(spec.timeout) + MAX_RUN_GRACE, MAX_RUN_DURATION)
             scheduling.update(max_run_duration={"seconds": seconds}, instance_termination_action="DELETE")
@@ -347,16 +383,21 @@ class ComputeService(GCPService):
 
     # -- reading back ----------------------------------------------------------------------------------
     def machines(self, machine_ids: Sequence[str] | None = None, labels: Mapping[str, str] | None = None) -> list[Machine]:
-        """One ``instances.list`` call in the zone, filtered by label; ids and tags whose values are
-        no label values are matched here."""
+        """One ``instances.aggregatedList`` call (VMs may be in any of the region's zones), filtered by
+        label; ids and tags whose values are no label values are matched here."""
         if machine_ids is not None:
             wanted = {machine_id for machine_id in machine_ids if machine_id.startswith(self.id_prefix)}
             if not wanted:
                 return []
         terms = [f'labels.{SERVICE_LABEL} = "compute"', *(f'labels.{key} = "{value}"' for key, value in labels_for(labels or {}).items())]
-        request = {"project": self.project, "zone": self.zone, "filter": " AND ".join(f"({term})" for term in terms)}
+        request = {"project": self.project, "filter": " AND ".join(f"({term})" for term in terms)}
+        instances = []
         with self.clients.translated("compute.instances.list"):
-            instances = list(self.clients.instances().list(request=request))
+            for scope, scoped in self.clients.instances().aggregated_list(request=request):
+                zone = scope.rsplit("/", 1)[-1]
+                if zone.rsplit("-", 1)[0] == self.options.region:
+                    instances += scoped.instances
+                    self._zone_of.update((instance.name, zone) for instance in scoped.instances)
         found = []
         for instance in instances:
             if machine_ids is not None and instance.name not in wanted:
@@ -417,11 +458,15 @@ class ComputeService(GCPService):
         """Deletes each VM (not waiting for the deletions); unknown ones are fine."""
         from google.api_core.exceptions import NotFound
 
+        if any(machine_id not in self._zone_of for machine_id in machine_ids):
+            self.machines()  # where they are: one listing of the region
         instances = self.clients.instances()
         with self.clients.translated("compute.instances.delete"):
             for machine_id in machine_ids:
+                if machine_id not in self._zone_of:
+                    continue  # in no zone of the region: gone already
                 try:
-                    instances.delete(project=self.project, zone=self.zone, instance=machine_id)
+                    instances.delete(project=self.project, zone=self._zone_of[machine_id], instance=machine_id)
                 except NotFound:
                     pass
                 self._deleting.add(machine_id)
@@ -436,14 +481,13 @@ class _OperationError(RemoteError):
         super().__init__(f"Compute Engine could not start a VM ({what}): {code}: {message}")
         self.code, self.message = code, message
 
-    @property
-    def stock_out(self) -> bool:
-        return self.code in STOCK_OUT
 
-
-def _stock_out(error: Exception) -> str | None:
-    """The code of an error that says the zone has no capacity (:data:`STOCK_OUT`), else None."""
-    return error.code if isinstance(error, _OperationError) and error.stock_out else None
+def _shortage(error: Exception) -> str | None:
+    """The code of an error that says the zone has no capacity or a quota is spent (:data:`SHORTAGE`),
+    else None; a quota's code with its message, which names the quota."""
+    if not isinstance(error, _OperationError) or error.code not in SHORTAGE:
+        return None
+    return f"{error.code}: {error.message}" if error.code == "QUOTA_EXCEEDED" else error.code
 
 
 def _digest(text: str) -> str:

@@ -26,6 +26,8 @@ if TYPE_CHECKING:
     from prefect_remote.spec import MachineSpec
 
 ARM_FAMILIES = ("t2a", "c4a")  # Ampere Altra, Google Axion
+# Families that boot only from Hyperdisk: Compute Engine refuses a Persistent Disk on them (and on A3 Ultra).
+HYPERDISK_ONLY = ("c4", "c4a", "c4d", "n4", "x4", "a4")
 T4 = "nvidia-tesla-t4"
 # n1 with attached T4s: the counts Compute Engine allows, and the most vCPUs each allows.
 T4_COUNTS = {1: 48, 2: 48, 4: 96}
@@ -99,6 +101,17 @@ def machine_types(entries: Iterable[Any], rates: Rates, *, t4: bool) -> list[Ins
                         )
                     )
     return sorted(found, key=lambda item: item.name)
+
+
+def boot_disk_type(machine_type: str) -> str:
+    """The disk type ``machine_type`` boots from: Hyperdisk Balanced where the family takes only
+    Hyperdisk, else Persistent Disk Balanced (which the other families take, and Hyperdisk-only ones refuse).
+
+    >>> boot_disk_type("n4-standard-4"), boot_disk_type("e2-standard-2")
+    ('hyperdisk-balanced', 'pd-balanced')
+    """
+    only_hyperdisk = family(machine_type) in HYPERDISK_ONLY or machine_type.startswith("a3-ultragpu-")
+    return "hyperdisk-balanced" if only_hyperdisk else "pd-balanced"
 
 
 # -- choosing ---------------------------------------------------------------------------------------

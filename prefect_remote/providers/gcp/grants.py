@@ -87,6 +87,58 @@ LAUNCHER_ROLES = (
     ("roles/storage.objectAdmin", "the store's bucket", "software environments and machine records"),
     ("roles/logging.viewer", "the project", "machine logs"),
 )
+# What the launcher calls, by where Google checks it (LAUNCHER_ROLES grant them; `prefect-remote
+# doctor gcp` tests them with testIamPermissions): Cloud Run jobs, their executions and tasks;
+# Compute Engine VMs in any zone of the region, their types, images and operations, the subnetwork
+# they use with an external IP, the firewall rules a cluster's launch looks for, the region's
+# quotas (doctor); launch secrets; machine logs; machines start as the machines' account;
+# the store's objects.
+LAUNCHER_PERMISSIONS: dict[str, tuple[str, ...]] = {
+    "project": (
+        "run.jobs.create",
+        "run.jobs.run",
+        "run.jobs.get",
+        "run.jobs.list",
+        "run.jobs.delete",
+        "run.executions.get",
+        "run.executions.cancel",
+        "run.tasks.list",
+        "compute.instances.create",
+        "compute.instances.delete",
+        "compute.instances.get",
+        "compute.instances.list",
+        "compute.instances.setLabels",
+        "compute.instances.setMetadata",
+        "compute.instances.setServiceAccount",
+        "compute.instances.setTags",
+        "compute.disks.create",
+        "compute.subnetworks.get",
+        "compute.subnetworks.use",
+        "compute.subnetworks.useExternalIp",
+        "compute.networks.get",
+        "compute.firewalls.get",
+        "compute.machineTypes.list",
+        "compute.acceleratorTypes.list",
+        "compute.zoneOperations.get",
+        "compute.globalOperations.get",
+        "compute.regions.get",
+        "secretmanager.secrets.create",
+        "secretmanager.secrets.delete",
+        "secretmanager.versions.add",
+        "logging.logEntries.list",
+    ),
+    "service account": ("iam.serviceAccounts.actAs",),
+    "bucket": (
+        "storage.objects.create",
+        "storage.objects.get",
+        "storage.objects.list",
+        "storage.objects.update",
+        "storage.objects.delete",
+    ),
+}
+# What `prefect-remote doctor gcp` reads beyond launching, to check the machines' grants: the
+# project's IAM policy and the custom role (provisioning's roles have both).
+DOCTOR_PERMISSIONS = ("resourcemanager.projects.getIamPolicy", "iam.roles.get")
 # What provisioning and teardown need, on the project: documented.
 PROVISIONER_ROLES = {
     "iam.serviceAccounts.": "roles/iam.serviceAccountAdmin",

@@ -14,7 +14,7 @@ services enable`` command and makes nothing (it enables nothing itself). Then it
   ``prefect-remote-`` secrets), the store's bucket, and the account itself;
 - the software store's bucket (``PREFECT_REMOTE_STORE`` if it is ``gs://…``, else
   ``gs://prefect-remote-<project>-<region>/store``), uniform access, public access prevented, with a
-  lifecycle rule that deletes machine records older than :data:`RECORDS_KEPT_DAYS` days;
+  lifecycle rule that deletes machine records whose lease (customTime) is :data:`RECORDS_KEPT_DAYS` days old;
 - the Compute Engine firewall rules, the Compute Engine service's own
   (:meth:`~prefect_remote.providers.gcp.compute.ComputeService.network_tags`: VMs reach each other
   internally; the Dask ports from ``allow_ingress_from``, and from the subnetwork's range, where a
@@ -110,14 +110,18 @@ def google_errors(clients: GoogleClients, action: str, purpose: str) -> Iterator
             role = PROVISIONER_ROLES[max(matches, key=len)]
             raise GCPError(
                 f"Google Cloud refused {action} in project {clients.project}: the identity in use needs {role} "
-                f"to {purpose} (the README's GCP setup lists what provisioning needs)"
+                f"to {purpose} (docs/providers/gcp.md lists what provisioning needs)"
             ) from None
 
 
 # -- checking the APIs ---------------------------------------------------------------------------------
-def missing_apis(provider: GCPProvider) -> list[str]:
+def missing_apis(provider: GCPProvider, *, refused_is_enabled: bool = False) -> list[str]:
     """The :data:`REQUIRED_APIS` the project has not enabled, each found by one cheap read that
-    Google refuses with 403 SERVICE_DISABLED. Other errors are raised (translated)."""
+    Google refuses with 403 SERVICE_DISABLED. Other errors are raised (translated); with
+    ``refused_is_enabled``, a read refused for a missing permission shows the API enabled (Google
+    answers SERVICE_DISABLED before it checks permissions: doctor checks those apart)."""
+    from google.api_core.exceptions import Forbidden, PermissionDenied
+
     clients, project, region = provider.clients, provider.clients.project, provider.options.region
     checks: dict[str, Callable[[], Any]] = {
         "run.googleapis.com": lambda: clients.jobs().list_jobs(
@@ -147,9 +151,10 @@ def missing_apis(provider: GCPProvider) -> list[str]:
             try:
                 check()
             except Exception as error:
-                if not service_disabled(error):
+                if service_disabled(error):
+                    missing.append(service)
+                elif not (refused_is_enabled and isinstance(error, (Forbidden, PermissionDenied))):
                     raise
-                missing.append(service)
     return missing
 
 
@@ -183,7 +188,7 @@ def provision(provider: GCPProvider, pool: str, store: str | None = None, say: S
     store to use (a ``gs://`` URL; anything else means the default bucket). Idempotent: a second
     run finds everything and changes nothing. ``pool`` is only said: pools share what this makes."""
     from prefect_remote.software.gcsstore import GCSStore
-    from prefect_remote.software.store import open_store
+    from prefect_remote.software.stores import open_store
 
     clients = provider.clients
     project, region = clients.project, provider.options.region
@@ -207,7 +212,7 @@ def provision(provider: GCPProvider, pool: str, store: str | None = None, say: S
     email = service_account_email(project)
     chosen = provider.options.service_account
     if chosen and chosen != email:
-        say(f"machines run as your service account {chosen} (none made, nothing granted; the README's GCP setup lists the roles it needs)")
+        say(f"machines run as your service account {chosen} (none made, nothing granted; docs/providers/gcp.md lists the roles it needs)")
         email = chosen
     else:
         iam = clients.iam()
@@ -355,10 +360,12 @@ def _ensure_bucket(clients: GoogleClients, bucket: str, prefix: str, region: str
             created = True
         records = f"{prefix}/machines/" if prefix else "machines/"
         rules = list(found.lifecycle_rules)
-        ours = {"action": {"type": "Delete"}, "condition": {"age": RECORDS_KEPT_DAYS, "matchesPrefix": [records]}}
+        # By the lease (customTime, renewed while the machine lives), not by age: a machine living
+        # longer than the rule's days keeps its record. An older release's age rule is replaced.
+        ours = {"action": {"type": "Delete"}, "condition": {"daysSinceCustomTime": RECORDS_KEPT_DAYS, "matchesPrefix": [records]}}
         changed = False
         if not any(dict(rule) == ours for rule in rules):
-            found.lifecycle_rules = [*rules, ours]
+            found.lifecycle_rules = [*(rule for rule in rules if not _records_rule(rule)), ours]
             changed = True
         labels = {GRANTED_LABEL: "granted", **({MANAGED_LABEL: "true"} if created else {})}
         if any(found.labels.get(key) != value for key, value in labels.items()):  # not every emulator keeps a new bucket's labels
@@ -546,7 +553,7 @@ def _records_rule(rule: Any) -> bool:
     condition = dict(rule).get("condition", {})
     return (
         dict(rule).get("action", {}).get("type") == "Delete"
-        and condition.get("age") == RECORDS_KEPT_DAYS
+        and RECORDS_KEPT_DAYS in (condition.get("daysSinceCustomTime"), condition.get("age"))  # age: an older release's
         and all(prefix.endswith("machines/") for prefix in condition.get("matchesPrefix", [""]))
     )
 

@@ -16,7 +16,11 @@ from __future__ import annotations
 
 import datetime
 import json
-from collections.abc import Callable
+import math
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from prefect_remote.machine.logship import LogSender, LogShipper
@@ -28,6 +32,11 @@ if TYPE_CHECKING:
 MACHINE_LABEL = "prefect-remote-machine"
 DEFAULT_ENDPOINT = "https://logging.googleapis.com"
 PAGE = 1000  # entries per read: the most entries:list gives at once
+# Cloud Logging's entries.list quota is 60 requests a minute per project, for every process at once:
+# each process reads at most a third of it (the worker, a `machines logs --follow`, a cluster's client).
+READS_PER_MINUTE = 20
+MAX_FILTER = 20000  # characters in a Cloud Logging filter
+QUOTA_RETRY_SECONDS = 180.0  # how long a read retries a 429 before it fails
 # Cloud Logging counts an entry's JSON, and JSON may escape one UTF-8 byte as six characters (\u0001):
 # pieces of 40 KiB stay under its 256 KiB per entry, batches of 1 MiB under its 10 MB per call.
 EVENT_OVERHEAD = 1024  # the entry's timestamp, insertId, and the log name, resource and labels it inherits
@@ -124,26 +133,221 @@ def ship_log(
     return LogShipper(path, sender, interval=interval, report=report).start()
 
 
+@dataclass(frozen=True)
+class Entry:
+    """One log line as the reader hands it on: its machine, its place in the log (``stamp``: RFC 3339
+    in UTC, ``insert_id``), its text."""
+
+    machine_id: str
+    stamp: str
+    insert_id: str
+    text: str
+
+    @property
+    def position(self) -> tuple[str, str]:
+        return (self.stamp, self.insert_id)
+
+
+Fetch = Callable[[str, int], list[Entry]]  # (filter, most) -> the first entries that match, oldest first: one request
+
+
+def _position(cursor: str | None) -> tuple[str, str] | None:
+    if not cursor:
+        return None
+    stamp, _, last_id = cursor.partition("|")
+    return (stamp, last_id)
+
+
+def machines_filter(log_filter: str, wanted: Mapping[str, tuple[str, str] | None]) -> str:
+    """One Cloud Logging filter for the entries of every machine of ``wanted`` after its position
+    (None: from its start), within the log ``log_filter`` names."""
+    clauses = []
+    for machine_id, position in wanted.items():
+        clause = f'labels."{MACHINE_LABEL}"="{machine_id}"'
+        if position is not None:
+            stamp, last_id = position
+            clause += f' AND (timestamp>"{stamp}" OR (timestamp="{stamp}" AND insertId>"{last_id}"))'
+        clauses.append(f"({clause})")
+    return f"{log_filter} AND ({' OR '.join(clauses)})"
+
+
+class LogReader:
+    """Reads the machines' logs of one project for every caller in this process, within Cloud
+    Logging's read quota (``entries.list``: 60 requests a minute per project, which cannot be raised).
+
+    Callers (the worker's log shipping into Prefect for each flow run, ``machines logs --follow``,
+    :meth:`GCPProvider.logs`) ask :meth:`read` for one machine's lines after their cursor. The asks
+    that arrive while a read waits its turn are answered together by one filtered ``entries.list``
+    (every machine's clause ORed; a filter over :data:`MAX_FILTER` characters is split), one request
+    at most every ``60 / reads_per_minute`` seconds: the first ask is answered at once, a burst of
+    followers costs one request per interval in all. ``fetch(filter, most)`` makes one request
+    (:func:`cloud_logging_fetch`); a page that fills (``page`` entries) is followed by a read from
+    where it ended, taking its turn, so that no machine's chunk is cut short.
+    """
+
+    def __init__(
+        self,
+        fetch: Fetch,
+        log_filter: str,
+        *,
+        reads_per_minute: float = READS_PER_MINUTE,
+        page: int = PAGE,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self.fetch, self.log_filter = fetch, log_filter
+        self.interval, self.page = 60.0 / reads_per_minute, page
+        self._clock, self._sleep = clock, sleep
+        self._next_read = -math.inf
+        self._cond = threading.Condition()
+        self._pending: list[_Ask] = []
+        self._reading = False
+        self.requests = 0  # entries.list requests made (a benchmark's count)
+
+    def read(self, machine_id: str, cursor: str | None = None) -> LogChunk:
+        """What ``machine_id`` logged after ``cursor`` (a previous chunk's; None: from its start)."""
+        ask = _Ask(machine_id, _position(cursor), cursor or "")
+        with self._cond:
+            self._pending.append(ask)
+            while not ask.done and self._reading:
+                self._cond.wait()
+            if ask.done:
+                return ask.answer()
+            self._reading = True  # this caller reads for everyone waiting
+        batch: list[_Ask] = []
+        try:
+            self._wait_turn()
+            with self._cond:
+                batch, self._pending = self._pending, []
+            self._answer(batch)
+        except BaseException as error:
+            for waiting in batch or [ask]:
+                waiting.error = error
+            raise
+        finally:
+            with self._cond:
+                for waiting in batch:
+                    waiting.done = True
+                self._reading = False
+                self._cond.notify_all()
+        return ask.answer()
+
+    def _wait_turn(self) -> None:
+        wait = self._next_read - self._clock()
+        if wait > 0:
+            self._sleep(wait)  # asks arriving meanwhile join this read
+        self._next_read = max(self._clock(), self._next_read) + self.interval
+
+    def _answer(self, batch: list[_Ask]) -> None:
+        wanted: dict[str, tuple[str, str] | None] = {}
+        for ask in batch:  # two asks for one machine: read from the earlier cursor
+            known = wanted.get(ask.machine_id, ask.position)
+            wanted[ask.machine_id] = None if known is None or ask.position is None else min(known, ask.position)
+        found: dict[str, list[Entry]] = {machine_id: [] for machine_id in wanted}
+        for group in _groups(self.log_filter, wanted):
+            while True:
+                entries = self.fetch(machines_filter(self.log_filter, group), self.page)
+                self.requests += 1
+                for entry in entries:
+                    found.setdefault(entry.machine_id, []).append(entry)
+                    group[entry.machine_id] = entry.position
+                if len(entries) < self.page:
+                    break
+                self._wait_turn()  # a full page: read on from where it ended
+        for ask in batch:
+            lines = [e for e in found[ask.machine_id] if ask.position is None or e.position > ask.position]
+            ask.chunk = _chunk(lines, ask.cursor)
+
+
+@dataclass
+class _Ask:
+    machine_id: str
+    position: tuple[str, str] | None
+    cursor: str
+    done: bool = False
+    chunk: LogChunk | None = None
+    error: BaseException | None = None
+
+    def answer(self) -> LogChunk:
+        if self.error is not None:
+            raise self.error
+        assert self.chunk is not None
+        return self.chunk
+
+
+def _groups(log_filter: str, wanted: dict[str, tuple[str, str] | None]) -> list[dict[str, tuple[str, str] | None]]:
+    """``wanted`` in groups whose filter fits Cloud Logging's :data:`MAX_FILTER` characters."""
+    groups: list[dict[str, tuple[str, str] | None]] = [{}]
+    for machine_id, position in wanted.items():
+        candidate = {**groups[-1], machine_id: position}
+        if groups[-1] and len(machines_filter(log_filter, candidate)) > MAX_FILTER:
+            groups.append({machine_id: position})
+        else:
+            groups[-1] = candidate
+    return groups
+
+
+def _chunk(entries: list[Entry], cursor: str) -> LogChunk:
+    if not entries:
+        return LogChunk("", cursor)
+    text = "".join(e.text if e.text.endswith("\n") else e.text + "\n" for e in entries)
+    last = entries[-1]
+    return LogChunk(text, f"{last.stamp}|{last.insert_id}")
+
+
+def cloud_logging_fetch(clients: GoogleClients) -> Fetch:
+    """One ``entries.list`` request of ``clients``' project, oldest first, a page of ``most``
+    entries (which ends the client's paging): a 429 (the read quota) or a server error is retried with backoff (google-api-core's
+    retry), then raised as a :class:`~prefect_remote.errors.RemoteError`."""
+    from google.api_core import exceptions
+    from google.api_core.retry import Retry, if_exception_type
+
+    retry = Retry(
+        predicate=if_exception_type(exceptions.TooManyRequests, exceptions.InternalServerError, exceptions.ServiceUnavailable),
+        initial=2.0,
+        maximum=30.0,
+        multiplier=2.0,
+        timeout=QUOTA_RETRY_SECONDS,
+    )
+
+    def fetch(query: str, most: int) -> list[Entry]:
+        from google.cloud.logging import ASCENDING
+
+        def one_page() -> list[Entry]:
+            found = clients.logging().list_entries(
+                resource_names=[f"projects/{clients.project}"], filter_=query, order_by=ASCENDING, page_size=most, max_results=most
+            )
+            return [
+                Entry(
+                    (entry.labels or {}).get(MACHINE_LABEL, ""),
+                    entry.timestamp.astimezone(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ"),  # every entry has one
+                    entry.insert_id or "",
+                    str(entry.payload) if entry.payload is not None else "",
+                )
+                for entry in found
+            ]
+
+        with clients.translated("logging.logEntries.list"):
+            return retry(one_page)()
+
+    return fetch
+
+
+_readers: dict[tuple[str, str, str], LogReader] = {}
+_readers_lock = threading.Lock()
+
+
+def log_reader(clients: GoogleClients, log_name: str) -> LogReader:
+    """This process's one reader of log ``log_name`` in ``clients``' project (made on first use)."""
+    key = (clients.project, clients.options.api_endpoint or "", log_name)
+    with _readers_lock:
+        if key not in _readers:
+            _readers[key] = LogReader(cloud_logging_fetch(clients), f'logName="projects/{clients.project}/logs/{log_name}"')
+        return _readers[key]
+
+
 def read_logs(clients: GoogleClients, log_name: str, machine_id: str, cursor: str | None = None) -> LogChunk:
     """What machine ``machine_id`` logged after ``cursor`` (a previous chunk's; None: from the
-    start), up to 1,000 lines a chunk, read with one ``entries.list`` call. The cursor is the last
-    entry's timestamp and insertId: the next read asks for entries after it."""
-    from google.cloud.logging import ASCENDING
-
-    query = f'logName="projects/{clients.project}/logs/{log_name}" AND labels."{MACHINE_LABEL}"="{machine_id}"'
-    if cursor:
-        stamp, _, last_id = cursor.partition("|")
-        query += f' AND (timestamp>"{stamp}" OR (timestamp="{stamp}" AND insertId>"{last_id}"))'
-    with clients.translated("logging.logEntries.list"):
-        entries = list(
-            clients.logging().list_entries(
-                resource_names=[f"projects/{clients.project}"], filter_=query, order_by=ASCENDING, page_size=PAGE, max_results=PAGE
-            )
-        )
-    if not entries:
-        return LogChunk("", cursor or "")
-    lines = [str(entry.payload) if entry.payload is not None else "" for entry in entries]
-    text = "".join(line if line.endswith("\n") else line + "\n" for line in lines)
-    last = entries[-1]
-    stamp = last.timestamp.astimezone(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")  # every entry has one
-    return LogChunk(text, f"{stamp}|{last.insert_id}")
+    start), through this process's shared :class:`LogReader`. The cursor is the last entry's
+    timestamp and insertId: the next read asks for entries after it."""
+    return log_reader(clients, log_name).read(machine_id, cursor)

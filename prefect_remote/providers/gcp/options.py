@@ -1,5 +1,5 @@
 """The gcp provider's options: keyword arguments of ``get_provider("gcp", ...)``, a pool's provider
-block, defaulting to the ``PREFECT_REMOTE_GCP_*`` settings.
+block's options, else ``PREFECT_REMOTE_GCP_<OPTION>`` (``PREFECT_REMOTE_GCP_PROJECT``…).
 
 >>> GCPOptions(project="my-project", region="europe-west1").zone_or_default
 'europe-west1-b'
@@ -10,8 +10,10 @@ from __future__ import annotations
 import re
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import Field, field_validator
+from pydantic_settings import SettingsConfigDict
 
+from prefect_remote.providers.options import ProviderOptions
 from prefect_remote.spec import ingress_source
 
 Service = Literal["auto", "cloud-run", "compute"]
@@ -24,27 +26,23 @@ _EMAIL = re.compile(r"[^@\s]+@[^@\s]+\.iam\.gserviceaccount\.com|[^@\s]+@develop
 FIRST_ZONES = {"europe-west1": "b", "us-east1": "b", "asia-east1": "a"}
 
 
-def _settings():
-    from prefect_remote.settings import get_settings
+class GCPOptions(ProviderOptions):
+    """Where gcp machines run and as whom; each one not given is read from ``PREFECT_REMOTE_GCP_<OPTION>``."""
 
-    return get_settings()
+    model_config = SettingsConfigDict(env_prefix="PREFECT_REMOTE_GCP_")
 
-
-class GCPOptions(BaseModel):
-    """Where gcp machines run and as whom. Every field defaults to its ``PREFECT_REMOTE_GCP_*`` setting."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    project: str | None = Field(
-        default_factory=lambda: _settings().gcp_project, description="Project id; default GOOGLE_CLOUD_PROJECT or the credentials'."
-    )
-    region: str = Field(default_factory=lambda: _settings().gcp_region, description="Region, e.g. us-central1.")
-    zone: str | None = Field(default_factory=lambda: _settings().gcp_zone, description="Compute Engine zone; default the region's first.")
+    project: str | None = Field(default=None, description="Project id; default GOOGLE_CLOUD_PROJECT or the credentials'.")
+    region: str = Field(default="us-central1", description="Region of Cloud Run jobs and Compute Engine VMs.")
+    zone: str | None = Field(default=None, description="Compute Engine zone; default the region's first.")
     service: Service = Field(
-        default="auto", description="Cloud Run jobs, Compute Engine VMs, or 'auto': Cloud Run unless the spec needs a VM."
+        default="auto",
+        title="GCP service",
+        description="Cloud Run jobs, Compute Engine VMs, or 'auto': Cloud Run unless the spec needs a VM.",
     )
     service_account: str | None = Field(
-        default_factory=lambda: _settings().gcp_service_account, description="Email of the machines' service account."
+        default=None,
+        description="Email of the service account machines run as (what they read secrets, the store and end themselves with); "
+        "`--provision-infra` makes one.",
     )
     network: str = Field(default="default", description="VPC network of Compute Engine VMs (and the firewall rule).")
     subnetwork: str | None = Field(default=None, description="Subnetwork of Compute Engine VMs; default the network's in the region.")
@@ -53,12 +51,19 @@ class GCPOptions(BaseModel):
     )
     log_name: str = Field(default="prefect-remote", description="Cloud Logging log machines write to.")
     api_endpoint: str | None = Field(
-        default_factory=lambda: _settings().gcp_api_endpoint, description="Base URL of every Google API but Cloud Storage."
+        default=None,
+        description="Base URL for every Google API but Cloud Storage (which reads STORAGE_EMULATOR_HOST): a Private Service "
+        "Connect endpoint, or `prefect-remote sandbox gcp`'s. Default: Google's own endpoints.",
     )
     public_ip: str | None = Field(
-        default_factory=lambda: _settings().gcp_public_ip, description="This launcher's public IP, for allow_ingress_from='me'."
+        default=None,
+        description="This launcher's public IP, for allow_ingress_from='me' (default: asked of checkip.amazonaws.com). Not a machine's.",
     )
-    lease_interval: float = Field(default_factory=lambda: _settings().gcp_lease_interval, ge=5.0)
+    lease_interval: float = Field(
+        default=30.0,
+        ge=5.0,
+        description="Seconds between a machine's reads of its lease (its owner's loss is noticed this long after keepalive).",
+    )
     allow_ingress_from: str = Field(default="me", description="Who reaches a cluster's scheduler when its spec does not say.")
 
     @field_validator("region")

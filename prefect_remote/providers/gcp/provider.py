@@ -20,7 +20,7 @@ from __future__ import annotations
 import logging
 import secrets
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from prefect_remote.errors import MachineNotFound
 from prefect_remote.providers.base import Capabilities, InstanceType, Launch, LogChunk, Machine, Plan, Provider
@@ -43,17 +43,31 @@ class GCPProvider(Provider):
     # The union of its services': a request only one service meets goes to that one.
     capabilities = Capabilities(inbound_connections=True, terminate_one=True, containers=True, gpus=True, max_lifetime=None)
     runtime = "prefect_remote.providers.gcp.runtime:GCPRuntime"
+    block_fields = ("project", "region", "service_account")  # what --provision-infra records
+    options_model = GCPOptions
+    job_variables: ClassVar[Mapping[str, str]] = {"gcp_service": "service"}  # a flow run's choice of service
     infra = "prefect_remote.providers.gcp.infra"  # the APIs checked, the machines' service account, the bucket, the firewall rules
+    doctor = "prefect_remote.providers.gcp.doctor"  # credentials, APIs, permissions, grants, quotas, network, bucket
     max_boot_script = 32 * 1024  # Cloud Run container args; Compute Engine metadata takes 256 KiB
+    min_poll = 1.0  # wait() describes every machine each round: Cloud Run's and Compute Engine's read quotas
     agent_extras = ("gcp",)
     agent_requirements = ("google-cloud-storage", "google-cloud-secret-manager", "google-cloud-logging", "google-cloud-compute")
     dask_ports = DASK_PORTS  # what the firewall rule admits from allow_ingress_from
-    # A failed boot ends the VM (a Cloud Run task ends when its script does); never the host a
-    # sandbox runs the machine on, which points its metadata server elsewhere.
-    halt_command = '[ -n "${CLOUD_RUN_JOB:-}${GCE_METADATA_HOST:-}" ] || shutdown -h now'
+    # A failed boot ends the VM: deleted through the API with the VM's own token (a guest shutdown
+    # only stops it, and its disk bills on), then shut down. A Cloud Run task ends when its script
+    # does. Never a shutdown of the host a sandbox runs the machine on (its metadata server is elsewhere).
+    halt_command = (
+        '[ -n "${CLOUD_RUN_JOB:-}" ] || ( set +e; m="http://${GCE_METADATA_HOST:-metadata.google.internal}/computeMetadata/v1"; '
+        'h="Metadata-Flavor: Google"; z="$(curl -sf -H "$h" "$m/instance/zone")"; '
+        't="$(curl -sf -H "$h" "$m/instance/service-accounts/default/token" | sed -E \'s/.*"access_token" *: *"([^"]+)".*/\\1/\')"; '
+        'curl -sf -m 30 -o /dev/null -X DELETE -H "Authorization: Bearer $t" '
+        '"${PREFECT_REMOTE_GCP_API_ENDPOINT:-https://compute.googleapis.com}/compute/v1/projects/'
+        '$(curl -sf -H "$h" "$m/project/project-id")/zones/${z##*/}/instances/$(curl -sf -H "$h" "$m/instance/name")"; '
+        '[ -n "${GCE_METADATA_HOST:-}" ] || shutdown -h now )'
+    )
 
     def __init__(self, **options: Any) -> None:
-        self.options = GCPOptions(**options)
+        self.options = GCPOptions.load(**options)
         self.lease_interval = self.options.lease_interval
         self._services: dict[str, GCPService] = {}
         self._clients: GoogleClients | None = None
@@ -232,6 +246,8 @@ class GCPProvider(Provider):
         return {launch for launch in launches if launch}
 
     def logs(self, machine_id: str, *, cursor: str | None = None) -> LogChunk:
+        """Through this process's one Cloud Logging reader of the project, shared by every follower
+        (:class:`~prefect_remote.providers.gcp.logs.LogReader`: within the read quota)."""
         from prefect_remote.providers.gcp.logs import read_logs
 
         self._service_of(machine_id)

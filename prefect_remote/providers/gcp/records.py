@@ -36,7 +36,8 @@ from typing import TYPE_CHECKING, Any
 
 from prefect_remote.errors import CapabilityError
 from prefect_remote.providers.base import Machine, batches
-from prefect_remote.software.store import NotInStore, Store, StoreError, open_store
+from prefect_remote.software.store import NotInStore, Store, StoreError
+from prefect_remote.software.stores import open_store
 
 if TYPE_CHECKING:
     from google.cloud.storage import Blob

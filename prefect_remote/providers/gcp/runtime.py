@@ -19,16 +19,19 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import time
 import urllib.request
 from functools import cached_property
 from typing import Any
 
+from prefect_remote.machine.boot import DEFAULT_ROOT, ROOT_ENV
 from prefect_remote.machine.runtime import LogShipping, MachineRuntime
 
 SECRETS_ENV = "PREFECT_REMOTE_SECRETS_JSON"  # the Cloud Run container's env var Cloud Run fills from Secret Manager
 CLOUD_RUN_JOB_ENV = "CLOUD_RUN_JOB"  # set by Cloud Run in every task's container
 API_ENDPOINT_ENV = "PREFECT_REMOTE_GCP_API_ENDPOINT"
 DEFAULT_METADATA_HOST = "metadata.google.internal"
+HALT_RETRIES = (2.0, 4.0, 8.0, 16.0, 30.0)  # seconds before each delete halt() tries again
 
 
 class GCPRuntime(MachineRuntime):
@@ -64,6 +67,20 @@ class GCPRuntime(MachineRuntime):
     def lease_age(self) -> float:
         return self._records.lease_age(self.machine_id)
 
+    def first_start(self) -> bool:
+        """A VM runs its startup script on every boot: a marker on its boot disk
+        (``$PREFECT_REMOTE_ROOT/started/<machine id>``) says the agent started before. A Cloud Run
+        task never boots twice (a retry is a new container)."""
+        if self.on_cloud_run:
+            return True
+        folder = os.path.join(os.environ.get(ROOT_ENV) or DEFAULT_ROOT, "started")
+        os.makedirs(folder, exist_ok=True)
+        try:
+            os.close(os.open(os.path.join(folder, self.machine_id), os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
+        except FileExistsError:
+            return False
+        return True
+
     # -- secrets, logs, the end ------------------------------------------------------------------------
     def read_secrets(self) -> dict[str, str]:
         if self.on_cloud_run:
@@ -88,10 +105,12 @@ class GCPRuntime(MachineRuntime):
             self._records.end(self.machine_id, reason=reason, exit_code=exit_code)
         except Exception:  # the reason is a courtesy: ending the machine is what matters
             pass
-        if self.on_cloud_run:
-            return
-        # One REST call with google-auth: importing google.cloud.compute_v1 takes seconds, which the
-        # machine would run (and be billed) longer at its very end.
+        if not self.on_cloud_run:
+            self._delete_self()
+
+    def _delete_self(self) -> None:
+        """Deletes this VM: one REST call with google-auth (importing google.cloud.compute_v1 takes
+        seconds, which the machine would run, and be billed, longer at its very end)."""
         import google.auth
         from google.auth.transport.requests import AuthorizedSession
 
@@ -104,10 +123,21 @@ class GCPRuntime(MachineRuntime):
             raise RuntimeError(f"DELETE {url}: HTTP {response.status_code}: {response.text[:500]}")
 
     def halt(self) -> None:
-        """``shutdown -h now`` on a VM (launched to be deleted when it stops); on Cloud Run the task
-        ends with the agent. Never on a sandbox's machine, a process on someone's computer (its
-        metadata server is not the link-local one)."""
-        if self.on_cloud_run or os.environ.get("GCE_METADATA_HOST"):
+        """The delete failed: tried again for about a minute, since a VM that only shuts down is
+        stopped (``TERMINATED``), not deleted, and its disk bills on; then ``shutdown -h now`` (the
+        owner's next listing deletes a stopped VM). On Cloud Run the task ends with the agent. Never
+        a shutdown on a sandbox's machine, a process on someone's computer (its metadata server is
+        not the link-local one)."""
+        if self.on_cloud_run:
+            return
+        for pause in HALT_RETRIES:
+            time.sleep(pause)
+            try:
+                self._delete_self()
+                break
+            except Exception:  # must not fail: the shutdown below ends it all the same
+                continue
+        if os.environ.get("GCE_METADATA_HOST"):
             return
         try:
             subprocess.run(["shutdown", "-h", "now"], check=False, timeout=30)

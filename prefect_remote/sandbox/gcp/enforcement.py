@@ -40,12 +40,13 @@ import secrets
 import threading
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from prefect_remote.sandbox.gcp.api import GoogleAPI, GoogleError, body
+from prefect_remote.sandbox.gcp.common import Sandbox
 from prefect_remote.sandbox.gcp.permissions import (
     METHODS,
     PUBLIC_IMAGES,
@@ -61,7 +62,6 @@ from prefect_remote.sandbox.gcp.policy import Evaluator, PolicyStore, Resource
 if TYPE_CHECKING:
     from google.oauth2.credentials import Credentials
 
-    from prefect_remote.sandbox.gcp.sandbox import SandboxGCP
     from prefect_remote.sandbox.gcp.storage_gate import StorageGate
 
 INTERNAL = "sandbox:internal"  # the sandbox's own principal: allowed everything, named by no policy
@@ -73,13 +73,25 @@ PERMISSION_FORMAT = re.compile(r"[a-zA-Z0-9]+(\.[a-zA-Z0-9]+){2,}")
 LAUNCHER_PLACES = {"the project": "project", "the machines' service account": "service account", "the store's bucket": "bucket"}
 
 
+class GovernedSandbox(Sandbox, Protocol):
+    """What IAM needs of the sandbox GCP it governs (:class:`~prefect_remote.sandbox.gcp.sandbox.SandboxGCP`,
+    which holds it: it takes the sandbox as this, never imports it)."""
+
+    iam: Any  # service accounts, custom roles, the project's policy
+    compute: Any  # Compute Engine, whose failed-insert operations it writes
+    launcher_account: str
+    machine_account: str
+
+
 class IAMEnforcement:
     """IAM for ``sandbox`` (a :class:`~prefect_remote.sandbox.gcp.sandbox.SandboxGCP`, not started
     yet): it registers its routes and becomes the endpoint's gate. ``delay``: seconds until a policy
     change takes effect; ``clock``: epoch seconds."""
 
-    def __init__(self, sandbox: SandboxGCP, *, delay: float, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, sandbox: GovernedSandbox, *, delay: float, clock: Callable[[], float] = time.time) -> None:
         self.sandbox = sandbox
+        self.on = True  # off: every call passes (a test that needs IAM off)
+        self.refusals: list[str] = []  # "principal lacks permission on resource", for a test to read
         self.store = PolicyStore(clock, delay)
         self.evaluator = Evaluator(self.store, project=sandbox.project, project_number=sandbox.project_number)
         self.scope = Scope(sandbox.project, sandbox.project_number, self._account_email)
@@ -106,7 +118,7 @@ class IAMEnforcement:
     # -- the gate ------------------------------------------------------------------------------------
     async def check(self, name: str, request: Request) -> Response | None:
         principal = request.state.principal
-        if principal == INTERNAL:
+        if principal == INTERNAL or not self.on:
             return None
         method = METHODS.get(name)
         if method is None:
@@ -129,7 +141,11 @@ class IAMEnforcement:
         return None
 
     def allows(self, principal: str, check: Check) -> bool:
-        return principal == INTERNAL or self.evaluator.allows(principal, check.permission, check.resource)
+        if principal == INTERNAL or not self.on or self.evaluator.allows(principal, check.permission, check.resource):
+            return True
+        with self._lock:
+            self.refusals.append(f"{principal} lacks {check.permission} on {check.resource.name}")
+        return False
 
     def done(self, name: str, request: Request) -> None:
         """Records what a successful call changed in IAM."""

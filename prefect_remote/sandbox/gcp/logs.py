@@ -12,6 +12,11 @@ Listing: the filter subset the product uses (``logName="…"``, ``labels."k"="v"
 :mod:`prefect_remote.sandbox.gcp.filters`), ``orderBy`` ``timestamp asc`` (default) or
 ``timestamp desc``, ``pageSize`` (default 50, at most 1000) and ``pageToken``.
 
+Google's read quota holds: ``entries.list`` takes :data:`READS_PER_MINUTE` requests a minute per
+project (a page is a request; the quota cannot be raised), and answers the next 429
+``RESOURCE_EXHAUSTED`` as Google does. A test that needs it off sets ``read_quota = None`` (and
+``quota_window`` makes a test's minute shorter).
+
 >>> fake = LoggingFake(api, Project.named("sandbox-project"))          # doctest: +SKIP
 >>> fake.entries()[-1]["textPayload"]                                  # doctest: +SKIP
 'flow run started'
@@ -19,8 +24,11 @@ Listing: the filter subset the product uses (``logName="…"``, ``labels."k"="v"
 
 from __future__ import annotations
 
+import collections
 import json
 import threading
+import time
+from collections.abc import Callable
 from typing import Any
 
 from starlette.requests import Request
@@ -32,6 +40,7 @@ from prefect_remote.sandbox.gcp.filters import compile_filter, parse_time
 MAX_ENTRY = 256 * 1024
 MAX_REQUEST = 10 * 1024 * 1024
 _AUTO_ID = "sandbox-"  # the prefix of insertIds the fake assigns
+READS_PER_MINUTE = 60  # Cloud Logging's entries.list quota, per project ("cannot be increased")
 
 
 def _order(held: tuple[float, str, int, dict[str, Any]]) -> tuple[float, str, int]:
@@ -42,8 +51,12 @@ def _order(held: tuple[float, str, int, dict[str, Any]]) -> tuple[float, str, in
 class LoggingFake:
     """Log entries of ``project``, served on ``api`` (kept for the sandbox's life)."""
 
-    def __init__(self, api: GoogleAPI, project: Project) -> None:
+    def __init__(self, api: GoogleAPI, project: Project, *, clock: Callable[[], float] = time.monotonic) -> None:
         self.project = project
+        self.read_quota: int | None = READS_PER_MINUTE  # None: no quota (a test that needs it off)
+        self.quota_window = 60.0  # seconds the quota counts over
+        self._clock = clock
+        self._reads: collections.deque[float] = collections.deque()  # when each counted entries.list came
         self._entries: list[tuple[float, str, int, dict[str, Any]]] = []  # (timestamp epoch, insertId, arrival, entry)
         self._lock = threading.Lock()
         api.route("/v2/entries:write", ["POST"], "logging.entries.write")(self._write)
@@ -103,7 +116,38 @@ class LoggingFake:
             self.write(entries)
         return {}
 
+    def reset_reads(self) -> None:
+        """Forgets the reads counted so far (a test starts with the whole quota)."""
+        with self._lock:
+            self._reads.clear()
+
+    def _count_read(self) -> None:
+        """Counts an ``entries.list`` request against the project's quota; over it, 429 as Google."""
+        if self.read_quota is None:
+            return
+        now = self._clock()
+        with self._lock:
+            while self._reads and self._reads[0] <= now - self.quota_window:
+                self._reads.popleft()
+            if len(self._reads) >= self.read_quota:
+                raise GoogleError(
+                    429,
+                    "Quota exceeded for quota metric 'Read requests' and limit 'Read requests per minute' of service "
+                    f"'logging.googleapis.com' for consumer 'project_number:{self.project.number}'.",
+                    "RESOURCE_EXHAUSTED",
+                    details=[
+                        {
+                            "@type": "type.googleapis.com/google.rpc.ErrorInfo",
+                            "reason": "RATE_LIMIT_EXCEEDED",
+                            "domain": "googleapis.com",
+                            "metadata": {"service": "logging.googleapis.com", "quota_limit": "ReadRequestsPerMinutePerProject"},
+                        }
+                    ],
+                )
+            self._reads.append(now)
+
     def _list(self, request: Request) -> dict[str, Any]:
+        self._count_read()
         given = body(request)
         names = given.get("resourceNames") or []
         if not names:

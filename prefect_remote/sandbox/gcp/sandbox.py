@@ -14,7 +14,7 @@ The project is ready to use: the store's bucket, a service account for machines
 exports name). The test suite starts one per session; ``prefect-remote sandbox gcp`` starts the
 same thing for a shell.
 
-``enforce_iam=True`` makes it strict about IAM (:mod:`prefect_remote.sandbox.gcp.enforcement`):
+``enforce_iam`` (on by default) makes it strict about IAM (:mod:`prefect_remote.sandbox.gcp.enforcement`):
 every call is checked against the project's IAM policies, the launcher holds exactly the roles the
 docs list, machines act as their launch's service account, and grants take effect ``iam_delay``
 seconds after they are made (Google: typically 2 minutes, up to 7 or more).
@@ -35,6 +35,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from prefect_remote.sandbox.gcp import storage_rules
 from prefect_remote.sandbox.gcp.api import GoogleAPI
 from prefect_remote.sandbox.gcp.common import Project
 from prefect_remote.sandbox.gcp.compute import ComputeFake
@@ -73,7 +74,7 @@ class SandboxGCP(SandboxCloud):
         home: str | Path | None = None,
         isolation: str | None = None,
         expose: tuple[int, ...] = (),
-        enforce_iam: bool = False,
+        enforce_iam: bool = True,
         iam_delay: float = IAM_DELAY,
     ) -> None:
         self.project, self.region, self.host, self.port = project, region, host, port
@@ -104,6 +105,9 @@ class SandboxGCP(SandboxCloud):
         self._storage: Any = None
         self._storage_url = ""
         self._runner: InstanceRunner | None = None
+
+    def _iam_gate(self) -> Any:
+        return self.enforcement
 
     # -- endpoints -----------------------------------------------------------------------------------------
     @property
@@ -161,6 +165,7 @@ class SandboxGCP(SandboxCloud):
             # A line per request otherwise, and a warning per response it writes as a string
             # ("[RESPONSE] Content handled as string…", every batch and JSON answer): its errors only.
             logging.getLogger("gcp_storage_emulator").setLevel(logging.ERROR)
+            storage_rules.install()  # customTime never lowered, as on Cloud Storage
             self._storage = create_server(self.host, 0, in_memory=True, default_bucket=STORE_BUCKET, project_number=self.project_number)
             self._storage.start()
             httpd = self._storage._api._httpd
@@ -218,6 +223,15 @@ class SandboxGCP(SandboxCloud):
         if self._runner is not None:
             self._runner.wait_idle(timeout)
         return ended
+
+    def advance_lifecycle(self, days: float, bucket: str | None = None) -> list[str]:
+        """Makes ``days`` pass for every Cloud Storage object (of ``bucket`` only: other tests'
+        objects keep their age), then applies the buckets' lifecycle
+        rules as Google's daily pass does (:func:`~prefect_remote.sandbox.gcp.storage_rules.advance_lifecycle`);
+        returns the ``bucket/object`` names deleted."""
+        if self._storage is None:
+            raise RuntimeError("the GCP sandbox is not started; call start() first")
+        return storage_rules.advance_lifecycle(self._storage._storage, days, bucket=bucket, say=logger.info)
 
     # -- what a shell, a test or a machine needs ------------------------------------------------------------
     def environ(self) -> dict[str, str]:

@@ -34,7 +34,7 @@ import re
 import secrets
 from collections.abc import Callable
 from email.parser import BytesParser
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 from starlette.applications import Starlette
@@ -45,10 +45,7 @@ from starlette.routing import Route
 
 from prefect_remote.sandbox.gcp.api import GoogleError, serve_in_thread
 from prefect_remote.sandbox.gcp.permissions import Check
-from prefect_remote.sandbox.gcp.policy import ANONYMOUS
-
-if TYPE_CHECKING:
-    from prefect_remote.sandbox.gcp.enforcement import IAMEnforcement
+from prefect_remote.sandbox.gcp.policy import ANONYMOUS, PolicyStore, Resource
 
 logger = logging.getLogger(__name__)
 
@@ -110,12 +107,27 @@ def json_method(method: str, path: str) -> tuple[str, dict[str, str]] | None:
     return None
 
 
+class Authority(Protocol):
+    """What the gate asks of the sandbox's IAM (:class:`~prefect_remote.sandbox.gcp.enforcement.IAMEnforcement`),
+    which also tells the gate of policy changes: the gate takes it as this, never imports it."""
+
+    scope: Any  # names buckets and objects as IAM resources
+    store: PolicyStore
+    sandbox: Any  # the sandbox GCP, whose ``api.principal(request)`` says who calls
+
+    def allows(self, principal: str, check: Check) -> bool: ...
+
+    def check_conditions(self, policy: dict[str, Any]) -> None: ...
+
+    def test_permissions(self, principal: str, permissions: Any, resource: Resource) -> dict[str, Any]: ...
+
+
 class StorageGate:
     """The proxy: ``enforcement`` decides, ``backend`` (gcp-storage-emulator's URL, whose in-process
     ``storage`` it reads for bucket policies and whether an object exists) answers, ``calls``
     counts refused requests as the emulator counts the others (``storage.GET``…)."""
 
-    def __init__(self, enforcement: IAMEnforcement, backend: str, storage: Any, calls: collections.Counter[str]) -> None:
+    def __init__(self, enforcement: Authority, backend: str, storage: Any, calls: collections.Counter[str]) -> None:
         import httpx
 
         self.enforcement, self.backend, self.storage, self.calls = enforcement, backend, storage, calls

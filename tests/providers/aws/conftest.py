@@ -1,9 +1,9 @@
-"""Fixtures for the EC2 provider's tests: the provider and plain boto3 clients, both pointed at the
-session's moto server by ``aws_env`` (the provider does not know it is not AWS)."""
+"""Fixtures for the EC2 provider's tests: the provider (as the docs' launcher) and plain boto3 clients
+of the account's owner (a test's look at the account, and its set-up), both pointed at the session's
+moto server by ``aws_env`` (the provider does not know it is not AWS)."""
 
 from __future__ import annotations
 
-import boto3
 import pytest
 
 from prefect_remote.providers.aws.provider import AWSProvider
@@ -25,9 +25,9 @@ def provider(aws_env) -> AWSProvider:
 
 @pytest.fixture
 def ec2(aws_env):
-    return boto3.session.Session().client("ec2")
+    return aws_env.client("ec2")
 
 
 @pytest.fixture
 def ssm(aws_env):
-    return boto3.session.Session().client("ssm")
+    return aws_env.client("ssm")

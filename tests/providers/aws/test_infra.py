@@ -15,9 +15,10 @@ from pathlib import Path
 import pytest
 from botocore.exceptions import ClientError
 
-from prefect_remote.providers.aws import infra
+from prefect_remote.providers.aws import infra, permissions
 from prefect_remote.providers.aws.infra import machine_policy, role_name
 from prefect_remote.providers.aws.provider import AWSError, AWSProvider
+from prefect_remote.sandbox import aws_identities
 from tests.providers.infra_clouds import AWSInfra, cli
 
 REGION = AWSInfra.REGION
@@ -106,19 +107,48 @@ def test_readme_quotes_the_policy_exactly():
     assert found.group(1) == json.dumps(machine_policy(**README_VALUES), indent=2)
 
 
+def docs_list(name: str) -> list[str]:
+    """The permissions the docs list between ``<!-- name -->`` and ``<!-- /name -->``, in order."""
+    found = re.search(rf"<!-- {name} -->\n(.*?)<!-- /{name} -->", DOCS_PAGE.read_text(), re.S)
+    assert found, f"docs/providers/aws.md lost its {name} list"
+    return re.findall(r"`([a-z0-9]+:[A-Za-z]+)`", found.group(1))
+
+
+def test_the_docs_list_exactly_the_permissions_the_sandbox_enforces():
+    """The docs' lists are permissions' data, which the sandbox's users hold (and nothing more)."""
+    assert docs_list("launcher-permissions") == list(permissions.LAUNCHER_PERMISSIONS)
+    assert docs_list("store-permissions") == [*permissions.STORE_OBJECT_PERMISSIONS, *permissions.STORE_BUCKET_PERMISSIONS]
+    assert docs_list("provisioning-permissions") == list(permissions.PROVISIONING_PERMISSIONS)
+    assert docs_list("teardown-permissions") == list(permissions.TEARDOWN_PERMISSIONS)
+    assert docs_list("teardown-delete-bucket-permissions") == list(permissions.TEARDOWN_DELETE_BUCKET_PERMISSIONS)
+    assert docs_list("teardown-force-permissions") == list(permissions.TEARDOWN_FORCE_PERMISSIONS)
+    granted = {
+        name: {a for s in policy["Statement"] for a in ([s["Action"]] if isinstance(s["Action"], str) else s["Action"])}
+        for name, policy in aws_identities.policies(ACCOUNT).items()
+    }
+    assert granted["launcher"] == {*docs_list("launcher-permissions"), *docs_list("store-permissions"), "iam:PassRole"}
+    assert granted["provisioning"] == set(docs_list("provisioning-permissions"))
+    assert granted["teardown"] == {
+        *docs_list("teardown-permissions"),
+        *docs_list("teardown-delete-bucket-permissions"),
+        *docs_list("teardown-force-permissions"),
+    }
+
+
 # -- teardown -------------------------------------------------------------------------------------
 def test_teardown_of_one_pool_keeps_what_other_pools_use(region):
     provision("pool-a")
     provision("pool-b")
     said: list[str] = []
-    assert infra.teardown(REGION, "pool-a", say=said.append) == [
-        f"instance profile {role_name(REGION, 'pool-a')}",
-        f"IAM role {role_name(REGION, 'pool-a')}",
-    ]
-    assert roles() == {role_name(REGION, "pool-b")} and len(groups()) == 2 and log_groups()
-    assert "pools pool-b still use them" in said[0]
-    assert infra.teardown(REGION, "pool-a", say=said.append) == []
-    infra.teardown(REGION, "pool-b", say=said.append)  # the last pool: the shared resources go too
+    with AWSInfra(None).identity("teardown"):
+        assert infra.teardown(REGION, "pool-a", say=said.append) == [
+            f"instance profile {role_name(REGION, 'pool-a')}",
+            f"IAM role {role_name(REGION, 'pool-a')}",
+        ]
+        assert roles() == {role_name(REGION, "pool-b")} and len(groups()) == 2 and log_groups()
+        assert "pools pool-b still use them" in said[0]
+        assert infra.teardown(REGION, "pool-a", say=said.append) == []
+        infra.teardown(REGION, "pool-b", say=said.append)  # the last pool: the shared resources go too
     assert roles() == set() and groups() == set() and log_groups() == []
 
 
@@ -132,7 +162,9 @@ def refuse(boto_client, operation: str, code: str = "AccessDenied") -> None:
     boto_client.meta.events.register(f"before-call.*.{operation}", hook)
 
 
-def test_errors_name_the_fix(region, monkeypatch):
+def test_errors_name_the_fix(region, aws_env, monkeypatch):
+    for name, value in aws_env.keys("provisioning").items():
+        monkeypatch.setenv(name, value)
     provider = AWSProvider()
     refuse(provider.client("iam"), "CreateRole")
     with pytest.raises(

@@ -63,8 +63,12 @@ def test_batches_respect_cloudwatch_limits():
 
 # -- LogShipper against moto ------------------------------------------------------------------------
 @pytest.fixture
-def group(aws_env) -> str:
-    return f"/prefect-remote/test-{secrets.token_hex(4)}"  # missing: the shipper creates it
+def group(aws_env, monkeypatch) -> str:
+    """The machines' log group (provisioning makes it), shipped to and read as a machine: with its
+    instance profile's credentials, whose policy is machine_policy()."""
+    for name, value in aws_env.keys("machine").items():
+        monkeypatch.setenv(name, value)
+    return "/prefect-remote/machines"
 
 
 @pytest.fixture

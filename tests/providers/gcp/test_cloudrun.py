@@ -197,10 +197,15 @@ def test_the_job_runs_the_boot_script_once_in_the_chosen_shape(service):
     assert body["template"]["taskCount"] == 1
     assert "nodeSelector" not in task and not container.get("env")
 
+    from google.api import launch_stage_pb2
+
     gpu = service.job(launch_of(MachineSpec(gpu="l4", timeout="1 hour"), "nvidia-smi", service))
     gpu_task = json.loads(run_v2.Job.to_json(gpu))["template"]["template"]
     assert gpu_task["nodeSelector"] == {"accelerator": "nvidia-l4"} and gpu_task["gpuZonalRedundancyDisabled"] is True
     assert gpu_task["containers"][0]["resources"]["limits"] == {"cpu": "4", "memory": "16Gi", "nvidia.com/gpu": "1"}
+    assert (
+        gpu.launch_stage == launch_stage_pb2.LaunchStage.BETA != job.launch_stage
+    )  # BETA (google.api.LaunchStage): GPU jobs, a Preview feature in 2025
 
     own = service.job(launch_of(MachineSpec(container="us-docker.pkg.dev/p/r/img:1"), "true", service))
     assert own.template.template.containers[0].image == "us-docker.pkg.dev/p/r/img:1"

@@ -9,6 +9,7 @@ import pytest
 
 from prefect_remote.errors import CapacityError
 from prefect_remote.providers.base import InstanceType, Launch
+from prefect_remote.providers.gcp import compute_catalog
 from prefect_remote.providers.gcp import prices as gce_prices
 from prefect_remote.providers.gcp.compute import ComputeService
 from prefect_remote.providers.gcp.compute_catalog import attached, choose_machine_type, machine_types
@@ -228,7 +229,17 @@ def test_instance_body(service, types):
     ]
     assert body["tags"] == {"items": ["prefect-remote"]}
     assert body["networkInterfaces"][0]["network"] == "global/networks/default"
-    assert body["scheduling"] == {"provisioningModel": "STANDARD", "nodeAffinities": []}
+    assert body["scheduling"] == {"provisioningModel": "STANDARD", "automaticRestart": False, "nodeAffinities": []}  # never rerun by Google
+
+
+def test_the_root_disk_holds_real_environments_and_is_the_type_its_family_boots_from(service, types):
+    [disk] = body_of(service, launch_of(types, cpu=4))["disks"]
+    assert disk["initializeParams"]["diskSizeGb"] == "40"  # not the image's 10 GB
+    assert disk["initializeParams"]["diskType"].endswith("/pd-balanced")
+    for machine_type in ("n4-standard-4", "c4-standard-8", "c4a-standard-4", "c4d-standard-8", "x4-megamem-960-metal", "a3-ultragpu-8g"):
+        assert compute_catalog.boot_disk_type(machine_type) == "hyperdisk-balanced", machine_type
+    for machine_type in ("e2-standard-2", "n2-standard-4", "c3-standard-4", "n1-standard-4", "g2-standard-4", "t2a-standard-4"):
+        assert compute_catalog.boot_disk_type(machine_type) == "pd-balanced", machine_type
 
 
 def test_spot_timeout_gpu_and_arm(service, types):
@@ -238,7 +249,7 @@ def test_spot_timeout_gpu_and_arm(service, types):
     gpu = body_of(service, launch_of(types, gpu="t4"))
     assert gpu["machineType"].endswith("/n1-standard-4")
     assert gpu["guestAccelerators"] == [{"acceleratorType": "zones/us-central1-a/acceleratorTypes/nvidia-tesla-t4", "acceleratorCount": 1}]
-    assert gpu["scheduling"]["onHostMaintenance"] == "TERMINATE"  # GPUs cannot live-migrate
+    assert gpu["scheduling"]["onHostMaintenance"] == "TERMINATE" and gpu["scheduling"]["automaticRestart"] is False  # no live migration
     arm = body_of(service, launch_of(types, cpu=4, arm=True))
     assert arm["disks"][0]["initializeParams"]["sourceImage"].endswith("/family/debian-12-arm64")
     c4a = body_of(service, launch_of(types, vm_type="c4a-standard-4", arm=True))
@@ -359,21 +370,68 @@ def test_me_is_the_subnetwork_from_a_machine_in_the_network(gce, monkeypatch):
     assert gce.ingress_cidr(MachineSpec()) == f"{LAUNCHER_IP}/32"
 
 
-def test_spot_stock_out_falls_back_to_standard_and_says_so(gce, gcp_sandbox, caplog):
-    gcp_sandbox.compute.refuse_spot(times=1)
+@pytest.fixture
+def compute_fake(gcp_sandbox):
+    """The sandbox's Compute Engine, its injected refusals lifted after the test."""
+    yield gcp_sandbox.compute
+    gcp_sandbox.compute.lift_refusals()
+
+
+def no_spot_but_one_in(compute_fake) -> None:
+    """Spot capacity for one more VM in us-central1-a, none in b and c (a launch inserts every VM in
+    the first zone, then moves each refused one on)."""
+    compute_fake.refuse(zone="us-central1-a", spot=True, times=1)
+    compute_fake.refuse(zone="us-central1-b", spot=True, times=None)
+    compute_fake.refuse(zone="us-central1-c", spot=True, times=None)
+
+
+def test_a_stock_out_moves_on_to_the_next_zone_and_says_so(gce, compute_fake, caplog):
+    compute_fake.refuse(zone="us-central1-a", spot=True, times=1)
+    with caplog.at_level("WARNING", logger="prefect_remote.providers.gcp.compute"):
+        first, second = start(gce, SLEEPER, count=2, cpu=2, spot_policy="spot")
+    assert (first.spot, first.details["zone"]) == (True, "us-central1-b") and second.details["zone"] == "us-central1-a"
+    assert (
+        f"no spot capacity for {first.instance_type} in us-central1-a (ZONE_RESOURCE_POOL_EXHAUSTED): starting {first.id} in "
+        "us-central1-b as a spot VM" in caplog.text
+    )
+    gce.terminate([first.id], "done")  # deleted in its own zone
+    wait_for(lambda: not gce.machines([first.id]), timeout=30, what="the VM in us-central1-b deleted")
+
+
+def test_spot_stock_out_in_every_zone_falls_back_to_standard_and_says_so(gce, compute_fake, caplog):
+    no_spot_but_one_in(compute_fake)
     with caplog.at_level("WARNING", logger="prefect_remote.providers.gcp.compute"):
         first, second = start(gce, SLEEPER, count=2, cpu=2, spot_policy="spot_with_fallback")
     assert (first.spot, second.spot) == (False, True)
     assert (
-        f"no spot capacity for {first.instance_type} in us-central1-a (ZONE_RESOURCE_POOL_EXHAUSTED): starting {first.id} as a standard VM"
-        in caplog.text
+        f"no spot capacity for {first.instance_type} in us-central1-c (ZONE_RESOURCE_POOL_EXHAUSTED): starting {first.id} in "
+        "us-central1-a as a standard VM (spot_with_fallback)" in caplog.text
     )
 
 
-def test_a_launch_that_fails_part_way_deletes_what_it_made(gce, gcp_sandbox):
-    gcp_sandbox.compute.refuse_spot(times=1)
+def test_a_quota_error_tries_the_other_zones_then_names_the_quota(gce, compute_fake):
+    compute_fake.refuse("QUOTA_EXCEEDED", times=None)
+    with pytest.raises(CapacityError) as refused:
+        start(gce, SLEEPER, cpu=2)
+    message = str(refused.value)
+    assert "in zones us-central1-a, us-central1-b, us-central1-c (QUOTA_EXCEEDED: Quota 'CPUS' exceeded." in message
+    assert "raise the quota (https://console.cloud.google.com/iam-admin/quotas)" in message
+
+
+def test_a_pinned_zone_is_the_only_one_tried(gcp_env, compute_fake, monkeypatch):
+    monkeypatch.setenv("PREFECT_REMOTE_GCP_PUBLIC_IP", LAUNCHER_IP)
+    service = GCPProvider(service="compute", zone="us-central1-b").service("compute")
+    compute_fake.refuse(zone="us-central1-b", times=1)
+    with pytest.raises(CapacityError, match=r"no capacity for e2-highcpu-2 in zone us-central1-b \(ZONE_RESOURCE_POOL_EXHAUSTED\)"):
+        start(service, SLEEPER, cpu=2)
+
+
+def test_a_launch_that_fails_part_way_deletes_what_it_made(gce, compute_fake):
+    no_spot_but_one_in(compute_fake)  # the second VM starts in us-central1-a; the first finds no zone
     with pytest.raises(
-        CapacityError, match=r"no spot capacity for e2-highcpu-2 in zone us-central1-a .*try spot_policy='spot_with_fallback'"
+        CapacityError,
+        match=r"no spot capacity for e2-highcpu-2 in zones us-central1-a, us-central1-b, us-central1-c .*"
+        r"try spot_policy='spot_with_fallback'",
     ):
         start(gce, SLEEPER, count=2, cpu=2, spot_policy="spot")
     wait_for(lambda: not gce.machines(), timeout=30, what="the launch's other VM deleted")
@@ -413,3 +471,60 @@ def test_gpus_and_projects_that_are_not_there(gcp_env, monkeypatch):
 
     with pytest.raises(GCPError, match="Google Cloud project 'nope-project' not found"):
         GCPProvider(service="compute", project="nope-project").service("compute").instance_types()
+
+
+# -- halts and reboots (B8, B9): a halted VM is deleted, and a reboot never runs a payload twice ----------------------
+
+
+@pytest.fixture
+def vm_provider(gcp_env, monkeypatch):
+    monkeypatch.setenv("PREFECT_REMOTE_GCP_PUBLIC_IP", LAUNCHER_IP)
+    provider = GCPProvider(service="compute")
+    yield provider
+    ids = [m.id for m in provider.list()]
+    if ids:
+        provider.terminate(ids, reason="test cleanup")
+
+
+def instance_of(gcp_sandbox, machine_id: str):
+    vm = gcp_sandbox.compute._vms.get(machine_id)
+    return None if vm is None else vm.resource
+
+
+def test_vms_are_never_restarted_by_google(gcp_sandbox, vm_provider, tmp_path):
+    """automaticRestart is off: a host error ends the VM (it does not boot its startup script again)."""
+    from prefect_remote.providers.base import BootPayload
+
+    runs = tmp_path / "runs"
+    [machine] = vm_provider.launch(MachineSpec(cpu=2), BootPayload(["sh", "-c", f"echo run >> {runs}; sleep 120"]), tags={"t": "b9"})
+    assert instance_of(gcp_sandbox, machine.id)["scheduling"]["automaticRestart"] is False
+    wait_for(lambda: runs.exists(), timeout=60, what="the payload started")
+    assert gcp_sandbox.compute.host_error(machine.id) == "terminated"
+    wait_for(lambda: not vm_provider.describe(machine.id).alive, timeout=60, what="the VM ended")
+    assert runs.read_text() == "run\n"
+
+
+def test_a_rebooted_vm_ends_itself_instead_of_running_its_payload_again(gcp_sandbox, vm_provider, tmp_path):
+    """Compute Engine runs the startup script on every boot: after a reset the boot runs again, and its
+    agent ends the VM (deleted, with the reason in its record) rather than start the payload twice."""
+    from prefect_remote.providers.base import BootPayload
+
+    runs = tmp_path / "runs"
+    [machine] = vm_provider.launch(MachineSpec(cpu=2), BootPayload(["sh", "-c", f"echo run >> {runs}; sleep 120"]), tags={"t": "b9"})
+    wait_for(lambda: runs.exists(), timeout=60, what="the payload started")
+    vm_provider.clients.instances().reset(project=gcp_sandbox.project, zone="us-central1-a", instance=machine.id).result()
+    ended = vm_provider.wait([machine.id], timeout=120)[0]
+    assert ended.reason.startswith("rebooted") and runs.read_text() == "run\n"
+    wait_for(lambda: instance_of(gcp_sandbox, machine.id) is None, timeout=30, what="the VM deleted")
+
+
+def test_a_failed_boot_deletes_its_vm_not_only_stops_it(gcp_sandbox, gce):
+    """A boot that fails before the agent runs halts the VM with the provider's halt command (the boot
+    script's EXIT trap): deleted through the API with the VM's own token, not just shut down (a
+    stopped VM's disk bills on), with no listing by its owner to tidy it."""
+    script = f"#!/bin/bash\nset -euo pipefail\nended() {{\n  {GCPProvider.halt_command}\n}}\ntrap ended EXIT\nfalse\n"
+    [machine] = start(gce, script, cpu=2)
+    wait_for(lambda: instance_of(gcp_sandbox, machine.id) is None, timeout=60, what="the VM deleted")
+    assert any(
+        op["operationType"] == "delete" for op in gcp_sandbox.compute.operations._operations.values() if machine.id in op["targetLink"]
+    )

@@ -79,6 +79,21 @@ def test_readme_quotes_the_roles_exactly():
 
 
 # -- provisioning ---------------------------------------------------------------------------------
+def test_the_docs_list_exactly_the_roles_the_sandbox_grants():
+    """The launcher's and the provisioner's roles in the docs are grants' data, which the sandbox's
+    launcher account is granted (tests/sandbox/test_gcp_iam.py checks it holds them and no more)."""
+    from prefect_remote.providers.gcp.grants import LAUNCHER_ROLES, PROVISIONER_ROLES
+
+    text = DOCS_PAGE.read_text()
+
+    def roles(section: str) -> list[str]:
+        body = text.split(f"### {section}", 1)[1].split("#", 1)[0]
+        return re.findall(r"`(roles/[A-Za-z0-9.]+)`", body)
+
+    assert roles("The identity that launches machines") == [role for role, _, _ in LAUNCHER_ROLES]
+    assert roles("The identity that provisions") == list(PROVISIONER_ROLES.values())
+
+
 def test_a_disabled_api_fails_naming_the_command_and_nothing_is_created(project, gcp_infra):
     project.api.disable_api("run.googleapis.com", project.project, project.project_number)
     project.api.disable_api("iam.googleapis.com", project.project, project.project_number)

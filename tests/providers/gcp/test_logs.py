@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import time
 
-import google.auth
 import pytest
 from google.auth.transport.requests import AuthorizedSession
 
@@ -15,9 +14,12 @@ from tests.conftest import wait_for
 
 
 @pytest.fixture
-def session(clients):
-    credentials, _ = google.auth.default(scopes=["https://www.googleapis.com/auth/logging.write"])  # the key of `clients`
-    return AuthorizedSession(credentials)
+def session(gcp_env):
+    """A machine's session: a token of the machines' service account, as its metadata server gives it."""
+    from google.oauth2.credentials import Credentials
+
+    token = gcp_env.api.issue_token(f"serviceAccount:{gcp_env.machine_account}")["access_token"]
+    return AuthorizedSession(Credentials(token=token))
 
 
 def read_all(clients, machine_id: str, cursor: str | None = None) -> tuple[str, str | None]:
@@ -98,3 +100,36 @@ def test_failures_are_retried_without_duplicates(tmp_path, gcp_env, clients, ses
     finally:
         assert shipper.close()
     assert read_all(clients, machine_id)[0] == "written while Cloud Logging was unreachable\n"
+
+
+def test_reads_stay_within_the_read_quota_and_wait_out_a_429(gcp_env, clients, session, monkeypatch):
+    """Followers of many machines share one reader: their reads cost one entries.list per turn, and a
+    quota spent by someone else (another process of the project) is waited out with backoff."""
+    import threading
+
+    from prefect_remote.providers.gcp.logs import log_reader
+
+    machine_ids = [f"vm-{time.time_ns() % 10**12 + n:012d}" for n in range(8)]
+    for machine_id in machine_ids:
+        CloudLoggingSender(clients.project, "prefect-remote", machine_id, api_endpoint=gcp_env.url, session=session).send(
+            [{"timestamp": time.time() * 1000, "message": f"hello from {machine_id}"}], 0
+        )
+    monkeypatch.setattr(gcp_env.logging, "read_quota", 3)
+    monkeypatch.setattr(gcp_env.logging, "quota_window", 4.0)
+    gcp_env.logging.reset_reads()
+    reader = log_reader(clients, "prefect-remote")
+    before, calls = reader.requests, gcp_env.calls["logging.entries.list"]
+    texts: dict[str, str] = {}
+    threads = [threading.Thread(target=lambda m=m: texts.update({m: read_logs(clients, "prefect-remote", m).text})) for m in machine_ids]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert texts == {m: f"hello from {m}\n" for m in machine_ids}
+    assert reader.requests - before <= 3  # 8 followers: their first reads, batched
+    gcp_env.logging.reset_reads()
+    for _ in range(3):  # another process spends the quota
+        list(clients.logging().list_entries(filter_='logName="projects/sandbox-project/logs/none"', max_results=1))
+    started = time.monotonic()
+    assert read_logs(clients, "prefect-remote", machine_ids[0]).text == f"hello from {machine_ids[0]}\n"  # after a 429, retried
+    assert time.monotonic() - started >= 1.5 and gcp_env.calls["logging.entries.list"] - calls > reader.requests - before + 3

@@ -11,7 +11,8 @@ import pytest
 from prefect_remote.errors import CapabilityError
 from prefect_remote.providers.base import InstanceType, Launch, Machine
 from prefect_remote.providers.gcp.records import MachineRecords
-from prefect_remote.software.store import LocalStore, open_store
+from prefect_remote.software.store import LocalStore
+from prefect_remote.software.stores import open_store
 from prefect_remote.spec import MachineSpec
 
 
@@ -145,3 +146,23 @@ def test_machines_read_their_records_from_the_url_they_are_given(records):
 def test_only_gs_stores(tmp_path):
     with pytest.raises(CapabilityError, match=r"gs:// store, not file://.*PREFECT_REMOTE_STORE=gs://BUCKET/PREFIX.*provision-infra"):
         MachineRecords(LocalStore(tmp_path))
+
+
+def test_a_long_lived_machine_keeps_its_record_and_a_dead_ones_goes(gcp_env, gcs):
+    """The records lifecycle rule provisioning makes deletes by the lease (daysSinceCustomTime), not
+    by age: a machine renewed daily for 8 days keeps its record; one whose owner stopped renewing
+    loses it after 7 (Cloud Storage's lifecycle on the sandbox's clock)."""
+    from prefect_remote.providers.gcp import infra
+    from prefect_remote.providers.gcp.provider import GCPProvider
+
+    bucket = gcs.bucket()
+    infra._ensure_bucket(GCPProvider().clients, bucket, "store", "us-central1", lambda _: None)
+    records = MachineRecords(open_store(f"gs://{bucket}/store"))
+    live, dead = "vm-00000000a11e", "vm-00000000dead"
+    records.create([live, dead], launch(), service="Compute Engine", region="us-central1", price=0.067)
+    for _ in range(8):
+        gcp_env.advance_lifecycle(1, bucket=bucket)
+        assert live not in records.renew([live])  # the owner's daily renewals
+    assert records.lease_age(live) < 60
+    assert records.lease_age(dead) == float("inf") and records.ended_machine(dead) is None  # no record left
+    assert records.renew([dead]) == {dead: None}

@@ -88,7 +88,7 @@ IMAGES = {
     ("ubuntu-os-cloud", "ubuntu-2404-lts-arm64"): ("ubuntu-2404-noble-arm64-v20261105", "ARM64"),
 }
 DISK_TYPES = ("pd-standard", "pd-balanced", "pd-ssd", "hyperdisk-balanced")
-HYPERDISK_ONLY = ("c4a",)  # families that boot only from Hyperdisk
+HYPERDISK_ONLY = ("c4", "c4a", "c4d", "n4", "x4", "a4")  # families that boot only from Hyperdisk (of those above: c4a)
 CPU_PLATFORMS = {
     "e2": "Intel Broadwell",
     "n2": "Intel Cascade Lake",
@@ -102,13 +102,60 @@ CPU_PLATFORMS = {
 CATALOG_CREATED = "1969-12-31T16:00:00.000-08:00"  # what Compute Engine prints for its built-in resources
 
 
+# The region's quota limits of a new project (regions.get's ``quotas``); a test lowers one with set_quota.
+QUOTA_LIMITS = {
+    "CPUS": 2400,
+    "PREEMPTIBLE_CPUS": 2400,
+    "INSTANCES": 6000,
+    "IN_USE_ADDRESSES": 600,
+    **{metric: 16 for metric in GPU_QUOTAS.values()},
+}
+
+
 class Catalog:
     """Zones, the region, machine types, accelerator types and images of the project; ``in_use``
-    gives the resources of the instances not ``TERMINATED`` (the region's quota usage)."""
+    gives the resources of the instances not ``TERMINATED`` (the region's quota usage), which an
+    insert may not take over the region's quota limits (:meth:`set_quota` sets one)."""
 
     def __init__(self, project: ComputeProject, in_use: Callable[[], list[dict[str, Any]]]) -> None:
         self.project = project
         self._in_use = in_use
+        self.quota_limits = dict(QUOTA_LIMITS)
+
+    def set_quota(self, metric: str, limit: int | None) -> None:
+        """The region's quota ``metric`` (``CPUS``, ``NVIDIA_T4_GPUS``…) is ``limit`` (None: a new
+        project's, :data:`QUOTA_LIMITS`), as after a quota change in the console."""
+        if metric not in QUOTA_LIMITS:
+            raise ValueError(f"metric={metric!r}: the sandbox's region has quotas {sorted(QUOTA_LIMITS)}")
+        self.quota_limits[metric] = QUOTA_LIMITS[metric] if limit is None else limit
+
+    def quota_usage(self, instances: list[dict[str, Any]]) -> dict[str, int]:
+        """What ``instances`` (resources) count against each of the region's quotas."""
+
+        def cpus(vm: dict[str, Any]) -> int:
+            return MACHINE_TYPES[last_segment(vm["machineType"])].cpus
+
+        def gpus(name: str) -> int:
+            return sum(
+                a["acceleratorCount"]
+                for vm in instances
+                for a in vm.get("guestAccelerators", [])
+                if last_segment(a["acceleratorType"]) == name
+            )
+
+        return {
+            "CPUS": sum(cpus(vm) for vm in instances if not vm["scheduling"]["preemptible"]),
+            "PREEMPTIBLE_CPUS": sum(cpus(vm) for vm in instances if vm["scheduling"]["preemptible"]),
+            "INSTANCES": len(instances),
+            "IN_USE_ADDRESSES": sum(1 for vm in instances if vm["networkInterfaces"][0].get("accessConfigs")),
+            **{quota: gpus(name) for name, quota in GPU_QUOTAS.items()},
+        }
+
+    def over_quota(self, resource: dict[str, Any]) -> tuple[str, int] | None:
+        """The quota (metric, limit) that instance ``resource`` would exceed with the instances in
+        use, if any: Compute Engine then fails its insert with ``QUOTA_EXCEEDED``."""
+        usage = self.quota_usage([*self._in_use(), resource])
+        return next(((metric, limit) for metric, limit in self.quota_limits.items() if usage[metric] > limit), None)
 
     def routes(self, p: str, z: str) -> list[Route]:
         """Its routes under the project's path ``p`` and a zone's path ``z``."""
@@ -177,23 +224,7 @@ class Catalog:
         self.project.check(project)
         if region != self.project.sandbox.region:
             raise not_found(f"projects/{project}/regions/{region}")
-        live = self._in_use()
-
-        def cpus(vm: dict[str, Any]) -> int:
-            return MACHINE_TYPES[last_segment(vm["machineType"])].cpus
-
-        def gpus(name: str) -> int:
-            return sum(
-                a["acceleratorCount"] for vm in live for a in vm.get("guestAccelerators", []) if last_segment(a["acceleratorType"]) == name
-            )
-
-        quotas = [
-            ("CPUS", 2400, sum(cpus(vm) for vm in live if not vm["scheduling"]["preemptible"])),
-            ("PREEMPTIBLE_CPUS", 2400, sum(cpus(vm) for vm in live if vm["scheduling"]["preemptible"])),
-            ("INSTANCES", 6000, len(live)),
-            ("IN_USE_ADDRESSES", 600, sum(1 for vm in live if vm["networkInterfaces"][0].get("accessConfigs"))),
-            *((quota, 16, gpus(name)) for name, quota in GPU_QUOTAS.items()),
-        ]
+        usage = self.quota_usage(self._in_use())
         return {
             "kind": "compute#region",
             "id": numeric_id("region", region),
@@ -202,7 +233,9 @@ class Catalog:
             "description": region,
             "status": "UP",
             "zones": [self.project.link("zones", zone) for zone in self.project.sandbox.zones],
-            "quotas": [{"metric": metric, "limit": limit, "usage": usage} for metric, limit, usage in quotas],
+            "quotas": [
+                {"metric": metric, "limit": float(limit), "usage": float(usage[metric])} for metric, limit in self.quota_limits.items()
+            ],
             "selfLink": self.project.link("regions", region),
             "supportsPzs": False,
         }

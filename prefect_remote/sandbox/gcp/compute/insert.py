@@ -175,7 +175,10 @@ class Inserts:
             if (shape.family in HYPERDISK_ONLY) != disk_type.startswith("hyperdisk-"):
                 raise invalid_usage(f"Machine type {shape.name} does not support disk type {disk_type}.")
             disk_name = params.get("diskName") or (name if disk.get("boot") else f"{name}-{index}")
-            size = str(params.get("diskSizeGb") or (image or {}).get("diskSizeGb", "10"))
+            image_size = int((image or {}).get("diskSizeGb", "10"))
+            size = str(params.get("diskSizeGb") or image_size)
+            if int(size) < image_size:
+                raise invalid_usage(f"Requested disk size cannot be smaller than the image size ({image_size} GB)")
             disks.append(
                 {
                     "kind": "compute#attachedDisk",

@@ -11,9 +11,15 @@ both ways:
   as on Compute Engine: it is stopped, not deleted, whatever ``instanceTerminationAction`` says;
   that action applies when Google ends the VM: a preemption (:meth:`ComputeFake.preempt`) or its
   ``maxRunDuration``;
+* a reboot runs the ``startup-script`` again, as Compute Engine does on every boot: ``instances.reset``,
+  and a host error (:meth:`ComputeFake.host_error`) on an instance with ``automaticRestart``
+  (without it, the instance is ``TERMINATED``);
+* the region's quotas hold: an insert that would take ``CPUS``, ``PREEMPTIBLE_CPUS``, a GPU quota…
+  over its limit (``catalog.set_quota``) fails in its operation with ``QUOTA_EXCEEDED``;
 * instance names are unique in the project (Google: in the zone), so ids ``gce:<name>`` are too;
-* faults on request: :meth:`ComputeFake.refuse_spot` makes the next spot inserts fail with
-  ``ZONE_RESOURCE_POOL_EXHAUSTED``, as a stock-out does; :meth:`ComputeFake.preempt` and
+* faults on request: :meth:`ComputeFake.refuse` makes inserts in a zone (spot ones, standard ones,
+  or both) fail as Compute Engine fails them, in the insert's operation: ``ZONE_RESOURCE_POOL_EXHAUSTED``
+  (a stock-out) or ``QUOTA_EXCEEDED`` (a regional quota: ``CPUS``, ``PREEMPTIBLE_CPUS``…); :meth:`ComputeFake.preempt` and
   :meth:`ComputeFake.delete` end an instance as Google or its owner would.
 """
 
@@ -52,6 +58,27 @@ from prefect_remote.sandbox.instances import Instance
 
 ID_PREFIX = "gce:"  # the instance runner's ids of this fake's instances
 STOCK_OUT = "The zone '{zone}' does not have enough resources available to fulfill the request.  Try a different zone, or try again later."
+QUOTA = "Quota '{quota}' exceeded.  Limit: {limit:.1f} in region {region}."
+# How Compute Engine reports each injectable code: the operation's HTTP status and message.
+REFUSALS = {
+    "ZONE_RESOURCE_POOL_EXHAUSTED": (503, "SERVICE UNAVAILABLE"),
+    "ZONE_RESOURCE_POOL_EXHAUSTED_WITH_DETAILS": (503, "SERVICE UNAVAILABLE"),
+    "QUOTA_EXCEEDED": (403, "FORBIDDEN"),
+}
+
+
+@dataclass
+class Refusal:
+    """Inserts that fail with ``code``: in ``zone`` (None: any), of spot or standard VMs (None: either),
+    ``times`` more times (None: until lifted)."""
+
+    code: str
+    zone: str | None
+    spot: bool | None
+    times: int | None
+
+    def applies(self, zone: str, spot: bool) -> bool:
+        return (self.zone in (None, zone)) and (self.spot in (None, spot)) and self.times != 0
 
 
 @dataclass
@@ -93,7 +120,7 @@ class ComputeFake:
         self._inserts = Inserts(self.project, self.catalog, self.network)
         self._lock = threading.RLock()
         self._vms: dict[str, VM] = {}  # name -> instance
-        self._refuse_spot: list[str] = []  # error codes for the next spot inserts
+        self._refusals: list[Refusal] = []  # injected capacity and quota errors
         self._register_routes(sandbox.api)
 
     def _register_routes(self, api: GoogleAPI) -> None:
@@ -107,6 +134,7 @@ class ComputeFake:
             (z + "/instances/{instance}/setLabels", ["POST"], "compute.instances.setLabels", self.set_labels),
             (z + "/instances/{instance}/setMetadata", ["POST"], "compute.instances.setMetadata", self.set_metadata),
             (z + "/instances/{instance}/stop", ["POST"], "compute.instances.stop", self.stop_instance),
+            (z + "/instances/{instance}/reset", ["POST"], "compute.instances.reset", self.reset_instance),
             (z + "/instances/{instance}", ["GET"], "compute.instances.get", self.get_instance),
             (z + "/instances/{instance}", ["DELETE"], "compute.instances.delete", self.delete_instance),
             *self.operations.routes(p, z),
@@ -163,11 +191,45 @@ class ComputeFake:
         return self.sandbox.image_env(f"gce-{instance.id.removeprefix(ID_PREFIX)}")
 
     # -- fault injection ------------------------------------------------------------------------------------
-    def refuse_spot(self, code: str = "ZONE_RESOURCE_POOL_EXHAUSTED", times: int = 1) -> None:
-        """Makes the next ``times`` SPOT inserts fail as a stock-out does: the insert's operation ends
-        with ``error.errors[{code}]`` and HTTP 503, which ``operation.result()`` raises."""
+    def refuse(
+        self, code: str = "ZONE_RESOURCE_POOL_EXHAUSTED", *, zone: str | None = None, spot: bool | None = None, times: int | None = 1
+    ) -> None:
+        """Makes inserts in ``zone`` (None: every zone) of spot (``spot=True``) or standard
+        (``False``) VMs (None: both) fail as Compute Engine fails them: the insert's operation ends
+        with ``error.errors[{code}]`` and its HTTP status (503 for a stock-out, 403 for a quota), which
+        ``operation.result()`` raises; for the next ``times`` such inserts (None: until
+        :meth:`lift_refusals`)."""
+        if code not in REFUSALS:
+            raise ValueError(f"code={code!r}: the sandbox injects {sorted(REFUSALS)}")
         with self._lock:
-            self._refuse_spot.extend([code] * times)
+            self._refusals.append(Refusal(code, zone, spot, times))
+
+    def lift_refusals(self) -> None:
+        """Every zone has capacity and quota again."""
+        with self._lock:
+            self._refusals.clear()
+
+    def _refusal(self, project: str, zone: str, spot: bool) -> tuple[int, str, str, str] | None:
+        """The error an insert in ``zone`` meets, if one was injected (its count taken)."""
+        found = next((refusal for refusal in self._refusals if refusal.applies(zone, spot)), None)
+        if found is None:
+            return None
+        if found.times is not None:
+            found.times -= 1
+        status, phrase = REFUSALS[found.code]
+        if found.code == "QUOTA_EXCEEDED":
+            message = QUOTA.format(quota="PREEMPTIBLE_CPUS" if spot else "CPUS", limit=0, region=self.sandbox.region)
+        else:
+            message = STOCK_OUT.format(zone=f"projects/{project}/zones/{zone}")
+        return (status, phrase, found.code, message)
+
+    def _over_quota(self, resource: dict[str, Any]) -> tuple[int, str, str, str] | None:
+        """The error an insert of ``resource`` meets when it would take the region over a quota."""
+        exceeded = self.catalog.over_quota(resource)
+        if exceeded is None:
+            return None
+        status, phrase = REFUSALS["QUOTA_EXCEEDED"]
+        return (status, phrase, "QUOTA_EXCEEDED", QUOTA.format(quota=exceeded[0], limit=exceeded[1], region=self.sandbox.region))
 
     def preempt(self, name: str, action: str | None = None) -> None:
         """Google ends instance ``name`` (a preemption, a host failure): its machine ends, then the
@@ -178,6 +240,26 @@ class ComputeFake:
             if vm is None:
                 raise KeyError(f"no instance {name!r} in the sandbox Compute Engine")
         self._end_by_google(vm, "compute.instances.preempted", action)
+
+    def host_error(self, name: str) -> str:
+        """The host of instance ``name`` fails, as Compute Engine reports ``compute.instances.hostError``:
+        with ``scheduling.automaticRestart`` the instance restarts (its startup script runs again);
+        without, it is ``TERMINATED``. Returns what became of it (``"restarted"``, ``"terminated"``)."""
+        with self._lock:
+            vm = self._vms.get(name)
+            if vm is None:
+                raise KeyError(f"no instance {name!r} in the sandbox Compute Engine")
+            if vm.resource["scheduling"].get("automaticRestart"):
+                self._record(vm, "compute.instances.hostError", user="system")
+                self._reboot(vm)
+                return "restarted"
+        self._end_by_google(vm, "compute.instances.hostError", "STOP")
+        return "terminated"
+
+    def _reboot(self, vm: VM) -> None:
+        vm.started = time.time()
+        vm.resource["lastStartTimestamp"] = timestamp(vm.started)
+        self.sandbox.runner.reboot(ID_PREFIX + vm.name)
 
     def delete(self, name: str) -> None:
         """Deletes instance ``name`` (or ``gce:<name>``) as ``instances.delete`` does (a sandbox's clean-up, a VM deleted
@@ -252,9 +334,8 @@ class ComputeFake:
             if name in self._vms:
                 raise already_exists(f"projects/{project}/zones/{zone}/instances/{name}")
             vm = VM(resource, zone, booting=True)
-            if resource["scheduling"].get("provisioningModel") == "SPOT" and self._refuse_spot:
-                code = self._refuse_spot.pop(0)
-                error = (503, "SERVICE UNAVAILABLE", code, STOCK_OUT.format(zone=f"projects/{project}/zones/{zone}"))
+            error = self._refusal(project, zone, resource["scheduling"].get("provisioningModel") == "SPOT") or self._over_quota(resource)
+            if error is not None:
                 return self._record(vm, "insert", user=user, error=error)
             self._vms[name] = vm
             operation = self._record(vm, "insert", user=user)
@@ -306,6 +387,15 @@ class ComputeFake:
             if vm.resource["status"] not in ("STOPPING", "TERMINATED"):
                 vm.stopping = True
                 self._shut_down(vm)
+        return operation
+
+    def reset_instance(self, request: Request, project: str, zone: str, instance: str) -> dict[str, Any]:
+        vm = self._vm(project, zone, instance)
+        with self._lock:
+            if vm.resource["status"] != "RUNNING":
+                raise GoogleError(400, f"The resource '{vm.resource['selfLink']}' is not ready", reason="resourceNotReady")
+            operation = self._record(vm, "reset", user=principal_email(request))
+            self._reboot(vm)
         return operation
 
     def set_labels(self, request: Request, project: str, zone: str, instance: str) -> dict[str, Any]:
