@@ -26,14 +26,15 @@ NO_RETRIES = Config(retries={"total_max_attempts": 1, "mode": "standard"})  # (m
 
 
 @pytest.fixture
-def ec2(aws_env):
+def ec2(aws_env, strict):
     return boto3.session.Session().client("ec2", config=NO_RETRIES)
 
 
 @pytest.fixture
 def strict(aws_sandbox):
-    """The session sandbox's strict EC2, as it was again after the test."""
-    with aws_sandbox.ec2.as_it_was() as strict:
+    """The session sandbox's strict EC2, as it was again after the test; IAM not enforced meanwhile
+    (what each identity may do is tests/sandbox/test_aws_iam.py's)."""
+    with aws_sandbox.ec2.as_it_was() as strict, aws_sandbox.enforcing(False):
         yield strict
 
 

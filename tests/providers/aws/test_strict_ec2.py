@@ -15,7 +15,6 @@ import secrets
 import time
 from types import SimpleNamespace
 
-import boto3
 import pytest
 from botocore.exceptions import ClientError
 
@@ -44,8 +43,9 @@ def strict(aws_sandbox):
 
 
 @pytest.fixture
-def ec2(aws_env):
-    return boto3.session.Session().client("ec2")
+def ec2(aws_sandbox):
+    """EC2 as the account's owner sees it (a test's set-up: VPCs, subnets)."""
+    return aws_sandbox.client("ec2")
 
 
 # -- pure logic -----------------------------------------------------------------------------------------------
@@ -92,7 +92,7 @@ def test_only_eventual_consistency_is_retried():
 
 
 def test_placements_try_every_place_on_a_market_before_the_next_market():
-    tried = [(p.market, p.where) for p in placements("spot_with_fallback", ["subnet-a", "subnet-b"])]
+    tried = [(p.market, p.zone) for p in placements("spot_with_fallback", ["subnet-a", "subnet-b"])]
     assert tried == [("spot", "subnet-a"), ("spot", "subnet-b"), ("on-demand", "subnet-a"), ("on-demand", "subnet-b")]
 
 
@@ -115,7 +115,7 @@ def test_wait_polls_ec2_at_most_once_a_second(monkeypatch):
 
 def test_a_launch_right_after_its_instance_profile_is_made_waits_until_ec2_accepts_it(aws_sandbox, strict, caplog):
     strict.profile_seconds, strict.group_seconds = 3.0, 0
-    name = f"fresh-{secrets.token_hex(3)}"
+    name = f"prefect-remote-fresh-{secrets.token_hex(3)}"  # a name the launcher may pass to EC2
     provider = AWSProvider(instance_profile=name)
     provider.instance_types(), provider.networking.security_groups(None, runs_inside=provider.runs_inside)  # all but the profile ready
     aws_sandbox.make_instance_profile(name)  # as --provision-infra makes it, a moment before the first launch
@@ -126,9 +126,10 @@ def test_a_launch_right_after_its_instance_profile_is_made_waits_until_ec2_accep
     provider.terminate([machine.id])
 
 
-def test_a_launch_into_a_fresh_vpc_makes_its_groups_and_asks_for_a_public_ip_the_subnet_does_not_give(ec2, strict, caplog):
-    vpc = ec2.create_vpc(CidrBlock="10.78.0.0/16")["Vpc"]["VpcId"]
-    subnet = ec2.create_subnet(VpcId=vpc, CidrBlock="10.78.1.0/24")["Subnet"]["SubnetId"]  # maps no public IP
+def test_a_launch_into_a_fresh_vpc_makes_its_groups_and_asks_for_a_public_ip_the_subnet_does_not_give(aws_sandbox, ec2, strict, caplog):
+    with aws_sandbox.enforcing(False):  # (the sandbox's IAM has no rule for CreateVpc: the account's owner's set-up)
+        vpc = ec2.create_vpc(CidrBlock="10.78.0.0/16")["Vpc"]["VpcId"]
+        subnet = ec2.create_subnet(VpcId=vpc, CidrBlock="10.78.1.0/24")["Subnet"]["SubnetId"]  # maps no public IP
     provider = AWSProvider(vpc_id=vpc, allow_ingress_from="203.0.113.7/32")
     calls = []
     provider.client("ec2").meta.events.register("before-call.ec2.RunInstances", lambda params, **_: calls.append(params["body"]))
