@@ -374,7 +374,7 @@ class SandboxAWS(SandboxCloud):
             nic.private_ip_address = machine.private_address
             if nic.public_ip:
                 nic.public_ip = machine.public_address
-            self.ec2.readdress(instance.id, machine.public_address)  # the one it shows once running, if it gets one
+            self.ec2.readdress(found[1], machine.public_address)  # the one it shows once running, if it gets one
 
     def _subnet_zone(self, subnet_id: str) -> str | None:
         """The availability zone of ``subnet_id``, as moto holds it."""

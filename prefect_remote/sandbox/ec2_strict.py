@@ -97,7 +97,7 @@ class StrictEC2:
         self._subnet_zone = subnet_zone
         self._random = random.Random(seed)
         self._born: dict[str, float] = {}  # instance id, group id or "profile:NAME" -> when made (monotonic)
-        self._pending: dict[str, tuple[Any, float, str | None]] = {}  # instance id -> (moto instance, running at, its public IP)
+        self._pending: dict[str, tuple[Any, float]] = {}  # instance id -> (moto instance, when it runs)
         self._lock = threading.Lock()
 
     # -- what a test sets ------------------------------------------------------------------------------
@@ -134,42 +134,46 @@ class StrictEC2:
 
     # -- moto's side: what was just made -------------------------------------------------------------------
     def launched(self, instances: Iterable[Any]) -> None:
-        """Instances moto just made: new ids, pending and with no public IP yet."""
+        """Instances moto just made: new ids, pending and with no public IP yet. What an instance shows
+        once it runs is kept on the instance itself (moto's state is the process's, which another
+        sandbox's strict EC2 may settle)."""
         now = time.monotonic()
         with self._lock:
             for instance in instances:
                 self._born[instance.id] = now
-                if self.pending_seconds > 0:
+                if self.pending_seconds <= 0:
+                    continue
+                if not hasattr(instance, "_sandbox_public_ip"):  # (the first strict EC2 of the process to see it)
                     nic = instance.nics[0] if instance.nics else None
-                    public = nic.public_ip if nic is not None else None
+                    instance._sandbox_public_ip = nic.public_ip if nic is not None else None
                     if nic is not None:
                         nic.public_ip = None
                     instance._state.name, instance._state.code = "pending", 0
-                    self._pending[instance.id] = (instance, now + self.pending_seconds, public)
+                self._pending[instance.id] = (instance, now + self.pending_seconds)
 
     def made(self, key: str) -> None:
         """A security group (its id) or an instance profile (``profile:NAME``) was just made."""
         with self._lock:
             self._born[key] = time.monotonic()
 
-    def readdress(self, instance_id: str, public_ip: str | None) -> None:
-        """The public IP ``instance_id`` shows once it runs (the sandbox's machine's, for one that has one)."""
-        with self._lock:
-            if instance_id in self._pending and self._pending[instance_id][2]:
-                instance, at, _ = self._pending[instance_id]
-                self._pending[instance_id] = (instance, at, public_ip)
+    @staticmethod
+    def readdress(instance: Any, public_ip: str | None) -> None:
+        """The public IP moto's ``instance`` shows once it runs (the sandbox's machine's, for one
+        that gets one)."""
+        if getattr(instance, "_sandbox_public_ip", None):
+            instance._sandbox_public_ip = public_ip
 
     def settle(self, *, force: bool = False) -> None:
         """Pending instances whose time has come run, with their public IP."""
         now = time.monotonic()
         with self._lock:
-            for instance_id, (instance, at, public) in list(self._pending.items()):
+            for instance_id, (instance, at) in list(self._pending.items()):
                 if force or at <= now:
                     del self._pending[instance_id]
                     if instance._state.name == "pending":
                         instance._state.name, instance._state.code = "running", 16
-                        if public and instance.nics:
-                            instance.nics[0].public_ip = public
+                        if instance._sandbox_public_ip and instance.nics:
+                            instance.nics[0].public_ip = instance._sandbox_public_ip
 
     def _young(self, key: str, seconds: float) -> bool:
         born = self._born.get(key)
