@@ -85,7 +85,9 @@ class StrictEC2:
     maps a subnet id to its availability zone (moto's view); ``seed`` makes throttling repeatable."""
 
     def __init__(self, subnet_zone: Callable[[str], str | None] = lambda subnet: None, *, region: str = "us-east-1", seed: int = 0) -> None:
-        self.pending_seconds = 2.0
+        # Pending no longer than EC2 takes to show a new id: the sandbox's machine boots at once (on EC2 the
+        # OS boots once the instance runs), and a machine that already serves must not show as pending.
+        self.pending_seconds = 1.0
         self.unknown_seconds = 1.0
         self.profile_seconds = 10.0
         self.group_seconds = 1.0

@@ -64,6 +64,7 @@ def subnet_in_new_vpc(ec2, *, public: bool) -> str:
 
 
 def test_a_new_instance_is_unknown_then_pending_then_running_with_its_public_ip(ec2, strict):
+    strict.unknown_seconds, strict.pending_seconds = 1.0, 2.0
     launched = run(ec2)
     assert launched["State"]["Name"] == "pending" and "PublicIpAddress" not in launched and launched["PrivateIpAddress"]
     instance_id = launched["InstanceId"]
