@@ -22,7 +22,16 @@ import traceback
 from pathlib import Path
 from typing import TextIO
 
-BENCHMARKS = ["bench_machines", "bench_software", "bench_flow_runs", "bench_fanout", "bench_aws", "bench_gcp", "bench_control_plane"]
+BENCHMARKS = [
+    "bench_machines",
+    "bench_software",
+    "bench_flow_runs",
+    "bench_fanout",
+    "bench_aws",
+    "bench_aws_throttled",
+    "bench_gcp",
+    "bench_control_plane",
+]
 WIDTH = 80
 NUMBER_AND_UNIT = re.compile(r"(\d) (s|ms|us|MiB|GiB|KiB|x|calls?|packages)\b")
 

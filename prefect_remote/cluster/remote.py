@@ -58,6 +58,9 @@ logger = logging.getLogger("prefect_remote.cluster")
 KEEPALIVE_BACKSTOP = 5.0  # seconds the scheduler machine's agent waits past keepalive before ending it
 SHUTDOWN_WAIT = 30.0  # seconds to wait for a cluster of the same name that is shutting down
 START_TIMEOUT = 600.0  # seconds for a scheduler machine to accept connections (covers a cold rebuild)
+# Seconds a scheduler machine may run with no address this process may dial before the start fails:
+# a cloud shows a public IP by the time the machine runs, and one that is shutting down ends meanwhile.
+PRIVATE_GRACE = 10.0
 NODE_MODULE = "prefect_remote.cluster.node"
 LISTENING = re.compile(r"^scheduler \S+ listening at ", re.MULTILINE)  # what the node prints once it serves
 
@@ -72,31 +75,55 @@ class SchedulerMachine(ProcessInterface):
 
     def __init__(self, provider: Provider, machine: Machine, port: int, credentials: ClusterCredentials, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        self.provider, self.machine = provider, machine
-        self.address = f"tls://{provider.client_address(machine)}:{port}"  # where this process (the client) reaches it
+        self.provider, self.machine, self.port = provider, machine, port
         self.credentials = credentials
+        self._readdress()
+
+    def _readdress(self) -> None:
+        """Where this process (the client) reaches the scheduler: None until its machine has an
+        address this process may dial (a cloud machine's public IP shows once it runs)."""
+        host = self.provider.client_address(self.machine)
+        self.address = f"tls://{host}:{self.port}" if host else None
 
     async def start(self) -> None:
         connection_args = self.credentials.security().get_connection_args("client")
         deadline = time.monotonic() + START_TIMEOUT
         next_check = 0.0
+        private_since: float | None = None  # when it was first seen running with no address to dial
         last_error: OSError | None = None
         while True:
-            try:
-                comm = await connect(self.address, timeout=2, **connection_args)
-                await comm.close()
-                break
-            except OSError as error:
-                last_error = error
+            if self.address is not None:
+                try:
+                    comm = await connect(self.address, timeout=2, **connection_args)
+                    await comm.close()
+                    break
+                except OSError as error:
+                    last_error = error
             if time.monotonic() > next_check:
-                machine = await asyncio.to_thread(self.provider.describe, self.machine.id)
-                if not machine.alive:
-                    raise ClusterStartError(await asyncio.to_thread(self._not_reached, last_error, ended=machine.reason))
-                next_check = time.monotonic() + 0.5
+                self.machine = await asyncio.to_thread(self.provider.describe, self.machine.id)
+                self._readdress()
+                if not self.machine.alive:
+                    raise ClusterStartError(await asyncio.to_thread(self._not_reached, last_error, ended=self.machine.reason))
+                private = self.address is None and self.machine.state == "running"
+                private_since = (private_since or time.monotonic()) if private else None
+                if private_since is not None and time.monotonic() - private_since > PRIVATE_GRACE:
+                    raise ClusterStartError(self._private())
+                next_check = time.monotonic() + 1.0
             if time.monotonic() > deadline:
                 raise ClusterStartError(await asyncio.to_thread(self._not_reached, last_error, ended=None))
-            await asyncio.sleep(0.05)
+            await asyncio.sleep(0.05 if self.address else 0.5)
         await super().start()
+
+    def _private(self) -> str:
+        """Why a running scheduler cannot be dialed: it has only a private address, and this process
+        runs outside its network (its machine ends with the cluster's clean-up)."""
+        network = self.provider.network()
+        return (
+            f"scheduler machine {self.machine.id} has no public address, only the private {self.machine.private_address} in "
+            f"{network}, and this process runs outside that network: launch it where it gets a public IP (a subnet that maps "
+            "public IPs on launch, or allow_ingress_from other than 'none'), or create the cluster from a machine inside "
+            f"{network}"
+        )
 
     def _not_reached(self, error: OSError | None, *, ended: str | None) -> str:
         """Why no connection was made (``ended``: the machine's end reason, ``None`` if it timed out).
@@ -189,7 +216,7 @@ class RemoteCluster(SpecCluster):
         """The scheduler's dashboard where this process reaches it (a cloud machine's public address,
         which ``allow_ingress_from`` admits; its private one from a machine in its network), not
         where the scheduler sees itself."""
-        machine = self.scheduler_machine
+        machine = getattr(self.scheduler, "machine", self.scheduler_machine)  # as last described: with its public IP
         return f"http://{self.provider.client_address(machine)}:{machine.tags[DASHBOARD_TAG]}/status"
 
     def _find_or_launch(self) -> tuple[Machine, int, ClusterCredentials, bool]:

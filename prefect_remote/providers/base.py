@@ -354,6 +354,8 @@ class Provider(ABC):
     # The ports a cluster's scheduler and dashboard listen on, which a cloud's firewall admits from
     # ``allow_ingress_from``; None: any free ports (machines on this host).
     dask_ports: ClassVar[tuple[int, int] | None] = None
+    # The shortest pause between two polls of the cloud's API (wait()): a cloud's read rate limits.
+    min_poll: ClassVar[float] = 0.0
     # A shell command that ends the machine, run when its boot fails before the agent can.
     halt_command: ClassVar[str] = "true"
     # The module that sets up what machines need in the account (--provision-infra), named rather
@@ -666,7 +668,8 @@ class Provider(ABC):
         those with no machine left. A channel whose secrets end with each machine returns none."""
 
     def wait(self, machine_ids: Iterable[str], timeout: float = 30.0, *, poll: float = 0.05) -> list[Machine]:
-        """Blocks until the machines have ended; raises ``TimeoutError`` naming those still alive."""
+        """Blocks until the machines have ended, polling every ``poll`` seconds (at least
+        :attr:`min_poll`); raises ``TimeoutError`` naming those still alive."""
         pending, deadline = list(machine_ids), time.monotonic() + timeout
         while True:
             machines = [self.describe(machine_id) for machine_id in pending]
@@ -675,7 +678,7 @@ class Provider(ABC):
                 return machines
             if time.monotonic() > deadline:
                 raise TimeoutError(f"machines still running after {timeout}s: {', '.join(alive)}")
-            time.sleep(poll)
+            time.sleep(max(poll, self.min_poll))
 
     @abstractmethod
     def logs(self, machine_id: str, *, cursor: str | None = None) -> LogChunk:

@@ -31,7 +31,7 @@ T = TypeVar("T")
 @dataclass(frozen=True)
 class Placement:
     """One way to start a launch's machines: on spot capacity or on-demand, in a zone (None: the
-    provider's own)."""
+    provider's own; on EC2, a subnet, which lies in one availability zone)."""
 
     spot: bool
     zone: str | None = None

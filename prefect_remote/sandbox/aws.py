@@ -11,9 +11,10 @@ knows it is not a cloud. What moto lacks, the sandbox adds:
 * **a metadata service per instance** (IMDSv2, :mod:`prefect_remote.sandbox.imds`): its id, region,
   live tags and its instance profile's credentials;
 * **an account ready to use**: the store's bucket and an instance profile for the machines;
+* **EC2 as strict as the real one** (:attr:`SandboxAWS.ec2`, :mod:`prefect_remote.sandbox.ec2_strict`):
+  instances pending with no public IP at first, new ids, profiles and security groups not yet
+  visible, throttling, and capacity or quota errors a test injects per zone or subnet;
 * **EC2's vCPU quotas** in Service Quotas, as a new account has them (:meth:`SandboxAWS.set_quota`);
-* **capacity errors on request** (:func:`inject_errors`), through botocore's event hooks on the
-  real client, since moto never runs out;
 * **API call counts** as the server saw them (:attr:`SandboxAWS.calls`).
 
 The test suite starts one per session; ``prefect-remote sandbox aws`` starts the same thing for a
@@ -28,14 +29,14 @@ from __future__ import annotations
 
 import base64
 import collections
-import io
 import logging
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs
 
+from prefect_remote.sandbox import ec2_strict
+from prefect_remote.sandbox.ec2_strict import StrictEC2, form_params, request_service
 from prefect_remote.sandbox.imds import MetadataService
 from prefect_remote.sandbox.instances import Instance, InstanceRunner, SandboxCloud
 
@@ -85,6 +86,7 @@ class SandboxAWS(SandboxCloud):
         self.isolation = isolation
         self.expose = list(expose)
         self.calls: collections.Counter[str] = collections.Counter()  # "service:Action" -> requests the server answered
+        self.ec2 = StrictEC2(self._subnet_zone, region=region)  # what EC2 does that moto does not (its knobs)
         self._home_arg = home
         self._scratch: tempfile.TemporaryDirectory | None = None
         self._server: Any = None
@@ -139,7 +141,8 @@ class SandboxAWS(SandboxCloud):
                 from moto.server import DomainDispatcherApplication, create_backend_app
                 from werkzeug.serving import make_server
 
-                app = _Counting(sandbox._guarded(DomainDispatcherApplication(create_backend_app)), sandbox.calls)
+                moto_app = sandbox.ec2.wrap(DomainDispatcherApplication(create_backend_app))
+                app = _Counting(sandbox._guarded(moto_app), sandbox.calls)
                 self._server = make_server(self._ip_address, self._port, app, True, request_handler=MotoRequestHandler)
                 self._server_ready_event.set()
                 self._server.serve_forever()
@@ -147,12 +150,15 @@ class SandboxAWS(SandboxCloud):
         server = CountingServer(ip_address=self.host, port=self.port, verbose=False)
         server.start()
         self._server = server
+        ec2_strict.install(self.ec2)
         if self.enforce_iam:
             self._make_identities()
         self._prepare_account()
         _serve_ec2_quotas()
         if self._iam is not None:
             self._iam.on = True  # from here on, every call is checked
+        self.ec2.settle_everything()  # the account as provisioned long ago
+        self.ec2.on = True
         if self.run_instances:
             if self._home_arg is None:
                 self._scratch = tempfile.TemporaryDirectory(prefix="prefect-remote-sandbox-aws-")
@@ -175,6 +181,7 @@ class SandboxAWS(SandboxCloud):
     def stop(self) -> None:
         """Ends every instance's machine, then stops the server; everything it held is gone."""
         self._stop_forwards()
+        ec2_strict.uninstall(self.ec2)
         if self in _PLACING:
             _PLACING.remove(self)
         if self._runner is not None:
@@ -263,6 +270,20 @@ class SandboxAWS(SandboxCloud):
             quotas[code] = float(value)
 
     # -- the account ----------------------------------------------------------------------------------------
+    def make_instance_profile(self, name: str) -> None:
+        """Makes a role for EC2 and its instance profile, both named ``name``, with the sandbox's own
+        keys (as provisioning does: EC2 then refuses the profile for ``ec2.profile_seconds``)."""
+        import json
+
+        iam = self.client("iam")
+        trust = {
+            "Version": "2012-10-17",
+            "Statement": [{"Effect": "Allow", "Principal": {"Service": "ec2.amazonaws.com"}, "Action": "sts:AssumeRole"}],
+        }
+        iam.create_role(RoleName=name, AssumeRolePolicyDocument=json.dumps(trust))
+        iam.create_instance_profile(InstanceProfileName=name)
+        iam.add_role_to_instance_profile(InstanceProfileName=name, RoleName=name)
+
     def _prepare_account(self) -> None:
         import json
 
@@ -272,13 +293,7 @@ class SandboxAWS(SandboxCloud):
                 s3.create_bucket(Bucket=STORE_BUCKET)
             else:
                 s3.create_bucket(Bucket=STORE_BUCKET, CreateBucketConfiguration={"LocationConstraint": self.region})
-            trust = {
-                "Version": "2012-10-17",
-                "Statement": [{"Effect": "Allow", "Principal": {"Service": "ec2.amazonaws.com"}, "Action": "sts:AssumeRole"}],
-            }
-            iam.create_role(RoleName=INSTANCE_PROFILE, AssumeRolePolicyDocument=json.dumps(trust))
-            iam.create_instance_profile(InstanceProfileName=INSTANCE_PROFILE)
-            iam.add_role_to_instance_profile(InstanceProfileName=INSTANCE_PROFILE, RoleName=INSTANCE_PROFILE)
+            self.make_instance_profile(INSTANCE_PROFILE)
         if self.enforce_iam:  # as provisioning leaves an account: the machines' policy, their log group
             from prefect_remote.providers.aws.permissions import POLICY_NAME, machine_policy
             from prefect_remote.providers.aws.provider import AWSOptions
@@ -359,6 +374,18 @@ class SandboxAWS(SandboxCloud):
             nic.private_ip_address = machine.private_address
             if nic.public_ip:
                 nic.public_ip = machine.public_address
+            self.ec2.readdress(found[1], machine.public_address)  # the one it shows once running, if it gets one
+
+    def _subnet_zone(self, subnet_id: str) -> str | None:
+        """The availability zone of ``subnet_id``, as moto holds it."""
+        from moto.ec2.exceptions import InvalidSubnetIdError
+
+        for _, backend in self._backends():
+            try:
+                return backend.get_subnet(subnet_id).availability_zone
+            except InvalidSubnetIdError:
+                continue
+        return None
 
     def _facts(self, instance_id: str) -> dict[str, Any] | None:
         found = self._moto_instance(instance_id)
@@ -537,32 +564,10 @@ class _Counting:
 
 def _action(environ: dict[str, Any]) -> str:
     """``service:Action`` of a request (query, JSON and REST protocols)."""
-    credential = environ.get("HTTP_AUTHORIZATION", "").partition("Credential=")[2].split("/")
-    service = credential[3] if len(credential) > 3 else "?"
+    service = request_service(environ)
     target = environ.get("HTTP_X_AMZ_TARGET")
     if target:
         return f"{service}:{target.rpartition('.')[2]}"
     if environ.get("CONTENT_TYPE", "").startswith("application/x-www-form-urlencoded"):
-        length = int(environ.get("CONTENT_LENGTH") or 0)
-        body = environ["wsgi.input"].read(length)
-        environ["wsgi.input"] = io.BytesIO(body)
-        action = parse_qs(body.decode(errors="replace")).get("Action", ["?"])[0]
-        return f"{service}:{action}"
+        return f"{service}:{form_params(environ).get('Action', '?')}"
     return f"{service}:{environ.get('REQUEST_METHOD', '?')}"
-
-
-def refuse_spot(ec2_client: Any, code: str = "InsufficientInstanceCapacity") -> None:
-    """Makes EC2 answer spot requests sent through ``ec2_client`` (a real boto3 client, e.g.
-    ``provider.client("ec2")``) as it does when it has no spot capacity: moto never runs out.
-
-    >>> refuse_spot(provider.client("ec2"), "SpotMaxPriceTooLow")   # doctest: +SKIP
-    """
-    from botocore.exceptions import ClientError
-
-    def hook(params: dict[str, Any], **_: Any) -> None:
-        if params["body"].get("InstanceMarketOptions.MarketType") == "spot":
-            raise ClientError(
-                {"Error": {"Code": code, "Message": "There is no Spot capacity available that matches your request."}}, "RunInstances"
-            )
-
-    ec2_client.meta.events.register("before-call.ec2.RunInstances", hook)

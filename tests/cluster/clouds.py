@@ -185,8 +185,7 @@ class AWS(Cloud):
 
     @contextlib.contextmanager
     def spot_refused(self) -> Iterator[None]:
-        with pytest.MonkeyPatch.context() as patch, no_ec2_capacity(patch) as short:
-            short.add("spot")
+        with no_ec2_capacity(self.sandbox, spot=True):
             yield
 
     def killed_client_bound(self, keepalive: float) -> float:
@@ -207,24 +206,18 @@ class AWS(Cloud):
 
 
 @contextlib.contextmanager
-def no_ec2_capacity(monkeypatch: pytest.MonkeyPatch) -> Iterator[set[str]]:
-    """The markets ("spot", "on-demand") EC2 has no capacity for while the block runs (add them to
-    the set it yields), as the sandbox's server answers every client: this process's and the
-    instances' (a cluster's scheduler launches its workers)."""
-    from moto.ec2.exceptions import EC2ClientError
-    from moto.ec2.models.instances import InstanceBackend
-
-    short: set[str] = set()
-    run_instances = InstanceBackend.run_instances
-
-    def refusing(backend, *args, **kwargs):
-        market = "spot" if kwargs.get("instance_market_options") == "spot" else "on-demand"
-        if market in short:
-            raise EC2ClientError("InsufficientInstanceCapacity", f"There is no {market} capacity available that matches your request.")
-        return run_instances(backend, *args, **kwargs)
-
-    monkeypatch.setattr(InstanceBackend, "run_instances", refusing)
-    yield short
+def no_ec2_capacity(sandbox: Any, *, spot: bool | None = None) -> Iterator[Any]:
+    """No EC2 capacity (in every zone) for spot (``spot=True``), on-demand (False) or both (None)
+    while the block runs, as the sandbox's server answers every client: this process's and the
+    instances' (a cluster's scheduler launches its workers). Yields the sandbox's strict EC2, whose
+    ``refuse()`` and ``clear()`` change that within the block."""
+    refusal = sandbox.ec2.refuse("InsufficientInstanceCapacity", spot=spot)
+    try:
+        yield sandbox.ec2
+    finally:
+        if refusal in sandbox.ec2.refusals:
+            sandbox.ec2.refusals.remove(refusal)
+        sandbox.ec2.clear()
 
 
 class GCP(Cloud):

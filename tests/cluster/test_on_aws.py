@@ -13,11 +13,10 @@ import time
 import pytest
 
 import prefect_remote
-from prefect_remote.cluster.remote import RemoteCluster
+from prefect_remote.cluster.remote import ClusterStartError, RemoteCluster
 from prefect_remote.errors import CapacityError
 from prefect_remote.providers.aws import catalog
 from prefect_remote.providers.aws.provider import AWSError, AWSProvider
-from prefect_remote.sandbox.aws import refuse_spot
 from prefect_remote.software.store import StoreError
 from tests.cluster.clouds import no_ec2_capacity
 from tests.conftest import SESSION_HOME, end_all_machines, wait_for
@@ -36,7 +35,6 @@ def no_machine_outlives_its_test(cloud):
 # -- faults ---------------------------------------------------------------------------------------------
 def test_spot_without_capacity_fails_the_first_call_and_leaves_no_instance(cloud):
     provider = AWSProvider()
-    refuse_spot(provider.client("ec2"), "InsufficientInstanceCapacity")
 
     @prefect_remote.function(provider=provider, cpu=2, spot_policy="spot", n_workers=1, keepalive="10 seconds")
     def never(x: int) -> int:
@@ -49,13 +47,34 @@ def test_spot_without_capacity_fails_the_first_call_and_leaves_no_instance(cloud
             r"spot_policy='spot_with_fallback'"
         ),
     ):
-        never(1)
+        with no_ec2_capacity(cloud.sandbox, spot=True):
+            never(1)
     # The scheduler's instance, launched before the workers were refused, is gone with its credentials.
     assert cloud.machines(never.cluster_name) == []
     assert not (SESSION_HOME / "clusters" / f"{never.cluster_name}.json").exists()
 
 
-def test_no_capacity_at_all_backs_off_until_there_is(cloud, caplog, monkeypatch):
+def test_a_scheduler_with_only_a_private_address_is_said_so_and_never_dialed(cloud):
+    """A client outside the VPC dials a scheduler's public IP only (EC2 shows it once the instance
+    runs). A scheduler in a subnet that maps no public IP, launched admitting nobody from outside,
+    gets none: the start fails at once saying so, rather than dialing its private address for 10
+    minutes, and its machine ends."""
+    name = "aws-private-scheduler"
+    with cloud.sandbox.enforcing(False):  # (the sandbox's IAM has no rule for CreateVpc: the account's owner's set-up)
+        vpc = cloud.ec2.create_vpc(CidrBlock="10.79.0.0/16")["Vpc"]["VpcId"]
+        cloud.ec2.create_subnet(VpcId=vpc, CidrBlock="10.79.1.0/24")  # maps no public IP on launch
+    provider = AWSProvider(vpc_id=vpc)
+    started = time.monotonic()
+    with pytest.raises(
+        RuntimeError, match=r"has no public address, only the private \S+ in aws:us-east-1:vpc-\w+, and this process"
+    ) as raised:
+        RemoteCluster(name=name, provider=provider, cpu=2, n_workers=0, allow_ingress_from="none", keepalive="10 seconds")
+    assert isinstance(raised.value.__cause__, ClusterStartError)  # (distributed wraps what a cluster's start raises)
+    assert time.monotonic() - started < 60  # not START_TIMEOUT (600 s)
+    wait_for(lambda: cloud.machines(name) == [], timeout=30, message="the scheduler's instance ended")
+
+
+def test_no_capacity_at_all_backs_off_until_there_is(cloud, caplog):
     """spot_with_fallback where EC2 has neither spot nor on-demand capacity for a worker the
     controller launches from the scheduler's instance: it says why, here, and tries again, backing
     off, until there is capacity. (A spot stock-out alone is the contract's.)"""
@@ -67,11 +86,11 @@ def test_no_capacity_at_all_backs_off_until_there_is(cloud, caplog, monkeypatch)
         return [r.getMessage() for r in caplog.records if r.name == "prefect_remote.cluster" and refused in r.getMessage()]
 
     with (
-        no_ec2_capacity(monkeypatch) as no_capacity,
+        cloud.sandbox.ec2.as_it_was() as no_capacity,  # (no refusal left behind, whatever happens)
         RemoteCluster(name=name, provider="aws", cpu=2, spot_policy="spot_with_fallback", n_workers=1, keepalive="10 seconds") as cluster,
     ):
         assert len(cloud.role(name, "worker")) == 1
-        no_capacity.update({"spot", "on-demand"})
+        no_capacity.refuse("InsufficientInstanceCapacity")  # in every zone, on both markets
         cluster.scale(2)
         wait_for(told, timeout=10, message="the refusal, told here")
         time.sleep(5)
@@ -88,6 +107,7 @@ def test_a_scheduler_lost_while_starting_takes_the_first_workers_along(cloud):
 
     def end_the_scheduler() -> None:  # as an operator (or EC2) may, while the cluster starts
         [scheduler] = wait_for(lambda: cloud.role(name, "scheduler"), timeout=120, interval=0.1, message="the scheduler's instance")
+        cloud.ec2.get_waiter("instance_exists").wait(InstanceIds=[scheduler.id], WaiterConfig={"Delay": 1})  # EC2 knows the id by then
         cloud.ec2.terminate_instances(InstanceIds=[scheduler.id])
 
     ending = threading.Thread(target=end_the_scheduler)

@@ -263,17 +263,24 @@ class AWSInfra(InfraCloud):
         assert provider.options.instance_profile == aws_infra.role_name(self.REGION, "aws-pool") and provider.region == self.REGION
 
     def start_machine(self, setup: Any) -> str:
-        """An instance as prefect-remote launches them: its launch tag, the pool's instance profile."""
+        """An instance as prefect-remote launches them: its launch tag, the pool's instance profile
+        (which EC2 refuses for a few seconds after provisioning made it: retried, as launches do), and
+        known to EC2 when this returns."""
+        from prefect_remote.providers.aws.clients import eventually
+
         ec2 = self.client("ec2")
         image = ec2.describe_images(Owners=["amazon"])["Images"][0]["ImageId"]
-        [instance] = ec2.run_instances(
-            ImageId=image,
-            InstanceType="t3.micro",
-            MinCount=1,
-            MaxCount=1,
-            IamInstanceProfile={"Name": setup.instance_profile},
-            TagSpecifications=[{"ResourceType": "instance", "Tags": [{"Key": LAUNCH_TAG, "Value": "launch-0123456789ab"}]}],
-        )["Instances"]
+        [instance] = eventually(
+            lambda: ec2.run_instances(
+                ImageId=image,
+                InstanceType="t3.micro",
+                MinCount=1,
+                MaxCount=1,
+                IamInstanceProfile={"Name": setup.instance_profile},
+                TagSpecifications=[{"ResourceType": "instance", "Tags": [{"Key": LAUNCH_TAG, "Value": "launch-0123456789ab"}]}],
+            )["Instances"]
+        )
+        ec2.get_waiter("instance_exists").wait(InstanceIds=[instance["InstanceId"]], WaiterConfig={"Delay": 1})
         return instance["InstanceId"]
 
     def forced_said(self, machine_id: str, setup: Any) -> list[str]:

@@ -523,6 +523,9 @@ def test_launching_needs_pass_role_and_tagging_as_aws_implies(sandbox, admin):
     assert code == "UnauthorizedOperation" and f"ec2:CreateTags on resource: arn:aws:ec2:{REGION}:{ACCOUNT_ID}:instance/*" in message
     launcher = clients(sandbox, sandbox.identity)  # what the sandbox exports: the docs' launcher list
     [instance] = launcher("ec2").run_instances(**run)["Instances"]
+    launcher("ec2").get_waiter("instance_exists").wait(
+        InstanceIds=[instance["InstanceId"]], WaiterConfig={"Delay": 1}
+    )  # (EC2's consistency)
     launcher("ec2").terminate_instances(InstanceIds=[instance["InstanceId"]])
 
 
@@ -644,6 +647,7 @@ def test_an_instance_calls_with_its_roles_session_from_imds_checked_against_mach
         TagSpecifications=[{"ResourceType": "instance", "Tags": [{"Key": LAUNCH_TAG, "Value": "launch-probe"}]}],
     )["Instances"]
     instance_id = instance["InstanceId"]
+    admin("ec2").get_waiter("instance_exists").wait(InstanceIds=[instance_id], WaiterConfig={"Delay": 1})  # (EC2's consistency)
     group = admin("ec2").describe_security_groups(GroupNames=["default"])["SecurityGroups"][0]["GroupId"]
     imds = MetadataService()
     try:

@@ -14,15 +14,21 @@ Standard library only at import: boto3 is imported when the clients are made.
 
 from __future__ import annotations
 
+import logging
+import random
 import re
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from prefect_remote.errors import RemoteError
 
 if TYPE_CHECKING:
     from botocore.client import BaseClient
+
+logger = logging.getLogger("prefect_remote.providers.aws")
+T = TypeVar("T")
 
 INSTALL_HINT = "pip install 'prefect-remote[aws]'"
 DOCS_PAGE = "docs/providers/aws.md"  # its "Permissions" section lists what each identity needs
@@ -35,6 +41,9 @@ BAD_CREDENTIALS = frozenset(
     {"AuthFailure", "UnrecognizedClientException", "InvalidClientTokenId", "InvalidAccessKeyId", "ExpiredToken", "SignatureDoesNotMatch"}
 )
 DENIED = frozenset({"UnauthorizedOperation", "AccessDenied", "AccessDeniedException", "403"})
+# How long AWS may take to show what was just made to the next call (an instance profile: 5-15 s;
+# SkyPilot waits 15 s). Throttling is botocore's retry mode's job, not this.
+PROPAGATION_TIMEOUT = 60.0
 # S3 operations whose IAM action has another name.
 S3_ACTIONS = {
     "HeadBucket": "ListBucket",
@@ -96,6 +105,43 @@ class AWSClients:
         """Every instance ``describe_instances(**params)`` finds, over all its pages."""
         pages = self.client("ec2").get_paginator("describe_instances").paginate(**params)
         return [instance for page in pages for reservation in page["Reservations"] for instance in reservation["Instances"]]
+
+
+def not_yet_visible(error: Exception, *, groups: bool = True) -> bool:
+    """Whether ``error`` is AWS's eventual consistency: a resource made a moment ago that the call does
+    not see yet (a new instance profile, security group or instance id). ``groups=False`` when the
+    groups named were not just made (the user's own: NotFound is then their mistake)."""
+    code, message = error_code(error), str(error)
+    if code == "InvalidParameterValue":
+        return "Invalid IAM Instance Profile" in message
+    return code == "InvalidInstanceID.NotFound" or (groups and code == "InvalidGroup.NotFound")
+
+
+def eventually(
+    call: Callable[[], T],
+    *,
+    retry_if: Callable[[Exception], bool] = not_yet_visible,
+    timeout: float = PROPAGATION_TIMEOUT,
+    sleep: Callable[[float], None] = time.sleep,
+    clock: Callable[[], float] = time.monotonic,
+) -> T:
+    """What ``call()`` returns once AWS sees what it names: an error ``retry_if`` accepts is retried
+    with exponential backoff and jitter (0.5 s, 1 s, 2 s… at most 8 s) for up to ``timeout`` seconds,
+    then raised; any other error at once.
+
+    >>> eventually(lambda: 42)
+    42
+    """
+    delay, deadline = 0.5, clock() + timeout
+    while True:
+        try:
+            return call()
+        except Exception as error:
+            if not retry_if(error) or clock() + delay > deadline:
+                raise
+            logger.info("AWS does not see it yet (%s); retrying in %.1fs", error_code(error) or error, delay)
+        sleep(delay * random.uniform(0.8, 1.2))
+        delay = min(delay * 2, 8.0)
 
 
 @contextmanager

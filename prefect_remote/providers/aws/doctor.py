@@ -234,14 +234,13 @@ def _quota(provider: AWSProvider, needs: Needs) -> Finding:
 def _network(provider: AWSProvider) -> Finding:
     ec2 = provider.client("ec2")
     vpc = provider.networking.vpc_id
-    subnet_id = provider.networking.subnet()
-    filters = [{"Name": "subnet-id", "Values": [subnet_id]}] if subnet_id else [{"Name": "vpc-id", "Values": [vpc]}]
-    subnets = ec2.describe_subnets(Filters=filters)["Subnets"]
-    public = [s["SubnetId"] for s in subnets if s.get("MapPublicIpOnLaunch")]
-    where = f"subnet {subnet_id}" if subnet_id else f"the default subnets of {vpc}"
+    subnets = [subnet.id for subnet in provider.networking.subnets if subnet.id]  # those launches try
+    public = [subnet.id for subnet in provider.networking.subnets if subnet.id and subnet.public]
+    given = provider.options.subnet_id
+    where = f"subnet {given}" if given else f"the subnets of {vpc}"
     if public:
         return Finding("network", True, f"{where}: {public[0]} gives machines public IPs")
-    nat = _nat_route(ec2, vpc, [s["SubnetId"] for s in subnets])
+    nat = _nat_route(ec2, vpc, subnets)
     if nat:
         return Finding("network", True, f"{where}: no public IPs, egress through NAT gateway {nat}")
     return Finding(

@@ -15,13 +15,24 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from prefect_remote.errors import CapacityError
-from prefect_remote.providers.aws.clients import AWSClients, error_code
+from prefect_remote.providers.aws.clients import AWSClients, error_code, eventually
 from prefect_remote.providers.aws.options import AWSOptions
 from prefect_remote.providers.aws.tags import MANAGED_TAG
 from prefect_remote.providers.network import DASK_PORTS, ingress_cidr
+
+
+@dataclass(frozen=True)
+class Subnet:
+    """A subnet to launch in (``id`` None: EC2's default), its availability zone, and whether it maps
+    public IPs on launch (else a launch that needs one asks for it)."""
+
+    id: str | None
+    zone: str | None
+    public: bool
 
 
 class AWSNetwork:
@@ -34,15 +45,23 @@ class AWSNetwork:
     def region(self) -> str:
         return self.options.region
 
-    def subnet(self) -> str | None:
-        """The subnet to launch in: the one given, else one of ``vpc_id`` (preferring those that
-        give public addresses), else EC2's default (the default VPC's)."""
-        if self.options.subnet_id or not self.options.vpc_id:
-            return self.options.subnet_id
-        subnets = self.clients.client("ec2").describe_subnets(Filters=[{"Name": "vpc-id", "Values": [self.options.vpc_id]}])["Subnets"]
-        if not subnets:
-            raise CapacityError(f"vpc_id={self.options.vpc_id!r} has no subnet in {self.region}; pass subnet_id=… or another VPC")
-        return sorted(subnets, key=lambda s: (not s.get("MapPublicIpOnLaunch"), s["SubnetId"]))[0]["SubnetId"]
+    @functools.cached_property
+    def subnets(self) -> list[Subnet]:
+        """The subnets a launch may use, in the order to try them when capacity is short: the one
+        given; else those of ``vpc_id``; else the default VPC's (one per availability zone). Those
+        that give public addresses come first; EC2's own choice (``Subnet(None)``) if the account has
+        no default subnet to name."""
+        ec2 = self.clients.client("ec2")
+        if self.options.subnet_id:
+            found = ec2.describe_subnets(SubnetIds=[self.options.subnet_id])["Subnets"]
+        elif self.options.vpc_id:
+            found = ec2.describe_subnets(Filters=[{"Name": "vpc-id", "Values": [self.options.vpc_id]}])["Subnets"]
+            if not found:
+                raise CapacityError(f"vpc_id={self.options.vpc_id!r} has no subnet in {self.region}; pass subnet_id=… or another VPC")
+        else:
+            found = ec2.describe_subnets(Filters=[{"Name": "default-for-az", "Values": ["true"]}])["Subnets"]
+        subnets = [Subnet(s["SubnetId"], s.get("AvailabilityZone"), bool(s.get("MapPublicIpOnLaunch"))) for s in found]
+        return sorted(subnets, key=lambda s: (not s.public, s.zone or "", s.id or "")) or [Subnet(None, None, True)]
 
     @functools.cached_property
     def vpc_id(self) -> str:
@@ -116,8 +135,9 @@ class AWSNetwork:
                 # Another launcher made it just now.
                 group_id = ec2.describe_security_groups(Filters=filters)["SecurityGroups"][0]["GroupId"]
         # Also for a found group: a launcher that died between creating it and adding its rules left none.
+        # A group made a moment ago may not be visible yet (EC2's eventual consistency).
         try:
-            ec2.authorize_security_group_ingress(GroupId=group_id, IpPermissions=rules(group_id))
+            eventually(lambda: ec2.authorize_security_group_ingress(GroupId=group_id, IpPermissions=rules(group_id)))
         except ClientError as error:
             if error_code(error) != "InvalidPermission.Duplicate":
                 raise

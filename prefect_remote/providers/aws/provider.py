@@ -32,13 +32,23 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from prefect_remote.errors import CapacityError, MachineNotFound
 from prefect_remote.providers.aws import catalog
-from prefect_remote.providers.aws.clients import AWSClients, AWSError, error_code, translated
-from prefect_remote.providers.aws.network import AWSNetwork
+from prefect_remote.providers.aws.clients import AWSClients, AWSError, error_code, eventually, not_yet_visible, translated
+from prefect_remote.providers.aws.network import AWSNetwork, Subnet
 from prefect_remote.providers.aws.options import AWSOptions
 from prefect_remote.providers.aws.runtime import EXIT_CODE_TAG, LEASE_TAG, REASON_TAG
 from prefect_remote.providers.aws.secrets import forget_secrets, parameter_name, store_secrets, stored_launches
 from prefect_remote.providers.aws.tags import IMDS_TAG_KEY, KEEPALIVE_TAG, LAUNCH_TAG, OWNER_TAG, SECRETS_TAG, SPEC_TAG, tag_key
-from prefect_remote.providers.base import TAG_PREFIX, Capabilities, InstanceType, Launch, LogChunk, Machine, Provider, batches
+from prefect_remote.providers.base import (
+    DEFAULT_DISK_GIB,
+    TAG_PREFIX,
+    Capabilities,
+    InstanceType,
+    Launch,
+    LogChunk,
+    Machine,
+    Provider,
+    batches,
+)
 from prefect_remote.providers.capacity import Placement, first_with_capacity, placements
 from prefect_remote.providers.network import DASK_PORTS
 
@@ -50,9 +60,20 @@ if TYPE_CHECKING:
 logger = logging.getLogger("prefect_remote.providers.aws")
 
 DEFAULT_AMI = "/aws/service/ami-amazon-linux-latest/al2023-ami-kernel-default-{arch}"
-# What EC2 answers when capacity is short (the capacity policy's shortage): spot_with_fallback launches
-# on-demand instead.
-CAPACITY_ERRORS = frozenset({"InsufficientInstanceCapacity", "SpotMaxPriceTooLow", "MaxSpotInstanceCountExceeded", "UnfulfillableCapacity"})
+# What EC2 answers when capacity or a quota is short in one place or market (the capacity policy's
+# shortage): the launch tries the next subnet (another availability zone), then on-demand.
+CAPACITY_ERRORS = frozenset(
+    {
+        "InsufficientInstanceCapacity",
+        "SpotMaxPriceTooLow",
+        "MaxSpotInstanceCountExceeded",
+        "UnfulfillableCapacity",
+        "VcpuLimitExceeded",
+        "InstanceLimitExceeded",
+        "InsufficientFreeAddressesInSubnet",
+        "Unsupported",  # the instance type is not offered in this availability zone
+    }
+)
 SPOT_OPTIONS = {"MarketType": "spot", "SpotOptions": {"SpotInstanceType": "one-time", "InstanceInterruptionBehavior": "terminate"}}
 # EC2's states as a machine's; the rest have ended. A shutting-down instance still runs its processes
 # (a flow run's engine may still report its state): it has not ended until it is terminated.
@@ -108,6 +129,7 @@ class AWSProvider(Provider):
     doctor = "prefect_remote.providers.aws.doctor"  # credentials, permissions, quotas, network, bucket
     lease_interval = 30.0  # a metadata read is cheap, but a lease tag reaches IMDS only after a delay
     max_boot_script = 16 * 1024  # EC2's user-data limit
+    min_poll = 1.0  # DescribeInstances shares a bucket of about 20 calls/s with every other read of the account
     dask_ports = DASK_PORTS  # what the ingress security group admits
     agent_extras = ("aws",)
     agent_requirements = ("boto3",)  # the machine side reads SSM, tags and ends itself, and ships its log
@@ -189,8 +211,7 @@ class AWSProvider(Provider):
                 "the aws: prefix"
             )
         spec, instance_type = launch.spec, launch.instance_type
-        image_id, root_device = self._image(instance_type)
-        subnet_id = self.networking.subnet()
+        image_id, root_device, image_gib = self._image(instance_type)
         tags = {
             **{tag_key(key): value for key, value in launch.tags.items()},
             LAUNCH_TAG: launch.id,
@@ -210,37 +231,67 @@ class AWSProvider(Provider):
             "MetadataOptions": {"HttpTokens": "required", "HttpEndpoint": "enabled", "InstanceMetadataTags": "enabled"},
             "InstanceInitiatedShutdownBehavior": "terminate",  # the agent's last resort, `shutdown -h now`, ends it
             "TagSpecifications": [{"ResourceType": kind, "Tags": tag_list} for kind in ("instance", "volume")],
-            "SecurityGroupIds": list(self.options.security_group_ids)
-            or self.networking.security_groups(spec.allow_ingress_from, runs_inside=self.runs_inside),
+            "BlockDeviceMappings": [
+                {
+                    "DeviceName": root_device,
+                    "Ebs": {"VolumeSize": self._disk_gib(spec, image_gib), "VolumeType": "gp3", "DeleteOnTermination": True},
+                }
+            ],
         }
-        if subnet_id:
-            params["SubnetId"] = subnet_id
-        if spec.disk_size:
-            size = math.ceil(spec.disk_size / 2**30)
-            params["BlockDeviceMappings"] = [
-                {"DeviceName": root_device, "Ebs": {"VolumeSize": size, "VolumeType": "gp3", "DeleteOnTermination": True}}
-            ]
         if self.options.instance_profile:
             params["IamInstanceProfile"] = {"Name": self.options.instance_profile}
-        instances = self._run_instances(params, launch)
+        groups = list(self.options.security_group_ids) or self.networking.security_groups(
+            spec.allow_ingress_from, runs_inside=self.runs_inside
+        )
+        # Inbound connections from outside the VPC (a cluster's client) reach a machine at its public IP only.
+        public = (spec.allow_ingress_from or self.options.allow_ingress_from) != "none" and not self.runs_inside()
+        instances = self._run_instances(params, launch, groups, made_groups=not self.options.security_group_ids, public=public)
         try:
             return [self._machine(instance) for instance in instances]
         except BaseException:
             self.client("ec2").terminate_instances(InstanceIds=[i["InstanceId"] for i in instances])
             raise
 
-    def _run_instances(self, params: dict[str, Any], launch: Launch) -> list[dict[str, Any]]:
+    @staticmethod
+    def _disk_gib(spec: MachineSpec, image_gib: int | None) -> int:
+        """The root disk's size: ``disk_size`` (default 40 GiB), never below the image's snapshot (EC2
+        refuses a smaller one)."""
+        wanted = math.ceil(spec.disk_size / 2**30) if spec.disk_size else DEFAULT_DISK_GIB
+        if image_gib and wanted < image_gib:
+            logger.warning(
+                "disk_size of %d GiB is below the image's %d GiB snapshot: the root disk takes %d GiB", wanted, image_gib, image_gib
+            )
+            return image_gib
+        return wanted
+
+    def _run_instances(
+        self, params: dict[str, Any], launch: Launch, groups: list[str], *, made_groups: bool, public: bool
+    ) -> list[dict[str, Any]]:
         """One ``run_instances`` call per placement tried (:mod:`prefect_remote.providers.capacity`):
-        two with spot_with_fallback when spot capacity is short."""
+        each subnet (availability zone) in turn while capacity or a quota is short there, then
+        on-demand with spot_with_fallback. A launch that needs a public IP asks for one where the
+        subnet gives none. Resources made a moment ago (the instance profile, the groups) that EC2
+        does not see yet are retried (:func:`~prefect_remote.providers.aws.clients.eventually`), and
+        the launch returns once EC2 shows its instances (the ``instance_exists`` waiter)."""
         ec2, name = self.client("ec2"), launch.instance_type.name
+        subnets = {subnet.id: subnet for subnet in self.networking.subnets}
 
         def run(placement: Placement) -> list[dict[str, Any]]:
+            subnet: Subnet = subnets[placement.zone]
+            where: dict[str, Any] = {"SecurityGroupIds": groups, **({"SubnetId": subnet.id} if subnet.id else {})}
+            if public and not subnet.public:
+                nic = {"DeviceIndex": 0, "Groups": groups, "AssociatePublicIpAddress": True}
+                where = {"NetworkInterfaces": [{**nic, **({"SubnetId": subnet.id} if subnet.id else {})}]}
             market = {"InstanceMarketOptions": SPOT_OPTIONS} if placement.spot else {}
             # ClientToken: a retried request (a timeout, a lost answer) launches nothing twice.
-            return ec2.run_instances(**params, **market, ClientToken=f"{launch.id}-{placement.market}")["Instances"]
+            token = f"{launch.id}-{placement.market}-{subnet.id or ''}"
+            return eventually(
+                lambda: ec2.run_instances(**params, **where, **market, ClientToken=token)["Instances"],
+                retry_if=lambda error: not_yet_visible(error, groups=made_groups),
+            )
 
         def refused(placement: Placement, code: str, tried: Sequence[Placement]) -> CapacityError:
-            if len(tried) > 1:
+            if len({p.spot for p in tried}) > 1:
                 return CapacityError(f"no spot or on-demand capacity for {name} in {self.region} ({code}); try another vm_type, or later")
             instead = "spot_policy='spot_with_fallback', " if placement.spot else ""
             return CapacityError(
@@ -248,15 +299,34 @@ class AWSProvider(Provider):
             )
 
         def falling_back(placement: Placement, then: Placement, code: str) -> None:
-            logger.warning(
-                "%s capacity unavailable for %s in %s (%s); launching %s", placement.market, name, self.region, code, then.market
-            )
+            if then.spot != placement.spot:  # every subnet tried on this market
+                logger.warning(
+                    "%s capacity unavailable for %s in %s (%s); launching %s", placement.market, name, self.region, code, then.market
+                )
+            else:
+                here, there = subnets[placement.zone], subnets[then.zone]
+                logger.warning(
+                    "%s capacity unavailable for %s in %s (%s, %s); trying %s (%s)",
+                    placement.market,
+                    name,
+                    here.zone,
+                    here.id,
+                    code,
+                    there.zone,
+                    there.id,
+                )
 
-        return first_with_capacity(placements(launch.spec.spot_policy), run, shortage=_shortage, refused=refused, falling_back=falling_back)
+        tried = placements(launch.spec.spot_policy, list(subnets))
+        instances = first_with_capacity(tried, run, shortage=_shortage, refused=refused, falling_back=falling_back)
+        # EC2 is eventually consistent: a new instance may be unknown to the next calls for a moment.
+        ec2.get_waiter("instance_exists").wait(
+            InstanceIds=[i["InstanceId"] for i in instances], WaiterConfig={"Delay": 1, "MaxAttempts": 60}
+        )
+        return instances
 
-    def _image(self, instance_type: InstanceType) -> tuple[str, str]:
-        """The AMI id to boot (resolving an SSM parameter) and its root device name; refuses an AMI
-        of the other architecture."""
+    def _image(self, instance_type: InstanceType) -> tuple[str, str, int | None]:
+        """The AMI id to boot (resolving an SSM parameter), its root device name and its root
+        snapshot's size in GiB (when the image says); refuses an AMI of the other architecture."""
         from botocore.exceptions import ClientError
 
         wanted = self.options.ami or DEFAULT_AMI.format(arch=instance_type.arch)
@@ -283,7 +353,9 @@ class AWSProvider(Provider):
                 f"ami={image_id!r} is {image['Architecture']}, but {instance_type.name} is {instance_type.arch}; "
                 f"use an {instance_type.arch} image{' (or arm=True)' if instance_type.arch == 'x86_64' else ''}"
             )
-        return image_id, image.get("RootDeviceName") or "/dev/xvda"
+        root = image.get("RootDeviceName") or "/dev/xvda"
+        sizes = [m["Ebs"].get("VolumeSize") for m in image.get("BlockDeviceMappings", []) if m.get("DeviceName") == root and "Ebs" in m]
+        return image_id, root, next((size for size in sizes if size), None)
 
     # -- finding ----------------------------------------------------------------------------------
     def _machine(self, instance: Mapping[str, Any]) -> Machine:
@@ -303,7 +375,7 @@ class AWSProvider(Provider):
             spot=spot,
             owner=tags.get(OWNER_TAG),
             private_address=private,
-            public_address=instance.get("PublicIpAddress") or private,
+            public_address=instance.get("PublicIpAddress"),  # none until it runs, and none in a private subnet
             reason=tags.get(REASON_TAG) or instance.get("StateReason", {}).get("Message") or None,
             exit_code=int(exit_code) if exit_code.lstrip("-").isdigit() else None,
             details={

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import logging
 import secrets
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from prefect_remote.errors import MachineNotFound
@@ -35,8 +35,6 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-WAIT_POLL = 1.0  # seconds between wait()'s rounds at least: each describes every machine (Cloud Run's and Compute Engine's read quotas)
-
 
 class GCPProvider(Provider):
     """Machines on Google Cloud: Cloud Run job executions, or Compute Engine VMs where a spec needs one."""
@@ -51,6 +49,7 @@ class GCPProvider(Provider):
     infra = "prefect_remote.providers.gcp.infra"  # the APIs checked, the machines' service account, the bucket, the firewall rules
     doctor = "prefect_remote.providers.gcp.doctor"  # credentials, APIs, permissions, grants, quotas, network, bucket
     max_boot_script = 32 * 1024  # Cloud Run container args; Compute Engine metadata takes 256 KiB
+    min_poll = 1.0  # wait() describes every machine each round: Cloud Run's and Compute Engine's read quotas
     agent_extras = ("gcp",)
     agent_requirements = ("google-cloud-storage", "google-cloud-secret-manager", "google-cloud-logging", "google-cloud-compute")
     dask_ports = DASK_PORTS  # what the firewall rule admits from allow_ingress_from
@@ -245,10 +244,6 @@ class GCPProvider(Provider):
             if mine:
                 service.terminate(mine, reason)
         return {launch for launch in launches if launch}
-
-    def wait(self, machine_ids: Iterable[str], timeout: float = 30.0, *, poll: float = 0.05) -> list[Machine]:
-        """As every provider's, polling at most once every :data:`WAIT_POLL` seconds."""
-        return super().wait(machine_ids, timeout, poll=max(poll, WAIT_POLL))
 
     def logs(self, machine_id: str, *, cursor: str | None = None) -> LogChunk:
         """Through this process's one Cloud Logging reader of the project, shared by every follower

@@ -1,7 +1,7 @@
 """The EC2 provider against moto's EC2, SSM and CloudWatch Logs (server mode), through the real boto3
 client. moto starts no instances: these check what the provider asks EC2 for and reads back.
-Capacity errors, which moto never raises, are injected with botocore event hooks on the provider's
-own client."""
+Capacity errors, which moto never raises, are injected by the sandbox's strict EC2 (its server
+answers them, as EC2 does)."""
 
 from __future__ import annotations
 
@@ -20,8 +20,8 @@ from prefect_remote.providers import get_provider, network
 from prefect_remote.providers.aws import catalog
 from prefect_remote.providers.aws.provider import LAUNCH_TAG, AWSError, AWSProvider
 from prefect_remote.providers.base import BootPayload, Machine
-from prefect_remote.sandbox import aws as sandbox
 from prefect_remote.spec import MachineSpec
+from tests.conftest import wait_for
 from tests.providers.aws.conftest import LAUNCHER_IP
 
 AL2023 = "/aws/service/ami-amazon-linux-latest/al2023-ami-kernel-default-{}"
@@ -52,8 +52,11 @@ def count_calls(client, operation: str) -> list[dict]:
     return calls
 
 
-def refuse_spot(provider, code: str = "InsufficientInstanceCapacity") -> None:
-    sandbox.refuse_spot(provider.client("ec2"), code)
+@pytest.fixture
+def refuse_spot(aws_sandbox):
+    """Makes the sandbox's EC2 refuse spot launches with a code, in every zone, for the test."""
+    yield lambda code="InsufficientInstanceCapacity": aws_sandbox.ec2.refuse(code, spot=True)
+    aws_sandbox.ec2.clear()
 
 
 # -- launching -----------------------------------------------------------------------------------------
@@ -80,7 +83,10 @@ def test_launch_asks_ec2_for_the_chosen_machine(provider, ec2, ssm):
     assert volume["Size"] == 40 and tags_of(volume) == tags
     assert machine.tags == {"test": "aws", "run": tags["run"], "team": "data"}  # the user's tags only
     assert (machine.owner, machine.spec, machine.region, machine.spot) == ("alice", "2 cpu, 4 GiB", "us-east-1", False)
-    assert machine.state in ("pending", "running") and machine.private_address and machine.public_address
+    # As EC2 answers RunInstances: pending, with no public IP yet; it shows once the instance runs.
+    assert machine.state == "pending" and machine.private_address and machine.public_address is None
+    running = wait_for(lambda: (m := provider.describe(machine.id)).state == "running" and m, timeout=10, message="running")
+    assert running.public_address
     assert machine.details["market"] == "on-demand" and machine.details["price_per_hour"] == 0.0376
     assert user_data(ec2, machine.id).startswith("#!")  # the boot script, as the instance runs it
 
@@ -164,13 +170,13 @@ def test_secrets_leave_with_machines_that_ended_themselves(provider, ec2, ssm):
         ssm.get_parameter(Name=parameter)
 
 
-def test_a_failed_launch_leaves_no_secrets(provider, ssm):
+def test_a_failed_launch_leaves_no_secrets(provider, ssm, refuse_spot):
     def parameters() -> set[str]:
         pages = ssm.get_paginator("get_parameters_by_path").paginate(Path="/prefect-remote/", Recursive=True)
         return {p["Name"] for page in pages for p in page["Parameters"]}
 
     before = parameters()
-    refuse_spot(provider)
+    refuse_spot()
     with pytest.raises(CapacityError):
         launch(provider, cpu=1, spot_policy="spot", payload=BootPayload(["app"], secrets={"TOKEN": "x"}))
     assert parameters() == before
@@ -247,6 +253,7 @@ def test_no_public_ingress_when_the_launcher_ip_is_unknown(aws_env, ec2, monkeyp
 def test_given_security_groups_are_used_as_they_are(aws_env, ec2):
     vpc = ec2.describe_vpcs(Filters=[{"Name": "isDefault", "Values": ["true"]}])["Vpcs"][0]["VpcId"]
     group = ec2.create_security_group(GroupName=f"mine-{secrets.token_hex(3)}", Description="mine", VpcId=vpc)["GroupId"]
+    ec2.get_waiter("security_group_exists").wait(GroupIds=[group], WaiterConfig={"Delay": 1})  # as a user's own set-up would
     [machine] = launch(AWSProvider(security_group_ids=[group]), cpu=1)
     assert [g["GroupId"] for g in instance(ec2, machine.id)["SecurityGroups"]] == [group]
 
@@ -273,6 +280,7 @@ def test_list_describe_terminate(provider, ec2):
 
 def test_unknown_machines(provider, ec2):
     outsider = ec2.run_instances(ImageId="ami-12c6146b", InstanceType="t3.micro", MinCount=1, MaxCount=1)["Instances"][0]["InstanceId"]
+    ec2.get_waiter("instance_running").wait(InstanceIds=[outsider], WaiterConfig={"Delay": 1})  # EC2 shows it after a moment
     for machine_id in ("m-000000000000", "i-0123456789abcdef0", outsider):  # malformed, unknown, not launched by us
         for call in (provider.describe, provider.logs, lambda i: provider.terminate([i])):
             with pytest.raises(MachineNotFound, match="machines ls"):
@@ -298,9 +306,15 @@ def test_renew_leases_is_one_call_for_many_machines(provider, ec2):
 
 def test_logs_from_cloudwatch_with_a_cursor(provider, aws_env):
     [machine] = launch(provider, cpu=1)
-    empty = provider.logs(machine.id)
-    assert empty.text == "" and provider.logs(machine.id, cursor="abc").cursor == "abc"  # no stream yet
+    provider.terminate([machine.id])
+    provider.wait([machine.id], timeout=30)
     logs = aws_env.client("logs")  # a machine's writes, by the account's owner
+    try:  # what it shipped while it booted
+        logs.delete_log_stream(logGroupName="/prefect-remote/machines", logStreamName=machine.id)
+    except logs.exceptions.ResourceNotFoundException:
+        pass
+    empty = provider.logs(machine.id)
+    assert empty.text == "" and provider.logs(machine.id, cursor="abc").cursor == "abc"  # no stream
     try:
         logs.create_log_group(logGroupName="/prefect-remote/machines")
     except logs.exceptions.ResourceAlreadyExistsException:
@@ -323,16 +337,16 @@ def test_logs_from_cloudwatch_with_a_cursor(provider, aws_env):
 # -- spot capacity ----------------------------------------------------------------------------------
 
 
-def test_spot_with_fallback_launches_on_demand_when_spot_is_short(provider, ec2, caplog):
-    refuse_spot(provider)
+def test_spot_with_fallback_launches_on_demand_when_spot_is_short(provider, ec2, caplog, refuse_spot):
+    refuse_spot()
     with caplog.at_level(logging.WARNING, logger="prefect_remote.providers.aws"):
         [machine] = launch(provider, cpu=2, memory="4 GiB", spot_policy="spot_with_fallback")
     assert not machine.spot and "InstanceLifecycle" not in instance(ec2, machine.id)
     assert "spot capacity unavailable for t3a.medium in us-east-1 (InsufficientInstanceCapacity); launching on-demand" in caplog.text
 
 
-def test_spot_alone_fails_clearly_and_starts_nothing(provider):
-    refuse_spot(provider, "MaxSpotInstanceCountExceeded")
+def test_spot_alone_fails_clearly_and_starts_nothing(provider, refuse_spot):
+    refuse_spot("MaxSpotInstanceCountExceeded")
     run = secrets.token_hex(4)
     with pytest.raises(
         CapacityError,

@@ -68,7 +68,7 @@ def machine_and_metadata(provider) -> Iterator[tuple]:
     launches = []
     start = provider._start
     provider._start = lambda launch: launches.append(launch) or start(launch)
-    [machine] = provider.launch(MachineSpec(cpu=1, keepalive="1 minute"), BootPayload(["app"], secrets={"TOKEN": "s3cret"}))
+    [machine] = provider.launch(MachineSpec(cpu=1, keepalive="1 minute"), BootPayload(["sleep", "600"], secrets={"TOKEN": "s3cret"}))
     metadata = Metadata(machine.id)
     yield machine, launches[0], metadata
     metadata.server.shutdown()
