@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import base64
 import datetime
+import inspect
 import io
 import json
 import threading
@@ -201,7 +202,9 @@ class IAMEnforcer:
         request = MotoRequest(dict(environ, **{"wsgi.input": io.BytesIO(body)}))
         try:
             model = get_service_model(MODEL_NAMES.get(service, service))
-            protocol = determine_request_protocol(model, request.content_type)
+            # moto 5.2.6 reads the request itself; 5.2.5 and earlier take its content type
+            takes_request = "request" in inspect.signature(determine_request_protocol).parameters
+            protocol = determine_request_protocol(model, request if takes_request else request.content_type)
             uri: dict[str, Any] = {}
             if protocol in ("query", "ec2"):
                 operation = request.values.get("Action", "")
