@@ -20,11 +20,8 @@ from prefect_remote.providers.gcp.secrets import SECRET_PREFIX  # launch secrets
 SERVICE_ACCOUNT_ID = "prefect-remote-machines"
 MACHINE_ROLE_ID = "prefectRemoteMachine"
 
-# The custom role's permissions: a VM ends itself; a cluster's scheduler VM launches its workers
-# (as this same account, with their launch secrets) and ends them; a flow run (a Cloud Run task or a
-# VM) starts a cluster the same way, after looking for one among the provider's machines, which
-# lists Cloud Run jobs too (read only: ending them is its launcher's).
-MACHINE_PERMISSIONS = (
+# Starting, tagging and ending Compute Engine VMs, which launchers and scheduler machines both do.
+VM_LAUNCH_PERMISSIONS = (
     "compute.instances.delete",
     "compute.instances.create",
     "compute.instances.get",
@@ -41,10 +38,21 @@ MACHINE_PERMISSIONS = (
     "compute.firewalls.get",
     "compute.machineTypes.list",
     "compute.acceleratorTypes.list",
-    "compute.images.getFromFamily",
-    "compute.images.useReadOnly",
+)
+OPERATION_PERMISSIONS = (
     "compute.zoneOperations.get",
     "compute.globalOperations.get",
+)
+
+# The custom role's permissions: a VM ends itself; a cluster's scheduler VM launches its workers
+# (as this same account, with their launch secrets) and ends them; a flow run (a Cloud Run task or a
+# VM) starts a cluster the same way, after looking for one among the provider's machines, which
+# lists Cloud Run jobs too (read only: ending them is its launcher's).
+MACHINE_PERMISSIONS = (
+    *VM_LAUNCH_PERMISSIONS,
+    "compute.images.getFromFamily",
+    "compute.images.useReadOnly",
+    *OPERATION_PERMISSIONS,
     "secretmanager.secrets.create",
     "secretmanager.secrets.delete",
     "secretmanager.versions.add",
@@ -103,24 +111,8 @@ LAUNCHER_PERMISSIONS: dict[str, tuple[str, ...]] = {
         "run.executions.get",
         "run.executions.cancel",
         "run.tasks.list",
-        "compute.instances.create",
-        "compute.instances.delete",
-        "compute.instances.get",
-        "compute.instances.list",
-        "compute.instances.setLabels",
-        "compute.instances.setMetadata",
-        "compute.instances.setServiceAccount",
-        "compute.instances.setTags",
-        "compute.disks.create",
-        "compute.subnetworks.get",
-        "compute.subnetworks.use",
-        "compute.subnetworks.useExternalIp",
-        "compute.networks.get",
-        "compute.firewalls.get",
-        "compute.machineTypes.list",
-        "compute.acceleratorTypes.list",
-        "compute.zoneOperations.get",
-        "compute.globalOperations.get",
+        *VM_LAUNCH_PERMISSIONS,
+        *OPERATION_PERMISSIONS,
         "compute.regions.get",
         "secretmanager.secrets.create",
         "secretmanager.secrets.delete",
