@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 from prefect_remote.doctor import Finding, Needs, guarded
 from prefect_remote.providers.gcp import grants
 from prefect_remote.providers.gcp.clients import role_for
-from prefect_remote.providers.gcp.infra import REQUIRED_APIS, _project_number, enable_command, missing_apis
+from prefect_remote.providers.gcp.infra import REQUIRED_APIS, enable_command, missing_apis, project_number_of
 
 if TYPE_CHECKING:
     from prefect_remote.providers.gcp.provider import GCPProvider
@@ -126,7 +126,7 @@ def _machine_grants(provider: GCPProvider, bucket: str) -> Finding:
         )
     clients, project = provider.clients, provider.clients.project
     wanted = grants.machine_roles(
-        project=project, project_number=_project_number(clients), bucket=bucket or "BUCKET", service_account=account
+        project=project, project_number=project_number_of(clients), bucket=bucket or "BUCKET", service_account=account
     )["project"]
     try:
         policy = clients.resource_manager().get_iam_policy(

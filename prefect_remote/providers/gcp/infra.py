@@ -217,7 +217,7 @@ def provision(provider: GCPProvider, pool: str, store: str | None = None, say: S
     else:
         iam = clients.iam()
         _ensure_service_account(clients, iam, say)
-        roles = machine_roles(project=project, project_number=_project_number(clients), bucket=gcs.bucket, service_account=email)
+        roles = machine_roles(project=project, project_number=project_number_of(clients), bucket=gcs.bucket, service_account=email)
         _ensure_custom_role(clients, iam, say)
         _ensure_project_grants(clients, f"serviceAccount:{email}", roles["project"], say)
         _ensure_bucket_grants(clients, gcs.bucket, f"serviceAccount:{email}", roles[f"bucket {gcs.bucket}"], say)
@@ -227,7 +227,8 @@ def provision(provider: GCPProvider, pool: str, store: str | None = None, say: S
     return GCPSetup(project, region, email, gcs.url, firewalls)
 
 
-def _project_number(clients: GoogleClients) -> str:
+def project_number_of(clients: GoogleClients) -> str:
+    """The project's number (IAM conditions name secrets by it), read with one Resource Manager call."""
     with google_errors(clients, "resourcemanager.projects.get", "read the project's number"):
         return clients.resource_manager().get_project(name=f"projects/{clients.project}").name.rsplit("/", 1)[-1]
 
