@@ -17,6 +17,9 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
+import shutil
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -35,6 +38,20 @@ logger = logging.getLogger(__name__)
 POLL = 0.1  # seconds between looks at the control plane
 KEEP_FORWARDS_EVERY = 3.0  # seconds between renewals of the host forwards instances use
 INSTANCE_TAG = "sandbox-instance"  # a machine's tag naming the instance it runs
+# Variables of an image that name its own baked folders (a warm uv cache, a root with uv and agents):
+# they are mounted into the instances that have them, as folders of the image.
+IMAGE_FOLDER_VARIABLES = ("UV_CACHE_DIR", "PREFECT_REMOTE_ROOT")
+
+
+def own_root_unavailable() -> str | None:
+    """None where each instance can have a root of its own here (a mount namespace), else why not."""
+    if not sys.platform.startswith("linux"):
+        return f"a sandbox instance's own root needs Linux (this is {sys.platform})"
+    if os.geteuid() != 0:
+        return "a sandbox instance's own root needs root (a mount namespace and an overlay of /): run the sandbox as root"
+    if shutil.which("unshare") is None or shutil.which("chroot") is None:
+        return "a sandbox instance's own root needs unshare and chroot (util-linux, coreutils)"
+    return None
 
 
 @dataclass(frozen=True)
@@ -80,6 +97,7 @@ class InstanceRunner:
         self._rebooting: set[str] = set()  # instances whose machine ends to boot again (a reset, a restart)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self.shared: list[str] = []  # host folders every instance mounts at the same path (a test's scratch folder)
 
     @property
     def host_address(self) -> str:
@@ -99,6 +117,11 @@ class InstanceRunner:
 
         proxy = f"http://{self.host_address}:{EGRESS_PORT}"
         return {"HTTPS_PROXY": proxy, "https_proxy": proxy, "NO_PROXY": self.host_address, "no_proxy": self.host_address}
+
+    def disk_of(self, instance_id: str) -> Path:
+        """The folder that holds what ``instance_id`` wrote to its own root (``upper/`` mirrors its ``/``),
+        kept across its reboots and removed when it ends."""
+        return self.machines.home / "instances" / instance_id / "disk"
 
     def machine_of(self, instance_id: str) -> str | None:
         """The local machine running ``instance_id``, while it runs."""
@@ -176,6 +199,7 @@ class InstanceRunner:
                     continue
                 reason = (machine.reason if machine else None) or "instance shut down"
                 self._terminate(instance_id, reason, machine.exit_code if machine else None)
+                shutil.rmtree(self.disk_of(instance_id), ignore_errors=True)  # its disk goes with it
 
     def boot(self, instance: Instance) -> None:
         """Boots ``instance`` unless it was booted before. The cloud's sandbox may call this as the
@@ -189,6 +213,13 @@ class InstanceRunner:
                 self._boot(instance)
 
     def _boot(self, instance: Instance) -> None:
+        unavailable = own_root_unavailable()
+        if unavailable:
+            logger.warning("sandbox: instance %s could not boot: %s", instance.id, unavailable)
+            self._terminate(instance.id, f"sandbox could not boot it: {unavailable}", None)
+            return
+        env = {**self.network_env(), **self._image_env(instance)}
+        image_folders = [env[name] for name in IMAGE_FOLDER_VARIABLES if name in env]
         record = {
             "tags": {INSTANCE_TAG: instance.id},
             "owner": None,
@@ -199,6 +230,8 @@ class InstanceRunner:
             "vm_type": None,
             "limits": {"cpu": None, "memory": None},  # a 2-core host runs a 64-core type's work as it can
             "boot_folder": records.ROOT,  # as cloud-init and Google's startup scripts, in the image's / (not a work folder)
+            "stock_env": True,  # and with their environment: a minimal PATH, no HOME
+            "own_root": {"disk": str(self.disk_of(instance.id)), "shared": [*self.shared, *image_folders]},
         }
         try:
             [machine_id] = start_machines(
@@ -209,7 +242,7 @@ class InstanceRunner:
                 count=1,
                 has_secrets=False,
                 software=True,  # the image reaches the package index (through the egress proxy)
-                image_env={**self.network_env(), **self._image_env(instance)},
+                image_env=env,
             )
         except Exception as error:  # as a hypervisor that cannot place an instance: it ends
             logger.warning("sandbox: instance %s could not boot: %s", instance.id, error)
@@ -226,6 +259,8 @@ class SandboxCloud:
     manager of its ``start()`` and ``stop()``."""
 
     expose: list[int]
+    warm_cache: bool = False  # instances boot with nothing cached unless a test asks (see warm())
+    _root: Path  # the warm image's shared root: uv, agent environments (PREFECT_REMOTE_ROOT)
     _runner: InstanceRunner | None = None
     _keeper: threading.Thread | None = None
     _stopping: threading.Event | None = None
@@ -270,6 +305,27 @@ class SandboxCloud:
             yield
         finally:
             gate.on = before
+
+    @contextlib.contextmanager
+    def warm(self, on: bool = True) -> Iterator[None]:
+        """Within the block instances boot from a warm image (``on``) or a stock one, whatever
+        :attr:`warm_cache` was before; for a test that measures or needs a cold boot."""
+        before, self.warm_cache = self.warm_cache, on
+        try:
+            yield
+        finally:
+            self.warm_cache = before
+
+    def _image_cache_env(self) -> dict[str, str]:
+        """What a warm image sets (:attr:`warm_cache`): this host's uv cache and a root shared by
+        every instance (uv, agent environments), as an image baked after one boot has them. A stock
+        image (the default) has neither: each instance downloads uv and builds its agent."""
+        if not self.warm_cache:
+            return {}
+        from prefect_remote.software.rebuild import uv_cache_dir
+
+        self._root.mkdir(parents=True, exist_ok=True)
+        return {"PREFECT_REMOTE_ROOT": str(self._root), **({"UV_CACHE_DIR": cache} if (cache := uv_cache_dir()) else {})}
 
     def __enter__(self) -> Any:
         self.start()
