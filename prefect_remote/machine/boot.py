@@ -140,6 +140,11 @@ ended() {  # a boot that fails before the agent runs ends the machine: nobody el
 trap ended EXIT
 phase "booting machine on "@PLACEMENT@" ($(uname -m))"
 
+# A cloud that does not run this script on a reboot (EC2 runs user data on the first boot only)
+# would leave a rebooted machine running with no agent: the provider's hook ends it then.
+PHASE=reboot-hook
+@ON_REBOOT@
+
 # 0. A work folder of its own. cloud-init and Google's startup-script runner start this script in /
 # (maybe without HOME): the agent unpacks the code bundle into its working folder, and the payload
 # runs there.
@@ -232,12 +237,15 @@ def render_boot_script(
     python: str | None = None,
     agent: AgentSource | None = None,
     halt: str = "true",
+    on_reboot: str = "",
     placement: str = "a machine",
 ) -> str:
     """The boot script for an agent ``config``: the agent runs with the interpreter at ``python``
     (preinstalled), or in an environment the script makes from ``agent`` (stock image), where a
-    failed boot runs ``halt`` (a shell command that ends the machine). ``placement`` says where the
-    machine runs (``"aws EC2 t3.medium in us-east-1"``), for the log's first line."""
+    failed boot runs ``halt`` (a shell command that ends the machine) and the boot first runs
+    ``on_reboot`` (shell lines that make a later boot of the machine end it, where its cloud would
+    not run this script again). ``placement`` says where the machine runs (``"aws EC2 t3.medium in
+    us-east-1"``), for the log's first line."""
     encoded = base64.b64encode(json.dumps(config, separators=(",", ":")).encode()).decode()
     where = shlex.quote(" ".join(placement.split()))  # one line, literal text whatever it holds
     if agent is None:
@@ -263,6 +271,7 @@ def render_boot_script(
         "@DEFAULT_ROOT@": DEFAULT_ROOT,
         "@DEFAULT_LOG@": DEFAULT_MACHINE_LOG,
         "@HALT@": halt,
+        "@ON_REBOOT@": on_reboot.rstrip("\n") or ":",
         "@UV_VERSION@": UV_VERSION,
         "@UV_WHEELS@": repr(UV_WHEELS),
         "@AGENT_KEY@": agent.key,

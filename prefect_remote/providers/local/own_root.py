@@ -83,15 +83,8 @@ class OwnRoot:
 
     def command(self, machine: Path, boot: list[str]) -> list[str]:
         """The command that runs ``boot`` (paths as inside the root) in the instance's own root."""
-        root = machine / "root"
-        shared = ":".join(self.shared)
-        return ["unshare", "--mount", "--propagation", "private", "--", "sh", "-c", _ENTER, "enter-root"] + [
-            self.disk,
-            str(root),
-            str(machine),
-            shared,
-            *boot,
-        ]
+        enter = ["unshare", "--mount", "--propagation", "private", "--", "sh", "-c", _ENTER, "enter-root"]
+        return [*enter, self.disk, str(machine / "root"), str(machine), ":".join(self.shared), *boot]
 
     @staticmethod
     def power_requested(machine: Path) -> str | None:

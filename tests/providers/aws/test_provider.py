@@ -507,3 +507,20 @@ def test_a_store_on_this_computer_is_refused_before_anything_starts(provider, mo
     with pytest.raises(CapabilityError, match="which aws machines cannot read; set PREFECT_REMOTE_STORE to a bucket"):
         launch(provider, cpu=1)
     assert provider.list(include_terminated=True) == before
+
+
+def test_a_rebooted_instance_ends_itself_instead_of_running_on_with_no_agent(provider, aws_sandbox, tmp_path):
+    """EC2 runs user data on the first boot only: after RebootInstances no agent would run. The boot
+    left a cloud-init per-boot script that powers the instance off, which terminates it
+    (InstanceInitiatedShutdownBehavior=terminate); the payload never runs twice. From a stock (cold)
+    image: uv, Python and the agent's environment downloaded as on a new instance."""
+    runs = tmp_path / "runs"
+    with aws_sandbox.warm(False):
+        [machine] = provider.launch(MachineSpec(cpu=2), BootPayload(["sh", "-c", f"echo run >> {runs}; sleep 300"]), tags={"t": "b9"})
+        wait_for(lambda: runs.exists(), timeout=240, message="the payload to start")
+    aws_sandbox.client("ec2").reboot_instances(InstanceIds=[machine.id])
+    [ended] = provider.wait([machine.id], timeout=60)
+    assert ended.state == "terminated" and runs.read_text() == "run\n"
+    reason = aws_sandbox.client("ec2").describe_instances(InstanceIds=[machine.id])["Reservations"][0]["Instances"][0]["StateReason"]
+    assert reason["Code"] == "Client.InstanceInitiatedShutdown"
+    assert aws_sandbox.runner.machine_of(machine.id) is None  # no agent, no process of it left
