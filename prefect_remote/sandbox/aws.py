@@ -186,6 +186,7 @@ class SandboxAWS(SandboxCloud):
     def stop(self) -> None:
         """Ends every instance's machine, then stops the server; everything it held is gone."""
         self._stop_forwards()
+        self._close_black_hole()
         ec2_strict.uninstall(self.ec2)
         if self in _PLACING:
             _PLACING.remove(self)
@@ -363,7 +364,28 @@ class SandboxAWS(SandboxCloud):
             "AWS_ENDPOINT_URL": self._runner.reachable_url(self.url),
             "AWS_EC2_METADATA_SERVICE_ENDPOINT": self._runner.reachable_url(self._imds.url) + f"/{instance.id}",
             **self._image_cache_env(),
+            **({} if self._has_egress(instance.id) else self._no_egress_env()),
         }
+
+    def _has_egress(self, instance_id: str) -> bool:
+        """Whether the instance reaches the internet (the package index), as a VPC routes it: a public
+        IP and a default route to an internet gateway, or a default route to a NAT gateway, in its
+        subnet's route table (else its VPC's main one)."""
+        found = self._moto_instance(instance_id)
+        if found is None:
+            return True
+        backend, instance = found
+        nic = instance.nics[0] if instance.nics else None
+        public = getattr(instance, "_sandbox_public_ip", None) or (nic.public_ip if nic is not None else None)
+        tables = [table for table in backend.route_tables.values() if table.vpc_id == instance.vpc_id]
+        table = next((t for t in tables if instance.subnet_id in t._associations.values()), None)
+        table = table or next((t for t in tables if t.main_association_id is not None), None)
+        for route in table.routes if table is not None else []:
+            if route.destination_cidr_block != "0.0.0.0/0":
+                continue
+            if route.nat_gateway is not None or (public and route.gateway is not None and route.gateway.id.startswith("igw-")):
+                return True
+        return False
 
     def _booted(self, instance: Instance, machine: Any) -> None:
         """The instance's addresses are its machine's (moto made up others)."""

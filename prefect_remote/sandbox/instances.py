@@ -262,6 +262,7 @@ class SandboxCloud:
     warm_cache: bool = False  # instances boot with nothing cached unless a test asks (see warm())
     _root: Path  # the warm image's shared root: uv, agent environments (PREFECT_REMOTE_ROOT)
     _runner: InstanceRunner | None = None
+    _black_hole: _BlackHole | None = None
     _keeper: threading.Thread | None = None
     _stopping: threading.Event | None = None
 
@@ -327,6 +328,22 @@ class SandboxCloud:
         self._root.mkdir(parents=True, exist_ok=True)
         return {"PREFECT_REMOTE_ROOT": str(self._root), **({"UV_CACHE_DIR": cache} if (cache := uv_cache_dir()) else {})}
 
+    def _no_egress_env(self) -> dict[str, str]:
+        """What an instance with no way out of its network gets: its connections beyond the sandbox
+        hang unanswered (a proxy that never answers), as packets to the internet from a private
+        subnet with no NAT are dropped; the cloud's own endpoints stay reachable."""
+        if self._black_hole is None:
+            self._black_hole = _BlackHole()
+        url = self.expose_port(self._black_hole.port)
+        return {"HTTPS_PROXY": url, "https_proxy": url, "HTTP_PROXY": url, "http_proxy": url}
+
+    def _close_black_hole(self) -> None:
+        if self._black_hole is not None:
+            if self._black_hole.port in self.expose:
+                self.expose.remove(self._black_hole.port)
+            self._black_hole.close()
+            self._black_hole = None
+
     def __enter__(self) -> Any:
         self.start()
         return self
@@ -376,3 +393,31 @@ class SandboxCloud:
                         logger.warning("sandbox: cannot forward %s to the instances: %s", url, error)
             if stopping.wait(KEEP_FORWARDS_EVERY):
                 return
+
+
+class _BlackHole:
+    """A TCP port on this host's loopback that accepts connections and never answers: where the
+    traffic of an instance with no egress goes (it hangs until the client's own timeout)."""
+
+    def __init__(self) -> None:
+        import socket
+
+        self._server = socket.create_server(("127.0.0.1", 0))
+        self.port: int = self._server.getsockname()[1]
+        self._held: list[Any] = []
+        self._closed = threading.Event()
+        threading.Thread(target=self._hold, name="sandbox-no-egress", daemon=True).start()
+
+    def _hold(self) -> None:
+        while not self._closed.is_set():
+            try:
+                connection, _ = self._server.accept()
+            except OSError:
+                return
+            self._held = [*self._held[-63:], connection]  # held open, unanswered (the oldest let go)
+
+    def close(self) -> None:
+        self._closed.set()
+        self._server.close()
+        for connection in self._held:
+            connection.close()

@@ -201,6 +201,7 @@ class SandboxGCP(SandboxCloud):
     def stop(self) -> None:
         """Ends every machine, then stops serving; everything it held is gone."""
         self._stop_forwards()
+        self._close_black_hole()
         if self._runner is not None:
             self.run.end_all("sandbox stopped")
             self._runner.stop()  # ends every machine still running, and waits for them
