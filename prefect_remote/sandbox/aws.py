@@ -85,6 +85,7 @@ class SandboxAWS(SandboxCloud):
     ) -> None:
         self.host, self.port, self.region = host, port, region
         self.warm_cache = warm_cache
+        self._images: dict[str, bool] = {}
         self.enforce_iam = enforce_iam
         self.validate_instance_types = validate_instance_types
         self.run_instances = run_instances
@@ -300,6 +301,7 @@ class SandboxAWS(SandboxCloud):
             else:
                 s3.create_bucket(Bucket=STORE_BUCKET, CreateBucketConfiguration={"LocationConstraint": self.region})
             self.make_instance_profile(INSTANCE_PROFILE)
+        _route_default_vpc_out(self.client("ec2"))
         if self.enforce_iam:  # as provisioning leaves an account: the machines' policy, their log group
             from prefect_remote.providers.aws.permissions import POLICY_NAME, machine_policy
             from prefect_remote.providers.aws.provider import AWSOptions
@@ -363,29 +365,9 @@ class SandboxAWS(SandboxCloud):
         return {
             "AWS_ENDPOINT_URL": self._runner.reachable_url(self.url),
             "AWS_EC2_METADATA_SERVICE_ENDPOINT": self._runner.reachable_url(self._imds.url) + f"/{instance.id}",
-            **self._image_cache_env(),
-            **({} if self._has_egress(instance.id) else self._no_egress_env()),
+            **self._image_cache_env(instance.id),
+            **({} if instance.egress else self._no_egress_env()),
         }
-
-    def _has_egress(self, instance_id: str) -> bool:
-        """Whether the instance reaches the internet (the package index), as a VPC routes it: a public
-        IP and a default route to an internet gateway, or a default route to a NAT gateway, in its
-        subnet's route table (else its VPC's main one)."""
-        found = self._moto_instance(instance_id)
-        if found is None:
-            return True
-        backend, instance = found
-        nic = instance.nics[0] if instance.nics else None
-        public = getattr(instance, "_sandbox_public_ip", None) or (nic.public_ip if nic is not None else None)
-        tables = [table for table in backend.route_tables.values() if table.vpc_id == instance.vpc_id]
-        table = next((t for t in tables if instance.subnet_id in t._associations.values()), None)
-        table = table or next((t for t in tables if t.main_association_id is not None), None)
-        for route in table.routes if table is not None else []:
-            if route.destination_cidr_block != "0.0.0.0/0":
-                continue
-            if route.nat_gateway is not None or (public and route.gateway is not None and route.gateway.id.startswith("igw-")):
-                return True
-        return False
 
     def _booted(self, instance: Instance, machine: Any) -> None:
         """The instance's addresses are its machine's (moto made up others)."""
@@ -482,6 +464,21 @@ class SandboxAWS(SandboxCloud):
         return {"role": role.name, "credentials": lambda: held.for_instance(instance.id, instance.region_name, profile)}
 
 
+def _route_default_vpc_out(ec2: Any) -> None:
+    """Gives the default VPC what AWS gives it and moto does not: an internet gateway, and a route to
+    it for 0.0.0.0/0 in its main route table (its subnets' instances with a public IP reach the
+    internet; see :func:`_has_egress`)."""
+    [vpc] = ec2.describe_vpcs(Filters=[{"Name": "is-default", "Values": ["true"]}])["Vpcs"]
+    vpc_id = vpc["VpcId"]
+    if ec2.describe_internet_gateways(Filters=[{"Name": "attachment.vpc-id", "Values": [vpc_id]}])["InternetGateways"]:
+        return
+    gateway = ec2.create_internet_gateway()["InternetGateway"]["InternetGatewayId"]
+    ec2.attach_internet_gateway(InternetGatewayId=gateway, VpcId=vpc_id)
+    filters = [{"Name": "vpc-id", "Values": [vpc_id]}, {"Name": "association.main", "Values": ["true"]}]
+    [main] = ec2.describe_route_tables(Filters=filters)["RouteTables"]
+    ec2.create_route(RouteTableId=main["RouteTableId"], DestinationCidrBlock="0.0.0.0/0", GatewayId=gateway)
+
+
 def _exists(lookup: Any) -> bool:
     from botocore.exceptions import ClientError
 
@@ -495,7 +492,24 @@ def _exists(lookup: Any) -> bool:
 def _as_instance(instance: Any) -> Instance:
     user_data = instance.user_data
     script = cloud_init(instance.id, base64.b64decode(str(user_data))) if user_data else None
-    return Instance(instance.id, instance.state, script, instance.instance_type, instance.region_name)
+    return Instance(instance.id, instance.state, script, instance.instance_type, instance.region_name, egress=_has_egress(instance))
+
+
+def _has_egress(instance: Any) -> bool:
+    """Whether moto's ``instance`` reaches the internet (the package index), as a VPC routes it: a
+    public IP and a default route to an internet gateway, or a default route to a NAT gateway, in
+    its subnet's route table (else its VPC's main one)."""
+    nic = instance.nics[0] if instance.nics else None
+    public = getattr(instance, "_sandbox_public_ip", None) or (nic.public_ip if nic is not None else None)
+    tables = [table for table in instance.ec2_backend.route_tables.values() if table.vpc_id == instance.vpc_id]
+    table = next((t for t in tables if instance.subnet_id in t._associations.values()), None)
+    table = table or next((t for t in tables if t.main_association_id is not None), None)
+    for route in table.routes if table is not None else []:
+        if route.destination_cidr_block != "0.0.0.0/0":
+            continue
+        if route.nat_gateway is not None or (public and route.gateway is not None and route.gateway.id.startswith("igw-")):
+            return True
+    return False
 
 
 # What the sandbox's EC2 image boots: cloud-init's final stage as it runs scripts. Every boot runs the

@@ -64,6 +64,7 @@ class Instance:
     instance_type: str
     region: str
     tags: dict[str, str] = field(default_factory=dict)
+    egress: bool = True  # whether its network has a way out to the internet (the package index)
 
     @property
     def ended(self) -> bool:
@@ -261,6 +262,7 @@ class SandboxCloud:
     expose: list[int]
     warm_cache: bool = False  # instances boot with nothing cached unless a test asks (see warm())
     _root: Path  # the warm image's shared root: uv, agent environments (PREFECT_REMOTE_ROOT)
+    _images: dict[str, bool]  # instance (or metadata key) -> whether it boots from the warm image
     _runner: InstanceRunner | None = None
     _black_hole: _BlackHole | None = None
     _keeper: threading.Thread | None = None
@@ -317,11 +319,12 @@ class SandboxCloud:
         finally:
             self.warm_cache = before
 
-    def _image_cache_env(self) -> dict[str, str]:
-        """What a warm image sets (:attr:`warm_cache`): this host's uv cache and a root shared by
-        every instance (uv, agent environments), as an image baked after one boot has them. A stock
-        image (the default) has neither: each instance downloads uv and builds its agent."""
-        if not self.warm_cache:
+    def _image_cache_env(self, instance: str) -> dict[str, str]:
+        """What a warm image sets (:attr:`warm_cache` when ``instance`` first booted: its image is
+        its own for life, reboots included): this host's uv cache and a root shared by every
+        instance (uv, agent environments), as an image baked after one boot has them. A stock image
+        (the default) has neither: each instance downloads uv and builds its agent."""
+        if not self._images.setdefault(instance, self.warm_cache):
             return {}
         from prefect_remote.software.rebuild import uv_cache_dir
 

@@ -82,6 +82,7 @@ class SandboxGCP(SandboxCloud):
     ) -> None:
         self.project, self.region, self.host, self.port = project, region, host, port
         self.warm_cache = warm_cache
+        self._images: dict[str, bool] = {}
         self.project_number = Project.named(project).number
         self.zones = [f"{region}-{zone}" for zone in "abc"]
         self.isolation = isolation
@@ -273,7 +274,7 @@ class SandboxGCP(SandboxCloud):
             "PREFECT_REMOTE_GCP_API_ENDPOINT": api,
             self._storage_variable: self.runner.reachable_url(self.storage_url),
             "GOOGLE_CLOUD_PROJECT": self.project,
-            **self._image_cache_env(),
+            **self._image_cache_env(key),
             **self.metadata.env(key, api),
         }
 
