@@ -58,12 +58,15 @@ def ended(aws_sandbox, instance_id: str) -> bool:
 
 @pytest.fixture
 def end_instances(aws_sandbox):
+    """The ids of the instances a test runs, terminated after it; new ids are known to EC2 at once
+    meanwhile (its eventual consistency is tests/sandbox/test_aws_strict_ec2.py's)."""
     made: list[str] = []
-    yield made
-    ec2 = aws_sandbox.client("ec2")
-    if made:
-        ec2.terminate_instances(InstanceIds=made)
-    aws_sandbox.runner.wait_idle(60)
+    with aws_sandbox.ec2.as_it_was() as strict:
+        strict.unknown_seconds = 0
+        yield made
+        if made:
+            aws_sandbox.client("ec2").terminate_instances(InstanceIds=made)
+        aws_sandbox.runner.wait_idle(60)
 
 
 def test_an_ec2_instance_boots_in_its_own_root_with_cloud_inits_environment_and_a_cold_image(aws_sandbox, end_instances, tmp_path):
