@@ -366,7 +366,7 @@ class SandboxAWS(SandboxCloud):
             "AWS_ENDPOINT_URL": self._runner.reachable_url(self.url),
             "AWS_EC2_METADATA_SERVICE_ENDPOINT": self._runner.reachable_url(self._imds.url) + f"/{instance.id}",
             **self._image_cache_env(instance.id),
-            **({} if instance.egress else self._no_egress_env()),
+            **({} if instance.egress else self.no_egress_env()),
         }
 
     def _booted(self, instance: Instance, machine: Any) -> None:

@@ -331,7 +331,7 @@ class SandboxCloud:
         self._root.mkdir(parents=True, exist_ok=True)
         return {"PREFECT_REMOTE_ROOT": str(self._root), **({"UV_CACHE_DIR": cache} if (cache := uv_cache_dir()) else {})}
 
-    def _no_egress_env(self) -> dict[str, str]:
+    def no_egress_env(self) -> dict[str, str]:
         """What an instance with no way out of its network gets: its connections beyond the sandbox
         hang unanswered (a proxy that never answers), as packets to the internet from a private
         subnet with no NAT are dropped; the cloud's own endpoints stay reachable."""

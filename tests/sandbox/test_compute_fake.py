@@ -439,3 +439,25 @@ def test_the_regions_quotas_hold_and_a_test_sets_them(clients, sandbox):
     insert(clients, vm("vm-over-quota"))  # within a new project's 2400
     with pytest.raises(ValueError, match="the sandbox's region has quotas"):
         sandbox.compute.catalog.set_quota("NO_SUCH_QUOTA", 1)
+
+
+def test_a_vm_without_an_external_ip_has_no_way_out(clients, sandbox, tmp_path):
+    """Cloud NAT is not modelled: a VM with no access config reaches nothing beyond the network (its
+    connections hang, as Google drops them), while one with an external IP reaches the package index."""
+    results = {}
+    for name, external in (("egress-none", False), ("egress-external", True)):
+        out = tmp_path / name
+        script = (
+            '#!/bin/bash\npython3 -c "import urllib.request as u\ntry:\n'
+            "    u.urlopen(u.Request('https://pypi.org/simple/uv/', method='HEAD'), timeout=5); print('reached')\n"
+            f'except Exception as error:\n    print(error)" > {out}.part && mv {out}.part {out}\nsleep 60\n'
+        )
+        resource = vm(name, script=script)
+        if not external:
+            resource.network_interfaces = [compute_v1.NetworkInterface()]
+        insert(clients, resource)
+        results[name] = out
+    answers = {name: wait_for(lambda out=out: out.exists() and out.read_text(), timeout=60, message=name) for name, out in results.items()}
+    assert answers["egress-external"] == "reached\n" and "timed out" in answers["egress-none"]
+    for name in results:
+        clients["instances"].delete(project=PROJECT, zone=ZONE, instance=name).result(timeout=30)
