@@ -1,6 +1,9 @@
 """What a hypervisor is to a cloud, for the sandbox clouds: each instance the emulated cloud says is
-running boots its startup script (EC2 user data, a GCE startup-script) as a local machine, with a
-clean environment and none of the launcher's files, and the two stay in step both ways: an instance
+running boots its startup script (EC2 user data, a GCE startup-script) as a local machine, a stock
+one: in a root of its own (:mod:`prefect_remote.providers.local.own_root`: its writes to ``/`` land
+on its own disk, kept across its reboots), started in ``/`` with cloud-init's environment (no HOME, a
+minimal PATH) and nothing cached unless the sandbox's image is warm (:meth:`SandboxCloud.warm`), with
+no way out of its network where its cloud would give it none. The two stay in step both ways: an instance
 terminated through the API ends its machine, and a machine that ends (its boot script exited, the
 agent shut it down) terminates its instance.
 

@@ -42,6 +42,8 @@ def serving(cloud: str, tmp_path: Path, provider_exports: set[str], store_scheme
         written = wait_for(lambda: next(disks.glob(f"*/disk/upper{marker}"), None), timeout=30, message="the instance's script to run")
         assert not marker.exists()  # what the instance wrote to its / is on its disk only
         pid = int(written.read_text())
+        image = written.with_name(f"{marker.name}.env").read_text().splitlines()
+        assert not [line for line in image if line.startswith(("UV_CACHE_DIR=", "PREFECT_REMOTE_ROOT="))]  # a stock image by default
         wait_for(lambda: _cmdline(pid) == SLEEPER, timeout=10, message="the instance's process")
     finally:
         sandbox.send_signal(signal.SIGTERM)
@@ -52,7 +54,7 @@ def serving(cloud: str, tmp_path: Path, provider_exports: set[str], store_scheme
 
 
 def _pid_then_sleep(marker: Path) -> str:
-    return f"echo $$ > {marker}.tmp && mv {marker}.tmp {marker}; exec sleep 600"
+    return f"env > {marker}.env; echo $$ > {marker}.tmp && mv {marker}.tmp {marker}; exec sleep 600"
 
 
 def _cmdline(pid: int) -> bytes:
