@@ -35,7 +35,6 @@ from dataclasses import dataclass
 from typing import Any
 
 AGENT_CONFIG_ENV = "PREFECT_REMOTE_AGENT_CONFIG"
-MACHINE_ID_ENV = "PREFECT_REMOTE_MACHINE_ID"
 ACTIVITY_FILE_ENV = "PREFECT_REMOTE_ACTIVITY_FILE"
 # Where a stock-image machine keeps uv, the agent environment, software environments, uv's cache, managed
 # Pythons and its work folders (work/machine-*) (an image may set it; a sandbox gives each of its clouds one).

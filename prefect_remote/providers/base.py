@@ -591,7 +591,7 @@ class Provider(ABC):
     def agent_source(self, spec: MachineSpec) -> AgentSource:
         """Where a stock-image machine gets the agent: prefect-remote at this version, with its
         dependencies when the payload runs in the agent's environment (no software environment)."""
-        from prefect_remote.software.agent_source import agent_source
+        from prefect_remote.providers.agent_source import agent_source
 
         return agent_source(self.machine_store, extras=self.agent_extras, requirements=self.agent_requirements, full=spec.software is None)
 

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit, urlunsplit
 
 from prefect_remote.errors import CapacityError, MachineNotFound
-from prefect_remote.machine.boot import MACHINE_ID_ENV
+from prefect_remote.on_machine import MACHINE_ID_ENV
 from prefect_remote.providers.base import LOOPBACK_HOSTS, Capabilities, InstanceType, Launch, LogChunk, Machine, Provider
 from prefect_remote.providers.local import gateway, host_launch, records
 from prefect_remote.providers.local.isolation import (
