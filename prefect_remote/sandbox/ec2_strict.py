@@ -10,6 +10,8 @@ says no. Each behaviour is on by default and is switched off for one test by set
   name it (describe, tags, terminate) for ``unknown_seconds``; a new instance profile is refused by
   RunInstances ("Invalid IAM Instance Profile name") for ``profile_seconds``; a new security group
   is ``InvalidGroup.NotFound`` to the calls that name it for ``group_seconds``;
+* **names**: a launch with ``InstanceMetadataTags=enabled`` whose instance tags include a name the
+  metadata service reserves (``.``, ``..``, ``_index``) is refused;
 * **limits**: a fraction ``throttle`` of EC2 calls is answered ``RequestLimitExceeded`` (HTTP 503),
   and :meth:`StrictEC2.refuse` makes RunInstances fail with a capacity or quota code in one zone or
   subnet (``InsufficientInstanceCapacity``, ``VcpuLimitExceeded``…), on spot, on-demand or both.
@@ -56,6 +58,9 @@ CAPACITY_MESSAGES = {
     "MaxSpotInstanceCountExceeded": "Max spot instance count exceeded",
 }
 _INSTANCE_PARAM = re.compile(r"(InstanceId|ResourceId)\.\d+")
+_TAG_KEY_PARAM = re.compile(r"TagSpecification\.\d+\.Tag\.\d+\.Key")
+# What the instance metadata service keeps for itself: no instance tag serving it may be named so.
+RESERVED_IMDS_TAG_KEYS = frozenset({".", "..", "_index"})
 _GROUP_PARAM = re.compile(r"(SecurityGroupId\.\d+|NetworkInterface\.\d+\.SecurityGroupId\.\d+|GroupId(\.\d+)?)")
 
 
@@ -221,6 +226,15 @@ class StrictEC2:
         return None
 
     def _run_refused(self, params: dict[str, str]) -> tuple[int, str, str] | None:
+        if params.get("MetadataOptions.InstanceMetadataTags") == "enabled":
+            reserved = [value for key, value in params.items() if _TAG_KEY_PARAM.fullmatch(key) and value in RESERVED_IMDS_TAG_KEYS]
+            if reserved:
+                return (
+                    400,
+                    "InvalidParameterValue",
+                    f"The tag key '{reserved[0]}' is not valid for instance metadata tags: it must not be a reserved name "
+                    "('.', '..', '_index')",
+                )
         profile = params.get("IamInstanceProfile.Name") or params.get("IamInstanceProfile.Arn", "").rpartition("/")[2]
         if profile and self._young(f"profile:{profile}", self.profile_seconds):
             return (

@@ -37,7 +37,7 @@ from prefect_remote.providers.aws.network import AWSNetwork, Subnet
 from prefect_remote.providers.aws.options import AWSOptions
 from prefect_remote.providers.aws.runtime import EXIT_CODE_TAG, LEASE_TAG, REASON_TAG
 from prefect_remote.providers.aws.secrets import forget_secrets, parameter_name, store_secrets, stored_launches
-from prefect_remote.providers.aws.tags import IMDS_TAG_KEY, KEEPALIVE_TAG, LAUNCH_TAG, OWNER_TAG, SECRETS_TAG, SPEC_TAG, tag_key
+from prefect_remote.providers.aws.tags import KEEPALIVE_TAG, LAUNCH_TAG, OWNER_TAG, SECRETS_TAG, SPEC_TAG, imds_tag_key_error, tag_key
 from prefect_remote.providers.base import (
     DEFAULT_DISK_GIB,
     TAG_PREFIX,
@@ -204,11 +204,11 @@ class AWSProvider(Provider):
             return self._start_instances(launch)
 
     def _start_instances(self, launch: Launch) -> list[Machine]:
-        bad = [key for key in launch.tags if not IMDS_TAG_KEY.fullmatch(tag_key(key)) or key.lower().startswith("aws:")]
+        bad = {key: why for key in launch.tags if (why := imds_tag_key_error(tag_key(key)))}
         if bad:
             raise ValueError(
-                f"tags {bad}: on aws, tag names use letters, digits and + - = . , _ : @ / and spaces only, at most 128, and not "
-                "the aws: prefix"
+                f"tags {list(bad)}: {'; '.join(bad.values())}. On aws, tag names use letters, digits and + - = . , _ : @ / and "
+                "spaces only, at most 128, not the aws: prefix, and not '.', '..' or '_index'"
             )
         spec, instance_type = launch.spec, launch.instance_type
         image_id, root_device, image_gib = self._image(instance_type)
@@ -228,7 +228,14 @@ class AWSProvider(Provider):
             "MinCount": launch.count,  # all or none: a launch that cannot have them all starts none
             "MaxCount": launch.count,
             "UserData": launch.boot_script,
-            "MetadataOptions": {"HttpTokens": "required", "HttpEndpoint": "enabled", "InstanceMetadataTags": "enabled"},
+            # Hop limit 2: a container on the machine (a payload that runs Docker) reaches the metadata
+            # service too; EC2's default is 1, or the image's (AL2023 asks for 2).
+            "MetadataOptions": {
+                "HttpTokens": "required",
+                "HttpEndpoint": "enabled",
+                "InstanceMetadataTags": "enabled",
+                "HttpPutResponseHopLimit": 2,
+            },
             "InstanceInitiatedShutdownBehavior": "terminate",  # the agent's last resort, `shutdown -h now`, ends it
             "TagSpecifications": [{"ResourceType": kind, "Tags": tag_list} for kind in ("instance", "volume")],
             "BlockDeviceMappings": [

@@ -23,6 +23,25 @@ MANAGED_TAG = TAG_PREFIX + "managed"  # on what the provider or provisioning mad
 # Instance tags served by the metadata service may only use these characters (EC2 refuses others
 # once InstanceMetadataTags is enabled).
 IMDS_TAG_KEY = re.compile(r"[A-Za-z0-9+\-=.,_:@]{1,128}")
+# Names the metadata service keeps for itself: EC2 refuses an instance tag named so ("must not be a
+# reserved name ('.', '..', '_index')") once InstanceMetadataTags is enabled.
+RESERVED_IMDS_TAG_KEYS = frozenset({".", "..", "_index"})
+
+
+def imds_tag_key_error(key: str) -> str | None:
+    """Why ``key`` (as :func:`tag_key` makes it) cannot name an instance tag the metadata service
+    serves, or None.
+
+    >>> imds_tag_key_error("_index")
+    "'_index' is reserved by the instance metadata service"
+    """
+    if key in RESERVED_IMDS_TAG_KEYS:
+        return f"{key!r} is reserved by the instance metadata service"
+    if not IMDS_TAG_KEY.fullmatch(key):
+        return f"{key!r} has characters other than letters, digits and + - = . , _ : @, or more than 128"
+    if key.lower().startswith("aws:"):
+        return f"{key!r} starts with aws:, which is AWS's"
+    return None
 
 
 def tag_key(key: str) -> str:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import base64
 import json
 import logging
+import re
 import secrets
 import time
 
@@ -70,6 +71,7 @@ def test_launch_asks_ec2_for_the_chosen_machine(provider, ec2, ssm):
     assert found["InstanceType"] == "t3a.medium"
     assert found["ImageId"] == ssm.get_parameter(Name=AL2023.format("x86_64"))["Parameter"]["Value"]
     assert found["MetadataOptions"]["HttpTokens"] == "required" and found["MetadataOptions"]["InstanceMetadataTags"] == "enabled"
+    assert found["MetadataOptions"]["HttpPutResponseHopLimit"] == 2  # a container on the machine reaches IMDS too
     shutdown = ec2.describe_instance_attribute(InstanceId=machine.id, Attribute="instanceInitiatedShutdownBehavior")
     assert shutdown["InstanceInitiatedShutdownBehavior"]["Value"] == "terminate"
     assert "InstanceLifecycle" not in found  # on-demand
@@ -485,6 +487,14 @@ def test_prefect_labels_become_tag_names_the_metadata_service_serves(provider, e
     tags = tags_of(instance(ec2, machine.id))
     assert tags["prefect.io:flow-run-id"] == "abc" and tags["my_team"] == "data"
     assert [m.id for m in provider.list({"prefect.io/flow-run-id": "abc"})] == [machine.id]  # found by the names given
+
+
+@pytest.mark.parametrize("name", [".", "..", "_index"])
+def test_tag_names_the_metadata_service_reserves_are_refused_before_anything_starts(provider, ec2, name):
+    before = len(provider.list({"test": "aws"}, include_terminated=True))
+    with pytest.raises(ValueError, match=f"'{re.escape(name)}' is reserved by the instance metadata service"):
+        launch(provider, cpu=1, tags={name: "x"})
+    assert len(provider.list({"test": "aws"}, include_terminated=True)) == before
 
 
 def test_secrets_of_launches_whose_owner_died_are_swept(provider, ssm):
