@@ -81,6 +81,7 @@ STATES: dict[str, Literal["pending", "running", "terminated"]] = {"pending": "pe
 ENDED_STATES = ("shutting-down", "terminated")  # terminating these again is moot
 ALIVE_STATES = ("pending", "running", "stopping", "stopped")  # a launch's secrets stay while one is in these (shutting-down reads none)
 _INSTANCE_ID = re.compile(r"i-[0-9a-f]{8,17}")
+BURSTABLE = re.compile(r"t\d[a-z]*\.")  # t2, t3, t3a, t4g: CPU credits
 
 
 _TRANSITION_TIME = re.compile(r"\((\d{4}-\d\d-\d\d \d\d:\d\d:\d\d) (?:GMT|UTC)\)")
@@ -247,6 +248,10 @@ class AWSProvider(Provider):
         }
         if self.options.instance_profile:
             params["IamInstanceProfile"] = {"Name": self.options.instance_profile}
+        if BURSTABLE.match(instance_type.name):
+            # Standard credits: a busy burstable machine slows to its baseline instead of running on
+            # surplus credits, which T3/T4g ("unlimited" by default) bill on top of the price shown.
+            params["CreditSpecification"] = {"CpuCredits": "standard"}
         groups = list(self.options.security_group_ids) or self.networking.security_groups(
             spec.allow_ingress_from, runs_inside=self.runs_inside
         )

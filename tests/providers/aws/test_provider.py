@@ -65,10 +65,13 @@ def refuse_spot(aws_sandbox):
 
 def test_launch_asks_ec2_for_the_chosen_machine(provider, ec2, ssm):
     before = time.time()
+    runs = count_calls(provider.client("ec2"), "RunInstances")
     [machine] = launch(provider, cpu=2, memory="4 GiB", disk_size=40, keepalive="2 minutes", tags={"team": "data"}, owner="alice")
     assert machine.instance_type == "t3a.medium"  # the cheapest fit, from the catalog
     found = instance(ec2, machine.id)
     assert found["InstanceType"] == "t3a.medium"
+    # A burstable type in standard credit mode: no surplus-credit charges beyond the price shown (moto keeps no credit mode).
+    assert runs[0]["CreditSpecification.CpuCredits"] == "standard"
     assert found["ImageId"] == ssm.get_parameter(Name=AL2023.format("x86_64"))["Parameter"]["Value"]
     assert found["MetadataOptions"]["HttpTokens"] == "required" and found["MetadataOptions"]["InstanceMetadataTags"] == "enabled"
     assert found["MetadataOptions"]["HttpPutResponseHopLimit"] == 2  # a container on the machine reaches IMDS too
@@ -159,6 +162,17 @@ def test_secrets_go_to_ssm_only_and_leave_with_the_last_machine(provider, ec2, s
     provider.terminate([machines[1].id])
     with pytest.raises(ssm.exceptions.ParameterNotFound):
         ssm.get_parameter(Name=parameter)
+
+
+def test_secrets_over_what_an_ssm_parameter_holds_are_refused_before_anything_starts(provider, ssm):
+    before = {p["Name"] for p in ssm.get_parameters_by_path(Path="/prefect-remote")["Parameters"]}
+    with pytest.raises(ValueError, match=r"over the 8,192 bytes an SSM parameter holds on aws; keep large secrets"):
+        launch(provider, cpu=1, payload=BootPayload(["app"], secrets={"CERT": "x" * 8200}))
+    assert {p["Name"] for p in ssm.get_parameters_by_path(Path="/prefect-remote")["Parameters"]} == before
+    [machine] = launch(provider, cpu=1, payload=BootPayload(["app"], secrets={"CERT": "x" * 6000}))  # an Advanced parameter
+    stored = ssm.get_parameter(Name=provider.secrets_parameter(provider.describe(machine.id).details["launch"]))["Parameter"]
+    assert stored["Type"] == "SecureString"
+    provider.terminate([machine.id])
 
 
 def test_secrets_leave_with_machines_that_ended_themselves(provider, ec2, ssm):
