@@ -37,7 +37,16 @@ from prefect_remote.providers.aws.network import AWSNetwork, Subnet
 from prefect_remote.providers.aws.options import AWSOptions
 from prefect_remote.providers.aws.runtime import EXIT_CODE_TAG, LEASE_TAG, REASON_TAG
 from prefect_remote.providers.aws.secrets import forget_secrets, parameter_name, store_secrets, stored_launches
-from prefect_remote.providers.aws.tags import KEEPALIVE_TAG, LAUNCH_TAG, OWNER_TAG, SECRETS_TAG, SPEC_TAG, imds_tag_key_error, tag_key
+from prefect_remote.providers.aws.tags import (
+    COUNT_TAG,
+    KEEPALIVE_TAG,
+    LAUNCH_TAG,
+    OWNER_TAG,
+    SECRETS_TAG,
+    SPEC_TAG,
+    imds_tag_key_error,
+    tag_key,
+)
 from prefect_remote.providers.base import (
     DEFAULT_DISK_GIB,
     TAG_PREFIX,
@@ -80,6 +89,9 @@ SPOT_OPTIONS = {"MarketType": "spot", "SpotOptions": {"SpotInstanceType": "one-t
 STATES: dict[str, Literal["pending", "running", "terminated"]] = {"pending": "pending", "running": "running", "shutting-down": "running"}
 ENDED_STATES = ("shutting-down", "terminated")  # terminating these again is moot
 ALIVE_STATES = ("pending", "running", "stopping", "stopped")  # a launch's secrets stay while one is in these (shutting-down reads none)
+# How long after its launch a launch's instance may still be missing from EC2's filtered listings
+# (eventual consistency): while one is missing, and the launch is this young, its secrets stay.
+SIBLINGS_VISIBLE_AFTER = 600.0
 _INSTANCE_ID = re.compile(r"i-[0-9a-f]{8,17}")
 BURSTABLE = re.compile(r"t\d[a-z]*\.")  # t2, t3, t3a, t4g: CPU credits
 
@@ -220,7 +232,7 @@ class AWSProvider(Provider):
             SPEC_TAG: spec.summary()[:256],
             **({OWNER_TAG: launch.owner} if launch.owner else {}),
             **({KEEPALIVE_TAG: str(spec.keepalive)} if spec.keepalive is not None else {}),
-            **({SECRETS_TAG: self.secrets_parameter(launch.id)} if launch.has_secrets else {}),
+            **({SECRETS_TAG: self.secrets_parameter(launch.id), COUNT_TAG: str(launch.count)} if launch.has_secrets else {}),
         }
         tag_list = [{"Key": key, "Value": value} for key, value in tags.items()]
         params: dict[str, Any] = {
@@ -453,16 +465,41 @@ class AWSProvider(Provider):
                     tags.append({"Key": EXIT_CODE_TAG, "Value": str(exit_code)})
                 ec2.create_tags(Resources=ending, Tags=tags)
                 ec2.terminate_instances(InstanceIds=ending)
+        self._remember(instances)
         return {launch for i in instances if (launch := _launch_with_secrets(i))}
+
+    def _remember(self, instances: Sequence[Mapping[str, Any]]) -> None:
+        """Keeps the instances with secrets just described by id (which EC2 answers for even while its
+        filtered listings do not show them yet), for :meth:`_live_launches`."""
+        for instance in instances:
+            if launch := _launch_with_secrets(instance):
+                self._described_of.setdefault(launch, {})[instance["InstanceId"]] = instance
+
+    @functools.cached_property
+    def _described_of(self) -> dict[str, dict[str, Mapping[str, Any]]]:
+        return {}
 
     def _live_launches(self, launch_ids: set[str]) -> set[str]:
         """One describe call per 200 launches: those with an instance that may still read its secrets
-        (a shutting-down one reads none)."""
-        alive: set[str] = set()
+        (a shutting-down one reads none), and the young ones some of whose instances EC2 does not
+        list yet (eventual consistency: a sibling launched seconds ago may be missing from a filtered
+        describe, and must still find its secrets; the sweep takes them later)."""
+        found: dict[str, dict[str, Mapping[str, Any]]] = {launch: self._described_of.pop(launch, {}) for launch in launch_ids}
         with translated():
             for batch in batches(sorted(launch_ids), 200):  # EC2 takes at most 200 values per filter
-                filters = [{"Name": f"tag:{LAUNCH_TAG}", "Values": batch}, {"Name": "instance-state-name", "Values": list(ALIVE_STATES)}]
-                alive |= {t["Value"] for i in self.clients.instances(Filters=filters) for t in i.get("Tags", []) if t["Key"] == LAUNCH_TAG}
+                for instance in self.clients.instances(Filters=[{"Name": f"tag:{LAUNCH_TAG}", "Values": batch}]):
+                    tags = {tag["Key"]: tag["Value"] for tag in instance.get("Tags", [])}
+                    found.setdefault(tags[LAUNCH_TAG], {})[instance["InstanceId"]] = instance
+        alive, now = set(), time.time()
+        for launch, instances in found.items():
+            tags = {tag["Key"]: tag["Value"] for i in instances.values() for tag in i.get("Tags", [])}
+            missing = int(tags.get(COUNT_TAG, "0") or 0) > len(instances)
+            young = any(now - i["LaunchTime"].timestamp() < SIBLINGS_VISIBLE_AFTER for i in instances.values())
+            if any(i["State"]["Name"] in ALIVE_STATES for i in instances.values()):
+                alive.add(launch)
+            elif missing and young:
+                logger.debug("secrets of %s kept: EC2 does not list all its instances yet", launch)
+                alive.add(launch)
         return alive
 
     def _stored_launches(self, older_than: float) -> set[str]:
@@ -510,6 +547,7 @@ class AWSProvider(Provider):
                     # EC2 is eventually consistent: an instance launched a moment ago may not be taggable
                     # yet. Its lease is fresh from launch; the next renewal reaches it.
                     logger.debug("lease renewal skipped this round: %s", error)
+        self._remember([i for i in instances if i["InstanceId"] not in alive])
         launches = {i["InstanceId"]: _launch_with_secrets(i) for i in instances}
         return {machine_id: launches.get(machine_id) for machine_id in machine_ids if machine_id not in alive}
 

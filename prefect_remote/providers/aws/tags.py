@@ -18,6 +18,7 @@ LAUNCH_TAG = TAG_PREFIX + "launch"  # on every instance (and its volume) a launc
 KEEPALIVE_TAG = TAG_PREFIX + "keepalive"
 SPEC_TAG = TAG_PREFIX + "spec"
 SECRETS_TAG = TAG_PREFIX + "secrets"  # the launch's SSM parameter, on launches that have one
+COUNT_TAG = TAG_PREFIX + "count"  # how many instances the launch started, on launches with secrets
 MANAGED_TAG = TAG_PREFIX + "managed"  # on what the provider or provisioning made (security groups, buckets, roles)
 
 # Instance tags served by the metadata service may only use these characters (EC2 refuses others

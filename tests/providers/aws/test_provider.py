@@ -175,6 +175,21 @@ def test_secrets_over_what_an_ssm_parameter_holds_are_refused_before_anything_st
     provider.terminate([machine.id])
 
 
+def test_a_launch_keeps_its_secrets_while_ec2_does_not_list_all_its_instances(provider, aws_sandbox, ssm):
+    # EC2's listings (DescribeInstances by filters) are eventually consistent: a sibling launched a moment
+    # ago may be missing from the one that decides whether the launch's secrets may go.
+    with aws_sandbox.ec2.as_it_was() as strict:
+        strict.unlisted_seconds = 60
+        machines = launch(provider, count=2, payload=BootPayload(["sleep", "600"], secrets={"TOKEN": "x"}))
+        parameter = provider.secrets_parameter(provider.describe(machines[0].id).details["launch"])
+        provider.terminate([machines[0].id])
+        assert ssm.get_parameter(Name=parameter, WithDecryption=True)  # its sibling, not listed yet, still reads it
+        strict.unlisted_seconds = 0
+        provider.terminate([machines[1].id])  # both listed now, neither alive: the secrets go
+    with pytest.raises(ssm.exceptions.ParameterNotFound):
+        ssm.get_parameter(Name=parameter)
+
+
 def test_secrets_leave_with_machines_that_ended_themselves(provider, ec2, ssm):
     [machine] = launch(provider, payload=BootPayload(["app"], secrets={"TOKEN": "x"}))
     parameter = provider.secrets_parameter(tags_of(instance(ec2, machine.id))[LAUNCH_TAG])
