@@ -69,6 +69,10 @@ if TYPE_CHECKING:
 logger = logging.getLogger("prefect_remote.providers.aws")
 
 DEFAULT_AMI = "/aws/service/ami-amazon-linux-latest/al2023-ami-kernel-default-{arch}"
+# A GPU machine's default: AWS's Deep Learning Base OSS Nvidia Driver GPU AMI (Amazon Linux 2023), whose
+# NVIDIA driver and CUDA stack the stock AL2023 lacks; x86_64 and arm64 (G5g) alike. Its root snapshot
+# is larger (75 GiB): the root disk is never smaller.
+GPU_AMI = "/aws/service/deeplearning/ami/{arch}/base-oss-nvidia-driver-gpu-amazon-linux-2023/latest/ami-id"
 # What EC2 answers when capacity or a quota is short in one place or market (the capacity policy's
 # shortage): the launch tries the next subnet (another availability zone), then on-demand.
 CAPACITY_ERRORS = frozenset(
@@ -278,9 +282,11 @@ class AWSProvider(Provider):
 
     @staticmethod
     def _disk_gib(spec: MachineSpec, image_gib: int | None) -> int:
-        """The root disk's size: ``disk_size`` (default 40 GiB), never below the image's snapshot (EC2
-        refuses a smaller one)."""
-        wanted = math.ceil(spec.disk_size / 2**30) if spec.disk_size else DEFAULT_DISK_GIB
+        """The root disk's size: ``disk_size`` (default 40 GiB, or the image's snapshot where larger),
+        never below the image's snapshot (EC2 refuses a smaller one)."""
+        if not spec.disk_size:
+            return max(DEFAULT_DISK_GIB, image_gib or 0)  # a GPU image's snapshot is larger than the default
+        wanted = math.ceil(spec.disk_size / 2**30)
         if image_gib and wanted < image_gib:
             logger.warning(
                 "disk_size of %d GiB is below the image's %d GiB snapshot: the root disk takes %d GiB", wanted, image_gib, image_gib
@@ -350,10 +356,12 @@ class AWSProvider(Provider):
 
     def _image(self, instance_type: InstanceType) -> tuple[str, str, int | None]:
         """The AMI id to boot (resolving an SSM parameter), its root device name and its root
-        snapshot's size in GiB (when the image says); refuses an AMI of the other architecture."""
+        snapshot's size in GiB (when the image says); refuses an AMI of the other architecture.
+        Default: Amazon Linux 2023, or for a GPU type AWS's Deep Learning Base AMI with NVIDIA's driver
+        (:data:`GPU_AMI`)."""
         from botocore.exceptions import ClientError
 
-        wanted = self.options.ami or DEFAULT_AMI.format(arch=instance_type.arch)
+        wanted = self.options.ami or (GPU_AMI if instance_type.gpu else DEFAULT_AMI).format(arch=instance_type.arch)
         image_id = wanted
         if not wanted.startswith("ami-"):
             try:
@@ -525,6 +533,24 @@ class AWSProvider(Provider):
                 return LogChunk("", cursor or "")
         text = "".join(event["message"] if event["message"].endswith("\n") else event["message"] + "\n" for event in page["events"])
         return LogChunk(text, page.get("nextForwardToken") or cursor or "")
+
+    def log_tail(self, machine_id: str, lines: int = 20) -> str:
+        """The last ``lines`` events of the machine's stream: one ``GetLogEvents`` from its end
+        (``startFromHead=False``), however long the log."""
+        from botocore.exceptions import ClientError
+
+        if not _INSTANCE_ID.fullmatch(machine_id):
+            raise self._not_found(machine_id)
+        params = {"logGroupName": self.options.log_group, "logStreamName": machine_id, "startFromHead": False, "limit": lines}
+        with translated():
+            try:
+                events = self.client("logs").get_log_events(**params)["events"]
+            except ClientError as error:
+                if error_code(error) != "ResourceNotFoundException":
+                    raise
+                self.describe(machine_id)
+                return ""
+        return "".join(event["message"] if event["message"].endswith("\n") else event["message"] + "\n" for event in events)
 
     def _renew(self, machine_ids: list[str]) -> dict[str, str | None]:
         """One describe call (per 200 ids) finds the live instances, one ``create_tags`` call (per

@@ -364,6 +364,14 @@ def test_logs_from_cloudwatch_with_a_cursor(provider, aws_env):
     rest = provider.logs(machine.id, cursor=first.cursor)
     assert rest.text == "machine ending\n" and rest.cursor != first.cursor
 
+    # A long log: its first page (10,000 events at most) ends long before the log does; the tail is its last page.
+    stamp = int(time.time() * 1000)
+    for start in (0, 6000):
+        events = [{"timestamp": stamp + n, "message": f"line {n}"} for n in range(start, start + 6000)]
+        logs.put_log_events(logGroupName="/prefect-remote/machines", logStreamName=machine.id, logEvents=events)
+    assert "line 11999" not in provider.logs(machine.id).text
+    assert provider.log_tail(machine.id, 20) == "".join(f"line {n}\n" for n in range(11980, 12000))
+
 
 # -- spot capacity ----------------------------------------------------------------------------------
 
@@ -421,6 +429,23 @@ def test_a_gpu_where_the_region_has_none(provider, monkeypatch):
         launch(provider, gpu=1)
     [machine] = launch(AWSProvider(), gpu="t4")  # a region with GPUs serves them
     assert machine.instance_type.startswith("g4dn.")
+
+
+DLAMI = "/aws/service/deeplearning/ami/{}/base-oss-nvidia-driver-gpu-amazon-linux-2023/latest/ami-id"
+
+
+def test_a_gpu_machine_boots_the_deep_learning_base_ami_with_nvidia_drivers(provider, ec2, ssm):
+    [machine] = launch(provider, gpu="t4")
+    found = instance(ec2, machine.id)
+    dlami = ssm.get_parameter(Name=DLAMI.format("x86_64"))["Parameter"]["Value"]  # AWS's public parameter
+    assert found["ImageId"] == dlami and found["ImageId"] != ssm.get_parameter(Name=AL2023.format("x86_64"))["Parameter"]["Value"]
+    [image] = ec2.describe_images(ImageIds=[dlami])["Images"]
+    assert "Nvidia Driver GPU" in image["Name"]
+    [volume] = ec2.describe_volumes(Filters=[{"Name": "attachment.instance-id", "Values": [machine.id]}])["Volumes"]
+    assert volume["Size"] == 75  # the image's snapshot, larger than the 40 GiB default
+    [cpu] = launch(provider, cpu=1)
+    assert instance(ec2, cpu.id)["ImageId"] == ssm.get_parameter(Name=AL2023.format("x86_64"))["Parameter"]["Value"]
+    provider.terminate([machine.id, cpu.id])
 
 
 def test_bad_options():
