@@ -3,6 +3,7 @@ with, and, against the sandbox GCP's Compute Engine fake, VMs launched, listed a
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -179,6 +180,15 @@ def test_tags_become_labels_where_they_can():
     assert label_key("9lives") == "t_9lives" and len(label_key("k" * 80)) == 63
     assert label_value("scheduler") == "scheduler" and label_value("My Cluster") is None and label_value("x" * 64) is None
     assert labels_for({"dask-role": "worker", "dask-cluster": "Big Run", "Team": "ml"}) == {"dask-role": "worker", "team": "ml"}
+
+
+def test_more_labels_than_a_machine_takes_are_refused_with_what_to_do(service, types):
+    launch = launch_of(types, cpu=2)
+    many = dataclasses.replace(launch, tags={f"k{n}": "v" for n in range(61)})
+    with pytest.raises(ValueError, match="61 tags with label values: Compute Engine takes 64 labels on a machine, 60 of them"):
+        service.instance_body(many, "vm-0123456789ab", ["prefect-remote"], spot=False)
+    sixty = dataclasses.replace(launch, tags={**{f"k{n}": "v" for n in range(60)}, "Team": "Data Science"})  # no label value
+    assert len(body_of(service, sixty)["labels"]) == 63  # each listed by its label
 
 
 @pytest.fixture
