@@ -60,3 +60,23 @@ def test_the_first_line_names_where_the_machine_runs_literally(tmp_path):
         [line] = [line for line in ran.stdout.splitlines() if "booting machine" in line]
         assert "on gcp Cloud Run (4 cpu / 16 GiB, us-central1) it's $(touch pwned) `touch pwned` second line" in line
         assert not (tmp_path / "pwned").exists()
+
+
+def test_a_gpu_machine_logs_its_driver_check_as_a_boot_phase(tmp_path):
+    """On an image with NVIDIA's driver (nvidia-smi on PATH; here a stand-in printing what it prints),
+    the boot logs the GPUs it sees; on one without, nothing."""
+    from prefect_remote.machine.boot import AgentSource
+
+    script = render_boot_script({}, agent=AgentSource("prefect-remote==0.2.0", python="3.11.7"))
+    upto_uv = script[: script.index("# 1. uv")] + "trap - EXIT\n"
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    smi = bin_dir / "nvidia-smi"
+    smi.write_text("#!/bin/sh\necho 'Tesla T4, 570.195.03'\necho 'Tesla T4, 570.195.03'\n")
+    smi.chmod(0o755)
+    env = {"PREFECT_REMOTE_ROOT": str(tmp_path / "root"), "PREFECT_REMOTE_MACHINE_LOG": str(tmp_path / "log"), "HOME": str(tmp_path)}
+    with_driver = subprocess.run(["bash", "-c", upto_uv], env={**env, "PATH": f"{bin_dir}:/usr/bin:/bin"}, capture_output=True, text=True)
+    assert with_driver.returncode == 0, with_driver.stderr
+    assert "gpu: Tesla T4, 570.195.03;Tesla T4, 570.195.03" in with_driver.stdout
+    without = subprocess.run(["bash", "-c", upto_uv], env={**env, "PATH": "/usr/bin:/bin"}, capture_output=True, text=True)
+    assert without.returncode == 0 and "gpu:" not in without.stdout

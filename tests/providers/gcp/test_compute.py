@@ -260,6 +260,11 @@ def test_spot_timeout_gpu_and_arm(service, types):
     assert gpu["machineType"].endswith("/n1-standard-4")
     assert gpu["guestAccelerators"] == [{"acceleratorType": "zones/us-central1-a/acceleratorTypes/nvidia-tesla-t4", "acceleratorCount": 1}]
     assert gpu["scheduling"]["onHostMaintenance"] == "TERMINATE" and gpu["scheduling"]["automaticRestart"] is False  # no live migration
+    disk = gpu["disks"][0]["initializeParams"]  # Google's Deep Learning VM image, with NVIDIA's driver, and its 50 GB
+    assert disk["sourceImage"] == "projects/deeplearning-platform-release/global/images/family/common-cu128-ubuntu-2204-nvidia-570"
+    assert disk["diskSizeGb"] == "50" and {"key": "install-nvidia-driver", "value": "True"} in gpu["metadata"]["items"]
+    mine = ComputeService(GCPProvider(project="unit-project", region="us-central1", vm_image="projects/p/global/images/family/f"))
+    assert body_of(mine, launch_of(types, gpu="t4"))["disks"][0]["initializeParams"]["sourceImage"] == "projects/p/global/images/family/f"
     arm = body_of(service, launch_of(types, cpu=4, arm=True))
     assert arm["disks"][0]["initializeParams"]["sourceImage"].endswith("/family/debian-12-arm64")
     c4a = body_of(service, launch_of(types, vm_type="c4a-standard-4", arm=True))
@@ -469,6 +474,17 @@ def test_a_vm_that_stopped_itself_is_deleted(gce):
     # Seen ended, then deleted (a stopped VM's disk still costs): listing tidies it away.
     wait_for(gone, timeout=30, what="the stopped VM deleted")
     assert seen[-1] == "terminated"
+
+
+def test_a_gpu_vm_boots_the_deep_learning_vm_image(gce):
+    [machine] = start(gce, SLEEPER, gpu="t4")
+    vm = gce.clients.instances().get(project=gce.project, zone=machine.details["zone"], instance=machine.id)
+    [disk] = vm.disks
+    assert any("/projects/deeplearning-platform-release/global/licenses/" in license for license in disk.licenses)
+    assert disk.disk_size_gb == 50 and {item.key: item.value for item in vm.metadata.items}["install-nvidia-driver"] == "True"
+    [cpu] = start(gce, SLEEPER, cpu=2)
+    [cpu_disk] = gce.clients.instances().get(project=gce.project, zone=cpu.details["zone"], instance=cpu.id).disks
+    assert any("/projects/debian-cloud/global/licenses/" in license for license in cpu_disk.licenses)
 
 
 def test_gpus_and_projects_that_are_not_there(gcp_env, monkeypatch):
