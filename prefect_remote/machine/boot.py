@@ -162,6 +162,10 @@ PHASE=uv
 UV_DIR="$ROOT/uv-@UV_VERSION@"
 if [ ! -x "$UV_DIR/uv" ]; then
   phase "uv: installing uv @UV_VERSION@"
+  if ! command -v python3 >/dev/null 2>&1; then  # the one thing the boot needs of the image
+    phase "uv: this image has no python3 to fetch uv with; boot an image that has Python 3 (ami, vm_image)"
+    exit 127
+  fi
   python3 - "$UV_DIR" <<'PY'
 import hashlib, os, platform, sys, tempfile, urllib.request, zipfile
 wheels = @UV_WHEELS@
