@@ -22,7 +22,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, Protocol
 
-from prefect_remote.errors import RemoteError
+from prefect_remote.errors import AccessDenied, RemoteError
 
 if TYPE_CHECKING:
     from google.auth.credentials import Credentials
@@ -61,6 +61,10 @@ APIS = {
 class GCPError(RemoteError):
     """Google Cloud refused the provider (no credentials or project, a missing role, a disabled API):
     the message says what to fix."""
+
+
+class GCPAccessDenied(GCPError, AccessDenied):
+    """Google Cloud refused a call for a missing permission (403 ``PERMISSION_DENIED``): the message names the role."""
 
 
 class ClientOptions(Protocol):
@@ -265,7 +269,7 @@ def translated(action: str, *, project: str | None = None) -> Iterator[None]:
             raise _disabled(action, project, error) from None
         role = role_for(action, _message(error))
         binding = f"`gcloud projects add-iam-policy-binding {project or 'PROJECT'} --member=MEMBER --role={role}`"
-        raise GCPError(
+        raise GCPAccessDenied(
             f"Google Cloud refused {action}{where}: the identity in use lacks a permission ({_message(error)}); "
             f"grant it {role} ({binding}; docs/providers/gcp.md lists the roles)"
         ) from None
