@@ -100,6 +100,22 @@ class GoogleClients:
     def credentials(self) -> Credentials:
         return self._default[0]
 
+    def member(self) -> str | None:
+        """The IAM member the credentials act as (``serviceAccount:…`` or ``user:…``), or None when they
+        do not say (user credentials without their account, workload identity federation without a
+        service account). The metadata server names its account once a token is fetched."""
+        credentials = self.credentials
+        email = getattr(credentials, "service_account_email", None) or getattr(credentials, "account", None)
+        if email == "default":
+            from google.auth.transport.requests import Request
+
+            with self.translated("read the credentials' service account"):
+                credentials.refresh(Request())
+            email = getattr(credentials, "service_account_email", None)
+        if not email or "@" not in email:
+            return None
+        return f"{'serviceAccount' if email.endswith('.gserviceaccount.com') else 'user'}:{email}"
+
     @functools.cached_property
     def project(self) -> str:
         """The project id: the option, ``$GOOGLE_CLOUD_PROJECT``, or the credentials'."""
