@@ -246,10 +246,7 @@ def gcp_sandbox():
     Engine instances run as local machines under this session's home. Yields its ``SandboxGCP``."""
     from prefect_remote.sandbox.gcp.sandbox import SandboxGCP
 
-    # IAM not enforced yet for the session (issue 17): after provisioning, the launcher may not act as the
-    # provisioned machines' account (the docs ask the user to grant roles/iam.serviceAccountUser; no test
-    # does), and the clusters' contract on gcp stalls with it on. tests/sandbox/test_gcp_iam.py enforces it.
-    with SandboxGCP(home=SESSION_HOME / "gcp", enforce_iam=False) as sandbox:
+    with SandboxGCP(home=SESSION_HOME / "gcp") as sandbox:  # IAM enforced, as everywhere (a test marked no_iam: off)
         _SANDBOXES.append(sandbox)
         try:
             yield sandbox
