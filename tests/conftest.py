@@ -28,7 +28,7 @@ os.environ.update(
 SESSION_ENVIRON = dict(os.environ)  # what session-wide servers start with, whatever test starts them
 
 from prefect_remote.devserver import local_prefect_server  # noqa: E402
-from prefect_remote.machine.boot import MACHINE_ID_ENV  # noqa: E402
+from prefect_remote.on_machine import MACHINE_ID_ENV  # noqa: E402
 from prefect_remote.providers.local import LocalProvider  # noqa: E402
 from prefect_remote.providers.local.isolation import (  # noqa: E402
     CGROUP_CONTROLLERS,
@@ -257,10 +257,8 @@ def gcp_sandbox(tmp_path_factory):
     from a warm image as :func:`aws_sandbox`'s. Yields its ``SandboxGCP``."""
     from prefect_remote.sandbox.gcp.sandbox import SandboxGCP
 
-    # IAM not enforced yet for the session (issue 17): after provisioning, the launcher may not act as the
-    # provisioned machines' account (the docs ask the user to grant roles/iam.serviceAccountUser; no test
-    # does), and the clusters' contract on gcp stalls with it on. tests/sandbox/test_gcp_iam.py enforces it.
-    with SandboxGCP(home=SESSION_HOME / "gcp", enforce_iam=False, warm_cache=True) as sandbox:
+    # IAM enforced, as everywhere (a test marked no_iam: off)
+    with SandboxGCP(home=SESSION_HOME / "gcp", warm_cache=True) as sandbox:
         share_scratch(sandbox, tmp_path_factory)
         _SANDBOXES.append(sandbox)
         try:
