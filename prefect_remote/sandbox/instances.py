@@ -28,7 +28,9 @@ from typing import Any
 from prefect_remote.errors import MachineNotFound
 from prefect_remote.providers.base import Machine
 from prefect_remote.providers.local import LocalProvider, records
+from prefect_remote.providers.local.isolation import IsolationError, netns_name, private_veth
 from prefect_remote.providers.local.start import start_machines
+from prefect_remote.sandbox.vpc import VPC, Ingress
 
 logger = logging.getLogger(__name__)
 
@@ -47,6 +49,7 @@ class Instance:
     instance_type: str
     region: str
     tags: dict[str, str] = field(default_factory=dict)
+    private_address: str | None = None  # its address in the cloud's VPC, with the VPC's prefix ("172.31.5.6/16")
 
     @property
     def ended(self) -> bool:
@@ -59,7 +62,9 @@ class InstanceRunner:
 
     ``image_env(instance)`` is what the instance's image puts in its environment (the emulated
     cloud's endpoints, its metadata service); ``booted(instance, machine)`` lets the cloud record the
-    machine's addresses as the instance's."""
+    machine's addresses as the instance's. With a ``vpc`` (namespace isolation only), each instance
+    also has its private address on the VPC's bridge, which this host cannot reach, and admits what
+    ``ingress(instance)`` (its cloud's rules) allows, kept up to date each round."""
 
     def __init__(
         self,
@@ -70,8 +75,12 @@ class InstanceRunner:
         image_env: Callable[[Instance], dict[str, str]],
         booted: Callable[[Instance, Machine], None] = lambda instance, machine: None,
         isolation: str | None = None,
+        vpc: VPC | None = None,
+        ingress: Callable[[Instance], list[Ingress]] = lambda instance: [],
     ) -> None:
         self.machines = LocalProvider(home, isolation=isolation)
+        self.vpc = vpc if self.machines.isolation == "namespace" else None
+        self._ingress = ingress
         self._instances, self._terminate, self._image_env, self._booted = instances, terminate, image_env, booted
         self._running: dict[str, str] = {}  # instance id -> local machine id
         self._seen: set[str] = set()  # every instance booted (or skipped), so none boots twice
@@ -162,6 +171,7 @@ class InstanceRunner:
                 self._seen.add(instance.id)
             else:
                 self.boot(instance)
+                self._keep_firewall(instance)
         for instance_id, machine_id in list(self._running.items()):
             try:
                 machine = self.machines.describe(machine_id)
@@ -169,6 +179,8 @@ class InstanceRunner:
                 machine = None
             if machine is None or not machine.alive:
                 self._running.pop(instance_id, None)
+                if self.vpc is not None:
+                    self.vpc.forget(netns_name(machine_id))
                 if instance_id in self._rebooting:  # booted again by the next round, the instance running on
                     with self._booting:
                         self._rebooting.discard(instance_id)
@@ -188,7 +200,23 @@ class InstanceRunner:
             if instance.script is not None:
                 self._boot(instance)
 
+    def _keep_firewall(self, instance: Instance) -> None:
+        """Gives a running instance's namespace the ingress rules as they are now (a group's members
+        come and go), once its private link is up: until then its machine applies the rules it booted with."""
+        machine_id = self._running.get(instance.id)
+        if self.vpc is None or machine_id is None or instance.private_address is None:
+            return
+        if Path("/sys/class/net", private_veth(machine_id)).exists():
+            try:
+                self.vpc.apply(netns_name(machine_id), self._ingress(instance))
+            except IsolationError:
+                if Path("/sys/class/net", private_veth(machine_id)).exists():  # not a machine ending meanwhile
+                    raise
+
     def _boot(self, instance: Instance) -> None:
+        private = None
+        if self.vpc is not None and instance.private_address is not None:
+            private = self.vpc.link(instance.private_address, self._ingress(instance))
         record = {
             "tags": {INSTANCE_TAG: instance.id},
             "owner": None,
@@ -199,6 +227,7 @@ class InstanceRunner:
             "vm_type": None,
             "limits": {"cpu": None, "memory": None},  # a 2-core host runs a 64-core type's work as it can
             "boot_folder": records.ROOT,  # as cloud-init and Google's startup scripts, in the image's / (not a work folder)
+            "private_link": private,
         }
         try:
             [machine_id] = start_machines(
