@@ -66,6 +66,9 @@ class SandboxAWS(SandboxCloud):
     :meth:`keys` gives users with one list each (``launcher``, ``provisioning``, ``teardown``), and
     instances get their instance profile's role through IMDS. :meth:`enforcing` switches the checks
     off for a while (a test that needs them off); :attr:`refusals` says what was refused.
+    ``private_network`` (on by default, with namespace isolation) puts each instance's private IP on
+    a VPC this host cannot reach, and enforces its security groups' ingress
+    (:mod:`prefect_remote.sandbox.vpc`; ``vpc.enforcing(False)`` for one test).
     """
 
     def __init__(

@@ -187,6 +187,8 @@ class InstanceRunner:
                         self._seen.discard(instance_id)
                     continue
                 reason = (machine.reason if machine else None) or "instance shut down"
+                if reason.startswith("isolation setup failed"):  # the sandbox's fault, not the instance's: say it here
+                    logger.warning("sandbox: instance %s could not boot: %s", instance_id, reason)
                 self._terminate(instance_id, reason, machine.exit_code if machine else None)
 
     def boot(self, instance: Instance) -> None:
@@ -209,9 +211,9 @@ class InstanceRunner:
         if Path("/sys/class/net", private_veth(machine_id)).exists():
             try:
                 self.vpc.apply(netns_name(machine_id), self._ingress(instance))
-            except IsolationError:
-                if Path("/sys/class/net", private_veth(machine_id)).exists():  # not a machine ending meanwhile
-                    raise
+            except IsolationError as error:  # (its machine ending meanwhile): the round goes on
+                if Path("/sys/class/net", private_veth(machine_id)).exists():
+                    logger.warning("sandbox: instance %s keeps its previous ingress rules: %s", instance.id, error)
 
     def _boot(self, instance: Instance) -> None:
         private = None

@@ -20,10 +20,14 @@ from __future__ import annotations
 
 import contextlib
 import ipaddress
+import logging
 import secrets
+import shutil
 import subprocess
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+
+logger = logging.getLogger(__name__)
 
 TABLE = "sandbox_ingress"
 
@@ -76,11 +80,14 @@ class VPC:
     def __init__(self) -> None:
         self.bridge = f"prvpc{secrets.token_hex(4)}"
         self.enforced = True
+        self.firewalls = shutil.which("nft") is not None  # nftables' command, which enforces the rules
         self._applied: dict[str, str] = {}  # namespace -> the ruleset it holds
 
     def create(self) -> None:
         """Makes the bridge, with no address on this host: the host cannot send to private addresses."""
         _ip("-batch", "-", batch=f"link add {self.bridge} type bridge\nlink set {self.bridge} up\n")
+        if not self.firewalls:
+            logger.warning("sandbox: no 'nft' command (Debian: apt-get install nftables): ingress rules are not enforced")
 
     def remove(self) -> None:
         """Deletes the bridge (the machines' links on it are gone by then, or go with it)."""
@@ -91,14 +98,14 @@ class VPC:
     def link(self, address: str, rules: Iterable[Ingress]) -> dict[str, str]:
         """A :class:`~prefect_remote.providers.local.isolation.PrivateLink`'s fields for an instance
         with private ``address`` (``a.b.c.d/prefix``) and ingress ``rules``, for its machine's record."""
-        return {"bridge": self.bridge, "address": address, "firewall": ruleset(rules, enforced=self.enforced)}
+        return {"bridge": self.bridge, "address": address, "firewall": ruleset(rules, enforced=self.enforced) if self.firewalls else None}
 
     def apply(self, netns: str, rules: Iterable[Ingress]) -> None:
         """Gives namespace ``netns`` the ruleset of ``rules`` unless it holds it already."""
         from prefect_remote.providers.local.isolation import apply_firewall
 
         wanted = ruleset(rules, enforced=self.enforced)
-        if self._applied.get(netns) != wanted:
+        if self.firewalls and self._applied.get(netns) != wanted:
             apply_firewall(netns, wanted)
             self._applied[netns] = wanted
 
