@@ -61,6 +61,11 @@ START_TIMEOUT = 600.0  # seconds for a scheduler machine to accept connections (
 # Seconds a scheduler machine may run with no address this process may dial before the start fails:
 # a cloud shows a public IP by the time the machine runs, and one that is shutting down ends meanwhile.
 PRIVATE_GRACE = 10.0
+# Seconds a scheduler may say it listens while this process cannot connect before the start fails: an
+# address this process may dial admits it at once, unless the scheduler's security group or firewall
+# rule does not admit this computer (allow_ingress_from).
+UNREACHABLE_GRACE = 30.0
+LOG_CHECK_EVERY = 5.0  # seconds between reads of the scheduler's log while it cannot be reached
 NODE_MODULE = "prefect_remote.cluster.node"
 LISTENING = re.compile(r"^scheduler \S+ listening at ", re.MULTILINE)  # what the node prints once it serves
 
@@ -73,10 +78,19 @@ class SchedulerMachine(ProcessInterface):
     """The scheduler as :class:`~distributed.deploy.spec.SpecCluster` sees it: ready once its machine
     accepts TLS connections, closed by ending the machine."""
 
-    def __init__(self, provider: Provider, machine: Machine, port: int, credentials: ClusterCredentials, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        provider: Provider,
+        machine: Machine,
+        port: int,
+        credentials: ClusterCredentials,
+        allow_ingress_from: str | None = None,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(**kwargs)
         self.provider, self.machine, self.port = provider, machine, port
         self.credentials = credentials
+        self.allow_ingress_from = allow_ingress_from  # the spec's (None: the provider's default), for what to fix
         self._readdress()
 
     def _readdress(self) -> None:
@@ -90,6 +104,8 @@ class SchedulerMachine(ProcessInterface):
         deadline = time.monotonic() + START_TIMEOUT
         next_check = 0.0
         private_since: float | None = None  # when it was first seen running with no address to dial
+        listening_since: float | None = None  # when its log was first seen saying it listens, while unreachable
+        next_log_check = 0.0
         last_error: OSError | None = None
         while True:
             if self.address is not None:
@@ -108,6 +124,12 @@ class SchedulerMachine(ProcessInterface):
                 private_since = (private_since or time.monotonic()) if private else None
                 if private_since is not None and time.monotonic() - private_since > PRIVATE_GRACE:
                     raise ClusterStartError(self._private())
+                if last_error is not None and listening_since is None and time.monotonic() > next_log_check:
+                    if LISTENING.search(await asyncio.to_thread(lambda: self.provider.logs(self.machine.id).text)):
+                        listening_since = time.monotonic()
+                    next_log_check = time.monotonic() + LOG_CHECK_EVERY
+                if listening_since is not None and time.monotonic() - listening_since > UNREACHABLE_GRACE:
+                    raise ClusterStartError(await asyncio.to_thread(self._not_admitted, last_error))
                 next_check = time.monotonic() + 1.0
             if time.monotonic() > deadline:
                 raise ClusterStartError(await asyncio.to_thread(self._not_reached, last_error, ended=None))
@@ -123,6 +145,19 @@ class SchedulerMachine(ProcessInterface):
             f"{network}, and this process runs outside that network: launch it where it gets a public IP (a subnet that maps "
             "public IPs on launch, or allow_ingress_from other than 'none'), or create the cluster from a machine inside "
             f"{network}"
+        )
+
+    def _not_admitted(self, error: OSError | None) -> str:
+        """Why a scheduler that listens cannot be reached: its network does not admit this computer (its
+        machine ends with the cluster's clean-up)."""
+        lines = self.provider.logs(self.machine.id).text.splitlines()
+        source = f"allow_ingress_from={self.allow_ingress_from!r}" if self.allow_ingress_from else "the provider's allow_ingress_from"
+        return (
+            f"scheduler {self.machine.id} listening at {self.address}, unreachable from this host for {UNREACHABLE_GRACE:.0f}s: {error}. "
+            f"Its security group or firewall rule admits the Dask ports from outside its network only from {source}, "
+            "and this computer connects from elsewhere: pass allow_ingress_from='me' (this computer's public IP; set the "
+            "provider's public_ip if checkip.amazonaws.com sees another address) or the CIDR you connect from, or create "
+            "the cluster from a machine inside its network\nlast lines of its log:\n" + "\n".join(lines[-20:])
         )
 
     def _not_reached(self, error: OSError | None, *, ended: str | None) -> str:
@@ -200,7 +235,13 @@ class RemoteCluster(SpecCluster):
             workers={},
             scheduler={
                 "cls": SchedulerMachine,
-                "options": {"provider": self.provider, "machine": scheduler_machine, "port": port, "credentials": credentials},
+                "options": {
+                    "provider": self.provider,
+                    "machine": scheduler_machine,
+                    "port": port,
+                    "credentials": credentials,
+                    "allow_ingress_from": options.spec.allow_ingress_from,
+                },
             },
             security=credentials.security(),
             asynchronous=asynchronous,
