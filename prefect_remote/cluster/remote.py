@@ -98,6 +98,7 @@ class SchedulerMachine(ProcessInterface):
         address this process may dial (a cloud machine's public IP shows once it runs)."""
         host = self.provider.client_address(self.machine)
         self.address = f"tls://{host}:{self.port}" if host else None
+        self.dialed = self.address or getattr(self, "dialed", None)  # (an ended machine shows no public IP)
 
     async def start(self) -> None:
         connection_args = self.credentials.security().get_connection_args("client")
@@ -129,7 +130,7 @@ class SchedulerMachine(ProcessInterface):
                         listening_since = time.monotonic()
                     next_log_check = time.monotonic() + LOG_CHECK_EVERY
                 if listening_since is not None and time.monotonic() - listening_since > UNREACHABLE_GRACE:
-                    raise ClusterStartError(await asyncio.to_thread(self._not_admitted, last_error))
+                    raise ClusterStartError(await asyncio.to_thread(self._not_reached, last_error, ended=None, waited=UNREACHABLE_GRACE))
                 next_check = time.monotonic() + 1.0
             if time.monotonic() > deadline:
                 raise ClusterStartError(await asyncio.to_thread(self._not_reached, last_error, ended=None))
@@ -147,32 +148,36 @@ class SchedulerMachine(ProcessInterface):
             f"{network}"
         )
 
-    def _not_admitted(self, error: OSError | None) -> str:
-        """Why a scheduler that listens cannot be reached: its network does not admit this computer (its
-        machine ends with the cluster's clean-up)."""
-        lines = self.provider.logs(self.machine.id).text.splitlines()
-        source = f"allow_ingress_from={self.allow_ingress_from!r}" if self.allow_ingress_from else "the provider's allow_ingress_from"
-        return (
-            f"scheduler {self.machine.id} listening at {self.address}, unreachable from this host for {UNREACHABLE_GRACE:.0f}s: {error}. "
-            f"Its security group or firewall rule admits the Dask ports from outside its network only from {source}, "
-            "and this computer connects from elsewhere: pass allow_ingress_from='me' (this computer's public IP; set the "
-            "provider's public_ip if checkip.amazonaws.com sees another address) or the CIDR you connect from, or create "
-            "the cluster from a machine inside its network\nlast lines of its log:\n" + "\n".join(lines[-20:])
-        )
-
-    def _not_reached(self, error: OSError | None, *, ended: str | None) -> str:
-        """Why no connection was made (``ended``: the machine's end reason, ``None`` if it timed out).
+    def _not_reached(self, error: OSError | None, *, ended: str | None, waited: float | None = None) -> str:
+        """Why no connection was made (``ended``: the machine's end reason; ``None`` if it timed out,
+        or, with ``waited``, this process gave up that long after the scheduler said it listens).
         A scheduler that said it listens, yet could not be reached, is a network fault between this
         host and its machine: say that, not only that the machine ended (which it does after keepalive
-        without a client)."""
+        without a client), and what admits this computer on a cloud."""
         lines = self.provider.logs(self.machine.id).text.splitlines()
         tail = "last lines of its log:\n" + "\n".join(lines[-20:])
-        then = f"its machine then ended: {ended}" if ended is not None else f"gave up after {START_TIMEOUT:.0f}s"
+        then = f"its machine then ended: {ended}" if ended is not None else f"gave up after {waited or START_TIMEOUT:.0f}s"
         if error is not None and LISTENING.search("\n".join(lines)):
-            return f"scheduler {self.machine.id} listening at {self.address}, unreachable from this host: {error}\n({then})\n{tail}"
+            return (
+                f"scheduler {self.machine.id} listening at {self.dialed}, unreachable from this host: {error}\n({then})\n"
+                f"{self._ingress_hint()}{tail}"
+            )
         if ended is not None:
             return f"scheduler machine {self.machine.id} ended before accepting connections: {ended}\n{tail}"
         return f"scheduler machine {self.machine.id} did not accept connections within {START_TIMEOUT:.0f}s\n{tail}"
+
+    def _ingress_hint(self) -> str:
+        """What admits this computer to the Dask ports where the provider's network has ingress rules
+        (its ``dask_ports``): ``allow_ingress_from``."""
+        if self.provider.dask_ports is None:
+            return ""
+        source = f"allow_ingress_from={self.allow_ingress_from!r}" if self.allow_ingress_from else "the provider's allow_ingress_from"
+        return (
+            f"Its security group or firewall rule admits the Dask ports from outside its network only from {source}: if this "
+            "computer connects from elsewhere, pass allow_ingress_from='me' (this computer's public IP; set the provider's "
+            "public_ip if checkip.amazonaws.com sees another address) or the CIDR you connect from, or create the cluster from "
+            "a machine inside its network.\n"
+        )
 
     async def close(self) -> None:
         await asyncio.to_thread(self.provider.terminate, [self.machine.id], reason="cluster closed")
