@@ -161,7 +161,10 @@ def test_startup_script_runs_and_delete_ends_it(clients, sandbox, tmp_path):
     instance = get(clients, "vm-runs")
     assert instance.status == "RUNNING" and instance.labels == {"prefect-remote-launch": "l1"}
     machine = sandbox.runner.machines.describe(sandbox.runner.machine_of("gce:vm-runs"))
-    assert instance.network_interfaces[0].network_i_p == machine.private_address  # placed before the answer
+    # Placed before the answer; its internal address is the subnetwork's, on the sandbox's VPC (the
+    # machine's address on this host's bridge would be its external one, with an access config).
+    assert machine.alive and instance.network_interfaces[0].network_i_p.startswith("10.128.0.")
+    assert instance.network_interfaces[0].network_i_p != machine.private_address
     assert instance.network_interfaces[0].access_configs[0].nat_i_p
     wait_for(marker.exists, message="the startup script ran")
     assert marker.read_text().strip() == "vm-runs"
