@@ -2,10 +2,7 @@
 their private IPs; this host (a launcher outside the cloud) reaches only their public IPs; and each
 instance admits only what its security groups allow (a CIDR on either address, a group reference
 from its members' private IPs only). Checked with real connections: two instances serve a token on
-two ports, and this host, or the other instance (from its namespace), asks for it.
-
-This host's egress gateway answers any TCP connection to an address it routes outwards (the
-private ones too), so "unreachable" here means "the instance's token does not come back".
+two ports, and this host, or the other instance (from its namespace), asks for it (:mod:`tests.sandbox.reach`).
 
 Anchors: "Security group rules" and "Security group referencing" (Amazon VPC user guide: a rule
 that references a group admits traffic from the private IPs of the members' network interfaces).
@@ -13,42 +10,15 @@ that references a group admits traffic from the private IPs of the members' netw
 
 from __future__ import annotations
 
-import subprocess
 import time
-import urllib.request
 
 import pytest
 
-from prefect_remote.providers.local.isolation import netns_name
 from tests.conftest import needs_firewalls, needs_namespace, wait_for
+from tests.sandbox.reach import ADMITTED, MEMBERS_ONLY, SERVE, TOKEN, token_from_host, token_from_instance
 
 IMAGE = "ami-12c6146b"
-TOKEN = "served-by-the-instance"
-ADMITTED, GROUP_ONLY = 8786, 9000  # admitted from this host; admitted from the group's members only
-SERVE = (
-    f"#!/bin/bash\nmkdir -p www && cd www && echo {TOKEN} > token\n"
-    f"python3 -m http.server {ADMITTED} & python3 -m http.server {GROUP_ONLY}\n"
-)
-
 pytestmark = needs_namespace
-
-
-def token_from_host(address: str, port: int) -> str:
-    try:
-        with urllib.request.urlopen(f"http://{address}:{port}/token", timeout=3) as answer:
-            return answer.read().decode().strip()
-    except OSError as error:
-        return repr(error)
-
-
-def token_from_instance(machine_id: str, address: str, port: int) -> str:
-    """The token as the instance of ``machine_id`` gets it (asked from inside its namespace)."""
-    code = (
-        f"import urllib.request\ntry: print(urllib.request.urlopen('http://{address}:{port}/token', timeout=3).read().decode().strip())\n"
-        "except OSError as error: print(repr(error))"
-    )
-    asked = subprocess.run(["ip", "netns", "exec", netns_name(machine_id), "python3", "-c", code], capture_output=True, text=True)
-    return asked.stdout.strip()
 
 
 @pytest.fixture
@@ -98,19 +68,19 @@ def test_the_host_reaches_public_addresses_only(pair):
 def test_instances_reach_each_other_at_private_addresses_as_their_groups_allow(pair):
     sandbox, (first, second) = pair
     other = sandbox.runner.machine_of(second["InstanceId"])
-    assert token_from_instance(other, first["PrivateIpAddress"], GROUP_ONLY) == TOKEN  # a member, on its private IP
+    assert token_from_instance(other, first["PrivateIpAddress"], MEMBERS_ONLY) == TOKEN  # a member, on its private IP
     # The group reference matches private addresses only: the same member, over the public IP, is refused.
-    assert token_from_instance(other, first["PublicIpAddress"], GROUP_ONLY) != TOKEN
-    assert token_from_host(first["PublicIpAddress"], GROUP_ONLY) != TOKEN  # this host is admitted on ADMITTED only
+    assert token_from_instance(other, first["PublicIpAddress"], MEMBERS_ONLY) != TOKEN
+    assert token_from_host(first["PublicIpAddress"], MEMBERS_ONLY) != TOKEN  # this host is admitted on ADMITTED only
 
 
 @needs_firewalls
 def test_security_groups_can_be_left_unenforced_for_one_test(pair):
     sandbox, (first, _) = pair
     with sandbox.vpc.enforcing(False):
-        wait_for(lambda: token_from_host(first["PublicIpAddress"], GROUP_ONLY) == TOKEN, timeout=10, message="every port admitted")
-        assert token_from_host(first["PrivateIpAddress"], GROUP_ONLY) != TOKEN  # still outside the VPC
-    wait_for(lambda: token_from_host(first["PublicIpAddress"], GROUP_ONLY) != TOKEN, timeout=10, message="enforced again")
+        wait_for(lambda: token_from_host(first["PublicIpAddress"], MEMBERS_ONLY) == TOKEN, timeout=10, message="every port admitted")
+        assert token_from_host(first["PrivateIpAddress"], MEMBERS_ONLY) != TOKEN  # still outside the VPC
+    wait_for(lambda: token_from_host(first["PublicIpAddress"], MEMBERS_ONLY) != TOKEN, timeout=10, message="enforced again")
 
 
 @needs_firewalls
@@ -121,6 +91,6 @@ def test_a_rule_added_applies_to_running_instances(pair):
     with sandbox.enforcing(False):
         ec2.authorize_security_group_ingress(
             GroupId=group,
-            IpPermissions=[{"IpProtocol": "tcp", "FromPort": GROUP_ONLY, "ToPort": GROUP_ONLY, "IpRanges": [{"CidrIp": "0.0.0.0/0"}]}],
+            IpPermissions=[{"IpProtocol": "tcp", "FromPort": MEMBERS_ONLY, "ToPort": MEMBERS_ONLY, "IpRanges": [{"CidrIp": "0.0.0.0/0"}]}],
         )
-    wait_for(lambda: token_from_host(first["PublicIpAddress"], GROUP_ONLY) == TOKEN, timeout=10, message="the new rule applied")
+    wait_for(lambda: token_from_host(first["PublicIpAddress"], MEMBERS_ONLY) == TOKEN, timeout=10, message="the new rule applied")
