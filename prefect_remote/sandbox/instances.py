@@ -36,6 +36,7 @@ logger = logging.getLogger(__name__)
 
 POLL = 0.1  # seconds between looks at the control plane
 KEEP_FORWARDS_EVERY = 3.0  # seconds between renewals of the host forwards instances use
+FIREWALLS_EVERY = 0.5  # seconds between looks at the instances' ingress rules (a new group member, a changed rule)
 INSTANCE_TAG = "sandbox-instance"  # a machine's tag naming the instance it runs
 
 
@@ -81,6 +82,7 @@ class InstanceRunner:
         self.machines = LocalProvider(home, isolation=isolation)
         self.vpc = vpc if self.machines.isolation == "namespace" else None
         self._ingress = ingress
+        self._next_firewalls = 0.0
         self._instances, self._terminate, self._image_env, self._booted = instances, terminate, image_env, booted
         self._running: dict[str, str] = {}  # instance id -> local machine id
         self._seen: set[str] = set()  # every instance booted (or skipped), so none boots twice
@@ -161,7 +163,11 @@ class InstanceRunner:
                 logger.exception("sandbox instance runner")
 
     def step(self) -> None:
-        """One round: boot new instances, end machines of terminated ones, terminate instances whose machine ended."""
+        """One round: boot new instances, end machines of terminated ones, terminate instances whose
+        machine ended; and, every FIREWALLS_EVERY seconds, bring running instances' ingress rules up to date."""
+        firewalls = self.vpc is not None and time.monotonic() >= self._next_firewalls
+        if firewalls:
+            self._next_firewalls = time.monotonic() + FIREWALLS_EVERY
         for instance in list(self._instances()):
             if instance.ended:  # (shutting-down: its machine stops, then the instance is terminated below)
                 machine_id = self._running.get(instance.id)
@@ -171,7 +177,8 @@ class InstanceRunner:
                 self._seen.add(instance.id)
             else:
                 self.boot(instance)
-                self._keep_firewall(instance)
+                if firewalls:
+                    self._keep_firewall(instance)
         for instance_id, machine_id in list(self._running.items()):
             try:
                 machine = self.machines.describe(machine_id)
