@@ -3,10 +3,10 @@ credentials, permissions, APIs, quotas, network, the store's bucket, the pool's 
 one :class:`Finding`, ok or FAILED, and a failure says what to fix.
 
 The checks every provider shares are here: the work pool and its provider block, and the largest
-machine the pool asks for (:class:`Needs`, which the quota checks compare with). Each cloud's own
-checks live in its provider package, in the module its :attr:`~prefect_remote.providers.base.Provider.doctor`
-names, whose ``checks(provider, needs)`` returns findings; a provider with none needs nothing
-beyond this computer.
+machine the pool asks for (:class:`~prefect_remote.providers.doctor.Needs`, which the quota checks
+compare with). Each cloud's own checks live in its provider package, in the module its
+:attr:`~prefect_remote.providers.base.Provider.doctor` names, whose ``checks(provider, needs)``
+returns findings; a provider with none needs nothing beyond this computer.
 
 >>> [finding.ok for finding in diagnose("local")]                    # doctest: +SKIP
 [True]
@@ -14,60 +14,19 @@ beyond this computer.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
-from dataclasses import asdict, dataclass
+from collections.abc import Iterable
 from importlib import import_module
 from typing import TYPE_CHECKING, Any
 
 from prefect_remote.errors import RemoteError
+from prefect_remote.providers.doctor import Finding, Needs
 
 if TYPE_CHECKING:
-    from prefect_remote.providers.base import InstanceType, Provider
+    from prefect_remote.providers.base import Provider
     from prefect_remote.workers.config import RemoteProviderCredentials
 
 DEFAULT_CPU = 4  # the machine checked for when no pool is named
 POOL_TYPES = ("remote", "remote:push")
-
-
-@dataclass(frozen=True)
-class Finding:
-    """One check's outcome: what was checked, whether it passed, what was found, and what to fix."""
-
-    check: str
-    ok: bool
-    detail: str
-    fix: str = ""
-
-    def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-@dataclass(frozen=True)
-class Needs:
-    """What the account must allow: the largest machine the pool asks for (``instance_type``, with
-    its CPUs and GPUs), where that figure comes from, and the store machines read software from."""
-
-    instance_type: InstanceType
-    source: str
-    store: str | None
-
-    @property
-    def cpu(self) -> int:
-        return self.instance_type.cpu
-
-    @property
-    def gpu(self) -> int:
-        return self.instance_type.gpu
-
-
-def guarded(check: str, run: Callable[[], Finding | Iterable[Finding]]) -> list[Finding]:
-    """``run``'s findings; what it raises becomes a FAILED ``check`` whose fix is the error's text
-    (the package's errors name their fix)."""
-    try:
-        found = run()
-    except Exception as error:  # a check that cannot run has failed: say why, go on with the others
-        return [Finding(check, False, f"could not check: {type(error).__name__}", str(error) or repr(error))]
-    return [found] if isinstance(found, Finding) else list(found)
 
 
 def diagnose(cloud: str, pool: str | None = None) -> list[Finding]:

@@ -30,7 +30,7 @@ from prefect_remote.cluster.batching import BatchCall, check_batch_size
 from prefect_remote.cluster.mapping import MapResults
 from prefect_remote.cluster.options import ClusterArguments, ClusterOptionError, ClusterOptions, takes_cluster_arguments
 from prefect_remote.cluster.output import OUTPUT_TOPIC, captured_output
-from prefect_remote.machine.boot import MACHINE_ID_ENV
+from prefect_remote.on_machine import MACHINE_ID_ENV
 
 P = ParamSpec("P")
 R = TypeVar("R")

@@ -41,6 +41,11 @@ class RemoteSettings(BaseSettings):
     )
     store: str | None = Field(default=None, description="Store URL for software environments; default: <home>/store.")
     max_bundle_size: int = Field(default=100 * 2**20, description="Largest local code bundle package sync captures, e.g. '100 MiB'.")
+    include_secret_files: bool = Field(
+        default=False,
+        description="Let package sync bundle code files that hold credentials (private keys, cloud credential files, "
+        "kubeconfigs), which it otherwise leaves out with a warning.",
+    )
 
     push_service: bool = Field(
         default=True, description="Run the remote:push service inside `prefect server start` (when prefect-remote is installed there)."

@@ -28,7 +28,7 @@ os.environ.update(
 SESSION_ENVIRON = dict(os.environ)  # what session-wide servers start with, whatever test starts them
 
 from prefect_remote.devserver import local_prefect_server  # noqa: E402
-from prefect_remote.machine.boot import MACHINE_ID_ENV  # noqa: E402
+from prefect_remote.on_machine import MACHINE_ID_ENV  # noqa: E402
 from prefect_remote.providers.local import LocalProvider  # noqa: E402
 from prefect_remote.providers.local.isolation import (  # noqa: E402
     CGROUP_CONTROLLERS,

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from prefect_remote.machine.boot import MACHINE_ID_ENV
+from prefect_remote.on_machine import MACHINE_ID_ENV
 from prefect_remote.providers.local.isolation import tagged_pids
 from tests.conftest import wait_for
 

@@ -19,7 +19,7 @@ from distributed import LocalCluster
 import prefect_remote
 from prefect_remote.cluster.batching import MAX_BATCH, MAX_IN_FLIGHT
 from prefect_remote.cluster.local import LocalProcessCluster, LocalWorkerStartError
-from prefect_remote.machine.boot import MACHINE_ID_ENV
+from prefect_remote.on_machine import MACHINE_ID_ENV
 from prefect_remote.providers.local import LocalProvider
 from prefect_remote.providers.local.isolation import tagged_pids
 from tests.conftest import end_all_machines, wait_for

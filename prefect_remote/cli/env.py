@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -52,12 +53,16 @@ def build(
     gpu: Annotated[bool, typer.Option(help="Mark the environment for GPU machines.")] = False,
     strict: Annotated[bool, typer.Option(help="Fail on packages that cannot exist on Linux instead of dropping them.")] = False,
     check: Annotated[bool, typer.Option(help="Resolve the environment for the target platform now.")] = True,
+    include_secret_files: Annotated[
+        bool, typer.Option(help="Bundle code files that hold credentials (left out with a warning otherwise).")
+    ] = False,
     store: StoreOption = None,
 ) -> None:
     """Capture this Python environment and the code under ROOT; print the environment's name."""
-    from prefect_remote.software.capture import capture_environment
+    from prefect_remote.software.capture import SecretFileLeftOut, capture_environment
 
-    with console.status("Capturing the environment…"):
+    with console.status("Capturing the environment…"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", SecretFileLeftOut)  # said below, in the summary
         try:
             env = capture_environment(
                 root=root,
@@ -70,10 +75,17 @@ def build(
                 strict=strict,
                 check=check,
                 store=store,
+                include_secret_files=include_secret_files or None,
             )
         except RemoteError as error:
             console.print(f"[red]error:[/] {error}")
             raise typer.Exit(1) from None
+    for path in env.left_out:
+        console.print(
+            f"[yellow]warning:[/] left {path} out of the code bundle: it holds a credential. Machines get theirs from their own "
+            "identity and secrets; --include-secret-files ships it anyway.",
+            highlight=False,
+        )
     summary = env.summary()
     typer.echo(env.name)
     facts = table(key(""), text(""), show_header=False)
@@ -81,6 +93,8 @@ def build(
     facts.add_row("packages", f"{summary['packages']} ({summary['local_wheels']} built from local sources)")
     facts.add_row("code bundle", f"{summary['bundle_files']} files, {format_size(summary['bundle_size'])}")
     facts.add_row("dropped", ", ".join(summary["dropped"]) or "none")
+    if summary["left_out"]:
+        facts.add_row("left out", ", ".join(summary["left_out"]))
     facts.add_row("store", summary["store"])
     facts.add_row("took", f"{env.seconds:.2f}s")
     print_table(console, facts)

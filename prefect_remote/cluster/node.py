@@ -14,7 +14,7 @@ import sys
 
 from prefect_remote.cluster.credentials import ClusterCredentials
 from prefect_remote.cluster.plan import CREDENTIALS_ENV, SCHEDULER_ENV, WORKER_ENV, ClusterPlan
-from prefect_remote.machine.boot import MACHINE_ID_ENV
+from prefect_remote.on_machine import MACHINE_ID_ENV
 
 
 async def run_scheduler() -> None:

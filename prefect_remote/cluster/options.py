@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from typing import Any, TypedDict, TypeVar, Unpack
 
 from prefect_remote.errors import RemoteError
-from prefect_remote.machine.boot import MACHINE_ID_ENV
+from prefect_remote.on_machine import MACHINE_ID_ENV
 from prefect_remote.providers import get_provider, require
 from prefect_remote.providers.base import Provider
 from prefect_remote.spec import MachineSpec, SpotPolicy, as_spec

@@ -67,6 +67,7 @@ PRIVATE_GRACE = 10.0
 UNREACHABLE_GRACE = 30.0
 LOG_CHECK_EVERY = 5.0  # seconds between reads of the scheduler's log while it cannot be reached
 NODE_MODULE = "prefect_remote.cluster.node"
+LOG_LINES = 1000  # lines of each machine's log a cluster's logs show: one page of Cloud Logging, of CloudWatch less
 LISTENING = re.compile(r"^scheduler \S+ listening at ", re.MULTILINE)  # what the node prints once it serves
 
 
@@ -154,10 +155,11 @@ class SchedulerMachine(ProcessInterface):
         A scheduler that said it listens, yet could not be reached, is a network fault between this
         host and its machine: say that, not only that the machine ended (which it does after keepalive
         without a client), and what admits this computer on a cloud."""
-        lines = self.provider.logs(self.machine.id).text.splitlines()
-        tail = "last lines of its log:\n" + "\n".join(lines[-20:])
+        # Its last lines from the log's end (a long log's first page says nothing of how it ended);
+        # whether it said it listens, from its start, where it says so.
+        tail = "last lines of its log:\n" + self.provider.log_tail(self.machine.id, 20).rstrip("\n")
         then = f"its machine then ended: {ended}" if ended is not None else f"gave up after {waited or START_TIMEOUT:.0f}s"
-        if error is not None and LISTENING.search("\n".join(lines)):
+        if error is not None and LISTENING.search(self.provider.logs(self.machine.id).text):
             return (
                 f"scheduler {self.machine.id} listening at {self.dialed}, unreachable from this host: {error}\n({then})\n"
                 f"{self._ingress_hint()}{tail}"
@@ -493,7 +495,8 @@ class RemoteCluster(SpecCluster):
 
     # -- logs -------------------------------------------------------------------------------------
     async def _get_logs(self, cluster: bool = True, scheduler: bool = True, workers: bool = True) -> Logs:
-        """The machine logs (boot, agent and Dask output) of the scheduler and worker machines."""
+        """The machine logs (boot, agent and Dask output) of the scheduler and worker machines: the last
+        :data:`LOG_LINES` lines of each, its log's last page (a long log's first is old news)."""
         logs = Logs()
         if cluster:
             logs["Cluster"] = Log("\n".join(line for _, line in self._cluster_manager_logs))
@@ -501,6 +504,5 @@ class RemoteCluster(SpecCluster):
         for machine in machines:
             role = machine.tags.get(ROLE_TAG)
             if (role == "scheduler" and scheduler) or (role == "worker" and workers):
-                text = (await asyncio.to_thread(self.provider.logs, machine.id)).text
-                logs[f"{role} {machine.id}"] = Log(text)
+                logs[f"{role} {machine.id}"] = Log(await asyncio.to_thread(self.provider.log_tail, machine.id, LOG_LINES))
         return logs

@@ -40,6 +40,7 @@ def build_package_sync_senv(
     store: str | None = None,
     check: bool = True,
     requirements: str | None = None,
+    include_secret_files: bool = False,
 ) -> dict[str, Any]:
     """Capture the local Python environment and the project's code (the folder ``prefect deploy``
     runs in) as a software environment, store it, and return its name for the job variables:
@@ -50,13 +51,15 @@ def build_package_sync_senv(
     environment for GPU machines; ``strict`` fails on packages that cannot exist on Linux instead
     of dropping them; ``check`` (on by default) resolves the environment for the target platform
     now, so a broken one fails at deploy time; ``requirements`` (a requirements file or
-    ``uv.lock``) replaces the scan of installed packages.
+    ``uv.lock``) replaces the scan of installed packages. Code files holding credentials (private
+    keys, cloud credential files, kubeconfigs) are left out, with a warning naming each, unless
+    ``include_secret_files``.
 
     Example::
 
         build_package_sync_senv(exclude=["data/"])["name"]  # 'senv-3f2a9c0e4b1d7a65'
     """
-    for field, value in (("arm", arm), ("gpu", gpu), ("strict", strict), ("check", check)):
+    for field, value in (("arm", arm), ("gpu", gpu), ("strict", strict), ("check", check), ("include_secret_files", include_secret_files)):
         if not isinstance(value, bool):
             raise ValueError(f"build_package_sync_senv {field}={value!r}: expected true or false")
     from prefect_remote.software.capture import capture_environment
@@ -71,9 +74,11 @@ def build_package_sync_senv(
         store=store,
         check=check,
         requirements=requirements,
+        include_secret_files=include_secret_files or None,
     )
     summary = env.summary()
     dropped = f"; dropped {', '.join(summary['dropped'])}" if summary["dropped"] else ""
+    dropped += f"; left out (credentials) {', '.join(summary['left_out'])}" if summary["left_out"] else ""
     print(
         f"Software environment {env.name}: Python {summary['python']} on {summary['platform']}, "
         f"{summary['packages']} packages ({summary['local_wheels']} local wheels), "

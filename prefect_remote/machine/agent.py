@@ -32,12 +32,12 @@ from prefect_remote.machine.boot import (
     ACTIVITY_FILE_ENV,
     AGENT_CONFIG_ENV,
     DEFAULT_ROOT,
-    MACHINE_ID_ENV,
     MACHINE_LOG_ENV,
     ROOT_ENV,
     decode_agent_config,
 )
 from prefect_remote.machine.runtime import LogShipping, MachineRuntime, load_runtime
+from prefect_remote.on_machine import MACHINE_ID_ENV
 from prefect_remote.units import format_duration
 
 TICK = 0.25  # seconds between checks

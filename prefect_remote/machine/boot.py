@@ -35,7 +35,6 @@ from dataclasses import dataclass
 from typing import Any
 
 AGENT_CONFIG_ENV = "PREFECT_REMOTE_AGENT_CONFIG"
-MACHINE_ID_ENV = "PREFECT_REMOTE_MACHINE_ID"
 ACTIVITY_FILE_ENV = "PREFECT_REMOTE_ACTIVITY_FILE"
 # Where a stock-image machine keeps uv, the agent environment, software environments, uv's cache, managed
 # Pythons and its work folders (work/machine-*) (an image may set it; a sandbox gives each of its clouds one).
@@ -150,11 +149,22 @@ WORK="$(mktemp -d "$ROOT/work/machine-XXXXXXXX")"  # one per boot: a root an ima
 cd "$WORK"
 phase "work folder: $WORK"
 
+# The GPU driver, where the image has one (a GPU machine boots AWS's Deep Learning Base AMI or Google's
+# Deep Learning VM, which ship NVIDIA's): what it sees, logged; a failing check is logged, not fatal.
+if command -v nvidia-smi >/dev/null 2>&1; then
+  PHASE=gpu
+  phase "gpu: $(nvidia-smi --query-gpu=name,driver_version --format=csv,noheader 2>&1 | paste -sd ';' - || true)"
+fi
+
 # 1. uv, pinned and verified.
 PHASE=uv
 UV_DIR="$ROOT/uv-@UV_VERSION@"
 if [ ! -x "$UV_DIR/uv" ]; then
   phase "uv: installing uv @UV_VERSION@"
+  if ! command -v python3 >/dev/null 2>&1; then  # the one thing the boot needs of the image
+    phase "uv: this image has no python3 to fetch uv with; boot an image that has Python 3 (ami, vm_image)"
+    exit 127
+  fi
   python3 - "$UV_DIR" <<'PY'
 import hashlib, os, platform, sys, tempfile, urllib.request, zipfile
 wheels = @UV_WHEELS@

@@ -591,7 +591,7 @@ class Provider(ABC):
     def agent_source(self, spec: MachineSpec) -> AgentSource:
         """Where a stock-image machine gets the agent: prefect-remote at this version, with its
         dependencies when the payload runs in the agent's environment (no software environment)."""
-        from prefect_remote.software.agent_source import agent_source
+        from prefect_remote.providers.agent_source import agent_source
 
         return agent_source(self.machine_store, extras=self.agent_extras, requirements=self.agent_requirements, full=spec.software is None)
 
@@ -683,6 +683,21 @@ class Provider(ABC):
     @abstractmethod
     def logs(self, machine_id: str, *, cursor: str | None = None) -> LogChunk:
         """Boot, agent and payload output of a machine, from ``cursor`` (a previous chunk's) or the start."""
+
+    def log_tail(self, machine_id: str, lines: int = 20) -> str:
+        """The last ``lines`` lines of a machine's log (what an error message quotes). By default its
+        whole log, read page by page from the start; a cloud reads its last page at once."""
+        import collections
+
+        tail: collections.deque[str] = collections.deque(maxlen=lines)
+        cursor = None
+        while True:
+            chunk = self.logs(machine_id, cursor=cursor)
+            if not chunk.text or chunk.cursor == cursor:
+                tail.extend(chunk.text.splitlines())
+                return "".join(line + "\n" for line in tail)
+            tail.extend(chunk.text.splitlines())
+            cursor = chunk.cursor
 
     def renew_leases(self, machine_ids: Iterable[str]) -> list[str]:
         """The owner's heartbeat, for all its machines in one call: machines whose lease is older than

@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from prefect_remote.sandbox import ec2_strict
+from prefect_remote.sandbox.aws_images import publish_gpu_images
 from prefect_remote.sandbox.ec2_strict import StrictEC2, form_params, request_service
 from prefect_remote.sandbox.imds import MetadataService
 from prefect_remote.sandbox.instances import Instance, InstanceRunner, SandboxCloud
@@ -320,6 +321,7 @@ class SandboxAWS(SandboxCloud):
             logs = self.client("logs")
             if not logs.describe_log_groups(logGroupNamePrefix=log_group)["logGroups"]:
                 logs.create_log_group(logGroupName=log_group)
+        publish_gpu_images(ACCOUNT_ID, self.region)  # AWS's public GPU image (DLAMI) and its parameters, which moto lacks
         self.calls.clear()  # the sandbox's own set-up is not the code under test's
 
     # -- the instance runner's view of moto --------------------------------------------------------------------

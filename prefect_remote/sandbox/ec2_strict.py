@@ -9,7 +9,12 @@ says no. Each behaviour is on by default and is switched off for one test by set
 * **eventual consistency**: a new instance id is ``InvalidInstanceID.NotFound`` to the calls that
   name it (describe, tags, terminate) for ``unknown_seconds``; a new instance profile is refused by
   RunInstances ("Invalid IAM Instance Profile name") for ``profile_seconds``; a new security group
-  is ``InvalidGroup.NotFound`` to the calls that name it for ``group_seconds``;
+  is ``InvalidGroup.NotFound`` to the calls that name it for ``group_seconds``; a listing
+  (DescribeInstances by filters, no ids) leaves out instances younger than ``unlisted_seconds``.
+  That one is off by default (0): every test that lists right after a launch would need to wait,
+  and the suite has not been reviewed for it yet;
+* **names**: a launch with ``InstanceMetadataTags=enabled`` whose instance tags include a name the
+  metadata service reserves (``.``, ``..``, ``_index``) is refused;
 * **limits**: a fraction ``throttle`` of EC2 calls is answered ``RequestLimitExceeded`` (HTTP 503),
   and :meth:`StrictEC2.refuse` makes RunInstances fail with a capacity or quota code in one zone or
   subnet (``InsufficientInstanceCapacity``, ``VcpuLimitExceeded``…), on spot, on-demand or both.
@@ -56,6 +61,9 @@ CAPACITY_MESSAGES = {
     "MaxSpotInstanceCountExceeded": "Max spot instance count exceeded",
 }
 _INSTANCE_PARAM = re.compile(r"(InstanceId|ResourceId)\.\d+")
+_TAG_KEY_PARAM = re.compile(r"TagSpecification\.\d+\.Tag\.\d+\.Key")
+# What the instance metadata service keeps for itself: no instance tag serving it may be named so.
+RESERVED_IMDS_TAG_KEYS = frozenset({".", "..", "_index"})
 _GROUP_PARAM = re.compile(r"(SecurityGroupId\.\d+|NetworkInterface\.\d+\.SecurityGroupId\.\d+|GroupId(\.\d+)?)")
 
 
@@ -91,6 +99,7 @@ class StrictEC2:
         self.unknown_seconds = 1.0
         self.profile_seconds = 10.0
         self.group_seconds = 1.0
+        self.unlisted_seconds = 0.0
         self.throttle = 0.0
         self.throttled = 0  # calls answered RequestLimitExceeded so far
         self.refusals: list[Refusal] = []
@@ -119,7 +128,7 @@ class StrictEC2:
     def as_it_was(self) -> Iterator[StrictEC2]:
         """Whatever the block sets (knobs, throttling, refusals) is undone after it: one test's
         strictness, on a sandbox a session shares."""
-        knobs = ("pending_seconds", "unknown_seconds", "profile_seconds", "group_seconds", "throttle")
+        knobs = ("pending_seconds", "unknown_seconds", "profile_seconds", "group_seconds", "unlisted_seconds", "throttle")
         saved, refusals = {name: getattr(self, name) for name in knobs}, list(self.refusals)
         try:
             yield self
@@ -177,6 +186,18 @@ class StrictEC2:
                         if instance._sandbox_public_ip and instance.nics:
                             instance.nics[0].public_ip = instance._sandbox_public_ip
 
+    def listed(self, reservations: list[Any]) -> list[Any]:
+        """``reservations`` as a listing shows them: without the instances younger than ``unlisted_seconds``."""
+        if not self.unlisted_seconds:
+            return reservations
+        shown = []
+        for reservation in reservations:  # (moto's copies: leaving an instance out changes nothing else)
+            instances = [i for i in reservation.instances if not self._young(i.id, self.unlisted_seconds)]
+            if instances:
+                reservation.instances = instances
+                shown.append(reservation)
+        return shown
+
     def _young(self, key: str, seconds: float) -> bool:
         born = self._born.get(key)
         return born is not None and time.monotonic() - born < seconds
@@ -221,6 +242,15 @@ class StrictEC2:
         return None
 
     def _run_refused(self, params: dict[str, str]) -> tuple[int, str, str] | None:
+        if params.get("MetadataOptions.InstanceMetadataTags") == "enabled":
+            reserved = [value for key, value in params.items() if _TAG_KEY_PARAM.fullmatch(key) and value in RESERVED_IMDS_TAG_KEYS]
+            if reserved:
+                return (
+                    400,
+                    "InvalidParameterValue",
+                    f"The tag key '{reserved[0]}' is not valid for instance metadata tags: it must not be a reserved name "
+                    "('.', '..', '_index')",
+                )
         profile = params.get("IamInstanceProfile.Name") or params.get("IamInstanceProfile.Arn", "").rpartition("/")[2]
         if profile and self._young(f"profile:{profile}", self.profile_seconds):
             return (
@@ -286,6 +316,13 @@ def install(strict: StrictEC2) -> None:
     if getattr(InstanceBackend.run_instances, "_sandbox_strict", False):
         return
     run_instances, create_security_group = InstanceBackend.run_instances, SecurityGroupBackend.create_security_group
+    describe_instances = InstanceBackend.describe_instances
+
+    def strict_describe_instances(backend: Any, *args: Any, **kwargs: Any) -> Any:
+        reservations = describe_instances(backend, *args, **kwargs)  # a listing: moto answers requests with ids elsewhere
+        for active in [each for each in _ACTIVE if each.on]:
+            reservations = active.listed(reservations)
+        return reservations
 
     def strict_run_instances(backend: Any, *args: Any, **kwargs: Any) -> Any:
         reservation = run_instances(backend, *args, **kwargs)
@@ -302,6 +339,7 @@ def install(strict: StrictEC2) -> None:
     strict_run_instances._sandbox_strict = True  # type: ignore[attr-defined]
     InstanceBackend.run_instances = strict_run_instances  # type: ignore[method-assign]
     SecurityGroupBackend.create_security_group = strict_create_security_group  # type: ignore[method-assign]
+    InstanceBackend.describe_instances = strict_describe_instances  # type: ignore[method-assign]
 
 
 def uninstall(strict: StrictEC2) -> None:

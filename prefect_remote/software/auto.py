@@ -43,6 +43,7 @@ import warnings
 from pathlib import Path
 from typing import Any, Literal
 
+from prefect_remote.on_machine import MACHINE_ID_ENV
 from prefect_remote.software.scan import DEFAULT_INDEX_VARIABLES, EXTRA_INDEX_VARIABLES, normalize
 from prefect_remote.software.stamps import stamp, unchanged
 
@@ -126,7 +127,6 @@ def machine_environment(*, arm: bool = False) -> SyncedEnvironment | None:
     """The software environment this interpreter is, on a machine (``$PREFECT_REMOTE_MACHINE_ID``
     set by its agent) that rebuilt it for its payload, when it is for ``arm`` machines or not as
     asked; else None. Its folder holds the spec it was built from, which names it."""
-    from prefect_remote.machine.boot import MACHINE_ID_ENV
     from prefect_remote.software.naming import env_name
 
     if not os.environ.get(MACHINE_ID_ENV):

@@ -8,12 +8,14 @@ same for the same files (sorted entries, no timestamps or owners), so its hash n
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import hashlib
 import io
 import os
 import stat
 import tarfile
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -138,6 +140,14 @@ def select_files(
             "PREFECT_REMOTE_MAX_BUNDLE_SIZE."
         )
     return Selection(root=root, files=sorted(files), size=size, stamps=stamps)
+
+
+def without(selection: Selection, left_out: Iterable[str]) -> Selection:
+    """``selection`` less the files ``left_out`` (their stamps stay: a change to one is a change)."""
+    gone = set(left_out)
+    kept = [relative for relative in selection.files if relative not in gone]
+    size = sum(selection.stamps[str(selection.root / relative)][1] for relative in kept)
+    return dataclasses.replace(selection, files=kept, size=size)
 
 
 def fingerprint(selection: Selection) -> str:

@@ -24,6 +24,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,6 +35,7 @@ from prefect_remote.software import bundle as bundles
 from prefect_remote.software.naming import env_name
 from prefect_remote.software.rebuild import canonical, fetch_requirements, find_uv, index_arguments, packages_named
 from prefect_remote.software.scan import DEFAULT_INDEX_VARIABLES, EXTRA_INDEX_VARIABLES, normalize, scan
+from prefect_remote.software.secret_files import find_secret_files
 from prefect_remote.software.stamps import stamp
 from prefect_remote.software.store import Store, sha256_file
 from prefect_remote.software.stores import open_store
@@ -83,6 +85,8 @@ class CapturedEnvironment:
     # requirements file) with their (mtime_ns, size) before it read them: while none has changed
     # (and the installed distributions have not), capturing again gives this name.
     inputs: dict[str, tuple[int, int]] = field(default_factory=dict, repr=False)
+    # Code files left out of the bundle because they hold a credential: path -> what it holds.
+    left_out: dict[str, str] = field(default_factory=dict)
 
     @property
     def local_wheels(self) -> int:
@@ -101,6 +105,7 @@ class CapturedEnvironment:
             "bundle_files": code.get("files", 0),
             "bundle_size": code.get("size", 0),
             "dropped": [f"{d['name']} ({d['reason']})" for d in self.spec["dropped"]],
+            "left_out": [f"{path} ({kind})" for path, kind in sorted(self.left_out.items())],
             "store": self.store_url,
         }
 
@@ -294,6 +299,7 @@ def capture_environment(
     check: bool = False,
     store: Store | str | None = None,
     max_bundle_size: int | None = None,
+    include_secret_files: bool | None = None,
 ) -> CapturedEnvironment:
     """Capture this environment (or ``python``'s) and the code under ``root``, store them, and
     return the environment's name.
@@ -303,6 +309,9 @@ def capture_environment(
     ``requirements.txt`` or ``uv.lock``) replaces the scan of installed packages. With ``strict``,
     a package that cannot exist on Linux is an error instead of being dropped. ``check`` resolves
     the result for the target platform with uv, so a broken environment fails now, not at boot.
+    A code file that holds a credential (a private key, a cloud credential file, a kubeconfig; see
+    :mod:`.secret_files`) is left out with a :class:`SecretFileLeftOut` warning naming it, unless
+    ``include_secret_files`` (default: ``PREFECT_REMOTE_INCLUDE_SECRET_FILES``).
 
     Example::
 
@@ -354,6 +363,9 @@ def capture_environment(
         root, include=include, exclude=[*(exclude or []), *own_folders], max_size=max_bundle_size or settings.max_bundle_size
     )
     inputs.update(selection.stamps)
+    left_out: dict[str, str] = {}
+    if not (settings.include_secret_files if include_secret_files is None else include_secret_files):
+        selection, left_out = _leave_out_secret_files(selection, settings.home / "cache" / "secret-files")
     if selection.files:
         code = _store_bundle(selection, store, settings.home / "cache" / "bundles")
     spec = {
@@ -371,7 +383,28 @@ def capture_environment(
     data = canonical(spec)
     name = env_name(data)
     store.put_env(name, data)  # last: a stored spec implies its blobs are there
-    return CapturedEnvironment(name=name, spec=spec, store_url=store.url, seconds=time.monotonic() - started, inputs=inputs)
+    return CapturedEnvironment(
+        name=name, spec=spec, store_url=store.url, seconds=time.monotonic() - started, inputs=inputs, left_out=left_out
+    )
+
+
+class SecretFileLeftOut(UserWarning):
+    """A code file holding a credential was left out of the bundle (the warning names it)."""
+
+
+def _leave_out_secret_files(selection: bundles.Selection, cache_dir: Path) -> tuple[bundles.Selection, dict[str, str]]:
+    """``selection`` without the files that hold credentials, each named in a warning; and those files."""
+    found = find_secret_files(selection.root, selection.files, selection.stamps, cache_dir)
+    for relative, kind in sorted(found.items()):
+        warnings.warn(
+            f"package sync left {relative} out of the code bundle: it holds a credential ({kind}). Machines get "
+            "their credentials from their own identity and secrets, never from your project folder. To ship it anyway: "
+            "include_secret_files=True (`prefect-remote env build --include-secret-files`, `include_secret_files: true` "
+            "in the build step, or PREFECT_REMOTE_INCLUDE_SECRET_FILES=1).",
+            SecretFileLeftOut,
+            stacklevel=3,
+        )
+    return (bundles.without(selection, found) if found else selection), found
 
 
 def _store_bundle(selection: bundles.Selection, store: Store, cache_dir: Path) -> dict[str, Any]:

@@ -16,7 +16,7 @@ from distributed import Client
 from prefect_remote.cluster.credentials import ClusterCredentials
 from prefect_remote.cluster.plan import CLUSTER_TAG, ROLE_TAG
 from prefect_remote.cluster.remote import RemoteCluster
-from prefect_remote.machine.boot import MACHINE_ID_ENV
+from prefect_remote.on_machine import MACHINE_ID_ENV
 from prefect_remote.providers.local import LocalProvider
 from prefect_remote.providers.local.isolation import tagged_pids
 from tests.conftest import SESSION_HOME, wait_for

@@ -60,3 +60,45 @@ def test_the_first_line_names_where_the_machine_runs_literally(tmp_path):
         [line] = [line for line in ran.stdout.splitlines() if "booting machine" in line]
         assert "on gcp Cloud Run (4 cpu / 16 GiB, us-central1) it's $(touch pwned) `touch pwned` second line" in line
         assert not (tmp_path / "pwned").exists()
+
+
+def test_a_gpu_machine_logs_its_driver_check_as_a_boot_phase(tmp_path):
+    """On an image with NVIDIA's driver (nvidia-smi on PATH; here a stand-in printing what it prints),
+    the boot logs the GPUs it sees; on one without, nothing."""
+    from prefect_remote.machine.boot import AgentSource
+
+    script = render_boot_script({}, agent=AgentSource("prefect-remote==0.2.0", python="3.11.7"))
+    upto_uv = script[: script.index("# 1. uv")] + "trap - EXIT\n"
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    smi = bin_dir / "nvidia-smi"
+    smi.write_text("#!/bin/sh\necho 'Tesla T4, 570.195.03'\necho 'Tesla T4, 570.195.03'\n")
+    smi.chmod(0o755)
+    env = {"PREFECT_REMOTE_ROOT": str(tmp_path / "root"), "PREFECT_REMOTE_MACHINE_LOG": str(tmp_path / "log"), "HOME": str(tmp_path)}
+    with_driver = subprocess.run(["bash", "-c", upto_uv], env={**env, "PATH": f"{bin_dir}:/usr/bin:/bin"}, capture_output=True, text=True)
+    assert with_driver.returncode == 0, with_driver.stderr
+    assert "gpu: Tesla T4, 570.195.03;Tesla T4, 570.195.03" in with_driver.stdout
+    without = subprocess.run(["bash", "-c", upto_uv], env={**env, "PATH": "/usr/bin:/bin"}, capture_output=True, text=True)
+    assert without.returncode == 0 and "gpu:" not in without.stdout
+
+
+def test_an_image_without_python3_fails_its_boot_naming_it(tmp_path):
+    """The stock boot needs the image's python3 once, to fetch uv: an image without one fails there,
+    saying so, and ends the machine (``halt``)."""
+    import os
+    import shutil
+
+    from prefect_remote.machine.boot import AgentSource
+
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for tool in ("mkdir", "mktemp", "date", "tee", "dirname", "uname", "echo", "cat"):  # a shell's tools, no python3
+        if found := shutil.which(tool):
+            os.symlink(found, bin_dir / tool)
+    halted = tmp_path / "halted"
+    script = render_boot_script({}, agent=AgentSource("prefect-remote==0.2.0", python="3.11.7"), halt=f"echo > {halted}")
+    env = {"PATH": str(bin_dir), "PREFECT_REMOTE_ROOT": str(tmp_path / "root"), "PREFECT_REMOTE_MACHINE_LOG": str(tmp_path / "log")}
+    ran = subprocess.run([shutil.which("bash"), "-c", script], env={**env, "HOME": str(tmp_path)}, capture_output=True, text=True)
+    assert ran.returncode == 127
+    assert "this image has no python3 to fetch uv with; boot an image that has Python 3 (ami, vm_image)" in ran.stdout
+    assert "boot failed during 'uv' (exit 127); ending this machine" in ran.stdout and halted.exists()

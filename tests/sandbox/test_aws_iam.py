@@ -317,6 +317,10 @@ def test_machine_policy_on_secrets_store_and_logs():
     assert decision("ssm", "GetParameter", Name="/prefect-remote/launch-1", WithDecryption=True) == ["allowed"]
     assert decision("ssm", "GetParameter", Name="/elsewhere/x") == ["implicitDeny"]
     assert decision("ssm", "GetParameter", Name="/aws/service/ami-amazon-linux-latest/al2023-ami-kernel-default-x86_64") == ["allowed"]
+    # a scheduler launching GPU workers resolves AWS's GPU image (DLAMI) by its public parameter
+    dlami = "/aws/service/deeplearning/ami/x86_64/base-oss-nvidia-driver-gpu-amazon-linux-2023/latest/ami-id"
+    assert decision("ssm", "GetParameter", Name=dlami) == ["allowed"]
+    assert decision("ssm", "GetParameter", Name="/aws/service/global-infrastructure/regions") == ["implicitDeny"]
     # PutParameter with tags is authorized as ssm:AddTagsToResource too.
     assert decision("ssm", "PutParameter", Name="/prefect-remote/launch-2", Value="{}", Tags=[{"Key": LAUNCH_TAG, "Value": "x"}]) == [
         "allowed",

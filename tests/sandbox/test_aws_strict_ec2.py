@@ -178,3 +178,14 @@ def test_a_refusal_matches_its_place_and_market():
     assert not refusal.matches("us-east-1b", "subnet-1", spot=True) and not refusal.matches("us-east-1a", "subnet-1", spot=False)
     refusal.times = 0
     assert not refusal.matches("us-east-1a", "subnet-1", spot=True)
+
+
+@pytest.mark.parametrize("name", [".", "..", "_index"])
+def test_a_tag_name_the_metadata_service_reserves_is_refused_with_metadata_tags_on(ec2, strict, name):
+    tags = [{"ResourceType": "instance", "Tags": [{"Key": name, "Value": "x"}]}]
+    metadata = {"HttpTokens": "required", "InstanceMetadataTags": "enabled"}
+    with pytest.raises(ClientError, match="reserved name") as refused:
+        run(ec2, TagSpecifications=tags, MetadataOptions=metadata)
+    assert refused.value.response["Error"]["Code"] == "InvalidParameterValue"
+    strict.unknown_seconds = 0
+    ec2.terminate_instances(InstanceIds=[run(ec2, TagSpecifications=tags)["InstanceId"]])  # metadata tags off: any name

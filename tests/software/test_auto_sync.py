@@ -194,7 +194,7 @@ def test_on_a_machine_its_own_environment_is_reused_never_captured(tmp_path, mon
     """A machine whose payload runs a software environment (a flow run deployed with package sync)
     runs the rebuilt environment's interpreter: a cluster it starts runs that same environment, found
     by the spec the rebuild left beside it, with nothing captured or stored."""
-    from prefect_remote.machine.boot import MACHINE_ID_ENV
+    from prefect_remote.on_machine import MACHINE_ID_ENV
     from prefect_remote.software.naming import env_name
     from prefect_remote.software.rebuild import canonical
 

@@ -19,9 +19,9 @@ from __future__ import annotations
 import re
 from typing import TYPE_CHECKING, Any
 
-from prefect_remote.doctor import Finding, Needs, guarded
 from prefect_remote.providers.aws.clients import DOCS_PAGE, error_code, translated
 from prefect_remote.providers.aws.permissions import MACHINE_ROLES, launcher_policy, machine_policy
+from prefect_remote.providers.doctor import Finding, Needs, guarded
 
 if TYPE_CHECKING:
     from prefect_remote.providers.aws.provider import AWSProvider

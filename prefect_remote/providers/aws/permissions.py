@@ -269,10 +269,13 @@ def machine_policy(
             "Resource": ssm,
         },
         {
-            "Sid": "ReadDefaultImage",
+            "Sid": "ReadDefaultImages",
             "Effect": "Allow",
             "Action": "ssm:GetParameter",
-            "Resource": f"arn:{partition}:ssm:{region}::parameter/aws/service/ami-amazon-linux-latest/*",
+            "Resource": [  # AWS's public parameters of the default images: Amazon Linux 2023, and the GPU one (DLAMI)
+                f"arn:{partition}:ssm:{region}::parameter/aws/service/ami-amazon-linux-latest/*",
+                f"arn:{partition}:ssm:{region}::parameter/aws/service/deeplearning/ami/*",
+            ],
         },
         {
             "Sid": "FindInstancesImagesNetwork",

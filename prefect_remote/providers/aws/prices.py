@@ -26,13 +26,15 @@ logger = logging.getLogger(__name__)
 BASE_REGION = "us-east-1"
 PriceSource = Literal["pricing-api", "table"]
 # What the Pricing API calls a plain on-demand Linux machine (no SQL Server, no dedicated host,
-# no unused capacity reservation).
+# no unused capacity reservation, no Capacity Block: a p-type GPU's Capacity Block price would
+# otherwise win the cheapest of its lines).
 LINUX_ON_DEMAND = {
     "operatingSystem": "Linux",
     "tenancy": "Shared",
     "preInstalledSw": "NA",
     "capacitystatus": "Used",
     "licenseModel": "No License required",
+    "marketoption": "OnDemand",
 }
 
 

@@ -37,7 +37,16 @@ from prefect_remote.providers.aws.network import AWSNetwork, Subnet
 from prefect_remote.providers.aws.options import AWSOptions
 from prefect_remote.providers.aws.runtime import EXIT_CODE_TAG, LEASE_TAG, REASON_TAG
 from prefect_remote.providers.aws.secrets import forget_secrets, parameter_name, store_secrets, stored_launches
-from prefect_remote.providers.aws.tags import IMDS_TAG_KEY, KEEPALIVE_TAG, LAUNCH_TAG, OWNER_TAG, SECRETS_TAG, SPEC_TAG, tag_key
+from prefect_remote.providers.aws.tags import (
+    COUNT_TAG,
+    KEEPALIVE_TAG,
+    LAUNCH_TAG,
+    OWNER_TAG,
+    SECRETS_TAG,
+    SPEC_TAG,
+    imds_tag_key_error,
+    tag_key,
+)
 from prefect_remote.providers.base import (
     DEFAULT_DISK_GIB,
     TAG_PREFIX,
@@ -60,6 +69,10 @@ if TYPE_CHECKING:
 logger = logging.getLogger("prefect_remote.providers.aws")
 
 DEFAULT_AMI = "/aws/service/ami-amazon-linux-latest/al2023-ami-kernel-default-{arch}"
+# A GPU machine's default: AWS's Deep Learning Base OSS Nvidia Driver GPU AMI (Amazon Linux 2023), whose
+# NVIDIA driver and CUDA stack the stock AL2023 lacks; x86_64 and arm64 (G5g) alike. Its root snapshot
+# is larger (75 GiB): the root disk is never smaller.
+GPU_AMI = "/aws/service/deeplearning/ami/{arch}/base-oss-nvidia-driver-gpu-amazon-linux-2023/latest/ami-id"
 # What EC2 answers when capacity or a quota is short in one place or market (the capacity policy's
 # shortage): the launch tries the next subnet (another availability zone), then on-demand.
 CAPACITY_ERRORS = frozenset(
@@ -80,7 +93,11 @@ SPOT_OPTIONS = {"MarketType": "spot", "SpotOptions": {"SpotInstanceType": "one-t
 STATES: dict[str, Literal["pending", "running", "terminated"]] = {"pending": "pending", "running": "running", "shutting-down": "running"}
 ENDED_STATES = ("shutting-down", "terminated")  # terminating these again is moot
 ALIVE_STATES = ("pending", "running", "stopping", "stopped")  # a launch's secrets stay while one is in these (shutting-down reads none)
+# How long after its launch a launch's instance may still be missing from EC2's filtered listings
+# (eventual consistency): while one is missing, and the launch is this young, its secrets stay.
+SIBLINGS_VISIBLE_AFTER = 600.0
 _INSTANCE_ID = re.compile(r"i-[0-9a-f]{8,17}")
+BURSTABLE = re.compile(r"t\d[a-z]*\.")  # t2, t3, t3a, t4g: CPU credits
 
 
 _TRANSITION_TIME = re.compile(r"\((\d{4}-\d\d-\d\d \d\d:\d\d:\d\d) (?:GMT|UTC)\)")
@@ -204,11 +221,11 @@ class AWSProvider(Provider):
             return self._start_instances(launch)
 
     def _start_instances(self, launch: Launch) -> list[Machine]:
-        bad = [key for key in launch.tags if not IMDS_TAG_KEY.fullmatch(tag_key(key)) or key.lower().startswith("aws:")]
+        bad = {key: why for key in launch.tags if (why := imds_tag_key_error(tag_key(key)))}
         if bad:
             raise ValueError(
-                f"tags {bad}: on aws, tag names use letters, digits and + - = . , _ : @ / and spaces only, at most 128, and not "
-                "the aws: prefix"
+                f"tags {list(bad)}: {'; '.join(bad.values())}. On aws, tag names use letters, digits and + - = . , _ : @ / and "
+                "spaces only, at most 128, not the aws: prefix, and not '.', '..' or '_index'"
             )
         spec, instance_type = launch.spec, launch.instance_type
         image_id, root_device, image_gib = self._image(instance_type)
@@ -219,7 +236,7 @@ class AWSProvider(Provider):
             SPEC_TAG: spec.summary()[:256],
             **({OWNER_TAG: launch.owner} if launch.owner else {}),
             **({KEEPALIVE_TAG: str(spec.keepalive)} if spec.keepalive is not None else {}),
-            **({SECRETS_TAG: self.secrets_parameter(launch.id)} if launch.has_secrets else {}),
+            **({SECRETS_TAG: self.secrets_parameter(launch.id), COUNT_TAG: str(launch.count)} if launch.has_secrets else {}),
         }
         tag_list = [{"Key": key, "Value": value} for key, value in tags.items()]
         params: dict[str, Any] = {
@@ -228,7 +245,14 @@ class AWSProvider(Provider):
             "MinCount": launch.count,  # all or none: a launch that cannot have them all starts none
             "MaxCount": launch.count,
             "UserData": launch.boot_script,
-            "MetadataOptions": {"HttpTokens": "required", "HttpEndpoint": "enabled", "InstanceMetadataTags": "enabled"},
+            # Hop limit 2: a container on the machine (a payload that runs Docker) reaches the metadata
+            # service too; EC2's default is 1, or the image's (AL2023 asks for 2).
+            "MetadataOptions": {
+                "HttpTokens": "required",
+                "HttpEndpoint": "enabled",
+                "InstanceMetadataTags": "enabled",
+                "HttpPutResponseHopLimit": 2,
+            },
             "InstanceInitiatedShutdownBehavior": "terminate",  # the agent's last resort, `shutdown -h now`, ends it
             "TagSpecifications": [{"ResourceType": kind, "Tags": tag_list} for kind in ("instance", "volume")],
             "BlockDeviceMappings": [
@@ -240,6 +264,10 @@ class AWSProvider(Provider):
         }
         if self.options.instance_profile:
             params["IamInstanceProfile"] = {"Name": self.options.instance_profile}
+        if BURSTABLE.match(instance_type.name):
+            # Standard credits: a busy burstable machine slows to its baseline instead of running on
+            # surplus credits, which T3/T4g ("unlimited" by default) bill on top of the price shown.
+            params["CreditSpecification"] = {"CpuCredits": "standard"}
         groups = list(self.options.security_group_ids) or self.networking.security_groups(
             spec.allow_ingress_from, runs_inside=self.runs_inside
         )
@@ -254,9 +282,11 @@ class AWSProvider(Provider):
 
     @staticmethod
     def _disk_gib(spec: MachineSpec, image_gib: int | None) -> int:
-        """The root disk's size: ``disk_size`` (default 40 GiB), never below the image's snapshot (EC2
-        refuses a smaller one)."""
-        wanted = math.ceil(spec.disk_size / 2**30) if spec.disk_size else DEFAULT_DISK_GIB
+        """The root disk's size: ``disk_size`` (default 40 GiB, or the image's snapshot where larger),
+        never below the image's snapshot (EC2 refuses a smaller one)."""
+        if not spec.disk_size:
+            return max(DEFAULT_DISK_GIB, image_gib or 0)  # a GPU image's snapshot is larger than the default
+        wanted = math.ceil(spec.disk_size / 2**30)
         if image_gib and wanted < image_gib:
             logger.warning(
                 "disk_size of %d GiB is below the image's %d GiB snapshot: the root disk takes %d GiB", wanted, image_gib, image_gib
@@ -326,10 +356,12 @@ class AWSProvider(Provider):
 
     def _image(self, instance_type: InstanceType) -> tuple[str, str, int | None]:
         """The AMI id to boot (resolving an SSM parameter), its root device name and its root
-        snapshot's size in GiB (when the image says); refuses an AMI of the other architecture."""
+        snapshot's size in GiB (when the image says); refuses an AMI of the other architecture.
+        Default: Amazon Linux 2023, or for a GPU type AWS's Deep Learning Base AMI with NVIDIA's driver
+        (:data:`GPU_AMI`)."""
         from botocore.exceptions import ClientError
 
-        wanted = self.options.ami or DEFAULT_AMI.format(arch=instance_type.arch)
+        wanted = self.options.ami or (GPU_AMI if instance_type.gpu else DEFAULT_AMI).format(arch=instance_type.arch)
         image_id = wanted
         if not wanted.startswith("ami-"):
             try:
@@ -441,16 +473,41 @@ class AWSProvider(Provider):
                     tags.append({"Key": EXIT_CODE_TAG, "Value": str(exit_code)})
                 ec2.create_tags(Resources=ending, Tags=tags)
                 ec2.terminate_instances(InstanceIds=ending)
+        self._remember(instances)
         return {launch for i in instances if (launch := _launch_with_secrets(i))}
+
+    def _remember(self, instances: Sequence[Mapping[str, Any]]) -> None:
+        """Keeps the instances with secrets just described by id (which EC2 answers for even while its
+        filtered listings do not show them yet), for :meth:`_live_launches`."""
+        for instance in instances:
+            if launch := _launch_with_secrets(instance):
+                self._described_of.setdefault(launch, {})[instance["InstanceId"]] = instance
+
+    @functools.cached_property
+    def _described_of(self) -> dict[str, dict[str, Mapping[str, Any]]]:
+        return {}
 
     def _live_launches(self, launch_ids: set[str]) -> set[str]:
         """One describe call per 200 launches: those with an instance that may still read its secrets
-        (a shutting-down one reads none)."""
-        alive: set[str] = set()
+        (a shutting-down one reads none), and the young ones some of whose instances EC2 does not
+        list yet (eventual consistency: a sibling launched seconds ago may be missing from a filtered
+        describe, and must still find its secrets; the sweep takes them later)."""
+        found: dict[str, dict[str, Mapping[str, Any]]] = {launch: self._described_of.pop(launch, {}) for launch in launch_ids}
         with translated():
             for batch in batches(sorted(launch_ids), 200):  # EC2 takes at most 200 values per filter
-                filters = [{"Name": f"tag:{LAUNCH_TAG}", "Values": batch}, {"Name": "instance-state-name", "Values": list(ALIVE_STATES)}]
-                alive |= {t["Value"] for i in self.clients.instances(Filters=filters) for t in i.get("Tags", []) if t["Key"] == LAUNCH_TAG}
+                for instance in self.clients.instances(Filters=[{"Name": f"tag:{LAUNCH_TAG}", "Values": batch}]):
+                    tags = {tag["Key"]: tag["Value"] for tag in instance.get("Tags", [])}
+                    found.setdefault(tags[LAUNCH_TAG], {})[instance["InstanceId"]] = instance
+        alive, now = set(), time.time()
+        for launch, instances in found.items():
+            tags = {tag["Key"]: tag["Value"] for i in instances.values() for tag in i.get("Tags", [])}
+            missing = int(tags.get(COUNT_TAG, "0") or 0) > len(instances)
+            young = any(now - i["LaunchTime"].timestamp() < SIBLINGS_VISIBLE_AFTER for i in instances.values())
+            if any(i["State"]["Name"] in ALIVE_STATES for i in instances.values()):
+                alive.add(launch)
+            elif missing and young:
+                logger.debug("secrets of %s kept: EC2 does not list all its instances yet", launch)
+                alive.add(launch)
         return alive
 
     def _stored_launches(self, older_than: float) -> set[str]:
@@ -477,6 +534,24 @@ class AWSProvider(Provider):
         text = "".join(event["message"] if event["message"].endswith("\n") else event["message"] + "\n" for event in page["events"])
         return LogChunk(text, page.get("nextForwardToken") or cursor or "")
 
+    def log_tail(self, machine_id: str, lines: int = 20) -> str:
+        """The last ``lines`` events of the machine's stream: one ``GetLogEvents`` from its end
+        (``startFromHead=False``), however long the log."""
+        from botocore.exceptions import ClientError
+
+        if not _INSTANCE_ID.fullmatch(machine_id):
+            raise self._not_found(machine_id)
+        params = {"logGroupName": self.options.log_group, "logStreamName": machine_id, "startFromHead": False, "limit": lines}
+        with translated():
+            try:
+                events = self.client("logs").get_log_events(**params)["events"]
+            except ClientError as error:
+                if error_code(error) != "ResourceNotFoundException":
+                    raise
+                self.describe(machine_id)
+                return ""
+        return "".join(event["message"] if event["message"].endswith("\n") else event["message"] + "\n" for event in events)
+
     def _renew(self, machine_ids: list[str]) -> dict[str, str | None]:
         """One describe call (per 200 ids) finds the live instances, one ``create_tags`` call (per
         1000) renews them all."""
@@ -498,6 +573,7 @@ class AWSProvider(Provider):
                     # EC2 is eventually consistent: an instance launched a moment ago may not be taggable
                     # yet. Its lease is fresh from launch; the next renewal reaches it.
                     logger.debug("lease renewal skipped this round: %s", error)
+        self._remember([i for i in instances if i["InstanceId"] not in alive])
         launches = {i["InstanceId"]: _launch_with_secrets(i) for i in instances}
         return {machine_id: launches.get(machine_id) for machine_id in machine_ids if machine_id not in alive}
 

@@ -23,6 +23,7 @@ from prefect_remote.providers.aws.tags import LAUNCH_TAG
 logger = logging.getLogger(__name__)
 
 STANDARD_LIMIT = 4096  # bytes a Standard parameter holds; larger ones are Advanced
+ADVANCED_LIMIT = 8192  # bytes an Advanced parameter holds, the most SSM keeps in one
 
 
 def parameter_name(prefix: str, launch_id: str) -> str:
@@ -33,13 +34,20 @@ def parameter_name(prefix: str, launch_id: str) -> str:
 def store_secrets(clients: AWSClients, prefix: str, launch_id: str, secrets: Mapping[str, str]) -> None:
     """Keeps ``secrets`` as ``launch_id``'s SecureString parameter, tagged with the launch."""
     value = json.dumps(dict(secrets))
+    size = len(value.encode())
+    if size > ADVANCED_LIMIT:
+        raise ValueError(
+            f"the secret environment of this launch is {size:,} bytes as JSON, over the {ADVANCED_LIMIT:,} bytes an SSM parameter "
+            "holds on aws; keep large secrets (certificates, key files) in a store the machine reads (S3, Secrets Manager) and pass "
+            "only their name or a short token as a secret"
+        )
     with translated():
         clients.client("ssm").put_parameter(
             Name=parameter_name(prefix, launch_id),
             Description=f"prefect-remote: secret environment of launch {launch_id}",
             Value=value,
             Type="SecureString",
-            Tier="Advanced" if len(value.encode()) > STANDARD_LIMIT else "Standard",
+            Tier="Advanced" if size > STANDARD_LIMIT else "Standard",
             Tags=[{"Key": LAUNCH_TAG, "Value": launch_id}],
         )
 

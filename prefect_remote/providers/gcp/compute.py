@@ -32,6 +32,7 @@ from prefect_remote.errors import CapacityError, RemoteError
 from prefect_remote.providers.base import DEFAULT_DISK_GIB, Capabilities, InstanceType, Launch, Machine, MachineState
 from prefect_remote.providers.capacity import Placement, first_with_capacity, placements
 from prefect_remote.providers.gcp import compute_catalog
+from prefect_remote.providers.gcp.options import DEFAULT_VM_IMAGE, GPU_VM_IMAGE, GPU_VM_IMAGE_GIB
 from prefect_remote.providers.gcp.prices import on_demand_rates
 from prefect_remote.providers.gcp.service import LABEL_PREFIX, LAUNCH_LABEL, SERVICE_LABEL, GCPService, ServiceHost, labels_for
 from prefect_remote.providers.network import DASK_PORTS, ingress_cidr
@@ -253,12 +254,16 @@ class ComputeService(GCPService):
             SPEC_KEY: spec.summary(),
             **({OWNER_KEY: launch.owner} if launch.owner else {}),
         }
+        image = self._image(instance_type)
+        if image == GPU_VM_IMAGE:
+            # The Deep Learning VM image ships the driver; this asks it to install one where it does not.
+            metadata["install-nvidia-driver"] = "True"
         disk: dict[str, Any] = {
-            "source_image": self._image(instance_type),
+            "source_image": image,
             "disk_type": f"zones/{zone}/diskTypes/{compute_catalog.boot_disk_type(machine_type)}",
             "labels": {LAUNCH_LABEL: launch.id},
             # the image's 10 GB holds no real environment; Compute Engine refuses one smaller than the image
-            "disk_size_gb": math.ceil(spec.disk_size / 2**30) if spec.disk_size else DEFAULT_DISK_GIB,
+            "disk_size_gb": self._disk_gib(spec, GPU_VM_IMAGE_GIB if image == GPU_VM_IMAGE else None),
         }
         interface: dict[str, Any] = {
             "network": self._network_url(),
@@ -298,11 +303,26 @@ class ComputeService(GCPService):
 
     def _image(self, instance_type: InstanceType) -> str:
         """The boot image: ``vm_image``, its arm64 family for an arm type (``debian-12`` →
-        ``debian-12-arm64``, ``ubuntu-2404-lts-amd64`` → ``ubuntu-2404-lts-arm64``)."""
+        ``debian-12-arm64``, ``ubuntu-2404-lts-amd64`` → ``ubuntu-2404-lts-arm64``); for a GPU type,
+        unless ``vm_image`` was chosen, Google's Deep Learning VM image with NVIDIA's driver
+        (:data:`~prefect_remote.providers.gcp.options.GPU_VM_IMAGE`)."""
         image = self.options.vm_image
+        if instance_type.gpu and image == DEFAULT_VM_IMAGE and instance_type.arch == "x86_64":
+            return GPU_VM_IMAGE
         if instance_type.arch == "arm64" and "/family/" in image and not image.endswith("-arm64"):
             return image.removesuffix("-amd64") + "-arm64"
         return image
+
+    @staticmethod
+    def _disk_gib(spec: MachineSpec, image_gib: int | None) -> int:
+        """The boot disk's size: ``disk_size`` (default 40 GiB), never below the image's (known for
+        the GPU image), which Compute Engine refuses."""
+        wanted = math.ceil(spec.disk_size / 2**30) if spec.disk_size else DEFAULT_DISK_GIB
+        if image_gib and wanted < image_gib:
+            if spec.disk_size:
+                logger.warning("disk_size of %d GiB is below the image's %d GB: the boot disk takes %d", wanted, image_gib, image_gib)
+            return image_gib
+        return wanted
 
     def _network_url(self) -> str:
         network = self.options.network

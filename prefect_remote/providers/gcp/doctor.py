@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from prefect_remote.doctor import Finding, Needs, guarded
+from prefect_remote.providers.doctor import Finding, Needs, guarded
 from prefect_remote.providers.gcp import grants
 from prefect_remote.providers.gcp.clients import role_for
 from prefect_remote.providers.gcp.infra import REQUIRED_APIS, enable_command, missing_apis, project_number_of

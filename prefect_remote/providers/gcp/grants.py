@@ -94,11 +94,13 @@ LAUNCHER_ROLES = (
     ("roles/secretmanager.admin", "the project", "launch secrets"),
     ("roles/storage.objectAdmin", "the store's bucket", "software environments and machine records"),
     ("roles/logging.viewer", "the project", "machine logs"),
+    ("roles/compute.securityAdmin", "the project", "a firewall rule admitting the Dask ports from a launcher's new address"),
 )
 # What the launcher calls, by where Google checks it (LAUNCHER_ROLES grant them; `prefect-remote
 # doctor gcp` tests them with testIamPermissions): Cloud Run jobs, their executions and tasks;
 # Compute Engine VMs in any zone of the region, their types, images and operations, the subnetwork
-# they use with an external IP, the firewall rules a cluster's launch looks for, the region's
+# they use with an external IP, the firewall rules a cluster's launch looks for (and makes, for a new
+# launcher address), the region's
 # quotas (doctor); launch secrets; machine logs; machines start as the machines' account;
 # the store's objects.
 LAUNCHER_PERMISSIONS: dict[str, tuple[str, ...]] = {
@@ -114,6 +116,9 @@ LAUNCHER_PERMISSIONS: dict[str, tuple[str, ...]] = {
         *VM_LAUNCH_PERMISSIONS,
         *OPERATION_PERMISSIONS,
         "compute.regions.get",
+        # A cluster's client outside the network reaches its scheduler through a rule for its own
+        # address (allow_ingress_from="me"): a launcher whose public IP changed makes a new one.
+        "compute.firewalls.create",
         "secretmanager.secrets.create",
         "secretmanager.secrets.delete",
         "secretmanager.versions.add",

@@ -148,23 +148,30 @@ class Entry:
         return (self.stamp, self.insert_id)
 
 
-Fetch = Callable[[str, int], list[Entry]]  # (filter, most) -> the first entries that match, oldest first: one request
+# (filter, most, newest_first) -> the first entries that match, oldest first (newest first when asked): one request
+Fetch = Callable[[str, int, bool], list[Entry]]
 
 
-def _position(cursor: str | None) -> tuple[str, str] | None:
+def _position(cursor: str | None, since: float | None = None) -> tuple[str, str] | None:
+    """Where a read starts: after the cursor's entry, else at ``since`` (an epoch; its position has
+    no insertId, which every entry's sorts after), else None: the log's start."""
     if not cursor:
-        return None
+        return (_rfc3339(since), "") if since is not None else None
     stamp, _, last_id = cursor.partition("|")
     return (stamp, last_id)
 
 
 def machines_filter(log_filter: str, wanted: Mapping[str, tuple[str, str] | None]) -> str:
     """One Cloud Logging filter for the entries of every machine of ``wanted`` after its position
-    (None: from its start), within the log ``log_filter`` names."""
+    (None: from its start), within the log ``log_filter`` names. A position with no insertId is a
+    time: entries from then on. (Google's client adds "the last 24 hours" to a filter that names no
+    timestamp: a read from a machine's start names the machine's creation.)"""
     clauses = []
     for machine_id, position in wanted.items():
         clause = f'labels."{MACHINE_LABEL}"="{machine_id}"'
-        if position is not None:
+        if position is not None and not position[1]:
+            clause += f' AND timestamp>="{position[0]}"'
+        elif position is not None:
             stamp, last_id = position
             clause += f' AND (timestamp>"{stamp}" OR (timestamp="{stamp}" AND insertId>"{last_id}"))'
         clauses.append(f"({clause})")
@@ -204,9 +211,10 @@ class LogReader:
         self._reading = False
         self.requests = 0  # entries.list requests made (a benchmark's count)
 
-    def read(self, machine_id: str, cursor: str | None = None) -> LogChunk:
-        """What ``machine_id`` logged after ``cursor`` (a previous chunk's; None: from its start)."""
-        ask = _Ask(machine_id, _position(cursor), cursor or "")
+    def read(self, machine_id: str, cursor: str | None = None, *, since: float | None = None) -> LogChunk:
+        """What ``machine_id`` logged after ``cursor`` (a previous chunk's; None: from its start, or
+        from ``since``, an epoch: the machine's creation)."""
+        ask = _Ask(machine_id, _position(cursor, since), cursor or "")
         with self._cond:
             self._pending.append(ask)
             while not ask.done and self._reading:
@@ -232,6 +240,23 @@ class LogReader:
                 self._cond.notify_all()
         return ask.answer()
 
+    def tail(self, machine_id: str, lines: int, *, since: float | None = None) -> str:
+        """The last ``lines`` entries ``machine_id`` logged (from ``since`` on, an epoch), as text: one
+        request, newest first, taking its turn within the quota."""
+        with self._cond:
+            while self._reading:
+                self._cond.wait()
+            self._reading = True
+        try:
+            self._wait_turn()
+            entries = self.fetch(machines_filter(self.log_filter, {machine_id: _position(None, since)}), lines, True)
+            self.requests += 1
+        finally:
+            with self._cond:
+                self._reading = False
+                self._cond.notify_all()
+        return _chunk(entries[::-1], "").text
+
     def _wait_turn(self) -> None:
         wait = self._next_read - self._clock()
         if wait > 0:
@@ -246,7 +271,7 @@ class LogReader:
         found: dict[str, list[Entry]] = {machine_id: [] for machine_id in wanted}
         for group in _groups(self.log_filter, wanted):
             while True:
-                entries = self.fetch(machines_filter(self.log_filter, group), self.page)
+                entries = self.fetch(machines_filter(self.log_filter, group), self.page, False)
                 self.requests += 1
                 for entry in entries:
                     found.setdefault(entry.machine_id, []).append(entry)
@@ -296,7 +321,7 @@ def _chunk(entries: list[Entry], cursor: str) -> LogChunk:
 
 
 def cloud_logging_fetch(clients: GoogleClients) -> Fetch:
-    """One ``entries.list`` request of ``clients``' project, oldest first, a page of ``most``
+    """One ``entries.list`` request of ``clients``' project, oldest (or newest) first, a page of ``most``
     entries (which ends the client's paging): a 429 (the read quota) or a server error is retried with backoff (google-api-core's
     retry), then raised as a :class:`~prefect_remote.errors.RemoteError`."""
     from google.api_core import exceptions
@@ -310,12 +335,16 @@ def cloud_logging_fetch(clients: GoogleClients) -> Fetch:
         timeout=QUOTA_RETRY_SECONDS,
     )
 
-    def fetch(query: str, most: int) -> list[Entry]:
-        from google.cloud.logging import ASCENDING
+    def fetch(query: str, most: int, newest_first: bool = False) -> list[Entry]:
+        from google.cloud.logging import ASCENDING, DESCENDING
 
         def one_page() -> list[Entry]:
             found = clients.logging().list_entries(
-                resource_names=[f"projects/{clients.project}"], filter_=query, order_by=ASCENDING, page_size=most, max_results=most
+                resource_names=[f"projects/{clients.project}"],
+                filter_=query,
+                order_by=DESCENDING if newest_first else ASCENDING,
+                page_size=most,
+                max_results=most,
             )
             return [
                 Entry(
@@ -346,8 +375,9 @@ def log_reader(clients: GoogleClients, log_name: str) -> LogReader:
         return _readers[key]
 
 
-def read_logs(clients: GoogleClients, log_name: str, machine_id: str, cursor: str | None = None) -> LogChunk:
+def read_logs(clients: GoogleClients, log_name: str, machine_id: str, cursor: str | None = None, *, since: float | None = None) -> LogChunk:
     """What machine ``machine_id`` logged after ``cursor`` (a previous chunk's; None: from the
-    start), through this process's shared :class:`LogReader`. The cursor is the last entry's
-    timestamp and insertId: the next read asks for entries after it."""
-    return log_reader(clients, log_name).read(machine_id, cursor)
+    start, ``since`` when given: the machine's creation, an epoch), through this process's shared
+    :class:`LogReader`. The cursor is the last entry's timestamp and insertId: the next read asks
+    for entries after it."""
+    return log_reader(clients, log_name).read(machine_id, cursor, since=since)

@@ -26,6 +26,14 @@ _EMAIL = re.compile(r"[^@\s]+@[^@\s]+\.iam\.gserviceaccount\.com|[^@\s]+@develop
 FIRST_ZONES = {"europe-west1": "b", "us-east1": "b", "asia-east1": "a"}
 
 
+DEFAULT_VM_IMAGE = "projects/debian-cloud/global/images/family/debian-12"
+# A GPU VM's default: Google's Deep Learning VM base image (deeplearning-platform-release), whose family
+# ships NVIDIA's driver and CUDA, so a GPU works at boot with no driver install in the boot phases (the
+# stock Debian image has none). x86_64 only.
+GPU_VM_IMAGE = "projects/deeplearning-platform-release/global/images/family/common-cu128-ubuntu-2204-nvidia-570"
+GPU_VM_IMAGE_GIB = 50  # its disk size: a boot disk is never smaller
+
+
 class GCPOptions(ProviderOptions):
     """Where gcp machines run and as whom; each one not given is read from ``PREFECT_REMOTE_GCP_<OPTION>``."""
 
@@ -47,7 +55,9 @@ class GCPOptions(ProviderOptions):
     network: str = Field(default="default", description="VPC network of Compute Engine VMs (and the firewall rule).")
     subnetwork: str | None = Field(default=None, description="Subnetwork of Compute Engine VMs; default the network's in the region.")
     vm_image: str = Field(
-        default="projects/debian-cloud/global/images/family/debian-12", description="Compute Engine boot image (or image family) URL."
+        default=DEFAULT_VM_IMAGE,
+        description="Compute Engine boot image (or image family) URL; by default Debian 12, and for a GPU machine Google's Deep "
+        "Learning VM image with NVIDIA's driver.",
     )
     log_name: str = Field(default="prefect-remote", description="Cloud Logging log machines write to.")
     api_endpoint: str | None = Field(

@@ -17,6 +17,7 @@ machine-side runtime. A machine id says its service: ``run-…`` (a Cloud Run jo
 
 from __future__ import annotations
 
+import functools
 import logging
 import secrets
 from collections.abc import Mapping, Sequence
@@ -182,6 +183,7 @@ class GCPProvider(Provider):
 
     def _start(self, launch: Launch) -> list[Machine]:
         service, reason = self.service(launch.service), launch.service_reason  # as plan() chose them
+        service.labels(launch)  # too many labels: refused before anything is made
         machine_ids = [f"{service.id_prefix}{secrets.token_hex(6)}" for _ in range(launch.count)]
         logger.info("gcp: %s on %s (%s)", ", ".join(machine_ids), service.name, reason)
         self.records.create(machine_ids, launch, service=service.name, region=self.options.region, price=launch.instance_type.price)
@@ -251,7 +253,27 @@ class GCPProvider(Provider):
         from prefect_remote.providers.gcp.logs import read_logs
 
         self._service_of(machine_id)
-        return read_logs(self.clients, self.options.log_name, machine_id, cursor)
+        since = None if cursor else self._log_start(machine_id)
+        return read_logs(self.clients, self.options.log_name, machine_id, cursor, since=since)
+
+    def log_tail(self, machine_id: str, lines: int = 20) -> str:
+        """The machine's last ``lines`` entries: one read, newest first, within the read quota."""
+        from prefect_remote.providers.gcp.logs import log_reader
+
+        self._service_of(machine_id)
+        return log_reader(self.clients, self.options.log_name).tail(machine_id, lines, since=self._log_start(machine_id))
+
+    def _log_start(self, machine_id: str) -> float:
+        """When a machine's log starts: its creation, a minute early for its clock (described once).
+        A read with no cursor names it: Google's client reads only the last 24 hours of a filter that
+        names no time, and a machine may be older."""
+        if machine_id not in self._log_starts:
+            self._log_starts[machine_id] = self.describe(machine_id).created - 60.0
+        return self._log_starts[machine_id]
+
+    @functools.cached_property
+    def _log_starts(self) -> dict[str, float]:
+        return {}
 
     def _renew(self, machine_ids: list[str]) -> dict[str, str | None]:
         """One batch request (per 100) renews every lease; a machine's launch is handed back the

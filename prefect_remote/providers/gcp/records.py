@@ -53,6 +53,22 @@ BATCH = 100  # Cloud Storage's JSON API takes at most 100 calls in one batch req
 # customTime) is renewed; throttling and server errors wait for the next round.
 _RENEWED_ANYWAY = {400, 412}
 _RETRY_LATER = {408, 429, 500, 502, 503, 504}
+END_RETRY_SECONDS = 60.0  # how long end() retries what a renewal leaves for the next round
+
+
+def _retry_later(error: BaseException) -> bool:
+    """Whether a call failed as a renewal waits out (:data:`_RETRY_LATER`): throttling, such as the
+    429 of Cloud Storage's one write a second per object when an end meets a renewal, and server errors."""
+    return getattr(error, "code", None) in _RETRY_LATER
+
+
+def _end_retry() -> Any:
+    """google-api-core's retry, with backoff, of an end's write while :func:`_retry_later` says so."""
+    from google.api_core.retry import Retry
+
+    return Retry(predicate=_retry_later, initial=1.0, maximum=10.0, multiplier=2.0, timeout=END_RETRY_SECONDS)
+
+
 SETTLING = 60.0  # seconds a machine's record may exist before the cloud shows the machine (its launch is under way)
 
 
@@ -157,7 +173,8 @@ class MachineRecords:
         return done
 
     def end(self, machine_id: str, *, reason: str, exit_code: int | None = None, only_if_running: bool = False) -> str | None:
-        """Records why ``machine_id`` ended (two calls) and returns its launch id. ``only_if_running``:
+        """Records why ``machine_id`` ended (two calls; the write retried while throttled, as a renewal
+        waits out the same answers) and returns its launch id. ``only_if_running``:
         keeps an end already recorded (the first reason is the true one). A machine without a record
         is left alone (None)."""
         blob = self._blob(machine_id)
@@ -174,7 +191,7 @@ class MachineRecords:
             metadata["exit_code"] = str(exit_code)
         blob.metadata = metadata  # all of it: an emulator's patch replaces custom metadata
         with self._translated("storage.objects.update", machine_id):
-            blob.patch()
+            blob.patch(retry=_end_retry())  # the same metadata again: safe to repeat
         return metadata.get("launch")
 
     def complete(self, machine: Machine) -> Machine:

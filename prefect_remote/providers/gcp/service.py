@@ -111,11 +111,18 @@ class GCPService(ABC):
         return self.provider.clients
 
     def labels(self, launch: Launch) -> dict[str, str]:
-        """The labels of a machine of ``launch``: each user tag whose value is a label value (at
-        most :data:`MAX_USER_LABELS`, none under prefect-remote's prefix; every tag, as given, is kept
-        beside the labels), then prefect-remote's: this service, the launch and its owner."""
-        users = list(labels_for(launch.tags).items())[:MAX_USER_LABELS]
-        labels = {key: value for key, value in users if not key.startswith(LABEL_PREFIX)}
+        """The labels of a machine of ``launch``: each user tag whose value is a label value (none
+        under prefect-remote's prefix; every tag, as given, is kept beside the labels), then
+        prefect-remote's: this service, the launch and its owner. More than :data:`MAX_USER_LABELS`
+        are refused (ValueError)."""
+        labels = {key: value for key, value in labels_for(launch.tags).items() if not key.startswith(LABEL_PREFIX)}
+        if len(labels) > MAX_USER_LABELS:
+            # Refused, not cut short: listing by a tag filters on its label, and would miss the machine.
+            raise ValueError(
+                f"{len(labels)} tags with label values: {self.name} takes 64 labels on a machine, {MAX_USER_LABELS} of them the "
+                "user's (prefect-remote's own take the rest); pass fewer tags, or give the extra ones values that are no label "
+                "values (uppercase letters or spaces: they are kept, but not as labels)"
+            )
         return {**labels, SERVICE_LABEL: self.key, LAUNCH_LABEL: launch.id, **owner_labels(launch.owner)}
 
     @abstractmethod

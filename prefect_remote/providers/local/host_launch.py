@@ -18,7 +18,7 @@ import sys
 from typing import Any
 
 from prefect_remote.errors import CapacityError
-from prefect_remote.machine.boot import MACHINE_ID_ENV
+from prefect_remote.on_machine import MACHINE_ID_ENV
 from prefect_remote.providers.local.isolation import leave_machine_cgroups
 from prefect_remote.providers.local.start import HostConfig, start_machines
 

@@ -16,7 +16,7 @@ import sys
 import time
 from pathlib import Path
 
-from prefect_remote.machine.boot import MACHINE_ID_ENV
+from prefect_remote.on_machine import MACHINE_ID_ENV
 from prefect_remote.providers.local import records
 from prefect_remote.providers.local.isolation import OOM_EXIT_CODE, Cgroups, Network, host_trust_env, kill_pids, record_end, tagged_pids
 from prefect_remote.units import format_size

@@ -308,6 +308,23 @@ class Network:
         _delete_netns(self.netns)
 
 
+LAUNCH_GRACE = 30.0  # seconds a launch may take between giving a machine its address and starting its monitor
+
+
+def _machine_gone(directory: Path, entry: Path) -> bool:
+    """Whether the machine in ``directory`` has ended, or can no longer run: its folder is gone, it
+    recorded its end, its monitor died, or its launch never started a monitor."""
+    if not directory.exists() or (directory / records.ENDED).exists():
+        return True
+    pid_file = directory / records.HYPERVISOR_PID
+    if pid_file.exists():
+        return live_pid(pid_file) is None
+    try:
+        return time.time() - entry.stat().st_mtime > LAUNCH_GRACE
+    except FileNotFoundError:
+        return True
+
+
 def private_veth(machine_id: str) -> str:
     """The host end of machine ``machine_id``'s :class:`PrivateLink`, there once the link is up."""
     return f"prw{_veth_name(machine_id)[3:]}"
@@ -509,22 +526,31 @@ class Bridge:
         raise IsolationError(f"no free address left in {self.subnet}; end some machines or widen PREFECT_REMOTE_LOCAL_SUBNET")
 
     def _stale(self, entry: Path) -> bool:
-        """An address whose machine folder is gone (its home was deleted): reclaim its namespace."""
+        """An address whose machine is gone without giving it back: its folder was deleted (its home
+        was), or its monitor died and nobody has looked at it since (whoever does records its end).
+        Its namespace is reclaimed, so the address and the bridge's gateways are free to go."""
         try:
             owner = entry.read_text()
         except FileNotFoundError:
             return True  # released meanwhile
-        if not owner or Path(owner).exists():  # (empty: being written)
+        if not owner or not _machine_gone(Path(owner), entry):  # (empty: being written)
             return False
         _delete_link(_veth_name(Path(owner).name))
         _delete_link(private_veth(Path(owner).name))  # its private link's, if it had one
         _delete_netns(netns_name(Path(owner).name))
         return True
 
-    def release(self, address: str) -> None:
-        """Takes an address back once its machine's interface is gone."""
+    def release(self, address: str, machine_id: str | None = None) -> None:
+        """Takes an address back once its machine's interface is gone; with ``machine_id``, only while
+        that machine still holds it (a machine reclaimed late must not free its successor's)."""
         with self.lock():
-            (self.registry / address).unlink(missing_ok=True)
+            entry = self.registry / address
+            try:
+                if machine_id is not None and Path(entry.read_text()).name != machine_id:
+                    return
+            except FileNotFoundError:
+                return
+            entry.unlink(missing_ok=True)
 
     def in_use(self) -> bool:
         """Whether any machine holds an address on this bridge."""
@@ -558,7 +584,7 @@ def teardown(record: dict) -> None:
     if record.get("cgroups"):
         Cgroups(record["cgroups"]).remove()
     if network:
-        Bridge(network.bridge, network.subnet).release(network.ip)
+        Bridge(network.bridge, network.subnet).release(network.ip, record.get("id"))
 
 
 # -- processes ------------------------------------------------------------------------------

@@ -23,10 +23,18 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit, urlunsplit
 
 from prefect_remote.errors import CapacityError, MachineNotFound
-from prefect_remote.machine.boot import MACHINE_ID_ENV
+from prefect_remote.on_machine import MACHINE_ID_ENV
 from prefect_remote.providers.base import LOOPBACK_HOSTS, Capabilities, InstanceType, Launch, LogChunk, Machine, Provider
 from prefect_remote.providers.local import gateway, host_launch, records
-from prefect_remote.providers.local.isolation import Bridge, kill_pids, live_pid, namespace_unavailable, record_end, tagged_pids
+from prefect_remote.providers.local.isolation import (
+    LAUNCH_GRACE,
+    Bridge,
+    kill_pids,
+    live_pid,
+    namespace_unavailable,
+    record_end,
+    tagged_pids,
+)
 from prefect_remote.providers.local.runtime import request_stop
 from prefect_remote.providers.local.start import HostConfig, resolve_isolation, stage_secrets, staged_secrets, start_machines
 from prefect_remote.units import format_size
@@ -34,10 +42,6 @@ from prefect_remote.units import format_size
 if TYPE_CHECKING:
     from prefect_remote.settings import RemoteSettings
     from prefect_remote.spec import MachineSpec
-
-
-# A machine folder with no monitor yet is being launched, until this many seconds have passed.
-LAUNCH_GRACE = 30.0
 
 
 def _host_memory() -> int:

@@ -12,8 +12,8 @@ import signal
 import time
 from pathlib import Path
 
-from prefect_remote.machine.boot import MACHINE_ID_ENV
 from prefect_remote.machine.runtime import MachineRuntime
+from prefect_remote.on_machine import MACHINE_ID_ENV
 from prefect_remote.providers.local import records
 from prefect_remote.providers.local.isolation import live_pid
 

@@ -148,12 +148,18 @@ def test_bundled_prices_and_estimates():
 
 
 def pricing_answer(pages):
-    """Makes GetProducts answer with ``pages`` in turn (the Pricing API's JSON strings), as AWS would."""
+    """Makes GetProducts answer with ``pages`` in turn (the Pricing API's JSON strings), as AWS would:
+    only the products whose attributes match every TERM_MATCH filter (a product without the
+    attribute matches none)."""
+
+    def matches(item: str, filters: list[dict]) -> bool:
+        attributes = json.loads(item)["product"]["attributes"]
+        return all(attributes.get(f["Field"]) == f["Value"] for f in filters if f["Type"] == "TERM_MATCH")
 
     def answer(params, **_):
         body = json.loads(params["body"]) if params.get("body") else {}
         index = int(body.get("NextToken", "0"))
-        page = {"PriceList": pages[index], "FormatVersion": "aws_v1"}
+        page = {"PriceList": [item for item in pages[index] if matches(item, body.get("Filters", []))], "FormatVersion": "aws_v1"}
         if index + 1 < len(pages):
             page["NextToken"] = str(index + 1)
         return AWSResponse("https://api.pricing.us-east-1.amazonaws.com", 200, {}, None), page
@@ -161,11 +167,23 @@ def pricing_answer(pages):
     return answer
 
 
-def product(instance_type: str, usd: str, unit: str = "Hrs") -> str:
+def product(instance_type: str, usd: str, unit: str = "Hrs", market: str = "OnDemand") -> str:
+    """A Compute Instance product as the Pricing API lists it: a plain on-demand Linux line, or (``market``)
+    a Capacity Block's."""
     dimension = {"unit": unit, "pricePerUnit": {"USD": usd}, "description": f"${usd} per On Demand Linux {instance_type} Instance Hour"}
+    attributes = {
+        "instanceType": instance_type,
+        "regionCode": "eu-west-1",
+        "operatingSystem": "Linux",
+        "tenancy": "Shared",
+        "preInstalledSw": "NA",
+        "capacitystatus": "Used",
+        "licenseModel": "No License required",
+        "marketoption": market,
+    }
     return json.dumps(
         {
-            "product": {"productFamily": "Compute Instance", "attributes": {"instanceType": instance_type, "regionCode": "eu-west-1"}},
+            "product": {"productFamily": "Compute Instance", "attributes": attributes},
             "terms": {
                 "OnDemand": {"SKU.JRTCKXETXF": {"priceDimensions": {"SKU.JRTCKXETXF.6YS6EN2CT7": dimension}}},
                 "Reserved": {"SKU.X": {"priceDimensions": {"SKU.X.Y": {"unit": "Hrs", "pricePerUnit": {"USD": "0.01"}}}}},
@@ -181,10 +199,12 @@ def test_prices_from_the_pricing_api(aws_env):
     pages = [
         [product("m6i.large", "0.1070000000"), product("m6i.large", "0.0000000000")],  # a free line is not a price
         [product("zz1.large", "1.5"), product("zz1.large", "9", unit="Quantity")],  # nor a per-quantity one
+        # A Capacity Block's line (p-type GPUs) is not an on-demand price, however cheap.
+        [product("p5.48xlarge", "98.32"), product("p5.48xlarge", "31.46", market="CapacityBlock")],
     ]
     pricing.meta.events.register("before-call.pricing.GetProducts", pricing_answer(pages))
     prices = on_demand_prices("eu-west-1", pricing)
-    assert prices.source == "pricing-api" and dict(prices.prices) == {"m6i.large": 0.107, "zz1.large": 1.5}
+    assert prices.source == "pricing-api" and dict(prices.prices) == {"m6i.large": 0.107, "zz1.large": 1.5, "p5.48xlarge": 98.32}
     filters = {f["Field"]: f["Value"] for f in sent[0]["Filters"]}
     assert filters == {
         "regionCode": "eu-west-1",
@@ -193,6 +213,7 @@ def test_prices_from_the_pricing_api(aws_env):
         "preInstalledSw": "NA",
         "capacitystatus": "Used",
         "licenseModel": "No License required",
+        "marketoption": "OnDemand",
     }
 
 

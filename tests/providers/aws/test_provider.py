@@ -8,6 +8,7 @@ from __future__ import annotations
 import base64
 import json
 import logging
+import re
 import secrets
 import time
 
@@ -64,12 +65,16 @@ def refuse_spot(aws_sandbox):
 
 def test_launch_asks_ec2_for_the_chosen_machine(provider, ec2, ssm):
     before = time.time()
+    runs = count_calls(provider.client("ec2"), "RunInstances")
     [machine] = launch(provider, cpu=2, memory="4 GiB", disk_size=40, keepalive="2 minutes", tags={"team": "data"}, owner="alice")
     assert machine.instance_type == "t3a.medium"  # the cheapest fit, from the catalog
     found = instance(ec2, machine.id)
     assert found["InstanceType"] == "t3a.medium"
+    # A burstable type in standard credit mode: no surplus-credit charges beyond the price shown (moto keeps no credit mode).
+    assert runs[0]["CreditSpecification.CpuCredits"] == "standard"
     assert found["ImageId"] == ssm.get_parameter(Name=AL2023.format("x86_64"))["Parameter"]["Value"]
     assert found["MetadataOptions"]["HttpTokens"] == "required" and found["MetadataOptions"]["InstanceMetadataTags"] == "enabled"
+    assert found["MetadataOptions"]["HttpPutResponseHopLimit"] == 2  # a container on the machine reaches IMDS too
     shutdown = ec2.describe_instance_attribute(InstanceId=machine.id, Attribute="instanceInitiatedShutdownBehavior")
     assert shutdown["InstanceInitiatedShutdownBehavior"]["Value"] == "terminate"
     assert "InstanceLifecycle" not in found  # on-demand
@@ -155,6 +160,32 @@ def test_secrets_go_to_ssm_only_and_leave_with_the_last_machine(provider, ec2, s
     provider.terminate([machines[0].id])
     assert ssm.get_parameter(Name=parameter, WithDecryption=True)  # its other machine still reads it
     provider.terminate([machines[1].id])
+    with pytest.raises(ssm.exceptions.ParameterNotFound):
+        ssm.get_parameter(Name=parameter)
+
+
+def test_secrets_over_what_an_ssm_parameter_holds_are_refused_before_anything_starts(provider, ssm):
+    before = {p["Name"] for p in ssm.get_parameters_by_path(Path="/prefect-remote")["Parameters"]}
+    with pytest.raises(ValueError, match=r"over the 8,192 bytes an SSM parameter holds on aws; keep large secrets"):
+        launch(provider, cpu=1, payload=BootPayload(["app"], secrets={"CERT": "x" * 8200}))
+    assert {p["Name"] for p in ssm.get_parameters_by_path(Path="/prefect-remote")["Parameters"]} == before
+    [machine] = launch(provider, cpu=1, payload=BootPayload(["app"], secrets={"CERT": "x" * 6000}))  # an Advanced parameter
+    stored = ssm.get_parameter(Name=provider.secrets_parameter(provider.describe(machine.id).details["launch"]))["Parameter"]
+    assert stored["Type"] == "SecureString"
+    provider.terminate([machine.id])
+
+
+def test_a_launch_keeps_its_secrets_while_ec2_does_not_list_all_its_instances(provider, aws_sandbox, ssm):
+    # EC2's listings (DescribeInstances by filters) are eventually consistent: a sibling launched a moment
+    # ago may be missing from the one that decides whether the launch's secrets may go.
+    with aws_sandbox.ec2.as_it_was() as strict:
+        strict.unlisted_seconds = 60
+        machines = launch(provider, count=2, payload=BootPayload(["sleep", "600"], secrets={"TOKEN": "x"}))
+        parameter = provider.secrets_parameter(provider.describe(machines[0].id).details["launch"])
+        provider.terminate([machines[0].id])
+        assert ssm.get_parameter(Name=parameter, WithDecryption=True)  # its sibling, not listed yet, still reads it
+        strict.unlisted_seconds = 0
+        provider.terminate([machines[1].id])  # both listed now, neither alive: the secrets go
     with pytest.raises(ssm.exceptions.ParameterNotFound):
         ssm.get_parameter(Name=parameter)
 
@@ -333,6 +364,14 @@ def test_logs_from_cloudwatch_with_a_cursor(provider, aws_env):
     rest = provider.logs(machine.id, cursor=first.cursor)
     assert rest.text == "machine ending\n" and rest.cursor != first.cursor
 
+    # A long log: its first page (10,000 events at most) ends long before the log does; the tail is its last page.
+    stamp = int(time.time() * 1000)
+    for start in (0, 6000):
+        events = [{"timestamp": stamp + n, "message": f"line {n}"} for n in range(start, start + 6000)]
+        logs.put_log_events(logGroupName="/prefect-remote/machines", logStreamName=machine.id, logEvents=events)
+    assert "line 11999" not in provider.logs(machine.id).text
+    assert provider.log_tail(machine.id, 20) == "".join(f"line {n}\n" for n in range(11980, 12000))
+
 
 # -- spot capacity ----------------------------------------------------------------------------------
 
@@ -390,6 +429,23 @@ def test_a_gpu_where_the_region_has_none(provider, monkeypatch):
         launch(provider, gpu=1)
     [machine] = launch(AWSProvider(), gpu="t4")  # a region with GPUs serves them
     assert machine.instance_type.startswith("g4dn.")
+
+
+DLAMI = "/aws/service/deeplearning/ami/{}/base-oss-nvidia-driver-gpu-amazon-linux-2023/latest/ami-id"
+
+
+def test_a_gpu_machine_boots_the_deep_learning_base_ami_with_nvidia_drivers(provider, ec2, ssm):
+    [machine] = launch(provider, gpu="t4")
+    found = instance(ec2, machine.id)
+    dlami = ssm.get_parameter(Name=DLAMI.format("x86_64"))["Parameter"]["Value"]  # AWS's public parameter
+    assert found["ImageId"] == dlami and found["ImageId"] != ssm.get_parameter(Name=AL2023.format("x86_64"))["Parameter"]["Value"]
+    [image] = ec2.describe_images(ImageIds=[dlami])["Images"]
+    assert "Nvidia Driver GPU" in image["Name"]
+    [volume] = ec2.describe_volumes(Filters=[{"Name": "attachment.instance-id", "Values": [machine.id]}])["Volumes"]
+    assert volume["Size"] == 75  # the image's snapshot, larger than the 40 GiB default
+    [cpu] = launch(provider, cpu=1)
+    assert instance(ec2, cpu.id)["ImageId"] == ssm.get_parameter(Name=AL2023.format("x86_64"))["Parameter"]["Value"]
+    provider.terminate([machine.id, cpu.id])
 
 
 def test_bad_options():
@@ -485,6 +541,14 @@ def test_prefect_labels_become_tag_names_the_metadata_service_serves(provider, e
     tags = tags_of(instance(ec2, machine.id))
     assert tags["prefect.io:flow-run-id"] == "abc" and tags["my_team"] == "data"
     assert [m.id for m in provider.list({"prefect.io/flow-run-id": "abc"})] == [machine.id]  # found by the names given
+
+
+@pytest.mark.parametrize("name", [".", "..", "_index"])
+def test_tag_names_the_metadata_service_reserves_are_refused_before_anything_starts(provider, ec2, name):
+    before = len(provider.list({"test": "aws"}, include_terminated=True))
+    with pytest.raises(ValueError, match=f"'{re.escape(name)}' is reserved by the instance metadata service"):
+        launch(provider, cpu=1, tags={name: "x"})
+    assert len(provider.list({"test": "aws"}, include_terminated=True)) == before
 
 
 def test_secrets_of_launches_whose_owner_died_are_swept(provider, ssm):

@@ -3,6 +3,7 @@ with, and, against the sandbox GCP's Compute Engine fake, VMs launched, listed a
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -181,6 +182,15 @@ def test_tags_become_labels_where_they_can():
     assert labels_for({"dask-role": "worker", "dask-cluster": "Big Run", "Team": "ml"}) == {"dask-role": "worker", "team": "ml"}
 
 
+def test_more_labels_than_a_machine_takes_are_refused_with_what_to_do(service, types):
+    launch = launch_of(types, cpu=2)
+    many = dataclasses.replace(launch, tags={f"k{n}": "v" for n in range(61)})
+    with pytest.raises(ValueError, match="61 tags with label values: Compute Engine takes 64 labels on a machine, 60 of them"):
+        service.instance_body(many, "vm-0123456789ab", ["prefect-remote"], spot=False)
+    sixty = dataclasses.replace(launch, tags={**{f"k{n}": "v" for n in range(60)}, "Team": "Data Science"})  # no label value
+    assert len(body_of(service, sixty)["labels"]) == 63  # each listed by its label
+
+
 @pytest.fixture
 def service(monkeypatch) -> ComputeService:
     provider = GCPProvider(project="unit-project", region="us-central1", service_account="runner@unit-project.iam.gserviceaccount.com")
@@ -250,6 +260,11 @@ def test_spot_timeout_gpu_and_arm(service, types):
     assert gpu["machineType"].endswith("/n1-standard-4")
     assert gpu["guestAccelerators"] == [{"acceleratorType": "zones/us-central1-a/acceleratorTypes/nvidia-tesla-t4", "acceleratorCount": 1}]
     assert gpu["scheduling"]["onHostMaintenance"] == "TERMINATE" and gpu["scheduling"]["automaticRestart"] is False  # no live migration
+    disk = gpu["disks"][0]["initializeParams"]  # Google's Deep Learning VM image, with NVIDIA's driver, and its 50 GB
+    assert disk["sourceImage"] == "projects/deeplearning-platform-release/global/images/family/common-cu128-ubuntu-2204-nvidia-570"
+    assert disk["diskSizeGb"] == "50" and {"key": "install-nvidia-driver", "value": "True"} in gpu["metadata"]["items"]
+    mine = ComputeService(GCPProvider(project="unit-project", region="us-central1", vm_image="projects/p/global/images/family/f"))
+    assert body_of(mine, launch_of(types, gpu="t4"))["disks"][0]["initializeParams"]["sourceImage"] == "projects/p/global/images/family/f"
     arm = body_of(service, launch_of(types, cpu=4, arm=True))
     assert arm["disks"][0]["initializeParams"]["sourceImage"].endswith("/family/debian-12-arm64")
     c4a = body_of(service, launch_of(types, vm_type="c4a-standard-4", arm=True))
@@ -459,6 +474,17 @@ def test_a_vm_that_stopped_itself_is_deleted(gce):
     # Seen ended, then deleted (a stopped VM's disk still costs): listing tidies it away.
     wait_for(gone, timeout=30, what="the stopped VM deleted")
     assert seen[-1] == "terminated"
+
+
+def test_a_gpu_vm_boots_the_deep_learning_vm_image(gce):
+    [machine] = start(gce, SLEEPER, gpu="t4")
+    vm = gce.clients.instances().get(project=gce.project, zone=machine.details["zone"], instance=machine.id)
+    [disk] = vm.disks
+    assert any("/projects/deeplearning-platform-release/global/licenses/" in license for license in disk.licenses)
+    assert disk.disk_size_gb == 50 and {item.key: item.value for item in vm.metadata.items}["install-nvidia-driver"] == "True"
+    [cpu] = start(gce, SLEEPER, cpu=2)
+    [cpu_disk] = gce.clients.instances().get(project=gce.project, zone=cpu.details["zone"], instance=cpu.id).disks
+    assert any("/projects/debian-cloud/global/licenses/" in license for license in cpu_disk.licenses)
 
 
 def test_gpus_and_projects_that_are_not_there(gcp_env, monkeypatch):

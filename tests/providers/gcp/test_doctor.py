@@ -174,9 +174,9 @@ def test_the_launcher_roles_the_docs_grant_cover_what_the_launcher_calls():
 
 def test_a_gpu_quota_below_the_machine_is_named(gcp_env):
     """The GPU quota of the machine's GPU type (here a T4 VM's, whose region's T4 quota is 0)."""
-    from prefect_remote.doctor import Needs
     from prefect_remote.providers import get_provider
     from prefect_remote.providers.base import InstanceType
+    from prefect_remote.providers.doctor import Needs
     from prefect_remote.providers.gcp.doctor import _quota
 
     t4 = InstanceType("n1-standard-4", 4, 15 * 2**30, gpu=1, gpu_type="nvidia-tesla-t4")

@@ -20,7 +20,7 @@ class FakeLogging:
         self.entries, self.filters = sorted(entries, key=lambda e: e.position), []
         self.gate: threading.Event | None = None
 
-    def fetch(self, query: str, most: int) -> list[Entry]:
+    def fetch(self, query: str, most: int, newest_first: bool = False) -> list[Entry]:
         if self.gate is not None:
             self.gate.wait(5)
         self.filters.append(query)

@@ -1,5 +1,8 @@
 """Machine logs on gcp: the Cloud Logging sender (through the shared LogShipper) against the sandbox's
-Cloud Logging, read back with read_logs and its cursor, as `machines logs --follow` reads them."""
+Cloud Logging, read back with read_logs and its cursor, as `machines logs --follow` reads them, and
+a log's tail. Google's client (google-cloud-logging, as the launcher runs it) adds "the last 24
+hours" to a filter that names no time: the reads here go through it, so a read from a machine's
+start that does not name its creation misses what it logged more than a day ago."""
 
 from __future__ import annotations
 
@@ -9,7 +12,7 @@ import pytest
 from google.auth.transport.requests import AuthorizedSession
 
 from prefect_remote.machine.logship import LogShipper
-from prefect_remote.providers.gcp.logs import MACHINE_LABEL, CloudLoggingSender, insert_id, read_logs, ship_log
+from prefect_remote.providers.gcp.logs import MACHINE_LABEL, CloudLoggingSender, insert_id, log_reader, read_logs, ship_log
 from tests.conftest import wait_for
 
 
@@ -133,3 +136,15 @@ def test_reads_stay_within_the_read_quota_and_wait_out_a_429(gcp_env, clients, s
     started = time.monotonic()
     assert read_logs(clients, "prefect-remote", machine_ids[0]).text == f"hello from {machine_ids[0]}\n"  # after a 429, retried
     assert time.monotonic() - started >= 1.5 and gcp_env.calls["logging.entries.list"] - calls > reader.requests - before + 3
+
+
+def test_a_read_from_the_start_and_the_tail_reach_entries_older_than_a_day(gcp_env, clients, session):
+    machine_id = f"vm-{time.time_ns() % 10**12:012d}"
+    created = time.time() - 3 * 86400  # a machine three days old
+    sender = CloudLoggingSender(clients.project, "prefect-remote", machine_id, api_endpoint=gcp_env.url, session=session)
+    sender.send([{"timestamp": (created + 60 + n) * 1000, "message": f"line {n}"} for n in range(30)], 0)
+    assert read_logs(clients, "prefect-remote", machine_id).text == ""  # the client's default: the last 24 hours
+    chunk = read_logs(clients, "prefect-remote", machine_id, since=created)
+    assert chunk.text == "".join(f"line {n}\n" for n in range(30))
+    assert read_logs(clients, "prefect-remote", machine_id, chunk.cursor).text == ""  # a cursor names its time
+    assert log_reader(clients, "prefect-remote").tail(machine_id, 20, since=created) == "".join(f"line {n}\n" for n in range(10, 30))

@@ -1,12 +1,18 @@
 """The gcp provider's machine records in the gs:// store, against gcp-storage-emulator through the
 real google-cloud-storage client: the owner's side (create, renew in one request per 100, end,
-complete, ended_machine, delete) and the machine's (lease_age, one GET)."""
+complete, ended_machine, delete) and the machine's (lease_age, one GET).
+
+Cloud Storage takes about one write a second per object, and answers 429 past it; the emulator has no
+such limit, so an end that meets a renewal is throttled at the client's transport here, with Google's
+answer (status and JSON error), and the real client raises and retries it as it would."""
 
 from __future__ import annotations
 
+import json
 import time
 
 import pytest
+import requests
 
 from prefect_remote.errors import CapabilityError
 from prefect_remote.providers.base import InstanceType, Launch, Machine
@@ -166,3 +172,28 @@ def test_a_long_lived_machine_keeps_its_record_and_a_dead_ones_goes(gcp_env, gcs
     assert records.lease_age(live) < 60
     assert records.lease_age(dead) == float("inf") and records.ended_machine(dead) is None  # no record left
     assert records.renew([dead]) == {dead: None}
+
+
+def test_an_end_throttled_by_a_renewal_of_the_same_object_is_retried(records, monkeypatch):
+    [machine_id] = ids = ["vm-00000000a429"]
+    records.create(ids, launch(), service="Compute Engine")
+    http = records.store.client._http
+    send, throttled = http.request, []
+
+    def once_too_fast(method, url, **kwargs):
+        if method == "PATCH" and not throttled:
+            throttled.append(url)
+            answer = requests.Response()
+            answer.status_code, answer.url, answer.request = 429, url, requests.Request(method, url).prepare()
+            answer.headers["Content-Type"] = "application/json"
+            error = {
+                "code": 429,
+                "message": "The object exceeded the rate limit for object mutation operations (create, update, and delete).",
+            }
+            answer._content = json.dumps({"error": error}).encode()
+            return answer
+        return send(method=method, url=url, **kwargs)
+
+    monkeypatch.setattr(http, "request", once_too_fast)
+    assert records.end(machine_id, reason="idle for 5 minutes", exit_code=0) == "launch-0a1b2c3d4e5f"
+    assert len(throttled) == 1 and records.renew(ids) == {machine_id: "launch-0a1b2c3d4e5f"}  # recorded after the retry

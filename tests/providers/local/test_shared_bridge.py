@@ -7,6 +7,7 @@ import ipaddress
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -170,6 +171,46 @@ def test_a_gateway_that_cannot_start_is_an_error_not_a_silent_launch(tmp_path, m
     free.close()
     with pytest.raises(isolation.IsolationError, match=r"forward service .* did not start \(exited with code 1"):
         provider.reachable_url(f"http://127.0.0.1:{port}/api")
+
+
+def test_an_address_is_freed_only_by_the_machine_holding_it(tmp_path, monkeypatch):
+    # A machine reclaimed late (its monitor died, its address was given again) must not free its successor's.
+    monkeypatch.setattr(isolation, "RUN_DIR", tmp_path)
+    bridge = Bridge("prunit0", "10.250.0.0/29")
+    (tmp_path / "m-new").mkdir()
+    with bridge.lock():
+        address = bridge.allocate(tmp_path / "m-new")
+    bridge.release(address, "m-old")
+    assert (bridge.registry / address).read_text() == str(tmp_path / "m-new")
+    bridge.release(address, "m-new")
+    assert not (bridge.registry / address).exists()
+
+
+@needs_namespace
+@pytest.mark.timeout(120)
+def test_a_machine_whose_monitor_was_killed_does_not_keep_the_gateways_running(tmp_path, throwaway_bridges):
+    # A home's machine whose monitor is killed (OOM killer, a `kill -9`) and that nobody lists again
+    # kept its address on the bridge for good, so the bridge's gateway services never exited
+    # (they exit gateway.IDLE_EXIT seconds after the last machine leaves).
+    provider = LocalProvider(
+        tmp_path / "home", isolation="namespace", settings={"local_bridge": throwaway_bridges(), "local_subnet": free_subnet()}
+    )
+    server = socket.create_server(("127.0.0.1", 0))
+    try:
+        provider.reachable_url(f"http://127.0.0.1:{server.getsockname()[1]}/")
+        [machine] = provider.launch(MachineSpec(), BootPayload(["sleep", "600"]))
+        directory = provider.machines_dir / machine.id
+        wait_for(lambda: (directory / records.STATE).exists(), message="the machine to boot")
+        os.kill(isolation.live_pid(directory / records.HYPERVISOR_PID), signal.SIGKILL)
+        pid_files = list(isolation.RUN_DIR.glob(f"{provider.bridge.name}-gateway-*.pid"))
+        assert pid_files
+        wait_for(lambda: not provider.bridge.gateways_running(), timeout=30, message="the gateway services to exit")
+        assert not provider.bridge.in_use()
+    finally:
+        server.close()
+    # Whoever looks at the machine next records its end and stops what it left.
+    [ended] = provider.list(include_terminated=True)
+    assert not ended.alive and "monitor died" in ended.reason
 
 
 # -- one subnet per bridge (issue 15, item 7) ---------------------------------------------------

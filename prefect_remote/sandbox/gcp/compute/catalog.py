@@ -2,7 +2,7 @@
 instances in use), a realistic catalog of machine types (e2, n2, c3, n1 with attachable T4s, t2a/c4a
 on arm, g2 with L4s, a2 with A100s; the GPU families are not offered in the region's last zone),
 accelerator types, disk types, and public images by family (Debian 12, Ubuntu 24.04, amd64 and
-arm64), served as Compute Engine serves them.
+arm64; the Deep Learning VM GPU family), served as Compute Engine serves them.
 
 >>> MACHINE_TYPES["n1-standard-4"].cpus, MACHINE_TYPES["c4a-standard-4"].arm
 (4, True)
@@ -80,12 +80,18 @@ GPU_QUOTAS = {
     "nvidia-l4": "NVIDIA_L4_GPUS",
     "nvidia-tesla-a100": "NVIDIA_A100_GPUS",
 }  # the region's quota metrics
-# (image project, family) -> (image name, architecture)
+# (image project, family) -> (image name, architecture, disk size in GB)
 IMAGES = {
-    ("debian-cloud", "debian-12"): ("debian-12-bookworm-v20261110", "X86_64"),
-    ("debian-cloud", "debian-12-arm64"): ("debian-12-bookworm-arm64-v20261110", "ARM64"),
-    ("ubuntu-os-cloud", "ubuntu-2404-lts-amd64"): ("ubuntu-2404-noble-amd64-v20261105", "X86_64"),
-    ("ubuntu-os-cloud", "ubuntu-2404-lts-arm64"): ("ubuntu-2404-noble-arm64-v20261105", "ARM64"),
+    ("debian-cloud", "debian-12"): ("debian-12-bookworm-v20261110", "X86_64", 10),
+    ("debian-cloud", "debian-12-arm64"): ("debian-12-bookworm-arm64-v20261110", "ARM64", 10),
+    ("ubuntu-os-cloud", "ubuntu-2404-lts-amd64"): ("ubuntu-2404-noble-amd64-v20261105", "X86_64", 10),
+    ("ubuntu-os-cloud", "ubuntu-2404-lts-arm64"): ("ubuntu-2404-noble-arm64-v20261105", "ARM64", 10),
+    # Google's Deep Learning VM base image with NVIDIA's driver and CUDA 12.8 (Ubuntu 22.04)
+    ("deeplearning-platform-release", "common-cu128-ubuntu-2204-nvidia-570"): (
+        "common-cu128-ubuntu-2204-nvidia-570-v20261120",
+        "X86_64",
+        50,
+    ),
 }
 DISK_TYPES = ("pd-standard", "pd-balanced", "pd-ssd", "hyperdisk-balanced")
 HYPERDISK_ONLY = ("c4", "c4a", "c4d", "n4", "x4", "a4")  # families that boot only from Hyperdisk (of those above: c4a)
@@ -194,7 +200,7 @@ class Catalog:
         project, is_family, name = found.groups()
         if is_family:
             return _image(project, name) if (project, name) in IMAGES else None
-        return next((_image(owner, family) for (owner, family), (image, _) in IMAGES.items() if owner == project and image == name), None)
+        return next((_image(owner, family) for (owner, family), (image, *_) in IMAGES.items() if owner == project and image == name), None)
 
     # -- zones and the region -----------------------------------------------------------------------------
     def _zone(self, zone: str) -> dict[str, Any]:
@@ -321,14 +327,14 @@ class Catalog:
         return _image(project, family)
 
     def get_image(self, request: Request, project: str, image: str) -> dict[str, Any]:
-        for (owner, family), (name, _) in IMAGES.items():
+        for (owner, family), (name, *_) in IMAGES.items():
             if owner == project and name == image:
                 return _image(owner, family)
         raise not_found(f"projects/{project}/global/images/{image}")
 
 
 def _image(project: str, family: str) -> dict[str, Any]:
-    name, architecture = IMAGES[(project, family)]
+    name, architecture, size = IMAGES[(project, family)]
     return {
         "kind": "compute#image",
         "id": numeric_id("image", project, name),
@@ -338,7 +344,7 @@ def _image(project: str, family: str) -> dict[str, Any]:
         "sourceType": "RAW",
         "status": "READY",
         "archiveSizeBytes": "1234567890",
-        "diskSizeGb": "10",
+        "diskSizeGb": str(size),
         "licenses": [f"{BASE}projects/{project}/global/licenses/{family.rsplit('-', 1)[0]}"],
         "family": family,
         "selfLink": f"{BASE}projects/{project}/global/images/{name}",
