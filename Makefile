@@ -10,7 +10,7 @@ PYTEST_ARGS ?=
 # so two share this 2-core machine well. Each worker is a session with its own server and sandboxes.
 PYTEST_WORKERS ?= 2
 
-.PHONY: env lint test docs demo demo-machines bench clean
+.PHONY: env lint test docs demo demo-machines bench clean sandbox-host
 
 env: $(VENV)/.synced
 DOCS_VENV := .venv-docs
@@ -38,7 +38,14 @@ lint: env
 # docstring, fails the build (--strict) and so the suite. Then prefect-dask's own task-runner tests,
 # which run on RemoteTaskRunner (tests/test_task_runner_prefect_dask.py), are fetched from their
 # source distribution on PyPI at the version uv.lock pins (cached in .cache/).
-test: lint $(DOCS_VENV)/.synced
+# The sandbox clouds enforce security groups and firewall rules with nftables' `nft`, in each
+# instance's network namespace: Debian's package, installed when missing (as root, where apt-get is).
+sandbox-host:
+	@command -v nft >/dev/null || ! command -v apt-get >/dev/null || \
+		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends nftables)
+	@command -v nft >/dev/null || echo "no nft (package nftables): the sandbox clouds will not enforce ingress rules"
+
+test: lint sandbox-host $(DOCS_VENV)/.synced
 	$(DOCS_VENV)/bin/mkdocs build --strict
 	$(VENV)/bin/python -m tests.upstream
 	$(VENV)/bin/python -m pytest -n $(PYTEST_WORKERS) --dist loadfile --durations=30 $(PYTEST_ARGS)

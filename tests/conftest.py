@@ -50,6 +50,10 @@ MACHINE_FOLDERS = (
 )
 NAMESPACE_SKIP = namespace_unavailable()
 needs_namespace = pytest.mark.skipif(NAMESPACE_SKIP is not None, reason=NAMESPACE_SKIP or "")
+# The sandbox clouds enforce ingress rules with nftables in each instance's namespace (`make sandbox-host`).
+needs_firewalls = pytest.mark.skipif(
+    NAMESPACE_SKIP is not None or shutil.which("nft") is None, reason=NAMESPACE_SKIP or "no nft (package nftables): ingress not enforced"
+)
 
 
 def end_all_machines(timeout: float = 20) -> None:

@@ -61,6 +61,11 @@ START_TIMEOUT = 600.0  # seconds for a scheduler machine to accept connections (
 # Seconds a scheduler machine may run with no address this process may dial before the start fails:
 # a cloud shows a public IP by the time the machine runs, and one that is shutting down ends meanwhile.
 PRIVATE_GRACE = 10.0
+# Seconds a scheduler may say it listens while this process cannot connect before the start fails: an
+# address this process may dial admits it at once, unless the scheduler's security group or firewall
+# rule does not admit this computer (allow_ingress_from).
+UNREACHABLE_GRACE = 30.0
+LOG_CHECK_EVERY = 5.0  # seconds between reads of the scheduler's log while it cannot be reached
 NODE_MODULE = "prefect_remote.cluster.node"
 LOG_LINES = 1000  # lines of each machine's log a cluster's logs show: one page of Cloud Logging, of CloudWatch less
 LISTENING = re.compile(r"^scheduler \S+ listening at ", re.MULTILINE)  # what the node prints once it serves
@@ -74,10 +79,19 @@ class SchedulerMachine(ProcessInterface):
     """The scheduler as :class:`~distributed.deploy.spec.SpecCluster` sees it: ready once its machine
     accepts TLS connections, closed by ending the machine."""
 
-    def __init__(self, provider: Provider, machine: Machine, port: int, credentials: ClusterCredentials, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        provider: Provider,
+        machine: Machine,
+        port: int,
+        credentials: ClusterCredentials,
+        allow_ingress_from: str | None = None,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(**kwargs)
         self.provider, self.machine, self.port = provider, machine, port
         self.credentials = credentials
+        self.allow_ingress_from = allow_ingress_from  # the spec's (None: the provider's default), for what to fix
         self._readdress()
 
     def _readdress(self) -> None:
@@ -85,12 +99,15 @@ class SchedulerMachine(ProcessInterface):
         address this process may dial (a cloud machine's public IP shows once it runs)."""
         host = self.provider.client_address(self.machine)
         self.address = f"tls://{host}:{self.port}" if host else None
+        self.dialed = self.address or getattr(self, "dialed", None)  # (an ended machine shows no public IP)
 
     async def start(self) -> None:
         connection_args = self.credentials.security().get_connection_args("client")
         deadline = time.monotonic() + START_TIMEOUT
         next_check = 0.0
         private_since: float | None = None  # when it was first seen running with no address to dial
+        listening_since: float | None = None  # when its log was first seen saying it listens, while unreachable
+        next_log_check = 0.0
         last_error: OSError | None = None
         while True:
             if self.address is not None:
@@ -109,6 +126,12 @@ class SchedulerMachine(ProcessInterface):
                 private_since = (private_since or time.monotonic()) if private else None
                 if private_since is not None and time.monotonic() - private_since > PRIVATE_GRACE:
                     raise ClusterStartError(self._private())
+                if last_error is not None and listening_since is None and time.monotonic() > next_log_check:
+                    if LISTENING.search(await asyncio.to_thread(lambda: self.provider.logs(self.machine.id).text)):
+                        listening_since = time.monotonic()
+                    next_log_check = time.monotonic() + LOG_CHECK_EVERY
+                if listening_since is not None and time.monotonic() - listening_since > UNREACHABLE_GRACE:
+                    raise ClusterStartError(await asyncio.to_thread(self._not_reached, last_error, ended=None, waited=UNREACHABLE_GRACE))
                 next_check = time.monotonic() + 1.0
             if time.monotonic() > deadline:
                 raise ClusterStartError(await asyncio.to_thread(self._not_reached, last_error, ended=None))
@@ -126,20 +149,37 @@ class SchedulerMachine(ProcessInterface):
             f"{network}"
         )
 
-    def _not_reached(self, error: OSError | None, *, ended: str | None) -> str:
-        """Why no connection was made (``ended``: the machine's end reason, ``None`` if it timed out).
+    def _not_reached(self, error: OSError | None, *, ended: str | None, waited: float | None = None) -> str:
+        """Why no connection was made (``ended``: the machine's end reason; ``None`` if it timed out,
+        or, with ``waited``, this process gave up that long after the scheduler said it listens).
         A scheduler that said it listens, yet could not be reached, is a network fault between this
         host and its machine: say that, not only that the machine ended (which it does after keepalive
-        without a client)."""
+        without a client), and what admits this computer on a cloud."""
         # Its last lines from the log's end (a long log's first page says nothing of how it ended);
         # whether it said it listens, from its start, where it says so.
         tail = "last lines of its log:\n" + self.provider.log_tail(self.machine.id, 20).rstrip("\n")
-        then = f"its machine then ended: {ended}" if ended is not None else f"gave up after {START_TIMEOUT:.0f}s"
+        then = f"its machine then ended: {ended}" if ended is not None else f"gave up after {waited or START_TIMEOUT:.0f}s"
         if error is not None and LISTENING.search(self.provider.logs(self.machine.id).text):
-            return f"scheduler {self.machine.id} listening at {self.address}, unreachable from this host: {error}\n({then})\n{tail}"
+            return (
+                f"scheduler {self.machine.id} listening at {self.dialed}, unreachable from this host: {error}\n({then})\n"
+                f"{self._ingress_hint()}{tail}"
+            )
         if ended is not None:
             return f"scheduler machine {self.machine.id} ended before accepting connections: {ended}\n{tail}"
         return f"scheduler machine {self.machine.id} did not accept connections within {START_TIMEOUT:.0f}s\n{tail}"
+
+    def _ingress_hint(self) -> str:
+        """What admits this computer to the Dask ports where the provider's network has ingress rules
+        (its ``dask_ports``): ``allow_ingress_from``."""
+        if self.provider.dask_ports is None:
+            return ""
+        source = f"allow_ingress_from={self.allow_ingress_from!r}" if self.allow_ingress_from else "the provider's allow_ingress_from"
+        return (
+            f"Its security group or firewall rule admits the Dask ports from outside its network only from {source}: if this "
+            "computer connects from elsewhere, pass allow_ingress_from='me' (this computer's public IP; set the provider's "
+            "public_ip if checkip.amazonaws.com sees another address) or the CIDR you connect from, or create the cluster from "
+            "a machine inside its network.\n"
+        )
 
     async def close(self) -> None:
         await asyncio.to_thread(self.provider.terminate, [self.machine.id], reason="cluster closed")
@@ -202,7 +242,13 @@ class RemoteCluster(SpecCluster):
             workers={},
             scheduler={
                 "cls": SchedulerMachine,
-                "options": {"provider": self.provider, "machine": scheduler_machine, "port": port, "credentials": credentials},
+                "options": {
+                    "provider": self.provider,
+                    "machine": scheduler_machine,
+                    "port": port,
+                    "credentials": credentials,
+                    "allow_ingress_from": options.spec.allow_ingress_from,
+                },
             },
             security=credentials.security(),
             asynchronous=asynchronous,

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import base64
 import collections
+import ipaddress
 import logging
 import tempfile
 from collections.abc import Iterator
@@ -40,6 +41,7 @@ from prefect_remote.sandbox.aws_images import publish_gpu_images
 from prefect_remote.sandbox.ec2_strict import StrictEC2, form_params, request_service
 from prefect_remote.sandbox.imds import MetadataService
 from prefect_remote.sandbox.instances import Instance, InstanceRunner, SandboxCloud
+from prefect_remote.sandbox.vpc import VPC, Ingress, private_interface
 
 logger = logging.getLogger(__name__)
 
@@ -68,6 +70,9 @@ class SandboxAWS(SandboxCloud):
     instance boots from a stock image in a root of its own (:mod:`prefect_remote.providers.local.own_root`),
     its user data run by cloud-init on its first boot only; ``warm_cache`` gives instances a warm uv
     cache and shared agent environments instead (:meth:`warm`).
+    ``private_network`` (on by default, with namespace isolation) puts each instance's private IP on
+    a VPC this host cannot reach, and enforces its security groups' ingress
+    (:mod:`prefect_remote.sandbox.vpc`; ``vpc.enforcing(False)`` for one test).
     """
 
     def __init__(
@@ -83,10 +88,13 @@ class SandboxAWS(SandboxCloud):
         expose: tuple[int, ...] = (),
         enforce_iam: bool = True,
         warm_cache: bool = False,
+        private_network: bool = True,
     ) -> None:
         self.host, self.port, self.region = host, port, region
         self.warm_cache = warm_cache
         self._images: dict[str, bool] = {}
+        self.private_network = private_network
+        self.vpc = VPC()  # the instances' private addresses and their security groups (its knobs)
         self.enforce_iam = enforce_iam
         self.validate_instance_types = validate_instance_types
         self.run_instances = run_instances
@@ -178,7 +186,11 @@ class SandboxAWS(SandboxCloud):
                 image_env=self._image_env,
                 booted=self._booted,
                 isolation=self.isolation,
+                vpc=self.vpc if self.private_network else None,
+                ingress=self._ingress,
             )
+            if self._runner.vpc is not None:
+                self._runner.vpc.create()
             self._root = home / "root"
             _place_on_launch(self)
             self._runner.start()
@@ -194,6 +206,8 @@ class SandboxAWS(SandboxCloud):
             _PLACING.remove(self)
         if self._runner is not None:
             self._runner.stop()
+            if self._runner.vpc is not None:
+                self._runner.vpc.remove()
             self._runner = None
         if self._imds is not None:
             self._imds.close()
@@ -372,14 +386,39 @@ class SandboxAWS(SandboxCloud):
         }
 
     def _booted(self, instance: Instance, machine: Any) -> None:
-        """The instance's addresses are its machine's (moto made up others)."""
+        """The instance's public IP is its machine's address on this host's bridge; its private IP,
+        moto's, is on the VPC's bridge (:mod:`~prefect_remote.sandbox.vpc`). With no VPC (process
+        isolation) the machine has one address, which is both."""
         found = self._moto_instance(instance.id)
-        if found is not None and machine.private_address:
+        if found is not None and machine.public_address:
             nic = next(iter(found[1].nics.values()))
-            nic.private_ip_address = machine.private_address
+            if self.runner.vpc is None or instance.private_address is None:
+                nic.private_ip_address = machine.private_address
             if nic.public_ip:
                 nic.public_ip = machine.public_address
             self.ec2.readdress(found[1], machine.public_address)  # the one it shows once running, if it gets one
+
+    def _ingress(self, instance: Instance) -> list[Ingress]:
+        """What the instance's security groups admit: a rule's CIDRs, or the private addresses of the
+        running members of the group it names (as EC2 matches a group reference)."""
+        found = self._moto_instance(instance.id)
+        if found is None or not found[1].nics:
+            return []
+        backend, moto_instance = found
+        members: dict[str, list[str]] = collections.defaultdict(list)  # group id -> its members' private IPs
+        for other in backend.all_instances():
+            if other.state in ("pending", "running") and other.nics:
+                for group in next(iter(other.nics.values())).group_set:
+                    members[group.id].append(other.private_ip)
+        rules = []
+        for group in next(iter(moto_instance.nics.values())).group_set:
+            for rule in group.ingress_rules:
+                ports = None if rule.ip_protocol in ("-1", "icmp") or rule.from_port in (None, -1) else (rule.from_port, rule.to_port)
+                sources = [rule.ip_range.get("CidrIp") or rule.ip_range.get("CidrIpv6")] if rule.ip_range else []
+                if rule.source_group.get("GroupId"):
+                    sources += members[rule.source_group["GroupId"]]
+                rules.append(Ingress(rule.ip_protocol or "-1", ports, tuple(source for source in sources if source)))
+        return rules
 
     def _subnet_zone(self, subnet_id: str) -> str | None:
         """The availability zone of ``subnet_id``, as moto holds it."""
@@ -494,7 +533,18 @@ def _exists(lookup: Any) -> bool:
 def _as_instance(instance: Any) -> Instance:
     user_data = instance.user_data
     script = cloud_init(instance.id, base64.b64decode(str(user_data))) if user_data else None
-    return Instance(instance.id, instance.state, script, instance.instance_type, instance.region_name, egress=_has_egress(instance))
+    private = None
+    if instance.private_ip and instance.vpc_id:
+        private = private_interface(instance.private_ip, instance.ec2_backend.get_vpc(instance.vpc_id).cidr_block)
+    return Instance(
+        instance.id,
+        instance.state,
+        script,
+        instance.instance_type,
+        instance.region_name,
+        egress=_has_egress(instance),
+        private_address=private,
+    )
 
 
 def _has_egress(instance: Any) -> bool:
@@ -597,6 +647,8 @@ def _place_on_launch(sandbox: SandboxAWS) -> None:
 
     def run_instances(backend: Any, *args: Any, **kwargs: Any) -> Any:
         reservation = original(backend, *args, **kwargs)
+        for instance in reservation.instances:
+            _in_its_subnet(instance)
         for placing in list(_PLACING):
             for instance in reservation.instances:
                 placing.runner.boot(_as_instance(instance))
@@ -627,6 +679,17 @@ def _place_on_launch(sandbox: SandboxAWS) -> None:
     run_instances._sandbox_places = True  # type: ignore[attr-defined]
     InstanceBackend.run_instances = run_instances  # type: ignore[method-assign]
     InstanceBackend.terminate_instances = terminate_instances  # type: ignore[method-assign]
+
+
+def _in_its_subnet(instance: Any) -> None:
+    """Gives an instance launched with no ``SubnetId`` an address of the subnet it is placed in (the
+    default subnet), as EC2 does: moto gives it a random 10.x.y.z (EC2-Classic's), outside its VPC."""
+    nic = instance.nics.get(0)
+    if nic is None or nic.subnet is None or not nic.private_ip_address:
+        return
+    if ipaddress.ip_address(nic.private_ip_address) not in ipaddress.ip_network(nic.subnet.cidr_block):
+        address = nic.subnet.get_available_subnet_ip(instance)
+        nic.private_ip_address, nic.private_ip_addresses = address, [{"Primary": True, "PrivateIpAddress": address}]
 
 
 class _Counting:

@@ -34,12 +34,15 @@ from typing import Any
 from prefect_remote.errors import MachineNotFound
 from prefect_remote.providers.base import Machine
 from prefect_remote.providers.local import LocalProvider, records
+from prefect_remote.providers.local.isolation import IsolationError, netns_name, private_veth
 from prefect_remote.providers.local.start import start_machines
+from prefect_remote.sandbox.vpc import VPC, Ingress
 
 logger = logging.getLogger(__name__)
 
 POLL = 0.1  # seconds between looks at the control plane
 KEEP_FORWARDS_EVERY = 3.0  # seconds between renewals of the host forwards instances use
+FIREWALLS_EVERY = 0.5  # seconds between looks at the instances' ingress rules (a new group member, a changed rule)
 INSTANCE_TAG = "sandbox-instance"  # a machine's tag naming the instance it runs
 # Variables of an image that name its own baked folders (a warm uv cache, a root with uv and agents):
 # they are mounted into the instances that have them, as folders of the image.
@@ -68,6 +71,7 @@ class Instance:
     region: str
     tags: dict[str, str] = field(default_factory=dict)
     egress: bool = True  # whether its network has a way out to the internet (the package index)
+    private_address: str | None = None  # its address in the cloud's VPC, with the VPC's prefix ("172.31.5.6/16")
 
     @property
     def ended(self) -> bool:
@@ -80,7 +84,9 @@ class InstanceRunner:
 
     ``image_env(instance)`` is what the instance's image puts in its environment (the emulated
     cloud's endpoints, its metadata service); ``booted(instance, machine)`` lets the cloud record the
-    machine's addresses as the instance's."""
+    machine's addresses as the instance's. With a ``vpc`` (namespace isolation only), each instance
+    also has its private address on the VPC's bridge, which this host cannot reach, and admits what
+    ``ingress(instance)`` (its cloud's rules) allows, kept up to date each round."""
 
     def __init__(
         self,
@@ -91,8 +97,13 @@ class InstanceRunner:
         image_env: Callable[[Instance], dict[str, str]],
         booted: Callable[[Instance, Machine], None] = lambda instance, machine: None,
         isolation: str | None = None,
+        vpc: VPC | None = None,
+        ingress: Callable[[Instance], list[Ingress]] = lambda instance: [],
     ) -> None:
         self.machines = LocalProvider(home, isolation=isolation)
+        self.vpc = vpc if self.machines.isolation == "namespace" else None
+        self._ingress = ingress
+        self._next_firewalls = 0.0
         self._instances, self._terminate, self._image_env, self._booted = instances, terminate, image_env, booted
         self._running: dict[str, str] = {}  # instance id -> local machine id
         self._seen: set[str] = set()  # every instance booted (or skipped), so none boots twice
@@ -179,7 +190,11 @@ class InstanceRunner:
                 logger.exception("sandbox instance runner")
 
     def step(self) -> None:
-        """One round: boot new instances, end machines of terminated ones, terminate instances whose machine ended."""
+        """One round: boot new instances, end machines of terminated ones, terminate instances whose
+        machine ended; and, every FIREWALLS_EVERY seconds, bring running instances' ingress rules up to date."""
+        firewalls = self.vpc is not None and time.monotonic() >= self._next_firewalls
+        if firewalls:
+            self._next_firewalls = time.monotonic() + FIREWALLS_EVERY
         for instance in list(self._instances()):
             if instance.ended:  # (shutting-down: its machine stops, then the instance is terminated below)
                 machine_id = self._running.get(instance.id)
@@ -189,6 +204,8 @@ class InstanceRunner:
                 self._seen.add(instance.id)
             else:
                 self.boot(instance)
+                if firewalls:
+                    self._keep_firewall(instance)
         for instance_id, machine_id in list(self._running.items()):
             try:
                 machine = self.machines.describe(machine_id)
@@ -196,12 +213,16 @@ class InstanceRunner:
                 machine = None
             if machine is None or not machine.alive:
                 self._running.pop(instance_id, None)
+                if self.vpc is not None:
+                    self.vpc.forget(netns_name(machine_id))
                 if instance_id in self._rebooting:  # booted again by the next round, the instance running on
                     with self._booting:
                         self._rebooting.discard(instance_id)
                         self._seen.discard(instance_id)
                     continue
                 reason = (machine.reason if machine else None) or "instance shut down"
+                if reason.startswith("isolation setup failed"):  # the sandbox's fault, not the instance's: say it here
+                    logger.warning("sandbox: instance %s could not boot: %s", instance_id, reason)
                 self._terminate(instance_id, reason, machine.exit_code if machine else None)
                 shutil.rmtree(self.disk_of(instance_id), ignore_errors=True)  # its disk goes with it
 
@@ -216,6 +237,19 @@ class InstanceRunner:
             if instance.script is not None:
                 self._boot(instance)
 
+    def _keep_firewall(self, instance: Instance) -> None:
+        """Gives a running instance's namespace the ingress rules as they are now (a group's members
+        come and go), once its private link is up: until then its machine applies the rules it booted with."""
+        machine_id = self._running.get(instance.id)
+        if self.vpc is None or machine_id is None or instance.private_address is None:
+            return
+        if Path("/sys/class/net", private_veth(machine_id)).exists():
+            try:
+                self.vpc.apply(netns_name(machine_id), self._ingress(instance))
+            except IsolationError as error:  # (its machine ending meanwhile): the round goes on
+                if Path("/sys/class/net", private_veth(machine_id)).exists():
+                    logger.warning("sandbox: instance %s keeps its previous ingress rules: %s", instance.id, error)
+
     def _boot(self, instance: Instance) -> None:
         unavailable = own_root_unavailable()
         if unavailable:
@@ -224,6 +258,9 @@ class InstanceRunner:
             return
         env = {**self.network_env(), **self._image_env(instance)}
         image_folders = [env[name] for name in IMAGE_FOLDER_VARIABLES if name in env]
+        private = None
+        if self.vpc is not None and instance.private_address is not None:
+            private = self.vpc.link(instance.private_address, self._ingress(instance))
         record = {
             "tags": {INSTANCE_TAG: instance.id},
             "owner": None,
@@ -236,6 +273,7 @@ class InstanceRunner:
             "boot_folder": records.ROOT,  # as cloud-init and Google's startup scripts, in the image's / (not a work folder)
             "stock_env": True,  # and with their environment: a minimal PATH, no HOME
             "own_root": {"disk": str(self.disk_of(instance.id)), "shared": [*self.shared, *image_folders]},
+            "private_link": private,
         }
         try:
             [machine_id] = start_machines(

@@ -19,7 +19,7 @@ from prefect_remote.providers.aws import catalog
 from prefect_remote.providers.aws.provider import AWSError, AWSProvider
 from prefect_remote.software.store import StoreError
 from tests.cluster.clouds import no_ec2_capacity
-from tests.conftest import SESSION_HOME, end_all_machines, wait_for
+from tests.conftest import SESSION_HOME, end_all_machines, needs_firewalls, wait_for
 
 pytestmark = pytest.mark.parametrize("cloud", ["aws"], indirect=True)
 
@@ -71,6 +71,26 @@ def test_a_scheduler_with_only_a_private_address_is_said_so_and_never_dialed(clo
         RemoteCluster(name=name, provider=provider, cpu=2, n_workers=0, allow_ingress_from="none", keepalive="10 seconds")
     assert isinstance(raised.value.__cause__, ClusterStartError)  # (distributed wraps what a cluster's start raises)
     assert time.monotonic() - started < 60  # not START_TIMEOUT (600 s)
+    wait_for(lambda: cloud.machines(name) == [], timeout=30, message="the scheduler's instance ended")
+
+
+@needs_firewalls
+def test_a_scheduler_whose_group_does_not_admit_this_host_is_said_so(cloud):
+    """The scheduler gets a public IP, but its security group admits the Dask ports from another
+    address only (the sandbox enforces it, as EC2 does): once the scheduler says it listens and
+    still cannot be reached for 30 s, the start fails saying what to pass, not after 10 minutes,
+    and its machine ends."""
+    name = "aws-not-admitted"
+    started = time.monotonic()
+    with pytest.raises(
+        RuntimeError,
+        match=r"(?s)listening at tls://[\d.]+:8786, unreachable from this host: .*\n\(gave up after 30s\)\n"
+        r"Its security group or firewall rule admits the Dask ports from outside its network only from "
+        r"allow_ingress_from='203\.0\.113\.7/32': if this computer connects from elsewhere, pass allow_ingress_from='me'",
+    ) as raised:
+        RemoteCluster(name=name, provider="aws", cpu=2, n_workers=0, allow_ingress_from="203.0.113.7/32", keepalive="2 minutes")
+    assert isinstance(raised.value.__cause__, ClusterStartError)
+    assert time.monotonic() - started < 240  # not START_TIMEOUT (600 s)
     wait_for(lambda: cloud.machines(name) == [], timeout=30, message="the scheduler's instance ended")
 
 

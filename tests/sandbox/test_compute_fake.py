@@ -15,6 +15,9 @@ compute_v1 = pytest.importorskip("google.cloud.compute_v1")
 from google.api_core import exceptions  # noqa: E402
 from google.oauth2 import service_account  # noqa: E402
 
+from tests.conftest import needs_firewalls  # noqa: E402
+from tests.sandbox.reach import ADMITTED, MEMBERS_ONLY, SERVE, TOKEN, token_from_host, token_from_instance  # noqa: E402
+
 DEBIAN = "projects/debian-cloud/global/images/family/debian-12"
 PROJECT = "sandbox-project"  # SandboxGCP's default
 ZONE = "us-central1-a"
@@ -161,7 +164,10 @@ def test_startup_script_runs_and_delete_ends_it(clients, sandbox, tmp_path):
     instance = get(clients, "vm-runs")
     assert instance.status == "RUNNING" and instance.labels == {"prefect-remote-launch": "l1"}
     machine = sandbox.runner.machines.describe(sandbox.runner.machine_of("gce:vm-runs"))
-    assert instance.network_interfaces[0].network_i_p == machine.private_address  # placed before the answer
+    # Placed before the answer; its internal address is the subnetwork's, on the sandbox's VPC (the
+    # machine's address on this host's bridge would be its external one, with an access config).
+    assert machine.alive and instance.network_interfaces[0].network_i_p.startswith("10.128.0.")
+    assert instance.network_interfaces[0].network_i_p != machine.private_address
     assert instance.network_interfaces[0].access_configs[0].nat_i_p
     wait_for(marker.exists, message="the startup script ran")
     assert marker.read_text().strip() == "vm-runs"
@@ -464,3 +470,46 @@ def test_a_vm_without_an_external_ip_has_no_way_out(clients, sandbox, tmp_path):
     assert answers["egress-external"] == "reached\n" and "timed out" in answers["egress-none"]
     for name in results:
         clients["instances"].delete(project=PROJECT, zone=ZONE, instance=name).result(timeout=30)
+
+
+# -- the network ----------------------------------------------------------------------------------------
+@needs_firewalls
+def test_the_network_and_its_firewall_as_compute_engines(clients, sandbox):
+    """This host reaches a VM's external address only, VMs reach each other's internal ones, and each
+    admits what the firewall's allow rules do: source ranges on either address, source tags from
+    the tagged VMs' internal addresses only (:mod:`tests.sandbox.reach`)."""
+    firewalls = clients["firewalls"]
+    rules = [
+        compute_v1.Firewall(
+            name="reach-members",
+            network="global/networks/default",
+            source_tags=["reach"],
+            target_tags=["reach"],
+            allowed=[compute_v1.Allowed(I_p_protocol="tcp")],
+        ),
+        compute_v1.Firewall(
+            name="reach-host",
+            network="global/networks/default",
+            source_ranges=[f"{sandbox.sandbox_host}/32"],
+            target_tags=["reach"],
+            allowed=[compute_v1.Allowed(I_p_protocol="tcp", ports=[str(ADMITTED)])],
+        ),
+    ]
+    for rule in rules:
+        firewalls.insert(project=PROJECT, firewall_resource=rule).result()
+    try:
+        for name in ("vm-reach-1", "vm-reach-2"):
+            resource = vm(name, script=SERVE)
+            resource.tags = compute_v1.Tags(items=["reach"])
+            insert(clients, resource)
+        first, second = get(clients, "vm-reach-1").network_interfaces[0], get(clients, "vm-reach-2")
+        internal, external = first.network_i_p, first.access_configs[0].nat_i_p
+        wait_for(lambda: token_from_host(external, ADMITTED) == TOKEN, timeout=30, message="serving, and this host admitted")
+        assert token_from_host(internal, ADMITTED) != TOKEN
+        assert token_from_host(external, MEMBERS_ONLY) != TOKEN
+        other = sandbox.runner.machine_of(f"gce:{second.name}")
+        assert token_from_instance(other, internal, MEMBERS_ONLY) == TOKEN
+        assert token_from_instance(other, external, MEMBERS_ONLY) != TOKEN  # source tags match internal addresses only
+    finally:
+        for rule in rules:
+            firewalls.delete(project=PROJECT, firewall=rule.name).result()

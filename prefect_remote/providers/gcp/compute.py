@@ -455,7 +455,7 @@ class ComputeService(GCPService):
             spot=spot,
             owner=metadata.get(OWNER_KEY),
             private_address=private,
-            public_address=public or private,
+            public_address=public,  # none without an access config: a client outside the network cannot dial it
             details={
                 "price_per_hour": prices.get(name),
                 "market": "spot" if spot else "on-demand",

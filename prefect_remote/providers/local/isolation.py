@@ -213,18 +213,39 @@ class Cgroups:
 
 
 @dataclass(frozen=True)
+class PrivateLink:
+    """A second link of a machine's namespace (``eth1``), on a bridge that has no address on this host:
+    the machine's address there (``address``, with its network's prefix) is reachable from the other
+    machines on that bridge only, never from the host (a sandbox cloud's VPC). ``firewall`` is an
+    nftables ruleset the namespace gets before its boot starts (its cloud's ingress rules), or None."""
+
+    bridge: str
+    address: str  # "172.31.5.6/16"
+    firewall: str | None = None
+
+
+@dataclass(frozen=True)
 class Network:
-    """A machine's network namespace, its veth pair and its address on the host-only bridge."""
+    """A machine's network namespace, its veth pair and its address on the host-only bridge, and its
+    :class:`PrivateLink` when its launcher gives it one."""
 
     netns: str
     veth: str
     ip: str
     subnet: str
     bridge: str
+    private: dict[str, str] | None = None  # a PrivateLink's fields (the record is JSON)
 
     @classmethod
-    def plan(cls, machine_id: str, ip: str, bridge: Bridge) -> Network:
-        return cls(netns=_netns_name(machine_id), veth=_veth_name(machine_id), ip=ip, subnet=bridge.subnet, bridge=bridge.name)
+    def plan(cls, machine_id: str, ip: str, bridge: Bridge, private: PrivateLink | None = None) -> Network:
+        return cls(
+            netns=netns_name(machine_id),
+            veth=_veth_name(machine_id),
+            ip=ip,
+            subnet=bridge.subnet,
+            bridge=bridge.name,
+            private=private.__dict__ if private else None,
+        )
 
     @property
     def prefix(self) -> int:
@@ -253,6 +274,26 @@ class Network:
             "-",
             batch=f"link set {peer} name eth0\naddr add {self.ip}/{self.prefix} dev eth0\nlink set eth0 up\nlink set lo up\n",
         )
+        if self.private:
+            self._attach_private(PrivateLink(**self.private))
+
+    def _attach_private(self, link: PrivateLink) -> None:
+        """Puts ``eth1`` on the private link's bridge (made by the link's owner), with its address and
+        firewall. The firewall first: no connection reaches the machine before its rules hold."""
+        if link.firewall is not None:
+            apply_firewall(self.netns, link.firewall)
+        veth, peer = self._private_veth, f"prx{self.veth[3:]}"
+        _run_ip(
+            "-batch",
+            "-",
+            batch=f"link add {veth} type veth peer name {peer}\nlink set {peer} netns {self.netns}\n"
+            f"link set {veth} master {link.bridge} up\n",
+        )
+        _run_ip("-n", self.netns, "-batch", "-", batch=f"link set {peer} name eth1\naddr add {link.address} dev eth1\nlink set eth1 up\n")
+
+    @property
+    def _private_veth(self) -> str:
+        return f"prw{self.veth[3:]}"
 
     def exec_prefix(self) -> list[str]:
         return ["ip", "netns", "exec", self.netns]
@@ -262,6 +303,8 @@ class Network:
         # frees its interface later (asynchronously), which would still answer for the address while
         # the address is given to the next machine.
         _delete_link(self.veth)
+        if self.private:
+            _delete_link(self._private_veth)
         _delete_netns(self.netns)
 
 
@@ -282,8 +325,21 @@ def _machine_gone(directory: Path, entry: Path) -> bool:
         return True
 
 
-def _netns_name(machine_id: str) -> str:
+def private_veth(machine_id: str) -> str:
+    """The host end of machine ``machine_id``'s :class:`PrivateLink`, there once the link is up."""
+    return f"prw{_veth_name(machine_id)[3:]}"
+
+
+def netns_name(machine_id: str) -> str:
+    """The network namespace of machine ``machine_id`` (namespace isolation)."""
     return f"pr-{machine_id}"
+
+
+def apply_firewall(netns: str, ruleset: str) -> None:
+    """Loads the nftables ``ruleset`` (one transaction: it replaces what it names) in namespace ``netns``."""
+    result = subprocess.run(["ip", "netns", "exec", netns, "nft", "-f", "-"], input=ruleset, capture_output=True, text=True)
+    if result.returncode != 0:
+        raise IsolationError(f"nft in {netns} failed: {result.stderr.strip() or result.stdout.strip()}")
 
 
 def _veth_name(machine_id: str) -> str:
@@ -480,7 +536,8 @@ class Bridge:
         if not owner or not _machine_gone(Path(owner), entry):  # (empty: being written)
             return False
         _delete_link(_veth_name(Path(owner).name))
-        _delete_netns(_netns_name(Path(owner).name))
+        _delete_link(private_veth(Path(owner).name))  # its private link's, if it had one
+        _delete_netns(netns_name(Path(owner).name))
         return True
 
     def release(self, address: str, machine_id: str | None = None) -> None:

@@ -28,6 +28,7 @@ from prefect_remote.providers.local.isolation import (
     Cgroups,
     IsolationError,
     Network,
+    PrivateLink,
     host_trust_env,
     namespace_unavailable,
     spawn_detached,
@@ -109,7 +110,10 @@ def start_machines(
                     bridge.ensure()  # here, not in the machine's monitor: a subnet another interface uses fails the launch
                 for directory in directories:
                     (directory / records.WORK).mkdir(parents=True, mode=0o700)
-                    network = Network.plan(directory.name, bridge.allocate(directory), bridge) if isolation == "namespace" else None
+                    network = None
+                    if isolation == "namespace":
+                        private = PrivateLink(**record["private_link"]) if record.get("private_link") else None
+                        network = Network.plan(directory.name, bridge.allocate(directory), bridge, private)
                     (directory / records.BOOT_SCRIPT).write_text(boot_script)
                     if has_secrets:
                         os.link(staged, directory / records.SECRETS)  # the same owner-only file, no copy

@@ -39,6 +39,7 @@ class Sandbox(Protocol):
     metadata: MetadataServer  # a metadata server per task or instance
     secrets: Any  # Secret Manager (``value(secret, version)``), for Cloud Run's secretKeyRefs
     logging: Any  # Cloud Logging (``write(entries)``), where Cloud Run tasks' output goes
+    compute: Any  # Compute Engine, whose network (``network.allocate()``) Cloud Run tasks join by Direct VPC egress
 
     @property
     def runner(self) -> InstanceRunner:

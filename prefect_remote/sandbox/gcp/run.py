@@ -39,6 +39,7 @@ follows its runs), so splitting them by resource would scatter one set of transi
 from __future__ import annotations
 
 import copy
+import ipaddress
 import re
 import secrets
 import shlex
@@ -54,6 +55,7 @@ from starlette.requests import Request
 
 from prefect_remote.sandbox.gcp.api import GoogleError, body, rfc3339
 from prefect_remote.sandbox.gcp.common import Project, Sandbox, check_labels, page
+from prefect_remote.sandbox.gcp.compute.network import SUBNET
 from prefect_remote.sandbox.instances import Instance
 
 if TYPE_CHECKING:
@@ -99,6 +101,7 @@ class Attempt:
     log_cursor: str | None = None  # how far its output has gone to Cloud Logging
     log_rest: str = ""  # a line not yet ended
     end: str | None = None  # why it was asked to end: "cancelled", "timeout", "deleted"
+    private_address: str | None = None  # its address in the VPC (Direct VPC egress), with the subnetwork's prefix
     finished: bool = False  # its machine has ended (or never will run)
 
 
@@ -170,7 +173,16 @@ class CloudRunFake:
                     if parallelism and running.get(execution, 0) >= parallelism:
                         continue
                     running[execution] = running.get(execution, 0) + 1
-                listed.append(Instance(attempt.instance_id, state, attempt.script, attempt.instance_type, self.sandbox.region))
+                listed.append(
+                    Instance(
+                        attempt.instance_id,
+                        state,
+                        attempt.script,
+                        attempt.instance_type,
+                        self.sandbox.region,
+                        private_address=attempt.private_address,
+                    )
+                )
         return iter(listed)
 
     def image_env(self, instance: Instance) -> dict[str, str]:
@@ -493,6 +505,7 @@ class CloudRunFake:
             "logUri": execution["logUri"],
             "etag": f'"{secrets.token_hex(8)}"',
             **({"nodeSelector": template["nodeSelector"]} if template.get("nodeSelector") else {}),
+            **({"vpcAccess": template["vpcAccess"]} if template.get("vpcAccess") else {}),
         }
         key = f"{execution_id}-task{index}"
         self._task_state[name] = _Task(key=key)
@@ -561,6 +574,11 @@ class CloudRunFake:
             env=env,
             timeout=_seconds(task["timeout"], "timeout"),
             instance_type=f"cloud-run-{limits.get('cpu', '1')}cpu-{limits.get('memory', '512Mi')}",
+            # Direct VPC egress: an address of the subnetwork (the sandbox has one, the default's); no
+            # firewall rule admits anything to a task, which takes no inbound connections.
+            private_address=f"{self.sandbox.compute.network.allocate()}/{ipaddress.ip_network(SUBNET).prefixlen}"
+            if task.get("vpcAccess")
+            else None,
         )
         self._attempts[attempt.instance_id] = attempt
         self._task_state[task_name].attempts.append(attempt)

@@ -47,6 +47,7 @@ from prefect_remote.sandbox.gcp.run import CloudRunFake
 from prefect_remote.sandbox.gcp.secrets import SecretManagerFake
 from prefect_remote.sandbox.gcp.storage_gate import StorageGate
 from prefect_remote.sandbox.instances import Instance, InstanceRunner, SandboxCloud
+from prefect_remote.sandbox.vpc import VPC, Ingress
 
 logger = logging.getLogger(__name__)
 
@@ -64,6 +65,9 @@ class SandboxGCP(SandboxCloud):
     Prefect server) that machines reach at ``http://<sandbox_host>:PORT``. Each instance boots from
     a stock image in a root of its own (:mod:`prefect_remote.providers.local.own_root`); ``warm_cache``
     gives them a warm uv cache and shared agent environments instead (:meth:`warm`).
+    ``private_network`` (on by default, with namespace isolation) puts each VM's ``networkIP`` (and a
+    Cloud Run task's, with Direct VPC egress) on a VPC this host cannot reach, and enforces the
+    firewall's allow rules (:mod:`prefect_remote.sandbox.vpc`; ``vpc.enforcing(False)`` for one test).
     """
 
     def __init__(
@@ -79,10 +83,13 @@ class SandboxGCP(SandboxCloud):
         enforce_iam: bool = True,
         iam_delay: float = IAM_DELAY,
         warm_cache: bool = False,
+        private_network: bool = True,
     ) -> None:
         self.project, self.region, self.host, self.port = project, region, host, port
         self.warm_cache = warm_cache
         self._images: dict[str, bool] = {}
+        self.private_network = private_network
+        self.vpc = VPC()  # the machines' internal addresses and the firewall's rules (its knobs)
         self.project_number = Project.named(project).number
         self.zones = [f"{region}-{zone}" for zone in "abc"]
         self.isolation = isolation
@@ -190,7 +197,11 @@ class SandboxGCP(SandboxCloud):
                 image_env=self._instance_env,
                 booted=self._booted,
                 isolation=self.isolation,
+                vpc=self.vpc if self.private_network else None,
+                ingress=self._ingress,
             )
+            if self._runner.vpc is not None:
+                self._runner.vpc.create()
             self._root = self._home / "root"
             self._runner.start()
         except BaseException:
@@ -206,6 +217,8 @@ class SandboxGCP(SandboxCloud):
         if self._runner is not None:
             self.run.end_all("sandbox stopped")
             self._runner.stop()  # ends every machine still running, and waits for them
+            if self._runner.vpc is not None:
+                self._runner.vpc.remove()
             self._runner = None
         self.api.close()
         if self.enforcement is not None and self.enforcement.storage is not None:
@@ -303,6 +316,10 @@ class SandboxGCP(SandboxCloud):
 
     def _booted(self, instance: Instance, machine: Any) -> None:
         self._fake(instance.id).booted(instance, machine)
+
+    def _ingress(self, instance: Instance) -> list[Ingress]:
+        """What the firewall admits to a VM; nothing to a Cloud Run task (it takes no inbound connections)."""
+        return self.compute.ingress(instance) if instance.id.startswith("gce:") else []
 
     def _forwarded(self) -> list[str]:
         return [self.url, self.storage_url]

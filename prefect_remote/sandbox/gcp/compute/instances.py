@@ -25,6 +25,7 @@ both ways:
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import threading
 import time
@@ -52,9 +53,10 @@ from prefect_remote.sandbox.gcp.compute.google import (
     timestamp,
 )
 from prefect_remote.sandbox.gcp.compute.insert import Inserts, check_metadata, metadata_resource
-from prefect_remote.sandbox.gcp.compute.network import Network
+from prefect_remote.sandbox.gcp.compute.network import SUBNET, Network
 from prefect_remote.sandbox.gcp.compute.operations import Operations
 from prefect_remote.sandbox.instances import Instance
+from prefect_remote.sandbox.vpc import Ingress
 
 ID_PREFIX = "gce:"  # the instance runner's ids of this fake's instances
 STOCK_OUT = "The zone '{zone}' does not have enough resources available to fulfill the request.  Try a different zone, or try again later."
@@ -174,17 +176,30 @@ class ComputeFake:
             vm.resource["lastStopTimestamp"] = timestamp()
 
     def booted(self, instance: Instance, machine: Any) -> None:
-        """The instance's addresses are its machine's."""
+        """The instance's external address is its machine's on this host's bridge; its internal one
+        stays on the VPC's bridge (with no VPC, process isolation, the machine's one address is both)."""
         with self._lock:
             vm = self._vms.get(instance.id.removeprefix(ID_PREFIX))
             if vm is None:
                 return
             nic = vm.resource["networkInterfaces"][0]
-            if machine.private_address:
+            if machine.private_address and self.sandbox.runner.vpc is None:
                 nic["networkIP"] = machine.private_address
             for config in nic.get("accessConfigs", []):
                 if machine.public_address:
                     config["natIP"] = machine.public_address
+
+    def ingress(self, instance: Instance) -> list[Ingress]:
+        """What the firewall rules admit to the instance (:meth:`Network.ingress`)."""
+        with self._lock:
+            vms = list(self._vms.values())
+        tags_of = {vm.name: set(vm.resource["tags"].get("items", [])) for vm in vms}
+        running = [vm for vm in vms if vm.resource["status"] in ("PROVISIONING", "STAGING", "RUNNING")]
+
+        def members(source_tags: list[str]) -> list[str]:
+            return [vm.resource["networkInterfaces"][0]["networkIP"] for vm in running if tags_of[vm.name] & set(source_tags)]
+
+        return self.network.ingress(tags_of.get(instance.id.removeprefix(ID_PREFIX), set()), members)
 
     def image_env(self, instance: Instance) -> dict[str, str]:
         """What the instance's image sets: the sandbox's (its endpoints, its metadata server)."""
@@ -303,6 +318,7 @@ class ComputeFake:
             tags=dict(resource.get("labels", {})),
             # Cloud NAT is not modelled: a VM without an external IP reaches nothing beyond the network
             egress=bool(resource["networkInterfaces"][0].get("accessConfigs")),
+            private_address=f"{resource['networkInterfaces'][0]['networkIP']}/{ipaddress.ip_network(SUBNET).prefixlen}",
         )
 
     def _remove(self, vm: VM) -> None:

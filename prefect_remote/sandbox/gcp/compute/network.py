@@ -2,8 +2,10 @@
 region (10.128.0.0/20), the network interfaces an instance gets there, and firewall rules (insert,
 get, list, patch, delete, validated as Compute Engine validates them).
 
-The rules are recorded, not enforced: every machine of the sandbox reaches every other, so
-reachability is the product's to get right (see the sandbox GCP's Cloud Run fake).
+An instance's ``networkIP`` is its private address on the sandbox's VPC bridge, which this host
+cannot reach, and ``natIP`` its machine's address on this host's bridge; the allow rules that apply
+to an instance are enforced in its namespace (:meth:`Network.ingress`, :mod:`prefect_remote.sandbox.vpc`).
+Deny rules and priorities are not modelled (the product makes none).
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import ipaddress
 import re
 import secrets
 import threading
+from collections.abc import Callable
 from typing import Any
 
 from starlette.requests import Request
@@ -33,6 +36,7 @@ from prefect_remote.sandbox.gcp.compute.google import (
     timestamp,
 )
 from prefect_remote.sandbox.gcp.compute.operations import Operations
+from prefect_remote.sandbox.vpc import Ingress
 
 SUBNET = "10.128.0.0/20"  # the default subnetwork's range in every region, as in a new project
 PROTOCOLS = ("tcp", "udp", "icmp", "esp", "ah", "sctp", "ipip", "all")
@@ -74,8 +78,7 @@ class Network:
                 raise not_found(f"projects/{self.project.id}/global/networks/{network}")
             if subnetwork != "default":
                 raise not_found(f"projects/{self.project.id}/regions/{region}/subnetworks/{subnetwork}")
-            with self._lock:
-                address = str(next(self._addresses))
+            address = self.allocate()
             interface: dict[str, Any] = {
                 "kind": "compute#networkInterface",
                 "network": self.project.link("global/networks/default"),
@@ -99,6 +102,28 @@ class Network:
                 ]
             interfaces.append(interface)
         return interfaces
+
+    def allocate(self) -> str:
+        """The subnetwork's next free address (a VM's ``networkIP``, a Cloud Run task's by Direct VPC egress)."""
+        with self._lock:
+            return str(next(self._addresses))
+
+    def ingress(self, tags: set[str], members: Callable[[list[str]], list[str]]) -> list[Ingress]:
+        """What the enabled ingress allow rules admit to an instance with network ``tags``: a rule
+        with no target tags applies to every instance; its sources are its ranges, and the internal
+        addresses of the instances with its source tags (``members(tags)``), as Compute Engine matches them."""
+        with self._lock:
+            rules = [rule for rule in self._firewalls.values() if rule["direction"] == "INGRESS" and not rule["disabled"]]
+        admitted = []
+        for rule in rules:
+            if rule.get("targetTags") and not tags & set(rule["targetTags"]):
+                continue
+            sources = tuple([*rule.get("sourceRanges", []), *(members(rule["sourceTags"]) if rule.get("sourceTags") else [])])
+            for entry in rule.get("allowed") or []:
+                for ports in entry.get("ports") or [None]:
+                    low, _, high = str(ports).partition("-") if ports else ("", "", "")
+                    admitted.append(Ingress(entry["IPProtocol"], (int(low), int(high or low)) if ports else None, sources))
+        return admitted
 
     # -- firewalls ----------------------------------------------------------------------------------------
     def _firewall(self, project: str, name: str) -> dict[str, Any]:
