@@ -127,7 +127,7 @@ class SchedulerMachine(ProcessInterface):
                 if private_since is not None and time.monotonic() - private_since > PRIVATE_GRACE:
                     raise ClusterStartError(self._private())
                 if last_error is not None and listening_since is None and time.monotonic() > next_log_check:
-                    if LISTENING.search(await asyncio.to_thread(lambda: self.provider.logs(self.machine.id).text)):
+                    if LISTENING.search(await asyncio.to_thread(self._log_text) or ""):
                         listening_since = time.monotonic()
                     next_log_check = time.monotonic() + LOG_CHECK_EVERY
                 if listening_since is not None and time.monotonic() - listening_since > UNREACHABLE_GRACE:
@@ -157,9 +157,13 @@ class SchedulerMachine(ProcessInterface):
         without a client), and what admits this computer on a cloud."""
         # Its last lines from the log's end (a long log's first page says nothing of how it ended);
         # whether it said it listens, from its start, where it says so.
-        tail = "last lines of its log:\n" + self.provider.log_tail(self.machine.id, 20).rstrip("\n")
+        try:
+            tail = "last lines of its log:\n" + self.provider.log_tail(self.machine.id, 20).rstrip("\n")
+        except Exception as unread:  # (a machine's identity may not read logs): the reason, without its log
+            tail = f"(its log could not be read here: {unread})"
+        listened = LISTENING.search(self._log_text() or "") is not None
         then = f"its machine then ended: {ended}" if ended is not None else f"gave up after {waited or START_TIMEOUT:.0f}s"
-        if error is not None and LISTENING.search(self.provider.logs(self.machine.id).text):
+        if error is not None and listened:
             return (
                 f"scheduler {self.machine.id} listening at {self.dialed}, unreachable from this host: {error}\n({then})\n"
                 f"{self._ingress_hint()}{tail}"
@@ -167,6 +171,15 @@ class SchedulerMachine(ProcessInterface):
         if ended is not None:
             return f"scheduler machine {self.machine.id} ended before accepting connections: {ended}\n{tail}"
         return f"scheduler machine {self.machine.id} did not accept connections within {START_TIMEOUT:.0f}s\n{tail}"
+
+    def _log_text(self) -> str | None:
+        """The start of the scheduler machine's log, or None where this process may not read it (a
+        machine's identity may not read logs on every cloud): then whether it listens is unknown."""
+        try:
+            return self.provider.logs(self.machine.id).text
+        except Exception as error:
+            logger.debug("scheduler %s: its log could not be read here: %s", self.machine.id, error)
+            return None
 
     def _ingress_hint(self) -> str:
         """What admits this computer to the Dask ports where the provider's network has ingress rules
