@@ -23,6 +23,7 @@ from prefect_remote.cluster.plan import CLUSTER_TAG, ROLE_TAG, ClusterPlan, laun
 from prefect_remote.errors import MachineNotFound
 from prefect_remote.lease import LeaseKeeper
 from prefect_remote.providers import provider_class
+from prefect_remote.providers.base import Machine
 from prefect_remote.units import format_duration
 
 TICK = 0.5  # seconds between keepalive checks
@@ -89,7 +90,7 @@ class MachinePool(AdaptiveCore):
         if adopted:
             controller.leases.add(controller.provider, adopted, worker_lease(controller.provider))
 
-    async def _unlisted(self, machine_id: str) -> Any:
+    async def _unlisted(self, machine_id: str) -> Machine | None:
         """A machine of this pool that the provider's listing left out, if it has not ended: a cloud lists
         a new machine only a while after its launch (EC2's eventual consistency), and may not know its
         id at first either (then it counts as alive for the provider's ``visible_after``)."""
