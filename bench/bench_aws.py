@@ -2,8 +2,8 @@
 
 Boot: time from ``launch()`` to the payload running, split into the phases the machine log stamps
 (the API calls of the launch, the instance starting, uv, the agent's environment, the software
-environment, the payload), cold (a fresh image root: uv downloaded, environments built, with a warm
-uv cache) and warm (the image root kept, as a second machine of a cluster finds it). Baseline: the
+environment, the payload), cold (a stock image: uv downloaded, environments built, no uv cache) and
+warm (an image baked after one boot: its root and uv cache shared). Baseline: the
 same payload launched on the local provider, in the same run.
 
 Fan-out: ``.map`` over 10,000 items vs raw ``client.map`` on a cluster of sandbox instances.
@@ -42,6 +42,7 @@ def main() -> list[str]:
     lines = []
     with bench_home("aws") as scratch:  # which ends the sandbox's instances, whatever happens
         with SandboxAWS(home=scratch / "sandbox") as aws:
+            aws.runner.shared.append(str(scratch))  # the payload's marker, seen from this host
             os.environ.update(aws.exports())
             project = scratch / "project"
             project.mkdir()
@@ -50,8 +51,11 @@ def main() -> list[str]:
             marker = scratch / "payload-ran"
             baseline = min(local_launch(marker, scratch / "local") for _ in range(3))
             spec = MachineSpec(cpu=2, software=software, keepalive="5 minutes")
-            cold = boot_phases(provider, spec, marker, machine_log(aws))
-            warm = [boot_phases(provider, spec, marker, machine_log(aws)) for _ in range(3)]
+            with aws.warm(False):  # a stock image: no uv, no environments, no uv cache
+                cold = boot_phases(provider, spec, marker, machine_log(aws))
+            with aws.warm(True):  # an image baked after one boot: its root and uv cache shared
+                boot_phases(provider, spec, marker, machine_log(aws))
+                warm = [boot_phases(provider, spec, marker, machine_log(aws)) for _ in range(3)]
             lines += boot_lines("boot EC2", cold, warm, baseline)
             lines += api_calls(aws.calls, "aws", "ec2:CreateTags", WORKERS, IDLE_SECONDS)
             from bench_fanout import bench_map

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import collections
 import os
-import shutil
 from pathlib import Path
 
 from common import api_calls, bench_home, boot_lines, boot_phases, local_launch
@@ -55,11 +54,13 @@ def machine_log(gcp):
 
 
 def boot(gcp, provider, spec, marker: Path, label: str, baseline: float) -> tuple[list[str], dict[str, float]]:
-    """Cold boot (the image root wiped first), then three warm ones, as lines; and the cold phases."""
-    root = Path(gcp.image_env("bench")["PREFECT_REMOTE_ROOT"])
-    shutil.rmtree(root, ignore_errors=True)  # a fresh image: no uv, no environments
-    cold = boot_phases(provider, spec, marker, machine_log(gcp))
-    warm = [boot_phases(provider, spec, marker, machine_log(gcp)) for _ in range(3)]
+    """A cold boot (a stock image: no uv, no environments, no uv cache), then three warm ones (an image
+    baked after one boot: its root and uv cache shared), as lines; and the cold phases."""
+    with gcp.warm(False):
+        cold = boot_phases(provider, spec, marker, machine_log(gcp))
+    with gcp.warm(True):
+        boot_phases(provider, spec, marker, machine_log(gcp))  # bakes the warm image
+        warm = [boot_phases(provider, spec, marker, machine_log(gcp)) for _ in range(3)]
     return boot_lines(label, cold, warm, baseline), cold
 
 
@@ -109,6 +110,7 @@ def main() -> list[str]:
     colds: list[dict[str, float]] = []
     with bench_home("gcp") as scratch:  # which ends the sandbox's instances, whatever happens
         with SandboxGCP(home=scratch / "sandbox") as gcp:
+            gcp.runner.shared.append(str(scratch))  # the payload's marker, seen from this host
             os.environ.update(gcp.exports())
             project = scratch / "project"
             project.mkdir()

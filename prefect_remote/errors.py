@@ -7,6 +7,11 @@ class RemoteError(Exception):
     """Base class of prefect-remote's errors."""
 
 
+class AccessDenied(RemoteError):
+    """The cloud refused a call for a missing permission; the message names what grants it. Waiting
+    does not fix it (beyond the minutes a new grant takes to reach every server)."""
+
+
 class CapacityError(RemoteError, ValueError):
     """A provider cannot offer a machine that meets the spec (too big, no such vm_type, no GPU…)."""
 

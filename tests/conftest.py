@@ -198,14 +198,24 @@ def wait_for(predicate, timeout: float = 20, interval: float = 0.05, message: st
 _SANDBOXES: list = []  # the session's sandbox clouds, started by the first test that needs each
 
 
+def share_scratch(sandbox, tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Mounts the tests' scratch folders (``tmp_path``) into every instance of ``sandbox``, at the same
+    path, as a network share: what a test's payload writes there, the test reads (each instance's
+    own root keeps everything else)."""
+    sandbox.runner.shared.append(str(tmp_path_factory.getbasetemp()))
+
+
 @pytest.fixture(scope="session")
-def aws_sandbox():
+def aws_sandbox(tmp_path_factory):
     """The session's sandbox AWS: moto in server mode on loopback (unknown EC2 instance types
     refused), reached only through the real boto3 client, whose instances boot as local machines
-    under this session's home. Yields its ``SandboxAWS``."""
+    under this session's home, each in a root of its own. Their image is warm (a uv cache and agent
+    environments shared, as a baked image's) where boot time matters; ``aws_sandbox.warm(False)``
+    gives a test stock (cold) boots. Yields its ``SandboxAWS``."""
     from prefect_remote.sandbox.aws import SandboxAWS
 
-    with SandboxAWS(region="us-east-1", home=SESSION_HOME / "aws", validate_instance_types=True) as sandbox:
+    with SandboxAWS(region="us-east-1", home=SESSION_HOME / "aws", validate_instance_types=True, warm_cache=True) as sandbox:
+        share_scratch(sandbox, tmp_path_factory)
         _SANDBOXES.append(sandbox)
         try:
             yield sandbox
@@ -240,16 +250,16 @@ def aws_env(aws_sandbox, monkeypatch, request):
 
 
 @pytest.fixture(scope="session")
-def gcp_sandbox():
+def gcp_sandbox(tmp_path_factory):
     """The session's sandbox GCP: the Google APIs prefect-remote calls on one loopback endpoint,
     GCS on another, reached only through the real google-cloud clients; Cloud Run tasks and Compute
-    Engine instances run as local machines under this session's home. Yields its ``SandboxGCP``."""
+    Engine instances run as local machines under this session's home, each in a root of its own,
+    from a warm image as :func:`aws_sandbox`'s. Yields its ``SandboxGCP``."""
     from prefect_remote.sandbox.gcp.sandbox import SandboxGCP
 
-    # IAM not enforced yet for the session (issue 17): after provisioning, the launcher may not act as the
-    # provisioned machines' account (the docs ask the user to grant roles/iam.serviceAccountUser; no test
-    # does), and the clusters' contract on gcp stalls with it on. tests/sandbox/test_gcp_iam.py enforces it.
-    with SandboxGCP(home=SESSION_HOME / "gcp", enforce_iam=False) as sandbox:
+    # IAM enforced, as everywhere (a test marked no_iam: off)
+    with SandboxGCP(home=SESSION_HOME / "gcp", warm_cache=True) as sandbox:
+        share_scratch(sandbox, tmp_path_factory)
         _SANDBOXES.append(sandbox)
         try:
             yield sandbox

@@ -31,8 +31,8 @@ def teardown(
     ] = False,
     force: Annotated[bool, typer.Option("--force", help="End prefect-remote machines that still run instead of refusing.")] = False,
 ) -> None:
-    """Remove the machines' service account prefect-remote-machines, its grants, the custom role
-    prefectRemoteMachine, the firewall rules prefect-remote-internal-* and prefect-remote-dask-*, and
+    """Remove the machines' service account prefect-remote-machines, its grants, the custom roles
+    prefectRemoteMachine and prefectRemoteMachineSecrets, the firewall rules prefect-remote-internal-* and prefect-remote-dask-*, and
     launch secrets left behind; the bucket only with --delete-bucket (else just the machines' grant on
     it). Pools share these, so there is no --pool. Refuses while prefect-remote machines run, unless
     --force. Idempotent."""

@@ -29,6 +29,14 @@ EnforceIAM = Annotated[
         "then hold exactly the docs' launcher and provisioning permissions.",
     ),
 ]
+WarmCache = Annotated[
+    bool,
+    typer.Option(
+        "--warm-cache/--stock",
+        help="Boot instances from a warm image (this host's uv cache, uv and agent environments shared by every "
+        "instance) instead of a stock one, which downloads uv and builds the agent on each boot, as a new VM does.",
+    ),
+]
 app = typer.Typer(help="Emulated clouds on this computer: try prefect-remote offline, with the real cloud clients.", no_args_is_help=True)
 
 
@@ -38,6 +46,7 @@ def aws(
     port: Annotated[int, typer.Option(help="Port of the emulated AWS endpoint on 127.0.0.1 (0: any free port).")] = 0,
     expose: Expose = None,
     enforce_iam: EnforceIAM = True,
+    warm_cache: WarmCache = False,
 ) -> None:
     """Start a sandbox AWS (moto, plus instances that boot as local machines) and serve until Ctrl-C.
 
@@ -52,7 +61,7 @@ def aws(
     from prefect_remote.settings import get_settings
 
     home = get_settings().home / "sandbox" / "aws"
-    _serve(SandboxAWS(port=port, region=region, home=home, expose=tuple(expose or (4200,)), enforce_iam=enforce_iam))
+    _serve(SandboxAWS(port=port, region=region, home=home, expose=tuple(expose or (4200,)), enforce_iam=enforce_iam, warm_cache=warm_cache))
 
 
 @app.command("gcp")
@@ -61,6 +70,7 @@ def gcp(
     port: Annotated[int, typer.Option(help="Port of the emulated Google APIs on 127.0.0.1 (0: any free port).")] = 0,
     expose: Expose = None,
     enforce_iam: EnforceIAM = True,
+    warm_cache: WarmCache = False,
 ) -> None:
     """Start a sandbox GCP (Cloud Run, Compute Engine, Secret Manager, Cloud Logging and GCS, whose
     jobs and VMs run as local machines) and serve until Ctrl-C.
@@ -76,7 +86,7 @@ def gcp(
     from prefect_remote.settings import get_settings
 
     home = get_settings().home / "sandbox" / "gcp"
-    _serve(SandboxGCP(region=region, port=port, home=home, expose=tuple(expose or (4200,)), enforce_iam=enforce_iam))
+    _serve(SandboxGCP(region=region, port=port, home=home, expose=tuple(expose or (4200,)), enforce_iam=enforce_iam, warm_cache=warm_cache))
 
 
 def _serve(sandbox: SandboxCloud) -> None:

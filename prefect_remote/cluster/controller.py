@@ -20,13 +20,18 @@ from distributed.comm import CommClosedError
 from distributed.deploy.adaptive_core import AdaptiveCore
 
 from prefect_remote.cluster.plan import CLUSTER_TAG, ROLE_TAG, ClusterPlan, launch_workers, worker_lease
-from prefect_remote.errors import MachineNotFound
+from prefect_remote.errors import AccessDenied, MachineNotFound
 from prefect_remote.lease import LeaseKeeper
 from prefect_remote.providers import provider_class
 from prefect_remote.providers.base import Machine
 from prefect_remote.units import format_duration
 
 TICK = 0.5  # seconds between keepalive checks
+# How long the cloud may refuse the controller a permission (listing or launching its workers) before
+# it closes the cluster, naming the refusal: a missing permission does not heal, and a cluster that can
+# neither see nor replace its workers would leave its clients waiting for ever. Long enough for a new
+# grant to take effect (Google: typically 2 minutes; IAM on AWS: seconds).
+REFUSED_LIMIT = 300.0
 ADAPT_INTERVAL = 1.0  # seconds between scaling decisions (Dask's default)
 BOOT_FAILURES_BEFORE_BACKOFF = 3
 BACKOFF = 30.0  # seconds without launching after repeated boot failures; the longest wait after failed launches
@@ -77,7 +82,12 @@ class MachinePool(AdaptiveCore):
     async def refresh(self) -> None:
         """Re-reads this cluster's worker machines from the provider and holds their leases."""
         controller = self.controller
-        found = await asyncio.to_thread(controller.provider.list, {CLUSTER_TAG: controller.plan.name, ROLE_TAG: "worker"})
+        try:
+            found = await asyncio.to_thread(controller.provider.list, {CLUSTER_TAG: controller.plan.name, ROLE_TAG: "worker"})
+        except Exception as error:
+            controller.refused("listing workers", error)
+            raise
+        controller.refused("listing workers", None)
         alive = {m.id: m for m in found}
         for machine_id in set(self.machines) - set(alive):
             machine = await self._unlisted(machine_id)
@@ -129,6 +139,7 @@ class MachinePool(AdaptiveCore):
                 owner=f"dask-scheduler:{controller.machine_id}",
             )
         except Exception as error:  # tried again later, backing off: not once per scaling decision
+            controller.refused("launching workers", error)
             self.launch_failures += 1
             wait = min(BACKOFF, 2.0**self.launch_failures)
             self.paused_until = time.monotonic() + wait
@@ -137,6 +148,7 @@ class MachinePool(AdaptiveCore):
             )
             return
         self.launch_failures = 0
+        controller.refused("launching workers", None)
         self.machines.update({m.id: m for m in launched})
         controller.leases.add(controller.provider, [m.id for m in launched], worker_lease(controller.provider))
         first = launched[0]
@@ -178,6 +190,8 @@ class ClusterController(SchedulerPlugin):
         self._task: asyncio.Task | None = None
         self._forwarding: logging.Handler | None = None
         self._failing = ""  # the loop's last error, said once per streak
+        self._refused: dict[str, float] = {}  # what the cloud refuses the controller a permission for -> since when
+        self._closing: asyncio.Future | None = None
 
     # -- scheduler plugin hooks ----------------------------------------------------------------
     async def start(self, scheduler) -> None:
@@ -286,6 +300,20 @@ class ClusterController(SchedulerPlugin):
                 await asyncio.wait_for(self._wake.wait(), TICK)
             except TimeoutError:
                 pass
+
+    def refused(self, doing: str, error: Exception | None) -> None:
+        """Notes how ``doing`` went: refused a permission (``error`` an :class:`~prefect_remote.errors.AccessDenied`)
+        or not. Refused for :data:`REFUSED_LIMIT` in a row, the cluster closes, saying why, instead of
+        leaving its clients to wait for workers it can neither see nor launch."""
+        if not isinstance(error, AccessDenied):
+            self._refused.pop(doing, None)
+            return
+        since = self._refused.setdefault(doing, time.monotonic())
+        if time.monotonic() - since >= REFUSED_LIMIT and self._closing is None:
+            lasted = format_duration(time.monotonic() - since)
+            self.event(f"closing: the cloud has refused {doing} for {lasted}: {error}", level="warning")
+            # Closing runs the plugin's close(), which cancels the loop: so not awaited from it.
+            self._closing = asyncio.ensure_future(self.scheduler.close(reason=f"the cloud refused {doing}: {error}"))
 
     def _keepalive_expired(self) -> bool:
         """Closes the scheduler once no client has been connected for ``keepalive``."""

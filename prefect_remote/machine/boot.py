@@ -62,6 +62,10 @@ UV_WHEELS = {
 }
 
 
+# Seconds each of two looks at the package index may take before a boot says it has no egress (a
+# boot with no way out fails within a minute, not after uv's 300 s download timeout).
+EGRESS_TIMEOUT = 15
+
 _WHEEL_NAME = re.compile(r"[A-Za-z0-9_.+-]+\.whl")
 
 
@@ -139,6 +143,11 @@ ended() {  # a boot that fails before the agent runs ends the machine: nobody el
 trap ended EXIT
 phase "booting machine on "@PLACEMENT@" ($(uname -m))"
 
+# A cloud that does not run this script on a reboot (EC2 runs user data on the first boot only)
+# would leave a rebooted machine running with no agent: the provider's hook ends it then.
+PHASE=reboot-hook
+@ON_REBOOT@
+
 # 0. A work folder of its own. cloud-init and Google's startup-script runner start this script in /
 # (maybe without HOME): the agent unpacks the code bundle into its working folder, and the payload
 # runs there.
@@ -156,7 +165,34 @@ if command -v nvidia-smi >/dev/null 2>&1; then
   phase "gpu: $(nvidia-smi --query-gpu=name,driver_version --format=csv,noheader 2>&1 | paste -sd ';' - || true)"
 fi
 
-# 1. uv, pinned and verified.
+# 1. Egress. A new machine downloads uv, Python and the agent from the package index: in a network with
+# no way out (a private subnet without NAT) each download would hang for minutes. Say so at once.
+PHASE=egress
+# (An image with no python3 is refused below, by name.)
+if command -v python3 >/dev/null 2>&1 && { [ ! -x "$ROOT/uv-@UV_VERSION@/uv" ] || [ ! -x "$ROOT/agent/@AGENT_KEY@/bin/python" ]; }; then
+  python3 - <<'PY'
+import platform, sys, urllib.error, urllib.request
+wheels = @UV_WHEELS@
+url = wheels[{"arm64": "aarch64"}.get(platform.machine(), platform.machine())][0]
+for attempt in range(2):
+    try:
+        urllib.request.urlopen(urllib.request.Request(url, method="HEAD"), timeout=@EGRESS_TIMEOUT@).close()
+        sys.exit(0)
+    except urllib.error.HTTPError:  # an answer: the index is reachable
+        sys.exit(0)
+    except Exception as error:
+        problem = error
+sys.exit(
+    f"no route to the package index ({url.split('/')[2]}: {problem}): this machine has no egress to the internet. "
+    "Give its network a way out: on AWS a public IP (a subnet that maps one, with a route to an internet gateway) "
+    "or a NAT gateway, and VPC endpoints for S3 (the store); on GCP an external IP or Cloud NAT, and Private "
+    "Google Access (the store)"
+)
+PY
+  phase "egress: the package index answers"
+fi
+
+# 2. uv, pinned and verified.
 PHASE=uv
 UV_DIR="$ROOT/uv-@UV_VERSION@"
 if [ ! -x "$UV_DIR/uv" ]; then
@@ -192,7 +228,7 @@ UV="$UV_DIR/uv"
 export PATH="$UV_DIR:$PATH"
 phase "uv: $("$UV" --version)"
 
-# 2. The agent's own environment: prefect-remote at the launcher's version, on the launcher's Python
+# 3. The agent's own environment: prefect-remote at the launcher's version, on the launcher's Python
 # (patch included) where uv has or can download it, else at once the same minor version.
 PHASE=agent
 AGENT="$ROOT/agent/@AGENT_KEY@"
@@ -212,7 +248,7 @@ READY="$("$AGENT/bin/python" -c 'import platform, prefect_remote as p; print(p._
 phase "agent: ready ($READY)"
 export PATH="$AGENT/bin:$PATH"  # a payload without a software environment runs in the agent's (then a full one)
 
-# 3-4. The agent rebuilds the software environment, runs the payload, and ends this machine on
+# 4-5. The agent rebuilds the software environment, runs the payload, and ends this machine on
 # timeout, idleness or a lost owner.
 PHASE=handover
 trap - EXIT
@@ -242,12 +278,15 @@ def render_boot_script(
     python: str | None = None,
     agent: AgentSource | None = None,
     halt: str = "true",
+    on_reboot: str = "",
     placement: str = "a machine",
 ) -> str:
     """The boot script for an agent ``config``: the agent runs with the interpreter at ``python``
     (preinstalled), or in an environment the script makes from ``agent`` (stock image), where a
-    failed boot runs ``halt`` (a shell command that ends the machine). ``placement`` says where the
-    machine runs (``"aws EC2 t3.medium in us-east-1"``), for the log's first line."""
+    failed boot runs ``halt`` (a shell command that ends the machine) and the boot first runs
+    ``on_reboot`` (shell lines that make a later boot of the machine end it, where its cloud would
+    not run this script again). ``placement`` says where the machine runs (``"aws EC2 t3.medium in
+    us-east-1"``), for the log's first line."""
     encoded = base64.b64encode(json.dumps(config, separators=(",", ":")).encode()).decode()
     where = shlex.quote(" ".join(placement.split()))  # one line, literal text whatever it holds
     if agent is None:
@@ -273,8 +312,10 @@ def render_boot_script(
         "@DEFAULT_ROOT@": DEFAULT_ROOT,
         "@DEFAULT_LOG@": DEFAULT_MACHINE_LOG,
         "@HALT@": halt,
+        "@ON_REBOOT@": on_reboot.rstrip("\n") or ":",
         "@UV_VERSION@": UV_VERSION,
         "@UV_WHEELS@": repr(UV_WHEELS),
+        "@EGRESS_TIMEOUT@": str(EGRESS_TIMEOUT),
         "@AGENT_KEY@": agent.key,
         "@AGENT_REQUIREMENT@": agent.requirement,
         "@AGENT_PYTHON@": shlex.quote(agent.python),

@@ -361,6 +361,9 @@ class Provider(ABC):
     visible_after: ClassVar[float] = 0.0
     # A shell command that ends the machine, run when its boot fails before the agent can.
     halt_command: ClassVar[str] = "true"
+    # Shell lines a stock machine's boot runs first, so that a reboot ends the machine where its cloud
+    # would not run the boot script again (which would leave it running with no agent). "": nothing.
+    reboot_hook: ClassVar[str] = ""
     # The module that sets up what machines need in the account (--provision-infra), named rather
     # than imported: it builds on the provider. Its provision(provider, pool, store, say) returns a
     # prefect_remote.providers.setup.Setup. None: nothing beyond the store's folder.
@@ -418,7 +421,11 @@ class Provider(ABC):
             boot_script = render_boot_script(config, python=self.boot_python(), placement=plan.placement)
         else:
             boot_script = render_boot_script(
-                config, agent=agent or self.agent_source(spec), halt=self.halt_command, placement=plan.placement
+                config,
+                agent=agent or self.agent_source(spec),
+                halt=self.halt_command,
+                on_reboot=self.reboot_hook,
+                placement=plan.placement,
             )
         size = len(boot_script.encode())
         if size > self.max_boot_script:

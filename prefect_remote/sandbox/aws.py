@@ -64,7 +64,10 @@ class SandboxAWS(SandboxCloud):
     docs' launcher and provisioning permissions (:mod:`prefect_remote.providers.aws.permissions`),
     :meth:`keys` gives users with one list each (``launcher``, ``provisioning``, ``teardown``), and
     instances get their instance profile's role through IMDS. :meth:`enforcing` switches the checks
-    off for a while (a test that needs them off); :attr:`refusals` says what was refused.
+    off for a while (a test that needs them off); :attr:`refusals` says what was refused. Each
+    instance boots from a stock image in a root of its own (:mod:`prefect_remote.providers.local.own_root`),
+    its user data run by cloud-init on its first boot only; ``warm_cache`` gives instances a warm uv
+    cache and shared agent environments instead (:meth:`warm`).
     """
 
     def __init__(
@@ -79,8 +82,11 @@ class SandboxAWS(SandboxCloud):
         isolation: str | None = None,
         expose: tuple[int, ...] = (),
         enforce_iam: bool = True,
+        warm_cache: bool = False,
     ) -> None:
         self.host, self.port, self.region = host, port, region
+        self.warm_cache = warm_cache
+        self._images: dict[str, bool] = {}
         self.enforce_iam = enforce_iam
         self.validate_instance_types = validate_instance_types
         self.run_instances = run_instances
@@ -182,6 +188,7 @@ class SandboxAWS(SandboxCloud):
     def stop(self) -> None:
         """Ends every instance's machine, then stops the server; everything it held is gone."""
         self._stop_forwards()
+        self._close_black_hole()
         ec2_strict.uninstall(self.ec2)
         if self in _PLACING:
             _PLACING.remove(self)
@@ -295,6 +302,7 @@ class SandboxAWS(SandboxCloud):
             else:
                 s3.create_bucket(Bucket=STORE_BUCKET, CreateBucketConfiguration={"LocationConstraint": self.region})
             self.make_instance_profile(INSTANCE_PROFILE)
+        _route_default_vpc_out(self.client("ec2"))
         if self.enforce_iam:  # as provisioning leaves an account: the machines' policy, their log group
             from prefect_remote.providers.aws.permissions import POLICY_NAME, machine_policy
             from prefect_remote.providers.aws.provider import AWSOptions
@@ -353,19 +361,14 @@ class SandboxAWS(SandboxCloud):
 
     def _image_env(self, instance: Instance) -> dict[str, str]:
         """What the sandbox's machine image sets: where the AWS API and the metadata service are (as
-        the instance reaches them), and the image's shared folders (uv, agent environments, caches)."""
+        the instance reaches them), and a warm image's shared folders (:attr:`warm_cache`)."""
         assert self._imds is not None and self._runner is not None
         self._imds.register(instance.id, lambda: self._facts(instance.id))
-        from prefect_remote.software.rebuild import uv_cache_dir
-
-        folder = self._runner.machines.home / "instances" / instance.id
-        folder.mkdir(parents=True, exist_ok=True)
         return {
             "AWS_ENDPOINT_URL": self._runner.reachable_url(self.url),
             "AWS_EC2_METADATA_SERVICE_ENDPOINT": self._runner.reachable_url(self._imds.url) + f"/{instance.id}",
-            "PREFECT_REMOTE_ROOT": str(self._root),
-            "PREFECT_REMOTE_MACHINE_LOG": str(folder / "machine.log"),
-            **({"UV_CACHE_DIR": cache} if (cache := uv_cache_dir()) else {}),  # a warm cache, as a baked image has
+            **self._image_cache_env(instance.id),
+            **({} if instance.egress else self.no_egress_env()),
         }
 
     def _booted(self, instance: Instance, machine: Any) -> None:
@@ -463,6 +466,21 @@ class SandboxAWS(SandboxCloud):
         return {"role": role.name, "credentials": lambda: held.for_instance(instance.id, instance.region_name, profile)}
 
 
+def _route_default_vpc_out(ec2: Any) -> None:
+    """Gives the default VPC what AWS gives it and moto does not: an internet gateway, and a route to
+    it for 0.0.0.0/0 in its main route table (its subnets' instances with a public IP reach the
+    internet; see :func:`_has_egress`)."""
+    [vpc] = ec2.describe_vpcs(Filters=[{"Name": "is-default", "Values": ["true"]}])["Vpcs"]
+    vpc_id = vpc["VpcId"]
+    if ec2.describe_internet_gateways(Filters=[{"Name": "attachment.vpc-id", "Values": [vpc_id]}])["InternetGateways"]:
+        return
+    gateway = ec2.create_internet_gateway()["InternetGateway"]["InternetGatewayId"]
+    ec2.attach_internet_gateway(InternetGatewayId=gateway, VpcId=vpc_id)
+    filters = [{"Name": "vpc-id", "Values": [vpc_id]}, {"Name": "association.main", "Values": ["true"]}]
+    [main] = ec2.describe_route_tables(Filters=filters)["RouteTables"]
+    ec2.create_route(RouteTableId=main["RouteTableId"], DestinationCidrBlock="0.0.0.0/0", GatewayId=gateway)
+
+
 def _exists(lookup: Any) -> bool:
     from botocore.exceptions import ClientError
 
@@ -475,8 +493,55 @@ def _exists(lookup: Any) -> bool:
 
 def _as_instance(instance: Any) -> Instance:
     user_data = instance.user_data
-    script = base64.b64decode(str(user_data)).decode(errors="replace") if user_data else None
-    return Instance(instance.id, instance.state, script, instance.instance_type, instance.region_name)
+    script = cloud_init(instance.id, base64.b64decode(str(user_data))) if user_data else None
+    return Instance(instance.id, instance.state, script, instance.instance_type, instance.region_name, egress=_has_egress(instance))
+
+
+def _has_egress(instance: Any) -> bool:
+    """Whether moto's ``instance`` reaches the internet (the package index), as a VPC routes it: a
+    public IP and a default route to an internet gateway, or a default route to a NAT gateway, in
+    its subnet's route table (else its VPC's main one)."""
+    nic = instance.nics[0] if instance.nics else None
+    public = getattr(instance, "_sandbox_public_ip", None) or (nic.public_ip if nic is not None else None)
+    tables = [table for table in instance.ec2_backend.route_tables.values() if table.vpc_id == instance.vpc_id]
+    table = next((t for t in tables if instance.subnet_id in t._associations.values()), None)
+    table = table or next((t for t in tables if t.main_association_id is not None), None)
+    for route in table.routes if table is not None else []:
+        if route.destination_cidr_block != "0.0.0.0/0":
+            continue
+        if route.nat_gateway is not None or (public and route.gateway is not None and route.gateway.id.startswith("igw-")):
+            return True
+    return False
+
+
+# What the sandbox's EC2 image boots: cloud-init's final stage as it runs scripts. Every boot runs the
+# per-boot scripts (/var/lib/cloud/scripts/per-boot/, in name order), then the user data on the
+# instance's first boot only (cloud-init's per-instance semaphore, on the instance's own disk); on
+# a later boot nothing else runs, and the instance stays up running nothing, as on EC2.
+_CLOUD_INIT = """#!/bin/bash
+# prefect-remote sandbox EC2 image: cloud-init (scripts_per_boot, then scripts_user once per instance)
+cd /
+for script in /var/lib/cloud/scripts/per-boot/*; do
+  if [ -f "$script" ] && [ -x "$script" ]; then "$script" || echo "cloud-init: per-boot script $script failed ($?)"; fi
+done
+semaphore=/var/lib/cloud/instances/@ID@/sem/config_scripts_user
+if [ -e "$semaphore" ]; then
+  exec sleep infinity
+fi
+mkdir -p "${semaphore%/*}" /var/lib/cloud/instance/scripts
+base64 -d > /var/lib/cloud/instance/scripts/part-001 <<'USER_DATA'
+@USER_DATA@
+USER_DATA
+chmod 700 /var/lib/cloud/instance/scripts/part-001
+touch "$semaphore"
+exec /var/lib/cloud/instance/scripts/part-001
+"""
+
+
+def cloud_init(instance_id: str, user_data: bytes) -> str:
+    """The boot script of an instance with ``user_data`` (a shell script): cloud-init's, as the image runs it."""
+    encoded = base64.encodebytes(user_data).decode().strip()
+    return _CLOUD_INIT.replace("@ID@", instance_id).replace("@USER_DATA@", encoded)
 
 
 # EC2's on-demand vCPU quotas as Service Quotas gives a new account (moto serves only the VPC's):
@@ -522,7 +587,7 @@ def _place_on_launch(sandbox: SandboxAWS) -> None:
     """Boots instances inside ``RunInstances`` itself (as EC2 places them before answering), so its
     answer, like EC2's, already has each instance's private address: a cluster's workers are told
     their scheduler's address from it. ``TerminateInstances`` leaves a running machine's instance
-    shutting-down until the machine has ended, as EC2 does."""
+    shutting-down until the machine has ended, as EC2 does; ``RebootInstances`` restarts its machine."""
     from moto.ec2.models.instances import InstanceBackend
 
     _PLACING.append(sandbox)
@@ -547,7 +612,18 @@ def _place_on_launch(sandbox: SandboxAWS) -> None:
                     instance._state.name, instance._state.code = "shutting-down", 32
         return result
 
+    def reboot_instances(backend: Any, instance_ids: list[str]) -> Any:
+        # EC2 restarts the instance's OS: its machine ends and boots again (cloud-init decides what runs).
+        result = original_reboot(backend, instance_ids)
+        for placing in list(_PLACING):
+            for instance in result:
+                if placing.runner.machine_of(instance.id):
+                    placing.runner.reboot(instance.id)
+        return result
+
     original_terminate = InstanceBackend.terminate_instances
+    original_reboot = InstanceBackend.reboot_instances
+    InstanceBackend.reboot_instances = reboot_instances  # type: ignore[method-assign]
     run_instances._sandbox_places = True  # type: ignore[attr-defined]
     InstanceBackend.run_instances = run_instances  # type: ignore[method-assign]
     InstanceBackend.terminate_instances = terminate_instances  # type: ignore[method-assign]

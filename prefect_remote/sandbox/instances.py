@@ -1,6 +1,9 @@
 """What a hypervisor is to a cloud, for the sandbox clouds: each instance the emulated cloud says is
-running boots its startup script (EC2 user data, a GCE startup-script) as a local machine, with a
-clean environment and none of the launcher's files, and the two stay in step both ways: an instance
+running boots its startup script (EC2 user data, a GCE startup-script) as a local machine, a stock
+one: in a root of its own (:mod:`prefect_remote.providers.local.own_root`: its writes to ``/`` land
+on its own disk, kept across its reboots), started in ``/`` with cloud-init's environment (no HOME, a
+minimal PATH) and nothing cached unless the sandbox's image is warm (:meth:`SandboxCloud.warm`), with
+no way out of its network where its cloud would give it none. The two stay in step both ways: an instance
 terminated through the API ends its machine, and a machine that ends (its boot script exited, the
 agent shut it down) terminates its instance.
 
@@ -17,6 +20,9 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
+import shutil
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -35,6 +41,20 @@ logger = logging.getLogger(__name__)
 POLL = 0.1  # seconds between looks at the control plane
 KEEP_FORWARDS_EVERY = 3.0  # seconds between renewals of the host forwards instances use
 INSTANCE_TAG = "sandbox-instance"  # a machine's tag naming the instance it runs
+# Variables of an image that name its own baked folders (a warm uv cache, a root with uv and agents):
+# they are mounted into the instances that have them, as folders of the image.
+IMAGE_FOLDER_VARIABLES = ("UV_CACHE_DIR", "PREFECT_REMOTE_ROOT")
+
+
+def own_root_unavailable() -> str | None:
+    """None where each instance can have a root of its own here (a mount namespace), else why not."""
+    if not sys.platform.startswith("linux"):
+        return f"a sandbox instance's own root needs Linux (this is {sys.platform})"
+    if os.geteuid() != 0:
+        return "a sandbox instance's own root needs root (a mount namespace and an overlay of /): run the sandbox as root"
+    if shutil.which("unshare") is None or shutil.which("chroot") is None:
+        return "a sandbox instance's own root needs unshare and chroot (util-linux, coreutils)"
+    return None
 
 
 @dataclass(frozen=True)
@@ -47,6 +67,7 @@ class Instance:
     instance_type: str
     region: str
     tags: dict[str, str] = field(default_factory=dict)
+    egress: bool = True  # whether its network has a way out to the internet (the package index)
 
     @property
     def ended(self) -> bool:
@@ -80,6 +101,7 @@ class InstanceRunner:
         self._rebooting: set[str] = set()  # instances whose machine ends to boot again (a reset, a restart)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self.shared: list[str] = []  # host folders every instance mounts at the same path (a test's scratch folder)
 
     @property
     def host_address(self) -> str:
@@ -99,6 +121,11 @@ class InstanceRunner:
 
         proxy = f"http://{self.host_address}:{EGRESS_PORT}"
         return {"HTTPS_PROXY": proxy, "https_proxy": proxy, "NO_PROXY": self.host_address, "no_proxy": self.host_address}
+
+    def disk_of(self, instance_id: str) -> Path:
+        """The folder that holds what ``instance_id`` wrote to its own root (``upper/`` mirrors its ``/``),
+        kept across its reboots and removed when it ends."""
+        return self.machines.home / "instances" / instance_id / "disk"
 
     def machine_of(self, instance_id: str) -> str | None:
         """The local machine running ``instance_id``, while it runs."""
@@ -176,6 +203,7 @@ class InstanceRunner:
                     continue
                 reason = (machine.reason if machine else None) or "instance shut down"
                 self._terminate(instance_id, reason, machine.exit_code if machine else None)
+                shutil.rmtree(self.disk_of(instance_id), ignore_errors=True)  # its disk goes with it
 
     def boot(self, instance: Instance) -> None:
         """Boots ``instance`` unless it was booted before. The cloud's sandbox may call this as the
@@ -189,6 +217,13 @@ class InstanceRunner:
                 self._boot(instance)
 
     def _boot(self, instance: Instance) -> None:
+        unavailable = own_root_unavailable()
+        if unavailable:
+            logger.warning("sandbox: instance %s could not boot: %s", instance.id, unavailable)
+            self._terminate(instance.id, f"sandbox could not boot it: {unavailable}", None)
+            return
+        env = {**self.network_env(), **self._image_env(instance)}
+        image_folders = [env[name] for name in IMAGE_FOLDER_VARIABLES if name in env]
         record = {
             "tags": {INSTANCE_TAG: instance.id},
             "owner": None,
@@ -199,6 +234,8 @@ class InstanceRunner:
             "vm_type": None,
             "limits": {"cpu": None, "memory": None},  # a 2-core host runs a 64-core type's work as it can
             "boot_folder": records.ROOT,  # as cloud-init and Google's startup scripts, in the image's / (not a work folder)
+            "stock_env": True,  # and with their environment: a minimal PATH, no HOME
+            "own_root": {"disk": str(self.disk_of(instance.id)), "shared": [*self.shared, *image_folders]},
         }
         try:
             [machine_id] = start_machines(
@@ -209,7 +246,7 @@ class InstanceRunner:
                 count=1,
                 has_secrets=False,
                 software=True,  # the image reaches the package index (through the egress proxy)
-                image_env={**self.network_env(), **self._image_env(instance)},
+                image_env=env,
             )
         except Exception as error:  # as a hypervisor that cannot place an instance: it ends
             logger.warning("sandbox: instance %s could not boot: %s", instance.id, error)
@@ -226,7 +263,11 @@ class SandboxCloud:
     manager of its ``start()`` and ``stop()``."""
 
     expose: list[int]
+    warm_cache: bool = False  # instances boot with nothing cached unless a test asks (see warm())
+    _root: Path  # the warm image's shared root: uv, agent environments (PREFECT_REMOTE_ROOT)
+    _images: dict[str, bool]  # instance (or metadata key) -> whether it boots from the warm image
     _runner: InstanceRunner | None = None
+    _black_hole: _BlackHole | None = None
     _keeper: threading.Thread | None = None
     _stopping: threading.Event | None = None
 
@@ -270,6 +311,44 @@ class SandboxCloud:
             yield
         finally:
             gate.on = before
+
+    @contextlib.contextmanager
+    def warm(self, on: bool = True) -> Iterator[None]:
+        """Within the block instances boot from a warm image (``on``) or a stock one, whatever
+        :attr:`warm_cache` was before; for a test that measures or needs a cold boot."""
+        before, self.warm_cache = self.warm_cache, on
+        try:
+            yield
+        finally:
+            self.warm_cache = before
+
+    def _image_cache_env(self, instance: str) -> dict[str, str]:
+        """What a warm image sets (:attr:`warm_cache` when ``instance`` first booted: its image is
+        its own for life, reboots included): this host's uv cache and a root shared by every
+        instance (uv, agent environments), as an image baked after one boot has them. A stock image
+        (the default) has neither: each instance downloads uv and builds its agent."""
+        if not self._images.setdefault(instance, self.warm_cache):
+            return {}
+        from prefect_remote.software.rebuild import uv_cache_dir
+
+        self._root.mkdir(parents=True, exist_ok=True)
+        return {"PREFECT_REMOTE_ROOT": str(self._root), **({"UV_CACHE_DIR": cache} if (cache := uv_cache_dir()) else {})}
+
+    def no_egress_env(self) -> dict[str, str]:
+        """What an instance with no way out of its network gets: its connections beyond the sandbox
+        hang unanswered (a proxy that never answers), as packets to the internet from a private
+        subnet with no NAT are dropped; the cloud's own endpoints stay reachable."""
+        if self._black_hole is None:
+            self._black_hole = _BlackHole()
+        url = self.expose_port(self._black_hole.port)
+        return {"HTTPS_PROXY": url, "https_proxy": url, "HTTP_PROXY": url, "http_proxy": url}
+
+    def _close_black_hole(self) -> None:
+        if self._black_hole is not None:
+            if self._black_hole.port in self.expose:
+                self.expose.remove(self._black_hole.port)
+            self._black_hole.close()
+            self._black_hole = None
 
     def __enter__(self) -> Any:
         self.start()
@@ -320,3 +399,31 @@ class SandboxCloud:
                         logger.warning("sandbox: cannot forward %s to the instances: %s", url, error)
             if stopping.wait(KEEP_FORWARDS_EVERY):
                 return
+
+
+class _BlackHole:
+    """A TCP port on this host's loopback that accepts connections and never answers: where the
+    traffic of an instance with no egress goes (it hangs until the client's own timeout)."""
+
+    def __init__(self) -> None:
+        import socket
+
+        self._server = socket.create_server(("127.0.0.1", 0))
+        self.port: int = self._server.getsockname()[1]
+        self._held: list[Any] = []
+        self._closed = threading.Event()
+        threading.Thread(target=self._hold, name="sandbox-no-egress", daemon=True).start()
+
+    def _hold(self) -> None:
+        while not self._closed.is_set():
+            try:
+                connection, _ = self._server.accept()
+            except OSError:
+                return
+            self._held = [*self._held[-63:], connection]  # held open, unanswered (the oldest let go)
+
+    def close(self) -> None:
+        self._closed.set()
+        self._server.close()
+        for connection in self._held:
+            connection.close()

@@ -22,8 +22,9 @@ SLEEPER = b"sleep\x00600\x00"
 @contextlib.contextmanager
 def serving(cloud: str, tmp_path: Path, provider_exports: set[str], store_scheme: str) -> Iterator[tuple[dict[str, str], Path]]:
     """Runs `prefect-remote sandbox CLOUD` until the block ends, checks its exports, and yields them
-    with a marker path: the block starts one instance that writes its pid there, then sleeps as that
-    pid. On SIGTERM the sandbox must end that instance's machine and say so."""
+    with a marker path: the block starts one instance that writes its pid there (in its own root, so
+    on its disk under the sandbox's home, not on this host), then sleeps as that pid. On SIGTERM the
+    sandbox must end that instance's machine and say so."""
     out, marker = tmp_path / "sandbox.env", tmp_path / "booted"
     command = [str(Path(sys.executable).parent / "prefect-remote"), "sandbox", cloud]
     with open(out, "w") as stdout:
@@ -37,8 +38,12 @@ def serving(cloud: str, tmp_path: Path, provider_exports: set[str], store_scheme
         assert exports["PREFECT_REMOTE_PROVIDER"] == cloud and exports["PREFECT_REMOTE_STORE"].startswith(store_scheme)
         assert all(len(line) <= 80 or line.startswith("export ") for line in lines)
         yield exports, marker
-        wait_for(marker.exists, timeout=30, message="the instance's script to run")
-        pid = int(marker.read_text())
+        disks = Path(os.environ["PREFECT_REMOTE_HOME"], "sandbox", cloud, "home", "instances")
+        written = wait_for(lambda: next(disks.glob(f"*/disk/upper{marker}"), None), timeout=30, message="the instance's script to run")
+        assert not marker.exists()  # what the instance wrote to its / is on its disk only
+        pid = int(written.read_text())
+        image = written.with_name(f"{marker.name}.env").read_text().splitlines()
+        assert not [line for line in image if line.startswith(("UV_CACHE_DIR=", "PREFECT_REMOTE_ROOT="))]  # a stock image by default
         wait_for(lambda: _cmdline(pid) == SLEEPER, timeout=10, message="the instance's process")
     finally:
         sandbox.send_signal(signal.SIGTERM)
@@ -49,7 +54,7 @@ def serving(cloud: str, tmp_path: Path, provider_exports: set[str], store_scheme
 
 
 def _pid_then_sleep(marker: Path) -> str:
-    return f"echo $$ > {marker}.tmp && mv {marker}.tmp {marker}; exec sleep 600"
+    return f"env > {marker}.env; echo $$ > {marker}.tmp && mv {marker}.tmp {marker}; exec sleep 600"
 
 
 def _cmdline(pid: int) -> bytes:

@@ -121,8 +121,8 @@ def test_no_capacity_at_all_backs_off_until_there_is(cloud, caplog):
     caplog.set_level(logging.WARNING, logger="prefect_remote")
     refused = "could not launch 1 worker machine(s): no spot or on-demand capacity for t3a.nano in us-east-1 (InsufficientInstanceCapacity)"
 
-    def told() -> list[str]:
-        return [r.getMessage() for r in caplog.records if r.name == "prefect_remote.cluster" and refused in r.getMessage()]
+    def told() -> list[logging.LogRecord]:
+        return [r for r in caplog.records if r.name == "prefect_remote.cluster" and refused in r.getMessage()]
 
     with (
         cloud.sandbox.ec2.as_it_was() as no_capacity,  # (no refusal left behind, whatever happens)
@@ -131,10 +131,10 @@ def test_no_capacity_at_all_backs_off_until_there_is(cloud, caplog):
         assert len(cloud.role(name, "worker")) == 1
         no_capacity.refuse("InsufficientInstanceCapacity")  # in every zone, on both markets
         cluster.scale(2)
-        wait_for(told, timeout=10, message="the refusal, told here")
-        time.sleep(5)
-        tries = told()
-        assert 2 <= len(tries) <= 3 and tries[-1].endswith(("trying again in 4s", "trying again in 8s")), tries  # not at every decision
+        first, second = wait_for(lambda: told()[:2] if len(told()) >= 2 else None, timeout=30, message="the refusal, told twice")
+        # Backing off, not trying at every decision of the controller (each half second).
+        assert first.getMessage().endswith("trying again in 2s") and second.getMessage().endswith("trying again in 4s")
+        assert second.created - first.created >= 2.0
         assert len(cloud.role(name, "worker")) == 1
         no_capacity.clear()
         wait_for(lambda: len(cloud.role(name, "worker")) == 2, timeout=20, message="the second worker, once there is capacity")

@@ -68,7 +68,7 @@ def test_a_gpu_machine_logs_its_driver_check_as_a_boot_phase(tmp_path):
     from prefect_remote.machine.boot import AgentSource
 
     script = render_boot_script({}, agent=AgentSource("prefect-remote==0.2.0", python="3.11.7"))
-    upto_uv = script[: script.index("# 1. uv")] + "trap - EXIT\n"
+    upto_uv = script[: script.index("# 1. Egress")] + "trap - EXIT\n"  # (the GPU check comes before)
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     smi = bin_dir / "nvidia-smi"

@@ -300,12 +300,12 @@ class GCPInfra(InfraCloud):
     PROJECT = "sandbox-project"
     EMAIL = "prefect-remote-machines@sandbox-project.iam.gserviceaccount.com"
     MEMBER = f"serviceAccount:{EMAIL}"
-    made = ("created", "granted")
+    made = ("created", "granted", "undeleted")  # a custom role a teardown deleted (kept 7 days) is undeleted
     changed = ("created", "granted", "updated", "undeleted")
-    # bucket, account, custom role, three firewall rules (VMs among themselves, the Dask ports from this
+    # bucket, account, two custom roles, three firewall rules (VMs among themselves, the Dask ports from this
     # launcher and from the subnetwork, where a flow run that starts a cluster connects from); grants on
-    # the project, bucket and account
-    made_count = 9
+    # the project, bucket and account (to the machines, and to the identity that provisions, which launches too)
+    made_count = 11
     refusal = gcp_infra.TeardownRefused
     network_item = "firewall rule"
     network_count = 3
@@ -370,7 +370,7 @@ class GCPInfra(InfraCloud):
         return {
             f"the project grants of {email}",
             f"the grant of {email} on bucket {self.bucket}",
-            f"custom role projects/sandbox-project/roles/{gcp_infra.MACHINE_ROLE_ID}",
+            *(f"custom role projects/sandbox-project/roles/{role_id}" for role_id in gcp_infra.MACHINE_CUSTOM_ROLES),
             f"service account {email}",
         }
 
@@ -380,7 +380,7 @@ class GCPInfra(InfraCloud):
             self.firewalls() == set()
             and self.EMAIL not in iam.accounts
             and self.EMAIL not in self.sandbox.service_accounts
-            and iam.roles[gcp_infra.MACHINE_ROLE_ID]["deleted"]  # Google keeps a deleted role 7 days
+            and all(iam.roles[role_id]["deleted"] for role_id in gcp_infra.MACHINE_CUSTOM_ROLES)  # Google keeps a deleted role 7 days
             and iam.grants_of(self.MEMBER) == []
         )
 
@@ -400,13 +400,16 @@ class GCPInfra(InfraCloud):
             project="sandbox-project", project_number=project.project_number, bucket=bucket_name, service_account=email
         )
         assert project.iam.grants_of(member) == roles["project"]  # exactly these, once each
-        role = project.iam.roles[gcp_infra.MACHINE_ROLE_ID]
-        assert role["includedPermissions"] == list(gcp_infra.MACHINE_PERMISSIONS) and not role.get("deleted")
+        for role_id, permissions in gcp_infra.MACHINE_CUSTOM_ROLES.items():
+            role = project.iam.roles[role_id]
+            assert role["includedPermissions"] == list(permissions) and not role.get("deleted")
         bucket = self.storage().get_bucket(bucket_name)
         policy = bucket.get_iam_policy(requested_policy_version=3)
         assert [{"role": b["role"]} for b in policy.bindings if member in b["members"]] == roles[f"bucket {bucket_name}"]
         account_policy = project.iam.account_policies[email]
         assert [{"role": b["role"]} for b in account_policy["bindings"] if member in b["members"]] == roles[f"service account {email}"]
+        launcher = f"serviceAccount:{project.launcher_account}"  # who provisioned: it may launch machines as the account
+        assert [{"role": b["role"]} for b in account_policy["bindings"] if launcher in b["members"]] == gcp_infra.LAUNCHER_ACCOUNT_GRANTS
         assert email in project.service_accounts  # Cloud Run and Compute Engine accept it now
         assert bucket.labels == {gcp_infra.MANAGED_LABEL: "true", gcp_infra.GRANTED_LABEL: "granted"}
         [rule] = [dict(r) for r in bucket.lifecycle_rules]

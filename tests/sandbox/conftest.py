@@ -4,6 +4,18 @@ from __future__ import annotations
 
 import pytest
 
+from tests.conftest import iam_as_marked
+
+
+@pytest.fixture(autouse=True)
+def _iam_as_marked(request):
+    """``no_iam`` for the tests here, which use the session's sandbox GCP directly (gcp_env does it elsewhere)."""
+    if request.node.get_closest_marker("no_iam") is None:
+        yield
+        return
+    with iam_as_marked(request.getfixturevalue("gcp_sandbox"), request):
+        yield
+
 
 @pytest.fixture(scope="session")
 def google(gcp_sandbox):

@@ -246,8 +246,10 @@ def test_bad_inserts_are_refused_as_google_does(clients, sandbox):
         insert(clients, vm("vm-bad", "g2-standard-4"))
     unknown_account = vm("vm-bad")
     unknown_account.service_accounts[0].email = "nobody@sandbox-project.iam.gserviceaccount.com"
-    with pytest.raises(exceptions.BadRequest, match="serviceAccounts"):
-        insert(clients, unknown_account)
+    with pytest.raises(exceptions.BadRequest, match="SERVICE_ACCOUNT_ACCESS_DENIED"):
+        insert(clients, unknown_account)  # the launcher may act as the machines' account only, so IAM answers first
+    with sandbox.enforcing(False), pytest.raises(exceptions.BadRequest, match="serviceAccounts"):
+        insert(clients, unknown_account)  # as an owner, who may act as any account
     with pytest.raises(exceptions.NotFound):
         insert(clients, vm("vm-bad", image="projects/debian-cloud/global/images/family/debian-99"))
     small_disk = vm("vm-bad")
@@ -371,6 +373,7 @@ def test_run_limit_and_stop(clients, sandbox):
     assert sandbox.runner.machine_of("gce:vm-stop") is None
 
 
+@pytest.mark.no_iam  # the project's default account, which the launcher may not act as
 def test_the_products_instance_shape(clients, sandbox):
     """What providers/gcp/compute.py inserts: the default service account, pd-balanced or Hyperdisk
     for c4a, spot with DELETE, a run limit, network tags."""
@@ -439,3 +442,25 @@ def test_the_regions_quotas_hold_and_a_test_sets_them(clients, sandbox):
     insert(clients, vm("vm-over-quota"))  # within a new project's 2400
     with pytest.raises(ValueError, match="the sandbox's region has quotas"):
         sandbox.compute.catalog.set_quota("NO_SUCH_QUOTA", 1)
+
+
+def test_a_vm_without_an_external_ip_has_no_way_out(clients, sandbox, tmp_path):
+    """Cloud NAT is not modelled: a VM with no access config reaches nothing beyond the network (its
+    connections hang, as Google drops them), while one with an external IP reaches the package index."""
+    results = {}
+    for name, external in (("egress-none", False), ("egress-external", True)):
+        out = tmp_path / name
+        script = (
+            '#!/bin/bash\npython3 -c "import urllib.request as u\ntry:\n'
+            "    u.urlopen(u.Request('https://pypi.org/simple/uv/', method='HEAD'), timeout=5); print('reached')\n"
+            f'except Exception as error:\n    print(error)" > {out}.part && mv {out}.part {out}\nsleep 60\n'
+        )
+        resource = vm(name, script=script)
+        if not external:
+            resource.network_interfaces = [compute_v1.NetworkInterface()]
+        insert(clients, resource)
+        results[name] = out
+    answers = {name: wait_for(lambda out=out: out.exists() and out.read_text(), timeout=60, message=name) for name, out in results.items()}
+    assert answers["egress-external"] == "reached\n" and "timed out" in answers["egress-none"]
+    for name in results:
+        clients["instances"].delete(project=PROJECT, zone=ZONE, instance=name).result(timeout=30)

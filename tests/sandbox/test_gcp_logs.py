@@ -9,6 +9,7 @@ from google.api_core import exceptions
 from google.cloud.logging import ASCENDING, DESCENDING
 
 
+@pytest.mark.no_iam  # the launcher writes here, which only machines may (test_gcp_iam.py checks who may)
 def test_write_list_filter_order_and_pages(google, gcp_sandbox):
     client = google.logging()
     logger = client.logger("prefect-remote-logs-test")
@@ -38,6 +39,7 @@ def test_write_list_filter_order_and_pages(google, gcp_sandbox):
     assert gcp_sandbox.calls["logging.entries.list"] - before == 3  # three pages of two, followed by their tokens
 
 
+@pytest.mark.no_iam  # the launcher writes here, which only machines may (test_gcp_iam.py checks who may)
 def test_write_refuses_what_cloud_logging_refuses(google):
     client = google.logging()
     with pytest.raises(exceptions.BadRequest, match="256.0K"):
@@ -46,6 +48,7 @@ def test_write_refuses_what_cloud_logging_refuses(google):
         list(client.list_entries(filter_='logName="x" AND ('))
 
 
+@pytest.mark.no_iam  # the launcher writes here, which only machines may (test_gcp_iam.py checks who may)
 def test_entries_of_one_timestamp_list_by_insert_id(google):
     client = google.logging()
     logger = client.logger("prefect-remote-logs-ties")

@@ -43,14 +43,14 @@ def test_google_auth_finds_project_and_token_that_the_api_accepts(gcp_sandbox):
         assert seen["email"] == gcp_sandbox.machine_account and seen["name"] == "vm-0abc"
         assert seen["attributes"] == {"prefect-remote-launch": "l-1"} and seen["zone"].endswith("/zones/us-central1-a")
 
-        # The token is one the sandbox's APIs accept (an unknown secret: 404, not 401).
+        # The token is one the sandbox's APIs accept: an unknown launch secret the machine may read is 404, not 401.
         from google.oauth2.credentials import Credentials
 
         client = secretmanager.SecretManagerServiceClient(
             transport="rest", credentials=Credentials(seen["token"]), client_options={"api_endpoint": gcp_sandbox.url}
         )
         try:
-            client.get_secret(name=f"projects/{gcp_sandbox.project}/secrets/none")
+            client.access_secret_version(name=f"projects/{gcp_sandbox.project}/secrets/prefect-remote-none/versions/latest")
         except Exception as error:
             assert getattr(error, "code", None) == 404, error
 

@@ -154,6 +154,17 @@ class AWSProvider(Provider):
     # Only on a real instance (the link-local metadata service), as EC2Runtime.halt: a sandbox's
     # instance is a process tree on someone's computer. InstanceInitiatedShutdownBehavior=terminate.
     halt_command = '[ -n "${AWS_EC2_METADATA_SERVICE_ENDPOINT:-}" ] || shutdown -h now'
+    # EC2 runs user data on an instance's first boot only (cloud-init's per-instance semaphore): after a
+    # reboot (RebootInstances, a recovery) no agent would enforce timeout or keepalive. cloud-init runs
+    # per-boot scripts on every boot, before user data: this one powers a rebooted instance off, which
+    # InstanceInitiatedShutdownBehavior=terminate makes a termination. (Written on the first boot, after
+    # that boot's per-boot scripts ran.)
+    reboot_hook = (
+        "mkdir -p /var/lib/cloud/scripts/per-boot\n"
+        "printf '%s\\n' '#!/bin/sh' 'echo \"prefect-remote: this instance rebooted, and EC2 runs its boot once: ending it\"' "
+        "'shutdown -h now' > /var/lib/cloud/scripts/per-boot/prefect-remote-end-on-reboot\n"
+        "chmod 755 /var/lib/cloud/scripts/per-boot/prefect-remote-end-on-reboot"
+    )
 
     def __init__(self, **options: Any) -> None:
         given = {key: value for key, value in options.items() if value is not None}

@@ -22,7 +22,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, Protocol
 
-from prefect_remote.errors import RemoteError
+from prefect_remote.errors import AccessDenied, RemoteError
 
 if TYPE_CHECKING:
     from google.auth.credentials import Credentials
@@ -63,6 +63,10 @@ class GCPError(RemoteError):
     the message says what to fix."""
 
 
+class GCPAccessDenied(GCPError, AccessDenied):
+    """Google Cloud refused a call for a missing permission (403 ``PERMISSION_DENIED``): the message names the role."""
+
+
 class ClientOptions(Protocol):
     """What the clients need of the provider's options (:class:`~prefect_remote.providers.gcp.options.GCPOptions`;
     on a machine, anything with these attributes)."""
@@ -95,6 +99,22 @@ class GoogleClients:
     @property
     def credentials(self) -> Credentials:
         return self._default[0]
+
+    def member(self) -> str | None:
+        """The IAM member the credentials act as (``serviceAccount:…`` or ``user:…``), or None when they
+        do not say (user credentials without their account, workload identity federation without a
+        service account). The metadata server names its account once a token is fetched."""
+        credentials = self.credentials
+        email = getattr(credentials, "service_account_email", None) or getattr(credentials, "account", None)
+        if email == "default":
+            from google.auth.transport.requests import Request
+
+            with self.translated("read the credentials' service account"):
+                credentials.refresh(Request())
+            email = getattr(credentials, "service_account_email", None)
+        if not email or "@" not in email:
+            return None
+        return f"{'serviceAccount' if email.endswith('.gserviceaccount.com') else 'user'}:{email}"
 
     @functools.cached_property
     def project(self) -> str:
@@ -265,7 +285,7 @@ def translated(action: str, *, project: str | None = None) -> Iterator[None]:
             raise _disabled(action, project, error) from None
         role = role_for(action, _message(error))
         binding = f"`gcloud projects add-iam-policy-binding {project or 'PROJECT'} --member=MEMBER --role={role}`"
-        raise GCPError(
+        raise GCPAccessDenied(
             f"Google Cloud refused {action}{where}: the identity in use lacks a permission ({_message(error)}); "
             f"grant it {role} ({binding}; docs/providers/gcp.md lists the roles)"
         ) from None

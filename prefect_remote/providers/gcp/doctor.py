@@ -6,8 +6,8 @@
 - **launcher permissions**: ``testIamPermissions`` of the caller, on the project, the machines'
   service account and the store's bucket, against :data:`~prefect_remote.providers.gcp.grants.LAUNCHER_PERMISSIONS`;
 - **machine grants**: the machines' service account's bindings in the project's IAM policy against
-  :func:`~prefect_remote.providers.gcp.grants.machine_roles` (the custom role: any of the project's
-  with the grant's condition and :data:`~prefect_remote.providers.gcp.grants.MACHINE_PERMISSIONS`);
+  :func:`~prefect_remote.providers.gcp.grants.machine_roles` (a custom role: any of the project's
+  with the grant's condition and its :data:`~prefect_remote.providers.gcp.grants.MACHINE_CUSTOM_ROLES` permissions);
 - **CPU and GPU quota**: the region's ``CPUS`` and ``NVIDIA_<type>_GPUS`` limits (``regions.get``)
   against the pool's largest machine;
 - **network**: the VMs' subnetwork exists in the region (every VM gets an external IP, so it needs
@@ -151,8 +151,8 @@ def _machine_grants(provider: GCPProvider, bucket: str) -> Finding:
 
 
 def _granted(clients: Any, grant: dict[str, Any], held: list[dict[str, Any]]) -> bool:
-    """Whether a binding in ``held`` gives ``grant``: its role under its condition (the custom role:
-    any of the project's that holds :data:`~prefect_remote.providers.gcp.grants.MACHINE_PERMISSIONS`)."""
+    """Whether a binding in ``held`` gives ``grant``: its role under its condition (a custom role:
+    any of the project's that holds its :data:`~prefect_remote.providers.gcp.grants.MACHINE_CUSTOM_ROLES` permissions)."""
     condition = grants.binding_condition(grant)
     expression = condition[1] if condition else None
 
@@ -160,14 +160,14 @@ def _granted(clients: Any, grant: dict[str, Any], held: list[dict[str, Any]]) ->
         found = grants.binding_condition(binding)
         return (found[1] if found else None) == expression
 
-    if not grant["role"].endswith("/roles/" + grants.MACHINE_ROLE_ID):
+    prefix, _, role_id = grant["role"].rpartition("/")
+    if not prefix.endswith("/roles") or role_id not in grants.MACHINE_CUSTOM_ROLES:
         return any(b["role"] == grant["role"] and same_condition(b) for b in held)
-    prefix = grant["role"].rsplit("/", 1)[0] + "/"
     for binding in held:
-        if binding["role"].startswith(prefix) and same_condition(binding):
+        if binding["role"].startswith(prefix + "/") and same_condition(binding):
             with clients.translated("iam.roles.get"):
                 role = clients.iam().call("GET", "roles/" + binding["role"].rsplit("/", 1)[-1])
-            if set(grants.MACHINE_PERMISSIONS) <= set(role.get("includedPermissions", [])):
+            if set(grants.MACHINE_CUSTOM_ROLES[role_id]) <= set(role.get("includedPermissions", [])):
                 return True
     return False
 

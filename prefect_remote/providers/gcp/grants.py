@@ -5,9 +5,9 @@ provisions (:data:`PROVISIONER_ROLES`) need, documented, never granted; and how 
 or removed from an IAM policy's bindings.
 
 The machines' grants (:data:`MACHINE_ROLES`, the README quotes :func:`machine_roles`): the custom
-role ``prefectRemoteMachine`` (:data:`MACHINE_PERMISSIONS`), predefined roles on the project
-(secrets limited by an IAM condition to ``prefect-remote-`` secrets), the store's bucket, and the
-account itself.
+roles ``prefectRemoteMachine`` (:data:`MACHINE_PERMISSIONS`) and ``prefectRemoteMachineSecrets``
+(:data:`MACHINE_SECRET_PERMISSIONS`), predefined roles on the project (secrets limited by an IAM
+condition to ``prefect-remote-`` secrets), the store's bucket, and the account itself.
 """
 
 from __future__ import annotations
@@ -18,7 +18,8 @@ from typing import Any
 from prefect_remote.providers.gcp.secrets import SECRET_PREFIX  # launch secrets: prefect-remote-<launch id>
 
 SERVICE_ACCOUNT_ID = "prefect-remote-machines"
-MACHINE_ROLE_ID = "prefectRemoteMachine"
+MACHINE_ROLE_ID = "prefectRemoteMachine"  # Compute Engine and Cloud Run: granted with no condition
+MACHINE_SECRETS_ROLE_ID = "prefectRemoteMachineSecrets"  # launch secrets: granted on prefect-remote's only
 
 # Starting, tagging and ending Compute Engine VMs, which launchers and scheduler machines both do.
 VM_LAUNCH_PERMISSIONS = (
@@ -44,22 +45,33 @@ OPERATION_PERMISSIONS = (
     "compute.globalOperations.get",
 )
 
-# The custom role's permissions: a VM ends itself; a cluster's scheduler VM launches its workers
+# The custom roles' permissions: a VM ends itself; a cluster's scheduler VM launches its workers
 # (as this same account, with their launch secrets) and ends them; a flow run (a Cloud Run task or a
 # VM) starts a cluster the same way, after looking for one among the provider's machines, which
-# lists Cloud Run jobs too (read only: ending them is its launcher's).
+# lists Cloud Run jobs too (read only: ending them is its launcher's). Two roles, since only the
+# secrets' can carry a condition: Cloud Run's resources and most of Compute Engine's (subnetworks,
+# zones, operations) have no resource attributes, and "if part of a condition uses an attribute that
+# isn't available for a resource, then that part of the condition is never interpreted as granting
+# access" (IAM's attribute reference): one conditioned role would grant them nothing.
 MACHINE_PERMISSIONS = (
     *VM_LAUNCH_PERMISSIONS,
     "compute.images.getFromFamily",
     "compute.images.useReadOnly",
     *OPERATION_PERMISSIONS,
-    "secretmanager.secrets.create",
-    "secretmanager.secrets.delete",
-    "secretmanager.versions.add",
     "run.jobs.list",
     "run.executions.get",
     "run.tasks.list",
 )
+MACHINE_SECRET_PERMISSIONS = (
+    "secretmanager.secrets.create",
+    "secretmanager.secrets.delete",
+    "secretmanager.versions.add",
+)
+# The custom roles provisioning makes, by id.
+MACHINE_CUSTOM_ROLES: dict[str, tuple[str, ...]] = {
+    MACHINE_ROLE_ID: MACHINE_PERMISSIONS,
+    MACHINE_SECRETS_ROLE_ID: MACHINE_SECRET_PERMISSIONS,
+}
 
 # The machines' grants, with placeholders filled by machine_roles(): on the project, the store's
 # bucket, and the service account itself. A condition limits secrets to prefect-remote's.
@@ -73,8 +85,9 @@ MACHINE_ROLES: dict[str, list[dict[str, Any]]] = {
                 "expression": 'resource.name.startsWith("projects/{project_number}/secrets/' + SECRET_PREFIX + '")',
             },
         },
+        {"role": "projects/{project}/roles/" + MACHINE_ROLE_ID},
         {
-            "role": "projects/{project}/roles/" + MACHINE_ROLE_ID,
+            "role": "projects/{project}/roles/" + MACHINE_SECRETS_ROLE_ID,
             "condition": {
                 "title": "prefect-remote secrets only",
                 "expression": '!resource.type.startsWith("secretmanager.googleapis.com/") || '
@@ -96,6 +109,9 @@ LAUNCHER_ROLES = (
     ("roles/logging.viewer", "the project", "machine logs"),
     ("roles/compute.securityAdmin", "the project", "a firewall rule admitting the Dask ports from a launcher's new address"),
 )
+# What provisioning grants the identity that provisions on the machines' service account, so that
+# it may launch machines as the account it just made (another launcher is granted it by the user).
+LAUNCHER_ACCOUNT_GRANTS = [{"role": role} for role, where, _why in LAUNCHER_ROLES if where == "the machines' service account"]
 # What the launcher calls, by where Google checks it (LAUNCHER_ROLES grant them; `prefect-remote
 # doctor gcp` tests them with testIamPermissions): Cloud Run jobs, their executions and tasks;
 # Compute Engine VMs in any zone of the region, their types, images and operations, the subnetwork

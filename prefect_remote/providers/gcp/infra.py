@@ -9,9 +9,10 @@ services enable`` command and makes nothing (it enables nothing itself). Then it
   per project, shared by its pools: what a machine may do does not depend on its pool (every pool's
   machines read the same store and launch secrets), and one account keeps the project's IAM policy
   short;
-- its least-privilege grants (:mod:`~prefect_remote.providers.gcp.grants`): the custom role
-  ``prefectRemoteMachine``, predefined roles on the project (secrets limited by an IAM condition to
-  ``prefect-remote-`` secrets), the store's bucket, and the account itself;
+- its least-privilege grants (:mod:`~prefect_remote.providers.gcp.grants`): the custom roles
+  ``prefectRemoteMachine`` and ``prefectRemoteMachineSecrets``, predefined roles on the project
+  (secrets limited by an IAM condition to ``prefect-remote-`` secrets), the store's bucket, and the
+  account itself (and, to the identity that provisions, leave to launch machines as it);
 - the software store's bucket (``PREFECT_REMOTE_STORE`` if it is ``gs://…``, else
   ``gs://prefect-remote-<project>-<region>/store``), uniform access, public access prevented, with a
   lifecycle rule that deletes machine records whose lease (customTime) is :data:`RECORDS_KEPT_DAYS` days old;
@@ -42,8 +43,10 @@ from typing import TYPE_CHECKING, Any
 
 from prefect_remote.providers.gcp.clients import GCPError, service_disabled
 from prefect_remote.providers.gcp.grants import (
-    MACHINE_PERMISSIONS,
+    LAUNCHER_ACCOUNT_GRANTS,
+    MACHINE_CUSTOM_ROLES,
     MACHINE_ROLE_ID,
+    MACHINE_SECRETS_ROLE_ID,
     PROVISIONER_ROLES,
     SERVICE_ACCOUNT_ID,
     machine_roles,
@@ -60,6 +63,10 @@ if TYPE_CHECKING:
     from prefect_remote.providers.gcp.provider import GCPProvider
 
 RECORDS_KEPT_DAYS = 7
+ACT_AS = "iam.serviceAccounts.actAs"
+# How long provisioning waits for its grant to take effect: Google's access change propagation takes
+# typically 2 minutes, "potentially 7 minutes or longer" (cloud.google.com/iam/docs/access-change-propagation).
+PROPAGATION_TIMEOUT = 420.0
 MANAGED_LABEL = "prefect-remote-managed"  # "true" on buckets provisioning created
 GRANTED_LABEL = "prefect-remote-machines"  # "granted" on buckets whose objects the machines may use
 FIREWALL_PREFIXES = ("prefect-remote-internal-", "prefect-remote-dask-")  # the Compute Engine service's rules
@@ -218,10 +225,17 @@ def provision(provider: GCPProvider, pool: str, store: str | None = None, say: S
         iam = clients.iam()
         _ensure_service_account(clients, iam, say)
         roles = machine_roles(project=project, project_number=project_number_of(clients), bucket=gcs.bucket, service_account=email)
-        _ensure_custom_role(clients, iam, say)
+        for role_id in MACHINE_CUSTOM_ROLES:
+            _ensure_custom_role(clients, iam, role_id, say)
         _ensure_project_grants(clients, f"serviceAccount:{email}", roles["project"], say)
         _ensure_bucket_grants(clients, gcs.bucket, f"serviceAccount:{email}", roles[f"bucket {gcs.bucket}"], say)
-        _ensure_account_grants(clients, iam, email, roles[f"service account {email}"], say)
+        granted = {f"serviceAccount:{email}": roles[f"service account {email}"]}
+        launcher = clients.member()
+        if launcher is not None:
+            granted[launcher] = LAUNCHER_ACCOUNT_GRANTS
+        if _ensure_account_grants(clients, iam, email, granted, say) and launcher is not None:
+            _await_act_as(clients, iam, email, say)
+        _say_other_launchers(email, launcher, say)
     say(f"software environments store: {gcs.url}")
     firewalls = _ensure_firewalls(provider, say)
     return GCPSetup(project, region, email, gcs.url, firewalls)
@@ -262,40 +276,46 @@ def _ensure_service_account(clients: GoogleClients, iam: IAMApi, say: Say) -> st
     return email
 
 
-def _ensure_custom_role(clients: GoogleClients, iam: IAMApi, say: Say) -> None:
+ROLE_DESCRIPTIONS = {
+    MACHINE_ROLE_ID: "A prefect-remote VM ends itself; a cluster's scheduler launches and ends its workers",
+    MACHINE_SECRETS_ROLE_ID: "A cluster's scheduler makes and removes its workers' launch secrets (granted on prefect-remote's only)",
+}
+
+
+def _ensure_custom_role(clients: GoogleClients, iam: IAMApi, role_id: str, say: Say) -> None:
     from google.api_core.exceptions import NotFound
 
-    name = f"projects/{clients.project}/roles/{MACHINE_ROLE_ID}"
+    name, permissions = f"projects/{clients.project}/roles/{role_id}", MACHINE_CUSTOM_ROLES[role_id]
     with google_errors(clients, "iam.roles.create", f"make the custom role {name}"):
         try:
-            role = iam.call("GET", f"roles/{MACHINE_ROLE_ID}")
+            role = iam.call("GET", f"roles/{role_id}")
         except NotFound:
             iam.call(
                 "POST",
                 "roles",
                 {
-                    "roleId": MACHINE_ROLE_ID,
+                    "roleId": role_id,
                     "role": {
-                        "title": "prefect-remote machine",
-                        "description": "A prefect-remote VM ends itself; a cluster's scheduler launches and ends its workers",
-                        "includedPermissions": list(MACHINE_PERMISSIONS),
+                        "title": "prefect-remote machine" + (" secrets" if role_id == MACHINE_SECRETS_ROLE_ID else ""),
+                        "description": ROLE_DESCRIPTIONS[role_id],
+                        "includedPermissions": list(permissions),
                         "stage": "GA",
                     },
                 },
             )
-            say(f"created custom role {name} ({len(MACHINE_PERMISSIONS)} permissions)")
+            say(f"created custom role {name} ({len(permissions)} permissions)")
             return
         if role.get("deleted"):  # a teardown's: Google keeps it 7 days, and its id with it
-            role = iam.call("POST", f"roles/{MACHINE_ROLE_ID}:undelete", {"etag": role.get("etag")})
+            role = iam.call("POST", f"roles/{role_id}:undelete", {"etag": role.get("etag")})
             say(f"undeleted custom role {name}")
-        if sorted(role.get("includedPermissions") or []) != sorted(MACHINE_PERMISSIONS):
+        if sorted(role.get("includedPermissions") or []) != sorted(permissions):
             iam.call(
                 "PATCH",
-                f"roles/{MACHINE_ROLE_ID}",
-                {"includedPermissions": list(MACHINE_PERMISSIONS), "etag": role.get("etag")},
+                f"roles/{role_id}",
+                {"includedPermissions": list(permissions), "etag": role.get("etag")},
                 updateMask="includedPermissions",
             )
-            say(f"updated custom role {name} to its {len(MACHINE_PERMISSIONS)} permissions")
+            say(f"updated custom role {name} to its {len(permissions)} permissions")
         else:
             say(f"found custom role {name}")
 
@@ -399,20 +419,63 @@ def _ensure_bucket_grants(clients: GoogleClients, bucket: str, member: str, gran
     say(f"{'granted' if wanted != bindings else 'found'} on bucket {bucket}: {roles}")
 
 
-def _ensure_account_grants(clients: GoogleClients, iam: IAMApi, email: str, grants: list[dict[str, Any]], say: Say) -> None:
-    member = f"serviceAccount:{email}"
-    with google_errors(clients, "iam.serviceAccounts.setIamPolicy", f"let the machines launch workers as {email}"):
+def _ensure_account_grants(clients: GoogleClients, iam: IAMApi, email: str, granted: dict[str, list[dict[str, Any]]], say: Say) -> bool:
+    """Grants each member its roles on service account ``email`` (one read-modify-write); whether it changed anything."""
+    with google_errors(clients, "iam.serviceAccounts.setIamPolicy", f"let the machines and you launch machines as {email}"):
         policy = iam.call("POST", f"serviceAccounts/{email}:getIamPolicy")
         bindings = [dict(b) for b in policy.get("bindings", [])]
-        wanted = with_grants(bindings, member, grants)
+        wanted = bindings
+        for member, grants in granted.items():
+            wanted = with_grants(wanted, member, grants)
         if wanted != bindings:
             iam.call(
                 "POST", f"serviceAccounts/{email}:setIamPolicy", {"policy": {"version": 1, "etag": policy.get("etag"), "bindings": wanted}}
             )
-    say(
-        f"{'granted' if wanted != bindings else 'found'} on service account {email}: {', '.join(g['role'] for g in grants)} (a "
-        "cluster's scheduler launches its workers as it)"
-    )
+    for member, grants in granted.items():
+        who = "its own account (a cluster's scheduler launches its workers as it)" if member == f"serviceAccount:{email}" else member
+        made = with_grants(bindings, member, grants) != bindings
+        say(f"{'granted' if made else 'found'} on service account {email}: {', '.join(g['role'] for g in grants)} to {who}")
+    return wanted != bindings
+
+
+class _NotInForce(Exception):
+    """A grant made is not in force yet (IAM's access change propagation)."""
+
+
+def _await_act_as(clients: GoogleClients, iam: IAMApi, email: str, say: Say) -> None:
+    """Waits until the identity that provisions may act as ``email`` (its ``testIamPermissions``), so
+    that a launch right after provisioning is not refused: Google applies a grant after a delay
+    (typically 2 minutes, "potentially 7 minutes or longer"). Past that, it says so and returns."""
+    from google.api_core.exceptions import RetryError
+    from google.api_core.retry import Retry, if_exception_type
+
+    def in_force() -> None:
+        with clients.translated("iam.serviceAccounts.testIamPermissions"):
+            held = iam.call("POST", f"serviceAccounts/{email}:testIamPermissions", {"permissions": [ACT_AS]})
+        if ACT_AS not in held.get("permissions", []):
+            raise _NotInForce(email)
+
+    say(f"waiting for the grant on {email} to take effect (Google applies grants within about 2 minutes, sometimes 7 or more)")
+    started = time.monotonic()
+    retry = Retry(predicate=if_exception_type(_NotInForce), initial=1.0, maximum=15.0, multiplier=1.5, timeout=PROPAGATION_TIMEOUT)
+    try:
+        retry(in_force)()
+    except RetryError:
+        say(
+            f"the grant on {email} is not in force after {PROPAGATION_TIMEOUT / 60:.0f} minutes: a launch refused with "
+            "SERVICE_ACCOUNT_ACCESS_DENIED will succeed once Google applies it"
+        )
+        return
+    say(f"the grant on {email} took effect after {time.monotonic() - started:.0f} s")
+
+
+def _say_other_launchers(email: str, launcher: str | None, say: Say) -> None:
+    """How another identity (a worker's, a CI job's; or the one provisioning, when its credentials do not name it) may launch."""
+    command = f"gcloud iam service-accounts add-iam-policy-binding {email} --member=MEMBER --role=roles/iam.serviceAccountUser"
+    if launcher is None:
+        say(f"your credentials do not name you, so nobody may start machines as {email} yet; grant each launcher: {command}")
+    else:
+        say(f"another identity that launches machines (a worker's, a CI job's) needs the same grant: {command}")
 
 
 def _firewall_names(clients: GoogleClients) -> set[str]:
@@ -462,13 +525,14 @@ def teardown(provider: GCPProvider | None = None, *, force: bool = False, delete
     done += _remove_firewalls(clients, say)
     done += _remove_leftover_secrets(clients, say)
     iam = clients.iam()
-    with google_errors(clients, "iam.roles.delete", f"remove the custom role {MACHINE_ROLE_ID}"):
-        try:
-            if not iam.call("GET", f"roles/{MACHINE_ROLE_ID}").get("deleted"):
-                iam.call("DELETE", f"roles/{MACHINE_ROLE_ID}")
-                removed(done, f"custom role projects/{project}/roles/{MACHINE_ROLE_ID}", say)
-        except NotFound:
-            pass
+    for role_id in MACHINE_CUSTOM_ROLES:
+        with google_errors(clients, "iam.roles.delete", f"remove the custom role {role_id}"):
+            try:
+                if not iam.call("GET", f"roles/{role_id}").get("deleted"):
+                    iam.call("DELETE", f"roles/{role_id}")
+                    removed(done, f"custom role projects/{project}/roles/{role_id}", say)
+            except NotFound:
+                pass
     with google_errors(clients, "iam.serviceAccounts.delete", f"remove the service account {email}"):
         try:
             iam.call("DELETE", f"serviceAccounts/{email}")

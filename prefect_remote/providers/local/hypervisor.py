@@ -19,6 +19,7 @@ from pathlib import Path
 from prefect_remote.on_machine import MACHINE_ID_ENV
 from prefect_remote.providers.local import records
 from prefect_remote.providers.local.isolation import OOM_EXIT_CODE, Cgroups, Network, host_trust_env, kill_pids, record_end, tagged_pids
+from prefect_remote.providers.local.own_root import IN_ROOT, OwnRoot
 from prefect_remote.units import format_size
 
 MACHINE_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -32,7 +33,9 @@ class Hypervisor:
         self.network = Network(**self.record["network"]) if self.record.get("network") else None
         self.cgroups = Cgroups(self.record["cgroups"]) if self.record.get("cgroups") else None
         self.grace = self.record["grace_period"]
+        self.own_root = OwnRoot(**self.record["own_root"]) if self.record.get("own_root") else None
         self.stop_requested = False
+        self.powered_off: str | None = None  # the machine's own shutdown, when it asked for one
         self.log = open(directory / records.LOG, "ab", buffering=0)  # noqa: SIM115 (the machine's log, open for the monitor's life)
 
     def say(self, message: str) -> None:
@@ -41,7 +44,10 @@ class Hypervisor:
 
     def machine_env(self) -> dict[str, str]:
         """A fresh environment: nothing of the launcher's but what the boot payload says (and what the
-        machine's image sets, for a sandbox cloud's instances)."""
+        machine's image sets, for a sandbox cloud's instances). A stock machine's boot gets what
+        cloud-init and Google's startup-script runner give theirs: a minimal PATH, and no HOME."""
+        if self.record.get("stock_env"):
+            return {"PATH": MACHINE_PATH, MACHINE_ID_ENV: self.id, **host_trust_env(), **self.record.get("image_env", {})}
         work = str(self.directory / records.WORK)
         return {
             "PATH": MACHINE_PATH,
@@ -75,12 +81,17 @@ class Hypervisor:
             self.say(f"could not set up isolation: {error}")
             return self.finish(None, f"isolation setup failed: {error}")
         command = [*self.network.exec_prefix()] if self.network else []
-        command += ["bash", str(self.directory / records.BOOT_SCRIPT)]
+        if self.own_root:  # a sandbox cloud's instance: its boot runs in its own root's /
+            command += self.own_root.command(self.directory, ["bash", f"{IN_ROOT}/boot.sh"])
+        else:
+            command += ["bash", str(self.directory / records.BOOT_SCRIPT)]
         # A local machine boots in its work folder; a sandbox cloud's instance where its cloud starts
         # a boot script (/ for cloud-init): its boot script must find a work folder of its own.
         boot_folder = self.directory / self.record.get("boot_folder", records.WORK)
         try:
             boot_folder.mkdir(mode=0o700, exist_ok=True)
+            if self.own_root:
+                self.own_root.prepare(self.directory)
             boot = subprocess.Popen(
                 command,
                 cwd=boot_folder,
@@ -99,6 +110,9 @@ class Hypervisor:
         while (code := boot.poll()) is None:
             # A stop can be asked for by signal, or by stop.json alone if the signal raced this start.
             self.stop_requested = self.stop_requested or (self.directory / records.STOP).exists()
+            if self.own_root and not self.stop_requested and (asked := OwnRoot.power_requested(self.directory)):
+                self.powered_off = f"the machine shut itself down ({asked})"
+                self.stop_requested = True
             if self.stop_requested and stopping_since is None:
                 stopping_since = time.monotonic()
                 self.signal_all(boot.pid, signal.SIGTERM)
@@ -130,7 +144,7 @@ class Hypervisor:
                 break
             kill_pids(leftovers, signal.SIGKILL)
             time.sleep(0.05)
-        reason, exit_code = failure, boot_code
+        reason, exit_code = failure or self.powered_off, None if self.powered_off else boot_code
         if self.cgroups and self.cgroups.oom_kills():
             limit = format_size(self.record["limits"]["memory"])
             reason = f"out of memory: the machine used more than its {limit} limit and the kernel killed the payload"

@@ -10,7 +10,7 @@ stop.json        the first termination request: reason and exit code
 ended.json       why and when the machine ended
 machine.log      boot, agent, payload and monitor output
 work/            the machine's working directory and HOME
-root/            where a sandbox cloud's instance starts its boot script: its image's / (``boot_folder``)
+root/            a sandbox cloud's instance's own / (``own_root``: an overlay mounted in its namespace), where its boot starts
 """
 
 from __future__ import annotations

@@ -49,6 +49,10 @@ class Sandbox(Protocol):
         """What the sandbox image sets on the machine whose metadata server is ``key``."""
         ...
 
+    def no_egress_env(self) -> dict[str, str]:
+        """What a machine with no way out of its network gets: its traffic beyond the sandbox hangs."""
+        ...
+
 
 @dataclass(frozen=True)
 class Project:

@@ -22,8 +22,8 @@ exports is granted exactly the roles the docs list for launching
 (:data:`~prefect_remote.providers.gcp.grants.LAUNCHER_ROLES`, each where it says) and for provisioning
 (:data:`~prefect_remote.providers.gcp.grants.PROVISIONER_ROLES`, on the project); the machines'
 account what provisioning grants (:func:`~prefect_remote.providers.gcp.grants.machine_roles`, with
-the custom role of :data:`~prefect_remote.providers.gcp.grants.MACHINE_PERMISSIONS` under an id of its
-own, :data:`SANDBOX_MACHINE_ROLE`); machines run as the account their launch names. Calls naming
+the custom roles of :data:`~prefect_remote.providers.gcp.grants.MACHINE_CUSTOM_ROLES` under ids of their
+own, ending in :data:`SANDBOX_ROLE_SUFFIX`); machines run as the account their launch names. Calls naming
 another project are left to the fakes, which answer as Google does for a project that is not there.
 The sandbox's own bookkeeping uses :data:`INTERNAL`, an identity no policy names and no one else gets
 a token for (:meth:`IAMEnforcement.credentials`).
@@ -65,9 +65,9 @@ if TYPE_CHECKING:
     from prefect_remote.sandbox.gcp.storage_gate import StorageGate
 
 INTERNAL = "sandbox:internal"  # the sandbox's own principal: allowed everything, named by no policy
-# The custom role of the sandbox's machines' account: MACHINE_PERMISSIONS, as provisioning makes its own
-# (grants.MACHINE_ROLE_ID), under an id of its own so that provisioning and teardown tests see a fresh project.
-SANDBOX_MACHINE_ROLE = "prefectRemoteMachineSandbox"
+# The custom roles of the sandbox's machines' account: grants.MACHINE_CUSTOM_ROLES, as provisioning makes its own,
+# each under an id of its own so that provisioning and teardown tests see a fresh project.
+SANDBOX_ROLE_SUFFIX = "Sandbox"
 PERMISSION_FORMAT = re.compile(r"[a-zA-Z0-9]+(\.[a-zA-Z0-9]+){2,}")
 # Where the docs' launcher roles are granted (grants.LAUNCHER_ROLES' second column).
 LAUNCHER_PLACES = {"the project": "project", "the machines' service account": "service account", "the store's bucket": "bucket"}
@@ -279,21 +279,24 @@ class IAMEnforcement:
         for role in dict.fromkeys(grants.PROVISIONER_ROLES.values()):
             iam.add_binding(launcher, role)
         with iam._lock:
-            iam.roles[SANDBOX_MACHINE_ROLE] = {
-                "name": f"projects/{sandbox.project}/roles/{SANDBOX_MACHINE_ROLE}",
-                "title": "prefect-remote machines",
-                "description": "What prefect-remote's machines call (granted as provisioning does)",
-                "includedPermissions": list(grants.MACHINE_PERMISSIONS),
-                "stage": "GA",
-                "etag": _etag(),
-            }
+            for role_id, permissions in grants.MACHINE_CUSTOM_ROLES.items():
+                iam.roles[role_id + SANDBOX_ROLE_SUFFIX] = {
+                    "name": f"projects/{sandbox.project}/roles/{role_id}{SANDBOX_ROLE_SUFFIX}",
+                    "title": f"prefect-remote machines ({role_id})",
+                    "description": "What prefect-remote's machines call (granted as provisioning does)",
+                    "includedPermissions": list(permissions),
+                    "stage": "GA",
+                    "etag": _etag(),
+                }
         machine_grants = grants.machine_roles(
             project=sandbox.project, project_number=sandbox.project_number, bucket=store_bucket, service_account=sandbox.machine_account
         )
         for where, bindings in machine_grants.items():
             for binding in bindings:
                 if where == "project":
-                    role = binding["role"].replace(f"/roles/{grants.MACHINE_ROLE_ID}", f"/roles/{SANDBOX_MACHINE_ROLE}")
+                    role = binding["role"]
+                    if role.rpartition("/")[2] in grants.MACHINE_CUSTOM_ROLES:
+                        role += SANDBOX_ROLE_SUFFIX
                     iam.add_binding(machine, role, binding.get("condition"))
                 elif where == f"bucket {store_bucket}":
                     self.storage.add_binding(store_bucket, machine, binding["role"])

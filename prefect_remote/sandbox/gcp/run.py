@@ -177,7 +177,8 @@ class CloudRunFake:
         with self._lock:
             attempt = self._attempts[instance.id]
             key = self._task_state[attempt.task].key
-        return {**self.sandbox.image_env(key), **attempt.env}
+        # A container starts with its image's environment: HOME=/root (the image's user), as Docker sets it.
+        return {"HOME": "/root", **self.sandbox.image_env(key), **attempt.env}
 
     def booted(self, instance: Instance, machine: Machine) -> None:
         with self._lock:

@@ -61,7 +61,9 @@ class SandboxGCP(SandboxCloud):
     ``port=0`` takes a free port. ``home`` holds the machines' folders and the launcher's key
     (default: a temporary folder); ``isolation`` is the machines' (``namespace`` where this host
     offers network namespaces). ``expose`` lists ports of services on this host's loopback (a
-    Prefect server) that machines reach at ``http://<sandbox_host>:PORT``.
+    Prefect server) that machines reach at ``http://<sandbox_host>:PORT``. Each instance boots from
+    a stock image in a root of its own (:mod:`prefect_remote.providers.local.own_root`); ``warm_cache``
+    gives them a warm uv cache and shared agent environments instead (:meth:`warm`).
     """
 
     def __init__(
@@ -76,8 +78,11 @@ class SandboxGCP(SandboxCloud):
         expose: tuple[int, ...] = (),
         enforce_iam: bool = True,
         iam_delay: float = IAM_DELAY,
+        warm_cache: bool = False,
     ) -> None:
         self.project, self.region, self.host, self.port = project, region, host, port
+        self.warm_cache = warm_cache
+        self._images: dict[str, bool] = {}
         self.project_number = Project.named(project).number
         self.zones = [f"{region}-{zone}" for zone in "abc"]
         self.isolation = isolation
@@ -197,6 +202,7 @@ class SandboxGCP(SandboxCloud):
     def stop(self) -> None:
         """Ends every machine, then stops serving; everything it held is gone."""
         self._stop_forwards()
+        self._close_black_hole()
         if self._runner is not None:
             self.run.end_all("sandbox stopped")
             self._runner.stop()  # ends every machine still running, and waits for them
@@ -262,19 +268,13 @@ class SandboxGCP(SandboxCloud):
     def image_env(self, key: str) -> dict[str, str]:
         """What every sandbox image sets on the machine whose metadata server is ``key`` (a Cloud
         Run task, a Compute Engine instance): the endpoints as it reaches them, the project, its
-        metadata server, and the image's shared folders (uv's cache, agent environments)."""
-        from prefect_remote.software.rebuild import uv_cache_dir
-
-        folder = self.runner.machines.home / "instances" / key
-        folder.mkdir(parents=True, exist_ok=True)
+        metadata server, and a warm image's shared folders (:attr:`warm_cache`)."""
         api = self.runner.reachable_url(self.url)
         return {
             "PREFECT_REMOTE_GCP_API_ENDPOINT": api,
             self._storage_variable: self.runner.reachable_url(self.storage_url),
             "GOOGLE_CLOUD_PROJECT": self.project,
-            "PREFECT_REMOTE_ROOT": str(self._root),
-            "PREFECT_REMOTE_MACHINE_LOG": str(folder / "machine.log"),
-            **({"UV_CACHE_DIR": cache} if (cache := uv_cache_dir()) else {}),  # a warm cache, as a baked image has
+            **self._image_cache_env(key),
             **self.metadata.env(key, api),
         }
 

@@ -133,10 +133,8 @@ def test_close_ships_the_tail_even_a_late_one(tmp_path, group, stream, reader):
 
         writer = threading.Thread(target=tee_catching_up)
         writer.start()
-        started = time.monotonic()
-        assert shipper.close(timeout=5)
+        assert shipper.close(timeout=5)  # within 5 s, not the 60 s interval
         writer.join()
-    assert time.monotonic() - started < 2
     assert read_all(reader, stream)[0] == "agent: machine ending: payload finished\nthe last line, without its newline\n"
     assert shipper.close()  # idempotent
 

@@ -593,3 +593,44 @@ def test_a_store_on_this_computer_is_refused_before_anything_starts(provider, mo
     with pytest.raises(CapabilityError, match="which aws machines cannot read; set PREFECT_REMOTE_STORE to a bucket"):
         launch(provider, cpu=1)
     assert provider.list(include_terminated=True) == before
+
+
+def test_a_rebooted_instance_ends_itself_instead_of_running_on_with_no_agent(provider, aws_sandbox, tmp_path):
+    """EC2 runs user data on the first boot only: after RebootInstances no agent would run. The boot
+    left a cloud-init per-boot script that powers the instance off, which terminates it
+    (InstanceInitiatedShutdownBehavior=terminate); the payload never runs twice. From a stock (cold)
+    image: uv, Python and the agent's environment downloaded as on a new instance."""
+    runs = tmp_path / "runs"
+    with aws_sandbox.warm(False):
+        [machine] = provider.launch(MachineSpec(cpu=2), BootPayload(["sh", "-c", f"echo run >> {runs}; sleep 300"]), tags={"t": "b9"})
+        wait_for(lambda: runs.exists(), timeout=240, message="the payload to start")
+    aws_sandbox.client("ec2").reboot_instances(InstanceIds=[machine.id])
+    [ended] = provider.wait([machine.id], timeout=60)
+    assert ended.state == "terminated" and runs.read_text() == "run\n"
+    reason = aws_sandbox.client("ec2").describe_instances(InstanceIds=[machine.id])["Reservations"][0]["Instances"][0]["StateReason"]
+    assert reason["Code"] == "Client.InstanceInitiatedShutdown"
+    assert aws_sandbox.runner.machine_of(machine.id) is None  # no agent, no process of it left
+
+
+def test_a_boot_with_no_way_out_fails_within_a_minute_naming_egress(aws_env, aws_sandbox, monkeypatch):
+    """A subnet that maps no public IP, with no NAT gateway: the instance reaches nothing beyond the VPC
+    (the sandbox drops its traffic, as a VPC does). A stock boot says so within a minute, with the
+    fixes, and the machine ends (before: uv's download hung for 300 s)."""
+    import random
+
+    ec2 = aws_sandbox.client("ec2")
+    vpc = ec2.describe_vpcs(Filters=[{"Name": "is-default", "Values": ["true"]}])["Vpcs"][0]["VpcId"]
+    with aws_sandbox.enforcing(False):  # (the account's owner makes it; the sandbox's IAM knows no CreateSubnet)
+        subnet = ec2.create_subnet(VpcId=vpc, CidrBlock=f"172.31.{random.randrange(200, 255)}.0/24", AvailabilityZone="us-east-1a")
+    monkeypatch.setenv("PREFECT_REMOTE_AWS_SUBNET_ID", subnet["Subnet"]["SubnetId"])
+    provider = AWSProvider()
+    started = time.monotonic()
+    with aws_sandbox.warm(False):
+        [machine] = provider.launch(MachineSpec(cpu=2, allow_ingress_from="none"), BootPayload(["true"]))
+        [ended] = provider.wait([machine.id], timeout=120)
+    elapsed = time.monotonic() - started
+    local = aws_sandbox.runner.machines.list({"sandbox-instance": machine.id}, include_terminated=True)[0]
+    log = aws_sandbox.runner.machines.logs(local.id).text
+    assert ended.state == "terminated" and elapsed < 60, (elapsed, log)
+    assert "boot failed during 'egress'" in log and "no route to the package index" in log
+    assert "public IP" in log and "NAT gateway" in log and "VPC endpoints" in log

@@ -4,6 +4,9 @@ errors that name the fix, against the sandbox's fakes through the real clients."
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 
 import pytest
 from google.api_core import exceptions
@@ -87,3 +90,29 @@ def test_other_errors_pass():
     with pytest.raises(exceptions.NotFound):
         with translated("compute.instances.get", project="p-123456"):
             raise missing
+
+
+def test_the_member_the_credentials_act_as(gcp_env, monkeypatch, tmp_path):
+    """Provisioning grants the identity that runs it leave to launch as the machines' account: a key's
+    service account, a VM's (named by the metadata server once a token is fetched), a user's account;
+    None when user credentials do not name theirs."""
+    assert GoogleClients(Options(None, gcp_env.url)).member() == f"serviceAccount:{gcp_env.launcher_account}"
+    gcp_env.metadata.register("member-test", lambda: {"instance/name": "member-test"}, gcp_env.machine_account)
+    # google-auth reads GCE_METADATA_HOST when it is imported: a process of its own, as on a machine
+    environ = {k: v for k, v in os.environ.items() if k != "GOOGLE_APPLICATION_CREDENTIALS"}
+    environ |= {**gcp_env.metadata.env("member-test", gcp_env.url), "CLOUDSDK_CONFIG": str(tmp_path)}
+    script = (
+        "from prefect_remote.providers.gcp.clients import GoogleClients\n"
+        "from tests.providers.gcp.conftest import Options\n"
+        f"print(GoogleClients(Options(None, {gcp_env.url!r})).member())"
+    )
+    try:
+        found = subprocess.run([sys.executable, "-c", script], env=environ, capture_output=True, text=True, timeout=60)
+    finally:
+        gcp_env.metadata.forget("member-test")
+    assert found.stdout.strip() == f"serviceAccount:{gcp_env.machine_account}", found.stderr
+    user = {"type": "authorized_user", "client_id": "c", "client_secret": "s", "refresh_token": "r"}
+    for account, member in (("alice@example.com", "user:alice@example.com"), ("", None)):
+        (tmp_path / "user.json").write_text(json.dumps({**user, "account": account}))
+        monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", str(tmp_path / "user.json"))
+        assert GoogleClients(Options("sandbox-project", gcp_env.url)).member() == member

@@ -532,12 +532,15 @@ def test_vms_are_never_restarted_by_google(gcp_sandbox, vm_provider, tmp_path):
 
 def test_a_rebooted_vm_ends_itself_instead_of_running_its_payload_again(gcp_sandbox, vm_provider, tmp_path):
     """Compute Engine runs the startup script on every boot: after a reset the boot runs again, and its
-    agent ends the VM (deleted, with the reason in its record) rather than start the payload twice."""
+    agent ends the VM (deleted, with the reason in its record) rather than start the payload twice.
+    From a stock (cold) image: the agent's mark that it started is on the VM's own disk, which the
+    reboot keeps."""
     from prefect_remote.providers.base import BootPayload
 
     runs = tmp_path / "runs"
-    [machine] = vm_provider.launch(MachineSpec(cpu=2), BootPayload(["sh", "-c", f"echo run >> {runs}; sleep 120"]), tags={"t": "b9"})
-    wait_for(lambda: runs.exists(), timeout=60, what="the payload started")
+    with gcp_sandbox.warm(False):
+        [machine] = vm_provider.launch(MachineSpec(cpu=2), BootPayload(["sh", "-c", f"echo run >> {runs}; sleep 120"]), tags={"t": "b9"})
+        wait_for(lambda: runs.exists(), timeout=240, what="the payload started")
     vm_provider.clients.instances().reset(project=gcp_sandbox.project, zone="us-central1-a", instance=machine.id).result()
     ended = vm_provider.wait([machine.id], timeout=120)[0]
     assert ended.reason.startswith("rebooted") and runs.read_text() == "run\n"

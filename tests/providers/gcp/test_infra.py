@@ -1,7 +1,7 @@
 """--provision-infra on gcp and `prefect-remote gcp teardown`: what only gcp has (what the infra
-contract, tests/providers/test_infra.py, does not check on every cloud). The sandbox's IAM enforces
-nothing, so the grants are checked as policy documents (and against the docs' copy of them); a
-disabled API, a bucket of the user's, a deleted custom role and a refused permission.
+contract, tests/providers/test_infra.py, does not check on every cloud): the grants as policy documents
+(and against the docs' copy of them, and the roles the sandbox enforces); a disabled API, a bucket of
+the user's, a deleted custom role and a refused permission.
 
 Every test ends with everything torn down (the sandbox is the session's)."""
 
@@ -16,7 +16,14 @@ import pytest
 
 from prefect_remote.providers.gcp import infra
 from prefect_remote.providers.gcp.clients import GCPError
-from prefect_remote.providers.gcp.infra import MACHINE_PERMISSIONS, MACHINE_ROLE_ID, machine_roles
+from prefect_remote.providers.gcp.grants import (
+    MACHINE_CUSTOM_ROLES,
+    MACHINE_PERMISSIONS,
+    MACHINE_ROLE_ID,
+    MACHINE_SECRET_PERMISSIONS,
+    MACHINE_SECRETS_ROLE_ID,
+    machine_roles,
+)
 from prefect_remote.providers.gcp.provider import GCPProvider
 from tests.providers.infra_clouds import GCPInfra
 
@@ -45,8 +52,8 @@ def gcp_infra(project) -> GCPInfra:
 
 
 def readme_document(**values: str) -> dict:
-    """What the docs quote: the grants, and the custom role's permissions."""
-    return {"grants": machine_roles(**values), f"custom role {MACHINE_ROLE_ID}": list(MACHINE_PERMISSIONS)}
+    """What the docs quote: the grants, and the custom roles' permissions."""
+    return {"grants": machine_roles(**values), **{f"custom role {name}": list(held) for name, held in MACHINE_CUSTOM_ROLES.items()}}
 
 
 # -- the roles ------------------------------------------------------------------------------------
@@ -61,15 +68,18 @@ def test_machine_roles_are_least_privilege():
     by_role = {grant["role"]: grant for grant in roles["project"]}
     secrets_only = 'resource.name.startsWith("projects/42/secrets/prefect-remote-")'
     assert by_role["roles/secretmanager.secretAccessor"]["condition"]["expression"] == secrets_only
-    assert by_role[f"projects/p-1/roles/{MACHINE_ROLE_ID}"]["condition"]["expression"].endswith(secrets_only)
-    assert "condition" not in by_role["roles/logging.logWriter"]
+    assert by_role[f"projects/p-1/roles/{MACHINE_SECRETS_ROLE_ID}"]["condition"]["expression"].endswith(secrets_only)
+    # No condition on the rest: Cloud Run's resources and most of Compute Engine's have no attributes, so one would grant nothing.
+    assert "condition" not in by_role["roles/logging.logWriter"] and "condition" not in by_role[f"projects/p-1/roles/{MACHINE_ROLE_ID}"]
     assert roles["service account sa@p-1.iam.gserviceaccount.com"] == [{"role": "roles/iam.serviceAccountUser"}]  # acting as itself only
     # The custom role: a VM ends itself, a scheduler launches its workers, a flow run its cluster (after
     # listing the provider's machines, Cloud Run jobs included: read only); nothing that grants more access.
     assert "compute.instances.delete" in MACHINE_PERMISSIONS and len(set(MACHINE_PERMISSIONS)) == len(MACHINE_PERMISSIONS)
-    assert all(p.startswith(("compute.", "secretmanager.", "run.")) and "*" not in p for p in MACHINE_PERMISSIONS)
+    assert all(p.startswith(("compute.", "run.")) and "*" not in p for p in MACHINE_PERMISSIONS)
+    assert all(p.startswith("secretmanager.") for p in MACHINE_SECRET_PERMISSIONS)  # only these are under the condition
     assert [p for p in MACHINE_PERMISSIONS if p.startswith("run.")] == ["run.jobs.list", "run.executions.get", "run.tasks.list"]
-    assert not any(p.endswith(("setIamPolicy", "firewalls.create", "firewalls.update", "versions.access")) for p in MACHINE_PERMISSIONS)
+    unsafe = ("setIamPolicy", "firewalls.create", "firewalls.update", "versions.access")
+    assert not any(p.endswith(unsafe) for p in (*MACHINE_PERMISSIONS, *MACHINE_SECRET_PERMISSIONS))
 
 
 def test_readme_quotes_the_roles_exactly():
@@ -87,11 +97,33 @@ def test_the_docs_list_exactly_the_roles_the_sandbox_grants():
     text = DOCS_PAGE.read_text()
 
     def roles(section: str) -> list[str]:
-        body = text.split(f"### {section}", 1)[1].split("#", 1)[0]
+        """The roles the section's first paragraph lists (what follows explains them)."""
+        body = text.split(f"### {section}", 1)[1].strip().split("\n\n", 1)[0]
         return re.findall(r"`(roles/[A-Za-z0-9.]+)`", body)
 
     assert roles("The identity that launches machines") == [role for role, _, _ in LAUNCHER_ROLES]
     assert roles("The identity that provisions") == list(PROVISIONER_ROLES.values())
+
+
+def test_the_sandbox_enforces_exactly_the_docs_roles_on_its_launcher_where_they_are_granted(gcp_sandbox):
+    """What the session's sandbox enforces for its launcher (the policies in force, not what it was
+    asked to grant) is the docs' roles: each launcher role where LAUNCHER_ROLES says, and provisioning's on the project."""
+    import math
+
+    from prefect_remote.providers.gcp.grants import LAUNCHER_ROLES, PROVISIONER_ROLES
+    from prefect_remote.sandbox.gcp.sandbox import STORE_BUCKET
+
+    launcher = f"serviceAccount:{gcp_sandbox.launcher_account}"
+
+    def held(key: str) -> list[str]:
+        return sorted(role for role, members, _ in gcp_sandbox.enforcement.store.as_of(key, math.inf) or () if launcher in members)
+
+    def docs(where: str) -> list[str]:
+        return sorted(role for role, place, _ in LAUNCHER_ROLES if place == where)
+
+    assert held("project") == sorted({*docs("the project"), *PROVISIONER_ROLES.values()})
+    assert held(f"serviceAccount:{gcp_sandbox.machine_account}") == docs("the machines' service account")
+    assert held(f"bucket:{STORE_BUCKET}") == docs("the store's bucket")
 
 
 def test_a_disabled_api_fails_naming_the_command_and_nothing_is_created(project, gcp_infra):

@@ -188,7 +188,8 @@ class ComputeFake:
 
     def image_env(self, instance: Instance) -> dict[str, str]:
         """What the instance's image sets: the sandbox's (its endpoints, its metadata server)."""
-        return self.sandbox.image_env(f"gce-{instance.id.removeprefix(ID_PREFIX)}")
+        env = self.sandbox.image_env(f"gce-{instance.id.removeprefix(ID_PREFIX)}")
+        return env if instance.egress else {**env, **self.sandbox.no_egress_env()}
 
     # -- fault injection ------------------------------------------------------------------------------------
     def refuse(
@@ -300,6 +301,8 @@ class ComputeFake:
             instance_type=last_segment(resource["machineType"]),
             region=self.sandbox.region,
             tags=dict(resource.get("labels", {})),
+            # Cloud NAT is not modelled: a VM without an external IP reaches nothing beyond the network
+            egress=bool(resource["networkInterfaces"][0].get("accessConfigs")),
         )
 
     def _remove(self, vm: VM) -> None:

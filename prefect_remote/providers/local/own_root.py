@@ -1,0 +1,95 @@
+"""A root file system of its own for a sandbox cloud's instance: what a VM's disk is to it.
+
+The hypervisor starts such an instance's boot inside a mount namespace of its own, where an overlay of
+this host's ``/`` (read only, as the image) and the instance's disk folder (its writes) is mounted at
+the machine's ``root/`` folder, and then ``chroot``s into it. Whatever the boot writes to ``/`` lands in
+the disk folder, never on this host, and stays there across the instance's reboots (the disk folder is
+the instance's, not the machine's). The mounts are the namespace's: they vanish with its last process.
+
+The image's ``shutdown``, ``poweroff`` and ``halt`` ask this host's hypervisor to power the machine off
+(a file in ``/run/prefect-remote-sandbox/power``), as a VM's own shutdown ends it. Folders in
+``shared`` (a test's scratch folder, a warm uv cache a test asks for) are mounted at the same path, as
+a network share would be. Standard library only: the hypervisor uses it on the launch path.
+
+>>> plan = OwnRoot(disk="/tmp/instances/i-1/disk")
+>>> plan.command(Path("/tmp/m-1"), ["bash", "/run/prefect-remote-sandbox/boot.sh"])[:3]
+['unshare', '--mount', '--propagation']
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+POWER = "power"  # the machine folder's subfolder the image's shutdown writes its request to
+POWER_REQUEST = "request"
+IN_ROOT = "/run/prefect-remote-sandbox"  # where the boot script and the power folder are inside the instance
+
+# The image's shutdown: a VM's own shutdown ends the VM; here it asks the hypervisor (which ends every
+# process of the machine). It returns at once, as shutdown does.
+_SHUTDOWN = f"""#!/bin/sh
+# prefect-remote sandbox image: {{name}} powers this machine off (the host's hypervisor ends it)
+echo "$0 $*" > {IN_ROOT}/{POWER}/{POWER_REQUEST}
+"""
+
+# Run by the hypervisor inside a new mount namespace: $1 the disk folder, $2 the mount point (the
+# machine's root/), $3 the machine folder, $4 the shared folders (":"-separated), then the command.
+_ENTER = f"""set -eu
+disk=$1 root=$2 machine=$3 shared=$4
+shift 4
+mkdir -p "$disk/upper" "$disk/work"
+mount -t overlay overlay -o "lowerdir=/,upperdir=$disk/upper,workdir=$disk/work" "$root"
+mount --rbind /dev "$root/dev"
+mount -t proc proc "$root/proc"
+mount --rbind /sys "$root/sys"
+mount -t tmpfs -o mode=755 tmpfs "$root/run"
+mount -t tmpfs -o mode=1777 tmpfs "$root/dev/shm"
+mkdir -p "$root{IN_ROOT}/{POWER}"
+mount --bind "$machine/{POWER}" "$root{IN_ROOT}/{POWER}"
+cp "$machine/boot.sh" "$root{IN_ROOT}/boot.sh"
+for name in shutdown poweroff halt; do
+  for folder in /usr/sbin /sbin; do
+    if [ -d "$root$folder" ] && [ ! -L "$root$folder" ]; then
+      rm -f "$root$folder/$name"
+      sed "s/{{name}}/$name/" "$machine/{POWER}.sh" > "$root$folder/$name"
+      chmod 755 "$root$folder/$name"
+    fi
+  done
+done
+IFS=:
+for folder in $shared; do
+  [ -d "$folder" ] || continue
+  mkdir -p "$root$folder"
+  mount --bind "$folder" "$root$folder"
+done
+unset IFS
+cd "$root"
+exec chroot . "$@"
+"""
+
+
+@dataclass(frozen=True)
+class OwnRoot:
+    """The plan of an instance's own root: ``disk`` holds what it writes (kept across reboots),
+    ``shared`` lists host folders mounted at the same path inside."""
+
+    disk: str
+    shared: list[str] = field(default_factory=list)
+
+    def prepare(self, machine: Path) -> None:
+        """Writes what entering the root needs into the machine folder (before the boot starts)."""
+        (machine / POWER).mkdir(mode=0o700, exist_ok=True)
+        (machine / f"{POWER}.sh").write_text(_SHUTDOWN)
+
+    def command(self, machine: Path, boot: list[str]) -> list[str]:
+        """The command that runs ``boot`` (paths as inside the root) in the instance's own root."""
+        enter = ["unshare", "--mount", "--propagation", "private", "--", "sh", "-c", _ENTER, "enter-root"]
+        return [*enter, self.disk, str(machine / "root"), str(machine), ":".join(self.shared), *boot]
+
+    @staticmethod
+    def power_requested(machine: Path) -> str | None:
+        """What the machine's own shutdown asked for (its command line), or None."""
+        try:
+            return (machine / POWER / POWER_REQUEST).read_text().strip() or "shutdown"
+        except FileNotFoundError:
+            return None

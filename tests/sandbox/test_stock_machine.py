@@ -1,0 +1,126 @@
+"""A sandbox instance is a stock machine: its boot starts in ``/`` with cloud-init's (or Google's
+startup-script runner's) environment, no HOME, a minimal PATH and no warm uv cache unless the
+sandbox is warm; it writes to a root of its own, never to this host's; and it reboots as its cloud
+does (EC2: user data on the first boot only, cloud-init's per-boot scripts on every boot; GCE: the
+startup script on every boot).
+
+What each instance writes to ``tmp_path`` (the tests' scratch folders, shared with every instance
+as a network share) the test reads; anything else it writes stays on its own disk
+(:meth:`InstanceRunner.disk_of`).
+
+Anchors: cloud-init's docs ("Boot stages", modules ``scripts_per_boot`` and ``scripts_user``, which
+run user data once per instance), EC2's user guide ("Run commands when you launch an EC2 instance
+with user data input": by default, user data scripts run only during the first boot cycle), Compute
+Engine's "About startup scripts" (run on every boot) and the ``google-startup-scripts.service`` unit.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import wait_for
+
+IMAGE = "ami-12c6146b"
+MACHINE_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+
+def probe(out: Path, marker: str) -> str:
+    """A boot script that records where and with what it started, writes ``marker`` to ``/``, then runs on."""
+    return (
+        "#!/bin/bash\n"
+        f"echo {marker} > /{marker}\n"
+        'python3 -c \'import json, os, sys; json.dump({"cwd": os.getcwd(), "env": dict(os.environ)}, sys.stdout)\''
+        f" > {out}.part && mv {out}.part {out}\n"
+        "sleep 300\n"
+    )
+
+
+def run_instance(aws_sandbox, user_data: str) -> str:
+    ec2 = aws_sandbox.client("ec2")
+    [instance] = ec2.run_instances(
+        ImageId=IMAGE,
+        InstanceType="t3.micro",
+        MinCount=1,
+        MaxCount=1,
+        UserData=user_data,  # boto3 encodes it
+    )["Instances"]
+    return instance["InstanceId"]
+
+
+def ended(aws_sandbox, instance_id: str) -> bool:
+    instance = next(i for i in aws_sandbox._instances() if i.id == instance_id)
+    return instance.state == "terminated" and aws_sandbox.runner.machine_of(instance_id) is None
+
+
+@pytest.fixture
+def end_instances(aws_sandbox):
+    """The ids of the instances a test runs, terminated after it; new ids are known to EC2 at once
+    meanwhile (its eventual consistency is tests/sandbox/test_aws_strict_ec2.py's)."""
+    made: list[str] = []
+    with aws_sandbox.ec2.as_it_was() as strict:
+        strict.unknown_seconds = 0
+        yield made
+        if made:
+            aws_sandbox.client("ec2").terminate_instances(InstanceIds=made)
+        aws_sandbox.runner.wait_idle(60)
+
+
+def test_an_ec2_instance_boots_in_its_own_root_with_cloud_inits_environment_and_a_cold_image(aws_sandbox, end_instances, tmp_path):
+    out, marker = tmp_path / "booted.json", f"stock-{secrets.token_hex(4)}"
+    with aws_sandbox.warm(False):  # the default of `prefect-remote sandbox aws`
+        instance_id = run_instance(aws_sandbox, probe(out, marker))
+        end_instances.append(instance_id)
+        booted = json.loads(wait_for(lambda: out.exists() and out.read_text(), timeout=60, message="the user data to run"))
+    assert booted["cwd"] == "/"
+    env = booted["env"]
+    assert "HOME" not in env and env["PATH"] == MACHINE_PATH
+    assert not {"UV_CACHE_DIR", "PREFECT_REMOTE_ROOT", "TMPDIR", "PYTHONUNBUFFERED"} & set(env)
+    # What the boot wrote to / is on the instance's own disk, not on this host.
+    assert not Path(f"/{marker}").exists()
+    assert (aws_sandbox.runner.disk_of(instance_id) / "upper" / marker).read_text() == f"{marker}\n"
+
+
+def test_a_warm_image_shares_the_uv_cache_and_the_root(aws_sandbox, end_instances, tmp_path):
+    out = tmp_path / "booted.json"
+    with aws_sandbox.warm(True):
+        end_instances.append(run_instance(aws_sandbox, probe(out, "warm")))
+        env = json.loads(wait_for(lambda: out.exists() and out.read_text(), timeout=60, message="the user data to run"))["env"]
+    assert env["UV_CACHE_DIR"] and env["PREFECT_REMOTE_ROOT"] == str(aws_sandbox._root)
+
+
+def test_an_ec2_reboot_runs_per_boot_scripts_but_not_the_user_data_again(aws_sandbox, end_instances, tmp_path):
+    """The user data installs a per-boot script; after RebootInstances only that one runs, and the
+    instance stays up, running nothing else (as on EC2), until it is terminated."""
+    log = tmp_path / "boots.log"
+    user_data = (
+        "#!/bin/bash\n"
+        "mkdir -p /var/lib/cloud/scripts/per-boot\n"
+        f"printf '#!/bin/sh\\necho per-boot >> {log}\\n' > /var/lib/cloud/scripts/per-boot/record\n"
+        "chmod +x /var/lib/cloud/scripts/per-boot/record\n"
+        f"echo user-data >> {log}\n"
+        "sleep 300\n"
+    )
+    instance_id = run_instance(aws_sandbox, user_data)
+    end_instances.append(instance_id)
+    wait_for(lambda: log.exists(), timeout=60, message="the user data to run")
+    first_machine = aws_sandbox.runner.machine_of(instance_id)
+    aws_sandbox.client("ec2").reboot_instances(InstanceIds=[instance_id])
+    wait_for(lambda: log.read_text().count("per-boot") == 1, timeout=60, message="the per-boot script after the reboot")
+    assert log.read_text() == "user-data\nper-boot\n"
+    machine = aws_sandbox.runner.machine_of(instance_id)
+    assert machine and machine != first_machine and not ended(aws_sandbox, instance_id)
+
+
+def test_an_instances_own_shutdown_ends_it(aws_sandbox, end_instances):
+    """The image's shutdown powers the machine off: with EC2's default shutdown behaviour in the
+    sandbox (terminate, as the product launches), the instance is terminated."""
+    instance_id = run_instance(aws_sandbox, "#!/bin/bash\nshutdown -h now\nsleep 300\n")
+    end_instances.append(instance_id)
+    wait_for(lambda: ended(aws_sandbox, instance_id), timeout=60, message="the instance to end")
+    [instance] = [i for i in aws_sandbox.client("ec2").describe_instances(InstanceIds=[instance_id])["Reservations"][0]["Instances"]]
+    assert instance["StateReason"]["Code"] == "Client.InstanceInitiatedShutdown"
+    assert not aws_sandbox.runner.disk_of(instance_id).exists()  # its disk went with it
