@@ -20,9 +20,10 @@ from distributed.comm import CommClosedError
 from distributed.deploy.adaptive_core import AdaptiveCore
 
 from prefect_remote.cluster.plan import CLUSTER_TAG, ROLE_TAG, ClusterPlan, launch_workers, worker_lease
-from prefect_remote.errors import AccessDenied
+from prefect_remote.errors import AccessDenied, MachineNotFound
 from prefect_remote.lease import LeaseKeeper
 from prefect_remote.providers import provider_class
+from prefect_remote.providers.base import Machine
 from prefect_remote.units import format_duration
 
 TICK = 0.5  # seconds between keepalive checks
@@ -89,12 +90,27 @@ class MachinePool(AdaptiveCore):
         controller.refused("listing workers", None)
         alive = {m.id: m for m in found}
         for machine_id in set(self.machines) - set(alive):
-            if machine_id not in self.joined:
+            machine = await self._unlisted(machine_id)
+            if machine is not None:
+                alive[machine_id] = machine
+            elif machine_id not in self.joined:
                 await self._boot_failed(machine_id)
         self.machines = alive
         adopted = set(alive) - set(controller.leases.held())  # e.g. the first workers, launched by the cluster's creator
         if adopted:
             controller.leases.add(controller.provider, adopted, worker_lease(controller.provider))
+
+    async def _unlisted(self, machine_id: str) -> Machine | None:
+        """A machine of this pool that the provider's listing left out, if it has not ended: a cloud lists
+        a new machine only a while after its launch (EC2's eventual consistency), and may not know its
+        id at first either (then it counts as alive for the provider's ``visible_after``)."""
+        provider = self.controller.provider
+        try:
+            machine = await asyncio.to_thread(provider.describe, machine_id)
+        except MachineNotFound:
+            launched = self.machines[machine_id]
+            return launched if time.time() - launched.created < provider.visible_after else None
+        return machine if machine.alive else None
 
     async def _boot_failed(self, machine_id: str) -> None:
         try:

@@ -356,6 +356,9 @@ class Provider(ABC):
     dask_ports: ClassVar[tuple[int, int] | None] = None
     # The shortest pause between two polls of the cloud's API (wait()): a cloud's read rate limits.
     min_poll: ClassVar[float] = 0.0
+    # Seconds after its launch a machine may still be missing from list(), or unknown to describe():
+    # a cloud's eventual consistency. Until then a machine launched but not seen has not ended.
+    visible_after: ClassVar[float] = 0.0
     # A shell command that ends the machine, run when its boot fails before the agent can.
     halt_command: ClassVar[str] = "true"
     # Shell lines a stock machine's boot runs first, so that a reboot ends the machine where its cloud

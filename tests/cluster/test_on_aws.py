@@ -6,6 +6,7 @@ Every test ends what it started, and checks it in moto."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
 import time
@@ -13,11 +14,15 @@ import time
 import pytest
 
 import prefect_remote
+from prefect_remote.cluster.controller import ClusterController
+from prefect_remote.cluster.plan import CLUSTER_TAG, ROLE_TAG, ClusterPlan, WorkerPlan
 from prefect_remote.cluster.remote import ClusterStartError, RemoteCluster
 from prefect_remote.errors import CapacityError
 from prefect_remote.providers.aws import catalog
 from prefect_remote.providers.aws.provider import AWSError, AWSProvider
+from prefect_remote.providers.base import BootPayload
 from prefect_remote.software.store import StoreError
+from prefect_remote.spec import MachineSpec
 from tests.cluster.clouds import no_ec2_capacity
 from tests.conftest import SESSION_HOME, end_all_machines, needs_firewalls, wait_for
 
@@ -33,6 +38,40 @@ def no_machine_outlives_its_test(cloud):
 
 
 # -- faults ---------------------------------------------------------------------------------------------
+def test_the_controller_keeps_a_worker_ec2_does_not_list_yet(cloud):
+    """EC2 lists a new instance only a while after its launch: the controller's next look at its
+    workers must not take a worker it launched a moment ago for one that ended before joining (and
+    launch another in its place)."""
+    provider = AWSProvider()
+    worker = WorkerPlan(spec={}, secrets={}, command=["python"], env={}, nthreads=1, memory_limit=2**30)
+    plan = ClusterPlan(
+        name="aws-unlisted-worker",
+        provider="aws",
+        provider_options=provider.client_options(),
+        credentials="{}",
+        keepalive=30.0,
+        idle_timeout=None,
+        minimum=1,
+        maximum=1,
+        adaptive=False,
+        worker=worker,
+    )
+    with cloud.sandbox.ec2.as_it_was() as strict:
+        strict.unlisted_seconds = 60
+        controller = ClusterController(plan, "i-0123456789abcdef0")  # (the scheduler's machine: not looked at here)
+        tags = {CLUSTER_TAG: plan.name, ROLE_TAG: "worker"}
+        [launched] = controller.provider.launch(MachineSpec(cpu=1), BootPayload(["sleep", "600"]), tags=tags)
+        controller.pool.machines[launched.id] = launched  # as scale_up keeps what it launched
+        asyncio.run(controller.pool.refresh())
+        assert list(controller.pool.machines) == [launched.id]
+        assert not [message for _, message in controller.events if "ended before joining" in message]
+        controller.provider.terminate([launched.id])
+        controller.provider.wait([launched.id], timeout=30)
+        asyncio.run(controller.pool.refresh())  # ended (EC2 says so by id): a boot failure
+        assert controller.pool.machines == {}
+        assert [message for _, message in controller.events if f"worker machine {launched.id} ended before joining" in message]
+
+
 def test_spot_without_capacity_fails_the_first_call_and_leaves_no_instance(cloud):
     provider = AWSProvider()
 

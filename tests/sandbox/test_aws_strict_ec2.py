@@ -77,6 +77,23 @@ def test_a_new_instance_is_unknown_then_pending_then_running_with_its_public_ip(
     ec2.terminate_instances(InstanceIds=[instance_id])
 
 
+def test_a_listing_leaves_a_new_instance_out_for_longer_than_its_id_is_unknown(ec2, strict):
+    assert strict.unlisted_seconds > strict.unknown_seconds > 0  # on by default, as on EC2
+    strict.unknown_seconds, strict.unlisted_seconds = 0.5, 3.0
+    tag = secrets.token_hex(4)
+    instance_id = run(ec2, TagSpecifications=[{"ResourceType": "instance", "Tags": [{"Key": "unlisted", "Value": tag}]}])["InstanceId"]
+
+    def listed() -> list[str]:
+        pages = ec2.get_paginator("describe_instances").paginate(Filters=[{"Name": "tag:unlisted", "Values": [tag]}])
+        return [i["InstanceId"] for page in pages for r in page["Reservations"] for i in r["Instances"]]
+
+    assert listed() == []
+    wait_for(lambda: _visible(ec2, instance_id), timeout=5, message="the instance, by id")
+    assert listed() == []  # known by id, not listed yet
+    wait_for(lambda: listed() == [instance_id], timeout=6, message="the instance, listed")
+    ec2.terminate_instances(InstanceIds=[instance_id])
+
+
 def test_a_private_subnet_gives_a_public_ip_only_when_the_launch_asks(ec2, strict):
     strict.unknown_seconds = strict.pending_seconds = 0.2
     subnet = subnet_in_new_vpc(ec2, public=False)

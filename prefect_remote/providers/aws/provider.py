@@ -93,9 +93,6 @@ SPOT_OPTIONS = {"MarketType": "spot", "SpotOptions": {"SpotInstanceType": "one-t
 STATES: dict[str, Literal["pending", "running", "terminated"]] = {"pending": "pending", "running": "running", "shutting-down": "running"}
 ENDED_STATES = ("shutting-down", "terminated")  # terminating these again is moot
 ALIVE_STATES = ("pending", "running", "stopping", "stopped")  # a launch's secrets stay while one is in these (shutting-down reads none)
-# How long after its launch a launch's instance may still be missing from EC2's filtered listings
-# (eventual consistency): while one is missing, and the launch is this young, its secrets stay.
-SIBLINGS_VISIBLE_AFTER = 600.0
 _INSTANCE_ID = re.compile(r"i-[0-9a-f]{8,17}")
 BURSTABLE = re.compile(r"t\d[a-z]*\.")  # t2, t3, t3a, t4g: CPU credits
 
@@ -147,6 +144,10 @@ class AWSProvider(Provider):
     lease_interval = 30.0  # a metadata read is cheap, but a lease tag reaches IMDS only after a delay
     max_boot_script = 16 * 1024  # EC2's user-data limit
     min_poll = 1.0  # DescribeInstances shares a bucket of about 20 calls/s with every other read of the account
+    # EC2 lists a new instance (DescribeInstances by filters) a few seconds after its launch, and knows its id
+    # sooner; AWS gives no bound, so generously. It keeps an ended one listed for about an hour: an instance
+    # missing from a listing is far more likely too young to be listed than gone.
+    visible_after = 600.0
     dask_ports = DASK_PORTS  # what the ingress security group admits
     agent_extras = ("aws",)
     agent_requirements = ("boto3",)  # the machine side reads SSM, tags and ends itself, and ships its log
@@ -225,6 +226,7 @@ class AWSProvider(Provider):
 
     def _forget_secrets(self, launch_id: str) -> None:
         forget_secrets(self.clients, self.options.secrets_prefix, launch_id)
+        self._described_of.pop(launch_id, None)
 
     # -- launching --------------------------------------------------------------------------------
     def _start(self, launch: Launch) -> list[Machine]:
@@ -285,6 +287,7 @@ class AWSProvider(Provider):
         # Inbound connections from outside the VPC (a cluster's client) reach a machine at its public IP only.
         public = (spec.allow_ingress_from or self.options.allow_ingress_from) != "none" and not self.runs_inside()
         instances = self._run_instances(params, launch, groups, made_groups=not self.options.security_group_ids, public=public)
+        self._launched_lately[launch.id] = (time.monotonic(), frozenset(i["InstanceId"] for i in instances))
         try:
             return [self._machine(instance) for instance in instances]
         except BaseException:
@@ -478,18 +481,22 @@ class AWSProvider(Provider):
             # Ended ones keep the reason they ended with.
             ending = [i["InstanceId"] for i in instances if i["State"]["Name"] not in ENDED_STATES]
             ec2 = self.client("ec2")
+            states: dict[str, Any] = {}
             if ending:
                 tags = [{"Key": REASON_TAG, "Value": reason[:256]}]
                 if exit_code is not None:
                     tags.append({"Key": EXIT_CODE_TAG, "Value": str(exit_code)})
                 ec2.create_tags(Resources=ending, Tags=tags)
-                ec2.terminate_instances(InstanceIds=ending)
-        self._remember(instances)
+                terminating = ec2.terminate_instances(InstanceIds=ending)["TerminatingInstances"]
+                states = {i["InstanceId"]: i["CurrentState"] for i in terminating}
+        # As they are now (shutting-down): a listing may not show them yet, and must not take one for running.
+        self._remember([{**i, "State": states.get(i["InstanceId"], i["State"])} for i in instances])
         return {launch for i in instances if (launch := _launch_with_secrets(i))}
 
     def _remember(self, instances: Sequence[Mapping[str, Any]]) -> None:
-        """Keeps the instances with secrets just described by id (which EC2 answers for even while its
-        filtered listings do not show them yet), for :meth:`_live_launches`."""
+        """Keeps the ended instances with secrets just described by id (which EC2 answers for even while
+        its filtered listings do not show them yet), for :meth:`_live_launches`, until their launch's
+        secrets go."""
         for instance in instances:
             if launch := _launch_with_secrets(instance):
                 self._described_of.setdefault(launch, {})[instance["InstanceId"]] = instance
@@ -498,12 +505,45 @@ class AWSProvider(Provider):
     def _described_of(self) -> dict[str, dict[str, Mapping[str, Any]]]:
         return {}
 
+    @functools.cached_property
+    def _launched_lately(self) -> dict[str, tuple[float, frozenset[str]]]:
+        """This provider's launches: launch id -> when (monotonic), and its instances, for :meth:`_just_launched`."""
+        return {}
+
+    def _just_launched(self, key: str) -> bool:
+        """Whether this provider launched ``key`` (an instance id or a launch id) under :attr:`visible_after`
+        seconds ago: EC2 may neither list nor know it yet. Forgets the older launches."""
+        now = time.monotonic()
+        for old in [launch for launch, (at, _) in self._launched_lately.items() if now - at >= self.visible_after]:
+            del self._launched_lately[old]
+        return key in self._launched_lately or any(key in ids for _, ids in self._launched_lately.values())
+
+    def _known_by_id(self, machine_ids: Sequence[str]) -> list[dict[str, Any]]:
+        """The instances of ``machine_ids`` that EC2 knows by id, which it answers for before its filtered
+        listings show them: one call per 200 ids, and one more per answer naming ids it does not know
+        (``InvalidInstanceID.NotFound``: a new id for a moment, or one that never was)."""
+        from botocore.exceptions import ClientError
+
+        found: list[dict[str, Any]] = []
+        for batch in batches(list(machine_ids), 200):
+            while batch:
+                try:
+                    found += self.clients.instances(InstanceIds=batch)
+                    break
+                except ClientError as error:
+                    if error_code(error) != "InvalidInstanceID.NotFound":
+                        raise
+                    unknown = set(re.findall(r"i-[0-9a-f]+", str(error))) & set(batch)
+                    batch = [machine_id for machine_id in batch if machine_id not in unknown] if unknown else []
+        return found
+
     def _live_launches(self, launch_ids: set[str]) -> set[str]:
         """One describe call per 200 launches: those with an instance that may still read its secrets
         (a shutting-down one reads none), and the young ones some of whose instances EC2 does not
         list yet (eventual consistency: a sibling launched seconds ago may be missing from a filtered
-        describe, and must still find its secrets; the sweep takes them later)."""
-        found: dict[str, dict[str, Mapping[str, Any]]] = {launch: self._described_of.pop(launch, {}) for launch in launch_ids}
+        describe, and must still find its secrets; the sweep takes them later), or none of whose
+        instances it lists, launched by this provider under :attr:`visible_after` ago."""
+        found: dict[str, dict[str, Mapping[str, Any]]] = {launch: dict(self._described_of.get(launch, {})) for launch in launch_ids}
         with translated():
             for batch in batches(sorted(launch_ids), 200):  # EC2 takes at most 200 values per filter
                 for instance in self.clients.instances(Filters=[{"Name": f"tag:{LAUNCH_TAG}", "Values": batch}]):
@@ -513,10 +553,10 @@ class AWSProvider(Provider):
         for launch, instances in found.items():
             tags = {tag["Key"]: tag["Value"] for i in instances.values() for tag in i.get("Tags", [])}
             missing = int(tags.get(COUNT_TAG, "0") or 0) > len(instances)
-            young = any(now - i["LaunchTime"].timestamp() < SIBLINGS_VISIBLE_AFTER for i in instances.values())
+            young = any(now - i["LaunchTime"].timestamp() < self.visible_after for i in instances.values())
             if any(i["State"]["Name"] in ALIVE_STATES for i in instances.values()):
                 alive.add(launch)
-            elif missing and young:
+            elif (missing and young) or (not instances and self._just_launched(launch)):
                 logger.debug("secrets of %s kept: EC2 does not list all its instances yet", launch)
                 alive.add(launch)
         return alive
@@ -565,7 +605,10 @@ class AWSProvider(Provider):
 
     def _renew(self, machine_ids: list[str]) -> dict[str, str | None]:
         """One describe call (per 200 ids) finds the live instances, one ``create_tags`` call (per
-        1000) renews them all."""
+        1000) renews them all. EC2 lists an instance only a while after its launch, and an ended one for
+        about an hour after: the ids missing from the listing are asked for by id, and one that EC2 does
+        not know even so has not ended while this provider launched it under :attr:`visible_after` ago
+        (its lease is fresh from its launch)."""
         from botocore.exceptions import ClientError
 
         candidates = [machine_id for machine_id in machine_ids if _INSTANCE_ID.fullmatch(machine_id)]
@@ -573,7 +616,11 @@ class AWSProvider(Provider):
         with translated():
             for batch in batches(candidates, 200):  # EC2 takes at most 200 values per filter
                 instances += self.clients.instances(Filters=[{"Name": "instance-id", "Values": batch}])
+            listed = {i["InstanceId"] for i in instances}
+            instances += self._known_by_id([machine_id for machine_id in candidates if machine_id not in listed])
+            found = {i["InstanceId"] for i in instances}
             alive = {i["InstanceId"] for i in instances if i["State"]["Name"] in STATES}
+            unseen = {machine_id for machine_id in candidates if machine_id not in found and self._just_launched(machine_id)}
             now = lease_stamp()
             for batch in batches([machine_id for machine_id in machine_ids if machine_id in alive], 1000):
                 try:
@@ -586,7 +633,7 @@ class AWSProvider(Provider):
                     logger.debug("lease renewal skipped this round: %s", error)
         self._remember([i for i in instances if i["InstanceId"] not in alive])
         launches = {i["InstanceId"]: _launch_with_secrets(i) for i in instances}
-        return {machine_id: launches.get(machine_id) for machine_id in machine_ids if machine_id not in alive}
+        return {machine_id: launches.get(machine_id) for machine_id in machine_ids if machine_id not in alive | unseen}
 
     # -- elsewhere: a cluster's scheduler, the machine side --------------------------------------------
     def client_options(self) -> dict[str, Any]:
