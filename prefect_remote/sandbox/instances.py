@@ -102,6 +102,11 @@ class InstanceRunner:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.shared: list[str] = []  # host folders every instance mounts at the same path (a test's scratch folder)
+        # The image's clock for a scheduled `shutdown +N`: seconds per minute (a test's knob, to stay quick).
+        self.shutdown_minute = 60
+        # Whether an instance stays up after its boot script exits, as a VM does (its OS runs on): off, the
+        # machine ends with its boot script, which is kinder than a cloud to a boot that ends nothing.
+        self.outlives_boot = False
 
     @property
     def host_address(self) -> str:
@@ -235,7 +240,12 @@ class InstanceRunner:
             "limits": {"cpu": None, "memory": None},  # a 2-core host runs a 64-core type's work as it can
             "boot_folder": records.ROOT,  # as cloud-init and Google's startup scripts, in the image's / (not a work folder)
             "stock_env": True,  # and with their environment: a minimal PATH, no HOME
-            "own_root": {"disk": str(self.disk_of(instance.id)), "shared": [*self.shared, *image_folders]},
+            "own_root": {
+                "disk": str(self.disk_of(instance.id)),
+                "shared": [*self.shared, *image_folders],
+                "minute": self.shutdown_minute,
+                "outlives_boot": self.outlives_boot,
+            },
         }
         try:
             [machine_id] = start_machines(
