@@ -332,6 +332,21 @@ class SandboxCloud:
         finally:
             self.warm_cache = before
 
+    @contextlib.contextmanager
+    def vms(self, *, minute: int = 60) -> Iterator[None]:
+        """Within the block the instances booted stay up after their boot script exits, as a VM's OS
+        outlives its user data (until it powers itself off or is terminated), and their image's
+        scheduled ``shutdown +N`` counts ``minute`` seconds a minute (a test's clock, to stay quick)."""
+        runner = self._runner
+        if runner is None:
+            raise RuntimeError("vms(): this sandbox runs no instances (its instance runner is not started)")
+        before = runner.outlives_boot, runner.shutdown_minute
+        runner.outlives_boot, runner.shutdown_minute = True, minute
+        try:
+            yield
+        finally:
+            runner.outlives_boot, runner.shutdown_minute = before
+
     def _image_cache_env(self, instance: str) -> dict[str, str]:
         """What a warm image sets (:attr:`warm_cache` when ``instance`` first booted: its image is
         its own for life, reboots included): this host's uv cache and a root shared by every
