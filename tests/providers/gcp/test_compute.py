@@ -622,3 +622,21 @@ def test_a_killed_agent_ends_its_vm_within_keepalive_plus_one_lease_interval(gcp
             assert instance_of(gcp_sandbox, machine.id)["status"] == "TERMINATED"
     finally:
         provider.terminate(ids, reason="test cleanup")
+
+
+def test_an_agent_whose_secret_is_gone_ends_its_vm_saying_why(gcp_sandbox, gcp_env, monkeypatch):
+    """The launch's secret deleted before the VM's agent reads it (as a teardown would): the VM is
+    deleted, and its record and log say the secrets could not be read."""
+    from prefect_remote.providers.base import BootPayload
+    from prefect_remote.providers.gcp.secrets import forget_secrets
+    from prefect_remote.providers.gcp.service import LAUNCH_LABEL
+
+    monkeypatch.setenv("PREFECT_REMOTE_GCP_PUBLIC_IP", LAUNCHER_IP)
+    provider = GCPProvider(service="compute")
+    with gcp_sandbox.vms():
+        [machine] = provider.launch(MachineSpec(cpu=2), BootPayload(["sleep", "600"], secrets={"TOKEN": "s3cret"}), tags={"t": "orphans"})
+        forget_secrets(provider.clients, instance_of(gcp_sandbox, machine.id)["labels"][LAUNCH_LABEL])
+        [ended] = provider.wait([machine.id], timeout=120)
+        wait_for(lambda: instance_of(gcp_sandbox, machine.id) is None, timeout=60, what="the VM deleted")
+    assert "this launch's secrets could not be read" in (ended.reason or "")
+    assert "this launch's secrets could not be read" in vm_log(gcp_sandbox, machine.id)
