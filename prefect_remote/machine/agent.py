@@ -11,6 +11,11 @@ happens:
 * the owner's lease has not been renewed for ``keepalive`` (the owner is gone): noticed at most one
   ``lease_interval`` later, since the lease is read once per ``lease_interval``.
 
+Once its main loop runs it says so (the file ``$PREFECT_REMOTE_AGENT_RUNNING``, when the boot script
+names one): until then the boot script ends the machine if the agent exits. While the machine is
+healthy it pushes the machine's scheduled end forward (``$PREFECT_REMOTE_BACKSTOP``, e.g. ``shutdown
+-h +11``, once per ``lease_interval``), so that a machine whose agent dies ends without it.
+
 The payload starts before anything heavy is imported: launch-to-payload time is what users feel.
 """
 
@@ -31,6 +36,8 @@ from typing import Any
 from prefect_remote.machine.boot import (
     ACTIVITY_FILE_ENV,
     AGENT_CONFIG_ENV,
+    AGENT_RUNNING_ENV,
+    BACKSTOP_ENV,
     DEFAULT_ROOT,
     MACHINE_LOG_ENV,
     ROOT_ENV,
@@ -72,6 +79,9 @@ class Agent:
         self._lease_failing = False
         self._lease_seen_said = -1.0  # the last answer an outage was reported after
         self._log_shipping: LogShipping | None = None
+        self._backstop = os.environ.get(BACKSTOP_ENV)
+        self._backstop_next = self.started
+        self._backstop_failed = False
 
     def say(self, message: str) -> None:
         now = time.time()
@@ -157,14 +167,17 @@ class Agent:
         self.start_log_shipping()
         if not self.runtime.first_start():  # a reboot ran the boot again: the payload never runs twice
             return self.end("rebooted: this machine's agent had started before, and its payload is not run again", 1)
+        self.push_backstop()  # from the boot's allowance to keepalive plus one lease interval, pushed from now on
         command = self.config["command"]
         python, reason = self.prepare_software()
         if reason:
             return self.end(reason, 1)
         try:
-            payload = subprocess.Popen(
-                command, env=self.payload_env(python), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
-            )
+            env = self.payload_env(python)
+        except Exception as error:  # the secret store denies, throttles, lost the launch's secret
+            return self.end(f"this launch's secrets could not be read: {error!r}", 1)
+        try:
+            payload = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
         except OSError as error:
             return self.end(f"payload could not start: {error}", 127)
         self.last_busy = self.clock()  # idleness counts from the payload's start, not the machine's
@@ -198,11 +211,36 @@ class Agent:
             age = self.lease_age()
             if age > keepalive:
                 return f"owner gone: lease not renewed for {format_duration(age)} (keepalive {format_duration(keepalive)})"
+        self.push_backstop()
         return None
+
+    def push_backstop(self) -> None:
+        """Pushes the machine's scheduled end forward (the boot script's ``$PREFECT_REMOTE_BACKSTOP``),
+        at most once per ``lease_interval``: called only while the machine is healthy, so a hung or
+        dead agent stops pushing and the machine ends on schedule. A failure is said once."""
+        now = self.clock()
+        if not self._backstop or now < self._backstop_next:
+            return
+        self._backstop_next = now + self._lease_interval
+        try:
+            done = subprocess.run(["sh", "-c", self._backstop], capture_output=True, timeout=30, check=False)
+            problem = None if done.returncode == 0 else f"exit {done.returncode}: {done.stderr.decode(errors='replace').strip()}"
+        except (OSError, subprocess.SubprocessError) as error:
+            problem = repr(error)
+        if problem and not self._backstop_failed:
+            self.say(f"cannot push this machine's scheduled end forward ({self._backstop}: {problem})")
+        self._backstop_failed = bool(problem)
+
+    def say_running(self) -> None:
+        """Tells the boot script that the main loop runs (from now on the agent ends the machine)."""
+        marker = os.environ.get(AGENT_RUNNING_ENV)
+        if marker:
+            Path(marker).touch()
 
     def watch(self, payload: subprocess.Popen) -> tuple[str, int | None]:
         idle_timeout = self.config["idle_timeout"]
         cpu = _CpuMeter(payload.pid) if idle_timeout and self.config["activity"] == "auto" else None
+        self.say_running()
         while True:
             code = payload.poll()
             if code is not None:

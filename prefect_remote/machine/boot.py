@@ -9,8 +9,12 @@ runs the payload and ends the machine when its time is up. There are two ways to
   ``uv`` (a verified download from the package index), makes the agent's own small environment
   with prefect-remote at the launcher's version (from the index when released, else from a wheel
   the launcher put in the store), then starts the agent there. Each phase is logged with a
-  timestamp, so a slow or failed boot says where it stopped; a boot that fails before the agent
-  runs ends the machine (the provider's ``halt`` command).
+  timestamp, so a slow or failed boot says where it stopped. A boot that fails, or whose agent exits
+  before its main loop (it writes ``$PREFECT_REMOTE_AGENT_RUNNING`` once there), ends the machine
+  (the provider's ``halt`` command): nobody else would. Where the provider has one (``backstop``, e.g.
+  ``shutdown -h +{minutes}``), the boot first schedules the machine's own end, which needs no agent
+  and no API: the agent pushes it forward while it is healthy, so a machine whose agent dies (killed,
+  hung) ends within its keepalive plus one lease interval (rounded up to the minute).
 * **Preinstalled** (``python=``: the local provider, whose "image" is this host): the agent runs
   with the launcher's own interpreter at once, in the work folder the machine starts in.
 
@@ -29,6 +33,7 @@ from __future__ import annotations
 
 import base64
 import json
+import math
 import re
 import shlex
 from dataclasses import dataclass
@@ -44,6 +49,16 @@ DEFAULT_ROOT = "/var/lib/prefect-remote"
 # ships to the provider's log service.
 MACHINE_LOG_ENV = "PREFECT_REMOTE_MACHINE_LOG"
 DEFAULT_MACHINE_LOG = "/var/log/prefect-remote.log"
+# The file the agent creates once its main loop runs (from then on it ends the machine itself); the boot
+# script ends a machine whose agent exits without it.
+AGENT_RUNNING_ENV = "PREFECT_REMOTE_AGENT_RUNNING"
+# The shell command that pushes the machine's scheduled end forward (``shutdown -h +11``): the agent runs
+# it every lease interval while the machine is healthy.
+BACKSTOP_ENV = "PREFECT_REMOTE_BACKSTOP"
+# Without a keepalive, a dead agent's machine ends this long after the agent's last push.
+DEFAULT_BACKSTOP = 600.0
+# The backstop a boot schedules first lasts at least this long: downloads of uv, Python and the agent.
+BOOT_BACKSTOP_MINUTES = 15
 
 # uv, pinned: the version this package is tested with, its wheels on the package index, and their
 # SHA-256 (checked on the machine before the binary is used).
@@ -134,7 +149,7 @@ export PREFECT_REMOTE_MACHINE_LOG="${PREFECT_REMOTE_MACHINE_LOG:-@DEFAULT_LOG@}"
 mkdir -p "$ROOT" "$(dirname "$PREFECT_REMOTE_MACHINE_LOG")"
 exec > >(tee -a "$PREFECT_REMOTE_MACHINE_LOG") 2>&1
 PHASE=start
-ended() {  # a boot that fails before the agent runs ends the machine: nobody else would
+ended() {  # a boot that fails before the agent's main loop runs ends the machine: nobody else would
   code=$?
   phase "boot failed during '$PHASE' (exit $code); ending this machine"
   @HALT@
@@ -142,6 +157,11 @@ ended() {  # a boot that fails before the agent runs ends the machine: nobody el
 }
 trap ended EXIT
 phase "booting machine on "@PLACEMENT@" ($(uname -m))"
+
+# The backstop, which needs no agent and no API: this machine ends itself at a scheduled time unless the
+# agent, once running, keeps pushing it forward (a new schedule replaces the pending one).
+PHASE=backstop
+@BACKSTOP@
 
 # A cloud that does not run this script on a reboot (EC2 runs user data on the first boot only)
 # would leave a rebooted machine running with no agent: the provider's hook ends it then.
@@ -250,11 +270,20 @@ export PATH="$AGENT/bin:$PATH"  # a payload without a software environment runs 
 
 # 4-5. The agent rebuilds the software environment, runs the payload, and ends this machine on
 # timeout, idleness or a lost owner.
-PHASE=handover
-trap - EXIT
+# Until the agent says its main loop runs, any exit of it (its runtime, metadata or secrets unreadable,
+# an import error) ends this machine through the trap: from then on the agent ends it itself.
+PHASE="agent start (the agent exited before its main loop)"
+export PREFECT_REMOTE_AGENT_RUNNING="$WORK/.prefect-remote-agent-running"
 phase "agent: starting"
 export PREFECT_REMOTE_AGENT_CONFIG=@CONFIG@
-exec "$AGENT/bin/python" -m prefect_remote.machine.agent
+code=0
+"$AGENT/bin/python" -m prefect_remote.machine.agent || code=$?
+if [ -e "$PREFECT_REMOTE_AGENT_RUNNING" ]; then
+  trap - EXIT
+  phase "agent: exited with code $code"
+  exit "$code"
+fi
+(exit "$(( code == 0 ? 1 : code ))")
 """
 )
 
@@ -278,6 +307,7 @@ def render_boot_script(
     python: str | None = None,
     agent: AgentSource | None = None,
     halt: str = "true",
+    backstop: str | None = None,
     on_reboot: str = "",
     placement: str = "a machine",
 ) -> str:
@@ -285,8 +315,11 @@ def render_boot_script(
     (preinstalled), or in an environment the script makes from ``agent`` (stock image), where a
     failed boot runs ``halt`` (a shell command that ends the machine) and the boot first runs
     ``on_reboot`` (shell lines that make a later boot of the machine end it, where its cloud would
-    not run this script again). ``placement`` says where the machine runs (``"aws EC2 t3.medium in
-    us-east-1"``), for the log's first line."""
+    not run this script again). ``backstop`` (a shell command with ``{minutes}``, e.g. ``"shutdown -h
+    +{minutes}"``) schedules the machine's own end: at boot for at least ``BOOT_BACKSTOP_MINUTES``,
+    then pushed forward by the agent to its keepalive (else ``DEFAULT_BACKSTOP``) plus one lease
+    interval. ``placement`` says where the machine runs (``"aws EC2 t3.medium in us-east-1"``), for
+    the log's first line."""
     encoded = base64.b64encode(json.dumps(config, separators=(",", ":")).encode()).decode()
     where = shlex.quote(" ".join(placement.split()))  # one line, literal text whatever it holds
     if agent is None:
@@ -309,6 +342,7 @@ def render_boot_script(
         fetch = ""
         install = shlex.quote(agent.requirement)
     replacements = {
+        "@BACKSTOP@": _backstop_lines(config, backstop),
         "@DEFAULT_ROOT@": DEFAULT_ROOT,
         "@DEFAULT_LOG@": DEFAULT_MACHINE_LOG,
         "@HALT@": halt,
@@ -331,6 +365,29 @@ def render_boot_script(
     for placeholder, value in replacements.items():
         script = script.replace(placeholder, value)
     return script
+
+
+def backstop_minutes(config: dict[str, Any]) -> int:
+    """Minutes the agent's push schedules the machine's end for: its keepalive (else
+    ``DEFAULT_BACKSTOP``) plus one lease interval, rounded up to the minute (``shutdown``'s unit).
+
+    >>> backstop_minutes({"keepalive": 600, "lease_interval": 30})
+    11
+    """
+    seconds = (config.get("keepalive") or DEFAULT_BACKSTOP) + (config.get("lease_interval") or 0)
+    return max(1, math.ceil(seconds / 60))
+
+
+def _backstop_lines(config: dict[str, Any], backstop: str | None) -> str:
+    if not backstop:
+        return ":"
+    at_boot = backstop.replace("{minutes}", str(max(backstop_minutes(config), BOOT_BACKSTOP_MINUTES)))
+    pushed = backstop.replace("{minutes}", str(backstop_minutes(config)))
+    return (
+        f'if SAID="$({{ {at_boot}; }} 2>&1)"; then phase "backstop: scheduled ({at_boot})${{SAID:+: $SAID}}"\n'
+        f'else phase "backstop: could not schedule ({at_boot}): $SAID"; fi\n'
+        f"export {BACKSTOP_ENV}={shlex.quote(pushed)}"
+    )
 
 
 def decode_agent_config(encoded: str) -> dict[str, Any]:

@@ -361,6 +361,10 @@ class Provider(ABC):
     visible_after: ClassVar[float] = 0.0
     # A shell command that ends the machine, run when its boot fails before the agent can.
     halt_command: ClassVar[str] = "true"
+    # A shell command with {minutes} that schedules the machine's own end (replacing a pending one), with
+    # no agent and no API: a stock machine's boot runs it, and its agent pushes it forward while healthy,
+    # so a machine whose agent died ends on schedule. None: the provider ends such machines otherwise.
+    backstop_command: ClassVar[str | None] = None
     # Shell lines a stock machine's boot runs first, so that a reboot ends the machine where its cloud
     # would not run the boot script again (which would leave it running with no agent). "": nothing.
     reboot_hook: ClassVar[str] = ""
@@ -424,6 +428,7 @@ class Provider(ABC):
                 config,
                 agent=agent or self.agent_source(spec),
                 halt=self.halt_command,
+                backstop=self.backstop_command,
                 on_reboot=self.reboot_hook,
                 placement=plan.placement,
             )

@@ -113,6 +113,11 @@ class InstanceRunner:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.shared: list[str] = []  # host folders every instance mounts at the same path (a test's scratch folder)
+        # The image's clock for a scheduled `shutdown +N`: seconds per minute (a test's knob, to stay quick).
+        self.shutdown_minute = 60
+        # Whether an instance stays up after its boot script exits, as a VM does (its OS runs on): off, the
+        # machine ends with its boot script, which is kinder than a cloud to a boot that ends nothing.
+        self.outlives_boot = False
 
     @property
     def host_address(self) -> str:
@@ -272,7 +277,12 @@ class InstanceRunner:
             "limits": {"cpu": None, "memory": None},  # a 2-core host runs a 64-core type's work as it can
             "boot_folder": records.ROOT,  # as cloud-init and Google's startup scripts, in the image's / (not a work folder)
             "stock_env": True,  # and with their environment: a minimal PATH, no HOME
-            "own_root": {"disk": str(self.disk_of(instance.id)), "shared": [*self.shared, *image_folders]},
+            "own_root": {
+                "disk": str(self.disk_of(instance.id)),
+                "shared": [*self.shared, *image_folders],
+                "minute": self.shutdown_minute,
+                "outlives_boot": self.outlives_boot,
+            },
             "private_link": private,
         }
         try:
@@ -359,6 +369,21 @@ class SandboxCloud:
             yield
         finally:
             self.warm_cache = before
+
+    @contextlib.contextmanager
+    def vms(self, *, minute: int = 60) -> Iterator[None]:
+        """Within the block the instances booted stay up after their boot script exits, as a VM's OS
+        outlives its user data (until it powers itself off or is terminated), and their image's
+        scheduled ``shutdown +N`` counts ``minute`` seconds a minute (a test's clock, to stay quick)."""
+        runner = self._runner
+        if runner is None:
+            raise RuntimeError("vms(): this sandbox runs no instances (its instance runner is not started)")
+        before = runner.outlives_boot, runner.shutdown_minute
+        runner.outlives_boot, runner.shutdown_minute = True, minute
+        try:
+            yield
+        finally:
+            runner.outlives_boot, runner.shutdown_minute = before
 
     def _image_cache_env(self, instance: str) -> dict[str, str]:
         """What a warm image sets (:attr:`warm_cache` when ``instance`` first booted: its image is

@@ -1,10 +1,13 @@
 """The boot script: one template, a valid bash script, the agent's config inside and no secrets."""
 
 import subprocess
+from pathlib import Path
 
+import pytest
 from pydantic import SecretStr
 
 from prefect_remote.machine.boot import decode_agent_config, render_boot_script
+from prefect_remote.machine.runtime import MachineRuntime
 from prefect_remote.providers.base import BootPayload
 from prefect_remote.providers.local import LocalProvider
 from prefect_remote.spec import MachineSpec
@@ -102,3 +105,114 @@ def test_an_image_without_python3_fails_its_boot_naming_it(tmp_path):
     assert ran.returncode == 127
     assert "this image has no python3 to fetch uv with; boot an image that has Python 3 (ami, vm_image)" in ran.stdout
     assert "boot failed during 'uv' (exit 127); ending this machine" in ran.stdout and halted.exists()
+
+
+class ScriptedRuntime(MachineRuntime):
+    """A machine side that fails where told (``fails``: "metadata", "secrets" or None) and records its
+    end in the file ``ended``: what the stock boot's agent runs in the tests below."""
+
+    def __init__(self, fails: str | None, ended: str) -> None:
+        self.fails, self.ended = fails, Path(ended)
+
+    @property
+    def machine_id(self) -> str:
+        if self.fails == "metadata":
+            raise ConnectionError("metadata service unreachable")
+        return "m-scripted"
+
+    def lease_age(self) -> float:
+        return 0.0
+
+    def read_secrets(self) -> dict[str, str]:
+        raise PermissionError("AccessDenied: not allowed to read this launch's secret")
+
+    def terminate(self, reason: str, exit_code: int | None) -> None:
+        self.ended.write_text(reason)
+
+
+def stock_boot(tmp_path: Path, runtime: str, options: dict, **config) -> tuple[subprocess.CompletedProcess, Path, Path]:
+    """Runs the stock boot script on this host with uv and the agent environment already in its root
+    (this interpreter), a ``halt`` and a ``backstop`` that leave files: (run, halted, backstop)."""
+    import os
+    import shutil
+    import sys
+
+    from prefect_remote.machine.boot import UV_VERSION, AgentSource
+
+    agent = AgentSource("prefect-remote==0.2.0", python="3.11.7")
+    root = tmp_path / "root"
+    (root / f"uv-{UV_VERSION}").mkdir(parents=True)
+    (root / f"uv-{UV_VERSION}" / "uv").write_text(f"#!/bin/sh\necho uv {UV_VERSION}\n")
+    (root / "agent" / agent.key / "bin").mkdir(parents=True)
+    for path in (root / f"uv-{UV_VERSION}" / "uv", root / "agent" / agent.key / "bin" / "python"):
+        if path.name == "python":
+            path.write_text(f'#!/bin/sh\nexec {sys.executable} "$@"\n')
+        path.chmod(0o755)
+    halted, backstop = tmp_path / "halted", tmp_path / "backstop"
+    full = {**agent_config(), "runtime": runtime, "runtime_options": options, **config}
+    script = render_boot_script(full, agent=agent, halt=f"echo halted > {halted}", backstop=f"echo +{{minutes}} >> {backstop}")
+    env = {
+        "PATH": "/usr/bin:/bin",
+        "HOME": str(tmp_path),
+        "PREFECT_REMOTE_ROOT": str(root),
+        "PREFECT_REMOTE_MACHINE_LOG": str(tmp_path / "log"),
+        "PYTHONPATH": str(Path(__file__).parents[2]),  # this test module, whose runtime the agent runs
+    }
+    ran = subprocess.run([shutil.which("bash"), "-c", script], env=env, capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert not os.environ.get("PREFECT_REMOTE_AGENT_RUNNING")  # (the test host's own environment is untouched)
+    return ran, halted, backstop
+
+
+def agent_config() -> dict:
+    return {
+        "command": ["true"],
+        "env": {},
+        "secret_names": [],
+        "activity": "auto",
+        "software": None,
+        "timeout": None,
+        "idle_timeout": None,
+        "keepalive": 60.0,
+        "lease_interval": 10.0,
+    }
+
+
+SCRIPTED = "tests.machine.test_boot:ScriptedRuntime"
+
+
+@pytest.mark.parametrize(
+    ("runtime", "fails", "secret_names", "says"),
+    [
+        ("tests.machine.no_such_runtime:Runtime", None, [], "ModuleNotFoundError: No module named 'tests.machine.no_such_runtime'"),
+        (SCRIPTED, "metadata", [], "ConnectionError: metadata service unreachable"),
+        (
+            SCRIPTED,
+            None,
+            ["API_KEY"],
+            'secrets could not be read: PermissionError("AccessDenied: not allowed to read this launch\'s secret")',
+        ),
+    ],
+    ids=["runtime-cannot-start", "metadata-read-fails", "secrets-unreadable"],
+)
+def test_an_agent_that_fails_before_its_main_loop_ends_its_machine(tmp_path, runtime, fails, secret_names, says):
+    """Whatever fails before the agent's main loop (its runtime, the metadata read, the secrets), the
+    boot's trap still holds: the machine ends (``halt``), and its log says why."""
+    ran, halted, _ = stock_boot(tmp_path, runtime, {"fails": fails, "ended": str(tmp_path / "ended")}, secret_names=secret_names)
+    assert ran.returncode == 1, ran.stdout + ran.stderr
+    assert halted.exists()
+    assert says in ran.stdout
+    assert "boot failed during 'agent start (the agent exited before its main loop)' (exit 1); ending this machine" in ran.stdout
+
+
+def test_an_agent_past_its_main_loop_ends_the_machine_itself_and_pushes_the_backstop(tmp_path):
+    """An agent that reached its main loop ends the machine itself (the boot does not halt it too);
+    the boot scheduled the backstop first (at least the boot's allowance), and the agent pushed it to
+    keepalive plus one lease interval, rounded up to the minute (60 s + 10 s: 2)."""
+    from prefect_remote.machine.boot import BOOT_BACKSTOP_MINUTES
+
+    ended = tmp_path / "ended"
+    ran, halted, backstop = stock_boot(tmp_path, SCRIPTED, {"fails": None, "ended": str(ended)})
+    assert ran.returncode == 0, ran.stdout + ran.stderr
+    assert not halted.exists() and ended.read_text() == "payload finished"
+    assert backstop.read_text().splitlines() == [f"+{BOOT_BACKSTOP_MINUTES}", "+2"]
+    assert f"backstop: scheduled (echo +{BOOT_BACKSTOP_MINUTES} >> {backstop})" in ran.stdout

@@ -124,3 +124,59 @@ def test_an_instances_own_shutdown_ends_it(aws_sandbox, end_instances):
     [instance] = [i for i in aws_sandbox.client("ec2").describe_instances(InstanceIds=[instance_id])["Reservations"][0]["Instances"]]
     assert instance["StateReason"]["Code"] == "Client.InstanceInitiatedShutdown"
     assert not aws_sandbox.runner.disk_of(instance_id).exists()  # its disk went with it
+
+
+@pytest.fixture
+def quick_minutes(aws_sandbox):
+    """The sandbox image's minute lasts 2 s (a scheduled `shutdown +N` fires after 2N s) for the
+    instances a test boots."""
+    runner = aws_sandbox.runner
+    before, runner.shutdown_minute = runner.shutdown_minute, 2
+    yield 2
+    runner.shutdown_minute = before
+
+
+def test_a_scheduled_shutdown_fires_on_time_a_new_one_replaces_it_and_shutdown_c_cancels_it(
+    aws_sandbox, end_instances, quick_minutes, tmp_path
+):
+    """As systemd's: `shutdown -h +N` returns at once and powers off N minutes later; a second call
+    replaces the pending one; `shutdown -c` cancels it. (Here a minute lasts 2 s.)"""
+    import time
+
+    log = tmp_path / "log"
+    user_data = (
+        "#!/bin/bash\n"
+        f"shutdown -h +30 && echo scheduled-30 >> {log}\n"
+        f"shutdown -c && echo cancelled >> {log}\n"
+        "sleep 4\n"  # past when +1 would have fired
+        f"echo still-up >> {log}\n"
+        f"shutdown -h +2 && echo scheduled-2 >> {log}\n"
+        "sleep 300\n"
+    )
+    instance_id = run_instance(aws_sandbox, user_data)
+    end_instances.append(instance_id)
+    wait_for(lambda: log.exists() and "scheduled-2" in log.read_text(), timeout=60, message="the second schedule")
+    scheduled = time.monotonic()
+    assert log.read_text().split() == ["scheduled-30", "cancelled", "still-up", "scheduled-2"]
+    wait_for(lambda: ended(aws_sandbox, instance_id), timeout=30, message="the scheduled shutdown")
+    assert 3.0 <= time.monotonic() - scheduled <= 4 + 2  # 2 minutes of 2 s, and the runner's rounds
+    [instance] = aws_sandbox.client("ec2").describe_instances(InstanceIds=[instance_id])["Reservations"][0]["Instances"]
+    assert instance["StateReason"]["Code"] == "Client.InstanceInitiatedShutdown"
+
+
+def test_a_vm_outlives_its_boot_script_when_the_sandbox_says_so(aws_sandbox, end_instances, tmp_path):
+    """With ``outlives_boot`` an instance stays up after its user data exits, as an EC2 instance does,
+    until it powers itself off or is terminated."""
+    import time
+
+    log = tmp_path / "log"
+    runner = aws_sandbox.runner
+    runner.outlives_boot = True
+    try:
+        instance_id = run_instance(aws_sandbox, f"#!/bin/bash\necho done >> {log}\nexit 3\n")
+        end_instances.append(instance_id)
+        wait_for(lambda: log.exists(), timeout=60, message="the user data to run")
+    finally:
+        runner.outlives_boot = False
+    time.sleep(2)
+    assert not ended(aws_sandbox, instance_id)

@@ -151,9 +151,12 @@ class AWSProvider(Provider):
     dask_ports = DASK_PORTS  # what the ingress security group admits
     agent_extras = ("aws",)
     agent_requirements = ("boto3",)  # the machine side reads SSM, tags and ends itself, and ships its log
-    # Only on a real instance (the link-local metadata service), as EC2Runtime.halt: a sandbox's
-    # instance is a process tree on someone's computer. InstanceInitiatedShutdownBehavior=terminate.
-    halt_command = '[ -n "${AWS_EC2_METADATA_SERVICE_ENDPOINT:-}" ] || shutdown -h now'
+    # The boot script runs on the instance alone: its own shutdown, which InstanceInitiatedShutdownBehavior=
+    # terminate makes a termination.
+    halt_command = "shutdown -h now"
+    # EC2 has no maximum run time of its own: a scheduled shutdown (terminate, as above) that the agent
+    # pushes forward ends an instance whose agent died, with no API call and no credentials.
+    backstop_command = "shutdown -h +{minutes}"
     # EC2 runs user data on an instance's first boot only (cloud-init's per-instance semaphore): after a
     # reboot (RebootInstances, a recovery) no agent would enforce timeout or keepalive. cloud-init runs
     # per-boot scripts on every boot, before user data: this one powers a rebooted instance off, which

@@ -57,6 +57,10 @@ class GCPProvider(Provider):
     # A failed boot ends the VM: deleted through the API with the VM's own token (a guest shutdown
     # only stops it, and its disk bills on), then shut down. A Cloud Run task ends when its script
     # does. Never a shutdown of the host a sandbox runs the machine on (its metadata server is elsewhere).
+    # A VM whose agent died ends on a scheduled guest shutdown that the agent pushes forward (a stopped VM,
+    # which the owner's next listing deletes; a spec's timeout is also the VM's maxRunDuration). A Cloud
+    # Run task has its job's task timeout.
+    backstop_command = '[ -n "${CLOUD_RUN_JOB:-}" ] || shutdown -h +{minutes}'
     halt_command = (
         '[ -n "${CLOUD_RUN_JOB:-}" ] || ( set +e; m="http://${GCE_METADATA_HOST:-metadata.google.internal}/computeMetadata/v1"; '
         'h="Metadata-Flavor: Google"; z="$(curl -sf -H "$h" "$m/instance/zone")"; '

@@ -107,7 +107,14 @@ class Hypervisor:
             return self.finish(None, f"boot script could not start: {error}")
         records.write_json(self.directory / records.STATE, {"boot_pid": boot.pid, "started": time.time()})
         stopping_since = None
-        while (code := boot.poll()) is None:
+        # A VM (own root, outlives_boot) stays up after its boot script exits, as an OS outlives its user
+        # data script: until it powers itself off (now or as scheduled) or is stopped.
+        outlives_boot = bool(self.own_root and self.own_root.outlives_boot)
+        said_idle, exited = False, None
+        while (code := boot.poll()) is None or (outlives_boot and not self.stop_requested):
+            if code is not None and not said_idle:
+                said_idle, exited = True, code
+                self.say(f"boot script exited with code {code}; the machine stays up until it powers off or is stopped")
             # A stop can be asked for by signal, or by stop.json alone if the signal raced this start.
             self.stop_requested = self.stop_requested or (self.directory / records.STOP).exists()
             if self.own_root and not self.stop_requested and (asked := OwnRoot.power_requested(self.directory)):
@@ -119,7 +126,7 @@ class Hypervisor:
             if stopping_since is not None and time.monotonic() - stopping_since > self.grace:
                 self.signal_all(boot.pid, signal.SIGKILL)
             time.sleep(0.05)
-        return self.finish(code, None)
+        return self.finish(exited if said_idle else code, None)
 
     def _on_stop(self, *_) -> None:
         self.stop_requested = True

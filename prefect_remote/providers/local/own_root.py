@@ -7,7 +7,12 @@ the disk folder, never on this host, and stays there across the instance's reboo
 the instance's, not the machine's). The mounts are the namespace's: they vanish with its last process.
 
 The image's ``shutdown``, ``poweroff`` and ``halt`` ask this host's hypervisor to power the machine off
-(a file in ``/run/prefect-remote-sandbox/power``), as a VM's own shutdown ends it. Folders in
+(a file in ``/run/prefect-remote-sandbox/power``), as a VM's own shutdown ends it. ``shutdown`` schedules
+as systemd's does: ``shutdown -h +N`` powers off N minutes later (a new call replaces the pending one,
+``shutdown -c`` cancels it, no time means ``+1``); ``minute`` is how many seconds a minute lasts there, so
+that tests of a scheduled shutdown stay quick (the sandbox's knob, never the product's). With
+``outlives_boot`` the machine stays up after its boot script exits, as a VM's OS outlives its user data
+script, until something powers it off or stops it. Folders in
 ``shared`` (a test's scratch folder, a warm uv cache a test asks for) are mounted at the same path, as
 a network share would be. Standard library only: the hypervisor uses it on the launch path.
 
@@ -18,18 +23,39 @@ a network share would be. Standard library only: the hypervisor uses it on the l
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 POWER = "power"  # the machine folder's subfolder the image's shutdown writes its request to
 POWER_REQUEST = "request"
+POWER_SCHEDULED = "scheduled"  # a pending `shutdown +N`: "<epoch seconds it fires at> <its command line>"
 IN_ROOT = "/run/prefect-remote-sandbox"  # where the boot script and the power folder are inside the instance
 
 # The image's shutdown: a VM's own shutdown ends the VM; here it asks the hypervisor (which ends every
-# process of the machine). It returns at once, as shutdown does.
+# process of the machine). It returns at once, as shutdown does. `shutdown [-h|-P|-r] [+N|now] [message]`
+# as systemd's: +N schedules (replacing the pending one), -c cancels; poweroff and halt act now.
 _SHUTDOWN = f"""#!/bin/sh
 # prefect-remote sandbox image: {{name}} powers this machine off (the host's hypervisor ends it)
-echo "$0 $*" > {IN_ROOT}/{POWER}/{POWER_REQUEST}
+power={IN_ROOT}/{POWER}
+when=now
+[ "{{name}}" = shutdown ] && when=1
+for arg in "$@"; do
+  case "$arg" in
+    -c) rm -f "$power/{POWER_SCHEDULED}"; exit 0 ;;
+    now) when=0; break ;;
+    +[0-9]*) when="${{arg#+}}"; break ;;
+    [0-9]*:[0-9]*) echo "{{name}}: this image's shutdown takes +MINUTES or now, not a clock time" >&2; exit 1 ;;
+  esac
+done
+[ "$when" = now ] && when=0
+if [ "$when" -eq 0 ]; then
+  echo "$0 $*" > "$power/{POWER_REQUEST}"
+else
+  echo "$(( $(date +%s) + when * {{minute}} )) $0 $*" > "$power/{POWER_SCHEDULED}.new"
+  mv "$power/{POWER_SCHEDULED}.new" "$power/{POWER_SCHEDULED}"
+  echo "Shutdown scheduled in $when minute(s), use 'shutdown -c' to cancel."
+fi
 """
 
 # Run by the hypervisor inside a new mount namespace: $1 the disk folder, $2 the mount point (the
@@ -51,7 +77,7 @@ for name in shutdown poweroff halt; do
   for folder in /usr/sbin /sbin; do
     if [ -d "$root$folder" ] && [ ! -L "$root$folder" ]; then
       rm -f "$root$folder/$name"
-      sed "s/{{name}}/$name/" "$machine/{POWER}.sh" > "$root$folder/$name"
+      sed "s/{{name}}/$name/g" "$machine/{POWER}.sh" > "$root$folder/$name"
       chmod 755 "$root$folder/$name"
     fi
   done
@@ -71,15 +97,19 @@ exec chroot . "$@"
 @dataclass(frozen=True)
 class OwnRoot:
     """The plan of an instance's own root: ``disk`` holds what it writes (kept across reboots),
-    ``shared`` lists host folders mounted at the same path inside."""
+    ``shared`` lists host folders mounted at the same path inside; ``minute`` is how many seconds a
+    minute of the image's scheduled ``shutdown +N`` lasts; ``outlives_boot``: the machine stays up
+    after its boot script exits (a VM), until it powers itself off or is stopped."""
 
     disk: str
     shared: list[str] = field(default_factory=list)
+    minute: int = 60
+    outlives_boot: bool = False
 
     def prepare(self, machine: Path) -> None:
         """Writes what entering the root needs into the machine folder (before the boot starts)."""
         (machine / POWER).mkdir(mode=0o700, exist_ok=True)
-        (machine / f"{POWER}.sh").write_text(_SHUTDOWN)
+        (machine / f"{POWER}.sh").write_text(_SHUTDOWN.replace("{minute}", str(int(self.minute))))
 
     def command(self, machine: Path, boot: list[str]) -> list[str]:
         """The command that runs ``boot`` (paths as inside the root) in the instance's own root."""
@@ -88,8 +118,14 @@ class OwnRoot:
 
     @staticmethod
     def power_requested(machine: Path) -> str | None:
-        """What the machine's own shutdown asked for (its command line), or None."""
+        """What the machine's own shutdown asked for (its command line), now or by a scheduled time
+        that has passed, or None."""
         try:
             return (machine / POWER / POWER_REQUEST).read_text().strip() or "shutdown"
         except FileNotFoundError:
+            pass
+        try:
+            fires, _, asked = (machine / POWER / POWER_SCHEDULED).read_text().strip().partition(" ")
+        except FileNotFoundError:
             return None
+        return (asked or "shutdown") if fires.isdigit() and int(fires) <= time.time() else None

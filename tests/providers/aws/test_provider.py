@@ -641,3 +641,70 @@ def test_a_boot_with_no_way_out_fails_within_a_minute_naming_egress(aws_env, aws
     assert ended.state == "terminated" and elapsed < 60, (elapsed, log)
     assert "boot failed during 'egress'" in log and "no route to the package index" in log
     assert "public IP" in log and "NAT gateway" in log and "VPC endpoints" in log
+
+
+def stock_log(aws_sandbox, instance_id: str) -> str:
+    """The whole console output of the sandbox instance ``instance_id`` (boot, agent, payload)."""
+    [local] = aws_sandbox.runner.machines.list({"sandbox-instance": instance_id}, include_terminated=True)
+    return aws_sandbox.runner.machines.logs(local.id).text
+
+
+def test_an_agent_that_cannot_start_its_runtime_ends_its_instance(aws_env, aws_sandbox, monkeypatch):
+    """The instance's agent fails before its main loop (here its runtime cannot be made): the boot's
+    trap powers the instance off, which terminates it (InstanceInitiatedShutdownBehavior=terminate),
+    though the instance would outlive its user data, and its log says why."""
+    monkeypatch.setattr(AWSProvider, "runtime", "prefect_remote.providers.aws.runtime:NoSuchRuntime")
+    provider = AWSProvider()
+    with aws_sandbox.vms():
+        [machine] = launch(provider, cpu=2, payload=BootPayload(["sleep", "600"]))
+        [ended] = provider.wait([machine.id], timeout=120)
+    assert ended.state == "terminated"
+    reason = aws_sandbox.client("ec2").describe_instances(InstanceIds=[machine.id])["Reservations"][0]["Instances"][0]["StateReason"]
+    assert reason["Code"] == "Client.InstanceInitiatedShutdown"
+    log = stock_log(aws_sandbox, machine.id)
+    assert "has no attribute 'NoSuchRuntime'" in log
+    assert "boot failed during 'agent start (the agent exited before its main loop)' (exit 1); ending this machine" in log
+
+
+def test_an_agent_whose_secret_is_gone_ends_its_instance_saying_why(aws_env, aws_sandbox, ssm):
+    """The launch's secret deleted before the agent reads it (as a sweep or a teardown would): the
+    instance ends, and its reason says the secrets could not be read."""
+    provider = AWSProvider()
+    with aws_sandbox.vms(), aws_sandbox.ec2.as_it_was() as strict:
+        strict.unknown_seconds = 0
+        [machine] = launch(provider, cpu=2, payload=BootPayload(["sleep", "600"], secrets={"TOKEN": "s3cret"}))
+        name = tags_of(instance(ssm_ec2 := aws_sandbox.client("ec2"), machine.id))["prefect-remote:secrets"]
+        with aws_sandbox.enforcing(False):
+            ssm.delete_parameter(Name=name)
+        [ended] = provider.wait([machine.id], timeout=120)
+    assert ended.state == "terminated"
+    assert "this launch's secrets could not be read" in tags_of(instance(ssm_ec2, machine.id)).get("prefect-remote:reason", "")
+    assert "this launch's secrets could not be read" in stock_log(aws_sandbox, machine.id)
+
+
+def test_a_killed_agent_ends_its_instance_within_keepalive_plus_one_lease_interval(aws_env, aws_sandbox, tmp_path):
+    """``kill -9`` of the agent alone (its payload runs on, its owner renews the lease): no agent, no
+    API call, yet the instance ends, by the shutdown the boot scheduled and the agent pushed forward,
+    within keepalive plus one lease interval (10 s + 5 s: a minute of the sandbox's 15-second clock).
+    Three instances, each measured."""
+    from tests.providers.orphans import kill_agent, renewing, seconds_until
+
+    provider = AWSProvider(lease_interval=5)
+    started = [tmp_path / f"started-{n}" for n in range(3)]
+    with aws_sandbox.vms(minute=15):
+        machines = [
+            launch(provider, cpu=2, keepalive=10, payload=BootPayload(["sh", "-c", f"touch {marker}; sleep 600"]))[0] for marker in started
+        ]
+    ids = [machine.id for machine in machines]
+    with renewing(lambda: provider.renew_leases(ids), every=2):
+        wait_for(lambda: all(marker.exists() for marker in started), timeout=180, message="the payloads to start")
+        time.sleep(6)  # past the agents' first pushes of the backstop
+        figures = []
+        for machine in machines:
+            killed = kill_agent(aws_sandbox.runner.machine_of(machine.id))
+            figures.append(seconds_until(lambda m=machine: aws_sandbox.runner.machine_of(m.id) is None, killed, timeout=60))
+    print(f"\nEC2 sandbox: killed agent -> ended instance: {', '.join(f'{s:.1f} s' for s in figures)} (bound 15 s)")
+    for machine, seconds in zip(machines, figures, strict=True):
+        assert seconds <= 15 + 2, (seconds, stock_log(aws_sandbox, machine.id))
+        log = stock_log(aws_sandbox, machine.id)
+        assert "the machine shut itself down (/usr/sbin/shutdown -h +1)" in log or "shut itself down" in log

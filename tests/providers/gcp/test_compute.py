@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import time
 
 import pytest
 
@@ -557,3 +558,85 @@ def test_a_failed_boot_deletes_its_vm_not_only_stops_it(gcp_sandbox, gce):
     assert any(
         op["operationType"] == "delete" for op in gcp_sandbox.compute.operations._operations.values() if machine.id in op["targetLink"]
     )
+
+
+# -- orphans: an agent that fails before its main loop, or dies, never leaves its VM running ------------------------
+
+
+def vm_log(gcp_sandbox, machine_id: str) -> str:
+    """The whole serial output of the sandbox VM ``machine_id`` (boot, agent, payload)."""
+    from prefect_remote.sandbox.gcp.compute.instances import ID_PREFIX
+
+    [local] = gcp_sandbox.runner.machines.list({"sandbox-instance": ID_PREFIX + machine_id}, include_terminated=True)
+    return gcp_sandbox.runner.machines.logs(local.id).text
+
+
+def test_an_agent_that_cannot_start_its_runtime_deletes_its_vm(gcp_sandbox, gcp_env, monkeypatch):
+    """The VM's agent fails before its main loop (here its runtime cannot be made): the boot's trap
+    deletes the VM with its own token, though the VM would outlive its startup script, and its log
+    says why."""
+    from prefect_remote.providers.base import BootPayload
+
+    monkeypatch.setenv("PREFECT_REMOTE_GCP_PUBLIC_IP", LAUNCHER_IP)
+    monkeypatch.setattr(GCPProvider, "runtime", "prefect_remote.providers.gcp.runtime:NoSuchRuntime")
+    provider = GCPProvider(service="compute")
+    with gcp_sandbox.vms():
+        [machine] = provider.launch(MachineSpec(cpu=2), BootPayload(["sleep", "600"]), tags={"t": "orphans"})
+        wait_for(lambda: instance_of(gcp_sandbox, machine.id) is None, timeout=120, what="the VM deleted")
+    log = vm_log(gcp_sandbox, machine.id)
+    assert "has no attribute 'NoSuchRuntime'" in log
+    assert "boot failed during 'agent start (the agent exited before its main loop)' (exit 1); ending this machine" in log
+
+
+def test_a_killed_agent_ends_its_vm_within_keepalive_plus_one_lease_interval(gcp_sandbox, gcp_env, monkeypatch, tmp_path):
+    """``kill -9`` of the agent alone (its payload runs on, its owner renews the lease): the VM shuts
+    itself down on the schedule the agent last pushed, within keepalive plus one lease interval (10 s +
+    5 s: a minute of the sandbox's 15-second clock), with no agent and no API call. Three VMs, each
+    measured; the owner's next listing deletes a stopped VM."""
+    from prefect_remote.providers.base import BootPayload
+    from prefect_remote.sandbox.gcp.compute.instances import ID_PREFIX
+    from tests.providers.orphans import kill_agent, renewing, seconds_until
+
+    monkeypatch.setenv("PREFECT_REMOTE_GCP_PUBLIC_IP", LAUNCHER_IP)
+    provider = GCPProvider(service="compute", lease_interval=5)
+    started = [tmp_path / f"started-{n}" for n in range(3)]
+    with gcp_sandbox.vms(minute=15):
+        machines = [
+            provider.launch(MachineSpec(cpu=2, keepalive=10), BootPayload(["sh", "-c", f"touch {marker}; sleep 600"]))[0]
+            for marker in started
+        ]
+    ids = [machine.id for machine in machines]
+    try:
+        with renewing(lambda: provider.renew_leases(ids), every=2):
+            wait_for(lambda: all(marker.exists() for marker in started), timeout=180, what="the payloads started")
+            time.sleep(6)  # past the agents' first pushes of the backstop
+            figures = []
+            for machine in machines:
+                killed = kill_agent(gcp_sandbox.runner.machine_of(ID_PREFIX + machine.id))
+                figures.append(seconds_until(lambda m=machine: gcp_sandbox.runner.machine_of(ID_PREFIX + m.id) is None, killed, timeout=60))
+        print(f"\nGCE sandbox: killed agent -> ended VM: {', '.join(f'{s:.1f} s' for s in figures)} (bound 15 s)")
+        for machine, seconds in zip(machines, figures, strict=True):
+            log = vm_log(gcp_sandbox, machine.id)
+            assert seconds <= 15 + 2, (seconds, log)
+            assert "shut itself down (/sbin/shutdown -h +1)" in log or "shut itself down" in log
+            assert instance_of(gcp_sandbox, machine.id)["status"] == "TERMINATED"
+    finally:
+        provider.terminate(ids, reason="test cleanup")
+
+
+def test_an_agent_whose_secret_is_gone_ends_its_vm_saying_why(gcp_sandbox, gcp_env, monkeypatch):
+    """The launch's secret deleted before the VM's agent reads it (as a teardown would): the VM is
+    deleted, and its record and log say the secrets could not be read."""
+    from prefect_remote.providers.base import BootPayload
+    from prefect_remote.providers.gcp.secrets import forget_secrets
+    from prefect_remote.providers.gcp.service import LAUNCH_LABEL
+
+    monkeypatch.setenv("PREFECT_REMOTE_GCP_PUBLIC_IP", LAUNCHER_IP)
+    provider = GCPProvider(service="compute")
+    with gcp_sandbox.vms():
+        [machine] = provider.launch(MachineSpec(cpu=2), BootPayload(["sleep", "600"], secrets={"TOKEN": "s3cret"}), tags={"t": "orphans"})
+        forget_secrets(provider.clients, instance_of(gcp_sandbox, machine.id)["labels"][LAUNCH_LABEL])
+        [ended] = provider.wait([machine.id], timeout=120)
+        wait_for(lambda: instance_of(gcp_sandbox, machine.id) is None, timeout=60, what="the VM deleted")
+    assert "this launch's secrets could not be read" in (ended.reason or "")
+    assert "this launch's secrets could not be read" in vm_log(gcp_sandbox, machine.id)
