@@ -125,8 +125,9 @@ def test_bad_job_variables_fail_the_run_clearly_and_start_nothing(push_pool, pro
 
 
 def cloud_pool(api, name: str, **provider_variable) -> str:
-    """A remote:push pool (served by the server's push service: its name starts test-push-guarded-) whose template names its provider as ``provider_variable`` says (``default``,
-    ``enum``), as a pool provisioned for a cloud has it; nothing of the cloud is needed to refuse a run."""
+    """A remote:push pool the server's push service serves (its name starts test-push-guarded-), whose
+    template names its provider as ``provider_variable`` says (``default``, ``enum``), as a pool
+    provisioned for a cloud has it; nothing of the cloud is needed to refuse a run."""
     from prefect.client.schemas.actions import WorkPoolCreate
 
     from prefect_remote.workers.worker import RemotePushWorker
