@@ -350,7 +350,13 @@ class CloudRunService(GCPService):
 
     # -- ending -------------------------------------------------------------------------------------
     def terminate(self, machine_ids: Sequence[str], reason: str) -> None:
-        self._remove([m for m in machine_ids if m.startswith(self.id_prefix)], reason)
+        """Ends these jobs: only prefect-remote's (found by their service label), not another pool's (:meth:`foreign`)."""
+        jobs = [
+            job
+            for job in self._jobs([m for m in machine_ids if m.startswith(self.id_prefix)])
+            if not self.foreign(_job_id(job), job.labels)
+        ]
+        self._remove([_job_id(job) for job in jobs], reason, jobs)
 
     def _remove(self, machine_ids: Sequence[str], reason: str, jobs: Sequence[Any] | None = None) -> None:
         """Cancels the executions of these jobs that still run, waits for the cancels, then deletes

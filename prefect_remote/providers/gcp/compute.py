@@ -78,6 +78,7 @@ class ComputeService(GCPService):
         self._deleting: set[str] = set()  # halted VMs already asked to be deleted
         self._zones: dict[str, list[str]] = {}  # machine type -> the region's zones offering it, in the order to try
         self._zone_of: dict[str, str] = {}  # VM -> its zone (from its insert or a listing)
+        self._labels_of: dict[str, dict[str, str]] = {}  # VM -> its labels (from a listing)
 
     @property
     def zone(self) -> str:
@@ -418,6 +419,7 @@ class ComputeService(GCPService):
                 if zone.rsplit("-", 1)[0] == self.options.region:
                     instances += scoped.instances
                     self._zone_of.update((instance.name, zone) for instance in scoped.instances)
+                    self._labels_of.update((instance.name, dict(instance.labels)) for instance in scoped.instances)
         found = []
         for instance in instances:
             if machine_ids is not None and instance.name not in wanted:
@@ -475,7 +477,9 @@ class ComputeService(GCPService):
 
     # -- ending -----------------------------------------------------------------------------------------
     def terminate(self, machine_ids: Sequence[str], reason: str) -> None:
-        """Deletes each VM (not waiting for the deletions); unknown ones are fine."""
+        """Deletes each VM (not waiting for the deletions); unknown ones are fine. Only prefect-remote's
+        own: a VM is found by its service label (a listing filtered on it), and another pool's
+        (:meth:`foreign`) is left alone."""
         from google.api_core.exceptions import NotFound
 
         if any(machine_id not in self._zone_of for machine_id in machine_ids):
@@ -484,7 +488,9 @@ class ComputeService(GCPService):
         with self.clients.translated("compute.instances.delete"):
             for machine_id in machine_ids:
                 if machine_id not in self._zone_of:
-                    continue  # in no zone of the region: gone already
+                    continue  # in no zone of the region with prefect-remote's label: gone already, or not ours
+                if self.foreign(machine_id, self._labels_of.get(machine_id, {})):
+                    continue
                 try:
                     instances.delete(project=self.project, zone=self._zone_of[machine_id], instance=machine_id)
                 except NotFound:
