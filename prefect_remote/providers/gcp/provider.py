@@ -78,6 +78,10 @@ class GCPProvider(Provider):
         self._records: MachineRecords | None = None
         self._ended: set[str] = set()  # machines seen ended by a renewal (their launch's secret handled)
 
+    def in_region(self, region: str) -> GCPProvider:
+        """This provider's options in another ``region`` (its zone and subnetwork: that region's defaults)."""
+        return GCPProvider(**{**self.options.model_dump(), "region": region, "zone": None, "subnetwork": None})
+
     def __getstate__(self) -> dict[str, Any]:  # clients hold sockets and locks: rebuilt on use
         return {"options": self.options.model_dump()}
 
