@@ -341,7 +341,7 @@ def _end_instances(provider: AWSProvider, profiles: set[str] | None, force: bool
         raise TeardownRefused(
             f"{len(ids)} prefect-remote instance(s) still use what teardown would remove in {provider.region}:\n"
             + "\n".join(lines)
-            + "\nend them first (`prefect-remote machines rm --all` with PREFECT_REMOTE_PROVIDER=aws), or pass --force to terminate them"
+            + "\nend them first (`prefect-remote machines rm --all --everyone --provider aws`), or pass --force to terminate them"
         )
     with translated("ec2", "terminate prefect-remote's instances (--force)"):
         provider.terminate(ids, reason="prefect-remote aws teardown --force")

@@ -585,7 +585,7 @@ def _end_machines(provider: GCPProvider, force: bool, say: Say) -> None:
         raise TeardownRefused(
             f"{len(machines)} prefect-remote machine(s) still run in {where}:\n"
             + "\n".join(lines)
-            + "\nend them first (`prefect-remote machines rm --all` with PREFECT_REMOTE_PROVIDER=gcp), or pass --force to end them"
+            + "\nend them first (`prefect-remote machines rm --all --everyone --provider gcp`), or pass --force to end them"
         )
     say(f"ending {len(machines)} machine(s):\n" + "\n".join(lines))
     for name in ("cloud-run", "compute"):
