@@ -349,12 +349,13 @@ class CloudRunService(GCPService):
         return end
 
     # -- ending -------------------------------------------------------------------------------------
-    def terminate(self, machine_ids: Sequence[str], reason: str) -> None:
-        """Ends these jobs: only prefect-remote's (found by their service label), not another pool's (:meth:`foreign`)."""
+    def terminate(self, machine_ids: Sequence[str], reason: str, *, any_pool: bool = False) -> None:
+        """Ends these jobs: only prefect-remote's (found by their service label) and, unless ``any_pool``,
+        not another pool's (:meth:`foreign`)."""
         jobs = [
             job
             for job in self._jobs([m for m in machine_ids if m.startswith(self.id_prefix)])
-            if not self.foreign(_job_id(job), job.labels)
+            if any_pool or not self.foreign(_job_id(job), job.labels)
         ]
         self._remove([_job_id(job) for job in jobs], reason, jobs)
 

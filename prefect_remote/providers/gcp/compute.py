@@ -476,10 +476,10 @@ class ComputeService(GCPService):
             self.terminate(halted, "stopped")
 
     # -- ending -----------------------------------------------------------------------------------------
-    def terminate(self, machine_ids: Sequence[str], reason: str) -> None:
+    def terminate(self, machine_ids: Sequence[str], reason: str, *, any_pool: bool = False) -> None:
         """Deletes each VM (not waiting for the deletions); unknown ones are fine. Only prefect-remote's
-        own: a VM is found by its service label (a listing filtered on it), and another pool's
-        (:meth:`foreign`) is left alone."""
+        own: a VM is found by its service label (a listing filtered on it), and unless ``any_pool``
+        (a project's teardown), another pool's (:meth:`foreign`) is left alone."""
         from google.api_core.exceptions import NotFound
 
         if any(machine_id not in self._zone_of for machine_id in machine_ids):
@@ -489,7 +489,7 @@ class ComputeService(GCPService):
             for machine_id in machine_ids:
                 if machine_id not in self._zone_of:
                     continue  # in no zone of the region with prefect-remote's label: gone already, or not ours
-                if self.foreign(machine_id, self._labels_of.get(machine_id, {})):
+                if not any_pool and self.foreign(machine_id, self._labels_of.get(machine_id, {})):
                     continue
                 try:
                     instances.delete(project=self.project, zone=self._zone_of[machine_id], instance=machine_id)

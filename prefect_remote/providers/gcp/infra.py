@@ -592,7 +592,7 @@ def _end_machines(provider: GCPProvider, force: bool, say: Say) -> None:
         service = provider.service(name)
         ids = [m.id for m in machines if m.id.startswith(service.id_prefix)]
         if ids:
-            service.terminate(ids, "prefect-remote gcp teardown --force")
+            service.terminate(ids, "prefect-remote gcp teardown --force", any_pool=True)  # the project's: every pool's
     deadline = time.monotonic() + 600
     while alive():
         if time.monotonic() > deadline:

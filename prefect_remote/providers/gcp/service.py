@@ -180,5 +180,6 @@ class GCPService(ABC):
         as the cloud has them now (ended ones it still shows included). Unknown ids are left out."""
 
     @abstractmethod
-    def terminate(self, machine_ids: Sequence[str], reason: str) -> None:
-        """Ends these machines (already-ended or unknown ones are fine)."""
+    def terminate(self, machine_ids: Sequence[str], reason: str, *, any_pool: bool = False) -> None:
+        """Ends these machines (already-ended or unknown ones are fine), only prefect-remote's and,
+        unless ``any_pool`` (a project's teardown), only this pool's (:meth:`foreign`)."""
