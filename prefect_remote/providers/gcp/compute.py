@@ -34,7 +34,15 @@ from prefect_remote.providers.capacity import Placement, first_with_capacity, pl
 from prefect_remote.providers.gcp import compute_catalog
 from prefect_remote.providers.gcp.options import DEFAULT_VM_IMAGE, GPU_VM_IMAGE, GPU_VM_IMAGE_GIB
 from prefect_remote.providers.gcp.prices import on_demand_rates
-from prefect_remote.providers.gcp.service import LABEL_PREFIX, LAUNCH_LABEL, SERVICE_LABEL, GCPService, ServiceHost, labels_for
+from prefect_remote.providers.gcp.service import (
+    LABEL_PREFIX,
+    LAUNCH_LABEL,
+    RECORDS_LABEL,
+    SERVICE_LABEL,
+    GCPService,
+    ServiceHost,
+    labels_for,
+)
 from prefect_remote.providers.network import DASK_PORTS, ingress_cidr
 
 if TYPE_CHECKING:
@@ -464,6 +472,7 @@ class ComputeService(GCPService):
                 "gce_status": instance.status,
                 "zone": instance.zone.rsplit("/", 1)[-1] or self.zone,
                 "launch": instance.labels.get(LAUNCH_LABEL),
+                "records": instance.labels.get(RECORDS_LABEL),  # whose pool it is
             },
         )
 

@@ -222,7 +222,15 @@ class GCPProvider(Provider):
 
     # -- reading back ---------------------------------------------------------------------------------
     def list(self, tags: Mapping[str, str] | None = None, *, include_terminated: bool = False) -> list[Machine]:
-        machines = [m for name in ("cloud-run", "compute") for m in self.service(name).machines(labels=tags)]
+        """This pool's machines whose tags include ``tags``: another pool's in the project (another
+        store's records label) are not listed, as they may not be ended from here."""
+        pool = self.records.label
+        machines = [
+            m
+            for name in ("cloud-run", "compute")
+            for m in self.service(name).machines(labels=tags)
+            if m.details.get("records") in (None, pool)  # None: launched before the label
+        ]
         machines = [self.records.complete(m) for m in machines]
         if include_terminated:  # Google deletes ended VMs and the sweep ended jobs: their records remember them
             machines += self.records.ended_machines(tags, {m.id for m in machines})

@@ -36,6 +36,8 @@ def test_another_pools_machines_are_left_alone(pools):
     theirs = theirs["compute"]  # one provider of the other pool reads both services
     assert vm.id.startswith("vm-") and job.id.startswith("run-")
     try:
+        listed = {m.id for m in theirs.list()}
+        assert {vm.id, job.id} <= listed and not {vm.id, job.id} & {m.id for m in ours.list()}  # each pool lists its own
         for machine in (vm, job):
             with pytest.raises(MachineNotFound, match=f"no gcp machine '{machine.id}' in this pool's records"):
                 ours.terminate([machine.id])
