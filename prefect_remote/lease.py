@@ -16,6 +16,7 @@ machine), so it lives with the launcher, not in :mod:`prefect_remote.machine`: a
 
 from __future__ import annotations
 
+import getpass
 import logging
 import os
 import socket
@@ -31,9 +32,20 @@ logger = logging.getLogger("prefect_remote.lease")
 MIN_INTERVAL, MAX_INTERVAL = 0.2, 10.0
 
 
+def default_user() -> str:
+    """Who launches from this process, the same in every process of one OS user on one host:
+    ``user@host``. ``prefect-remote machines rm --all`` ends only this user's machines."""
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):  # a uid with no passwd entry (some containers) and no $USER
+        user = f"uid{os.getuid()}"
+    return f"{user}@{socket.gethostname()}"
+
+
 def default_owner() -> str:
-    """Who owns machines launched from this process: ``host:pid``."""
-    return f"{socket.gethostname()}:{os.getpid()}"
+    """Who owns machines launched from this process: ``user@host:pid`` (:func:`default_user` and the
+    process, whose lease it is)."""
+    return f"{default_user()}:{os.getpid()}"
 
 
 def renewal_interval(keepalive: float, lease_interval: float) -> float:

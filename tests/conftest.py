@@ -145,7 +145,8 @@ def prefect_server() -> str:
     settings = {
         "PREFECT_WORKER_QUERY_SECONDS": "1",
         "PREFECT_REMOTE_PUSH_INTERVAL": "1",
-        "PREFECT_REMOTE_PUSH_POOLS": "test-push",  # other push pools are left to the fallbacks under test
+        # Other push pools are left to the fallbacks under test; test-push-guarded-* pools check what the service refuses.
+        "PREFECT_REMOTE_PUSH_POOLS": "test-push,test-push-guarded-*",
         "PREFECT_SERVER_LOGGING_LEVEL": "WARNING",
     }
     # Started by whichever test first needs it, maybe one with a sandbox's exports in os.environ: the

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import sys
 import time
 from typing import Annotated
 
@@ -12,6 +13,7 @@ from rich.table import Table
 
 from prefect_remote.cli.output import JsonOption, key, print_json, print_table, table, text
 from prefect_remote.errors import RemoteError
+from prefect_remote.lease import default_user
 from prefect_remote.providers import get_provider
 from prefect_remote.providers.base import Machine
 from prefect_remote.units import format_duration
@@ -133,19 +135,37 @@ def logs(
 
 @app.command("rm")
 def remove(
-    machine_ids: Annotated[list[str] | None, typer.Argument(help="Machine ids to end.")] = None,
+    machine_ids: Annotated[list[str] | None, typer.Argument(help="Machine ids to end (anyone's).")] = None,
     provider: ProviderOption = None,
-    all_: Annotated[bool, typer.Option("--all", help="End every running machine of the provider.")] = False,
+    all_: Annotated[bool, typer.Option("--all", help="End every running machine of yours (this user on this host).")] = False,
     tag: TagOption = [],
+    everyone: Annotated[
+        bool, typer.Option("--everyone", help="With --all or --tag: other users', flow runs' and clusters' machines too (listed first).")
+    ] = False,
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="With --everyone: do not ask before ending them.")] = False,
     wait: Annotated[float, typer.Option(help="Seconds to wait for them to end (0: don't wait).")] = 30.0,
 ) -> None:
-    """End machines by id, by tag, or all of them."""
+    """End machines by id, or yours by tag or all of them; --everyone for other owners' too."""
     if not (machine_ids or all_ or tag):
         raise typer.BadParameter("name machine ids, or use --all or --tag key=value")
+    if everyone and not (all_ or tag):
+        raise typer.BadParameter("--everyone widens --all or --tag; add one of them (ids are ended whoever owns them)")
     chosen = _provider(provider)
     ids = list(machine_ids or [])
     if all_ or tag:
-        ids += [m.id for m in chosen.list(_tags(tag))]
+        matching = chosen.list(_tags(tag))
+        user = default_user()
+        others = [m for m in matching if m.user != user]
+        if everyone and others:
+            _confirm_everyone(others, yes)
+        elif others:
+            console.print(
+                f"Leaving {len(others)} machine(s) of other owners running (`machines ls --wide` shows them; --everyone ends them too)."
+            )
+        ids += [m.id for m in matching if everyone or m.user == user]
+    if not ids:
+        console.print(f"No running machines of yours ({default_user()}) to end.")
+        return
     try:
         chosen.terminate(ids, reason="terminated with `prefect-remote machines rm`")
     except RemoteError as error:
@@ -156,3 +176,22 @@ def remove(
         console.print(f"Ending {len(ids)} machine(s); {error}")
         return
     console.print(f"Ended {len(ids)} machine(s).")
+
+
+def _confirm_everyone(others: list[Machine], yes: bool) -> None:
+    """Lists the other owners' machines --everyone would end, then asks (unless ``yes``); refuses
+    to guess without a terminal to ask on."""
+    console.print(f"--everyone also ends {len(others)} machine(s) that are not yours ({default_user()}):")
+    shown = table(key("ID"), text("OWNER"), key("AGE"), text("TAGS"))
+    for m in others:
+        cells = _machine_cells(m)
+        shown.add_row(cells["ID"], cells["OWNER"] or "(none)", cells["AGE"], cells["TAGS"])
+    print_table(console, shown)
+    if yes:
+        return
+    if not sys.stdin.isatty():
+        raise typer.BadParameter(
+            "not ending other owners' machines without a terminal to confirm on; pass --yes to end them", param_hint="--everyone"
+        )
+    if not typer.confirm(f"End these {len(others)} machine(s) too?", default=False):
+        raise typer.Exit(1)

@@ -55,6 +55,17 @@ MACHINE_NETWORK_ENV = "PREFECT_REMOTE_MACHINE_NETWORK"
 SECRETS_SWEEP_AGE = 3600.0
 
 
+def owner_user(owner: str | None) -> str | None:
+    """The user (``user@host``) an owner of :func:`~prefect_remote.lease.default_owner`'s form names; None for owners that
+    name no user: a flow run's worker, a cluster's scheduler, or a launcher older than users (``host:pid``).
+
+    >>> owner_user("ada@lab:4242"), owner_user("prefect-worker:pool-a"), owner_user("lab:4242")
+    ('ada@lab', None, None)
+    """
+    user, sep, pid = (owner or "").rpartition(":")
+    return user if sep and "@" in user and pid.isdigit() else None
+
+
 @dataclass(frozen=True)
 class InstanceType:
     """A machine shape a provider offers (an EC2 instance type, a Cloud Run cpu/memory pair…)."""
@@ -138,6 +149,11 @@ class Machine:
     def alive(self) -> bool:
         """Whether it has not ended yet (pending or running)."""
         return self.state != "terminated"
+
+    @property
+    def user(self) -> str | None:
+        """The user (``user@host``) whose process launched it, if its owner names one (:func:`owner_user`)."""
+        return owner_user(self.owner)
 
     @property
     def price_per_hour(self) -> float | None:

@@ -24,6 +24,10 @@ from prefect_remote.settings import get_settings
 from prefect_remote.spec import MachineSpec, SpotPolicy
 
 if TYPE_CHECKING:
+    from uuid import UUID
+
+    from prefect.client.orchestration import PrefectClient
+    from prefect.client.schemas.objects import FlowRun, WorkPool
     from prefect.client.schemas.responses import DeploymentResponse
 
 # Settings that belong to the API server, not to a flow run on a machine.
@@ -197,9 +201,65 @@ class RemoteJobConfiguration(BaseJobConfiguration, MachineJobFields):
         """Where this run's flow code comes from, when the deployment's pull steps do not say it all."""
         return self._flow_code
 
+    @classmethod
+    async def resolve_for_flow_run(
+        cls,
+        flow_run: FlowRun,
+        *,
+        client: PrefectClient,
+        work_pool: WorkPool,
+        worker_name: str,
+        worker_id: UUID | None = None,
+        deployment: DeploymentResponse | None = None,
+    ) -> RemoteJobConfiguration:
+        """Prefect's configuration of ``flow_run``, refused (:class:`JobVariablesError`) when its
+        deployment's or its own job variables take it off the work pool's providers
+        (:meth:`check_pool_allows`). Every path to a run's provider comes through here: submitting,
+        adopting, cancelling."""
+        if deployment is None and flow_run.deployment_id:
+            deployment = await client.read_deployment(flow_run.deployment_id)
+        configuration = await super().resolve_for_flow_run(
+            flow_run, client=client, work_pool=work_pool, worker_name=worker_name, worker_id=worker_id, deployment=deployment
+        )
+        pool = await cls.from_template_and_values(base_job_template=work_pool.base_job_template, values={}, client=client)
+        chosen = {**(getattr(deployment, "job_variables", None) or {}), **(flow_run.job_variables or {})}
+        configuration.check_pool_allows(pool, work_pool.name, work_pool.base_job_template, chosen)
+        return configuration
+
+    def check_pool_allows(
+        self, pool: RemoteJobConfiguration, pool_name: str, template: Mapping[str, Any], chosen: Mapping[str, Any]
+    ) -> None:
+        """Raises :class:`JobVariablesError` unless this run's provider is one its work pool allows:
+        the ``enum`` of the pool template's ``provider`` variable, else the provider the template alone
+        gives (``pool``: its ``provider`` default, its ``credentials`` block, else the submitter's
+        PREFECT_REMOTE_PROVIDER). A deployment must not move a cloud pool's runs onto ``local``,
+        which is the submitter's own host (the Prefect server's, for the push service), nor swap the
+        pool's ``credentials`` block (``chosen``: the job variables the deployment and the run set)."""
+        properties = template.get("variables", {}).get("properties", {})
+        allowed = list(properties.get("provider", {}).get("enum") or [pool.provider_name()])
+        name = self.provider_name()
+        set_by = [f"{variable}={chosen[variable]!r}" for variable in ("provider", "credentials") if variable in chosen]
+        if name not in allowed:
+            raise JobVariablesError(
+                f"job variable {' and '.join(set_by) or 'provider'}: this run would use the {name} provider; work pool {pool_name!r} "
+                f"allows only {', '.join(allowed)} (its template decides; a deployment cannot change it)"
+            )
+        if "credentials" in chosen and chosen["credentials"] != properties.get("credentials", {}).get("default"):
+            raise JobVariablesError(
+                f"job variable credentials={chosen['credentials']!r}: work pool {pool_name!r} takes its provider block from its "
+                "template; a deployment cannot swap it"
+            )
+
+    def provider_name(self) -> str:
+        """The provider this run's machine comes from: the ``credentials`` block's, unless ``provider``
+        names another; else PREFECT_REMOTE_PROVIDER."""
+        if self.credentials is not None and self.provider in (None, "", self.credentials.provider):
+            return self.credentials.provider
+        return self.provider or get_settings().provider
+
     def provider_instance(self) -> Provider:
         from_block = self.credentials is not None and self.provider in (None, "", self.credentials.provider)
-        name = self.credentials.provider if from_block and self.credentials else self.provider or get_settings().provider
+        name = self.provider_name()
         options = {}
         for variable, (owner, option) in PROVIDER_JOB_VARIABLES.items():
             value = getattr(self, variable, None)

@@ -5,15 +5,20 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import secrets
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from rich.cells import cell_len
 
 import prefect_remote
-from prefect_remote.providers.base import Machine
+from prefect_remote.lease import default_owner
+from prefect_remote.providers import get_provider
+from prefect_remote.providers.base import BootPayload, Machine
 from prefect_remote.providers.local import LocalProvider
+from prefect_remote.spec import MachineSpec
 from tests.conftest import wait_for
 
 CLI = str(Path(sys.executable).parent / "prefect-remote")
@@ -175,3 +180,47 @@ def test_info_fits_80_columns_and_cuts_no_value():
     assert_fits(result.stdout, 80)
     assert_whole(result.stdout, "PREFECT_REMOTE_LOCAL_RECORD_RETENTION", "PREFECT_REMOTE_STORE")
     assert "…" not in result.stdout and "a-store-folder-with-a-rather-long-name" in result.stdout
+
+
+@pytest.fixture(params=["local", "aws", "gcp"])
+def cloud(request) -> str:
+    """A provider the CLI runs against (``--provider``): local, or the session's sandbox AWS/GCP."""
+    if request.param != "local":
+        request.getfixturevalue(f"{request.param}_env")
+    return request.param
+
+
+def test_rm_all_ends_only_this_users_machines(cloud):
+    """`rm --all` ends this user's machines; others' (another user's, a flow run's worker's, a launcher
+    older than users, whose owner names none) need --everyone, which lists them first, or their ids."""
+    provider = get_provider(cloud, service="compute") if cloud == "gcp" else get_provider(cloud)
+    spec, payload, batch = MachineSpec(cpu=1), BootPayload(["sleep", "120"]), {"batch": secrets.token_hex(4)}
+    [mine] = provider.launch(spec, payload, tags=batch, owner=default_owner())
+    [theirs] = provider.launch(spec, payload, tags=batch, owner="bob@elsewhere:7")
+    [worker] = provider.launch(spec, payload, tags=batch, owner="prefect-worker:pool-a")
+    [old] = provider.launch(spec, payload, tags=batch, owner="oldhost:12")
+    tag = ["--tag", f"batch={batch['batch']}"]
+    try:
+        removed = cli("machines", "rm", "--provider", cloud, "--all", *tag, columns=80)
+        assert removed.returncode == 0, removed.stderr
+        assert "Ended 1 machine(s)" in removed.stdout and "Leaving 3 machine(s) of other owners" in removed.stdout
+        assert {m.id for m in provider.list(batch)} == {theirs.id, worker.id, old.id}
+
+        refused = cli("machines", "rm", "--provider", cloud, *tag, "--everyone", columns=80)  # stdin is no terminal
+        assert refused.returncode == 2 and "pass --yes" in " ".join(refused.stderr.split())
+        assert_whole(refused.stdout, theirs.id, worker.id, old.id)
+        assert {m.id for m in provider.list(batch)} == {theirs.id, worker.id, old.id}
+
+        assert cli("machines", "rm", "--provider", cloud, old.id).returncode == 0  # by id: whoever owns it
+        everyone = cli("machines", "rm", "--provider", cloud, *tag, "--everyone", "--yes", columns=80)
+        assert everyone.returncode == 0, everyone.stderr
+        assert_fits(everyone.stdout, 80)
+        assert_whole(everyone.stdout, theirs.id, worker.id, "bob@elsewhere:7")
+        assert "Ended 2 machine(s)" in everyone.stdout
+        assert provider.list(batch) == []
+    finally:
+        provider.terminate([mine.id, theirs.id, worker.id, old.id])
+
+
+def test_everyone_needs_all_or_tag():
+    assert "--everyone widens --all or --tag" in " ".join(cli("machines", "rm", "--everyone", "m-x").stderr.split())

@@ -428,11 +428,16 @@ class GCPInfra(InfraCloud):
         assert provider.options.service_account == self.EMAIL and provider.options.project == "sandbox-project"
 
     def start_machine(self, setup: Any) -> str:
-        """A VM as prefect-remote starts them, running as the provisioned service account."""
+        """A VM as prefect-remote starts them, running as the provisioned service account, labelled
+        with the provisioned store's records (as a launch with that store labels its machines)."""
+        from unittest import mock
+
         from prefect_remote.providers.base import Launch
         from prefect_remote.spec import MachineSpec
 
         compute = GCPProvider(service="compute", service_account=setup.service_account).service("compute")
+        with mock.patch.dict(os.environ, {"PREFECT_REMOTE_STORE": setup.store}):
+            compute.provider.records.label  # noqa: B018  (read once, with the pool's store)
         spec = MachineSpec(cpu=2)
         launch = Launch(
             f"launch-{secrets.token_hex(6)}",

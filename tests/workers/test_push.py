@@ -107,7 +107,10 @@ def test_a_run_past_its_timeout_crashes_and_its_machine_ends(push_pool, project,
     [
         ({"memory": "lots"}, "memory='lots': expected a size"),
         ({"cpu": -1}, "cpu=-1: expected a whole number of CPUs"),
-        ({"provider": "nope"}, "provider='nope' is not known"),
+        (
+            {"provider": "nope"},
+            "job variable provider='nope': this run would use the nope provider; work pool 'test-push' allows only local",
+        ),
         ({"software": "senv-0000000000000000"}, "'senv-0000000000000000' is not in the store"),
         ({"container": "python:3.11"}, "provider 'local' does not run containers"),
         ({"gpu": True}, "provider 'local' does not offer GPUs"),
@@ -119,3 +122,47 @@ def test_bad_job_variables_fail_the_run_clearly_and_start_nothing(push_pool, pro
     assert final.state_name in ("Crashed", "Failed")
     assert fragment in (final.state.message or "")
     assert LocalProvider().list({"prefect.io/flow-run-id": str(run.id)}, include_terminated=True) == []
+
+
+def cloud_pool(api, name: str, **provider_variable) -> str:
+    """A remote:push pool the server's push service serves (its name starts test-push-guarded-), whose
+    template names its provider as ``provider_variable`` says (``default``, ``enum``), as a pool
+    provisioned for a cloud has it; nothing of the cloud is needed to refuse a run."""
+    from prefect.client.schemas.actions import WorkPoolCreate
+
+    from prefect_remote.workers.worker import RemotePushWorker
+
+    template = RemotePushWorker.get_default_base_job_template()
+    template["variables"]["properties"]["provider"].update(provider_variable)
+    api.create_work_pool(WorkPoolCreate(name=name, type="remote:push", base_job_template=template), overwrite=True)
+    return name
+
+
+def test_a_deployment_cannot_move_a_cloud_pools_runs_onto_the_servers_host(push_pool, project, api, tmp_path):
+    pool = cloud_pool(api, "test-push-guarded-aws", default="aws")
+    marker = tmp_path / "ran-on-the-server-host"
+    command = f"touch {marker}"
+    run = api.create_flow_run_from_deployment(deploy(api, project, pool, provider="local", command=command))
+    final = wait_final(api, run.id, timeout=60)
+    assert final.state_name in ("Crashed", "Failed")
+    assert "job variable provider='local': this run would use the local provider; work pool 'test-push-guarded-aws' allows only aws" in (
+        final.state.message or ""
+    )
+    assert LocalProvider().list({"prefect.io/flow-run-id": str(run.id)}, include_terminated=True) == []
+    assert not marker.exists()
+
+
+def test_a_deployment_cannot_swap_the_pools_provider_block(push_pool, project, api):
+    other_block = {"provider": "local", "options": {"isolation": "process"}}
+    run = api.create_flow_run_from_deployment(deploy(api, project, push_pool, credentials=other_block))
+    final = wait_final(api, run.id, timeout=60)
+    assert final.state_name in ("Crashed", "Failed")
+    assert "work pool 'test-push' takes its provider block from its template; a deployment cannot swap it" in (final.state.message or "")
+    assert LocalProvider().list({"prefect.io/flow-run-id": str(run.id)}, include_terminated=True) == []
+
+
+def test_a_pool_that_lists_local_among_its_providers_runs_there(push_pool, project, api):
+    pool = cloud_pool(api, "test-push-guarded-aws-or-local", default="aws", enum=["aws", "local"])
+    run = api.create_flow_run_from_deployment(deploy(api, project, pool, provider="local"))
+    final = wait_final(api, run.id, timeout=120)
+    assert final.state_name == "Completed", final.state.message

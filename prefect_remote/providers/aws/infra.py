@@ -341,7 +341,7 @@ def _end_instances(provider: AWSProvider, profiles: set[str] | None, force: bool
         raise TeardownRefused(
             f"{len(ids)} prefect-remote instance(s) still use what teardown would remove in {provider.region}:\n"
             + "\n".join(lines)
-            + "\nend them first (`prefect-remote machines rm --all` with PREFECT_REMOTE_PROVIDER=aws), or pass --force to terminate them"
+            + "\nend them first (`prefect-remote machines rm --all --everyone --provider aws`), or pass --force to terminate them"
         )
     with translated("ec2", "terminate prefect-remote's instances (--force)"):
         provider.terminate(ids, reason="prefect-remote aws teardown --force")
@@ -392,14 +392,19 @@ def _remove_log_groups(logs: BaseClient, names: list[str], say: Say) -> list[str
 
 
 def _remove_leftover_secrets(ssm: BaseClient, prefixes: list[str], say: Say) -> list[str]:
-    """Launch secrets no instance will read any more (their machines ended without anyone noticing)."""
+    """Launch secrets no instance will read any more (their machines ended without anyone noticing):
+    parameters named ``<prefix>launch-<12 hex digits>`` and tagged with that launch, as a launch makes
+    them; a parameter of yours under the prefix is never one."""
     names = []
     with translated("ssm", "remove launch secrets left behind"):
         for prefix in prefixes:
             pages = ssm.get_paginator("get_parameters_by_path").paginate(Path=prefix.rstrip("/") or "/", Recursive=False)
-            names += [
-                p["Name"] for page in pages for p in page["Parameters"] if re.fullmatch(re.escape(prefix) + r"launch-[0-9a-f]+", p["Name"])
-            ]
+            for name in (p["Name"] for page in pages for p in page["Parameters"]):
+                launch = name.removeprefix(prefix)
+                if name.startswith(prefix) and re.fullmatch(r"launch-[0-9a-f]{12}", launch):
+                    tags = ssm.list_tags_for_resource(ResourceType="Parameter", ResourceId=name)["TagList"]
+                    if {t["Key"]: t["Value"] for t in tags}.get(LAUNCH_TAG) == launch:
+                        names.append(name)
         for start in range(0, len(names), 10):  # DeleteParameters takes ten names a call
             ssm.delete_parameters(Names=names[start : start + 10])
     if names:

@@ -105,6 +105,7 @@ TEARDOWN_PERMISSIONS = (
     "logs:ListTagsForResource",
     "logs:DeleteLogGroup",
     "ssm:GetParametersByPath",
+    "ssm:ListTagsForResource",
     "ssm:DeleteParameters",
     "s3:GetBucketTagging",
 )

@@ -38,7 +38,7 @@ from prefect_remote.providers.base import Capabilities, InstanceType, Launch, Ma
 from prefect_remote.providers.gcp import cloudrun_catalog
 from prefect_remote.providers.gcp.cloudrun_catalog import GA_TIMEOUT, L4, MAX_TIMEOUT, SHAPES, cpus, limit_memory, memory_bytes, shape
 from prefect_remote.providers.gcp.runtime import SECRETS_ENV
-from prefect_remote.providers.gcp.service import LAUNCH_LABEL, SERVICE_LABEL, GCPService, ServiceHost
+from prefect_remote.providers.gcp.service import LAUNCH_LABEL, RECORDS_LABEL, SERVICE_LABEL, GCPService, ServiceHost
 from prefect_remote.units import format_size
 
 if TYPE_CHECKING:
@@ -297,6 +297,7 @@ class CloudRunService(GCPService):
             details={
                 "price_per_hour": type_.price if type_ else None,
                 "launch": job.labels.get(LAUNCH_LABEL),
+                "records": job.labels.get(RECORDS_LABEL),  # whose pool it is
                 "execution": execution,
                 "image": job.template.template.containers[0].image if job.template.template.containers else None,
                 "ended": ended,
@@ -349,8 +350,15 @@ class CloudRunService(GCPService):
         return end
 
     # -- ending -------------------------------------------------------------------------------------
-    def terminate(self, machine_ids: Sequence[str], reason: str) -> None:
-        self._remove([m for m in machine_ids if m.startswith(self.id_prefix)], reason)
+    def terminate(self, machine_ids: Sequence[str], reason: str, *, any_pool: bool = False) -> None:
+        """Ends these jobs: only prefect-remote's (found by their service label) and, unless ``any_pool``,
+        not another pool's (:meth:`foreign`)."""
+        jobs = [
+            job
+            for job in self._jobs([m for m in machine_ids if m.startswith(self.id_prefix)])
+            if any_pool or not self.foreign(_job_id(job), job.labels)
+        ]
+        self._remove([_job_id(job) for job in jobs], reason, jobs)
 
     def _remove(self, machine_ids: Sequence[str], reason: str, jobs: Sequence[Any] | None = None) -> None:
         """Cancels the executions of these jobs that still run, waits for the cancels, then deletes

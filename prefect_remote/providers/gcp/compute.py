@@ -34,7 +34,15 @@ from prefect_remote.providers.capacity import Placement, first_with_capacity, pl
 from prefect_remote.providers.gcp import compute_catalog
 from prefect_remote.providers.gcp.options import DEFAULT_VM_IMAGE, GPU_VM_IMAGE, GPU_VM_IMAGE_GIB
 from prefect_remote.providers.gcp.prices import on_demand_rates
-from prefect_remote.providers.gcp.service import LABEL_PREFIX, LAUNCH_LABEL, SERVICE_LABEL, GCPService, ServiceHost, labels_for
+from prefect_remote.providers.gcp.service import (
+    LABEL_PREFIX,
+    LAUNCH_LABEL,
+    RECORDS_LABEL,
+    SERVICE_LABEL,
+    GCPService,
+    ServiceHost,
+    labels_for,
+)
 from prefect_remote.providers.network import DASK_PORTS, ingress_cidr
 
 if TYPE_CHECKING:
@@ -78,6 +86,7 @@ class ComputeService(GCPService):
         self._deleting: set[str] = set()  # halted VMs already asked to be deleted
         self._zones: dict[str, list[str]] = {}  # machine type -> the region's zones offering it, in the order to try
         self._zone_of: dict[str, str] = {}  # VM -> its zone (from its insert or a listing)
+        self._labels_of: dict[str, dict[str, str]] = {}  # VM -> its labels (from a listing)
 
     @property
     def zone(self) -> str:
@@ -418,6 +427,7 @@ class ComputeService(GCPService):
                 if zone.rsplit("-", 1)[0] == self.options.region:
                     instances += scoped.instances
                     self._zone_of.update((instance.name, zone) for instance in scoped.instances)
+                    self._labels_of.update((instance.name, dict(instance.labels)) for instance in scoped.instances)
         found = []
         for instance in instances:
             if machine_ids is not None and instance.name not in wanted:
@@ -462,6 +472,7 @@ class ComputeService(GCPService):
                 "gce_status": instance.status,
                 "zone": instance.zone.rsplit("/", 1)[-1] or self.zone,
                 "launch": instance.labels.get(LAUNCH_LABEL),
+                "records": instance.labels.get(RECORDS_LABEL),  # whose pool it is
             },
         )
 
@@ -474,8 +485,10 @@ class ComputeService(GCPService):
             self.terminate(halted, "stopped")
 
     # -- ending -----------------------------------------------------------------------------------------
-    def terminate(self, machine_ids: Sequence[str], reason: str) -> None:
-        """Deletes each VM (not waiting for the deletions); unknown ones are fine."""
+    def terminate(self, machine_ids: Sequence[str], reason: str, *, any_pool: bool = False) -> None:
+        """Deletes each VM (not waiting for the deletions); unknown ones are fine. Only prefect-remote's
+        own: a VM is found by its service label (a listing filtered on it), and unless ``any_pool``
+        (a project's teardown), another pool's (:meth:`foreign`) is left alone."""
         from google.api_core.exceptions import NotFound
 
         if any(machine_id not in self._zone_of for machine_id in machine_ids):
@@ -484,7 +497,9 @@ class ComputeService(GCPService):
         with self.clients.translated("compute.instances.delete"):
             for machine_id in machine_ids:
                 if machine_id not in self._zone_of:
-                    continue  # in no zone of the region: gone already
+                    continue  # in no zone of the region with prefect-remote's label: gone already, or not ours
+                if not any_pool and self.foreign(machine_id, self._labels_of.get(machine_id, {})):
+                    continue
                 try:
                     instances.delete(project=self.project, zone=self._zone_of[machine_id], instance=machine_id)
                 except NotFound:

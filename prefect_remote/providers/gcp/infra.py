@@ -35,6 +35,7 @@ One cohesive thing over 500 lines: provisioning and its exact undoing, which mus
 from __future__ import annotations
 
 import hashlib
+import re
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -55,7 +56,7 @@ from prefect_remote.providers.gcp.grants import (
     with_grants,
     without_member,
 )
-from prefect_remote.providers.gcp.secrets import SECRET_PREFIX
+from prefect_remote.providers.gcp.secrets import LAUNCH_LABEL, secret_id
 from prefect_remote.providers.setup import Say, removed
 
 if TYPE_CHECKING:
@@ -81,6 +82,8 @@ REQUIRED_APIS = {
     "iam.googleapis.com": "IAM",
     "cloudresourcemanager.googleapis.com": "Resource Manager",
 }
+
+_LAUNCH_ID = re.compile(r"launch-[0-9a-f]{12}")  # as Provider.launch makes them
 
 
 def default_store(project: str, region: str) -> str:
@@ -517,7 +520,8 @@ def teardown(provider: GCPProvider | None = None, *, force: bool = False, delete
     project = clients.project
     email = service_account_email(project)
     member = f"serviceAccount:{email}"
-    _end_machines(provider, force, say)
+    for region in _regions_in_use(provider):  # every region whose machines lose their identity, store or secrets
+        _end_machines(provider if region == provider.options.region else provider.in_region(region), force, say)
     done: list[str] = []
     if _update_project_policy(clients, lambda bindings: without_member(bindings, member)):
         removed(done, f"the project grants of {email}", say)
@@ -544,6 +548,27 @@ def teardown(provider: GCPProvider | None = None, *, force: bool = False, delete
     return done
 
 
+def _regions_in_use(provider: GCPProvider) -> list[str]:
+    """The regions whose prefect-remote machines teardown would strand: the provider's, each with a
+    prefect-remote VM in any of its zones (one aggregated listing of the project), and each where a
+    bucket provisioning labelled is (its store's launches run there). Cloud Run jobs are read per region."""
+    from prefect_remote.providers.gcp.service import SERVICE_LABEL
+
+    clients = provider.clients
+    regions = {provider.options.region}
+    with google_errors(clients, "compute.instances.list", "find prefect-remote's VMs in every zone"):
+        request = {"project": clients.project, "filter": f'labels.{SERVICE_LABEL} = "compute"'}
+        for scope, scoped in clients.instances().aggregated_list(request=request):
+            if scoped.instances:
+                regions.add(scope.rsplit("/", 1)[-1].rsplit("-", 1)[0])
+    with google_errors(clients, "storage.buckets.list", "find the buckets provisioning used"):
+        for bucket in clients.storage().list_buckets(project=clients.project):
+            labels = bucket.labels or {}
+            if (labels.get(GRANTED_LABEL) or labels.get(MANAGED_LABEL)) and "-" in (bucket.location or ""):  # a region, not "US"
+                regions.add(bucket.location.lower())
+    return sorted(regions)
+
+
 def _end_machines(provider: GCPProvider, force: bool, say: Say) -> None:
     """Refuses (or, with ``force``, ends and waits for) live prefect-remote machines: Cloud Run
     executions and Compute Engine VMs of the provider's region and zone."""
@@ -560,14 +585,14 @@ def _end_machines(provider: GCPProvider, force: bool, say: Say) -> None:
         raise TeardownRefused(
             f"{len(machines)} prefect-remote machine(s) still run in {where}:\n"
             + "\n".join(lines)
-            + "\nend them first (`prefect-remote machines rm --all` with PREFECT_REMOTE_PROVIDER=gcp), or pass --force to end them"
+            + "\nend them first (`prefect-remote machines rm --all --everyone --provider gcp`), or pass --force to end them"
         )
     say(f"ending {len(machines)} machine(s):\n" + "\n".join(lines))
     for name in ("cloud-run", "compute"):
         service = provider.service(name)
         ids = [m.id for m in machines if m.id.startswith(service.id_prefix)]
         if ids:
-            service.terminate(ids, "prefect-remote gcp teardown --force")
+            service.terminate(ids, "prefect-remote gcp teardown --force", any_pool=True)  # the project's: every pool's
     deadline = time.monotonic() + 600
     while alive():
         if time.monotonic() > deadline:
@@ -640,14 +665,17 @@ def _remove_firewalls(clients: GoogleClients, say: Say) -> list[str]:
 
 
 def _remove_leftover_secrets(clients: GoogleClients, say: Say) -> list[str]:
-    """Launch secrets no machine will read any more (``prefect-remote-<launch id>``)."""
+    """Launch secrets no machine will read any more: named ``prefect-remote-launch-<12 hex digits>``
+    and labelled with that launch, as a launch makes them. A user's own ``prefect-remote-…`` secret
+    (an API key kept under that name) is never one."""
     from google.api_core.exceptions import NotFound
 
     manager = clients.secret_manager()
     names = []
     with google_errors(clients, "secretmanager.secrets.delete", "remove launch secrets left behind"):
         for secret in manager.list_secrets(request={"parent": f"projects/{clients.project}"}):
-            if secret.name.rsplit("/", 1)[-1].startswith(SECRET_PREFIX):
+            launch = secret.labels.get(LAUNCH_LABEL, "")
+            if _LAUNCH_ID.fullmatch(launch) and secret.name.rsplit("/", 1)[-1] == secret_id(launch):
                 try:
                     manager.delete_secret(request={"name": secret.name})
                 except NotFound:

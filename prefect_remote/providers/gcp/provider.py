@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import re
 import secrets
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -33,6 +34,8 @@ if TYPE_CHECKING:
     from prefect_remote.providers.gcp.clients import GoogleClients
     from prefect_remote.providers.gcp.records import MachineRecords
     from prefect_remote.spec import MachineSpec
+
+_MACHINE_ID = re.compile(r"(run|vm)-[0-9a-f]{12}")  # as launch makes them: anything else is no gcp machine of prefect-remote's
 
 logger = logging.getLogger(__name__)
 
@@ -78,6 +81,10 @@ class GCPProvider(Provider):
         self._clients: GoogleClients | None = None
         self._records: MachineRecords | None = None
         self._ended: set[str] = set()  # machines seen ended by a renewal (their launch's secret handled)
+
+    def in_region(self, region: str) -> GCPProvider:
+        """This provider's options in another ``region`` (its zone and subnetwork: that region's defaults)."""
+        return GCPProvider(**{**self.options.model_dump(), "region": region, "zone": None, "subnetwork": None})
 
     def __getstate__(self) -> dict[str, Any]:  # clients hold sockets and locks: rebuilt on use
         return {"options": self.options.model_dump()}
@@ -140,10 +147,10 @@ class GCPProvider(Provider):
     def _service_of(self, machine_id: str) -> GCPService:
         for name in ("cloud-run", "compute"):
             service = self.service(name)
-            if machine_id.startswith(service.id_prefix):
+            if _MACHINE_ID.fullmatch(machine_id) and machine_id.startswith(service.id_prefix):
                 return service
         raise MachineNotFound(
-            f"no gcp machine {machine_id!r}: gcp machine ids start with 'run-' or 'vm-'; `prefect-remote machines ls` lists them"
+            f"no gcp machine {machine_id!r}: gcp machine ids are 'run-' or 'vm-' and 12 hex digits; `prefect-remote machines ls` lists them"
         )
 
     # -- launching: the service is chosen once per launch (plan), and the Launch carries it ----------
@@ -219,7 +226,15 @@ class GCPProvider(Provider):
 
     # -- reading back ---------------------------------------------------------------------------------
     def list(self, tags: Mapping[str, str] | None = None, *, include_terminated: bool = False) -> list[Machine]:
-        machines = [m for name in ("cloud-run", "compute") for m in self.service(name).machines(labels=tags)]
+        """This pool's machines whose tags include ``tags``: another pool's in the project (another
+        store's records label) are not listed, as they may not be ended from here."""
+        pool = self.records.label
+        machines = [
+            m
+            for name in ("cloud-run", "compute")
+            for m in self.service(name).machines(labels=tags)
+            if m.details.get("records") in (None, pool)  # None: launched before the label
+        ]
         machines = [self.records.complete(m) for m in machines]
         if include_terminated:  # Google deletes ended VMs and the sweep ended jobs: their records remember them
             machines += self.records.ended_machines(tags, {m.id for m in machines})
@@ -240,9 +255,18 @@ class GCPProvider(Provider):
         return ended
 
     def _terminate(self, machine_ids: list[str], reason: str, exit_code: int | None) -> set[str]:
-        """Records each end, then has each service end its machines; returns their launches."""
+        """Records each end, then has each service end its machines; returns their launches. A
+        machine this pool's records do not know (another pool's, a VM prefect-remote never made, a
+        mistyped id) is refused (:class:`MachineNotFound`) before anything ends; each service also
+        checks the machine's labels."""
         for machine_id in machine_ids:
             self._service_of(machine_id)  # not one of ours: refused before any call
+        for machine_id in machine_ids:
+            if not self.records.knows(machine_id):
+                raise MachineNotFound(
+                    f"no gcp machine {machine_id!r} in this pool's records ({self.records.url}): it is another pool's, not "
+                    "prefect-remote's, or long gone; `prefect-remote machines ls` lists this pool's machines"
+                )
         launches = {self.records.end(machine_id, reason=reason, exit_code=exit_code, only_if_running=True) for machine_id in machine_ids}
         for name in ("cloud-run", "compute"):
             service = self.service(name)

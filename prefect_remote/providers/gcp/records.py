@@ -172,6 +172,16 @@ class MachineRecords:
                         raise from_http_response(response)
         return done
 
+    def knows(self, machine_id: str) -> bool:
+        """Whether these records hold ``machine_id``'s (one GET): every machine launched with them does."""
+        blob = self._blob(machine_id)
+        try:
+            with self._translated("storage.objects.get", machine_id):
+                blob.reload()
+        except NotInStore:
+            return False
+        return True
+
     def end(self, machine_id: str, *, reason: str, exit_code: int | None = None, only_if_running: bool = False) -> str | None:
         """Records why ``machine_id`` ended (two calls; the write retried while throttled, as a renewal
         waits out the same answers) and returns its launch id. ``only_if_running``:

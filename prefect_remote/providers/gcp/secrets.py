@@ -23,6 +23,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from prefect_remote.providers.gcp.clients import GCPError, translated
+from prefect_remote.providers.gcp.service import RECORDS_LABEL
 
 if TYPE_CHECKING:
     from prefect_remote.providers.gcp.clients import GoogleClients
@@ -32,7 +33,6 @@ logger = logging.getLogger(__name__)
 
 SECRET_PREFIX = "prefect-remote-"
 LAUNCH_LABEL = "prefect-remote-launch"
-RECORDS_LABEL = "prefect-remote-records"  # whose records know the launch (MachineRecords.label)
 CREATED_LABEL = "created-at"  # epoch seconds: a label, so that a listing shows it without a parse of createTime
 MAX_PAYLOAD = 64 * 1024  # Secret Manager's limit on one version's payload
 

@@ -14,6 +14,7 @@ labels (a VM's metadata, a job's annotations).
 
 from __future__ import annotations
 
+import logging
 import re
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
@@ -28,10 +29,15 @@ if TYPE_CHECKING:
     from prefect_remote.software.store import Store
     from prefect_remote.spec import MachineSpec
 
+logger = logging.getLogger("prefect_remote.providers.gcp")
+
 LABEL_PREFIX = "prefect-remote-"  # prefect-remote's own labels (and metadata keys)
 LAUNCH_LABEL = LABEL_PREFIX + "launch"
 SERVICE_LABEL = LABEL_PREFIX + "service"  # the service's key on every machine it starts: what listing filters on
 OWNER_LABEL = LABEL_PREFIX + "owner"
+# Whose records know the machine (MachineRecords.label: a digest of the pool's store): on every machine
+# and launch secret, so that ending and tidying up leave other pools' alone.
+RECORDS_LABEL = LABEL_PREFIX + "records"
 MAX_USER_LABELS = 60  # a resource takes 64 labels; prefect-remote's use the rest
 _LABEL_BAD = re.compile(r"[^a-z0-9_-]")
 _LABEL_VALUE = re.compile(r"[a-z0-9_-]{0,63}")
@@ -113,7 +119,7 @@ class GCPService(ABC):
     def labels(self, launch: Launch) -> dict[str, str]:
         """The labels of a machine of ``launch``: each user tag whose value is a label value (none
         under prefect-remote's prefix; every tag, as given, is kept beside the labels), then
-        prefect-remote's: this service, the launch and its owner. More than :data:`MAX_USER_LABELS`
+        prefect-remote's: this service, the launch, its owner and whose records know it. More than :data:`MAX_USER_LABELS`
         are refused (ValueError)."""
         labels = {key: value for key, value in labels_for(launch.tags).items() if not key.startswith(LABEL_PREFIX)}
         if len(labels) > MAX_USER_LABELS:
@@ -123,7 +129,29 @@ class GCPService(ABC):
                 "user's (prefect-remote's own take the rest); pass fewer tags, or give the extra ones values that are no label "
                 "values (uppercase letters or spaces: they are kept, but not as labels)"
             )
-        return {**labels, SERVICE_LABEL: self.key, LAUNCH_LABEL: launch.id, **owner_labels(launch.owner)}
+        return {
+            **labels,
+            SERVICE_LABEL: self.key,
+            LAUNCH_LABEL: launch.id,
+            **owner_labels(launch.owner),
+            RECORDS_LABEL: self.provider.records.label,
+        }
+
+    def foreign(self, machine_id: str, labels: Mapping[str, str]) -> bool:
+        """Whether the machine ``machine_id`` with ``labels`` is another pool's (its records label
+        names other records): ending it is refused, with a warning. A machine launched before the
+        label has none, and its provider checked that its records know it."""
+        theirs = labels.get(RECORDS_LABEL)
+        if theirs is None or theirs == self.provider.records.label:
+            return False
+        logger.warning(
+            "gcp: not ending %s: it is another pool's (label %s=%s; this pool's is %s)",
+            machine_id,
+            RECORDS_LABEL,
+            theirs,
+            self.provider.records.label,
+        )
+        return True
 
     @abstractmethod
     def unfit(self, spec: MachineSpec) -> str | None:
@@ -152,5 +180,6 @@ class GCPService(ABC):
         as the cloud has them now (ended ones it still shows included). Unknown ids are left out."""
 
     @abstractmethod
-    def terminate(self, machine_ids: Sequence[str], reason: str) -> None:
-        """Ends these machines (already-ended or unknown ones are fine)."""
+    def terminate(self, machine_ids: Sequence[str], reason: str, *, any_pool: bool = False) -> None:
+        """Ends these machines (already-ended or unknown ones are fine), only prefect-remote's and,
+        unless ``any_pool`` (a project's teardown), only this pool's (:meth:`foreign`)."""

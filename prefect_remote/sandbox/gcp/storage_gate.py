@@ -135,6 +135,9 @@ class StorageGate:
         self._client = httpx.Client(base_url=backend, timeout=300)
         self._stop: Callable[[], None] | None = None  # stops serving
         self.url = ""
+        # Each bucket's location as created: the emulator answers "US" for every bucket, Google the
+        # location asked for (a region such as EUROPE-WEST1), which teardown reads to know where to look.
+        self._locations: dict[str, str] = {}
 
     # -- bucket policies ---------------------------------------------------------------------------------
     def add_binding(self, bucket: str, member: str, role: str) -> None:
@@ -280,7 +283,22 @@ class StorageGate:
         if response.status_code < 400 and method in ("buckets.setIamPolicy", "buckets.delete", "buckets.insert"):
             bucket = params.get("bucket") or _metadata(request.headers.get("content-type", ""), data).get("name", "")
             self._record(bucket)
+            if method == "buckets.insert":
+                self._locations[bucket] = str(_metadata(request.headers.get("content-type", ""), data).get("location") or "US").upper()
+            elif method == "buckets.delete":
+                self._locations.pop(bucket, None)
+        if response.status_code < 400 and method in ("buckets.insert", "buckets.get", "buckets.list", "buckets.patch", "buckets.update"):
+            return self._located(response)
         return response
+
+    def _located(self, response: Response) -> Response:
+        """``response`` (a bucket, or a listing of them) with each bucket's location as created."""
+        answer = json.loads(response.body)
+        for bucket in answer.get("items", [answer]):
+            if isinstance(bucket, dict) and bucket.get("name") in self._locations:
+                bucket["location"] = self._locations[bucket["name"]]
+        headers = {k: v for k, v in response.headers.items() if k.lower() != "content-length"}
+        return Response(json.dumps(answer).encode(), status_code=response.status_code, headers=headers)
 
     def _principal(self, request: Request) -> str | Response:
         if not request.headers.get("authorization"):

@@ -152,6 +152,29 @@ def test_teardown_of_one_pool_keeps_what_other_pools_use(region):
     assert roles() == set() and groups() == set() and log_groups() == []
 
 
+def test_teardown_removes_only_launch_secrets_a_launch_tagged(region):
+    """Under the secrets prefix, teardown removes the parameters launches left (named and tagged so);
+    a user's parameter there, even one named like a launch's, survives."""
+    import secrets
+
+    provision("pool-a")
+    ssm = AWSInfra.client("ssm")
+    leftover, lookalike = f"launch-{secrets.token_hex(6)}", f"launch-{secrets.token_hex(6)}"
+    ssm.put_parameter(
+        Name=f"/prefect-remote/{leftover}", Value="{}", Type="SecureString", Tags=[{"Key": "prefect-remote:launch", "Value": leftover}]
+    )
+    ssm.put_parameter(Name=f"/prefect-remote/{lookalike}", Value="mine", Type="SecureString")
+    ssm.put_parameter(Name="/prefect-remote/api-key", Value="mine", Type="SecureString")
+    try:
+        with AWSInfra(None).identity("teardown"):
+            removed = infra.teardown(REGION, say=lambda _: None)
+        assert f"SSM parameter /prefect-remote/{leftover}" in removed
+        left = {p["Name"] for p in ssm.get_parameters_by_path(Path="/prefect-remote")["Parameters"]}
+        assert left == {f"/prefect-remote/{lookalike}", "/prefect-remote/api-key"}
+    finally:
+        ssm.delete_parameters(Names=[f"/prefect-remote/{lookalike}", "/prefect-remote/api-key"])
+
+
 # -- errors ---------------------------------------------------------------------------------------
 def refuse(boto_client, operation: str, code: str = "AccessDenied") -> None:
     """Makes ``boto_client`` answer ``operation`` as AWS does when a permission is missing."""

@@ -20,7 +20,8 @@ from prefect_remote.spec import MachineSpec
 
 
 @pytest.fixture
-def service() -> CloudRunService:
+def service(monkeypatch) -> CloudRunService:
+    monkeypatch.setenv("PREFECT_REMOTE_STORE", "gs://unit-bucket/envs")  # its records' label is on every job
     return CloudRunService(GCPProvider(project="my-project", region="us-central1"))
 
 
@@ -174,6 +175,7 @@ def test_labels_use_gcp_syntax_and_tags_keep_theirs(service):
         "prefect-remote-service": "cloud-run",
         "prefect-remote-launch": launch.id,
         "prefect-remote-owner": "prefect-worker_w_1",
+        "prefect-remote-records": service.provider.records.label,  # the pool's: another pool's provider leaves it alone
     }
     job = service.job(launch)
     assert json.loads(job.annotations["prefect-remote/tags"]) == tags

@@ -189,11 +189,12 @@ def test_more_labels_than_a_machine_takes_are_refused_with_what_to_do(service, t
     with pytest.raises(ValueError, match="61 tags with label values: Compute Engine takes 64 labels on a machine, 60 of them"):
         service.instance_body(many, "vm-0123456789ab", ["prefect-remote"], spot=False)
     sixty = dataclasses.replace(launch, tags={**{f"k{n}": "v" for n in range(60)}, "Team": "Data Science"})  # no label value
-    assert len(body_of(service, sixty)["labels"]) == 63  # each listed by its label
+    assert len(body_of(service, sixty)["labels"]) == 64  # each listed by its label, beside prefect-remote's four
 
 
 @pytest.fixture
 def service(monkeypatch) -> ComputeService:
+    monkeypatch.setenv("PREFECT_REMOTE_STORE", "gs://unit-bucket/envs")  # its records' label is on every VM
     provider = GCPProvider(project="unit-project", region="us-central1", service_account="runner@unit-project.iam.gserviceaccount.com")
     return ComputeService(provider)
 
@@ -230,6 +231,7 @@ def test_instance_body(service, types):
         "prefect-remote-service": "compute",
         "prefect-remote-launch": "launch-0a1b2c3d4e5f",
         "prefect-remote-owner": "host_123",
+        "prefect-remote-records": service.provider.records.label,  # the pool's: another pool's provider leaves it alone
     }
     [disk] = body["disks"]
     assert disk["boot"] and disk["autoDelete"]

@@ -194,3 +194,42 @@ def test_a_refused_permission_names_the_role_provisioning_needs(gcp_env):
     with pytest.raises(GCPError, match=r"gcloud services enable iam.googleapis.com"):  # a disabled API is not a missing role
         with infra.google_errors(clients, "iam.roles.create", "make the custom role"):
             raise Forbidden("Identity and Access Management (IAM) API has not been used in project 1 before or it is disabled.")
+
+
+def test_teardown_removes_only_launch_secrets_and_checks_every_region(project, gcp_infra, monkeypatch):
+    """A user's `prefect-remote-…` secret, and one named like a launch's that no launch made, survive
+    teardown; a machine in another region than the provider's (where the pool's store bucket is)
+    stops it, as one in its own would."""
+    from prefect_remote.providers.base import BootPayload
+    from prefect_remote.spec import MachineSpec
+
+    name = f"pr-eu-{secrets.token_hex(4)}"
+    gcp_infra.storage().create_bucket(name, location="europe-west1")
+    setup, _ = gcp_infra.provision(store=f"gs://{name}/envs")
+    monkeypatch.setenv("PREFECT_REMOTE_STORE", setup.store)
+    manager = GCPProvider().clients.secret_manager()
+    parent = "projects/sandbox-project"
+
+    def make(secret: str, labels: dict[str, str]) -> None:
+        manager.create_secret(
+            request={"parent": parent, "secret_id": secret, "secret": {"replication": {"automatic": {}}, "labels": labels}}
+        )
+
+    leftover = f"launch-{secrets.token_hex(6)}"
+    kept = ["prefect-remote-api-key", f"prefect-remote-launch-{secrets.token_hex(6)}"]
+    make(kept[0], {})
+    make(kept[1], {})  # a launch's name, without the label a launch puts on its secret
+    make(f"prefect-remote-{leftover}", {"prefect-remote-launch": leftover})
+    try:
+        far = GCPProvider(service="cloud-run", region="europe-west1", service_account=setup.service_account)
+        [job] = far.launch(MachineSpec(cpu=1), BootPayload(["sleep", "300"]))
+        with pytest.raises(infra.TeardownRefused, match=rf"still run in project sandbox-project \(europe-west1\):\n  {job.id}"):
+            gcp_infra.teardown()
+        removed = gcp_infra.teardown(force=True)
+        assert not far.describe(job.id).alive
+        assert f"secret prefect-remote-{leftover}" in removed and not any(name in line for line in removed for name in kept)
+        left = {secret.name.rsplit("/", 1)[-1] for secret in manager.list_secrets(request={"parent": parent})}
+        assert set(kept) <= left and f"prefect-remote-{leftover}" not in left
+    finally:
+        for secret in kept:
+            manager.delete_secret(request={"name": f"{parent}/secrets/{secret}"})
