@@ -162,9 +162,11 @@ class Agent:
         if reason:
             return self.end(reason, 1)
         try:
-            payload = subprocess.Popen(
-                command, env=self.payload_env(python), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
-            )
+            env = self.payload_env(python)
+        except Exception as error:  # secrets unreadable: end the machine, never leave it running with no agent
+            return self.end(f"the payload's secrets could not be read: {error!r}", 1)
+        try:
+            payload = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
         except OSError as error:
             return self.end(f"payload could not start: {error}", 127)
         self.last_busy = self.clock()  # idleness counts from the payload's start, not the machine's
