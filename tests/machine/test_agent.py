@@ -132,3 +132,15 @@ def test_a_rebooted_machine_ends_instead_of_running_its_payload_again(tmp_path, 
     again = Rebootable(store="gs://b/p", launch_id="launch-1", project="p")  # the same VM, booted again
     assert Agent(config(command=["sh", "-c", f"echo run >> {ran}"]), again).run() == 1
     assert again.ended[0].startswith("rebooted") and ran.read_text() == "run\n"
+
+
+def test_unreadable_secrets_end_the_machine_instead_of_leaving_it_with_no_agent(tmp_path, monkeypatch):
+    """The launch secret swept, refused or throttled: the payload never starts and the machine ends
+    (here through the halt fallback, the provider being unreachable too), not runs on with no agent."""
+    monkeypatch.chdir(tmp_path)
+    runtime = FakeRuntime(lambda: 0.0, owner_dies_at=10**9)
+    runtime.read_secrets = lambda: (_ for _ in ()).throw(PermissionError("AccessDenied: ssm:GetParameter"))
+    ran = tmp_path / "ran"
+    agent = Agent(config(command=["touch", str(ran)], secret_names=["API_KEY"]), runtime)
+    assert agent.run() == 1 and runtime.halted and not ran.exists()
+    assert "secrets could not be read" in runtime.sink.getvalue().decode()
