@@ -31,6 +31,7 @@ BENCHMARKS = [
     "bench_aws_throttled",
     "bench_gcp",
     "bench_control_plane",
+    "bench_gcp_control_plane",
 ]
 WIDTH = 80
 NUMBER_AND_UNIT = re.compile(r"(\d) (s|ms|us|MiB|GiB|KiB|x|calls?|packages)\b")
