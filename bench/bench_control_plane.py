@@ -30,10 +30,11 @@ def measure(calls: Any, action: Callable[..., Any], *args: Any, **kwargs: Any) -
     return result, sum(calls.values()), seconds, names
 
 
-def at_scale(calls: Any, provider: Any, spec: Any, payload: Any) -> list[str]:
+def at_scale(calls: Any, provider: Any, spec: Any, payload: Any, listing_lag: float = 0.0) -> list[str]:
     """For each of ``COUNTS``: one launch of that many machines, one renewal of their leases, one
-    listing by tag and one end, with the API calls (``calls``: the sandbox's counter) and seconds
-    of each, and calls per machine against the first count's, as lines."""
+    listing by tag (``listing_lag`` seconds after the launch at least: the cloud's listings leave out
+    instances younger than that) and one end, with the API calls (``calls``: the sandbox's counter)
+    and seconds of each, and calls per machine against the first count's, as lines."""
     from prefect_remote.lease import renewal_interval
 
     per_machine: dict[str, float] = {}
@@ -43,7 +44,9 @@ def at_scale(calls: Any, provider: Any, spec: Any, payload: Any) -> list[str]:
         tags = {"bench": f"n{count}"}
         machines, launch_calls, launch_s, launch_names = measure(calls, provider.launch, spec, payload, count=count, tags=tags)
         ids = [machine.id for machine in machines]
+        launched = time.monotonic()
         _, renew_calls, renew_s, renew_names = measure(calls, provider.renew_leases, ids)
+        time.sleep(max(0.0, launched + listing_lag - time.monotonic()))
         listed, list_calls, list_s, _ = measure(calls, provider.list, tags)
         _, end_calls, end_s, end_names = measure(calls, provider.terminate, ids, reason="bench")
         assert len(listed) == count, f"listed {len(listed)} of {count} machines"
@@ -75,7 +78,7 @@ def main() -> list[str]:
         provider = AWSProvider()
         spec, payload = MachineSpec(cpu=1, keepalive="10 minutes"), BootPayload(["true"])
         provider.launch(spec, payload)  # the first launch's one-time work (security group, agent wheel, prices) is not the figure
-        return at_scale(aws.calls, provider, spec, payload)
+        return at_scale(aws.calls, provider, spec, payload, listing_lag=aws.ec2.unlisted_seconds)
 
 
 if __name__ == "__main__":

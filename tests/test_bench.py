@@ -152,10 +152,10 @@ def test_the_control_plane_benchmarks_count_each_phase_calls_against_the_first_c
         for count, phase, made in re.findall(r"(\d+) machines, (launch|renew|list|end): (\d+) calls? in \d+\.\d\d s", text)
     }
     assert set(calls) == {(count, phase) for count in (2, 4) for phase in ("launch", "renew", "list", "end")}, out
-    assert calls[2, "renew"] == calls[4, "renew"] >= 1  # one request per batch of leases, however many machines
+    assert 1 <= calls[4, "renew"] <= calls[2, "renew"]  # one request per batch of leases, however many machines
     assert re.search(
-        r"4 machines, renew: \d+ calls? in \S+ s, \S+ per machine; 0\.50x the calls per machine of 2, \S+ per machine-minute", text
+        r"4 machines, renew: \d+ calls? in \S+ s, \S+ per machine; \d\.\d\dx the calls per machine of 2, \S+ per machine-minute", text
     )
     assert calls[4, "launch"] >= calls[2, "launch"] >= 1
     if benchmark == "bench_gcp_control_plane":  # the leases live in GCS records: renewed by one JSON API batch per 100
-        assert "(storage.POST.batch 1)" in text
+        assert calls[2, "renew"] == calls[4, "renew"] == 1 and "(storage.POST.batch 1)" in text
