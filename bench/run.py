@@ -31,6 +31,7 @@ BENCHMARKS = [
     "bench_aws_throttled",
     "bench_gcp",
     "bench_control_plane",
+    "bench_gcp_control_plane",
     "bench_orphans",
 ]
 WIDTH = 80

@@ -139,3 +139,23 @@ def test_an_interrupted_run_ends_the_machines_of_the_benchmark_it_was_in(folder)
     assert process.returncode == 130
     assert "interrupted after" in out and "bench_noisy" not in out  # the run stops there
     assert_ended(machines)
+
+
+@pytest.mark.parametrize("benchmark", ["bench_control_plane", "bench_gcp_control_plane"])
+def test_the_control_plane_benchmarks_count_each_phase_calls_against_the_first_count(folder, monkeypatch, benchmark):
+    monkeypatch.setenv("BENCH_CONTROL_PLANE_COUNTS", "2,4")  # small counts: what is checked is the figures' shape, not a time
+    out, err = runner(folder, benchmark).communicate(timeout=600)
+    text = " ".join(out.split())
+    assert err == "" and "1 of 1 benchmarks ran" in text, out
+    calls = {
+        (int(count), phase): int(made)
+        for count, phase, made in re.findall(r"(\d+) machines, (launch|renew|list|end): (\d+) calls? in \d+\.\d\d s", text)
+    }
+    assert set(calls) == {(count, phase) for count in (2, 4) for phase in ("launch", "renew", "list", "end")}, out
+    assert 1 <= calls[4, "renew"] <= calls[2, "renew"]  # one request per batch of leases, however many machines
+    assert re.search(
+        r"4 machines, renew: \d+ calls? in \S+ s, \S+ per machine; \d\.\d\dx the calls per machine of 2, \S+ per machine-minute", text
+    )
+    assert calls[4, "launch"] >= calls[2, "launch"] >= 1
+    if benchmark == "bench_gcp_control_plane":  # the leases live in GCS records: renewed by one JSON API batch per 100
+        assert calls[2, "renew"] == calls[4, "renew"] == 1 and "(storage.POST.batch 1)" in text

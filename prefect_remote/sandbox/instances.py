@@ -86,7 +86,8 @@ class InstanceRunner:
     cloud's endpoints, its metadata service); ``booted(instance, machine)`` lets the cloud record the
     machine's addresses as the instance's. With a ``vpc`` (namespace isolation only), each instance
     also has its private address on the VPC's bridge, which this host cannot reach, and admits what
-    ``ingress(instance)`` (its cloud's rules) allows, kept up to date each round."""
+    ``ingress(instance)`` (its cloud's rules) allows, kept up to date each round. With ``boots`` off,
+    instances are followed but never booted (a control-plane benchmark's: the provider's traffic alone)."""
 
     def __init__(
         self,
@@ -99,7 +100,9 @@ class InstanceRunner:
         isolation: str | None = None,
         vpc: VPC | None = None,
         ingress: Callable[[Instance], list[Ingress]] = lambda instance: [],
+        boots: bool = True,
     ) -> None:
+        self.boots = boots
         self.machines = LocalProvider(home, isolation=isolation)
         self.vpc = vpc if self.machines.isolation == "namespace" else None
         self._ingress = ingress
@@ -239,7 +242,7 @@ class InstanceRunner:
             if instance.id in self._seen:
                 return
             self._seen.add(instance.id)
-            if instance.script is not None:
+            if instance.script is not None and self.boots:
                 self._boot(instance)
 
     def _keep_firewall(self, instance: Instance) -> None:

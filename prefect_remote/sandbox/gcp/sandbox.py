@@ -68,6 +68,8 @@ class SandboxGCP(SandboxCloud):
     ``private_network`` (on by default, with namespace isolation) puts each VM's ``networkIP`` (and a
     Cloud Run task's, with Direct VPC egress) on a VPC this host cannot reach, and enforces the
     firewall's allow rules (:mod:`prefect_remote.sandbox.vpc`; ``vpc.enforcing(False)`` for one test).
+    ``run_instances=False`` keeps every instance and task a record that is never booted (the API's
+    answers unchanged): what a control-plane benchmark measures is the provider's traffic, not the machines'.
     """
 
     def __init__(
@@ -84,7 +86,9 @@ class SandboxGCP(SandboxCloud):
         iam_delay: float = IAM_DELAY,
         warm_cache: bool = False,
         private_network: bool = True,
+        run_instances: bool = True,
     ) -> None:
+        self.run_instances = run_instances
         self.project, self.region, self.host, self.port = project, region, host, port
         self.warm_cache = warm_cache
         self._images: dict[str, bool] = {}
@@ -199,6 +203,7 @@ class SandboxGCP(SandboxCloud):
                 isolation=self.isolation,
                 vpc=self.vpc if self.private_network else None,
                 ingress=self._ingress,
+                boots=self.run_instances,
             )
             if self._runner.vpc is not None:
                 self._runner.vpc.create()
