@@ -304,8 +304,9 @@ def test_a_flow_with_a_remote_task_runner(cloud, prefect_server):
     results = final.result()
     assert [value for value, _ in results] == [n * n for n in range(40)]
     ran_on = {machine for _, machine in results}
-    launched = cloud.machines(name, alive=False)
-    assert ran_on and ran_on <= {vm.id for vm in launched if vm.labels[ROLE_TAG] == "worker"}  # the tasks ran on its workers
+    # The tasks ran on its workers: as the provider remembers them (Google deletes an ended VM at once).
+    launched = prefect_remote.get_provider(cloud.name).list({CLUSTER_TAG: name}, include_terminated=True)
+    assert ran_on and ran_on <= {machine.id for machine in launched if machine.tags.get(ROLE_TAG) == "worker"}
     # The run created its cluster, so it shut it down.
     wait_for(lambda: cloud.left(name) == [], timeout=30, message="the runner's machines ended")
 

@@ -17,6 +17,7 @@ from pydantic import SecretStr
 
 import prefect_remote
 from prefect_remote.errors import CapabilityError, CapacityError
+from prefect_remote.lease import default_user
 from prefect_remote.machine.boot import decode_agent_config
 from prefect_remote.providers.base import BootPayload
 from prefect_remote.providers.local import LocalProvider, records, start
@@ -183,7 +184,7 @@ def test_killing_the_launcher_ends_every_machine_it_owned():
     wait_for(lambda: all(provider.describe(i).state == "running" for i in ids))
     time.sleep(3)  # longer than keepalive: the live owner's renewals keep them
     assert all(provider.describe(i).alive for i in ids)
-    assert {m.owner for m in provider.list({"run": run})} == {f"{os.uname().nodename}:{launcher.pid}"}
+    assert {m.owner for m in provider.list({"run": run})} == {f"{default_user()}:{launcher.pid}"}
     launcher.send_signal(signal.SIGKILL)
     launcher.wait()
     killed = time.monotonic()
