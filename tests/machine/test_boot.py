@@ -11,6 +11,7 @@ from prefect_remote.machine.runtime import MachineRuntime
 from prefect_remote.providers.base import BootPayload
 from prefect_remote.providers.local import LocalProvider
 from prefect_remote.spec import MachineSpec
+from tests.machine.test_agent import config as agent_config
 
 
 def test_boot_script_carries_config_but_no_secrets(tmp_path):
@@ -149,7 +150,7 @@ def stock_boot(tmp_path: Path, runtime: str, options: dict, **config) -> tuple[s
             path.write_text(f'#!/bin/sh\nexec {sys.executable} "$@"\n')
         path.chmod(0o755)
     halted, backstop = tmp_path / "halted", tmp_path / "backstop"
-    full = {**agent_config(), "runtime": runtime, "runtime_options": options, **config}
+    full = {**agent_config(keepalive=60.0, lease_interval=10.0), "runtime": runtime, "runtime_options": options, **config}
     script = render_boot_script(full, agent=agent, halt=f"echo halted > {halted}", backstop=f"echo +{{minutes}} >> {backstop}")
     env = {
         "PATH": "/usr/bin:/bin",
@@ -161,20 +162,6 @@ def stock_boot(tmp_path: Path, runtime: str, options: dict, **config) -> tuple[s
     ran = subprocess.run([shutil.which("bash"), "-c", script], env=env, capture_output=True, text=True, timeout=120, cwd=tmp_path)
     assert not os.environ.get("PREFECT_REMOTE_AGENT_RUNNING")  # (the test host's own environment is untouched)
     return ran, halted, backstop
-
-
-def agent_config() -> dict:
-    return {
-        "command": ["true"],
-        "env": {},
-        "secret_names": [],
-        "activity": "auto",
-        "software": None,
-        "timeout": None,
-        "idle_timeout": None,
-        "keepalive": 60.0,
-        "lease_interval": 10.0,
-    }
 
 
 SCRIPTED = "tests.machine.test_boot:ScriptedRuntime"
