@@ -201,6 +201,8 @@ def test_rm_all_ends_only_this_users_machines(cloud):
     [old] = provider.launch(spec, payload, tags=batch, owner="oldhost:12")
     tag = ["--tag", f"batch={batch['batch']}"]
     try:
+        # (EC2 lists a new instance a moment after launching it, as the strict sandbox does.)
+        wait_for(lambda: len(provider.list(batch)) == 4, message="every machine listed")
         removed = cli("machines", "rm", "--provider", cloud, "--all", *tag, columns=80)
         assert removed.returncode == 0, removed.stderr
         assert "Ended 1 machine(s)" in removed.stdout and "Leaving 3 machine(s) of other owners" in removed.stdout
