@@ -172,26 +172,27 @@ class MachineRecords:
                         raise from_http_response(response)
         return done
 
-    def knows(self, machine_id: str) -> bool:
-        """Whether these records hold ``machine_id``'s (one GET): every machine launched with them does."""
+    def _loaded(self, machine_id: str) -> Any:
+        """``machine_id``'s record with its metadata read (one GET), or None if these records hold none."""
         blob = self._blob(machine_id)
         try:
             with self._translated("storage.objects.get", machine_id):
                 blob.reload()
         except NotInStore:
-            return False
-        return True
+            return None
+        return blob
+
+    def knows(self, machine_id: str) -> bool:
+        """Whether these records hold ``machine_id``'s (one GET): every machine launched with them does."""
+        return self._loaded(machine_id) is not None
 
     def end(self, machine_id: str, *, reason: str, exit_code: int | None = None, only_if_running: bool = False) -> str | None:
         """Records why ``machine_id`` ended (two calls; the write retried while throttled, as a renewal
         waits out the same answers) and returns its launch id. ``only_if_running``:
         keeps an end already recorded (the first reason is the true one). A machine without a record
         is left alone (None)."""
-        blob = self._blob(machine_id)
-        try:
-            with self._translated("storage.objects.get", machine_id):
-                blob.reload()
-        except NotInStore:
+        blob = self._loaded(machine_id)
+        if blob is None:
             return None
         metadata = dict(blob.metadata or {})
         if only_if_running and "ended" in metadata:
@@ -209,13 +210,8 @@ class MachineRecords:
         and exit code the agent or owner recorded, and when (one GET, for ended machines only)."""
         if machine.alive:
             return machine
-        blob = self._blob(machine.id)
-        try:
-            with self._translated("storage.objects.get", machine.id):
-                blob.reload()
-        except NotInStore:
-            return machine
-        return _with_end(machine, blob.metadata or {})
+        blob = self._loaded(machine.id)
+        return machine if blob is None else _with_end(machine, blob.metadata or {})
 
     def ended_machine(self, machine_id: str) -> Machine | None:
         """A machine the cloud no longer has (Google deletes an ended VM), from its record (two
@@ -292,11 +288,8 @@ class MachineRecords:
     def lease_age(self, machine_id: str) -> float:
         """Seconds since the owner last renewed ``machine_id``'s lease (one GET). Infinite when the
         record is gone: its launch failed, or its owner forgot it, and nobody will renew it."""
-        blob = self._blob(machine_id)
-        try:
-            with self._translated("storage.objects.get", machine_id):
-                blob.reload()
-        except NotInStore:
+        blob = self._loaded(machine_id)
+        if blob is None:
             return math.inf
         if blob.custom_time is None:
             raise StoreError(f"the record of {machine_id} in {self.url} has no lease (customTime); it was changed by hand")
