@@ -114,16 +114,17 @@ def test_a_scheduler_with_only_a_private_address_is_said_so_and_never_dialed(clo
 
 
 @needs_firewalls
-def test_a_scheduler_whose_group_does_not_admit_this_host_is_said_so(cloud):
+def test_a_scheduler_whose_group_does_not_admit_this_host_is_said_so(cloud, monkeypatch):
     """The scheduler gets a public IP, but its security group admits the Dask ports from another
     address only (the sandbox enforces it, as EC2 does): once the scheduler says it listens and
-    still cannot be reached for 30 s, the start fails saying what to pass, not after 10 minutes,
-    and its machine ends."""
+    still cannot be reached for UNREACHABLE_GRACE (30 s; 5 s here, to keep the suite short), the
+    start fails saying what to pass, not after 10 minutes, and its machine ends."""
+    monkeypatch.setattr("prefect_remote.cluster.remote.UNREACHABLE_GRACE", 5.0)
     name = "aws-not-admitted"
     started = time.monotonic()
     with pytest.raises(
         RuntimeError,
-        match=r"(?s)listening at tls://[\d.]+:8786, unreachable from this host: .*\n\(gave up after 30s\)\n"
+        match=r"(?s)listening at tls://[\d.]+:8786, unreachable from this host: .*\n\(gave up after 5s\)\n"
         r"Its security group or firewall rule admits the Dask ports from outside its network only from "
         r"allow_ingress_from='203\.0\.113\.7/32': if this computer connects from elsewhere, pass allow_ingress_from='me'",
     ) as raised:

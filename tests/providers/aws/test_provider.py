@@ -687,7 +687,7 @@ def test_a_killed_agent_ends_its_instance_within_keepalive_plus_one_lease_interv
     API call, yet the instance ends, by the shutdown the boot scheduled and the agent pushed forward,
     within keepalive plus one lease interval (10 s + 5 s: a minute of the sandbox's 15-second clock).
     Three instances, each measured."""
-    from tests.providers.orphans import kill_agent, renewing, seconds_until
+    from tests.providers.orphans import renewing, seconds_until_each_ends
 
     provider = AWSProvider(lease_interval=5)
     started = [tmp_path / f"started-{n}" for n in range(3)]
@@ -699,10 +699,8 @@ def test_a_killed_agent_ends_its_instance_within_keepalive_plus_one_lease_interv
     with renewing(lambda: provider.renew_leases(ids), every=2):
         wait_for(lambda: all(marker.exists() for marker in started), timeout=180, message="the payloads to start")
         time.sleep(6)  # past the agents' first pushes of the backstop
-        figures = []
-        for machine in machines:
-            killed = kill_agent(aws_sandbox.runner.machine_of(machine.id))
-            figures.append(seconds_until(lambda m=machine: aws_sandbox.runner.machine_of(m.id) is None, killed, timeout=60))
+        agents = {machine.id: aws_sandbox.runner.machine_of(machine.id) for machine in machines}
+        figures = seconds_until_each_ends(agents, lambda instance_id: aws_sandbox.runner.machine_of(instance_id) is None, timeout=60)
     print(f"\nEC2 sandbox: killed agent -> ended instance: {', '.join(f'{s:.1f} s' for s in figures)} (bound 15 s)")
     for machine, seconds in zip(machines, figures, strict=True):
         assert seconds <= 15 + 2, (seconds, stock_log(aws_sandbox, machine.id))

@@ -597,7 +597,7 @@ def test_a_killed_agent_ends_its_vm_within_keepalive_plus_one_lease_interval(gcp
     measured; the owner's next listing deletes a stopped VM."""
     from prefect_remote.providers.base import BootPayload
     from prefect_remote.sandbox.gcp.compute.instances import ID_PREFIX
-    from tests.providers.orphans import kill_agent, renewing, seconds_until
+    from tests.providers.orphans import renewing, seconds_until_each_ends
 
     monkeypatch.setenv("PREFECT_REMOTE_GCP_PUBLIC_IP", LAUNCHER_IP)
     provider = GCPProvider(service="compute", lease_interval=5)
@@ -612,10 +612,8 @@ def test_a_killed_agent_ends_its_vm_within_keepalive_plus_one_lease_interval(gcp
         with renewing(lambda: provider.renew_leases(ids), every=2):
             wait_for(lambda: all(marker.exists() for marker in started), timeout=180, what="the payloads started")
             time.sleep(6)  # past the agents' first pushes of the backstop
-            figures = []
-            for machine in machines:
-                killed = kill_agent(gcp_sandbox.runner.machine_of(ID_PREFIX + machine.id))
-                figures.append(seconds_until(lambda m=machine: gcp_sandbox.runner.machine_of(ID_PREFIX + m.id) is None, killed, timeout=60))
+            agents = {ID_PREFIX + machine.id: gcp_sandbox.runner.machine_of(ID_PREFIX + machine.id) for machine in machines}
+            figures = seconds_until_each_ends(agents, lambda instance_id: gcp_sandbox.runner.machine_of(instance_id) is None, timeout=60)
         print(f"\nGCE sandbox: killed agent -> ended VM: {', '.join(f'{s:.1f} s' for s in figures)} (bound 15 s)")
         for machine, seconds in zip(machines, figures, strict=True):
             log = vm_log(gcp_sandbox, machine.id)
