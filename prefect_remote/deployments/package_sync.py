@@ -39,7 +39,7 @@ class PackageSync:
     one (``PREFECT_REMOTE_STORE``, else ``$PREFECT_REMOTE_HOME/store``). The deployment's pull step
     names that environment, and the pool's flow runs rebuild it on their machines and load the
     entrypoint (relative to ``path``) from its code; a ``software`` job variable, if the deployment
-    sets one, wins.
+    or the run sets one, wins.
 
     Raises ValueError if ``path`` is not a folder, or an option is malformed.
     """

@@ -119,8 +119,8 @@ class NotInSoftwareEnvironment(RemoteError, RuntimeError):
 def package_sync(software: str) -> dict[str, str]:
     """The pull step of a :class:`~prefect_remote.PackageSync` deployment: ``software`` names the
     environment its code and packages were captured into, which the ``remote`` and ``remote:push``
-    work pools run the deployment's flow runs on (the ``software`` job variable, when the deployment
-    does not set one).
+    work pools run the deployment's flow runs on (their ``software`` job variable, unless the
+    deployment or the run sets one).
 
     On such a machine the flow is loaded from its work folder, where the agent unpacked that
     environment's code, and no pull step runs. Run anywhere else (another work pool's worker,

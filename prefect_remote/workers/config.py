@@ -152,7 +152,10 @@ class _MachineJobFields(BaseModel):
         default=None, title="Allow ingress from", description="Who may connect to the machine: 'me', 'everyone' or a CIDR."
     )
     software: str | None = Field(
-        default=None, title="Software environment", description="senv-… from the build_package_sync_senv deploy step: '{{ senv.name }}'."
+        default=None,
+        title="Software environment",
+        description="senv-… from the build_package_sync_senv deploy step: '{{ senv.name }}'. "
+        "A PackageSync deployment's pull step names its own, unless the deployment or the run sets this.",
     )
     container: str | None = Field(
         default=None, title="Container image", description="Image to run in (providers that run containers: gcp's Cloud Run)."
@@ -192,8 +195,11 @@ class RemoteJobConfiguration(BaseJobConfiguration, MachineJobFields):
             self.command = "python -m prefect.engine"
         # A machine gets the client settings of this process, minus the server's own (database URL…).
         self.env = {k: v for k, v in self.env.items() if k in chosen or not k.startswith(SERVER_ONLY_PREFIXES)}
-        if deployment is not None and not self.software:  # a PackageSync deployment: its pull step names the environment
-            self.software = synced_software(deployment)
+        # A PackageSync deployment's pull step names its environment: over the pool's default, not over
+        # a software job variable the deployment or the run sets.
+        synced = synced_software(deployment) if deployment is not None else None
+        if synced and "software" not in {**(deployment.job_variables or {}), **(flow_run.job_variables or {})}:
+            self.software = synced
         if deployment is not None and ENTRYPOINT_ENV not in chosen:
             entrypoint, self._flow_code = flow_code(deployment, self.software)
             if entrypoint:

@@ -85,9 +85,15 @@ def test_a_package_sync_deployments_pull_step_names_its_software_unless_a_job_va
     assert configuration.env[ENTRYPOINT_ENV] == "flows.py:hello"
     assert configuration.flow_code_note == f"Flow code: flows.py:hello from software environment {SOFTWARE}, in the machine's work folder"
     other = "senv-fedcba9876543210"
-    chosen = RemoteJobConfiguration(software=other)  # the deployment's (or the run's) job variable
-    chosen.prepare_for_flow_run(FlowRun(flow_id=uuid4()), synced)
-    assert chosen.software == other and f"job variable software wins over the pull step's {SOFTWARE}" in chosen.flow_code_note
+    pool_default = RemoteJobConfiguration(software=other)  # the pool's template sets one: the deployment's own wins
+    pool_default.prepare_for_flow_run(FlowRun(flow_id=uuid4()), synced)
+    assert pool_default.software == SOFTWARE
+    for chosen_by in ("deployment", "run"):  # a job variable set on purpose wins over the pull step
+        chosen = RemoteJobConfiguration(software=other)
+        job_variables = {"software": other}
+        run = FlowRun(flow_id=uuid4(), job_variables=job_variables if chosen_by == "run" else {})
+        chosen.prepare_for_flow_run(run, synced.model_copy(update={"job_variables": job_variables if chosen_by == "deployment" else {}}))
+        assert chosen.software == other and f"job variable software wins over the pull step's {SOFTWARE}" in chosen.flow_code_note
     plain = RemoteJobConfiguration()
     plain.prepare_for_flow_run(FlowRun(flow_id=uuid4()), deployment(pull_steps=[working_directory(".")]))
     assert plain.software is None and ENTRYPOINT_ENV not in plain.env  # no environment named: the pull steps run as written
