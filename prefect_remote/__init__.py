@@ -27,10 +27,12 @@ _LAZY = {
     "function": "prefect_remote.functions",
     "Function": "prefect_remote.functions",
     "RemoteTaskRunner": "prefect_remote.task_runner",
+    "PackageSync": "prefect_remote.deployments.package_sync",
 }
 
 if TYPE_CHECKING:
     from prefect_remote.cluster.remote import RemoteCluster
+    from prefect_remote.deployments.package_sync import PackageSync
     from prefect_remote.functions import Function, function
     from prefect_remote.machines import launch, terminate
     from prefect_remote.providers import get_provider

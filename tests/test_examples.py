@@ -1,6 +1,7 @@
 """The examples run as users run them."""
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -45,6 +46,24 @@ def test_make_demo_runs_the_main_job(tmp_path):
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "Flow run: Completed on machine m-" in result.stdout.replace("\n", " ")
     assert "Hello from your Prefect flow!" in result.stdout and "booting" in result.stdout
+
+
+def test_deploy_from_python_example(prefect_server, tmp_path):
+    """examples/deploy_from_python.py against a server, with its pool made as its docstring says and
+    runs submitted by `prefect-remote push serve` (the session's server serves other pools itself)."""
+    from tests.conftest import SESSION_HOME
+    from tests.workers.conftest import push_serving, run_cli
+
+    env = {**os.environ, "PREFECT_API_URL": prefect_server, "PREFECT_HOME": str(SESSION_HOME / "prefect-cli"), "COLUMNS": "80"}
+    pool = "example-remote-pool"
+    created = run_cli(env, "prefect", "work-pool", "create", "--type", "remote:push", "--provision-infra", pool, "--overwrite")
+    assert created.returncode == 0, created.stdout + created.stderr
+    with push_serving(env, pool, tmp_path):
+        script = [sys.executable, str(EXAMPLES / "deploy_from_python.py")]
+        result = subprocess.run(script, capture_output=True, text=True, timeout=400, env=env)
+    said = result.stdout[-3000:] + result.stderr[-3000:] + (tmp_path / "serve.log").read_text()[-3000:]
+    assert result.returncode == 0 and "Software environment senv-" in result.stdout, said
+    assert re.search(r"Flow run [\w-]+: Completed on machine m-\w+", result.stdout), said
 
 
 def test_functions_example():

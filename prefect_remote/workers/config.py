@@ -17,6 +17,7 @@ from prefect.blocks.core import Block
 from prefect.workers.base import BaseJobConfiguration, BaseVariables
 from pydantic import BaseModel, Field, PrivateAttr, ValidationError, create_model
 
+from prefect_remote.deployments.steps import PACKAGE_SYNC_STEP
 from prefect_remote.errors import RemoteError
 from prefect_remote.providers import get_provider, installed_provider_classes, provider_class
 from prefect_remote.providers.base import BootPayload, Provider
@@ -151,7 +152,10 @@ class _MachineJobFields(BaseModel):
         default=None, title="Allow ingress from", description="Who may connect to the machine: 'me', 'everyone' or a CIDR."
     )
     software: str | None = Field(
-        default=None, title="Software environment", description="senv-… from the build_package_sync_senv deploy step: '{{ senv.name }}'."
+        default=None,
+        title="Software environment",
+        description="senv-… from the build_package_sync_senv deploy step: '{{ senv.name }}'. "
+        "A PackageSync deployment's pull step names its own, unless the deployment or the run sets this.",
     )
     container: str | None = Field(
         default=None, title="Container image", description="Image to run in (providers that run containers: gcp's Cloud Run)."
@@ -191,6 +195,11 @@ class RemoteJobConfiguration(BaseJobConfiguration, MachineJobFields):
             self.command = "python -m prefect.engine"
         # A machine gets the client settings of this process, minus the server's own (database URL…).
         self.env = {k: v for k, v in self.env.items() if k in chosen or not k.startswith(SERVER_ONLY_PREFIXES)}
+        # A PackageSync deployment's pull step names its environment: over the pool's default, not over
+        # a software job variable the deployment or the run sets.
+        synced = synced_software(deployment) if deployment is not None else None
+        if synced and "software" not in {**(deployment.job_variables or {}), **(flow_run.job_variables or {})}:
+            self.software = synced
         if deployment is not None and ENTRYPOINT_ENV not in chosen:
             entrypoint, self._flow_code = flow_code(deployment, self.software)
             if entrypoint:
@@ -314,30 +323,44 @@ class RemoteJobConfiguration(BaseJobConfiguration, MachineJobFields):
         return provider, spec, BootPayload(command=command, secrets=env)
 
 
+def synced_software(deployment: DeploymentResponse) -> str | None:
+    """The software environment a :class:`~prefect_remote.PackageSync` deployment's pull step names
+    (``prefect_remote.deployments.steps.package_sync: {software: senv-…}``), or None."""
+    for step in deployment.pull_steps or []:
+        inputs = step.get(PACKAGE_SYNC_STEP)
+        if isinstance(inputs, dict) and inputs.get("software"):
+            return str(inputs["software"])
+    return None
+
+
 def flow_code(deployment: DeploymentResponse, software: str | None) -> tuple[str | None, str | None]:
     """The entrypoint a run of ``deployment`` on ``software`` loads straight from the machine's work
     folder (where the agent unpacks the software environment's code bundle), or None to let the
     engine run the deployment's pull steps; and a line for the run's logs saying which.
 
-    A software environment's code is the project folder ``prefect deploy`` ran in, so the entrypoint,
-    relative to that folder, is found in the work folder. A ``set_working_directory`` pull step names
-    a folder of the deploying machine (Prefect's default: the project's absolute path there), which
-    the machine does not have: it is not run. Other pull steps (``git_clone``, ``pip_install_requirements``…)
-    or a storage block fetch code of their own: they run as written.
+    A software environment's code is the project folder ``prefect deploy`` ran in (or PackageSync's
+    folder), so the entrypoint, relative to that folder, is found in the work folder. A
+    ``set_working_directory`` pull step names a folder of the deploying machine (Prefect's default:
+    the project's absolute path there), which the machine does not have: it is not run; nor is
+    PackageSync's ``package_sync`` step, which only names the environment (a ``software`` job
+    variable wins over it). Other pull steps (``git_clone``, ``pip_install_requirements``…) or a
+    storage block fetch code of their own: they run as written.
     """
     if not software or not deployment.entrypoint:
         return None, None  # the code is where the pull steps put it (the local provider's laptop folder, an image)
     steps = [(name, inputs or {}) for step in deployment.pull_steps or [] for name, inputs in step.items()]
     if not steps and deployment.storage_document_id is not None:  # (the engine reads a storage block only without pull steps)
         return None, f"Flow code: from the deployment's storage block, not from software environment {software}"
-    others = [name.rsplit(".", 1)[-1] for name, _ in steps if name not in WORKING_DIRECTORY_STEPS]
+    others = [name.rsplit(".", 1)[-1] for name, _ in steps if name not in (*WORKING_DIRECTORY_STEPS, PACKAGE_SYNC_STEP)]
     if others:
         return None, (
             f"Flow code: the deployment's pull steps ({', '.join(others)}) run as written on the machine, "
             f"so they, not the code in software environment {software}, decide which code the flow loads"
         )
-    directories = [inputs.get("directory") for _, inputs in steps]
+    directories = [inputs.get("directory") for name, inputs in steps if name in WORKING_DIRECTORY_STEPS]
     skipped = "".join(f"; pull step set_working_directory({directory!r}) not run" for directory in directories)
+    synced = [inputs.get("software") for name, inputs in steps if name == PACKAGE_SYNC_STEP]
+    skipped += "".join(f"; job variable software wins over the pull step's {other}" for other in synced if other != software)
     note = f"Flow code: {deployment.entrypoint} from software environment {software}, in the machine's work folder"
     return deployment.entrypoint, note + skipped
 

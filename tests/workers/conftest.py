@@ -186,6 +186,13 @@ def sandbox_shell(sandbox, prefect_server: str, cloud: str, pool: str, log_folde
     created = run_cli(env, "prefect", "work-pool", "create", "--type", "remote:push", "--provision-infra", pool)
     assert created.returncode == 0, created.stdout + created.stderr
     assert f"on {cloud} machines" in created.stdout, created.stdout
+    with push_serving(env, pool, log_folder):
+        yield env
+
+
+@contextlib.contextmanager
+def push_serving(env: dict[str, str], pool: str, log_folder: Path) -> Iterator[None]:
+    """`prefect-remote push serve --pool <pool>` running in ``env`` (its output in ``log_folder``) until the block ends."""
     with open(log_folder / "serve.log", "w+") as log:
         serve = subprocess.Popen(
             [str(Path(sys.executable).parent / "prefect-remote"), "push", "serve", "--pool", pool],
@@ -194,7 +201,7 @@ def sandbox_shell(sandbox, prefect_server: str, cloud: str, pool: str, log_folde
             stderr=subprocess.STDOUT,
         )
         try:
-            yield env
+            yield
         finally:
             serve.send_signal(signal.SIGINT)
             try:

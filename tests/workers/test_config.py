@@ -8,6 +8,7 @@ import pytest
 from prefect.client.schemas.objects import FlowRun
 from prefect.client.schemas.responses import DeploymentResponse
 
+from prefect_remote.deployments.steps import PACKAGE_SYNC_STEP
 from prefect_remote.workers.config import ENTRYPOINT_ENV, RemoteJobConfiguration, flow_code
 
 SOFTWARE = "senv-0123456789abcdef"
@@ -72,3 +73,27 @@ def test_the_run_environment_names_the_entrypoint_unless_the_deployment_does():
     chosen = RemoteJobConfiguration(software=SOFTWARE, env={ENTRYPOINT_ENV: "other.py:flow"})
     chosen.prepare_for_flow_run(run, deployment())
     assert chosen.env[ENTRYPOINT_ENV] == "other.py:flow" and chosen.flow_code_note is None
+
+
+def test_a_package_sync_deployments_pull_step_names_its_software_unless_a_job_variable_does():
+    """PackageSync deployments carry their environment in a pull step (storage cannot set job variables):
+    the run's machine gets it as ``software``, and loads the entrypoint from its work folder."""
+    synced = deployment(pull_steps=[{PACKAGE_SYNC_STEP: {"software": SOFTWARE}}])
+    configuration = RemoteJobConfiguration()
+    configuration.prepare_for_flow_run(FlowRun(flow_id=uuid4()), synced)
+    assert configuration.software == SOFTWARE and configuration.machine_spec().software == SOFTWARE
+    assert configuration.env[ENTRYPOINT_ENV] == "flows.py:hello"
+    assert configuration.flow_code_note == f"Flow code: flows.py:hello from software environment {SOFTWARE}, in the machine's work folder"
+    other = "senv-fedcba9876543210"
+    pool_default = RemoteJobConfiguration(software=other)  # the pool's template sets one: the deployment's own wins
+    pool_default.prepare_for_flow_run(FlowRun(flow_id=uuid4()), synced)
+    assert pool_default.software == SOFTWARE
+    for chosen_by in ("deployment", "run"):  # a job variable set on purpose wins over the pull step
+        chosen = RemoteJobConfiguration(software=other)
+        job_variables = {"software": other}
+        run = FlowRun(flow_id=uuid4(), job_variables=job_variables if chosen_by == "run" else {})
+        chosen.prepare_for_flow_run(run, synced.model_copy(update={"job_variables": job_variables if chosen_by == "deployment" else {}}))
+        assert chosen.software == other and f"job variable software wins over the pull step's {SOFTWARE}" in chosen.flow_code_note
+    plain = RemoteJobConfiguration()
+    plain.prepare_for_flow_run(FlowRun(flow_id=uuid4()), deployment(pull_steps=[working_directory(".")]))
+    assert plain.software is None and ENTRYPOINT_ENV not in plain.env  # no environment named: the pull steps run as written

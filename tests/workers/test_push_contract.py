@@ -12,6 +12,7 @@ or project, which are here for that cloud only (``only``)."""
 from __future__ import annotations
 
 import re
+import textwrap
 import time
 
 import pytest
@@ -26,6 +27,7 @@ from tests.workers.conftest import (
     deploy,
     deploy_project,
     logged,
+    run_cli,
     run_logs,
     running_machine,
     sandbox_shell,
@@ -88,6 +90,38 @@ def test_the_guides_scale_out_flow_launches_its_function_from_the_flows_machine(
     the VPC network, Direct VPC egress, to reach the VMs.)"""
     request.getfixturevalue(f"{cloud.name}_env")  # this process's provider, on the sandbox
     scaled_out(api, cloud.env, cloud.folder, f"my-flow/scale-out-on-{cloud.machine}", cloud.provider(), cloud.sandbox)
+
+
+# PackageSync as the issue writes it, in a plain script beside the project's flows: no prefect.yaml.
+FROM_PYTHON = textwrap.dedent(
+    """
+    from flows import hello
+    from prefect_remote import PackageSync
+
+    if __name__ == "__main__":
+        hello.from_source(PackageSync("."), "flows.py:hello").deploy(
+            name="{name}", work_pool_name="{pool}",
+            job_variables={size!r},
+        )
+    """
+)
+
+
+def test_a_deployment_from_python_with_package_sync_runs_on_the_clouds_machine(cloud, api):
+    """`python deploy.py` in the cloud's shell captures into the store the pool's --provision-infra
+    recorded (a bucket), and the deployment's run completes on the cloud's machine, on that environment."""
+    name = f"from-python-on-{cloud.machine}"
+    (cloud.folder / "deploy_from_python.py").write_text(FROM_PYTHON.format(name=name, pool=cloud.pool, size=cloud.size))
+    deployed = run_cli(cloud.env, "python", "deploy_from_python.py", cwd=cloud.folder)
+    assert deployed.returncode == 0, deployed.stdout + deployed.stderr
+    store = provider_block(api, cloud.pool).store
+    assert store and store.startswith(cloud.store_scheme)
+    software = re.search(rf"Software environment (senv-\w+): .* stored in {re.escape(store)} \(", deployed.stdout)
+    assert software, deployed.stdout
+    flow_run = completed_run(api, cloud.env, cloud.folder, f"hello/{name}")
+    logs = "\n".join(run_logs(api, flow_run.id))
+    assert flow_run.infrastructure_pid.startswith(cloud.id_prefix) and "hello from the flow" in logs, logs
+    assert f"Flow code: flows.py:hello from software environment {software[1]}, in the machine's work folder" in logs, logs
 
 
 @only("aws")
