@@ -211,9 +211,9 @@ class GoogleClients:
         """google-cloud-storage's client (its endpoint: ``STORAGE_EMULATOR_HOST``, else Google's)."""
 
         def make() -> Any:
-            from google.cloud import storage
+            from prefect_remote.software.gcsstore import storage_library
 
-            return storage.Client(project=self.project, credentials=self.credentials)
+            return storage_library().Client(project=self.project, credentials=self.credentials)
 
         return self._made("storage", make)
 
