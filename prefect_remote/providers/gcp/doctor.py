@@ -240,7 +240,7 @@ def _cloud_run_quota(provider: GCPProvider, machine: InstanceType) -> tuple[str,
         limit = limits[quota]
         parts.append(f"{what} {'unlimited' if limit is None else show(limit)}")
         if limit is not None and limit < count:
-            asks.append(f"Cloud Run's {quota} to {count}")
+            asks.append(f"Cloud Run's {quota} to {show(count)}")
     return f"Cloud Run {', '.join(parts)}", asks
 
 

@@ -222,7 +222,7 @@ def test_a_cloud_run_quota_below_the_task_is_named_and_cloud_run_refuses_the_job
     assert code == 1 and failed(rows) == ["quota"]
     assert rows["quota"]["detail"].startswith("us-central1: Cloud Run CPU 2 vCPU, memory 40 GiB; no --pool: a 4-CPU machine")
     fix = rows["quota"]["fix"]
-    assert fix.startswith("raise Cloud Run's CpuAllocPerProjectRegion to 4000 in us-central1: console.cloud.google.com/iam-admin/quotas")
+    assert fix.startswith("raise Cloud Run's CpuAllocPerProjectRegion to 4 vCPU in us-central1: console.cloud.google.com/iam-admin/quotas")
     assert fix.endswith("or run on Compute Engine (gcp_service='compute')")
 
 
