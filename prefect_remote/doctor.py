@@ -19,7 +19,7 @@ from importlib import import_module
 from typing import TYPE_CHECKING, Any
 
 from prefect_remote.errors import RemoteError
-from prefect_remote.providers.doctor import Finding, Needs
+from prefect_remote.providers.doctor import Finding, Needs, largest
 
 if TYPE_CHECKING:
     from prefect_remote.providers.base import Provider
@@ -126,8 +126,8 @@ def _largest(provider: Provider, specs: list[dict[str, Any]], pool: str | None, 
             chosen.append(provider.choose_instance_type(MachineSpec.model_validate(spec)))
         except Exception as error:
             return None, [Finding("machine spec", False, f"{spec}: no {provider.name} machine fits", str(error))]
-    largest = max(chosen, key=lambda t: (t.gpu, t.cpu, t.memory))
-    return Needs(largest, f"{source}: {largest.describe()}", store), []
+    found = largest(chosen)
+    return Needs(found, f"{source}: {found.describe()}", store, tuple(chosen)), []
 
 
 def passed(findings: Iterable[Finding]) -> bool:

@@ -1,6 +1,7 @@
 """What every cloud's doctor checks are made of (:mod:`prefect_remote.doctor` runs them): a
-:class:`Finding` per check, the :class:`Needs` of the pool they check against, and :func:`guarded`,
-which turns a check that cannot run into a failed finding that says why.
+:class:`Finding` per check, the :class:`Needs` of the pool they check against (the :func:`largest`
+of its machines), and :func:`guarded`, which turns a check that cannot run into a failed finding
+that says why.
 """
 
 from __future__ import annotations
@@ -29,11 +30,14 @@ class Finding:
 @dataclass(frozen=True)
 class Needs:
     """What the account must allow: the largest machine the pool asks for (``instance_type``, with
-    its CPUs and GPUs), where that figure comes from, and the store machines read software from."""
+    its CPUs and GPUs), where that figure comes from, and the store machines read software from;
+    ``instance_types``, every machine the pool asks for (a provider whose machines run on more than
+    one service checks each service's largest)."""
 
     instance_type: InstanceType
     source: str
     store: str | None
+    instance_types: tuple[InstanceType, ...] = ()
 
     @property
     def cpu(self) -> int:
@@ -42,6 +46,11 @@ class Needs:
     @property
     def gpu(self) -> int:
         return self.instance_type.gpu
+
+
+def largest(instance_types: Iterable[InstanceType]) -> InstanceType:
+    """The largest of ``instance_types`` (at least one): the most GPUs, then CPUs, then memory."""
+    return max(instance_types, key=lambda t: (t.gpu, t.cpu, t.memory))
 
 
 def guarded(check: str, run: Callable[[], Finding | Iterable[Finding]]) -> list[Finding]:

@@ -51,6 +51,22 @@ def test_runs_the_payload_and_records_its_exit(provider, timing):
     assert provider.renew_leases([machine.id]) == [machine.id]  # an ended machine needs no renewing
 
 
+def test_a_run_draws_no_iam_refusal(provider, case, timing, request):
+    """A run as users make one (launch, payload, logs, end) makes no call that its identities (the
+    launcher's, the machines') may not make. The sandbox clouds record every refusal, so this also
+    catches the ones that code swallows: google-cloud-storage's background read of a bucket's
+    metadata, which the machines' account may not do, went unseen for a long time."""
+    sandboxes = [request.getfixturevalue(name) for name in case.fixtures]
+    if not sandboxes:
+        pytest.skip("machines on this computer: no cloud identities to refuse them")
+    [sandbox] = sandboxes
+    before = len(sandbox.refusals)
+    [machine] = launch(provider, ["python", "-c", "print('payload done')"])
+    [ended] = provider.wait([machine.id], timeout=timing.wait(15))
+    assert ended.exit_code == 0 and "payload done" in provider.logs(machine.id).text
+    assert sandbox.refusals[before:] == []
+
+
 def test_logs_read_on_from_a_cursor(provider, timing):
     # The payload prints FIRST and SECOND, which its command line (logged at start) does not contain.
     code = "import time; print('FIR' + 'ST'); time.sleep(1); print('SEC' + 'OND')"

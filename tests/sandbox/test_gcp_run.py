@@ -263,3 +263,37 @@ def test_a_task_reaches_the_apis_with_its_service_accounts_token(google, gcp_san
     project, payload, *buckets = line.split()
     assert (project, payload, *buckets) == (google.project, "from-secret-manager", "prefect-remote-sandbox"), line
     assert gcp_sandbox.calls["storage.GET"] >= 1  # GCS requests are counted with the APIs'
+
+
+def test_cloud_runs_quotas_are_served_by_cloud_quotas_and_a_job_over_them_is_refused(google, gcp_sandbox):
+    """QuotaInfo as the Cloud Quotas API lists it (the region's own value, then the project's
+    default), read with cloudquotas.quotas.get; a job whose task takes more than a quota is refused
+    at creation, naming each quota it violates."""
+    import requests
+
+    base = f"{gcp_sandbox.url}/v1/projects/{google.project}/locations/global/services/run.googleapis.com/quotaInfos"
+
+    def get(path: str, account: str = gcp_sandbox.launcher_account) -> requests.Response:
+        token = gcp_sandbox.api.issue_token(f"serviceAccount:{account}")["access_token"]
+        return requests.get(base + path, headers={"Authorization": f"Bearer {token}"}, timeout=10)
+
+    gcp_sandbox.quotas.set_quota("CpuAllocPerProjectRegion", 2000, region=gcp_sandbox.region)
+    try:
+        info = get("/CpuAllocPerProjectRegion").json()
+        assert info["metric"] == "run.googleapis.com/cpu_allocation" and info["metricUnit"] == "milli-vCPU"
+        assert info["dimensionsInfos"][0] == {
+            "dimensions": {"region": gcp_sandbox.region},
+            "details": {"value": "2000"},
+            "applicableLocations": [gcp_sandbox.region],
+        }
+        assert info["dimensionsInfos"][-1]["details"] == {"value": "20000"}  # every other region: the default
+        assert {q["quotaId"] for q in get("").json()["quotaInfos"]} >= {"CpuAllocPerProjectRegion", "MemAllocPerProjectRegion"}
+        with pytest.raises(exceptions.BadRequest, match="Quota violated:\nCpuAllocPerProjectRegion requested: 4000 allowed: 2000"):
+            _create(google, gcp_sandbox, _job(gcp_sandbox, "exit 0", limits={"cpu": "4", "memory": "2Gi"}))
+        assert _create(google, gcp_sandbox, _job(gcp_sandbox, "exit 0", limits={"cpu": "2", "memory": "2Gi"})).name
+    finally:
+        gcp_sandbox.quotas.set_quota("CpuAllocPerProjectRegion", None, region=gcp_sandbox.region)
+    assert get("/NoSuchQuota").status_code == 404
+    # The machines' account holds no cloudquotas.quotas.get: refused as Google refuses it.
+    refused = get("/CpuAllocPerProjectRegion", gcp_sandbox.machine_account)
+    assert refused.status_code == 403 and "cloudquotas.quotas.get" in refused.json()["error"]["message"]

@@ -46,6 +46,7 @@ ROLES = {
     "logging.": "roles/logging.viewer",
     "logging.logEntries.create": "roles/logging.logWriter",
     "storage.": "roles/storage.objectAdmin",
+    "cloudquotas.": "roles/cloudquotas.viewer",
 }
 # The API behind each family of permissions, for "enable it" errors.
 APIS = {
@@ -55,6 +56,7 @@ APIS = {
     "logging": "logging.googleapis.com",
     "storage": "storage.googleapis.com",
     "iam": "iam.googleapis.com",
+    "cloudquotas": "cloudquotas.googleapis.com",
 }
 
 
@@ -211,9 +213,9 @@ class GoogleClients:
         """google-cloud-storage's client (its endpoint: ``STORAGE_EMULATOR_HOST``, else Google's)."""
 
         def make() -> Any:
-            from google.cloud import storage
+            from prefect_remote.software.gcsstore import storage_library
 
-            return storage.Client(project=self.project, credentials=self.credentials)
+            return storage_library().Client(project=self.project, credentials=self.credentials)
 
         return self._made("storage", make)
 
@@ -221,29 +223,35 @@ class GoogleClients:
         """Resource Manager's projects client (a project's number and IAM policy, for provisioning)."""
         return self._gapic("resourcemanager_v3", "ProjectsClient")
 
-    def iam(self) -> IAMApi:
+    def iam(self) -> RestApi:
         """IAM v1 over REST (service accounts and custom roles, for provisioning)."""
-        return self._made("iam", lambda: IAMApi(self))
+        return self._made("iam", lambda: RestApi(self, "iam.googleapis.com"))
+
+    def cloud_quotas(self) -> RestApi:
+        """Cloud Quotas v1 over REST (Cloud Run's regional quotas, for doctor)."""
+        return self._made("cloudquotas", lambda: RestApi(self, "cloudquotas.googleapis.com"))
 
     def translated(self, action: str) -> Any:
         """:func:`translated` for this project."""
         return translated(action, project=self.options.project or os.environ.get(PROJECT_ENV))
 
 
-class IAMApi:
-    """IAM v1 (service accounts, custom roles) over REST: google-cloud-iam's ``iam_admin_v1`` speaks
-    gRPC only, which neither a sandbox nor a REST-only network serves. Errors are the clients' own
-    (``google.api_core.exceptions``)."""
+class RestApi:
+    """A Google API's v1 over REST, for those whose Python clients speak gRPC only (google-cloud-iam's
+    ``iam_admin_v1``: service accounts, custom roles) or that have none here (Cloud Quotas), which
+    neither a sandbox nor a REST-only network serves. ``service`` is its host
+    (``iam.googleapis.com``). Errors are the clients' own (``google.api_core.exceptions``)."""
 
-    def __init__(self, clients: GoogleClients) -> None:
+    def __init__(self, clients: GoogleClients, service: str) -> None:
         from google.auth.transport.requests import AuthorizedSession
 
-        self.base = (clients.options.api_endpoint or "https://iam.googleapis.com").rstrip("/")
+        self.base = (clients.options.api_endpoint or f"https://{service}").rstrip("/")
         self.session = AuthorizedSession(clients.credentials)
         self.project = clients.project
 
     def call(self, method: str, path: str, body: dict[str, Any] | None = None, **params: str) -> dict[str, Any]:
-        """One call of ``method`` on ``path`` under the project (``serviceAccounts``, ``roles/…``); the JSON it answers."""
+        """One call of ``method`` on ``path`` under the project (``serviceAccounts``, ``roles/…``,
+        ``locations/global/services/…``); the JSON it answers."""
         from google.api_core.exceptions import from_http_response
 
         response = self.session.request(

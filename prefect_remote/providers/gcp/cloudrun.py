@@ -46,6 +46,7 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
+CLOUD_RUN_QUOTAS_PAGE = "https://console.cloud.google.com/iam-admin/quotas?service=run.googleapis.com"
 PYTHON_IMAGE = "docker.io/library/python:{minor}-slim"  # has bash and python3, which the stock boot needs
 
 TAGS_ANNOTATION = "prefect-remote/tags"  # the user's tags as given (labels hold no '.', '/', capitals)
@@ -178,12 +179,33 @@ class CloudRunService(GCPService):
             job.launch_stage = launch_stage_pb2.LaunchStage.BETA
         return job
 
+    @contextlib.contextmanager
+    def _quota_refusal(self) -> Any:
+        """Cloud Run's refusal of a job over the project's regional quotas (400 ``Quota violated:``
+        and each quota's ``requested``/``allowed``) as a :class:`CapacityError` that names the fix."""
+        from google.api_core import exceptions
+
+        from prefect_remote.errors import CapacityError
+
+        try:
+            yield
+        except exceptions.BadRequest as error:
+            message = str(error.message)
+            if "Quota violated:" not in message:
+                raise
+            violated = "; ".join(line.strip() for line in message.split("Quota violated:", 1)[1].splitlines() if line.strip())
+            raise CapacityError(
+                f"gcp (Cloud Run): the project's Cloud Run quotas in {self.options.region} do not allow this task ({violated}); "
+                f"raise them ({CLOUD_RUN_QUOTAS_PAGE}), ask for less, or use gcp_service='compute' "
+                "(`prefect-remote doctor gcp` checks them)"
+            ) from None
+
     def start(self, launch: Launch, machine_ids: Sequence[str]) -> list[Machine]:
         self.sweep_now_and_then()
         job = self.job(launch)
         jobs, executions = self.clients.jobs(), []
         try:
-            with self.clients.translated("run.jobs.create"):
+            with self.clients.translated("run.jobs.create"), self._quota_refusal():
                 for machine_id in machine_ids:
                     jobs.create_job(parent=self.parent, job=job, job_id=machine_id).result(timeout=OPERATION_TIMEOUT)
             with self.clients.translated("run.jobs.run"):

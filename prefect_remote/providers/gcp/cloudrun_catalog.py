@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from prefect_remote.spec import MachineSpec
 
 GIB, MIB = 2**30, 2**20
+SHAPE_PREFIX = "cloud-run-"  # every Cloud Run "instance type" name starts so
 HOUR = 3600.0
 # What a task's container may have: vCPUs -> (least, most) memory. Cloud Run's table for
 # instance-based billing (https://cloud.google.com/run/docs/configuring/services/cpu and
@@ -70,7 +71,16 @@ def shape_name(cpu: int, memory: int, gpu: bool = False) -> str:
     ('cloud-run-2cpu-8gib', 'cloud-run-1cpu-1536mib', 'cloud-run-4cpu-16gib-l4')
     """
     size = f"{memory // GIB}gib" if memory % GIB == 0 else f"{memory // MIB}mib"
-    return f"cloud-run-{cpu}cpu-{size}{'-l4' if gpu else ''}"
+    return f"{SHAPE_PREFIX}{cpu}cpu-{size}{'-l4' if gpu else ''}"
+
+
+def is_shape(instance_type: InstanceType) -> bool:
+    """Whether ``instance_type`` is a Cloud Run shape (not a Compute Engine machine type).
+
+    >>> is_shape(shape(2, 8 * GIB)), is_shape(InstanceType("n2-standard-2", 2, 8 * GIB))
+    (True, False)
+    """
+    return instance_type.name.startswith(SHAPE_PREFIX)
 
 
 def shape(cpu: int, memory: int, gpu: bool = False) -> InstanceType:

@@ -8,8 +8,10 @@
 - **machine grants**: the machines' service account's bindings in the project's IAM policy against
   :func:`~prefect_remote.providers.gcp.grants.machine_roles` (a custom role: any of the project's
   with the grant's condition and its :data:`~prefect_remote.providers.gcp.grants.MACHINE_CUSTOM_ROLES` permissions);
-- **CPU and GPU quota**: the region's ``CPUS`` and ``NVIDIA_<type>_GPUS`` limits (``regions.get``)
-  against the pool's largest machine;
+- **quota**: for each service the pool's machines run on, the region's quotas against its largest
+  machine there: Compute Engine's ``CPUS`` and ``NVIDIA_<type>_GPUS`` limits (``regions.get``);
+  Cloud Run's CPU, memory and L4 GPU allocation (``CpuAllocPerProjectRegion``…, the Cloud Quotas
+  API's QuotaInfo, which needs ``cloudquotas.quotas.get``: one of doctor's own reads);
 - **network**: the VMs' subnetwork exists in the region (every VM gets an external IP, so it needs
   no NAT);
 - **store bucket**: the store's bucket exists and the launcher may list it.
@@ -17,14 +19,17 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from prefect_remote.providers.doctor import Finding, Needs, guarded
-from prefect_remote.providers.gcp import grants
-from prefect_remote.providers.gcp.clients import role_for
+from prefect_remote.providers.doctor import Finding, Needs, guarded, largest
+from prefect_remote.providers.gcp import cloudrun_catalog, grants
+from prefect_remote.providers.gcp.clients import GCPError, role_for
 from prefect_remote.providers.gcp.infra import REQUIRED_APIS, enable_command, missing_apis, project_number_of
+from prefect_remote.units import format_size
 
 if TYPE_CHECKING:
+    from prefect_remote.providers.base import InstanceType
     from prefect_remote.providers.gcp.provider import GCPProvider
 
 DOCS = "docs/providers/gcp.md"
@@ -114,8 +119,6 @@ def _machine_grants(provider: GCPProvider, bucket: str) -> Finding:
     """The machines' account's grants on the project, as provisioning makes them."""
     from google.api_core.exceptions import Forbidden, PermissionDenied
 
-    from prefect_remote.providers.gcp.clients import GCPError
-
     account = provider.options.service_account
     if not account:
         return Finding(
@@ -182,21 +185,79 @@ def quota_metric(gpu_type: str) -> str:
 
 
 def _quota(provider: GCPProvider, needs: Needs) -> Finding:
+    """The region's quotas of each service the pool's machines run on, against its largest machine
+    there: Compute Engine's (:func:`_compute_quota`), Cloud Run's (:func:`_cloud_run_quota`)."""
+    region, project = provider.options.region, provider.clients.project
+    machines = needs.instance_types or (needs.instance_type,)
+    on_run = [machine for machine in machines if cloudrun_catalog.is_shape(machine)]
+    on_vms = [machine for machine in machines if not cloudrun_catalog.is_shape(machine)]
+    checks = {"compute": (_compute_quota, on_vms), "cloud-run": (_cloud_run_quota, on_run)}
+    found = {service: check(provider, largest(types)) for service, (check, types) in checks.items() if types}
+    detail = f"{region}: {'; '.join(text for text, _ in found.values())}; {needs.source}"
+    asks = [ask for _, service_asks in found.values() for ask in service_asks]
+    if not asks:
+        return Finding("quota", True, detail)
+    fix = f"raise {', '.join(asks)} in {region}: console.cloud.google.com/iam-admin/quotas?project={project}"
+    if found.get("cloud-run", ("", []))[1]:  # Cloud Run's short: a VM takes Compute Engine's quotas instead
+        fix += ", or run on Compute Engine (gcp_service='compute')"
+    return Finding("quota", False, detail, fix)
+
+
+def _compute_quota(provider: GCPProvider, machine: InstanceType) -> tuple[str, list[str]]:
+    """The region's ``CPUS`` and ``NVIDIA_<type>_GPUS`` limits (``regions.get``) against ``machine``:
+    what was found, and each quota to raise."""
     clients, region = provider.clients, provider.options.region
     with clients.translated("compute.regions.get"):
         found = clients.regions().get(project=clients.project, region=region)
     limits = {quota.metric: (int(quota.limit), int(quota.usage)) for quota in found.quotas}
-    wanted = {"CPUS": needs.cpu}
-    if needs.gpu:
-        wanted[quota_metric(needs.instance_type.gpu_type or "nvidia-tesla-t4")] = needs.gpu
+    wanted = {"CPUS": machine.cpu}
+    if machine.gpu:
+        wanted[quota_metric(machine.gpu_type or "nvidia-tesla-t4")] = machine.gpu
     short = {metric: count for metric, count in wanted.items() if limits.get(metric, (0, 0))[0] < count}
     detail = ", ".join(f"{m} {limits.get(m, (0, 0))[0]} ({limits.get(m, (0, 0))[1]} used)" for m in wanted)
-    detail = f"{region}: {detail}; {needs.source}"
-    if not short:
-        return Finding("quota", True, detail)
-    asks = ", ".join(f"{metric} to {count}" for metric, count in short.items())
-    fix = f"raise {asks} in {region}: console.cloud.google.com/iam-admin/quotas?project={clients.project}"
-    return Finding("quota", False, detail, fix)
+    return detail, [f"{metric} to {count}" for metric, count in short.items()]
+
+
+# Cloud Run's regional quotas a task takes from (Cloud Quotas' quota ids): what a task of
+# ``machine`` takes, in the quota's unit, and how the amount reads.
+CLOUD_RUN_QUOTAS: dict[str, tuple[str, Callable[[InstanceType], int], Callable[[int], str]]] = {
+    "CpuAllocPerProjectRegion": ("CPU", lambda machine: machine.cpu * 1000, lambda milli: f"{milli / 1000:g} vCPU"),
+    "MemAllocPerProjectRegion": ("memory", lambda machine: machine.memory, format_size),
+    "NvidiaL4GpuAllocNoZonalRedundancyPerProjectRegion": ("L4 GPUs", lambda machine: machine.gpu, str),
+}
+CLOUD_RUN_SERVICE = "run.googleapis.com"
+
+
+def _cloud_run_quota(provider: GCPProvider, machine: InstanceType) -> tuple[str, list[str]]:
+    """Cloud Run's regional CPU, memory and (for a GPU task) L4 allocation quotas, as the Cloud Quotas
+    API gives them, against one task of ``machine`` (a task's own maxima, 8 vCPU and 32 GiB, are
+    the machine spec's check): what was found, and each quota to raise."""
+    wanted = {quota: need(machine) for quota, (_, need, _) in CLOUD_RUN_QUOTAS.items() if need(machine)}
+    limits = {quota: _cloud_run_limit(provider, quota) for quota in wanted}
+    parts, asks = [], []
+    for quota, count in wanted.items():
+        what, _, show = CLOUD_RUN_QUOTAS[quota]
+        limit = limits[quota]
+        parts.append(f"{what} {'unlimited' if limit is None else show(limit)}")
+        if limit is not None and limit < count:
+            asks.append(f"Cloud Run's {quota} to {show(count)}")
+    return f"Cloud Run {', '.join(parts)}", asks
+
+
+def _cloud_run_limit(provider: GCPProvider, quota: str) -> int | None:
+    """Cloud Run quota ``quota``'s value in the provider's region (None: unlimited), from its QuotaInfo:
+    the region's own value, else the project's default."""
+    clients, region = provider.clients, provider.options.region
+    with clients.translated("cloudquotas.quotas.get"):
+        info = clients.cloud_quotas().call("GET", f"locations/global/services/{CLOUD_RUN_SERVICE}/quotaInfos/{quota}")
+    entries = info.get("dimensionsInfos") or []
+    chosen = next((e for e in entries if (e.get("dimensions") or {}).get("region") == region), None)
+    chosen = chosen or next((e for e in entries if region in (e.get("applicableLocations") or ())), None)
+    chosen = chosen or next((e for e in entries if not (e.get("dimensions") or {}).get("region")), None)
+    if chosen is None:
+        raise GCPError(f"Cloud Quotas gives no value of Cloud Run's {quota} for {region}")
+    value = int((chosen.get("details") or {}).get("value", 0))
+    return None if value < 0 else value
 
 
 def _network(provider: GCPProvider) -> Finding:

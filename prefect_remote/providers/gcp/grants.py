@@ -149,10 +149,11 @@ LAUNCHER_PERMISSIONS: dict[str, tuple[str, ...]] = {
         "storage.objects.delete",
     ),
 }
-# What `prefect-remote doctor gcp` reads beyond launching, to check the machines' grants: the
-# project's IAM policy and the custom role (provisioning's roles have both).
-DOCTOR_PERMISSIONS = ("resourcemanager.projects.getIamPolicy", "iam.roles.get")
-# What provisioning and teardown need, on the project: documented.
+# What `prefect-remote doctor gcp` reads beyond launching: to check the machines' grants, the
+# project's IAM policy and the custom role; to check Cloud Run's quotas, their QuotaInfo (Cloud
+# Quotas API). Provisioning's roles have them all (roles/cloudquotas.viewer for doctor alone).
+DOCTOR_PERMISSIONS = ("resourcemanager.projects.getIamPolicy", "iam.roles.get", "cloudquotas.quotas.get")
+# What provisioning and teardown need, on the project (and doctor's reads): documented.
 PROVISIONER_ROLES = {
     "iam.serviceAccounts.": "roles/iam.serviceAccountAdmin",
     "iam.roles.": "roles/iam.roleAdmin",
@@ -160,6 +161,7 @@ PROVISIONER_ROLES = {
     "storage.": "roles/storage.admin",
     "compute.firewalls.": "roles/compute.securityAdmin",
     "serviceusage.": "roles/serviceusage.serviceUsageConsumer",
+    "cloudquotas.": "roles/cloudquotas.viewer",
 }
 
 

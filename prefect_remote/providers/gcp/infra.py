@@ -60,7 +60,7 @@ from prefect_remote.providers.gcp.secrets import LAUNCH_LABEL, secret_id
 from prefect_remote.providers.setup import Say, removed
 
 if TYPE_CHECKING:
-    from prefect_remote.providers.gcp.clients import GoogleClients, IAMApi
+    from prefect_remote.providers.gcp.clients import GoogleClients, RestApi
     from prefect_remote.providers.gcp.provider import GCPProvider
 
 RECORDS_KEPT_DAYS = 7
@@ -250,7 +250,7 @@ def project_number_of(clients: GoogleClients) -> str:
         return clients.resource_manager().get_project(name=f"projects/{clients.project}").name.rsplit("/", 1)[-1]
 
 
-def _ensure_service_account(clients: GoogleClients, iam: IAMApi, say: Say) -> str:
+def _ensure_service_account(clients: GoogleClients, iam: RestApi, say: Say) -> str:
     from google.api_core.exceptions import Conflict, NotFound
 
     email = service_account_email(clients.project)
@@ -285,7 +285,7 @@ ROLE_DESCRIPTIONS = {
 }
 
 
-def _ensure_custom_role(clients: GoogleClients, iam: IAMApi, role_id: str, say: Say) -> None:
+def _ensure_custom_role(clients: GoogleClients, iam: RestApi, role_id: str, say: Say) -> None:
     from google.api_core.exceptions import NotFound
 
     name, permissions = f"projects/{clients.project}/roles/{role_id}", MACHINE_CUSTOM_ROLES[role_id]
@@ -422,7 +422,7 @@ def _ensure_bucket_grants(clients: GoogleClients, bucket: str, member: str, gran
     say(f"{'granted' if wanted != bindings else 'found'} on bucket {bucket}: {roles}")
 
 
-def _ensure_account_grants(clients: GoogleClients, iam: IAMApi, email: str, granted: dict[str, list[dict[str, Any]]], say: Say) -> bool:
+def _ensure_account_grants(clients: GoogleClients, iam: RestApi, email: str, granted: dict[str, list[dict[str, Any]]], say: Say) -> bool:
     """Grants each member its roles on service account ``email`` (one read-modify-write); whether it changed anything."""
     with google_errors(clients, "iam.serviceAccounts.setIamPolicy", f"let the machines and you launch machines as {email}"):
         policy = iam.call("POST", f"serviceAccounts/{email}:getIamPolicy")
@@ -445,7 +445,7 @@ class _NotInForce(Exception):
     """A grant made is not in force yet (IAM's access change propagation)."""
 
 
-def _await_act_as(clients: GoogleClients, iam: IAMApi, email: str, say: Say) -> None:
+def _await_act_as(clients: GoogleClients, iam: RestApi, email: str, say: Say) -> None:
     """Waits until the identity that provisions may act as ``email`` (its ``testIamPermissions``), so
     that a launch right after provisioning is not refused: Google applies a grant after a delay
     (typically 2 minutes, "potentially 7 minutes or longer"). Past that, it says so and returns."""

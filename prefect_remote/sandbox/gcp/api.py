@@ -1,8 +1,9 @@
 """The sandbox GCP's one endpoint: every emulated Google API (Cloud Run v2, Compute Engine v1,
-Secret Manager v1, Cloud Logging v2, the OAuth token endpoint, instance metadata) served by one
-Starlette app on loopback, as the google-cloud-* clients call them over REST with
+Secret Manager v1, Cloud Logging v2, Cloud Quotas v1, the OAuth token endpoint, instance metadata)
+served by one Starlette app on loopback, as the google-cloud-* clients call them over REST with
 ``client_options={"api_endpoint": url}``. Their paths do not collide (``/v2/projects/…/locations``,
-``/compute/v1``, ``/v1/projects/…/secrets``, ``/v2/entries:…``).
+``/compute/v1``, ``/v1/projects/…/secrets``, ``/v1/projects/…/locations/global/services/…/quotaInfos``,
+``/v2/entries:…``).
 
 A fake service registers its routes on an :class:`GoogleAPI` with :meth:`GoogleAPI.route`, which
 checks the caller's bearer token and counts the call under the route's name (``run.jobs.create``),

@@ -40,6 +40,7 @@ class Sandbox(Protocol):
     secrets: Any  # Secret Manager (``value(secret, version)``), for Cloud Run's secretKeyRefs
     logging: Any  # Cloud Logging (``write(entries)``), where Cloud Run tasks' output goes
     compute: Any  # Compute Engine, whose network (``network.allocate()``) Cloud Run tasks join by Direct VPC egress
+    quotas: Any  # Cloud Quotas: Cloud Run's regional quotas (``violations(region, requested)``), checked when a job is made
 
     @property
     def runner(self) -> InstanceRunner:

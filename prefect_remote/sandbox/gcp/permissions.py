@@ -5,7 +5,8 @@
 to the :class:`Check` s it makes: a permission on a :class:`~prefect_remote.sandbox.gcp.policy.Resource`.
 Sources: Google's per-method permission pages (Compute Engine's "required permissions" for creating a
 VM, Cloud Storage's "IAM permissions for JSON methods", Cloud Logging's and Secret Manager's access
-control pages) and the iam-dataset method map, as ``/work/research/gcp-roles.md`` §2 collects them.
+control pages; Cloud Quotas' REST reference: ``cloudquotas.quotas.get`` on the project for a
+QuotaInfo's get and list) and the iam-dataset method map, as ``/work/research/gcp-roles.md`` §2 collects them.
 Cloud Run checks ``iam.serviceAccounts.actAs`` on a job's service account when the job is created
 (at once, 403); Compute Engine on an instance's when the insert operation runs (the operation fails
 with ``SERVICE_ACCOUNT_ACCESS_DENIED``: a :class:`Check` marked ``deferred``). A firewall rule's
@@ -369,8 +370,14 @@ IAM: dict[str, Method] = {
     "cloudresourcemanager.projects.testIamPermissions": lambda s, call: [],
 }
 
+# -- Cloud Quotas v1 (Cloud Run's quotas) ----------------------------------------------------------------------
+QUOTAS: dict[str, Method] = {
+    "cloudquotas.quotaInfos.get": _on("cloudquotas.quotas.get", _project),
+    "cloudquotas.quotaInfos.list": _on("cloudquotas.quotas.get", _project),
+}
+
 # Every method the fakes serve behind authentication; one missing here is refused (fail closed).
-METHODS: dict[str, Method] = {**RUN, **COMPUTE, **SECRETS, **LOGGING, **IAM}
+METHODS: dict[str, Method] = {**RUN, **COMPUTE, **SECRETS, **LOGGING, **IAM, **QUOTAS}
 
 
 # -- refusals -------------------------------------------------------------------------------------------------

@@ -305,6 +305,7 @@ class CloudRunFake:
         self._check_template(task_template, location, "job.template.template", given.get("launchStage"))
         if int(template["taskCount"]) < 1:
             raise GoogleError(400, "job.template.task_count must be at least 1")
+        self._check_quotas(template, location)
         principal = request.state.principal.removeprefix("serviceAccount:").removeprefix("user:")
         now = rfc3339()
         job = {
@@ -333,6 +334,28 @@ class CloudRunFake:
                 raise GoogleError(409, f"Resource '{job_id}' already exists.")
             self._jobs[job["name"]] = job
             return self._operation(location, "Job", job)
+
+    def _check_quotas(self, template: dict[str, Any], location: str) -> None:
+        """Cloud Run's regional quotas against what the tasks running at once take (a valid template)."""
+        from prefect_remote.sandbox.gcp.quotas import CPU, L4, MEMORY
+
+        tasks = int(template["taskCount"])
+        parallel = min(int(template.get("parallelism") or tasks), tasks)
+        task = template["template"]
+        limits = [(container.get("resources") or {}).get("limits") or {} for container in task["containers"]]
+        requested = {
+            CPU: parallel * round(1000 * sum(_cpu(str(found.get("cpu", "1")), "") for found in limits)),
+            MEMORY: parallel * sum(_bytes(str(found.get("memory", "512Mi")), "") for found in limits),
+        }
+        if (task.get("nodeSelector") or {}).get("accelerator"):
+            requested[L4] = parallel * sum(int(found.get("nvidia.com/gpu") or 0) for found in limits)
+        violated = self.sandbox.quotas.violations(location, requested)
+        if violated:
+            raise GoogleError(
+                400,
+                "Consider running your workload in a region with greater capacity, or requesting an increase in quota for this "
+                "region, see https://cloud.google.com/run/quotas.\n\nQuota violated:\n" + "\n".join(violated),
+            )
 
     def _check_template(self, task: dict[str, Any], location: str, where: str, launch_stage: Any) -> None:
         """What Cloud Run refuses in a task template (400, naming the field)."""

@@ -1,7 +1,8 @@
 """A sandbox GCP on this computer: one loopback endpoint serving the Google APIs prefect-remote calls
-(Cloud Run v2, Compute Engine v1, Secret Manager v1, Cloud Logging v2, OAuth tokens and per-machine
-metadata servers, see :mod:`prefect_remote.sandbox.gcp.api`), gcp-storage-emulator for GCS, and an
-instance runner that runs every Cloud Run task and Compute Engine instance as a local machine.
+(Cloud Run v2, Compute Engine v1, Secret Manager v1, Cloud Logging v2, Cloud Quotas v1 for Cloud
+Run's quotas, OAuth tokens and per-machine metadata servers, see :mod:`prefect_remote.sandbox.gcp.api`),
+gcp-storage-emulator for GCS, and an instance runner that runs every Cloud Run task and Compute
+Engine instance as a local machine.
 
 Code under test talks to it exactly as to Google Cloud: the google-cloud-* clients get the
 endpoint through their documented ``client_options={"api_endpoint": …}``
@@ -43,6 +44,7 @@ from prefect_remote.sandbox.gcp.enforcement import IAMEnforcement
 from prefect_remote.sandbox.gcp.iam import IAMFake
 from prefect_remote.sandbox.gcp.logs import LoggingFake
 from prefect_remote.sandbox.gcp.metadata import MetadataServer
+from prefect_remote.sandbox.gcp.quotas import CloudQuotasFake
 from prefect_remote.sandbox.gcp.run import CloudRunFake
 from prefect_remote.sandbox.gcp.secrets import SecretManagerFake
 from prefect_remote.sandbox.gcp.storage_gate import StorageGate
@@ -111,6 +113,7 @@ class SandboxGCP(SandboxCloud):
         self.metadata = MetadataServer(self.api, project=project, project_number=self.project_number)
         self.secrets = SecretManagerFake(self.api, project_ref)
         self.logging = LoggingFake(self.api, project_ref)
+        self.quotas = CloudQuotasFake(self.api, project_ref)  # Cloud Run's regional quotas (Cloud Quotas API)
         self.run = CloudRunFake(self)
         self.compute = ComputeFake(self)
         self.iam = IAMFake(self)  # service accounts, custom roles, the project's IAM policy

@@ -16,6 +16,7 @@ from prefect_remote.providers.gcp import grants
 from prefect_remote.sandbox.gcp.policy import predefined_role
 from prefect_remote.sandbox.gcp.sandbox import IAM_DELAY
 from tests.conftest import use_gcp_sandbox
+from tests.test_doctor import api, make_pool  # noqa: F401  (api: the session's Prefect server's client, a fixture)
 from tests.workers.conftest import doctor_report, run_cli
 
 
@@ -70,6 +71,16 @@ def project_policy(sandbox: Any, change: Callable[[list[dict[str, Any]]], list[d
         put(before)
 
 
+@contextmanager
+def api_disabled(sandbox: Any, service: str) -> Iterator[None]:
+    """``service`` (``secretmanager.googleapis.com``) not enabled in the sandbox's project within the block."""
+    sandbox.api.disable_api(service, sandbox.project, sandbox.project_number)
+    try:
+        yield
+    finally:
+        sandbox.api.enable_api(service)
+
+
 def without(member: str, role: str) -> Callable[[list[dict[str, Any]]], list[dict[str, Any]]]:
     def change(bindings: list[dict[str, Any]]) -> list[dict[str, Any]]:
         kept = [dict(b, members=[m for m in b["members"] if not (b["role"] == role and m == member)]) for b in bindings]
@@ -89,7 +100,10 @@ def test_healthy_project_passes_in_a_table_that_fits_80_columns(gcp_env):
     code, rows = doctor()
     assert code == 0 and list(rows) == list(CHECKS)
     assert rows["credentials"]["detail"].startswith(gcp_env.launcher_account)
-    assert rows["quota"]["detail"].startswith("us-central1: CPUS 2400")
+    # No pool: a 4-CPU machine, which the default service ("auto") runs on Cloud Run.
+    assert rows["quota"]["detail"].startswith("us-central1: Cloud Run CPU 20 vCPU, memory 40 GiB; no --pool: a 4-CPU machine")
+    code, rows = doctor(PREFECT_REMOTE_GCP_SERVICE="compute")
+    assert code == 0 and rows["quota"]["detail"].startswith("us-central1: CPUS 2400 (0 used); no --pool")
 
 
 def test_no_credentials_fail_and_say_how_to_get_them(gcp_env, tmp_path):
@@ -121,11 +135,8 @@ def test_no_machine_service_account_is_named(gcp_env):
 
 
 def test_a_disabled_api_is_named_with_the_command_that_enables_it(gcp_env):
-    gcp_env.api.disable_api("secretmanager.googleapis.com", gcp_env.project, gcp_env.project_number)
-    try:
+    with api_disabled(gcp_env, "secretmanager.googleapis.com"):
         code, rows = doctor()
-    finally:
-        gcp_env.api.enable_api("secretmanager.googleapis.com")
     assert code == 1 and failed(rows) == ["APIs"]
     assert rows["APIs"]["detail"] == "not enabled: Secret Manager"
     assert rows["APIs"]["fix"] == f"gcloud services enable secretmanager.googleapis.com --project={gcp_env.project}"
@@ -134,7 +145,7 @@ def test_a_disabled_api_is_named_with_the_command_that_enables_it(gcp_env):
 def test_a_quota_below_the_machine_is_named(gcp_env):
     gcp_env.compute.catalog.set_quota("CPUS", 2)
     try:
-        code, rows = doctor()
+        code, rows = doctor(PREFECT_REMOTE_GCP_SERVICE="compute")
     finally:
         gcp_env.compute.catalog.set_quota("CPUS", None)
     assert code == 1 and failed(rows) == ["quota"]
@@ -188,3 +199,77 @@ def test_a_gpu_quota_below_the_machine_is_named(gcp_env):
     assert not finding.ok
     assert finding.detail == "us-central1: CPUS 2400 (0 used), NVIDIA_T4_GPUS 0 (0 used); a T4 machine"
     assert finding.fix.startswith("raise NVIDIA_T4_GPUS to 1 in us-central1:")
+
+
+def test_a_cloud_run_quota_below_the_task_is_named_and_cloud_run_refuses_the_job(gcp_env):
+    """Cloud Run's regional CPU allocation (Cloud Quotas' CpuAllocPerProjectRegion) lowered below
+    one 4-vCPU task: doctor names the quota and the other service; Cloud Run refuses the launch."""
+    from prefect_remote.errors import CapacityError
+    from prefect_remote.providers.base import BootPayload
+    from prefect_remote.providers.gcp import GCPProvider
+    from prefect_remote.spec import MachineSpec
+
+    gcp_env.quotas.set_quota("CpuAllocPerProjectRegion", 2000, region=gcp_env.region)
+    try:
+        code, rows = doctor()
+        with pytest.raises(
+            CapacityError,
+            match=r"Cloud Run quotas in us-central1 do not allow this task \(CpuAllocPerProjectRegion requested: 4000 allowed: 2000\)",
+        ):
+            GCPProvider(service="cloud-run").launch(MachineSpec(cpu=4), BootPayload(["true"]), tags={"test": "doctor"})
+    finally:
+        gcp_env.quotas.set_quota("CpuAllocPerProjectRegion", None, region=gcp_env.region)
+    assert code == 1 and failed(rows) == ["quota"]
+    assert rows["quota"]["detail"].startswith("us-central1: Cloud Run CPU 2 vCPU, memory 40 GiB; no --pool: a 4-CPU machine")
+    fix = rows["quota"]["fix"]
+    assert fix.startswith("raise Cloud Run's CpuAllocPerProjectRegion to 4 vCPU in us-central1: console.cloud.google.com/iam-admin/quotas")
+    assert fix.endswith("or run on Compute Engine (gcp_service='compute')")
+
+
+def test_a_cloud_run_gpu_quota_below_the_task_is_named(gcp_env):
+    """An L4 task takes Cloud Run's L4 quota (without zonal redundancy, which jobs use)."""
+    from prefect_remote.providers import get_provider
+    from prefect_remote.providers.doctor import Needs
+    from prefect_remote.providers.gcp.cloudrun_catalog import GIB, shape
+    from prefect_remote.providers.gcp.doctor import _quota
+
+    l4 = shape(4, 16 * GIB, gpu=True)
+    gcp_env.quotas.set_quota("NvidiaL4GpuAllocNoZonalRedundancyPerProjectRegion", 0, region=gcp_env.region)
+    try:
+        finding = _quota(get_provider("gcp"), Needs(l4, "an L4 task", gcp_env.store))
+    finally:
+        gcp_env.quotas.set_quota("NvidiaL4GpuAllocNoZonalRedundancyPerProjectRegion", None, region=gcp_env.region)
+    assert not finding.ok
+    assert finding.detail == "us-central1: Cloud Run CPU 20 vCPU, memory 40 GiB, L4 GPUs 0; an L4 task"
+    assert finding.fix.startswith("raise Cloud Run's NvidiaL4GpuAllocNoZonalRedundancyPerProjectRegion to 1 in us-central1:")
+
+
+def test_cloud_run_quotas_unreadable_say_what_doctor_needs(gcp_env):
+    """Without roles/cloudquotas.viewer, or with the Cloud Quotas API off, the quota row fails and
+    says how to let doctor read them."""
+    with project_policy(gcp_env, without(f"serviceAccount:{gcp_env.launcher_account}", "roles/cloudquotas.viewer")):
+        code, rows = doctor()
+    assert code == 1 and failed(rows) == ["quota"]
+    assert "cloudquotas.quotas.get" in rows["quota"]["fix"] and "roles/cloudquotas.viewer" in rows["quota"]["fix"]
+    with api_disabled(gcp_env, "cloudquotas.googleapis.com"):
+        code, rows = doctor()
+    assert code == 1 and failed(rows) == ["quota"]
+    assert f"gcloud services enable cloudquotas.googleapis.com --project={gcp_env.project}" in rows["quota"]["fix"]
+
+
+def test_a_pool_checks_each_services_quota_and_a_task_over_cloud_runs_maxima_is_named(gcp_env, api):
+    """A pool whose runs land on both services ("auto": a 2-CPU machine on Cloud Run, a deployment's
+    16-CPU one on Compute Engine) is checked against each service's quotas; on Cloud Run alone, the
+    16-CPU machine is over a task's 8 vCPU, and the machine spec row says what to change."""
+    pool = make_pool(api, "gcp", cpu=2)
+    flow_id = api.create_flow_from_name("doctor-gcp-flow")
+    api.create_deployment(flow_id=flow_id, name="big", work_pool_name=pool, entrypoint="flows.py:f", job_variables={"cpu": 16})
+    code, rows = doctor("--pool", pool)
+    assert code == 0, rows
+    detail = rows["quota"]["detail"]
+    assert detail.startswith("us-central1: CPUS 2400 (0 used); Cloud Run CPU 20 vCPU, memory 40 GiB; pool"), detail
+    code, rows = doctor("--pool", pool, PREFECT_REMOTE_GCP_SERVICE="cloud-run")
+    assert code == 1 and failed(rows) == ["machine spec"]
+    assert rows["machine spec"]["detail"] == "{'cpu': 16}: no gcp machine fits"
+    fix = rows["machine spec"]["fix"]
+    assert "cpu=16 is more than Cloud Run's 8 vCPU" in fix and "use gcp_service='compute'" in fix, fix
