@@ -272,7 +272,8 @@ class Agent:
                 command, env={**env, END_REASON_ENV: reason}, stdin=subprocess.DEVNULL, capture_output=True, timeout=ON_STOP_TIMEOUT
             )
             if done.returncode != 0:
-                self.say(f"the payload's on_stop command failed (exit code {done.returncode}): {done.stdout[-2000:] + done.stderr[-2000:]!r}")
+                output = done.stdout[-2000:] + done.stderr[-2000:]
+                self.say(f"the payload's on_stop command failed (exit code {done.returncode}): {output!r}")
         except Exception as error:  # the payload is stopped all the same
             self.say(f"the payload's on_stop command failed: {error!r}")
 

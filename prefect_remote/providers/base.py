@@ -108,7 +108,9 @@ class BootPayload:
             if command is None and name == "on_stop":
                 continue
             if isinstance(command, str):
-                raise ValueError(f"BootPayload.{name}={command!r}: expected a non-empty list of strings, e.g. ['python', '-m', 'app'], not one string")
+                raise ValueError(
+                    f"BootPayload.{name}={command!r}: expected a non-empty list of strings, e.g. ['python', '-m', 'app'], not one string"
+                )
             command = list(command)  # stored as a list: a generator would be used up by the check below
             if not command or not all(isinstance(a, str) for a in command):
                 raise ValueError(f"BootPayload.{name}={command!r}: expected a non-empty list of strings, e.g. ['python', '-m', 'app']")

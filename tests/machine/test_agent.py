@@ -153,7 +153,8 @@ def test_a_payload_stopped_for_the_agents_own_reason_is_told_why_once_stopped(tm
 
     told = tmp_path / "told"
     on_stop = ["sh", "-c", f'echo "$PREFECT_REMOTE_END_REASON|$FROM_PAYLOAD_ENV|$(cat {tmp_path}/alive)" > {told}']
-    payload = subprocess.Popen(["sh", "-c", f"echo yes > {tmp_path}/alive; trap 'echo no > {tmp_path}/alive; exit 1' TERM; sleep 30 & wait"])
+    script = f"echo yes > {tmp_path}/alive; trap 'echo no > {tmp_path}/alive; exit 1' TERM; sleep 30 & wait"
+    payload = subprocess.Popen(["sh", "-c", script])
     while not (tmp_path / "alive").exists():
         time.sleep(0.05)
     runtime = FakeRuntime(time.monotonic, owner_dies_at=float("inf"))
