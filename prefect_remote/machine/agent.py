@@ -50,6 +50,8 @@ from prefect_remote.units import format_duration
 TICK = 0.25  # seconds between checks
 CPU_BUSY_FRACTION = 0.02  # of one core: above it the payload counts as busy
 STOP_GRACE = 5.0  # seconds between SIGTERM and SIGKILL for the payload
+ON_STOP_TIMEOUT = 60.0  # seconds the payload's on_stop command may take (a flow run's imports Prefect)
+END_REASON_ENV = "PREFECT_REMOTE_END_REASON"  # why the agent stops the payload, for its on_stop command
 
 
 class Agent:
@@ -185,7 +187,7 @@ class Agent:
         pump = threading.Thread(target=self._pump, args=(payload.stdout,), daemon=True)
         pump.start()
         try:
-            reason, code = self.watch(payload)
+            reason, code = self.watch(payload, env)
         except Exception as error:  # never leave a payload running without its agent
             reason, code = f"agent error: {error!r}", self.stop(payload)
         pump.join(timeout=2)
@@ -237,7 +239,7 @@ class Agent:
         if marker:
             Path(marker).touch()
 
-    def watch(self, payload: subprocess.Popen) -> tuple[str, int | None]:
+    def watch(self, payload: subprocess.Popen, env: dict[str, str] | None = None) -> tuple[str, int | None]:
         idle_timeout = self.config["idle_timeout"]
         cpu = _CpuMeter(payload.pid) if idle_timeout and self.config["activity"] == "auto" else None
         self.say_running()
@@ -253,8 +255,27 @@ class Agent:
                 elif now - self.last_busy > idle_timeout:
                     reason = f"idle for {format_duration(now - self.last_busy)} (idle_timeout {format_duration(idle_timeout)})"
             if reason:
-                return reason, self.stop(payload)
+                code = self.stop(payload)
+                self.tell_payload(reason, env or {})
+                return reason, code
             time.sleep(TICK)
+
+    def tell_payload(self, reason: str, env: dict[str, str]) -> None:
+        """Runs the payload's ``on_stop`` command, if any, with ``reason`` in ``$PREFECT_REMOTE_END_REASON``,
+        once the payload is stopped (a flow run's marks the run Crashed saying why, over the engine's
+        "aborted by a termination signal"); never fails."""
+        command = self.config.get("on_stop")
+        if not command:
+            return
+        try:
+            done = subprocess.run(
+                command, env={**env, END_REASON_ENV: reason}, stdin=subprocess.DEVNULL, capture_output=True, timeout=ON_STOP_TIMEOUT
+            )
+            if done.returncode != 0:
+                output = done.stdout[-2000:] + done.stderr[-2000:]
+                self.say(f"the payload's on_stop command failed (exit code {done.returncode}): {output!r}")
+        except Exception as error:  # the payload is stopped all the same
+            self.say(f"the payload's on_stop command failed: {error!r}")
 
     def lease_age(self) -> float:
         """Seconds since the owner's last renewal, as of the last read. The lease is read at most once

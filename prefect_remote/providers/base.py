@@ -90,25 +90,33 @@ class BootPayload:
 
     ``activity`` says how the agent decides the payload is idle: ``"auto"`` counts CPU use and
     output; ``"explicit"`` counts only touches of ``$PREFECT_REMOTE_ACTIVITY_FILE`` (for servers such
-    as a Dask scheduler that tick while idle).
+    as a Dask scheduler that tick while idle). ``on_stop`` is a command the agent runs, with the
+    payload's environment and ``$PREFECT_REMOTE_END_REASON``, once it has stopped the payload for a reason
+    of its own (timeout, idle, owner gone): a flow run's marks the run Crashed, saying why, since its
+    submitter may be gone.
     """
 
     command: Sequence[str]
     env: Mapping[str, str] = field(default_factory=dict)
     secrets: Mapping[str, str] = field(default_factory=dict)
     activity: Literal["auto", "explicit"] = "auto"
+    on_stop: Sequence[str] | None = None
 
     def __post_init__(self) -> None:
-        if isinstance(self.command, str):
-            raise ValueError(
-                f"BootPayload.command={self.command!r}: expected a non-empty list of strings, e.g. ['python', '-m', 'app'], not one string"
-            )
-        # Stored as plain lists and dicts: a generator would be used up by the checks below.
-        object.__setattr__(self, "command", list(self.command))
+        for name in ("command", "on_stop"):
+            command = getattr(self, name)
+            if command is None and name == "on_stop":
+                continue
+            if isinstance(command, str):
+                raise ValueError(
+                    f"BootPayload.{name}={command!r}: expected a non-empty list of strings, e.g. ['python', '-m', 'app'], not one string"
+                )
+            command = list(command)  # stored as a list: a generator would be used up by the check below
+            if not command or not all(isinstance(a, str) for a in command):
+                raise ValueError(f"BootPayload.{name}={command!r}: expected a non-empty list of strings, e.g. ['python', '-m', 'app']")
+            object.__setattr__(self, name, command)
         object.__setattr__(self, "env", dict(self.env))
         object.__setattr__(self, "secrets", dict(self.secrets))
-        if not self.command or not all(isinstance(a, str) for a in self.command):
-            raise ValueError(f"BootPayload.command={self.command!r}: expected a non-empty list of strings, e.g. ['python', '-m', 'app']")
         if self.activity not in ("auto", "explicit"):
             raise ValueError(f"BootPayload.activity={self.activity!r}: expected 'auto' or 'explicit'")
         for name, mapping in (("env", self.env), ("secrets", self.secrets)):
@@ -507,6 +515,7 @@ class Provider(ABC):
             "env": {**self.machine_environ(), **spec.public_environ, **payload.env},
             "secret_names": sorted({*spec.secret_environ, *payload.secrets}),
             "activity": payload.activity,
+            "on_stop": payload.on_stop,
             "timeout": spec.timeout,
             "idle_timeout": spec.idle_timeout,
             "keepalive": spec.keepalive,

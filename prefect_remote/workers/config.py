@@ -8,6 +8,7 @@ says what to fix, before any machine starts.
 
 from __future__ import annotations
 
+import json
 import shlex
 import warnings
 from collections.abc import Mapping
@@ -120,6 +121,22 @@ def __getattr__(name: str) -> Any:
     return renamed(name)
 
 
+# A flow run's machine holds a lease its submitter renews: with the worker or push service gone this long
+# (and no other worker to adopt the run), the machine ends instead of running until its timeout, or forever.
+FLOW_RUN_KEEPALIVE = "10 minutes"
+# What a flow run's machine runs, in the run's environment, when its agent stops the run for a reason of
+# its own (timeout, idle_timeout, owner gone): the run becomes Crashed with that reason, whoever watches.
+CRASH_SAYING_WHY = """\
+import os
+from prefect.client.orchestration import get_client
+from prefect.states import Crashed
+
+with get_client(sync_client=True) as client:
+    message = "Machine ended: " + os.environ["PREFECT_REMOTE_END_REASON"]
+    client.set_flow_run_state(os.environ["PREFECT__FLOW_RUN_ID"], Crashed(message=message), force=True)
+"""
+
+
 class _MachineJobFields(BaseModel):
     """The machine-spec job variables, declared once for the variables schema and the configuration."""
 
@@ -146,6 +163,12 @@ class _MachineJobFields(BaseModel):
     )
     timeout: int | str | None = Field(
         default=None, title="Timeout", description="Maximum run time, e.g. '2 hours': past it the machine ends and the run crashes."
+    )
+    keepalive: int | str | None = Field(
+        default=FLOW_RUN_KEEPALIVE,
+        title="Keepalive",
+        description="The submitting worker (or push service) renews the machine's lease while it follows the run; "
+        "gone this long, the machine ends and the run crashes, saying why.",
     )
     tags: dict[str, str] = Field(default_factory=dict, title="Tags", description="Tags on the machine, to find it and account for it.")
     allow_ingress_from: str | None = Field(
@@ -266,7 +289,9 @@ class RemoteJobConfiguration(BaseJobConfiguration, MachineJobFields):
             return self.credentials.provider
         return self.provider or get_settings().provider
 
-    def provider_instance(self) -> Provider:
+    def provider_instance(self, shared: dict[str, Provider] | None = None) -> Provider:
+        """This run's provider. With ``shared`` (a worker's), runs whose provider, options and block
+        are the same share one instance, so that one lease renewal covers all their machines."""
         from_block = self.credentials is not None and self.provider in (None, "", self.credentials.provider)
         name = self.provider_name()
         options = {}
@@ -276,17 +301,22 @@ class RemoteJobConfiguration(BaseJobConfiguration, MachineJobFields):
                 raise JobVariablesError(f"{variable}={value!r} is a job variable of the {owner} provider; this flow run's is {name}")
             if value is not None:
                 options[option] = value
-        if from_block and self.credentials:
-            return self.credentials.get_provider(**options)
-        return get_provider(name, **options)
+        block = self.credentials.model_dump(mode="json") if from_block and self.credentials else None
+        key = json.dumps([name, options, block], sort_keys=True, default=str)
+        if shared is not None and key in shared:
+            return shared[key]
+        provider = self.credentials.get_provider(**options) if from_block and self.credentials else get_provider(name, **options)
+        if shared is not None:
+            shared[key] = provider
+        return provider
 
     def machine_spec(self) -> MachineSpec:
         values = {key: getattr(self, key) for key in SPEC_FIELDS}
         return MachineSpec.model_validate({k: v for k, v in values.items() if v is not None and v != {}})
 
-    def machine_request(self) -> tuple[Provider, MachineSpec, BootPayload]:
-        """The provider, spec and payload for this flow run; raises :class:`JobVariablesError` naming
-        every bad job variable."""
+    def machine_request(self, shared: dict[str, Provider] | None = None) -> tuple[Provider, MachineSpec, BootPayload]:
+        """The provider (from ``shared``, see :meth:`provider_instance`), spec and payload for this
+        flow run; raises :class:`JobVariablesError` naming every bad job variable."""
         problems = []
         try:
             spec = self.machine_spec()
@@ -296,7 +326,7 @@ class RemoteJobConfiguration(BaseJobConfiguration, MachineJobFields):
             ]
             spec = None
         try:
-            provider = self.provider_instance()
+            provider = self.provider_instance(shared)
         except (RemoteError, TypeError) as error:  # TypeError: options the provider does not take
             problems.append(f"provider: {error}")
             provider = None
@@ -320,7 +350,8 @@ class RemoteJobConfiguration(BaseJobConfiguration, MachineJobFields):
                 raise JobVariablesError(f"PREFECT_API_URL: {error}") from None
         # The whole environment goes through the provider's secret channel: it holds API keys, custom
         # headers and whatever tokens a deployment sets, and a cloud VM's boot script is readable user-data.
-        return provider, spec, BootPayload(command=command, secrets=env)
+        on_stop = ["python", "-c", CRASH_SAYING_WHY] if "PREFECT__FLOW_RUN_ID" in env else None
+        return provider, spec, BootPayload(command=command, secrets=env, on_stop=on_stop)
 
 
 def synced_software(deployment: DeploymentResponse) -> str | None:

@@ -4,6 +4,10 @@
 infrastructure id, streams the machine's log (boot and environment rebuild included) into the flow
 run's logs, and returns the payload's exit code; ``kill_infrastructure`` ends the machine when a
 run is cancelled. The machine ends itself when the run ends, and at the ``timeout`` job variable.
+
+Each machine holds a lease the worker renews while it follows the run, for all its runs in one call
+per provider and interval: should the worker die and no other adopt the run within the ``keepalive``
+job variable, the machine ends; the next worker to adopt the run marks it Crashed, saying why.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from prefect.states import Cancelled
 from prefect.workers.base import BaseWorker, BaseWorkerResult
 
 from prefect_remote.errors import MachineNotFound
+from prefect_remote.lease import LeaseKeeper
 from prefect_remote.providers.base import Machine, Provider
 from prefect_remote.workers.config import RemoteJobConfiguration, RemoteJobVariables
 
@@ -38,7 +43,9 @@ _PREFECT_INFO_LINE = re.compile(r"^\d{2}:\d{2}:\d{2}\.\d{3} \| (DEBUG|INFO)\s*\|
 
 
 class RemoteWorkerResult(BaseWorkerResult):
-    """The machine's id and the flow run process's exit code."""
+    """The machine's id, the flow run process's exit code, and why the machine ended."""
+
+    reason: str | None = None
 
 
 class RemoteWorker(BaseWorker[RemoteJobConfiguration, RemoteJobVariables, RemoteWorkerResult]):
@@ -59,6 +66,12 @@ class RemoteWorker(BaseWorker[RemoteJobConfiguration, RemoteJobVariables, Remote
         super().__init__(*args, **kwargs)
         self._followed: set[UUID] = set()  # flow runs whose machine this worker follows or followed: never adopted back
         self._last_adoption = 0.0
+        self._providers: dict[str, Provider] = {}  # one per provider and options: one lease renewal for all their runs
+        self._leases = LeaseKeeper()
+
+    async def teardown(self, *exc_info: Any) -> None:
+        self._leases.stop()  # the machines of runs in flight end after their keepalive, unless a worker adopts them
+        await super().teardown(*exc_info)
 
     async def run(
         self,
@@ -68,10 +81,12 @@ class RemoteWorker(BaseWorker[RemoteJobConfiguration, RemoteJobVariables, Remote
     ) -> RemoteWorkerResult:
         logger = self.get_flow_run_logger(flow_run)
         # In a thread: it may start the host gateway, and in `prefect server start` this loop serves the API.
-        provider, spec, payload = await anyio.to_thread.run_sync(configuration.machine_request)
+        provider, spec, payload = await anyio.to_thread.run_sync(configuration.machine_request, self._providers)
         tags = {key: value for key, value in configuration.labels.items() if value}
         launch = partial(provider.launch, spec, payload, tags=tags, owner=f"prefect-worker:{self.name}")
         [machine] = await anyio.to_thread.run_sync(launch)
+        if spec.keepalive:
+            self._leases.add(provider, [machine.id], spec.keepalive)
         logger.info(f"Machine {machine.id} launched on {provider.name}: {machine.cost_summary()} ({spec.summary()})")
         if machine.details.get("placement"):  # a provider's automatic choice (gcp: Cloud Run or Compute Engine), and why
             logger.info(f"Machine {machine.id} runs on {machine.details['placement']}")
@@ -99,12 +114,15 @@ class RemoteWorker(BaseWorker[RemoteJobConfiguration, RemoteJobVariables, Remote
                 await anyio.to_thread.run_sync(partial(provider.terminate, [machine_id], reason="flow run cancelled"))
                 cancelled = True
 
-        ended = await follow_machine(provider, machine_id, logger, every_poll=end_if_cancelling, from_end=from_end)
+        try:
+            ended = await follow_machine(provider, machine_id, logger, every_poll=end_if_cancelling, from_end=from_end)
+        finally:
+            self._leases.remove([machine_id])
         if cancelled:
             # The engine reports Crashed when stopped (only a runner's control channel tells it otherwise).
             await self.client.set_flow_run_state(flow_run.id, Cancelled(message=f"Cancelled: machine {machine_id} ended"), force=True)
             logger.info(f"Machine {machine_id} ended: {ended.reason}")
-            return RemoteWorkerResult(identifier=machine_id, status_code=0)
+            return RemoteWorkerResult(identifier=machine_id, status_code=0, reason=ended.reason)
         status = ended.exit_code if ended.exit_code is not None else 1
         cost = ended.estimated_cost()
         spent = f"; estimated cost ${cost:.4f} ({ended.cost_summary()})" if cost is not None else ""
@@ -112,7 +130,7 @@ class RemoteWorker(BaseWorker[RemoteJobConfiguration, RemoteJobVariables, Remote
             logger.info(f"Machine {machine_id} ended: {ended.reason}{spent}")
         else:
             logger.error(f"Machine {machine_id} ended: {ended.reason} (exit code {ended.exit_code}){spent}")
-        return RemoteWorkerResult(identifier=machine_id, status_code=status)
+        return RemoteWorkerResult(identifier=machine_id, status_code=status, reason=ended.reason)
 
     async def get_and_submit_flow_runs(self) -> list[FlowRun]:
         submitted = await super().get_and_submit_flow_runs()
@@ -167,13 +185,17 @@ class RemoteWorker(BaseWorker[RemoteJobConfiguration, RemoteJobVariables, Remote
             configuration = await self.job_configuration.resolve_for_flow_run(
                 flow_run, client=self.client, work_pool=self.work_pool, worker_name=self.name, worker_id=self.backend_id
             )
-            provider = await anyio.to_thread.run_sync(configuration.provider_instance)
-            logger.info(f"Worker {self.name!r} follows this run's machine {flow_run.infrastructure_pid}: its submitter is gone")
-            result = await self._watch(flow_run, provider, str(flow_run.infrastructure_pid), logger, from_end=True)
+            provider = await anyio.to_thread.run_sync(configuration.provider_instance, self._providers)
+            machine_id = str(flow_run.infrastructure_pid)
+            logger.info(f"Worker {self.name!r} follows this run's machine {machine_id}: its submitter is gone")
+            keepalive = configuration.machine_spec().keepalive
+            if keepalive:  # the lease is this worker's now (a machine that ended meanwhile is dropped at the first renewal)
+                self._leases.add(provider, [machine_id], keepalive)
+            result = await self._watch(flow_run, provider, machine_id, logger, from_end=True)
             state = (await self.client.read_flow_run(flow_run.id)).state
             if result.status_code != 0 and not (state and state.is_final()):
                 await self._propose_crashed_state(
-                    flow_run, f"Flow run infrastructure exited with non-zero status code {result.status_code}."
+                    flow_run, f"Machine {machine_id} ended: {result.reason} (exit code {result.status_code})."
                 )
         except MachineNotFound:
             await self._propose_crashed_state(flow_run, f"Machine {flow_run.infrastructure_pid} no longer exists.")
@@ -181,7 +203,7 @@ class RemoteWorker(BaseWorker[RemoteJobConfiguration, RemoteJobVariables, Remote
             logger.exception(f"Worker {self.name!r} could not follow machine {flow_run.infrastructure_pid}")
 
     async def kill_infrastructure(self, infrastructure_pid: str, configuration: RemoteJobConfiguration, grace_seconds: int = 30) -> None:
-        provider = await anyio.to_thread.run_sync(configuration.provider_instance)
+        provider = await anyio.to_thread.run_sync(configuration.provider_instance, self._providers)
         try:
             await anyio.to_thread.run_sync(partial(provider.terminate, [infrastructure_pid], reason="flow run cancelled"))
         except MachineNotFound as error:

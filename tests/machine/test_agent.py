@@ -144,3 +144,26 @@ def test_unreadable_secrets_end_the_machine_instead_of_leaving_it_with_no_agent(
     agent = Agent(config(command=["touch", str(ran)], secret_names=["API_KEY"]), runtime)
     assert agent.run() == 1 and runtime.halted and not ran.exists()
     assert "secrets could not be read" in runtime.sink.getvalue().decode()
+
+
+def test_a_payload_stopped_for_the_agents_own_reason_is_told_why_once_stopped(tmp_path):
+    """``on_stop`` (a flow run's marks the run Crashed saying why) runs after the payload has stopped, with
+    the payload's environment and the reason; a payload that ends by itself is not told anything."""
+    import time
+
+    told = tmp_path / "told"
+    on_stop = ["sh", "-c", f'echo "$PREFECT_REMOTE_END_REASON|$FROM_PAYLOAD_ENV|$(cat {tmp_path}/alive)" > {told}']
+    script = f"echo yes > {tmp_path}/alive; trap 'echo no > {tmp_path}/alive; exit 1' TERM; sleep 30 & wait"
+    payload = subprocess.Popen(["sh", "-c", script])
+    while not (tmp_path / "alive").exists():
+        time.sleep(0.05)
+    runtime = FakeRuntime(time.monotonic, owner_dies_at=float("inf"))
+    agent = Agent(config(timeout=0.5, on_stop=on_stop), runtime)
+    reason, code = agent.watch(payload, {"FROM_PAYLOAD_ENV": "env"})
+    assert reason.startswith("timeout") and code is not None
+    assert told.read_text() == f"{reason}|env|no\n"
+
+    told.unlink()
+    finished = subprocess.Popen(["true"])
+    assert Agent(config(on_stop=on_stop), runtime).watch(finished, {})[0] == "payload finished"
+    assert not told.exists()

@@ -51,6 +51,9 @@ def test_boot_payload_keeps_what_it_was_given_as_lists_and_dicts():
     assert payload.command == ["python", "-V"]  # a generator is not used up by validation
     with pytest.raises(ValueError, match="not one string"):
         BootPayload("python -V")
+    assert BootPayload(["true"], on_stop=(arg for arg in ["sh", "-c", "echo"])).on_stop == ["sh", "-c", "echo"]
+    with pytest.raises(ValueError, match=r"BootPayload.on_stop='echo bye'.*not one string"):
+        BootPayload(["true"], on_stop="echo bye")
 
 
 class TinyBootScripts(LocalProvider):

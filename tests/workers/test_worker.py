@@ -6,6 +6,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -118,3 +119,30 @@ def test_a_restarted_worker_adopts_runs_in_flight(prefect_server, project, api):
     finally:
         if second is not None:
             stop_process_group(second)
+
+
+def test_a_run_whose_worker_is_gone_past_its_keepalive_ends_and_crashes_saying_why(prefect_server, project, api):
+    """The worker renews its runs' machines' leases: a run outlives its ``keepalive`` while the worker
+    lives. Killed, it renews no more: the machine ends after the keepalive (not at the run's timeout,
+    or never), and the run is Crashed with the machine's reason, with no worker to say it."""
+    assert prefect_cli(prefect_server, "work-pool", "create", "--type", "remote", "test-keepalive", "--overwrite").returncode == 0
+    prefect = str(Path(sys.executable).parent / "prefect")
+    first = background(prefect_server, prefect, "worker", "start", "--pool", "test-keepalive", "--type", "remote", "--name", "first")
+    try:
+        run = api.create_flow_run_from_deployment(deploy(api, project, "test-keepalive", "sleeper", keepalive="4 seconds"))
+        machine_id = wait_for(
+            lambda: api.read_flow_run(run.id).state_name == "Running" and api.read_flow_run(run.id).infrastructure_pid, timeout=120
+        )
+        time.sleep(8)  # twice the keepalive: renewed all along
+        assert LocalProvider().describe(machine_id).alive
+        os.killpg(first.pid, signal.SIGKILL)
+        first.wait()
+        [ended] = LocalProvider().wait([machine_id], timeout=30)
+        assert ended.reason.startswith("owner gone: lease not renewed"), ended.reason
+        final = wait_final(api, run.id, timeout=60)
+        assert final.state_name == "Crashed" and "Machine ended: owner gone: lease not renewed" in final.state.message, (
+            final.state,
+            LocalProvider().logs(machine_id).text[-3000:],
+        )
+    finally:
+        stop_process_group(first)
