@@ -273,7 +273,7 @@ def translated(action: str, *, project: str | None = None) -> Iterator[None]:
     >>> with translated("run.jobs.create", project="my-project"):                    # doctest: +ELLIPSIS
     ...     raise Forbidden("Permission 'run.jobs.create' denied on resource")
     Traceback (most recent call last):
-    prefect_remote.providers.gcp.clients.GCPAccessDenied: Google Cloud refused run.jobs.create in project my-project...roles/run.developer...
+    prefect_remote.providers.gcp.clients.GCPAccessDenied: Google Cloud refused run.jobs.create......roles/run.developer...
     """
     from google.api_core import exceptions as api
     from google.auth import exceptions as auth
