@@ -167,7 +167,7 @@ class ComputeService(GCPService):
                 launch.instance_type.name,
                 placement.zone or self.zone,
                 code,
-                ", ".join(machine_ids),
+                _named(machine_ids),
                 then.zone or self.zone,
                 f"a {kind} VM" if len(machine_ids) == 1 else f"{kind} VMs",
                 " (spot_with_fallback)" if placement.spot and not then.spot else "",
@@ -199,7 +199,7 @@ class ComputeService(GCPService):
         zone = placement.zone or self.zone
         body = self.bulk_body(launch, machine_ids, network_tags, spot=placement.spot, zone=zone)
         self._zone_of.update((machine_id, zone) for machine_id in machine_ids)
-        what = ", ".join(machine_ids)
+        what = _named(machine_ids)
         try:
             operation = self.clients.instances().bulk_insert(project=self.project, zone=zone, bulk_insert_instance_resource_resource=body)
         except GoogleAPICallError as error:  # a bulk insert's capacity and quota are checked up front too
@@ -534,6 +534,13 @@ def _shortage_at_once(error: Exception, what: str) -> _OperationError | None:
                 return _OperationError(code, str(detail.get("message") or getattr(error, "message", error)), what)
     code = next((c for c in SHORTAGE if c in str(error)), None)
     return None if code is None else _OperationError(code, str(getattr(error, "message", error)), what)
+
+
+def _named(machine_ids: Sequence[str], shown: int = 4) -> str:
+    """``machine_ids`` for a message: all of a few, the first of many and how many more."""
+    if len(machine_ids) <= shown:
+        return ", ".join(machine_ids)
+    return f"{', '.join(machine_ids[: shown - 1])} and {len(machine_ids) - shown + 1} more"
 
 
 def _digest(text: str) -> str:

@@ -231,6 +231,13 @@ def test_a_launch_is_one_bulk_insert_all_or_nothing_with_only_the_names_per_mach
     assert "namePattern" not in bulk and "name" not in bulk["instanceProperties"]  # each reads its id from its name
 
 
+def test_a_launchs_vms_are_named_in_messages_all_of_a_few_or_the_first_of_many():
+    from prefect_remote.providers.gcp.compute import _named
+
+    assert _named(["vm-1", "vm-2"]) == "vm-1, vm-2"
+    assert _named([f"vm-{n}" for n in range(500)]) == "vm-0, vm-1, vm-2 and 497 more"
+
+
 def test_instance_body(service, types):
     body = body_of(service, launch_of(types, cpu=4, memory="16 GiB", disk_size=50))
     assert body["machineType"] == "e2-standard-4"  # an instance template's properties name their types
