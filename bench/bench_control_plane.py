@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from common import bench_home
@@ -30,11 +30,14 @@ def measure(calls: Any, action: Callable[..., Any], *args: Any, **kwargs: Any) -
     return result, sum(calls.values()), seconds, names
 
 
-def at_scale(calls: Any, provider: Any, spec: Any, payload: Any, listing_lag: float = 0.0) -> list[str]:
+def at_scale(
+    calls: Any, provider: Any, spec: Any, payload: Any, listing_lag: float = 0.0, goals: Mapping[str, Callable[[int], int]] | None = None
+) -> list[str]:
     """For each of ``COUNTS``: one launch of that many machines, one renewal of their leases, one
     listing by tag (``listing_lag`` seconds after the launch at least: the cloud's listings leave out
     instances younger than that) and one end, with the API calls (``calls``: the sandbox's counter)
-    and seconds of each, and calls per machine against the first count's, as lines."""
+    and seconds of each, and calls per machine against the first count's, as lines; ``goals``: the
+    most calls each phase should take for a count, said met or missed beside its figure."""
     from prefect_remote.lease import renewal_interval
 
     per_machine: dict[str, float] = {}
@@ -63,6 +66,10 @@ def at_scale(calls: Any, provider: Any, spec: Any, payload: Any, listing_lag: fl
             plural = "s" if made != 1 else ""
             if phase == "renew":  # what an owner's renewals cost while the machines run
                 detail = f", {rate * renewals_per_minute:.3f} per machine-minute at {renewals_per_minute:.0f} renewals a minute" + detail
+            goal = (goals or {}).get(phase)
+            if goal is not None:
+                most = goal(count)
+                detail += f"; goal at most {most}: {'met' if made <= most else 'MISSED'}"
             lines.append(f"{count} machines, {phase}: {made} call{plural} in {seconds:.2f} s, {rate:.3f} per machine; {ratio}{detail}")
     return lines
 

@@ -159,3 +159,7 @@ def test_the_control_plane_benchmarks_count_each_phase_calls_against_the_first_c
     assert calls[4, "launch"] >= calls[2, "launch"] >= 1
     if benchmark == "bench_gcp_control_plane":  # the leases live in GCS records: renewed by one JSON API batch per 100
         assert calls[2, "renew"] == calls[4, "renew"] == 1 and "(storage.POST.batch 1)" in text
+        # one bulk insert, and the records in one upload and GCS batches of 100, however many machines
+        assert calls[2, "launch"] == calls[4, "launch"] and "compute.instances.bulkInsert 1" in text
+        assert calls[4, "end"] - calls[2, "end"] == 2  # one instances.delete more per machine; the records batched
+        assert text.count("goal at most") == 8 and "MISSED" not in text, out

@@ -513,3 +513,111 @@ def test_the_network_and_its_firewall_as_compute_engines(clients, sandbox):
     finally:
         for rule in rules:
             firewalls.delete(project=PROJECT, firewall=rule.name).result()
+
+
+# -- bulk inserts ------------------------------------------------------------------------------------------
+def bulk(names=(), count: int | None = None, *, pattern: str = "", min_count: int | None = None, spot: bool = False, **shape) -> Any:
+    """A ``BulkInsertInstanceResource`` as the product builds one: ``vm``'s properties (machine type by
+    name), one instance per name in ``names`` and ``pattern`` for the rest of ``count``."""
+    instance = vm("unused", spot=spot, **shape)
+    properties = compute_v1.InstanceProperties(
+        machine_type=instance.machine_type.rsplit("/", 1)[-1],
+        labels=instance.labels,
+        metadata=instance.metadata,
+        scheduling=instance.scheduling,
+        disks=instance.disks,
+        network_interfaces=instance.network_interfaces,
+        service_accounts=instance.service_accounts,
+    )
+    resource = compute_v1.BulkInsertInstanceResource(
+        count=count or len(names),
+        per_instance_properties={name: compute_v1.BulkInsertInstanceResourcePerInstanceProperties() for name in names},
+        instance_properties=properties,
+    )
+    if pattern:
+        resource.name_pattern = pattern
+    if min_count is not None:
+        resource.min_count = min_count
+    return resource
+
+
+def bulk_insert(clients, resource, zone: str = ZONE) -> Any:
+    """The bulk insert's operation, waited for as the product waits (``zoneOperations.wait``)."""
+    operation = clients["instances"].bulk_insert(project=PROJECT, zone=zone, bulk_insert_instance_resource_resource=resource)
+    return clients["zone_operations"].wait(project=PROJECT, zone=zone, operation=operation.name)
+
+
+def names_in(clients, zone: str = ZONE) -> list[str]:
+    return sorted(instance.name for instance in clients["instances"].list(project=PROJECT, zone=zone))
+
+
+def test_a_bulk_insert_makes_each_named_instance_alike_in_one_operation(clients, sandbox, tmp_path):
+    marker = tmp_path / "ran"
+    script = f"#!/bin/sh\necho ran >> {marker}\nsleep 60\n"
+    done = bulk_insert(clients, bulk(["vm-b1", "vm-b2", "vm-b3"], script=script, labels={"prefect-remote-launch": "l2"}))
+    assert done.status == compute_v1.Operation.Status.DONE and not done.error.errors and done.operation_type == "bulkInsert"
+    status = done.instances_bulk_insert_operation_metadata.per_location_status[f"zones/{ZONE}"]
+    assert (status.target_vm_count, status.created_vm_count) == (3, 3)
+    assert names_in(clients) == ["vm-b1", "vm-b2", "vm-b3"]
+    for name in ("vm-b1", "vm-b2", "vm-b3"):
+        instance = get(clients, name)
+        assert instance.status == "RUNNING" and instance.labels == {"prefect-remote-launch": "l2"}
+        assert instance.machine_type.endswith(f"/zones/{ZONE}/machineTypes/e2-standard-2")
+        assert instance.disks[0].source.endswith(f"/disks/{name}")  # each boot disk is its instance's
+    wait_for(lambda: marker.exists() and marker.read_text().count("ran") == 3, timeout=60, message="three startup scripts ran")
+
+
+def test_a_bulk_insert_names_the_rest_by_its_pattern_after_the_highest_taken(clients, sandbox):
+    insert(clients, vm("vm-p-007"))
+    bulk_insert(clients, bulk(["vm-named"], count=3, pattern="vm-p-###"))
+    assert names_in(clients) == ["vm-named", "vm-p-007", "vm-p-008", "vm-p-009"]
+
+
+def test_bad_bulk_inserts_are_refused_at_once(clients, sandbox):
+    def refused(resource, match: str, error=exceptions.BadRequest) -> None:
+        with pytest.raises(error, match=match):
+            clients["instances"].bulk_insert(project=PROJECT, zone=ZONE, bulk_insert_instance_resource_resource=resource)
+
+    refused(bulk(["vm-x"], count=2), "Either namePattern or a name in perInstanceProperties")
+    refused(bulk(["vm-x", "vm-y"], count=1), "Names more instances than count")
+    refused(bulk(count=2, pattern="vm-#-#"), "one continuous sequence")
+    refused(bulk(["vm-x"], min_count=2), r"resource.minCount.*Must be between 1 and count \(1\)")
+    refused(bulk(count=5001, pattern="vm-####"), "Must be between 1 and 5000")
+    as_url = bulk(["vm-x"])
+    as_url.instance_properties.machine_type = f"zones/{ZONE}/machineTypes/e2-standard-2"
+    refused(as_url, "not a URL")  # instance properties name their machine type
+    refused(bulk(["vm-x"], machine_type="e2-nope"), "Machine type with name 'e2-nope' does not exist")
+    templated = bulk(["vm-x"])
+    templated.source_instance_template = "global/instanceTemplates/none"
+    refused(templated, "instanceTemplates/none", exceptions.NotFound)
+    insert(clients, vm("vm-taken"))
+    refused(bulk(["vm-free", "vm-taken"]), "vm-taken' already exists", exceptions.Conflict)
+    assert names_in(clients) == ["vm-taken"]  # nothing of a refused request was made
+
+
+def test_a_bulk_insert_meets_a_zones_stock_out_whole_and_leaves_nothing(clients, sandbox):
+    sandbox.compute.refuse(zone=ZONE, spot=True, times=1)
+    done = bulk_insert(clients, bulk(["vm-s1", "vm-s2"], spot=True))
+    assert done.http_error_status_code == 503 and done.error.errors[0].code == "ZONE_RESOURCE_POOL_EXHAUSTED"
+    status = done.instances_bulk_insert_operation_metadata.per_location_status[f"zones/{ZONE}"]
+    assert (status.created_vm_count, status.failed_to_create_vm_count) == (0, 2)
+    assert names_in(clients) == []  # all or nothing
+    bulk_insert(clients, bulk(["vm-s1", "vm-s2"], zone="us-central1-b", spot=True), zone="us-central1-b")  # the refusal was one zone's
+    assert names_in(clients, "us-central1-b") == ["vm-s1", "vm-s2"]
+
+
+def test_a_bulk_insert_checks_quota_up_front_and_makes_no_fewer_than_min_count(clients, sandbox):
+    sandbox.compute.refuse("QUOTA_EXCEEDED", zone=ZONE, times=1)
+    with pytest.raises(exceptions.Forbidden, match="Quota 'CPUS' exceeded") as refused:
+        clients["instances"].bulk_insert(project=PROJECT, zone=ZONE, bulk_insert_instance_resource_resource=bulk(["vm-q1"]))
+    assert [error["reason"] for error in refused.value.errors] == ["quotaExceeded"]  # at once: no operation to wait for
+    sandbox.compute.catalog.set_quota("CPUS", 5)  # two e2-standard-2 of three
+    try:
+        with pytest.raises(exceptions.Forbidden, match=r"Quota 'CPUS' exceeded.  Limit: 5.0 in region us-central1."):
+            bulk_insert(clients, bulk(["vm-q1", "vm-q2", "vm-q3"]))
+        assert names_in(clients) == []  # all or nothing: minCount is count unless asked
+        done = bulk_insert(clients, bulk(["vm-q1", "vm-q2", "vm-q3"], min_count=2))
+        assert done.instances_bulk_insert_operation_metadata.per_location_status[f"zones/{ZONE}"].created_vm_count == 2
+        assert len(names_in(clients)) == 2
+    finally:
+        sandbox.compute.catalog.set_quota("CPUS", None)

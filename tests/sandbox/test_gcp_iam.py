@@ -235,6 +235,21 @@ def test_an_instance_insert_needs_a_permission_per_property_it_sets():
     ]
 
 
+def test_a_bulk_insert_needs_what_an_insert_of_each_of_its_instances_needs():
+    properties = {
+        "machineType": "e2-small",
+        "disks": [{"boot": True, "initializeParams": {"sourceImage": "projects/debian-cloud/global/images/family/debian-12"}}],
+        "networkInterfaces": [{"network": "global/networks/default"}],
+        "serviceAccounts": [{"email": "m@p-1.iam.gserviceaccount.com"}],
+    }
+    spec = {"count": 3, "perInstanceProperties": {"vm-1": {}, "vm-2": {}}, "namePattern": "vm-##", "instanceProperties": properties}
+    checks = METHODS["compute.instances.bulkInsert"](SCOPE, Call({"project": PROJECT, "zone": "us-central1-a"}, spec))
+    created = [c.resource.name for c in checks if c.permission == "compute.instances.create"]
+    assert created == [f"projects/p-1/zones/us-central1-a/instances/{name}" for name in ("vm-1", "vm-2", "vm-##")]
+    assert ("compute.disks.create", "projects/p-1/zones/us-central1-a/disks/vm-2") in [(c.permission, c.resource.name) for c in checks]
+    assert ("iam.serviceAccounts.actAs", True) in [(c.permission, c.deferred) for c in checks]  # by the operation, as an insert's
+
+
 def test_refusals_are_worded_as_each_api_words_them():
     def body(method: str, permission: str, resource: Resource) -> dict:
         return json.loads(refusal(method, [Check(permission, resource)]).response().body)["error"]
@@ -435,6 +450,17 @@ def test_launching_as_an_account_the_launcher_may_not_act_as(strict, who):
     operation = instances.insert(project=strict.project, zone=strict.zones[0], instance_resource=vm)  # accepted...
     with pytest.raises(exceptions.BadRequest, match="SERVICE_ACCOUNT_ACCESS_DENIED: The user does not have access to service account"):
         operation.result()  # ...and its operation fails, as Compute Engine's does
+    assert [i.name for i in instances.list(project=strict.project, zone=strict.zones[0])] == []
+    properties = compute_v1.InstanceProperties(
+        machine_type="e2-small",
+        disks=vm.disks,
+        network_interfaces=vm.network_interfaces,
+        service_accounts=vm.service_accounts,
+    )
+    bulk = compute_v1.BulkInsertInstanceResource(count=2, name_pattern="as-default-#", instance_properties=properties)
+    operation = instances.bulk_insert(project=strict.project, zone=strict.zones[0], bulk_insert_instance_resource_resource=bulk)
+    with pytest.raises(exceptions.BadRequest, match="SERVICE_ACCOUNT_ACCESS_DENIED"):
+        operation.result()  # a bulk insert's operation fails alike, and makes none of its instances
     assert [i.name for i in instances.list(project=strict.project, zone=strict.zones[0])] == []
 
 

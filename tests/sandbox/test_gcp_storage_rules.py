@@ -1,6 +1,6 @@
 """The sandbox's Cloud Storage where gcp-storage-emulator is kinder than Google
 (:mod:`prefect_remote.sandbox.gcp.storage_rules`), through google-cloud-storage: an update that
-lowers customTime is refused 400, alone or in a batch; lifecycle rules run when the test moves the
+lowers customTime is refused 400, alone or in a batch; a batch reads objects' metadata; lifecycle rules run when the test moves the
 clock, by ``age`` or ``daysSinceCustomTime``, and a condition the sandbox does not model is refused."""
 
 from __future__ import annotations
@@ -48,6 +48,23 @@ def test_custom_time_is_never_lowered(bucket):
             other.patch()
     assert bucket.get_blob("machines/b.json").metadata == {"reason": "ended"}
     assert bucket.get_blob("machines/a.json").custom_time == later
+
+
+def test_a_batch_reads_objects_metadata(bucket):
+    from google.api_core.exceptions import NotFound
+
+    kept = bucket.blob("machines/c.json")
+    kept.metadata = {"launch": "launch-1"}
+    kept.upload_from_string("{}")
+    read, missing = bucket.blob("machines/c.json"), bucket.blob("machines/none.json")
+    with bucket.client.batch(raise_exception=False) as batch:
+        read.reload()
+        missing.reload()
+    assert [response.status_code for response in batch._responses] == [200, 404]
+    assert read.metadata == {"launch": "launch-1"} and read.size == 2
+    with pytest.raises(NotFound):
+        with bucket.client.batch():
+            missing.reload()
 
 
 def test_lifecycle_rules_run_on_the_tests_clock(gcp_env, bucket):

@@ -1,12 +1,13 @@
 """Compute Engine VMs: the gcp machines that accept connections (a Dask cluster's scheduler and
 workers), or that Cloud Run cannot shape. A machine is an instance whose name is its id (``vm-…``).
 
-A launch inserts one instance per machine, booting a stock image family that runs the boot script
-as its ``startup-script``; ``spot`` is the SPOT provisioning model (deleted when preempted), and
-``spot_with_fallback`` inserts standard VMs where spot capacity is out. A VM that meets a stock-out
-or a quota error in one zone is inserted in the region's next zone that offers its machine type
-(unless ``zone`` pins one), each move logged (:mod:`prefect_remote.providers.capacity`); VMs are
-listed across the region's zones. Every VM carries the
+A launch inserts its machines with one ``instances.bulkInsert`` (one request and one operation
+however many), booting a stock image family that runs the boot script as its ``startup-script``;
+``spot`` is the SPOT provisioning model (deleted when preempted), and ``spot_with_fallback`` inserts
+standard VMs where spot capacity is out. A launch that meets a stock-out or a quota error in one
+zone is inserted whole in the region's next zone that offers its machine type (unless ``zone`` pins
+one), each move logged (:mod:`prefect_remote.providers.capacity`); VMs are listed across the
+region's zones. Every VM carries the
 network tag ``prefect-remote`` (a firewall rule lets those reach each other on internal IPs) and,
 unless ``allow_ingress_from="none"``, the tag of a rule admitting the Dask ports from that source
 only. Labels say which launch a VM is of; the raw tags (labels allow only ``[a-z0-9_-]``) are kept
@@ -62,6 +63,8 @@ STATES: dict[str, MachineState] = {"PROVISIONING": "pending", "STAGING": "pendin
 # UNSUPPORTED_OPERATION: a spot VM preempted while it is created (SkyPilot sees it so).
 STOCK_OUT = ("ZONE_RESOURCE_POOL_EXHAUSTED", "ZONE_RESOURCE_POOL_EXHAUSTED_WITH_DETAILS", "REGION_RESOURCE_POOL_EXHAUSTED", "STOCKOUT")
 SHORTAGE = (*STOCK_OUT, "QUOTA_EXCEEDED", "UNSUPPORTED_OPERATION")
+# A bulk insert's capacity and quota are checked up front: refused at once with these reasons, as the codes they mean.
+AT_ONCE = {"quotaExceeded": "QUOTA_EXCEEDED", "insufficientCapacity": "ZONE_RESOURCE_POOL_EXHAUSTED"}
 QUOTAS_PAGE = "https://console.cloud.google.com/iam-admin/quotas"
 # A VM outlives its timeout by this much before Compute Engine deletes it: the agent ends it first
 # and records why; maxRunDuration is the backstop for an agent that could not.
@@ -147,81 +150,67 @@ class ComputeService(GCPService):
 
     # -- starting ---------------------------------------------------------------------------------
     def start(self, launch: Launch, machine_ids: Sequence[str]) -> list[Machine]:
-        """Inserts every VM on the first placement the spot policy allows, then awaits each: one
-        that finds no capacity there tries the next placement (:mod:`prefect_remote.providers.capacity`)."""
+        """Inserts every VM with one ``instances.bulkInsert`` on the first placement the spot policy
+        allows, all or nothing (``minCount`` is the count: a cluster's workers share a zone and a
+        market); where that zone has no capacity or quota for them all, the next placement is tried
+        with all of them (:mod:`prefect_remote.providers.capacity`). Only a VM's name differs from its
+        siblings': it reads its id from the metadata server, and its launch's secrets by the launch id."""
         tried = placements(launch.spec.spot_policy, self.zones_for(launch.instance_type))
         with self.clients.translated("compute.firewalls.create"):
             network_tags = self.network_tags(self.ingress_cidr(launch.spec))
-        with self.clients.translated("compute.instances.create"):
-            started: list[str] = []
-            try:
-                inserted: dict[str, Any] = {}
-                for machine_id in machine_ids:  # all inserted, then all awaited: they boot in parallel
-                    started.append(machine_id)
-                    try:
-                        inserted[machine_id] = self._insert(launch, machine_id, network_tags, tried[0])
-                    except _OperationError as refused:  # refused at once: handled as a failed operation
-                        inserted[machine_id] = refused
-                for machine_id, first in inserted.items():
-                    self._settle(launch, machine_id, first, tried, network_tags)
-                machines = {m.id: m for m in self.machines(machine_ids)}
-                return [machines[machine_id] for machine_id in machine_ids if machine_id in machines]
-            except BaseException:
-                try:
-                    self.terminate(started, "its launch failed")
-                except Exception:
-                    logger.exception("gcp: could not delete the VMs of a failed launch: %s", ", ".join(started))
-                raise
-
-    def _settle(self, launch: Launch, machine_id: str, first: Any, tried: list[Placement], network_tags: list[str]) -> None:
-        """Awaits ``machine_id``'s insert on ``tried[0]`` (``first``: its operation, or the error it
-        was refused with at once); where the zone had no capacity, inserts it on the next placement."""
-
-        def start(placement: Placement) -> None:
-            operation = first if placement is tried[0] else self._insert(launch, machine_id, network_tags, placement)
-            if isinstance(operation, _OperationError):
-                raise operation
-            self._wait(operation, machine_id, placement.zone or self.zone)
 
         def falling_back(placement: Placement, then: Placement, code: str) -> None:
+            kind = "spot" if then.spot else "standard"
             logger.warning(
-                "gcp: no %s capacity for %s in %s (%s): starting %s in %s as a %s VM%s",
+                "gcp: no %s capacity for %s in %s (%s): starting %s in %s as %s%s",
                 placement.market,
                 launch.instance_type.name,
                 placement.zone or self.zone,
                 code,
-                machine_id,
+                _named(machine_ids),
                 then.zone or self.zone,
-                "spot" if then.spot else "standard",
+                f"a {kind} VM" if len(machine_ids) == 1 else f"{kind} VMs",
                 " (spot_with_fallback)" if placement.spot and not then.spot else "",
             )
 
-        first_with_capacity(
-            tried,
-            start,
-            shortage=_shortage,
-            refused=lambda placement, code, tried: self._no_capacity(launch, placement, code, tried),
-            falling_back=falling_back,
-        )
+        with self.clients.translated("compute.instances.create"):
+            try:
+                first_with_capacity(
+                    tried,
+                    lambda placement: self._bulk_insert(launch, machine_ids, network_tags, placement),
+                    shortage=_shortage,
+                    refused=lambda placement, code, tried: self._no_capacity(launch, placement, code, tried),
+                    falling_back=falling_back,
+                )
+                machines = {m.id: m for m in self.machines(machine_ids)}
+                return [machines[machine_id] for machine_id in machine_ids if machine_id in machines]
+            except BaseException:
+                try:
+                    self.terminate(machine_ids, "its launch failed")
+                except Exception:
+                    logger.exception("gcp: could not delete the VMs of a failed launch: %s", ", ".join(machine_ids))
+                raise
 
-    def _insert(self, launch: Launch, machine_id: str, network_tags: list[str], placement: Placement) -> Any:
-        """Inserts one VM on ``placement``; its operation (an insert refused at once raises :class:`_OperationError`)."""
+    def _bulk_insert(self, launch: Launch, machine_ids: Sequence[str], network_tags: list[str], placement: Placement) -> None:
+        """Inserts the VMs on ``placement`` with one bulk insert and waits for its operation; a refusal
+        for want of capacity or quota (at once, or in the operation) raises :class:`_OperationError`."""
         from google.api_core.exceptions import GoogleAPICallError
 
         zone = placement.zone or self.zone
-        body = self.instance_body(launch, machine_id, network_tags, spot=placement.spot, zone=zone)
-        self._zone_of[machine_id] = zone
+        body = self.bulk_body(launch, machine_ids, network_tags, spot=placement.spot, zone=zone)
+        self._zone_of.update((machine_id, zone) for machine_id in machine_ids)
+        what = _named(machine_ids)
         try:
-            return self.clients.instances().insert(project=self.project, zone=zone, instance_resource=body)
-        except GoogleAPICallError as error:
-            codes = [str(e.get("reason", "")) for e in getattr(error, "errors", []) if isinstance(e, Mapping)]
-            known = next((c for c in codes if c in SHORTAGE), None) or next((c for c in SHORTAGE if c in str(error)), None)
-            if known:
-                raise _OperationError(known, error.message, machine_id) from None
-            raise
+            operation = self.clients.instances().bulk_insert(project=self.project, zone=zone, bulk_insert_instance_resource_resource=body)
+        except GoogleAPICallError as error:  # a bulk insert's capacity and quota are checked up front too
+            shortage = _shortage_at_once(error, what)
+            if shortage is None:
+                raise
+            raise shortage from None
+        self._wait(operation, what, zone)
 
-    def _wait(self, operation: Any, machine_id: str, zone: str) -> None:
-        """Waits for a zone operation (insert) to be done; raises :class:`_OperationError` if it failed."""
+    def _wait(self, operation: Any, what: str, zone: str) -> None:
+        """Waits for a zone operation (an insert) to be done; raises :class:`_OperationError` if it failed."""
         from google.cloud import compute_v1
 
         name = operation.name
@@ -234,23 +223,28 @@ class ComputeService(GCPService):
                 raise TimeoutError(f"Compute Engine operation {name} not done after {OPERATION_TIMEOUT:.0f}s")
         errors = list(done.error.errors) if done.error else []
         if errors:
-            raise _OperationError(errors[0].code, errors[0].message or done.http_error_message, machine_id)
+            raise _OperationError(errors[0].code, errors[0].message or done.http_error_message, what)
 
     def _no_capacity(self, launch: Launch, placement: Placement, code: str, tried: Sequence[Placement]) -> CapacityError:
         """What to do when every placement failed (``code``: the last one's)."""
         name = launch.instance_type.name
+        count = f"{launch.count} " if launch.count > 1 else ""
         zones = list(dict.fromkeys(p.zone or self.zone for p in tried if p.spot == placement.spot))
         where = f"zone {zones[0]}" if len(zones) == 1 else f"zones {', '.join(zones)}"
         quota = f"raise the quota ({QUOTAS_PAGE}), " if code.startswith("QUOTA_EXCEEDED") else ""
         if placement.spot:
             return CapacityError(
-                f"no spot capacity for {name} in {where} ({code}); {quota}try spot_policy='spot_with_fallback', another "
+                f"no spot capacity for {count}{name} in {where} ({code}); {quota}try spot_policy='spot_with_fallback', another "
                 "vm_type or zone, or later"
             )
-        return CapacityError(f"no capacity for {name} in {where} ({code}); {quota}try another vm_type or zone, or later")
+        return CapacityError(f"no capacity for {count}{name} in {where} ({code}); {quota}try another vm_type or zone, or later")
 
-    def instance_body(self, launch: Launch, machine_id: str, network_tags: Sequence[str], *, spot: bool, zone: str | None = None) -> Any:
-        """The ``Instance`` inserted for ``machine_id`` in ``zone`` (default: the provider's)."""
+    def bulk_body(
+        self, launch: Launch, machine_ids: Sequence[str], network_tags: Sequence[str], *, spot: bool, zone: str | None = None
+    ) -> Any:
+        """The ``BulkInsertInstanceResource`` that makes ``machine_ids`` in ``zone`` (default: the
+        provider's): all of them or none (``minCount``), each named, alike in all else: an instance
+        template's properties, which name their machine, disk and accelerator types."""
         from google.cloud import compute_v1
 
         spec, instance_type, zone = launch.spec, launch.instance_type, zone or self.zone
@@ -269,7 +263,7 @@ class ComputeService(GCPService):
             metadata["install-nvidia-driver"] = "True"
         disk: dict[str, Any] = {
             "source_image": image,
-            "disk_type": f"zones/{zone}/diskTypes/{compute_catalog.boot_disk_type(machine_type)}",
+            "disk_type": compute_catalog.boot_disk_type(machine_type),
             "labels": {LAUNCH_LABEL: launch.id},
             # the image's 10 GB holds no real environment; Compute Engine refuses one smaller than the image
             "disk_size_gb": self._disk_gib(spec, GPU_VM_IMAGE_GIB if image == GPU_VM_IMAGE else None),
@@ -295,9 +289,8 @@ class ComputeService(GCPService):
         if spec.timeout:
             seconds = min(math.ceil(spec.timeout) + MAX_RUN_GRACE, MAX_RUN_DURATION)
             scheduling.update(max_run_duration={"seconds": seconds}, instance_termination_action="DELETE")
-        body: dict[str, Any] = {
-            "name": machine_id,
-            "machine_type": f"zones/{zone}/machineTypes/{machine_type}",
+        properties: dict[str, Any] = {
+            "machine_type": machine_type,
             "labels": labels,
             "metadata": {"items": [{"key": key, "value": value} for key, value in metadata.items()]},
             "tags": {"items": list(network_tags)},
@@ -307,8 +300,13 @@ class ComputeService(GCPService):
             "scheduling": scheduling,
         }
         if gpus and accelerator:
-            body["guest_accelerators"] = [{"accelerator_type": f"zones/{zone}/acceleratorTypes/{accelerator}", "accelerator_count": gpus}]
-        return compute_v1.Instance(body)
+            properties["guest_accelerators"] = [{"accelerator_type": accelerator, "accelerator_count": gpus}]
+        return compute_v1.BulkInsertInstanceResource(
+            count=len(machine_ids),
+            min_count=len(machine_ids),
+            per_instance_properties={machine_id: {} for machine_id in machine_ids},
+            instance_properties=properties,
+        )
 
     def _image(self, instance_type: InstanceType) -> str:
         """The boot image: ``vm_image``, its arm64 family for an arm type (``debian-12`` →
@@ -523,6 +521,26 @@ def _shortage(error: Exception) -> str | None:
     if not isinstance(error, _OperationError) or error.code not in SHORTAGE:
         return None
     return f"{error.code}: {error.message}" if error.code == "QUOTA_EXCEEDED" else error.code
+
+
+def _shortage_at_once(error: Exception, what: str) -> _OperationError | None:
+    """The shortage a request was refused with at once (its errors' reason, :data:`AT_ONCE`, or a
+    code in its text), as a failed operation would report it; None for any other error."""
+    for detail in getattr(error, "errors", None) or ():
+        if isinstance(detail, Mapping):
+            reason = str(detail.get("reason", ""))
+            code = AT_ONCE.get(reason, reason)
+            if code in SHORTAGE:
+                return _OperationError(code, str(detail.get("message") or getattr(error, "message", error)), what)
+    code = next((c for c in SHORTAGE if c in str(error)), None)
+    return None if code is None else _OperationError(code, str(getattr(error, "message", error)), what)
+
+
+def _named(machine_ids: Sequence[str], shown: int = 4) -> str:
+    """``machine_ids`` for a message: all of a few, the first of many and how many more."""
+    if len(machine_ids) <= shown:
+        return ", ".join(machine_ids)
+    return f"{', '.join(machine_ids[: shown - 1])} and {len(machine_ids) - shown + 1} more"
 
 
 def _digest(text: str) -> str:

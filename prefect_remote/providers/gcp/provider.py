@@ -258,16 +258,18 @@ class GCPProvider(Provider):
         """Records each end, then has each service end its machines; returns their launches. A
         machine this pool's records do not know (another pool's, a VM prefect-remote never made, a
         mistyped id) is refused (:class:`MachineNotFound`) before anything ends; each service also
-        checks the machine's labels."""
+        checks the machine's labels. The records are read, then their ends written, in one batch
+        request per 100 machines each."""
         for machine_id in machine_ids:
             self._service_of(machine_id)  # not one of ours: refused before any call
+        known = self.records.read(machine_ids)
         for machine_id in machine_ids:
-            if not self.records.knows(machine_id):
+            if machine_id not in known:
                 raise MachineNotFound(
                     f"no gcp machine {machine_id!r} in this pool's records ({self.records.url}): it is another pool's, not "
                     "prefect-remote's, or long gone; `prefect-remote machines ls` lists this pool's machines"
                 )
-        launches = {self.records.end(machine_id, reason=reason, exit_code=exit_code, only_if_running=True) for machine_id in machine_ids}
+        launches = set(self.records.end_all(known, reason=reason, exit_code=exit_code, only_if_running=True).values())
         for name in ("cloud-run", "compute"):
             service = self.service(name)
             mine = [machine_id for machine_id in machine_ids if machine_id.startswith(service.id_prefix)]

@@ -2,7 +2,8 @@
 ``<store>/machines/<id>.json``.
 
 * **Launch facts**, the object's JSON, written once when the machine is launched: its launch, owner,
-  keepalive, shape, region, spot policy, spec summary, service, price, creation time and tags.
+  keepalive, shape, region, spot policy, spec summary, service, price, creation time and tags (the
+  same for every machine of a launch: one upload, then copies in batches).
   They outlive the machine: Google deletes an ended VM, and a deleted machine is still described.
 * **The lease**, the object's ``customTime``: the owner's last renewal. An owner renews all its
   machines in one HTTP request per 100 (a JSON API batch of PATCHes), and a machine reads its own
@@ -13,7 +14,8 @@
 * **The end**, the object's custom metadata (``reason``, ``exit_code``, ``ended``; and ``launch`` and
   ``tags``, written at launch, for :meth:`MachineRecords.live_launches` and
   :meth:`MachineRecords.ended_machines`): patched in when the machine ends, by itself or by its
-  owner, and seen by the owner's next renewal.
+  owner (who reads and ends many in one batch request per 100 each: :meth:`MachineRecords.read`,
+  :meth:`MachineRecords.end_all`), and seen by the owner's next renewal.
 
 Standard library only at import (the machine side uses it); google-cloud-storage comes through the
 store.
@@ -31,7 +33,7 @@ import json
 import logging
 import math
 import time
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from prefect_remote.errors import CapabilityError
@@ -114,63 +116,90 @@ class MachineRecords:
     def create(
         self, machine_ids: Sequence[str], launch: Launch, *, service: str, region: str | None = None, price: float | None = None
     ) -> None:
-        """Writes the records of a launch's machines, their leases fresh (one upload each)."""
+        """Writes the records of a launch's machines, their leases fresh. Their facts are the same
+        (a record's name is its machine's id), and Cloud Storage batches no uploads: the first is
+        uploaded, the others are copies of it, made and then stamped with their lease and metadata
+        in one batch request per 100 each (whatever a copy keeps of its source's)."""
         now = time.time()
         spec = launch.spec
-        for machine_id in machine_ids:
-            facts = {
-                "id": machine_id,
-                "launch": launch.id,
-                "owner": launch.owner,
-                "keepalive": spec.keepalive,
-                "instance_type": launch.instance_type.name,
-                "region": spec.region or region,
-                "spot_policy": spec.spot_policy,
-                "spec": spec.summary(),
-                "service": service,
-                "price_per_hour": price,
-                "created": now,
-                "tags": dict(launch.tags),
-            }
+        tags = dict(launch.tags)
+        facts = {
+            "launch": launch.id,
+            "owner": launch.owner,
+            "keepalive": spec.keepalive,
+            "instance_type": launch.instance_type.name,
+            "region": spec.region or region,
+            "spot_policy": spec.spot_policy,
+            "spec": spec.summary(),
+            "service": service,
+            "price_per_hour": price,
+            "created": now,
+            "tags": tags,
+        }
+        # The tags again: a listing then finds the ended machines of a cluster without a download each.
+        metadata = {"launch": launch.id, "tags": json.dumps(tags, sort_keys=True)}
+        first, *others = machine_ids
+        source = self._blob(first)
+        source.custom_time, source.metadata = _timestamp(now), metadata
+        with self._translated("storage.objects.create", first):
+            source.upload_from_string(json.dumps(facts), content_type="application/json")
+
+        def copy(machine_id: str) -> Blob:
+            return source.bucket.copy_blob(source, source.bucket, self._blob(machine_id).name)  # deferred
+
+        def stamp(machine_id: str) -> Blob:
             blob = self._blob(machine_id)
-            blob.custom_time = _timestamp(now)
-            # The tags again: a listing then finds the ended machines of a cluster without a download each.
-            blob.metadata = {"launch": launch.id, "tags": json.dumps(facts["tags"], sort_keys=True)}
-            with self._translated("storage.objects.create", machine_id):
-                blob.upload_from_string(json.dumps(facts), content_type="application/json")
+            blob.custom_time, blob.metadata = _timestamp(now), metadata
+            blob.patch()  # deferred
+            return blob
+
+        for action, call in (("storage.objects.create", copy), ("storage.objects.update", stamp)):
+            for _, _, status, response in self._batched(action, others, call):
+                if status >= 300:
+                    raise _http_error(response)
 
     def renew(self, machine_ids: Sequence[str]) -> dict[str, str | None]:
         """Renews the leases of ``machine_ids`` in one request per 100; returns those that have
         ended (their end is recorded) or are unknown (no record), which need no more renewing, each
         with its launch id (None: unknown), which the renewal's response carries."""
-        client = self.store.client
-        done: dict[str, str | None] = {}
         now = _timestamp(time.time())
+
+        def renewal(machine_id: str) -> Blob:
+            blob = self._blob(machine_id)
+            blob.custom_time = now
+            blob.patch()  # deferred: sent with the others when the batch closes
+            return blob
+
+        done: dict[str, str | None] = {}
+        for machine_id, blob, status, response in self._batched("storage.objects.update", machine_ids, renewal):
+            if status == 404:
+                done[machine_id] = None
+            elif 200 <= status < 300 and "ended" in (metadata := blob.metadata or {}):
+                done[machine_id] = metadata.get("launch")
+            elif status in _RETRY_LATER:
+                logger.debug("lease of %s not renewed this round (HTTP %s)", machine_id, status)
+            elif status >= 300 and status not in _RENEWED_ANYWAY:
+                raise _http_error(response)
+        return done
+
+    def _batched(self, action: str, machine_ids: Sequence[str], call: Callable[[str], Blob]) -> list[tuple[str, Blob, int, Any]]:
+        """Makes ``call(machine_id)`` (a blob call, deferred) for each of ``machine_ids`` (each once), in
+        one JSON API batch request per 100: each id with its blob, the HTTP status its call was
+        answered with and the answer. A failed call leaves its blob's properties as the error."""
+        client = self.store.client
+        answered: list[tuple[str, Blob, int, Any]] = []
         for batch_ids in batches(list(dict.fromkeys(machine_ids)), BATCH):
-            blobs = []
-            with self._translated("storage.objects.update", batch_ids[0]):
+            with self._translated(action, batch_ids[0]):
                 batch = client.batch(raise_exception=False)
                 with batch:
-                    for machine_id in batch_ids:
-                        blob = self._blob(machine_id)
-                        blob.custom_time = now
-                        blob.patch()  # deferred: sent with the others when the batch closes
-                        blobs.append(blob)
-                # One response per deferred call, in order (what Batch.finish returned; the context
-                # manager keeps it there). A failed call leaves its blob's properties as the error.
-                for machine_id, blob, response in zip(batch_ids, blobs, batch._responses, strict=True):
-                    status = response.status_code
-                    if status == 404:
-                        done[machine_id] = None
-                    elif 200 <= status < 300 and "ended" in (metadata := blob.metadata or {}):
-                        done[machine_id] = metadata.get("launch")
-                    elif status in _RETRY_LATER:
-                        logger.debug("lease of %s not renewed this round (HTTP %s)", machine_id, status)
-                    elif status >= 300 and status not in _RENEWED_ANYWAY:
-                        from google.api_core.exceptions import from_http_response
-
-                        raise from_http_response(response)
-        return done
+                    blobs = [call(machine_id) for machine_id in batch_ids]
+            # One response per deferred call, in order (what Batch.finish returned; the context
+            # manager keeps it there).
+            answered += [
+                (machine_id, blob, response.status_code, response)
+                for machine_id, blob, response in zip(batch_ids, blobs, batch._responses, strict=True)
+            ]
+        return answered
 
     def _loaded(self, machine_id: str) -> Any:
         """``machine_id``'s record with its metadata read (one GET), or None if these records hold none."""
@@ -181,10 +210,6 @@ class MachineRecords:
         except NotInStore:
             return None
         return blob
-
-    def knows(self, machine_id: str) -> bool:
-        """Whether these records hold ``machine_id``'s (one GET): every machine launched with them does."""
-        return self._loaded(machine_id) is not None
 
     def end(self, machine_id: str, *, reason: str, exit_code: int | None = None, only_if_running: bool = False) -> str | None:
         """Records why ``machine_id`` ended (two calls; the write retried while throttled, as a renewal
@@ -197,13 +222,59 @@ class MachineRecords:
         metadata = dict(blob.metadata or {})
         if only_if_running and "ended" in metadata:
             return metadata.get("launch")
-        metadata.update(reason=reason[:1024], ended=f"{time.time():.3f}")
-        if exit_code is not None:
-            metadata["exit_code"] = str(exit_code)
-        blob.metadata = metadata  # all of it: an emulator's patch replaces custom metadata
+        blob.metadata = _with_end_recorded(metadata, reason, exit_code)  # all of it: an emulator's patch replaces custom metadata
         with self._translated("storage.objects.update", machine_id):
             blob.patch(retry=_end_retry())  # the same metadata again: safe to repeat
         return metadata.get("launch")
+
+    def read(self, machine_ids: Sequence[str]) -> dict[str, Blob]:
+        """The records of ``machine_ids`` that exist, their metadata read: one batch request per 100."""
+
+        def read(machine_id: str) -> Blob:
+            blob = self._blob(machine_id)
+            blob.reload()  # deferred
+            return blob
+
+        found: dict[str, Blob] = {}
+        for machine_id, blob, status, response in self._batched("storage.objects.get", machine_ids, read):
+            if 200 <= status < 300:
+                found[machine_id] = blob
+            elif status != 404:
+                raise _http_error(response)
+        return found
+
+    def end_all(
+        self, records: Mapping[str, Blob], *, reason: str, exit_code: int | None = None, only_if_running: bool = False
+    ) -> dict[str, str | None]:
+        """Records why each machine of ``records`` (as :meth:`read` returned them) ended, as
+        :meth:`end` does, in one batch request per 100 (each write that is throttled sent again in
+        the next, for as long as :meth:`end` retries); returns each one's launch id."""
+        launches = {machine_id: (blob.metadata or {}).get("launch") for machine_id, blob in records.items()}
+        ends = {
+            machine_id: _with_end_recorded(dict(blob.metadata or {}), reason, exit_code)
+            for machine_id, blob in records.items()
+            if not (only_if_running and "ended" in (blob.metadata or {}))
+        }
+
+        def write(machine_id: str) -> Blob:
+            blob = self._blob(machine_id)
+            blob.metadata = ends[machine_id]  # all of it, as end() writes it
+            blob.patch()  # deferred
+            return blob
+
+        deadline, delay = time.monotonic() + END_RETRY_SECONDS, 1.0
+        while ends:
+            later = {}
+            for machine_id, _, status, response in self._batched("storage.objects.update", list(ends), write):
+                if status in _RETRY_LATER and time.monotonic() < deadline:
+                    later[machine_id] = ends[machine_id]
+                elif status >= 300 and status != 404:  # 404: forgotten meanwhile
+                    raise _http_error(response)
+            ends = later
+            if ends:
+                time.sleep(delay)
+                delay = min(delay * 2, 10.0)
+        return launches
 
     def complete(self, machine: Machine) -> Machine:
         """``machine`` as the cloud shows it, with what its record adds once it has ended: the reason
@@ -257,18 +328,15 @@ class MachineRecords:
 
     def delete(self, machine_ids: Sequence[str]) -> None:
         """Forgets these machines' records (one request per 100; missing ones are fine)."""
-        client = self.store.client
-        for batch_ids in batches(list(dict.fromkeys(machine_ids)), BATCH):
-            with self._translated("storage.objects.delete", batch_ids[0]):
-                batch = client.batch(raise_exception=False)
-                with batch:
-                    for machine_id in batch_ids:
-                        self._blob(machine_id).delete()
-                for response in batch._responses:
-                    if response.status_code >= 300 and response.status_code != 404:
-                        from google.api_core.exceptions import from_http_response
 
-                        raise from_http_response(response)
+        def forget(machine_id: str) -> Blob:
+            blob = self._blob(machine_id)
+            blob.delete()  # deferred
+            return blob
+
+        for _, _, status, response in self._batched("storage.objects.delete", machine_ids, forget):
+            if status >= 300 and status != 404:
+                raise _http_error(response)
 
     def live_launches(self, launch_ids: set[str], *, stale_after: float = 3600.0) -> set[str]:
         """Those of ``launch_ids`` with a machine still running by its record: no end recorded, and
@@ -294,6 +362,21 @@ class MachineRecords:
         if blob.custom_time is None:
             raise StoreError(f"the record of {machine_id} in {self.url} has no lease (customTime); it was changed by hand")
         return max(0.0, time.time() - blob.custom_time.timestamp())
+
+
+def _http_error(response: Any) -> Exception:
+    """google-api-core's error for a batch part's failed ``response``."""
+    from google.api_core.exceptions import from_http_response
+
+    return from_http_response(response)
+
+
+def _with_end_recorded(metadata: dict[str, Any], reason: str, exit_code: int | None) -> dict[str, Any]:
+    """A record's custom ``metadata`` with an end: why, when, and the exit code if known."""
+    metadata = {**metadata, "reason": reason[:1024], "ended": f"{time.time():.3f}"}
+    if exit_code is not None:
+        metadata["exit_code"] = str(exit_code)
+    return metadata
 
 
 def _ended(machine_id: str, facts: dict[str, Any], metadata: dict[str, Any]) -> Machine:

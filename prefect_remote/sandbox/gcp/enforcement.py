@@ -137,7 +137,7 @@ class IAMEnforcement:
         if any(not check.deferred for check in missing):
             raise refusal(name, [check for check in missing if not check.deferred])
         if missing:  # Compute Engine: the insert's operation fails
-            return self._failed_operation(call, missing[0], principal)
+            return self._failed_operation(name, call, missing[0], principal)
         return None
 
     def allows(self, principal: str, check: Check) -> bool:
@@ -169,17 +169,19 @@ class IAMEnforcement:
                 self.secret_policies.pop(params["secret"], None)
             self.store.forget(f"secret:{params['secret']}")
 
-    def _failed_operation(self, call: Call, check: Check, principal: str) -> Response:
-        """Compute Engine's answer to an insert whose caller may not act as the instance's account:
-        an operation that failed, as ``zoneOperations.wait`` then reports it."""
+    def _failed_operation(self, method: str, call: Call, check: Check, principal: str) -> Response:
+        """Compute Engine's answer to an insert (or bulk insert: none of its instances is made) whose
+        caller may not act as the instances' account: an operation that failed, as
+        ``zoneOperations.wait`` then reports it."""
         compute = self.sandbox.compute
-        zone, name = call.params["zone"], call.body.get("name", "")
+        kind = method.rsplit(".", 1)[-1]  # insert, bulkInsert
+        zone, name = call.params["zone"], call.body.get("name", "") if kind == "insert" else "bulkInsert"
         email = check.resource.name.rsplit("/", 1)[-1]
         message = service_account_access_denied(email, principal.partition(":")[2])
         link = compute.project.link("zones", zone, "instances", name)
         error = (400, "BAD REQUEST", "SERVICE_ACCOUNT_ACCESS_DENIED", message)
         return JSONResponse(
-            compute.operations.record(zone, "insert", link, str(secrets.randbits(63)), user=principal.partition(":")[2], error=error)
+            compute.operations.record(zone, kind, link, str(secrets.randbits(63)), user=principal.partition(":")[2], error=error)
         )
 
     def check_conditions(self, policy: dict[str, Any]) -> None:

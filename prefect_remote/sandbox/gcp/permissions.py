@@ -216,8 +216,20 @@ def _region_of(zone: str) -> str:
 
 def _instance_insert(s: Scope, call: Call) -> list[Check]:
     """Compute Engine's "required permissions" to create a VM: each property the request sets needs its own."""
+    return _instance_create(s, call.params["project"], call.params["zone"], call.body.get("name", ""), call.body)
+
+
+def _instance_bulk_insert(s: Scope, call: Call) -> list[Check]:
+    """A bulk insert needs what an insert of each of its instances needs (their properties alike): on
+    each name it gives (``perInstanceProperties``), and on its ``namePattern`` for the ones it numbers."""
     given, zone, spec = call.params["project"], call.params["zone"], call.body
-    name = spec.get("name", "")
+    properties = spec.get("instanceProperties") or {}
+    names = [*(spec.get("perInstanceProperties") or {}), *([spec["namePattern"]] if spec.get("namePattern") else [])]
+    return [check for name in dict.fromkeys(names or [""]) for check in _instance_create(s, given, zone, name, properties)]
+
+
+def _instance_create(s: Scope, given: str, zone: str, name: str, spec: Mapping[str, Any]) -> list[Check]:
+    """What creating instance ``name`` in ``zone`` with the properties ``spec`` needs."""
     instance = s.compute(given, f"zones/{zone}/instances/{name}")
     checks = [Check("compute.instances.create", instance)]
     for disk in spec.get("disks") or ():
@@ -278,6 +290,7 @@ COMPUTE: dict[str, Method] = {
     "compute.instances.aggregatedList": _on("compute.instances.list", _project),
     "compute.instances.list": _on("compute.instances.list", _project),
     "compute.instances.insert": _instance_insert,
+    "compute.instances.bulkInsert": _instance_bulk_insert,
     "compute.instances.get": _on("compute.instances.get", _compute("zones/{zone}/instances/{instance}")),
     "compute.instances.delete": _on("compute.instances.delete", _compute("zones/{zone}/instances/{instance}")),
     "compute.instances.stop": _on("compute.instances.stop", _compute("zones/{zone}/instances/{instance}")),

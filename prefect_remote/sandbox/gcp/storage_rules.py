@@ -3,6 +3,9 @@
 * **customTime never goes backwards.** Cloud Storage refuses an update that lowers (or removes) an
   object's ``customTime`` with 400; the emulator keeps the old value and answers 200. After
   :func:`install`, a PATCH (alone or in a JSON batch) that lowers it is answered 400, as Google does.
+* **A batch reads objects.** Cloud Storage's JSON API batch serves ``objects.get`` (an object's
+  metadata) as it serves patches and deletes; the emulator answers each such part 404. After
+  :func:`install` it answers them as its single GET does.
 * **Lifecycle rules run on a clock the test moves.** Cloud Storage applies a bucket's lifecycle
   rules by itself (within about a day); the emulator never does. :func:`advance_lifecycle` makes
   ``days`` pass for every object (its ``timeCreated``, ``updated`` and ``customTime`` move back) and
@@ -41,13 +44,15 @@ def _parse(text: str) -> datetime.datetime:
 
 
 def install() -> None:
-    """Makes the emulator's object PATCH (single and in batches) refuse a lower customTime (idempotent;
-    the emulator's handlers are module-level, so this holds for every emulator in the process)."""
+    """Makes the emulator's object PATCH (single and in batches) refuse a lower customTime, and its
+    batches serve an object's GET (idempotent; the emulator's handlers are module-level, so this
+    holds for every emulator in the process)."""
     global _done
     with _installed:
         if _done:
             return
         from gcp_storage_emulator import server
+        from gcp_storage_emulator.exceptions import NotFound
         from gcp_storage_emulator.handlers import objects
 
         lenient_patch_object = objects._patch_object
@@ -75,8 +80,19 @@ def install() -> None:
                 objects._batch_write_bad_request(args[-1], error)
                 return True
 
+        def batch_get(request: Any, item: Any, storage: Any, bucket_name: str, object_id: str | None, meta: Any, response: Any) -> bool:
+            if not object_id:
+                return False  # answered 404, as the emulator answers what it does not serve
+            try:
+                found = storage.get_file_obj(bucket_name, object_id)
+            except NotFound:
+                return False
+            objects._batch_write_json(response, "HTTP/1.1 200 OK", found)
+            return True
+
         objects._patch_object = strict_patch_object
         objects._BATCH_METHOD_HANDLERS["PATCH"] = batch_patch
+        objects._BATCH_METHOD_HANDLERS["GET"] = batch_get
         for _, handlers in server.HANDLERS:
             for method, handler in list(handlers.items()):
                 if handler is lenient_patch:

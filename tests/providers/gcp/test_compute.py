@@ -187,7 +187,7 @@ def test_more_labels_than_a_machine_takes_are_refused_with_what_to_do(service, t
     launch = launch_of(types, cpu=2)
     many = dataclasses.replace(launch, tags={f"k{n}": "v" for n in range(61)})
     with pytest.raises(ValueError, match="61 tags with label values: Compute Engine takes 64 labels on a machine, 60 of them"):
-        service.instance_body(many, "vm-0123456789ab", ["prefect-remote"], spot=False)
+        service.bulk_body(many, ["vm-0123456789ab"], ["prefect-remote"], spot=False)
     sixty = dataclasses.replace(launch, tags={**{f"k{n}": "v" for n in range(60)}, "Team": "Data Science"})  # no label value
     assert len(body_of(service, sixty)["labels"]) == 64  # each listed by its label, beside prefect-remote's four
 
@@ -213,15 +213,34 @@ def launch_of(types, boot_script="#!/bin/sh\necho hi\n", **spec) -> Launch:
     )
 
 
-def body_of(service, launch, spot=False) -> dict:
+def bulk_of(service, launch, spot=False, names=("vm-0123456789ab",)) -> dict:
     from google.cloud import compute_v1
 
-    return json.loads(compute_v1.Instance.to_json(service.instance_body(launch, "vm-0123456789ab", ["prefect-remote"], spot=spot)))
+    return json.loads(compute_v1.BulkInsertInstanceResource.to_json(service.bulk_body(launch, list(names), ["prefect-remote"], spot=spot)))
+
+
+def body_of(service, launch, spot=False) -> dict:
+    """The properties every VM of ``launch`` is inserted with."""
+    return bulk_of(service, launch, spot)["instanceProperties"]
+
+
+def test_a_launch_is_one_bulk_insert_all_or_nothing_with_only_the_names_per_machine(service, types):
+    bulk = bulk_of(service, launch_of(types, cpu=4), names=("vm-000000000001", "vm-000000000002", "vm-000000000003"))
+    assert (bulk["count"], bulk["minCount"]) == ("3", "3")  # none of them unless all of them
+    assert bulk["perInstanceProperties"] == {"vm-000000000001": {}, "vm-000000000002": {}, "vm-000000000003": {}}
+    assert "namePattern" not in bulk and "name" not in bulk["instanceProperties"]  # each reads its id from its name
+
+
+def test_a_launchs_vms_are_named_in_messages_all_of_a_few_or_the_first_of_many():
+    from prefect_remote.providers.gcp.compute import _named
+
+    assert _named(["vm-1", "vm-2"]) == "vm-1, vm-2"
+    assert _named([f"vm-{n}" for n in range(500)]) == "vm-0, vm-1, vm-2 and 497 more"
 
 
 def test_instance_body(service, types):
     body = body_of(service, launch_of(types, cpu=4, memory="16 GiB", disk_size=50))
-    assert body["name"] == "vm-0123456789ab" and body["machineType"] == "zones/us-central1-a/machineTypes/e2-standard-4"
+    assert body["machineType"] == "e2-standard-4"  # an instance template's properties name their types
     metadata = {item["key"]: item["value"] for item in body["metadata"]["items"]}
     assert metadata["startup-script"] == "#!/bin/sh\necho hi\n"
     assert json.loads(metadata["prefect-remote-tags"]) == {"dask-role": "scheduler", "dask-cluster": "My Run"}  # raw, as given
@@ -236,7 +255,7 @@ def test_instance_body(service, types):
     [disk] = body["disks"]
     assert disk["boot"] and disk["autoDelete"]
     assert disk["initializeParams"]["sourceImage"] == "projects/debian-cloud/global/images/family/debian-12"
-    assert disk["initializeParams"]["diskSizeGb"] == "50" and disk["initializeParams"]["diskType"].endswith("/pd-balanced")
+    assert disk["initializeParams"]["diskSizeGb"] == "50" and disk["initializeParams"]["diskType"] == "pd-balanced"
     assert body["serviceAccounts"] == [
         {"email": "runner@unit-project.iam.gserviceaccount.com", "scopes": ["https://www.googleapis.com/auth/cloud-platform"]}
     ]
@@ -248,7 +267,7 @@ def test_instance_body(service, types):
 def test_the_root_disk_holds_real_environments_and_is_the_type_its_family_boots_from(service, types):
     [disk] = body_of(service, launch_of(types, cpu=4))["disks"]
     assert disk["initializeParams"]["diskSizeGb"] == "40"  # not the image's 10 GB
-    assert disk["initializeParams"]["diskType"].endswith("/pd-balanced")
+    assert disk["initializeParams"]["diskType"] == "pd-balanced"
     for machine_type in ("n4-standard-4", "c4-standard-8", "c4a-standard-4", "c4d-standard-8", "x4-megamem-960-metal", "a3-ultragpu-8g"):
         assert compute_catalog.boot_disk_type(machine_type) == "hyperdisk-balanced", machine_type
     for machine_type in ("e2-standard-2", "n2-standard-4", "c3-standard-4", "n1-standard-4", "g2-standard-4", "t2a-standard-4"):
@@ -260,8 +279,8 @@ def test_spot_timeout_gpu_and_arm(service, types):
     assert spot["provisioningModel"] == "SPOT" and spot["instanceTerminationAction"] == "DELETE"
     assert spot["maxRunDuration"] == {"seconds": str(3600 + 300)}  # the agent ends it first
     gpu = body_of(service, launch_of(types, gpu="t4"))
-    assert gpu["machineType"].endswith("/n1-standard-4")
-    assert gpu["guestAccelerators"] == [{"acceleratorType": "zones/us-central1-a/acceleratorTypes/nvidia-tesla-t4", "acceleratorCount": 1}]
+    assert gpu["machineType"] == "n1-standard-4"
+    assert gpu["guestAccelerators"] == [{"acceleratorType": "nvidia-tesla-t4", "acceleratorCount": 1}]
     assert gpu["scheduling"]["onHostMaintenance"] == "TERMINATE" and gpu["scheduling"]["automaticRestart"] is False  # no live migration
     disk = gpu["disks"][0]["initializeParams"]  # Google's Deep Learning VM image, with NVIDIA's driver, and its 50 GB
     assert disk["sourceImage"] == "projects/deeplearning-platform-release/global/images/family/common-cu128-ubuntu-2204-nvidia-570"
@@ -271,7 +290,7 @@ def test_spot_timeout_gpu_and_arm(service, types):
     arm = body_of(service, launch_of(types, cpu=4, arm=True))
     assert arm["disks"][0]["initializeParams"]["sourceImage"].endswith("/family/debian-12-arm64")
     c4a = body_of(service, launch_of(types, vm_type="c4a-standard-4", arm=True))
-    assert c4a["disks"][0]["initializeParams"]["diskType"].endswith("/hyperdisk-balanced")
+    assert c4a["disks"][0]["initializeParams"]["diskType"] == "hyperdisk-balanced"
 
 
 def test_compute_runs_no_containers(service):
@@ -395,45 +414,49 @@ def compute_fake(gcp_sandbox):
     gcp_sandbox.compute.lift_refusals()
 
 
-def no_spot_but_one_in(compute_fake) -> None:
-    """Spot capacity for one more VM in us-central1-a, none in b and c (a launch inserts every VM in
-    the first zone, then moves each refused one on)."""
-    compute_fake.refuse(zone="us-central1-a", spot=True, times=1)
-    compute_fake.refuse(zone="us-central1-b", spot=True, times=None)
-    compute_fake.refuse(zone="us-central1-c", spot=True, times=None)
-
-
-def test_a_stock_out_moves_on_to_the_next_zone_and_says_so(gce, compute_fake, caplog):
-    compute_fake.refuse(zone="us-central1-a", spot=True, times=1)
+def test_a_stock_out_moves_the_whole_launch_on_to_the_next_zone_and_says_so(gce, compute_fake, gcp_sandbox, caplog):
+    compute_fake.refuse(zone="us-central1-a", spot=True, times=1)  # refused in its operation
+    gcp_sandbox.calls.clear()
     with caplog.at_level("WARNING", logger="prefect_remote.providers.gcp.compute"):
         first, second = start(gce, SLEEPER, count=2, cpu=2, spot_policy="spot")
-    assert (first.spot, first.details["zone"]) == (True, "us-central1-b") and second.details["zone"] == "us-central1-a"
+    assert (first.spot, first.details["zone"], second.details["zone"]) == (True, "us-central1-b", "us-central1-b")
+    assert gcp_sandbox.calls["compute.instances.bulkInsert"] == 2 and not gcp_sandbox.calls["compute.instances.insert"]  # one a zone
     assert (
-        f"no spot capacity for {first.instance_type} in us-central1-a (ZONE_RESOURCE_POOL_EXHAUSTED): starting {first.id} in "
-        "us-central1-b as a spot VM" in caplog.text
+        f"no spot capacity for {first.instance_type} in us-central1-a (ZONE_RESOURCE_POOL_EXHAUSTED): starting {first.id}, "
+        f"{second.id} in us-central1-b as spot VMs" in caplog.text
     )
     gce.terminate([first.id], "done")  # deleted in its own zone
     wait_for(lambda: not gce.machines([first.id]), timeout=30, what="the VM in us-central1-b deleted")
 
 
 def test_spot_stock_out_in_every_zone_falls_back_to_standard_and_says_so(gce, compute_fake, caplog):
-    no_spot_but_one_in(compute_fake)
+    compute_fake.refuse(spot=True, times=None)
     with caplog.at_level("WARNING", logger="prefect_remote.providers.gcp.compute"):
         first, second = start(gce, SLEEPER, count=2, cpu=2, spot_policy="spot_with_fallback")
-    assert (first.spot, second.spot) == (False, True)
+    assert (first.spot, second.spot) == (False, False) and first.details["zone"] == "us-central1-a"
     assert (
-        f"no spot capacity for {first.instance_type} in us-central1-c (ZONE_RESOURCE_POOL_EXHAUSTED): starting {first.id} in "
-        "us-central1-a as a standard VM (spot_with_fallback)" in caplog.text
+        f"no spot capacity for {first.instance_type} in us-central1-c (ZONE_RESOURCE_POOL_EXHAUSTED): starting {first.id}, "
+        f"{second.id} in us-central1-a as standard VMs (spot_with_fallback)" in caplog.text
     )
 
 
 def test_a_quota_error_tries_the_other_zones_then_names_the_quota(gce, compute_fake):
-    compute_fake.refuse("QUOTA_EXCEEDED", times=None)
+    compute_fake.refuse("QUOTA_EXCEEDED", times=None)  # a bulk insert's quota is refused at once (checked up front)
     with pytest.raises(CapacityError) as refused:
-        start(gce, SLEEPER, cpu=2)
+        start(gce, SLEEPER, count=3, cpu=2)
     message = str(refused.value)
-    assert "in zones us-central1-a, us-central1-b, us-central1-c (QUOTA_EXCEEDED: Quota 'CPUS' exceeded." in message
+    assert "no capacity for 3 e2-highcpu-2 in zones us-central1-a, us-central1-b, us-central1-c (QUOTA_EXCEEDED: Quota 'CPUS'" in message
     assert "raise the quota (https://console.cloud.google.com/iam-admin/quotas)" in message
+
+
+def test_a_launch_the_regions_quota_cannot_hold_whole_starts_none(gce, gcp_sandbox):
+    gcp_sandbox.compute.catalog.set_quota("CPUS", 5)  # two e2-highcpu-2 of three
+    try:
+        with pytest.raises(CapacityError, match=r"no capacity for 3 e2-highcpu-2 in zones .* \(QUOTA_EXCEEDED: Quota 'CPUS' exceeded"):
+            start(gce, SLEEPER, count=3, cpu=2)
+        assert gce.machines() == []  # all or nothing
+    finally:
+        gcp_sandbox.compute.catalog.set_quota("CPUS", None)
 
 
 def test_a_pinned_zone_is_the_only_one_tried(gcp_env, compute_fake, monkeypatch):
@@ -444,15 +467,15 @@ def test_a_pinned_zone_is_the_only_one_tried(gcp_env, compute_fake, monkeypatch)
         start(service, SLEEPER, cpu=2)
 
 
-def test_a_launch_that_fails_part_way_deletes_what_it_made(gce, compute_fake):
-    no_spot_but_one_in(compute_fake)  # the second VM starts in us-central1-a; the first finds no zone
+def test_a_launch_that_finds_no_zone_leaves_nothing_behind(gce, compute_fake):
+    compute_fake.refuse(spot=True, times=None)
     with pytest.raises(
         CapacityError,
-        match=r"no spot capacity for e2-highcpu-2 in zones us-central1-a, us-central1-b, us-central1-c .*"
+        match=r"no spot capacity for 2 e2-highcpu-2 in zones us-central1-a, us-central1-b, us-central1-c .*"
         r"try spot_policy='spot_with_fallback'",
     ):
         start(gce, SLEEPER, count=2, cpu=2, spot_policy="spot")
-    wait_for(lambda: not gce.machines(), timeout=30, what="the launch's other VM deleted")
+    assert gce.machines() == []
 
 
 def test_machine_types_come_from_the_zone(gce):

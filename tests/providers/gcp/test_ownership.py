@@ -57,11 +57,11 @@ def test_a_vm_prefect_remote_never_made_is_left_alone(pools):
     spec = MachineSpec(cpu=2)
     name = f"vm-{secrets.token_hex(6)}"
     launch = Launch("launch-000000000000", "#!/bin/sh\nsleep 120\n", spec, compute.choose_instance_type(spec), 1, {}, None, False)
-    body = compute.instance_body(launch, name, [], spot=False)
-    for key in list(body.labels):  # someone else's VM, with a name like ours
-        del body.labels[key]
+    body = compute.bulk_body(launch, [name], [], spot=False)
+    for key in list(body.instance_properties.labels):  # someone else's VM, with a name like ours
+        del body.instance_properties.labels[key]
     instances = ours.clients.instances()
-    instances.insert(project=ours.options.project, zone=compute.zone, instance_resource=body).result()
+    instances.bulk_insert(project=ours.options.project, zone=compute.zone, bulk_insert_instance_resource_resource=body).result()
     try:
         for bad in (name, "vm-db01", "vm-0123456789ab/../x"):
             with pytest.raises(MachineNotFound, match=f"no gcp machine '{bad}'"):

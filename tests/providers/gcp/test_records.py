@@ -95,6 +95,21 @@ def test_a_machine_lifecycle_in_its_record(gcs, records):
     records.end(ids[0], reason="no record: nothing to do")
 
 
+def test_a_launchs_records_are_one_upload_then_copies_in_a_batch_request_per_hundred(gcs, records):
+    ids = [f"vm-{i:012x}" for i in range(150)]
+    del gcs.requests[:]
+    records.create(ids, launch(), service="Compute Engine", region="us-central1", price=0.067)
+    made = [(method, path.split("?")[0]) for method, path in gcs.requests if "/o" in path or "/batch/" in path]  # not the store's check
+    assert made == [("POST", f"/upload/storage/v1/b/{records.store.bucket}/o"), *[("POST", "/batch/storage/v1")] * 4]
+    for machine_id in (ids[0], ids[1], ids[149]):  # each a record of its own: lease, metadata, facts
+        assert records.lease_age(machine_id) < 5
+        assert records.live_launches({"launch-0a1b2c3d4e5f"}) == {"launch-0a1b2c3d4e5f"}
+        records.end(machine_id, reason="idle", exit_code=0)
+        ended = records.ended_machine(machine_id)
+        assert (ended.id, ended.reason, ended.tags, ended.details["launch"]) == (machine_id, "idle", {"team": "a"}, "launch-0a1b2c3d4e5f")
+    assert records.renew(ids) == dict.fromkeys([ids[0], ids[1], ids[149]], "launch-0a1b2c3d4e5f")  # one end is no other's
+
+
 def test_renewal_is_one_request_per_hundred(gcs, records):
     ids = [f"run-{i:012x}" for i in range(150)]
     records.create(ids, launch(), service="Cloud Run")
@@ -197,3 +212,46 @@ def test_an_end_throttled_by_a_renewal_of_the_same_object_is_retried(records, mo
     monkeypatch.setattr(http, "request", once_too_fast)
     assert records.end(machine_id, reason="idle for 5 minutes", exit_code=0) == "launch-0a1b2c3d4e5f"
     assert len(throttled) == 1 and records.renew(ids) == {machine_id: "launch-0a1b2c3d4e5f"}  # recorded after the retry
+
+
+def test_an_owner_reads_and_ends_many_records_in_a_batch_request_per_hundred_each(gcs, records):
+    ids = [f"vm-{i:012x}" for i in range(150)]
+    records.create(ids, launch(), service="Compute Engine")
+    records.end(ids[0], reason="idle for 5 minutes", exit_code=0)  # ended by itself already
+    del gcs.requests[:]
+    known = records.read([*ids, "vm-00000000dead"])
+    assert sorted(known) == ids  # no record: left out
+    assert gcs.requests == [("POST", "/batch/storage/v1")] * 2
+    del gcs.requests[:]
+    launches = records.end_all(known, reason="terminated on request", exit_code=143, only_if_running=True)
+    assert gcs.requests == [("POST", "/batch/storage/v1")] * 2
+    assert launches == dict.fromkeys(ids, "launch-0a1b2c3d4e5f")
+    first, other = records.complete(machine(ids[0])), records.complete(machine(ids[149]))
+    assert (first.reason, first.exit_code) == ("idle for 5 minutes", 0)  # the first reason stays
+    assert (other.reason, other.exit_code) == ("terminated on request", 143)
+    assert json.loads(records._loaded(ids[149]).metadata["tags"]) == {"team": "a"}  # the rest of its metadata kept
+    assert records.renew(ids[:3]) == dict.fromkeys(ids[:3], "launch-0a1b2c3d4e5f")  # each end seen by the next renewal
+
+
+def test_an_end_of_many_throttled_in_part_sends_that_part_again(gcs, records, monkeypatch):
+    """Cloud Storage answers a batch's part 429 where its object was written in the last second; the
+    emulator has no such limit, so its answer to the first batch of ends is rewritten so (a real
+    multipart answer, one part's status changed)."""
+    ids = ["vm-0000000a4291", "vm-0000000a4292"]
+    records.create(ids, launch(), service="Compute Engine")
+    http = records.store.client._http
+    send, throttled = http.request, []
+
+    def first_part_too_fast(method, url, **kwargs):
+        answer = send(method=method, url=url, **kwargs)
+        sent = kwargs.get("data") or b""
+        if method == "POST" and "/batch/" in url and b"PATCH" in (sent if isinstance(sent, bytes) else sent.encode()) and not throttled:
+            throttled.append(url)
+            answer._content = answer.content.replace(b"HTTP/1.1 200 OK", b"HTTP/1.1 429 Too Many Requests", 1)
+        return answer
+
+    monkeypatch.setattr(http, "request", first_part_too_fast)
+    del gcs.requests[:]
+    assert records.end_all(records.read(ids), reason="idle") == dict.fromkeys(ids, "launch-0a1b2c3d4e5f")
+    assert len(throttled) == 1 and gcs.requests.count(("POST", "/batch/storage/v1")) == 3  # read, end, the throttled end again
+    assert records.renew(ids) == dict.fromkeys(ids, "launch-0a1b2c3d4e5f")

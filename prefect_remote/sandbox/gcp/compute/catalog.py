@@ -157,11 +157,22 @@ class Catalog:
             **{quota: gpus(name) for name, quota in GPU_QUOTAS.items()},
         }
 
-    def over_quota(self, resource: dict[str, Any]) -> tuple[str, int] | None:
-        """The quota (metric, limit) that instance ``resource`` would exceed with the instances in
-        use, if any: Compute Engine then fails its insert with ``QUOTA_EXCEEDED``."""
-        usage = self.quota_usage([*self._in_use(), resource])
+    def over_quota(self, *resources: dict[str, Any]) -> tuple[str, int] | None:
+        """The quota (metric, limit) that instances ``resources`` would exceed with the instances in
+        use, if any: Compute Engine then fails their insert with ``QUOTA_EXCEEDED``."""
+        usage = self.quota_usage([*self._in_use(), *resources])
         return next(((metric, limit) for metric, limit in self.quota_limits.items() if usage[metric] > limit), None)
+
+    def fitting(self, resources: list[dict[str, Any]]) -> tuple[int, tuple[str, int] | None]:
+        """How many of ``resources`` (the first ones) the region's quotas take beside the instances in
+        use, and the quota the next one would exceed (None: all fit)."""
+        in_use = self._in_use()
+        for count in range(len(resources), -1, -1):  # a bulk request's instances are alike: the first misfit is the quota
+            usage = self.quota_usage([*in_use, *resources[:count]])
+            exceeded = next(((metric, limit) for metric, limit in self.quota_limits.items() if usage[metric] > limit), None)
+            if exceeded is None:
+                return count, None if count == len(resources) else self.over_quota(*resources[: count + 1])
+        return 0, self.over_quota(*resources[:1])  # the instances in use are over a quota already
 
     def routes(self, p: str, z: str) -> list[Route]:
         """Its routes under the project's path ``p`` and a zone's path ``z``."""

@@ -4,7 +4,8 @@
 both ways:
 
 * ``instances.insert`` places the instance before answering, so the instance already has its
-  machine's address;
+  machine's address; ``instances.bulkInsert`` (:mod:`~prefect_remote.sandbox.gcp.compute.bulk`)
+  places each of ``count`` alike, all or nothing below ``minCount``, one operation for them all;
 * deleting or stopping an instance whose machine runs leaves it ``STOPPING`` until the machine has
   ended; then it is gone (or ``TERMINATED``);
 * a guest shutdown (the startup script exits, the agent halts) makes the instance ``TERMINATED``,
@@ -15,11 +16,13 @@ both ways:
   and a host error (:meth:`ComputeFake.host_error`) on an instance with ``automaticRestart``
   (without it, the instance is ``TERMINATED``);
 * the region's quotas hold: an insert that would take ``CPUS``, ``PREEMPTIBLE_CPUS``, a GPU quota…
-  over its limit (``catalog.set_quota``) fails in its operation with ``QUOTA_EXCEEDED``;
+  over its limit (``catalog.set_quota``) fails in its operation with ``QUOTA_EXCEEDED``; a bulk
+  insert that cannot have ``minCount`` is refused at once (403 ``quotaExceeded``: validated up front);
 * instance names are unique in the project (Google: in the zone), so ids ``gce:<name>`` are too;
 * faults on request: :meth:`ComputeFake.refuse` makes inserts in a zone (spot ones, standard ones,
   or both) fail as Compute Engine fails them, in the insert's operation: ``ZONE_RESOURCE_POOL_EXHAUSTED``
-  (a stock-out) or ``QUOTA_EXCEEDED`` (a regional quota: ``CPUS``, ``PREEMPTIBLE_CPUS``…); :meth:`ComputeFake.preempt` and
+  (a stock-out) or ``QUOTA_EXCEEDED`` (a regional quota: ``CPUS``, ``PREEMPTIBLE_CPUS``…); a bulk
+  insert meets one refusal for all its instances (a quota's at once); :meth:`ComputeFake.preempt` and
   :meth:`ComputeFake.delete` end an instance as Google or its owner would.
 """
 
@@ -27,6 +30,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import secrets
 import threading
 import time
 from collections.abc import Iterator
@@ -37,6 +41,7 @@ from starlette.requests import Request
 
 from prefect_remote.sandbox.gcp.api import GoogleAPI, GoogleError, body
 from prefect_remote.sandbox.gcp.common import Sandbox
+from prefect_remote.sandbox.gcp.compute.bulk import bulk_names, insert_body
 from prefect_remote.sandbox.gcp.compute.catalog import Catalog
 from prefect_remote.sandbox.gcp.compute.google import (
     ComputeProject,
@@ -133,6 +138,7 @@ class ComputeFake:
             (p + "/aggregated/instances", ["GET"], "compute.instances.aggregatedList", self.aggregated_instances),
             (z + "/instances", ["GET"], "compute.instances.list", self.list_instances),
             (z + "/instances", ["POST"], "compute.instances.insert", self.insert_instance),
+            (z + "/instances/bulkInsert", ["POST"], "compute.instances.bulkInsert", self.bulk_insert_instances),
             (z + "/instances/{instance}/setLabels", ["POST"], "compute.instances.setLabels", self.set_labels),
             (z + "/instances/{instance}/setMetadata", ["POST"], "compute.instances.setMetadata", self.set_metadata),
             (z + "/instances/{instance}/stop", ["POST"], "compute.instances.stop", self.stop_instance),
@@ -358,6 +364,55 @@ class ComputeFake:
                 return self._record(vm, "insert", user=user, error=error)
             self._vms[name] = vm
             operation = self._record(vm, "insert", user=user)
+        self._place(vm)
+        return operation
+
+    def bulk_insert_instances(self, request: Request, project: str, zone: str) -> dict[str, Any]:
+        """``instances.bulkInsert``: ``count`` instances alike but for their names, all or nothing
+        below ``minCount``. As Compute Engine validates a bulk request up front, with capacity and
+        quota: an invalid one, a name taken, and a quota the region lacks for ``minCount`` more are
+        refused at once (a quota as 403 ``quotaExceeded``); a stock-out fails the operation, which
+        leaves no instance (rolled back)."""
+        self.project.check_zone(project, zone)
+        spec = body(request)
+        user = principal_email(request)
+        with self._lock:
+            existing = [vm.name for vm in self._vms.values() if vm.zone == zone]
+        names, min_count = bulk_names(spec, existing)
+        resources = [self._inserts.resource(zone, insert_body(spec, name, zone))[0] for name in names]
+        spot = resources[0]["scheduling"].get("provisioningModel") == "SPOT"
+        target = self.project.link("zones", zone, "instances", "bulkInsert")
+
+        def operation(created: int, error: tuple[int, str, str, str] | None = None) -> dict[str, Any]:
+            status = {"targetVmCount": len(names), "createdVmCount": created, "status": "DONE"}
+            if error is not None:
+                status.update(failedToCreateVmCount=len(names), rolledBackVmCount=0, deletedVmCount=0)
+            extra = {"instancesBulkInsertOperationMetadata": {"perLocationStatus": {f"zones/{zone}": status}}}
+            return self.operations.record(zone, "bulkInsert", target, str(secrets.randbits(63)), user=user, error=error, extra=extra)
+
+        with self._lock:
+            taken = next((name for name in names if name in self._vms), None)
+            if taken is not None:
+                raise already_exists(f"projects/{project}/zones/{zone}/instances/{taken}")
+            refusal = self._refusal(project, zone, spot)
+            if refusal is not None and refusal[2] == "QUOTA_EXCEEDED":
+                raise GoogleError(403, refusal[3], reason="quotaExceeded")
+            if refusal is not None:
+                return operation(0, refusal)
+            fits, exceeded = self.catalog.fitting(resources)
+            if fits < min_count and exceeded is not None:
+                message = QUOTA.format(quota=exceeded[0], limit=exceeded[1], region=self.sandbox.region)
+                raise GoogleError(403, message, reason="quotaExceeded")
+            vms = [VM(resource, zone, booting=True) for resource in resources[:fits]]
+            self._vms.update((vm.name, vm) for vm in vms)
+            done = operation(len(vms))
+        for vm in vms:
+            self._place(vm)
+        return done
+
+    def _place(self, vm: VM) -> None:
+        """Boots a new instance's machine, before the insert answers (as Compute Engine places it)."""
+        name, resource = vm.name, vm.resource
         accounts = resource.get("serviceAccounts") or [{}]
         self.sandbox.metadata.register(vm.key, lambda: self._facts(name), accounts[0].get("email", ""))
         # Placed before answering, as Compute Engine does: the answer's instance has its address.
@@ -372,7 +427,6 @@ class ComputeFake:
                     vm.resource["lastStartTimestamp"] = timestamp(vm.started)
                 elif vm.resource["status"] == "STOPPING" and not self.sandbox.runner.machine_of(ID_PREFIX + name):
                     self.terminate(ID_PREFIX + name, "deleted while it booted")
-        return operation
 
     def get_instance(self, request: Request, project: str, zone: str, instance: str) -> dict[str, Any]:
         vm = self._vm(project, zone, instance)

@@ -36,9 +36,10 @@ class Operations:
         *,
         user: str,
         error: tuple[int, str, str, str] | None = None,
+        extra: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
         """A finished operation (``scope``: a zone, or None for global); ``error``: (HTTP status,
-        HTTP message, code, message)."""
+        HTTP message, code, message); ``extra``: fields of its kind (a bulkInsert's metadata)."""
         now = time.time()
         name = f"operation-{int(now * 1000)}-{secrets.token_hex(6)}-{secrets.token_hex(4)}-{secrets.token_hex(4)}"
         path = f"zones/{scope}/operations/{name}" if scope else f"global/operations/{name}"
@@ -56,6 +57,7 @@ class Operations:
             "startTime": timestamp(now),
             "endTime": timestamp(now),
             "selfLink": self.project.link(path),
+            **(extra or {}),
         }
         if scope:
             operation["zone"] = self.project.link("zones", scope)
