@@ -2,7 +2,8 @@
 renewal stops and each machine's agent ends it once ``keepalive`` has passed.
 
 Renewal is batched: one ``renew_leases`` call per provider per interval, however many machines it
-holds (on a cloud each call is an API request).
+holds (on a cloud each call is an API request). Each provider's call runs in its own thread, so a
+provider whose API hangs delays no other provider's renewals; it skips rounds until its call returns.
 
 This is the owner's side of a lease (a launcher, or a cluster's controller on its scheduler's
 machine), so it lives with the launcher, not in :mod:`prefect_remote.machine`: a machine's side is
@@ -90,6 +91,7 @@ class LeaseKeeper:
         self._background = background
         self._clock = clock
         self._held: dict[int, _Held] = {}  # by id(provider)
+        self._renewing: set[int] = set()  # the providers whose renewal call is running
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._stopped = threading.Event()
@@ -127,35 +129,63 @@ class LeaseKeeper:
         self._wake.set()
 
     def renew_due(self) -> float:
-        """Renews each provider whose interval has passed, all its machines in one call; returns the
-        seconds until the next renewal is due."""
+        """Renews each provider whose interval has passed, all its machines in one call, each provider's
+        call in its own thread; returns the seconds until the next renewal is due. It waits for the
+        calls it started until then at most: a call still running is left to finish in its thread,
+        and its provider is skipped (never renewed twice at once) until it has."""
         now = self._clock()
         with self._lock:
-            due = [held for held in self._held.values() if held.due() <= now]
-            batches = [(held.provider, list(held.machines)) for held in due]
-            for held in due:
+            due = [key for key, held in self._held.items() if key not in self._renewing and held.due() <= now]
+            rounds = []
+            for key in due:
+                held = self._held[key]
                 held.last = now
-        for held, (provider, machine_ids) in zip(due, batches, strict=True):
-            try:
-                self.remove(provider.renew_leases(machine_ids) or [])  # ended machines need no renewing
-                held.failing = False
-            except Exception as error:  # keep renewing: the error may pass before the machines' keepalive does
-                if not held.failing:
-                    logger.warning(
-                        "could not renew the leases of %d %s machine(s): %s; they end themselves after their keepalive "
-                        "unless a later renewal succeeds (check the provider's credentials and permissions)",
-                        len(machine_ids),
-                        provider.name,
-                        error,
+                self._renewing.add(key)
+                rounds.append(
+                    threading.Thread(
+                        target=self._renew, args=(key, held, list(held.machines)), name="prefect-remote-lease-renewal", daemon=True
                     )
-                held.failing = True
+                )
+            wait = min((held.due() for held in self._held.values()), default=now) - now  # until the next round
+        for thread in rounds:
+            thread.start()
+        deadline = time.monotonic() + wait
+        for thread in rounds:
+            thread.join(max(0.0, deadline - time.monotonic()))
+        now = self._clock()
         with self._lock:
-            return max(0.0, min((held.due() for held in self._held.values()), default=now + MAX_INTERVAL) - now)
+            return max(0.0, self._next_due(now) - now)
+
+    def _next_due(self, now: float) -> float:
+        """When :meth:`renew_due` should next be called (with the lock held): a provider whose call is
+        still running waits for it (its end wakes the background thread; a caller's own loop polls)."""
+        soonest = min((held.due() for key, held in self._held.items() if key not in self._renewing), default=now + MAX_INTERVAL)
+        return min(soonest, now + MIN_INTERVAL) if self._renewing else soonest
+
+    def _renew(self, key: int, held: _Held, machine_ids: list[str]) -> None:
+        """One provider's renewal call (in its own thread), its failures said once per streak."""
+        try:
+            self.remove(held.provider.renew_leases(machine_ids) or [])  # ended machines need no renewing
+            held.failing = False
+        except Exception as error:  # keep renewing: the error may pass before the machines' keepalive does
+            if not held.failing:
+                logger.warning(
+                    "could not renew the leases of %d %s machine(s): %s; they end themselves after their keepalive "
+                    "unless a later renewal succeeds (check the provider's credentials and permissions)",
+                    len(machine_ids),
+                    held.provider.name,
+                    error,
+                )
+            held.failing = True
+        finally:
+            with self._lock:
+                self._renewing.discard(key)
+            self._wake.set()
 
     def _run(self) -> None:
         while not self._stopped.is_set():
+            self._wake.clear()  # before the round: a renewal that ends during it wakes the wait below
             self._wake.wait(self.renew_due())
-            self._wake.clear()
 
 
 leases = LeaseKeeper()

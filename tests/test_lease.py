@@ -1,7 +1,8 @@
 import os
+import threading
 import time
 
-from prefect_remote.lease import MAX_INTERVAL, LeaseKeeper, default_owner, renewal_interval
+from prefect_remote.lease import MAX_INTERVAL, MIN_INTERVAL, LeaseKeeper, default_owner, renewal_interval
 from prefect_remote.providers.base import BootPayload
 from prefect_remote.providers.local import LocalProvider
 from prefect_remote.providers.local.runtime import LocalRuntime
@@ -100,3 +101,47 @@ def test_adding_no_machines_holds_nothing_and_renewals_go_on():
     assert keeper.held() == []
     assert keeper.renew_due() > 0  # a round with nothing held: no renewal, no error
     keeper.stop()
+
+
+class HangingProvider(CountingProvider):
+    """A provider whose API hangs until released."""
+
+    lease_interval = 1.0
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.release = threading.Event()
+
+    def renew_leases(self, machine_ids):
+        super().renew_leases(machine_ids)
+        self.release.wait(30)
+        return []
+
+
+def test_a_hanging_provider_delays_no_other_providers_renewals_and_is_never_renewed_twice_at_once():
+    now = [0.0]
+    keeper = LeaseKeeper(background=False, clock=lambda: now[0])
+    hanging, other = HangingProvider(), CountingProvider()
+    other.lease_interval = 1.0
+    keeper.add(hanging, ["m-hung"], keepalive=1.5)
+    keeper.add(other, ["m-other"], keepalive=1.5)
+    interval = renewal_interval(1.5, 1.0)
+    try:
+        for _ in range(6):
+            now[0] += interval
+            started = time.monotonic()
+            wait = keeper.renew_due()
+            assert time.monotonic() - started < interval + 1  # waited for the hung call until the next round at most
+            assert wait <= MIN_INTERVAL + 1e-9  # while a call runs, the caller's loop comes back soon
+        assert other.calls == [1] * 6  # renewed every round, on time
+        assert hanging.calls == [1]  # its call still runs: no second one
+        hanging.release.set()
+        deadline = time.monotonic() + 5
+        while keeper._renewing and time.monotonic() < deadline:
+            time.sleep(0.01)
+        now[0] += interval
+        keeper.renew_due()
+        assert hanging.calls == [1, 1] and other.calls == [1] * 7  # back in the rounds once its call returned
+    finally:
+        hanging.release.set()
+        keeper.stop()

@@ -9,7 +9,10 @@ happens:
 * ``timeout`` (maximum run time) is reached;
 * the payload has been idle for ``idle_timeout``;
 * the owner's lease has not been renewed for ``keepalive`` (the owner is gone): noticed at most one
-  ``lease_interval`` later, since the lease is read once per ``lease_interval``.
+  ``lease_interval`` later, since the lease is read once per ``lease_interval``. On a cloud the age
+  is how long the lease stayed unchanged by this machine's clock, never the owner's
+  (:class:`~prefect_remote.machine.runtime.LeaseWatch`), counted from the read that saw the last
+  renewal: up to one more ``lease_interval`` after that renewal.
 
 Once its main loop runs it says so (the file ``$PREFECT_REMOTE_AGENT_RUNNING``, when the boot script
 names one): until then the boot script ends the machine if the agent exits. While the machine is

@@ -14,7 +14,9 @@ Standard library only: the agent imports this on every machine boot.
 from __future__ import annotations
 
 import sys
+import time
 from abc import ABC, abstractmethod
+from collections.abc import Callable, Hashable
 from importlib import import_module
 from typing import Any, BinaryIO, Protocol
 
@@ -32,6 +34,38 @@ class _NothingToShip:
 
     def close(self) -> None:
         pass
+
+
+class LeaseWatch:
+    """How old a lease is, by this machine's own monotonic clock alone: how long its token (whatever
+    the owner's renewal changes, such as a tag's value or a stored object's customTime) has stayed
+    the same. No clock of the owner's or the cloud's is compared with this machine's, so an owner
+    whose clock is minutes off neither ends its machines early nor keeps them past their keepalive.
+
+    The first read counts from then (a lease is fresh at launch), and a changed token restarts the
+    count at the read that sees it, which may come up to one read interval after the renewal: the
+    age is never more than the truth, and less by that interval at most (plus however late the
+    renewal reaches what the machine reads).
+
+    >>> now = [100.0]
+    >>> watch = LeaseWatch(clock=lambda: now[0])
+    >>> watch.age("1765090000"), now.__setitem__(0, 130.0), watch.age("1765090000")
+    (0.0, None, 30.0)
+    >>> watch.age("1765090010")  # renewed: fresh again, whatever time the token names
+    0.0
+    """
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
+        self._token: Hashable = None
+        self._since: float | None = None
+
+    def age(self, token: Hashable) -> float:
+        """Seconds ``token`` has been seen unchanged, from the first read that saw it."""
+        now = self._clock()
+        if self._since is None or token != self._token:
+            self._token, self._since = token, now
+        return now - self._since
 
 
 class MachineRuntime(ABC):
@@ -52,7 +86,8 @@ class MachineRuntime(ABC):
     @abstractmethod
     def lease_age(self) -> float:
         """Seconds since the owner last renewed this machine's lease. The agent calls it at most once
-        per the provider's ``lease_interval``: on a cloud it may be an API call."""
+        per the provider's ``lease_interval``: on a cloud it may be an API call. A cloud's runtime
+        measures it with :class:`LeaseWatch`, never against the owner's clock."""
 
     @abstractmethod
     def read_secrets(self) -> dict[str, str]:

@@ -6,11 +6,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import re
 import secrets
 import subprocess
 import sys
 import time
+import types
 
 import pytest
 from pydantic import SecretStr
@@ -181,6 +183,38 @@ def test_owner_lease_keeps_a_machine_and_its_loss_ends_it(provider, timing):
     assert provider.describe(machine.id).alive
     # Noticed at most one lease_interval past keepalive (the machine reads its lease that often).
     [ended] = provider.wait([machine.id], timeout=timing.wait(keepalive + provider.lease_interval))
+    assert "owner gone" in ended.reason and time.monotonic() - last_renewal >= keepalive
+
+
+def skew_owner_clock(provider, monkeypatch, seconds: float) -> None:
+    """Makes this process, the machines' owner, stamp its leases by a clock ``seconds`` off (the
+    stamping module's only: the sandbox cloud in this process keeps the true time)."""
+    real = time.time
+    if provider.name == "aws":
+        from prefect_remote.providers.aws import provider as module
+
+        monkeypatch.setattr(module, "lease_stamp", lambda: str(math.ceil(real() + seconds)))
+    elif provider.name == "gcp":
+        from prefect_remote.providers.gcp import records as module
+
+        monkeypatch.setattr(module, "time", types.SimpleNamespace(time=lambda: real() + seconds, monotonic=time.monotonic))
+    else:
+        pytest.skip("a local machine's lease is a file's mtime on its owner's own host: one clock")
+
+
+@pytest.mark.parametrize("skew", [-600, 600], ids=["owner-10min-behind", "owner-10min-ahead"])
+def test_an_owner_clock_ten_minutes_off_neither_ends_its_machine_early_nor_keeps_it(provider, timing, monkeypatch, skew):
+    skew_owner_clock(provider, monkeypatch, skew)
+    keepalive = timing.keepalive
+    [machine] = launch(provider, ["sleep", "600"], keepalive=keepalive)
+    wait_for(lambda: "payload started" in provider.logs(machine.id).text, timeout=timing.wait(), message="the agent's main loop")
+    renew_until = time.monotonic() + 2 * keepalive  # the machine reads its lease every lease_interval meanwhile
+    while time.monotonic() < renew_until:
+        provider.renew_leases([machine.id])
+        last_renewal = time.monotonic()
+        time.sleep(keepalive / 5)
+    assert provider.describe(machine.id).alive  # 10 minutes behind made the lease look 10 minutes old
+    [ended] = provider.wait([machine.id], timeout=timing.wait(keepalive + provider.lease_interval))  # 10 minutes ahead: kept it
     assert "owner gone" in ended.reason and time.monotonic() - last_renewal >= keepalive
 
 

@@ -664,6 +664,7 @@ class AWSProvider(Provider):
 
 
 def lease_stamp() -> str:
-    """Now, as a lease tag holds it: whole seconds, rounded up, so that a machine reading its lease
-    never finds it older than it is (rounding down ended machines up to a second early)."""
+    """Now, as a lease tag holds it: whole seconds (renewals are seconds apart: ``lease_interval`` is
+    at least 5 s, so each one changes the tag, which is what a machine watches; the time it names is
+    for people, and is never compared with the machine's clock)."""
     return str(math.ceil(time.time()))

@@ -21,10 +21,10 @@ import urllib.error
 import urllib.request
 from typing import Any
 
-from prefect_remote.machine.runtime import LogShipping, MachineRuntime
+from prefect_remote.machine.runtime import LeaseWatch, LogShipping, MachineRuntime
 
 # The tags the provider sets and the machine reads or writes (keys IMDS can serve: no "/" or spaces).
-LEASE_TAG = "prefect-remote:lease"  # epoch seconds of the owner's last renewal
+LEASE_TAG = "prefect-remote:lease"  # the owner's last renewal, epoch seconds by its clock (for people: machines watch it change)
 REASON_TAG = "prefect-remote:reason"  # why the machine ended
 EXIT_CODE_TAG = "prefect-remote:exit-code"  # the payload's exit code, when it had one
 
@@ -53,6 +53,7 @@ class EC2Runtime(MachineRuntime):
         self.timeout = timeout
         self._token: tuple[float, str] | None = None  # (expires at, token)
         self._machine_id: str | None = None
+        self.lease_watch = LeaseWatch()
 
     # -- instance metadata (IMDSv2) ---------------------------------------------------------------
     def _session_token(self, *, fresh: bool = False) -> str:
@@ -86,9 +87,11 @@ class EC2Runtime(MachineRuntime):
         return self._machine_id
 
     def lease_age(self) -> float:
-        """Seconds since the lease tag's time, read through the metadata service (instance tags are
-        served there: no API call, no permission needed)."""
-        return max(0.0, time.time() - float(self.metadata(f"tags/instance/{self.lease_tag}")))
+        """How long the lease tag has stayed unchanged, by this machine's monotonic clock
+        (:class:`~prefect_remote.machine.runtime.LeaseWatch`), never against the time it names: the
+        owner's clock may be minutes off. Read through the metadata service (instance tags are served
+        there: no API call, no permission needed)."""
+        return self.lease_watch.age(self.metadata(f"tags/instance/{self.lease_tag}"))
 
     # -- the API, with boto3 -------------------------------------------------------------------------
     def _client(self, service: str) -> Any:

@@ -10,7 +10,9 @@
   with one GET (:meth:`MachineRecords.lease_age`). ``customTime`` rather than a custom metadata key:
   a patch of it leaves the end record alone (emulators replace custom metadata wholesale), it never
   goes backwards (Cloud Storage refuses an earlier one), and a bucket lifecycle rule can delete
-  records by it (``daysSinceCustomTime``).
+  records by it (``daysSinceCustomTime``). A machine never compares the time it names with its own
+  clock (the owner's may be minutes off): it measures how long the value stays unchanged
+  (:class:`~prefect_remote.machine.runtime.LeaseWatch`), and every renewal moves it forward.
 * **The end**, the object's custom metadata (``reason``, ``exit_code``, ``ended``; and ``launch`` and
   ``tags``, written at launch, for :meth:`MachineRecords.live_launches` and
   :meth:`MachineRecords.ended_machines`): patched in when the machine ends, by itself or by its
@@ -37,6 +39,7 @@ from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from prefect_remote.errors import CapabilityError
+from prefect_remote.machine.runtime import LeaseWatch
 from prefect_remote.providers.base import Machine, batches
 from prefect_remote.software.store import NotInStore, Store, StoreError
 from prefect_remote.software.stores import open_store
@@ -51,9 +54,11 @@ logger = logging.getLogger(__name__)
 
 FOLDER = "machines"
 BATCH = 100  # Cloud Storage's JSON API takes at most 100 calls in one batch request
-# What a renewal may answer: a lease already newer than ours (Cloud Storage refuses an earlier
-# customTime) is renewed; throttling and server errors wait for the next round.
-_RENEWED_ANYWAY = {400, 412}
+# What a renewal may answer: 400 when our customTime is earlier than the object's (another owner's
+# clock ran ahead of ours), which is renewed again past the object's; 412 is renewed anyway;
+# throttling and server errors wait for the next round.
+_LOWERED = 400
+_RENEWED_ANYWAY = {412}
 _RETRY_LATER = {408, 429, 500, 502, 503, 504}
 END_RETRY_SECONDS = 60.0  # how long end() retries what a renewal leaves for the next round
 
@@ -78,10 +83,27 @@ def _timestamp(epoch: float) -> datetime.datetime:
     return datetime.datetime.fromtimestamp(epoch, datetime.UTC)
 
 
+_STEP = datetime.timedelta(seconds=1)
+
+
+def _renewal_time(now: datetime.datetime, current: datetime.datetime | None) -> datetime.datetime:
+    """The customTime a renewal writes: now by this owner's clock, but a second past the lease's
+    ``current`` one at least. A renewal must change the value (a machine watches it change) and must
+    not lower it: Cloud Storage refuses an earlier customTime (so an owner whose clock is behind the
+    last writer's could never renew), and the ``daysSinceCustomTime`` lifecycle rule needs it moving
+    forward.
+
+    >>> t = _timestamp(1_765_090_000)
+    >>> _renewal_time(t, None) == t, _renewal_time(t, t + _STEP * 600) == t + _STEP * 601
+    (True, True)
+    """
+    return now if current is None or now > current else current + _STEP
+
+
 class MachineRecords:
     """The records of one provider's machines under ``<store>/machines/``; ``store`` must be a gs:// one."""
 
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Store, *, lease_clock: Callable[[], float] = time.monotonic) -> None:
         from prefect_remote.software.gcsstore import GCSStore
 
         if not isinstance(store, GCSStore):
@@ -92,6 +114,9 @@ class MachineRecords:
             )
         self.store: GCSStore = store
         self.url = f"{store.url}/{FOLDER}"
+        self._leases: dict[str, datetime.datetime] = {}  # the owner's side: each lease's customTime as last written or seen
+        self._lease_clock = lease_clock
+        self._lease_watches: dict[str, LeaseWatch] = {}  # the machine's side: how long each lease has stayed unchanged
 
     @property
     def label(self) -> str:
@@ -157,30 +182,56 @@ class MachineRecords:
             for _, _, status, response in self._batched(action, others, call):
                 if status >= 300:
                     raise _http_error(response)
+        self._leases.update(dict.fromkeys(machine_ids, _timestamp(now)))
 
     def renew(self, machine_ids: Sequence[str]) -> dict[str, str | None]:
         """Renews the leases of ``machine_ids`` in one request per 100; returns those that have
         ended (their end is recorded) or are unknown (no record), which need no more renewing, each
-        with its launch id (None: unknown), which the renewal's response carries."""
+        with its launch id (None: unknown), which the renewal's response carries. A lease whose
+        customTime is later than this owner's clock (another owner's clock ran ahead) is read, then
+        renewed a second past it (one GET and one PATCH each, once: this owner remembers it)."""
         now = _timestamp(time.time())
+        done: dict[str, str | None] = {}
+        lowered = self._renew_round(list(dict.fromkeys(machine_ids)), now, done)
+        for machine_id in lowered:
+            blob = self._loaded(machine_id)
+            if blob is None:
+                done[machine_id] = None
+            elif blob.custom_time is not None:
+                self._leases[machine_id] = blob.custom_time
+        self._renew_round([machine_id for machine_id in lowered if machine_id not in done], now, done, again=True)
+        return done
+
+    def _renew_round(
+        self, machine_ids: list[str], now: datetime.datetime, done: dict[str, str | None], *, again: bool = False
+    ) -> list[str]:
+        """Renews ``machine_ids`` in one batch request per 100; fills ``done`` and returns the ids
+        refused for lowering their customTime."""
+        asked: dict[str, datetime.datetime] = {}  # the customTime each renewal writes
 
         def renewal(machine_id: str) -> Blob:
             blob = self._blob(machine_id)
-            blob.custom_time = now
+            blob.custom_time = asked[machine_id] = _renewal_time(now, self._leases.get(machine_id))
             blob.patch()  # deferred: sent with the others when the batch closes
             return blob
 
-        done: dict[str, str | None] = {}
+        lowered: list[str] = []
         for machine_id, blob, status, response in self._batched("storage.objects.update", machine_ids, renewal):
             if status == 404:
+                self._leases.pop(machine_id, None)
                 done[machine_id] = None
-            elif 200 <= status < 300 and "ended" in (metadata := blob.metadata or {}):
-                done[machine_id] = metadata.get("launch")
+            elif 200 <= status < 300:
+                self._leases[machine_id] = blob.custom_time or asked[machine_id]
+                if "ended" in (metadata := blob.metadata or {}):
+                    done[machine_id] = metadata.get("launch")
+                    self._leases.pop(machine_id)  # renewed no more
+            elif status == _LOWERED and not again:
+                lowered.append(machine_id)
             elif status in _RETRY_LATER:
                 logger.debug("lease of %s not renewed this round (HTTP %s)", machine_id, status)
-            elif status >= 300 and status not in _RENEWED_ANYWAY:
+            elif status not in _RENEWED_ANYWAY:
                 raise _http_error(response)
-        return done
+        return lowered
 
     def _batched(self, action: str, machine_ids: Sequence[str], call: Callable[[str], Blob]) -> list[tuple[str, Blob, int, Any]]:
         """Makes ``call(machine_id)`` (a blob call, deferred) for each of ``machine_ids`` (each once), in
@@ -354,14 +405,17 @@ class MachineRecords:
 
     # -- the machine's side ---------------------------------------------------------------------
     def lease_age(self, machine_id: str) -> float:
-        """Seconds since the owner last renewed ``machine_id``'s lease (one GET). Infinite when the
-        record is gone: its launch failed, or its owner forgot it, and nobody will renew it."""
+        """Seconds ``machine_id``'s lease (its customTime) has stayed unchanged, by this process's
+        monotonic clock, from its first read here (one GET): never against the time it names, which
+        is the owner's clock. Infinite when the record is gone: its launch failed, or its owner
+        forgot it, and nobody will renew it."""
         blob = self._loaded(machine_id)
         if blob is None:
             return math.inf
         if blob.custom_time is None:
             raise StoreError(f"the record of {machine_id} in {self.url} has no lease (customTime); it was changed by hand")
-        return max(0.0, time.time() - blob.custom_time.timestamp())
+        watch = self._lease_watches.setdefault(machine_id, LeaseWatch(self._lease_clock))
+        return watch.age(blob.custom_time)
 
 
 def _http_error(response: Any) -> Exception:

@@ -12,7 +12,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import boto3
 import pytest
 
-from prefect_remote.machine.runtime import load_runtime
+from prefect_remote.machine.runtime import LeaseWatch, load_runtime
 from prefect_remote.providers.aws.runtime import DEFAULT_METADATA_ENDPOINT, EC2Runtime
 from prefect_remote.providers.base import BootPayload
 from prefect_remote.spec import MachineSpec
@@ -80,13 +80,31 @@ def test_runtime_reads_id_lease_and_secrets(provider, ec2, machine_and_metadata)
     runtime = load_runtime(provider.runtime, options)  # as the agent makes it
     assert isinstance(runtime, EC2Runtime)
     assert runtime.machine_id == machine.id
-    assert 0 <= runtime.lease_age() < 5
-    ec2.create_tags(Resources=[machine.id], Tags=[{"Key": "prefect-remote:lease", "Value": str(int(time.time()) - 100)}])
-    assert 99 <= runtime.lease_age() < 105
+    now = [1000.0]
+    runtime.lease_watch = LeaseWatch(clock=lambda: now[0])  # the machine's monotonic clock
+    assert runtime.lease_age() == 0  # the first read: fresh from launch
     assert metadata.requests[-1] == "/latest/meta-data/tags/instance/prefect-remote:lease"
-    provider.renew_leases([machine.id])
-    assert runtime.lease_age() < 5
+    now[0] += 100
+    assert runtime.lease_age() == 100  # a tag unchanged for 100 s is 100 s old
+    provider.renew_leases([machine.id])  # the renewal changes the tag
+    assert runtime.lease_age() == 0
     assert runtime.read_secrets() == {"TOKEN": "s3cret"}
+
+
+@pytest.mark.parametrize("skew", [-600, 600])
+def test_the_lease_age_ignores_the_time_the_owner_writes(ec2, machine_and_metadata, provider, skew):
+    """An owner whose clock is 10 minutes off: its tag names a time far from the machine's, and the
+    age is what the machine saw, from the first read and from each change."""
+    machine, launch, metadata = machine_and_metadata
+    runtime = EC2Runtime(**{**provider.runtime_options(launch.id), "metadata_endpoint": metadata.url})
+    now = [0.0]
+    runtime.lease_watch = LeaseWatch(clock=lambda: now[0])
+    ec2.create_tags(Resources=[machine.id], Tags=[{"Key": "prefect-remote:lease", "Value": str(int(time.time()) + skew)}])
+    assert runtime.lease_age() == 0
+    now[0] = 20
+    assert runtime.lease_age() == 20
+    ec2.create_tags(Resources=[machine.id], Tags=[{"Key": "prefect-remote:lease", "Value": str(int(time.time()) + skew + 10)}])
+    assert runtime.lease_age() == 0
 
 
 def test_runtime_renews_a_rejected_token(provider, machine_and_metadata):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import time
+import types
 
 import pytest
 import requests
@@ -42,11 +43,12 @@ def test_a_machine_lifecycle_in_its_record(gcs, records):
     ids = ["vm-000000000001", "vm-000000000002"]
     records.create(ids, launch(), service="Compute Engine", region="us-central1", price=0.067)
     assert records.url.endswith("/store/machines")
-    assert records.lease_age(ids[0]) < 5 and list(records.renew(ids)) == []
+    assert list(records.renew(ids)) == []
+    assert records.lease_age(ids[0]) == 0  # the first read counts from then
 
     time.sleep(1.1)
     before = records.lease_age(ids[0])
-    assert before >= 1
+    assert before >= 1  # unchanged since: as old as this process's clock says
     del gcs.requests[:]
     assert records.renew([*ids, "vm-00000000dead"]) == {"vm-00000000dead": None}  # unknown: no record
     assert gcs.requests == [("POST", "/batch/storage/v1")]  # all of them in one request
@@ -162,6 +164,62 @@ def test_ended_machines_of_some_tags(gcs, records):
 def test_machines_read_their_records_from_the_url_they_are_given(records):
     records.create(["run-0123456789ab"], launch(), service="Cloud Run")
     assert MachineRecords.from_url(records.url).lease_age("run-0123456789ab") < 5
+
+
+def owner_clock_off_by(monkeypatch, seconds: float) -> None:
+    """This process renews as an owner whose clock is ``seconds`` off (the records module's time only)."""
+    from prefect_remote.providers.gcp import records as module
+
+    real = time.time
+    monkeypatch.setattr(module, "time", types.SimpleNamespace(time=lambda: real() + seconds, monotonic=time.monotonic))
+
+
+@pytest.mark.parametrize("skew", [-600, 600])
+def test_a_machine_reads_its_lease_without_the_owners_clock(records, monkeypatch, skew):
+    """An owner 10 minutes off: the machine's age is how long customTime stayed unchanged on its own
+    clock, neither 10 minutes old at once nor 10 minutes young."""
+    now = [0.0]
+    machine = MachineRecords.from_url(records.url)
+    machine._lease_clock = lambda: now[0]
+    owner_clock_off_by(monkeypatch, skew)
+    [machine_id] = ids = ["vm-0000000005ce"]
+    records.create(ids, launch(), service="Compute Engine")
+    assert machine.lease_age(machine_id) == 0  # fresh at launch
+    now[0] = 40
+    assert machine.lease_age(machine_id) == 40  # unchanged for 40 s: 40 s old, whatever time it names
+    records.renew(ids)
+    assert machine.lease_age(machine_id) == 0
+    now[0] = 45
+    records.renew(ids)  # within the same second of the owner's clock: the renewal still moves it
+    assert machine.lease_age(machine_id) == 0
+
+
+def test_an_owner_whose_clock_is_behind_the_last_writers_still_renews(records, monkeypatch, gcs):
+    """Cloud Storage refuses an earlier customTime: an owner 10 minutes behind the one before it (a
+    restarted push service on another host, say) renews a second past the lease's time instead."""
+    [machine_id] = ids = ["vm-0000000000a4"]
+    owner_clock_off_by(monkeypatch, 600)
+    records.create(ids, launch(), service="Compute Engine")
+    ahead = records._blob(machine_id)
+    ahead.reload()
+    owner_clock_off_by(monkeypatch, 0)
+    now = [0.0]
+    machine = MachineRecords.from_url(records.url)
+    machine._lease_clock = lambda: now[0]
+    assert machine.lease_age(machine_id) == 0
+    now[0] = 30
+    behind = MachineRecords.from_url(records.url)  # the new owner, its clock 10 minutes behind the last writer's
+    del gcs.requests[:]
+    assert behind.renew(ids) == {}
+    assert [method for method, _ in gcs.requests] == ["POST", "GET", "POST"]  # refused (400), read, renewed past it
+    assert machine.lease_age(machine_id) == 0  # renewed
+    blob = records._blob(machine_id)
+    blob.reload()
+    assert blob.custom_time > ahead.custom_time  # moved forward, never back (lifecycle rules count from it)
+    del gcs.requests[:]
+    now[0] = 60
+    assert behind.renew(ids) == {} and machine.lease_age(machine_id) == 0
+    assert gcs.requests.count(("POST", "/batch/storage/v1")) == 1  # it remembers the lease: one request, no refusal
 
 
 def test_only_gs_stores(tmp_path):
