@@ -304,10 +304,12 @@ def _error(start_response: Any, status: int, code: str, message: str) -> list[by
 
 
 _ACTIVE: list[StrictEC2] = []  # the strict EC2s of this process's sandboxes (moto's state is the process's)
+_LAUNCHING = threading.local()  # the reservation RunInstances just made, until its profile is associated
 
 
 def install(strict: StrictEC2) -> None:
     """Hooks ``strict`` onto moto's models (once per process): new instances and security groups are stamped."""
+    from moto.ec2.models.iam_instance_profile import IamInstanceProfileAssociationBackend
     from moto.ec2.models.instances import InstanceBackend
     from moto.ec2.models.security_groups import SecurityGroupBackend
 
@@ -317,6 +319,7 @@ def install(strict: StrictEC2) -> None:
         return
     run_instances, create_security_group = InstanceBackend.run_instances, SecurityGroupBackend.create_security_group
     describe_instances = InstanceBackend.describe_instances
+    associate_profile = IamInstanceProfileAssociationBackend.associate_iam_instance_profile
 
     def strict_describe_instances(backend: Any, *args: Any, **kwargs: Any) -> Any:
         reservations = describe_instances(backend, *args, **kwargs)  # a listing: moto answers requests with ids elsewhere
@@ -326,9 +329,20 @@ def install(strict: StrictEC2) -> None:
 
     def strict_run_instances(backend: Any, *args: Any, **kwargs: Any) -> Any:
         reservation = run_instances(backend, *args, **kwargs)
+        _LAUNCHING.reservation = reservation
         for active in [each for each in _ACTIVE if each.on]:
             active.launched(reservation.instances)
         return reservation
+
+    def associate_with_every_instance(backend: Any, instance_id: str, *args: Any, **kwargs: Any) -> Any:
+        # RunInstances' profile goes to every instance it launches, as on EC2 (moto associates the
+        # first one only): each keeps its own association until it ends, whatever its siblings do.
+        association = associate_profile(backend, instance_id, *args, **kwargs)
+        reservation, _LAUNCHING.reservation = getattr(_LAUNCHING, "reservation", None), None
+        if reservation is not None and reservation.instances[0].id == instance_id:
+            for sibling in reservation.instances[1:]:
+                associate_profile(backend, sibling.id, *args, **kwargs)
+        return association
 
     def strict_create_security_group(backend: Any, *args: Any, **kwargs: Any) -> Any:
         group = create_security_group(backend, *args, **kwargs)
@@ -340,6 +354,7 @@ def install(strict: StrictEC2) -> None:
     InstanceBackend.run_instances = strict_run_instances  # type: ignore[method-assign]
     SecurityGroupBackend.create_security_group = strict_create_security_group  # type: ignore[method-assign]
     InstanceBackend.describe_instances = strict_describe_instances  # type: ignore[method-assign]
+    IamInstanceProfileAssociationBackend.associate_iam_instance_profile = associate_with_every_instance  # type: ignore[method-assign]
 
 
 def uninstall(strict: StrictEC2) -> None:

@@ -72,17 +72,17 @@ class Account:
         return dict(self.ec2(request).tags.get(resource_id, {}))
 
     def instance(self, request: Request, instance_id: str) -> dict[str, str] | None:
-        """An instance's facts for conditions: its type and instance profile (moto attaches a
-        launch's profile to its first instance only; EC2 to every one)."""
+        """An instance's facts for conditions: its type and instance profile (every instance of a
+        launch has its own association, which ends with it: :mod:`prefect_remote.sandbox.ec2_strict`)."""
         backend = self.ec2(request)
         for reservation in list(backend.reservations.values()):
-            if any(member.id == instance_id for member in reservation.instances):
-                facts = {"type": next(m.instance_type for m in reservation.instances if m.id == instance_id)}
-                for member in reservation.instances:
+            for member in reservation.instances:
+                if member.id == instance_id:
+                    facts = {"type": member.instance_type}
                     association = backend.iam_instance_profile_associations.get(member.id)
                     if association is not None:
                         facts["profile"] = association.iam_instance_profile.arn
-                return facts
+                    return facts
         return None
 
     def security_group(self, request: Request, name_or_id: str, vpc_id: str | None = None) -> Any:

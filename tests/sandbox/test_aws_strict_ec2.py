@@ -206,3 +206,26 @@ def test_a_tag_name_the_metadata_service_reserves_is_refused_with_metadata_tags_
     assert refused.value.response["Error"]["Code"] == "InvalidParameterValue"
     strict.unknown_seconds = 0
     ec2.terminate_instances(InstanceIds=[run(ec2, TagSpecifications=tags)["InstanceId"]])  # metadata tags off: any name
+
+
+def test_every_instance_of_a_launch_has_the_profile_until_it_ends_itself(aws_env, aws_sandbox, ec2, strict):
+    """RunInstances' instance profile is associated with every instance it launches, as on EC2 (moto
+    associates the first only), and the first one's end leaves its siblings theirs: a scheduler that
+    renews its workers' leases (``ec2:InstanceProfile`` in the machines' policy) is not refused once
+    its launch's first worker is gone."""
+    strict.profile_seconds = strict.unknown_seconds = 0
+    name = f"strict-{secrets.token_hex(3)}"
+    aws_sandbox.make_instance_profile(name)
+    launched = ec2.run_instances(ImageId=IMAGE, InstanceType="t3.micro", MinCount=3, MaxCount=3, IamInstanceProfile={"Name": name})
+    first, *siblings = [instance["InstanceId"] for instance in launched["Instances"]]
+    try:
+
+        def associated() -> dict[str, str]:
+            found = ec2.describe_iam_instance_profile_associations()["IamInstanceProfileAssociations"]
+            return {a["InstanceId"]: a["IamInstanceProfile"]["Arn"] for a in found if a["InstanceId"] in (first, *siblings)}
+
+        assert sorted(associated()) == sorted([first, *siblings]) and {arn.rsplit("/", 1)[-1] for arn in associated().values()} == {name}
+        ec2.terminate_instances(InstanceIds=[first])
+        assert sorted(associated()) == sorted(siblings)
+    finally:
+        ec2.terminate_instances(InstanceIds=[first, *siblings])
