@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import os
 
-from common import api_calls, bench_home, boot_lines, boot_phases, local_launch
+from common import BOOT_ONLY, api_calls, bench_home, boot_lines, boot_phases, local_launch
 
 IDLE_SECONDS = float(os.environ.get("BENCH_AWS_SECONDS", "60"))
 WORKERS = 10
@@ -57,6 +57,8 @@ def main() -> list[str]:
                 boot_phases(provider, spec, marker, machine_log(aws))
                 warm = [boot_phases(provider, spec, marker, machine_log(aws)) for _ in range(3)]
             lines += boot_lines("boot EC2", cold, warm, baseline)
+            if BOOT_ONLY:
+                return lines
             lines += api_calls(aws.calls, "aws", "ec2:CreateTags", WORKERS, IDLE_SECONDS)
             from bench_fanout import bench_map
 

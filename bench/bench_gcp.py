@@ -25,7 +25,7 @@ import collections
 import os
 from pathlib import Path
 
-from common import api_calls, bench_home, boot_lines, boot_phases, local_launch
+from common import BOOT_ONLY, api_calls, bench_home, boot_lines, boot_phases, local_launch
 
 WINDOW_SECONDS = float(os.environ.get("BENCH_GCP_SECONDS", "60"))
 WORKERS = 10
@@ -123,6 +123,8 @@ def main() -> list[str]:
                 shown, cold = boot(gcp, provider, spec, marker, f"boot {label}", baseline)
                 lines += [*shown, calls_per_machine(label, gcp.calls, before, machines=4)]
                 colds.append(cold)
+            if BOOT_ONLY:
+                return lines + on_paper(*colds)
             lines += api_calls(gcp.calls, "gcp", LEASE_CALL, WORKERS, WINDOW_SECONDS)
             lines += on_paper(*colds)
     return lines

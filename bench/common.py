@@ -26,6 +26,9 @@ from typing import Any
 
 # The benchmarks' own host-only bridge and subnet (unless the environment names them), apart from the
 # user's machines (prbr0, 10.231.0.0/16) and the tests' (prtest0, 10.232.0.0/16).
+# BENCH_BOOT_ONLY=1: the cloud benchmarks measure the boot phases only (cold and warm), not the API
+# calls of an idle and a working cluster nor the fan-out: a quick rerun of the figures that vary most.
+BOOT_ONLY = os.environ.get("BENCH_BOOT_ONLY", "") not in ("", "0")
 BENCH_NETWORK = {"PREFECT_REMOTE_LOCAL_BRIDGE": "prbench0", "PREFECT_REMOTE_LOCAL_SUBNET": "10.233.0.0/16"}
 # Where machine homes can lie under a benchmark's scratch folder: its own home, a sandbox cloud's.
 HOME_DEPTH = 4
