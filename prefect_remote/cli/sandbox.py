@@ -51,7 +51,7 @@ def aws(
     """Start a sandbox AWS (moto, plus instances that boot as local machines) and serve until Ctrl-C.
 
     It prints one `export NAME=VALUE` line per variable a shell needs to use it, then `sandbox ready`.
-    In another shell:
+    In a shell (it serves in the background; `kill %1` stops it):
 
         prefect-remote sandbox aws > sandbox.env &
         until grep -q '^sandbox ready' sandbox.env; do sleep 0.2; done
@@ -72,11 +72,11 @@ def gcp(
     enforce_iam: EnforceIAM = True,
     warm_cache: WarmCache = False,
 ) -> None:
-    """Start a sandbox GCP (Cloud Run, Compute Engine, Secret Manager, Cloud Logging and GCS, whose
-    jobs and VMs run as local machines) and serve until Ctrl-C.
+    """Start a sandbox GCP (Cloud Run, Compute Engine, Secret Manager, Cloud Logging, GCS) and serve until Ctrl-C.
 
-    It prints one `export NAME=VALUE` line per variable a shell needs to use it, then `sandbox ready`.
-    In another shell:
+    Its Cloud Run jobs and Compute Engine VMs run as local machines. It prints one `export NAME=VALUE`
+    line per variable a shell needs to use it, then `sandbox ready`.
+    In a shell (it serves in the background; `kill %1` stops it):
 
         prefect-remote sandbox gcp > sandbox.env &
         until grep -q '^sandbox ready' sandbox.env; do sleep 0.2; done

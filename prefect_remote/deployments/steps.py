@@ -101,13 +101,16 @@ def build_package_sync_senv(
 
     env = capture_environment(root=root or ".", store=store, **options)
     summary = env.summary()
-    dropped = f"; dropped {', '.join(summary['dropped'])}" if summary["dropped"] else ""
-    dropped += f"; left out (credentials) {', '.join(summary['left_out'])}" if summary["left_out"] else ""
-    print(
-        f"Software environment {env.name}: Python {summary['python']} on {summary['platform']}, "
-        f"{summary['packages']} packages ({summary['local_wheels']} local wheels), "
-        f"{summary['bundle_files']} code files{dropped}; stored in {summary['store']} ({env.seconds:.1f}s)"
-    )
+    lines = [  # short lines: a deploy's output is read in an 80-column terminal
+        f"Software environment {env.name} ({env.seconds:.1f}s):",
+        f"  Python {summary['python']} on {summary['platform']}, {summary['packages']} packages "
+        f"({summary['local_wheels']} local wheels), {summary['bundle_files']} code files",
+    ]
+    if summary["dropped"]:
+        lines.append(f"  dropped {', '.join(summary['dropped'])}")
+    if summary["left_out"]:
+        lines.append(f"  left out (credentials) {', '.join(summary['left_out'])}")
+    print("\n".join([*lines, f"  stored in {summary['store']}"]))
     return summary
 
 

@@ -257,7 +257,8 @@ if [ ! -x "$AGENT/bin/python" ]; then
   mkdir -p "$ROOT/agent"
   BUILD="$(mktemp -d "$AGENT.XXXXXX")"
   if ! WHY="$(UV_HTTP_RETRIES=0 "$UV" venv --quiet --python @AGENT_PYTHON@ "$BUILD" 2>&1)"; then
-    phase "agent: no Python @AGENT_PYTHON@ here or to download (${WHY##*$'\\n'}); the same minor version instead"
+    WHY="${WHY##*$'\\n'}"; WHY="${WHY#"${WHY%%[! ]*}"}"  # uv's innermost cause, without its indent and label
+    phase "agent: no Python @AGENT_PYTHON@ here or to download (${WHY#cause: }); the same minor version instead"
     "$UV" venv --quiet --python @AGENT_MINOR@ "$BUILD"
   fi
 @BOOTSTRAP@@FETCH_WHEEL@

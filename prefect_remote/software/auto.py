@@ -247,7 +247,7 @@ def _capture(key: str, patterns: list[str], python: str | None, root: str | Path
     _write(_record_file(key, settings), record)
     _warn_unmatched(patterns, installed, python)
     seconds = time.perf_counter() - started
-    print(f"package sync: captured {record['packages']} packages into environment {env.name} in {seconds:.1f} s", file=sys.stderr)
+    print(f"package sync: captured {record['packages']} packages into {env.name} in {seconds:.1f} s", file=sys.stderr)
     return SyncedEnvironment(env.name, record["packages"], "capture", seconds)
 
 

@@ -196,7 +196,8 @@ def _make_venv(venv: Path, spec: dict[str, Any], uv: str, uv_env: dict[str, str]
     same_minor = sys.executable if here.startswith(f"{minor}.") else minor  # the running Python when it fits: no search
     _run([uv, "venv", "--quiet", "--python", same_minor, str(venv)], uv_env, spec, f"creating a Python {minor} environment")
     found = (exact.stderr or exact.stdout).strip().splitlines()
-    return f"Python {minor} (not {wanted}, which this machine has not and uv could not download: {found[-1] if found else '?'})"
+    cause = found[-1].strip().removeprefix("cause: ") if found else "?"  # uv's innermost cause, without its indent
+    return f"Python {minor} (not {wanted}, which this machine has not and uv could not download: {cause})"
 
 
 def packages_named(spec: dict[str, Any], message: str) -> list[str]:

@@ -116,7 +116,9 @@ def test_the_shape_deploys_from_a_plain_script_and_runs_on_the_captured_environm
     deployed = python_script(folder, DEPLOY.format(pool=push_pool, results=results), env)
     assert deployed.returncode == 0, deployed.stdout + deployed.stderr
     # Captured once per deployment, into the pool's store (a local pool records none: the configured one).
-    captured = re.findall(r"Software environment (senv-\w+): .* stored in (\S+) \(", deployed.stdout)
+    captured = re.findall(r"^Software environment (senv-\w+) \(\S+\):\n(?:  .*\n)*?  stored in (\S+)$", deployed.stdout, re.M)
+    summary = [line for line in deployed.stdout.splitlines() if line.startswith(("Software environment", "  Python"))]
+    assert summary and all(len(line) <= 80 for line in summary), summary  # an 80-column terminal
     assert len(captured) == 2 and captured[0] == captured[1] == (captured[0][0], LocalStore(SESSION_HOME / "store").url), deployed.stdout
     name = captured[0][0]
     assert LocalStore(SESSION_HOME / "store").has_env(name)
@@ -161,6 +163,6 @@ def test_the_capture_goes_to_the_store_the_pool_records(prefect_server, api, tmp
             storage = PackageSync(folder, check=False)
             Flow.from_source(storage, "example_flow.py:my_flow").deploy(name="to-the-pools-store", work_pool_name="package-sync-pool")
             assert LocalStore(pool_store).has_env(storage.software)
-            assert f"stored in {LocalStore(pool_store).url} (" in capsys.readouterr().out
+            assert f"  stored in {LocalStore(pool_store).url}\n" in capsys.readouterr().out
     deployment = api.read_deployment_by_name("my-flow/to-the-pools-store")
     assert deployment.pull_steps == [{PACKAGE_SYNC_STEP: {"software": storage.software}}]

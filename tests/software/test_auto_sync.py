@@ -96,7 +96,8 @@ def test_clusters_capture_this_environment_for_providers_that_need_it_not_for_lo
     assert "pytest" not in {p["name"] for p in spec["packages"]} and {"name": "pytest", "reason": "ignored"} in spec["dropped"]
     assert spec["code"]["files"] == 1
     [line] = [line for line in capfd.readouterr().err.splitlines() if line.startswith("package sync")]
-    assert line.startswith(f"package sync: captured {len(spec['packages'])} packages into environment {synced.spec.software} in ")
+    assert line.startswith(f"package sync: captured {len(spec['packages'])} packages into {synced.spec.software} in ")
+    assert len(line) <= 80, "fits an 80-column terminal"
 
     # The same request again (another decorator, a task runner's cluster): from memory, silently.
     again = ClusterOptions.build(provider=Elsewhere(isolation="process"), package_sync_ignore=["pytest"], cpu=1).with_software()

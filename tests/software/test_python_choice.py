@@ -44,5 +44,6 @@ def test_a_patch_out_of_reach_falls_back_at_once_to_the_same_minor_and_says_why(
     why = _make_venv(tmp_path / "venv", {"python": wanted, "packages": []}, find_uv(), unreachable_downloads(tmp_path))
     assert time.monotonic() - started < 5  # no retries of a host that is out of reach
     assert version_of(tmp_path / "venv") == HERE
-    assert why.startswith(f"Python {MINOR} (not {wanted}, which this machine has not and uv could not download:")
+    assert why.startswith(f"Python {MINOR} (not {wanted}, which this machine has not and uv could not download: ")
+    assert "download:  " not in why and "cause:" not in why, why  # uv's last cause, without its indent and label
     assert not list((tmp_path / "pythons").glob("cpython-*"))

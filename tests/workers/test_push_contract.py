@@ -116,7 +116,7 @@ def test_a_deployment_from_python_with_package_sync_runs_on_the_clouds_machine(c
     assert deployed.returncode == 0, deployed.stdout + deployed.stderr
     store = provider_block(api, cloud.pool).store
     assert store and store.startswith(cloud.store_scheme)
-    software = re.search(rf"Software environment (senv-\w+): .* stored in {re.escape(store)} \(", deployed.stdout)
+    software = re.search(rf"^Software environment (senv-\w+) \(\S+\):\n(?:  .*\n)*?  stored in {re.escape(store)}$", deployed.stdout, re.M)
     assert software, deployed.stdout
     flow_run = completed_run(api, cloud.env, cloud.folder, f"hello/{name}")
     logs = "\n".join(run_logs(api, flow_run.id))
