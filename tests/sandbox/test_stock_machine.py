@@ -164,19 +164,32 @@ def test_a_scheduled_shutdown_fires_on_time_a_new_one_replaces_it_and_shutdown_c
     assert instance["StateReason"]["Code"] == "Client.InstanceInitiatedShutdown"
 
 
-def test_a_vm_outlives_its_boot_script_when_the_sandbox_says_so(aws_sandbox, end_instances, tmp_path):
-    """With ``outlives_boot`` an instance stays up after its user data exits, as an EC2 instance does,
-    until it powers itself off or is terminated."""
+def test_an_instance_outlives_its_user_data_until_it_is_terminated(aws_sandbox, end_instances, tmp_path):
+    """An EC2 instance whose user data exits keeps running (and billing), as its OS runs on after
+    cloud-init: the sandbox's default. It ends when it is terminated."""
     import time
 
     log = tmp_path / "log"
-    runner = aws_sandbox.runner
-    runner.outlives_boot = True
-    try:
-        instance_id = run_instance(aws_sandbox, f"#!/bin/bash\necho done >> {log}\nexit 3\n")
+    instance_id = run_instance(aws_sandbox, f"#!/bin/bash\necho done >> {log}\nexit 3\n")
+    end_instances.append(instance_id)
+    wait_for(lambda: log.exists(), timeout=60, message="the user data to run")
+    time.sleep(2)  # many runner rounds
+    assert not ended(aws_sandbox, instance_id) and aws_sandbox.runner.machine_of(instance_id)
+    [instance] = aws_sandbox.client("ec2").describe_instances(InstanceIds=[instance_id])["Reservations"][0]["Instances"]
+    assert instance["State"]["Name"] == "running"
+    local = aws_sandbox.runner.machine_of(instance_id)
+    assert "boot script exited with code 3; the machine stays up" in aws_sandbox.runner.machines.logs(local).text
+    aws_sandbox.client("ec2").terminate_instances(InstanceIds=[instance_id])
+    wait_for(lambda: ended(aws_sandbox, instance_id), timeout=30, message="the instance to end")
+
+
+def test_a_test_can_make_instances_end_with_their_user_data(aws_sandbox, end_instances, tmp_path):
+    """The sandbox's switch (``vms(outlive_boot=False)``, kinder than EC2) for a test that needs it:
+    the instances booted within end when their user data exits."""
+    log = tmp_path / "log"
+    with aws_sandbox.vms(outlive_boot=False):
+        instance_id = run_instance(aws_sandbox, f"#!/bin/bash\necho done >> {log}\n")
         end_instances.append(instance_id)
         wait_for(lambda: log.exists(), timeout=60, message="the user data to run")
-    finally:
-        runner.outlives_boot = False
-    time.sleep(2)
-    assert not ended(aws_sandbox, instance_id)
+    assert aws_sandbox.runner.outlives_boot  # back to the default
+    wait_for(lambda: ended(aws_sandbox, instance_id), timeout=30, message="the instance to end with its user data")

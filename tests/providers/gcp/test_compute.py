@@ -466,7 +466,7 @@ def test_machine_types_come_from_the_zone(gce):
 
 
 def test_a_vm_that_stopped_itself_is_deleted(gce):
-    [machine] = start(gce, "#!/bin/sh\nexit 0\n", cpu=2)  # a guest shutdown: Compute Engine keeps it TERMINATED
+    [machine] = start(gce, "#!/bin/sh\nshutdown -h now\n", cpu=2)  # a guest shutdown: Compute Engine keeps it TERMINATED
     seen: list[str] = []
 
     def gone() -> bool:
@@ -562,6 +562,20 @@ def test_a_failed_boot_deletes_its_vm_not_only_stops_it(gcp_sandbox, gce):
     )
 
 
+def test_a_failed_boot_whose_delete_fails_still_shuts_its_vm_down(gcp_sandbox, gce):
+    """The failed boot's delete does not go through (here the API is out of its reach): the halt
+    command shuts the VM down all the same, which stops it (``TERMINATED``). A VM outlives its startup
+    script: without that shutdown it would run on, billing, with nothing on it."""
+    script = (
+        "#!/bin/bash\nset -euo pipefail\nexport PREFECT_REMOTE_GCP_API_ENDPOINT=http://127.0.0.1:9\n"
+        f"ended() {{\n  {GCPProvider.halt_command}\n}}\ntrap ended EXIT\nfalse\n"
+    )
+    [machine] = start(gce, script, cpu=2)
+    wait_for(lambda: (instance_of(gcp_sandbox, machine.id) or {}).get("status") == "TERMINATED", timeout=90, what="the VM stopped")
+    operations = [op["operationType"] for op in gcp_sandbox.compute.operations._operations.values() if machine.id in op["targetLink"]]
+    assert "compute.instances.guestTerminate" in operations and "delete" not in operations
+
+
 # -- orphans: an agent that fails before its main loop, or dies, never leaves its VM running ------------------------
 
 
@@ -582,9 +596,8 @@ def test_an_agent_that_cannot_start_its_runtime_deletes_its_vm(gcp_sandbox, gcp_
     monkeypatch.setenv("PREFECT_REMOTE_GCP_PUBLIC_IP", LAUNCHER_IP)
     monkeypatch.setattr(GCPProvider, "runtime", "prefect_remote.providers.gcp.runtime:NoSuchRuntime")
     provider = GCPProvider(service="compute")
-    with gcp_sandbox.vms():
-        [machine] = provider.launch(MachineSpec(cpu=2), BootPayload(["sleep", "600"]), tags={"t": "orphans"})
-        wait_for(lambda: instance_of(gcp_sandbox, machine.id) is None, timeout=120, what="the VM deleted")
+    [machine] = provider.launch(MachineSpec(cpu=2), BootPayload(["sleep", "600"]), tags={"t": "orphans"})
+    wait_for(lambda: instance_of(gcp_sandbox, machine.id) is None, timeout=120, what="the VM deleted")
     log = vm_log(gcp_sandbox, machine.id)
     assert "has no attribute 'NoSuchRuntime'" in log
     assert "boot failed during 'agent start (the agent exited before its main loop)' (exit 1); ending this machine" in log
@@ -635,10 +648,9 @@ def test_an_agent_whose_secret_is_gone_ends_its_vm_saying_why(gcp_sandbox, gcp_e
 
     monkeypatch.setenv("PREFECT_REMOTE_GCP_PUBLIC_IP", LAUNCHER_IP)
     provider = GCPProvider(service="compute")
-    with gcp_sandbox.vms():
-        [machine] = provider.launch(MachineSpec(cpu=2), BootPayload(["sleep", "600"], secrets={"TOKEN": "s3cret"}), tags={"t": "orphans"})
-        forget_secrets(provider.clients, instance_of(gcp_sandbox, machine.id)["labels"][LAUNCH_LABEL])
-        [ended] = provider.wait([machine.id], timeout=120)
-        wait_for(lambda: instance_of(gcp_sandbox, machine.id) is None, timeout=60, what="the VM deleted")
+    [machine] = provider.launch(MachineSpec(cpu=2), BootPayload(["sleep", "600"], secrets={"TOKEN": "s3cret"}), tags={"t": "orphans"})
+    forget_secrets(provider.clients, instance_of(gcp_sandbox, machine.id)["labels"][LAUNCH_LABEL])
+    [ended] = provider.wait([machine.id], timeout=120)
+    wait_for(lambda: instance_of(gcp_sandbox, machine.id) is None, timeout=60, what="the VM deleted")
     assert "this launch's secrets could not be read" in (ended.reason or "")
     assert "this launch's secrets could not be read" in vm_log(gcp_sandbox, machine.id)
