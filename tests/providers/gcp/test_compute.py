@@ -639,6 +639,41 @@ def test_a_killed_agent_ends_its_vm_within_keepalive_plus_one_lease_interval(gcp
         provider.terminate(ids, reason="test cleanup")
 
 
+@pytest.fixture
+def vms_may_not_delete(gcp_sandbox):
+    """The machines' custom role without ``compute.instances.delete`` for the test (in force after the
+    sandbox's IAM delay), as it was again after."""
+    from prefect_remote.providers.gcp.grants import MACHINE_ROLE_ID
+    from prefect_remote.sandbox.gcp.enforcement import SANDBOX_ROLE_SUFFIX
+
+    store, role_id = gcp_sandbox.enforcement.store, MACHINE_ROLE_ID + SANDBOX_ROLE_SUFFIX
+    role = gcp_sandbox.iam.roles[role_id]
+    store.set_role(role_id, {**role, "includedPermissions": [p for p in role["includedPermissions"] if p != "compute.instances.delete"]})
+    time.sleep(store.delay)
+    yield
+    store.set_role(role_id, role)
+    time.sleep(store.delay)
+
+
+def test_an_agent_refused_its_delete_shuts_its_vm_down(gcp_sandbox, gcp_env, monkeypatch, vms_may_not_delete):
+    """The agent ends its VM, but its delete is refused: ``halt()`` tries again (about a minute), then
+    runs the OS's ``shutdown -h now``, which stops the VM (``TERMINATED``, not deleted: its disk would
+    bill on); its owner's next listing deletes it. Without that shutdown the VM would outlive its
+    startup script, running with nothing on it until the backstop."""
+    from prefect_remote.providers.base import BootPayload
+
+    monkeypatch.setenv("PREFECT_REMOTE_GCP_PUBLIC_IP", LAUNCHER_IP)
+    provider = GCPProvider(service="compute")
+    [machine] = provider.launch(MachineSpec(cpu=2), BootPayload(["true"]), tags={"t": "halt"})
+    wait_for(lambda: (instance_of(gcp_sandbox, machine.id) or {}).get("status") == "TERMINATED", timeout=240, what="the VM stopped")
+    log = vm_log(gcp_sandbox, machine.id)
+    assert "could not reach the provider to end this machine" in log and "halting it" in log, log
+    assert "the machine shut itself down" in log
+    [ended] = provider.wait([machine.id], timeout=60)  # its record says why; the listing deletes the stopped VM
+    assert ended.reason == "payload finished"
+    wait_for(lambda: instance_of(gcp_sandbox, machine.id) is None, timeout=60, what="the stopped VM deleted")
+
+
 def test_an_agent_whose_secret_is_gone_ends_its_vm_saying_why(gcp_sandbox, gcp_env, monkeypatch):
     """The launch's secret deleted before the VM's agent reads it (as a teardown would): the VM is
     deleted, and its record and log say the secrets could not be read."""
