@@ -39,7 +39,9 @@ def probe(out: Path, marker: str) -> str:
     )
 
 
-def run_instance(aws_sandbox, user_data: str) -> str:
+def run_instance(aws_sandbox, user_data: str, on_shutdown: str = "terminate") -> str:
+    """An instance booting ``user_data``, whose own shutdown terminates it (as the product launches
+    them) or, with ``on_shutdown="stop"`` (EC2's default), stops it."""
     ec2 = aws_sandbox.client("ec2")
     [instance] = ec2.run_instances(
         ImageId=IMAGE,
@@ -47,13 +49,14 @@ def run_instance(aws_sandbox, user_data: str) -> str:
         MinCount=1,
         MaxCount=1,
         UserData=user_data,  # boto3 encodes it
+        InstanceInitiatedShutdownBehavior=on_shutdown,
     )["Instances"]
     return instance["InstanceId"]
 
 
-def ended(aws_sandbox, instance_id: str) -> bool:
+def ended(aws_sandbox, instance_id: str, state: str = "terminated") -> bool:
     instance = next(i for i in aws_sandbox._instances() if i.id == instance_id)
-    return instance.state == "terminated" and aws_sandbox.runner.machine_of(instance_id) is None
+    return instance.state == state and aws_sandbox.runner.machine_of(instance_id) is None
 
 
 @pytest.fixture
@@ -116,14 +119,24 @@ def test_an_ec2_reboot_runs_per_boot_scripts_but_not_the_user_data_again(aws_san
 
 
 def test_an_instances_own_shutdown_ends_it(aws_sandbox, end_instances):
-    """The image's shutdown powers the machine off: with EC2's default shutdown behaviour in the
-    sandbox (terminate, as the product launches), the instance is terminated."""
+    """The image's shutdown powers the machine off: with InstanceInitiatedShutdownBehavior=terminate
+    (as the product launches), the instance is terminated."""
     instance_id = run_instance(aws_sandbox, "#!/bin/bash\nshutdown -h now\nsleep 300\n")
     end_instances.append(instance_id)
     wait_for(lambda: ended(aws_sandbox, instance_id), timeout=60, message="the instance to end")
     [instance] = [i for i in aws_sandbox.client("ec2").describe_instances(InstanceIds=[instance_id])["Reservations"][0]["Instances"]]
     assert instance["StateReason"]["Code"] == "Client.InstanceInitiatedShutdown"
     assert not aws_sandbox.runner.disk_of(instance_id).exists()  # its disk went with it
+
+
+def test_an_instances_own_shutdown_only_stops_it_by_default(aws_sandbox, end_instances):
+    """EC2's default InstanceInitiatedShutdownBehavior is stop: a shutdown from inside stops the
+    instance, which stays (its volume billing on) until it is terminated."""
+    instance_id = run_instance(aws_sandbox, "#!/bin/bash\nshutdown -h now\nsleep 300\n", on_shutdown="stop")
+    end_instances.append(instance_id)
+    wait_for(lambda: ended(aws_sandbox, instance_id, "stopped"), timeout=60, message="the instance to stop")
+    [instance] = aws_sandbox.client("ec2").describe_instances(InstanceIds=[instance_id])["Reservations"][0]["Instances"]
+    assert instance["State"]["Name"] == "stopped" and instance["StateReason"]["Code"] == "Client.InstanceInitiatedShutdown"
 
 
 @pytest.fixture
