@@ -677,8 +677,10 @@ def test_an_agent_refused_terminateinstances_halts_its_instance(aws_env, aws_san
     provider = AWSProvider()
     iam.put_role_policy(RoleName=INSTANCE_PROFILE, PolicyName="test-deny-terminate", PolicyDocument=json.dumps(deny))
     try:
-        [machine] = launch(provider, cpu=2, payload=BootPayload(["true"]))
-        [ended] = provider.wait([machine.id], timeout=180)
+        with aws_sandbox.ec2.as_it_was() as strict:  # the agent tags its new instance at once: EC2 knows its id by then
+            strict.unknown_seconds = 0
+            [machine] = launch(provider, cpu=2, payload=BootPayload(["true"]))
+            [ended] = provider.wait([machine.id], timeout=180)
     finally:
         iam.delete_role_policy(RoleName=INSTANCE_PROFILE, PolicyName="test-deny-terminate")
     log = stock_log(aws_sandbox, machine.id)
