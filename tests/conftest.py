@@ -25,6 +25,20 @@ os.environ.update(
     PREFECT_REMOTE_LOCAL_GRACE_PERIOD="2",
     PREFECT_REMOTE_PROVIDER="local",
 )
+
+# This host is never powered off by a test: code under test that runs the OS's power commands in this
+# process (a machine runtime's halt(), an agent's backstop, a boot's trap) finds these instead through
+# PATH, which refuse and leave a note that fails the test (tests call a runtime's halt with a halt_command
+# of their own). A sandbox instance has its own root, whose shutdown is the sandbox's model.
+NO_POWER_OFF = SESSION_HOME / "no-power-off"
+POWER_OFF_ATTEMPTS = NO_POWER_OFF / "attempts.log"
+NO_POWER_OFF.mkdir()
+for _command in ("shutdown", "poweroff", "halt", "reboot"):
+    (NO_POWER_OFF / _command).write_text(
+        f'#!/bin/sh\necho "$0 $*" >> {POWER_OFF_ATTEMPTS}\necho "{_command}: refused, the test host is never powered off" >&2\nexit 1\n'
+    )
+    (NO_POWER_OFF / _command).chmod(0o755)
+os.environ["PATH"] = f"{NO_POWER_OFF}{os.pathsep}{os.environ.get('PATH', '')}"
 SESSION_ENVIRON = dict(os.environ)  # what session-wide servers start with, whatever test starts them
 
 from prefect_remote.devserver import local_prefect_server  # noqa: E402
@@ -160,6 +174,16 @@ def prefect_server() -> str:
         api_url = server.enter_context(local_prefect_server(SESSION_HOME / "prefect", env=settings))
     with server:
         yield api_url
+
+
+@pytest.fixture(autouse=True)
+def host_never_powered_off():
+    """Fails the test that ran this host's power commands (refused: :data:`NO_POWER_OFF`)."""
+    yield
+    if POWER_OFF_ATTEMPTS.exists():
+        attempts = POWER_OFF_ATTEMPTS.read_text()
+        POWER_OFF_ATTEMPTS.unlink()
+        pytest.fail(f"the test ran this host's power commands (refused): {attempts}")
 
 
 @pytest.fixture(autouse=True)

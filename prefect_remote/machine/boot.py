@@ -142,20 +142,22 @@ exec "$PREFECT_REMOTE_PYTHON" -m prefect_remote.machine.agent
 _STOCK = (
     _COMMON
     + """\
-ROOT="${PREFECT_REMOTE_ROOT:-@DEFAULT_ROOT@}"
-export PREFECT_REMOTE_ROOT="$ROOT" UV_CACHE_DIR="${UV_CACHE_DIR:-$ROOT/uv-cache}"
-export UV_PYTHON_INSTALL_DIR="${UV_PYTHON_INSTALL_DIR:-$ROOT/python}"  # Pythons uv downloads
-export PREFECT_REMOTE_MACHINE_LOG="${PREFECT_REMOTE_MACHINE_LOG:-@DEFAULT_LOG@}"
-mkdir -p "$ROOT" "$(dirname "$PREFECT_REMOTE_MACHINE_LOG")"
-exec > >(tee -a "$PREFECT_REMOTE_MACHINE_LOG") 2>&1
+# A VM's OS outlives this script: a boot that fails before the agent's main loop runs ends the machine
+# (powers it off), from its first line on, or nothing would.
 PHASE=start
-ended() {  # a boot that fails before the agent's main loop runs ends the machine: nobody else would
+ended() {
   code=$?
   phase "boot failed during '$PHASE' (exit $code); ending this machine"
   @HALT@
   exit "$code"
 }
 trap ended EXIT
+ROOT="${PREFECT_REMOTE_ROOT:-@DEFAULT_ROOT@}"
+export PREFECT_REMOTE_ROOT="$ROOT" UV_CACHE_DIR="${UV_CACHE_DIR:-$ROOT/uv-cache}"
+export UV_PYTHON_INSTALL_DIR="${UV_PYTHON_INSTALL_DIR:-$ROOT/python}"  # Pythons uv downloads
+export PREFECT_REMOTE_MACHINE_LOG="${PREFECT_REMOTE_MACHINE_LOG:-@DEFAULT_LOG@}"
+mkdir -p "$ROOT" "$(dirname "$PREFECT_REMOTE_MACHINE_LOG")"
+exec > >(tee -a "$PREFECT_REMOTE_MACHINE_LOG") 2>&1
 phase "booting machine on "@PLACEMENT@" ($(uname -m))"
 
 # The backstop, which needs no agent and no API: this machine ends itself at a scheduled time unless the

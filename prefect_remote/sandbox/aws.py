@@ -7,7 +7,9 @@ knows it is not a cloud. What moto lacks, the sandbox adds:
 
 * **instances that run**: each instance's user data boots as a local machine with a clean
   environment and none of the launcher's files (see :mod:`prefect_remote.sandbox.instances`);
-  terminating the instance ends the machine, and a machine that ends terminates its instance;
+  terminating the instance ends the machine; the machine outlives its user data, as an instance's OS
+  does, and powering itself off terminates its instance or stops it (as its
+  ``InstanceInitiatedShutdownBehavior`` says: EC2's default is stop);
 * **a metadata service per instance** (IMDSv2, :mod:`prefect_remote.sandbox.imds`): its id, region,
   live tags and its instance profile's credentials;
 * **an account ready to use**: the store's bucket and an instance profile for the machines;
@@ -353,18 +355,23 @@ class SandboxAWS(SandboxCloud):
                 yield _as_instance(instance)
 
     def _terminate(self, instance_id: str, reason: str, exit_code: int | None = None) -> None:
-        """The instance's machine has ended (or never booted): the instance is terminated (EC2 keeps
-        no exit code)."""
+        """The instance's machine has ended (or never booted): the instance is terminated, or stopped
+        where it was stopped through the API or its own shutdown asks for that (EC2 keeps no exit code)."""
         found = self._moto_instance(instance_id)
         if found is None:
             return
         backend, instance = found
         if instance.state == "shutting-down":  # terminated through the API: its machine has now ended
             instance._state.name, instance._state.code = "terminated", 48
-        elif instance.state != "terminated":  # the machine shut itself down
+        elif instance.state not in ("terminated", "stopping", "stopped"):  # the machine shut itself down
             from moto.ec2.models.instances import StateReason
 
-            backend.terminate_instances([instance_id])
+            # As its InstanceInitiatedShutdownBehavior says: EC2's default, stop, keeps the instance (and
+            # its volume, which bills on); terminate ends it.
+            if instance.instance_initiated_shutdown_behavior == "terminate":
+                backend.terminate_instances([instance_id])
+            else:
+                backend.stop_instances([instance_id])
             instance.state_reason = StateReason(
                 "Client.InstanceInitiatedShutdown: Instance initiated shutdown", "Client.InstanceInitiatedShutdown"
             )

@@ -4,8 +4,10 @@ one: in a root of its own (:mod:`prefect_remote.providers.local.own_root`: its w
 on its own disk, kept across its reboots), started in ``/`` with cloud-init's environment (no HOME, a
 minimal PATH) and nothing cached unless the sandbox's image is warm (:meth:`SandboxCloud.warm`), with
 no way out of its network where its cloud would give it none. The two stay in step both ways: an instance
-terminated through the API ends its machine, and a machine that ends (its boot script exited, the
-agent shut it down) terminates its instance.
+terminated through the API ends its machine, and a machine that ends (it powered itself off, or its
+container's command exited) terminates its instance. A VM's machine outlives its boot script, as its
+OS does on its cloud (:attr:`InstanceRunner.outlives_boot`): it ends when it powers itself off (the
+image's ``shutdown``) or is terminated, never merely because its boot script exited.
 
 A cloud's sandbox supplies two callables: ``instances()`` (what the control plane holds, read
 straight from the emulator's state, so the sandbox's own bookkeeping makes no API calls) and
@@ -72,6 +74,9 @@ class Instance:
     tags: dict[str, str] = field(default_factory=dict)
     egress: bool = True  # whether its network has a way out to the internet (the package index)
     private_address: str | None = None  # its address in the cloud's VPC, with the VPC's prefix ("172.31.5.6/16")
+    # A VM: its OS outlives its boot script (EC2 user data, a GCE startup script), running and billing until
+    # something powers it off or terminates it. Not a container (a Cloud Run task), which ends with its command.
+    vm: bool = True
 
     @property
     def ended(self) -> bool:
@@ -118,9 +123,10 @@ class InstanceRunner:
         self.shared: list[str] = []  # host folders every instance mounts at the same path (a test's scratch folder)
         # The image's clock for a scheduled `shutdown +N`: seconds per minute (a test's knob, to stay quick).
         self.shutdown_minute = 60
-        # Whether an instance stays up after its boot script exits, as a VM does (its OS runs on): off, the
-        # machine ends with its boot script, which is kinder than a cloud to a boot that ends nothing.
-        self.outlives_boot = False
+        # Whether a VM stays up after its boot script exits, as on its cloud (its OS runs on until it powers
+        # off or is terminated). On by default; off (a test's switch, SandboxCloud.vms) a VM ends with its boot
+        # script, which is kinder than a cloud to a boot that ends nothing.
+        self.outlives_boot = True
 
     @property
     def host_address(self) -> str:
@@ -284,7 +290,7 @@ class InstanceRunner:
                 "disk": str(self.disk_of(instance.id)),
                 "shared": [*self.shared, *image_folders],
                 "minute": self.shutdown_minute,
-                "outlives_boot": self.outlives_boot,
+                "outlives_boot": self.outlives_boot and instance.vm,
             },
             "private_link": private,
         }
@@ -374,15 +380,17 @@ class SandboxCloud:
             self.warm_cache = before
 
     @contextlib.contextmanager
-    def vms(self, *, minute: int = 60) -> Iterator[None]:
-        """Within the block the instances booted stay up after their boot script exits, as a VM's OS
-        outlives its user data (until it powers itself off or is terminated), and their image's
-        scheduled ``shutdown +N`` counts ``minute`` seconds a minute (a test's clock, to stay quick)."""
+    def vms(self, *, outlive_boot: bool = True, minute: int = 60) -> Iterator[None]:
+        """Within the block the VMs booted outlive their boot script (``outlive_boot``, the default
+        everywhere: a VM's OS runs on after its user data or startup script, until it powers itself
+        off or is terminated) or end with it (off: kinder than a cloud, for a test that needs it), and
+        their image's scheduled ``shutdown +N`` counts ``minute`` seconds a minute (a test's clock, to
+        stay quick)."""
         runner = self._runner
         if runner is None:
             raise RuntimeError("vms(): this sandbox runs no instances (its instance runner is not started)")
         before = runner.outlives_boot, runner.shutdown_minute
-        runner.outlives_boot, runner.shutdown_minute = True, minute
+        runner.outlives_boot, runner.shutdown_minute = outlive_boot, minute
         try:
             yield
         finally:

@@ -108,6 +108,23 @@ def test_an_image_without_python3_fails_its_boot_naming_it(tmp_path):
     assert "boot failed during 'uv' (exit 127); ending this machine" in ran.stdout and halted.exists()
 
 
+def test_a_boot_that_cannot_make_its_root_still_ends_its_machine(tmp_path):
+    """The boot's first step fails (its root cannot be made: here under a file): the trap already
+    holds, so the machine ends (``halt``); a VM would run on, its OS outliving the script."""
+    import shutil
+
+    from prefect_remote.machine.boot import AgentSource
+
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    halted = tmp_path / "halted"
+    script = render_boot_script({}, agent=AgentSource("prefect-remote==0.2.0", python="3.11.7"), halt=f"echo > {halted}")
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "PREFECT_REMOTE_ROOT": str(blocker / "root")}
+    ran = subprocess.run([shutil.which("bash"), "-c", script], env=env, capture_output=True, text=True, timeout=60)
+    assert ran.returncode != 0 and halted.exists(), ran.stdout + ran.stderr
+    assert "boot failed during 'start'" in ran.stdout and "ending this machine" in ran.stdout
+
+
 class ScriptedRuntime(MachineRuntime):
     """A machine side that fails where told (``fails``: "metadata", "secrets" or None) and records its
     end in the file ``ended``: what the stock boot's agent runs in the tests below."""

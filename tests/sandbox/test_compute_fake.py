@@ -192,11 +192,22 @@ def test_startup_script_runs_and_delete_ends_it(clients, sandbox, tmp_path):
     assert sandbox.runner.machine_of("gce:vm-runs") is None
 
 
+def test_a_vm_outlives_its_startup_script(clients, sandbox):
+    """A VM whose startup script exits keeps running (and billing), as its OS runs on after Google's
+    startup-script runner: only a shutdown of its own, a stop or a delete ends it."""
+    insert(clients, vm("vm-outlives", script="#!/bin/bash\nexit 3\n"))
+    wait_for(lambda: sandbox.runner.machine_of("gce:vm-outlives"), message="the VM booted")
+    time.sleep(2)  # the script has long exited
+    assert get(clients, "vm-outlives").status == "RUNNING" and sandbox.runner.machine_of("gce:vm-outlives")
+    clients["instances"].delete(project=PROJECT, zone=ZONE, instance="vm-outlives").result(timeout=10)
+    wait_for(lambda: gone(clients, "vm-outlives"), message="the instance gone")
+
+
 def test_guest_shutdown_stops_the_instance_and_google_deletes_with_delete(clients, sandbox):
-    insert(clients, vm("vm-exits", script="#!/bin/bash\nexit 3\n", spot=True, action="DELETE"))
+    insert(clients, vm("vm-exits", script="#!/bin/bash\nshutdown -h now\nexit 3\n", spot=True, action="DELETE"))
     # A guest shutdown stops the VM (TERMINATED), whatever its termination action: that action is
     # what Google does when it ends the VM itself.
-    wait_for(lambda: get(clients, "vm-exits").status == "TERMINATED", message="TERMINATED after the script exited")
+    wait_for(lambda: get(clients, "vm-exits").status == "TERMINATED", message="TERMINATED after its own shutdown")
     clients["instances"].delete(project=PROJECT, zone=ZONE, instance="vm-exits").result(timeout=10)
     assert gone(clients, "vm-exits")
     insert(clients, vm("vm-preempted", script="#!/bin/bash\nexec sleep 600\n", spot=True, action="DELETE"))

@@ -39,7 +39,9 @@ def probe(out: Path, marker: str) -> str:
     )
 
 
-def run_instance(aws_sandbox, user_data: str) -> str:
+def run_instance(aws_sandbox, user_data: str, on_shutdown: str = "terminate") -> str:
+    """An instance booting ``user_data``, whose own shutdown terminates it (as the product launches
+    them) or, with ``on_shutdown="stop"`` (EC2's default), stops it."""
     ec2 = aws_sandbox.client("ec2")
     [instance] = ec2.run_instances(
         ImageId=IMAGE,
@@ -47,13 +49,14 @@ def run_instance(aws_sandbox, user_data: str) -> str:
         MinCount=1,
         MaxCount=1,
         UserData=user_data,  # boto3 encodes it
+        InstanceInitiatedShutdownBehavior=on_shutdown,
     )["Instances"]
     return instance["InstanceId"]
 
 
-def ended(aws_sandbox, instance_id: str) -> bool:
+def ended(aws_sandbox, instance_id: str, state: str = "terminated") -> bool:
     instance = next(i for i in aws_sandbox._instances() if i.id == instance_id)
-    return instance.state == "terminated" and aws_sandbox.runner.machine_of(instance_id) is None
+    return instance.state == state and aws_sandbox.runner.machine_of(instance_id) is None
 
 
 @pytest.fixture
@@ -116,14 +119,24 @@ def test_an_ec2_reboot_runs_per_boot_scripts_but_not_the_user_data_again(aws_san
 
 
 def test_an_instances_own_shutdown_ends_it(aws_sandbox, end_instances):
-    """The image's shutdown powers the machine off: with EC2's default shutdown behaviour in the
-    sandbox (terminate, as the product launches), the instance is terminated."""
+    """The image's shutdown powers the machine off: with InstanceInitiatedShutdownBehavior=terminate
+    (as the product launches), the instance is terminated."""
     instance_id = run_instance(aws_sandbox, "#!/bin/bash\nshutdown -h now\nsleep 300\n")
     end_instances.append(instance_id)
     wait_for(lambda: ended(aws_sandbox, instance_id), timeout=60, message="the instance to end")
     [instance] = [i for i in aws_sandbox.client("ec2").describe_instances(InstanceIds=[instance_id])["Reservations"][0]["Instances"]]
     assert instance["StateReason"]["Code"] == "Client.InstanceInitiatedShutdown"
     assert not aws_sandbox.runner.disk_of(instance_id).exists()  # its disk went with it
+
+
+def test_an_instances_own_shutdown_only_stops_it_by_default(aws_sandbox, end_instances):
+    """EC2's default InstanceInitiatedShutdownBehavior is stop: a shutdown from inside stops the
+    instance, which stays (its volume billing on) until it is terminated."""
+    instance_id = run_instance(aws_sandbox, "#!/bin/bash\nshutdown -h now\nsleep 300\n", on_shutdown="stop")
+    end_instances.append(instance_id)
+    wait_for(lambda: ended(aws_sandbox, instance_id, "stopped"), timeout=60, message="the instance to stop")
+    [instance] = aws_sandbox.client("ec2").describe_instances(InstanceIds=[instance_id])["Reservations"][0]["Instances"]
+    assert instance["State"]["Name"] == "stopped" and instance["StateReason"]["Code"] == "Client.InstanceInitiatedShutdown"
 
 
 @pytest.fixture
@@ -164,19 +177,32 @@ def test_a_scheduled_shutdown_fires_on_time_a_new_one_replaces_it_and_shutdown_c
     assert instance["StateReason"]["Code"] == "Client.InstanceInitiatedShutdown"
 
 
-def test_a_vm_outlives_its_boot_script_when_the_sandbox_says_so(aws_sandbox, end_instances, tmp_path):
-    """With ``outlives_boot`` an instance stays up after its user data exits, as an EC2 instance does,
-    until it powers itself off or is terminated."""
+def test_an_instance_outlives_its_user_data_until_it_is_terminated(aws_sandbox, end_instances, tmp_path):
+    """An EC2 instance whose user data exits keeps running (and billing), as its OS runs on after
+    cloud-init: the sandbox's default. It ends when it is terminated."""
     import time
 
     log = tmp_path / "log"
-    runner = aws_sandbox.runner
-    runner.outlives_boot = True
-    try:
-        instance_id = run_instance(aws_sandbox, f"#!/bin/bash\necho done >> {log}\nexit 3\n")
+    instance_id = run_instance(aws_sandbox, f"#!/bin/bash\necho done >> {log}\nexit 3\n")
+    end_instances.append(instance_id)
+    wait_for(lambda: log.exists(), timeout=60, message="the user data to run")
+    time.sleep(2)  # many runner rounds
+    assert not ended(aws_sandbox, instance_id) and aws_sandbox.runner.machine_of(instance_id)
+    [instance] = aws_sandbox.client("ec2").describe_instances(InstanceIds=[instance_id])["Reservations"][0]["Instances"]
+    assert instance["State"]["Name"] == "running"
+    local = aws_sandbox.runner.machine_of(instance_id)
+    assert "boot script exited with code 3; the machine stays up" in aws_sandbox.runner.machines.logs(local).text
+    aws_sandbox.client("ec2").terminate_instances(InstanceIds=[instance_id])
+    wait_for(lambda: ended(aws_sandbox, instance_id), timeout=30, message="the instance to end")
+
+
+def test_a_test_can_make_instances_end_with_their_user_data(aws_sandbox, end_instances, tmp_path):
+    """The sandbox's switch (``vms(outlive_boot=False)``, kinder than EC2) for a test that needs it:
+    the instances booted within end when their user data exits."""
+    log = tmp_path / "log"
+    with aws_sandbox.vms(outlive_boot=False):
+        instance_id = run_instance(aws_sandbox, f"#!/bin/bash\necho done >> {log}\n")
         end_instances.append(instance_id)
         wait_for(lambda: log.exists(), timeout=60, message="the user data to run")
-    finally:
-        runner.outlives_boot = False
-    time.sleep(2)
-    assert not ended(aws_sandbox, instance_id)
+    assert aws_sandbox.runner.outlives_boot  # back to the default
+    wait_for(lambda: ended(aws_sandbox, instance_id), timeout=30, message="the instance to end with its user data")

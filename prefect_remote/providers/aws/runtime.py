@@ -19,6 +19,7 @@ import subprocess
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Sequence
 from typing import Any
 
 from prefect_remote.machine.runtime import LeaseWatch, LogShipping, MachineRuntime
@@ -32,12 +33,16 @@ DEFAULT_METADATA_ENDPOINT = "http://169.254.169.254"
 # The AWS SDKs' own override of the metadata endpoint: boto3 on the machine honours it too.
 METADATA_ENDPOINT_ENV = "AWS_EC2_METADATA_SERVICE_ENDPOINT"
 TOKEN_TTL = 6 * 3600  # IMDSv2's longest session token
+# The machine's own power-off, as its OS has it (found through PATH): InstanceInitiatedShutdownBehavior=terminate
+# makes it a termination.
+HALT_COMMAND = ("shutdown", "-h", "now")
 
 
 class EC2Runtime(MachineRuntime):
     """An EC2 instance's runtime. ``metadata_endpoint`` defaults to ``$AWS_EC2_METADATA_SERVICE_ENDPOINT``,
     else the link-local IMDS (a sandbox serves a per-instance one). The machine log goes to
-    CloudWatch Logs, group ``log_group``, one stream per instance named by its id (:meth:`ship_log`)."""
+    CloudWatch Logs, group ``log_group``, one stream per instance named by its id (:meth:`ship_log`).
+    ``halt_command`` is what :meth:`halt` runs (the OS's ``shutdown -h now``)."""
 
     def __init__(
         self,
@@ -47,10 +52,12 @@ class EC2Runtime(MachineRuntime):
         lease_tag: str = LEASE_TAG,
         metadata_endpoint: str | None = None,
         timeout: float = 2.0,
+        halt_command: Sequence[str] = HALT_COMMAND,
     ) -> None:
         self.region, self.secrets_parameter, self.log_group, self.lease_tag = region, secrets_parameter, log_group, lease_tag
         self.metadata_endpoint = (metadata_endpoint or os.environ.get(METADATA_ENDPOINT_ENV) or DEFAULT_METADATA_ENDPOINT).rstrip("/")
         self.timeout = timeout
+        self.halt_command = list(halt_command)
         self._token: tuple[float, str] | None = None  # (expires at, token)
         self._machine_id: str | None = None
         self.lease_watch = LeaseWatch()
@@ -132,12 +139,9 @@ class EC2Runtime(MachineRuntime):
         ec2.terminate_instances(InstanceIds=[self.machine_id])
 
     def halt(self) -> None:
-        """``shutdown -h now``: the instance was launched with InstanceInitiatedShutdownBehavior=terminate,
-        so it terminates. Only on a real instance (the link-local metadata endpoint): a sandbox's
-        machine is a process on someone's computer, which must not be powered off."""
-        if self.metadata_endpoint != DEFAULT_METADATA_ENDPOINT:
-            return
+        """Powers the instance off (``halt_command``, ``shutdown -h now``): it was launched with
+        InstanceInitiatedShutdownBehavior=terminate, so it terminates."""
         try:
-            subprocess.run(["shutdown", "-h", "now"], check=False, timeout=30)
+            subprocess.run(self.halt_command, check=False, timeout=30)
         except Exception:  # must not fail: the agent exits next, which ends the boot script
             pass

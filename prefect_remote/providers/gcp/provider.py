@@ -58,20 +58,21 @@ class GCPProvider(Provider):
     agent_requirements = ("google-cloud-storage", "google-cloud-secret-manager", "google-cloud-logging", "google-cloud-compute")
     dask_ports = DASK_PORTS  # what the firewall rule admits from allow_ingress_from
     # A failed boot ends the VM: deleted through the API with the VM's own token (a guest shutdown
-    # only stops it, and its disk bills on), then shut down. A Cloud Run task ends when its script
-    # does. Never a shutdown of the host a sandbox runs the machine on (its metadata server is elsewhere).
+    # only stops it, and its disk bills on), then shut down, whether or not the delete went through (a VM's
+    # OS outlives its startup script), each call bounded (a metadata server that hangs must not keep the VM
+    # up). A Cloud Run task ends when its script does.
     # A VM whose agent died ends on a scheduled guest shutdown that the agent pushes forward (a stopped VM,
     # which the owner's next listing deletes; a spec's timeout is also the VM's maxRunDuration). A Cloud
     # Run task has its job's task timeout.
     backstop_command = '[ -n "${CLOUD_RUN_JOB:-}" ] || shutdown -h +{minutes}'
     halt_command = (
         '[ -n "${CLOUD_RUN_JOB:-}" ] || ( set +e; m="http://${GCE_METADATA_HOST:-metadata.google.internal}/computeMetadata/v1"; '
-        'h="Metadata-Flavor: Google"; z="$(curl -sf -H "$h" "$m/instance/zone")"; '
-        't="$(curl -sf -H "$h" "$m/instance/service-accounts/default/token" | sed -E \'s/.*"access_token" *: *"([^"]+)".*/\\1/\')"; '
+        'h="Metadata-Flavor: Google"; z="$(curl -sf -m 10 -H "$h" "$m/instance/zone")"; '
+        't="$(curl -sf -m 10 -H "$h" "$m/instance/service-accounts/default/token" | sed -E \'s/.*"access_token" *: *"([^"]+)".*/\\1/\')"; '
         'curl -sf -m 30 -o /dev/null -X DELETE -H "Authorization: Bearer $t" '
         '"${PREFECT_REMOTE_GCP_API_ENDPOINT:-https://compute.googleapis.com}/compute/v1/projects/'
-        '$(curl -sf -H "$h" "$m/project/project-id")/zones/${z##*/}/instances/$(curl -sf -H "$h" "$m/instance/name")"; '
-        '[ -n "${GCE_METADATA_HOST:-}" ] || shutdown -h now )'
+        '$(curl -sf -m 10 -H "$h" "$m/project/project-id")/zones/${z##*/}/instances/$(curl -sf -m 10 -H "$h" "$m/instance/name")"; '
+        "shutdown -h now )"
     )
 
     def __init__(self, **options: Any) -> None:

@@ -21,6 +21,7 @@ import os
 import subprocess
 import time
 import urllib.request
+from collections.abc import Sequence
 from functools import cached_property
 from typing import Any
 
@@ -32,13 +33,24 @@ CLOUD_RUN_JOB_ENV = "CLOUD_RUN_JOB"  # set by Cloud Run in every task's containe
 API_ENDPOINT_ENV = "PREFECT_REMOTE_GCP_API_ENDPOINT"
 DEFAULT_METADATA_HOST = "metadata.google.internal"
 HALT_RETRIES = (2.0, 4.0, 8.0, 16.0, 30.0)  # seconds before each delete halt() tries again
+HALT_COMMAND = ("shutdown", "-h", "now")  # the VM's own power-off, as its OS has it (found through PATH)
 
 
 class GCPRuntime(MachineRuntime):
-    """A gcp machine's runtime; ``store`` is the gs:// store holding the machines' records."""
+    """A gcp machine's runtime; ``store`` is the gs:// store holding the machines' records;
+    ``halt_command`` is what a VM's :meth:`halt` runs last (the OS's ``shutdown -h now``)."""
 
-    def __init__(self, store: str, launch_id: str, project: str, log_name: str = "prefect-remote", timeout: float = 5.0) -> None:
+    def __init__(
+        self,
+        store: str,
+        launch_id: str,
+        project: str,
+        log_name: str = "prefect-remote",
+        timeout: float = 5.0,
+        halt_command: Sequence[str] = HALT_COMMAND,
+    ) -> None:
         self.store, self.launch_id, self.project, self.log_name, self.timeout = store, launch_id, project, log_name, timeout
+        self.halt_command = list(halt_command)
 
     @property
     def on_cloud_run(self) -> bool:
@@ -124,10 +136,8 @@ class GCPRuntime(MachineRuntime):
 
     def halt(self) -> None:
         """The delete failed: tried again for about a minute, since a VM that only shuts down is
-        stopped (``TERMINATED``), not deleted, and its disk bills on; then ``shutdown -h now`` (the
-        owner's next listing deletes a stopped VM). On Cloud Run the task ends with the agent. Never
-        a shutdown on a sandbox's machine, a process on someone's computer (its metadata server is
-        not the link-local one)."""
+        stopped (``TERMINATED``), not deleted, and its disk bills on; then ``halt_command`` (``shutdown
+        -h now``: the owner's next listing deletes a stopped VM). On Cloud Run the task ends with the agent."""
         if self.on_cloud_run:
             return
         for pause in HALT_RETRIES:
@@ -137,9 +147,7 @@ class GCPRuntime(MachineRuntime):
                 break
             except Exception:  # must not fail: the shutdown below ends it all the same
                 continue
-        if os.environ.get("GCE_METADATA_HOST"):
-            return
         try:
-            subprocess.run(["shutdown", "-h", "now"], check=False, timeout=30)
+            subprocess.run(self.halt_command, check=False, timeout=30)
         except Exception:  # must not fail: the agent exits next, which ends the boot script
             pass

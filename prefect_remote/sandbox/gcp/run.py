@@ -181,6 +181,7 @@ class CloudRunFake:
                         attempt.instance_type,
                         self.sandbox.region,
                         private_address=attempt.private_address,
+                        vm=False,  # a container: it ends with its command, as on Cloud Run
                     )
                 )
         return iter(listed)

@@ -655,9 +655,8 @@ def test_an_agent_that_cannot_start_its_runtime_ends_its_instance(aws_env, aws_s
     though the instance would outlive its user data, and its log says why."""
     monkeypatch.setattr(AWSProvider, "runtime", "prefect_remote.providers.aws.runtime:NoSuchRuntime")
     provider = AWSProvider()
-    with aws_sandbox.vms():
-        [machine] = launch(provider, cpu=2, payload=BootPayload(["sleep", "600"]))
-        [ended] = provider.wait([machine.id], timeout=120)
+    [machine] = launch(provider, cpu=2, payload=BootPayload(["sleep", "600"]))
+    [ended] = provider.wait([machine.id], timeout=120)
     assert ended.state == "terminated"
     reason = aws_sandbox.client("ec2").describe_instances(InstanceIds=[machine.id])["Reservations"][0]["Instances"][0]["StateReason"]
     assert reason["Code"] == "Client.InstanceInitiatedShutdown"
@@ -666,11 +665,37 @@ def test_an_agent_that_cannot_start_its_runtime_ends_its_instance(aws_env, aws_s
     assert "boot failed during 'agent start (the agent exited before its main loop)' (exit 1); ending this machine" in log
 
 
+def test_an_agent_refused_terminateinstances_halts_its_instance(aws_env, aws_sandbox):
+    """The agent ends its machine, but EC2 refuses its TerminateInstances (here an explicit deny on the
+    machines' role): it falls back to ``halt()``, the OS's ``shutdown -h now``, which terminates the
+    instance (InstanceInitiatedShutdownBehavior=terminate). Without it the instance would outlive its
+    user data, running with nothing on it until the backstop."""
+    from prefect_remote.sandbox.aws import INSTANCE_PROFILE
+
+    deny = {"Version": "2012-10-17", "Statement": [{"Effect": "Deny", "Action": "ec2:TerminateInstances", "Resource": "*"}]}
+    iam = aws_sandbox.client("iam")
+    provider = AWSProvider()
+    iam.put_role_policy(RoleName=INSTANCE_PROFILE, PolicyName="test-deny-terminate", PolicyDocument=json.dumps(deny))
+    try:
+        with aws_sandbox.ec2.as_it_was() as strict:  # the agent tags its new instance at once: EC2 knows its id by then
+            strict.unknown_seconds = 0
+            [machine] = launch(provider, cpu=2, payload=BootPayload(["true"]))
+            [ended] = provider.wait([machine.id], timeout=180)
+    finally:
+        iam.delete_role_policy(RoleName=INSTANCE_PROFILE, PolicyName="test-deny-terminate")
+    log = stock_log(aws_sandbox, machine.id)
+    assert ended.state == "terminated" and ended.reason == "payload finished", log
+    found = instance(aws_sandbox.client("ec2"), machine.id)
+    assert found["StateReason"]["Code"] == "Client.InstanceInitiatedShutdown"
+    assert "could not reach the provider to end this machine" in log and "halting it" in log
+    assert "the machine shut itself down (/usr/sbin/shutdown -h now)" in log or "the machine shut itself down" in log
+
+
 def test_an_agent_whose_secret_is_gone_ends_its_instance_saying_why(aws_env, aws_sandbox, ssm):
     """The launch's secret deleted before the agent reads it (as a sweep or a teardown would): the
     instance ends, and its reason says the secrets could not be read."""
     provider = AWSProvider()
-    with aws_sandbox.vms(), aws_sandbox.ec2.as_it_was() as strict:
+    with aws_sandbox.ec2.as_it_was() as strict:
         strict.unknown_seconds = 0
         [machine] = launch(provider, cpu=2, payload=BootPayload(["sleep", "600"], secrets={"TOKEN": "s3cret"}))
         name = tags_of(instance(ssm_ec2 := aws_sandbox.client("ec2"), machine.id))["prefect-remote:secrets"]

@@ -115,16 +115,26 @@ def test_runtime_renews_a_rejected_token(provider, machine_and_metadata):
     assert runtime.lease_age() < 5
 
 
-def test_runtime_terminates_its_instance_with_the_reason(provider, monkeypatch, machine_and_metadata):
+def test_runtime_terminates_its_instance_with_the_reason(provider, machine_and_metadata):
     machine, launch, metadata = machine_and_metadata
     runtime = EC2Runtime(**{**provider.runtime_options(launch.id), "metadata_endpoint": metadata.url})
     runtime.terminate("idle for 10m", 0)
     [ended] = provider.wait([machine.id], timeout=30)  # shutting-down until its processes are gone
     assert (ended.state, ended.reason, ended.exit_code) == ("terminated", "idle for 10m", 0)
-    ran = []
-    monkeypatch.setattr("subprocess.run", lambda *a, **k: ran.append(a))
-    runtime.halt()  # not the real metadata endpoint: this is no instance to power off
-    assert ran == []
+
+
+def test_halt_runs_the_oss_shutdown_wherever_the_metadata_service_is(tmp_path):
+    """halt() powers the instance off with ``shutdown -h now``, the only way left when the API is out
+    of reach, whatever metadata endpoint it reads (it knows of no sandbox); a test gives it a command
+    of its own (this host is never powered off), and one that fails or is missing never raises."""
+    assert EC2Runtime(region="us-east-1", secrets_parameter="/p/x").halt_command == ["shutdown", "-h", "now"]
+    halted = tmp_path / "halted"
+    for endpoint in (DEFAULT_METADATA_ENDPOINT, "http://127.0.0.1:1234"):
+        command = ["sh", "-c", f'echo "$0 $1" >> {halted}', "shutdown", "-h"]
+        EC2Runtime(region="us-east-1", secrets_parameter="/p/x", metadata_endpoint=endpoint, halt_command=command).halt()
+    assert halted.read_text() == "shutdown -h\n" * 2
+    EC2Runtime(region="us-east-1", secrets_parameter="/p/x", halt_command=["false"]).halt()
+    EC2Runtime(region="us-east-1", secrets_parameter="/p/x", halt_command=[str(tmp_path / "no-such-shutdown")]).halt()
 
 
 def test_metadata_endpoint_defaults(monkeypatch):

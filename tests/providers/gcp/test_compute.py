@@ -489,7 +489,7 @@ def test_machine_types_come_from_the_zone(gce):
 
 
 def test_a_vm_that_stopped_itself_is_deleted(gce):
-    [machine] = start(gce, "#!/bin/sh\nexit 0\n", cpu=2)  # a guest shutdown: Compute Engine keeps it TERMINATED
+    [machine] = start(gce, "#!/bin/sh\nshutdown -h now\n", cpu=2)  # a guest shutdown: Compute Engine keeps it TERMINATED
     seen: list[str] = []
 
     def gone() -> bool:
@@ -585,6 +585,20 @@ def test_a_failed_boot_deletes_its_vm_not_only_stops_it(gcp_sandbox, gce):
     )
 
 
+def test_a_failed_boot_whose_delete_fails_still_shuts_its_vm_down(gcp_sandbox, gce):
+    """The failed boot's delete does not go through (here the API is out of its reach): the halt
+    command shuts the VM down all the same, which stops it (``TERMINATED``). A VM outlives its startup
+    script: without that shutdown it would run on, billing, with nothing on it."""
+    script = (
+        "#!/bin/bash\nset -euo pipefail\nexport PREFECT_REMOTE_GCP_API_ENDPOINT=http://127.0.0.1:9\n"
+        f"ended() {{\n  {GCPProvider.halt_command}\n}}\ntrap ended EXIT\nfalse\n"
+    )
+    [machine] = start(gce, script, cpu=2)
+    wait_for(lambda: (instance_of(gcp_sandbox, machine.id) or {}).get("status") == "TERMINATED", timeout=90, what="the VM stopped")
+    operations = [op["operationType"] for op in gcp_sandbox.compute.operations._operations.values() if machine.id in op["targetLink"]]
+    assert "compute.instances.guestTerminate" in operations and "delete" not in operations
+
+
 # -- orphans: an agent that fails before its main loop, or dies, never leaves its VM running ------------------------
 
 
@@ -605,9 +619,8 @@ def test_an_agent_that_cannot_start_its_runtime_deletes_its_vm(gcp_sandbox, gcp_
     monkeypatch.setenv("PREFECT_REMOTE_GCP_PUBLIC_IP", LAUNCHER_IP)
     monkeypatch.setattr(GCPProvider, "runtime", "prefect_remote.providers.gcp.runtime:NoSuchRuntime")
     provider = GCPProvider(service="compute")
-    with gcp_sandbox.vms():
-        [machine] = provider.launch(MachineSpec(cpu=2), BootPayload(["sleep", "600"]), tags={"t": "orphans"})
-        wait_for(lambda: instance_of(gcp_sandbox, machine.id) is None, timeout=120, what="the VM deleted")
+    [machine] = provider.launch(MachineSpec(cpu=2), BootPayload(["sleep", "600"]), tags={"t": "orphans"})
+    wait_for(lambda: instance_of(gcp_sandbox, machine.id) is None, timeout=120, what="the VM deleted")
     log = vm_log(gcp_sandbox, machine.id)
     assert "has no attribute 'NoSuchRuntime'" in log
     assert "boot failed during 'agent start (the agent exited before its main loop)' (exit 1); ending this machine" in log
@@ -647,6 +660,41 @@ def test_a_killed_agent_ends_its_vm_within_keepalive_plus_one_lease_interval(gcp
         provider.terminate(ids, reason="test cleanup")
 
 
+@pytest.fixture
+def vms_may_not_delete(gcp_sandbox):
+    """The machines' custom role without ``compute.instances.delete`` for the test (in force after the
+    sandbox's IAM delay), as it was again after."""
+    from prefect_remote.providers.gcp.grants import MACHINE_ROLE_ID
+    from prefect_remote.sandbox.gcp.enforcement import SANDBOX_ROLE_SUFFIX
+
+    store, role_id = gcp_sandbox.enforcement.store, MACHINE_ROLE_ID + SANDBOX_ROLE_SUFFIX
+    role = gcp_sandbox.iam.roles[role_id]
+    store.set_role(role_id, {**role, "includedPermissions": [p for p in role["includedPermissions"] if p != "compute.instances.delete"]})
+    time.sleep(store.delay)
+    yield
+    store.set_role(role_id, role)
+    time.sleep(store.delay)
+
+
+def test_an_agent_refused_its_delete_shuts_its_vm_down(gcp_sandbox, gcp_env, monkeypatch, vms_may_not_delete):
+    """The agent ends its VM, but its delete is refused: ``halt()`` tries again (about a minute), then
+    runs the OS's ``shutdown -h now``, which stops the VM (``TERMINATED``, not deleted: its disk would
+    bill on); its owner's next listing deletes it. Without that shutdown the VM would outlive its
+    startup script, running with nothing on it until the backstop."""
+    from prefect_remote.providers.base import BootPayload
+
+    monkeypatch.setenv("PREFECT_REMOTE_GCP_PUBLIC_IP", LAUNCHER_IP)
+    provider = GCPProvider(service="compute")
+    [machine] = provider.launch(MachineSpec(cpu=2), BootPayload(["true"]), tags={"t": "halt"})
+    wait_for(lambda: (instance_of(gcp_sandbox, machine.id) or {}).get("status") == "TERMINATED", timeout=240, what="the VM stopped")
+    log = vm_log(gcp_sandbox, machine.id)
+    assert "could not reach the provider to end this machine" in log and "halting it" in log, log
+    assert "the machine shut itself down" in log
+    [ended] = provider.wait([machine.id], timeout=60)  # its record says why; the listing deletes the stopped VM
+    assert ended.reason == "payload finished"
+    wait_for(lambda: instance_of(gcp_sandbox, machine.id) is None, timeout=60, what="the stopped VM deleted")
+
+
 def test_an_agent_whose_secret_is_gone_ends_its_vm_saying_why(gcp_sandbox, gcp_env, monkeypatch):
     """The launch's secret deleted before the VM's agent reads it (as a teardown would): the VM is
     deleted, and its record and log say the secrets could not be read."""
@@ -656,10 +704,9 @@ def test_an_agent_whose_secret_is_gone_ends_its_vm_saying_why(gcp_sandbox, gcp_e
 
     monkeypatch.setenv("PREFECT_REMOTE_GCP_PUBLIC_IP", LAUNCHER_IP)
     provider = GCPProvider(service="compute")
-    with gcp_sandbox.vms():
-        [machine] = provider.launch(MachineSpec(cpu=2), BootPayload(["sleep", "600"], secrets={"TOKEN": "s3cret"}), tags={"t": "orphans"})
-        forget_secrets(provider.clients, instance_of(gcp_sandbox, machine.id)["labels"][LAUNCH_LABEL])
-        [ended] = provider.wait([machine.id], timeout=120)
-        wait_for(lambda: instance_of(gcp_sandbox, machine.id) is None, timeout=60, what="the VM deleted")
+    [machine] = provider.launch(MachineSpec(cpu=2), BootPayload(["sleep", "600"], secrets={"TOKEN": "s3cret"}), tags={"t": "orphans"})
+    forget_secrets(provider.clients, instance_of(gcp_sandbox, machine.id)["labels"][LAUNCH_LABEL])
+    [ended] = provider.wait([machine.id], timeout=120)
+    wait_for(lambda: instance_of(gcp_sandbox, machine.id) is None, timeout=60, what="the VM deleted")
     assert "this launch's secrets could not be read" in (ended.reason or "")
     assert "this launch's secrets could not be read" in vm_log(gcp_sandbox, machine.id)
