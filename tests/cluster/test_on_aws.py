@@ -195,6 +195,7 @@ BAD_SPECS = [
 
 @pytest.mark.parametrize(("spec", "message"), BAD_SPECS, ids=["unknown-vm-type", "no-type-meets", "arm-with-x86-type"])
 def test_a_spec_no_instance_type_meets_is_refused_where_it_is_written(cloud, spec, message):
+    time.sleep(cloud.sandbox.ec2.unlisted_seconds + 0.5)  # EC2 lists what the previous test launched only by now
     before = cloud.all_ids()
     with pytest.raises(CapacityError, match=message):
         prefect_remote.function(provider="aws", **spec)(abs)
