@@ -6,9 +6,10 @@ export UV_PROJECT_ENVIRONMENT := $(abspath $(VENV))
 # mkdocs-material's banner about its successor, printed on every build.
 export NO_MKDOCS_2_WARNING := 1
 PYTEST_ARGS ?=
-# Two pytest workers (pytest-xdist), a test file each at a time: most tests wait on machines,
-# so two share this 2-core machine well. Each worker is a session with its own server and sandboxes.
-PYTEST_WORKERS ?= 2
+# Three pytest workers (pytest-xdist), a test file each at a time: most tests wait on machines, so
+# three share a 2-core machine well (20 minutes; 28 with two). Each worker is a session with its
+# own server and sandboxes.
+PYTEST_WORKERS ?= 3
 
 .PHONY: env lint test docs demo demo-machines bench clean sandbox-host
 

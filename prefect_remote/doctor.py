@@ -107,7 +107,9 @@ async def _aread_pool(pool: str, cloud: str) -> tuple[list[Finding], RemoteProvi
             )
         deployments = await client.read_deployments(work_pool_filter=WorkPoolFilter(name=WorkPoolFilterName(any_=[pool])))
     variables = [defaults, *({**defaults, **(d.job_variables or {})} for d in deployments)]
-    specs = [{k: v[k] for k in SPEC_FIELDS if v.get(k) not in (None, {})} for v in variables]
+    # What sizes a machine: its lifetimes (keepalive, timeouts) do not, and would only crowd the table.
+    sizing = [field for field in SPEC_FIELDS if field not in ("keepalive", "timeout", "idle_timeout")]
+    specs = [{k: v[k] for k in sizing if v.get(k) not in (None, {})} for v in variables]
     detail = f"{found.type} pool {pool!r} with {cloud} provider block {document.name!r}, {len(deployments)} deployment(s)"
     return [Finding("work pool", True, detail)], block, specs
 

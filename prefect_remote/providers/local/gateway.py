@@ -34,6 +34,10 @@ from prefect_remote.providers.local.isolation import RUN_DIR, Bridge, IsolationE
 
 EGRESS_PORT = 3128
 IDLE_EXIT = 10.0  # seconds without namespace machines, or a request, before a gateway service exits
+# The gateway's CPU priority (nice): it is the machines' NAT, which on a cloud no VM's CPU use slows
+# down. At the default priority, a dozen machines unpacking wheels on a small host starve it, and new
+# tunnels take tens of seconds to open, so the machines' downloads time out.
+PRIORITY = -10
 
 
 def allowed(host: str, patterns: list[str]) -> bool:
@@ -177,6 +181,10 @@ def main() -> int:
     bridge = Bridge(name, subnet)
     port = EGRESS_PORT if service == "egress" else int(argument)
     pid_file = _pid_file(bridge, service, port)
+    try:
+        os.setpriority(os.PRIO_PROCESS, 0, PRIORITY)
+    except OSError:  # not root: served at the default priority
+        pass
     try:
         if service == "egress":
             patterns = [p for p in argument.split(",") if p]
