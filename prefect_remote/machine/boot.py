@@ -155,6 +155,9 @@ trap ended EXIT
 ROOT="${PREFECT_REMOTE_ROOT:-@DEFAULT_ROOT@}"
 export PREFECT_REMOTE_ROOT="$ROOT" UV_CACHE_DIR="${UV_CACHE_DIR:-$ROOT/uv-cache}"
 export UV_PYTHON_INSTALL_DIR="${UV_PYTHON_INSTALL_DIR:-$ROOT/python}"  # Pythons uv downloads
+# Eight downloads at a time, not uv's 50: a cluster's workers boot together behind one NAT, proxy or
+# package mirror, which admit only so many connections (a mirror throttles, a proxy queues).
+export UV_CONCURRENT_DOWNLOADS="${UV_CONCURRENT_DOWNLOADS:-8}"
 export PREFECT_REMOTE_MACHINE_LOG="${PREFECT_REMOTE_MACHINE_LOG:-@DEFAULT_LOG@}"
 mkdir -p "$ROOT" "$(dirname "$PREFECT_REMOTE_MACHINE_LOG")"
 exec > >(tee -a "$PREFECT_REMOTE_MACHINE_LOG") 2>&1

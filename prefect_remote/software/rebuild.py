@@ -174,9 +174,25 @@ def _build(name: str, store: Store, env: Path, uv: str, uv_env: dict[str, str], 
     except RebuildError:
         log(f"software environment {name}: some packages are not in uv's cache; downloading them")
         _run(sync, uv_env, spec, "installing packages")
+    if not why.startswith(f"Python {spec['python']},"):
+        _add_what_this_patch_needs(name, env / "venv", requirements, spec, uv, uv_env, log)
     (env / "spec.json").write_bytes(canonical(spec))
     (env / COMPLETE).touch()
     log(f"software environment {name}: built in {time.monotonic() - started:.1f}s")
+
+
+def _add_what_this_patch_needs(
+    name: str, venv: Path, requirements: Path, spec: dict[str, Any], uv: str, uv_env: dict[str, str], log: Callable[[str], None]
+) -> None:
+    """On another patch of the captured Python, the same pinned packages may need more: a dependency
+    under a ``python_full_version`` marker (redis needs async-timeout below 3.11.3), which the
+    capture, on its own patch, never had. Installed with dependencies, the pins stay and what this
+    patch needs is added; if that cannot be resolved, the environment stays as captured."""
+    install = [uv, "pip", "install", "--quiet", "--python", str(venv / "bin" / "python"), *index_arguments(spec), "-r", str(requirements)]
+    try:
+        _run(install, uv_env, spec, "adding what this Python needs")
+    except RebuildError as error:
+        log(f"software environment {name}: kept as captured; {error}")
 
 
 def _make_venv(venv: Path, spec: dict[str, Any], uv: str, uv_env: dict[str, str]) -> str:

@@ -47,3 +47,25 @@ def test_a_patch_out_of_reach_falls_back_at_once_to_the_same_minor_and_says_why(
     assert why.startswith(f"Python {MINOR} (not {wanted}, which this machine has not and uv could not download: ")
     assert "download:  " not in why and "cause:" not in why, why  # uv's last cause, without its indent and label
     assert not list((tmp_path / "pythons").glob("cpython-*"))
+
+
+def test_on_another_patch_the_pinned_packages_get_what_that_patch_needs_and_keep_their_pins(tmp_path):
+    """The capture's pins installed, then with their dependencies on the Python the machine fell back
+    to: what a dependency marker asks of that patch is added (here requests' own dependencies, which
+    a capture on another patch might have lacked), and no pin moves."""
+    from importlib.metadata import version
+
+    from prefect_remote.software.rebuild import _add_what_this_patch_needs
+
+    uv, env = find_uv(), dict(os.environ)
+    spec = {"python": f"{MINOR}.99", "packages": [{"name": "requests", "requirement": f"requests=={version('requests')}"}]}
+    _make_venv(tmp_path / "venv", spec, uv, env)
+    requirements = tmp_path / "requirements.txt"
+    requirements.write_text(f"requests=={version('requests')}\n")
+    python = str(tmp_path / "venv" / "bin" / "python")
+    subprocess.run([uv, "pip", "sync", "--quiet", "--python", python, str(requirements)], env=env, check=True)
+    said: list[str] = []
+    _add_what_this_patch_needs("senv-test", tmp_path / "venv", requirements, spec, uv, env, said.append)
+    listed = subprocess.run([uv, "pip", "list", "--python", python, "--format", "freeze"], env=env, capture_output=True, text=True).stdout
+    assert f"requests=={version('requests')}" in listed and "idna==" in listed and "urllib3==" in listed, listed
+    assert said == []
