@@ -176,6 +176,17 @@ def prefect_server() -> str:
         yield api_url
 
 
+@pytest.fixture(scope="session")
+def push_pool(prefect_server) -> str:
+    """A remote:push pool created as users create it, once per session: here, so that the workers' and
+    the deployments' tests share it (a fixture imported into two conftests runs once in each)."""
+    from tests.workers.conftest import prefect_cli
+
+    result = prefect_cli(prefect_server, "work-pool", "create", "--type", "remote:push", "--provision-infra", "test-push")
+    assert result.returncode == 0, result.stdout + result.stderr
+    return "test-push"
+
+
 @pytest.fixture(autouse=True)
 def host_never_powered_off():
     """Fails the test that ran this host's power commands (refused: :data:`NO_POWER_OFF`)."""

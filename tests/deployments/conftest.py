@@ -1,3 +1,4 @@
-"""Deployments run on the workers' pools: their fixtures (an API client of the session's server, the test-push pool)."""
+"""Deployments run on the workers' pools: their API client of the session's server (the test-push pool
+is the session's, in tests/conftest.py)."""
 
-from tests.workers.conftest import api, push_pool  # noqa: F401
+from tests.workers.conftest import api  # noqa: F401

@@ -236,14 +236,6 @@ def api(prefect_server):
             yield client
 
 
-@pytest.fixture(scope="session")
-def push_pool(prefect_server) -> str:
-    """A remote:push pool created as users create it."""
-    result = prefect_cli(prefect_server, "work-pool", "create", "--type", "remote:push", "--provision-infra", "test-push")
-    assert result.returncode == 0, result.stdout + result.stderr
-    return "test-push"
-
-
 def deploy(client, project: Path, pool: str, flow: str = "hello", **job_variables) -> str:
     """A deployment of ``flows.py:<flow>`` from the project folder (no build step: the launcher's Python)."""
     flow_id = client.create_flow_from_name(flow)
