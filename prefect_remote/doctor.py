@@ -78,7 +78,7 @@ async def _aread_pool(pool: str, cloud: str) -> tuple[list[Finding], RemoteProvi
     from prefect.client.schemas.filters import WorkPoolFilter, WorkPoolFilterName
     from prefect.exceptions import ObjectNotFound
 
-    from prefect_remote.workers.config import SPEC_FIELDS, RemoteProviderCredentials
+    from prefect_remote.workers.config import SPEC_FIELDS, RemoteProviderCredentials, provider_block_id
 
     fix_pool = f"prefect work-pool create {pool} --type remote:push --provision-infra (with PREFECT_REMOTE_PROVIDER={cloud})"
     async with get_client() as client:
@@ -90,7 +90,7 @@ async def _aread_pool(pool: str, cloud: str) -> tuple[list[Finding], RemoteProvi
             return [Finding("work pool", False, f"{pool!r} is a {found.type!r} pool, not remote or remote:push", fix_pool)], None, []
         properties = found.base_job_template.get("variables", {}).get("properties", {})
         defaults = {name: spec["default"] for name, spec in properties.items() if "default" in spec}
-        reference = (defaults.get("credentials") or {}).get("$ref", {}).get("block_document_id")
+        reference = provider_block_id(found.base_job_template)
         if reference is None:
             return [Finding("provider block", False, f"pool {pool!r} names no provider block", fix_pool)], None, []
         try:

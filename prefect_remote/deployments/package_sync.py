@@ -147,11 +147,11 @@ def work_pool_store(pool: str | None) -> str | None:
     from prefect.client.orchestration import get_client
     from prefect.exceptions import ObjectNotFound
 
+    from prefect_remote.workers.config import provider_block_id  # (the pool template's shape is the workers')
+
     try:
         with get_client(sync_client=True) as client:
-            template = client.read_work_pool(pool).base_job_template
-            default = template.get("variables", {}).get("properties", {}).get("credentials", {}).get("default")
-            block_id = default.get("$ref", {}).get("block_document_id") if isinstance(default, dict) else None
+            block_id = provider_block_id(client.read_work_pool(pool).base_job_template)
             if not block_id:
                 return None
             return client.read_block_document(UUID(block_id)).data.get("store") or None

@@ -137,6 +137,13 @@ with get_client(sync_client=True) as client:
 """
 
 
+def provider_block_id(base_job_template: Mapping[str, Any]) -> str | None:
+    """The id of the provider block a work pool's template names as its ``credentials`` default
+    (what ``--provision-infra`` records), or None."""
+    default = base_job_template.get("variables", {}).get("properties", {}).get("credentials", {}).get("default")
+    return default.get("$ref", {}).get("block_document_id") if isinstance(default, dict) else None
+
+
 class _MachineJobFields(BaseModel):
     """The machine-spec job variables, declared once for the variables schema and the configuration."""
 
