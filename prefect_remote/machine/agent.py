@@ -242,7 +242,8 @@ class Agent:
         if marker:
             Path(marker).touch()
 
-    def watch(self, payload: subprocess.Popen, env: dict[str, str] | None = None) -> tuple[str, int | None]:
+    def watch(self, payload: subprocess.Popen, env: dict[str, str]) -> tuple[str, int | None]:
+        """Waits for the payload (started with ``env``) to end, or stops it for a reason of the agent's own."""
         idle_timeout = self.config["idle_timeout"]
         cpu = _CpuMeter(payload.pid) if idle_timeout and self.config["activity"] == "auto" else None
         self.say_running()
@@ -259,7 +260,7 @@ class Agent:
                     reason = f"idle for {format_duration(now - self.last_busy)} (idle_timeout {format_duration(idle_timeout)})"
             if reason:
                 code = self.stop(payload)
-                self.tell_payload(reason, env or {})
+                self.tell_payload(reason, env)
                 return reason, code
             time.sleep(TICK)
 

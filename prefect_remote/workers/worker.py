@@ -7,7 +7,8 @@ run is cancelled. The machine ends itself when the run ends, and at the ``timeou
 
 Each machine holds a lease the worker renews while it follows the run, for all its runs in one call
 per provider and interval: should the worker die and no other adopt the run within the ``keepalive``
-job variable, the machine ends; the next worker to adopt the run marks it Crashed, saying why.
+job variable, the machine ends, and the machine itself marks the run Crashed, saying why
+(``BootPayload.on_stop``: nobody else is left to).
 """
 
 from __future__ import annotations
