@@ -107,6 +107,9 @@ class Agent:
                 outcome["python"] = self.rebuild_software(software)
             except Exception as error:
                 outcome["error"] = error
+                details = getattr(error, "details", "")  # uv's whole output: the end reason has one line of it
+                if details:
+                    self.say(f"software environment {software['name']}: uv said:\n{details}")
 
         worker = threading.Thread(target=rebuild, daemon=True)
         worker.start()

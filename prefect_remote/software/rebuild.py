@@ -31,7 +31,29 @@ COMPLETE = ".complete"
 
 
 class RebuildError(RemoteError):
-    """An environment could not be rebuilt; the message names the package and the reason."""
+    """An environment could not be rebuilt; the message names the package and the reason in one line,
+    ``details`` holds uv's whole output (which the machine's log shows)."""
+
+    def __init__(self, message: str, details: str = "") -> None:
+        super().__init__(message)
+        self.details = details
+
+
+_UV_CAUSE = re.compile(r"^\s*(?:caused by|cause):\s*", re.I)
+
+
+def uv_error_summary(output: str) -> str:
+    """uv's error in one line: what failed and its innermost cause. uv prints the error, then a chain
+    of causes, one per line (``Caused by:``, or ``cause:``), with hints and progress around them.
+
+    >>> uv_error_summary("error: Failed to download `six`\\n  Caused by: request failed\\n  Caused by: timed out")
+    'Failed to download `six`: timed out'
+    """
+    lines = [line.strip() for line in output.strip().splitlines() if line.strip()]
+    errors = [line.removeprefix("error:").strip() for line in lines if line.startswith("error:")]
+    causes = [_UV_CAUSE.sub("", line) for line in lines if _UV_CAUSE.match(line)]
+    what = errors[0] if errors else (lines[-1] if lines else "uv failed with no output")
+    return f"{what}: {causes[-1]}" if causes else what
 
 
 def canonical(spec: dict[str, Any]) -> bytes:
@@ -211,8 +233,7 @@ def _make_venv(venv: Path, spec: dict[str, Any], uv: str, uv_env: dict[str, str]
     minor = ".".join(wanted.split(".")[:2])
     same_minor = sys.executable if here.startswith(f"{minor}.") else minor  # the running Python when it fits: no search
     _run([uv, "venv", "--quiet", "--python", same_minor, str(venv)], uv_env, spec, f"creating a Python {minor} environment")
-    found = (exact.stderr or exact.stdout).strip().splitlines()
-    cause = found[-1].strip().removeprefix("cause: ") if found else "?"  # uv's innermost cause, without its indent
+    cause = uv_error_summary(exact.stderr or exact.stdout)
     return f"Python {minor} (not {wanted}, which this machine has not and uv could not download: {cause})"
 
 
@@ -224,7 +245,7 @@ def packages_named(spec: dict[str, Any], message: str) -> list[str]:
 def _run(command: list[str], env: dict[str, str], spec: dict[str, Any], doing: str) -> None:
     result = subprocess.run(command, env=env, capture_output=True, text=True)
     if result.returncode != 0:
-        message = (result.stderr or result.stdout).strip()
-        named = packages_named(spec, message)
+        output = (result.stderr or result.stdout).strip()
+        named = packages_named(spec, output)
         which = f" (package{'s' if len(named) > 1 else ''}: {', '.join(named)})" if named else ""
-        raise RebuildError(f"{doing} failed{which}: {message}")
+        raise RebuildError(f"{doing} failed{which}: {uv_error_summary(output)}", details=output)

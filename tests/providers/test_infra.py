@@ -38,6 +38,7 @@ def test_work_pool_create_provisions_and_records_it(infra, prefect_server, monke
     with infra.identity("provisioning"):
         created, again = prefect_cli(prefect_server, *create), prefect_cli(prefect_server, *create)
     assert created.returncode == 0, created.stdout + created.stderr
+    assert "| WARNING |" not in created.stdout + created.stderr  # e.g. urllib3's, for google-auth's lookups of Google
     principal = infra.principal(pool)
     assert f"created {principal}" in created.stdout and f"created provider block '{pool}-provider'" in created.stdout
     assert f"PREFECT_REMOTE_STORE={infra.block_data()['store']}" in created.stdout.replace("\n", "")

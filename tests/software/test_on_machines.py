@@ -43,4 +43,7 @@ def test_a_failed_rebuild_ends_the_machine_naming_the_package(local_provider, th
     [ended] = local_provider.wait([machine.id], timeout=120)
     assert ended.reason.startswith(f"software environment {env.name} could not be rebuilt: installing packages failed")
     assert "no-such-package-prefect-remote-test" in ended.reason
-    assert "never" not in local_provider.logs(machine.id).text.splitlines()
+    assert "\n" not in ended.reason and "cause:" not in ended.reason.lower()  # uv's chain, summed up in one line
+    log = local_provider.logs(machine.id).text
+    assert "never" not in log.splitlines()
+    assert f"software environment {env.name}: uv said:" in log  # uv's whole output is in the machine's log

@@ -16,6 +16,7 @@ when the client is first asked for.
 from __future__ import annotations
 
 import functools
+import logging
 import os
 import re
 from collections.abc import Iterator
@@ -77,6 +78,23 @@ class ClientOptions(Protocol):
     api_endpoint: str | None
 
 
+def _access_boundary_retries(record: logging.LogRecord) -> bool:
+    """False for urllib3's retry warnings of google-auth's Regional Access Boundary lookup: google-auth
+    (2.62+) asks ``iamcredentials.googleapis.com/…/allowedLocations`` in the background for every
+    service-account credential, treats a failure as harmless (it logs it at debug and tries again
+    15 minutes later), but urllib3 warns three times first wherever Google is out of reach."""
+    return not (record.levelno == logging.WARNING and "/allowedLocations" in record.getMessage())
+
+
+def default_credentials(scopes: tuple[str, ...] = SCOPES) -> tuple[Credentials, str | None]:
+    """Google's default credentials and project (``google.auth.default``), without urllib3's warnings
+    about a lookup google-auth itself treats as harmless when it fails (:func:`_access_boundary_retries`)."""
+    from google.auth import default
+
+    logging.getLogger("urllib3.connectionpool").addFilter(_access_boundary_retries)  # once: filters are a set
+    return default(scopes=list(scopes))
+
+
 class GoogleClients:
     """The project, the credentials and one client per Google API, each made on first use.
 
@@ -90,11 +108,10 @@ class GoogleClients:
 
     @functools.cached_property
     def _default(self) -> tuple[Credentials, str | None]:
-        from google.auth import default
         from google.auth.exceptions import DefaultCredentialsError
 
         try:
-            return default(scopes=list(SCOPES))
+            return default_credentials(SCOPES)
         except DefaultCredentialsError:
             raise GCPError(NO_CREDENTIALS) from None
 

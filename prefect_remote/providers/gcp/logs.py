@@ -83,10 +83,11 @@ class CloudLoggingSender(LogSender):
 
     def send(self, events: list[dict[str, Any]], first: int) -> None:
         if self.session is None:
-            import google.auth
             from google.auth.transport.requests import AuthorizedSession
 
-            credentials, _ = google.auth.default(scopes=["https://www.googleapis.com/auth/logging.write"])
+            from prefect_remote.providers.gcp.clients import default_credentials
+
+            credentials, _ = default_credentials(("https://www.googleapis.com/auth/logging.write",))
             self.session = AuthorizedSession(credentials)
         body = {
             "logName": f"projects/{self.project}/logs/{self.log_name}",

@@ -123,12 +123,13 @@ class GCPRuntime(MachineRuntime):
     def _delete_self(self) -> None:
         """Deletes this VM: one REST call with google-auth (importing google.cloud.compute_v1 takes
         seconds, which the machine would run, and be billed, longer at its very end)."""
-        import google.auth
         from google.auth.transport.requests import AuthorizedSession
+
+        from prefect_remote.providers.gcp.clients import default_credentials
 
         zone = self.metadata("instance/zone").rsplit("/", 1)[-1]
         endpoint = (os.environ.get(API_ENDPOINT_ENV) or "https://compute.googleapis.com").rstrip("/")
-        credentials, _ = google.auth.default(scopes=["https://www.googleapis.com/auth/cloud-platform"])
+        credentials, _ = default_credentials()
         url = f"{endpoint}/compute/v1/projects/{self.project}/zones/{zone}/instances/{self.machine_id}"
         response = AuthorizedSession(credentials).delete(url, timeout=30)
         if response.status_code not in (200, 404):  # 404: already being deleted, or gone
