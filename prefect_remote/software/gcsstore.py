@@ -25,6 +25,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from prefect_remote import google_auth_lookups
 from prefect_remote.software.store import BucketStore, NotInStore, StoreError
 
 if TYPE_CHECKING:
@@ -51,6 +52,7 @@ def storage_library() -> Any:
     import os
 
     os.environ.setdefault(*NO_BUCKET_METADATA)  # read on each call, so it holds for clients already made
+    google_auth_lookups.quiet()
     try:
         return importlib.import_module("google.cloud.storage")
     except ImportError:

@@ -16,13 +16,13 @@ when the client is first asked for.
 from __future__ import annotations
 
 import functools
-import logging
 import os
 import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, Protocol
 
+from prefect_remote import google_auth_lookups
 from prefect_remote.errors import AccessDenied, RemoteError
 
 if TYPE_CHECKING:
@@ -78,20 +78,12 @@ class ClientOptions(Protocol):
     api_endpoint: str | None
 
 
-def _access_boundary_retries(record: logging.LogRecord) -> bool:
-    """False for urllib3's retry warnings of google-auth's Regional Access Boundary lookup: google-auth
-    (2.62+) asks ``iamcredentials.googleapis.com/…/allowedLocations`` in the background for every
-    service-account credential, treats a failure as harmless (it logs it at debug and tries again
-    15 minutes later), but urllib3 warns three times first wherever Google is out of reach."""
-    return not (record.levelno == logging.WARNING and "/allowedLocations" in record.getMessage())
-
-
 def default_credentials(scopes: tuple[str, ...] = SCOPES) -> tuple[Credentials, str | None]:
     """Google's default credentials and project (``google.auth.default``), without urllib3's warnings
-    about a lookup google-auth itself treats as harmless when it fails (:func:`_access_boundary_retries`)."""
+    about a lookup google-auth itself treats as harmless when it fails (:mod:`.google_auth_lookups`)."""
     from google.auth import default
 
-    logging.getLogger("urllib3.connectionpool").addFilter(_access_boundary_retries)  # once: filters are a set
+    google_auth_lookups.quiet()
     return default(scopes=list(scopes))
 
 

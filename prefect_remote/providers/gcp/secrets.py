@@ -22,6 +22,7 @@ import time
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
+from prefect_remote import google_auth_lookups
 from prefect_remote.providers.gcp.clients import GCPError, translated
 from prefect_remote.providers.gcp.service import RECORDS_LABEL
 
@@ -97,6 +98,7 @@ def read_secrets(project: str, launch_id: str, *, api_endpoint: str | None = Non
     needs roles/secretmanager.secretAccessor on the secret) and checked against its CRC32C."""
     from google.cloud import secretmanager_v1
 
+    google_auth_lookups.quiet()
     client = secretmanager_v1.SecretManagerServiceClient(
         credentials=credentials, transport="rest", client_options={"api_endpoint": api_endpoint} if api_endpoint else None
     )
