@@ -232,15 +232,25 @@ class SandboxAWS(SandboxCloud):
         return alive
 
     # -- what a shell or a test needs ----------------------------------------------------------------------
-    def keys(self, identity: str = "launcher") -> dict[str, str]:
+    def keys(self, identity: str = "launcher", *, instance_id: str | None = None) -> dict[str, str]:
         """The credential variables (``AWS_ACCESS_KEY_ID``…, for ``monkeypatch.setenv``) of a user with
         exactly one of the docs' lists (``launcher``, ``provisioning`` or ``teardown``), or of a
-        ``machine``: a session of the sandbox's instance profile's role, as an instance gets through
-        IMDS. With IAM not enforced, the sandbox's fake keys."""
+        ``machine``: the session of instance ``instance_id``'s profile that its IMDS serves, so that
+        ``ec2:SourceInstanceARN`` names that instance (without one, a session of the sandbox's
+        profile for an instance that does not exist). With IAM not enforced, the sandbox's fake keys."""
         if not self.enforce_iam:
             return dict(FAKE_CREDENTIALS)
         if identity == "machine" and self._machine_credentials is not None:
-            session = self._machine_credentials.for_instance("i-sandboxmachinekeys", self.region, INSTANCE_PROFILE) or {}
+            instance, profile, region = "i-sandboxmachinekeys", INSTANCE_PROFILE, self.region
+            if instance_id is not None:
+                found = self._moto_instance(instance_id)
+                if found is None or found[1].state == "terminated":
+                    raise ValueError(f"no running instance {instance_id} to take the credentials of")
+                backend, moto_instance = found
+                profile, region, instance = self._profile(backend, moto_instance), moto_instance.region_name, instance_id
+                if profile is None:
+                    raise ValueError(f"instance {instance_id} has no instance profile: IMDS serves it no credentials")
+            session = self._machine_credentials.for_instance(instance, region, profile) or {}
             return {
                 "AWS_ACCESS_KEY_ID": session["AccessKeyId"],
                 "AWS_SECRET_ACCESS_KEY": session["SecretAccessKey"],

@@ -116,11 +116,22 @@ def _applies(statement: Mapping[str, Any], element: str, value: str, matches: An
     raise PolicyError(f"a statement has neither {element} nor Not{element}")
 
 
+# Marks the next character (a ``*`` or ``?``) as literal: a policy variable's value, or ``${*}``.
+_LITERAL = "\x00"
+
+
 @functools.lru_cache(maxsize=4096)
 def _wildcard(pattern: str, ignore_case: bool) -> re.Pattern[str]:
-    """IAM's wildcards: ``*`` any run of characters (``/`` and ``:`` too), ``?`` one character."""
-    body = "".join(".*" if char == "*" else "." if char == "?" else re.escape(char) for char in pattern)
-    return re.compile(body, re.S | (re.I if ignore_case else 0))
+    """IAM's wildcards: ``*`` any run of characters (``/`` and ``:`` too), ``?`` one character; a
+    wildcard that a policy variable brought in (:func:`substitute`) is a plain character."""
+    body, literal = [], False
+    for char in pattern:
+        if char == _LITERAL:
+            literal = True
+            continue
+        body.append(re.escape(char) if literal or char not in "*?" else ".*" if char == "*" else ".")
+        literal = False
+    return re.compile("".join(body), re.S | (re.I if ignore_case else 0))
 
 
 def like(pattern: str, value: str, *, ignore_case: bool = False) -> bool:
@@ -150,12 +161,20 @@ def arn_like(pattern: str, arn: str) -> bool:
 
 
 _VARIABLE = re.compile(r"\$\{([^}]+)\}")
-_LITERALS = {"*": "*", "?": "?", "$": "$"}
+_SPECIAL = {"*", "?", "$"}
 
 
 def substitute(text: str, context: Context) -> str | None:
     """``text`` with its policy variables (``${aws:username}``) replaced from ``context``; ``None``
-    when one names a key the request lacks (the element then matches nothing)."""
+    when one names a key the request lacks (the element then matches nothing).
+
+    What a variable brings in is literal, as in IAM: a ``*`` or ``?`` in a tag's value, or ``${*}``
+    itself, matches only that character (:func:`literal` reads the text back without the marks).
+
+    >>> pattern = substitute("prefect-remote-${aws:PrincipalTag/pool}-*", {"aws:principaltag/pool": ["*"]})
+    >>> like(pattern, "prefect-remote-*-run"), like(pattern, "prefect-remote-other-run")
+    (True, False)
+    """
     if "${" not in text:
         return text
     lost = False
@@ -163,19 +182,28 @@ def substitute(text: str, context: Context) -> str | None:
     def value(match: re.Match[str]) -> str:
         nonlocal lost
         name = match.group(1)
-        if name in _LITERALS:
-            return _LITERALS[name]
+        if name in _SPECIAL:
+            return _marked(name)
         key, _, default = name.partition(",")
         values = context.get(key.strip().lower())
         if values:
-            return values[0]
+            return _marked(values[0])
         if default:  # ${aws:username, 'nobody'}
-            return default.strip().strip("'")
+            return _marked(default.strip().strip("'"))
         lost = True
         return ""
 
     result = _VARIABLE.sub(value, text)
     return None if lost else result
+
+
+def _marked(value: str) -> str:
+    return re.sub(r"([*?])", _LITERAL + r"\1", value)
+
+
+def literal(text: str) -> str:
+    """``text`` as written, without :func:`substitute`'s marks (for the operators that take no wildcards)."""
+    return text.replace(_LITERAL, "")
 
 
 # -- conditions ------------------------------------------------------------------------------------
@@ -288,6 +316,8 @@ def condition_holds(operator: str, key: str, wanted: list[str], values: Sequence
         raise PolicyError(f"condition operator {operator} is not one the sandbox's IAM evaluator knows")
     match, negated = OPERATORS[name]
     wanted = [resolved for want in wanted if (resolved := substitute(want, context)) is not None]
+    if match not in (like, arn_like):  # only the *Like (and Arn) operators know wildcards
+        wanted = [literal(want) for want in wanted]
     if qualifier == "ForAllValues":
         if not values:
             return True  # vacuously: no value to disagree (IAM's documented behaviour)

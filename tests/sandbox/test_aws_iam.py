@@ -177,6 +177,25 @@ def test_other_operators_variables_and_unknown_operators():
         decide(policy({"Effect": "Maybe", "Action": "x:Y", "Resource": "*"}), "x:Y")
 
 
+def test_what_a_variable_brings_in_is_literal_wildcards_included():
+    """IAM takes a variable's value as written: a tag value of ``*`` is no wildcard (the sandbox took
+    it for one, so a machine whose pool tag was ``*`` could read every pool's parameters)."""
+    own = policy(allow("ssm:GetParameter", "arn:aws:ssm:*:*:parameter/prefect-remote/${aws:PrincipalTag/pool}/*"))
+    pool, wild = {"aws:PrincipalTag/pool": "a"}, {"aws:PrincipalTag/pool": "*"}
+    parameter = f"arn:aws:ssm:{REGION}:{ACCOUNT_ID}:parameter/prefect-remote"
+    assert decide(own, "ssm:GetParameter", f"{parameter}/a/launch-1", **pool) == "allowed"
+    assert decide(own, "ssm:GetParameter", f"{parameter}/b/launch-1", **wild) == "implicitDeny"
+    assert decide(own, "ssm:GetParameter", f"{parameter}/*/launch-1", **wild) == "allowed"
+    tagged = policy(allow("ec2:TerminateInstances", Condition={"StringLike": {"ec2:ResourceTag/owner": "${aws:username}"}}))
+    assert decide(tagged, "ec2:TerminateInstances", **{"aws:username": "a?a", "ec2:ResourceTag/owner": "ada"}) == "implicitDeny"
+    assert decide(tagged, "ec2:TerminateInstances", **{"aws:username": "a?a", "ec2:ResourceTag/owner": "a?a"}) == "allowed"
+    star = policy(allow("s3:ListBucket", Condition={"StringLike": {"s3:prefix": "${*}"}}))  # IAM's literal *
+    assert decide(star, "s3:ListBucket", **{"s3:prefix": "*"}) == "allowed"
+    assert decide(star, "s3:ListBucket", **{"s3:prefix": "home/"}) == "implicitDeny"
+    equal = policy(allow("x:Y", Condition={"StringEquals": {"k": "${aws:username}"}}))
+    assert decide(equal, "x:Y", k="a*", **{"aws:username": "a*"}) == "allowed"
+
+
 def test_missing_context_keys_are_reported():
     found = evaluate(
         [("p", policy(allow("ec2:RunInstances", Condition={"ArnEquals": {"ec2:InstanceProfile": PROFILE}})))],
@@ -711,3 +730,32 @@ def test_enforcement_is_switched_off_for_a_while_and_refusals_are_recorded(sandb
     assert refused(iam.list_roles)[:2] == (403, "AccessDenied")  # on again
     with pytest.raises(ValueError, match="no such identity 'root'"):
         sandbox.keys("root")
+
+
+def test_machine_keys_of_a_real_instance_are_its_imds_session(sandbox, admin):
+    """A test acting as a machine calls as that instance: the session IMDS serves it, named after it,
+    so ``ec2:SourceInstanceARN`` (what per-instance policies compare against) names the instance."""
+    image = admin("ec2").describe_images(Owners=["amazon"])["Images"][0]["ImageId"]
+    launch = {"ImageId": image, "InstanceType": "t3.micro", "MinCount": 1, "MaxCount": 1}
+    [with_profile] = admin("ec2").run_instances(**launch, IamInstanceProfile={"Name": "prefect-remote-sandbox"})["Instances"]
+    [without] = admin("ec2").run_instances(**launch)["Instances"]
+    ids = [with_profile["InstanceId"], without["InstanceId"]]
+    admin("ec2").get_waiter("instance_exists").wait(InstanceIds=ids, WaiterConfig={"Delay": 1})  # (EC2's consistency)
+    try:
+        keys = sandbox.keys("machine", instance_id=with_profile["InstanceId"])
+        sts = boto3.client(
+            "sts",
+            endpoint_url=sandbox.url,
+            region_name=REGION,
+            aws_access_key_id=keys["AWS_ACCESS_KEY_ID"],
+            aws_secret_access_key=keys["AWS_SECRET_ACCESS_KEY"],
+            aws_session_token=keys["AWS_SESSION_TOKEN"],
+        )
+        arn = sts.get_caller_identity()["Arn"]
+        assert arn == f"arn:aws:sts::{ACCOUNT_ID}:assumed-role/prefect-remote-sandbox/{with_profile['InstanceId']}"
+        with pytest.raises(ValueError, match="has no instance profile"):
+            sandbox.keys("machine", instance_id=without["InstanceId"])
+        with pytest.raises(ValueError, match="no running instance i-0000000000000000"):
+            sandbox.keys("machine", instance_id="i-0000000000000000")
+    finally:
+        admin("ec2").terminate_instances(InstanceIds=ids)
