@@ -159,6 +159,18 @@ def test_conditions_on_service_time_and_tags():
         iam.parse("resource.name.startsWith(")
 
 
+def test_extract_reads_a_part_of_a_name_as_iams_conditions_do():
+    iam, store, _ = evaluator()
+    pool_vms = 'resource.name.extract("/instances/{name}").startsWith("pr-a-c0-")'
+    one_version = 'resource.name.extract("/versions/{version}") == "1"'
+    grant(store, "project", (ALICE, "roles/compute.instanceAdmin.v1", pool_vms), (BOB, "roles/secretmanager.secretAccessor", one_version))
+    assert iam.allows(ALICE, "compute.instances.delete", SCOPE.compute(PROJECT, "zones/us-central1-a/instances/pr-a-c0-1234"))
+    assert not iam.allows(ALICE, "compute.instances.delete", SCOPE.compute(PROJECT, "zones/us-central1-a/instances/pr-a-c1-1234"))
+    assert not iam.allows(ALICE, "compute.instances.delete", SCOPE.compute(PROJECT, "zones/us-central1-a/instances/vm-pr-a-c0-1"))
+    assert iam.allows(BOB, "secretmanager.versions.access", SCOPE.secret(PROJECT, "one", "1"))
+    assert not iam.allows(BOB, "secretmanager.versions.access", SCOPE.secret(PROJECT, "one", "latest"))
+
+
 def test_resource_level_bindings_apply_to_the_resource_and_what_it_holds():
     iam, store, _ = evaluator()
     grant(store, "bucket:store", (ALICE, "roles/storage.objectUser"))

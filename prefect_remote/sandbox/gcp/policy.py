@@ -234,6 +234,7 @@ class Evaluator:
             "matchTagId": lambda _resource, key_id, value_id: celtypes.BoolType(
                 any(t[1] == str(key_id) and t[2] == str(value_id) for t in tags.values())
             ),
+            "extract": lambda text, template: celtypes.StringType(extract(str(text), str(template))),
         }
         now = datetime.datetime.fromtimestamp(self.store.clock(), tz=datetime.UTC)
         activation = {
@@ -256,6 +257,31 @@ class Evaluator:
             except celpy.CELParseError as error:
                 raise ValueError(f"invalid condition expression {expression!r}: {error}") from None
         return self._programs[expression]
+
+
+def extract(text: str, template: str) -> str:
+    """IAM Conditions' ``<string>.extract(<template>)``: the part of ``text`` that the template's
+    ``{placeholder}`` stands for: after the first occurrence of the text before it, up to the next
+    occurrence of the text after it (to the end when nothing follows it); "" when ``text`` does not
+    hold the template.
+
+    >>> extract("projects/p/secrets/prefect-remote-a-r-1/versions/1", "/secrets/{name}/")
+    'prefect-remote-a-r-1'
+    >>> extract("projects/p/zones/z/instances/pr-a-c0-x", "/instances/{name}"), extract("projects/p", "/secrets/{x}/")
+    ('pr-a-c0-x', '')
+    """
+    found = re.fullmatch(r"([^{}]*)\{[^{}]+\}([^{}]*)", template)
+    if found is None:
+        raise ValueError(f"extract({template!r}): a template holds one {{placeholder}}")
+    before, after = found.groups()
+    start = text.find(before)
+    if start < 0:
+        return ""
+    rest = text[start + len(before) :]
+    if not after:
+        return rest
+    end = rest.find(after)
+    return rest[:end] if end >= 0 else ""
 
 
 def _same(principal: str, members: Iterable[str]) -> bool:
