@@ -505,6 +505,32 @@ def test_custom_roles_and_grants_made_through_the_apis_take_effect_after_the_del
         list(jobs.list_jobs(parent=parent))
 
 
+def test_a_policy_over_iams_condition_limits_is_refused(strict, who):
+    """IAM's limits: 12 logical operators in a condition, 20 conditional bindings of one role to one
+    principal in a policy. A product whose grants outgrow them must fail here, as on Google."""
+    projects = who.client("projects", who.launcher())
+    resource, member = f"projects/{strict.project}", f"serviceAccount:limits@{strict.project}.iam.gserviceaccount.com"
+
+    def with_bindings(*conditions: str):
+        policy = projects.get_iam_policy(request={"resource": resource, "options": {"requested_policy_version": 3}})
+        policy.version = 3
+        for index, expression in enumerate(conditions):
+            policy.bindings.add(role="roles/logging.viewer", members=[member], condition={"title": f"c{index}", "expression": expression})
+        return policy
+
+    names = [f'resource.name.startsWith("projects/{strict.project}/x{index}")' for index in range(14)]
+    with pytest.raises(exceptions.BadRequest, match="more than 12 logical operators"):
+        projects.set_iam_policy(request={"resource": resource, "policy": with_bindings(" || ".join(names))})
+    with pytest.raises(exceptions.BadRequest, match="more than 20 conditional bindings of roles/logging.viewer"):
+        projects.set_iam_policy(request={"resource": resource, "policy": with_bindings(*[*names, *names[:7]])})
+    projects.set_iam_policy(request={"resource": resource, "policy": with_bindings(" || ".join(names[:13]), *names[:19])})
+    policy = with_bindings()
+    kept = [b for b in policy.bindings if member not in b.members]
+    del policy.bindings[:]
+    policy.bindings.extend(kept)
+    projects.set_iam_policy(request={"resource": resource, "policy": policy})
+
+
 def test_bindings_on_a_bucket_and_a_secret(strict, who):
     launcher, reader = who.launcher(), f"reader-{secrets.token_hex(3)}@{strict.project}.iam.gserviceaccount.com"
     storage = who.client("storage", launcher)

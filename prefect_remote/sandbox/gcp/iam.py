@@ -23,6 +23,7 @@ How it follows Google, and where it simplifies:
 from __future__ import annotations
 
 import base64
+import collections
 import copy
 import re
 import secrets
@@ -36,6 +37,10 @@ from prefect_remote.sandbox.gcp.common import Sandbox
 
 ACCOUNT_ID = re.compile(r"[a-z](?:[-a-z0-9]{4,28}[a-z0-9])")
 ROLE_ID = re.compile(r"[a-zA-Z0-9_.]{3,64}")
+# IAM's limits on conditions (IAM quotas and limits): logical operators in one expression, and
+# conditional bindings of one role to one principal in one policy.
+MAX_LOGIC_OPERATORS = 12
+MAX_CONDITIONAL_BINDINGS = 20
 OWNER = "user:sandbox@example.com"  # who the sandbox's project belongs to
 
 
@@ -313,4 +318,24 @@ class IAMFake:
                 raise GoogleError(400, "Policies with conditions must be version 3 (set policy.version = 3).")
             if binding.get("condition") and not binding["condition"].get("expression"):
                 raise GoogleError(400, "A condition needs an expression.")
+            if binding.get("condition") and _logic_operators(binding["condition"]["expression"]) > MAX_LOGIC_OPERATORS:
+                raise GoogleError(
+                    400, f"The condition of a binding of {binding['role']} has more than {MAX_LOGIC_OPERATORS} logical operators."
+                )
+        conditional = collections.Counter((b["role"], member) for b in bindings if b.get("condition") for member in b["members"])
+        crowded = next((pair for pair, count in conditional.items() if count > MAX_CONDITIONAL_BINDINGS), None)
+        if crowded:
+            raise GoogleError(
+                400, f"{crowded[1]} has more than {MAX_CONDITIONAL_BINDINGS} conditional bindings of {crowded[0]} in one policy."
+            )
         return {"version": int(wanted.get("version", 1)), "etag": _etag(), **({"bindings": bindings} if bindings else {})}
+
+
+def _logic_operators(expression: str) -> int:
+    """How many of CEL's logical operators (``&&``, ``||``, ``!``) ``expression`` holds outside its strings.
+
+    >>> _logic_operators('a.startsWith("x&&y") && !(b || c) && d != "e"')
+    4
+    """
+    code = re.sub(r'"(?:[^"\\]|\\.)*"|\'(?:[^\'\\]|\\.)*\'', '""', expression)
+    return len(re.findall(r"&&|\|\||!(?!=)", code))
