@@ -33,6 +33,7 @@ BENCHMARKS = [
     "bench_control_plane",
     "bench_gcp_control_plane",
     "bench_orphans",
+    "bench_leftovers",
 ]
 WIDTH = 80
 NUMBER_AND_UNIT = re.compile(r"(\d) (s|ms|us|MiB|GiB|KiB|x|calls?|packages)\b")

@@ -1,0 +1,177 @@
+"""What 100 launches leave behind on the sandbox AWS and GCP, each launch ending in one of the ways a
+machine ends: its payload succeeds, fails or cannot start, its owner ends it, its timeout, its lease
+lost (an owner that stopped renewing), its agent killed (``kill -9``; EC2 and Compute Engine, whose
+boot's backstop ends the VM). The goal for each figure is zero: no machine still running, no launch
+secret (SSM parameters, Secret Manager secrets), and on GCP no machine record once the bucket's
+lifecycle rule (set by the pool's provisioning, as ``work-pool create --provision-infra`` sets it)
+has had its days: the sandbox moves the rule's clock 8 days, and records of ended machines stay a
+week for ``machines ls``. On AWS a machine's record is its instance's tags, which go with it.
+Baseline: the same counts taken before the launches (zero on a fresh sandbox), so that a figure is
+what the launches added."""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from common import bench_home, log
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests.providers.orphans: the agent found and killed
+
+LAUNCHES = int(os.environ.get("BENCH_LEFTOVER_LAUNCHES", "100"))
+WAVE = 25  # launches booting at once (2 cores)
+STARTED_WITHIN = 300.0
+ENDED_WITHIN = 240.0  # the slowest way: a killed agent's backstop, keepalive 30 s + lease interval 30 s
+
+
+@dataclass
+class Way:
+    """One way a launch ends: its payload, its spec's extra fields, and what the owner does to it."""
+
+    name: str
+    command: list[str]
+    spec: dict = field(default_factory=dict)
+    renewed: bool = True  # the owner renews its lease until it ends
+    ended_by_owner: bool = False
+    agent_killed: bool = False
+
+
+WAYS = [
+    Way("payload succeeds", ["true"]),
+    Way("payload fails", ["sh", "-c", "exit 3"]),
+    Way("payload cannot start", ["/no/such/program"]),
+    Way("ended by its owner", ["sleep", "900"], ended_by_owner=True),
+    Way("its timeout", ["sleep", "900"], {"timeout": 5}),
+    Way("its lease lost", ["sleep", "900"], renewed=False),
+    Way("its agent killed", ["sleep", "900"], agent_killed=True),
+]
+
+
+@dataclass
+class Cloud:
+    """One machine kind of a sandbox cloud, and how to count what launches leave there."""
+
+    label: str
+    provider: object
+    secrets: Callable[[], int]
+    records: Callable[[], int]
+    local_machine: Callable[[str], str | None] | None  # a machine id -> its sandbox machine (None: agents not killable)
+
+
+def run_wave(cloud: Cloud, ways: list[Way], scratch: Path) -> None:
+    """Launches one machine per way in ``ways``, drives each to its end, and waits until all ended."""
+    from prefect_remote.providers.base import BootPayload
+    from prefect_remote.spec import MachineSpec
+    from tests.providers.orphans import kill_agent, renewing
+
+    provider = cloud.provider
+    launched: list[tuple[Way, str, Path]] = []
+    for way in ways:
+        marker = scratch / f"started-{time.monotonic_ns()}"
+        command = ["sh", "-c", f'touch {marker}; exec "$@"', "payload", *way.command]
+        [machine] = provider.launch(MachineSpec(cpu=2, keepalive=30, **way.spec), BootPayload(command))
+        launched.append((way, machine.id, marker))
+    renewed = [machine_id for way, machine_id, _ in launched if way.renewed]
+    with renewing(lambda: provider.renew_leases(renewed), every=5):
+        deadline = time.monotonic() + STARTED_WITHIN
+        waiting = [(way, machine_id, marker) for way, machine_id, marker in launched if way.ended_by_owner or way.agent_killed]
+        while not all(marker.exists() for _, _, marker in waiting):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"payloads not started within {STARTED_WITHIN:.0f} s")
+            time.sleep(0.2)
+        time.sleep(2)  # past the agents' first lease read
+        provider.terminate([machine_id for way, machine_id, _ in launched if way.ended_by_owner], reason="ended by its owner")
+        for way, machine_id, _ in launched:
+            if way.agent_killed:
+                kill_agent(cloud.local_machine(machine_id))
+        ids = [machine_id for _, machine_id, _ in launched]
+        deadline = time.monotonic() + ENDED_WITHIN
+        while True:
+            alive = [m.id for m in provider.list(include_terminated=True) if m.id in ids and m.state != "terminated"]
+            if not alive:
+                break
+            if time.monotonic() > deadline:
+                log.info("not ended within %.0f s: %s; ending them", ENDED_WITHIN, alive)
+                provider.terminate(alive, reason="bench: not ended in time")
+                break
+            time.sleep(1)
+
+
+def measure(cloud: Cloud, ways: list[Way], scratch: Path) -> str:
+    before = (cloud.secrets(), cloud.records())
+    chosen = [way for way in ways if cloud.local_machine is not None or not way.agent_killed]
+    plan = [chosen[n % len(chosen)] for n in range(LAUNCHES)]
+    started = time.monotonic()
+    for first in range(0, len(plan), WAVE):
+        run_wave(cloud, plan[first : first + WAVE], scratch)
+        log.info("%s: %d of %d launches ended", cloud.label, min(first + WAVE, len(plan)), len(plan))
+    cloud.provider.list(include_terminated=True)  # what an owner does next: its sweep of ended launches runs
+    running = [m.id for m in cloud.provider.list() if m.state != "terminated"]
+    secrets, records = cloud.secrets() - before[0], cloud.records() - before[1]
+    ways_run = ", ".join(sorted({way.name for way in plan}))
+    return (
+        f"{cloud.label}: {len(plan)} launches ({ways_run}) in {time.monotonic() - started:.0f} s left "
+        f"{len(running)} machines running, {secrets} launch secrets, {records} machine records (goal 0 each)"
+    )
+
+
+def main() -> list[str]:
+    from prefect_remote.providers.aws.provider import AWSProvider
+    from prefect_remote.providers.gcp.infra import provision
+    from prefect_remote.providers.gcp.provider import GCPProvider
+    from prefect_remote.sandbox.aws import SandboxAWS
+    from prefect_remote.sandbox.gcp.compute.instances import ID_PREFIX
+    from prefect_remote.sandbox.gcp.sandbox import SandboxGCP
+
+    lines = []
+    with bench_home("leftovers-aws") as scratch, SandboxAWS(home=scratch / "sandbox") as aws:
+        aws.runner.shared.append(str(scratch))
+        os.environ.update(aws.exports())
+        ssm = aws.client("ssm")
+
+        def parameters() -> int:
+            pages = ssm.get_paginator("describe_parameters").paginate(
+                ParameterFilters=[{"Key": "Name", "Option": "BeginsWith", "Values": ["/prefect-remote/"]}]
+            )
+            return sum(len(page["Parameters"]) for page in pages)
+
+        with aws.warm(True), aws.vms():
+            cloud = Cloud("EC2", AWSProvider(lease_interval=30), parameters, lambda: 0, aws.runner.machine_of)
+            lines.append(measure(cloud, WAYS, scratch))
+    with bench_home("leftovers-gcp") as scratch, SandboxGCP(home=scratch / "sandbox") as gcp:
+        gcp.runner.shared.append(str(scratch))
+        os.environ.update(gcp.exports())
+        from google.cloud import secretmanager_v1, storage
+
+        secret_manager = secretmanager_v1.SecretManagerServiceClient(transport="rest", client_options={"api_endpoint": gcp.url})
+        bucket, _, prefix = gcp.store.removeprefix("gs://").partition("/")
+
+        def secrets() -> int:
+            return sum(1 for s in secret_manager.list_secrets(parent=f"projects/{gcp.project}") if "/prefect-remote-" in s.name)
+
+        def records() -> int:
+            gcp.advance_lifecycle(8)  # the records' rule: a week after a machine's end
+            return sum(1 for _ in storage.Client(project=gcp.project).list_blobs(bucket, prefix=f"{prefix}/machines/"))
+
+        with gcp.warm(True), gcp.vms():
+            compute_provider = GCPProvider(service="compute", lease_interval=30)
+            provision(compute_provider, "bench-leftovers", store=gcp.store, say=log.info)  # as work-pool create: the records' rule
+            compute = Cloud(
+                "Compute Engine",
+                compute_provider,
+                secrets,
+                records,
+                lambda machine_id: gcp.runner.machine_of(ID_PREFIX + machine_id),
+            )
+            lines.append(measure(compute, WAYS, scratch))
+            cloud_run = Cloud("Cloud Run", GCPProvider(service="cloud-run", lease_interval=30), secrets, records, None)
+            lines.append(measure(cloud_run, WAYS, scratch))
+    return lines
+
+
+if __name__ == "__main__":
+    print("\n".join(main()))
