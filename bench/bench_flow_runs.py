@@ -13,7 +13,7 @@ import sys
 import time
 from pathlib import Path
 
-from common import bench_home
+from common import bench_home, start_worker
 from prefect.client.orchestration import get_client
 from prefect.settings import PREFECT_API_URL, temporary_settings
 
@@ -50,13 +50,7 @@ def main() -> list[str]:
                 env = {**os.environ, "PREFECT_API_URL": api_url, "PREFECT_HOME": str(scratch / "cli")}
                 for pool_type, pool in (("remote:push", "bench-push"), ("process", "bench-process")):
                     subprocess.run([PREFECT, "work-pool", "create", "--type", pool_type, pool], env=env, check=True, capture_output=True)
-                worker = subprocess.Popen(
-                    [PREFECT, "worker", "start", "--pool", "bench-process", "--type", "process"],
-                    env=env,
-                    stdout=subprocess.DEVNULL,
-                    stderr=subprocess.DEVNULL,
-                    start_new_session=True,
-                )
+                worker = start_worker("bench-process", "process", env)
                 from prefect_remote.software.capture import capture_environment
 
                 senv = capture_environment(root=project).name

@@ -202,3 +202,14 @@ def api_calls(calls: collections.Counter[str], provider: str, lease_call: str, w
                 f"for all {workers + 1} machines, {elapsed / max(leases, 1):.0f} s apart [{names}]"
             )
     return lines
+
+
+def start_worker(pool: str, worker_type: str, env: dict[str, str]) -> Any:
+    """``prefect worker start`` for ``pool`` in a session of its own (stop it with
+    ``stop_process_group``; ``os.killpg`` kills it with everything it started), its output discarded."""
+    import subprocess
+    import sys
+
+    prefect = str(Path(sys.executable).parent / "prefect")
+    command = [prefect, "worker", "start", "--pool", pool, "--type", worker_type]
+    return subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)

@@ -34,6 +34,7 @@ BENCHMARKS = [
     "bench_gcp_control_plane",
     "bench_orphans",
     "bench_leftovers",
+    "bench_worker_killed",
 ]
 WIDTH = 80
 NUMBER_AND_UNIT = re.compile(r"(\d) (s|ms|us|MiB|GiB|KiB|x|calls?|packages)\b")

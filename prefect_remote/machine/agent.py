@@ -262,7 +262,9 @@ class Agent:
                 elif now - self.last_busy > idle_timeout:
                     reason = f"idle for {format_duration(now - self.last_busy)} (idle_timeout {format_duration(idle_timeout)})"
             if reason:
+                self.say(f"stopping the payload: {reason}")  # (the machine ends once it has stopped and been told)
                 code = self.stop(payload)
+                self.say(f"payload stopped (exit code {code}) in {self.clock() - now:.1f}s")
                 self.tell_payload(reason, env)
                 return reason, code
             time.sleep(TICK)

@@ -1,4 +1,5 @@
 import io
+import re
 import subprocess
 import sys
 
@@ -162,6 +163,8 @@ def test_a_payload_stopped_for_the_agents_own_reason_is_told_why_once_stopped(tm
     reason, code = agent.watch(payload, {"FROM_PAYLOAD_ENV": "env"})
     assert reason.startswith("timeout") and code is not None
     assert told.read_text() == f"{reason}|env|no\n"
+    said = runtime.sink.getvalue().decode()  # the machine's log shows when it noticed, and how long the stop took
+    assert f"stopping the payload: {reason}" in said and re.search(r"payload stopped \(exit code \d+\) in \d+\.\ds", said), said
 
     told.unlink()
     finished = subprocess.Popen(["true"])
