@@ -66,7 +66,7 @@ def run_wave(cloud: Cloud, ways: list[Way], scratch: Path) -> None:
     """Launches one machine per way in ``ways``, drives each to its end, and waits until all ended."""
     from prefect_remote.providers.base import BootPayload
     from prefect_remote.spec import MachineSpec
-    from tests.providers.orphans import kill_agent, renewing
+    from tests.providers.orphans import agent_pids, kill_agent, renewing
 
     provider = cloud.provider
     launched: list[tuple[Way, str, Path]] = []
@@ -86,8 +86,11 @@ def run_wave(cloud: Cloud, ways: list[Way], scratch: Path) -> None:
         time.sleep(2)  # past the agents' first lease read
         provider.terminate([machine_id for way, machine_id, _ in launched if way.ended_by_owner], reason="ended by its owner")
         for way, machine_id, _ in launched:
-            if way.agent_killed:
-                kill_agent(cloud.local_machine(machine_id))
+            local = cloud.local_machine(machine_id) if way.agent_killed else None
+            if way.agent_killed and not (local and agent_pids(local)):  # ended already: say how, for the log
+                log.info("%s: no agent left to kill on %s: %s", cloud.label, machine_id, provider.describe(machine_id))
+            elif way.agent_killed:
+                kill_agent(local)
         ids = [machine_id for _, machine_id, _ in launched]
         deadline = time.monotonic() + ENDED_WITHIN
         while True:
