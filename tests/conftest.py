@@ -70,6 +70,20 @@ needs_firewalls = pytest.mark.skipif(
 )
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """A contract test of one cloud's own (marked ``cloud_only(name)``) runs in that cloud's module
+    (where ``cloud`` is that name) and is deselected in the other clouds' modules."""
+
+    def elsewhere(item: pytest.Item) -> bool:
+        mark = item.get_closest_marker("cloud_only")
+        return mark is not None and getattr(item, "callspec", None) is not None and item.callspec.params.get("cloud") != mark.args[0]
+
+    deselected = [item for item in items if elsewhere(item)]
+    if deselected:
+        config.hook.pytest_deselected(items=deselected)
+        items[:] = [item for item in items if not elsewhere(item)]
+
+
 def end_all_machines(timeout: float = 20) -> None:
     provider = LocalProvider()
     alive = provider.list()

@@ -1,4 +1,4 @@
-"""The sandbox clouds as the push contract (``test_push_contract.py``) sees them: per cloud, the
+"""The sandbox clouds as the push contract (``push_contract.py``) sees them: per cloud, the
 remote:push pool made for it, the project deployed to it, what its runs' logs say about the machine
 they ran on, and how the cloud's own API shows that machine ended."""
 

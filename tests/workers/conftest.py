@@ -20,6 +20,8 @@ from prefect.settings import PREFECT_API_URL, temporary_settings
 
 from tests.conftest import SESSION_HOME, wait_for
 
+pytest.register_assert_rewrite("tests.workers.push_contract")  # the contract's tests, run from test_push_contract_<cloud>.py
+
 FLOWS = textwrap.dedent(
     """
     import time
