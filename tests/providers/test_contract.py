@@ -13,6 +13,7 @@ import subprocess
 import sys
 import time
 import types
+from collections.abc import Callable
 
 import pytest
 from pydantic import SecretStr
@@ -186,36 +187,57 @@ def test_owner_lease_keeps_a_machine_and_its_loss_ends_it(provider, timing):
     assert "owner gone" in ended.reason and time.monotonic() - last_renewal >= keepalive
 
 
-def skew_owner_clock(provider, monkeypatch, seconds: float) -> None:
-    """Makes this process, the machines' owner, stamp its leases by a clock ``seconds`` off (the
-    stamping module's only: the sandbox cloud in this process keeps the true time)."""
+def skew_owner_clock(provider, monkeypatch) -> Callable[[float], None]:
+    """Makes this process, the machines' owner, stamp its leases by a clock off by the seconds last
+    given to the function returned (the stamping module's only: the sandbox cloud in this process
+    keeps the true time)."""
+    skew = [0.0]
     real = time.time
     if provider.name == "aws":
         from prefect_remote.providers.aws import provider as module
 
-        monkeypatch.setattr(module, "lease_stamp", lambda: str(math.ceil(real() + seconds)))
+        monkeypatch.setattr(module, "lease_stamp", lambda: str(math.ceil(real() + skew[0])))
     elif provider.name == "gcp":
         from prefect_remote.providers.gcp import records as module
 
-        monkeypatch.setattr(module, "time", types.SimpleNamespace(time=lambda: real() + seconds, monotonic=time.monotonic))
+        monkeypatch.setattr(module, "time", types.SimpleNamespace(time=lambda: real() + skew[0], monotonic=time.monotonic))
     else:
         pytest.skip("a local machine's lease is a file's mtime on its owner's own host: one clock")
+    return lambda seconds: skew.__setitem__(0, seconds)
 
 
-@pytest.mark.parametrize("skew", [-600, 600], ids=["owner-10min-behind", "owner-10min-ahead"])
-def test_an_owner_clock_ten_minutes_off_neither_ends_its_machine_early_nor_keeps_it(provider, timing, monkeypatch, skew):
-    skew_owner_clock(provider, monkeypatch, skew)
+OWNER_CLOCKS = {"10 minutes behind": -600, "10 minutes ahead": 600}
+
+
+def test_an_owner_clock_ten_minutes_off_neither_ends_its_machine_early_nor_keeps_it(provider, timing, monkeypatch):
+    """Two machines at once, each of an owner whose clock is off (every call about it made by that
+    clock): 10 minutes behind would make a fresh lease look 10 minutes old, 10 minutes ahead keep a
+    lapsed one 10 minutes too long, if a machine compared the lease's time with its own clock."""
+    owner_clock = skew_owner_clock(provider, monkeypatch)
     keepalive = timing.keepalive
-    [machine] = launch(provider, ["sleep", "600"], keepalive=keepalive)
-    wait_for(lambda: "payload started" in provider.logs(machine.id).text, timeout=timing.wait(), message="the agent's main loop")
-    renew_until = time.monotonic() + 2 * keepalive  # the machine reads its lease every lease_interval meanwhile
+    machines: dict[str, Machine] = {}
+    for owner, skew in OWNER_CLOCKS.items():
+        owner_clock(skew)
+        [machines[owner]] = launch(provider, ["sleep", "600"], keepalive=keepalive)
+    for owner, machine in machines.items():
+        owner_clock(OWNER_CLOCKS[owner])
+        started = lambda machine=machine: "payload started" in provider.logs(machine.id).text  # noqa: E731
+        wait_for(started, timeout=timing.wait(), message=f"the main loop of the agent of an owner {owner}")
+    renew_until = time.monotonic() + 2 * keepalive  # the machines read their leases every lease_interval meanwhile
+    last_renewal: dict[str, float] = {}
     while time.monotonic() < renew_until:
-        provider.renew_leases([machine.id])
-        last_renewal = time.monotonic()
+        for owner, machine in machines.items():
+            owner_clock(OWNER_CLOCKS[owner])
+            provider.renew_leases([machine.id])
+            last_renewal[owner] = time.monotonic()
         time.sleep(keepalive / 5)
-    assert provider.describe(machine.id).alive  # 10 minutes behind made the lease look 10 minutes old
-    [ended] = provider.wait([machine.id], timeout=timing.wait(keepalive + provider.lease_interval))  # 10 minutes ahead: kept it
-    assert "owner gone" in ended.reason and time.monotonic() - last_renewal >= keepalive
+    for owner, machine in machines.items():
+        owner_clock(OWNER_CLOCKS[owner])
+        assert provider.describe(machine.id).alive, f"the machine of an owner {owner} ended while its lease was renewed"
+    for owner, machine in machines.items():
+        owner_clock(OWNER_CLOCKS[owner])
+        [ended] = provider.wait([machine.id], timeout=timing.wait(keepalive + provider.lease_interval))
+        assert "owner gone" in ended.reason and time.monotonic() - last_renewal[owner] >= keepalive, (owner, ended.reason)
 
 
 def test_idle_timeout_ends_an_idle_machine(provider, timing):
