@@ -16,11 +16,14 @@ PYTEST_WORKERS ?= 3
 env: $(VENV)/.synced
 DOCS_VENV := .venv-docs
 
-# uv comes from PyPI at the locked version, then installs exactly what uv.lock says.
+# uv comes from PyPI at the locked version, then installs exactly what uv.lock says, compiled to
+# bytecode: where PYTHONDONTWRITEBYTECODE is set (CI, sandboxes) no import would ever write a .pyc,
+# so every Python process the tests start (prefect's CLI, servers, clients) compiled prefect,
+# google-cloud and boto3 from source again: about 6 CPU-seconds each, 30 s once here.
 $(VENV)/.synced: pyproject.toml uv.lock
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
 	test -x $(VENV)/bin/uv || $(VENV)/bin/python -m pip install --quiet --disable-pip-version-check "uv==$(UV_VERSION)"
-	$(VENV)/bin/uv sync --locked --all-extras --python $(VENV)/bin/python
+	$(VENV)/bin/uv sync --locked --all-extras --compile-bytecode --python $(VENV)/bin/python
 	touch $@
 
 # The docs tools, with the project (mkdocstrings reads its docstrings), in an environment of their own.
@@ -49,7 +52,7 @@ sandbox-host:
 test: lint sandbox-host $(DOCS_VENV)/.synced
 	$(DOCS_VENV)/bin/mkdocs build --strict
 	$(VENV)/bin/python -m tests.upstream
-	$(VENV)/bin/python -m pytest -n $(PYTEST_WORKERS) --dist loadfile --durations=30 $(PYTEST_ARGS)
+	$(VENV)/bin/python -m pytest -n $(PYTEST_WORKERS) --dist loadfile --no-loadscope-reorder --durations=30 $(PYTEST_ARGS)
 
 # The site (docs/, mkdocs.yml) into site/; `$(VENV)/bin/mkdocs serve` serves it while you write.
 docs: $(DOCS_VENV)/.synced

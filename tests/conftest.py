@@ -3,6 +3,7 @@ machine, namespace, cgroup and process it started, even when tests fail."""
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import os
 import shutil
@@ -68,6 +69,46 @@ needs_namespace = pytest.mark.skipif(NAMESPACE_SKIP is not None, reason=NAMESPAC
 needs_firewalls = pytest.mark.skipif(
     NAMESPACE_SKIP is not None or shutil.which("nft") is None, reason=NAMESPACE_SKIP or "no nft (package nftables): ingress not enforced"
 )
+
+
+# The modules that run longest (minutes each, machines on the sandbox clouds), queued first. pytest-xdist's
+# --dist loadfile gives each worker a module at a time, by default the modules with the most tests first:
+# these have few, so they started last and one worker ran on alone. `make test` passes
+# --no-loadscope-reorder, so the workers take modules in the order pytest_collection_modifyitems leaves.
+LONGEST_MODULES = (
+    "tests/workers/test_push_contract_gcp.py",
+    "tests/workers/test_push_contract_aws.py",
+    "tests/cluster/test_contract_aws.py",
+    "tests/cluster/test_contract_gcp.py",
+    "tests/test_examples.py",
+)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """A contract test of one cloud's own (marked ``cloud_only(name)``) runs in that cloud's module
+    (where ``cloud`` is that name) and is deselected in the other clouds' modules. Then the modules
+    are ordered: LONGEST_MODULES first, then the others by their number of tests (as xdist would),
+    each module's tests in their own order."""
+
+    def elsewhere(item: pytest.Item) -> bool:
+        mark = item.get_closest_marker("cloud_only")
+        return mark is not None and getattr(item, "callspec", None) is not None and item.callspec.params.get("cloud") != mark.args[0]
+
+    deselected = [item for item in items if elsewhere(item)]
+    if deselected:
+        config.hook.pytest_deselected(items=deselected)
+        items[:] = [item for item in items if not elsewhere(item)]
+    tests = collections.Counter(module_of(item) for item in items)
+
+    def place(item: pytest.Item) -> tuple[int, int]:
+        module = module_of(item)
+        return (LONGEST_MODULES.index(module), 0) if module in LONGEST_MODULES else (len(LONGEST_MODULES), -tests[module])
+
+    items.sort(key=place)  # stable: a module's tests stay together, in order
+
+
+def module_of(item: pytest.Item) -> str:
+    return item.nodeid.split("::", 1)[0]
 
 
 def end_all_machines(timeout: float = 20) -> None:

@@ -1,4 +1,4 @@
-"""The sandbox clouds as the cluster contract (``test_contract.py``) sees them: one adapter per cloud
+"""The sandbox clouds as the cluster contract (``contract.py``) sees them: one adapter per cloud
 that lists prefect-remote's machines through the cloud's own API (a plain boto3 EC2 client, a plain
 google-cloud-compute client), ends one as the cloud itself would, and knows what "ended" looks like
 there: an ended EC2 instance stays listed as ``terminated``; a deleted Compute Engine VM is gone

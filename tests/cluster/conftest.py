@@ -6,6 +6,8 @@ import pytest
 
 from tests.cluster.clouds import CLOUDS, Cloud
 
+pytest.register_assert_rewrite("tests.cluster.contract")  # the contract's tests, run from test_contract_<cloud>.py
+
 
 @pytest.fixture(scope="module", params=list(CLOUDS))
 def cloud(request) -> Cloud:

@@ -1,4 +1,4 @@
-"""Clusters on the sandbox AWS: what has no counterpart in the cluster contract (test_contract.py),
+"""Clusters on the sandbox AWS: what has no counterpart in the cluster contract (contract.py),
 which runs the rest on every cloud. Faults (spot refused with spot_policy="spot", no capacity at
 all, a scheduler lost while starting) and bad input, each said clearly with nothing started.
 

@@ -13,6 +13,7 @@ import subprocess
 import sys
 import time
 import types
+from collections.abc import Callable
 
 import pytest
 from pydantic import SecretStr
@@ -172,50 +173,81 @@ def test_secrets_reach_the_payload_but_never_the_boot_script_or_the_logs(provide
     assert token not in json.dumps(provider.describe(machine.id).__dict__, default=str)
 
 
-def test_owner_lease_keeps_a_machine_and_its_loss_ends_it(provider, timing):
-    keepalive = timing.keepalive
-    [machine] = launch(provider, ["sleep", "600"], keepalive=keepalive)
-    renew_until = time.monotonic() + 2 * keepalive
-    while time.monotonic() < renew_until:
-        provider.renew_leases([machine.id])
-        last_renewal = time.monotonic()
-        time.sleep(keepalive / 5)
-    assert provider.describe(machine.id).alive
-    # Noticed at most one lease_interval past keepalive (the machine reads its lease that often).
-    [ended] = provider.wait([machine.id], timeout=timing.wait(keepalive + provider.lease_interval))
-    assert "owner gone" in ended.reason and time.monotonic() - last_renewal >= keepalive
-
-
-def skew_owner_clock(provider, monkeypatch, seconds: float) -> None:
-    """Makes this process, the machines' owner, stamp its leases by a clock ``seconds`` off (the
-    stamping module's only: the sandbox cloud in this process keeps the true time)."""
+def skew_owner_clock(provider, monkeypatch) -> Callable[[float], None] | None:
+    """Makes this process, the machines' owner, stamp its leases by a clock off by the seconds last
+    given to the function returned (the stamping module's only: the sandbox cloud in this process
+    keeps the true time). None where the provider stamps no time: a local machine's lease is a file's
+    mtime on its owner's own host, one clock."""
+    skew = [0.0]
     real = time.time
     if provider.name == "aws":
         from prefect_remote.providers.aws import provider as module
 
-        monkeypatch.setattr(module, "lease_stamp", lambda: str(math.ceil(real() + seconds)))
+        monkeypatch.setattr(module, "lease_stamp", lambda: str(math.ceil(real() + skew[0])))
     elif provider.name == "gcp":
         from prefect_remote.providers.gcp import records as module
 
-        monkeypatch.setattr(module, "time", types.SimpleNamespace(time=lambda: real() + seconds, monotonic=time.monotonic))
+        monkeypatch.setattr(module, "time", types.SimpleNamespace(time=lambda: real() + skew[0], monotonic=time.monotonic))
     else:
-        pytest.skip("a local machine's lease is a file's mtime on its owner's own host: one clock")
+        return None
+    return lambda seconds: skew.__setitem__(0, seconds)
 
 
-@pytest.mark.parametrize("skew", [-600, 600], ids=["owner-10min-behind", "owner-10min-ahead"])
-def test_an_owner_clock_ten_minutes_off_neither_ends_its_machine_early_nor_keeps_it(provider, timing, monkeypatch, skew):
-    skew_owner_clock(provider, monkeypatch, skew)
+# Owners' clocks, off by these seconds: 10 minutes behind would make a fresh lease look 10 minutes old,
+# 10 minutes ahead keep a lapsed one 10 minutes too long, if a machine compared its lease's time with its own clock.
+OWNER_CLOCKS = {"on time": 0, "10 minutes behind": -600, "10 minutes ahead": 600}
+
+
+def test_owner_lease_keeps_a_machine_and_its_loss_ends_it_whatever_the_owners_clock(provider, timing, monkeypatch):
+    """An owner's renewals keep its machine past keepalive; once they stop, the machine ends within
+    a lease_interval of keepalive. Where owners stamp their leases with their clocks (the clouds),
+    a machine each for an owner on time, 10 minutes behind and 10 minutes ahead, at once, every call
+    about it made by its owner's clock."""
+    owner_clock = skew_owner_clock(provider, monkeypatch)
+    clocks = OWNER_CLOCKS if owner_clock else {"on time": 0}
     keepalive = timing.keepalive
-    [machine] = launch(provider, ["sleep", "600"], keepalive=keepalive)
-    wait_for(lambda: "payload started" in provider.logs(machine.id).text, timeout=timing.wait(), message="the agent's main loop")
-    renew_until = time.monotonic() + 2 * keepalive  # the machine reads its lease every lease_interval meanwhile
+    machines: dict[str, Machine] = {}
+
+    def as_owner(owner: str) -> None:
+        if owner_clock:
+            owner_clock(clocks[owner])
+
+    for owner in clocks:
+        as_owner(owner)
+        [machines[owner]] = launch(provider, ["sleep", "600"], keepalive=keepalive)
+    last_renewal: dict[str, float] = {}
+
+    def renew() -> None:
+        for owner, machine in machines.items():
+            as_owner(owner)
+            provider.renew_leases([machine.id])
+            last_renewal[owner] = time.monotonic()
+
+    started: set[str] = set()
+
+    def agents_started() -> bool:  # renewing meanwhile: an agent reads its lease from its start, while the others boot
+        renew()
+        for owner, machine in machines.items():
+            as_owner(owner)
+            if owner not in started and "payload started" in provider.logs(machine.id).text:
+                started.add(owner)
+        return len(started) == len(machines)
+
+    wait_for(
+        agents_started, timeout=len(machines) * timing.wait(), interval=keepalive / 5, message="every machine's agent in its main loop"
+    )
+    renew_until = time.monotonic() + 2 * keepalive  # the machines read their leases every lease_interval meanwhile
     while time.monotonic() < renew_until:
-        provider.renew_leases([machine.id])
-        last_renewal = time.monotonic()
+        renew()
         time.sleep(keepalive / 5)
-    assert provider.describe(machine.id).alive  # 10 minutes behind made the lease look 10 minutes old
-    [ended] = provider.wait([machine.id], timeout=timing.wait(keepalive + provider.lease_interval))  # 10 minutes ahead: kept it
-    assert "owner gone" in ended.reason and time.monotonic() - last_renewal >= keepalive
+    for owner, machine in machines.items():
+        as_owner(owner)
+        assert provider.describe(machine.id).alive, f"the machine of an owner {owner} ended while its lease was renewed"
+    # Noticed at most one lease_interval past keepalive (a machine reads its lease that often).
+    for owner, machine in machines.items():
+        as_owner(owner)
+        [ended] = provider.wait([machine.id], timeout=timing.wait(keepalive + provider.lease_interval))
+        assert "owner gone" in ended.reason and time.monotonic() - last_renewal[owner] >= keepalive, (owner, ended.reason)
 
 
 def test_idle_timeout_ends_an_idle_machine(provider, timing):

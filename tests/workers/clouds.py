@@ -1,4 +1,4 @@
-"""The sandbox clouds as the push contract (``test_push_contract.py``) sees them: per cloud, the
+"""The sandbox clouds as the push contract (``push_contract.py``) sees them: per cloud, the
 remote:push pool made for it, the project deployed to it, what its runs' logs say about the machine
 they ran on, and how the cloud's own API shows that machine ended."""
 
@@ -113,10 +113,7 @@ class GCPPush(PushCloud):
     machine = "cloud-run"
     size: ClassVar[dict[str, Any]] = {"cpu": 1}
     store_scheme = "gs://"
-    settings: ClassVar[dict[str, str]] = {
-        "PREFECT_REMOTE_GCP_LEASE_INTERVAL": "5",
-        "PREFECT_WORKER_QUERY_SECONDS": "1",
-    }  # runs picked up every second
+    settings: ClassVar[dict[str, str]] = {"PREFECT_REMOTE_GCP_LEASE_INTERVAL": "5"}
     files: ClassVar[dict[str, str]] = {**PushCloud.files, "exiting.py": EXITING}
     id_prefix = "run-"
     ENDED = (None, "EXECUTION_SUCCEEDED", "EXECUTION_FAILED", "EXECUTION_CANCELLED")

@@ -20,6 +20,8 @@ from prefect.settings import PREFECT_API_URL, temporary_settings
 
 from tests.conftest import SESSION_HOME, wait_for
 
+pytest.register_assert_rewrite("tests.workers.push_contract")  # the contract's tests, run from test_push_contract_<cloud>.py
+
 FLOWS = textwrap.dedent(
     """
     import time
@@ -192,11 +194,12 @@ def sandbox_shell(sandbox, prefect_server: str, cloud: str, pool: str, log_folde
 
 @contextlib.contextmanager
 def push_serving(env: dict[str, str], pool: str, log_folder: Path) -> Iterator[None]:
-    """`prefect-remote push serve --pool <pool>` running in ``env`` (its output in ``log_folder``) until the block ends."""
+    """`prefect-remote push serve --pool <pool>` running in ``env`` (its output in ``log_folder``) until
+    the block ends. It picks runs up every second (Prefect's workers look every 10 s by default)."""
     with open(log_folder / "serve.log", "w+") as log:
         serve = subprocess.Popen(
             [str(Path(sys.executable).parent / "prefect-remote"), "push", "serve", "--pool", pool],
-            env=env,
+            env={**env, "PREFECT_WORKER_QUERY_SECONDS": "1"},
             stdout=log,
             stderr=subprocess.STDOUT,
         )

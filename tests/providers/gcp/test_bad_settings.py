@@ -1,6 +1,6 @@
 """The gcp provider's bad settings on the sandbox GCP: no project, no credentials, no bucket, a GPU
 where the zone has none; each fails at launch with the fix named, and starts nothing. (Bad job
-variables of a push pool's runs are tests/workers/test_push_contract.py's.)"""
+variables of a push pool's runs are tests/workers/push_contract.py's.)"""
 
 from __future__ import annotations
 

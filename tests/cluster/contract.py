@@ -4,12 +4,14 @@ instances of moto, Compute Engine VMs of the sandbox's fake), booted from their 
 sandbox's instance runner (stock-image path, automatic package sync through the cloud's store), with
 real Dask, uv and Prefect; then the faults a cloud brings (a killed client, a machine ended under a
 map, no spot capacity). Every test runs on every cloud of tests/cluster/clouds.py, which lists the
-machines through each cloud's own API; a new cloud passes this suite before it ships.
+machines through each cloud's own API; a new cloud passes this suite before it ships. Each cloud runs
+it in a module of its own (test_contract_<cloud>.py, which imports this one's tests and fixtures), so
+that parallel test workers (pytest-xdist's ``--dist loadfile``) share the clouds out.
 
 The functions ``double``, ``nap`` and ``digest`` share one cluster per cloud (module-scoped), which
 the closing test ends; every other test ends what it started, and checks it through the cloud's API.
 A cloud's tests that have no counterpart elsewhere live in its own module (test_on_aws.py), but for
-those that need the shared cluster, which are here for that cloud only (``only``)."""
+those that need the shared cluster, which are here, run in that cloud's module only (``only``)."""
 
 from __future__ import annotations
 
@@ -43,8 +45,9 @@ SHARED: set[str] = set()  # clusters that serve several tests of this module (en
 
 
 def only(name: str):
-    """A test of one cloud's own, which needs that cloud's shared cluster."""
-    return pytest.mark.parametrize("cloud", [name], indirect=True)
+    """A test of one cloud's own, which needs that cloud's shared cluster: deselected in the other
+    clouds' modules (tests/conftest.py)."""
+    return pytest.mark.cloud_only(name)
 
 
 @pytest.fixture(autouse=True)

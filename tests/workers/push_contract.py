@@ -3,11 +3,13 @@ pool provisioned for the cloud, `prefect deploy` with package sync storing to th
 `prefect deployment run` completing on the cloud's machine (an EC2 instance, a Cloud Run execution,
 booted from the stock-image path), its boot and payload logs in the run's logs. Runs are submitted
 by `prefect-remote push serve`, started in the sandbox's environment. Every test runs on every cloud
-of tests/workers/clouds.py; a new cloud passes this suite before it ships.
+of tests/workers/clouds.py; a new cloud passes this suite before it ships. Each cloud runs it in a
+module of its own (test_push_contract_<cloud>.py, which imports this one's tests and fixtures), so
+that parallel test workers (pytest-xdist's ``--dist loadfile``) share the clouds out.
 
 The pool and the project are set up once per cloud (module-scoped). A cloud's tests that have no
 counterpart elsewhere live in its own module (test_push_gcp.py), but for those that need its pool
-or project, which are here for that cloud only (``only``)."""
+or project, which are here, run in that cloud's module only (``only``)."""
 
 from __future__ import annotations
 
@@ -37,8 +39,9 @@ from tests.workers.conftest import (
 
 
 def only(name: str):
-    """A test of one cloud's own, which needs that cloud's pool or project."""
-    return pytest.mark.parametrize("cloud", [name], indirect=True)
+    """A test of one cloud's own, which needs that cloud's pool or project: deselected in the other
+    clouds' modules (tests/conftest.py)."""
+    return pytest.mark.cloud_only(name)
 
 
 @pytest.fixture(scope="module", params=list(PUSH_CLOUDS))
