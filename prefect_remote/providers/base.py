@@ -554,11 +554,11 @@ class Provider(ABC):
     def check_spec(self, spec: MachineSpec) -> None:
         """Refuses a spec this provider can never serve (its capabilities, its lease timing), before
         anything starts. :meth:`launch` calls it; clusters call it when they are configured."""
-        if spec.container and not self.capabilities.containers:
+        if spec.image and not self.capabilities.containers:
             raise capability_error(
                 self.name,
                 "containers",
-                f"container={spec.container!r} needs",
+                f"image={spec.image!r} needs",
                 "remove it, or use software='{{ senv.name }}' (package sync) or a provider that runs containers",
             )
         if spec.inbound and not self.capabilities.inbound_connections:

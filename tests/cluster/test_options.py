@@ -79,6 +79,7 @@ def test_the_keyword_arguments_of_function_and_remote_cluster_are_listed_with_th
     contract = {
         "func": None,
         "software": None,
+        "image": None,
         "container": None,
         "vm_type": None,
         "cpu": None,
@@ -149,6 +150,6 @@ def test_a_provider_without_inbound_connections_is_refused_before_anything_start
         ClusterOptions.build(
             provider=type("NoSingleEnd", (LocalProvider,), {"name": "x", "capabilities": Capabilities(terminate_one=False)})()
         )
-    with pytest.raises(CapabilityError, match="'local' does not run containers, which container='img:1' needs"):
+    with pytest.raises(CapabilityError, match="'local' does not run containers, which image='img:1' needs"):
         ClusterOptions.build(container="img:1")
     assert machine_folders() == before

@@ -86,7 +86,7 @@ def test_capabilities_and_lease_timing_are_checked_before_anything_starts():
     with pytest.raises(ValueError, match="keepalive=10s: short-lived machines read their lease every 20s"):
         ShortLived(isolation="process").check_spec(MachineSpec(keepalive=10))
     ShortLived(isolation="process").check_spec(MachineSpec(timeout="1 hour", keepalive=20))
-    with pytest.raises(CapabilityError, match="provider 'local' does not run containers, which container='python:3.11-slim' needs"):
+    with pytest.raises(CapabilityError, match="provider 'local' does not run containers, which image='python:3.11-slim' needs"):
         LocalProvider(isolation="process").check_spec(MachineSpec(container="python:3.11-slim"))
 
     class Closed(LocalProvider):

@@ -101,8 +101,8 @@ class ComputeService(GCPService):
 
     # -- sizing -----------------------------------------------------------------------------------
     def unfit(self, spec: MachineSpec) -> str | None:
-        if spec.container:
-            return f"container={spec.container!r}: Compute Engine VMs boot a stock image and run no container (use software=, or Cloud Run)"
+        if spec.image:
+            return f"image={spec.image!r}: Compute Engine VMs boot a stock image and run no container (use software=, or Cloud Run)"
         try:
             self.choose_instance_type(spec)
         except CapacityError as error:
