@@ -16,6 +16,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.images import engine_conf
+
 # Before anything reads the settings: this session's machines live apart from the user's.
 SESSION_HOME = Path(tempfile.mkdtemp(prefix="prefect-remote-tests-"))
 os.environ.update(
@@ -39,6 +41,8 @@ for _command in ("shutdown", "poweroff", "halt", "reboot"):
     )
     (NO_POWER_OFF / _command).chmod(0o755)
 os.environ["PATH"] = f"{NO_POWER_OFF}{os.pathsep}{os.environ.get('PATH', '')}"
+# What this host needs of Podman (runc, ulimits), and this interpreter for test images (tests/images.py).
+os.environ["CONTAINERS_CONF"] = str(engine_conf(SESSION_HOME / "containers.conf"))
 SESSION_ENVIRON = dict(os.environ)  # what session-wide servers start with, whatever test starts them
 
 from prefect_remote.devserver import local_prefect_server  # noqa: E402

@@ -27,6 +27,7 @@ from urllib.parse import urlsplit
 
 from prefect_remote.errors import CapabilityError, CapacityError
 from prefect_remote.machine.boot import AgentSource, render_boot_script
+from prefect_remote.machine.container import image_with_software
 from prefect_remote.units import format_duration, format_size
 
 if TYPE_CHECKING:
@@ -413,6 +414,10 @@ class Provider(ABC):
     # first launch with secrets).
     _swept: bool = False
 
+    # Whether image= plus software= works: the machine boots inside the image and rebuilds the software
+    # environment there (Cloud Run). Machines that run the image with an engine refuse the pair.
+    layers_software_on_image: ClassVar[bool] = False
+
     # -- launching: the shared work ---------------------------------------------------------------
     def launch(
         self,
@@ -512,6 +517,7 @@ class Provider(ABC):
             "runtime_options": self.runtime_options(launch_id),
             "lease_interval": self.lease_interval,
             "command": list(payload.command),
+            "image": spec.image,  # run with the machine's engine, unless the machine is the image's container (Cloud Run)
             "env": {**self.machine_environ(), **spec.public_environ, **payload.env},
             "secret_names": sorted({*spec.secret_environ, *payload.secrets}),
             "activity": payload.activity,
@@ -561,6 +567,8 @@ class Provider(ABC):
                 f"image={spec.image!r} needs",
                 "remove it, or use software='{{ senv.name }}' (package sync) or a provider that runs containers",
             )
+        if spec.image and spec.software and not self.layers_software_on_image:
+            raise ValueError(image_with_software(spec.image, spec.software))
         if spec.inbound and not self.capabilities.inbound_connections:
             raise capability_error(
                 self.name, "inbound_connections", "inbound=True needs", "use a provider whose machines accept connections"

@@ -47,6 +47,7 @@ class GCPProvider(Provider):
     # The union of its services': a request only one service meets goes to that one.
     capabilities = Capabilities(inbound_connections=True, terminate_one=True, containers=True, gpus=True, max_lifetime=None)
     runtime = "prefect_remote.providers.gcp.runtime:GCPRuntime"
+    layers_software_on_image = True  # on Cloud Run; Compute Engine refuses the pair (ComputeService.unfit)
     block_fields = ("project", "region", "service_account")  # what --provision-infra records
     options_model = GCPOptions
     job_variables: ClassVar[Mapping[str, str]] = {"gcp_service": "service"}  # a flow run's choice of service

@@ -56,6 +56,10 @@ class GCPRuntime(MachineRuntime):
     def on_cloud_run(self) -> bool:
         return bool(os.environ.get(CLOUD_RUN_JOB_ENV))
 
+    @property
+    def in_image(self) -> bool:
+        return self.on_cloud_run  # a Cloud Run task is the image's container; a VM runs the image with its engine
+
     # -- the metadata server ---------------------------------------------------------------------
     def metadata(self, path: str) -> str:
         """``computeMetadata/v1/<path>`` as text (``$GCE_METADATA_HOST`` if set, as google-auth reads it)."""
