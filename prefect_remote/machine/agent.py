@@ -115,7 +115,7 @@ class Agent:
         Registry credentials come from the secrets (:data:`REGISTRY_SECRETS`), else from the runtime
         (a cloud registry through the machine's own identity)."""
         image = self.config.get("image")
-        if not image or self.runtime.in_image:
+        if not image:
             return None, None
         engine = find_engine()
         if engine is None:

@@ -112,12 +112,6 @@ class MachineRuntime(ABC):
         second time. By default True: a provider whose machines never boot twice records nothing."""
         return True
 
-    @property
-    def in_image(self) -> bool:
-        """Whether this machine is the payload's image already (a Cloud Run task's container): the
-        agent then runs the payload as it is, not in a container of its own. By default False."""
-        return False
-
     def engine_prefix(self) -> list[str]:
         """What the container engine's commands run behind on this machine (``nsenter …``), where the
         machine's own mount namespace hides what the engine needs. By default nothing."""

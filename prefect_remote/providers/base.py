@@ -415,7 +415,7 @@ class Provider(ABC):
     _swept: bool = False
 
     # Whether image= plus software= works: the machine boots inside the image and rebuilds the software
-    # environment there (Cloud Run). Machines that run the image with an engine refuse the pair.
+    # environment there (Cloud Run: boots_in_image). Machines that run the image with an engine refuse the pair.
     layers_software_on_image: ClassVar[bool] = False
 
     # -- launching: the shared work ---------------------------------------------------------------
@@ -450,6 +450,8 @@ class Provider(ABC):
         plan = self.plan(spec)
         launch_id = f"launch-{secrets.token_hex(6)}"
         config = self.agent_config(spec, payload, launch_id)
+        if self.boots_in_image(plan):  # the machine is the image's container: nothing to pull or run in it
+            config["image"] = None
         if self.shares_host_software:
             boot_script = render_boot_script(config, python=self.boot_python(), placement=plan.placement)
         else:
@@ -500,6 +502,11 @@ class Provider(ABC):
         self.check_spec(spec)
         instance_type = self.choose_instance_type(spec)
         return Plan(instance_type, self.placement(spec, instance_type))
+
+    def boots_in_image(self, plan: Plan) -> bool:
+        """Whether a launch on ``plan`` boots inside ``spec.image`` itself (Cloud Run), rather than on a
+        machine whose engine pulls and runs it (:mod:`prefect_remote.machine.container`). By default not."""
+        return False
 
     def placement(self, spec: MachineSpec, instance_type: InstanceType) -> str:
         """Where the machines of a launch of ``spec`` on ``instance_type`` run, in words, for the first

@@ -189,10 +189,13 @@ def test_gcp_service_compute_runs_on_a_vm(cloud, api, gcp_env):
         ),
         ({"gpu": "a100", "gcp_service": "cloud-run"}, "Cloud Run offers one nvidia-l4 GPU per task"),
         ({"vm_type": "n2-standard-3"}, "vm_type=['n2-standard-3']: not a machine type in zone us-central1-a; did you mean n2-standard-"),
-        ({"container": "python:3.12", "gcp_service": "compute"}, "Compute Engine VMs boot a stock image and run no container"),
+        (
+            {"container": "python:3.12", "software": "senv-0123456789abcdef", "gcp_service": "compute"},
+            "a machine runs the image as it is, with the Python and packages built into it",
+        ),
         ({"region": "europe-west1"}, "this gcp provider launches in us-central1"),
     ],
-    ids=["cloud-run-shape", "cloud-run-gpu", "unknown-vm-type", "container-on-compute", "other-region"],
+    ids=["cloud-run-shape", "cloud-run-gpu", "unknown-vm-type", "image-and-software-on-compute", "other-region"],
 )
 def test_bad_job_variables_fail_the_run_clearly_and_start_nothing(cloud, project, api, gcp_env, job_variables, fragment):
     run = api.create_flow_run_from_deployment(deploy(api, project, GCPPush.pool, **job_variables))

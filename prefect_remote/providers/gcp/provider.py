@@ -161,6 +161,9 @@ class GCPProvider(Provider):
         instance_type = service.choose_instance_type(spec)
         return Plan(instance_type, f"gcp {service.placement(instance_type)}", service=service.key, service_reason=reason)
 
+    def boots_in_image(self, plan: Plan) -> bool:
+        return plan.service == "cloud-run"  # the task's container is the image; a VM runs it with its engine
+
     def check_spec(self, spec: MachineSpec) -> None:
         self._checked(spec)
 
