@@ -321,6 +321,30 @@ def use_gcp_sandbox(monkeypatch: pytest.MonkeyPatch, sandbox) -> None:
     monkeypatch.delenv("CLOUDSDK_CONFIG", raising=False)
 
 
+@pytest.fixture(scope="session")
+def sandbox_images():
+    """The session's container registry (Debian's docker-registry on loopback), engine API (Podman's
+    Docker-compatible socket) and ready Python image in that registry, built once and cached across
+    sessions (``~/.cache/prefect-remote-sandbox``). Skipped only where this host lacks podman and the
+    rest (`make sandbox-host` installs them). Yields its ``SandboxImages``."""
+    from prefect_remote.sandbox.images import SandboxImages, images_unavailable
+
+    unavailable = images_unavailable()
+    if unavailable:
+        pytest.skip(unavailable)
+    with SandboxImages(SESSION_HOME / "images") as images:
+        yield images
+
+
+@pytest.fixture
+def images_env(sandbox_images, monkeypatch):
+    """A user's shell with the sandbox's images (``DOCKER_HOST``, ``PREFECT_REMOTE_SANDBOX_REGISTRY``,
+    ``PREFECT_REMOTE_SANDBOX_IMAGE`` and the engine's configuration) for one test."""
+    for name, value in sandbox_images.exports().items():
+        monkeypatch.setenv(name, value)
+    return sandbox_images
+
+
 @pytest.fixture
 def gcp_env(gcp_sandbox, monkeypatch, request):
     """The session's sandbox GCP for one test (:func:`use_gcp_sandbox`), as the docs' launcher."""
