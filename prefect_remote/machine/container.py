@@ -145,8 +145,9 @@ class Container:
         say(f"image pull: pulling {self.image} with {self.kind}")
         started = time.monotonic()
         with tempfile.TemporaryDirectory(prefix="prefect-remote-auth-") as auth:  # this pull's credentials only, then gone
-            env = {**os.environ, "REGISTRY_AUTH_FILE": os.path.join(auth, "auth.json"), "DOCKER_CONFIG": auth}
+            env = None  # without credentials, the engine's own configuration
             if credentials is not None:
+                env = {**os.environ, "REGISTRY_AUTH_FILE": os.path.join(auth, "auth.json"), "DOCKER_CONFIG": auth}
                 user, password = credentials
                 registry = registry_of(self.image)
                 login = self._engine("login", "--username", user, "--password-stdin", registry, env=env, text=password)

@@ -88,3 +88,22 @@ def test_an_image_with_a_software_environment_is_refused_saying_why():
 def test_the_registry_an_image_names():
     assert registry_of("python:3.12-slim") == "docker.io" and registry_of("localhost:5000/app:1") == "localhost:5000"
     assert registry_of("123456789012.dkr.ecr.us-east-1.amazonaws.com/app:1") == "123456789012.dkr.ecr.us-east-1.amazonaws.com"
+
+
+def test_an_image_is_pulled_from_its_registry_as_a_boot_phase_once_per_host(images_env):
+    """From the sandbox's registry (a real distribution registry): the first machine pulls, saying the
+    image's size and the time taken; a second machine of the same image on this host does not pull."""
+    image = images_env.image
+    subprocess.run(["podman", "rmi", "--force", image], capture_output=True)  # cold: in the registry, not on this host
+    provider = LocalProvider()
+    payload = BootPayload(["python", "-c", "import prefect; print('prefect', prefect.__version__, 'in the image')"])
+    logs = []
+    for _ in range(2):
+        [machine] = provider.launch(MachineSpec(image=image, keepalive=None), payload)
+        [ended] = provider.wait([machine.id], timeout=300)
+        logs.append(provider.logs(machine.id).text)
+        assert ended.reason == "payload finished" and "in the image" in logs[-1], logs[-1]
+    cold = [line for line in logs[0].splitlines() if f"image pull: pulled {image} (" in line]
+    assert cold and " s" in cold[0], logs[0]
+    assert f"image pull: {image} is on this machine already" in logs[1]
+    print(cold[0])  # the figure: size and time of a cold pull
