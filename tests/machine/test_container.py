@@ -4,6 +4,7 @@ with this host's Podman, as EC2 and Compute Engine machines do with theirs."""
 from __future__ import annotations
 
 import hashlib
+import re
 import subprocess
 import time
 
@@ -90,20 +91,62 @@ def test_the_registry_an_image_names():
     assert registry_of("123456789012.dkr.ecr.us-east-1.amazonaws.com/app:1") == "123456789012.dkr.ecr.us-east-1.amazonaws.com"
 
 
-def test_an_image_is_pulled_from_its_registry_as_a_boot_phase_once_per_host(images_env):
-    """From the sandbox's registry (a real distribution registry): the first machine pulls, saying the
-    image's size and the time taken; a second machine of the same image on this host does not pull."""
-    image = images_env.image
-    subprocess.run(["podman", "rmi", "--force", image], capture_output=True)  # cold: in the registry, not on this host
+@pytest.fixture
+def private_registry(tmp_path, monkeypatch, image):
+    """A distribution registry (Debian's docker-registry) that admits one user, on the address machines
+    reach this host at, holding ``image`` as ``<registry>/private/app:1``; this host's engine is told it
+    speaks plain HTTP. Yields (the image's reference there, the user, the password)."""
+    import warnings
+
+    from prefect_remote.devserver import free_port, stop_process_group
+
     provider = LocalProvider()
-    payload = BootPayload(["python", "-c", "import prefect; print('prefect', prefect.__version__, 'in the image')"])
+    if provider.isolation == "namespace":
+        provider.bridge.ensure()
+    registry = f"{provider.host_address}:{free_port()}"
+    user, password = "puller", "pw-" + hashlib.sha256(str(tmp_path).encode()).hexdigest()[:16]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        import crypt  # (the standard library's bcrypt until 3.13: the registry's htpasswd needs bcrypt)
+
+        (tmp_path / "htpasswd").write_text(f"{user}:{crypt.crypt(password, crypt.mksalt(crypt.METHOD_BLOWFISH))}\n")
+    (tmp_path / "registry.yml").write_text(
+        f"version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {tmp_path / 'storage'}\n"
+        f"http:\n  addr: {registry}\nauth:\n  htpasswd:\n    realm: test\n    path: {tmp_path / 'htpasswd'}\n"
+    )
+    (tmp_path / "registries.conf").write_text(f'[[registry]]\nlocation = "{registry}"\ninsecure = true\n')
+    monkeypatch.setenv("CONTAINERS_REGISTRIES_CONF", str(tmp_path / "registries.conf"))  # machines get it from this host
+    log = open(tmp_path / "registry.log", "wb")  # noqa: SIM115
+    server = subprocess.Popen(["docker-registry", "serve", str(tmp_path / "registry.yml")], stdout=log, stderr=log, start_new_session=True)
+    private = f"{registry}/private/app:1"
+    try:
+        auth = ["--authfile", str(tmp_path / "auth.json")]
+        wait_for(lambda: subprocess.run(["podman", "login", *auth, "-u", user, "--password-stdin", registry], input=password.encode(),
+                 capture_output=True).returncode == 0, timeout=30, message="the registry to admit its user")  # fmt: skip
+        subprocess.run(["podman", "tag", image, private], check=True)
+        subprocess.run(["podman", "push", *auth, private], check=True, capture_output=True)
+        subprocess.run(["podman", "rmi", private], check=True, capture_output=True)  # (the layers stay: a quick pull)
+        yield private, user, password
+    finally:
+        stop_process_group(server, grace=5)
+        log.close()
+
+
+def test_a_private_image_is_pulled_with_credentials_from_the_secret_channel_only_once_per_host(private_registry):
+    """Without credentials the pull fails, naming the image; with them (secrets of the launch) the first
+    machine pulls, as a boot phase with size and time, and a second one on this host does not."""
+    private, user, password = private_registry
+    provider = LocalProvider()
+    payload = BootPayload(["python", "/opt/app/app.py", "0"])
+    [refused] = provider.wait([m.id for m in provider.launch(MachineSpec(image=private, keepalive=None), payload)], timeout=60)
+    assert refused.reason.startswith(f"image {private}: image {private} could not be pulled:"), refused.reason
+    secrets = {"PREFECT_REMOTE_REGISTRY_USERNAME": SecretStr(user), REGISTRY_PASSWORD_ENV: SecretStr(password)}
     logs = []
     for _ in range(2):
-        [machine] = provider.launch(MachineSpec(image=image, keepalive=None), payload)
-        [ended] = provider.wait([machine.id], timeout=300)
+        [machine] = provider.launch(MachineSpec(image=private, keepalive=None, environ=secrets), payload)
+        [ended] = provider.wait([machine.id], timeout=60)
         logs.append(provider.logs(machine.id).text)
-        assert ended.reason == "payload finished" and "in the image" in logs[-1], logs[-1]
-    cold = [line for line in logs[0].splitlines() if f"image pull: pulled {image} (" in line]
-    assert cold and " s" in cold[0], logs[0]
-    assert f"image pull: {image} is on this machine already" in logs[1]
-    print(cold[0])  # the figure: size and time of a cold pull
+        assert ended.exit_code == 3 and "registry secret: absent" in logs[-1]  # the payload does not get them
+        assert password not in logs[-1] and not list((SESSION_HOME / "machines" / machine.id / "work").glob("prefect-remote-auth-*"))
+    assert re.search(rf"image pull: pulled {re.escape(private)} \([0-9.]+ MiB\) in [0-9.]+ s", logs[0]), logs[0]
+    assert f"image pull: {private} is on this machine already" in logs[1]
