@@ -645,10 +645,11 @@ class Provider(ABC):
 
     def agent_source(self, spec: MachineSpec) -> AgentSource:
         """Where a stock-image machine gets the agent: prefect-remote at this version, with its
-        dependencies when the payload runs in the agent's environment (no software environment)."""
+        dependencies when the payload runs in the agent's environment (no software environment, no image)."""
         from prefect_remote.providers.agent_source import agent_source
 
-        return agent_source(self.machine_store, extras=self.agent_extras, requirements=self.agent_requirements, full=spec.software is None)
+        full = spec.software is None and spec.image is None
+        return agent_source(self.machine_store, extras=self.agent_extras, requirements=self.agent_requirements, full=full)
 
     def machine_store(self) -> Store:
         """The configured store, which this provider's machines read: a folder on this computer only
