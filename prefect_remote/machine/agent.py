@@ -123,7 +123,7 @@ class Agent:
         container = Container(engine, image, self.machine_id, tuple(self.runtime.engine_prefix()))
         given = [secrets.get(name) for name in REGISTRY_SECRETS]
         credentials = (given[0], given[1]) if all(given) else self.runtime.registry_credentials(registry_of(image))
-        _, reason = self.watched(lambda: container.prepare(self.say, credentials), f"while pulling image {image}", f"image {image}")
+        _, reason = self.watched(lambda: container.prepare(self.say, credentials), f"while pulling image {image}", "image pull")
         return (None, reason) if reason else (container, None)
 
     def watched(self, work: Callable[[], Any], during: str, failed: str) -> tuple[Any, str | None]:

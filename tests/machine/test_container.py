@@ -139,7 +139,7 @@ def test_a_private_image_is_pulled_with_credentials_from_the_secret_channel_only
     provider = LocalProvider()
     payload = BootPayload(["python", "/opt/app/app.py", "0"])
     [refused] = provider.wait([m.id for m in provider.launch(MachineSpec(image=private, keepalive=None), payload)], timeout=60)
-    assert refused.reason.startswith(f"image {private}: image {private} could not be pulled:"), refused.reason
+    assert refused.reason.startswith(f"image pull: image {private} could not be pulled:"), refused.reason
     secrets = {"PREFECT_REMOTE_REGISTRY_USERNAME": SecretStr(user), REGISTRY_PASSWORD_ENV: SecretStr(password)}
     logs = []
     for _ in range(2):

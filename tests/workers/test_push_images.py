@@ -32,7 +32,7 @@ def image():
 def deploy_in_image(client, pool: str, **job_variables) -> str:
     return client.create_deployment(
         flow_id=client.create_flow_from_name("in-image"),
-        name="-".join(sorted(job_variables)),
+        name="-".join(f"{key}-{abs(hash(value))}" for key, value in sorted(job_variables.items())),
         work_pool_name=pool,
         entrypoint="flows.py:in_image",
         pull_steps=[{"prefect.deployments.steps.set_working_directory": {"directory": "/opt/flows"}}],  # as Prefect's image has it
@@ -50,3 +50,13 @@ def test_flow_runs_in_the_image_named_by_image_or_by_its_older_name_container(pu
         logged(api, run.id, f"image pull: {image} is on this machine already")  # imported here: no registry to pull from
     machines = LocalProvider().wait([api.read_flow_run(run.id).infrastructure_pid for run in runs], timeout=30)
     assert [machine.reason for machine in machines] == ["payload finished"] * 2  # the container's exit code, 0, is the machine's
+
+
+def test_a_missing_image_fails_the_run_within_a_minute_naming_it(push_pool, api):
+    missing = "localhost/prefect-remote-test:missing"
+    run = api.create_flow_run_from_deployment(deploy_in_image(api, push_pool, image=missing))
+    final = wait_final(api, run.id, timeout=60)
+    assert final.state_name in ("Crashed", "Failed")
+    logged(api, run.id, f"machine ending: image pull: image {missing} could not be pulled")
+    [machine] = LocalProvider().wait([final.infrastructure_pid], timeout=15)
+    assert machine.reason.startswith(f"image pull: image {missing} could not be pulled")
