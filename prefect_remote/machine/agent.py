@@ -287,7 +287,9 @@ class Agent:
     def watch(self, payload: subprocess.Popen, env: dict[str, str]) -> tuple[str, int | None]:
         """Waits for the payload (started with ``env``) to end, or stops it for a reason of the agent's own."""
         idle_timeout = self.config["idle_timeout"]
-        cpu = _CpuMeter(payload.pid) if idle_timeout and self.config["activity"] == "auto" else None
+        # A container's processes are the engine's children, not the run client's: found by their environment.
+        marker = f"{ACTIVITY_FILE_ENV}={self.activity_file}".encode() if self.container is not None else None
+        cpu = _CpuMeter(payload.pid, marker) if idle_timeout and self.config["activity"] == "auto" else None
         self.say_running()
         while True:
             code = payload.poll()
@@ -376,14 +378,15 @@ class Agent:
 
 
 class _CpuMeter:
-    """Whether a process tree used more than CPU_BUSY_FRACTION of a core since the last call.
+    """Whether a process tree (and the trees of the processes whose environment holds ``marker``) used
+    more than CPU_BUSY_FRACTION of a core since the last call.
 
     Reads ``/proc`` (standard library only: the agent's environment is installed without
     dependencies when the payload has a software environment of its own).
     """
 
-    def __init__(self, pid: int, proc: Path = Path("/proc")) -> None:
-        self._root, self._proc = pid, proc
+    def __init__(self, pid: int, marker: bytes | None = None, proc: Path = Path("/proc")) -> None:
+        self._root, self._marker, self._proc = pid, marker, proc
         self._ticks = os.sysconf("SC_CLK_TCK")
         self._last = (time.monotonic(), self._total())
 
@@ -402,13 +405,27 @@ class _CpuMeter:
         children: dict[int, list[int]] = {}
         for pid, (parent, _) in stats.items():
             children.setdefault(parent, []).append(int(pid))
-        total, tree = 0.0, [self._root]
+        total, tree, seen = 0.0, [self._root, *self._marked(stats)], set()
         while tree:
             pid = tree.pop()
-            if str(pid) in stats:
+            if str(pid) in stats and pid not in seen:
+                seen.add(pid)
                 total += stats[str(pid)][1]
                 tree += children.get(pid, [])
         return total
+
+    def _marked(self, pids) -> list[int]:
+        """The processes whose environment holds the marker (a container's, under its engine)."""
+        if self._marker is None:
+            return []
+        found = []
+        for pid in pids:
+            try:
+                if self._marker in (self._proc / pid / "environ").read_bytes().split(b"\0"):
+                    found.append(int(pid))
+            except OSError:
+                pass
+        return found
 
     def busy(self) -> bool:
         now = time.monotonic()

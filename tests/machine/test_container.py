@@ -150,3 +150,12 @@ def test_a_private_image_is_pulled_with_credentials_from_the_secret_channel_only
         assert password not in logs[-1] and not list((SESSION_HOME / "machines" / machine.id / "work").glob("prefect-remote-auth-*"))
     assert re.search(rf"image pull: pulled {re.escape(private)} \([0-9.]+ MiB\) in [0-9.]+ s", logs[0]), logs[0]
     assert f"image pull: {private} is on this machine already" in logs[1]
+
+
+def test_a_busy_container_is_not_idle(image):
+    """idle_timeout counts a container's CPU use (its processes are the engine's children, not the agent's)."""
+    provider = LocalProvider()
+    busy = "import time\nend = time.monotonic() + 8\nwhile time.monotonic() < end: pass\nraise SystemExit(4)"
+    [machine] = provider.launch(MachineSpec(image=image, keepalive=None, idle_timeout=3), BootPayload(["python", "-c", busy]))
+    [ended] = provider.wait([machine.id], timeout=60)
+    assert (ended.reason, ended.exit_code) == ("payload exited with code 4", 4), provider.logs(machine.id).text
