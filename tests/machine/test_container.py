@@ -128,6 +128,7 @@ def private_registry(tmp_path, monkeypatch, image):
         subprocess.run(["podman", "rmi", private], check=True, capture_output=True)  # (the layers stay: a quick pull)
         yield private, user, password
     finally:
+        remove_image(private)  # as the machines pulled it
         stop_process_group(server, grace=5)
         log.close()
 
