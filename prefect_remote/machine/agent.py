@@ -117,9 +117,10 @@ class Agent:
         image = self.config.get("image")
         if not image:
             return None, None
-        engine = find_engine()
+        problems: list[str] = []
+        engine = find_engine(problems=problems)
         if engine is None:
-            return None, f"{no_engine_message(image)} (this machine has neither)"
+            return None, no_engine_message(image, problems or ["this machine has neither"])
         container = Container(engine, image, self.machine_id, tuple(self.runtime.engine_prefix()))
         given = [secrets.get(name) for name in REGISTRY_SECRETS]
         credentials = (given[0], given[1]) if all(given) else self.runtime.registry_credentials(registry_of(image))

@@ -298,9 +298,12 @@ fi
 # and runs the image (prefect_remote.machine.container).
 _ENGINE = """
 PHASE=engine
-engine_answers() { command -v podman >/dev/null 2>&1 || docker version --format '{{.Server.Version}}' >/dev/null 2>&1; }
+# (as prefect_remote.machine.container.find_engine: an engine that answers)
+engine_answers() { podman version >/dev/null 2>&1 || docker version --format '{{.Server.Version}}' >/dev/null 2>&1; }
 if ! engine_answers; then
-  phase "engine: no Podman or Docker on this image; installing Docker"
+  PODMAN_SAYS=""  # why a Podman that is here does not answer: its last line
+  if command -v podman >/dev/null 2>&1; then PODMAN_SAYS="$(podman version 2>&1 || true)"; PODMAN_SAYS="${PODMAN_SAYS##*$'\\n'}"; fi
+  phase "engine: no Podman or Docker that answers on this image${PODMAN_SAYS:+ (podman: $PODMAN_SAYS)}; installing Docker"
   STARTED=$SECONDS
   if command -v dnf >/dev/null 2>&1; then
     dnf install -y -q docker >/dev/null
@@ -316,7 +319,7 @@ if ! engine_answers; then
   engine_answers
   phase "engine: Docker installed and started in $(( SECONDS - STARTED )) s"
 fi
-phase "engine: $(if command -v podman >/dev/null 2>&1; then podman --version; else docker --version; fi)"
+phase "engine: $(if podman version >/dev/null 2>&1; then podman --version; else docker --version; fi)"
 """
 
 # Fetches the agent's wheel from the store with the machine's own credentials (the store's own

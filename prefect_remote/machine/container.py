@@ -55,25 +55,32 @@ class ContainerError(RuntimeError):
     """The engine could not pull or start the image; the message names the image and says why."""
 
 
-def find_engine(path: str | None = None) -> str | None:
+def find_engine(path: str | None = None, problems: list[str] | None = None) -> str | None:
     """The path of the first engine of :data:`ENGINES` on ``path`` (default ``$PATH``) that answers,
-    or None. A Docker CLI without a running daemon does not answer."""
+    or None. A Docker CLI without a running daemon does not answer; why each one found does not is
+    appended to ``problems``, when given."""
     for name in ENGINES:
         found = shutil.which(name, path=path)
         if found is None:
             continue
         check = [found, "version"] if name == "podman" else [found, "version", "--format", "{{.Server.Version}}"]
         try:
-            if subprocess.run(check, capture_output=True, timeout=_CHECK_TIMEOUT, stdin=subprocess.DEVNULL).returncode == 0:
+            answer = subprocess.run(check, capture_output=True, text=True, timeout=_CHECK_TIMEOUT, stdin=subprocess.DEVNULL)
+        except (OSError, subprocess.SubprocessError) as error:
+            why = str(error)
+        else:
+            if answer.returncode == 0:
                 return found
-        except (OSError, subprocess.SubprocessError):
-            continue
+            why = _last_line(answer)
+        if problems is not None:
+            problems.append(f"{found} does not answer: {why}")
     return None
 
 
-def no_engine_message(image: str) -> str:
-    """What a host without an engine says to ``image=``."""
-    return f"image={image!r} needs Podman or Docker on this host; install podman, or drop image"
+def no_engine_message(image: str, problems: list[str] | None = None) -> str:
+    """What a host without an engine that answers says to ``image=`` (``problems``: :func:`find_engine`'s)."""
+    found = f" ({'; '.join(problems)})" if problems else ""
+    return f"image={image!r} needs Podman or Docker on this host; install podman, or drop image{found}"
 
 
 def image_with_software(image: str, software: str) -> str:

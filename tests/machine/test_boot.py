@@ -250,12 +250,16 @@ def test_a_machine_for_an_image_gets_an_engine_as_a_boot_phase(tmp_path):
         f'printf "#!{bash}\\necho Docker version 25.0.8\\n" > {os_packages}/docker\nchmod +x {os_packages}/docker\n'
     )
     (os_packages / "dnf").chmod(0o755)
+    (os_packages / "podman").write_text(f"#!{bash}\necho 'Error: storage is broken' >&2\nexit 125\n")  # here, but not answering
+    (os_packages / "podman").chmod(0o755)
     installed = subprocess.run([bash, "-c", engine], env={"PATH": f"{tools}:{os_packages}"}, capture_output=True, text=True)
     assert installed.returncode == 0, installed.stdout + installed.stderr
     assert (tmp_path / "dnf.log").read_text() == "dnf install -y -q docker\n"
-    assert "engine: no Podman or Docker on this image; installing Docker" in installed.stdout
+    assert (
+        "engine: no Podman or Docker that answers on this image (podman: Error: storage is broken); installing Docker" in installed.stdout
+    )
     assert "engine: Docker installed and started in 0 s" in installed.stdout and "engine: Docker version 25.0.8" in installed.stdout
-    (os_packages / "dnf").unlink()
-    (os_packages / "docker").unlink()
+    for installed_here in ("dnf", "docker", "podman"):
+        (os_packages / installed_here).unlink()
     nothing = subprocess.run([bash, "-c", engine], env={"PATH": f"{tools}:{os_packages}"}, capture_output=True, text=True)
     assert nothing.returncode == 127 and "neither dnf nor apt-get here to install Docker with" in nothing.stdout

@@ -77,7 +77,11 @@ def test_stopping_the_machine_stops_and_removes_its_container(image):
 
 def test_without_podman_or_docker_the_local_provider_refuses_an_image_at_submit(monkeypatch, tmp_path):
     monkeypatch.setenv("PATH", str(tmp_path))
-    with pytest.raises(CapabilityError, match=r"image='app:1' needs Podman or Docker on this host; install podman, or drop image"):
+    with pytest.raises(CapabilityError, match=r"image='app:1' needs Podman or Docker on this host; install podman, or drop image$"):
+        LocalProvider().check_spec(MachineSpec(image="app:1"))
+    (tmp_path / "podman").write_text("#!/bin/sh\necho 'Error: storage is broken' >&2\nexit 125\n")  # installed, not answering
+    (tmp_path / "podman").chmod(0o755)
+    with pytest.raises(CapabilityError, match=r"or drop image \(.*/podman does not answer: Error: storage is broken\)"):
         LocalProvider().check_spec(MachineSpec(image="app:1"))
 
 

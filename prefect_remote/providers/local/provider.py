@@ -161,8 +161,9 @@ class LocalProvider(Provider):
     def check_spec(self, spec: MachineSpec) -> None:
         """The shared checks, and an engine on this host for ``image=``: its machines run the image with it."""
         super().check_spec(spec)
-        if spec.image and find_engine() is None:
-            raise CapabilityError(no_engine_message(spec.image))
+        problems: list[str] = []
+        if spec.image and find_engine(problems=problems) is None:
+            raise CapabilityError(no_engine_message(spec.image, problems))
 
     # -- launching --------------------------------------------------------------------------------
     def placement(self, spec: MachineSpec, instance_type: InstanceType) -> str:
