@@ -47,11 +47,13 @@ def test_an_ec2_instance_pulls_and_runs_an_image_of_the_registry_with_its_engine
     out = tmp_path / "ran"
     ec2, ssm = aws_sandbox.client("ec2"), aws_sandbox.client("ssm")
     ami = ssm.get_parameter(Name="/aws/service/ami-amazon-linux-latest/al2023-ami-kernel-default-x86_64")["Parameter"]["Value"]
+    daemon = f"600.{uuid.uuid4().int % 10**9}"  # a container left running, which must end with its instance
     program = f"import pathlib, sys, prefect; pathlib.Path({str(out)!r}).write_text(sys.prefix + ' ' + prefect.__version__)"
     user_data = (
         "#!/bin/bash\n"
         f"podman run --rm --network host --volume {tmp_path}:{tmp_path} {sandbox_images.image} python -c {shlex.quote(program)} "
-        f"2> {tmp_path}/engine.log || echo failed > {out}\nshutdown -h now\n"
+        f"2> {tmp_path}/engine.log || echo failed > {out}\n"
+        f"podman run --detach --network host {sandbox_images.image} sleep {daemon}\n"
     )
     [instance] = ec2.run_instances(ImageId=ami, InstanceType="t3.micro", MinCount=1, MaxCount=1, UserData=user_data)["Instances"]
     try:
@@ -59,8 +61,23 @@ def test_an_ec2_instance_pulls_and_runs_an_image_of_the_registry_with_its_engine
         import prefect
 
         assert out.read_text() == f"/opt/venv {prefect.__version__}", (tmp_path / "engine.log").read_text()  # the image's Python
+        wait_for(lambda: _running(f"sleep {daemon}"), timeout=120, message="the detached container to start")
     finally:
         ec2.terminate_instances(InstanceIds=[instance["InstanceId"]])
+    aws_sandbox.runner.wait_idle(timeout=60)
+    assert not _running(f"sleep {daemon}")  # nothing of the instance outlives it, its containers included
+
+
+def _running(command: str) -> list[int]:
+    """The processes on this host whose command line is ``command``."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit() and (entry / "cmdline").read_bytes().replace(b"\0", b" ").strip() == command.encode():
+                found.append(int(entry.name))
+        except OSError:
+            pass
+    return found
 
 
 def _cloud_run_job(gcp_sandbox, image: str, command: list[str], args: list[str], env: dict[str, str]):
