@@ -36,6 +36,7 @@ import hashlib
 import json
 import os
 import resource
+import shlex
 import shutil
 import subprocess
 import tempfile
@@ -49,6 +50,7 @@ from types import TracebackType
 from prefect_remote.devserver import free_port, stop_process_group
 from prefect_remote.filelock import file_lock
 from prefect_remote.providers.local import LocalProvider
+from prefect_remote.providers.local.isolation import host_trust_env
 
 # What the host needs, from Debian's packages (`make sandbox-host` installs them).
 HOST_TOOLS = {"podman": "podman", "runc": "runc", "docker-registry": "docker-registry", "mmdebstrap": "mmdebstrap"}
@@ -58,6 +60,16 @@ BASE_PACKAGES = ("python3", "python3-venv", "ca-certificates", "curl")
 IMAGE_NAME = "prefect-remote/python"  # the ready Python image's repository in the sandbox registry
 START_TIMEOUT = 30.0  # seconds for the registry and the engine's API to answer
 NOFILE_MAX, NPROC_MAX = 1048576, 32768  # conmon runs with at most 32768 processes: a container cannot be given more
+# Its layers in the registry: zstd, which instances unpack several times faster than gzip (each fresh
+# instance pulls the image, and gunzip was most of its time).
+COMPRESSION = "zstd"
+INSTANCE_STORAGE = "/var/lib/prefect-remote-sandbox/containers/storage"
+MANIFEST_TYPES = (
+    "application/vnd.oci.image.manifest.v1+json",
+    "application/vnd.oci.image.index.v1+json",
+    "application/vnd.docker.distribution.manifest.v2+json",
+    "application/vnd.docker.distribution.manifest.list.v2+json",
+)
 KEEP_FORWARD_EVERY = 3.0  # seconds between renewals of the gateway's forward of the registry
 # The Python image: the project's locked requirements into a venv on the path, installed by uv from
 # this host's uv cache (mounted at build time, so nothing is downloaded twice), compiled (a container
@@ -77,15 +89,13 @@ CMD ["python3"]
 
 
 def images_unavailable() -> str | None:
-    """None where this host can run the sandbox's registry and engine, else why not and how to get them."""
+    """None where this host can run the sandbox's registry and engine, else why not and how to get them
+    (one line: Debian's packages, which `make sandbox-host` installs)."""
     missing = [package for tool, package in HOST_TOOLS.items() if shutil.which(tool) is None]
     if missing:
-        return (
-            f"container images unavailable: this host lacks {', '.join(missing)} "
-            f"(`make sandbox-host`, or `apt-get install {' '.join(HOST_TOOLS.values())}` as root)"
-        )
+        return f"no images: no {', '.join(missing)} here (`make sandbox-host`)"
     if os.geteuid() != 0:
-        return "container images unavailable: the sandbox's engine and image builds need root"
+        return "no images: the sandbox's engine and image builds need root"
     return None
 
 
@@ -125,6 +135,11 @@ class SandboxImages:
     def socket(self) -> Path:
         return self.home / "podman.sock"
 
+    @property
+    def warm(self) -> bool:
+        """Whether the ready Python image is cached (a start builds nothing)."""
+        return self._cached_registry().exists()
+
     def exports(self) -> dict[str, str]:
         """What a shell (or a test) sets to build, push and pull with the sandbox's engine and registry."""
         return {
@@ -138,6 +153,41 @@ class SandboxImages:
         """What the sandbox's instances' image sets for its engine: the same registry, insecure, and
         storage of the instance's own."""
         return self._config_env("instance")
+
+    def holds(self, image: str) -> bool:
+        """Whether ``image`` names this sandbox's registry (as the instances or this host reach it)."""
+        return image.split("/", 1)[0] in {self.registry, f"127.0.0.1:{self.port}"}
+
+    def has(self, image: str) -> bool:
+        """Whether the registry holds ``image`` (a reference into it), as a pull would find it."""
+        repository, _, reference = image.split("/", 1)[1].partition("@")
+        if reference:  # (a digest pins it; a tag beside it is ignored, as by a pull)
+            repository = repository.rpartition(":")[0] if ":" in repository.rsplit("/", 1)[-1] else repository
+        else:
+            name, _, tag = repository.rpartition(":") if ":" in repository.rsplit("/", 1)[-1] else (repository, "", "latest")
+            repository, reference = name, tag
+        request = urllib.request.Request(f"http://127.0.0.1:{self.port}/v2/{repository}/manifests/{reference}", method="HEAD")
+        request.add_header("Accept", ", ".join(MANIFEST_TYPES))
+        try:
+            with urllib.request.urlopen(request, timeout=10):
+                return True
+        except urllib.error.HTTPError as error:
+            if error.code == 404:
+                return False
+            raise
+
+    @staticmethod
+    def run_script(image: str, command: list[str], args: list[str], folders: list[str]) -> str:
+        """A boot script that runs ``image`` with the instance's engine as a container runtime does: its
+        ``command`` in place of the image's entrypoint and ``args`` of its command (either empty: the
+        image's own), with every variable of the instance's environment but PATH passed by name (no value
+        in ``ps``), the instance's network, and ``folders`` (the sandbox's shared folders) mounted."""
+        mounts = [f"--volume={folder}:{folder}" for folder in folders]
+        entrypoint = [f"--entrypoint={json.dumps(command)}"] if command else []
+        return (
+            'names=(); for name in $(compgen -e); do case "$name" in PATH|PWD|OLDPWD|SHLVL|_) ;; *) names+=(--env "$name") ;; esac; done\n'
+            f'exec podman run --rm --quiet --network=host "${{names[@]}}" {shlex.join([*mounts, *entrypoint, image, *args])}\n'
+        )
 
     def _config_env(self, side: str) -> dict[str, str]:
         folder = self.home / side
@@ -169,7 +219,7 @@ class SandboxImages:
             self._keeper.start()
             self._write_configs()
             started = time.monotonic()
-            warm = self._cached_registry().exists()
+            warm = self.warm
             if warm:
                 shutil.copytree(self._cached_registry(), self.home / "registry", dirs_exist_ok=True)
             self._start_registry()
@@ -206,22 +256,30 @@ class SandboxImages:
         runtime, each with its own storage (an instance's on its own disk, its run state on its /run)."""
         ulimits = self._ulimits()
         insecure = sorted({self.registry, f"127.0.0.1:{self.port}"})
+        # What this host trusts (its certificate authorities), which its instances' containers trust too:
+        # on this host, reaching the package index may depend on them.
+        trusted = sorted({path for path in host_trust_env().values() if Path(path).exists()})
         sides = {
             # This host's API: everything under the sandbox's home, file locks (no shared-memory lock
             # segment that another store on this host would share).
             "host": {"graphroot": self.home / "storage", "runroot": self.home / "run", "tmp_dir": self.home / "run" / "libpod"},
-            # An instance's: its own disk and its own /run (a tmpfs), as a VM's engine's.
-            "instance": {"graphroot": Path("/var/lib/containers/storage"), "runroot": Path("/run/containers/storage"), "tmp_dir": None},
+            # An instance's: on its own disk, in a folder this host's root (the instances' image) lacks, so
+            # that it starts empty, as a new VM's engine (the usual /var/lib/containers is this host's
+            # own store, seen through the image); its run state on its own /run (a tmpfs).
+            "instance": {"graphroot": Path(INSTANCE_STORAGE), "runroot": Path("/run/containers/storage"), "tmp_dir": None},
         }
         for side, paths in sides.items():
             folder = self.home / side
             folder.mkdir(parents=True, exist_ok=True)
             engine = ['runtime = "runc"', 'cgroup_manager = "cgroupfs"', 'events_logger = "file"']
+            containers = [f"default_ulimits = {json.dumps(ulimits)}"]
+            if side == "instance" and trusted:
+                containers.append(f"volumes = {json.dumps([f'{path}:{path}:ro' for path in trusted])}")
             if paths["tmp_dir"] is not None:
                 engine += [f'tmp_dir = "{paths["tmp_dir"]}"', 'lock_type = "file"']
             (folder / "containers.conf").write_text(
                 "# prefect-remote sandbox: the engine's configuration (podman, through CONTAINERS_CONF)\n"
-                f"[containers]\ndefault_ulimits = {json.dumps(ulimits)}\n\n[engine]\n" + "\n".join(engine) + "\n"
+                "[containers]\n" + "\n".join(containers) + "\n\n[engine]\n" + "\n".join(engine) + "\n"
             )
             (folder / "registries.conf").write_text(
                 "# prefect-remote sandbox: its registry speaks plain HTTP; short names are not searched\n"
@@ -310,7 +368,7 @@ class SandboxImages:
         return _digest(BASE_SUITE, *BASE_PACKAGES)
 
     def _python_key(self) -> str:
-        return _digest(self._base_key(), CONTAINERFILE, self._requirements)
+        return _digest(self._base_key(), CONTAINERFILE, COMPRESSION, self._requirements)
 
     def _cached_registry(self) -> Path:
         return CACHE / f"python-{self._python_key()}" / "registry"
@@ -352,7 +410,7 @@ class SandboxImages:
                 pushed = f"127.0.0.1:{self.port}/{IMAGE_NAME}:{self._python_key()}"
                 ulimits = [f"--ulimit={limit}" for limit in self._ulimits()]
                 self._podman("build", "--quiet", "--network=host", *ulimits, f"--volume={cache}:/uv-cache", "--tag", pushed, context)
-            self._podman("push", "--quiet", pushed)
+            self._podman("push", "--quiet", f"--compression-format={COMPRESSION}", pushed)
             partial = self._cached_registry().with_name("registry.partial")
             shutil.rmtree(partial, ignore_errors=True)
             shutil.copytree(self.home / "registry", partial)

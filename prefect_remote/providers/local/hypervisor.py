@@ -143,6 +143,8 @@ class Hypervisor:
         pids = tagged_pids(f"{MACHINE_ID_ENV}={self.id}".encode())
         if self.cgroups:
             pids |= self.cgroups.pids()
+        if self.network:
+            pids |= self.network.pids()
         return pids - {os.getpid()}
 
     def finish(self, boot_code: int | None, failure: str | None) -> int:

@@ -301,6 +301,12 @@ class Network:
     def exec_prefix(self) -> list[str]:
         return ["ip", "netns", "exec", self.netns]
 
+    def pids(self) -> set[int]:
+        """Every process in the namespace: the machine's, including those that left its cgroups and
+        environment behind (a container its engine runs with the machine's network)."""
+        result = subprocess.run(["ip", "netns", "pids", self.netns], capture_output=True, text=True)
+        return {int(pid) for pid in result.stdout.split()} if result.returncode == 0 else set()
+
     def remove(self) -> None:
         # The host end first: deleting it deletes the pair at once, whereas deleting the namespace
         # frees its interface later (asynchronously), which would still answer for the address while
