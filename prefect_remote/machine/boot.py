@@ -272,8 +272,7 @@ if [ ! -x "$AGENT/bin/python" ]; then
 fi
 READY="$("$AGENT/bin/python" -c 'import platform, prefect_remote as p; print(p.__version__, "on Python", platform.python_version())')"
 phase "agent: ready ($READY)"
-export PATH="$AGENT/bin:$PATH"  # a payload without a software environment runs in the agent's (then a full one)
-@ENGINE@
+@AGENT_PATH@@ENGINE@
 # 4-5. The agent rebuilds the software environment, runs the payload, and ends this machine on
 # timeout, idleness or a lost owner.
 # Until the agent says its main loop runs, any exit of it (its runtime, metadata or secrets unreadable,
@@ -393,6 +392,9 @@ def render_boot_script(
         "@FETCH_WHEEL@": fetch,
         "@INSTALL_OPTIONS@": "" if agent.full else "--no-deps",
         "@INSTALL@": install,
+        # A payload with neither a software environment nor an image runs in the agent's (then a full one);
+        # in an image (Cloud Run boots in it), `python` is the image's.
+        "@AGENT_PATH@": 'export PATH="$AGENT/bin:$PATH"\n' if agent.full else "",
         "@ENGINE@": _ENGINE if config.get("image") else "",
         "@CONFIG@": encoded,
         "@PLACEMENT@": where,  # last: the provider's text is not searched for placeholders
