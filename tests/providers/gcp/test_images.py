@@ -1,10 +1,9 @@
-"""image= on GCP: a Compute Engine VM's engine (the sandbox's instances have Podman) pulls the image as a
-boot phase and runs the payload in it; a Cloud Run task boots in the image itself. Either way the
-payload runs on the image's Python, and the machine's exit code is the payload's."""
+"""image= on Compute Engine: the VM's engine (the sandbox's instances have Podman) pulls the image as a
+boot phase and runs the payload in it, on the image's Python, with the launch's secrets; the machine's
+exit code is the payload's. (EC2 and Cloud Run: tests/workers/test_push_contract.py, through a flow run.)"""
 
 from __future__ import annotations
 
-import pytest
 from pydantic import SecretStr
 
 from prefect_remote.providers.base import BootPayload
@@ -14,12 +13,11 @@ from prefect_remote.spec import MachineSpec
 PROGRAM = "import os, sys, prefect; print('in the image:', sys.prefix, prefect.__version__, os.environ['GREETING']); sys.exit(5)"
 
 
-@pytest.mark.parametrize("service", ["compute", "cloud-run"])
-def test_the_payload_runs_in_the_image(gcp_env, sandbox_images, service):
+def test_a_vm_runs_the_payload_in_the_image_it_pulls(gcp_env, sandbox_images):
     import prefect
 
     gcp_env.use_images(sandbox_images)
-    provider = GCPProvider(service=service)
+    provider = GCPProvider(service="compute")
     spec = MachineSpec(image=sandbox_images.image, keepalive="2 minutes", environ={"GREETING": SecretStr("hello")})
     [machine] = provider.launch(spec, BootPayload(["python", "-c", PROGRAM]))
     try:
@@ -29,7 +27,4 @@ def test_the_payload_runs_in_the_image(gcp_env, sandbox_images, service):
     log = provider.logs(machine.id).text
     assert (ended.reason, ended.exit_code) == ("payload exited with code 5", 5), log
     assert f"in the image: /opt/venv {prefect.__version__} hello" in log  # the image's Python, the launch's secret
-    if service == "compute":  # the VM's engine pulled it; a Cloud Run task is the image
-        assert "engine: podman version" in log and f"image pull: pulled {sandbox_images.image} (" in log
-    else:
-        assert "image pull" not in log
+    assert "engine: podman version" in log and f"image pull: pulled {sandbox_images.image} (" in log
