@@ -43,11 +43,18 @@ lint: env
 # which run on RemoteTaskRunner (tests/test_task_runner_prefect_dask.py), are fetched from their
 # source distribution on PyPI at the version uv.lock pins (cached in .cache/).
 # The sandbox clouds enforce security groups and firewall rules with nftables' `nft`, in each
-# instance's network namespace: Debian's package, installed when missing (as root, where apt-get is).
+# instance's network namespace; their container images need a registry (docker-registry), an engine
+# (podman, run with runc; netavark for the networks of build steps) and a base root file system builder
+# (mmdebstrap), with uidmap for podman's user namespaces. Debian's packages, installed when a command
+# is missing (as root, where apt-get is).
+SANDBOX_HOST_PACKAGES := nft:nftables podman:podman runc:runc /usr/lib/podman/netavark:netavark \
+	docker-registry:docker-registry mmdebstrap:mmdebstrap newuidmap:uidmap
 sandbox-host:
-	@command -v nft >/dev/null || ! command -v apt-get >/dev/null || \
-		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends nftables)
+	@missing="$$(for pair in $(SANDBOX_HOST_PACKAGES); do command -v $${pair%%:*} >/dev/null || echo $${pair#*:}; done)"; \
+	if [ -n "$$missing" ] && command -v apt-get >/dev/null; then \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; fi
 	@command -v nft >/dev/null || echo "no nft (package nftables): the sandbox clouds will not enforce ingress rules"
+	@command -v podman >/dev/null || echo "no podman (package podman): the sandbox has no container registry or engine"
 
 test: lint sandbox-host $(DOCS_VENV)/.synced
 	$(DOCS_VENV)/bin/mkdocs build --strict

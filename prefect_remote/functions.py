@@ -263,7 +263,7 @@ def function(
     and its cluster ends when the flow run's process does.
 
     The machines run the ``software`` environment named. With neither ``software`` nor
-    ``container``, on a provider whose machines do not share this host's interpreter (every cloud),
+    ``image``, on a provider whose machines do not share this host's interpreter (every cloud),
     this environment (packages, local packages as wheels, the code under the working directory) is
     captured by automatic package sync at the first call and they run that, without the
     distributions ``package_sync_ignore`` lists; the capture is reused while nothing in it changes

@@ -30,6 +30,8 @@ SPOT_POLICIES: tuple[str, ...] = get_args(SpotPolicy)
 
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _REGION = re.compile(r"[a-z0-9][a-z0-9-]*[a-z0-9]")
+# An image reference: [registry[:port]/]name[:tag][@digest], no spaces, never an option (a leading '-').
+_IMAGE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._/:@+-]*")
 
 
 class GpuRequest(BaseModel):
@@ -89,6 +91,25 @@ def ingress_source(value: str) -> str:
         ) from None
 
 
+def _matching(field: str, value: Any, pattern: re.Pattern[str], expected: str) -> str | None:
+    """``value`` when None or a string ``pattern`` matches whole, else a ValueError saying ``expected``."""
+    if value is None or (isinstance(value, str) and pattern.fullmatch(value)):
+        return value
+    raise ValueError(f"{field}={value!r}: expected {expected}")
+
+
+def image_choice(image: str | None, container: str | None) -> str | None:
+    """The container image asked for by ``image`` or by ``container``, its older name; both given
+    and different is an error.
+
+    >>> image_choice(None, "python:3.12-slim")
+    'python:3.12-slim'
+    """
+    if image is not None and container is not None and image != container:
+        raise ValueError(f"image={image!r} and container={container!r} disagree: container is the older name of image; give only image")
+    return image if image is not None else container
+
+
 class MachineSpec(BaseModel):
     """A machine request in the vocabulary of the tools users know.
 
@@ -100,7 +121,9 @@ class MachineSpec(BaseModel):
 
     ``software`` names a package-synced environment (``senv-…``) the machine rebuilds and runs its
     payload in; ``None`` means the provider's default (the launcher's interpreter, locally).
-    ``container`` is an image the payload runs in, on providers that run containers (Cloud Run).
+    ``image`` is a container image the payload runs in (``container`` is its older name, accepted
+    as an alias): Cloud Run runs it as the task's container; VM and local machines pull it with their
+    engine (Podman or Docker) and run the payload in it (see :mod:`prefect_remote.machine.container`).
     ``inbound`` says the machine accepts connections from other machines (a Dask scheduler or
     worker, a server): a provider whose machines cannot (Cloud Run jobs) uses one that can, or refuses.
 
@@ -126,12 +149,15 @@ class MachineSpec(BaseModel):
     tags: dict[str, str] = {}
     environ: dict[str, str | SecretStr] = {}
     software: str | None = None
-    container: str | None = None
+    image: str | None = None
     inbound: bool = False
 
     @model_validator(mode="before")
     @classmethod
     def _known_fields(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "container" in data:  # the older name of image
+            image = image_choice(data.get("image"), data["container"])
+            data = {**{key: value for key, value in data.items() if key != "container"}, "image": image}
         if isinstance(data, dict):
             unknown = sorted(set(data) - set(cls.model_fields))
             if unknown:
@@ -261,14 +287,20 @@ class MachineSpec(BaseModel):
                 raise ValueError(f"environ[{key!r}]: expected a string or a pydantic.SecretStr, not {type(item).__name__}")
         return value
 
+    @field_validator("image", mode="before")
+    @classmethod
+    def _image(cls, value: Any) -> str | None:
+        return _matching("image", value, _IMAGE, "an image reference such as 'python:3.12-slim' or 'registry.example.com:5000/team/app:1'")
+
     @field_validator("software", mode="before")
     @classmethod
     def _software(cls, value: Any) -> str | None:
-        if value is None or (isinstance(value, str) and ENV_NAME_PATTERN.fullmatch(value)):
-            return value
-        raise ValueError(
-            f"software={value!r}: expected a software environment name such as 'senv-0123456789abcdef' "
-            "(from `prefect-remote env build` or the build_package_sync_senv deploy step), or None"
+        return _matching(
+            "software",
+            value,
+            ENV_NAME_PATTERN,
+            "a software environment name such as 'senv-0123456789abcdef' "
+            "(from `prefect-remote env build` or the build_package_sync_senv deploy step), or None",
         )
 
     @property
@@ -332,4 +364,4 @@ def as_spec(spec: MachineSpec | dict[str, Any] | None = None, **overrides: Any) 
     return MachineSpec.model_validate({**dict(spec or {}), **given})
 
 
-__all__ = ["GpuRequest", "MachineSpec", "SpotPolicy", "as_spec"]
+__all__ = ["GpuRequest", "MachineSpec", "SpotPolicy", "as_spec", "image_choice"]

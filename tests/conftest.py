@@ -17,6 +17,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.images import engine_conf
+
 # Before anything reads the settings: this session's machines live apart from the user's.
 SESSION_HOME = Path(tempfile.mkdtemp(prefix="prefect-remote-tests-"))
 os.environ.update(
@@ -40,6 +42,8 @@ for _command in ("shutdown", "poweroff", "halt", "reboot"):
     )
     (NO_POWER_OFF / _command).chmod(0o755)
 os.environ["PATH"] = f"{NO_POWER_OFF}{os.pathsep}{os.environ.get('PATH', '')}"
+# What this host needs of Podman (runc, ulimits), and this interpreter for test images (tests/images.py).
+os.environ["CONTAINERS_CONF"] = str(engine_conf(SESSION_HOME / "containers.conf"))
 SESSION_ENVIRON = dict(os.environ)  # what session-wide servers start with, whatever test starts them
 
 from prefect_remote.devserver import local_prefect_server  # noqa: E402
@@ -356,6 +360,30 @@ def use_gcp_sandbox(monkeypatch: pytest.MonkeyPatch, sandbox) -> None:
     monkeypatch.setenv("PREFECT_REMOTE_PROVIDER", "local")
     monkeypatch.setenv("PREFECT_REMOTE_GCP_LEASE_INTERVAL", "5")
     monkeypatch.delenv("CLOUDSDK_CONFIG", raising=False)
+
+
+@pytest.fixture(scope="session")
+def sandbox_images():
+    """The session's container registry (Debian's docker-registry on loopback), engine API (Podman's
+    Docker-compatible socket) and ready Python image in that registry, built once and cached across
+    sessions (``~/.cache/prefect-remote-sandbox``). Skipped only where this host lacks podman and the
+    rest (`make sandbox-host` installs them). Yields its ``SandboxImages``."""
+    from prefect_remote.sandbox.images import SandboxImages, images_unavailable
+
+    unavailable = images_unavailable()
+    if unavailable:
+        pytest.skip(unavailable)
+    with SandboxImages(SESSION_HOME / "images") as images:
+        yield images
+
+
+@pytest.fixture
+def images_env(sandbox_images, monkeypatch):
+    """A user's shell with the sandbox's images (``DOCKER_HOST``, ``PREFECT_REMOTE_SANDBOX_REGISTRY``,
+    ``PREFECT_REMOTE_SANDBOX_IMAGE`` and the engine's configuration) for one test."""
+    for name, value in sandbox_images.exports().items():
+        monkeypatch.setenv(name, value)
+    return sandbox_images
 
 
 @pytest.fixture

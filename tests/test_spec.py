@@ -205,3 +205,15 @@ def test_wire_form_round_trips_with_secrets_apart():
     assert "s3cret" not in json.dumps(wire) and wire["environ"] == {"A": "1"}
     again = MachineSpec.from_wire(json.loads(json.dumps(wire)), spec.secret_environ)
     assert again == spec and again.disk_size == 100 * GiB and again.secret_environ == {"TOKEN": "s3cret"}
+
+
+def test_image_is_chosen_by_image_or_its_older_name_container():
+    assert MachineSpec(image="python:3.12-slim").image == "python:3.12-slim"
+    assert MachineSpec(container="registry.example.com:5000/team/app:1").image == "registry.example.com:5000/team/app:1"
+    assert MachineSpec(image="app:1", container="app:1").image == "app:1"
+    assert as_spec({"container": "app:1"}, cpu=2).image == "app:1"
+    with pytest.raises(ValidationError, match="image='app:1' and container='app:2' disagree: container is the older name of image"):
+        MachineSpec(image="app:1", container="app:2")
+    for bad in ("--privileged", "app 1", ""):
+        with pytest.raises(ValidationError, match="expected an image reference such as 'python:3.12-slim'"):
+            MachineSpec(image=bad)

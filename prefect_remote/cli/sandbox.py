@@ -6,6 +6,7 @@ import shlex
 import signal
 import sys
 import threading
+from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
@@ -61,7 +62,8 @@ def aws(
     from prefect_remote.settings import get_settings
 
     home = get_settings().home / "sandbox" / "aws"
-    _serve(SandboxAWS(port=port, region=region, home=home, expose=tuple(expose or (4200,)), enforce_iam=enforce_iam, warm_cache=warm_cache))
+    exposed = tuple(expose or (4200,))
+    _serve(home, SandboxAWS(port=port, region=region, home=home, expose=exposed, enforce_iam=enforce_iam, warm_cache=warm_cache))
 
 
 @app.command("gcp")
@@ -86,17 +88,31 @@ def gcp(
     from prefect_remote.settings import get_settings
 
     home = get_settings().home / "sandbox" / "gcp"
-    _serve(SandboxGCP(region=region, port=port, home=home, expose=tuple(expose or (4200,)), enforce_iam=enforce_iam, warm_cache=warm_cache))
+    exposed = tuple(expose or (4200,))
+    _serve(home, SandboxGCP(region=region, port=port, home=home, expose=exposed, enforce_iam=enforce_iam, warm_cache=warm_cache))
 
 
-def _serve(sandbox: SandboxCloud) -> None:
-    """Starts ``sandbox``, prints its exports and `sandbox ready`, serves until SIGINT or SIGTERM,
-    then ends every instance it ran and stops."""
+def _serve(home: Path, sandbox: SandboxCloud) -> None:
+    """Starts ``sandbox`` and its container images (a registry, an engine, a ready Python image:
+    under ``home``, when this host can run them), prints its exports and `sandbox ready`, serves until
+    SIGINT or SIGTERM, then ends every instance it ran and stops."""
+    from prefect_remote.sandbox.images import SandboxImages, images_unavailable
+
     stop = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: stop.set())
     sandbox.start()  # (a failure to start says why, and leaves nothing to end)
+    images = None
     try:
+        unavailable = images_unavailable()
+        if unavailable:
+            print(f"# {unavailable}", flush=True)
+        else:
+            images = SandboxImages(home / "images")
+            if not images.warm:
+                print("building the sandbox's Python image (once: cached for the next start)", file=sys.stderr, flush=True)
+            images.start()
+            sandbox.use_images(images)
         for name, value in sandbox.exports().items():
             print(f"export {name}={shlex.quote(value)}", flush=True)
         print(f"# instances reach this host at {sandbox.sandbox_host} (http://{sandbox.sandbox_host}:4200/api)", flush=True)
@@ -105,4 +121,6 @@ def _serve(sandbox: SandboxCloud) -> None:
     finally:
         ended = sandbox.end_all_instances()
         sandbox.stop()
+        if images is not None:
+            images.stop()
         print(f"sandbox stopped; {len(ended)} instance(s) ended", file=sys.stderr, flush=True)

@@ -26,7 +26,7 @@ from prefect_remote.errors import RemoteError
 from prefect_remote.on_machine import MACHINE_ID_ENV
 from prefect_remote.providers import get_provider, require
 from prefect_remote.providers.base import Provider
-from prefect_remote.spec import MachineSpec, SpotPolicy, as_spec
+from prefect_remote.spec import MachineSpec, SpotPolicy, as_spec, image_choice
 
 DEFAULT_N_WORKERS = (0, 500)
 _NAME = re.compile(r"[a-z0-9][a-z0-9-]{0,62}")
@@ -46,8 +46,10 @@ class ClusterArguments(TypedDict, total=False):
 
     software: str | None
     """A software environment (``senv-…``) the workers run; with none, see ``package_sync``."""
+    image: str | None
+    """A container image for the workers (Prefect's name): refused by clusters for now, which run ``software``."""
     container: str | None
-    """A container image for the workers: refused by clusters for now, which run ``software``."""
+    """The older name of ``image``; give only one."""
     vm_type: str | list[str] | None
     """An instance type (``"m6i.xlarge"``), or a list to choose the cheapest of, instead of ``cpu``/``memory``."""
     cpu: int | list[int] | None
@@ -229,7 +231,7 @@ class ClusterOptions:
         n_workers = spec_fields.pop("n_workers", None)
         threads_per_worker = spec_fields.pop("threads_per_worker", None)
         provider = spec_fields.pop("provider", None)
-        container = spec_fields.pop("container", None)
+        image = image_choice(spec_fields.pop("image", None), spec_fields.pop("container", None))
         package_sync = spec_fields.pop("package_sync", None)
         package_sync_ignore = spec_fields.pop("package_sync_ignore", None)
         keepalive = spec_fields["keepalive"]
@@ -261,11 +263,9 @@ class ClusterOptions:
         chosen = provider if isinstance(provider, Provider) else get_provider(provider)
         require(chosen, "inbound_connections", "a Dask cluster needs (its workers connect to its scheduler)")
         require(chosen, "terminate_one", "a Dask cluster needs to scale down")
-        if container is not None:
-            require(chosen, "containers", f"container={container!r} needs")
-            raise ClusterOptionError(
-                f"container={container!r}: clusters do not run container images yet; use software= (package sync) instead"
-            )
+        if image is not None:
+            require(chosen, "containers", f"image={image!r} needs")
+            raise ClusterOptionError(f"image={image!r}: clusters do not run container images yet; use software= (package sync) instead")
         chosen.check_spec(machine_spec)  # a spec no machine can meet fails now, not at the first scale-up
         chosen.choose_instance_type(machine_spec)
         start = minimum if start_workers is None else min(max(start_workers, minimum), maximum)

@@ -213,7 +213,7 @@ class RemoteCluster(SpecCluster):
     exit a cluster this process created is shut down when ``shutdown_on_close`` is true, and otherwise
     left to ``keepalive``.
 
-    Workers run the ``software`` environment named. With none (and no ``container``), on a provider
+    Workers run the ``software`` environment named. With none (and no ``image``), on a provider
     whose machines do not share this host's interpreter (every cloud), this environment is captured
     by automatic package sync when the cluster is made and they run that, without the packages
     ``package_sync_ignore`` names; on the local provider they run this interpreter with this

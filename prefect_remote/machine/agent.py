@@ -46,6 +46,7 @@ from prefect_remote.machine.boot import (
     ROOT_ENV,
     decode_agent_config,
 )
+from prefect_remote.machine.container import REGISTRY_SECRETS, Container, find_engine, no_engine_message, registry_of
 from prefect_remote.machine.runtime import LogShipping, MachineRuntime, load_runtime
 from prefect_remote.on_machine import MACHINE_ID_ENV
 from prefect_remote.units import format_duration
@@ -87,6 +88,8 @@ class Agent:
         self._backstop = os.environ.get(BACKSTOP_ENV)
         self._backstop_next = self.started
         self._backstop_failed = False
+        self.container: Container | None = None  # the image the payload runs in, if any
+        self.container_names: set[str] = set()  # the variables that pass into it
 
     def say(self, message: str) -> None:
         now = time.time()
@@ -100,27 +103,54 @@ class Agent:
         software = self.config.get("software")
         if not software:
             return None, None
+        return self.watched(
+            lambda: self.rebuild_software(software),
+            f"while rebuilding software environment {software['name']}",
+            f"software environment {software['name']} could not be rebuilt",
+        )
+
+    def prepare_image(self, secrets: dict[str, str]) -> tuple[Container | None, str | None]:
+        """The container the payload runs in (None without ``image``), its image pulled unless the
+        machine has it, or why the machine must end instead. The pull runs under the payload's watch.
+        Registry credentials come from the secrets (:data:`REGISTRY_SECRETS`), else from the runtime
+        (a cloud registry through the machine's own identity)."""
+        image = self.config.get("image")
+        if not image:
+            return None, None
+        problems: list[str] = []
+        engine = find_engine(problems=problems)
+        if engine is None:
+            return None, no_engine_message(image, problems or ["this machine has neither"])
+        container = Container(engine, image, self.machine_id, tuple(self.runtime.engine_prefix()))
+        given = [secrets.get(name) for name in REGISTRY_SECRETS]
+        credentials = (given[0], given[1]) if all(given) else self.runtime.registry_credentials(registry_of(image))
+        _, reason = self.watched(lambda: container.prepare(self.say, credentials), f"while pulling image {image}", "image pull")
+        return (None, reason) if reason else (container, None)
+
+    def watched(self, work: Callable[[], Any], during: str, failed: str) -> tuple[Any, str | None]:
+        """What ``work`` returns, run in a thread under the payload's watch (timeout, lease, stop), or
+        None and why the machine must end: a limit reached ``during`` it, or its error after ``failed``."""
         outcome: dict[str, Any] = {}
 
-        def rebuild() -> None:
+        def attempt() -> None:
             try:
-                outcome["python"] = self.rebuild_software(software)
+                outcome["result"] = work()
             except Exception as error:
                 outcome["error"] = error
                 details = getattr(error, "details", "")  # uv's whole output: the end reason has one line of it
                 if details:
                     self.say(f"software environment {software['name']}: uv said:\n{details}")
 
-        worker = threading.Thread(target=rebuild, daemon=True)
+        worker = threading.Thread(target=attempt, daemon=True)
         worker.start()
         while worker.is_alive():
             reason = self.limit_reached()
             if reason:
-                return None, f"{reason} (while rebuilding software environment {software['name']})"
+                return None, f"{reason} ({during})"
             worker.join(TICK)
         if "error" in outcome:
-            return None, f"software environment {software['name']} could not be rebuilt: {outcome['error']}"
-        return outcome["python"], None
+            return None, f"{failed}: {outcome['error']}"
+        return outcome["result"], None
 
     def rebuild_software(self, software: dict[str, Any]) -> Path:
         from prefect_remote.software.rebuild import rebuild_environment
@@ -137,17 +167,23 @@ class Agent:
             log=self.say,
         )
 
-    def payload_env(self, python: Path | None) -> dict[str, str]:
+    def payload_env(self, python: Path | None, secrets: dict[str, str]) -> dict[str, str]:
+        """The payload's environment: the machine's, the launch's (``secrets`` included, registry
+        credentials left out) and the machine's own names. In a container, only :meth:`payload_names`
+        of it pass in."""
         env = {key: value for key, value in os.environ.items() if key != AGENT_CONFIG_ENV}
         if python is not None:  # the payload's `python` is the environment's
             env["PATH"] = f"{python.parent}{os.pathsep}{env.get('PATH', '')}"
             env["VIRTUAL_ENV"] = str(python.parent.parent)
         env.update(self.config["env"])
-        if self.config["secret_names"]:
-            env.update(self.runtime.read_secrets())
+        env.update({key: value for key, value in secrets.items() if key not in REGISTRY_SECRETS})
         env[MACHINE_ID_ENV] = self.machine_id
         env[ACTIVITY_FILE_ENV] = str(self.activity_file)
         return env
+
+    def payload_names(self, secrets: dict[str, str]) -> set[str]:
+        """The variables a containerized payload gets: the launch's, not the machine's own (its PATH, HOME…)."""
+        return {*self.config["env"], *secrets, MACHINE_ID_ENV, ACTIVITY_FILE_ENV} - set(REGISTRY_SECRETS)
 
     def start_log_shipping(self) -> None:
         """Ships the machine log (``$PREFECT_REMOTE_MACHINE_LOG``, which the boot script fills with the
@@ -181,9 +217,16 @@ class Agent:
         if reason:
             return self.end(reason, 1)
         try:
-            env = self.payload_env(python)
+            secrets = self.runtime.read_secrets() if self.config["secret_names"] else {}
         except Exception as error:  # the secret store denies, throttles, lost the launch's secret
             return self.end(f"this launch's secrets could not be read: {error!r}", 1)
+        self.container, reason = self.prepare_image(secrets)
+        if reason:
+            return self.end(reason, 1)
+        env = self.payload_env(python, secrets)
+        if self.container is not None:
+            self.container_names = self.payload_names(secrets)
+            command = self.container.command(command, self.container_names, str(Path.cwd()))
         try:
             payload = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
         except OSError as error:
@@ -248,7 +291,9 @@ class Agent:
     def watch(self, payload: subprocess.Popen, env: dict[str, str]) -> tuple[str, int | None]:
         """Waits for the payload (started with ``env``) to end, or stops it for a reason of the agent's own."""
         idle_timeout = self.config["idle_timeout"]
-        cpu = _CpuMeter(payload.pid) if idle_timeout and self.config["activity"] == "auto" else None
+        # A container's processes are the engine's children, not the run client's: found by their environment.
+        marker = f"{ACTIVITY_FILE_ENV}={self.activity_file}".encode() if self.container is not None else None
+        cpu = _CpuMeter(payload.pid, marker) if idle_timeout and self.config["activity"] == "auto" else None
         self.say_running()
         while True:
             code = payload.poll()
@@ -276,6 +321,8 @@ class Agent:
         command = self.config.get("on_stop")
         if not command:
             return
+        if self.container is not None:  # in the image too: the machine itself may have no Prefect
+            command = self.container.command(command, {*self.container_names, END_REASON_ENV}, str(Path.cwd()))
         try:
             done = subprocess.run(
                 command, env={**env, END_REASON_ENV: reason}, stdin=subprocess.DEVNULL, capture_output=True, timeout=ON_STOP_TIMEOUT
@@ -313,8 +360,12 @@ class Agent:
         return touched - time.time() + self.clock() > moment
 
     def stop(self, payload: subprocess.Popen) -> int | None:
-        """SIGTERM the payload, then SIGKILL it after the grace period."""
-        payload.terminate()
+        """SIGTERM the payload, then SIGKILL it after the grace period (in a container, through the
+        engine, whose ``run`` client then exits with the payload's code)."""
+        if self.container is not None:
+            self.container.stop(STOP_GRACE)
+        else:
+            payload.terminate()
         try:
             return payload.wait(STOP_GRACE)
         except subprocess.TimeoutExpired:
@@ -333,14 +384,15 @@ class Agent:
 
 
 class _CpuMeter:
-    """Whether a process tree used more than CPU_BUSY_FRACTION of a core since the last call.
+    """Whether a process tree (and the trees of the processes whose environment holds ``marker``) used
+    more than CPU_BUSY_FRACTION of a core since the last call.
 
     Reads ``/proc`` (standard library only: the agent's environment is installed without
     dependencies when the payload has a software environment of its own).
     """
 
-    def __init__(self, pid: int, proc: Path = Path("/proc")) -> None:
-        self._root, self._proc = pid, proc
+    def __init__(self, pid: int, marker: bytes | None = None, proc: Path = Path("/proc")) -> None:
+        self._root, self._marker, self._proc = pid, marker, proc
         self._ticks = os.sysconf("SC_CLK_TCK")
         self._last = (time.monotonic(), self._total())
 
@@ -359,13 +411,27 @@ class _CpuMeter:
         children: dict[int, list[int]] = {}
         for pid, (parent, _) in stats.items():
             children.setdefault(parent, []).append(int(pid))
-        total, tree = 0.0, [self._root]
+        total, tree, seen = 0.0, [self._root, *self._marked(stats)], set()
         while tree:
             pid = tree.pop()
-            if str(pid) in stats:
+            if str(pid) in stats and pid not in seen:
+                seen.add(pid)
                 total += stats[str(pid)][1]
                 tree += children.get(pid, [])
         return total
+
+    def _marked(self, pids) -> list[int]:
+        """The processes whose environment holds the marker (a container's, under its engine)."""
+        if self._marker is None:
+            return []
+        found = []
+        for pid in pids:
+            try:
+                if self._marker in (self._proc / pid / "environ").read_bytes().split(b"\0"):
+                    found.append(int(pid))
+            except OSError:
+                pass
+        return found
 
     def busy(self) -> bool:
         now = time.monotonic()

@@ -272,8 +272,7 @@ if [ ! -x "$AGENT/bin/python" ]; then
 fi
 READY="$("$AGENT/bin/python" -c 'import platform, prefect_remote as p; print(p.__version__, "on Python", platform.python_version())')"
 phase "agent: ready ($READY)"
-export PATH="$AGENT/bin:$PATH"  # a payload without a software environment runs in the agent's (then a full one)
-
+@AGENT_PATH@@ENGINE@
 # 4-5. The agent rebuilds the software environment, runs the payload, and ends this machine on
 # timeout, idleness or a lost owner.
 # Until the agent says its main loop runs, any exit of it (its runtime, metadata or secrets unreadable,
@@ -292,6 +291,35 @@ fi
 (exit "$(( code == 0 ? 1 : code ))")
 """
 )
+
+# A container engine for image=: the image's own (Podman, or a Docker whose daemon answers), else Docker
+# installed now from the OS's packages (AL2023: dnf; Debian: apt-get), its time logged. The agent pulls
+# and runs the image (prefect_remote.machine.container).
+_ENGINE = """
+PHASE=engine
+# (as prefect_remote.machine.container.find_engine: an engine that answers)
+engine_answers() { podman version >/dev/null 2>&1 || docker version --format '{{.Server.Version}}' >/dev/null 2>&1; }
+if ! engine_answers; then
+  PODMAN_SAYS=""  # why a Podman that is here does not answer: its last line
+  if command -v podman >/dev/null 2>&1; then PODMAN_SAYS="$(podman version 2>&1 || true)"; PODMAN_SAYS="${PODMAN_SAYS##*$'\\n'}"; fi
+  phase "engine: no Podman or Docker that answers on this image${PODMAN_SAYS:+ (podman: $PODMAN_SAYS)}; installing Docker"
+  STARTED=$SECONDS
+  if command -v dnf >/dev/null 2>&1; then
+    dnf install -y -q docker >/dev/null
+  elif command -v apt-get >/dev/null 2>&1; then
+    DEBIAN_FRONTEND=noninteractive apt-get update -qq >/dev/null
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq docker.io >/dev/null
+  else
+    phase "engine: neither dnf nor apt-get here to install Docker with; boot an image with Podman or Docker (ami, vm_image)"
+    exit 127
+  fi
+  systemctl start docker 2>/dev/null || service docker start >/dev/null 2>&1 || true
+  for _ in $(seq 60); do engine_answers && break; sleep 1; done
+  engine_answers
+  phase "engine: Docker installed and started in $(( SECONDS - STARTED )) s"
+fi
+phase "engine: $(if podman version >/dev/null 2>&1; then podman --version; else docker --version; fi)"
+"""
 
 # Fetches the agent's wheel from the store with the machine's own credentials (the store's own
 # lines, AgentSource.fetch: it alone knows how its objects are read), verified.
@@ -364,6 +392,10 @@ def render_boot_script(
         "@FETCH_WHEEL@": fetch,
         "@INSTALL_OPTIONS@": "" if agent.full else "--no-deps",
         "@INSTALL@": install,
+        # A payload with neither a software environment nor an image runs in the agent's (then a full one);
+        # in an image (Cloud Run boots in it), `python` is the image's.
+        "@AGENT_PATH@": 'export PATH="$AGENT/bin:$PATH"\n' if agent.full else "",
+        "@ENGINE@": _ENGINE if config.get("image") else "",
         "@CONFIG@": encoded,
         "@PLACEMENT@": where,  # last: the provider's text is not searched for placeholders
     }

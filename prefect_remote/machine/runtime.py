@@ -112,6 +112,17 @@ class MachineRuntime(ABC):
         second time. By default True: a provider whose machines never boot twice records nothing."""
         return True
 
+    def engine_prefix(self) -> list[str]:
+        """What the container engine's commands run behind on this machine (``nsenter …``), where the
+        machine's own mount namespace hides what the engine needs. By default nothing."""
+        return []
+
+    def registry_credentials(self, registry: str) -> tuple[str, str] | None:
+        """A user name and password for ``registry`` from this machine's own identity (ECR through an
+        EC2 instance's role, Artifact Registry through a VM's service account), or None: a public
+        image, or credentials that come through the secret channel. By default None."""
+        return None
+
     @abstractmethod
     def terminate(self, reason: str, exit_code: int | None) -> None:
         """Asks the provider to end this machine, recording ``reason`` and ``exit_code``. May fail

@@ -27,6 +27,7 @@ from urllib.parse import urlsplit
 
 from prefect_remote.errors import CapabilityError, CapacityError
 from prefect_remote.machine.boot import AgentSource, render_boot_script
+from prefect_remote.machine.container import image_with_software
 from prefect_remote.units import format_duration, format_size
 
 if TYPE_CHECKING:
@@ -413,6 +414,10 @@ class Provider(ABC):
     # first launch with secrets).
     _swept: bool = False
 
+    # Whether image= plus software= works: the machine boots inside the image and rebuilds the software
+    # environment there (Cloud Run: boots_in_image). Machines that run the image with an engine refuse the pair.
+    layers_software_on_image: ClassVar[bool] = False
+
     # -- launching: the shared work ---------------------------------------------------------------
     def launch(
         self,
@@ -445,6 +450,8 @@ class Provider(ABC):
         plan = self.plan(spec)
         launch_id = f"launch-{secrets.token_hex(6)}"
         config = self.agent_config(spec, payload, launch_id)
+        if self.boots_in_image(plan):  # the machine is the image's container: nothing to pull or run in it
+            config["image"] = None
         if self.shares_host_software:
             boot_script = render_boot_script(config, python=self.boot_python(), placement=plan.placement)
         else:
@@ -496,6 +503,11 @@ class Provider(ABC):
         instance_type = self.choose_instance_type(spec)
         return Plan(instance_type, self.placement(spec, instance_type))
 
+    def boots_in_image(self, plan: Plan) -> bool:
+        """Whether a launch on ``plan`` boots inside ``spec.image`` itself (Cloud Run), rather than on a
+        machine whose engine pulls and runs it (:mod:`prefect_remote.machine.container`). By default not."""
+        return False
+
     def placement(self, spec: MachineSpec, instance_type: InstanceType) -> str:
         """Where the machines of a launch of ``spec`` on ``instance_type`` run, in words, for the first
         line of their logs: the provider, the service, the shape and the region (``"aws EC2 t3.medium
@@ -512,6 +524,7 @@ class Provider(ABC):
             "runtime_options": self.runtime_options(launch_id),
             "lease_interval": self.lease_interval,
             "command": list(payload.command),
+            "image": spec.image,  # run with the machine's engine, unless the machine is the image's container (Cloud Run)
             "env": {**self.machine_environ(), **spec.public_environ, **payload.env},
             "secret_names": sorted({*spec.secret_environ, *payload.secrets}),
             "activity": payload.activity,
@@ -554,13 +567,15 @@ class Provider(ABC):
     def check_spec(self, spec: MachineSpec) -> None:
         """Refuses a spec this provider can never serve (its capabilities, its lease timing), before
         anything starts. :meth:`launch` calls it; clusters call it when they are configured."""
-        if spec.container and not self.capabilities.containers:
+        if spec.image and not self.capabilities.containers:
             raise capability_error(
                 self.name,
                 "containers",
-                f"container={spec.container!r} needs",
+                f"image={spec.image!r} needs",
                 "remove it, or use software='{{ senv.name }}' (package sync) or a provider that runs containers",
             )
+        if spec.image and spec.software and not self.layers_software_on_image:
+            raise ValueError(image_with_software(spec.image, spec.software))
         if spec.inbound and not self.capabilities.inbound_connections:
             raise capability_error(
                 self.name, "inbound_connections", "inbound=True needs", "use a provider whose machines accept connections"
@@ -630,10 +645,11 @@ class Provider(ABC):
 
     def agent_source(self, spec: MachineSpec) -> AgentSource:
         """Where a stock-image machine gets the agent: prefect-remote at this version, with its
-        dependencies when the payload runs in the agent's environment (no software environment)."""
+        dependencies when the payload runs in the agent's environment (no software environment, no image)."""
         from prefect_remote.providers.agent_source import agent_source
 
-        return agent_source(self.machine_store, extras=self.agent_extras, requirements=self.agent_requirements, full=spec.software is None)
+        full = spec.software is None and spec.image is None
+        return agent_source(self.machine_store, extras=self.agent_extras, requirements=self.agent_requirements, full=full)
 
     def machine_store(self) -> Store:
         """The configured store, which this provider's machines read: a folder on this computer only

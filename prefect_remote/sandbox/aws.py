@@ -268,7 +268,7 @@ class SandboxAWS(SandboxCloud):
     def exports(self) -> dict[str, str]:
         """Everything a shell needs to use the sandbox by default: boto3's endpoint, region and
         credentials, the aws provider with the sandbox's instance profile, the store in its bucket,
-        and ``PREFECT_REMOTE_SANDBOX_HOST``."""
+        ``PREFECT_REMOTE_SANDBOX_HOST``, and its images' registry and engine (:meth:`use_images`)."""
         return {
             **self.environ(),
             "PREFECT_REMOTE_PROVIDER": "aws",
@@ -276,6 +276,7 @@ class SandboxAWS(SandboxCloud):
             "PREFECT_REMOTE_AWS_INSTANCE_PROFILE": INSTANCE_PROFILE,
             "PREFECT_REMOTE_AWS_PUBLIC_IP": self.sandbox_host,  # "me", as the instances see this host
             "PREFECT_REMOTE_SANDBOX_HOST": self.sandbox_host,
+            **self._images_exports(),
         }
 
     def client(self, service: str, region: str | None = None) -> Any:
@@ -392,13 +393,14 @@ class SandboxAWS(SandboxCloud):
 
     def _image_env(self, instance: Instance) -> dict[str, str]:
         """What the sandbox's machine image sets: where the AWS API and the metadata service are (as
-        the instance reaches them), and a warm image's shared folders (:attr:`warm_cache`)."""
+        the instance reaches them), a warm image's shared folders (:attr:`warm_cache`) and its engine's configuration."""
         assert self._imds is not None and self._runner is not None
         self._imds.register(instance.id, lambda: self._facts(instance.id))
         return {
             "AWS_ENDPOINT_URL": self._runner.reachable_url(self.url),
             "AWS_EC2_METADATA_SERVICE_ENDPOINT": self._runner.reachable_url(self._imds.url) + f"/{instance.id}",
             **self._image_cache_env(instance.id),
+            **self._engine_env(),
             **({} if instance.egress else self.no_egress_env()),
         }
 

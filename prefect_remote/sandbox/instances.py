@@ -31,7 +31,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from prefect_remote.errors import MachineNotFound
 from prefect_remote.providers.base import Machine
@@ -39,6 +39,9 @@ from prefect_remote.providers.local import LocalProvider, records
 from prefect_remote.providers.local.isolation import IsolationError, netns_name, private_veth
 from prefect_remote.providers.local.start import start_machines
 from prefect_remote.sandbox.vpc import VPC, Ingress
+
+if TYPE_CHECKING:
+    from prefect_remote.sandbox.images import SandboxImages
 
 logger = logging.getLogger(__name__)
 
@@ -324,6 +327,7 @@ class SandboxCloud:
     _root: Path  # the warm image's shared root: uv, agent environments (PREFECT_REMOTE_ROOT)
     _images: dict[str, bool]  # instance (or metadata key) -> whether it boots from the warm image
     _runner: InstanceRunner | None = None
+    images: SandboxImages | None = None  # the registry and engine its instances use (use_images())
     _black_hole: _BlackHole | None = None
     _keeper: threading.Thread | None = None
     _stopping: threading.Event | None = None
@@ -395,6 +399,19 @@ class SandboxCloud:
             yield
         finally:
             runner.outlives_boot, runner.shutdown_minute = before
+
+    def use_images(self, images: SandboxImages) -> None:
+        """From now on the instances' image has its container engine (Podman) set up for ``images``'
+        registry, and :meth:`exports` carries the images' variables (``DOCKER_HOST``,
+        ``PREFECT_REMOTE_SANDBOX_REGISTRY``, ``PREFECT_REMOTE_SANDBOX_IMAGE``)."""
+        self.images = images
+
+    def _images_exports(self) -> dict[str, str]:
+        return self.images.exports() if self.images is not None else {}
+
+    def _engine_env(self) -> dict[str, str]:
+        """What the instances' image sets for its engine (its configuration files), once :meth:`use_images` gave a registry."""
+        return self.images.instance_env() if self.images is not None else {}
 
     def _image_cache_env(self, instance: str) -> dict[str, str]:
         """What a warm image sets (:attr:`warm_cache` when ``instance`` first booted: its image is

@@ -1,7 +1,7 @@
 """Automatic package sync: this environment, captured once and found again by its fingerprint.
 
 ``@prefect_remote.function``, ``RemoteCluster`` and ``RemoteTaskRunner`` given neither ``software=``
-nor ``container=`` call :func:`synced_environment` when their provider's machines do not share this
+nor ``image=`` call :func:`synced_environment` when their provider's machines do not share this
 host's interpreter (``Provider.shares_host_software``), and run on the environment it names.
 
 >>> synced_environment(ignore=["jupyterlab"]).name      # doctest: +SKIP

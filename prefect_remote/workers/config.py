@@ -187,9 +187,13 @@ class _MachineJobFields(BaseModel):
         description="senv-… from the build_package_sync_senv deploy step: '{{ senv.name }}'. "
         "A PackageSync deployment's pull step names its own, unless the deployment or the run sets this.",
     )
-    container: str | None = Field(
-        default=None, title="Container image", description="Image to run in (providers that run containers: gcp's Cloud Run)."
+    image: str | None = Field(
+        default=None,
+        title="Image",
+        description="A container image the flow run runs in, e.g. 'registry.example.com/team/app:1' "
+        "(what flow.deploy(image=...) sets): pulled by the machine's Podman or Docker, or Cloud Run's own.",
     )
+    container: str | None = Field(default=None, title="Container image (older name)", description="The older name of image; give only one.")
     credentials: RemoteProviderBlock | None = Field(
         default=None, title="Provider credentials", description="Block naming the provider and its options."
     )

@@ -4,16 +4,19 @@ tasks) that boot, and every one ended on SIGTERM."""
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shlex
 import signal
 import subprocess
 import sys
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import boto3
 
+from prefect_remote.sandbox.images import images_unavailable
 from tests.conftest import wait_for
 
 SLEEPER = b"sleep\x00600\x00"
@@ -36,6 +39,14 @@ def serving(cloud: str, tmp_path: Path, provider_exports: set[str], store_scheme
         exports = dict(shlex.split(line.removeprefix("export "))[0].split("=", 1) for line in lines if line.startswith("export "))
         assert provider_exports | {"PREFECT_REMOTE_PROVIDER", "PREFECT_REMOTE_STORE", "PREFECT_REMOTE_SANDBOX_HOST"} <= set(exports)
         assert exports["PREFECT_REMOTE_PROVIDER"] == cloud and exports["PREFECT_REMOTE_STORE"].startswith(store_scheme)
+        # Its registry and engine (`make sandbox-host` installs them), or one line saying how to get them.
+        if images_unavailable() is None:
+            assert {"DOCKER_HOST", "PREFECT_REMOTE_SANDBOX_REGISTRY", "PREFECT_REMOTE_SANDBOX_IMAGE"} <= set(exports)
+            assert exports["PREFECT_REMOTE_SANDBOX_IMAGE"].startswith(f"{exports['PREFECT_REMOTE_SANDBOX_REGISTRY']}/")
+            catalog = f"http://{exports['PREFECT_REMOTE_SANDBOX_REGISTRY']}/v2/_catalog"
+            assert "prefect-remote/python" in json.load(urllib.request.urlopen(catalog, timeout=10))["repositories"]
+        else:
+            assert any("make sandbox-host" in line for line in lines)
         assert all(len(line) <= 80 or line.startswith("export ") for line in lines)
         yield exports, marker
         disks = Path(os.environ["PREFECT_REMOTE_HOME"], "sandbox", cloud, "home", "instances")

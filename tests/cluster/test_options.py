@@ -9,7 +9,7 @@ import re
 import pytest
 
 import prefect_remote
-from prefect_remote.cluster.options import ClusterOptions, parse_n_workers
+from prefect_remote.cluster.options import ClusterOptionError, ClusterOptions, parse_n_workers
 from prefect_remote.errors import CapabilityError, CapacityError, ProviderNotFound
 from prefect_remote.providers.base import Capabilities
 from prefect_remote.providers.local import LocalProvider
@@ -79,6 +79,7 @@ def test_the_keyword_arguments_of_function_and_remote_cluster_are_listed_with_th
     contract = {
         "func": None,
         "software": None,
+        "image": None,
         "container": None,
         "vm_type": None,
         "cpu": None,
@@ -149,6 +150,6 @@ def test_a_provider_without_inbound_connections_is_refused_before_anything_start
         ClusterOptions.build(
             provider=type("NoSingleEnd", (LocalProvider,), {"name": "x", "capabilities": Capabilities(terminate_one=False)})()
         )
-    with pytest.raises(CapabilityError, match="'local' does not run containers, which container='img:1' needs"):
+    with pytest.raises(ClusterOptionError, match="image='img:1': clusters do not run container images yet"):
         ClusterOptions.build(container="img:1")
     assert machine_folders() == before

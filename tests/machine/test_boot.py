@@ -220,3 +220,46 @@ def test_an_agent_past_its_main_loop_ends_the_machine_itself_and_pushes_the_back
     assert not halted.exists() and ended.read_text() == "payload finished"
     assert backstop.read_text().splitlines() == [f"+{BOOT_BACKSTOP_MINUTES}", "+2"]
     assert f"backstop: scheduled (echo +{BOOT_BACKSTOP_MINUTES} >> {backstop})" in ran.stdout
+
+
+def test_a_machine_for_an_image_gets_an_engine_as_a_boot_phase(tmp_path):
+    """With image=, the boot uses the machine's Podman (or a Docker whose daemon answers), else installs
+    Docker from the OS's packages (here a stand-in dnf, as nvidia-smi above), timed; with neither dnf nor
+    apt-get it fails naming what to do. Without image=, no such phase."""
+    import shutil
+
+    from prefect_remote.machine.boot import AgentSource
+
+    agent = AgentSource("prefect-remote==0.2.0", python="3.11.7")
+    assert "PHASE=engine" not in render_boot_script({"command": ["true"]}, agent=agent)
+    script = render_boot_script({"command": ["true"], "image": "app:1"}, agent=agent)
+    engine = 'phase() { echo "$*"; }\nset -euo pipefail\n' + script[script.index("PHASE=engine") : script.index("# 4-5.")]
+    bash = shutil.which("bash")
+    tools = tmp_path / "tools"
+    tools.mkdir()
+    for tool in ("seq", "sleep", "true", "chmod", "printf"):
+        (tools / tool).symlink_to(shutil.which(tool))
+    with_podman = subprocess.run(
+        [bash, "-c", engine], env={"PATH": f"{tools}:{Path(shutil.which('podman')).parent}"}, capture_output=True, text=True
+    )
+    assert with_podman.returncode == 0 and "engine: podman version" in with_podman.stdout, with_podman.stdout + with_podman.stderr
+    os_packages = tmp_path / "os"
+    os_packages.mkdir()
+    (os_packages / "dnf").write_text(
+        f'#!{bash}\necho "dnf $*" >> {tmp_path}/dnf.log\n'
+        f'printf "#!{bash}\\necho Docker version 25.0.8\\n" > {os_packages}/docker\nchmod +x {os_packages}/docker\n'
+    )
+    (os_packages / "dnf").chmod(0o755)
+    (os_packages / "podman").write_text(f"#!{bash}\necho 'Error: storage is broken' >&2\nexit 125\n")  # here, but not answering
+    (os_packages / "podman").chmod(0o755)
+    installed = subprocess.run([bash, "-c", engine], env={"PATH": f"{tools}:{os_packages}"}, capture_output=True, text=True)
+    assert installed.returncode == 0, installed.stdout + installed.stderr
+    assert (tmp_path / "dnf.log").read_text() == "dnf install -y -q docker\n"
+    assert (
+        "engine: no Podman or Docker that answers on this image (podman: Error: storage is broken); installing Docker" in installed.stdout
+    )
+    assert "engine: Docker installed and started in 0 s" in installed.stdout and "engine: Docker version 25.0.8" in installed.stdout
+    for installed_here in ("dnf", "docker", "podman"):
+        (os_packages / installed_here).unlink()
+    nothing = subprocess.run([bash, "-c", engine], env={"PATH": f"{tools}:{os_packages}"}, capture_output=True, text=True)
+    assert nothing.returncode == 127 and "neither dnf nor apt-get here to install Docker with" in nothing.stdout

@@ -86,8 +86,9 @@ def test_capabilities_and_lease_timing_are_checked_before_anything_starts():
     with pytest.raises(ValueError, match="keepalive=10s: short-lived machines read their lease every 20s"):
         ShortLived(isolation="process").check_spec(MachineSpec(keepalive=10))
     ShortLived(isolation="process").check_spec(MachineSpec(timeout="1 hour", keepalive=20))
-    with pytest.raises(CapabilityError, match="provider 'local' does not run containers, which container='python:3.11-slim' needs"):
-        LocalProvider(isolation="process").check_spec(MachineSpec(container="python:3.11-slim"))
+    no_images = type("NoImages", (LocalProvider,), {"name": "no-images", "capabilities": Capabilities(containers=False)})
+    with pytest.raises(CapabilityError, match="provider 'no-images' does not run containers, which image='python:3.11-slim' needs"):
+        no_images(isolation="process").check_spec(MachineSpec(container="python:3.11-slim"))
 
     class Closed(LocalProvider):
         name = "closed"
@@ -113,10 +114,11 @@ def test_require_names_what_needs_the_capability_and_who_has_it():
         ),
     ):
         require(Closed(), "inbound_connections", "a Dask cluster needs")
+    no_images = type("NoImages", (LocalProvider,), {"name": "no-images", "capabilities": Capabilities(containers=False)})
     with pytest.raises(
-        CapabilityError, match="'local' does not run containers, which container='img' needs; use a provider that does: gcp"
+        CapabilityError, match="'no-images' does not run containers, which image='img' needs; use a provider that does: aws, gcp, local"
     ):
-        require(LocalProvider(), "containers", "container='img' needs")
+        require(no_images(), "containers", "image='img' needs")
 
 
 def test_a_machine_launches_as_its_launcher_did_and_reaches_machines_inside_its_network(monkeypatch, tmp_path):

@@ -14,6 +14,7 @@ or project, which are here, run in that cloud's module only (``only``)."""
 from __future__ import annotations
 
 import re
+import subprocess
 import textwrap
 import time
 
@@ -192,10 +193,13 @@ def test_gcp_service_compute_runs_on_a_vm(cloud, api, gcp_env):
         ),
         ({"gpu": "a100", "gcp_service": "cloud-run"}, "Cloud Run offers one nvidia-l4 GPU per task"),
         ({"vm_type": "n2-standard-3"}, "vm_type=['n2-standard-3']: not a machine type in zone us-central1-a; did you mean n2-standard-"),
-        ({"container": "python:3.12", "gcp_service": "compute"}, "Compute Engine VMs boot a stock image and run no container"),
+        (
+            {"container": "python:3.12", "software": "senv-0123456789abcdef", "gcp_service": "compute"},
+            "a machine runs the image as it is, with the Python and packages built into it",
+        ),
         ({"region": "europe-west1"}, "this gcp provider launches in us-central1"),
     ],
-    ids=["cloud-run-shape", "cloud-run-gpu", "unknown-vm-type", "container-on-compute", "other-region"],
+    ids=["cloud-run-shape", "cloud-run-gpu", "unknown-vm-type", "image-and-software-on-compute", "other-region"],
 )
 def test_bad_job_variables_fail_the_run_clearly_and_start_nothing(cloud, project, api, gcp_env, job_variables, fragment):
     run = api.create_flow_run_from_deployment(deploy(api, project, GCPPush.pool, **job_variables))
@@ -203,3 +207,33 @@ def test_bad_job_variables_fail_the_run_clearly_and_start_nothing(cloud, project
     assert final.state_name in ("Crashed", "Failed")
     assert fragment in (final.state.message or ""), final.state.message
     assert cloud.provider().list({"prefect.io/flow-run-id": str(run.id)}, include_terminated=True) == []
+
+
+def test_a_deployment_with_an_image_runs_in_it_on_the_clouds_machine(cloud, api, images_env, tmp_path):
+    """The ``image`` job variable (what ``flow.deploy(image=...)`` sets) on the cloud's pool: an image of
+    the sandbox's registry with the project's code in it, as Prefect builds one; the run completes in
+    it, and on a machine that pulls it (EC2) the pull is a boot phase in the run's logs."""
+    from tests.workers.conftest import FLOWS
+
+    cloud.sandbox.use_images(images_env)
+    image = f"{images_env.registry}/contract-{cloud.name}:{abs(hash(str(tmp_path))) % 10**8}"
+    (tmp_path / "flows.py").write_text(FLOWS)
+    (tmp_path / "Containerfile").write_text(f"FROM {images_env.image}\nCOPY flows.py /opt/prefect/project/flows.py\n")
+    for command in (["build", "--tag", image, "--file", str(tmp_path / "Containerfile"), str(tmp_path)], ["push", image]):
+        done = subprocess.run(["podman", *command], capture_output=True, text=True)  # (the sandbox's engine configuration)
+        assert done.returncode == 0, done.stdout + done.stderr
+    deployment = api.create_deployment(
+        flow_id=api.create_flow_from_name("hello"),
+        name=f"in-an-image-on-{cloud.machine}",
+        work_pool_name=cloud.pool,
+        entrypoint="flows.py:hello",
+        pull_steps=[{"prefect.deployments.steps.set_working_directory": {"directory": "/opt/prefect/project"}}],  # Prefect's, for an image
+        job_variables={**cloud.size, "image": image},
+    )
+    run = api.create_flow_run_from_deployment(deployment)
+    final = wait_final(api, run.id, timeout=600)
+    logs = "\n".join(run_logs(api, run.id))
+    assert final.state_name == "Completed", logs
+    logged(api, run.id, "hello from the flow")
+    if cloud.name == "aws":  # an instance's engine pulls it; a Cloud Run task is the image
+        logged(api, run.id, f"image pull: pulled {image} (")

@@ -112,7 +112,7 @@ def test_a_run_past_its_timeout_crashes_and_its_machine_ends(push_pool, project,
             "job variable provider='nope': this run would use the nope provider; work pool 'test-push' allows only local",
         ),
         ({"software": "senv-0000000000000000"}, "'senv-0000000000000000' is not in the store"),
-        ({"container": "python:3.11"}, "provider 'local' does not run containers"),
+        ({"image": "app:1", "container": "app:2"}, "image='app:1' and container='app:2' disagree: container is the older name of image"),
         ({"gpu": True}, "provider 'local' does not offer GPUs"),
     ],
 )

@@ -278,6 +278,15 @@ def machine_policy(
                 f"arn:{partition}:ssm:{region}::parameter/aws/service/deeplearning/ami/*",
             ],
         },
+        # image= from ECR: a token for the engine's login (no resource of its own), then the layers of
+        # this account's repositories (another account's repository grants the role in its own policy).
+        {"Sid": "LogInToECR", "Effect": "Allow", "Action": "ecr:GetAuthorizationToken", "Resource": "*"},
+        {
+            "Sid": "PullImagesFromECR",
+            "Effect": "Allow",
+            "Action": ["ecr:BatchGetImage", "ecr:GetDownloadUrlForLayer", "ecr:BatchCheckLayerAvailability"],
+            "Resource": f"arn:{partition}:ecr:{region}:{account}:repository/*",
+        },
         {
             "Sid": "FindInstancesImagesNetwork",
             "Effect": "Allow",

@@ -134,8 +134,8 @@ class AWSProvider(Provider):
     """
 
     name = "aws"
-    # containers=False: the stock image runs no container engine, and package sync replaces building images.
-    capabilities = Capabilities(inbound_connections=True, terminate_one=True, containers=False, gpus=True, max_lifetime=None)
+    # containers: the boot installs Docker where the AMI has no engine (prefect_remote.machine.boot), and the agent runs the image.
+    capabilities = Capabilities(inbound_connections=True, terminate_one=True, containers=True, gpus=True, max_lifetime=None)
     runtime = "prefect_remote.providers.aws.runtime:EC2Runtime"
     block_fields = ("region", "instance_profile", "log_group")  # what --provision-infra records
     options_model = AWSOptions

@@ -13,8 +13,10 @@ through :meth:`EC2Runtime.halt`.
 
 from __future__ import annotations
 
+import base64
 import json
 import os
+import re
 import subprocess
 import time
 import urllib.error
@@ -30,6 +32,8 @@ REASON_TAG = "prefect-remote:reason"  # why the machine ended
 EXIT_CODE_TAG = "prefect-remote:exit-code"  # the payload's exit code, when it had one
 
 DEFAULT_METADATA_ENDPOINT = "http://169.254.169.254"
+# An ECR registry: <account>.dkr.ecr[-fips].<region>.amazonaws.com[.cn]
+ECR_REGISTRY = re.compile(r"\d{12}\.dkr\.ecr(?:-fips)?\.(?P<region>[a-z0-9-]+)\.amazonaws\.com(?:\.cn)?")
 # The AWS SDKs' own override of the metadata endpoint: boto3 on the machine honours it too.
 METADATA_ENDPOINT_ENV = "AWS_EC2_METADATA_SERVICE_ENDPOINT"
 TOKEN_TTL = 6 * 3600  # IMDSv2's longest session token
@@ -101,7 +105,7 @@ class EC2Runtime(MachineRuntime):
         return self.lease_watch.age(self.metadata(f"tags/instance/{self.lease_tag}"))
 
     # -- the API, with boto3 -------------------------------------------------------------------------
-    def _client(self, service: str) -> Any:
+    def _client(self, service: str, region: str | None = None) -> Any:
         try:
             import boto3
         except ImportError:
@@ -109,12 +113,23 @@ class EC2Runtime(MachineRuntime):
                 f"the EC2 runtime needs boto3 in the machine's agent environment to reach {service}; install it in the image or "
                 "software environment"
             ) from None
-        return boto3.session.Session().client(service, region_name=self.region)
+        return boto3.session.Session().client(service, region_name=region or self.region)
 
     def read_secrets(self) -> dict[str, str]:
         """The launch's SecureString parameter, decrypted (the instance profile needs ssm:GetParameter on it)."""
         parameter = self._client("ssm").get_parameter(Name=self.secrets_parameter, WithDecryption=True)
         return dict(json.loads(parameter["Parameter"]["Value"]))
+
+    def registry_credentials(self, registry: str) -> tuple[str, str] | None:
+        """ECR's user and token for an ECR registry, with the instance role (it needs
+        ecr:GetAuthorizationToken, and ecr:BatchGetImage and ecr:GetDownloadUrlForLayer on the
+        repository: :func:`~prefect_remote.providers.aws.permissions.machine_policy`); None for others."""
+        found = ECR_REGISTRY.fullmatch(registry)
+        if found is None:
+            return None
+        answer = self._client("ecr", found.group("region")).get_authorization_token()
+        user, _, password = base64.b64decode(answer["authorizationData"][0]["authorizationToken"]).decode().partition(":")
+        return user, password
 
     def ship_log(self, path: str) -> LogShipping:
         """Tails the machine log at ``path`` into CloudWatch Logs stream ``<instance id>`` of

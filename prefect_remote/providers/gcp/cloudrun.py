@@ -108,10 +108,10 @@ class CloudRunService(GCPService):
         return f"{self.parent}/jobs/{machine_id}"
 
     def image(self, spec: MachineSpec) -> str:
-        """``spec.container``, else a public Python image of the software environment's Python minor
+        """``spec.image``, else a public Python image of the software environment's Python minor
         (this interpreter's without one), into which the stock boot installs uv and the agent."""
-        if spec.container:
-            return spec.container
+        if spec.image:
+            return spec.image
         minor = f"{sys.version_info.major}.{sys.version_info.minor}"
         if spec.software:
             from prefect_remote.software.rebuild import load_spec

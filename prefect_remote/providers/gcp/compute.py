@@ -30,6 +30,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from prefect_remote.errors import CapacityError, RemoteError
+from prefect_remote.machine.container import image_with_software
 from prefect_remote.providers.base import DEFAULT_DISK_GIB, Capabilities, InstanceType, Launch, Machine, MachineState
 from prefect_remote.providers.capacity import Placement, first_with_capacity, placements
 from prefect_remote.providers.gcp import compute_catalog
@@ -79,7 +80,7 @@ class ComputeService(GCPService):
     name = "Compute Engine"
     key = "compute"
     id_prefix = "vm-"
-    capabilities = Capabilities(inbound_connections=True, terminate_one=True, containers=False, gpus=True, max_lifetime=None)
+    capabilities = Capabilities(inbound_connections=True, terminate_one=True, containers=True, gpus=True, max_lifetime=None)
 
     def __init__(self, provider: ServiceHost) -> None:
         super().__init__(provider)
@@ -101,8 +102,8 @@ class ComputeService(GCPService):
 
     # -- sizing -----------------------------------------------------------------------------------
     def unfit(self, spec: MachineSpec) -> str | None:
-        if spec.container:
-            return f"container={spec.container!r}: Compute Engine VMs boot a stock image and run no container (use software=, or Cloud Run)"
+        if spec.image and spec.software:
+            return image_with_software(spec.image, spec.software)
         try:
             self.choose_instance_type(spec)
         except CapacityError as error:

@@ -47,6 +47,7 @@ class GCPProvider(Provider):
     # The union of its services': a request only one service meets goes to that one.
     capabilities = Capabilities(inbound_connections=True, terminate_one=True, containers=True, gpus=True, max_lifetime=None)
     runtime = "prefect_remote.providers.gcp.runtime:GCPRuntime"
+    layers_software_on_image = True  # on Cloud Run; Compute Engine refuses the pair (ComputeService.unfit)
     block_fields = ("project", "region", "service_account")  # what --provision-infra records
     options_model = GCPOptions
     job_variables: ClassVar[Mapping[str, str]] = {"gcp_service": "service"}  # a flow run's choice of service
@@ -159,6 +160,9 @@ class GCPProvider(Provider):
         service, reason = self._checked(spec)
         instance_type = service.choose_instance_type(spec)
         return Plan(instance_type, f"gcp {service.placement(instance_type)}", service=service.key, service_reason=reason)
+
+    def boots_in_image(self, plan: Plan) -> bool:
+        return plan.service == "cloud-run"  # the task's container is the image; a VM runs it with its engine
 
     def check_spec(self, spec: MachineSpec) -> None:
         self._checked(spec)

@@ -102,6 +102,19 @@ class GCPRuntime(MachineRuntime):
 
         return read_secrets(self.project, self.launch_id, api_endpoint=os.environ.get(API_ENDPOINT_ENV))
 
+    def registry_credentials(self, registry: str) -> tuple[str, str] | None:
+        """An access token of the VM's service account for Artifact Registry (``<region>-docker.pkg.dev``)
+        or Container Registry (``gcr.io``…), as ``oauth2accesstoken`` (the account needs
+        roles/artifactregistry.reader on the repository); None for other registries."""
+        if not (registry.endswith("-docker.pkg.dev") or registry == "gcr.io" or registry.endswith(".gcr.io")):
+            return None
+        import google.auth
+        from google.auth.transport.requests import Request
+
+        credentials, _ = google.auth.default(scopes=["https://www.googleapis.com/auth/cloud-platform"])
+        credentials.refresh(Request())
+        return "oauth2accesstoken", credentials.token
+
     def ship_log(self, path: str) -> LogShipping:
         """Tails the machine log into Cloud Logging, log ``log_name``, labelled with this machine's id
         (the service account needs roles/logging.logWriter)."""

@@ -16,6 +16,7 @@ import sys
 import time
 from pathlib import Path
 
+from prefect_remote.machine.container import remove_machine_containers
 from prefect_remote.on_machine import MACHINE_ID_ENV
 from prefect_remote.providers.local import records
 from prefect_remote.providers.local.isolation import OOM_EXIT_CODE, Cgroups, Network, host_trust_env, kill_pids, record_end, tagged_pids
@@ -142,6 +143,8 @@ class Hypervisor:
         pids = tagged_pids(f"{MACHINE_ID_ENV}={self.id}".encode())
         if self.cgroups:
             pids |= self.cgroups.pids()
+        if self.network:
+            pids |= self.network.pids()
         return pids - {os.getpid()}
 
     def finish(self, boot_code: int | None, failure: str | None) -> int:
@@ -151,6 +154,8 @@ class Hypervisor:
                 break
             kill_pids(leftovers, signal.SIGKILL)
             time.sleep(0.05)
+        if self.record.get("image"):  # its containers go with it, as with a VM
+            remove_machine_containers(self.id)
         reason, exit_code = failure or self.powered_off, None if self.powered_off else boot_code
         if self.cgroups and self.cgroups.oom_kills():
             limit = format_size(self.record["limits"]["memory"])

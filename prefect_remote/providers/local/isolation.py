@@ -33,13 +33,16 @@ from prefect_remote.providers.local import records
 CGROUP_CONTROLLERS = ("memory", "cpu")
 CGROUP_GROUP = "prefect-remote"
 CPU_PERIOD_US = 100_000
-# A local machine's "image" is this host: it trusts the certificate authorities the host trusts.
+# A local machine's "image" is this host: it trusts the certificate authorities the host trusts, and runs
+# image= with the host's container engine as the launcher has it configured.
 HOST_TRUST_VARIABLES = ("SSL_CERT_FILE", "SSL_CERT_DIR", "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE", "PIP_CERT")
+HOST_ENGINE_VARIABLES = ("CONTAINERS_CONF", "CONTAINERS_STORAGE_CONF", "CONTAINERS_REGISTRIES_CONF", "CONTAINER_HOST", "DOCKER_HOST")
 
 
 def host_trust_env() -> dict[str, str]:
-    """The host's certificate-authority settings, the only part of the launcher's environment a machine gets."""
-    return {name: os.environ[name] for name in HOST_TRUST_VARIABLES if name in os.environ}
+    """The host's certificate-authority and container-engine settings, the only part of the launcher's
+    environment a machine gets."""
+    return {name: os.environ[name] for name in (*HOST_TRUST_VARIABLES, *HOST_ENGINE_VARIABLES) if name in os.environ}
 
 
 class IsolationError(RuntimeError):
@@ -297,6 +300,12 @@ class Network:
 
     def exec_prefix(self) -> list[str]:
         return ["ip", "netns", "exec", self.netns]
+
+    def pids(self) -> set[int]:
+        """Every process in the namespace: the machine's, including those that left its cgroups and
+        environment behind (a container its engine runs with the machine's network)."""
+        result = subprocess.run(["ip", "netns", "pids", self.netns], capture_output=True, text=True)
+        return {int(pid) for pid in result.stdout.split()} if result.returncode == 0 else set()
 
     def remove(self) -> None:
         # The host end first: deleting it deletes the pair at once, whereas deleting the namespace

@@ -68,6 +68,14 @@ mount -t overlay overlay -o "lowerdir=/,upperdir=$disk/upper,workdir=$disk/work"
 mount --rbind /dev "$root/dev"
 mount -t proc proc "$root/proc"
 mount --rbind /sys "$root/sys"
+# A VM's /sys/fs/cgroup, which its container engine needs: `ip netns exec` mounted a fresh /sys without
+# the host's cgroup file systems, which are mounted again here as the host has them (pid 1's mounts).
+while read -r source point type options rest; do
+  case "$point" in /sys/fs/cgroup|/sys/fs/cgroup/*) ;; *) continue ;; esac
+  grep -q " $root$point " /proc/self/mounts && continue
+  mkdir -p "$root$point" 2>/dev/null || true
+  mount -t "$type" -o "$options" "$source" "$root$point" 2>/dev/null || true
+done < /proc/1/mounts
 mount -t tmpfs -o mode=755 tmpfs "$root/run"
 mount -t tmpfs -o mode=1777 tmpfs "$root/dev/shm"
 mkdir -p "$root{IN_ROOT}/{POWER}"

@@ -22,7 +22,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit, urlunsplit
 
-from prefect_remote.errors import CapacityError, MachineNotFound
+from prefect_remote.errors import CapabilityError, CapacityError, MachineNotFound
+from prefect_remote.machine.container import find_engine, no_engine_message
 from prefect_remote.on_machine import MACHINE_ID_ENV
 from prefect_remote.providers.base import LOOPBACK_HOSTS, Capabilities, InstanceType, Launch, LogChunk, Machine, Provider
 from prefect_remote.providers.local import gateway, host_launch, records
@@ -61,7 +62,8 @@ class LocalProvider(Provider):
 
     name = "local"
     # Namespace machines reach each other on the bridge; process machines share this host's loopback.
-    capabilities = Capabilities(inbound_connections=True, terminate_one=True, containers=False, gpus=False, max_lifetime=None)
+    # containers: with this host's Podman or Docker, when it has one (check_spec refuses image= otherwise).
+    capabilities = Capabilities(inbound_connections=True, terminate_one=True, containers=True, gpus=False, max_lifetime=None)
     shares_host_software = True  # machines run the launcher's interpreter: no package sync unless asked for
     runtime = "prefect_remote.providers.local.runtime:LocalRuntime"
     lease_interval = 1.0  # a stat() of a file: cheap, so owner loss is noticed within a second of keepalive
@@ -156,6 +158,13 @@ class LocalProvider(Provider):
             arch=host.arch,
         )
 
+    def check_spec(self, spec: MachineSpec) -> None:
+        """The shared checks, and an engine on this host for ``image=``: its machines run the image with it."""
+        super().check_spec(spec)
+        problems: list[str] = []
+        if spec.image and find_engine(problems=problems) is None:
+            raise CapabilityError(no_engine_message(spec.image, problems))
+
     # -- launching --------------------------------------------------------------------------------
     def placement(self, spec: MachineSpec, instance_type: InstanceType) -> str:
         return f"this host ({platform.node()}), {instance_type.name}"
@@ -179,6 +188,7 @@ class LocalProvider(Provider):
             "region": spec.region or "local",
             "spot_policy": spec.spot_policy,
             "vm_type": list(spec.vm_type) if spec.vm_type else None,
+            "image": spec.image,  # its monitor removes the machine's containers when it ends
             "limits": {"cpu": spec.cpu[0] if spec.cpu else None, "memory": spec.memory[0] if spec.memory else None},
         }
         arguments: dict[str, Any] = {

@@ -44,6 +44,15 @@ class LocalRuntime(MachineRuntime):
     def terminate(self, reason: str, exit_code: int | None) -> None:
         request_stop(self.directory, reason, exit_code)
 
+    def engine_prefix(self) -> list[str]:
+        """A namespace machine runs in ``ip netns exec``'s mount namespace, whose fresh /sys has no
+        cgroup mounts, which the engine needs: its commands run in its monitor's (the host's) mount
+        namespace, still in the machine's network namespace (``--network host`` is the machine's)."""
+        monitor = live_pid(self.directory / records.HYPERVISOR_PID)
+        if monitor is None or os.readlink(f"/proc/{monitor}/ns/mnt") == os.readlink("/proc/self/ns/mnt"):
+            return []
+        return ["nsenter", f"--mount=/proc/{monitor}/ns/mnt", "--"]
+
 
 def request_stop(directory: Path, reason: str, exit_code: int | None) -> bool:
     """Asks a local machine's monitor to stop it: the first request's reason and exit code are the

@@ -41,6 +41,7 @@ class Sandbox(Protocol):
     logging: Any  # Cloud Logging (``write(entries)``), where Cloud Run tasks' output goes
     compute: Any  # Compute Engine, whose network (``network.allocate()``) Cloud Run tasks join by Direct VPC egress
     quotas: Any  # Cloud Quotas: Cloud Run's regional quotas (``violations(region, requested)``), checked when a job is made
+    images: Any  # the registry and engine (SandboxImages) whose images Cloud Run pulls and runs, or None
 
     @property
     def runner(self) -> InstanceRunner:

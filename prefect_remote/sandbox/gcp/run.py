@@ -8,8 +8,14 @@ container's ``command + args`` (after the run's overrides), its environment the 
 (``secretKeyRef``s resolved from the sandbox's Secret Manager), Cloud Run's own (``CLOUD_RUN_JOB``,
 ``CLOUD_RUN_EXECUTION``, ``CLOUD_RUN_TASK_INDEX``, ``CLOUD_RUN_TASK_ATTEMPT``,
 ``CLOUD_RUN_TASK_COUNT``) and the sandbox image's (:meth:`SandboxGCP.image_env`: the endpoints, a
-metadata server for the job's service account). **The container image is recorded, not pulled**:
-the sandbox's one "image" is this host, so a job's command must exist here.
+metadata server for the job's service account). **An image in the sandbox's registry**
+(:class:`~prefect_remote.sandbox.images.SandboxImages`, given by ``use_images``) **is pulled and run**
+with the instance's engine, as Cloud Run runs it: ``command`` in place of its entrypoint, ``args`` of
+its command (either missing: the image's own), that environment passed in, the instance's network;
+a reference the registry does not hold fails the attempt (``Image '…' not found.``), as Cloud Run
+fails a task whose image it cannot pull. **Any other image** (a public one, such as the default
+``python:3.11-slim``, which this offline sandbox cannot pull) **is recorded, not pulled**: this host
+stands for it, so a job's command must exist here.
 
 What Cloud Run reports, the fake reports: a task's ``lastAttemptResult.exitCode`` is its machine's
 real exit code (``termSignal`` when a signal ended it); a failed attempt is retried up to
@@ -555,7 +561,11 @@ class CloudRunFake:
         container = task["containers"][0]
         number = int(task["retried"])
         command = [*(container.get("command") or []), *(container.get("args") or [])]
-        if not command:
+        images, image = self.sandbox.images, container["image"]
+        in_registry = images is not None and images.holds(image)
+        if in_registry and not images.has(image):
+            return self._attempt_failed(task_name, 5, f"Image '{image}' not found.", None)
+        if not command and not in_registry:
             return self._attempt_failed(
                 task_name,
                 3,
@@ -594,7 +604,10 @@ class CloudRunFake:
             instance_id=f"{PREFIX}{task['execution']}-task{task['index']}-{number}",
             task=task_name,
             number=number,
-            script=shlex.join(command),
+            # An image of the sandbox's registry runs with the instance's engine; any other stands for this host.
+            script=images.run_script(image, container.get("command") or [], container.get("args") or [], self.sandbox.runner.shared)
+            if in_registry
+            else shlex.join(command),
             env=env,
             timeout=_seconds(task["timeout"], "timeout"),
             instance_type=f"cloud-run-{limits.get('cpu', '1')}cpu-{limits.get('memory', '512Mi')}",

@@ -272,8 +272,8 @@ class SandboxGCP(SandboxCloud):
 
     def exports(self) -> dict[str, str]:
         """Everything a shell needs to use the sandbox by default: credentials, the gcp provider in
-        this project and region, with the machines' service account, the store in its bucket, and
-        ``PREFECT_REMOTE_SANDBOX_HOST``."""
+        this project and region, with the machines' service account, the store in its bucket,
+        ``PREFECT_REMOTE_SANDBOX_HOST``, and its images' registry and engine (:meth:`use_images`)."""
         return {
             **self.environ(),
             "PREFECT_REMOTE_PROVIDER": "gcp",
@@ -284,18 +284,20 @@ class SandboxGCP(SandboxCloud):
             "PREFECT_REMOTE_STORE": self.store,
             "PREFECT_REMOTE_GCP_PUBLIC_IP": self.sandbox_host,  # "me", as the machines see this host
             "PREFECT_REMOTE_SANDBOX_HOST": self.sandbox_host,
+            **self._images_exports(),
         }
 
     def image_env(self, key: str) -> dict[str, str]:
         """What every sandbox image sets on the machine whose metadata server is ``key`` (a Cloud
         Run task, a Compute Engine instance): the endpoints as it reaches them, the project, its
-        metadata server, and a warm image's shared folders (:attr:`warm_cache`)."""
+        metadata server, a warm image's shared folders (:attr:`warm_cache`) and its engine's configuration."""
         api = self.runner.reachable_url(self.url)
         return {
             "PREFECT_REMOTE_GCP_API_ENDPOINT": api,
             self._storage_variable: self.runner.reachable_url(self.storage_url),
             "GOOGLE_CLOUD_PROJECT": self.project,
             **self._image_cache_env(key),
+            **self._engine_env(),
             **self.metadata.env(key, api),
         }
 

@@ -52,8 +52,11 @@ def test_machine_policy_is_least_privilege():
     policy = machine_policy(account=ACCOUNT, region=REGION, role="prefect-remote-r", bucket="b", prefix="store", log_group="/lg")
     statements = {s["Sid"]: s for s in policy["Statement"]}
     assert all(s["Effect"] == "Allow" and "*" not in json.dumps(s["Action"]) for s in statements.values())  # no wildcard actions
-    # Only the Describe calls, which EC2 cannot scope to resources, apply to every resource.
-    assert [sid for sid, s in statements.items() if s["Resource"] == "*"] == ["FindInstancesImagesNetwork"]
+    # Only the Describe calls, which EC2 cannot scope to resources, and ECR's login token (which has no
+    # resource) apply to every resource; ECR's layers, to this account's repositories only.
+    assert [sid for sid, s in statements.items() if s["Resource"] == "*"] == ["LogInToECR", "FindInstancesImagesNetwork"]
+    assert statements["LogInToECR"]["Action"] == "ecr:GetAuthorizationToken"
+    assert statements["PullImagesFromECR"]["Resource"] == f"arn:aws:ecr:{REGION}:{ACCOUNT}:repository/*"
     assert all(a.startswith("ec2:Describe") for a in statements["FindInstancesImagesNetwork"]["Action"])
     secrets = f"arn:aws:ssm:{REGION}:{ACCOUNT}:parameter/prefect-remote/*"
     assert statements["ReadLaunchSecrets"] == {

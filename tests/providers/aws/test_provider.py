@@ -525,7 +525,7 @@ def test_declarations_and_options(provider):
     assert isinstance(get_provider("aws"), AWSProvider)
     capabilities = provider.capabilities
     assert capabilities.inbound_connections and capabilities.terminate_one and capabilities.gpus
-    assert not capabilities.containers and capabilities.max_lifetime is None
+    assert capabilities.containers and capabilities.max_lifetime is None  # image=: the boot's engine, else Docker installed
     assert AWSProvider.lease_interval == 30.0 and provider.max_boot_script == 16 * 1024
     assert provider.lease_interval == 5.0  # PREFECT_REMOTE_AWS_LEASE_INTERVAL, as the sandbox tests set it
     options = provider.client_options()

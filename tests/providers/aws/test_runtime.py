@@ -142,3 +142,15 @@ def test_metadata_endpoint_defaults(monkeypatch):
     assert EC2Runtime(region="us-east-1", secrets_parameter="/p/x").metadata_endpoint == DEFAULT_METADATA_ENDPOINT
     monkeypatch.setenv("AWS_EC2_METADATA_SERVICE_ENDPOINT", "http://127.0.0.1:1234/")  # the AWS SDKs' own override
     assert EC2Runtime(region="us-east-1", secrets_parameter="/p/x").metadata_endpoint == "http://127.0.0.1:1234"
+
+
+@pytest.mark.no_iam  # the sandbox's IAM has no table for ECR's actions (prefect_remote.sandbox.iam_requests): it refuses them all
+def test_ecr_credentials_come_from_the_machines_identity_and_only_for_ecr(provider, machine_and_metadata):
+    """An ECR registry's user and token from ECR's GetAuthorizationToken (with the caller's identity: on a
+    machine, its instance role), in the registry's region; no call, and no credentials, for any other."""
+    _, launch, metadata = machine_and_metadata
+    runtime = EC2Runtime(**{**provider.runtime_options(launch.id), "metadata_endpoint": metadata.url})
+    assert runtime.registry_credentials("registry.example.com:5000") is None
+    assert runtime.registry_credentials("docker.io") is None
+    user, token = runtime.registry_credentials("123456789012.dkr.ecr.us-east-1.amazonaws.com")
+    assert user == "AWS" and token

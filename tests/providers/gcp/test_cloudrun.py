@@ -357,3 +357,14 @@ def test_sweep_deletes_ended_jobs_after_recording_their_end(sandboxed):
     ended = records.ended_machine(machine_id)  # its end outlives its job
     assert ended is not None and ended.exit_code == 5 and ended.reason
     records.delete([machine_id])
+
+
+def test_a_cloud_run_task_boots_in_the_image_and_a_vm_runs_it_with_its_engine():
+    """Cloud Run's task is the image's container: its agent is told of no image to pull and run; a
+    Compute Engine VM's agent is (prefect_remote.machine.container)."""
+    from prefect_remote.providers.base import InstanceType, Plan
+
+    provider = GCPProvider(project="my-project")
+    shape = InstanceType(name="x", cpu=2, memory=2**33)
+    assert provider.boots_in_image(Plan(shape, "gcp Cloud Run", service="cloud-run"))
+    assert not provider.boots_in_image(Plan(shape, "gcp Compute Engine", service="compute"))

@@ -293,8 +293,10 @@ def test_spot_timeout_gpu_and_arm(service, types):
     assert c4a["disks"][0]["initializeParams"]["diskType"] == "hyperdisk-balanced"
 
 
-def test_compute_runs_no_containers(service):
-    assert "run no container" in service.unfit(MachineSpec(container="python:3.12"))
+def test_compute_runs_an_image_but_not_with_a_software_environment_too(service):
+    assert service.capabilities.containers
+    problem = service.unfit(MachineSpec(image="python:3.12", software="senv-0123456789abcdef"))
+    assert problem is not None and "a machine runs the image as it is" in problem
 
 
 # -- on the sandbox GCP's Compute Engine ---------------------------------------------------------------

@@ -1,0 +1,241 @@
+"""A machine's payload in a container image, with the machine's engine: Podman or Docker.
+
+Every provider whose machines are VMs or this host (EC2, Compute Engine, local) runs ``image=`` the
+same way, from the agent (:mod:`prefect_remote.machine.agent`); Cloud Run runs the image itself. The
+policy, in one place:
+
+* **Engine**: the first of :data:`ENGINES` on ``PATH`` that answers (:func:`find_engine`): Podman
+  needs no daemon; a ``docker`` whose daemon does not answer does not count.
+* **Pull**: a phase of its own in the machine log, with the image's size and the time it took
+  (:meth:`Container.prepare`). An image the engine already has is not pulled again: a warm
+  instance, or a second machine of the same image on the same host, starts at once. Credentials
+  for a private registry come from the machine's secret channel only (:data:`REGISTRY_USERNAME_ENV`
+  and :data:`REGISTRY_PASSWORD_ENV` among the payload's secrets, or the provider runtime's own:
+  ECR through the instance role, Artifact Registry through the VM's service account); they go to
+  the engine's ``login --password-stdin`` and an auth file of this pull's own, removed after it,
+  and never reach the payload.
+* **Run** (:meth:`Container.command`): ``--network host`` (the machine's own network: what the
+  payload reaches and what reaches it are the machine's), the machine's work folder bind-mounted at
+  the same path and the working directory (the code bundle is unpacked there, and the activity file
+  lives there), ``--init`` so that the payload gets the stop signal, and the payload's environment
+  by name only (``--env NAME``: the engine reads each value from its own environment, so neither a
+  value nor a secret appears in ``ps`` or in a log).
+* **Stop** (:meth:`Container.stop`): the engine's ``stop`` (SIGTERM, then SIGKILL after the grace
+  period); the ``run`` client then exits with the payload's code, which is the machine's.
+
+Standard library only: the agent imports it on every machine boot.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+
+from prefect_remote.units import format_size
+
+ENGINES = ("podman", "docker")
+# The payload's secrets that log the engine in to a private registry (and are kept from the payload).
+REGISTRY_USERNAME_ENV = "PREFECT_REMOTE_REGISTRY_USERNAME"
+REGISTRY_PASSWORD_ENV = "PREFECT_REMOTE_REGISTRY_PASSWORD"
+REGISTRY_SECRETS = (REGISTRY_USERNAME_ENV, REGISTRY_PASSWORD_ENV)
+LABEL = "prefect-remote.machine"  # on each container: the machine it belongs to
+PULL_TIMEOUT = 1800.0  # seconds a pull may take (a multi-GB image on a slow link); the agent's limits still apply
+_CHECK_TIMEOUT = 30.0
+_NAME_UNSAFE = re.compile(r"[^a-zA-Z0-9_.-]")
+DOCKER_HUB = "docker.io"
+
+
+class ContainerError(RuntimeError):
+    """The engine could not pull or start the image; the message names the image and says why."""
+
+
+def find_engine(path: str | None = None, problems: list[str] | None = None) -> str | None:
+    """The path of the first engine of :data:`ENGINES` on ``path`` (default ``$PATH``) that answers,
+    or None. A Docker CLI without a running daemon does not answer; why each one found does not is
+    appended to ``problems``, when given."""
+    for name in ENGINES:
+        found = shutil.which(name, path=path)
+        if found is None:
+            continue
+        check = [found, "version"] if name == "podman" else [found, "version", "--format", "{{.Server.Version}}"]
+        try:
+            answer = subprocess.run(check, capture_output=True, text=True, timeout=_CHECK_TIMEOUT, stdin=subprocess.DEVNULL)
+        except (OSError, subprocess.SubprocessError) as error:
+            why = str(error)
+        else:
+            if answer.returncode == 0:
+                return found
+            why = _last_line(answer)
+        if problems is not None:
+            problems.append(f"{found} does not answer: {why}")
+    return None
+
+
+def no_engine_message(image: str, problems: list[str] | None = None) -> str:
+    """What a host without an engine that answers says to ``image=`` (``problems``: :func:`find_engine`'s)."""
+    found = f" ({'; '.join(problems)})" if problems else ""
+    return f"image={image!r} needs Podman or Docker on this host; install podman, or drop image{found}"
+
+
+def image_with_software(image: str, software: str) -> str:
+    """Why a machine that runs ``image`` with its engine refuses ``software`` too."""
+    return (
+        f"image={image!r} and software={software!r}: a machine runs the image as it is, with the Python and packages "
+        "built into it, and rebuilds a software environment only outside it; give one of them: image (build your "
+        "packages into it) or software (package sync on the provider's stock machine)"
+    )
+
+
+def registry_of(image: str) -> str:
+    """The registry host an image reference names, Docker Hub when it names none.
+
+    >>> registry_of("python:3.12-slim"), registry_of("localhost:5000/app:1"), registry_of("ghcr.io/org/app")
+    ('docker.io', 'localhost:5000', 'ghcr.io')
+    """
+    first, slash, _ = image.partition("/")
+    if slash and ("." in first or ":" in first or first == "localhost"):
+        return first
+    return DOCKER_HUB
+
+
+@dataclass(frozen=True)
+class Container:
+    """``image`` run by ``engine`` (a path, from :func:`find_engine`) for machine ``machine_id``.
+
+    Example::
+
+        container = Container(find_engine(), "python:3.12-slim", "i-0abc")
+        container.prepare(print)
+        subprocess.Popen(container.command(["python", "-V"], ["MY_VAR"], "/work"), env={"MY_VAR": "1", **os.environ})
+    """
+
+    engine: str
+    image: str
+    machine_id: str
+    prefix: tuple[str, ...] = ()  # what the engine's commands run behind (MachineRuntime.engine_prefix)
+
+    @property
+    def name(self) -> str:
+        """The container's name: one per machine."""
+        return "prefect-remote-" + _NAME_UNSAFE.sub("-", self.machine_id)
+
+    @property
+    def kind(self) -> str:
+        """``podman`` or ``docker`` (a ``docker`` that is Podman's shim behaves as Docker's CLI)."""
+        return os.path.basename(self.engine)
+
+    def _engine(self, *arguments: str, env: Mapping[str, str] | None = None, timeout: float = _CHECK_TIMEOUT, text: str | None = None):
+        return subprocess.run([self.engine, *arguments], capture_output=True, text=True, input=text, timeout=timeout, env=env, check=False)
+
+    def size(self) -> int | None:
+        """The image's size on this machine in bytes, or None when the engine does not have it."""
+        found = self._engine("image", "inspect", "--format", "{{.Size}}", self.image)
+        try:
+            return int(found.stdout.split()[0]) if found.returncode == 0 else None
+        except (IndexError, ValueError):
+            return None
+
+    def prepare(self, say: Callable[[str], None], credentials: tuple[str, str] | None = None) -> None:
+        """Makes sure the engine has the image: pulled (with ``credentials``, a registry user name and
+        password, when given) unless it is here already, saying which, its size and the time taken.
+        Raises :class:`ContainerError` naming the image when the pull fails."""
+        size = self.size()
+        if size is not None:
+            say(f"image pull: {self.image} is on this machine already ({format_size(size)}), not pulled")
+            return
+        say(f"image pull: pulling {self.image} with {self.kind}")
+        started = time.monotonic()
+        with tempfile.TemporaryDirectory(prefix="prefect-remote-auth-") as auth:  # this pull's credentials only, then gone
+            env = None  # without credentials, the engine's own configuration
+            if credentials is not None:
+                env = {**os.environ, "REGISTRY_AUTH_FILE": os.path.join(auth, "auth.json"), "DOCKER_CONFIG": auth}
+                user, password = credentials
+                registry = registry_of(self.image)
+                login = self._engine("login", "--username", user, "--password-stdin", registry, env=env, text=password)
+                if login.returncode != 0:
+                    raise ContainerError(f"image {self.image}: {self.kind} could not log in to {registry}: {_last_line(login)}")
+            try:
+                pulled = self._engine("pull", self.image, env=env, timeout=PULL_TIMEOUT)
+            except subprocess.TimeoutExpired:
+                raise ContainerError(f"image {self.image}: the pull took longer than {PULL_TIMEOUT:.0f} s") from None
+        if pulled.returncode != 0:
+            raise ContainerError(f"image {self.image} could not be pulled: {_last_line(pulled)}")
+        size = self.size()
+        took = time.monotonic() - started
+        say(f"image pull: pulled {self.image} ({format_size(size) if size is not None else 'size unknown'}) in {took:.1f} s")
+
+    def command(self, command: Iterable[str], env_names: Iterable[str], workdir: str) -> list[str]:
+        """The engine's ``run`` of ``command`` in the image, in ``workdir`` (bind-mounted at its own
+        path), on the machine's network, with the variables ``env_names`` from the ``run`` client's
+        own environment (by name only: no value on its command line)."""
+        names = [f"--env={name}" for name in sorted(set(env_names))]
+        return [
+            *self.prefix,
+            self.engine,
+            "run",
+            "--rm",
+            "--init",
+            f"--name={self.name}",
+            f"--label={LABEL}={self.machine_id}",
+            "--network=host",
+            f"--volume={workdir}:{workdir}",
+            f"--workdir={workdir}",
+            *names,
+            self.image,
+            *command,
+        ]
+
+    def stop(self, grace: float) -> None:
+        """Stops the container (SIGTERM to the payload, SIGKILL after ``grace`` seconds) and removes
+        it; one that is gone already is fine."""
+        try:
+            self._engine("stop", "-t", str(max(1, round(grace))), self.name, timeout=grace + _CHECK_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            pass
+        try:
+            self._engine("rm", "--force", self.name)
+        except subprocess.TimeoutExpired:
+            pass
+
+
+def remove_machine_containers(machine_id: str) -> None:
+    """Removes the containers of machine ``machine_id`` left on this host (its agent killed before it
+    could stop them), as a VM's end takes its containers with it: a machine monitor's last step."""
+    engine = find_engine()
+    if engine is None:
+        return
+    try:
+        listed = subprocess.run(
+            [engine, "ps", "--all", "--quiet", f"--filter=label={LABEL}={machine_id}"],
+            capture_output=True,
+            text=True,
+            timeout=_CHECK_TIMEOUT,
+        )
+        if listed.stdout.split():
+            subprocess.run([engine, "rm", "--force", *listed.stdout.split()], capture_output=True, timeout=_CHECK_TIMEOUT)
+    except (OSError, subprocess.SubprocessError):
+        pass
+
+
+def _last_line(done: subprocess.CompletedProcess) -> str:
+    lines = [line.strip() for line in f"{done.stdout}\n{done.stderr}".splitlines() if line.strip()]
+    return lines[-1] if lines else f"exit code {done.returncode}"
+
+
+__all__ = [
+    "ENGINES",
+    "REGISTRY_SECRETS",
+    "Container",
+    "ContainerError",
+    "find_engine",
+    "image_with_software",
+    "no_engine_message",
+    "registry_of",
+    "remove_machine_containers",
+]

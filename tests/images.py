@@ -1,0 +1,84 @@
+"""Container images for tests on this host, made offline (no registry to pull from, no Docker Hub).
+
+The session's engine configuration (:func:`engine_conf`, a ``containers.conf`` named by
+``CONTAINERS_CONF`` in tests/conftest.py) is what this host needs of Podman (runc, ulimits within the
+host's hard limits) plus two read-only mounts: this interpreter's base prefix and this checkout (with
+its ``.venv``). So a test image (:func:`import_test_image`) is only a root filesystem of a few MB: the C
+libraries this interpreter and its extension modules link to, and the files a test gives, imported
+with ``podman import``. In it, ``sys.executable`` runs with this checkout's packages, Prefect's too.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import shutil
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+TEST_IMAGE = "localhost/prefect-remote-test"
+
+
+def engine_conf(path: Path) -> Path:
+    """Writes the session's ``containers.conf`` at ``path``."""
+    mounts = [f"{folder}:{folder}:ro" for folder in (Path(sys.base_prefix).resolve(), REPO)]
+    path.write_text(
+        f'[containers]\ndefault_ulimits = ["nofile=1024:1024", "nproc=4096:4096"]\nvolumes = {mounts!r}\n'.replace("'", '"') + "[engine]\n"
+        'runtime = "runc"\n'
+    )
+    return path
+
+
+def _linked_libraries() -> list[Path]:
+    """The host's shared libraries this interpreter and the extension modules of its environment load."""
+    objects = [Path(sys.executable).resolve()]
+    for root in (Path(sys.base_prefix) / "lib", Path(sys.prefix) / "lib"):
+        objects += [path for path in root.rglob("*.so*") if path.is_file()]
+    found = subprocess.run(["ldd", *map(str, objects)], capture_output=True, text=True).stdout
+    libraries = {Path(part.split()[0]) for part in found.split("=> ")[1:] if part.startswith("/")}
+    loader = next(Path(line.split()[0]) for line in found.splitlines() if "ld-linux" in line and line.strip().startswith("/"))
+    inside = (str(REPO), sys.base_prefix)
+    return sorted(path for path in libraries | {loader} if not str(path).startswith(inside))
+
+
+def import_test_image(files: dict[str, str], tag: str | None = None) -> str:
+    """A local image (``localhost/prefect-remote-test:<tag>``) of a root filesystem with this interpreter's
+    C libraries and ``files`` ({absolute path: text}); the same files make the same tag, imported once."""
+    tag = tag or hashlib.sha256(repr(sorted(files.items())).encode()).hexdigest()[:12]
+    image = f"{TEST_IMAGE}:{tag}"
+    podman = shutil.which("podman")
+    assert podman, "podman is needed for the image tests (apt-get install podman runc)"
+    if subprocess.run([podman, "image", "exists", image]).returncode == 0:
+        return image
+    archive = io.BytesIO()
+    with tarfile.open(fileobj=archive, mode="w") as tar:
+        for folder in ("etc", "tmp", "root", "proc", "sys", "dev", "run", "usr/bin"):
+            entry = tarfile.TarInfo(folder)
+            entry.type, entry.mode = tarfile.DIRTYPE, 0o1777 if folder == "tmp" else 0o755
+            tar.addfile(entry)
+        for name, target in (("bin", "usr/bin"), ("lib", "usr/lib"), ("lib64", "usr/lib64"), ("sbin", "usr/bin")):
+            entry = tarfile.TarInfo(name)
+            entry.type, entry.linkname = tarfile.SYMTYPE, target
+            tar.addfile(entry)
+        for library in _linked_libraries():
+            inside = str(library.relative_to("/"))
+            tar.add(library.resolve(), arcname=inside if inside.startswith("usr/") else f"usr/{inside}")  # /lib is usr/lib
+        for path, text in files.items():
+            data = text.encode()
+            entry = tarfile.TarInfo(path.lstrip("/"))
+            entry.size, entry.mode = len(data), 0o644
+            tar.addfile(entry, io.BytesIO(data))
+    path = f"ENV PATH={Path(sys.executable).parent}:/usr/bin"
+    subprocess.run([podman, "import", "--change", path, "-", image], input=archive.getvalue(), check=True, capture_output=True)
+    return image
+
+
+def remove_image(image: str) -> None:
+    """Removes a test image (a missing one is fine)."""
+    subprocess.run([shutil.which("podman") or "podman", "rmi", "--force", image], capture_output=True)
+
+
+__all__ = ["engine_conf", "import_test_image", "remove_image"]
