@@ -6,10 +6,12 @@ from __future__ import annotations
 import json
 import os
 import shlex
+import time
 import urllib.request
 import uuid
 from pathlib import Path
 
+import botocore.exceptions
 import docker
 
 from tests.conftest import wait_for
@@ -63,9 +65,22 @@ def test_an_ec2_instance_pulls_and_runs_an_image_of_the_registry_with_its_engine
         assert out.read_text() == f"/opt/venv {prefect.__version__}", (tmp_path / "engine.log").read_text()  # the image's Python
         wait_for(lambda: _running(f"sleep {daemon}"), timeout=120, message="the detached container to start")
     finally:
-        ec2.terminate_instances(InstanceIds=[instance["InstanceId"]])
+        _terminate(ec2, instance["InstanceId"])
     aws_sandbox.runner.wait_idle(timeout=60)
     assert not _running(f"sleep {daemon}")  # nothing of the instance outlives it, its containers included
+
+
+def _terminate(ec2, instance_id: str, timeout: float = 10) -> None:
+    """Terminates ``instance_id``, retried while EC2 does not know the new id yet (for a moment after launch)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            ec2.terminate_instances(InstanceIds=[instance_id])
+            return
+        except botocore.exceptions.ClientError as error:
+            if error.response["Error"]["Code"] != "InvalidInstanceID.NotFound" or time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
 
 
 def _running(command: str) -> list[int]:
