@@ -225,7 +225,7 @@ class SandboxImages:
             started = time.monotonic()
             warm = self.warm
             if warm:
-                shutil.copytree(self._cached_registry(), self.home / "registry", dirs_exist_ok=True)
+                _copy_registry(self._cached_registry(), self.home / "registry")
             self._start_registry()
             self._start_engine_api()
             if not warm:
@@ -425,7 +425,7 @@ class SandboxImages:
 
         with file_lock(CACHE / "python.lock"):
             if self._cached_registry().exists():  # built meanwhile by another session
-                shutil.copytree(self._cached_registry(), self.home / "registry", dirs_exist_ok=True)
+                _copy_registry(self._cached_registry(), self.home / "registry")
                 return
             base = f"localhost/prefect-remote/debian:{self._base_key()}"
             self._podman("import", "--quiet", str(self._base_rootfs()), base)
@@ -442,8 +442,24 @@ class SandboxImages:
             self._podman("push", "--quiet", f"--compression-format={COMPRESSION}", pushed)
             partial = self._cached_registry().with_name("registry.partial")
             shutil.rmtree(partial, ignore_errors=True)
-            shutil.copytree(self.home / "registry", partial)
+            _copy_registry(self.home / "registry", partial)
             partial.rename(self._cached_registry())
+
+
+def _copy_registry(source: Path, target: Path) -> None:
+    """Copies a registry's storage; its blobs, which the registry never writes again (content-addressed,
+    moved in whole from its uploads), as hard links where the two folders share a file system."""
+
+    def link_or_copy(src: str, dst: str) -> None:
+        if f"{os.sep}blobs{os.sep}" in src:
+            try:
+                os.link(src, dst)
+                return
+            except OSError:
+                pass
+        shutil.copy2(src, dst)
+
+    shutil.copytree(source, target, copy_function=link_or_copy, dirs_exist_ok=True)
 
 
 def _digest(*parts: str) -> str:
