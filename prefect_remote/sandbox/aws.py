@@ -400,7 +400,7 @@ class SandboxAWS(SandboxCloud):
             "AWS_ENDPOINT_URL": self._runner.reachable_url(self.url),
             "AWS_EC2_METADATA_SERVICE_ENDPOINT": self._runner.reachable_url(self._imds.url) + f"/{instance.id}",
             **self._image_cache_env(instance.id),
-            **self._engine_env(),
+            **self._engine_env(instance.id),
             **({} if instance.egress else self.no_egress_env()),
         }
 

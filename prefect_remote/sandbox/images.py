@@ -112,6 +112,7 @@ class SandboxImages:
         self.build_seconds = 0.0  # what the last start spent getting the Python image into the registry
         self._gateway = LocalProvider(self.home / "gateway")  # (only its bridge and gateway: it launches nothing)
         self._processes: list[subprocess.Popen[bytes]] = []
+        self._run: Path | None = None  # the engine's run state (a short path in the temporary folder)
         self._stopping = threading.Event()
         self._keeper: threading.Thread | None = None
 
@@ -138,7 +139,7 @@ class SandboxImages:
     @property
     def warm(self) -> bool:
         """Whether the ready Python image is cached (a start builds nothing)."""
-        return self._cached_registry().exists()
+        return self._cached_registry().exists() and self.layers.exists()
 
     def exports(self) -> dict[str, str]:
         """What a shell (or a test) sets to build, push and pull with the sandbox's engine and registry."""
@@ -149,10 +150,12 @@ class SandboxImages:
             **self._config_env("host"),
         }
 
-    def instance_env(self) -> dict[str, str]:
+    def instance_env(self, warm: bool = False) -> dict[str, str]:
         """What the sandbox's instances' image sets for its engine: the same registry, insecure, and
-        storage of the instance's own."""
-        return self._config_env("instance")
+        storage of the instance's own, empty; a ``warm`` image's (baked after a pull of the ready Python
+        image, as an AMI for containers is) also reads that image's layers from a store shared read-only,
+        so that it and images built from it pull only their own layers."""
+        return self._config_env("instance-warm" if warm else "instance")
 
     def holds(self, image: str) -> bool:
         """Whether ``image`` names this sandbox's registry (as the instances or this host reach it)."""
@@ -212,6 +215,7 @@ class SandboxImages:
         if unavailable:
             raise ImagesError(unavailable)
         self.home.mkdir(parents=True, exist_ok=True)
+        self._run = Path(tempfile.mkdtemp(prefix="prsi-"))  # (podman refuses a run folder's path over 50 characters)
         try:
             self.port = free_port()
             self._gateway.reachable_url(f"http://127.0.0.1:{self.port}")  # (the forward's address, before configs name it)
@@ -221,11 +225,12 @@ class SandboxImages:
             started = time.monotonic()
             warm = self.warm
             if warm:
-                shutil.copytree(self._cached_registry(), self.home / "registry", dirs_exist_ok=True)
+                _copy_registry(self._cached_registry(), self.home / "registry")
             self._start_registry()
             self._start_engine_api()
             if not warm:
                 self._build_python_image()
+                self._pull_layers()
             self.build_seconds = time.monotonic() - started
         except BaseException:
             self.stop()
@@ -241,6 +246,10 @@ class SandboxImages:
             stop_process_group(process, grace=10)
         self._processes.clear()
         _unmount_under(self.home)  # the storage driver's own mounts (layers of builds that failed)
+        if self._run is not None:
+            _unmount_under(self._run)
+            shutil.rmtree(self._run, ignore_errors=True)
+            self._run = None
 
     def _keep_forward(self) -> None:
         """Keeps the gateway's forward of the registry up while the images serve (it lapses when unused)."""
@@ -262,18 +271,19 @@ class SandboxImages:
         sides = {
             # This host's API: everything under the sandbox's home, file locks (no shared-memory lock
             # segment that another store on this host would share).
-            "host": {"graphroot": self.home / "storage", "runroot": self.home / "run", "tmp_dir": self.home / "run" / "libpod"},
+            "host": {"graphroot": self.home / "storage", "runroot": self._run, "tmp_dir": self._run / "libpod"},
             # An instance's: on its own disk, in a folder this host's root (the instances' image) lacks, so
             # that it starts empty, as a new VM's engine (the usual /var/lib/containers is this host's
             # own store, seen through the image); its run state on its own /run (a tmpfs).
             "instance": {"graphroot": Path(INSTANCE_STORAGE), "runroot": Path("/run/containers/storage"), "tmp_dir": None},
         }
+        sides["instance-warm"] = {**sides["instance"], "layers": self.layers}
         for side, paths in sides.items():
             folder = self.home / side
             folder.mkdir(parents=True, exist_ok=True)
             engine = ['runtime = "runc"', 'cgroup_manager = "cgroupfs"', 'events_logger = "file"']
             containers = [f"default_ulimits = {json.dumps(ulimits)}"]
-            if side == "instance" and trusted:
+            if side.startswith("instance") and trusted:
                 containers.append(f"volumes = {json.dumps([f'{path}:{path}:ro' for path in trusted])}")
             if paths["tmp_dir"] is not None:
                 engine += [f'tmp_dir = "{paths["tmp_dir"]}"', 'lock_type = "file"']
@@ -288,6 +298,7 @@ class SandboxImages:
             )
             (folder / "storage.conf").write_text(
                 f'[storage]\ndriver = "overlay"\ngraphroot = "{paths["graphroot"]}"\nrunroot = "{paths["runroot"]}"\n'
+                + (f'\n[storage.options]\nadditionalimagestores = ["{paths["layers"]}"]\n' if "layers" in paths else "")
             )
 
     @staticmethod
@@ -373,6 +384,24 @@ class SandboxImages:
     def _cached_registry(self) -> Path:
         return CACHE / f"python-{self._python_key()}" / "registry"
 
+    @property
+    def layers(self) -> Path:
+        """The ready Python image pulled into a store of its own, which warm instances read."""
+        return CACHE / f"python-{self._python_key()}" / "layers"
+
+    def _pull_layers(self) -> None:
+        with file_lock(CACHE / "python.lock"):
+            if self.layers.exists():  # pulled meanwhile by another session
+                return
+            partial = self.layers.with_name("layers.partial")
+            shutil.rmtree(partial, ignore_errors=True)
+            try:
+                pulled = f"127.0.0.1:{self.port}/{IMAGE_NAME}:{self._python_key()}"
+                self._podman("--root", str(partial), "--runroot", str(self._run / "layers"), "pull", "--quiet", pulled)
+            finally:
+                _unmount_under(partial)
+            partial.rename(self.layers)
+
     def _base_rootfs(self) -> Path:
         """The Debian root file system (a tar), built by mmdebstrap once per package list."""
         tar = CACHE / f"rootfs-{BASE_SUITE}-{self._base_key()}.tar"
@@ -396,7 +425,7 @@ class SandboxImages:
 
         with file_lock(CACHE / "python.lock"):
             if self._cached_registry().exists():  # built meanwhile by another session
-                shutil.copytree(self._cached_registry(), self.home / "registry", dirs_exist_ok=True)
+                _copy_registry(self._cached_registry(), self.home / "registry")
                 return
             base = f"localhost/prefect-remote/debian:{self._base_key()}"
             self._podman("import", "--quiet", str(self._base_rootfs()), base)
@@ -413,8 +442,24 @@ class SandboxImages:
             self._podman("push", "--quiet", f"--compression-format={COMPRESSION}", pushed)
             partial = self._cached_registry().with_name("registry.partial")
             shutil.rmtree(partial, ignore_errors=True)
-            shutil.copytree(self.home / "registry", partial)
+            _copy_registry(self.home / "registry", partial)
             partial.rename(self._cached_registry())
+
+
+def _copy_registry(source: Path, target: Path) -> None:
+    """Copies a registry's storage; its blobs, which the registry never writes again (content-addressed,
+    moved in whole from its uploads), as hard links where the two folders share a file system."""
+
+    def link_or_copy(src: str, dst: str) -> None:
+        if f"{os.sep}blobs{os.sep}" in src:
+            try:
+                os.link(src, dst)
+                return
+            except OSError:
+                pass
+        shutil.copy2(src, dst)
+
+    shutil.copytree(source, target, copy_function=link_or_copy, dirs_exist_ok=True)
 
 
 def _digest(*parts: str) -> str:

@@ -403,15 +403,24 @@ class SandboxCloud:
     def use_images(self, images: SandboxImages) -> None:
         """From now on the instances' image has its container engine (Podman) set up for ``images``'
         registry, and :meth:`exports` carries the images' variables (``DOCKER_HOST``,
-        ``PREFECT_REMOTE_SANDBOX_REGISTRY``, ``PREFECT_REMOTE_SANDBOX_IMAGE``)."""
+        ``PREFECT_REMOTE_SANDBOX_REGISTRY``, ``PREFECT_REMOTE_SANDBOX_IMAGE``). The ready image's
+        layers, which a warm image reads, are mounted in every instance (read through the instance's
+        own overlaid root, they would not mount as a container's layers)."""
+        if self._runner is None:
+            raise RuntimeError("use_images(): start the sandbox first")
         self.images = images
+        if str(images.layers) not in self._runner.shared:
+            self._runner.shared.append(str(images.layers))
 
     def _images_exports(self) -> dict[str, str]:
         return self.images.exports() if self.images is not None else {}
 
-    def _engine_env(self) -> dict[str, str]:
-        """What the instances' image sets for its engine (its configuration files), once :meth:`use_images` gave a registry."""
-        return self.images.instance_env() if self.images is not None else {}
+    def _engine_env(self, instance: str) -> dict[str, str]:
+        """What the instances' image sets for its engine (its configuration files), once :meth:`use_images`
+        gave a registry; a warm image's (:meth:`_image_cache_env`) has the ready Python image's layers."""
+        if self.images is None:
+            return {}
+        return self.images.instance_env(warm=self._images.setdefault(instance, self.warm_cache))
 
     def _image_cache_env(self, instance: str) -> dict[str, str]:
         """What a warm image sets (:attr:`warm_cache` when ``instance`` first booted: its image is

@@ -6,10 +6,12 @@ from __future__ import annotations
 import json
 import os
 import shlex
+import time
 import urllib.request
 import uuid
 from pathlib import Path
 
+import botocore.exceptions
 import docker
 
 from tests.conftest import wait_for
@@ -42,30 +44,54 @@ def test_docker_py_builds_from_the_sandbox_image_and_pushes_to_its_registry(imag
     assert output.decode().split() == [prefect.__version__, distributed.__version__]
 
 
-def test_an_ec2_instance_pulls_and_runs_an_image_of_the_registry_with_its_engine(aws_sandbox, sandbox_images, tmp_path: Path):
-    aws_sandbox.use_images(sandbox_images)
+def test_an_ec2_instance_pulls_and_runs_an_image_of_the_registry_with_its_engine(aws_sandbox, images_env, tmp_path: Path):
+    """An image built here from the ready one and pushed: a (warm) instance pulls its own layer, runs it
+    with the image's Python, and a container it leaves running ends with it."""
+    aws_sandbox.use_images(images_env)
+    image = f"{images_env.registry}/for-an-instance:{uuid.uuid4().hex[:8]}"
+    (tmp_path / "Dockerfile").write_text(f"FROM {images_env.image}\nRUN echo built here > /built\n")
+    client = docker.from_env()
+    client.images.build(path=str(tmp_path), tag=image, rm=True)
+    assert not [line for line in client.images.push(image, stream=True, decode=True) if "error" in line]
     out = tmp_path / "ran"
     ec2, ssm = aws_sandbox.client("ec2"), aws_sandbox.client("ssm")
     ami = ssm.get_parameter(Name="/aws/service/ami-amazon-linux-latest/al2023-ami-kernel-default-x86_64")["Parameter"]["Value"]
     daemon = f"600.{uuid.uuid4().int % 10**9}"  # a container left running, which must end with its instance
-    program = f"import pathlib, sys, prefect; pathlib.Path({str(out)!r}).write_text(sys.prefix + ' ' + prefect.__version__)"
+    program = (
+        f"import pathlib, sys, prefect; pathlib.Path({str(out)!r}).write_text("
+        "' '.join([sys.prefix, prefect.__version__, pathlib.Path('/built').read_text().strip()]))"
+    )
     user_data = (
         "#!/bin/bash\n"
-        f"podman run --rm --network host --volume {tmp_path}:{tmp_path} {sandbox_images.image} python -c {shlex.quote(program)} "
+        f"podman run --rm --network host --volume {tmp_path}:{tmp_path} {image} python -c {shlex.quote(program)} "
         f"2> {tmp_path}/engine.log || echo failed > {out}\n"
-        f"podman run --detach --network host {sandbox_images.image} sleep {daemon}\n"
+        f"podman run --detach --network host {image} sleep {daemon}\n"
     )
     [instance] = ec2.run_instances(ImageId=ami, InstanceType="t3.micro", MinCount=1, MaxCount=1, UserData=user_data)["Instances"]
     try:
         wait_for(out.exists, timeout=300, message="the instance's container to run")
         import prefect
 
-        assert out.read_text() == f"/opt/venv {prefect.__version__}", (tmp_path / "engine.log").read_text()  # the image's Python
+        assert out.read_text() == f"/opt/venv {prefect.__version__} built here", (tmp_path / "engine.log").read_text()
+        assert f"Trying to pull {image}" in (tmp_path / "engine.log").read_text()  # pulled by the instance's engine
         wait_for(lambda: _running(f"sleep {daemon}"), timeout=120, message="the detached container to start")
     finally:
-        ec2.terminate_instances(InstanceIds=[instance["InstanceId"]])
+        _terminate(ec2, instance["InstanceId"])
     aws_sandbox.runner.wait_idle(timeout=60)
     assert not _running(f"sleep {daemon}")  # nothing of the instance outlives it, its containers included
+
+
+def _terminate(ec2, instance_id: str, timeout: float = 10) -> None:
+    """Terminates ``instance_id``, retried while EC2 does not know the new id yet (for a moment after launch)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            ec2.terminate_instances(InstanceIds=[instance_id])
+            return
+        except botocore.exceptions.ClientError as error:
+            if error.response["Error"]["Code"] != "InvalidInstanceID.NotFound" or time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
 
 
 def _running(command: str) -> list[int]:

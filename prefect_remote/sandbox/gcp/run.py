@@ -605,9 +605,7 @@ class CloudRunFake:
             task=task_name,
             number=number,
             # An image of the sandbox's registry runs with the instance's engine; any other stands for this host.
-            script=images.run_script(image, container.get("command") or [], container.get("args") or [], self.sandbox.runner.shared)
-            if in_registry
-            else shlex.join(command),
+            script=self._in_image(image, container) if in_registry else shlex.join(command),
             env=env,
             timeout=_seconds(task["timeout"], "timeout"),
             instance_type=f"cloud-run-{limits.get('cpu', '1')}cpu-{limits.get('memory', '512Mi')}",
@@ -619,6 +617,13 @@ class CloudRunFake:
         )
         self._attempts[attempt.instance_id] = attempt
         self._task_state[task_name].attempts.append(attempt)
+
+    def _in_image(self, image: str, container: dict[str, Any]) -> str:
+        """The boot script that runs ``container`` in ``image`` with the instance's engine, the sandbox's
+        shared folders (a test's scratch folder) mounted, but not its image layers (the engine's own)."""
+        images = self.sandbox.images
+        folders = [folder for folder in self.sandbox.runner.shared if folder != str(images.layers)]
+        return images.run_script(image, container.get("command") or [], container.get("args") or [], folders)
 
     def _attempt_failed(self, task_name: str, code: int, message: str, exit_code: int | None) -> None:
         task = self._tasks[task_name]

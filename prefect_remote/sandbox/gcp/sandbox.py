@@ -297,7 +297,7 @@ class SandboxGCP(SandboxCloud):
             self._storage_variable: self.runner.reachable_url(self.storage_url),
             "GOOGLE_CLOUD_PROJECT": self.project,
             **self._image_cache_env(key),
-            **self._engine_env(),
+            **self._engine_env(key),
             **self.metadata.env(key, api),
         }
 
