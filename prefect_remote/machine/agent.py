@@ -137,9 +137,9 @@ class Agent:
                 outcome["result"] = work()
             except Exception as error:
                 outcome["error"] = error
-                details = getattr(error, "details", "")  # uv's whole output: the end reason has one line of it
+                details = getattr(error, "details", "")  # e.g. uv's whole output: the end reason has one line of it
                 if details:
-                    self.say(f"software environment {software['name']}: uv said:\n{details}")
+                    self.say(f"{failed}; in full:\n{details}")
 
         worker = threading.Thread(target=attempt, daemon=True)
         worker.start()

@@ -46,4 +46,5 @@ def test_a_failed_rebuild_ends_the_machine_naming_the_package(local_provider, th
     assert "\n" not in ended.reason and "cause:" not in ended.reason.lower()  # uv's chain, summed up in one line
     log = local_provider.logs(machine.id).text
     assert "never" not in log.splitlines()
-    assert f"software environment {env.name}: uv said:" in log  # uv's whole output is in the machine's log
+    full = log.partition(f"software environment {env.name} could not be rebuilt; in full:\n")[2]  # uv's whole output
+    assert "error:" in full and "no-such-package-prefect-remote-test" in full, log
