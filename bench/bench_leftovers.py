@@ -70,13 +70,15 @@ def run_wave(cloud: Cloud, ways: list[Way], scratch: Path) -> None:
 
     provider = cloud.provider
     launched: list[tuple[Way, str, Path]] = []
-    for way in ways:
-        marker = scratch / f"started-{time.monotonic_ns()}"
-        command = ["sh", "-c", f'touch {marker}; exec "$@"', "payload", *way.command]
-        [machine] = provider.launch(MachineSpec(cpu=2, keepalive=30, **way.spec), BootPayload(command))
-        launched.append((way, machine.id, marker))
-    renewed = [machine_id for way, machine_id, _ in launched if way.renewed]
-    with renewing(lambda: provider.renew_leases(renewed), every=5):
+    renewed: list[str] = []  # renewed from the first launch on: a wave's launches take a while
+    with renewing(lambda: provider.renew_leases(list(renewed)), every=5):
+        for way in ways:
+            marker = scratch / f"started-{time.monotonic_ns()}"
+            command = ["sh", "-c", f'touch {marker}; exec "$@"', "payload", *way.command]
+            [machine] = provider.launch(MachineSpec(cpu=2, keepalive=30, **way.spec), BootPayload(command))
+            launched.append((way, machine.id, marker))
+            if way.renewed:
+                renewed.append(machine.id)
         deadline = time.monotonic() + STARTED_WITHIN
         waiting = [(way, machine_id, marker) for way, machine_id, marker in launched if way.ended_by_owner or way.agent_killed]
         while not all(marker.exists() for _, _, marker in waiting):
