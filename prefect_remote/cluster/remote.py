@@ -327,9 +327,7 @@ class RemoteCluster(SpecCluster):
         # is) and agent (stock-image machines can neither build prefect-remote's wheel nor store it).
         store = agent = None
         if spec.software:
-            from prefect_remote.software.stores import open_store
-
-            store = open_store().url
+            store = self.provider.machine_store().url  # (a pool's provider block may name its own)
         if not self.provider.shares_host_software:
             agent = dataclasses.asdict(self.provider.agent_source(spec))
         return ClusterPlan(

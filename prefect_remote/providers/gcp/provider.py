@@ -85,13 +85,16 @@ class GCPProvider(Provider):
 
     def in_region(self, region: str) -> GCPProvider:
         """This provider's options in another ``region`` (its zone and subnetwork: that region's defaults)."""
-        return GCPProvider(**{**self.options.model_dump(), "region": region, "zone": None, "subnetwork": None})
+        other = GCPProvider(**{**self.options.model_dump(), "region": region, "zone": None, "subnetwork": None})
+        other.store_url = self.store_url
+        return other
 
     def __getstate__(self) -> dict[str, Any]:  # clients hold sockets and locks: rebuilt on use
-        return {"options": self.options.model_dump()}
+        return {"options": self.options.model_dump(), "store_url": self.store_url}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__init__(**state["options"])  # type: ignore[misc]
+        self.store_url = state.get("store_url")
 
     # -- the parts -----------------------------------------------------------------------------
     @property
