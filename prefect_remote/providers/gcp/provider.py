@@ -170,6 +170,17 @@ class GCPProvider(Provider):
         """The service that runs ``spec`` and why (:meth:`service_for`), once ``spec`` has passed
         every provider's checks, the region's and the chosen service's."""
         super().check_spec(spec)
+        if self.options.service_account is None:
+            from prefect_remote.errors import CapabilityError
+
+            # Google's default for a VM or job is the project's default compute account, often an Editor of the project:
+            # any flow run's code could then do anything there.
+            raise CapabilityError(
+                "gcp: no service_account, so machines would run as the project's default compute service account (often "
+                "an Editor of the whole project); give them prefect-remote's own: `prefect work-pool create --type remote:push "
+                "--provision-infra POOL` makes prefect-remote-machines and records it in the pool, or set service_account= "
+                "(PREFECT_REMOTE_GCP_SERVICE_ACCOUNT) to an account you made"
+            )
         if spec.region and spec.region != self.options.region:
             from prefect_remote.errors import CapacityError
 
