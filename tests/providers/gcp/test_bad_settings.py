@@ -81,7 +81,6 @@ def test_no_service_account_refuses_the_default_compute_account_and_names_the_fi
     """Without a service account, Google runs a job or VM as the project's default compute account
     (often an Editor): refused before anything starts, naming --provision-infra and the setting."""
     from prefect_remote.errors import CapabilityError
-
     from prefect_remote.providers.gcp import GCPProvider
 
     account = os.environ["PREFECT_REMOTE_GCP_SERVICE_ACCOUNT"]
