@@ -183,7 +183,10 @@ class _MachineJobFields(BaseModel):
     )
     tags: dict[str, str] = Field(default_factory=dict, title="Tags", description="Tags on the machine, to find it and account for it.")
     allow_ingress_from: str | None = Field(
-        default=None, title="Allow ingress from", description="Who may connect to the machine: 'me', 'everyone' or a CIDR."
+        default=None,
+        title="Allow ingress from",
+        description="Who may connect to the machine's Dask ports: 'me', 'everyone' or a CIDR. Default: nobody from outside "
+        "its network (a flow run's machine serves nothing; a cluster it starts has its own scheduler machine).",
     )
     software: str | None = Field(
         default=None,
@@ -323,6 +326,7 @@ class RemoteJobConfiguration(BaseJobConfiguration, MachineJobFields):
 
     def machine_spec(self) -> MachineSpec:
         values = {key: getattr(self, key) for key in SPEC_FIELDS}
+        values["allow_ingress_from"] = self.allow_ingress_from or "none"  # the firewall opens ports on cluster schedulers only
         return MachineSpec.model_validate({k: v for k, v in values.items() if v is not None and v != {}})
 
     def machine_request(self, shared: dict[str, Provider] | None = None) -> tuple[Provider, MachineSpec, BootPayload]:

@@ -31,6 +31,7 @@ from pathlib import Path
 from prefect_remote.filelock import file_lock
 from prefect_remote.providers.local import records
 from prefect_remote.providers.local.isolation import RUN_DIR, Bridge, IsolationError, live_pid, spawn_detached
+from prefect_remote.relay import relay
 
 EGRESS_PORT = 3128
 IDLE_EXIT = 10.0  # seconds without namespace machines, or a request, before a gateway service exits
@@ -42,17 +43,6 @@ PRIORITY = -10
 
 def allowed(host: str, patterns: list[str]) -> bool:
     return any(fnmatch.fnmatch(host.lower(), pattern.lower()) for pattern in patterns)
-
-
-async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-    try:
-        while data := await reader.read(65536):
-            writer.write(data)
-            await writer.drain()
-    except (ConnectionError, asyncio.CancelledError):
-        pass
-    finally:
-        writer.close()
 
 
 async def _handle(client_reader: asyncio.StreamReader, client_writer: asyncio.StreamWriter, patterns: list[str]) -> None:
@@ -69,7 +59,7 @@ async def _handle(client_reader: asyncio.StreamReader, client_writer: asyncio.St
         upstream_reader, upstream_writer = await asyncio.wait_for(asyncio.open_connection(host, int(port)), 30)
         client_writer.write(b"HTTP/1.1 200 Connection established\r\n\r\n")
         await client_writer.drain()
-        await asyncio.gather(_pipe(client_reader, upstream_writer), _pipe(upstream_reader, client_writer))
+        await relay((client_reader, client_writer), (upstream_reader, upstream_writer))
     except (TimeoutError, OSError, ValueError, asyncio.IncompleteReadError, asyncio.LimitOverrunError):
         pass
     finally:
@@ -82,7 +72,7 @@ async def _forward(client_reader: asyncio.StreamReader, client_writer: asyncio.S
     except (TimeoutError, OSError):
         client_writer.close()
         return
-    await asyncio.gather(_pipe(client_reader, upstream_writer), _pipe(upstream_reader, client_writer))
+    await relay((client_reader, client_writer), (upstream_reader, upstream_writer))
 
 
 def _requested(pid_file: Path) -> float:
