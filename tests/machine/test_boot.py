@@ -49,7 +49,8 @@ def test_payload_validation():
 
 
 def test_the_first_line_names_where_the_machine_runs_literally(tmp_path):
-    """Whatever a provider's placement text holds, bash prints it as it is, on one line."""
+    """Whatever a provider's placement text holds, bash prints it as it is, on one line; a stock
+    machine's log it goes to is readable by its owner only."""
     from prefect_remote.machine.boot import AgentSource
 
     placement = "gcp Cloud Run (4 cpu / 16 GiB, us-central1) it's $(touch pwned) `touch pwned`\nsecond line"
@@ -64,6 +65,7 @@ def test_the_first_line_names_where_the_machine_runs_literally(tmp_path):
         [line] = [line for line in ran.stdout.splitlines() if "booting machine" in line]
         assert "on gcp Cloud Run (4 cpu / 16 GiB, us-central1) it's $(touch pwned) `touch pwned` second line" in line
         assert not (tmp_path / "pwned").exists()
+    assert (tmp_path / "log").stat().st_mode & 0o777 == 0o600  # a stock machine's log (its payload's output): the owner's only
 
 
 def test_a_gpu_machine_logs_its_driver_check_as_a_boot_phase(tmp_path):
