@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import fnmatch
+import ipaddress
 import os
 import signal
 import socket
@@ -75,6 +76,21 @@ async def _forward(client_reader: asyncio.StreamReader, client_writer: asyncio.S
     await relay((client_reader, client_writer), (upstream_reader, upstream_writer))
 
 
+def _from_machines(handler, bridge: Bridge):
+    """``handler`` for connections from the bridge's subnet only: Linux answers on the bridge address
+    whatever interface a packet came in by, so a LAN neighbour that routes the subnet to this host
+    would otherwise reach its loopback services (the Prefect API) and its egress proxy."""
+
+    async def admitted(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        peer = writer.get_extra_info("peername")
+        if not peer or ipaddress.ip_address(peer[0]) not in bridge.network:
+            writer.close()
+            return
+        await handler(reader, writer)
+
+    return admitted
+
+
 def _requested(pid_file: Path) -> float:
     """When the service was last asked for (started, or found running by :func:`_ensure`)."""
     try:
@@ -86,7 +102,7 @@ def _requested(pid_file: Path) -> float:
 async def serve(bridge: Bridge, port: int, handler, pid_file: Path) -> None:
     """Serves ``handler`` on the bridge address until no machine has used the bridge, and nobody has
     asked for the service, for ``IDLE_EXIT`` seconds."""
-    server = await asyncio.start_server(handler, bridge.address, port)
+    server = await asyncio.start_server(_from_machines(handler, bridge), bridge.address, port)
     async with server:
         used = time.time()
         while True:
