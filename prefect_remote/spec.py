@@ -73,6 +73,9 @@ def _duration(field: str, value: Any) -> float | None:
         raise ValueError(f"{field}={value!r}: expected {DURATION_HELP}, or None for no limit") from None
 
 
+MIN_INGRESS_PREFIX = 8  # the widest CIDR allow_ingress_from takes; wider is "everyone", said so
+
+
 def ingress_source(value: str) -> str:
     """Who may reach a machine's Dask ports from outside its network: ``"me"`` (the launcher's public
     IP), ``"everyone"``, ``"none"`` (only machines of the same network: a cluster's workers) or a
@@ -84,11 +87,17 @@ def ingress_source(value: str) -> str:
     if value in ("me", "everyone", "none"):
         return value
     try:
-        return str(ipaddress.ip_network(value, strict=False))
+        network = ipaddress.ip_network(value, strict=False)
     except (TypeError, ValueError):
         raise ValueError(
             f"allow_ingress_from={value!r}: expected 'me' (your public IP), 'everyone', 'none', or a CIDR such as '10.0.0.0/8'"
         ) from None
+    if network.prefixlen < MIN_INGRESS_PREFIX:  # "203.0.113.7/0" would be the whole internet, by a typo
+        raise ValueError(
+            f"allow_ingress_from={value!r} admits {network} ({network.num_addresses:,} addresses): a prefix shorter than "
+            f"/{MIN_INGRESS_PREFIX} is refused; pass 'everyone' if you mean everyone, or a narrower CIDR"
+        )
+    return str(network)
 
 
 def _matching(field: str, value: Any, pattern: re.Pattern[str], expected: str) -> str | None:

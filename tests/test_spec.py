@@ -147,6 +147,14 @@ def test_ingress():
     assert "allow_ingress_from='the office'" in error_of(allow_ingress_from="the office")
 
 
+@pytest.mark.parametrize("cidr", ["203.0.113.7/0", "0.0.0.0/0", "10.0.0.0/7", "::/0"])
+def test_a_cidr_wider_than_8_bits_is_refused_naming_everyone(cidr):
+    """A typo such as '203.0.113.7/0' normalises to the whole internet: refused, with 'everyone' named."""
+    message = error_of(allow_ingress_from=cidr)
+    assert f"allow_ingress_from={cidr!r} admits" in message and "pass 'everyone' if you mean everyone" in message
+    assert MachineSpec(allow_ingress_from="everyone").allow_ingress_from == "everyone"
+
+
 def test_tags_and_environ():
     spec = MachineSpec(tags={"team": "data", "n": 3}, environ={"A": "1", "TOKEN": SecretStr("hidden")})
     assert spec.tags == {"team": "data", "n": "3"}

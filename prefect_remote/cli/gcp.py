@@ -14,7 +14,16 @@ app = typer.Typer(help="Google Cloud: remove what --provision-infra set up.", no
 
 @app.command("teardown")
 def teardown(
-    yes: Annotated[bool, typer.Option("--yes", "-y", help="Remove everything provisioning made in the project, without asking.")] = False,
+    pool: Annotated[
+        str | None,
+        typer.Option(
+            "--pool",
+            help="Remove only this work pool's machines, launch secrets and machine records (found through its provider block's store).",
+        ),
+    ] = None,
+    yes: Annotated[
+        bool, typer.Option("--yes", "-y", help="Without --pool: remove everything provisioning made in the project, without asking.")
+    ] = False,
     project: Annotated[
         str | None,
         typer.Option("--project", help="Project id (default: PREFECT_REMOTE_GCP_PROJECT, GOOGLE_CLOUD_PROJECT or the credentials')."),
@@ -34,15 +43,30 @@ def teardown(
     """Remove the machines' service account prefect-remote-machines, its grants, the custom roles
     prefectRemoteMachine and prefectRemoteMachineSecrets, the firewall rules prefect-remote-internal-* and prefect-remote-dask-*, and
     launch secrets left behind; the bucket only with --delete-bucket (else just the machines' grant on
-    it). Pools share these, so there is no --pool. Refuses while prefect-remote machines run, unless
+    it). With --pool, only that pool's machines, launch secrets and machine records (by the label its
+    launches put on them): every pool shares the rest. Refuses while those machines run, unless
     --force. Idempotent."""
     from prefect_remote.providers.gcp.infra import teardown as remove
     from prefect_remote.providers.gcp.provider import GCPProvider
 
-    confirm_everything(
-        yes,
-        "Remove everything prefect-remote provisioned in this Google Cloud project?",
-        "pass --yes to remove everything provisioning made in the project",
-    )
+    store = None
+    if pool is None:
+        confirm_everything(
+            yes,
+            "Remove everything prefect-remote provisioned in this Google Cloud project, for every pool?",
+            "name a pool (--pool NAME), or pass --yes to remove everything provisioning made in the project",
+        )
+    elif delete_bucket:
+        raise typer.BadParameter("the bucket holds every pool's software environments: --delete-bucket goes with --yes, not --pool")
+    else:
+        from prefect_remote.deployments.package_sync import work_pool_store
+
+        store = work_pool_store(pool)
+        if not store or not store.startswith("gs://"):
+            raise typer.BadParameter(
+                f"work pool {pool!r} has no provider block recording a gs:// store (found: {store or 'none'}), which names its "
+                "machines' records: check the name (`prefect work-pool ls`), or pass --yes without --pool to remove every pool's",
+                param_hint="--pool",
+            )
     options = {key: value for key, value in {"project": project, "region": region}.items() if value}
-    report_removed(lambda: remove(GCPProvider(**options), force=force, delete_bucket=delete_bucket, say=typer.echo))
+    report_removed(lambda: remove(GCPProvider(**options), store=store, force=force, delete_bucket=delete_bucket, say=typer.echo))

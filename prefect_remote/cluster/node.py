@@ -20,23 +20,26 @@ from prefect_remote.on_machine import MACHINE_ID_ENV
 async def run_scheduler() -> None:
     from distributed import Scheduler
 
+    from prefect_remote.cluster import dashboard
     from prefect_remote.cluster.controller import ClusterController
 
     plan = ClusterPlan.from_environ()
     if plan.store:  # the workers' software environment is in the creator's store, not this machine's default one
         os.environ["PREFECT_REMOTE_STORE"] = plan.store
-    security = ClusterCredentials.from_json(plan.credentials).security()
+    credentials = ClusterCredentials.from_json(plan.credentials)
     scheduler = Scheduler(
         port=plan.scheduler_port,
         protocol="tls",
-        security=security,
-        dashboard_address=f":{plan.dashboard_port}",
+        security=credentials.security(),
+        dashboard_address="127.0.0.1:0",  # plain HTTP with no authentication: this machine's loopback only
         idle_timeout=plan.idle_timeout,
     )
     scheduler.add_plugin(ClusterController(plan, os.environ[MACHINE_ID_ENV]))
     async with scheduler:
-        print(f"scheduler {plan.name} listening at {scheduler.address}, dashboard port {plan.dashboard_port}", flush=True)
-        await scheduler.finished()
+        # The dashboard port admits the cluster's certificate holders only (its client's tunnel), over TLS.
+        async with await dashboard.serve(credentials, plan.dashboard_port, scheduler.http_server.port):
+            print(f"scheduler {plan.name} listening at {scheduler.address}, dashboard port {plan.dashboard_port} (TLS)", flush=True)
+            await scheduler.finished()
 
 
 async def run_worker() -> None:

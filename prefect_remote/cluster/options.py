@@ -12,14 +12,18 @@ from __future__ import annotations
 import dataclasses
 import functools
 import hashlib
+import hmac
 import inspect
 import json
 import os
 import re
+import secrets
 import sys
+import tempfile
 import typing
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, TypedDict, TypeVar, Unpack
 
 from prefect_remote.errors import RemoteError
@@ -194,6 +198,22 @@ def launcher_python_path() -> list[str]:
     return found
 
 
+def _name_key(home: Path) -> bytes:
+    """This home's key for the secret part of cluster names: made once, owner-only, and put in place
+    whole (a link made only if none is there), so that concurrent first uses agree on it."""
+    path = home / "clusters" / "name.key"
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        with tempfile.NamedTemporaryFile(dir=path.parent, prefix=".name-key-") as made:  # created 0600
+            made.write(secrets.token_bytes(32))
+            made.flush()
+            try:
+                os.link(made.name, path)
+            except FileExistsError:  # another process put its own in place first: that one is the key
+                pass
+    return path.read_bytes()
+
+
 @dataclass(frozen=True)
 class ClusterOptions:
     """A validated cluster request. ``spec`` is the worker machines' spec and carries ``keepalive``
@@ -315,12 +335,22 @@ class ClusterOptions:
         """``name``, or one derived from the spec and software environment: the same request made from
         another process finds the same cluster while it is warm. On a machine (a flow run's), the
         machine is part of it: a cluster's credentials live in its creator's home, which no other
-        machine shares, so each machine (each flow run) has its own cluster."""
+        machine shares, so each machine (each flow run) has its own cluster. So are this user, host
+        and home (a teammate's identical request gets a cluster of its own, not a 30 s wait and a
+        refusal), and ``environ``'s values: public ones as they are, secret ones keyed with this
+        home's own key (the name is a tag anyone listing machines reads)."""
         if self.name:
             return self.name
+        from prefect_remote.lease import default_user
+        from prefect_remote.settings import get_settings
+
+        home = get_settings().home
         shape = self.spec.model_dump(mode="json", exclude={"keepalive", "idle_timeout", "environ"})
-        shape["environ"] = sorted(self.spec.environ)  # names only: secret values stay out of the hash
+        shape["environ"] = self.spec.public_environ
+        hidden = json.dumps(sorted(self.spec.secret_environ.items())).encode()
+        shape["secret_environ"] = hmac.new(_name_key(home), hidden, hashlib.sha256).hexdigest()
         identity = {"spec": shape, "provider": self.provider.name, "threads": self.threads_per_worker, "software": self.software_identity}
+        identity["creator"] = f"{default_user()}:{home}"
         if machine := os.environ.get(MACHINE_ID_ENV):
             identity["machine"] = machine
         digest = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:12]

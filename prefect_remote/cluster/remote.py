@@ -19,7 +19,7 @@ import os
 import re
 import sys
 import time
-from typing import Any, Unpack
+from typing import TYPE_CHECKING, Any, Unpack
 
 from distributed.comm import connect
 from distributed.deploy.cluster import Log, Logs
@@ -52,6 +52,9 @@ from prefect_remote.lease import default_owner, leases
 from prefect_remote.providers.base import BootPayload, Machine, Provider
 from prefect_remote.settings import get_settings
 from prefect_remote.spec import MachineSpec
+
+if TYPE_CHECKING:
+    from prefect_remote.cluster.dashboard import DashboardTunnel
 
 logger = logging.getLogger("prefect_remote.cluster")
 
@@ -251,6 +254,8 @@ class RemoteCluster(SpecCluster):
         self._watching: asyncio.Future | None = None
         scheduler_machine, port, credentials, self.attached = self._find_or_launch()
         self.scheduler_machine = scheduler_machine
+        self._credentials = credentials
+        self._tunnel: DashboardTunnel | None = None  # made when the dashboard link is first asked for
         super().__init__(
             workers={},
             scheduler={
@@ -274,11 +279,22 @@ class RemoteCluster(SpecCluster):
     # -- finding or starting the scheduler ------------------------------------------------------
     @property
     def dashboard_link(self) -> str:
-        """The scheduler's dashboard where this process reaches it (a cloud machine's public address,
-        which ``allow_ingress_from`` admits; its private one from a machine in its network), not
-        where the scheduler sees itself."""
+        """The scheduler's dashboard, through this process's tunnel: a loopback address of this
+        computer, carried to the scheduler's dashboard port (where this process reaches it: a cloud
+        machine's public address, which ``allow_ingress_from`` admits, or its private one from a
+        machine in its network) over TLS with the cluster's certificate, which that port requires
+        (:mod:`prefect_remote.cluster.dashboard`). It works while this cluster object is open."""
         machine = getattr(self.scheduler, "machine", self.scheduler_machine)  # as last described: with its public IP
-        return f"http://{self.provider.client_address(machine)}:{machine.tags[DASHBOARD_TAG]}/status"
+        target = (self.provider.client_address(machine) or "", int(machine.tags[DASHBOARD_TAG]))
+        if self._tunnel is not None and self._tunnel.closed:  # this cluster object is closed: the link no longer works
+            return self._tunnel.link
+        if self._tunnel is None or (self._tunnel.host, self._tunnel.remote_port) != target:
+            from prefect_remote.cluster.dashboard import DashboardTunnel
+
+            if self._tunnel is not None:
+                self._tunnel.close()
+            self._tunnel = DashboardTunnel(*target, self._credentials)
+        return self._tunnel.link
 
     def _find_or_launch(self) -> tuple[Machine, int, ClusterCredentials, bool]:
         with file_lock(self._credentials_path.with_suffix(".lock")):
@@ -327,9 +343,7 @@ class RemoteCluster(SpecCluster):
         # is) and agent (stock-image machines can neither build prefect-remote's wheel nor store it).
         store = agent = None
         if spec.software:
-            from prefect_remote.software.stores import open_store
-
-            store = open_store().url
+            store = self.provider.machine_store().url  # (a pool's provider block may name its own)
         if not self.provider.shares_host_software:
             agent = dataclasses.asdict(self.provider.agent_source(spec))
         return ClusterPlan(
@@ -445,6 +459,8 @@ class RemoteCluster(SpecCluster):
             await self._watch_comm.close()
             await self._watching
             self._watch_comm = self._watching = None
+        if self._tunnel is not None:
+            self._tunnel.close()
         await super()._close()
         if self.shutdown_scheduler:
             await asyncio.to_thread(self._forget_credentials)

@@ -82,6 +82,9 @@ UV_WHEELS = {
 EGRESS_TIMEOUT = 15
 
 _WHEEL_NAME = re.compile(r"[A-Za-z0-9_.+-]+\.whl")
+# A requirement as agent_source makes it (a PEP 508 name, extras and version, or a wheel's name in parentheses):
+# only characters a shell does not expand inside double quotes.
+_PLAIN_REQUIREMENT = re.compile(r"[A-Za-z0-9][A-Za-z0-9 ._,=<>!~()+*\[\]-]*")
 
 
 @dataclass(frozen=True)
@@ -110,6 +113,17 @@ class AgentSource:
     digest: str | None = None
     store: str | None = None
     fetch: str | None = None
+
+    def __post_init__(self) -> None:
+        # requirement and key are written into the boot script inside double quotes: nothing a shell expands.
+        if not _PLAIN_REQUIREMENT.fullmatch(self.requirement):
+            raise ValueError(
+                f"AgentSource: requirement {self.requirement!r} holds characters a shell expands; expected e.g. prefect-remote[aws]==0.2.0"
+            )
+        if self.digest is not None and not re.fullmatch(r"[0-9a-f]{16,64}", self.digest):
+            raise ValueError(f"AgentSource: digest {self.digest!r} is not a hexadecimal SHA-256")
+        if not re.fullmatch(r"[0-9][0-9.]*", self.python):
+            raise ValueError(f"AgentSource: python {self.python!r} is not a version such as 3.11.7")
 
     @property
     def key(self) -> str:
@@ -160,6 +174,8 @@ export UV_PYTHON_INSTALL_DIR="${UV_PYTHON_INSTALL_DIR:-$ROOT/python}"  # Pythons
 export UV_CONCURRENT_DOWNLOADS="${UV_CONCURRENT_DOWNLOADS:-8}"
 export PREFECT_REMOTE_MACHINE_LOG="${PREFECT_REMOTE_MACHINE_LOG:-@DEFAULT_LOG@}"
 mkdir -p "$ROOT" "$(dirname "$PREFECT_REMOTE_MACHINE_LOG")"
+# The payload's output: its owner's only (root's umask would make it world-readable).
+( umask 077 && touch "$PREFECT_REMOTE_MACHINE_LOG" ) && chmod 600 "$PREFECT_REMOTE_MACHINE_LOG"
 exec > >(tee -a "$PREFECT_REMOTE_MACHINE_LOG") 2>&1
 phase "booting machine on "@PLACEMENT@" ($(uname -m))"
 

@@ -410,6 +410,10 @@ class Provider(ABC):
     # Options a setup (``--provision-infra``) records in a pool's provider block, as fields of their
     # own, so that the block's form shows them: the names ``infra``'s Setup.block_fields() returns.
     block_fields: ClassVar[tuple[str, ...]] = ()
+    # The software store its machines read, as a work pool's provider block records it (where PackageSync
+    # and --provision-infra put environments): None, the configured one (PREFECT_REMOTE_STORE, else
+    # $PREFECT_REMOTE_HOME/store). So a worker finds a pool's environments with no setting of its own.
+    store_url: str | None = None
     # Whether this provider has swept the secrets of dead owners' launches yet (sweep_secrets, at its
     # first launch with secrets).
     _swept: bool = False
@@ -548,7 +552,7 @@ class Provider(ABC):
             "PREFECT_REMOTE_PROVIDER_OPTIONS": json.dumps(self.machine_options(), sort_keys=True),
             MACHINE_NETWORK_ENV: self.network(),
         }
-        store = open_store()
+        store = open_store(self.store_url)
         if self.shares_host_software or not isinstance(store, LocalStore):  # one its machines can read
             environ["PREFECT_REMOTE_STORE"] = store.url
         return environ
@@ -652,12 +656,12 @@ class Provider(ABC):
         return agent_source(self.machine_store, extras=self.agent_extras, requirements=self.agent_requirements, full=full)
 
     def machine_store(self) -> Store:
-        """The configured store, which this provider's machines read: a folder on this computer only
-        where they share this host's files."""
+        """The store this provider's machines read (:attr:`store_url`, else the configured one): a
+        folder on this computer only where they share this host's files."""
         from prefect_remote.software.store import LocalStore
         from prefect_remote.software.stores import open_store
 
-        store = open_store()
+        store = open_store(self.store_url)
         if isinstance(store, LocalStore) and not self.shares_host_software:
             raise CapabilityError(
                 f"the store is this computer's folder {store.url}, which {self.name} machines cannot read; "

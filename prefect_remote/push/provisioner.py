@@ -79,7 +79,10 @@ class RemotePushProvisioner:
             fields = await anyio.to_thread.run_sync(partial(provider.provision_infra, work_pool_name, store, say))
             credentials = found.model_copy(update=fields) if fields else found
             if credentials.store and settings.store != credentials.store:
-                self.console.print(f"set [blue]PREFECT_REMOTE_STORE={credentials.store}[/] where you deploy and where runs are submitted")
+                self.console.print(
+                    f"set [blue]PREFECT_REMOTE_STORE={credentials.store}[/] where you deploy with prefect.yaml "
+                    "(PackageSync and this pool's workers find it in the pool's provider block)"
+                )
             if block_id is None:
                 block_id = await credentials.asave(block_name, client=api)
                 self.console.print(f"created provider block [blue]{block_name!r}[/] (provider {provider.name})")

@@ -28,7 +28,7 @@ import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import unquote, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
 
 from prefect_remote.errors import RemoteError
 from prefect_remote.software import bundle as bundles
@@ -110,13 +110,21 @@ class CapturedEnvironment:
         }
 
 
+# Query parameters that carry a credential: tokens, keys, signatures of pre-signed URLs (S3's X-Amz-*, GCS's X-Goog-*).
+_SECRET_PARAMETER = re.compile(r"token|secret|passw|signature|credential|auth|key|^sig$|^x-amz-|^x-goog-", re.IGNORECASE)
+
+
 def strip_credentials(url: str) -> str:
-    """``https://user:token@host/path`` → ``https://host/path``: credentials stay on the client.
-    SSH URLs keep their user (``git+ssh://git@host``), which is not a secret."""
+    """``https://user:token@host/path?private_token=t&ref=v1`` → ``https://host/path?ref=v1``:
+    credentials (in the user part, or a query parameter named like one) stay on the client. SSH URLs
+    keep their user (``git+ssh://git@host``), which is not a secret."""
     parts = urlsplit(url)
-    if "@" not in parts.netloc or parts.scheme.split("+")[-1] not in ("http", "https"):
+    if parts.scheme.split("+")[-1] not in ("http", "https"):
         return url
-    return urlunsplit(parts._replace(netloc=parts.netloc.rsplit("@", 1)[1]))
+    netloc = parts.netloc.rsplit("@", 1)[-1]
+    kept = [(name, value) for name, value in parse_qsl(parts.query, keep_blank_values=True) if not _SECRET_PARAMETER.search(name)]
+    query = urlencode(kept) if len(kept) < len(parse_qsl(parts.query, keep_blank_values=True)) else parts.query
+    return urlunsplit(parts._replace(netloc=netloc, query=query))
 
 
 def strip_requirement_credentials(line: str) -> str:

@@ -71,10 +71,14 @@ class _ProviderBlockBase:
     options: dict[str, Any]
 
     def get_provider(self, **overrides: Any) -> Provider:
-        """The provider, made with ``options``, the option fields its provider records that are set, and ``overrides``."""
+        """The provider, made with ``options``, the option fields its provider records that are set, and
+        ``overrides``; its machines read the store this block records, if any (the pool's, where
+        PackageSync and ``--provision-infra`` put environments), else the configured one."""
         recorded = provider_class(self.provider).block_fields
         fields = {name: getattr(self, name) for name in recorded if getattr(self, name, None) is not None}
-        return get_provider(self.provider, **{**self.options, **fields, **overrides})
+        provider = get_provider(self.provider, **{**self.options, **fields, **overrides})
+        provider.store_url = getattr(self, "store", None) or provider.store_url
+        return provider
 
 
 _CLASSES = installed_provider_classes()  # the providers whose options the block and the job variables offer
@@ -93,7 +97,7 @@ RemoteProviderBlock = create_model(
     provider=(str, Field(default="local", description="Provider name: local, aws, gcp, or a plugin's.")),
     options=(dict[str, Any], Field(default_factory=dict, description="Keyword arguments for the provider.")),
     **_option_fields({name: {field: field for field in cls.block_fields} for name, cls in _CLASSES.items()}),
-    # Recorded, not a provider option: the launcher finds its store in PREFECT_REMOTE_STORE.
+    # Recorded, not a provider option: the provider the block makes reads it (Provider.store_url).
     store=(
         str | None,
         Field(default=None, description="The software environments store provisioned for this pool, e.g. s3://bucket/prefix."),
@@ -179,7 +183,10 @@ class _MachineJobFields(BaseModel):
     )
     tags: dict[str, str] = Field(default_factory=dict, title="Tags", description="Tags on the machine, to find it and account for it.")
     allow_ingress_from: str | None = Field(
-        default=None, title="Allow ingress from", description="Who may connect to the machine: 'me', 'everyone' or a CIDR."
+        default=None,
+        title="Allow ingress from",
+        description="Who may connect to the machine's Dask ports: 'me', 'everyone' or a CIDR. Default: nobody from outside "
+        "its network (a flow run's machine serves nothing; a cluster it starts has its own scheduler machine).",
     )
     software: str | None = Field(
         default=None,
@@ -323,6 +330,7 @@ class RemoteJobConfiguration(BaseJobConfiguration, MachineJobFields):
 
     def machine_spec(self) -> MachineSpec:
         values = {key: getattr(self, key) for key in SPEC_FIELDS}
+        values["allow_ingress_from"] = self.allow_ingress_from or "none"  # the firewall opens ports on cluster schedulers only
         return MachineSpec.model_validate({k: v for k, v in values.items() if v is not None and v != {}})
 
     def machine_request(self, shared: dict[str, Provider] | None = None) -> tuple[Provider, MachineSpec, BootPayload]:

@@ -35,7 +35,7 @@ from pydantic import SecretStr
 
 import prefect_remote
 from prefect_remote.cluster.credentials import ClusterCredentials
-from prefect_remote.cluster.plan import CLUSTER_TAG, PORT_TAG, ROLE_TAG, WORKER_LEASE
+from prefect_remote.cluster.plan import CLUSTER_TAG, DASHBOARD_TAG, PORT_TAG, ROLE_TAG, WORKER_LEASE
 from prefect_remote.cluster.remote import RemoteCluster
 from tests.cluster.clouds import LEASE_INTERVAL
 from tests.conftest import SESSION_HOME, end_all_machines, wait_for
@@ -261,7 +261,8 @@ def test_a_remote_cluster_scales_with_its_work_then_by_hand(cloud, caplog):
     with RemoteCluster(name=name, provider=cloud.name, n_workers=[0, 2], keepalive=keepalive) as cluster:
         assert cloud.role(name, "worker") == []
         [up] = told(caplog, f"cluster {name} is up; dashboard: ", "prefect_remote.cluster")
-        assert up.endswith(f"{cluster.dashboard_link}") and re.search(r"dashboard: http://[\d.]+:8787/status$", up)
+        assert up.endswith(f"{cluster.dashboard_link}") and re.search(r"dashboard: http://127\.0\.0\.1:\d+/status$", up)
+        dashboard_only_through_the_clusters_tls(cluster)
         with cluster.get_client() as client:
             futures = client.map(time.sleep, [0.5] * 24, pure=False)  # 12 s of work: adapt asks for both workers
             wait_for(lambda: len(cloud.role(name, "worker")) == 2, timeout=30, message="two worker machines")
@@ -285,6 +286,23 @@ def test_a_remote_cluster_scales_with_its_work_then_by_hand(cloud, caplog):
     wait_for(lambda: cloud.left(name) == [], timeout=30, message="the scheduler ended")
     [closed] = told(caplog, f"cluster {name} closed: ", "prefect_remote.cluster")
     assert re.fullmatch(rf"cluster {name} closed: 5 machine\(s\), estimated cost \$0\.\d{{4}}", closed), closed
+
+
+def dashboard_only_through_the_clusters_tls(cluster) -> None:
+    """The link (this computer's tunnel) serves Dask's dashboard; the scheduler's dashboard port,
+    which its firewall admits from here, refuses plain HTTP and TLS without the cluster's certificate."""
+    import ssl
+    import urllib.request
+
+    with urllib.request.urlopen(cluster.dashboard_link, timeout=30) as page:
+        assert page.status == 200 and b"Dask" in page.read()
+    machine = cluster.scheduler.machine
+    direct = f"{cluster.provider.client_address(machine)}:{machine.tags[DASHBOARD_TAG]}/status"
+    no_certificate = ssl.create_default_context()
+    no_certificate.check_hostname, no_certificate.verify_mode = False, ssl.CERT_NONE
+    for url, context in [(f"http://{direct}", None), (f"https://{direct}", no_certificate)]:
+        with pytest.raises(OSError):
+            urllib.request.urlopen(url, context=context, timeout=10).read()
 
 
 def test_a_flow_with_a_remote_task_runner(cloud, prefect_server):

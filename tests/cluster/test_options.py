@@ -123,6 +123,28 @@ def test_names_follow_spec_and_software():
     assert a.cluster_name.startswith("prefect-remote-")
 
 
+def test_names_follow_the_creator_and_environ_values_with_secret_values_keyed(monkeypatch, tmp_path):
+    """A teammate's identical request (another user or home) gets its own cluster; so does one with
+    other environ values, public or secret; a secret value is not recoverable from the name (keyed
+    with this home's own key, made owner-only)."""
+    from pydantic import SecretStr
+
+    from prefect_remote.settings import get_settings
+
+    base = ClusterOptions.build(cpu=1, environ={"DB": "dev", "TOKEN": SecretStr("s1")})
+    assert base.cluster_name == ClusterOptions.build(cpu=1, environ={"DB": "dev", "TOKEN": SecretStr("s1")}).cluster_name
+    assert base.cluster_name != ClusterOptions.build(cpu=1, environ={"DB": "prod", "TOKEN": SecretStr("s1")}).cluster_name
+    assert base.cluster_name != ClusterOptions.build(cpu=1, environ={"DB": "dev", "TOKEN": SecretStr("s2")}).cluster_name
+    key = get_settings().home / "clusters" / "name.key"
+    assert key.stat().st_mode & 0o777 == 0o600 and len(key.read_bytes()) == 32
+    monkeypatch.setattr("prefect_remote.lease.getpass.getuser", lambda: "a-teammate")
+    assert base.cluster_name != ClusterOptions.build(cpu=1, environ={"DB": "dev", "TOKEN": SecretStr("s1")}).cluster_name
+    monkeypatch.undo()
+    monkeypatch.setenv("PREFECT_REMOTE_HOME", str(tmp_path / "another-home"))
+    other_home = ClusterOptions.build(cpu=1, environ={"DB": "dev", "TOKEN": SecretStr("s1")})
+    assert other_home.cluster_name != base.cluster_name and (tmp_path / "another-home" / "clusters" / "name.key").exists()
+
+
 def test_threads_follow_cpu_unless_given():
     assert ClusterOptions.build().nthreads(4) == 4
     assert ClusterOptions.build(threads_per_worker=-1).nthreads(4) == 4

@@ -31,6 +31,42 @@ def workers_connected(client: Client) -> int:
     return len(client.scheduler_info(n_workers=-1)["workers"])
 
 
+def test_the_dashboard_is_served_to_the_clusters_certificate_holders_only(local_provider):
+    """The link shown is this computer's loopback, carried to the scheduler's dashboard port over
+    the cluster's mutual TLS: it serves Dask's dashboard. From this host (another than the
+    scheduler's machine), that port refuses plain HTTP, TLS without a certificate, and TLS with
+    another cluster's; Dask's own HTTP port on the machine is on its loopback only."""
+    import ssl
+    import urllib.request
+
+    from prefect_remote.cluster.plan import DASHBOARD_TAG
+
+    with RemoteCluster(n_workers=0, cpu=1, memory="1 GiB", provider=local_provider, keepalive="1 minute") as cluster:
+        link = cluster.dashboard_link
+        assert link.startswith("http://127.0.0.1:") and link.endswith("/status") and cluster.dashboard_link == link
+        with urllib.request.urlopen(link, timeout=30) as page:
+            assert page.status == 200 and b"Dask" in page.read()
+        machine = cluster.scheduler_machine
+        port = int(machine.tags[DASHBOARD_TAG])
+        scheduler_host = local_provider.client_address(machine)
+        if local_provider.isolation != "process":  # a machine in a network namespace of its own: another host's address
+            assert scheduler_host not in ("127.0.0.1", "localhost"), scheduler_host
+        no_certificate = ssl.create_default_context()
+        no_certificate.check_hostname, no_certificate.verify_mode = False, ssl.CERT_NONE
+        another_clusters = ClusterCredentials.temporary().security().get_connection_args("client")["ssl_context"]
+        for url, context in [
+            (f"http://{scheduler_host}:{port}/status", None),
+            (f"https://{scheduler_host}:{port}/status", no_certificate),
+            (f"https://{scheduler_host}:{port}/status", another_clusters),
+        ]:
+            with pytest.raises(OSError):
+                urllib.request.urlopen(url, context=context, timeout=10).read()
+        logs = "\n".join(cluster.get_logs().values())
+        assert f"dashboard port {port} (TLS)" in logs, logs
+    with pytest.raises(OSError):  # the tunnel closed with the cluster
+        urllib.request.urlopen(link, timeout=10)
+
+
 def test_cluster_runs_scales_logs_and_closes(local_provider):
     with (
         RemoteCluster(n_workers=1, cpu=1, memory="1 GiB", provider=local_provider, keepalive="1 minute") as cluster,

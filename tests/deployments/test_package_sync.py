@@ -140,21 +140,29 @@ def test_the_shape_deploys_from_a_plain_script_and_runs_on_the_captured_environm
         assert api.read_flow_run(flow_run.id).state.result() == 285  # the flow's return value, persisted by its machine
 
 
-def test_the_capture_goes_to_the_store_the_pool_records(prefect_server, api, tmp_path, capsys):
-    """A pool whose provider block records a store (as --provision-infra does on a cloud) gets the
-    environment there, on the deployment's creation and on its update, whatever PREFECT_REMOTE_STORE says."""
+def pool_with_store(server: str, api, name: str, pool_type: str, store: Path) -> None:
+    """A ``pool_type`` pool (remote or remote:push) of the local provider whose provider block records
+    ``store``, as --provision-infra records a cloud pool's."""
     from prefect.client.schemas.actions import WorkPoolCreate
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
     from prefect_remote.workers.config import RemoteProviderBlock
     from prefect_remote.workers.worker import RemotePushWorker
 
-    pool_store = tmp_path / "pool-store"
-    with temporary_settings({PREFECT_API_URL: prefect_server}):
-        block_id = RemoteProviderBlock(provider="local", store=str(pool_store)).save("package-sync-pool-provider", overwrite=True)
+    with temporary_settings({PREFECT_API_URL: server}):
+        block_id = RemoteProviderBlock(provider="local", store=str(store)).save(f"{name}-provider", overwrite=True)
     template = RemotePushWorker.get_default_base_job_template()
     template["variables"]["properties"]["credentials"]["default"] = {"$ref": {"block_document_id": str(block_id)}}
-    api.create_work_pool(WorkPoolCreate(name="package-sync-pool", type="remote:push", base_job_template=template), overwrite=True)
+    api.create_work_pool(WorkPoolCreate(name=name, type=pool_type, base_job_template=template), overwrite=True)
+
+
+def test_the_capture_goes_to_the_store_the_pool_records(prefect_server, api, tmp_path, capsys):
+    """A pool whose provider block records a store (as --provision-infra does on a cloud) gets the
+    environment there, on the deployment's creation and on its update, whatever PREFECT_REMOTE_STORE says."""
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    pool_store = tmp_path / "pool-store"
+    pool_with_store(prefect_server, api, "package-sync-pool", "remote:push", pool_store)
     folder = project(tmp_path / "project")
     from prefect import Flow
 
@@ -166,3 +174,40 @@ def test_the_capture_goes_to_the_store_the_pool_records(prefect_server, api, tmp
             assert f"  stored in {LocalStore(pool_store).url}\n" in capsys.readouterr().out
     deployment = api.read_deployment_by_name("my-flow/to-the-pools-store")
     assert deployment.pull_steps == [{PACKAGE_SYNC_STEP: {"software": storage.software}}]
+
+
+@pytest.mark.parametrize("pool_type", ["remote:push", "remote"])
+def test_the_pools_worker_runs_it_from_the_pools_store_with_no_store_setting_of_its_own(prefect_server, api, tmp_path, pool_type):
+    """The worker (a `prefect worker start` of a remote pool; the push service inside the Prefect
+    server for remote:push) has no PREFECT_REMOTE_STORE: it finds the environment PackageSync put in
+    the pool's store through the pool's provider block, as PackageSync found that store, and the run
+    completes on it (before, its launch failed "not in the store")."""
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from prefect_remote.devserver import stop_process_group
+    from tests.workers.test_worker import background
+
+    pool = "test-push-guarded-store" if pool_type == "remote:push" else "test-hybrid-store"  # the server serves test-push-guarded-*
+    pool_store = tmp_path / "pool-store"
+    pool_with_store(prefect_server, api, pool, pool_type, pool_store)
+    folder = project(tmp_path / "project")
+    from prefect import Flow
+
+    with temporary_settings({PREFECT_API_URL: prefect_server}):
+        storage = PackageSync(folder, check=False)
+        Flow.from_source(storage, "example_flow.py:my_flow").deploy(name=f"from-{pool}", work_pool_name=pool)
+    assert LocalStore(pool_store).has_env(storage.software) and not LocalStore(SESSION_HOME / "store").has_env(storage.software)
+    env = {key: value for key, value in os.environ.items() if key != "PREFECT_REMOTE_STORE"}
+    env.update(PREFECT_API_URL=prefect_server, PREFECT_HOME=str(SESSION_HOME / "prefect-cli"), COLUMNS="80")
+    assert "PREFECT_REMOTE_STORE" not in os.environ  # nor in the server's, which started with the session's environment
+    worker = None
+    if pool_type == "remote":
+        prefect = str(Path(sys.executable).parent / "prefect")
+        worker = background(prefect_server, prefect, "worker", "start", "--pool", pool, "--type", "remote")
+    try:
+        flow_run = completed_run(api, env, folder, f"my-flow/from-{pool}")
+    finally:
+        if worker is not None:
+            stop_process_group(worker)
+    logs = "\n".join(run_logs(api, flow_run.id))
+    assert f"software environment {storage.software}" in logs and "result: 285" in logs, logs

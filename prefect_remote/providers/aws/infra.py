@@ -234,7 +234,17 @@ def _ensure_security_groups(provider: AWSProvider, say: Say) -> list[str]:
 def _ensure_role(iam: BaseClient, name: str, policy: dict[str, Any], tags: dict[str, str], say: Say) -> None:
     with translated("iam", f"make the machines' role {name}"):
         try:
-            iam.get_role(RoleName=name)
+            found = {tag["Key"]: tag["Value"] for tag in iam.get_role(RoleName=name)["Role"].get("Tags", [])}  # GetRole returns them
+            if found.get(MANAGED_TAG) != "true":
+                raise AWSError(
+                    f"IAM role {name} exists and prefect-remote did not make it (no {MANAGED_TAG} tag): it is left as it is; "
+                    "give the pool another name, or remove that role"
+                )
+            if found.get(POOL_TAG, _tag_value(tags[POOL_TAG])) != _tag_value(tags[POOL_TAG]):
+                raise AWSError(
+                    f"IAM role {name} is pool {found[POOL_TAG]!r}'s (pool names that differ only in characters IAM does not "
+                    f"take share a role name): give pool {tags[POOL_TAG]!r} another name"
+                )
             say(f"found IAM role {name}")
         except iam.exceptions.NoSuchEntityException:
             iam.create_role(

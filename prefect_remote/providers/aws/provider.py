@@ -274,7 +274,12 @@ class AWSProvider(Provider):
             "BlockDeviceMappings": [
                 {
                     "DeviceName": root_device,
-                    "Ebs": {"VolumeSize": self._disk_gib(spec, image_gib), "VolumeType": "gp3", "DeleteOnTermination": True},
+                    "Ebs": {
+                        "VolumeSize": self._disk_gib(spec, image_gib),
+                        "VolumeType": "gp3",
+                        "DeleteOnTermination": True,
+                        "Encrypted": True,
+                    },
                 }
             ],
         }

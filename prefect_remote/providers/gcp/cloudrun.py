@@ -437,12 +437,16 @@ class CloudRunService(GCPService):
         """Deletes prefect-remote's jobs whose execution ended more than ``older_than`` seconds ago,
         or that were never run that long after their creation (a launcher that died in between),
         after writing each one's end (reason, exit code) into its machine record, which outlives
-        the job. ``jobs`` is a listing already at hand. Returns the ids deleted."""
+        the job. Only this pool's (its records label): another pool's end would be lost, its
+        records being elsewhere, and its own launches sweep it. ``jobs`` is a listing already at
+        hand. Returns the ids deleted."""
         now = time.time()
         done = []
         listed = list(jobs) if jobs is not None else self._jobs(None)
         for job in listed:
             machine = self._machine(job)
+            if machine.details.get("records") not in (None, self.provider.records.label):
+                continue
             ended = machine.details.get("ended") or machine.created
             if machine.state == "terminated" and now - ended > older_than:
                 self.provider.records.end(machine.id, reason=machine.reason or "ended", exit_code=machine.exit_code, only_if_running=True)

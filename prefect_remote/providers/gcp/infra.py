@@ -504,18 +504,29 @@ def _ensure_firewalls(provider: GCPProvider, say: Say) -> tuple[str, ...]:
 
 
 # -- teardown -------------------------------------------------------------------------------------
-def teardown(provider: GCPProvider | None = None, *, force: bool = False, delete_bucket: bool = False, say: Say = print) -> list[str]:
+def teardown(
+    provider: GCPProvider | None = None,
+    *,
+    store: str | None = None,
+    force: bool = False,
+    delete_bucket: bool = False,
+    say: Say = print,
+) -> list[str]:
     """Removes what :func:`provision` made in ``provider``'s project (default: ``GCPProvider()``) and
     returns what it removed: the service account and its grants, the custom role, the firewall rules,
     launch secrets left behind and, with ``delete_bucket``, the buckets provisioning created (they
     hold software environments; without it they are kept, the machines' grant and records rule
     removed). Refuses with :class:`TeardownRefused` while prefect-remote machines run, unless
-    ``force``, which ends them first. Idempotent."""
+    ``force``, which ends them first. Idempotent.
+
+    With ``store`` (a pool's, as its provider block records it), only that pool's: see :func:`_teardown_pool`."""
     from google.api_core.exceptions import NotFound
 
     from prefect_remote.providers.gcp.provider import GCPProvider
 
     provider = provider or GCPProvider()
+    if store is not None:
+        return _teardown_pool(provider, store, force, say)
     clients = provider.clients
     project = clients.project
     email = service_account_email(project)
@@ -548,33 +559,63 @@ def teardown(provider: GCPProvider | None = None, *, force: bool = False, delete
     return done
 
 
-def _regions_in_use(provider: GCPProvider) -> list[str]:
-    """The regions whose prefect-remote machines teardown would strand: the provider's, each with a
-    prefect-remote VM in any of its zones (one aggregated listing of the project), and each where a
-    bucket provisioning labelled is (its store's launches run there). Cloud Run jobs are read per region."""
-    from prefect_remote.providers.gcp.service import SERVICE_LABEL
+def _teardown_pool(provider: GCPProvider, store: str, force: bool, say: Say) -> list[str]:
+    """Removes one pool's, the pool whose machines keep their records in ``store``: its machines
+    (refused while they run, unless ``force``) in every region and zone where it has any, its launch
+    secrets left behind and its machines' records, each found by the records label its launches put
+    on them (never another pool's, whatever its name). What every pool of the project shares (the
+    service account and its grants, the custom roles, the firewall rules, the bucket) is kept."""
+    provider.store_url = store
+    label = provider.records.label
+    for region in _regions_in_use(provider, label):
+        _end_machines(provider if region == provider.options.region else provider.in_region(region), force, say, pool=label)
+    done = _remove_leftover_secrets(provider.clients, say, pool=label)
+    forgotten = provider.records.forget_all()
+    if forgotten:
+        removed(done, f"{forgotten} machine record(s) in {provider.records.url}", say)
+    say(
+        f"kept the service account, custom roles, firewall rules and bucket: every pool of project {provider.clients.project} "
+        "shares them (`prefect-remote gcp teardown --yes` removes them for all)"
+    )
+    return done
+
+
+def _regions_in_use(provider: GCPProvider, pool: str | None = None) -> list[str]:
+    """The regions whose prefect-remote machines (only ``pool``'s: those with its records label, if
+    given) teardown would strand: the provider's, each with such a VM in any of its zones (one
+    aggregated listing of the project), and each where a bucket provisioning labelled is (``pool``'s
+    store's bucket alone, if given): its store's launches run there. Cloud Run jobs are read per region."""
+    from prefect_remote.providers.gcp.service import RECORDS_LABEL, SERVICE_LABEL
 
     clients = provider.clients
     regions = {provider.options.region}
     with google_errors(clients, "compute.instances.list", "find prefect-remote's VMs in every zone"):
-        request = {"project": clients.project, "filter": f'labels.{SERVICE_LABEL} = "compute"'}
+        terms = [f'(labels.{SERVICE_LABEL} = "compute")', *([f'(labels.{RECORDS_LABEL} = "{pool}")'] if pool else [])]
+        request = {"project": clients.project, "filter": " AND ".join(terms)}
         for scope, scoped in clients.instances().aggregated_list(request=request):
             if scoped.instances:
                 regions.add(scope.rsplit("/", 1)[-1].rsplit("-", 1)[0])
     with google_errors(clients, "storage.buckets.list", "find the buckets provisioning used"):
-        for bucket in clients.storage().list_buckets(project=clients.project):
-            labels = bucket.labels or {}
-            if (labels.get(GRANTED_LABEL) or labels.get(MANAGED_LABEL)) and "-" in (bucket.location or ""):  # a region, not "US"
-                regions.add(bucket.location.lower())
+        if pool:
+            buckets = [clients.storage().get_bucket(provider.records.store.bucket)]
+        else:
+            buckets = [
+                bucket
+                for bucket in clients.storage().list_buckets(project=clients.project)
+                if (bucket.labels or {}).get(GRANTED_LABEL) or (bucket.labels or {}).get(MANAGED_LABEL)
+            ]
+        regions |= {bucket.location.lower() for bucket in buckets if "-" in (bucket.location or "")}  # a region, not "US"
     return sorted(regions)
 
 
-def _end_machines(provider: GCPProvider, force: bool, say: Say) -> None:
-    """Refuses (or, with ``force``, ends and waits for) live prefect-remote machines: Cloud Run
-    executions and Compute Engine VMs of the provider's region and zone."""
+def _end_machines(provider: GCPProvider, force: bool, say: Say, pool: str | None = None) -> None:
+    """Refuses (or, with ``force``, ends and waits for) live prefect-remote machines (only ``pool``'s,
+    by their records label, if given): Cloud Run executions of the provider's region and Compute
+    Engine VMs of all its zones."""
 
     def alive() -> list[Any]:
-        return [m for name in ("cloud-run", "compute") for m in provider.service(name).machines() if m.alive]
+        found = [m for name in ("cloud-run", "compute") for m in provider.service(name).machines() if m.alive]
+        return [m for m in found if pool is None or m.details.get("records") == pool]
 
     machines = alive()
     if not machines:
@@ -592,7 +633,7 @@ def _end_machines(provider: GCPProvider, force: bool, say: Say) -> None:
         service = provider.service(name)
         ids = [m.id for m in machines if m.id.startswith(service.id_prefix)]
         if ids:
-            service.terminate(ids, "prefect-remote gcp teardown --force", any_pool=True)  # the project's: every pool's
+            service.terminate(ids, "prefect-remote gcp teardown --force", any_pool=pool is None)  # without a pool: every pool's
     deadline = time.monotonic() + 600
     while alive():
         if time.monotonic() > deadline:
@@ -664,16 +705,19 @@ def _remove_firewalls(clients: GoogleClients, say: Say) -> list[str]:
     return done
 
 
-def _remove_leftover_secrets(clients: GoogleClients, say: Say) -> list[str]:
+def _remove_leftover_secrets(clients: GoogleClients, say: Say, pool: str | None = None) -> list[str]:
     """Launch secrets no machine will read any more: named ``prefect-remote-launch-<12 hex digits>``
-    and labelled with that launch, as a launch makes them. A user's own ``prefect-remote-…`` secret
-    (an API key kept under that name) is never one."""
+    and labelled with that launch, as a launch makes them (and with ``pool``'s records label, if
+    given). A user's own ``prefect-remote-…`` secret (an API key kept under that name) is never one."""
     from google.api_core.exceptions import NotFound
+
+    from prefect_remote.providers.gcp.service import RECORDS_LABEL
 
     manager = clients.secret_manager()
     names = []
+    request = {"parent": f"projects/{clients.project}", **({"filter": f"labels.{RECORDS_LABEL}={pool}"} if pool else {})}
     with google_errors(clients, "secretmanager.secrets.delete", "remove launch secrets left behind"):
-        for secret in manager.list_secrets(request={"parent": f"projects/{clients.project}"}):
+        for secret in manager.list_secrets(request=request):
             launch = secret.labels.get(LAUNCH_LABEL, "")
             if _LAUNCH_ID.fullmatch(launch) and secret.name.rsplit("/", 1)[-1] == secret_id(launch):
                 try:

@@ -86,13 +86,16 @@ class GCPProvider(Provider):
 
     def in_region(self, region: str) -> GCPProvider:
         """This provider's options in another ``region`` (its zone and subnetwork: that region's defaults)."""
-        return GCPProvider(**{**self.options.model_dump(), "region": region, "zone": None, "subnetwork": None})
+        other = GCPProvider(**{**self.options.model_dump(), "region": region, "zone": None, "subnetwork": None})
+        other.store_url = self.store_url
+        return other
 
     def __getstate__(self) -> dict[str, Any]:  # clients hold sockets and locks: rebuilt on use
-        return {"options": self.options.model_dump()}
+        return {"options": self.options.model_dump(), "store_url": self.store_url}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__init__(**state["options"])  # type: ignore[misc]
+        self.store_url = state.get("store_url")
 
     # -- the parts -----------------------------------------------------------------------------
     @property
@@ -171,6 +174,17 @@ class GCPProvider(Provider):
         """The service that runs ``spec`` and why (:meth:`service_for`), once ``spec`` has passed
         every provider's checks, the region's and the chosen service's."""
         super().check_spec(spec)
+        if self.options.service_account is None:
+            from prefect_remote.errors import CapabilityError
+
+            # Google's default for a VM or job is the project's default compute account, often an Editor of the project:
+            # any flow run's code could then do anything there.
+            raise CapabilityError(
+                "gcp: no service_account, so machines would run as the project's default compute service account (often "
+                "an Editor of the whole project); give them prefect-remote's own: `prefect work-pool create --type remote:push "
+                "--provision-infra POOL` makes prefect-remote-machines and records it in the pool, or set service_account= "
+                "(PREFECT_REMOTE_GCP_SERVICE_ACCOUNT) to an account you made"
+            )
         if spec.region and spec.region != self.options.region:
             from prefect_remote.errors import CapacityError
 

@@ -389,6 +389,17 @@ class MachineRecords:
             if status >= 300 and status != 404:
                 raise _http_error(response)
 
+    def forget_all(self) -> int:
+        """Forgets every record here (a pool's teardown, once its machines have ended); how many there were."""
+        with self.store.translated("storage.objects.list", f"{FOLDER}/"):
+            prefix = self.store.key(f"{FOLDER}/")
+            ids = [
+                blob.name.removeprefix(prefix).removesuffix(".json")
+                for blob in self.store.client.list_blobs(self.store.bucket, prefix=prefix)
+            ]
+        self.delete(ids)
+        return len(ids)
+
     def live_launches(self, launch_ids: set[str], *, stale_after: float = 3600.0) -> set[str]:
         """Those of ``launch_ids`` with a machine still running by its record: no end recorded, and
         a lease renewed within ``stale_after`` seconds (a machine deleted behind prefect-remote's back

@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import fnmatch
+import ipaddress
 import os
 import signal
 import socket
@@ -31,6 +32,7 @@ from pathlib import Path
 from prefect_remote.filelock import file_lock
 from prefect_remote.providers.local import records
 from prefect_remote.providers.local.isolation import RUN_DIR, Bridge, IsolationError, live_pid, spawn_detached
+from prefect_remote.relay import relay
 
 EGRESS_PORT = 3128
 IDLE_EXIT = 10.0  # seconds without namespace machines, or a request, before a gateway service exits
@@ -42,17 +44,6 @@ PRIORITY = -10
 
 def allowed(host: str, patterns: list[str]) -> bool:
     return any(fnmatch.fnmatch(host.lower(), pattern.lower()) for pattern in patterns)
-
-
-async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-    try:
-        while data := await reader.read(65536):
-            writer.write(data)
-            await writer.drain()
-    except (ConnectionError, asyncio.CancelledError):
-        pass
-    finally:
-        writer.close()
 
 
 async def _handle(client_reader: asyncio.StreamReader, client_writer: asyncio.StreamWriter, patterns: list[str]) -> None:
@@ -69,7 +60,7 @@ async def _handle(client_reader: asyncio.StreamReader, client_writer: asyncio.St
         upstream_reader, upstream_writer = await asyncio.wait_for(asyncio.open_connection(host, int(port)), 30)
         client_writer.write(b"HTTP/1.1 200 Connection established\r\n\r\n")
         await client_writer.drain()
-        await asyncio.gather(_pipe(client_reader, upstream_writer), _pipe(upstream_reader, client_writer))
+        await relay((client_reader, client_writer), (upstream_reader, upstream_writer))
     except (TimeoutError, OSError, ValueError, asyncio.IncompleteReadError, asyncio.LimitOverrunError):
         pass
     finally:
@@ -82,7 +73,22 @@ async def _forward(client_reader: asyncio.StreamReader, client_writer: asyncio.S
     except (TimeoutError, OSError):
         client_writer.close()
         return
-    await asyncio.gather(_pipe(client_reader, upstream_writer), _pipe(upstream_reader, client_writer))
+    await relay((client_reader, client_writer), (upstream_reader, upstream_writer))
+
+
+def _from_machines(handler, bridge: Bridge):
+    """``handler`` for connections from the bridge's subnet only: Linux answers on the bridge address
+    whatever interface a packet came in by, so a LAN neighbour that routes the subnet to this host
+    would otherwise reach its loopback services (the Prefect API) and its egress proxy."""
+
+    async def admitted(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        peer = writer.get_extra_info("peername")
+        if not peer or ipaddress.ip_address(peer[0]) not in bridge.network:
+            writer.close()
+            return
+        await handler(reader, writer)
+
+    return admitted
 
 
 def _requested(pid_file: Path) -> float:
@@ -96,7 +102,7 @@ def _requested(pid_file: Path) -> float:
 async def serve(bridge: Bridge, port: int, handler, pid_file: Path) -> None:
     """Serves ``handler`` on the bridge address until no machine has used the bridge, and nobody has
     asked for the service, for ``IDLE_EXIT`` seconds."""
-    server = await asyncio.start_server(handler, bridge.address, port)
+    server = await asyncio.start_server(_from_machines(handler, bridge), bridge.address, port)
     async with server:
         used = time.time()
         while True:

@@ -155,6 +155,28 @@ def test_teardown_of_one_pool_keeps_what_other_pools_use(region):
     assert roles() == set() and groups() == set() and log_groups() == []
 
 
+def test_a_role_of_the_same_name_not_made_for_this_pool_is_never_taken_over(region):
+    """ "my pool" and "my-pool" slug to one role name: the second pool is refused, naming the first;
+    so is a pool whose role name an unmanaged role of the account already has (left untouched)."""
+    import boto3
+
+    provision("my pool")
+    with pytest.raises(infra.AWSError, match=r"is pool 'my pool''s .*give pool 'my-pool' another name"):
+        provision("my-pool")
+    theirs = role_name(REGION, "theirs")
+    with AWSInfra(None).identity("provisioning"):  # (a role of the account's, made by someone else)
+        boto3.session.Session().client("iam").create_role(RoleName=theirs, AssumeRolePolicyDocument=json.dumps(infra.trust_policy()))
+    try:
+        with pytest.raises(infra.AWSError, match=r"exists and prefect-remote did not make it .*left as it is"):
+            provision("theirs")
+        with AWSInfra(None).identity("provisioning"), pytest.raises(ClientError, match="NoSuchEntity"):
+            boto3.session.Session().client("iam").get_role_policy(RoleName=theirs, PolicyName=infra.POLICY_NAME)  # nothing put on it
+    finally:
+        with AWSInfra(None).identity("teardown"):
+            boto3.session.Session().client("iam").delete_role(RoleName=theirs)
+            infra.teardown(REGION, "my pool", say=lambda _: None)
+
+
 def test_teardown_removes_only_launch_secrets_a_launch_tagged(region):
     """Under the secrets prefix, teardown removes the parameters launches left (named and tagged so);
     a user's parameter there, even one named like a launch's, survives."""

@@ -92,7 +92,7 @@ def test_launch_asks_ec2_for_the_chosen_machine(provider, ec2, ssm):
         tags["prefect-remote:spec"] == "2 cpu, 4 GiB" and before <= int(tags["prefect-remote:lease"]) <= time.time() + 1
     )  # whole seconds, rounded up
     [volume] = ec2.describe_volumes(Filters=[{"Name": "attachment.instance-id", "Values": [machine.id]}])["Volumes"]
-    assert volume["Size"] == 40 and tags_of(volume) == tags
+    assert volume["Size"] == 40 and tags_of(volume) == tags and volume["Encrypted"]  # with the account's default EBS key
     assert machine.tags == {"test": "aws", "run": tags["run"], "team": "data"}  # the user's tags only
     assert (machine.owner, machine.spec, machine.region, machine.spot) == ("alice", "2 cpu, 4 GiB", "us-east-1", False)
     # As EC2 answers RunInstances: pending, with no public IP yet; it shows once the instance runs.

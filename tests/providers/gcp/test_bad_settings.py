@@ -4,6 +4,7 @@ variables of a push pool's runs are tests/workers/push_contract.py's.)"""
 
 from __future__ import annotations
 
+import os
 import time
 
 import pytest
@@ -73,3 +74,20 @@ def test_a_missing_bucket_names_how_to_make_it(gcp_env, monkeypatch):
         launch_one()
     monkeypatch.setenv("PREFECT_REMOTE_STORE", gcp_env.store)
     assert no_machines_tagged()
+
+
+@pytest.mark.parametrize("service", ["cloud-run", "compute"])
+def test_no_service_account_refuses_the_default_compute_account_and_names_the_fix(gcp_env, monkeypatch, service):
+    """Without a service account, Google runs a job or VM as the project's default compute account
+    (often an Editor): refused before anything starts, naming --provision-infra and the setting."""
+    from prefect_remote.errors import CapabilityError
+    from prefect_remote.providers.gcp import GCPProvider
+
+    account = os.environ["PREFECT_REMOTE_GCP_SERVICE_ACCOUNT"]
+    monkeypatch.delenv("PREFECT_REMOTE_GCP_SERVICE_ACCOUNT")
+    before = GCPProvider(service_account=account).list(include_terminated=True)
+    with pytest.raises(CapabilityError, match=r"default compute service account .*--provision-infra .*PREFECT_REMOTE_GCP_SERVICE_ACCOUNT"):
+        launch_one(service=service)
+    assert GCPProvider(service_account=account).list(include_terminated=True) == before  # nothing started
+    [machine] = launch_one(service=service, service_account=account)  # with one, the same launch starts
+    GCPProvider(service_account=account).terminate([machine.id], reason="test over")

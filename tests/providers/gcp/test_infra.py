@@ -233,3 +233,61 @@ def test_teardown_removes_only_launch_secrets_and_checks_every_region(project, g
     finally:
         for secret in kept:
             manager.delete_secret(request={"name": f"{parent}/secrets/{secret}"})
+
+
+def test_a_pools_teardown_leaves_another_pools_machines_secrets_and_records(project, gcp_infra):
+    """Two pools of one project (one store each, in the provisioned bucket), each with a live machine
+    and a launch secret left behind: pool A's teardown refuses while A's VM runs in another zone
+    than the provider's (and only for it), then (--force) ends it and removes A's secrets and records, and nothing
+    of B's: B's machine runs on, with its secret and its record."""
+    from prefect_remote.providers.base import BootPayload
+    from prefect_remote.providers.gcp.secrets import secret_id
+    from prefect_remote.providers.gcp.service import LAUNCH_LABEL, RECORDS_LABEL
+    from prefect_remote.spec import MachineSpec
+
+    setup, _ = gcp_infra.provision()
+    stores = {pool: f"gs://{gcp_infra.bucket}/{pool}" for pool in ("pool-a", "pool-b")}
+
+    def provider(pool: str, **options) -> GCPProvider:
+        made = GCPProvider(service_account=setup.service_account, **options)
+        made.store_url = stores[pool]
+        return made
+
+    a = provider("pool-a", service="compute", zone="us-central1-c")  # not the region's first zone
+    b = provider("pool-b", service="cloud-run")
+    [a_machine] = a.launch(MachineSpec(cpu=2), BootPayload(["sleep", "600"], secrets={"TOKEN": "a"}))
+    [b_machine] = b.launch(MachineSpec(cpu=1), BootPayload(["sleep", "600"], secrets={"TOKEN": "b"}))
+    manager = b.clients.secret_manager()
+    parent = "projects/sandbox-project"
+    leftovers = {}
+    for pool, made in (("pool-a", a), ("pool-b", b)):  # as a launch whose owner died leaves its secret
+        launch = secrets.token_hex(6)
+        leftovers[pool] = secret_id(f"launch-{launch}")
+        labels = {LAUNCH_LABEL: f"launch-{launch}", RECORDS_LABEL: made.records.label}
+        manager.create_secret(
+            request={"parent": parent, "secret_id": leftovers[pool], "secret": {"replication": {"automatic": {}}, "labels": labels}}
+        )
+
+    def pool_secrets(made: GCPProvider) -> set[str]:
+        listed = manager.list_secrets(request={"parent": parent, "filter": f"labels.{RECORDS_LABEL}={made.records.label}"})
+        return {secret.name.rsplit("/", 1)[-1] for secret in listed}
+
+    b_secrets = pool_secrets(b)
+    assert len(b_secrets) == 2 and leftovers["pool-b"] in b_secrets and len(pool_secrets(a)) == 2
+    try:
+        home = GCPProvider()  # zone us-central1-a: pool A's VM is in us-central1-c, B's job runs too
+        with pytest.raises(
+            infra.TeardownRefused,
+            match=rf"1 prefect-remote machine\(s\) still run in project sandbox-project \(us-central1\):\n  {a_machine.id}",
+        ):
+            infra.teardown(home, store=stores["pool-a"], say=lambda _: None)
+        lines: list[str] = []
+        removed = infra.teardown(home, store=stores["pool-a"], force=True, say=lines.append)
+        assert not any(m.alive for m in a.service("compute").machines([a_machine.id])) and pool_secrets(a) == set()
+        assert f"secret {leftovers['pool-a']}" in removed and any("machine record(s)" in line for line in removed), removed
+        assert any(line.startswith("kept the service account, custom roles, firewall rules and bucket") for line in lines), lines
+        assert b.describe(b_machine.id).alive and pool_secrets(b) == b_secrets  # B's machine, its launch's secret, B's leftover
+        assert b_machine.id in b.records.read([b_machine.id]) and not a.records.read([a_machine.id])
+        assert project.iam.roles  # nothing shared removed
+    finally:
+        b.terminate([b_machine.id], reason="test over")

@@ -148,3 +148,16 @@ def test_a_read_from_the_start_and_the_tail_reach_entries_older_than_a_day(gcp_e
     assert chunk.text == "".join(f"line {n}\n" for n in range(30))
     assert read_logs(clients, "prefect-remote", machine_id, chunk.cursor).text == ""  # a cursor names its time
     assert log_reader(clients, "prefect-remote").tail(machine_id, 20, since=created) == "".join(f"line {n}\n" for n in range(10, 30))
+
+
+@pytest.mark.parametrize("machine_id", ['vm-0123456789ab" OR logName:"', "vm-0123456789ab OR x", "run-zz", "vm-0123456789abc"])
+def test_an_id_prefect_remote_never_made_is_refused_before_it_enters_a_logging_filter(machine_id):
+    """A flow run's machine id comes from its infrastructure_pid, which anyone with the API can set:
+    only ids as launches make them (run-/vm- and 12 hex digits) reach a Cloud Logging filter."""
+    from prefect_remote.errors import MachineNotFound
+    from prefect_remote.providers.gcp import GCPProvider
+
+    provider = GCPProvider(project="unit-project", region="us-central1", service_account="runner@unit-project.iam.gserviceaccount.com")
+    for read in (provider.logs, provider.log_tail):
+        with pytest.raises(MachineNotFound, match="12 hex digits"):
+            read(machine_id)

@@ -71,3 +71,17 @@ def test_a_vm_prefect_remote_never_made_is_left_alone(pools):
         assert instances.get(project=ours.options.project, zone=compute.zone, instance=name).name == name
     finally:
         instances.delete(project=ours.options.project, zone=compute.zone, instance=name)
+
+
+def test_a_sweep_deletes_only_its_own_pools_ended_jobs(pools):
+    """Another pool's ended Cloud Run job is left to that pool's sweep, which records its end in
+    that pool's records (a sweep writes ends into its own records only)."""
+    ours, theirs = pools
+    [job] = theirs["cloud-run"].launch(MachineSpec(cpu=1), BootPayload(["sh", "-c", "exit 3"]))
+    theirs = theirs["cloud-run"]
+    [ended] = theirs.wait([job.id], timeout=120)
+    assert not ended.alive
+    assert job.id not in ours.service("cloud-run").sweep(older_than=0)
+    assert theirs.describe(job.id).exit_code == 3  # its job still there, its end not lost
+    assert job.id in theirs.service("cloud-run").sweep(older_than=0)
+    assert theirs.describe(job.id).exit_code == 3  # from its pool's record, the job gone

@@ -104,6 +104,7 @@ def test_two_homes_start_and_end_clusters_on_one_bridge(tmp_path):
 def test_another_homes_cleanup_keeps_a_gateway_a_launch_just_asked_for(tmp_path, monkeypatch):
     # Home b forwards a loopback service onto the bridge, then launches; home a, with no machine
     # left, cleans the host up in between. That must neither stop b's forward nor break the bridge.
+    # The forward serves the bridge's subnet only.
     server = socket.create_server(("127.0.0.1", 0))
     port = server.getsockname()[1]
 
@@ -126,6 +127,10 @@ def test_another_homes_cleanup_keeps_a_gateway_a_launch_just_asked_for(tmp_path,
         b.wait([machine.id], timeout=30)
         assert "hello from the host" in b.logs(machine.id).text, b.logs(machine.id).text
         assert url == f"http://{b.bridge.address}:{port}/"
+        # From an address outside the bridge's subnet (as a LAN neighbour routing it here): nothing.
+        outsider = socket.create_connection((b.bridge.address, port), timeout=5, source_address=("127.0.0.1", 0))
+        assert outsider.recv(100) == b""
+        outsider.close()
     finally:
         server.close()
         monkeypatch.setattr(gateway, "IDLE_EXIT", -1.0)
