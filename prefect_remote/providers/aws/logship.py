@@ -59,11 +59,12 @@ def batch_events(
 
 def _default_client(region: str | None) -> Any:
     """A CloudWatch Logs client with short timeouts: a machine's log must not hold up its end."""
-    import boto3
     from botocore.config import Config
 
+    from prefect_remote.providers.aws.runtime import machine_session
+
     config = Config(connect_timeout=2, read_timeout=5, retries={"max_attempts": 2, "mode": "standard"})
-    return boto3.session.Session().client("logs", region_name=region, config=config)
+    return machine_session().client("logs", region_name=region, config=config)
 
 
 class CloudWatchSender(logship.LogSender):

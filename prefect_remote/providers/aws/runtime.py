@@ -37,9 +37,23 @@ ECR_REGISTRY = re.compile(r"\d{12}\.dkr\.ecr(?:-fips)?\.(?P<region>[a-z0-9-]+)\.
 # The AWS SDKs' own override of the metadata endpoint: boto3 on the machine honours it too.
 METADATA_ENDPOINT_ENV = "AWS_EC2_METADATA_SERVICE_ENDPOINT"
 TOKEN_TTL = 6 * 3600  # IMDSv2's longest session token
+IMDS_CREDENTIALS_TIMEOUT, IMDS_CREDENTIALS_ATTEMPTS = 5, 6  # botocore's defaults: 1 s, once
 # The machine's own power-off, as its OS has it (found through PATH): InstanceInitiatedShutdownBehavior=terminate
 # makes it a termination.
 HALT_COMMAND = ("shutdown", "-h", "now")
+
+
+def machine_session() -> Any:
+    """A boto3 session as a machine needs one: the instance role's credentials read from the metadata
+    service with patience. botocore asks it once, within 1 s, by default; a busy instance, a throttled
+    IMDS or a role moments old then makes every call fail "Unable to locate credentials"."""
+    import boto3
+    from botocore.session import get_session
+
+    core = get_session()
+    core.set_config_variable("metadata_service_timeout", IMDS_CREDENTIALS_TIMEOUT)
+    core.set_config_variable("metadata_service_num_attempts", IMDS_CREDENTIALS_ATTEMPTS)
+    return boto3.session.Session(botocore_session=core)
 
 
 class EC2Runtime(MachineRuntime):
@@ -107,13 +121,14 @@ class EC2Runtime(MachineRuntime):
     # -- the API, with boto3 -------------------------------------------------------------------------
     def _client(self, service: str, region: str | None = None) -> Any:
         try:
-            import boto3
+            from botocore.config import Config
         except ImportError:
             raise RuntimeError(
                 f"the EC2 runtime needs boto3 in the machine's agent environment to reach {service}; install it in the image or "
                 "software environment"
             ) from None
-        return boto3.session.Session().client(service, region_name=region or self.region)
+        config = Config(retries={"mode": "standard", "max_attempts": 8})  # throttling and transient errors
+        return machine_session().client(service, region_name=region or self.region, config=config)
 
     def read_secrets(self) -> dict[str, str]:
         """The launch's SecureString parameter, decrypted (the instance profile needs ssm:GetParameter on it)."""

@@ -154,3 +154,47 @@ def test_ecr_credentials_come_from_the_machines_identity_and_only_for_ecr(provid
     assert runtime.registry_credentials("docker.io") is None
     user, token = runtime.registry_credentials("123456789012.dkr.ecr.us-east-1.amazonaws.com")
     assert user == "AWS" and token
+
+
+def test_a_machine_waits_for_a_slow_metadata_service_for_its_roles_credentials(monkeypatch):
+    """botocore asks the metadata service for the instance role's credentials once, within 1 s; a busy
+    or throttled IMDS then leaves every call "Unable to locate credentials" (a scheduler died so, reading
+    its launch's secret). A machine's session waits longer and asks again."""
+    import json
+
+    from prefect_remote.providers.aws.runtime import machine_session
+
+    class SlowCredentials(BaseHTTPRequestHandler):
+        def do_PUT(self) -> None:
+            self._answer("token")
+
+        def do_GET(self) -> None:
+            if self.path.endswith("/security-credentials/"):
+                return self._answer("machine-role")
+            time.sleep(1.5)  # slower than botocore's default timeout of 1 s
+            expires = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() + 3600))
+            self._answer(
+                json.dumps({"Code": "Success", "AccessKeyId": "ASIAEXAMPLE", "SecretAccessKey": "s", "Token": "t", "Expiration": expires})
+            )
+
+        def _answer(self, body: str) -> None:
+            self.send_response(200)
+            self.end_headers()
+            self.wfile.write(body.encode())
+
+        def log_message(self, *args) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), SlowCredentials)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE"):
+            monkeypatch.delenv(name, raising=False)
+        monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent")
+        monkeypatch.setenv("AWS_CONFIG_FILE", "/nonexistent")
+        monkeypatch.setenv("AWS_EC2_METADATA_SERVICE_ENDPOINT", f"http://127.0.0.1:{server.server_port}")
+        assert boto3.session.Session().get_credentials() is None  # botocore's defaults give up
+        credentials = machine_session().get_credentials()
+        assert credentials is not None and credentials.access_key == "ASIAEXAMPLE"
+    finally:
+        server.shutdown()
