@@ -20,6 +20,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, ClassVar, Protocol
 
+from prefect_remote.errors import RemoteError
 from prefect_remote.providers.base import Capabilities, InstanceType, Launch, Machine, pick_instance_type
 
 if TYPE_CHECKING:
@@ -142,15 +143,18 @@ class GCPService(ABC):
         names other records): ending it is refused, with a warning. A machine launched before the
         label has none, and its provider checked that its records know it."""
         theirs = labels.get(RECORDS_LABEL)
-        if theirs is None or theirs == self.provider.records.label:
+        if theirs is None:
             return False
-        logger.warning(
-            "gcp: not ending %s: it is another pool's (label %s=%s; this pool's is %s)",
-            machine_id,
-            RECORDS_LABEL,
-            theirs,
-            self.provider.records.label,
-        )
+        try:
+            ours = self.provider.records.label
+        except RemoteError as error:  # no store its machines read (a teardown from a bare shell): no pool to call its own
+            logger.warning(
+                "gcp: not ending %s (label %s=%s): whose it is cannot be told here: %s", machine_id, RECORDS_LABEL, theirs, error
+            )
+            return True
+        if theirs == ours:
+            return False
+        logger.warning("gcp: not ending %s: it is another pool's (label %s=%s; this pool's is %s)", machine_id, RECORDS_LABEL, theirs, ours)
         return True
 
     @abstractmethod

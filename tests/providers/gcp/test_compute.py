@@ -490,8 +490,14 @@ def test_machine_types_come_from_the_zone(gce):
     assert "did you mean" in gce.unfit(MachineSpec(vm_type="n2-standrd-4"))
 
 
-def test_a_vm_that_stopped_itself_is_deleted(gce):
+def test_a_vm_that_stopped_itself_is_deleted(gce, gcp_sandbox, monkeypatch, tmp_path):
     [machine] = start(gce, "#!/bin/sh\nshutdown -h now\n", cpu=2)  # a guest shutdown: Compute Engine keeps it TERMINATED
+    wait_for(lambda: (instance_of(gcp_sandbox, machine.id) or {}).get("status") == "TERMINATED", timeout=90, what="the VM stopped")
+    # A listing from a shell whose store its machines cannot read (a bare `teardown`) cannot tell whose
+    # the VM is: it neither fails nor deletes it.
+    monkeypatch.setenv("PREFECT_REMOTE_STORE", str(tmp_path / "store"))
+    assert [m.id for m in GCPProvider(service="compute").service("compute").machines([machine.id])] == [machine.id]
+    monkeypatch.undo()
     seen: list[str] = []
 
     def gone() -> bool:
