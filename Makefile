@@ -6,10 +6,10 @@ export UV_PROJECT_ENVIRONMENT := $(abspath $(VENV))
 # mkdocs-material's banner about its successor, printed on every build.
 export NO_MKDOCS_2_WARNING := 1
 PYTEST_ARGS ?=
-# Three pytest workers (pytest-xdist), a test file each at a time: most tests wait on machines, so
-# three share a 2-core machine well (20 minutes; 28 with two). Each worker is a session with its
+# Four pytest workers (pytest-xdist), a test file each at a time: most tests wait on machines, so
+# four share a 2-core machine well (21 minutes with three, 28 with two). Each worker is a session with its
 # own server and sandboxes.
-PYTEST_WORKERS ?= 3
+PYTEST_WORKERS ?= 4
 
 .PHONY: env lint test docs demo demo-machines bench clean sandbox-host
 
