@@ -7,7 +7,7 @@ export UV_PROJECT_ENVIRONMENT := $(abspath $(VENV))
 export NO_MKDOCS_2_WARNING := 1
 PYTEST_ARGS ?=
 # Four pytest workers (pytest-xdist), a test file each at a time: most tests wait on machines, so
-# four share a 2-core machine well (21 minutes with three, 28 with two). Each worker is a session with its
+# four share a 2-core machine (22 minutes; about the same with three, 28 with two). Each worker is a session with its
 # own server and sandboxes.
 PYTEST_WORKERS ?= 4
 
