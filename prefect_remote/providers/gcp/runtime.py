@@ -108,10 +108,11 @@ class GCPRuntime(MachineRuntime):
         roles/artifactregistry.reader on the repository); None for other registries."""
         if not (registry.endswith("-docker.pkg.dev") or registry == "gcr.io" or registry.endswith(".gcr.io")):
             return None
-        import google.auth
         from google.auth.transport.requests import Request
 
-        credentials, _ = google.auth.default(scopes=["https://www.googleapis.com/auth/cloud-platform"])
+        from prefect_remote.providers.gcp.clients import default_credentials
+
+        credentials, _ = default_credentials()
         credentials.refresh(Request())
         return "oauth2accesstoken", credentials.token
 
