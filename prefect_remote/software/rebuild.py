@@ -186,7 +186,7 @@ def _build(name: str, store: Store, env: Path, uv: str, uv_env: dict[str, str], 
     except StoreError:
         shutil.rmtree(env, ignore_errors=True)
         raise
-    why = _make_venv(env / "venv", spec, uv, uv_env)
+    as_captured, why = _make_venv(env / "venv", spec, uv, uv_env)
     log(f"software environment {name}: a virtual environment on {why}")
     log(f"software environment {name}: installing {len(spec['packages'])} packages with uv")
     sync = [uv, "pip", "sync", "--quiet", "--python", str(env / "venv" / "bin" / "python"), *index_arguments(spec), str(requirements)]
@@ -196,7 +196,7 @@ def _build(name: str, store: Store, env: Path, uv: str, uv_env: dict[str, str], 
     except RebuildError:
         log(f"software environment {name}: some packages are not in uv's cache; downloading them")
         _run(sync, uv_env, spec, "installing packages")
-    if not why.startswith(f"Python {spec['python']},"):
+    if not as_captured:
         _add_what_this_patch_needs(name, env / "venv", requirements, spec, uv, uv_env, log)
     (env / "spec.json").write_bytes(canonical(spec))
     (env / COMPLETE).touch()
@@ -217,24 +217,25 @@ def _add_what_this_patch_needs(
         log(f"software environment {name}: kept as captured; {error}")
 
 
-def _make_venv(venv: Path, spec: dict[str, Any], uv: str, uv_env: dict[str, str]) -> str:
+def _make_venv(venv: Path, spec: dict[str, Any], uv: str, uv_env: dict[str, str]) -> tuple[bool, str]:
     """Makes ``venv`` on the Python the environment was captured with, patch included, where this
     machine has it or uv can download it (a Dask client compares its Python with its cluster's);
-    else at once on one of the same minor version. Returns which Python, and why, for the log."""
+    else at once on one of the same minor version. Returns whether it is the captured Python, and
+    which Python it is and why, for the log."""
     wanted, here = spec["python"], platform.python_version()
     if wanted == here:
         _run([uv, "venv", "--quiet", "--python", sys.executable, str(venv)], uv_env, spec, f"creating a Python {wanted} environment")
-        return f"Python {wanted}, as captured"
+        return True, f"Python {wanted}, as captured"
     exact = subprocess.run(  # no retries: a machine with no route to the download host learns it at once
         [uv, "venv", "--quiet", "--python", wanted, str(venv)], env={**uv_env, "UV_HTTP_RETRIES": "0"}, capture_output=True, text=True
     )
     if exact.returncode == 0:
-        return f"Python {wanted}, as captured"
+        return True, f"Python {wanted}, as captured"
     minor = ".".join(wanted.split(".")[:2])
     same_minor = sys.executable if here.startswith(f"{minor}.") else minor  # the running Python when it fits: no search
     _run([uv, "venv", "--quiet", "--python", same_minor, str(venv)], uv_env, spec, f"creating a Python {minor} environment")
     cause = uv_error_summary(exact.stderr or exact.stdout)
-    return f"Python {minor} (not {wanted}, which this machine has not and uv could not download: {cause})"
+    return False, f"Python {minor} (not {wanted}, which this machine has not and uv could not download: {cause})"
 
 
 def packages_named(spec: dict[str, Any], message: str) -> list[str]:

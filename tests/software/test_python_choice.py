@@ -34,14 +34,14 @@ def unreachable_downloads(tmp_path: Path) -> dict[str, str]:
 
 
 def test_the_captured_version_when_this_machine_has_it(tmp_path):
-    why = _make_venv(tmp_path / "venv", {"python": HERE, "packages": []}, find_uv(), dict(os.environ))
+    _, why = _make_venv(tmp_path / "venv", {"python": HERE, "packages": []}, find_uv(), dict(os.environ))
     assert why == f"Python {HERE}, as captured" and version_of(tmp_path / "venv") == HERE
 
 
 def test_a_patch_out_of_reach_falls_back_at_once_to_the_same_minor_and_says_why(tmp_path):
     wanted = f"{MINOR}.9" if f"{MINOR}.9" != HERE else f"{MINOR}.8"  # a patch uv knows how to download
     started = time.monotonic()
-    why = _make_venv(tmp_path / "venv", {"python": wanted, "packages": []}, find_uv(), unreachable_downloads(tmp_path))
+    _, why = _make_venv(tmp_path / "venv", {"python": wanted, "packages": []}, find_uv(), unreachable_downloads(tmp_path))
     assert time.monotonic() - started < 5  # no retries of a host that is out of reach
     assert version_of(tmp_path / "venv") == HERE
     assert why.startswith(f"Python {MINOR} (not {wanted}, which this machine has not and uv could not download: ")
