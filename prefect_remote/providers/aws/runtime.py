@@ -14,6 +14,7 @@ through :meth:`EC2Runtime.halt`.
 from __future__ import annotations
 
 import base64
+import functools
 import json
 import os
 import re
@@ -128,7 +129,13 @@ class EC2Runtime(MachineRuntime):
                 "software environment"
             ) from None
         config = Config(retries={"mode": "standard", "max_attempts": 8})  # throttling and transient errors
-        return machine_session().client(service, region_name=region or self.region, config=config)
+        return self._session.client(service, region_name=region or self.region, config=config)
+
+    @functools.cached_property
+    def _session(self) -> Any:
+        """One session for every client: botocore's models loaded once, the role's credentials read
+        from the metadata service once (and refreshed by botocore before they expire)."""
+        return machine_session()
 
     def read_secrets(self) -> dict[str, str]:
         """The launch's SecureString parameter, decrypted (the instance profile needs ssm:GetParameter on it)."""
