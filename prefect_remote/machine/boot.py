@@ -331,7 +331,10 @@ if ! engine_answers; then
   fi
   systemctl start docker 2>/dev/null || service docker start >/dev/null 2>&1 || true
   for _ in $(seq 60); do engine_answers && break; sleep 1; done
-  engine_answers
+  if ! engine_answers; then
+    phase "engine: Docker installed, but its daemon did not answer within 60 s; boot an image with Podman or Docker (ami, vm_image)"
+    exit 1
+  fi
   phase "engine: Docker installed and started in $(( SECONDS - STARTED )) s"
 fi
 phase "engine: $(if podman version >/dev/null 2>&1; then podman --version; else docker --version; fi)"
