@@ -110,8 +110,12 @@ class CapturedEnvironment:
         }
 
 
-# Query parameters that carry a credential: tokens, keys, signatures of pre-signed URLs (S3's X-Amz-*, GCS's X-Goog-*).
-_SECRET_PARAMETER = re.compile(r"token|secret|passw|signature|credential|auth|key|^sig$|^x-amz-|^x-goog-", re.IGNORECASE)
+# Query parameters that carry a credential: tokens, keys, passwords, signatures of pre-signed URLs
+# (S3's X-Amz-*, GCS's X-Goog-*), named as a whole or as a name's last part (private_token, apiKey);
+# not words that merely contain one (author, keyword), whose URL the machine must fetch as it is.
+_SECRET_PARAMETER = re.compile(
+    r"(token|secret|passw(or)?d|signature|credentials?|key)$|^(auth|authorization|sig|pass)$|^x-amz-|^x-goog-", re.IGNORECASE
+)
 
 
 def strip_credentials(url: str) -> str:
@@ -122,8 +126,9 @@ def strip_credentials(url: str) -> str:
     if parts.scheme.split("+")[-1] not in ("http", "https"):
         return url
     netloc = parts.netloc.rsplit("@", 1)[-1]
-    kept = [(name, value) for name, value in parse_qsl(parts.query, keep_blank_values=True) if not _SECRET_PARAMETER.search(name)]
-    query = urlencode(kept) if len(kept) < len(parse_qsl(parts.query, keep_blank_values=True)) else parts.query
+    given = parse_qsl(parts.query, keep_blank_values=True)
+    kept = [(name, value) for name, value in given if not _SECRET_PARAMETER.search(name)]
+    query = urlencode(kept) if len(kept) < len(given) else parts.query
     return urlunsplit(parts._replace(netloc=netloc, query=query))
 
 

@@ -147,6 +147,7 @@ def test_credentials_never_reach_the_store(throwaway, store, monkeypatch):
         ("https://storage.googleapis.com/b/w.whl?X-Goog-Signature=abc&X-Goog-Credential=sa", "https://storage.googleapis.com/b/w.whl"),
         ("https://u:pw@files.example/w.whl?ref=v1&access_token=t&sig=x", "https://files.example/w.whl?ref=v1"),
         ("https://files.example/w.whl?ref=v1#sha256=00", "https://files.example/w.whl?ref=v1#sha256=00"),  # nothing secret: as it was
+        ("https://f.example/w.whl?author=a&keyword=k&apiKey=s&auth=t", "https://f.example/w.whl?author=a&keyword=k"),  # words, not keys
     ],
 )
 def test_credentials_in_query_strings_are_stripped(url, stripped):
