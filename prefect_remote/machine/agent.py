@@ -123,9 +123,6 @@ class Agent:
             return None, no_engine_message(image, problems or ["this machine has neither"])
         container = Container(engine, image, self.machine_id, tuple(self.runtime.engine_prefix()))
         given = [secrets.get(name) for name in REGISTRY_SECRETS]
-        if any(given) and not all(given):  # one of the pair: a typo, not a wish for the machine's own identity
-            missing = REGISTRY_SECRETS[given.index(None) if None in given else given.index("")]
-            return None, f"image {image}: the registry's credentials lack {missing}; give both {' and '.join(REGISTRY_SECRETS)}"
         credentials = (given[0], given[1]) if all(given) else self.runtime.registry_credentials(registry_of(image))
         _, reason = self.watched(lambda: container.prepare(self.say, credentials), f"while pulling image {image}", "image pull")
         return (None, reason) if reason else (container, None)

@@ -170,20 +170,3 @@ def test_a_payload_stopped_for_the_agents_own_reason_is_told_why_once_stopped(tm
     finished = subprocess.Popen(["true"])
     assert Agent(config(on_stop=on_stop), runtime).watch(finished, {})[0] == "payload finished"
     assert not told.exists()
-
-
-def test_half_of_a_registrys_credentials_is_refused_naming_the_missing_one():
-    """One of the pair is a typo, not a wish to pull with the machine's own identity: the machine ends
-    saying which secret is missing, before any pull."""
-    import pytest
-
-    from prefect_remote.machine.container import REGISTRY_PASSWORD_ENV, REGISTRY_USERNAME_ENV, find_engine
-
-    if find_engine() is None:
-        pytest.skip("no Podman or Docker on this host")
-    agent = Agent(config(image="registry.example.com/team/app:1"), FakeRuntime(lambda: 0.0, owner_dies_at=float("inf")))
-    container, reason = agent.prepare_image({REGISTRY_USERNAME_ENV: "robot"})
-    assert container is None and reason == (
-        f"image registry.example.com/team/app:1: the registry's credentials lack {REGISTRY_PASSWORD_ENV}; "
-        f"give both {REGISTRY_USERNAME_ENV} and {REGISTRY_PASSWORD_ENV}"
-    )
