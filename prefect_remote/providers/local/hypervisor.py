@@ -19,7 +19,16 @@ from pathlib import Path
 from prefect_remote.machine.container import remove_machine_containers
 from prefect_remote.on_machine import MACHINE_ID_ENV
 from prefect_remote.providers.local import records
-from prefect_remote.providers.local.isolation import OOM_EXIT_CODE, Cgroups, Network, host_trust_env, kill_pids, record_end, tagged_pids
+from prefect_remote.providers.local.isolation import (
+    OOM_EXIT_CODE,
+    Cgroups,
+    Network,
+    host_engine_env,
+    host_trust_env,
+    kill_pids,
+    record_end,
+    tagged_pids,
+)
 from prefect_remote.providers.local.own_root import IN_ROOT, OwnRoot
 from prefect_remote.units import format_size
 
@@ -58,6 +67,7 @@ class Hypervisor:
             "PYTHONUNBUFFERED": "1",
             MACHINE_ID_ENV: self.id,
             **host_trust_env(),
+            **host_engine_env(),
             **self.record.get("image_env", {}),
         }
 

@@ -33,16 +33,21 @@ from prefect_remote.providers.local import records
 CGROUP_CONTROLLERS = ("memory", "cpu")
 CGROUP_GROUP = "prefect-remote"
 CPU_PERIOD_US = 100_000
-# A local machine's "image" is this host: it trusts the certificate authorities the host trusts, and runs
-# image= with the host's container engine as the launcher has it configured.
+# Every machine on this host trusts the certificate authorities the host trusts. A local machine's
+# "image" is this host, so it also runs image= with the host's container engine as the launcher has
+# it configured; a sandbox cloud's instance gets an engine of its own (its image's), never the host's.
 HOST_TRUST_VARIABLES = ("SSL_CERT_FILE", "SSL_CERT_DIR", "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE", "PIP_CERT")
 HOST_ENGINE_VARIABLES = ("CONTAINERS_CONF", "CONTAINERS_STORAGE_CONF", "CONTAINERS_REGISTRIES_CONF", "CONTAINER_HOST", "DOCKER_HOST")
 
 
 def host_trust_env() -> dict[str, str]:
-    """The host's certificate-authority and container-engine settings, the only part of the launcher's
-    environment a machine gets."""
-    return {name: os.environ[name] for name in (*HOST_TRUST_VARIABLES, *HOST_ENGINE_VARIABLES) if name in os.environ}
+    """The host's certificate-authority settings, which every machine on this host gets."""
+    return {name: os.environ[name] for name in HOST_TRUST_VARIABLES if name in os.environ}
+
+
+def host_engine_env() -> dict[str, str]:
+    """The launcher's container-engine settings, which a local machine (and its monitor) gets."""
+    return {name: os.environ[name] for name in HOST_ENGINE_VARIABLES if name in os.environ}
 
 
 class IsolationError(RuntimeError):

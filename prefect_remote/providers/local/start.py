@@ -29,6 +29,7 @@ from prefect_remote.providers.local.isolation import (
     IsolationError,
     Network,
     PrivateLink,
+    host_engine_env,
     host_trust_env,
     namespace_unavailable,
     spawn_detached,
@@ -166,6 +167,6 @@ def _start_hypervisor(directory: Path) -> None:
             [sys.executable, "-m", "prefect_remote.providers.local.hypervisor", str(directory)],
             directory / records.HYPERVISOR_PID,
             cwd=directory,
-            env={"PATH": os.environ.get("PATH", ""), "LANG": "C.UTF-8", **host_trust_env()},
+            env={"PATH": os.environ.get("PATH", ""), "LANG": "C.UTF-8", **host_trust_env(), **host_engine_env()},
             stderr=log,
         )
