@@ -59,7 +59,7 @@ sandbox-host:
 test: lint sandbox-host $(DOCS_VENV)/.synced
 	$(DOCS_VENV)/bin/mkdocs build --strict
 	$(VENV)/bin/python -m tests.upstream
-	$(VENV)/bin/python -m pytest -n $(PYTEST_WORKERS) --dist loadfile --no-loadscope-reorder --durations=30 $(PYTEST_ARGS)
+	$(VENV)/bin/python -m pytest -n $(PYTEST_WORKERS) --dist loadfile --no-loadscope-reorder --durations=80 $(PYTEST_ARGS)
 
 # The site (docs/, mkdocs.yml) into site/; `$(VENV)/bin/mkdocs serve` serves it while you write.
 docs: $(DOCS_VENV)/.synced

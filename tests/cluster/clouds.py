@@ -99,8 +99,16 @@ class Cloud:
         yield
 
     def killed_client_bound(self, keepalive: float) -> float:
-        """Seconds within which every machine of a cluster whose client was killed has ended."""
-        raise NotImplementedError
+        """Seconds within which every machine of a cluster whose client was killed has ended: the
+        controller on the scheduler closes the cluster ``keepalive`` (+ one 0.5 s tick) after the kill,
+        ending the workers' machines, then the scheduler's agent ends its own. Should the scheduler's
+        loop be wedged (or starved of CPU on a loaded host) instead, nothing renews its lease (only that
+        loop does) and its agent ends it once the lease is ``keepalive + KEEPALIVE_BACKSTOP`` old, read
+        every lease interval. Plus 5 s for the sandbox to end machines (an instance is shutting-down,
+        a VM STOPPING, until its machine has stopped)."""
+        from prefect_remote.cluster.remote import KEEPALIVE_BACKSTOP
+
+        return keepalive + KEEPALIVE_BACKSTOP + LEASE_INTERVAL + 5.0
 
     def end_all_but(self, shared: set[str]) -> None:
         """Ends every machine not of a cluster in ``shared``, and waits until they have ended."""
@@ -187,16 +195,6 @@ class AWS(Cloud):
     def spot_refused(self) -> Iterator[None]:
         with no_ec2_capacity(self.sandbox, spot=True):
             yield
-
-    def killed_client_bound(self, keepalive: float) -> float:
-        """The controller on the scheduler closes the cluster ``keepalive`` (+ one 0.5 s tick) after the
-        kill; should the scheduler's loop be wedged instead, nothing renews its lease (only that loop
-        does) and its agent ends it once the lease is ``keepalive + KEEPALIVE_BACKSTOP`` old, read
-        every lease interval. Plus 5 s for the sandbox to end machines (an instance is shutting-down
-        until its machine has stopped)."""
-        from prefect_remote.cluster.remote import KEEPALIVE_BACKSTOP
-
-        return keepalive + KEEPALIVE_BACKSTOP + LEASE_INTERVAL + 5.0
 
     def end_all_but(self, shared: set[str]) -> None:
         leftover = [vm.id for vm in self.machines() if vm.labels.get(CLUSTER_TAG) not in shared]
@@ -303,13 +301,6 @@ class GCP(Cloud):
             yield
         finally:
             self.sandbox.compute.lift_refusals()
-
-    def killed_client_bound(self, keepalive: float) -> float:
-        """The controller closes the cluster ``keepalive`` after the kill, deleting the workers' VMs;
-        the scheduler's agent then deletes its own VM: keepalive + the lease interval, plus 2 s for
-        the sandbox to end machines (a deleted VM is STOPPING until its machine has stopped). (A
-        wedged scheduler would take KEEPALIVE_BACKSTOP longer: its agent ends it by its lease.)"""
-        return keepalive + LEASE_INTERVAL + 2.0
 
     def end_all_but(self, shared: set[str]) -> None:
         leftover = [vm.name for vm in self.all_vms() if vm.labels.get(CLUSTER_TAG) not in shared]

@@ -350,8 +350,8 @@ def test_a_killed_client_leaves_no_machine_behind(cloud, tmp_path):
     """kill -9 of the process that made the cluster (and held it, with a Client). The bound, from
     prefect_remote/cluster: the killed process's connections close at once, so the controller on the
     scheduler closes the cluster ``keepalive`` after the kill, ending the workers' machines as it
-    closes; the scheduler's node then exits and its agent ends its machine. Each cloud's
-    ``killed_client_bound`` says how long that takes there, at most."""
+    closes; the scheduler's node then exits and its agent ends its machine.
+    ``Cloud.killed_client_bound`` says how long that takes, at most."""
     keepalive, name = 10.0, f"{cloud.name}-killed-client"
     (tmp_path / "client.py").write_text(KILLED_CLIENT)
     client = subprocess.Popen(

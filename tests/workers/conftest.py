@@ -275,7 +275,9 @@ def completed_runs(client, env: dict[str, str], folder: Path, deployments: list[
     flow_runs = []
     for deployment, ran in zip(deployments, results, strict=True):
         deployment_id = client.read_deployment_by_name(deployment).id
-        [flow_run] = client.read_flow_runs(deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[deployment_id])))
+        flow_runs_of_it = client.read_flow_runs(deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[deployment_id])))
+        assert len(flow_runs_of_it) == 1, f"{len(flow_runs_of_it)} runs of {deployment}; its CLI printed:\n{ran.stdout}{ran.stderr}"
+        [flow_run] = flow_runs_of_it
         assert ran.returncode == 0 and "Completed" in ran.stdout, ran.stdout + ran.stderr + "\n".join(run_logs(client, flow_run.id))
         # The engine reports before its machine has ended.
         logged(client, flow_run.id, f"Machine {flow_run.infrastructure_pid} ended: ", timeout=ended_within)
