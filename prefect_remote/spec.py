@@ -119,6 +119,13 @@ def image_choice(image: str | None, container: str | None) -> str | None:
     return image if image is not None else container
 
 
+# The run's secrets that log a machine's container engine in to a private registry: both or neither
+# (the machine's own cloud identity logs in to the cloud's registry without them).
+REGISTRY_USERNAME_ENV = "PREFECT_REMOTE_REGISTRY_USERNAME"
+REGISTRY_PASSWORD_ENV = "PREFECT_REMOTE_REGISTRY_PASSWORD"
+REGISTRY_SECRETS = (REGISTRY_USERNAME_ENV, REGISTRY_PASSWORD_ENV)
+
+
 class MachineSpec(BaseModel):
     """A machine request in the vocabulary of the tools users know.
 
@@ -295,6 +302,20 @@ class MachineSpec(BaseModel):
             if not isinstance(item, (str, SecretStr)):
                 raise ValueError(f"environ[{key!r}]: expected a string or a pydantic.SecretStr, not {type(item).__name__}")
         return value
+
+    @model_validator(mode="after")
+    def _registry_credentials(self) -> MachineSpec:
+        given = [name for name in REGISTRY_SECRETS if name in self.environ]
+        if len(given) == 1:
+            [missing] = set(REGISTRY_SECRETS) - set(given)
+            raise ValueError(
+                f"environ has {given[0]} but not {missing}: a private registry needs both (as secrets), "
+                "or neither to pull as the machine's own identity"
+            )
+        plain = [name for name in given if not isinstance(self.environ[name], SecretStr)]
+        if plain:
+            raise ValueError(f"environ[{plain[0]!r}] must be a pydantic.SecretStr: registry credentials travel as secrets only")
+        return self
 
     @field_validator("image", mode="before")
     @classmethod

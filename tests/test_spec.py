@@ -225,3 +225,14 @@ def test_image_is_chosen_by_image_or_its_older_name_container():
     for bad in ("--privileged", "app 1", ""):
         with pytest.raises(ValidationError, match="expected an image reference such as 'python:3.12-slim'"):
             MachineSpec(image=bad)
+
+
+def test_registry_credentials_are_both_given_as_secrets_or_neither():
+    user, password = "PREFECT_REMOTE_REGISTRY_USERNAME", "PREFECT_REMOTE_REGISTRY_PASSWORD"
+    both = MachineSpec(image="app:1", environ={user: SecretStr("u"), password: SecretStr("p")})
+    assert both.secret_environ == {user: "u", password: "p"} and MachineSpec(image="app:1").environ == {}
+    for alone, missing in ((user, password), (password, user)):
+        with pytest.raises(ValidationError, match=f"environ has {alone} but not {missing}: a private registry needs both"):
+            MachineSpec(image="app:1", environ={alone: SecretStr("x")})
+    with pytest.raises(ValidationError, match=f"environ\\['{password}'\\] must be a pydantic.SecretStr"):
+        MachineSpec(image="app:1", environ={user: SecretStr("u"), password: "p"})

@@ -37,13 +37,10 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
+from prefect_remote.spec import REGISTRY_PASSWORD_ENV, REGISTRY_SECRETS, REGISTRY_USERNAME_ENV  # noqa: F401 (public here too)
 from prefect_remote.units import format_size
 
 ENGINES = ("podman", "docker")
-# The payload's secrets that log the engine in to a private registry (and are kept from the payload).
-REGISTRY_USERNAME_ENV = "PREFECT_REMOTE_REGISTRY_USERNAME"
-REGISTRY_PASSWORD_ENV = "PREFECT_REMOTE_REGISTRY_PASSWORD"
-REGISTRY_SECRETS = (REGISTRY_USERNAME_ENV, REGISTRY_PASSWORD_ENV)
 LABEL = "prefect-remote.machine"  # on each container: the machine it belongs to
 PULL_TIMEOUT = 1800.0  # seconds a pull may take (a multi-GB image on a slow link); the agent's limits still apply
 _CHECK_TIMEOUT = 30.0
@@ -131,6 +128,9 @@ class Container:
         return os.path.basename(self.engine)
 
     def _engine(self, *arguments: str, env: Mapping[str, str] | None = None, timeout: float = _CHECK_TIMEOUT, text: str | None = None):
+        # Without ``prefix``: inspect, login, pull, stop and rm need no cgroup mounts (only ``run``
+        # does), and the pull's auth file is in this machine's own temporary folder, which another
+        # mount namespace may not show at the same path.
         return subprocess.run([self.engine, *arguments], capture_output=True, text=True, input=text, timeout=timeout, env=env, check=False)
 
     def size(self) -> int | None:

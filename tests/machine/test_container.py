@@ -12,7 +12,7 @@ import pytest
 from pydantic import SecretStr
 
 from prefect_remote.errors import CapabilityError
-from prefect_remote.machine.container import LABEL, REGISTRY_PASSWORD_ENV, registry_of
+from prefect_remote.machine.container import LABEL, REGISTRY_PASSWORD_ENV, REGISTRY_SECRETS, registry_of
 from prefect_remote.providers.base import BootPayload
 from prefect_remote.providers.local import LocalProvider
 from prefect_remote.spec import MachineSpec
@@ -48,9 +48,8 @@ def started(provider: LocalProvider, spec: MachineSpec, seconds: float):
 
 def test_the_payload_runs_in_the_image_with_its_environment_its_secrets_kept_out_of_ps_and_its_exit_code(image):
     provider = LocalProvider()
-    spec = MachineSpec(
-        image=image, keepalive=None, environ={"PUBLIC": "yes", "TOKEN": SecretStr(SECRET), REGISTRY_PASSWORD_ENV: SecretStr("reg")}
-    )
+    registry_login = {name: SecretStr("reg") for name in REGISTRY_SECRETS}  # not used: the image is here already
+    spec = MachineSpec(image=image, keepalive=None, environ={"PUBLIC": "yes", "TOKEN": SecretStr(SECRET), **registry_login})
     machine = started(provider, spec, 3)
     processes = subprocess.run(["ps", "-e", "-ww", "-o", "args"], capture_output=True, text=True).stdout  # every command line
     [ended] = provider.wait([machine.id], timeout=60)
