@@ -394,22 +394,28 @@ class _CpuMeter:
     def __init__(self, pid: int, marker: bytes | None = None, proc: Path = Path("/proc")) -> None:
         self._root, self._marker, self._proc = pid, marker, proc
         self._ticks = os.sysconf("SC_CLK_TCK")
+        self._marks: dict[tuple[str, str], bool] = {}  # (pid, start and command): holds the marker (read once)
         self._last = (time.monotonic(), self._total())
 
-    def _stat(self, pid: str) -> tuple[int, float] | None:
-        """(parent pid, CPU seconds of the process and its reaped children), or None once it is gone."""
+    def _stat(self, pid: str) -> tuple[int, float, str] | None:
+        """(parent pid, CPU seconds of the process and its reaped children, its start time and
+        command: what tells it apart from a later process of that pid, or an exec), or None once gone."""
         try:
             text = (self._proc / pid / "stat").read_text()
         except OSError:
             return None
         fields = text[text.rindex(")") + 2 :].split()  # the command name may hold spaces and parentheses
-        # proc(5): field 4 is ppid, 14-17 utime, stime, cutime, cstime (here from field 3, the state).
-        return int(fields[1]), sum(int(value) for value in fields[11:15]) / self._ticks
+        # proc(5): field 4 is ppid, 14-17 utime, stime, cutime, cstime, 22 starttime (here from field 3, the state).
+        return (
+            int(fields[1]),
+            sum(int(value) for value in fields[11:15]) / self._ticks,
+            f"{fields[19]} {text[text.index('(') : text.rindex(')') + 1]}",
+        )
 
     def _total(self) -> float:
         stats = {pid: stat for pid in os.listdir(self._proc) if pid.isdigit() and (stat := self._stat(pid))}
         children: dict[int, list[int]] = {}
-        for pid, (parent, _) in stats.items():
+        for pid, (parent, _, _) in stats.items():
             children.setdefault(parent, []).append(int(pid))
         total, tree, seen = 0.0, [self._root, *self._marked(stats)], set()
         while tree:
@@ -420,18 +426,22 @@ class _CpuMeter:
                 tree += children.get(pid, [])
         return total
 
-    def _marked(self, pids) -> list[int]:
-        """The processes whose environment holds the marker (a container's, under its engine)."""
+    def _marked(self, stats: dict[str, tuple[int, float, str]]) -> list[int]:
+        """The processes whose environment holds the marker (a container's, under its engine). Each
+        process's environment is read once, and again after an exec (its command changes)."""
         if self._marker is None:
             return []
-        found = []
-        for pid in pids:
-            try:
-                if self._marker in (self._proc / pid / "environ").read_bytes().split(b"\0"):
-                    found.append(int(pid))
-            except OSError:
-                pass
-        return found
+        marks = {}
+        for pid, (_, _, identity) in stats.items():
+            key = (pid, identity)
+            if key not in self._marks:
+                try:
+                    self._marks[key] = self._marker in (self._proc / pid / "environ").read_bytes().split(b"\0")
+                except OSError:
+                    self._marks[key] = False
+            marks[key] = self._marks[key]
+        self._marks = marks  # the processes gone are forgotten
+        return [int(pid) for pid, identity in marks if marks[pid, identity]]
 
     def busy(self) -> bool:
         now = time.monotonic()

@@ -2,6 +2,7 @@ import io
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 from prefect_remote.machine.agent import TICK, Agent
 from prefect_remote.machine.runtime import MachineRuntime
@@ -104,6 +105,31 @@ def test_cpu_meter_counts_the_whole_process_tree_with_the_standard_library_only(
     code = "import sys, prefect_remote.machine.agent as a; a._CpuMeter(1).busy(); print('psutil' in sys.modules)"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.stdout.strip() == "False", result.stderr
+
+
+def test_cpu_meter_finds_a_container_by_its_marker_reading_each_processs_environment_once(tmp_path, monkeypatch):
+    """A container's processes run under its engine, not the payload: the meter finds them by the
+    marker in their environment, read once per process (not on every tick), and again after an exec
+    or for a later process with the same pid."""
+    from prefect_remote.machine.agent import _CpuMeter
+
+    def process(pid: int, command: str, start: int, cpu_ticks: int, environ: bytes) -> None:
+        folder = tmp_path / str(pid)
+        folder.mkdir(exist_ok=True)
+        fields = ["S", "1", *["0"] * 9, str(cpu_ticks), "0", "0", "0", *["0"] * 4, str(start)]  # from field 3
+        (folder / "stat").write_text(f"{pid} ({command}) {' '.join(fields)}\n")
+        (folder / "environ").write_bytes(environ)
+
+    reads = []
+    read_bytes = Path.read_bytes
+    monkeypatch.setattr(Path, "read_bytes", lambda path: reads.append(path.parent.name) or read_bytes(path))
+    process(10, "python", 5, 100, b"MARK=1\0")
+    process(11, "sleep", 6, 0, b"OTHER=1\0")
+    meter = _CpuMeter(999, b"MARK=1", proc=tmp_path)
+    assert sorted(reads) == ["10", "11"] and meter._total() == 1.0 and sorted(reads) == ["10", "11"]
+    process(11, "python", 6, 500, b"MARK=1\0")  # the same process exec'd into the container's
+    process(12, "python", 7, 0, b"")
+    assert meter._total() == 6.0 and sorted(reads) == ["10", "11", "11", "12"]
 
 
 def test_a_rebooted_machine_ends_instead_of_running_its_payload_again(tmp_path, monkeypatch):
