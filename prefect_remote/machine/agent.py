@@ -322,7 +322,7 @@ class Agent:
         if not command:
             return
         if self.container is not None:  # in the image too: the machine itself may have no Prefect
-            command = self.container.command(command, {*self.container_names, END_REASON_ENV}, str(Path.cwd()))
+            command = self.container.command(command, {*self.container_names, END_REASON_ENV}, str(Path.cwd()), purpose="on-stop")
         try:
             done = subprocess.run(
                 command, env={**env, END_REASON_ENV: reason}, stdin=subprocess.DEVNULL, capture_output=True, timeout=ON_STOP_TIMEOUT

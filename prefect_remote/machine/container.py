@@ -170,10 +170,11 @@ class Container:
         took = time.monotonic() - started
         say(f"image pull: pulled {self.image} ({format_size(size) if size is not None else 'size unknown'}) in {took:.1f} s")
 
-    def command(self, command: Iterable[str], env_names: Iterable[str], workdir: str) -> list[str]:
+    def command(self, command: Iterable[str], env_names: Iterable[str], workdir: str, *, purpose: str = "") -> list[str]:
         """The engine's ``run`` of ``command`` in the image, in ``workdir`` (bind-mounted at its own
         path), on the machine's network, with the variables ``env_names`` from the ``run`` client's
-        own environment (by name only: no value on its command line)."""
+        own environment (by name only: no value on its command line). A ``purpose`` (``on-stop``)
+        names a container of its own, beside the payload's, which may not be removed yet."""
         names = [f"--env={name}" for name in sorted(set(env_names))]
         return [
             *self.prefix,
@@ -181,7 +182,7 @@ class Container:
             "run",
             "--rm",
             "--init",
-            f"--name={self.name}",
+            f"--name={self.name}-{purpose}" if purpose else f"--name={self.name}",
             f"--label={LABEL}={self.machine_id}",
             "--network=host",
             f"--volume={workdir}:{workdir}",

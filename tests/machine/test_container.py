@@ -163,3 +163,14 @@ def test_a_busy_container_is_not_idle(image):
     [machine] = provider.launch(MachineSpec(image=image, keepalive=None, idle_timeout=3), BootPayload(["python", "-c", busy]))
     [ended] = provider.wait([machine.id], timeout=60)
     assert (ended.reason, ended.exit_code) == ("payload exited with code 4", 4), provider.logs(machine.id).text
+
+
+def test_the_on_stop_command_runs_in_a_container_of_its_own_name():
+    """on_stop runs once the payload's container is stopped, whose removal may still be under way:
+    its own name, never the payload's, and the machine's label (removed with the machine)."""
+    from prefect_remote.machine.container import Container
+
+    container = Container("/usr/bin/podman", "app:1", "m-1")
+    payload, on_stop = container.command(["run"], ["A"], "/w"), container.command(["report"], ["A"], "/w", purpose="on-stop")
+    assert "--name=prefect-remote-m-1" in payload and "--name=prefect-remote-m-1-on-stop" in on_stop
+    assert f"--label={LABEL}=m-1" in on_stop and "--rm" in on_stop
