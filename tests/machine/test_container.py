@@ -82,6 +82,11 @@ def test_without_podman_or_docker_the_local_provider_refuses_an_image_at_submit(
     (tmp_path / "podman").chmod(0o755)
     with pytest.raises(CapabilityError, match=r"or drop image \(.*/podman does not answer: Error: storage is broken\)"):
         LocalProvider().check_spec(MachineSpec(image="app:1"))
+    (tmp_path / "podman").write_text(f"#!/bin/sh\necho asked >> {tmp_path}/asked\n")  # answers
+    provider = LocalProvider()
+    for _ in range(3):
+        provider.check_spec(MachineSpec(image="app:1"))
+    assert (tmp_path / "asked").read_text() == "asked\n"  # once: not on every plan
 
 
 def test_an_image_with_a_software_environment_is_refused_saying_why():

@@ -81,6 +81,7 @@ class LocalProvider(Provider):
         self.home = Path(home).expanduser().absolute() if home else self.settings.home
         self._isolation = isolation
         self._overcommit = overcommit
+        self._engine_answered = False  # once an engine answered, later plans of images do not ask again
 
     @property
     def settings(self) -> RemoteSettings:
@@ -161,9 +162,11 @@ class LocalProvider(Provider):
     def check_spec(self, spec: MachineSpec) -> None:
         """The shared checks, and an engine on this host for ``image=``: its machines run the image with it."""
         super().check_spec(spec)
-        problems: list[str] = []
-        if spec.image and find_engine(problems=problems) is None:
-            raise CapabilityError(no_engine_message(spec.image, problems))
+        if spec.image and not self._engine_answered:
+            problems: list[str] = []
+            if find_engine(problems=problems) is None:
+                raise CapabilityError(no_engine_message(spec.image, problems))
+            self._engine_answered = True
 
     # -- launching --------------------------------------------------------------------------------
     def placement(self, spec: MachineSpec, instance_type: InstanceType) -> str:
