@@ -283,9 +283,14 @@ class RemoteCluster(SpecCluster):
         computer, carried to the scheduler's dashboard port (where this process reaches it: a cloud
         machine's public address, which ``allow_ingress_from`` admits, or its private one from a
         machine in its network) over TLS with the cluster's certificate, which that port requires
-        (:mod:`prefect_remote.cluster.dashboard`). It works while this cluster object is open."""
+        (:mod:`prefect_remote.cluster.dashboard`). It works while this cluster object is open. Empty,
+        as Dask's own for a cluster without a dashboard, while this process has no address for the
+        scheduler's machine."""
         machine = getattr(self.scheduler, "machine", self.scheduler_machine)  # as last described: with its public IP
-        target = (self.provider.client_address(machine) or "", int(machine.tags[DASHBOARD_TAG]))
+        address = self.provider.client_address(machine)
+        if not address:
+            return ""
+        target = (address, int(machine.tags[DASHBOARD_TAG]))
         if self._tunnel is not None and self._tunnel.closed:  # this cluster object is closed: the link no longer works
             return self._tunnel.link
         if self._tunnel is None or (self._tunnel.host, self._tunnel.remote_port) != target:
@@ -435,7 +440,8 @@ class RemoteCluster(SpecCluster):
                 await self._request("prefect_remote_adapt", minimum=self.options.minimum, maximum=self.options.maximum)
             else:
                 await self._request("prefect_remote_scale", n=self.options.minimum)
-        logger.info("cluster %s is up; dashboard: %s", self.cluster_name, self.dashboard_link)
+        link = self.dashboard_link  # its tunnel starts here, once: the link logged is one that works
+        logger.info("cluster %s is up; dashboard: %s", self.cluster_name, link or "none (no address of its scheduler here)")
 
     async def _watch(self) -> None:
         """Holds the cluster from this process: the controller counts this connection as a client's

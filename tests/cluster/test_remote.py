@@ -63,6 +63,9 @@ def test_the_dashboard_is_served_to_the_clusters_certificate_holders_only(local_
                 urllib.request.urlopen(url, context=context, timeout=10).read()
         logs = "\n".join(cluster.get_logs().values())
         assert f"dashboard port {port} (TLS)" in logs, logs
+        with pytest.MonkeyPatch.context() as no_route:  # as from a laptop to a cloud scheduler with no public address
+            no_route.setattr(local_provider, "client_address", lambda machine: None)
+            assert cluster.dashboard_link == ""  # Dask's "no dashboard", not a link that cannot work
     with pytest.raises(OSError):  # the tunnel closed with the cluster
         urllib.request.urlopen(link, timeout=10)
 
