@@ -19,13 +19,13 @@ import os
 import re
 import secrets
 import sys
-import tempfile
 import typing
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypedDict, TypeVar, Unpack
 
+from prefect_remote.atomic_files import create_once
 from prefect_remote.errors import RemoteError
 from prefect_remote.on_machine import MACHINE_ID_ENV
 from prefect_remote.providers import get_provider, require
@@ -203,14 +203,7 @@ def _name_key(home: Path) -> bytes:
     whole (a link made only if none is there), so that concurrent first uses agree on it."""
     path = home / "clusters" / "name.key"
     if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        with tempfile.NamedTemporaryFile(dir=path.parent, prefix=".name-key-") as made:  # created 0600
-            made.write(secrets.token_bytes(32))
-            made.flush()
-            try:
-                os.link(made.name, path)
-            except FileExistsError:  # another process put its own in place first: that one is the key
-                pass
+        create_once(path, secrets.token_bytes(32), make_folder=True)  # another process's, if it was first: that one is the key
     return path.read_bytes()
 
 

@@ -6,11 +6,10 @@ types, its prices), written whole or not at all.
 
 from __future__ import annotations
 
-import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
+
+from prefect_remote.atomic_files import write_json
 
 
 def save_cache(path: Path, document: dict[str, Any]) -> None:
@@ -18,9 +17,6 @@ def save_cache(path: Path, document: dict[str, Any]) -> None:
     for concurrent readers; a cache that cannot be written is skipped: it only costs the next
     process the calls that fill it again."""
     try:
-        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        with tempfile.NamedTemporaryFile("w", dir=path.parent, prefix=f".{path.name}.", delete=False) as handle:
-            json.dump(document, handle)
-        os.replace(handle.name, path)
+        write_json(path, document, make_folder=True)
     except OSError:
         pass

@@ -36,13 +36,13 @@ import logging
 import os
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 import warnings
 from pathlib import Path
 from typing import Any, Literal
 
+from prefect_remote.atomic_files import write_json
 from prefect_remote.on_machine import MACHINE_ID_ENV
 from prefect_remote.software.scan import DEFAULT_INDEX_VARIABLES, EXTRA_INDEX_VARIABLES, normalize
 from prefect_remote.software.stamps import stamp, unchanged
@@ -254,10 +254,7 @@ def _capture(key: str, patterns: list[str], python: str | None, root: str | Path
 def _write(path: Path, record: dict[str, Any]) -> None:
     """Written whole or not at all (concurrent processes may capture the same request)."""
     try:
-        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        with tempfile.NamedTemporaryFile("w", dir=path.parent, prefix=f".{path.name}.", delete=False) as handle:
-            json.dump(record, handle)
-        os.replace(handle.name, path)
+        write_json(path, record, make_folder=True)
     except OSError as error:  # the next process captures again: slower, not wrong
         logger.warning("package sync: could not record the capture in %s: %s", path, error)
 

@@ -19,9 +19,10 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from collections.abc import Iterable
 from pathlib import Path
+
+from prefect_remote.atomic_files import write_json
 
 DETECTORS = (
     "AWSKeyDetector",
@@ -101,8 +102,5 @@ def find_secret_files(
         if kind:
             found[relative] = kind
     if cache_file is not None and fresh != verdicts:
-        cache_file.parent.mkdir(parents=True, exist_ok=True)
-        temporary = cache_file.with_name(f".{cache_file.name}.{os.getpid()}")
-        temporary.write_text(json.dumps(fresh))
-        os.replace(temporary, cache_file)
+        write_json(cache_file, fresh, make_folder=True)
     return found

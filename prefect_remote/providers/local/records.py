@@ -16,9 +16,10 @@ root/            a sandbox cloud's instance's own / (``own_root``: an overlay mo
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
+
+from prefect_remote import atomic_files
 
 MACHINE = "machine.json"
 BOOT_SCRIPT = "boot.sh"
@@ -37,24 +38,12 @@ _MISSING = object()
 
 def write_json(path: Path, data: Any, *, mode: int = 0o644) -> None:
     """Writes ``data`` so that readers see the old file or the new one, never half of one."""
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-    with os.fdopen(fd, "w") as handle:
-        json.dump(data, handle)
-    os.replace(temporary, path)
+    atomic_files.write_json(path, data, mode=mode)
 
 
 def write_once(path: Path, data: Any) -> bool:
     """Writes ``data`` unless ``path`` exists; ``True`` if this call wrote it (first writer wins, atomically)."""
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.once")
-    write_json(temporary, data)
-    try:
-        os.link(temporary, path)
-        return True
-    except FileExistsError:
-        return False
-    finally:
-        temporary.unlink(missing_ok=True)
+    return atomic_files.create_once(path, json.dumps(data).encode(), mode=0o644)
 
 
 def read_json(path: Path, default: Any = _MISSING) -> Any:
