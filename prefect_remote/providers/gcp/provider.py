@@ -82,6 +82,7 @@ class GCPProvider(Provider):
         self._services: dict[str, GCPService] = {}
         self._clients: GoogleClients | None = None
         self._records: MachineRecords | None = None
+        self._records_of: str | None = None  # the store_url they were made for
         self._ended: set[str] = set()  # machines seen ended by a renewal (their launch's secret handled)
 
     def in_region(self, region: str) -> GCPProvider:
@@ -108,11 +109,12 @@ class GCPProvider(Provider):
 
     @property
     def records(self) -> MachineRecords:
-        """Leases and end records of this provider's machines, in the store."""
-        if self._records is None:
+        """Leases and end records of this provider's machines, in the store: :attr:`store_url`'s as it
+        is now (a pool's block sets it after the provider is made, maybe after a first use)."""
+        if self._records is None or self._records_of != self.store_url:
             from prefect_remote.providers.gcp.records import MachineRecords
 
-            self._records = MachineRecords(self.machine_store())
+            self._records, self._records_of = MachineRecords(self.machine_store()), self.store_url
         return self._records
 
     def service(self, key: str) -> GCPService:

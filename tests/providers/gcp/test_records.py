@@ -313,3 +313,15 @@ def test_an_end_of_many_throttled_in_part_sends_that_part_again(gcs, records, mo
     assert records.end_all(records.read(ids), reason="idle") == dict.fromkeys(ids, "launch-0a1b2c3d4e5f")
     assert len(throttled) == 1 and gcs.requests.count(("POST", "/batch/storage/v1")) == 3  # read, end, the throttled end again
     assert records.renew(ids) == dict.fromkeys(ids, "launch-0a1b2c3d4e5f")
+
+
+def test_a_provider_reads_the_records_of_the_store_set_after_it_was_made(gcs):
+    """A pool's block sets the provider's store after making it (RemoteProviderBlock.get_provider),
+    maybe after a first use: the records are the store's as set now, not as first asked for."""
+    from prefect_remote.providers.gcp.provider import GCPProvider
+
+    provider = GCPProvider(project="records-project", region="us-central1")
+    provider.store_url = f"gs://{gcs.bucket()}/first"
+    assert provider.records.url.endswith("/first/machines")
+    provider.store_url = f"gs://{gcs.bucket()}/pools-own"
+    assert provider.records.url.endswith("/pools-own/machines") and provider.records is provider.records
