@@ -169,6 +169,9 @@ def test_extract_reads_a_part_of_a_name_as_iams_conditions_do():
     assert not iam.allows(ALICE, "compute.instances.delete", SCOPE.compute(PROJECT, "zones/us-central1-a/instances/vm-pr-a-c0-1"))
     assert iam.allows(BOB, "secretmanager.versions.access", SCOPE.secret(PROJECT, "one", "1"))
     assert not iam.allows(BOB, "secretmanager.versions.access", SCOPE.secret(PROJECT, "one", "latest"))
+    for template in ("/instances/", "/a/{x}/{y}"):  # refused when the policy is set, as Google does, not at a check
+        with pytest.raises(ValueError, match=r"invalid condition expression .*a template holds one \{placeholder\}"):
+            iam.parse(f'resource.name.extract("{template}") == "1"')
 
 
 def test_resource_level_bindings_apply_to_the_resource_and_what_it_holds():

@@ -253,10 +253,19 @@ class Evaluator:
 
         if expression not in self._programs:
             try:
-                self._programs[expression] = celpy.Environment().compile(expression)
+                program = celpy.Environment().compile(expression)
             except celpy.CELParseError as error:
                 raise ValueError(f"invalid condition expression {expression!r}: {error}") from None
+            for template in _EXTRACT_CALL.findall(expression):  # Google checks them when the policy is set
+                try:
+                    extract("", template[1])
+                except ValueError as error:
+                    raise ValueError(f"invalid condition expression {expression!r}: {error}") from None
+            self._programs[expression] = program
         return self._programs[expression]
+
+
+_EXTRACT_CALL = re.compile(r"""\.extract\(\s*(["'])(.*?)\1\s*\)""")
 
 
 def extract(text: str, template: str) -> str:
