@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -58,7 +58,7 @@ class Cloud:
     label: str
     provider: object
     secrets: Callable[[], int]
-    records: Callable[[], int]
+    records: Callable[[], int] | None  # None: this cloud keeps no machine records (EC2: the instance's tags)
     local_machine: Callable[[str], str | None] | None  # a machine id -> its sandbox machine (None: agents not killable)
 
 
@@ -80,11 +80,16 @@ def run_wave(cloud: Cloud, ways: list[Way], scratch: Path) -> None:
             if way.renewed:
                 renewed.append(machine.id)
         deadline = time.monotonic() + STARTED_WITHIN
-        waiting = [(way, machine_id, marker) for way, machine_id, marker in launched if way.ended_by_owner or way.agent_killed]
-        while not all(marker.exists() for _, _, marker in waiting):
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"payloads not started within {STARTED_WITHIN:.0f} s")
-            time.sleep(0.2)
+        waiting = {machine_id: marker for way, machine_id, marker in launched if way.ended_by_owner or way.agent_killed}
+        while waiting := {machine_id: marker for machine_id, marker in waiting.items() if not marker.exists()}:
+            for machine in provider.list(include_terminated=True):
+                if machine.id in waiting and machine.state == "terminated":  # nothing left to end or kill: counted all the same
+                    log.info("%s: %s ended before its payload started: %s", cloud.label, machine.id, machine.reason)
+                    del waiting[machine.id]
+            if waiting and time.monotonic() > deadline:
+                described = "; ".join(f"{machine_id}: {provider.describe(machine_id)}" for machine_id in waiting)
+                raise TimeoutError(f"payloads not started within {STARTED_WITHIN:.0f} s: {described}")
+            time.sleep(1)
         time.sleep(2)  # past the agents' first lease read
         provider.terminate([machine_id for way, machine_id, _ in launched if way.ended_by_owner], reason="ended by its owner")
         for way, machine_id, _ in launched:
@@ -106,8 +111,10 @@ def run_wave(cloud: Cloud, ways: list[Way], scratch: Path) -> None:
             time.sleep(1)
 
 
-def measure(cloud: Cloud, ways: list[Way], scratch: Path) -> str:
-    before = (cloud.secrets(), cloud.records())
+def measure(cloud: Cloud, ways: list[Way], scratch: Path) -> tuple[str, bool]:
+    """Its line, and whether every figure met its goal (zero)."""
+    count_records = cloud.records or (lambda: 0)
+    before = (cloud.secrets(), count_records())
     chosen = [way for way in ways if cloud.local_machine is not None or not way.agent_killed]
     plan = [chosen[n % len(chosen)] for n in range(LAUNCHES)]
     started = time.monotonic()
@@ -116,15 +123,18 @@ def measure(cloud: Cloud, ways: list[Way], scratch: Path) -> str:
         log.info("%s: %d of %d launches ended", cloud.label, min(first + WAVE, len(plan)), len(plan))
     cloud.provider.list(include_terminated=True)  # what an owner does next: its sweep of ended launches runs
     running = [m.id for m in cloud.provider.list() if m.state != "terminated"]
-    secrets, records = cloud.secrets() - before[0], cloud.records() - before[1]
+    secrets, records = cloud.secrets() - before[0], count_records() - before[1]
     ways_run = ", ".join(sorted({way.name for way in plan}))
+    met = not (running or secrets or records)
+    records_left = f"{records} machine records" if cloud.records else "no machine records kept (n/a)"
     return (
         f"{cloud.label}: {len(plan)} launches ({ways_run}) in {time.monotonic() - started:.0f} s left "
-        f"{len(running)} machines running, {secrets} launch secrets, {records} machine records (goal 0 each)"
-    )
+        f"{len(running)} machines running, {secrets} launch secrets, {records_left} (goal 0 each: {'met' if met else 'MISSED'})"
+    ), met
 
 
-def main() -> list[str]:
+def main() -> Iterator[str]:
+    """Each cloud's line as it is measured; fails at the end if any figure missed its goal (zero)."""
     from prefect_remote.providers.aws.provider import AWSProvider
     from prefect_remote.providers.gcp.infra import provision
     from prefect_remote.providers.gcp.provider import GCPProvider
@@ -132,7 +142,7 @@ def main() -> list[str]:
     from prefect_remote.sandbox.gcp.compute.instances import ID_PREFIX
     from prefect_remote.sandbox.gcp.sandbox import SandboxGCP
 
-    lines = []
+    missed = []
     with bench_home("leftovers-aws") as scratch, SandboxAWS(home=scratch / "sandbox") as aws:
         aws.runner.shared.append(str(scratch))
         os.environ.update(aws.exports())
@@ -145,8 +155,11 @@ def main() -> list[str]:
             return sum(len(page["Parameters"]) for page in pages)
 
         with aws.warm(True), aws.vms():
-            cloud = Cloud("EC2", AWSProvider(lease_interval=30), parameters, lambda: 0, aws.runner.machine_of)
-            lines.append(measure(cloud, WAYS, scratch))
+            cloud = Cloud("EC2", AWSProvider(lease_interval=30), parameters, None, aws.runner.machine_of)
+            line, met = measure(cloud, WAYS, scratch)
+            if not met:
+                missed.append(cloud.label)
+            yield line
     with bench_home("leftovers-gcp") as scratch, SandboxGCP(home=scratch / "sandbox") as gcp:
         gcp.runner.shared.append(str(scratch))
         os.environ.update(gcp.exports())
@@ -172,11 +185,19 @@ def main() -> list[str]:
                 records,
                 lambda machine_id: gcp.runner.machine_of(ID_PREFIX + machine_id),
             )
-            lines.append(measure(compute, WAYS, scratch))
+            line, met = measure(compute, WAYS, scratch)
+            if not met:
+                missed.append(compute.label)
+            yield line
             cloud_run = Cloud("Cloud Run", GCPProvider(service="cloud-run", lease_interval=30), secrets, records, None)
-            lines.append(measure(cloud_run, WAYS, scratch))
-    return lines
+            line, met = measure(cloud_run, WAYS, scratch)
+            if not met:
+                missed.append(cloud_run.label)
+            yield line
+    if missed:  # a zero goal missed is a failure, not a figure
+        raise AssertionError(f"launches left something behind on {', '.join(missed)} (goal: nothing)")
 
 
 if __name__ == "__main__":
-    print("\n".join(main()))
+    for figure in main():
+        print(figure)
