@@ -8,10 +8,13 @@ from __future__ import annotations
 
 import asyncio
 import fnmatch
+import functools
 import logging
 import os
 import socket
+import ssl
 
+import certifi
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import WorkPoolFilter, WorkPoolFilterType
 
@@ -19,6 +22,19 @@ from prefect_remote.workers.worker import RemotePushWorker
 
 logger = logging.getLogger("prefect_remote.push")
 PUSH_TYPE = RemotePushWorker.type
+
+
+@functools.cache
+def _tls_context() -> ssl.SSLContext:
+    """The TLS context of sync's clients (Prefect's default: its CA bundle, or certifi's), made once:
+    a Prefect client makes one each time otherwise, which cost more CPU than the listing."""
+    from prefect.settings import PREFECT_API_SSL_CERT_FILE, PREFECT_API_TLS_INSECURE_SKIP_VERIFY
+
+    if PREFECT_API_TLS_INSECURE_SKIP_VERIFY.value():
+        context = ssl.create_default_context()
+        context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
+        return context
+    return ssl.create_default_context(cafile=PREFECT_API_SSL_CERT_FILE.value() or certifi.where())
 
 
 def _report_end(task: asyncio.Task[None]) -> None:
@@ -36,7 +52,7 @@ class PushExecutor:
 
     async def sync(self) -> list[str]:
         """Starts workers for new pools and stops those of deleted ones; returns the pools served."""
-        async with get_client() as client:
+        async with get_client(httpx_settings={"verify": _tls_context()}) as client:
             found = await client.read_work_pools(work_pool_filter=WorkPoolFilter(type=WorkPoolFilterType(any_=[PUSH_TYPE])))
         names = {pool.name for pool in found if any(fnmatch.fnmatchcase(pool.name, p) for p in self.pools)}
         for name in names:

@@ -13,8 +13,9 @@ from datetime import timedelta
 
 import psutil
 from docket import Perpetual
+from prefect.context import SettingsContext, get_settings_context
 from prefect.server.services.perpetual_services import perpetual_service
-from prefect.settings import PREFECT_API_URL, get_current_settings, temporary_settings
+from prefect.settings import PREFECT_API_URL, Settings, get_current_settings, temporary_settings
 
 from prefect_remote.push.executor import PushExecutor
 from prefect_remote.settings import get_settings
@@ -42,5 +43,12 @@ async def run_remote_push_pools(
     perpetual: Perpetual = Perpetual(automatic=True, every=timedelta(seconds=get_settings().push_interval)),
 ) -> None:
     """Makes sure every remote:push pool has its worker running in this server."""
-    with temporary_settings({PREFECT_API_URL: own_api_url()}):  # inherited by the workers' tasks
+    with SettingsContext(profile=get_settings_context().profile, settings=serving_settings()):  # inherited by the workers' tasks
         await executor.sync()
+
+
+@functools.cache  # made once: Prefect's settings take more CPU to make than a tick's listing
+def serving_settings() -> Settings:
+    """This process's Prefect settings with its own API URL as the API."""
+    with temporary_settings({PREFECT_API_URL: own_api_url()}) as settings:
+        return settings
