@@ -46,7 +46,7 @@ class UnknownOperation(LookupError):
 
 @dataclass(frozen=True)
 class Request:
-    service: str  # the signing name: ec2, s3, ssm, logs, iam, sts, pricing
+    service: str  # the signing name: ec2, s3, ssm, logs, iam, sts, pricing, ecr
     operation: str  # the API's name: RunInstances, HeadBucket…
     params: Mapping[str, Any]  # as botocore's model names them
     region: str
@@ -112,6 +112,13 @@ class Account:
 
         backend = logs_backends[request.account][request.region]
         return dict(backend.list_tags_log_group(name)) if name in backend.groups else {}
+
+    def ecr_tags(self, request: Request, repository: str) -> dict[str, str]:
+        from moto.ecr.models import ecr_backends
+
+        backend = ecr_backends[request.account][request.region]
+        found = backend.repositories.get(repository)
+        return dict(backend.tagger.get_tag_dict_for_resource(found.arn)) if found is not None else {}
 
     def role(self, request: Request, name: str) -> Any:
         for role in list(self.iam(request).roles.values()):
@@ -520,6 +527,47 @@ def _logs_tagging(request: Request, account: Account) -> list[Check]:
 
 
 _unscoped("logs", "DescribeLogGroups")
+
+
+# -- ECR -------------------------------------------------------------------------------------------
+# Operations on one repository of the caller's registry (the Service Authorization Reference:
+# resource type ``repository*``, condition keys ``aws:ResourceTag/K`` and ``ecr:ResourceTag/K``). A
+# pull asks two of them: BatchGetImage for the manifest, GetDownloadUrlForLayer for each layer, as the
+# engine's requests to the registry (``<account>.dkr.ecr.<region>.amazonaws.com``) with the token
+# from GetAuthorizationToken are authorized with the identity that got the token.
+_ECR_REPOSITORY_OPERATIONS = ("BatchGetImage", "GetDownloadUrlForLayer", "BatchCheckLayerAvailability", "PutImage", "DeleteRepository")
+
+
+def ecr_repository_arn(request: Request, name: str) -> str:
+    return f"arn:{request.partition}:ecr:{request.region}:{request.account}:repository/{name}"
+
+
+def _ecr_repository(request: Request, account: Account, name: str, action: str | None = None, **extra: Any) -> Check:
+    registry = request.params.get("registryId")
+    if registry and registry != request.account:
+        # Another account's repository answers to its repository policy as well, which the sandbox
+        # does not evaluate: refused rather than decided on half the policies.
+        raise UnknownOperation(request.service, request.operation, f" on account {registry}'s registry")
+    tags = resource_tags(account.ecr_tags(request, name), "ecr")
+    return Check(action or f"ecr:{request.operation}", ecr_repository_arn(request, name), {**tags, **extra})
+
+
+@_handles("ecr", *_ECR_REPOSITORY_OPERATIONS)
+def _ecr_repository_operation(request: Request, account: Account) -> list[Check]:
+    return [_ecr_repository(request, account, request.params["repositoryName"])]
+
+
+@_handles("ecr", "CreateRepository")
+def _create_repository(request: Request, account: Account) -> list[Check]:
+    name, tags = request.params["repositoryName"], _tag_list(request.params.get("tags"))
+    found = [_ecr_repository(request, account, name, **request_tags(tags) if tags else {})]
+    if tags:  # tags at creation are authorized as ecr:TagResource too
+        found.append(_ecr_repository(request, account, name, "ecr:TagResource", **request_tags(tags)))
+    return found
+
+
+# The login token: on no particular resource (whichever registries registryIds names).
+_unscoped("ecr", "GetAuthorizationToken")
 
 
 # -- IAM -------------------------------------------------------------------------------------------

@@ -3,7 +3,7 @@ request (:mod:`~prefect_remote.sandbox.iam_identity`), asks :mod:`~prefect_remot
 what AWS would authorize for it, evaluates the caller's policies with
 :mod:`~prefect_remote.sandbox.iam_policy`, and refuses in AWS's own shape per protocol (EC2's
 ``UnauthorizedOperation``, IAM's and STS's ``AccessDenied``, S3's ``AccessDenied``, 400
-``AccessDeniedException`` in JSON for SSM and CloudWatch Logs), with AWS's wording ("User: arn:… is
+``AccessDeniedException`` in JSON for SSM, CloudWatch Logs and ECR), with AWS's wording ("User: arn:… is
 not authorized to perform: ssm:GetParameter on resource: arn:… because no identity-based policy
 allows the ssm:GetParameter action"). It also answers
 ``iam:SimulatePrincipalPolicy`` (moto has none) from the same evaluator.
@@ -41,7 +41,7 @@ from prefect_remote.sandbox.iam_requests import Account, Request, UnknownOperati
 
 IAM_XMLNS = "https://iam.amazonaws.com/doc/2010-05-08/"
 QUERY_XMLNS = {"iam": IAM_XMLNS, "sts": "https://sts.amazonaws.com/doc/2011-06-15/"}
-JSON_SERVICES = ("ssm", "logs", "pricing", "servicequotas")
+JSON_SERVICES = ("ssm", "logs", "pricing", "servicequotas", "ecr")
 MODEL_NAMES = {"servicequotas": "service-quotas"}  # signing names whose botocore model is named otherwise
 
 # (kind of refusal, protocol) -> (status, code); protocols: ec2, query (iam, sts), json, s3.

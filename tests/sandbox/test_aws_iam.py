@@ -232,6 +232,9 @@ class FixedAccount(Account):
     def log_group_tags(self, request, name):
         return {}
 
+    def ecr_tags(self, request, repository):
+        return dict(self.tags.get(repository, {}))
+
     def role(self, request, name):
         return None
 
@@ -407,6 +410,57 @@ def test_arns_and_action_names_per_service():
     assert ask("sts", "GetCallerIdentity") == []  # no permission needed
     [attribute] = ask("ec2", "DescribeInstanceAttribute", InstanceId="i-0a", Attribute="userData")
     assert attribute.resource == f"{EC2}:instance/i-0a"  # (unlike DescribeInstances, scoped to the instance)
+
+
+def test_ecr_operations_ask_what_the_service_authorization_reference_says():
+    """GetAuthorizationToken is on no resource; the repository actions on the repository of the
+    caller's registry, with its tags; tags at creation are ecr:TagResource too. Another account's
+    registry answers to its repository policy, which the sandbox does not evaluate: refused."""
+    repository = f"arn:aws:ecr:{REGION}:{ACCOUNT_ID}:repository/team/app"
+    assert ask("ecr", "GetAuthorizationToken") == [Check("ecr:GetAuthorizationToken", "*")]
+    assert ask("ecr", "GetAuthorizationToken", registryIds=["210987654321"]) == [Check("ecr:GetAuthorizationToken", "*")]
+    pull = {"BatchGetImage": {"imageIds": [{"imageTag": "1"}]}, "GetDownloadUrlForLayer": {"layerDigest": "sha256:ab"}}
+    tagged = FixedAccount(tags={"team/app": {"stage": "prod"}})
+    for operation, params in pull.items():
+        [check] = ask("ecr", operation, tagged, repositoryName="team/app", **params)
+        assert (check.action, check.resource) == (f"ecr:{operation}", repository)
+        assert check.context == {"aws:ResourceTag/stage": "prod", "ecr:ResourceTag/stage": "prod"}
+    assert ask("ecr", "BatchGetImage", repositoryName="team/app", registryId=ACCOUNT_ID, imageIds=[])[0].resource == repository
+    created = ask("ecr", "CreateRepository", repositoryName="team/app", tags=[{"Key": "stage", "Value": "dev"}])
+    assert [(c.action, c.resource) for c in created] == [("ecr:CreateRepository", repository), ("ecr:TagResource", repository)]
+    assert created[1].context == {"aws:RequestTag/stage": "dev", "aws:TagKeys": ["stage"]}
+    with pytest.raises(UnknownOperation, match="ecr:BatchGetImage on account 210987654321's registry"):
+        ask("ecr", "BatchGetImage", repositoryName="team/app", registryId="210987654321", imageIds=[])
+    with pytest.raises(UnknownOperation, match="ecr:DescribeRepositories"):
+        ask("ecr", "DescribeRepositories")
+
+
+def test_machine_policy_pulls_from_the_accounts_repositories_and_no_more():
+    """A pull: the login token, the manifest and the layers, in the account's repositories of the pool's
+    region; BatchCheckLayerAvailability (a push's), pushing, and other regions are refused."""
+
+    def decision(operation, region=REGION, **params):
+        return [d for *_, d in allowed(MACHINES, checks(Request("ecr", operation, params, region, ACCOUNT_ID), FixedAccount()))]
+
+    assert decision("GetAuthorizationToken") == ["allowed"]
+    assert decision("BatchGetImage", repositoryName="team/app", imageIds=[{"imageTag": "1"}]) == ["allowed"]
+    assert decision("GetDownloadUrlForLayer", repositoryName="team/app", layerDigest="sha256:ab") == ["allowed"]
+    assert decision("BatchCheckLayerAvailability", repositoryName="team/app", layerDigests=["sha256:ab"]) == ["implicitDeny"]
+    assert decision("PutImage", repositoryName="team/app", imageManifest="{}") == ["implicitDeny"]
+    assert decision("BatchGetImage", "eu-west-1", repositoryName="team/app", imageIds=[{"imageTag": "1"}]) == ["implicitDeny"]
+
+
+def test_the_table_names_operations_as_botocore_does():
+    """Every operation of the table is one of its service's botocore model (a misspelled name would
+    never match a request, and the request would be refused as unknown)."""
+    import botocore.session
+
+    from prefect_remote.sandbox.iam_server import MODEL_NAMES
+
+    session = botocore.session.get_session()
+    for entry in operations():
+        service, operation = entry.split(":")
+        assert operation in session.get_service_model(MODEL_NAMES.get(service, service)).operation_names, entry
 
 
 def test_unknown_operations_are_refused_by_name():

@@ -278,13 +278,15 @@ def machine_policy(
                 f"arn:{partition}:ssm:{region}::parameter/aws/service/deeplearning/ami/*",
             ],
         },
-        # image= from ECR: a token for the engine's login (no resource of its own), then the layers of
-        # this account's repositories (another account's repository grants the role in its own policy).
+        # image= from ECR: a token for the engine's login (no resource of its own), then what a pull
+        # asks of this account's repositories: the manifest (BatchGetImage) and each layer
+        # (GetDownloadUrlForLayer); BatchCheckLayerAvailability is a push's. Another account's
+        # repository grants the role in its own policy.
         {"Sid": "LogInToECR", "Effect": "Allow", "Action": "ecr:GetAuthorizationToken", "Resource": "*"},
         {
             "Sid": "PullImagesFromECR",
             "Effect": "Allow",
-            "Action": ["ecr:BatchGetImage", "ecr:GetDownloadUrlForLayer", "ecr:BatchCheckLayerAvailability"],
+            "Action": ["ecr:BatchGetImage", "ecr:GetDownloadUrlForLayer"],
             "Resource": f"arn:{partition}:ecr:{region}:{account}:repository/*",
         },
         {

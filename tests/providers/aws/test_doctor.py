@@ -3,9 +3,7 @@ then with each fault injected, each giving exit 1 and a row that names the fix."
 
 from __future__ import annotations
 
-import json
 import os
-import uuid
 
 import pytest
 
@@ -56,32 +54,8 @@ def test_a_missing_launcher_permission_is_named(aws_env, removed):
         assert "docs/providers/aws.md#permissions" in rows["launcher permissions"]["fix"]
 
 
-@pytest.fixture
-def weak_machine_profile(aws_env):
-    """An instance profile whose role has the machines' policy without its ReadLaunchSecrets statement."""
-    iam = aws_env.client("iam")
-    name = f"prefect-remote-doctor-{uuid.uuid4().hex[:6]}"
-    policy = permissions.machine_policy(
-        account=ACCOUNT_ID,
-        region=aws_env.region,
-        role=name,
-        bucket="prefect-remote-sandbox",
-        prefix="store",
-        log_group="/prefect-remote/machines",
-    )
-    policy["Statement"] = [s for s in policy["Statement"] if s["Sid"] != "ReadLaunchSecrets"]
-    iam.create_role(RoleName=name, AssumeRolePolicyDocument=json.dumps(permissions.trust_policy()))
-    iam.put_role_policy(RoleName=name, PolicyName=permissions.POLICY_NAME, PolicyDocument=json.dumps(policy))
-    iam.create_instance_profile(InstanceProfileName=name)
-    iam.add_role_to_instance_profile(InstanceProfileName=name, RoleName=name)
-    yield name
-    iam.remove_role_from_instance_profile(InstanceProfileName=name, RoleName=name)
-    iam.delete_instance_profile(InstanceProfileName=name)
-    iam.delete_role_policy(RoleName=name, PolicyName=permissions.POLICY_NAME)
-    iam.delete_role(RoleName=name)
-
-
-def test_a_machine_role_missing_a_permission_is_named(aws_env, weak_machine_profile):
+def test_a_machine_role_missing_a_permission_is_named(aws_env, machine_profile_without):
+    weak_machine_profile = machine_profile_without("ReadLaunchSecrets")
     code, rows = doctor(PREFECT_REMOTE_AWS_INSTANCE_PROFILE=weak_machine_profile)
     assert code == 1 and failed(rows) == ["machine permissions"]
     row = rows["machine permissions"]

@@ -57,6 +57,8 @@ def test_machine_policy_is_least_privilege():
     assert [sid for sid, s in statements.items() if s["Resource"] == "*"] == ["LogInToECR", "FindInstancesImagesNetwork"]
     assert statements["LogInToECR"]["Action"] == "ecr:GetAuthorizationToken"
     assert statements["PullImagesFromECR"]["Resource"] == f"arn:aws:ecr:{REGION}:{ACCOUNT}:repository/*"
+    # what a pull asks (the manifest, the layers), as ECR's docs list it; BatchCheckLayerAvailability is a push's
+    assert statements["PullImagesFromECR"]["Action"] == ["ecr:BatchGetImage", "ecr:GetDownloadUrlForLayer"]
     assert all(a.startswith("ec2:Describe") for a in statements["FindInstancesImagesNetwork"]["Action"])
     secrets = f"arn:aws:ssm:{REGION}:{ACCOUNT}:parameter/prefect-remote/*"
     assert statements["ReadLaunchSecrets"] == {

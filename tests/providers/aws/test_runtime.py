@@ -3,6 +3,8 @@ one moto instance's id and live tags, and moto's SSM and EC2 through boto3."""
 
 from __future__ import annotations
 
+import hashlib
+import json
 import secrets
 import threading
 import time
@@ -11,10 +13,13 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import boto3
 import pytest
+from botocore.exceptions import ClientError
 
 from prefect_remote.machine.runtime import LeaseWatch, load_runtime
 from prefect_remote.providers.aws.runtime import DEFAULT_METADATA_ENDPOINT, EC2Runtime
 from prefect_remote.providers.base import BootPayload
+from prefect_remote.sandbox.aws import ACCOUNT_ID
+from prefect_remote.sandbox.aws_identities import MachineCredentials
 from prefect_remote.spec import MachineSpec
 
 
@@ -144,11 +149,18 @@ def test_metadata_endpoint_defaults(monkeypatch):
     assert EC2Runtime(region="us-east-1", secrets_parameter="/p/x").metadata_endpoint == "http://127.0.0.1:1234"
 
 
-@pytest.mark.no_iam  # the sandbox's IAM has no table for ECR's actions (prefect_remote.sandbox.iam_requests): it refuses them all
-def test_ecr_credentials_come_from_the_machines_identity_and_only_for_ecr(provider, machine_and_metadata):
+def act_as(monkeypatch: pytest.MonkeyPatch, keys: dict[str, str]) -> None:
+    """The test's boto3 calls (and a runtime's) with ``keys``, as a machine's with its role's session."""
+    for name, value in keys.items():
+        monkeypatch.setenv(name, value)
+
+
+def test_ecr_credentials_come_from_the_machines_identity_and_only_for_ecr(aws_env, provider, machine_and_metadata, monkeypatch):
     """An ECR registry's user and token from ECR's GetAuthorizationToken (with the caller's identity: on a
-    machine, its instance role), in the registry's region; no call, and no credentials, for any other."""
-    _, launch, metadata = machine_and_metadata
+    machine, its instance role, which has exactly machine_policy()), in the registry's region; no call, and
+    no credentials, for any other."""
+    machine, launch, metadata = machine_and_metadata
+    act_as(monkeypatch, aws_env.keys("machine", instance_id=machine.id))  # the session its IMDS serves
     runtime = EC2Runtime(**{**provider.runtime_options(launch.id), "metadata_endpoint": metadata.url})
     assert runtime.registry_credentials("registry.example.com:5000") is None
     assert runtime.registry_credentials("docker.io") is None
@@ -156,12 +168,76 @@ def test_ecr_credentials_come_from_the_machines_identity_and_only_for_ecr(provid
     assert user == "AWS" and token
 
 
+@pytest.fixture
+def ecr_image(aws_env) -> Iterator[tuple[str, dict, str]]:
+    """An image pushed by the account's owner to an ECR repository of the sandbox's account: the
+    repository's name, the image's manifest and its layer's digest."""
+    ecr = aws_env.client("ecr")
+    name = f"team/app-{secrets.token_hex(3)}"
+    layer = b"a layer"
+    digest = f"sha256:{hashlib.sha256(layer).hexdigest()}"
+    manifest = {
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {
+            "mediaType": "application/vnd.oci.image.config.v1+json",
+            "size": 2,
+            "digest": f"sha256:{hashlib.sha256(b'{}').hexdigest()}",
+        },
+        "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip", "size": len(layer), "digest": digest}],
+    }
+    ecr.create_repository(repositoryName=name)
+    ecr.put_image(repositoryName=name, imageManifest=json.dumps(manifest), imageTag="1")
+    yield name, manifest, digest
+    ecr.delete_repository(repositoryName=name, force=True)
+
+
+def test_a_machine_pulls_from_ecr_and_a_role_without_the_repository_actions_is_refused(
+    aws_env, machine_and_metadata, ecr_image, machine_profile_without, monkeypatch
+):
+    """The pull's API side as ECR authorizes it, with the caller's role: the machines' role (exactly
+    machine_policy()) reads the image's manifest; a role without PullImagesFromECR still logs in (the
+    token has no resource) but is refused the manifest and the layer, in ECR's shape: 400
+    AccessDeniedException (awsJson's common error; not a shape of ECR's own model), with AWS's message."""
+    machine, _, _ = machine_and_metadata
+    name, manifest, layer = ecr_image
+    image = [{"imageTag": "1"}]
+    act_as(monkeypatch, aws_env.keys("machine", instance_id=machine.id))
+    [pulled] = boto3.session.Session().client("ecr").batch_get_image(repositoryName=name, imageIds=image)["images"]
+    assert json.loads(pulled["imageManifest"]) == manifest
+
+    weak = machine_profile_without("PullImagesFromECR")
+    session = MachineCredentials(ACCOUNT_ID).for_instance("i-0weakmachine", aws_env.region, weak)  # what IMDS would serve it
+    act_as(
+        monkeypatch,
+        {
+            "AWS_ACCESS_KEY_ID": session["AccessKeyId"],
+            "AWS_SECRET_ACCESS_KEY": session["SecretAccessKey"],
+            "AWS_SESSION_TOKEN": session["Token"],
+        },
+    )
+    runtime = EC2Runtime(region=aws_env.region, secrets_parameter="/prefect-remote/unused")
+    assert runtime.registry_credentials(f"{ACCOUNT_ID}.dkr.ecr.{aws_env.region}.amazonaws.com")[0] == "AWS"
+    ecr = boto3.session.Session().client("ecr")
+    repository = f"arn:aws:ecr:{aws_env.region}:{ACCOUNT_ID}:repository/{name}"
+    for action, call in (
+        ("ecr:BatchGetImage", lambda: ecr.batch_get_image(repositoryName=name, imageIds=image)),
+        ("ecr:GetDownloadUrlForLayer", lambda: ecr.get_download_url_for_layer(repositoryName=name, layerDigest=layer)),
+    ):
+        with pytest.raises(ClientError) as refused:
+            call()
+        answer = refused.value.response
+        assert (answer["ResponseMetadata"]["HTTPStatusCode"], answer["Error"]["Code"]) == (400, "AccessDeniedException")
+        assert answer["Error"]["Message"] == (
+            f"User: arn:aws:sts::{ACCOUNT_ID}:assumed-role/{weak}/i-0weakmachine is not authorized to perform: {action} "
+            f"on resource: {repository} because no identity-based policy allows the {action} action"
+        )
+
+
 def test_a_machine_waits_for_a_slow_metadata_service_for_its_roles_credentials(monkeypatch):
     """botocore asks the metadata service for the instance role's credentials once, within 1 s; a busy
     or throttled IMDS then leaves every call "Unable to locate credentials" (a scheduler died so, reading
     its launch's secret). A machine's session waits longer and asks again."""
-    import json
-
     from prefect_remote.providers.aws.runtime import machine_session
 
     class SlowCredentials(BaseHTTPRequestHandler):
