@@ -479,6 +479,26 @@ def test_launching_as_an_account_the_launcher_may_not_act_as(strict, who):
     assert [i.name for i in instances.list(project=strict.project, zone=strict.zones[0])] == []
 
 
+def test_the_projects_default_compute_account_exists_and_is_an_editor(strict, who):
+    """As in a real project: the default Compute Engine account is listed, holds roles/editor on the
+    project (Google's automatic grant), and what runs as it may do what an Editor may (delete any VM,
+    change the project's secrets) but not read a secret's value or change IAM policies."""
+    launcher, default = who.launcher(), f"{strict.project_number}-compute@developer.gserviceaccount.com"
+    listed = who.iam(launcher, "GET", f"projects/{strict.project}/serviceAccounts").json()["accounts"]
+    [account] = [a for a in listed if a["email"] == default]
+    assert account["displayName"] == "Compute Engine default service account" and account["projectId"] == strict.project
+    policy = who.client("projects", launcher).get_iam_policy(request={"resource": f"projects/{strict.project}"})
+    assert [b.role for b in policy.bindings if f"serviceAccount:{default}" in b.members] == ["roles/editor"]
+    secret = _new_secret(who.client("secrets", launcher), strict.project, f"someone-{secrets.token_hex(3)}")
+    as_default = who.client("secrets", who.of(default))
+    as_default.add_secret_version(parent=secret, payload={"data": b"overwritten"})  # any secret of the project
+    with pytest.raises(exceptions.Forbidden, match="secretmanager.versions.access"):
+        as_default.access_secret_version(name=f"{secret}/versions/latest")
+    assert list(who.client("jobs", who.of(default)).list_jobs(parent=f"projects/{strict.project}/locations/{strict.region}")) == []
+    with pytest.raises(exceptions.Forbidden):
+        who.client("projects", who.of(default)).set_iam_policy(request={"resource": f"projects/{strict.project}", "policy": policy})
+
+
 def test_custom_roles_and_grants_made_through_the_apis_take_effect_after_the_delay(strict, who):
     launcher, tester = who.launcher(), f"tester-{secrets.token_hex(3)}@{strict.project}.iam.gserviceaccount.com"
     created = who.iam(

@@ -7,6 +7,10 @@ How it follows Google, and where it simplifies:
 * a service account is ``projects/<project>/serviceAccounts/<email>``; the path takes its email or
   ``-`` for the project; creating one that exists answers 409, and a created account joins
   ``sandbox.service_accounts`` (the emails the Cloud Run and Compute Engine fakes accept);
+* the project has, as every project with Compute Engine does, its default Compute Engine account
+  (``<number>-compute@developer.gserviceaccount.com``) with ``roles/editor`` on the project (Google's
+  automatic grant, unless an organization policy disables it): listings show it, and a job or VM that
+  names no account runs as it;
 * a deleted custom role is kept, ``deleted: true``, and its id cannot be taken again until it is
   undeleted (Google keeps it 7 days, then purges it);
 * IAM policies carry an ``etag`` that changes with every write; a ``setIamPolicy`` with a stale
@@ -17,7 +21,8 @@ How it follows Google, and where it simplifies:
 
 >>> iam = IAMFake(sandbox)                                                       # doctest: +SKIP
 >>> iam.project_policy()["bindings"]                                             # doctest: +SKIP
-[{'role': 'roles/owner', 'members': ['user:sandbox@example.com']}]
+[{'role': 'roles/owner', 'members': ['user:sandbox@example.com']},
+ {'role': 'roles/editor', 'members': ['serviceAccount:123…-compute@developer.gserviceaccount.com']}]
 """
 
 from __future__ import annotations
@@ -33,7 +38,7 @@ from typing import Any
 from starlette.requests import Request
 
 from prefect_remote.sandbox.gcp.api import GoogleAPI, GoogleError, body
-from prefect_remote.sandbox.gcp.common import Sandbox
+from prefect_remote.sandbox.gcp.common import Sandbox, default_compute_account
 
 ACCOUNT_ID = re.compile(r"[a-z](?:[-a-z0-9]{4,28}[a-z0-9])")
 ROLE_ID = re.compile(r"[a-zA-Z0-9_.]{3,64}")
@@ -42,6 +47,7 @@ ROLE_ID = re.compile(r"[a-zA-Z0-9_.]{3,64}")
 MAX_LOGIC_OPERATORS = 12
 MAX_CONDITIONAL_BINDINGS = 20
 OWNER = "user:sandbox@example.com"  # who the sandbox's project belongs to
+DEFAULT_COMPUTE_NAME = "Compute Engine default service account"  # its displayName in every project
 
 
 def _etag() -> str:
@@ -58,6 +64,11 @@ class IAMFake:
         self.account_policies: dict[str, dict[str, Any]] = {}  # email -> Policy
         self.roles: dict[str, dict[str, Any]] = {}  # role id -> Role
         self._project_policy: dict[str, Any] = {"version": 1, "etag": _etag(), "bindings": [{"role": "roles/owner", "members": [OWNER]}]}
+        # Every project has its default Compute Engine account, an Editor of the project (Google's automatic grant):
+        # what a job or VM that names no account runs as.
+        self.default_compute_account = default_compute_account(sandbox.project_number)
+        self.add_account(self.default_compute_account, DEFAULT_COMPUTE_NAME)
+        self.add_binding(f"serviceAccount:{self.default_compute_account}", "roles/editor")
         self._register_routes(sandbox.api)
 
     # -- for tests ---------------------------------------------------------------------------------
