@@ -499,6 +499,42 @@ def test_the_projects_default_compute_account_exists_and_is_an_editor(strict, wh
         who.client("projects", who.of(default)).set_iam_policy(request={"resource": f"projects/{strict.project}", "policy": policy})
 
 
+def test_the_101st_service_account_is_refused_as_iam_refuses_it(strict, who):
+    """A project holds at most 100 service accounts by default (IAM quotas), its default compute one
+    among them: the next create answers 429 RESOURCE_EXHAUSTED with a day's RetryInfo (the body
+    users report), which the product's REST calls (an AuthorizedSession, google-api-core's errors)
+    raise as TooManyRequests. A deleted account frees its place."""
+    from google.api_core.exceptions import TooManyRequests, from_http_response
+    from google.auth.transport.requests import AuthorizedSession
+
+    assert strict.iam.max_accounts == 100
+    session, url = AuthorizedSession(who.launcher()), f"{strict.url}/v1/projects/{strict.project}/serviceAccounts"
+    made: list[str] = []
+    try:
+        while len(strict.iam.accounts) < 100:
+            answer = session.post(url, json={"accountId": f"quota-{len(made):03d}-{secrets.token_hex(2)}"})
+            assert answer.status_code == 200, answer.text
+            made.append(answer.json()["email"])
+        refused = session.post(url, json={"accountId": "one-too-many", "serviceAccount": {"displayName": "101st"}})
+        assert refused.status_code == 429 and refused.json()["error"] == {
+            "code": 429,
+            "message": "Maximum number of service accounts on project reached.",
+            "status": "RESOURCE_EXHAUSTED",
+            "details": [{"@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": "86401s"}],
+        }
+        with pytest.raises(TooManyRequests, match="Maximum number of service accounts on project reached"):
+            raise from_http_response(refused)
+        assert f"one-too-many@{strict.project}.iam.gserviceaccount.com" not in strict.service_accounts  # nothing made
+        assert session.delete(f"{url}/{made.pop()}").status_code == 200
+        answer = session.post(url, json={"accountId": "one-too-many"})
+        assert answer.status_code == 200, answer.text
+        made.append(answer.json()["email"])
+    finally:
+        for email in made:
+            session.delete(f"{url}/{email}")
+    assert len(strict.iam.accounts) < 100
+
+
 def test_custom_roles_and_grants_made_through_the_apis_take_effect_after_the_delay(strict, who):
     launcher, tester = who.launcher(), f"tester-{secrets.token_hex(3)}@{strict.project}.iam.gserviceaccount.com"
     created = who.iam(

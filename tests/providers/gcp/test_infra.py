@@ -196,6 +196,21 @@ def test_a_refused_permission_names_the_role_provisioning_needs(gcp_env):
             raise Forbidden("Identity and Access Management (IAM) API has not been used in project 1 before or it is disabled.")
 
 
+def test_a_project_at_its_service_account_quota_names_the_quota_and_the_ways_out(project, gcp_infra, monkeypatch):
+    """IAM refuses the account past the project's quota (429 RESOURCE_EXHAUSTED, retry in a day):
+    provisioning says so, and how to go on, instead of a raw 429 or a retry."""
+    monkeypatch.setattr(project.iam, "max_accounts", len(project.iam.accounts))  # the project is full
+    before = project.calls["iam.serviceAccounts.create"]
+    with pytest.raises(GCPError) as refused:
+        gcp_infra.provision()
+    message = str(refused.value)
+    assert f"cannot make {EMAIL} (Google Cloud: Maximum number of service accounts on project reached.)" in message, message
+    assert "quota allows (100 by default)" in message and "gcloud iam service-accounts list --project=sandbox-project" in message
+    assert "https://cloud.google.com/iam/quotas" in message and "PREFECT_REMOTE_GCP_SERVICE_ACCOUNT" in message
+    assert project.calls["iam.serviceAccounts.create"] == before + 1  # once: not retried
+    assert EMAIL not in project.iam.accounts and project.iam.grants_of(MEMBER) == []
+
+
 def test_teardown_removes_only_launch_secrets_and_checks_every_region(project, gcp_infra, monkeypatch):
     """A user's `prefect-remote-…` secret, and one named like a launch's that no launch made, survive
     teardown; a machine in another region than the provider's (where the pool's store bucket is)
