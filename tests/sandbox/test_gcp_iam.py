@@ -174,6 +174,27 @@ def test_extract_reads_a_part_of_a_name_as_iams_conditions_do():
             iam.parse(f'resource.name.extract("{template}") == "1"')
 
 
+def test_matches_is_not_in_iams_conditions_and_is_refused_when_the_policy_is_set(strict, who):
+    """CEL has RE2's matches(); IAM Conditions do not: their attribute reference lists startsWith(),
+    endsWith(), extract(), == and != for resource.name, and Google's condition linter refuses matches().
+    A policy naming it is refused at setIamPolicy (400 INVALID_ARGUMENT), not accepted and then never
+    granting; the word in a string is no call."""
+    iam, _, _ = evaluator()
+    for expression in ('resource.name.matches("^projects/42/secrets/prefect-remote-.*")', 'matches(resource.name, "x")'):
+        with pytest.raises(ValueError, match=r"matches\(\) is not supported in IAM Conditions"):
+            iam.parse(expression)
+    iam.parse('resource.name.endsWith("matches(x)")')
+    projects = who.client("projects", who.launcher())
+    resource, member = f"projects/{strict.project}", f"serviceAccount:regex@{strict.project}.iam.gserviceaccount.com"
+    policy = projects.get_iam_policy(request={"resource": resource, "options": {"requested_policy_version": 3}})
+    policy.version = 3
+    expression = f'resource.name.matches("^projects/{strict.project_number}/secrets/prefect-remote-.*")'
+    policy.bindings.add(role="roles/secretmanager.secretAccessor", members=[member], condition={"title": "re", "expression": expression})
+    with pytest.raises(exceptions.BadRequest, match=r"Condition expression is invalid: .*matches\(\) is not supported"):
+        projects.set_iam_policy(request={"resource": resource, "policy": policy})
+    assert strict.iam.grants_of(member) == []
+
+
 def test_resource_level_bindings_apply_to_the_resource_and_what_it_holds():
     iam, store, _ = evaluator()
     grant(store, "bucket:store", (ALICE, "roles/storage.objectUser"))

@@ -43,6 +43,7 @@ from starlette.requests import Request
 
 from prefect_remote.sandbox.gcp.api import GoogleAPI, GoogleError, body
 from prefect_remote.sandbox.gcp.common import Sandbox, default_compute_account
+from prefect_remote.sandbox.gcp.policy import without_strings
 
 ACCOUNT_ID = re.compile(r"[a-z](?:[-a-z0-9]{4,28}[a-z0-9])")
 ROLE_ID = re.compile(r"[a-zA-Z0-9_.]{3,64}")
@@ -361,5 +362,4 @@ def _logic_operators(expression: str) -> int:
     >>> _logic_operators('a.startsWith("x&&y") && !(b || c) && d != "e"')
     4
     """
-    code = re.sub(r'"(?:[^"\\]|\\.)*"|\'(?:[^\'\\]|\\.)*\'', '""', expression)
-    return len(re.findall(r"&&|\|\||!(?!=)", code))
+    return len(re.findall(r"&&|\|\||!(?!=)", without_strings(expression)))
