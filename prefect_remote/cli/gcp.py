@@ -59,13 +59,22 @@ def teardown(
     elif delete_bucket:
         raise typer.BadParameter("the bucket holds every pool's software environments: --delete-bucket goes with --yes, not --pool")
     else:
-        from prefect_remote.deployments.package_sync import work_pool_store
+        from prefect_remote.deployments.package_sync import pools_sharing_store, work_pool_store
 
         store = work_pool_store(pool)
         if not store or not store.startswith("gs://"):
             raise typer.BadParameter(
                 f"work pool {pool!r} has no provider block recording a gs:// store (found: {store or 'none'}), which names its "
                 "machines' records: check the name (`prefect work-pool ls`), or pass --yes without --pool to remove every pool's",
+                param_hint="--pool",
+            )
+        sharing = pools_sharing_store(pool, store)
+        if sharing:  # their machines, secrets and records carry the same store's label: --pool cannot tell them apart
+            raise typer.BadParameter(
+                f"work pool {pool!r} shares its store {store} with {', '.join(repr(name) for name in sharing)}, so their machines, "
+                "launch secrets and records cannot be told apart and --pool would remove theirs too; give each pool a store of its "
+                "own (PREFECT_REMOTE_STORE=gs://BUCKET/POOL when it is created with --provision-infra), or pass --yes without "
+                "--pool to remove every pool's",
                 param_hint="--pool",
             )
     options = {key: value for key, value in {"project": project, "region": region}.items() if value}

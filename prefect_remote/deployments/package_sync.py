@@ -142,18 +142,31 @@ def work_pool_store(pool: str | None) -> str | None:
     no pool given, no such pool or block, or none recorded."""
     if not pool:
         return None
-    from uuid import UUID
-
     from prefect.client.orchestration import get_client
     from prefect.exceptions import ObjectNotFound
 
-    from prefect_remote.workers.config import provider_block_id  # (the pool template's shape is the workers')
-
     try:
         with get_client(sync_client=True) as client:
-            block_id = provider_block_id(client.read_work_pool(pool).base_job_template)
-            if not block_id:
-                return None
-            return client.read_block_document(UUID(block_id)).data.get("store") or None
+            return _recorded_store(client, client.read_work_pool(pool))
     except ObjectNotFound:
         return None
+
+
+def pools_sharing_store(pool: str, store: str) -> list[str]:
+    """The other work pools whose provider blocks record ``store`` too (their machines' records, and
+    the labels their launches carry, are then the same as ``pool``'s), sorted."""
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:
+        others = [other for other in client.read_work_pools() if other.name != pool]
+        return sorted(other.name for other in others if (_recorded_store(client, other) or "").rstrip("/") == store.rstrip("/"))
+
+
+def _recorded_store(client: Any, work_pool: Any) -> str | None:
+    """The store that ``work_pool``'s provider block records, or None (no block, or none recorded)."""
+    from uuid import UUID
+
+    from prefect_remote.workers.config import provider_block_id  # (the pool template's shape is the workers')
+
+    block_id = provider_block_id(work_pool.base_job_template)
+    return (client.read_block_document(UUID(block_id)).data.get("store") or None) if block_id else None

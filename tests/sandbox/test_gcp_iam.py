@@ -174,6 +174,27 @@ def test_extract_reads_a_part_of_a_name_as_iams_conditions_do():
             iam.parse(f'resource.name.extract("{template}") == "1"')
 
 
+def test_matches_is_not_in_iams_conditions_and_is_refused_when_the_policy_is_set(strict, who):
+    """CEL has RE2's matches(); IAM Conditions do not: their attribute reference lists startsWith(),
+    endsWith(), extract(), == and != for resource.name, and Google's condition linter refuses matches().
+    A policy naming it is refused at setIamPolicy (400 INVALID_ARGUMENT), not accepted and then never
+    granting; the word in a string is no call."""
+    iam, _, _ = evaluator()
+    for expression in ('resource.name.matches("^projects/42/secrets/prefect-remote-.*")', 'matches(resource.name, "x")'):
+        with pytest.raises(ValueError, match=r"matches\(\) is not supported in IAM Conditions"):
+            iam.parse(expression)
+    iam.parse('resource.name.endsWith("matches(x)")')
+    projects = who.client("projects", who.launcher())
+    resource, member = f"projects/{strict.project}", f"serviceAccount:regex@{strict.project}.iam.gserviceaccount.com"
+    policy = projects.get_iam_policy(request={"resource": resource, "options": {"requested_policy_version": 3}})
+    policy.version = 3
+    expression = f'resource.name.matches("^projects/{strict.project_number}/secrets/prefect-remote-.*")'
+    policy.bindings.add(role="roles/secretmanager.secretAccessor", members=[member], condition={"title": "re", "expression": expression})
+    with pytest.raises(exceptions.BadRequest, match=r"Condition expression is invalid: .*matches\(\) is not supported"):
+        projects.set_iam_policy(request={"resource": resource, "policy": policy})
+    assert strict.iam.grants_of(member) == []
+
+
 def test_resource_level_bindings_apply_to_the_resource_and_what_it_holds():
     iam, store, _ = evaluator()
     grant(store, "bucket:store", (ALICE, "roles/storage.objectUser"))
@@ -477,6 +498,62 @@ def test_launching_as_an_account_the_launcher_may_not_act_as(strict, who):
     with pytest.raises(exceptions.BadRequest, match="SERVICE_ACCOUNT_ACCESS_DENIED"):
         operation.result()  # a bulk insert's operation fails alike, and makes none of its instances
     assert [i.name for i in instances.list(project=strict.project, zone=strict.zones[0])] == []
+
+
+def test_the_projects_default_compute_account_exists_and_is_an_editor(strict, who):
+    """As in a real project: the default Compute Engine account is listed, holds roles/editor on the
+    project (Google's automatic grant), and what runs as it may do what an Editor may (delete any VM,
+    change the project's secrets) but not read a secret's value or change IAM policies."""
+    launcher, default = who.launcher(), f"{strict.project_number}-compute@developer.gserviceaccount.com"
+    listed = who.iam(launcher, "GET", f"projects/{strict.project}/serviceAccounts").json()["accounts"]
+    [account] = [a for a in listed if a["email"] == default]
+    assert account["displayName"] == "Compute Engine default service account" and account["projectId"] == strict.project
+    policy = who.client("projects", launcher).get_iam_policy(request={"resource": f"projects/{strict.project}"})
+    assert [b.role for b in policy.bindings if f"serviceAccount:{default}" in b.members] == ["roles/editor"]
+    secret = _new_secret(who.client("secrets", launcher), strict.project, f"someone-{secrets.token_hex(3)}")
+    as_default = who.client("secrets", who.of(default))
+    as_default.add_secret_version(parent=secret, payload={"data": b"overwritten"})  # any secret of the project
+    with pytest.raises(exceptions.Forbidden, match="secretmanager.versions.access"):
+        as_default.access_secret_version(name=f"{secret}/versions/latest")
+    assert list(who.client("jobs", who.of(default)).list_jobs(parent=f"projects/{strict.project}/locations/{strict.region}")) == []
+    with pytest.raises(exceptions.Forbidden):
+        who.client("projects", who.of(default)).set_iam_policy(request={"resource": f"projects/{strict.project}", "policy": policy})
+
+
+def test_the_101st_service_account_is_refused_as_iam_refuses_it(strict, who):
+    """A project holds at most 100 service accounts by default (IAM quotas), its default compute one
+    among them: the next create answers 429 RESOURCE_EXHAUSTED with a day's RetryInfo (the body
+    users report), which the product's REST calls (an AuthorizedSession, google-api-core's errors)
+    raise as TooManyRequests. A deleted account frees its place."""
+    from google.api_core.exceptions import TooManyRequests, from_http_response
+    from google.auth.transport.requests import AuthorizedSession
+
+    assert strict.iam.max_accounts == 100
+    session, url = AuthorizedSession(who.launcher()), f"{strict.url}/v1/projects/{strict.project}/serviceAccounts"
+    made: list[str] = []
+    try:
+        while len(strict.iam.accounts) < 100:
+            answer = session.post(url, json={"accountId": f"quota-{len(made):03d}-{secrets.token_hex(2)}"})
+            assert answer.status_code == 200, answer.text
+            made.append(answer.json()["email"])
+        refused = session.post(url, json={"accountId": "one-too-many", "serviceAccount": {"displayName": "101st"}})
+        assert refused.status_code == 429 and refused.json()["error"] == {
+            "code": 429,
+            "message": "Maximum number of service accounts on project reached.",
+            "status": "RESOURCE_EXHAUSTED",
+            "details": [{"@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": "86401s"}],
+        }
+        with pytest.raises(TooManyRequests, match="Maximum number of service accounts on project reached"):
+            raise from_http_response(refused)
+        assert f"one-too-many@{strict.project}.iam.gserviceaccount.com" not in strict.service_accounts  # nothing made
+        assert session.delete(f"{url}/{made.pop()}").status_code == 200
+        answer = session.post(url, json={"accountId": "one-too-many"})
+        assert answer.status_code == 200, answer.text
+        made.append(answer.json()["email"])
+    finally:
+        for email in made:
+            session.delete(f"{url}/{email}")
+    assert len(strict.iam.accounts) < 100
 
 
 def test_custom_roles_and_grants_made_through_the_apis_take_effect_after_the_delay(strict, who):

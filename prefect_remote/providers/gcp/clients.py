@@ -294,20 +294,20 @@ def translated(action: str, *, project: str | None = None) -> Iterator[None]:
         raise GCPError(NO_CREDENTIALS) from None
     except (auth.RefreshError, api.Unauthenticated, api.Unauthorized) as error:
         raise GCPError(
-            f"Google Cloud rejected the credentials in use ({_message(error)}) on {action}{where}; log in again "
+            f"Google Cloud rejected the credentials in use ({error_message(error)}) on {action}{where}; log in again "
             "(`gcloud auth application-default login`) or check GOOGLE_APPLICATION_CREDENTIALS"
         ) from None
     except (api.PermissionDenied, api.Forbidden) as error:
         if service_disabled(error):
             raise _disabled(action, project, error) from None
-        role = role_for(action, _message(error))
+        role = role_for(action, error_message(error))
         binding = f"`gcloud projects add-iam-policy-binding {project or 'PROJECT'} --member=MEMBER --role={role}`"
         raise GCPAccessDenied(
-            f"Google Cloud refused {action}{where}: the identity in use lacks a permission ({_message(error)}); "
+            f"Google Cloud refused {action}{where}: the identity in use lacks a permission ({error_message(error)}); "
             f"grant it {role} ({binding}; docs/providers/gcp.md lists the roles)"
         ) from None
     except api.NotFound as error:
-        if project and _names_project(_message(error), project):
+        if project and _names_project(error_message(error), project):
             raise GCPError(
                 f"Google Cloud project {project!r} not found (or not visible to the identity in use); check PREFECT_REMOTE_GCP_PROJECT"
             ) from None
@@ -361,19 +361,20 @@ def role_for(action: str, message: str = "") -> str:
     return ROLES[max(matches, key=len)] if matches else "a role with this permission"
 
 
-def _message(error: Exception) -> str:
+def error_message(error: Exception) -> str:
+    """What Google said in ``error``, without the ``POST https://…:`` the REST clients put before it."""
     return re.sub(r"^[A-Z]+ \S+: ", "", str(getattr(error, "message", None) or error))
 
 
 def service_disabled(error: Exception) -> bool:
     reason = getattr(error, "reason", None)
-    text = _message(error)
+    text = error_message(error)
     return reason == "SERVICE_DISABLED" or "has not been used in project" in text or "it is disabled" in text
 
 
 def _disabled(action: str, project: str | None, error: Exception) -> GCPError:
     service = (getattr(error, "metadata", None) or {}).get("service") or APIS.get(
-        permission_of(action, _message(error)).split(".")[0], "the API"
+        permission_of(action, error_message(error)).split(".")[0], "the API"
     )
     flag = f" --project={project}" if project else ""
     return GCPError(

@@ -42,7 +42,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from prefect_remote.providers.gcp.clients import GCPError, service_disabled
+from prefect_remote.providers.gcp.clients import GCPError, error_message, service_disabled
 from prefect_remote.providers.gcp.grants import (
     LAUNCHER_ACCOUNT_GRANTS,
     MACHINE_CUSTOM_ROLES,
@@ -251,7 +251,7 @@ def project_number_of(clients: GoogleClients) -> str:
 
 
 def _ensure_service_account(clients: GoogleClients, iam: RestApi, say: Say) -> str:
-    from google.api_core.exceptions import Conflict, NotFound
+    from google.api_core.exceptions import Conflict, NotFound, ResourceExhausted, TooManyRequests
 
     email = service_account_email(clients.project)
     with google_errors(clients, "iam.serviceAccounts.create", f"make the machines' service account {email}"):
@@ -275,6 +275,14 @@ def _ensure_service_account(clients: GoogleClients, iam: RestApi, say: Say) -> s
             )
         except Conflict:  # made a moment ago by another provisioning
             pass
+        except (TooManyRequests, ResourceExhausted) as error:  # the project's quota, not a rate: IAM says retry in a day
+            raise GCPError(
+                f"project {clients.project} holds as many service accounts as its quota allows (100 by default), so "
+                f"provisioning cannot make {email} (Google Cloud: {error_message(error)}); delete accounts nothing uses "
+                f"(`gcloud iam service-accounts list --project={clients.project}`), ask for a higher quota "
+                f"(https://cloud.google.com/iam/quotas), or give the machines an account you have: "
+                "PREFECT_REMOTE_GCP_SERVICE_ACCOUNT (or service_account=), which provisioning then uses as it is"
+            ) from None
     say(f"created service account {email}")
     return email
 

@@ -74,6 +74,18 @@ class Project:
             raise GoogleError(403, f"Permission '{permission}' denied on resource '{resource}' (or it may not exist).")
 
 
+def default_compute_account(project_number: str) -> str:
+    """The email of the project's default Compute Engine service account: what a Cloud Run job or a VM
+    that names no account runs as. Google makes it with the project and grants it ``roles/editor``
+    on the project, unless an organization policy (``iam.automaticIamGrantsForDefaultServiceAccounts``)
+    disables that grant.
+
+    >>> default_compute_account("123456789012")
+    '123456789012-compute@developer.gserviceaccount.com'
+    """
+    return f"{project_number}-compute@developer.gserviceaccount.com"
+
+
 _LABEL_KEY = re.compile(r"[a-z][a-z0-9_-]{0,62}")
 _LABEL_VALUE = re.compile(r"[a-z0-9_-]{0,63}")
 

@@ -6,7 +6,15 @@ How it follows Google, and where it simplifies:
 
 * a service account is ``projects/<project>/serviceAccounts/<email>``; the path takes its email or
   ``-`` for the project; creating one that exists answers 409, and a created account joins
-  ``sandbox.service_accounts`` (the emails the Cloud Run and Compute Engine fakes accept);
+  ``sandbox.service_accounts`` (the emails the Cloud Run and Compute Engine fakes accept); past the
+  project's quota (:data:`MAX_SERVICE_ACCOUNTS`, ``max_accounts`` for a test) creating one answers
+  429 ``RESOURCE_EXHAUSTED`` "Maximum number of service accounts on project reached." with a
+  ``RetryInfo`` of a day, as IAM does (the body users report; a deleted account frees its place at
+  once here, which Google does not document);
+* the project has, as every project with Compute Engine does, its default Compute Engine account
+  (``<number>-compute@developer.gserviceaccount.com``) with ``roles/editor`` on the project (Google's
+  automatic grant, unless an organization policy disables it): listings show it, and a job or VM that
+  names no account runs as it;
 * a deleted custom role is kept, ``deleted: true``, and its id cannot be taken again until it is
   undeleted (Google keeps it 7 days, then purges it);
 * IAM policies carry an ``etag`` that changes with every write; a ``setIamPolicy`` with a stale
@@ -17,7 +25,8 @@ How it follows Google, and where it simplifies:
 
 >>> iam = IAMFake(sandbox)                                                       # doctest: +SKIP
 >>> iam.project_policy()["bindings"]                                             # doctest: +SKIP
-[{'role': 'roles/owner', 'members': ['user:sandbox@example.com']}]
+[{'role': 'roles/owner', 'members': ['user:sandbox@example.com']},
+ {'role': 'roles/editor', 'members': ['serviceAccount:123…-compute@developer.gserviceaccount.com']}]
 """
 
 from __future__ import annotations
@@ -33,7 +42,8 @@ from typing import Any
 from starlette.requests import Request
 
 from prefect_remote.sandbox.gcp.api import GoogleAPI, GoogleError, body
-from prefect_remote.sandbox.gcp.common import Sandbox
+from prefect_remote.sandbox.gcp.common import Sandbox, default_compute_account
+from prefect_remote.sandbox.gcp.policy import without_strings
 
 ACCOUNT_ID = re.compile(r"[a-z](?:[-a-z0-9]{4,28}[a-z0-9])")
 ROLE_ID = re.compile(r"[a-zA-Z0-9_.]{3,64}")
@@ -41,7 +51,13 @@ ROLE_ID = re.compile(r"[a-zA-Z0-9_.]{3,64}")
 # conditional bindings of one role to one principal in one policy.
 MAX_LOGIC_OPERATORS = 12
 MAX_CONDITIONAL_BINDINGS = 20
+# A project's default quota of service accounts (IAM quotas: "each project can have up to 100 service
+# accounts"; more by a quota increase). Every account of the project counts, the default compute one too.
+MAX_SERVICE_ACCOUNTS = 100
+# How long IAM tells a caller past that quota to wait: a day and a second (its RetryInfo, as users report it).
+QUOTA_RETRY_DELAY = "86401s"
 OWNER = "user:sandbox@example.com"  # who the sandbox's project belongs to
+DEFAULT_COMPUTE_NAME = "Compute Engine default service account"  # its displayName in every project
 
 
 def _etag() -> str:
@@ -57,7 +73,13 @@ class IAMFake:
         self.accounts: dict[str, dict[str, Any]] = {}  # email -> ServiceAccount
         self.account_policies: dict[str, dict[str, Any]] = {}  # email -> Policy
         self.roles: dict[str, dict[str, Any]] = {}  # role id -> Role
+        self.max_accounts = MAX_SERVICE_ACCOUNTS  # the project's quota of service accounts (a test sets it)
         self._project_policy: dict[str, Any] = {"version": 1, "etag": _etag(), "bindings": [{"role": "roles/owner", "members": [OWNER]}]}
+        # Every project has its default Compute Engine account, an Editor of the project (Google's automatic grant):
+        # what a job or VM that names no account runs as.
+        self.default_compute_account = default_compute_account(sandbox.project_number)
+        self.add_account(self.default_compute_account, DEFAULT_COMPUTE_NAME)
+        self.add_binding(f"serviceAccount:{self.default_compute_account}", "roles/editor")
         self._register_routes(sandbox.api)
 
     # -- for tests ---------------------------------------------------------------------------------
@@ -157,6 +179,9 @@ class IAMFake:
                 raise GoogleError(
                     409, f"Service account {account_id} already exists within project projects/{self.sandbox.project}.", "ALREADY_EXISTS"
                 )
+            if len(self.accounts) >= self.max_accounts:
+                retry = {"@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": QUOTA_RETRY_DELAY}
+                raise GoogleError(429, "Maximum number of service accounts on project reached.", "RESOURCE_EXHAUSTED", details=[retry])
             unique = str(100000000000000000000 + secrets.randbelow(10**20))
             self.accounts[email] = {
                 "name": f"projects/{self.sandbox.project}/serviceAccounts/{email}",
@@ -337,5 +362,4 @@ def _logic_operators(expression: str) -> int:
     >>> _logic_operators('a.startsWith("x&&y") && !(b || c) && d != "e"')
     4
     """
-    code = re.sub(r'"(?:[^"\\]|\\.)*"|\'(?:[^\'\\]|\\.)*\'', '""', expression)
-    return len(re.findall(r"&&|\|\||!(?!=)", code))
+    return len(re.findall(r"&&|\|\||!(?!=)", without_strings(expression)))

@@ -37,6 +37,7 @@ from typing import Any
 from starlette.responses import JSONResponse
 
 from prefect_remote.sandbox.gcp.api import GoogleError
+from prefect_remote.sandbox.gcp.common import default_compute_account
 from prefect_remote.sandbox.gcp.policy import Resource
 
 ACT_AS = "iam.serviceAccounts.actAs"
@@ -164,9 +165,7 @@ def _execution(s: Scope, p: Mapping[str, str]) -> Resource:
 def _run_create(s: Scope, call: Call) -> list[Check]:
     p = call.params
     job = s.run(p["project"], p["location"], "jobs", call.query.get("jobId", ""))
-    account = ((call.body.get("template") or {}).get("template") or {}).get(
-        "serviceAccount"
-    ) or f"{s.number}-compute@developer.gserviceaccount.com"
+    account = ((call.body.get("template") or {}).get("template") or {}).get("serviceAccount") or default_compute_account(s.number)
     return [Check("run.jobs.create", job), Check(ACT_AS, s.service_account("-", account))]
 
 
@@ -261,7 +260,7 @@ def _instance_create(s: Scope, given: str, zone: str, name: str, spec: Mapping[s
         checks.append(Check("compute.instances.setServiceAccount", instance))
     for account in accounts:
         email = account.get("email") or "default"
-        email = f"{s.number}-compute@developer.gserviceaccount.com" if email == "default" else email
+        email = default_compute_account(s.number) if email == "default" else email
         checks.append(Check(ACT_AS, s.service_account("-", email), deferred=True))
     return checks
 

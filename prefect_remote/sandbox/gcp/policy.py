@@ -16,7 +16,8 @@ of the fake APIs.
   time a binding naming them is evaluated for its member; a custom role is the project's own
   (``projects/P/roles/R``: deleted or ``DISABLED`` ones grant nothing); a predefined role the
   sandbox has no copy of grants nothing. Deny policies are not modeled (prefect-remote uses none).
-- **Conditions** are CEL, evaluated by cel-python: ``resource.service``, ``resource.type`` and
+- **Conditions** are CEL in IAM's profile of it (no ``matches()``: a policy naming it is refused when
+  set, as Google refuses it), evaluated by cel-python: ``resource.service``, ``resource.type`` and
   ``resource.name`` exist only where Google provides them (:class:`Resource`), so, as Google's
   attribute reference says, "if part of a condition uses an attribute that isn't available for a
   resource, then that part of the condition is never interpreted as granting access" (CEL's error
@@ -256,6 +257,11 @@ class Evaluator:
                 program = celpy.Environment().compile(expression)
             except celpy.CELParseError as error:
                 raise ValueError(f"invalid condition expression {expression!r}: {error}") from None
+            if _UNSUPPORTED_CALL.search(without_strings(expression)):  # valid CEL, but not in IAM's profile of it
+                raise ValueError(
+                    f"invalid condition expression {expression!r}: matches() is not supported in IAM Conditions; "
+                    "resource.name supports startsWith(), endsWith(), extract(), == and !="
+                )
             for template in _EXTRACT_CALL.findall(expression):  # Google checks them when the policy is set
                 try:
                     extract("", template[1])
@@ -266,6 +272,19 @@ class Evaluator:
 
 
 _EXTRACT_CALL = re.compile(r"""\.extract\(\s*(["'])(.*?)\1\s*\)""")
+# CEL's RE2 matches() (``s.matches(re)`` or ``matches(s, re)``): IAM Conditions do not take it. Their attribute
+# reference lists, per attribute, the functions it supports (resource.name: startsWith, endsWith, extract, ==, !=),
+# and the console's condition linter refuses matches().
+_UNSUPPORTED_CALL = re.compile(r"\bmatches\s*\(")
+
+
+def without_strings(expression: str) -> str:
+    """``expression`` with each string literal emptied (what is code, not text).
+
+    >>> without_strings('a.startsWith("x matches(y)") && b')
+    'a.startsWith("") && b'
+    """
+    return re.sub(r'"(?:[^"\\]|\\.)*"|\'(?:[^\'\\]|\\.)*\'', '""', expression)
 
 
 def extract(text: str, template: str) -> str:

@@ -60,7 +60,7 @@ from typing import TYPE_CHECKING, Any
 from starlette.requests import Request
 
 from prefect_remote.sandbox.gcp.api import GoogleError, body, rfc3339
-from prefect_remote.sandbox.gcp.common import Project, Sandbox, check_labels, page
+from prefect_remote.sandbox.gcp.common import Project, Sandbox, check_labels, default_compute_account, page
 from prefect_remote.sandbox.gcp.compute.network import SUBNET
 from prefect_remote.sandbox.instances import Instance
 
@@ -307,7 +307,7 @@ class CloudRunFake:
         task_template = template.setdefault("template", {})
         task_template.setdefault("maxRetries", DEFAULT_RETRIES)
         task_template.setdefault("timeout", DEFAULT_TIMEOUT)
-        task_template.setdefault("serviceAccount", f"{self.project.number}-compute@developer.gserviceaccount.com")
+        task_template.setdefault("serviceAccount", default_compute_account(self.project.number))
         template.setdefault("taskCount", 1)
         self._check_template(task_template, location, "job.template.template", given.get("launchStage"))
         if int(template["taskCount"]) < 1:

@@ -38,7 +38,7 @@ from typing import Any
 
 from prefect_remote.sandbox.gcp import storage_rules
 from prefect_remote.sandbox.gcp.api import GoogleAPI
-from prefect_remote.sandbox.gcp.common import Project
+from prefect_remote.sandbox.gcp.common import Project, default_compute_account
 from prefect_remote.sandbox.gcp.compute import ComputeFake
 from prefect_remote.sandbox.gcp.enforcement import IAMEnforcement
 from prefect_remote.sandbox.gcp.iam import IAMFake
@@ -106,7 +106,7 @@ class SandboxGCP(SandboxCloud):
         self.service_accounts = {
             self.machine_account,
             self.launcher_account,
-            f"{self.project_number}-compute@developer.gserviceaccount.com",
+            default_compute_account(self.project_number),
         }
         self.api = GoogleAPI()
         project_ref = Project(project, self.project_number)

@@ -79,11 +79,16 @@ def test_a_missing_bucket_names_how_to_make_it(gcp_env, monkeypatch):
 @pytest.mark.parametrize("service", ["cloud-run", "compute"])
 def test_no_service_account_refuses_the_default_compute_account_and_names_the_fix(gcp_env, monkeypatch, service):
     """Without a service account, Google runs a job or VM as the project's default compute account
-    (often an Editor): refused before anything starts, naming --provision-infra and the setting."""
+    (often an Editor): refused before anything starts, naming --provision-infra and the setting. The
+    sandbox's project has that account, an Editor, as a real project does."""
     from prefect_remote.errors import CapabilityError
     from prefect_remote.providers.gcp import GCPProvider
 
     account = os.environ["PREFECT_REMOTE_GCP_SERVICE_ACCOUNT"]
+    clients, default = GCPProvider(service_account=account).clients, f"{gcp_env.project_number}-compute@developer.gserviceaccount.com"
+    assert default in [a["email"] for a in clients.iam().call("GET", "serviceAccounts")["accounts"]]
+    policy = clients.resource_manager().get_iam_policy(request={"resource": f"projects/{gcp_env.project}"})
+    assert "roles/editor" in [b.role for b in policy.bindings if f"serviceAccount:{default}" in b.members]
     monkeypatch.delenv("PREFECT_REMOTE_GCP_SERVICE_ACCOUNT")
     before = GCPProvider(service_account=account).list(include_terminated=True)
     with pytest.raises(CapabilityError, match=r"default compute service account .*--provision-infra .*PREFECT_REMOTE_GCP_SERVICE_ACCOUNT"):

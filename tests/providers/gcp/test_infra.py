@@ -196,6 +196,21 @@ def test_a_refused_permission_names_the_role_provisioning_needs(gcp_env):
             raise Forbidden("Identity and Access Management (IAM) API has not been used in project 1 before or it is disabled.")
 
 
+def test_a_project_at_its_service_account_quota_names_the_quota_and_the_ways_out(project, gcp_infra, monkeypatch):
+    """IAM refuses the account past the project's quota (429 RESOURCE_EXHAUSTED, retry in a day):
+    provisioning says so, and how to go on, instead of a raw 429 or a retry."""
+    monkeypatch.setattr(project.iam, "max_accounts", len(project.iam.accounts))  # the project is full
+    before = project.calls["iam.serviceAccounts.create"]
+    with pytest.raises(GCPError) as refused:
+        gcp_infra.provision()
+    message = str(refused.value)
+    assert f"cannot make {EMAIL} (Google Cloud: Maximum number of service accounts on project reached.)" in message, message
+    assert "quota allows (100 by default)" in message and "gcloud iam service-accounts list --project=sandbox-project" in message
+    assert "https://cloud.google.com/iam/quotas" in message and "PREFECT_REMOTE_GCP_SERVICE_ACCOUNT" in message
+    assert project.calls["iam.serviceAccounts.create"] == before + 1  # once: not retried
+    assert EMAIL not in project.iam.accounts and project.iam.grants_of(MEMBER) == []
+
+
 def test_teardown_removes_only_launch_secrets_and_checks_every_region(project, gcp_infra, monkeypatch):
     """A user's `prefect-remote-…` secret, and one named like a launch's that no launch made, survive
     teardown; a machine in another region than the provider's (where the pool's store bucket is)
@@ -235,59 +250,96 @@ def test_teardown_removes_only_launch_secrets_and_checks_every_region(project, g
             manager.delete_secret(request={"name": f"{parent}/secrets/{secret}"})
 
 
-def test_a_pools_teardown_leaves_another_pools_machines_secrets_and_records(project, gcp_infra):
-    """Two pools of one project (one store each, in the provisioned bucket), each with a live machine
-    and a launch secret left behind: pool A's teardown refuses while A's VM runs in another zone
-    than the provider's (and only for it), then (--force) ends it and removes A's secrets and records, and nothing
-    of B's: B's machine runs on, with its secret and its record."""
+def test_a_pools_teardown_leaves_another_pools_machines_secrets_and_records(project, gcp_infra, prefect_server, monkeypatch, tmp_path):
+    """As a user runs it: two pools made with `prefect work-pool create --type remote:push --provision-infra`,
+    each given a store of its own (PREFECT_REMOTE_STORE), each with a live machine and a launch secret
+    left behind. `prefect-remote gcp teardown --pool A` finds A's store through the Prefect API, refuses
+    while A's VM runs in another zone than the provider's (and only for it), then (--force) ends it and
+    removes A's secrets and records, and nothing of B's: B's machine runs on, with its secret and its
+    record. A pool made from B's job template (so with B's store) makes `--pool B` refuse, naming it: their
+    records cannot be told apart, as two pools provisioned without a store of their own cannot."""
+    from prefect.client.orchestration import get_client
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from prefect_remote.deployments.package_sync import work_pool_store
     from prefect_remote.providers.base import BootPayload
     from prefect_remote.providers.gcp.secrets import secret_id
     from prefect_remote.providers.gcp.service import LAUNCH_LABEL, RECORDS_LABEL
     from prefect_remote.spec import MachineSpec
+    from tests.workers.conftest import prefect_cli
 
-    setup, _ = gcp_infra.provision()
-    stores = {pool: f"gs://{gcp_infra.bucket}/{pool}" for pool in ("pool-a", "pool-b")}
+    token = secrets.token_hex(3)
+    pool_a, pool_b, pool_c = (f"gcp-teardown-{name}-{token}" for name in "abc")
+    monkeypatch.setenv("PREFECT_REMOTE_PROVIDER", "gcp")
+    monkeypatch.setenv("PREFECT_API_URL", prefect_server)
+
+    def create(pool: str, store: str) -> None:
+        monkeypatch.setenv("PREFECT_REMOTE_STORE", store)
+        made = prefect_cli(prefect_server, "work-pool", "create", "--type", "remote:push", "--provision-infra", pool)
+        assert made.returncode == 0, made.stdout + made.stderr
 
     def provider(pool: str, **options) -> GCPProvider:
-        made = GCPProvider(service_account=setup.service_account, **options)
+        made = GCPProvider(service_account=GCPInfra.EMAIL, **options)
         made.store_url = stores[pool]
         return made
 
-    a = provider("pool-a", service="compute", zone="us-central1-c")  # not the region's first zone
-    b = provider("pool-b", service="cloud-run")
-    [a_machine] = a.launch(MachineSpec(cpu=2), BootPayload(["sleep", "600"], secrets={"TOKEN": "a"}))
-    [b_machine] = b.launch(MachineSpec(cpu=1), BootPayload(["sleep", "600"], secrets={"TOKEN": "b"}))
-    manager = b.clients.secret_manager()
-    parent = "projects/sandbox-project"
-    leftovers = {}
-    for pool, made in (("pool-a", a), ("pool-b", b)):  # as a launch whose owner died leaves its secret
-        launch = secrets.token_hex(6)
-        leftovers[pool] = secret_id(f"launch-{launch}")
-        labels = {LAUNCH_LABEL: f"launch-{launch}", RECORDS_LABEL: made.records.label}
-        manager.create_secret(
-            request={"parent": parent, "secret_id": leftovers[pool], "secret": {"replication": {"automatic": {}}, "labels": labels}}
-        )
-
-    def pool_secrets(made: GCPProvider) -> set[str]:
-        listed = manager.list_secrets(request={"parent": parent, "filter": f"labels.{RECORDS_LABEL}={made.records.label}"})
-        return {secret.name.rsplit("/", 1)[-1] for secret in listed}
-
-    b_secrets = pool_secrets(b)
-    assert len(b_secrets) == 2 and leftovers["pool-b"] in b_secrets and len(pool_secrets(a)) == 2
+    b_machine = None
     try:
-        home = GCPProvider()  # zone us-central1-a: pool A's VM is in us-central1-c, B's job runs too
-        with pytest.raises(
-            infra.TeardownRefused,
-            match=rf"1 prefect-remote machine\(s\) still run in project sandbox-project \(us-central1\):\n  {a_machine.id}",
-        ):
-            infra.teardown(home, store=stores["pool-a"], say=lambda _: None)
-        lines: list[str] = []
-        removed = infra.teardown(home, store=stores["pool-a"], force=True, say=lines.append)
+        create(pool_a, f"gs://{gcp_infra.bucket}/{pool_a}")
+        create(pool_b, f"gs://{gcp_infra.bucket}/{pool_b}")
+        monkeypatch.delenv("PREFECT_REMOTE_STORE")
+        with temporary_settings({PREFECT_API_URL: prefect_server}):
+            stores = {pool: work_pool_store(pool) for pool in (pool_a, pool_b)}  # what teardown --pool finds
+        assert stores == {pool: f"gs://{gcp_infra.bucket}/{pool}" for pool in (pool_a, pool_b)}
+        a = provider(pool_a, service="compute", zone="us-central1-c")  # not the region's first zone
+        b = provider(pool_b, service="cloud-run")
+        [a_machine] = a.launch(MachineSpec(cpu=2), BootPayload(["sleep", "600"], secrets={"TOKEN": "a"}))
+        [b_machine] = b.launch(MachineSpec(cpu=1), BootPayload(["sleep", "600"], secrets={"TOKEN": "b"}))
+        manager = b.clients.secret_manager()
+        parent = "projects/sandbox-project"
+        leftovers = {}
+        for pool, made in ((pool_a, a), (pool_b, b)):  # as a launch whose owner died leaves its secret
+            launch = secrets.token_hex(6)
+            leftovers[pool] = secret_id(f"launch-{launch}")
+            labels = {LAUNCH_LABEL: f"launch-{launch}", RECORDS_LABEL: made.records.label}
+            manager.create_secret(
+                request={"parent": parent, "secret_id": leftovers[pool], "secret": {"replication": {"automatic": {}}, "labels": labels}}
+            )
+
+        def pool_secrets(made: GCPProvider) -> set[str]:
+            listed = manager.list_secrets(request={"parent": parent, "filter": f"labels.{RECORDS_LABEL}={made.records.label}"})
+            return {secret.name.rsplit("/", 1)[-1] for secret in listed}
+
+        b_secrets = pool_secrets(b)
+        assert len(b_secrets) == 2 and leftovers[pool_b] in b_secrets and len(pool_secrets(a)) == 2
+        # The provider's zone is us-central1-a: pool A's VM is in us-central1-c, B's job runs too.
+        refused = gcp_infra.cli("teardown", "--pool", pool_a)
+        assert refused.returncode == 1, refused.stdout + refused.stderr
+        assert f"1 prefect-remote machine(s) still run in project sandbox-project (us-central1):\n  {a_machine.id}" in refused.stderr
+        assert b_machine.id not in refused.stderr and a.describe(a_machine.id).alive
+        forced = gcp_infra.cli("teardown", "--pool", pool_a, "--force")
+        assert forced.returncode == 0, forced.stdout + forced.stderr
         assert not any(m.alive for m in a.service("compute").machines([a_machine.id])) and pool_secrets(a) == set()
-        assert f"secret {leftovers['pool-a']}" in removed and any("machine record(s)" in line for line in removed), removed
-        assert any(line.startswith("kept the service account, custom roles, firewall rules and bucket") for line in lines), lines
+        [secrets_line] = [line for line in forced.stdout.splitlines() if "launch secret(s) left behind" in line]
+        assert leftovers[pool_a] in secrets_line and "removed 1 machine record(s)" in forced.stdout, forced.stdout
+        assert "kept the service account, custom roles, firewall rules and bucket" in forced.stdout.replace("\n", " ")
         assert b.describe(b_machine.id).alive and pool_secrets(b) == b_secrets  # B's machine, its launch's secret, B's leftover
         assert b_machine.id in b.records.read([b_machine.id]) and not a.records.read([a_machine.id])
-        assert project.iam.roles  # nothing shared removed
+        assert project.iam.roles and GCPInfra.EMAIL in project.iam.accounts  # nothing shared removed
+        template = tmp_path / "template.json"  # a third pool made with B's job template, so with B's provider block and store
+        with temporary_settings({PREFECT_API_URL: prefect_server}), get_client(sync_client=True) as api:
+            template.write_text(json.dumps(api.read_work_pool(pool_b).base_job_template))
+        made = prefect_cli(prefect_server, "work-pool", "create", "--type", "remote:push", "--base-job-template", str(template), pool_c)
+        assert made.returncode == 0, made.stdout + made.stderr
+        shared = gcp_infra.cli("teardown", "--pool", pool_b, "--force")
+        assert shared.returncode == 2 and f"shares its store {stores[pool_b]} with '{pool_c}'" in " ".join(shared.stderr.split())
+        assert b.describe(b_machine.id).alive and pool_secrets(b) == b_secrets  # nothing of B's removed either
     finally:
-        b.terminate([b_machine.id], reason="test over")
+        if b_machine is not None:
+            provider(pool_b).terminate([b_machine.id], reason="test over")
+        with temporary_settings({PREFECT_API_URL: prefect_server}), get_client(sync_client=True) as api:
+            for pool in (pool_a, pool_b, pool_c):
+                try:
+                    api.delete_work_pool(pool)
+                except Exception:  # not made: its creation failed
+                    pass

@@ -11,6 +11,7 @@ import re
 import secrets
 from typing import Any
 
+from prefect_remote.sandbox.gcp.common import default_compute_account
 from prefect_remote.sandbox.gcp.compute.catalog import ACCELERATORS, CPU_PLATFORMS, DISK_TYPES, HYPERDISK_ONLY, Catalog, MachineShape
 from prefect_remote.sandbox.gcp.compute.google import (
     ComputeProject,
@@ -103,7 +104,7 @@ class Inserts:
         for index, account in enumerate(wanted):
             email = account.get("email", "")
             if email == "default":
-                email = f"{self.project.sandbox.project_number}-compute@developer.gserviceaccount.com"
+                email = default_compute_account(self.project.sandbox.project_number)
             if email not in self.project.sandbox.service_accounts:
                 raise invalid(
                     f"resource.serviceAccounts[{index}].email",
