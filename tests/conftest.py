@@ -27,6 +27,11 @@ os.environ.update(
     PREFECT_REMOTE_LOCAL_SUBNET="10.232.0.0/16",
     PREFECT_REMOTE_LOCAL_GRACE_PERIOD="2",
     PREFECT_REMOTE_PROVIDER="local",
+    # Prefect's server on SQLite answers 503 (SQLITE_BUSY_SNAPSHOT: another write landed during a
+    # request's transaction) while the suite's workers, machines and CLIs write to it every second on a
+    # loaded 2-core host; its clients retry a 503 with backoff, and Prefect's 5 tries (62 s) ran out on
+    # CI. 7 tries wait up to 4 minutes. (Inherited by every server, worker and CLI the tests start.)
+    PREFECT_CLIENT_MAX_RETRIES="7",
 )
 
 # This host is never powered off by a test: code under test that runs the OS's power commands in this
