@@ -6,3 +6,9 @@ included.
 """
 
 MACHINE_ID_ENV = "PREFECT_REMOTE_MACHINE_ID"
+
+# The run's secrets that log a machine's container engine in to a private registry: both or neither
+# (the machine's own cloud identity logs in to the cloud's registry without them). Kept from the payload.
+REGISTRY_USERNAME_ENV = "PREFECT_REMOTE_REGISTRY_USERNAME"
+REGISTRY_PASSWORD_ENV = "PREFECT_REMOTE_REGISTRY_PASSWORD"
+REGISTRY_SECRETS = (REGISTRY_USERNAME_ENV, REGISTRY_PASSWORD_ENV)

@@ -22,6 +22,7 @@ from typing import Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, SecretStr, field_serializer, field_validator, model_validator
 
+from prefect_remote.on_machine import REGISTRY_SECRETS
 from prefect_remote.software.naming import NAME_PATTERN as ENV_NAME_PATTERN
 from prefect_remote.units import DURATION_HELP, SIZE_HELP, format_duration, format_size, parse_duration, parse_size
 
@@ -117,13 +118,6 @@ def image_choice(image: str | None, container: str | None) -> str | None:
     if image is not None and container is not None and image != container:
         raise ValueError(f"image={image!r} and container={container!r} disagree: container is the older name of image; give only image")
     return image if image is not None else container
-
-
-# The run's secrets that log a machine's container engine in to a private registry: both or neither
-# (the machine's own cloud identity logs in to the cloud's registry without them).
-REGISTRY_USERNAME_ENV = "PREFECT_REMOTE_REGISTRY_USERNAME"
-REGISTRY_PASSWORD_ENV = "PREFECT_REMOTE_REGISTRY_PASSWORD"
-REGISTRY_SECRETS = (REGISTRY_USERNAME_ENV, REGISTRY_PASSWORD_ENV)
 
 
 class MachineSpec(BaseModel):

@@ -37,7 +37,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
-from prefect_remote.spec import REGISTRY_PASSWORD_ENV, REGISTRY_SECRETS, REGISTRY_USERNAME_ENV  # noqa: F401 (public here too)
+from prefect_remote.on_machine import REGISTRY_PASSWORD_ENV, REGISTRY_SECRETS, REGISTRY_USERNAME_ENV  # noqa: F401 (public here too)
 from prefect_remote.units import format_size
 
 ENGINES = ("podman", "docker")
