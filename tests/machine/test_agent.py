@@ -103,7 +103,7 @@ def test_cpu_meter_counts_the_whole_process_tree_with_the_standard_library_only(
             process.kill()
             process.wait()
     # The agent's environment may have no dependencies at all (installed --no-deps): it imports none.
-    code = "import sys, prefect_remote.machine.agent as a; a._CpuMeter(1).busy(); print([m for m in ('psutil', 'pydantic') if m in sys.modules])"  # noqa: E501
+    code = "import sys, prefect_remote.machine.agent as a; a._CpuMeter(1).busy(); print(sorted({'psutil', 'pydantic'} & set(sys.modules)))"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.stdout.strip() == "[]", result.stdout + result.stderr
 
