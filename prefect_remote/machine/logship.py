@@ -140,7 +140,7 @@ class LogShipper:
         *,
         interval: float = 1.0,
         partial_wait: float = 5.0,
-        close_timeout: float = 5.0,
+        close_timeout: float = 15.0,  # a machine's last lines say why it ended: worth a few seconds on a slow API
         clock: Callable[[], float] = time.time,
         report: Callable[[str], None] | None = None,
     ) -> None:
