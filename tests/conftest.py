@@ -81,7 +81,7 @@ needs_firewalls = pytest.mark.skipif(
 
 
 # The modules that run longest (minutes each, machines on the sandbox clouds), queued first. pytest-xdist's
-# --dist loadfile gives each worker a module at a time, by default the modules with the most tests first:
+# --dist loadgroup gives each worker a group (here a module) at a time, by default the most tests first:
 # these have few, so they started last and one worker ran on alone. `make test` passes
 # --no-loadscope-reorder, so the workers take modules in the order pytest_collection_modifyitems leaves.
 LONGEST_MODULES = (
@@ -93,11 +93,14 @@ LONGEST_MODULES = (
 )
 
 
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the groups (--dist loadgroup) off the items
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """A contract test of one cloud's own (marked ``cloud_only(name)``) runs in that cloud's module
     (where ``cloud`` is that name) and is deselected in the other clouds' modules. Then the modules
-    are ordered: LONGEST_MODULES first, then the others by their number of tests (as xdist would),
-    each module's tests in their own order."""
+    are ordered: the push service's group and LONGEST_MODULES first, then the others by their number
+    of tests (as xdist would), each module's tests in their own order. Each module is an xdist group
+    of its own (what ``--dist loadfile`` would make), except the modules whose tests use the push
+    service (:func:`push_server`), which share one: one worker runs them all, on one such server."""
 
     def elsewhere(item: pytest.Item) -> bool:
         mark = item.get_closest_marker("cloud_only")
@@ -108,12 +111,18 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         config.hook.pytest_deselected(items=deselected)
         items[:] = [item for item in items if not elsewhere(item)]
     tests = collections.Counter(module_of(item) for item in items)
+    pushing = {module_of(item) for item in items if "push_server" in getattr(item, "fixturenames", ())}
 
     def place(item: pytest.Item) -> tuple[int, int]:
         module = module_of(item)
-        return (LONGEST_MODULES.index(module), 0) if module in LONGEST_MODULES else (len(LONGEST_MODULES), -tests[module])
+        if module in pushing:
+            return (0, 0)
+        return (1 + LONGEST_MODULES.index(module), 0) if module in LONGEST_MODULES else (1 + len(LONGEST_MODULES), -tests[module])
 
     items.sort(key=place)  # stable: a module's tests stay together, in order
+    for item in items:
+        if item.get_closest_marker("xdist_group") is None:
+            item.add_marker(pytest.mark.xdist_group(PUSH_SERVICE_GROUP if module_of(item) in pushing else module_of(item)))
 
 
 def module_of(item: pytest.Item) -> str:
@@ -202,17 +211,47 @@ def _in_session(pid: int) -> bool:
     return any((folder / i).exists() for i in ids for folder in MACHINE_FOLDERS)
 
 
+# What the tests' Prefect servers run with. The push service inside a server serves the test-push*
+# pools (it launches their machines into its own home); the other push pools are left to the
+# fallbacks under test, and test-push-guarded-* pools check what the service refuses.
+SERVER_SETTINGS = {
+    "PREFECT_WORKER_QUERY_SECONDS": "1",
+    "PREFECT_REMOTE_PUSH_INTERVAL": "1",
+    "PREFECT_REMOTE_PUSH_POOLS": "test-push,test-push-guarded-*",
+    "PREFECT_SERVER_LOGGING_LEVEL": "WARNING",
+}
+# Under pytest-xdist the controller starts one Prefect server for all its workers (each idle server
+# costs CPU every second, on a 2-core host) and passes its API URL on in this variable. It runs no push
+# service: the modules that need one (PUSH_SERVICE_GROUP) run in one worker, on that worker's own server.
+SHARED_SERVER_ENV = "PREFECT_REMOTE_TESTS_SHARED_SERVER"
+PUSH_SERVICE_GROUP = "push-service"
+_CONTROLLER_SERVER = contextlib.ExitStack()
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if hasattr(config, "workerinput") or not getattr(config.option, "numprocesses", None):
+        return  # an xdist worker (which inherits the controller's server) or a run without workers
+    api_url = _CONTROLLER_SERVER.enter_context(
+        local_prefect_server(SESSION_HOME / "prefect", env={**SERVER_SETTINGS, "PREFECT_REMOTE_PUSH_SERVICE": "false"})
+    )
+    os.environ[SHARED_SERVER_ENV] = api_url  # the workers start after this and inherit it
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    if hasattr(config, "workerinput"):
+        return
+    _CONTROLLER_SERVER.close()
+    # Every worker has ended: the session's bridge is unused unless another session shares it. (A
+    # worker's own session cleanup removes it only if no other worker's machine still holds it.)
+    if NAMESPACE_SKIP is None and LocalProvider().bridge.remove_if_unused():
+        shutil.rmtree(RUN_DIR / "prtest0", ignore_errors=True)
+    shutil.rmtree(SESSION_HOME, ignore_errors=True)
+
+
 @pytest.fixture(scope="session")
-def prefect_server() -> str:
-    """A real Prefect server (SQLite) for the session, bound to loopback, with prefect-remote installed
-    (so its push service runs inside). Yields the API URL."""
-    settings = {
-        "PREFECT_WORKER_QUERY_SECONDS": "1",
-        "PREFECT_REMOTE_PUSH_INTERVAL": "1",
-        # Other push pools are left to the fallbacks under test; test-push-guarded-* pools check what the service refuses.
-        "PREFECT_REMOTE_PUSH_POOLS": "test-push,test-push-guarded-*",
-        "PREFECT_SERVER_LOGGING_LEVEL": "WARNING",
-    }
+def push_server() -> str:
+    """A real Prefect server (SQLite) of this process, bound to loopback, with prefect-remote installed,
+    so that its push service runs inside and submits the test-push* pools' runs. Yields the API URL."""
     # Started by whichever test first needs it, maybe one with a sandbox's exports in os.environ: the
     # server (and the push service inside it) gets the session's environment, not that test's.
     server = contextlib.ExitStack()
@@ -221,18 +260,26 @@ def prefect_server() -> str:
             session_environ.delenv(name)
         for name, value in SESSION_ENVIRON.items():
             session_environ.setenv(name, value)
-        api_url = server.enter_context(local_prefect_server(SESSION_HOME / "prefect", env=settings))
+        api_url = server.enter_context(local_prefect_server(SESSION_HOME / "prefect", env=SERVER_SETTINGS))
     with server:
         yield api_url
 
 
 @pytest.fixture(scope="session")
-def push_pool(prefect_server) -> str:
-    """A remote:push pool created as users create it, once per session: here, so that the workers' and
-    the deployments' tests share it (a fixture imported into two conftests runs once in each)."""
+def prefect_server(request: pytest.FixtureRequest) -> str:
+    """The API URL of a real Prefect server for the session: the xdist controller's, shared by all
+    workers (:data:`SHARED_SERVER_ENV`), or this process's own :func:`push_server`. A module whose
+    tests need the push service imports :func:`tests.push_service.prefect_server_with_push_service`."""
+    return os.environ.get(SHARED_SERVER_ENV) or request.getfixturevalue("push_server")
+
+
+@pytest.fixture(scope="session")
+def push_pool(push_server) -> str:
+    """A remote:push pool created as users create it, once per session, served by the push service of
+    :func:`push_server`: here, so that the workers' and the deployments' tests share it."""
     from tests.workers.conftest import prefect_cli
 
-    result = prefect_cli(prefect_server, "work-pool", "create", "--type", "remote:push", "--provision-infra", "test-push")
+    result = prefect_cli(push_server, "work-pool", "create", "--type", "remote:push", "--provision-infra", "test-push")
     assert result.returncode == 0, result.stdout + result.stderr
     return "test-push"
 

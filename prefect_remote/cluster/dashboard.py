@@ -14,6 +14,7 @@ is trusted as this computer's).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import ssl
 import threading
@@ -73,6 +74,12 @@ class DashboardTunnel:
             )
         except (OSError, ssl.SSLError, TimeoutError) as error:
             logger.warning("dashboard at %s:%s not reached: %s", self.host, self.remote_port, error)
+            # The browser shows why, rather than a bare "connection reset".
+            body = f"The Dask dashboard at {self.host}:{self.remote_port} was not reached: {error}\n".encode()
+            head = f"HTTP/1.1 502 Bad Gateway\r\nContent-Type: text/plain\r\nContent-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+            writer.write(head.encode() + body)
+            with contextlib.suppress(OSError):
+                await writer.drain()
             writer.close()
             return
         await relay((reader, writer), scheduler)
@@ -82,11 +89,19 @@ class DashboardTunnel:
         """Whether the tunnel no longer listens (closed, or its thread gone)."""
         return self._loop.is_closed() or not self._thread.is_alive()
 
+    async def _drop_connections(self) -> None:
+        self._server.close()
+        carrying = [task for task in asyncio.all_tasks() if task is not asyncio.current_task()]
+        for task in carrying:
+            task.cancel()
+        await asyncio.gather(*carrying, return_exceptions=True)
+
     def close(self) -> None:
         """Stops listening and ends the thread (connections still open are dropped)."""
         if self.closed:
             return
-        self._loop.call_soon_threadsafe(self._server.close)
+        with contextlib.suppress(Exception):  # a wedged loop still gets stopped below
+            asyncio.run_coroutine_threadsafe(self._drop_connections(), self._loop).result(timeout=5)
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(timeout=5)
         if not self._thread.is_alive():

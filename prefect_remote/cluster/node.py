@@ -35,9 +35,11 @@ async def run_scheduler() -> None:
         idle_timeout=plan.idle_timeout,
     )
     scheduler.add_plugin(ClusterController(plan, os.environ[MACHINE_ID_ENV]))
-    async with scheduler:
-        # The dashboard port admits the cluster's certificate holders only (its client's tunnel), over TLS.
-        async with await dashboard.serve(credentials, plan.dashboard_port, scheduler.http_server.port):
+    # The dashboard port admits the cluster's certificate holders only (its client's tunnel), over TLS.
+    # It listens before the scheduler does (Dask's HTTP server is already up once the Scheduler is
+    # made): a client that finds the scheduler up may give out the dashboard's link at once.
+    async with await dashboard.serve(credentials, plan.dashboard_port, scheduler.http_server.port):
+        async with scheduler:
             print(f"scheduler {plan.name} listening at {scheduler.address}, dashboard port {plan.dashboard_port} (TLS)", flush=True)
             await scheduler.finished()
 

@@ -6,7 +6,7 @@ real Dask, uv and Prefect; then the faults a cloud brings (a killed client, a ma
 map, no spot capacity). Every test runs on every cloud of tests/cluster/clouds.py, which lists the
 machines through each cloud's own API; a new cloud passes this suite before it ships. Each cloud runs
 it in a module of its own (test_contract_<cloud>.py, which imports this one's tests and fixtures), so
-that parallel test workers (pytest-xdist's ``--dist loadfile``) share the clouds out.
+that parallel test workers (pytest-xdist gives a worker a module at a time) share the clouds out.
 
 The functions ``double``, ``nap`` and ``digest`` share one cluster per cloud (module-scoped), which
 the closing test ends; every other test ends what it started, and checks it through the cloud's API.

@@ -16,6 +16,7 @@ from prefect_remote import PackageSync
 from prefect_remote.deployments.steps import PACKAGE_SYNC_STEP, NotInSoftwareEnvironment, package_sync
 from prefect_remote.software.store import LocalStore
 from tests.conftest import SESSION_HOME
+from tests.push_service import prefect_server_with_push_service  # noqa: F401 (this module's runs go through the push service)
 from tests.workers.conftest import completed_run, run_logs
 
 EXAMPLE_FLOW = textwrap.dedent(

@@ -244,7 +244,7 @@ def deploy(client, project: Path, pool: str, flow: str = "hello", **job_variable
     flow_id = client.create_flow_from_name(flow)
     return client.create_deployment(
         flow_id=flow_id,
-        name=f"{flow}-{abs(hash(repr(sorted(job_variables.items()))))}",
+        name=f"{flow}-{pool}-{abs(hash(repr(sorted(job_variables.items()))))}",  # pools of other tests' own
         work_pool_name=pool,
         entrypoint=f"flows.py:{flow}",
         path=str(project),

@@ -5,7 +5,7 @@ booted from the stock-image path), its boot and payload logs in the run's logs. 
 by `prefect-remote push serve`, started in the sandbox's environment. Every test runs on every cloud
 of tests/workers/clouds.py; a new cloud passes this suite before it ships. Each cloud runs it in a
 module of its own (test_push_contract_<cloud>.py, which imports this one's tests and fixtures), so
-that parallel test workers (pytest-xdist's ``--dist loadfile``) share the clouds out.
+that parallel test workers (pytest-xdist gives a worker a module at a time) share the clouds out.
 
 The pool and the project are set up once per cloud (module-scoped). A cloud's tests that have no
 counterpart elsewhere live in its own module (test_push_gcp.py), but for those that need its pool

@@ -10,6 +10,7 @@ from prefect.states import Cancelling
 
 from prefect_remote.providers.local import LocalProvider
 from tests.conftest import SESSION_HOME, wait_for
+from tests.push_service import prefect_server_with_push_service  # noqa: F401 (this module's runs go through the push service)
 from tests.workers.conftest import (
     FLOWS,
     SIZED,

@@ -7,6 +7,7 @@ import pytest
 
 from prefect_remote.providers.local import LocalProvider
 from tests.images import import_test_image, remove_image
+from tests.push_service import prefect_server_with_push_service  # noqa: F401 (this module's runs go through the push service)
 from tests.workers.conftest import logged, run_logs, wait_final
 
 FLOWS = """\
