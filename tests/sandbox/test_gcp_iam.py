@@ -195,6 +195,48 @@ def test_matches_is_not_in_iams_conditions_and_is_refused_when_the_policy_is_set
     assert strict.iam.grants_of(member) == []
 
 
+def test_only_the_functions_of_iams_attribute_reference_are_taken_when_the_policy_is_set(strict, who):
+    """cel-python takes all of CEL's standard library; IAM Conditions take only the functions their
+    attribute reference lists (startsWith, endsWith, extract, the tag and date/time functions…).
+    contains(), size(), has() and the macros are refused at setIamPolicy (400 INVALID_ARGUMENT), with
+    IAM enforced or not, rather than accepted and then evaluated as Google never would."""
+    from prefect_remote.sandbox.gcp.api import GoogleError
+
+    iam, _, _ = evaluator()
+    refused = [
+        'resource.name.contains("/secrets/prefect-remote-")',
+        "size(resource.name) > 3",
+        "has(resource.name)",
+        '["a"].exists(x, resource.name.endsWith(x))',
+        'string(request.time) != ""',
+    ]
+    for expression in refused:
+        with pytest.raises(ValueError, match=r"\(\) is not supported in IAM Conditions"):
+            iam.parse(expression)
+        with pytest.raises(GoogleError, match="Condition expression is invalid") as raised:  # the fake IAM itself, enforcement aside
+            strict.iam._replace(
+                {}, {"version": 3, "bindings": [{"role": "roles/viewer", "members": [ALICE], "condition": {"expression": expression}}]}
+            )
+        assert (raised.value.code, raised.value.status) == (400, "INVALID_ARGUMENT")
+    taken = [
+        MACHINE_CONDITION,
+        'resource.name.extract("/secrets/{name}/") == "x" && request.time < timestamp("2030-01-01T00:00:00Z")',
+        'request.time.getHours("Europe/Berlin") >= 9 && resource.matchTag("42/env", "prod")',
+        'request.time < timestamp("2030-01-01T00:00:00Z") + duration("3600s")',
+    ]
+    for expression in taken:
+        iam.parse(expression)
+    projects = who.client("projects", who.launcher())
+    resource, member = f"projects/{strict.project}", f"serviceAccount:contains@{strict.project}.iam.gserviceaccount.com"
+    policy = projects.get_iam_policy(request={"resource": resource, "options": {"requested_policy_version": 3}})
+    policy.version = 3
+    expression = f'resource.name.contains("projects/{strict.project_number}/secrets/prefect-remote-")'
+    policy.bindings.add(role="roles/secretmanager.secretAccessor", members=[member], condition={"title": "in", "expression": expression})
+    with pytest.raises(exceptions.BadRequest, match=r"Condition expression is invalid: .*contains\(\) is not supported"):
+        projects.set_iam_policy(request={"resource": resource, "policy": policy})
+    assert strict.iam.grants_of(member) == []
+
+
 def test_resource_level_bindings_apply_to_the_resource_and_what_it_holds():
     iam, store, _ = evaluator()
     grant(store, "bucket:store", (ALICE, "roles/storage.objectUser"))
