@@ -547,7 +547,7 @@ def test_the_projects_default_compute_account_exists_and_is_an_editor(strict, wh
     project (Google's automatic grant), and what runs as it may do what an Editor may (delete any VM,
     change the project's secrets) but not read a secret's value or change IAM policies."""
     launcher, default = who.launcher(), f"{strict.project_number}-compute@developer.gserviceaccount.com"
-    listed = who.iam(launcher, "GET", f"projects/{strict.project}/serviceAccounts").json()["accounts"]
+    listed = who.iam(launcher, "GET", f"projects/{strict.project}/serviceAccounts?pageSize=100").json()["accounts"]
     [account] = [a for a in listed if a["email"] == default]
     assert account["displayName"] == "Compute Engine default service account" and account["projectId"] == strict.project
     policy = who.client("projects", launcher).get_iam_policy(request={"resource": f"projects/{strict.project}"})
@@ -560,6 +560,37 @@ def test_the_projects_default_compute_account_exists_and_is_an_editor(strict, wh
     assert list(who.client("jobs", who.of(default)).list_jobs(parent=f"projects/{strict.project}/locations/{strict.region}")) == []
     with pytest.raises(exceptions.Forbidden):
         who.client("projects", who.of(default)).set_iam_policy(request={"resource": f"projects/{strict.project}", "policy": policy})
+
+
+def test_service_accounts_are_listed_a_page_at_a_time_and_the_product_follows_the_pages(strict, who):
+    """IAM's serviceAccounts.list answers ``pageSize`` accounts (20 by default, at most 100) and a
+    ``nextPageToken`` while more remain, never all at once; the product's REST client
+    (``RestApi.list_all``) follows the tokens to the last page."""
+    from types import SimpleNamespace
+
+    from google.auth.transport.requests import AuthorizedSession
+
+    from prefect_remote.providers.gcp.clients import RestApi
+
+    session, url = AuthorizedSession(who.launcher()), f"{strict.url}/v1/projects/{strict.project}/serviceAccounts"
+    made: list[str] = []
+    try:
+        while len(strict.iam.accounts) < 45:
+            answer = session.post(url, json={"accountId": f"page-{len(made):03d}-{secrets.token_hex(2)}"})
+            assert answer.status_code == 200, answer.text
+            made.append(answer.json()["email"])
+        first = session.get(url).json()
+        assert len(first["accounts"]) == 20 and first["nextPageToken"]
+        assert len(session.get(url, params={"pageSize": 500}).json()["accounts"]) == 45  # at most 100, here all 45
+        assert len(session.get(url, params={"pageSize": 7}).json()["accounts"]) == 7
+        second = session.get(url, params={"pageToken": first["nextPageToken"]}).json()
+        assert {a["email"] for a in first["accounts"]}.isdisjoint(a["email"] for a in second["accounts"])
+        clients = SimpleNamespace(options=SimpleNamespace(api_endpoint=strict.url), credentials=who.launcher(), project=strict.project)
+        listed = [a["email"] for a in RestApi(clients, "iam.googleapis.com").list_all("serviceAccounts", "accounts")]
+        assert sorted(listed) == sorted(strict.iam.accounts) and len(listed) == 45
+    finally:
+        for email in made:
+            session.delete(f"{url}/{email}")
 
 
 def test_the_101st_service_account_is_refused_as_iam_refuses_it(strict, who):

@@ -42,7 +42,7 @@ from typing import Any
 from starlette.requests import Request
 
 from prefect_remote.sandbox.gcp.api import GoogleAPI, GoogleError, body
-from prefect_remote.sandbox.gcp.common import Sandbox, default_compute_account
+from prefect_remote.sandbox.gcp.common import Sandbox, default_compute_account, page
 from prefect_remote.sandbox.gcp.policy import compile_condition, without_strings
 
 ACCOUNT_ID = re.compile(r"[a-z](?:[-a-z0-9]{4,28}[a-z0-9])")
@@ -203,9 +203,12 @@ class IAMFake:
         self.sandbox.service_accounts.discard(email)
 
     def list_accounts(self, request: Request, project: str) -> dict[str, Any]:
+        """A page of the project's accounts: ``pageSize`` 20 by default, at most 100, as IAM's."""
         self._check_project(project)
         with self._lock:
-            return {"accounts": [dict(a) for a in self.accounts.values()]} if self.accounts else {}
+            accounts = [dict(a) for a in self.accounts.values()]
+        chunk, token = page(accounts, request.query_params, default=20, maximum=100)
+        return {**({"accounts": chunk} if chunk else {}), **({"nextPageToken": token} if token else {})}
 
     def get_account(self, request: Request, project: str, account: str) -> dict[str, Any]:
         with self._lock:
