@@ -629,6 +629,31 @@ def test_the_101st_service_account_is_refused_as_iam_refuses_it(strict, who):
     assert len(strict.iam.accounts) < 100
 
 
+def test_custom_roles_are_listed_a_page_at_a_time(strict, who):
+    """IAM's roles.list pages as its other lists do (300 by default, at most 1,000)."""
+    launcher, made = who.launcher(), [f"paged{index}{secrets.token_hex(3)}" for index in range(3)]
+    for role_id in made:
+        answer = who.iam(
+            launcher, "POST", f"projects/{strict.project}/roles", {"roleId": role_id, "role": {"includedPermissions": ["run.jobs.list"]}}
+        )
+        assert answer.status_code == 200, answer.text
+    try:
+        listed, token, pages = [], "", 0
+        while True:
+            answer = who.iam(
+                launcher, "GET", f"projects/{strict.project}/roles?pageSize=1" + (f"&pageToken={token}" if token else "")
+            ).json()
+            assert len(answer["roles"]) == 1
+            listed += [role["name"].rsplit("/", 1)[-1] for role in answer["roles"]]
+            pages, token = pages + 1, answer.get("nextPageToken", "")
+            if not token:
+                break
+        assert set(made) <= set(listed) and pages == len(listed)
+    finally:
+        for role_id in made:
+            who.iam(launcher, "DELETE", f"projects/{strict.project}/roles/{role_id}")
+
+
 def test_custom_roles_and_grants_made_through_the_apis_take_effect_after_the_delay(strict, who):
     launcher, tester = who.launcher(), f"tester-{secrets.token_hex(3)}@{strict.project}.iam.gserviceaccount.com"
     created = who.iam(

@@ -268,11 +268,13 @@ class IAMFake:
             return dict(self.roles[role_id])
 
     def list_roles(self, request: Request, project: str) -> dict[str, Any]:
+        """A page of the project's custom roles: ``pageSize`` 300 by default, at most 1,000, as IAM's."""
         self._check_project(project)
         show_deleted = request.query_params.get("showDeleted") in ("true", "True")
         with self._lock:
             roles = [dict(r) for r in self.roles.values() if show_deleted or not r.get("deleted")]
-        return {"roles": roles} if roles else {}
+        chunk, token = page(roles, request.query_params, default=300, maximum=1000)
+        return {**({"roles": chunk} if chunk else {}), **({"nextPageToken": token} if token else {})}
 
     def get_role(self, request: Request, project: str, role: str) -> dict[str, Any]:
         with self._lock:
