@@ -174,6 +174,14 @@ def substitute(text: str, context: Context) -> str | None:
     >>> pattern = substitute("prefect-remote-${aws:PrincipalTag/pool}-*", {"aws:principaltag/pool": ["*"]})
     >>> like(pattern, "prefect-remote-*-run"), like(pattern, "prefect-remote-other-run")
     (True, False)
+    >>> home = substitute("arn:aws:s3:::b/home/${aws:username}/*", {"aws:username": ["a*"]})
+    >>> arn_like(home, "arn:aws:s3:::b/home/a*/x"), arn_like(home, "arn:aws:s3:::b/home/ada/x")
+    (True, False)
+    >>> own = substitute("${ec2:SourceInstanceARN}", {"ec2:sourceinstancearn": ["arn:aws:ec2:r:1:instance/i-*"]})
+    >>> arn_like(own, "arn:aws:ec2:r:1:instance/i-*"), arn_like(own, "arn:aws:ec2:r:1:instance/i-0abc")
+    (True, False)
+    >>> substitute("user/${aws:username}", {}) is None  # a key the request lacks: matches nothing
+    True
     """
     if "${" not in text:
         return text

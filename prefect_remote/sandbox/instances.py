@@ -49,6 +49,9 @@ POLL = 0.1  # seconds between looks at the control plane
 KEEP_FORWARDS_EVERY = 3.0  # seconds between renewals of the host forwards instances use
 FIREWALLS_EVERY = 0.5  # seconds between looks at the instances' ingress rules (a new group member, a changed rule)
 INSTANCE_TAG = "sandbox-instance"  # a machine's tag naming the instance it runs
+# EC2's states of an instance whose machine ended but which itself stays, its root volume with it (stopped by its
+# own shutdown, as InstanceInitiatedShutdownBehavior=stop asks): its disk goes when it is terminated or gone.
+STOPPED = frozenset({"stopped", "stopping"})
 # Variables of an image that name its own baked folders (a warm uv cache, a root with uv and agents):
 # they are mounted into the instances that have them, as folders of the image.
 IMAGE_FOLDER_VARIABLES = ("UV_CACHE_DIR", "PREFECT_REMOTE_ROOT")
@@ -121,6 +124,7 @@ class InstanceRunner:
         self._booting = threading.Lock()
         self._stopping: set[str] = set()  # machines asked to stop, whose instance is shutting down
         self._rebooting: set[str] = set()  # instances whose machine ends to boot again (a reset, a restart)
+        self._stopped: set[str] = set()  # ended machines whose instance is stopped: their disk stays until it is terminated
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.shared: list[str] = []  # host folders every instance mounts at the same path (a test's scratch folder)
@@ -212,7 +216,9 @@ class InstanceRunner:
         firewalls = self.vpc is not None and time.monotonic() >= self._next_firewalls
         if firewalls:
             self._next_firewalls = time.monotonic() + FIREWALLS_EVERY
-        for instance in list(self._instances()):
+        instances = list(self._instances())
+        self._drop_disks_of_ended(instances)
+        for instance in instances:
             if instance.ended:  # (shutting-down: its machine stops, then the instance is terminated below)
                 machine_id = self._running.get(instance.id)
                 if machine_id is not None and machine_id not in self._stopping:
@@ -241,7 +247,20 @@ class InstanceRunner:
                 if reason.startswith("isolation setup failed"):  # the sandbox's fault, not the instance's: say it here
                     logger.warning("sandbox: instance %s could not boot: %s", instance_id, reason)
                 self._terminate(instance_id, reason, machine.exit_code if machine else None)
-                shutil.rmtree(self.disk_of(instance_id), ignore_errors=True)  # its disk goes with it
+                if self._state_of(instance_id) in STOPPED:  # EC2's stop (its own shutdown, as asked): its volume stays
+                    self._stopped.add(instance_id)
+                else:
+                    shutil.rmtree(self.disk_of(instance_id), ignore_errors=True)  # its disk goes with it
+
+    def _state_of(self, instance_id: str) -> str | None:
+        return next((instance.state for instance in self._instances() if instance.id == instance_id), None)
+
+    def _drop_disks_of_ended(self, instances: list[Instance]) -> None:
+        """A stopped instance's disk goes once the instance is terminated (or gone), as its EBS volume does."""
+        states = {instance.id: instance.state for instance in instances}
+        for instance_id in [i for i in self._stopped if states.get(i) in (None, "shutting-down", "terminated")]:
+            self._stopped.discard(instance_id)
+            shutil.rmtree(self.disk_of(instance_id), ignore_errors=True)
 
     def boot(self, instance: Instance) -> None:
         """Boots ``instance`` unless it was booted before. The cloud's sandbox may call this as the

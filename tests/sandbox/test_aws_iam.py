@@ -196,6 +196,27 @@ def test_what_a_variable_brings_in_is_literal_wildcards_included():
     assert decide(equal, "x:Y", k="a*", **{"aws:username": "a*"}) == "allowed"
 
 
+def test_a_source_instance_arn_and_a_user_name_holding_wildcards_match_only_themselves():
+    """``${ec2:SourceInstanceARN}`` and ``${aws:username}`` in a Resource or an ArnLike/StringLike
+    condition: a ``*`` or ``?`` in the value stands for itself, as in IAM, never for other instances
+    or users."""
+    own = policy(
+        allow("ec2:TerminateInstances", "${ec2:SourceInstanceARN}"),
+        allow("ec2:CreateTags", Condition={"ArnLike": {"aws:ResourceArn": "${ec2:SourceInstanceARN}"}}),
+    )
+    wild, other = {"ec2:SourceInstanceARN": f"{EC2}:instance/i-*"}, f"{EC2}:instance/i-0123456789abcdef0"
+    assert decide(own, "ec2:TerminateInstances", other, **wild) == "implicitDeny"
+    assert decide(own, "ec2:TerminateInstances", f"{EC2}:instance/i-*", **wild) == "allowed"
+    assert decide(own, "ec2:CreateTags", **{**wild, "aws:ResourceArn": other}) == "implicitDeny"
+    assert decide(own, "ec2:CreateTags", **{**wild, "aws:ResourceArn": f"{EC2}:instance/i-*"}) == "allowed"
+    assert decide(own, "ec2:TerminateInstances", other, **{"ec2:SourceInstanceARN": other}) == "allowed"
+    home = policy(allow("s3:GetObject", "arn:aws:s3:::bucket/home/${aws:username}/*"))
+    assert decide(home, "s3:GetObject", "arn:aws:s3:::bucket/home/bob/x", **{"aws:username": "*"}) == "implicitDeny"
+    assert decide(home, "s3:GetObject", "arn:aws:s3:::bucket/home/bob/x", **{"aws:username": "b?b"}) == "implicitDeny"
+    assert decide(home, "s3:GetObject", "arn:aws:s3:::bucket/home/b?b/x", **{"aws:username": "b?b"}) == "allowed"
+    assert decide(home, "s3:GetObject", "arn:aws:s3:::bucket/home/bob/x", **{"aws:username": "bob"}) == "allowed"
+
+
 def test_missing_context_keys_are_reported():
     found = evaluate(
         [("p", policy(allow("ec2:RunInstances", Condition={"ArnEquals": {"ec2:InstanceProfile": PROFILE}})))],

@@ -195,6 +195,48 @@ def test_matches_is_not_in_iams_conditions_and_is_refused_when_the_policy_is_set
     assert strict.iam.grants_of(member) == []
 
 
+def test_only_the_functions_of_iams_attribute_reference_are_taken_when_the_policy_is_set(strict, who):
+    """cel-python takes all of CEL's standard library; IAM Conditions take only the functions their
+    attribute reference lists (startsWith, endsWith, extract, the tag and date/time functions…).
+    contains(), size(), has() and the macros are refused at setIamPolicy (400 INVALID_ARGUMENT), with
+    IAM enforced or not, rather than accepted and then evaluated as Google never would."""
+    from prefect_remote.sandbox.gcp.api import GoogleError
+
+    iam, _, _ = evaluator()
+    refused = [
+        'resource.name.contains("/secrets/prefect-remote-")',
+        "size(resource.name) > 3",
+        "has(resource.name)",
+        '["a"].exists(x, resource.name.endsWith(x))',
+        'string(request.time) != ""',
+    ]
+    for expression in refused:
+        with pytest.raises(ValueError, match=r"\(\) is not supported in IAM Conditions"):
+            iam.parse(expression)
+        with pytest.raises(GoogleError, match="Condition expression is invalid") as raised:  # the fake IAM itself, enforcement aside
+            strict.iam._replace(
+                {}, {"version": 3, "bindings": [{"role": "roles/viewer", "members": [ALICE], "condition": {"expression": expression}}]}
+            )
+        assert (raised.value.code, raised.value.status) == (400, "INVALID_ARGUMENT")
+    taken = [
+        MACHINE_CONDITION,
+        'resource.name.extract("/secrets/{name}/") == "x" && request.time < timestamp("2030-01-01T00:00:00Z")',
+        'request.time.getHours("Europe/Berlin") >= 9 && resource.matchTag("42/env", "prod")',
+        'request.time < timestamp("2030-01-01T00:00:00Z") + duration("3600s")',
+    ]
+    for expression in taken:
+        iam.parse(expression)
+    projects = who.client("projects", who.launcher())
+    resource, member = f"projects/{strict.project}", f"serviceAccount:contains@{strict.project}.iam.gserviceaccount.com"
+    policy = projects.get_iam_policy(request={"resource": resource, "options": {"requested_policy_version": 3}})
+    policy.version = 3
+    expression = f'resource.name.contains("projects/{strict.project_number}/secrets/prefect-remote-")'
+    policy.bindings.add(role="roles/secretmanager.secretAccessor", members=[member], condition={"title": "in", "expression": expression})
+    with pytest.raises(exceptions.BadRequest, match=r"Condition expression is invalid: .*contains\(\) is not supported"):
+        projects.set_iam_policy(request={"resource": resource, "policy": policy})
+    assert strict.iam.grants_of(member) == []
+
+
 def test_resource_level_bindings_apply_to_the_resource_and_what_it_holds():
     iam, store, _ = evaluator()
     grant(store, "bucket:store", (ALICE, "roles/storage.objectUser"))
@@ -505,7 +547,7 @@ def test_the_projects_default_compute_account_exists_and_is_an_editor(strict, wh
     project (Google's automatic grant), and what runs as it may do what an Editor may (delete any VM,
     change the project's secrets) but not read a secret's value or change IAM policies."""
     launcher, default = who.launcher(), f"{strict.project_number}-compute@developer.gserviceaccount.com"
-    listed = who.iam(launcher, "GET", f"projects/{strict.project}/serviceAccounts").json()["accounts"]
+    listed = who.iam(launcher, "GET", f"projects/{strict.project}/serviceAccounts?pageSize=100").json()["accounts"]
     [account] = [a for a in listed if a["email"] == default]
     assert account["displayName"] == "Compute Engine default service account" and account["projectId"] == strict.project
     policy = who.client("projects", launcher).get_iam_policy(request={"resource": f"projects/{strict.project}"})
@@ -518,6 +560,37 @@ def test_the_projects_default_compute_account_exists_and_is_an_editor(strict, wh
     assert list(who.client("jobs", who.of(default)).list_jobs(parent=f"projects/{strict.project}/locations/{strict.region}")) == []
     with pytest.raises(exceptions.Forbidden):
         who.client("projects", who.of(default)).set_iam_policy(request={"resource": f"projects/{strict.project}", "policy": policy})
+
+
+def test_service_accounts_are_listed_a_page_at_a_time_and_the_product_follows_the_pages(strict, who):
+    """IAM's serviceAccounts.list answers ``pageSize`` accounts (20 by default, at most 100) and a
+    ``nextPageToken`` while more remain, never all at once; the product's REST client
+    (``RestApi.list_all``) follows the tokens to the last page."""
+    from types import SimpleNamespace
+
+    from google.auth.transport.requests import AuthorizedSession
+
+    from prefect_remote.providers.gcp.clients import RestApi
+
+    session, url = AuthorizedSession(who.launcher()), f"{strict.url}/v1/projects/{strict.project}/serviceAccounts"
+    made: list[str] = []
+    try:
+        while len(strict.iam.accounts) < 45:
+            answer = session.post(url, json={"accountId": f"page-{len(made):03d}-{secrets.token_hex(2)}"})
+            assert answer.status_code == 200, answer.text
+            made.append(answer.json()["email"])
+        first = session.get(url).json()
+        assert len(first["accounts"]) == 20 and first["nextPageToken"]
+        assert len(session.get(url, params={"pageSize": 500}).json()["accounts"]) == 45  # at most 100, here all 45
+        assert len(session.get(url, params={"pageSize": 7}).json()["accounts"]) == 7
+        second = session.get(url, params={"pageToken": first["nextPageToken"]}).json()
+        assert {a["email"] for a in first["accounts"]}.isdisjoint(a["email"] for a in second["accounts"])
+        clients = SimpleNamespace(options=SimpleNamespace(api_endpoint=strict.url), credentials=who.launcher(), project=strict.project)
+        listed = [a["email"] for a in RestApi(clients, "iam.googleapis.com").list_all("serviceAccounts", "accounts")]
+        assert sorted(listed) == sorted(strict.iam.accounts) and len(listed) == 45
+    finally:
+        for email in made:
+            session.delete(f"{url}/{email}")
 
 
 def test_the_101st_service_account_is_refused_as_iam_refuses_it(strict, who):
@@ -554,6 +627,31 @@ def test_the_101st_service_account_is_refused_as_iam_refuses_it(strict, who):
         for email in made:
             session.delete(f"{url}/{email}")
     assert len(strict.iam.accounts) < 100
+
+
+def test_custom_roles_are_listed_a_page_at_a_time(strict, who):
+    """IAM's roles.list pages as its other lists do (300 by default, at most 1,000)."""
+    launcher, made = who.launcher(), [f"paged{index}{secrets.token_hex(3)}" for index in range(3)]
+    for role_id in made:
+        answer = who.iam(
+            launcher, "POST", f"projects/{strict.project}/roles", {"roleId": role_id, "role": {"includedPermissions": ["run.jobs.list"]}}
+        )
+        assert answer.status_code == 200, answer.text
+    try:
+        listed, token, pages = [], "", 0
+        while True:
+            answer = who.iam(
+                launcher, "GET", f"projects/{strict.project}/roles?pageSize=1" + (f"&pageToken={token}" if token else "")
+            ).json()
+            assert len(answer["roles"]) == 1
+            listed += [role["name"].rsplit("/", 1)[-1] for role in answer["roles"]]
+            pages, token = pages + 1, answer.get("nextPageToken", "")
+            if not token:
+                break
+        assert set(made) <= set(listed) and pages == len(listed)
+    finally:
+        for role_id in made:
+            who.iam(launcher, "DELETE", f"projects/{strict.project}/roles/{role_id}")
 
 
 def test_custom_roles_and_grants_made_through_the_apis_take_effect_after_the_delay(strict, who):

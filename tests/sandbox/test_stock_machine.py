@@ -39,9 +39,9 @@ def probe(out: Path, marker: str) -> str:
     )
 
 
-def run_instance(aws_sandbox, user_data: str, on_shutdown: str = "terminate") -> str:
+def run_instance(aws_sandbox, user_data: str, on_shutdown: str | None = "terminate") -> str:
     """An instance booting ``user_data``, whose own shutdown terminates it (as the product launches
-    them) or, with ``on_shutdown="stop"`` (EC2's default), stops it."""
+    them) or, with ``on_shutdown="stop"`` or None (not given: EC2's default, stop), stops it."""
     ec2 = aws_sandbox.client("ec2")
     [instance] = ec2.run_instances(
         ImageId=IMAGE,
@@ -49,7 +49,7 @@ def run_instance(aws_sandbox, user_data: str, on_shutdown: str = "terminate") ->
         MinCount=1,
         MaxCount=1,
         UserData=user_data,  # boto3 encodes it
-        InstanceInitiatedShutdownBehavior=on_shutdown,
+        **({"InstanceInitiatedShutdownBehavior": on_shutdown} if on_shutdown else {}),
     )["Instances"]
     return instance["InstanceId"]
 
@@ -131,12 +131,16 @@ def test_an_instances_own_shutdown_ends_it(aws_sandbox, end_instances):
 
 def test_an_instances_own_shutdown_only_stops_it_by_default(aws_sandbox, end_instances):
     """EC2's default InstanceInitiatedShutdownBehavior is stop: a shutdown from inside stops the
-    instance, which stays (its volume billing on) until it is terminated."""
-    instance_id = run_instance(aws_sandbox, "#!/bin/bash\nshutdown -h now\nsleep 300\n", on_shutdown="stop")
+    instance, which stays (its volume billing on, its disk kept) until it is terminated."""
+    instance_id = run_instance(aws_sandbox, "#!/bin/bash\nshutdown -h now\nsleep 300\n", on_shutdown=None)  # not given
     end_instances.append(instance_id)
     wait_for(lambda: ended(aws_sandbox, instance_id, "stopped"), timeout=60, message="the instance to stop")
     [instance] = aws_sandbox.client("ec2").describe_instances(InstanceIds=[instance_id])["Reservations"][0]["Instances"]
     assert instance["State"]["Name"] == "stopped" and instance["StateReason"]["Code"] == "Client.InstanceInitiatedShutdown"
+    disk = aws_sandbox.runner.disk_of(instance_id)
+    assert disk.exists()  # its volume stays with it, as a stopped instance's EBS volume does
+    aws_sandbox.client("ec2").terminate_instances(InstanceIds=[instance_id])
+    wait_for(lambda: not disk.exists(), timeout=30, message="the terminated instance's disk to go")
 
 
 @pytest.fixture

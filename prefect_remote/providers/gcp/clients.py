@@ -270,6 +270,18 @@ class RestApi:
             raise from_http_response(response)
         return response.json() if response.content else {}
 
+    def list_all(self, path: str, field: str, **params: str) -> Iterator[dict[str, Any]]:
+        """Every item of list method ``path`` (``serviceAccounts``), the ``field`` (``accounts``) of each
+        of its pages, following ``nextPageToken``: Google answers a page at a time (IAM's service
+        accounts: 20 by default, at most 100), never everything at once."""
+        token = ""
+        while True:
+            answer = self.call("GET", path, **params, **({"pageToken": token} if token else {}))
+            yield from answer.get(field) or ()
+            token = answer.get("nextPageToken", "")
+            if not token:
+                return
+
 
 @contextmanager
 def translated(action: str, *, project: str | None = None) -> Iterator[None]:

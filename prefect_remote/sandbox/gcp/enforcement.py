@@ -47,6 +47,7 @@ from starlette.responses import JSONResponse, Response
 
 from prefect_remote.sandbox.gcp.api import GoogleAPI, GoogleError, body
 from prefect_remote.sandbox.gcp.common import Sandbox
+from prefect_remote.sandbox.gcp.iam import check_condition
 from prefect_remote.sandbox.gcp.permissions import (
     METHODS,
     PUBLIC_IMAGES,
@@ -185,14 +186,11 @@ class IAMEnforcement:
         )
 
     def check_conditions(self, policy: dict[str, Any]) -> None:
-        """Refuses, as Google does, a policy whose conditions are not CEL."""
+        """Refuses, as Google does, a policy whose conditions IAM does not take (:func:`.iam.check_condition`)."""
         for binding in policy.get("bindings") or ():
             expression = (binding.get("condition") or {}).get("expression")
             if expression:
-                try:
-                    self.evaluator.parse(expression)
-                except ValueError as error:
-                    raise GoogleError(400, f"Condition expression is invalid: {error}", "INVALID_ARGUMENT") from None
+                check_condition(binding.get("role", ""), expression)
 
     def _account_email(self, account: str) -> str | None:
         if "@" in account:

@@ -42,8 +42,8 @@ from typing import Any
 from starlette.requests import Request
 
 from prefect_remote.sandbox.gcp.api import GoogleAPI, GoogleError, body
-from prefect_remote.sandbox.gcp.common import Sandbox, default_compute_account
-from prefect_remote.sandbox.gcp.policy import without_strings
+from prefect_remote.sandbox.gcp.common import Sandbox, default_compute_account, page
+from prefect_remote.sandbox.gcp.policy import compile_condition, without_strings
 
 ACCOUNT_ID = re.compile(r"[a-z](?:[-a-z0-9]{4,28}[a-z0-9])")
 ROLE_ID = re.compile(r"[a-zA-Z0-9_.]{3,64}")
@@ -203,9 +203,12 @@ class IAMFake:
         self.sandbox.service_accounts.discard(email)
 
     def list_accounts(self, request: Request, project: str) -> dict[str, Any]:
+        """A page of the project's accounts: ``pageSize`` 20 by default, at most 100, as IAM's."""
         self._check_project(project)
         with self._lock:
-            return {"accounts": [dict(a) for a in self.accounts.values()]} if self.accounts else {}
+            accounts = [dict(a) for a in self.accounts.values()]
+        chunk, token = page(accounts, request.query_params, default=20, maximum=100)
+        return {**({"accounts": chunk} if chunk else {}), **({"nextPageToken": token} if token else {})}
 
     def get_account(self, request: Request, project: str, account: str) -> dict[str, Any]:
         with self._lock:
@@ -265,11 +268,13 @@ class IAMFake:
             return dict(self.roles[role_id])
 
     def list_roles(self, request: Request, project: str) -> dict[str, Any]:
+        """A page of the project's custom roles: ``pageSize`` 300 by default, at most 1,000, as IAM's."""
         self._check_project(project)
         show_deleted = request.query_params.get("showDeleted") in ("true", "True")
         with self._lock:
             roles = [dict(r) for r in self.roles.values() if show_deleted or not r.get("deleted")]
-        return {"roles": roles} if roles else {}
+        chunk, token = page(roles, request.query_params, default=300, maximum=1000)
+        return {**({"roles": chunk} if chunk else {}), **({"nextPageToken": token} if token else {})}
 
     def get_role(self, request: Request, project: str, role: str) -> dict[str, Any]:
         with self._lock:
@@ -343,10 +348,8 @@ class IAMFake:
                 raise GoogleError(400, "Policies with conditions must be version 3 (set policy.version = 3).")
             if binding.get("condition") and not binding["condition"].get("expression"):
                 raise GoogleError(400, "A condition needs an expression.")
-            if binding.get("condition") and _logic_operators(binding["condition"]["expression"]) > MAX_LOGIC_OPERATORS:
-                raise GoogleError(
-                    400, f"The condition of a binding of {binding['role']} has more than {MAX_LOGIC_OPERATORS} logical operators."
-                )
+            if binding.get("condition"):
+                check_condition(binding["role"], binding["condition"]["expression"])
         conditional = collections.Counter((b["role"], member) for b in bindings if b.get("condition") for member in b["members"])
         crowded = next((pair for pair, count in conditional.items() if count > MAX_CONDITIONAL_BINDINGS), None)
         if crowded:
@@ -354,6 +357,18 @@ class IAMFake:
                 400, f"{crowded[1]} has more than {MAX_CONDITIONAL_BINDINGS} conditional bindings of {crowded[0]} in one policy."
             )
         return {"version": int(wanted.get("version", 1)), "etag": _etag(), **({"bindings": bindings} if bindings else {})}
+
+
+def check_condition(role: str, expression: str) -> None:
+    """Refuses, as Google does (400 INVALID_ARGUMENT), a condition that is not CEL, calls a function IAM
+    Conditions do not have (:func:`~prefect_remote.sandbox.gcp.policy.compile_condition`), or holds more
+    logical operators than IAM's limit; with IAM enforced or not."""
+    try:
+        compile_condition(expression)
+    except ValueError as error:
+        raise GoogleError(400, f"Condition expression is invalid: {error}", "INVALID_ARGUMENT") from None
+    if _logic_operators(expression) > MAX_LOGIC_OPERATORS:
+        raise GoogleError(400, f"The condition of a binding of {role} has more than {MAX_LOGIC_OPERATORS} logical operators.")
 
 
 def _logic_operators(expression: str) -> int:

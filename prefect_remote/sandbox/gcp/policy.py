@@ -16,8 +16,9 @@ of the fake APIs.
   time a binding naming them is evaluated for its member; a custom role is the project's own
   (``projects/P/roles/R``: deleted or ``DISABLED`` ones grant nothing); a predefined role the
   sandbox has no copy of grants nothing. Deny policies are not modeled (prefect-remote uses none).
-- **Conditions** are CEL in IAM's profile of it (no ``matches()``: a policy naming it is refused when
-  set, as Google refuses it), evaluated by cel-python: ``resource.service``, ``resource.type`` and
+- **Conditions** are CEL in IAM's profile of it (only the functions of IAM's attribute reference,
+  :data:`IAM_FUNCTIONS`: a policy calling CEL's others, ``matches()``, ``contains()``, ``size()``, macros…,
+  is refused when set, as Google refuses it), evaluated by cel-python: ``resource.service``, ``resource.type`` and
   ``resource.name`` exist only where Google provides them (:class:`Resource`), so, as Google's
   attribute reference says, "if part of a condition uses an attribute that isn't available for a
   resource, then that part of the condition is never interpreted as granting access" (CEL's error
@@ -249,33 +250,77 @@ class Evaluator:
         return isinstance(result, celtypes.BoolType) and bool(result)
 
     def parse(self, expression: str) -> Any:
-        """``expression`` parsed (cached); ValueError if it is not CEL, with the parser's message."""
-        import celpy
-
+        """``expression`` parsed (cached); ValueError if it is not a condition IAM takes (:func:`compile_condition`)."""
         if expression not in self._programs:
-            try:
-                program = celpy.Environment().compile(expression)
-            except celpy.CELParseError as error:
-                raise ValueError(f"invalid condition expression {expression!r}: {error}") from None
-            if _UNSUPPORTED_CALL.search(without_strings(expression)):  # valid CEL, but not in IAM's profile of it
-                raise ValueError(
-                    f"invalid condition expression {expression!r}: matches() is not supported in IAM Conditions; "
-                    "resource.name supports startsWith(), endsWith(), extract(), == and !="
-                )
-            for template in _EXTRACT_CALL.findall(expression):  # Google checks them when the policy is set
-                try:
-                    extract("", template[1])
-                except ValueError as error:
-                    raise ValueError(f"invalid condition expression {expression!r}: {error}") from None
-            self._programs[expression] = program
+            self._programs[expression] = compile_condition(expression)
         return self._programs[expression]
 
 
+# The functions IAM Conditions take: those the attribute reference lists for its attributes (resource.name, request.host
+# and request.path: startsWith, endsWith, extract; resource tags; request.time and its date/time functions; API
+# attributes; Compute Engine's forwarding-rule functions). cel-python has more (CEL's standard library and macros:
+# contains, matches, size, has, exists, all, map, filter, int, string…): Google refuses a policy naming any of them.
+IAM_FUNCTIONS = frozenset(
+    {
+        *("startsWith", "endsWith", "extract"),
+        *("hasTagKey", "hasTagKeyId", "matchTag", "matchTagId"),
+        *("timestamp", "duration", "getDate", "getDayOfMonth", "getDayOfWeek", "getDayOfYear", "getFullYear"),
+        *("getHours", "getMilliseconds", "getMinutes", "getMonth", "getSeconds"),
+        *("getAttribute", "hasOnly"),
+        *("isForwardingRuleCreationOperation", "matchLoadBalancingSchemes"),
+    }
+)
+
+
+@functools.lru_cache(maxsize=1024)
+def compile_condition(expression: str) -> Any:
+    """``expression`` compiled by cel-python, if it is a condition IAM Conditions take; ValueError (with
+    what to fix) if it is not CEL, calls a function outside :data:`IAM_FUNCTIONS`, or holds a bad
+    ``extract()`` template: Google refuses those when the policy is set (400 INVALID_ARGUMENT).
+
+    >>> compile_condition('resource.name.startsWith("p/42/s") && request.time < timestamp("2030-01-01T00:00:00Z")') is not None
+    True
+    >>> for refused in ('resource.name.contains("x")', 'size(resource.name) > 3', 'has(resource.name)'):
+    ...     try:
+    ...         compile_condition(refused)
+    ...     except ValueError as error:
+    ...         print(str(error).split(": ")[1].split(";")[0])
+    contains() is not supported in IAM Conditions
+    size() is not supported in IAM Conditions
+    has() is not supported in IAM Conditions
+    """
+    import celpy
+
+    try:
+        program = celpy.Environment().compile(expression)
+    except celpy.CELParseError as error:
+        raise ValueError(f"invalid condition expression {expression!r}: {error}") from None
+    for called in _called_functions(program):
+        if called not in IAM_FUNCTIONS:  # valid CEL, but not in IAM's profile of it
+            raise ValueError(
+                f"invalid condition expression {expression!r}: {called}() is not supported in IAM Conditions; "
+                "use the functions of their attribute reference (resource.name: startsWith(), endsWith(), extract(), == and !=)"
+            )
+    for template in _EXTRACT_CALL.findall(expression):  # Google checks them when the policy is set
+        try:
+            extract("", template[1])
+        except ValueError as error:
+            raise ValueError(f"invalid condition expression {expression!r}: {error}") from None
+    return program
+
+
 _EXTRACT_CALL = re.compile(r"""\.extract\(\s*(["'])(.*?)\1\s*\)""")
-# CEL's RE2 matches() (``s.matches(re)`` or ``matches(s, re)``): IAM Conditions do not take it. Their attribute
-# reference lists, per attribute, the functions it supports (resource.name: startsWith, endsWith, extract, ==, !=),
-# and the console's condition linter refuses matches().
-_UNSUPPORTED_CALL = re.compile(r"\bmatches\s*\(")
+
+
+def _called_functions(program: Any) -> list[str]:
+    """The functions and methods (and macros: ``has``, ``exists``…) a compiled expression calls, in order."""
+    found = []
+    for tree in program.iter_subtrees_topdown():
+        if tree.data == "ident_arg":  # f(args)
+            found.append(str(tree.children[0]))
+        elif tree.data == "member_dot_arg":  # x.f(args)
+            found.append(str(tree.children[1]))
+    return found
 
 
 def without_strings(expression: str) -> str:

@@ -86,7 +86,7 @@ def test_no_service_account_refuses_the_default_compute_account_and_names_the_fi
 
     account = os.environ["PREFECT_REMOTE_GCP_SERVICE_ACCOUNT"]
     clients, default = GCPProvider(service_account=account).clients, f"{gcp_env.project_number}-compute@developer.gserviceaccount.com"
-    assert default in [a["email"] for a in clients.iam().call("GET", "serviceAccounts")["accounts"]]
+    assert default in [a["email"] for a in clients.iam().list_all("serviceAccounts", "accounts")]
     policy = clients.resource_manager().get_iam_policy(request={"resource": f"projects/{gcp_env.project}"})
     assert "roles/editor" in [b.role for b in policy.bindings if f"serviceAccount:{default}" in b.members]
     monkeypatch.delenv("PREFECT_REMOTE_GCP_SERVICE_ACCOUNT")
