@@ -9,7 +9,7 @@ PYTEST_ARGS ?=
 # Four pytest workers (pytest-xdist), a test file each at a time: most tests wait on machines, so
 # four share a 2-core machine (22 minutes; about the same with three, 28 with two). Each worker is a session with its
 # own sandboxes; they share one Prefect server, but for the modules of the push service's group, which one
-# worker runs on a server of its own (--dist loadgroup with the groups tests/conftest.py gives).
+# worker runs on a server of its own (tests/conftest.py's scheduler).
 PYTEST_WORKERS ?= 4
 
 .PHONY: env lint test docs demo demo-machines bench clean sandbox-host
@@ -60,7 +60,7 @@ sandbox-host:
 test: lint sandbox-host $(DOCS_VENV)/.synced
 	$(DOCS_VENV)/bin/mkdocs build --strict
 	$(VENV)/bin/python -m tests.upstream
-	$(VENV)/bin/python -m pytest -n $(PYTEST_WORKERS) --dist loadgroup --no-loadscope-reorder --durations=80 $(PYTEST_ARGS)
+	$(VENV)/bin/python -m pytest -n $(PYTEST_WORKERS) --dist loadfile --no-loadscope-reorder --durations=80 $(PYTEST_ARGS)
 
 # The site (docs/, mkdocs.yml) into site/; `$(VENV)/bin/mkdocs serve` serves it while you write.
 docs: $(DOCS_VENV)/.synced

@@ -81,7 +81,7 @@ needs_firewalls = pytest.mark.skipif(
 
 
 # The modules that run longest (minutes each, machines on the sandbox clouds), queued first. pytest-xdist's
-# --dist loadgroup gives each worker a group (here a module) at a time, by default the most tests first:
+# --dist loadfile gives each worker a module at a time, by default the modules with the most tests first:
 # these have few, so they started last and one worker ran on alone. `make test` passes
 # --no-loadscope-reorder, so the workers take modules in the order pytest_collection_modifyitems leaves.
 LONGEST_MODULES = (
@@ -93,14 +93,22 @@ LONGEST_MODULES = (
 )
 
 
-@pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the groups (--dist loadgroup) off the items
+# The modules whose tests need the Prefect server's push service (they import
+# tests.push_service.prefect_server_with_push_service): one xdist worker runs them all, on one such server.
+PUSH_SERVICE_MODULES = (
+    "tests/workers/test_push.py",
+    "tests/workers/test_push_images.py",
+    "tests/workers/test_worker.py",
+    "tests/deployments/test_package_sync.py",
+)
+PUSH_SERVICE_GROUP = "push-service"
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """A contract test of one cloud's own (marked ``cloud_only(name)``) runs in that cloud's module
     (where ``cloud`` is that name) and is deselected in the other clouds' modules. Then the modules
-    are ordered: the push service's group and LONGEST_MODULES first, then the others by their number
-    of tests (as xdist would), each module's tests in their own order. Each module is an xdist group
-    of its own (what ``--dist loadfile`` would make), except the modules whose tests use the push
-    service (:func:`push_server`), which share one: one worker runs them all, on one such server."""
+    are ordered: the push service's and LONGEST_MODULES first, then the others by their number of
+    tests (as xdist would), each module's tests in their own order."""
 
     def elsewhere(item: pytest.Item) -> bool:
         mark = item.get_closest_marker("cloud_only")
@@ -110,19 +118,32 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     if deselected:
         config.hook.pytest_deselected(items=deselected)
         items[:] = [item for item in items if not elsewhere(item)]
-    tests = collections.Counter(module_of(item) for item in items)
     pushing = {module_of(item) for item in items if "push_server" in getattr(item, "fixturenames", ())}
+    if not pushing <= set(PUSH_SERVICE_MODULES):
+        raise pytest.UsageError(f"tests/conftest.py: add {sorted(pushing - set(PUSH_SERVICE_MODULES))} to PUSH_SERVICE_MODULES")
+    tests = collections.Counter(module_of(item) for item in items)
 
     def place(item: pytest.Item) -> tuple[int, int]:
         module = module_of(item)
-        if module in pushing:
+        if module in PUSH_SERVICE_MODULES:
             return (0, 0)
         return (1 + LONGEST_MODULES.index(module), 0) if module in LONGEST_MODULES else (1 + len(LONGEST_MODULES), -tests[module])
 
     items.sort(key=place)  # stable: a module's tests stay together, in order
-    for item in items:
-        if item.get_closest_marker("xdist_group") is None:
-            item.add_marker(pytest.mark.xdist_group(PUSH_SERVICE_GROUP if module_of(item) in pushing else module_of(item)))
+
+
+def pytest_xdist_make_scheduler(config: pytest.Config, log):
+    """pytest-xdist's --dist loadfile (a worker takes a module at a time), but the push service's
+    modules go to one worker together. (Not --dist loadgroup: pytest 9 ignores the group suffix it
+    puts on node ids.)"""
+    from xdist.scheduler import LoadFileScheduling
+
+    class ModulesAndThePushServiceGroup(LoadFileScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            module = super()._split_scope(nodeid)
+            return PUSH_SERVICE_GROUP if module in PUSH_SERVICE_MODULES else module
+
+    return ModulesAndThePushServiceGroup(config, log)
 
 
 def module_of(item: pytest.Item) -> str:
@@ -222,9 +243,8 @@ SERVER_SETTINGS = {
 }
 # Under pytest-xdist the controller starts one Prefect server for all its workers (each idle server
 # costs CPU every second, on a 2-core host) and passes its API URL on in this variable. It runs no push
-# service: the modules that need one (PUSH_SERVICE_GROUP) run in one worker, on that worker's own server.
+# service: the modules that need one (PUSH_SERVICE_MODULES) run in one worker, on that worker's own server.
 SHARED_SERVER_ENV = "PREFECT_REMOTE_TESTS_SHARED_SERVER"
-PUSH_SERVICE_GROUP = "push-service"
 _CONTROLLER_SERVER = contextlib.ExitStack()
 
 

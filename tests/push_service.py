@@ -1,7 +1,7 @@
 """For the modules whose tests need the Prefect server's push service: importing
 :func:`prefect_server_with_push_service` makes ``prefect_server`` (and every fixture built on it,
 such as ``api``) that module's :func:`tests.conftest.push_server`. Such modules run in one xdist
-worker (``tests/conftest.py``'s ``pytest_collection_modifyitems`` groups them)."""
+worker (listed in ``tests/conftest.py``'s ``PUSH_SERVICE_MODULES``)."""
 
 import pytest
 
