@@ -12,10 +12,12 @@ from __future__ import annotations
 
 import hashlib
 import io
+import os
 import shutil
 import subprocess
 import sys
 import tarfile
+import tempfile
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -44,9 +46,13 @@ def _linked_libraries() -> list[Path]:
     return sorted(path for path in libraries | {loader} if not str(path).startswith(inside))
 
 
-def import_test_image(files: dict[str, str], tag: str | None = None) -> str:
+def import_test_image(
+    files: dict[str, str], tag: str | None = None, *, folders: dict[str, Path] | None = None, path: str | None = None
+) -> str:
     """A local image (``localhost/prefect-remote-test:<tag>``) of a root filesystem with this interpreter's
-    C libraries and ``files`` ({absolute path: text}); the same files make the same tag, imported once."""
+    C libraries, ``files`` ({absolute path: text}) and ``folders`` ({absolute path: a folder here, copied});
+    the same files make the same tag, imported once (give a ``tag`` of your own with ``folders``).
+    ``path``: the image's ``PATH`` (default: this interpreter's folder, then ``/usr/bin``)."""
     tag = tag or hashlib.sha256(repr(sorted(files.items())).encode()).hexdigest()[:12]
     image = f"{TEST_IMAGE}:{tag}"
     podman = shutil.which("podman")
@@ -66,14 +72,37 @@ def import_test_image(files: dict[str, str], tag: str | None = None) -> str:
         for library in _linked_libraries():
             inside = str(library.relative_to("/"))
             tar.add(library.resolve(), arcname=inside if inside.startswith("usr/") else f"usr/{inside}")  # /lib is usr/lib
-        for path, text in files.items():
+        for name, text in files.items():
             data = text.encode()
-            entry = tarfile.TarInfo(path.lstrip("/"))
+            entry = tarfile.TarInfo(name.lstrip("/"))
             entry.size, entry.mode = len(data), 0o644
             tar.addfile(entry, io.BytesIO(data))
-    path = f"ENV PATH={Path(sys.executable).parent}:/usr/bin"
-    subprocess.run([podman, "import", "--change", path, "-", image], input=archive.getvalue(), check=True, capture_output=True)
+        for inside, folder in (folders or {}).items():
+            tar.add(folder, arcname=inside.lstrip("/"))
+    change = f"ENV PATH={path or f'{Path(sys.executable).parent}:/usr/bin'}"
+    subprocess.run([podman, "import", "--change", change, "-", image], input=archive.getvalue(), check=True, capture_output=True)
     return image
+
+
+DASK_PREFIX = "/opt/dask"  # where a Dask image (import_dask_image) has its Python environment
+
+
+def import_dask_image(distributed: str) -> str:
+    """A Dask image as a user's might be: a Python environment at :data:`DASK_PREFIX` (first on
+    ``PATH``) with ``distributed==<distributed>`` and its dependencies only (uv, from the package
+    index), on this interpreter's Python (mounted in by the session's engine configuration), and no
+    prefect-remote. Imported once per version."""
+    tag = f"dask-{distributed}"
+    if subprocess.run([shutil.which("podman") or "podman", "image", "exists", f"{TEST_IMAGE}:{tag}"]).returncode == 0:
+        return f"{TEST_IMAGE}:{tag}"
+    uv = Path(sys.executable).parent / "uv"
+    with tempfile.TemporaryDirectory() as folder:
+        venv = Path(folder) / "dask"
+        subprocess.run([uv, "venv", "--quiet", "--python", sys.executable, venv], check=True)
+        subprocess.run(
+            [uv, "pip", "install", "--quiet", f"distributed=={distributed}"], env={**os.environ, "VIRTUAL_ENV": str(venv)}, check=True
+        )
+        return import_test_image({}, tag, folders={DASK_PREFIX: venv}, path=f"{DASK_PREFIX}/bin:/usr/bin")
 
 
 def remove_image(image: str) -> None:
@@ -81,4 +110,4 @@ def remove_image(image: str) -> None:
     subprocess.run([shutil.which("podman") or "podman", "rmi", "--force", image], capture_output=True)
 
 
-__all__ = ["engine_conf", "import_test_image", "remove_image"]
+__all__ = ["DASK_PREFIX", "engine_conf", "import_dask_image", "import_test_image", "remove_image"]
