@@ -18,6 +18,7 @@ import subprocess
 import sys
 import tarfile
 import tempfile
+from importlib import metadata
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -47,12 +48,18 @@ def _linked_libraries() -> list[Path]:
 
 
 def import_test_image(
-    files: dict[str, str], tag: str | None = None, *, folders: dict[str, Path] | None = None, path: str | None = None
+    files: dict[str, str],
+    tag: str | None = None,
+    *,
+    folders: dict[str, Path] | None = None,
+    path: str | None = None,
+    environ: dict[str, str] | None = None,
 ) -> str:
     """A local image (``localhost/prefect-remote-test:<tag>``) of a root filesystem with this interpreter's
     C libraries, ``files`` ({absolute path: text}) and ``folders`` ({absolute path: a folder here, copied});
     the same files make the same tag, imported once (give a ``tag`` of your own with ``folders``).
-    ``path``: the image's ``PATH`` (default: this interpreter's folder, then ``/usr/bin``)."""
+    ``path``: the image's ``PATH`` (default: this interpreter's folder, then ``/usr/bin``); ``environ``:
+    more of its environment."""
     tag = tag or hashlib.sha256(repr(sorted(files.items())).encode()).hexdigest()[:12]
     image = f"{TEST_IMAGE}:{tag}"
     podman = shutil.which("podman")
@@ -79,19 +86,25 @@ def import_test_image(
             tar.addfile(entry, io.BytesIO(data))
         for inside, folder in (folders or {}).items():
             tar.add(folder, arcname=inside.lstrip("/"))
-    change = f"ENV PATH={path or f'{Path(sys.executable).parent}:/usr/bin'}"
-    subprocess.run([podman, "import", "--change", change, "-", image], input=archive.getvalue(), check=True, capture_output=True)
+    changes = [
+        f"ENV {name}={value}" for name, value in {"PATH": path or f"{Path(sys.executable).parent}:/usr/bin", **(environ or {})}.items()
+    ]
+    options = [f"--change={change}" for change in changes]
+    subprocess.run([podman, "import", *options, "-", image], input=archive.getvalue(), check=True, capture_output=True)
     return image
 
 
 DASK_PREFIX = "/opt/dask"  # where a Dask image (import_dask_image) has its Python environment
+DASK_IMAGE_CODE = "/opt/app"  # and its own code, on its PYTHONPATH: a module ``in_the_image``
+IN_THE_IMAGE = "def double(x):\n    return 2 * x\n"
 
 
 def import_dask_image(distributed: str) -> str:
     """A Dask image as a user's might be: a Python environment at :data:`DASK_PREFIX` (first on
     ``PATH``) with ``distributed==<distributed>`` and its dependencies only (uv, from the package
-    index), on this interpreter's Python (mounted in by the session's engine configuration), and no
-    prefect-remote. Imported once per version."""
+    index), on this interpreter's Python (mounted in by the session's engine configuration), its own
+    module ``in_the_image`` (``double(x)``) on its ``PYTHONPATH``, and no prefect-remote. Imported
+    once per version (a test's fixture removes it)."""
     tag = f"dask-{distributed}"
     if subprocess.run([shutil.which("podman") or "podman", "image", "exists", f"{TEST_IMAGE}:{tag}"]).returncode == 0:
         return f"{TEST_IMAGE}:{tag}"
@@ -100,9 +113,18 @@ def import_dask_image(distributed: str) -> str:
         venv = Path(folder) / "dask"
         subprocess.run([uv, "venv", "--quiet", "--python", sys.executable, venv], check=True)
         subprocess.run(
-            [uv, "pip", "install", "--quiet", f"distributed=={distributed}"], env={**os.environ, "VIRTUAL_ENV": str(venv)}, check=True
+            # (cloudpickle as here: Dask's own version check would warn of it otherwise)
+            [uv, "pip", "install", "--quiet", f"distributed=={distributed}", f"cloudpickle=={metadata.version('cloudpickle')}"],
+            env={**os.environ, "VIRTUAL_ENV": str(venv)},
+            check=True,
         )
-        return import_test_image({}, tag, folders={DASK_PREFIX: venv}, path=f"{DASK_PREFIX}/bin:/usr/bin")
+        return import_test_image(
+            {f"{DASK_IMAGE_CODE}/in_the_image.py": IN_THE_IMAGE},
+            tag,
+            folders={DASK_PREFIX: venv},
+            path=f"{DASK_PREFIX}/bin:/usr/bin",
+            environ={"PYTHONPATH": DASK_IMAGE_CODE},
+        )
 
 
 def remove_image(image: str) -> None:

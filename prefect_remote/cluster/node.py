@@ -6,7 +6,7 @@ scheduler connection breaks or cannot be made within ``WORKER_DEATH_TIMEOUT``; t
 
 In a cluster with an image, both run in it with the agent's ``prefect_remote`` mounted in (see
 :mod:`prefect_remote.cluster.provider_relay`): this module imports only the standard library and
-``distributed`` (tests/machine/test_imports.py). There the scheduler first compares the image's
+``distributed`` (tests/cluster/test_image.py runs it in an image of Dask alone). There the scheduler first compares the image's
 Dask with its client's and, when they differ, says so on one line starting with
 :data:`VERSION_MISMATCH` and exits with :data:`VERSION_MISMATCH_EXIT`, before any Dask server or
 worker starts.

@@ -51,7 +51,7 @@ from prefect_remote.cluster.versions import dask_versions, ignore_python_patch_m
 from prefect_remote.devserver import free_port
 from prefect_remote.filelock import file_lock
 from prefect_remote.lease import default_owner, leases
-from prefect_remote.machine.container import AGENT_CODE_MOUNT
+from prefect_remote.machine.container import agent_code_command
 from prefect_remote.providers.base import BootPayload, Machine, Provider
 from prefect_remote.settings import get_settings
 from prefect_remote.spec import MachineSpec
@@ -352,7 +352,7 @@ class RemoteCluster(SpecCluster):
         options, spec = self.options, self.options.spec
         instance = self.provider.choose_instance_type(spec)
         if spec.image:  # the image's python, with the agent's prefect_remote mounted in (BootPayload.agent_code)
-            command, env = ["python", "-m", NODE_MODULE], {"PYTHONPATH": AGENT_CODE_MOUNT}
+            command, env = agent_code_command(NODE_MODULE), {}
         elif spec.software or not self.provider.shares_host_software:  # the environment's python (or, with none, the agent's)
             command, env = ["python", "-m", NODE_MODULE], {}
         else:  # no environment named: the launcher's interpreter (the local provider's machines share its disk)

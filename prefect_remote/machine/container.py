@@ -22,8 +22,10 @@ policy, in one place:
   value nor a secret appears in ``ps`` or in a log).
 * **Agent code**: a payload that imports prefect-remote (a cluster's scheduler and workers) gets
   the agent's own ``prefect_remote`` package bind-mounted read-only at :data:`AGENT_CODE_MOUNT`
-  (:func:`agent_code_mounts`): the image need carry only what that code imports (Python and Dask),
-  and the code is the creator's version, as on any other machine of the launch.
+  (:func:`agent_code_mounts`), which :func:`agent_code_command` puts first on the image Python's
+  import path (not through ``PYTHONPATH``, which the image's own may set): the image need carry only
+  what that code imports (Python and Dask), and the code is the creator's version, as on any other
+  machine of the launch.
 * **Stop** (:meth:`Container.stop`): the engine's ``stop`` (SIGTERM, then SIGKILL after the grace
   period); the ``run`` client then exits with the payload's code, which is the machine's.
 
@@ -53,6 +55,17 @@ DOCKER_HUB = "docker.io"
 # Where a payload's container sees the agent's prefect_remote package (BootPayload.agent_code): a
 # folder of its own, so that its PYTHONPATH entry brings no other package over the image's.
 AGENT_CODE_MOUNT = "/opt/prefect-remote"
+
+
+def agent_code_command(module: str) -> list[str]:
+    """``python -m <module>`` with the agent's ``prefect_remote`` (mounted at :data:`AGENT_CODE_MOUNT`)
+    first on the import path, and the image's own import path, ``PYTHONPATH`` included, after it.
+
+    >>> agent_code_command("prefect_remote.cluster.node")[:2]
+    ['python', '-c']
+    """
+    run = f"import runpy, sys; sys.path.insert(0, {AGENT_CODE_MOUNT!r}); runpy.run_module({module!r}, run_name='__main__', alter_sys=True)"
+    return ["python", "-c", run]
 
 
 def agent_code_mounts() -> list[tuple[str, str]]:
@@ -260,6 +273,7 @@ __all__ = [
     "REGISTRY_SECRETS",
     "Container",
     "ContainerError",
+    "agent_code_command",
     "agent_code_mounts",
     "find_engine",
     "image_with_software",

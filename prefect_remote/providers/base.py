@@ -98,7 +98,7 @@ class BootPayload:
 
     With an image (``MachineSpec.image``), ``agent_code`` bind-mounts the agent's own ``prefect_remote``
     package into the container, read-only, at :data:`~prefect_remote.machine.container.AGENT_CODE_MOUNT`
-    (put that folder on the payload's ``PYTHONPATH``), and ``beside`` is a command the agent runs next
+    (:func:`~prefect_remote.machine.container.agent_code_command` runs a module of it), and ``beside`` is a command the agent runs next
     to the container, outside the image, with the payload's environment and working folder, for as
     long as the payload runs (a cluster scheduler's provider relay). Without an image, both are ignored.
     """
