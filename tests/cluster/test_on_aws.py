@@ -282,26 +282,3 @@ def test_a_missing_bucket(cloud, monkeypatch):
     with pytest.raises(StoreError, match=message):
         RemoteCluster(name="aws-no-bucket", provider="aws", n_workers=1)
     assert cloud.all_ids() == before
-
-
-# -- container images -------------------------------------------------------------------------------------
-def test_a_cluster_in_an_image_runs_on_instances_engines_and_computes(cloud, images_env):
-    """``image=`` on EC2: the scheduler's and the worker's instances pull the sandbox registry's ready
-    Python image (this project's dependencies, no prefect-remote) and run Dask in it; the scheduler's
-    provider calls go through the relay beside its container, to EC2."""
-    import sys
-
-    cloud.sandbox.use_images(images_env)
-    name = "aws-in-an-image"
-    with (
-        RemoteCluster(name=name, provider="aws", image=images_env.image, n_workers=1, keepalive="1 minute") as cluster,
-        cluster.get_client() as client,
-    ):
-        client.wait_for_workers(1, timeout=300)
-        assert client.submit(lambda x: x + 1, 41).result(timeout=60) == 42
-        prefix = client.run_on_scheduler(lambda: sys.prefix)
-        assert prefix != sys.prefix and set(client.run(lambda: sys.prefix).values()) == {prefix}  # the image's environment
-        log = cluster.provider.logs(cluster.scheduler_machine.id).text
-        assert f"image pull: pulled {images_env.image}" in log or f"image pull: {images_env.image} is on this machine" in log
-        assert f"provider relay for cluster {name}" in log
-    wait_for(lambda: cloud.left(name) == [], timeout=120, message="the cluster's instances to end")
