@@ -107,11 +107,17 @@ def serve(plan: ClusterPlan, address: str) -> None:
 
 
 def _portable(error: Exception) -> Exception:
-    """``error`` where the image can unpickle it (prefect-remote's own errors and the builtins), else
-    a ``RuntimeError`` with its type and message (a cloud SDK's exception class is not in the image)."""
-    module = type(error).__module__
-    if module == "builtins" or module.startswith("prefect_remote."):
-        return error
+    """``error`` where the image can unpickle it: as it is when its class is a builtin or one of
+    :mod:`prefect_remote.errors`; else its nearest such base class (``AccessDenied`` for a provider's
+    own refusal, so the controller still tells a refusal apart), with its type and message."""
+    for kind in type(error).__mro__:
+        if kind.__module__ in ("builtins", "prefect_remote.errors"):
+            if kind is type(error):
+                return error
+            try:
+                return kind(f"{type(error).__name__}: {error}")
+            except Exception:  # (a base class that wants other arguments)
+                break
     return RuntimeError(f"{type(error).__name__}: {error}")
 
 
