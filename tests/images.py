@@ -57,10 +57,12 @@ def import_test_image(
 ) -> str:
     """A local image (``localhost/prefect-remote-test:<tag>``) of a root filesystem with this interpreter's
     C libraries, ``files`` ({absolute path: text}) and ``folders`` ({absolute path: a folder here, copied});
-    the same files make the same tag, imported once (give a ``tag`` of your own with ``folders``).
+    the same files and environment make the same tag, imported once (give a ``tag`` of your own with ``folders``).
     ``path``: the image's ``PATH`` (default: this interpreter's folder, then ``/usr/bin``); ``environ``:
     more of its environment."""
-    tag = tag or hashlib.sha256(repr(sorted(files.items())).encode()).hexdigest()[:12]
+    path = path or f"{Path(sys.executable).parent}:/usr/bin"
+    # (the PATH is part of the tag: this interpreter's folder differs between checkouts sharing the engine)
+    tag = tag or hashlib.sha256(repr([sorted(files.items()), path, sorted((environ or {}).items())]).encode()).hexdigest()[:12]
     image = f"{TEST_IMAGE}:{tag}"
     podman = shutil.which("podman")
     assert podman, "podman is needed for the image tests (apt-get install podman runc)"

@@ -120,7 +120,7 @@ def test_a_remote_task_runner_in_an_image_runs_prefect_tasks(prefect_server):
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
     certificates = "/etc/ssl/certs/ca-certificates.crt"  # (Prefect's client loads the CA bundle this host's settings name)
-    image = import_test_image({certificates: Path(certificates).read_text()}, "with-prefect")
+    image = import_test_image({certificates: Path(certificates).read_text()})
     provider = LocalProvider()
 
     @task
