@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import functools
-import inspect
 import os
 import queue
 import sys
@@ -29,31 +28,13 @@ from typing import Any, Generic, Literal, ParamSpec, TypeVar, Unpack
 from prefect_remote.cluster.batching import BatchCall, check_batch_size
 from prefect_remote.cluster.mapping import MapResults
 from prefect_remote.cluster.options import ClusterArguments, ClusterOptionError, ClusterOptions, takes_cluster_arguments
-from prefect_remote.cluster.output import OUTPUT_TOPIC, captured_output
+from prefect_remote.cluster.output import OUTPUT_TOPIC, RemoteCall
 from prefect_remote.on_machine import MACHINE_ID_ENV
 
 P = ParamSpec("P")
 R = TypeVar("R")
 
 _DONE = object()
-
-
-class RemoteCall:
-    """What runs on a worker: the user's function (awaited when async), with its output forwarded."""
-
-    def __init__(self, func: Callable[..., Any]) -> None:
-        self.func = func
-        self.is_async = inspect.iscoroutinefunction(func)
-        functools.update_wrapper(self, func)
-
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        with captured_output():
-            if self.is_async:
-                return asyncio.run(self.func(*args, **kwargs))
-            return self.func(*args, **kwargs)
-
-    def __reduce__(self):
-        return RemoteCall, (self.func,)
 
 
 # One cluster and client per cluster name in this process: functions with the same spec share them.

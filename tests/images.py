@@ -12,10 +12,13 @@ from __future__ import annotations
 
 import hashlib
 import io
+import os
 import shutil
 import subprocess
 import sys
 import tarfile
+import tempfile
+from importlib import metadata
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -44,10 +47,22 @@ def _linked_libraries() -> list[Path]:
     return sorted(path for path in libraries | {loader} if not str(path).startswith(inside))
 
 
-def import_test_image(files: dict[str, str], tag: str | None = None) -> str:
+def import_test_image(
+    files: dict[str, str],
+    tag: str | None = None,
+    *,
+    folders: dict[str, Path] | None = None,
+    path: str | None = None,
+    environ: dict[str, str] | None = None,
+) -> str:
     """A local image (``localhost/prefect-remote-test:<tag>``) of a root filesystem with this interpreter's
-    C libraries and ``files`` ({absolute path: text}); the same files make the same tag, imported once."""
-    tag = tag or hashlib.sha256(repr(sorted(files.items())).encode()).hexdigest()[:12]
+    C libraries, ``files`` ({absolute path: text}) and ``folders`` ({absolute path: a folder here, copied});
+    the same files and environment make the same tag, imported once (give a ``tag`` of your own with ``folders``).
+    ``path``: the image's ``PATH`` (default: this interpreter's folder, then ``/usr/bin``); ``environ``:
+    more of its environment."""
+    path = path or f"{Path(sys.executable).parent}:/usr/bin"
+    # (the PATH is part of the tag: this interpreter's folder differs between checkouts sharing the engine)
+    tag = tag or hashlib.sha256(repr([sorted(files.items()), path, sorted((environ or {}).items())]).encode()).hexdigest()[:12]
     image = f"{TEST_IMAGE}:{tag}"
     podman = shutil.which("podman")
     assert podman, "podman is needed for the image tests (apt-get install podman runc)"
@@ -66,14 +81,52 @@ def import_test_image(files: dict[str, str], tag: str | None = None) -> str:
         for library in _linked_libraries():
             inside = str(library.relative_to("/"))
             tar.add(library.resolve(), arcname=inside if inside.startswith("usr/") else f"usr/{inside}")  # /lib is usr/lib
-        for path, text in files.items():
+        for name, text in files.items():
             data = text.encode()
-            entry = tarfile.TarInfo(path.lstrip("/"))
+            entry = tarfile.TarInfo(name.lstrip("/"))
             entry.size, entry.mode = len(data), 0o644
             tar.addfile(entry, io.BytesIO(data))
-    path = f"ENV PATH={Path(sys.executable).parent}:/usr/bin"
-    subprocess.run([podman, "import", "--change", path, "-", image], input=archive.getvalue(), check=True, capture_output=True)
+        for inside, folder in (folders or {}).items():
+            tar.add(folder, arcname=inside.lstrip("/"))
+    changes = [
+        f"ENV {name}={value}" for name, value in {"PATH": path or f"{Path(sys.executable).parent}:/usr/bin", **(environ or {})}.items()
+    ]
+    options = [f"--change={change}" for change in changes]
+    subprocess.run([podman, "import", *options, "-", image], input=archive.getvalue(), check=True, capture_output=True)
     return image
+
+
+DASK_PREFIX = "/opt/dask"  # where a Dask image (import_dask_image) has its Python environment
+DASK_IMAGE_CODE = "/opt/app"  # and its own code, on its PYTHONPATH: a module ``in_the_image``
+IN_THE_IMAGE = "def double(x):\n    return 2 * x\n"
+
+
+def import_dask_image(distributed: str) -> str:
+    """A Dask image as a user's might be: a Python environment at :data:`DASK_PREFIX` (first on
+    ``PATH``) with ``distributed==<distributed>`` and its dependencies only (uv, from the package
+    index), on this interpreter's Python (mounted in by the session's engine configuration), its own
+    module ``in_the_image`` (``double(x)``) on its ``PYTHONPATH``, and no prefect-remote. Imported
+    once per version (a test's fixture removes it)."""
+    tag = f"dask-{distributed}"
+    if subprocess.run([shutil.which("podman") or "podman", "image", "exists", f"{TEST_IMAGE}:{tag}"]).returncode == 0:
+        return f"{TEST_IMAGE}:{tag}"
+    uv = Path(sys.executable).parent / "uv"
+    with tempfile.TemporaryDirectory() as folder:
+        venv = Path(folder) / "dask"
+        subprocess.run([uv, "venv", "--quiet", "--python", sys.executable, venv], check=True)
+        subprocess.run(
+            # (cloudpickle as here: Dask's own version check would warn of it otherwise)
+            [uv, "pip", "install", "--quiet", f"distributed=={distributed}", f"cloudpickle=={metadata.version('cloudpickle')}"],
+            env={**os.environ, "VIRTUAL_ENV": str(venv)},
+            check=True,
+        )
+        return import_test_image(
+            {f"{DASK_IMAGE_CODE}/in_the_image.py": IN_THE_IMAGE},
+            tag,
+            folders={DASK_PREFIX: venv},
+            path=f"{DASK_PREFIX}/bin:/usr/bin",
+            environ={"PYTHONPATH": DASK_IMAGE_CODE},
+        )
 
 
 def remove_image(image: str) -> None:
@@ -81,4 +134,4 @@ def remove_image(image: str) -> None:
     subprocess.run([shutil.which("podman") or "podman", "rmi", "--force", image], capture_output=True)
 
 
-__all__ = ["engine_conf", "import_test_image", "remove_image"]
+__all__ = ["DASK_PREFIX", "engine_conf", "import_dask_image", "import_test_image", "remove_image"]

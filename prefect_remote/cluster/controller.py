@@ -131,9 +131,7 @@ class MachinePool(AdaptiveCore):
         controller = self.controller
         try:
             launched = await asyncio.to_thread(
-                launch_workers,
-                controller.provider,
-                controller.plan,
+                controller.launch_workers,
                 controller.worker_contact,
                 count,
                 owner=f"dask-scheduler:{controller.machine_id}",
@@ -173,10 +171,16 @@ class ClusterController(SchedulerPlugin):
 
     name = "prefect-remote"
 
-    def __init__(self, plan: ClusterPlan, machine_id: str) -> None:
+    def __init__(self, plan: ClusterPlan, machine_id: str, provider: Any = None) -> None:
         self.plan = plan
         self.machine_id = machine_id
-        self.provider = provider_class(plan.provider)(**plan.provider_options)
+        # ``provider``: one that launches workers itself (the relay of a scheduler in an image); by
+        # default the plan's provider, here, launching them with launch_workers.
+        if provider is None:
+            self.provider = provider_class(plan.provider)(**plan.provider_options)
+            self.launch_workers = functools.partial(launch_workers, self.provider, plan)
+        else:
+            self.provider, self.launch_workers = provider, provider.launch_workers
         # Its own lease and its workers', renewed in one provider call per interval from the loop below
         # (not a thread): a wedged scheduler stops renewing, and its machine's agent ends it.
         self.leases = LeaseKeeper(background=False)

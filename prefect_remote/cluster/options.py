@@ -51,7 +51,11 @@ class ClusterArguments(TypedDict, total=False):
     software: str | None
     """A software environment (``senv-…``) the workers run; with none, see ``package_sync``."""
     image: str | None
-    """A container image for the workers (Prefect's name): refused by clusters for now, which run ``software``."""
+    """A container image the cluster's scheduler and workers run in (Prefect's name), such as
+    ``"ghcr.io/org/app:1"``: it carries Python on ``PATH`` as ``python``, ``distributed`` at the
+    client's version and the code its tasks import (the machine's agent mounts prefect-remote's own
+    code into it). A different ``distributed`` or Python minor version is refused before any worker
+    starts (:class:`~prefect_remote.cluster.remote.ClusterVersionError`). Not with ``software``."""
     container: str | None
     """The older name of ``image``; give only one."""
     vm_type: str | list[str] | None
@@ -165,8 +169,9 @@ def parse_n_workers(value: Any) -> tuple[int, int, bool]:
     )
 
 
-def check_package_sync(package_sync: Any, package_sync_ignore: Any, software: str | None) -> tuple[str, ...]:
-    """Validates the package sync arguments; returns ``package_sync_ignore`` as a tuple of names."""
+def check_package_sync(package_sync: Any, package_sync_ignore: Any, software: str | None, image: str | None = None) -> tuple[str, ...]:
+    """Validates the package sync arguments; returns ``package_sync_ignore`` as a tuple of names.
+    With a named ``software`` environment or an ``image``, nothing is synced: asking for it is refused."""
     if package_sync is not None and not isinstance(package_sync, bool):
         raise ClusterOptionError(
             f"package_sync={package_sync!r}: expected True (always capture this environment), False (never) or None (when the "
@@ -180,9 +185,11 @@ def check_package_sync(package_sync: Any, package_sync_ignore: Any, software: st
         raise ClusterOptionError(
             f"package_sync_ignore={package_sync_ignore!r}: expected a list of distribution names, such as ['torch', 'jupyterlab*']"
         )
-    if software is not None and (package_sync or ignore):
+    named = f"software={software!r}" if software is not None else f"image={image!r}" if image is not None else None
+    if named and (package_sync or ignore):
         given = "package_sync=True" if package_sync else f"package_sync_ignore={list(ignore)!r}"
-        raise ClusterOptionError(f"software={software!r} and {given}: a named environment is used as it is; drop one of them")
+        what = "a named environment" if software is not None else "an image"
+        raise ClusterOptionError(f"{named} and {given}: {what} is used as it is; drop one of them")
     return ignore
 
 
@@ -268,9 +275,11 @@ class ClusterOptions:
             )
         if start_workers is not None and (not isinstance(start_workers, int) or start_workers < 0):
             raise ClusterOptionError(f"start_workers={start_workers!r}: expected 0 or more workers")
+        if image is not None:
+            spec_fields["image"] = image
         # A cluster's machines accept connections from each other (workers dial the scheduler and their peers).
         machine_spec = as_spec(spec, **spec_fields).model_copy(update={"inbound": True})
-        ignore = check_package_sync(package_sync, package_sync_ignore, machine_spec.software)
+        ignore = check_package_sync(package_sync, package_sync_ignore, machine_spec.software, machine_spec.image)
         if machine_spec.timeout:
             raise ClusterOptionError("timeout: a cluster's machines have no maximum run time; use idle_timeout and keepalive")
         chosen = provider if isinstance(provider, Provider) else get_provider(provider)
@@ -278,7 +287,6 @@ class ClusterOptions:
         require(chosen, "terminate_one", "a Dask cluster needs to scale down")
         if image is not None:
             require(chosen, "containers", f"image={image!r} needs")
-            raise ClusterOptionError(f"image={image!r}: clusters do not run container images yet; use software= (package sync) instead")
         chosen.check_spec(machine_spec)  # a spec no machine can meet fails now, not at the first scale-up
         chosen.choose_instance_type(machine_spec)
         start = minimum if start_workers is None else min(max(start_workers, minimum), maximum)
@@ -286,10 +294,10 @@ class ClusterOptions:
 
     @property
     def syncs_packages(self) -> bool:
-        """Whether the workers run this environment captured by package sync: no ``software`` named,
+        """Whether the workers run this environment captured by package sync: no ``software`` or ``image`` named,
         and ``package_sync=True``, or (by default) a provider whose machines do not share this host's
         interpreter (``Provider.shares_host_software``)."""
-        if self.spec.software is not None or self.package_sync is False:
+        if self.spec.software is not None or self.spec.image is not None or self.package_sync is False:
             return False
         return bool(self.package_sync) or not self.provider.shares_host_software
 
@@ -318,9 +326,9 @@ class ClusterOptions:
 
     @functools.cached_property
     def software_identity(self) -> str:
-        """What the workers run: a package-synced environment, or this interpreter and its import path."""
-        if self.spec.software:
-            return self.spec.software
+        """What the workers run: an image, a package-synced environment, or this interpreter and its import path."""
+        if self.spec.image or self.spec.software:
+            return self.spec.image or self.spec.software
         return f"{sys.executable}:{os.pathsep.join(launcher_python_path())}"
 
     @functools.cached_property  # read on every call of a function: hashed once

@@ -4,15 +4,22 @@ On a worker, ``sys.stdout``/``sys.stderr`` become routers: a thread running a ca
 to the machine log as usual *and* sends each line to the clients as an event (``OUTPUT_TOPIC``),
 tagged with the task's key; other threads write as before. Several tasks of one worker run in
 threads at once, so the capture is per thread.
+
+:class:`RemoteCall` (a function's call) and :class:`~prefect_remote.cluster.batching.BatchCall` (a
+batch of its map) are what workers unpickle: they and this module import only the standard
+library, so a cluster's image needs no more than Dask (tests/cluster/test_image.py).
 """
 
 from __future__ import annotations
 
+import asyncio
+import functools
+import inspect
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import TextIO
+from typing import Any, TextIO
 
 OUTPUT_TOPIC = "prefect-remote-output"
 
@@ -91,3 +98,21 @@ def captured_output() -> Iterator[None]:
     finally:
         _capturing.capture = None
         capture.flush()
+
+
+class RemoteCall:
+    """What runs on a worker: the user's function (awaited when async), with its output forwarded."""
+
+    def __init__(self, func: Callable[..., Any]) -> None:
+        self.func = func
+        self.is_async = inspect.iscoroutinefunction(func)
+        functools.update_wrapper(self, func)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        with captured_output():
+            if self.is_async:
+                return asyncio.run(self.func(*args, **kwargs))
+            return self.func(*args, **kwargs)
+
+    def __reduce__(self):
+        return RemoteCall, (self.func,)

@@ -61,6 +61,10 @@ class ClusterPlan:
     # with them, since it has neither the creator's store settings nor a prefect-remote it could build.
     store: str | None = None
     agent: dict[str, Any] | None = None
+    # With an image: the image, and the creator's Dask (versions.dask_versions), which the image's must
+    # match; the scheduler compares them before it starts, so a mismatch starts no worker.
+    image: str | None = None
+    client_versions: dict[str, str] | None = None
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))
@@ -92,6 +96,7 @@ def worker_payload(plan: ClusterPlan, scheduler_address: str):
         command=plan.worker.command,
         env={**plan.worker.env, SCHEDULER_ENV: scheduler_address, WORKER_ENV: json.dumps(options)},
         secrets={CREDENTIALS_ENV: plan.credentials},  # (the spec's secret environ travels with the spec)
+        agent_code=plan.image is not None,  # in the image: the agent's prefect_remote mounted in
     )
 
 

@@ -26,6 +26,7 @@ from distributed.deploy.cluster import Log, Logs
 from distributed.deploy.spec import ProcessInterface, SpecCluster
 
 from prefect_remote.cluster.credentials import ClusterCredentials
+from prefect_remote.cluster.node import VERSION_MISMATCH
 from prefect_remote.cluster.options import (
     ClusterArguments,
     ClusterOptionError,
@@ -45,10 +46,12 @@ from prefect_remote.cluster.plan import (
     launch_workers,
     worker_lease,
 )
-from prefect_remote.cluster.versions import ignore_python_patch_mismatch
+from prefect_remote.cluster.provider_relay import RELAY_ENV, SOCKET
+from prefect_remote.cluster.versions import dask_versions, ignore_python_patch_mismatch
 from prefect_remote.devserver import free_port
 from prefect_remote.filelock import file_lock
 from prefect_remote.lease import default_owner, leases
+from prefect_remote.machine.container import agent_code_command
 from prefect_remote.providers.base import BootPayload, Machine, Provider
 from prefect_remote.settings import get_settings
 from prefect_remote.spec import MachineSpec
@@ -70,12 +73,18 @@ PRIVATE_GRACE = 10.0
 UNREACHABLE_GRACE = 30.0
 LOG_CHECK_EVERY = 5.0  # seconds between reads of the scheduler's log while it cannot be reached
 NODE_MODULE = "prefect_remote.cluster.node"
+RELAY_MODULE = "prefect_remote.cluster.provider_relay"
 LOG_LINES = 1000  # lines of each machine's log a cluster's logs show: one page of Cloud Logging, of CloudWatch less
 LISTENING = re.compile(r"^scheduler \S+ listening at ", re.MULTILINE)  # what the node prints once it serves
 
 
 class ClusterStartError(RuntimeError):
     """The scheduler's machine ended or never accepted connections; the message has its log's end."""
+
+
+class ClusterVersionError(ClusterStartError):
+    """The cluster's image has another Dask than its client: the message names both versions. The
+    scheduler refused to start, so no worker started, and its machine ended."""
 
 
 class SchedulerMachine(ProcessInterface):
@@ -124,6 +133,9 @@ class SchedulerMachine(ProcessInterface):
                 self.machine = await asyncio.to_thread(self.provider.describe, self.machine.id)
                 self._readdress()
                 if not self.machine.alive:
+                    mismatch = await asyncio.to_thread(self._version_mismatch)
+                    if mismatch:
+                        raise ClusterVersionError(f"{mismatch} (scheduler machine {self.machine.id} ended; no worker started)")
                     raise ClusterStartError(await asyncio.to_thread(self._not_reached, last_error, ended=self.machine.reason))
                 private = self.address is None and self.machine.state == "running"
                 private_since = (private_since or time.monotonic()) if private else None
@@ -140,6 +152,13 @@ class SchedulerMachine(ProcessInterface):
                 raise ClusterStartError(await asyncio.to_thread(self._not_reached, last_error, ended=None))
             await asyncio.sleep(0.05 if self.address else 0.5)
         await super().start()
+
+    def _version_mismatch(self) -> str | None:
+        """What the scheduler said of its image's Dask when it refused it (:mod:`prefect_remote.cluster.node`), if it did."""
+        for line in (self._log_text() or "").splitlines():
+            if line.startswith(VERSION_MISMATCH):
+                return line.removeprefix(VERSION_MISMATCH).strip()
+        return None
 
     def _private(self) -> str:
         """Why a running scheduler cannot be dialed: it has only a private address, and this process
@@ -332,7 +351,9 @@ class RemoteCluster(SpecCluster):
     def _plan(self, credentials: ClusterCredentials, scheduler_port: int, dashboard_port: int) -> ClusterPlan:
         options, spec = self.options, self.options.spec
         instance = self.provider.choose_instance_type(spec)
-        if spec.software or not self.provider.shares_host_software:  # the environment's python (or, with none, the agent's)
+        if spec.image:  # the image's python, with the agent's prefect_remote mounted in (BootPayload.agent_code)
+            command, env = agent_code_command(NODE_MODULE), {}
+        elif spec.software or not self.provider.shares_host_software:  # the environment's python (or, with none, the agent's)
             command, env = ["python", "-m", NODE_MODULE], {}
         else:  # no environment named: the launcher's interpreter (the local provider's machines share its disk)
             command, env = [sys.executable, "-m", NODE_MODULE], {"PYTHONPATH": os.pathsep.join(launcher_python_path())}
@@ -367,6 +388,8 @@ class RemoteCluster(SpecCluster):
             tags=dict(spec.tags),
             store=store,
             agent=agent,
+            image=spec.image,
+            client_versions=dask_versions() if spec.image else None,
         )
 
     def _launch(self, credentials: ClusterCredentials) -> tuple[Machine, int]:
@@ -375,23 +398,33 @@ class RemoteCluster(SpecCluster):
         plan = self._plan(credentials, port, dashboard_port)
         scheduler_spec = MachineSpec(
             software=spec.software,
+            image=spec.image,
             region=spec.region,
             tags=spec.tags,
             allow_ingress_from=spec.allow_ingress_from,
             inbound=True,
             keepalive=plan.keepalive + KEEPALIVE_BACKSTOP,
         )
-        payload = BootPayload(command=[*plan.worker.command[:-1], "scheduler"], env=plan.worker.env, secrets={PLAN_ENV: plan.to_json()})
+        command, env, secrets = [*plan.worker.command[:-1], "scheduler"], plan.worker.env, {PLAN_ENV: plan.to_json()}
+        agent = plan.agent_source()
+        if spec.image:
+            # In the image, the scheduler's provider calls go to a relay beside it, in the agent's environment
+            # (provider_relay), which then needs prefect-remote's dependencies: a full agent, on a stock machine.
+            relay = [sys.executable if self.provider.shares_host_software else "python", "-m", RELAY_MODULE]
+            payload = BootPayload(command=command, env={**env, RELAY_ENV: SOCKET}, secrets=secrets, agent_code=True, beside=relay)
+            if not self.provider.shares_host_software:
+                agent = self.provider.agent_source(scheduler_spec.model_copy(update={"image": None}))
+        else:
+            payload = BootPayload(command=command, env=env, secrets=secrets)
         tags = {CLUSTER_TAG: self.cluster_name, ROLE_TAG: "scheduler", PORT_TAG: str(port), DASHBOARD_TAG: str(dashboard_port)}
-        [scheduler] = self.provider.launch(
-            scheduler_spec, payload, tags={**spec.tags, **tags}, owner=default_owner(), agent=plan.agent_source()
-        )
+        [scheduler] = self.provider.launch(scheduler_spec, payload, tags={**spec.tags, **tags}, owner=default_owner(), agent=agent)
         # This process keeps the scheduler (and the first workers) alive while they boot; once up,
         # the scheduler renews its own lease and its workers'.
         self._booting.append(scheduler.id)
         leases.add(self.provider, [scheduler.id], plan.keepalive + KEEPALIVE_BACKSTOP)
         workers: list[Machine] = []
-        if self.options.start_workers:
+        # With an image, the scheduler launches every worker, once it has found the image's Dask to match.
+        if self.options.start_workers and not spec.image:
             contact = f"tls://{scheduler.private_address}:{port}"  # where workers reach the scheduler
             try:
                 workers = launch_workers(self.provider, plan, contact, self.options.start_workers, owner=default_owner())
@@ -431,6 +464,8 @@ class RemoteCluster(SpecCluster):
             await super()._start()
         except BaseException:
             await asyncio.to_thread(self._abandon, "its cluster failed to start")
+            if not self.attached:  # no cluster of this name runs: its credentials go too
+                await asyncio.to_thread(self._forget_credentials)
             raise
         leases.remove(self._booting)  # the scheduler's controller holds them now
         self._booting = []

@@ -44,3 +44,39 @@ def ignore_python_patch_mismatch() -> None:
 
     # Added once however often called (the warnings module replaces an equal filter).
     warnings.filterwarnings("ignore", message=PATCH_ONLY, category=VersionMismatchWarning, module=r"distributed\.client")
+
+
+def dask_versions() -> dict[str, str]:
+    """What must match between a client and a cluster whose scheduler and workers run an image:
+    ``distributed`` exactly (its wire protocol and pickles; it pins ``dask``), Python to the minor
+    version (code objects and pickles; the patch level does not matter, as above). From Dask's own
+    :func:`distributed.versions.get_versions`.
+
+    >>> sorted(dask_versions())
+    ['distributed', 'python']
+    """
+    from distributed.versions import get_versions
+
+    packages = get_versions()["packages"]
+    return {"distributed": packages["distributed"], "python": ".".join(packages["python"].split(".")[:2])}
+
+
+def image_mismatch(image: str, client: dict[str, str], here: dict[str, str]) -> str | None:
+    """Why image ``image``, whose Dask is ``here``, cannot serve a client whose Dask is ``client``
+    (both :func:`dask_versions`), or None when they match.
+
+    >>> image_mismatch("app", {"distributed": "2026.8.0", "python": "3.11"}, {"distributed": "2026.1.0", "python": "3.11"}).split(":")[0]
+    "image 'app' has distributed 2026.1.0 (Python 3.11), and this cluster's client distributed 2026.8.0 (Python 3.11)"
+    >>> image_mismatch("app", {"distributed": "2026.8.0", "python": "3.11"}, {"distributed": "2026.8.0", "python": "3.11"}) is None
+    True
+    """
+    differ = [name for name in ("distributed", "python") if client.get(name) != here.get(name)]
+    if not differ:
+        return None
+    wanted = {"distributed": f"distributed=={client.get('distributed')}", "python": f"Python {client.get('python')}"}
+    need = " and ".join(wanted[name] for name in differ)
+    return (
+        f"image {image!r} has distributed {here.get('distributed')} (Python {here.get('python')}), and this cluster's client "
+        f"distributed {client.get('distributed')} (Python {client.get('python')}): a cluster's scheduler and workers run the "
+        f"image's Dask, which must match its client's; build the image with {need}, or run the client with the image's"
+    )

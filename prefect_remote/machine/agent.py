@@ -46,7 +46,14 @@ from prefect_remote.machine.boot import (
     ROOT_ENV,
     decode_agent_config,
 )
-from prefect_remote.machine.container import REGISTRY_SECRETS, Container, find_engine, no_engine_message, registry_of
+from prefect_remote.machine.container import (
+    REGISTRY_SECRETS,
+    Container,
+    agent_code_mounts,
+    find_engine,
+    no_engine_message,
+    registry_of,
+)
 from prefect_remote.machine.runtime import LogShipping, MachineRuntime, load_runtime
 from prefect_remote.on_machine import MACHINE_ID_ENV
 from prefect_remote.units import format_duration
@@ -224,13 +231,50 @@ class Agent:
         if reason:
             return self.end(reason, 1)
         env = self.payload_env(python, secrets)
+        beside = None
         if self.container is not None:
             self.container_names = self.payload_names(secrets)
-            command = self.container.command(command, self.container_names, str(Path.cwd()))
+            mounts = agent_code_mounts() if self.config.get("agent_code") else []
+            command = self.container.command(command, self.container_names, str(Path.cwd()), read_only=mounts)
+            beside, reason = self.start_beside(env)
+            if reason:
+                return self.end(reason, 1)
+        try:
+            reason, code = self.run_payload(command, env)
+        finally:
+            self.stop_beside(beside)
+        return self.end(reason, code)
+
+    def start_beside(self, env: dict[str, str]) -> tuple[subprocess.Popen | None, str | None]:
+        """Starts the payload's ``beside`` command, if any (outside its image, with its environment;
+        its output in the machine log), or says why the machine must end instead."""
+        command = self.config.get("beside")
+        if not command:
+            return None, None
+        try:
+            process = subprocess.Popen(command, env=env, stdout=self.log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        except OSError as error:
+            return None, f"the payload's companion {shlex.join(command)} could not start: {error}"
+        self.say(f"started beside the payload (pid {process.pid}): {shlex.join(command)}")
+        return process, None
+
+    def stop_beside(self, process: subprocess.Popen | None) -> None:
+        """Ends the payload's ``beside`` command (SIGTERM, then SIGKILL after the grace period)."""
+        if process is None or process.poll() is not None:
+            return
+        process.terminate()
+        try:
+            process.wait(STOP_GRACE)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+    def run_payload(self, command: list[str], env: dict[str, str]) -> tuple[str, int | None]:
+        """Runs the payload ``command`` with ``env`` under the agent's watch; why and how it ended."""
         try:
             payload = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
         except OSError as error:
-            return self.end(f"payload could not start: {error}", 127)
+            return f"payload could not start: {error}", 127
         self.last_busy = self.clock()  # idleness counts from the payload's start, not the machine's
         self.say(f"payload started (pid {payload.pid}): {shlex.join(command)}")
         pump = threading.Thread(target=self._pump, args=(payload.stdout,), daemon=True)
@@ -240,7 +284,7 @@ class Agent:
         except Exception as error:  # never leave a payload running without its agent
             reason, code = f"agent error: {error!r}", self.stop(payload)
         pump.join(timeout=2)
-        return self.end(reason, code)
+        return reason, code
 
     def _pump(self, stream) -> None:
         """Copies payload output to the machine log; in ``auto`` mode, output counts as activity."""

@@ -20,6 +20,12 @@ policy, in one place:
   lives there), ``--init`` so that the payload gets the stop signal, and the payload's environment
   by name only (``--env NAME``: the engine reads each value from its own environment, so neither a
   value nor a secret appears in ``ps`` or in a log).
+* **Agent code**: a payload that imports prefect-remote (a cluster's scheduler and workers) gets
+  the agent's own ``prefect_remote`` package bind-mounted read-only at :data:`AGENT_CODE_MOUNT`
+  (:func:`agent_code_mounts`), which :func:`agent_code_command` puts first on the image Python's
+  import path (not through ``PYTHONPATH``, which the image's own may set): the image need carry only
+  what that code imports (Python and Dask), and the code is the creator's version, as on any other
+  machine of the launch.
 * **Stop** (:meth:`Container.stop`): the engine's ``stop`` (SIGTERM, then SIGKILL after the grace
   period); the ``run`` client then exits with the payload's code, which is the machine's.
 
@@ -46,6 +52,27 @@ PULL_TIMEOUT = 1800.0  # seconds a pull may take (a multi-GB image on a slow lin
 _CHECK_TIMEOUT = 30.0
 _NAME_UNSAFE = re.compile(r"[^a-zA-Z0-9_.-]")
 DOCKER_HUB = "docker.io"
+# Where a payload's container sees the agent's prefect_remote package (BootPayload.agent_code): a
+# folder of its own, so that its PYTHONPATH entry brings no other package over the image's.
+AGENT_CODE_MOUNT = "/opt/prefect-remote"
+
+
+def agent_code_command(module: str) -> list[str]:
+    """``python -m <module>`` with the agent's ``prefect_remote`` (mounted at :data:`AGENT_CODE_MOUNT`)
+    first on the import path, and the image's own import path, ``PYTHONPATH`` included, after it.
+
+    >>> agent_code_command("prefect_remote.cluster.node")[:2]
+    ['python', '-c']
+    """
+    run = f"import runpy, sys; sys.path.insert(0, {AGENT_CODE_MOUNT!r}); runpy.run_module({module!r}, run_name='__main__', alter_sys=True)"
+    return ["python", "-c", run]
+
+
+def agent_code_mounts() -> list[tuple[str, str]]:
+    """(host folder, container folder) of the agent's ``prefect_remote`` package, for :meth:`Container.command`."""
+    import prefect_remote
+
+    return [(os.path.dirname(os.path.abspath(prefect_remote.__file__)), f"{AGENT_CODE_MOUNT}/prefect_remote")]
 
 
 class ContainerError(RuntimeError):
@@ -170,12 +197,22 @@ class Container:
         took = time.monotonic() - started
         say(f"image pull: pulled {self.image} ({format_size(size) if size is not None else 'size unknown'}) in {took:.1f} s")
 
-    def command(self, command: Iterable[str], env_names: Iterable[str], workdir: str, *, purpose: str = "") -> list[str]:
+    def command(
+        self,
+        command: Iterable[str],
+        env_names: Iterable[str],
+        workdir: str,
+        *,
+        purpose: str = "",
+        read_only: Iterable[tuple[str, str]] = (),
+    ) -> list[str]:
         """The engine's ``run`` of ``command`` in the image, in ``workdir`` (bind-mounted at its own
         path), on the machine's network, with the variables ``env_names`` from the ``run`` client's
         own environment (by name only: no value on its command line). A ``purpose`` (``on-stop``)
-        names a container of its own, beside the payload's, which may not be removed yet."""
+        names a container of its own, beside the payload's, which may not be removed yet.
+        ``read_only``: more (host folder, container folder) bind mounts, read-only."""
         names = [f"--env={name}" for name in sorted(set(env_names))]
+        mounts = [f"--volume={host}:{inside}:ro" for host, inside in read_only]
         return [
             *self.prefix,
             self.engine,
@@ -186,6 +223,7 @@ class Container:
             f"--label={LABEL}={self.machine_id}",
             "--network=host",
             f"--volume={workdir}:{workdir}",
+            *mounts,
             f"--workdir={workdir}",
             *names,
             self.image,
@@ -230,10 +268,13 @@ def _last_line(done: subprocess.CompletedProcess) -> str:
 
 
 __all__ = [
+    "AGENT_CODE_MOUNT",
     "ENGINES",
     "REGISTRY_SECRETS",
     "Container",
     "ContainerError",
+    "agent_code_command",
+    "agent_code_mounts",
     "find_engine",
     "image_with_software",
     "no_engine_message",

@@ -95,6 +95,12 @@ class BootPayload:
     payload's environment and ``$PREFECT_REMOTE_END_REASON``, once it has stopped the payload for a reason
     of its own (timeout, idle, owner gone): a flow run's marks the run Crashed, saying why, since its
     submitter may be gone.
+
+    With an image (``MachineSpec.image``), ``agent_code`` bind-mounts the agent's own ``prefect_remote``
+    package into the container, read-only, at :data:`~prefect_remote.machine.container.AGENT_CODE_MOUNT`
+    (:func:`~prefect_remote.machine.container.agent_code_command` runs a module of it), and ``beside`` is a command the agent runs next
+    to the container, outside the image, with the payload's environment and working folder, for as
+    long as the payload runs (a cluster scheduler's provider relay). Without an image, both are ignored.
     """
 
     command: Sequence[str]
@@ -102,11 +108,13 @@ class BootPayload:
     secrets: Mapping[str, str] = field(default_factory=dict)
     activity: Literal["auto", "explicit"] = "auto"
     on_stop: Sequence[str] | None = None
+    agent_code: bool = False
+    beside: Sequence[str] | None = None
 
     def __post_init__(self) -> None:
-        for name in ("command", "on_stop"):
+        for name in ("command", "on_stop", "beside"):
             command = getattr(self, name)
-            if command is None and name == "on_stop":
+            if command is None and name in ("on_stop", "beside"):
                 continue
             if isinstance(command, str):
                 raise ValueError(
@@ -533,6 +541,8 @@ class Provider(ABC):
             "secret_names": sorted({*spec.secret_environ, *payload.secrets}),
             "activity": payload.activity,
             "on_stop": payload.on_stop,
+            "agent_code": payload.agent_code,
+            "beside": payload.beside,
             "timeout": spec.timeout,
             "idle_timeout": spec.idle_timeout,
             "keepalive": spec.keepalive,

@@ -346,6 +346,26 @@ KILLED_CLIENT = textwrap.dedent(
 )
 
 
+def test_a_cluster_in_an_image_runs_in_its_machines_engines_and_computes(cloud, images_env):
+    """``image=``: the scheduler's and the worker's machines (EC2 instances, Compute Engine VMs) pull
+    the sandbox registry's ready Python image (this project's dependencies, no prefect-remote) and run
+    Dask in it; the scheduler's provider calls go through the relay beside its container, to the cloud."""
+    cloud.sandbox.use_images(images_env)
+    name = f"{cloud.name}-in-an-image"
+    with (
+        RemoteCluster(name=name, provider=cloud.name, image=images_env.image, n_workers=1, keepalive="1 minute") as cluster,
+        cluster.get_client() as client,
+    ):
+        client.wait_for_workers(1, timeout=300)
+        assert client.submit(lambda x: x + 1, 41).result(timeout=60) == 42
+        prefix = client.run_on_scheduler(lambda: sys.prefix)
+        assert prefix != sys.prefix and set(client.run(lambda: sys.prefix).values()) == {prefix}  # the image's environment
+        log = cluster.provider.logs(cluster.scheduler_machine.id).text
+        assert f"image pull: pulled {images_env.image}" in log or f"image pull: {images_env.image} is on this machine" in log
+        assert f"provider relay for cluster {name}" in log
+    wait_for(lambda: cloud.left(name) == [], timeout=120, message="the cluster's machines to end")
+
+
 def test_a_killed_client_leaves_no_machine_behind(cloud, tmp_path):
     """kill -9 of the process that made the cluster (and held it, with a Client). The bound, from
     prefect_remote/cluster: the killed process's connections close at once, so the controller on the

@@ -58,7 +58,8 @@ def test_bad_decorator_arguments_start_nothing():
         {"threads_per_worker": 0},
         {"keepalive": "never"},
         {"provider": "nowhere"},
-        {"container": "img:1"},
+        {"container": "img:1", "image": "img:2"},
+        {"image": "-img"},
     ):
         with pytest.raises((ValueError, LookupError)):
 
@@ -172,6 +173,21 @@ def test_a_provider_without_inbound_connections_is_refused_before_anything_start
         ClusterOptions.build(
             provider=type("NoSingleEnd", (LocalProvider,), {"name": "x", "capabilities": Capabilities(terminate_one=False)})()
         )
-    with pytest.raises(ClusterOptionError, match="image='img:1': clusters do not run container images yet"):
-        ClusterOptions.build(container="img:1")
     assert machine_folders() == before
+
+
+def test_an_image_is_the_whole_clusters_and_is_never_package_synced():
+    """``image=`` (or ``container=``) is what the scheduler and workers run: the same for RemoteCluster,
+    ``prefect_remote.function`` and RemoteTaskRunner, which build the same options."""
+    for options in (
+        ClusterOptions.build(container="img:1", provider="local"),
+        prefect_remote.function(container="img:1", provider="local")(len)._options,
+    ):
+        assert options.spec.image == "img:1" and not options.syncs_packages and options.with_software() is options
+    assert prefect_remote.RemoteTaskRunner(image="img:1").cluster_arguments == {"image": "img:1"}
+    with pytest.raises(ClusterOptionError, match=r"^image='img:1' and package_sync=True: an image is used as it is; drop one of them$"):
+        ClusterOptions.build(image="img:1", package_sync=True)
+    with pytest.raises(ValueError, match="image='img:1' and software='senv-0123456789abcdef': a machine runs the image as it is"):
+        ClusterOptions.build(image="img:1", software="senv-0123456789abcdef", provider="local")
+    with pytest.raises(ValueError, match="disagree: container is the older name of image"):
+        ClusterOptions.build(image="img:1", container="img:2")
