@@ -132,6 +132,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     items.sort(key=place)  # stable: a module's tests stay together, in order
 
 
+@pytest.hookimpl(optionalhook=True)  # (pytest-xdist's hook: unknown to a run with -p no:xdist)
 def pytest_xdist_make_scheduler(config: pytest.Config, log):
     """pytest-xdist's --dist loadfile (a worker takes a module at a time), but the push service's
     modules go to one worker together. (Not --dist loadgroup: pytest 9 ignores the group suffix it
