@@ -34,7 +34,7 @@ from prefect_remote.providers.aws.permissions import POLICY_NAME, ROLE_PREFIX, m
 from prefect_remote.providers.aws.provider import ALIVE_STATES, AWSProvider
 from prefect_remote.providers.aws.tags import LAUNCH_TAG, MANAGED_TAG
 from prefect_remote.providers.base import TAG_PREFIX
-from prefect_remote.providers.setup import Say, removed
+from prefect_remote.providers.setup import Say, owns_store, pool_store, removed
 
 if TYPE_CHECKING:
     from botocore.client import BaseClient
@@ -68,13 +68,23 @@ def role_name(region: str, pool: str) -> str:
     return base + slug
 
 
-def default_store(account: str, region: str) -> str:
-    """The store provisioning makes when ``PREFECT_REMOTE_STORE`` names no S3 store.
+def default_bucket(account: str, region: str) -> str:
+    """The bucket provisioning makes when ``PREFECT_REMOTE_STORE`` names no S3 store.
 
-    >>> default_store("123456789012", "us-east-2")
-    's3://prefect-remote-123456789012-us-east-2/store'
+    >>> default_bucket("123456789012", "us-east-2")
+    'prefect-remote-123456789012-us-east-2'
     """
-    return f"s3://prefect-remote-{account}-{region}/store"
+    return f"prefect-remote-{account}-{region}"
+
+
+def default_store(account: str, region: str, pool: str) -> str:
+    """The store provisioning gives ``pool`` when ``PREFECT_REMOTE_STORE`` names no S3 store: a folder
+    of its own (:func:`~prefect_remote.providers.setup.pool_store`) in the default bucket's ``store/``.
+
+    >>> default_store("123456789012", "us-east-2", "ab")
+    's3://prefect-remote-123456789012-us-east-2/store/ab-fb8e20fc'
+    """
+    return pool_store(f"s3://{default_bucket(account, region)}/store", pool)
 
 
 def _tag_value(value: str) -> str:
@@ -106,7 +116,8 @@ class AWSSetup:
 def provision(provider: AWSProvider, pool: str, store: str | None = None, say: Say = print) -> AWSSetup:
     """Makes (or finds) the bucket, the log group, the security groups and ``pool``'s role and
     instance profile for ``provider``'s region, printing each through ``say``. ``store`` is the
-    software store to use (an ``s3://`` URL; anything else means the default bucket). Idempotent:
+    software store to use (an ``s3://`` URL; anything else means ``pool``'s own folder in the default
+    bucket, :func:`default_store`, which its role alone may read). Idempotent:
     a second run finds everything and changes nothing (the role's policy is brought up to date)."""
     from prefect_remote.software.s3store import S3Store
     from prefect_remote.software.stores import open_store
@@ -115,7 +126,7 @@ def provision(provider: AWSProvider, pool: str, store: str | None = None, say: S
     region = provider.region
     say(f"AWS account {account}, region {region}")
     if not (store or "").startswith("s3://"):
-        chosen = default_store(account, region)
+        chosen = default_store(account, region, pool)
         if store:
             say(f"PREFECT_REMOTE_STORE={store} is not in S3, where machines read software environments: using {chosen}")
         store = chosen
@@ -313,13 +324,16 @@ def teardown(
     profiles = {f"arn:{partition}:iam::{account}:instance-profile/{name}" for name in mine}
     _end_instances(provider, None if shared else profiles, force, say)
     done: list[str] = []
+    if pool is not None:  # the pool's own store folder, if provisioning chose it (one given is the user's)
+        owned = sorted({tags[STORE_TAG] for tags in mine.values() if owns_store(tags.get(STORE_TAG, ""), pool)})
+        done += _remove_store_folders(provider.client("s3"), owned, say)
     if shared:
         done += _remove_security_groups(ec2, say)
         log_groups = {tags[LOG_GROUP_TAG] for tags in mine.values() if LOG_GROUP_TAG in tags} | {provider.options.log_group}
         done += _remove_log_groups(provider.client("logs"), sorted(log_groups), say)
         prefixes = {tags[SECRETS_PREFIX_TAG] for tags in mine.values() if SECRETS_PREFIX_TAG in tags} | {provider.options.secrets_prefix}
         done += _remove_leftover_secrets(provider.client("ssm"), sorted(prefixes), say)
-        stores = sorted({tags[STORE_TAG] for tags in mine.values() if STORE_TAG in tags} | {default_store(account, region)})
+        stores = sorted({tags[STORE_TAG] for tags in mine.values() if STORE_TAG in tags} | {f"s3://{default_bucket(account, region)}"})
         done += _remove_buckets(provider.client("s3"), stores, delete_bucket, say)
     else:
         say(f"kept the security groups, log group and bucket: pools {', '.join(others)} still use them")
@@ -420,6 +434,34 @@ def _remove_leftover_secrets(ssm: BaseClient, prefixes: list[str], say: Say) -> 
     if names:
         say(f"removed {len(names)} launch secret(s) left behind ({', '.join(names)})")
     return [f"SSM parameter {name}" for name in names]
+
+
+def _remove_store_folders(s3: BaseClient, stores: list[str], say: Say) -> list[str]:
+    """Deletes every object of ``stores`` (pools' own folders, ``s3://bucket/store/<pool key>``) in the
+    buckets provisioning made; the buckets and everything else in them stay."""
+    from botocore.exceptions import ClientError
+
+    done: list[str] = []
+    for url in stores:
+        bucket, prefix = url.removeprefix("s3://").rstrip("/").split("/", 1)
+        with translated("s3", f"remove the pool's store {url}"):
+            try:
+                tags = {t["Key"]: t["Value"] for t in s3.get_bucket_tagging(Bucket=bucket)["TagSet"]}
+            except ClientError as error:
+                if error_code(error) in ("NoSuchBucket", "NoSuchTagSet"):
+                    continue
+                raise
+            if tags.get(MANAGED_TAG) != "true":
+                continue
+            count = 0
+            for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=f"{prefix}/"):
+                objects = [{"Key": o["Key"]} for o in page.get("Contents", [])]
+                if objects:
+                    s3.delete_objects(Bucket=bucket, Delete={"Objects": objects, "Quiet": True})
+                    count += len(objects)
+        if count:
+            removed(done, f"the pool's store {url}", say, f" ({count} object(s))")
+    return done
 
 
 def _remove_buckets(s3: BaseClient, stores: list[str], delete: bool, say: Say) -> list[str]:

@@ -108,8 +108,10 @@ TEARDOWN_PERMISSIONS = (
     "ssm:ListTagsForResource",
     "ssm:DeleteParameters",
     "s3:GetBucketTagging",
+    "s3:ListBucket",  # a pool's own store folder: its objects are deleted with the pool
+    "s3:DeleteObject",
 )
-TEARDOWN_DELETE_BUCKET_PERMISSIONS = ("s3:ListBucketVersions", "s3:DeleteObject", "s3:DeleteObjectVersion", "s3:DeleteBucket")
+TEARDOWN_DELETE_BUCKET_PERMISSIONS = ("s3:ListBucketVersions", "s3:DeleteObjectVersion", "s3:DeleteBucket")
 TEARDOWN_FORCE_PERMISSIONS = ("ec2:TerminateInstances", "ec2:CreateTags")
 
 

@@ -18,6 +18,7 @@ from botocore.exceptions import ClientError
 from prefect_remote.providers.aws import infra, permissions
 from prefect_remote.providers.aws.infra import machine_policy, role_name
 from prefect_remote.providers.aws.provider import AWSError, AWSProvider
+from prefect_remote.providers.setup import pool_key
 from prefect_remote.sandbox import aws_identities
 from tests.providers.infra_clouds import AWSInfra, cli
 
@@ -142,19 +143,47 @@ def test_the_docs_list_exactly_the_permissions_the_sandbox_enforces():
 
 # -- teardown -------------------------------------------------------------------------------------
 def test_teardown_of_one_pool_keeps_what_other_pools_use(region):
-    provision("pool-a")
-    provision("pool-b")
+    """Two pools provisioned with defaults get a store folder each in the one default bucket; a
+    pool's machines read their own folder and are refused the other's (S3 as IAM enforces it); one
+    pool's teardown removes its role, profile and folder, and nothing of the other's."""
+    import boto3
+
+    from prefect_remote.sandbox.aws_identities import MachineCredentials
+
+    setups = {pool: provision(pool)[0] for pool in ("pool-a", "pool-b")}
+    bucket = AWSInfra(None).bucket
+    assert {pool: setup.store for pool, setup in setups.items()} == {
+        pool: f"s3://{bucket}/store/{pool_key(pool)}" for pool in ("pool-a", "pool-b")
+    }
+    s3 = AWSInfra.client("s3")
+    keys = {pool: f"store/{pool_key(pool)}/envs/e.json" for pool in setups}
+    for key in keys.values():
+        s3.put_object(Bucket=bucket, Key=key, Body=b"{}")
+    session = MachineCredentials(ACCOUNT).for_instance("i-0poolamachine", REGION, role_name(REGION, "pool-a"))
+    machine = boto3.session.Session(
+        aws_access_key_id=session["AccessKeyId"], aws_secret_access_key=session["SecretAccessKey"], aws_session_token=session["Token"]
+    ).client("s3", region_name=REGION, endpoint_url=s3.meta.endpoint_url)
+    assert machine.get_object(Bucket=bucket, Key=keys["pool-a"])["Body"].read() == b"{}"
+    for refused in (
+        lambda: machine.get_object(Bucket=bucket, Key=keys["pool-b"]),
+        lambda: machine.list_objects_v2(Bucket=bucket, Prefix=f"store/{pool_key('pool-b')}/"),
+    ):
+        with pytest.raises(ClientError, match="AccessDenied"):
+            refused()
     said: list[str] = []
     with AWSInfra(None).identity("teardown"):
         assert infra.teardown(REGION, "pool-a", say=said.append) == [
+            f"the pool's store {setups['pool-a'].store}",
             f"instance profile {role_name(REGION, 'pool-a')}",
             f"IAM role {role_name(REGION, 'pool-a')}",
         ]
+        assert [o["Key"] for o in s3.list_objects_v2(Bucket=bucket)["Contents"]] == [keys["pool-b"]]
         assert roles() == {role_name(REGION, "pool-b")} and len(groups()) == 2 and log_groups()
-        assert "pools pool-b still use them" in said[0]
+        assert "pools pool-b still use them" in said[1]
         assert infra.teardown(REGION, "pool-a", say=said.append) == []
         infra.teardown(REGION, "pool-b", say=said.append)  # the last pool: the shared resources go too
     assert roles() == set() and groups() == set() and log_groups() == []
+    assert "Contents" not in s3.list_objects_v2(Bucket=bucket)  # pool-b's folder went with pool-b (the bucket is kept)
 
 
 def test_a_role_of_the_same_name_not_made_for_this_pool_is_never_taken_over(region):
