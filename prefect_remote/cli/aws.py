@@ -16,7 +16,10 @@ app = typer.Typer(help="AWS: remove what --provision-infra set up.", no_args_is_
 def teardown(
     pool: Annotated[
         str | None,
-        typer.Option("--pool", help="Remove this pool's role and instance profile (and the shared resources if no other pool is left)."),
+        typer.Option(
+            "--pool",
+            help="Remove this pool's role, instance profile and own store folder (and the shared resources if no other pool is left).",
+        ),
     ] = None,
     yes: Annotated[
         bool, typer.Option("--yes", "-y", help="Without --pool: remove everything provisioning made in the region, without asking.")

@@ -18,7 +18,8 @@ def teardown(
         str | None,
         typer.Option(
             "--pool",
-            help="Remove only this work pool's machines, launch secrets and machine records (found through its provider block's store).",
+            help="Remove only this work pool's machines, launch secrets, machine records and (when provisioning chose it) its own store "
+            "folder (found through its provider block's store).",
         ),
     ] = None,
     yes: Annotated[
@@ -44,7 +45,8 @@ def teardown(
     prefectRemoteMachine and prefectRemoteMachineSecrets, the firewall rules prefect-remote-internal-* and prefect-remote-dask-*, and
     launch secrets left behind; the bucket only with --delete-bucket (else just the machines' grant on
     it). With --pool, only that pool's machines, launch secrets and machine records (by the label its
-    launches put on them): every pool shares the rest. Refuses while those machines run, unless
+    launches put on them), and the objects of its own store folder when provisioning chose it (one
+    given by PREFECT_REMOTE_STORE is kept): every pool shares the rest. Refuses while those machines run, unless
     --force. Idempotent."""
     from prefect_remote.providers.gcp.infra import teardown as remove
     from prefect_remote.providers.gcp.provider import GCPProvider
@@ -73,9 +75,9 @@ def teardown(
             raise typer.BadParameter(
                 f"work pool {pool!r} shares its store {store} with {', '.join(repr(name) for name in sharing)}, so their machines, "
                 "launch secrets and records cannot be told apart and --pool would remove theirs too; give each pool a store of its "
-                "own (PREFECT_REMOTE_STORE=gs://BUCKET/POOL when it is created with --provision-infra), or pass --yes without "
-                "--pool to remove every pool's",
+                "own (--provision-infra without PREFECT_REMOTE_STORE gives each its own folder of the default bucket), or pass "
+                "--yes without --pool to remove every pool's",
                 param_hint="--pool",
             )
     options = {key: value for key, value in {"project": project, "region": region}.items() if value}
-    report_removed(lambda: remove(GCPProvider(**options), store=store, force=force, delete_bucket=delete_bucket, say=typer.echo))
+    report_removed(lambda: remove(GCPProvider(**options), store=store, pool=pool, force=force, delete_bucket=delete_bucket, say=typer.echo))

@@ -21,6 +21,7 @@ from prefect_remote.providers.aws import infra as aws_infra
 from prefect_remote.providers.aws.provider import LAUNCH_TAG, AWSProvider
 from prefect_remote.providers.gcp import infra as gcp_infra
 from prefect_remote.providers.gcp.provider import GCPProvider
+from prefect_remote.providers.setup import pool_key
 
 CLI = str(Path(sys.executable).parent / "prefect-remote")
 LAUNCHER_IP = "203.0.113.7"  # a documentation address (TEST-NET-3): "me" without asking checkip
@@ -226,12 +227,17 @@ class AWSInfra(InfraCloud):
 
     def check_provisioned(self, setup: Any) -> None:
         name, region, bucket = self.role, self.REGION, self.bucket
-        assert setup.role == setup.instance_profile == name and setup.store == f"s3://{bucket}/store"
+        assert setup.role == setup.instance_profile == name and setup.store == f"s3://{bucket}/store/{pool_key('pool-a')}"
         assert self.roles() == {name}
         iam = self.client("iam")
         document = iam.get_role_policy(RoleName=name, PolicyName=aws_infra.POLICY_NAME)["PolicyDocument"]
         assert document == aws_infra.machine_policy(
-            account=self.ACCOUNT, region=region, role=name, bucket=bucket, prefix="store", log_group="/prefect-remote/machines"
+            account=self.ACCOUNT,
+            region=region,
+            role=name,
+            bucket=bucket,
+            prefix=f"store/{pool_key('pool-a')}",
+            log_group="/prefect-remote/machines",
         )
         assert iam.list_role_policies(RoleName=name)["PolicyNames"] == [aws_infra.POLICY_NAME]
         assert iam.list_attached_role_policies(RoleName=name)["AttachedPolicies"] == []
@@ -256,7 +262,7 @@ class AWSInfra(InfraCloud):
             "region": self.REGION,
             "instance_profile": aws_infra.role_name(self.REGION, "aws-pool"),
             "log_group": "/prefect-remote/machines",
-            "store": f"s3://{self.bucket}/store",
+            "store": f"s3://{self.bucket}/store/{pool_key('aws-pool')}",
         }
 
     def check_pool_provider(self, provider: Any) -> None:
@@ -393,7 +399,7 @@ class GCPInfra(InfraCloud):
             "project": "sandbox-project",
             "region": "us-central1",
             "service_account": email,
-            "store": f"gs://{bucket_name}/store",
+            "store": f"gs://{bucket_name}/store/{pool_key('pool-a')}",
         }
         assert set(setup.firewalls) == self.firewalls() and len(setup.firewalls) == 3
         roles = gcp_infra.machine_roles(
@@ -413,7 +419,10 @@ class GCPInfra(InfraCloud):
         assert email in project.service_accounts  # Cloud Run and Compute Engine accept it now
         assert bucket.labels == {gcp_infra.MANAGED_LABEL: "true", gcp_infra.GRANTED_LABEL: "granted"}
         [rule] = [dict(r) for r in bucket.lifecycle_rules]
-        assert rule == {"action": {"type": "Delete"}, "condition": {"daysSinceCustomTime": 7, "matchesPrefix": ["store/machines/"]}}
+        assert rule == {
+            "action": {"type": "Delete"},
+            "condition": {"daysSinceCustomTime": 7, "matchesPrefix": [f"store/{pool_key('pool-a')}/machines/"]},
+        }
 
     def block_data(self) -> dict[str, str]:
         return {
@@ -421,7 +430,7 @@ class GCPInfra(InfraCloud):
             "project": "sandbox-project",
             "region": "us-central1",
             "service_account": self.EMAIL,
-            "store": f"gs://{self.bucket}/store",
+            "store": f"gs://{self.bucket}/store/{pool_key('gcp-pool')}",
         }
 
     def check_pool_provider(self, provider: Any) -> None:

@@ -3,8 +3,9 @@
 :func:`provision` (run by ``prefect work-pool create --type remote:push --provision-infra`` when the
 provider is aws) makes, or finds when they exist:
 
-- the software store's S3 bucket (``PREFECT_REMOTE_STORE`` if it is ``s3://…``, else
-  ``s3://prefect-remote-<account>-<region>/store``), public access blocked, encrypted by default;
+- the software store's S3 bucket (``PREFECT_REMOTE_STORE`` if it is ``s3://…``, else the pool's own
+  folder :func:`default_store`, ``s3://prefect-remote-<account>-<region>/store/<pool key>``), public
+  access blocked, encrypted by default;
 - the CloudWatch Logs group machines write to (``log_group``), kept :data:`LOG_RETENTION_DAYS` days;
 - the security groups the provider keeps per VPC (its own code:
   :meth:`~prefect_remote.providers.aws.network.AWSNetwork.security_groups`);
@@ -303,8 +304,9 @@ def teardown(
 ) -> list[str]:
     """Removes what :func:`provision` made in ``region`` (default: boto3's) and returns what it removed.
 
-    With ``pool``, that pool's role and instance profile, plus the shared resources if no other
-    pool's role is left; without, everything: every provisioned role and profile of the region, the
+    With ``pool``, that pool's role and instance profile and the objects of its own store folder
+    (the one :func:`default_store` chose; a store given is kept), plus the shared resources if no
+    other pool's role is left; without, everything: every provisioned role and profile of the region, the
     security groups the provider made (``prefect-remote-<vpc>``, ``prefect-remote-<vpc>-dask-from-*``),
     the log groups, launch secrets left behind, and with ``delete_bucket`` the buckets provisioning
     created (they hold software environments). Refuses with :class:`TeardownRefused` while instances

@@ -7,15 +7,16 @@ services enable`` command and makes nothing (it enables nothing itself). Then it
 
 - the machines' service account ``prefect-remote-machines@<project>.iam.gserviceaccount.com``, one
   per project, shared by its pools: what a machine may do does not depend on its pool (every pool's
-  machines read the same store and launch secrets), and one account keeps the project's IAM policy
+  machines read the same bucket and launch secrets), and one account keeps the project's IAM policy
   short;
 - its least-privilege grants (:mod:`~prefect_remote.providers.gcp.grants`): the custom roles
   ``prefectRemoteMachine`` and ``prefectRemoteMachineSecrets``, predefined roles on the project
   (secrets limited by an IAM condition to ``prefect-remote-`` secrets), the store's bucket, and the
   account itself (and, to the identity that provisions, leave to launch machines as it);
-- the software store's bucket (``PREFECT_REMOTE_STORE`` if it is ``gs://…``, else
-  ``gs://prefect-remote-<project>-<region>/store``), uniform access, public access prevented, with a
-  lifecycle rule that deletes machine records whose lease (customTime) is :data:`RECORDS_KEPT_DAYS` days old;
+- the software store's bucket (``PREFECT_REMOTE_STORE`` if it is ``gs://…``, else the pool's own
+  folder :func:`default_store`, ``gs://prefect-remote-<project>-<region>/store/<pool key>``), uniform
+  access, public access prevented, with a lifecycle rule that deletes machine records (of every
+  store in the bucket) whose lease (customTime) is :data:`RECORDS_KEPT_DAYS` days old;
 - the Compute Engine firewall rules, the Compute Engine service's own
   (:meth:`~prefect_remote.providers.gcp.compute.ComputeService.network_tags`: VMs reach each other
   internally; the Dask ports from ``allow_ingress_from``, and from the subnetwork's range, where a
@@ -57,11 +58,12 @@ from prefect_remote.providers.gcp.grants import (
     without_member,
 )
 from prefect_remote.providers.gcp.secrets import LAUNCH_LABEL, secret_id
-from prefect_remote.providers.setup import Say, removed
+from prefect_remote.providers.setup import Say, owns_store, pool_store, removed
 
 if TYPE_CHECKING:
     from prefect_remote.providers.gcp.clients import GoogleClients, RestApi
     from prefect_remote.providers.gcp.provider import GCPProvider
+    from prefect_remote.software.gcsstore import GCSStore
 
 RECORDS_KEPT_DAYS = 7
 ACT_AS = "iam.serviceAccounts.actAs"
@@ -86,17 +88,27 @@ REQUIRED_APIS = {
 _LAUNCH_ID = re.compile(r"launch-[0-9a-f]{12}")  # as Provider.launch makes them
 
 
-def default_store(project: str, region: str) -> str:
-    """The store provisioning makes when ``PREFECT_REMOTE_STORE`` names no gs:// store (a bucket name
+def default_bucket(project: str, region: str) -> str:
+    """The bucket provisioning makes when ``PREFECT_REMOTE_STORE`` names no gs:// store (a bucket name
     has at most 63 characters: a long project's is cut and made unique by a hash).
 
-    >>> default_store("my-project", "us-central1")
-    'gs://prefect-remote-my-project-us-central1/store'
+    >>> default_bucket("my-project", "us-central1")
+    'prefect-remote-my-project-us-central1'
     """
     name = f"prefect-remote-{project}-{region}"
     if len(name) > 63:
         name = f"{name[:54]}-{hashlib.sha256(name.encode()).hexdigest()[:8]}"
-    return f"gs://{name}/store"
+    return name
+
+
+def default_store(project: str, region: str, pool: str) -> str:
+    """The store provisioning gives ``pool`` when ``PREFECT_REMOTE_STORE`` names no gs:// store: a
+    folder of its own (:func:`~prefect_remote.providers.setup.pool_store`) in the default bucket's ``store/``.
+
+    >>> default_store("my-project", "us-central1", "ab")
+    'gs://prefect-remote-my-project-us-central1/store/ab-fb8e20fc'
+    """
+    return pool_store(f"gs://{default_bucket(project, region)}/store", pool)
 
 
 # -- errors ---------------------------------------------------------------------------------------
@@ -195,8 +207,9 @@ class GCPSetup:
 def provision(provider: GCPProvider, pool: str, store: str | None = None, say: Say = print) -> GCPSetup:
     """Checks the APIs, then makes (or finds) the machines' service account and its grants, the
     store's bucket and the firewall rules, printing each through ``say``. ``store`` is the software
-    store to use (a ``gs://`` URL; anything else means the default bucket). Idempotent: a second
-    run finds everything and changes nothing. ``pool`` is only said: pools share what this makes."""
+    store to use (a ``gs://`` URL; anything else means ``pool``'s own folder in the default bucket,
+    :func:`default_store`). Idempotent: a second run finds everything and changes nothing. Pools
+    share the rest of what this makes."""
     from prefect_remote.software.gcsstore import GCSStore
     from prefect_remote.software.stores import open_store
 
@@ -212,7 +225,7 @@ def provision(provider: GCPProvider, pool: str, store: str | None = None, say: S
         )
     say(f"APIs enabled: {', '.join(REQUIRED_APIS.values())}")
     if not (store or "").startswith("gs://"):
-        chosen = default_store(project, region)
+        chosen = default_store(project, region, pool)
         if store:
             say(f"PREFECT_REMOTE_STORE={store} is not in Cloud Storage, where machines read software environments: using {chosen}")
         store = chosen
@@ -394,10 +407,12 @@ def _ensure_bucket(clients: GoogleClients, bucket: str, prefix: str, region: str
         rules = list(found.lifecycle_rules)
         # By the lease (customTime, renewed while the machine lives), not by age: a machine living
         # longer than the rule's days keeps its record. An older release's age rule is replaced.
-        ours = {"action": {"type": "Delete"}, "condition": {"daysSinceCustomTime": RECORDS_KEPT_DAYS, "matchesPrefix": [records]}}
+        # One rule for every store in the bucket (each pool's folder has its records): its prefixes grow.
+        prefixes = {prefix for rule in rules if _records_rule(rule) for prefix in dict(rule)["condition"].get("matchesPrefix", [])}
+        wanted = [*(rule for rule in rules if not _records_rule(rule)), _records_rule_for(prefixes | {records})]
         changed = False
-        if not any(dict(rule) == ours for rule in rules):
-            found.lifecycle_rules = [*(rule for rule in rules if not _records_rule(rule)), ours]
+        if [dict(rule) for rule in rules] != wanted:
+            found.lifecycle_rules = wanted
             changed = True
         labels = {GRANTED_LABEL: "granted", **({MANAGED_LABEL: "true"} if created else {})}
         if any(found.labels.get(key) != value for key, value in labels.items()):  # not every emulator keeps a new bucket's labels
@@ -516,6 +531,7 @@ def teardown(
     provider: GCPProvider | None = None,
     *,
     store: str | None = None,
+    pool: str | None = None,
     force: bool = False,
     delete_bucket: bool = False,
     say: Say = print,
@@ -527,14 +543,15 @@ def teardown(
     removed). Refuses with :class:`TeardownRefused` while prefect-remote machines run, unless
     ``force``, which ends them first. Idempotent.
 
-    With ``store`` (a pool's, as its provider block records it), only that pool's: see :func:`_teardown_pool`."""
+    With ``store`` (a pool's, as its provider block records it; ``pool`` names it), only that pool's:
+    see :func:`_teardown_pool`."""
     from google.api_core.exceptions import NotFound
 
     from prefect_remote.providers.gcp.provider import GCPProvider
 
     provider = provider or GCPProvider()
     if store is not None:
-        return _teardown_pool(provider, store, force, say)
+        return _teardown_pool(provider, store, pool, force, say)
     clients = provider.clients
     project = clients.project
     email = service_account_email(project)
@@ -567,11 +584,12 @@ def teardown(
     return done
 
 
-def _teardown_pool(provider: GCPProvider, store: str, force: bool, say: Say) -> list[str]:
+def _teardown_pool(provider: GCPProvider, store: str, pool: str | None, force: bool, say: Say) -> list[str]:
     """Removes one pool's, the pool whose machines keep their records in ``store``: its machines
     (refused while they run, unless ``force``) in every region and zone where it has any, its launch
     secrets left behind and its machines' records, each found by the records label its launches put
-    on them (never another pool's, whatever its name). What every pool of the project shares (the
+    on them (never another pool's, whatever its name); and when ``store`` is ``pool``'s own default
+    folder (:func:`default_store`), every object in it. What every pool of the project shares (the
     service account and its grants, the custom roles, the firewall rules, the bucket) is kept."""
     provider.store_url = store
     label = provider.records.label
@@ -581,10 +599,41 @@ def _teardown_pool(provider: GCPProvider, store: str, force: bool, say: Say) -> 
     forgotten = provider.records.forget_all()
     if forgotten:
         removed(done, f"{forgotten} machine record(s) in {provider.records.url}", say)
+    if pool is not None and owns_store(store, pool):
+        done += _remove_pool_folder(provider.clients, provider.records.store, say)
+    else:
+        say(f"kept the store {store}: it was given to the pool, not made for it")
     say(
         f"kept the service account, custom roles, firewall rules and bucket: every pool of project {provider.clients.project} "
         "shares them (`prefect-remote gcp teardown --yes` removes them for all)"
     )
+    return done
+
+
+def _remove_pool_folder(clients: GoogleClients, store: GCSStore, say: Say) -> list[str]:
+    """Deletes every object of a pool's own store folder (its software environments, code bundles and
+    records) and takes its records off the bucket's lifecycle rule, in a bucket provisioning made;
+    the bucket and the rest stay."""
+    folder = store.key("")  # "<prefix>/": never another folder that begins with the same name
+    with google_errors(clients, "storage.objects.delete", f"remove the pool's store {store.url}"):
+        bucket = clients.storage().get_bucket(store.bucket)
+        if (bucket.labels or {}).get(MANAGED_LABEL) != "true":
+            say(f"kept the store {store.url}: provisioning did not make its bucket")
+            return []
+        blobs = list(clients.storage().list_blobs(store.bucket, prefix=folder))
+        for blob in blobs:
+            blob.delete()
+        rules = list(bucket.lifecycle_rules)
+        kept = [rule for rule in rules if not _records_rule(rule)]
+        prefixes = {p for rule in rules if _records_rule(rule) for p in dict(rule)["condition"].get("matchesPrefix", [])}
+        prefixes = {p for p in prefixes if not p.startswith(folder)}
+        wanted = kept + ([_records_rule_for(prefixes)] if prefixes else [])
+        if [dict(rule) for rule in rules] != wanted:
+            bucket.lifecycle_rules = wanted
+            bucket.patch()
+    done: list[str] = []
+    if blobs:
+        removed(done, f"the pool's store {store.url}", say, f" ({len(blobs)} object(s))")
     return done
 
 
@@ -686,6 +735,11 @@ def _clean_buckets(clients: GoogleClients, member: str, delete: bool, say: Say) 
             if managed:
                 say(f"kept bucket gs://{name}: it holds software environments (--delete-bucket removes it)")
     return done
+
+
+def _records_rule_for(prefixes: set[str]) -> dict[str, Any]:
+    """The lifecycle rule that deletes the machine records under ``prefixes`` once their lease is :data:`RECORDS_KEPT_DAYS` days old."""
+    return {"action": {"type": "Delete"}, "condition": {"daysSinceCustomTime": RECORDS_KEPT_DAYS, "matchesPrefix": sorted(prefixes)}}
 
 
 def _records_rule(rule: Any) -> bool:

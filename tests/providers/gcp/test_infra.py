@@ -25,6 +25,7 @@ from prefect_remote.providers.gcp.grants import (
     machine_roles,
 )
 from prefect_remote.providers.gcp.provider import GCPProvider
+from prefect_remote.providers.setup import pool_key
 from tests.providers.infra_clouds import GCPInfra
 
 DOCS_PAGE = Path(__file__).parents[3] / "docs" / "providers" / "gcp.md"
@@ -251,13 +252,13 @@ def test_teardown_removes_only_launch_secrets_and_checks_every_region(project, g
 
 
 def test_a_pools_teardown_leaves_another_pools_machines_secrets_and_records(project, gcp_infra, prefect_server, monkeypatch, tmp_path):
-    """As a user runs it: two pools made with `prefect work-pool create --type remote:push --provision-infra`,
-    each given a store of its own (PREFECT_REMOTE_STORE), each with a live machine and a launch secret
-    left behind. `prefect-remote gcp teardown --pool A` finds A's store through the Prefect API, refuses
-    while A's VM runs in another zone than the provider's (and only for it), then (--force) ends it and
-    removes A's secrets and records, and nothing of B's: B's machine runs on, with its secret and its
-    record. A pool made from B's job template (so with B's store) makes `--pool B` refuse, naming it: their
-    records cannot be told apart, as two pools provisioned without a store of their own cannot."""
+    """As a user runs it: two pools made with `prefect work-pool create --type remote:push --provision-infra`
+    and no PREFECT_REMOTE_STORE, so each gets a folder of its own in the default bucket, each with a live
+    machine, a launch secret left behind and an object in its store. `prefect-remote gcp teardown --pool A`
+    finds A's store through the Prefect API, refuses while A's VM runs in another zone than the provider's
+    (and only for it), then (--force) ends it and removes A's secrets, records and store folder, and
+    nothing of B's: B's machine runs on, with its secret, its record and its store. A pool made from B's
+    job template (so with B's store) makes `--pool B` refuse, naming it: their records cannot be told apart."""
     from prefect.client.orchestration import get_client
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
@@ -273,8 +274,7 @@ def test_a_pools_teardown_leaves_another_pools_machines_secrets_and_records(proj
     monkeypatch.setenv("PREFECT_REMOTE_PROVIDER", "gcp")
     monkeypatch.setenv("PREFECT_API_URL", prefect_server)
 
-    def create(pool: str, store: str) -> None:
-        monkeypatch.setenv("PREFECT_REMOTE_STORE", store)
+    def create(pool: str) -> None:
         made = prefect_cli(prefect_server, "work-pool", "create", "--type", "remote:push", "--provision-infra", pool)
         assert made.returncode == 0, made.stdout + made.stderr
 
@@ -285,12 +285,18 @@ def test_a_pools_teardown_leaves_another_pools_machines_secrets_and_records(proj
 
     b_machine = None
     try:
-        create(pool_a, f"gs://{gcp_infra.bucket}/{pool_a}")
-        create(pool_b, f"gs://{gcp_infra.bucket}/{pool_b}")
-        monkeypatch.delenv("PREFECT_REMOTE_STORE")
+        monkeypatch.delenv("PREFECT_REMOTE_STORE", raising=False)  # provisioning chooses
+        create(pool_a)
+        create(pool_b)
         with temporary_settings({PREFECT_API_URL: prefect_server}):
             stores = {pool: work_pool_store(pool) for pool in (pool_a, pool_b)}  # what teardown --pool finds
-        assert stores == {pool: f"gs://{gcp_infra.bucket}/{pool}" for pool in (pool_a, pool_b)}
+        assert stores == {pool: f"gs://{gcp_infra.bucket}/store/{pool_key(pool)}" for pool in (pool_a, pool_b)}
+        bucket = gcp_infra.storage().bucket(gcp_infra.bucket)
+        envs = {pool: f"store/{pool_key(pool)}/envs/e.json" for pool in (pool_a, pool_b)}  # as package sync writes them
+        for name in envs.values():
+            bucket.blob(name).upload_from_string("{}")
+        [rule] = [dict(r) for r in gcp_infra.storage().get_bucket(gcp_infra.bucket).lifecycle_rules]
+        assert rule["condition"]["matchesPrefix"] == sorted(f"store/{pool_key(pool)}/machines/" for pool in (pool_a, pool_b))
         a = provider(pool_a, service="compute", zone="us-central1-c")  # not the region's first zone
         b = provider(pool_b, service="cloud-run")
         [a_machine] = a.launch(MachineSpec(cpu=2), BootPayload(["sleep", "600"], secrets={"TOKEN": "a"}))
@@ -326,6 +332,11 @@ def test_a_pools_teardown_leaves_another_pools_machines_secrets_and_records(proj
         assert b.describe(b_machine.id).alive and pool_secrets(b) == b_secrets  # B's machine, its launch's secret, B's leftover
         assert b_machine.id in b.records.read([b_machine.id]) and not a.records.read([a_machine.id])
         assert project.iam.roles and GCPInfra.EMAIL in project.iam.accounts  # nothing shared removed
+        assert f"removed the pool's store {stores[pool_a]}" in forced.stdout
+        left = {blob.name for blob in gcp_infra.storage().list_blobs(gcp_infra.bucket, prefix="store/")}
+        assert envs[pool_b] in left and not any(name.startswith(f"store/{pool_key(pool_a)}/") for name in left), left
+        [rule] = [dict(r) for r in gcp_infra.storage().get_bucket(gcp_infra.bucket).lifecycle_rules]
+        assert rule["condition"]["matchesPrefix"] == [f"store/{pool_key(pool_b)}/machines/"]
         template = tmp_path / "template.json"  # a third pool made with B's job template, so with B's provider block and store
         with temporary_settings({PREFECT_API_URL: prefect_server}), get_client(sync_client=True) as api:
             template.write_text(json.dumps(api.read_work_pool(pool_b).base_job_template))
