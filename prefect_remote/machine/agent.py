@@ -51,6 +51,7 @@ from prefect_remote.machine.container import (
     Container,
     agent_code_mounts,
     find_engine,
+    machine_has_gpus,
     no_engine_message,
     registry_of,
 )
@@ -128,7 +129,7 @@ class Agent:
         engine = find_engine(problems=problems)
         if engine is None:
             return None, no_engine_message(image, problems or ["this machine has neither"])
-        container = Container(engine, image, self.machine_id, tuple(self.runtime.engine_prefix()))
+        container = Container(engine, image, self.machine_id, tuple(self.runtime.engine_prefix()), gpus=machine_has_gpus())
         given = [secrets.get(name) for name in REGISTRY_SECRETS]
         credentials = (given[0], given[1]) if all(given) else self.runtime.registry_credentials(registry_of(image))
         _, reason = self.watched(lambda: container.prepare(self.say, credentials), f"while pulling image {image}", "image pull")

@@ -128,6 +128,16 @@ def registry_of(image: str) -> str:
     return DOCKER_HUB
 
 
+GPUS_DOCKER = "--gpus=all"
+GPUS_PODMAN = "--device=nvidia.com/gpu=all"
+NVIDIA_DEVICE = "/dev/nvidiactl"  # made by NVIDIA's driver once loaded: the machine has a GPU it can use
+
+
+def machine_has_gpus(device: str = NVIDIA_DEVICE) -> bool:
+    """Whether this machine has NVIDIA GPUs with their driver loaded (the GPU images' default)."""
+    return os.path.exists(device)
+
+
 @dataclass(frozen=True)
 class Container:
     """``image`` run by ``engine`` (a path, from :func:`find_engine`) for machine ``machine_id``.
@@ -143,6 +153,7 @@ class Container:
     image: str
     machine_id: str
     prefix: tuple[str, ...] = ()  # what the engine's commands run behind (MachineRuntime.engine_prefix)
+    gpus: bool = False  # the machine's GPUs go into the container (:func:`machine_has_gpus`)
 
     @property
     def name(self) -> str:
@@ -213,6 +224,9 @@ class Container:
         ``read_only``: more (host folder, container folder) bind mounts, read-only."""
         names = [f"--env={name}" for name in sorted(set(env_names))]
         mounts = [f"--volume={host}:{inside}:ro" for host, inside in read_only]
+        # Docker asks NVIDIA's container toolkit for every GPU; Podman names them as a CDI device (the
+        # toolkit's `nvidia-ctk cdi generate`, which the boot runs when it finds the toolkit).
+        gpus = ([GPUS_DOCKER if self.kind == "docker" else GPUS_PODMAN]) if self.gpus else []
         return [
             *self.prefix,
             self.engine,
@@ -222,6 +236,7 @@ class Container:
             f"--name={self.name}-{purpose}" if purpose else f"--name={self.name}",
             f"--label={LABEL}={self.machine_id}",
             "--network=host",
+            *gpus,
             f"--volume={workdir}:{workdir}",
             *mounts,
             f"--workdir={workdir}",

@@ -179,3 +179,21 @@ def test_the_on_stop_command_runs_in_a_container_of_its_own_name():
     payload, on_stop = container.command(["run"], ["A"], "/w"), container.command(["report"], ["A"], "/w", purpose="on-stop")
     assert "--name=prefect-remote-m-1" in payload and "--name=prefect-remote-m-1-on-stop" in on_stop
     assert f"--label={LABEL}=m-1" in on_stop and "--rm" in on_stop
+
+
+def test_a_machine_with_gpus_gives_them_to_its_container_as_its_engine_asks(tmp_path):
+    """Docker asks NVIDIA's toolkit for the GPUs (``--gpus``); Podman takes them as a CDI device. A
+    machine has GPUs when NVIDIA's driver made its control device (the GPU images' default)."""
+    from prefect_remote.machine.container import GPUS_DOCKER, GPUS_PODMAN, Container, machine_has_gpus
+
+    docker = Container("/usr/bin/docker", "app:1", "m-1", gpus=True).command(["run"], [], "/w")
+    podman = Container("/usr/bin/podman", "app:1", "m-1", gpus=True).command(["run"], [], "/w")
+    plain = Container("/usr/bin/podman", "app:1", "m-1").command(["run"], [], "/w")
+    assert GPUS_DOCKER in docker and GPUS_PODMAN not in docker
+    assert GPUS_PODMAN in podman and GPUS_DOCKER not in podman
+    assert not {GPUS_DOCKER, GPUS_PODMAN} & set(plain)
+    assert docker.index(GPUS_DOCKER) < docker.index("app:1")  # an engine option, not the payload's argument
+    device = tmp_path / "nvidiactl"
+    assert not machine_has_gpus(str(device))
+    device.touch()
+    assert machine_has_gpus(str(device))
