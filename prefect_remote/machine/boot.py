@@ -206,7 +206,7 @@ if command -v nvidia-smi >/dev/null 2>&1; then
   phase "gpu: $(nvidia-smi --query-gpu=name,driver_version --format=csv,noheader 2>&1 | paste -sd ';' - || true)"
   # Podman gives a container the GPUs as a CDI device, whose spec NVIDIA's toolkit writes (Docker asks the toolkit itself).
   if command -v podman >/dev/null 2>&1 && command -v nvidia-ctk >/dev/null 2>&1 && [ ! -e /etc/cdi/nvidia.yaml ]; then
-    nvidia-ctk cdi generate --output=/etc/cdi/nvidia.yaml >/dev/null 2>&1 || phase "gpu: nvidia-ctk cdi generate failed: containers get no GPU"
+    nvidia-ctk cdi generate --output=/etc/cdi/nvidia.yaml >/dev/null 2>&1 || phase "gpu: no CDI spec: containers get no GPU"
   fi
 fi
 
