@@ -7,7 +7,7 @@ export UV_PROJECT_ENVIRONMENT := $(abspath $(VENV))
 export NO_MKDOCS_2_WARNING := 1
 PYTEST_ARGS ?=
 # Four pytest workers (pytest-xdist), a test file each at a time: most tests wait on machines, so
-# four share a 2-core machine (22 minutes; about the same with three, 28 with two). Each worker is a session with its
+# four share a 2-core machine (20 minutes; three and two took longer when measured). Each worker is a session with its
 # own sandboxes; they share one Prefect server, but for the modules of the push service's group, which one
 # worker runs on a server of its own (tests/conftest.py's scheduler).
 PYTEST_WORKERS ?= 4
