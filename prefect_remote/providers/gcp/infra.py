@@ -43,6 +43,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from prefect_remote.providers.base import batches
 from prefect_remote.providers.gcp.clients import GCPError, error_message, service_disabled
 from prefect_remote.providers.gcp.grants import (
     LAUNCHER_ACCOUNT_GRANTS,
@@ -57,6 +58,7 @@ from prefect_remote.providers.gcp.grants import (
     with_grants,
     without_member,
 )
+from prefect_remote.providers.gcp.records import BATCH
 from prefect_remote.providers.gcp.secrets import LAUNCH_LABEL, secret_id
 from prefect_remote.providers.setup import Say, owns_store, pool_store, removed
 
@@ -408,8 +410,7 @@ def _ensure_bucket(clients: GoogleClients, bucket: str, prefix: str, region: str
         # By the lease (customTime, renewed while the machine lives), not by age: a machine living
         # longer than the rule's days keeps its record. An older release's age rule is replaced.
         # One rule for every store in the bucket (each pool's folder has its records): its prefixes grow.
-        prefixes = {prefix for rule in rules if _records_rule(rule) for prefix in dict(rule)["condition"].get("matchesPrefix", [])}
-        wanted = [*(rule for rule in rules if not _records_rule(rule)), _records_rule_for(prefixes | {records})]
+        wanted = _with_records_prefixes(rules, lambda found: found | {records})
         changed = False
         if [dict(rule) for rule in rules] != wanted:
             found.lifecycle_rules = wanted
@@ -621,13 +622,9 @@ def _remove_pool_folder(clients: GoogleClients, store: GCSStore, say: Say) -> li
             say(f"kept the store {store.url}: provisioning did not make its bucket")
             return []
         blobs = list(clients.storage().list_blobs(store.bucket, prefix=folder))
-        for blob in blobs:
-            blob.delete()
+        _delete_objects(clients.storage(), blobs)
         rules = list(bucket.lifecycle_rules)
-        kept = [rule for rule in rules if not _records_rule(rule)]
-        prefixes = {p for rule in rules if _records_rule(rule) for p in dict(rule)["condition"].get("matchesPrefix", [])}
-        prefixes = {p for p in prefixes if not p.startswith(folder)}
-        wanted = kept + ([_records_rule_for(prefixes)] if prefixes else [])
+        wanted = _with_records_prefixes(rules, lambda found: {prefix for prefix in found if not prefix.startswith(folder)})
         if [dict(rule) for rule in rules] != wanted:
             bucket.lifecycle_rules = wanted
             bucket.patch()
@@ -715,8 +712,7 @@ def _clean_buckets(clients: GoogleClients, member: str, delete: bool, say: Say) 
         managed = bucket.labels.get(MANAGED_LABEL) == "true"
         with google_errors(clients, "storage.buckets.delete", f"remove the store's bucket {name}"):
             if managed and delete:
-                for blob in list(storage.list_blobs(name)):
-                    blob.delete()
+                _delete_objects(storage, list(storage.list_blobs(name)))
                 bucket.delete()
                 removed(done, f"bucket gs://{name}", say, " and everything in it")
                 continue
@@ -735,6 +731,23 @@ def _clean_buckets(clients: GoogleClients, member: str, delete: bool, say: Say) 
             if managed:
                 say(f"kept bucket gs://{name}: it holds software environments (--delete-bucket removes it)")
     return done
+
+
+def _delete_objects(storage: Any, blobs: list[Any]) -> None:
+    """Deletes ``blobs`` in JSON API batch requests of :data:`BATCH` (a pool's folder may hold thousands
+    of records and bundles: one request each took minutes)."""
+    for chunk in batches(blobs, BATCH):
+        with storage.batch():
+            for blob in chunk:
+                blob.delete()
+
+
+def _with_records_prefixes(rules: list[Any], change: Callable[[set[str]], set[str]]) -> list[Any]:
+    """The bucket's lifecycle ``rules`` with their one records rule's prefixes (every store's records in
+    the bucket) passed through ``change``; the rule is dropped when no prefix is left."""
+    found = {prefix for rule in rules if _records_rule(rule) for prefix in dict(rule)["condition"].get("matchesPrefix", [])}
+    prefixes = change(found)
+    return [*(rule for rule in rules if not _records_rule(rule)), *([_records_rule_for(prefixes)] if prefixes else [])]
 
 
 def _records_rule_for(prefixes: set[str]) -> dict[str, Any]:
