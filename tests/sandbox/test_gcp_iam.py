@@ -184,13 +184,19 @@ def test_matches_is_not_in_iams_conditions_and_is_refused_when_the_policy_is_set
         with pytest.raises(ValueError, match=r"matches\(\) is not supported in IAM Conditions"):
             iam.parse(expression)
     iam.parse('resource.name.endsWith("matches(x)")')
+    expression = f'resource.name.matches("^projects/{strict.project_number}/secrets/prefect-remote-.*")'
+    refused_when_set(strict, who, "regex", expression, r"Condition expression is invalid: .*matches\(\) is not supported")
+
+
+def refused_when_set(strict, who, account: str, expression: str, message: str) -> None:
+    """The launcher's setIamPolicy of a project binding conditioned on ``expression`` fails with 400
+    ``message``, and grants the binding's member nothing."""
     projects = who.client("projects", who.launcher())
-    resource, member = f"projects/{strict.project}", f"serviceAccount:regex@{strict.project}.iam.gserviceaccount.com"
+    resource, member = f"projects/{strict.project}", f"serviceAccount:{account}@{strict.project}.iam.gserviceaccount.com"
     policy = projects.get_iam_policy(request={"resource": resource, "options": {"requested_policy_version": 3}})
     policy.version = 3
-    expression = f'resource.name.matches("^projects/{strict.project_number}/secrets/prefect-remote-.*")'
-    policy.bindings.add(role="roles/secretmanager.secretAccessor", members=[member], condition={"title": "re", "expression": expression})
-    with pytest.raises(exceptions.BadRequest, match=r"Condition expression is invalid: .*matches\(\) is not supported"):
+    policy.bindings.add(role="roles/secretmanager.secretAccessor", members=[member], condition={"title": account, "expression": expression})
+    with pytest.raises(exceptions.BadRequest, match=message):
         projects.set_iam_policy(request={"resource": resource, "policy": policy})
     assert strict.iam.grants_of(member) == []
 
@@ -226,15 +232,8 @@ def test_only_the_functions_of_iams_attribute_reference_are_taken_when_the_polic
     ]
     for expression in taken:
         iam.parse(expression)
-    projects = who.client("projects", who.launcher())
-    resource, member = f"projects/{strict.project}", f"serviceAccount:contains@{strict.project}.iam.gserviceaccount.com"
-    policy = projects.get_iam_policy(request={"resource": resource, "options": {"requested_policy_version": 3}})
-    policy.version = 3
     expression = f'resource.name.contains("projects/{strict.project_number}/secrets/prefect-remote-")'
-    policy.bindings.add(role="roles/secretmanager.secretAccessor", members=[member], condition={"title": "in", "expression": expression})
-    with pytest.raises(exceptions.BadRequest, match=r"Condition expression is invalid: .*contains\(\) is not supported"):
-        projects.set_iam_policy(request={"resource": resource, "policy": policy})
-    assert strict.iam.grants_of(member) == []
+    refused_when_set(strict, who, "contains", expression, r"Condition expression is invalid: .*contains\(\) is not supported")
 
 
 def test_resource_level_bindings_apply_to_the_resource_and_what_it_holds():
