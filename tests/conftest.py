@@ -190,11 +190,7 @@ def session_cleanup():
                         child.rmdir()
                 if parent.exists() and not any(parent.glob("m-*")):
                     parent.rmdir()
-            # The bridge and its registry are shared with any concurrent session: removed only once unused.
-            provider = LocalProvider()
-            if provider.bridge.remove_if_unused():  # (lock files stay: another session may hold them open)
-                shutil.rmtree(RUN_DIR / "prtest0", ignore_errors=True)
-        shutil.rmtree(SESSION_HOME, ignore_errors=True)
+        shutil.rmtree(SESSION_HOME, ignore_errors=True)  # (the bridge: pytest_unconfigure, once every worker has ended)
     assert not leftovers, f"machine processes were left running: {described}"
 
 
@@ -259,11 +255,13 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
-    if hasattr(config, "workerinput"):
+    if hasattr(config, "workerinput"):  # (a worker that ran no test never set up session_cleanup)
+        shutil.rmtree(SESSION_HOME, ignore_errors=True)
         return
     _CONTROLLER_SERVER.close()
-    # Every worker has ended: the session's bridge is unused unless another session shares it. (A
-    # worker's own session cleanup removes it only if no other worker's machine still holds it.)
+    # Every worker has ended (or, without workers, the session): the bridge and its registry are
+    # shared with any concurrent session, so removed only once unused (lock files stay: another
+    # session may hold them open).
     if NAMESPACE_SKIP is None and LocalProvider().bridge.remove_if_unused():
         shutil.rmtree(RUN_DIR / "prtest0", ignore_errors=True)
     shutil.rmtree(SESSION_HOME, ignore_errors=True)
