@@ -45,11 +45,13 @@ lint: env
 # source distribution on PyPI at the version uv.lock pins (cached in .cache/).
 # The sandbox clouds enforce security groups and firewall rules with nftables' `nft`, in each
 # instance's network namespace; their container images need a registry (docker-registry), an engine
-# (podman, run with runc; netavark for the networks of build steps) and a base root file system builder
-# (mmdebstrap), with uidmap for podman's user namespaces. Debian's packages, installed when a command
+# (podman, run with runc; netavark for the networks of build steps, which drives iptables; catatonit,
+# the init of `podman run --init`) and a base root file system builder (mmdebstrap), with uidmap for
+# podman's user namespaces. Podman's recommended packages are not all installed (--no-install-recommends):
+# these are the ones the sandbox needs. Debian's packages, installed when a command
 # is missing (as root, where apt-get is).
 SANDBOX_HOST_PACKAGES := nft:nftables podman:podman runc:runc /usr/lib/podman/netavark:netavark \
-	docker-registry:docker-registry mmdebstrap:mmdebstrap newuidmap:uidmap
+	docker-registry:docker-registry mmdebstrap:mmdebstrap newuidmap:uidmap iptables:iptables /usr/libexec/podman/catatonit:catatonit
 sandbox-host:
 	@missing="$$(for pair in $(SANDBOX_HOST_PACKAGES); do command -v $${pair%%:*} >/dev/null || echo $${pair#*:}; done)"; \
 	if [ -n "$$missing" ] && command -v apt-get >/dev/null; then \

@@ -64,6 +64,7 @@ CPU_BUSY_FRACTION = 0.02  # of one core: above it the payload counts as busy
 STOP_GRACE = 5.0  # seconds between SIGTERM and SIGKILL for the payload
 ON_STOP_TIMEOUT = 60.0  # seconds the payload's on_stop command may take (a flow run's imports Prefect)
 END_REASON_ENV = "PREFECT_REMOTE_END_REASON"  # why the agent stops the payload, for its on_stop command
+END_OPTION = "--end"  # `agent --end REASON`: the boot failed after the agent was installed; end the machine with REASON
 
 
 class Agent:
@@ -506,6 +507,9 @@ def main() -> int:
     config = decode_agent_config(encoded)
     agent = Agent(config, load_runtime(config["runtime"], config["runtime_options"]))
     try:
+        if len(sys.argv) == 3 and sys.argv[1] == END_OPTION:  # the boot failed after installing the agent
+            agent.start_log_shipping()
+            return agent.end(sys.argv[2], 1)
         return agent.run()
     except Exception:  # said before the log's last shipment, so the machine's log shows why
         agent.log.write(f"[prefect-remote agent] failed:\n{traceback.format_exc()}".encode())

@@ -38,6 +38,7 @@ from prefect_remote.providers.base import Machine
 from prefect_remote.providers.local import LocalProvider, records
 from prefect_remote.providers.local.isolation import IsolationError, netns_name, private_veth
 from prefect_remote.providers.local.start import start_machines
+from prefect_remote.sandbox.images import INSTANCE_STORAGE
 from prefect_remote.sandbox.vpc import VPC, Ingress
 
 if TYPE_CHECKING:
@@ -311,6 +312,7 @@ class InstanceRunner:
             "own_root": {
                 "disk": str(self.disk_of(instance.id)),
                 "shared": [*self.shared, *image_folders],
+                "volumes": [INSTANCE_STORAGE],  # the engine's layers, on the disk as a VM's are
                 "minute": self.shutdown_minute,
                 "outlives_boot": self.outlives_boot and instance.vm,
             },

@@ -150,9 +150,12 @@ class ScriptedRuntime(MachineRuntime):
         self.ended.write_text(reason)
 
 
-def stock_boot(tmp_path: Path, runtime: str, options: dict, **config) -> tuple[subprocess.CompletedProcess, Path, Path]:
+def stock_boot(
+    tmp_path: Path, runtime: str, options: dict, *, image_path: str = "/usr/bin:/bin", **config
+) -> tuple[subprocess.CompletedProcess, Path, Path]:
     """Runs the stock boot script on this host with uv and the agent environment already in its root
-    (this interpreter), a ``halt`` and a ``backstop`` that leave files: (run, halted, backstop)."""
+    (this interpreter), a ``halt`` and a ``backstop`` that leave files, and the image's PATH ``image_path``:
+    (run, halted, backstop)."""
     import os
     import shutil
     import sys
@@ -172,7 +175,7 @@ def stock_boot(tmp_path: Path, runtime: str, options: dict, **config) -> tuple[s
     full = {**agent_config(keepalive=60.0, lease_interval=10.0), "runtime": runtime, "runtime_options": options, **config}
     script = render_boot_script(full, agent=agent, halt=f"echo halted > {halted}", backstop=f"echo +{{minutes}} >> {backstop}")
     env = {
-        "PATH": "/usr/bin:/bin",
+        "PATH": image_path,
         "HOME": str(tmp_path),
         "PREFECT_REMOTE_ROOT": str(root),
         "PREFECT_REMOTE_MACHINE_LOG": str(tmp_path / "log"),
@@ -222,6 +225,25 @@ def test_an_agent_past_its_main_loop_ends_the_machine_itself_and_pushes_the_back
     assert not halted.exists() and ended.read_text() == "payload finished"
     assert backstop.read_text().splitlines() == [f"+{BOOT_BACKSTOP_MINUTES}", "+2"]
     assert f"backstop: scheduled (echo +{BOOT_BACKSTOP_MINUTES} >> {backstop})" in ran.stdout
+
+
+def test_a_boot_that_fails_once_the_agent_is_installed_ends_through_the_agent(tmp_path):
+    """A boot phase after the agent's install (the engine, for image=) that fails ends the machine
+    through the agent, as its owner sees an end: the reason recorded by the provider's runtime (here
+    the file ``ended``), the log shipped; then the halt, which ends it if the agent could not. Here
+    the image has no engine and no package manager to install one with."""
+    image = tmp_path / "image-bin"
+    image.mkdir()
+    for folder in ("/usr/bin", "/bin"):
+        for tool in Path(folder).iterdir():
+            if tool.name not in {"podman", "docker", "dnf", "apt-get"} and not (image / tool.name).exists():
+                (image / tool.name).symlink_to(tool)
+    ended = tmp_path / "ended"
+    ran, halted, _ = stock_boot(tmp_path, SCRIPTED, {"fails": None, "ended": str(ended)}, image_path=str(image), image="app:1")
+    assert ran.returncode == 127, ran.stdout + ran.stderr
+    assert ended.read_text() == "boot failed during 'engine' (exit 127)", ran.stdout + ran.stderr
+    assert halted.exists()  # the fallback runs all the same: a halt after an end is harmless
+    assert "neither dnf nor apt-get here to install Docker with" in ran.stdout
 
 
 def test_a_machine_for_an_image_gets_an_engine_as_a_boot_phase(tmp_path):

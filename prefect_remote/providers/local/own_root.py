@@ -59,12 +59,21 @@ fi
 """
 
 # Run by the hypervisor inside a new mount namespace: $1 the disk folder, $2 the mount point (the
-# machine's root/), $3 the machine folder, $4 the shared folders (":"-separated), then the command.
+# machine's root/), $3 the machine folder, $4 the shared folders, $5 the volumes (both ":"-separated),
+# then the command.
 _ENTER = f"""set -eu
-disk=$1 root=$2 machine=$3 shared=$4
-shift 4
+disk=$1 root=$2 machine=$3 shared=$4 volumes=$5
+shift 5
 mkdir -p "$disk/upper" "$disk/work"
 mount -t overlay overlay -o "lowerdir=/,upperdir=$disk/upper,workdir=$disk/work" "$root"
+# Volumes: folders of the disk itself, mounted as they are (a VM's disk is a real file system; an
+# overlay is not one a container engine can keep its layers on, nor make device nodes in).
+IFS=:
+for volume in $volumes; do
+  mkdir -p "$disk/volumes$volume" "$root$volume"
+  mount --bind "$disk/volumes$volume" "$root$volume"
+done
+unset IFS
 mount --rbind /dev "$root/dev"
 mount -t proc proc "$root/proc"
 mount --rbind /sys "$root/sys"
@@ -105,12 +114,15 @@ exec chroot . "$@"
 @dataclass(frozen=True)
 class OwnRoot:
     """The plan of an instance's own root: ``disk`` holds what it writes (kept across reboots),
-    ``shared`` lists host folders mounted at the same path inside; ``minute`` is how many seconds a
+    ``shared`` lists host folders mounted at the same path inside; ``volumes`` lists paths inside whose
+    contents live on the disk as a plain folder, not in the overlay (where an engine keeps its layers:
+    overlayfs takes no overlay over it); ``minute`` is how many seconds a
     minute of the image's scheduled ``shutdown +N`` lasts; ``outlives_boot``: the machine stays up
     after its boot script exits (a VM), until it powers itself off or is stopped."""
 
     disk: str
     shared: list[str] = field(default_factory=list)
+    volumes: list[str] = field(default_factory=list)
     minute: int = 60
     outlives_boot: bool = False
 
@@ -122,7 +134,7 @@ class OwnRoot:
     def command(self, machine: Path, boot: list[str]) -> list[str]:
         """The command that runs ``boot`` (paths as inside the root) in the instance's own root."""
         enter = ["unshare", "--mount", "--propagation", "private", "--", "sh", "-c", _ENTER, "enter-root"]
-        return [*enter, self.disk, str(machine / "root"), str(machine), ":".join(self.shared), *boot]
+        return [*enter, self.disk, str(machine / "root"), str(machine), ":".join(self.shared), ":".join(self.volumes), *boot]
 
     @staticmethod
     def power_requested(machine: Path) -> str | None:
