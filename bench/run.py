@@ -28,6 +28,7 @@ BENCHMARKS = [
     "bench_flow_runs",
     "bench_fanout",
     "bench_aws",
+    "bench_aws_engine",
     "bench_aws_throttled",
     "bench_gcp",
     "bench_control_plane",

@@ -321,13 +321,25 @@ fi
 """
 )
 
-# A container engine for image=: the image's own (Podman, or a Docker whose daemon answers), else Docker
-# installed now from the OS's packages (AL2023: dnf; Debian: apt-get), its time logged. The agent pulls
-# and runs the image (prefect_remote.machine.container).
+# A container engine for image=: the image's own (Podman, or a Docker whose daemon answers or starts),
+# else Docker installed now from the OS's packages (AL2023: dnf; Debian: apt-get), its time logged. The
+# agent pulls and runs the image (prefect_remote.machine.container). The ECS-optimized AMI (EC2's default
+# for image=) carries Docker, and an ECS agent that is turned off: it would register the machine with an
+# ECS cluster ("default") once the user data has run, which is neither asked nor granted.
 _ENGINE = """
 PHASE=engine
 # (as prefect_remote.machine.container.find_engine: an engine that answers)
 engine_answers() { podman version >/dev/null 2>&1 || docker version --format '{{.Server.Version}}' >/dev/null 2>&1; }
+if command -v systemctl >/dev/null 2>&1 && systemctl cat ecs.service >/dev/null 2>&1; then
+  systemctl disable --now --no-block ecs.service >/dev/null 2>&1 || true
+  phase "engine: this image's ECS agent turned off (this machine runs the image itself)"
+fi
+if ! engine_answers && command -v dockerd >/dev/null 2>&1; then  # Docker here, its daemon not started yet
+  STARTED=$SECONDS
+  systemctl start docker 2>/dev/null || service docker start >/dev/null 2>&1 || true
+  for _ in $(seq 30); do engine_answers && break; sleep 1; done
+  if engine_answers; then phase "engine: this image's Docker started in $(( SECONDS - STARTED )) s"; fi
+fi
 if ! engine_answers; then
   PODMAN_SAYS=""  # why a Podman that is here does not answer: its last line
   if command -v podman >/dev/null 2>&1; then PODMAN_SAYS="$(podman version 2>&1 || true)"; PODMAN_SAYS="${PODMAN_SAYS##*$'\\n'}"; fi

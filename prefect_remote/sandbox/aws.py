@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from prefect_remote.sandbox import ec2_strict
-from prefect_remote.sandbox.aws_images import publish_gpu_images
+from prefect_remote.sandbox.aws_images import carries_engine, publish_gpu_images
 from prefect_remote.sandbox.ec2_strict import StrictEC2, form_params, request_service
 from prefect_remote.sandbox.imds import MetadataService
 from prefect_remote.sandbox.instances import Instance, InstanceRunner, SandboxCloud
@@ -563,6 +563,7 @@ def _as_instance(instance: Any) -> Instance:
         instance.region_name,
         egress=_has_egress(instance),
         private_address=private,
+        engine=carries_engine(instance),
     )
 
 

@@ -6,6 +6,11 @@ as AWS publishes them in every region. moto knows the Amazon Linux parameters, n
 Each image is owned by AWS's DLAMI account, public, and has a 75 GiB root snapshot, as the real one
 (a root disk smaller than it is refused by EC2). The sandbox's machines boot on this host whatever the
 image: what it models is that a GPU launch asks for this image, and may read its parameter.
+
+Which images carry a container engine (:func:`carries_engine`): AWS's ECS-optimized AMIs (moto ships
+them and their parameters, ``/aws/service/ecs/optimized-ami/...``) carry Docker; every other one boots
+with none, as stock Amazon Linux 2023 does, and its boot installs one (never kinder than EC2: the
+DLAMI's engine is not assumed either).
 """
 
 from __future__ import annotations
@@ -69,3 +74,11 @@ def publish_gpu_images(account_id: str, region: str) -> dict[str, str]:
                 )
             )
     return dict(DLAMI_IDS)
+
+
+def carries_engine(instance: Any) -> bool:
+    """Whether the image moto's ``instance`` booted carries a container engine: AWS's ECS-optimized
+    AMIs do (their names: ``al2023-ami-ecs-hvm-…``, ``amzn2-ami-ecs-…``, ``…-amazon-ecs-optimized``)."""
+    image = instance.ec2_backend.amis.get(instance.image_id)
+    name = (getattr(image, "name", None) or "").lower()
+    return "-ecs-" in name or name.endswith("amazon-ecs-optimized")

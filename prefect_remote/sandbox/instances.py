@@ -84,6 +84,9 @@ class Instance:
     # A VM: its OS outlives its boot script (EC2 user data, a GCE startup script), running and billing until
     # something powers it off or terminates it. Not a container (a Cloud Run task), which ends with its command.
     vm: bool = True
+    # Whether its image carries a container engine (Podman or Docker). One without (EC2's stock Amazon Linux
+    # 2023) has none until its boot installs one (OwnRoot.engine: a dnf that copies this host's Podman in).
+    engine: bool = True
 
     @property
     def ended(self) -> bool:
@@ -315,6 +318,7 @@ class InstanceRunner:
                 "volumes": [INSTANCE_STORAGE],  # the engine's layers, on the disk as a VM's are
                 "minute": self.shutdown_minute,
                 "outlives_boot": self.outlives_boot and instance.vm,
+                "engine": instance.engine,
             },
             "private_link": private,
         }

@@ -289,6 +289,43 @@ def test_a_machine_for_an_image_gets_an_engine_as_a_boot_phase(tmp_path):
     assert nothing.returncode == 127 and "neither dnf nor apt-get here to install Docker with" in nothing.stdout
 
 
+def test_an_image_with_docker_and_an_ecs_agent_gets_docker_started_and_the_agent_turned_off(tmp_path):
+    """The ECS-optimized AMI (EC2's default for image=): Docker is there but its daemon may not run yet,
+    and its ECS agent would register the machine with an ECS cluster. The boot turns the agent off,
+    starts Docker and installs nothing (stand-ins for systemctl, docker and dockerd)."""
+    import shutil
+
+    from prefect_remote.machine.boot import AgentSource
+
+    script = render_boot_script({"command": ["true"], "image": "app:1"}, agent=AgentSource("prefect-remote==0.2.0", python="3.11.7"))
+    engine = 'phase() { echo "$*"; }\nset -euo pipefail\n' + script[script.index("PHASE=engine") : script.index("# 4-5.")]
+    bash = shutil.which("bash")
+    image = tmp_path / "image"
+    image.mkdir()
+    for tool in ("seq", "sleep", "true", "touch", "test"):
+        (image / tool).symlink_to(shutil.which(tool))
+    stand_ins = {
+        "systemctl": f'echo "systemctl $*" >> {tmp_path}/systemctl.log\n'
+        f'case "$1" in cat) [ "$2" = ecs.service ] ;; start) touch {tmp_path}/docker-started ;; esac',
+        "docker": f'test -e {tmp_path}/docker-started && echo "Docker version 25.0.16"',  # answers once started
+        "dockerd": "exit 1",
+        "dnf": f"touch {tmp_path}/dnf-ran",
+    }
+    for name, body in stand_ins.items():
+        (image / name).write_text(f"#!{bash}\n{body}\n")
+        (image / name).chmod(0o755)
+    ran = subprocess.run([bash, "-c", engine], env={"PATH": str(image)}, capture_output=True, text=True)
+    assert ran.returncode == 0, ran.stdout + ran.stderr
+    assert (tmp_path / "systemctl.log").read_text().splitlines() == [
+        "systemctl cat ecs.service",
+        "systemctl disable --now --no-block ecs.service",
+        "systemctl start docker",
+    ]
+    assert "engine: this image's ECS agent turned off" in ran.stdout and "engine: this image's Docker started in 0 s" in ran.stdout
+    assert "installing Docker" not in ran.stdout and not (tmp_path / "dnf-ran").exists()
+    assert "engine: Docker version 25.0.16" in ran.stdout
+
+
 @pytest.mark.parametrize(
     "fields",
     [

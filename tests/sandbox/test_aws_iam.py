@@ -363,6 +363,11 @@ def test_machine_policy_on_secrets_store_and_logs():
     # a scheduler launching GPU workers resolves AWS's GPU image (DLAMI) by its public parameter
     dlami = "/aws/service/deeplearning/ami/x86_64/base-oss-nvidia-driver-gpu-amazon-linux-2023/latest/ami-id"
     assert decision("ssm", "GetParameter", Name=dlami) == ["allowed"]
+    # and workers in a container image, the ECS-optimized image (its GPU variant too), but no other ECS parameter
+    for variant in ("", "arm64/", "gpu/"):
+        ecs = f"/aws/service/ecs/optimized-ami/amazon-linux-2023/{variant}recommended/image_id"
+        assert decision("ssm", "GetParameter", Name=ecs) == ["allowed"]
+    assert decision("ssm", "GetParameter", Name="/aws/service/ecs/optimized-ami/amazon-linux-2/recommended") == ["implicitDeny"]
     assert decision("ssm", "GetParameter", Name="/aws/service/global-infrastructure/regions") == ["implicitDeny"]
     # PutParameter with tags is authorized as ssm:AddTagsToResource too.
     assert decision("ssm", "PutParameter", Name="/prefect-remote/launch-2", Value="{}", Tags=[{"Key": LAUNCH_TAG, "Value": "x"}]) == [

@@ -55,7 +55,8 @@ def test_an_ec2_instance_pulls_and_runs_an_image_of_the_registry_with_its_engine
     assert not [line for line in client.images.push(image, stream=True, decode=True) if "error" in line]
     out = tmp_path / "ran"
     ec2, ssm = aws_sandbox.client("ec2"), aws_sandbox.client("ssm")
-    ami = ssm.get_parameter(Name="/aws/service/ami-amazon-linux-latest/al2023-ami-kernel-default-x86_64")["Parameter"]["Value"]
+    ecs_optimized = "/aws/service/ecs/optimized-ami/amazon-linux-2023/recommended/image_id"  # an AMI that carries an engine
+    ami = ssm.get_parameter(Name=ecs_optimized)["Parameter"]["Value"]
     daemon = f"600.{uuid.uuid4().int % 10**9}"  # a container left running, which must end with its instance
     program = (
         f"import pathlib, sys, prefect; pathlib.Path({str(out)!r}).write_text("

@@ -210,3 +210,37 @@ def test_a_test_can_make_instances_end_with_their_user_data(aws_sandbox, end_ins
         wait_for(lambda: log.exists(), timeout=60, message="the user data to run")
     assert aws_sandbox.runner.outlives_boot  # back to the default
     wait_for(lambda: ended(aws_sandbox, instance_id), timeout=30, message="the instance to end with its user data")
+
+
+def test_only_an_ecs_optimized_image_has_an_engine_and_dnf_installs_one_that_a_reboot_keeps(aws_sandbox, end_instances, tmp_path):
+    """Stock Amazon Linux 2023 has no Podman or Docker, as on EC2, until ``dnf install docker`` (the
+    sandbox's dnf copies this host's Podman into place); what it installed is on the instance's disk,
+    so a reboot keeps it. The ECS-optimized AMI has its engine from the start."""
+    ec2, ssm = aws_sandbox.client("ec2"), aws_sandbox.client("ssm")
+    logs = {}
+    for name, parameter in (
+        ("stock", "/aws/service/ami-amazon-linux-latest/al2023-ami-kernel-default-x86_64"),
+        ("ecs", "/aws/service/ecs/optimized-ami/amazon-linux-2023/recommended/image_id"),
+    ):
+        log = logs[name] = tmp_path / f"{name}.log"
+        user_data = (
+            "#!/bin/bash\n"
+            f"{{ command -v podman || echo no podman; command -v docker || echo no docker; }} >> {log}\n"
+            "mkdir -p /var/lib/cloud/scripts/per-boot\n"
+            f"printf '#!/bin/sh\\ncommand -v podman >> {log}\\n' > /var/lib/cloud/scripts/per-boot/engine\n"
+            "chmod +x /var/lib/cloud/scripts/per-boot/engine\n"
+            + (f"dnf install -y -q docker && podman --version >> {log}\n" if name == "stock" else "")
+            + f"echo done >> {log}\nsleep 300\n"
+        )
+        ami = ssm.get_parameter(Name=parameter)["Parameter"]["Value"]
+        [instance] = ec2.run_instances(
+            ImageId=ami, InstanceType="t3.micro", MinCount=1, MaxCount=1, UserData=user_data, InstanceInitiatedShutdownBehavior="terminate"
+        )["Instances"]
+        end_instances.append(instance["InstanceId"])
+    for log in logs.values():
+        wait_for(lambda log=log: log.exists() and "done" in log.read_text(), timeout=120, message="the user data to run")
+    assert logs["ecs"].read_text().splitlines()[0] == "/usr/bin/podman"
+    stock = logs["stock"].read_text().splitlines()
+    assert stock[:2] == ["no podman", "no docker"] and stock[2].startswith("podman version "), stock
+    ec2.reboot_instances(InstanceIds=[end_instances[0]])
+    wait_for(lambda: logs["stock"].read_text().splitlines()[-1] == "/usr/bin/podman", timeout=60, message="the per-boot script")

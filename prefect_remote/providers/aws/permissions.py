@@ -275,9 +275,12 @@ def machine_policy(
             "Sid": "ReadDefaultImages",
             "Effect": "Allow",
             "Action": "ssm:GetParameter",
-            "Resource": [  # AWS's public parameters of the default images: Amazon Linux 2023, and the GPU one (DLAMI)
+            # AWS's public parameters of the default images: Amazon Linux 2023, the GPU one (DLAMI), and
+            # for image= the ECS-optimized Amazon Linux 2023 (it carries Docker)
+            "Resource": [
                 f"arn:{partition}:ssm:{region}::parameter/aws/service/ami-amazon-linux-latest/*",
                 f"arn:{partition}:ssm:{region}::parameter/aws/service/deeplearning/ami/*",
+                f"arn:{partition}:ssm:{region}::parameter/aws/service/ecs/optimized-ami/amazon-linux-2023/*",
             ],
         },
         # image= from ECR: a token for the engine's login (no resource of its own), then what a pull

@@ -73,6 +73,11 @@ DEFAULT_AMI = "/aws/service/ami-amazon-linux-latest/al2023-ami-kernel-default-{a
 # NVIDIA driver and CUDA stack the stock AL2023 lacks; x86_64 and arm64 (G5g) alike. Its root snapshot
 # is larger (75 GiB): the root disk is never smaller.
 GPU_AMI = "/aws/service/deeplearning/ami/{arch}/base-oss-nvidia-driver-gpu-amazon-linux-2023/latest/ami-id"
+# An image= machine's default: AWS's ECS-optimized Amazon Linux 2023 AMI, which carries Docker (and, its GPU
+# variant, NVIDIA's driver and container toolkit), so the boot installs no engine (bench/bench_engine_ami.py,
+# docs/guides/images.md). AWS publishes no arm64 GPU variant: an arm64 GPU machine keeps GPU_AMI.
+ECS_AMI = "/aws/service/ecs/optimized-ami/amazon-linux-2023/{variant}recommended/image_id"
+ECS_VARIANTS = {("x86_64", False): "", ("arm64", False): "arm64/", ("x86_64", True): "gpu/"}
 # What EC2 answers when capacity or a quota is short in one place or market (the capacity policy's
 # shortage): the launch tries the next subnet (another availability zone), then on-demand.
 CAPACITY_ERRORS = frozenset(
@@ -110,6 +115,19 @@ def _transition_time(reason: str) -> float | None:
     if not found:
         return None
     return datetime.datetime.strptime(found.group(1), "%Y-%m-%d %H:%M:%S").replace(tzinfo=datetime.UTC).timestamp()
+
+
+def default_ami(arch: str, *, gpu: bool, container: bool) -> str:
+    """The SSM parameter of the AMI a launch boots when ``ami`` is not given: for a machine that runs a
+    container image (``container``), the ECS-optimized Amazon Linux 2023 AMI of its architecture (its GPU
+    variant for a GPU); otherwise stock Amazon Linux 2023, or for a GPU AWS's Deep Learning Base AMI.
+
+    >>> default_ami("arm64", gpu=False, container=True)
+    '/aws/service/ecs/optimized-ami/amazon-linux-2023/arm64/recommended/image_id'
+    """
+    if container and (arch, gpu) in ECS_VARIANTS:
+        return ECS_AMI.format(variant=ECS_VARIANTS[arch, gpu])
+    return (GPU_AMI if gpu else DEFAULT_AMI).format(arch=arch)
 
 
 def _shortage(error: Exception) -> str | None:
@@ -244,7 +262,7 @@ class AWSProvider(Provider):
                 "spaces only, at most 128, not the aws: prefix, and not '.', '..' or '_index'"
             )
         spec, instance_type = launch.spec, launch.instance_type
-        image_id, root_device, image_gib = self._image(instance_type)
+        image_id, root_device, image_gib = self._image(instance_type, container=spec.image is not None)
         tags = {
             **{tag_key(key): value for key, value in launch.tags.items()},
             LAUNCH_TAG: launch.id,
@@ -376,14 +394,13 @@ class AWSProvider(Provider):
         )
         return instances
 
-    def _image(self, instance_type: InstanceType) -> tuple[str, str, int | None]:
+    def _image(self, instance_type: InstanceType, container: bool = False) -> tuple[str, str, int | None]:
         """The AMI id to boot (resolving an SSM parameter), its root device name and its root
         snapshot's size in GiB (when the image says); refuses an AMI of the other architecture.
-        Default: Amazon Linux 2023, or for a GPU type AWS's Deep Learning Base AMI with NVIDIA's driver
-        (:data:`GPU_AMI`)."""
+        Default: :func:`default_ami` (``container``: the launch runs an image)."""
         from botocore.exceptions import ClientError
 
-        wanted = self.options.ami or (GPU_AMI if instance_type.gpu else DEFAULT_AMI).format(arch=instance_type.arch)
+        wanted = self.options.ami or default_ami(instance_type.arch, gpu=bool(instance_type.gpu), container=container)
         image_id = wanted
         if not wanted.startswith("ami-"):
             try:

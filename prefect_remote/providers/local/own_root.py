@@ -58,12 +58,34 @@ else
 fi
 """
 
+# An image with no container engine (stock Amazon Linux 2023): its package manager, for the one install
+# the boot asks of it. AL2023's `dnf install docker` downloads Docker from AWS's regional repository; this
+# one copies this host's engine (Podman) from the image's "repository" into place, which is no download:
+# its time is not a real install's.
+_DNF = f"""#!/bin/sh
+# prefect-remote sandbox image with no container engine: dnf for `dnf install [-y] [-q] docker` only
+packages=""
+verb=""
+for arg in "$@"; do
+  case "$arg" in -*) ;; install) [ -z "$verb" ] && verb=install || packages="$packages $arg" ;; *) packages="$packages $arg" ;; esac
+done
+if [ "$verb" != install ] || [ "$packages" != " docker" ]; then
+  echo "dnf (prefect-remote sandbox image): only 'dnf install docker' is modelled, not: dnf $*" >&2
+  exit 1
+fi
+if [ ! -x {IN_ROOT}/repository/podman ]; then
+  echo "dnf (prefect-remote sandbox image): no engine in this sandbox's repository (its host has no podman)" >&2
+  exit 1
+fi
+cp {IN_ROOT}/repository/podman /usr/bin/podman
+"""
+
 # Run by the hypervisor inside a new mount namespace: $1 the disk folder, $2 the mount point (the
 # machine's root/), $3 the machine folder, $4 the shared folders, $5 the volumes (both ":"-separated),
-# then the command.
+# $6 "no-engine" for an image without a container engine (else empty), then the command.
 _ENTER = f"""set -eu
-disk=$1 root=$2 machine=$3 shared=$4 volumes=$5
-shift 5
+disk=$1 root=$2 machine=$3 shared=$4 volumes=$5 engine=$6
+shift 6
 mkdir -p "$disk/upper" "$disk/work"
 mount -t overlay overlay -o "lowerdir=/,upperdir=$disk/upper,workdir=$disk/work" "$root"
 # Volumes: folders of the disk itself, mounted as they are (a VM's disk is a real file system; an
@@ -99,6 +121,24 @@ for name in shutdown poweroff halt; do
     fi
   done
 done
+if [ "$engine" = no-engine ]; then
+  # The image has no engine: on its first boot its disk hides this host's (whiteouts, kept across
+  # reboots, so that an engine installed since stays); its dnf installs one from the "repository".
+  if [ ! -e "$disk/image-made" ]; then
+    for name in podman docker; do
+      for folder in /usr/local/sbin /usr/local/bin /usr/sbin /usr/bin /sbin /bin; do
+        if [ ! -L "$root$folder" ] && [ -e "$root$folder/$name" ]; then rm -f "$root$folder/$name"; fi
+      done
+    done
+    if [ ! -e "$root/usr/bin/dnf" ]; then cp "$machine/dnf.sh" "$root/usr/bin/dnf"; chmod 755 "$root/usr/bin/dnf"; fi
+  fi
+  if host_podman=$(command -v podman); then
+    mkdir -p "$root{IN_ROOT}/repository"
+    touch "$root{IN_ROOT}/repository/podman"
+    mount --bind "$host_podman" "$root{IN_ROOT}/repository/podman"
+  fi
+fi
+touch "$disk/image-made"
 IFS=:
 for folder in $shared; do
   [ -d "$folder" ] || continue
@@ -118,23 +158,28 @@ class OwnRoot:
     contents live on the disk as a plain folder, not in the overlay (where an engine keeps its layers:
     overlayfs takes no overlay over it); ``minute`` is how many seconds a
     minute of the image's scheduled ``shutdown +N`` lasts; ``outlives_boot``: the machine stays up
-    after its boot script exits (a VM), until it powers itself off or is stopped."""
+    after its boot script exits (a VM), until it powers itself off or is stopped; without ``engine``
+    the image has no container engine (no ``podman`` or ``docker``) until its ``dnf install docker``."""
 
     disk: str
     shared: list[str] = field(default_factory=list)
     volumes: list[str] = field(default_factory=list)
     minute: int = 60
     outlives_boot: bool = False
+    engine: bool = True
 
     def prepare(self, machine: Path) -> None:
         """Writes what entering the root needs into the machine folder (before the boot starts)."""
         (machine / POWER).mkdir(mode=0o700, exist_ok=True)
         (machine / f"{POWER}.sh").write_text(_SHUTDOWN.replace("{minute}", str(int(self.minute))))
+        if not self.engine:
+            (machine / "dnf.sh").write_text(_DNF)
 
     def command(self, machine: Path, boot: list[str]) -> list[str]:
         """The command that runs ``boot`` (paths as inside the root) in the instance's own root."""
         enter = ["unshare", "--mount", "--propagation", "private", "--", "sh", "-c", _ENTER, "enter-root"]
-        return [*enter, self.disk, str(machine / "root"), str(machine), ":".join(self.shared), ":".join(self.volumes), *boot]
+        folders = [":".join(self.shared), ":".join(self.volumes), "" if self.engine else "no-engine"]
+        return [*enter, self.disk, str(machine / "root"), str(machine), *folders, *boot]
 
     @staticmethod
     def power_requested(machine: Path) -> str | None:

@@ -477,6 +477,42 @@ def test_a_gpu_machine_boots_the_deep_learning_base_ami_with_nvidia_drivers(prov
     provider.terminate([machine.id, cpu.id])
 
 
+ECS_AL2023 = "/aws/service/ecs/optimized-ami/amazon-linux-2023/{}recommended/image_id"
+
+
+def test_the_default_ami_of_a_machine_for_an_image_carries_an_engine():
+    """image=: the ECS-optimized Amazon Linux 2023 AMI of the architecture (its GPU variant for a GPU);
+    AWS has no arm64 GPU variant, so that keeps the Deep Learning AMI. Without an image: as before."""
+    from prefect_remote.providers.aws.provider import default_ami
+
+    assert default_ami("x86_64", gpu=False, container=True) == ECS_AL2023.format("")
+    assert default_ami("arm64", gpu=False, container=True) == ECS_AL2023.format("arm64/")
+    assert default_ami("x86_64", gpu=True, container=True) == ECS_AL2023.format("gpu/")
+    assert default_ami("arm64", gpu=True, container=True) == DLAMI.format("arm64")
+    for arch in ("x86_64", "arm64"):
+        assert default_ami(arch, gpu=False, container=False) == AL2023.format(arch)
+        assert default_ami(arch, gpu=True, container=False) == DLAMI.format(arch)
+
+
+def test_a_machine_for_an_image_boots_the_ecs_optimized_ami_unless_ami_is_given(provider, ec2, ssm):
+    def value(parameter: str) -> str:
+        return ssm.get_parameter(Name=parameter)["Parameter"]["Value"]
+
+    machines = {
+        ECS_AL2023.format(""): launch(provider, image="python:3.12-slim"),
+        ECS_AL2023.format("arm64/"): launch(provider, image="python:3.12-slim", arm=True),
+        ECS_AL2023.format("gpu/"): launch(provider, image="python:3.12-slim", gpu="t4"),
+        AL2023.format("x86_64"): launch(AWSProvider(ami=AL2023.format("x86_64")), image="python:3.12-slim"),  # the user's AMI wins
+    }
+    try:
+        for parameter, [machine] in machines.items():
+            assert instance(ec2, machine.id)["ImageId"] == value(parameter), parameter
+        [gpu_image] = ec2.describe_images(ImageIds=[value(ECS_AL2023.format("gpu/"))])["Images"]
+        assert gpu_image["Name"].startswith("al2023-ami-ecs-gpu-hvm-")
+    finally:
+        provider.terminate([machine.id for [machine] in machines.values()])
+
+
 def test_bad_options():
     for options, message in [
         ({"region": "Ohio"}, "region='Ohio': expected an AWS region"),
