@@ -246,6 +246,21 @@ def test_a_boot_that_fails_once_the_agent_is_installed_ends_through_the_agent(tm
     assert "neither dnf nor apt-get here to install Docker with" in ran.stdout
 
 
+def engine_phase(tools: Path, commands: tuple[str, ...]) -> tuple[str, str, Path]:
+    """The boot's engine phase of an image= machine as a bash script of its own, bash, and ``tools``:
+    a folder with this host's ``commands``, for a PATH of stand-ins."""
+    import shutil
+
+    from prefect_remote.machine.boot import AgentSource
+
+    script = render_boot_script({"command": ["true"], "image": "app:1"}, agent=AgentSource("prefect-remote==0.2.0", python="3.11.7"))
+    engine = 'phase() { echo "$*"; }\nset -euo pipefail\n' + script[script.index("PHASE=engine") : script.index("# 4-5.")]
+    tools.mkdir()
+    for command in commands:
+        (tools / command).symlink_to(shutil.which(command))
+    return engine, shutil.which("bash"), tools
+
+
 def test_a_machine_for_an_image_gets_an_engine_as_a_boot_phase(tmp_path):
     """With image=, the boot uses the machine's Podman (or a Docker whose daemon answers), else installs
     Docker from the OS's packages (here a stand-in dnf, as nvidia-smi above), timed; with neither dnf nor
@@ -256,13 +271,7 @@ def test_a_machine_for_an_image_gets_an_engine_as_a_boot_phase(tmp_path):
 
     agent = AgentSource("prefect-remote==0.2.0", python="3.11.7")
     assert "PHASE=engine" not in render_boot_script({"command": ["true"]}, agent=agent)
-    script = render_boot_script({"command": ["true"], "image": "app:1"}, agent=agent)
-    engine = 'phase() { echo "$*"; }\nset -euo pipefail\n' + script[script.index("PHASE=engine") : script.index("# 4-5.")]
-    bash = shutil.which("bash")
-    tools = tmp_path / "tools"
-    tools.mkdir()
-    for tool in ("seq", "sleep", "true", "chmod", "printf"):
-        (tools / tool).symlink_to(shutil.which(tool))
+    engine, bash, tools = engine_phase(tmp_path / "tools", ("seq", "sleep", "true", "chmod", "printf"))
     with_podman = subprocess.run(
         [bash, "-c", engine], env={"PATH": f"{tools}:{Path(shutil.which('podman')).parent}"}, capture_output=True, text=True
     )
@@ -293,17 +302,7 @@ def test_an_image_with_docker_and_an_ecs_agent_gets_docker_started_and_the_agent
     """The ECS-optimized AMI (EC2's default for image=): Docker is there but its daemon may not run yet,
     and its ECS agent would register the machine with an ECS cluster. The boot turns the agent off,
     starts Docker and installs nothing (stand-ins for systemctl, docker and dockerd)."""
-    import shutil
-
-    from prefect_remote.machine.boot import AgentSource
-
-    script = render_boot_script({"command": ["true"], "image": "app:1"}, agent=AgentSource("prefect-remote==0.2.0", python="3.11.7"))
-    engine = 'phase() { echo "$*"; }\nset -euo pipefail\n' + script[script.index("PHASE=engine") : script.index("# 4-5.")]
-    bash = shutil.which("bash")
-    image = tmp_path / "image"
-    image.mkdir()
-    for tool in ("seq", "sleep", "true", "touch", "test"):
-        (image / tool).symlink_to(shutil.which(tool))
+    engine, bash, image = engine_phase(tmp_path / "image", ("seq", "sleep", "true", "touch", "test"))
     stand_ins = {
         "systemctl": f'echo "systemctl $*" >> {tmp_path}/systemctl.log\n'
         f'case "$1" in cat) [ "$2" = ecs.service ] ;; start) touch {tmp_path}/docker-started ;; esac',
