@@ -1,6 +1,6 @@
 """The examples run as users run them, a module per group so that pytest-xdist's workers (a module
-each at a time) share them: the local scripts and flows, the demo and deployments, and the scripts on
-each sandbox cloud. The helpers here run a script of ``examples/``."""
+each at a time) share them: the scripts and the flows on this host's machines, the demo and
+deployments, and the scripts on each sandbox cloud. The helpers here run a script of ``examples/``."""
 
 import os
 import subprocess
