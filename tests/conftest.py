@@ -89,7 +89,12 @@ LONGEST_MODULES = (
     "tests/workers/test_push_contract_aws.py",
     "tests/cluster/test_contract_aws.py",
     "tests/cluster/test_contract_gcp.py",
-    "tests/test_examples.py",
+    # (the examples, longest first as measured under the suite's load: 4, 2.5, 1.7, 1.6 and 1.3 minutes)
+    "tests/examples/test_flows.py",
+    "tests/examples/test_deployments.py",
+    "tests/examples/test_local.py",
+    "tests/examples/test_sandbox_aws.py",
+    "tests/examples/test_sandbox_gcp.py",
 )
 
 
@@ -109,6 +114,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     (where ``cloud`` is that name) and is deselected in the other clouds' modules. Then the modules
     are ordered: the push service's and LONGEST_MODULES first, then the others by their number of
     tests (as xdist would), each module's tests in their own order."""
+    if missing := [module for module in (*PUSH_SERVICE_MODULES, *LONGEST_MODULES) if not (config.rootpath / module).is_file()]:
+        raise pytest.UsageError(f"tests/conftest.py names modules that do not exist (renamed?): {missing}")
 
     def elsewhere(item: pytest.Item) -> bool:
         mark = item.get_closest_marker("cloud_only")
@@ -273,15 +280,33 @@ def push_server() -> str:
     so that its push service runs inside and submits the test-push* pools' runs. Yields the API URL."""
     # Started by whichever test first needs it, maybe one with a sandbox's exports in os.environ: the
     # server (and the push service inside it) gets the session's environment, not that test's.
-    server = contextlib.ExitStack()
     with pytest.MonkeyPatch.context() as session_environ:
         for name in set(os.environ) - set(SESSION_ENVIRON):
             session_environ.delenv(name)
         for name, value in SESSION_ENVIRON.items():
             session_environ.setenv(name, value)
-        api_url = server.enter_context(local_prefect_server(SESSION_HOME / "prefect", env=SERVER_SETTINGS))
-    with server:
+        api_url = _PUSH_SERVER.enter_context(local_prefect_server(SESSION_HOME / "prefect", env=SERVER_SETTINGS))
+    with _PUSH_SERVER:
         yield api_url
+
+
+_PUSH_SERVER = contextlib.ExitStack()  # push_server's, closed with the session or when the push group ends
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None):
+    """Under pytest-xdist, this worker's :func:`push_server` stops once the push service's group
+    (PUSH_SERVICE_MODULES) has ended here, not with the session: its push service polls its pools
+    every second, CPU taken from the other workers for the rest of the run. The scheduler sends the
+    group to one worker as one unit, so its tests run there one after another and none needs the
+    server after the group's last (whose fixtures, its module's too, are torn down first). Without
+    workers the server is the session's ``prefect_server`` and ends with the session."""
+    try:
+        return (yield)
+    finally:
+        group_ends = module_of(item) in PUSH_SERVICE_MODULES and (nextitem is None or module_of(nextitem) not in PUSH_SERVICE_MODULES)
+        if group_ends and os.environ.get(SHARED_SERVER_ENV):
+            _PUSH_SERVER.close()
 
 
 @pytest.fixture(scope="session")
