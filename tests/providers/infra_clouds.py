@@ -19,8 +19,8 @@ from botocore.exceptions import ClientError
 
 from prefect_remote.providers.aws import infra as aws_infra
 from prefect_remote.providers.aws.provider import LAUNCH_TAG, AWSProvider
-from prefect_remote.providers.gcp import infra as gcp_infra
 from prefect_remote.providers.gcp import grants as gcp_grants
+from prefect_remote.providers.gcp import infra as gcp_infra
 from prefect_remote.providers.gcp.provider import GCPProvider
 from prefect_remote.providers.setup import pool_key
 

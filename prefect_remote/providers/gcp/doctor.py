@@ -136,7 +136,9 @@ def _machine_grants(provider: GCPProvider, bucket: str) -> Finding:
         pool = None
     # Its pool's own (as provisioning grants its account), or every pool's (an account shared by pools).
     choices = [
-        grants.machine_roles(project=project, project_number=number, bucket=bucket or "BUCKET", service_account=account, pool=held)["project"]
+        grants.machine_roles(project=project, project_number=number, bucket=bucket or "BUCKET", service_account=account, pool=held)[
+            "project"
+        ]
         for held in dict.fromkeys((pool, None))
     ]
     try:
@@ -150,13 +152,14 @@ def _machine_grants(provider: GCPProvider, bucket: str) -> Finding:
         ) from None
     member = f"serviceAccount:{account}"
     held = [b for b in grants.policy_bindings(policy) if member in b["members"]]
-    missing = []
-    for wanted in choices:
-        missing = [grant["role"] for grant in wanted if not _granted(clients, grant, held)]
+    lacking = [[grant["role"] for grant in wanted if not _granted(clients, grant, held)] for wanted in choices]
+    for wanted, missing in zip(choices, lacking, strict=True):
         if not missing:
-            shared = " (every pool's secrets and VMs: provision the pool again for an account of its own)" if wanted is not choices[0] else ""
+            shared = (
+                " (every pool's secrets and VMs: provision the pool again for an account of its own)" if wanted is not choices[0] else ""
+            )
             return Finding("machine grants", True, f"{account}: all {len(wanted)} project grants{shared}")
-    missing = [grant["role"] for grant in choices[0] if not _granted(clients, grant, held)]
+    missing = min(lacking, key=len)  # what the grants it has come closest to lack
     return Finding(
         "machine grants",
         False,

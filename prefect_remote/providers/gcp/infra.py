@@ -5,14 +5,14 @@ provider is gcp) first checks, with one cheap call each, that the project has en
 provider uses (:data:`REQUIRED_APIS`); if any is not, it names them all with the one ``gcloud
 services enable`` command and makes nothing (it enables nothing itself). Then it makes, or finds:
 
-- the machines' service account ``prefect-remote-machines@<project>.iam.gserviceaccount.com``, one
-  per project, shared by its pools: what a machine may do does not depend on its pool (every pool's
-  machines read the same bucket and launch secrets), and one account keeps the project's IAM policy
-  short;
+- the pool's own service account ``pr-<pool key>@<project>.iam.gserviceaccount.com``
+  (:func:`~prefect_remote.providers.gcp.grants.pool_account_email`), which its machines run as;
 - its least-privilege grants (:mod:`~prefect_remote.providers.gcp.grants`): the custom roles
-  ``prefectRemoteMachine`` and ``prefectRemoteMachineSecrets``, predefined roles on the project
-  (secrets limited by an IAM condition to ``prefect-remote-`` secrets), the store's bucket, and the
-  account itself (and, to the identity that provisions, leave to launch machines as it);
+  ``prefectRemoteMachine``, ``prefectRemoteMachineInstances`` and ``prefectRemoteMachineSecrets``,
+  predefined roles on the project (VMs and secrets limited by IAM conditions to the pool's own, by
+  the names its launches give them), the store's bucket, and the account itself (and, to the
+  identity that provisions, leave to launch machines as it); the account every pool shared before
+  (``prefect-remote-machines``), if the project has it, keeps what its pools' machines need;
 - the software store's bucket (``PREFECT_REMOTE_STORE`` if it is ``gs://…``, else the pool's own
   folder :func:`default_store`, ``gs://prefect-remote-<project>-<region>/store/<pool key>``), uniform
   access, public access prevented, with a lifecycle rule that deletes machine records (of every
@@ -572,7 +572,8 @@ def teardown(
     say: Say = print,
 ) -> list[str]:
     """Removes what :func:`provision` made in ``provider``'s project (default: ``GCPProvider()``) and
-    returns what it removed: the service account and its grants, the custom role, the firewall rules,
+    returns what it removed: every pool's service account (and the one pools shared before) and
+    their grants, the custom roles, the firewall rules,
     launch secrets left behind and, with ``delete_bucket``, the buckets provisioning created (they
     hold software environments; without it they are kept, the machines' grant and records rule
     removed). Refuses with :class:`TeardownRefused` while prefect-remote machines run, unless
@@ -645,8 +646,9 @@ def _teardown_pool(provider: GCPProvider, store: str, pool: str | None, force: b
     (refused while they run, unless ``force``) in every region and zone where it has any, its launch
     secrets left behind and its machines' records, each found by the records label its launches put
     on them (never another pool's, whatever its name); and when ``store`` is ``pool``'s own default
-    folder (:func:`default_store`), every object in it. What every pool of the project shares (the
-    service account and its grants, the custom roles, the firewall rules, the bucket) is kept."""
+    folder (:func:`default_store`), every object in it; and, with ``pool``, its own service account
+    and that account's grants. What every pool of the project shares (the custom roles, the firewall
+    rules, the bucket) is kept."""
     provider.store_url = store
     label = provider.records.label
     for region in _regions_in_use(provider, label):

@@ -159,7 +159,8 @@ class GCPProvider(Provider):
             if _MACHINE_ID.fullmatch(machine_id) and machine_id.startswith(service.id_prefix):
                 return service
         raise MachineNotFound(
-            f"no gcp machine {machine_id!r}: gcp machine ids are 'run-' and 12 hex digits, or 'vm-', the pool's 16 and 12; `prefect-remote machines ls` lists them"
+            f"no gcp machine {machine_id!r}: gcp machine ids are 'run-' and 12 hex digits, or 'vm-', the pool's 16 and 12; "
+            "`prefect-remote machines ls` lists them"
         )
 
     # -- launching: the service is chosen once per launch (plan), and the Launch carries it ----------
@@ -186,7 +187,7 @@ class GCPProvider(Provider):
             raise CapabilityError(
                 "gcp: no service_account, so machines would run as the project's default compute service account (often "
                 "an Editor of the whole project); give them prefect-remote's own: `prefect work-pool create --type remote:push "
-                "--provision-infra POOL` makes prefect-remote-machines and records it in the pool, or set service_account= "
+                "--provision-infra POOL` makes the pool's own and records it in the pool, or set service_account= "
                 "(PREFECT_REMOTE_GCP_SERVICE_ACCOUNT) to an account you made"
             )
         self._warn_if_shared()

@@ -103,7 +103,9 @@ class GCPRuntime(MachineRuntime):
         from prefect_remote.providers.gcp.secrets import read_secrets
 
         if self.secret is None:
-            raise RuntimeError(f"launch {self.launch_id} names no secret to read: its launcher's prefect-remote is older than the machine's")
+            raise RuntimeError(
+                f"launch {self.launch_id} names no secret to read: its launcher's prefect-remote is older than the machine's"
+            )
         return read_secrets(self.project, self.secret, api_endpoint=os.environ.get(API_ENDPOINT_ENV))
 
     def registry_credentials(self, registry: str) -> tuple[str, str] | None:

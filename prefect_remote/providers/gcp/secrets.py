@@ -126,9 +126,7 @@ def read_secrets(project: str, version: str, *, api_endpoint: str | None = None,
         response = client.access_secret_version(name=version)
     data = response.payload.data
     if response.payload.data_crc32c and _crc32c(data) != response.payload.data_crc32c:
-        raise GCPError(
-            f"the secret {version} arrived corrupted (its CRC32C does not match); the machine cannot start its payload safely"
-        )
+        raise GCPError(f"the secret {version} arrived corrupted (its CRC32C does not match); the machine cannot start its payload safely")
     return dict(json.loads(data))
 
 

@@ -108,7 +108,13 @@ def test_pool_as_machine_cannot_touch_another_pools_secrets_or_vms(gcp_env, pool
     squatter = compute_v1.Instance(
         name=f"vm-{b.records.label}-{secrets.token_hex(6)}",
         machine_type=f"zones/{zone}/machineTypes/e2-small",
-        disks=[{"boot": True, "auto_delete": True, "initialize_params": {"source_image": "projects/debian-cloud/global/images/family/debian-12"}}],
+        disks=[
+            {
+                "boot": True,
+                "auto_delete": True,
+                "initialize_params": {"source_image": "projects/debian-cloud/global/images/family/debian-12"},
+            }
+        ],
         network_interfaces=[{"network": "global/networks/default"}],
         service_accounts=[{"email": a.options.service_account, "scopes": ["https://www.googleapis.com/auth/cloud-platform"]}],
     )
