@@ -367,3 +367,27 @@ def test_a_pools_teardown_leaves_another_pools_machines_secrets_and_records(proj
                     api.delete_work_pool(pool)
                 except Exception:  # not made: its creation failed
                     pass
+
+
+def test_the_account_pools_shared_before_keeps_working_and_its_launches_warn(project, gcp_infra, caplog):
+    """A project provisioned by an older release has the account every pool shared: provisioning a pool
+    grants it every pool's secrets and VMs by name (its custom role lost the VM permissions to the
+    new conditioned one), says how to isolate its pools, and a launch as it warns naming the fix."""
+    import logging
+
+    from prefect_remote.providers.gcp.grants import service_account_email
+
+    shared = service_account_email("sandbox-project")
+    GCPProvider().clients.iam().call("POST", "serviceAccounts", {"accountId": "prefect-remote-machines", "serviceAccount": {}})
+    _, lines = gcp_infra.provision()
+    roles = machine_roles(project="sandbox-project", project_number=project.project_number, bucket="", service_account=shared, pool=None)
+    assert project.iam.grants_of(f"serviceAccount:{shared}") == roles["project"]
+    assert any(f"the pools that still run as {shared}" in line and "provision each again" in line for line in lines), lines
+    with caplog.at_level(logging.WARNING, logger="prefect_remote.providers.gcp"):
+        provider = GCPProvider(service_account=shared)
+        provider._warn_if_shared()
+        provider._warn_if_shared()  # once
+    [warning] = [r.getMessage() for r in caplog.records if shared in r.getMessage()]
+    assert "--provision-infra --overwrite POOL" in warning and "another pool's flow runs can read this pool's secrets" in warning
+    removed = gcp_infra.teardown()
+    assert f"service account {shared}" in removed and shared not in project.iam.accounts
