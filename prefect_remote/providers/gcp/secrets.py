@@ -97,7 +97,10 @@ def store_secrets(clients: GoogleClients, launch_id: str, secrets: Mapping[str, 
         with clients.translated("secretmanager.versions.add"):
             client.add_secret_version(parent=name, payload={"data": data, "data_crc32c": _crc32c(data)})
     except BaseException:
-        forget_secrets(clients, launch_id, records.label)  # no secret without its value
+        try:
+            forget_secrets(clients, launch_id, records.label)  # no secret without its value
+        except Exception as error:  # the refusal that matters is the version's, raised below
+            logger.warning("the empty secret of %s was left behind: %s", launch_id, error)
         raise
 
 

@@ -156,3 +156,27 @@ def test_a_pools_machine_identity_still_acts_on_its_own_vms(gcp_env, pools):
     assert instances.get(project=PROJECT, zone=zone, instance=own.id).labels["seen"] == "yes"
     instances.delete(project=PROJECT, zone=zone, instance=own.id).result()  # as its own halt deletes it
     wait_for(lambda: own.id not in gcp_env.compute._vms, timeout=60, message="A's VM deleted")
+
+
+def as_machine_of(sandbox, pool: GCPProvider, store: str | None = None) -> GCPProvider:
+    """``pool``'s provider as its machines have it (a cluster's scheduler launching its workers, a flow
+    run scaling out): Google's APIs called with the pool's machine identity; ``store``: another's."""
+    provider = GCPProvider(**pool.options.model_dump())
+    provider.store_url = store or pool.store_url
+    provider.clients.__dict__["_default"] = (credentials_of(sandbox, pool.options.service_account), PROJECT)
+    return provider
+
+
+def test_a_pools_scheduler_launches_its_workers_under_its_names_only(gcp_env, pools):
+    """What a scheduler does with its pool's identity, its workers' launch secret and VMs, works for
+    its own pool; named for another pool's (its store), the secret's version is refused."""
+    a, b = pools["a"], pools["b"]
+    scheduler = as_machine_of(gcp_env, a)
+    [worker] = scheduler.launch(MachineSpec(cpu=2), BootPayload(["sh", "-c", 'test "$TOKEN" = w'], secrets={"TOKEN": "w"}))
+    assert worker.id.startswith(f"vm-{a.records.label}-")
+    [done] = scheduler.wait([worker.id], timeout=120)
+    assert done.exit_code == 0, done
+    intruder = as_machine_of(gcp_env, a, store=b.store_url)  # A's identity, B's names
+    with pytest.raises(Exception, match="refused secretmanager.versions.add"):
+        intruder.launch(MachineSpec(cpu=2), BootPayload(["true"], secrets={"TOKEN": "x"}))
+    assert not [m for m in b.list() if m.alive]  # nothing started under B's names
