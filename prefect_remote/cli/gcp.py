@@ -41,12 +41,13 @@ def teardown(
     ] = False,
     force: Annotated[bool, typer.Option("--force", help="End prefect-remote machines that still run instead of refusing.")] = False,
 ) -> None:
-    """Remove the machines' service account prefect-remote-machines, its grants, the custom roles
-    prefectRemoteMachine and prefectRemoteMachineSecrets, the firewall rules prefect-remote-internal-* and prefect-remote-dask-*, and
-    launch secrets left behind; the bucket only with --delete-bucket (else just the machines' grant on
-    it). With --pool, only that pool's machines, launch secrets and machine records (by the label its
-    launches put on them), and the objects of its own store folder when provisioning chose it (one
-    given by PREFECT_REMOTE_STORE is kept): every pool shares the rest. Refuses while those machines run, unless
+    """Remove every pool's service account (pr-*, and prefect-remote-machines of older releases), their grants,
+    the custom roles prefectRemoteMachine, prefectRemoteMachineInstances and prefectRemoteMachineSecrets, the firewall
+    rules prefect-remote-internal-* and prefect-remote-dask-*, and launch secrets left behind; the bucket only with
+    --delete-bucket (else just the machines' grants on it). With --pool, only that pool's machines, launch secrets and
+    machine records (by the label its launches put on them), its service account and its grants, and the objects of
+    its own store folder when provisioning chose it (one given by PREFECT_REMOTE_STORE is kept): every pool shares
+    the rest. Refuses while those machines run, unless
     --force. Idempotent."""
     from prefect_remote.providers.gcp.infra import teardown as remove
     from prefect_remote.providers.gcp.provider import GCPProvider

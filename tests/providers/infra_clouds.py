@@ -19,6 +19,7 @@ from botocore.exceptions import ClientError
 
 from prefect_remote.providers.aws import infra as aws_infra
 from prefect_remote.providers.aws.provider import LAUNCH_TAG, AWSProvider
+from prefect_remote.providers.gcp import grants as gcp_grants
 from prefect_remote.providers.gcp import infra as gcp_infra
 from prefect_remote.providers.gcp.provider import GCPProvider
 from prefect_remote.providers.setup import pool_key
@@ -304,19 +305,19 @@ class GCPInfra(InfraCloud):
 
     name = "gcp"
     PROJECT = "sandbox-project"
-    EMAIL = "prefect-remote-machines@sandbox-project.iam.gserviceaccount.com"
+    EMAIL = gcp_grants.pool_account_email(PROJECT, "pool-a")  # provision()'s pool's own account
     MEMBER = f"serviceAccount:{EMAIL}"
     made = ("created", "granted", "undeleted")  # a custom role a teardown deleted (kept 7 days) is undeleted
     changed = ("created", "granted", "updated", "undeleted")
-    # bucket, account, two custom roles, three firewall rules (VMs among themselves, the Dask ports from this
-    # launcher and from the subnetwork, where a flow run that starts a cluster connects from); grants on
-    # the project, bucket and account (to the machines, and to the identity that provisions, which launches too)
-    made_count = 11
+    # bucket, the pool's account, three custom roles, three firewall rules (VMs among themselves, the Dask ports
+    # from this launcher and from the subnetwork, where a flow run that starts a cluster connects from); grants
+    # on the project, bucket and account (to the machines, and to the identity that provisions, which launches too)
+    made_count = 12
     refusal = gcp_infra.TeardownRefused
     network_item = "firewall rule"
     network_count = 3
     kept_bucket_said = "kept bucket"
-    teardown_pool = ("--yes",)  # gcp pools share everything provisioning makes
+    teardown_pool = ("--yes",)  # gcp pools share all but their accounts
 
     @classmethod
     @contextlib.contextmanager
@@ -347,7 +348,7 @@ class GCPInfra(InfraCloud):
         return f"bucket gs://{self.bucket}"
 
     def principal(self, pool: str) -> str:
-        return f"service account {self.EMAIL}"  # pools share it
+        return f"service account {gcp_grants.pool_account_email(self.PROJECT, pool)}"  # the pool's own
 
     def provision(self, pool: str = "pool-a", store: str | None = None, **options: Any) -> tuple[Any, list[str]]:
         lines: list[str] = []
@@ -386,6 +387,7 @@ class GCPInfra(InfraCloud):
             self.firewalls() == set()
             and self.EMAIL not in iam.accounts
             and self.EMAIL not in self.sandbox.service_accounts
+            and not any(email.startswith(gcp_grants.POOL_ACCOUNT_PREFIX) for email in iam.accounts)  # no pool's account left
             and all(iam.roles[role_id]["deleted"] for role_id in gcp_infra.MACHINE_CUSTOM_ROLES)  # Google keeps a deleted role 7 days
             and iam.grants_of(self.MEMBER) == []
         )
@@ -402,8 +404,15 @@ class GCPInfra(InfraCloud):
             "store": f"gs://{bucket_name}/store/{pool_key('pool-a')}",
         }
         assert set(setup.firewalls) == self.firewalls() and len(setup.firewalls) == 3
+        from prefect_remote.providers.gcp.records import MachineRecords
+        from prefect_remote.software.stores import open_store
+
         roles = gcp_infra.machine_roles(
-            project="sandbox-project", project_number=project.project_number, bucket=bucket_name, service_account=email
+            project="sandbox-project",
+            project_number=project.project_number,
+            bucket=bucket_name,
+            service_account=email,
+            pool=MachineRecords(open_store(setup.store)).label,  # its secrets and VMs only
         )
         assert project.iam.grants_of(member) == roles["project"]  # exactly these, once each
         for role_id, permissions in gcp_infra.MACHINE_CUSTOM_ROLES.items():
@@ -429,12 +438,13 @@ class GCPInfra(InfraCloud):
             "provider": "gcp",
             "project": "sandbox-project",
             "region": "us-central1",
-            "service_account": self.EMAIL,
+            "service_account": gcp_grants.pool_account_email(self.PROJECT, "gcp-pool"),
             "store": f"gs://{self.bucket}/store/{pool_key('gcp-pool')}",
         }
 
     def check_pool_provider(self, provider: Any) -> None:
-        assert provider.options.service_account == self.EMAIL and provider.options.project == "sandbox-project"
+        assert provider.options.service_account == gcp_grants.pool_account_email(self.PROJECT, "gcp-pool")
+        assert provider.options.project == "sandbox-project"
 
     def start_machine(self, setup: Any) -> str:
         """A VM as prefect-remote starts them, running as the provisioned service account, labelled
@@ -458,7 +468,8 @@ class GCPInfra(InfraCloud):
             "test-host:42",
             False,
         )
-        [machine] = compute.start(launch, [f"vm-{secrets.token_hex(6)}"])
+        with mock.patch.dict(os.environ, {"PREFECT_REMOTE_STORE": setup.store}):
+            [machine] = compute.start(launch, compute.new_ids(1))
         return machine.id
 
     def forced_said(self, machine_id: str, setup: Any) -> list[str]:

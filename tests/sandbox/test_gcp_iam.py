@@ -756,7 +756,8 @@ def test_test_iam_permissions_answers_from_the_same_evaluator(strict, who):
     machine, launcher = who.machine(), who.launcher()
     asked = ["logging.logEntries.create", "logging.logEntries.list", "compute.instances.delete", "resourcemanager.projects.setIamPolicy"]
     answer = who.client("projects", machine).test_iam_permissions(resource=f"projects/{strict.project}", permissions=asked)
-    assert list(answer.permissions) == ["logging.logEntries.create", "compute.instances.delete"]
+    # The machines may delete VMs by name only (a condition on the instance): not on the project itself.
+    assert list(answer.permissions) == ["logging.logEntries.create"]
     answer = who.client("projects", launcher).test_iam_permissions(resource=f"projects/{strict.project}", permissions=asked)
     assert list(answer.permissions) == ["logging.logEntries.list", "compute.instances.delete", "resourcemanager.projects.setIamPolicy"]
     account = f"projects/{strict.project}/serviceAccounts/{strict.machine_account}:testIamPermissions"

@@ -126,6 +126,21 @@ def test_a_secret_reaches_the_task_and_a_missing_one_fails_it(google, gcp_sandbo
     [task] = google.run("tasks").list_tasks(parent=execution.name)
     assert execution.failed_count == 1 and "prefect-remote-none/versions/latest was not found" in task.last_attempt_result.status.message
 
+    # Cloud Run reads the secret as the task's account: one it may not read (the machines' account is granted
+    # prefect-remote's secrets only) fails the task, as Cloud Run fails it.
+    other = client.create_secret(
+        parent=f"projects/{google.project}", secret_id=f"other-{secrets.token_hex(4)}", secret={"replication": {"automatic": {}}}
+    )
+    client.add_secret_version(parent=other.name, payload={"data": b"x"})
+    refused = run_v2.EnvVarSource(secret_key_ref=run_v2.SecretKeySelector(secret=other.name.rsplit("/", 1)[1], version="1"))
+    job = _create(google, gcp_sandbox, _job(gcp_sandbox, "exit 0", env=[run_v2.EnvVar(name="S", value_source=refused)]))
+    execution = _finished(google, google.run("jobs").run_job(name=job.name).metadata.name)
+    [task] = google.run("tasks").list_tasks(parent=execution.name)
+    message = task.last_attempt_result.status.message
+    assert execution.failed_count == 1 and f"Permission denied on secret: {other.name}/versions/1 for service account" in message, message
+    assert "roles/secretmanager.secretAccessor" in message
+    client.delete_secret(name=other.name)
+
 
 def test_cancel_ends_the_running_machine(google, gcp_sandbox, tmp_path):
     marker = tmp_path / "pid"

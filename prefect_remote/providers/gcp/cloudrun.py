@@ -140,9 +140,9 @@ class CloudRunService(GCPService):
         limits = {"cpu": str(shape_.cpu), "memory": limit_memory(shape_.memory), **({"nvidia.com/gpu": "1"} if shape_.gpu else {})}
         env = []
         if launch.has_secrets:  # a reference Cloud Run resolves at start: the spec holds no value
-            from prefect_remote.providers.gcp.secrets import secret_id
+            from prefect_remote.providers.gcp.secrets import VERSION, secret_id
 
-            selector = run_v2.SecretKeySelector(secret=secret_id(launch.id), version="latest")
+            selector = run_v2.SecretKeySelector(secret=secret_id(launch.id, self.provider.records.label), version=VERSION)
             env.append(run_v2.EnvVar(name=SECRETS_ENV, value_source=run_v2.EnvVarSource(secret_key_ref=selector)))
         task = run_v2.TaskTemplate(
             containers=[

@@ -74,6 +74,17 @@ MAX_RUN_DURATION = 120 * 24 * 3600  # Compute Engine's longest maxRunDuration; t
 OPERATION_TIMEOUT = 300.0  # seconds a VM's insert may take
 
 
+def instance_prefix(pool: str) -> str:
+    """What the name of every VM of ``pool`` (its records label) begins with: its machines' grants on
+    instances hold for these names only (IAM conditions on ``resource.name``; labels are no condition
+    attribute), so that no pool's machines change, end or make another's.
+
+    >>> instance_prefix("0123456789abcdef")
+    'vm-0123456789abcdef-'
+    """
+    return f"{ComputeService.id_prefix}{pool}-"
+
+
 class ComputeService(GCPService):
     """Compute Engine VMs in the provider's zone (``zone``, else the region's first)."""
 
@@ -95,6 +106,11 @@ class ComputeService(GCPService):
     @property
     def zone(self) -> str:
         return self.options.zone_or_default
+
+    def new_ids(self, count: int) -> list[str]:
+        """``vm-<pool>-`` and 12 random hex digits (:func:`instance_prefix`): 32 characters, of the 63 a VM's name takes."""
+        prefix = instance_prefix(self.provider.records.label)
+        return [prefix + machine_id.removeprefix(self.id_prefix) for machine_id in super().new_ids(count)]
 
     @property
     def project(self) -> str:

@@ -22,6 +22,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from prefect_remote.errors import RemoteError
 from prefect_remote.providers.doctor import Finding, Needs, guarded, largest
 from prefect_remote.providers.gcp import cloudrun_catalog, grants
 from prefect_remote.providers.gcp.clients import GCPError, role_for
@@ -128,9 +129,18 @@ def _machine_grants(provider: GCPProvider, bucket: str) -> Finding:
             f"{PROVISION} makes one, or set PREFECT_REMOTE_GCP_SERVICE_ACCOUNT",
         )
     clients, project = provider.clients, provider.clients.project
-    wanted = grants.machine_roles(
-        project=project, project_number=project_number_of(clients), bucket=bucket or "BUCKET", service_account=account
-    )["project"]
+    number = project_number_of(clients)
+    try:
+        pool: str | None = provider.records.label  # what the pool's secrets' and VMs' names carry
+    except RemoteError:  # no gs:// store: the grants of an account every pool shares
+        pool = None
+    # Its pool's own (as provisioning grants its account), or every pool's (an account shared by pools).
+    choices = [
+        grants.machine_roles(project=project, project_number=number, bucket=bucket or "BUCKET", service_account=account, pool=held)[
+            "project"
+        ]
+        for held in dict.fromkeys((pool, None))
+    ]
     try:
         policy = clients.resource_manager().get_iam_policy(
             request={"resource": f"projects/{project}", "options": {"requested_policy_version": 3}}
@@ -142,9 +152,14 @@ def _machine_grants(provider: GCPProvider, bucket: str) -> Finding:
         ) from None
     member = f"serviceAccount:{account}"
     held = [b for b in grants.policy_bindings(policy) if member in b["members"]]
-    missing = [grant["role"] for grant in wanted if not _granted(clients, grant, held)]
-    if not missing:
-        return Finding("machine grants", True, f"{account}: all {len(wanted)} project grants")
+    lacking = [[grant["role"] for grant in wanted if not _granted(clients, grant, held)] for wanted in choices]
+    for wanted, missing in zip(choices, lacking, strict=True):
+        if not missing:
+            shared = (
+                " (every pool's secrets and VMs: provision the pool again for an account of its own)" if wanted is not choices[0] else ""
+            )
+            return Finding("machine grants", True, f"{account}: all {len(wanted)} project grants{shared}")
+    missing = min(lacking, key=len)  # what the grants it has come closest to lack
     return Finding(
         "machine grants",
         False,

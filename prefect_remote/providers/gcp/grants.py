@@ -4,10 +4,12 @@ teardown removes; what the identity that launches machines (:data:`LAUNCHER_ROLE
 provisions (:data:`PROVISIONER_ROLES`) need, documented, never granted; and how a grant is added to
 or removed from an IAM policy's bindings.
 
-The machines' grants (:data:`MACHINE_ROLES`, the README quotes :func:`machine_roles`): the custom
-roles ``prefectRemoteMachine`` (:data:`MACHINE_PERMISSIONS`) and ``prefectRemoteMachineSecrets``
-(:data:`MACHINE_SECRET_PERMISSIONS`), predefined roles on the project (secrets limited by an IAM
-condition to ``prefect-remote-`` secrets), the store's bucket, and the account itself.
+Each pool's machines run as an account of the pool's own (:func:`pool_account_email`). Their grants
+(:data:`MACHINE_ROLES`, the docs quote :func:`machine_roles`): the custom roles
+``prefectRemoteMachine`` (:data:`MACHINE_PERMISSIONS`), ``prefectRemoteMachineInstances``
+(:data:`INSTANCE_PERMISSIONS`) and ``prefectRemoteMachineSecrets`` (:data:`MACHINE_SECRET_PERMISSIONS`),
+predefined roles on the project (VMs and secrets limited by IAM conditions to the pool's own, by
+name), the store's bucket, and the account itself.
 """
 
 from __future__ import annotations
@@ -15,22 +17,27 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from prefect_remote.providers.gcp.secrets import SECRET_PREFIX  # launch secrets: prefect-remote-<launch id>
+SERVICE_ACCOUNT_ID = "prefect-remote-machines"  # before accounts were per pool: every pool's (kept working, never made)
+POOL_ACCOUNT_PREFIX = "pr-"  # a pool's own account: pr-<pool key, cut>-<hash> (pool_account_id)
+POOL_ACCOUNT_NAME = "prefect-remote pool "  # its display name begins so: what a teardown knows it by
+MACHINE_ROLE_ID = "prefectRemoteMachine"  # Compute Engine and Cloud Run resources without names: no condition
+MACHINE_INSTANCES_ROLE_ID = "prefectRemoteMachineInstances"  # VMs: granted on the pool's own only (by name)
+MACHINE_SECRETS_ROLE_ID = "prefectRemoteMachineSecrets"  # launch secrets: granted on the pool's own only (by name)
 
-SERVICE_ACCOUNT_ID = "prefect-remote-machines"
-MACHINE_ROLE_ID = "prefectRemoteMachine"  # Compute Engine and Cloud Run: granted with no condition
-MACHINE_SECRETS_ROLE_ID = "prefectRemoteMachineSecrets"  # launch secrets: granted on prefect-remote's only
-
-# Starting, tagging and ending Compute Engine VMs, which launchers and scheduler machines both do.
-VM_LAUNCH_PERMISSIONS = (
+# What a VM's holder does to VMs themselves: checked on the instance, whose name IAM conditions read.
+INSTANCE_PERMISSIONS = (
     "compute.instances.delete",
     "compute.instances.create",
     "compute.instances.get",
-    "compute.instances.list",
     "compute.instances.setLabels",
     "compute.instances.setMetadata",
     "compute.instances.setServiceAccount",
     "compute.instances.setTags",
+)
+# Starting, tagging and ending Compute Engine VMs, which launchers and scheduler machines both do.
+VM_LAUNCH_PERMISSIONS = (
+    *INSTANCE_PERMISSIONS,
+    "compute.instances.list",
     "compute.disks.create",
     "compute.subnetworks.get",
     "compute.subnetworks.use",
@@ -48,13 +55,16 @@ OPERATION_PERMISSIONS = (
 # The custom roles' permissions: a VM ends itself; a cluster's scheduler VM launches its workers
 # (as this same account, with their launch secrets) and ends them; a flow run (a Cloud Run task or a
 # VM) starts a cluster the same way, after looking for one among the provider's machines, which
-# lists Cloud Run jobs too (read only: ending them is its launcher's). Two roles, since only the
-# secrets' can carry a condition: Cloud Run's resources and most of Compute Engine's (subnetworks,
-# zones, operations) have no resource attributes, and "if part of a condition uses an attribute that
-# isn't available for a resource, then that part of the condition is never interpreted as granting
-# access" (IAM's attribute reference): one conditioned role would grant them nothing.
+# lists Cloud Run jobs too (read only: ending them is its launcher's). Three roles, since only the
+# resources with names can be limited to the pool's: Cloud Run's resources and most of Compute
+# Engine's (subnetworks, zones, operations, a listing) have no resource attributes, and "if part of a
+# condition uses an attribute that isn't available for a resource, then that part of the condition is
+# never interpreted as granting access" (IAM's attribute reference): one conditioned role would grant
+# them nothing. So those are unconditioned (MACHINE_PERMISSIONS: nothing there changes a VM or reads a
+# secret); what acts on a VM (INSTANCE_PERMISSIONS) holds on the pool's VMs by name (instance_condition),
+# and the secrets' on its secrets (secret_condition).
 MACHINE_PERMISSIONS = (
-    *VM_LAUNCH_PERMISSIONS,
+    *(p for p in VM_LAUNCH_PERMISSIONS if p not in INSTANCE_PERMISSIONS),
     "compute.images.getFromFamily",
     "compute.images.useReadOnly",
     *OPERATION_PERMISSIONS,
@@ -70,28 +80,38 @@ MACHINE_SECRET_PERMISSIONS = (
 # The custom roles provisioning makes, by id.
 MACHINE_CUSTOM_ROLES: dict[str, tuple[str, ...]] = {
     MACHINE_ROLE_ID: MACHINE_PERMISSIONS,
+    MACHINE_INSTANCES_ROLE_ID: INSTANCE_PERMISSIONS,
     MACHINE_SECRETS_ROLE_ID: MACHINE_SECRET_PERMISSIONS,
 }
 
 # The machines' grants, with placeholders filled by machine_roles(): on the project, the store's
-# bucket, and the service account itself. A condition limits secrets to prefect-remote's.
+# bucket, and the service account itself. Conditions limit secrets and VMs to the pool's, by name:
+# {secrets} and {instances} are the pool's prefixes (secrets.pool_prefix, compute.instance_prefix).
 MACHINE_ROLES: dict[str, list[dict[str, Any]]] = {
     "project": [
         {"role": "roles/logging.logWriter"},
         {
             "role": "roles/secretmanager.secretAccessor",
             "condition": {
-                "title": "prefect-remote launch secrets",
-                "expression": 'resource.name.startsWith("projects/{project_number}/secrets/' + SECRET_PREFIX + '")',
+                "title": "{title} launch secrets",
+                "expression": 'resource.name.startsWith("projects/{project_number}/secrets/{secrets}")',
             },
         },
         {"role": "projects/{project}/roles/" + MACHINE_ROLE_ID},
         {
+            "role": "projects/{project}/roles/" + MACHINE_INSTANCES_ROLE_ID,
+            "condition": {
+                "title": "{title} VMs",
+                "expression": 'resource.type == "compute.googleapis.com/Instance" && '
+                'resource.name.extract("/instances/{name}").startsWith("{instances}")',
+            },
+        },
+        {
             "role": "projects/{project}/roles/" + MACHINE_SECRETS_ROLE_ID,
             "condition": {
-                "title": "prefect-remote secrets only",
+                "title": "{title} secrets only",
                 "expression": '!resource.type.startsWith("secretmanager.googleapis.com/") || '
-                'resource.name.startsWith("projects/{project_number}/secrets/' + SECRET_PREFIX + '")',
+                'resource.name.startsWith("projects/{project_number}/secrets/{secrets}")',
             },
         },
     ],
@@ -165,13 +185,29 @@ PROVISIONER_ROLES = {
 }
 
 
-def machine_roles(*, project: str, project_number: str, bucket: str, service_account: str) -> dict[str, list[dict[str, Any]]]:
-    """:data:`MACHINE_ROLES` for this project, bucket and account: what provisioning grants, exactly.
+def machine_roles(
+    *, project: str, project_number: str, bucket: str, service_account: str, pool: str | None
+) -> dict[str, list[dict[str, Any]]]:
+    """:data:`MACHINE_ROLES` for this project, bucket and account, limited to ``pool``'s secrets and
+    VMs (its records label): what provisioning grants, exactly. ``pool`` None: every pool's (the
+    account every pool shared before accounts were per pool, which keeps working).
 
-    >>> machine_roles(project="p-1", project_number="42", bucket="b", service_account="sa@p-1.iam.gserviceaccount.com")["bucket b"]
-    [{'role': 'roles/storage.objectUser'}]
+    >>> roles = machine_roles(project="p-1", project_number="42", bucket="b", service_account="sa@p-1.iam.gserviceaccount.com", pool="0a1b")
+    >>> roles["bucket b"], roles["project"][1]["condition"]["expression"]
+    ([{'role': 'roles/storage.objectUser'}], 'resource.name.startsWith("projects/42/secrets/prefect-remote-0a1b-")')
     """
-    values = {"project": project, "project_number": project_number, "bucket": bucket, "service_account": service_account}
+    from prefect_remote.providers.gcp.compute import instance_prefix
+    from prefect_remote.providers.gcp.secrets import SECRET_PREFIX, pool_prefix
+
+    values = {
+        "project": project,
+        "project_number": project_number,
+        "bucket": bucket,
+        "service_account": service_account,
+        "secrets": pool_prefix(pool) if pool else SECRET_PREFIX,
+        "instances": instance_prefix(pool) if pool else "vm-",
+        "title": "the pool's" if pool else "prefect-remote",
+    }
     text = json.dumps(MACHINE_ROLES)
     for key, value in values.items():
         text = text.replace("{" + key + "}", value)
@@ -179,11 +215,35 @@ def machine_roles(*, project: str, project_number: str, bucket: str, service_acc
 
 
 def service_account_email(project: str) -> str:
-    """
+    """The account every pool's machines shared before accounts were per pool (:func:`pool_account_email`).
+
     >>> service_account_email("my-project")
     'prefect-remote-machines@my-project.iam.gserviceaccount.com'
     """
     return f"{SERVICE_ACCOUNT_ID}@{project}.iam.gserviceaccount.com"
+
+
+def pool_account_id(pool: str) -> str:
+    """The id of ``pool``'s own service account: its :func:`~prefect_remote.providers.setup.pool_key`
+    cut to IAM's 6-30 characters (``[a-z][-a-z0-9]*[a-z0-9]``), with the key's hash kept whole, so
+    that pools whose names begin alike differ.
+
+    >>> pool_account_id("My Pool"), pool_account_id("a very long pool name for the nightly jobs")
+    ('pr-my-pool-4b953553', 'pr-a-very-long-pool-n-0293b58a')
+    """
+    from prefect_remote.providers.setup import pool_key
+
+    slug, _, digest = pool_key(pool).rpartition("-")
+    room = 30 - len(POOL_ACCOUNT_PREFIX) - 1 - len(digest)
+    return f"{POOL_ACCOUNT_PREFIX}{slug[:room].strip('-')}-{digest}"
+
+
+def pool_account_email(project: str, pool: str) -> str:
+    """
+    >>> pool_account_email("my-project", "My Pool")
+    'pr-my-pool-4b953553@my-project.iam.gserviceaccount.com'
+    """
+    return f"{pool_account_id(pool)}@{project}.iam.gserviceaccount.com"
 
 
 # -- IAM policy bindings ------------------------------------------------------------------------

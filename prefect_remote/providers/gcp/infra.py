@@ -5,14 +5,14 @@ provider is gcp) first checks, with one cheap call each, that the project has en
 provider uses (:data:`REQUIRED_APIS`); if any is not, it names them all with the one ``gcloud
 services enable`` command and makes nothing (it enables nothing itself). Then it makes, or finds:
 
-- the machines' service account ``prefect-remote-machines@<project>.iam.gserviceaccount.com``, one
-  per project, shared by its pools: what a machine may do does not depend on its pool (every pool's
-  machines read the same bucket and launch secrets), and one account keeps the project's IAM policy
-  short;
+- the pool's own service account ``pr-<pool key>@<project>.iam.gserviceaccount.com``
+  (:func:`~prefect_remote.providers.gcp.grants.pool_account_email`), which its machines run as;
 - its least-privilege grants (:mod:`~prefect_remote.providers.gcp.grants`): the custom roles
-  ``prefectRemoteMachine`` and ``prefectRemoteMachineSecrets``, predefined roles on the project
-  (secrets limited by an IAM condition to ``prefect-remote-`` secrets), the store's bucket, and the
-  account itself (and, to the identity that provisions, leave to launch machines as it);
+  ``prefectRemoteMachine``, ``prefectRemoteMachineInstances`` and ``prefectRemoteMachineSecrets``,
+  predefined roles on the project (VMs and secrets limited by IAM conditions to the pool's own, by
+  the names its launches give them), the store's bucket, and the account itself (and, to the
+  identity that provisions, leave to launch machines as it); the account every pool shared before
+  (``prefect-remote-machines``), if the project has it, keeps what its pools' machines need;
 - the software store's bucket (``PREFECT_REMOTE_STORE`` if it is ``gs://…``, else the pool's own
   folder :func:`default_store`, ``gs://prefect-remote-<project>-<region>/store/<pool key>``), uniform
   access, public access prevented, with a lifecycle rule that deletes machine records (of every
@@ -48,17 +48,20 @@ from prefect_remote.providers.gcp.clients import GCPError, error_message, servic
 from prefect_remote.providers.gcp.grants import (
     LAUNCHER_ACCOUNT_GRANTS,
     MACHINE_CUSTOM_ROLES,
+    MACHINE_INSTANCES_ROLE_ID,
     MACHINE_ROLE_ID,
     MACHINE_SECRETS_ROLE_ID,
+    POOL_ACCOUNT_NAME,
+    POOL_ACCOUNT_PREFIX,
     PROVISIONER_ROLES,
-    SERVICE_ACCOUNT_ID,
     machine_roles,
     policy_bindings,
+    pool_account_email,
     service_account_email,
     with_grants,
     without_member,
 )
-from prefect_remote.providers.gcp.records import BATCH
+from prefect_remote.providers.gcp.records import BATCH, MachineRecords
 from prefect_remote.providers.gcp.secrets import LAUNCH_LABEL, secret_id
 from prefect_remote.providers.setup import Say, owns_store, pool_store, removed
 
@@ -234,17 +237,20 @@ def provision(provider: GCPProvider, pool: str, store: str | None = None, say: S
     gcs = open_store(store)
     assert isinstance(gcs, GCSStore)
     _ensure_bucket(clients, gcs.bucket, gcs.prefix, region, say)
-    email = service_account_email(project)
+    email = pool_account_email(project, pool)
     chosen = provider.options.service_account
-    if chosen and chosen != email:
+    if chosen and chosen not in (email, service_account_email(project)):  # the shared account of before: replaced
         say(f"machines run as your service account {chosen} (none made, nothing granted; docs/providers/gcp.md lists the roles it needs)")
         email = chosen
     else:
         iam = clients.iam()
-        _ensure_service_account(clients, iam, say)
-        roles = machine_roles(project=project, project_number=project_number_of(clients), bucket=gcs.bucket, service_account=email)
+        number = project_number_of(clients)
+        _ensure_service_account(clients, iam, email, pool, say)
+        label = MachineRecords(gcs).label  # what the pool's secrets' and VMs' names carry
+        roles = machine_roles(project=project, project_number=number, bucket=gcs.bucket, service_account=email, pool=label)
         for role_id in MACHINE_CUSTOM_ROLES:
             _ensure_custom_role(clients, iam, role_id, say)
+        _keep_shared_account_working(clients, iam, number, say)
         _ensure_project_grants(clients, f"serviceAccount:{email}", roles["project"], say)
         _ensure_bucket_grants(clients, gcs.bucket, f"serviceAccount:{email}", roles[f"bucket {gcs.bucket}"], say)
         granted = {f"serviceAccount:{email}": roles[f"service account {email}"]}
@@ -265,10 +271,10 @@ def project_number_of(clients: GoogleClients) -> str:
         return clients.resource_manager().get_project(name=f"projects/{clients.project}").name.rsplit("/", 1)[-1]
 
 
-def _ensure_service_account(clients: GoogleClients, iam: RestApi, say: Say) -> str:
+def _ensure_service_account(clients: GoogleClients, iam: RestApi, email: str, pool: str, say: Say) -> str:
+    """Makes (or finds) ``pool``'s own service account ``email``."""
     from google.api_core.exceptions import Conflict, NotFound, ResourceExhausted, TooManyRequests
 
-    email = service_account_email(clients.project)
     with google_errors(clients, "iam.serviceAccounts.create", f"make the machines' service account {email}"):
         try:
             iam.call("GET", f"serviceAccounts/{email}")
@@ -281,10 +287,11 @@ def _ensure_service_account(clients: GoogleClients, iam: RestApi, say: Say) -> s
                 "POST",
                 "serviceAccounts",
                 {
-                    "accountId": SERVICE_ACCOUNT_ID,
+                    "accountId": email.split("@", 1)[0],
                     "serviceAccount": {
-                        "displayName": "prefect-remote machines",
-                        "description": "Made by prefect-remote --provision-infra: what Cloud Run jobs and Compute Engine VMs run as",
+                        "displayName": (POOL_ACCOUNT_NAME + pool)[:100],
+                        "description": f"Made by prefect-remote --provision-infra: what the Cloud Run jobs and Compute Engine VMs of "
+                        f"work pool {pool!r} run as",
                     },
                 },
             )
@@ -304,7 +311,13 @@ def _ensure_service_account(clients: GoogleClients, iam: RestApi, say: Say) -> s
 
 ROLE_DESCRIPTIONS = {
     MACHINE_ROLE_ID: "A prefect-remote VM ends itself; a cluster's scheduler launches and ends its workers",
-    MACHINE_SECRETS_ROLE_ID: "A cluster's scheduler makes and removes its workers' launch secrets (granted on prefect-remote's only)",
+    MACHINE_INSTANCES_ROLE_ID: "What a prefect-remote machine does to VMs (granted on its pool's only)",
+    MACHINE_SECRETS_ROLE_ID: "A cluster's scheduler makes and removes its workers' launch secrets (granted on its pool's only)",
+}
+ROLE_TITLES = {
+    MACHINE_ROLE_ID: "prefect-remote machine",
+    MACHINE_INSTANCES_ROLE_ID: "prefect-remote machine VMs",
+    MACHINE_SECRETS_ROLE_ID: "prefect-remote machine secrets",
 }
 
 
@@ -322,7 +335,7 @@ def _ensure_custom_role(clients: GoogleClients, iam: RestApi, role_id: str, say:
                 {
                     "roleId": role_id,
                     "role": {
-                        "title": "prefect-remote machine" + (" secrets" if role_id == MACHINE_SECRETS_ROLE_ID else ""),
+                        "title": ROLE_TITLES[role_id],
                         "description": ROLE_DESCRIPTIONS[role_id],
                         "includedPermissions": list(permissions),
                         "stage": "GA",
@@ -378,8 +391,29 @@ def _update_project_policy(clients: GoogleClients, change: Callable[[list[dict[s
 
 def _ensure_project_grants(clients: GoogleClients, member: str, grants: list[dict[str, Any]], say: Say) -> None:
     changed = _update_project_policy(clients, lambda bindings: with_grants(bindings, member, grants))
-    roles = ", ".join(g["role"].rsplit("/", 1)[-1] + (" (prefect-remote secrets only)" if "condition" in g else "") for g in grants)
-    say(f"{'granted' if changed else 'found'} on project {clients.project}: {roles}")
+    roles = ", ".join(g["role"].rsplit("/", 1)[-1] + (f" ({g['condition']['title']})" if "condition" in g else "") for g in grants)
+    say(f"{'granted' if changed else 'found'} to {member.split(':', 1)[1]} on project {clients.project}: {roles}")
+
+
+def _keep_shared_account_working(clients: GoogleClients, iam: RestApi, project_number: str, say: Say) -> None:
+    """The account every pool shared before accounts were per pool, if the project has it: its
+    pools' machines keep what they did (the custom role they were granted lost the instance
+    permissions to ``prefectRemoteMachineInstances``, granted to it on prefect-remote's VMs). Each of
+    those pools becomes isolated when its provisioning runs again, which moves it to its own account."""
+    from google.api_core.exceptions import NotFound
+
+    email = service_account_email(clients.project)
+    try:
+        with clients.translated("iam.serviceAccounts.get"):
+            iam.call("GET", f"serviceAccounts/{email}")
+    except NotFound:
+        return
+    roles = machine_roles(project=clients.project, project_number=project_number, bucket="", service_account=email, pool=None)
+    _ensure_project_grants(clients, f"serviceAccount:{email}", roles["project"], say)
+    say(
+        f"the pools that still run as {email} (provisioned before each pool had its own account) can reach each other's "
+        "secrets and VMs: provision each again to move it to an account of its own"
+    )
 
 
 def _ensure_bucket(clients: GoogleClients, bucket: str, prefix: str, region: str, say: Say) -> None:
@@ -538,7 +572,8 @@ def teardown(
     say: Say = print,
 ) -> list[str]:
     """Removes what :func:`provision` made in ``provider``'s project (default: ``GCPProvider()``) and
-    returns what it removed: the service account and its grants, the custom role, the firewall rules,
+    returns what it removed: every pool's service account (and the one pools shared before) and
+    their grants, the custom roles, the firewall rules,
     launch secrets left behind and, with ``delete_bucket``, the buckets provisioning created (they
     hold software environments; without it they are kept, the machines' grant and records rule
     removed). Refuses with :class:`TeardownRefused` while prefect-remote machines run, unless
@@ -555,17 +590,17 @@ def teardown(
         return _teardown_pool(provider, store, pool, force, say)
     clients = provider.clients
     project = clients.project
-    email = service_account_email(project)
-    member = f"serviceAccount:{email}"
+    iam = clients.iam()
+    emails = [service_account_email(project), *_pool_accounts(clients, iam)]  # the shared one of before, every pool's
     for region in _regions_in_use(provider):  # every region whose machines lose their identity, store or secrets
         _end_machines(provider if region == provider.options.region else provider.in_region(region), force, say)
     done: list[str] = []
-    if _update_project_policy(clients, lambda bindings: without_member(bindings, member)):
-        removed(done, f"the project grants of {email}", say)
-    done += _clean_buckets(clients, member, delete_bucket, say)
+    for email in emails:
+        if _update_project_policy(clients, lambda bindings, email=email: without_member(bindings, f"serviceAccount:{email}")):
+            removed(done, f"the project grants of {email}", say)
+    done += _clean_buckets(clients, {f"serviceAccount:{email}" for email in emails}, delete_bucket, say)
     done += _remove_firewalls(clients, say)
     done += _remove_leftover_secrets(clients, say)
-    iam = clients.iam()
     for role_id in MACHINE_CUSTOM_ROLES:
         with google_errors(clients, "iam.roles.delete", f"remove the custom role {role_id}"):
             try:
@@ -574,14 +609,35 @@ def teardown(
                     removed(done, f"custom role projects/{project}/roles/{role_id}", say)
             except NotFound:
                 pass
+    for email in emails:
+        done += _remove_account(clients, iam, email, say)
+    if not done:
+        say(f"nothing to remove in project {project}")
+    return done
+
+
+def _pool_accounts(clients: GoogleClients, iam: RestApi) -> list[str]:
+    """The emails of the pools' own service accounts in the project, as provisioning made them (id
+    and display name): never an account of the user's."""
+    with google_errors(clients, "iam.serviceAccounts.list", "find the pools' service accounts"):
+        return sorted(
+            account["email"]
+            for account in iam.list_all("serviceAccounts", "accounts", pageSize="100")
+            if account.get("email", "").startswith(POOL_ACCOUNT_PREFIX) and (account.get("displayName") or "").startswith(POOL_ACCOUNT_NAME)
+        )
+
+
+def _remove_account(clients: GoogleClients, iam: RestApi, email: str, say: Say) -> list[str]:
+    """Deletes service account ``email`` (a missing one is fine)."""
+    from google.api_core.exceptions import NotFound
+
+    done: list[str] = []
     with google_errors(clients, "iam.serviceAccounts.delete", f"remove the service account {email}"):
         try:
             iam.call("DELETE", f"serviceAccounts/{email}")
             removed(done, f"service account {email}", say)
         except NotFound:
             pass
-    if not done:
-        say(f"nothing to remove in project {project}")
     return done
 
 
@@ -590,8 +646,9 @@ def _teardown_pool(provider: GCPProvider, store: str, pool: str | None, force: b
     (refused while they run, unless ``force``) in every region and zone where it has any, its launch
     secrets left behind and its machines' records, each found by the records label its launches put
     on them (never another pool's, whatever its name); and when ``store`` is ``pool``'s own default
-    folder (:func:`default_store`), every object in it. What every pool of the project shares (the
-    service account and its grants, the custom roles, the firewall rules, the bucket) is kept."""
+    folder (:func:`default_store`), every object in it; and, with ``pool``, its own service account
+    and that account's grants. What every pool of the project shares (the custom roles, the firewall
+    rules, the bucket) is kept."""
     provider.store_url = store
     label = provider.records.label
     for region in _regions_in_use(provider, label):
@@ -604,11 +661,41 @@ def _teardown_pool(provider: GCPProvider, store: str, pool: str | None, force: b
         done += _remove_pool_folder(provider.clients, provider.records.store, say)
     else:
         say(f"kept the store {store}: it was given to the pool, not made for it")
+    if pool is not None:
+        done += _remove_pool_account(provider, pool, say)
     say(
-        f"kept the service account, custom roles, firewall rules and bucket: every pool of project {provider.clients.project} "
+        f"kept the custom roles, firewall rules and bucket: every pool of project {provider.clients.project} "
         "shares them (`prefect-remote gcp teardown --yes` removes them for all)"
     )
     return done
+
+
+def _remove_pool_account(provider: GCPProvider, pool: str, say: Say) -> list[str]:
+    """``pool``'s own service account and its grants (on the project, the pool's store's bucket):
+    never another pool's, nor the account every pool shared before, nor one of the user's."""
+    clients = provider.clients
+    email = pool_account_email(clients.project, pool)
+    member = f"serviceAccount:{email}"
+    done: list[str] = []
+    if _update_project_policy(clients, lambda bindings: without_member(bindings, member)):
+        removed(done, f"the project grants of {email}", say)
+    bucket = provider.records.store.bucket
+    with google_errors(clients, "storage.buckets.setIamPolicy", f"remove the grant of {email} on bucket {bucket}"):
+        if _without_bucket_member(clients.storage().bucket(bucket), {member}):
+            removed(done, f"the grant of {email} on bucket {bucket}", say)
+    return done + _remove_account(clients, clients.iam(), email, say)
+
+
+def _without_bucket_member(bucket: Any, members: set[str]) -> bool:
+    """Takes ``members`` out of ``bucket``'s IAM policy; whether any was in it."""
+    policy = bucket.get_iam_policy(requested_policy_version=3)
+    bindings = [{**b, "members": set(b["members"])} for b in policy.bindings]
+    if not any(members & b["members"] for b in bindings):
+        return False
+    policy.version = 3
+    policy.bindings[:] = [{**b, "members": b["members"] - members} for b in bindings if b["members"] - members]
+    bucket.set_iam_policy(policy)
+    return True
 
 
 def _remove_pool_folder(clients: GoogleClients, store: GCSStore, say: Say) -> list[str]:
@@ -696,9 +783,9 @@ def _end_machines(provider: GCPProvider, force: bool, say: Say, pool: str | None
     say(f"ended {', '.join(m.id for m in machines)}")
 
 
-def _clean_buckets(clients: GoogleClients, member: str, delete: bool, say: Say) -> list[str]:
-    """Buckets labelled by provisioning: the machines' grant and records rule removed; the ones it
-    created deleted, emptied, with ``delete``."""
+def _clean_buckets(clients: GoogleClients, members: set[str], delete: bool, say: Say) -> list[str]:
+    """Buckets labelled by provisioning: the machines' grants (of ``members``) and records rule
+    removed; the ones it created deleted, emptied, with ``delete``."""
     done: list[str] = []
     storage = clients.storage()
     with google_errors(clients, "storage.buckets.list", "find the buckets provisioning used"):
@@ -716,13 +803,10 @@ def _clean_buckets(clients: GoogleClients, member: str, delete: bool, say: Say) 
                 bucket.delete()
                 removed(done, f"bucket gs://{name}", say, " and everything in it")
                 continue
-            policy = bucket.get_iam_policy(requested_policy_version=3)
-            bindings = [{**b, "members": set(b["members"])} for b in policy.bindings]
-            if any(member in b["members"] for b in bindings):
-                policy.version = 3
-                policy.bindings[:] = [{**b, "members": b["members"] - {member}} for b in bindings if b["members"] - {member}]
-                bucket.set_iam_policy(policy)
-                removed(done, f"the grant of {member.split(':', 1)[1]} on bucket {name}", say)
+            held = {m for b in bucket.get_iam_policy(requested_policy_version=3).bindings for m in b["members"]} & members
+            if _without_bucket_member(bucket, members):
+                for member in sorted(held):
+                    removed(done, f"the grant of {member.split(':', 1)[1]} on bucket {name}", say)
             rules = [r for r in bucket.lifecycle_rules if not _records_rule(r)]
             if len(rules) != len(list(bucket.lifecycle_rules)) or GRANTED_LABEL in bucket.labels:
                 bucket.lifecycle_rules = rules
@@ -781,8 +865,9 @@ def _remove_firewalls(clients: GoogleClients, say: Say) -> list[str]:
 
 
 def _remove_leftover_secrets(clients: GoogleClients, say: Say, pool: str | None = None) -> list[str]:
-    """Launch secrets no machine will read any more: named ``prefect-remote-launch-<12 hex digits>``
-    and labelled with that launch, as a launch makes them (and with ``pool``'s records label, if
+    """Launch secrets no machine will read any more: named ``prefect-remote-<records label>-launch-<12
+    hex digits>`` (or, before secrets were per pool, without the label) and labelled with that launch
+    and those records, as a launch makes them (and with ``pool``'s records label, if
     given). A user's own ``prefect-remote-…`` secret (an API key kept under that name) is never one."""
     from google.api_core.exceptions import NotFound
 
@@ -794,7 +879,8 @@ def _remove_leftover_secrets(clients: GoogleClients, say: Say, pool: str | None 
     with google_errors(clients, "secretmanager.secrets.delete", "remove launch secrets left behind"):
         for secret in manager.list_secrets(request=request):
             launch = secret.labels.get(LAUNCH_LABEL, "")
-            if _LAUNCH_ID.fullmatch(launch) and secret.name.rsplit("/", 1)[-1] == secret_id(launch):
+            named = {secret_id(launch, None), secret_id(launch, secret.labels.get(RECORDS_LABEL))}  # before and since per pool
+            if _LAUNCH_ID.fullmatch(launch) and secret.name.rsplit("/", 1)[-1] in named:
                 try:
                     manager.delete_secret(request={"name": secret.name})
                 except NotFound:

@@ -20,7 +20,6 @@ from __future__ import annotations
 import functools
 import logging
 import re
-import secrets
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -35,7 +34,9 @@ if TYPE_CHECKING:
     from prefect_remote.providers.gcp.records import MachineRecords
     from prefect_remote.spec import MachineSpec
 
-_MACHINE_ID = re.compile(r"(run|vm)-[0-9a-f]{12}")  # as launch makes them: anything else is no gcp machine of prefect-remote's
+# As launch makes them (a VM's name carries its pool's records label; one launched before, none):
+# anything else is no gcp machine of prefect-remote's.
+_MACHINE_ID = re.compile(r"run-[0-9a-f]{12}|vm-([0-9a-f]{16}-)?[0-9a-f]{12}")
 
 logger = logging.getLogger(__name__)
 
@@ -84,6 +85,7 @@ class GCPProvider(Provider):
         self._records: MachineRecords | None = None
         self._records_of: str | None = None  # the store_url they were made for
         self._ended: set[str] = set()  # machines seen ended by a renewal (their launch's secret handled)
+        self._shared_warned = False
 
     def in_region(self, region: str) -> GCPProvider:
         """This provider's options in another ``region`` (its zone and subnetwork: that region's defaults)."""
@@ -157,7 +159,8 @@ class GCPProvider(Provider):
             if _MACHINE_ID.fullmatch(machine_id) and machine_id.startswith(service.id_prefix):
                 return service
         raise MachineNotFound(
-            f"no gcp machine {machine_id!r}: gcp machine ids are 'run-' or 'vm-' and 12 hex digits; `prefect-remote machines ls` lists them"
+            f"no gcp machine {machine_id!r}: gcp machine ids are 'run-' and 12 hex digits, or 'vm-', the pool's 16 and 12; "
+            "`prefect-remote machines ls` lists them"
         )
 
     # -- launching: the service is chosen once per launch (plan), and the Launch carries it ----------
@@ -184,9 +187,10 @@ class GCPProvider(Provider):
             raise CapabilityError(
                 "gcp: no service_account, so machines would run as the project's default compute service account (often "
                 "an Editor of the whole project); give them prefect-remote's own: `prefect work-pool create --type remote:push "
-                "--provision-infra POOL` makes prefect-remote-machines and records it in the pool, or set service_account= "
+                "--provision-infra POOL` makes the pool's own and records it in the pool, or set service_account= "
                 "(PREFECT_REMOTE_GCP_SERVICE_ACCOUNT) to an account you made"
             )
+        self._warn_if_shared()
         if spec.region and spec.region != self.options.region:
             from prefect_remote.errors import CapacityError
 
@@ -202,6 +206,22 @@ class GCPProvider(Provider):
             raise CapabilityError(f"gcp: {problem}")
         return service, reason
 
+    def _warn_if_shared(self) -> None:
+        """Warns (once) when the machines run as the account every pool shared before each had its own:
+        they keep working, and they can reach every pool's secrets and VMs."""
+        from prefect_remote.providers.gcp.grants import service_account_email
+
+        if self._shared_warned or self.options.service_account != service_account_email(self.clients.project):
+            return
+        self._shared_warned = True
+        logger.warning(
+            "gcp: machines run as %s, which every pool of project %s shared before each pool had a service account of its "
+            "own: another pool's flow runs can read this pool's secrets and end its VMs. Provision the pool again "
+            "(`prefect work-pool create --type remote:push --provision-infra --overwrite POOL`) to give it its own.",
+            self.options.service_account,
+            self.clients.project,
+        )
+
     def instance_types(self) -> Sequence[InstanceType]:
         return [*self.service("cloud-run").instance_types(), *self.service("compute").instance_types()]
 
@@ -216,7 +236,7 @@ class GCPProvider(Provider):
     def _start(self, launch: Launch) -> list[Machine]:
         service, reason = self.service(launch.service), launch.service_reason  # as plan() chose them
         service.labels(launch)  # too many labels: refused before anything is made
-        machine_ids = [f"{service.id_prefix}{secrets.token_hex(6)}" for _ in range(launch.count)]
+        machine_ids = service.new_ids(launch.count)
         logger.info("gcp: %s on %s (%s)", ", ".join(machine_ids), service.name, reason)
         self.records.create(machine_ids, launch, service=service.name, region=self.options.region, price=launch.instance_type.price)
         try:
@@ -234,7 +254,7 @@ class GCPProvider(Provider):
     def _forget_secrets(self, launch_id: str) -> None:
         from prefect_remote.providers.gcp.secrets import forget_secrets
 
-        forget_secrets(self.clients, launch_id)
+        forget_secrets(self.clients, launch_id, self.records.label)
 
     def _live_launches(self, launch_ids: set[str]) -> set[str]:
         """Those with a machine running by its record (one listing of the records)."""
@@ -351,11 +371,14 @@ class GCPProvider(Provider):
         return f"gcp:{self.clients.project}:{self.options.network}"
 
     def runtime_options(self, launch_id: str) -> dict[str, Any]:
+        from prefect_remote.providers.gcp.secrets import version_name
+
         return {
             "store": self.machine_store().url,
             "launch_id": launch_id,
             "project": self.clients.project,
             "log_name": self.options.log_name,
+            "secret": version_name(self.clients.project, launch_id, self.records.label),  # the one it may read
         }
 
 

@@ -48,8 +48,10 @@ class GCPRuntime(MachineRuntime):
         log_name: str = "prefect-remote",
         timeout: float = 5.0,
         halt_command: Sequence[str] = HALT_COMMAND,
+        secret: str | None = None,
     ) -> None:
         self.store, self.launch_id, self.project, self.log_name, self.timeout = store, launch_id, project, log_name, timeout
+        self.secret = secret  # the version of its launch's secret (projects/P/secrets/S/versions/1)
         self.halt_command = list(halt_command)
 
     @property
@@ -100,7 +102,11 @@ class GCPRuntime(MachineRuntime):
             return dict(json.loads(os.environ.pop(SECRETS_ENV, "{}")))
         from prefect_remote.providers.gcp.secrets import read_secrets
 
-        return read_secrets(self.project, self.launch_id, api_endpoint=os.environ.get(API_ENDPOINT_ENV))
+        if self.secret is None:
+            raise RuntimeError(
+                f"launch {self.launch_id} names no secret to read: its launcher's prefect-remote is older than the machine's"
+            )
+        return read_secrets(self.project, self.secret, api_endpoint=os.environ.get(API_ENDPOINT_ENV))
 
     def registry_credentials(self, registry: str) -> tuple[str, str] | None:
         """An access token of the VM's service account for Artifact Registry (``<region>-docker.pkg.dev``)

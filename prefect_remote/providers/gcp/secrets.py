@@ -1,5 +1,7 @@
-"""The gcp provider's secret channel: one Secret Manager secret per launch, ``prefect-remote-<launch id>``,
-whose payload is the JSON of the launch's secret environment.
+"""The gcp provider's secret channel: one Secret Manager secret per launch,
+``prefect-remote-<pool>-<launch id>`` (``<pool>``: the records label of the pool's store, the name
+prefix its machines' IAM conditions allow, so that no pool's machines read or change another's), whose
+payload, its one version (:data:`VERSION`), is the JSON of the launch's secret environment.
 
 A Cloud Run job references it from its container's env (``PREFECT_REMOTE_SECRETS_JSON``, resolved by
 Cloud Run when the task starts: the job spec holds a name, never a value); a Compute Engine VM reads
@@ -10,8 +12,8 @@ owner that died left behind, its provider's next launch with secrets sweeps
 
 Standard library only at import (the machine side imports it).
 
->>> secret_id("launch-0a1b2c3d4e5f")
-'prefect-remote-launch-0a1b2c3d4e5f'
+>>> secret_id("launch-0a1b2c3d4e5f", "0123456789abcdef")
+'prefect-remote-0123456789abcdef-launch-0a1b2c3d4e5f'
 """
 
 from __future__ import annotations
@@ -36,15 +38,34 @@ SECRET_PREFIX = "prefect-remote-"
 LAUNCH_LABEL = "prefect-remote-launch"
 CREATED_LABEL = "created-at"  # epoch seconds: a label, so that a listing shows it without a parse of createTime
 MAX_PAYLOAD = 64 * 1024  # Secret Manager's limit on one version's payload
+# A launch's secret holds one version, the first: machines read it by number, never `latest`, so a
+# version added later (by anyone) is never what a machine runs with.
+VERSION = "1"
 
 
-def secret_id(launch_id: str) -> str:
-    """The id of ``launch_id``'s secret (Cloud Run's ``secretKeyRef.secret``)."""
-    return f"{SECRET_PREFIX}{launch_id}"
+def pool_prefix(pool: str) -> str:
+    """The prefix of every launch secret of ``pool`` (its records label): what its machines' grants allow.
+
+    >>> pool_prefix("0123456789abcdef")
+    'prefect-remote-0123456789abcdef-'
+    """
+    return f"{SECRET_PREFIX}{pool}-"
 
 
-def secret_name(project: str, launch_id: str) -> str:
-    return f"projects/{project}/secrets/{secret_id(launch_id)}"
+def secret_id(launch_id: str, pool: str | None) -> str:
+    """The id of ``launch_id``'s secret in ``pool`` (Cloud Run's ``secretKeyRef.secret``); None: as
+    launches named it before secrets were per pool (``prefect-remote-<launch id>``), which a teardown
+    still finds."""
+    return f"{pool_prefix(pool) if pool else SECRET_PREFIX}{launch_id}"
+
+
+def secret_name(project: str, launch_id: str, pool: str | None) -> str:
+    return f"projects/{project}/secrets/{secret_id(launch_id, pool)}"
+
+
+def version_name(project: str, launch_id: str, pool: str) -> str:
+    """The one version of ``launch_id``'s secret, which its machines read (pinned: :data:`VERSION`)."""
+    return f"{secret_name(project, launch_id, pool)}/versions/{VERSION}"
 
 
 def _crc32c(data: bytes) -> int:
@@ -53,10 +74,10 @@ def _crc32c(data: bytes) -> int:
     return int(google_crc32c.value(data))
 
 
-def store_secrets(clients: GoogleClients, launch_id: str, secrets: Mapping[str, str], records: MachineRecords | None = None) -> None:
-    """Keeps ``secrets`` as ``launch_id``'s secret (two calls: the secret, then its one version,
-    checksummed), labelled with the ``records`` of its machines (only a sweep of those may delete
-    it). Refuses a payload over Secret Manager's 64 KiB before any call."""
+def store_secrets(clients: GoogleClients, launch_id: str, secrets: Mapping[str, str], records: MachineRecords) -> None:
+    """Keeps ``secrets`` as ``launch_id``'s secret, named for the pool of ``records`` (two calls: the
+    secret, then its one version, checksummed), labelled with those records (only a sweep of them
+    may delete it). Refuses a payload over Secret Manager's 64 KiB before any call."""
     data = json.dumps(dict(secrets)).encode()
     if len(data) > MAX_PAYLOAD:
         raise ValueError(
@@ -64,38 +85,40 @@ def store_secrets(clients: GoogleClients, launch_id: str, secrets: Mapping[str, 
             "pass large values through the store or files, not secret env"
         )
     client = clients.secret_manager()
-    name = secret_name(clients.project, launch_id)
-    labels = {LAUNCH_LABEL: launch_id, CREATED_LABEL: str(int(time.time()))}
-    if records is not None:
-        labels[RECORDS_LABEL] = records.label
+    name = secret_name(clients.project, launch_id, records.label)
+    labels = {LAUNCH_LABEL: launch_id, CREATED_LABEL: str(int(time.time())), RECORDS_LABEL: records.label}
     with clients.translated("secretmanager.secrets.create"):
         client.create_secret(
             parent=f"projects/{clients.project}",
-            secret_id=secret_id(launch_id),
+            secret_id=secret_id(launch_id, records.label),
             secret={"replication": {"automatic": {}}, "labels": labels},
         )
     try:
         with clients.translated("secretmanager.versions.add"):
             client.add_secret_version(parent=name, payload={"data": data, "data_crc32c": _crc32c(data)})
     except BaseException:
-        forget_secrets(clients, launch_id)  # no secret without its value
+        try:
+            forget_secrets(clients, launch_id, records.label)  # no secret without its value
+        except Exception as error:  # the refusal that matters is the version's, raised below
+            logger.warning("the empty secret of %s was left behind: %s", launch_id, error)
         raise
 
 
-def forget_secrets(clients: GoogleClients, launch_id: str) -> None:
-    """Deletes ``launch_id``'s secret (a missing one is fine)."""
+def forget_secrets(clients: GoogleClients, launch_id: str, pool: str | None) -> None:
+    """Deletes ``launch_id``'s secret in ``pool`` (a missing one is fine)."""
     from google.api_core.exceptions import NotFound
 
     try:
         with clients.translated("secretmanager.secrets.delete"):
-            clients.secret_manager().delete_secret(name=secret_name(clients.project, launch_id))
+            clients.secret_manager().delete_secret(name=secret_name(clients.project, launch_id, pool))
     except NotFound:
         pass
 
 
-def read_secrets(project: str, launch_id: str, *, api_endpoint: str | None = None, credentials: Any = None) -> dict[str, str]:
-    """On a machine: its launch's secret environment, read with the machine's service account (it
-    needs roles/secretmanager.secretAccessor on the secret) and checked against its CRC32C."""
+def read_secrets(project: str, version: str, *, api_endpoint: str | None = None, credentials: Any = None) -> dict[str, str]:
+    """On a machine: its launch's secret environment, ``version`` (:func:`version_name`, as its
+    launcher named it), read with the machine's service account (it needs
+    roles/secretmanager.secretAccessor on the secret) and checked against its CRC32C."""
     from google.cloud import secretmanager_v1
 
     google_auth_lookups.quiet()
@@ -103,12 +126,10 @@ def read_secrets(project: str, launch_id: str, *, api_endpoint: str | None = Non
         credentials=credentials, transport="rest", client_options={"api_endpoint": api_endpoint} if api_endpoint else None
     )
     with translated("secretmanager.versions.access", project=project):
-        response = client.access_secret_version(name=f"{secret_name(project, launch_id)}/versions/latest")
+        response = client.access_secret_version(name=version)
     data = response.payload.data
     if response.payload.data_crc32c and _crc32c(data) != response.payload.data_crc32c:
-        raise GCPError(
-            f"the secret of {launch_id} arrived corrupted (its CRC32C does not match); the machine cannot start its payload safely"
-        )
+        raise GCPError(f"the secret {version} arrived corrupted (its CRC32C does not match); the machine cannot start its payload safely")
     return dict(json.loads(data))
 
 

@@ -138,6 +138,12 @@ class GCPService(ABC):
             RECORDS_LABEL: self.provider.records.label,
         }
 
+    def new_ids(self, count: int) -> list[str]:
+        """Ids for ``count`` new machines: ``id_prefix`` and 12 random hex digits."""
+        import secrets
+
+        return [f"{self.id_prefix}{secrets.token_hex(6)}" for _ in range(count)]
+
     def foreign(self, machine_id: str, labels: Mapping[str, str]) -> bool:
         """Whether the machine ``machine_id`` with ``labels`` is another pool's (its records label
         names other records): ending it is refused, with a warning. A machine launched before the

@@ -42,6 +42,7 @@ class Sandbox(Protocol):
     compute: Any  # Compute Engine, whose network (``network.allocate()``) Cloud Run tasks join by Direct VPC egress
     quotas: Any  # Cloud Quotas: Cloud Run's regional quotas (``violations(region, requested)``), checked when a job is made
     images: Any  # the registry and engine (SandboxImages) whose images Cloud Run pulls and runs, or None
+    enforcement: Any  # IAM (IAMEnforcement: ``allows(principal, check)``), or None when not enforced
 
     @property
     def runner(self) -> InstanceRunner:

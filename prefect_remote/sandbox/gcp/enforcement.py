@@ -21,7 +21,8 @@ Identities (:meth:`IAMEnforcement.grant_identities`): the launcher account whose
 exports is granted exactly the roles the docs list for launching
 (:data:`~prefect_remote.providers.gcp.grants.LAUNCHER_ROLES`, each where it says) and for provisioning
 (:data:`~prefect_remote.providers.gcp.grants.PROVISIONER_ROLES`, on the project); the machines'
-account what provisioning grants (:func:`~prefect_remote.providers.gcp.grants.machine_roles`, with
+account what provisioning grants an account that pools share (:func:`~prefect_remote.providers.gcp.grants.machine_roles`
+with ``pool=None``: every pool's secrets and VMs, since the sandbox's tests use many stores), with
 the custom roles of :data:`~prefect_remote.providers.gcp.grants.MACHINE_CUSTOM_ROLES` under ids of their
 own, ending in :data:`SANDBOX_ROLE_SUFFIX`); machines run as the account their launch names. Calls naming
 another project are left to the fakes, which answer as Google does for a project that is not there.
@@ -288,8 +289,14 @@ class IAMEnforcement:
                     "stage": "GA",
                     "etag": _etag(),
                 }
+        # The sandbox's own machines' account serves every store its tests use: granted on every pool's
+        # secrets and VMs, as an account pools share is (a pool provisioned in it gets one of its own).
         machine_grants = grants.machine_roles(
-            project=sandbox.project, project_number=sandbox.project_number, bucket=store_bucket, service_account=sandbox.machine_account
+            project=sandbox.project,
+            project_number=sandbox.project_number,
+            bucket=store_bucket,
+            service_account=sandbox.machine_account,
+            pool=None,
         )
         for where, bindings in machine_grants.items():
             for binding in bindings:

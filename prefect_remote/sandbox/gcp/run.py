@@ -62,6 +62,7 @@ from starlette.requests import Request
 from prefect_remote.sandbox.gcp.api import GoogleError, body, rfc3339
 from prefect_remote.sandbox.gcp.common import Project, Sandbox, check_labels, default_compute_account, page
 from prefect_remote.sandbox.gcp.compute.network import SUBNET
+from prefect_remote.sandbox.gcp.permissions import Check
 from prefect_remote.sandbox.instances import Instance
 
 if TYPE_CHECKING:
@@ -579,14 +580,17 @@ class CloudRunFake:
                 env[variable["name"]] = variable.get("value", "")
                 continue
             version = reference.get("version") or "latest"
+            secret = (
+                reference["secret"]
+                if reference["secret"].startswith("projects/")
+                else f"projects/{self.project.number}/secrets/{reference['secret']}"
+            )
+            refused = self._secret_refused(task["serviceAccount"], secret, version)
+            if refused:
+                return self._attempt_failed(task_name, 7, f"spec.template.spec.containers[0].env[{index}].value_from.{refused}", None)
             try:
                 env[variable["name"]] = self.sandbox.secrets.value(reference["secret"], version)
             except GoogleError:
-                secret = (
-                    reference["secret"]
-                    if reference["secret"].startswith("projects/")
-                    else f"projects/{self.project.number}/secrets/{reference['secret']}"
-                )
                 message = (
                     f"spec.template.spec.containers[0].env[{index}].value_from.secret_key_ref.name: Secret "
                     f"{secret}/versions/{version} was not found"
@@ -624,6 +628,22 @@ class CloudRunFake:
         images = self.sandbox.images
         folders = [folder for folder in self.sandbox.runner.shared if folder != str(images.layers)]
         return images.run_script(image, container.get("command") or [], container.get("args") or [], folders)
+
+    def _secret_refused(self, account: str, secret: str, version: str) -> str | None:
+        """Why the task's service ``account`` may not read ``secret``'s ``version`` (Cloud Run reads a
+        secretKeyRef as the task's account, which needs secretmanager.versions.access on it), worded as
+        Cloud Run words it; None when it may (or IAM is not enforced)."""
+        gate = self.sandbox.enforcement
+        if gate is None:
+            return None
+        resource = gate.scope.secret(self.project.id, secret.rsplit("/", 1)[-1], version)
+        if gate.allows(f"serviceAccount:{account}", Check("secretmanager.versions.access", resource)):
+            return None
+        return (
+            f"secret_key_ref.name: Permission denied on secret: {secret}/versions/{version} for service account {account}. "
+            "The service account used must be granted the 'Secret Manager Secret Accessor' role "
+            "(roles/secretmanager.secretAccessor) at the secret, project or higher level."
+        )
 
     def _attempt_failed(self, task_name: str, code: int, message: str, exit_code: int | None) -> None:
         task = self._tasks[task_name]

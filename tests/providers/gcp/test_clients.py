@@ -12,6 +12,7 @@ import pytest
 from google.api_core import exceptions
 
 from prefect_remote.providers.gcp.clients import GCPError, GoogleClients, translated
+from prefect_remote.providers.gcp.provider import GCPProvider
 from prefect_remote.providers.gcp.secrets import store_secrets
 from tests.providers.gcp.conftest import Options
 
@@ -55,7 +56,7 @@ def test_a_refusal_names_the_role(gcp_env):
             r".*add-iam-policy-binding someone-elses"
         ),
     ):
-        store_secrets(other, "launch-00000000000d", {"TOKEN": "t"})
+        store_secrets(other, "launch-00000000000d", {"TOKEN": "t"}, GCPProvider().records)
 
 
 @pytest.mark.parametrize(

@@ -239,8 +239,8 @@ def test_secrets_are_a_reference_in_the_job_never_a_value(service):
     [env] = body["template"]["template"]["containers"][0]["env"]
     assert env == {
         "name": "PREFECT_REMOTE_SECRETS_JSON",
-        "valueSource": {"secretKeyRef": {"secret": f"prefect-remote-{launch.id}", "version": "latest"}},
-    }
+        "valueSource": {"secretKeyRef": {"secret": f"prefect-remote-{service.provider.records.label}-{launch.id}", "version": "1"}},
+    }  # the pool's secret, its one version: never `latest`, which a version added later would change
 
 
 # -- on the sandbox's Cloud Run ---------------------------------------------------------------------
@@ -318,7 +318,7 @@ def test_secrets_reach_the_task_only_through_secret_manager(sandboxed):
         f"sys.exit(hashlib.sha256(token.encode()).hexdigest() != '{digest}' and 7)"
     )
     launch = launch_of(MachineSpec(), f'exec python3 -c "{check}"', sandboxed, has_secrets=True)
-    store_secrets(sandboxed.clients, launch.id, {"TOKEN": value})
+    store_secrets(sandboxed.clients, launch.id, {"TOKEN": value}, sandboxed.provider.records)
     try:
         machine_id = f"run-{secrets.token_hex(6)}"
         sandboxed.made.append(machine_id)  # type: ignore[attr-defined]
@@ -328,7 +328,7 @@ def test_secrets_reach_the_task_only_through_secret_manager(sandboxed):
         text = run_v2.Job.to_json(job)
         assert value not in text and "secretKeyRef" in text
     finally:
-        forget_secrets(sandboxed.clients, launch.id)
+        forget_secrets(sandboxed.clients, launch.id, sandboxed.provider.records.label)
 
 
 def test_a_failed_launch_leaves_no_job(sandboxed):

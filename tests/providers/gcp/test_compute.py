@@ -670,12 +670,12 @@ def test_a_killed_agent_ends_its_vm_within_keepalive_plus_one_lease_interval(gcp
 
 @pytest.fixture
 def vms_may_not_delete(gcp_sandbox):
-    """The machines' custom role without ``compute.instances.delete`` for the test (in force after the
+    """The machines' custom role on VMs without ``compute.instances.delete`` for the test (in force after the
     sandbox's IAM delay), as it was again after."""
-    from prefect_remote.providers.gcp.grants import MACHINE_ROLE_ID
+    from prefect_remote.providers.gcp.grants import MACHINE_INSTANCES_ROLE_ID
     from prefect_remote.sandbox.gcp.enforcement import SANDBOX_ROLE_SUFFIX
 
-    store, role_id = gcp_sandbox.enforcement.store, MACHINE_ROLE_ID + SANDBOX_ROLE_SUFFIX
+    store, role_id = gcp_sandbox.enforcement.store, MACHINE_INSTANCES_ROLE_ID + SANDBOX_ROLE_SUFFIX
     role = gcp_sandbox.iam.roles[role_id]
     store.set_role(role_id, {**role, "includedPermissions": [p for p in role["includedPermissions"] if p != "compute.instances.delete"]})
     time.sleep(store.delay)
@@ -713,7 +713,7 @@ def test_an_agent_whose_secret_is_gone_ends_its_vm_saying_why(gcp_sandbox, gcp_e
     monkeypatch.setenv("PREFECT_REMOTE_GCP_PUBLIC_IP", LAUNCHER_IP)
     provider = GCPProvider(service="compute")
     [machine] = provider.launch(MachineSpec(cpu=2), BootPayload(["sleep", "600"], secrets={"TOKEN": "s3cret"}), tags={"t": "orphans"})
-    forget_secrets(provider.clients, instance_of(gcp_sandbox, machine.id)["labels"][LAUNCH_LABEL])
+    forget_secrets(provider.clients, instance_of(gcp_sandbox, machine.id)["labels"][LAUNCH_LABEL], provider.records.label)
     [ended] = provider.wait([machine.id], timeout=120)
     wait_for(lambda: instance_of(gcp_sandbox, machine.id) is None, timeout=60, what="the VM deleted")
     assert "this launch's secrets could not be read" in (ended.reason or "")

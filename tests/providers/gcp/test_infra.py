@@ -17,12 +17,15 @@ import pytest
 from prefect_remote.providers.gcp import infra
 from prefect_remote.providers.gcp.clients import GCPError
 from prefect_remote.providers.gcp.grants import (
+    INSTANCE_PERMISSIONS,
     MACHINE_CUSTOM_ROLES,
+    MACHINE_INSTANCES_ROLE_ID,
     MACHINE_PERMISSIONS,
     MACHINE_ROLE_ID,
     MACHINE_SECRET_PERMISSIONS,
     MACHINE_SECRETS_ROLE_ID,
     machine_roles,
+    pool_account_email,
 )
 from prefect_remote.providers.gcp.provider import GCPProvider
 from prefect_remote.providers.setup import pool_key
@@ -35,7 +38,8 @@ README_VALUES = dict(
     project="<project>",
     project_number="<project number>",
     bucket="<bucket>",
-    service_account="prefect-remote-machines@<project>.iam.gserviceaccount.com",
+    service_account="pr-<pool key>@<project>.iam.gserviceaccount.com",
+    pool="<pool>",
 )
 
 
@@ -59,7 +63,7 @@ def readme_document(**values: str) -> dict:
 
 # -- the roles ------------------------------------------------------------------------------------
 def test_machine_roles_are_least_privilege():
-    roles = machine_roles(project="p-1", project_number="42", bucket="b", service_account="sa@p-1.iam.gserviceaccount.com")
+    roles = machine_roles(project="p-1", project_number="42", bucket="b", service_account="sa@p-1.iam.gserviceaccount.com", pool="0a1b")
     granted = [grant["role"] for grants in roles.values() for grant in grants]
     assert not any(role in ("roles/owner", "roles/editor", "roles/viewer") or role.endswith(("admin", "Admin")) for role in granted), (
         granted
@@ -67,20 +71,25 @@ def test_machine_roles_are_least_privilege():
     assert roles["bucket b"] == [{"role": "roles/storage.objectUser"}]  # the store's bucket only, never the project's buckets
     assert not any(role.startswith("roles/storage.") for role in (g["role"] for g in roles["project"]))
     by_role = {grant["role"]: grant for grant in roles["project"]}
-    secrets_only = 'resource.name.startsWith("projects/42/secrets/prefect-remote-")'
+    secrets_only = 'resource.name.startsWith("projects/42/secrets/prefect-remote-0a1b-")'  # the pool's own
     assert by_role["roles/secretmanager.secretAccessor"]["condition"]["expression"] == secrets_only
     assert by_role[f"projects/p-1/roles/{MACHINE_SECRETS_ROLE_ID}"]["condition"]["expression"].endswith(secrets_only)
+    vms_only = by_role[f"projects/p-1/roles/{MACHINE_INSTANCES_ROLE_ID}"]["condition"]["expression"]
+    assert vms_only.endswith('.extract("/instances/{name}").startsWith("vm-0a1b-")')  # the pool's own VMs, by name
     # No condition on the rest: Cloud Run's resources and most of Compute Engine's have no attributes, so one would grant nothing.
     assert "condition" not in by_role["roles/logging.logWriter"] and "condition" not in by_role[f"projects/p-1/roles/{MACHINE_ROLE_ID}"]
+    # Nothing that acts on a VM, or a secret, without its condition.
+    assert not set(MACHINE_PERMISSIONS) & set(INSTANCE_PERMISSIONS) and not any(p.startswith("secretmanager.") for p in MACHINE_PERMISSIONS)
+    assert all(p.startswith("compute.instances.") and p != "compute.instances.list" for p in INSTANCE_PERMISSIONS)
     assert roles["service account sa@p-1.iam.gserviceaccount.com"] == [{"role": "roles/iam.serviceAccountUser"}]  # acting as itself only
     # The custom role: a VM ends itself, a scheduler launches its workers, a flow run its cluster (after
     # listing the provider's machines, Cloud Run jobs included: read only); nothing that grants more access.
-    assert "compute.instances.delete" in MACHINE_PERMISSIONS and len(set(MACHINE_PERMISSIONS)) == len(MACHINE_PERMISSIONS)
+    assert "compute.instances.delete" in INSTANCE_PERMISSIONS and len(set(MACHINE_PERMISSIONS)) == len(MACHINE_PERMISSIONS)
     assert all(p.startswith(("compute.", "run.")) and "*" not in p for p in MACHINE_PERMISSIONS)
     assert all(p.startswith("secretmanager.") for p in MACHINE_SECRET_PERMISSIONS)  # only these are under the condition
     assert [p for p in MACHINE_PERMISSIONS if p.startswith("run.")] == ["run.jobs.list", "run.executions.get", "run.tasks.list"]
-    unsafe = ("setIamPolicy", "firewalls.create", "firewalls.update", "versions.access")
-    assert not any(p.endswith(unsafe) for p in (*MACHINE_PERMISSIONS, *MACHINE_SECRET_PERMISSIONS))
+    unsafe = ("setIamPolicy", "firewalls.create", "firewalls.update", "versions.access", "secrets.list")
+    assert not any(p.endswith(unsafe) for p in (*MACHINE_PERMISSIONS, *INSTANCE_PERMISSIONS, *MACHINE_SECRET_PERMISSIONS))
 
 
 def test_readme_quotes_the_roles_exactly():
@@ -279,7 +288,7 @@ def test_a_pools_teardown_leaves_another_pools_machines_secrets_and_records(proj
         assert made.returncode == 0, made.stdout + made.stderr
 
     def provider(pool: str, **options) -> GCPProvider:
-        made = GCPProvider(service_account=GCPInfra.EMAIL, **options)
+        made = GCPProvider(service_account=pool_account_email(GCPInfra.PROJECT, pool), **options)
         made.store_url = stores[pool]
         return made
 
@@ -306,7 +315,7 @@ def test_a_pools_teardown_leaves_another_pools_machines_secrets_and_records(proj
         leftovers = {}
         for pool, made in ((pool_a, a), (pool_b, b)):  # as a launch whose owner died leaves its secret
             launch = secrets.token_hex(6)
-            leftovers[pool] = secret_id(f"launch-{launch}")
+            leftovers[pool] = secret_id(f"launch-{launch}", made.records.label)
             labels = {LAUNCH_LABEL: f"launch-{launch}", RECORDS_LABEL: made.records.label}
             manager.create_secret(
                 request={"parent": parent, "secret_id": leftovers[pool], "secret": {"replication": {"automatic": {}}, "labels": labels}}
@@ -328,10 +337,14 @@ def test_a_pools_teardown_leaves_another_pools_machines_secrets_and_records(proj
         assert not any(m.alive for m in a.service("compute").machines([a_machine.id])) and pool_secrets(a) == set()
         [secrets_line] = [line for line in forced.stdout.splitlines() if "launch secret(s) left behind" in line]
         assert leftovers[pool_a] in secrets_line and "removed 1 machine record(s)" in forced.stdout, forced.stdout
-        assert "kept the service account, custom roles, firewall rules and bucket" in forced.stdout.replace("\n", " ")
+        assert "kept the custom roles, firewall rules and bucket" in forced.stdout.replace("\n", " ")
+        a_email, b_email = (pool_account_email(GCPInfra.PROJECT, pool) for pool in (pool_a, pool_b))
+        assert f"removed service account {a_email}" in forced.stdout and a_email not in project.iam.accounts
+        assert project.iam.grants_of(f"serviceAccount:{a_email}") == []  # and its grants
         assert b.describe(b_machine.id).alive and pool_secrets(b) == b_secrets  # B's machine, its launch's secret, B's leftover
         assert b_machine.id in b.records.read([b_machine.id]) and not a.records.read([a_machine.id])
-        assert project.iam.roles and GCPInfra.EMAIL in project.iam.accounts  # nothing shared removed
+        assert project.iam.roles and b_email in project.iam.accounts  # nothing shared, nor B's, removed
+        assert project.iam.grants_of(f"serviceAccount:{b_email}")
         assert f"removed the pool's store {stores[pool_a]}" in forced.stdout
         left = {blob.name for blob in gcp_infra.storage().list_blobs(gcp_infra.bucket, prefix="store/")}
         assert envs[pool_b] in left and not any(name.startswith(f"store/{pool_key(pool_a)}/") for name in left), left
@@ -354,3 +367,27 @@ def test_a_pools_teardown_leaves_another_pools_machines_secrets_and_records(proj
                     api.delete_work_pool(pool)
                 except Exception:  # not made: its creation failed
                     pass
+
+
+def test_the_account_pools_shared_before_keeps_working_and_its_launches_warn(project, gcp_infra, caplog):
+    """A project provisioned by an older release has the account every pool shared: provisioning a pool
+    grants it every pool's secrets and VMs by name (its custom role lost the VM permissions to the
+    new conditioned one), says how to isolate its pools, and a launch as it warns naming the fix."""
+    import logging
+
+    from prefect_remote.providers.gcp.grants import service_account_email
+
+    shared = service_account_email("sandbox-project")
+    GCPProvider().clients.iam().call("POST", "serviceAccounts", {"accountId": "prefect-remote-machines", "serviceAccount": {}})
+    _, lines = gcp_infra.provision()
+    roles = machine_roles(project="sandbox-project", project_number=project.project_number, bucket="", service_account=shared, pool=None)
+    assert project.iam.grants_of(f"serviceAccount:{shared}") == roles["project"]
+    assert any(f"the pools that still run as {shared}" in line and "provision each again" in line for line in lines), lines
+    with caplog.at_level(logging.WARNING, logger="prefect_remote.providers.gcp"):
+        provider = GCPProvider(service_account=shared)
+        provider._warn_if_shared()
+        provider._warn_if_shared()  # once
+    [warning] = [r.getMessage() for r in caplog.records if shared in r.getMessage()]
+    assert "--provision-infra --overwrite POOL" in warning and "another pool's flow runs can read this pool's secrets" in warning
+    removed = gcp_infra.teardown()
+    assert f"service account {shared}" in removed and shared not in project.iam.accounts
