@@ -60,10 +60,15 @@ for _name, _reason in LEFT_OUT.items():
 
 @pytest.fixture(scope="module")
 def clusters():
-    """The configurations' clusters, up for the whole module; their machines end with it."""
+    """The configurations' clusters, up for the whole module with all their workers (as a LocalCluster
+    starts them before it returns: their test of completion order needs every task slot from its
+    first task); their machines end with it."""
     with contextlib.ExitStack() as stack:
         stack.callback(end_all_machines)
-        yield [stack.enter_context(RemoteCluster(keepalive=KEEPALIVE, **arguments)) for arguments in RUNNERS.values()]
+        clusters = [stack.enter_context(RemoteCluster(keepalive=KEEPALIVE, **arguments)) for arguments in RUNNERS.values()]
+        for cluster, arguments in zip(clusters, RUNNERS.values(), strict=True):
+            cluster.wait_for_workers(arguments["n_workers"], timeout=300)
+        yield clusters
 
 
 @pytest.fixture(autouse=True)
