@@ -85,8 +85,10 @@ class Instance:
     # something powers it off or terminates it. Not a container (a Cloud Run task), which ends with its command.
     vm: bool = True
     # Whether its image carries a container engine (Podman or Docker). One without (EC2's stock Amazon Linux
-    # 2023) has none until its boot installs one (OwnRoot.engine: a dnf that copies this host's Podman in).
+    # 2023, the Compute Engine images) has none until its boot installs one with its package manager (OwnRoot:
+    # a dnf or apt-get that copies this host's Podman in).
     engine: bool = True
+    packages: str = "dnf"  # the package manager that installs one on an image without (dnf, apt-get)
 
     @property
     def ended(self) -> bool:
@@ -319,6 +321,7 @@ class InstanceRunner:
                 "minute": self.shutdown_minute,
                 "outlives_boot": self.outlives_boot and instance.vm,
                 "engine": instance.engine,
+                "packages": instance.packages,
             },
             "private_link": private,
         }

@@ -58,23 +58,26 @@ else
 fi
 """
 
-# An image with no container engine (stock Amazon Linux 2023): its package manager, for the one install
-# the boot asks of it. AL2023's `dnf install docker` downloads Docker from AWS's regional repository; this
-# one copies this host's engine (Podman) from the image's "repository" into place, which is no download:
-# its time is not a real install's.
-_DNF = f"""#!/bin/sh
-# prefect-remote sandbox image with no container engine: dnf for `dnf install [-y] [-q] docker` only
-packages=""
+# An image with no container engine (stock Amazon Linux 2023, Debian, Ubuntu): its package manager
+# (dnf, apt-get), for the one install the boot asks of it. Theirs download Docker from the distribution's
+# repository; this one copies this host's engine (Podman) from the image's "repository" into place, which
+# is no download: its time is not a real install's. Anything else it is asked is refused, naming it.
+_PACKAGES = f"""#!/bin/sh
+# prefect-remote sandbox image with no container engine: `dnf install docker`, `apt-get update` and
+# `apt-get install docker.io` only (options ignored)
+manager=$(basename "$0")
 verb=""
+packages=""
 for arg in "$@"; do
-  case "$arg" in -*) ;; install) [ -z "$verb" ] && verb=install || packages="$packages $arg" ;; *) packages="$packages $arg" ;; esac
+  case "$arg" in -*) ;; *) if [ -z "$verb" ]; then verb=$arg; else packages="$packages $arg"; fi ;; esac
 done
-if [ "$verb" != install ] || [ "$packages" != " docker" ]; then
-  echo "dnf (prefect-remote sandbox image): only 'dnf install docker' is modelled, not: dnf $*" >&2
-  exit 1
-fi
+case "$manager $verb$packages" in
+  "apt-get update") exit 0 ;;
+  "dnf install docker"|"apt-get install docker.io") ;;
+  *) echo "$manager (prefect-remote sandbox image): only the install of Docker is modelled, not: $manager $*" >&2; exit 1 ;;
+esac
 if [ ! -x {IN_ROOT}/repository/podman ]; then
-  echo "dnf (prefect-remote sandbox image): no engine in this sandbox's repository (its host has no podman)" >&2
+  echo "$manager (prefect-remote sandbox image): no engine in this sandbox's repository (its host has no podman)" >&2
   exit 1
 fi
 cp {IN_ROOT}/repository/podman /usr/bin/podman
@@ -82,7 +85,8 @@ cp {IN_ROOT}/repository/podman /usr/bin/podman
 
 # Run by the hypervisor inside a new mount namespace: $1 the disk folder, $2 the mount point (the
 # machine's root/), $3 the machine folder, $4 the shared folders, $5 the volumes (both ":"-separated),
-# $6 "no-engine" for an image without a container engine (else empty), then the command.
+# $6 the package manager of an image without a container engine (dnf, apt-get; else empty), then the
+# command.
 _ENTER = f"""set -eu
 disk=$1 root=$2 machine=$3 shared=$4 volumes=$5 engine=$6
 shift 6
@@ -121,16 +125,19 @@ for name in shutdown poweroff halt; do
     fi
   done
 done
-if [ "$engine" = no-engine ]; then
+if [ -n "$engine" ]; then
   # The image has no engine: on its first boot its disk hides this host's (whiteouts, kept across
-  # reboots, so that an engine installed since stays); its dnf installs one from the "repository".
+  # reboots, so that an engine installed since stays); its package manager ($engine, in place of any
+  # of this host's) installs one from the "repository".
   if [ ! -e "$disk/image-made" ]; then
     for name in podman docker; do
       for folder in /usr/local/sbin /usr/local/bin /usr/sbin /usr/bin /sbin /bin; do
         if [ ! -L "$root$folder" ] && [ -e "$root$folder/$name" ]; then rm -f "$root$folder/$name"; fi
       done
     done
-    if [ ! -e "$root/usr/bin/dnf" ]; then cp "$machine/dnf.sh" "$root/usr/bin/dnf"; chmod 755 "$root/usr/bin/dnf"; fi
+    rm -f "$root/usr/bin/$engine"
+    cp "$machine/packages.sh" "$root/usr/bin/$engine"
+    chmod 755 "$root/usr/bin/$engine"
   fi
   if host_podman=$(command -v podman); then
     mkdir -p "$root{IN_ROOT}/repository"
@@ -159,7 +166,8 @@ class OwnRoot:
     overlayfs takes no overlay over it); ``minute`` is how many seconds a
     minute of the image's scheduled ``shutdown +N`` lasts; ``outlives_boot``: the machine stays up
     after its boot script exits (a VM), until it powers itself off or is stopped; without ``engine``
-    the image has no container engine (no ``podman`` or ``docker``) until its ``dnf install docker``."""
+    the image has no container engine (no ``podman`` or ``docker``) until its package manager
+    ``packages`` (``dnf``, ``apt-get``) installs Docker."""
 
     disk: str
     shared: list[str] = field(default_factory=list)
@@ -167,18 +175,19 @@ class OwnRoot:
     minute: int = 60
     outlives_boot: bool = False
     engine: bool = True
+    packages: str = "dnf"
 
     def prepare(self, machine: Path) -> None:
         """Writes what entering the root needs into the machine folder (before the boot starts)."""
         (machine / POWER).mkdir(mode=0o700, exist_ok=True)
         (machine / f"{POWER}.sh").write_text(_SHUTDOWN.replace("{minute}", str(int(self.minute))))
         if not self.engine:
-            (machine / "dnf.sh").write_text(_DNF)
+            (machine / "packages.sh").write_text(_PACKAGES)
 
     def command(self, machine: Path, boot: list[str]) -> list[str]:
         """The command that runs ``boot`` (paths as inside the root) in the instance's own root."""
         enter = ["unshare", "--mount", "--propagation", "private", "--", "sh", "-c", _ENTER, "enter-root"]
-        folders = [":".join(self.shared), ":".join(self.volumes), "" if self.engine else "no-engine"]
+        folders = [":".join(self.shared), ":".join(self.volumes), "" if self.engine else self.packages]
         return [*enter, self.disk, str(machine / "root"), str(machine), *folders, *boot]
 
     @staticmethod
