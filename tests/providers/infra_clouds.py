@@ -238,6 +238,7 @@ class AWSInfra(InfraCloud):
             bucket=bucket,
             prefix=f"store/{pool_key('pool-a')}",
             log_group="/prefect-remote/machines",
+            secrets_prefix=f"/prefect-remote/{pool_key('pool-a')}/",
         )
         assert iam.list_role_policies(RoleName=name)["PolicyNames"] == [aws_infra.POLICY_NAME]
         assert iam.list_attached_role_policies(RoleName=name)["AttachedPolicies"] == []
@@ -262,11 +263,13 @@ class AWSInfra(InfraCloud):
             "region": self.REGION,
             "instance_profile": aws_infra.role_name(self.REGION, "aws-pool"),
             "log_group": "/prefect-remote/machines",
+            "secrets_prefix": f"/prefect-remote/{pool_key('aws-pool')}/",
             "store": f"s3://{self.bucket}/store/{pool_key('aws-pool')}",
         }
 
     def check_pool_provider(self, provider: Any) -> None:
         assert provider.options.instance_profile == aws_infra.role_name(self.REGION, "aws-pool") and provider.region == self.REGION
+        assert provider.options.secrets_prefix == f"/prefect-remote/{pool_key('aws-pool')}/"  # its own: no other pool's machines read it
 
     def start_machine(self, setup: Any) -> str:
         """An instance as prefect-remote launches them: its launch tag, the pool's instance profile

@@ -75,6 +75,8 @@ PROVISIONING_PERMISSIONS = (
     "ec2:CreateSecurityGroup",
     "ec2:CreateTags",
     "ec2:AuthorizeSecurityGroupIngress",
+    "iam:ListRoles",  # other pools' roles: their secrets paths, which this pool's must not nest in or under
+    "iam:ListRoleTags",
     "iam:GetRole",
     "iam:CreateRole",
     "iam:TagRole",
@@ -108,10 +110,10 @@ TEARDOWN_PERMISSIONS = (
     "ssm:ListTagsForResource",
     "ssm:DeleteParameters",
     "s3:GetBucketTagging",
-    "s3:ListBucket",  # a pool's own store folder: its objects are deleted with the pool
-    "s3:DeleteObject",
+    "s3:ListBucketVersions",  # a pool's own store folder: its objects, every version, are deleted with the pool
+    "s3:DeleteObjectVersion",
 )
-TEARDOWN_DELETE_BUCKET_PERMISSIONS = ("s3:ListBucketVersions", "s3:DeleteObjectVersion", "s3:DeleteBucket")
+TEARDOWN_DELETE_BUCKET_PERMISSIONS = ("s3:DeleteBucket",)
 TEARDOWN_FORCE_PERMISSIONS = ("ec2:TerminateInstances", "ec2:CreateTags")
 
 

@@ -137,7 +137,7 @@ class AWSProvider(Provider):
     # containers: the boot installs Docker where the AMI has no engine (prefect_remote.machine.boot), and the agent runs the image.
     capabilities = Capabilities(inbound_connections=True, terminate_one=True, containers=True, gpus=True, max_lifetime=None)
     runtime = "prefect_remote.providers.aws.runtime:EC2Runtime"
-    block_fields = ("region", "instance_profile", "log_group")  # what --provision-infra records
+    block_fields = ("region", "instance_profile", "log_group", "secrets_prefix")  # what --provision-infra records
     options_model = AWSOptions
     infra = "prefect_remote.providers.aws.infra"  # the bucket, log group, security groups, and the pool's role and instance profile
     doctor = "prefect_remote.providers.aws.doctor"  # credentials, permissions, quotas, network, bucket
