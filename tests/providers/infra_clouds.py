@@ -276,23 +276,9 @@ class AWSInfra(InfraCloud):
         (which EC2 refuses for a few seconds after provisioning made it: retried, as launches do), and
         listed by EC2 when this returns (teardown finds instances by a listing, which leaves out those
         launched a moment ago: docs/known-limits.md)."""
-        from prefect_remote.providers.aws.clients import eventually
+        from tests.providers.aws.conftest import start_instance
 
-        ec2 = self.client("ec2")
-        image = ec2.describe_images(Owners=["amazon"])["Images"][0]["ImageId"]
-        [instance] = eventually(
-            lambda: ec2.run_instances(
-                ImageId=image,
-                InstanceType="t3.micro",
-                MinCount=1,
-                MaxCount=1,
-                IamInstanceProfile={"Name": setup.instance_profile},
-                TagSpecifications=[{"ResourceType": "instance", "Tags": [{"Key": LAUNCH_TAG, "Value": "launch-0123456789ab"}]}],
-            )["Instances"]
-        )
-        listed = [{"Name": "instance-id", "Values": [instance["InstanceId"]]}]
-        ec2.get_waiter("instance_exists").wait(Filters=listed, WaiterConfig={"Delay": 1})
-        return instance["InstanceId"]
+        return start_instance(self.client("ec2"), setup.instance_profile, {LAUNCH_TAG: "launch-0123456789ab"})
 
     def forced_said(self, machine_id: str, setup: Any) -> list[str]:
         return [f"terminated {machine_id}", f"removed IAM role {setup.role}"]

@@ -83,21 +83,38 @@ def test_machine_policy_is_least_privilege():
         f"arn:aws:logs:{REGION}:{ACCOUNT}:log-group:/lg",
         f"arn:aws:logs:{REGION}:{ACCOUNT}:log-group:/lg:*",
     ]
-    # Ending and tagging: only instances prefect-remote launched with this pool's instance profile.
-    own = {
-        "ArnEquals": {"ec2:InstanceProfile": f"arn:aws:iam::{ACCOUNT}:instance-profile/prefect-remote-r"},
-        "Null": {"ec2:ResourceTag/prefect-remote:launch": "false"},
+    # Ending and tagging (its lease, why it ended): itself, and of this pool's instances those it launched
+    # or schedules, named in their tags by the calling instance's ARN (only an instance's own session has one).
+    caller = "${ec2:SourceInstanceARN}"
+    machine_tags = {
+        "ForAllValues:StringEquals": {"aws:TagKeys": ["prefect-remote:lease", "prefect-remote:reason", "prefect-remote:exit-code"]}
     }
-    assert statements["EndPoolInstances"]["Condition"] == own
-    tagging = statements["TagPoolInstances"]["Condition"]
-    assert tagging["ArnEquals"] == own["ArnEquals"] and tagging["Null"] == own["Null"]
-    assert tagging["ForAllValues:StringEquals"]["aws:TagKeys"] == [
-        "prefect-remote:lease",
-        "prefect-remote:reason",
-        "prefect-remote:exit-code",
-    ]
-    # A scheduler launches workers with this profile only, passing this role only, to EC2 only.
-    assert statements["LaunchWorkersWithThisProfile"]["Condition"]["ArnEquals"] == own["ArnEquals"]
+    pool = {"ArnEquals": {"ec2:InstanceProfile": f"arn:aws:iam::{ACCOUNT}:instance-profile/prefect-remote-r"}}
+    ec2 = f"arn:aws:ec2:{REGION}:{ACCOUNT}"
+    for sid in ("EndAndTagItself", "EndAndTagWhatItLaunched", "EndAndTagWorkersItSchedules"):
+        assert (
+            statements[sid]["Action"] == ["ec2:TerminateInstances", "ec2:CreateTags"] and statements[sid]["Resource"] == f"{ec2}:instance/*"
+        )
+    assert statements["EndAndTagItself"]["Condition"] == {
+        "ArnEquals": {"ec2:SourceInstanceARN": f"{ec2}:instance/${{ec2:InstanceID}}"},
+        **machine_tags,
+    }
+    assert statements["EndAndTagWhatItLaunched"]["Condition"] == {
+        **pool,
+        "StringEquals": {"ec2:ResourceTag/prefect-remote:parent": caller},
+        **machine_tags,
+    }
+    assert statements["EndAndTagWorkersItSchedules"]["Condition"] == {
+        **pool,
+        "StringEquals": {"ec2:ResourceTag/prefect-remote:controller": caller},
+        **machine_tags,
+    }
+    # A machine launches with this profile only, instances that name it as their parent, passing this role only, to EC2 only.
+    assert statements["LaunchWorkersWithThisProfile"]["Condition"] == {
+        **pool,
+        "StringEquals": {"aws:RequestTag/prefect-remote:parent": caller},
+        "Null": {"aws:RequestTag/prefect-remote:launch": "false"},
+    }
     assert statements["PassThisRoleToWorkers"]["Resource"] == f"arn:aws:iam::{ACCOUNT}:role/prefect-remote-r"
     assert statements["PassThisRoleToWorkers"]["Condition"] == {"StringEquals": {"iam:PassedToService": "ec2.amazonaws.com"}}
     assert statements["TagWorkersAtLaunch"]["Condition"] == {"StringEquals": {"ec2:CreateAction": "RunInstances"}}
