@@ -111,13 +111,16 @@ def worker_lease(provider) -> float:
     return max(WORKER_LEASE, 2 * provider.lease_interval)
 
 
-def launch_workers(provider, plan: ClusterPlan, scheduler_address: str, count: int, *, owner: str) -> list:
+def launch_workers(provider, plan: ClusterPlan, scheduler_address: str, count: int, *, owner: str, controller: str | None = None) -> list:
     """Starts ``count`` worker machines for ``plan``'s cluster; they end ``worker_lease(provider)``
-    after their owner stops renewing their leases, or as soon as their scheduler is gone."""
+    after their owner stops renewing their leases, or as soon as their scheduler is gone. The
+    cluster's creator names the scheduler's machine as their ``controller``: it keeps them from then on."""
     from prefect_remote.spec import MachineSpec
 
     # Workers are reached by their scheduler only, inside the network: no ingress from outside.
     wire = {**plan.worker.spec, "keepalive": worker_lease(provider), "allow_ingress_from": "none"}
     spec = MachineSpec.from_wire(wire, plan.worker.secrets)
     tags = {**plan.tags, CLUSTER_TAG: plan.name, ROLE_TAG: "worker"}
-    return provider.launch(spec, worker_payload(plan, scheduler_address), count=count, tags=tags, owner=owner, agent=plan.agent_source())
+    return provider.launch(
+        spec, worker_payload(plan, scheduler_address), count=count, tags=tags, owner=owner, agent=plan.agent_source(), controller=controller
+    )

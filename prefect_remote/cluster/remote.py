@@ -427,7 +427,9 @@ class RemoteCluster(SpecCluster):
         if self.options.start_workers and not spec.image:
             contact = f"tls://{scheduler.private_address}:{port}"  # where workers reach the scheduler
             try:
-                workers = launch_workers(self.provider, plan, contact, self.options.start_workers, owner=default_owner())
+                workers = launch_workers(
+                    self.provider, plan, contact, self.options.start_workers, owner=default_owner(), controller=scheduler.id
+                )
             except BaseException:  # (no spot capacity, a quota): the scheduler launched just now must not stay
                 self._abandon("its cluster's first workers could not be launched")
                 raise

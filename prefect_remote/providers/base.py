@@ -267,7 +267,9 @@ class Launch:
     ``boot_script`` is what each machine runs (no secrets); ``tags`` are the user's (a provider adds
     its own under ``TAG_PREFIX``); ``has_secrets`` says whether ``_store_secrets`` was given some
     under ``id``; ``service`` and ``service_reason`` are the :class:`Plan`'s, for a provider with
-    several services.
+    several services; ``controller`` is another machine of this provider that will keep and end
+    these (a cluster's scheduler, for the first workers its creator launches), for a provider whose
+    machines may act only on their own.
     """
 
     id: str
@@ -280,6 +282,7 @@ class Launch:
     has_secrets: bool
     service: str | None = None
     service_reason: str | None = None
+    controller: str | None = None
 
 
 def batches(items: Sequence[str], size: int) -> Iterator[list[str]]:
@@ -440,11 +443,13 @@ class Provider(ABC):
         tags: Mapping[str, str] | None = None,
         owner: str | None = None,
         agent: AgentSource | None = None,
+        controller: str | None = None,
     ) -> list[Machine]:
         """Start ``count`` machines that boot and run ``payload``. Everything is validated, and the
         boot script made, before any machine starts; a launch that fails starts none. ``agent`` is
         how stock-image machines get the agent (default: :meth:`agent_source`, this launcher's
-        prefect-remote); a cluster's scheduler passes the one its creator chose.
+        prefect-remote); a cluster's scheduler passes the one its creator chose. ``controller``: the
+        id of another machine of this provider that will keep and end these (:class:`Launch`).
 
         Example::
 
@@ -498,6 +503,7 @@ class Provider(ABC):
             has_secrets=bool(machine_secrets),
             service=plan.service,
             service_reason=plan.service_reason,
+            controller=controller,
         )
         try:
             return self._start(launch)

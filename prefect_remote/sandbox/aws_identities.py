@@ -18,6 +18,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from prefect_remote.sandbox.iam_identity import handed_to_instance
+
 # The buckets the sandbox's launcher may use as stores: its own and those provisioning makes
 # (``prefect-remote-<account>-<region>``), as a user's policy would name their store's bucket.
 STORE_BUCKETS = "prefect-remote-*"
@@ -122,6 +124,7 @@ class MachineCredentials:
                     external_id=None,
                 )
                 session.expiration = (now + SESSION_DURATION).replace(tzinfo=None)  # on the same clock as the renewal
+                handed_to_instance(session.access_key_id)
                 held = (now, session)
                 self._sessions[instance_id] = held
         issued, session = held

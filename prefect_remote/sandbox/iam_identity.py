@@ -15,6 +15,17 @@ from typing import Any
 
 from prefect_remote.sandbox.iam_policy import Check, Evaluation, evaluate
 
+# The STS sessions EC2 handed to instances for their profile's role (aws_identities.MachineCredentials), by
+# access key id. Only those bring ec2:SourceInstanceARN: "present only when the request comes from an
+# Amazon EC2 instance using an IAM role associated with an EC2 instance profile" (IAM User Guide, policy
+# variables), never a session someone assumed with an instance-like name.
+_INSTANCE_SESSIONS: set[str] = set()
+
+
+def handed_to_instance(access_key_id: str) -> None:
+    """Records that EC2 handed the session of ``access_key_id`` to an instance (named as the session)."""
+    _INSTANCE_SESSIONS.add(access_key_id)
+
 
 class Refusal(Exception):
     """A request AWS would refuse: ``kind`` is ``"denied"``, ``"unknown-key"``, ``"bad-token"``,
@@ -157,7 +168,7 @@ def authenticate(account: str, partition: str, key_id: str, token: str | None, n
             "aws:userid": f"{role.id}:{session.session_name}",
             **{f"aws:PrincipalTag/{t['Key']}": t["Value"] for t in role.tags},
         }
-        if session.session_name.startswith("i-"):  # an instance's credentials, as EC2 hands them out
+        if session.access_key_id in _INSTANCE_SESSIONS:  # an instance's credentials, as EC2 hands them out
             context["ec2:SourceInstanceARN"] = f"arn:{partition}:ec2:{session.region_name}:{account}:instance/{session.session_name}"
         session_policy = [("session", policy_document(session.policy), "session")] if session.policy else None
         arn = f"arn:{partition}:sts::{account}:assumed-role/{role_name}/{session.session_name}"

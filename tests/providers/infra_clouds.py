@@ -239,6 +239,7 @@ class AWSInfra(InfraCloud):
             bucket=bucket,
             prefix=f"store/{pool_key('pool-a')}",
             log_group="/prefect-remote/machines",
+            secrets_prefix=f"/prefect-remote/{pool_key('pool-a')}/",
         )
         assert iam.list_role_policies(RoleName=name)["PolicyNames"] == [aws_infra.POLICY_NAME]
         assert iam.list_attached_role_policies(RoleName=name)["AttachedPolicies"] == []
@@ -263,34 +264,22 @@ class AWSInfra(InfraCloud):
             "region": self.REGION,
             "instance_profile": aws_infra.role_name(self.REGION, "aws-pool"),
             "log_group": "/prefect-remote/machines",
+            "secrets_prefix": f"/prefect-remote/{pool_key('aws-pool')}/",
             "store": f"s3://{self.bucket}/store/{pool_key('aws-pool')}",
         }
 
     def check_pool_provider(self, provider: Any) -> None:
         assert provider.options.instance_profile == aws_infra.role_name(self.REGION, "aws-pool") and provider.region == self.REGION
+        assert provider.options.secrets_prefix == f"/prefect-remote/{pool_key('aws-pool')}/"  # its own: no other pool's machines read it
 
     def start_machine(self, setup: Any) -> str:
         """An instance as prefect-remote launches them: its launch tag, the pool's instance profile
         (which EC2 refuses for a few seconds after provisioning made it: retried, as launches do), and
         listed by EC2 when this returns (teardown finds instances by a listing, which leaves out those
         launched a moment ago: docs/known-limits.md)."""
-        from prefect_remote.providers.aws.clients import eventually
+        from tests.providers.aws.conftest import start_instance
 
-        ec2 = self.client("ec2")
-        image = ec2.describe_images(Owners=["amazon"])["Images"][0]["ImageId"]
-        [instance] = eventually(
-            lambda: ec2.run_instances(
-                ImageId=image,
-                InstanceType="t3.micro",
-                MinCount=1,
-                MaxCount=1,
-                IamInstanceProfile={"Name": setup.instance_profile},
-                TagSpecifications=[{"ResourceType": "instance", "Tags": [{"Key": LAUNCH_TAG, "Value": "launch-0123456789ab"}]}],
-            )["Instances"]
-        )
-        listed = [{"Name": "instance-id", "Values": [instance["InstanceId"]]}]
-        ec2.get_waiter("instance_exists").wait(Filters=listed, WaiterConfig={"Delay": 1})
-        return instance["InstanceId"]
+        return start_instance(self.client("ec2"), setup.instance_profile, {LAUNCH_TAG: "launch-0123456789ab"})
 
     def forced_said(self, machine_id: str, setup: Any) -> list[str]:
         return [f"terminated {machine_id}", f"removed IAM role {setup.role}"]

@@ -37,6 +37,7 @@ NO_RETRIES = Config(retries={"max_attempts": 1, "mode": "standard"})
 EC2 = f"arn:aws:ec2:{REGION}:{ACCOUNT_ID}"
 PROFILE = f"arn:aws:iam::{ACCOUNT_ID}:instance-profile/prefect-remote-{REGION}-pool"
 LAUNCH_TAG = "prefect-remote:launch"
+PARENT_TAG, CONTROLLER_TAG = "prefect-remote:parent", "prefect-remote:controller"
 
 
 def policy(*statements: dict) -> dict:
@@ -280,9 +281,14 @@ MACHINES = machine_policy(
 )
 
 
-def allowed(document: dict, wanted: list[Check]) -> list[tuple[str, str, str]]:
-    """Each check's decision: (action, resource, decision)."""
-    return [(c.action, c.resource, evaluate([("p", document)], c).decision) for c in wanted]
+def allowed(document: dict, wanted: list[Check], caller: str | None = None) -> list[tuple[str, str, str]]:
+    """Each check's decision: (action, resource, decision), asked by instance ``caller`` (an instance's
+    ARN: its role session's ``ec2:SourceInstanceARN``), or by a caller that is no instance."""
+    principal = {"ec2:SourceInstanceARN": caller} if caller else {}
+    return [
+        (c.action, c.resource, evaluate([("p", document)], Check(c.action, c.resource, {**principal, **c.context})).decision)
+        for c in wanted
+    ]
 
 
 def launch(profile: str = POOL_ROLE, tags: dict | None = None, **extra) -> dict:
@@ -322,33 +328,62 @@ def test_run_instances_checks_every_resource_and_what_aws_implies():
     assert f"{EC2}:spot-instances-request/*" in [c.resource for c in spot]
 
 
-def test_machine_policy_lets_a_scheduler_launch_workers_of_its_pool_only():
+def test_machine_policy_lets_a_machine_launch_only_instances_naming_it_their_parent_with_its_pools_profile():
     account = FixedAccount(profiles={POOL_ROLE: Profile(POOL_ROLE, POOL_ROLE), "other": Profile("other", "other")})
-    assert {d for *_, d in allowed(MACHINES, ask("ec2", "RunInstances", account, **launch()))} == {"allowed"}
-    # Without the launch tag, with another profile, or tagging what it may not: refused.
-    untagged = allowed(MACHINES, ask("ec2", "RunInstances", account, **launch(tags={})))
-    assert ("ec2:RunInstances", f"{EC2}:instance/*", "implicitDeny") in untagged
-    elsewhere = allowed(MACHINES, ask("ec2", "RunInstances", account, **launch(profile="other")))
+    me = f"{EC2}:instance/i-0me"
+    mine = {LAUNCH_TAG: "launch-1", PARENT_TAG: me}
+    assert {d for *_, d in allowed(MACHINES, ask("ec2", "RunInstances", account, **launch(tags=mine)), me)} == {"allowed"}
+    # Without the launch tag, naming another parent (or none), from no instance, with another profile: refused.
+    for tags, caller in (
+        ({PARENT_TAG: me}, me),
+        ({LAUNCH_TAG: "l", PARENT_TAG: f"{EC2}:instance/i-0else"}, me),
+        ({LAUNCH_TAG: "l"}, me),
+        (mine, None),
+    ):
+        refused = allowed(MACHINES, ask("ec2", "RunInstances", account, **launch(tags=tags)), caller)
+        assert ("ec2:RunInstances", f"{EC2}:instance/*", "implicitDeny") in refused, (tags, caller)
+    elsewhere = allowed(MACHINES, ask("ec2", "RunInstances", account, **launch(profile="other", tags=mine)), me)
     assert ("ec2:RunInstances", f"{EC2}:instance/*", "implicitDeny") in elsewhere
     assert ("iam:PassRole", f"arn:aws:iam::{ACCOUNT_ID}:role/other", "implicitDeny") in elsewhere
 
 
-def test_machine_policy_tags_and_ends_only_its_pools_instances():
+def test_machine_policy_ends_and_tags_only_itself_what_it_launched_and_the_workers_it_schedules():
     ours = {"type": "t3.micro", "profile": f"arn:aws:iam::{ACCOUNT_ID}:instance-profile/{POOL_ROLE}"}
+    me, sibling = f"{EC2}:instance/i-0me", f"{EC2}:instance/i-0sib"
     account = FixedAccount(
-        instances={"i-0a": ours, "i-0b": {**ours, "profile": PROFILE + "-other"}, "i-0c": ours},
-        tags={"i-0a": {LAUNCH_TAG: "launch-1"}, "i-0b": {LAUNCH_TAG: "launch-2"}, "i-0c": {}},
+        instances={
+            "i-0me": ours,
+            "i-0child": ours,
+            "i-0kept": ours,
+            "i-0sib": ours,
+            "i-0cousin": ours,
+            "i-0other": {**ours, "profile": PROFILE + "-other"},
+        },
+        tags={
+            "i-0me": {LAUNCH_TAG: "launch-0"},
+            "i-0child": {LAUNCH_TAG: "launch-1", PARENT_TAG: me},  # launched by it
+            "i-0kept": {LAUNCH_TAG: "launch-2", PARENT_TAG: sibling, CONTROLLER_TAG: me},  # a first worker it schedules
+            "i-0sib": {LAUNCH_TAG: "launch-3"},  # another flow run's machine of the pool
+            "i-0cousin": {LAUNCH_TAG: "launch-4", PARENT_TAG: sibling},  # another cluster's worker, same pool
+            "i-0other": {LAUNCH_TAG: "launch-5", PARENT_TAG: me},  # another pool's profile
+        },
     )
 
-    def decision(operation, **params):
-        return [d for *_, d in allowed(MACHINES, ask("ec2", operation, account, **params))]
+    def decision(operation, caller=me, **params):
+        return [d for *_, d in allowed(MACHINES, ask("ec2", operation, account, **params), caller)]
 
-    assert decision("CreateTags", Resources=["i-0a"], Tags=[{"Key": "prefect-remote:lease", "Value": "1"}]) == ["allowed"]
-    assert decision("CreateTags", Resources=["i-0a"], Tags=[{"Key": "Name", "Value": "x"}]) == ["implicitDeny"]
-    assert decision("TerminateInstances", InstanceIds=["i-0a"]) == ["allowed"]
-    assert decision("TerminateInstances", InstanceIds=["i-0b"]) == ["implicitDeny"]  # another pool's
-    assert decision("TerminateInstances", InstanceIds=["i-0c"]) == ["implicitDeny"]  # not launched by prefect-remote
-    assert decision("TerminateInstances", InstanceIds=["i-0a", "i-0b"]) == ["allowed", "implicitDeny"]
+    lease = [{"Key": "prefect-remote:lease", "Value": "1"}]
+    for target in ("i-0me", "i-0child", "i-0kept"):
+        assert decision("CreateTags", Resources=[target], Tags=lease) == ["allowed"], target
+        assert decision("TerminateInstances", InstanceIds=[target]) == ["allowed"], target
+        assert decision("CreateTags", Resources=[target], Tags=[{"Key": "Name", "Value": "x"}]) == ["implicitDeny"], target
+        assert decision("CreateTags", Resources=[target], Tags=[{"Key": PARENT_TAG, "Value": me}]) == ["implicitDeny"], target
+    for target in ("i-0sib", "i-0cousin", "i-0other"):
+        assert decision("CreateTags", Resources=[target], Tags=lease) == ["implicitDeny"], target
+        assert decision("TerminateInstances", InstanceIds=[target]) == ["implicitDeny"], target
+    assert decision("TerminateInstances", InstanceIds=["i-0child", "i-0sib"]) == ["allowed", "implicitDeny"]
+    assert decision("TerminateInstances", caller=None, InstanceIds=["i-0me"]) == ["implicitDeny"]  # no instance's session
+    assert decision("TerminateInstances", caller=sibling, InstanceIds=["i-0sib", "i-0me"]) == ["allowed", "implicitDeny"]
     assert decision("AuthorizeSecurityGroupIngress", GroupId="sg-1", IpPermissions=[]) == ["implicitDeny"]
     assert decision("DescribeInstances") == ["allowed"]
 
@@ -653,6 +688,44 @@ def test_expired_sessions_are_refused_in_each_services_shape(sandbox, admin):
     assert refused(wrong_token("iam").list_roles)[:2] == (403, "InvalidClientTokenId")
 
 
+def test_only_sessions_ec2_hands_to_instances_bring_their_source_instance_arn(sandbox, admin):
+    """ec2:SourceInstanceARN is present "only when the request comes from an Amazon EC2 instance using
+    an IAM role associated with an EC2 instance profile": a session of the machines' role assumed
+    otherwise, even named like an instance, has none, and "itself" never holds for it."""
+    from moto.sts.models import sts_backends
+
+    image = admin("ec2").describe_images(Owners=["amazon"])["Images"][0]["ImageId"]
+    run = {
+        "ImageId": image,
+        "InstanceType": "t3.micro",
+        "MinCount": 1,
+        "MaxCount": 1,
+        "IamInstanceProfile": {"Name": "prefect-remote-sandbox"},
+    }
+    [instance] = admin("ec2").run_instances(**run)["Instances"]
+    instance_id = instance["InstanceId"]
+    admin("ec2").get_waiter("instance_exists").wait(InstanceIds=[instance_id], WaiterConfig={"Delay": 1})
+    lookalike = sts_backends[ACCOUNT_ID]["aws"].assume_role(
+        region_name=REGION,
+        role_session_name=instance_id,
+        role_arn=f"arn:aws:iam::{ACCOUNT_ID}:role/prefect-remote-sandbox",
+        policy=None,
+        duration=900,
+        external_id=None,
+    )
+    forged = clients(sandbox, aws_identities.Keys(lookalike.access_key_id, lookalike.secret_access_key, lookalike.session_token))
+    lease = [{"Key": "prefect-remote:lease", "Value": "1"}]
+    try:
+        assert refused(forged("ec2").create_tags, Resources=[instance_id], Tags=lease)[1] == "UnauthorizedOperation"
+        machine = sandbox.keys("machine", instance_id=instance_id)
+        own = clients(
+            sandbox, aws_identities.Keys(machine["AWS_ACCESS_KEY_ID"], machine["AWS_SECRET_ACCESS_KEY"], machine["AWS_SESSION_TOKEN"])
+        )
+        own("ec2").create_tags(Resources=[instance_id], Tags=lease)
+    finally:
+        admin("ec2").terminate_instances(InstanceIds=[instance_id])
+
+
 def test_unknown_keys_and_bad_signatures_are_refused_in_each_services_shape(sandbox):
     unknown = clients(sandbox, aws_identities.Keys("AKIAEXAMPLEEXAMPLE00", "x"))
     assert refused(unknown("ec2").describe_instances)[:2] == (401, "AuthFailure")
@@ -697,10 +770,18 @@ def test_simulate_principal_policy_answers_from_the_same_evaluator(sandbox, admi
     terminate = dict(PolicySourceArn=source, ActionNames=["ec2:TerminateInstances"], ResourceArns=[f"{EC2}:instance/i-0abc"])
     without = admin("iam").simulate_principal_policy(**terminate)["EvaluationResults"][0]
     assert without["EvalDecision"] == "implicitDeny"
-    assert set(without["MissingContextValues"]) == {"ec2:InstanceProfile", f"ec2:ResourceTag/{LAUNCH_TAG}"}
+    assert set(without["MissingContextValues"]) == {
+        "ec2:SourceInstanceARN",
+        "ec2:InstanceProfile",
+        f"ec2:ResourceTag/{PARENT_TAG}",
+        f"ec2:ResourceTag/{CONTROLLER_TAG}",
+        "aws:TagKeys",
+    }
+    parent = f"{EC2}:instance/i-0parent"
     context = [
+        {"ContextKeyName": "ec2:SourceInstanceARN", "ContextKeyValues": [parent], "ContextKeyType": "string"},
         {"ContextKeyName": "ec2:InstanceProfile", "ContextKeyValues": [profile], "ContextKeyType": "string"},
-        {"ContextKeyName": f"ec2:ResourceTag/{LAUNCH_TAG}", "ContextKeyValues": ["launch-1"], "ContextKeyType": "string"},
+        {"ContextKeyName": f"ec2:ResourceTag/{PARENT_TAG}", "ContextKeyValues": [parent], "ContextKeyType": "string"},
     ]
     assert admin("iam").simulate_principal_policy(**terminate, ContextEntries=context)["EvaluationResults"][0]["EvalDecision"] == "allowed"
     # The call is authorized like any other: the teardown identity may not simulate (the launcher

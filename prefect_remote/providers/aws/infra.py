@@ -10,7 +10,9 @@ provider is aws) makes, or finds when they exist:
 - the security groups the provider keeps per VPC (its own code:
   :meth:`~prefect_remote.providers.aws.network.AWSNetwork.security_groups`);
 - one IAM role and instance profile per pool and region, ``prefect-remote-<region>-<pool>``, with
-  the least-privilege policy :func:`machine_policy` (the README quotes it).
+  the least-privilege policy :func:`machine_policy` (the README quotes it), whose launch secrets
+  are the pool's own: ``/prefect-remote/<pool key>/`` (:func:`pool_secrets_prefix`), a path no
+  other provisioned pool's nests in or under (:func:`_check_secrets_apart`).
 
 :func:`teardown` (``prefect-remote aws teardown``) removes them again. The role's tags record what
 it was provisioned with (region, pool, store, log group), so teardown needs nothing but AWS.
@@ -31,11 +33,12 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from prefect_remote.providers.aws.clients import AWSError, error_code, translated
+from prefect_remote.providers.aws.options import SHARED_SECRETS_PREFIX
 from prefect_remote.providers.aws.permissions import POLICY_NAME, ROLE_PREFIX, machine_policy, trust_policy
 from prefect_remote.providers.aws.provider import ALIVE_STATES, AWSProvider
 from prefect_remote.providers.aws.tags import LAUNCH_TAG, MANAGED_TAG
 from prefect_remote.providers.base import TAG_PREFIX
-from prefect_remote.providers.setup import Say, owns_store, pool_store, removed
+from prefect_remote.providers.setup import Say, owns_store, pool_key, pool_store, removed
 
 if TYPE_CHECKING:
     from botocore.client import BaseClient
@@ -88,6 +91,25 @@ def default_store(account: str, region: str, pool: str) -> str:
     return pool_store(f"s3://{default_bucket(account, region)}/store", pool)
 
 
+def pool_secrets_prefix(pool: str) -> str:
+    """The SSM path provisioning gives ``pool``'s launch secrets: its own, below the shared default, so
+    that its role's policy covers no other pool's (no pool key begins another's: ``ab``, ``abc``).
+
+    >>> pool_secrets_prefix("ab")
+    '/prefect-remote/ab-fb8e20fc/'
+    """
+    return f"{SHARED_SECRETS_PREFIX}{pool_key(pool)}/"
+
+
+def prefixes_overlap(first: str, second: str) -> bool:
+    """Whether one SSM path holds the other (a policy's ``parameter<prefix>*`` covers every path below it).
+
+    >>> prefixes_overlap("/prefect-remote/", "/prefect-remote/ab-fb8e20fc/"), prefixes_overlap("/a/b/", "/a/bc/")
+    (True, False)
+    """
+    return first.startswith(second) or second.startswith(first)
+
+
 def _tag_value(value: str) -> str:
     return _TAG_VALUE.sub("_", value)[:256]
 
@@ -108,10 +130,17 @@ class AWSSetup:
     store: str
     log_group: str
     security_groups: tuple[str, ...]
+    secrets_prefix: str = SHARED_SECRETS_PREFIX
 
     def block_fields(self) -> dict[str, str | None]:
         """The provider block's fields that record this setup, so that later runs use it."""
-        return {"region": self.region, "instance_profile": self.instance_profile, "log_group": self.log_group, "store": self.store}
+        return {
+            "region": self.region,
+            "instance_profile": self.instance_profile,
+            "log_group": self.log_group,
+            "secrets_prefix": self.secrets_prefix,
+            "store": self.store,
+        }
 
 
 def provision(provider: AWSProvider, pool: str, store: str | None = None, say: Say = print) -> AWSSetup:
@@ -139,10 +168,14 @@ def provision(provider: AWSProvider, pool: str, store: str | None = None, say: S
     groups = _ensure_security_groups(provider, say)
     options = provider.options
     name = role_name(region, pool)
+    secrets_prefix = options.secrets_prefix
     if options.instance_profile and options.instance_profile != name:
         say(f"machines use your instance profile {options.instance_profile} (no role made; docs/providers/aws.md quotes its policy)")
         role, profile = None, options.instance_profile
     else:
+        if secrets_prefix == SHARED_SECRETS_PREFIX:  # none chosen (or a pool provisioned before pools had their own)
+            secrets_prefix = pool_secrets_prefix(pool)
+        _check_secrets_apart(provider.client("iam"), region, name, pool, secrets_prefix)
         policy = machine_policy(
             account=account,
             region=region,
@@ -150,7 +183,7 @@ def provision(provider: AWSProvider, pool: str, store: str | None = None, say: S
             bucket=s3store.bucket,
             prefix=s3store.prefix,
             log_group=options.log_group,
-            secrets_prefix=options.secrets_prefix,
+            secrets_prefix=secrets_prefix,
             partition=partition,
         )
         tags = {
@@ -159,11 +192,35 @@ def provision(provider: AWSProvider, pool: str, store: str | None = None, say: S
             POOL_TAG: pool,
             STORE_TAG: s3store.url,
             LOG_GROUP_TAG: options.log_group,
-            SECRETS_PREFIX_TAG: options.secrets_prefix,
+            SECRETS_PREFIX_TAG: secrets_prefix,
         }
         _ensure_role(provider.client("iam"), name, policy, tags, say)
+        say(f"launch secrets: SSM parameters under {secrets_prefix} (this pool's machines read no other's)")
         role, profile = name, name
-    return AWSSetup(account, region, role, profile, s3store.url, options.log_group, tuple(groups))
+    return AWSSetup(account, region, role, profile, s3store.url, options.log_group, tuple(groups), secrets_prefix)
+
+
+def _check_secrets_apart(iam: BaseClient, region: str, role: str, pool: str, prefix: str) -> None:
+    """Refuses ``prefix`` for ``pool`` when it holds, or lies in, another provisioned pool's secrets
+    path in ``region``: one role's ``parameter<prefix>*`` would cover the other's secrets (Prefect API
+    keys, clusters' TLS keys), whichever of the two was provisioned first."""
+    for name, tags in provisioned_roles(iam, region).items():
+        theirs = tags.get(SECRETS_PREFIX_TAG)
+        if name == role or theirs is None or not prefixes_overlap(prefix, theirs):
+            continue
+        other = tags.get(POOL_TAG, name)
+        if theirs == SHARED_SECRETS_PREFIX:
+            raise AWSError(
+                f"pool {other!r} (role {name}) was provisioned with the shared secrets prefix {theirs}, under which its machines may "
+                f"read every pool's launch secrets, pool {pool!r}'s ({prefix}) included: provision pool {other!r} again first "
+                f"(`prefect work-pool create {other!r} --type remote:push --provision-infra --overwrite`, with no secrets_prefix in its "
+                f"block's options), which gives it its own, {pool_secrets_prefix(other)}; then provision {pool!r}"
+            )
+        raise AWSError(
+            f"secrets_prefix {prefix} of pool {pool!r} {'holds' if theirs.startswith(prefix) else 'lies in'} pool {other!r}'s {theirs} "
+            f"(role {name}): each pool's machines could read the other's launch secrets. Give pool {pool!r} a path apart (drop "
+            f"secrets_prefix from its block's options for its own, {pool_secrets_prefix(pool)}), and provision again"
+        )
 
 
 def _account(provider: AWSProvider) -> tuple[str, str]:
@@ -329,12 +386,20 @@ def teardown(
     if pool is not None:  # the pool's own store folder, if provisioning chose it (one given is the user's)
         owned = sorted({tags[STORE_TAG] for tags in mine.values() if owns_store(tags.get(STORE_TAG, ""), pool)})
         done += _remove_store_folders(provider.client("s3"), owned, say)
+    prefixes = {tags[SECRETS_PREFIX_TAG] for tags in mine.values() if SECRETS_PREFIX_TAG in tags}
+    if shared:
+        prefixes.add(provider.options.secrets_prefix)
+    else:  # a pool's own secrets only: a path another pool's lies in (the shared one, before pools had their own) is kept
+        theirs = {tags[SECRETS_PREFIX_TAG] for name, tags in roles.items() if name not in mine and SECRETS_PREFIX_TAG in tags}
+        kept = {prefix for prefix in prefixes if any(prefixes_overlap(prefix, other) for other in theirs)}
+        if kept:
+            say(f"kept the launch secrets under {', '.join(sorted(kept))}: other pools' lie there too")
+        prefixes -= kept
+    done += _remove_leftover_secrets(provider.client("ssm"), sorted(prefixes), say)
     if shared:
         done += _remove_security_groups(ec2, say)
         log_groups = {tags[LOG_GROUP_TAG] for tags in mine.values() if LOG_GROUP_TAG in tags} | {provider.options.log_group}
         done += _remove_log_groups(provider.client("logs"), sorted(log_groups), say)
-        prefixes = {tags[SECRETS_PREFIX_TAG] for tags in mine.values() if SECRETS_PREFIX_TAG in tags} | {provider.options.secrets_prefix}
-        done += _remove_leftover_secrets(provider.client("ssm"), sorted(prefixes), say)
         stores = sorted({tags[STORE_TAG] for tags in mine.values() if STORE_TAG in tags} | {f"s3://{default_bucket(account, region)}"})
         done += _remove_buckets(provider.client("s3"), stores, delete_bucket, say)
     else:
@@ -438,29 +503,44 @@ def _remove_leftover_secrets(ssm: BaseClient, prefixes: list[str], say: Say) -> 
     return [f"SSM parameter {name}" for name in names]
 
 
-def _remove_store_folders(s3: BaseClient, stores: list[str], say: Say) -> list[str]:
-    """Deletes every object of ``stores`` (pools' own folders, ``s3://bucket/store/<pool key>``) in the
-    buckets provisioning made; the buckets and everything else in them stay."""
+def _made_bucket(s3: BaseClient, bucket: str) -> bool | None:
+    """Whether provisioning made ``bucket`` (its ``prefect-remote:managed`` tag); None: there is no such bucket."""
     from botocore.exceptions import ClientError
 
+    try:
+        tags = {t["Key"]: t["Value"] for t in s3.get_bucket_tagging(Bucket=bucket)["TagSet"]}
+    except ClientError as error:
+        if error_code(error) == "NoSuchBucket":
+            return None
+        if error_code(error) != "NoSuchTagSet":
+            raise
+        tags = {}
+    return tags.get(MANAGED_TAG) == "true"
+
+
+def _delete_versions(s3: BaseClient, bucket: str, prefix: str = "") -> int:
+    """Deletes every version (and delete marker) of the objects under ``prefix`` in ``bucket``, so
+    that nothing of them stays behind in a bucket that keeps versions; returns how many objects were."""
+    count = 0
+    for page in s3.get_paginator("list_object_versions").paginate(Bucket=bucket, Prefix=prefix):
+        versions = page.get("Versions", [])
+        objects = [{"Key": o["Key"], "VersionId": o["VersionId"]} for o in versions + page.get("DeleteMarkers", [])]
+        if objects:  # a page holds at most 1000, what DeleteObjects takes
+            s3.delete_objects(Bucket=bucket, Delete={"Objects": objects, "Quiet": True})
+            count += sum(1 for o in versions if o.get("IsLatest"))
+    return count
+
+
+def _remove_store_folders(s3: BaseClient, stores: list[str], say: Say) -> list[str]:
+    """Deletes every object of ``stores`` (pools' own folders, ``s3://bucket/store/<pool key>``), with
+    its earlier versions, in the buckets provisioning made; the buckets and everything else in them stay."""
     done: list[str] = []
     for url in stores:
         bucket, prefix = url.removeprefix("s3://").rstrip("/").split("/", 1)
         with translated("s3", f"remove the pool's store {url}"):
-            try:
-                tags = {t["Key"]: t["Value"] for t in s3.get_bucket_tagging(Bucket=bucket)["TagSet"]}
-            except ClientError as error:
-                if error_code(error) in ("NoSuchBucket", "NoSuchTagSet"):
-                    continue
-                raise
-            if tags.get(MANAGED_TAG) != "true":
+            if not _made_bucket(s3, bucket):
                 continue
-            count = 0
-            for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=f"{prefix}/"):
-                objects = [{"Key": o["Key"]} for o in page.get("Contents", [])]
-                if objects:
-                    s3.delete_objects(Bucket=bucket, Delete={"Objects": objects, "Quiet": True})
-                    count += len(objects)
+            count = _delete_versions(s3, bucket, f"{prefix}/")
         if count:
             removed(done, f"the pool's store {url}", say, f" ({count} object(s))")
     return done
@@ -468,29 +548,19 @@ def _remove_store_folders(s3: BaseClient, stores: list[str], say: Say) -> list[s
 
 def _remove_buckets(s3: BaseClient, stores: list[str], delete: bool, say: Say) -> list[str]:
     """Deletes, emptied, the stores' buckets that provisioning made (tagged ``prefect-remote:managed``)."""
-    from botocore.exceptions import ClientError
-
     done: list[str] = []
     for bucket in sorted({store.removeprefix("s3://").split("/", 1)[0] for store in stores}):
         with translated("s3", f"remove the store's bucket {bucket}"):
-            try:
-                tags = {t["Key"]: t["Value"] for t in s3.get_bucket_tagging(Bucket=bucket)["TagSet"]}
-            except ClientError as error:
-                if error_code(error) == "NoSuchBucket":
-                    continue
-                if error_code(error) != "NoSuchTagSet":
-                    raise
-                tags = {}
-            if tags.get(MANAGED_TAG) != "true":
+            made = _made_bucket(s3, bucket)
+            if made is None:
+                continue
+            if not made:
                 say(f"kept S3 bucket {bucket}: provisioning did not make it")
                 continue
             if not delete:
                 say(f"kept S3 bucket {bucket}: it holds software environments (--delete-bucket removes it)")
                 continue
-            for page in s3.get_paginator("list_object_versions").paginate(Bucket=bucket):
-                objects = [{"Key": o["Key"], "VersionId": o["VersionId"]} for o in page.get("Versions", []) + page.get("DeleteMarkers", [])]
-                if objects:
-                    s3.delete_objects(Bucket=bucket, Delete={"Objects": objects, "Quiet": True})
+            _delete_versions(s3, bucket)
             s3.delete_bucket(Bucket=bucket)
         removed(done, f"S3 bucket {bucket}", say, " and everything in it")
     return done

@@ -16,6 +16,10 @@ from pydantic_settings import NoDecode, SettingsConfigDict
 from prefect_remote.providers.options import ProviderOptions
 from prefect_remote.spec import ingress_source
 
+# Launch secrets' SSM path when none is chosen: a provider with an instance profile of the user's own.
+# Provisioning gives each pool a path of its own below it (infra.pool_secrets_prefix) and records it.
+SHARED_SECRETS_PREFIX = "/prefect-remote/"
+
 
 class AWSOptions(ProviderOptions):
     """Where aws machines run and with what, validated when the provider is made; each one not given
@@ -35,7 +39,10 @@ class AWSOptions(ProviderOptions):
         "`--provision-infra` makes one.",
     )
     log_group: str = Field(default="/prefect-remote/machines", description="CloudWatch Logs group machines write to.")
-    secrets_prefix: str = "/prefect-remote/"
+    secrets_prefix: str = Field(
+        default=SHARED_SECRETS_PREFIX,
+        description="SSM parameter path of launches' secrets; `--provision-infra` gives each pool its own, /prefect-remote/<pool key>/.",
+    )
     allow_ingress_from: str = "me"
     metadata_endpoint: str | None = None  # the machines' IMDS; default: theirs (or $AWS_EC2_METADATA_SERVICE_ENDPOINT)
     # Seconds between a machine's reads of its lease: its owner's loss is noticed this long after keepalive.

@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 from prefect_remote.providers.aws.runtime import EXIT_CODE_TAG, LEASE_TAG, REASON_TAG
-from prefect_remote.providers.aws.tags import LAUNCH_TAG
+from prefect_remote.providers.aws.tags import CONTROLLER_TAG, LAUNCH_TAG, PARENT_TAG
 
 ROLE_PREFIX = "prefect-remote-"
 POLICY_NAME = "prefect-remote-machines"  # the machines' role's inline policy
@@ -75,6 +75,8 @@ PROVISIONING_PERMISSIONS = (
     "ec2:CreateSecurityGroup",
     "ec2:CreateTags",
     "ec2:AuthorizeSecurityGroupIngress",
+    "iam:ListRoles",  # other pools' roles: their secrets paths, which this pool's must not nest in or under
+    "iam:ListRoleTags",
     "iam:GetRole",
     "iam:CreateRole",
     "iam:TagRole",
@@ -108,10 +110,10 @@ TEARDOWN_PERMISSIONS = (
     "ssm:ListTagsForResource",
     "ssm:DeleteParameters",
     "s3:GetBucketTagging",
-    "s3:ListBucket",  # a pool's own store folder: its objects are deleted with the pool
-    "s3:DeleteObject",
+    "s3:ListBucketVersions",  # a pool's own store folder: its objects, every version, are deleted with the pool
+    "s3:DeleteObjectVersion",
 )
-TEARDOWN_DELETE_BUCKET_PERMISSIONS = ("s3:ListBucketVersions", "s3:DeleteObjectVersion", "s3:DeleteBucket")
+TEARDOWN_DELETE_BUCKET_PERMISSIONS = ("s3:DeleteBucket",)
 TEARDOWN_FORCE_PERMISSIONS = ("ec2:TerminateInstances", "ec2:CreateTags")
 
 
@@ -186,9 +188,12 @@ def machine_policy(
     changes security groups: from inside the VPC they need the internal group only, which exists
     whole by then. The README quotes it.
 
-    Instances are told apart by the instance profile they run with (``ec2:InstanceProfile``) and by
-    the ``prefect-remote:launch`` tag every launch sets: a machine may tag and end only instances
-    prefect-remote launched with this pool's profile, itself included.
+    A machine may end and tag (its lease, why it ended) only itself, the instances it launched (their
+    ``prefect-remote:parent`` tag names it), and a cluster's first workers if it is their scheduler
+    (their ``prefect-remote:controller`` tag names it), those two only with this pool's profile; and
+    it may launch only instances that name it as their parent, with this pool's profile. So two flow
+    runs, or two clusters, of one pool cannot touch each other's machines, nor any pool another's.
+    Its launch secrets are the pool's own: ``secrets_prefix`` (provisioning gives each pool its own).
     """
     ec2 = f"arn:{partition}:ec2:{region}:{account}"
     ssm = f"arn:{partition}:ssm:{region}:{account}:parameter{secrets_prefix}*"
@@ -197,7 +202,18 @@ def machine_policy(
     listing: dict[str, Any] = {"Effect": "Allow", "Action": "s3:ListBucket", "Resource": f"arn:{partition}:s3:::{bucket}"}
     if prefix:
         listing["Condition"] = {"StringLike": {"s3:prefix": [prefix, f"{prefix}/*"]}}
-    launched_here = {"ArnEquals": {"ec2:InstanceProfile": profile}, "Null": {f"ec2:ResourceTag/{LAUNCH_TAG}": "false"}}
+    # ec2:SourceInstanceARN is the instance whose role credentials signed the request: a global condition
+    # key, present only for an instance's own role session (EC2 User Guide, "Condition keys":
+    # ec2:SourceInstanceARN), and a policy variable (IAM User Guide, "IAM policy elements: Variables and
+    # tags", request information for policy variables). IAM refuses a bare variable as a Resource ("must
+    # be in ARN format"), so "itself" is the instance whose ARN, built from the target's ec2:InstanceID,
+    # is the caller's. What a machine launched, or keeps for a cluster, names it in a tag.
+    caller = "${ec2:SourceInstanceARN}"
+    this_pool = {"ArnEquals": {"ec2:InstanceProfile": profile}}
+    # aws:TagKeys: only the tags a machine writes after launch. TerminateInstances sets none, and
+    # ForAllValues holds for a request without the key, so one statement covers both actions.
+    machine_tags = {"ForAllValues:StringEquals": {"aws:TagKeys": list(MACHINE_TAG_KEYS)}}
+    end_and_tag = ["ec2:TerminateInstances", "ec2:CreateTags"]
     statements: list[dict[str, Any]] = [
         {"Sid": "ReadLaunchSecrets", "Effect": "Allow", "Action": "ssm:GetParameter", "Resource": ssm},
         {"Sid": "ReadSoftwareStore", "Effect": "Allow", "Action": "s3:GetObject", "Resource": objects},
@@ -218,25 +234,36 @@ def machine_policy(
             "Resource": f"arn:{partition}:logs:{region}:{account}:log-group:{log_group}:log-stream:*",
         },
         {
-            "Sid": "EndPoolInstances",
+            "Sid": "EndAndTagItself",
             "Effect": "Allow",
-            "Action": "ec2:TerminateInstances",
+            "Action": end_and_tag,
             "Resource": f"{ec2}:instance/*",
-            "Condition": launched_here,
+            "Condition": {"ArnEquals": {"ec2:SourceInstanceARN": f"{ec2}:instance/${{ec2:InstanceID}}"}, **machine_tags},
         },
         {
-            "Sid": "TagPoolInstances",
+            "Sid": "EndAndTagWhatItLaunched",
             "Effect": "Allow",
-            "Action": "ec2:CreateTags",
+            "Action": end_and_tag,
             "Resource": f"{ec2}:instance/*",
-            "Condition": {**launched_here, "ForAllValues:StringEquals": {"aws:TagKeys": list(MACHINE_TAG_KEYS)}},
+            "Condition": {**this_pool, "StringEquals": {f"ec2:ResourceTag/{PARENT_TAG}": caller}, **machine_tags},
+        },
+        {
+            "Sid": "EndAndTagWorkersItSchedules",
+            "Effect": "Allow",
+            "Action": end_and_tag,
+            "Resource": f"{ec2}:instance/*",
+            "Condition": {**this_pool, "StringEquals": {f"ec2:ResourceTag/{CONTROLLER_TAG}": caller}, **machine_tags},
         },
         {
             "Sid": "LaunchWorkersWithThisProfile",
             "Effect": "Allow",
             "Action": "ec2:RunInstances",
             "Resource": f"{ec2}:instance/*",
-            "Condition": {"ArnEquals": {"ec2:InstanceProfile": profile}, "Null": {f"aws:RequestTag/{LAUNCH_TAG}": "false"}},
+            "Condition": {
+                **this_pool,
+                "StringEquals": {f"aws:RequestTag/{PARENT_TAG}": caller},
+                "Null": {f"aws:RequestTag/{LAUNCH_TAG}": "false"},
+            },
         },
         {
             "Sid": "LaunchWorkersResources",

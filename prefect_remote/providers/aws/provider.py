@@ -25,12 +25,14 @@ import datetime
 import functools
 import logging
 import math
+import os
 import re
 import time
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Literal
 
 from prefect_remote.errors import CapacityError, MachineNotFound
+from prefect_remote.on_machine import MACHINE_ID_ENV
 from prefect_remote.providers.aws import catalog
 from prefect_remote.providers.aws.clients import AWSClients, AWSError, error_code, eventually, not_yet_visible, translated
 from prefect_remote.providers.aws.network import AWSNetwork, Subnet
@@ -38,10 +40,12 @@ from prefect_remote.providers.aws.options import AWSOptions
 from prefect_remote.providers.aws.runtime import EXIT_CODE_TAG, LEASE_TAG, REASON_TAG
 from prefect_remote.providers.aws.secrets import forget_secrets, parameter_name, store_secrets, stored_launches
 from prefect_remote.providers.aws.tags import (
+    CONTROLLER_TAG,
     COUNT_TAG,
     KEEPALIVE_TAG,
     LAUNCH_TAG,
     OWNER_TAG,
+    PARENT_TAG,
     SECRETS_TAG,
     SPEC_TAG,
     imds_tag_key_error,
@@ -155,7 +159,7 @@ class AWSProvider(Provider):
     # containers: the boot installs Docker where the AMI has no engine (prefect_remote.machine.boot), and the agent runs the image.
     capabilities = Capabilities(inbound_connections=True, terminate_one=True, containers=True, gpus=True, max_lifetime=None)
     runtime = "prefect_remote.providers.aws.runtime:EC2Runtime"
-    block_fields = ("region", "instance_profile", "log_group")  # what --provision-infra records
+    block_fields = ("region", "instance_profile", "log_group", "secrets_prefix")  # what --provision-infra records
     options_model = AWSOptions
     infra = "prefect_remote.providers.aws.infra"  # the bucket, log group, security groups, and the pool's role and instance profile
     doctor = "prefect_remote.providers.aws.doctor"  # credentials, permissions, quotas, network, bucket
@@ -250,6 +254,41 @@ class AWSProvider(Provider):
         self._described_of.pop(launch_id, None)
 
     # -- launching --------------------------------------------------------------------------------
+    @functools.cached_property
+    def _own_instance(self) -> str | None:
+        """The ARN of the instance this process runs on, when it runs on one of this provider's
+        machines (its agent names it in the environment), else None. The account and partition are
+        the caller's (STS's GetCallerIdentity, which needs no permission); the region, this provider's,
+        which a machine launches in."""
+        machine_id = os.environ.get(MACHINE_ID_ENV, "")
+        if not _INSTANCE_ID.fullmatch(machine_id):
+            return None
+        return self.instance_arn(machine_id)
+
+    @functools.cached_property
+    def _caller(self) -> tuple[str, str]:
+        """The partition and account of the credentials in use."""
+        with translated("sts", "find the AWS account"):
+            identity = self.client("sts").get_caller_identity()
+        return identity["Arn"].split(":")[1], identity["Account"]
+
+    def instance_arn(self, machine_id: str) -> str:
+        """``arn:<partition>:ec2:<region>:<account>:instance/<id>`` of this account's instance ``machine_id``."""
+        partition, account = self._caller
+        return f"arn:{partition}:ec2:{self.region}:{account}:instance/{machine_id}"
+
+    def _kin_tags(self, launch: Launch) -> dict[str, str]:
+        """The tags that say which machines may act on a launch's instances besides themselves
+        (permissions.machine_policy): the machine this launch is made from (a flow run's that starts a
+        cluster, a scheduler's that adds workers), and the machine named to keep them (the cluster's
+        scheduler, for the first workers its creator launches)."""
+        own = self._own_instance
+        controller = launch.controller
+        return {
+            **({PARENT_TAG: own} if own else {}),
+            **({CONTROLLER_TAG: self.instance_arn(controller)} if controller and _INSTANCE_ID.fullmatch(controller) else {}),
+        }
+
     def _start(self, launch: Launch) -> list[Machine]:
         with translated():
             return self._start_instances(launch)
@@ -271,6 +310,7 @@ class AWSProvider(Provider):
             **({OWNER_TAG: launch.owner} if launch.owner else {}),
             **({KEEPALIVE_TAG: str(spec.keepalive)} if spec.keepalive is not None else {}),
             **({SECRETS_TAG: self.secrets_parameter(launch.id), COUNT_TAG: str(launch.count)} if launch.has_secrets else {}),
+            **self._kin_tags(launch),
         }
         tag_list = [{"Key": key, "Value": value} for key, value in tags.items()]
         params: dict[str, Any] = {

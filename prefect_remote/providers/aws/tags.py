@@ -20,6 +20,12 @@ SPEC_TAG = TAG_PREFIX + "spec"
 SECRETS_TAG = TAG_PREFIX + "secrets"  # the launch's SSM parameter, on launches that have one
 COUNT_TAG = TAG_PREFIX + "count"  # how many instances the launch started, on launches with secrets
 MANAGED_TAG = TAG_PREFIX + "managed"  # on what the provider or provisioning made (security groups, buckets, roles)
+# On the instances a launch made from a machine starts: that machine's instance ARN, which alone (besides
+# the instance itself) may then end or retag them (permissions.machine_policy).
+PARENT_TAG = TAG_PREFIX + "parent"
+# On a cluster's first workers, which its creator launches: the ARN of the cluster's scheduler machine,
+# whose controller renews their leases and ends them (their parent is the creator's machine, if any).
+CONTROLLER_TAG = TAG_PREFIX + "controller"
 
 # Instance tags served by the metadata service may only use these characters (EC2 refuses others
 # once InstanceMetadataTags is enabled).

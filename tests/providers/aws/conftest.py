@@ -17,6 +17,30 @@ from prefect_remote.sandbox.aws import ACCOUNT_ID, STORE_BUCKET
 LAUNCHER_IP = "203.0.113.7"
 
 
+def start_instance(ec2, profile: str, tags: dict[str, str], *, watcher=None) -> str:
+    """An instance as prefect-remote launches them (its tags, e.g. its launch's, and instance profile
+    ``profile``, which EC2 refuses for a few seconds after it was made: retried, as launches do),
+    started by ``ec2``, and listed by EC2 when this returns (seen through ``watcher``, default
+    ``ec2``): a listing leaves out what was launched a moment ago (docs/known-limits.md)."""
+    from prefect_remote.providers.aws.clients import eventually
+
+    watcher = watcher or ec2
+    image = watcher.describe_images(Owners=["amazon"])["Images"][0]["ImageId"]
+    [instance] = eventually(
+        lambda: ec2.run_instances(
+            ImageId=image,
+            InstanceType="t3.micro",
+            MinCount=1,
+            MaxCount=1,
+            IamInstanceProfile={"Name": profile},
+            TagSpecifications=[{"ResourceType": "instance", "Tags": [{"Key": k, "Value": v} for k, v in tags.items()]}],
+        )["Instances"]
+    )
+    listed = [{"Name": "instance-id", "Values": [instance["InstanceId"]]}]
+    watcher.get_waiter("instance_exists").wait(Filters=listed, WaiterConfig={"Delay": 1})
+    return instance["InstanceId"]
+
+
 @pytest.fixture(autouse=True)
 def launcher_ip(aws_env, monkeypatch) -> str:
     monkeypatch.setenv("PREFECT_REMOTE_AWS_PUBLIC_IP", LAUNCHER_IP)

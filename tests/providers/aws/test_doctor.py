@@ -63,6 +63,32 @@ def test_a_machine_role_missing_a_permission_is_named(aws_env, machine_profile_w
     assert f"role {weak_machine_profile}" in row["fix"] and "--provision-infra" in row["fix"]
 
 
+def test_a_pool_provisioned_with_the_shared_secrets_path_is_named_with_the_fix(aws_env):
+    """A provisioned pool's profile with the shared /prefect-remote/ (an older release's provisioning,
+    whose block records no secrets_prefix): its machines reach every pool's secrets."""
+    import uuid
+
+    name = f"prefect-remote-{aws_env.region}-legacy-{uuid.uuid4().hex[:6]}"
+    aws_env.make_instance_profile(name)
+    iam = aws_env.client("iam")
+    try:
+        code, rows = doctor(PREFECT_REMOTE_AWS_INSTANCE_PROFILE=name)
+        assert code == 1 and failed(rows) == ["machine permissions"]
+        row = rows["machine permissions"]
+        assert "shared secrets prefix /prefect-remote/" in row["detail"] and "every other pool's launch secrets" in row["detail"]
+        assert "--provision-infra --overwrite" in row["fix"]
+        assert (
+            doctor(PREFECT_REMOTE_AWS_INSTANCE_PROFILE=name, PREFECT_REMOTE_AWS_SECRETS_PREFIX="/prefect-remote/legacy/")[1][
+                "machine permissions"
+            ]["detail"]
+            != row["detail"]
+        )  # with a path of its own, the role's policy is what is checked
+    finally:
+        iam.remove_role_from_instance_profile(InstanceProfileName=name, RoleName=name)
+        iam.delete_instance_profile(InstanceProfileName=name)
+        iam.delete_role(RoleName=name)
+
+
 def test_a_missing_instance_profile_is_named(aws_env):
     code, rows = doctor(PREFECT_REMOTE_AWS_INSTANCE_PROFILE="prefect-remote-nowhere")
     assert code == 1 and "machine permissions" in failed(rows)

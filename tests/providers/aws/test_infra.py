@@ -33,6 +33,7 @@ README_VALUES = dict(
     bucket="<bucket>",
     prefix="<prefix>",
     log_group="/prefect-remote/machines",
+    secrets_prefix="/prefect-remote/<pool key>/",
 )
 roles, groups, log_groups = AWSInfra.roles, AWSInfra.groups, AWSInfra.log_groups
 
@@ -82,21 +83,38 @@ def test_machine_policy_is_least_privilege():
         f"arn:aws:logs:{REGION}:{ACCOUNT}:log-group:/lg",
         f"arn:aws:logs:{REGION}:{ACCOUNT}:log-group:/lg:*",
     ]
-    # Ending and tagging: only instances prefect-remote launched with this pool's instance profile.
-    own = {
-        "ArnEquals": {"ec2:InstanceProfile": f"arn:aws:iam::{ACCOUNT}:instance-profile/prefect-remote-r"},
-        "Null": {"ec2:ResourceTag/prefect-remote:launch": "false"},
+    # Ending and tagging (its lease, why it ended): itself, and of this pool's instances those it launched
+    # or schedules, named in their tags by the calling instance's ARN (only an instance's own session has one).
+    caller = "${ec2:SourceInstanceARN}"
+    machine_tags = {
+        "ForAllValues:StringEquals": {"aws:TagKeys": ["prefect-remote:lease", "prefect-remote:reason", "prefect-remote:exit-code"]}
     }
-    assert statements["EndPoolInstances"]["Condition"] == own
-    tagging = statements["TagPoolInstances"]["Condition"]
-    assert tagging["ArnEquals"] == own["ArnEquals"] and tagging["Null"] == own["Null"]
-    assert tagging["ForAllValues:StringEquals"]["aws:TagKeys"] == [
-        "prefect-remote:lease",
-        "prefect-remote:reason",
-        "prefect-remote:exit-code",
-    ]
-    # A scheduler launches workers with this profile only, passing this role only, to EC2 only.
-    assert statements["LaunchWorkersWithThisProfile"]["Condition"]["ArnEquals"] == own["ArnEquals"]
+    pool = {"ArnEquals": {"ec2:InstanceProfile": f"arn:aws:iam::{ACCOUNT}:instance-profile/prefect-remote-r"}}
+    ec2 = f"arn:aws:ec2:{REGION}:{ACCOUNT}"
+    for sid in ("EndAndTagItself", "EndAndTagWhatItLaunched", "EndAndTagWorkersItSchedules"):
+        assert (
+            statements[sid]["Action"] == ["ec2:TerminateInstances", "ec2:CreateTags"] and statements[sid]["Resource"] == f"{ec2}:instance/*"
+        )
+    assert statements["EndAndTagItself"]["Condition"] == {
+        "ArnEquals": {"ec2:SourceInstanceARN": f"{ec2}:instance/${{ec2:InstanceID}}"},
+        **machine_tags,
+    }
+    assert statements["EndAndTagWhatItLaunched"]["Condition"] == {
+        **pool,
+        "StringEquals": {"ec2:ResourceTag/prefect-remote:parent": caller},
+        **machine_tags,
+    }
+    assert statements["EndAndTagWorkersItSchedules"]["Condition"] == {
+        **pool,
+        "StringEquals": {"ec2:ResourceTag/prefect-remote:controller": caller},
+        **machine_tags,
+    }
+    # A machine launches with this profile only, instances that name it as their parent, passing this role only, to EC2 only.
+    assert statements["LaunchWorkersWithThisProfile"]["Condition"] == {
+        **pool,
+        "StringEquals": {"aws:RequestTag/prefect-remote:parent": caller},
+        "Null": {"aws:RequestTag/prefect-remote:launch": "false"},
+    }
     assert statements["PassThisRoleToWorkers"]["Resource"] == f"arn:aws:iam::{ACCOUNT}:role/prefect-remote-r"
     assert statements["PassThisRoleToWorkers"]["Condition"] == {"StringEquals": {"iam:PassedToService": "ec2.amazonaws.com"}}
     assert statements["TagWorkersAtLaunch"]["Condition"] == {"StringEquals": {"ec2:CreateAction": "RunInstances"}}
@@ -229,6 +247,70 @@ def test_teardown_removes_only_launch_secrets_a_launch_tagged(region):
         assert left == {f"/prefect-remote/{lookalike}", "/prefect-remote/api-key"}
     finally:
         ssm.delete_parameters(Names=[f"/prefect-remote/{lookalike}", "/prefect-remote/api-key"])
+
+
+def put_leftover(ssm, prefix: str) -> str:
+    """A launch's secret left behind under ``prefix`` (named and tagged as a launch makes them)."""
+    import secrets
+
+    launch = f"launch-{secrets.token_hex(6)}"
+    ssm.put_parameter(Name=f"{prefix}{launch}", Value="{}", Type="SecureString", Tags=[{"Key": "prefect-remote:launch", "Value": launch}])
+    return f"{prefix}{launch}"
+
+
+def test_each_pool_gets_secrets_of_its_own_and_teardown_of_one_removes_only_its_own(region):
+    setup_a, said = provision("pool-a")
+    setup_b, _ = provision("pool-b")
+    assert (setup_a.secrets_prefix, setup_b.secrets_prefix) == (infra.pool_secrets_prefix("pool-a"), infra.pool_secrets_prefix("pool-b"))
+    assert setup_a.block_fields()["secrets_prefix"] == f"/prefect-remote/{pool_key('pool-a')}/"
+    assert f"launch secrets: SSM parameters under {setup_a.secrets_prefix} (this pool's machines read no other's)" in said
+    iam = AWSInfra.client("iam")
+    for setup in (setup_a, setup_b):  # the policy reaches the pool's own path only, and the role records it
+        document = iam.get_role_policy(RoleName=setup.role, PolicyName=permissions.POLICY_NAME)["PolicyDocument"]
+        reads = {s["Sid"]: s["Resource"] for s in document["Statement"]}["ReadLaunchSecrets"]
+        assert reads == f"arn:aws:ssm:{REGION}:{ACCOUNT}:parameter{setup.secrets_prefix}*"
+        tags = {t["Key"]: t["Value"] for t in iam.list_role_tags(RoleName=setup.role)["Tags"]}
+        assert tags[infra.SECRETS_PREFIX_TAG] == setup.secrets_prefix
+    ssm = AWSInfra.client("ssm")
+    theirs, ours = put_leftover(ssm, setup_b.secrets_prefix), put_leftover(ssm, setup_a.secrets_prefix)
+    with AWSInfra(None).identity("teardown"):
+        removed = infra.teardown(REGION, "pool-a", say=lambda _: None)
+    assert f"SSM parameter {ours}" in removed and f"SSM parameter {theirs}" not in removed
+    assert ssm.get_parameter(Name=theirs)["Parameter"]["Name"] == theirs
+
+
+def test_a_secrets_path_that_holds_or_lies_in_another_pools_is_refused(region, monkeypatch):
+    setup_a, _ = provision("pool-a")
+    for nested in (f"{setup_a.secrets_prefix}b/", "/"):  # in A's path; holding it
+        monkeypatch.setenv("PREFECT_REMOTE_AWS_SECRETS_PREFIX", nested)
+        with pytest.raises(AWSError) as refused:
+            provision("pool-b")
+        message = str(refused.value)
+        assert "pool 'pool-b'" in message and "pool 'pool-a'" in message and setup_a.secrets_prefix in message
+        assert f"drop secrets_prefix from its block's options for its own, {infra.pool_secrets_prefix('pool-b')}" in message
+    assert roles() == {setup_a.role}  # nothing made for B
+
+
+def test_a_pool_provisioned_with_the_shared_secrets_path_is_named_until_provisioned_again(region):
+    """A pool of an older release keeps its secrets under the shared /prefect-remote/, which reaches
+    every pool's: provisioning another names it and the fix; provisioning it again gives it its own."""
+    setup_a, _ = provision("pool-a")
+    iam = AWSInfra.client("iam")  # as an older release left it: the shared path, in its tags and its policy
+    iam.tag_role(RoleName=setup_a.role, Tags=[{"Key": infra.SECRETS_PREFIX_TAG, "Value": "/prefect-remote/"}])
+    document = iam.get_role_policy(RoleName=setup_a.role, PolicyName=permissions.POLICY_NAME)["PolicyDocument"]
+    shared = json.dumps(document).replace(setup_a.secrets_prefix, "/prefect-remote/")
+    iam.put_role_policy(RoleName=setup_a.role, PolicyName=permissions.POLICY_NAME, PolicyDocument=shared)
+    with pytest.raises(AWSError) as refused:
+        provision("pool-b")
+    message = str(refused.value)
+    assert "pool 'pool-a'" in message and "shared secrets prefix /prefect-remote/" in message and "pool 'pool-b'" in message
+    assert "prefect work-pool create 'pool-a' --type remote:push --provision-infra --overwrite" in message
+    again, said = provision("pool-a")  # its block has no secrets_prefix: it gets its own
+    assert (
+        again.secrets_prefix == infra.pool_secrets_prefix("pool-a") and "updated its least-privilege policy prefect-remote-machines" in said
+    )
+    setup_b, _ = provision("pool-b")
+    assert setup_b.secrets_prefix == infra.pool_secrets_prefix("pool-b")
 
 
 # -- errors ---------------------------------------------------------------------------------------
