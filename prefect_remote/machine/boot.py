@@ -165,14 +165,14 @@ ended() {
   # Once the agent is installed (and until it starts), it ends the machine as its owner would see it:
   # this reason recorded, this log shipped; the halt after it ends the machine if that fails.
   if [ -n "${AGENT_ENDS:-}" ]; then
-    PREFECT_REMOTE_AGENT_CONFIG="$AGENT_CONFIG" timeout 180 "$AGENT/bin/python" -m prefect_remote.machine.agent \
+    timeout 180 "$AGENT/bin/python" -m prefect_remote.machine.agent \
       --end "boot failed during '$PHASE' (exit $code)" || true
   fi
   @HALT@
   exit "$code"
 }
 trap ended EXIT
-AGENT_CONFIG=@CONFIG@
+export PREFECT_REMOTE_AGENT_CONFIG=@CONFIG@  # (the trap's too: it may end the machine through the agent)
 ROOT="${PREFECT_REMOTE_ROOT:-@DEFAULT_ROOT@}"
 export PREFECT_REMOTE_ROOT="$ROOT" UV_CACHE_DIR="${UV_CACHE_DIR:-$ROOT/uv-cache}"
 export UV_PYTHON_INSTALL_DIR="${UV_PYTHON_INSTALL_DIR:-$ROOT/python}"  # Pythons uv downloads
@@ -309,7 +309,6 @@ PHASE="agent start (the agent exited before its main loop)"
 AGENT_ENDS=""  # it ends the machine itself, or failed in a way a second start would fail again
 export PREFECT_REMOTE_AGENT_RUNNING="$WORK/.prefect-remote-agent-running"
 phase "agent: starting"
-export PREFECT_REMOTE_AGENT_CONFIG="$AGENT_CONFIG"
 code=0
 "$AGENT/bin/python" -m prefect_remote.machine.agent || code=$?
 if [ -e "$PREFECT_REMOTE_AGENT_RUNNING" ]; then

@@ -34,14 +34,18 @@ def agent_source(store: Callable[[], Store], *, extras: Sequence[str], requireme
     if source is None:
         return AgentSource(f"{DISTRIBUTION}{extra}=={version}", python=python, full=full, extras=tuple(extras), bootstrap=pinned)
     machines = store()
-    wheel, digest = _stored_wheel(machines.url, str(source))
+    wheel = _built_wheel(str(source))
+    # Put (one existence check when it is there) at every launch, not once per process: a teardown,
+    # `env gc` or the bucket's lifecycle may have deleted it since, and a long-lived launcher (a
+    # worker, the push service) would boot every later machine on a wheel that is gone.
+    digest = machines.put_file(wheel)
     return AgentSource(
-        f"{DISTRIBUTION}{extra} ({wheel})",
+        f"{DISTRIBUTION}{extra} ({wheel.name})",
         python=python,
         full=full,
         extras=tuple(extras),
         bootstrap=pinned,
-        wheel=wheel,
+        wheel=wheel.name,
         digest=digest,
         store=machines.url,
         fetch=machines.machine_fetch(digest),
@@ -66,12 +70,10 @@ def _pinned(name: str) -> str:
 
 
 @lru_cache(maxsize=8)
-def _stored_wheel(store_url: str, source: str) -> tuple[str, str]:
-    """(file name, SHA-256) of the wheel of ``source``, built (cached by its files) and stored once per process."""
+def _built_wheel(source: str) -> Path:
+    """The wheel of ``source`` (itself, if it is one), built once per process (and cached by its files)."""
     from prefect_remote.settings import get_settings
     from prefect_remote.software.capture import build_wheel
-    from prefect_remote.software.stores import open_store
 
     path = Path(source)
-    wheel = path if path.suffix == ".whl" else build_wheel(path, get_settings().home / "cache" / "wheels")
-    return wheel.name, open_store(store_url).put_file(wheel)
+    return path if path.suffix == ".whl" else build_wheel(path, get_settings().home / "cache" / "wheels")
