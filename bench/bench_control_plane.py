@@ -26,7 +26,7 @@ def measure(calls: Any, action: Callable[..., Any], *args: Any, **kwargs: Any) -
     started = time.monotonic()
     result = action(*args, **kwargs)
     seconds = time.monotonic() - started
-    names = ", ".join(f"{name.rpartition(':')[2]} {n}" for name, n in calls.most_common(4))
+    names = ", ".join(f"{name.rpartition(':')[2]} {n}" for name, n in calls.most_common(6))
     return result, sum(calls.values()), seconds, names
 
 

@@ -674,16 +674,23 @@ class Provider(ABC):
     def machine_store(self) -> Store:
         """The store this provider's machines read (:attr:`store_url`, else the configured one): a
         folder on this computer only where they share this host's files."""
+        from prefect_remote.settings import get_settings
         from prefect_remote.software.store import LocalStore
         from prefect_remote.software.stores import open_store
 
-        store = open_store(self.store_url)
+        settings = get_settings()
+        url = self.store_url or settings.store or str(settings.home / "store")  # (as open_store resolves None)
+        cached = self.__dict__.get("_machine_store")
+        if cached is not None and cached[0] == url:  # one client (and its token) for every launch and record
+            return cached[1]
+        store = open_store(url)
         if isinstance(store, LocalStore) and not self.shares_host_software:
             raise CapabilityError(
                 f"the store is this computer's folder {store.url}, which {self.name} machines cannot read; "
                 "set PREFECT_REMOTE_STORE to a bucket they can (s3://bucket/prefix on aws; "
                 "`prefect work-pool create --type remote:push --provision-infra` makes one)"
             )
+        self.__dict__["_machine_store"] = (url, store)
         return store
 
     def provision_infra(self, pool: str, store: str | None, say: Callable[[str], None]) -> dict[str, str | None] | None:
