@@ -192,5 +192,13 @@ def test_flow_deploy_builds_and_pushes_its_image_to_the_sandbox_registry(images_
     shown = prefect_cli(prefect_server, "deployment", "inspect", "my-flow/in-an-image")
     pushed = f"{os.environ['PREFECT_REMOTE_SANDBOX_REGISTRY']}/my-flow:{tag}"
     assert pushed in shown.stdout, shown.stdout  # the image job variable
-    output = docker.from_env().containers.run(pushed, ["cat", "/opt/prefect/flow.py"], remove=True)
-    assert "hello from the image" in output.decode()
+    # Created, started and waited for with a timeout (docker-py's run() waits with none: Podman's API
+    # once left it hanging on a container that had already exited), then removed.
+    client = docker.from_env(timeout=60)
+    container = client.containers.create(pushed, ["cat", "/opt/prefect/flow.py"])
+    try:
+        container.start()
+        assert container.wait(timeout=60)["StatusCode"] == 0
+        assert "hello from the image" in container.logs().decode()
+    finally:
+        container.remove(force=True)
