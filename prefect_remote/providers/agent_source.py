@@ -69,11 +69,24 @@ def _pinned(name: str) -> str:
         return name
 
 
-@lru_cache(maxsize=8)
 def _built_wheel(source: str) -> Path:
-    """The wheel of ``source`` (itself, if it is one), built once per process (and cached by its files)."""
+    """The wheel of ``source`` (itself, if it is one), built once per process and wheel cache (and
+    cached by its files there); built again if the cached file has gone since (its home removed)."""
     from prefect_remote.settings import get_settings
-    from prefect_remote.software.capture import build_wheel
 
     path = Path(source)
-    return path if path.suffix == ".whl" else build_wheel(path, get_settings().home / "cache" / "wheels")
+    if path.suffix == ".whl":
+        return path
+    folder = str(get_settings().home / "cache" / "wheels")
+    wheel = _build(source, folder)
+    if not wheel.exists():
+        _build.cache_clear()
+        wheel = _build(source, folder)
+    return wheel
+
+
+@lru_cache(maxsize=8)
+def _build(source: str, folder: str) -> Path:
+    from prefect_remote.software.capture import build_wheel
+
+    return build_wheel(Path(source), Path(folder))

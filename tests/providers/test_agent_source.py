@@ -16,3 +16,16 @@ def test_a_wheel_deleted_from_the_store_is_put_back_by_the_next_launch(tmp_path)
     store.delete_blob(first.digest)
     again = agent_source(lambda: store, extras=(), requirements=(), full=False)
     assert again.digest == first.digest and store.has_blob(again.digest)
+
+
+def test_a_wheel_whose_cache_folder_was_removed_is_built_again(tmp_path, monkeypatch):
+    """A process that outlives its home (a benchmark's sandboxes, one after another) builds the
+    wheel again rather than name a file that has gone."""
+    import shutil
+
+    store = open_store(tmp_path / "store")
+    for home in (tmp_path / "first", tmp_path / "second"):
+        monkeypatch.setenv("PREFECT_REMOTE_HOME", str(home))
+        source = agent_source(lambda: store, extras=(), requirements=(), full=False)
+        assert store.has_blob(source.digest)
+        shutil.rmtree(home)
