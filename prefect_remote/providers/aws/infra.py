@@ -152,7 +152,7 @@ def provision(provider: AWSProvider, pool: str, store: str | None = None, say: S
     from prefect_remote.software.s3store import S3Store
     from prefect_remote.software.stores import open_store
 
-    account, partition = _account(provider)
+    account, partition = provider.account
     region = provider.region
     say(f"AWS account {account}, region {region}")
     if not (store or "").startswith("s3://"):
@@ -221,13 +221,6 @@ def _check_secrets_apart(iam: BaseClient, region: str, role: str, pool: str, pre
             f"(role {name}): each pool's machines could read the other's launch secrets. Give pool {pool!r} a path apart (drop "
             f"secrets_prefix from its block's options for its own, {pool_secrets_prefix(pool)}), and provision again"
         )
-
-
-def _account(provider: AWSProvider) -> tuple[str, str]:
-    """The account and partition (``aws``, ``aws-cn``…) of the credentials in use."""
-    with translated("sts", "find the AWS account"):
-        identity = provider.client("sts").get_caller_identity()
-    return identity["Account"], identity["Arn"].split(":")[1]
 
 
 def _ensure_bucket(s3: BaseClient, bucket: str, region: str, say: Say) -> None:
@@ -379,7 +372,7 @@ def teardown(
         return []
     others = sorted(tags.get(POOL_TAG, name) for name, tags in roles.items() if name not in mine)
     shared = not others
-    account, partition = _account(provider)
+    account, partition = provider.account
     profiles = {f"arn:{partition}:iam::{account}:instance-profile/{name}" for name in mine}
     _end_instances(provider, None if shared else profiles, force, say)
     done: list[str] = []

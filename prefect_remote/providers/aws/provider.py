@@ -266,15 +266,16 @@ class AWSProvider(Provider):
         return self.instance_arn(machine_id)
 
     @functools.cached_property
-    def _caller(self) -> tuple[str, str]:
-        """The partition and account of the credentials in use."""
+    def account(self) -> tuple[str, str]:
+        """The account and partition (``aws``, ``aws-cn``…) of the credentials in use (STS's
+        GetCallerIdentity, which needs no permission; asked once)."""
         with translated("sts", "find the AWS account"):
             identity = self.client("sts").get_caller_identity()
-        return identity["Arn"].split(":")[1], identity["Account"]
+        return identity["Account"], identity["Arn"].split(":")[1]
 
     def instance_arn(self, machine_id: str) -> str:
         """``arn:<partition>:ec2:<region>:<account>:instance/<id>`` of this account's instance ``machine_id``."""
-        partition, account = self._caller
+        account, partition = self.account
         return f"arn:{partition}:ec2:{self.region}:{account}:instance/{machine_id}"
 
     def _kin_tags(self, launch: Launch) -> dict[str, str]:
