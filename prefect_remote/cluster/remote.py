@@ -464,10 +464,13 @@ class RemoteCluster(SpecCluster):
     async def _start(self) -> None:
         try:
             await super()._start()
-        except BaseException:
+        except BaseException as failed:
+            ended = await asyncio.to_thread(self._scheduler_end) if isinstance(failed, Exception) else None
             await asyncio.to_thread(self._abandon, "its cluster failed to start")
             if not self.attached:  # no cluster of this name runs: its credentials go too
                 await asyncio.to_thread(self._forget_credentials)
+            if ended is not None and not isinstance(failed.__cause__, ClusterStartError):
+                raise ClusterStartError(ended) from failed
             raise
         leases.remove(self._booting)  # the scheduler's controller holds them now
         self._booting = []
@@ -479,6 +482,17 @@ class RemoteCluster(SpecCluster):
                 await self._request("prefect_remote_scale", n=self.options.minimum)
         link = self.dashboard_link  # its tunnel starts here, once: the link logged is one that works
         logger.info("cluster %s is up; dashboard: %s", self.cluster_name, link or "none (no address of its scheduler here)")
+
+    def _scheduler_end(self) -> str | None:
+        """Why the start failed, when its cause is the scheduler's machine ending after it first
+        accepted a connection (Dask then says only that a stream closed); None while it lives."""
+        try:
+            machine = self.provider.describe(self.scheduler_machine.id)
+        except Exception:  # the original error says more than a failed look
+            return None
+        if machine.alive:
+            return None
+        return f"scheduler machine {machine.id} ended while the cluster was starting: {machine.reason or 'no reason recorded'}"
 
     async def _watch(self) -> None:
         """Holds the cluster from this process: the controller counts this connection as a client's
