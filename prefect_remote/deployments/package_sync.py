@@ -21,6 +21,7 @@ pools' workers run the deployment's flow runs on it, as they run a ``software`` 
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -154,12 +155,32 @@ def work_pool_store(pool: str | None) -> str | None:
 
 def pools_sharing_store(pool: str, store: str) -> list[str]:
     """The other work pools whose provider blocks record ``store`` too (their machines' records, and
-    the labels their launches carry, are then the same as ``pool``'s), sorted."""
+    the labels their launches carry, are then the same as ``pool``'s), sorted. Every pool and every
+    provider block is read a page at a time: two reads for up to 200 of each, however many pools."""
     from prefect.client.orchestration import get_client
 
+    from prefect_remote.workers.config import RemoteProviderBlock, provider_block_id
+
     with get_client(sync_client=True) as client:
-        others = [other for other in client.read_work_pools() if other.name != pool]
-        return sorted(other.name for other in others if (_recorded_store(client, other) or "").rstrip("/") == store.rstrip("/"))
+        blocks = _every_page(
+            lambda offset, limit: client.read_block_documents_by_type(
+                RemoteProviderBlock.get_block_type_slug(), offset=offset, limit=limit, include_secrets=False
+            )
+        )
+        pools = _every_page(lambda offset, limit: client.read_work_pools(offset=offset, limit=limit))
+    stores = {str(block.id): (block.data.get("store") or "").rstrip("/") for block in blocks}
+    wanted = store.rstrip("/")
+    return sorted(
+        other.name for other in pools if other.name != pool and stores.get(provider_block_id(other.base_job_template) or "") == wanted
+    )
+
+
+def _every_page(read: Callable[[int, int], list[Any]], page: int = 200) -> list[Any]:
+    """Everything a paged Prefect read returns (its server answers at most 200 at a time by default)."""
+    found: list[Any] = []
+    while len(batch := read(len(found), page)) == page:
+        found += batch
+    return found + batch
 
 
 def _recorded_store(client: Any, work_pool: Any) -> str | None:

@@ -212,3 +212,18 @@ def test_the_pools_worker_runs_it_from_the_pools_store_with_no_store_setting_of_
             stop_process_group(worker)
     logs = "\n".join(run_logs(api, flow_run.id))
     assert f"software environment {storage.software}" in logs and "result: 285" in logs, logs
+
+
+@pytest.mark.parametrize("count", [0, 1, 199, 200, 201, 450])
+def test_every_page_reads_a_paged_list_whole_whatever_its_length(count):
+    from prefect_remote.deployments.package_sync import _every_page
+
+    items = list(range(count))
+    reads: list[tuple[int, int]] = []
+
+    def read(offset: int, limit: int) -> list[int]:
+        reads.append((offset, limit))
+        return items[offset : offset + limit]
+
+    assert _every_page(read) == items
+    assert reads == [(offset, 200) for offset in range(0, count + 1, 200)]  # one read past a full last page
