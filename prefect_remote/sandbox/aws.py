@@ -563,7 +563,7 @@ def _as_instance(instance: Any) -> Instance:
         instance.region_name,
         egress=_has_egress(instance),
         private_address=private,
-        engine=carries_engine(instance),
+        engine_installer=None if carries_engine(instance) else "dnf",
     )
 
 

@@ -87,8 +87,7 @@ class Instance:
     # Whether its image carries a container engine (Podman or Docker). One without (EC2's stock Amazon Linux
     # 2023, the Compute Engine images) has none until its boot installs one with its package manager (OwnRoot:
     # a dnf or apt-get that copies this host's Podman in).
-    engine: bool = True
-    packages: str = "dnf"  # the package manager that installs one on an image without (dnf, apt-get)
+    engine_installer: str | None = None  # that package manager (dnf, apt-get); None: the image carries an engine
 
     @property
     def ended(self) -> bool:
@@ -320,8 +319,7 @@ class InstanceRunner:
                 "volumes": [INSTANCE_STORAGE],  # the engine's layers, on the disk as a VM's are
                 "minute": self.shutdown_minute,
                 "outlives_boot": self.outlives_boot and instance.vm,
-                "engine": instance.engine,
-                "packages": instance.packages,
+                "engine_installer": instance.engine_installer,
             },
             "private_link": private,
         }

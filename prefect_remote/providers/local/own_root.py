@@ -165,29 +165,28 @@ class OwnRoot:
     contents live on the disk as a plain folder, not in the overlay (where an engine keeps its layers:
     overlayfs takes no overlay over it); ``minute`` is how many seconds a
     minute of the image's scheduled ``shutdown +N`` lasts; ``outlives_boot``: the machine stays up
-    after its boot script exits (a VM), until it powers itself off or is stopped; without ``engine``
-    the image has no container engine (no ``podman`` or ``docker``) until its package manager
-    ``packages`` (``dnf``, ``apt-get``) installs Docker."""
+    after its boot script exits (a VM), until it powers itself off or is stopped;
+    ``engine_installer``: the package manager (``dnf``, ``apt-get``) of an image with no container
+    engine (no ``podman`` or ``docker``) until it installs Docker, or None if the image carries one."""
 
     disk: str
     shared: list[str] = field(default_factory=list)
     volumes: list[str] = field(default_factory=list)
     minute: int = 60
     outlives_boot: bool = False
-    engine: bool = True
-    packages: str = "dnf"
+    engine_installer: str | None = None
 
     def prepare(self, machine: Path) -> None:
         """Writes what entering the root needs into the machine folder (before the boot starts)."""
         (machine / POWER).mkdir(mode=0o700, exist_ok=True)
         (machine / f"{POWER}.sh").write_text(_SHUTDOWN.replace("{minute}", str(int(self.minute))))
-        if not self.engine:
+        if self.engine_installer:
             (machine / "packages.sh").write_text(_PACKAGES)
 
     def command(self, machine: Path, boot: list[str]) -> list[str]:
         """The command that runs ``boot`` (paths as inside the root) in the instance's own root."""
         enter = ["unshare", "--mount", "--propagation", "private", "--", "sh", "-c", _ENTER, "enter-root"]
-        folders = [":".join(self.shared), ":".join(self.volumes), "" if self.engine else self.packages]
+        folders = [":".join(self.shared), ":".join(self.volumes), self.engine_installer or ""]
         return [*enter, self.disk, str(machine / "root"), str(machine), *folders, *boot]
 
     @staticmethod

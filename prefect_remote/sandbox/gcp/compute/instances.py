@@ -327,8 +327,7 @@ class ComputeFake:
             private_address=f"{resource['networkInterfaces'][0]['networkIP']}/{ipaddress.ip_network(SUBNET).prefixlen}",
             # The public images the sandbox serves (Debian 12, Ubuntu 24.04, the Deep Learning VM's Ubuntu)
             # carry no container engine: a boot for image= installs Docker with apt-get, as on Google.
-            engine=False,
-            packages="apt-get",
+            engine_installer="apt-get",
         )
 
     def _remove(self, vm: VM) -> None:
