@@ -39,9 +39,10 @@ _BUCKET = re.compile(r"[a-z0-9][a-z0-9._-]{1,61}[a-z0-9]")
 
 # google-cloud-storage (3.x) reads a bucket's metadata (buckets.get) in a background thread on a
 # client's first call that names the bucket, to label OpenTelemetry spans, and swallows the 403 of an
-# identity without storage.buckets.get: the machines' account (roles/storage.objectUser) and the
-# docs' launcher (roles/storage.objectAdmin) have no such permission, so each client would leave a
-# refused call in the project's audit log. The library's own switch turns that read off.
+# identity without storage.buckets.get: the machines' account (roles/storage.objectViewer and
+# objectUser, in its pool's folder) and the docs' launcher (roles/storage.objectAdmin) have no such
+# permission, so each client would leave a refused call in the project's audit log. The library's own
+# switch turns that read off.
 NO_BUCKET_METADATA = ("DISABLE_GCS_PYTHON_CLIENT_OTEL_BUCKET_METADATA", "true")
 
 

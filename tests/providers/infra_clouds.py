@@ -402,6 +402,7 @@ class GCPInfra(InfraCloud):
             bucket=bucket_name,
             service_account=email,
             pool=MachineRecords(open_store(setup.store)).label,  # its secrets and VMs only
+            folder=f"store/{pool_key('pool-a')}/",  # its store folder only
         )
         assert project.iam.grants_of(member) == roles["project"]  # exactly these, once each
         for role_id, permissions in gcp_infra.MACHINE_CUSTOM_ROLES.items():
@@ -409,7 +410,12 @@ class GCPInfra(InfraCloud):
             assert role["includedPermissions"] == list(permissions) and not role.get("deleted")
         bucket = self.storage().get_bucket(bucket_name)
         policy = bucket.get_iam_policy(requested_policy_version=3)
-        assert [{"role": b["role"]} for b in policy.bindings if member in b["members"]] == roles[f"bucket {bucket_name}"]
+        held = [
+            {"role": b["role"], "condition": {k: b["condition"][k] for k in ("title", "expression")}}
+            for b in policy.bindings
+            if member in b["members"]
+        ]
+        assert sorted(held, key=str) == sorted(roles[f"bucket {bucket_name}"], key=str)  # the pool's folder only
         account_policy = project.iam.account_policies[email]
         assert [{"role": b["role"]} for b in account_policy["bindings"] if member in b["members"]] == roles[f"service account {email}"]
         launcher = f"serviceAccount:{project.launcher_account}"  # who provisioned: it may launch machines as the account

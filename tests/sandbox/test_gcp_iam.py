@@ -358,6 +358,26 @@ def test_refusals_are_worded_as_each_api_words_them():
 DELAY = 1.5
 
 
+def test_object_conditions_read_an_objects_name_and_listing_is_checked_on_the_bucket():
+    """As Cloud Storage names them in conditions: an object ``projects/_/buckets/B/objects/NAME``, the
+    bucket (where ``storage.objects.list`` is checked) ``projects/_/buckets/B``: a prefix condition on
+    object names grants no listing; naming the bucket itself does."""
+    iam, store, _ = evaluator()
+    folder = 'resource.name.startsWith("projects/_/buckets/b/objects/store/p/")'
+    grant(
+        store,
+        "bucket:b",
+        (ALICE, "roles/storage.objectViewer", folder),
+        (BOB, "roles/storage.objectViewer", 'resource.name == "projects/_/buckets/b"'),
+    )
+    assert iam.allows(ALICE, "storage.objects.get", SCOPE.object("b", "store/p/envs/e.json"))
+    assert not iam.allows(ALICE, "storage.objects.get", SCOPE.object("b", "store/q/envs/e.json"))
+    assert not iam.allows(ALICE, "storage.objects.get", SCOPE.object("b", "store/p"))  # the folder's name without its slash
+    assert not iam.allows(ALICE, "storage.objects.list", SCOPE.bucket("b"))
+    assert iam.allows(BOB, "storage.objects.list", SCOPE.bucket("b"))
+    assert not iam.allows(BOB, "storage.objects.get", SCOPE.object("b", "store/p/envs/e.json"))
+
+
 @pytest.fixture(scope="module")
 def strict(tmp_path_factory):
     """A sandbox GCP with IAM enforced, grants taking effect after DELAY seconds, and one method the
@@ -729,6 +749,34 @@ def test_bindings_on_a_bucket_and_a_secret(strict, who):
     with pytest.raises(exceptions.Forbidden):  # only that bucket
         who.client("storage", credentials).bucket("prefect-remote-sandbox").blob("store/envs/a.json").download_as_text()
     assert who.client("secrets", credentials).access_secret_version(name=f"{secret}/versions/latest").payload.data == b"value"
+
+
+def test_conditions_on_a_bucket_need_uniform_access_which_then_stays(strict, who):
+    """Cloud Storage takes IAM conditions only on a bucket with uniform bucket-level access, and keeps
+    it from being disabled while they are there; a bucket keeps the uniform access its insert asked for."""
+    storage = who.client("storage", who.launcher())
+    member = f"serviceAccount:reader-{secrets.token_hex(3)}@{strict.project}.iam.gserviceaccount.com"
+    fine_grained = storage.create_bucket(f"iam-acl-{secrets.token_hex(4)}")
+    uniform = storage.bucket(f"iam-uniform-{secrets.token_hex(4)}")
+    uniform.iam_configuration.uniform_bucket_level_access_enabled = True
+    uniform = storage.create_bucket(uniform)
+    assert uniform.iam_configuration.uniform_bucket_level_access_enabled
+    assert storage.get_bucket(uniform.name).iam_configuration.uniform_bucket_level_access_enabled
+    assert not storage.get_bucket(fine_grained.name).iam_configuration.uniform_bucket_level_access_enabled
+    for bucket in (fine_grained, uniform):
+        policy = bucket.get_iam_policy(requested_policy_version=3)
+        policy.version = 3
+        condition = {"title": "a folder", "expression": f'resource.name.startsWith("projects/_/buckets/{bucket.name}/objects/a/")'}
+        policy.bindings.append({"role": "roles/storage.objectViewer", "members": {member}, "condition": condition})
+        if bucket is fine_grained:
+            with pytest.raises(exceptions.BadRequest, match="uniform bucket-level access enabled"):
+                bucket.set_iam_policy(policy)
+        else:
+            bucket.set_iam_policy(policy)
+    uniform.iam_configuration.uniform_bucket_level_access_enabled = False
+    with pytest.raises(exceptions.BadRequest, match="its IAM policy has conditions"):
+        uniform.patch()
+    assert storage.get_bucket(uniform.name).iam_configuration.uniform_bucket_level_access_enabled
 
 
 def test_a_batch_answers_each_part_as_its_permissions_allow(strict, who):

@@ -9,7 +9,8 @@ Each pool's machines run as an account of the pool's own (:func:`pool_account_em
 ``prefectRemoteMachine`` (:data:`MACHINE_PERMISSIONS`), ``prefectRemoteMachineInstances``
 (:data:`INSTANCE_PERMISSIONS`) and ``prefectRemoteMachineSecrets`` (:data:`MACHINE_SECRET_PERMISSIONS`),
 predefined roles on the project (VMs and secrets limited by IAM conditions to the pool's own, by
-name), the store's bucket, and the account itself.
+name), the store's bucket (limited by conditions to the pool's folder: read there, write its machine
+records only), and the account itself.
 """
 
 from __future__ import annotations
@@ -87,6 +88,19 @@ MACHINE_CUSTOM_ROLES: dict[str, tuple[str, ...]] = {
 # The machines' grants, with placeholders filled by machine_roles(): on the project, the store's
 # bucket, and the service account itself. Conditions limit secrets and VMs to the pool's, by name:
 # {secrets} and {instances} are the pool's prefixes (secrets.pool_prefix, compute.instance_prefix).
+#
+# On the bucket, the pool's store folder ({folder}: "store/<pool key>/" in the default bucket) alone.
+# A machine reads its software environments, code bundles and the agent's wheel there (objects.get),
+# and writes only its pool's machine records under {folder}machines/ (a launch's records: create, copy,
+# patch, delete; leases and ends: get, patch). Cloud Storage names an object in a condition
+# "projects/_/buckets/BUCKET/objects/OBJECT" (IAM's "Resource attributes for IAM Conditions", resource
+# name format; Google's own sample: resource.name.startsWith("projects/_/buckets/bucket-name/objects/prefix-a-")),
+# and checks storage.objects.list on the bucket, "projects/_/buckets/BUCKET" (Cloud Storage's "IAM
+# permissions for JSON methods"), which no object prefix matches: so the read grant also holds on the
+# bucket itself (resource.name ==), for the listings machines make (their pool's records, with a
+# prefix), which show every folder's object names (never their contents). Conditions on a bucket need
+# uniform bucket-level access (cloud.google.com/storage/docs/uniform-bucket-level-access): provisioning
+# refuses a bucket without it (infra.provision).
 MACHINE_ROLES: dict[str, list[dict[str, Any]]] = {
     "project": [
         {"role": "roles/logging.logWriter"},
@@ -115,7 +129,23 @@ MACHINE_ROLES: dict[str, list[dict[str, Any]]] = {
             },
         },
     ],
-    "bucket {bucket}": [{"role": "roles/storage.objectUser"}],
+    "bucket {bucket}": [
+        {
+            "role": "roles/storage.objectViewer",
+            "condition": {
+                "title": "{title} store, and listing",
+                "expression": 'resource.name == "projects/_/buckets/{bucket}" || '
+                'resource.name.startsWith("projects/_/buckets/{bucket}/objects/{folder}")',
+            },
+        },
+        {
+            "role": "roles/storage.objectUser",
+            "condition": {
+                "title": "{title} machine records",
+                "expression": 'resource.name.startsWith("projects/_/buckets/{bucket}/objects/{folder}machines/")',
+            },
+        },
+    ],
     "service account {service_account}": [{"role": "roles/iam.serviceAccountUser"}],
 }
 
@@ -186,16 +216,23 @@ PROVISIONER_ROLES = {
 
 
 def machine_roles(
-    *, project: str, project_number: str, bucket: str, service_account: str, pool: str | None
+    *, project: str, project_number: str, bucket: str, service_account: str, pool: str | None, folder: str = ""
 ) -> dict[str, list[dict[str, Any]]]:
     """:data:`MACHINE_ROLES` for this project, bucket and account, limited to ``pool``'s secrets and
-    VMs (its records label): what provisioning grants, exactly. ``pool`` None: every pool's (the
-    account every pool shared before accounts were per pool, which keeps working).
+    VMs (its records label) and to its store's ``folder`` in the bucket (the store's prefix with its
+    slash, ``store/<pool key>/``; "" for a store that is the whole bucket): what provisioning grants,
+    exactly. ``pool`` None: every pool's (the account every pool shared before accounts were per pool,
+    which keeps working).
 
-    >>> roles = machine_roles(project="p-1", project_number="42", bucket="b", service_account="sa@p-1.iam.gserviceaccount.com", pool="0a1b")
-    >>> roles["bucket b"], roles["project"][1]["condition"]["expression"]
-    ([{'role': 'roles/storage.objectUser'}], 'resource.name.startsWith("projects/42/secrets/prefect-remote-0a1b-")')
+    >>> account = "sa@p-1.iam.gserviceaccount.com"
+    >>> roles = machine_roles(project="p-1", project_number="42", bucket="b", service_account=account, pool="0a1b", folder="store/p/")
+    >>> [grant["condition"]["expression"] for grant in roles["bucket b"]][1]
+    'resource.name.startsWith("projects/_/buckets/b/objects/store/p/machines/")'
+    >>> roles["project"][1]["condition"]["expression"]
+    'resource.name.startsWith("projects/42/secrets/prefect-remote-0a1b-")'
     """
+    if (folder and not folder.endswith("/")) or any(c in folder for c in '"\\'):
+        raise ValueError(f"store folder {folder!r}: give the store's prefix ending in '/', without quotes or backslashes")
     from prefect_remote.providers.gcp.compute import instance_prefix
     from prefect_remote.providers.gcp.secrets import SECRET_PREFIX, pool_prefix
 
@@ -207,6 +244,7 @@ def machine_roles(
         "secrets": pool_prefix(pool) if pool else SECRET_PREFIX,
         "instances": instance_prefix(pool) if pool else "vm-",
         "title": "the pool's" if pool else "prefect-remote",
+        "folder": folder,
     }
     text = json.dumps(MACHINE_ROLES)
     for key, value in values.items():

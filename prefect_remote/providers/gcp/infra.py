@@ -10,13 +10,17 @@ services enable`` command and makes nothing (it enables nothing itself). Then it
 - its least-privilege grants (:mod:`~prefect_remote.providers.gcp.grants`): the custom roles
   ``prefectRemoteMachine``, ``prefectRemoteMachineInstances`` and ``prefectRemoteMachineSecrets``,
   predefined roles on the project (VMs and secrets limited by IAM conditions to the pool's own, by
-  the names its launches give them), the store's bucket, and the account itself (and, to the
+  the names its launches give them), the store's bucket (limited by conditions to the pool's folder:
+  read there, write its machine records only; a grant of before on the whole bucket is taken away),
+  and the account itself (and, to the
   identity that provisions, leave to launch machines as it); the account every pool shared before
   (``prefect-remote-machines``), if the project has it, keeps what its pools' machines need;
 - the software store's bucket (``PREFECT_REMOTE_STORE`` if it is ``gs://…``, else the pool's own
   folder :func:`default_store`, ``gs://prefect-remote-<project>-<region>/store/<pool key>``), uniform
   access, public access prevented, with a lifecycle rule that deletes machine records (of every
-  store in the bucket) whose lease (customTime) is :data:`RECORDS_KEPT_DAYS` days old;
+  store in the bucket) whose lease (customTime) is :data:`RECORDS_KEPT_DAYS` days old; a bucket of
+  the user's without uniform access is refused, naming the command that enables it (the grants'
+  conditions need it);
 - the Compute Engine firewall rules, the Compute Engine service's own
   (:meth:`~prefect_remote.providers.gcp.compute.ComputeService.network_tags`: VMs reach each other
   internally; the Dask ports from ``allow_ingress_from``, and from the subnetwork's range, where a
@@ -54,6 +58,7 @@ from prefect_remote.providers.gcp.grants import (
     POOL_ACCOUNT_NAME,
     POOL_ACCOUNT_PREFIX,
     PROVISIONER_ROLES,
+    binding_condition,
     machine_roles,
     policy_bindings,
     pool_account_email,
@@ -236,18 +241,21 @@ def provision(provider: GCPProvider, pool: str, store: str | None = None, say: S
         store = chosen
     gcs = open_store(store)
     assert isinstance(gcs, GCSStore)
-    _ensure_bucket(clients, gcs.bucket, gcs.prefix, region, say)
     email = pool_account_email(project, pool)
     chosen = provider.options.service_account
-    if chosen and chosen not in (email, service_account_email(project)):  # the shared account of before: replaced
+    users_account = bool(chosen) and chosen not in (email, service_account_email(project))  # the shared account of before: replaced
+    _ensure_bucket(clients, gcs, region, say, conditioned=not users_account)
+    if users_account:
         say(f"machines run as your service account {chosen} (none made, nothing granted; docs/providers/gcp.md lists the roles it needs)")
-        email = chosen
+        email = chosen or email
     else:
         iam = clients.iam()
         number = project_number_of(clients)
         _ensure_service_account(clients, iam, email, pool, say)
         label = MachineRecords(gcs).label  # what the pool's secrets' and VMs' names carry
-        roles = machine_roles(project=project, project_number=number, bucket=gcs.bucket, service_account=email, pool=label)
+        roles = machine_roles(
+            project=project, project_number=number, bucket=gcs.bucket, service_account=email, pool=label, folder=gcs.key("")
+        )
         for role_id in MACHINE_CUSTOM_ROLES:
             _ensure_custom_role(clients, iam, role_id, say)
         _keep_shared_account_working(clients, iam, number, say)
@@ -416,14 +424,37 @@ def _keep_shared_account_working(clients: GoogleClients, iam: RestApi, project_n
     )
 
 
-def _ensure_bucket(clients: GoogleClients, bucket: str, prefix: str, region: str, say: Say) -> None:
+def _require_uniform_access(bucket: Any, url: str) -> None:
+    """Refuses a store whose bucket has no uniform bucket-level access: the machines' grants on it are
+    limited to their pool's folder by IAM Conditions, which Cloud Storage takes only on such a bucket
+    (cloud.google.com/storage/docs/uniform-bucket-level-access). Never enabled here: it turns off the
+    bucket's object ACLs, which its owner may rely on; and a grant of the whole bucket instead would let
+    every pool's machines read and overwrite each other's software (a warning is easily missed). A
+    pool provisioned before keeps its grant until this succeeds."""
+    if not bucket.iam_configuration.uniform_bucket_level_access_enabled:
+        raise GCPError(
+            f"the store {url} is in bucket {bucket.name}, which has uniform bucket-level access disabled: the machines' "
+            "grants are limited to their pool's folder by IAM conditions, which Cloud Storage takes only with it enabled. "
+            f"Enable it (object ACLs then stop applying: check nothing relies on them) with\n  gcloud storage buckets update "
+            f"gs://{bucket.name} --uniform-bucket-level-access\nand provision again, or leave PREFECT_REMOTE_STORE unset for "
+            "a folder of the bucket provisioning makes"
+        )
+
+
+def _ensure_bucket(clients: GoogleClients, store: GCSStore, region: str, say: Say, *, conditioned: bool) -> None:
+    """Makes (or finds) the store's bucket, with the lifecycle rule for its records. ``conditioned``:
+    the machines' grants on it will carry IAM conditions, so a bucket found without uniform access is
+    refused before anything changes (:func:`_require_uniform_access`)."""
     from google.api_core.exceptions import Conflict, Forbidden, NotFound
 
+    bucket, prefix = store.bucket, store.prefix
     storage = clients.storage()
     with google_errors(clients, "storage.buckets.create", f"make the store's bucket {bucket}"):
         try:
             found = storage.get_bucket(bucket)
             created = False
+            if conditioned:
+                _require_uniform_access(found, store.url)
         except Forbidden:
             raise GCPError(
                 f"bucket {bucket} exists but the identity in use may not use it (it may belong to another project); "
@@ -464,6 +495,9 @@ def _ensure_bucket(clients: GoogleClients, bucket: str, prefix: str, region: str
 
 
 def _ensure_bucket_grants(clients: GoogleClients, bucket: str, member: str, grants: list[dict[str, Any]], say: Say) -> None:
+    """Binds ``member`` (a pool's own account) to ``grants`` on ``bucket``, and to nothing else there: a
+    grant of before (roles/storage.objectUser on the whole bucket, before grants were limited to the
+    pool's folder) is taken away, so provisioning a pool again tightens it."""
     with google_errors(clients, "storage.buckets.setIamPolicy", f"grant the machines {grants[0]['role']} on bucket {bucket}"):
         found = clients.storage().bucket(bucket)
         policy = found.get_iam_policy(requested_policy_version=3)
@@ -471,13 +505,17 @@ def _ensure_bucket_grants(clients: GoogleClients, bucket: str, member: str, gran
             {"role": b["role"], "members": sorted(b["members"]), **({"condition": b["condition"]} if b.get("condition") else {})}
             for b in policy.bindings
         ]
-        wanted = with_grants(bindings, member, grants)
+        kept = {(g["role"], binding_condition(g)) for g in grants}
+        stale = [b for b in bindings if member in b["members"] and (b["role"], binding_condition(b)) not in kept]
+        wanted = with_grants([b for b in bindings if b not in stale] + without_member(stale, member), member, grants)
         if wanted != bindings:
             policy.version = 3
             policy.bindings[:] = [{**b, "members": set(b["members"])} for b in wanted]
             found.set_iam_policy(policy)
     roles = ", ".join(g["role"] for g in grants)
-    say(f"{'granted' if wanted != bindings else 'found'} on bucket {bucket}: {roles}")
+    say(f"{'granted' if wanted != bindings else 'found'} on bucket {bucket}: {roles}, in the pool's folder")
+    for binding in stale:
+        say(f"took away {binding['role']} on bucket {bucket}{' (every folder)' if not binding.get('condition') else ''}: granted before")
 
 
 def _ensure_account_grants(clients: GoogleClients, iam: RestApi, email: str, granted: dict[str, list[dict[str, Any]]], say: Say) -> bool:

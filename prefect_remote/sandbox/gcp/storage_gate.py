@@ -18,7 +18,12 @@ own credential, as on Cloud Storage.
 Bucket IAM policies stay where the emulator keeps them (``getIamPolicy``/``setIamPolicy`` pass
 through, with CEL conditions checked first); a change is recorded with its time, and takes effect
 after the sandbox's delay. ``testIamPermissions`` is answered here from the evaluator (the emulator's
-stub grants everything).
+stub grants everything). IAM Conditions need uniform bucket-level access, as on Cloud Storage: a
+policy with conditions on a bucket without it, or a patch that disables it under such a policy, is
+refused with 400; a bucket keeps the uniform access its insert asked for (the emulator would drop it).
+Conditions see an object as ``projects/_/buckets/B/objects/NAME`` and a bucket (where
+``storage.objects.list`` is checked) as ``projects/_/buckets/B``
+(:meth:`~prefect_remote.sandbox.gcp.permissions.Scope.object`).
 
 google-cloud-storage sends no credentials to an endpoint named by ``STORAGE_EMULATOR_HOST``: the
 strict sandbox names this gate by ``API_ENDPOINT_OVERRIDE`` instead (which the same library reads),
@@ -279,12 +284,18 @@ class StorageGate:
         if missing:
             self.calls[count] += 1
             return self.refused(principal, missing[0])
+        meta = _metadata(request.headers.get("content-type", ""), data)
+        refusal = self._uniform_access_refusal(method, params.get("bucket", ""), meta, data)
+        if refusal is not None:
+            self.calls[count] += 1
+            return _error(400, refusal)
         response = await self._forward(request, data)
         if response.status_code < 400 and method in ("buckets.setIamPolicy", "buckets.delete", "buckets.insert"):
-            bucket = params.get("bucket") or _metadata(request.headers.get("content-type", ""), data).get("name", "")
+            bucket = params.get("bucket") or meta.get("name", "")
             self._record(bucket)
             if method == "buckets.insert":
-                self._locations[bucket] = str(_metadata(request.headers.get("content-type", ""), data).get("location") or "US").upper()
+                self._locations[bucket] = str(meta.get("location") or "US").upper()
+                self._set_uniform(bucket, bool(_uniform_in(meta)))
             elif method == "buckets.delete":
                 self._locations.pop(bucket, None)
         if response.status_code < 400 and method in ("buckets.insert", "buckets.get", "buckets.list", "buckets.patch", "buckets.update"):
@@ -292,11 +303,14 @@ class StorageGate:
         return response
 
     def _located(self, response: Response) -> Response:
-        """``response`` (a bucket, or a listing of them) with each bucket's location as created."""
+        """``response`` (a bucket, or a listing of them) with each bucket's location as created, and
+        its access control (iamConfiguration) as the emulator now keeps it."""
         answer = json.loads(response.body)
         for bucket in answer.get("items", [answer]):
             if isinstance(bucket, dict) and bucket.get("name") in self._locations:
                 bucket["location"] = self._locations[bucket["name"]]
+            if isinstance(bucket, dict) and "iamConfiguration" in (self.storage.buckets.get(bucket.get("name")) or {}):
+                bucket["iamConfiguration"] = self.storage.buckets[bucket["name"]]["iamConfiguration"]
         headers = {k: v for k, v in response.headers.items() if k.lower() != "content-length"}
         return Response(json.dumps(answer).encode(), status_code=response.status_code, headers=headers)
 
@@ -317,6 +331,46 @@ class StorageGate:
 
     def _allows(self, principal: str, check: Check) -> bool:
         return self.enforcement.allows(principal, check)
+
+    # -- uniform bucket-level access ---------------------------------------------------------------------
+    def uniform(self, bucket: str) -> bool:
+        """Whether ``bucket`` has uniform bucket-level access enabled."""
+        return bool(_uniform_in(self.storage.buckets.get(bucket) or {}))
+
+    def _set_uniform(self, bucket: str, enabled: bool) -> None:
+        """Keeps ``bucket``'s uniform bucket-level access as created: the emulator's insert ignores the
+        request's iamConfiguration (every bucket it makes has it disabled); Google's honours it."""
+        found = self.storage.buckets.get(bucket)
+        if found is not None:
+            config = dict(found.get("iamConfiguration") or {})
+            config["uniformBucketLevelAccess"] = config["bucketPolicyOnly"] = {"enabled": enabled}
+            found["iamConfiguration"] = config
+
+    def _uniform_access_refusal(self, method: str, bucket: str, meta: dict[str, Any], data: bytes) -> str | None:
+        """Why Cloud Storage refuses (400) a policy with IAM conditions on a bucket without uniform
+        bucket-level access, or a patch that disables it while the bucket's policy has conditions; None
+        when it does not. Google: "you must enable uniform bucket-level access on a bucket" to use IAM
+        Conditions on it, and it can be disabled only once they are removed
+        (cloud.google.com/storage/docs/uniform-bucket-level-access). The wording is the sandbox's:
+        Google documents the refusal, not its message."""
+        if method == "buckets.setIamPolicy" and not self.uniform(bucket):
+            try:
+                bindings = json.loads(data or b"{}").get("bindings") or ()
+            except ValueError:
+                return None  # _check_policy refused it
+            if any(b.get("condition") for b in bindings):
+                return (
+                    f"IAM Conditions can only be set on a bucket with uniform bucket-level access enabled; bucket {bucket} "
+                    "has it disabled. Read more at https://cloud.google.com/storage/docs/uniform-bucket-level-access"
+                )
+        if method == "buckets.patch" and _uniform_in(meta) is False and self.uniform(bucket):
+            policy = self.storage.get_bucket_iam_policy(bucket) or {}
+            if any(b.get("condition") for b in policy.get("bindings") or ()):
+                return (
+                    f"Uniform bucket-level access cannot be disabled on bucket {bucket}: its IAM policy has conditions. "
+                    "Remove them first. Read more at https://cloud.google.com/storage/docs/uniform-bucket-level-access"
+                )
+        return None
 
     def _check_policy(self, data: bytes) -> None:
         try:
@@ -441,6 +495,17 @@ def _metadata(content_type: str, data: bytes) -> dict[str, Any]:
     except (ValueError, IndexError, TypeError, AttributeError):
         pass
     return {}
+
+
+def _uniform_in(bucket: dict[str, Any]) -> bool | None:
+    """A bucket resource's (or a request's) uniform bucket-level access: True, False, or None if it names none."""
+    config = bucket.get("iamConfiguration")
+    if not isinstance(config, dict):
+        return None
+    for key in ("uniformBucketLevelAccess", "bucketPolicyOnly"):  # the second: its older name, which clients still send
+        if isinstance(config.get(key), dict) and "enabled" in config[key]:
+            return bool(config[key]["enabled"])
+    return None
 
 
 def _error(code: int, message: str) -> JSONResponse:

@@ -1,9 +1,10 @@
-"""No gcp pool can touch another pool's secrets or VMs: two pools provisioned as a user provisions them
-(each with its own service account, its secrets and VMs named for it), and pool A's machine identity
-(its service account's token, as A's metadata server hands it to A's machines) turned against pool B,
-on the strict sandbox (IAM enforced as Google enforces it: conditions on secret and instance names).
-Every attempt is refused with Google's 403, B's machine runs on and completes with its own secret, and
-A's own flow run (a VM that reads its secret and ends itself) still works."""
+"""No gcp pool can touch another pool's secrets, VMs or store: two pools provisioned as a user provisions
+them (each with its own service account, its secrets and VMs named for it, its folder of the default
+bucket), and pool A's machine identity (its service account's token, as A's metadata server hands it to
+A's machines) turned against pool B, on the strict sandbox (IAM enforced as Google enforces it:
+conditions on secret, instance and object names). Every attempt is refused with Google's 403, B's
+machine runs on and completes with its own secret and record, and A's own flow run (a VM that boots
+from the agent wheel in A's folder, reads its secret, keeps its record and ends itself) still works."""
 
 from __future__ import annotations
 
@@ -55,6 +56,13 @@ def credentials_of(sandbox, email: str):
     finally:
         sandbox.metadata.forget(key)
     return Credentials(answer.json()["access_token"])
+
+
+def storage_as(sandbox, credentials):
+    """A Cloud Storage client calling with ``credentials``."""
+    from google.cloud import storage
+
+    return storage.Client(project=PROJECT, credentials=credentials, client_options={"api_endpoint": sandbox.storage_url})
 
 
 def refused(call) -> str:
@@ -122,7 +130,29 @@ def test_pool_as_machine_cannot_touch_another_pools_secrets_or_vms(gcp_env, pool
         lambda: instances.insert(project=PROJECT, zone=zone, instance_resource=squatter)
     )
 
-    # B is unharmed: its secret, labels and metadata as its launch made them; its payload completes.
+    # B's store folder: an environment's spec and blob (what B's machines rebuild and run), and its
+    # machine's record (its lease and end): read, overwritten, patched (a forged end), deleted.
+    b_store = b.machine_store()
+    digest = b_store.put_bytes(b"b's software")
+    b_store.put_env("b-env", b'{"packages": []}')
+    gcs = storage_as(gcp_env, creds)
+    bucket = gcs.bucket(b_store.bucket)
+    victims = [b_store.key("envs/b-env.json"), b_store.key(f"blobs/{digest}"), b.records.store.key(f"machines/{victim.id}.json")]
+    for name in victims:
+        assert "storage.objects.get" in refused(lambda n=name: bucket.blob(n).download_as_bytes())
+        assert "storage.objects." in refused(lambda n=name: bucket.blob(n).upload_from_string(b"evil"))
+        assert "storage.objects.delete" in refused(lambda n=name: bucket.blob(n).delete())
+    forged = bucket.blob(victims[-1])
+    forged.metadata = {"reason": "evil", "ended": "1"}
+    assert "storage.objects.update" in refused(forged.patch)
+    # What stays open (docs/known-limits.md): Cloud Storage checks a listing on the bucket, so A sees
+    # the names in B's folder, never their contents.
+    assert victims[0] in {blob.name for blob in gcs.list_blobs(b_store.bucket, prefix=b_store.key(""))}
+
+    # B is unharmed: its secret, labels and metadata as its launch made them, its store and record as
+    # they were; its payload completes.
+    assert b_store.get_bytes(digest) == b"b's software" and b_store.get_env("b-env") == b'{"packages": []}'
+    assert "ended" not in (b.records.read([victim.id])[victim.id].metadata or {})
     assert json.loads(gcp_env.secrets.value(b_secret.rsplit("/", 1)[-1], "1")) == {"TOKEN": "b-secret"}
     after = b.clients.instances().get(project=PROJECT, zone=zone, instance=victim.id)
     assert after.labels == instance.labels and after.metadata.items == instance.metadata.items and after.status == "RUNNING"
@@ -139,6 +169,29 @@ def test_pool_as_machine_cannot_touch_another_pools_secrets_or_vms(gcp_env, pool
     [done] = a.wait([own.id], timeout=120)
     assert done.exit_code == 0, done
     wait_for(lambda: own.id not in gcp_env.compute._vms, timeout=60, message="A's VM deleted by itself")
+
+
+def test_a_pools_machine_identity_reads_its_store_and_writes_only_its_records(gcp_env, pools):
+    """In its own folder, A's machine identity reads its software environments (as a machine rebuilds
+    them) and writes its machine records (create, patch, delete: what a scheduler does for its workers);
+    it changes no software there (only launchers build environments)."""
+    from prefect_remote.software.gcsstore import GCSStore
+
+    a = pools["a"]
+    launcher_store = a.machine_store()
+    digest = launcher_store.put_bytes(b"a's software")
+    launcher_store.put_env("a-env", b'{"packages": []}')
+    gcs = storage_as(gcp_env, credentials_of(gcp_env, a.options.service_account))
+    own = GCSStore(launcher_store.bucket, launcher_store.prefix, client=gcs)
+    assert own.get_env("a-env") == b'{"packages": []}' and own.get_bytes(digest) == b"a's software" and own.has_blob(digest)
+    record = gcs.bucket(own.bucket).blob(own.key("machines/vm-probe.json"))
+    record.upload_from_string(b"{}")
+    record.metadata = {"reason": "probe", "ended": "1"}
+    record.patch()
+    record.delete()
+    bucket = gcs.bucket(own.bucket)
+    assert "storage.objects.create" in refused(lambda: bucket.blob(own.key("blobs/forged")).upload_from_string(b"evil"))
+    assert "storage.objects.delete" in refused(lambda: bucket.blob(own.key(f"blobs/{digest}")).delete())
 
 
 def test_a_pools_machine_identity_still_acts_on_its_own_vms(gcp_env, pools):

@@ -40,6 +40,7 @@ README_VALUES = dict(
     bucket="<bucket>",
     service_account="pr-<pool key>@<project>.iam.gserviceaccount.com",
     pool="<pool>",
+    folder="<store folder>/",
 )
 
 
@@ -63,12 +64,22 @@ def readme_document(**values: str) -> dict:
 
 # -- the roles ------------------------------------------------------------------------------------
 def test_machine_roles_are_least_privilege():
-    roles = machine_roles(project="p-1", project_number="42", bucket="b", service_account="sa@p-1.iam.gserviceaccount.com", pool="0a1b")
+    roles = machine_roles(
+        project="p-1", project_number="42", bucket="b", service_account="sa@p-1.iam.gserviceaccount.com", pool="0a1b", folder="store/p/"
+    )
     granted = [grant["role"] for grants in roles.values() for grant in grants]
     assert not any(role in ("roles/owner", "roles/editor", "roles/viewer") or role.endswith(("admin", "Admin")) for role in granted), (
         granted
     )
-    assert roles["bucket b"] == [{"role": "roles/storage.objectUser"}]  # the store's bucket only, never the project's buckets
+    # The store's bucket only, never the project's buckets; in it, the pool's folder: read there (and the
+    # bucket's listing, which Cloud Storage checks on the bucket), write only its machine records.
+    assert [(g["role"], g["condition"]["expression"]) for g in roles["bucket b"]] == [
+        (
+            "roles/storage.objectViewer",
+            'resource.name == "projects/_/buckets/b" || resource.name.startsWith("projects/_/buckets/b/objects/store/p/")',
+        ),
+        ("roles/storage.objectUser", 'resource.name.startsWith("projects/_/buckets/b/objects/store/p/machines/")'),
+    ]
     assert not any(role.startswith("roles/storage.") for role in (g["role"] for g in roles["project"]))
     by_role = {grant["role"]: grant for grant in roles["project"]}
     secrets_only = 'resource.name.startsWith("projects/42/secrets/prefect-remote-0a1b-")'  # the pool's own
@@ -164,9 +175,22 @@ def test_a_disabled_api_fails_naming_the_command_and_nothing_is_created(project,
         gcp_infra.provision()
 
 
+def users_bucket(gcp_infra: GCPInfra, uniform: bool, name: str = "pr-users", location: str | None = None):
+    """A bucket of the user's, with or without uniform bucket-level access."""
+    storage = gcp_infra.storage()
+    bucket = storage.bucket(f"{name}-{secrets.token_hex(4)}")
+    bucket.iam_configuration.uniform_bucket_level_access_enabled = uniform
+    return storage.create_bucket(bucket, location=location)
+
+
+def bucket_grants(bucket, member: str) -> list[tuple[str, str | None]]:
+    """``member``'s bindings on ``bucket``: each role and its condition's expression."""
+    bindings = bucket.get_iam_policy(requested_policy_version=3).bindings
+    return sorted((b["role"], (b.get("condition") or {}).get("expression")) for b in bindings if member in b["members"])
+
+
 def test_a_store_of_the_users_is_used_and_kept(gcp_infra):
-    name = f"pr-users-{secrets.token_hex(4)}"
-    gcp_infra.storage().create_bucket(name)
+    name = users_bucket(gcp_infra, uniform=True).name
     setup, lines = gcp_infra.provision(store=f"gs://{name}/envs")
     assert setup.store == f"gs://{name}/envs" and f"found bucket gs://{name}" in lines
     bucket = gcp_infra.storage().get_bucket(name)
@@ -178,6 +202,60 @@ def test_a_store_of_the_users_is_used_and_kept(gcp_infra):
     labels = {key: value for key, value in bucket.labels.items() if value is not None}  # the emulator keeps a removed label as null
     assert labels == {} and list(bucket.lifecycle_rules) == []
     assert not any(MEMBER in b["members"] for b in bucket.get_iam_policy(requested_policy_version=3).bindings)
+
+
+def test_a_users_bucket_without_uniform_access_is_refused_naming_the_fix(project, gcp_infra):
+    """The machines' grants are limited to the pool's folder by IAM conditions, which Cloud Storage takes
+    only on a bucket with uniform bucket-level access: without it provisioning stops before making or
+    granting anything, naming the command; with it enabled, provisioning goes through, and the bucket
+    can no longer go back while the conditions hold it (Google refuses that too)."""
+    from google.api_core.exceptions import BadRequest
+
+    bucket = users_bucket(gcp_infra, uniform=False)
+    with pytest.raises(GCPError, match=rf"gcloud storage buckets update gs://{bucket.name} --uniform-bucket-level-access\n"):
+        gcp_infra.provision(store=f"gs://{bucket.name}/envs")
+    assert EMAIL not in project.iam.accounts and bucket_grants(bucket, MEMBER) == []
+    bucket.iam_configuration.uniform_bucket_level_access_enabled = True
+    bucket.patch()
+    setup, _ = gcp_infra.provision(store=f"gs://{bucket.name}/envs")
+    assert setup.store == f"gs://{bucket.name}/envs"
+    assert [role for role, _ in bucket_grants(bucket, MEMBER)] == ["roles/storage.objectUser", "roles/storage.objectViewer"]
+    bucket.iam_configuration.uniform_bucket_level_access_enabled = False
+    with pytest.raises(BadRequest, match="bucket-level access cannot be disabled"):
+        bucket.patch()
+    infra.teardown(GCPProvider(), say=lambda _: None)
+    assert bucket_grants(bucket, MEMBER) == []
+
+
+def test_a_pool_provisioned_before_store_folders_keeps_its_grant_until_provisioned_again(gcp_infra):
+    """An earlier release granted a pool's account roles/storage.objectUser on the whole bucket: its
+    machines keep it (nothing else takes it away), and provisioning the pool again replaces it with
+    the pool's folder grants, saying so; a third run changes nothing."""
+    gcp_infra.provision()
+    bucket = gcp_infra.storage().bucket(gcp_infra.bucket)
+    folder = f"store/{pool_key('pool-a')}/"
+    assert bucket_grants(bucket, MEMBER) == [
+        ("roles/storage.objectUser", f'resource.name.startsWith("projects/_/buckets/{gcp_infra.bucket}/objects/{folder}machines/")'),
+        (
+            "roles/storage.objectViewer",
+            f'resource.name == "projects/_/buckets/{gcp_infra.bucket}" || '
+            f'resource.name.startsWith("projects/_/buckets/{gcp_infra.bucket}/objects/{folder}")',
+        ),
+    ]
+    policy = bucket.get_iam_policy(requested_policy_version=3)  # as the earlier release left it
+    policy.bindings[:] = [{**b, "members": b["members"] - {MEMBER}} for b in policy.bindings if b["members"] - {MEMBER}]
+    policy.bindings.append({"role": "roles/storage.objectUser", "members": {MEMBER}})
+    bucket.set_iam_policy(policy)
+    _, lines = gcp_infra.provision()
+    assert f"took away roles/storage.objectUser on bucket {gcp_infra.bucket} (every folder): granted before" in lines, lines
+    assert [role for role, condition in bucket_grants(bucket, MEMBER) if condition] == [
+        "roles/storage.objectUser",
+        "roles/storage.objectViewer",
+    ]
+    assert all(condition for _, condition in bucket_grants(bucket, MEMBER))
+    _, again = gcp_infra.provision()
+    assert f"found on bucket {gcp_infra.bucket}: roles/storage.objectViewer, roles/storage.objectUser, in the pool's folder" in again
+    assert not any(line.startswith("took away") for line in again)
 
 
 # -- teardown -------------------------------------------------------------------------------------
@@ -228,8 +306,7 @@ def test_teardown_removes_only_launch_secrets_and_checks_every_region(project, g
     from prefect_remote.providers.base import BootPayload
     from prefect_remote.spec import MachineSpec
 
-    name = f"pr-eu-{secrets.token_hex(4)}"
-    gcp_infra.storage().create_bucket(name, location="europe-west1")
+    name = users_bucket(gcp_infra, uniform=True, name="pr-eu", location="europe-west1").name
     setup, _ = gcp_infra.provision(store=f"gs://{name}/envs")
     monkeypatch.setenv("PREFECT_REMOTE_STORE", setup.store)
     manager = GCPProvider().clients.secret_manager()
@@ -345,6 +422,12 @@ def test_a_pools_teardown_leaves_another_pools_machines_secrets_and_records(proj
         assert b_machine.id in b.records.read([b_machine.id]) and not a.records.read([a_machine.id])
         assert project.iam.roles and b_email in project.iam.accounts  # nothing shared, nor B's, removed
         assert project.iam.grants_of(f"serviceAccount:{b_email}")
+        held = bucket.get_iam_policy(requested_policy_version=3).bindings  # on the bucket: A's grants gone, B's kept
+        assert not any(f"serviceAccount:{a_email}" in b["members"] for b in held)
+        assert sorted(b["role"] for b in held if f"serviceAccount:{b_email}" in b["members"]) == [
+            "roles/storage.objectUser",
+            "roles/storage.objectViewer",
+        ]
         assert f"removed the pool's store {stores[pool_a]}" in forced.stdout
         left = {blob.name for blob in gcp_infra.storage().list_blobs(gcp_infra.bucket, prefix="store/")}
         assert envs[pool_b] in left and not any(name.startswith(f"store/{pool_key(pool_a)}/") for name in left), left

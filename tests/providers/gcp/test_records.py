@@ -235,8 +235,9 @@ def test_a_long_lived_machine_keeps_its_record_and_a_dead_ones_goes(gcp_env, gcs
     from prefect_remote.providers.gcp.provider import GCPProvider
 
     bucket = gcs.bucket()
-    infra._ensure_bucket(GCPProvider().clients, bucket, "store", "us-central1", lambda _: None)
-    records = MachineRecords(open_store(f"gs://{bucket}/store"))
+    store = open_store(f"gs://{bucket}/store")
+    infra._ensure_bucket(GCPProvider().clients, store, "us-central1", lambda _: None, conditioned=False)
+    records = MachineRecords(store)
     live, dead = "vm-00000000a11e", "vm-00000000dead"
     records.create([live, dead], launch(), service="Compute Engine", region="us-central1", price=0.067)
     for _ in range(8):
