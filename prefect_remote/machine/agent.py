@@ -65,8 +65,9 @@ CPU_BUSY_FRACTION = 0.02  # of one core: above it the payload counts as busy
 STOP_GRACE = 5.0  # seconds between SIGTERM and SIGKILL for the payload
 # Seconds the payload's on_stop command may take. A flow run's imports Prefect's client (30-40 s for each of
 # three machines at once on a 2-core host at load 40: the former 60 s was reached under more, and the run
-# left unmarked) and tries a busy or unreachable API again until it is told. The backstop is pushed meanwhile.
-ON_STOP_TIMEOUT = 300.0
+# left unmarked) and tries a busy or unreachable API again until it is told. The backstop is pushed meanwhile;
+# a cloud's own end past `timeout` (Cloud Run's, Compute Engine's: 300 s later) still comes after the agent's.
+ON_STOP_TIMEOUT = 240.0
 END_REASON_ENV = "PREFECT_REMOTE_END_REASON"  # why the agent stops the payload, for its on_stop command
 END_OPTION = "--end"  # `agent --end REASON`: the boot failed after the agent was installed; end the machine with REASON
 

@@ -221,3 +221,13 @@ def test_a_slow_on_stop_keeps_the_backstop_pushed_and_is_ended_at_its_bound(tmp_
     said = runtime.sink.getvalue().decode()
     assert "the payload's on_stop command did not finish within 2s: b'still telling\\n'" in said, said
     assert "never" not in said
+
+
+def test_telling_why_fits_within_the_clouds_grace_past_a_timeout():
+    """A machine past its ``timeout`` is stopped, told why and ended by its agent before the cloud's
+    own end comes (Cloud Run's task timeout, Compute Engine's maxRunDuration), which says no reason."""
+    from prefect_remote.machine.agent import ON_STOP_TIMEOUT, STOP_GRACE
+    from prefect_remote.providers.gcp.cloudrun_catalog import TIMEOUT_GRACE
+    from prefect_remote.providers.gcp.compute import MAX_RUN_GRACE
+
+    assert min(TIMEOUT_GRACE, MAX_RUN_GRACE) > TICK + STOP_GRACE + ON_STOP_TIMEOUT + 30  # 30 s: the end's own calls
