@@ -24,6 +24,7 @@ The payload starts before anything heavy is imported: launch-to-payload time is 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shlex
 import signal
@@ -62,7 +63,11 @@ from prefect_remote.units import format_duration
 TICK = 0.25  # seconds between checks
 CPU_BUSY_FRACTION = 0.02  # of one core: above it the payload counts as busy
 STOP_GRACE = 5.0  # seconds between SIGTERM and SIGKILL for the payload
-ON_STOP_TIMEOUT = 60.0  # seconds the payload's on_stop command may take (a flow run's imports Prefect)
+# Seconds the payload's on_stop command may take. A flow run's imports Prefect's client (30-40 s for each of
+# three machines at once on a 2-core host at load 40: the former 60 s was reached under more, and the run
+# left unmarked) and tries a busy or unreachable API again until it is told. The backstop is pushed meanwhile;
+# a cloud's own end past `timeout` (Cloud Run's, Compute Engine's: 300 s later) still comes after the agent's.
+ON_STOP_TIMEOUT = 240.0
 END_REASON_ENV = "PREFECT_REMOTE_END_REASON"  # why the agent stops the payload, for its on_stop command
 END_OPTION = "--end"  # `agent --end REASON`: the boot failed after the agent was installed; end the machine with REASON
 
@@ -363,21 +368,45 @@ class Agent:
     def tell_payload(self, reason: str, env: dict[str, str]) -> None:
         """Runs the payload's ``on_stop`` command, if any, with ``reason`` in ``$PREFECT_REMOTE_END_REASON``,
         once the payload is stopped (a flow run's marks the run Crashed saying why, over the engine's
-        "aborted by a termination signal"); never fails."""
+        "aborted by a termination signal"), for up to ``ON_STOP_TIMEOUT``; never fails. The agent is
+        healthy meanwhile: it keeps pushing the backstop, so that only the bound ends a slow command."""
         command = self.config.get("on_stop")
         if not command:
             return
         if self.container is not None:  # in the image too: the machine itself may have no Prefect
             command = self.container.command(command, {*self.container_names, END_REASON_ENV}, str(Path.cwd()), purpose="on-stop")
+        started = self.clock()
         try:
-            done = subprocess.run(
-                command, env={**env, END_REASON_ENV: reason}, stdin=subprocess.DEVNULL, capture_output=True, timeout=ON_STOP_TIMEOUT
+            process = subprocess.Popen(
+                command,
+                env={**env, END_REASON_ENV: reason},
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,  # at the bound, it ends with whatever it started
             )
-            if done.returncode != 0:
-                output = done.stdout[-2000:] + done.stderr[-2000:]
-                self.say(f"the payload's on_stop command failed (exit code {done.returncode}): {output!r}")
-        except Exception as error:  # the payload is stopped all the same
-            self.say(f"the payload's on_stop command failed: {error!r}")
+        except OSError as error:  # the payload is stopped all the same
+            self.say(f"the payload's on_stop command could not start: {error!r}")
+            return
+        while True:
+            try:
+                output = process.communicate(timeout=TICK)[0]  # (a call after TimeoutExpired loses no output)
+                break
+            except subprocess.TimeoutExpired as waited:
+                self.push_backstop()
+                if self.clock() - started > ON_STOP_TIMEOUT:
+                    with contextlib.suppress(ProcessLookupError):  # (all of it may have ended meanwhile)
+                        os.killpg(process.pid, signal.SIGKILL)
+                    process.wait()
+                    process.stdout.close()
+                    output = waited.output or b""  # all it said so far
+                    self.say(f"the payload's on_stop command did not finish within {format_duration(ON_STOP_TIMEOUT)}: {output[-2000:]!r}")
+                    return
+        took = f"in {self.clock() - started:.1f}s"
+        if process.returncode != 0:
+            self.say(f"the payload's on_stop command failed (exit code {process.returncode}) {took}: {output[-2000:]!r}")
+        else:  # its output, if any, says what it retried
+            self.say(f"the payload's on_stop command finished {took}" + (f": {output[-2000:]!r}" if output.strip() else ""))
 
     def lease_age(self) -> float:
         """Seconds since the owner's last renewal, as of the last read. The lease is read at most once

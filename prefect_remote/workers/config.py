@@ -130,14 +130,34 @@ def __getattr__(name: str) -> Any:
 FLOW_RUN_KEEPALIVE = "10 minutes"
 # What a flow run's machine runs, in the run's environment, when its agent stops the run for a reason of
 # its own (timeout, idle_timeout, owner gone): the run becomes Crashed with that reason, whoever watches.
+# Nobody else will say why (the worker may be the owner that is gone), so it tries until it is told:
+# an API that refuses connections, times out or answers 5xx is tried again (the client's own retries
+# give up after a minute, and never retry a first connection), for as long as the agent lets it
+# (``ON_STOP_TIMEOUT``); a run the API cannot find, or a request it refuses, is not.
 CRASH_SAYING_WHY = """\
-import os
+import itertools, os, sys, time
+import httpx
 from prefect.client.orchestration import get_client
+from prefect.exceptions import ObjectNotFound
 from prefect.states import Crashed
 
-with get_client(sync_client=True) as client:
-    message = "Machine ended: " + os.environ["PREFECT_REMOTE_END_REASON"]
-    client.set_flow_run_state(os.environ["PREFECT__FLOW_RUN_ID"], Crashed(message=message), force=True)
+message = "Machine ended: " + os.environ["PREFECT_REMOTE_END_REASON"]
+for attempt in itertools.count(1):
+    try:
+        with get_client(sync_client=True) as client:
+            client.set_flow_run_state(os.environ["PREFECT__FLOW_RUN_ID"], Crashed(message=message), force=True)
+    except ObjectNotFound:
+        raise
+    except Exception as error:
+        status = error.response.status_code if isinstance(error, httpx.HTTPStatusError) else None
+        if status is not None and status < 500 and status not in (408, 429):
+            raise
+        print(f"attempt {attempt}: {error!r}; trying again", file=sys.stderr, flush=True)
+        time.sleep(min(2.0**attempt, 15.0))
+    else:
+        if attempt > 1:
+            print(f"marked Crashed at attempt {attempt}", file=sys.stderr)
+        break
 """
 
 

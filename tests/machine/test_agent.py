@@ -197,3 +197,37 @@ def test_a_payload_stopped_for_the_agents_own_reason_is_told_why_once_stopped(tm
     finished = subprocess.Popen(["true"])
     assert Agent(config(on_stop=on_stop), runtime).watch(finished, {})[0] == "payload finished"
     assert not told.exists()
+
+
+def test_a_slow_on_stop_keeps_the_backstop_pushed_and_is_ended_at_its_bound(tmp_path, monkeypatch):
+    """Telling Prefect why may take minutes on a loaded host (Prefect's import; a busy API, tried
+    again): the agent, healthy, keeps pushing the machine's scheduled end meanwhile, so that only
+    ``ON_STOP_TIMEOUT`` ends the command (and what it started), which the machine log says."""
+    import time
+
+    from prefect_remote.machine import agent as agent_module
+    from prefect_remote.machine.boot import BACKSTOP_ENV
+
+    pushes = tmp_path / "pushes"
+    monkeypatch.setenv(BACKSTOP_ENV, f"echo push >> {pushes}")
+    monkeypatch.setattr(agent_module, "ON_STOP_TIMEOUT", 2.0)
+    on_stop = ["sh", "-c", "echo still telling; sleep 30; echo never"]
+    runtime = FakeRuntime(time.monotonic, owner_dies_at=float("inf"))
+    agent = Agent(config(lease_interval=0.4, on_stop=on_stop), runtime)
+    started = time.monotonic()
+    agent.tell_payload("timeout: ran longer than 1h", {"PATH": "/usr/bin:/bin"})
+    assert time.monotonic() - started < 25  # (not the command's 30 s)
+    assert pushes.read_text().count("push") >= 1  # every 0.4 s of its 2 s, each a shell (slower on a loaded host)
+    said = runtime.sink.getvalue().decode()
+    assert "the payload's on_stop command did not finish within 2s: b'still telling\\n'" in said, said
+    assert "never" not in said
+
+
+def test_telling_why_fits_within_the_clouds_grace_past_a_timeout():
+    """A machine past its ``timeout`` is stopped, told why and ended by its agent before the cloud's
+    own end comes (Cloud Run's task timeout, Compute Engine's maxRunDuration), which says no reason."""
+    from prefect_remote.machine.agent import ON_STOP_TIMEOUT, STOP_GRACE
+    from prefect_remote.providers.gcp.cloudrun_catalog import TIMEOUT_GRACE
+    from prefect_remote.providers.gcp.compute import MAX_RUN_GRACE
+
+    assert min(TIMEOUT_GRACE, MAX_RUN_GRACE) > TICK + STOP_GRACE + ON_STOP_TIMEOUT + 30  # 30 s: the end's own calls
