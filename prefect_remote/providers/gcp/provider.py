@@ -295,6 +295,19 @@ class GCPProvider(Provider):
             )
         return ended
 
+    def seen_ended(self, machine_ids: Sequence[str], reason: str) -> None:
+        """Records ``reason`` as the end of those of ``machine_ids`` (this pool's, seen ended by a
+        listing: a VM that shut itself down) whose record has none, and deletes the secrets of their
+        launches with no machine left. Without it their owner's renewal would renew their records on,
+        never reporting them ended, and their secrets would stay (the sweep spares a renewed lease).
+        A tidy-up: a failure is logged, never raised into the listing."""
+        try:
+            known = self.records.read(machine_ids)  # another pool's, or a VM of no launch: no record, nothing to do
+            launches = self.records.end_all(known, reason=reason, only_if_running=True)
+            self._forget_ended_launches(launch for launch in launches.values() if launch)
+        except Exception as error:
+            logger.warning("gcp: the ends of %s were not recorded (%s); their owner's renewals go on", ", ".join(machine_ids), error)
+
     def _terminate(self, machine_ids: list[str], reason: str, exit_code: int | None) -> set[str]:
         """Records each end, then has each service end its machines; returns their launches. A
         machine this pool's records do not know (another pool's, a VM prefect-remote never made, a
