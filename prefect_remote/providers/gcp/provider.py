@@ -278,7 +278,15 @@ class GCPProvider(Provider):
         ]
         machines = [self.records.complete(m) for m in machines]
         if include_terminated:  # Google deletes ended VMs and the sweep ended jobs: their records remember them
-            machines += self.records.ended_machines(tags, {m.id for m in machines})
+            ended = self.records.ended_machines(tags, {m.id for m in machines})
+            # Gone with no end recorded (a failed boot deleted its VM, Google preempted it, someone deleted
+            # it): recorded now, or its owner's renewal would renew its record on and keep its launch's secret.
+            unrecorded = [m.id for m in ended if "ended" not in m.details]
+            if unrecorded:
+                from prefect_remote.providers.gcp.records import UNRECORDED_END
+
+                self.seen_ended(unrecorded, UNRECORDED_END)
+            machines += ended
         else:
             machines = [m for m in machines if m.alive]
         return sorted(machines, key=lambda m: m.created, reverse=True)

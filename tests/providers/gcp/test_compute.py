@@ -723,6 +723,34 @@ def test_a_vm_that_shut_itself_down_is_seen_ended_and_its_launch_secret_goes(gcp
         provider.terminate([machine.id], reason="test cleanup")
 
 
+def test_a_vm_its_failed_boot_deleted_is_seen_ended_and_its_launch_secret_goes(gcp_sandbox, gcp_env, monkeypatch):
+    """The VM's agent cannot start (here its runtime cannot be made, as a boot whose package index
+    times out under load cannot install it): the boot's trap deletes the VM, with no end recorded.
+    A listing of ended machines records one, so that the owner's renewal reports it ended (and renews
+    it no more) and its launch's secret goes. Before, the renewal renewed its record on, and the
+    secret stayed, even past the sweep's hour (a renewed lease is live)."""
+    from prefect_remote.providers.base import BootPayload
+    from prefect_remote.providers.gcp.records import UNRECORDED_END
+    from prefect_remote.providers.gcp.secrets import secret_id
+    from prefect_remote.providers.gcp.service import LAUNCH_LABEL
+    from prefect_remote.sandbox.gcp.common import GoogleError
+
+    monkeypatch.setenv("PREFECT_REMOTE_GCP_PUBLIC_IP", LAUNCHER_IP)
+    monkeypatch.setattr(GCPProvider, "runtime", "prefect_remote.providers.gcp.runtime:NoSuchRuntime")
+    provider = GCPProvider(service="compute")
+    payload = BootPayload(["sleep", "600"], secrets={"TOKEN": "s3cret"})
+    [machine] = provider.launch(MachineSpec(cpu=2), payload, tags={"t": "orphans"})
+    name = secret_id(instance_of(gcp_sandbox, machine.id)["labels"][LAUNCH_LABEL], provider.records.label)
+    wait_for(lambda: instance_of(gcp_sandbox, machine.id) is None, timeout=120, what="the VM deleted by its boot")
+    assert provider.renew_leases([machine.id]) == []  # no end recorded: its record renewed on
+    # Listed as ended once its record is past the launch's settling (a minute), its end recorded.
+    wait_for(lambda: machine.id in {m.id for m in provider.list(include_terminated=True)}, timeout=120, what="the VM listed ended")
+    assert provider.describe(machine.id).reason == UNRECORDED_END
+    assert provider.renew_leases([machine.id]) == [machine.id]  # reported ended: renewed no more
+    with pytest.raises(GoogleError, match="404|not found|NOT_FOUND"):
+        gcp_env.secrets.value(name)
+
+
 @pytest.fixture
 def vms_may_not_delete(gcp_sandbox):
     """The machines' custom role on VMs without ``compute.instances.delete`` for the test (in force after the
