@@ -281,7 +281,8 @@ class GCPProvider(Provider):
             ended = self.records.ended_machines(tags, {m.id for m in machines})
             # Gone with no end recorded (a failed boot deleted its VM, Google preempted it, someone deleted
             # it): recorded now, or its owner's renewal would renew its record on and keep its launch's secret.
-            unrecorded = [m.id for m in ended if "ended" not in m.details]
+            # Only in this region, the one listed: a machine of the store in another may well run.
+            unrecorded = [m.id for m in ended if "ended" not in m.details and m.region == self.options.region]
             if unrecorded:
                 from prefect_remote.providers.gcp.records import UNRECORDED_END
 
