@@ -210,6 +210,17 @@ class Agent:
         except Exception as error:  # the log stays on the machine; the payload runs all the same
             self.say(f"cannot ship the machine log {path} ({error!r})")
 
+    def forget_secrets(self) -> None:
+        """Removes the launch's secrets from the provider's channel when the launcher said this
+        machine is its launch's only one (``forget_secrets``): its owner may be gone. Never fails: the
+        owner's next renewal, or the sweep of a later launch, removes them otherwise."""
+        if not self.config.get("forget_secrets"):
+            return
+        try:
+            self.runtime.forget_secrets()
+        except Exception as error:
+            self.say(f"this launch's secrets were left for its owner to remove ({error!r})")
+
     def stop_log_shipping(self) -> None:
         """Ships the rest of the machine log (within the shipper's few seconds) and stops. Idempotent."""
         shipping, self._log_shipping = self._log_shipping, None
@@ -449,6 +460,7 @@ class Agent:
 
     def end(self, reason: str, code: int | None) -> int:
         self.say(f"machine ending: {reason}")
+        self.forget_secrets()
         self.stop_log_shipping()  # now: the machine may be gone moments after terminate
         try:
             self.runtime.terminate(reason, code)

@@ -123,6 +123,12 @@ class MachineRuntime(ABC):
         image, or credentials that come through the secret channel. By default None."""
         return None
 
+    def forget_secrets(self) -> None:  # noqa: B027 (a no-op by default, not abstract: most providers need none)
+        """Removes this machine's launch secrets from the provider's secret channel, as the launch's only
+        machine ends (the agent calls it when its launcher said so). May fail: the owner's renewal, or
+        a later sweep, removes them then. By default nothing: a channel whose secrets end with the
+        machine (the local provider's file in the machine's folder)."""
+
     @abstractmethod
     def terminate(self, reason: str, exit_code: int | None) -> None:
         """Asks the provider to end this machine, recording ``reason`` and ``exit_code``. May fail

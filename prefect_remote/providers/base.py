@@ -466,7 +466,7 @@ class Provider(ABC):
             raise ValueError(f"tags {reserved}: names starting with {TAG_PREFIX!r} are reserved for prefect-remote")
         plan = self.plan(spec)
         launch_id = f"launch-{secrets.token_hex(6)}"
-        config = self.agent_config(spec, payload, launch_id)
+        config = self.agent_config(spec, payload, launch_id, count=count)
         if self.boots_in_image(plan):  # the machine is the image's container: nothing to pull or run in it
             config["image"] = None
         if self.shares_host_software:
@@ -532,10 +532,12 @@ class Provider(ABC):
         in us-east-1"``). By default the provider's name, the type and the region ``spec`` asks for."""
         return f"{self.name} {instance_type.name}" + (f" in {spec.region}" if spec.region else "")
 
-    def agent_config(self, spec: MachineSpec, payload: BootPayload, launch_id: str) -> dict[str, Any]:
-        """What the agent on a machine of ``launch_id`` needs to know, as JSON for the boot script: no
-        secrets (the agent reads them through the runtime). ``runtime`` and ``runtime_options`` make
-        the provider's machine side; ``lease_interval`` paces its lease reads."""
+    def agent_config(self, spec: MachineSpec, payload: BootPayload, launch_id: str, *, count: int = 1) -> dict[str, Any]:
+        """What the agent on a machine of ``launch_id`` (one of ``count``) needs to know, as JSON for
+        the boot script: no secrets (the agent reads them through the runtime). ``runtime`` and
+        ``runtime_options`` make the provider's machine side; ``lease_interval`` paces its lease reads;
+        ``forget_secrets`` says the machine removes the launch's secrets as it ends."""
+        secret_names = sorted({*spec.secret_environ, *payload.secrets})
         return {
             "software": self._software_config(spec),
             "runtime": self.runtime,
@@ -544,7 +546,12 @@ class Provider(ABC):
             "command": list(payload.command),
             "image": spec.image,  # run with the machine's engine, unless the machine is the image's container (Cloud Run)
             "env": {**self.machine_environ(), **spec.public_environ, **payload.env},
-            "secret_names": sorted({*spec.secret_environ, *payload.secrets}),
+            "secret_names": secret_names,
+            # The only machine of its launch is the only reader of its secrets, and may be the last one
+            # alive to remove them: its owner's renewal sees it end, but an owner that died (a lease lost)
+            # never does, and the sweep waits an hour for a later launch. Machines of a larger launch
+            # leave theirs to the owner: a sibling may not have read them yet.
+            "forget_secrets": bool(secret_names) and count == 1,
             "activity": payload.activity,
             "on_stop": payload.on_stop,
             "agent_code": payload.agent_code,

@@ -231,3 +231,33 @@ def test_telling_why_fits_within_the_clouds_grace_past_a_timeout():
     from prefect_remote.providers.gcp.compute import MAX_RUN_GRACE
 
     assert min(TIMEOUT_GRACE, MAX_RUN_GRACE) > TICK + STOP_GRACE + ON_STOP_TIMEOUT + 30  # 30 s: the end's own calls
+
+
+class Forgetting(FakeRuntime):
+    """A machine side that counts its removals of the launch's secrets (or fails them)."""
+
+    def __init__(self, *, fails: bool = False) -> None:
+        super().__init__(lambda: 0.0, owner_dies_at=10**9)
+        self.forgot, self.fails = 0, fails
+
+    def forget_secrets(self) -> None:
+        self.forgot += 1
+        if self.fails:
+            raise PermissionError("AccessDenied: ssm:DeleteParameter")
+
+
+def test_the_only_machine_of_a_launch_removes_its_secrets_as_it_ends():
+    """``forget_secrets`` (the launcher's word: the launch's only machine): the agent removes the
+    launch's secrets before ending the machine, however it ends, since its owner may be gone (a lost
+    lease) and nobody else would until a sweep an hour later. Without it (a machine of a larger launch,
+    whose sibling may not have read them yet) it leaves them to its owner; a removal that fails is said
+    in the log, and the machine ends all the same."""
+    only = Forgetting()
+    Agent(config(secret_names=["API_KEY"], forget_secrets=True), only).end("owner gone (lease 40s old, keepalive 30s)", None)
+    assert only.forgot == 1 and only.halted  # (FakeRuntime's terminate fails: the halt fallback)
+    sibling = Forgetting()
+    Agent(config(secret_names=["API_KEY"], forget_secrets=False), sibling).end("payload finished", 0)
+    assert sibling.forgot == 0 and sibling.halted
+    refused = Forgetting(fails=True)
+    Agent(config(secret_names=["API_KEY"], forget_secrets=True), refused).end("payload finished", 0)
+    assert refused.halted and "this launch's secrets were left for its owner to remove" in refused.sink.getvalue().decode()

@@ -202,3 +202,17 @@ def test_terminate_and_renew_name_each_machine_once_and_forget_the_secrets_of_la
     provider.forgotten.clear()
     assert provider.renew_leases(["m-3", "m-1", "m-3"]) == ["m-1"]
     assert provider.renewed == [["m-3", "m-1"]] and provider.forgotten == ["launch-a"]
+
+
+def test_only_the_only_machine_of_a_launch_with_secrets_is_told_to_remove_them(tmp_path):
+    """The launcher's word to the agent (``forget_secrets``): a launch of one machine with secrets;
+    not one of several (a sibling may not have read them yet), nor one with no secrets."""
+    from prefect_remote.providers.base import BootPayload
+    from prefect_remote.providers.local import LocalProvider
+    from prefect_remote.spec import MachineSpec
+
+    provider, spec = LocalProvider(home=tmp_path), MachineSpec()
+    with_secrets, without = BootPayload(["app"], secrets={"TOKEN": "x"}), BootPayload(["app"])
+    assert provider.agent_config(spec, with_secrets, "launch-0123")["forget_secrets"] is True
+    assert provider.agent_config(spec, with_secrets, "launch-0123", count=2)["forget_secrets"] is False
+    assert provider.agent_config(spec, without, "launch-0123")["forget_secrets"] is False

@@ -142,6 +142,15 @@ class EC2Runtime(MachineRuntime):
         parameter = self._client("ssm").get_parameter(Name=self.secrets_parameter, WithDecryption=True)
         return dict(json.loads(parameter["Parameter"]["Value"]))
 
+    def forget_secrets(self) -> None:
+        """Deletes the launch's parameter (the instance profile needs ssm:DeleteParameter on it); a
+        missing one is fine."""
+        ssm = self._client("ssm")
+        try:
+            ssm.delete_parameter(Name=self.secrets_parameter)
+        except ssm.exceptions.ParameterNotFound:
+            pass
+
     def registry_credentials(self, registry: str) -> tuple[str, str] | None:
         """ECR's user and token for an ECR registry, with the instance role (it needs
         ecr:GetAuthorizationToken, and ecr:BatchGetImage and ecr:GetDownloadUrlForLayer on the

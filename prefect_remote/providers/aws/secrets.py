@@ -3,7 +3,9 @@
 
 Its instances read it with their instance profile (:meth:`~prefect_remote.providers.aws.runtime.EC2Runtime.read_secrets`);
 nothing secret goes into user-data, a tag or a log. The launcher deletes it when the launch fails or
-its machines have ended; what an owner that died left behind, its next launch with secrets sweeps
+its machines have ended, and the only machine of a launch as it ends (its owner may be gone:
+:meth:`~prefect_remote.providers.aws.runtime.EC2Runtime.forget_secrets`); what an owner that died
+left behind, its next launch with secrets sweeps
 (:meth:`~prefect_remote.providers.base.Provider.sweep_secrets`, through :func:`stored_launches`).
 
 >>> parameter_name("/prefect-remote/", "launch-0a1b2c3d4e5f")

@@ -492,12 +492,14 @@ class ComputeService(GCPService):
         )
 
     def _delete_halted(self, instances: Sequence[Any]) -> None:
-        """Deletes VMs that stopped themselves (a failed boot's ``shutdown -h now``): a stopped VM
-        keeps its disk and address, which cost money, until deleted."""
+        """Deletes VMs that stopped themselves (a failed boot's ``shutdown -h now``, a killed agent's
+        backstop): a stopped VM keeps its disk and address, which cost money, until deleted. Their
+        ends are recorded where none was (:meth:`~prefect_remote.providers.gcp.provider.GCPProvider.seen_ended`)."""
         halted = [i.name for i in instances if i.status == "TERMINATED" and i.name not in self._deleting]
         if halted:
             logger.info("gcp: deleting stopped VMs %s", ", ".join(halted))
             self.terminate(halted, "stopped")
+            self.provider.seen_ended(halted, STOPPED_REASON)
 
     # -- ending -----------------------------------------------------------------------------------------
     def terminate(self, machine_ids: Sequence[str], reason: str, *, any_pool: bool = False) -> None:
@@ -521,6 +523,10 @@ class ComputeService(GCPService):
                     pass
                 self._deleting.add(machine_id)
         logger.debug("gcp: deleting %s (%s)", ", ".join(machine_ids), reason)
+
+
+# The end recorded for a VM that stopped with none recorded: its agent could not say why.
+STOPPED_REASON = "the VM shut itself down with no end recorded (its agent gone: the boot's backstop; or a shutdown on the machine)"
 
 
 class _OperationError(RemoteError):

@@ -278,7 +278,16 @@ class GCPProvider(Provider):
         ]
         machines = [self.records.complete(m) for m in machines]
         if include_terminated:  # Google deletes ended VMs and the sweep ended jobs: their records remember them
-            machines += self.records.ended_machines(tags, {m.id for m in machines})
+            ended = self.records.ended_machines(tags, {m.id for m in machines})
+            # Gone with no end recorded (a failed boot deleted its VM, Google preempted it, someone deleted
+            # it): recorded now, or its owner's renewal would renew its record on and keep its launch's secret.
+            # Only in this region, the one listed: a machine of the store in another may well run.
+            unrecorded = [m.id for m in ended if "ended" not in m.details and m.region == self.options.region]
+            if unrecorded:
+                from prefect_remote.providers.gcp.records import UNRECORDED_END
+
+                self.seen_ended(unrecorded, UNRECORDED_END)
+            machines += ended
         else:
             machines = [m for m in machines if m.alive]
         return sorted(machines, key=lambda m: m.created, reverse=True)
@@ -294,6 +303,19 @@ class GCPProvider(Provider):
                 f"no gcp machine {machine_id!r} (never launched, or ended and forgotten); `prefect-remote machines ls` lists them"
             )
         return ended
+
+    def seen_ended(self, machine_ids: Sequence[str], reason: str) -> None:
+        """Records ``reason`` as the end of those of ``machine_ids`` (this pool's, seen ended by a
+        listing: a VM that shut itself down) whose record has none, and deletes the secrets of their
+        launches with no machine left. Without it their owner's renewal would renew their records on,
+        never reporting them ended, and their secrets would stay (the sweep spares a renewed lease).
+        A tidy-up: a failure is logged, never raised into the listing."""
+        try:
+            known = self.records.read(machine_ids)  # another pool's, or a VM of no launch: no record, nothing to do
+            launches = self.records.end_all(known, reason=reason, only_if_running=True)
+            self._forget_ended_launches(launch for launch in launches.values() if launch)
+        except Exception as error:
+            logger.warning("gcp: the ends of %s were not recorded (%s); their owner's renewals go on", ", ".join(machine_ids), error)
 
     def _terminate(self, machine_ids: list[str], reason: str, exit_code: int | None) -> set[str]:
         """Records each end, then has each service end its machines; returns their launches. A

@@ -77,6 +77,8 @@ def _end_retry() -> Any:
 
 
 SETTLING = 60.0  # seconds a machine's record may exist before the cloud shows the machine (its launch is under way)
+# Why a machine ended that the cloud no longer has, when nobody recorded why.
+UNRECORDED_END = "ended without a record of why (its boot failed, or it was deleted outside prefect-remote, or preempted)"
 
 
 def _timestamp(epoch: float) -> datetime.datetime:
@@ -457,7 +459,7 @@ def _ended(machine_id: str, facts: dict[str, Any], metadata: dict[str, Any]) -> 
         region=facts.get("region"),
         spot=facts.get("spot_policy") == "spot",
         owner=facts.get("owner"),
-        reason=None if "ended" in metadata else "ended without a record of why (deleted outside prefect-remote, or preempted)",
+        reason=None if "ended" in metadata else UNRECORDED_END,
         details={"price_per_hour": facts.get("price_per_hour"), "service": facts.get("service"), "launch": facts.get("launch")},
     )
     return _with_end(machine, metadata)

@@ -6,8 +6,10 @@ payload, its one version (:data:`VERSION`), is the JSON of the launch's secret e
 A Cloud Run job references it from its container's env (``PREFECT_REMOTE_SECRETS_JSON``, resolved by
 Cloud Run when the task starts: the job spec holds a name, never a value); a Compute Engine VM reads
 it with its service account (:func:`read_secrets`). Nothing secret goes into a job spec, VM metadata,
-a label or a log. The launcher deletes it when the launch fails or its machines have ended; what an
-owner that died left behind, its provider's next launch with secrets sweeps
+a label or a log. The launcher deletes it when the launch fails or its machines have ended, and the
+only machine of a launch as it ends (its owner may be gone:
+:meth:`~prefect_remote.providers.gcp.runtime.GCPRuntime.forget_secrets`); what an owner that died
+left behind, its provider's next launch with secrets sweeps
 (:meth:`~prefect_remote.providers.base.Provider.sweep_secrets`, through :func:`stored_launches`).
 
 Standard library only at import (the machine side imports it).

@@ -95,6 +95,8 @@ class ServiceHost(Protocol):
 
     def machine_store(self) -> Store: ...
 
+    def seen_ended(self, machine_ids: Sequence[str], reason: str) -> None: ...
+
 
 class GCPService(ABC):
     """One way Google Cloud runs a machine. A service writes only what differs: whether it can serve

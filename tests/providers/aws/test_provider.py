@@ -743,6 +743,20 @@ def test_an_agent_whose_secret_is_gone_ends_its_instance_saying_why(aws_env, aws
     assert "this launch's secrets could not be read" in stock_log(aws_sandbox, machine.id)
 
 
+def test_an_instance_whose_owner_is_gone_takes_its_launch_secret_with_it(aws_env, aws_sandbox, ssm):
+    """Nobody renews (its owner died): the instance ends itself after keepalive, and its launch's
+    parameter goes with it, through the machine's own role, with no call of an owner's (before, only
+    another launch's sweep removed it, an hour later)."""
+    provider = AWSProvider(lease_interval=5)
+    [machine] = launch(provider, cpu=2, keepalive=10, payload=BootPayload(["sleep", "600"], secrets={"TOKEN": "s3cret"}))
+    name = tags_of(instance(aws_sandbox.client("ec2"), machine.id))["prefect-remote:secrets"]
+    assert ssm.get_parameter(Name=name)
+    [ended] = provider.wait([machine.id], timeout=180, poll=1)  # describe only: no owner's renewal, nor terminate
+    assert (ended.reason or "").startswith("owner gone"), stock_log(aws_sandbox, machine.id)
+    with pytest.raises(ssm.exceptions.ParameterNotFound):
+        ssm.get_parameter(Name=name)
+
+
 def test_a_killed_agent_ends_its_instance_within_keepalive_plus_one_lease_interval(aws_env, aws_sandbox, tmp_path):
     """``kill -9`` of the agent alone (its payload runs on, its owner renews the lease): no agent, no
     API call, yet the instance ends, by the shutdown the boot scheduled and the agent pushed forward,

@@ -331,6 +331,25 @@ def test_secrets_reach_the_task_only_through_secret_manager(sandboxed):
         forget_secrets(sandboxed.clients, launch.id, sandboxed.provider.records.label)
 
 
+def test_a_task_whose_owner_is_gone_takes_its_launch_secret_with_it(gcp_env):
+    """Nobody renews (its owner died): the task ends itself after keepalive, and its launch's secret
+    goes with it, through the task's own service account (Cloud Run resolved it at the task's start,
+    and never retries the task), with no call of an owner's."""
+    from prefect_remote.providers.base import BootPayload
+    from prefect_remote.providers.gcp.secrets import secret_id
+    from prefect_remote.sandbox.gcp.common import GoogleError
+
+    provider = GCPProvider(service="cloud-run", lease_interval=5)
+    payload = BootPayload(["sleep", "600"], secrets={"TOKEN": "s3cret"})
+    [machine] = provider.launch(MachineSpec(keepalive=10), payload, tags={"test": "owner-gone"})
+    name = secret_id(provider.describe(machine.id).details["launch"], provider.records.label)
+    assert gcp_env.secrets.value(name)
+    [ended] = provider.wait([machine.id], timeout=180, poll=1)  # describe only: no owner's renewal, nor terminate
+    assert (ended.reason or "").startswith("owner gone"), ended.reason
+    with pytest.raises(GoogleError, match="404|not found|NOT_FOUND"):
+        gcp_env.secrets.value(name)
+
+
 def test_a_failed_launch_leaves_no_job(sandboxed):
     from google.api_core import exceptions
 

@@ -668,6 +668,89 @@ def test_a_killed_agent_ends_its_vm_within_keepalive_plus_one_lease_interval(gcp
         provider.terminate(ids, reason="test cleanup")
 
 
+def test_a_vm_whose_owner_is_gone_takes_its_launch_secret_with_it(gcp_sandbox, gcp_env, monkeypatch):
+    """Nobody renews (its owner died): the VM ends itself after keepalive, and its launch's secret
+    goes with it, through the VM's own service account, with no call of an owner's (before, only
+    another launch's sweep removed it, an hour later)."""
+    from prefect_remote.providers.base import BootPayload
+    from prefect_remote.providers.gcp.secrets import secret_id
+    from prefect_remote.providers.gcp.service import LAUNCH_LABEL
+    from prefect_remote.sandbox.gcp.common import GoogleError
+
+    monkeypatch.setenv("PREFECT_REMOTE_GCP_PUBLIC_IP", LAUNCHER_IP)
+    provider = GCPProvider(service="compute", lease_interval=5)
+    payload = BootPayload(["sleep", "600"], secrets={"TOKEN": "s3cret"})
+    [machine] = provider.launch(MachineSpec(cpu=2, keepalive=10), payload, tags={"t": "orphans"})
+    name = secret_id(instance_of(gcp_sandbox, machine.id)["labels"][LAUNCH_LABEL], provider.records.label)
+    assert gcp_env.secrets.value(name)
+    [ended] = provider.wait([machine.id], timeout=180, poll=1)  # describe only: no owner's renewal, nor terminate
+    assert (ended.reason or "").startswith("owner gone"), vm_log(gcp_sandbox, machine.id)
+    with pytest.raises(GoogleError, match="404|not found|NOT_FOUND"):
+        gcp_env.secrets.value(name)
+
+
+def test_a_vm_that_shut_itself_down_is_seen_ended_and_its_launch_secret_goes(gcp_sandbox, gcp_env, monkeypatch, tmp_path):
+    """Its agent killed (``kill -9``), the VM shuts itself down on its backstop with no end recorded;
+    the owner's listing deletes it and records its end, so that the owner's renewal reports it ended
+    (and renews it no more) and its launch's secret goes. Before, the renewal renewed its record on,
+    never reporting it, and the secret stayed, even past the sweep's hour (a renewed lease is live)."""
+    from prefect_remote.providers.base import BootPayload
+    from prefect_remote.providers.gcp.secrets import secret_id
+    from prefect_remote.providers.gcp.service import LAUNCH_LABEL
+    from prefect_remote.sandbox.gcp.common import GoogleError
+    from prefect_remote.sandbox.gcp.compute.instances import ID_PREFIX
+    from tests.providers.orphans import kill_agent, renewing
+
+    monkeypatch.setenv("PREFECT_REMOTE_GCP_PUBLIC_IP", LAUNCHER_IP)
+    provider = GCPProvider(service="compute", lease_interval=5)
+    marker = tmp_path / "started"
+    payload = BootPayload(["sh", "-c", f"touch {marker}; sleep 600"], secrets={"TOKEN": "s3cret"})
+    with gcp_sandbox.vms(minute=15):
+        [machine] = provider.launch(MachineSpec(cpu=2, keepalive=10), payload, tags={"t": "orphans"})
+    name = secret_id(instance_of(gcp_sandbox, machine.id)["labels"][LAUNCH_LABEL], provider.records.label)
+    try:
+        with renewing(lambda: provider.renew_leases([machine.id]), every=2):
+            wait_for(marker.exists, timeout=180, what="the payload started")
+            time.sleep(6)  # past the agent's first push of the backstop
+            kill_agent(gcp_sandbox.runner.machine_of(ID_PREFIX + machine.id))
+            wait_for(lambda: (instance_of(gcp_sandbox, machine.id) or {}).get("status") == "TERMINATED", timeout=60, what="the VM stopped")
+        [ended] = [m for m in provider.list(include_terminated=True) if m.id == machine.id]  # deletes it, recording its end
+        assert ended.state == "terminated" and "shut itself down" in (ended.reason or ""), ended
+        assert provider.renew_leases([machine.id]) == [machine.id]  # reported ended: renewed no more
+        with pytest.raises(GoogleError, match="404|not found|NOT_FOUND"):
+            gcp_env.secrets.value(name)
+    finally:
+        provider.terminate([machine.id], reason="test cleanup")
+
+
+def test_a_vm_its_failed_boot_deleted_is_seen_ended_and_its_launch_secret_goes(gcp_sandbox, gcp_env, monkeypatch):
+    """The VM's agent cannot start (here its runtime cannot be made, as a boot whose package index
+    times out under load cannot install it): the boot's trap deletes the VM, with no end recorded.
+    A listing of ended machines records one, so that the owner's renewal reports it ended (and renews
+    it no more) and its launch's secret goes. Before, the renewal renewed its record on, and the
+    secret stayed, even past the sweep's hour (a renewed lease is live)."""
+    from prefect_remote.providers.base import BootPayload
+    from prefect_remote.providers.gcp.records import UNRECORDED_END
+    from prefect_remote.providers.gcp.secrets import secret_id
+    from prefect_remote.providers.gcp.service import LAUNCH_LABEL
+    from prefect_remote.sandbox.gcp.common import GoogleError
+
+    monkeypatch.setenv("PREFECT_REMOTE_GCP_PUBLIC_IP", LAUNCHER_IP)
+    monkeypatch.setattr(GCPProvider, "runtime", "prefect_remote.providers.gcp.runtime:NoSuchRuntime")
+    provider = GCPProvider(service="compute")
+    payload = BootPayload(["sleep", "600"], secrets={"TOKEN": "s3cret"})
+    [machine] = provider.launch(MachineSpec(cpu=2), payload, tags={"t": "orphans"})
+    name = secret_id(instance_of(gcp_sandbox, machine.id)["labels"][LAUNCH_LABEL], provider.records.label)
+    wait_for(lambda: instance_of(gcp_sandbox, machine.id) is None, timeout=120, what="the VM deleted by its boot")
+    assert provider.renew_leases([machine.id]) == []  # no end recorded: its record renewed on
+    # Listed as ended once its record is past the launch's settling (a minute), its end recorded.
+    wait_for(lambda: machine.id in {m.id for m in provider.list(include_terminated=True)}, timeout=120, what="the VM listed ended")
+    assert provider.describe(machine.id).reason == UNRECORDED_END
+    assert provider.renew_leases([machine.id]) == [machine.id]  # reported ended: renewed no more
+    with pytest.raises(GoogleError, match="404|not found|NOT_FOUND"):
+        gcp_env.secrets.value(name)
+
+
 @pytest.fixture
 def vms_may_not_delete(gcp_sandbox):
     """The machines' custom role on VMs without ``compute.instances.delete`` for the test (in force after the

@@ -326,3 +326,25 @@ def test_a_provider_reads_the_records_of_the_store_set_after_it_was_made(gcs):
     assert provider.records.url.endswith("/first/machines")
     provider.store_url = f"gs://{gcs.bucket()}/pools-own"
     assert provider.records.url.endswith("/pools-own/machines") and provider.records is provider.records
+
+
+def test_a_listing_records_an_end_only_for_machines_of_its_region_it_no_longer_sees(gcp_env, monkeypatch):
+    """A record with no end whose machine the cloud no longer shows (a failed boot deleted its VM) gets
+    one from a listing of ended machines, so that its owner's renewal reports it ended; but only in
+    the listing's own region: a machine of the same store in another region is not listed here, and
+    may well run."""
+    from prefect_remote.providers.gcp import GCPProvider
+    from prefect_remote.providers.gcp.records import UNRECORDED_END
+
+    real = MachineRecords.ended_machines
+    monkeypatch.setattr(MachineRecords, "ended_machines", lambda self, tags, shown: real(self, tags, shown, settling=0))  # past settling
+    provider = GCPProvider(service="cloud-run")
+    here, elsewhere = "run-0000000000e1", "run-0000000000e2"
+    provider.records.create([here], launch("launch-0e0e0e0e0e01"), service="Cloud Run", region=provider.options.region)
+    provider.records.create([elsewhere], launch("launch-0e0e0e0e0e02"), service="Cloud Run", region="europe-west1")
+    try:
+        listed = {m.id: m for m in provider.list(include_terminated=True)}
+        assert listed[here].reason == listed[elsewhere].reason == UNRECORDED_END  # shown so: neither runs in this region
+        assert provider.renew_leases([here, elsewhere]) == [here]  # only this region's recorded ended
+    finally:
+        provider.records.delete([here, elsewhere])
