@@ -200,7 +200,8 @@ def test_failures_are_reported_once_per_streak_and_shipping_resumes(tmp_path, gr
         assert len(reports) == 1 and "cannot ship this machine's log" in reports[0] and "retrying" in reports[0]
         shipper._client = boto3.session.Session().client("logs")  # the network is back
         wait_for(lambda: logs(reader, stream).text, message="the held lines")
-        assert len(reports) == 2 and "again" in reports[1]
+        wait_for(lambda: len(reports) == 2, timeout=10, message="the resumption said")  # (said after the lines went)
+        assert "again" in reports[1]
     finally:
         assert shipper.close()
     assert read_all(reader, stream)[0] == "written while CloudWatch was unreachable\n"

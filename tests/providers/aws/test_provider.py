@@ -176,7 +176,8 @@ def test_secrets_over_what_an_ssm_parameter_holds_are_refused_before_anything_st
     with pytest.raises(ValueError, match=r"over the 8,192 bytes an SSM parameter holds on aws; keep large secrets"):
         launch(provider, cpu=1, payload=BootPayload(["app"], secrets={"CERT": "x" * 8200}))
     assert {p["Name"] for p in ssm.get_parameters_by_path(Path="/prefect-remote")["Parameters"]} == before
-    [machine] = launch(provider, cpu=1, payload=BootPayload(["app"], secrets={"CERT": "x" * 6000}))  # an Advanced parameter
+    # An Advanced parameter, read while its machine runs (the only machine of a launch removes it as it ends)
+    [machine] = launch(provider, cpu=1, payload=BootPayload(["sleep", "600"], secrets={"CERT": "x" * 6000}))
     stored = ssm.get_parameter(Name=provider.secrets_parameter(provider.describe(machine.id).details["launch"]))["Parameter"]
     assert stored["Type"] == "SecureString"
     provider.terminate([machine.id])
@@ -197,7 +198,7 @@ def test_a_launch_keeps_its_secrets_while_ec2_does_not_list_all_its_instances(pr
 
 
 def test_secrets_leave_with_machines_that_ended_themselves(provider, ec2, ssm):
-    [machine] = launch(provider, payload=BootPayload(["app"], secrets={"TOKEN": "x"}))
+    [machine] = launch(provider, payload=BootPayload(["sleep", "600"], secrets={"TOKEN": "x"}))
     parameter = provider.secrets_parameter(tags_of(instance(ec2, machine.id))[LAUNCH_TAG])
     assert ssm.get_parameter(Name=parameter, WithDecryption=True)
     ec2.terminate_instances(InstanceIds=[machine.id])  # as the machine's own agent does at its end
