@@ -334,7 +334,9 @@ def test_renew_leases_is_one_call_for_many_machines(provider, ec2):
     [ended] = launch(provider, cpu=1)
     provider.terminate([ended.id])
     provider.wait([ended.id], timeout=30)  # shutting-down (still running, as on EC2) until its machine has ended
-    ec2.create_tags(Resources=ids, Tags=[{"Key": "prefect-remote:lease", "Value": "1000"}])
+    # A lease renewed a minute ago (not long ago enough for their agents, which read it, to end them)
+    stale = str(int(time.time()) - 60)
+    ec2.create_tags(Resources=ids, Tags=[{"Key": "prefect-remote:lease", "Value": stale}])
     client = provider.client("ec2")
     creates, describes = count_calls(client, "CreateTags"), count_calls(client, "DescribeInstances")
     gone = provider.renew_leases([*ids, ended.id, "i-0123456789abcdef0", "not-an-id"])
@@ -352,7 +354,8 @@ def test_renewal_does_not_end_machines_ec2_does_not_list_yet(provider, aws_sandb
     with aws_sandbox.ec2.as_it_was() as strict:
         strict.unlisted_seconds = 60
         [machine] = launch(provider, cpu=1)  # known by id once launch returns; not listed
-        ec2.create_tags(Resources=[machine.id], Tags=[{"Key": "prefect-remote:lease", "Value": "1000"}])
+        stale = str(int(time.time()) - 60)  # (a lease old enough to end it would have its agent end it first)
+        ec2.create_tags(Resources=[machine.id], Tags=[{"Key": "prefect-remote:lease", "Value": stale}])
         other = AWSProvider()  # e.g. a cluster's scheduler, holding machines its creator launched
         assert other.renew_leases([machine.id, "i-0123456789abcdef0"]) == ["i-0123456789abcdef0"]
         assert time.time() - int(tags_of(instance(ec2, machine.id))["prefect-remote:lease"]) < 5  # renewed
