@@ -109,21 +109,12 @@ class GCPRuntime(MachineRuntime):
         return read_secrets(self.project, self.secret, api_endpoint=os.environ.get(API_ENDPOINT_ENV))
 
     def forget_secrets(self) -> None:
-        """Deletes the launch's secret (the service account needs secretmanager.secrets.delete on it,
-        which the pool's grants give on its own secrets): one REST call with google-auth; a missing
-        one is fine. On Cloud Run too: the task resolved it at its start, and is never retried."""
-        if self.secret is None:
-            return
-        from google.auth.transport.requests import AuthorizedSession
+        """Deletes the launch's secret. On Cloud Run too: the task resolved it at its start, and is
+        never retried."""
+        from prefect_remote.providers.gcp.secrets import delete_launch_secret
 
-        from prefect_remote.providers.gcp.clients import default_credentials
-
-        endpoint = (os.environ.get(API_ENDPOINT_ENV) or "https://secretmanager.googleapis.com").rstrip("/")
-        credentials, _ = default_credentials()
-        url = f"{endpoint}/v1/{self.secret.split('/versions/', 1)[0]}"
-        response = AuthorizedSession(credentials).delete(url, timeout=30)
-        if response.status_code not in (200, 404):  # 404: the owner removed it first
-            raise RuntimeError(f"DELETE {url}: HTTP {response.status_code}: {response.text[:500]}")
+        if self.secret is not None:
+            delete_launch_secret(self.project, self.secret, api_endpoint=os.environ.get(API_ENDPOINT_ENV))
 
     def registry_credentials(self, registry: str) -> tuple[str, str] | None:
         """An access token of the VM's service account for Artifact Registry (``<region>-docker.pkg.dev``)

@@ -121,18 +121,35 @@ def read_secrets(project: str, version: str, *, api_endpoint: str | None = None,
     """On a machine: its launch's secret environment, ``version`` (:func:`version_name`, as its
     launcher named it), read with the machine's service account (it needs
     roles/secretmanager.secretAccessor on the secret) and checked against its CRC32C."""
-    from google.cloud import secretmanager_v1
-
-    google_auth_lookups.quiet()
-    client = secretmanager_v1.SecretManagerServiceClient(
-        credentials=credentials, transport="rest", client_options={"api_endpoint": api_endpoint} if api_endpoint else None
-    )
     with translated("secretmanager.versions.access", project=project):
-        response = client.access_secret_version(name=version)
+        response = _machine_client(api_endpoint, credentials).access_secret_version(name=version)
     data = response.payload.data
     if response.payload.data_crc32c and _crc32c(data) != response.payload.data_crc32c:
         raise GCPError(f"the secret {version} arrived corrupted (its CRC32C does not match); the machine cannot start its payload safely")
     return dict(json.loads(data))
+
+
+def delete_launch_secret(project: str, version: str, *, api_endpoint: str | None = None, credentials: Any = None) -> None:
+    """On a machine, as its launch's only machine ends: deletes the secret of ``version`` with the
+    machine's service account (the pool's grants give secretmanager.secrets.delete on its own
+    secrets); a missing one is fine (its owner removed it first)."""
+    from google.api_core.exceptions import NotFound
+
+    try:
+        with translated("secretmanager.secrets.delete", project=project):
+            _machine_client(api_endpoint, credentials).delete_secret(name=version.split("/versions/", 1)[0])
+    except NotFound:
+        pass
+
+
+def _machine_client(api_endpoint: str | None, credentials: Any) -> Any:
+    """Secret Manager's client on a machine: REST (no gRPC stack to start), the machine's credentials."""
+    from google.cloud import secretmanager_v1
+
+    google_auth_lookups.quiet()
+    return secretmanager_v1.SecretManagerServiceClient(
+        credentials=credentials, transport="rest", client_options={"api_endpoint": api_endpoint} if api_endpoint else None
+    )
 
 
 def stored_launches(clients: GoogleClients, records: MachineRecords, *, older_than: float) -> set[str]:
