@@ -20,8 +20,10 @@ from __future__ import annotations
 
 import contextlib
 import ipaddress
+import itertools
 import logging
-import secrets
+import os
+import re
 import shutil
 import subprocess
 from collections.abc import Iterable, Iterator
@@ -72,19 +74,41 @@ def private_interface(address: str, network: str) -> str:
     return f"{address}/{ipaddress.ip_network(network, strict=False).prefixlen}"
 
 
+# A VPC's bridge is named after the process that made it ("prvpc" + its pid in 7 hex digits + a count):
+# a process killed before its sandbox closed leaves its bridge, and the next VPC made removes it.
+BRIDGE = re.compile(r"prvpc(?P<pid>[0-9a-f]{7})[0-9a-f]+")
+_made = itertools.count()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's: alive
+        pass
+    return True
+
+
 class VPC:
     """The bridge a sandbox cloud's instances have their private addresses on (one per sandbox, so
     that sandboxes of other processes, whose clouds give out the same addresses, never meet it),
     and whether their ingress rules are enforced (``enforced``; :meth:`enforcing` for one test)."""
 
     def __init__(self) -> None:
-        self.bridge = f"prvpc{secrets.token_hex(4)}"
+        self.bridge = f"prvpc{os.getpid():07x}{next(_made):x}"  # (15 characters at most: Linux's limit)
         self.enforced = True
         self.firewalls = shutil.which("nft") is not None  # nftables' command, which enforces the rules
         self._applied: dict[str, str] = {}  # namespace -> the ruleset it holds
 
     def create(self) -> None:
-        """Makes the bridge, with no address on this host: the host cannot send to private addresses."""
+        """Makes the bridge, with no address on this host: the host cannot send to private addresses.
+        The bridges of VPCs whose process has died go first."""
+        links = subprocess.run(["ip", "-o", "link", "show", "type", "bridge"], capture_output=True, text=True).stdout
+        for name in re.findall(r"^\d+: (prvpc[0-9a-f]+)", links, re.MULTILINE):
+            if (made := BRIDGE.fullmatch(name)) and not _alive(int(made["pid"], 16)):
+                with contextlib.suppress(subprocess.CalledProcessError):
+                    _ip("link", "del", name)
         _ip("-batch", "-", batch=f"link add {self.bridge} type bridge\nlink set {self.bridge} up\n")
         if not self.firewalls:
             logger.warning("sandbox: no 'nft' command (Debian: apt-get install nftables): ingress rules are not enforced")

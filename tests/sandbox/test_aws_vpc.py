@@ -94,3 +94,28 @@ def test_a_rule_added_applies_to_running_instances(pair):
             IpPermissions=[{"IpProtocol": "tcp", "FromPort": MEMBERS_ONLY, "ToPort": MEMBERS_ONLY, "IpRanges": [{"CidrIp": "0.0.0.0/0"}]}],
         )
     wait_for(lambda: token_from_host(first["PublicIpAddress"], MEMBERS_ONLY) == TOKEN, timeout=10, message="the new rule applied")
+
+
+@needs_namespace
+def test_a_vpc_removes_the_bridges_that_dead_processes_left():
+    """A sandbox killed before it closed leaves its VPC's bridge; the next VPC made removes it, and
+    leaves a live process's alone."""
+    import subprocess
+    import sys
+
+    from prefect_remote.sandbox.vpc import VPC
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    left, alive = f"prvpc{dead.pid:07x}0", VPC()  # (this process's: alive)
+    for bridge in (left, alive.bridge):
+        subprocess.run(["ip", "link", "add", bridge, "type", "bridge"], check=True)
+    fresh = VPC()
+    try:
+        fresh.create()
+        links = subprocess.run(["ip", "-o", "link", "show", "type", "bridge"], capture_output=True, text=True, check=True).stdout
+        assert f" {left}:" not in links and f" {alive.bridge}:" in links and f" {fresh.bridge}:" in links
+    finally:
+        fresh.remove()
+        alive.remove()
+        subprocess.run(["ip", "link", "del", left], capture_output=True)
